@@ -1,0 +1,128 @@
+"""The ``compute`` section of an experiment spec: one model per backend, chosen by ``backend``.
+
+Kept apart from ``shared.spec`` so the backends import only what they configure.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+RAPIDS_IMAGE = "rapidsai/base:26.10-cuda12.9-py3.12"
+"""The default RAPIDS container image for GPU workers and AzureML trials."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LocalCompute(_Strict):
+    """Trials as tasks on a Dask cluster beside the control plane (LocalCluster unless an address is set)."""
+
+    backend: Literal["local"] = "local"
+    n_workers: int = Field(default=2, ge=1, le=256, description="LocalCluster worker processes")
+    threads_per_worker: int = Field(default=1, ge=1, le=64)
+    memory_limit: str = Field(default="auto", description="per worker, Dask syntax ('4GiB', 'auto')")
+    scheduler_address: str | None = Field(
+        default=None, description="an existing Dask scheduler (tcp://host:8786) instead of a LocalCluster"
+    )
+
+
+class NetworkSpec(_Strict):
+    """The VNet, subnet and NSG a ``vmcluster`` run lives in."""
+
+    vnet_address_space: str = "10.0.0.0/16"
+    subnet_prefix: str = "10.0.0.0/24"
+    allowed_source_prefixes: list[str] = Field(
+        default_factory=list,
+        description="who may reach Dask's ports 8786/8787; empty = only the VNet itself (VirtualNetwork tag)",
+    )
+    existing_vnet: str | None = Field(default=None, description="reuse this VNet instead of creating one")
+    existing_subnet: str | None = None
+    existing_security_group: str | None = None
+
+    @field_validator("vnet_address_space", "subnet_prefix")
+    @classmethod
+    def _cidr(cls, value: str) -> str:
+        try:
+            ipaddress.ip_network(value, strict=True)
+        except ValueError as exc:
+            raise ValueError(f"not a CIDR block: {value!r} ({exc})") from None
+        return value
+
+    @field_validator("allowed_source_prefixes")
+    @classmethod
+    def _prefixes(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if value in {"*", "0.0.0.0/0", "Internet", "Any"}:
+                raise ValueError(
+                    f"{value!r} would open Dask's unauthenticated ports to the Internet; name your networks"
+                )
+            if value[:1].isdigit():
+                try:
+                    ipaddress.ip_network(value, strict=False)
+                except ValueError as exc:
+                    raise ValueError(f"not an address prefix: {value!r} ({exc})") from None
+        return values
+
+    @model_validator(mode="after")
+    def _subnet_inside_vnet(self) -> NetworkSpec:
+        vnet = ipaddress.ip_network(self.vnet_address_space)
+        subnet = ipaddress.ip_network(self.subnet_prefix)
+        if not subnet.subnet_of(vnet):  # type: ignore[arg-type]
+            raise ValueError(f"subnet_prefix {subnet} is not inside vnet_address_space {vnet}")
+        return self
+
+
+class VMClusterCompute(_Strict):
+    """Dask workers on Azure VMs (dask-cloudprovider ``AzureVMCluster``), the seed's MNMG example."""
+
+    backend: Literal["vmcluster"] = "vmcluster"
+    location: str
+    resource_group: str
+    subscription_id: str | None = Field(default=None, description="defaults to AZURE_SUBSCRIPTION_ID")
+    vm_size: str = "Standard_NC12s_v3"
+    scheduler_vm_size: str | None = None
+    n_workers: int = Field(default=2, ge=1, le=100)
+    docker_image: str = RAPIDS_IMAGE
+    docker_args: str = "--shm-size=256m"
+    worker_class: str = "dask_cuda.CUDAWorker"
+    worker_options: dict[str, str | int | float | bool] = Field(
+        default_factory=lambda: {"rmm-managed-memory": True}
+    )
+    disk_size: int = Field(default=100, ge=30, le=4095, description="GB per VM")
+    security: bool = True
+    use_marketplace_image: bool = Field(default=True, description="NVIDIA's NGC VM image (marketplace plan)")
+    network: NetworkSpec = Field(default_factory=NetworkSpec)
+    max_node_hours: float | None = Field(default=None, gt=0, description="cost guard: cancel past this")
+
+
+class AzureMLCompute(_Strict):
+    """One AzureML sweep job on an AmlCompute GPU cluster, the seed's HPO-RAPIDS example."""
+
+    backend: Literal["azureml"] = "azureml"
+    subscription_id: str | None = Field(default=None, description="defaults to AZURE_SUBSCRIPTION_ID")
+    resource_group: str | None = Field(default=None, description="defaults to AZURE_RESOURCE_GROUP")
+    workspace: str | None = Field(default=None, description="defaults to AZUREML_WORKSPACE")
+    compute_name: str = Field(default="rapids-gpu", pattern=r"^[a-zA-Z][a-zA-Z0-9-]{1,23}$")
+    vm_size: str = "Standard_NC6s_v3"
+    min_instances: int = Field(default=0, ge=0)
+    max_instances: int = Field(default=5, ge=1, le=100)
+    idle_time_before_scale_down: int = Field(default=300, ge=0, description="seconds")
+    low_priority: bool = False
+    environment_image: str = RAPIDS_IMAGE
+    experiment_name: str | None = Field(default=None, description="AzureML experiment; defaults to spec name")
+    max_node_hours: float | None = Field(default=None, gt=0, description="cost guard: cancel past this")
+
+    @model_validator(mode="after")
+    def _instances(self) -> AzureMLCompute:
+        if self.min_instances > self.max_instances:
+            raise ValueError(
+                f"min_instances ({self.min_instances}) exceeds max_instances ({self.max_instances})"
+            )
+        return self
+
+
+ComputeSpec = Annotated[LocalCompute | VMClusterCompute | AzureMLCompute, Field(discriminator="backend")]

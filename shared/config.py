@@ -1,0 +1,73 @@
+"""Names and settings shared by the code, host.json and infra/ (one place, checked by tests)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+# Queues (Azure Storage queues in Azure, SQLite tables locally).
+QUEUE_REQUESTS = "experiment-requests"
+"""Specs submitted by other services (Event Grid, Logic Apps, scripts)."""
+QUEUE_EVENTS = "experiment-events"
+"""Internal state-machine events."""
+QUEUE_STATUS = "experiment-status"
+"""One message per experiment reaching a terminal state, for other services to react to."""
+QUEUES = (QUEUE_REQUESTS, QUEUE_EVENTS, QUEUE_STATUS)
+POISON_SUFFIX = "-poison"
+
+# Tables and blob containers.
+TABLE_EXPERIMENTS = "experiments"
+TABLE_TRIALS = "trials"
+TABLE_IDEMPOTENCY = "idempotency"
+TABLES = (TABLE_EXPERIMENTS, TABLE_TRIALS, TABLE_IDEMPOTENCY)
+CONTAINER_ARTIFACTS = "artifacts"
+CONTAINERS = (CONTAINER_ARTIFACTS,)
+
+# Queue semantics mirrored from host.json (tests check they agree).
+MAX_DEQUEUE_COUNT = 5
+
+# Environment settings: name -> documented default ("" = unset means "not used").
+ENV_DEFAULTS: dict[str, str] = {
+    "AzureWebJobsStorage": "",
+    "AzureWebJobsStorage__accountName": "",
+    "RAPIDS_HPO_HOME": ".rapids-hpo",
+    "RAPIDS_HPO_POLL_SECONDS": "10",
+    "RAPIDS_HPO_STALL_SECONDS": "900",
+    "AZURE_SUBSCRIPTION_ID": "",
+    "AZURE_RESOURCE_GROUP": "",
+    "AZURE_LOCATION": "",
+    "AZUREML_WORKSPACE": "",
+    "RAPIDS_HPO_API_URL": "http://127.0.0.1:7071",
+    "RAPIDS_HPO_FUNCTION_KEY": "",
+}
+
+
+def env(name: str) -> str:
+    """Read a setting declared in ``ENV_DEFAULTS`` (a typo is a ``KeyError``, not a silent default)."""
+    return os.environ.get(name, ENV_DEFAULTS[name])
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The settings one process runs with, read from the environment once."""
+
+    storage_connection_string: str
+    storage_account_name: str
+    home: Path
+    poll_seconds: int
+    stall_seconds: int
+
+    @property
+    def uses_azure_storage(self) -> bool:
+        return bool(self.storage_connection_string or self.storage_account_name)
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        return cls(
+            storage_connection_string=env("AzureWebJobsStorage"),
+            storage_account_name=env("AzureWebJobsStorage__accountName"),
+            home=Path(env("RAPIDS_HPO_HOME")).expanduser().resolve(),
+            poll_seconds=int(env("RAPIDS_HPO_POLL_SECONDS")),
+            stall_seconds=int(env("RAPIDS_HPO_STALL_SECONDS")),
+        )

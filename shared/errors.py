@@ -1,0 +1,28 @@
+"""Errors the ports raise, shared by every adapter so callers never see SDK-specific exceptions."""
+
+
+class ControlPlaneError(Exception):
+    """Base class for control-plane errors."""
+
+
+class NotFound(ControlPlaneError, KeyError):
+    """The experiment, trial, artifact or message does not exist."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else "not found"
+
+
+class AlreadyExists(ControlPlaneError):
+    """A record with this key exists already."""
+
+
+class ConcurrencyConflict(ControlPlaneError):
+    """Someone else updated the record since it was read (stale version / ETag)."""
+
+
+class BackendError(ControlPlaneError):
+    """A compute backend failed; ``retryable`` says whether trying again may help."""
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable

@@ -1,0 +1,117 @@
+"""The records the store keeps and the events the queues carry (plain pydantic models)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class ExperimentStatus(StrEnum):
+    SUBMITTED = "SUBMITTED"
+    PROVISIONING = "PROVISIONING"
+    RUNNING = "RUNNING"
+    FINALIZING = "FINALIZING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLING = "CANCELLING"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset(
+    {ExperimentStatus.COMPLETED, ExperimentStatus.FAILED, ExperimentStatus.CANCELLED}
+)
+
+
+class TrialState(StrEnum):
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    PRUNED = "PRUNED"
+    FAILED = "FAILED"
+    TIMED_OUT = "TIMED_OUT"
+
+    @property
+    def finished(self) -> bool:
+        return self is not TrialState.RUNNING
+
+
+class TrialRecord(BaseModel):
+    """One trial as it ran: what was tried, what came out, and how it ended."""
+
+    experiment_id: str
+    number: int = Field(ge=0, description="0-based trial number within the experiment")
+    params: dict[str, Any]
+    state: TrialState
+    attempt: int = Field(default=1, ge=1, description="2 when a trial interrupted by a crash is retried")
+    intermediate: dict[int, float] = Field(default_factory=dict, description="step -> primary metric")
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    value: float | None = Field(default=None, description="final primary metric")
+    error: str | None = None
+    engine: str | None = None
+    started_at: datetime = Field(default_factory=utcnow)
+    ended_at: datetime | None = None
+    duration_s: float | None = None
+    model_uri: str | None = Field(default=None, description="where this trial's saved model lives")
+
+
+class BestTrial(BaseModel):
+    number: int
+    value: float
+    params: dict[str, Any]
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    model_uri: str | None = None
+
+
+class ExperimentRecord(BaseModel):
+    """An experiment's status document. ``version`` is the optimistic-concurrency token."""
+
+    id: str
+    name: str
+    status: ExperimentStatus = ExperimentStatus.SUBMITTED
+    spec: dict[str, Any]
+    backend: str = "local"
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    last_progress_at: datetime = Field(default_factory=utcnow)
+    trials_total: int = 0
+    trials_done: int = 0
+    best: BestTrial | None = None
+    error: str | None = None
+    idempotency_key: str | None = None
+    backend_state: dict[str, Any] = Field(default_factory=dict, description="the backend's handles")
+    history: list[dict[str, Any]] = Field(default_factory=list, description="transitions, oldest first")
+    version: str = ""
+
+
+class EventType(StrEnum):
+    SUBMITTED = "submitted"
+    PROVISION = "provision"
+    SUBMIT_RUN = "submit_run"
+    POLL = "poll"
+    FINALIZE = "finalize"
+    CANCEL = "cancel"
+    TEARDOWN = "teardown"
+
+
+class ExperimentEvent(BaseModel):
+    """A message on the ``experiment-events`` queue: "move experiment X along from status S"."""
+
+    type: EventType
+    experiment_id: str
+    expected_status: ExperimentStatus | None = Field(
+        default=None, description="the status the sender saw; a handler ignores stale events"
+    )
+    sent_at: datetime = Field(default_factory=utcnow)
+    attempt: int = 0

@@ -1,0 +1,109 @@
+"""Pytest plugin: install (npm) and start the Azurite storage emulator on free ports for the session.
+
+Tests that need Azure Storage take the ``azurite`` fixture (a connection string) and are marked
+``azurite``. Azurite is installed into ``.azurite/`` with npm if no ``azurite`` is on PATH.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LOCAL_PREFIX = ROOT / ".azurite"
+ACCOUNT = "devstoreaccount1"
+KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _azurite_binary() -> str:
+    local = LOCAL_PREFIX / "node_modules" / ".bin" / "azurite"
+    if local.exists():
+        return str(local)
+    found = shutil.which("azurite")
+    if found:
+        return found
+    npm = shutil.which("npm")
+    if npm is None:
+        pytest.fail("Azurite is needed and npm is not installed to fetch it")
+    LOCAL_PREFIX.mkdir(exist_ok=True)
+    subprocess.run(
+        [npm, "install", "--prefix", str(LOCAL_PREFIX), "--no-audit", "--no-fund", "azurite@3"],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    return str(local)
+
+
+def _wait_for(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"Azurite did not open port {port} within {timeout} s")
+
+
+def connection_string(blob: int, queue: int, table: int) -> str:
+    base = "http://127.0.0.1"
+    return (
+        f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};"
+        f"BlobEndpoint={base}:{blob}/{ACCOUNT};QueueEndpoint={base}:{queue}/{ACCOUNT};"
+        f"TableEndpoint={base}:{table}/{ACCOUNT};"
+    )
+
+
+@pytest.fixture(scope="session")
+def azurite() -> Iterator[str]:
+    """A running Azurite for the whole session; yields its connection string."""
+    binary = _azurite_binary()
+    ports = {"blob": _free_port(), "queue": _free_port(), "table": _free_port()}
+    with tempfile.TemporaryDirectory(prefix="azurite-") as location:
+        process = subprocess.Popen(
+            [
+                binary,
+                "--silent",
+                "--skipApiVersionCheck",
+                "--loose",
+                "--location",
+                location,
+                "--blobHost",
+                "127.0.0.1",
+                "--queueHost",
+                "127.0.0.1",
+                "--tableHost",
+                "127.0.0.1",
+                "--blobPort",
+                str(ports["blob"]),
+                "--queuePort",
+                str(ports["queue"]),
+                "--tablePort",
+                str(ports["table"]),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            for port in ports.values():
+                _wait_for(port)
+            yield connection_string(**ports)
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()

@@ -1,0 +1,12 @@
+"""Shared fixtures. Azurite fixtures live in tests/azurite.py (a pytest plugin)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+pytest_plugins = ["tests.azurite"]
