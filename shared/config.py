@@ -24,6 +24,11 @@ TABLES = (TABLE_EXPERIMENTS, TABLE_TRIALS, TABLE_IDEMPOTENCY)
 CONTAINER_ARTIFACTS = "artifacts"
 CONTAINERS = (CONTAINER_ARTIFACTS,)
 
+DRIVER_OUTCOME_ARTIFACT = "driver/outcome.json"
+"""Written by the HPO driver when it ends; the poll step reads it."""
+MODEL_PREFIX = "model/"
+"""Artifact prefix of the best trial's refitted model."""
+
 # Queue semantics mirrored from host.json (tests check they agree).
 MAX_DEQUEUE_COUNT = 5
 

@@ -133,6 +133,9 @@ class ComputeBackend(Protocol):
     def poll(self, record: ExperimentRecord) -> RunStatus:
         """Report the run's state; trial records reach the store on the way."""
 
+    def finalize(self, record: ExperimentRecord) -> dict[str, Any]:
+        """Bring the best model into the store (no-op where the run stored it); return handle updates."""
+
     def cancel(self, record: ExperimentRecord) -> None:
         """Stop the run's trials (no-op if not running)."""
 

@@ -50,7 +50,10 @@ class TrialRecord(BaseModel):
 
     experiment_id: str
     number: int = Field(ge=0, description="0-based trial number within the experiment")
-    params: dict[str, Any]
+    params: dict[str, Any] = Field(description="the hyperparameters the trial trained with")
+    sampler_params: dict[str, Any] = Field(
+        default_factory=dict, description="the values Optuna's sampler chose (to rebuild the study on resume)"
+    )
     state: TrialState
     attempt: int = Field(default=1, ge=1, description="2 when a trial interrupted by a crash is retried")
     intermediate: dict[int, float] = Field(default_factory=dict, description="step -> primary metric")
@@ -91,12 +94,14 @@ class ExperimentRecord(BaseModel):
     error: str | None = None
     idempotency_key: str | None = None
     backend_state: dict[str, Any] = Field(default_factory=dict, description="the backend's handles")
+    event_seq: int = Field(default=0, description="fencing token: only the event carrying it may act")
+    redrives: int = Field(default=0, description="times the sweep re-drove this experiment")
+    torn_down: bool = False
     history: list[dict[str, Any]] = Field(default_factory=list, description="transitions, oldest first")
     version: str = ""
 
 
 class EventType(StrEnum):
-    SUBMITTED = "submitted"
     PROVISION = "provision"
     SUBMIT_RUN = "submit_run"
     POLL = "poll"
@@ -110,8 +115,5 @@ class ExperimentEvent(BaseModel):
 
     type: EventType
     experiment_id: str
-    expected_status: ExperimentStatus | None = Field(
-        default=None, description="the status the sender saw; a handler ignores stale events"
-    )
+    seq: int = Field(default=0, description="the record's event_seq when this event was sent")
     sent_at: datetime = Field(default_factory=utcnow)
-    attempt: int = 0

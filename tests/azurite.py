@@ -48,9 +48,11 @@ def _azurite_binary() -> str:
     return str(local)
 
 
-def _wait_for(port: int, timeout: float = 30.0) -> None:
+def _wait_for(port: int, process: subprocess.Popen[bytes] | None = None, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"Azurite exited with status {process.returncode} before opening port {port}")
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return
@@ -73,12 +75,15 @@ def azurite() -> Iterator[str]:
     binary = _azurite_binary()
     ports = {"blob": _free_port(), "queue": _free_port(), "table": _free_port()}
     with tempfile.TemporaryDirectory(prefix="azurite-") as location:
+        # Its output goes to a file: an unread pipe fills up and then blocks Azurite mid-session.
+        log = (Path(location) / "azurite.log").open("wb")
         process = subprocess.Popen(
             [
                 binary,
                 "--silent",
                 "--skipApiVersionCheck",
                 "--loose",
+                "--disableTelemetry",
                 "--location",
                 location,
                 "--blobHost",
@@ -94,12 +99,17 @@ def azurite() -> Iterator[str]:
                 "--tablePort",
                 str(ports["table"]),
             ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         try:
-            for port in ports.values():
-                _wait_for(port)
+            try:
+                for port in ports.values():
+                    _wait_for(port, process)
+            except (RuntimeError, TimeoutError) as exc:
+                log.flush()
+                output = (Path(location) / "azurite.log").read_text(errors="replace")[-2000:]
+                pytest.fail(f"{exc}\n{output}")
             yield connection_string(**ports)
         finally:
             process.terminate()
@@ -107,3 +117,5 @@ def azurite() -> Iterator[str]:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 process.kill()
+                process.wait()
+            log.close()

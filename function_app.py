@@ -1,0 +1,49 @@
+"""Azure Functions entry point (Python v2 model): bindings only; the logic lives in ``shared``.
+
+- HTTP: the FastAPI app (``shared.api``) behind ``AsgiFunctionApp`` at auth level FUNCTION.
+- Queue ``experiment-requests``: specs from other services (Event Grid, Logic Apps, scripts).
+- Queue ``experiment-events``: the state machine's internal events.
+- Timer: the sweep that re-drives stalled experiments and tears down finished ones' compute.
+
+Heavy SDKs (azure-ai-ml, dask) are imported inside the handlers that need them, not here: cold start.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import azure.functions as func
+
+from shared.api import create_api
+from shared.config import QUEUE_EVENTS, QUEUE_REQUESTS
+from shared.context import get_context
+from shared.handlers import handle_event, handle_request_message, sweep
+
+SWEEP_SCHEDULE = "0 */5 * * * *"
+"""Every five minutes (NCRONTAB, with seconds)."""
+
+app = func.AsgiFunctionApp(app=create_api(), http_auth_level=func.AuthLevel.FUNCTION)
+
+
+@app.function_name("experiment_requests")
+@app.queue_trigger(arg_name="message", queue_name=QUEUE_REQUESTS, connection="AzureWebJobsStorage")
+def experiment_requests(message: func.QueueMessage) -> None:
+    """A spec sent by another service; invalid ones raise, so the host retries then poisons them."""
+    record = handle_request_message(get_context(), message.get_body().decode("utf-8"), message_id=message.id)
+    logging.info("request %s -> experiment %s (%s)", message.id, record.id, record.status)
+
+
+@app.function_name("experiment_events")
+@app.queue_trigger(arg_name="message", queue_name=QUEUE_EVENTS, connection="AzureWebJobsStorage")
+def experiment_events(message: func.QueueMessage) -> None:
+    """One state-machine step."""
+    outcome = handle_event(get_context(), message.get_body().decode("utf-8"))
+    logging.info("event %s: %s", message.id, outcome)
+
+
+@app.function_name("sweep")
+@app.timer_trigger(arg_name="timer", schedule=SWEEP_SCHEDULE, run_on_startup=False, use_monitor=True)
+def sweep_timer(timer: func.TimerRequest) -> None:
+    """Re-drive experiments whose events were lost; tear down compute of finished ones."""
+    report = sweep(get_context())
+    logging.info("sweep: %s", report)

@@ -1,0 +1,260 @@
+"""Which engine runs a trial (cuDF/cuML on an NVIDIA GPU, or pandas/scikit-learn on CPUs) and its toolkit.
+
+``resolve_engine`` decides; ``get_engine`` returns an :class:`Engine`, one small namespace per engine with
+the same shape (dataframe library, array library, random-forest factory, XGBoost device, stratified
+K-fold splitter, metric functions), so the training code is written once and never asks "am I on a GPU?".
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.util
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, Literal
+
+import numpy as np
+
+from gpu_jobs.errors import UserError
+
+EngineName = Literal["gpu", "cpu"]
+ENGINE_REQUESTS: tuple[str, ...] = ("auto", "gpu", "cpu")
+RAPIDS_MODULES: tuple[str, ...] = ("cudf", "cuml")
+LOG_LOSS_EPSILON = 1e-15
+"""Probabilities are clipped to ``[eps, 1 - eps]`` before log loss, identically on both engines."""
+
+
+@dataclass(frozen=True)
+class GpuProbe:
+    """How many NVIDIA GPUs this process can use, and how that was found out (or why none)."""
+
+    count: int
+    detail: str
+
+
+@functools.cache
+def probe_gpus() -> GpuProbe:
+    """Count the NVIDIA GPUs visible to this process (CuPy, then NVML, then ``nvidia-smi``); never raises."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in {"", "-1", "none", "NoDevFiles"}:
+        return GpuProbe(0, f"CUDA_VISIBLE_DEVICES={visible!r} hides every GPU")
+    reasons: list[str] = []
+    if importlib.util.find_spec("cupy") is not None:
+        try:
+            import cupy
+
+            count = int(cupy.cuda.runtime.getDeviceCount())
+            if count:
+                return GpuProbe(count, f"{count} device(s) reported by the CUDA runtime")
+            reasons.append("the CUDA runtime reports 0 devices")
+        except Exception as exc:  # no driver, no device, broken install: all mean "no usable GPU"
+            reasons.append(f"CUDA runtime: {type(exc).__name__}: {exc}")
+    if importlib.util.find_spec("pynvml") is not None:
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            try:
+                count = int(pynvml.nvmlDeviceGetCount())
+            finally:
+                pynvml.nvmlShutdown()
+            if count:
+                return GpuProbe(count, f"{count} device(s) reported by NVML")
+            reasons.append("NVML reports 0 devices")
+        except Exception as exc:
+            reasons.append(f"NVML: {type(exc).__name__}: {exc}")
+    nvidia_smi = shutil.which("nvidia-smi")
+    if nvidia_smi is None:
+        reasons.append("nvidia-smi not found (no NVIDIA driver)")
+    else:
+        try:
+            listing = subprocess.run(
+                [nvidia_smi, "-L"], capture_output=True, text=True, timeout=20, check=False
+            ).stdout
+            count = sum(1 for line in listing.splitlines() if line.startswith("GPU "))
+            if count:
+                return GpuProbe(count, f"{count} device(s) listed by nvidia-smi")
+            reasons.append("nvidia-smi lists no GPU")
+        except (OSError, subprocess.SubprocessError) as exc:
+            reasons.append(f"nvidia-smi failed: {exc}")
+    return GpuProbe(0, "; ".join(reasons))
+
+
+@functools.cache
+def probe_rapids(import_modules: bool = True) -> tuple[str, ...]:
+    """Return the RAPIDS modules (cudf, cuml) that cannot be used, each with the reason; empty = all good.
+
+    With ``import_modules=False`` only checks that they are installed (importing cuDF costs seconds and
+    may fail without a GPU; a quick check is enough for an error message).
+    """
+    problems: list[str] = []
+    for name in RAPIDS_MODULES:
+        if importlib.util.find_spec(name) is None:
+            problems.append(f"{name} (not installed)")
+            continue
+        if import_modules:
+            try:
+                importlib.import_module(name)
+            except Exception as exc:
+                problems.append(f"{name} (import failed: {type(exc).__name__}: {exc})")
+    return tuple(problems)
+
+
+def resolve_engine(requested: str = "auto") -> EngineName:
+    """Pick the engine: ``gpu`` needs a visible NVIDIA GPU and importable cuDF + cuML; ``auto`` falls back to
+    ``cpu`` when either is missing; ``gpu`` without them raises :class:`UserError` saying what is missing."""
+    if requested not in ENGINE_REQUESTS:
+        raise UserError(f"unknown engine {requested!r}: expected one of {', '.join(ENGINE_REQUESTS)}")
+    if requested == "cpu":
+        return "cpu"
+    gpus = probe_gpus()
+    if gpus.count > 0 and not probe_rapids():
+        return "gpu"
+    if requested == "auto":
+        return "cpu"
+    missing: list[str] = []
+    if gpus.count == 0:
+        missing.append(f"an NVIDIA GPU (none visible: {gpus.detail})")
+    rapids_problems = probe_rapids(import_modules=gpus.count > 0)
+    if rapids_problems:
+        missing.append(f"RAPIDS cuDF and cuML ({'; '.join(rapids_problems)})")
+    raise UserError(f"--engine gpu needs {' and '.join(missing)}; use --engine auto or cpu to run on CPUs")
+
+
+@dataclass(frozen=True)
+class Engine:
+    """Everything training needs from one engine, with the same call shapes on both."""
+
+    name: EngineName
+    frame: ModuleType
+    """Dataframe library: ``cudf`` or ``pandas``."""
+    array: ModuleType
+    """Array library: ``cupy`` or ``numpy``."""
+    xgboost_device: str
+    """XGBoost's ``device`` parameter: ``cuda`` or ``cpu``."""
+    stratified_kfold: type
+    """``cuml.model_selection.StratifiedKFold`` or scikit-learn's: ``(n_splits, shuffle, random_state)``."""
+    metric_functions: Mapping[str, Callable[..., Any]]
+    """``accuracy``, ``roc_auc``, ``log_loss`` from ``cuml.metrics`` or ``sklearn.metrics``."""
+    random_forest_class: type
+    random_forest_ignored_params: frozenset[str]
+    """Random-forest hyperparameters this engine's forest has no use for (``n_bins`` on scikit-learn)."""
+    from_pandas: Callable[[Any], Any]
+    to_array: Callable[[Any, Any], Any]
+    """``(frame_or_series, dtype) -> engine array``: the data stays on the engine's device."""
+    synchronize: Callable[[], None]
+    """Wait for queued device work (so timings are honest); a no-op on CPU."""
+    random_forest_kwargs: Callable[[Mapping[str, float], int, int | None], dict[str, Any]]
+    """``(params, seed, n_jobs) -> constructor kwargs`` for :attr:`random_forest_class`."""
+    portable_forest: Callable[[Any], Any]
+    """Fitted forest -> a scikit-learn forest that loads and predicts without a GPU."""
+
+    def random_forest(self, params: Mapping[str, float], *, seed: int, n_jobs: int | None) -> Any:
+        """A new, unfitted random forest configured from validated ``params``."""
+        return self.random_forest_class(**self.random_forest_kwargs(params, seed, n_jobs))
+
+    def score(self, y_true: Any, positive_proba: Any) -> dict[str, float]:
+        """Accuracy (threshold 0.5), ROC AUC and log loss of positive-class probabilities."""
+        proba = positive_proba.astype(np.float64)
+        predicted = (proba >= 0.5).astype(y_true.dtype)
+        clipped = self.array.clip(proba, LOG_LOSS_EPSILON, 1.0 - LOG_LOSS_EPSILON)
+        return {
+            "accuracy": float(self.metric_functions["accuracy"](y_true, predicted)),
+            "roc_auc": float(self.metric_functions["roc_auc"](y_true, proba)),
+            "log_loss": float(self.metric_functions["log_loss"](y_true, clipped)),
+        }
+
+
+def _sklearn_forest_kwargs(params: Mapping[str, float], seed: int, n_jobs: int | None) -> dict[str, Any]:
+    return {
+        "n_estimators": int(params["n_estimators"]),
+        "max_depth": int(params["max_depth"]),
+        "max_features": float(params["max_features"]),
+        "min_samples_leaf": int(params["min_samples_leaf"]),
+        "n_jobs": n_jobs,
+        "random_state": seed,
+    }
+
+
+def _cuml_forest_kwargs(params: Mapping[str, float], seed: int, n_jobs: int | None) -> dict[str, Any]:
+    del n_jobs  # cuML parallelises on the GPU (n_streams), not with CPU threads
+    return {
+        "n_estimators": int(params["n_estimators"]),
+        "max_depth": int(params["max_depth"]),
+        "max_features": float(params["max_features"]),
+        "n_bins": int(params["n_bins"]),
+        "min_samples_leaf": int(params["min_samples_leaf"]),
+        "random_state": seed,
+        "output_type": "cupy",
+    }
+
+
+def _cuml_forest_as_sklearn(forest: Any) -> Any:
+    if not hasattr(forest, "as_sklearn"):
+        raise RuntimeError(
+            "this cuML has no RandomForestClassifier.as_sklearn(); cuML >= 25.02 is needed to save a "
+            "forest that loads without a GPU"
+        )
+    return forest.as_sklearn()
+
+
+def _cpu_engine() -> Engine:
+    import pandas as pd
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
+    from sklearn.model_selection import StratifiedKFold
+
+    return Engine(
+        name="cpu",
+        frame=pd,
+        array=np,
+        xgboost_device="cpu",
+        stratified_kfold=StratifiedKFold,
+        metric_functions={"accuracy": accuracy_score, "roc_auc": roc_auc_score, "log_loss": log_loss},
+        random_forest_class=RandomForestClassifier,
+        random_forest_ignored_params=frozenset({"n_bins"}),
+        from_pandas=lambda data: data,
+        to_array=lambda data, dtype: data.to_numpy(dtype=dtype),
+        synchronize=lambda: None,
+        random_forest_kwargs=_sklearn_forest_kwargs,
+        portable_forest=lambda forest: forest,
+    )
+
+
+def _gpu_engine() -> Engine:
+    import cudf
+    import cupy
+    from cuml.ensemble import RandomForestClassifier
+    from cuml.metrics import accuracy_score, log_loss, roc_auc_score
+    from cuml.model_selection import StratifiedKFold
+
+    return Engine(
+        name="gpu",
+        frame=cudf,
+        array=cupy,
+        xgboost_device="cuda",
+        stratified_kfold=StratifiedKFold,
+        metric_functions={"accuracy": accuracy_score, "roc_auc": roc_auc_score, "log_loss": log_loss},
+        random_forest_class=RandomForestClassifier,
+        random_forest_ignored_params=frozenset(),
+        # nan_as_null=False keeps NaN as NaN (not a null mask), so to_cupy() works on every column.
+        from_pandas=lambda data: cudf.from_pandas(data, nan_as_null=False),
+        to_array=lambda data, dtype: data.to_cupy(dtype=dtype),
+        synchronize=lambda: cupy.cuda.get_current_stream().synchronize(),
+        random_forest_kwargs=_cuml_forest_kwargs,
+        portable_forest=_cuml_forest_as_sklearn,
+    )
+
+
+@functools.cache
+def get_engine(name: EngineName) -> Engine:
+    """The :class:`Engine` for a resolved engine name (``resolve_engine`` first; this does not probe)."""
+    builders: dict[str, Callable[[], Engine]] = {"cpu": _cpu_engine, "gpu": _gpu_engine}
+    if name not in builders:
+        raise UserError(f"unknown engine {name!r}: expected gpu or cpu (resolve 'auto' first)")
+    return builders[name]()

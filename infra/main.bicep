@@ -1,0 +1,241 @@
+// rapids-hpo-control: the serverless control plane (Azure Functions, Flex Consumption) and what it needs.
+// Deploy into the control-plane resource group:
+//   az deployment group create -g <rg> -f infra/main.bicep -p infra/main.parameters.json
+// Names and settings shared with the code come from shared/config.py; tests/test_infra.py checks that
+// this file and that module agree.
+
+targetScope = 'resourceGroup'
+
+@description('Azure region of the control plane (and of the AzureML workspace, when deployed). Must offer Flex Consumption.')
+param location string = resourceGroup().location
+
+@description('Short prefix for resource names: 2-10 lowercase letters or digits.')
+@minLength(2)
+@maxLength(10)
+param namePrefix string = 'rhpo'
+
+@description('Resource group where experiments create their networks and Dask VMs (and where the AzureML workspace goes). It must exist. Empty: this resource group.')
+param experimentResourceGroup string = ''
+
+@description('Deploy an AzureML workspace (Key Vault, storage, Application Insights, optional registry) for the AzureML backend.')
+param deployAzureML bool = false
+
+@description('With deployAzureML: also create a container registry for the workspace.')
+param deployContainerRegistry bool = false
+
+@description('With deployAzureML: disable shared keys on the workspace storage (AzureML identity-based datastores, preview).')
+param azureMLKeylessStorage bool = false
+
+@description('Address space of the control-plane virtual network.')
+param vnetAddressPrefix string = '10.50.0.0/16'
+
+@description('Function App integration subnet (delegated to Microsoft.App/environments).')
+param functionsSubnetPrefix string = '10.50.0.0/24'
+
+@description('Subnet for Dask scheduler and worker VMs, reachable from the Function App only.')
+param daskSubnetPrefix string = '10.50.1.0/24'
+
+@description('Create a NAT gateway for outbound traffic from the control-plane subnets.')
+param enableNatGateway bool = true
+
+@description('Upper bound on Function App instances.')
+@minValue(40)
+@maxValue(1000)
+param maximumInstanceCount int = 40
+
+@description('Memory per Function App instance (MB).')
+@allowed([
+  512
+  2048
+  4096
+])
+param instanceMemoryMB int = 2048
+
+@description('RAPIDS_HPO_POLL_SECONDS: seconds between polls of a running experiment.')
+@minValue(1)
+param pollSeconds int = 10
+
+@description('RAPIDS_HPO_STALL_SECONDS: an experiment without progress for this long is re-driven by the sweep.')
+@minValue(60)
+param stallSeconds int = 900
+
+@description('Log Analytics retention (days).')
+@minValue(30)
+@maxValue(730)
+param logRetentionDays int = 30
+
+@description('Tags applied to every resource.')
+param tags object = {
+  app: 'rapids-hpo-control'
+}
+
+// ---- Names --------------------------------------------------------------------------------------
+var prefix = toLower(namePrefix)
+var compactPrefix = replace(prefix, '-', '')
+var resourceToken = toLower(uniqueString(subscription().id, resourceGroup().id, prefix))
+var experimentRgName = empty(experimentResourceGroup) ? resourceGroup().name : experimentResourceGroup
+
+var functionAppName = 'func-${prefix}-${resourceToken}'
+var planName = 'plan-${prefix}-${resourceToken}'
+var storageAccountName = take('st${compactPrefix}${resourceToken}', 24)
+var logAnalyticsName = 'log-${prefix}-${resourceToken}'
+var appInsightsName = 'appi-${prefix}-${resourceToken}'
+var vnetName = 'vnet-${prefix}-${resourceToken}'
+var deploymentContainerName = 'app-package-${take(functionAppName, 32)}-${take(resourceToken, 7)}'
+
+var azureMLWorkspaceName = 'mlw-${prefix}-${resourceToken}'
+var azureMLStorageName = take('stml${compactPrefix}${resourceToken}', 24)
+var azureMLKeyVaultName = take('kv-${prefix}-${resourceToken}', 24)
+var azureMLAppInsightsName = 'appi-ml-${prefix}-${resourceToken}'
+var azureMLRegistryName = 'cr${compactPrefix}${resourceToken}'
+
+// ---- Names shared with the code (shared/config.py: QUEUES + POISON_SUFFIX, TABLES, CONTAINERS) -----
+var queueNames = [
+  'experiment-requests'
+  'experiment-requests-poison'
+  'experiment-events'
+  'experiment-events-poison'
+  'experiment-status'
+  'experiment-status-poison'
+]
+var tableNames = [
+  'experiments'
+  'trials'
+  'idempotency'
+]
+var blobContainerNames = [
+  'artifacts'
+]
+
+// ---- Resources ----------------------------------------------------------------------------------
+module monitoring 'modules/monitoring.bicep' = {
+  name: 'monitoring'
+  params: {
+    location: location
+    logAnalyticsName: logAnalyticsName
+    appInsightsName: appInsightsName
+    retentionInDays: logRetentionDays
+    tags: tags
+  }
+}
+
+module storage 'modules/storage.bicep' = {
+  name: 'storage'
+  params: {
+    name: storageAccountName
+    location: location
+    queueNames: queueNames
+    tableNames: tableNames
+    containerNames: concat(blobContainerNames, [deploymentContainerName])
+    tags: tags
+  }
+}
+
+module network 'modules/network.bicep' = {
+  name: 'network'
+  params: {
+    location: location
+    vnetName: vnetName
+    addressPrefix: vnetAddressPrefix
+    functionsSubnetPrefix: functionsSubnetPrefix
+    daskSubnetPrefix: daskSubnetPrefix
+    enableNatGateway: enableNatGateway
+    tags: tags
+  }
+}
+
+// App settings. Names come from shared/config.py ENV_DEFAULTS, plus the two Application Insights
+// settings the Functions host reads. AzureWebJobsStorage is identity-based (account name only, no
+// connection string; the system-assigned identity is the default credential). Flex Consumption takes
+// the runtime from functionAppConfig, so FUNCTIONS_WORKER_RUNTIME and FUNCTIONS_EXTENSION_VERSION are
+// deliberately absent. RAPIDS_HPO_HOME (local store), RAPIDS_HPO_API_URL and RAPIDS_HPO_FUNCTION_KEY
+// (CLI client side) do not apply in Azure.
+var appSettings = {
+  AzureWebJobsStorage__accountName: storage.outputs.name
+  APPLICATIONINSIGHTS_CONNECTION_STRING: monitoring.outputs.appInsightsConnectionString
+  APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'Authorization=AAD'
+  AZURE_SUBSCRIPTION_ID: subscription().subscriptionId
+  AZURE_RESOURCE_GROUP: experimentRgName
+  AZURE_LOCATION: location
+  AZUREML_WORKSPACE: deployAzureML ? azureMLWorkspaceName : ''
+  RAPIDS_HPO_POLL_SECONDS: string(pollSeconds)
+  RAPIDS_HPO_STALL_SECONDS: string(stallSeconds)
+}
+
+module functionApp 'modules/functionapp.bicep' = {
+  name: 'functionapp'
+  params: {
+    location: location
+    name: functionAppName
+    planName: planName
+    storageAccountName: storage.outputs.name
+    deploymentContainerName: deploymentContainerName
+    subnetId: network.outputs.functionsSubnetId
+    appSettings: appSettings
+    maximumInstanceCount: maximumInstanceCount
+    instanceMemoryMB: instanceMemoryMB
+    tags: tags
+  }
+}
+
+module controlPlaneRoles 'modules/roles-controlplane.bicep' = {
+  name: 'roles-controlplane'
+  params: {
+    principalId: functionApp.outputs.principalId
+    storageAccountName: storage.outputs.name
+    appInsightsName: monitoring.outputs.appInsightsName
+    vnetName: network.outputs.vnetName
+    daskSubnetName: network.outputs.daskSubnetName
+  }
+}
+
+module experimentRoles 'modules/roles-experiments.bicep' = {
+  name: 'roles-experiments'
+  scope: resourceGroup(experimentRgName)
+  params: {
+    principalId: functionApp.outputs.principalId
+  }
+}
+
+module azureML 'modules/azureml.bicep' = if (deployAzureML) {
+  name: 'azureml'
+  scope: resourceGroup(experimentRgName)
+  params: {
+    location: location
+    workspaceName: azureMLWorkspaceName
+    storageAccountName: azureMLStorageName
+    keyVaultName: azureMLKeyVaultName
+    appInsightsName: azureMLAppInsightsName
+    logAnalyticsId: monitoring.outputs.logAnalyticsId
+    deployContainerRegistry: deployContainerRegistry
+    containerRegistryName: azureMLRegistryName
+    keylessStorage: azureMLKeylessStorage
+    tags: tags
+  }
+}
+
+module azureMLRoles 'modules/roles-azureml.bicep' = if (deployAzureML) {
+  name: 'roles-azureml'
+  scope: resourceGroup(experimentRgName)
+  params: {
+    principalId: functionApp.outputs.principalId
+    workspaceName: azureMLWorkspaceName
+    storageAccountName: azureMLStorageName
+    keylessStorage: azureMLKeylessStorage
+  }
+  dependsOn: [
+    azureML
+  ]
+}
+
+// ---- Outputs ------------------------------------------------------------------------------------
+output functionAppName string = functionApp.outputs.name
+@description('Value for RAPIDS_HPO_API_URL (the CLI adds /api/...).')
+output functionAppUrl string = 'https://${functionApp.outputs.defaultHostName}'
+output functionAppPrincipalId string = functionApp.outputs.principalId
+output storageAccountName string = storage.outputs.name
+output experimentResourceGroup string = experimentRgName
+output azureMLWorkspaceName string = deployAzureML ? azureMLWorkspaceName : ''
+output vnetName string = network.outputs.vnetName
+@description('Pass as AzureVMCluster(subnet=...) so Dask VMs get private IPs the Function App can reach.')
+output daskSubnetId string = network.outputs.daskSubnetId

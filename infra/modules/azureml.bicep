@@ -1,0 +1,131 @@
+// An Azure Machine Learning workspace and its dependencies: Key Vault (RBAC mode), a storage account,
+// Application Insights (into the shared Log Analytics workspace) and, optionally, a container registry.
+// Deployed into the experiment resource group, where the AzureML backend finds it
+// (AZURE_RESOURCE_GROUP + AZUREML_WORKSPACE).
+
+@description('Azure region.')
+param location string
+
+@description('Workspace name.')
+param workspaceName string
+
+@description('Workspace storage account name (3-24 lowercase letters and digits).')
+@minLength(3)
+@maxLength(24)
+param storageAccountName string
+
+@description('Key Vault name (3-24 characters).')
+@minLength(3)
+@maxLength(24)
+param keyVaultName string
+
+@description('Application Insights component name for the workspace.')
+param appInsightsName string
+
+@description('Resource ID of the Log Analytics workspace the Application Insights component writes to.')
+param logAnalyticsId string
+
+@description('Create a container registry for the workspace (else AzureML creates one on first image build).')
+param deployContainerRegistry bool = false
+
+@description('Container registry name (5-50 letters and digits), used when deployContainerRegistry is true.')
+param containerRegistryName string
+
+@description('Disable shared-key access on the workspace storage and use identity-based system datastores. AzureML documents this as preview; compute clusters then need an identity with data roles on the storage.')
+param keylessStorage bool = false
+
+@description('Tags applied to every resource.')
+param tags object = {}
+
+resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
+  name: storageAccountName
+  location: location
+  tags: tags
+  kind: 'StorageV2'
+  sku: {
+    name: 'Standard_LRS'
+  }
+  properties: {
+    accessTier: 'Hot'
+    minimumTlsVersion: 'TLS1_2'
+    supportsHttpsTrafficOnly: true
+    // AzureML's generally available default reaches its system datastores with the account key, so
+    // shared keys stay on unless keylessStorage opts into identity-based datastores (preview).
+    allowSharedKeyAccess: !keylessStorage
+    allowBlobPublicAccess: false
+    allowCrossTenantReplication: false
+    publicNetworkAccess: 'Enabled'
+  }
+}
+
+resource keyVault 'Microsoft.KeyVault/vaults@2023-07-01' = {
+  name: keyVaultName
+  location: location
+  tags: tags
+  properties: {
+    tenantId: subscription().tenantId
+    sku: {
+      family: 'A'
+      name: 'standard'
+    }
+    enableRbacAuthorization: true
+    enableSoftDelete: true
+    softDeleteRetentionInDays: 7
+    publicNetworkAccess: 'Enabled'
+  }
+}
+
+resource appInsights 'Microsoft.Insights/components@2020-02-02' = {
+  name: appInsightsName
+  location: location
+  tags: tags
+  kind: 'web'
+  properties: {
+    Application_Type: 'web'
+    WorkspaceResourceId: logAnalyticsId
+    IngestionMode: 'LogAnalytics'
+  }
+}
+
+resource containerRegistry 'Microsoft.ContainerRegistry/registries@2023-07-01' = if (deployContainerRegistry) {
+  name: containerRegistryName
+  location: location
+  tags: tags
+  sku: {
+    name: 'Standard'
+  }
+  properties: {
+    adminUserEnabled: false
+  }
+}
+
+resource workspace 'Microsoft.MachineLearningServices/workspaces@2025-12-01' = {
+  name: workspaceName
+  location: location
+  tags: tags
+  kind: 'Default'
+  sku: {
+    name: 'Basic'
+    tier: 'Basic'
+  }
+  identity: {
+    type: 'SystemAssigned'
+  }
+  properties: {
+    friendlyName: workspaceName
+    storageAccount: storage.id
+    keyVault: keyVault.id
+    applicationInsights: appInsights.id
+    containerRegistry: deployContainerRegistry ? resourceId('Microsoft.ContainerRegistry/registries', containerRegistryName) : null
+    systemDatastoresAuthMode: keylessStorage ? 'Identity' : 'AccessKey'
+    publicNetworkAccess: 'Enabled'
+    v1LegacyMode: false
+  }
+  dependsOn: [
+    containerRegistry
+  ]
+}
+
+output workspaceName string = workspace.name
+output workspaceId string = workspace.id
+output storageAccountName string = storage.name

@@ -1,0 +1,186 @@
+// The control-plane virtual network.
+//
+// - `functions`: the Function App's VNet integration subnet. Flex Consumption requires the delegation to
+//   Microsoft.App/environments; nothing else may live in it.
+// - `dask`: a subnet for Dask scheduler/worker VMs (AzureVMCluster with `subnet=<daskSubnetId>`), so the
+//   Function App reaches the scheduler on its private IP. Its NSG admits Dask's ports (8786 scheduler,
+//   8787 dashboard) from the functions subnet only, and any port between the cluster's own VMs; every
+//   other source inside the VNet is denied, and the Internet is denied by the platform's default rule.
+// - An optional NAT gateway gives both subnets outbound access (ARM/AzureML calls, image pulls) without
+//   public IPs on the VMs.
+
+@description('Azure region.')
+param location string
+
+@description('Virtual network name.')
+param vnetName string
+
+@description('Address space of the virtual network.')
+param addressPrefix string
+
+@description('Prefix of the Function App integration subnet (/27 or larger).')
+param functionsSubnetPrefix string
+
+@description('Prefix of the Dask VM subnet.')
+param daskSubnetPrefix string
+
+@description('Create a NAT gateway for outbound traffic from both subnets.')
+param enableNatGateway bool = true
+
+@description('Tags applied to every resource.')
+param tags object = {}
+
+var functionsSubnetName = 'functions'
+var daskSubnetName = 'dask'
+var natGatewayName = '${vnetName}-nat'
+var natGatewayRef = {
+  id: resourceId('Microsoft.Network/natGateways', natGatewayName)
+}
+
+resource natPublicIp 'Microsoft.Network/publicIPAddresses@2024-05-01' = if (enableNatGateway) {
+  name: '${vnetName}-nat-ip'
+  location: location
+  tags: tags
+  sku: {
+    name: 'Standard'
+  }
+  properties: {
+    publicIPAllocationMethod: 'Static'
+    publicIPAddressVersion: 'IPv4'
+  }
+}
+
+resource natGateway 'Microsoft.Network/natGateways@2024-05-01' = if (enableNatGateway) {
+  name: natGatewayName
+  location: location
+  tags: tags
+  sku: {
+    name: 'Standard'
+  }
+  properties: {
+    idleTimeoutInMinutes: 10
+    publicIpAddresses: [
+      {
+        id: natPublicIp.id
+      }
+    ]
+  }
+}
+
+// No custom rules: the platform defaults (VNet in, load balancer in, deny the rest) are what the
+// integration subnet needs. The NSG exists so that the subnet is never left without one.
+resource functionsNsg 'Microsoft.Network/networkSecurityGroups@2024-05-01' = {
+  name: '${vnetName}-${functionsSubnetName}-nsg'
+  location: location
+  tags: tags
+  properties: {
+    securityRules: []
+  }
+}
+
+resource daskNsg 'Microsoft.Network/networkSecurityGroups@2024-05-01' = {
+  name: '${vnetName}-${daskSubnetName}-nsg'
+  location: location
+  tags: tags
+  properties: {
+    securityRules: [
+      {
+        name: 'allow-dask-from-functions'
+        properties: {
+          description: 'Dask scheduler (8786) and dashboard (8787), from the Function App subnet only.'
+          priority: 100
+          direction: 'Inbound'
+          access: 'Allow'
+          protocol: 'Tcp'
+          sourceAddressPrefix: functionsSubnetPrefix
+          sourcePortRange: '*'
+          destinationAddressPrefix: daskSubnetPrefix
+          destinationPortRanges: [
+            '8786'
+            '8787'
+          ]
+        }
+      }
+      {
+        name: 'allow-dask-intra-cluster'
+        properties: {
+          description: 'Scheduler, workers and nannies talk to each other on ephemeral ports.'
+          priority: 110
+          direction: 'Inbound'
+          access: 'Allow'
+          protocol: '*'
+          sourceAddressPrefix: daskSubnetPrefix
+          sourcePortRange: '*'
+          destinationAddressPrefix: daskSubnetPrefix
+          destinationPortRange: '*'
+        }
+      }
+      {
+        name: 'deny-other-vnet-inbound'
+        properties: {
+          description: 'Overrides the default AllowVnetInBound: nothing else in the VNet reaches the cluster.'
+          priority: 4000
+          direction: 'Inbound'
+          access: 'Deny'
+          protocol: '*'
+          sourceAddressPrefix: 'VirtualNetwork'
+          sourcePortRange: '*'
+          destinationAddressPrefix: daskSubnetPrefix
+          destinationPortRange: '*'
+        }
+      }
+    ]
+  }
+}
+
+resource vnet 'Microsoft.Network/virtualNetworks@2024-05-01' = {
+  name: vnetName
+  location: location
+  tags: tags
+  properties: {
+    addressSpace: {
+      addressPrefixes: [
+        addressPrefix
+      ]
+    }
+    subnets: [
+      {
+        name: functionsSubnetName
+        properties: {
+          addressPrefix: functionsSubnetPrefix
+          networkSecurityGroup: {
+            id: functionsNsg.id
+          }
+          natGateway: enableNatGateway ? natGatewayRef : null
+          delegations: [
+            {
+              name: 'flex-consumption'
+              properties: {
+                serviceName: 'Microsoft.App/environments'
+              }
+            }
+          ]
+        }
+      }
+      {
+        name: daskSubnetName
+        properties: {
+          addressPrefix: daskSubnetPrefix
+          networkSecurityGroup: {
+            id: daskNsg.id
+          }
+          natGateway: enableNatGateway ? natGatewayRef : null
+        }
+      }
+    ]
+  }
+  dependsOn: [
+    natGateway
+  ]
+}
+
+output vnetName string = vnet.name
+output vnetId string = vnet.id
+output functionsSubnetId string = resourceId('Microsoft.Network/virtualNetworks/subnets', vnet.name, functionsSubnetName)
+output daskSubnetName string = daskSubnetName
+output daskSubnetId string = resourceId('Microsoft.Network/virtualNetworks/subnets', vnet.name, daskSubnetName)

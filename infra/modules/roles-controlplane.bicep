@@ -1,0 +1,99 @@
+// Role assignments for the Function App's system-assigned identity on the control-plane resources,
+// each at the narrowest scope that works.
+
+import { roleIds } from 'role-definitions.bicep'
+
+@description('Object (principal) ID of the Function App system-assigned identity.')
+param principalId string
+
+@description('Control-plane storage account name.')
+param storageAccountName string
+
+@description('Application Insights component name.')
+param appInsightsName string
+
+@description('Control-plane virtual network name.')
+param vnetName string
+
+@description('Name of the Dask VM subnet in that network.')
+param daskSubnetName string
+
+resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
+  name: storageAccountName
+}
+
+resource appInsights 'Microsoft.Insights/components@2020-02-02' existing = {
+  name: appInsightsName
+}
+
+resource vnet 'Microsoft.Network/virtualNetworks@2024-05-01' existing = {
+  name: vnetName
+}
+
+resource daskSubnet 'Microsoft.Network/virtualNetworks/subnets@2024-05-01' existing = {
+  parent: vnet
+  name: daskSubnetName
+}
+
+// Host storage needs Blob Data Owner (the minimum the Functions host needs for its blobs, leases and
+// keys); it also covers the Flex deployment container and the artifacts container.
+resource blobDataOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(storage.id, principalId, roleIds.storageBlobDataOwner)
+  scope: storage
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleIds.storageBlobDataOwner)
+    principalId: principalId
+    principalType: 'ServicePrincipal'
+    description: 'Functions host storage, Flex deployment package, experiment artifacts.'
+  }
+}
+
+// Queue triggers read and delete messages and write <queue>-poison; the code sends to every queue.
+resource queueDataContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(storage.id, principalId, roleIds.storageQueueDataContributor)
+  scope: storage
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleIds.storageQueueDataContributor)
+    principalId: principalId
+    principalType: 'ServicePrincipal'
+    description: 'Queue triggers, poison queues and the experiment queues.'
+  }
+}
+
+// Experiment, trial and idempotency tables (and the host's diagnostic events table).
+resource tableDataContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(storage.id, principalId, roleIds.storageTableDataContributor)
+  scope: storage
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleIds.storageTableDataContributor)
+    principalId: principalId
+    principalType: 'ServicePrincipal'
+    description: 'Experiment, trial and idempotency tables.'
+  }
+}
+
+// Application Insights has local auth disabled: the host sends telemetry with Entra ID.
+resource metricsPublisher 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(appInsights.id, principalId, roleIds.monitoringMetricsPublisher)
+  scope: appInsights
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleIds.monitoringMetricsPublisher)
+    principalId: principalId
+    principalType: 'ServicePrincipal'
+    description: 'Telemetry to Application Insights with Entra ID authentication.'
+  }
+}
+
+// The Dask VMs' NICs live in the experiment resource group but join this subnet. At subnet scope the
+// only Virtual Machine Contributor action that applies is virtualNetworks/subnets/join/action (plus
+// reads); unlike Network Contributor it cannot change the subnet or its NSG.
+resource daskSubnetJoin 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(daskSubnet.id, principalId, roleIds.virtualMachineContributor)
+  scope: daskSubnet
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleIds.virtualMachineContributor)
+    principalId: principalId
+    principalType: 'ServicePrincipal'
+    description: 'Join Dask VM network interfaces to the private dask subnet.'
+  }
+}

@@ -1,0 +1,490 @@
+"""The VNet, subnet and NSG a ``vmcluster`` run lives in: idempotent provisioning and teardown.
+
+Everything goes through the real ``azure-mgmt-network`` SDK. Resources are found by name and
+owned by tag (``rapids-hpo-experiment=<id>``, ``created-by=rapids-hpo-control``): a re-run reuses
+and reconciles what this experiment created before, refuses to touch a same-named resource it does
+not own, and never creates or deletes ``existing_*`` resources the spec names. Teardown deletes only
+what :class:`NetworkHandle` lists as created, VNet before NSG; "already gone" counts as success.
+
+The seed opened Dask's ports 8786/8787 to ``Internet``. Here the inbound rule admits only
+``NetworkSpec.allowed_source_prefixes`` or, by default, the ``VirtualNetwork`` service tag (the
+Function App reaches the scheduler through VNet integration). VM-to-VM traffic inside the VNet
+needs no rule: Azure's default ``AllowVnetInBound`` covers it.
+
+Retries are :func:`shared.backends.arm.arm_call`'s (409/429/5xx, with ``Retry-After``); see there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import logging
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict
+
+from shared.backends.arm import DEFAULT_RETRY, RetrySettings, arm_call, client_kwargs, is_not_found
+from shared.compute_spec import NetworkSpec
+from shared.errors import BackendError
+
+if TYPE_CHECKING:
+    from azure.core.credentials import TokenCredential
+    from azure.mgmt.network import NetworkManagementClient
+    from azure.mgmt.network.models import NetworkSecurityGroup, SecurityRule, VirtualNetwork
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT_TAG = "rapids-hpo-experiment"
+CREATED_BY_TAG = "created-by"
+CREATED_BY = "rapids-hpo-control"
+
+DASK_PORTS = ("8786", "8787")
+DASK_RULE_PREFIX = "rapids-hpo-dask"
+DASK_RULE_PRIORITY = 1000
+DEFAULT_DASK_SOURCE = "VirtualNetwork"
+
+_MAX_NAME = 64
+_INVALID = re.compile(r"[^a-z0-9_.-]+")
+
+
+@dataclass(frozen=True)
+class NetworkNames:
+    """Names of the resources an experiment creates (valid Azure names, at most 64 characters)."""
+
+    vnet: str
+    subnet: str
+    nsg: str
+
+
+class NetworkHandle(BaseModel):
+    """What :func:`ensure_network` provisioned; JSON-able, so the control plane can store it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    resource_group: str
+    location: str
+    experiment_id: str
+    vnet_name: str
+    vnet_id: str
+    subnet_name: str
+    subnet_id: str
+    nsg_name: str
+    nsg_id: str
+    created: list[str]
+    """ARM ids of the resources this experiment created (and so may delete), in creation order;
+    a resource found by name that carries this experiment's tag counts (an earlier attempt made it)."""
+
+
+def network_names(experiment_id: str) -> NetworkNames:
+    """Derive the VNet, subnet and NSG names from an experiment id.
+
+    Lower-cased, invalid characters replaced by ``-``; a hash of the id is appended whenever
+    that or truncation changed it, so distinct ids never share names.
+    """
+    if not experiment_id or not experiment_id.strip():
+        raise ValueError("experiment_id must not be empty")
+    slug = _INVALID.sub("-", experiment_id.strip().lower())
+    slug = re.sub(r"-{2,}", "-", slug).strip("-._")
+    budget = _MAX_NAME - len("vnet-")
+    if slug != experiment_id or len(slug) > budget or not slug:
+        digest = hashlib.sha256(experiment_id.encode()).hexdigest()[:8]
+        slug = f"{slug[: budget - len(digest) - 1].rstrip('-._')}-{digest}".lstrip("-")
+    return NetworkNames(vnet=f"vnet-{slug}", subnet=f"snet-{slug}", nsg=f"nsg-{slug}")
+
+
+def make_network_client(
+    subscription_id: str,
+    credential: TokenCredential | None = None,
+    base_url: str | None = None,
+    *,
+    polling_interval: float | None = None,
+) -> NetworkManagementClient:
+    """A ``NetworkManagementClient`` with the SDK's retries off (:func:`arm_call` retries).
+
+    ``credential`` defaults to ``DefaultAzureCredential``; ``base_url`` points it at another ARM
+    endpoint (plain http only for loopback, e.g. a test server).
+    """
+    from azure.mgmt.network import NetworkManagementClient
+
+    if credential is None:
+        from azure.identity import DefaultAzureCredential
+
+        credential = DefaultAzureCredential()
+    return NetworkManagementClient(
+        credential, subscription_id, **client_kwargs(credential, base_url, polling_interval)
+    )
+
+
+def ensure_network(
+    client: NetworkManagementClient,
+    *,
+    resource_group: str,
+    location: str,
+    experiment_id: str,
+    spec: NetworkSpec,
+    tags: dict[str, str] | None = None,
+    retry: RetrySettings = DEFAULT_RETRY,
+) -> NetworkHandle:
+    """Create or reuse the NSG, then the VNet and subnet, for one experiment; idempotent."""
+    if spec.existing_subnet and not spec.existing_vnet:
+        raise BackendError("network.existing_subnet needs network.existing_vnet (the VNet it belongs to)")
+    names = network_names(experiment_id)
+    all_tags = {**(tags or {}), EXPERIMENT_TAG: experiment_id, CREATED_BY_TAG: CREATED_BY}
+    ctx = _Context(client, resource_group, location, experiment_id, all_tags, retry)
+    created: list[str] = []
+
+    if spec.existing_security_group:
+        nsg = ctx.get_existing("network security group", spec.existing_security_group)
+    else:
+        nsg = _ensure_nsg(ctx, names.nsg, _dask_rules(spec.allowed_source_prefixes))
+        created.append(nsg.id)
+
+    if spec.existing_vnet:
+        vnet = ctx.get_existing("virtual network", spec.existing_vnet)
+        subnet_name, subnet_id = _pick_subnet(vnet, spec.existing_subnet, resource_group)
+    else:
+        vnet = _ensure_vnet(ctx, names, spec, nsg.id)
+        created.append(vnet.id)
+        subnet_name = names.subnet
+        subnet_id = _subnet_id(vnet, names.subnet)
+
+    return NetworkHandle(
+        resource_group=resource_group,
+        location=location,
+        experiment_id=experiment_id,
+        vnet_name=vnet.name,
+        vnet_id=vnet.id,
+        subnet_name=subnet_name,
+        subnet_id=subnet_id,
+        nsg_name=nsg.name,
+        nsg_id=nsg.id,
+        created=created,
+    )
+
+
+def teardown_network(
+    client: NetworkManagementClient,
+    *,
+    resource_group: str,
+    handle: NetworkHandle,
+    retry: RetrySettings = DEFAULT_RETRY,
+) -> list[str]:
+    """Delete what ``handle.created`` lists (VNets before NSGs); returns the ids deleted now.
+
+    A resource already gone (404) counts as success and is not in the result.
+    """
+    return delete_network_resources(
+        client, resource_group=resource_group, resource_ids=handle.created, retry=retry
+    )
+
+
+def delete_network_resources(
+    client: NetworkManagementClient,
+    *,
+    resource_group: str,
+    resource_ids: Iterable[str],
+    retry: RetrySettings = DEFAULT_RETRY,
+) -> list[str]:
+    """Delete VNets and NSGs by ARM id in dependency order (the timer sweep feeds it orphans)."""
+    from azure.mgmt.core.tools import parse_resource_id
+
+    ordered: list[tuple[int, str, str, str]] = []
+    for rid in dict.fromkeys(resource_ids):
+        parts = parse_resource_id(rid)
+        kind = (parts.get("namespace", "") + "/" + parts.get("type", "")).lower()
+        if kind not in _DELETE_ORDER or parts.get("children"):
+            raise BackendError(f"refusing to delete {rid!r}: not a virtual network or network security group")
+        if parts.get("resource_group", "").lower() != resource_group.lower():
+            raise BackendError(f"refusing to delete {rid!r}: not in resource group {resource_group!r}")
+        ordered.append((_DELETE_ORDER[kind], rid, kind, parts["name"]))
+
+    deleted: list[str] = []
+    for _, rid, kind, name in sorted(ordered, key=lambda item: item[0]):
+        if kind.endswith("virtualnetworks"):
+            label, ops = "virtual network", client.virtual_networks
+        else:
+            label, ops = "network security group", client.network_security_groups
+
+        def _delete(ops: Any = ops, name: str = name) -> bool:
+            try:
+                ops.begin_delete(resource_group, name).result()
+            except Exception as exc:
+                if is_not_found(exc):
+                    return False
+                raise
+            return True
+
+        if arm_call(f"deleting {label} {name}", _delete, retry):
+            log.info("deleted %s %s", label, rid)
+            deleted.append(rid)
+        else:
+            log.info("%s %s was already gone", label, rid)
+    return deleted
+
+
+def find_orphaned_networks(
+    client: NetworkManagementClient,
+    *,
+    resource_group: str,
+    live_experiment_ids: set[str],
+    retry: RetrySettings = DEFAULT_RETRY,
+) -> list[str]:
+    """ARM ids of our VNets and NSGs in ``resource_group`` whose experiment is not live (VNets first)."""
+    found: list[str] = []
+    for label, ops in (
+        ("virtual networks", client.virtual_networks),
+        ("network security groups", client.network_security_groups),
+    ):
+        resources = arm_call(
+            f"listing {label} in resource group {resource_group}",
+            lambda ops=ops: list(ops.list(resource_group)),
+            retry,
+        )
+        for resource in resources:
+            resource_tags = resource.tags or {}
+            if resource_tags.get(CREATED_BY_TAG) != CREATED_BY:
+                continue
+            if resource_tags.get(EXPERIMENT_TAG) not in live_experiment_ids:
+                found.append(resource.id)
+    return found
+
+
+# --- internals ----------------------------------------------------------------------------------
+
+_DELETE_ORDER = {"microsoft.network/virtualnetworks": 0, "microsoft.network/networksecuritygroups": 1}
+
+
+@dataclass(frozen=True)
+class _Context:
+    client: NetworkManagementClient
+    resource_group: str
+    location: str
+    experiment_id: str
+    tags: dict[str, str]
+    retry: RetrySettings
+
+    def ops(self, label: str) -> Any:
+        if label == "virtual network":
+            return self.client.virtual_networks
+        return self.client.network_security_groups
+
+    def get(self, label: str, name: str) -> Any | None:
+        """GET a resource; None when it does not exist."""
+        ops = self.ops(label)
+
+        def _get() -> Any | None:
+            try:
+                return ops.get(self.resource_group, name)
+            except Exception as exc:
+                if is_not_found(exc):
+                    return None
+                raise
+
+        return arm_call(f"reading {label} {name}", _get, self.retry)
+
+    def get_existing(self, label: str, name: str) -> Any:
+        """GET a resource the spec names; it must exist, in our region."""
+        resource = self.get(label, name)
+        if resource is None:
+            raise BackendError(
+                f"{label} {name!r} (named in the spec's network section) does not exist "
+                f"in resource group {self.resource_group!r}"
+            )
+        self.check_location(label, resource)
+        return resource
+
+    def check_location(self, label: str, resource: Any) -> None:
+        if _norm_location(resource.location or "") != _norm_location(self.location):
+            raise BackendError(
+                f"{label} {resource.name!r} is in {resource.location!r}, but the cluster runs in "
+                f"{self.location!r}; VMs can only join a network in their own region"
+            )
+
+    def check_owned(self, label: str, resource: Any, spec_field: str) -> None:
+        owner = (resource.tags or {}).get(EXPERIMENT_TAG)
+        if owner != self.experiment_id:
+            who = f"experiment {owner!r}" if owner else "no rapids-hpo experiment"
+            raise BackendError(
+                f"{label} {resource.name!r} already exists in resource group {self.resource_group!r} "
+                f"and belongs to {who}, not {self.experiment_id!r}; refusing to modify it "
+                f"(to use it deliberately, set network.{spec_field})"
+            )
+        self.check_location(label, resource)
+
+    def put(self, label: str, name: str, body: Any, verb: str) -> Any:
+        ops = self.ops(label)
+        return arm_call(
+            f"{verb} {label} {name}",
+            lambda: ops.begin_create_or_update(self.resource_group, name, body).result(),
+            self.retry,
+        )
+
+
+def _norm_location(location: str) -> str:
+    return location.replace(" ", "").lower()
+
+
+def _dask_rules(allowed: list[str]) -> list[SecurityRule]:
+    """Inbound TCP 8786-8787 from the named prefixes, else from the VNet; never from the Internet.
+
+    Address prefixes share one rule; each service tag gets its own (ARM accepts one tag per rule).
+    """
+    from azure.mgmt.network.models import SecurityRule
+
+    sources = list(dict.fromkeys(allowed)) or [DEFAULT_DASK_SOURCE]
+    cidrs = [s for s in sources if _is_prefix(s)]
+    groups: list[list[str]] = ([cidrs] if cidrs else []) + [[s] for s in sources if not _is_prefix(s)]
+    rules = []
+    for i, group in enumerate(groups):
+        source: dict[str, Any] = (
+            {"source_address_prefix": group[0]} if len(group) == 1 else {"source_address_prefixes": group}
+        )
+        rules.append(
+            SecurityRule(
+                name=f"{DASK_RULE_PREFIX}-{i}",
+                description="Dask scheduler and dashboard (8786, 8787), rapids-hpo-control",
+                direction="Inbound",
+                access="Allow",
+                protocol="Tcp",
+                priority=DASK_RULE_PRIORITY + i,
+                source_port_range="*",
+                destination_address_prefix="VirtualNetwork",
+                destination_port_ranges=list(DASK_PORTS),
+                **source,
+            )
+        )
+    return rules
+
+
+def _is_prefix(value: str) -> bool:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        return False
+    return True
+
+
+def _rule_shape(rule: SecurityRule) -> tuple[Any, ...]:
+    """The fields of a rule we manage, normalized (ARM may echo single/list forms either way)."""
+
+    def _set(single: str | None, many: list[str] | None) -> tuple[str, ...]:
+        return tuple(sorted({*(many or []), *([single] if single else [])}))
+
+    return (
+        rule.name,
+        (rule.direction or "").lower(),
+        (rule.access or "").lower(),
+        (rule.protocol or "").lower(),
+        rule.priority,
+        _set(rule.source_address_prefix, rule.source_address_prefixes),
+        _set(rule.source_port_range, rule.source_port_ranges),
+        _set(rule.destination_address_prefix, rule.destination_address_prefixes),
+        _set(rule.destination_port_range, rule.destination_port_ranges),
+    )
+
+
+def _has_tags(resource: Any, tags: dict[str, str]) -> bool:
+    current = resource.tags or {}
+    return all(current.get(k) == v for k, v in tags.items())
+
+
+def _ensure_nsg(ctx: _Context, name: str, rules: list[SecurityRule]) -> NetworkSecurityGroup:
+    from azure.mgmt.network.models import NetworkSecurityGroup
+
+    label = "network security group"
+    existing = ctx.get(label, name)
+    if existing is None:
+        body = NetworkSecurityGroup(location=ctx.location, tags=ctx.tags, security_rules=rules)
+        log.info("creating %s %s", label, name)
+        return ctx.put(label, name, body, "creating")
+
+    ctx.check_owned(label, existing, "existing_security_group")
+    current = existing.security_rules or []
+    ours = sorted((r for r in current if (r.name or "").startswith(DASK_RULE_PREFIX)), key=lambda r: r.name)
+    if [_rule_shape(r) for r in ours] == [_rule_shape(r) for r in rules] and _has_tags(existing, ctx.tags):
+        log.info("reusing %s %s", label, name)
+        return existing
+    others = [r for r in current if not (r.name or "").startswith(DASK_RULE_PREFIX)]
+    body = NetworkSecurityGroup(
+        location=existing.location,
+        tags={**(existing.tags or {}), **ctx.tags},
+        security_rules=[*others, *rules],
+    )
+    log.info("reconciling %s %s (Dask rule or tags differ)", label, name)
+    return ctx.put(label, name, body, "updating")
+
+
+def _subnet_prefixes(subnet: Any) -> set[str]:
+    return {*(subnet.address_prefixes or []), *([subnet.address_prefix] if subnet.address_prefix else [])}
+
+
+def _ensure_vnet(ctx: _Context, names: NetworkNames, spec: NetworkSpec, nsg_id: str) -> VirtualNetwork:
+    from azure.mgmt.network.models import AddressSpace, NetworkSecurityGroup, Subnet, VirtualNetwork
+
+    label = "virtual network"
+    desired_subnet = Subnet(
+        name=names.subnet,
+        address_prefix=spec.subnet_prefix,
+        network_security_group=NetworkSecurityGroup(id=nsg_id),
+    )
+    existing = ctx.get(label, names.vnet)
+    if existing is None:
+        body = VirtualNetwork(
+            location=ctx.location,
+            tags=ctx.tags,
+            address_space=AddressSpace(address_prefixes=[spec.vnet_address_space]),
+            subnets=[desired_subnet],
+        )
+        log.info("creating %s %s", label, names.vnet)
+        return ctx.put(label, names.vnet, body, "creating")
+
+    ctx.check_owned(label, existing, "existing_vnet")
+    subnets = existing.subnets or []
+    ours = next((s for s in subnets if (s.name or "").lower() == names.subnet.lower()), None)
+    space = set((existing.address_space.address_prefixes if existing.address_space else None) or [])
+    same = (
+        space == {spec.vnet_address_space}
+        and ours is not None
+        and _subnet_prefixes(ours) == {spec.subnet_prefix}
+        and ours.network_security_group is not None
+        and (ours.network_security_group.id or "").lower() == nsg_id.lower()
+        and _has_tags(existing, ctx.tags)
+    )
+    if same:
+        log.info("reusing %s %s", label, names.vnet)
+        return existing
+    others = [s for s in subnets if (s.name or "").lower() != names.subnet.lower()]
+    body = VirtualNetwork(
+        location=existing.location,
+        tags={**(existing.tags or {}), **ctx.tags},
+        address_space=AddressSpace(address_prefixes=[spec.vnet_address_space]),
+        subnets=[*others, desired_subnet],
+    )
+    log.info("reconciling %s %s (address space, subnet or tags differ)", label, names.vnet)
+    return ctx.put(label, names.vnet, body, "updating")
+
+
+def _subnet_id(vnet: Any, subnet_name: str) -> str:
+    for subnet in vnet.subnets or []:
+        if (subnet.name or "").lower() == subnet_name.lower() and subnet.id:
+            return subnet.id
+    return f"{vnet.id}/subnets/{subnet_name}"
+
+
+def _pick_subnet(vnet: Any, wanted: str | None, resource_group: str) -> tuple[str, str]:
+    """The named subnet of an existing VNet, or its first (as dask-cloudprovider would pick)."""
+    subnets = vnet.subnets or []
+    if wanted is None:
+        if not subnets:
+            raise BackendError(f"virtual network {vnet.name!r} in {resource_group!r} has no subnets")
+        return subnets[0].name, _subnet_id(vnet, subnets[0].name)
+    for subnet in subnets:
+        if (subnet.name or "").lower() == wanted.lower():
+            return subnet.name, _subnet_id(vnet, subnet.name)
+    raise BackendError(
+        f"subnet {wanted!r} (network.existing_subnet) does not exist in virtual network "
+        f"{vnet.name!r} in resource group {resource_group!r}"
+    )

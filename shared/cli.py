@@ -1,0 +1,288 @@
+"""``rapids-hpo``: run an experiment here, serve the API, or talk to a running API (local or Azure)."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import sys
+import threading
+import time
+import zipfile
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from shared.config import Settings, env
+from shared.records import TERMINAL_STATUSES, ExperimentRecord, ExperimentStatus, TrialState
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+console = Console()
+err = Console(stderr=True)
+
+
+def _load_spec_or_exit(path: Path):  # -> ExperimentSpec
+    from shared.spec import SpecError, load_spec
+
+    try:
+        return load_spec(path)
+    except SpecError as exc:
+        err.print(f"[red]error:[/red] {path} is not a valid experiment spec")
+        for item in exc.errors or [{"loc": "", "msg": str(exc)}]:
+            err.print(f"  {item['loc'] or '<document>'}: {item['msg']}")
+        raise typer.Exit(2) from None
+    except OSError as exc:
+        err.print(f"[red]error:[/red] cannot read {path}: {exc.strerror or exc}")
+        raise typer.Exit(2) from None
+
+
+def _describe(record: ExperimentRecord) -> str:
+    metric = record.spec.get("objective", {}).get("primary_metric", "metric")
+    best = f"best {metric}={record.best.value:.4f} (trial {record.best.number})" if record.best else "no result yet"
+    return f"{record.status.value:<12} {best}"
+
+
+@app.command()
+def run(
+    spec_path: Annotated[Path, typer.Argument(metavar="SPEC", help="experiment spec (YAML or JSON)")],
+    poll_seconds: Annotated[int, typer.Option(help="how often the state machine polls the run")] = 2,
+    timeout: Annotated[float | None, typer.Option(help="give up waiting after this many seconds")] = None,
+) -> None:
+    """Run one experiment end to end on this machine, through the same queues, handlers and store."""
+    from shared.context import Context, set_context
+    from shared.handlers import submit_experiment
+    from shared.runner import LocalHost
+
+    spec = _load_spec_or_exit(spec_path)
+    settings = dataclasses.replace(Settings.from_env(), poll_seconds=poll_seconds)
+    ctx = Context.from_settings(settings)
+    set_context(ctx)
+    record, _ = submit_experiment(ctx, spec)
+    console.print(f"experiment [bold]{record.id}[/bold] ({spec.name}) submitted; store: {settings.home}")
+    host = LocalHost(ctx, visibility_timeout=30, sweep_interval=30)
+
+    def finished() -> bool:
+        return ctx.store.get_experiment(record.id).status in TERMINAL_STATUSES
+
+    columns = (
+        TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("SUBMITTED", total=record.trials_total)
+        stop = threading.Event()
+
+        def refresh() -> None:
+            while not stop.wait(1.0):
+                current = ctx.store.get_experiment(record.id)
+                done = sum(1 for t in ctx.store.list_trials(record.id) if t.state is not TrialState.RUNNING)
+                progress.update(task, completed=done, description=_describe(current))
+
+        watcher = threading.Thread(target=refresh, daemon=True)
+        watcher.start()
+        try:
+            reached = host.run(until=finished, timeout=timeout)
+        finally:
+            stop.set()
+            watcher.join()
+        final = ctx.store.get_experiment(record.id)
+        progress.update(task, completed=final.trials_done, description=_describe(final))
+    if not reached:
+        err.print(f"[yellow]still {final.status.value} after {timeout} s; the run goes on in the background")
+        raise typer.Exit(1)
+    _print_result(ctx, final)
+    raise typer.Exit(0 if final.status is ExperimentStatus.COMPLETED else 1)
+
+
+def _print_result(ctx: Any, record: ExperimentRecord) -> None:
+    trials = ctx.store.list_trials(record.id)
+    counts: dict[str, int] = {}
+    for t in trials:
+        counts[t.state.value] = counts.get(t.state.value, 0) + 1
+    console.print(f"[bold]{record.status.value}[/bold]: {', '.join(f'{v} {k.lower()}' for k, v in counts.items())}")
+    if record.error:
+        console.print(f"[red]error:[/red] {record.error}")
+    if record.best is None:
+        return
+    table = Table(title=f"best trial #{record.best.number}")
+    table.add_column("name")
+    table.add_column("value", justify="right")
+    for name, value in record.best.params.items():
+        table.add_row(name, f"{value:g}" if isinstance(value, float) else str(value))
+    for name in ("accuracy", "roc_auc", "log_loss", "fit_seconds", "engine", "rows"):
+        if name in record.best.metrics:
+            value = record.best.metrics[name]
+            table.add_row(f"[cyan]{name}", f"{value:.4f}" if isinstance(value, float) else str(value))
+    console.print(table)
+    model_files = ctx.store.list_artifacts(record.id, "model/")
+    if model_files:
+        console.print(f"model: {record.best.model_uri or ''} ({', '.join(f.removeprefix('model/') for f in model_files)})")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port")] = 7071,
+    workers: Annotated[bool, typer.Option(help="also run the queue workers and the sweep")] = True,
+) -> None:
+    """Serve the API (uvicorn) and run the queue workers here: local adapters unless AzureWebJobsStorage is set."""
+    import uvicorn
+
+    from shared.api import create_api
+    from shared.context import get_context
+    from shared.runner import LocalHost
+
+    ctx = get_context()
+    local_host = LocalHost(ctx, sweep_interval=60)
+    thread = threading.Thread(target=local_host.run, name="queue-workers", daemon=True)
+    if workers:
+        thread.start()
+    err.print(f"serving http://{host}:{port}/api (storage: {'azure' if ctx.settings.uses_azure_storage else ctx.settings.home})")
+    try:
+        uvicorn.run(create_api(), host=host, port=port, log_level="warning")
+    finally:
+        local_host.stop()
+
+
+# --------------------------------------------------------------------------------------- API client
+def _client():  # -> httpx.Client
+    import httpx
+
+    headers = {}
+    key = env("RAPIDS_HPO_FUNCTION_KEY")
+    if key:
+        headers["x-functions-key"] = key
+    return httpx.Client(base_url=env("RAPIDS_HPO_API_URL").rstrip("/"), headers=headers, timeout=60)
+
+
+def _check(response: Any) -> Any:
+    if response.status_code >= 400:
+        try:
+            body = response.json()
+            err.print(f"[red]error {response.status_code}:[/red] {body.get('detail')}")
+            for item in body.get("errors") or []:
+                err.print(f"  {item.get('loc')}: {item.get('msg')}")
+        except ValueError:
+            err.print(f"[red]error {response.status_code}:[/red] {response.text[:500]}")
+        raise typer.Exit(1)
+    return response
+
+
+@app.command()
+def submit(
+    spec_path: Annotated[Path, typer.Argument(metavar="SPEC")],
+    idempotency_key: Annotated[str | None, typer.Option(help="retries with the same key return the same experiment")] = None,
+) -> None:
+    """Submit a spec to a running API; prints the experiment id."""
+    try:
+        body = spec_path.read_bytes()
+    except OSError as exc:
+        err.print(f"[red]error:[/red] cannot read {spec_path}: {exc.strerror or exc}")
+        raise typer.Exit(2) from None
+    headers = {"content-type": "application/yaml" if spec_path.suffix in {".yaml", ".yml"} else "application/json"}
+    if idempotency_key:
+        headers["Idempotency-Key"] = idempotency_key
+    with _client() as client:
+        data = _check(client.post("/api/experiments", content=body, headers=headers)).json()
+    console.print(data["id"])
+
+
+@app.command()
+def status(experiment_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Show an experiment's status, progress and best trial."""
+    with _client() as client:
+        data = _check(client.get(f"/api/experiments/{experiment_id}")).json()
+    if as_json:
+        console.print_json(json.dumps(data))
+        return
+    best = data.get("best")
+    console.print(
+        f"{data['id']}  {data['status']}  {data['progress']['done']}/{data['progress']['total']} trials"
+        + (f"  best={best['value']:.4f} (trial {best['number']})" if best else "")
+        + (f"  error: {data['error']}" if data.get("error") else "")
+    )
+
+
+@app.command()
+def watch(experiment_id: str, interval: float = 5.0) -> None:
+    """Follow an experiment until it ends."""
+    with _client() as client:
+        while True:
+            data = _check(client.get(f"/api/experiments/{experiment_id}")).json()
+            best = data.get("best")
+            console.print(
+                f"{time.strftime('%H:%M:%S')} {data['status']:<12} "
+                f"{data['progress']['done']}/{data['progress']['total']}"
+                + (f" best={best['value']:.4f}" if best else "")
+            )
+            if data["status"] in {s.value for s in TERMINAL_STATUSES}:
+                raise typer.Exit(0 if data["status"] == "COMPLETED" else 1)
+            time.sleep(interval)
+
+
+@app.command("list")
+def list_(
+    status_filter: Annotated[str | None, typer.Option("--status", help="only this status")] = None,
+    limit: int = 20,
+) -> None:
+    """List experiments, newest first."""
+    params: dict[str, Any] = {"limit": limit}
+    if status_filter:
+        params["status"] = status_filter.upper()
+    with _client() as client:
+        data = _check(client.get("/api/experiments", params=params)).json()
+    table = Table("id", "name", "status", "trials", "best")
+    for item in data["items"]:
+        best = item.get("best")
+        table.add_row(item["id"], item["name"], item["status"],
+                      f"{item['progress']['done']}/{item['progress']['total']}",
+                      f"{best['value']:.4f}" if best else "")
+    console.print(table)
+
+
+@app.command()
+def cancel(experiment_id: str) -> None:
+    """Cancel an experiment: running trials stop, compute is torn down."""
+    with _client() as client:
+        data = _check(client.delete(f"/api/experiments/{experiment_id}")).json()
+    console.print(f"{data['id']} {data['status']}")
+
+
+@app.command()
+def download(
+    experiment_id: str,
+    output: Annotated[Path, typer.Option(help="folder to extract the model into")] = Path("model"),
+) -> None:
+    """Download the best model's files."""
+    with _client() as client:
+        response = _check(client.get(f"/api/experiments/{experiment_id}/model"))
+    output.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(io.BytesIO(response.content)) as archive:
+        archive.extractall(output)
+        names = archive.namelist()
+    console.print(f"{len(names)} file(s) in {output}: {', '.join(names)}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,570 @@
+"""The HPO driver: Optuna ask/tell on the driver, each trial a task on a Dask cluster.
+
+The driver owns one Optuna study (in memory, rebuilt from the store on resume). Trials run as Dask
+tasks calling ``gpu_jobs.train.run_trial``; after every fold a task reports the running mean of the
+primary metric to the driver through a Dask ``Queue`` and waits for the pruning decision on a Dask
+``Variable``, so AzureML-style early termination is decided against every trial's history, on any
+cluster (a ``LocalCluster`` here, an ``AzureVMCluster`` of ``dask_cuda.CUDAWorker``s in Azure).
+
+Limits: at most ``max_concurrent_trials`` tasks in flight, ``max_total_trials`` in all, the
+experiment ``timeout`` stops everything, ``trial_timeout`` stops one trial: cooperatively at the next
+fold boundary, and by restarting its worker if the fold itself overruns (Dask cannot interrupt a
+running thread). Every trial is written to the ``TrialStore`` when it starts and when it ends.
+
+Reproducibility: the sampler is seeded and asked in trial-number order, so a sequential run
+(``max_concurrent_trials: 1``) repeats exactly. With concurrency, random and grid sampling still
+repeat (they ignore history); TPE sees completions in the order they happen, which varies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import optuna
+from distributed import Client, Future, Queue, Variable, wait
+from shared.hpo.search_space import make_pruner, make_sampler, suggest_params
+from shared.spec import ExperimentSpec
+
+from shared.ports import TrialStore
+from shared.records import BestTrial, TrialRecord, TrialState
+
+log = logging.getLogger(__name__)
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+TrialFunction = Callable[..., dict[str, Any]]
+"""Signature of ``gpu_jobs.train.run_trial`` (keyword-only arguments, returns the metrics)."""
+
+REPORT_TIMEOUT_S = 120.0
+"""How long a trial waits for a pruning decision before carrying on (the driver may be gone)."""
+HARD_STOP_GRACE_S = 10.0
+"""How far past ``trial_timeout`` a trial may run before its worker is restarted."""
+INTERRUPTED = "interrupted: the driver stopped while this trial was running"
+
+
+class TrialPrunedSignal(Exception):
+    """Raised inside a trial's fold callback when the driver decides to prune it."""
+
+
+class TrialTimeoutSignal(Exception):
+    """Raised inside a trial's fold callback when the trial has used up its ``trial_timeout``."""
+
+
+@dataclass(frozen=True)
+class TrialTask:
+    """Everything a worker needs to run one trial (picklable)."""
+
+    experiment_id: str
+    number: int
+    attempt: int
+    params: dict[str, Any]
+    data: str
+    target: str
+    data_format: str | None
+    max_rows: int | None
+    model: str
+    cv_folds: int
+    seed: int
+    engine: str
+    primary_metric: str
+    trial_timeout: float | None
+    n_jobs: int | None
+    channel: str
+
+    @property
+    def decision_name(self) -> str:
+        return f"{self.channel}-{self.number}-{self.attempt}"
+
+
+def _default_trial_function() -> TrialFunction:
+    from gpu_jobs.train import run_trial
+
+    return run_trial
+
+
+def run_trial_task(task: TrialTask, trial_fn: TrialFunction | None = None) -> dict[str, Any]:
+    """Run one trial on a Dask worker; never raises for trial-level failures.
+
+    Returns ``{"status": completed|pruned|timed_out|failed, "metrics", "error", "step", "duration_s"}``.
+    """
+    trial_fn = trial_fn or _default_trial_function()
+    started = time.monotonic()
+    last_step = 0
+    reports = Queue(task.channel)
+
+    def on_fold(step: int, running: dict[str, float]) -> None:
+        nonlocal last_step
+        last_step = step
+        value = float(running[task.primary_metric])
+        if task.trial_timeout is not None and time.monotonic() - started > task.trial_timeout:
+            raise TrialTimeoutSignal(f"trial_timeout of {task.trial_timeout:g} s exceeded after step {step}")
+        decision = Variable(f"{task.decision_name}-{step}")
+        reports.put({"number": task.number, "attempt": task.attempt, "step": step, "value": value})
+        try:
+            prune = decision.get(timeout=REPORT_TIMEOUT_S)
+        except TimeoutError:
+            prune = False
+        with contextlib.suppress(Exception):
+            decision.delete()
+        if prune:
+            raise TrialPrunedSignal(f"pruned at step {step}")
+
+    def outcome(status: str, metrics: dict[str, Any] | None = None, error: str | None = None) -> dict:
+        return {
+            "status": status,
+            "metrics": metrics or {},
+            "error": error,
+            "step": last_step,
+            "duration_s": time.monotonic() - started,
+        }
+
+    try:
+        metrics = trial_fn(
+            data=task.data,
+            target=task.target,
+            model=task.model,
+            params=task.params,
+            cv_folds=task.cv_folds,
+            seed=task.seed,
+            engine=task.engine,
+            data_format=task.data_format,
+            max_rows=task.max_rows,
+            primary_metric=task.primary_metric,
+            n_jobs=task.n_jobs,
+            on_fold=on_fold,
+        )
+    except TrialPrunedSignal as exc:
+        return outcome("pruned", error=str(exc))
+    except TrialTimeoutSignal as exc:
+        return outcome("timed_out", error=str(exc))
+    except MemoryError:
+        return outcome("failed", error="out of memory (MemoryError)")
+    except Exception as exc:  # a trial's failure is data, not a driver crash
+        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        return outcome("failed", error=detail)
+    return outcome("completed", metrics=metrics)
+
+
+@dataclass
+class _Running:
+    """Driver-side state of a trial in flight."""
+
+    record: TrialRecord
+    trial: optuna.Trial
+    future: Future
+    started: float
+    deadline: float | None
+
+
+@dataclass
+class ExperimentOutcome:
+    """How a driver run ended."""
+
+    status: Literal["COMPLETED", "FAILED", "CANCELLED"]
+    reason: str
+    trials_done: int
+    best: BestTrial | None = None
+    error: str | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+class HpoDriver:
+    """Runs (or resumes) one experiment's HPO on a Dask cluster, recording trials in ``store``."""
+
+    def __init__(
+        self,
+        spec: ExperimentSpec,
+        experiment_id: str,
+        store: TrialStore,
+        client: Client,
+        *,
+        trial_fn: TrialFunction | None = None,
+        should_cancel: Callable[[], bool] | None = None,
+        on_trial_end: Callable[[TrialRecord], None] | None = None,
+        poll_interval: float = 0.05,
+        hard_stop_grace: float = HARD_STOP_GRACE_S,
+    ) -> None:
+        self.spec = spec
+        self.experiment_id = experiment_id
+        self.store = store
+        self.client = client
+        self.trial_fn = trial_fn
+        self.should_cancel = should_cancel or (lambda: False)
+        self.on_trial_end = on_trial_end
+        self.poll_interval = poll_interval
+        self.hard_stop_grace = hard_stop_grace
+        self.primary_metric = spec.objective.primary_metric
+        self.direction = spec.objective.goal
+        self.seed = spec.sampling_algorithm.seed or 0
+        self.channel = f"rapids-hpo-{experiment_id}"
+        self.study = optuna.create_study(
+            direction=self.direction, sampler=make_sampler(spec), pruner=make_pruner(spec)
+        )
+        self._records: dict[int, TrialRecord] = {}
+        self._retry: list[TrialRecord] = []
+        self._running: dict[str, _Running] = {}
+        self._threads = self._threads_per_worker()
+
+    # ----------------------------------------------------------------------------------------- resume
+    def _resume(self) -> None:
+        """Rebuild the study from the store: keep finished trials, retry interrupted ones once."""
+        for record in self.store.list_trials(self.experiment_id):
+            if record.state is TrialState.RUNNING:
+                record = record.model_copy(
+                    update={"state": TrialState.FAILED, "error": INTERRUPTED, "ended_at": _now()}
+                )
+                self.store.put_trial(record)
+                if record.attempt == 1:
+                    self._retry.append(record)
+            self._records[record.number] = record
+            self._add_to_study(record)
+
+    def _add_to_study(self, record: TrialRecord) -> None:
+        if not record.sampler_params:
+            return
+        fixed = optuna.trial.FixedTrial(record.sampler_params)
+        try:
+            suggest_params(fixed, self.spec)
+        except ValueError:  # the spec changed under a finished trial: it no longer informs the sampler
+            return
+        state = {
+            TrialState.COMPLETED: optuna.trial.TrialState.COMPLETE,
+            TrialState.PRUNED: optuna.trial.TrialState.PRUNED,
+        }.get(record.state, optuna.trial.TrialState.FAIL)
+        value = record.value if state is optuna.trial.TrialState.COMPLETE else None
+        if state is optuna.trial.TrialState.COMPLETE and (value is None or not math.isfinite(value)):
+            state, value = optuna.trial.TrialState.FAIL, None
+        self.study.add_trial(
+            optuna.trial.create_trial(
+                params=fixed.params,
+                distributions=fixed.distributions,
+                value=value,
+                state=state,
+                intermediate_values={int(k): v for k, v in record.intermediate.items()},
+            )
+        )
+
+    # -------------------------------------------------------------------------------------- main loop
+    def run(self) -> ExperimentOutcome:
+        """Run until the trial budget, the timeout or a cancel; return the outcome."""
+        self._resume()
+        total = self.spec.effective_total_trials()
+        concurrency = self.spec.limits.max_concurrent_trials
+        deadline = _deadline(self.spec.limits.timeout)
+        reports = Queue(self.channel)
+        next_number = max(self._records, default=-1) + 1
+        stop_reason: str | None = None
+        try:
+            while True:
+                if stop_reason is None:
+                    if self.should_cancel():
+                        stop_reason = "cancelled"
+                    elif deadline is not None and time.monotonic() >= deadline:
+                        stop_reason = "timeout"
+                    if stop_reason:
+                        self._stop_all(stop_reason)
+                if stop_reason is None:
+                    while len(self._running) < concurrency and (self._retry or next_number < total):
+                        if self._retry:
+                            self._launch(self._retry.pop(0))
+                        else:
+                            self._launch_new(next_number)
+                            next_number += 1
+                if not self._running:
+                    break
+                self._answer_reports(reports)
+                self._collect_finished()
+                self._enforce_trial_timeouts()
+                if self._running:
+                    with contextlib.suppress(TimeoutError):
+                        wait(
+                            [r.future for r in self._running.values()],
+                            timeout=self.poll_interval,
+                            return_when="FIRST_COMPLETED",
+                        )
+        finally:
+            with contextlib.suppress(Exception):
+                reports.close()
+        return self._outcome(stop_reason)
+
+    def _launch_new(self, number: int) -> None:
+        trial = self.study.ask()
+        params = suggest_params(trial, self.spec)
+        record = TrialRecord(
+            experiment_id=self.experiment_id,
+            number=number,
+            params=params,
+            sampler_params=dict(trial.params),
+            state=TrialState.RUNNING,
+        )
+        self._submit(record, trial)
+
+    def _launch(self, interrupted: TrialRecord) -> None:
+        """Retry an interrupted trial once, with the same parameters and number."""
+        self.study.enqueue_trial(interrupted.sampler_params, skip_if_exists=False)
+        trial = self.study.ask()
+        suggest_params(trial, self.spec)
+        record = interrupted.model_copy(
+            update={
+                "attempt": interrupted.attempt + 1,
+                "state": TrialState.RUNNING,
+                "error": None,
+                "intermediate": {},
+                "started_at": _now(),
+                "ended_at": None,
+                "duration_s": None,
+            }
+        )
+        self._submit(record, trial)
+
+    def _submit(self, record: TrialRecord, trial: optuna.Trial) -> None:
+        self.store.put_trial(record)
+        self._records[record.number] = record
+        task = TrialTask(
+            experiment_id=self.experiment_id,
+            number=record.number,
+            attempt=record.attempt,
+            params=record.params,
+            data=self.spec.dataset.uri,
+            target=self.spec.dataset.target,
+            data_format=self.spec.dataset.format,
+            max_rows=self.spec.dataset.max_rows,
+            model=self.spec.trial.model,
+            cv_folds=self.spec.trial.cv_folds,
+            seed=self.seed,
+            engine=self.spec.trial.engine,
+            primary_metric=self.primary_metric,
+            trial_timeout=self.spec.limits.trial_timeout,
+            n_jobs=self._threads,
+            channel=self.channel,
+        )
+        future = self.client.submit(
+            run_trial_task,
+            task,
+            self.trial_fn,
+            key=f"trial-{self.experiment_id}-{record.number}-{record.attempt}",
+            pure=False,
+        )
+        started = time.monotonic()
+        limit = self.spec.limits.trial_timeout
+        self._running[future.key] = _Running(
+            record=record,
+            trial=trial,
+            future=future,
+            started=started,
+            deadline=None if limit is None else started + limit + self.hard_stop_grace,
+        )
+
+    def _answer_reports(self, reports: Queue) -> None:
+        """Record each fold report and answer it with the pruner's decision."""
+        for report in reports.get(batch=True):
+            running = self._find(report["number"], report["attempt"])
+            prune = False
+            if running is not None:
+                step, value = int(report["step"]), float(report["value"])
+                running.record.intermediate[step] = value
+                if math.isfinite(value):
+                    running.trial.report(value, step)
+                    # After the last fold the work is done: keep the result rather than prune it.
+                    prune = step < self.spec.trial.cv_folds and running.trial.should_prune()
+            decision = f"{self.channel}-{report['number']}-{report['attempt']}-{report['step']}"
+            Variable(decision).set(prune)
+
+    def _find(self, number: int, attempt: int) -> _Running | None:
+        for running in self._running.values():
+            if running.record.number == number and running.record.attempt == attempt:
+                return running
+        return None
+
+    def _collect_finished(self) -> None:
+        for key, running in list(self._running.items()):
+            if not running.future.done():
+                continue
+            del self._running[key]
+            try:
+                result = running.future.result()
+            except Exception as exc:  # the worker died (OOM kill, segfault) or the task was lost
+                result = {
+                    "status": "failed",
+                    "metrics": {},
+                    "error": f"worker lost while running the trial: {type(exc).__name__}: {exc}",
+                    "step": len(running.record.intermediate),
+                    "duration_s": time.monotonic() - running.started,
+                }
+            self._finish(running, result)
+
+    def _finish(self, running: _Running, result: dict[str, Any]) -> None:
+        status = result["status"]
+        metrics = result.get("metrics") or {}
+        state = {
+            "completed": TrialState.COMPLETED,
+            "pruned": TrialState.PRUNED,
+            "timed_out": TrialState.TIMED_OUT,
+        }.get(status, TrialState.FAILED)
+        value = metrics.get(self.primary_metric) if state is TrialState.COMPLETED else None
+        if value is not None and not math.isfinite(float(value)):
+            state, value = TrialState.FAILED, None
+            result["error"] = f"{self.primary_metric} is not finite"
+        record = running.record.model_copy(
+            update={
+                "state": state,
+                "value": None if value is None else float(value),
+                "metrics": {k: v for k, v in metrics.items() if k != "params"},
+                "error": result.get("error"),
+                "engine": metrics.get("engine"),
+                "ended_at": _now(),
+                "duration_s": float(result.get("duration_s") or 0.0),
+            }
+        )
+        optuna_state = {
+            TrialState.COMPLETED: optuna.trial.TrialState.COMPLETE,
+            TrialState.PRUNED: optuna.trial.TrialState.PRUNED,
+        }.get(state, optuna.trial.TrialState.FAIL)
+        self.study.tell(running.trial, values=record.value, state=optuna_state)
+        self.store.put_trial(record)
+        self._records[record.number] = record
+        if self.on_trial_end is not None:
+            self.on_trial_end(record)
+
+    def _enforce_trial_timeouts(self) -> None:
+        now = time.monotonic()
+        for key, running in list(self._running.items()):
+            if running.deadline is not None and now >= running.deadline and not running.future.done():
+                del self._running[key]
+                self._hard_stop(running.future)
+                self._finish(
+                    running,
+                    {
+                        "status": "timed_out",
+                        "error": f"trial_timeout of {self.spec.limits.trial_timeout:g} s exceeded; "
+                        "its worker was restarted",
+                        "duration_s": now - running.started,
+                    },
+                )
+
+    def _stop_all(self, reason: str) -> None:
+        """Stop every running trial (cancel or experiment timeout)."""
+        for key, running in list(self._running.items()):
+            del self._running[key]
+            self._hard_stop(running.future)
+            if reason == "timeout":
+                result = {"status": "timed_out", "error": "the experiment's timeout was reached"}
+            else:
+                result = {"status": "failed", "error": "cancelled"}
+            result["duration_s"] = time.monotonic() - running.started
+            self._finish(running, result)
+
+    def _hard_stop(self, future: Future) -> None:
+        """Cancel a task and, if it is already executing, restart the worker running it."""
+        worker = _worker_running(self.client, future.key)
+        self.client.cancel([future], force=True)
+        if worker is not None:
+            with contextlib.suppress(Exception):
+                self.client.restart_workers([worker], timeout=60)
+
+    def _threads_per_worker(self) -> int | None:
+        threads = self.client.nthreads()
+        return min(threads.values()) if threads else None
+
+    # ---------------------------------------------------------------------------------------- outcome
+    def best_trial(self) -> BestTrial | None:
+        """The best completed trial so far, by the objective."""
+        return best_of(self._records.values(), self.direction)
+
+    def _outcome(self, stop_reason: str | None) -> ExperimentOutcome:
+        records = sorted(self._records.values(), key=lambda r: r.number)
+        counts: dict[str, int] = {}
+        for record in records:
+            counts[record.state.value] = counts.get(record.state.value, 0) + 1
+        best = self.best_trial()
+        done = len(records)
+        if stop_reason == "cancelled":
+            return ExperimentOutcome("CANCELLED", "cancelled", done, best, None, counts)
+        if best is None:
+            failed = [r for r in records if r.error]
+            first = failed[0].error if failed else "no trial completed"
+            why = "timeout before any trial completed" if stop_reason == "timeout" else "every trial failed"
+            return ExperimentOutcome("FAILED", why, done, None, f"{why}; first error: {first}", counts)
+        reason = "timeout reached" if stop_reason == "timeout" else "trial budget used"
+        return ExperimentOutcome("COMPLETED", reason, done, best, None, counts)
+
+
+def best_of(records: Any, goal: str) -> BestTrial | None:
+    """The best COMPLETED trial among ``records`` for ``goal`` (ties: the lower number)."""
+    completed = [r for r in records if r.state is TrialState.COMPLETED and r.value is not None]
+    if not completed:
+        return None
+    sign = -1.0 if goal == "maximize" else 1.0
+    best = min(completed, key=lambda r: (sign * r.value, r.number))
+    return BestTrial(
+        number=best.number,
+        value=best.value,
+        params=best.params,
+        metrics=best.metrics,
+        model_uri=best.model_uri,
+    )
+
+
+def _worker_running(client: Client, key: str) -> str | None:
+    def lookup(dask_scheduler: Any, key: str = key) -> str | None:
+        task = dask_scheduler.tasks.get(key)
+        return task.processing_on.address if task is not None and task.processing_on else None
+
+    try:
+        return client.run_on_scheduler(lookup)
+    except Exception:
+        return None
+
+
+def _deadline(timeout: float | None) -> float | None:
+    return None if timeout is None else time.monotonic() + timeout
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def refit_task(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Refit on all rows in a temporary folder; return the metrics and the model's files as bytes, so
+    the model reaches the store from any worker, local or remote."""
+    from gpu_jobs.train import fit_final_model
+
+    with tempfile.TemporaryDirectory(prefix="rapids-hpo-refit-") as folder:
+        metrics = fit_final_model(**kwargs, output=folder)
+        root = Path(folder)
+        files = {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    return {"metrics": metrics, "files": files}
+
+
+def refit_best_model(
+    spec: ExperimentSpec, experiment_id: str, best: BestTrial, store: TrialStore, client: Client
+) -> BestTrial:
+    """Refit the best parameters on all rows (as a task on the cluster) and store the model under
+    ``model/``; returns ``best`` with its ``model_uri``."""
+    kwargs = {
+        "data": spec.dataset.uri,
+        "target": spec.dataset.target,
+        "model": spec.trial.model,
+        "params": best.params,
+        "seed": spec.sampling_algorithm.seed or 0,
+        "engine": spec.trial.engine,
+        "data_format": spec.dataset.format,
+        "max_rows": spec.dataset.max_rows,
+    }
+    result = client.submit(refit_task, kwargs, pure=False).result()
+    uri = None
+    for name, data in sorted(result["files"].items()):
+        uri = store.put_artifact(experiment_id, f"model/{name}", data)
+    if uri is None:
+        raise RuntimeError("the refit produced no model files")
+    model_uri = uri.rsplit("/", 1)[0]
+    return best.model_copy(update={"model_uri": model_uri})

@@ -1,0 +1,200 @@
+"""AzureML's early-termination policies as Optuna pruners.
+
+Optuna has no Bandit or truncation-selection pruner, and its ``MedianPruner`` compares a trial with the
+median of the *completed* trials' values at one step after a number of startup trials, which is not
+AzureML's median stopping. These classes implement AzureML's rules as documented for
+``azure.ai.ml.sweep`` / HyperDrive (the "how to tune hyperparameters" guide and the policy classes):
+
+- **Steps.** Each ``trial.report(value, step)`` is one *interval*; our trials report the running mean of
+  the primary metric after each CV fold, with ``step`` the 1-based fold. AzureML: "the policy applies every
+  multiple of ``evaluation_interval`` that is greater than or equal to ``delay_evaluation``" (with
+  ``evaluation_interval=1, delay_evaluation=5`` it is "applied at every interval starting at evaluation
+  interval 5"). So a policy is evaluated at step ``N`` iff ``N % evaluation_interval == 0`` and
+  ``N >= delay_evaluation``; ``delay_evaluation=2`` first evaluates at step 2, not 3.
+- **Fair comparison.** "When evaluating a run at interval N, its performance is only compared with the
+  performance of other runs up to interval N, even if they reported metrics for intervals greater than N."
+  The other trials taking part are those (complete, pruned or running; failed ones never) that reported
+  a finite value at step ``N``, and only their values at steps ``<= N`` are used.
+- **Direction.** Every rule follows ``study.direction``. A trial whose own values are all NaN is pruned
+  (a NaN metric is never within any slack); other trials' NaN values are ignored.
+
+Rules in detail are on each class. Details AzureML leaves open are decided here and documented there.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable
+
+import optuna
+from optuna.pruners import BasePruner
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+_PARTICIPANT_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+
+
+def is_evaluation_step(step: int, evaluation_interval: int, delay_evaluation: int) -> bool:
+    """AzureML's schedule: every multiple of ``evaluation_interval`` that is ``>= delay_evaluation``."""
+    return step >= 1 and step >= delay_evaluation and step % evaluation_interval == 0
+
+
+def _finite(values: Iterable[float]) -> list[float]:
+    return [v for v in values if v is not None and math.isfinite(v)]
+
+
+def _best(values: Iterable[float], direction: StudyDirection) -> float | None:
+    finite = _finite(values)
+    if not finite:
+        return None
+    return max(finite) if direction == StudyDirection.MAXIMIZE else min(finite)
+
+
+def _worse(a: float, b: float, direction: StudyDirection) -> bool:
+    """Whether ``a`` is strictly worse than ``b``."""
+    return a < b if direction == StudyDirection.MAXIMIZE else a > b
+
+
+def _values_up_to(trial: FrozenTrial, step: int) -> list[float]:
+    return _finite(v for s, v in trial.intermediate_values.items() if s <= step)
+
+
+class _AzureMLPolicy(BasePruner):
+    """The evaluation schedule and the choice of trials to compare with, shared by the three policies."""
+
+    def __init__(self, evaluation_interval: int = 1, delay_evaluation: int = 0) -> None:
+        if evaluation_interval < 1:
+            raise ValueError(f"evaluation_interval must be >= 1, got {evaluation_interval}")
+        if delay_evaluation < 0:
+            raise ValueError(f"delay_evaluation must be >= 0, got {delay_evaluation}")
+        self.evaluation_interval = evaluation_interval
+        self.delay_evaluation = delay_evaluation
+
+    def prune(self, study: optuna.study.Study, trial: FrozenTrial) -> bool:
+        step = trial.last_step
+        if step is None or not is_evaluation_step(step, self.evaluation_interval, self.delay_evaluation):
+            return False
+        return self._stop(study, trial, step)
+
+    def _stop(self, study: optuna.study.Study, trial: FrozenTrial, step: int) -> bool:
+        raise NotImplementedError
+
+    @staticmethod
+    def _others_at(study: optuna.study.Study, trial: FrozenTrial, step: int) -> list[FrozenTrial]:
+        """The other trials that reported a finite value at ``step``."""
+        return [
+            other
+            for other in study.get_trials(deepcopy=False, states=_PARTICIPANT_STATES)
+            if other.number != trial.number
+            and step in other.intermediate_values
+            and math.isfinite(other.intermediate_values[step])
+        ]
+
+
+class BanditPruner(_AzureMLPolicy):
+    """AzureML's Bandit policy: stop a trial that is not within the slack of the best trial.
+
+    At an evaluation step ``N`` the trial's *best* value reported up to ``N`` (AzureML: "any jobs whose
+    best metric at interval 10 is less than 0.8/(1+slack_factor)") is compared with the best value another
+    trial reported *at* ``N`` ("the best performing job at interval 10 reported 0.8"). Maximize: prune if
+    ``best_own < reference / (1 + slack_factor)`` or ``best_own < reference - slack_amount``. Minimize
+    (AzureML documents only maximize; this mirrors it): prune if ``best_own > reference * (1 + slack_factor)``
+    or ``best_own > reference + slack_amount``. Values exactly on the boundary are kept. With no other
+    trial at step ``N`` nothing is pruned. ``slack_factor`` is a ratio and assumes a positive metric (all
+    of ``gpu_jobs.params.METRICS`` are); use ``slack_amount`` for metrics that can be negative.
+    """
+
+    def __init__(
+        self,
+        slack_factor: float | None = None,
+        slack_amount: float | None = None,
+        evaluation_interval: int = 1,
+        delay_evaluation: int = 0,
+    ) -> None:
+        super().__init__(evaluation_interval, delay_evaluation)
+        if (slack_factor is None) == (slack_amount is None):
+            raise ValueError("BanditPruner needs exactly one of slack_factor or slack_amount")
+        for name, value in (("slack_factor", slack_factor), ("slack_amount", slack_amount)):
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
+        self.slack_factor = slack_factor
+        self.slack_amount = slack_amount
+
+    def threshold(self, reference: float, direction: StudyDirection) -> float:
+        """The worst value still kept, given the best trial's value ``reference``."""
+        maximize = direction == StudyDirection.MAXIMIZE
+        if self.slack_factor is not None:
+            return reference / (1 + self.slack_factor) if maximize else reference * (1 + self.slack_factor)
+        assert self.slack_amount is not None
+        return reference - self.slack_amount if maximize else reference + self.slack_amount
+
+    def _stop(self, study: optuna.study.Study, trial: FrozenTrial, step: int) -> bool:
+        direction = study.direction
+        own = _best(_values_up_to(trial, step), direction)
+        if own is None:
+            return True
+        reference = _best(
+            (t.intermediate_values[step] for t in self._others_at(study, trial, step)), direction
+        )
+        if reference is None:
+            return False
+        return _worse(own, self.threshold(reference, direction), direction)
+
+
+class MedianStoppingPruner(_AzureMLPolicy):
+    """AzureML's median stopping: stop a trial whose best value is worse than the median running average.
+
+    AzureML: "a run will be canceled at interval N if its best primary metric reported up to interval N is
+    worse than the median of the running averages for intervals 1:N across all runs". Here: the trial's
+    best value over steps ``<= N`` against the median (``statistics.median``: the mean of the two middle
+    values for an even count) of the *other* trials' running averages, each the mean of that trial's values
+    at steps ``<= N``, over the trials that reached step ``N``. The trial itself is left out of the median
+    (as in Google Vizier's rule, which AzureML cites). "Worse" is strict: a tie with the median is kept.
+    No other trial at step ``N``: nothing is pruned. Unlike Optuna's ``MedianPruner`` there are no startup
+    trials: ``delay_evaluation`` is the only warm-up, as on AzureML.
+    """
+
+    def _stop(self, study: optuna.study.Study, trial: FrozenTrial, step: int) -> bool:
+        direction = study.direction
+        own = _best(_values_up_to(trial, step), direction)
+        if own is None:
+            return True
+        averages = [statistics.fmean(_values_up_to(t, step)) for t in self._others_at(study, trial, step)]
+        if not averages:
+            return False
+        return _worse(own, statistics.median(averages), direction)
+
+
+class TruncationSelectionPruner(_AzureMLPolicy):
+    """AzureML's truncation selection: stop the trials in the lowest ``truncation_percentage`` percent.
+
+    AzureML: "a job terminates at interval 5 if its performance at interval 5 is in the lowest 20% of
+    performance of all jobs at interval 5". Here the population is every trial that reported step ``N``,
+    this one included, ranked by its value *at* ``N``. AzureML does not document the rounding: we cut
+    ``k = floor(n * truncation_percentage / 100)`` trials (5 trials at 20%: the worst 1; 4 trials at 20%:
+    none), and a trial is in the cut iff at least ``n - k`` trials are strictly better than it, so trials
+    tied at the boundary are all kept. AzureML's ``exclude_finished_jobs`` option is not offered: finished
+    trials always take part (AzureML's default).
+    """
+
+    def __init__(
+        self, truncation_percentage: int, evaluation_interval: int = 1, delay_evaluation: int = 0
+    ) -> None:
+        super().__init__(evaluation_interval, delay_evaluation)
+        if not 1 <= truncation_percentage <= 99:
+            raise ValueError(f"truncation_percentage must be in [1, 99], got {truncation_percentage}")
+        self.truncation_percentage = truncation_percentage
+
+    def _stop(self, study: optuna.study.Study, trial: FrozenTrial, step: int) -> bool:
+        direction = study.direction
+        own = trial.intermediate_values.get(step)
+        if own is None or not math.isfinite(own):
+            return True
+        population = [own] + [t.intermediate_values[step] for t in self._others_at(study, trial, step)]
+        n = len(population)
+        cut = n * self.truncation_percentage // 100
+        if cut == 0:
+            return False
+        better = sum(1 for value in population if _worse(own, value, direction))
+        return better >= n - cut

@@ -1,0 +1,113 @@
+"""Entry point of the HPO driver process: ``python -m shared.hpo.run_driver --experiment-id ID``.
+
+Opens the store the environment names, runs (or resumes) the experiment on a Dask cluster, refits the
+best trial's model, and writes ``driver/outcome.json``, which the control plane's poll step reads.
+SIGTERM (cancel) stops the running trials and ends with a CANCELLED outcome.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict
+
+from distributed import Client, LocalCluster
+from shared.spec import ExperimentSpec, load_spec
+
+from shared.compute_spec import LocalCompute
+from shared.config import DRIVER_OUTCOME_ARTIFACT, Settings
+from shared.hpo.driver import ExperimentOutcome, HpoDriver, refit_best_model
+from shared.ports import Store
+from shared.records import ExperimentStatus
+
+log = logging.getLogger("rapids_hpo.driver")
+
+
+@contextlib.contextmanager
+def dask_client(spec: ExperimentSpec) -> Iterator[Client]:
+    """A client for the spec's cluster: its scheduler address, or a LocalCluster sized by the spec."""
+    compute = spec.compute if isinstance(spec.compute, LocalCompute) else LocalCompute()
+    if compute.scheduler_address:
+        with Client(compute.scheduler_address) as client:
+            yield client
+        return
+    with (
+        LocalCluster(
+            n_workers=compute.n_workers,
+            threads_per_worker=compute.threads_per_worker,
+            memory_limit=compute.memory_limit,
+            processes=True,
+            dashboard_address=None,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client
+
+
+class CancelWatch:
+    """True once SIGTERM arrived or the experiment's status says CANCELLING (checked at most 1/s)."""
+
+    def __init__(self, store: Store, experiment_id: str) -> None:
+        self.store = store
+        self.experiment_id = experiment_id
+        self.signalled = threading.Event()
+        self._checked = 0.0
+        self._cancelled = False
+
+    def __call__(self) -> bool:
+        if self.signalled.is_set() or self._cancelled:
+            return True
+        if time.monotonic() - self._checked >= 1.0:
+            self._checked = time.monotonic()
+            with contextlib.suppress(Exception):
+                status = self.store.get_experiment(self.experiment_id).status
+                self._cancelled = status in {ExperimentStatus.CANCELLING, ExperimentStatus.CANCELLED}
+        return self._cancelled
+
+
+def run_experiment(
+    store: Store, experiment_id: str, client: Client, cancel: CancelWatch
+) -> ExperimentOutcome:
+    """Run the driver and store the best model; the outcome is also written as an artifact."""
+    record = store.get_experiment(experiment_id)
+    spec = load_spec(record.spec)
+    driver = HpoDriver(spec, experiment_id, store, client, should_cancel=cancel)
+    try:
+        outcome = driver.run()
+        if outcome.status == "COMPLETED" and outcome.best is not None:
+            outcome.best = refit_best_model(spec, experiment_id, outcome.best, store, client)
+    except Exception as exc:  # the driver itself failed: say why in the outcome, then exit non-zero
+        log.exception("driver failed")
+        outcome = ExperimentOutcome("FAILED", "driver error", 0, None, f"{type(exc).__name__}: {exc}")
+    document = asdict(outcome)
+    document["best"] = outcome.best.model_dump(mode="json") if outcome.best else None
+    store.put_artifact(experiment_id, DRIVER_OUTCOME_ARTIFACT, json.dumps(document, indent=2).encode())
+    return outcome
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--experiment-id", required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    from shared.store import open_store
+
+    store = open_store(Settings.from_env())
+    cancel = CancelWatch(store, args.experiment_id)
+    signal.signal(signal.SIGTERM, lambda *_: cancel.signalled.set())
+    spec = load_spec(store.get_experiment(args.experiment_id).spec)
+    with dask_client(spec) as client:
+        outcome = run_experiment(store, args.experiment_id, client, cancel)
+    log.info("experiment %s ended %s: %s", args.experiment_id, outcome.status, outcome.reason)
+    return 0 if outcome.status != "FAILED" or outcome.reason != "driver error" else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,379 @@
+"""``Store`` on Azure Storage: Table Storage for records, Blob Storage for artifacts.
+
+Table design (table names from ``shared.config``, optionally prefixed):
+
+- ``experiments``: one partition, ``"experiment"``, two rows per experiment, always written together in
+  one entity-group transaction (same partition, so atomic):
+
+  - ``t:<inverted creation time>:<id>``: the record. Table Storage returns rows in RowKey order only,
+    so the zero-padded inverted microsecond timestamp makes a plain range query list newest first
+    (ties by id, ascending). Beside the body: ``Id``, ``Name``, ``Status`` (filtered on), ``Backend``,
+    ``CreatedAt``. ``version`` is this row's ETag; updates are conditional on it.
+  - ``id:<id>``: a pointer (``Key``) to the record's row, for reads by id; creating it is what makes a
+    duplicate id fail. The pointer is cached per process; a changed ``created_at`` moves the record row
+    and its pointer in one transaction.
+
+- ``trials``: PartitionKey = experiment id, RowKey = zero-padded trial number (listing is ordered).
+- ``idempotency``: PartitionKey = SHA-256 of the key (any characters allowed), column ``ExperimentId``.
+
+Bodies are ASCII JSON (one character = one UTF-16 unit) split over ``Body0..BodyN`` properties of
+32,000 characters (a property holds 64 KiB); bodies too big for one entity (1 MiB) go to a blob under
+``_records/`` in the artifacts container, named by ``BodyBlob`` (experiment ids cannot start with ``_``).
+Listing pages are keyset pages: the opaque token is base64 JSON of the last RowKey returned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import re
+import threading
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from azure.core import MatchConditions
+from azure.core.credentials import TokenCredential
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.data.tables import TableServiceClient, TableTransactionError, UpdateMode
+from azure.storage.blob import BlobServiceClient
+from pydantic import BaseModel
+
+from shared.config import CONTAINER_ARTIFACTS, TABLE_EXPERIMENTS, TABLE_IDEMPOTENCY, TABLE_TRIALS
+from shared.errors import AlreadyExists, ConcurrencyConflict, NotFound
+from shared.records import ExperimentRecord, ExperimentStatus, TrialRecord
+from shared.store._common import (
+    MAX_PAGE_SIZE,
+    check_artifact_name,
+    check_experiment_id,
+    check_idempotency_key,
+    check_limit,
+    decode_page_token,
+    encode_page_token,
+    epoch_micros,
+)
+
+PARTITION = "experiment"
+ID_ROW = "id:"
+TIME_ROW = "t:"
+_TIME_ROW_END = "t;"  # the character after ":": the end of the t: range
+_TIME_CEILING = 10**18  # microseconds (year ~33,600); inverted times are padded to 19 digits
+CHUNK_CHARS = 32_000
+MAX_INLINE_CHUNKS = 12  # 12 x 64,000 bytes stays under the 1 MiB entity limit with room for the rest
+RECORDS_PREFIX = "_records"
+MAX_TRIAL_NUMBER = 10**10 - 1
+_RETRIES = 3
+_TABLE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9]{2,62}")
+
+
+class AzureStore:
+    """``Store`` on a storage account: tables ``<prefix>experiments|trials|idempotency`` and a container.
+
+    ``table_prefix`` and ``container`` let several stores (tests, environments) share one account.
+    Tables and the container are created on first use.
+    """
+
+    def __init__(
+        self,
+        table_service: TableServiceClient,
+        blob_service: BlobServiceClient,
+        *,
+        table_prefix: str = "",
+        container: str = CONTAINER_ARTIFACTS,
+    ) -> None:
+        self.table_service = table_service
+        self.blob_service = blob_service
+        self.table_names = tuple(
+            f"{table_prefix}{name}" for name in (TABLE_EXPERIMENTS, TABLE_TRIALS, TABLE_IDEMPOTENCY)
+        )
+        for name in self.table_names:
+            if not _TABLE_NAME.fullmatch(name):
+                raise ValueError(f"invalid table name {name!r} (prefix {table_prefix!r})")
+        self._experiments, self._trials, self._idempotency = (
+            table_service.get_table_client(name) for name in self.table_names
+        )
+        self._container = blob_service.get_container_client(container)
+        self._ready = False
+        self._lock = threading.Lock()
+        self._row_keys: dict[str, str] = {}
+
+    @classmethod
+    def from_connection_string(cls, connection_string: str, **kwargs: Any) -> AzureStore:
+        """From a storage connection string (``UseDevelopmentStorage=true`` means Azurite)."""
+        return cls(
+            TableServiceClient.from_connection_string(connection_string),
+            BlobServiceClient.from_connection_string(connection_string),
+            **kwargs,
+        )
+
+    @classmethod
+    def from_account(cls, account_name: str, credential: TokenCredential, **kwargs: Any) -> AzureStore:
+        """From an account name and an Entra ID credential (managed identity in Azure)."""
+        tables = f"https://{account_name}.table.core.windows.net"
+        blobs = f"https://{account_name}.blob.core.windows.net"
+        return cls(
+            TableServiceClient(endpoint=tables, credential=credential),
+            BlobServiceClient(blobs, credential=credential),
+            **kwargs,
+        )
+
+    @property
+    def container_name(self) -> str:
+        return self._container.container_name
+
+    def _ensure(self) -> None:
+        if self._ready:
+            return
+        with self._lock:
+            if self._ready:
+                return
+            for name in self.table_names:
+                self.table_service.create_table_if_not_exists(name)
+            with contextlib.suppress(ResourceExistsError):
+                self._container.create_container()
+            self._ready = True
+
+    # Experiments
+
+    def create_experiment(self, record: ExperimentRecord) -> ExperimentRecord:
+        check_experiment_id(record.id)
+        self._ensure()
+        row_key = _time_row_key(record)
+        entity = self._experiment_entity(record, row_key)
+        try:
+            result = self._experiments.submit_transaction(
+                [("create", _pointer(record.id, row_key)), ("create", entity)]
+            )
+        except BaseException as exc:
+            self._drop_body_blob(entity)
+            if isinstance(exc, TableTransactionError) and exc.status_code == 409:
+                raise AlreadyExists(f"experiment {record.id!r} exists already") from None
+            raise
+        self._row_keys[record.id] = row_key
+        return record.model_copy(update={"version": result[1]["etag"]})
+
+    def get_experiment(self, experiment_id: str) -> ExperimentRecord:
+        check_experiment_id(experiment_id)
+        self._ensure()
+        for _ in range(_RETRIES):
+            entity = self._record_row(experiment_id)
+            body = self._read_body(entity)
+            if body is not None:  # else an update replaced the body blob between our two reads
+                return _experiment(body, entity.metadata["etag"])
+        raise ConcurrencyConflict(f"experiment {experiment_id!r} kept changing while being read")
+
+    def update_experiment(self, record: ExperimentRecord) -> ExperimentRecord:
+        check_experiment_id(record.id)
+        self._ensure()
+        current = self._record_row(record.id)
+        if current.metadata["etag"] != record.version:
+            raise ConcurrencyConflict(f"experiment {record.id!r} changed since version {record.version!r}")
+        row_key = _time_row_key(record)
+        entity = self._experiment_entity(record, row_key)
+        condition = {"etag": record.version, "match_condition": MatchConditions.IfNotModified}
+        try:
+            if row_key == current["RowKey"]:
+                meta = self._experiments.update_entity(entity, mode=UpdateMode.REPLACE, **condition)
+                etag = meta["etag"]
+            else:  # created_at changed: move the record row and its pointer together
+                result = self._experiments.submit_transaction(
+                    [
+                        ("delete", {"PartitionKey": PARTITION, "RowKey": current["RowKey"]}, condition),
+                        ("create", entity),
+                        ("upsert", _pointer(record.id, row_key), {"mode": UpdateMode.REPLACE}),
+                    ]
+                )
+                etag = result[1]["etag"]
+        except BaseException as exc:
+            self._drop_body_blob(entity)
+            stale = isinstance(exc, ResourceModifiedError | ResourceNotFoundError) or (
+                isinstance(exc, TableTransactionError) and exc.status_code in (404, 409, 412)
+            )
+            if stale:
+                raise ConcurrencyConflict(
+                    f"experiment {record.id!r} changed since version {record.version!r}"
+                ) from None
+            raise
+        self._row_keys[record.id] = row_key
+        self._drop_body_blob(current)
+        return record.model_copy(update={"version": etag})
+
+    def list_experiments(
+        self, status: ExperimentStatus | None = None, limit: int = 50, page_token: str | None = None
+    ) -> tuple[list[ExperimentRecord], str | None]:
+        check_limit(limit)
+        self._ensure()
+        after = TIME_ROW
+        if page_token is not None:
+            after = decode_page_token(page_token, "after")["after"]
+            if not isinstance(after, str) or not after.startswith(TIME_ROW):
+                raise ValueError(f"invalid page token {page_token!r}")
+        query = "PartitionKey eq @pk and RowKey gt @after and RowKey lt @end"
+        parameters = {"pk": PARTITION, "after": after, "end": _TIME_ROW_END}
+        if status is not None:
+            query += " and Status eq @status"
+            parameters["status"] = ExperimentStatus(status).value
+        rows = []
+        entities = self._experiments.query_entities(
+            query, parameters=parameters, results_per_page=min(limit + 1, MAX_PAGE_SIZE)
+        )
+        for entity in entities:
+            rows.append(entity)
+            if len(rows) > limit:
+                break
+        page = rows[:limit]
+        records = []
+        for entity in page:
+            body = self._read_body(entity)
+            records.append(
+                self.get_experiment(entity["Id"])
+                if body is None
+                else _experiment(body, entity.metadata["etag"])
+            )
+        token = encode_page_token({"after": page[-1]["RowKey"]}) if len(rows) > limit else None
+        return records, token
+
+    def claim_idempotency_key(self, key: str, experiment_id: str) -> str:
+        check_idempotency_key(key)
+        check_experiment_id(experiment_id)
+        self._ensure()
+        partition = hashlib.sha256(key.encode()).hexdigest()
+        try:
+            self._idempotency.create_entity(
+                {"PartitionKey": partition, "RowKey": "key", "ExperimentId": experiment_id}
+            )
+        except ResourceExistsError:
+            return self._idempotency.get_entity(partition, "key")["ExperimentId"]
+        return experiment_id
+
+    def _record_row(self, experiment_id: str) -> Any:
+        """The experiment's record row (a ``TableEntity``), through the cached or stored pointer."""
+        cached = self._row_keys.get(experiment_id)
+        if cached is not None:
+            try:
+                return self._experiments.get_entity(PARTITION, cached)
+            except ResourceNotFoundError:
+                self._row_keys.pop(experiment_id, None)
+        for _ in range(_RETRIES):
+            try:
+                pointer = self._experiments.get_entity(PARTITION, ID_ROW + experiment_id)
+            except ResourceNotFoundError:
+                raise NotFound(f"experiment {experiment_id!r} not found") from None
+            try:
+                entity = self._experiments.get_entity(PARTITION, pointer["Key"])
+            except ResourceNotFoundError:
+                continue  # moved by a concurrent update of created_at: read the pointer again
+            self._row_keys[experiment_id] = pointer["Key"]
+            return entity
+        raise ConcurrencyConflict(f"experiment {experiment_id!r} kept moving while being read")
+
+    def _experiment_entity(self, record: ExperimentRecord, row_key: str) -> dict[str, Any]:
+        blob = f"{RECORDS_PREFIX}/experiments/{record.id}/{uuid.uuid4().hex}.json"
+        return {
+            "PartitionKey": PARTITION,
+            "RowKey": row_key,
+            "Id": record.id,
+            "Name": record.name[:1024],
+            "Status": record.status.value,
+            "Backend": record.backend[:1024],
+            "CreatedAt": record.created_at,
+            **self._body_properties(_ascii_json(record, exclude={"version"}), blob),
+        }
+
+    # Trials
+
+    def put_trial(self, trial: TrialRecord) -> None:
+        check_experiment_id(trial.experiment_id)
+        if trial.number > MAX_TRIAL_NUMBER:
+            raise ValueError(f"trial number {trial.number} exceeds {MAX_TRIAL_NUMBER}")
+        self._ensure()
+        row_key = f"{trial.number:010d}"
+        # A fixed blob name per trial: last writer wins, as for the row itself.
+        blob = f"{RECORDS_PREFIX}/trials/{trial.experiment_id}/{row_key}.json"
+        entity = {
+            "PartitionKey": trial.experiment_id,
+            "RowKey": row_key,
+            "Number": trial.number,
+            "State": trial.state.value,
+            **self._body_properties(_ascii_json(trial), blob),
+        }
+        self._trials.upsert_entity(entity, mode=UpdateMode.REPLACE)
+
+    def list_trials(self, experiment_id: str) -> list[TrialRecord]:
+        check_experiment_id(experiment_id)
+        self._ensure()
+        entities = self._trials.query_entities("PartitionKey eq @pk", parameters={"pk": experiment_id})
+        trials = []
+        for entity in entities:
+            body = self._read_body(entity)
+            if body is None:
+                raise NotFound(f"body blob {entity['BodyBlob']!r} of a trial is missing")
+            trials.append(TrialRecord.model_validate_json(body))
+        return trials
+
+    # Artifacts
+
+    def put_artifact(self, experiment_id: str, name: str, data: bytes) -> str:
+        self._ensure()
+        blob = self._container.upload_blob(_blob_name(experiment_id, name), data, overwrite=True)
+        return blob.url
+
+    def get_artifact(self, experiment_id: str, name: str) -> bytes:
+        self._ensure()
+        try:
+            return self._container.download_blob(_blob_name(experiment_id, name)).readall()
+        except ResourceNotFoundError:
+            raise NotFound(f"artifact {name!r} of experiment {experiment_id!r} not found") from None
+
+    def list_artifacts(self, experiment_id: str, prefix: str = "") -> list[str]:
+        folder = check_experiment_id(experiment_id) + "/"
+        self._ensure()
+        names = self._container.list_blob_names(name_starts_with=folder + prefix)
+        return sorted(name.removeprefix(folder) for name in names)
+
+    # Bodies
+
+    def _body_properties(self, body: str, blob_name: str) -> dict[str, Any]:
+        if len(body) > CHUNK_CHARS * MAX_INLINE_CHUNKS:
+            self._container.upload_blob(blob_name, body.encode("ascii"), overwrite=True)
+            return {"BodyBlob": blob_name}
+        chunks = [body[i : i + CHUNK_CHARS] for i in range(0, len(body), CHUNK_CHARS)]
+        return {"BodyChunks": len(chunks)} | {f"Body{i}": chunk for i, chunk in enumerate(chunks)}
+
+    def _read_body(self, entity: Mapping[str, Any]) -> str | None:
+        """The entity's JSON body, or None if its blob is gone (replaced by a newer version)."""
+        blob = entity.get("BodyBlob")
+        if not blob:
+            return "".join(entity[f"Body{i}"] for i in range(entity["BodyChunks"]))
+        try:
+            return self._container.download_blob(blob).readall().decode("ascii")
+        except ResourceNotFoundError:
+            return None
+
+    def _drop_body_blob(self, entity: Mapping[str, Any]) -> None:
+        blob = entity.get("BodyBlob")
+        if blob:
+            with contextlib.suppress(ResourceNotFoundError):
+                self._container.delete_blob(blob)
+
+
+def _time_row_key(record: ExperimentRecord) -> str:
+    return f"{TIME_ROW}{_TIME_CEILING - epoch_micros(record.created_at):019d}:{record.id}"
+
+
+def _pointer(experiment_id: str, row_key: str) -> dict[str, Any]:
+    return {"PartitionKey": PARTITION, "RowKey": ID_ROW + experiment_id, "Key": row_key}
+
+
+def _ascii_json(model: BaseModel, exclude: set[str] | None = None) -> str:
+    data = model.model_dump(mode="json", exclude=exclude)
+    return json.dumps(data, ensure_ascii=True, separators=(",", ":"))
+
+
+def _experiment(body: str, etag: str) -> ExperimentRecord:
+    return ExperimentRecord.model_validate_json(body).model_copy(update={"version": etag})
+
+
+def _blob_name(experiment_id: str, name: str) -> str:
+    return f"{check_experiment_id(experiment_id)}/{check_artifact_name(name)}"

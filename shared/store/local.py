@@ -1,0 +1,202 @@
+"""``Store`` on one machine: SQLite (WAL) for records, a folder for artifacts.
+
+Safe across threads and processes (the HPO driver and the API share one store): every thread of every
+process has its own SQLite connection, writes are single statements or ``BEGIN IMMEDIATE`` transactions.
+Records are stored as JSON with the columns that queries need (id, status, creation time) beside it;
+``version`` is an integer counter bumped by each successful update.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from pathlib import Path
+
+from shared.errors import AlreadyExists, ConcurrencyConflict, NotFound
+from shared.records import ExperimentRecord, ExperimentStatus, TrialRecord
+from shared.store._common import (
+    check_artifact_name,
+    check_experiment_id,
+    check_idempotency_key,
+    check_limit,
+    decode_page_token,
+    encode_page_token,
+    epoch_micros,
+)
+from shared.store._sqlite import SQLiteConnections
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS experiments (
+    id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    created_us INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS experiments_newest ON experiments (created_us DESC, id);
+CREATE INDEX IF NOT EXISTS experiments_status ON experiments (status, created_us DESC, id);
+CREATE TABLE IF NOT EXISTS trials (
+    experiment_id TEXT NOT NULL,
+    number INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (experiment_id, number)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS idempotency (
+    key TEXT PRIMARY KEY,
+    experiment_id TEXT NOT NULL
+) WITHOUT ROWID
+"""
+
+
+class LocalStore:
+    """``Store`` under ``root``: ``root/store.sqlite3`` and ``root/artifacts/<experiment_id>/<name>``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.artifacts_root = self.root / "artifacts"
+        self._tmp = self.root / "tmp"
+        self._db = SQLiteConnections(self.root / "store.sqlite3", _SCHEMA)
+
+    def close(self) -> None:
+        """Close the calling thread's database connection."""
+        self._db.close()
+
+    # Experiments
+
+    def create_experiment(self, record: ExperimentRecord) -> ExperimentRecord:
+        check_experiment_id(record.id)
+        cursor = self._db.connection().execute(
+            "INSERT OR IGNORE INTO experiments (id, status, created_us, version, body) "
+            "VALUES (?, ?, ?, 1, ?)",
+            (record.id, record.status.value, epoch_micros(record.created_at), _experiment_json(record)),
+        )
+        if cursor.rowcount == 0:
+            raise AlreadyExists(f"experiment {record.id!r} exists already")
+        return record.model_copy(update={"version": "1"})
+
+    def get_experiment(self, experiment_id: str) -> ExperimentRecord:
+        check_experiment_id(experiment_id)
+        row = (
+            self._db.connection()
+            .execute("SELECT body, version FROM experiments WHERE id = ?", (experiment_id,))
+            .fetchone()
+        )
+        if row is None:
+            raise NotFound(f"experiment {experiment_id!r} not found")
+        return _experiment_from_row(*row)
+
+    def update_experiment(self, record: ExperimentRecord) -> ExperimentRecord:
+        check_experiment_id(record.id)
+        conn = self._db.connection()
+        if record.version.isdigit():
+            version = int(record.version)
+            cursor = conn.execute(
+                "UPDATE experiments SET status = ?, created_us = ?, version = ?, body = ? "
+                "WHERE id = ? AND version = ?",
+                (
+                    record.status.value,
+                    epoch_micros(record.created_at),
+                    version + 1,
+                    _experiment_json(record),
+                    record.id,
+                    version,
+                ),
+            )
+            if cursor.rowcount == 1:
+                return record.model_copy(update={"version": str(version + 1)})
+        if conn.execute("SELECT 1 FROM experiments WHERE id = ?", (record.id,)).fetchone() is None:
+            raise NotFound(f"experiment {record.id!r} not found")
+        raise ConcurrencyConflict(f"experiment {record.id!r} changed since version {record.version!r}")
+
+    def list_experiments(
+        self, status: ExperimentStatus | None = None, limit: int = 50, page_token: str | None = None
+    ) -> tuple[list[ExperimentRecord], str | None]:
+        check_limit(limit)
+        where, params = [], []
+        if status is not None:
+            where.append("status = ?")
+            params.append(ExperimentStatus(status).value)
+        if page_token is not None:
+            after = decode_page_token(page_token, "created_us", "id")
+            where.append("(created_us < ? OR (created_us = ? AND id > ?))")
+            params += [after["created_us"], after["created_us"], after["id"]]
+        sql = "SELECT body, version, created_us, id FROM experiments"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_us DESC, id ASC LIMIT ?"
+        rows = self._db.connection().execute(sql, (*params, limit + 1)).fetchall()
+        page = rows[:limit]
+        token = None
+        if len(rows) > limit:
+            token = encode_page_token({"created_us": page[-1][2], "id": page[-1][3]})
+        return [_experiment_from_row(body, version) for body, version, _, _ in page], token
+
+    def claim_idempotency_key(self, key: str, experiment_id: str) -> str:
+        check_idempotency_key(key)
+        check_experiment_id(experiment_id)
+        conn = self._db.connection()
+        conn.execute(
+            "INSERT OR IGNORE INTO idempotency (key, experiment_id) VALUES (?, ?)", (key, experiment_id)
+        )
+        (bound,) = conn.execute("SELECT experiment_id FROM idempotency WHERE key = ?", (key,)).fetchone()
+        return bound
+
+    # Trials
+
+    def put_trial(self, trial: TrialRecord) -> None:
+        check_experiment_id(trial.experiment_id)
+        self._db.connection().execute(
+            "INSERT INTO trials (experiment_id, number, body) VALUES (?, ?, ?) "
+            "ON CONFLICT (experiment_id, number) DO UPDATE SET body = excluded.body",
+            (trial.experiment_id, trial.number, trial.model_dump_json()),
+        )
+
+    def list_trials(self, experiment_id: str) -> list[TrialRecord]:
+        check_experiment_id(experiment_id)
+        rows = self._db.connection().execute(
+            "SELECT body FROM trials WHERE experiment_id = ? ORDER BY number", (experiment_id,)
+        )
+        return [TrialRecord.model_validate_json(body) for (body,) in rows]
+
+    # Artifacts
+
+    def put_artifact(self, experiment_id: str, name: str, data: bytes) -> str:
+        path = self._artifact_path(experiment_id, name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp.mkdir(parents=True, exist_ok=True)
+        # Write aside, then rename: a reader never sees half a file, concurrent writers: last one wins.
+        fd, tmp = tempfile.mkstemp(dir=self._tmp, prefix=f"{uuid.uuid4().hex}-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path.resolve().as_uri()
+
+    def get_artifact(self, experiment_id: str, name: str) -> bytes:
+        path = self._artifact_path(experiment_id, name)
+        try:
+            return path.read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+            raise NotFound(f"artifact {name!r} of experiment {experiment_id!r} not found") from exc
+
+    def list_artifacts(self, experiment_id: str, prefix: str = "") -> list[str]:
+        folder = self.artifacts_root / check_experiment_id(experiment_id)
+        if not folder.is_dir():
+            return []
+        names = (path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file())
+        return sorted(name for name in names if name.startswith(prefix))
+
+    def _artifact_path(self, experiment_id: str, name: str) -> Path:
+        return self.artifacts_root / check_experiment_id(experiment_id) / check_artifact_name(name)
+
+
+def _experiment_json(record: ExperimentRecord) -> str:
+    return record.model_dump_json(exclude={"version"})
+
+
+def _experiment_from_row(body: str, version: int) -> ExperimentRecord:
+    return ExperimentRecord.model_validate_json(body).model_copy(update={"version": str(version)})

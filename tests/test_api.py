@@ -1,0 +1,158 @@
+"""Every HTTP route through FastAPI's TestClient, with the local adapters behind it."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+
+import pytest
+import yaml
+from fastapi.testclient import TestClient
+
+from shared.api import MAX_BODY_BYTES, create_api
+from shared.context import set_context
+from shared.handlers import request_cancel
+from shared.records import ExperimentStatus, TrialRecord, TrialState
+from tests.control_plane import local_context, tiny_spec
+
+
+@pytest.fixture
+def ctx(tmp_path):
+    context = local_context(tmp_path)
+    set_context(context)
+    yield context
+    set_context(None)
+
+
+@pytest.fixture
+def client(ctx):
+    return TestClient(create_api())
+
+
+def post(client, document, **headers):
+    return client.post("/api/experiments", content=json.dumps(document),
+                       headers={"content-type": "application/json", **headers})
+
+
+def test_post_accepts_and_answers_202_with_location_and_retry_after(client, ctx):
+    response = post(client, tiny_spec())
+    assert response.status_code == 202
+    body = response.json()
+    assert response.headers["location"] == f"/api/experiments/{body['id']}"
+    assert int(response.headers["retry-after"]) > 0
+    assert body["status"] == "SUBMITTED" and body["progress"] == {"done": 0, "total": 3}
+    assert ctx.store.get_experiment(body["id"]).name == "tiny-flights"
+    assert ctx.events.count() == 1  # the first state-machine event is queued
+
+
+def test_post_accepts_yaml(client):
+    response = client.post("/api/experiments", content=yaml.safe_dump(tiny_spec()),
+                           headers={"content-type": "application/yaml"})
+    assert response.status_code == 202
+
+
+def test_idempotency_key_returns_the_same_experiment(client, ctx):
+    first = post(client, tiny_spec(), **{"Idempotency-Key": "abc"})
+    second = post(client, tiny_spec(), **{"Idempotency-Key": "abc"})
+    assert first.json()["id"] == second.json()["id"]
+    assert second.headers["idempotent-replayed"] == "true"
+    assert len(ctx.store.list_experiments()[0]) == 1
+
+
+def test_invalid_spec_is_422_naming_each_field(client, ctx):
+    document = tiny_spec(limits={"max_total_trials": 2, "max_concurrent_trials": 5})
+    document["search_space"]["max_dpth"] = {"type": "choice", "values": [3]}
+    response = post(client, document)
+    assert response.status_code == 422
+    locs = {e["loc"] for e in response.json()["errors"]}
+    assert "search_space.max_dpth" in locs and any(loc.startswith("limits") for loc in locs)
+    assert ctx.store.list_experiments()[0] == []  # nothing stored
+
+
+@pytest.mark.parametrize("body", [b"{not json", b"name: [unclosed", b"\xff\xfe"])
+def test_unparseable_body_is_422(client, body):
+    response = client.post("/api/experiments", content=body)
+    assert response.status_code == 422
+    assert response.json()["detail"]
+
+
+def test_empty_body_is_422(client):
+    assert client.post("/api/experiments", content=b"  ").status_code == 422
+
+
+def test_too_large_body_is_413(client):
+    response = client.post("/api/experiments", content=b"x" * (MAX_BODY_BYTES + 1))
+    assert response.status_code == 413 and "limit" in response.json()["detail"]
+
+
+def test_get_unknown_experiment_is_404(client):
+    response = client.get("/api/experiments/exp-missing")
+    assert response.status_code == 404 and "exp-missing" in response.json()["detail"]
+    assert client.get("/api/experiments/exp-missing/trials").status_code == 404
+    assert client.get("/api/experiments/exp-missing/model").status_code == 404
+    assert client.delete("/api/experiments/exp-missing").status_code == 404
+
+
+def test_get_shows_status_progress_best_and_timings(client, ctx):
+    experiment_id = post(client, tiny_spec()).json()["id"]
+    response = client.get(f"/api/experiments/{experiment_id}")
+    assert response.status_code == 200 and "retry-after" in response.headers
+    body = response.json()
+    assert body["timings"]["created_at"] and body["best"] is None and body["error"] is None
+    assert body["links"]["trials"] == f"/api/experiments/{experiment_id}/trials"
+
+
+def test_list_filters_by_status_and_pages(client, ctx):
+    ids = [post(client, tiny_spec(name=f"e{i}")).json()["id"] for i in range(5)]
+    request_cancel(ctx, ids[0])
+    page = client.get("/api/experiments", params={"limit": 2}).json()
+    assert len(page["items"]) == 2 and page["next_page_token"]
+    seen = [i["id"] for i in page["items"]]
+    while page["next_page_token"]:
+        page = client.get("/api/experiments", params={"limit": 2, "page_token": page["next_page_token"]}).json()
+        seen += [i["id"] for i in page["items"]]
+    assert sorted(seen) == sorted(ids) and len(seen) == 5
+    cancelling = client.get("/api/experiments", params={"status": "CANCELLING"}).json()["items"]
+    assert [i["id"] for i in cancelling] == [ids[0]]
+    assert client.get("/api/experiments", params={"status": "BOGUS"}).status_code == 422
+    assert client.get("/api/experiments", params={"limit": 0}).status_code == 422
+
+
+def test_trials_and_model_routes(client, ctx):
+    experiment_id = post(client, tiny_spec()).json()["id"]
+    assert client.get(f"/api/experiments/{experiment_id}/trials").json() == []
+    ctx.store.put_trial(TrialRecord(experiment_id=experiment_id, number=0, params={"max_depth": 4},
+                                    state=TrialState.COMPLETED, value=0.8))
+    trials = client.get(f"/api/experiments/{experiment_id}/trials").json()
+    assert trials[0]["value"] == 0.8 and trials[0]["state"] == "COMPLETED"
+    missing = client.get(f"/api/experiments/{experiment_id}/model")
+    assert missing.status_code == 404 and "no model yet" in missing.json()["detail"]
+    ctx.store.put_artifact(experiment_id, "model/model.json", b'{"trees": []}')
+    ctx.store.put_artifact(experiment_id, "model/metrics.json", b'{"accuracy": 0.8}')
+    response = client.get(f"/api/experiments/{experiment_id}/model")
+    assert response.status_code == 200 and response.headers["content-type"] == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(response.content)) as archive:
+        assert sorted(archive.namelist()) == ["metrics.json", "model.json"]
+        assert archive.read("model.json") == b'{"trees": []}'
+
+
+def test_delete_cancels_and_finished_experiments_conflict(client, ctx):
+    experiment_id = post(client, tiny_spec()).json()["id"]
+    response = client.delete(f"/api/experiments/{experiment_id}")
+    assert response.status_code == 202 and response.json()["status"] == "CANCELLING"
+    assert client.delete(f"/api/experiments/{experiment_id}").status_code == 202  # idempotent
+    record = ctx.store.get_experiment(experiment_id)
+    ctx.store.update_experiment(record.model_copy(update={"status": ExperimentStatus.COMPLETED}))
+    conflict = client.delete(f"/api/experiments/{experiment_id}")
+    assert conflict.status_code == 409 and "COMPLETED" in conflict.json()["detail"]
+
+
+def test_health_and_openapi(client):
+    health = client.get("/api/health").json()
+    assert health["status"] == "ok" and health["storage"] == "local"
+    document = client.get("/api/openapi.json").json()
+    paths = document["paths"]
+    assert {"/api/experiments", "/api/experiments/{experiment_id}", "/api/experiments/{experiment_id}/trials",
+            "/api/experiments/{experiment_id}/model", "/api/health"} <= set(paths)
+    assert "delete" in paths["/api/experiments/{experiment_id}"]

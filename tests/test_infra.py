@@ -1,0 +1,1041 @@
+"""infra/, host.json, local.settings.json.example and .funcignore agree with the code and with Azure.
+
+No Bicep compiler can run here, so the templates are checked structurally: a small lexer that knows
+Bicep's comments, strings and interpolations finds declarations, object entries and array items. What
+is checked is what a compiler or a first deployment would catch late (a missing module, a parameter a
+module does not declare, an output that does not exist) and what no compiler catches (a setting the code
+reads but Azure never sets, a role GUID that names another role, a rule open to the Internet, a key).
+When ``pycep-parser`` (a pure-Python Bicep parser) is installed, every template is also parsed by it.
+"""
+
+from __future__ import annotations
+
+import ast
+import ipaddress
+import json
+import os
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from fnmatch import fnmatch
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+from shared import config
+
+ROOT = Path(__file__).resolve().parents[1]
+INFRA = ROOT / "infra"
+MAIN_BICEP = INFRA / "main.bicep"
+PARAMETERS_JSON = INFRA / "main.parameters.json"
+ROLE_DEFINITIONS = INFRA / "modules" / "role-definitions.bicep"
+HOST_JSON = ROOT / "host.json"
+LOCAL_SETTINGS_EXAMPLE = ROOT / "local.settings.json.example"
+FUNCIGNORE = ROOT / ".funcignore"
+
+# Built-in roles, checked against "Azure built-in roles" (learn.microsoft.com/azure/role-based-access-control/
+# built-in-roles). infra/modules/role-definitions.bicep must carry exactly these.
+EXPECTED_ROLES = {
+    "Storage Blob Data Owner": "b7e6dc6d-f1e8-4753-8033-0f276bb0955b",
+    "Storage Blob Data Contributor": "ba92f5b4-2d11-453d-a403-e96b0029c9fe",
+    "Storage Queue Data Contributor": "974c5e8b-45b9-4653-ba55-5f855dd0fb88",
+    "Storage Table Data Contributor": "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3",
+    "Monitoring Metrics Publisher": "3913510d-42f4-4e42-8a64-420c390055eb",
+    "AzureML Data Scientist": "f6c7c914-8db3-469d-8ca1-694a8f32e121",
+    "AzureML Compute Operator": "e503ece1-11d0-4e8e-8e2c-7a6c3bf38815",
+    "Network Contributor": "4d97b98b-1d4f-4787-a291-c67834d212e7",
+    "Virtual Machine Contributor": "9980e02c-c2be-4d73-94e8-173b1dc7cf3c",
+}
+
+# Where each role may be assigned: the narrowest scope that works. None = the module's resource group.
+STORAGE_ACCOUNT = "Microsoft.Storage/storageAccounts"
+EXPECTED_ASSIGNMENTS = {
+    ("storageBlobDataOwner", STORAGE_ACCOUNT),
+    ("storageQueueDataContributor", STORAGE_ACCOUNT),
+    ("storageTableDataContributor", STORAGE_ACCOUNT),
+    ("monitoringMetricsPublisher", "Microsoft.Insights/components"),
+    ("virtualMachineContributor", "Microsoft.Network/virtualNetworks/subnets"),
+    ("networkContributor", None),
+    ("virtualMachineContributor", None),
+    ("azureMLDataScientist", "Microsoft.MachineLearningServices/workspaces"),
+    ("azureMLComputeOperator", "Microsoft.MachineLearningServices/workspaces"),
+    ("storageBlobDataContributor", STORAGE_ACCOUNT),
+}
+
+# ENV_DEFAULTS keys that are deliberately not app settings in Azure, and why.
+NOT_SET_IN_AZURE = {
+    "AzureWebJobsStorage": "a connection string; Azure uses identity-based AzureWebJobsStorage__accountName",
+    "RAPIDS_HPO_HOME": "home of the local (SQLite/file) store; Azure uses the storage account",
+    "RAPIDS_HPO_API_URL": "read by the CLI client, not by the Function App",
+    "RAPIDS_HPO_FUNCTION_KEY": "read by the CLI client; a secret that never belongs in app settings",
+}
+# App settings the Functions host itself reads (not the project's code).
+HOST_APP_SETTINGS = {"APPLICATIONINSIGHTS_CONNECTION_STRING", "APPLICATIONINSIGHTS_AUTHENTICATION_STRING"}
+# Flex Consumption deprecations ("Flex Consumption plan deprecations", Functions app settings reference):
+# the runtime is set in functionAppConfig and the package comes from the deployment container.
+FLEX_DEPRECATED_SETTINGS = {
+    "FUNCTIONS_WORKER_RUNTIME",
+    "FUNCTIONS_EXTENSION_VERSION",
+    "FUNCTIONS_WORKER_RUNTIME_VERSION",
+    "WEBSITE_RUN_FROM_PACKAGE",
+    "WEBSITE_CONTENTSHARE",
+    "WEBSITE_CONTENTAZUREFILECONNECTIONSTRING",
+    "SCM_DO_BUILD_DURING_DEPLOYMENT",
+    "ENABLE_ORYX_BUILD",
+}
+
+# Environment variables read under a third-party convention, on the GPU compute: never app settings.
+THIRD_PARTY_ENV = {
+    "CUDA_VISIBLE_DEVICES": "set per process by the CUDA runtime / dask-cuda; picks the training engine",
+    "DASK_SCHEDULER_ADDRESS": "Dask's own variable for the scheduler a client joins (AzureVMCluster jobs)",
+    "MLFLOW_TRACKING_URI": "set by AzureML inside a job to the workspace's MLflow endpoint",
+    "MLFLOW_RUN_ID": "set by AzureML inside a job: the run MLflow logs to",
+    "AZURE_STORAGE_ACCOUNT_NAME": "adlfs/fsspec's variable for the data account",
+}
+
+# Directories whose Python files are not the deployed app (or not ours).
+NON_APP_DIRS = {"tests", "bench", "docs", "examples", "infra", "node_modules", "build", "dist", "outputs"}
+
+WIDE_SOURCES = {"*", "internet", "any", "0.0.0.0/0", "::/0"}
+
+
+# ---------------------------------------------------------------------------------------------------
+# A small Bicep reader
+# ---------------------------------------------------------------------------------------------------
+
+
+def _mask(src: str, *, strings: bool) -> str:
+    """``src`` with comments (and, with ``strings``, string-literal text) blanked; offsets are kept.
+
+    Interpolations (``'${expr}'``) stay code; with ``strings`` their ``${`` and ``}`` are blanked too, so
+    brackets stay balanced either way.
+    """
+    out = list(src)
+    n = len(src)
+
+    def blank(a: int, b: int) -> None:
+        for k in range(a, min(b, n)):
+            if out[k] != "\n":
+                out[k] = " "
+
+    modes = ["code"]  # "code" | "str" | "interp"
+    depths: list[int] = []  # brace depth inside each open interpolation
+    i = 0
+    while i < n:
+        if modes[-1] == "str":
+            if src[i] == "\\":
+                if strings:
+                    blank(i, i + 2)
+                i += 2
+            elif src[i] == "'":
+                modes.pop()
+                i += 1
+            elif src.startswith("${", i):
+                if strings:
+                    blank(i, i + 2)
+                modes.append("interp")
+                depths.append(0)
+                i += 2
+            else:
+                if strings:
+                    blank(i, i + 1)
+                i += 1
+            continue
+        if src.startswith("//", i):
+            end = src.find("\n", i)
+            end = n if end < 0 else end
+            blank(i, end)
+            i = end
+        elif src.startswith("/*", i):
+            end = src.find("*/", i + 2)
+            end = n if end < 0 else end + 2
+            blank(i, end)
+            i = end
+        elif src.startswith("'''", i):
+            end = src.find("'''", i + 3)
+            end = n if end < 0 else end + 3
+            if strings:
+                blank(i + 3, end - 3)
+            i = end
+        elif src[i] == "'":
+            modes.append("str")
+            i += 1
+        else:
+            if modes[-1] == "interp" and src[i] == "{":
+                depths[-1] += 1
+            elif modes[-1] == "interp" and src[i] == "}":
+                if depths[-1] == 0:
+                    depths.pop()
+                    modes.pop()
+                    if strings:
+                        blank(i, i + 1)
+                    i += 1
+                    continue
+                depths[-1] -= 1
+            i += 1
+    return "".join(out)
+
+
+_OPEN_TO_CLOSE = {"{": "}", "[": "]", "(": ")"}
+
+
+@dataclass(frozen=True)
+class Decl:
+    kind: str  # "resource" | "module"
+    symbol: str
+    target: str  # resource type, or module path
+    api_version: str
+    existing: bool
+    start: int  # offset of the body's opening bracket
+    end: int  # offset of the body's closing bracket
+
+
+class Bicep:
+    """One .bicep file: its text, with comments blanked (``text``) and with strings blanked too (``code``)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.src = path.read_text(encoding="utf-8")
+        self.text = _mask(self.src, strings=False)
+        self.code = _mask(self.src, strings=True)
+
+    def close_of(self, open_at: int) -> int:
+        """Offset of the bracket closing the one at ``open_at``."""
+        stack = []
+        for k in range(open_at, len(self.code)):
+            c = self.code[k]
+            if c in _OPEN_TO_CLOSE:
+                stack.append(_OPEN_TO_CLOSE[c])
+            elif c in _OPEN_TO_CLOSE.values():
+                assert stack and stack[-1] == c, f"{self.path}: unbalanced {c!r} at offset {k}"
+                stack.pop()
+                if not stack:
+                    return k
+        raise AssertionError(f"{self.path}: bracket at offset {open_at} is never closed")
+
+    def _value_end(self, start: int, stop: int) -> int:
+        """End of an expression starting at ``start``: a newline or comma at depth 0, or ``stop``."""
+        depth = 0
+        for k in range(start, stop):
+            c = self.code[k]
+            if c in _OPEN_TO_CLOSE:
+                depth += 1
+            elif c in _OPEN_TO_CLOSE.values():
+                depth -= 1
+            elif depth == 0 and c in "\n,":
+                return k
+        return stop
+
+    def entries(self, open_at: int) -> dict[str, str]:
+        """The ``key: value`` entries of the object literal whose ``{`` is at ``open_at``."""
+        close = self.close_of(open_at)
+        found: dict[str, str] = {}
+        k = open_at + 1
+        key_re = re.compile(r"('?)([A-Za-z_$][\w$-]*)\1\s*:")
+        while k < close:
+            if self.code[k] in " \t\r\n,":
+                k += 1
+                continue
+            match = key_re.match(self.text, k)
+            assert match, f"{self.path}: no key at offset {k}: {self.text[k : k + 40]!r}"
+            value_start = match.end()
+            value_end = self._value_end(value_start, close)
+            found[match.group(2)] = self.text[value_start:value_end].strip()
+            k = value_end
+        return found
+
+    def items(self, open_at: int) -> list[str]:
+        """The items of the array literal whose ``[`` is at ``open_at``."""
+        close = self.close_of(open_at)
+        found = []
+        k = open_at + 1
+        while k < close:
+            if self.code[k] in " \t\r\n,":
+                k += 1
+                continue
+            end = self._value_end(k, close)
+            found.append(self.text[k:end].strip())
+            k = end
+        return found
+
+    def object_at(self, value_start: int) -> dict[str, str]:
+        """Entries of the object literal that starts at (or right after) ``value_start``."""
+        open_at = self.code.index("{", value_start)
+        return self.entries(open_at)
+
+    @property
+    def params(self) -> dict[str, str | None]:
+        """Parameter name -> default expression (None when the parameter is required)."""
+        found = {}
+        for match in re.finditer(r"^param\s+(\w+)\s+[^=\n]+?(?:=[ \t]*(.*))?$", self.text, re.MULTILINE):
+            found[match.group(1)] = match.group(2).strip() if match.group(2) else None
+        return found
+
+    @property
+    def outputs(self) -> set[str]:
+        return set(re.findall(r"^output\s+(\w+)\s", self.text, re.MULTILINE))
+
+    def var(self, name: str) -> int:
+        """Offset of the value of ``var name = ...``."""
+        match = re.search(rf"^var\s+{name}\s*=\s*", self.text, re.MULTILINE)
+        assert match, f"{self.path}: no var {name}"
+        return match.end()
+
+    def var_object(self, name: str) -> dict[str, str]:
+        return self.object_at(self.var(name))
+
+    def var_array(self, name: str) -> list[str]:
+        start = self.var(name)
+        assert self.code[start] == "[", f"{self.path}: var {name} is not an array literal"
+        return self.items(start)
+
+    @property
+    def decls(self) -> list[Decl]:
+        found = []
+        pattern = re.compile(
+            r"^(resource|module)\s+(\w+)\s+'([^'@]+)(?:@([^']+))?'\s*(existing\s*)?=\s*", re.MULTILINE
+        )
+        for match in pattern.finditer(self.text):
+            rest = match.end()
+            open_at = min(
+                (p for p in (self.code.find("{", rest), self.code.find("[", rest)) if p >= 0),
+                default=-1,
+            )
+            # `= if (cond) {`: skip the condition's parentheses.
+            paren = self.code.find("(", rest)
+            if 0 <= paren < open_at and self.code[rest:paren].strip() == "if":
+                open_at = self.code.find("{", self.close_of(paren))
+            assert open_at >= 0, f"{self.path}: no body for {match.group(2)}"
+            found.append(
+                Decl(
+                    kind=match.group(1),
+                    symbol=match.group(2),
+                    target=match.group(3),
+                    api_version=match.group(4) or "",
+                    existing=bool(match.group(5)),
+                    start=open_at,
+                    end=self.close_of(open_at),
+                )
+            )
+        return found
+
+    def body(self, decl: Decl) -> dict[str, str]:
+        """Top-level entries of a declaration's body (of the object inside, for a ``[for ...]`` loop)."""
+        if self.code[decl.start] == "[":
+            return self.object_at(self.code.index(":", decl.start))
+        return self.entries(decl.start)
+
+    def body_object(self, decl: Decl, key: str) -> dict[str, str]:
+        """Entries of the object under ``key`` in a declaration's body."""
+        value = self.body(decl)[key]
+        start = self.text.index(value, decl.start)
+        return self.object_at(start)
+
+    def resource_types(self) -> dict[str, str]:
+        return {d.symbol: d.target for d in self.decls if d.kind == "resource"}
+
+
+@cache
+def _bicep(path: Path) -> Bicep:
+    return Bicep(path)
+
+
+def _bicep_files() -> list[Path]:
+    return sorted(INFRA.rglob("*.bicep"))
+
+
+def _literal(expr: str) -> str | None:
+    """The value of a plain string literal (no interpolation), else None."""
+    match = re.fullmatch(r"'([^'\\$]*)'", expr.strip())
+    return match.group(1) if match else None
+
+
+def _module_calls() -> list[tuple[Bicep, Decl, Bicep]]:
+    """(calling file, module declaration, called file) for every module in infra/."""
+    calls = []
+    for path in _bicep_files():
+        caller = _bicep(path)
+        for decl in caller.decls:
+            if decl.kind == "module":
+                target = (path.parent / decl.target).resolve()
+                calls.append((caller, decl, _bicep(target) if target.is_file() else None))
+    return calls
+
+
+def _resolve(bicep: Bicep, expr: str, seen: int = 0) -> list[str]:
+    """Values an expression can take: a literal, or a parameter's default / the values callers pass."""
+    literal = _literal(expr)
+    if literal is not None:
+        return [literal]
+    name = expr.strip()
+    assert seen < 5 and re.fullmatch(r"\w+", name), f"{bicep.path}: cannot resolve {expr!r}"
+    params = bicep.params
+    assert name in params, f"{bicep.path}: {name!r} is not a parameter"
+    values = []
+    if params[name] is not None:
+        values += _resolve(bicep, params[name], seen + 1)
+    for caller, decl, called in _module_calls():
+        if called is bicep:
+            passed = caller.body_object(decl, "params")
+            if name in passed:
+                values += _resolve(caller, passed[name], seen + 1)
+    if bicep.path == MAIN_BICEP and name in _parameters():
+        values.append(str(_parameters()[name]))
+    return values
+
+
+@cache
+def _parameters() -> dict[str, object]:
+    document = json.loads(PARAMETERS_JSON.read_text(encoding="utf-8"))
+    return {name: entry["value"] for name, entry in document["parameters"].items()}
+
+
+def _main_app_settings() -> dict[str, str]:
+    return _bicep(MAIN_BICEP).var_object("appSettings")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The reader itself
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_reader_masks_comments_and_strings_but_keeps_offsets(tmp_path: Path) -> None:
+    path = tmp_path / "x.bicep"
+    path.write_text(
+        "// head { [\n"
+        "var a = {\n"
+        "  url: 'https://x/${take('y{', 1)}' // tail }\n"
+        "  'quoted-key': [\n"
+        "    'one'\n"
+        "    'two, three'\n"
+        "  ]\n"
+        "  nested: { b: 1, c: '}' }\n"
+        "}\n"
+        "param p string = 'v'\n"
+        "param q int\n",
+        encoding="utf-8",
+    )
+    bicep = Bicep(path)
+    assert len(bicep.code) == len(bicep.src) == len(bicep.text)
+    entries = bicep.var_object("a")
+    assert list(entries) == ["url", "quoted-key", "nested"]
+    assert entries["url"] == "'https://x/${take('y{', 1)}'"
+    start = bicep.text.index("[", bicep.text.index("quoted-key"))
+    assert bicep.items(start) == ["'one'", "'two, three'"]
+    assert bicep.object_at(bicep.text.index("nested")) == {"b": "1", "c": "'}'"}
+    assert bicep.params == {"p": "'v'", "q": None}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Bicep structure: modules, parameters, outputs, imports, API versions
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_there_are_templates_to_check() -> None:
+    names = {p.relative_to(INFRA).as_posix() for p in _bicep_files()}
+    assert {"main.bicep", "modules/role-definitions.bicep"} <= names
+    assert len(_module_calls()) >= 6
+
+
+def test_every_module_exists_and_gets_exactly_the_parameters_it_declares() -> None:
+    for caller, decl, called in _module_calls():
+        where = f"{caller.path.name}: module {decl.symbol}"
+        assert called is not None, f"{where}: {decl.target} does not exist"
+        assert not decl.target.startswith(("br:", "br/", "ts:")), (
+            f"{where}: registry modules need the network"
+        )
+        passed = set(caller.body_object(decl, "params"))
+        declared = called.params
+        assert passed <= set(declared), f"{where}: unknown parameters {sorted(passed - set(declared))}"
+        required = {name for name, default in declared.items() if default is None}
+        assert required <= passed, f"{where}: missing required parameters {sorted(required - passed)}"
+
+
+def test_every_module_output_used_is_declared() -> None:
+    for path in _bicep_files():
+        bicep = _bicep(path)
+        modules = {d.symbol: d for d in bicep.decls if d.kind == "module"}
+        for symbol, output in re.findall(r"\b(\w+)\.outputs\.(\w+)", bicep.code):
+            assert symbol in modules, f"{path.name}: {symbol}.outputs but {symbol} is not a module"
+            called = _bicep((path.parent / modules[symbol].target).resolve())
+            assert output in called.outputs, f"{path.name}: {called.path.name} has no output {output}"
+
+
+def test_every_import_names_an_exported_declaration() -> None:
+    seen = 0
+    for path in _bicep_files():
+        bicep = _bicep(path)
+        for names, target in re.findall(
+            r"^import\s*\{([^}]*)\}\s*from\s*'([^']+)'", bicep.text, re.MULTILINE
+        ):
+            source = (path.parent / target).resolve()
+            assert source.is_file(), f"{path.name}: imports from missing {target}"
+            exported = set(
+                re.findall(r"@export\(\)\s*(?:@[^\n]*\s*)*(?:var|type|func)\s+(\w+)", _bicep(source).text)
+            )
+            for name in (n.strip() for n in names.split(",")):
+                seen += 1
+                assert name in exported, f"{path.name}: {name} is not exported by {target}"
+    assert seen >= 3
+
+
+def test_parameters_file_matches_main_bicep() -> None:
+    document = json.loads(PARAMETERS_JSON.read_text(encoding="utf-8"))
+    assert document["$schema"].endswith("/deploymentParameters.json#")
+    declared = _bicep(MAIN_BICEP).params
+    given = _parameters()
+    assert set(given) <= set(declared), f"unknown parameters: {sorted(set(given) - set(declared))}"
+    required = {name for name, default in declared.items() if default is None}
+    assert required <= set(given), (
+        f"parameters without a default must be given: {sorted(required - set(given))}"
+    )
+    assert given["deployAzureML"] is False
+    assert re.fullmatch(r"[a-z0-9]{2,10}", str(given["namePrefix"]))
+    assert given["location"] and given["experimentResourceGroup"]
+
+
+def test_resource_api_versions_are_stable() -> None:
+    resources = [(path, d) for path in _bicep_files() for d in _bicep(path).decls if d.kind == "resource"]
+    assert len(resources) >= 20
+    for path, decl in resources:
+        assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", decl.api_version), (
+            f"{path.name}: {decl.symbol} {decl.api_version}"
+        )
+
+
+def test_templates_parse_with_pycep_when_installed() -> None:
+    pycep = pytest.importorskip("pycep", reason="pycep-parser is not installed")
+    if not hasattr(pycep, "BicepParser"):
+        pytest.skip("the installed 'pycep' is not pycep-parser")
+    for path in _bicep_files():
+        tree = pycep.BicepParser().parse(text=path.read_text(encoding="utf-8"))
+        assert tree, path
+    role_ids = pycep.BicepParser().parse(text=ROLE_DEFINITIONS.read_text(encoding="utf-8"))
+    assert role_ids["variables"]["roleIds"]["value"] == {
+        key: guid for key, (guid, _) in _role_table().items()
+    }
+
+
+# ---------------------------------------------------------------------------------------------------
+# Names shared with the code
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_queues_tables_and_containers_match_shared_config() -> None:
+    main = _bicep(MAIN_BICEP)
+    queues = [_literal(item) for item in main.var_array("queueNames")]
+    expected_queues = {name for queue in config.QUEUES for name in (queue, queue + config.POISON_SUFFIX)}
+    assert sorted(queues) == sorted(expected_queues)
+    assert sorted(_literal(item) for item in main.var_array("tableNames")) == sorted(config.TABLES)
+    assert sorted(_literal(item) for item in main.var_array("blobContainerNames")) == sorted(
+        config.CONTAINERS
+    )
+
+    storage_call = next(d for d in main.decls if d.symbol == "storage")
+    passed = main.body_object(storage_call, "params")
+    assert passed["queueNames"] == "queueNames"
+    assert passed["tableNames"] == "tableNames"
+    assert "blobContainerNames" in passed["containerNames"]
+    assert "deploymentContainerName" in passed["containerNames"]
+
+    storage = _bicep(INFRA / "modules" / "storage.bicep")
+    loops = {d.target: storage.text[d.start : d.end] for d in storage.decls if storage.code[d.start] == "["}
+    assert "in queueNames" in loops["Microsoft.Storage/storageAccounts/queueServices/queues"]
+    assert "in tableNames" in loops["Microsoft.Storage/storageAccounts/tableServices/tables"]
+    assert "in containerNames" in loops["Microsoft.Storage/storageAccounts/blobServices/containers"]
+
+
+def test_app_settings_cover_env_defaults_and_nothing_stale() -> None:
+    settings = _main_app_settings()
+    for name in config.ENV_DEFAULTS:
+        assert (name in settings) != (name in NOT_SET_IN_AZURE), (
+            f"{name}: set it in infra/main.bicep appSettings or list it in NOT_SET_IN_AZURE (not both)"
+        )
+    assert set(NOT_SET_IN_AZURE) <= set(config.ENV_DEFAULTS), "NOT_SET_IN_AZURE names a setting that is gone"
+    stale = set(settings) - set(config.ENV_DEFAULTS) - HOST_APP_SETTINGS
+    assert not stale, f"app settings nothing reads: {sorted(stale)}"
+    assert not set(settings) & FLEX_DEPRECATED_SETTINGS, "Flex Consumption sets these in functionAppConfig"
+    assert "AzureWebJobsStorage" not in settings, "host storage is identity-based, never a connection string"
+    assert settings["AZURE_SUBSCRIPTION_ID"] == "subscription().subscriptionId"
+    assert settings["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"] == "'Authorization=AAD'"
+
+    main = _bicep(MAIN_BICEP)
+    function_app = next(d for d in main.decls if d.symbol == "functionApp")
+    assert main.body_object(function_app, "params")["appSettings"] == "appSettings"
+    # The backends work in AZURE_RESOURCE_GROUP: the experiment roles and the workspace must be there too.
+    assert settings["AZURE_RESOURCE_GROUP"] == "experimentRgName"
+    for symbol in ("experimentRoles", "azureML", "azureMLRoles"):
+        decl = next(d for d in main.decls if d.symbol == symbol)
+        assert main.body(decl)["scope"] == "resourceGroup(experimentRgName)", symbol
+    assert "deployAzureML ? azureMLWorkspaceName" in settings["AZUREML_WORKSPACE"]
+    functionapp = _bicep(INFRA / "modules" / "functionapp.bicep")
+    assert re.search(r"appSettings:\s*\[\s*for\s+\w+\s+in\s+items\(appSettings\)", functionapp.code), (
+        "the site's app settings are exactly the appSettings parameter"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Settings the code reads
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EnvRead:
+    name: str
+    where: str
+    default: str | None  # the literal default of os.environ.get / os.getenv, if any
+
+
+def _env_reads(source: str, where: str = "<string>") -> list[EnvRead]:
+    """Environment variables a module reads: ``os.environ[...]``, ``os.environ.get``, ``os.getenv``,
+    ``"X" in os.environ`` and ``env(...)`` (shared.config). Names may be literals or module constants."""
+    tree = ast.parse(source)
+    constants = {
+        node.targets[0].id: node.value.value
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        and len(node.targets) == 1
+        and isinstance(node.targets[0], ast.Name)
+        and isinstance(node.value, ast.Constant)
+        and isinstance(node.value.value, str)
+    }
+
+    def name_of(node: ast.AST | None) -> str | None:
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            return node.value
+        if isinstance(node, ast.Name):
+            return constants.get(node.id)
+        return None
+
+    def is_environ(node: ast.AST) -> bool:
+        return (isinstance(node, ast.Attribute) and node.attr == "environ") or (
+            isinstance(node, ast.Name) and node.id == "environ"
+        )
+
+    reads = []
+    for node in ast.walk(tree):
+        name, default = None, None
+        if isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load) and is_environ(node.value):
+            name = name_of(node.slice)
+        elif isinstance(node, ast.Call) and node.args:
+            func = node.func
+            getter = (isinstance(func, ast.Attribute) and func.attr == "get" and is_environ(func.value)) or (
+                isinstance(func, ast.Attribute | ast.Name)
+                and getattr(func, "attr", getattr(func, "id", "")) == "getenv"
+            )
+            settings_env = isinstance(func, ast.Name | ast.Attribute) and (
+                getattr(func, "id", None) == "env" or getattr(func, "attr", None) == "env"
+            )
+            if getter or settings_env:
+                name = name_of(node.args[0])
+            if getter and len(node.args) > 1:
+                default = name_of(node.args[1])
+        elif (
+            isinstance(node, ast.Compare)
+            and len(node.ops) == 1
+            and isinstance(node.ops[0], ast.In | ast.NotIn)
+            and is_environ(node.comparators[0])
+        ):
+            name = name_of(node.left)
+        if name:
+            reads.append(EnvRead(name, f"{where}:{getattr(node, 'lineno', '?')}", default))
+    return reads
+
+
+def _app_sources() -> list[Path]:
+    """Every Python file of the deployed app and the GPU jobs: all but tests, tools and hidden folders."""
+    found = []
+    for folder, dirs, files in os.walk(ROOT):
+        dirs[:] = sorted(
+            d for d in dirs if not d.startswith(".") and d not in NON_APP_DIRS and d != "__pycache__"
+        )
+        found += [Path(folder) / f for f in files if f.endswith(".py")]
+    return sorted(found)
+
+
+@cache
+def _code_env_reads() -> tuple[EnvRead, ...]:
+    reads = []
+    for path in _app_sources():
+        rel = path.relative_to(ROOT).as_posix()
+        reads += _env_reads(path.read_text(encoding="utf-8"), rel)
+    return tuple(reads)
+
+
+def test_env_scanner_finds_every_form_of_read() -> None:
+    source = (
+        "import os\n"
+        "from os import environ, getenv\n"
+        "from shared import config\n"
+        "from shared.config import env\n"
+        "KEY = 'E_CONST'\n"
+        "a = os.environ['E_SUBSCRIPT']\n"
+        "b = os.environ.get('E_GET', 'dflt')\n"
+        "c = os.getenv('E_GETENV')\n"
+        "d = getenv('E_BARE_GETENV')\n"
+        "e = env('E_ENV')\n"
+        "f = config.env('E_CONFIG_ENV')\n"
+        "g = 'E_IN' in os.environ\n"
+        "h = environ.get(KEY)\n"
+        "os.environ['E_WRITTEN'] = '1'\n"
+        "os.environ.setdefault('E_SETDEFAULT', '1')\n"
+        "def dynamic(n):\n"
+        "    return os.environ.get(n)\n"
+    )
+    reads = _env_reads(source)
+    assert {r.name for r in reads} == {
+        "E_CONST",
+        "E_SUBSCRIPT",
+        "E_GET",
+        "E_GETENV",
+        "E_BARE_GETENV",
+        "E_ENV",
+        "E_CONFIG_ENV",
+        "E_IN",
+    }
+    assert next(r for r in reads if r.name == "E_GET").default == "dflt"
+
+
+def test_app_sources_are_scanned() -> None:
+    sources = {p.relative_to(ROOT).as_posix() for p in _app_sources()}
+    assert "shared/config.py" in sources
+    assert not any(s.startswith(("tests/", ".venv/", "bench/")) for s in sources)
+    names = {r.name for r in _code_env_reads()}
+    assert {
+        "AzureWebJobsStorage__accountName",
+        "RAPIDS_HPO_POLL_SECONDS",
+        "RAPIDS_HPO_STALL_SECONDS",
+    } <= names
+
+
+def test_every_setting_the_code_reads_is_declared_or_set_by_infra() -> None:
+    settings = _main_app_settings()
+    undeclared = sorted(
+        f"{r.name} ({r.where})"
+        for r in _code_env_reads()
+        if r.name not in config.ENV_DEFAULTS and r.name not in settings and r.name not in THIRD_PARTY_ENV
+    )
+    assert not undeclared, (
+        "declare these in shared.config.ENV_DEFAULTS (or set them in infra/main.bicep, or justify them in "
+        f"THIRD_PARTY_ENV): {undeclared}"
+    )
+
+
+def test_every_setting_the_code_reads_is_in_local_settings_example() -> None:
+    values = _local_settings()["Values"]
+    missing = sorted(
+        f"{r.name} ({r.where})"
+        for r in _code_env_reads()
+        if r.name not in THIRD_PARTY_ENV and r.name not in values
+    )
+    assert not missing, f"add to local.settings.json.example: {missing}"
+
+
+def test_direct_reads_of_declared_settings_use_the_documented_default() -> None:
+    for read in _code_env_reads():
+        if read.name in config.ENV_DEFAULTS and read.default is not None:
+            assert read.default == config.ENV_DEFAULTS[read.name], f"{read.where}: use shared.config.env()"
+
+
+def test_third_party_allowlist_does_not_shadow_declared_settings() -> None:
+    assert not set(THIRD_PARTY_ENV) & set(config.ENV_DEFAULTS)
+    assert all(reason.strip() for reason in THIRD_PARTY_ENV.values())
+
+
+# ---------------------------------------------------------------------------------------------------
+# local.settings.json.example, .funcignore
+# ---------------------------------------------------------------------------------------------------
+
+
+@cache
+def _local_settings() -> dict:
+    return json.loads(LOCAL_SETTINGS_EXAMPLE.read_text(encoding="utf-8"))
+
+
+def test_local_settings_example_lists_every_env_default() -> None:
+    document = _local_settings()
+    assert document["IsEncrypted"] is False
+    values = document["Values"]
+    assert all(isinstance(v, str) for v in values.values()), "every value is a string"
+    assert values["FUNCTIONS_WORKER_RUNTIME"] == "python"
+    assert values["AzureWebJobsStorage"] == "UseDevelopmentStorage=true", "Azurite locally"
+    missing = set(config.ENV_DEFAULTS) - set(values)
+    assert not missing, f"add to local.settings.json.example: {sorted(missing)}"
+    unknown = set(values) - set(config.ENV_DEFAULTS) - {"FUNCTIONS_WORKER_RUNTIME"}
+    assert not unknown, f"settings nothing reads: {sorted(unknown)}"
+    for name, default in config.ENV_DEFAULTS.items():
+        if default:
+            assert values[name] == default, f"{name}: the example shows the documented default"
+
+
+def test_no_real_local_settings_is_committed() -> None:
+    ignored = (ROOT / ".gitignore").read_text(encoding="utf-8").split()
+    assert "local.settings.json" in ignored
+
+
+def _funcignored(rel: str, patterns: list[str]) -> bool:
+    parts = rel.split("/")
+    for raw in patterns:
+        dir_only = raw.endswith("/")
+        pattern = raw.strip("/")
+        for i, part in enumerate(parts):
+            if dir_only and i == len(parts) - 1:
+                continue
+            if fnmatch(part, pattern):
+                return True
+    return False
+
+
+def test_funcignore_excludes_tools_and_keeps_the_app() -> None:
+    lines = FUNCIGNORE.read_text(encoding="utf-8").splitlines()
+    patterns = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    for path in (
+        "tests/test_infra.py",
+        ".venv/bin/python",
+        "bench/train_speed.py",
+        "docs/design.md",
+        ".azurite/__blobstorage__/x",
+        "node_modules/azurite/package.json",
+        ".git/config",
+        "shared/__pycache__/config.cpython-311.pyc",
+        "infra/main.bicep",
+        "local.settings.json",
+    ):
+        assert _funcignored(path, patterns), f"{path} would be deployed"
+    for path in (
+        "function_app.py",
+        "host.json",
+        "requirements.txt",
+        "shared/config.py",
+        "gpu_jobs/__init__.py",
+    ):
+        assert not _funcignored(path, patterns), f"{path} would not be deployed"
+
+
+# ---------------------------------------------------------------------------------------------------
+# host.json
+# ---------------------------------------------------------------------------------------------------
+
+
+def _timespan(value: str) -> timedelta:
+    match = re.fullmatch(r"(?:(\d+)\.)?(\d{1,2}):(\d{2}):(\d{2})(?:\.(\d{1,7}))?", value)
+    assert match, f"not a timespan: {value!r}"
+    days, hours, minutes, seconds, fraction = match.groups()
+    return timedelta(
+        days=int(days or 0),
+        hours=int(hours),
+        minutes=int(minutes),
+        seconds=int(seconds),
+        microseconds=int((fraction or "0").ljust(6, "0")[:6]),
+    )
+
+
+@cache
+def _host() -> dict:
+    return json.loads(HOST_JSON.read_text(encoding="utf-8"))
+
+
+def test_host_json_queue_semantics_match_shared_config() -> None:
+    host = _host()
+    assert host["version"] == "2.0"
+    assert host["extensionBundle"] == {
+        "id": "Microsoft.Azure.Functions.ExtensionBundle",
+        "version": "[4.*, 5.0.0)",
+    }
+    queues = host["extensions"]["queues"]
+    assert queues["maxDequeueCount"] == config.MAX_DEQUEUE_COUNT
+    assert queues["messageEncoding"] == "base64"
+    assert 1 <= queues["batchSize"] <= 32
+    assert 0 <= queues["newBatchThreshold"] <= queues["batchSize"]
+    assert timedelta(milliseconds=100) <= _timespan(queues["maxPollingInterval"]) <= timedelta(minutes=1)
+    assert timedelta(0) < _timespan(queues["visibilityTimeout"]) <= timedelta(minutes=10)
+    assert host["extensions"]["http"]["routePrefix"] == "api"
+
+
+def test_host_json_timeout_and_sampling() -> None:
+    host = _host()
+    timeout = _timespan(host["functionTimeout"])
+    assert timedelta(seconds=230) < timeout <= timedelta(hours=1), "above the HTTP cut-off, a real cap"
+    sampling = host["logging"]["applicationInsights"]["samplingSettings"]
+    assert sampling["isEnabled"] is True
+    assert {"Request", "Exception"} <= set(sampling["excludedTypes"].split(";")), "never sample away failures"
+
+
+def test_api_routes_live_under_the_route_prefix() -> None:
+    # AsgiFunctionApp hands FastAPI the full URL path, route prefix included.
+    from shared.api import create_api
+
+    prefix = "/" + _host()["extensions"]["http"]["routePrefix"] + "/"
+    paths = [route.path for route in create_api().routes if hasattr(route, "path")]
+    assert paths
+    assert all(path.startswith(prefix) for path in paths), [p for p in paths if not p.startswith(prefix)]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Identity and access
+# ---------------------------------------------------------------------------------------------------
+
+
+@cache
+def _role_table() -> dict[str, tuple[str, str]]:
+    """key -> (GUID, role name), from the commented lines of role-definitions.bicep."""
+    table = {}
+    pattern = re.compile(r"^\s*(\w+):\s*'([^']*)'\s*//\s*(.+?)\s*$", re.MULTILINE)
+    for key, guid, name in pattern.findall(ROLE_DEFINITIONS.read_text(encoding="utf-8")):
+        assert key not in table, f"duplicate role key {key}"
+        table[key] = (guid, name)
+    return table
+
+
+def test_role_guids_are_well_formed_and_match_their_names() -> None:
+    table = _role_table()
+    assert set(_bicep(ROLE_DEFINITIONS).var_object("roleIds")) == set(table), "one commented line per role"
+    for key, (guid, name) in table.items():
+        assert str(uuid.UUID(guid)) == guid, f"{key}: {guid!r} is not a lowercase canonical GUID"
+        assert EXPECTED_ROLES.get(name) == guid, f"{key}: {guid} is not the built-in role {name!r}"
+    assert {name for _, name in table.values()} == set(EXPECTED_ROLES)
+
+
+def _role_assignments() -> list[tuple[Bicep, Decl]]:
+    return [
+        (_bicep(path), d)
+        for path in _bicep_files()
+        for d in _bicep(path).decls
+        if d.target == "Microsoft.Authorization/roleAssignments"
+    ]
+
+
+def test_role_assignments_are_deterministic_narrow_and_for_the_app_identity() -> None:
+    table = _role_table()
+    deployed = set()
+    for bicep, decl in _role_assignments():
+        where = f"{bicep.path.name}: {decl.symbol}"
+        body = bicep.body(decl)
+        properties = bicep.body_object(decl, "properties")
+        role = re.fullmatch(
+            r"subscriptionResourceId\('Microsoft\.Authorization/roleDefinitions',\s*roleIds\.(\w+)\)",
+            properties["roleDefinitionId"],
+        )
+        assert role, f"{where}: roleDefinitionId must name a key of roleIds"
+        key = role.group(1)
+        assert key in table, f"{where}: roleIds.{key} is not defined"
+        assert properties["principalId"] == "principalId"
+        assert properties["principalType"] == "'ServicePrincipal'"
+        scope = body.get("scope")
+        scope_type = bicep.resource_types()[scope] if scope else None
+        scope_id = f"{scope}.id" if scope else "resourceGroup().id"
+        assert body["name"] == f"guid({scope_id}, principalId, roleIds.{key})", f"{where}: name"
+        deployed.add((key, scope_type))
+    assert deployed == EXPECTED_ASSIGNMENTS
+    assert {key for key, _ in deployed} == set(table), "every defined role is used"
+
+
+def test_storage_accounts_refuse_keys_and_anonymous_access() -> None:
+    accounts = [
+        (_bicep(path), d)
+        for path in _bicep_files()
+        for d in _bicep(path).decls
+        if d.target == STORAGE_ACCOUNT and not d.existing
+    ]
+    assert len(accounts) == 2
+    for bicep, decl in accounts:
+        properties = bicep.body_object(decl, "properties")
+        assert properties["minimumTlsVersion"] == "'TLS1_2'"
+        assert properties["allowBlobPublicAccess"] == "false"
+        assert properties["supportsHttpsTrafficOnly"] == "true"
+        assert "allowSharedKeyAccess" in properties, f"{bicep.path.name}: say it explicitly"
+    control_plane = next(bicep for bicep, _ in accounts if bicep.path.name == "storage.bicep")
+    decl = next(d for d in control_plane.decls if d.target == STORAGE_ACCOUNT)
+    assert control_plane.body_object(decl, "properties")["allowSharedKeyAccess"] == "false"
+
+
+def test_function_app_is_flex_consumption_with_identity_and_vnet() -> None:
+    bicep = _bicep(INFRA / "modules" / "functionapp.bicep")
+    decls = {d.target: d for d in bicep.decls}
+    plan = decls["Microsoft.Web/serverfarms"]
+    assert bicep.body_object(plan, "sku") == {"name": "'FC1'", "tier": "'FlexConsumption'"}
+    site = decls["Microsoft.Web/sites"]
+    assert bicep.body(site)["kind"] == "'functionapp,linux'"
+    assert bicep.body_object(site, "identity") == {"type": "'SystemAssigned'"}
+    properties = bicep.body_object(site, "properties")
+    assert properties["httpsOnly"] == "true"
+    assert properties["virtualNetworkSubnetId"] == "subnetId"
+    assert bicep.params["pythonVersion"] == "'3.11'"
+    site_text = bicep.text[site.start : site.end]
+    assert re.search(r"runtime:\s*\{\s*name:\s*'python'\s*version:\s*pythonVersion\s*\}", site_text)
+    assert re.search(r"authentication:\s*\{\s*type:\s*'SystemAssignedIdentity'\s*\}", site_text)
+
+    network = _bicep(INFRA / "modules" / "network.bicep")
+    assert "serviceName: 'Microsoft.App/environments'" in network.text
+    main = _bicep(MAIN_BICEP)
+    function_app = next(d for d in main.decls if d.symbol == "functionApp")
+    assert main.body_object(function_app, "params")["subnetId"] == "network.outputs.functionsSubnetId"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Network exposure and secrets
+# ---------------------------------------------------------------------------------------------------
+
+
+def _nsg_rules() -> list[tuple[Bicep, dict[str, str]]]:
+    rules = []
+    for path in _bicep_files():
+        bicep = _bicep(path)
+        for match in re.finditer(r"\bsecurityRules:\s*\[", bicep.code):
+            for item in bicep.items(match.end() - 1):
+                start = bicep.text.index(item, match.start())
+                rule = bicep.object_at(start)
+                rules.append((bicep, bicep.object_at(bicep.text.index("properties", start))))
+                assert rule.get("name"), f"{path.name}: unnamed rule"
+    return rules
+
+
+def _sources(bicep: Bicep, rule: dict[str, str]) -> list[str]:
+    if "sourceAddressPrefix" in rule:
+        return _resolve(bicep, rule["sourceAddressPrefix"])
+    start = bicep.text.index(rule["sourceAddressPrefixes"])
+    return [value for item in bicep.items(start) for value in _resolve(bicep, item)]
+
+
+def _is_private_range(source: str) -> bool:
+    try:
+        return ipaddress.ip_network(source).is_private
+    except ValueError:  # a service tag or wildcard
+        return False
+
+
+def test_no_nsg_rule_admits_the_internet() -> None:
+    rules = _nsg_rules()
+    assert len(rules) >= 3
+    for bicep, rule in rules:
+        for source in _sources(bicep, rule):
+            assert source.lower() not in WIDE_SOURCES, f"{bicep.path.name}: rule with source {source!r}"
+
+
+def test_dask_ports_open_only_to_private_ranges() -> None:
+    dask_rules = 0
+    for bicep, rule in _nsg_rules():
+        ports = " ".join(rule.get(k, "") for k in ("destinationPortRange", "destinationPortRanges"))
+        if rule["access"] != "'Allow'" or not re.search(r"878[67]|'\*'", ports):
+            continue
+        dask_rules += "8786" in ports
+        for source in _sources(bicep, rule):
+            assert _is_private_range(source), f"{bicep.path.name}: {source!r} reaches Dask"
+    assert dask_rules == 1
+
+
+FORBIDDEN = re.compile(
+    r"AccountKey=|SharedAccessKey=|SharedAccessSignature=|DefaultEndpointsProtocol=|"
+    r"listKeys\(|listSecrets\(|listCredentials?\(|\.primaryKey\b|@secure\(",
+    re.IGNORECASE,
+)
+
+
+def test_no_keys_or_connection_strings_anywhere_in_infra() -> None:
+    files = [p for p in INFRA.rglob("*") if p.is_file()] + [HOST_JSON, LOCAL_SETTINGS_EXAMPLE]
+    assert len(files) >= 12
+    for path in files:
+        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            assert not FORBIDDEN.search(line), f"{path.relative_to(ROOT)}:{lineno}: {line.strip()}"

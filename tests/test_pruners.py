@@ -1,0 +1,278 @@
+"""AzureML's early-termination rules as Optuna pruners, on hand-made trial histories."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import pytest
+from optuna.trial import FrozenTrial, TrialState, create_trial
+
+from shared.hpo.pruners import (
+    BanditPruner,
+    MedianStoppingPruner,
+    TruncationSelectionPruner,
+    is_evaluation_step,
+)
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def make_study(direction: str = "maximize") -> optuna.Study:
+    return optuna.create_study(direction=direction)
+
+
+def finished(study: optuna.Study, values: dict[int, float], state: TrialState = TrialState.COMPLETE) -> None:
+    """Add a finished trial with these intermediate values (its final value: the last one)."""
+    value = values[max(values)] if state is TrialState.COMPLETE else None
+    study.add_trial(create_trial(state=state, value=value, intermediate_values=values))
+
+
+def running(study: optuna.Study, values: dict[int, float]) -> FrozenTrial:
+    """Start a trial, report ``values`` in step order, return it frozen as the pruner sees it."""
+    trial = study.ask()
+    for step in sorted(values):
+        trial.report(values[step], step)
+    return study.trials[trial.number]
+
+
+# --------------------------------------------------------------------------------------- schedule
+@pytest.mark.parametrize(
+    ("interval", "delay", "expected"),
+    [
+        (1, 0, [1, 2, 3, 4, 5, 6]),
+        (2, 0, [2, 4, 6]),
+        (1, 3, [3, 4, 5, 6]),  # AzureML: "starting at evaluation interval" delay_evaluation
+        (2, 3, [4, 6]),  # multiples of the interval that are >= the delay
+        (3, 1, [3, 6]),
+    ],
+)
+def test_evaluation_schedule(interval: int, delay: int, expected: list[int]) -> None:
+    assert [s for s in range(1, 7) if is_evaluation_step(s, interval, delay)] == expected
+
+
+def test_delay_and_interval_skip_evaluation() -> None:
+    study = make_study()
+    finished(study, {1: 0.9, 2: 0.9, 3: 0.9, 4: 0.9})
+    pruner = BanditPruner(slack_amount=0.1, evaluation_interval=2, delay_evaluation=3)
+    assert not pruner.prune(study, running(study, {1: 0.1}))  # before the delay
+    assert not pruner.prune(study, running(study, {1: 0.1, 2: 0.1}))  # 2 < delay 3
+    assert not pruner.prune(study, running(study, {1: 0.1, 2: 0.1, 3: 0.1}))  # 3 is not a multiple of 2
+    assert pruner.prune(study, running(study, {1: 0.1, 2: 0.1, 3: 0.1, 4: 0.1}))  # first evaluation
+
+
+def test_no_report_no_prune() -> None:
+    study = make_study()
+    finished(study, {1: 0.9})
+    trial = study.ask()
+    assert not BanditPruner(slack_amount=0.1).prune(study, study.trials[trial.number])
+
+
+@pytest.mark.parametrize(
+    "pruner",
+    [BanditPruner(slack_factor=0.1), MedianStoppingPruner(), TruncationSelectionPruner(50)],
+    ids=["bandit", "median", "truncation"],
+)
+def test_nan_metric_is_pruned(pruner: optuna.pruners.BasePruner) -> None:
+    study = make_study()
+    finished(study, {1: 0.5})
+    assert pruner.prune(study, running(study, {1: math.nan}))
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs"),
+    [
+        (BanditPruner, {"slack_factor": 0.1, "slack_amount": 0.1}),
+        (BanditPruner, {}),
+        (BanditPruner, {"slack_factor": -0.1}),
+        (MedianStoppingPruner, {"evaluation_interval": 0}),
+        (MedianStoppingPruner, {"delay_evaluation": -1}),
+        (TruncationSelectionPruner, {"truncation_percentage": 100}),
+    ],
+)
+def test_invalid_arguments(cls: type, kwargs: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        cls(**kwargs)
+
+
+# ----------------------------------------------------------------------------------------- bandit
+@pytest.mark.parametrize(("own", "pruned"), [(0.5, False), (0.4999, True)])
+def test_bandit_slack_factor_boundary_maximize(own: float, pruned: bool) -> None:
+    study = make_study("maximize")
+    finished(study, {1: 0.75})  # best at step 1; threshold 0.75 / (1 + 0.5) = 0.5
+    assert BanditPruner(slack_factor=0.5).prune(study, running(study, {1: own})) is pruned
+
+
+@pytest.mark.parametrize(("own", "pruned"), [(0.5, False), (0.4999, True)])
+def test_bandit_slack_amount_boundary_maximize(own: float, pruned: bool) -> None:
+    study = make_study("maximize")
+    finished(study, {1: 0.75})  # threshold 0.75 - 0.25 = 0.5
+    finished(study, {1: 0.6})
+    assert BanditPruner(slack_amount=0.25).prune(study, running(study, {1: own})) is pruned
+
+
+@pytest.mark.parametrize(("own", "pruned"), [(0.75, False), (0.7501, True)])
+def test_bandit_slack_factor_boundary_minimize(own: float, pruned: bool) -> None:
+    study = make_study("minimize")
+    finished(study, {1: 0.5})  # best (lowest); threshold 0.5 * (1 + 0.5) = 0.75
+    finished(study, {1: 0.9})
+    assert BanditPruner(slack_factor=0.5).prune(study, running(study, {1: own})) is pruned
+
+
+@pytest.mark.parametrize(("own", "pruned"), [(0.75, False), (0.7501, True)])
+def test_bandit_slack_amount_boundary_minimize(own: float, pruned: bool) -> None:
+    study = make_study("minimize")
+    finished(study, {1: 0.5})  # threshold 0.5 + 0.25
+    assert BanditPruner(slack_amount=0.25).prune(study, running(study, {1: own})) is pruned
+
+
+@pytest.mark.parametrize(("own", "pruned"), [(0.41, False), (0.39, True)])
+def test_bandit_compares_with_the_others_at_the_same_step(own: float, pruned: bool) -> None:
+    study = make_study()
+    finished(study, {1: 0.9, 2: 0.6, 3: 0.95})  # at step 2 the best value is 0.6: threshold 0.4
+    assert BanditPruner(slack_factor=0.5).prune(study, running(study, {1: 0.3, 2: own})) is pruned
+
+
+def test_bandit_uses_the_trials_best_value_so_far() -> None:
+    study = make_study()
+    finished(study, {1: 0.8, 2: 0.8})
+    # at step 2 the trial reports 0.3, but its best so far (0.8) is within the slack
+    assert not BanditPruner(slack_factor=0.5).prune(study, running(study, {1: 0.8, 2: 0.3}))
+
+
+def test_bandit_counts_running_and_pruned_trials_but_not_failed_ones() -> None:
+    study = make_study()
+    finished(study, {1: 0.99}, state=TrialState.FAIL)
+    pruner = BanditPruner(slack_amount=0.1)
+    running(study, {1: 0.6})
+    assert not pruner.prune(study, running(study, {1: 0.55}))  # only the running 0.6 counts
+    finished(study, {1: 0.7}, state=TrialState.PRUNED)
+    assert pruner.prune(study, running(study, {1: 0.55}))  # the pruned trial's 0.7 counts
+
+
+def test_bandit_without_others_at_that_step_does_not_prune() -> None:
+    study = make_study()
+    finished(study, {1: 0.9})  # never reached step 2
+    assert not BanditPruner(slack_factor=0.01).prune(study, running(study, {1: 0.9, 2: 0.1}))
+    assert not BanditPruner(slack_factor=0.01).prune(make_study(), running(make_study(), {1: 0.1}))
+
+
+# ------------------------------------------------------------------------------- median stopping
+def median_history(study: optuna.Study) -> None:
+    finished(study, {1: 0.5, 2: 0.7, 3: 0.0})  # running average at step 2: 0.6 (step 3 not counted)
+    finished(study, {1: 0.9, 2: 0.7})  # running average at step 2: 0.8
+    finished(study, {1: 0.1})  # did not reach step 2: left out
+
+
+@pytest.mark.parametrize(("own", "pruned"), [(0.7, False), (0.6999, True)])
+def test_median_boundary_and_tie(own: float, pruned: bool) -> None:
+    study = make_study()
+    median_history(study)  # median of the running averages [0.6, 0.8] = 0.7; a tie is kept
+    assert MedianStoppingPruner().prune(study, running(study, {1: own - 0.2, 2: own})) is pruned
+
+
+def test_median_uses_the_trials_best_value_so_far() -> None:
+    study = make_study()
+    median_history(study)
+    assert not MedianStoppingPruner().prune(study, running(study, {1: 0.75, 2: 0.2}))
+
+
+@pytest.mark.parametrize(("own", "pruned"), [(0.5, False), (0.49, True)])
+def test_median_of_an_odd_count(own: float, pruned: bool) -> None:
+    study = make_study()
+    for value in (0.2, 0.5, 0.9):
+        finished(study, {1: value})
+    assert MedianStoppingPruner().prune(study, running(study, {1: own})) is pruned
+
+
+def test_median_counts_running_trials() -> None:
+    study = make_study()
+    finished(study, {1: 0.2})
+    running(study, {1: 0.8})  # median of [0.2, 0.8] = 0.5
+    assert MedianStoppingPruner().prune(study, running(study, {1: 0.45}))
+
+
+@pytest.mark.parametrize(("own", "pruned"), [(0.5, False), (0.51, True)])
+def test_median_minimize(own: float, pruned: bool) -> None:
+    study = make_study("minimize")
+    finished(study, {1: 0.3, 2: 0.5})  # running average 0.4
+    finished(study, {1: 0.5, 2: 0.7})  # 0.6; median 0.5
+    assert MedianStoppingPruner().prune(study, running(study, {1: 0.9, 2: own})) is pruned
+
+
+def test_median_respects_the_delay() -> None:
+    study = make_study()
+    finished(study, {1: 0.9, 2: 0.9})
+    pruner = MedianStoppingPruner(delay_evaluation=2)
+    assert not pruner.prune(study, running(study, {1: 0.1}))
+    assert pruner.prune(study, running(study, {1: 0.1, 2: 0.1}))
+
+
+def test_median_without_others_does_not_prune() -> None:
+    study = make_study()
+    assert not MedianStoppingPruner().prune(study, running(study, {1: 0.0}))
+
+
+# --------------------------------------------------------------------------- truncation selection
+def truncation_study(values: list[float], direction: str = "maximize") -> optuna.Study:
+    study = make_study(direction)
+    for value in values:
+        finished(study, {1: value})
+    return study
+
+
+@pytest.mark.parametrize(
+    ("others", "own", "pruned"), [([0.6, 0.7, 0.8, 0.9], 0.5, True), ([0.5, 0.7, 0.8, 0.9], 0.6, False)]
+)
+def test_truncation_cuts_the_worst_of_five_at_20_percent(
+    others: list[float], own: float, pruned: bool
+) -> None:
+    study = truncation_study(others)  # floor(5 * 20 / 100) = 1: only the worst is cut
+    assert TruncationSelectionPruner(20).prune(study, running(study, {1: own})) is pruned
+
+
+@pytest.mark.parametrize(("percentage", "pruned"), [(20, False), (25, True)])
+def test_truncation_rounds_down(percentage: int, pruned: bool) -> None:
+    study = truncation_study([0.6, 0.7, 0.8])  # 4 trials: floor(0.8) = 0 cut at 20%, floor(1.0) = 1 at 25%
+    assert TruncationSelectionPruner(percentage).prune(study, running(study, {1: 0.1})) is pruned
+
+
+def test_truncation_keeps_ties_at_the_boundary() -> None:
+    study = truncation_study([0.5, 0.7, 0.8, 0.9])
+    assert not TruncationSelectionPruner(20).prune(study, running(study, {1: 0.5}))
+
+
+@pytest.mark.parametrize(("own", "pruned"), [(0.45, True), (0.65, False)])  # 5th / 6th worst of 10
+def test_truncation_larger_cut(own: float, pruned: bool) -> None:
+    study = truncation_study([0.1, 0.2, 0.3, 0.4, 0.6, 0.7, 0.8, 0.9, 1.0])
+    assert TruncationSelectionPruner(50).prune(study, running(study, {1: own})) is pruned  # cut 5 of 10
+
+
+@pytest.mark.parametrize(("own", "pruned"), [(0.5, True), (0.35, False)])
+def test_truncation_minimize(own: float, pruned: bool) -> None:
+    study = truncation_study([0.1, 0.2, 0.3, 0.4], direction="minimize")
+    assert TruncationSelectionPruner(20).prune(study, running(study, {1: own})) is pruned
+
+
+def test_truncation_ranks_by_the_value_at_the_step() -> None:
+    study = make_study()
+    for values in ({1: 0.1, 2: 0.6}, {1: 0.1, 2: 0.7}, {1: 0.1, 2: 0.8}, {1: 0.1, 2: 0.9}):
+        finished(study, values)
+    # best so far (0.95 at step 1) would rank first; the value at step 2 ranks last
+    assert TruncationSelectionPruner(20).prune(study, running(study, {1: 0.95, 2: 0.5}))
+
+
+def test_truncation_alone_does_not_prune() -> None:
+    study = make_study()
+    assert not TruncationSelectionPruner(99).prune(study, running(study, {1: 0.0}))
+
+
+# ------------------------------------------------------------------------------------ through Optuna
+def test_should_prune_goes_through_the_pruner() -> None:
+    study = optuna.create_study(direction="maximize", pruner=BanditPruner(slack_factor=0.1))
+    finished(study, {1: 0.9})
+    good, bad = study.ask(), study.ask()
+    good.report(0.85, 1)
+    bad.report(0.5, 1)
+    assert not good.should_prune()
+    assert bad.should_prune()

@@ -1,0 +1,367 @@
+"""One conformance suite for every ``Store`` adapter (the pattern of Optuna's storage tests).
+
+Each test takes the ``store`` fixture, which builds every adapter in ``STORE_IDS`` in turn: ``local``
+in a temporary folder, ``azure`` on Azurite with tables and a container of its own (so listing tests
+see only their own records). A multi-process test of the local adapter closes the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from multiprocessing.synchronize import Barrier as SyncBarrier
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+from azure.core.exceptions import ResourceNotFoundError
+
+from shared.errors import AlreadyExists, ConcurrencyConflict, NotFound
+from shared.ports import Store, TrialStore
+from shared.records import BestTrial, ExperimentRecord, ExperimentStatus, TrialRecord, TrialState
+from shared.store import AzureStore, LocalStore
+
+STORE_IDS = [pytest.param("local", id="local"), pytest.param("azure", id="azure", marks=pytest.mark.azurite)]
+T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+
+
+@contextmanager
+def build_store(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Store]:
+    """Build one adapter with storage of its own, and clean it up afterwards."""
+    if kind == "local":
+        store = LocalStore(tmp_path / "store")
+        yield store
+        store.close()
+    elif kind == "azure":
+        connection_string = request.getfixturevalue("azurite")
+        token = uuid.uuid4().hex[:10]
+        store = AzureStore.from_connection_string(
+            connection_string, table_prefix=f"t{token}", container=f"artifacts-{token}"
+        )
+        yield store
+        for table in store.table_names:
+            store.table_service.delete_table(table)
+        with contextlib.suppress(ResourceNotFoundError):  # tables and container exist after first use
+            store.blob_service.delete_container(store.container_name)
+    else:
+        raise ValueError(kind)
+
+
+@pytest.fixture(params=STORE_IDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    with build_store(request.param, tmp_path, request) as built:
+        yield built
+
+
+def experiment(
+    experiment_id: str,
+    *,
+    created_at: datetime = T0,
+    status: ExperimentStatus = ExperimentStatus.SUBMITTED,
+    **fields: object,
+) -> ExperimentRecord:
+    return ExperimentRecord(
+        id=experiment_id,
+        name=f"name of {experiment_id}",
+        spec={"search_space": {"max_depth": {"type": "choice", "values": [5, 10]}}},
+        status=status,
+        created_at=created_at,
+        updated_at=created_at,
+        last_progress_at=created_at,
+        **fields,
+    )
+
+
+def trial(experiment_id: str, number: int, **fields: object) -> TrialRecord:
+    return TrialRecord(
+        experiment_id=experiment_id,
+        number=number,
+        params={"max_depth": 5 + number},
+        state=fields.pop("state", TrialState.COMPLETED),
+        **fields,
+    )
+
+
+def same_record(got: ExperimentRecord, expected: ExperimentRecord) -> bool:
+    return got == expected.model_copy(update={"version": got.version})
+
+
+def test_adapter_implements_the_ports(store: Store) -> None:
+    assert isinstance(store, Store)
+    assert isinstance(store, TrialStore)
+
+
+def test_create_then_get_round_trips_every_field(store: Store) -> None:
+    record = experiment(
+        "exp-1",
+        status=ExperimentStatus.RUNNING,
+        started_at=T0 + timedelta(seconds=1.5),
+        trials_total=10,
+        trials_done=3,
+        best=BestTrial(number=2, value=0.86, params={"n_estimators": 120, "max_features": 0.5}),
+        idempotency_key="key-1",
+        backend_state={"cluster": {"vms": ["vm-0", "vm-1"], "tags": {"owner": "exp-1"}}, "pid": 42},
+        history=[{"at": T0.isoformat(), "status": "SUBMITTED", "note": "héllo ✓ 🚀"}],
+    )
+
+    created = store.create_experiment(record)
+
+    assert created.version
+    assert same_record(created, record)
+    got = store.get_experiment("exp-1")
+    assert got == created
+    assert got.created_at == T0 and got.created_at.tzinfo is not None
+    assert got.best is not None and got.best.params == {"n_estimators": 120, "max_features": 0.5}
+    assert got.backend_state["cluster"]["vms"] == ["vm-0", "vm-1"]
+
+
+def test_create_with_a_taken_id_raises_already_exists(store: Store) -> None:
+    store.create_experiment(experiment("exp-1"))
+
+    with pytest.raises(AlreadyExists):
+        store.create_experiment(experiment("exp-1", created_at=T0 + timedelta(hours=1)))
+
+    assert store.get_experiment("exp-1").name == "name of exp-1"
+    assert [r.id for r in store.list_experiments()[0]] == ["exp-1"]
+
+
+def test_missing_records_raise_not_found(store: Store) -> None:
+    store.create_experiment(experiment("exp-1"))
+    store.put_artifact("exp-1", "a.txt", b"a")
+
+    with pytest.raises(NotFound):
+        store.get_experiment("nope")
+    with pytest.raises(NotFound):
+        store.update_experiment(experiment("nope").model_copy(update={"version": "1"}))
+    with pytest.raises(NotFound):
+        store.get_artifact("exp-1", "b.txt")
+    with pytest.raises(NotFound):
+        store.get_artifact("nope", "a.txt")
+    assert store.list_trials("nope") == []
+    assert store.list_artifacts("nope") == []
+
+
+@pytest.mark.parametrize("bad_id", ["", "a/b", "a\\b", "a#b", "a?b", "_reserved", ".hidden", "x" * 201])
+def test_invalid_experiment_ids_are_refused(store: Store, bad_id: str) -> None:
+    with pytest.raises(ValueError, match="invalid experiment id"):
+        store.create_experiment(experiment(bad_id))
+    with pytest.raises(ValueError, match="invalid experiment id"):
+        store.put_artifact(bad_id, "a.txt", b"a")
+
+
+def test_update_replaces_the_record_and_bumps_the_version(store: Store) -> None:
+    created = store.create_experiment(experiment("exp-1"))
+
+    changed = created.model_copy(
+        update={"status": ExperimentStatus.PROVISIONING, "backend_state": {"vm": "vm-0"}}
+    )
+    updated = store.update_experiment(changed)
+
+    assert updated.version != created.version
+    assert same_record(updated, changed)
+    assert store.get_experiment("exp-1") == updated
+    again = store.update_experiment(updated.model_copy(update={"trials_done": 1}))
+    assert len({created.version, updated.version, again.version}) == 3
+
+
+def test_second_writer_from_the_same_read_conflicts(store: Store) -> None:
+    store.create_experiment(experiment("exp-1"))
+    first_read = store.get_experiment("exp-1")
+    second_read = store.get_experiment("exp-1")
+
+    store.update_experiment(first_read.model_copy(update={"status": ExperimentStatus.RUNNING}))
+    with pytest.raises(ConcurrencyConflict):
+        store.update_experiment(second_read.model_copy(update={"status": ExperimentStatus.CANCELLING}))
+    with pytest.raises(ConcurrencyConflict):
+        store.update_experiment(second_read.model_copy(update={"version": ""}))
+
+    assert store.get_experiment("exp-1").status is ExperimentStatus.RUNNING
+
+
+def test_list_is_newest_first_filtered_and_paged_without_gaps(store: Store) -> None:
+    statuses = [ExperimentStatus.RUNNING, ExperimentStatus.COMPLETED, ExperimentStatus.FAILED]
+    for i in range(11):
+        # exp-05/exp-06 share a creation time: ties go by id, ascending.
+        created_at = T0 + timedelta(minutes=min(i, 5) if i <= 6 else i - 1)
+        record = experiment(f"exp-{i:02d}", created_at=created_at, status=statuses[i % 3])
+        store.create_experiment(record)
+    expected = ["exp-10", "exp-09", "exp-08", "exp-07", "exp-05", "exp-06", "exp-04"]
+    expected += ["exp-03", "exp-02", "exp-01", "exp-00"]
+
+    everything, token = store.list_experiments(limit=50)
+    assert [r.id for r in everything] == expected
+    assert token is None
+
+    pages, token = [], None
+    while True:
+        page, token = store.list_experiments(limit=3, page_token=token)
+        pages.append([r.id for r in page])
+        if token is None:
+            break
+    assert [len(p) for p in pages] == [3, 3, 3, 2]
+    assert [i for p in pages for i in p] == expected
+
+    running, token = store.list_experiments(status=ExperimentStatus.RUNNING, limit=2)
+    rest, end = store.list_experiments(status=ExperimentStatus.RUNNING, limit=2, page_token=token)
+    assert end is None
+    assert [r.id for r in running + rest] == [i for i in expected if int(i[-2:]) % 3 == 0]
+    assert all(r.status is ExperimentStatus.RUNNING for r in running + rest)
+    assert store.list_experiments(status=ExperimentStatus.CANCELLED) == ([], None)
+    with pytest.raises(ValueError):
+        store.list_experiments(page_token="not a token")
+
+
+def test_update_that_moves_created_at_moves_the_record_in_the_listing(store: Store) -> None:
+    store.create_experiment(experiment("exp-a", created_at=T0))
+    b = store.create_experiment(experiment("exp-b", created_at=T0 + timedelta(minutes=1)))
+
+    moved = store.update_experiment(b.model_copy(update={"created_at": T0 - timedelta(minutes=1)}))
+
+    assert [r.id for r in store.list_experiments()[0]] == ["exp-a", "exp-b"]
+    assert store.get_experiment("exp-b") == moved
+    with pytest.raises(ConcurrencyConflict):
+        store.update_experiment(b)
+    assert store.update_experiment(moved.model_copy(update={"trials_done": 2})).trials_done == 2
+
+
+def test_idempotency_key_first_claim_wins(store: Store) -> None:
+    assert store.claim_idempotency_key("client-key/1?#", "exp-1") == "exp-1"
+    assert store.claim_idempotency_key("client-key/1?#", "exp-2") == "exp-1"
+    assert store.claim_idempotency_key("client-key/2", "exp-2") == "exp-2"
+
+
+def test_trials_are_inserted_replaced_and_listed_by_number(store: Store) -> None:
+    for number in (2, 0, 11, 1):
+        store.put_trial(trial("exp-1", number, state=TrialState.RUNNING))
+    store.put_trial(trial("exp-2", 0))
+    finished = trial(
+        "exp-1",
+        1,
+        state=TrialState.PRUNED,
+        intermediate={1: 0.5, 2: 0.61},
+        metrics={"accuracy": 0.61, "folds": [0.6, 0.62]},
+        value=0.61,
+        ended_at=T0,
+        engine="sklearn",
+        model_uri="file:///tmp/model.json",
+    )
+    store.put_trial(finished)
+
+    trials = store.list_trials("exp-1")
+
+    assert [t.number for t in trials] == [0, 1, 2, 11]
+    assert trials[1] == finished
+    assert trials[1].intermediate == {1: 0.5, 2: 0.61}
+    assert [t.state for t in trials] == [TrialState.RUNNING, TrialState.PRUNED] + [TrialState.RUNNING] * 2
+    assert [t.experiment_id for t in store.list_trials("exp-2")] == ["exp-2"]
+
+
+def test_artifacts_put_get_and_list_by_prefix(store: Store) -> None:
+    uri = store.put_artifact("exp-1", "model/model.json", b'{"trees": 3}')
+    store.put_artifact("exp-1", "model/params.json", b"{}")
+    store.put_artifact("exp-1", "driver/outcome.json", b"done")
+    store.put_artifact("exp-10", "model/other.json", b"not exp-1's")
+    store.put_artifact("exp-1", "driver/outcome.json", b"replaced")
+
+    assert urlparse(uri).scheme in {"file", "http", "https"}
+    assert uri.endswith("exp-1/model/model.json")
+    assert store.get_artifact("exp-1", "model/model.json") == b'{"trees": 3}'
+    assert store.get_artifact("exp-1", "driver/outcome.json") == b"replaced"
+    assert store.list_artifacts("exp-1") == ["driver/outcome.json", "model/model.json", "model/params.json"]
+    assert store.list_artifacts("exp-1", "model/") == ["model/model.json", "model/params.json"]
+    assert store.list_artifacts("exp-1", "nothing/") == []
+
+
+@pytest.mark.parametrize("bad_name", ["", "../escape", "a/../../b", "/abs", "a//b", "a\\b", "./a", "a/"])
+def test_artifact_names_that_could_escape_are_refused(store: Store, bad_name: str) -> None:
+    with pytest.raises(ValueError, match="invalid artifact name"):
+        store.put_artifact("exp-1", bad_name, b"x")
+    with pytest.raises(ValueError, match="invalid artifact name"):
+        store.get_artifact("exp-1", bad_name)
+
+
+@pytest.mark.parametrize("size", [100_000, 900_000], ids=["over-64KiB", "over-entity-limit"])
+def test_large_records_round_trip(store: Store, size: int) -> None:
+    spec = {"note": "é" * 10 + "x" * size, "values": list(range(100))}
+    created = store.create_experiment(experiment("exp-big").model_copy(update={"spec": spec}))
+    assert store.get_experiment("exp-big").spec == spec
+
+    history = [{"status": "RUNNING", "detail": "y" * 1000, "n": i} for i in range(size // 1000)]
+    updated = store.update_experiment(created.model_copy(update={"history": history, "spec": {"small": 1}}))
+    got = store.get_experiment("exp-big")
+    assert got == updated and got.history == history
+    again = store.update_experiment(got.model_copy(update={"history": [], "spec": spec}))
+    assert store.list_experiments()[0] == [again]
+
+    big_trial = trial("exp-big", 0, intermediate={step: step / size for step in range(size // 20)})
+    store.put_trial(big_trial)
+    assert store.list_trials("exp-big") == [big_trial]
+
+
+def test_concurrent_updates_have_exactly_one_winner_per_round(store: Store) -> None:
+    store.create_experiment(experiment("exp-1"))
+    writers, rounds = 4, 5
+
+    for round_number in range(rounds):
+        read = store.get_experiment("exp-1")
+        barrier = threading.Barrier(writers)
+        outcomes: list[str] = []
+
+        def write(
+            writer: int,
+            read: ExperimentRecord = read,
+            barrier: threading.Barrier = barrier,
+            outcomes: list[str] = outcomes,
+        ) -> None:
+            barrier.wait()
+            try:
+                store.update_experiment(
+                    read.model_copy(update={"trials_done": read.trials_done + 1, "error": f"writer {writer}"})
+                )
+                outcomes.append("won")
+            except ConcurrencyConflict:
+                outcomes.append("conflict")
+
+        threads = [threading.Thread(target=write, args=(w,)) for w in range(writers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+        assert sorted(outcomes) == ["conflict"] * (writers - 1) + ["won"], round_number
+    assert store.get_experiment("exp-1").trials_done == rounds
+
+
+def _increment_with_retries(root: str, times: int, start: SyncBarrier) -> None:
+    store = LocalStore(Path(root))
+    start.wait(timeout=60)
+    for _ in range(times):
+        while True:
+            record = store.get_experiment("exp-1")
+            try:
+                store.update_experiment(record.model_copy(update={"trials_done": record.trials_done + 1}))
+                break
+            except ConcurrencyConflict:
+                continue
+
+
+def test_local_store_is_safe_across_processes(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    LocalStore(root).create_experiment(experiment("exp-1"))
+    context = multiprocessing.get_context("spawn")
+    start = context.Barrier(3)
+    processes = [
+        context.Process(target=_increment_with_retries, args=(str(root), 15, start)) for _ in range(3)
+    ]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=60)
+    assert [p.exitcode for p in processes] == [0, 0, 0]
+
+    assert LocalStore(root).get_experiment("exp-1").trials_done == 45
