@@ -171,7 +171,8 @@ def _load_cached(
 def prepare_frame(
     frame: pd.DataFrame, target: str, *, source: str, max_rows: int | None = None, seed: int = 0
 ) -> tuple[pd.DataFrame, pd.Series, DatasetInfo]:
-    """Drop (and count) rows without a target, sample, map the target to 0/1 and encode the features."""
+    """Drop (and count) rows without a target, learn classes and category levels from every remaining row,
+    then sample ``max_rows`` (seeded), map the target to 0/1 and encode the features."""
     require_target_column(frame.columns, target, source)
     missing_target = frame[target].isna()
     rows_dropped = int(missing_target.sum())
@@ -468,10 +469,10 @@ def column_kind(column: pd.Series) -> str:
 
 
 def _is_plain_numeric(column: pd.Series) -> bool:
-    return column_kind_or_none(column) == "numeric"
+    return _column_kind_or_none(column) == "numeric"
 
 
-def column_kind_or_none(column: pd.Series) -> str | None:
+def _column_kind_or_none(column: pd.Series) -> str | None:
     try:
         return column_kind(column)
     except UserError:

@@ -44,15 +44,15 @@ from gpu_jobs.data import (
 from gpu_jobs.engine import get_engine, resolve_engine
 from gpu_jobs.errors import UserError
 from gpu_jobs.train import (
-    METRIC_NAMES,
     MODEL_FILES,
     FoldCallback,
     RandomForestTrainer,
     TrialRequest,
     check_request,
-    ignored_params,
-    metrics_tracking,
-    running_means,
+    cross_validation,
+    refit_and_save,
+    require_enough_rows,
+    trial_record,
     write_trial_files,
     xgboost_params,
 )
@@ -100,90 +100,56 @@ def run_distributed(
         table = load_distributed_table(
             client, data, target, data_format=data_format, max_rows=max_rows, seed=seed, cv_folds=cv_folds
         )
-        if table.minority_class_rows < cv_folds:
-            raise UserError(
-                f"the rarer target class has only {table.minority_class_rows} row(s): too few for "
-                f"{cv_folds}-fold cross-validation"
-            )
+        require_enough_rows(table.minority_class_rows, cv_folds)
         frame = table.frame if engine_name == "cpu" else table.frame.to_backend("cudf")
         frame = frame.repartition(npartitions=len(workers)).persist()
         _wait(frame)
         trainer_class = _DISTRIBUTED_TRAINERS[(model, engine_name)]
-        fold_scores: dict[str, list[float]] = {name: [] for name in METRIC_NAMES}
-        fit_seconds = predict_seconds = 0.0
-        stopped_by_caller = [False]
-        with metrics_tracking(
-            request, engine_name=engine_name, seed=seed, stopped_by_caller=stopped_by_caller
-        ) as tracking:
+        host_scores = get_engine("cpu")  # validation labels and probabilities are gathered to the client
+        with cross_validation(request, engine_name=engine_name, seed=seed, on_fold=on_fold) as folds:
             for fold in range(cv_folds):
                 train_part = frame[frame[FOLD_COLUMN] != fold]
-                valid_part = frame[frame[FOLD_COLUMN] == fold]
                 trainer = trainer_class(client, request, table.feature_columns, seed=seed, n_jobs=n_jobs)
                 tick = time.perf_counter()
                 trainer.fit(train_part[table.feature_columns], train_part[LABEL_COLUMN])
-                fit_seconds += time.perf_counter() - tick
-                tick = time.perf_counter()
-                labels, proba = trainer.predict_with_labels(valid_part)
-                predict_seconds += time.perf_counter() - tick
-                for name, value in get_engine("cpu").score(labels, proba).items():
-                    fold_scores[name].append(value)
-                running = running_means(fold_scores)
-                tracking.log_step(fold + 1, running)
-                if on_fold is not None:
-                    try:
-                        on_fold(fold + 1, dict(running))
-                    except BaseException:
-                        stopped_by_caller[0] = True
-                        raise
-            metrics: dict[str, Any] = {
-                **running_means(fold_scores),
-                "fold_scores": fold_scores,
-                "fit_seconds": fit_seconds,
-                "predict_seconds": predict_seconds,
-                "rows": table.rows,
-                "rows_dropped_missing_target": table.rows_dropped_missing_target,
-                "n_features": len(table.feature_columns),
-                "engine": engine_name,
-                "model": model,
-                "params": request.params,
-                "primary_metric": primary_metric,
-                "cv_folds": cv_folds,
-                "ignored_params": sorted(ignored_params(model, get_engine("cpu")))
-                if engine_name == "cpu"
-                else [],
-                "n_jobs": n_jobs,
-                "n_workers": len(workers),
-                "evaluation": "k-fold over a stratified, seeded random fold column",
-            }
+                fitted = time.perf_counter()
+                labels, proba = trainer.predict_with_labels(frame[frame[FOLD_COLUMN] == fold])
+                predicted = time.perf_counter()
+                folds.record(
+                    host_scores.score(labels, proba),
+                    fit_seconds=fitted - tick,
+                    predict_seconds=predicted - fitted,
+                )
+            metrics = folds.metrics(
+                engine_name=engine_name,
+                rows=table.rows,
+                rows_dropped=table.rows_dropped_missing_target,
+                n_features=len(table.feature_columns),
+            )
+            metrics.update(
+                n_jobs=n_jobs,
+                n_workers=len(workers),
+                evaluation="k-fold over a stratified, seeded random fold column",
+            )
             if output is not None:
-                directory = Path(output)
-                directory.mkdir(parents=True, exist_ok=True)
                 final = trainer_class(client, request, table.feature_columns, seed=seed, n_jobs=n_jobs)
-                tick = time.perf_counter()
-                final.fit(frame[table.feature_columns], frame[LABEL_COLUMN])
-                metrics["refit_seconds"] = time.perf_counter() - tick
-                metrics["model_path"] = str(final.save(directory))
+                metrics.update(
+                    refit_and_save(final, frame[table.feature_columns], frame[LABEL_COLUMN], output)
+                )
             metrics["total_seconds"] = time.perf_counter() - started
             if output is not None:
                 write_trial_files(
                     Path(output),
                     metrics=metrics,
                     trial={
-                        "data": data,
-                        "target": target,
-                        "model": model,
-                        "params": request.params,
-                        "cv_folds": cv_folds,
-                        "seed": seed,
+                        **trial_record(request, data=data, target=target, seed=seed, max_rows=max_rows),
                         "engine": engine_name,
-                        "max_rows": max_rows,
-                        "primary_metric": primary_metric,
                         "scheduler": scheduler,
                     },
                     encoding=table.encoding,
                     target_classes=table.target_classes,
                 )
-            tracking.log_final(metrics)
+            folds.finish(metrics)
     return metrics
 
 

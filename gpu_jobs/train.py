@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import sys
 import time
@@ -178,20 +179,6 @@ def running_means(fold_scores: Mapping[str, Sequence[float]]) -> dict[str, float
     return {name: float(np.mean(scores)) for name, scores in fold_scores.items()}
 
 
-class MetricsSink(Protocol):
-    def log_step(self, step: int, running: Mapping[str, float]) -> None: ...
-
-    def log_final(self, metrics: Mapping[str, Any]) -> None: ...
-
-
-class _NoTracking:
-    def log_step(self, step: int, running: Mapping[str, float]) -> None:
-        pass
-
-    def log_final(self, metrics: Mapping[str, Any]) -> None:
-        pass
-
-
 class _MlflowTracking:
     """Logs the primary metric's running mean per fold (``step``), then final metrics, to MLflow."""
 
@@ -210,15 +197,75 @@ class _MlflowTracking:
         self.mlflow.log_metrics(final, step=self.final_step)
 
 
+class CrossValidation:
+    """Fold scores and timings of one trial; reports each fold to MLflow and to the caller's ``on_fold``.
+
+    Shared by :func:`run_trial` and :func:`gpu_jobs.distributed.run_distributed`: they differ only in
+    how a fold is trained and predicted.
+    """
+
+    def __init__(self, request: TrialRequest, on_fold: FoldCallback | None) -> None:
+        self.request = request
+        self.on_fold = on_fold
+        self.fold_scores: dict[str, list[float]] = {name: [] for name in METRIC_NAMES}
+        self.fit_seconds = 0.0
+        self.predict_seconds = 0.0
+        self.stopped_by_caller = False
+        self.mlflow: _MlflowTracking | None = None
+
+    def record(self, scores: Mapping[str, float], *, fit_seconds: float, predict_seconds: float) -> None:
+        """Add one fold's scores; log the running primary metric; call ``on_fold`` (its errors propagate)."""
+        for name in METRIC_NAMES:
+            self.fold_scores[name].append(float(scores[name]))
+        self.fit_seconds += fit_seconds
+        self.predict_seconds += predict_seconds
+        step = len(self.fold_scores[METRIC_NAMES[0]])
+        running = running_means(self.fold_scores)
+        if self.mlflow is not None:
+            self.mlflow.log_step(step, running)
+        if self.on_fold is not None:
+            try:
+                self.on_fold(step, dict(running))
+            except BaseException:
+                self.stopped_by_caller = True
+                raise
+
+    def metrics(self, *, engine_name: str, rows: int, rows_dropped: int, n_features: int) -> dict[str, Any]:
+        """The result dict (without outputs): fold means, per-fold scores, timings and what ran."""
+        return {
+            **running_means(self.fold_scores),
+            "fold_scores": self.fold_scores,
+            "fit_seconds": self.fit_seconds,
+            "predict_seconds": self.predict_seconds,
+            "rows": rows,
+            "rows_dropped_missing_target": rows_dropped,
+            "n_features": n_features,
+            "engine": engine_name,
+            "model": self.request.model,
+            "params": self.request.params,
+            "primary_metric": self.request.primary_metric,
+            "cv_folds": self.request.cv_folds,
+            "ignored_params": sorted(ignored_params(self.request.model, engine_name)),
+        }
+
+    def finish(self, metrics: Mapping[str, Any]) -> None:
+        if self.mlflow is not None:
+            self.mlflow.log_final(metrics)
+
+
 @contextlib.contextmanager
-def metrics_tracking(
-    request: TrialRequest, *, engine_name: str, seed: int, stopped_by_caller: list[bool]
-) -> Iterator[MetricsSink]:
-    """MLflow logging when ``MLFLOW_TRACKING_URI`` is set (a run is started unless one is active or
-    ``MLFLOW_RUN_ID`` names the job's run), else nothing. Params are logged up front, so pruned trials
-    keep them; a run this function started ends KILLED when the caller stopped it, FAILED on errors."""
+def cross_validation(
+    request: TrialRequest, *, engine_name: str, seed: int, on_fold: FoldCallback | None
+) -> Iterator[CrossValidation]:
+    """A :class:`CrossValidation`, with MLflow logging when ``MLFLOW_TRACKING_URI`` is set.
+
+    A run is started unless one is active (``MLFLOW_RUN_ID``, e.g. an AzureML job's run, is attached to,
+    not ended). Params are logged up front so pruned trials keep them; a run started here ends KILLED
+    when the caller stopped the trial through ``on_fold``, FAILED on any other error.
+    """
+    folds = CrossValidation(request, on_fold)
     if not os.environ.get("MLFLOW_TRACKING_URI"):
-        yield _NoTracking()
+        yield folds
         return
     import mlflow
 
@@ -228,22 +275,27 @@ def metrics_tracking(
     end_run = started_here and not os.environ.get("MLFLOW_RUN_ID")
     status = "FINISHED"
     try:
-        mlflow.log_params(
-            {
-                **request.params,
-                "model": request.model,
-                "engine": engine_name,
-                "cv_folds": request.cv_folds,
-                "seed": seed,
-            }
-        )
-        yield _MlflowTracking(mlflow, request.primary_metric, request.cv_folds)
+        logged = {"model": request.model, "engine": engine_name, "cv_folds": request.cv_folds, "seed": seed}
+        mlflow.log_params({**request.params, **logged})
+        folds.mlflow = _MlflowTracking(mlflow, request.primary_metric, request.cv_folds)
+        yield folds
     except BaseException:
-        status = "KILLED" if stopped_by_caller[0] else "FAILED"
+        status = "KILLED" if folds.stopped_by_caller else "FAILED"
         raise
     finally:
         if end_run:
             mlflow.end_run(status=status)
+
+
+def refit_and_save(trainer: Trainer, features: Any, labels: Any, output: str | Path) -> dict[str, Any]:
+    """Fit ``trainer`` on all rows and save the model in ``output``; returns ``refit_seconds`` and
+    ``model_path`` for the metrics."""
+    directory = Path(output)
+    directory.mkdir(parents=True, exist_ok=True)
+    tick = time.perf_counter()
+    trainer.fit(features, labels)
+    refit_seconds = time.perf_counter() - tick
+    return {"refit_seconds": refit_seconds, "model_path": str(trainer.save(directory))}
 
 
 def run_trial(
@@ -284,85 +336,131 @@ def run_trial(
         data, target, data_format=data_format, max_rows=max_rows, seed=seed, engine=engine_name
     )
     info = dataset.info
-    if info.minority_class_rows < cv_folds:
-        raise UserError(
-            f"the rarer target class has only {info.minority_class_rows} row(s): too few for "
-            f"{cv_folds}-fold cross-validation (use more rows or fewer folds)"
-        )
+    require_enough_rows(info.minority_class_rows, cv_folds)
     features = toolkit.to_array(dataset.X, np.float32)
     labels = toolkit.to_array(dataset.y, np.int32)
     splitter = toolkit.stratified_kfold(n_splits=cv_folds, shuffle=True, random_state=seed)
-    fold_scores: dict[str, list[float]] = {name: [] for name in METRIC_NAMES}
-    fit_seconds = predict_seconds = 0.0
-    stopped_by_caller = [False]
-    with metrics_tracking(
-        request, engine_name=engine_name, seed=seed, stopped_by_caller=stopped_by_caller
-    ) as tracking:
-        for step, (train_index, valid_index) in enumerate(splitter.split(features, labels), start=1):
+    with cross_validation(request, engine_name=engine_name, seed=seed, on_fold=on_fold) as folds:
+        for train_index, valid_index in splitter.split(features, labels):
             trainer = make_trainer(model, toolkit, request.params, seed=seed, n_jobs=n_jobs)
             tick = time.perf_counter()
             trainer.fit(features[train_index], labels[train_index])
             toolkit.synchronize()
-            fit_seconds += time.perf_counter() - tick
-            tick = time.perf_counter()
+            fitted = time.perf_counter()
             proba = trainer.predict_positive(features[valid_index])
             toolkit.synchronize()
-            predict_seconds += time.perf_counter() - tick
-            for name, value in toolkit.score(labels[valid_index], proba).items():
-                fold_scores[name].append(value)
-            running = running_means(fold_scores)
-            tracking.log_step(step, running)
-            if on_fold is not None:
-                try:
-                    on_fold(step, dict(running))
-                except BaseException:
-                    stopped_by_caller[0] = True
-                    raise
-        metrics: dict[str, Any] = {
-            **running_means(fold_scores),
-            "fold_scores": fold_scores,
-            "fit_seconds": fit_seconds,
-            "predict_seconds": predict_seconds,
-            "rows": info.rows,
-            "rows_dropped_missing_target": info.rows_dropped_missing_target,
-            "n_features": len(info.feature_names),
-            "engine": engine_name,
-            "model": model,
-            "params": request.params,
-            "primary_metric": primary_metric,
-            "cv_folds": cv_folds,
-            "ignored_params": sorted(ignored_params(model, toolkit)),
-            "n_jobs": n_jobs,
-        }
+            predicted = time.perf_counter()
+            folds.record(
+                toolkit.score(labels[valid_index], proba),
+                fit_seconds=fitted - tick,
+                predict_seconds=predicted - fitted,
+            )
+        metrics = folds.metrics(
+            engine_name=engine_name,
+            rows=info.rows,
+            rows_dropped=info.rows_dropped_missing_target,
+            n_features=len(info.feature_names),
+        )
+        metrics["n_jobs"] = n_jobs
         if output is not None:
-            directory = Path(output)
-            directory.mkdir(parents=True, exist_ok=True)
             final = make_trainer(model, toolkit, request.params, seed=seed, n_jobs=n_jobs)
-            tick = time.perf_counter()
-            final.fit(features, labels)
-            metrics["refit_seconds"] = time.perf_counter() - tick
-            metrics["model_path"] = str(final.save(directory))
+            metrics.update(refit_and_save(final, features, labels, output))
         metrics["total_seconds"] = time.perf_counter() - started
         if output is not None:
             write_trial_files(
                 Path(output),
                 metrics=metrics,
                 trial={
-                    "data": data,
-                    "target": target,
-                    "model": model,
-                    "params": request.params,
-                    "cv_folds": cv_folds,
-                    "seed": seed,
+                    **trial_record(request, data=data, target=target, seed=seed, max_rows=max_rows),
                     "engine": engine_name,
-                    "max_rows": max_rows,
-                    "primary_metric": primary_metric,
                 },
                 encoding=info.encoding,
                 target_classes=info.target_classes,
             )
-        tracking.log_final(metrics)
+        folds.finish(metrics)
     return metrics
+
+
+def fit_final_model(
+    *,
+    data: str,
+    target: str,
+    model: str,
+    params: dict[str, float],
+    output: str | Path,
+    seed: int = 0,
+    engine: str = "auto",
+    data_format: str | None = None,
+    max_rows: int | None = None,
+    n_jobs: int | None = None,
+) -> dict[str, Any]:
+    """Fit ``model`` with ``params`` on all rows, no cross-validation (the HPO driver's refit of the best
+    trial), and save it in ``output`` as :func:`run_trial` does; returns what it wrote to metrics.json."""
+    started = time.perf_counter()
+    if n_jobs is None:
+        n_jobs = dask_worker_threads()
+    request = check_request(model=model, params=params, cv_folds=2, primary_metric="accuracy", engine=engine)
+    engine_name = resolve_engine(engine)
+    toolkit = get_engine(engine_name)
+    dataset = load_dataset(
+        data, target, data_format=data_format, max_rows=max_rows, seed=seed, engine=engine_name
+    )
+    info = dataset.info
+    if info.minority_class_rows == 0:
+        raise UserError(f"target column {target!r} holds one class only in the rows used: nothing to learn")
+    trainer = make_trainer(model, toolkit, request.params, seed=seed, n_jobs=n_jobs)
+    features = toolkit.to_array(dataset.X, np.float32)
+    labels = toolkit.to_array(dataset.y, np.int32)
+    metrics: dict[str, Any] = {
+        "rows": info.rows,
+        "rows_dropped_missing_target": info.rows_dropped_missing_target,
+        "n_features": len(info.feature_names),
+        "engine": engine_name,
+        "model": model,
+        "params": request.params,
+        "ignored_params": sorted(ignored_params(model, engine_name)),
+        "n_jobs": n_jobs,
+        **refit_and_save(trainer, features, labels, output),
+    }
+    metrics["total_seconds"] = time.perf_counter() - started
+    trial = {
+        "data": data,
+        "target": target,
+        "model": model,
+        "params": request.params,
+        "seed": seed,
+        "max_rows": max_rows,
+        "engine": engine_name,
+    }
+    write_trial_files(
+        Path(output), metrics=metrics, trial=trial, encoding=info.encoding, target_classes=info.target_classes
+    )
+    return metrics
+
+
+def require_enough_rows(minority_class_rows: int, cv_folds: int) -> None:
+    """Every fold needs both classes: :class:`UserError` when the rarer class has fewer rows than folds."""
+    if minority_class_rows < cv_folds:
+        raise UserError(
+            f"the rarer target class has only {minority_class_rows} row(s): too few for "
+            f"{cv_folds}-fold cross-validation (use more rows or fewer folds)"
+        )
+
+
+def trial_record(
+    request: TrialRequest, *, data: str, target: str, seed: int, max_rows: int | None
+) -> dict[str, Any]:
+    """What ``params.json`` records about a trial (enough to run it again)."""
+    return {
+        "data": data,
+        "target": target,
+        "model": request.model,
+        "params": request.params,
+        "cv_folds": request.cv_folds,
+        "seed": seed,
+        "max_rows": max_rows,
+        "primary_metric": request.primary_metric,
+    }
 
 
 def dask_worker_threads() -> int | None:
@@ -375,10 +473,10 @@ def dask_worker_threads() -> int | None:
         return None
 
 
-def ignored_params(model: str, engine: Engine) -> set[str]:
-    """Hyperparameters of ``model`` that ``engine``'s library has no use for."""
-    if model == "random_forest":
-        return set(engine.random_forest_ignored_params) & set(HYPERPARAMETERS[model])
+def ignored_params(model: str, engine_name: str) -> set[str]:
+    """Hyperparameters of ``model`` that the engine's library has no use for (``n_bins`` on CPU forests)."""
+    if model == "random_forest" and engine_name == "cpu":
+        return set(get_engine("cpu").random_forest_ignored_params) & set(HYPERPARAMETERS[model])
     return set()
 
 
@@ -544,6 +642,8 @@ def _print_progress(total: int, primary_metric: str) -> FoldCallback:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 ok, 2 bad input)."""
+    # Azure SDK credential chains log every failed attempt; the CLI reports the outcome as one line.
+    logging.getLogger("azure").setLevel(logging.CRITICAL)
     try:
         args = build_parser().parse_args(argv)
         params = _params_from_args(args)

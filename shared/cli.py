@@ -128,7 +128,8 @@ def _print_result(ctx: Any, record: ExperimentRecord) -> None:
     console.print(table)
     model_files = ctx.store.list_artifacts(record.id, "model/")
     if model_files:
-        console.print(f"model: {record.best.model_uri or ''} ({', '.join(f.removeprefix('model/') for f in model_files)})")
+        names = ", ".join(f.removeprefix("model/") for f in model_files)
+        console.print(f"model: {record.best.model_uri or ''} ({names})")
 
 
 @app.command()
@@ -149,7 +150,8 @@ def serve(
     thread = threading.Thread(target=local_host.run, name="queue-workers", daemon=True)
     if workers:
         thread.start()
-    err.print(f"serving http://{host}:{port}/api (storage: {'azure' if ctx.settings.uses_azure_storage else ctx.settings.home})")
+    storage = "azure" if ctx.settings.uses_azure_storage else ctx.settings.home
+    err.print(f"serving http://{host}:{port}/api (storage: {storage})")
     try:
         uvicorn.run(create_api(), host=host, port=port, log_level="warning")
     finally:
@@ -183,7 +185,9 @@ def _check(response: Any) -> Any:
 @app.command()
 def submit(
     spec_path: Annotated[Path, typer.Argument(metavar="SPEC")],
-    idempotency_key: Annotated[str | None, typer.Option(help="retries with the same key return the same experiment")] = None,
+    idempotency_key: Annotated[
+        str | None, typer.Option(help="retries with the same key return the same experiment")
+    ] = None,
 ) -> None:
     """Submit a spec to a running API; prints the experiment id."""
     try:

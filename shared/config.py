@@ -76,3 +76,24 @@ class Settings:
             poll_seconds=int(env("RAPIDS_HPO_POLL_SECONDS")),
             stall_seconds=int(env("RAPIDS_HPO_STALL_SECONDS")),
         )
+
+
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+"""Azurite's well-known development account (public, documented by Microsoft; not a secret)."""
+
+
+def expand_connection_string(connection_string: str) -> str:
+    """Spell out ``UseDevelopmentStorage=true`` as Azurite's explicit endpoints.
+
+    Not every SDK release we can be pinned to parses the shorthand for every service (azureml-mlflow
+    caps azure-storage-blob at a release whose parser rejects it), so expand it once, here.
+    """
+    if connection_string.strip().rstrip(";").lower() != "usedevelopmentstorage=true":
+        return connection_string
+    base = "http://127.0.0.1"
+    return (
+        f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+        f"BlobEndpoint={base}:10000/{AZURITE_ACCOUNT};QueueEndpoint={base}:10001/{AZURITE_ACCOUNT};"
+        f"TableEndpoint={base}:10002/{AZURITE_ACCOUNT};"
+    )

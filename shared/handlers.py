@@ -11,6 +11,7 @@ An event lost between a write and its send is recovered by ``sweep`` (the timer 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import secrets
@@ -170,10 +171,9 @@ def _fail_request(ctx: Context, experiment_id: str | None, reason: str, errors: 
             torn_down=True,
             history=[{"at": now().isoformat(), "status": S.FAILED.value, "reason": "invalid request"}],
         )
-        try:
+        # AlreadyExists: a valid experiment with this id exists already, or the failure was recorded before.
+        with contextlib.suppress(AlreadyExists):
             ctx.store.create_experiment(record)
-        except AlreadyExists:
-            pass  # a valid experiment with this id exists already, or we recorded the failure before
     raise InvalidRequest(reason, errors)
 
 

@@ -16,11 +16,14 @@ really sent. It speaks ARM's protocol where the SDK depends on it:
 * a little of ARM's validation: ``location`` is required; a subnet must reference an NSG that
   exists (400 ``InvalidResourceReference``); an NSG a subnet still uses cannot be deleted (409
   ``InUseNetworkSecurityGroupCannotBeDeleted``);
-* compute, as Azure does it: a NIC gets a private IP (``FakeArm.private_ip`` or the next free
-  10.0.0.x) and must name an existing subnet, NSG and public IP; a VM must name an existing NIC,
-  and creating it creates its OS disk ``<vm>_OsDisk_1_<hex>`` *without* the VM's tags; a NIC, public
-  IP or disk still attached to a VM (or a public IP to a NIC) cannot be deleted (400 ``NicInUse``,
-  400 ``PublicIPAddressCannotBeDeleted``, 409 ``OperationNotAllowed``);
+* compute, as Azure does it: a NIC needs ``properties.ipConfigurations`` and a VM its hardware,
+  storage, OS and network profiles under ``properties`` (400 otherwise, as for a body in the
+  wrong shape); a NIC gets a private IP (``FakeArm.private_ip`` or the next free 10.0.0.x) and must
+  name an existing subnet, NSG and public IP; a VM must name an existing NIC, and creating it creates
+  its OS disk ``<vm>_OsDisk_1_<hex>`` *without* the VM's tags; deleting a VM also deletes the NIC and
+  OS disk it marks ``deleteOption: Delete``; a NIC, public IP or disk still attached to a VM (or a
+  public IP to a NIC) cannot be deleted (400 ``NicInUse``, 400 ``PublicIPAddressCannotBeDeleted``,
+  409 ``OperationNotAllowed``);
 * a fault script: :meth:`FakeArm.fail` makes the next N requests matching a method and path answer a
   given status, ARM error code and headers (429 + ``Retry-After``, 500, 409, 403, 404, ...).
 
@@ -414,6 +417,9 @@ class FakeArm:
                     {},
                     _error("InvalidResourceReference", f"Resource {nsg} referenced by subnet was not found."),
                 )
+        invalid = _invalid_body(_TYPES[match["type"].lower()], body)
+        if invalid:
+            return 400, {}, _error("InvalidParameter", invalid)
         missing = self._missing_reference(match, body)
         if missing:
             return (
@@ -490,9 +496,21 @@ class FakeArm:
                             ),
                         )
         del self.resources[rid]
+        if match["type"].lower() == "virtualmachines":
+            self._delete_with_vm(stored)
         provider = _provider(_TYPES[match["type"].lower()])
         operation = self._new_operation("location", stored.get("location", ""), match["sub"], provider)
         return 202, {"Location": operation, "Retry-After": "0"}, None
+
+    def _delete_with_vm(self, vm: dict[str, Any]) -> None:
+        """Delete the NICs and OS disk a deleted VM marked ``deleteOption: Delete``."""
+        props = vm.get("properties") or {}
+        for nic in (props.get("networkProfile") or {}).get("networkInterfaces") or []:
+            if (nic.get("properties") or {}).get("deleteOption") == "Delete":
+                self.resources.pop((nic.get("id") or "").lower(), None)
+        os_disk = (props.get("storageProfile") or {}).get("osDisk") or {}
+        if os_disk.get("deleteOption") == "Delete":
+            self.resources.pop(_ref(os_disk, "managedDisk"), None)
 
     def _attached_to(self, rid: str) -> str | None:
         """The id of the VM (or NIC) that still uses NIC, disk or public IP ``rid``, or None."""
@@ -509,6 +527,26 @@ class FakeArm:
                     if _ref(conf, "properties", "publicIPAddress") == rid:
                         return other["id"]
         return None
+
+
+def _invalid_body(kind: str, body: dict[str, Any]) -> str | None:
+    """ARM's answer to a NIC or VM body missing what it requires (e.g. snake_case keys at the top)."""
+    props = body.get("properties") or {}
+    if kind == "networkInterfaces":
+        configs = props.get("ipConfigurations") or []
+        if not configs or not all(_ref(c, "properties", "subnet") for c in configs):
+            return "A network interface needs properties.ipConfigurations, each with a subnet."
+    if kind == "virtualMachines":
+        required = {
+            "hardwareProfile": (props.get("hardwareProfile") or {}).get("vmSize"),
+            "storageProfile": props.get("storageProfile"),
+            "osProfile": props.get("osProfile"),
+            "networkProfile": (props.get("networkProfile") or {}).get("networkInterfaces"),
+        }
+        for name, value in required.items():
+            if not value:
+                return f"Required parameter '{name}' is missing (null)."
+    return None
 
 
 class _Server(ThreadingHTTPServer):

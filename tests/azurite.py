@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from shared.config import AZURITE_ACCOUNT as ACCOUNT
+from shared.config import AZURITE_KEY as KEY
+
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL_PREFIX = ROOT / ".azurite"
-ACCOUNT = "devstoreaccount1"
-KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
 
 def _free_port() -> int:

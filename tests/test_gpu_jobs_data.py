@@ -263,3 +263,21 @@ def test_abfs_url_against_azurite(azurite: str, monkeypatch: pytest.MonkeyPatch)
     assert single.info.rows == 200
     with pytest.raises(UserError, match="data not found"):
         load_dataset(f"abfs://{container}/absent.parquet", "label", engine="cpu")
+
+
+def test_storage_failures_become_user_errors() -> None:
+    from azure.core.exceptions import ClientAuthenticationError
+
+    from gpu_jobs.data import storage_errors
+
+    signin_failure = ClientAuthenticationError("DefaultAzureCredential failed\nAttempted credentials: ...")
+    with (
+        pytest.raises(UserError, match=r"cannot sign in to read abfs://c/x \(set AZURE_STORAGE_\*"),
+        storage_errors("abfs://c/x"),
+    ):
+        raise signin_failure
+    with pytest.raises(UserError, match="no permission to read abfs://c/x"), storage_errors("abfs://c/x"):
+        raise PermissionError("403 This request is not authorized")
+    # anything else is not the user's fault: it propagates unchanged
+    with pytest.raises(KeyError), storage_errors("abfs://c/x"):
+        raise KeyError("bug")

@@ -18,7 +18,7 @@ from gpu_jobs import train as train_module
 from gpu_jobs.data import FLIGHTS_TARGET, FLIGHTS_URI, flights_table, load_dataset
 from gpu_jobs.engine import get_engine
 from gpu_jobs.errors import UserError
-from gpu_jobs.train import load_model, run_trial
+from gpu_jobs.train import fit_final_model, load_model, run_trial
 
 SMALL_FOREST = {"n_estimators": 15, "max_depth": 6, "max_features": 0.6}
 SMALL_BOOSTER = {"num_boost_round": 15, "max_depth": 4, "learning_rate": 0.3}
@@ -201,6 +201,19 @@ def test_saved_model_loads_and_predicts_on_raw_pandas(
         assert json.loads((output / model_file).read_text())["learner"]["objective"]["name"] == (
             "binary:logistic"
         )
+
+
+def test_fit_final_model_refits_on_all_rows_without_cross_validation(tmp_path: Path) -> None:
+    metrics = fit_final_model(
+        model="xgboost", params=SMALL_BOOSTER, output=tmp_path, seed=3, **FLIGHTS_SAMPLE
+    )
+    assert metrics["rows"] == 3000 and "accuracy" not in metrics and "fold_scores" not in metrics
+    assert metrics["model_path"] == str(tmp_path / "model.json") and metrics["refit_seconds"] > 0
+    assert json.loads((tmp_path / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
+    assert json.loads((tmp_path / "params.json").read_text())["seed"] == 3
+    raw = flights_table().dropna(subset=[FLIGHTS_TARGET]).head(1000)
+    proba = load_model(tmp_path).predict_proba(raw)
+    assert roc_auc_score(raw[FLIGHTS_TARGET].astype(bool), proba[:, 1]) > 0.8
 
 
 def test_random_forest_on_a_table_with_missing_feature_values(tmp_path: Path) -> None:

@@ -44,6 +44,7 @@ from shared.backends.vmcluster import (
     detach_cluster,
     estimated_node_hours,
     plan,
+    plan_vms,
     probe_task,
     security_from,
 )
@@ -142,7 +143,7 @@ def _docker_command(custom_data: str) -> str:
 
 # Driver stand-ins for the poll-decision tests (module level: the workers import them by reference).
 def sleepy_driver(experiment_id: str) -> str:
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 3  # Dask cannot stop a running thread: keep it short
     while time.monotonic() < deadline:
         time.sleep(0.1)
     return experiment_id
@@ -262,7 +263,7 @@ def test_cluster_kwargs_overrides_marketplace_off_and_identity() -> None:
     assert kwargs["vm_image"]["publisher"] == "Canonical"
     assert kwargs["security"] is False and kwargs["public_ingress"] is False
     assert kwargs["extra_vm_options"] == {
-        "identity": {"type": "UserAssigned", "user_assigned_identities": {identity.resource_id: {}}}
+        "identity": {"type": "UserAssigned", "userAssignedIdentities": {identity.resource_id: {}}}
     }
     assert kwargs["env_vars"]["AZURE_CLIENT_ID"] == "client-123"
     assert kwargs["env_vars"]["AzureWebJobsStorage__clientId"] == "client-123"
@@ -293,11 +294,11 @@ def test_secrets_never_reach_the_vms(env_vars: dict[str, str]) -> None:
 
 
 def test_azurevmcluster_accepts_the_kwargs_and_boots_the_vms_we_mean() -> None:
-    """Every name is an AzureVMCluster/VMCluster/SpecCluster parameter, and dask-cloudprovider's own
-    objects, built from them without touching Azure, render the docker command we intend."""
+    """Every name is an AzureVMCluster/VMCluster/SpecCluster parameter, and dask-cloudprovider, given
+    them (without touching Azure), names the VMs and renders the docker commands we intend."""
+    import dask
     from dask_cloudprovider.azure import AzureVMCluster
     from dask_cloudprovider.generic.vmcluster import VMCluster
-    from distributed.core import Status
     from distributed.deploy.spec import SpecCluster
 
     env_vars = cluster_env(experiment_id=EXP, storage_account_name="sthpo", identity=None)
@@ -309,53 +310,98 @@ def test_azurevmcluster_accepts_the_kwargs_and_boots_the_vms_we_mean() -> None:
     }
     assert set(kwargs) <= accepted, set(kwargs) - accepted
 
-    import dask
-
     before = {key: dask.config.get(key, None) for key in vmcluster._TLS_CONFIG_KEYS}
+    image_before = dict(dask.config.get("cloudprovider.azure.azurevm.vm_image"))
+    assert image_before != NGC_VM_IMAGE
     security = security_from(vmcluster.new_credentials("c0ffee00", True))
+    [scheduler] = plan_vms(kwargs, cluster_id="c0ffee00", security=security, scheduler_address=None)
+    workers = plan_vms(
+        kwargs, cluster_id="c0ffee00", security=security, scheduler_address="tls://10.0.0.4:8786", count=2
+    )
 
-    async def build() -> tuple[Any, str, str, str]:
-        with vmcluster._isolated_tls_config():
-            cluster = vmcluster._cluster_class()(**{**kwargs, "security": security}, asynchronous=True)
-            cluster.uuid = "c0ffee00"
-            cluster.extra_tags = {"k": "v"}
-            scheduler = cluster.scheduler_class(**cluster.scheduler_options)
-            worker = cluster.worker_class("tls://10.0.0.4:8786", **cluster.worker_options)
-            rendered = (
-                cluster.render_process_cloud_init(scheduler),
-                cluster.render_process_cloud_init(worker),
-            )
-            names = f"{scheduler.name} {worker.name}"
-        return cluster, names, *rendered
+    assert scheduler.name == "dask-c0ffee00-scheduler" and scheduler.size == "Standard_NC12s_v3"
+    assert len({w.name for w in workers}) == 2 and all(
+        w.name.startswith("dask-c0ffee00-worker-") for w in workers
+    )
+    assert (
+        scheduler.plan == NGC_MARKETPLACE_PLAN
+        and scheduler.image == NGC_VM_IMAGE
+        and scheduler.disk_size == 100
+    )
+    worker_run = _docker_command(workers[0].custom_data)
+    assert "--gpus=all" in worker_run and "--shm-size=256m" in worker_run
+    assert f'-e RAPIDS_HPO_EXPERIMENT_ID="{EXP}"' in worker_run
+    assert '-e AzureWebJobsStorage__accountName="sthpo"' in worker_run
+    assert kwargs["docker_image"] in worker_run
+    assert '"cls": "dask_cuda.CUDAWorker", "opts": {"rmm_managed_memory": true' in worker_run
+    assert "tls://10.0.0.4:8786" in worker_run
+    assert "distributed.cli.dask_scheduler --port 8786" in _docker_command(scheduler.custom_data)
+    cloud_init = base64.b64decode(workers[0].custom_data).decode()
+    assert "shutdown -h now" in cloud_init  # auto_shutdown stops (not deletes) a VM: teardown deletes
+    assert "apt-get install -y docker-ce" not in cloud_init  # bootstrap=False: the NGC image has Docker
+    # The TLS config reaches the VMs (inside the Dask config env var), but this process's config is as
+    # it was, and no cluster object is left for distributed's atexit hook to close.
+    assert "DASK_INTERNAL_INHERIT_CONFIG" in worker_run
+    assert {key: dask.config.get(key, None) for key in vmcluster._TLS_CONFIG_KEYS} == before
+    assert dask.config.get("cloudprovider.azure.azurevm.vm_image") == image_before
+    assert not [c for c in SpecCluster._instances if isinstance(c, AzureVMCluster)]
 
-    cluster, names, scheduler_init, worker_init = asyncio.run(build())
-    try:
-        assert cluster.status == Status.created  # asynchronous=True: nothing started, no VM, no ARM call
-        assert names.startswith("dask-c0ffee00-scheduler dask-c0ffee00-worker-")
-        assert cluster.get_tags() == {"k": "v", "creator": "dask-cloudprovider", "cluster-id": "c0ffee00"}
-        assert cluster.public_ingress is False and cluster.gpu_instance is True and cluster.bootstrap is False
-        assert cluster.marketplace_plan == NGC_MARKETPLACE_PLAN
-        worker_run = next(ln for ln in worker_init.splitlines() if "docker run" in ln)
-        assert "--gpus=all" in worker_run and "--shm-size=256m" in worker_run
-        assert f'-e RAPIDS_HPO_EXPERIMENT_ID="{EXP}"' in worker_run
-        assert '-e AzureWebJobsStorage__accountName="sthpo"' in worker_run
-        assert kwargs["docker_image"] in worker_run
-        assert '"cls": "dask_cuda.CUDAWorker", "opts": {"rmm_managed_memory": true' in worker_run
-        assert "tls://10.0.0.4:8786" in worker_run
-        scheduler_run = next(ln for ln in scheduler_init.splitlines() if "docker run" in ln)
-        assert "distributed.cli.dask_scheduler --port 8786" in scheduler_run
-        assert "shutdown -h now" in worker_init  # auto_shutdown stops (not deletes) the VM: teardown deletes
-        # The TLS settings VMCluster writes into dask.config were undone.
-        assert {key: dask.config.get(key, None) for key in vmcluster._TLS_CONFIG_KEYS} == before
-    finally:
-        detach_cluster(cluster)
+
+def test_detach_makes_a_never_started_cluster_object_inert() -> None:
+    from dask_cloudprovider.azure import AzureVMCluster
+    from distributed.core import Status
+    from distributed.deploy.spec import SpecCluster
+
+    kwargs = cluster_kwargs(_compute(), _handle(), experiment_id=EXP, env_vars={})
+
+    async def build() -> Any:
+        with vmcluster._isolated_dask_config():
+            return AzureVMCluster(**kwargs, asynchronous=True)
+
+    cluster = asyncio.run(build())
+    assert cluster.status == Status.created and cluster in SpecCluster._instances
+    detach_cluster(cluster)
     assert cluster.status == Status.closed and cluster not in SpecCluster._instances
     assert cluster.shutdown_on_close is False
+    cluster.close()  # returns at once: no scale-down, no destroy_vm
     with (
         LocalCluster(n_workers=1, processes=False, dashboard_address=None) as running,
         pytest.raises(ValueError, match="never started"),
     ):
         detach_cluster(running)
+
+
+def test_dask_cloudprovider_create_vm_bodies_are_rejected_by_arm_with_these_sdks(
+    arm: FakeArm, retry: RetrySettings
+) -> None:
+    """Why create_vm is ours: AzureVM.create_vm passes snake_case dicts, which azure-mgmt-network 33 /
+    azure-mgmt-compute 39 send verbatim, so ARM gets no properties.ipConfigurations."""
+    from azure.core.exceptions import HttpResponseError
+
+    credential = StaticTokenCredential(arm.token)
+    compute_client = make_compute_client(SUB, credential, arm.base_url, polling_interval=0)
+    network_client = make_network_client(SUB, credential, arm.base_url, polling_interval=0)
+    handle = _handle()
+    arm.seed(handle.nsg_id, {"location": LOC})
+    arm.seed(handle.vnet_id, {"location": LOC, "properties": {"subnets": [{"name": handle.subnet_name}]}})
+    kwargs = cluster_kwargs(_compute(), handle, experiment_id=EXP, env_vars={})
+
+    async def dask_cloudprovider_create() -> None:
+        from dask_cloudprovider.azure import AzureVMCluster
+
+        with vmcluster._isolated_dask_config():
+            cluster = AzureVMCluster(**{**kwargs, "security": False}, asynchronous=True)
+        try:
+            cluster.quiet = True
+            cluster.compute_client, cluster.network_client = compute_client, network_client
+            await cluster.scheduler_class(**cluster.scheduler_options).create_vm()
+        finally:
+            detach_cluster(cluster)
+
+    with pytest.raises(HttpResponseError, match="ipConfigurations"):
+        asyncio.run(dask_cloudprovider_create())
+    [nic_put] = arm.calls("PUT", "networkInterfaces")
+    assert "ip_configurations" in nic_put.body and "properties" not in nic_put.body
 
 
 def test_module_imports_stay_light_for_dask_workers() -> None:
@@ -612,8 +658,10 @@ def test_poll_reports_a_processing_driver_and_cancel_cancels_its_task(
     key = record.backend_state["driver_key"]
     assert key == "driver-exp-sleepy"
     second = backend.poll(record)
-    assert second.state is RunState.RUNNING
-    assert second.details["driver"]["state"] == "processing" and second.details["driver"]["worker"]
+    while second.details["driver"]["state"] != "processing":  # queued for a moment at most
+        time.sleep(0.05)
+        second = backend.poll(record)
+    assert second.state is RunState.RUNNING and second.details["driver"]["worker"]
     assert arm.requests == []  # workers_created: no ARM call while running
 
     backend.cancel(record)
@@ -661,7 +709,7 @@ def test_poll_waits_for_workers_to_join_before_starting_the_driver(
     from distributed import Scheduler
 
     async def scenario() -> RunStatus:
-        async with Scheduler(host="127.0.0.1", port=0, dashboard_address=None) as scheduler:
+        async with Scheduler(host="127.0.0.1", port=0, dashboard_address=":0") as scheduler:
             record = _started(ctx, scheduler.address, "exp-empty")
             return await asyncio.to_thread(_backend(ctx, arm, retry, connect_timeout_s=3).poll, record)
 
@@ -721,21 +769,29 @@ def test_submit_refuses_storage_the_vms_cannot_use(ctx: Context, arm: FakeArm, r
     assert arm.requests == [] and not ctx.store.list_artifacts(EXP, "cluster/")
 
 
-def test_a_transient_arm_failure_while_creating_the_scheduler_is_retryable(
+def test_arm_failures_creating_the_scheduler_are_retried_and_a_rerun_reuses_what_exists(
     ctx: Context, arm: FakeArm, retry: RetrySettings
 ) -> None:
     backend = _backend(ctx, arm, retry)
     record = _record(ctx)
     record = record.model_copy(update={"backend_state": backend.provision(record)})
-    arm.fail("PUT", "/virtualMachines/", 429, "TooManyRequests", headers={"Retry-After": "0"})
-    with pytest.raises(BackendError) as info:
-        backend.submit(record)
-    assert info.value.retryable and "429" in str(info.value)
-    cluster_id = json.loads(ctx.store.get_artifact(EXP, SECURITY_ARTIFACT))["cluster_id"]
 
-    state = backend.submit(record)  # the redelivered event: same cluster, the VM now created
-    assert state["cluster_id"] == cluster_id
-    assert [r["name"] for r in arm.of_type("virtualMachines")] == [f"dask-{cluster_id}-scheduler"]
+    arm.fail("PUT", "/virtualMachines/", 429, "TooManyRequests", headers={"Retry-After": "0"})
+    first = backend.submit(record)  # one 429, retried by arm_call
+    assert len(arm.calls("PUT", "/virtualMachines/")) == 2
+
+    lost = _record(ctx, "exp-vm-2")
+    lost = lost.model_copy(update={"backend_state": backend.provision(lost)})
+    arm.fail("PUT", "/virtualMachines/", 500, "InternalServerError", times=4)
+    with pytest.raises(BackendError, match="failed after 4 attempts: 500"):
+        backend.submit(lost)  # the run fails here; a sweep re-drive would call submit again
+    cluster_id = json.loads(ctx.store.get_artifact("exp-vm-2", SECURITY_ARTIFACT))["cluster_id"]
+    again = backend.submit(lost)
+    assert again["cluster_id"] == cluster_id != first["cluster_id"]
+    names = sorted(r["name"] for r in arm.of_type("networkInterfaces"))
+    assert names == sorted(
+        f"dask-{c}-scheduler-nic" for c in (first["cluster_id"], cluster_id)
+    )  # no stray NIC
 
 
 # ------------------------------------------------------------------------------ teardown by tag

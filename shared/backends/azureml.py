@@ -46,9 +46,10 @@ Decisions AzureML leaves to us, each documented where it is made:
   single trials of a running sweep, bar a person in the studio); no policy -> FAILED. A child in
   ``CancelRequested`` stays RUNNING until it is ``Canceled``.
 * **The best trial** is ranked on the final CV mean (each trial's last logged value) over the synced trial
-  records. The sweep's ``best_child_run_id`` property is used only when no record has a value: AzureML ranks
-  on the best value *ever* logged, and a trial logs running means per fold, so that would repeat the seed's
-  "best of the splits" defect.
+  records, as ``shared.hpo.driver.best_of`` ranks them for the other backends. The sweep's
+  ``best_child_run_id`` property is only reported beside it (``azureml_best_child``): AzureML ranks on the
+  best value *ever* logged, and a trial logs running means per fold, so using it would repeat the seed's
+  "best of the splits" defect. With no completed trial nothing is downloaded.
 * **Teardown** deletes nothing: an AmlCompute cluster scales to ``min_instances`` (0 by default, which costs
   nothing) after ``idle_time_before_scale_down`` and may serve other experiments. It cancels the sweep if it
   is still running, and marks trials still RUNNING in the store as FAILED.
@@ -712,9 +713,9 @@ class AzureMLClient:
 
     def child_metrics(self, name: str, primary_metric: str) -> RunMetrics | None:
         """The MLflow run of job ``name`` (AzureML's run id is the job name), None if it has none yet."""
+        client = self._mlflow_client()  # raises BackendError if MLflow is not installed
         from mlflow.exceptions import MlflowException
 
-        client = self._mlflow_client()
         try:
             run = client.get_run(name)
             history = client.get_metric_history(name, primary_metric)
@@ -987,7 +988,7 @@ class AzureMLBackend:
         sweep = client.get(job_name)
         now = datetime.now(UTC)
         timed_out = sweep_timed_out(spec, sweep, now)
-        trials = self._sync_trials(record, spec, client, sweep, timed_out=timed_out)
+        trials, _ = self._sync_trials(record, spec, client, sweep, timed_out=timed_out)
         counts: dict[str, int] = {}
         for trial in trials:
             counts[trial.state.value] = counts.get(trial.state.value, 0) + 1
@@ -1002,19 +1003,15 @@ class AzureMLBackend:
         return RunStatus(state, details=details)
 
     def finalize(self, record: ExperimentRecord) -> dict[str, Any]:
-        """Store the best trial's ``model`` output under ``model/``; returns ``{"best_child": name}``."""
+        """Store the best trial's ``model`` output under ``model/``; returns ``{"best_child": name, ...}``."""
         spec, client, job_name = self._setup(record)
         sweep = client.get(job_name)
         timed_out = sweep_timed_out(spec, sweep, datetime.now(UTC))
-        trials = self._sync_trials(record, spec, client, sweep, timed_out=timed_out)
-        names = {
-            number: child.name for number, child in number_children(job_name, client.list_children(job_name))
-        }
+        trials, names = self._sync_trials(record, spec, client, sweep, timed_out=timed_out)
         best = best_of(trials, spec.objective.goal)
         child = names.get(best.number) if best is not None else None
-        child = child or sweep.properties.get("best_child_run_id")
-        if not child:
-            return {}
+        if child is None:
+            return {}  # no trial completed with a value: the state machine fails the experiment
         with tempfile.TemporaryDirectory(prefix="rapids-hpo-model-") as tmp:
             folder = client.download_output(child, MODEL_OUTPUT, Path(tmp))
             files = sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
@@ -1023,7 +1020,11 @@ class AzureMLBackend:
             for path in files:
                 name = MODEL_PREFIX + path.relative_to(folder).as_posix()
                 self.ctx.store.put_artifact(record.id, name, path.read_bytes())
-        return {"best_child": child, "model_files": len(files)}
+        return {
+            "best_child": child,
+            "model_files": len(files),
+            "azureml_best_child": sweep.properties.get("best_child_run_id"),
+        }
 
     def cancel(self, record: ExperimentRecord) -> None:
         """Cancel the sweep (AzureML cancels its trials); trials still RUNNING in the store end FAILED."""
@@ -1069,11 +1070,13 @@ class AzureMLBackend:
         sweep: JobInfo,
         *,
         timed_out: bool,
-    ) -> list[TrialRecord]:
-        """Write a TrialRecord for each child not yet recorded as finished; return all trial records."""
+    ) -> tuple[list[TrialRecord], dict[int, str]]:
+        """Write a TrialRecord for each child not yet recorded as finished; return all trial records and
+        the child job of each trial number."""
         stored = {t.number: t for t in self.ctx.store.list_trials(record.id)}
         draws = draws_from_tags(sweep)
-        for number, child in number_children(sweep.name, client.list_children(sweep.name)):
+        numbered = number_children(sweep.name, client.list_children(sweep.name))
+        for number, child in numbered:
             previous = stored.get(number)
             if previous is not None and previous.state.finished:
                 continue
@@ -1092,4 +1095,4 @@ class AzureMLBackend:
             if trial != previous:
                 self.ctx.store.put_trial(trial)
                 stored[number] = trial
-        return [stored[n] for n in sorted(stored)]
+        return [stored[n] for n in sorted(stored)], {number: child.name for number, child in numbered}

@@ -7,6 +7,7 @@ again (it resumes from the store) up to ``MAX_DRIVER_RESTARTS`` times.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -117,10 +118,8 @@ class LocalBackend:
 
     def _signal(self, record: ExperimentRecord, sig: signal.Signals) -> None:
         if is_alive(record.backend_state):
-            try:
+            with contextlib.suppress(ProcessLookupError):  # it ended between the check and the signal
                 os.killpg(int(record.backend_state["pid"]), sig)
-            except ProcessLookupError:
-                pass
 
     def cancel(self, record: ExperimentRecord) -> None:
         self._signal(record, signal.SIGTERM)

@@ -1,17 +1,19 @@
-"""The ``vmcluster`` backend: the seed's MNMG example as a service step by step.
+"""The ``vmcluster`` backend: the seed's MNMG example as a service, one bounded step at a time.
 
-Dask workers run on Azure GPU VMs created with dask-cloudprovider's ``AzureVMCluster`` machinery, in
-the VNet/NSG :func:`shared.backends.network.ensure_network` provides. The HPO driver runs **on the
-cluster** as a long-running Dask task (:func:`run_driver_on_cluster`) and writes trials, the model and
-``driver/outcome.json`` to the store; the control plane polls the store, as with the local backend.
+Dask workers run on Azure GPU VMs configured the way dask-cloudprovider's ``AzureVMCluster`` does
+it, in the VNet/NSG :func:`shared.backends.network.ensure_network` provides. The HPO driver runs **on
+the cluster** as a long-running Dask task (:func:`run_driver_on_cluster`) and writes trials, the model
+and ``driver/outcome.json`` to the store; the control plane polls the store, as with the local backend.
 
 Why step by step, not ``AzureVMCluster(...)`` in one call
     Creating the cluster object starts everything and blocks until the scheduler VM answers on 8786:
     with the NGC image that includes pulling the multi-GB RAPIDS image, often 10-20 minutes, past the
     Function App's ``functionTimeout`` (10 min in host.json), and a cluster object cannot be carried
-    from one invocation to the next. So each step does one bounded piece of ARM work with
-    dask-cloudprovider's own VM code (``AzureVMScheduler``/``AzureVMWorker.create_vm``: NIC, VM, the
-    same cloud-init and docker command) and returns:
+    from one invocation to the next. So dask-cloudprovider only *describes* the VMs (names, Dask
+    commands with the TLS config, cloud-init: :func:`plan_vms`, its cluster object never started) and
+    :func:`create_vm` creates each NIC and VM with typed SDK models. (dask-cloudprovider's own
+    ``create_vm`` passes snake_case dicts, which the current azure-mgmt SDKs send to ARM verbatim.)
+    Each step does one bounded piece of ARM work and returns:
 
     * ``submit``: credentials, then the scheduler VM (NIC + VM create, ~1-3 min); records its address;
     * ``poll``, while starting: once the scheduler answers, the worker VMs (created concurrently,
@@ -19,15 +21,16 @@ Why step by step, not ``AzureVMCluster(...)`` in one call
     * ``poll``, while running: the outcome artifact, else the driver task's state on the scheduler.
 
     Nothing waits for a docker pull inside a function. Each step is idempotent: it reconciles against
-    what exists, found by tag and name (``dask-<cluster-id>-scheduler``, ``dask-<cluster-id>-worker-*``),
-    so a redelivered or re-driven event creates only the shortfall.
+    what exists, found by tag and name (``dask-<cluster-id>-scheduler``, ``dask-<cluster-id>-worker-*``,
+    ``<vm>-nic``), so a redelivered or re-driven event creates only the shortfall.
 
 Found by tag, not by memory
     The cluster id and the TLS credentials are written to ``cluster/security.json`` *before* any VM
     exists, so a crash between creating VMs and recording them loses nothing: the next attempt reuses
-    them. Every VM, NIC and public IP carries dask-cloudprovider's ``cluster-id`` tag plus ours
-    (``rapids-hpo-experiment``, ``created-by``); teardown lists the resource group and deletes what the
-    tags (and, for the untagged OS disks, the VM names) say (:mod:`shared.backends.vm_teardown`).
+    them. Every VM and NIC carries dask-cloudprovider's ``creator``/``cluster-id`` tags plus ours
+    (``rapids-hpo-experiment``, ``created-by``); NIC and OS disk are deleted with their VM; teardown
+    lists the resource group and deletes what the tags (and, for the untagged OS disks, the VM names)
+    say (:mod:`shared.backends.vm_teardown`).
     ``auto_shutdown`` only *stops* a VM whose Dask process exited; a stopped VM is still allocated and
     billed, so teardown (and the sweep's :meth:`VMClusterBackend.find_orphans`) deletes VMs.
 
@@ -36,10 +39,9 @@ Security
     App reaches the scheduler's private IP through VNet integration, so the cluster must live in (or be
     peered with) the Function App's VNet: use ``network.existing_vnet``/``existing_subnet``/
     ``existing_security_group`` with infra's ``dask`` subnet. Traffic is TLS with the per-cluster
-    certificates of ``security.json`` (dask-cloudprovider hands the same config to the VMs through
-    their cloud-init). The VMs reach Azure Storage with a user-assigned managed identity
-    (``RAPIDS_HPO_VM_IDENTITY_ID``/``RAPIDS_HPO_VM_IDENTITY_CLIENT_ID``); no key or connection string
-    is ever put into a VM's environment.
+    certificates of ``security.json`` (dask-cloudprovider's cloud-init hands the same config to the
+    VMs). The VMs reach Azure Storage with a user-assigned managed identity (:class:`VMIdentity`);
+    no key or connection string is ever put into a VM's environment.
 
 Code on the cluster
     The RAPIDS image lacks our packages: the VMs pip-install the third-party ones at start
@@ -55,7 +57,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import secrets
 import tempfile
 import time
@@ -102,8 +103,7 @@ MAX_CUSTOM_DATA = 87380
 """Azure's limit on a VM's base64 custom data (dask-cloudprovider checks the same)."""
 CODE_PACKAGES = ("shared", "gpu_jobs")
 ENV_EXPERIMENT_ID = "RAPIDS_HPO_EXPERIMENT_ID"
-ENV_VM_IDENTITY_ID = "RAPIDS_HPO_VM_IDENTITY_ID"
-ENV_VM_IDENTITY_CLIENT_ID = "RAPIDS_HPO_VM_IDENTITY_CLIENT_ID"
+"""Set on the VMs (diagnostics: which experiment a VM serves)."""
 
 NGC_VM_IMAGE = {
     "publisher": "nvidia",
@@ -161,6 +161,7 @@ _TLS_CONFIG_KEYS = (
     "distributed.comm.tls.client.key",
     "distributed.comm.tls.client.cert",
 )
+_VM_IMAGE_CONFIG_KEY = "cloudprovider.azure.azurevm.vm_image"
 _SECRET_NAMES = ("KEY", "SECRET", "PASSWORD", "TOKEN", "CONNECTION", "SAS")
 _SECRET_VALUES = ("accountkey=", "sharedaccesssignature=", "sig=", "-----begin")
 
@@ -372,8 +373,8 @@ def plan(
         "Dask's ports 8786/8787 are reachable from the VNet (or the named prefixes) only; no public IPs.",
         "The Function App must reach the scheduler's private IP: put the cluster in its VNet "
         "(network.existing_vnet/existing_subnet) or peer the VNets.",
-        f"The VMs need a user-assigned identity with blob and table data roles on the storage account "
-        f"({ENV_VM_IDENTITY_ID}, {ENV_VM_IDENTITY_CLIENT_ID}).",
+        "The VMs need a user-assigned managed identity with blob and table data roles on the storage "
+        "account (VMClusterBackend(identity=...)); the Function App needs Managed Identity Operator on it.",
     ]
     if compute.use_marketplace_image:
         urn = ":".join(NGC_VM_IMAGE[k] for k in ("publisher", "offer", "sku", "version"))
@@ -520,9 +521,6 @@ def run_driver_on_cluster(experiment_id: str) -> dict[str, Any]:
     from shared.hpo.run_driver import CancelWatch, run_experiment
     from shared.store import open_store
 
-    expected = os.environ.get(ENV_EXPERIMENT_ID)
-    if expected and expected != experiment_id:
-        raise RuntimeError(f"this cluster belongs to experiment {expected!r}, not {experiment_id!r}")
     store = open_store(Settings.from_env())
     with worker_client(separate_thread=True) as client:
         outcome = run_experiment(store, experiment_id, client, CancelWatch(store, experiment_id))
@@ -530,12 +528,20 @@ def run_driver_on_cluster(experiment_id: str) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _isolated_tls_config() -> Iterator[None]:
-    """Undo the process-wide TLS settings ``VMCluster.__init__`` makes with ``dask.config.set`` (they
-    would make every later Dask client of this Function process require this cluster's certificates)."""
+def _isolated_dask_config() -> Iterator[None]:
+    """Undo what building an ``AzureVMCluster`` does to this process's Dask config.
+
+    ``VMCluster.__init__`` writes the cluster's TLS settings with ``dask.config.set`` (every later
+    Dask client of this Function process would require this cluster's certificates), and
+    ``AzureVMCluster.__init__`` updates the configured ``vm_image`` dict in place.
+    """
+    import copy
+
     import dask
 
-    with dask.config.set({key: dask.config.get(key, None) for key in _TLS_CONFIG_KEYS}):
+    saved = {key: dask.config.get(key, None) for key in _TLS_CONFIG_KEYS}
+    saved[_VM_IMAGE_CONFIG_KEY] = copy.deepcopy(dask.config.get(_VM_IMAGE_CONFIG_KEY, None))
+    with dask.config.set(saved):
         yield
 
 
@@ -544,11 +550,11 @@ def detach_cluster(cluster: Any) -> None:
 
     The backend uses ``AzureVMCluster`` objects only as factories of VM specs and never starts them,
     but a ``SpecCluster`` still registers itself for distributed's ``atexit`` hook (``close_clusters``),
-    which calls ``close()`` on every registered cluster whose ``shutdown_on_close`` is set when the
-    Functions worker process exits; for a started ``VMCluster`` closing means scaling to zero and
-    ``destroy_vm`` for every VM. (``Cluster.__del__`` only warns in this distributed release, but the
-    hook's registry keeps the object alive until exit.) So: clear ``shutdown_on_close``, drop the
-    object from the registry, and mark it closed, which makes any later ``close()`` return at once.
+    which calls ``close()`` on every registered cluster still alive whose ``shutdown_on_close`` is set
+    when the Functions worker process exits; for a started ``VMCluster`` closing means scaling to zero
+    and ``destroy_vm`` for every VM, and ``with``/``close()`` do the same (``Cluster.__del__`` only
+    warns in this distributed release). So: clear ``shutdown_on_close``, drop the object from the
+    hook's registry, and mark it closed, which makes any later ``close()`` return at once.
     """
     from distributed.core import Status
     from distributed.deploy.spec import SpecCluster
@@ -598,7 +604,7 @@ def plan_vms(
     from dask_cloudprovider.azure import AzureVMCluster
 
     async def build() -> list[VMPlan]:
-        with _isolated_tls_config():
+        with _isolated_dask_config():
             cluster = AzureVMCluster(**{**kwargs, "security": security or False}, asynchronous=True)
             try:
                 cluster.quiet = True
@@ -768,12 +774,6 @@ class VMClusterBackend:
         self.ctx = ctx
         self._compute_factory = compute_client_factory
         self._network_factory = network_client_factory
-        if (
-            identity is None
-            and os.environ.get(ENV_VM_IDENTITY_ID)
-            and os.environ.get(ENV_VM_IDENTITY_CLIENT_ID)
-        ):
-            identity = VMIdentity(os.environ[ENV_VM_IDENTITY_ID], os.environ[ENV_VM_IDENTITY_CLIENT_ID])
         self.identity = identity
         self._retry = retry
         self.scheduler_port = scheduler_port
@@ -823,8 +823,8 @@ class VMClusterBackend:
             if self.identity is None:
                 raise BackendError(
                     "the vmcluster backend needs a user-assigned managed identity for the cluster VMs "
-                    f"({ENV_VM_IDENTITY_ID} and {ENV_VM_IDENTITY_CLIENT_ID}) with blob and table data "
-                    "roles on the storage account: the driver runs on the VMs and writes trials there"
+                    "(VMClusterBackend(identity=VMIdentity(resource_id, client_id))) with blob and table "
+                    "data roles on the storage account: the driver runs on the VMs and writes trials there"
                 )
             return cluster_env(
                 experiment_id=experiment_id,
@@ -1119,9 +1119,9 @@ class VMClusterBackend:
         kwargs: dict[str, Any],
         cluster_id: str,
     ) -> str:
-        network = self._network(record)
         from shared.backends.vm_teardown import CLUSTER_ID_TAG, CREATOR, CREATOR_TAG
 
+        network = self._network(record)
         return create_vm(
             compute_client,
             network_client,

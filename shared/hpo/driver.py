@@ -32,11 +32,11 @@ from typing import Any, Literal
 
 import optuna
 from distributed import Client, Future, Queue, Variable, wait
-from shared.hpo.search_space import make_pruner, make_sampler, suggest_params
-from shared.spec import ExperimentSpec
 
+from shared.hpo.search_space import make_pruner, make_sampler, suggest_params
 from shared.ports import TrialStore
 from shared.records import BestTrial, TrialRecord, TrialState
+from shared.spec import ExperimentSpec
 
 log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -217,9 +217,10 @@ class HpoDriver:
     # ----------------------------------------------------------------------------------------- resume
     def _resume(self) -> None:
         """Rebuild the study from the store: keep finished trials, retry interrupted ones once."""
-        for record in self.store.list_trials(self.experiment_id):
-            if record.state is TrialState.RUNNING:
-                record = record.model_copy(
+        for stored in self.store.list_trials(self.experiment_id):
+            record = stored
+            if stored.state is TrialState.RUNNING:
+                record = stored.model_copy(
                     update={"state": TrialState.FAILED, "error": INTERRUPTED, "ended_at": _now()}
                 )
                 self.store.put_trial(record)
@@ -567,4 +568,7 @@ def refit_best_model(
     if uri is None:
         raise RuntimeError("the refit produced no model files")
     model_uri = uri.rsplit("/", 1)[0]
+    for trial in store.list_trials(experiment_id):
+        if trial.number == best.number:  # the best trial's record says where its model is
+            store.put_trial(trial.model_copy(update={"model_uri": model_uri}))
     return best.model_copy(update={"model_uri": model_uri})

@@ -18,13 +18,13 @@ from collections.abc import Iterator
 from dataclasses import asdict
 
 from distributed import Client, LocalCluster
-from shared.spec import ExperimentSpec, load_spec
 
 from shared.compute_spec import LocalCompute
 from shared.config import DRIVER_OUTCOME_ARTIFACT, Settings
 from shared.hpo.driver import ExperimentOutcome, HpoDriver, refit_best_model
 from shared.ports import Store
 from shared.records import ExperimentStatus
+from shared.spec import ExperimentSpec, load_spec
 
 log = logging.getLogger("rapids_hpo.driver")
 

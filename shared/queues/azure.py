@@ -18,6 +18,7 @@ from azure.storage.queue import (
     TextBase64EncodePolicy,
 )
 
+from shared.config import expand_connection_string
 from shared.errors import NotFound
 from shared.ports import Message
 from shared.queues._limits import check_queue_name, check_receive, check_send
@@ -34,7 +35,8 @@ class AzureQueueService:
         credential: TokenCredential | str | None = None,
     ) -> None:
         if connection_string:
-            self.service = QueueServiceClient.from_connection_string(connection_string)
+            expanded = expand_connection_string(connection_string)
+            self.service = QueueServiceClient.from_connection_string(expanded)
         elif account_url:
             self.service = QueueServiceClient(account_url, credential=credential)
         else:

@@ -40,7 +40,13 @@ from azure.data.tables import TableServiceClient, TableTransactionError, UpdateM
 from azure.storage.blob import BlobServiceClient
 from pydantic import BaseModel
 
-from shared.config import CONTAINER_ARTIFACTS, TABLE_EXPERIMENTS, TABLE_IDEMPOTENCY, TABLE_TRIALS
+from shared.config import (
+    CONTAINER_ARTIFACTS,
+    TABLE_EXPERIMENTS,
+    TABLE_IDEMPOTENCY,
+    TABLE_TRIALS,
+    expand_connection_string,
+)
 from shared.errors import AlreadyExists, ConcurrencyConflict, NotFound
 from shared.records import ExperimentRecord, ExperimentStatus, TrialRecord
 from shared.store._common import (
@@ -102,8 +108,8 @@ class AzureStore:
     def from_connection_string(cls, connection_string: str, **kwargs: Any) -> AzureStore:
         """From a storage connection string (``UseDevelopmentStorage=true`` means Azurite)."""
         return cls(
-            TableServiceClient.from_connection_string(connection_string),
-            BlobServiceClient.from_connection_string(connection_string),
+            TableServiceClient.from_connection_string(expand_connection_string(connection_string)),
+            BlobServiceClient.from_connection_string(expand_connection_string(connection_string)),
             **kwargs,
         )
 
