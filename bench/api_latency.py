@@ -44,8 +44,7 @@ async def client_loop(base: str, deadline: float, posts: list[float], gets: list
     async with httpx.AsyncClient(base_url=base, timeout=30) as client:
         while time.perf_counter() < deadline:
             tick = time.perf_counter()
-            response = await client.post("/api/experiments", content=body,
-                                         headers={"content-type": "application/json"})
+            response = await client.post("/api/experiments", content=body, headers={"content-type": "application/json"})
             posts.append(time.perf_counter() - tick)
             if response.status_code != 202:
                 errors.append(f"POST {response.status_code}")
@@ -77,7 +76,10 @@ def main() -> None:
         env.pop("AzureWebJobsStorage", None)
         server = subprocess.Popen(
             [sys.executable, "-m", "shared.cli", "serve", "--port", str(port), "--no-workers"],
-            env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         base = f"http://127.0.0.1:{port}"
         try:
@@ -93,8 +95,10 @@ def main() -> None:
             server.wait(timeout=10)
     print(f"clients={args.clients} seconds={args.seconds:g} requests={len(posts) + len(gets)} errors={len(errors)}")
     for name, values in (("POST /api/experiments", posts), ("GET /api/experiments/{id}", gets)):
-        print(f"{name:<28} n={len(values):6d}  p50={percentile(values, 50) * 1000:7.1f} ms"
-              f"  p99={percentile(values, 99) * 1000:7.1f} ms")
+        print(
+            f"{name:<28} n={len(values):6d}  p50={percentile(values, 50) * 1000:7.1f} ms"
+            f"  p99={percentile(values, 99) * 1000:7.1f} ms"
+        )
     print(f"throughput={(len(posts) + len(gets)) / args.seconds:.1f} req/s")
 
 

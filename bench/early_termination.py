@@ -65,10 +65,22 @@ def main() -> None:
     parser.add_argument("--policy", choices=sorted(POLICIES), default="bandit")
     args = parser.parse_args()
     base = load_spec(ROOT / "examples" / "flights-rf.yaml").to_document()
-    seed_spec = experiment(base, sampling={"type": "random", "seed": 42}, policy=None,
-                           trials=args.trials, rows=args.max_rows, folds=args.folds)
-    our_spec = experiment(base, sampling={"type": "bayesian", "seed": 42}, policy=POLICIES[args.policy],
-                          trials=args.trials, rows=args.max_rows, folds=args.folds)
+    seed_spec = experiment(
+        base,
+        sampling={"type": "random", "seed": 42},
+        policy=None,
+        trials=args.trials,
+        rows=args.max_rows,
+        folds=args.folds,
+    )
+    our_spec = experiment(
+        base,
+        sampling={"type": "bayesian", "seed": 42},
+        policy=POLICIES[args.policy],
+        trials=args.trials,
+        rows=args.max_rows,
+        folds=args.folds,
+    )
     with (
         tempfile.TemporaryDirectory() as folder,
         LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
@@ -78,8 +90,10 @@ def main() -> None:
         ours = run(our_spec, client, Path(folder), "ours")
     print(f"trials={args.trials} rows={args.max_rows} folds={args.folds} policy={args.policy}")
     for label, result in (("seed (random, no policy)", seed), (f"ours (bayesian + {args.policy})", ours)):
-        print(f"{label:<34} best accuracy={result['best']:.4f}  trial-seconds={result['trial_seconds']:8.1f}"
-              f"  pruned={result['pruned']}/{result['trials']}")
+        print(
+            f"{label:<34} best accuracy={result['best']:.4f}  trial-seconds={result['trial_seconds']:8.1f}"
+            f"  pruned={result['pruned']}/{result['trials']}"
+        )
     print(f"best_metric_gap={ours['best'] - seed['best']:+.4f}")
     print(f"compute_saved={1 - ours['trial_seconds'] / seed['trial_seconds']:.3f}")
 

@@ -51,8 +51,7 @@ def ours(spec, workers: int) -> tuple[float, float, list[float]]:
         store.create_experiment(ExperimentRecord(id="exp-bench", name=spec.name, spec=spec.to_document()))
         start = time.perf_counter()
         with (
-            LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                         dashboard_address=None) as cluster,
+            LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
             Client(cluster) as client,
         ):
             ready = time.perf_counter()
@@ -68,9 +67,16 @@ def bare(spec, workers: int) -> tuple[float, list[float]]:
     def objective(trial: optuna.Trial) -> float:
         params = suggest_params(trial, spec)
         metrics = run_trial(
-            data=spec.dataset.uri, target=spec.dataset.target, model=spec.trial.model, params=params,
-            cv_folds=spec.trial.cv_folds, seed=spec.sampling_algorithm.seed or 0, engine=spec.trial.engine,
-            max_rows=spec.dataset.max_rows, primary_metric=spec.objective.primary_metric, n_jobs=1,
+            data=spec.dataset.uri,
+            target=spec.dataset.target,
+            model=spec.trial.model,
+            params=params,
+            cv_folds=spec.trial.cv_folds,
+            seed=spec.sampling_algorithm.seed or 0,
+            engine=spec.trial.engine,
+            max_rows=spec.dataset.max_rows,
+            primary_metric=spec.objective.primary_metric,
+            n_jobs=1,
         )
         return metrics[spec.objective.primary_metric]
 

@@ -102,8 +102,7 @@ def main() -> None:
     for model, params in configurations.items():
         print(f"# {model}: {params}")
     header = (
-        f"{'engine':<7} {'model':<14} {'rows':>8} {'fit s':>8} {'fit rows/s':>12} "
-        f"{'pred s':>8} {'pred rows/s':>12}"
+        f"{'engine':<7} {'model':<14} {'rows':>8} {'fit s':>8} {'fit rows/s':>12} {'pred s':>8} {'pred rows/s':>12}"
     )
     print(header)
     print("-" * len(header))

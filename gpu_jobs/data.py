@@ -456,11 +456,7 @@ def column_kind(column: pd.Series) -> str:
         return "numeric"
     if ptypes.is_datetime64_any_dtype(dtype) or ptypes.is_timedelta64_dtype(dtype):
         return "temporal"
-    if (
-        isinstance(dtype, pd.CategoricalDtype)
-        or ptypes.is_object_dtype(dtype)
-        or ptypes.is_string_dtype(dtype)
-    ):
+    if isinstance(dtype, pd.CategoricalDtype) or ptypes.is_object_dtype(dtype) or ptypes.is_string_dtype(dtype):
         return "categorical"
     raise UserError(
         f"feature column {column.name!r} has type {dtype} that cannot be encoded as numbers; "

@@ -85,9 +85,7 @@ def run_distributed(
     from distributed import Client
 
     started = time.perf_counter()
-    request = check_request(
-        model=model, params=params, cv_folds=cv_folds, primary_metric=primary_metric, engine=engine
-    )
+    request = check_request(model=model, params=params, cv_folds=cv_folds, primary_metric=primary_metric, engine=engine)
     try:
         client = Client(scheduler, timeout=dask.config.get("distributed.comm.timeouts.connect"))
     except (OSError, TimeoutError) as exc:
@@ -133,9 +131,7 @@ def run_distributed(
             )
             if output is not None:
                 final = trainer_class(client, request, table.feature_columns, seed=seed, n_jobs=n_jobs)
-                metrics.update(
-                    refit_and_save(final, frame[table.feature_columns], frame[LABEL_COLUMN], output)
-                )
+                metrics.update(refit_and_save(final, frame[table.feature_columns], frame[LABEL_COLUMN], output))
             metrics["total_seconds"] = time.perf_counter() - started
             if output is not None:
                 write_trial_files(
@@ -260,9 +256,7 @@ def load_distributed_table(
     )
 
 
-def partition_sources(
-    uri: str, target: str, data_format: str | None, *, n_workers: int
-) -> list[tuple[str, ...]]:
+def partition_sources(uri: str, target: str, data_format: str | None, *, n_workers: int) -> list[tuple[str, ...]]:
     """What each partition reads: a slice of a built-in table, or one part (file) of ``uri``."""
     if uri.startswith(BUILTIN_SCHEME):
         builtin_table(uri, target)  # checks the name and target on the client before shipping work
@@ -423,9 +417,7 @@ def _fit_partition_forest(
     labels = part_labels.to_numpy(dtype=np.int32)
     if n_trees < 1 or len(np.unique(labels)) < 2:
         return None
-    trainer = RandomForestTrainer(
-        get_engine("cpu"), {**params, "n_estimators": n_trees}, seed=seed, n_jobs=n_jobs
-    )
+    trainer = RandomForestTrainer(get_engine("cpu"), {**params, "n_estimators": n_trees}, seed=seed, n_jobs=n_jobs)
     trainer.fit(part_features.to_numpy(dtype=np.float32), labels)
     return trainer.forest
 
@@ -475,10 +467,7 @@ class DaskForestCpuTrainer(_DistributedTrainer):
         from dask import delayed
 
         forest = self.client.scatter(self.forest, broadcast=True)
-        tasks = [
-            delayed(_score_inputs_of_partition)(part, forest, self.feature_columns)
-            for part in valid.to_delayed()
-        ]
+        tasks = [delayed(_score_inputs_of_partition)(part, forest, self.feature_columns) for part in valid.to_delayed()]
         results = self.client.gather(self.client.compute(tasks))
         labels = np.concatenate([labels for labels, _ in results])
         proba = np.concatenate([proba for _, proba in results])

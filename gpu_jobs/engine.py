@@ -73,9 +73,7 @@ def probe_gpus() -> GpuProbe:
         reasons.append("nvidia-smi not found (no NVIDIA driver)")
     else:
         try:
-            listing = subprocess.run(
-                [nvidia_smi, "-L"], capture_output=True, text=True, timeout=20, check=False
-            ).stdout
+            listing = subprocess.run([nvidia_smi, "-L"], capture_output=True, text=True, timeout=20, check=False).stdout
             count = sum(1 for line in listing.splitlines() if line.startswith("GPU "))
             if count:
                 return GpuProbe(count, f"{count} device(s) listed by nvidia-smi")

@@ -78,9 +78,7 @@ class RandomForestTrainer:
         return path
 
 
-def xgboost_params(
-    params: Mapping[str, float], *, device: str, seed: int, n_jobs: int | None
-) -> dict[str, Any]:
+def xgboost_params(params: Mapping[str, float], *, device: str, seed: int, n_jobs: int | None) -> dict[str, Any]:
     """XGBoost booster parameters from validated hyperparameters (``num_boost_round`` is separate)."""
     booster = {
         "objective": "binary:logistic",
@@ -120,9 +118,7 @@ class XGBoostTrainer:
         matrix = xgboost.QuantileDMatrix(
             features, label=labels, max_bin=int(self.params["max_bin"]), nthread=self.n_jobs
         )
-        self.booster = xgboost.train(
-            self.booster_params, matrix, num_boost_round=int(self.params["num_boost_round"])
-        )
+        self.booster = xgboost.train(self.booster_params, matrix, num_boost_round=int(self.params["num_boost_round"]))
 
     def predict_positive(self, features: Any) -> Any:
         return self.engine.array.asarray(self.booster.inplace_predict(features))
@@ -133,9 +129,7 @@ class XGBoostTrainer:
         return path
 
 
-def make_trainer(
-    model: str, engine: Engine, params: Mapping[str, float], *, seed: int, n_jobs: int | None
-) -> Trainer:
+def make_trainer(model: str, engine: Engine, params: Mapping[str, float], *, seed: int, n_jobs: int | None) -> Trainer:
     """A fresh, unfitted trainer for ``model`` on ``engine``."""
     trainers: dict[str, type[RandomForestTrainer] | type[XGBoostTrainer]] = {
         "random_forest": RandomForestTrainer,
@@ -327,14 +321,10 @@ def run_trial(
     started = time.perf_counter()
     if n_jobs is None:
         n_jobs = dask_worker_threads()
-    request = check_request(
-        model=model, params=params, cv_folds=cv_folds, primary_metric=primary_metric, engine=engine
-    )
+    request = check_request(model=model, params=params, cv_folds=cv_folds, primary_metric=primary_metric, engine=engine)
     engine_name = resolve_engine(engine)
     toolkit = get_engine(engine_name)
-    dataset = load_dataset(
-        data, target, data_format=data_format, max_rows=max_rows, seed=seed, engine=engine_name
-    )
+    dataset = load_dataset(data, target, data_format=data_format, max_rows=max_rows, seed=seed, engine=engine_name)
     info = dataset.info
     require_enough_rows(info.minority_class_rows, cv_folds)
     features = toolkit.to_array(dataset.X, np.float32)
@@ -402,9 +392,7 @@ def fit_final_model(
     request = check_request(model=model, params=params, cv_folds=2, primary_metric="accuracy", engine=engine)
     engine_name = resolve_engine(engine)
     toolkit = get_engine(engine_name)
-    dataset = load_dataset(
-        data, target, data_format=data_format, max_rows=max_rows, seed=seed, engine=engine_name
-    )
+    dataset = load_dataset(data, target, data_format=data_format, max_rows=max_rows, seed=seed, engine=engine_name)
     info = dataset.info
     if info.minority_class_rows == 0:
         raise UserError(f"target column {target!r} holds one class only in the rows used: nothing to learn")
@@ -447,9 +435,7 @@ def require_enough_rows(minority_class_rows: int, cv_folds: int) -> None:
         )
 
 
-def trial_record(
-    request: TrialRequest, *, data: str, target: str, seed: int, max_rows: int | None
-) -> dict[str, Any]:
+def trial_record(request: TrialRequest, *, data: str, target: str, seed: int, max_rows: int | None) -> dict[str, Any]:
     """What ``params.json`` records about a trial (enough to run it again)."""
     return {
         "data": data,
@@ -591,9 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m gpu_jobs.train",
         description="Cross-validate one random forest or XGBoost configuration (one HPO trial).",
     )
-    parser.add_argument(
-        "--data", required=True, help="builtin://nycflights13, a path, abfs:// or https:// URL"
-    )
+    parser.add_argument("--data", required=True, help="builtin://nycflights13, a path, abfs:// or https:// URL")
     parser.add_argument("--target", required=True, help="the binary target column")
     parser.add_argument("--model", required=True, choices=MODELS)
     parser.add_argument("--cv_folds", type=int, default=5)

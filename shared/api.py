@@ -135,8 +135,9 @@ async def create_experiment(
     if len(body) > MAX_BODY_BYTES:
         return _error(413, f"the body is {len(body)} bytes; the limit is {MAX_BODY_BYTES}")
     if not body.strip():
-        return _error(422, "the body is empty: send an experiment spec as JSON or YAML",
-                      [{"loc": "body", "msg": "empty"}])
+        return _error(
+            422, "the body is empty: send an experiment spec as JSON or YAML", [{"loc": "body", "msg": "empty"}]
+        )
     try:
         document = parse_document(body)
         spec = load_spec(document)
@@ -168,7 +169,9 @@ def list_experiments(
 
 
 @router.get(
-    "/experiments/{experiment_id}", response_model=ExperimentView, responses=ERRORS,
+    "/experiments/{experiment_id}",
+    response_model=ExperimentView,
+    responses=ERRORS,
     summary="An experiment's status, progress, best trial so far, timings and error",
 )
 def get_experiment(experiment_id: str, response: Response) -> Any:
@@ -179,7 +182,9 @@ def get_experiment(experiment_id: str, response: Response) -> Any:
 
 
 @router.get(
-    "/experiments/{experiment_id}/trials", response_model=list[TrialRecord], responses=ERRORS,
+    "/experiments/{experiment_id}/trials",
+    response_model=list[TrialRecord],
+    responses=ERRORS,
     summary="Every trial: parameters, state, per-fold values, metrics, duration, engine",
 )
 def list_trials(experiment_id: str) -> Any:

@@ -77,8 +77,12 @@ def run(
         return ctx.store.get_experiment(record.id).status in TERMINAL_STATUSES
 
     columns = (
-        TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
     )
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("SUBMITTED", total=record.trials_total)
@@ -156,6 +160,35 @@ def serve(
         uvicorn.run(create_api(), host=host, port=port, log_level="warning")
     finally:
         local_host.stop()
+
+
+@app.command()
+def plan(spec_path: Annotated[Path, typer.Argument(metavar="SPEC")]) -> None:
+    """Print, without touching Azure, what the spec would create and its estimated node-hours."""
+    import yaml
+
+    spec = _load_spec_or_exit(spec_path)
+    backend = spec.compute.backend
+    if backend == "azureml":
+        from shared.backends.azureml import plan as backend_plan
+    elif backend == "vmcluster":
+        from shared.backends.vmcluster import plan as backend_plan
+    else:
+        backend_plan = _local_plan
+    document = json.loads(json.dumps(backend_plan(spec), default=str))  # plain types for YAML
+    typer.echo(yaml.safe_dump(document, sort_keys=False, width=110))
+
+
+def _local_plan(spec: Any) -> dict[str, Any]:
+    compute = spec.compute
+    return {
+        "backend": "local",
+        "creates": "nothing in Azure: a driver process and a Dask LocalCluster on this machine",
+        "cluster": compute.model_dump(),
+        "trials": spec.effective_total_trials(),
+        "max_concurrent_trials": spec.limits.max_concurrent_trials,
+        "estimated_node_hours": 0.0,
+    }
 
 
 # --------------------------------------------------------------------------------------- API client
@@ -250,9 +283,13 @@ def list_(
     table = Table("id", "name", "status", "trials", "best")
     for item in data["items"]:
         best = item.get("best")
-        table.add_row(item["id"], item["name"], item["status"],
-                      f"{item['progress']['done']}/{item['progress']['total']}",
-                      f"{best['value']:.4f}" if best else "")
+        table.add_row(
+            item["id"],
+            item["name"],
+            item["status"],
+            f"{item['progress']['done']}/{item['progress']['total']}",
+            f"{best['value']:.4f}" if best else "",
+        )
     console.print(table)
 
 

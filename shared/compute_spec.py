@@ -89,9 +89,7 @@ class VMClusterCompute(_Strict):
     docker_image: str = RAPIDS_IMAGE
     docker_args: str = "--shm-size=256m"
     worker_class: str = "dask_cuda.CUDAWorker"
-    worker_options: dict[str, str | int | float | bool] = Field(
-        default_factory=lambda: {"rmm-managed-memory": True}
-    )
+    worker_options: dict[str, str | int | float | bool] = Field(default_factory=lambda: {"rmm-managed-memory": True})
     disk_size: int = Field(default=100, ge=30, le=4095, description="GB per VM")
     security: bool = True
     use_marketplace_image: bool = Field(default=True, description="NVIDIA's NGC VM image (marketplace plan)")
@@ -119,9 +117,7 @@ class AzureMLCompute(_Strict):
     @model_validator(mode="after")
     def _instances(self) -> AzureMLCompute:
         if self.min_instances > self.max_instances:
-            raise ValueError(
-                f"min_instances ({self.min_instances}) exceeds max_instances ({self.max_instances})"
-            )
+            raise ValueError(f"min_instances ({self.min_instances}) exceeds max_instances ({self.max_instances})")
         return self
 
 

@@ -43,6 +43,8 @@ ENV_DEFAULTS: dict[str, str] = {
     "AZURE_RESOURCE_GROUP": "",
     "AZURE_LOCATION": "",
     "AZUREML_WORKSPACE": "",
+    "RAPIDS_HPO_VM_IDENTITY_ID": "",
+    "RAPIDS_HPO_VM_IDENTITY_CLIENT_ID": "",
     "RAPIDS_HPO_API_URL": "http://127.0.0.1:7071",
     "RAPIDS_HPO_FUNCTION_KEY": "",
 }

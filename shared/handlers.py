@@ -22,7 +22,6 @@ import yaml
 
 from shared.context import Context
 from shared.errors import AlreadyExists, BackendError, NotFound
-from shared.hpo.driver import best_of
 from shared.ports import RunState
 from shared.records import (
     TERMINAL_STATUSES,
@@ -31,6 +30,7 @@ from shared.records import (
     ExperimentRecord,
     ExperimentStatus,
     TrialState,
+    best_of,
 )
 from shared.spec import ExperimentSpec, SpecError, load_spec
 
@@ -250,9 +250,7 @@ def _provision(ctx: Context, record: ExperimentRecord) -> str:
         # Not fenced: if provisioning fails, this same event is redelivered and must still act.
         record = _transition(ctx, record, S.PROVISIONING, "provisioning compute", fence=False)
     handle = ctx.backend(record.backend).provision(record)
-    _transition(
-        ctx, record, S.PROVISIONING, "provisioned", next_event=EventType.SUBMIT_RUN, backend_state=handle
-    )
+    _transition(ctx, record, S.PROVISIONING, "provisioned", next_event=EventType.SUBMIT_RUN, backend_state=handle)
     return "provisioned"
 
 
@@ -305,9 +303,7 @@ def _poll(ctx: Context, record: ExperimentRecord) -> str:
     if status.state is RunState.CANCELLED:
         _transition(ctx, record, S.CANCELLED, "run cancelled", next_event=EventType.TEARDOWN, **updates)
         return "cancelled"
-    _transition(
-        ctx, record, S.RUNNING, "poll", next_event=EventType.POLL, delay=ctx.settings.poll_seconds, **updates
-    )
+    _transition(ctx, record, S.RUNNING, "poll", next_event=EventType.POLL, delay=ctx.settings.poll_seconds, **updates)
     return "running"
 
 
@@ -323,7 +319,10 @@ def budget_exceeded(record: ExperimentRecord) -> str | None:
     compute = record.spec.get("compute", {})
     max_node_hours = compute.get("max_node_hours")
     if max_node_hours:
-        nodes = compute.get("n_workers") or compute.get("max_instances") or 1
+        if compute.get("backend") == "vmcluster":
+            nodes = int(compute.get("n_workers") or 1) + 1  # the scheduler is a VM too
+        else:
+            nodes = compute.get("n_workers") or compute.get("max_instances") or 1
         spent = nodes * elapsed / 3600
         if spent > float(max_node_hours):
             return f"cost guard: {spent:.2f} node-hours used, over max_node_hours={max_node_hours}"
@@ -338,8 +337,13 @@ def _finalize(ctx: Context, record: ExperimentRecord) -> str:
     best = updates.get("best")
     if best is None:
         _transition(
-            ctx, record, S.FAILED, "no trial completed", next_event=EventType.TEARDOWN,
-            error=record.error or "no trial completed", **updates,
+            ctx,
+            record,
+            S.FAILED,
+            "no trial completed",
+            next_event=EventType.TEARDOWN,
+            error=record.error or "no trial completed",
+            **updates,
         )
         return "failed"
     model_files = ctx.store.list_artifacts(record.id, "model/")
@@ -360,6 +364,17 @@ def _cancel(ctx: Context, record: ExperimentRecord) -> str:
 def _teardown(ctx: Context, record: ExperimentRecord) -> str:
     if record.backend_state and not record.torn_down:
         ctx.backend(record.backend).teardown(record)
+    for trial in ctx.store.list_trials(record.id):  # the compute is gone: nothing can still be running
+        if trial.state is TrialState.RUNNING:
+            ctx.store.put_trial(
+                trial.model_copy(
+                    update={
+                        "state": TrialState.FAILED,
+                        "error": f"stopped: experiment {record.status.value}",
+                        "ended_at": now(),
+                    }
+                )
+            )
     if not record.torn_down or not record.backend_state.get("status_emitted"):
         ctx.status_queue.send(status_message(record))
     ctx.store.update_experiment(
@@ -419,8 +434,12 @@ def sweep(ctx: Context, *, stall_seconds: int | None = None) -> dict[str, list[s
             report["failed"].append(record.id)
             continue
         _transition(
-            ctx, record, record.status, "re-driven by sweep",
-            next_event=EVENT_FOR_STATUS[record.status], redrives=record.redrives + 1,
+            ctx,
+            record,
+            record.status,
+            "re-driven by sweep",
+            next_event=EVENT_FOR_STATUS[record.status],
+            redrives=record.redrives + 1,
         )
         report["redriven"].append(record.id)
     return report

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -28,9 +29,7 @@ class ExperimentStatus(StrEnum):
         return self in TERMINAL_STATUSES
 
 
-TERMINAL_STATUSES = frozenset(
-    {ExperimentStatus.COMPLETED, ExperimentStatus.FAILED, ExperimentStatus.CANCELLED}
-)
+TERMINAL_STATUSES = frozenset({ExperimentStatus.COMPLETED, ExperimentStatus.FAILED, ExperimentStatus.CANCELLED})
 
 
 class TrialState(StrEnum):
@@ -117,3 +116,19 @@ class ExperimentEvent(BaseModel):
     experiment_id: str
     seq: int = Field(default=0, description="the record's event_seq when this event was sent")
     sent_at: datetime = Field(default_factory=utcnow)
+
+
+def best_of(records: Iterable[TrialRecord], goal: str) -> BestTrial | None:
+    """The best COMPLETED trial among ``records`` for ``goal`` (ties: the lower number)."""
+    completed = [r for r in records if r.state is TrialState.COMPLETED and r.value is not None]
+    if not completed:
+        return None
+    sign = -1.0 if goal == "maximize" else 1.0
+    best = min(completed, key=lambda r: (sign * r.value, r.number))
+    return BestTrial(
+        number=best.number,
+        value=best.value,
+        params=best.params,
+        metrics=best.metrics,
+        model_uri=best.model_uri,
+    )

@@ -49,8 +49,9 @@ class LocalHost:
                 handler(message)
             except Exception as exc:
                 self.failures.append((queue.name, f"{type(exc).__name__}: {exc}"))
-                log.warning("%s message %s failed (delivery %d): %s", queue.name, message.id,
-                            message.dequeue_count, exc)
+                log.warning(
+                    "%s message %s failed (delivery %d): %s", queue.name, message.id, message.dequeue_count, exc
+                )
                 if message.dequeue_count >= MAX_DEQUEUE_COUNT:
                     move_to_poison(self.ctx.queues, queue, message)
                 continue
@@ -60,17 +61,16 @@ class LocalHost:
     def step(self) -> int:
         """Handle what is visible now on both queues (and sweep when due); returns messages handled."""
         ctx = self.ctx
-        handled = self._drain(
-            ctx.requests, lambda m: handle_request_message(ctx, m.body, message_id=m.id)
-        )
+        handled = self._drain(ctx.requests, lambda m: handle_request_message(ctx, m.body, message_id=m.id))
         handled += self._drain(ctx.events, lambda m: handle_event(ctx, m.body))
         if time.monotonic() - self._last_sweep >= self.sweep_interval:
             self._last_sweep = time.monotonic()
             sweep(ctx)
         return handled
 
-    def run(self, until: Callable[[], bool] | None = None, idle_sleep: float = 0.25,
-            timeout: float | None = None) -> bool:
+    def run(
+        self, until: Callable[[], bool] | None = None, idle_sleep: float = 0.25, timeout: float | None = None
+    ) -> bool:
         """Loop until ``until()`` is true, ``stop()`` is called or ``timeout`` passes; True if ``until``."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self._stop.is_set():

@@ -183,8 +183,7 @@ class _SpecModel(BaseModel):
                 [
                     (
                         (key,),
-                        f"unknown field {key!r}{_did_you_mean(str(key), fields)}; "
-                        f"expected one of: {', '.join(fields)}",
+                        f"unknown field {key!r}{_did_you_mean(str(key), fields)}; expected one of: {', '.join(fields)}",
                     )
                     for key in data
                     if key not in cls.model_fields
@@ -239,9 +238,7 @@ class _Bounded(_SpecModel):
     @model_validator(mode="after")
     def _ordered(self) -> _Bounded:
         if not self.min_value < self.max_value:
-            raise ValueError(
-                f"min_value ({self.min_value:g}) must be less than max_value ({self.max_value:g})"
-            )
+            raise ValueError(f"min_value ({self.min_value:g}) must be less than max_value ({self.max_value:g})")
         return self
 
 
@@ -351,16 +348,7 @@ class QLogNormal(_LogGaussian):
 
 
 Distribution = Annotated[
-    Choice
-    | RandInt
-    | Uniform
-    | QUniform
-    | LogUniform
-    | QLogUniform
-    | Normal
-    | QNormal
-    | LogNormal
-    | QLogNormal,
+    Choice | RandInt | Uniform | QUniform | LogUniform | QLogUniform | Normal | QNormal | LogNormal | QLogNormal,
     Field(discriminator="type"),
 ]
 """One search-space entry, discriminated on ``type`` (AzureML's names)."""
@@ -434,8 +422,7 @@ def _check_distribution(name: str, dist: Any, hp: HyperParameter) -> tuple[Any, 
                 (name, "type"),
                 f"{dist.type} can yield values <= {hp.low:g}, and {hp.name} must be > {hp.low:g}: "
                 f"unbounded distributions are clipped to {where}, which cannot reach an excluded bound; "
-                "use a bounded distribution"
-                + (" or lognormal" if isinstance(dist, (Normal, QNormal)) else ""),
+                "use a bounded distribution" + (" or lognormal" if isinstance(dist, (Normal, QNormal)) else ""),
             )
         )
     return dist, errors
@@ -586,8 +573,7 @@ class Limits(_SpecModel):
             errors.append(
                 (
                     ("trial_timeout",),
-                    f"trial_timeout ({self.trial_timeout} s) exceeds the experiment timeout "
-                    f"({self.timeout} s)",
+                    f"trial_timeout ({self.trial_timeout} s) exceeds the experiment timeout ({self.timeout} s)",
                 )
             )
         _fail(errors, "Limits")
@@ -773,9 +759,7 @@ def _construct_mapping(loader: _YamlLoader, node: yaml.MappingNode, deep: bool =
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
         if not isinstance(key, Hashable):
-            raise yaml.constructor.ConstructorError(
-                None, None, "found an unhashable key", key_node.start_mark
-            )
+            raise yaml.constructor.ConstructorError(None, None, "found an unhashable key", key_node.start_mark)
         if key in mapping:
             raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
         mapping[key] = loader.construct_object(value_node, deep=deep)  # type: ignore[no-untyped-call]
@@ -852,9 +836,7 @@ def read_document(source: str | Path | bytes | dict[str, Any]) -> dict[str, Any]
         else:
             document = _parse_text(source)
     else:
-        raise TypeError(
-            f"load_spec takes a path, YAML/JSON text, bytes or a dict, not {type(source).__name__}"
-        )
+        raise TypeError(f"load_spec takes a path, YAML/JSON text, bytes or a dict, not {type(source).__name__}")
     if not isinstance(document, dict):
         kind = "empty" if document is None else type(document).__name__
         raise SpecError.single(f"the spec must be a mapping (a YAML/JSON object), got {kind}")

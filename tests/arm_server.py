@@ -154,9 +154,7 @@ class FakeArm:
             arm = fake
 
         self._server = _Server(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.05,), name="fake-arm", daemon=True
-        )
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="fake-arm", daemon=True)
         self._thread.start()
         return self
 
@@ -284,19 +282,14 @@ class FakeArm:
     def _rid(self, match: re.Match[str], name: str | None = None, kind: str | None = None) -> str:
         kind = kind or _TYPES[match["type"].lower()]
         name = match["name"] if name is None else name
-        return (
-            f"/subscriptions/{match['sub']}/resourceGroups/{match['rg']}/providers/{_provider(kind)}/"
-            f"{kind}/{name}"
-        )
+        return f"/subscriptions/{match['sub']}/resourceGroups/{match['rg']}/providers/{_provider(kind)}/{kind}/{name}"
 
     def _materialize(self, match: re.Match[str], body: dict[str, Any]) -> dict[str, Any]:
         """What ARM stores for a PUT body: ids, names, types, etags and provisioning states filled in."""
         stored = copy.deepcopy(body)
         kind = _TYPES[match["type"].lower()]
         rid = self._rid(match)
-        stored.update(
-            id=rid, name=match["name"], type=f"{_provider(kind)}/{kind}", etag=f'W/"{uuid.uuid4()}"'
-        )
+        stored.update(id=rid, name=match["name"], type=f"{_provider(kind)}/{kind}", etag=f'W/"{uuid.uuid4()}"')
         props = stored.setdefault("properties", {})
         props["provisioningState"] = "Succeeded"
         child = {
@@ -389,9 +382,7 @@ class FakeArm:
             )
         return 200, {}, stored
 
-    def _list(
-        self, match: re.Match[str], path: str, query: dict[str, str]
-    ) -> tuple[int, dict[str, str], Any]:
+    def _list(self, match: re.Match[str], path: str, query: dict[str, str]) -> tuple[int, dict[str, str], Any]:
         prefix = self._rid(match, name="").lower()
         items = [r for key, r in sorted(self.resources.items()) if key.startswith(prefix)]
         start = int(query.get("$skiptoken", "0"))
@@ -425,9 +416,7 @@ class FakeArm:
             return (
                 400,
                 {},
-                _error(
-                    "InvalidResourceReference", f"Resource {missing} referenced by the request was not found."
-                ),
+                _error("InvalidResourceReference", f"Resource {missing} referenced by the request was not found."),
             )
         rid = self._rid(match).lower()
         status = 200 if rid in self.resources else 201
@@ -449,9 +438,7 @@ class FakeArm:
             for conf in (body.get("properties") or {}).get("ipConfigurations") or []:
                 refs += [_ref(conf, "properties", "subnet"), _ref(conf, "properties", "publicIPAddress")]
         elif kind == "virtualMachines":
-            profile = ((body.get("properties") or {}).get("networkProfile") or {}).get(
-                "networkInterfaces"
-            ) or []
+            profile = ((body.get("properties") or {}).get("networkProfile") or {}).get("networkInterfaces") or []
             refs += [(nic.get("id") or "").lower() for nic in profile]
         for ref in filter(None, refs):
             vnet, _, subnet = ref.partition("/subnets/")

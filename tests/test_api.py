@@ -31,8 +31,9 @@ def client(ctx):
 
 
 def post(client, document, **headers):
-    return client.post("/api/experiments", content=json.dumps(document),
-                       headers={"content-type": "application/json", **headers})
+    return client.post(
+        "/api/experiments", content=json.dumps(document), headers={"content-type": "application/json", **headers}
+    )
 
 
 def test_post_accepts_and_answers_202_with_location_and_retry_after(client, ctx):
@@ -47,8 +48,9 @@ def test_post_accepts_and_answers_202_with_location_and_retry_after(client, ctx)
 
 
 def test_post_accepts_yaml(client):
-    response = client.post("/api/experiments", content=yaml.safe_dump(tiny_spec()),
-                           headers={"content-type": "application/yaml"})
+    response = client.post(
+        "/api/experiments", content=yaml.safe_dump(tiny_spec()), headers={"content-type": "application/yaml"}
+    )
     assert response.status_code == 202
 
 
@@ -122,8 +124,11 @@ def test_list_filters_by_status_and_pages(client, ctx):
 def test_trials_and_model_routes(client, ctx):
     experiment_id = post(client, tiny_spec()).json()["id"]
     assert client.get(f"/api/experiments/{experiment_id}/trials").json() == []
-    ctx.store.put_trial(TrialRecord(experiment_id=experiment_id, number=0, params={"max_depth": 4},
-                                    state=TrialState.COMPLETED, value=0.8))
+    ctx.store.put_trial(
+        TrialRecord(
+            experiment_id=experiment_id, number=0, params={"max_depth": 4}, state=TrialState.COMPLETED, value=0.8
+        )
+    )
     trials = client.get(f"/api/experiments/{experiment_id}/trials").json()
     assert trials[0]["value"] == 0.8 and trials[0]["state"] == "COMPLETED"
     missing = client.get(f"/api/experiments/{experiment_id}/model")
@@ -153,6 +158,11 @@ def test_health_and_openapi(client):
     assert health["status"] == "ok" and health["storage"] == "local"
     document = client.get("/api/openapi.json").json()
     paths = document["paths"]
-    assert {"/api/experiments", "/api/experiments/{experiment_id}", "/api/experiments/{experiment_id}/trials",
-            "/api/experiments/{experiment_id}/model", "/api/health"} <= set(paths)
+    assert {
+        "/api/experiments",
+        "/api/experiments/{experiment_id}",
+        "/api/experiments/{experiment_id}/trials",
+        "/api/experiments/{experiment_id}/model",
+        "/api/health",
+    } <= set(paths)
     assert "delete" in paths["/api/experiments/{experiment_id}"]

@@ -240,9 +240,7 @@ def expand(command_line: str, draws: dict[str, Any], output: Path) -> list[str]:
 def test_integer_uniform_draws_are_rounded_like_the_local_engine(tmp_path: Path) -> None:
     spec = make_spec()
     job = build_sweep_job(spec, EXP, code_dir=ROOT)
-    argv = expand(
-        job.trial.command, {"n_estimators": 50, "max_depth": 7.6, "max_features": 0.60000001}, tmp_path
-    )
+    argv = expand(job.trial.command, {"n_estimators": 50, "max_depth": 7.6, "max_features": 0.60000001}, tmp_path)
     values = dict(zip(argv[3::2], argv[4::2], strict=False))
     assert values["--max_depth"] == "8" and values["--max_features"] == "0.6"
 
@@ -438,9 +436,7 @@ def test_local_data_is_uploaded_as_file_or_folder(tmp_path: Path) -> None:
     assert "--max_rows 500" in job.trial.command
     folder = data_binding(f"file://{tmp_path / 'parts'}")
     assert (
-        folder.input is not None
-        and folder.input.type == "uri_folder"
-        and folder.input.path == str(tmp_path / "parts")
+        folder.input is not None and folder.input.type == "uri_folder" and folder.input.path == str(tmp_path / "parts")
     )
 
 
@@ -450,9 +446,7 @@ def test_environment_from_the_gpu_jobs_dockerfile() -> None:
     build = dict(as_dict["trial"]["environment"]["build"])
     assert build == {"path": str(ROOT), "dockerfile_path": "gpu_jobs/Dockerfile"}
     assert not job.trial.command.startswith("python -m pip")
-    assert (
-        "COPY gpu_jobs/" in (ROOT / "gpu_jobs" / "Dockerfile").read_text()
-    )  # context = folder holding gpu_jobs
+    assert "COPY gpu_jobs/" in (ROOT / "gpu_jobs" / "Dockerfile").read_text()  # context = folder holding gpu_jobs
 
 
 def test_environment_without_a_dockerfile_is_the_image_plus_installs(code_dir: Path) -> None:
@@ -561,15 +555,11 @@ def test_plan_is_offline_yaml_and_an_estimate() -> None:
 def test_node_hour_estimates() -> None:
     compute = {**COMPUTE, "max_instances": 2, "idle_time_before_scale_down": 0}
     timed = estimate_node_hours(
-        make_spec(
-            compute=compute, limits={"max_total_trials": 10, "max_concurrent_trials": 4, "timeout": 1800}
-        )
+        make_spec(compute=compute, limits={"max_total_trials": 10, "max_concurrent_trials": 4, "timeout": 1800})
     )
     assert timed["nodes"] == 2 and timed["waves"] == 5 and timed["basis"] == "timeout"
     assert timed["node_hours"] == pytest.approx(2 * 1800 / 3600)  # capped by the sweep's timeout
-    guess = estimate_node_hours(
-        make_spec(compute=compute, limits={"max_total_trials": 3, "max_concurrent_trials": 3})
-    )
+    guess = estimate_node_hours(make_spec(compute=compute, limits={"max_total_trials": 3, "max_concurrent_trials": 3}))
     assert guess["basis"] == "estimate" and guess["per_trial_seconds"] == ESTIMATED_TRIAL_SECONDS
     assert guess["node_hours"] == pytest.approx(2 * ESTIMATED_TRIAL_SECONDS * 2 / 3600)
 
@@ -601,9 +591,7 @@ class FakeWorkspace:
         assert (code / "gpu_jobs" / "train.py").is_file(), "the code is staged while the job is created"
         self.calls.append(("create", job.name))
         self.submitted.append(job)
-        self.jobs[job.name] = JobInfo(
-            job.name, "NotStarted", studio_url=f"https://ml.azure.com/runs/{job.name}"
-        )
+        self.jobs[job.name] = JobInfo(job.name, "NotStarted", studio_url=f"https://ml.azure.com/runs/{job.name}")
         return job.name
 
     def get(self, name: str) -> JobInfo:
@@ -661,9 +649,7 @@ def ctx(tmp_path: Path) -> Context:
         poll_seconds=0,
         stall_seconds=900,
     )
-    return Context(
-        settings=settings, store=LocalStore(tmp_path / "store"), queues=LocalQueueService(tmp_path / "q.db")
-    )
+    return Context(settings=settings, store=LocalStore(tmp_path / "store"), queues=LocalQueueService(tmp_path / "q.db"))
 
 
 @pytest.fixture
@@ -688,9 +674,7 @@ def backend_for(ctx: Context, fake: FakeWorkspace) -> AzureMLBackend:
 
 
 def running_sweep(fake: FakeWorkspace, status: str = "Running", **tags: str) -> None:
-    fake.jobs[JOB] = JobInfo(
-        JOB, status, tags=tags, created_at=T0, studio_url=f"https://ml.azure.com/runs/{JOB}"
-    )
+    fake.jobs[JOB] = JobInfo(JOB, status, tags=tags, created_at=T0, studio_url=f"https://ml.azure.com/runs/{JOB}")
 
 
 # ------------------------------------------------------------------------------- provision / submit
@@ -771,8 +755,7 @@ def test_every_azure_job_status_is_mapped() -> None:
 def test_children_become_trial_records(ctx: Context, fake: FakeWorkspace) -> None:
     spec = make_spec()
     draws = {
-        f"{JOB}_{n}": json.dumps({"n_estimators": 50, "max_depth": 5.4 + n, "max_features": 0.5})
-        for n in range(6)
+        f"{JOB}_{n}": json.dumps({"n_estimators": 50, "max_depth": 5.4 + n, "max_features": 0.5}) for n in range(6)
     }
     running_sweep(fake, **draws)
     fake.children[JOB] = [
@@ -805,11 +788,7 @@ def test_children_become_trial_records(ctx: Context, fake: FakeWorkspace) -> Non
     assert best.params == validate_params(
         "random_forest", {"n_estimators": 50, "max_depth": 5, "max_features": 0.5, "n_bins": 32}
     )
-    assert (
-        trials[1].state is TrialState.RUNNING
-        and trials[1].intermediate == {1: 0.7}
-        and trials[1].ended_at is None
-    )
+    assert trials[1].state is TrialState.RUNNING and trials[1].intermediate == {1: 0.7} and trials[1].ended_at is None
     assert trials[2].state is TrialState.PRUNED and "bandit" in (trials[2].error or "")
     assert trials[3].state is TrialState.FAILED
     assert trials[4].state is TrialState.TIMED_OUT and "trial_timeout" in (trials[4].error or "")
@@ -826,9 +805,7 @@ def test_children_become_trial_records(ctx: Context, fake: FakeWorkspace) -> Non
 def test_params_fall_back_to_what_the_trial_logged(ctx: Context, fake: FakeWorkspace) -> None:
     running_sweep(fake)
     fake.children[JOB] = [child(0, "Running")]
-    fake.runs[f"{JOB}_0"] = run(
-        {1: 0.8}, params={"n_estimators": "20", "max_depth": "9", "max_features": "0.4"}
-    )
+    fake.runs[f"{JOB}_0"] = run({1: 0.8}, params={"n_estimators": "20", "max_depth": "9", "max_features": "0.4"})
     backend_for(ctx, fake).poll(make_record(ctx, make_spec(), job_name=JOB))
     (trial,) = ctx.store.list_trials(EXP)
     assert trial.params == validate_params(
@@ -1019,9 +996,7 @@ def test_an_experiment_runs_through_the_state_machine(ctx: Context, fake: FakeWo
 
 
 # ------------------------------------------------------------------------------- AzureMLClient
-def test_a_real_trial_command_logs_what_child_metrics_reads(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_real_trial_command_logs_what_child_metrics_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The trial command AzureML would run, run here by bash (gpu_jobs.train on the bundled data, CPU),
     logs to a local MLflow store; AzureMLClient.child_metrics reads it back and the TrialRecord's value is
     the objective's metric."""
@@ -1065,9 +1040,7 @@ def make_trial(spec: ExperimentSpec, job: JobInfo, metrics: RunMetrics) -> Trial
     from shared.backends.azureml import trial_record
 
     sweep = JobInfo(JOB, "Completed")
-    return trial_record(
-        spec, EXP, 0, job, sweep=sweep, timed_out=False, draw=None, run=metrics, previous=None
-    )
+    return trial_record(spec, EXP, 0, job, sweep=sweep, timed_out=False, draw=None, run=metrics, previous=None)
 
 
 class StandInJobs:

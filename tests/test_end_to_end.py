@@ -41,13 +41,24 @@ def free_port() -> int:
 def served(home: Path, extra_env: dict[str, str] | None = None) -> Iterator[httpx.Client]:
     """``rapids-hpo serve`` in a subprocess of its own; yields a client for it."""
     port = free_port()
-    env = {**os.environ, "RAPIDS_HPO_HOME": str(home), "RAPIDS_HPO_POLL_SECONDS": "1",
-           "PYTHONPATH": str(ROOT), **(extra_env or {})}
+    env = {
+        **os.environ,
+        "RAPIDS_HPO_HOME": str(home),
+        "RAPIDS_HPO_POLL_SECONDS": "1",
+        "PYTHONPATH": str(ROOT),
+        **(extra_env or {}),
+    }
     if not extra_env or "AzureWebJobsStorage" not in extra_env:
         env.pop("AzureWebJobsStorage", None)
     log = (home / f"serve-{port}.log").open("wb")
-    process = subprocess.Popen([sys.executable, "-m", "shared.cli", "serve", "--port", str(port)],
-                               env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "shared.cli", "serve", "--port", str(port)],
+        env=env,
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
     try:
         for _ in range(200):
@@ -83,8 +94,9 @@ def finished(body: dict) -> bool:
 
 
 def submit(client: httpx.Client, document: dict) -> str:
-    response = client.post("/api/experiments", content=json.dumps(document),
-                           headers={"content-type": "application/json"})
+    response = client.post(
+        "/api/experiments", content=json.dumps(document), headers={"content-type": "application/json"}
+    )
     assert response.status_code == 202, response.text
     return response.json()["id"]
 
@@ -167,7 +179,10 @@ def test_killing_the_driver_mid_experiment_resumes_without_losing_trials(tmp_pat
     assert sorted(after) == list(range(6))  # nothing lost, nothing counted twice
     for number, trial in before.items():
         assert (after[number].state, after[number].value, after[number].ended_at) == (
-            trial.state, trial.value, trial.ended_at)
+            trial.state,
+            trial.value,
+            trial.ended_at,
+        )
     assert running and all(after[n].attempt == 2 for n in running if n not in before)
     assert store.get_experiment(experiment_id).backend_state["restarts"] == 1
 
@@ -192,8 +207,15 @@ def test_rapids_hpo_run_runs_an_experiment_end_to_end(tmp_path):
     spec_path.write_text(yaml.safe_dump(tiny_spec()))
     env = {**os.environ, "RAPIDS_HPO_HOME": str(tmp_path / "home"), "PYTHONPATH": str(ROOT), "COLUMNS": "150"}
     env.pop("AzureWebJobsStorage", None)
-    result = subprocess.run([sys.executable, "-m", "shared.cli", "run", str(spec_path), "--poll-seconds", "1"],
-                            env=env, cwd=ROOT, capture_output=True, text=True, timeout=DEADLINE_S)
+    result = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "run", str(spec_path), "--poll-seconds", "1"],
+        check=False,
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE_S,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "COMPLETED: 3 completed" in result.stdout
     assert "best trial #" in result.stdout and "model.joblib" in result.stdout
@@ -202,8 +224,14 @@ def test_rapids_hpo_run_runs_an_experiment_end_to_end(tmp_path):
 def test_rapids_hpo_run_rejects_a_bad_spec_with_the_field(tmp_path):
     spec_path = tmp_path / "bad.yaml"
     spec_path.write_text(yaml.safe_dump(tiny_spec(limits={"max_total_trials": 0})))
-    result = subprocess.run([sys.executable, "-m", "shared.cli", "run", str(spec_path)],
-                            env={**os.environ, "RAPIDS_HPO_HOME": str(tmp_path), "PYTHONPATH": str(ROOT)},
-                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "run", str(spec_path)],
+        check=False,
+        env={**os.environ, "RAPIDS_HPO_HOME": str(tmp_path), "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert "limits.max_total_trials" in result.stderr

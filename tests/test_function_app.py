@@ -34,9 +34,14 @@ def ctx(tmp_path):
 
 
 def host_context() -> SimpleNamespace:
-    return SimpleNamespace(invocation_id="test-invocation", function_name="http_app_func",
-                           function_directory=".", trace_context=None, retry_context=None,
-                           thread_local_storage=SimpleNamespace(invocation_id="test-invocation"))
+    return SimpleNamespace(
+        invocation_id="test-invocation",
+        function_name="http_app_func",
+        function_directory=".",
+        trace_context=None,
+        retry_context=None,
+        thread_local_storage=SimpleNamespace(invocation_id="test-invocation"),
+    )
 
 
 def call_http(method: str, path: str, body: bytes = b"", headers: dict | None = None) -> func.HttpResponse:
@@ -50,7 +55,10 @@ def test_bindings_are_what_the_host_expects():
     assert http["authLevel"] == "FUNCTION"
     (requests,) = bindings("experiment_requests")
     assert (requests["type"], requests["queueName"], requests["connection"]) == (
-        "queueTrigger", QUEUE_REQUESTS, "AzureWebJobsStorage")
+        "queueTrigger",
+        QUEUE_REQUESTS,
+        "AzureWebJobsStorage",
+    )
     (events,) = bindings("experiment_events")
     assert (events["type"], events["queueName"]) == ("queueTrigger", QUEUE_EVENTS)
     (timer,) = bindings("sweep")
@@ -58,8 +66,9 @@ def test_bindings_are_what_the_host_expects():
 
 
 def test_http_trigger_serves_the_api(ctx):
-    response = call_http("POST", "/api/experiments", json.dumps(tiny_spec()).encode(),
-                         {"content-type": "application/json"})
+    response = call_http(
+        "POST", "/api/experiments", json.dumps(tiny_spec()).encode(), {"content-type": "application/json"}
+    )
     assert response.status_code == 202
     experiment_id = json.loads(response.get_body())["id"]
     assert response.headers["location"] == f"/api/experiments/{experiment_id}"
@@ -80,8 +89,9 @@ def test_queue_triggers_drive_an_experiment_to_completion(ctx):
         if ctx.store.get_experiment(record.id).status is ExperimentStatus.RUNNING:
             from shared.records import TrialRecord, TrialState
 
-            ctx.store.put_trial(TrialRecord(experiment_id=record.id, number=0, params={},
-                                            state=TrialState.COMPLETED, value=0.9))
+            ctx.store.put_trial(
+                TrialRecord(experiment_id=record.id, number=0, params={}, state=TrialState.COMPLETED, value=0.9)
+            )
         events(func.QueueMessage(id=message.id, body=message.body.encode()))
         ctx.events.delete(message)
         delivered += 1

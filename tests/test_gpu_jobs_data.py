@@ -89,10 +89,7 @@ def test_max_rows_is_a_seeded_sample() -> None:
     clear_dataset_cache()
     same_seed_reloaded = load_dataset(FLIGHTS_URI, FLIGHTS_TARGET, max_rows=2000, seed=3, engine="cpu")
     other = load_dataset(FLIGHTS_URI, FLIGHTS_TARGET, max_rows=2000, seed=4, engine="cpu")
-    assert (
-        len(first.X) == 2000
-        and first.info.rows_before_sampling == FLIGHTS_ROWS - FLIGHTS_ROWS_WITHOUT_ARR_DELAY
-    )
+    assert len(first.X) == 2000 and first.info.rows_before_sampling == FLIGHTS_ROWS - FLIGHTS_ROWS_WITHOUT_ARR_DELAY
     assert again is first  # cached per process
     pd.testing.assert_frame_equal(first.X, same_seed_reloaded.X)
     assert not first.X.equals(other.X)
@@ -157,9 +154,7 @@ def test_bad_targets_are_user_errors_naming_the_problem(tmp_path: Path) -> None:
     table = small_table(rows=30)
     path = tmp_path / "t.csv"
     table.assign(constant="same", three=np.arange(30) % 3).to_csv(path, index=False)
-    with pytest.raises(
-        UserError, match=r"target column 'lable' not found .*available columns: signal, colour"
-    ):
+    with pytest.raises(UserError, match=r"target column 'lable' not found .*available columns: signal, colour"):
         load_dataset(str(path), "lable", engine="cpu")
     with pytest.raises(UserError, match=r"'constant' has 1 distinct value.*exactly 2"):
         load_dataset(str(path), "constant", engine="cpu")

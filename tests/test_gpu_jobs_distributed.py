@@ -99,9 +99,7 @@ def test_distributed_trial_on_flights(
         assert len(loaded.estimator.estimators_) == 20
 
 
-def test_distributed_reads_a_folder_of_csv_parts_with_levels_from_every_part(
-    scheduler: str, tmp_path: Path
-) -> None:
+def test_distributed_reads_a_folder_of_csv_parts_with_levels_from_every_part(scheduler: str, tmp_path: Path) -> None:
     rng = np.random.default_rng(2)
     for index, cities in enumerate((["Oslo", "Lima"], ["Pune", "Lima"])):
         score = rng.normal(size=300)

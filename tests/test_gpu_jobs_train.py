@@ -31,9 +31,9 @@ def test_fold_scores_match_an_independent_scikit_learn_cross_validation() -> Non
     features, labels = dataset.X.to_numpy(np.float32), dataset.y.to_numpy()
     expected = []
     for train_rows, valid_rows in StratifiedKFold(4, shuffle=True, random_state=7).split(features, labels):
-        forest = RandomForestClassifier(
-            n_estimators=15, max_depth=6, max_features=0.6, random_state=7, n_jobs=1
-        ).fit(features[train_rows], labels[train_rows])
+        forest = RandomForestClassifier(n_estimators=15, max_depth=6, max_features=0.6, random_state=7, n_jobs=1).fit(
+            features[train_rows], labels[train_rows]
+        )
         expected.append(accuracy_score(labels[valid_rows], forest.predict(features[valid_rows])))
     assert metrics["fold_scores"]["accuracy"] == pytest.approx(expected)
     for name in ("accuracy", "roc_auc", "log_loss"):
@@ -137,9 +137,7 @@ def _only_run(uri: str) -> Any:
 
 
 def test_mlflow_gets_the_primary_metric_per_fold_and_the_final_metrics(mlflow_uri: str) -> None:
-    metrics = run_trial(
-        model="xgboost", params=SMALL_BOOSTER, cv_folds=3, primary_metric="roc_auc", **FLIGHTS_SAMPLE
-    )
+    metrics = run_trial(model="xgboost", params=SMALL_BOOSTER, cv_folds=3, primary_metric="roc_auc", **FLIGHTS_SAMPLE)
     client, run = _only_run(mlflow_uri)
     history = client.get_metric_history(run.info.run_id, "roc_auc")
     assert [point.step for point in history] == [1, 2, 3]
@@ -198,15 +196,11 @@ def test_saved_model_loads_and_predicts_on_raw_pandas(
         assert isinstance(loaded.estimator, RandomForestClassifier)
         assert loaded.estimator.n_estimators == 15 and loaded.estimator.max_depth == 6
     else:
-        assert json.loads((output / model_file).read_text())["learner"]["objective"]["name"] == (
-            "binary:logistic"
-        )
+        assert json.loads((output / model_file).read_text())["learner"]["objective"]["name"] == ("binary:logistic")
 
 
 def test_fit_final_model_refits_on_all_rows_without_cross_validation(tmp_path: Path) -> None:
-    metrics = fit_final_model(
-        model="xgboost", params=SMALL_BOOSTER, output=tmp_path, seed=3, **FLIGHTS_SAMPLE
-    )
+    metrics = fit_final_model(model="xgboost", params=SMALL_BOOSTER, output=tmp_path, seed=3, **FLIGHTS_SAMPLE)
     assert metrics["rows"] == 3000 and "accuracy" not in metrics and "fold_scores" not in metrics
     assert metrics["model_path"] == str(tmp_path / "model.json") and metrics["refit_seconds"] > 0
     assert json.loads((tmp_path / "metrics.json").read_text()) == json.loads(json.dumps(metrics))

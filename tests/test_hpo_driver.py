@@ -93,10 +93,16 @@ def test_runs_exactly_the_trial_budget_and_finds_the_best(store, client):
 
 
 def test_concurrency_is_observed_on_the_cluster_and_never_exceeded(store, client):
-    experiment_id, _ = run(store, client, make_spec(search_space={
-        "max_features": {"type": "uniform", "min_value": 0.2, "max_value": 1.0},
-        "n_estimators": {"type": "choice", "values": [150]},
-    }))
+    experiment_id, _ = run(
+        store,
+        client,
+        make_spec(
+            search_space={
+                "max_features": {"type": "uniform", "min_value": 0.2, "max_value": 1.0},
+                "n_estimators": {"type": "choice", "values": [150]},
+            }
+        ),
+    )
     assert max_overlap(store.list_trials(experiment_id)) == 2
     sequential_id, _ = run(store, client, make_spec(limits={"max_total_trials": 3, "max_concurrent_trials": 1}))
     assert max_overlap(store.list_trials(sequential_id)) == 1
@@ -106,9 +112,13 @@ def test_same_seed_same_parameter_sequence(store, client):
     spec = make_spec(limits={"max_total_trials": 4, "max_concurrent_trials": 1})
     first, _ = run(store, client, spec)
     second, _ = run(store, client, spec)
-    other, _ = run(store, client, make_spec(
-        limits={"max_total_trials": 4, "max_concurrent_trials": 1}, sampling_algorithm={"type": "random", "seed": 8}
-    ))
+    other, _ = run(
+        store,
+        client,
+        make_spec(
+            limits={"max_total_trials": 4, "max_concurrent_trials": 1}, sampling_algorithm={"type": "random", "seed": 8}
+        ),
+    )
     params = [[t.params for t in store.list_trials(e)] for e in (first, second, other)]
     assert params[0] == params[1]
     assert params[0] != params[2]
@@ -134,10 +144,12 @@ def test_bandit_prunes_weak_trials_and_frees_their_workers(store, client):
 
 
 def test_failing_trials_are_recorded_and_do_not_stop_the_experiment(store, client):
-    spec = make_spec(search_space={
-        "max_features": {"type": "uniform", "min_value": 0.2, "max_value": 1.0},
-        "max_depth": {"type": "choice", "values": [12, 13]},
-    })
+    spec = make_spec(
+        search_space={
+            "max_features": {"type": "uniform", "min_value": 0.2, "max_value": 1.0},
+            "max_depth": {"type": "choice", "values": [12, 13]},
+        }
+    )
     experiment_id, outcome = run(store, client, spec)
     trials = store.list_trials(experiment_id)
     failed = [t for t in trials if t.state is TrialState.FAILED]
@@ -147,8 +159,10 @@ def test_failing_trials_are_recorded_and_do_not_stop_the_experiment(store, clien
 
 
 def test_an_experiment_whose_trials_all_fail_ends_failed_with_the_first_error(store, client):
-    spec = make_spec(trial={"model": "random_forest", "cv_folds": 3, "params": {"max_depth": 13}},
-                     limits={"max_total_trials": 3, "max_concurrent_trials": 2})
+    spec = make_spec(
+        trial={"model": "random_forest", "cv_folds": 3, "params": {"max_depth": 13}},
+        limits={"max_total_trials": 3, "max_concurrent_trials": 2},
+    )
     experiment_id, outcome = run(store, client, spec)
     assert outcome.status == "FAILED" and outcome.best is None
     assert "every trial failed" in outcome.error and "cursed" in outcome.error
@@ -204,10 +218,12 @@ def test_cancel_stops_running_trials(store, client):
         calls["n"] += 1
         return calls["n"] > 20
 
-    spec = make_spec(search_space={
-        "max_features": {"type": "uniform", "min_value": 0.2, "max_value": 1.0},
-        "n_estimators": {"type": "choice", "values": [500]},
-    })
+    spec = make_spec(
+        search_space={
+            "max_features": {"type": "uniform", "min_value": 0.2, "max_value": 1.0},
+            "n_estimators": {"type": "choice", "values": [500]},
+        }
+    )
     experiment_id, outcome = run(store, client, spec, should_cancel=cancel_after_a_while)
     assert outcome.status == "CANCELLED"
     trials = store.list_trials(experiment_id)
@@ -224,10 +240,17 @@ def test_resume_keeps_finished_trials_and_retries_interrupted_ones_once(store, c
     for trial in finished:
         store.put_trial(trial.model_copy(update={"experiment_id": experiment_id}))
     template = finished[0]
-    interrupted = template.model_copy(update={
-        "experiment_id": experiment_id, "number": 2, "state": TrialState.RUNNING, "value": None,
-        "ended_at": None, "metrics": {}, "intermediate": {1: 0.5},
-    })
+    interrupted = template.model_copy(
+        update={
+            "experiment_id": experiment_id,
+            "number": 2,
+            "state": TrialState.RUNNING,
+            "value": None,
+            "ended_at": None,
+            "metrics": {},
+            "intermediate": {1: 0.5},
+        }
+    )
     hopeless = interrupted.model_copy(update={"number": 3, "attempt": 2})
     store.put_trial(interrupted)
     store.put_trial(hopeless)

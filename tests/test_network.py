@@ -58,9 +58,7 @@ def retry(sleeps: list[float]) -> RetrySettings:
 
 def _ensure(client: Any, retry: RetrySettings, spec: NetworkSpec | None = None, **kw: Any) -> NetworkHandle:
     kw.setdefault("experiment_id", "exp-1")
-    return ensure_network(
-        client, resource_group=RG, location=LOC, spec=spec or NetworkSpec(), retry=retry, **kw
-    )
+    return ensure_network(client, resource_group=RG, location=LOC, spec=spec or NetworkSpec(), retry=retry, **kw)
 
 
 def _flow(arm: FakeArm) -> list[tuple[str, str]]:
@@ -157,9 +155,7 @@ def test_creates_nsg_then_vnet_through_polled_long_running_operations(
     assert arm.resource(NSG_PATH)["tags"] == expected_tags  # type: ignore[index]
 
 
-def test_custom_address_space_and_named_sources_never_internet(
-    arm: FakeArm, client: Any, retry: RetrySettings
-) -> None:
+def test_custom_address_space_and_named_sources_never_internet(arm: FakeArm, client: Any, retry: RetrySettings) -> None:
     spec = NetworkSpec(
         vnet_address_space="172.16.0.0/20",
         subnet_prefix="172.16.4.0/24",
@@ -180,9 +176,7 @@ def test_custom_address_space_and_named_sources_never_internet(
     assert vnet_put.body["properties"]["subnets"][0]["properties"]["addressPrefix"] == "172.16.4.0/24"
 
 
-def test_rerun_creates_nothing_and_returns_the_same_handle(
-    arm: FakeArm, client: Any, retry: RetrySettings
-) -> None:
+def test_rerun_creates_nothing_and_returns_the_same_handle(arm: FakeArm, client: Any, retry: RetrySettings) -> None:
     first = _ensure(client, retry)
     arm.clear_requests()
 
@@ -217,9 +211,7 @@ def test_rerun_reconciles_a_changed_rule_and_subnet_keeping_foreign_rules(
 # --- ownership -----------------------------------------------------------------------------------------
 
 
-def test_refuses_a_same_named_resource_without_our_tag(
-    arm: FakeArm, client: Any, retry: RetrySettings
-) -> None:
+def test_refuses_a_same_named_resource_without_our_tag(arm: FakeArm, client: Any, retry: RetrySettings) -> None:
     arm.seed(NSG_PATH, {"location": LOC, "tags": {"owner": "someone"}, "properties": {}})
 
     with pytest.raises(BackendError, match=r"network security group 'nsg-exp-1' already exists.*refusing"):
@@ -244,10 +236,7 @@ def test_existing_resources_are_used_and_never_created_or_deleted(
     vnet_id = f"{NET}/virtualNetworks/shared-vnet"
     nsg_id = f"{NET}/networkSecurityGroups/shared-nsg"
     arm.seed(nsg_id, {"location": LOC, "properties": {}})
-    subnets = [
-        {"name": n, "properties": {"addressPrefix": p}}
-        for n, p in [("a", "10.9.0.0/24"), ("b", "10.9.1.0/24")]
-    ]
+    subnets = [{"name": n, "properties": {"addressPrefix": p}} for n, p in [("a", "10.9.0.0/24"), ("b", "10.9.1.0/24")]]
     arm.seed(
         vnet_id,
         {
@@ -268,9 +257,7 @@ def test_existing_resources_are_used_and_never_created_or_deleted(
     assert arm.resource(vnet_id) and arm.resource(nsg_id)
 
 
-def test_existing_vnet_with_our_own_nsg_deletes_only_the_nsg(
-    arm: FakeArm, client: Any, retry: RetrySettings
-) -> None:
+def test_existing_vnet_with_our_own_nsg_deletes_only_the_nsg(arm: FakeArm, client: Any, retry: RetrySettings) -> None:
     vnet_id = f"{NET}/virtualNetworks/shared-vnet"
     arm.seed(vnet_id, {"location": LOC, "properties": {"subnets": [{"name": "first", "properties": {}}]}})
 
@@ -310,9 +297,7 @@ def test_existing_resources_must_exist_in_our_region(
 # --- teardown and the sweep ----------------------------------------------------------------------------
 
 
-def test_teardown_deletes_created_resources_vnet_first(
-    arm: FakeArm, client: Any, retry: RetrySettings
-) -> None:
+def test_teardown_deletes_created_resources_vnet_first(arm: FakeArm, client: Any, retry: RetrySettings) -> None:
     handle = _ensure(client, retry)
     assert handle.created == [NSG_PATH, VNET_PATH]  # creation order; deletion must reverse it
     arm.clear_requests()
@@ -356,9 +341,7 @@ def test_teardown_retries_an_nsg_still_in_use(
 
 def test_delete_refuses_foreign_ids(client: Any, retry: RetrySettings) -> None:
     with pytest.raises(BackendError, match="not a virtual network or network security group"):
-        delete_network_resources(
-            client, resource_group=RG, resource_ids=[f"{NET}/publicIPAddresses/ip"], retry=retry
-        )
+        delete_network_resources(client, resource_group=RG, resource_ids=[f"{NET}/publicIPAddresses/ip"], retry=retry)
     other_rg = VNET_PATH.replace(RG, "rg-other")
     with pytest.raises(BackendError, match="not in resource group"):
         delete_network_resources(client, resource_group=RG, resource_ids=[other_rg], retry=retry)
@@ -381,9 +364,7 @@ def test_find_orphaned_networks_by_tag_across_pages(arm: FakeArm, client: Any, r
     assert orphans == [dead.vnet_id, dead.nsg_id]
     assert arm.calls("GET", "/virtualNetworks")[-1].query.get("$skiptoken") == "2"  # followed nextLink
     assert delete_network_resources(client, resource_group=RG, resource_ids=orphans, retry=retry) == orphans
-    assert (
-        find_orphaned_networks(client, resource_group=RG, live_experiment_ids={"exp-live"}, retry=retry) == []
-    )
+    assert find_orphaned_networks(client, resource_group=RG, live_experiment_ids={"exp-live"}, retry=retry) == []
 
 
 # --- retries -------------------------------------------------------------------------------------------
@@ -475,9 +456,7 @@ def test_403_fails_at_once(arm: FakeArm, client: Any, retry: RetrySettings, slee
     assert len(arm.calls("PUT")) == 1 and sleeps == []
 
 
-def test_a_failed_long_running_operation_is_not_retried(
-    arm: FakeArm, client: Any, retry: RetrySettings
-) -> None:
+def test_a_failed_long_running_operation_is_not_retried(arm: FakeArm, client: Any, retry: RetrySettings) -> None:
     arm.fail_next_operation("SubnetIsFull", "Subnet snet-exp-1 has no free addresses.")
 
     with pytest.raises(

@@ -224,9 +224,7 @@ def truncation_study(values: list[float], direction: str = "maximize") -> optuna
 @pytest.mark.parametrize(
     ("others", "own", "pruned"), [([0.6, 0.7, 0.8, 0.9], 0.5, True), ([0.5, 0.7, 0.8, 0.9], 0.6, False)]
 )
-def test_truncation_cuts_the_worst_of_five_at_20_percent(
-    others: list[float], own: float, pruned: bool
-) -> None:
+def test_truncation_cuts_the_worst_of_five_at_20_percent(others: list[float], own: float, pruned: bool) -> None:
     study = truncation_study(others)  # floor(5 * 20 / 100) = 1: only the worst is cut
     assert TruncationSelectionPruner(20).prune(study, running(study, {1: own})) is pruned
 

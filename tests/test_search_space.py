@@ -73,17 +73,13 @@ def test_randint_is_zero_to_upper_exclusive() -> None:
 
 
 def test_uniform() -> None:
-    got = values(
-        make_spec({"subsample": {"type": "uniform", "min_value": 0.5, "max_value": 0.9}}), "subsample"
-    )
+    got = values(make_spec({"subsample": {"type": "uniform", "min_value": 0.5, "max_value": 0.9}}), "subsample")
     assert 0.5 <= min(got) < 0.52 and 0.88 < max(got) <= 0.9
     assert statistics.fmean(got) == pytest.approx(0.7, abs=0.01)
 
 
 def test_uniform_for_an_integer_hyperparameter_is_rounded() -> None:
-    spec = make_spec(
-        {"n_estimators": {"type": "uniform", "min_value": 10, "max_value": 20}}, model="random_forest"
-    )
+    spec = make_spec({"n_estimators": {"type": "uniform", "min_value": 10, "max_value": 20}}, model="random_forest")
     got = values(spec, "n_estimators", 1000)
     assert all(type(v) is int for v in got)
     assert set(got) == set(range(10, 21))
@@ -159,9 +155,7 @@ def test_qlognormal_for_an_integer_hyperparameter() -> None:
 
 
 def test_normal_for_an_integer_hyperparameter_is_rounded() -> None:
-    got = values(
-        make_spec({"num_boost_round": {"type": "normal", "mu": 100, "sigma": 10}}), "num_boost_round", 500
-    )
+    got = values(make_spec({"num_boost_round": {"type": "normal", "mu": 100, "sigma": 10}}), "num_boost_round", 500)
     assert all(type(v) is int for v in got)
     assert statistics.fmean(got) == pytest.approx(100, abs=1.5)
 
@@ -228,17 +222,13 @@ def test_grid_visits_every_combination_once() -> None:
     }
     spec = make_spec(space, sampling={"type": "grid", "seed": 1}, limits={"max_total_trials": 100})
     assert spec.effective_total_trials() == 6
-    combos = [
-        (p["max_depth"], p["subsample"]) for p in draw(spec, 6)
-    ]  # tell() of the last one must not raise
+    combos = [(p["max_depth"], p["subsample"]) for p in draw(spec, 6)]  # tell() of the last one must not raise
     assert sorted(combos) == [(d, s) for d in (3, 6, 9) for s in (0.5, 1.0)]
     assert isinstance(make_sampler(spec), optuna.samplers.GridSampler)
 
 
 def test_grid_still_stops_study_optimize() -> None:
-    spec = make_spec(
-        {"max_depth": {"type": "choice", "values": [3, 6, 9]}}, sampling={"type": "grid", "seed": 1}
-    )
+    spec = make_spec({"max_depth": {"type": "choice", "values": [3, 6, 9]}}, sampling={"type": "grid", "seed": 1})
     study = optuna.create_study(sampler=make_sampler(spec))
     study.optimize(lambda trial: suggest_params(trial, spec)["max_depth"], n_trials=50)
     assert len(study.trials) == 3

@@ -219,9 +219,7 @@ def test_bad_name() -> None:
 
 
 def test_unknown_distribution_type() -> None:
-    assert_error(
-        doc(search_space__max_depth={"type": "gaussian", "mu": 1}), "search_space.max_depth", "gaussian"
-    )
+    assert_error(doc(search_space__max_depth={"type": "gaussian", "mu": 1}), "search_space.max_depth", "gaussian")
 
 
 def test_empty_search_space() -> None:
@@ -229,9 +227,7 @@ def test_empty_search_space() -> None:
 
 
 def test_grid_over_a_non_choice_distribution() -> None:
-    assert_error(
-        doc(sampling_algorithm="grid"), "search_space.max_features.type", "grid sampling supports only choice"
-    )
+    assert_error(doc(sampling_algorithm="grid"), "search_space.max_features.type", "grid sampling supports only choice")
 
 
 def test_bayesian_over_normal() -> None:
@@ -362,9 +358,7 @@ def test_quniform_rounding_leaves_the_range() -> None:
 
 def test_integer_rounding_leaves_the_range() -> None:
     entry = {"type": "uniform", "min_value": 1, "max_value": 64.6}  # rounds up to 65
-    assert_error(
-        doc(search_space__max_depth=entry), "search_space.max_depth.max_value", "rounded to integers"
-    )
+    assert_error(doc(search_space__max_depth=entry), "search_space.max_depth.max_value", "rounded to integers")
 
 
 def test_loguniform_bounds_are_exponents() -> None:
@@ -401,9 +395,7 @@ def test_randint_upper_above_the_range() -> None:
 
 def test_min_not_below_max() -> None:
     entry = {"type": "uniform", "min_value": 0.8, "max_value": 0.8}
-    assert_error(
-        doc(search_space__max_features=entry), "search_space.max_features", "must be less than max_value"
-    )
+    assert_error(doc(search_space__max_features=entry), "search_space.max_features", "must be less than max_value")
 
 
 @pytest.mark.parametrize("sigma", [0, -1])
@@ -430,9 +422,7 @@ def test_lognormal_is_fine_for_an_excluded_zero_bound() -> None:
 
 def test_both_slack_factor_and_slack_amount() -> None:
     policy = {"type": "bandit", "slack_factor": 0.1, "slack_amount": 0.02}
-    assert_error(
-        doc(early_termination=policy), "early_termination", "exactly one of slack_factor or slack_amount"
-    )
+    assert_error(doc(early_termination=policy), "early_termination", "exactly one of slack_factor or slack_amount")
 
 
 def test_neither_slack_factor_nor_slack_amount() -> None:
@@ -446,23 +436,17 @@ def test_slack_must_be_positive() -> None:
 
 def test_evaluation_interval_must_be_positive() -> None:
     policy = {"type": "median_stopping", "evaluation_interval": 0}
-    assert_error(
-        doc(early_termination=policy), "early_termination.evaluation_interval", "greater than or equal to 1"
-    )
+    assert_error(doc(early_termination=policy), "early_termination.evaluation_interval", "greater than or equal to 1")
 
 
-@pytest.mark.parametrize(
-    ("value", "fragment"), [(0, "greater than or equal to 1"), (100, "less than or equal to 99")]
-)
+@pytest.mark.parametrize(("value", "fragment"), [(0, "greater than or equal to 1"), (100, "less than or equal to 99")])
 def test_truncation_percentage_range(value: int, fragment: str) -> None:
     policy = {"type": "truncation_selection", "truncation_percentage": value}
     assert_error(doc(early_termination=policy), "early_termination.truncation_percentage", fragment)
 
 
 def test_unknown_early_termination_type() -> None:
-    assert_error(
-        doc(early_termination={"type": "Bandit", "slack_factor": 0.1}), "early_termination", "'Bandit'"
-    )
+    assert_error(doc(early_termination={"type": "Bandit", "slack_factor": 0.1}), "early_termination", "'Bandit'")
 
 
 def test_log_loss_cannot_be_maximized() -> None:
@@ -474,9 +458,7 @@ def test_log_loss_cannot_be_maximized() -> None:
 
 
 def test_unknown_metric() -> None:
-    assert_error(
-        doc(objective={"primary_metric": "f1"}), "objective.primary_metric", "accuracy, roc_auc, log_loss"
-    )
+    assert_error(doc(objective={"primary_metric": "f1"}), "objective.primary_metric", "accuracy, roc_auc, log_loss")
 
 
 def test_searched_hyperparameter_also_fixed() -> None:
@@ -493,15 +475,11 @@ def test_fixed_param_unknown() -> None:
 
 
 def test_fixed_param_out_of_range() -> None:
-    assert_error(
-        doc(trial={"model": "random_forest", "params": {"n_bins": 1}}), "trial.params.n_bins", "out of range"
-    )
+    assert_error(doc(trial={"model": "random_forest", "params": {"n_bins": 1}}), "trial.params.n_bins", "out of range")
 
 
 def test_cv_folds_range() -> None:
-    assert_error(
-        doc(trial={"model": "random_forest", "cv_folds": 1}), "trial.cv_folds", "greater than or equal to 2"
-    )
+    assert_error(doc(trial={"model": "random_forest", "cv_folds": 1}), "trial.cv_folds", "greater than or equal to 2")
 
 
 def test_unknown_model() -> None:
@@ -509,15 +487,11 @@ def test_unknown_model() -> None:
 
 
 def test_unsupported_uri_scheme() -> None:
-    assert_error(
-        doc(dataset={"uri": "s3://bucket/x.parquet", "target": "y"}), "dataset.uri", "unsupported URI scheme"
-    )
+    assert_error(doc(dataset={"uri": "s3://bucket/x.parquet", "target": "y"}), "dataset.uri", "unsupported URI scheme")
 
 
 def test_unknown_builtin_dataset() -> None:
-    assert_error(
-        doc(dataset={"uri": "builtin://iris", "target": "y"}), "dataset.uri", "builtin://nycflights13"
-    )
+    assert_error(doc(dataset={"uri": "builtin://iris", "target": "y"}), "dataset.uri", "builtin://nycflights13")
 
 
 def test_max_rows_must_be_positive() -> None:

@@ -58,10 +58,16 @@ def deliver(ctx, message: Message) -> str:
 
 
 def add_completed_trial(ctx, experiment_id: str, number: int = 0, value: float = 0.8) -> None:
-    ctx.store.put_trial(TrialRecord(
-        experiment_id=experiment_id, number=number, params={"max_depth": 4}, state=TrialState.COMPLETED,
-        value=value, metrics={"accuracy": value},
-    ))
+    ctx.store.put_trial(
+        TrialRecord(
+            experiment_id=experiment_id,
+            number=number,
+            params={"max_depth": 4},
+            state=TrialState.COMPLETED,
+            value=value,
+            metrics={"accuracy": value},
+        )
+    )
 
 
 def statuses(record) -> list[str]:
@@ -81,9 +87,7 @@ def test_happy_path_visits_every_status_and_emits_one_status_event(ctx):
     final = ctx.store.get_experiment(record.id)
     assert statuses(final) == ["SUBMITTED", "PROVISIONING", "RUNNING", "FINALIZING", "COMPLETED"]
     assert final.best.value == 0.8 and final.trials_done == 1 and final.torn_down
-    assert [name for name, _ in backend(ctx).calls] == [
-        "provision", "submit", "poll", "poll", "finalize", "teardown"
-    ]
+    assert [name for name, _ in backend(ctx).calls] == ["provision", "submit", "poll", "poll", "finalize", "teardown"]
     (status,) = ctx.status_queue.receive(5)
     assert json.loads(status.body)["status"] == "COMPLETED"
     assert ctx.events.count() == 0
@@ -223,9 +227,9 @@ def test_cost_guard_cancels_an_experiment_over_its_node_hours(ctx):
     current = ctx.store.get_experiment(record.id)
     spec = dict(current.spec)
     spec["compute"] = {**spec["compute"], "max_node_hours": 0.5}
-    current = ctx.store.update_experiment(current.model_copy(update={
-        "spec": spec, "started_at": current.started_at - timedelta(hours=1)
-    }))
+    current = ctx.store.update_experiment(
+        current.model_copy(update={"spec": spec, "started_at": current.started_at - timedelta(hours=1)})
+    )
     assert deliver(ctx, next_event(ctx)) == "budget exceeded"
     final = ctx.store.get_experiment(record.id)
     assert final.status is S.FAILED and "max_node_hours" in final.error

@@ -157,9 +157,7 @@ def test_invalid_experiment_ids_are_refused(store: Store, bad_id: str) -> None:
 def test_update_replaces_the_record_and_bumps_the_version(store: Store) -> None:
     created = store.create_experiment(experiment("exp-1"))
 
-    changed = created.model_copy(
-        update={"status": ExperimentStatus.PROVISIONING, "backend_state": {"vm": "vm-0"}}
-    )
+    changed = created.model_copy(update={"status": ExperimentStatus.PROVISIONING, "backend_state": {"vm": "vm-0"}})
     updated = store.update_experiment(changed)
 
     assert updated.version != created.version
@@ -355,9 +353,7 @@ def test_local_store_is_safe_across_processes(tmp_path: Path) -> None:
     LocalStore(root).create_experiment(experiment("exp-1"))
     context = multiprocessing.get_context("spawn")
     start = context.Barrier(3)
-    processes = [
-        context.Process(target=_increment_with_retries, args=(str(root), 15, start)) for _ in range(3)
-    ]
+    processes = [context.Process(target=_increment_with_retries, args=(str(root), 15, start)) for _ in range(3)]
     for process in processes:
         process.start()
     for process in processes:

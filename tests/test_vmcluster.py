@@ -121,15 +121,16 @@ def _ago(seconds: float) -> str:
 def _apply(record: ExperimentRecord, status: RunStatus) -> ExperimentRecord:
     """Merge the handle updates a poll reports, as shared.handlers._poll does."""
     if status.details.get("backend_state"):
-        return record.model_copy(
-            update={"backend_state": {**record.backend_state, **status.details["backend_state"]}}
-        )
+        return record.model_copy(update={"backend_state": {**record.backend_state, **status.details["backend_state"]}})
     return record
 
 
 @contextlib.contextmanager
 def _env(**values: str) -> Iterator[None]:
+    """Environment for Dask worker processes started inside (they open the store from it)."""
     with pytest.MonkeyPatch.context() as mp:
+        for key in ("AzureWebJobsStorage", "AzureWebJobsStorage__accountName"):
+            mp.delenv(key, raising=False)
         for key, value in values.items():
             mp.setenv(key, value)
         yield
@@ -174,9 +175,7 @@ def ctx(tmp_path: Path) -> Context:
         poll_seconds=1,
         stall_seconds=900,
     )
-    return Context(
-        settings=settings, store=LocalStore(tmp_path / "store"), queues=LocalQueueService(tmp_path / "q.db")
-    )
+    return Context(settings=settings, store=LocalStore(tmp_path / "store"), queues=LocalQueueService(tmp_path / "q.db"))
 
 
 def _backend(ctx: Context, arm: FakeArm, retry: RetrySettings, **kwargs: Any) -> VMClusterBackend:
@@ -184,12 +183,8 @@ def _backend(ctx: Context, arm: FakeArm, retry: RetrySettings, **kwargs: Any) ->
     kwargs.setdefault("allow_local_store", True)
     return VMClusterBackend(
         ctx,
-        compute_client_factory=lambda sub: make_compute_client(
-            sub, credential, arm.base_url, polling_interval=0
-        ),
-        network_client_factory=lambda sub: make_network_client(
-            sub, credential, arm.base_url, polling_interval=0
-        ),
+        compute_client_factory=lambda sub: make_compute_client(sub, credential, arm.base_url, polling_interval=0),
+        network_client_factory=lambda sub: make_network_client(sub, credential, arm.base_url, polling_interval=0),
         retry=retry,
         **kwargs,
     )
@@ -220,9 +215,7 @@ def test_cluster_kwargs_default_to_the_seeds_mnmg_settings() -> None:
     assert kwargs["worker_class"] == "dask_cuda.CUDAWorker"
     assert kwargs["worker_options"] == {"rmm_managed_memory": True}  # the keyword CUDAWorker(**opts) takes
     assert kwargs["n_workers"] == 2 and kwargs["disk_size"] == 100
-    assert (
-        kwargs["security"] is True and kwargs["public_ingress"] is False and kwargs["auto_shutdown"] is True
-    )
+    assert kwargs["security"] is True and kwargs["public_ingress"] is False and kwargs["auto_shutdown"] is True
     assert kwargs["bootstrap"] is False
     assert kwargs["vm_image"] == NGC_VM_IMAGE and kwargs["marketplace_plan"] == NGC_MARKETPLACE_PLAN
     assert kwargs["vm_image"]["sku"] == kwargs["marketplace_plan"]["name"]
@@ -249,10 +242,7 @@ def test_cluster_kwargs_overrides_marketplace_off_and_identity() -> None:
     env_vars = cluster_env(experiment_id=EXP, storage_account_name="sthpo", identity=identity)
     kwargs = cluster_kwargs(compute, _handle(), experiment_id=EXP, env_vars=env_vars, identity=identity)
 
-    assert (
-        kwargs["vm_size"] == "Standard_NC24ads_A100_v4"
-        and kwargs["scheduler_vm_size"] == "Standard_NC4as_T4_v3"
-    )
+    assert kwargs["vm_size"] == "Standard_NC24ads_A100_v4" and kwargs["scheduler_vm_size"] == "Standard_NC4as_T4_v3"
     assert (kwargs["n_workers"], kwargs["disk_size"], kwargs["docker_image"]) == (
         4,
         200,
@@ -269,9 +259,7 @@ def test_cluster_kwargs_overrides_marketplace_off_and_identity() -> None:
     assert kwargs["env_vars"]["AzureWebJobsStorage__clientId"] == "client-123"
 
     with pytest.raises(ValueError, match="--gpus=all"):
-        cluster_kwargs(
-            _compute(scheduler_vm_size="Standard_D4s_v5"), _handle(), experiment_id=EXP, env_vars={}
-        )
+        cluster_kwargs(_compute(scheduler_vm_size="Standard_D4s_v5"), _handle(), experiment_id=EXP, env_vars={})
     with pytest.raises(ValueError, match="westeurope"):
         cluster_kwargs(_compute(location="eastus"), _handle(), experiment_id=EXP, env_vars={})
 
@@ -304,9 +292,7 @@ def test_azurevmcluster_accepts_the_kwargs_and_boots_the_vms_we_mean() -> None:
     env_vars = cluster_env(experiment_id=EXP, storage_account_name="sthpo", identity=None)
     kwargs = cluster_kwargs(_compute(), _handle(), experiment_id=EXP, env_vars=env_vars)
     accepted = {
-        name
-        for cls in (AzureVMCluster, VMCluster, SpecCluster)
-        for name in inspect.signature(cls.__init__).parameters
+        name for cls in (AzureVMCluster, VMCluster, SpecCluster) for name in inspect.signature(cls.__init__).parameters
     }
     assert set(kwargs) <= accepted, set(kwargs) - accepted
 
@@ -320,14 +306,8 @@ def test_azurevmcluster_accepts_the_kwargs_and_boots_the_vms_we_mean() -> None:
     )
 
     assert scheduler.name == "dask-c0ffee00-scheduler" and scheduler.size == "Standard_NC12s_v3"
-    assert len({w.name for w in workers}) == 2 and all(
-        w.name.startswith("dask-c0ffee00-worker-") for w in workers
-    )
-    assert (
-        scheduler.plan == NGC_MARKETPLACE_PLAN
-        and scheduler.image == NGC_VM_IMAGE
-        and scheduler.disk_size == 100
-    )
+    assert len({w.name for w in workers}) == 2 and all(w.name.startswith("dask-c0ffee00-worker-") for w in workers)
+    assert scheduler.plan == NGC_MARKETPLACE_PLAN and scheduler.image == NGC_VM_IMAGE and scheduler.disk_size == 100
     worker_run = _docker_command(workers[0].custom_data)
     assert "--gpus=all" in worker_run and "--shm-size=256m" in worker_run
     assert f'-e RAPIDS_HPO_EXPERIMENT_ID="{EXP}"' in worker_run
@@ -365,7 +345,7 @@ def test_detach_makes_a_never_started_cluster_object_inert() -> None:
     assert cluster.shutdown_on_close is False
     cluster.close()  # returns at once: no scale-down, no destroy_vm
     with (
-        LocalCluster(n_workers=1, processes=False, dashboard_address=None) as running,
+        LocalCluster(n_workers=1, processes=False, dashboard_address=":0") as running,
         pytest.raises(ValueError, match="never started"),
     ):
         detach_cluster(running)
@@ -558,14 +538,11 @@ def test_submit_poll_run_and_teardown_with_vms_on_fake_arm_and_dask_on_this_mach
         status = backend.poll(record)
         assert status.state is RunState.RUNNING and status.details["driver"] == "submitted", status
         record = _apply(record, status)
-        assert (
-            record.backend_state["driver_key"] == f"driver-{EXP}" and record.backend_state["workers_created"]
-        )
+        assert record.backend_state["driver_key"] == f"driver-{EXP}" and record.backend_state["workers_created"]
         worker_puts = arm.calls("PUT", "virtualMachines/")
         assert len(worker_puts) == 2
         assert all(
-            f"/virtualMachines/dask-{cluster_id}-worker-" in r.path and r.body["tags"] == tags
-            for r in worker_puts
+            f"/virtualMachines/dask-{cluster_id}-worker-" in r.path and r.body["tags"] == tags for r in worker_puts
         )
         worker_docker = _docker_command(worker_puts[0].body["properties"]["osProfile"]["customData"])
         assert f"tls://127.0.0.1:{port}" in worker_docker and "dask_cuda.CUDAWorker" in worker_docker
@@ -703,6 +680,26 @@ def test_poll_resubmits_a_lost_or_failed_driver_then_gives_up(
     assert status.error is not None and "stopped without an outcome 3 times" in status.error
 
 
+def test_poll_creates_only_the_worker_vms_the_cluster_lacks(
+    ctx: Context, arm: FakeArm, retry: RetrySettings, dask_cluster: LocalCluster
+) -> None:
+    backend = _backend(ctx, arm, retry, driver_function=sleepy_driver)
+    record = _started(ctx, dask_cluster.scheduler_address, "exp-reconcile", workers_created=False)
+    record = record.model_copy(update={"backend_state": {**record.backend_state, **backend.provision(record)}})
+    tags = {"creator": "dask-cloudprovider", CLUSTER_ID_TAG: "c1", EXPERIMENT_TAG: "exp-reconcile"}
+    _seed_vm(arm, "dask-c1-worker-aaaaaaaa", tags)  # created by an earlier, interrupted poll
+    failed = _seed_vm(arm, "dask-c1-worker-bbbbbbbb", tags)
+    arm.resources[failed["id"].lower()]["properties"]["provisioningState"] = "Failed"
+    arm.clear_requests()
+
+    status = backend.poll(record)
+
+    assert status.state is RunState.RUNNING and status.details["backend_state"]["workers_created"] is True
+    [put] = arm.calls("PUT", "/virtualMachines/")  # 2 wanted, 1 healthy: one more, the failed one replaced
+    assert put.path.rsplit("/", 1)[-1].startswith("dask-c1-worker-") and "aaaaaaaa" not in put.path
+    assert "bbbbbbbb" not in put.path
+
+
 def test_poll_waits_for_workers_to_join_before_starting_the_driver(
     ctx: Context, arm: FakeArm, retry: RetrySettings
 ) -> None:
@@ -714,10 +711,7 @@ def test_poll_waits_for_workers_to_join_before_starting_the_driver(
             return await asyncio.to_thread(_backend(ctx, arm, retry, connect_timeout_s=3).poll, record)
 
     status = asyncio.run(scenario())
-    assert (
-        status.state is RunState.PENDING
-        and status.details["waiting_for"] == "waiting for Dask workers to join"
-    )
+    assert status.state is RunState.PENDING and status.details["waiting_for"] == "waiting for Dask workers to join"
 
 
 def test_unreachable_scheduler_is_running_until_a_bound_then_failed(
@@ -725,9 +719,7 @@ def test_unreachable_scheduler_is_running_until_a_bound_then_failed(
 ) -> None:
     backend = _backend(ctx, arm, retry, connect_timeout_s=1, unreachable_limit_s=600, ready_timeout_s=900)
     closed = f"tcp://127.0.0.1:{_free_port()}"
-    ctx.store.put_artifact(
-        EXP, SECURITY_ARTIFACT, json.dumps(vmcluster.new_credentials("c1", False)).encode()
-    )
+    ctx.store.put_artifact(EXP, SECURITY_ARTIFACT, json.dumps(vmcluster.new_credentials("c1", False)).encode())
     base = {"cluster_id": "c1", "scheduler_address": closed, "workers_created": True}
     record = _record(ctx, **base, submitted_at=vmcluster.now_iso(), driver_key=f"driver-{EXP}")
 
@@ -737,23 +729,15 @@ def test_unreachable_scheduler_is_running_until_a_bound_then_failed(
     record = _apply(record, status)
     assert backend.poll(record).details["backend_state"]["unreachable_since"] == since  # kept, not reset
 
-    late = record.model_copy(
-        update={"backend_state": {**record.backend_state, "unreachable_since": _ago(601)}}
-    )
+    late = record.model_copy(update={"backend_state": {**record.backend_state, "unreachable_since": _ago(601)}})
     failed = backend.poll(late)
     assert failed.state is RunState.FAILED and "unreachable for 60" in (failed.error or "")
 
     starting = record.model_copy(update={"backend_state": {**base, "submitted_at": vmcluster.now_iso()}})
     assert backend.poll(starting).state is RunState.PENDING
-    stuck = record.model_copy(
-        update={"backend_state": {**base, "submitted_at": _ago(901), "last_error": "quota"}}
-    )
+    stuck = record.model_copy(update={"backend_state": {**base, "submitted_at": _ago(901), "last_error": "quota"}})
     result = backend.poll(stuck)
-    assert (
-        result.state is RunState.FAILED
-        and "not ready" in (result.error or "")
-        and "quota" in (result.error or "")
-    )
+    assert result.state is RunState.FAILED and "not ready" in (result.error or "") and "quota" in (result.error or "")
     backend.cancel(record)  # unreachable: nothing to cancel, no error
 
 
@@ -761,9 +745,7 @@ def test_submit_refuses_storage_the_vms_cannot_use(ctx: Context, arm: FakeArm, r
     record = _record(ctx, network=_handle().model_dump(mode="json"))
     with pytest.raises(BackendError, match="identity-based Azure Storage"):
         _backend(ctx, arm, retry, allow_local_store=False).submit(record)
-    account = Context(
-        settings=Settings("", "sthpo", ctx.settings.home, 1, 900), store=ctx.store, queues=ctx.queues
-    )
+    account = Context(settings=Settings("", "sthpo", ctx.settings.home, 1, 900), store=ctx.store, queues=ctx.queues)
     with pytest.raises(BackendError, match="managed identity"):
         _backend(account, arm, retry, allow_local_store=False).submit(record)
     assert arm.requests == [] and not ctx.store.list_artifacts(EXP, "cluster/")
@@ -789,18 +771,21 @@ def test_arm_failures_creating_the_scheduler_are_retried_and_a_rerun_reuses_what
     again = backend.submit(lost)
     assert again["cluster_id"] == cluster_id != first["cluster_id"]
     names = sorted(r["name"] for r in arm.of_type("networkInterfaces"))
-    assert names == sorted(
-        f"dask-{c}-scheduler-nic" for c in (first["cluster_id"], cluster_id)
-    )  # no stray NIC
+    assert names == sorted(f"dask-{c}-scheduler-nic" for c in (first["cluster_id"], cluster_id))  # no stray NIC
+
+    # A scheduler VM whose creation failed is PUT again under its name, not reused.
+    vm_id = f"{RGP}/Microsoft.Compute/virtualMachines/dask-{cluster_id}-scheduler"
+    arm.resources[vm_id.lower()]["properties"]["provisioningState"] = "Failed"
+    arm.clear_requests()
+    assert backend.submit(lost)["cluster_id"] == cluster_id
+    assert [r.path for r in arm.calls("PUT", "/virtualMachines/")] == [vm_id]
 
 
 # ------------------------------------------------------------------------------ teardown by tag
 def _seed_vm(arm: FakeArm, name: str, tags: dict[str, str], *, public_ip: bool = False) -> dict[str, Any]:
     nic_props: dict[str, Any] = {"name": "ip", "properties": {}}
     if public_ip:
-        pip = arm.seed(
-            f"{RGP}/Microsoft.Network/publicIPAddresses/{name}-ip", {"location": LOC, "tags": tags}
-        )
+        pip = arm.seed(f"{RGP}/Microsoft.Network/publicIPAddresses/{name}-ip", {"location": LOC, "tags": tags})
         nic_props["properties"]["publicIPAddress"] = {"id": pip["id"]}
     nic = arm.seed(
         f"{RGP}/Microsoft.Network/networkInterfaces/{name}-nic",
@@ -835,9 +820,7 @@ def test_teardown_deletes_by_tag_in_dependency_order_and_treats_404_as_done(
     _seed_vm(arm, "dask-c0ffee00-worker-aaaaaaaa", ours)
     _seed_vm(arm, "dask-c0ffee00-worker-bbbbbbbb", ours)
     _seed_vm(arm, "dask-0badc0de-scheduler", crashed)
-    leftover = arm.seed(
-        f"{RGP}/Microsoft.Compute/disks/dask-c0ffee00-worker-cccccccc_OsDisk_1_abc", {"location": LOC}
-    )
+    leftover = arm.seed(f"{RGP}/Microsoft.Compute/disks/dask-c0ffee00-worker-cccccccc_OsDisk_1_abc", {"location": LOC})
     _seed_vm(arm, "dask-ffffffff-scheduler", other_tool)
     _seed_vm(arm, "dask-deadbeef-scheduler", gone_exp)
     unrelated_disk = arm.seed(f"{RGP}/Microsoft.Compute/disks/data-disk", {"location": LOC})
@@ -850,9 +833,7 @@ def test_teardown_deletes_by_tag_in_dependency_order_and_treats_404_as_done(
 
     backend = _backend(ctx, arm, retry)
     record = _record(ctx, cluster_id="c0ffee00")
-    record = record.model_copy(
-        update={"backend_state": {**record.backend_state, **backend.provision(record)}}
-    )
+    record = record.model_copy(update={"backend_state": {**record.backend_state, **backend.provision(record)}})
     arm.fail("DELETE", "dask-c0ffee00-worker-aaaaaaaa-nic", 404, "NotFound")  # someone deleted it already
     arm.fail(
         "DELETE",
@@ -900,11 +881,7 @@ def test_teardown_deletes_by_tag_in_dependency_order_and_treats_404_as_done(
     orphans = backend.find_orphans({EXP}, resource_group=RG, subscription_id=SUB)
     assert [(o.experiment_id, o.cluster_id) for o in orphans] == [("exp-gone", "deadbeef")]
     [orphan] = orphans
-    assert (
-        len(orphan.resources.vms) == 1
-        and len(orphan.resources.nics) == 1
-        and len(orphan.resources.disks) == 1
-    )
+    assert len(orphan.resources.vms) == 1 and len(orphan.resources.nics) == 1 and len(orphan.resources.disks) == 1
     deleted = backend.delete_orphans(orphans, subscription_id=SUB)
     assert len(deleted) == 3
     assert {r["name"] for r in arm.of_type("virtualMachines")} == {"dask-ffffffff-scheduler"}

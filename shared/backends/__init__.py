@@ -18,9 +18,12 @@ def create_backend(name: str, ctx: Context) -> ComputeBackend:
 
         return LocalBackend(ctx)
     if name == "vmcluster":
-        from shared.backends.vmcluster import VMClusterBackend
+        from shared.backends.vmcluster import VMClusterBackend, VMIdentity
+        from shared.config import env
 
-        return VMClusterBackend(ctx)
+        resource_id, client_id = env("RAPIDS_HPO_VM_IDENTITY_ID"), env("RAPIDS_HPO_VM_IDENTITY_CLIENT_ID")
+        identity = VMIdentity(resource_id, client_id) if resource_id and client_id else None
+        return VMClusterBackend(ctx, identity=identity)
     if name == "azureml":
         from shared.backends.azureml import AzureMLBackend
 

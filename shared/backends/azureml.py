@@ -320,11 +320,7 @@ def data_binding(uri: str) -> DataBinding:
     bound = f"${{{{inputs.{DATA_INPUT}}}}}"
     if scheme in {"", "file"}:
         path = Path(parts.path if scheme == "file" else uri).expanduser()
-        kind = (
-            "uri_file"
-            if path.is_file() or (not path.is_dir() and _looks_like_file(str(path)))
-            else "uri_folder"
-        )
+        kind = "uri_file" if path.is_file() or (not path.is_dir() and _looks_like_file(str(path))) else "uri_folder"
         return DataBinding(bound, Input(type=kind, path=str(path)))
     kind = "uri_file" if _looks_like_file(parts.path) else "uri_folder"
     if scheme in {"abfs", "abfss", "az"}:
@@ -384,9 +380,7 @@ def build_sweep_job(
     """The AzureML sweep job for ``spec`` (offline, pure). ``code_dir`` holds the ``gpu_jobs`` package."""
     code_dir = Path(code_dir)
     if not (code_dir / GPU_JOBS_PACKAGE / "train.py").is_file():
-        raise ValueError(
-            f"{code_dir} has no {GPU_JOBS_PACKAGE}/train.py: pass the folder that holds gpu_jobs"
-        )
+        raise ValueError(f"{code_dir} has no {GPU_JOBS_PACKAGE}/train.py: pass the folder that holds gpu_jobs")
     compute = azureml_compute(spec)
     data = data_binding(spec.dataset.uri)
     environment, install = trial_environment(compute, code_dir)
@@ -673,9 +667,7 @@ class AzureMLClient:
         if self.find(job.name) is not None:
             return job.name
         try:
-            created = self._call(
-                f"creating sweep job {job.name}", lambda: self.ml_client.jobs.create_or_update(job)
-            )
+            created = self._call(f"creating sweep job {job.name}", lambda: self.ml_client.jobs.create_or_update(job))
         except BackendError:
             if self.find(job.name) is not None:  # a concurrent submit created it first
                 return job.name
@@ -1041,11 +1033,7 @@ class AzureMLBackend:
             return
         _, client, job_name = self._setup(record)
         sweep = client.find(job_name)
-        if (
-            sweep is not None
-            and sweep.status not in TERMINAL_JOB_STATUSES
-            and sweep.status != "CancelRequested"
-        ):
+        if sweep is not None and sweep.status not in TERMINAL_JOB_STATUSES and sweep.status != "CancelRequested":
             client.cancel(job_name)
         now = datetime.now(UTC)
         for trial in self.ctx.store.list_trials(record.id):

@@ -113,9 +113,7 @@ def make_network_client(
         from azure.identity import DefaultAzureCredential
 
         credential = DefaultAzureCredential()
-    return NetworkManagementClient(
-        credential, subscription_id, **client_kwargs(credential, base_url, polling_interval)
-    )
+    return NetworkManagementClient(credential, subscription_id, **client_kwargs(credential, base_url, polling_interval))
 
 
 def ensure_network(
@@ -139,7 +137,7 @@ def ensure_network(
     if spec.existing_security_group:
         nsg = ctx.get_existing("network security group", spec.existing_security_group)
     else:
-        nsg = _ensure_nsg(ctx, names.nsg, _dask_rules(spec.allowed_source_prefixes))
+        nsg = _ensure_nsg(ctx, names.nsg, dask_rules(spec.allowed_source_prefixes))
         created.append(nsg.id)
 
     if spec.existing_vnet:
@@ -176,9 +174,7 @@ def teardown_network(
 
     A resource already gone (404) counts as success and is not in the result.
     """
-    return delete_network_resources(
-        client, resource_group=resource_group, resource_ids=handle.created, retry=retry
-    )
+    return delete_network_resources(client, resource_group=resource_group, resource_ids=handle.created, retry=retry)
 
 
 def delete_network_resources(
@@ -327,7 +323,7 @@ def _norm_location(location: str) -> str:
     return location.replace(" ", "").lower()
 
 
-def _dask_rules(allowed: list[str]) -> list[SecurityRule]:
+def dask_rules(allowed: list[str]) -> list[SecurityRule]:
     """Inbound TCP 8786-8787 from the named prefixes, else from the VNet; never from the Internet.
 
     Address prefixes share one rule; each service tag gets its own (ARM accepts one tag per rule).

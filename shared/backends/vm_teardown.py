@@ -81,14 +81,10 @@ def make_compute_client(
         from azure.identity import DefaultAzureCredential
 
         credential = DefaultAzureCredential()
-    return ComputeManagementClient(
-        credential, subscription_id, **client_kwargs(credential, base_url, polling_interval)
-    )
+    return ComputeManagementClient(credential, subscription_id, **client_kwargs(credential, base_url, polling_interval))
 
 
-def is_ours(
-    tags: dict[str, str] | None, *, cluster_ids: Iterable[str] = (), experiment_id: str | None = None
-) -> bool:
+def is_ours(tags: dict[str, str] | None, *, cluster_ids: Iterable[str] = (), experiment_id: str | None = None) -> bool:
     """Whether a resource's tags put it in one of ``cluster_ids`` or in ``experiment_id``'s cluster."""
     tags = tags or {}
     if tags.get(CLUSTER_ID_TAG) and tags.get(CLUSTER_ID_TAG) in set(cluster_ids):
@@ -232,9 +228,7 @@ def find_orphaned_clusters(
     }
     owners: dict[str, str | None] = {}
     for label, fn in listing.items():
-        resources = arm_call(
-            f"listing {label} in resource group {resource_group}", lambda fn=fn: list(fn()), retry
-        )
+        resources = arm_call(f"listing {label} in resource group {resource_group}", lambda fn=fn: list(fn()), retry)
         for resource in resources:
             tags = resource.tags or {}
             cluster_id = tags.get(CLUSTER_ID_TAG)
@@ -255,7 +249,5 @@ def _vm_disk_ids(vm: Any) -> list[str]:
     profile = getattr(vm, "storage_profile", None)
     if profile is None:
         return []
-    disks = (
-        [profile.os_disk, *(profile.data_disks or [])] if profile.os_disk else list(profile.data_disks or [])
-    )
+    disks = [profile.os_disk, *(profile.data_disks or [])] if profile.os_disk else list(profile.data_disks or [])
     return [d.managed_disk.id for d in disks if d is not None and d.managed_disk and d.managed_disk.id]

@@ -58,6 +58,7 @@ import json
 import logging
 import math
 import secrets
+import socket
 import tempfile
 import time
 import uuid
@@ -207,9 +208,7 @@ def check_no_secrets(env_vars: dict[str, str]) -> None:
             raise ValueError(f"refusing to pass {name!r} to the cluster VMs: its value holds a credential")
 
 
-def cluster_env(
-    *, experiment_id: str, storage_account_name: str | None, identity: VMIdentity | None
-) -> dict[str, str]:
+def cluster_env(*, experiment_id: str, storage_account_name: str | None, identity: VMIdentity | None) -> dict[str, str]:
     """What the driver on the cluster needs to open the store: the account name and which managed
     identity to use (``DefaultAzureCredential`` reads ``AZURE_CLIENT_ID``)."""
     env_vars = {ENV_EXPERIMENT_ID: experiment_id}
@@ -329,7 +328,7 @@ def plan(
     identity: VMIdentity | None = None,
 ) -> dict[str, Any]:
     """What ``provision``/``submit`` would create for ``spec``, without touching Azure (JSON-able)."""
-    from shared.backends.network import NetworkHandle, _dask_rules, network_names
+    from shared.backends.network import NetworkHandle, dask_rules, network_names
 
     compute = spec.compute
     if not isinstance(compute, VMClusterCompute):
@@ -358,9 +357,7 @@ def plan(
         storage_account_name=storage_account_name or "<AzureWebJobsStorage__accountName>",
         identity=identity,
     )
-    kwargs = cluster_kwargs(
-        compute, handle, experiment_id=experiment_id, env_vars=env_vars, identity=identity
-    )
+    kwargs = cluster_kwargs(compute, handle, experiment_id=experiment_id, env_vars=env_vars, identity=identity)
     tags = {
         **cluster_tags(experiment_id),
         "creator": "dask-cloudprovider",
@@ -378,9 +375,7 @@ def plan(
     ]
     if compute.use_marketplace_image:
         urn = ":".join(NGC_VM_IMAGE[k] for k in ("publisher", "offer", "sku", "version"))
-        notes.append(
-            f"Accept the NGC image terms once per subscription: az vm image terms accept --urn {urn}"
-        )
+        notes.append(f"Accept the NGC image terms once per subscription: az vm image terms accept --urn {urn}")
     if compute.max_node_hours is not None and node_hours > compute.max_node_hours:
         notes.append(
             f"The estimate ({node_hours:.2f} node-hours) exceeds max_node_hours ({compute.max_node_hours}): "
@@ -408,7 +403,7 @@ def plan(
                 "create": not net.existing_security_group,
                 "rules": []
                 if net.existing_security_group
-                else [rule.as_dict() for rule in _dask_rules(net.allowed_source_prefixes)],
+                else [rule.as_dict() for rule in dask_rules(net.allowed_source_prefixes)],
             },
         },
         "cluster": {
@@ -444,9 +439,7 @@ def new_credentials(cluster_id: str, secure: bool) -> dict[str, Any]:
     if secure:
         from distributed.security import Security
 
-        temporary = (
-            Security.temporary()
-        )  # one self-signed key/cert for every role, as dask-cloudprovider uses
+        temporary = Security.temporary()  # one self-signed key/cert for every role, as dask-cloudprovider uses
         document |= {
             "tls_ca": temporary.tls_ca_file,
             "tls_cert": temporary.tls_client_cert,
@@ -560,9 +553,7 @@ def detach_cluster(cluster: Any) -> None:
     from distributed.deploy.spec import SpecCluster
 
     if cluster.status not in {Status.created, Status.closed}:
-        raise ValueError(
-            f"detach_cluster is for cluster objects that never started, not one {cluster.status}"
-        )
+        raise ValueError(f"detach_cluster is for cluster objects that never started, not one {cluster.status}")
     cluster.shutdown_on_close = False
     SpecCluster._instances.discard(cluster)
     cluster.status = Status.closed
@@ -613,17 +604,14 @@ def plan_vms(
                     processes = [cluster.scheduler_class(**cluster.scheduler_options)]
                 else:
                     processes = [
-                        cluster.worker_class(scheduler_address, **cluster.worker_options)
-                        for _ in range(count)
+                        cluster.worker_class(scheduler_address, **cluster.worker_options) for _ in range(count)
                     ]
                 plans = []
                 for process in processes:
                     cloud_init = cluster.render_process_cloud_init(process)
                     custom_data = base64.b64encode(cloud_init.encode()).decode()
                     if len(custom_data) > MAX_CUSTOM_DATA:
-                        raise BackendError(
-                            f"the cloud-init of {process.name} exceeds Azure's custom data limit"
-                        )
+                        raise BackendError(f"the cloud-init of {process.name} exceeds Azure's custom data limit")
                     plans.append(
                         VMPlan(
                             name=process.name,
@@ -673,15 +661,11 @@ def create_vm(
         location=location,
         tags=tags,
         network_security_group=nm.NetworkSecurityGroup(id=nsg_id),
-        ip_configurations=[
-            nm.NetworkInterfaceIPConfiguration(name="ipconfig1", subnet=nm.Subnet(id=subnet_id))
-        ],
+        ip_configurations=[nm.NetworkInterfaceIPConfiguration(name="ipconfig1", subnet=nm.Subnet(id=subnet_id))],
     )
     nic = arm_call(
         f"creating network interface {nic_name}",
-        lambda: network_client.network_interfaces.begin_create_or_update(
-            resource_group, nic_name, nic_body
-        ).result(),
+        lambda: network_client.network_interfaces.begin_create_or_update(resource_group, nic_name, nic_body).result(),
         retry,
     )
     image = dict(vm.image)
@@ -718,13 +702,15 @@ def create_vm(
     )
     arm_call(
         f"creating virtual machine {vm.name}",
-        lambda: compute_client.virtual_machines.begin_create_or_update(
-            resource_group, vm.name, body
-        ).result(),
+        lambda: compute_client.virtual_machines.begin_create_or_update(resource_group, vm.name, body).result(),
         retry,
     )
     log.info("created VM %s (%s) in %s", vm.name, vm.size, resource_group)
     return nic.ip_configurations[0].private_ip_address
+
+
+def _failed(vm: Any) -> bool:
+    return str(getattr(vm, "provisioning_state", "") or "").lower() == "failed"
 
 
 def _one_time_password() -> str:
@@ -875,12 +861,13 @@ class VMClusterBackend:
             raise BackendError(
                 f"{SECURITY_ARTIFACT} of {record.id} does not belong to cluster {state.get('cluster_id')}"
             )
-        return Client(
-            state["scheduler_address"],
-            security=security_from(document),
-            timeout=self.connect_timeout_s,
-            set_as_default=False,
-        )
+        address = state["scheduler_address"]
+        # A plain TCP probe first: while the VM boots (minutes) each poll then fails in milliseconds
+        # (refused) or seconds (dropped), instead of the client's full connect timeout.
+        host, _, port = address.split("://", 1)[-1].rpartition(":")
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=min(3.0, self.connect_timeout_s)):
+            pass
+        return Client(address, security=security_from(document), timeout=self.connect_timeout_s, set_as_default=False)
 
     def _vm(self, compute_client: Any, resource_group: str, name: str) -> Any | None:
         from shared.backends.arm import arm_call, is_not_found
@@ -949,10 +936,10 @@ class VMClusterBackend:
 
         name = scheduler_vm_name(cluster_id)
         vm = self._vm(compute_client, compute.resource_group, name)
-        if vm is not None:
+        if vm is not None and not _failed(vm):
             ip = self._private_ip(network_client, compute.resource_group, vm)
             log.info("reusing scheduler VM %s (%s)", name, ip)
-        else:
+        else:  # absent, or its creation failed: PUT it (again; the names make that idempotent)
             [vm_plan] = plan_vms(kwargs, cluster_id=cluster_id, security=security, scheduler_address=None)
             ip = self._create(record, compute_client, network_client, vm_plan, kwargs, cluster_id)
         protocol = "tls" if security is not None else "tcp"
@@ -1031,9 +1018,7 @@ class VMClusterBackend:
         key = driver_key(record.id, restarts + 1)
         self._start_driver(client, record.id, key)
         updates |= {"driver_key": key, "driver_restarts": restarts + 1, "last_error": why}
-        return RunStatus(
-            RunState.RUNNING, details={"backend_state": updates, "restarted": True, "reason": why}
-        )
+        return RunStatus(RunState.RUNNING, details={"backend_state": updates, "restarted": True, "reason": why})
 
     def _starting(self, record: ExperimentRecord, updates: dict[str, Any], waiting_for: str) -> RunStatus:
         """PENDING while the cluster starts; FAILED once ``ready_timeout_s`` has passed since submit."""
@@ -1089,6 +1074,7 @@ class VMClusterBackend:
             for vm in vms
             if (vm.tags or {}).get(CLUSTER_ID_TAG) == cluster_id
             and vm.name.startswith(worker_vm_prefix(cluster_id))
+            and not _failed(vm)  # a failed VM is replaced; teardown deletes it with the rest
         ]
         missing = compute.n_workers - len(existing)
         if missing <= 0:
@@ -1198,9 +1184,7 @@ class VMClusterBackend:
         log.info("teardown %s: deleted %d cluster resources", record.id, len(deleted))
         if record.backend_state.get("network"):
             handle = NetworkHandle.model_validate(record.backend_state["network"])
-            teardown_network(
-                network_client, resource_group=handle.resource_group, handle=handle, retry=self.retry
-            )
+            teardown_network(network_client, resource_group=handle.resource_group, handle=handle, retry=self.retry)
 
     # ------------------------------------------------------------------------------------- the sweep
     def find_orphans(
@@ -1227,9 +1211,7 @@ class VMClusterBackend:
             retry=self.retry,
         )
 
-    def delete_orphans(
-        self, orphans: list[OrphanedCluster], *, subscription_id: str | None = None
-    ) -> list[str]:
+    def delete_orphans(self, orphans: list[OrphanedCluster], *, subscription_id: str | None = None) -> list[str]:
         """Delete what :meth:`find_orphans` found; returns the ids deleted."""
         from shared.backends.vm_teardown import delete_cluster_resources
 

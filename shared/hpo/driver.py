@@ -35,7 +35,7 @@ from distributed import Client, Future, Queue, Variable, wait
 
 from shared.hpo.search_space import make_pruner, make_sampler, suggest_params
 from shared.ports import TrialStore
-from shared.records import BestTrial, TrialRecord, TrialState
+from shared.records import BestTrial, TrialRecord, TrialState, best_of
 from shared.spec import ExperimentSpec
 
 log = logging.getLogger(__name__)
@@ -206,9 +206,7 @@ class HpoDriver:
         self.direction = spec.objective.goal
         self.seed = spec.sampling_algorithm.seed or 0
         self.channel = f"rapids-hpo-{experiment_id}"
-        self.study = optuna.create_study(
-            direction=self.direction, sampler=make_sampler(spec), pruner=make_pruner(spec)
-        )
+        self.study = optuna.create_study(direction=self.direction, sampler=make_sampler(spec), pruner=make_pruner(spec))
         self._records: dict[int, TrialRecord] = {}
         self._retry: list[TrialRecord] = []
         self._running: dict[str, _Running] = {}
@@ -468,7 +466,7 @@ class HpoDriver:
         """Cancel a task and, if it is already executing, restart the worker running it."""
         worker = _worker_running(self.client, future.key)
         self.client.cancel([future], force=True)
-        if worker is not None:
+        if worker is not None and worker != _own_worker():  # a driver running as a task keeps its worker
             with contextlib.suppress(Exception):
                 self.client.restart_workers([worker], timeout=60)
 
@@ -499,22 +497,6 @@ class HpoDriver:
         return ExperimentOutcome("COMPLETED", reason, done, best, None, counts)
 
 
-def best_of(records: Any, goal: str) -> BestTrial | None:
-    """The best COMPLETED trial among ``records`` for ``goal`` (ties: the lower number)."""
-    completed = [r for r in records if r.state is TrialState.COMPLETED and r.value is not None]
-    if not completed:
-        return None
-    sign = -1.0 if goal == "maximize" else 1.0
-    best = min(completed, key=lambda r: (sign * r.value, r.number))
-    return BestTrial(
-        number=best.number,
-        value=best.value,
-        params=best.params,
-        metrics=best.metrics,
-        model_uri=best.model_uri,
-    )
-
-
 def _worker_running(client: Client, key: str) -> str | None:
     def lookup(dask_scheduler: Any, key: str = key) -> str | None:
         task = dask_scheduler.tasks.get(key)
@@ -523,6 +505,16 @@ def _worker_running(client: Client, key: str) -> str | None:
     try:
         return client.run_on_scheduler(lookup)
     except Exception:
+        return None
+
+
+def _own_worker() -> str | None:
+    """The address of the Dask worker this driver runs on (vmcluster backend), else None."""
+    try:
+        from distributed import get_worker
+
+        return get_worker().address
+    except ValueError:
         return None
 
 

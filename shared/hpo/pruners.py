@@ -134,9 +134,7 @@ class BanditPruner(_AzureMLPolicy):
         own = _best(_values_up_to(trial, step), direction)
         if own is None:
             return True
-        reference = _best(
-            (t.intermediate_values[step] for t in self._others_at(study, trial, step)), direction
-        )
+        reference = _best((t.intermediate_values[step] for t in self._others_at(study, trial, step)), direction)
         if reference is None:
             return False
         return _worse(own, self.threshold(reference, direction), direction)
@@ -178,9 +176,7 @@ class TruncationSelectionPruner(_AzureMLPolicy):
     trials always take part (AzureML's default).
     """
 
-    def __init__(
-        self, truncation_percentage: int, evaluation_interval: int = 1, delay_evaluation: int = 0
-    ) -> None:
+    def __init__(self, truncation_percentage: int, evaluation_interval: int = 1, delay_evaluation: int = 0) -> None:
         super().__init__(evaluation_interval, delay_evaluation)
         if not 1 <= truncation_percentage <= 99:
             raise ValueError(f"truncation_percentage must be in [1, 99], got {truncation_percentage}")

@@ -71,9 +71,7 @@ class CancelWatch:
         return self._cancelled
 
 
-def run_experiment(
-    store: Store, experiment_id: str, client: Client, cancel: CancelWatch
-) -> ExperimentOutcome:
+def run_experiment(store: Store, experiment_id: str, client: Client, cancel: CancelWatch) -> ExperimentOutcome:
     """Run the driver and store the best model; the outcome is also written as an artifact."""
     record = store.get_experiment(experiment_id)
     spec = load_spec(record.spec)

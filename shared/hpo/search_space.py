@@ -88,9 +88,7 @@ def make_sampler(spec: ExperimentSpec) -> BaseSampler:
     algorithm = spec.sampling_algorithm
     seed = algorithm.seed
     if algorithm.type == "grid":
-        grid = {
-            name: list(dist.values) for name, dist in spec.search_space.items() if isinstance(dist, Choice)
-        }
+        grid = {name: list(dist.values) for name, dist in spec.search_space.items() if isinstance(dist, Choice)}
         return AskTellGridSampler(grid, seed=seed)
     if algorithm.type == "bayesian":
         # With max_concurrent_trials > 1 several trials are asked before the running ones report. The

@@ -83,9 +83,7 @@ class AzureQueue:
         except HttpResponseError as exc:
             # 404: the message is gone; 400 PopReceiptMismatch: it was received again since.
             if exc.status_code == 404 or getattr(exc, "error_code", None) == "PopReceiptMismatch":
-                raise NotFound(
-                    f"message {message.id!r} of queue {self.name!r} is gone or was received again"
-                ) from None
+                raise NotFound(f"message {message.id!r} of queue {self.name!r} is gone or was received again") from None
             raise
 
     def count(self) -> int:

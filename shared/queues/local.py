@@ -88,8 +88,6 @@ class LocalQueue:
 
     def count(self) -> int:
         (count,) = (
-            self._db.connection()
-            .execute("SELECT COUNT(*) FROM messages WHERE queue = ?", (self.name,))
-            .fetchone()
+            self._db.connection().execute("SELECT COUNT(*) FROM messages WHERE queue = ?", (self.name,)).fetchone()
         )
         return count

@@ -21,11 +21,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 def check_experiment_id(experiment_id: str) -> str:
     """Return ``experiment_id`` if it is a valid key, else raise ``ValueError``."""
-    if (
-        not isinstance(experiment_id, str)
-        or len(experiment_id) > MAX_ID_LENGTH
-        or not _ID.fullmatch(experiment_id)
-    ):
+    if not isinstance(experiment_id, str) or len(experiment_id) > MAX_ID_LENGTH or not _ID.fullmatch(experiment_id):
         raise ValueError(
             f"invalid experiment id {experiment_id!r}: 1-{MAX_ID_LENGTH} characters, starting with a letter "
             "or digit, without / \\ # ? or control characters"

@@ -233,9 +233,7 @@ class AzureStore:
         for entity in page:
             body = self._read_body(entity)
             records.append(
-                self.get_experiment(entity["Id"])
-                if body is None
-                else _experiment(body, entity.metadata["etag"])
+                self.get_experiment(entity["Id"]) if body is None else _experiment(body, entity.metadata["etag"])
             )
         token = encode_page_token({"after": page[-1]["RowKey"]}) if len(rows) > limit else None
         return records, token
@@ -246,9 +244,7 @@ class AzureStore:
         self._ensure()
         partition = hashlib.sha256(key.encode()).hexdigest()
         try:
-            self._idempotency.create_entity(
-                {"PartitionKey": partition, "RowKey": "key", "ExperimentId": experiment_id}
-            )
+            self._idempotency.create_entity({"PartitionKey": partition, "RowKey": "key", "ExperimentId": experiment_id})
         except ResourceExistsError:
             return self._idempotency.get_entity(partition, "key")["ExperimentId"]
         return experiment_id

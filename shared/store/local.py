@@ -67,8 +67,7 @@ class LocalStore:
     def create_experiment(self, record: ExperimentRecord) -> ExperimentRecord:
         check_experiment_id(record.id)
         cursor = self._db.connection().execute(
-            "INSERT OR IGNORE INTO experiments (id, status, created_us, version, body) "
-            "VALUES (?, ?, ?, 1, ?)",
+            "INSERT OR IGNORE INTO experiments (id, status, created_us, version, body) VALUES (?, ?, ?, 1, ?)",
             (record.id, record.status.value, epoch_micros(record.created_at), _experiment_json(record)),
         )
         if cursor.rowcount == 0:
@@ -92,8 +91,7 @@ class LocalStore:
         if record.version.isdigit():
             version = int(record.version)
             cursor = conn.execute(
-                "UPDATE experiments SET status = ?, created_us = ?, version = ?, body = ? "
-                "WHERE id = ? AND version = ?",
+                "UPDATE experiments SET status = ?, created_us = ?, version = ?, body = ? WHERE id = ? AND version = ?",
                 (
                     record.status.value,
                     epoch_micros(record.created_at),
@@ -136,9 +134,7 @@ class LocalStore:
         check_idempotency_key(key)
         check_experiment_id(experiment_id)
         conn = self._db.connection()
-        conn.execute(
-            "INSERT OR IGNORE INTO idempotency (key, experiment_id) VALUES (?, ?)", (key, experiment_id)
-        )
+        conn.execute("INSERT OR IGNORE INTO idempotency (key, experiment_id) VALUES (?, ?)", (key, experiment_id))
         (bound,) = conn.execute("SELECT experiment_id FROM idempotency WHERE key = ?", (key,)).fetchone()
         return bound
 
