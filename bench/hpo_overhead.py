@@ -3,10 +3,11 @@
 (a) ours: ``HpoDriver`` on a Dask ``LocalCluster`` (2 workers x 1 thread), trials recorded in a
     ``LocalStore``, fold reports answered by the driver (the full path, pruner included);
 (b) bare: ``optuna`` ``study.optimize(n_jobs=2)`` calling ``gpu_jobs.train.run_trial`` directly.
-Same spec, sampler, seed, data and trial count. The cluster's start-up is printed apart (a one-off per
+Same spec (examples/flights-rf.yaml without its early-termination policy), sampler, seed, data and
+trial count. The cluster's start-up is printed apart (a one-off per
 experiment); each worker's first data load is counted in (a), the bare loop's in (b).
 
-    python bench/hpo_overhead.py [--trials 12] [--max-rows 20000]
+    python bench/hpo_overhead.py [--trials 10] [--max-rows 40000]
 
 Last line: ``overhead_ratio=<ours/bare>``.
 """
@@ -34,14 +35,12 @@ from shared.spec import load_spec  # noqa: E402
 from shared.store.local import LocalStore  # noqa: E402
 
 
-def bench_spec(trials: int, max_rows: int):
+def bench_spec(trials: int, max_rows: int, workers: int):
     document = load_spec(ROOT / "examples" / "flights-rf.yaml").to_document()
     document = copy.deepcopy(document)
     document["dataset"]["max_rows"] = max_rows
     document["early_termination"] = None
-    document["limits"].update({"max_total_trials": trials, "max_concurrent_trials": 2})
-    document["search_space"]["n_estimators"] = {"type": "choice", "values": [20, 30, 40]}
-    document["search_space"]["max_depth"] = {"type": "choice", "values": [6, 8, 10]}
+    document["limits"].update({"max_total_trials": trials, "max_concurrent_trials": workers})
     return load_spec(document)
 
 
@@ -87,12 +86,12 @@ def bare(spec, workers: int) -> tuple[float, list[float]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--trials", type=int, default=12)
-    parser.add_argument("--max-rows", type=int, default=20000)
+    parser.add_argument("--trials", type=int, default=10)
+    parser.add_argument("--max-rows", type=int, default=40000)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    spec = bench_spec(args.trials, args.max_rows)
+    spec = bench_spec(args.trials, args.max_rows, args.workers)
     bare_s, bare_values = bare(spec, args.workers)
     startup_s, ours_s, our_values = ours(spec, args.workers)
     print(f"trials={args.trials} rows={args.max_rows} workers={args.workers}")

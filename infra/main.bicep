@@ -81,6 +81,7 @@ var storageAccountName = take('st${compactPrefix}${resourceToken}', 24)
 var logAnalyticsName = 'log-${prefix}-${resourceToken}'
 var appInsightsName = 'appi-${prefix}-${resourceToken}'
 var vnetName = 'vnet-${prefix}-${resourceToken}'
+var vmIdentityName = 'id-dask-${prefix}-${resourceToken}'
 var deploymentContainerName = 'app-package-${take(functionAppName, 32)}-${take(resourceToken, 7)}'
 
 var azureMLWorkspaceName = 'mlw-${prefix}-${resourceToken}'
@@ -144,6 +145,20 @@ module network 'modules/network.bicep' = {
   }
 }
 
+// The Dask VMs' user-assigned identity (vmcluster backend), with table and artifacts-container roles on
+// the storage account. In this (control-plane) resource group: the VMs in the experiment group can use
+// it all the same, and experiment clean-ups never delete it.
+module vmIdentity 'modules/vm-identity.bicep' = {
+  name: 'vm-identity'
+  params: {
+    location: location
+    name: vmIdentityName
+    storageAccountName: storage.outputs.name
+    artifactsContainerName: blobContainerNames[0]
+    tags: tags
+  }
+}
+
 // App settings. Names come from shared/config.py ENV_DEFAULTS, plus the two Application Insights
 // settings the Functions host reads. AzureWebJobsStorage is identity-based (account name only, no
 // connection string; the system-assigned identity is the default credential). Flex Consumption takes
@@ -158,6 +173,8 @@ var appSettings = {
   AZURE_RESOURCE_GROUP: experimentRgName
   AZURE_LOCATION: location
   AZUREML_WORKSPACE: deployAzureML ? azureMLWorkspaceName : ''
+  RAPIDS_HPO_VM_IDENTITY_ID: vmIdentity.outputs.id
+  RAPIDS_HPO_VM_IDENTITY_CLIENT_ID: vmIdentity.outputs.clientId
   RAPIDS_HPO_POLL_SECONDS: string(pollSeconds)
   RAPIDS_HPO_STALL_SECONDS: string(stallSeconds)
 }
@@ -186,6 +203,7 @@ module controlPlaneRoles 'modules/roles-controlplane.bicep' = {
     appInsightsName: monitoring.outputs.appInsightsName
     vnetName: network.outputs.vnetName
     daskSubnetName: network.outputs.daskSubnetName
+    vmIdentityName: vmIdentity.outputs.name
   }
 }
 
@@ -239,3 +257,7 @@ output azureMLWorkspaceName string = deployAzureML ? azureMLWorkspaceName : ''
 output vnetName string = network.outputs.vnetName
 @description('Pass as AzureVMCluster(subnet=...) so Dask VMs get private IPs the Function App can reach.')
 output daskSubnetId string = network.outputs.daskSubnetId
+@description('RAPIDS_HPO_VM_IDENTITY_ID: resource id of the Dask VM identity (already an app setting).')
+output vmIdentityId string = vmIdentity.outputs.id
+@description('RAPIDS_HPO_VM_IDENTITY_CLIENT_ID (already an app setting; a client id is not a secret).')
+output vmIdentityClientId string = vmIdentity.outputs.clientId

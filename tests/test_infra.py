@@ -16,6 +16,7 @@ import json
 import os
 import re
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from datetime import timedelta
 from fnmatch import fnmatch
@@ -31,6 +32,8 @@ INFRA = ROOT / "infra"
 MAIN_BICEP = INFRA / "main.bicep"
 PARAMETERS_JSON = INFRA / "main.parameters.json"
 ROLE_DEFINITIONS = INFRA / "modules" / "role-definitions.bicep"
+VM_IDENTITY = INFRA / "modules" / "vm-identity.bicep"
+ROLES_CONTROLPLANE = INFRA / "modules" / "roles-controlplane.bicep"
 HOST_JSON = ROOT / "host.json"
 LOCAL_SETTINGS_EXAMPLE = ROOT / "local.settings.json.example"
 FUNCIGNORE = ROOT / ".funcignore"
@@ -47,22 +50,35 @@ EXPECTED_ROLES = {
     "AzureML Compute Operator": "e503ece1-11d0-4e8e-8e2c-7a6c3bf38815",
     "Network Contributor": "4d97b98b-1d4f-4787-a291-c67834d212e7",
     "Virtual Machine Contributor": "9980e02c-c2be-4d73-94e8-173b1dc7cf3c",
+    # learn.microsoft.com/azure/role-based-access-control/built-in-roles/identity#managed-identity-operator
+    "Managed Identity Operator": "f1a07417-d97a-45cb-824c-7a7467783830",
 }
 
-# Where each role may be assigned: the narrowest scope that works. None = the module's resource group.
+# Who gets which role where: the narrowest scope that works. None = the module's resource group.
+# APP is the Function App's system-assigned identity (the ``principalId`` parameter of the role modules);
+# VM is the Dask VMs' user-assigned identity, created in vm-identity.bicep.
+APP, VM = "function app", "dask vm identity"
 STORAGE_ACCOUNT = "Microsoft.Storage/storageAccounts"
-EXPECTED_ASSIGNMENTS = {
-    ("storageBlobDataOwner", STORAGE_ACCOUNT),
-    ("storageQueueDataContributor", STORAGE_ACCOUNT),
-    ("storageTableDataContributor", STORAGE_ACCOUNT),
-    ("monitoringMetricsPublisher", "Microsoft.Insights/components"),
-    ("virtualMachineContributor", "Microsoft.Network/virtualNetworks/subnets"),
-    ("networkContributor", None),
-    ("virtualMachineContributor", None),
-    ("azureMLDataScientist", "Microsoft.MachineLearningServices/workspaces"),
-    ("azureMLComputeOperator", "Microsoft.MachineLearningServices/workspaces"),
-    ("storageBlobDataContributor", STORAGE_ACCOUNT),
-}
+BLOB_CONTAINER = "Microsoft.Storage/storageAccounts/blobServices/containers"
+USER_ASSIGNED_IDENTITY = "Microsoft.ManagedIdentity/userAssignedIdentities"
+EXPECTED_ASSIGNMENTS = Counter(
+    [
+        (APP, "storageBlobDataOwner", STORAGE_ACCOUNT),
+        (APP, "storageQueueDataContributor", STORAGE_ACCOUNT),
+        (APP, "storageTableDataContributor", STORAGE_ACCOUNT),
+        (APP, "monitoringMetricsPublisher", "Microsoft.Insights/components"),
+        (APP, "virtualMachineContributor", "Microsoft.Network/virtualNetworks/subnets"),
+        (APP, "managedIdentityOperator", USER_ASSIGNED_IDENTITY),
+        (APP, "networkContributor", None),
+        (APP, "virtualMachineContributor", None),
+        (APP, "azureMLDataScientist", "Microsoft.MachineLearningServices/workspaces"),
+        (APP, "azureMLComputeOperator", "Microsoft.MachineLearningServices/workspaces"),
+        (APP, "storageBlobDataContributor", STORAGE_ACCOUNT),  # the AzureML workspace's storage
+        # The HPO driver on the VMs reads the experiment and writes trials and artifacts; no queues.
+        (VM, "storageTableDataContributor", STORAGE_ACCOUNT),
+        (VM, "storageBlobDataContributor", BLOB_CONTAINER),
+    ]
+)
 
 # ENV_DEFAULTS keys that are deliberately not app settings in Azure, and why.
 NOT_SET_IN_AZURE = {
@@ -294,9 +310,7 @@ class Bicep:
     @property
     def decls(self) -> list[Decl]:
         found = []
-        pattern = re.compile(
-            r"^(resource|module)\s+(\w+)\s+'([^'@]+)(?:@([^']+))?'\s*(existing\s*)?=\s*", re.MULTILINE
-        )
+        pattern = re.compile(r"^(resource|module)\s+(\w+)\s+'([^'@]+)(?:@([^']+))?'\s*(existing\s*)?=\s*", re.MULTILINE)
         for match in pattern.finditer(self.text):
             rest = match.end()
             open_at = min(
@@ -443,9 +457,7 @@ def test_every_module_exists_and_gets_exactly_the_parameters_it_declares() -> No
     for caller, decl, called in _module_calls():
         where = f"{caller.path.name}: module {decl.symbol}"
         assert called is not None, f"{where}: {decl.target} does not exist"
-        assert not decl.target.startswith(("br:", "br/", "ts:")), (
-            f"{where}: registry modules need the network"
-        )
+        assert not decl.target.startswith(("br:", "br/", "ts:")), f"{where}: registry modules need the network"
         passed = set(caller.body_object(decl, "params"))
         declared = called.params
         assert passed <= set(declared), f"{where}: unknown parameters {sorted(passed - set(declared))}"
@@ -467,14 +479,10 @@ def test_every_import_names_an_exported_declaration() -> None:
     seen = 0
     for path in _bicep_files():
         bicep = _bicep(path)
-        for names, target in re.findall(
-            r"^import\s*\{([^}]*)\}\s*from\s*'([^']+)'", bicep.text, re.MULTILINE
-        ):
+        for names, target in re.findall(r"^import\s*\{([^}]*)\}\s*from\s*'([^']+)'", bicep.text, re.MULTILINE):
             source = (path.parent / target).resolve()
             assert source.is_file(), f"{path.name}: imports from missing {target}"
-            exported = set(
-                re.findall(r"@export\(\)\s*(?:@[^\n]*\s*)*(?:var|type|func)\s+(\w+)", _bicep(source).text)
-            )
+            exported = set(re.findall(r"@export\(\)\s*(?:@[^\n]*\s*)*(?:var|type|func)\s+(\w+)", _bicep(source).text))
             for name in (n.strip() for n in names.split(",")):
                 seen += 1
                 assert name in exported, f"{path.name}: {name} is not exported by {target}"
@@ -488,9 +496,7 @@ def test_parameters_file_matches_main_bicep() -> None:
     given = _parameters()
     assert set(given) <= set(declared), f"unknown parameters: {sorted(set(given) - set(declared))}"
     required = {name for name, default in declared.items() if default is None}
-    assert required <= set(given), (
-        f"parameters without a default must be given: {sorted(required - set(given))}"
-    )
+    assert required <= set(given), f"parameters without a default must be given: {sorted(required - set(given))}"
     assert given["deployAzureML"] is False
     assert re.fullmatch(r"[a-z0-9]{2,10}", str(given["namePrefix"]))
     assert given["location"] and given["experimentResourceGroup"]
@@ -500,9 +506,7 @@ def test_resource_api_versions_are_stable() -> None:
     resources = [(path, d) for path in _bicep_files() for d in _bicep(path).decls if d.kind == "resource"]
     assert len(resources) >= 20
     for path, decl in resources:
-        assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", decl.api_version), (
-            f"{path.name}: {decl.symbol} {decl.api_version}"
-        )
+        assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", decl.api_version), f"{path.name}: {decl.symbol} {decl.api_version}"
 
 
 def test_templates_parse_with_pycep_when_installed() -> None:
@@ -513,9 +517,7 @@ def test_templates_parse_with_pycep_when_installed() -> None:
         tree = pycep.BicepParser().parse(text=path.read_text(encoding="utf-8"))
         assert tree, path
     role_ids = pycep.BicepParser().parse(text=ROLE_DEFINITIONS.read_text(encoding="utf-8"))
-    assert role_ids["variables"]["roleIds"]["value"] == {
-        key: guid for key, (guid, _) in _role_table().items()
-    }
+    assert role_ids["variables"]["roleIds"]["value"] == {key: guid for key, (guid, _) in _role_table().items()}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -529,9 +531,7 @@ def test_queues_tables_and_containers_match_shared_config() -> None:
     expected_queues = {name for queue in config.QUEUES for name in (queue, queue + config.POISON_SUFFIX)}
     assert sorted(queues) == sorted(expected_queues)
     assert sorted(_literal(item) for item in main.var_array("tableNames")) == sorted(config.TABLES)
-    assert sorted(_literal(item) for item in main.var_array("blobContainerNames")) == sorted(
-        config.CONTAINERS
-    )
+    assert sorted(_literal(item) for item in main.var_array("blobContainerNames")) == sorted(config.CONTAINERS)
 
     storage_call = next(d for d in main.decls if d.symbol == "storage")
     passed = main.body_object(storage_call, "params")
@@ -648,9 +648,7 @@ def _app_sources() -> list[Path]:
     """Every Python file of the deployed app and the GPU jobs: all but tests, tools and hidden folders."""
     found = []
     for folder, dirs, files in os.walk(ROOT):
-        dirs[:] = sorted(
-            d for d in dirs if not d.startswith(".") and d not in NON_APP_DIRS and d != "__pycache__"
-        )
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in NON_APP_DIRS and d != "__pycache__")
         found += [Path(folder) / f for f in files if f.endswith(".py")]
     return sorted(found)
 
@@ -726,9 +724,7 @@ def test_every_setting_the_code_reads_is_declared_or_set_by_infra() -> None:
 def test_every_setting_the_code_reads_is_in_local_settings_example() -> None:
     values = _local_settings()["Values"]
     missing = sorted(
-        f"{r.name} ({r.where})"
-        for r in _code_env_reads()
-        if r.name not in THIRD_PARTY_ENV and r.name not in values
+        f"{r.name} ({r.where})" for r in _code_env_reads() if r.name not in THIRD_PARTY_ENV and r.name not in values
     )
     assert not missing, f"add to local.settings.json.example: {missing}"
 
@@ -907,9 +903,23 @@ def _role_assignments() -> list[tuple[Bicep, Decl]]:
     ]
 
 
-def test_role_assignments_are_deterministic_narrow_and_for_the_app_identity() -> None:
+def _principal_of(bicep: Bicep, principal_expr: str) -> tuple[str, str]:
+    """(APP or VM, the expression the assignment's name must use for it) for a ``principalId`` value."""
+    if principal_expr == "principalId":
+        return APP, "principalId"
+    match = re.fullmatch(r"(\w+)\.properties\.principalId", principal_expr)
+    assert match, f"{bicep.path.name}: principalId {principal_expr!r} is neither the app nor an identity here"
+    identity = next((d for d in bicep.decls if d.symbol == match.group(1)), None)
+    assert identity and identity.target == USER_ASSIGNED_IDENTITY and not identity.existing, (
+        f"{bicep.path.name}: {match.group(1)} is not a user-assigned identity this file creates"
+    )
+    # The name needs a value known when the deployment starts: the identity's id, not its principal id.
+    return VM, f"{match.group(1)}.id"
+
+
+def test_role_assignments_are_deterministic_narrow_and_for_known_identities() -> None:
     table = _role_table()
-    deployed = set()
+    deployed = []
     for bicep, decl in _role_assignments():
         where = f"{bicep.path.name}: {decl.symbol}"
         body = bicep.body(decl)
@@ -921,15 +931,86 @@ def test_role_assignments_are_deterministic_narrow_and_for_the_app_identity() ->
         assert role, f"{where}: roleDefinitionId must name a key of roleIds"
         key = role.group(1)
         assert key in table, f"{where}: roleIds.{key} is not defined"
-        assert properties["principalId"] == "principalId"
+        principal, principal_in_name = _principal_of(bicep, properties["principalId"])
         assert properties["principalType"] == "'ServicePrincipal'"
         scope = body.get("scope")
         scope_type = bicep.resource_types()[scope] if scope else None
         scope_id = f"{scope}.id" if scope else "resourceGroup().id"
-        assert body["name"] == f"guid({scope_id}, principalId, roleIds.{key})", f"{where}: name"
-        deployed.add((key, scope_type))
-    assert deployed == EXPECTED_ASSIGNMENTS
-    assert {key for key, _ in deployed} == set(table), "every defined role is used"
+        assert body["name"] == f"guid({scope_id}, {principal_in_name}, roleIds.{key})", f"{where}: name"
+        deployed.append((principal, key, scope_type))
+    assert Counter(deployed) == EXPECTED_ASSIGNMENTS, (
+        f"missing: {sorted(map(str, EXPECTED_ASSIGNMENTS - Counter(deployed)))}, "
+        f"unexpected: {sorted(map(str, Counter(deployed) - EXPECTED_ASSIGNMENTS))}"
+    )
+    assert {key for _, key, _ in deployed} == set(table), "every defined role is used"
+
+
+def test_role_modules_get_the_function_app_principal() -> None:
+    """Every module whose assignments use a ``principalId`` parameter is given the app's identity."""
+    main = _bicep(MAIN_BICEP)
+    role_modules = {
+        bicep.path
+        for bicep, decl in _role_assignments()
+        if bicep.body_object(decl, "properties")["principalId"] == "principalId"
+    }
+    assert role_modules
+    for caller, decl, called in _module_calls():
+        if called is not None and called.path in role_modules:
+            assert caller is main
+            assert caller.body_object(decl, "params")["principalId"] == "functionApp.outputs.principalId", decl.symbol
+
+
+def _output_values(bicep: Bicep) -> dict[str, str]:
+    return {
+        m.group(1): m.group(2).strip()
+        for m in re.finditer(r"^output\s+(\w+)\s+\w+\s*=\s*(.+)$", bicep.text, re.MULTILINE)
+    }
+
+
+def test_vm_identity_reaches_the_app_settings_and_only_the_storage_it_needs() -> None:
+    """The vmcluster backend attaches RAPIDS_HPO_VM_IDENTITY_ID to its VMs and hands them the client id;
+    the identity exists, the app may attach it (and only it), and it reaches tables and artifacts only."""
+    main = _bicep(MAIN_BICEP)
+    module = next(d for d in main.decls if d.kind == "module" and d.target == "modules/vm-identity.bicep")
+    settings = _main_app_settings()
+    assert settings["RAPIDS_HPO_VM_IDENTITY_ID"] == f"{module.symbol}.outputs.id"
+    assert settings["RAPIDS_HPO_VM_IDENTITY_CLIENT_ID"] == f"{module.symbol}.outputs.clientId"
+
+    identity_file = _bicep(VM_IDENTITY)
+    identities = [d for d in identity_file.decls if d.target == USER_ASSIGNED_IDENTITY and not d.existing]
+    assert len(identities) == 1
+    symbol = identities[0].symbol
+    outputs = _output_values(identity_file)
+    assert outputs["id"] == f"{symbol}.id"
+    assert outputs["clientId"] == f"{symbol}.properties.clientId"
+    assert outputs["name"] == f"{symbol}.name"
+
+    # The blob role is on the artifacts container, the one shared/config.py names.
+    passed = main.body_object(module, "params")
+    assert passed["storageAccountName"] == "storage.outputs.name"
+    assert passed["artifactsContainerName"] == "blobContainerNames[0]"
+    assert _literal(main.var_array("blobContainerNames")[0]) == config.CONTAINER_ARTIFACTS
+    containers = [d for d in identity_file.decls if d.target == BLOB_CONTAINER]
+    assert [identity_file.body(d)["name"] for d in containers] == ["artifactsContainerName"]
+
+    # Managed Identity Operator: scoped to this identity, deployed where the identity is.
+    roles = next(d for d in main.decls if d.symbol == "controlPlaneRoles")
+    assert main.body_object(roles, "params")["vmIdentityName"] == f"{module.symbol}.outputs.name"
+    assert main.body(module).get("scope") == main.body(roles).get("scope"), "same resource group"
+    control_plane = _bicep(ROLES_CONTROLPLANE)
+    operators = [
+        (bicep, d)
+        for bicep, d in _role_assignments()
+        if "roleIds.managedIdentityOperator" in bicep.body_object(d, "properties")["roleDefinitionId"]
+    ]
+    assert [bicep.path for bicep, _ in operators] == [ROLES_CONTROLPLANE]
+    operator_scope = control_plane.body(operators[0][1])["scope"]
+    scope_decl = next(d for d in control_plane.decls if d.symbol == operator_scope)
+    assert scope_decl.target == USER_ASSIGNED_IDENTITY and scope_decl.existing
+    assert control_plane.body(scope_decl)["name"] == "vmIdentityName"
+
+    vm_keys = {key for who, key, _ in EXPECTED_ASSIGNMENTS if who == VM}
+    assert not any("Queue" in key or "Owner" in key for key in vm_keys), "the driver never uses queues"
 
 
 def test_storage_accounts_refuse_keys_and_anonymous_access() -> None:

@@ -17,4 +17,5 @@ var roleIds = {
   azureMLComputeOperator: 'e503ece1-11d0-4e8e-8e2c-7a6c3bf38815' // AzureML Compute Operator
   networkContributor: '4d97b98b-1d4f-4787-a291-c67834d212e7' // Network Contributor
   virtualMachineContributor: '9980e02c-c2be-4d73-94e8-173b1dc7cf3c' // Virtual Machine Contributor
+  managedIdentityOperator: 'f1a07417-d97a-45cb-824c-7a7467783830' // Managed Identity Operator
 }

@@ -18,6 +18,9 @@ param vnetName string
 @description('Name of the Dask VM subnet in that network.')
 param daskSubnetName string
 
+@description('Name of the user-assigned managed identity of the Dask VMs (in this resource group).')
+param vmIdentityName string
+
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: storageAccountName
 }
@@ -33,6 +36,10 @@ resource vnet 'Microsoft.Network/virtualNetworks@2024-05-01' existing = {
 resource daskSubnet 'Microsoft.Network/virtualNetworks/subnets@2024-05-01' existing = {
   parent: vnet
   name: daskSubnetName
+}
+
+resource vmIdentity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' existing = {
+  name: vmIdentityName
 }
 
 // Host storage needs Blob Data Owner (the minimum the Functions host needs for its blobs, leases and
@@ -95,5 +102,19 @@ resource daskSubnetJoin 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
     principalId: principalId
     principalType: 'ServicePrincipal'
     description: 'Join Dask VM network interfaces to the private dask subnet.'
+  }
+}
+
+// Attaching a user-assigned identity to a VM needs userAssignedIdentities/*/assign/action on the
+// identity (besides write on the VM). Scoped to the Dask VMs' identity only: the app can hand out no
+// other identity, and this role neither changes the identity nor grants it anything.
+resource vmIdentityOperator 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(vmIdentity.id, principalId, roleIds.managedIdentityOperator)
+  scope: vmIdentity
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleIds.managedIdentityOperator)
+    principalId: principalId
+    principalType: 'ServicePrincipal'
+    description: 'Attach the Dask VM identity to the VMs the app creates.'
   }
 }

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import optuna
-from distributed import Client, Future, Queue, Variable, wait
+from distributed import Client, Event, Future, Queue, Variable, wait
 
 from shared.hpo.search_space import make_pruner, make_sampler, suggest_params
 from shared.ports import TrialStore
@@ -79,6 +79,8 @@ class TrialTask:
     trial_timeout: float | None
     n_jobs: int | None
     channel: str
+    awaits_decisions: bool = True
+    """False when no early-termination policy is set: fold reports are then recorded, not answered."""
 
     @property
     def decision_name(self) -> str:
@@ -100,6 +102,7 @@ def run_trial_task(task: TrialTask, trial_fn: TrialFunction | None = None) -> di
     started = time.monotonic()
     last_step = 0
     reports = Queue(task.channel)
+    wake = Event(f"{task.channel}-wake")
 
     def on_fold(step: int, running: dict[str, float]) -> None:
         nonlocal last_step
@@ -107,8 +110,11 @@ def run_trial_task(task: TrialTask, trial_fn: TrialFunction | None = None) -> di
         value = float(running[task.primary_metric])
         if task.trial_timeout is not None and time.monotonic() - started > task.trial_timeout:
             raise TrialTimeoutSignal(f"trial_timeout of {task.trial_timeout:g} s exceeded after step {step}")
-        decision = Variable(f"{task.decision_name}-{step}")
         reports.put({"number": task.number, "attempt": task.attempt, "step": step, "value": value})
+        wake.set()
+        if not task.awaits_decisions:
+            return
+        decision = Variable(f"{task.decision_name}-{step}")
         try:
             prune = decision.get(timeout=REPORT_TIMEOUT_S)
         except TimeoutError:
@@ -127,6 +133,20 @@ def run_trial_task(task: TrialTask, trial_fn: TrialFunction | None = None) -> di
             "duration_s": time.monotonic() - started,
         }
 
+    try:
+        return _run_and_classify(task, trial_fn, on_fold, outcome)
+    finally:  # wakes the driver at once, instead of at its next poll
+        with contextlib.suppress(Exception):
+            reports.put({"number": task.number, "attempt": task.attempt, "final": True})
+            wake.set()
+
+
+def _run_and_classify(
+    task: TrialTask,
+    trial_fn: TrialFunction,
+    on_fold: Callable[[int, dict[str, float]], None],
+    outcome: Callable[..., dict[str, Any]],
+) -> dict[str, Any]:
     try:
         metrics = trial_fn(
             data=task.data,
@@ -190,7 +210,7 @@ class HpoDriver:
         trial_fn: TrialFunction | None = None,
         should_cancel: Callable[[], bool] | None = None,
         on_trial_end: Callable[[TrialRecord], None] | None = None,
-        poll_interval: float = 0.05,
+        poll_interval: float = 0.5,
         hard_stop_grace: float = HARD_STOP_GRACE_S,
     ) -> None:
         self.spec = spec
@@ -211,6 +231,7 @@ class HpoDriver:
         self._retry: list[TrialRecord] = []
         self._running: dict[str, _Running] = {}
         self._threads = self._threads_per_worker()
+        self.awaits_decisions = not isinstance(self.study.pruner, optuna.pruners.NopPruner)
 
     # ----------------------------------------------------------------------------------------- resume
     def _resume(self) -> None:
@@ -260,6 +281,7 @@ class HpoDriver:
         concurrency = self.spec.limits.max_concurrent_trials
         deadline = _deadline(self.spec.limits.timeout)
         reports = Queue(self.channel)
+        self._wake = Event(f"{self.channel}-wake")
         next_number = max(self._records, default=-1) + 1
         stop_reason: str | None = None
         try:
@@ -280,16 +302,10 @@ class HpoDriver:
                             next_number += 1
                 if not self._running:
                     break
-                self._answer_reports(reports)
                 self._collect_finished()
                 self._enforce_trial_timeouts()
                 if self._running:
-                    with contextlib.suppress(TimeoutError):
-                        wait(
-                            [r.future for r in self._running.values()],
-                            timeout=self.poll_interval,
-                            return_when="FIRST_COMPLETED",
-                        )
+                    self._answer_reports(reports, wait_s=self.poll_interval)
         finally:
             with contextlib.suppress(Exception):
                 reports.close()
@@ -345,6 +361,7 @@ class HpoDriver:
             trial_timeout=self.spec.limits.trial_timeout,
             n_jobs=self._threads,
             channel=self.channel,
+            awaits_decisions=self.awaits_decisions,
         )
         future = self.client.submit(
             run_trial_task,
@@ -363,10 +380,20 @@ class HpoDriver:
             deadline=None if limit is None else started + limit + self.hard_stop_grace,
         )
 
-    def _answer_reports(self, reports: Queue) -> None:
-        """Record each fold report and answer it with the pruner's decision."""
+    def _answer_reports(self, reports: Queue, wait_s: float) -> None:
+        """Wait up to ``wait_s`` for trial messages; record each fold report and answer it with the
+        pruner's decision. A trial's final message means its future is about to resolve."""
+        # An Event, not a blocking Queue.get: a get that times out is logged as an error by the scheduler.
+        if not self._wake.wait(timeout=wait_s):
+            return
+        self._wake.clear()  # before draining: a report put after the drain sets it again
+        ending: list[Future] = []
         for report in reports.get(batch=True):
             running = self._find(report["number"], report["attempt"])
+            if report.get("final"):
+                if running is not None:
+                    ending.append(running.future)
+                continue
             prune = False
             if running is not None:
                 step, value = int(report["step"]), float(report["value"])
@@ -375,8 +402,12 @@ class HpoDriver:
                     running.trial.report(value, step)
                     # After the last fold the work is done: keep the result rather than prune it.
                     prune = step < self.spec.trial.cv_folds and running.trial.should_prune()
-            decision = f"{self.channel}-{report['number']}-{report['attempt']}-{report['step']}"
-            Variable(decision).set(prune)
+            if self.awaits_decisions:
+                decision = f"{self.channel}-{report['number']}-{report['attempt']}-{report['step']}"
+                Variable(decision).set(prune)
+        if ending:
+            with contextlib.suppress(TimeoutError):
+                wait(ending, timeout=5.0)
 
     def _find(self, number: int, attempt: int) -> _Running | None:
         for running in self._running.values():
