@@ -17,7 +17,7 @@ import azure.functions as func
 from shared.api import create_api
 from shared.config import QUEUE_EVENTS, QUEUE_REQUESTS
 from shared.context import get_context
-from shared.handlers import handle_event, handle_request_message, sweep
+from shared.handlers import handle_event, handle_request_message, sweep, sweep_orphans
 
 SWEEP_SCHEDULE = "0 */5 * * * *"
 """Every five minutes (NCRONTAB, with seconds)."""
@@ -45,5 +45,9 @@ def experiment_events(message: func.QueueMessage) -> None:
 @app.timer_trigger(arg_name="timer", schedule=SWEEP_SCHEDULE, run_on_startup=False, use_monitor=True)
 def sweep_timer(timer: func.TimerRequest) -> None:
     """Re-drive experiments whose events were lost; tear down compute of finished ones."""
-    report = sweep(get_context())
+    context = get_context()
+    report = sweep(context)
     logging.info("sweep: %s", report)
+    deleted = sweep_orphans(context)
+    if deleted:
+        logging.warning("sweep deleted orphaned Azure resources: %s", deleted)

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from shared.config import env
 from shared.context import Context
 from shared.errors import AlreadyExists, BackendError, NotFound
 from shared.ports import RunState
@@ -443,6 +444,19 @@ def sweep(ctx: Context, *, stall_seconds: int | None = None) -> dict[str, list[s
         )
         report["redriven"].append(record.id)
     return report
+
+
+def sweep_orphans(ctx: Context) -> list[str]:
+    """Timer step, in Azure: delete VMs and networks tagged by experiments that are gone or torn down.
+
+    Runs only where ``AZURE_SUBSCRIPTION_ID`` and ``AZURE_RESOURCE_GROUP`` say where experiments live.
+    """
+    subscription_id, resource_group = env("AZURE_SUBSCRIPTION_ID"), env("AZURE_RESOURCE_GROUP")
+    if not subscription_id or not resource_group:
+        return []
+    live = {record.id for record in _all_experiments(ctx) if not record.torn_down}
+    backend = ctx.backend("vmcluster")
+    return backend.sweep_orphans(live, resource_group=resource_group, subscription_id=subscription_id)
 
 
 def _all_experiments(ctx: Context) -> list[ExperimentRecord]:

@@ -235,3 +235,25 @@ def test_rapids_hpo_run_rejects_a_bad_spec_with_the_field(tmp_path):
     )
     assert result.returncode == 2
     assert "limits.max_total_trials" in result.stderr
+
+
+def test_delete_cancels_a_running_experiment_and_stops_its_driver(tmp_path):
+    from shared.backends.local import is_alive
+
+    store = store_for(tmp_path)
+    with served(tmp_path) as client:
+        experiment_id = submit(client, slower_spec())
+        wait_for(client, experiment_id, lambda b: b["status"] == "RUNNING")
+        handle = store.get_experiment(experiment_id).backend_state
+        assert is_alive(handle)
+        response = client.delete(f"/api/experiments/{experiment_id}")
+        assert response.status_code == 202
+        body = wait_for(client, experiment_id, finished)
+        assert body["status"] == "CANCELLED"
+        deadline = time.monotonic() + 30
+        while is_alive(handle) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not is_alive(handle)  # the driver and its cluster are gone
+        wait_for(client, experiment_id, lambda b: store.get_experiment(experiment_id).torn_down)
+    trials = store.list_trials(experiment_id)
+    assert len(trials) < 6 and not any(t.state is TrialState.RUNNING for t in trials)

@@ -28,6 +28,7 @@ from shared.backends.network import (
     CREATED_BY_TAG,
     EXPERIMENT_TAG,
     NetworkHandle,
+    ensure_network,
     make_network_client,
     network_names,
 )
@@ -48,7 +49,7 @@ from shared.backends.vmcluster import (
     probe_task,
     security_from,
 )
-from shared.compute_spec import VMClusterCompute
+from shared.compute_spec import NetworkSpec, VMClusterCompute
 from shared.config import DRIVER_OUTCOME_ARTIFACT, Settings
 from shared.context import Context
 from shared.errors import BackendError
@@ -886,3 +887,30 @@ def test_teardown_deletes_by_tag_in_dependency_order_and_treats_404_as_done(
     assert len(deleted) == 3
     assert {r["name"] for r in arm.of_type("virtualMachines")} == {"dask-ffffffff-scheduler"}
     assert backend.find_orphans({EXP}, resource_group=RG, subscription_id=SUB) == []
+
+
+def test_timer_sweep_deletes_orphaned_networks_and_clusters_by_tag(
+    ctx: Context, arm: FakeArm, retry: RetrySettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared.handlers import sweep_orphans
+
+    backend = _backend(ctx, arm, retry)
+    ctx.backends["vmcluster"] = backend
+    network_client = make_network_client(SUB, StaticTokenCredential(arm.token), arm.base_url, polling_interval=0)
+    live = _record(ctx, "exp-live")
+    ensure_network(
+        network_client, resource_group=RG, location="eastus", experiment_id="exp-live", spec=NetworkSpec(), retry=retry
+    )
+    ensure_network(
+        network_client, resource_group=RG, location="eastus", experiment_id="exp-gone", spec=NetworkSpec(), retry=retry
+    )
+    monkeypatch.delenv("AZURE_SUBSCRIPTION_ID", raising=False)
+    assert sweep_orphans(ctx) == []  # not configured for Azure: touches nothing
+    monkeypatch.setenv("AZURE_SUBSCRIPTION_ID", SUB)
+    monkeypatch.setenv("AZURE_RESOURCE_GROUP", RG)
+    deleted = sweep_orphans(ctx)
+    gone = network_names("exp-gone")
+    assert {d.rsplit("/", 1)[1] for d in deleted} == {gone.vnet, gone.nsg}
+    kept = network_names(live.id)
+    assert {r["name"] for r in arm.of_type("virtualNetworks")} == {kept.vnet}
+    assert sweep_orphans(ctx) == []  # idempotent

@@ -1211,6 +1211,23 @@ class VMClusterBackend:
             retry=self.retry,
         )
 
+    def sweep_orphans(self, live_experiment_ids: set[str], *, resource_group: str, subscription_id: str) -> list[str]:
+        """Delete our clusters and networks in ``resource_group`` whose experiment is not live (the timer
+        sweep's cost guard); returns the ARM ids deleted."""
+        from shared.backends.network import delete_network_resources, find_orphaned_networks
+
+        clusters = self.find_orphans(
+            live_experiment_ids, resource_group=resource_group, subscription_id=subscription_id
+        )
+        deleted = self.delete_orphans(clusters, subscription_id=subscription_id)
+        _, network_client = self._clients(subscription_id)
+        networks = find_orphaned_networks(
+            network_client, resource_group=resource_group, live_experiment_ids=live_experiment_ids, retry=self.retry
+        )
+        return deleted + delete_network_resources(
+            network_client, resource_group=resource_group, resource_ids=networks, retry=self.retry
+        )
+
     def delete_orphans(self, orphans: list[OrphanedCluster], *, subscription_id: str | None = None) -> list[str]:
         """Delete what :meth:`find_orphans` found; returns the ids deleted."""
         from shared.backends.vm_teardown import delete_cluster_resources
