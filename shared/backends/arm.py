@@ -213,3 +213,23 @@ def client_kwargs(credential: Any, base_url: str | None, polling_interval: float
             kwargs["authentication_policy"] = LoopbackARMAuthenticationPolicy(credential, ARM_SCOPE)
         kwargs["base_url"] = base_url.rstrip("/")
     return kwargs
+
+
+def make_arm_client(
+    client_class: type[T],
+    subscription_id: str,
+    credential: Any = None,
+    base_url: str | None = None,
+    *,
+    polling_interval: float | None = None,
+) -> T:
+    """An ``azure-mgmt-*`` client with the SDK's retries off (:func:`arm_call` retries).
+
+    ``credential`` defaults to ``DefaultAzureCredential``; ``base_url`` points it at another ARM
+    endpoint (plain http only for loopback, e.g. a test server).
+    """
+    if credential is None:
+        from azure.identity import DefaultAzureCredential
+
+        credential = DefaultAzureCredential()
+    return client_class(credential, subscription_id, **client_kwargs(credential, base_url, polling_interval))

@@ -8,7 +8,6 @@ again (it resumes from the store) up to ``MAX_DRIVER_RESTARTS`` times.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -16,9 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from shared.config import DRIVER_OUTCOME_ARTIFACT
+from shared.backends.outcome import outcome_status, read_outcome
 from shared.context import Context
-from shared.errors import NotFound
 from shared.ports import RunState, RunStatus
 from shared.records import ExperimentRecord
 
@@ -89,19 +87,12 @@ class LocalBackend:
         return {**record.backend_state, **self._spawn(record)}
 
     def _outcome(self, experiment_id: str) -> dict[str, Any] | None:
-        try:
-            return json.loads(self.ctx.store.get_artifact(experiment_id, DRIVER_OUTCOME_ARTIFACT))
-        except NotFound:
-            return None
+        return read_outcome(self.ctx.store, experiment_id)
 
     def poll(self, record: ExperimentRecord) -> RunStatus:
         outcome = self._outcome(record.id)
         if outcome is not None:
-            state = {
-                "COMPLETED": RunState.SUCCEEDED,
-                "CANCELLED": RunState.CANCELLED,
-            }.get(outcome["status"], RunState.FAILED)
-            return RunStatus(state, error=outcome.get("error"), details={"outcome": outcome})
+            return outcome_status(outcome)
         if is_alive(record.backend_state):
             return RunStatus(RunState.RUNNING)
         restarts = int(record.backend_state.get("restarts", 0))

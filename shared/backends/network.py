@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
-from shared.backends.arm import DEFAULT_RETRY, RetrySettings, arm_call, client_kwargs, is_not_found
+from shared.backends.arm import DEFAULT_RETRY, RetrySettings, arm_call, is_not_found, make_arm_client
 from shared.compute_spec import NetworkSpec
 from shared.errors import BackendError
 
@@ -102,18 +102,12 @@ def make_network_client(
     *,
     polling_interval: float | None = None,
 ) -> NetworkManagementClient:
-    """A ``NetworkManagementClient`` with the SDK's retries off (:func:`arm_call` retries).
-
-    ``credential`` defaults to ``DefaultAzureCredential``; ``base_url`` points it at another ARM
-    endpoint (plain http only for loopback, e.g. a test server).
-    """
+    """A ``NetworkManagementClient`` (see :func:`shared.backends.arm.make_arm_client`)."""
     from azure.mgmt.network import NetworkManagementClient
 
-    if credential is None:
-        from azure.identity import DefaultAzureCredential
-
-        credential = DefaultAzureCredential()
-    return NetworkManagementClient(credential, subscription_id, **client_kwargs(credential, base_url, polling_interval))
+    return make_arm_client(
+        NetworkManagementClient, subscription_id, credential, base_url, polling_interval=polling_interval
+    )
 
 
 def ensure_network(

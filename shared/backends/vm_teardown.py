@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from shared.backends.arm import DEFAULT_RETRY, RetrySettings, arm_call, client_kwargs, is_not_found
+from shared.backends.arm import DEFAULT_RETRY, RetrySettings, arm_call, is_not_found, make_arm_client
 from shared.backends.network import CREATED_BY, CREATED_BY_TAG, EXPERIMENT_TAG
 from shared.errors import BackendError
 
@@ -70,18 +70,12 @@ def make_compute_client(
     *,
     polling_interval: float | None = None,
 ) -> ComputeManagementClient:
-    """A ``ComputeManagementClient`` with the SDK's retries off (:func:`arm_call` retries).
-
-    ``credential`` defaults to ``DefaultAzureCredential``; ``base_url`` points it at another ARM
-    endpoint (plain http only for loopback, e.g. a test server).
-    """
+    """A ``ComputeManagementClient`` (see :func:`shared.backends.arm.make_arm_client`)."""
     from azure.mgmt.compute import ComputeManagementClient
 
-    if credential is None:
-        from azure.identity import DefaultAzureCredential
-
-        credential = DefaultAzureCredential()
-    return ComputeManagementClient(credential, subscription_id, **client_kwargs(credential, base_url, polling_interval))
+    return make_arm_client(
+        ComputeManagementClient, subscription_id, credential, base_url, polling_interval=polling_interval
+    )
 
 
 def is_ours(tags: dict[str, str] | None, *, cluster_ids: Iterable[str] = (), experiment_id: str | None = None) -> bool:

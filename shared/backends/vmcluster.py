@@ -70,8 +70,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from shared.backends.outcome import outcome_status, read_outcome
 from shared.compute_spec import VMClusterCompute
-from shared.config import DRIVER_OUTCOME_ARTIFACT, Settings, env
+from shared.config import Settings, env
 from shared.errors import BackendError, NotFound
 from shared.ports import RunState, RunStatus
 from shared.records import ExperimentRecord
@@ -717,17 +718,6 @@ def _one_time_password() -> str:
     return secrets.token_urlsafe(24) + "aA1!"
 
 
-def outcome_status(outcome: dict[str, Any], backend_state: dict[str, Any] | None = None) -> RunStatus:
-    """The run state an outcome artifact means (as for the local backend)."""
-    state = {"COMPLETED": RunState.SUCCEEDED, "CANCELLED": RunState.CANCELLED}.get(
-        outcome.get("status", ""), RunState.FAILED
-    )
-    details: dict[str, Any] = {"outcome": outcome}
-    if backend_state:
-        details["backend_state"] = backend_state
-    return RunStatus(state, error=outcome.get("error"), details=details)
-
-
 # ------------------------------------------------------------------------------------------ backend
 ClientFactory = Callable[[str], Any]
 
@@ -846,10 +836,7 @@ class VMClusterBackend:
             return None
 
     def _outcome(self, experiment_id: str) -> dict[str, Any] | None:
-        try:
-            return json.loads(self.ctx.store.get_artifact(experiment_id, DRIVER_OUTCOME_ARTIFACT))
-        except NotFound:
-            return None
+        return read_outcome(self.ctx.store, experiment_id)
 
     def connect(self, record: ExperimentRecord) -> Client:
         """A client of the experiment's scheduler with its stored TLS credentials (raises OSError)."""

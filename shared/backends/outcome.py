@@ -1,0 +1,29 @@
+"""The HPO driver's outcome artifact, as the backends whose driver writes one (local, vmcluster) read it."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from shared.config import DRIVER_OUTCOME_ARTIFACT
+from shared.errors import NotFound
+from shared.ports import RunState, RunStatus, Store
+
+
+def read_outcome(store: Store, experiment_id: str) -> dict[str, Any] | None:
+    """The driver's ``driver/outcome.json`` for the experiment, or None while it has not ended."""
+    try:
+        return json.loads(store.get_artifact(experiment_id, DRIVER_OUTCOME_ARTIFACT))
+    except NotFound:
+        return None
+
+
+def outcome_status(outcome: dict[str, Any], backend_state: dict[str, Any] | None = None) -> RunStatus:
+    """The run state an outcome means: COMPLETED succeeded, CANCELLED was cancelled, anything else failed."""
+    state = {"COMPLETED": RunState.SUCCEEDED, "CANCELLED": RunState.CANCELLED}.get(
+        outcome.get("status", ""), RunState.FAILED
+    )
+    details: dict[str, Any] = {"outcome": outcome}
+    if backend_state:
+        details["backend_state"] = backend_state
+    return RunStatus(state, error=outcome.get("error"), details=details)
