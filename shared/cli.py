@@ -62,7 +62,7 @@ def run(
 ) -> None:
     """Run one experiment end to end on this machine, through the same queues, handlers and store."""
     from shared.context import Context, set_context
-    from shared.handlers import submit_experiment
+    from shared.handlers import request_cancel, submit_experiment
     from shared.runner import LocalHost
 
     spec = _load_spec_or_exit(spec_path)
@@ -96,13 +96,23 @@ def run(
 
         watcher = threading.Thread(target=refresh, daemon=True)
         watcher.start()
+        interrupted = False
         try:
             reached = host.run(until=finished, timeout=timeout)
+        except KeyboardInterrupt:  # Ctrl-C cancels the experiment rather than orphaning its driver
+            interrupted = True
+            err.print("[yellow]interrupted: cancelling the experiment (its trials stop, its compute is torn down)")
+            request_cancel(ctx, record.id)
+            reached = host.run(until=finished, timeout=120)
         finally:
             stop.set()
             watcher.join()
         final = ctx.store.get_experiment(record.id)
         progress.update(task, completed=final.trials_done, description=_describe(final))
+    if interrupted:
+        host.run(until=lambda: ctx.store.get_experiment(record.id).torn_down, timeout=30)
+        err.print(f"experiment {record.id} {ctx.store.get_experiment(record.id).status.value}")
+        raise typer.Exit(130)
     if not reached:
         err.print(f"[yellow]still {final.status.value} after {timeout} s; the run goes on in the background")
         raise typer.Exit(1)

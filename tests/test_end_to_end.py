@@ -257,3 +257,41 @@ def test_delete_cancels_a_running_experiment_and_stops_its_driver(tmp_path):
         wait_for(client, experiment_id, lambda b: store.get_experiment(experiment_id).torn_down)
     trials = store.list_trials(experiment_id)
     assert len(trials) < 6 and not any(t.state is TrialState.RUNNING for t in trials)
+
+
+def test_ctrl_c_on_rapids_hpo_run_cancels_the_experiment(tmp_path):
+    from shared.backends.local import is_alive
+
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(slower_spec()))
+    home = tmp_path / "home"
+    env = {**os.environ, "RAPIDS_HPO_HOME": str(home), "PYTHONPATH": str(ROOT)}
+    env.pop("AzureWebJobsStorage", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "shared.cli", "run", str(spec_path), "--poll-seconds", "1"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    store = None
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if (home / "store").exists():
+            store = store_for(home)
+            records, _ = store.list_experiments()
+            if records and records[0].status.value == "RUNNING" and store.list_trials(records[0].id):
+                break
+        time.sleep(0.3)
+    else:
+        process.kill()
+        raise AssertionError("the experiment never started running")
+    record = records[0]
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=150)
+    assert process.returncode == 130, stderr
+    final = store.get_experiment(record.id)
+    assert final.status.value == "CANCELLED" and final.torn_down
+    assert not is_alive(final.backend_state)
+    assert not any(t.state is TrialState.RUNNING for t in store.list_trials(record.id))
