@@ -175,6 +175,7 @@ def _fail_request(ctx: Context, experiment_id: str | None, reason: str, errors: 
         # AlreadyExists: a valid experiment with this id exists already, or the failure was recorded before.
         with contextlib.suppress(AlreadyExists):
             ctx.store.create_experiment(record)
+            ctx.status_queue.send(status_message(record))  # a FAILED experiment, like any other
     raise InvalidRequest(reason, errors)
 
 

@@ -260,6 +260,10 @@ def test_invalid_request_with_id_records_failed_and_raises(ctx):
     assert raised.value.errors[0]["loc"] == "limits.max_total_trials"
     record = ctx.store.get_experiment("exp-bad")
     assert record.status is S.FAILED and "max_total_trials" in record.error
+    with pytest.raises(InvalidRequest):  # redelivered: still rejected, recorded and announced once
+        handle_request_message(ctx, body, message_id="m-3")
+    (status,) = ctx.status_queue.receive(5)
+    assert json.loads(status.body)["status"] == "FAILED"
 
 
 def test_malformed_request_goes_to_the_poison_queue_after_the_retries(tmp_path):
