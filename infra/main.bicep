@@ -106,6 +106,7 @@ var tableNames = [
 ]
 var blobContainerNames = [
   'artifacts'
+  'secrets' // the control plane's credentials (Dask TLS keys); the VM identity has no role on it
 ]
 
 // ---- Resources ----------------------------------------------------------------------------------

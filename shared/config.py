@@ -22,7 +22,10 @@ TABLE_TRIALS = "trials"
 TABLE_IDEMPOTENCY = "idempotency"
 TABLES = (TABLE_EXPERIMENTS, TABLE_TRIALS, TABLE_IDEMPOTENCY)
 CONTAINER_ARTIFACTS = "artifacts"
-CONTAINERS = (CONTAINER_ARTIFACTS,)
+CONTAINER_SECRETS = "secrets"
+"""Credentials the control plane keeps (a Dask cluster's TLS keys): never listed or served, and out of
+reach of the compute's identity, which may write only to ``artifacts``."""
+CONTAINERS = (CONTAINER_ARTIFACTS, CONTAINER_SECRETS)
 
 DRIVER_OUTCOME_ARTIFACT = "driver/outcome.json"
 """Written by the HPO driver when it ends; the poll step reads it."""

@@ -62,6 +62,12 @@ class Store(TrialStore, Protocol):
     def list_artifacts(self, experiment_id: str, prefix: str = "") -> list[str]:
         """Names of an experiment's artifacts under ``prefix``, sorted."""
 
+    def put_secret(self, experiment_id: str, name: str, data: bytes) -> None:
+        """Keep a credential apart from the artifacts (never listed or served; the compute cannot read it)."""
+
+    def get_secret(self, experiment_id: str, name: str) -> bytes:
+        """Raise ``NotFound`` if absent."""
+
 
 @dataclass(frozen=True)
 class Message:

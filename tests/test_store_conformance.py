@@ -41,13 +41,17 @@ def build_store(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> It
         connection_string = request.getfixturevalue("azurite")
         token = uuid.uuid4().hex[:10]
         store = AzureStore.from_connection_string(
-            connection_string, table_prefix=f"t{token}", container=f"artifacts-{token}"
+            connection_string,
+            table_prefix=f"t{token}",
+            container=f"artifacts-{token}",
+            secrets_container=f"secrets-{token}",
         )
         yield store
         for table in store.table_names:
             store.table_service.delete_table(table)
-        with contextlib.suppress(ResourceNotFoundError):  # tables and container exist after first use
-            store.blob_service.delete_container(store.container_name)
+        for container in (store.container_name, store.secrets_container_name):
+            with contextlib.suppress(ResourceNotFoundError):  # tables and containers exist after first use
+                store.blob_service.delete_container(container)
     else:
         raise ValueError(kind)
 
@@ -361,3 +365,16 @@ def test_local_store_is_safe_across_processes(tmp_path: Path) -> None:
     assert [p.exitcode for p in processes] == [0, 0, 0]
 
     assert LocalStore(root).get_experiment("exp-1").trials_done == 45
+
+
+def test_secrets_round_trip_apart_from_the_artifacts(store: Store) -> None:
+    store.put_secret("exp-1", "cluster/security.json", b'{"key": "private"}')
+    store.put_secret("exp-1", "cluster/security.json", b'{"key": "rotated"}')  # replace
+    assert store.get_secret("exp-1", "cluster/security.json") == b'{"key": "rotated"}'
+    assert store.list_artifacts("exp-1") == []  # never listed (so never served) as an artifact
+    with pytest.raises(NotFound):
+        store.get_artifact("exp-1", "cluster/security.json")
+    with pytest.raises(NotFound):
+        store.get_secret("exp-2", "cluster/security.json")
+    with pytest.raises(ValueError):
+        store.put_secret("exp-1", "../escape", b"x")

@@ -486,7 +486,7 @@ def test_submit_poll_run_and_teardown_with_vms_on_fake_arm_and_dask_on_this_mach
     submitted = backend.submit(record)
     cluster_id = submitted["cluster_id"]
     assert submitted["scheduler_address"] == f"tls://127.0.0.1:{port}"
-    document = json.loads(ctx.store.get_artifact(EXP, SECURITY_ARTIFACT))
+    document = json.loads(ctx.store.get_secret(EXP, SECURITY_ARTIFACT))
     assert document["cluster_id"] == cluster_id and document["tls_key"].startswith("-----BEGIN")
     assert "BEGIN" not in json.dumps(submitted)  # the TLS key lives in the artifact, not the record
     [vm_put] = arm.calls("PUT", "virtualMachines/")
@@ -589,9 +589,7 @@ def dask_cluster() -> Iterator[LocalCluster]:
 
 def _started(ctx: Context, address: str, experiment_id: str, **state: Any) -> ExperimentRecord:
     """A record as submit leaves it, for a plain-TCP scheduler at ``address``."""
-    ctx.store.put_artifact(
-        experiment_id, SECURITY_ARTIFACT, json.dumps(vmcluster.new_credentials("c1", False)).encode()
-    )
+    ctx.store.put_secret(experiment_id, SECURITY_ARTIFACT, json.dumps(vmcluster.new_credentials("c1", False)).encode())
     base = {
         "cluster_id": "c1",
         "scheduler_address": address,
@@ -720,7 +718,7 @@ def test_unreachable_scheduler_is_running_until_a_bound_then_failed(
 ) -> None:
     backend = _backend(ctx, arm, retry, connect_timeout_s=1, unreachable_limit_s=600, ready_timeout_s=900)
     closed = f"tcp://127.0.0.1:{_free_port()}"
-    ctx.store.put_artifact(EXP, SECURITY_ARTIFACT, json.dumps(vmcluster.new_credentials("c1", False)).encode())
+    ctx.store.put_secret(EXP, SECURITY_ARTIFACT, json.dumps(vmcluster.new_credentials("c1", False)).encode())
     base = {"cluster_id": "c1", "scheduler_address": closed, "workers_created": True}
     record = _record(ctx, **base, submitted_at=vmcluster.now_iso(), driver_key=f"driver-{EXP}")
 
@@ -768,7 +766,7 @@ def test_arm_failures_creating_the_scheduler_are_retried_and_a_rerun_reuses_what
     arm.fail("PUT", "/virtualMachines/", 500, "InternalServerError", times=4)
     with pytest.raises(BackendError, match="failed after 4 attempts: 500"):
         backend.submit(lost)  # the run fails here; a sweep re-drive would call submit again
-    cluster_id = json.loads(ctx.store.get_artifact("exp-vm-2", SECURITY_ARTIFACT))["cluster_id"]
+    cluster_id = json.loads(ctx.store.get_secret("exp-vm-2", SECURITY_ARTIFACT))["cluster_id"]
     again = backend.submit(lost)
     assert again["cluster_id"] == cluster_id != first["cluster_id"]
     names = sorted(r["name"] for r in arm.of_type("networkInterfaces"))

@@ -25,7 +25,7 @@ Why step by step, not ``AzureVMCluster(...)`` in one call
     ``<vm>-nic``), so a redelivered or re-driven event creates only the shortfall.
 
 Found by tag, not by memory
-    The cluster id and the TLS credentials are written to ``cluster/security.json`` *before* any VM
+    The cluster id and the TLS credentials are kept as the secret ``cluster/security.json`` *before* any VM
     exists, so a crash between creating VMs and recording them loses nothing: the next attempt reuses
     them. Every VM and NIC carries dask-cloudprovider's ``creator``/``cluster-id`` tags plus ours
     (``rapids-hpo-experiment``, ``created-by``); NIC and OS disk are deleted with their VM; teardown
@@ -831,7 +831,7 @@ class VMClusterBackend:
 
     def _credentials(self, experiment_id: str) -> dict[str, Any] | None:
         try:
-            return json.loads(self.ctx.store.get_artifact(experiment_id, SECURITY_ARTIFACT))
+            return json.loads(self.ctx.store.get_secret(experiment_id, SECURITY_ARTIFACT))
         except NotFound:
             return None
 
@@ -917,7 +917,7 @@ class VMClusterBackend:
         document = self._credentials(record.id)
         if document is None:
             document = new_credentials(uuid.uuid4().hex[:8], compute.security)
-            self.ctx.store.put_artifact(record.id, SECURITY_ARTIFACT, json.dumps(document).encode())
+            self.ctx.store.put_secret(record.id, SECURITY_ARTIFACT, json.dumps(document).encode())
         cluster_id = document["cluster_id"]
         security = security_from(document)
 

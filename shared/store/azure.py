@@ -42,6 +42,7 @@ from pydantic import BaseModel
 
 from shared.config import (
     CONTAINER_ARTIFACTS,
+    CONTAINER_SECRETS,
     TABLE_EXPERIMENTS,
     TABLE_IDEMPOTENCY,
     TABLE_TRIALS,
@@ -87,6 +88,7 @@ class AzureStore:
         *,
         table_prefix: str = "",
         container: str = CONTAINER_ARTIFACTS,
+        secrets_container: str = CONTAINER_SECRETS,
     ) -> None:
         self.table_service = table_service
         self.blob_service = blob_service
@@ -100,6 +102,7 @@ class AzureStore:
             table_service.get_table_client(name) for name in self.table_names
         )
         self._container = blob_service.get_container_client(container)
+        self._secrets = blob_service.get_container_client(secrets_container)
         self._ready = False
         self._lock = threading.Lock()
         self._row_keys: dict[str, str] = {}
@@ -136,8 +139,9 @@ class AzureStore:
                 return
             for name in self.table_names:
                 self.table_service.create_table_if_not_exists(name)
-            with contextlib.suppress(ResourceExistsError):
-                self._container.create_container()
+            for container in (self._container, self._secrets):
+                with contextlib.suppress(ResourceExistsError):
+                    container.create_container()
             self._ready = True
 
     # Experiments
@@ -327,6 +331,21 @@ class AzureStore:
             return self._container.download_blob(_blob_name(experiment_id, name)).readall()
         except ResourceNotFoundError:
             raise NotFound(f"artifact {name!r} of experiment {experiment_id!r} not found") from None
+
+    def put_secret(self, experiment_id: str, name: str, data: bytes) -> None:
+        self._ensure()
+        self._secrets.upload_blob(_blob_name(experiment_id, name), data, overwrite=True)
+
+    def get_secret(self, experiment_id: str, name: str) -> bytes:
+        self._ensure()
+        try:
+            return self._secrets.download_blob(_blob_name(experiment_id, name)).readall()
+        except ResourceNotFoundError:
+            raise NotFound(f"secret {name!r} of experiment {experiment_id!r} not found") from None
+
+    @property
+    def secrets_container_name(self) -> str:
+        return self._secrets.container_name
 
     def list_artifacts(self, experiment_id: str, prefix: str = "") -> list[str]:
         folder = check_experiment_id(experiment_id) + "/"

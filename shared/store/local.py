@@ -159,18 +159,35 @@ class LocalStore:
 
     def put_artifact(self, experiment_id: str, name: str, data: bytes) -> str:
         path = self._artifact_path(experiment_id, name)
+        self._write(path, data)
+        return path.resolve().as_uri()
+
+    def put_secret(self, experiment_id: str, name: str, data: bytes) -> None:
+        self._write(self._secret_path(experiment_id, name), data, mode=0o600)
+
+    def get_secret(self, experiment_id: str, name: str) -> bytes:
+        try:
+            return self._secret_path(experiment_id, name).read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+            raise NotFound(f"secret {name!r} of experiment {experiment_id!r} not found") from exc
+
+    def _secret_path(self, experiment_id: str, name: str) -> Path:
+        return self.root / "secrets" / check_experiment_id(experiment_id) / check_artifact_name(name)
+
+    def _write(self, path: Path, data: bytes, mode: int | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp.mkdir(parents=True, exist_ok=True)
         # Write aside, then rename: a reader never sees half a file, concurrent writers: last one wins.
         fd, tmp = tempfile.mkstemp(dir=self._tmp, prefix=f"{uuid.uuid4().hex}-")
         try:
+            if mode is not None:
+                os.fchmod(fd, mode)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        return path.resolve().as_uri()
 
     def get_artifact(self, experiment_id: str, name: str) -> bytes:
         path = self._artifact_path(experiment_id, name)
