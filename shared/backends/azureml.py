@@ -46,7 +46,7 @@ Decisions AzureML leaves to us, each documented where it is made:
   single trials of a running sweep, bar a person in the studio); no policy -> FAILED. A child in
   ``CancelRequested`` stays RUNNING until it is ``Canceled``.
 * **The best trial** is ranked on the final CV mean (each trial's last logged value) over the synced trial
-  records, as ``shared.hpo.driver.best_of`` ranks them for the other backends. The sweep's
+  records, as ``shared.records.best_of`` ranks them for the other backends. The sweep's
   ``best_child_run_id`` property is only reported beside it (``azureml_best_child``): AzureML ranks on the
   best value *ever* logged, and a trial logs running means per fold, so using it would repeat the seed's
   "best of the splits" defect. With no completed trial nothing is downloaded.
@@ -103,9 +103,8 @@ from shared.compute_spec import AzureMLCompute
 from shared.config import MODEL_PREFIX, env
 from shared.context import Context
 from shared.errors import BackendError
-from shared.hpo.driver import best_of
 from shared.ports import RunState, RunStatus
-from shared.records import ExperimentRecord, TrialRecord, TrialState
+from shared.records import ExperimentRecord, TrialRecord, TrialState, best_of
 from shared.spec import ExperimentSpec, finish_value, quantize
 
 ROOT = Path(__file__).resolve().parents[2]
