@@ -57,14 +57,12 @@ from shared.backends.azureml import (
     workspace_settings,
 )
 from shared.compute_spec import AzureMLCompute
-from shared.config import Settings
 from shared.context import Context
 from shared.errors import BackendError
 from shared.ports import ComputeBackend, RunState
-from shared.queues.local import LocalQueueService
 from shared.records import ExperimentRecord, ExperimentStatus, TrialRecord, TrialState
 from shared.spec import Distribution, ExperimentSpec, load_spec
-from shared.store.local import LocalStore
+from tests.control_plane import local_context
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:The `ordered` `class Meta` option is deprecated"),
@@ -642,14 +640,7 @@ def run(
 
 @pytest.fixture
 def ctx(tmp_path: Path) -> Context:
-    settings = Settings(
-        storage_connection_string="",
-        storage_account_name="",
-        home=tmp_path,
-        poll_seconds=0,
-        stall_seconds=900,
-    )
-    return Context(settings=settings, store=LocalStore(tmp_path / "store"), queues=LocalQueueService(tmp_path / "q.db"))
+    return local_context(tmp_path, poll_seconds=0)
 
 
 @pytest.fixture

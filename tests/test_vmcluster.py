@@ -54,11 +54,10 @@ from shared.config import DRIVER_OUTCOME_ARTIFACT, Settings
 from shared.context import Context
 from shared.errors import BackendError
 from shared.ports import ComputeBackend, RunState, RunStatus
-from shared.queues.local import LocalQueueService
 from shared.records import ExperimentRecord, TrialState
 from shared.spec import load_spec, read_document
-from shared.store.local import LocalStore
 from tests.arm_server import FakeArm, StaticTokenCredential
+from tests.control_plane import local_context
 
 ROOT = Path(__file__).resolve().parents[1]
 SUB = "00000000-0000-0000-0000-000000000001"
@@ -169,14 +168,7 @@ def retry() -> RetrySettings:
 
 @pytest.fixture
 def ctx(tmp_path: Path) -> Context:
-    settings = Settings(
-        storage_connection_string="",
-        storage_account_name="",
-        home=tmp_path,
-        poll_seconds=1,
-        stall_seconds=900,
-    )
-    return Context(settings=settings, store=LocalStore(tmp_path / "store"), queues=LocalQueueService(tmp_path / "q.db"))
+    return local_context(tmp_path, poll_seconds=1)
 
 
 def _backend(ctx: Context, arm: FakeArm, retry: RetrySettings, **kwargs: Any) -> VMClusterBackend:
