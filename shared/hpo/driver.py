@@ -280,7 +280,7 @@ class HpoDriver:
         total = self.spec.effective_total_trials()
         concurrency = self.spec.limits.max_concurrent_trials
         deadline = _deadline(self.spec.limits.timeout)
-        reports = Queue(self.channel)
+        reports = self._reports = Queue(self.channel)
         self._wake = Event(f"{self.channel}-wake")
         next_number = max(self._records, default=-1) + 1
         stop_reason: str | None = None
@@ -305,7 +305,7 @@ class HpoDriver:
                 self._collect_finished()
                 self._enforce_trial_timeouts()
                 if self._running:
-                    self._answer_reports(reports, wait_s=self.poll_interval)
+                    self._answer_reports(wait_s=self.poll_interval)
         finally:
             with contextlib.suppress(Exception):
                 reports.close()
@@ -380,15 +380,19 @@ class HpoDriver:
             deadline=None if limit is None else started + limit + self.hard_stop_grace,
         )
 
-    def _answer_reports(self, reports: Queue, wait_s: float) -> None:
-        """Wait up to ``wait_s`` for trial messages; record each fold report and answer it with the
-        pruner's decision. A trial's final message means its future is about to resolve."""
+    def _answer_reports(self, wait_s: float) -> None:
+        """Wait up to ``wait_s`` for trial messages, then handle them (:meth:`_drain_reports`)."""
         # An Event, not a blocking Queue.get: a get that times out is logged as an error by the scheduler.
         if not self._wake.wait(timeout=wait_s):
             return
         self._wake.clear()  # before draining: a report put after the drain sets it again
+        self._drain_reports()
+
+    def _drain_reports(self) -> None:
+        """Record each fold report sent so far and answer it with the pruner's decision. A trial's
+        final message means its future is about to resolve."""
         ending: list[Future] = []
-        for report in reports.get(batch=True):
+        for report in self._reports.get(batch=True):
             running = self._find(report["number"], report["attempt"])
             if report.get("final"):
                 if running is not None:
@@ -416,9 +420,12 @@ class HpoDriver:
         return None
 
     def _collect_finished(self) -> None:
-        for key, running in list(self._running.items()):
-            if not running.future.done():
-                continue
+        done = [(key, running) for key, running in self._running.items() if running.future.done()]
+        if done:
+            # A task's reports were all put before it returned: drain them before finishing its record,
+            # or the last folds' values would arrive after the trial was written without them.
+            self._drain_reports()
+        for key, running in done:
             del self._running[key]
             try:
                 result = running.future.result()
