@@ -76,8 +76,11 @@ def azurite() -> Iterator[str]:
     binary = _azurite_binary()
     ports = {"blob": _free_port(), "queue": _free_port(), "table": _free_port()}
     with tempfile.TemporaryDirectory(prefix="azurite-") as location:
-        # Its output goes to a file: an unread pipe fills up and then blocks Azurite mid-session.
-        log = (Path(location) / "azurite.log").open("wb")
+        # Its output goes to a file (an unread pipe fills up and blocks Azurite), kept under .azurite/logs
+        # so a failed run can be diagnosed after the data folder is gone.
+        log_path = LOCAL_PREFIX / "logs" / f"azurite-{ports['blob']}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = log_path.open("wb")
         process = subprocess.Popen(
             [
                 binary,
@@ -102,6 +105,7 @@ def azurite() -> Iterator[str]:
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # signals meant for the test run's process group do not reach it
         )
         try:
             try:
@@ -109,9 +113,13 @@ def azurite() -> Iterator[str]:
                     _wait_for(port, process)
             except (RuntimeError, TimeoutError) as exc:
                 log.flush()
-                output = (Path(location) / "azurite.log").read_text(errors="replace")[-2000:]
+                output = log_path.read_text(errors="replace")[-2000:]
                 pytest.fail(f"{exc}\n{output}")
             yield connection_string(**ports)
+            if process.poll() is not None:  # it died under the tests: say so, with its own words
+                log.flush()
+                output = log_path.read_text(errors="replace")[-2000:]
+                pytest.fail(f"Azurite exited with status {process.returncode} during the session:\n{output}")
         finally:
             process.terminate()
             try:

@@ -71,7 +71,9 @@ pytestmark = [
 
 EXP = "exp-aml-1"
 JOB = job_name_for(EXP)
-T0 = datetime(2026, 11, 26, 8, 0, tzinfo=UTC)
+T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
+"""A sweep's creation time: relative to now, because a stopped sweep with no end time is measured
+against the clock (a fixed date made the status-mapping test fail once it was an hour old)."""
 FAST = RetrySettings(attempts=2, initial_wait_s=0, max_wait_s=0, jitter_s=0, sleep=lambda _: None)
 COMPUTE = {"backend": "azureml", "subscription_id": "sub-1", "resource_group": "rg-1", "workspace": "ws-1"}
 
