@@ -39,7 +39,7 @@ class Context:
         if name not in self.backends:
             from shared.backends import create_backend
 
-            self.backends[name] = create_backend(name, self)
+            self.backends[name] = create_backend(name, self.store, self.settings)
         return self.backends[name]
 
     @classmethod

@@ -663,7 +663,7 @@ def make_record(ctx: Context, spec: ExperimentSpec, **state: Any) -> ExperimentR
 
 
 def backend_for(ctx: Context, fake: FakeWorkspace) -> AzureMLBackend:
-    return AzureMLBackend(ctx, client_factory=lambda compute: fake)
+    return AzureMLBackend(ctx.store, ctx.settings, client_factory=lambda compute: fake)
 
 
 def running_sweep(fake: FakeWorkspace, status: str = "Running", **tags: str) -> None:

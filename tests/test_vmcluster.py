@@ -175,7 +175,8 @@ def _backend(ctx: Context, arm: FakeArm, retry: RetrySettings, **kwargs: Any) ->
     credential = StaticTokenCredential(arm.token)
     kwargs.setdefault("allow_local_store", True)
     return VMClusterBackend(
-        ctx,
+        ctx.store,
+        ctx.settings,
         compute_client_factory=lambda sub: make_compute_client(sub, credential, arm.base_url, polling_interval=0),
         network_client_factory=lambda sub: make_network_client(sub, credential, arm.base_url, polling_interval=0),
         retry=retry,

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from shared.backends.outcome import outcome_status, read_outcome
-from shared.context import Context
-from shared.ports import RunState, RunStatus
+from shared.config import Settings
+from shared.ports import RunState, RunStatus, Store
 from shared.records import ExperimentRecord
 
 MAX_DRIVER_RESTARTS = 2
@@ -45,16 +45,17 @@ class LocalBackend:
 
     name = "local"
 
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
+    def __init__(self, store: Store, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
 
     def _log_path(self, experiment_id: str) -> Path:
-        path = self.ctx.settings.home / "logs" / f"{experiment_id}.driver.log"
+        path = self.settings.home / "logs" / f"{experiment_id}.driver.log"
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
     def _environment(self) -> dict[str, str]:
-        settings = self.ctx.settings
+        settings = self.settings
         env = dict(os.environ)
         env["RAPIDS_HPO_HOME"] = str(settings.home)
         if settings.storage_connection_string:
@@ -87,7 +88,7 @@ class LocalBackend:
         return {**record.backend_state, **self._spawn(record)}
 
     def _outcome(self, experiment_id: str) -> dict[str, Any] | None:
-        return read_outcome(self.ctx.store, experiment_id)
+        return read_outcome(self.store, experiment_id)
 
     def poll(self, record: ExperimentRecord) -> RunStatus:
         outcome = self._outcome(record.id)

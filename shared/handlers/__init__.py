@@ -1,0 +1,43 @@
+"""The control plane's steps: request intake, the experiment state machine, the timer sweeps.
+
+- :mod:`shared.handlers.intake`: a spec (HTTP or request queue) becomes an experiment; cancel requests.
+- :mod:`shared.handlers.machine`: one short idempotent step per ``experiment-events`` message.
+- :mod:`shared.handlers.sweeper`: re-drive stalled experiments, delete orphaned compute.
+"""
+
+from shared.handlers.intake import (
+    InvalidRequest,
+    handle_request_message,
+    new_experiment_id,
+    parse_document,
+    request_cancel,
+    submit_experiment,
+)
+from shared.handlers.machine import (
+    EVENT_FOR_STATUS,
+    MAX_REDRIVES,
+    STATUS_FOR_EVENT,
+    budget_exceeded,
+    handle_event,
+    progress_updates,
+    status_message,
+)
+from shared.handlers.sweeper import sweep, sweep_orphans
+
+__all__ = [
+    "EVENT_FOR_STATUS",
+    "MAX_REDRIVES",
+    "STATUS_FOR_EVENT",
+    "InvalidRequest",
+    "budget_exceeded",
+    "handle_event",
+    "handle_request_message",
+    "new_experiment_id",
+    "parse_document",
+    "progress_updates",
+    "request_cancel",
+    "status_message",
+    "submit_experiment",
+    "sweep",
+    "sweep_orphans",
+]

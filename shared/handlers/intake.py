@@ -1,0 +1,144 @@
+"""Request intake: a spec from HTTP or the request queue becomes a stored experiment and its first event;
+a cancel request becomes a CANCELLING transition."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+from typing import Any
+
+import yaml
+
+from shared.context import Context
+from shared.errors import AlreadyExists, NotFound
+from shared.handlers.machine import S, now, send_event, status_message, transition
+from shared.records import TERMINAL_STATUSES, EventType, ExperimentRecord
+from shared.spec import ExperimentSpec, SpecError, load_spec
+
+
+class InvalidRequest(ValueError):
+    """A request message that can never succeed; ``errors`` name the fields."""
+
+    def __init__(self, message: str, errors: list[dict[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or []
+
+
+def new_experiment_id() -> str:
+    """Sortable, unique, valid as a table key, blob prefix and Azure resource-name part."""
+    return f"exp-{now():%Y%m%d%H%M%S}-{secrets.token_hex(3)}"
+
+
+# --------------------------------------------------------------------------------------------- submit
+def submit_experiment(
+    ctx: Context,
+    spec: ExperimentSpec,
+    *,
+    idempotency_key: str | None = None,
+    experiment_id: str | None = None,
+) -> tuple[ExperimentRecord, bool]:
+    """Store a new experiment and send its first event. Returns ``(record, created)``; a retried
+    request (same idempotency key or id) returns the existing experiment with ``created=False``."""
+    experiment_id = experiment_id or new_experiment_id()
+    if idempotency_key:
+        experiment_id = ctx.store.claim_idempotency_key(idempotency_key, experiment_id)
+    try:
+        return ctx.store.get_experiment(experiment_id), False
+    except NotFound:
+        pass
+    record = ExperimentRecord(
+        id=experiment_id,
+        name=spec.name,
+        spec=spec.to_document(),
+        backend=spec.compute.backend,
+        trials_total=spec.effective_total_trials(),
+        idempotency_key=idempotency_key,
+        event_seq=1,
+        history=[{"at": now().isoformat(), "status": S.SUBMITTED.value, "reason": "submitted"}],
+    )
+    try:
+        record = ctx.store.create_experiment(record)
+    except AlreadyExists:
+        return ctx.store.get_experiment(experiment_id), False
+    send_event(ctx, EventType.PROVISION, record)
+    return record, True
+
+
+def parse_document(text: str | bytes) -> Any:
+    """Parse a JSON or YAML document; raise ``InvalidRequest`` with the parser's message."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidRequest(f"the body is not UTF-8 text: {exc}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise InvalidRequest(f"the body is neither JSON nor YAML: {exc}") from None
+
+
+def handle_request_message(ctx: Context, body: str, *, message_id: str | None = None) -> ExperimentRecord:
+    """Handle one ``experiment-requests`` message: a spec, or ``{"spec": ..., "id"?, "idempotency_key"?}``.
+
+    An invalid request raises ``InvalidRequest`` (the host retries, then moves it to the poison queue);
+    when the message named an experiment id, that experiment is also recorded as FAILED with the reason.
+    """
+    document = parse_document(body)
+    experiment_id: str | None = None
+    key: str | None = None
+    if isinstance(document, dict) and "spec" in document:
+        experiment_id = _optional_str(document.get("id"))
+        key = _optional_str(document.get("idempotency_key"))
+        extra = set(document) - {"spec", "id", "idempotency_key"}
+        if extra:
+            _fail_request(ctx, experiment_id, f"unknown envelope field(s): {', '.join(sorted(extra))}", [])
+        document = document["spec"]
+    try:
+        spec = load_spec(document)
+    except SpecError as exc:
+        _fail_request(ctx, experiment_id, str(exc), exc.errors)
+    if key is None and experiment_id is None and message_id:
+        key = f"queue:{message_id}"  # a redelivered message must not start a second experiment
+    record, _ = submit_experiment(ctx, spec, idempotency_key=key, experiment_id=experiment_id)
+    return record
+
+
+def _optional_str(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value) > 128:
+        raise InvalidRequest(f"expected a non-empty string of at most 128 characters, got {value!r}")
+    return value
+
+
+def _fail_request(ctx: Context, experiment_id: str | None, reason: str, errors: list) -> None:
+    if experiment_id is not None:
+        record = ExperimentRecord(
+            id=experiment_id,
+            name=experiment_id,
+            spec={},
+            status=S.FAILED,
+            error=f"invalid request: {reason}",
+            ended_at=now(),
+            torn_down=True,
+            history=[{"at": now().isoformat(), "status": S.FAILED.value, "reason": "invalid request"}],
+        )
+        # AlreadyExists: a valid experiment with this id exists already, or the failure was recorded before.
+        with contextlib.suppress(AlreadyExists):
+            ctx.store.create_experiment(record)
+            ctx.status_queue.send(status_message(record))  # a FAILED experiment, like any other
+    raise InvalidRequest(reason, errors)
+
+
+# --------------------------------------------------------------------------------------------- cancel
+def request_cancel(ctx: Context, experiment_id: str) -> ExperimentRecord:
+    """Ask for an experiment to stop (DELETE). Terminal experiments are returned unchanged."""
+    record = ctx.store.get_experiment(experiment_id)
+    if record.status in TERMINAL_STATUSES or record.status is S.CANCELLING:
+        return record
+    return transition(ctx, record, S.CANCELLING, "cancel requested", next_event=EventType.CANCEL)

@@ -1,0 +1,63 @@
+"""Timer steps: re-drive experiments whose events were lost, and delete compute no experiment owns."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from shared.config import env
+from shared.context import Context
+from shared.handlers.machine import EVENT_FOR_STATUS, MAX_REDRIVES, S, now, transition
+from shared.records import TERMINAL_STATUSES, EventType, ExperimentRecord
+
+
+def sweep(ctx: Context, *, stall_seconds: int | None = None) -> dict[str, list[str]]:
+    """Timer step: re-drive experiments whose events were lost, tear down finished ones' compute."""
+    stall = timedelta(seconds=stall_seconds if stall_seconds is not None else ctx.settings.stall_seconds)
+    cutoff = now() - stall
+    report: dict[str, list[str]] = {"redriven": [], "failed": [], "teardown": []}
+    for record in all_experiments(ctx):
+        if record.updated_at > cutoff:
+            continue
+        if record.status in TERMINAL_STATUSES:
+            if not record.torn_down:
+                transition(ctx, record, record.status, "sweep", next_event=EventType.TEARDOWN)
+                report["teardown"].append(record.id)
+            continue
+        if record.redrives >= MAX_REDRIVES:
+            reason = f"stalled: no progress for {stall.total_seconds():.0f} s after {MAX_REDRIVES} re-drives"
+            transition(ctx, record, S.FAILED, reason, next_event=EventType.TEARDOWN, error=reason)
+            report["failed"].append(record.id)
+            continue
+        transition(
+            ctx,
+            record,
+            record.status,
+            "re-driven by sweep",
+            next_event=EVENT_FOR_STATUS[record.status],
+            redrives=record.redrives + 1,
+        )
+        report["redriven"].append(record.id)
+    return report
+
+
+def sweep_orphans(ctx: Context) -> list[str]:
+    """Timer step, in Azure: delete VMs and networks tagged by experiments that are gone or torn down.
+
+    Runs only where ``AZURE_SUBSCRIPTION_ID`` and ``AZURE_RESOURCE_GROUP`` say where experiments live.
+    """
+    subscription_id, resource_group = env("AZURE_SUBSCRIPTION_ID"), env("AZURE_RESOURCE_GROUP")
+    if not subscription_id or not resource_group:
+        return []
+    live = {record.id for record in all_experiments(ctx) if not record.torn_down}
+    backend = ctx.backend("vmcluster")
+    return backend.sweep_orphans(live, resource_group=resource_group, subscription_id=subscription_id)
+
+
+def all_experiments(ctx: Context) -> list[ExperimentRecord]:
+    records: list[ExperimentRecord] = []
+    token: str | None = None
+    while True:
+        page, token = ctx.store.list_experiments(limit=200, page_token=token)
+        records.extend(page)
+        if token is None:
+            return records

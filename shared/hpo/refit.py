@@ -1,0 +1,53 @@
+"""Refit the best parameters on all rows, as a task on the cluster, and store the model."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from distributed import Client
+
+from shared.ports import TrialStore
+from shared.records import BestTrial
+from shared.spec import ExperimentSpec
+
+
+def refit_task(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Refit on all rows in a temporary folder; return the metrics and the model's files as bytes, so
+    the model reaches the store from any worker, local or remote."""
+    from gpu_jobs.train import fit_final_model
+
+    with tempfile.TemporaryDirectory(prefix="rapids-hpo-refit-") as folder:
+        metrics = fit_final_model(**kwargs, output=folder)
+        root = Path(folder)
+        files = {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    return {"metrics": metrics, "files": files}
+
+
+def refit_best_model(
+    spec: ExperimentSpec, experiment_id: str, best: BestTrial, store: TrialStore, client: Client
+) -> BestTrial:
+    """Refit the best parameters on all rows (as a task on the cluster) and store the model under
+    ``model/``; returns ``best`` with its ``model_uri``."""
+    kwargs = {
+        "data": spec.dataset.uri,
+        "target": spec.dataset.target,
+        "model": spec.trial.model,
+        "params": best.params,
+        "seed": spec.sampling_algorithm.seed or 0,
+        "engine": spec.trial.engine,
+        "data_format": spec.dataset.format,
+        "max_rows": spec.dataset.max_rows,
+    }
+    result = client.submit(refit_task, kwargs, pure=False).result()
+    uri = None
+    for name, data in sorted(result["files"].items()):
+        uri = store.put_artifact(experiment_id, f"model/{name}", data)
+    if uri is None:
+        raise RuntimeError("the refit produced no model files")
+    model_uri = uri.rsplit("/", 1)[0]
+    for trial in store.list_trials(experiment_id):
+        if trial.number == best.number:  # the best trial's record says where its model is
+            store.put_trial(trial.model_copy(update={"model_uri": model_uri}))
+    return best.model_copy(update={"model_uri": model_uri})

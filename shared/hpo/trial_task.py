@@ -1,0 +1,142 @@
+"""One trial as a Dask task: run ``gpu_jobs.train.run_trial`` on a worker, report each fold to the driver
+and wait for its pruning decision, and classify how the trial ended (never raising for trial failures)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from distributed import Event, Queue, Variable
+
+TrialFunction = Callable[..., dict[str, Any]]
+"""Signature of ``gpu_jobs.train.run_trial`` (keyword-only arguments, returns the metrics)."""
+
+REPORT_TIMEOUT_S = 120.0
+"""How long a trial waits for a pruning decision before carrying on (the driver may be gone)."""
+
+
+class TrialPrunedSignal(Exception):
+    """Raised inside a trial's fold callback when the driver decides to prune it."""
+
+
+class TrialTimeoutSignal(Exception):
+    """Raised inside a trial's fold callback when the trial has used up its ``trial_timeout``."""
+
+
+@dataclass(frozen=True)
+class TrialTask:
+    """Everything a worker needs to run one trial (picklable)."""
+
+    experiment_id: str
+    number: int
+    attempt: int
+    params: dict[str, Any]
+    data: str
+    target: str
+    data_format: str | None
+    max_rows: int | None
+    model: str
+    cv_folds: int
+    seed: int
+    engine: str
+    primary_metric: str
+    trial_timeout: float | None
+    n_jobs: int | None
+    channel: str
+    awaits_decisions: bool = True
+    """False when no early-termination policy is set: fold reports are then recorded, not answered."""
+
+    @property
+    def decision_name(self) -> str:
+        return f"{self.channel}-{self.number}-{self.attempt}"
+
+
+def _default_trial_function() -> TrialFunction:
+    from gpu_jobs.train import run_trial
+
+    return run_trial
+
+
+def run_trial_task(task: TrialTask, trial_fn: TrialFunction | None = None) -> dict[str, Any]:
+    """Run one trial on a Dask worker; never raises for trial-level failures.
+
+    Returns ``{"status": completed|pruned|timed_out|failed, "metrics", "error", "step", "duration_s"}``.
+    """
+    trial_fn = trial_fn or _default_trial_function()
+    started = time.monotonic()
+    last_step = 0
+    reports = Queue(task.channel)
+    wake = Event(f"{task.channel}-wake")
+
+    def on_fold(step: int, running: dict[str, float]) -> None:
+        nonlocal last_step
+        last_step = step
+        value = float(running[task.primary_metric])
+        if task.trial_timeout is not None and time.monotonic() - started > task.trial_timeout:
+            raise TrialTimeoutSignal(f"trial_timeout of {task.trial_timeout:g} s exceeded after step {step}")
+        reports.put({"number": task.number, "attempt": task.attempt, "step": step, "value": value})
+        wake.set()
+        if not task.awaits_decisions:
+            return
+        decision = Variable(f"{task.decision_name}-{step}")
+        try:
+            prune = decision.get(timeout=REPORT_TIMEOUT_S)
+        except TimeoutError:
+            prune = False
+        with contextlib.suppress(Exception):
+            decision.delete()
+        if prune:
+            raise TrialPrunedSignal(f"pruned at step {step}")
+
+    def outcome(status: str, metrics: dict[str, Any] | None = None, error: str | None = None) -> dict:
+        return {
+            "status": status,
+            "metrics": metrics or {},
+            "error": error,
+            "step": last_step,
+            "duration_s": time.monotonic() - started,
+        }
+
+    try:
+        return _run_and_classify(task, trial_fn, on_fold, outcome)
+    finally:  # wakes the driver at once, instead of at its next poll
+        with contextlib.suppress(Exception):
+            reports.put({"number": task.number, "attempt": task.attempt, "final": True})
+            wake.set()
+
+
+def _run_and_classify(
+    task: TrialTask,
+    trial_fn: TrialFunction,
+    on_fold: Callable[[int, dict[str, float]], None],
+    outcome: Callable[..., dict[str, Any]],
+) -> dict[str, Any]:
+    try:
+        metrics = trial_fn(
+            data=task.data,
+            target=task.target,
+            model=task.model,
+            params=task.params,
+            cv_folds=task.cv_folds,
+            seed=task.seed,
+            engine=task.engine,
+            data_format=task.data_format,
+            max_rows=task.max_rows,
+            primary_metric=task.primary_metric,
+            n_jobs=task.n_jobs,
+            on_fold=on_fold,
+        )
+    except TrialPrunedSignal as exc:
+        return outcome("pruned", error=str(exc))
+    except TrialTimeoutSignal as exc:
+        return outcome("timed_out", error=str(exc))
+    except MemoryError:
+        return outcome("failed", error="out of memory (MemoryError)")
+    except Exception as exc:  # a trial's failure is data, not a driver crash
+        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        return outcome("failed", error=detail)
+    return outcome("completed", metrics=metrics)
