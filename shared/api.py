@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 from shared import __version__
 from shared.config import MODEL_PREFIX
 from shared.context import Context, get_context
+from shared.dashboard.routes import router as dashboard_router
 from shared.errors import NotFound
 from shared.handlers import InvalidRequest, parse_document, request_cancel, submit_experiment
 from shared.records import TERMINAL_STATUSES, BestTrial, ExperimentRecord, ExperimentStatus, TrialRecord
@@ -259,4 +260,5 @@ def create_api() -> FastAPI:
         swagger_ui_oauth2_redirect_url=None,
     )
     app.include_router(router)
+    app.include_router(dashboard_router)
     return app

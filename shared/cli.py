@@ -26,7 +26,7 @@ from rich.progress import (
 from rich.table import Table
 
 from shared.config import Settings, env
-from shared.records import TERMINAL_STATUSES, ExperimentRecord, ExperimentStatus, TrialState
+from shared.records import TERMINAL_STATUSES, ExperimentRecord, ExperimentStatus, TrialRecord, TrialState
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console()
@@ -263,20 +263,50 @@ def status(experiment_id: str, as_json: Annotated[bool, typer.Option("--json")] 
 
 
 @app.command()
-def watch(experiment_id: str, interval: float = 5.0) -> None:
-    """Follow an experiment until it ends."""
+def watch(
+    experiment_id: str,
+    interval: Annotated[float, typer.Option(help="seconds between refreshes")] = 5.0,
+) -> None:
+    """Follow an experiment until it ends: progress bar and a live table of its running trials."""
+    from rich.live import Live
+
+    from shared.dashboard.terminal import watch_view
+
+    base = f"/api/experiments/{experiment_id}"
     with _client() as client:
-        while True:
-            data = _check(client.get(f"/api/experiments/{experiment_id}")).json()
-            best = data.get("best")
-            console.print(
-                f"{time.strftime('%H:%M:%S')} {data['status']:<12} "
-                f"{data['progress']['done']}/{data['progress']['total']}"
-                + (f" best={best['value']:.4f}" if best else "")
-            )
-            if data["status"] in {s.value for s in TERMINAL_STATUSES}:
-                raise typer.Exit(0 if data["status"] == "COMPLETED" else 1)
-            time.sleep(interval)
+        searched = list(_check(client.get(f"{base}/study")).json()["spec"].get("search_space", {}))
+        with Live(console=console, auto_refresh=False) as live:
+            while True:
+                data = _check(client.get(base)).json()
+                trials = _check(client.get(f"{base}/trials")).json()
+                live.update(watch_view(data, trials, searched), refresh=True)
+                if data["status"] in {s.value for s in TERMINAL_STATUSES}:
+                    raise typer.Exit(0 if data["status"] == "COMPLETED" else 1)
+                time.sleep(interval)
+
+
+@app.command()
+def export(
+    experiment_id: str,
+    optuna_journal: Annotated[
+        Path, typer.Option("--optuna-journal", help="write an Optuna JournalStorage file (a new file)")
+    ],
+) -> None:
+    """Export an experiment for Optuna's tools: `optuna.load_study` and `optuna-dashboard FILE` open it."""
+    from shared.dashboard.study import write_journal
+
+    if optuna_journal.exists():
+        err.print(f"[red]error:[/red] {optuna_journal} exists; the journal must be a new file")
+        raise typer.Exit(2)
+    with _client() as client:
+        data = _check(client.get(f"/api/experiments/{experiment_id}/study")).json()
+    record = ExperimentRecord(id=data["id"], name=data["name"], status=data["status"], spec=data["spec"])
+    trials = [TrialRecord.model_validate(t) for t in data["trials"]]
+    study = write_journal(str(optuna_journal), record, trials)
+    console.print(
+        f"{len(study.trials)} trial(s) of {record.id} written to {optuna_journal} (study {study.study_name!r}); "
+        f"open it with: optuna-dashboard {optuna_journal}"
+    )
 
 
 @app.command("list")

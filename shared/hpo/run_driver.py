@@ -21,6 +21,8 @@ from distributed import Client, LocalCluster
 
 from shared.compute_spec import LocalCompute
 from shared.config import DRIVER_OUTCOME_ARTIFACT, Settings
+from shared.dashboard.artifacts import save_plots_safely
+from shared.dashboard.importance import ImportanceRefresher
 from shared.hpo.driver import ExperimentOutcome, HpoDriver
 from shared.hpo.refit import refit_best_model
 from shared.ports import Store
@@ -76,7 +78,8 @@ def run_experiment(store: Store, experiment_id: str, client: Client, cancel: Can
     """Run the driver and store the best model; the outcome is also written as an artifact."""
     record = store.get_experiment(experiment_id)
     spec = load_spec(record.spec)
-    driver = HpoDriver(spec, experiment_id, store, client, should_cancel=cancel)
+    refresh = ImportanceRefresher(store, record)
+    driver = HpoDriver(spec, experiment_id, store, client, should_cancel=cancel, on_trial_end=refresh)
     try:
         outcome = driver.run()
         if outcome.status == "COMPLETED" and outcome.best is not None:
@@ -84,6 +87,7 @@ def run_experiment(store: Store, experiment_id: str, client: Client, cancel: Can
     except Exception as exc:  # the driver itself failed: say why in the outcome, then exit non-zero
         log.exception("driver failed")
         outcome = ExperimentOutcome("FAILED", "driver error", 0, None, f"{type(exc).__name__}: {exc}")
+    save_plots_safely(store, record)  # charts, importances: on the compute, where Optuna and matplotlib are
     document = asdict(outcome)
     document["best"] = outcome.best.model_dump(mode="json") if outcome.best else None
     store.put_artifact(experiment_id, DRIVER_OUTCOME_ARTIFACT, json.dumps(document, indent=2).encode())

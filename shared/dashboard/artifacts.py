@@ -1,0 +1,73 @@
+"""The charts saved as an experiment's artifacts under ``plots/`` when it ends.
+
+Made on the compute, at the end of the driver (:mod:`shared.hpo.run_driver`): the compute already has
+every trial, Optuna for the importances and matplotlib for the PNGs, and it writes only its own
+experiment's artifacts. The Function App renders nothing heavy: it serves these files, and draws the
+SVG/HTML forms itself (pure Python) for experiments that have none (a run still going, an AzureML sweep).
+
+Files: ``<chart>.svg``, ``<chart>.html`` (self-contained) and ``<chart>.png`` for each of
+:data:`~shared.dashboard.charts.CHART_NAMES`, ``report.html`` (every chart and the trial table) and
+``importances.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from shared.dashboard.charts import CHART_NAMES, build_charts
+from shared.dashboard.importance import IMPORTANCES_ARTIFACT, compute_importances
+from shared.dashboard.pages import chart_page, report_page
+from shared.dashboard.svg import render
+from shared.ports import TrialStore
+from shared.records import ExperimentRecord
+
+PLOTS_PREFIX = "plots/"
+MEDIA_TYPES = {
+    ".png": "image/png",
+    ".svg": "image/svg+xml",
+    ".html": "text/html; charset=utf-8",
+    ".json": "application/json",
+}
+log = logging.getLogger("rapids_hpo.dashboard")
+
+
+def png_renderer() -> Any:
+    """``render_png`` when matplotlib is installed, else ``None`` (the PNGs are then left out)."""
+    try:
+        from shared.dashboard.png import render_png
+    except ImportError:
+        return None
+    return render_png
+
+
+def write_plots(store: TrialStore, record: ExperimentRecord) -> list[str]:
+    """Compute the importances and save every chart of ``record``; returns the names written."""
+    trials = store.list_trials(record.id)
+    importance_doc: dict[str, Any] = compute_importances(record, trials)
+    written = [IMPORTANCES_ARTIFACT]
+    store.put_artifact(record.id, IMPORTANCES_ARTIFACT, json.dumps(importance_doc, indent=2).encode())
+    charts = build_charts(record, trials, importance_doc)
+    to_png = png_renderer()
+    if to_png is None:
+        log.warning("matplotlib is not installed: plots/ gets no PNG files")
+    for name, chart in zip(CHART_NAMES, charts, strict=True):
+        files = {f"{name}.svg": render(chart).encode(), f"{name}.html": chart_page(record, chart).encode()}
+        if to_png is not None:
+            files[f"{name}.png"] = to_png(chart)
+        for file_name, data in files.items():
+            store.put_artifact(record.id, PLOTS_PREFIX + file_name, data)
+            written.append(PLOTS_PREFIX + file_name)
+    store.put_artifact(record.id, PLOTS_PREFIX + "report.html", report_page(record, trials, importance_doc).encode())
+    written.append(PLOTS_PREFIX + "report.html")
+    return written
+
+
+def save_plots_safely(store: TrialStore, record: ExperimentRecord) -> list[str]:
+    """:func:`write_plots`, logging instead of raising: a chart never fails an experiment."""
+    try:
+        return write_plots(store, record)
+    except Exception:
+        log.warning("plots of %s not saved", record.id, exc_info=True)
+        return []

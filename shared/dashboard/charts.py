@@ -1,0 +1,206 @@
+"""The dashboard's charts as plain data, built from an experiment's records (no plotting library here).
+
+One chart model, several renderers: :mod:`shared.dashboard.svg` draws it as inline SVG for the pages
+and the self-contained HTML artifacts (pure Python, so the Function App needs nothing more), and
+:mod:`shared.dashboard.png` draws it with matplotlib where that is installed (the compute, a dev box).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from shared.records import ExperimentRecord, TrialRecord, TrialState
+
+CHART_NAMES = ("history", "intermediate", "parallel", "importances")
+"""The charts of an experiment, in page order; also the stems of the files under ``plots/``."""
+
+Style = Literal["completed", "pruned", "failed", "running", "best"]
+
+
+@dataclass(frozen=True)
+class Series:
+    """Points of one kind: ``scatter`` (markers), ``line`` (joined) or ``step`` (best so far)."""
+
+    label: str
+    points: list[tuple[float, float]]
+    kind: Literal["scatter", "line", "step"]
+    style: Style
+    end_marker: bool = False
+    """Mark the last point (where a pruned trial stopped)."""
+
+
+@dataclass(frozen=True)
+class XYChart:
+    name: str
+    title: str
+    x_label: str
+    y_label: str
+    series: list[Series]
+    empty: str = "no values yet"
+
+    @property
+    def has_data(self) -> bool:
+        return any(s.points for s in self.series)
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One vertical axis of a parallel-coordinates chart: numeric (``lo``..``hi``) or categorical."""
+
+    name: str
+    lo: float = 0.0
+    hi: float = 1.0
+    categories: list[str] = field(default_factory=list)
+    log: bool = False
+
+    def position(self, value: Any) -> float:
+        """Where ``value`` sits on the axis, 0 (bottom) to 1 (top)."""
+        if self.categories:
+            index = self.categories.index(str(value))
+            return 0.5 if len(self.categories) == 1 else index / (len(self.categories) - 1)
+        lo, hi, x = self.lo, self.hi, float(value)
+        if self.log:
+            lo, hi, x = math.log10(lo), math.log10(hi), math.log10(x)
+        return 0.5 if hi == lo else (x - lo) / (hi - lo)
+
+    def ticks(self) -> list[tuple[float, str]]:
+        if self.categories:
+            return [(self.position(c), c) for c in self.categories]
+        return [(0.0, _short(self.lo)), (1.0, _short(self.hi))]
+
+
+@dataclass(frozen=True)
+class ParallelChart:
+    name: str
+    title: str
+    axes: list[Axis]
+    lines: list[tuple[list[Any], float]]
+    """Per completed trial: its value on each axis (the objective first) and its objective value."""
+    goal: str
+    empty: str = "no completed trial yet"
+
+    @property
+    def has_data(self) -> bool:
+        return bool(self.lines) and len(self.axes) > 1
+
+
+@dataclass(frozen=True)
+class BarChart:
+    name: str
+    title: str
+    bars: list[tuple[str, float]]
+    note: str = ""
+    empty: str = "no importances yet"
+
+    @property
+    def has_data(self) -> bool:
+        return bool(self.bars)
+
+
+Chart = XYChart | ParallelChart | BarChart
+
+
+def _short(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def objective(record: ExperimentRecord) -> tuple[str, str]:
+    """``(primary_metric, goal)`` of an experiment."""
+    section = record.spec.get("objective") or {}
+    return str(section.get("primary_metric", "accuracy")), str(section.get("goal", "maximize"))
+
+
+def history(trials: list[TrialRecord], metric: str, goal: str) -> XYChart:
+    """Every completed trial's value and the best so far (Optuna's optimization history)."""
+    done = sorted((t for t in trials if t.state is TrialState.COMPLETED and t.value is not None), key=_number)
+    points = [(float(t.number), float(t.value)) for t in done if t.value is not None]
+    best: list[tuple[float, float]] = []
+    for x, y in points:
+        if not best or (y > best[-1][1] if goal == "maximize" else y < best[-1][1]):
+            best.append((x, y))
+        else:
+            best.append((x, best[-1][1]))
+    return XYChart(
+        "history",
+        "Optimization history",
+        "trial",
+        metric,
+        [Series(metric, points, "scatter", "completed"), Series("best so far", best, "step", "best")],
+        empty="no completed trial yet",
+    )
+
+
+def intermediate(trials: list[TrialRecord], metric: str) -> XYChart:
+    """Each trial's running cross-validated mean per fold; pruned trials end where they stopped."""
+    series = []
+    for trial in sorted(trials, key=_number):
+        points = sorted((float(step), float(v)) for step, v in trial.intermediate.items())
+        if points:
+            style: Style = trial.state.value.lower() if trial.state.value != "TIMED_OUT" else "failed"  # type: ignore[assignment]
+            series.append(
+                Series(f"trial {trial.number}", points, "line", style, end_marker=trial.state is TrialState.PRUNED)
+            )
+    return XYChart("intermediate", "Intermediate values per fold", "fold", f"{metric} (running mean)", series)
+
+
+def parallel(trials: list[TrialRecord], names: list[str], metric: str, goal: str) -> ParallelChart:
+    """Completed trials across the objective and each searched hyperparameter."""
+    done = [t for t in sorted(trials, key=_number) if t.state is TrialState.COMPLETED and t.value is not None]
+    names = [n for n in names if any(n in t.params for t in done)]
+    done = [t for t in done if all(n in t.params for n in names)]
+    axes = [_axis(metric, [t.value for t in done])] + [_axis(n, [t.params[n] for t in done]) for n in names]
+    lines = [([t.value] + [t.params[n] for n in names], float(t.value or 0.0)) for t in done]
+    return ParallelChart("parallel", "Parallel coordinates", axes, lines, goal)
+
+
+def _axis(name: str, values: list[Any]) -> Axis:
+    if values and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        numbers = [float(v) for v in values]
+        lo, hi = min(numbers), max(numbers)
+        log = lo > 0 and hi / lo >= 100
+        return Axis(name, lo, hi, log=log)
+    categories = sorted({str(v) for v in values})
+    return Axis(name, categories=categories)
+
+
+def importances(document: dict[str, Any] | None) -> BarChart:
+    """Bars from the ``plots/importances.json`` document the compute wrote (see ``importance.py``)."""
+    if not document:
+        return BarChart("importances", "Hyperparameter importances", [], empty="computed on the compute as trials end")
+    values = document.get("importances") or {}
+    bars = sorted(((str(k), float(v)) for k, v in values.items()), key=lambda kv: -kv[1])
+    note = f"{document.get('evaluator', '')} over {document.get('trials', '?')} completed trials"
+    return BarChart("importances", "Hyperparameter importances", bars, note, empty=document.get("error") or "n/a")
+
+
+def build_charts(
+    record: ExperimentRecord, trials: list[TrialRecord], importance_doc: dict[str, Any] | None
+) -> list[Chart]:
+    """The four charts of an experiment, in :data:`CHART_NAMES` order."""
+    metric, goal = objective(record)
+    names = list((record.spec.get("search_space") or {}).keys())
+    return [
+        history(trials, metric, goal),
+        intermediate(trials, metric),
+        parallel(trials, names, metric, goal),
+        importances(importance_doc),
+    ]
+
+
+def fold_values(trial: TrialRecord, metric: str) -> list[float]:
+    """The primary metric of each fold: recorded scores when the trial finished, else recovered from
+    the running means it reported (fold k = k * mean_k - (k - 1) * mean_(k-1))."""
+    scores = (trial.metrics.get("fold_scores") or {}).get(metric)
+    if isinstance(scores, list) and scores:
+        return [float(s) for s in scores]
+    values, previous = [], 0.0
+    for k, (_, mean) in enumerate(sorted(trial.intermediate.items()), start=1):
+        values.append(k * mean - (k - 1) * previous)
+        previous = mean
+    return values
+
+
+def _number(trial: TrialRecord) -> int:
+    return trial.number

@@ -1,0 +1,256 @@
+"""The dashboard's HTML: the experiment index, an experiment's page, and one chart's standalone file.
+
+Plain server-rendered HTML with inline CSS and SVG; the only script re-fetches a running experiment's
+page every few seconds and swaps its content, and sends the cancel request. Nothing is loaded from
+anywhere else. Every link carries the Functions key (``code``) when the page was opened with one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from html import escape
+from typing import Any
+from urllib.parse import urlencode
+
+from shared.dashboard.charts import Chart, build_charts, fold_values, objective
+from shared.dashboard.svg import render
+from shared.records import ExperimentRecord, TrialRecord
+
+REFRESH_MS = 5000
+CSS = """
+body{font-family:system-ui,sans-serif;margin:0;color:#111827;background:#f9fafb}
+header{background:#1f2937;color:#fff;padding:10px 20px}header a{color:#fff;text-decoration:none}
+main{padding:16px 20px;max-width:1400px}h1{font-size:20px;margin:4px 0 12px}h2{font-size:16px;margin:20px 0 8px}
+table{border-collapse:collapse;background:#fff;font-size:13px}th,td{border:1px solid #e5e7eb;padding:4px 8px;
+text-align:left;vertical-align:top}th{background:#f3f4f6}td.num{text-align:right;font-variant-numeric:tabular-nums}
+.status{font-weight:600;padding:1px 6px;border-radius:4px;background:#e5e7eb}
+.COMPLETED{background:#dcfce7}.FAILED{background:#fee2e2}.RUNNING{background:#dbeafe}.PRUNED{background:#fef3c7}
+.CANCELLED,.CANCELLING,.TIMED_OUT{background:#f3f4f6}.bar{display:inline-block;width:80px;height:8px;
+background:#e5e7eb;margin-right:6px}.bar span{display:block;height:8px;background:#2563eb}
+.charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(640px,1fr));gap:12px}
+.charts figure{margin:0;background:#fff;border:1px solid #e5e7eb}.actions a,.actions button{margin-right:8px}
+.meta{color:#4b5563;font-size:13px}.error{color:#b91c1c}
+"""
+SCRIPT = """
+(function(){
+  var root=document.getElementById('content');
+  function refresh(){
+    if(root.dataset.live!=='true')return;
+    fetch(location.href,{headers:{'Accept':'text/html'}}).then(function(r){return r.ok?r.text():null})
+    .then(function(text){
+      if(!text)return;
+      var next=new DOMParser().parseFromString(text,'text/html').getElementById('content');
+      if(next){root.replaceWith(next);root=next;bind();}
+    }).catch(function(){}).finally(function(){setTimeout(refresh,REFRESH_MS)});
+  }
+  function bind(){
+    var button=document.getElementById('cancel');
+    if(!button)return;
+    button.onclick=function(){
+      if(!confirm('Cancel this experiment? Its running trials stop and its compute is torn down.'))return;
+      fetch(button.dataset.url,{method:'DELETE'}).then(function(r){
+        document.getElementById('action-result').textContent=r.ok?'cancel requested':'cancel refused ('+r.status+')';
+      });
+    };
+  }
+  bind();
+  setTimeout(refresh,REFRESH_MS);
+})();
+""".replace("REFRESH_MS", str(REFRESH_MS))
+
+
+def url(path: str, code: str | None, **query: Any) -> str:
+    """``path`` with ``query`` and the function key, when there is one."""
+    params = {k: v for k, v in query.items() if v is not None}
+    if code:
+        params["code"] = code
+    return path + ("?" + urlencode(params) if params else "")
+
+
+def _document(title: str, body: str, script: str = "") -> str:
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width,initial-scale=1">'
+        f'<link rel="icon" href="data:,"><title>{escape(title)}</title><style>{CSS}</style></head>'
+        f"<body>{body}{f'<script>{script}</script>' if script else ''}</body></html>"
+    )
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if moment else ""
+
+
+def _duration(record: ExperimentRecord) -> float | None:
+    if record.started_at is None:
+        return None
+    end = record.ended_at or datetime.now(UTC)
+    return (end - record.started_at).total_seconds()
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return ""
+    minutes, seconds = divmod(round(value), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else (f"{minutes}m{seconds:02d}s" if minutes else f"{value:.1f}s")
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 1e4 else f"{value:.4g}"
+    return escape(str(value))
+
+
+def cost_of(record: ExperimentRecord) -> float | None:
+    """The experiment's cost in USD when a cost field is recorded (``cost_usd`` or ``cost.total_usd``)."""
+    data = record.model_dump()
+    for key in ("cost_usd", "estimated_cost_usd"):
+        if isinstance(data.get(key), (int, float)):
+            return float(data[key])
+    cost = data.get("cost")
+    if isinstance(cost, dict):
+        for key in ("total_usd", "usd", "spent_usd", "estimated_usd"):
+            if isinstance(cost.get(key), (int, float)):
+                return float(cost[key])
+    return float(cost) if isinstance(cost, (int, float)) else None
+
+
+def index_page(records: Sequence[ExperimentRecord], code: str | None, next_token: str | None = None) -> str:
+    """The list of experiments, newest first."""
+    show_cost = any(cost_of(r) is not None for r in records)
+    head = ["name", "id", "status", "progress", "best", "cost (USD)" if show_cost else None, "started"]
+    head += ["duration", "backend"]
+    rows = []
+    for r in records:
+        metric, _ = objective(r)
+        done, total = r.trials_done, max(r.trials_total, 1)
+        share = min(done / total, 1) * 100
+        best = (
+            f"{_number(r.best.value)} <span class=meta>{escape(metric)}, trial {r.best.number}</span>" if r.best else ""
+        )
+        cells = [
+            f'<a href="{escape(url(f"/api/ui/experiments/{r.id}", code))}">{escape(r.name)}</a>',
+            f"<code>{escape(r.id)}</code>",
+            f'<span class="status {r.status.value}">{r.status.value}</span>',
+            f'<span class=bar><span style="width:{share:.0f}%"></span></span>{done}/{r.trials_total}',
+            best,
+        ]
+        if show_cost:
+            cost = cost_of(r)
+            cells.append("" if cost is None else f"{cost:.2f}")
+        cells += [_when(r.started_at or r.created_at), _seconds(_duration(r)), escape(r.backend)]
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    table = (
+        '<table id="experiments"><thead><tr>'
+        + "".join(f"<th>{h}</th>" for h in head if h)
+        + "</tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table>"
+    )
+    if not records:
+        table += "<p class=meta>No experiments yet: submit one with <code>rapids-hpo submit SPEC</code>.</p>"
+    more = f'<p><a href="{escape(url("/api/ui", code, page_token=next_token))}">older experiments</a></p>'
+    body = f"{_header(code)}<main><h1>Experiments</h1>{table}{more if next_token else ''}</main>"
+    return _document("rapids-hpo experiments", body)
+
+
+def _header(code: str | None) -> str:
+    return f'<header><a href="{escape(url("/api/ui", code))}"><b>rapids-hpo</b> experiments</a></header>'
+
+
+def trial_table(record: ExperimentRecord, trials: Sequence[TrialRecord]) -> str:
+    metric, _ = objective(record)
+    names = list((record.spec.get("search_space") or {}).keys())
+    head = ["#", "state", *names, "folds", metric, "duration", "engine", "attempt"]
+    rows = []
+    for t in sorted(trials, key=lambda t: t.number):
+        folds = ", ".join(f"{v:.4f}" for v in fold_values(t, metric))
+        all_params = ", ".join(f"{k}={v}" for k, v in t.params.items())
+        cells = [
+            f'<td class=num title="{escape(all_params)}">{t.number}</td>',
+            f'<td><span class="status {t.state.value}">{t.state.value}</span>'
+            + (f' <span class=error title="{escape(t.error)}">!</span>' if t.error else "")
+            + "</td>",
+            *(f"<td class=num>{_number(t.params.get(n, ''))}</td>" for n in names),
+            f"<td class=num>{folds}</td>",
+            f"<td class=num>{'' if t.value is None else _number(t.value)}</td>",
+            f"<td class=num>{_seconds(t.duration_s)}</td>",
+            f"<td>{escape(t.engine or '')}</td>",
+            f"<td class=num>{t.attempt}</td>",
+        ]
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return (
+        '<table id="trials"><thead><tr>'
+        + "".join(f"<th>{escape(h)}</th>" for h in head)
+        + "</tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table>"
+    )
+
+
+def charts_html(charts: Sequence[Chart]) -> str:
+    return '<div class="charts">' + "".join(f"<figure>{render(c)}</figure>" for c in charts) + "</div>"
+
+
+def experiment_page(
+    record: ExperimentRecord,
+    trials: Sequence[TrialRecord],
+    importance_doc: dict[str, Any] | None,
+    code: str | None,
+    *,
+    has_model: bool = False,
+    plots: Sequence[str] = (),
+) -> str:
+    """An experiment's page; while it runs, its script refreshes the content every few seconds."""
+    metric, goal = objective(record)
+    live = not record.status.terminal
+    base = f"/api/experiments/{record.id}"
+    actions = []
+    if has_model:
+        actions.append(f'<a id="download" href="{escape(url(base + "/model", code))}">Download the best model</a>')
+    if live:
+        actions.append(f'<button id="cancel" data-url="{escape(url(base, code))}">Cancel</button>')
+    best = (
+        f"best {escape(metric)} <b>{_number(record.best.value)}</b> (trial {record.best.number}, {goal})"
+        if record.best
+        else "no completed trial yet"
+    )
+    cost = cost_of(record)
+    meta = (
+        f'<span class="status {record.status.value}" id="status">{record.status.value}</span> '
+        f"{record.trials_done}/{record.trials_total} trials · {best} · backend {escape(record.backend)} · "
+        f"started {_when(record.started_at) or 'not yet'} · duration {_seconds(_duration(record)) or '-'}"
+        + (f" · cost {cost:.2f} USD" if cost is not None else "")
+    )
+    error = f'<p class="error">{escape(record.error)}</p>' if record.error else ""
+    plot_links = " ".join(f'<a href="{escape(url(f"{base}/plots/{name}", code))}">{escape(name)}</a>' for name in plots)
+    content = (
+        f'<div id="content" data-live="{str(live).lower()}" data-status="{record.status.value}">'
+        f"<h1>{escape(record.name)} <code class=meta>{escape(record.id)}</code></h1><p class=meta>{meta}</p>{error}"
+        f'<p class="actions">{"".join(actions)}<span id="action-result" class=meta></span></p>'
+        f"<h2>Charts</h2>{charts_html(build_charts(record, list(trials), importance_doc))}"
+        f"<h2>Trials</h2>{trial_table(record, trials)}"
+        + (f"<h2>Saved plots</h2><p>{plot_links}</p>" if plots else "")
+        + "</div>"
+    )
+    return _document(f"{record.name} · rapids-hpo", f"{_header(code)}<main>{content}</main>", SCRIPT)
+
+
+def report_page(record: ExperimentRecord, trials: Sequence[TrialRecord], importance_doc: dict[str, Any] | None) -> str:
+    """A self-contained file of every chart and the trial table (no script, no link out)."""
+    metric, _ = objective(record)
+    best = f"best {escape(metric)} {_number(record.best.value)} (trial {record.best.number})" if record.best else ""
+    body = (
+        f"<main><h1>{escape(record.name)} <code class=meta>{escape(record.id)}</code></h1>"
+        f"<p class=meta>{record.status.value} · {len(trials)} trials · {best}</p>"
+        f"{charts_html(build_charts(record, list(trials), importance_doc))}"
+        f"<h2>Trials</h2>{trial_table(record, trials)}</main>"
+    )
+    return _document(f"{record.name} · report", body)
+
+
+def chart_page(record: ExperimentRecord, chart: Chart) -> str:
+    """One chart as a self-contained HTML file."""
+    body = f"<main><h1>{escape(record.name)}: {escape(chart.title)}</h1><figure>{render(chart)}</figure></main>"
+    return _document(f"{record.name} · {chart.title}", body)

@@ -1,0 +1,137 @@
+"""HTTP routes of the dashboard (``/api/ui``) and of the saved plots, an ``APIRouter`` the API includes.
+
+Pages are HTML rendered here from the store, charts are inline SVG (pure Python): nothing is fetched
+from the Internet and nothing heavy is imported. The Functions host checks the key (``code`` query
+parameter from a browser); the pages pass it on in every link they make.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query
+from fastapi.responses import HTMLResponse, Response
+from pydantic import BaseModel
+
+from shared.config import MODEL_PREFIX
+from shared.context import Context, get_context
+from shared.dashboard.artifacts import MEDIA_TYPES, PLOTS_PREFIX
+from shared.dashboard.charts import CHART_NAMES, build_charts
+from shared.dashboard.importance import IMPORTANCES_ARTIFACT
+from shared.dashboard.pages import chart_page, experiment_page, index_page, report_page
+from shared.dashboard.svg import render
+from shared.errors import NotFound
+from shared.records import ExperimentRecord, ExperimentStatus, TrialRecord
+
+PLOT_NAME = r"^[a-z][a-z0-9_-]{0,40}\.(png|svg|html|json)$"
+EXPERIMENT_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+
+router = APIRouter(prefix="/api")
+ContextDep = Annotated[Context, Depends(get_context)]
+Code = Annotated[str | None, Query(max_length=512, description="the Functions key, passed on in links")]
+ExperimentId = Annotated[str, Path(pattern=EXPERIMENT_ID, max_length=100)]
+
+
+def _record(ctx: Context, experiment_id: str) -> ExperimentRecord:
+    try:
+        return ctx.store.get_experiment(experiment_id)
+    except (NotFound, ValueError):
+        raise HTTPException(404, f"experiment {experiment_id!r} not found") from None
+
+
+def _importances(ctx: Context, experiment_id: str) -> dict[str, Any] | None:
+    try:
+        return json.loads(ctx.store.get_artifact(experiment_id, IMPORTANCES_ARTIFACT))
+    except (NotFound, ValueError):
+        return None
+
+
+@router.get("/ui", response_class=HTMLResponse, summary="Dashboard: the experiments, newest first")
+def ui_index(
+    ctx: ContextDep,
+    code: Code = None,
+    status: ExperimentStatus | None = None,
+    page_token: Annotated[str | None, Query(max_length=512)] = None,
+) -> HTMLResponse:
+    try:
+        records, token = ctx.store.list_experiments(status=status, limit=50, page_token=page_token)
+    except ValueError as exc:
+        raise HTTPException(422, f"invalid page_token: {exc}") from None
+    return HTMLResponse(index_page(records, code, token))
+
+
+@router.get(
+    "/ui/experiments/{experiment_id}",
+    response_class=HTMLResponse,
+    summary="Dashboard: one experiment's trials and charts (refreshes while it runs)",
+)
+def ui_experiment(ctx: ContextDep, experiment_id: ExperimentId, code: Code = None) -> HTMLResponse:
+    record = _record(ctx, experiment_id)
+    trials = ctx.store.list_trials(experiment_id)
+    plots = [n.removeprefix(PLOTS_PREFIX) for n in ctx.store.list_artifacts(experiment_id, PLOTS_PREFIX)]
+    has_model = bool(ctx.store.list_artifacts(experiment_id, MODEL_PREFIX))
+    page = experiment_page(record, trials, _importances(ctx, experiment_id), code, has_model=has_model, plots=plots)
+    return HTMLResponse(page, headers={"Cache-Control": "no-store"})
+
+
+class StudyExport(BaseModel):
+    """What Optuna's tools need of an experiment: its normalized spec and every trial."""
+
+    id: str
+    name: str
+    status: ExperimentStatus
+    spec: dict[str, Any]
+    trials: list[TrialRecord]
+
+
+@router.get(
+    "/experiments/{experiment_id}/study",
+    response_model=StudyExport,
+    summary="The spec and every trial, for `rapids-hpo export --optuna-journal` and other tools",
+)
+def get_study(ctx: ContextDep, experiment_id: ExperimentId) -> StudyExport:
+    record = _record(ctx, experiment_id)
+    trials = ctx.store.list_trials(experiment_id)
+    return StudyExport(id=record.id, name=record.name, status=record.status, spec=record.spec, trials=trials)
+
+
+@router.get(
+    "/experiments/{experiment_id}/plots",
+    response_model=list[str],
+    summary="Names of the plots saved when the experiment ended (PNG, SVG, self-contained HTML)",
+)
+def list_plots(ctx: ContextDep, experiment_id: ExperimentId) -> list[str]:
+    _record(ctx, experiment_id)
+    return [n.removeprefix(PLOTS_PREFIX) for n in ctx.store.list_artifacts(experiment_id, PLOTS_PREFIX)]
+
+
+@router.get(
+    "/experiments/{experiment_id}/plots/{name}",
+    responses={
+        200: {"content": {t.split(";")[0]: {} for t in MEDIA_TYPES.values()}},
+        404: {"description": "no such experiment or plot"},
+    },
+    summary="One saved plot; SVG and HTML forms are drawn from the records when none was saved",
+)
+def get_plot(
+    ctx: ContextDep,
+    experiment_id: ExperimentId,
+    name: Annotated[str, Path(pattern=PLOT_NAME, max_length=48)],
+) -> Response:
+    record = _record(ctx, experiment_id)
+    media_type = MEDIA_TYPES["." + name.rsplit(".", 1)[1]]
+    try:
+        return Response(ctx.store.get_artifact(experiment_id, PLOTS_PREFIX + name), media_type=media_type)
+    except NotFound:
+        pass
+    stem, suffix = name.rsplit(".", 1)
+    trials = ctx.store.list_trials(experiment_id)
+    importance_doc = _importances(ctx, experiment_id)
+    if stem == "report" and suffix == "html":
+        return Response(report_page(record, trials, importance_doc), media_type=media_type)
+    if stem in CHART_NAMES and suffix in {"svg", "html"}:
+        chart = build_charts(record, trials, importance_doc)[CHART_NAMES.index(stem)]
+        body = render(chart) if suffix == "svg" else chart_page(record, chart)
+        return Response(body, media_type=media_type)
+    raise HTTPException(404, f"experiment {experiment_id!r} has no plot {name!r} (status {record.status.value})")

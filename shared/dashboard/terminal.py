@@ -1,0 +1,67 @@
+"""``rapids-hpo watch``: a live terminal view of an experiment (rich): progress bar and running trials.
+
+Built from the API's JSON (``GET /api/experiments/{id}`` and ``/trials``), so it works against a local
+``serve`` and the Function App alike.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from rich.console import Group, RenderableType
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+STATE_STYLES = {"RUNNING": "cyan", "COMPLETED": "green", "PRUNED": "yellow", "FAILED": "red", "TIMED_OUT": "red"}
+
+
+def _elapsed(started: str | None) -> str:
+    if not started:
+        return ""
+    began = datetime.fromisoformat(started)
+    seconds = int((datetime.now(UTC) - began).total_seconds())
+    minutes, seconds = divmod(max(seconds, 0), 60)
+    return f"{minutes}m{seconds:02d}s"
+
+
+def _value(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else ("" if value is None else str(value))
+
+
+def watch_view(experiment: dict[str, Any], trials: list[dict[str, Any]], searched: list[str]) -> RenderableType:
+    """The progress bar, a summary line, the running trials and the last few finished ones."""
+    done, total = experiment["progress"]["done"], experiment["progress"]["total"]
+    best = experiment.get("best")
+    counts: dict[str, int] = {}
+    for t in trials:
+        counts[t["state"]] = counts.get(t["state"], 0) + 1
+    header = Text.assemble(
+        (f"{experiment['name']} ", "bold"),
+        (f"{experiment['id']}  ", "dim"),
+        (experiment["status"], "bold cyan"),
+        f"  {done}/{total} trials  ",
+        (f"best {best['value']:.4f} (trial {best['number']})" if best else "no completed trial yet", "green"),
+        "  " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())),
+    )
+    bar = ProgressBar(total=max(total, 1), completed=done, width=60)
+    names = searched or sorted({k for t in trials for k in t.get("params", {})})
+    table = Table(title="trials", title_justify="left", expand=False)
+    for column in ("#", "state", *names, "folds", "running mean", "value", "elapsed", "attempt"):
+        table.add_column(column, justify="left" if column == "state" else "right")
+    running = [t for t in trials if t["state"] == "RUNNING"]
+    recent = [t for t in trials if t["state"] != "RUNNING"][-5:]
+    for t in sorted(running + recent, key=lambda t: t["number"]):
+        steps = sorted(t.get("intermediate", {}).items(), key=lambda kv: int(kv[0]))
+        table.add_row(
+            str(t["number"]),
+            Text(t["state"], style=STATE_STYLES.get(t["state"], "")),
+            *(_value(t.get("params", {}).get(n)) for n in names),
+            str(len(steps)),
+            _value(steps[-1][1]) if steps else "",
+            _value(t.get("value")),
+            _elapsed(t.get("started_at")) if t["state"] == "RUNNING" else f"{t.get('duration_s') or 0:.1f}s",
+            str(t.get("attempt", 1)),
+        )
+    return Group(header, bar, table)

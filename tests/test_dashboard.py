@@ -1,0 +1,181 @@
+"""The dashboard's routes, charts and saved plots, through FastAPI's TestClient over a real local store."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from xml.etree import ElementTree
+
+import pytest
+from fastapi.testclient import TestClient
+
+from shared.api import create_api
+from shared.context import set_context
+from shared.dashboard.artifacts import write_plots
+from shared.dashboard.charts import CHART_NAMES, fold_values, history, intermediate
+from shared.dashboard.importance import IMPORTANCES_ARTIFACT, ImportanceRefresher, compute_importances
+from shared.dashboard.svg import nice_ticks
+from shared.records import ExperimentStatus, TrialState
+from tests.control_plane import local_context
+from tests.dashboard_data import make_experiment
+
+FINISHED, RUNNING = "exp-20261130090000-aaaaaa", "exp-20261130100000-bbbbbb"
+
+
+@pytest.fixture
+def ctx(tmp_path):
+    context = local_context(tmp_path)
+    make_experiment(context.store, FINISHED, trials=12, status=ExperimentStatus.COMPLETED)
+    make_experiment(context.store, RUNNING, trials=5, running=2, status=ExperimentStatus.RUNNING)
+    set_context(context)
+    yield context
+    set_context(None)
+
+
+@pytest.fixture
+def client(ctx):
+    return TestClient(create_api())
+
+
+def svgs(html: str) -> dict[str, ElementTree.Element]:
+    """Each chart's parsed ``<svg>`` by its ``data-chart`` name (parsing proves it is well-formed XML)."""
+    found = {}
+    for markup in re.findall(r"<svg .*?</svg>", html, flags=re.S):
+        element = ElementTree.fromstring(markup)
+        found[element.get("data-chart")] = element
+    return found
+
+
+def test_index_lists_every_experiment_with_links_that_carry_the_key(client):
+    response = client.get("/api/ui", params={"code": "k3y"})
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
+    html = response.text
+    for experiment_id in (FINISHED, RUNNING):
+        assert f'href="/api/ui/experiments/{experiment_id}?code=k3y"' in html
+    assert html.count("<tr>") == 3  # header + two experiments
+    assert "12/12" in html and "7/7" not in html and "5/7" in html
+    assert "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")  # nothing loaded from elsewhere
+
+
+def test_finished_experiment_page_has_every_trial_chart_and_action(client, ctx):
+    write_plots(ctx.store, ctx.store.get_experiment(FINISHED))
+    html = client.get(f"/api/ui/experiments/{FINISHED}", params={"code": "k3y"}).text
+    assert html.count('<span class="status ') == 12 + 1  # each trial's state and the experiment's
+    assert 'data-live="false"' in html and 'id="cancel"' not in html
+    charts = svgs(html)
+    assert list(charts) == list(CHART_NAMES)
+    assert all(int(c.get("data-marks")) > 0 for c in charts.values())
+    assert f'href="/api/experiments/{FINISHED}/model?code=k3y"' not in html  # no model in this store
+    assert f'href="/api/experiments/{FINISHED}/plots/report.html?code=k3y"' in html
+
+
+def test_running_experiment_page_refreshes_and_offers_cancel(client):
+    html = client.get(f"/api/ui/experiments/{RUNNING}").text
+    assert 'data-live="true"' in html and 'id="cancel"' in html
+    assert f'data-url="/api/experiments/{RUNNING}"' in html
+    assert html.count(">RUNNING</span>") == 2 + 1
+    charts = svgs(html)
+    assert int(charts["history"].get("data-marks")) > 0
+    assert int(charts["importances"].get("data-marks")) == 0  # none computed yet: the chart says so
+
+
+def test_unknown_or_malformed_ids_are_404_or_422_never_500(client):
+    assert client.get("/api/ui/experiments/exp-nope").status_code == 404
+    assert client.get("/api/ui/experiments/%E2%98%83").status_code == 422
+    assert client.get("/api/experiments/exp-nope/plots/history.svg").status_code == 404
+    assert client.get(f"/api/experiments/{FINISHED}/plots/..%2Fdriver%2Foutcome.json").status_code in (404, 422)
+    assert client.get(f"/api/experiments/{FINISHED}/plots/model.pkl").status_code == 422
+
+
+def test_saved_plots_are_listed_and_served_with_their_media_type(client, ctx):
+    written = write_plots(ctx.store, ctx.store.get_experiment(FINISHED))
+    names = client.get(f"/api/experiments/{FINISHED}/plots").json()
+    assert sorted(names) == sorted(n.removeprefix("plots/") for n in written)
+    for chart in CHART_NAMES:
+        assert {f"{chart}.png", f"{chart}.svg", f"{chart}.html"} <= set(names)
+    png = client.get(f"/api/experiments/{FINISHED}/plots/history.png")
+    assert png.headers["content-type"] == "image/png" and png.content.startswith(b"\x89PNG\r\n\x1a\n")
+    page = client.get(f"/api/experiments/{FINISHED}/plots/parallel.html")
+    assert page.headers["content-type"].startswith("text/html") and "<script" not in page.text
+    assert svgs(page.text)["parallel"].get("data-marks") == str(8)  # the completed trials
+
+
+def test_plots_of_an_experiment_without_saved_ones_are_drawn_from_its_records(client):
+    assert client.get(f"/api/experiments/{RUNNING}/plots").json() == []
+    svg = client.get(f"/api/experiments/{RUNNING}/plots/intermediate.svg")
+    assert svg.headers["content-type"] == "image/svg+xml"
+    assert int(ElementTree.fromstring(svg.text).get("data-marks")) == 6  # 6 trials reported folds
+    assert client.get(f"/api/experiments/{RUNNING}/plots/report.html").status_code == 200
+    missing = client.get(f"/api/experiments/{RUNNING}/plots/history.png")
+    assert missing.status_code == 404 and "RUNNING" in missing.json()["detail"]
+
+
+def test_study_endpoint_returns_the_spec_and_every_trial(client):
+    body = client.get(f"/api/experiments/{FINISHED}/study").json()
+    assert body["id"] == FINISHED and len(body["trials"]) == 12
+    assert set(body["spec"]["search_space"]) == {"n_estimators", "max_depth", "max_features", "min_samples_leaf"}
+
+
+def test_history_keeps_the_best_so_far_and_intermediate_marks_pruned_trials(ctx):
+    trials = ctx.store.list_trials(FINISHED)
+    chart = history(trials, "accuracy", "maximize")
+    points, best = chart.series[0].points, chart.series[1].points
+    assert len(points) == 8 and [x for x, _ in best] == [x for x, _ in points]
+    assert all(b >= a for (_, a), (_, b) in zip(best, best[1:], strict=False))
+    assert best[-1][1] == max(y for _, y in points)
+    lines = intermediate(trials, "accuracy").series
+    pruned = [s for s in lines if s.style == "pruned"]
+    assert len(pruned) == 3 and all(s.end_marker and len(s.points) == 2 for s in pruned)
+
+
+def test_fold_values_come_from_scores_or_from_the_running_means(ctx):
+    trials = {t.number: t for t in ctx.store.list_trials(FINISHED)}
+    done = trials[0]
+    assert fold_values(done, "accuracy") == done.metrics["fold_scores"]["accuracy"]
+    pruned = trials[2]
+    assert pruned.state is TrialState.PRUNED and not pruned.metrics
+    recovered = fold_values(pruned, "accuracy")
+    means = [pruned.intermediate[k] for k in sorted(pruned.intermediate)]
+    assert len(recovered) == 2 and recovered[0] == pytest.approx(means[0])
+    assert (recovered[0] + recovered[1]) / 2 == pytest.approx(means[1])
+
+
+def test_nice_ticks_cover_the_range_with_round_steps():
+    assert nice_ticks(0.8465, 0.8873) == pytest.approx([0.84, 0.86, 0.88, 0.90])
+    assert nice_ticks(1, 3, integer=True) == [1, 2, 3]
+    assert nice_ticks(5, 5)[0] < 5 < nice_ticks(5, 5)[-1]
+
+
+def test_importances_use_optunas_evaluator_and_refresh_during_the_run(ctx):
+    record = ctx.store.get_experiment(FINISHED)
+    document = compute_importances(record, ctx.store.list_trials(FINISHED))
+    assert document["evaluator"] == "FanovaImportanceEvaluator" and document["trials"] == 8
+    assert set(document["importances"]) == {"n_estimators", "max_depth", "max_features", "min_samples_leaf"}
+    assert sum(document["importances"].values()) == pytest.approx(1.0, abs=1e-4)
+    refresher = ImportanceRefresher(ctx.store, ctx.store.get_experiment(RUNNING), interval=3600)
+    completed = next(t for t in ctx.store.list_trials(RUNNING) if t.state is TrialState.COMPLETED)
+    refresher(completed)
+    first = ctx.store.get_artifact(RUNNING, IMPORTANCES_ARTIFACT)
+    refresher(completed)  # within the interval: not recomputed
+    assert ctx.store.get_artifact(RUNNING, IMPORTANCES_ARTIFACT) == first
+    assert json.loads(first)["trials"] == 3
+
+
+def test_importances_need_two_completed_trials(ctx):
+    record = ctx.store.get_experiment(FINISHED)
+    document = compute_importances(record, ctx.store.list_trials(FINISHED)[:1])
+    assert document["importances"] == {} and "2 completed" in document["error"]
+
+
+def test_function_app_import_loads_no_plotting_or_optuna():
+    code = (
+        "import sys, function_app\n"
+        "heavy = [m for m in ('optuna', 'matplotlib', 'sklearn', 'shared.dashboard.png', 'shared.dashboard.study')"
+        " if m in sys.modules]\n"
+        "assert 'shared.dashboard.routes' in sys.modules\n"
+        "print(heavy)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.strip() == "[]"
