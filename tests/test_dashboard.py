@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import subprocess
@@ -123,7 +124,7 @@ def test_history_keeps_the_best_so_far_and_intermediate_marks_pruned_trials(ctx)
     chart = history(trials, "accuracy", "maximize")
     points, best = chart.series[0].points, chart.series[1].points
     assert len(points) == 8 and [x for x, _ in best] == [x for x, _ in points]
-    assert all(b >= a for (_, a), (_, b) in zip(best, best[1:], strict=False))
+    assert all(b >= a for (_, a), (_, b) in itertools.pairwise(best))
     assert best[-1][1] == max(y for _, y in points)
     lines = intermediate(trials, "accuracy").series
     pruned = [s for s in lines if s.style == "pruned"]
