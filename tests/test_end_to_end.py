@@ -111,6 +111,8 @@ def check_completed_with_model(client: httpx.Client, experiment_id: str, trials_
     assert body["best"]["number"] == best["number"] and body["best"]["value"] == pytest.approx(best["value"])
     response = client.get(f"/api/experiments/{experiment_id}/model")
     assert response.status_code == 200
+    plots = client.get(f"/api/experiments/{experiment_id}/plots").json()  # saved by the driver at the end
+    assert {"report.html", "history.png", "parallel.html", "importances.json"} <= set(plots)
     with zipfile.ZipFile(io.BytesIO(response.content)) as archive, _tmpdir() as folder:
         archive.extractall(folder)
         model = load_model(folder)
