@@ -180,3 +180,18 @@ def test_function_app_import_loads_no_plotting_or_optuna():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_watch_view_shows_the_running_trials_beside_the_progress_bar(client):
+    from rich.console import Console
+
+    from shared.dashboard.terminal import watch_view
+
+    data = client.get(f"/api/experiments/{RUNNING}").json()
+    trials = client.get(f"/api/experiments/{RUNNING}/trials").json()
+    console = Console(record=True, width=200)
+    console.print(watch_view(data, trials, ["n_estimators", "max_depth"]))
+    text = console.export_text()
+    assert "RUNNING" in text and "5/7 trials" in text and "━" in text  # the bar
+    running = re.findall(r"│ (\d+) │ RUNNING ", text)
+    assert running == ["5", "6"]

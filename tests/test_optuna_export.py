@@ -118,7 +118,7 @@ def test_optuna_dashboard_opens_the_exported_file(tmp_path):
     assert len(pruned["intermediate_values"]) == 2  # stopped after its second fold
 
 
-def test_rapids_hpo_export_against_a_served_api(tmp_path):
+def test_rapids_hpo_export_and_watch_against_a_served_api(tmp_path):
     ctx = local_context(tmp_path)
     record = make_experiment(ctx.store, EXPERIMENT, trials=6, status=ExperimentStatus.COMPLETED)
     path = tmp_path / "out.log"
@@ -143,5 +143,15 @@ def test_rapids_hpo_export_against_a_served_api(tmp_path):
             timeout=120,
         )
         assert again.returncode == 2 and "exists" in again.stderr
+        watched = subprocess.run(
+            [sys.executable, "-m", "shared.cli", "watch", EXPERIMENT, "--interval", "0.1"],
+            check=False,
+            capture_output=True,
+            text=True,
+            env={**env, "COLUMNS": "200"},
+            timeout=120,
+        )
+        assert watched.returncode == 0, watched.stderr  # COMPLETED: one frame, then exit 0
+        assert "COMPLETED" in watched.stdout and "6/6 trials" in watched.stdout and "max_features" in watched.stdout
     study = optuna.load_study(study_name=EXPERIMENT, storage=journal(path))
     assert_same_trials(study, ctx.store.list_trials(EXPERIMENT), load_spec(record.spec))
