@@ -26,6 +26,9 @@ param deployContainerRegistry bool = false
 @description('With deployAzureML: disable shared keys on the workspace storage (AzureML identity-based datastores, preview).')
 param azureMLKeylessStorage bool = false
 
+@description('Deploy an Event Grid topic (CloudEvents 1.0) the control plane publishes its events to, with the Function App as its only sender.')
+param deployEventGrid bool = false
+
 @description('Address space of the control-plane virtual network.')
 param vnetAddressPrefix string = '10.50.0.0/16'
 
@@ -84,6 +87,7 @@ var vnetName = 'vnet-${prefix}-${resourceToken}'
 var vmIdentityName = 'id-dask-${prefix}-${resourceToken}'
 var deploymentContainerName = 'app-package-${take(functionAppName, 32)}-${take(resourceToken, 7)}'
 
+var eventGridTopicName = 'evgt-${prefix}-${resourceToken}'
 var azureMLWorkspaceName = 'mlw-${prefix}-${resourceToken}'
 var azureMLStorageName = take('stml${compactPrefix}${resourceToken}', 24)
 var azureMLKeyVaultName = take('kv-${prefix}-${resourceToken}', 24)
@@ -178,6 +182,17 @@ var appSettings = {
   RAPIDS_HPO_VM_IDENTITY_CLIENT_ID: vmIdentity.outputs.clientId
   RAPIDS_HPO_POLL_SECONDS: string(pollSeconds)
   RAPIDS_HPO_STALL_SECONDS: string(stallSeconds)
+  EVENTGRID_TOPIC_ENDPOINT: deployEventGrid ? eventGrid.outputs.endpoint : ''
+  RAPIDS_HPO_EVENTS_SOURCE: '/rapids-hpo-control/${functionAppName}'
+}
+
+module eventGrid 'modules/eventgrid.bicep' = if (deployEventGrid) {
+  name: 'eventgrid'
+  params: {
+    location: location
+    name: eventGridTopicName
+    tags: tags
+  }
 }
 
 module functionApp 'modules/functionapp.bicep' = {
@@ -206,6 +221,17 @@ module controlPlaneRoles 'modules/roles-controlplane.bicep' = {
     daskSubnetName: network.outputs.daskSubnetName
     vmIdentityName: vmIdentity.outputs.name
   }
+}
+
+module eventGridRoles 'modules/roles-eventgrid.bicep' = if (deployEventGrid) {
+  name: 'roles-eventgrid'
+  params: {
+    principalId: functionApp.outputs.principalId
+    topicName: eventGridTopicName
+  }
+  dependsOn: [
+    eventGrid
+  ]
 }
 
 module experimentRoles 'modules/roles-experiments.bicep' = {
@@ -255,6 +281,8 @@ output functionAppPrincipalId string = functionApp.outputs.principalId
 output storageAccountName string = storage.outputs.name
 output experimentResourceGroup string = experimentRgName
 output azureMLWorkspaceName string = deployAzureML ? azureMLWorkspaceName : ''
+@description('The Event Grid topic to subscribe to (empty without deployEventGrid).')
+output eventGridTopicName string = deployEventGrid ? eventGridTopicName : ''
 output vnetName string = network.outputs.vnetName
 @description('Pass as AzureVMCluster(subnet=...) so Dask VMs get private IPs the Function App can reach.')
 output daskSubnetId string = network.outputs.daskSubnetId

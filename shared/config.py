@@ -50,6 +50,10 @@ ENV_DEFAULTS: dict[str, str] = {
     "RAPIDS_HPO_VM_IDENTITY_CLIENT_ID": "",
     "RAPIDS_HPO_API_URL": "http://127.0.0.1:7071",
     "RAPIDS_HPO_FUNCTION_KEY": "",
+    # CloudEvents on Event Grid (shared.events): off while the endpoint is unset.
+    "EVENTGRID_TOPIC_ENDPOINT": "",
+    "EVENTGRID_TOPIC_KEY": "",
+    "RAPIDS_HPO_EVENTS_SOURCE": "/rapids-hpo-control",
 }
 
 

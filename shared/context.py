@@ -10,6 +10,7 @@ import threading
 from dataclasses import dataclass, field
 
 from shared.config import QUEUE_EVENTS, QUEUE_REQUESTS, QUEUE_STATUS, Settings
+from shared.events import Announcer, open_announcer
 from shared.ports import ComputeBackend, EventQueue, QueueService, Store
 
 
@@ -21,6 +22,8 @@ class Context:
     store: Store
     queues: QueueService
     backends: dict[str, ComputeBackend] = field(default_factory=dict)
+    announcer: Announcer = field(default_factory=Announcer)
+    """CloudEvents on Event Grid; the default sends nothing."""
 
     @property
     def events(self) -> EventQueue:
@@ -47,7 +50,9 @@ class Context:
         from shared.queues import open_queues
         from shared.store import open_store
 
-        return cls(settings=settings, store=open_store(settings), queues=open_queues(settings))
+        return cls(
+            settings=settings, store=open_store(settings), queues=open_queues(settings), announcer=open_announcer()
+        )
 
 
 _context: Context | None = None

@@ -74,6 +74,24 @@ class BestTrial(BaseModel):
     model_uri: str | None = None
 
 
+class EventLog(BaseModel):
+    """What the control plane announced on Event Grid for one experiment (``shared.events``).
+
+    ``pending`` is the outbox: CloudEvents (structured JSON) staged in the same write as the transition
+    they describe, removed once the topic accepted them, re-sent by the sweep while the topic is down.
+    """
+
+    pending: list[dict[str, Any]] = Field(default_factory=list, description="staged CloudEvents, oldest first")
+    sent: int = Field(default=0, description="events the topic accepted")
+    failures: int = Field(default=0, description="publish attempts that failed, retries included")
+    dropped: int = Field(default=0, description="events given up: rejected by the topic or over the outbox cap")
+    last_error: str | None = None
+    trials: str = Field(default="", description="numbers of the trials announced, as ranges: '0-4,7'")
+    retried: dict[str, int] = Field(default_factory=dict, description="trial number -> attempt announced, if > 1")
+    best_number: int | None = Field(default=None, description="the best trial last announced")
+    best_value: float | None = None
+
+
 class ExperimentRecord(BaseModel):
     """An experiment's status document. ``version`` is the optimistic-concurrency token."""
 
@@ -97,6 +115,7 @@ class ExperimentRecord(BaseModel):
     redrives: int = Field(default=0, description="times the sweep re-drove this experiment")
     torn_down: bool = False
     history: list[dict[str, Any]] = Field(default_factory=list, description="transitions, oldest first")
+    event_log: EventLog = Field(default_factory=EventLog, description="Event Grid announcements and outbox")
     version: str = ""
 
 

@@ -52,6 +52,8 @@ EXPECTED_ROLES = {
     "Virtual Machine Contributor": "9980e02c-c2be-4d73-94e8-173b1dc7cf3c",
     # learn.microsoft.com/azure/role-based-access-control/built-in-roles/identity#managed-identity-operator
     "Managed Identity Operator": "f1a07417-d97a-45cb-824c-7a7467783830",
+    # learn.microsoft.com/azure/role-based-access-control/built-in-roles/integration#eventgrid-data-sender
+    "EventGrid Data Sender": "d5a91429-5739-47e2-a06b-3470a27159e7",
 }
 
 # Who gets which role where: the narrowest scope that works. None = the module's resource group.
@@ -74,6 +76,7 @@ EXPECTED_ASSIGNMENTS = Counter(
         (APP, "azureMLDataScientist", "Microsoft.MachineLearningServices/workspaces"),
         (APP, "azureMLComputeOperator", "Microsoft.MachineLearningServices/workspaces"),
         (APP, "storageBlobDataContributor", STORAGE_ACCOUNT),  # the AzureML workspace's storage
+        (APP, "eventGridDataSender", "Microsoft.EventGrid/topics"),  # publish to the control plane's topic
         # The HPO driver on the VMs reads the experiment and writes trials and artifacts; no queues.
         (VM, "storageTableDataContributor", STORAGE_ACCOUNT),
         (VM, "storageBlobDataContributor", BLOB_CONTAINER),
@@ -86,6 +89,7 @@ NOT_SET_IN_AZURE = {
     "RAPIDS_HPO_HOME": "home of the local (SQLite/file) store; Azure uses the storage account",
     "RAPIDS_HPO_API_URL": "read by the CLI client, not by the Function App",
     "RAPIDS_HPO_FUNCTION_KEY": "read by the CLI client; a secret that never belongs in app settings",
+    "EVENTGRID_TOPIC_KEY": "a local or development topic's key; in Azure the app publishes with its identity",
 }
 # App settings the Functions host itself reads (not the project's code).
 HOST_APP_SETTINGS = {"APPLICATIONINSIGHTS_CONNECTION_STRING", "APPLICATIONINSIGHTS_AUTHENTICATION_STRING"}

@@ -1,0 +1,182 @@
+"""The events this control plane announces, built from its records.
+
+| type | subject | id (stable across redeliveries) |
+|---|---|---|
+| ``RapidsHpo.ExperimentStatusChanged`` | ``/experiments/{id}`` | ``{id}/status/{n}`` (n-th history entry) |
+| ``RapidsHpo.TrialFinished`` | ``/experiments/{id}/trials/{number}`` | ``{id}/trials/{number}/{attempt}`` |
+| ``RapidsHpo.BestTrialImproved`` | ``/experiments/{id}/trials/{number}`` | ``{id}/best/{number}`` |
+
+Every id names a fact that happens once (a history entry is appended once; a trial number and attempt
+ends once; a trial becomes the best at most once, as the best only improves), so an event sent twice
+carries one id and subscribers dedupe on it. ``time`` is when the fact happened, not when it was sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from shared.events.port import Event
+from shared.records import ExperimentRecord, TrialRecord, TrialState
+
+PREFIX = "RapidsHpo."
+STATUS_CHANGED = f"{PREFIX}ExperimentStatusChanged"
+TRIAL_FINISHED = f"{PREFIX}TrialFinished"
+BEST_TRIAL_IMPROVED = f"{PREFIX}BestTrialImproved"
+EVENT_TYPES = (STATUS_CHANGED, TRIAL_FINISHED, BEST_TRIAL_IMPROVED)
+MAX_ERROR_CHARS = 500
+
+
+def experiment_subject(experiment_id: str) -> str:
+    return f"/experiments/{experiment_id}"
+
+
+def trial_subject(experiment_id: str, number: int) -> str:
+    return f"/experiments/{experiment_id}/trials/{number}"
+
+
+def status_changed(record: ExperimentRecord, source: str) -> Event:
+    """The event for the record's latest history entry (the transition just written)."""
+    sequence = len(record.history)
+    entry = record.history[-1]
+    previous = record.history[-2]["status"] if sequence > 1 else None
+    return Event(
+        id=f"{record.id}/status/{sequence}",
+        type=STATUS_CHANGED,
+        source=source,
+        subject=experiment_subject(record.id),
+        time=str(entry["at"]),
+        data={
+            "experiment_id": record.id,
+            "name": record.name,
+            "sequence": sequence,
+            "status": entry["status"],
+            "previous_status": previous,
+            "reason": entry.get("reason"),
+            "error": _clip(record.error),
+            "backend": record.backend,
+            "progress": {"done": record.trials_done, "total": record.trials_total},
+            "best": record.best.model_dump(mode="json") if record.best else None,
+        },
+    )
+
+
+def trial_finished(record: ExperimentRecord, trial: TrialRecord, source: str) -> Event:
+    return Event(
+        id=f"{record.id}/trials/{trial.number}/{trial.attempt}",
+        type=TRIAL_FINISHED,
+        source=source,
+        subject=trial_subject(record.id, trial.number),
+        time=_trial_time(trial),
+        data={
+            "experiment_id": record.id,
+            "number": trial.number,
+            "attempt": trial.attempt,
+            "state": trial.state.value,
+            "value": trial.value,
+            "params": trial.params,
+            "duration_s": trial.duration_s,
+            "engine": trial.engine,
+            "error": _clip(trial.error),
+        },
+    )
+
+
+def best_trial_improved(
+    record: ExperimentRecord, trial: TrialRecord, previous: tuple[int, float] | None, source: str
+) -> Event:
+    objective = record.spec.get("objective", {})
+    return Event(
+        id=f"{record.id}/best/{trial.number}",
+        type=BEST_TRIAL_IMPROVED,
+        source=source,
+        subject=trial_subject(record.id, trial.number),
+        time=_trial_time(trial),
+        data={
+            "experiment_id": record.id,
+            "number": trial.number,
+            "value": trial.value,
+            "params": trial.params,
+            "primary_metric": objective.get("primary_metric"),
+            "goal": objective.get("goal", "maximize"),
+            "previous_number": previous[0] if previous else None,
+            "previous_value": previous[1] if previous else None,
+        },
+    )
+
+
+def newly_finished(record: ExperimentRecord, trials: Iterable[TrialRecord]) -> list[TrialRecord]:
+    """Finished trials (number, attempt) not yet announced, in the order they ended."""
+    announced = decode_ranges(record.event_log.trials)
+    retried = record.event_log.retried
+    fresh = [
+        t
+        for t in trials
+        if t.state is not TrialState.RUNNING
+        and t.attempt > retried.get(str(t.number), 1 if t.number in announced else 0)
+    ]
+    return sorted(fresh, key=lambda t: (t.ended_at or t.started_at, t.number))
+
+
+def improves(trial: TrialRecord, best: tuple[int, float] | None, goal: str) -> bool:
+    """Whether ``trial`` would replace ``best`` under ``shared.records.best_of``'s order."""
+    if trial.state is not TrialState.COMPLETED or trial.value is None:
+        return False
+    if best is None:
+        return True
+    sign = -1.0 if goal == "maximize" else 1.0
+    return (sign * trial.value, trial.number) < (sign * best[1], best[0])
+
+
+def trial_events(record: ExperimentRecord, trials: Iterable[TrialRecord], source: str) -> tuple[list[Event], dict]:
+    """Events for the trials finished since the last announcement, and the ``EventLog`` marker updates."""
+    log = record.event_log
+    fresh = newly_finished(record, trials)
+    if not fresh:
+        return [], {}
+    announced, retried = decode_ranges(log.trials), dict(log.retried)
+    best = (log.best_number, log.best_value) if log.best_number is not None and log.best_value is not None else None
+    goal = record.spec.get("objective", {}).get("goal", "maximize")
+    events: list[Event] = []
+    for trial in fresh:
+        events.append(trial_finished(record, trial, source))
+        announced.add(trial.number)
+        if trial.attempt > 1:
+            retried[str(trial.number)] = trial.attempt
+        if improves(trial, best, goal):
+            events.append(best_trial_improved(record, trial, best, source))
+            best = (trial.number, float(trial.value))  # type: ignore[arg-type]
+    markers: dict[str, Any] = {"trials": encode_ranges(announced), "retried": retried}
+    if best is not None:
+        markers.update(best_number=best[0], best_value=best[1])
+    return events, markers
+
+
+def encode_ranges(numbers: Iterable[int]) -> str:
+    """``{0, 1, 2, 3, 7}`` -> ``"0-3,7"``: a thousand trials announced in order stay a few bytes."""
+    parts: list[str] = []
+    ordered = sorted(set(numbers))
+    i = 0
+    while i < len(ordered):
+        j = i
+        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
+            j += 1
+        parts.append(str(ordered[i]) if i == j else f"{ordered[i]}-{ordered[j]}")
+        i = j + 1
+    return ",".join(parts)
+
+
+def decode_ranges(text: str) -> set[int]:
+    numbers: set[int] = set()
+    for part in filter(None, text.split(",")):
+        low, _, high = part.partition("-")
+        numbers.update(range(int(low), int(high or low) + 1))
+    return numbers
+
+
+def _trial_time(trial: TrialRecord) -> str:
+    return (trial.ended_at or trial.started_at).isoformat()
+
+
+def _clip(text: str | None) -> str | None:
+    return text if text is None or len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"

@@ -1,0 +1,160 @@
+"""One conformance suite for every ``EventPublisher`` adapter (Optuna-storages style).
+
+Each adapter declares ``delivers``; the suite checks a delivering adapter against what its topic
+received (Event Grid: the real SDK client posting to ``tests.topic_receiver``), and a non-delivering
+one for never failing. No adapter-specific skips inside the tests.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+
+import pytest
+
+from shared.events import DisabledPublisher, Event, EventPublisher, PublishError
+from shared.events.eventgrid import EventGridPublisher
+from tests.topic_receiver import TopicReceiver
+
+
+@dataclass
+class Harness:
+    publisher: EventPublisher
+    delivered: Callable[[], list[dict]]
+    """What the topic received, in order (empty for an adapter that delivers nothing)."""
+    broken: Callable[[int], EventPublisher]
+    """The same adapter aimed at a topic that answers with the given status (0: nothing listens)."""
+    receiver: TopicReceiver | None = None
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def topic_receiver() -> Iterator[TopicReceiver]:
+    receiver = TopicReceiver().start()
+    yield receiver
+    receiver.stop()
+
+
+def _eventgrid(receiver: TopicReceiver) -> Harness:
+    def broken(status: int) -> EventPublisher:
+        if status == 0:
+            return EventGridPublisher.from_settings(f"http://127.0.0.1:{_closed_port()}/api/events", receiver.key)
+        receiver.fail(1, status)
+        return EventGridPublisher.from_settings(receiver.endpoint, receiver.key)
+
+    publisher = EventGridPublisher.from_settings(receiver.endpoint, receiver.key)
+    return Harness(publisher, lambda: receiver.events, broken, receiver)
+
+
+def _disabled(receiver: TopicReceiver) -> Harness:
+    return Harness(DisabledPublisher(), lambda: [], lambda status: DisabledPublisher())
+
+
+ADAPTERS = {"eventgrid": _eventgrid, "disabled": _disabled}
+
+
+@pytest.fixture(params=sorted(ADAPTERS))
+def harness(request, topic_receiver) -> Harness:
+    return ADAPTERS[request.param](topic_receiver)
+
+
+def events(n: int, prefix: str = "exp-1") -> list[Event]:
+    return [
+        Event(
+            id=f"{prefix}/trials/{i}/1",
+            type="RapidsHpo.TrialFinished",
+            source="/rapids-hpo-control/test",
+            subject=f"/experiments/{prefix}/trials/{i}",
+            time=f"2026-12-01T08:00:{i % 60:02d}.123456+00:00",
+            data={"number": i, "value": 0.5 + i / 1000, "params": {"max_depth": 4}, "state": "COMPLETED"},
+        )
+        for i in range(n)
+    ]
+
+
+def test_adapter_satisfies_the_protocol(harness):
+    assert isinstance(harness.publisher, EventPublisher)
+    assert harness.publisher.max_batch >= 1 and isinstance(harness.publisher.delivers, bool)
+
+
+def test_a_batch_arrives_in_order_with_every_attribute(harness):
+    batch = events(3)
+    harness.publisher.publish(batch)
+    received = harness.delivered()
+    if not harness.publisher.delivers:
+        assert received == []
+        return
+    assert [e["id"] for e in received] == [e.id for e in batch]
+    for sent, got in zip(batch, received, strict=True):
+        assert got["specversion"] == "1.0"
+        assert (got["type"], got["source"], got["subject"], got["data"]) == (
+            sent.type,
+            sent.source,
+            sent.subject,
+            sent.data,
+        )
+        assert datetime.fromisoformat(got["time"].replace("Z", "+00:00")) == datetime.fromisoformat(sent.time)
+
+
+def test_an_empty_batch_sends_nothing(harness):
+    harness.publisher.publish([])
+    assert harness.delivered() == []
+    if harness.receiver is not None:
+        assert harness.receiver.requests == []
+
+
+def test_a_full_batch_is_one_request(harness):
+    batch = events(harness.publisher.max_batch if harness.publisher.delivers else 5)
+    harness.publisher.publish(batch)
+    if harness.publisher.delivers:
+        assert [e["id"] for e in harness.delivered()] == [e.id for e in batch]
+        assert harness.receiver is None or len(harness.receiver.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "retryable", "permanent"),
+    [
+        (0, True, False),
+        (500, True, False),
+        (503, True, False),
+        (429, True, False),
+        (400, False, True),
+        (401, False, False),
+    ],
+)
+def test_a_failing_topic_raises_a_classified_publish_error_at_once(harness, status, retryable, permanent):
+    publisher = harness.broken(status)
+    started = time.monotonic()
+    if not publisher.delivers:
+        publisher.publish(events(2))  # nothing to fail: never raises
+        return
+    with pytest.raises(PublishError) as caught:
+        publisher.publish(events(2))
+    assert (caught.value.retryable, caught.value.permanent) == (retryable, permanent)
+    assert time.monotonic() - started < 5, "the adapter must not retry by itself"
+    assert harness.delivered() == []
+
+
+def test_eventgrid_speaks_the_topic_protocol(topic_receiver):
+    """What the real client sends (checked by the receiver too): path, api-version, key, content type."""
+    EventGridPublisher.from_settings(topic_receiver.endpoint, topic_receiver.key).publish(events(1))
+    (request,) = topic_receiver.requests
+    headers = {k.lower(): v for k, v in request["headers"].items()}
+    assert request["path"] == "/api/events" and request["query"] == "api-version=2018-01-01"
+    assert headers["aeg-sas-key"] == topic_receiver.key
+    assert headers["content-type"].startswith("application/cloudevents-batch+json")
+
+
+def test_eventgrid_with_a_wrong_key_is_not_authorized(topic_receiver):
+    publisher = EventGridPublisher.from_settings(topic_receiver.endpoint, "not-the-key")
+    with pytest.raises(PublishError) as caught:
+        publisher.publish(events(1))
+    assert caught.value.status == 401 and not caught.value.retryable
