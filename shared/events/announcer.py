@@ -19,8 +19,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_exponential
-
 from shared.events import catalog
 from shared.events.disabled import DisabledPublisher
 from shared.events.port import Event, EventPublisher, PublishError
@@ -131,6 +129,8 @@ class Announcer:
 
     def _send(self, events: list[Event], attempts: int | None = None) -> tuple[int, PublishError | None]:
         """Publish one batch with the retry budget; returns (failed attempts, the last error or None)."""
+        from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_exponential
+
         failed = 0
         retrying = Retrying(
             stop=stop_after_attempt(attempts or self.attempts) | stop_after_delay(self.budget_s),
