@@ -57,8 +57,8 @@ def submit_experiment(
         event_seq=1,
         history=[{"at": now().isoformat(), "status": S.SUBMITTED.value, "reason": "submitted"}],
     )
-    try:
-        record = ctx.store.create_experiment(record)
+    try:  # SUBMITTED is announced with the first step's events (no publish on the HTTP path)
+        record = ctx.store.create_experiment(ctx.announcer.stage_status(record))
     except AlreadyExists:
         return ctx.store.get_experiment(experiment_id), False
     send_event(ctx, EventType.PROVISION, record)
@@ -130,8 +130,9 @@ def _fail_request(ctx: Context, experiment_id: str | None, reason: str, errors: 
         )
         # AlreadyExists: a valid experiment with this id exists already, or the failure was recorded before.
         with contextlib.suppress(AlreadyExists):
-            ctx.store.create_experiment(record)
+            record = ctx.store.create_experiment(ctx.announcer.stage_status(record))
             ctx.status_queue.send(status_message(record))  # a FAILED experiment, like any other
+            ctx.announcer.flush(ctx.store, record)
     raise InvalidRequest(reason, errors)
 
 
@@ -141,4 +142,4 @@ def request_cancel(ctx: Context, experiment_id: str) -> ExperimentRecord:
     record = ctx.store.get_experiment(experiment_id)
     if record.status in TERMINAL_STATUSES or record.status is S.CANCELLING:
         return record
-    return transition(ctx, record, S.CANCELLING, "cancel requested", next_event=EventType.CANCEL)
+    return transition(ctx, record, S.CANCELLING, "cancel requested", next_event=EventType.CANCEL, announce=False)

@@ -69,10 +69,15 @@ def transition(
     next_event: EventType | None = None,
     delay: int = 0,
     fence: bool = True,
+    announce: bool = True,
     **updates: Any,
 ) -> ExperimentRecord:
     """Write the new status, then send ``next_event``. ``fence`` bumps the fencing token, which makes
-    every event already sent stale; a step that must stay retryable by its own event passes False."""
+    every event already sent stale; a step that must stay retryable by its own event passes False.
+
+    A status change stages its CloudEvent in the same write; ``announce`` then sends what is staged
+    (bounded retries; never raises) before ``next_event``. HTTP paths pass False: the next step sends it.
+    """
     changed = status != record.status
     history = list(record.history)
     if changed:
@@ -86,7 +91,12 @@ def transition(
     }
     if status in TERMINAL_STATUSES and record.ended_at is None:
         fields.setdefault("ended_at", now())
-    record = ctx.store.update_experiment(record.model_copy(update=fields))
+    candidate = record.model_copy(update=fields)
+    if changed:
+        candidate = ctx.announcer.stage_status(candidate)
+    record = ctx.store.update_experiment(candidate)
+    if announce:
+        record = ctx.announcer.flush(ctx.store, record)
     if next_event is not None:
         send_event(ctx, next_event, record, delay)
     return record
@@ -147,12 +157,14 @@ def _submit_run(ctx: Context, record: ExperimentRecord) -> str:
 
 
 def progress_updates(ctx: Context, record: ExperimentRecord) -> dict[str, Any]:
-    """Progress fields from the trial records: done/total, best so far, last progress time."""
+    """Progress fields from the trial records: done/total, best so far, last progress time, and the
+    events of trials finished since the last step (the compute writes trials; we learn of them here)."""
     spec = record.spec
     trials = ctx.store.list_trials(record.id)
     done = sum(1 for t in trials if t.state is not TrialState.RUNNING)
     goal = spec.get("objective", {}).get("goal", "maximize")
     updates: dict[str, Any] = {"trials_done": done, "best": best_of(trials, goal) or record.best}
+    updates["event_log"] = ctx.announcer.stage_trials(record, trials)
     if done != record.trials_done:
         updates["last_progress_at"] = now()
         updates["redrives"] = 0  # progress: earlier stalls no longer count against the experiment
@@ -241,29 +253,33 @@ def _cancel(ctx: Context, record: ExperimentRecord) -> str:
 def _teardown(ctx: Context, record: ExperimentRecord) -> str:
     if record.backend_state and not record.torn_down:
         ctx.backend(record.backend).teardown(record)
-    for trial in ctx.store.list_trials(record.id):  # the compute is gone: nothing can still be running
-        if trial.state is TrialState.RUNNING:
-            ctx.store.put_trial(
-                trial.model_copy(
-                    update={
-                        "state": TrialState.FAILED,
-                        "error": f"stopped: experiment {record.status.value}",
-                        "ended_at": now(),
-                    }
-                )
+    trials = []
+    for stored in ctx.store.list_trials(record.id):  # the compute is gone: nothing can still be running
+        trial = stored
+        if stored.state is TrialState.RUNNING:
+            trial = stored.model_copy(
+                update={
+                    "state": TrialState.FAILED,
+                    "error": f"stopped: experiment {record.status.value}",
+                    "ended_at": now(),
+                }
             )
+            ctx.store.put_trial(trial)
+        trials.append(trial)
     if not record.torn_down or not record.backend_state.get("status_emitted"):
         ctx.status_queue.send(status_message(record))
-    ctx.store.update_experiment(
+    record = ctx.store.update_experiment(
         record.model_copy(
             update={
                 "torn_down": True,
                 "event_seq": record.event_seq + 1,
                 "updated_at": now(),
                 "backend_state": {**record.backend_state, "status_emitted": True},
+                "event_log": ctx.announcer.stage_trials(record, trials),
             }
         )
     )
+    ctx.announcer.flush(ctx.store, record)
     return "torn down"
 
 

@@ -11,11 +11,15 @@ from shared.records import TERMINAL_STATUSES, EventType, ExperimentRecord
 
 
 def sweep(ctx: Context, *, stall_seconds: int | None = None) -> dict[str, list[str]]:
-    """Timer step: re-drive experiments whose events were lost, tear down finished ones' compute."""
+    """Timer step: re-drive experiments whose events were lost, tear down finished ones' compute, and
+    re-send CloudEvents a step could not deliver (``announced``: experiments whose outbox is now empty)."""
     stall = timedelta(seconds=stall_seconds if stall_seconds is not None else ctx.settings.stall_seconds)
     cutoff = now() - stall
-    report: dict[str, list[str]] = {"redriven": [], "failed": [], "teardown": []}
-    for record in all_experiments(ctx):
+    report: dict[str, list[str]] = {"redriven": [], "failed": [], "teardown": [], "announced": []}
+    for stored in all_experiments(ctx):
+        record = ctx.announcer.flush(ctx.store, stored)  # no-op unless events are staged
+        if stored.event_log.pending and not record.event_log.pending:
+            report["announced"].append(record.id)
         if record.updated_at > cutoff:
             continue
         if record.status in TERMINAL_STATUSES:
