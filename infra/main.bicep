@@ -180,6 +180,8 @@ var appSettings = {
   AZUREML_WORKSPACE: deployAzureML ? azureMLWorkspaceName : ''
   RAPIDS_HPO_VM_IDENTITY_ID: vmIdentity.outputs.id
   RAPIDS_HPO_VM_IDENTITY_CLIENT_ID: vmIdentity.outputs.clientId
+  // This deployment's id, tagged on every experiment resource: the orphan sweep deletes only its own.
+  RAPIDS_HPO_INSTANCE_ID: storage.outputs.name
   RAPIDS_HPO_POLL_SECONDS: string(pollSeconds)
   RAPIDS_HPO_STALL_SECONDS: string(stallSeconds)
   EVENTGRID_TOPIC_ENDPOINT: deployEventGrid ? eventGrid.outputs.endpoint : ''

@@ -90,7 +90,9 @@ class VMClusterCompute(_Strict):
     docker_args: str = "--shm-size=256m"
     worker_class: str = "dask_cuda.CUDAWorker"
     worker_options: dict[str, str | int | float | bool] = Field(default_factory=lambda: {"rmm-managed-memory": True})
-    disk_size: int = Field(default=100, ge=30, le=4095, description="GB per VM")
+    disk_size: int = Field(
+        default=100, ge=30, le=1023, description="GB per VM (dask-cloudprovider and the VM image accept at most 1023)"
+    )
     security: bool = True
     use_marketplace_image: bool = Field(default=True, description="NVIDIA's NGC VM image (marketplace plan)")
     network: NetworkSpec = Field(default_factory=NetworkSpec)

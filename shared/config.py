@@ -48,6 +48,7 @@ ENV_DEFAULTS: dict[str, str] = {
     "AZUREML_WORKSPACE": "",
     "RAPIDS_HPO_VM_IDENTITY_ID": "",
     "RAPIDS_HPO_VM_IDENTITY_CLIENT_ID": "",
+    "RAPIDS_HPO_INSTANCE_ID": "",
     "RAPIDS_HPO_API_URL": "http://127.0.0.1:7071",
     "RAPIDS_HPO_FUNCTION_KEY": "",
     # CloudEvents on Event Grid (shared.events): off while the endpoint is unset.

@@ -14,6 +14,7 @@ from shared.backends.network import (
     CREATED_BY,
     CREATED_BY_TAG,
     EXPERIMENT_TAG,
+    INSTANCE_TAG,
     NetworkHandle,
     delete_network_resources,
     ensure_network,
@@ -348,23 +349,37 @@ def test_delete_refuses_foreign_ids(client: Any, retry: RetrySettings) -> None:
 
 
 def test_find_orphaned_networks_by_tag_across_pages(arm: FakeArm, client: Any, retry: RetrySettings) -> None:
-    dead = _ensure(client, retry, experiment_id="exp-dead")
+    mine = {INSTANCE_TAG: "sthpoprod"}
+    dead = _ensure(client, retry, experiment_id="exp-dead", tags=mine)
     _ensure(
         client,
         retry,
         experiment_id="exp-live",
         spec=NetworkSpec(vnet_address_space="10.1.0.0/16", subnet_prefix="10.1.0.0/24"),
+        tags=mine,
+    )
+    _ensure(  # another control plane's experiment in the same resource group: not ours to delete
+        client,
+        retry,
+        experiment_id="exp-of-dev",
+        spec=NetworkSpec(vnet_address_space="10.2.0.0/16", subnet_prefix="10.2.0.0/24"),
+        tags={INSTANCE_TAG: "sthpodev"},
     )
     arm.seed(f"{NET}/virtualNetworks/hand-made", {"location": LOC, "properties": {}})
     arm.seed(f"{NET}/virtualNetworks/untagged-owner", {"location": LOC, "tags": {EXPERIMENT_TAG: "exp-dead"}})
     arm.clear_requests()
 
-    orphans = find_orphaned_networks(client, resource_group=RG, live_experiment_ids={"exp-live"}, retry=retry)
+    def orphans() -> list[str]:
+        return find_orphaned_networks(
+            client, resource_group=RG, live_experiment_ids={"exp-live"}, instance_id="sthpoprod", retry=retry
+        )
 
-    assert orphans == [dead.vnet_id, dead.nsg_id]
-    assert arm.calls("GET", "/virtualNetworks")[-1].query.get("$skiptoken") == "2"  # followed nextLink
-    assert delete_network_resources(client, resource_group=RG, resource_ids=orphans, retry=retry) == orphans
-    assert find_orphaned_networks(client, resource_group=RG, live_experiment_ids={"exp-live"}, retry=retry) == []
+    found = orphans()
+    assert found == [dead.vnet_id, dead.nsg_id]
+    assert arm.calls("GET", "/virtualNetworks")[-1].query.get("$skiptoken")  # followed nextLink
+    assert delete_network_resources(client, resource_group=RG, resource_ids=found, retry=retry) == found
+    assert orphans() == []
+    assert len(arm.of_type("virtualNetworks")) == 4  # live, dev's, and the two never ours
 
 
 # --- retries -------------------------------------------------------------------------------------------

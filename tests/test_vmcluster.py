@@ -21,33 +21,29 @@ from typing import Any
 import pytest
 from distributed import Client, LocalCluster
 
-from shared.backends import vmcluster
 from shared.backends.arm import RetrySettings
 from shared.backends.network import (
     CREATED_BY,
     CREATED_BY_TAG,
     EXPERIMENT_TAG,
+    INSTANCE_TAG,
     NetworkHandle,
     ensure_network,
     make_network_client,
     network_names,
 )
 from shared.backends.vm_teardown import CLUSTER_ID_TAG, make_compute_client
-from shared.backends.vmcluster import (
+from shared.backends.vmcluster import VMClusterBackend, VMIdentity, bootscript, head, plan
+from shared.backends.vmcluster.bootscript import detach_cluster, plan_vms
+from shared.backends.vmcluster.head import probe_task, security_from
+from shared.backends.vmcluster.settings import (
     NGC_MARKETPLACE_PLAN,
     NGC_VM_IMAGE,
     SECURITY_ARTIFACT,
-    VMClusterBackend,
-    VMIdentity,
     check_no_secrets,
     cluster_env,
     cluster_kwargs,
-    detach_cluster,
     estimated_node_hours,
-    plan,
-    plan_vms,
-    probe_task,
-    security_from,
 )
 from shared.compute_spec import NetworkSpec, VMClusterCompute
 from shared.config import DRIVER_OUTCOME_ARTIFACT, Settings
@@ -290,10 +286,10 @@ def test_azurevmcluster_accepts_the_kwargs_and_boots_the_vms_we_mean() -> None:
     }
     assert set(kwargs) <= accepted, set(kwargs) - accepted
 
-    before = {key: dask.config.get(key, None) for key in vmcluster._TLS_CONFIG_KEYS}
+    before = {key: dask.config.get(key, None) for key in bootscript._TLS_CONFIG_KEYS}
     image_before = dict(dask.config.get("cloudprovider.azure.azurevm.vm_image"))
     assert image_before != NGC_VM_IMAGE
-    security = security_from(vmcluster.new_credentials("c0ffee00", True))
+    security = security_from(head.new_credentials("c0ffee00", True))
     [scheduler] = plan_vms(kwargs, cluster_id="c0ffee00", security=security, scheduler_address=None)
     workers = plan_vms(
         kwargs, cluster_id="c0ffee00", security=security, scheduler_address="tls://10.0.0.4:8786", count=2
@@ -316,7 +312,7 @@ def test_azurevmcluster_accepts_the_kwargs_and_boots_the_vms_we_mean() -> None:
     # The TLS config reaches the VMs (inside the Dask config env var), but this process's config is as
     # it was, and no cluster object is left for distributed's atexit hook to close.
     assert "DASK_INTERNAL_INHERIT_CONFIG" in worker_run
-    assert {key: dask.config.get(key, None) for key in vmcluster._TLS_CONFIG_KEYS} == before
+    assert {key: dask.config.get(key, None) for key in bootscript._TLS_CONFIG_KEYS} == before
     assert dask.config.get("cloudprovider.azure.azurevm.vm_image") == image_before
     assert not [c for c in SpecCluster._instances if isinstance(c, AzureVMCluster)]
 
@@ -329,7 +325,7 @@ def test_detach_makes_a_never_started_cluster_object_inert() -> None:
     kwargs = cluster_kwargs(_compute(), _handle(), experiment_id=EXP, env_vars={})
 
     async def build() -> Any:
-        with vmcluster._isolated_dask_config():
+        with bootscript._isolated_dask_config():
             return AzureVMCluster(**kwargs, asynchronous=True)
 
     cluster = asyncio.run(build())
@@ -363,7 +359,7 @@ def test_dask_cloudprovider_create_vm_bodies_are_rejected_by_arm_with_these_sdks
     async def dask_cloudprovider_create() -> None:
         from dask_cloudprovider.azure import AzureVMCluster
 
-        with vmcluster._isolated_dask_config():
+        with bootscript._isolated_dask_config():
             cluster = AzureVMCluster(**{**kwargs, "security": False}, asynchronous=True)
         try:
             cluster.quiet = True
@@ -582,11 +578,11 @@ def dask_cluster() -> Iterator[LocalCluster]:
 
 def _started(ctx: Context, address: str, experiment_id: str, **state: Any) -> ExperimentRecord:
     """A record as submit leaves it, for a plain-TCP scheduler at ``address``."""
-    ctx.store.put_secret(experiment_id, SECURITY_ARTIFACT, json.dumps(vmcluster.new_credentials("c1", False)).encode())
+    ctx.store.put_secret(experiment_id, SECURITY_ARTIFACT, json.dumps(head.new_credentials("c1", False)).encode())
     base = {
         "cluster_id": "c1",
         "scheduler_address": address,
-        "submitted_at": vmcluster.now_iso(),
+        "submitted_at": _ago(0),
         "workers_created": True,
         "driver_restarts": 0,
     }
@@ -711,9 +707,9 @@ def test_unreachable_scheduler_is_running_until_a_bound_then_failed(
 ) -> None:
     backend = _backend(ctx, arm, retry, connect_timeout_s=1, unreachable_limit_s=600, ready_timeout_s=900)
     closed = f"tcp://127.0.0.1:{_free_port()}"
-    ctx.store.put_secret(EXP, SECURITY_ARTIFACT, json.dumps(vmcluster.new_credentials("c1", False)).encode())
+    ctx.store.put_secret(EXP, SECURITY_ARTIFACT, json.dumps(head.new_credentials("c1", False)).encode())
     base = {"cluster_id": "c1", "scheduler_address": closed, "workers_created": True}
-    record = _record(ctx, **base, submitted_at=vmcluster.now_iso(), driver_key=f"driver-{EXP}")
+    record = _record(ctx, **base, submitted_at=_ago(0), driver_key=f"driver-{EXP}")
 
     status = backend.poll(record)
     assert status.state is RunState.RUNNING and status.details["scheduler"] == "unreachable"
@@ -725,7 +721,7 @@ def test_unreachable_scheduler_is_running_until_a_bound_then_failed(
     failed = backend.poll(late)
     assert failed.state is RunState.FAILED and "unreachable for 60" in (failed.error or "")
 
-    starting = record.model_copy(update={"backend_state": {**base, "submitted_at": vmcluster.now_iso()}})
+    starting = record.model_copy(update={"backend_state": {**base, "submitted_at": _ago(0)}})
     assert backend.poll(starting).state is RunState.PENDING
     stuck = record.model_copy(update={"backend_state": {**base, "submitted_at": _ago(901), "last_error": "quota"}})
     result = backend.poll(stuck)
@@ -794,13 +790,15 @@ def _seed_vm(arm: FakeArm, name: str, tags: dict[str, str], *, public_ip: bool =
 
 
 def test_teardown_deletes_by_tag_in_dependency_order_and_treats_404_as_done(
-    ctx: Context, arm: FakeArm, retry: RetrySettings
+    ctx: Context, arm: FakeArm, retry: RetrySettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("RAPIDS_HPO_INSTANCE_ID", "sthpoprod")
     ours = {
         "creator": "dask-cloudprovider",
         CLUSTER_ID_TAG: "c0ffee00",
         EXPERIMENT_TAG: EXP,
         CREATED_BY_TAG: CREATED_BY,
+        INSTANCE_TAG: "sthpoprod",
     }
     crashed = {
         **ours,
@@ -808,6 +806,9 @@ def test_teardown_deletes_by_tag_in_dependency_order_and_treats_404_as_done(
     }  # a cluster from an attempt whose id never reached the record
     other_tool = {"creator": "dask-cloudprovider", CLUSTER_ID_TAG: "ffffffff"}
     gone_exp = {**ours, CLUSTER_ID_TAG: "deadbeef", EXPERIMENT_TAG: "exp-gone"}
+    # Another control plane's cluster in the same resource group (dev beside prod): never an orphan of ours.
+    other_plane = {**gone_exp, CLUSTER_ID_TAG: "0dd0dd00", EXPERIMENT_TAG: "exp-of-dev", INSTANCE_TAG: "sthpodev"}
+    untagged = {k: v for k, v in gone_exp.items() if k != INSTANCE_TAG} | {CLUSTER_ID_TAG: "0000aaaa"}
     _seed_vm(arm, "dask-c0ffee00-scheduler", ours, public_ip=True)
     _seed_vm(arm, "dask-c0ffee00-worker-aaaaaaaa", ours)
     _seed_vm(arm, "dask-c0ffee00-worker-bbbbbbbb", ours)
@@ -815,12 +816,14 @@ def test_teardown_deletes_by_tag_in_dependency_order_and_treats_404_as_done(
     leftover = arm.seed(f"{RGP}/Microsoft.Compute/disks/dask-c0ffee00-worker-cccccccc_OsDisk_1_abc", {"location": LOC})
     _seed_vm(arm, "dask-ffffffff-scheduler", other_tool)
     _seed_vm(arm, "dask-deadbeef-scheduler", gone_exp)
+    _seed_vm(arm, "dask-0dd0dd00-scheduler", other_plane)
+    _seed_vm(arm, "dask-0000aaaa-scheduler", untagged)
     unrelated_disk = arm.seed(f"{RGP}/Microsoft.Compute/disks/data-disk", {"location": LOC})
     foreign = {
         r["id"]
         for kind in ("virtualMachines", "networkInterfaces", "disks")
         for r in arm.of_type(kind)
-        if "ffffffff" in r["name"] or "deadbeef" in r["name"]
+        if any(c in r["name"] for c in ("ffffffff", "deadbeef", "0dd0dd00", "0000aaaa"))
     }
 
     backend = _backend(ctx, arm, retry)
@@ -876,8 +879,15 @@ def test_teardown_deletes_by_tag_in_dependency_order_and_treats_404_as_done(
     assert len(orphan.resources.vms) == 1 and len(orphan.resources.nics) == 1 and len(orphan.resources.disks) == 1
     deleted = backend.delete_orphans(orphans, subscription_id=SUB)
     assert len(deleted) == 3
-    assert {r["name"] for r in arm.of_type("virtualMachines")} == {"dask-ffffffff-scheduler"}
+    assert {r["name"] for r in arm.of_type("virtualMachines")} == {
+        "dask-ffffffff-scheduler",
+        "dask-0dd0dd00-scheduler",
+        "dask-0000aaaa-scheduler",
+    }
     assert backend.find_orphans({EXP}, resource_group=RG, subscription_id=SUB) == []
+    monkeypatch.delenv("RAPIDS_HPO_INSTANCE_ID")
+    with pytest.raises(BackendError, match="RAPIDS_HPO_INSTANCE_ID"):
+        backend.find_orphans({EXP}, resource_group=RG, subscription_id=SUB)
 
 
 def test_timer_sweep_deletes_orphaned_networks_and_clusters_by_tag(
@@ -889,19 +899,52 @@ def test_timer_sweep_deletes_orphaned_networks_and_clusters_by_tag(
     ctx.backends["vmcluster"] = backend
     network_client = make_network_client(SUB, StaticTokenCredential(arm.token), arm.base_url, polling_interval=0)
     live = _record(ctx, "exp-live")
-    ensure_network(
-        network_client, resource_group=RG, location="eastus", experiment_id="exp-live", spec=NetworkSpec(), retry=retry
-    )
-    ensure_network(
-        network_client, resource_group=RG, location="eastus", experiment_id="exp-gone", spec=NetworkSpec(), retry=retry
-    )
-    monkeypatch.delenv("AZURE_SUBSCRIPTION_ID", raising=False)
-    assert sweep_orphans(ctx) == []  # not configured for Azure: touches nothing
+
+    def network(experiment_id: str, instance: str) -> None:
+        tags = {INSTANCE_TAG: instance}
+        ensure_network(
+            network_client,
+            resource_group=RG,
+            location="eastus",
+            experiment_id=experiment_id,
+            spec=NetworkSpec(),
+            tags=tags,
+            retry=retry,
+        )
+
+    network("exp-live", "sthpoprod")
+    network("exp-gone", "sthpoprod")
+    network("exp-of-dev", "sthpodev")  # another control plane's, in the same resource group
     monkeypatch.setenv("AZURE_SUBSCRIPTION_ID", SUB)
     monkeypatch.setenv("AZURE_RESOURCE_GROUP", RG)
+    arm.clear_requests()
+    assert sweep_orphans(ctx) == []  # no instance id configured: the sweep is off
+    assert arm.requests == []
+    monkeypatch.setenv("RAPIDS_HPO_INSTANCE_ID", "sthpoprod")
+    monkeypatch.delenv("AZURE_SUBSCRIPTION_ID")
+    assert sweep_orphans(ctx) == []  # not configured for Azure: touches nothing
+    monkeypatch.setenv("AZURE_SUBSCRIPTION_ID", SUB)
     deleted = sweep_orphans(ctx)
     gone = network_names("exp-gone")
     assert {d.rsplit("/", 1)[1] for d in deleted} == {gone.vnet, gone.nsg}
-    kept = network_names(live.id)
-    assert {r["name"] for r in arm.of_type("virtualNetworks")} == {kept.vnet}
+    kept = {network_names(live.id).vnet, network_names("exp-of-dev").vnet}
+    assert {r["name"] for r in arm.of_type("virtualNetworks")} == kept
     assert sweep_orphans(ctx) == []  # idempotent
+
+
+def test_disk_size_beyond_what_the_vms_accept_is_a_spec_error_naming_the_field(
+    ctx: Context, arm: FakeArm, retry: RetrySettings
+) -> None:
+    """dask-cloudprovider raised ValueError above 1023 GB (an event retried until poisoned); now the
+    spec refuses it (422 over HTTP), and a record stored before the rule fails with a BackendError."""
+    from shared.spec import SpecError
+
+    with pytest.raises(SpecError) as info:
+        _spec_document(disk_size=1024)
+    assert [e["loc"] for e in info.value.errors] == ["compute.disk_size"]
+    assert _compute(disk_size=1023).disk_size == 1023
+    record = _record(ctx)
+    old = record.model_copy(update={"spec": {**record.spec, "compute": {**record.spec["compute"], "disk_size": 4095}}})
+    with pytest.raises(BackendError, match="disk_size") as raised:
+        _backend(ctx, arm, retry).provision(old)
+    assert raised.value.retryable is False

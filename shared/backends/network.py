@@ -24,9 +24,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict
-
 from shared.backends.arm import DEFAULT_RETRY, RetrySettings, arm_call, is_not_found, make_arm_client
+from shared.backends.vmcluster.handle import NetworkHandle
 from shared.compute_spec import NetworkSpec
 from shared.errors import BackendError
 
@@ -40,6 +39,8 @@ log = logging.getLogger(__name__)
 EXPERIMENT_TAG = "rapids-hpo-experiment"
 CREATED_BY_TAG = "created-by"
 CREATED_BY = "rapids-hpo-control"
+INSTANCE_TAG = "rapids-hpo-instance"
+"""Which control plane made a resource (``RAPIDS_HPO_INSTANCE_ID``): the orphan sweep touches only its own."""
 
 DASK_PORTS = ("8786", "8787")
 DASK_RULE_PREFIX = "rapids-hpo-dask"
@@ -57,25 +58,6 @@ class NetworkNames:
     vnet: str
     subnet: str
     nsg: str
-
-
-class NetworkHandle(BaseModel):
-    """What :func:`ensure_network` provisioned; JSON-able, so the control plane can store it."""
-
-    model_config = ConfigDict(frozen=True)
-
-    resource_group: str
-    location: str
-    experiment_id: str
-    vnet_name: str
-    vnet_id: str
-    subnet_name: str
-    subnet_id: str
-    nsg_name: str
-    nsg_id: str
-    created: list[str]
-    """ARM ids of the resources this experiment created (and so may delete), in creation order;
-    a resource found by name that carries this experiment's tag counts (an earlier attempt made it)."""
 
 
 def network_names(experiment_id: str) -> NetworkNames:
@@ -220,9 +202,11 @@ def find_orphaned_networks(
     *,
     resource_group: str,
     live_experiment_ids: set[str],
+    instance_id: str,
     retry: RetrySettings = DEFAULT_RETRY,
 ) -> list[str]:
-    """ARM ids of our VNets and NSGs in ``resource_group`` whose experiment is not live (VNets first)."""
+    """ARM ids of this control plane's VNets and NSGs (tagged ``rapids-hpo-instance=<instance_id>``) in
+    ``resource_group`` whose experiment is not live (VNets first)."""
     found: list[str] = []
     for label, ops in (
         ("virtual networks", client.virtual_networks),
@@ -235,7 +219,7 @@ def find_orphaned_networks(
         )
         for resource in resources:
             resource_tags = resource.tags or {}
-            if resource_tags.get(CREATED_BY_TAG) != CREATED_BY:
+            if resource_tags.get(CREATED_BY_TAG) != CREATED_BY or resource_tags.get(INSTANCE_TAG) != instance_id:
                 continue
             if resource_tags.get(EXPERIMENT_TAG) not in live_experiment_ids:
                 found.append(resource.id)

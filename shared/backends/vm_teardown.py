@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from shared.backends.arm import DEFAULT_RETRY, RetrySettings, arm_call, is_not_found, make_arm_client
-from shared.backends.network import CREATED_BY, CREATED_BY_TAG, EXPERIMENT_TAG
+from shared.backends.network import CREATED_BY, CREATED_BY_TAG, EXPERIMENT_TAG, INSTANCE_TAG
 from shared.errors import BackendError
 
 if TYPE_CHECKING:
@@ -211,10 +211,12 @@ def find_orphaned_clusters(
     *,
     resource_group: str,
     live_experiment_ids: set[str],
+    instance_id: str,
     retry: RetrySettings = DEFAULT_RETRY,
 ) -> list[OrphanedCluster]:
-    """Our clusters in ``resource_group`` (tagged ``created-by=rapids-hpo-control``) whose experiment
-    is not in ``live_experiment_ids``; sorted by cluster id. Clusters of other tools are left alone."""
+    """This control plane's clusters in ``resource_group`` (tagged ``created-by=rapids-hpo-control`` and
+    ``rapids-hpo-instance=<instance_id>``) whose experiment is not in ``live_experiment_ids``; sorted by
+    cluster id. Clusters of other tools and of other control planes are left alone."""
     listing = {
         "virtual machines": lambda: compute.virtual_machines.list(resource_group),
         "network interfaces": lambda: network.network_interfaces.list(resource_group),
@@ -226,7 +228,7 @@ def find_orphaned_clusters(
         for resource in resources:
             tags = resource.tags or {}
             cluster_id = tags.get(CLUSTER_ID_TAG)
-            if not cluster_id or tags.get(CREATED_BY_TAG) != CREATED_BY:
+            if not cluster_id or tags.get(CREATED_BY_TAG) != CREATED_BY or tags.get(INSTANCE_TAG) != instance_id:
                 continue
             if tags.get(EXPERIMENT_TAG) not in live_experiment_ids:
                 owners.setdefault(cluster_id, tags.get(EXPERIMENT_TAG))

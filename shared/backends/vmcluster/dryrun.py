@@ -1,0 +1,134 @@
+"""``rapids-hpo plan`` for vmcluster: what ``provision``/``submit`` would create, without touching Azure."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from shared.backends.vmcluster.settings import (
+    NGC_VM_IMAGE,
+    VMIdentity,
+    cluster_env,
+    cluster_kwargs,
+    cluster_tags,
+    estimated_node_hours,
+    run_seconds,
+    scheduler_vm_name,
+    subscription_of,
+    worker_vm_prefix,
+)
+from shared.compute_spec import VMClusterCompute
+
+if TYPE_CHECKING:
+    from shared.spec import ExperimentSpec
+
+
+def plan(
+    spec: ExperimentSpec,
+    experiment_id: str = "exp-PLAN",
+    *,
+    storage_account_name: str | None = None,
+    identity: VMIdentity | None = None,
+) -> dict[str, Any]:
+    """What ``provision``/``submit`` would create for ``spec``, without touching Azure (JSON-able)."""
+    from shared.backends.network import NetworkHandle, dask_rules, network_names
+
+    compute = spec.compute
+    if not isinstance(compute, VMClusterCompute):
+        raise ValueError(f"plan() is for compute.backend vmcluster, not {compute.backend!r}")
+    net = compute.network
+    names = network_names(experiment_id)
+    sub = subscription_of(compute) or "<subscription>"
+    base = f"/subscriptions/{sub}/resourceGroups/{compute.resource_group}/providers/Microsoft.Network"
+    vnet = net.existing_vnet or names.vnet
+    subnet = (net.existing_subnet or "<the VNet's first subnet>") if net.existing_vnet else names.subnet
+    nsg = net.existing_security_group or names.nsg
+    handle = NetworkHandle(
+        resource_group=compute.resource_group,
+        location=compute.location,
+        experiment_id=experiment_id,
+        vnet_name=vnet,
+        vnet_id=f"{base}/virtualNetworks/{vnet}",
+        subnet_name=subnet,
+        subnet_id=f"{base}/virtualNetworks/{vnet}/subnets/{subnet}",
+        nsg_name=nsg,
+        nsg_id=f"{base}/networkSecurityGroups/{nsg}",
+        created=[],
+    )
+    env_vars = cluster_env(
+        experiment_id=experiment_id,
+        storage_account_name=storage_account_name or "<AzureWebJobsStorage__accountName>",
+        identity=identity,
+    )
+    kwargs = cluster_kwargs(compute, handle, experiment_id=experiment_id, env_vars=env_vars, identity=identity)
+    tags = {
+        **cluster_tags(experiment_id),
+        "creator": "dask-cloudprovider",
+        "cluster-id": "<assigned at submit>",
+    }
+    seconds, basis = run_seconds(spec)
+    nodes = compute.n_workers + 1
+    node_hours = estimated_node_hours(compute, seconds)
+    notes = [
+        "Dask's ports 8786/8787 are reachable from the VNet (or the named prefixes) only; no public IPs.",
+        "The Function App must reach the scheduler's private IP: put the cluster in its VNet "
+        "(network.existing_vnet/existing_subnet) or peer the VNets.",
+        "The VMs need a user-assigned managed identity with blob and table data roles on the storage "
+        "account (VMClusterBackend(identity=...)); the Function App needs Managed Identity Operator on it.",
+    ]
+    if compute.use_marketplace_image:
+        urn = ":".join(NGC_VM_IMAGE[k] for k in ("publisher", "offer", "sku", "version"))
+        notes.append(f"Accept the NGC image terms once per subscription: az vm image terms accept --urn {urn}")
+    if compute.max_node_hours is not None and node_hours > compute.max_node_hours:
+        notes.append(
+            f"The estimate ({node_hours:.2f} node-hours) exceeds max_node_hours ({compute.max_node_hours}): "
+            "the cost guard will stop the run early."
+        )
+    return {
+        "backend": "vmcluster",
+        "experiment_id": experiment_id,
+        "network": {
+            "resource_group": compute.resource_group,
+            "location": compute.location,
+            "tags": cluster_tags(experiment_id),
+            "virtual_network": {
+                "name": vnet,
+                "create": not net.existing_vnet,
+                "address_space": None if net.existing_vnet else net.vnet_address_space,
+            },
+            "subnet": {
+                "name": subnet,
+                "create": not net.existing_vnet,
+                "prefix": None if net.existing_vnet else net.subnet_prefix,
+            },
+            "network_security_group": {
+                "name": nsg,
+                "create": not net.existing_security_group,
+                "rules": []
+                if net.existing_security_group
+                else [rule.as_dict() for rule in dask_rules(net.allowed_source_prefixes)],
+            },
+        },
+        "cluster": {
+            "kwargs": kwargs,
+            "tags": tags,
+            "vms": {
+                "scheduler": {
+                    "name": scheduler_vm_name("<cluster-id>"),
+                    "size": kwargs["scheduler_vm_size"] or compute.vm_size,
+                },
+                "workers": {
+                    "count": compute.n_workers,
+                    "size": compute.vm_size,
+                    "names": f"{worker_vm_prefix('<cluster-id>')}<8 hex digits>",
+                },
+            },
+        },
+        "cost": {
+            "nodes": nodes,
+            "hours": round(seconds / 3600, 3),
+            "node_hours": round(node_hours, 3),
+            "basis": basis,
+            "max_node_hours": compute.max_node_hours,
+        },
+        "notes": notes,
+    }

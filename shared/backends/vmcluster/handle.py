@@ -1,0 +1,75 @@
+"""The vmcluster backend's typed handle: what it knows of one experiment's cluster, kept in the store.
+
+It lives in ``ExperimentRecord.backend_state`` as JSON. Other keys there (the state machine's own, such
+as ``status_emitted``) are ignored on reading and never written back by the backend, which reports
+only its own fields (:meth:`VMClusterHandle.dump`).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class NetworkHandle(BaseModel):
+    """What :func:`ensure_network` provisioned; JSON-able, so the control plane can store it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    resource_group: str
+    location: str
+    experiment_id: str
+    vnet_name: str
+    vnet_id: str
+    subnet_name: str
+    subnet_id: str
+    nsg_name: str
+    nsg_id: str
+    created: list[str]
+    """ARM ids of the resources this experiment created (and so may delete), in creation order;
+    a resource found by name that carries this experiment's tag counts (an earlier attempt made it)."""
+
+
+class VMClusterHandle(BaseModel):
+    """One cluster's state: network, VMs, where the driver is, and what went wrong last."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    kind: Literal["vmcluster"] = "vmcluster"
+    network: NetworkHandle | None = Field(default=None, description="set by provision")
+    cluster_id: str | None = Field(default=None, description="8 hex digits, in VM names and tags")
+    scheduler_vm: str | None = None
+    scheduler_address: str | None = Field(default=None, description="tls://<private ip>:<port>")
+    submitted_at: datetime | None = None
+    n_workers: int = 0
+    workers_created: bool = False
+    driver_key: str | None = Field(default=None, description="the Dask key of the running driver task")
+    driver_started_at: datetime | None = None
+    driver_restarts: int = Field(default=0, ge=0)
+    unreachable_since: datetime | None = None
+    last_error: str | None = None
+
+    @classmethod
+    def of(cls, backend_state: dict[str, Any]) -> VMClusterHandle:
+        """The handle inside a record's ``backend_state`` (empty for a new experiment)."""
+        return cls.model_validate(backend_state or {})
+
+    @property
+    def submitted(self) -> bool:
+        return bool(self.scheduler_address and self.cluster_id)
+
+    def seconds_since_submit(self) -> float:
+        return (_now() - self.submitted_at).total_seconds() if self.submitted_at else 0.0
+
+    def seconds_unreachable(self) -> float:
+        return (_now() - self.unreachable_since).total_seconds() if self.unreachable_since else 0.0
+
+    def dump(self) -> dict[str, Any]:
+        """The JSON the store keeps (every field, so a merge into ``backend_state`` is a replace)."""
+        return self.model_dump(mode="json")

