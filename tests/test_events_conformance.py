@@ -158,3 +158,86 @@ def test_eventgrid_with_a_wrong_key_is_not_authorized(topic_receiver):
     with pytest.raises(PublishError) as caught:
         publisher.publish(events(1))
     assert caught.value.status == 401 and not caught.value.retryable
+
+
+# ------------------------------------------------------------------------ the managed-identity path
+@dataclass
+class RecordingCredential:
+    """A ``TokenCredential`` at the one boundary unreachable here (Entra ID): hands out a fixed token and
+    records the scopes asked for; everything after it (the SDK's bearer policy, TLS, the request) is real."""
+
+    token: str = "managed-identity-token"
+    scopes: list[tuple[str, ...]] | None = None
+
+    def get_token(self, *scopes: str, **kwargs: object):
+        from azure.core.credentials import AccessToken
+
+        self.scopes = [*(self.scopes or []), scopes]
+        return AccessToken(self.token, int(time.time()) + 3600)
+
+
+def _self_signed(folder) -> tuple[str, str]:
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = folder / "topic.pem", folder / "topic.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return str(cert_file), str(key_file)
+
+
+def test_eventgrid_with_the_managed_identity_sends_a_bearer_token_for_event_grid(tmp_path, monkeypatch):
+    cert, key = _self_signed(tmp_path)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", cert)  # trust the stand-in topic's certificate
+    credential = RecordingCredential()
+    receiver = TopicReceiver(token=credential.token, tls=(cert, key)).start()
+    try:
+        EventGridPublisher(receiver.endpoint, credential).publish(events(2))
+    finally:
+        receiver.stop()
+    assert [e["id"] for e in receiver.events] == [e.id for e in events(2)]
+    assert credential.scopes == [("https://eventgrid.azure.net/.default",)]
+    headers = {k.lower() for k in receiver.requests[0]["headers"]}
+    assert "aeg-sas-key" not in headers
+
+
+def test_the_factory_picks_the_adapter_and_credential_from_the_environment(monkeypatch):
+    from azure.core.credentials import AzureKeyCredential
+    from azure.identity import DefaultAzureCredential
+
+    from shared.events import open_announcer
+
+    monkeypatch.delenv("EVENTGRID_TOPIC_ENDPOINT", raising=False)
+    monkeypatch.delenv("RAPIDS_HPO_EVENTS_SOURCE", raising=False)
+    announcer = open_announcer()
+    assert not announcer.enabled and announcer.source == "/rapids-hpo-control"
+    monkeypatch.setenv("EVENTGRID_TOPIC_ENDPOINT", "https://topic.example.invalid/api/events")
+    monkeypatch.setenv("EVENTGRID_TOPIC_KEY", "k")
+    monkeypatch.setenv("RAPIDS_HPO_EVENTS_SOURCE", "/rapids-hpo-control/func-x")
+    announcer = open_announcer()
+    assert announcer.enabled and announcer.source == "/rapids-hpo-control/func-x"
+    assert isinstance(announcer.publisher.credential, AzureKeyCredential)
+    monkeypatch.delenv("EVENTGRID_TOPIC_KEY")
+    assert isinstance(open_announcer().publisher.credential, DefaultAzureCredential)

@@ -6,11 +6,16 @@ Faults are scripted: ``fail(n, status)`` answers the next ``n`` publishes with `
 keeping them; ``fail(n, status, keep=True)`` keeps them and still answers ``status`` (the topic took
 the batch but the answer was lost, so the publisher sends it again); ``stop()`` closes the port
 (connection refused) and ``start()`` opens it again on the same port.
+
+With ``token`` set it stands in for a topic reached with a managed identity: it requires
+``Authorization: Bearer <token>`` instead of the key, and with ``tls`` (certificate and key files) it
+serves HTTPS, which the SDK's bearer-token policy insists on.
 """
 
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -32,6 +37,8 @@ class Fault:
 @dataclass
 class TopicReceiver:
     key: str = "local-topic-key"
+    token: str | None = None
+    tls: tuple[str, str] | None = None
     port: int = 0
     batches: list[list[dict[str, Any]]] = field(default_factory=list)
     requests: list[dict[str, Any]] = field(default_factory=list)
@@ -41,7 +48,8 @@ class TopicReceiver:
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}{PATH}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.port}{PATH}"
 
     @property
     def events(self) -> list[dict[str, Any]]:
@@ -70,6 +78,10 @@ class TopicReceiver:
                 pass
 
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        if self.tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*self.tls)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         self.port = self._server.server_address[1]
         threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         return self
@@ -90,7 +102,10 @@ class TopicReceiver:
             return 404, _error("NotFound", url.path)
         if parse_qs(url.query).get("api-version") != [API_VERSION]:
             return 400, _error("BadRequest", "api-version")
-        if request.headers.get("aeg-sas-key") != self.key:
+        if self.token is not None:
+            if request.headers.get("authorization") != f"Bearer {self.token}":
+                return 401, _error("Unauthorized", "authorization")
+        elif request.headers.get("aeg-sas-key") != self.key:
             return 401, _error("Unauthorized", "aeg-sas-key")
         if not (request.headers.get("content-type") or "").startswith("application/cloudevents-batch+json"):
             return 400, _error("BadRequest", "content-type")
