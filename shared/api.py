@@ -41,6 +41,16 @@ class Timings(BaseModel):
     duration_s: float | None
 
 
+class EventsView(BaseModel):
+    """CloudEvents delivery for this experiment (all zero when no Event Grid topic is configured)."""
+
+    sent: int
+    pending: int = Field(description="staged, not yet accepted by the topic (re-sent by later steps and the sweep)")
+    failures: int = Field(description="failed publish attempts, retries included")
+    dropped: int = Field(description="refused by the topic or over the outbox cap")
+    last_error: str | None
+
+
 class ExperimentView(BaseModel):
     """What the API shows of an experiment."""
 
@@ -54,6 +64,7 @@ class ExperimentView(BaseModel):
     timings: Timings
     links: dict[str, str]
     history: list[dict[str, Any]] = Field(default_factory=list)
+    events: EventsView | None = None
 
     @classmethod
     def of(cls, record: ExperimentRecord) -> ExperimentView:
@@ -77,6 +88,13 @@ class ExperimentView(BaseModel):
             ),
             links={"self": base, "trials": f"{base}/trials", "model": f"{base}/model"},
             history=record.history,
+            events=EventsView(
+                sent=record.event_log.sent,
+                pending=len(record.event_log.pending),
+                failures=record.event_log.failures,
+                dropped=record.event_log.dropped,
+                last_error=record.event_log.last_error,
+            ),
         )
 
 

@@ -15,6 +15,7 @@ from datetime import timedelta
 
 import pytest
 
+from shared.api import ExperimentView
 from shared.events import Announcer
 from shared.events.announcer import MAX_PENDING, _staged
 from shared.events.catalog import (
@@ -210,6 +211,8 @@ def test_a_topic_that_fails_then_recovers_loses_nothing_and_blocks_nothing(ctx, 
     assert [(e["type"], e["subject"], e["id"]) for e in log.pending] == expected(eid)
     assert log.sent == 0 and log.failures >= 3 * 7 and log.last_error
     assert receiver.events == []
+    view = ExperimentView.of(record).events  # what GET /api/experiments/{id} shows
+    assert (view.sent, view.pending, view.failures) == (0, len(expected(eid)), log.failures)
 
     if outage == "connection refused":
         receiver.start()  # the same port again
