@@ -23,6 +23,7 @@ lint: install
 	$(BIN)/ruff format --check .
 
 test: install lint
+	@command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || echo "chromium not installed: the browser tests will skip"
 	$(BIN)/python -m pytest
 
 bench: install
