@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -31,6 +32,7 @@ from shared.handlers import InvalidRequest, handle_event, handle_request_message
 from shared.ports import RunState
 from shared.records import EventLog, ExperimentStatus, TrialRecord, TrialState, utcnow
 from shared.spec import load_spec
+from shared.store.azure import AzureStore
 from tests.control_plane import ScriptedBackend, local_context, tiny_spec
 from tests.topic_receiver import TopicReceiver
 
@@ -46,9 +48,26 @@ def receiver():
     topic.stop()
 
 
+STORES = [pytest.param("local", id="local"), pytest.param("azure", id="azure", marks=pytest.mark.azurite)]
+
+
 @pytest.fixture
-def ctx(tmp_path, receiver):
+def store_kind(request) -> str:
+    """The store under the outbox: local (SQLite) unless a test asks for ``STORES``."""
+    return getattr(request, "param", "local")
+
+
+@pytest.fixture
+def ctx(tmp_path, receiver, store_kind, request):
     context = local_context(tmp_path)
+    if store_kind == "azure":  # tables and containers of its own on Azurite (the queues stay local)
+        token = uuid.uuid4().hex[:10]
+        context.store = AzureStore.from_connection_string(
+            request.getfixturevalue("azurite"),
+            table_prefix=f"t{token}",
+            container=f"artifacts-{token}",
+            secrets_container=f"secrets-{token}",
+        )
     context.backends["local"] = ScriptedBackend(polls=[RunState.RUNNING, RunState.RUNNING, RunState.SUCCEEDED])
     publisher = EventGridPublisher.from_settings(receiver.endpoint, receiver.key, connection_timeout=0.5)
     context.announcer = Announcer(publisher=publisher, source=SOURCE, backoff_s=0.05, budget_s=1.0)
@@ -128,6 +147,7 @@ def triples(events: list[dict]) -> list[tuple[str, str, str]]:
     return [(e["type"], e["subject"], e["id"]) for e in events]
 
 
+@pytest.mark.parametrize("store_kind", STORES, indirect=True)
 def test_a_whole_experiment_announces_every_transition_trial_and_improvement_in_order(ctx, receiver):
     eid = run_experiment(ctx)
     events = receiver.events
@@ -196,6 +216,7 @@ def test_a_batch_the_topic_took_but_did_not_acknowledge_is_sent_again_with_the_s
     assert (log.sent, log.failures, log.pending) == (2, 1, [])
 
 
+@pytest.mark.parametrize("store_kind", STORES, indirect=True)
 @pytest.mark.parametrize("outage", ["connection refused", "500"])
 def test_a_topic_that_fails_then_recovers_loses_nothing_and_blocks_nothing(ctx, receiver, outage):
     if outage == "connection refused":
