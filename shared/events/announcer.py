@@ -10,11 +10,16 @@ deterministic, so a batch sent twice (accepted, then the clearing write lost) is
 Why the record and not a separate outbox table: no new store primitive, table or role, and the
 transition and its events are one atomic write on both store adapters. The outbox is capped
 (``MAX_PENDING``); past the cap the oldest events are dropped and counted in ``dropped``.
+
+A flush that finds the topic down opens a breaker for ``cooldown_s``: the steps that follow skip
+sending (their events stay staged, at no extra write), so an outage costs one retry budget per
+process and cooldown, not one per step. The sweep sends regardless (``force``).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +47,9 @@ class Announcer:
     budget_s: float = 10.0
     """Wall-clock limit on one batch's retries."""
     backoff_s: float = 0.2
+    cooldown_s: float = 30.0
+    """After a flush that left events staged, later flushes wait this long before trying again."""
+    _closed_at: float = field(default=0.0, init=False, repr=False, compare=False)
 
     @property
     def enabled(self) -> bool:
@@ -68,16 +76,20 @@ class Announcer:
         return staged.model_copy(update=markers)
 
     # ---------------------------------------------------------------------------------------- sending
-    def flush(self, store: Store, record: ExperimentRecord) -> ExperimentRecord:
-        """Send ``record``'s staged events; return the record as stored afterwards. Never raises."""
+    def flush(self, store: Store, record: ExperimentRecord, *, force: bool = False) -> ExperimentRecord:
+        """Send ``record``'s staged events; return the record as stored afterwards. Never raises.
+
+        While the breaker is open (the topic was down less than ``cooldown_s`` ago) nothing is sent
+        unless ``force``."""
         outbox = record.event_log
-        if not outbox.pending:
+        if not outbox.pending or (not force and time.monotonic() < self._closed_at):
             return record
         try:
             updated = self._deliver(outbox)
         except Exception as exc:  # a bug here must not stop the state machine either
             log.exception("event delivery for %s failed unexpectedly", record.id)
             updated = outbox.model_copy(update={"failures": outbox.failures + 1, "last_error": repr(exc)[:300]})
+        self._closed_at = time.monotonic() + self.cooldown_s if updated.pending else 0.0
         if updated == outbox:
             return record
         try:

@@ -9,6 +9,7 @@ off: the caller owns the retry budget; each request has short connect and read t
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
     from azure.core.credentials import AzureKeyCredential, TokenCredential
     from azure.eventgrid import EventGridPublisherClient
 
+TRANSPORT_OPTIONS = ("retry_total", "connection_timeout", "read_timeout")
+"""Passed with each send: the basic-tier client takes no pipeline options at construction."""
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 PERMANENT_STATUS = frozenset({400, 413})
 """The topic refuses these events as such (malformed, too large): sending them again cannot help."""
@@ -62,6 +65,7 @@ class EventGridPublisher:
             from azure.eventgrid import EventGridPublisherClient
 
             self._client = EventGridPublisherClient(self.endpoint, self.credential)
+            _quiet_option_warnings()
         return self._client
 
     def publish(self, events: Sequence[Event]) -> None:
@@ -113,6 +117,21 @@ class EventGridPublisher:
         if self._client is not None:
             self._client.close()
             self._client = None
+
+
+class _TransportOptionFilter(logging.Filter):
+    """The basic-tier client hands the per-request options to its event model too, which logs a warning
+    for each on every send ("... is not a known attribute ... and will be ignored"); drop those only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        ignored = record.args[0] if isinstance(record.args, tuple) and record.args else None
+        return not ("is not a known attribute" in str(record.msg) and ignored in TRANSPORT_OPTIONS)
+
+
+def _quiet_option_warnings() -> None:
+    logger = logging.getLogger("azure.eventgrid._legacy._generated._serialization")
+    if not any(isinstance(f, _TransportOptionFilter) for f in logger.filters):
+        logger.addFilter(_TransportOptionFilter())
 
 
 def _short(exc: BaseException, limit: int = 300) -> str:

@@ -17,7 +17,7 @@ def sweep(ctx: Context, *, stall_seconds: int | None = None) -> dict[str, list[s
     cutoff = now() - stall
     report: dict[str, list[str]] = {"redriven": [], "failed": [], "teardown": [], "announced": []}
     for stored in all_experiments(ctx):
-        record = ctx.announcer.flush(ctx.store, stored)  # no-op unless events are staged
+        record = ctx.announcer.flush(ctx.store, stored, force=True)  # no-op unless events are staged
         if stored.event_log.pending and not record.event_log.pending:
             report["announced"].append(record.id)
         if record.updated_at > cutoff:
