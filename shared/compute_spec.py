@@ -8,10 +8,29 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 RAPIDS_IMAGE = "rapidsai/base:26.10-cuda12.9-py3.12"
 """The default RAPIDS container image for GPU workers and AzureML trials."""
+
+AZUREML_DEFAULT_VM_SIZE = "Standard_NC4as_T4_v3"
+"""One T4 (16 GB) per node: the cheapest current size RAPIDS runs on, one sweep trial per node."""
+VMCLUSTER_DEFAULT_VM_SIZE = "Standard_NC8as_T4_v3"
+"""One T4 per Dask worker VM with 56 GB of host memory for loading and shuffling the data."""
+
+
+def _usable_vm_size(value: str) -> str:
+    """Reject a size Azure retired (naming its replacement); unknown sizes pass (see ``size_warnings``)."""
+    from shared.cost.catalogue import load_catalogue
+
+    error = load_catalogue().check(value).error
+    if error:
+        raise ValueError(error)
+    return value
+
+
+VmSize = Annotated[str, AfterValidator(_usable_vm_size)]
+"""An Azure VM size name, checked against the GPU size catalogue's retirements."""
 
 
 class _Strict(BaseModel):
@@ -27,6 +46,10 @@ class LocalCompute(_Strict):
     memory_limit: str = Field(default="auto", description="per worker, Dask syntax ('4GiB', 'auto')")
     scheduler_address: str | None = Field(
         default=None, description="an existing Dask scheduler (tcp://host:8786) instead of a LocalCluster"
+    )
+    equivalent_vm_size: VmSize | None = Field(
+        default=None,
+        description="the Azure size each worker stands for: the cost ledger prices the run as that (an estimate)",
     )
 
 
@@ -83,8 +106,8 @@ class VMClusterCompute(_Strict):
     location: str
     resource_group: str
     subscription_id: str | None = Field(default=None, description="defaults to AZURE_SUBSCRIPTION_ID")
-    vm_size: str = "Standard_NC12s_v3"
-    scheduler_vm_size: str | None = None
+    vm_size: VmSize = VMCLUSTER_DEFAULT_VM_SIZE
+    scheduler_vm_size: VmSize | None = None
     n_workers: int = Field(default=2, ge=1, le=100)
     docker_image: str = RAPIDS_IMAGE
     docker_args: str = "--shm-size=256m"
@@ -107,7 +130,7 @@ class AzureMLCompute(_Strict):
     resource_group: str | None = Field(default=None, description="defaults to AZURE_RESOURCE_GROUP")
     workspace: str | None = Field(default=None, description="defaults to AZUREML_WORKSPACE")
     compute_name: str = Field(default="rapids-gpu", pattern=r"^[a-zA-Z][a-zA-Z0-9-]{1,23}$")
-    vm_size: str = "Standard_NC6s_v3"
+    vm_size: VmSize = AZUREML_DEFAULT_VM_SIZE
     min_instances: int = Field(default=0, ge=0)
     max_instances: int = Field(default=5, ge=1, le=100)
     idle_time_before_scale_down: int = Field(default=300, ge=0, description="seconds")

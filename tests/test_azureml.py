@@ -544,7 +544,7 @@ def test_plan_is_offline_yaml_and_an_estimate() -> None:
         "max_value": 0.9,
         "q": 0.1,
     }
-    assert yaml.safe_load(result["compute_yaml"])["size"] == "Standard_NC6s_v3"
+    assert yaml.safe_load(result["compute_yaml"])["size"] == "Standard_NC4as_T4_v3"
     assert result["sweep_job"]["name"] == "rapids-hpo-exp-PLAN"
     # trial_timeout 600 s, 2 nodes, 3 waves; 300 s idle tail per node
     assert result["estimate"]["basis"] == "trial_timeout"
@@ -679,7 +679,7 @@ def test_provision_ensures_the_cluster(ctx: Context, fake: FakeWorkspace) -> Non
     backend = backend_for(ctx, fake)
     handle = backend.provision(make_record(ctx, make_spec()))
     assert fake.calls == [("ensure_compute", "rapids-gpu")]
-    assert fake.computes["rapids-gpu"].size == "Standard_NC6s_v3"
+    assert fake.computes["rapids-gpu"].size == "Standard_NC4as_T4_v3"
     assert handle == {
         "kind": "azureml",
         "compute_name": "rapids-gpu",

@@ -200,7 +200,7 @@ def test_cluster_kwargs_default_to_the_seeds_mnmg_settings() -> None:
     assert kwargs["vnet"] == f"vnet-{EXP}"
     assert kwargs["subnet"] == _handle().subnet_id  # an ARM id: dask-cloudprovider puts it into each NIC
     assert kwargs["security_group"] == f"nsg-{EXP}"
-    assert kwargs["vm_size"] == "Standard_NC12s_v3" and kwargs["scheduler_vm_size"] is None
+    assert kwargs["vm_size"] == "Standard_NC8as_T4_v3" and kwargs["scheduler_vm_size"] is None
     assert kwargs["docker_image"].startswith("rapidsai/") and kwargs["docker_args"] == "--shm-size=256m"
     assert kwargs["worker_class"] == "dask_cuda.CUDAWorker"
     assert kwargs["worker_options"] == {"rmm_managed_memory": True}  # the keyword CUDAWorker(**opts) takes
@@ -295,7 +295,7 @@ def test_azurevmcluster_accepts_the_kwargs_and_boots_the_vms_we_mean() -> None:
         kwargs, cluster_id="c0ffee00", security=security, scheduler_address="tls://10.0.0.4:8786", count=2
     )
 
-    assert scheduler.name == "dask-c0ffee00-scheduler" and scheduler.size == "Standard_NC12s_v3"
+    assert scheduler.name == "dask-c0ffee00-scheduler" and scheduler.size == "Standard_NC8as_T4_v3"
     assert len({w.name for w in workers}) == 2 and all(w.name.startswith("dask-c0ffee00-worker-") for w in workers)
     assert scheduler.plan == NGC_MARKETPLACE_PLAN and scheduler.image == NGC_VM_IMAGE and scheduler.disk_size == 100
     worker_run = _docker_command(workers[0].custom_data)
@@ -489,7 +489,7 @@ def test_submit_poll_run_and_teardown_with_vms_on_fake_arm_and_dask_on_this_mach
     assert vm_put.body["tags"] == tags
     assert vm_put.body["plan"] == NGC_MARKETPLACE_PLAN
     assert vm_put.body["properties"]["storageProfile"]["imageReference"]["offer"] == "ngc_azure_17_11"
-    assert vm_put.body["properties"]["hardwareProfile"]["vmSize"] == "Standard_NC12s_v3"
+    assert vm_put.body["properties"]["hardwareProfile"]["vmSize"] == "Standard_NC8as_T4_v3"
     docker = _docker_command(vm_put.body["properties"]["osProfile"]["customData"])
     assert f"--port {port}" in docker and f'RAPIDS_HPO_EXPERIMENT_ID="{EXP}"' in docker
     [nic_put] = arm.calls("PUT", "networkInterfaces/")

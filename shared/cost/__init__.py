@@ -1,0 +1,10 @@
+"""Cost as a first-class limit: the GPU size catalogue, plan pricing, and the run-time ledger.
+
+- ``catalogue``: Azure GPU VM sizes (GPUs, memory, vCPUs), hourly prices by region and tier, retirements;
+  bundled and dated, overridable by the user's file (``RAPIDS_HPO_PRICES_FILE``).
+- ``refresh``: rebuild the prices from the public Azure Retail Prices API.
+"""
+
+from shared.cost.catalogue import Catalogue, GpuSize, Price, SizeCheck, Tier, load_catalogue
+
+__all__ = ["Catalogue", "GpuSize", "Price", "SizeCheck", "Tier", "load_catalogue"]

@@ -1,0 +1,62 @@
+"""Sizes in the spec: current defaults, retired sizes rejected with their replacement, unknown sizes allowed."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from shared.api import create_api
+from shared.compute_spec import AZUREML_DEFAULT_VM_SIZE, VMCLUSTER_DEFAULT_VM_SIZE
+from shared.context import set_context
+from shared.cost.catalogue import load_catalogue
+from shared.spec import SpecError, load_spec
+from tests.control_plane import local_context, tiny_spec
+
+VMCLUSTER = {"backend": "vmcluster", "location": "eastus", "resource_group": "rg"}
+
+
+def errors_of(document) -> dict[str, str]:
+    with pytest.raises(SpecError) as caught:
+        load_spec(document)
+    return {e["loc"]: e["msg"] for e in caught.value.errors}
+
+
+def test_defaults_are_sizes_azure_sells_and_we_can_price():
+    catalogue = load_catalogue("")
+    azureml = load_spec(tiny_spec(compute={"backend": "azureml"})).compute
+    vmcluster = load_spec(tiny_spec(compute=VMCLUSTER)).compute
+    assert (azureml.vm_size, vmcluster.vm_size) == (AZUREML_DEFAULT_VM_SIZE, VMCLUSTER_DEFAULT_VM_SIZE)
+    for size in (azureml.vm_size, vmcluster.vm_size):
+        assert catalogue.check(size).error is None and catalogue.price(size, "eastus") is not None
+
+
+@pytest.mark.parametrize(
+    ("compute", "loc", "replacement"),
+    [
+        ({"backend": "azureml", "vm_size": "Standard_NC6s_v3"}, "compute.vm_size", "Standard_NC24ads_A100_v4"),
+        ({**VMCLUSTER, "vm_size": "Standard_NC12s_v3"}, "compute.vm_size", "Standard_NC48ads_A100_v4"),
+        ({**VMCLUSTER, "scheduler_vm_size": "Standard_NC24s_v3"}, "compute.scheduler_vm_size", "NC96ads_A100"),
+        ({"backend": "local", "equivalent_vm_size": "Standard_NV6"}, "compute.equivalent_vm_size", "NV36ads"),
+    ],
+)
+def test_a_retired_size_is_rejected_naming_the_field_and_the_replacement(compute, loc, replacement):
+    errors = errors_of(tiny_spec(compute=compute))
+    assert loc in errors, errors
+    assert "retired" in errors[loc] and replacement in errors[loc]
+
+
+def test_an_unknown_size_is_allowed():
+    spec = load_spec(tiny_spec(compute={**VMCLUSTER, "vm_size": "Standard_ND128isr_NEW_v9"}))
+    assert spec.compute.vm_size == "Standard_ND128isr_NEW_v9"
+
+
+def test_the_api_answers_a_retired_size_with_422_naming_compute_vm_size(tmp_path):
+    set_context(local_context(tmp_path))
+    try:
+        document = tiny_spec(compute={"backend": "azureml", "vm_size": "Standard_NC6s_v3"})
+        response = TestClient(create_api()).post("/api/experiments", json=document)
+    finally:
+        set_context(None)
+    assert response.status_code == 422
+    errors = {e["loc"]: e["msg"] for e in response.json()["errors"]}
+    assert "Standard_NC24ads_A100_v4" in errors["compute.vm_size"]
