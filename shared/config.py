@@ -55,6 +55,7 @@ ENV_DEFAULTS: dict[str, str] = {
     "EVENTGRID_TOPIC_ENDPOINT": "",
     "EVENTGRID_TOPIC_KEY": "",
     "RAPIDS_HPO_EVENTS_SOURCE": "/rapids-hpo-control",
+    "RAPIDS_HPO_PRICES_FILE": "",
 }
 
 

@@ -90,6 +90,7 @@ NOT_SET_IN_AZURE = {
     "RAPIDS_HPO_API_URL": "read by the CLI client, not by the Function App",
     "RAPIDS_HPO_FUNCTION_KEY": "read by the CLI client; a secret that never belongs in app settings",
     "EVENTGRID_TOPIC_KEY": "a local or development topic's key; in Azure the app publishes with its identity",
+    "RAPIDS_HPO_PRICES_FILE": "a user's price file on their machine; the Function App uses the bundled catalogue",
 }
 # App settings the Functions host itself reads (not the project's code).
 HOST_APP_SETTINGS = {"APPLICATIONINSIGHTS_CONNECTION_STRING", "APPLICATIONINSIGHTS_AUTHENTICATION_STRING"}

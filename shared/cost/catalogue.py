@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import importlib.resources
-import os
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -17,6 +16,8 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
+
+from shared.config import env
 
 BUNDLED_CATALOGUE = "data/azure-gpu-sizes.yaml"
 """Inside this package; read through ``importlib.resources`` (the package may be imported from a zip)."""
@@ -214,5 +215,5 @@ def _load(user_file: str) -> Catalogue:
 
 def load_catalogue(user_file: str | Path | None = None) -> Catalogue:
     """The bundled catalogue with the user's file (argument, else ``RAPIDS_HPO_PRICES_FILE``) laid over it."""
-    chosen = str(user_file) if user_file is not None else os.environ.get(PRICES_FILE_SETTING, "")
+    chosen = str(user_file) if user_file is not None else env(PRICES_FILE_SETTING)
     return _load(str(Path(chosen).expanduser().resolve()) if chosen else "")
