@@ -128,7 +128,9 @@ def improves(trial: TrialRecord, best: tuple[int, float] | None, goal: str) -> b
     return (sign * trial.value, trial.number) < (sign * best[1], best[0])
 
 
-def trial_events(record: ExperimentRecord, trials: Iterable[TrialRecord], source: str) -> tuple[list[Event], dict]:
+def trial_events(
+    record: ExperimentRecord, trials: Iterable[TrialRecord], source: str
+) -> tuple[list[Event], dict[str, Any]]:
     """Events for the trials finished since the last announcement, and the ``EventLog`` marker updates."""
     log = record.event_log
     fresh = newly_finished(record, trials)
