@@ -312,3 +312,27 @@ def test_the_outbox_is_capped_and_counts_what_it_drops():
     event = Event(id="x", type=STATUS_CHANGED, source=SOURCE, subject="/experiments/x", time=utcnow().isoformat())
     log = _staged(EventLog(), [event] * (MAX_PENDING + 5))
     assert len(log.pending) == MAX_PENDING and log.dropped == 5
+
+
+def test_a_lost_clearing_write_sends_the_same_events_again_later(ctx, receiver):
+    record, _ = submit_experiment(ctx, load_spec(tiny_spec()))  # SUBMITTED is staged, not yet sent
+    stale = ctx.store.get_experiment(record.id)
+    ctx.store.update_experiment(stale.model_copy(update={"redrives": 1}))  # another writer got there first
+    assert ctx.announcer.flush(ctx.store, stale) is stale  # sent, but recording that lost the race
+    assert ctx.store.get_experiment(record.id).event_log.pending  # so it is still staged
+    sweep(ctx, stall_seconds=3600)
+    assert [e["id"] for e in receiver.events] == [f"{record.id}/status/1"] * 2  # again, with the same id
+    assert ctx.store.get_experiment(record.id).event_log.pending == []
+
+
+def test_a_cancelled_experiment_announces_cancelling_then_cancelled(ctx, receiver):
+    from shared.handlers import request_cancel
+
+    record, _ = submit_experiment(ctx, load_spec(tiny_spec()))
+    assert step(ctx) == "provisioned"
+    request_cancel(ctx, record.id)  # the HTTP path stages CANCELLING without publishing
+    assert [e["data"]["status"] for e in receiver.events] == ["SUBMITTED", "PROVISIONING"]
+    ctx.events.delete(ctx.events.receive(1)[0])  # the SUBMIT_RUN the cancel overtook
+    assert [step(ctx) for _ in range(2)] == ["cancelled", "torn down"]
+    statuses = [e["data"]["status"] for e in receiver.events if e["type"] == STATUS_CHANGED]
+    assert statuses == ["SUBMITTED", "PROVISIONING", "CANCELLING", "CANCELLED"]
