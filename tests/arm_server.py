@@ -46,6 +46,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 from azure.core.credentials import AccessToken
 
+from tests import arm_schema
+
 _PROVIDER = "Microsoft.Network"
 _COMPUTE = "Microsoft.Compute"
 _TYPES = {
@@ -411,6 +413,9 @@ class FakeArm:
         invalid = _invalid_body(_TYPES[match["type"].lower()], body)
         if invalid:
             return 400, {}, _error("InvalidParameter", invalid)
+        problems = _schema_problems(_TYPES[match["type"].lower()], body)
+        if problems:
+            return 400, {}, _error("InvalidRequestContent", "; ".join(problems))
         missing = self._missing_reference(match, body)
         if missing:
             return (
@@ -534,6 +539,14 @@ def _invalid_body(kind: str, body: dict[str, Any]) -> str | None:
             if not value:
                 return f"Required parameter '{name}' is missing (null)."
     return None
+
+
+def _schema_problems(kind: str, body: dict[str, Any]) -> list[str]:
+    """The body against the SDK model of its type and API version (``tests/arm_schema.py``): unknown or
+    misplaced keys, enum values, required properties, literal types. Read-only values are ignored, as ARM
+    ignores them on a PUT (a GET-modify-PUT sends them back)."""
+    model = arm_schema.model_for(f"{_provider(kind)}/{kind}")
+    return [str(p) for p in arm_schema.check(body, model, allow_readonly=True)]
 
 
 class _Server(ThreadingHTTPServer):

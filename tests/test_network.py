@@ -193,7 +193,10 @@ def test_rerun_reconciles_a_changed_rule_and_subnet_keeping_foreign_rules(
     _ensure(client, retry)
     stored = arm.resources[NSG_PATH.lower()]
     stored["properties"]["securityRules"].append(
-        {"name": "ssh-from-office", "properties": {"protocol": "Tcp", "priority": 300}}
+        {
+            "name": "ssh-from-office",
+            "properties": {"protocol": "Tcp", "priority": 300, "access": "Allow", "direction": "Inbound"},
+        }
     )
     arm.clear_requests()
 

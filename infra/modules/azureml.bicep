@@ -37,7 +37,7 @@ param keylessStorage bool = false
 @description('Tags applied to every resource.')
 param tags object = {}
 
-resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
+resource storage 'Microsoft.Storage/storageAccounts@2026-09-01' = {
   name: storageAccountName
   location: location
   tags: tags
@@ -58,7 +58,7 @@ resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
   }
 }
 
-resource keyVault 'Microsoft.KeyVault/vaults@2023-07-01' = {
+resource keyVault 'Microsoft.KeyVault/vaults@2026-05-15' = {
   name: keyVaultName
   location: location
   tags: tags
@@ -87,7 +87,7 @@ resource appInsights 'Microsoft.Insights/components@2020-02-02' = {
   }
 }
 
-resource containerRegistry 'Microsoft.ContainerRegistry/registries@2023-07-01' = if (deployContainerRegistry) {
+resource containerRegistry 'Microsoft.ContainerRegistry/registries@2025-11-01' = if (deployContainerRegistry) {
   name: containerRegistryName
   location: location
   tags: tags

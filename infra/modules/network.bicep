@@ -37,7 +37,7 @@ var natGatewayRef = {
   id: resourceId('Microsoft.Network/natGateways', natGatewayName)
 }
 
-resource natPublicIp 'Microsoft.Network/publicIPAddresses@2024-05-01' = if (enableNatGateway) {
+resource natPublicIp 'Microsoft.Network/publicIPAddresses@2026-03-01' = if (enableNatGateway) {
   name: '${vnetName}-nat-ip'
   location: location
   tags: tags
@@ -50,7 +50,7 @@ resource natPublicIp 'Microsoft.Network/publicIPAddresses@2024-05-01' = if (enab
   }
 }
 
-resource natGateway 'Microsoft.Network/natGateways@2024-05-01' = if (enableNatGateway) {
+resource natGateway 'Microsoft.Network/natGateways@2026-03-01' = if (enableNatGateway) {
   name: natGatewayName
   location: location
   tags: tags
@@ -69,7 +69,7 @@ resource natGateway 'Microsoft.Network/natGateways@2024-05-01' = if (enableNatGa
 
 // No custom rules: the platform defaults (VNet in, load balancer in, deny the rest) are what the
 // integration subnet needs. The NSG exists so that the subnet is never left without one.
-resource functionsNsg 'Microsoft.Network/networkSecurityGroups@2024-05-01' = {
+resource functionsNsg 'Microsoft.Network/networkSecurityGroups@2026-03-01' = {
   name: '${vnetName}-${functionsSubnetName}-nsg'
   location: location
   tags: tags
@@ -78,7 +78,7 @@ resource functionsNsg 'Microsoft.Network/networkSecurityGroups@2024-05-01' = {
   }
 }
 
-resource daskNsg 'Microsoft.Network/networkSecurityGroups@2024-05-01' = {
+resource daskNsg 'Microsoft.Network/networkSecurityGroups@2026-03-01' = {
   name: '${vnetName}-${daskSubnetName}-nsg'
   location: location
   tags: tags
@@ -133,7 +133,7 @@ resource daskNsg 'Microsoft.Network/networkSecurityGroups@2024-05-01' = {
   }
 }
 
-resource vnet 'Microsoft.Network/virtualNetworks@2024-05-01' = {
+resource vnet 'Microsoft.Network/virtualNetworks@2026-03-01' = {
   name: vnetName
   location: location
   tags: tags

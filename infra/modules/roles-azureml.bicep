@@ -19,7 +19,7 @@ resource workspace 'Microsoft.MachineLearningServices/workspaces@2025-12-01' exi
   name: workspaceName
 }
 
-resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
+resource storage 'Microsoft.Storage/storageAccounts@2026-09-01' existing = {
   name: storageAccountName
 }
 

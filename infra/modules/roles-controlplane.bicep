@@ -21,7 +21,7 @@ param daskSubnetName string
 @description('Name of the user-assigned managed identity of the Dask VMs (in this resource group).')
 param vmIdentityName string
 
-resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
+resource storage 'Microsoft.Storage/storageAccounts@2026-09-01' existing = {
   name: storageAccountName
 }
 
@@ -29,16 +29,16 @@ resource appInsights 'Microsoft.Insights/components@2020-02-02' existing = {
   name: appInsightsName
 }
 
-resource vnet 'Microsoft.Network/virtualNetworks@2024-05-01' existing = {
+resource vnet 'Microsoft.Network/virtualNetworks@2026-03-01' existing = {
   name: vnetName
 }
 
-resource daskSubnet 'Microsoft.Network/virtualNetworks/subnets@2024-05-01' existing = {
+resource daskSubnet 'Microsoft.Network/virtualNetworks/subnets@2026-03-01' existing = {
   parent: vnet
   name: daskSubnetName
 }
 
-resource vmIdentity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' existing = {
+resource vmIdentity 'Microsoft.ManagedIdentity/userAssignedIdentities@2024-11-30' existing = {
   name: vmIdentityName
 }
 

@@ -28,22 +28,22 @@ param artifactsContainerName string
 @description('Tags applied to every resource.')
 param tags object = {}
 
-resource vmIdentity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
+resource vmIdentity 'Microsoft.ManagedIdentity/userAssignedIdentities@2024-11-30' = {
   name: name
   location: location
   tags: tags
 }
 
-resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
+resource storage 'Microsoft.Storage/storageAccounts@2026-09-01' existing = {
   name: storageAccountName
 }
 
-resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01' existing = {
+resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2026-09-01' existing = {
   parent: storage
   name: 'default'
 }
 
-resource artifactsContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' existing = {
+resource artifactsContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2026-09-01' existing = {
   parent: blobService
   name: artifactsContainerName
 }
