@@ -177,28 +177,12 @@ def plan(spec_path: Annotated[Path, typer.Argument(metavar="SPEC")]) -> None:
     """Print, without touching Azure, what the spec would create and its estimated node-hours."""
     import yaml
 
+    from shared.backends import get_planner
+
     spec = _load_spec_or_exit(spec_path)
-    backend = spec.compute.backend
-    if backend == "azureml":
-        from shared.backends.azureml import plan as backend_plan
-    elif backend == "vmcluster":
-        from shared.backends.vmcluster import plan as backend_plan
-    else:
-        backend_plan = _local_plan
-    document = json.loads(json.dumps(backend_plan(spec), default=str))  # plain types for YAML
+    dry_run = get_planner(spec.compute.backend).dry_run(spec)
+    document = json.loads(json.dumps(dry_run, default=str))  # plain types for YAML
     typer.echo(yaml.safe_dump(document, sort_keys=False, width=110))
-
-
-def _local_plan(spec: Any) -> dict[str, Any]:
-    compute = spec.compute
-    return {
-        "backend": "local",
-        "creates": "nothing in Azure: a driver process and a Dask LocalCluster on this machine",
-        "cluster": compute.model_dump(),
-        "trials": spec.effective_total_trials(),
-        "max_concurrent_trials": spec.limits.max_concurrent_trials,
-        "estimated_node_hours": 0.0,
-    }
 
 
 # --------------------------------------------------------------------------------------- API client

@@ -6,16 +6,25 @@
 - ``EventQueue``: at-least-once messages with visibility timeout and dequeue count, the semantics of
   Azure Storage queues (local: SQLite; Azure: azure-storage-queue with base64 text).
 - ``ComputeBackend``: where the HPO driver runs (local process + Dask LocalCluster, AzureVMCluster,
-  AzureML sweep). Every method is idempotent and short; long work happens on the compute.
+  AzureML sweep). Every method is idempotent and short; long work happens on the compute. Each backend
+  has a typed handle (``BackendHandle``), declares its ``Capabilities``, offers an offline ``Planner``
+  (dry run, node-hours) and, where it creates cloud resources, an ``OrphanFinder``. The registry of
+  backends is ``shared.backends`` (the one place that names them); ``tests/test_backend_conformance.py``
+  runs the same suite over each.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict
 
 from shared.records import ExperimentRecord, ExperimentStatus, TrialRecord
+
+if TYPE_CHECKING:
+    from shared.spec import ExperimentSpec
 
 
 @runtime_checkable
@@ -114,36 +123,107 @@ class RunState(StrEnum):
     CANCELLED = "CANCELLED"
 
 
+HandleUpdate = dict[str, Any]
+"""Fields of a backend's handle to change (``{}``: none). Every ``ComputeBackend`` method returns one;
+the state machine merges it into ``ExperimentRecord.backend_state`` (:func:`merge_handle`)."""
+
+
+class BackendHandle(BaseModel):
+    """A backend's own state of one experiment, kept in the store as ``ExperimentRecord.backend_state``.
+
+    Each backend subclasses it with its fields (all optional or defaulted: a handle grows step by step).
+    Control-plane flags (``torn_down``, ``status_emitted``) live on the record, never here.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str
+
+
 @dataclass
 class RunStatus:
-    """What ``ComputeBackend.poll`` saw of a run."""
+    """What ``ComputeBackend.poll`` saw of a run, and the handle updates it made on the way."""
 
     state: RunState
     error: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    updates: HandleUpdate = field(default_factory=dict)
+
+
+class Capabilities(BaseModel):
+    """What a backend does, declared once; the conformance suite checks each declaration."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model_from: str
+    """``"driver"``: the run stores the best model itself (``finalize`` only checks); ``"finalize"``:
+    ``finalize`` brings the best trial's model into the store."""
+    cloud_resources: bool
+    """``provision``/``submit`` create Azure resources that ``teardown`` deletes (and may be billed)."""
+    finds_orphans: bool
+    """The backend is an ``OrphanFinder``: the timer sweep asks it to delete what no experiment owns."""
+    restarts_driver: bool
+    """A driver that died without an outcome is started again by ``poll`` (it resumes from the store)."""
+
+
+@runtime_checkable
+class Planner(Protocol):
+    """What a backend would do for a spec, offline (no store, no Azure): ``rapids-hpo plan`` and the
+    cost guard use it. One node-hours rule per backend."""
+
+    def dry_run(self, spec: ExperimentSpec) -> dict[str, Any]:
+        """What ``provision``/``submit`` would create and its estimated node-hours (JSON-able)."""
+
+    def node_hours(self, spec: ExperimentSpec, elapsed_s: float) -> float:
+        """Node-hours a run of ``spec`` uses in ``elapsed_s`` seconds (every billed node counted)."""
+
+
+@runtime_checkable
+class OrphanFinder(Protocol):
+    """A backend that can find (and delete) compute no live experiment owns."""
+
+    def sweep_orphans(self, live_experiment_ids: set[str]) -> list[str]:
+        """Delete what this backend created for experiments not in ``live_experiment_ids``; return the
+        ids deleted. A backend not configured for Azure returns ``[]``."""
 
 
 @runtime_checkable
 class ComputeBackend(Protocol):
-    """Where an experiment's HPO work runs. ``handle`` is the backend's own state, kept in the store
-    (``ExperimentRecord.backend_state``); every method is idempotent."""
+    """Where an experiment's HPO work runs. Every method is idempotent, short, and returns handle
+    updates (``poll`` in ``RunStatus.updates``); the handle is the backend's ``handle_type``."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
-    def provision(self, record: ExperimentRecord) -> dict[str, Any]:
-        """Create (or find) what the run needs; return the updated handle."""
+    @property
+    def handle_type(self) -> type[BackendHandle]: ...
 
-    def submit(self, record: ExperimentRecord) -> dict[str, Any]:
-        """Start the run unless already started; return the updated handle."""
+    @property
+    def capabilities(self) -> Capabilities: ...
+
+    @property
+    def planner(self) -> Planner: ...
+
+    def provision(self, record: ExperimentRecord) -> HandleUpdate:
+        """Create (or find) what the run needs."""
+
+    def submit(self, record: ExperimentRecord) -> HandleUpdate:
+        """Start the run unless already started."""
 
     def poll(self, record: ExperimentRecord) -> RunStatus:
         """Report the run's state; trial records reach the store on the way."""
 
-    def finalize(self, record: ExperimentRecord) -> dict[str, Any]:
-        """Bring the best model into the store (no-op where the run stored it); return handle updates."""
+    def finalize(self, record: ExperimentRecord) -> HandleUpdate:
+        """Bring the best model into the store (no-op where the run stored it)."""
 
-    def cancel(self, record: ExperimentRecord) -> None:
+    def cancel(self, record: ExperimentRecord) -> HandleUpdate:
         """Stop the run's trials (no-op if not running)."""
 
-    def teardown(self, record: ExperimentRecord) -> None:
+    def teardown(self, record: ExperimentRecord) -> HandleUpdate:
         """Remove compute this experiment created ("not found" counts as success)."""
+
+
+def merge_handle(backend: ComputeBackend, current: dict[str, Any], update: HandleUpdate | None) -> dict[str, Any]:
+    """``current`` with ``update`` applied, validated as the backend's handle; the stored form."""
+    merged = {**current, **(update or {})}
+    return backend.handle_type.model_validate(merged).model_dump(mode="json")

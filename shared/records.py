@@ -114,6 +114,7 @@ class ExperimentRecord(BaseModel):
     event_seq: int = Field(default=0, description="fencing token: only the event carrying it may act")
     redrives: int = Field(default=0, description="times the sweep re-drove this experiment")
     torn_down: bool = False
+    status_emitted: bool = Field(default=False, description="the experiment-status message was sent")
     history: list[dict[str, Any]] = Field(default_factory=list, description="transitions, oldest first")
     event_log: EventLog = Field(default_factory=EventLog, description="Event Grid announcements and outbox")
     version: str = ""

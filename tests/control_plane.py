@@ -11,7 +11,7 @@ from typing import Any
 from shared.config import Settings
 from shared.context import Context
 from shared.errors import BackendError
-from shared.ports import RunState, RunStatus
+from shared.ports import BackendHandle, Capabilities, HandleUpdate, RunState, RunStatus
 from shared.queues.local import LocalQueueService
 from shared.records import ExperimentRecord
 from shared.store.local import LocalStore
@@ -57,6 +57,25 @@ def local_context(home: Path, **settings: Any) -> Context:
     )
 
 
+class ScriptedHandle(BackendHandle):
+    kind: str = "scripted"
+    provisioned: bool = False
+    submitted: bool = False
+
+
+@dataclass
+class ScriptedPlanner:
+    """Counts ``nodes`` nodes for as long as a run lasts."""
+
+    nodes: int = 2
+
+    def dry_run(self, spec: Any) -> dict[str, Any]:
+        return {"backend": "scripted", "nodes": self.nodes}
+
+    def node_hours(self, spec: Any, elapsed_s: float) -> float:
+        return self.nodes * elapsed_s / 3600
+
+
 @dataclass
 class ScriptedBackend:
     """A ``ComputeBackend`` whose run states are scripted: the dummy adapter for state-machine tests
@@ -67,6 +86,9 @@ class ScriptedBackend:
     error: str | None = None
     fail_on: dict[str, BackendError] = field(default_factory=dict)
     calls: list[tuple[str, str]] = field(default_factory=list)
+    planner: ScriptedPlanner = field(default_factory=ScriptedPlanner)
+    handle_type = ScriptedHandle
+    capabilities = Capabilities(model_from="driver", cloud_resources=False, finds_orphans=False, restarts_driver=False)
 
     def _call(self, method: str, record: ExperimentRecord) -> None:
         self.calls.append((method, record.id))
@@ -76,25 +98,27 @@ class ScriptedBackend:
     def count(self, method: str) -> int:
         return sum(1 for name, _ in self.calls if name == method)
 
-    def provision(self, record: ExperimentRecord) -> dict[str, Any]:
+    def provision(self, record: ExperimentRecord) -> HandleUpdate:
         self._call("provision", record)
         return {"provisioned": True}
 
-    def submit(self, record: ExperimentRecord) -> dict[str, Any]:
+    def submit(self, record: ExperimentRecord) -> HandleUpdate:
         self._call("submit", record)
-        return {**record.backend_state, "submitted": True}
+        return {"submitted": True}
 
     def poll(self, record: ExperimentRecord) -> RunStatus:
         self._call("poll", record)
         state = self.polls.pop(0) if len(self.polls) > 1 else self.polls[0]
         return RunStatus(state, error=self.error if state is RunState.FAILED else None)
 
-    def finalize(self, record: ExperimentRecord) -> dict[str, Any]:
+    def finalize(self, record: ExperimentRecord) -> HandleUpdate:
         self._call("finalize", record)
         return {}
 
-    def cancel(self, record: ExperimentRecord) -> None:
+    def cancel(self, record: ExperimentRecord) -> HandleUpdate:
         self._call("cancel", record)
+        return {}
 
-    def teardown(self, record: ExperimentRecord) -> None:
+    def teardown(self, record: ExperimentRecord) -> HandleUpdate:
         self._call("teardown", record)
+        return {}

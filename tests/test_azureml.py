@@ -44,15 +44,14 @@ from shared.backends.azureml import (
     TAG_EXPERIMENT,
     AzureMLBackend,
     AzureMLClient,
+    AzureMLPlanner,
     JobInfo,
     RunMetrics,
     build_compute,
     build_sweep_job,
     data_binding,
-    estimate_node_hours,
     finish_draw,
     job_name_for,
-    plan,
     stage_code,
     workspace_settings,
 )
@@ -534,7 +533,7 @@ def test_aml_compute_serialization(low_priority: bool, tier: str, priority: str)
 
 
 def test_plan_is_offline_yaml_and_an_estimate() -> None:
-    result = plan(make_spec(), experiment_id="exp-PLAN")
+    result = AzureMLPlanner().dry_run(make_spec(), experiment_id="exp-PLAN")
     assert result["job_name"] == "rapids-hpo-exp-PLAN"
     job_doc = yaml.safe_load(result["sweep_job_yaml"])
     assert job_doc["type"] == "sweep" and job_doc["objective"]["primary_metric"] == "accuracy"
@@ -554,12 +553,14 @@ def test_plan_is_offline_yaml_and_an_estimate() -> None:
 
 def test_node_hour_estimates() -> None:
     compute = {**COMPUTE, "max_instances": 2, "idle_time_before_scale_down": 0}
-    timed = estimate_node_hours(
+    timed = AzureMLPlanner().estimate(
         make_spec(compute=compute, limits={"max_total_trials": 10, "max_concurrent_trials": 4, "timeout": 1800})
     )
     assert timed["nodes"] == 2 and timed["waves"] == 5 and timed["basis"] == "timeout"
     assert timed["node_hours"] == pytest.approx(2 * 1800 / 3600)  # capped by the sweep's timeout
-    guess = estimate_node_hours(make_spec(compute=compute, limits={"max_total_trials": 3, "max_concurrent_trials": 3}))
+    guess = AzureMLPlanner().estimate(
+        make_spec(compute=compute, limits={"max_total_trials": 3, "max_concurrent_trials": 3})
+    )
     assert guess["basis"] == "estimate" and guess["per_trial_seconds"] == ESTIMATED_TRIAL_SECONDS
     assert guess["node_hours"] == pytest.approx(2 * ESTIMATED_TRIAL_SECONDS * 2 / 3600)
 

@@ -220,20 +220,22 @@ def test_sweep_tears_down_finished_experiments_that_missed_teardown(ctx):
 
 
 def test_cost_guard_cancels_an_experiment_over_its_node_hours(ctx):
-    record = submit(ctx)
-    backend(ctx).polls = [RunState.RUNNING]
-    for _ in range(2):
+    """The guard counts node-hours by the backend's own planner (here 2 nodes) against max_node_hours."""
+    ctx.backends["vmcluster"] = ScriptedBackend(name="vmcluster", polls=[RunState.RUNNING])
+    compute = {"backend": "vmcluster", "resource_group": "rg", "location": "eastus", "max_node_hours": 1.5}
+    record, _ = submit_experiment(ctx, load_spec(tiny_spec(compute=compute)))
+    scripted = ctx.backends["vmcluster"]
+    for _ in range(3):
         deliver(ctx, next_event(ctx))
     current = ctx.store.get_experiment(record.id)
-    spec = dict(current.spec)
-    spec["compute"] = {**spec["compute"], "max_node_hours": 0.5}
-    current = ctx.store.update_experiment(
-        current.model_copy(update={"spec": spec, "started_at": current.started_at - timedelta(hours=1)})
-    )
-    assert deliver(ctx, next_event(ctx)) == "budget exceeded"
+    ctx.store.update_experiment(current.model_copy(update={"started_at": current.started_at - timedelta(minutes=40)}))
+    assert deliver(ctx, next_event(ctx)) == "running"  # 2 nodes x 40 min = 1.33 node-hours: under the limit
+    current = ctx.store.get_experiment(record.id)
+    ctx.store.update_experiment(current.model_copy(update={"started_at": current.started_at - timedelta(minutes=10)}))
+    assert deliver(ctx, next_event(ctx)) == "budget exceeded"  # 2 x 50 min = 1.67
     final = ctx.store.get_experiment(record.id)
-    assert final.status is S.FAILED and "max_node_hours" in final.error
-    assert backend(ctx).count("cancel") == 1
+    assert final.status is S.FAILED and "1.67 node-hours used, over max_node_hours=1.5" in final.error
+    assert scripted.count("cancel") == 1
 
 
 # ------------------------------------------------------------------------------ the request queue

@@ -115,9 +115,9 @@ def _ago(seconds: float) -> str:
 
 
 def _apply(record: ExperimentRecord, status: RunStatus) -> ExperimentRecord:
-    """Merge the handle updates a poll reports, as shared.handlers._poll does."""
-    if status.details.get("backend_state"):
-        return record.model_copy(update={"backend_state": {**record.backend_state, **status.details["backend_state"]}})
+    """Merge the handle updates a poll reports, as the state machine's poll step does."""
+    if status.updates:
+        return record.model_copy(update={"backend_state": {**record.backend_state, **status.updates}})
     return record
 
 
@@ -682,7 +682,7 @@ def test_poll_creates_only_the_worker_vms_the_cluster_lacks(
 
     status = backend.poll(record)
 
-    assert status.state is RunState.RUNNING and status.details["backend_state"]["workers_created"] is True
+    assert status.state is RunState.RUNNING and status.updates["workers_created"] is True
     [put] = arm.calls("PUT", "/virtualMachines/")  # 2 wanted, 1 healthy: one more, the failed one replaced
     assert put.path.rsplit("/", 1)[-1].startswith("dask-c1-worker-") and "aaaaaaaa" not in put.path
     assert "bbbbbbbb" not in put.path
@@ -713,9 +713,9 @@ def test_unreachable_scheduler_is_running_until_a_bound_then_failed(
 
     status = backend.poll(record)
     assert status.state is RunState.RUNNING and status.details["scheduler"] == "unreachable"
-    since = status.details["backend_state"]["unreachable_since"]
+    since = status.updates["unreachable_since"]
     record = _apply(record, status)
-    assert backend.poll(record).details["backend_state"]["unreachable_since"] == since  # kept, not reset
+    assert backend.poll(record).updates["unreachable_since"] == since  # kept, not reset
 
     late = record.model_copy(update={"backend_state": {**record.backend_state, "unreachable_since": _ago(601)}})
     failed = backend.poll(late)

@@ -13,12 +13,15 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from shared.backends.outcome import outcome_status, read_outcome
 from shared.config import Settings
-from shared.ports import RunState, RunStatus, Store
+from shared.ports import BackendHandle, Capabilities, HandleUpdate, RunState, RunStatus, Store
 from shared.records import ExperimentRecord
+
+if TYPE_CHECKING:
+    from shared.spec import ExperimentSpec
 
 MAX_DRIVER_RESTARTS = 2
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,15 +38,47 @@ def process_start_time(pid: int) -> str | None:
     return None if state == "Z" else start
 
 
-def is_alive(handle: dict[str, Any]) -> bool:
-    pid = handle.get("pid")
-    return bool(pid) and process_start_time(int(pid)) == handle.get("pid_start")
+class LocalHandle(BackendHandle):
+    """The driver process: its pid, the kernel's start time of that pid, its log, restarts so far."""
+
+    kind: Literal["local"] = "local"
+    pid: int | None = None
+    pid_start: str | None = None
+    log: str | None = None
+    restarts: int = 0
+
+
+def is_alive(handle: LocalHandle | dict[str, Any]) -> bool:
+    """Whether the handle's driver process still runs (and is the same process, not a reused pid)."""
+    if isinstance(handle, dict):
+        handle = LocalHandle.model_validate(handle)
+    return bool(handle.pid) and process_start_time(handle.pid) == handle.pid_start
+
+
+class LocalPlanner:
+    """Nothing in Azure: a driver process and a Dask LocalCluster on this machine (no node is billed)."""
+
+    def dry_run(self, spec: ExperimentSpec) -> dict[str, Any]:
+        return {
+            "backend": "local",
+            "creates": "nothing in Azure: a driver process and a Dask LocalCluster on this machine",
+            "cluster": spec.compute.model_dump(),
+            "trials": spec.effective_total_trials(),
+            "max_concurrent_trials": spec.limits.max_concurrent_trials,
+            "node_hours": self.node_hours(spec, 0.0),
+        }
+
+    def node_hours(self, spec: ExperimentSpec, elapsed_s: float) -> float:
+        return 0.0
 
 
 class LocalBackend:
     """Runs the driver as a local process; implements ``shared.ports.ComputeBackend``."""
 
     name = "local"
+    handle_type = LocalHandle
+    capabilities = Capabilities(model_from="driver", cloud_resources=False, finds_orphans=False, restarts_driver=True)
+    planner = LocalPlanner()
 
     def __init__(self, store: Store, settings: Settings) -> None:
         self.store = store
@@ -65,7 +100,7 @@ class LocalBackend:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
         return env
 
-    def _spawn(self, record: ExperimentRecord) -> dict[str, Any]:
+    def _spawn(self, record: ExperimentRecord) -> HandleUpdate:
         log = self._log_path(record.id).open("ab")
         process = subprocess.Popen(
             [sys.executable, "-m", "shared.hpo.run_driver", "--experiment-id", record.id],
@@ -79,13 +114,13 @@ class LocalBackend:
         log.close()
         return {"pid": process.pid, "pid_start": process_start_time(process.pid), "log": str(log.name)}
 
-    def provision(self, record: ExperimentRecord) -> dict[str, Any]:
-        return {**record.backend_state, "kind": "local", "restarts": 0}
+    def provision(self, record: ExperimentRecord) -> HandleUpdate:
+        return {"kind": "local"}
 
-    def submit(self, record: ExperimentRecord) -> dict[str, Any]:
+    def submit(self, record: ExperimentRecord) -> HandleUpdate:
         if is_alive(record.backend_state) or self._outcome(record.id) is not None:
-            return record.backend_state
-        return {**record.backend_state, **self._spawn(record)}
+            return {}
+        return self._spawn(record)
 
     def _outcome(self, experiment_id: str) -> dict[str, Any] | None:
         return read_outcome(self.store, experiment_id)
@@ -94,27 +129,30 @@ class LocalBackend:
         outcome = self._outcome(record.id)
         if outcome is not None:
             return outcome_status(outcome)
-        if is_alive(record.backend_state):
+        handle = LocalHandle.model_validate(record.backend_state)
+        if is_alive(handle):
             return RunStatus(RunState.RUNNING)
-        restarts = int(record.backend_state.get("restarts", 0))
-        if restarts >= MAX_DRIVER_RESTARTS:
+        if handle.restarts >= MAX_DRIVER_RESTARTS:
             return RunStatus(
                 RunState.FAILED,
-                error=f"the HPO driver died {restarts + 1} times; see {record.backend_state.get('log')}",
+                error=f"the HPO driver died {handle.restarts + 1} times; see {handle.log}",
             )
-        handle = {**self._spawn(record), "restarts": restarts + 1}
-        return RunStatus(RunState.RUNNING, details={"backend_state": handle, "restarted": True})
+        updates = {**self._spawn(record), "restarts": handle.restarts + 1}
+        return RunStatus(RunState.RUNNING, details={"restarted": True}, updates=updates)
 
-    def finalize(self, record: ExperimentRecord) -> dict[str, Any]:
+    def finalize(self, record: ExperimentRecord) -> HandleUpdate:
         return {}  # the driver stored the best model itself
 
     def _signal(self, record: ExperimentRecord, sig: signal.Signals) -> None:
-        if is_alive(record.backend_state):
+        handle = LocalHandle.model_validate(record.backend_state)
+        if handle.pid and is_alive(handle):
             with contextlib.suppress(ProcessLookupError):  # it ended between the check and the signal
-                os.killpg(int(record.backend_state["pid"]), sig)
+                os.killpg(handle.pid, sig)
 
-    def cancel(self, record: ExperimentRecord) -> None:
+    def cancel(self, record: ExperimentRecord) -> HandleUpdate:
         self._signal(record, signal.SIGTERM)
+        return {}
 
-    def teardown(self, record: ExperimentRecord) -> None:
+    def teardown(self, record: ExperimentRecord) -> HandleUpdate:
         self._signal(record, signal.SIGKILL)
+        return {}

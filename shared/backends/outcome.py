@@ -7,7 +7,7 @@ from typing import Any
 
 from shared.config import DRIVER_OUTCOME_ARTIFACT
 from shared.errors import NotFound
-from shared.ports import RunState, RunStatus, Store
+from shared.ports import HandleUpdate, RunState, RunStatus, Store
 
 
 def read_outcome(store: Store, experiment_id: str) -> dict[str, Any] | None:
@@ -18,12 +18,9 @@ def read_outcome(store: Store, experiment_id: str) -> dict[str, Any] | None:
         return None
 
 
-def outcome_status(outcome: dict[str, Any], backend_state: dict[str, Any] | None = None) -> RunStatus:
+def outcome_status(outcome: dict[str, Any], updates: HandleUpdate | None = None) -> RunStatus:
     """The run state an outcome means: COMPLETED succeeded, CANCELLED was cancelled, anything else failed."""
     state = {"COMPLETED": RunState.SUCCEEDED, "CANCELLED": RunState.CANCELLED}.get(
         outcome.get("status", ""), RunState.FAILED
     )
-    details: dict[str, Any] = {"outcome": outcome}
-    if backend_state:
-        details["backend_state"] = backend_state
-    return RunStatus(state, error=outcome.get("error"), details=details)
+    return RunStatus(state, error=outcome.get("error"), details={"outcome": outcome}, updates=dict(updates or {}))

@@ -12,8 +12,8 @@ import yaml
 
 from shared.context import Context
 from shared.errors import AlreadyExists, NotFound
-from shared.handlers.machine import S, now, send_event, status_message, transition
-from shared.records import TERMINAL_STATUSES, EventType, ExperimentRecord
+from shared.handlers.machine import S, send_event, status_message, transition
+from shared.records import TERMINAL_STATUSES, EventType, ExperimentRecord, utcnow
 from shared.spec import ExperimentSpec, SpecError, load_spec
 
 
@@ -27,7 +27,7 @@ class InvalidRequest(ValueError):
 
 def new_experiment_id() -> str:
     """Sortable, unique, valid as a table key, blob prefix and Azure resource-name part."""
-    return f"exp-{now():%Y%m%d%H%M%S}-{secrets.token_hex(3)}"
+    return f"exp-{utcnow():%Y%m%d%H%M%S}-{secrets.token_hex(3)}"
 
 
 # --------------------------------------------------------------------------------------------- submit
@@ -55,7 +55,7 @@ def submit_experiment(
         trials_total=spec.effective_total_trials(),
         idempotency_key=idempotency_key,
         event_seq=1,
-        history=[{"at": now().isoformat(), "status": S.SUBMITTED.value, "reason": "submitted"}],
+        history=[{"at": utcnow().isoformat(), "status": S.SUBMITTED.value, "reason": "submitted"}],
     )
     try:  # SUBMITTED is announced with the first step's events (no publish on the HTTP path)
         record = ctx.store.create_experiment(ctx.announcer.stage_status(record))
@@ -124,9 +124,10 @@ def _fail_request(ctx: Context, experiment_id: str | None, reason: str, errors: 
             spec={},
             status=S.FAILED,
             error=f"invalid request: {reason}",
-            ended_at=now(),
+            ended_at=utcnow(),
             torn_down=True,
-            history=[{"at": now().isoformat(), "status": S.FAILED.value, "reason": "invalid request"}],
+            status_emitted=True,
+            history=[{"at": utcnow().isoformat(), "status": S.FAILED.value, "reason": "invalid request"}],
         )
         # AlreadyExists: a valid experiment with this id exists already, or the failure was recorded before.
         with contextlib.suppress(AlreadyExists):

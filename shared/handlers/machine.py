@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import UTC, datetime
 from typing import Any
 
+from shared.config import MODEL_PREFIX
 from shared.context import Context
 from shared.errors import BackendError, NotFound
-from shared.ports import RunState
+from shared.ports import Planner, RunState, merge_handle
 from shared.records import (
     TERMINAL_STATUSES,
     EventType,
@@ -27,7 +27,10 @@ from shared.records import (
     ExperimentStatus,
     TrialState,
     best_of,
+    utcnow,
 )
+from shared.spec import ExperimentSpec
+from shared.trials import counts_by_state, fail_running_trials
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +52,6 @@ EVENT_FOR_STATUS: dict[ExperimentStatus, EventType] = {
     S.FINALIZING: EventType.FINALIZE,
     S.CANCELLING: EventType.CANCEL,
 }
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
 
 
 def send_event(ctx: Context, event_type: EventType, record: ExperimentRecord, delay: int = 0) -> None:
@@ -81,16 +80,16 @@ def transition(
     changed = status != record.status
     history = list(record.history)
     if changed:
-        history.append({"at": now().isoformat(), "status": status.value, "reason": reason})
+        history.append({"at": utcnow().isoformat(), "status": status.value, "reason": reason})
     fields: dict[str, Any] = {
         "status": status,
         "event_seq": record.event_seq + (1 if fence else 0),
-        "updated_at": now(),
+        "updated_at": utcnow(),
         "history": history,
         **updates,
     }
     if status in TERMINAL_STATUSES and record.ended_at is None:
-        fields.setdefault("ended_at", now())
+        fields.setdefault("ended_at", utcnow())
     candidate = record.model_copy(update=fields)
     if changed:
         candidate = ctx.announcer.stage_status(candidate)
@@ -136,13 +135,15 @@ def _provision(ctx: Context, record: ExperimentRecord) -> str:
     if record.status is S.SUBMITTED:
         # Not fenced: if provisioning fails, this same event is redelivered and must still act.
         record = transition(ctx, record, S.PROVISIONING, "provisioning compute", fence=False)
-    handle = ctx.backend(record.backend).provision(record)
+    backend = ctx.backend(record.backend)
+    handle = merge_handle(backend, record.backend_state, backend.provision(record))
     transition(ctx, record, S.PROVISIONING, "provisioned", next_event=EventType.SUBMIT_RUN, backend_state=handle)
     return "provisioned"
 
 
 def _submit_run(ctx: Context, record: ExperimentRecord) -> str:
-    handle = ctx.backend(record.backend).submit(record)
+    backend = ctx.backend(record.backend)
+    handle = merge_handle(backend, record.backend_state, backend.submit(record))
     transition(
         ctx,
         record,
@@ -151,7 +152,7 @@ def _submit_run(ctx: Context, record: ExperimentRecord) -> str:
         next_event=EventType.POLL,
         delay=ctx.settings.poll_seconds,
         backend_state=handle,
-        started_at=record.started_at or now(),
+        started_at=record.started_at or utcnow(),
     )
     return "submitted"
 
@@ -161,12 +162,12 @@ def progress_updates(ctx: Context, record: ExperimentRecord) -> dict[str, Any]:
     events of trials finished since the last step (the compute writes trials; we learn of them here)."""
     spec = record.spec
     trials = ctx.store.list_trials(record.id)
-    done = sum(1 for t in trials if t.state is not TrialState.RUNNING)
+    done = sum(n for state, n in counts_by_state(trials).items() if state != TrialState.RUNNING.value)
     goal = spec.get("objective", {}).get("goal", "maximize")
     updates: dict[str, Any] = {"trials_done": done, "best": best_of(trials, goal) or record.best}
     updates["event_log"] = ctx.announcer.stage_trials(record, trials)
     if done != record.trials_done:
-        updates["last_progress_at"] = now()
+        updates["last_progress_at"] = utcnow()
         updates["redrives"] = 0  # progress: earlier stalls no longer count against the experiment
     return updates
 
@@ -175,9 +176,9 @@ def _poll(ctx: Context, record: ExperimentRecord) -> str:
     backend = ctx.backend(record.backend)
     status = backend.poll(record)
     updates = progress_updates(ctx, record)
-    if status.details.get("backend_state"):
-        updates["backend_state"] = {**record.backend_state, **status.details["backend_state"]}
-    guard = budget_exceeded(record)
+    if status.updates:
+        updates["backend_state"] = merge_handle(backend, record.backend_state, status.updates)
+    guard = cost_guard_reason(record, backend.planner)
     if guard and status.state in {RunState.PENDING, RunState.RUNNING}:
         backend.cancel(record)
         transition(ctx, record, S.FAILED, guard, next_event=EventType.TEARDOWN, error=guard, **updates)
@@ -196,33 +197,30 @@ def _poll(ctx: Context, record: ExperimentRecord) -> str:
     return "running"
 
 
-def budget_exceeded(record: ExperimentRecord) -> str | None:
-    """The cost guard: the experiment's timeout (with a grace period) or ``max_node_hours`` spent."""
+def cost_guard_reason(record: ExperimentRecord, planner: Planner) -> str | None:
+    """Why the cost guard stops this run (None: it does not): past the experiment's timeout (with a
+    grace period), or more node-hours spent than ``compute.max_node_hours`` by the backend's own rule."""
     if record.started_at is None:
         return None
-    elapsed = (now() - record.started_at).total_seconds()
-    limits = record.spec.get("limits", {})
-    timeout = limits.get("timeout")
+    elapsed = (utcnow() - record.started_at).total_seconds()
+    spec = ExperimentSpec.model_validate(record.spec)
+    timeout = spec.limits.timeout
     if timeout is not None and elapsed > float(timeout) * 1.1 + 300:
         return f"cost guard: running {elapsed:.0f} s, past the experiment timeout of {timeout} s"
-    compute = record.spec.get("compute", {})
-    max_node_hours = compute.get("max_node_hours")
+    max_node_hours = getattr(spec.compute, "max_node_hours", None)
     if max_node_hours:
-        if compute.get("backend") == "vmcluster":
-            nodes = int(compute.get("n_workers") or 1) + 1  # the scheduler is a VM too
-        else:
-            nodes = compute.get("n_workers") or compute.get("max_instances") or 1
-        spent = nodes * elapsed / 3600
+        spent = planner.node_hours(spec, elapsed)
         if spent > float(max_node_hours):
             return f"cost guard: {spent:.2f} node-hours used, over max_node_hours={max_node_hours}"
     return None
 
 
 def _finalize(ctx: Context, record: ExperimentRecord) -> str:
-    handle = ctx.backend(record.backend).finalize(record)
+    backend = ctx.backend(record.backend)
+    handle_update = backend.finalize(record)
     updates = progress_updates(ctx, record)
-    if handle:
-        updates["backend_state"] = {**record.backend_state, **handle}
+    if handle_update:
+        updates["backend_state"] = merge_handle(backend, record.backend_state, handle_update)
     best = updates.get("best")
     if best is None:
         transition(
@@ -235,7 +233,7 @@ def _finalize(ctx: Context, record: ExperimentRecord) -> str:
             **updates,
         )
         return "failed"
-    model_files = ctx.store.list_artifacts(record.id, "model/")
+    model_files = ctx.store.list_artifacts(record.id, MODEL_PREFIX)
     if model_files and best.model_uri is None:
         updates["best"] = best.model_copy(update={"model_uri": f"/api/experiments/{record.id}/model"})
     transition(ctx, record, S.COMPLETED, "completed", next_event=EventType.TEARDOWN, **updates)
@@ -243,38 +241,33 @@ def _finalize(ctx: Context, record: ExperimentRecord) -> str:
 
 
 def _cancel(ctx: Context, record: ExperimentRecord) -> str:
+    updates: dict[str, Any] = {}
     if record.backend_state:
-        ctx.backend(record.backend).cancel(record)
-    updates = progress_updates(ctx, record)
+        backend = ctx.backend(record.backend)
+        updates["backend_state"] = merge_handle(backend, record.backend_state, backend.cancel(record))
+    updates |= progress_updates(ctx, record)
     transition(ctx, record, S.CANCELLED, "cancelled", next_event=EventType.TEARDOWN, **updates)
     return "cancelled"
 
 
 def _teardown(ctx: Context, record: ExperimentRecord) -> str:
+    handle = record.backend_state
     if record.backend_state and not record.torn_down:
-        ctx.backend(record.backend).teardown(record)
-    trials = []
-    for stored in ctx.store.list_trials(record.id):  # the compute is gone: nothing can still be running
-        trial = stored
-        if stored.state is TrialState.RUNNING:
-            trial = stored.model_copy(
-                update={
-                    "state": TrialState.FAILED,
-                    "error": f"stopped: experiment {record.status.value}",
-                    "ended_at": now(),
-                }
-            )
-            ctx.store.put_trial(trial)
-        trials.append(trial)
-    if not record.torn_down or not record.backend_state.get("status_emitted"):
+        backend = ctx.backend(record.backend)
+        handle = merge_handle(backend, record.backend_state, backend.teardown(record))
+    # The compute is gone: nothing can still be running.
+    fail_running_trials(ctx.store, record.id, f"stopped: experiment {record.status.value}")
+    trials = ctx.store.list_trials(record.id)
+    if not record.status_emitted:
         ctx.status_queue.send(status_message(record))
     record = ctx.store.update_experiment(
         record.model_copy(
             update={
                 "torn_down": True,
+                "status_emitted": True,
                 "event_seq": record.event_seq + 1,
-                "updated_at": now(),
-                "backend_state": {**record.backend_state, "status_emitted": True},
+                "updated_at": utcnow(),
+                "backend_state": handle,
                 "event_log": ctx.announcer.stage_trials(record, trials),
             }
         )

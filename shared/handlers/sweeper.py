@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from shared.config import env
+from shared.backends import BACKENDS
 from shared.context import Context
-from shared.handlers.machine import EVENT_FOR_STATUS, MAX_REDRIVES, S, now, transition
-from shared.records import TERMINAL_STATUSES, EventType, ExperimentRecord
+from shared.handlers.machine import EVENT_FOR_STATUS, MAX_REDRIVES, S, transition
+from shared.ports import OrphanFinder
+from shared.records import TERMINAL_STATUSES, EventType, ExperimentRecord, utcnow
 
 
 def sweep(ctx: Context, *, stall_seconds: int | None = None) -> dict[str, list[str]]:
     """Timer step: re-drive experiments whose events were lost, tear down finished ones' compute, and
     re-send CloudEvents a step could not deliver (``announced``: experiments whose outbox is now empty)."""
     stall = timedelta(seconds=stall_seconds if stall_seconds is not None else ctx.settings.stall_seconds)
-    cutoff = now() - stall
+    cutoff = utcnow() - stall
     report: dict[str, list[str]] = {"redriven": [], "failed": [], "teardown": [], "announced": []}
     for stored in all_experiments(ctx):
         record = ctx.announcer.flush(ctx.store, stored, force=True)  # no-op unless events are staged
@@ -45,16 +46,15 @@ def sweep(ctx: Context, *, stall_seconds: int | None = None) -> dict[str, list[s
 
 
 def sweep_orphans(ctx: Context) -> list[str]:
-    """Timer step, in Azure: delete VMs and networks tagged by experiments that are gone or torn down.
-
-    Runs only where ``AZURE_SUBSCRIPTION_ID`` and ``AZURE_RESOURCE_GROUP`` say where experiments live.
-    """
-    subscription_id, resource_group = env("AZURE_SUBSCRIPTION_ID"), env("AZURE_RESOURCE_GROUP")
-    if not subscription_id or not resource_group:
-        return []
+    """Timer step: every backend that finds orphans deletes the compute of experiments that are gone or
+    torn down (each returns nothing where it is not configured for Azure)."""
     live = {record.id for record in all_experiments(ctx) if not record.torn_down}
-    backend = ctx.backend("vmcluster")
-    return backend.sweep_orphans(live, resource_group=resource_group, subscription_id=subscription_id)
+    deleted: list[str] = []
+    for name in BACKENDS:
+        backend = ctx.backend(name)
+        if backend.capabilities.finds_orphans and isinstance(backend, OrphanFinder):
+            deleted += backend.sweep_orphans(live)
+    return deleted
 
 
 def all_experiments(ctx: Context) -> list[ExperimentRecord]:

@@ -55,14 +55,8 @@ Decisions AzureML leaves to us, each documented where it is made:
   is still running, and marks trials still RUNNING in the store as FAILED.
 """
 
-from shared.backends.azureml.backend import (
-    ESTIMATED_TRIAL_SECONDS,
-    SWEEP_STATES,
-    AzureMLBackend,
-    ClientFactory,
-    estimate_node_hours,
-    plan,
-)
+from shared.backends.azureml.backend import SWEEP_STATES, AzureMLBackend, AzureMLHandle, ClientFactory
+from shared.backends.azureml.planner import ESTIMATED_TRIAL_SECONDS, AzureMLPlanner
 from shared.backends.azureml.sweep_job import (
     CREATED_BY,
     MODEL_OUTPUT,
@@ -95,6 +89,8 @@ __all__ = [
     "TAG_SEED",
     "AzureMLBackend",
     "AzureMLClient",
+    "AzureMLHandle",
+    "AzureMLPlanner",
     "ClientFactory",
     "DataBinding",
     "JobInfo",
@@ -105,11 +101,9 @@ __all__ = [
     "build_sweep_job",
     "child_state",
     "data_binding",
-    "estimate_node_hours",
     "finish_draw",
     "job_name_for",
     "number_children",
-    "plan",
     "stage_code",
     "trial_command",
     "trial_params",

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import math
 import tempfile
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-import yaml
-
+from shared.backends.azureml.planner import AzureMLPlanner
 from shared.backends.azureml.sweep_job import (
     MODEL_OUTPUT,
-    ROOT,
     azureml_compute,
     build_compute,
     build_sweep_job,
@@ -24,7 +20,6 @@ from shared.backends.azureml.trials import (
     TERMINAL_JOB_STATUSES,
     draws_from_tags,
     number_children,
-    seconds_between,
     sweep_timed_out,
     trial_record,
 )
@@ -32,13 +27,11 @@ from shared.backends.azureml.workspace import AzureMLClient, JobInfo, WorkspaceC
 from shared.compute_spec import AzureMLCompute
 from shared.config import MODEL_PREFIX, Settings
 from shared.errors import BackendError
-from shared.ports import RunState, RunStatus, Store
-from shared.records import ExperimentRecord, TrialRecord, TrialState, best_of
+from shared.ports import BackendHandle, Capabilities, HandleUpdate, RunState, RunStatus, Store
+from shared.records import ExperimentRecord, TrialRecord, best_of, utcnow
 from shared.spec import ExperimentSpec
+from shared.trials import counts_by_state, fail_running_trials
 
-ESTIMATED_TRIAL_SECONDS = 1800
-"""Per-trial estimate when the spec sets no time limit: the seed's recorded run (5 concurrent trials on
-Standard_NC6s_v3 took about 35 minutes, node start and image pull included)."""
 # AzureML job statuses (azure.ai.ml's JobStatus values) -> the sweep's run state.
 SWEEP_STATES: dict[str, RunState] = {
     "NotStarted": RunState.PENDING,
@@ -59,68 +52,33 @@ SWEEP_STATES: dict[str, RunState] = {
 next poll sees the outcome. An unknown status is PENDING (and reported in ``details``)."""
 
 
-def estimate_node_hours(spec: ExperimentSpec) -> dict[str, Any]:
-    """Node-hours the sweep may use: ``nodes x per_trial x waves / 3600``, capped by ``limits.timeout``.
-
-    ``nodes`` = min(max_concurrent_trials, compute.max_instances) (each trial holds one node), ``waves`` =
-    ceil(total trials / nodes), ``per_trial`` = ``trial_timeout``, else ``timeout``, else
-    :data:`ESTIMATED_TRIAL_SECONDS`. With a time limit the figure is an upper bound on trial time; add the
-    idle tail (each node stays ``idle_time_before_scale_down`` after its last trial), reported apart.
-    """
-    compute = azureml_compute(spec)
-    limits = spec.limits
-    total = spec.effective_total_trials()
-    nodes = min(limits.max_concurrent_trials, total, compute.max_instances)
-    if limits.trial_timeout is not None:
-        per_trial, basis = float(limits.trial_timeout), "trial_timeout"
-    elif limits.timeout is not None:
-        per_trial, basis = float(limits.timeout), "timeout"
-    else:
-        per_trial, basis = float(ESTIMATED_TRIAL_SECONDS), "estimate"
-    waves = math.ceil(total / nodes)
-    trial_hours = nodes * per_trial * waves / 3600
-    if limits.timeout is not None:
-        trial_hours = min(trial_hours, nodes * limits.timeout / 3600)
-    idle_hours = nodes * compute.idle_time_before_scale_down / 3600
-    return {
-        "node_hours": round(trial_hours + idle_hours, 3),
-        "trial_node_hours": round(trial_hours, 3),
-        "idle_node_hours": round(idle_hours, 3),
-        "nodes": nodes,
-        "waves": waves,
-        "per_trial_seconds": per_trial,
-        "basis": basis,
-        "vm_size": compute.vm_size,
-        "tier": "low_priority" if compute.low_priority else "dedicated",
-    }
-
-
-def plan(spec: ExperimentSpec, experiment_id: str = "exp-PLAN") -> dict[str, Any]:
-    """What an ``azureml`` run would create, offline: the AmlCompute, the sweep job and the cost estimate.
-
-    The job's ``code`` here is the repository root; ``submit`` uploads a staged copy of ``gpu_jobs`` only.
-    """
-    compute = build_compute(azureml_compute(spec))
-    job = build_sweep_job(spec, experiment_id, code_dir=ROOT)
-    compute_doc = dict(compute._to_dict())
-    return {
-        "backend": "azureml",
-        "job_name": job.name,
-        "compute": compute_doc,
-        "compute_yaml": yaml.safe_dump(compute_doc, sort_keys=False),
-        "sweep_job": job._to_dict(),
-        "sweep_job_yaml": str(job),
-        "estimate": estimate_node_hours(spec),
-    }
-
-
 ClientFactory = Callable[[AzureMLCompute], WorkspaceClient]
+
+
+class AzureMLHandle(BackendHandle):
+    """The workspace, the AmlCompute cluster and the sweep job of one experiment."""
+
+    kind: Literal["azureml"] = "azureml"
+    compute_name: str | None = None
+    subscription_id: str | None = None
+    resource_group: str | None = None
+    workspace: str | None = None
+    job_name: str | None = None
+    studio_url: str | None = None
+    best_child: str | None = None
+    """The child job whose model ``finalize`` stored (ranked on the final CV mean)."""
+    model_files: int | None = None
+    azureml_best_child: str | None = None
+    """AzureML's own pick (best value ever logged), reported beside ``best_child``."""
 
 
 class AzureMLBackend:
     """Runs an experiment as one AzureML sweep job; implements ``shared.ports.ComputeBackend``."""
 
     name = "azureml"
+    handle_type = AzureMLHandle
+    capabilities = Capabilities(model_from="finalize", cloud_resources=True, finds_orphans=False, restarts_driver=False)
+    planner = AzureMLPlanner()
 
     def __init__(self, store: Store, settings: Settings, client_factory: ClientFactory | None = None) -> None:
         self.store = store
@@ -148,11 +106,11 @@ class AzureMLBackend:
             compute = azureml_compute(spec)
         except ValueError as exc:
             raise BackendError(str(exc), retryable=False) from exc
-        job_name = str(record.backend_state.get("job_name") or job_name_for(record.id))
+        job_name = AzureMLHandle.model_validate(record.backend_state).job_name or job_name_for(record.id)
         return spec, self._client(compute), job_name
 
     # -- ComputeBackend
-    def provision(self, record: ExperimentRecord) -> dict[str, Any]:
+    def provision(self, record: ExperimentRecord) -> HandleUpdate:
         """Find or create the AmlCompute cluster; a cluster of another VM size is an error."""
         spec, client, _ = self._setup(record)
         compute = azureml_compute(spec)
@@ -166,7 +124,6 @@ class AzureMLBackend:
             )
         subscription, resource_group, workspace = workspace_settings(compute)
         return {
-            **record.backend_state,
             "kind": "azureml",
             "compute_name": compute.compute_name,
             "subscription_id": subscription,
@@ -174,7 +131,7 @@ class AzureMLBackend:
             "workspace": workspace,
         }
 
-    def submit(self, record: ExperimentRecord) -> dict[str, Any]:
+    def submit(self, record: ExperimentRecord) -> HandleUpdate:
         """Create the sweep job unless it exists (its name derives from the experiment id)."""
         spec, client, job_name = self._setup(record)
         existing = client.find(job_name)
@@ -185,7 +142,6 @@ class AzureMLBackend:
                 job_name = client.submit(job)
             existing = client.find(job_name)
         return {
-            **record.backend_state,
             "job_name": job_name,
             "studio_url": existing.studio_url if existing is not None else None,
         }
@@ -194,13 +150,13 @@ class AzureMLBackend:
         """The sweep's state; every trial seen so far is written to the store on the way."""
         spec, client, job_name = self._setup(record)
         sweep = client.get(job_name)
-        now = datetime.now(UTC)
-        timed_out = sweep_timed_out(spec, sweep, now)
+        timed_out = sweep_timed_out(spec, sweep, utcnow())
         trials, _ = self._sync_trials(record, spec, client, sweep, timed_out=timed_out)
-        counts: dict[str, int] = {}
-        for trial in trials:
-            counts[trial.state.value] = counts.get(trial.state.value, 0) + 1
-        details: dict[str, Any] = {"azureml_status": sweep.status, "job_name": job_name, "trials": counts}
+        details: dict[str, Any] = {
+            "azureml_status": sweep.status,
+            "job_name": job_name,
+            "trials": counts_by_state(trials),
+        }
         state = SWEEP_STATES.get(sweep.status, RunState.PENDING)
         if state is RunState.CANCELLED and timed_out:
             details["reason"] = f"the sweep reached limits.timeout ({spec.limits.timeout} s)"
@@ -210,11 +166,11 @@ class AzureMLBackend:
             return RunStatus(state, error=f"AzureML sweep job {job_name} failed{where}", details=details)
         return RunStatus(state, details=details)
 
-    def finalize(self, record: ExperimentRecord) -> dict[str, Any]:
+    def finalize(self, record: ExperimentRecord) -> HandleUpdate:
         """Store the best trial's ``model`` output under ``model/``; returns ``{"best_child": name, ...}``."""
         spec, client, job_name = self._setup(record)
         sweep = client.get(job_name)
-        timed_out = sweep_timed_out(spec, sweep, datetime.now(UTC))
+        timed_out = sweep_timed_out(spec, sweep, utcnow())
         trials, names = self._sync_trials(record, spec, client, sweep, timed_out=timed_out)
         best = best_of(trials, spec.objective.goal)
         child = names.get(best.number) if best is not None else None
@@ -234,37 +190,26 @@ class AzureMLBackend:
             "azureml_best_child": sweep.properties.get("best_child_run_id"),
         }
 
-    def cancel(self, record: ExperimentRecord) -> None:
+    def cancel(self, record: ExperimentRecord) -> HandleUpdate:
         """Cancel the sweep (AzureML cancels its trials); trials still RUNNING in the store end FAILED."""
         self._stop(record, "cancelled with the experiment")
+        return {}
 
-    def teardown(self, record: ExperimentRecord) -> None:
+    def teardown(self, record: ExperimentRecord) -> HandleUpdate:
         """Leave nothing running: cancel the sweep if it still runs. The AmlCompute cluster is kept; it
         scales down to ``min_instances`` by itself after ``idle_time_before_scale_down``."""
         self._stop(record, "the experiment ended while this trial ran")
+        return {}
 
     # -- internals
     def _stop(self, record: ExperimentRecord, reason: str) -> None:
-        if not record.backend_state.get("job_name"):
+        if not AzureMLHandle.model_validate(record.backend_state).job_name:
             return
         _, client, job_name = self._setup(record)
         sweep = client.find(job_name)
         if sweep is not None and sweep.status not in TERMINAL_JOB_STATUSES and sweep.status != "CancelRequested":
             client.cancel(job_name)
-        now = datetime.now(UTC)
-        for trial in self.store.list_trials(record.id):
-            if trial.state is TrialState.RUNNING:
-                duration = seconds_between(trial.started_at, now)
-                self.store.put_trial(
-                    trial.model_copy(
-                        update={
-                            "state": TrialState.FAILED,
-                            "error": reason,
-                            "ended_at": now,
-                            "duration_s": duration,
-                        }
-                    )
-                )
+        fail_running_trials(self.store, record.id, reason)
 
     def _sync_trials(
         self,

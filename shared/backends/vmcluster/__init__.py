@@ -58,10 +58,11 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["VMClusterBackend", "VMClusterHandle", "VMIdentity", "plan"]
+__all__ = ["VMClusterBackend", "VMClusterHandle", "VMClusterPlanner", "VMIdentity", "plan"]
 _WHERE = {
     "VMClusterBackend": "backend",
     "VMClusterHandle": "handle",
+    "VMClusterPlanner": "dryrun",
     "VMIdentity": "settings",
     "plan": "dryrun",
 }

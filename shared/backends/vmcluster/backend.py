@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from shared.backends.outcome import outcome_status, read_outcome
 from shared.backends.vmcluster.bootscript import VMPlan, plan_vms
+from shared.backends.vmcluster.dryrun import VMClusterPlanner
 from shared.backends.vmcluster.handle import VMClusterHandle
 from shared.backends.vmcluster.head import (
     ACTIVE_TASK_STATES,
@@ -42,7 +43,7 @@ from shared.backends.vmcluster.settings import (
 from shared.backends.vmcluster.vms import create_vm, failed
 from shared.compute_spec import VMClusterCompute
 from shared.errors import BackendError, NotFound
-from shared.ports import RunState, RunStatus
+from shared.ports import Capabilities, HandleUpdate, RunState, RunStatus
 from shared.records import ExperimentRecord
 
 if TYPE_CHECKING:
@@ -70,6 +71,9 @@ class VMClusterBackend:
     """
 
     name = "vmcluster"
+    handle_type = VMClusterHandle
+    capabilities = Capabilities(model_from="driver", cloud_resources=True, finds_orphans=True, restarts_driver=True)
+    planner = VMClusterPlanner()
 
     def __init__(
         self,
@@ -283,7 +287,7 @@ class VMClusterBackend:
 
     def poll(self, record: ExperimentRecord) -> RunStatus:
         """The outcome artifact if written; else move the cluster along (workers, driver) or report
-        the driver task's state. The updated handle travels in ``details["backend_state"]``."""
+        the driver task's state. The updated handle travels in ``RunStatus.updates``."""
         outcome = self._outcome(record.id)
         if outcome is not None:
             return outcome_status(outcome)
@@ -440,32 +444,33 @@ class VMClusterBackend:
             time.sleep(0.05)
         log.info("submitted driver task %s to %s", key, client.scheduler.address)
 
-    def finalize(self, record: ExperimentRecord) -> dict[str, Any]:
+    def finalize(self, record: ExperimentRecord) -> HandleUpdate:
         return {}  # the driver stored the best model itself
 
-    def cancel(self, record: ExperimentRecord) -> None:
+    def cancel(self, record: ExperimentRecord) -> HandleUpdate:
         """The handler set CANCELLING (the driver's CancelWatch stops the trials); also cancel the
         driver task if the scheduler is reachable. Dask cannot interrupt the running thread itself."""
         from distributed import Future
 
         handle = VMClusterHandle.of(record.backend_state)
         if not handle.driver_key or not handle.submitted:
-            return
+            return {}
         try:
             client = self.connect(record)
         except (OSError, TimeoutError) as exc:
             log.warning("cancel %s: scheduler unreachable (%s); teardown removes the VMs", record.id, exc)
-            return
+            return {}
         with client:
             client.cancel([Future(handle.driver_key, client)], force=True)
+        return {}
 
-    def teardown(self, record: ExperimentRecord) -> None:
+    def teardown(self, record: ExperimentRecord) -> HandleUpdate:
         """Delete the cluster's VMs, NICs, public IPs and disks (found by tag), then the network."""
         from shared.backends.network import teardown_network
         from shared.backends.vm_teardown import delete_cluster_resources, find_cluster_resources
 
         if (record.spec.get("compute") or {}).get("backend") != "vmcluster":
-            return
+            return {}
         handle = VMClusterHandle.of(record.backend_state)
         compute = self._compute(record)
         compute_client, network_client = self._clients(self._subscription(compute))
@@ -487,6 +492,7 @@ class VMClusterBackend:
             teardown_network(
                 network_client, resource_group=handle.network.resource_group, handle=handle.network, retry=self.retry
             )
+        return {}
 
     # ------------------------------------------------------------------------------------- the sweep
     def find_orphans(
@@ -506,12 +512,20 @@ class VMClusterBackend:
 
         return delete_orphans(self._clients, orphans, subscription_id, self.retry)
 
-    def sweep_orphans(self, live_experiment_ids: set[str], *, resource_group: str, subscription_id: str) -> list[str]:
-        """Delete our clusters and networks in ``resource_group`` whose experiment is not live."""
+    def sweep_orphans(
+        self, live_experiment_ids: set[str], *, resource_group: str | None = None, subscription_id: str | None = None
+    ) -> list[str]:
+        """Delete our clusters and networks in ``resource_group`` whose experiment is not live. Defaults:
+        ``AZURE_RESOURCE_GROUP``, ``AZURE_SUBSCRIPTION_ID``; with either unset it touches nothing."""
         from shared.backends.vmcluster.orphans import sweep_orphans
+        from shared.config import env
 
+        resource_group = resource_group or env("AZURE_RESOURCE_GROUP")
+        subscription_id = subscription_id or env("AZURE_SUBSCRIPTION_ID")
+        if not resource_group or not subscription_id:
+            return []
         return sweep_orphans(self._clients, live_experiment_ids, resource_group, subscription_id, self.retry)
 
 
 def _status(state: RunState, handle: VMClusterHandle, error: str | None = None, **details: Any) -> RunStatus:
-    return RunStatus(state, error=error, details={"backend_state": handle.dump(), **details})
+    return RunStatus(state, error=error, details=details, updates=handle.dump())

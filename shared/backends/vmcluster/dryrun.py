@@ -132,3 +132,16 @@ def plan(
         },
         "notes": notes,
     }
+
+
+class VMClusterPlanner:
+    """Implements ``shared.ports.Planner``: the dry run is :func:`plan`, node-hours
+    :func:`~shared.backends.vmcluster.settings.estimated_node_hours` (workers plus the scheduler)."""
+
+    def dry_run(self, spec: ExperimentSpec) -> dict[str, Any]:
+        return plan(spec)
+
+    def node_hours(self, spec: ExperimentSpec, elapsed_s: float) -> float:
+        if not isinstance(spec.compute, VMClusterCompute):
+            raise ValueError(f"not a vmcluster spec: compute.backend is {spec.compute.backend!r}")
+        return estimated_node_hours(spec.compute, elapsed_s)

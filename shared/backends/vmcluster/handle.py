@@ -1,7 +1,7 @@
 """The vmcluster backend's typed handle: what it knows of one experiment's cluster, kept in the store.
 
-It lives in ``ExperimentRecord.backend_state`` as JSON. Other keys there (the state machine's own, such
-as ``status_emitted``) are ignored on reading and never written back by the backend, which reports
+It lives in ``ExperimentRecord.backend_state`` as JSON. Keys it does not know (a record written by an
+older version) are ignored on reading and never written back by the backend, which reports
 only its own fields (:meth:`VMClusterHandle.dump`).
 """
 
@@ -11,6 +11,8 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from shared.ports import BackendHandle
 
 
 def _now() -> datetime:
@@ -36,7 +38,7 @@ class NetworkHandle(BaseModel):
     a resource found by name that carries this experiment's tag counts (an earlier attempt made it)."""
 
 
-class VMClusterHandle(BaseModel):
+class VMClusterHandle(BackendHandle):
     """One cluster's state: network, VMs, where the driver is, and what went wrong last."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)

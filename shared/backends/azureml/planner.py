@@ -1,0 +1,84 @@
+"""The ``azureml`` backend offline: what a run would create, and its node-hours (one rule, used by the
+dry run and the cost guard)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import yaml
+
+from shared.backends.azureml.sweep_job import ROOT, azureml_compute, build_compute, build_sweep_job
+from shared.spec import ExperimentSpec
+
+ESTIMATED_TRIAL_SECONDS = 1800
+"""Per-trial estimate when the spec sets no time limit: the seed's recorded run (5 concurrent trials on
+Standard_NC6s_v3 took about 35 minutes, node start and image pull included)."""
+
+
+def sweep_nodes(spec: ExperimentSpec) -> int:
+    """Nodes a sweep holds at once: each trial holds one, at most ``max_concurrent_trials`` and
+    ``compute.max_instances`` of them."""
+    compute = azureml_compute(spec)
+    return min(spec.limits.max_concurrent_trials, spec.effective_total_trials(), compute.max_instances)
+
+
+class AzureMLPlanner:
+    """Implements ``shared.ports.Planner`` for AzureML sweeps."""
+
+    def node_hours(self, spec: ExperimentSpec, elapsed_s: float) -> float:
+        """Every node the sweep may hold, for ``elapsed_s``."""
+        return sweep_nodes(spec) * max(elapsed_s, 0.0) / 3600
+
+    def estimate(self, spec: ExperimentSpec) -> dict[str, Any]:
+        """Node-hours the sweep may use: ``node_hours(nodes x per_trial x waves)``, capped by ``limits.timeout``.
+
+        ``nodes`` = :func:`sweep_nodes`, ``waves`` = ceil(total trials / nodes), ``per_trial`` =
+        ``trial_timeout``, else ``timeout``, else :data:`ESTIMATED_TRIAL_SECONDS`. With a time limit the
+        figure is an upper bound on trial time; add the idle tail (each node stays
+        ``idle_time_before_scale_down`` after its last trial), reported apart.
+        """
+        compute = azureml_compute(spec)
+        limits = spec.limits
+        nodes = sweep_nodes(spec)
+        if limits.trial_timeout is not None:
+            per_trial, basis = float(limits.trial_timeout), "trial_timeout"
+        elif limits.timeout is not None:
+            per_trial, basis = float(limits.timeout), "timeout"
+        else:
+            per_trial, basis = float(ESTIMATED_TRIAL_SECONDS), "estimate"
+        waves = math.ceil(spec.effective_total_trials() / nodes)
+        seconds = per_trial * waves
+        if limits.timeout is not None:
+            seconds = min(seconds, float(limits.timeout))
+        trial_hours = self.node_hours(spec, seconds)
+        idle_hours = self.node_hours(spec, compute.idle_time_before_scale_down)
+        return {
+            "node_hours": round(trial_hours + idle_hours, 3),
+            "trial_node_hours": round(trial_hours, 3),
+            "idle_node_hours": round(idle_hours, 3),
+            "nodes": nodes,
+            "waves": waves,
+            "per_trial_seconds": per_trial,
+            "basis": basis,
+            "vm_size": compute.vm_size,
+            "tier": "low_priority" if compute.low_priority else "dedicated",
+        }
+
+    def dry_run(self, spec: ExperimentSpec, experiment_id: str = "exp-DRYRUN") -> dict[str, Any]:
+        """What an ``azureml`` run would create, offline: the AmlCompute, the sweep job and the estimate.
+
+        The job's ``code`` here is the repository root; ``submit`` uploads a staged copy of ``gpu_jobs`` only.
+        """
+        compute = build_compute(azureml_compute(spec))
+        job = build_sweep_job(spec, experiment_id, code_dir=ROOT)
+        compute_doc = dict(compute._to_dict())
+        return {
+            "backend": "azureml",
+            "job_name": job.name,
+            "compute": compute_doc,
+            "compute_yaml": yaml.safe_dump(compute_doc, sort_keys=False),
+            "sweep_job": job._to_dict(),
+            "sweep_job_yaml": str(job),
+            "estimate": self.estimate(spec),
+        }

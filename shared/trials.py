@@ -1,0 +1,34 @@
+"""Operations over an experiment's trial records that several steps share (one rule each)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+
+from shared.ports import TrialStore
+from shared.records import TrialRecord, TrialState, utcnow
+
+
+def fail_running_trials(store: TrialStore, experiment_id: str, error: str) -> list[TrialRecord]:
+    """Mark every trial still RUNNING in the store FAILED with ``error`` (nothing can still run it);
+    return the records written."""
+    now = utcnow()
+    written: list[TrialRecord] = []
+    for trial in store.list_trials(experiment_id):
+        if trial.state is TrialState.RUNNING:
+            failed = trial.model_copy(
+                update={
+                    "state": TrialState.FAILED,
+                    "error": error,
+                    "ended_at": now,
+                    "duration_s": max((now - trial.started_at).total_seconds(), 0.0),
+                }
+            )
+            store.put_trial(failed)
+            written.append(failed)
+    return written
+
+
+def counts_by_state(trials: Iterable[TrialRecord]) -> dict[str, int]:
+    """``{state: number of trials}`` for the states present."""
+    return dict(Counter(trial.state.value for trial in trials))
