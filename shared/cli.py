@@ -173,16 +173,91 @@ def serve(
 
 
 @app.command()
-def plan(spec_path: Annotated[Path, typer.Argument(metavar="SPEC")]) -> None:
-    """Print, without touching Azure, what the spec would create and its estimated node-hours."""
+def plan(
+    spec_path: Annotated[Path, typer.Argument(metavar="SPEC")],
+    full: Annotated[bool, typer.Option("--full", help="also print the sweep job YAML or the VM arguments")] = False,
+    output: Annotated[str, typer.Option("--output", "-o", help="text, or yaml (everything, for machines)")] = "text",
+) -> None:
+    """Print, without touching Azure, what the spec would create, its node-hours and its cost in USD."""
+    import yaml
+
+    from shared.cost.catalogue import load_catalogue
+    from shared.cost.report import plan_document, plan_renderables
+
+    if output not in {"text", "yaml"}:
+        err.print(f"[red]error:[/red] --output is text or yaml, not {output!r}")
+        raise typer.Exit(2)
+    spec = _load_spec_or_exit(spec_path)
+    catalogue = load_catalogue()
+    node_hours = _node_hours_rule(spec)
+    if output == "yaml":
+        document = {"plan": plan_document(spec, catalogue, node_hours), "dry_run": _dry_run(spec, as_text=False)}
+        document = json.loads(json.dumps(document, default=str))  # plain types for YAML
+        typer.echo(yaml.safe_dump(document, sort_keys=False, width=110))
+        return
+    for renderable in plan_renderables(spec, catalogue, node_hours):
+        console.print(renderable)
+    if full:
+        console.print(_dry_run(spec, as_text=True), markup=False, highlight=False)
+    elif spec.compute.backend != "local":
+        what = "sweep job YAML" if spec.compute.backend == "azureml" else "VM arguments"
+        console.print(f"[dim]The {what}: rapids-hpo plan {spec_path} --full[/dim]")
+
+
+def _node_hours_rule(spec: Any) -> Any:  # -> shared.cost.estimate.NodeHours
+    from shared.backends import get_planner
+    from shared.cost.estimate import node_hours_rule
+
+    return node_hours_rule(spec, get_planner(spec.compute.backend))
+
+
+def _dry_run(spec: Any, *, as_text: bool) -> Any:
+    """The backend's dry run: each artefact once (the sweep job as YAML text, or as a mapping)."""
     import yaml
 
     from shared.backends import get_planner
 
-    spec = _load_spec_or_exit(spec_path)
-    dry_run = get_planner(spec.compute.backend).dry_run(spec)
-    document = json.loads(json.dumps(dry_run, default=str))  # plain types for YAML
-    typer.echo(yaml.safe_dump(document, sort_keys=False, width=110))
+    document = get_planner(spec.compute.backend).dry_run(spec)
+    if "sweep_job_yaml" in document:
+        if as_text:
+            return f"# AmlCompute\n{document['compute_yaml']}\n# Sweep job\n{document['sweep_job_yaml']}"
+        document = {k: v for k, v in document.items() if k not in {"compute_yaml", "sweep_job_yaml"}}
+    document = json.loads(json.dumps(document, default=str))
+    return yaml.safe_dump(document, sort_keys=False, width=110) if as_text else document
+
+
+prices_app = typer.Typer(no_args_is_help=True, help="The GPU size catalogue and its prices.")
+app.add_typer(prices_app, name="prices")
+
+
+@prices_app.command("refresh")
+def prices_refresh(
+    output: Annotated[
+        Path | None,
+        typer.Option(help="file to write (default: RAPIDS_HPO_PRICES_FILE, else RAPIDS_HPO_HOME/prices.yaml)"),
+    ] = None,
+    region: Annotated[
+        list[str] | None, typer.Option(help="a region to price (repeat); default: the catalogue's")
+    ] = None,
+    api_url: Annotated[str | None, typer.Option(help="the Retail Prices API endpoint")] = None,
+) -> None:
+    """Rebuild the catalogue's prices from the public Azure Retail Prices API and write your price file."""
+    from shared.cost import refresh as price_refresh
+    from shared.cost.catalogue import PRICES_FILE_SETTING, load_catalogue
+
+    catalogue = load_catalogue()
+    regions = region or catalogue.regions
+    target = output or Path(env(PRICES_FILE_SETTING) or Settings.from_env().home / "prices.yaml")
+    try:
+        rebuilt = price_refresh.refresh(catalogue, regions, base_url=api_url or price_refresh.RETAIL_PRICES_URL)
+    except (OSError, ValueError, RuntimeError) as exc:
+        err.print(f"[red]error:[/red] the price refresh failed: {exc}")
+        raise typer.Exit(1) from None
+    price_refresh.write_catalogue(rebuilt, target)
+    priced = sum(1 for size in rebuilt.sizes.values() for r in regions if r in size.prices)
+    console.print(f"{priced} size/region prices from {rebuilt.sources['prices'].url} written to {target}")
+    if not output and not env(PRICES_FILE_SETTING):
+        console.print(f"use it: export {PRICES_FILE_SETTING}={target}")
 
 
 # --------------------------------------------------------------------------------------- API client

@@ -60,3 +60,31 @@ def test_the_api_answers_a_retired_size_with_422_naming_compute_vm_size(tmp_path
     assert response.status_code == 422
     errors = {e["loc"]: e["msg"] for e in response.json()["errors"]}
     assert "Standard_NC24ads_A100_v4" in errors["compute.vm_size"]
+
+
+@pytest.mark.parametrize("budget", [0, -5, -0.01])
+def test_a_zero_or_negative_budget_is_rejected_naming_the_field(budget):
+    document = tiny_spec(compute={"backend": "azureml"})
+    document.setdefault("limits", {})["max_cost"] = budget
+    assert "limits.max_cost" in errors_of(document)
+
+
+@pytest.mark.parametrize(
+    "compute",
+    [
+        {"backend": "local"},  # no equivalent Azure size named
+        {**VMCLUSTER, "vm_size": "Standard_X1_v9"},  # unknown size: no price
+        {"backend": "azureml", "vm_size": "Standard_NV6ads_A10_v5"},  # known, unpriced
+    ],
+)
+def test_a_budget_with_no_priced_size_is_rejected_naming_the_field(compute):
+    document = tiny_spec(compute=compute)
+    document.setdefault("limits", {})["max_cost"] = 10
+    errors = errors_of(document)
+    assert "limits.max_cost" in errors and "price" in errors["limits.max_cost"]
+
+
+def test_a_priced_budget_is_accepted():
+    document = tiny_spec(compute={"backend": "local", "equivalent_vm_size": "Standard_NC4as_T4_v3"})
+    document.setdefault("limits", {})["max_cost"] = 2.5
+    assert load_spec(document).limits.max_cost == 2.5

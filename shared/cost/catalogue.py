@@ -128,6 +128,8 @@ class Catalogue(_Doc):
             text += f" (no {label[tier]} figure: {label[used]} price used)"
         if asked and where != asked:
             text += f" (no price for {asked})"
+        elif not asked:
+            text += " (the reference region: the spec names none)"
         return text
 
     @property

@@ -111,7 +111,19 @@ class ExperimentSpec(SpecModel):
                     )
                 ]
             )
+        self._budget_is_priced()
         return self
+
+    def _budget_is_priced(self) -> None:
+        """``limits.max_cost`` needs a price for every node the run bills (see :mod:`shared.cost`)."""
+        if self.limits.max_cost is None:
+            return
+        from shared.cost.catalogue import load_catalogue
+        from shared.cost.estimate import budget_error
+
+        error = budget_error(self, load_catalogue())
+        if error:
+            fail([(("limits", "max_cost"), error)])
 
     def to_document(self) -> dict[str, Any]:
         """The full normalized spec as a JSON-able dict; ``load_spec`` of it gives an equal spec."""

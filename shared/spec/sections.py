@@ -139,12 +139,17 @@ EarlyTermination = Annotated[
 
 
 class Limits(SpecModel):
-    """Budget: trials, concurrency and time (seconds)."""
+    """Budget: trials, concurrency, time (seconds) and money (USD)."""
 
     max_total_trials: int = Field(default=20, ge=1, le=1000)
     max_concurrent_trials: int = Field(default=2, ge=1, le=1000)
     timeout: int | None = Field(default=None, gt=0, description="seconds for the whole experiment")
     trial_timeout: int | None = Field(default=None, gt=0, description="seconds for one trial")
+    max_cost: float | None = Field(
+        default=None,
+        gt=0,
+        description="USD: no trial starts that would take the estimated spend past it; the run stops at it",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Limits:

@@ -1,0 +1,198 @@
+"""What people read about cost: the plan's summary and comparison table, and one line for status/watch.
+
+``format_cost`` and ``cost_cells`` take the API's ``cost`` object (``{spent_usd, budget_usd, basis}``), so
+the CLI's ``status`` and ``watch`` (and any live table) show the same figures the same way.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from rich import box
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from shared.cost.catalogue import Catalogue, Tier
+from shared.cost.estimate import CostEstimate, candidate_estimates, estimate_cost, run_time_range, size_warnings
+
+if TYPE_CHECKING:
+    from shared.cost.estimate import NodeHours
+    from shared.spec import ExperimentSpec
+
+TIER_LABEL = {Tier.PAYG: "pay-as-you-go", Tier.SPOT: "Spot", Tier.LOW_PRIORITY: "low priority"}
+TIER_SHORT = {Tier.PAYG: "PAYG", Tier.SPOT: "Spot", Tier.LOW_PRIORITY: "low-pri"}
+
+
+def usd(value: float | None) -> str:
+    if value is None:
+        return "unpriced"
+    return f"${value:,.2f}" if value >= 0.995 or value == 0 else f"${value:.3f}"
+
+
+def usd_range(estimate: CostEstimate) -> str:
+    if not estimate.priced:
+        return "unpriced"
+    if abs((estimate.usd_high or 0) - (estimate.usd_low or 0)) < 0.005:
+        return usd(estimate.usd_high)
+    return f"{usd(estimate.usd_low)} - {usd(estimate.usd_high)}"
+
+
+def _hours(value: float) -> str:
+    return f"{value:.2f}" if value < 100 else f"{value:,.0f}"
+
+
+def creates(spec: ExperimentSpec) -> list[str]:
+    """What a run of ``spec`` creates, in words."""
+    compute = spec.compute
+    trials = f"{spec.effective_total_trials()} trials, {spec.limits.max_concurrent_trials} at a time"
+    if compute.backend == "azureml":
+        tier = "low-priority" if compute.low_priority else "dedicated"
+        return [
+            f"AmlCompute cluster {compute.compute_name!r}: {compute.vm_size}, {compute.min_instances}-"
+            f"{compute.max_instances} {tier} nodes, idle scale-down after {compute.idle_time_before_scale_down} s",
+            f"one AzureML sweep job: {trials}",
+        ]
+    if compute.backend == "vmcluster":
+        net = compute.network
+        network = "reuses VNet " + net.existing_vnet if net.existing_vnet else "a VNet, subnet and NSG"
+        scheduler = compute.scheduler_vm_size or compute.vm_size
+        return [
+            f"in {compute.resource_group} ({compute.location}): {network}, tagged for teardown",
+            f"1 scheduler VM ({scheduler}) and {compute.n_workers} worker VMs ({compute.vm_size}), no public IPs",
+            f"the HPO driver as a task on the cluster: {trials}",
+        ]
+    return [
+        f"nothing in Azure: a driver process and a Dask LocalCluster of {compute.n_workers} workers here",
+        f"{trials}",
+    ]
+
+
+def summary(spec: ExperimentSpec, estimate: CostEstimate, catalogue: Catalogue) -> Group:
+    """The plan's first screen: what is created, node-hours, the cost range, the budget, the warnings."""
+    times = run_time_range(spec)
+    lines = [Text(f"Plan for {spec.name} (backend {spec.compute.backend})", style="bold")]
+    lines += [Text(f"  {'creates' if i == 0 else '':<9} {line}") for i, line in enumerate(creates(spec))]
+    lines.append(
+        Text(
+            f"  runs      {times.low_s / 3600:.2f}-{times.high_s / 3600:.2f} h: at most every trial to "
+            f"{times.per_trial_basis}; at best {times.low_basis}"
+        )
+    )
+    lines.append(Text(f"  uses      {_hours(estimate.node_hours_low)}-{_hours(estimate.node_hours_high)} node-hours"))
+    if estimate.priced:
+        rate = f"{usd(estimate.usd_per_hour)}/node-hour, {TIER_LABEL[estimate.tier]}"
+        lines.append(Text(f"  costs     {usd_range(estimate)}  ({rate})", style="bold"))
+        lines.append(Text(f"  prices    {estimate.basis}", style="dim"))
+    else:
+        lines.append(Text(f"  costs     unpriced: {'; '.join(estimate.unpriced)}", style="yellow"))
+    budget = spec.limits.max_cost
+    if budget is not None:
+        over = estimate.priced and (estimate.usd_high or 0) > budget
+        if over:
+            top = usd(estimate.usd_high)
+            text = (
+                f"  budget    {usd(budget)} (limits.max_cost): the estimate's top ({top}) EXCEEDS it; "
+                "trials that would pass it are not started and the run stops at it"
+            )
+        else:
+            text = f"  budget    {usd(budget)} (limits.max_cost): within the estimate"
+        lines.append(Text(text, style="red" if over else "green"))
+    for warning in size_warnings(spec, catalogue):
+        lines.append(Text(f"  warning   {warning}", style="yellow"))
+    return Group(*lines)
+
+
+def comparison(spec: ExperimentSpec, catalogue: Catalogue, rows: list[CostEstimate]) -> Table:
+    """SkyPilot-style: the same experiment on other sizes and tiers, cheapest first, the spec's marked."""
+    own = estimate_cost(spec, catalogue)
+    where = "on Azure " if spec.compute.backend == "local" else ""
+    table = Table(
+        title=f"The same experiment {where}on other sizes (equal trial times assumed; * = this spec)",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+    )
+    table.add_column("VM size", no_wrap=True)
+    table.add_column("GPUs", no_wrap=True)
+    table.add_column("tier", no_wrap=True)
+    table.add_column("$/node-h", justify="right")
+    table.add_column("estimated cost", justify="right", no_wrap=True)
+
+    def order(row: CostEstimate) -> tuple[bool, float]:
+        return (not row.priced, row.usd_high or 0.0)
+
+    for row in sorted(rows, key=order):
+        size = catalogue.size(row.vm_size or "")
+        gpus = "?"
+        if size:
+            memory = "" if "GB" in size.gpu else f" {size.gpu_memory_gb:g}GB"
+            gpus = f"{size.gpus}x {size.gpu}{memory}"
+        chosen = row.vm_size == own.vm_size and row.tier is own.tier
+        name = (row.vm_size or "?").removeprefix("Standard_")
+        table.add_row(
+            f"{name} *" if chosen else name,
+            gpus,
+            TIER_SHORT[row.tier],
+            usd(row.usd_per_hour),
+            usd_range(row),
+            style="bold" if chosen else None,
+        )
+    return table
+
+
+def plan_renderables(spec: ExperimentSpec, catalogue: Catalogue, node_hours: NodeHours) -> list[Any]:
+    estimate = estimate_cost(spec, catalogue, node_hours)
+    rows = candidate_estimates(spec, catalogue, node_hours)
+    return [summary(spec, estimate, catalogue), comparison(spec, catalogue, rows)]
+
+
+def plan_document(spec: ExperimentSpec, catalogue: Catalogue, node_hours: NodeHours) -> dict[str, Any]:
+    """The summary and the table as plain data (``rapids-hpo plan -o yaml``)."""
+    estimate = estimate_cost(spec, catalogue, node_hours)
+    times = run_time_range(spec)
+
+    def row(item: CostEstimate) -> dict[str, Any]:
+        return {
+            "vm_size": item.vm_size,
+            "tier": item.tier.value,
+            "usd_per_node_hour": item.usd_per_hour,
+            "usd_low": None if item.usd_low is None else round(item.usd_low, 4),
+            "usd_high": None if item.usd_high is None else round(item.usd_high, 4),
+        }
+
+    return {
+        "creates": creates(spec),
+        "wall_time_hours": {"low": round(times.low_s / 3600, 4), "high": round(times.high_s / 3600, 4)},
+        "node_hours": {"low": round(estimate.node_hours_low, 4), "high": round(estimate.node_hours_high, 4)},
+        "cost": {**row(estimate), "basis": estimate.basis, "unpriced": estimate.unpriced},
+        "budget_usd": spec.limits.max_cost,
+        "exceeds_budget": bool(
+            spec.limits.max_cost is not None and estimate.priced and (estimate.usd_high or 0) > spec.limits.max_cost
+        ),
+        "warnings": size_warnings(spec, catalogue),
+        "candidates": [row(item) for item in candidate_estimates(spec, catalogue, node_hours)],
+        "prices": {"catalogue": catalogue.retrieved_label, "sources": {k: v.url for k, v in catalogue.sources.items()}},
+    }
+
+
+# ------------------------------------------------------------------------------------- status / watch
+def cost_cells(cost: dict[str, Any] | None) -> tuple[str, str]:
+    """``(spent, budget)`` as table cells: ``$1.23`` (``~$1.23`` when estimated) and ``$5.00`` / ``-``."""
+    if not cost:
+        return "", ""
+    spent = cost.get("spent_usd")
+    estimated = str(cost.get("basis", "")).startswith("estimate")
+    spent_text = "" if spent is None else ("~" if estimated else "") + usd(float(spent))
+    budget = cost.get("budget_usd")
+    return spent_text, "-" if budget is None else usd(float(budget))
+
+
+def format_cost(cost: dict[str, Any] | None) -> str:
+    """One line: ``cost $1.23 of $5.00 (25%)``, ``~`` marking an estimate (local runs priced as Azure)."""
+    if not cost or cost.get("spent_usd") is None:
+        return ""
+    spent, budget = cost_cells(cost)
+    if cost.get("budget_usd"):
+        share = float(cost["spent_usd"]) / float(cost["budget_usd"])
+        return f"cost {spent} of {budget} ({share:.0%})"
+    return f"cost {spent}"
