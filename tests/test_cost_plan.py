@@ -187,3 +187,15 @@ def test_cost_formatting_for_status_and_watch():
     assert format_cost({"spent_usd": 1.234, "budget_usd": 5.0, "basis": "pay-as-you-go"}) == "cost $1.23 of $5.00 (25%)"
     assert format_cost({"spent_usd": 0.5, "budget_usd": None, "basis": "estimate: ..."}) == "cost ~$0.500"
     assert cost_cells(None) == ("", "") and format_cost(None) == ""
+
+
+def test_the_backends_planner_gives_the_node_hours():
+    from shared.backends import get_planner
+    from shared.cost.estimate import node_hours_rule
+
+    aml = load_spec(example("flights-xgb.yaml", backend="azureml", max_instances=2))
+    assert node_hours_rule(aml, get_planner("azureml"))(aml, 3600) == pytest.approx(2 * (3600 + 300) / 3600)
+    vmc = load_spec(
+        example("flights-rf.yaml", backend="vmcluster", location="eastus", resource_group="rg", n_workers=3)
+    )
+    assert node_hours_rule(vmc, get_planner("vmcluster"))(vmc, 3600) == pytest.approx(4.0)  # workers + scheduler
