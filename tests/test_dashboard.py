@@ -195,3 +195,15 @@ def test_watch_view_shows_the_running_trials_beside_the_progress_bar(client):
     assert "RUNNING" in text and "5/7 trials" in text and "━" in text  # the bar
     running = re.findall(r"│ (\d+) │ RUNNING ", text)
     assert running == ["5", "6"]
+
+
+def test_saved_plots_cannot_run_script_in_the_dashboards_origin(client, ctx):
+    """The compute writes plots/: a hostile one is served sandboxed, with no script allowed."""
+    ctx.store.put_artifact(FINISHED, "plots/evil.html", b"<script>fetch('/api/experiments')</script>")
+    response = client.get(f"/api/experiments/{FINISHED}/plots/evil.html")
+    policy = response.headers["content-security-policy"]
+    assert policy.startswith("sandbox;") and "default-src 'none'" in policy and "script-src" not in policy
+    assert response.headers["x-content-type-options"] == "nosniff"
+    page = client.get("/api/ui", params={"code": "k3y"})
+    assert page.headers["cache-control"] == "no-store" and page.headers["referrer-policy"] == "same-origin"
+    assert "connect-src 'self'" in page.headers["content-security-policy"]

@@ -124,14 +124,15 @@ def test_finished_experiment_page(site, page, tmp_path):
         page.locator("#download").click()
     assert download.value.suggested_filename == f"{FINISHED}-model.zip"
     screenshot(page, "dashboard-experiment.png", tmp_path)
-    page.goto(f"{base}/api/experiments/{FINISHED}/plots/report.html")
-    assert page.locator("svg.chart").count() == len(CHART_NAMES)
     png = f"/api/experiments/{FINISHED}/plots/history.png"
     loaded = (
         "src => new Promise((ok, no) => "
         "{ const i = new Image(); i.onload = () => ok(i.naturalWidth); i.onerror = no; i.src = src; })"
     )
     assert page.evaluate(loaded, png) == 640
+    page.goto(f"{base}/api/experiments/{FINISHED}/plots/report.html")
+    assert page.locator("svg.chart").count() == len(CHART_NAMES)
+    # (a saved plot is served sandboxed: no script, Playwright's included, runs in it)
 
 
 def test_running_experiment_page_refreshes_itself_then_cancels(site, page, tmp_path):
@@ -143,11 +144,11 @@ def test_running_experiment_page_refreshes_itself_then_cancels(site, page, tmp_p
     screenshot(page, "dashboard-running.png", tmp_path)
     trial = next(t for t in ctx.store.list_trials(RUNNING) if t.state is TrialState.RUNNING)
     ctx.store.put_trial(trial.model_copy(update={"state": TrialState.PRUNED, "intermediate": {1: 0.80, 2: 0.81}}))
-    page.wait_for_function("document.querySelectorAll('#trials tbody tr .RUNNING').length === 1", timeout=20_000)
+    expect = sync_api.expect  # waits without eval (the page's policy forbids it)
+    expect(page.locator("#trials tbody tr .RUNNING")).to_have_count(1, timeout=20_000)  # refreshed in place
     page.once("dialog", lambda dialog: dialog.accept())
     page.locator("#cancel").click()
-    page.wait_for_function("document.getElementById('action-result').textContent !== ''", timeout=10_000)
-    assert page.locator("#action-result").inner_text() == "cancel requested"
+    expect(page.locator("#action-result")).to_have_text("cancel requested", timeout=10_000)
     wait_for(client, RUNNING, lambda body: body["status"] == "CANCELLED", timeout=60)
     page.wait_for_selector('#content[data-live="false"]', timeout=20_000)
     assert page.locator("#status").inner_text() == "CANCELLED"

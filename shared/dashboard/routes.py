@@ -27,6 +27,20 @@ from shared.records import ExperimentRecord, ExperimentStatus, TrialRecord
 PLOT_NAME = r"^[a-z][a-z0-9_-]{0,40}\.(png|svg|html|json)$"
 EXPERIMENT_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 
+PAGE_HEADERS = {
+    "Cache-Control": "no-store",  # the page's links carry the key
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
+    "img-src 'self' data:; connect-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'",
+    "Referrer-Policy": "same-origin",
+    "X-Content-Type-Options": "nosniff",
+}
+"""Nothing on a page may come from, or go to, anywhere but this app (a violation is a console error)."""
+PLOT_HEADERS = {
+    "Content-Security-Policy": "sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:",
+    "X-Content-Type-Options": "nosniff",
+}
+"""Saved plots are written by the compute: served so that no script in one can run in this origin."""
+
 router = APIRouter(prefix="/api")
 ContextDep = Annotated[Context, Depends(get_context)]
 Code = Annotated[str | None, Query(max_length=512, description="the Functions key, passed on in links")]
@@ -58,7 +72,7 @@ def ui_index(
         records, token = ctx.store.list_experiments(status=status, limit=50, page_token=page_token)
     except ValueError as exc:
         raise HTTPException(422, f"invalid page_token: {exc}") from None
-    return HTMLResponse(index_page(records, code, token))
+    return HTMLResponse(index_page(records, code, token), headers=PAGE_HEADERS)
 
 
 @router.get(
@@ -72,7 +86,7 @@ def ui_experiment(ctx: ContextDep, experiment_id: ExperimentId, code: Code = Non
     plots = [n.removeprefix(PLOTS_PREFIX) for n in ctx.store.list_artifacts(experiment_id, PLOTS_PREFIX)]
     has_model = bool(ctx.store.list_artifacts(experiment_id, MODEL_PREFIX))
     page = experiment_page(record, trials, _importances(ctx, experiment_id), code, has_model=has_model, plots=plots)
-    return HTMLResponse(page, headers={"Cache-Control": "no-store"})
+    return HTMLResponse(page, headers=PAGE_HEADERS)
 
 
 class StudyExport(BaseModel):
@@ -122,16 +136,17 @@ def get_plot(
     record = _record(ctx, experiment_id)
     media_type = MEDIA_TYPES["." + name.rsplit(".", 1)[1]]
     try:
-        return Response(ctx.store.get_artifact(experiment_id, PLOTS_PREFIX + name), media_type=media_type)
+        data = ctx.store.get_artifact(experiment_id, PLOTS_PREFIX + name)
+        return Response(data, media_type=media_type, headers=PLOT_HEADERS)
     except NotFound:
         pass
     stem, suffix = name.rsplit(".", 1)
     trials = ctx.store.list_trials(experiment_id)
     importance_doc = _importances(ctx, experiment_id)
     if stem == "report" and suffix == "html":
-        return Response(report_page(record, trials, importance_doc), media_type=media_type)
+        return Response(report_page(record, trials, importance_doc), media_type=media_type, headers=PLOT_HEADERS)
     if stem in CHART_NAMES and suffix in {"svg", "html"}:
         chart = build_charts(record, trials, importance_doc)[CHART_NAMES.index(stem)]
         body = render(chart) if suffix == "svg" else chart_page(record, chart)
-        return Response(body, media_type=media_type)
+        return Response(body, media_type=media_type, headers=PLOT_HEADERS)
     raise HTTPException(404, f"experiment {experiment_id!r} has no plot {name!r} (status {record.status.value})")
