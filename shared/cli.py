@@ -18,7 +18,6 @@ from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
-    Progress,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -84,14 +83,20 @@ def run(
         TextColumn("ETA"),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=console, transient=False) as progress:
+    from shared.dashboard.terminal import TrialsProgress, trials_table
+
+    searched = list(spec.search_space)
+    with TrialsProgress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("SUBMITTED", total=record.trials_total)
         stop = threading.Event()
 
         def refresh() -> None:
             while not stop.wait(1.0):
                 current = ctx.store.get_experiment(record.id)
-                done = sum(1 for t in ctx.store.list_trials(record.id) if t.state is not TrialState.RUNNING)
+                trials = ctx.store.list_trials(record.id)
+                done = sum(1 for t in trials if t.state is not TrialState.RUNNING)
+                rows = [t.model_dump(mode="json") for t in trials]
+                progress.trials = trials_table(rows, searched, recent=0) if done < len(trials) else None
                 progress.update(task, completed=done, description=_describe(current))
 
         watcher = threading.Thread(target=refresh, daemon=True)
@@ -108,6 +113,7 @@ def run(
             stop.set()
             watcher.join()
         final = ctx.store.get_experiment(record.id)
+        progress.trials = None  # the run is over: no trial table in the last frame
         progress.update(task, completed=final.trials_done, description=_describe(final))
     if interrupted:
         host.run(until=lambda: ctx.store.get_experiment(record.id).torn_down, timeout=30)

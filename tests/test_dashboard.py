@@ -207,3 +207,19 @@ def test_saved_plots_cannot_run_script_in_the_dashboards_origin(client, ctx):
     page = client.get("/api/ui", params={"code": "k3y"})
     assert page.headers["cache-control"] == "no-store" and page.headers["referrer-policy"] == "same-origin"
     assert "connect-src 'self'" in page.headers["content-security-policy"]
+
+
+def test_run_progress_shows_the_running_trials_under_its_bar(ctx):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn
+
+    from shared.dashboard.terminal import TrialsProgress, trials_table
+
+    console = Console(record=True, width=200)
+    progress = TrialsProgress(BarColumn(), MofNCompleteColumn(), console=console, auto_refresh=False)
+    progress.add_task("RUNNING", total=7, completed=5)
+    rows = [t.model_dump(mode="json") for t in ctx.store.list_trials(RUNNING)]
+    progress.trials = trials_table(rows, ["max_depth"], recent=0)
+    console.print(progress.get_renderable())
+    text = console.export_text()
+    assert "5/7" in text and re.findall(r"│ (\d+) │ RUNNING ", text) == ["5", "6"] and "COMPLETED" not in text

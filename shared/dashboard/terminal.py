@@ -1,4 +1,4 @@
-"""``rapids-hpo watch``: a live terminal view of an experiment (rich): progress bar and running trials.
+"""``rapids-hpo watch`` and ``run``: live terminal views of an experiment (rich): progress and running trials.
 
 Built from the API's JSON (``GET /api/experiments/{id}`` and ``/trials``), so it works against a local
 ``serve`` and the Function App alike.
@@ -6,10 +6,12 @@ Built from the API's JSON (``GET /api/experiments/{id}`` and ``/trials``), so it
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Group, RenderableType
+from rich.progress import Progress
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
@@ -30,6 +32,29 @@ def _value(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else ("" if value is None else str(value))
 
 
+def trials_table(trials: list[dict[str, Any]], searched: list[str], recent: int = 5) -> Table:
+    """The running trials and the last ``recent`` finished ones: params, folds, running mean, value."""
+    names = searched or sorted({k for t in trials for k in t.get("params", {})})
+    table = Table(title="trials", title_justify="left", expand=False)
+    for column in ("#", "state", *names, "folds", "running mean", "value", "elapsed", "attempt"):
+        table.add_column(column, justify="left" if column == "state" else "right")
+    running = [t for t in trials if t["state"] == "RUNNING"]
+    ended = [t for t in trials if t["state"] != "RUNNING"][-recent:] if recent else []
+    for t in sorted(running + ended, key=lambda t: t["number"]):
+        steps = sorted(t.get("intermediate", {}).items(), key=lambda kv: int(kv[0]))
+        table.add_row(
+            str(t["number"]),
+            Text(t["state"], style=STATE_STYLES.get(t["state"], "")),
+            *(_value(t.get("params", {}).get(n)) for n in names),
+            str(len(steps)),
+            _value(steps[-1][1]) if steps else "",
+            _value(t.get("value")),
+            _elapsed(t.get("started_at")) if t["state"] == "RUNNING" else f"{t.get('duration_s') or 0:.1f}s",
+            str(t.get("attempt", 1)),
+        )
+    return table
+
+
 def watch_view(experiment: dict[str, Any], trials: list[dict[str, Any]], searched: list[str]) -> RenderableType:
     """The progress bar, a summary line, the running trials and the last few finished ones."""
     done, total = experiment["progress"]["done"], experiment["progress"]["total"]
@@ -46,22 +71,15 @@ def watch_view(experiment: dict[str, Any], trials: list[dict[str, Any]], searche
         "  " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())),
     )
     bar = ProgressBar(total=max(total, 1), completed=done, width=60)
-    names = searched or sorted({k for t in trials for k in t.get("params", {})})
-    table = Table(title="trials", title_justify="left", expand=False)
-    for column in ("#", "state", *names, "folds", "running mean", "value", "elapsed", "attempt"):
-        table.add_column(column, justify="left" if column == "state" else "right")
-    running = [t for t in trials if t["state"] == "RUNNING"]
-    recent = [t for t in trials if t["state"] != "RUNNING"][-5:]
-    for t in sorted(running + recent, key=lambda t: t["number"]):
-        steps = sorted(t.get("intermediate", {}).items(), key=lambda kv: int(kv[0]))
-        table.add_row(
-            str(t["number"]),
-            Text(t["state"], style=STATE_STYLES.get(t["state"], "")),
-            *(_value(t.get("params", {}).get(n)) for n in names),
-            str(len(steps)),
-            _value(steps[-1][1]) if steps else "",
-            _value(t.get("value")),
-            _elapsed(t.get("started_at")) if t["state"] == "RUNNING" else f"{t.get('duration_s') or 0:.1f}s",
-            str(t.get("attempt", 1)),
-        )
-    return Group(header, bar, table)
+    return Group(header, bar, trials_table(trials, searched))
+
+
+class TrialsProgress(Progress):
+    """``rapids-hpo run``'s progress bar with the running trials' table under it (set ``trials``)."""
+
+    trials: RenderableType | None = None
+
+    def get_renderables(self) -> Iterable[RenderableType]:
+        yield self.make_tasks_table(self.tasks)
+        if self.trials is not None:
+            yield self.trials
