@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
     from shared.spec import ExperimentSpec
 
 MAX_DRIVER_RESTARTS = 2
+KILL_WAIT_S = 5.0
+"""How long teardown waits for a killed driver to be gone."""
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -154,5 +157,9 @@ class LocalBackend:
         return {}
 
     def teardown(self, record: ExperimentRecord) -> HandleUpdate:
+        """SIGKILL the driver's process group and wait (briefly) until the driver is gone."""
         self._signal(record, signal.SIGKILL)
+        deadline = time.monotonic() + KILL_WAIT_S
+        while is_alive(record.backend_state) and time.monotonic() < deadline:
+            time.sleep(0.05)
         return {}

@@ -1,0 +1,345 @@
+"""One conformance suite for every ``ComputeBackend`` (in the spirit of Optuna's ``StorageTestCase``).
+
+Each adapter has a harness (``HARNESSES``) that builds it over real parts where they exist here and says
+how its compute ends a run. The tests read the backend's ``capabilities`` instead of skipping per adapter:
+
+* local: the real driver process (``python -m shared.hpo.run_driver``) on a Dask LocalCluster;
+* vmcluster: the real Azure SDK clients against ``tests/arm_server.py`` (network, NICs, VMs, teardown);
+  the run's end is the outcome artifact the driver on the cluster writes (the on-cluster driver itself
+  is exercised on a real Dask cluster in ``tests/test_vmcluster.py``);
+* azureml: the FAKE workspace of ``tests/test_azureml.py`` (a live AzureML workspace cannot be reached
+  here), with the real sweep-job mapping and trial sync.
+
+A new backend adds a harness here and passes every test (see CONTRIBUTING.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from shared.backends import REGISTRY, get_planner
+from shared.backends.arm import RetrySettings
+from shared.backends.local import MAX_DRIVER_RESTARTS, LocalHandle, is_alive
+from shared.backends.network import EXPERIMENT_TAG
+from shared.config import DRIVER_OUTCOME_ARTIFACT, MODEL_PREFIX
+from shared.context import Context
+from shared.ports import BackendHandle, ComputeBackend, OrphanFinder, Planner, RunState, RunStatus, merge_handle
+from shared.records import ExperimentRecord
+from shared.spec import ExperimentSpec, load_spec
+from tests.arm_server import FakeArm, StaticTokenCredential
+from tests.control_plane import local_context, tiny_spec
+from tests.test_azureml import COMPUTE as AML_COMPUTE
+from tests.test_azureml import T0, FakeWorkspace, child, run
+
+TERMINAL = (RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED)
+FINISH_TIMEOUT_S = 240.0
+
+
+class Harness(ABC):
+    """Builds one adapter and plays its compute's part."""
+
+    id: ClassVar[str]
+
+    def __init__(self, ctx: Context, tmp_path: Path) -> None:
+        self.ctx = ctx
+        self.tmp_path = tmp_path
+
+    @abstractmethod
+    def backend(self) -> ComputeBackend: ...
+
+    @abstractmethod
+    def spec(self) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def finish(self, record: ExperimentRecord, state: RunState) -> None:
+        """Make the submitted run end in ``state``, the way its compute would."""
+
+    @abstractmethod
+    def live(self, record: ExperimentRecord) -> int:
+        """How much of what the backend started for ``record`` still runs or exists (0 after teardown)."""
+
+    def close(self) -> None:  # noqa: B027 (most harnesses start nothing of their own)
+        """Release what the harness started."""
+
+
+class LocalHarness(Harness):
+    id = "local"
+
+    def backend(self) -> ComputeBackend:
+        return self.ctx.backend("local")
+
+    def spec(self) -> dict[str, Any]:
+        return tiny_spec(limits={"max_total_trials": 2, "max_concurrent_trials": 2})
+
+    def finish(self, record: ExperimentRecord, state: RunState) -> None:
+        handle = LocalHandle.model_validate(record.backend_state)
+        if state is RunState.CANCELLED:
+            # Once the driver runs trials its SIGTERM handler is set: it then stops them and writes a
+            # CANCELLED outcome (a signal during its imports would just kill it, and poll restart it).
+            _wait_until(lambda: bool(self.ctx.store.list_trials(record.id)))
+            self.backend().cancel(record)
+        elif state is RunState.FAILED:  # a driver that died every time it was restarted
+            assert handle.pid
+            os.killpg(handle.pid, signal.SIGKILL)
+            self.ctx.store.update_experiment(
+                self.ctx.store.get_experiment(record.id).model_copy(
+                    update={"backend_state": {**record.backend_state, "restarts": MAX_DRIVER_RESTARTS}}
+                )
+            )
+        _wait_until(lambda: not is_alive(handle) or self._has_outcome(record))  # SUCCEEDED: the real run
+
+    def _has_outcome(self, record: ExperimentRecord) -> bool:
+        return DRIVER_OUTCOME_ARTIFACT in self.ctx.store.list_artifacts(record.id, "driver/")
+
+    def live(self, record: ExperimentRecord) -> int:
+        return int(is_alive(record.backend_state))
+
+
+class VMClusterHarness(Harness):
+    id = "vmcluster"
+    SUB = "00000000-0000-0000-0000-000000000001"
+    RG = "rg-conformance"
+
+    def __init__(self, ctx: Context, tmp_path: Path) -> None:
+        super().__init__(ctx, tmp_path)
+        self.arm = FakeArm().start()
+
+    def backend(self) -> ComputeBackend:
+        from shared.backends.network import make_network_client
+        from shared.backends.vm_teardown import make_compute_client
+        from shared.backends.vmcluster import VMClusterBackend
+
+        if "vmcluster" not in self.ctx.backends:
+            credential, url = StaticTokenCredential(self.arm.token), self.arm.base_url
+            self.ctx.backends["vmcluster"] = VMClusterBackend(
+                self.ctx.store,
+                self.ctx.settings,
+                compute_client_factory=lambda sub: make_compute_client(sub, credential, url, polling_interval=0),
+                network_client_factory=lambda sub: make_network_client(sub, credential, url, polling_interval=0),
+                retry=RetrySettings(attempts=2, initial_wait_s=0, max_wait_s=0, jitter_s=0, sleep=lambda _: None),
+                allow_local_store=True,
+                scheduler_port=_closed_port(),  # nothing answers there: the scheduler VM is still "booting"
+                connect_timeout_s=1,
+            )
+        return self.ctx.backends["vmcluster"]
+
+    def spec(self) -> dict[str, Any]:
+        compute = {"backend": "vmcluster", "location": "westeurope", "resource_group": self.RG}
+        compute |= {
+            "subscription_id": self.SUB,
+            "n_workers": 1,
+            "vm_size": "Standard_ND6s",
+        }  # in the ARM schema and the catalogue
+        return tiny_spec(compute=compute)
+
+    def finish(self, record: ExperimentRecord, state: RunState) -> None:
+        """What ``run_driver_on_cluster`` leaves in the store: the model (on success) and the outcome."""
+        status = {RunState.SUCCEEDED: "COMPLETED", RunState.FAILED: "FAILED", RunState.CANCELLED: "CANCELLED"}[state]
+        if state is RunState.SUCCEEDED:
+            self.ctx.store.put_artifact(record.id, f"{MODEL_PREFIX}model.json", b"{}")
+        outcome = {"status": status, "reason": "harness", "error": None if status != "FAILED" else "trials failed"}
+        self.ctx.store.put_artifact(record.id, DRIVER_OUTCOME_ARTIFACT, json.dumps(outcome).encode())
+
+    def live(self, record: ExperimentRecord) -> int:
+        return sum(1 for r in self.arm.resources.values() if (r.get("tags") or {}).get(EXPERIMENT_TAG) == record.id)
+
+    def close(self) -> None:
+        self.arm.close()
+
+
+class AzureMLHarness(Harness):
+    """The workspace is a FAKE (``FakeWorkspace``): a live AzureML workspace is unreachable here."""
+
+    id = "azureml"
+
+    def __init__(self, ctx: Context, tmp_path: Path) -> None:
+        super().__init__(ctx, tmp_path)
+        self.fake = FakeWorkspace()
+
+    def backend(self) -> ComputeBackend:
+        from shared.backends.azureml import AzureMLBackend
+
+        if "azureml" not in self.ctx.backends:
+            self.ctx.backends["azureml"] = AzureMLBackend(self.ctx.store, self.ctx.settings, lambda _: self.fake)
+        return self.ctx.backends["azureml"]
+
+    def spec(self) -> dict[str, Any]:
+        return tiny_spec(compute=AML_COMPUTE)
+
+    def finish(self, record: ExperimentRecord, state: RunState) -> None:
+        job = str(record.backend_state["job_name"])
+        status = {RunState.SUCCEEDED: "Completed", RunState.FAILED: "Failed", RunState.CANCELLED: "Canceled"}[state]
+        if state is RunState.SUCCEEDED:
+            trial = replace(child(0, "Completed"), name=f"{job}_0")
+            self.fake.children[job] = [trial]
+            self.fake.runs[trial.name] = run({1: 0.7, 2: 0.8})
+            self.fake.outputs[(trial.name, "model")] = {"model.json": b"{}"}
+        self.fake.set_status(job, status, created_at=T0, modified_at=T0 + timedelta(minutes=1))
+
+    def live(self, record: ExperimentRecord) -> int:
+        job = self.fake.jobs.get(str(record.backend_state.get("job_name")))
+        return int(job is not None and job.status not in {"Completed", "Failed", "Canceled", "CancelRequested"})
+
+
+HARNESSES: dict[str, type[Harness]] = {h.id: h for h in (LocalHarness, VMClusterHarness, AzureMLHarness)}
+
+
+def test_every_registered_backend_has_a_harness() -> None:
+    assert set(HARNESSES) == set(REGISTRY)
+
+
+@pytest.fixture(params=sorted(HARNESSES))
+def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
+    made = HARNESSES[request.param](local_context(tmp_path / "home", poll_seconds=0), tmp_path)
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+# ---------------------------------------------------------------------------------------- helpers
+def _wait_until(condition: Any, timeout: float = FINISH_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the compute did not get there in time"
+        time.sleep(0.2)
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _new_record(h: Harness, experiment_id: str = "exp-conf-1") -> ExperimentRecord:
+    spec = load_spec(h.spec())
+    record = ExperimentRecord(id=experiment_id, name=spec.name, spec=spec.to_document(), backend=spec.compute.backend)
+    return h.ctx.store.create_experiment(record)
+
+
+def _apply(h: Harness, record: ExperimentRecord, update: Any) -> ExperimentRecord:
+    """Merge a step's handle update as the state machine does, store it and read it back: the handle
+    survives the round trip through the store, typed."""
+    backend = h.backend()
+    assert isinstance(update, dict), f"a step returned {type(update).__name__}, not a handle update"
+    merged = merge_handle(backend, record.backend_state, update)
+    current = h.ctx.store.get_experiment(record.id)
+    stored = h.ctx.store.update_experiment(current.model_copy(update={"backend_state": merged}))
+    reread = h.ctx.store.get_experiment(record.id)
+    assert backend.handle_type.model_validate(reread.backend_state) == backend.handle_type.model_validate(merged)
+    return stored
+
+
+def _poll(h: Harness, record: ExperimentRecord) -> tuple[ExperimentRecord, RunStatus]:
+    status = h.backend().poll(record)
+    assert isinstance(status.state, RunState)
+    return _apply(h, record, status.updates), status
+
+
+def _submitted(h: Harness) -> ExperimentRecord:
+    record = _new_record(h)
+    record = _apply(h, record, h.backend().provision(record))
+    return _apply(h, record, h.backend().submit(record))
+
+
+def _run_to(h: Harness, state: RunState) -> ExperimentRecord:
+    record = _submitted(h)
+    h.finish(h.ctx.store.get_experiment(record.id), state)
+    record = h.ctx.store.get_experiment(record.id)
+    record, status = _poll(h, record)
+    assert status.state is state, status
+    return record
+
+
+# ------------------------------------------------------------------------------------------ tests
+def test_declares_the_contract(harness: Harness) -> None:
+    backend = harness.backend()
+    assert isinstance(backend, ComputeBackend) and backend.name == harness.id
+    assert issubclass(backend.handle_type, BackendHandle)
+    assert backend.handle_type().kind == backend.name  # an empty handle is valid: it grows step by step
+    assert backend.capabilities.finds_orphans == isinstance(backend, OrphanFinder)
+    assert backend.capabilities.model_from in {"driver", "finalize"}
+    planner = get_planner(backend.name)
+    assert isinstance(planner, Planner) and type(planner) is type(backend.planner)
+    spec = ExperimentSpec.model_validate(load_spec(harness.spec()).to_document())
+    json.dumps(planner.dry_run(spec), default=str)  # JSON-able: rapids-hpo plan prints it
+    hours = [planner.node_hours(spec, s) for s in (0, 3600, 7200)]
+    assert hours[0] == 0 and 0 <= hours[1] <= hours[2]
+    if backend.capabilities.cloud_resources:
+        assert hours[1] > 0, "a backend that creates billed resources counts their node-hours"
+
+
+@pytest.mark.slow
+def test_lifecycle_in_order_and_every_call_repeatable(harness: Harness) -> None:
+    backend = harness.backend()
+    record = _new_record(harness)
+    record = _apply(harness, record, backend.provision(record))
+    again = _apply(harness, record, backend.provision(record))
+    assert again.backend_state == record.backend_state, "provision twice is provision once"
+    record = _apply(harness, again, backend.submit(again))
+    started = harness.live(record)
+    record = _apply(harness, record, backend.submit(record))
+    assert harness.live(record) == started, "a repeated submit starts nothing more"
+    record, status = _poll(harness, record)
+    assert status.state in {RunState.PENDING, RunState.RUNNING, RunState.SUCCEEDED}
+    harness.finish(record, RunState.SUCCEEDED)
+    record, status = _poll(harness, harness.ctx.store.get_experiment(record.id))
+    assert status.state is RunState.SUCCEEDED, status
+    for _ in range(2):
+        record = _apply(harness, record, backend.finalize(record))
+    assert harness.ctx.store.list_artifacts(record.id, MODEL_PREFIX), "finalize leaves the best model stored"
+    for _ in range(2):
+        record = _apply(harness, record, backend.teardown(record))
+    assert harness.live(record) == 0
+
+
+@pytest.mark.parametrize("stage", ["provisioned", "submitted", "terminal"])
+def test_cancel_at_each_state_then_teardown_leaves_nothing(harness: Harness, stage: str) -> None:
+    backend = harness.backend()
+    record = _new_record(harness)
+    record = _apply(harness, record, backend.provision(record))
+    if stage != "provisioned":
+        record = _apply(harness, record, backend.submit(record))
+    if stage == "terminal":
+        record = _run_to_cancelled_or_failed(harness, record)
+    for _ in range(2):  # cancel is idempotent, in every state
+        record = _apply(harness, record, backend.cancel(record))
+    for _ in range(2):
+        record = _apply(harness, record, backend.teardown(record))
+    assert harness.live(record) == 0
+
+
+def _run_to_cancelled_or_failed(h: Harness, record: ExperimentRecord) -> ExperimentRecord:
+    h.finish(record, RunState.FAILED)
+    record, status = _poll(h, h.ctx.store.get_experiment(record.id))
+    assert status.state is RunState.FAILED
+    return record
+
+
+@pytest.mark.parametrize(
+    "state",
+    [pytest.param(RunState.SUCCEEDED, marks=pytest.mark.slow), RunState.FAILED, RunState.CANCELLED],
+    ids=lambda s: s.value,
+)
+def test_teardown_after_each_terminal_state(harness: Harness, state: RunState) -> None:
+    record = _run_to(harness, state)
+    if state is RunState.SUCCEEDED:
+        record = _apply(harness, record, harness.backend().finalize(record))
+    for _ in range(2):
+        record = _apply(harness, record, harness.backend().teardown(record))
+    assert harness.live(record) == 0
+    record, status = _poll(harness, record)  # a late poll still reports how the run ended
+    assert status.state is state
