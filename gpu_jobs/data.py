@@ -102,6 +102,8 @@ class DatasetInfo:
     target_classes: tuple[str, str]
     """The original target values mapped to 0 and 1, as text."""
     encoding: FeatureEncoding
+    missing_feature_values: int = 0
+    """NaN cells among the encoded features (counted once when loading; forests need them replaced)."""
 
     @property
     def feature_names(self) -> tuple[str, ...]:
@@ -199,6 +201,7 @@ def prepare_frame(
         positive_rows=int(labels.sum()),
         target_classes=(str(classes[0]), str(classes[1])),
         encoding=encoding,
+        missing_feature_values=int(features.isna().to_numpy().sum()),
     )
     return features, labels, info
 

@@ -136,7 +136,8 @@ class Engine:
     xgboost_device: str
     """XGBoost's ``device`` parameter: ``cuda`` or ``cpu``."""
     stratified_kfold: type
-    """``cuml.model_selection.StratifiedKFold`` or scikit-learn's: ``(n_splits, shuffle, random_state)``."""
+    """scikit-learn's ``StratifiedKFold`` on both engines, run on host labels, so both validate on the same
+    rows for a seed (cuML's own splitter assigns folds differently): ``(n_splits, shuffle, random_state)``."""
     metric_functions: Mapping[str, Callable[..., Any]]
     """``accuracy``, ``roc_auc``, ``log_loss`` from ``cuml.metrics`` or ``sklearn.metrics``."""
     random_forest_class: type
@@ -145,8 +146,12 @@ class Engine:
     from_pandas: Callable[[Any], Any]
     to_array: Callable[[Any, Any], Any]
     """``(frame_or_series, dtype) -> engine array``: the data stays on the engine's device."""
+    to_host: Callable[[Any], np.ndarray]
+    """Engine array -> NumPy array."""
     synchronize: Callable[[], None]
-    """Wait for queued device work (so timings are honest); a no-op on CPU."""
+    """Wait for all queued work on the device, every stream (so timings are honest); a no-op on CPU."""
+    xgboost_config: Mapping[str, Any]
+    """XGBoost global settings for this engine (``use_rmm`` where device memory goes through RMM)."""
     random_forest_kwargs: Callable[[Mapping[str, float], int, int | None], dict[str, Any]]
     """``(params, seed, n_jobs) -> constructor kwargs`` for :attr:`random_forest_class`."""
     portable_forest: Callable[[Any], Any]
@@ -198,7 +203,29 @@ def _cuml_forest_as_sklearn(forest: Any) -> Any:
             "this cuML has no RandomForestClassifier.as_sklearn(); cuML >= 25.02 is needed to save a "
             "forest that loads without a GPU"
         )
-    return forest.as_sklearn()
+    return with_tree_count(forest.as_sklearn())
+
+
+def with_tree_count(forest: Any) -> Any:
+    """``forest`` with ``n_estimators`` equal to the trees it holds (a forest combined from several
+    workers' forests otherwise reports one worker's share in ``get_params()``)."""
+    forest.n_estimators = len(forest.estimators_)
+    return forest
+
+
+def _rmm_in_use(cupy: Any) -> bool:
+    """Route CuPy's allocations through RMM when RMM was set up with a pool or managed memory (as
+    dask-cuda's workers are): one allocator for cuDF, cuML, CuPy and XGBoost instead of rival pools.
+    Returns whether XGBoost should use RMM too. With RMM's plain default resource nothing changes."""
+    try:
+        import rmm
+        from rmm.allocators.cupy import rmm_cupy_allocator
+    except ImportError:
+        return False
+    if type(rmm.mr.get_current_device_resource()) is rmm.mr.CudaMemoryResource:
+        return False
+    cupy.cuda.set_allocator(rmm_cupy_allocator)
+    return True
 
 
 def _cpu_engine() -> Engine:
@@ -218,7 +245,9 @@ def _cpu_engine() -> Engine:
         random_forest_ignored_params=frozenset({"n_bins"}),
         from_pandas=lambda data: data,
         to_array=lambda data, dtype: data.to_numpy(dtype=dtype),
+        to_host=np.asarray,
         synchronize=lambda: None,
+        xgboost_config={},
         random_forest_kwargs=_sklearn_forest_kwargs,
         portable_forest=lambda forest: forest,
     )
@@ -229,7 +258,9 @@ def _gpu_engine() -> Engine:
     import cupy
     from cuml.ensemble import RandomForestClassifier
     from cuml.metrics import accuracy_score, log_loss, roc_auc_score
-    from cuml.model_selection import StratifiedKFold
+    from sklearn.model_selection import StratifiedKFold
+
+    use_rmm = _rmm_in_use(cupy)
 
     return Engine(
         name="gpu",
@@ -243,7 +274,10 @@ def _gpu_engine() -> Engine:
         # nan_as_null=False keeps NaN as NaN (not a null mask), so to_cupy() works on every column.
         from_pandas=lambda data: cudf.from_pandas(data, nan_as_null=False),
         to_array=lambda data, dtype: data.to_cupy(dtype=dtype),
-        synchronize=lambda: cupy.cuda.get_current_stream().synchronize(),
+        to_host=cupy.asnumpy,
+        # The whole device: XGBoost runs on the per-thread default stream, cuML on its own streams.
+        synchronize=cupy.cuda.runtime.deviceSynchronize,
+        xgboost_config={"use_rmm": True} if use_rmm else {},
         random_forest_kwargs=_cuml_forest_kwargs,
         portable_forest=_cuml_forest_as_sklearn,
     )

@@ -11,7 +11,9 @@ import pandas as pd
 import pytest
 from sklearn.ensemble import RandomForestClassifier
 
-from gpu_jobs.distributed import combine_forests, run_distributed, stratified_fold_column
+from gpu_jobs.dask_table import stratified_fold_column
+from gpu_jobs.dask_trainers import combine_forests
+from gpu_jobs.dask_training import run_distributed
 from gpu_jobs.errors import UserError
 from gpu_jobs.train import load_model, main, run_trial
 
@@ -50,6 +52,7 @@ def test_combine_forests_concatenates_trees() -> None:
     ]
     combined = combine_forests([forests[0], None, forests[1]])
     assert combined.n_estimators == 7 and len(combined.estimators_) == 7
+    assert combined.get_params()["n_estimators"] == 7  # not the first (or last) forest's share
     expected = np.mean([tree.predict_proba(features) for f in forests for tree in f.estimators_], axis=0)
     np.testing.assert_allclose(combined.predict_proba(features), expected)
     with pytest.raises(UserError, match="both target classes"):
@@ -168,3 +171,88 @@ def test_cli_distributed_flag(scheduler: str, capsys: pytest.CaptureFixture[str]
     metrics = json.loads(captured.out.strip().splitlines()[-1])
     assert metrics["n_workers"] == 2 and metrics["model"] == "random_forest"
     assert "fold 2/2" in captured.err
+
+
+# ------------------------------------------------------------------- placement on a 3-worker cluster
+
+
+@pytest.fixture(scope="module")
+def three_workers() -> Iterator[str]:
+    from distributed import LocalCluster
+
+    with LocalCluster(
+        n_workers=3, threads_per_worker=1, processes=True, dashboard_address=":0", memory_limit="1GiB"
+    ) as cluster:
+        yield cluster.scheduler_address
+
+
+def _write_parts(folder: Path, files: int, rows: int = 240) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(files)
+    for index in range(files):
+        score = rng.normal(size=rows)
+        frame = pd.DataFrame({"score": score, "noise": rng.normal(size=rows), "label": score > 0})
+        frame.loc[rng.choice(rows, 5, replace=False), "noise"] = np.nan  # the forests' NaN branch
+        frame.to_parquet(folder / f"part-{index}.parquet")
+
+
+@pytest.mark.parametrize(("layout", "files"), [("file", 1), ("folder", 1), ("folder", 2), ("folder", 5)])
+def test_every_worker_holds_a_partition(three_workers: str, tmp_path: Path, layout: str, files: int) -> None:
+    from distributed import Client
+
+    from gpu_jobs.dask_placement import cluster_workers, holders, place_partitions
+    from gpu_jobs.dask_table import FOLD_COLUMN, load_distributed_table
+
+    _write_parts(tmp_path / "data", files)
+    data = str(tmp_path / "data" / "part-0.parquet") if layout == "file" else str(tmp_path / "data")
+    with Client(three_workers) as client:
+        workers = cluster_workers(client)
+        assert len(workers) == 3
+        table = load_distributed_table(
+            client, data, "label", data_format=None, max_rows=None, seed=0, cv_folds=3, n_workers=3
+        )
+        assert table.frame.npartitions == files  # one partition per file, wherever the scheduler put it
+        placed = place_partitions(client, table.frame, workers)
+        held = holders(client, placed.futures)
+        assert set(held) == set(workers) and sum(held.values()) == max(files, 3)
+        assert len(placed.collection) == 240 * files  # nothing lost or duplicated by the split
+        # the same placement for a fold's rows: what each fit receives
+        fold = place_partitions(client, placed.collection[placed.collection[FOLD_COLUMN] != 0], workers)
+        assert set(holders(client, fold.futures)) == set(workers)
+        assert table.missing_feature_values == 5 * files
+
+
+def test_forest_on_one_file_over_three_workers(three_workers: str, tmp_path: Path) -> None:
+    _write_parts(tmp_path, 1, rows=600)
+    metrics = run_distributed(
+        scheduler=three_workers,
+        data=str(tmp_path / "part-0.parquet"),
+        target="label",
+        model="random_forest",
+        params={"n_estimators": 10, "max_depth": 6},
+        cv_folds=3,
+        output=tmp_path / "out",
+        n_jobs=1,
+    )
+    assert metrics["n_workers"] == 3 and metrics["accuracy"] > 0.9
+    forest = load_model(tmp_path / "out").estimator
+    assert len(forest.estimators_) == 10 and forest.get_params()["n_estimators"] == 10  # 4 + 3 + 3 trees
+
+
+def test_fewer_trees_than_workers_is_a_user_error(three_workers: str) -> None:
+    with pytest.raises(UserError, match=r"n_estimators=2 is below the cluster's 3 workers"):
+        run_distributed(
+            scheduler=three_workers, model="random_forest", params={"n_estimators": 2}, cv_folds=2, **FLIGHTS
+        )
+
+
+def test_all_workers_are_listed_beyond_five() -> None:
+    from distributed import Client, LocalCluster
+
+    from gpu_jobs.dask_placement import cluster_workers
+
+    with (
+        LocalCluster(n_workers=7, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster,
+        Client(cluster) as client,
+    ):
+        assert len(cluster_workers(client)) == 7

@@ -91,7 +91,7 @@ def test_gpu_fold_scores_are_means_and_on_fold_runs_per_fold() -> None:
 
 def test_distributed_on_a_local_cuda_cluster(tmp_path: Path) -> None:
     dask_cuda = pytest.importorskip("dask_cuda")
-    from gpu_jobs.distributed import run_distributed
+    from gpu_jobs.dask_training import run_distributed
 
     with dask_cuda.LocalCUDACluster(n_workers=1) as cluster:
         for model, params in (("xgboost", {"num_boost_round": 20}), ("random_forest", {"n_estimators": 20})):

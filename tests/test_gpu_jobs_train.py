@@ -14,7 +14,7 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.metrics import accuracy_score, roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 
-from gpu_jobs import train as train_module
+from gpu_jobs import trial as trial_module
 from gpu_jobs.data import FLIGHTS_TARGET, FLIGHTS_URI, flights_table, load_dataset
 from gpu_jobs.engine import get_engine
 from gpu_jobs.errors import UserError
@@ -59,7 +59,7 @@ def test_validation_folds_are_stratified_disjoint_and_cover_every_row(
                 yield train_rows, valid_rows
 
     cpu = dataclasses.replace(get_engine("cpu"), stratified_kfold=RecordingSplitter)
-    monkeypatch.setattr(train_module, "get_engine", lambda name: cpu)
+    monkeypatch.setattr(trial_module, "get_engine", lambda name: cpu)
     run_trial(model="xgboost", params=SMALL_BOOSTER, cv_folds=5, seed=1, **FLIGHTS_SAMPLE)
     labels = load_dataset(FLIGHTS_URI, FLIGHTS_TARGET, max_rows=3000, seed=1, engine="cpu").y.to_numpy()
     assert len(recorded) == 5
@@ -90,7 +90,7 @@ def test_on_fold_gets_running_means_after_each_fold() -> None:
 
 def test_an_exception_from_on_fold_stops_the_trial(monkeypatch: pytest.MonkeyPatch) -> None:
     fits: list[int] = []
-    original = train_module.make_trainer
+    original = trial_module.make_trainer
 
     def counting_make_trainer(*args: Any, **kwargs: Any) -> Any:
         trainer = original(*args, **kwargs)
@@ -98,7 +98,7 @@ def test_an_exception_from_on_fold_stops_the_trial(monkeypatch: pytest.MonkeyPat
         trainer.fit = lambda *a: (fits.append(1), fit(*a))  # type: ignore[method-assign]
         return trainer
 
-    monkeypatch.setattr(train_module, "make_trainer", counting_make_trainer)
+    monkeypatch.setattr(trial_module, "make_trainer", counting_make_trainer)
 
     class Pruned(Exception):
         pass

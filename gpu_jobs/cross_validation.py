@@ -1,0 +1,203 @@
+"""What every trial shares however it trains: the checked request, fold bookkeeping and MLflow logging.
+
+Used by :func:`gpu_jobs.trial.run_trial` (one process) and :func:`gpu_jobs.dask_training.run_distributed`
+(a Dask cluster); they differ only in how a fold is trained and predicted.
+
+How folds are drawn (so numbers from different paths can be compared knowingly):
+
+* one process, either engine: scikit-learn's ``StratifiedKFold(shuffle=True, random_state=seed)`` on the
+  labels (on the host, also for the GPU engine), so the CPU and GPU engines validate on the *same* rows;
+* a Dask cluster: a stratified, seeded fold column drawn per partition
+  (:func:`gpu_jobs.dask_table.stratified_fold_column`): the same class shares per fold, other rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from gpu_jobs.engine import ENGINE_REQUESTS, get_engine
+from gpu_jobs.errors import UserError
+from gpu_jobs.params import HYPERPARAMETERS, METRICS, MODELS, validate_params
+
+FoldCallback = Callable[[int, dict[str, float]], None]
+METRIC_NAMES: tuple[str, ...] = tuple(METRICS)
+SINGLE_PROCESS_FOLDS = "stratified k-fold (scikit-learn StratifiedKFold, shuffled with the seed)"
+DISTRIBUTED_FOLDS = "k-fold over a stratified, seeded random fold column (drawn per partition)"
+
+
+@dataclass(frozen=True)
+class TrialRequest:
+    """The checked arguments of one trial (shared by the single-node and distributed paths)."""
+
+    model: str
+    params: dict[str, float | int]
+    cv_folds: int
+    primary_metric: str
+    engine_request: str
+
+
+def check_request(
+    *, model: str, params: Mapping[str, float], cv_folds: int, primary_metric: str, engine: str
+) -> TrialRequest:
+    """Validate everything that needs no data; :class:`UserError` naming the first problem."""
+    if model not in MODELS:
+        raise UserError(f"unknown model {model!r}: expected one of {', '.join(MODELS)}")
+    try:
+        checked = validate_params(model, dict(params))
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if isinstance(cv_folds, bool) or not isinstance(cv_folds, int) or cv_folds < 2:
+        raise UserError(f"cv_folds must be an integer >= 2, got {cv_folds!r}")
+    if primary_metric not in METRICS:
+        raise UserError(f"unknown primary metric {primary_metric!r}: expected one of {', '.join(METRICS)}")
+    if engine not in ENGINE_REQUESTS:
+        raise UserError(f"unknown engine {engine!r}: expected one of {', '.join(ENGINE_REQUESTS)}")
+    return TrialRequest(model, checked, cv_folds, primary_metric, engine)
+
+
+def require_enough_rows(minority_class_rows: int, cv_folds: int) -> None:
+    """Every fold needs both classes: :class:`UserError` when the rarer class has fewer rows than folds."""
+    if minority_class_rows < cv_folds:
+        raise UserError(
+            f"the rarer target class has only {minority_class_rows} row(s): too few for "
+            f"{cv_folds}-fold cross-validation (use more rows or fewer folds)"
+        )
+
+
+def ignored_params(model: str, engine_name: str) -> set[str]:
+    """Hyperparameters of ``model`` that the engine's library has no use for (``n_bins`` on CPU forests)."""
+    if model == "random_forest" and engine_name == "cpu":
+        return set(get_engine("cpu").random_forest_ignored_params) & set(HYPERPARAMETERS[model])
+    return set()
+
+
+def rerun_arguments(
+    request: TrialRequest, *, data: str, target: str, seed: int, max_rows: int | None
+) -> dict[str, Any]:
+    """What ``params.json`` records about a trial: the arguments that run it again."""
+    return {
+        "data": data,
+        "target": target,
+        "model": request.model,
+        "params": request.params,
+        "cv_folds": request.cv_folds,
+        "seed": seed,
+        "max_rows": max_rows,
+        "primary_metric": request.primary_metric,
+    }
+
+
+def running_means(fold_scores: Mapping[str, Sequence[float]]) -> dict[str, float]:
+    """Mean of each metric over the folds scored so far."""
+    return {name: float(np.mean(scores)) for name, scores in fold_scores.items()}
+
+
+class _MlflowTracking:
+    """Logs the primary metric's running mean per fold (``step``), then final metrics, to MLflow."""
+
+    def __init__(self, mlflow: Any, primary_metric: str, final_step: int) -> None:
+        self.mlflow = mlflow
+        self.primary_metric = primary_metric
+        self.final_step = final_step
+
+    def log_step(self, step: int, running: Mapping[str, float]) -> None:
+        self.mlflow.log_metric(self.primary_metric, running[self.primary_metric], step=step)
+
+    def log_final(self, metrics: Mapping[str, Any]) -> None:
+        # The primary metric's last step already equals its final mean: not logged twice.
+        final = {name: float(metrics[name]) for name in METRIC_NAMES if name != self.primary_metric}
+        final.update({name: float(metrics[name]) for name in ("fit_seconds", "predict_seconds")})
+        self.mlflow.log_metrics(final, step=self.final_step)
+
+
+class CrossValidation:
+    """Fold scores and timings of one trial; reports each fold to MLflow and to the caller's ``on_fold``."""
+
+    def __init__(self, request: TrialRequest, on_fold: FoldCallback | None) -> None:
+        self.request = request
+        self.on_fold = on_fold
+        self.fold_scores: dict[str, list[float]] = {name: [] for name in METRIC_NAMES}
+        self.fit_seconds = 0.0
+        self.predict_seconds = 0.0
+        self.stopped_by_caller = False
+        self.mlflow: _MlflowTracking | None = None
+
+    def record(self, scores: Mapping[str, float], *, fit_seconds: float, predict_seconds: float) -> None:
+        """Add one fold's scores; log the running primary metric; call ``on_fold`` (its errors propagate)."""
+        for name in METRIC_NAMES:
+            self.fold_scores[name].append(float(scores[name]))
+        self.fit_seconds += fit_seconds
+        self.predict_seconds += predict_seconds
+        step = len(self.fold_scores[METRIC_NAMES[0]])
+        running = running_means(self.fold_scores)
+        if self.mlflow is not None:
+            self.mlflow.log_step(step, running)
+        if self.on_fold is not None:
+            try:
+                self.on_fold(step, dict(running))
+            except BaseException:
+                self.stopped_by_caller = True
+                raise
+
+    def metrics(self, *, engine_name: str, rows: int, rows_dropped: int, n_features: int, folds: str) -> dict[str, Any]:
+        """The result dict (without outputs): fold means, per-fold scores, timings and what ran."""
+        return {
+            **running_means(self.fold_scores),
+            "fold_scores": self.fold_scores,
+            "fit_seconds": self.fit_seconds,
+            "predict_seconds": self.predict_seconds,
+            "rows": rows,
+            "rows_dropped_missing_target": rows_dropped,
+            "n_features": n_features,
+            "engine": engine_name,
+            "model": self.request.model,
+            "params": self.request.params,
+            "primary_metric": self.request.primary_metric,
+            "cv_folds": self.request.cv_folds,
+            "evaluation": folds,
+            "ignored_params": sorted(ignored_params(self.request.model, engine_name)),
+        }
+
+    def finish(self, metrics: Mapping[str, Any]) -> None:
+        if self.mlflow is not None:
+            self.mlflow.log_final(metrics)
+
+
+@contextlib.contextmanager
+def cross_validation(
+    request: TrialRequest, *, engine_name: str, seed: int, on_fold: FoldCallback | None
+) -> Iterator[CrossValidation]:
+    """A :class:`CrossValidation`, with MLflow logging when ``MLFLOW_TRACKING_URI`` is set.
+
+    A run is started unless one is active (``MLFLOW_RUN_ID``, e.g. an AzureML job's run, is attached to,
+    not ended). Params are logged up front so pruned trials keep them; a run started here ends KILLED
+    when the caller stopped the trial through ``on_fold``, FAILED on any other error.
+    """
+    folds = CrossValidation(request, on_fold)
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        yield folds
+        return
+    import mlflow
+
+    started_here = mlflow.active_run() is None
+    if started_here:
+        mlflow.start_run()
+    end_run = started_here and not os.environ.get("MLFLOW_RUN_ID")
+    status = "FINISHED"
+    try:
+        logged = {"model": request.model, "engine": engine_name, "cv_folds": request.cv_folds, "seed": seed}
+        mlflow.log_params({**request.params, **logged})
+        folds.mlflow = _MlflowTracking(mlflow, request.primary_metric, request.cv_folds)
+        yield folds
+    except BaseException:
+        status = "KILLED" if folds.stopped_by_caller else "FAILED"
+        raise
+    finally:
+        if end_run:
+            mlflow.end_run(status=status)

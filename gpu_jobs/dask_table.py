@@ -1,0 +1,212 @@
+"""The encoded table of a distributed trial, read on the Dask workers.
+
+The parts of ``data`` (or slices of the built-in table) are read on the workers with the same readers and
+encoding as :mod:`gpu_jobs.data`; category levels and the target's classes are computed over the whole
+table first, so every partition encodes alike. The client lists the parts, so a local path must be
+visible to the client and to every worker (use ``abfs://`` or a shared mount across machines).
+
+Folds: each row gets a fold in ``0..K-1`` drawn per partition and per class (seeded with ``seed`` and the
+partition number), so folds are stratified and reproducible for the same data and partitioning; this is
+not scikit-learn's ``StratifiedKFold`` (which a single-process trial uses), so the same seed validates on
+other rows here. ``max_rows`` samples a fraction ``max_rows / rows`` of the rows (approximately ``max_rows``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from gpu_jobs.data import (
+    BUILTIN_SCHEME,
+    FeatureEncoding,
+    builtin_table,
+    category_levels,
+    column_kind,
+    encode_features,
+    encode_target,
+    list_parts,
+    read_part,
+    require_target_column,
+    target_classes,
+)
+from gpu_jobs.errors import UserError
+
+LABEL_COLUMN = "__label__"
+FOLD_COLUMN = "__fold__"
+PARTITIONS_PER_WORKER_FOR_BUILTIN = 1
+
+
+class DistributedTable:
+    """The encoded table as a Dask DataFrame (features ``f0..``, label, fold) plus what was learned."""
+
+    def __init__(
+        self,
+        frame: Any,
+        *,
+        encoding: FeatureEncoding,
+        target_classes: tuple[str, str],
+        rows: int,
+        positive_rows: int,
+        rows_dropped_missing_target: int,
+        missing_feature_values: int = 0,
+    ) -> None:
+        self.frame = frame
+        self.encoding = encoding
+        self.target_classes = target_classes
+        self.rows = rows
+        self.positive_rows = positive_rows
+        self.rows_dropped_missing_target = rows_dropped_missing_target
+        self.missing_feature_values = missing_feature_values
+        # XGBoost rejects some characters in column names: train on positional names.
+        self.feature_columns = [f"f{i}" for i in range(len(encoding.feature_names))]
+
+    @property
+    def minority_class_rows(self) -> int:
+        return min(self.positive_rows, self.rows - self.positive_rows)
+
+
+def load_distributed_table(
+    client: Any,
+    uri: str,
+    target: str,
+    *,
+    data_format: str | None,
+    max_rows: int | None,
+    seed: int,
+    cv_folds: int,
+    n_workers: int,
+) -> DistributedTable:
+    """Read ``uri`` on the workers, learn levels/classes over all of it, encode and assign folds (the
+    built-in table is read as ``n_workers`` slices)."""
+    import dask
+    import dask.dataframe as dd
+
+    if max_rows is not None and max_rows < 1:
+        raise UserError(f"max_rows must be at least 1, got {max_rows}")
+    sources = partition_sources(uri, target, data_format, n_workers=n_workers)
+    meta = client.submit(_empty_like_source, sources[0], pure=False).result()
+    require_target_column(meta.columns, target, uri)
+    raw = dd.from_map(_read_source, sources, meta=meta, enforce_metadata=False)
+    feature_names = [str(c) for c in meta.columns if c != target]
+    if not feature_names:
+        raise UserError(f"{uri} has no feature columns besides the target {target!r}")
+    kinds = {name: column_kind(meta[name]) for name in feature_names}
+    categorical = [name for name in feature_names if kinds[name] == "categorical"]
+    level_parts, target_values, missing_target, total_rows = dask.compute(
+        [raw[name].map_partitions(_partition_levels, meta=(name, object)) for name in categorical],
+        raw[target].map_partitions(_partition_target_values, meta=(target, object)),
+        raw[target].isna().sum(),
+        raw.shape[0],
+    )
+    missing_target, total_rows = int(missing_target), int(total_rows)
+    classes = target_classes(list(pd.unique(target_values)), target, missing_target)
+    encoding = FeatureEncoding(
+        feature_names=tuple(feature_names),
+        categorical_levels={
+            name: tuple(sorted(set(levels))) for name, levels in zip(categorical, level_parts, strict=True)
+        },
+        temporal_columns=tuple(name for name in feature_names if kinds[name] == "temporal"),
+    )
+    encoded_meta = _encoded_meta(len(feature_names))
+    encoded = raw.map_partitions(
+        _encode_partition,
+        target=target,
+        classes=classes,
+        encoding=encoding,
+        seed=seed,
+        cv_folds=cv_folds,
+        meta=encoded_meta,
+        enforce_metadata=False,
+    )
+    kept_rows = total_rows - missing_target
+    if max_rows is not None and kept_rows > max_rows:
+        encoded = encoded.sample(frac=max_rows / kept_rows, random_state=seed)
+    encoded = encoded.persist()
+    feature_columns = list(encoded_meta.columns[: len(feature_names)])
+    rows, positive_rows, missing_features = dask.compute(
+        encoded.shape[0], encoded[LABEL_COLUMN].sum(), encoded[feature_columns].isna().sum().sum()
+    )
+    return DistributedTable(
+        encoded,
+        encoding=encoding,
+        target_classes=(str(classes[0]), str(classes[1])),
+        rows=int(rows),
+        positive_rows=int(positive_rows),
+        rows_dropped_missing_target=missing_target,
+        missing_feature_values=int(missing_features),
+    )
+
+
+def partition_sources(uri: str, target: str, data_format: str | None, *, n_workers: int) -> list[tuple[str, ...]]:
+    """What each partition reads: a slice of a built-in table, or one part (file) of ``uri``."""
+    if uri.startswith(BUILTIN_SCHEME):
+        builtin_table(uri, target)  # checks the name and target on the client before shipping work
+        count = max(1, n_workers * PARTITIONS_PER_WORKER_FOR_BUILTIN)
+        return [("builtin", uri, target, str(index), str(count)) for index in range(count)]
+    parts, fmt = list_parts(uri, data_format)
+    return [("part", uri, part, fmt) for part in parts]
+
+
+def _read_source(source: tuple[str, ...]) -> pd.DataFrame:
+    """Read one partition (runs on a worker)."""
+    if source[0] == "builtin":
+        _, uri, target, index, count = source
+        return builtin_table(uri, target).iloc[int(index) :: int(count)].reset_index(drop=True)
+    _, uri, part, fmt = source
+    return read_part(uri, part, fmt)
+
+
+def _empty_like_source(source: tuple[str, ...]) -> pd.DataFrame:
+    """The columns and dtypes of one partition, without its rows (runs on a worker)."""
+    return _read_source(source).iloc[:0]
+
+
+def _partition_levels(column: pd.Series) -> pd.Series:
+    return pd.Series(list(category_levels(column)), dtype=object, name=column.name)
+
+
+def _partition_target_values(column: pd.Series) -> pd.Series:
+    return pd.Series(list(column.dropna().unique()), dtype=object, name=column.name)
+
+
+def _encoded_meta(n_features: int) -> pd.DataFrame:
+    columns: dict[str, pd.Series] = {f"f{i}": pd.Series([], dtype=np.float32) for i in range(n_features)}
+    columns[LABEL_COLUMN] = pd.Series([], dtype=np.int32)
+    columns[FOLD_COLUMN] = pd.Series([], dtype=np.int8)
+    return pd.DataFrame(columns)
+
+
+def stratified_fold_column(labels: np.ndarray, cv_folds: int, rng: np.random.Generator) -> np.ndarray:
+    """Folds ``0..K-1`` for each row: within each class, a random permutation dealt round-robin from a
+    random starting fold, so every fold gets the same share of each class (to within one row)."""
+    folds = np.empty(len(labels), dtype=np.int8)
+    for label in np.unique(labels):
+        rows = np.flatnonzero(labels == label)
+        start = int(rng.integers(cv_folds))
+        folds[rng.permutation(rows)] = (start + np.arange(len(rows))) % cv_folds
+    return folds
+
+
+def _encode_partition(
+    part: pd.DataFrame,
+    *,
+    target: str,
+    classes: tuple[Any, Any],
+    encoding: FeatureEncoding,
+    seed: int,
+    cv_folds: int,
+    partition_info: Mapping[str, Any] | None = None,
+) -> pd.DataFrame:
+    """Drop rows without a target, encode features as ``f0..``, add label and stratified fold columns."""
+    part = part.loc[part[target].notna()]
+    features = encode_features(part, encoding)
+    features.columns = [f"f{i}" for i in range(len(encoding.feature_names))]
+    labels = encode_target(part[target], classes).to_numpy()
+    number = int(partition_info["number"]) if partition_info else 0
+    rng = np.random.default_rng([seed, number])
+    features[LABEL_COLUMN] = labels
+    features[FOLD_COLUMN] = stratified_fold_column(labels, cv_folds, rng)
+    return features.reset_index(drop=True)

@@ -1,0 +1,124 @@
+"""The trained model as an MLflow model, loadable with ``mlflow.pyfunc.load_model`` on a machine without a GPU.
+
+* random forest: the **sklearn** flavour, a pipeline of the NaN handling used in training (NaN becomes
+  ``FOREST_MISSING_VALUE``) and the scikit-learn forest (cuML forests arrive here already converted);
+  ``pyfunc`` ``predict`` returns ``predict_proba``: an ``(n, 2)`` array, columns ``target_classes``.
+* XGBoost: the **xgboost** flavour (the booster as JSON, set to predict on the CPU); ``pyfunc`` ``predict``
+  returns the positive class's probability, shape ``(n,)``.
+
+Input, for both: a pandas frame of the *encoded* features (float32 columns named as in training; the codes
+of categorical columns are in ``features.json`` beside the model), described by the model's signature.
+The MLmodel's ``metadata`` holds the hyperparameters, the metrics, the target classes and the encoding.
+MLflow's own ``mlflow-skinny`` has both flavours (plus scikit-learn / XGBoost and pandas to use them).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from gpu_jobs.data import FeatureEncoding
+from gpu_jobs.trainers import FOREST_MISSING_VALUE
+
+XGBOOST_NAME_FORBIDDEN = re.compile(r"[\[\]<]")
+"""Characters XGBoost refuses in feature names."""
+
+
+def mlflow_feature_names(model: str, encoding: FeatureEncoding) -> list[str]:
+    """Column names of the model's input: the training names (XGBoost's forbidden characters become ``_``)."""
+    names = list(encoding.feature_names)
+    if model == "xgboost":
+        names = [XGBOOST_NAME_FORBIDDEN.sub("_", name) for name in names]
+        seen: set[str] = set()
+        for index, original in enumerate(names):
+            unique = original
+            while unique in seen:
+                unique = f"{unique}_{index}"
+            seen.add(unique)
+            names[index] = unique
+    return names
+
+
+def logged_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The finite numeric entries of ``metrics`` (what the MLmodel's metadata records)."""
+    return {
+        name: float(value)
+        for name, value in metrics.items()
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    }
+
+
+def save_mlflow_model(
+    path: Path,
+    *,
+    model: str,
+    estimator: Any,
+    encoding: FeatureEncoding,
+    target_classes: Sequence[str],
+    params: Mapping[str, Any],
+    metrics: Mapping[str, Any],
+) -> Path:
+    """Save the portable ``estimator`` (scikit-learn forest or ``xgboost.Booster``) as an MLflow model at
+    ``path`` (which must not exist); returns ``path``. Raises ``ImportError`` without MLflow."""
+    import mlflow.models
+
+    names = mlflow_feature_names(model, encoding)
+    example = pd.DataFrame(np.zeros((2, len(names)), dtype=np.float32), columns=names)
+    metadata = {
+        "params": dict(params),
+        "metrics": logged_metrics(metrics),
+        "target_classes": list(target_classes),
+        "features": encoding.to_json(),
+        "written_by": "gpu_jobs (rapids-hpo-control)",
+    }
+    if model == "random_forest":
+        import mlflow.sklearn
+        import sklearn
+
+        pipeline = forest_pipeline(estimator, names)
+        signature = mlflow.models.infer_signature(example, pipeline.predict_proba(example))
+        mlflow.sklearn.save_model(
+            pipeline,
+            str(path),
+            serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_PICKLE,
+            signature=signature,
+            pip_requirements=[f"scikit-learn=={sklearn.__version__}", "pandas", "numpy"],
+            pyfunc_predict_fn="predict_proba",
+            metadata=metadata,
+        )
+    else:
+        import mlflow.xgboost
+        import xgboost
+
+        booster = estimator.copy()
+        booster.set_param({"device": "cpu"})
+        booster.feature_names = names
+        booster.feature_types = None
+        predictions = booster.predict(xgboost.DMatrix(example))
+        signature = mlflow.models.infer_signature(example, predictions)
+        mlflow.xgboost.save_model(
+            booster,
+            str(path),
+            model_format="json",
+            signature=signature,
+            pip_requirements=[f"xgboost=={xgboost.__version__}", "pandas", "numpy"],
+            metadata=metadata,
+        )
+    return path
+
+
+def forest_pipeline(forest: Any, feature_names: Sequence[str]) -> Any:
+    """A fitted scikit-learn pipeline: NaN -> ``FOREST_MISSING_VALUE`` (as in training), then ``forest``.
+    Input columns are checked by name (``feature_names``)."""
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import Pipeline
+
+    missing = SimpleImputer(strategy="constant", fill_value=FOREST_MISSING_VALUE, keep_empty_features=True)
+    missing.fit(pd.DataFrame(np.zeros((1, len(feature_names)), dtype=np.float32), columns=list(feature_names)))
+    return Pipeline([("missing_values", missing), ("forest", forest)])

@@ -1,0 +1,183 @@
+"""A trial's output folder: the model, its MLflow form, metrics, params and feature encoding.
+
+Layout (what the HPO driver stores under ``model/`` and the API's model zip holds)::
+
+    model.joblib | model.json   the scikit-learn forest (joblib) or the XGBoost booster (JSON)
+    mlflow/                     the same model as an MLflow model (sklearn or xgboost flavour)
+    metrics.json params.json features.json
+
+Everything here loads without a GPU. A forest is a pickle: it loads only under the scikit-learn minor
+release that wrote it, so the image and the loaders pin one minor (:data:`SKLEARN_MINOR`) and
+:func:`load_model` checks it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gpu_jobs.data import FeatureEncoding, encode_features
+from gpu_jobs.errors import UserError
+from gpu_jobs.trainers import FOREST_MISSING_VALUE
+
+MODEL_FILES: dict[str, str] = {"random_forest": "model.joblib", "xgboost": "model.json"}
+FEATURES_FILE = "features.json"
+METRICS_FILE = "metrics.json"
+PARAMS_FILE = "params.json"
+MLFLOW_DIR = "mlflow"
+SKLEARN_MINOR = "1.9"
+"""The scikit-learn minor release of the GPU image and of every loader (requirements-dev.txt,
+gpu_jobs/environment.yml and gpu_jobs/Dockerfile pin it; tests/test_gpu_jobs_packaging.py checks)."""
+
+log = logging.getLogger(__name__)
+
+
+def minor_of(version: str) -> str:
+    """``"1.9"`` of ``"1.9.1"`` (or of ``"1.9.dev0"``)."""
+    return ".".join(version.split(".")[:2])
+
+
+def check_sklearn_version(saved: str | None, installed: str, *, source: str) -> None:
+    """:class:`UserError` when a forest pickled by scikit-learn ``saved`` cannot be trusted to load under
+    ``installed`` (another minor release: tree internals change between minors)."""
+    if saved is None or minor_of(saved) == minor_of(installed):
+        return
+    raise UserError(
+        f"{source} holds a random forest saved by scikit-learn {saved}, but this Python has scikit-learn "
+        f"{installed}: install scikit-learn=={minor_of(saved)}.* to load it (the project pins {SKLEARN_MINOR}.*)"
+    )
+
+
+def save_model_file(directory: Path, model: str, estimator: Any) -> Path:
+    """Write the portable ``estimator`` (scikit-learn forest or ``xgboost.Booster``) as ``model``'s file."""
+    path = directory / MODEL_FILES[model]
+    if model == "random_forest":
+        import joblib
+
+        joblib.dump(estimator, path, compress=3)
+    else:
+        estimator.save_model(path)
+    return path
+
+
+def save_outputs(
+    directory: Path,
+    *,
+    model: str,
+    estimator: Any,
+    metrics: dict[str, Any],
+    trial: Mapping[str, Any],
+    encoding: FeatureEncoding,
+    target_classes: Sequence[str],
+) -> None:
+    """Write the whole output folder; ``metrics`` gains ``model_path`` and ``mlflow_model`` (the MLflow
+    model's folder, or ``None`` with ``mlflow_model_error`` saying why it could not be written)."""
+    from gpu_jobs.mlflow_model import save_mlflow_model
+
+    directory.mkdir(parents=True, exist_ok=True)
+    metrics["model_path"] = str(save_model_file(directory, model, estimator))
+    try:
+        metrics["mlflow_model"] = str(
+            save_mlflow_model(
+                directory / MLFLOW_DIR,
+                model=model,
+                estimator=estimator,
+                encoding=encoding,
+                target_classes=target_classes,
+                params=trial["params"],
+                metrics=metrics,
+            )
+        )
+    except ImportError as exc:  # a compute environment without MLflow still yields the model files
+        log.warning("MLflow model not written: %s", exc)
+        metrics.update(mlflow_model=None, mlflow_model_error=f"mlflow is not installed here ({exc})")
+    write_trial_files(directory, metrics=metrics, trial=trial, encoding=encoding, target_classes=target_classes)
+
+
+def write_trial_files(
+    directory: Path,
+    *,
+    metrics: Mapping[str, Any],
+    trial: Mapping[str, Any],
+    encoding: FeatureEncoding,
+    target_classes: Sequence[str],
+) -> None:
+    """Write ``metrics.json``, ``params.json`` and ``features.json`` (read by :func:`load_model`)."""
+    (directory / METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    (directory / PARAMS_FILE).write_text(json.dumps(trial, indent=2, sort_keys=True) + "\n")
+    features: dict[str, Any] = {
+        **encoding.to_json(),
+        "model": trial["model"],
+        "target": trial["target"],
+        "target_classes": list(target_classes),
+        "forest_missing_value": FOREST_MISSING_VALUE,
+    }
+    if trial["model"] == "random_forest":
+        import sklearn
+
+        features["scikit_learn_version"] = sklearn.__version__
+    (directory / FEATURES_FILE).write_text(json.dumps(features, indent=2) + "\n")
+
+
+@dataclass(frozen=True)
+class SavedModel:
+    """A trained model loaded back from a trial's output folder; needs no GPU."""
+
+    model: str
+    estimator: Any
+    """A scikit-learn forest or an ``xgboost.Booster``."""
+    encoding: FeatureEncoding
+    target_classes: tuple[str, str]
+    forest_missing_value: float = FOREST_MISSING_VALUE
+
+    def predict_proba(self, frame: Any) -> np.ndarray:
+        """``(n, 2)`` probabilities of the classes ``target_classes`` for a pandas frame.
+
+        Raw columns (strings, datetimes) are encoded as in training; numeric columns are used as given.
+        """
+        features = encode_features(frame, self.encoding).to_numpy(dtype=np.float32)
+        if self.model == "random_forest":
+            features = np.where(np.isnan(features), np.float32(self.forest_missing_value), features)
+            positive = self.estimator.predict_proba(features)[:, 1]
+        else:
+            positive = np.asarray(self.estimator.inplace_predict(features))
+        return np.column_stack([1.0 - positive, positive])
+
+
+def load_model(path: str | Path) -> SavedModel:
+    """Load the model a trial saved: ``path`` is its output folder or the model file inside it."""
+    path = Path(path)
+    directory = path if path.is_dir() else path.parent
+    features_file = directory / FEATURES_FILE
+    if not features_file.exists():
+        raise UserError(f"no {FEATURES_FILE} in {directory}: not a trial output folder")
+    described = json.loads(features_file.read_text())
+    model = described["model"]
+    model_file = directory / MODEL_FILES[model] if path.is_dir() else path
+    if not model_file.exists():
+        raise UserError(f"model file not found: {model_file}")
+    if model == "random_forest":
+        import joblib
+        import sklearn
+
+        check_sklearn_version(described.get("scikit_learn_version"), sklearn.__version__, source=str(model_file))
+        estimator: Any = joblib.load(model_file)
+    else:
+        import xgboost
+
+        estimator = xgboost.Booster()
+        estimator.load_model(model_file)
+    classes = described["target_classes"]
+    return SavedModel(
+        model=model,
+        estimator=estimator,
+        encoding=FeatureEncoding.from_json(described),
+        target_classes=(str(classes[0]), str(classes[1])),
+        forest_missing_value=float(described.get("forest_missing_value", FOREST_MISSING_VALUE)),
+    )

@@ -1,0 +1,195 @@
+"""One HPO trial in one process: stratified K-fold cross-validation of a random forest or XGBoost.
+
+:func:`run_trial` is what the HPO driver runs per trial (also inside a Dask worker, on a GPU or not);
+:func:`fit_final_model` is the driver's refit of the best parameters on all rows.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gpu_jobs.cross_validation import (
+    SINGLE_PROCESS_FOLDS,
+    FoldCallback,
+    check_request,
+    cross_validation,
+    ignored_params,
+    require_enough_rows,
+    rerun_arguments,
+)
+from gpu_jobs.data import load_dataset
+from gpu_jobs.engine import get_engine, resolve_engine
+from gpu_jobs.errors import UserError
+from gpu_jobs.model_files import save_outputs
+from gpu_jobs.trainers import Trainer, make_trainer, model_features
+
+
+def run_trial(
+    *,
+    data: str,
+    target: str,
+    model: str,
+    params: dict[str, float],
+    cv_folds: int = 5,
+    seed: int = 0,
+    engine: str = "auto",
+    output: str | Path | None = None,
+    data_format: str | None = None,
+    max_rows: int | None = None,
+    primary_metric: str = "accuracy",
+    n_jobs: int | None = None,
+    on_fold: FoldCallback | None = None,
+) -> dict[str, Any]:
+    """Cross-validate ``model`` with ``params`` on ``data`` and return its metrics.
+
+    Stratified K-fold (shuffled with ``seed``, the same folds on both engines); after each fold
+    ``on_fold(step, running_means)`` is called (1-based step; running means of accuracy, roc_auc, log_loss)
+    and anything it raises propagates at once: that is how a caller prunes or times out a trial. With
+    ``output``, the model is refit on all rows and saved there (see :mod:`gpu_jobs.model_files`).
+    ``n_jobs`` is passed to the libraries. ``None`` inside a Dask worker means that worker's thread count
+    (so concurrent trials do not oversubscribe the cores: XGBoost's OpenMP threads then spin against each
+    other, measured 14x slower here); elsewhere the library default (scikit-learn 1 thread, XGBoost all).
+    """
+    started = time.perf_counter()
+    if n_jobs is None:
+        n_jobs = dask_worker_threads()
+    request = check_request(model=model, params=params, cv_folds=cv_folds, primary_metric=primary_metric, engine=engine)
+    engine_name = resolve_engine(engine)
+    toolkit = get_engine(engine_name)
+    dataset = load_dataset(data, target, data_format=data_format, max_rows=max_rows, seed=seed, engine=engine_name)
+    info = dataset.info
+    require_enough_rows(info.minority_class_rows, cv_folds)
+    features = toolkit.to_array(dataset.X, np.float32)
+    features = model_features(model, toolkit, features, has_missing=info.missing_feature_values > 0)
+    labels = toolkit.to_array(dataset.y, np.int32)
+    host_labels = toolkit.to_host(labels)  # folds are drawn on the host, alike on both engines
+    splitter = toolkit.stratified_kfold(n_splits=cv_folds, shuffle=True, random_state=seed)
+    with cross_validation(request, engine_name=engine_name, seed=seed, on_fold=on_fold) as folds:
+        for host_train, host_valid in splitter.split(np.zeros((len(host_labels), 1), np.int8), host_labels):
+            train_index, valid_index = toolkit.array.asarray(host_train), toolkit.array.asarray(host_valid)
+            trainer = make_trainer(model, toolkit, request.params, seed=seed, n_jobs=n_jobs)
+            toolkit.synchronize()
+            tick = time.perf_counter()
+            trainer.fit(features[train_index], labels[train_index])
+            toolkit.synchronize()
+            fitted = time.perf_counter()
+            proba = trainer.predict_positive(features[valid_index])
+            toolkit.synchronize()
+            predicted = time.perf_counter()
+            folds.record(
+                toolkit.score(labels[valid_index], proba),
+                fit_seconds=fitted - tick,
+                predict_seconds=predicted - fitted,
+            )
+        metrics = folds.metrics(
+            engine_name=engine_name,
+            rows=info.rows,
+            rows_dropped=info.rows_dropped_missing_target,
+            n_features=len(info.feature_names),
+            folds=SINGLE_PROCESS_FOLDS,
+        )
+        metrics["n_jobs"] = n_jobs
+        if output is not None:
+            final = make_trainer(model, toolkit, request.params, seed=seed, n_jobs=n_jobs)
+            metrics["refit_seconds"] = timed_fit(final, features, labels, toolkit.synchronize)
+            metrics["total_seconds"] = time.perf_counter() - started
+            trial = rerun_arguments(request, data=data, target=target, seed=seed, max_rows=max_rows)
+            save_outputs(
+                Path(output),
+                model=model,
+                estimator=final.portable(),
+                metrics=metrics,
+                trial={**trial, "engine": engine_name},
+                encoding=info.encoding,
+                target_classes=info.target_classes,
+            )
+        else:
+            metrics["total_seconds"] = time.perf_counter() - started
+        folds.finish(metrics)
+    return metrics
+
+
+def fit_final_model(
+    *,
+    data: str,
+    target: str,
+    model: str,
+    params: dict[str, float],
+    output: str | Path,
+    seed: int = 0,
+    engine: str = "auto",
+    data_format: str | None = None,
+    max_rows: int | None = None,
+    n_jobs: int | None = None,
+) -> dict[str, Any]:
+    """Fit ``model`` with ``params`` on all rows, no cross-validation (the HPO driver's refit of the best
+    trial), and save it in ``output`` as :func:`run_trial` does; returns what it wrote to metrics.json."""
+    started = time.perf_counter()
+    if n_jobs is None:
+        n_jobs = dask_worker_threads()
+    request = check_request(model=model, params=params, cv_folds=2, primary_metric="accuracy", engine=engine)
+    engine_name = resolve_engine(engine)
+    toolkit = get_engine(engine_name)
+    dataset = load_dataset(data, target, data_format=data_format, max_rows=max_rows, seed=seed, engine=engine_name)
+    info = dataset.info
+    if info.minority_class_rows == 0:
+        raise UserError(f"target column {target!r} holds one class only in the rows used: nothing to learn")
+    trainer = make_trainer(model, toolkit, request.params, seed=seed, n_jobs=n_jobs)
+    features = toolkit.to_array(dataset.X, np.float32)
+    features = model_features(model, toolkit, features, has_missing=info.missing_feature_values > 0)
+    labels = toolkit.to_array(dataset.y, np.int32)
+    metrics: dict[str, Any] = {
+        "rows": info.rows,
+        "rows_dropped_missing_target": info.rows_dropped_missing_target,
+        "n_features": len(info.feature_names),
+        "engine": engine_name,
+        "model": model,
+        "params": request.params,
+        "ignored_params": sorted(ignored_params(model, engine_name)),
+        "n_jobs": n_jobs,
+        "refit_seconds": timed_fit(trainer, features, labels, toolkit.synchronize),
+    }
+    metrics["total_seconds"] = time.perf_counter() - started
+    trial = {
+        "data": data,
+        "target": target,
+        "model": model,
+        "params": request.params,
+        "seed": seed,
+        "max_rows": max_rows,
+        "engine": engine_name,
+    }
+    save_outputs(
+        Path(output),
+        model=model,
+        estimator=trainer.portable(),
+        metrics=metrics,
+        trial=trial,
+        encoding=info.encoding,
+        target_classes=info.target_classes,
+    )
+    return metrics
+
+
+def timed_fit(trainer: Trainer, features: Any, labels: Any, synchronize: Callable[[], None]) -> float:
+    """Fit ``trainer`` and return the seconds it took, device work included."""
+    synchronize()
+    tick = time.perf_counter()
+    trainer.fit(features, labels)
+    synchronize()
+    return time.perf_counter() - tick
+
+
+def dask_worker_threads() -> int | None:
+    """The thread count of the Dask worker running this code, or None outside a worker."""
+    try:
+        from distributed import get_worker
+
+        return int(get_worker().state.nthreads)
+    except (ImportError, ValueError, AttributeError):
+        return None

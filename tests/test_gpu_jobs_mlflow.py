@@ -1,0 +1,130 @@
+"""The saved model's MLflow form: round trips of both model kinds through ``mlflow.pyfunc`` in a process
+that sees no GPU, its signature and metadata, NaN handling, and the scikit-learn version check on load."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from gpu_jobs.data import FLIGHTS_TARGET, FLIGHTS_URI, load_dataset
+from gpu_jobs.errors import UserError
+from gpu_jobs.model_files import FEATURES_FILE, MLFLOW_DIR, load_model
+from gpu_jobs.train import fit_final_model, run_trial
+
+ROOT = Path(__file__).resolve().parents[1]
+FLIGHTS = {"data": FLIGHTS_URI, "target": FLIGHTS_TARGET, "max_rows": 2000, "n_jobs": 1}
+MODELS = [
+    ("random_forest", {"n_estimators": 12, "max_depth": 6}, "sklearn"),
+    ("xgboost", {"num_boost_round": 12, "max_depth": 4}, "xgboost"),
+]
+
+PYFUNC_SCRIPT = """
+import json, sys
+import mlflow.pyfunc, pandas as pd
+frame = pd.read_json(sys.argv[2], orient="split").astype("float32")
+model = mlflow.pyfunc.load_model(sys.argv[1])
+print(json.dumps({"predictions": model.predict(frame).tolist(), "flavors": sorted(model.metadata.flavors)}))
+"""
+
+
+def pyfunc_in_a_cpu_process(model_dir: Path, frame: pd.DataFrame, tmp_path: Path) -> dict[str, object]:
+    """``mlflow.pyfunc.load_model(...).predict(frame)`` in a fresh process that can see no GPU."""
+    rows = tmp_path / "rows.json"
+    rows.write_text(frame.to_json(orient="split"))
+    result = subprocess.run(
+        [sys.executable, "-c", PYFUNC_SCRIPT, str(model_dir), str(rows)],
+        cwd=tmp_path,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize(("model", "params", "flavor"), MODELS)
+def test_mlflow_round_trip_of_the_refit_model(tmp_path: Path, model: str, params: dict, flavor: str) -> None:
+    output = tmp_path / "out"
+    metrics = fit_final_model(model=model, params=params, output=output, seed=2, **FLIGHTS)
+    assert metrics["mlflow_model"] == str(output / MLFLOW_DIR)
+    described = yaml.safe_load((output / MLFLOW_DIR / "MLmodel").read_text())
+    assert flavor in described["flavors"] and "python_function" in described["flavors"]
+    inputs = json.loads(described["signature"]["inputs"])
+    saved = load_model(output)
+    assert [column["name"] for column in inputs] == list(saved.encoding.feature_names)
+    assert described["metadata"]["params"] == metrics["params"]
+    assert described["metadata"]["metrics"]["rows"] == 2000
+    assert described["metadata"]["target_classes"] == ["False", "True"]
+
+    encoded = load_dataset(FLIGHTS_URI, FLIGHTS_TARGET, engine="cpu").X.head(300)
+    answer = pyfunc_in_a_cpu_process(output / MLFLOW_DIR, encoded, tmp_path)
+    predictions = np.asarray(answer["predictions"])
+    expected = saved.predict_proba(encoded)
+    if model == "random_forest":  # sklearn flavour: predict_proba, one column per class
+        np.testing.assert_allclose(predictions, expected, rtol=1e-6)
+    else:  # xgboost flavour: the positive class's probability
+        np.testing.assert_allclose(predictions, expected[:, 1], rtol=1e-5)
+
+
+def test_mlflow_model_of_a_cross_validated_trial_and_its_metrics(tmp_path: Path) -> None:
+    metrics = run_trial(model="xgboost", params={"num_boost_round": 5}, cv_folds=2, output=tmp_path, **FLIGHTS)
+    described = yaml.safe_load((tmp_path / MLFLOW_DIR / "MLmodel").read_text())
+    assert described["metadata"]["metrics"]["accuracy"] == pytest.approx(metrics["accuracy"])
+    assert json.loads((tmp_path / "metrics.json").read_text())["mlflow_model"] == str(tmp_path / MLFLOW_DIR)
+
+
+def test_forest_mlflow_model_treats_missing_values_as_in_training(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    signal = rng.normal(size=800)
+    table = pd.DataFrame({"signal": signal, "noise": rng.normal(size=800), "label": signal > 0})
+    table.loc[rng.choice(800, 200, replace=False), "signal"] = np.nan
+    table.to_parquet(tmp_path / "t.parquet")
+    run_trial(
+        data=str(tmp_path / "t.parquet"), target="label", model="random_forest",
+        params={"n_estimators": 10, "max_depth": 5}, cv_folds=2, n_jobs=1, output=tmp_path / "out",
+    )  # fmt: skip
+    import mlflow.pyfunc
+
+    features = table.drop(columns=["label"]).astype(np.float32)
+    predictions = mlflow.pyfunc.load_model(str(tmp_path / "out" / MLFLOW_DIR)).predict(features)
+    expected = load_model(tmp_path / "out").predict_proba(features)
+    assert not np.isnan(predictions).any()
+    np.testing.assert_allclose(predictions, expected, rtol=1e-6)
+
+
+def test_xgboost_mlflow_model_with_names_xgboost_refuses(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    score = rng.normal(size=400)
+    table = pd.DataFrame({"score[0]": score, "a<b": rng.normal(size=400), "label": score > 0})
+    table.to_csv(tmp_path / "t.csv", index=False)
+    fit_final_model(
+        data=str(tmp_path / "t.csv"), target="label", model="xgboost", params={"num_boost_round": 5},
+        n_jobs=1, output=tmp_path / "out",
+    )  # fmt: skip
+    import mlflow.pyfunc
+
+    loaded = mlflow.pyfunc.load_model(str(tmp_path / "out" / MLFLOW_DIR))
+    columns = [spec.name for spec in loaded.metadata.get_input_schema().inputs]
+    assert columns == ["score_0_", "a_b"]
+    features = pd.DataFrame(table[["score[0]", "a<b"]].to_numpy(np.float32), columns=columns)
+    expected = load_model(tmp_path / "out").predict_proba(table.drop(columns=["label"]))[:, 1]
+    np.testing.assert_allclose(loaded.predict(features), expected, rtol=1e-5)
+
+
+def test_a_forest_from_another_scikit_learn_minor_is_refused_clearly(tmp_path: Path) -> None:
+    fit_final_model(model="random_forest", params={"n_estimators": 3}, output=tmp_path, **FLIGHTS)
+    described = json.loads((tmp_path / FEATURES_FILE).read_text())
+    described["scikit_learn_version"] = "1.4.2"
+    (tmp_path / FEATURES_FILE).write_text(json.dumps(described))
+    with pytest.raises(UserError, match=r"saved by scikit-learn 1\.4\.2.*install scikit-learn==1\.4\.\*"):
+        load_model(tmp_path)
