@@ -1,6 +1,6 @@
 """Training and prediction speed (rows/s) of both models on the flights data, per engine.
 
-Uses the same trainers as the HPO trials (``gpu_jobs.train.make_trainer``): one fit on all rows, then one
+Uses the same trainers as the HPO trials (``gpu_jobs.trainers.make_trainer``): one fit on all rows, then one
 prediction of all rows, per model and engine. Runs the CPU engine always and the GPU engine when this
 machine has one (then prints the GPU/CPU speed-up).
 
@@ -26,7 +26,7 @@ from gpu_jobs.data import FLIGHTS_TARGET, FLIGHTS_URI, load_dataset
 from gpu_jobs.engine import get_engine, probe_gpus, resolve_engine
 from gpu_jobs.errors import UserError
 from gpu_jobs.params import MODELS, validate_params
-from gpu_jobs.train import make_trainer
+from gpu_jobs.trainers import make_trainer, model_features
 
 
 @dataclass(frozen=True)
@@ -50,8 +50,10 @@ def measure(engine_name: str, model: str, params: dict[str, float], args: argpar
     engine = get_engine(engine_name)  # type: ignore[arg-type]
     dataset = load_dataset(FLIGHTS_URI, FLIGHTS_TARGET, max_rows=args.max_rows, seed=0, engine=engine_name)
     features = engine.to_array(dataset.X, np.float32)
+    features = model_features(model, engine, features, has_missing=dataset.info.missing_feature_values > 0)
     labels = engine.to_array(dataset.y, np.int32)
     trainer = make_trainer(model, engine, validate_params(model, params), seed=0, n_jobs=args.n_jobs)
+    engine.synchronize()
     tick = time.perf_counter()
     trainer.fit(features, labels)
     engine.synchronize()

@@ -313,7 +313,7 @@ def list_parts(uri: str, data_format: str | None = None) -> tuple[list[str], str
     with storage_errors(uri):
         relative = sorted(p[len(root) :].lstrip("/") for p in filesystem.find(root))
     files = [p for p in relative if p and not any(segment.startswith(("_", ".")) for segment in p.split("/"))]
-    formats = {format_of(p) for p in files} - {None}
+    formats = {found for found in map(format_of, files) if found is not None}
     fmt = data_format
     if fmt is None:
         if len(formats) != 1:

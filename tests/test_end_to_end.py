@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -119,6 +120,11 @@ def check_completed_with_model(client: httpx.Client, experiment_id: str, trials_
         rows = pd.DataFrame({name: [0.0, 1.0] for name in model.encoding.feature_names})
         probabilities = model.predict_proba(rows)
         assert probabilities.shape == (2, 2)
+        assert "mlflow/MLmodel" in archive.namelist()  # the MLflow model rides in the same zip
+        import mlflow.pyfunc
+
+        pyfunc = mlflow.pyfunc.load_model(str(Path(folder) / "mlflow")).predict(rows.astype("float32"))
+        assert np.asarray(pyfunc).reshape(2, -1)[:, -1] == pytest.approx(probabilities[:, 1], rel=1e-5)
 
 
 @contextmanager

@@ -128,3 +128,47 @@ def test_a_forest_from_another_scikit_learn_minor_is_refused_clearly(tmp_path: P
     (tmp_path / FEATURES_FILE).write_text(json.dumps(described))
     with pytest.raises(UserError, match=r"saved by scikit-learn 1\.4\.2.*install scikit-learn==1\.4\.\*"):
         load_model(tmp_path)
+
+
+@pytest.mark.slow
+def test_the_driver_refit_stores_the_mlflow_model_under_model(tmp_path: Path) -> None:
+    """The HPO driver with the real ``run_trial`` and refit (the CPU twin of the GPU module's driver test):
+    the store gets ``model/mlflow/`` beside ``model/model.json``, which the API's model zip serves."""
+    from distributed import Client, LocalCluster
+
+    from shared.hpo.driver import HpoDriver
+    from shared.hpo.refit import refit_best_model
+    from shared.records import ExperimentRecord
+    from shared.spec import load_spec
+    from shared.store.local import LocalStore
+
+    spec = load_spec(
+        {
+            "name": "mlflow-driver",
+            "dataset": {"uri": FLIGHTS_URI, "target": FLIGHTS_TARGET, "max_rows": 2000},
+            "trial": {"model": "xgboost", "cv_folds": 2, "engine": "cpu"},
+            "search_space": {"max_depth": {"type": "choice", "values": [2, 4]}},
+            "sampling_algorithm": {"type": "random", "seed": 1},
+            "limits": {"max_total_trials": 2, "max_concurrent_trials": 1},
+            "objective": {"primary_metric": "roc_auc", "goal": "maximize"},
+        }
+    )
+    store = LocalStore(tmp_path / "store")
+    store.create_experiment(ExperimentRecord(id="exp-mlflow", name=spec.name, spec=spec.to_document()))
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
+        Client(cluster) as client,
+    ):
+        outcome = HpoDriver(spec, "exp-mlflow", store, client).run()
+        assert outcome.status == "COMPLETED" and outcome.best is not None
+        refit_best_model(spec, "exp-mlflow", outcome.best, store, client)
+    names = store.list_artifacts("exp-mlflow", "model/")
+    assert "model/model.json" in names and "model/mlflow/MLmodel" in names
+    folder = tmp_path / "downloaded"
+    for name in names:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(store.get_artifact("exp-mlflow", name))
+    encoded = load_dataset(FLIGHTS_URI, FLIGHTS_TARGET, engine="cpu").X.head(50)
+    answer = pyfunc_in_a_cpu_process(folder / "model" / MLFLOW_DIR, encoded, tmp_path)
+    expected = load_model(folder / "model").predict_proba(encoded)[:, 1]
+    np.testing.assert_allclose(answer["predictions"], expected, rtol=1e-5)
