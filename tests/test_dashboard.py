@@ -223,3 +223,15 @@ def test_run_progress_shows_the_running_trials_under_its_bar(ctx):
     console.print(progress.get_renderable())
     text = console.export_text()
     assert "5/7" in text and re.findall(r"│ (\d+) │ RUNNING ", text) == ["5", "6"] and "COMPLETED" not in text
+
+
+def test_long_experiments_keep_pages_small(ctx):
+    from shared.dashboard.pages import trial_table
+
+    record, trials = ctx.store.get_experiment(FINISHED), ctx.store.list_trials(FINISHED)
+    html = trial_table(record, trials, limit=3)
+    assert html.count("<tr>") == 1 + 3 and "the latest 3 of 12 trials" in html
+    assert re.findall(r'<td class=num title="[^"]*">(\d+)</td>', html) == ["9", "10", "11"]  # the newest
+    assert "trials-note" not in trial_table(record, trials, limit=None)
+    lines = intermediate(trials * 10, "accuracy").series  # past MARKER_LIMIT trials: lines only
+    assert not any(s.markers for s in lines)

@@ -16,6 +16,9 @@ from shared.records import ExperimentRecord, TrialRecord, TrialState
 CHART_NAMES = ("history", "intermediate", "parallel", "importances")
 """The charts of an experiment, in page order; also the stems of the files under ``plots/``."""
 
+MARKER_LIMIT = 100
+"""Above this many trials the per-fold chart draws lines without a marker per point."""
+
 Style = Literal["completed", "pruned", "failed", "running", "best"]
 
 
@@ -29,6 +32,8 @@ class Series:
     style: Style
     end_marker: bool = False
     """Mark the last point (where a pruned trial stopped)."""
+    markers: bool = True
+    """Draw (and label) each point of a line; off past :data:`MARKER_LIMIT` lines, to keep pages small."""
 
 
 @dataclass(frozen=True)
@@ -135,12 +140,20 @@ def history(trials: list[TrialRecord], metric: str, goal: str) -> XYChart:
 def intermediate(trials: list[TrialRecord], metric: str) -> XYChart:
     """Each trial's running cross-validated mean per fold; pruned trials end where they stopped."""
     series = []
+    markers = len(trials) <= MARKER_LIMIT
     for trial in sorted(trials, key=_number):
         points = sorted((float(step), float(v)) for step, v in trial.intermediate.items())
         if points:
             style: Style = trial.state.value.lower() if trial.state.value != "TIMED_OUT" else "failed"  # type: ignore[assignment]
             series.append(
-                Series(f"trial {trial.number}", points, "line", style, end_marker=trial.state is TrialState.PRUNED)
+                Series(
+                    f"trial {trial.number}",
+                    points,
+                    "line",
+                    style,
+                    end_marker=trial.state is TrialState.PRUNED,
+                    markers=markers,
+                )
             )
     return XYChart("intermediate", "Intermediate values per fold", "fold", f"{metric} (running mean)", series)
 

@@ -18,6 +18,8 @@ from shared.dashboard.svg import render
 from shared.records import ExperimentRecord, TrialRecord
 
 REFRESH_MS = 5000
+TABLE_LIMIT = 500
+"""Trial rows on an experiment's page (its charts draw every trial; ``report.html`` lists them all)."""
 CSS = """
 body{font-family:system-ui,sans-serif;margin:0;color:#111827;background:#f9fafb}
 header{background:#1f2937;color:#fff;padding:10px 20px}header a{color:#fff;text-decoration:none}
@@ -159,12 +161,21 @@ def _header(code: str | None) -> str:
     return f'<header><a href="{escape(url("/api/ui", code))}"><b>rapids-hpo</b> experiments</a></header>'
 
 
-def trial_table(record: ExperimentRecord, trials: Sequence[TrialRecord]) -> str:
+def trial_table(record: ExperimentRecord, trials: Sequence[TrialRecord], limit: int | None = TABLE_LIMIT) -> str:
+    """The trials, newest last; past ``limit`` trials only the latest ``limit`` (the charts keep all)."""
     metric, _ = objective(record)
     names = list((record.spec.get("search_space") or {}).keys())
     head = ["#", "state", *names, "folds", metric, "duration", "engine", "attempt"]
     rows = []
-    for t in sorted(trials, key=lambda t: t.number):
+    ordered = sorted(trials, key=lambda t: t.number)
+    shown = ordered[-limit:] if limit else ordered
+    note = ""
+    if len(shown) < len(ordered):
+        note = (
+            f'<p class=meta id="trials-note">the latest {len(shown)} of {len(ordered)} trials; all of them: '
+            f"<code>/api/experiments/{escape(record.id)}/trials</code> or the saved <code>report.html</code></p>"
+        )
+    for t in shown:
         folds = ", ".join(f"{v:.4f}" for v in fold_values(t, metric))
         all_params = ", ".join(f"{k}={v}" for k, v in t.params.items())
         cells = [
@@ -180,7 +191,7 @@ def trial_table(record: ExperimentRecord, trials: Sequence[TrialRecord]) -> str:
             f"<td class=num>{t.attempt}</td>",
         ]
         rows.append("<tr>" + "".join(cells) + "</tr>")
-    return (
+    return note + (
         '<table id="trials"><thead><tr>'
         + "".join(f"<th>{escape(h)}</th>" for h in head)
         + "</tr></thead><tbody>"
@@ -245,7 +256,7 @@ def report_page(record: ExperimentRecord, trials: Sequence[TrialRecord], importa
         f"<main><h1>{escape(record.name)} <code class=meta>{escape(record.id)}</code></h1>"
         f"<p class=meta>{record.status.value} · {len(trials)} trials · {best}</p>"
         f"{charts_html(build_charts(record, list(trials), importance_doc))}"
-        f"<h2>Trials</h2>{trial_table(record, trials)}</main>"
+        f"<h2>Trials</h2>{trial_table(record, trials, limit=None)}</main>"
     )
     return _document(f"{record.name} · report", body)
 

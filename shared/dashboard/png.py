@@ -55,7 +55,7 @@ def _xy(ax, chart: XYChart) -> None:
         elif s.kind == "step":
             ax.step(xs, ys, where="post", color=colour, label=label)
         else:
-            ax.plot(xs, ys, color=colour, marker=".", linewidth=1, alpha=0.85, label=label)
+            ax.plot(xs, ys, color=colour, marker="." if s.markers else None, linewidth=1, alpha=0.85, label=label)
             if s.end_marker:
                 ax.scatter(xs[-1:], ys[-1:], marker="x", color=colour, s=30)
     ax.set_xlabel(chart.x_label)

@@ -143,7 +143,7 @@ def _series(series: Series, sx, sy) -> tuple[str, int]:
         f'<g class="series" data-style="{series.style}"><path d="{"".join(path)}" fill="none" stroke="{colour}" '
         f'stroke-width="{width}" stroke-opacity="0.85"><title>{escape(series.label)}</title></path>'
     )
-    if series.kind == "line":
+    if series.kind == "line" and series.markers:
         svg += "".join(
             f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2" fill="{colour}"><title>{escape(tip)}</title></circle>'
             for (x, y), tip in zip(points, tips, strict=True)
