@@ -90,6 +90,7 @@ class EventLog(BaseModel):
     retried: dict[str, int] = Field(default_factory=dict, description="trial number -> attempt announced, if > 1")
     best_number: int | None = Field(default=None, description="the best trial last announced")
     best_value: float | None = None
+    behind: bool = Field(default=False, description="finished trials wait for room in the outbox")
 
 
 class ExperimentRecord(BaseModel):

@@ -336,3 +336,26 @@ def test_a_cancelled_experiment_announces_cancelling_then_cancelled(ctx, receive
     assert [step(ctx) for _ in range(2)] == ["cancelled", "torn down"]
     statuses = [e["data"]["status"] for e in receiver.events if e["type"] == STATUS_CHANGED]
     assert statuses == ["SUBMITTED", "PROVISIONING", "CANCELLING", "CANCELLED"]
+
+
+def test_many_trials_through_a_long_outage_wait_in_the_store_and_none_is_lost(ctx, receiver):
+    """700 trials end before the first poll while the topic is down: the outbox takes what fits, the rest
+    wait unannounced in the store (``behind``), and after the topic is back the sweep sends all of them."""
+    receiver.stop()
+    record, _ = submit_experiment(ctx, load_spec(tiny_spec()))
+    eid = record.id
+    step(ctx), step(ctx)
+    for number in range(700):
+        ctx.store.put_trial(trial(eid, number, TrialState.COMPLETED, 0.9 - number / 10_000))
+    assert [step(ctx) for _ in range(5)] == ["running", "running", "finished", "completed", "torn down"]
+    log = ctx.store.get_experiment(eid).event_log
+    assert log.behind and log.dropped == 0 and len(log.pending) <= 500
+    receiver.start()
+    assert sweep(ctx, stall_seconds=3600)["announced"] == [eid]
+    ids = [e["id"] for e in receiver.events]
+    assert len(ids) == len(set(ids))
+    assert sorted(i for i in ids if "/trials/" in i) == sorted(f"{eid}/trials/{n}/1" for n in range(700))
+    assert [i for i in ids if "/best/" in i] == [f"{eid}/best/0"]  # values only fall after trial 0
+    assert [i for i in ids if "/status/" in i] == [f"{eid}/status/{n}" for n in range(1, 6)]
+    log = ctx.store.get_experiment(eid).event_log
+    assert not log.behind and log.pending == [] and log.trials == "0-699"

@@ -9,7 +9,10 @@ deterministic, so a batch sent twice (accepted, then the clearing write lost) is
 
 Why the record and not a separate outbox table: no new store primitive, table or role, and the
 transition and its events are one atomic write on both store adapters. The outbox is capped
-(``MAX_PENDING``); past the cap the oldest events are dropped and counted in ``dropped``.
+(``MAX_PENDING``); past the cap the oldest events are dropped and counted in ``dropped``. Finished
+trials never reach the cap: they are staged only while the outbox has room (``TRIAL_ROOM``), the
+rest stay unannounced in the store (``behind``) for the next step, or the sweep once the experiment
+ended, so a long outage or a thousand trials ending at once loses none of them.
 
 A flush that finds the topic down opens a breaker for ``cooldown_s``: the steps that follow skip
 sending (their events stay staged, at no extra write), so an outage costs one retry budget per
@@ -32,7 +35,9 @@ from shared.records import EventLog, ExperimentRecord, TrialRecord
 
 log = logging.getLogger(__name__)
 
-MAX_PENDING = 200
+MAX_PENDING = 500
+TRIAL_ROOM = 400
+"""Trials are staged only while fewer events than this are pending (status events always are)."""
 DEFAULT_SOURCE = "/rapids-hpo-control"
 
 
@@ -69,11 +74,30 @@ class Announcer:
         The markers advance even when no topic is configured, so turning events on later does not
         replay every old trial.
         """
-        events, markers = catalog.trial_events(record, trials, self.source)
+        # Each trial makes at most two events (finished, and maybe a better best).
+        room = max(0, (TRIAL_ROOM - len(record.event_log.pending)) // 2) if self.enabled else None
+        events, markers = catalog.trial_events(record, trials, self.source, limit=room)
         if not markers:
             return record.event_log
         staged = _staged(record.event_log, events) if self.enabled else record.event_log
         return staged.model_copy(update=markers)
+
+    def catch_up(self, store: Store, record: ExperimentRecord, rounds: int = 10) -> ExperimentRecord:
+        """Sweep step for an ended experiment whose finished trials waited for room: stage them a room
+        at a time and send each, until none wait or the topic stops taking them. Never raises."""
+        trials = None
+        for _ in range(rounds):
+            if not record.event_log.behind or not record.status.terminal or record.event_log.pending:
+                return record
+            try:
+                trials = trials if trials is not None else store.list_trials(record.id)
+                staged = record.model_copy(update={"event_log": self.stage_trials(record, trials)})
+                record = store.update_experiment(staged)
+            except Exception as exc:  # lost a race, or the store is away: the next sweep tries again
+                log.info("could not stage the remaining trial events of %s: %s", record.id, exc)
+                return record
+            record = self.flush(store, record, force=True)
+        return record
 
     # ---------------------------------------------------------------------------------------- sending
     def flush(self, store: Store, record: ExperimentRecord, *, force: bool = False) -> ExperimentRecord:

@@ -129,13 +129,16 @@ def improves(trial: TrialRecord, best: tuple[int, float] | None, goal: str) -> b
 
 
 def trial_events(
-    record: ExperimentRecord, trials: Iterable[TrialRecord], source: str
+    record: ExperimentRecord, trials: Iterable[TrialRecord], source: str, limit: int | None = None
 ) -> tuple[list[Event], dict[str, Any]]:
-    """Events for the trials finished since the last announcement, and the ``EventLog`` marker updates."""
+    """Events for the trials finished since the last announcement (the first ``limit`` of them), and the
+    ``EventLog`` marker updates; ``behind`` says whether finished trials were left for later."""
     log = record.event_log
     fresh = newly_finished(record, trials)
     if not fresh:
-        return [], {}
+        return [], ({"behind": False} if log.behind else {})
+    behind = limit is not None and len(fresh) > limit
+    fresh = fresh[:limit] if behind else fresh
     announced, retried = decode_ranges(log.trials), dict(log.retried)
     best = (log.best_number, log.best_value) if log.best_number is not None and log.best_value is not None else None
     goal = record.spec.get("objective", {}).get("goal", "maximize")
@@ -148,7 +151,7 @@ def trial_events(
         if improves(trial, best, goal):
             events.append(best_trial_improved(record, trial, best, source))
             best = (trial.number, float(trial.value))  # type: ignore[arg-type]
-    markers: dict[str, Any] = {"trials": encode_ranges(announced), "retried": retried}
+    markers: dict[str, Any] = {"trials": encode_ranges(announced), "retried": retried, "behind": behind}
     if best is not None:
         markers.update(best_number=best[0], best_value=best[1])
     return events, markers

@@ -19,7 +19,10 @@ def sweep(ctx: Context, *, stall_seconds: int | None = None) -> dict[str, list[s
     report: dict[str, list[str]] = {"redriven": [], "failed": [], "teardown": [], "announced": []}
     for stored in all_experiments(ctx):
         record = ctx.announcer.flush(ctx.store, stored, force=True)  # no-op unless events are staged
-        if stored.event_log.pending and not record.event_log.pending:
+        if not record.event_log.pending:
+            record = ctx.announcer.catch_up(ctx.store, record)  # no-op unless trials wait for room
+        caught_up = not record.event_log.pending and not record.event_log.behind
+        if (stored.event_log.pending or stored.event_log.behind) and caught_up:
             report["announced"].append(record.id)
         if record.updated_at > cutoff:
             continue
