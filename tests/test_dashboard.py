@@ -200,6 +200,8 @@ def test_watch_view_shows_the_running_trials_beside_the_progress_bar(client):
 def test_saved_plots_cannot_run_script_in_the_dashboards_origin(client, ctx):
     """The compute writes plots/: a hostile one is served sandboxed, with no script allowed."""
     ctx.store.put_artifact(FINISHED, "plots/evil.html", b"<script>fetch('/api/experiments')</script>")
+    ctx.store.put_artifact(FINISHED, "plots/sub/Odd Name.html", b"")
+    assert client.get(f"/api/experiments/{FINISHED}/plots").json() == ["evil.html"]  # only servable names
     response = client.get(f"/api/experiments/{FINISHED}/plots/evil.html")
     policy = response.headers["content-security-policy"]
     assert policy.startswith("sandbox;") and "default-src 'none'" in policy and "script-src" not in policy
@@ -235,3 +237,16 @@ def test_long_experiments_keep_pages_small(ctx):
     assert "trials-note" not in trial_table(record, trials, limit=None)
     lines = intermediate(trials * 10, "accuracy").series  # past MARKER_LIMIT trials: lines only
     assert not any(s.markers for s in lines)
+
+
+@pytest.mark.parametrize(
+    "document",
+    [b"[1, 2]", b"not json", b'{"importances": {"a": "x"}}', b'{"importances": {"a": NaN, "b": 0.5}}', b"{}"],
+)
+def test_a_hostile_importances_file_never_breaks_the_page(client, ctx, document):
+    """The compute writes plots/importances.json; the page reads it as untrusted input."""
+    ctx.store.put_artifact(RUNNING, IMPORTANCES_ARTIFACT, document)
+    response = client.get(f"/api/ui/experiments/{RUNNING}")
+    assert response.status_code == 200
+    marks = int(svgs(response.text)["importances"].get("data-marks"))
+    assert marks == (1 if b"0.5" in document else 0)

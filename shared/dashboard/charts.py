@@ -119,7 +119,7 @@ def objective(record: ExperimentRecord) -> tuple[str, str]:
 
 def history(trials: list[TrialRecord], metric: str, goal: str) -> XYChart:
     """Every completed trial's value and the best so far (Optuna's optimization history)."""
-    done = sorted((t for t in trials if t.state is TrialState.COMPLETED and t.value is not None), key=_number)
+    done = sorted((t for t in trials if _scored(t)), key=_number)
     points = [(float(t.number), float(t.value)) for t in done if t.value is not None]
     best: list[tuple[float, float]] = []
     for x, y in points:
@@ -142,7 +142,7 @@ def intermediate(trials: list[TrialRecord], metric: str) -> XYChart:
     series = []
     markers = len(trials) <= MARKER_LIMIT
     for trial in sorted(trials, key=_number):
-        points = sorted((float(step), float(v)) for step, v in trial.intermediate.items())
+        points = sorted((float(step), float(v)) for step, v in trial.intermediate.items() if math.isfinite(v))
         if points:
             style: Style = trial.state.value.lower() if trial.state.value != "TIMED_OUT" else "failed"  # type: ignore[assignment]
             series.append(
@@ -160,7 +160,7 @@ def intermediate(trials: list[TrialRecord], metric: str) -> XYChart:
 
 def parallel(trials: list[TrialRecord], names: list[str], metric: str, goal: str) -> ParallelChart:
     """Completed trials across the objective and each searched hyperparameter."""
-    done = [t for t in sorted(trials, key=_number) if t.state is TrialState.COMPLETED and t.value is not None]
+    done = [t for t in sorted(trials, key=_number) if _scored(t)]
     names = [n for n in names if any(n in t.params for t in done)]
     done = [t for t in done if all(n in t.params for n in names)]
     axes = [_axis(metric, [t.value for t in done])] + [_axis(n, [t.params[n] for t in done]) for n in names]
@@ -168,8 +168,13 @@ def parallel(trials: list[TrialRecord], names: list[str], metric: str, goal: str
     return ParallelChart("parallel", "Parallel coordinates", axes, lines, goal)
 
 
+def _scored(trial: TrialRecord) -> bool:
+    return trial.state is TrialState.COMPLETED and trial.value is not None and math.isfinite(trial.value)
+
+
 def _axis(name: str, values: list[Any]) -> Axis:
-    if values and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+    if values and numeric:
         numbers = [float(v) for v in values]
         lo, hi = min(numbers), max(numbers)
         log = lo > 0 and hi / lo >= 100

@@ -8,15 +8,40 @@ every :data:`REFRESH_SECONDS`) and once more at the end, and the dashboard only 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from datetime import UTC, datetime
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from shared.records import ExperimentRecord, TrialRecord, TrialState
 
 IMPORTANCES_ARTIFACT = "plots/importances.json"
 REFRESH_SECONDS = 30.0
 log = logging.getLogger("rapids_hpo.dashboard")
+
+
+class ImportanceDocument(BaseModel):
+    """``plots/importances.json`` as the Function App reads it: the compute wrote it, so it is checked."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    evaluator: str = Field(default="", max_length=100)
+    trials: int = Field(default=0, ge=0)
+    importances: dict[str, float] = Field(default_factory=dict, max_length=1000)
+    computed_at: str | None = Field(default=None, max_length=64)
+    error: str | None = Field(default=None, max_length=2000)
+
+    @classmethod
+    def read(cls, data: bytes) -> dict[str, Any]:
+        """The checked document, or one whose ``error`` says why it could not be read."""
+        try:
+            document = cls.model_validate_json(data)
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            return {"error": f"plots/importances.json is not readable ({type(exc).__name__})"}
+        finite = {k: v for k, v in document.importances.items() if math.isfinite(v) and v >= 0}
+        return document.model_copy(update={"importances": finite}).model_dump()
 
 
 def compute_importances(record: ExperimentRecord, trials: list[TrialRecord]) -> dict[str, Any]:

@@ -7,7 +7,7 @@ parameter from a browser); the pages pass it on in every link they make.
 
 from __future__ import annotations
 
-import json
+import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query
@@ -18,7 +18,7 @@ from shared.config import MODEL_PREFIX
 from shared.context import Context, get_context
 from shared.dashboard.artifacts import MEDIA_TYPES, PLOTS_PREFIX
 from shared.dashboard.charts import CHART_NAMES, build_charts
-from shared.dashboard.importance import IMPORTANCES_ARTIFACT
+from shared.dashboard.importance import IMPORTANCES_ARTIFACT, ImportanceDocument
 from shared.dashboard.pages import chart_page, experiment_page, index_page, report_page
 from shared.dashboard.svg import render
 from shared.errors import NotFound
@@ -54,9 +54,15 @@ def _record(ctx: Context, experiment_id: str) -> ExperimentRecord:
         raise HTTPException(404, f"experiment {experiment_id!r} not found") from None
 
 
+def _plot_names(ctx: Context, experiment_id: str) -> list[str]:
+    """The saved plots this route serves (names the compute wrote that fit :data:`PLOT_NAME`)."""
+    names = (n.removeprefix(PLOTS_PREFIX) for n in ctx.store.list_artifacts(experiment_id, PLOTS_PREFIX))
+    return [n for n in names if re.fullmatch(PLOT_NAME, n)]
+
+
 def _importances(ctx: Context, experiment_id: str) -> dict[str, Any] | None:
     try:
-        return json.loads(ctx.store.get_artifact(experiment_id, IMPORTANCES_ARTIFACT))
+        return ImportanceDocument.read(ctx.store.get_artifact(experiment_id, IMPORTANCES_ARTIFACT))
     except (NotFound, ValueError):
         return None
 
@@ -83,7 +89,7 @@ def ui_index(
 def ui_experiment(ctx: ContextDep, experiment_id: ExperimentId, code: Code = None) -> HTMLResponse:
     record = _record(ctx, experiment_id)
     trials = ctx.store.list_trials(experiment_id)
-    plots = [n.removeprefix(PLOTS_PREFIX) for n in ctx.store.list_artifacts(experiment_id, PLOTS_PREFIX)]
+    plots = _plot_names(ctx, experiment_id)
     has_model = bool(ctx.store.list_artifacts(experiment_id, MODEL_PREFIX))
     page = experiment_page(record, trials, _importances(ctx, experiment_id), code, has_model=has_model, plots=plots)
     return HTMLResponse(page, headers=PAGE_HEADERS)
@@ -117,7 +123,7 @@ def get_study(ctx: ContextDep, experiment_id: ExperimentId) -> StudyExport:
 )
 def list_plots(ctx: ContextDep, experiment_id: ExperimentId) -> list[str]:
     _record(ctx, experiment_id)
-    return [n.removeprefix(PLOTS_PREFIX) for n in ctx.store.list_artifacts(experiment_id, PLOTS_PREFIX)]
+    return _plot_names(ctx, experiment_id)
 
 
 @router.get(
