@@ -24,7 +24,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from shared.config import Settings, env
+from shared.config import MODEL_PREFIX, Settings, env
 from shared.records import TERMINAL_STATUSES, ExperimentRecord, ExperimentStatus, TrialRecord, TrialState
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -146,9 +146,9 @@ def _print_result(ctx: Any, record: ExperimentRecord) -> None:
             value = record.best.metrics[name]
             table.add_row(f"[cyan]{name}", f"{value:.4f}" if isinstance(value, float) else str(value))
     console.print(table)
-    model_files = ctx.store.list_artifacts(record.id, "model/")
+    model_files = ctx.store.list_artifacts(record.id, MODEL_PREFIX)
     if model_files:
-        names = ", ".join(f.removeprefix("model/") for f in model_files)
+        names = ", ".join(f.removeprefix(MODEL_PREFIX) for f in model_files)
         console.print(f"model: {record.best.model_uri or ''} ({names})")
 
 

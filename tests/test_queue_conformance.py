@@ -21,7 +21,7 @@ from azure.storage.queue import QueueClient
 
 from shared.errors import NotFound
 from shared.ports import EventQueue, Message, QueueService
-from shared.queues import MAX_BODY_BYTES, AzureQueueService, LocalQueueService, move_to_poison
+from shared.queues import MAX_MESSAGE_BYTES, AzureQueueService, LocalQueueService, move_to_poison
 
 QUEUE_IDS = [pytest.param("local", id="local"), pytest.param("azure", id="azure", marks=pytest.mark.azurite)]
 
@@ -184,7 +184,7 @@ def test_unicode_and_json_bodies_survive(queues: QueueService, name: str) -> Non
 
 def test_body_size_limit(queues: QueueService, name: str) -> None:
     queue = queues.queue(name)
-    biggest = "é" * (MAX_BODY_BYTES // 2)  # two UTF-8 bytes each: exactly the limit
+    biggest = "é" * (MAX_MESSAGE_BYTES // 2)  # two UTF-8 bytes each: exactly the limit
     queue.send(biggest)
 
     with pytest.raises(ValueError, match="bytes"):

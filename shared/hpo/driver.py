@@ -24,17 +24,17 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 import optuna
 from distributed import Client, Event, Future, Queue, Variable, wait
 
 from shared.hpo.search_space import make_pruner, make_sampler, suggest_params
-from shared.hpo.trial_task import TrialFunction, TrialTask, run_trial_task
+from shared.hpo.trial_task import TrialFunction, TrialResult, TrialTask, decision_variable, run_trial_task
 from shared.ports import TrialStore
-from shared.records import BestTrial, TrialRecord, TrialState, best_of
+from shared.records import BestTrial, TrialRecord, TrialState, best_of, utcnow
 from shared.spec import ExperimentSpec
+from shared.trials import counts_by_state, fail_running_trials
 
 log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -106,15 +106,10 @@ class HpoDriver:
     # ----------------------------------------------------------------------------------------- resume
     def _resume(self) -> None:
         """Rebuild the study from the store: keep finished trials, retry interrupted ones once."""
-        for stored in self.store.list_trials(self.experiment_id):
-            record = stored
-            if stored.state is TrialState.RUNNING:
-                record = stored.model_copy(
-                    update={"state": TrialState.FAILED, "error": INTERRUPTED, "ended_at": _now()}
-                )
-                self.store.put_trial(record)
-                if record.attempt == 1:
-                    self._retry.append(record)
+        interrupted = {t.number for t in fail_running_trials(self.store, self.experiment_id, INTERRUPTED)}
+        for record in self.store.list_trials(self.experiment_id):
+            if record.number in interrupted and record.attempt == 1:
+                self._retry.append(record)
             self._records[record.number] = record
             self._add_to_study(record)
 
@@ -126,10 +121,7 @@ class HpoDriver:
             suggest_params(fixed, self.spec)
         except ValueError:  # the spec changed under a finished trial: it no longer informs the sampler
             return
-        state = {
-            TrialState.COMPLETED: optuna.trial.TrialState.COMPLETE,
-            TrialState.PRUNED: optuna.trial.TrialState.PRUNED,
-        }.get(record.state, optuna.trial.TrialState.FAIL)
+        state = optuna_state(record.state)
         value = record.value if state is optuna.trial.TrialState.COMPLETE else None
         if state is optuna.trial.TrialState.COMPLETE and (value is None or not math.isfinite(value)):
             state, value = optuna.trial.TrialState.FAIL, None
@@ -204,7 +196,7 @@ class HpoDriver:
                 "state": TrialState.RUNNING,
                 "error": None,
                 "intermediate": {},
-                "started_at": _now(),
+                "started_at": utcnow(),
                 "ended_at": None,
                 "duration_s": None,
             }
@@ -277,7 +269,7 @@ class HpoDriver:
                     # After the last fold the work is done: keep the result rather than prune it.
                     prune = step < self.spec.trial.cv_folds and running.trial.should_prune()
             if self.awaits_decisions:
-                decision = f"{self.channel}-{report['number']}-{report['attempt']}-{report['step']}"
+                decision = decision_variable(self.channel, report["number"], report["attempt"], report["step"])
                 Variable(decision).set(prune)
         if ending:
             with contextlib.suppress(TimeoutError):
@@ -300,43 +292,38 @@ class HpoDriver:
             try:
                 result = running.future.result()
             except Exception as exc:  # the worker died (OOM kill, segfault) or the task was lost
-                result = {
-                    "status": "failed",
-                    "metrics": {},
-                    "error": f"worker lost while running the trial: {type(exc).__name__}: {exc}",
-                    "step": len(running.record.intermediate),
-                    "duration_s": time.monotonic() - running.started,
-                }
+                result = self._stopped(
+                    running, TrialState.FAILED, f"worker lost while running the trial: {type(exc).__name__}: {exc}"
+                )
             self._finish(running, result)
 
-    def _finish(self, running: _Running, result: dict[str, Any]) -> None:
-        status = result["status"]
-        metrics = result.get("metrics") or {}
-        state = {
-            "completed": TrialState.COMPLETED,
-            "pruned": TrialState.PRUNED,
-            "timed_out": TrialState.TIMED_OUT,
-        }.get(status, TrialState.FAILED)
-        value = metrics.get(self.primary_metric) if state is TrialState.COMPLETED else None
+    def _stopped(self, running: _Running, state: TrialState, error: str) -> TrialResult:
+        """The result of a trial the driver stopped (or lost), by the driver's clock."""
+        return TrialResult(
+            state=state,
+            error=error,
+            step=len(running.record.intermediate),
+            duration_s=time.monotonic() - running.started,
+        )
+
+    def _finish(self, running: _Running, result: TrialResult) -> None:
+        state, error = result.state, result.error
+        value = result.metrics.get(self.primary_metric) if state is TrialState.COMPLETED else None
         if value is not None and not math.isfinite(float(value)):
-            state, value = TrialState.FAILED, None
-            result["error"] = f"{self.primary_metric} is not finite"
+            state, value, error = TrialState.FAILED, None, f"{self.primary_metric} is not finite"
         record = running.record.model_copy(
             update={
                 "state": state,
                 "value": None if value is None else float(value),
-                "metrics": {k: v for k, v in metrics.items() if k != "params"},
-                "error": result.get("error"),
-                "engine": metrics.get("engine"),
-                "ended_at": _now(),
-                "duration_s": float(result.get("duration_s") or 0.0),
+                "metrics": {k: v for k, v in result.metrics.items() if k != "params"},
+                "error": error,
+                "engine": result.metrics.get("engine"),
+                "started_at": result.started_at or running.record.started_at,  # on the worker, if it began
+                "ended_at": result.ended_at or utcnow(),
+                "duration_s": result.duration_s,
             }
         )
-        optuna_state = {
-            TrialState.COMPLETED: optuna.trial.TrialState.COMPLETE,
-            TrialState.PRUNED: optuna.trial.TrialState.PRUNED,
-        }.get(state, optuna.trial.TrialState.FAIL)
-        self.study.tell(running.trial, values=record.value, state=optuna_state)
+        self.study.tell(running.trial, values=record.value, state=optuna_state(state))
         self.store.put_trial(record)
         self._records[record.number] = record
         if self.on_trial_end is not None:
@@ -348,15 +335,8 @@ class HpoDriver:
             if running.deadline is not None and now >= running.deadline and not running.future.done():
                 del self._running[key]
                 self._hard_stop(running.future)
-                self._finish(
-                    running,
-                    {
-                        "status": "timed_out",
-                        "error": f"trial_timeout of {self.spec.limits.trial_timeout:g} s exceeded; "
-                        "its worker was restarted",
-                        "duration_s": now - running.started,
-                    },
-                )
+                why = f"trial_timeout of {self.spec.limits.trial_timeout:g} s exceeded; its worker was restarted"
+                self._finish(running, self._stopped(running, TrialState.TIMED_OUT, why))
 
     def _stop_all(self, reason: str) -> None:
         """Stop every running trial (cancel or experiment timeout)."""
@@ -364,10 +344,9 @@ class HpoDriver:
             del self._running[key]
             self._hard_stop(running.future)
             if reason == "timeout":
-                result = {"status": "timed_out", "error": "the experiment's timeout was reached"}
+                result = self._stopped(running, TrialState.TIMED_OUT, "the experiment's timeout was reached")
             else:
-                result = {"status": "failed", "error": "cancelled"}
-            result["duration_s"] = time.monotonic() - running.started
+                result = self._stopped(running, TrialState.FAILED, "cancelled")
             self._finish(running, result)
 
     def _hard_stop(self, future: Future) -> None:
@@ -389,9 +368,7 @@ class HpoDriver:
 
     def _outcome(self, stop_reason: str | None) -> ExperimentOutcome:
         records = sorted(self._records.values(), key=lambda r: r.number)
-        counts: dict[str, int] = {}
-        for record in records:
-            counts[record.state.value] = counts.get(record.state.value, 0) + 1
+        counts = counts_by_state(records)
         best = self.best_trial()
         done = len(records)
         if stop_reason == "cancelled":
@@ -430,5 +407,10 @@ def _deadline(timeout: float | None) -> float | None:
     return None if timeout is None else time.monotonic() + timeout
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
+def optuna_state(state: TrialState) -> optuna.trial.TrialState:
+    """The Optuna state a trial's state means to the sampler: COMPLETE, PRUNED, or FAIL for the rest."""
+    if state is TrialState.COMPLETED:
+        return optuna.trial.TrialState.COMPLETE
+    if state is TrialState.PRUNED:
+        return optuna.trial.TrialState.PRUNED
+    return optuna.trial.TrialState.FAIL

@@ -8,6 +8,7 @@ from typing import Any
 
 from distributed import Client
 
+from shared.config import MODEL_PREFIX
 from shared.ports import TrialStore
 from shared.records import BestTrial
 from shared.spec import ExperimentSpec
@@ -43,7 +44,7 @@ def refit_best_model(
     result = client.submit(refit_task, kwargs, pure=False).result()
     uri = None
     for name, data in sorted(result["files"].items()):
-        uri = store.put_artifact(experiment_id, f"model/{name}", data)
+        uri = store.put_artifact(experiment_id, f"{MODEL_PREFIX}{name}", data)
     if uri is None:
         raise RuntimeError("the refit produced no model files")
     model_uri = uri.rsplit("/", 1)[0]

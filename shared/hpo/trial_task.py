@@ -7,10 +7,13 @@ import contextlib
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from distributed import Event, Queue, Variable
+
+from shared.records import TrialState, utcnow
 
 TrialFunction = Callable[..., dict[str, Any]]
 """Signature of ``gpu_jobs.train.run_trial`` (keyword-only arguments, returns the metrics)."""
@@ -50,9 +53,25 @@ class TrialTask:
     awaits_decisions: bool = True
     """False when no early-termination policy is set: fold reports are then recorded, not answered."""
 
-    @property
-    def decision_name(self) -> str:
-        return f"{self.channel}-{self.number}-{self.attempt}"
+
+def decision_variable(channel: str, number: int, attempt: int, step: int) -> str:
+    """The Dask ``Variable`` on which the driver answers trial ``number``'s report of fold ``step``."""
+    return f"{channel}-{number}-{attempt}-{step}"
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """How one trial ended, as its worker saw it (times by the worker's clock)."""
+
+    state: TrialState
+    """COMPLETED, PRUNED, TIMED_OUT or FAILED."""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    step: int = 0
+    """The last fold reported."""
+    duration_s: float = 0.0
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
 
 
 def _default_trial_function() -> TrialFunction:
@@ -61,13 +80,11 @@ def _default_trial_function() -> TrialFunction:
     return run_trial
 
 
-def run_trial_task(task: TrialTask, trial_fn: TrialFunction | None = None) -> dict[str, Any]:
-    """Run one trial on a Dask worker; never raises for trial-level failures.
-
-    Returns ``{"status": completed|pruned|timed_out|failed, "metrics", "error", "step", "duration_s"}``.
-    """
+def run_trial_task(task: TrialTask, trial_fn: TrialFunction | None = None) -> TrialResult:
+    """Run one trial on a Dask worker; never raises for trial-level failures."""
     trial_fn = trial_fn or _default_trial_function()
     started = time.monotonic()
+    started_at = utcnow()
     last_step = 0
     reports = Queue(task.channel)
     wake = Event(f"{task.channel}-wake")
@@ -82,7 +99,7 @@ def run_trial_task(task: TrialTask, trial_fn: TrialFunction | None = None) -> di
         wake.set()
         if not task.awaits_decisions:
             return
-        decision = Variable(f"{task.decision_name}-{step}")
+        decision = Variable(decision_variable(task.channel, task.number, task.attempt, step))
         try:
             prune = decision.get(timeout=REPORT_TIMEOUT_S)
         except TimeoutError:
@@ -92,14 +109,16 @@ def run_trial_task(task: TrialTask, trial_fn: TrialFunction | None = None) -> di
         if prune:
             raise TrialPrunedSignal(f"pruned at step {step}")
 
-    def outcome(status: str, metrics: dict[str, Any] | None = None, error: str | None = None) -> dict:
-        return {
-            "status": status,
-            "metrics": metrics or {},
-            "error": error,
-            "step": last_step,
-            "duration_s": time.monotonic() - started,
-        }
+    def outcome(state: TrialState, metrics: dict[str, Any] | None = None, error: str | None = None) -> TrialResult:
+        return TrialResult(
+            state=state,
+            metrics=metrics or {},
+            error=error,
+            step=last_step,
+            duration_s=time.monotonic() - started,
+            started_at=started_at,
+            ended_at=utcnow(),
+        )
 
     try:
         return _run_and_classify(task, trial_fn, on_fold, outcome)
@@ -113,8 +132,8 @@ def _run_and_classify(
     task: TrialTask,
     trial_fn: TrialFunction,
     on_fold: Callable[[int, dict[str, float]], None],
-    outcome: Callable[..., dict[str, Any]],
-) -> dict[str, Any]:
+    outcome: Callable[..., TrialResult],
+) -> TrialResult:
     try:
         metrics = trial_fn(
             data=task.data,
@@ -131,12 +150,12 @@ def _run_and_classify(
             on_fold=on_fold,
         )
     except TrialPrunedSignal as exc:
-        return outcome("pruned", error=str(exc))
+        return outcome(TrialState.PRUNED, error=str(exc))
     except TrialTimeoutSignal as exc:
-        return outcome("timed_out", error=str(exc))
+        return outcome(TrialState.TIMED_OUT, error=str(exc))
     except MemoryError:
-        return outcome("failed", error="out of memory (MemoryError)")
+        return outcome(TrialState.FAILED, error="out of memory (MemoryError)")
     except Exception as exc:  # a trial's failure is data, not a driver crash
         detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        return outcome("failed", error=detail)
-    return outcome("completed", metrics=metrics)
+        return outcome(TrialState.FAILED, error=detail)
+    return outcome(TrialState.COMPLETED, metrics=metrics)

@@ -7,14 +7,14 @@ from typing import TYPE_CHECKING, Any
 
 from shared.config import POISON_SUFFIX, Settings
 from shared.ports import EventQueue, Message, QueueService
-from shared.queues._limits import MAX_BODY_BYTES
+from shared.queues._limits import MAX_MESSAGE_BYTES
 from shared.queues.local import LocalQueue, LocalQueueService
 
 if TYPE_CHECKING:
     from shared.queues.azure import AzureQueue, AzureQueueService
 
 __all__ = [
-    "MAX_BODY_BYTES",
+    "MAX_MESSAGE_BYTES",
     "AzureQueue",
     "AzureQueueService",
     "LocalQueue",

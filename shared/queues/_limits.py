@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-MAX_BODY_BYTES = 48 * 1024
+MAX_MESSAGE_BYTES = 48 * 1024
 """A message holds 64 KiB; in base64 text (what the Functions trigger reads) that is 48 KiB of UTF-8."""
 MAX_MESSAGES_PER_RECEIVE = 32
 MAX_SECONDS = 7 * 24 * 3600
@@ -24,8 +24,8 @@ def check_send(body: str, delay_seconds: int) -> None:
     if not isinstance(body, str):
         raise TypeError(f"a message body is a str, not {type(body).__name__}")
     size = len(body.encode("utf-8"))
-    if size > MAX_BODY_BYTES:
-        raise ValueError(f"message body is {size} bytes, more than the {MAX_BODY_BYTES} a queue accepts")
+    if size > MAX_MESSAGE_BYTES:
+        raise ValueError(f"message body is {size} bytes, more than the {MAX_MESSAGE_BYTES} a queue accepts")
     if not 0 <= delay_seconds <= MAX_SECONDS:
         raise ValueError(f"delay_seconds must be between 0 and {MAX_SECONDS}, not {delay_seconds}")
 

@@ -7,16 +7,13 @@ only its own fields (:meth:`VMClusterHandle.dump`).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.ports import BackendHandle
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
+from shared.records import utcnow
 
 
 class NetworkHandle(BaseModel):
@@ -67,10 +64,10 @@ class VMClusterHandle(BackendHandle):
         return bool(self.scheduler_address and self.cluster_id)
 
     def seconds_since_submit(self) -> float:
-        return (_now() - self.submitted_at).total_seconds() if self.submitted_at else 0.0
+        return (utcnow() - self.submitted_at).total_seconds() if self.submitted_at else 0.0
 
     def seconds_unreachable(self) -> float:
-        return (_now() - self.unreachable_since).total_seconds() if self.unreachable_since else 0.0
+        return (utcnow() - self.unreachable_since).total_seconds() if self.unreachable_since else 0.0
 
     def dump(self) -> dict[str, Any]:
         """The JSON the store keeps (every field, so a merge into ``backend_state`` is a replace)."""
