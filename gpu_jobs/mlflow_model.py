@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import re
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -65,8 +66,11 @@ def save_mlflow_model(
     metrics: Mapping[str, Any],
 ) -> Path:
     """Save the portable ``estimator`` (scikit-learn forest or ``xgboost.Booster``) as an MLflow model at
-    ``path`` (which must not exist); returns ``path``. Raises ``ImportError`` without MLflow."""
+    ``path`` (an earlier model there is replaced); returns ``path``. Raises ``ImportError`` without MLflow."""
     import mlflow.models
+
+    if path.exists():  # MLflow refuses to write into a non-empty folder: this one is ours to replace
+        shutil.rmtree(path)
 
     names = mlflow_feature_names(model, encoding)
     example = pd.DataFrame(np.zeros((2, len(names)), dtype=np.float32), columns=names)

@@ -77,9 +77,12 @@ def test_mlflow_round_trip_of_the_refit_model(tmp_path: Path, model: str, params
 
 
 def test_mlflow_model_of_a_cross_validated_trial_and_its_metrics(tmp_path: Path) -> None:
+    run_trial(model="random_forest", params={"n_estimators": 3}, cv_folds=2, output=tmp_path, **FLIGHTS)
+    # a second trial into the same folder replaces the first one's MLflow model
     metrics = run_trial(model="xgboost", params={"num_boost_round": 5}, cv_folds=2, output=tmp_path, **FLIGHTS)
     described = yaml.safe_load((tmp_path / MLFLOW_DIR / "MLmodel").read_text())
     assert described["metadata"]["metrics"]["accuracy"] == pytest.approx(metrics["accuracy"])
+    assert "xgboost" in described["flavors"] and "sklearn" not in described["flavors"]
     assert json.loads((tmp_path / "metrics.json").read_text())["mlflow_model"] == str(tmp_path / MLFLOW_DIR)
 
 
