@@ -18,7 +18,7 @@ from shared.dashboard.artifacts import write_plots
 from shared.dashboard.charts import CHART_NAMES, fold_values, history, intermediate
 from shared.dashboard.importance import IMPORTANCES_ARTIFACT, ImportanceRefresher, compute_importances
 from shared.dashboard.svg import nice_ticks
-from shared.records import ExperimentStatus, TrialState
+from shared.records import ExperimentStatus, TrialRecord, TrialState
 from tests.control_plane import local_context
 from tests.dashboard_data import make_experiment
 
@@ -250,3 +250,42 @@ def test_a_hostile_importances_file_never_breaks_the_page(client, ctx, document)
     assert response.status_code == 200
     marks = int(svgs(response.text)["importances"].get("data-marks"))
     assert marks == (1 if b"0.5" in document else 0)
+
+
+def test_finalize_saves_svg_and_html_plots_when_the_compute_saved_none(tmp_path):
+    """An AzureML sweep has no driver of ours: the finalize step draws the charts (no PNG there)."""
+    from shared.dashboard.artifacts import ensure_plots
+
+    context = local_context(tmp_path)
+    record = make_experiment(context.store, FINISHED, trials=6, status=ExperimentStatus.FINALIZING)
+    written = ensure_plots(context.store, record)
+    assert "plots/report.html" in written and "plots/history.svg" in written
+    assert not [n for n in written if n.endswith(".png")]
+    assert ensure_plots(context.store, record) == []  # idempotent: a redelivered finalize keeps them
+
+
+def test_the_state_machine_finalize_step_saves_plots(tmp_path):
+    from shared.handlers import handle_event, submit_experiment
+    from shared.spec import load_spec
+    from tests.control_plane import ScriptedBackend, tiny_spec
+
+    context = local_context(tmp_path)
+    context.backends["local"] = ScriptedBackend()
+    record, _ = submit_experiment(context, load_spec(tiny_spec()))
+    for number, value in enumerate((0.80, 0.85)):
+        context.store.put_trial(
+            TrialRecord(
+                experiment_id=record.id,
+                number=number,
+                params={"n_estimators": 5, "max_depth": 4, "max_features": 0.5},
+                state=TrialState.COMPLETED,
+                value=value,
+                intermediate={1: value, 2: value},
+            )
+        )
+    while context.store.get_experiment(record.id).status is not ExperimentStatus.COMPLETED:
+        (message,) = context.events.receive(1, visibility_timeout=60)
+        handle_event(context, message.body)
+        context.events.delete(message)
+    names = context.store.list_artifacts(record.id, "plots/")
+    assert "plots/report.html" in names and "plots/parallel.svg" in names

@@ -17,6 +17,7 @@ from typing import Any
 
 from shared.config import MODEL_PREFIX
 from shared.context import Context
+from shared.dashboard.artifacts import ensure_plots
 from shared.errors import BackendError, NotFound
 from shared.ports import Planner, RunState, merge_handle
 from shared.records import (
@@ -218,6 +219,7 @@ def cost_guard_reason(record: ExperimentRecord, planner: Planner) -> str | None:
 def _finalize(ctx: Context, record: ExperimentRecord) -> str:
     backend = ctx.backend(record.backend)
     handle_update = backend.finalize(record)
+    ensure_plots(ctx.store, record)  # SVG/HTML charts when the compute saved none (pure Python, never raises)
     updates = progress_updates(ctx, record)
     if handle_update:
         updates["backend_state"] = merge_handle(backend, record.backend_state, handle_update)
