@@ -233,7 +233,7 @@ def _from_hint(tp: Any) -> Any:
             return Enum(enums[0].__name__, tuple(str(e.value) for e in enums[0]))
         return _from_hint(present[0]) if len(present) == 1 else ANY
     if origin is Literal:
-        return Enum("literal", tuple(str(a) for a in args))
+        return Enum("literal", tuple(str(a.value if isinstance(a, enum.Enum) else a) for a in args))
     if origin in (list, typing.List):  # noqa: UP006
         return ListOf(_from_hint(args[0]) if args else ANY)
     if origin in (dict, typing.Dict):  # noqa: UP006
@@ -321,29 +321,63 @@ def check(
     computed: Callable[[Any], bool] = _never,
     skip_required: frozenset[str] = frozenset(),
     allow_readonly: bool = False,
+    enum_casing: bool = True,
 ) -> list[Problem]:
     """Problems of ``body`` against type ``tp`` (a model class or a type of this module).
 
     ``computed(value)`` says a value is only known at deployment (its contents are not checked);
     ``skip_required`` names top-level properties given elsewhere (a Bicep resource's ``name``);
-    ``allow_readonly`` accepts read-only properties (a resource as the server returns it).
+    ``allow_readonly`` accepts read-only properties (a resource as the server returns it);
+    ``enum_casing=False`` accepts an enum value in any case (a service that parses them so).
     """
     problems: list[Problem] = []
-    _walk(body, Ref(tp) if isinstance(tp, type) else tp, path, problems, computed, skip_required, allow_readonly)
+    walker = _Walker(computed, allow_readonly, enum_casing, problems)
+    walker.walk(body, Ref(tp) if isinstance(tp, type) else tp, path, skip_required)
     return problems
 
 
-def _walk(value: Any, tp: Any, path: str, out: list[Problem], computed: Any, skip: frozenset[str], ro: bool) -> None:
-    if computed(value):
-        return
-    if isinstance(tp, Ref):
-        obj = schema(tp.model)
-        if isinstance(value, Mapping) and obj.discriminator and value.get(obj.discriminator) in obj.subtypes:
-            obj = schema(obj.subtypes[value[obj.discriminator]])
-        tp = obj
-    if isinstance(tp, Obj):
+@dataclass
+class _Walker:
+    computed: Callable[[Any], bool]
+    allow_readonly: bool
+    enum_casing: bool
+    out: list[Problem]
+
+    def walk(self, value: Any, tp: Any, path: str, skip: frozenset[str] = frozenset()) -> None:
+        if self.computed(value):
+            return
+        if isinstance(tp, Ref):
+            obj = schema(tp.model)
+            if isinstance(value, Mapping) and obj.discriminator and value.get(obj.discriminator) in obj.subtypes:
+                obj = schema(obj.subtypes[value[obj.discriminator]])
+            tp = obj
+        if isinstance(tp, Obj):
+            self._object(value, tp, path, skip)
+        elif isinstance(tp, ListOf | DictOf):
+            is_list = isinstance(tp, ListOf)
+            if not isinstance(value, list if is_list else Mapping):
+                kind = "an array" if is_list else "an object (a map)"
+                self.out.append(Problem(path, f"expected {kind}, got {type(value).__name__}"))
+                return
+            items = enumerate(value) if is_list else value.items()
+            for key, item in items:
+                where = f"{path}[{key}]" if is_list else f"{path}.{key}"
+                self.walk(item, tp.item if isinstance(tp, ListOf) else tp.value, where)
+        elif isinstance(tp, Enum):
+            self._enum(value, tp, path)
+        elif isinstance(tp, Prim) and tp.kind != "any":
+            ok = {
+                "str": isinstance(value, str),
+                "bool": isinstance(value, bool),
+                "int": isinstance(value, int) and not isinstance(value, bool),
+                "float": isinstance(value, int | float) and not isinstance(value, bool),
+            }[tp.kind]
+            if not ok:
+                self.out.append(Problem(path, f"expected {tp.kind}, got {type(value).__name__} {value!r}"))
+
+    def _object(self, value: Any, tp: Obj, path: str, skip: frozenset[str]) -> None:
         if not isinstance(value, Mapping):
-            out.append(Problem(path or "/", f"expected an object ({tp.name}), got {type(value).__name__}"))
+            self.out.append(Problem(path or "/", f"expected an object ({tp.name}), got {type(value).__name__}"))
             return
         for key, item in value.items():
             where = f"{path}.{key}" if path else key
@@ -351,42 +385,26 @@ def _walk(value: Any, tp: Any, path: str, out: list[Problem], computed: Any, ski
             if prop is None:
                 near = [k for k in tp.props if k.lower() == str(key).lower()]
                 hint = f" (the model spells it {near[0]!r})" if near else ""
-                out.append(Problem(where, f"unknown property of {tp.name}{hint}"))
-            elif prop.readonly and not ro:
-                out.append(Problem(where, f"read-only property of {tp.name}"))
+                self.out.append(Problem(where, f"unknown property of {tp.name}{hint}"))
+            elif prop.readonly and not self.allow_readonly:
+                self.out.append(Problem(where, f"read-only property of {tp.name}"))
             else:
-                _walk(item, prop.type, where, out, computed, frozenset(), ro)
+                self.walk(item, prop.type, where)
         for key, prop in tp.props.items():
             if prop.required and not prop.readonly and key not in value and key not in skip:
-                out.append(Problem(f"{path}.{key}" if path else key, f"missing required property of {tp.name}"))
-    elif isinstance(tp, ListOf):
-        if not isinstance(value, list):
-            out.append(Problem(path, f"expected an array, got {type(value).__name__}"))
+                where = f"{path}.{key}" if path else key
+                self.out.append(Problem(where, f"missing required property of {tp.name}"))
+
+    def _enum(self, value: Any, tp: Enum, path: str) -> None:
+        if value in tp.values:
             return
-        for k, item in enumerate(value):
-            _walk(item, tp.item, f"{path}[{k}]", out, computed, frozenset(), ro)
-    elif isinstance(tp, DictOf):
-        if not isinstance(value, Mapping):
-            out.append(Problem(path, f"expected an object (a map), got {type(value).__name__}"))
+        near = [v for v in tp.values if str(v).lower() == str(value).lower()]
+        if near and not self.enum_casing:
             return
-        for key, item in value.items():
-            _walk(item, tp.value, f"{path}.{key}", out, computed, frozenset(), ro)
-    elif isinstance(tp, Enum):
-        if value not in tp.values:
-            near = [v for v in tp.values if str(v).lower() == str(value).lower()]
-            if near:
-                out.append(Problem(path, f"wrong casing: {value!r} is {near[0]!r} in {tp.name}"))
-            else:
-                out.append(Problem(path, f"{value!r} is not one of {tp.name} {list(tp.values)}"))
-    elif isinstance(tp, Prim) and tp.kind != "any":
-        ok = {
-            "str": isinstance(value, str),
-            "bool": isinstance(value, bool),
-            "int": isinstance(value, int) and not isinstance(value, bool),
-            "float": isinstance(value, int | float) and not isinstance(value, bool),
-        }[tp.kind]
-        if not ok:
-            out.append(Problem(path, f"expected {tp.kind}, got {type(value).__name__} {value!r}"))
+        if near:
+            self.out.append(Problem(path, f"wrong casing: {value!r} is {near[0]!r} in {tp.name}"))
+        else:
+            self.out.append(Problem(path, f"{value!r} is not one of {tp.name} {list(tp.values)}"))
 
 
 def model_for(resource_type: str) -> type:

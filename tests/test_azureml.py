@@ -1,9 +1,12 @@
 """shared.backends.azureml: the spec -> sweep-job mapping checked on azure-ai-ml's own serialized forms, and
 the backend's provision/submit/poll/finalize/cancel/teardown logic.
 
-A live AzureML workspace cannot be reached from here, so the backend runs against ``FakeWorkspace``, a
-fake of ``AzureMLClient`` (the one class that talks to the workspace): that is the boundary where the
-fake sits. Everything on our side of it is real: the sweep jobs are azure-ai-ml entities, the store is a
+Every ``AzureMLClient`` call also runs through the real azure-ai-ml client against a local AzureML
+stand-in (``tests/azureml_server.py``, ``tests/test_azureml_workspace.py``). What no local endpoint can
+give is a trial actually running on AmlCompute (HyperDrive scheduling children, a policy cancelling
+them, a trial logging metrics and writing its outputs): the stand-in scripts those outcomes, and the many
+edge cases of mapping them (timeouts, cancellations, numbering, params from tags or MLflow) are driven
+here, fast, through ``FakeWorkspace``, a fake of ``AzureMLClient`` at that boundary. Everything on our side of it is real: the sweep jobs are azure-ai-ml entities, the store is a
 ``LocalStore``, the state machine is ``shared.handlers``, the trial command is run by bash with the real
 ``gpu_jobs.train`` and logs to a real (local) MLflow store that ``AzureMLClient.child_metrics`` reads back.
 ``AzureMLClient``'s own look-up-before-create and not-found handling is checked with a minimal stand-in

@@ -37,7 +37,8 @@ class JobInfo:
         context = getattr(job, "creation_context", None)
         return cls(
             name=str(job.name),
-            status=str(job.status or "Unknown"),
+            # azure-ai-ml returns a JobStatus (a str enum) for jobs.get: str() of it is "JobStatus.RUNNING"
+            status=str(getattr(job.status, "value", job.status) or "Unknown"),
             tags=dict(job.tags or {}),
             properties=dict(getattr(job, "properties", None) or {}),
             created_at=getattr(context, "created_at", None),

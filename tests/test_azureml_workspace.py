@@ -1,0 +1,204 @@
+"""The azureml backend through the real azure-ai-ml client, against a local AzureML stand-in.
+
+``tests/azureml_server.py`` answers the REST calls the SDK makes (management front end, run history,
+dataset data plane, MLflow tracking) over TLS, and keeps the workspace's default datastore in Azurite (its
+``https://<account>.blob.core.windows.net`` is reached through the stand-in's loopback proxy). The sweep
+job body it receives is checked against the REST models azure-ai-ml ships. Nothing here is a fake of
+``AzureMLClient``: the calls below are the SDK's own requests.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared import handlers
+from shared.backends.azureml import (
+    MODEL_OUTPUT,
+    AzureMLBackend,
+    AzureMLClient,
+    build_compute,
+    build_sweep_job,
+    job_name_for,
+    stage_code,
+)
+from shared.backends.azureml.sweep_job import azureml_compute
+from shared.context import Context
+from shared.records import ExperimentStatus, TrialState
+from tests.azureml_server import AzureMLStandIn, Child, validate_job
+from tests.azurite import ACCOUNT, KEY
+from tests.control_plane import local_context
+from tests.test_azureml import FAST, make_spec
+
+pytestmark = [
+    pytest.mark.azurite,
+    pytest.mark.filterwarnings("ignore:The `ordered` `class Meta` option is deprecated"),
+    pytest.mark.filterwarnings("ignore:The `context` parameter is deprecated"),
+]
+
+EXP = "exp-aml-1"
+JOB = job_name_for(EXP)
+DRAWS = [
+    {"n_estimators": 20, "max_depth": 3.2, "max_features": 0.31},
+    {"n_estimators": 50, "max_depth": 7.9, "max_features": 0.62},
+    {"n_estimators": 20, "max_depth": 11.0, "max_features": 0.88},
+]
+
+
+@pytest.fixture
+def workspace(azurite: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[AzureMLStandIn]:
+    blob = re.search(r"BlobEndpoint=([^;]+)", azurite)
+    assert blob
+    with AzureMLStandIn(
+        azurite_blob_url=blob.group(1),
+        azurite_account=ACCOUNT,
+        azurite_key=KEY,
+        subscription="sub-1",
+        resource_group="rg-1",
+        workspace="ws-1",
+    ) as stand_in:
+        for name, value in stand_in.environ().items():
+            monkeypatch.setenv(name, value)
+        yield stand_in
+
+
+def client_for(workspace: AzureMLStandIn) -> AzureMLClient:
+    return AzureMLClient("sub-1", "rg-1", "ws-1", credential=workspace.credential(), retry=FAST)
+
+
+def trial(index: int, statuses: list[str], history: dict[int, float], **extra: Any) -> Child:
+    draw = DRAWS[index]
+    return Child(
+        f"{JOB}_{index}",
+        statuses,
+        history=history,
+        draw=draw,
+        params={"engine": "cuml"},
+        **extra,
+    )
+
+
+def test_each_client_call_is_a_real_sdk_request(workspace: AzureMLStandIn, tmp_path: Path) -> None:
+    client = client_for(workspace)
+    spec = make_spec()
+    cluster = client.ensure_compute(build_compute(azureml_compute(spec)))
+    assert str(cluster.provisioning_state) in {"Succeeded", "ProvisioningState.SUCCEEDED"}
+    assert workspace.computes["rapids-gpu"]["properties"]["provisioningState"] == "Succeeded"
+    client.ensure_compute(build_compute(azureml_compute(spec)))
+    assert len(workspace.calls("PUT", "/computes/")) == 1, "an existing cluster is left as it is"
+
+    assert client.find(JOB) is None
+    workspace.script(JOB, ["NotStarted", "Running", "Completed"], [(2, trial(0, ["Completed"], {1: 0.8}))])
+    job = build_sweep_job(spec, EXP, code_dir=stage_code(tmp_path))
+    assert client.submit(job) == JOB
+    assert client.submit(job) == JOB and len(workspace.calls("PUT", "/jobs/")) == 1
+    uploaded = workspace.blob_names("LocalUpload/")
+    assert any(name.endswith("gpu_jobs/train.py") for name in uploaded), "code and build context in Azurite"
+    assert any(name.endswith("gpu_jobs/Dockerfile") for name in uploaded)
+    (put,) = workspace.calls("PUT", "/environments/")
+    assert put.body["properties"]["build"]["dockerfilePath"] == "gpu_jobs/Dockerfile"
+
+    seen = [client.get(JOB).status for _ in range(3)]  # each GET moves the script on (the SDK's too)
+    assert seen[-1] == "Completed" and seen == sorted(seen, key=["NotStarted", "Running", "Completed"].index)
+    (child,) = client.list_children(JOB)
+    assert child.name == f"{JOB}_0" and child.status == "Completed"
+    metrics = client.child_metrics(child.name, "accuracy")
+    assert metrics is not None and metrics.history == {1: 0.8} and metrics.params["engine"] == "cuml"
+    assert client.child_metrics(f"{JOB}_9", "accuracy") is None
+
+    client.cancel(JOB)
+    assert len(workspace.calls("POST", f"/jobs/{JOB}/cancel")) == 1
+    assert workspace.unrouted == []
+
+
+def test_the_sweep_body_is_checked_against_the_sdks_rest_models(workspace: AzureMLStandIn, tmp_path: Path) -> None:
+    """What the SDK sends passes; an unknown, misplaced or missing key is a 400 naming its path."""
+    import requests
+
+    client_for(workspace).submit(build_sweep_job(make_spec(), EXP, code_dir=stage_code(tmp_path)))
+    (put,) = workspace.calls("PUT", "/jobs/")
+    assert put.body["properties"]["jobType"] == "Sweep" and validate_job(put.body) == []
+    body = put.body
+    body["properties"]["trial"]["codeUri"] = body["properties"]["trial"].pop("codeId")
+    body["properties"]["maxConcurrentTrials"] = body["properties"]["limits"].pop("maxConcurrentTrials")
+    del body["properties"]["objective"]
+    answer = requests.put(
+        f"{workspace.url}{workspace.prefix}/jobs/other?api-version=2024-01-01-preview",
+        json=body,
+        headers={"Authorization": f"Bearer {workspace.token}"},
+        timeout=30,
+    )
+    assert answer.status_code == 400
+    message = answer.json()["error"]["message"]
+    for problem in (
+        "properties.trial.codeUri: unknown property of TrialComponent",
+        "properties.maxConcurrentTrials: unknown property of SweepJob",
+        "properties.objective: missing required property of SweepJob",
+    ):
+        assert problem in message
+    assert "other" not in workspace.jobs
+
+
+def step(ctx: Context) -> str:
+    (message,) = ctx.events.receive(1)
+    ctx.events.delete(message)
+    return handlers.handle_event(ctx, message.body)
+
+
+def test_lifecycle_through_the_state_machine(workspace: AzureMLStandIn, tmp_path: Path) -> None:
+    """provision -> submit -> poll (children appear; one pruned, one failed) -> finalize (the best model
+    into our store) -> teardown; then a second experiment is cancelled while it runs."""
+    ctx = local_context(tmp_path / "home", poll_seconds=0)
+    ctx.backends["azureml"] = AzureMLBackend(ctx.store, ctx.settings, client_factory=lambda _: client_for(workspace))
+    best = trial(0, ["Running", "Completed"], {1: 0.8, 2: 0.82, 3: 0.83}, files={"model.joblib": b"best"})
+    pruned = trial(1, ["Running", "Canceled"], {1: 0.6})
+    failed = trial(2, ["Failed"], {})
+    workspace.script(
+        JOB,
+        ["Preparing", "Running", "Running", "Completed"],
+        [(1, best), (2, pruned), (3, failed)],
+        properties={"best_child_run_id": f"{JOB}_1"},
+    )
+    handlers.submit_experiment(ctx, make_spec(), experiment_id=EXP)
+    assert step(ctx) == "provisioned"
+    assert step(ctx) == "submitted"
+    outcomes = []
+    while (outcome := step(ctx)) not in {"completed", "failed"}:
+        outcomes.append(outcome)
+        assert len(outcomes) < 10, outcomes
+    assert outcome == "completed", outcomes
+    assert step(ctx) == "torn down"
+
+    record = ctx.store.get_experiment(EXP)
+    assert record.status is ExperimentStatus.COMPLETED
+    trials = {t.number: t for t in ctx.store.list_trials(EXP)}
+    assert trials[0].state is TrialState.COMPLETED and trials[0].value == 0.83
+    assert trials[0].params["max_depth"] == 3 and trials[0].engine == "cuml"
+    assert trials[1].state is TrialState.PRUNED
+    assert trials[2].state is TrialState.FAILED
+    assert record.best is not None and record.best.number == 0
+    assert record.backend_state["best_child"] == f"{JOB}_0"
+    assert record.backend_state["azureml_best_child"] == f"{JOB}_1"  # reported beside, not used
+    assert ctx.store.get_artifact(EXP, f"{MODEL_OUTPUT}/model.joblib") == b"best"
+    assert workspace.unrouted == []
+
+    second = "exp-aml-2"
+    handlers.submit_experiment(ctx, make_spec(), experiment_id=second)
+    workspace.script(job_name_for(second), ["Running"], [(1, Child(f"{job_name_for(second)}_0", ["Running"]))])
+    assert step(ctx) == "provisioned"
+    assert step(ctx) == "submitted"
+    assert step(ctx) == "running"
+    handlers.request_cancel(ctx, second)
+    outcomes = [step(ctx)]
+    while outcomes[-1] != "torn down":
+        outcomes.append(step(ctx))
+        assert len(outcomes) < 5, outcomes
+    assert "cancelled" in outcomes
+    assert ctx.store.get_experiment(second).status is ExperimentStatus.CANCELLED
+    assert len(workspace.calls("POST", f"/jobs/{job_name_for(second)}/cancel")) == 1
+    assert workspace.sweeps[job_name_for(second)].statuses[-1] == "Canceled"
+    assert [t.state for t in ctx.store.list_trials(second)] == [TrialState.FAILED]
