@@ -19,16 +19,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from gpu_jobs.data import (
-    BUILTIN_SCHEME,
+from gpu_jobs.data import BUILTIN_SCHEME, builtin_table, list_parts, read_part
+from gpu_jobs.encoding import (
     FeatureEncoding,
-    builtin_table,
     category_levels,
     column_kind,
     encode_features,
     encode_target,
-    list_parts,
-    read_part,
     require_target_column,
     target_classes,
 )

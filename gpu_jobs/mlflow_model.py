@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from gpu_jobs.data import FeatureEncoding
+from gpu_jobs.encoding import FeatureEncoding
 from gpu_jobs.trainers import FOREST_MISSING_VALUE
 
 XGBOOST_NAME_FORBIDDEN = re.compile(r"[\[\]<]")

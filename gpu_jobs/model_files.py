@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from gpu_jobs.data import FeatureEncoding, encode_features
+from gpu_jobs.encoding import FeatureEncoding, encode_features
 from gpu_jobs.errors import UserError
 from gpu_jobs.trainers import FOREST_MISSING_VALUE
 

@@ -16,11 +16,11 @@ import pytest
 from gpu_jobs.data import (
     FLIGHTS_TARGET,
     FLIGHTS_URI,
-    MISSING_CATEGORY_CODE,
     clear_dataset_cache,
     load_dataset,
     open_filesystem,
 )
+from gpu_jobs.encoding import MISSING_CATEGORY_CODE
 from gpu_jobs.errors import UserError
 
 FLIGHTS_ROWS = 336_776
