@@ -29,7 +29,7 @@ app = func.AsgiFunctionApp(app=create_api(), http_auth_level=func.AuthLevel.FUNC
 @app.queue_trigger(arg_name="message", queue_name=QUEUE_REQUESTS, connection="AzureWebJobsStorage")
 def experiment_requests(message: func.QueueMessage) -> None:
     """A spec sent by another service; invalid ones raise, so the host retries then poisons them."""
-    record = handle_request_message(get_context(), message.get_body().decode("utf-8"), message_id=message.id)
+    record = handle_request_message(get_context(), message.get_body(), message_id=message.id)
     logging.info("request %s -> experiment %s (%s)", message.id, record.id, record.status)
 
 

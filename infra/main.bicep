@@ -62,6 +62,9 @@ param pollSeconds int = 10
 @minValue(60)
 param stallSeconds int = 900
 
+@description('RAPIDS_HPO_DATA_HOSTS: data hosts (comma-separated; a leading dot allows subdomains) that specs may read from besides Azure storage and AzureML data.')
+param dataHosts string = ''
+
 @description('Log Analytics retention (days).')
 @minValue(30)
 @maxValue(730)
@@ -186,6 +189,8 @@ var appSettings = {
   RAPIDS_HPO_STALL_SECONDS: string(stallSeconds)
   EVENTGRID_TOPIC_ENDPOINT: deployEventGrid ? eventGrid.outputs.endpoint : ''
   RAPIDS_HPO_EVENTS_SOURCE: '/rapids-hpo-control/${functionAppName}'
+  RAPIDS_HPO_HOSTED: '1' // hosted mode (also implied by WEBSITE_SITE_NAME): no local backend, no local data
+  RAPIDS_HPO_DATA_HOSTS: dataHosts
 }
 
 module eventGrid 'modules/eventgrid.bicep' = if (deployEventGrid) {

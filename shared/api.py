@@ -2,30 +2,46 @@
 
 Long work answers ``202 Accepted`` with ``Location`` and ``Retry-After``; the status resource answers
 200 with the current status. Every error is a 4xx whose body names the field and the reason.
+
+Handlers are plain ``def`` functions, so FastAPI runs their blocking store calls in its thread pool and
+the event loop never waits on storage; only the body is read on the loop (:func:`spec_body`, bounded).
+They reach the :class:`~shared.context.Context` through ``Depends`` (:data:`Ctx`). Experiment ids are
+checked against :data:`~shared.config.EXPERIMENT_ID_PATTERN` on the path parameter: a malformed id is a
+422 before any handler runs, and the OpenAPI document states the pattern. A body is a spec document
+(:func:`shared.spec.read_document`), never a file name; hosted mode's rules apply
+(:class:`shared.spec.SpecPolicy`). With a ``function_key`` (``rapids-hpo serve``), every request must
+carry it in ``x-functions-key`` (or ``?code=``), as the Functions host requires in Azure.
 """
 
 from __future__ import annotations
 
+import hmac
 import io
 import zipfile
+from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import datetime
 from typing import Annotated, Any
+from urllib.parse import parse_qs
 
-from fastapi import APIRouter, FastAPI, Header, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared import __version__
-from shared.config import MODEL_PREFIX
+from shared.config import EXPERIMENT_ID_PATTERN, MODEL_PREFIX
 from shared.context import Context, get_context
 from shared.dashboard.routes import router as dashboard_router
 from shared.errors import NotFound
-from shared.handlers import InvalidRequest, parse_document, request_cancel, submit_experiment
+from shared.handlers import request_cancel, submit_experiment
 from shared.records import TERMINAL_STATUSES, BestTrial, ExperimentRecord, ExperimentStatus, TrialRecord
-from shared.spec import SpecError, load_spec
+from shared.spec import MAX_DOCUMENT_BYTES, DocumentError, SpecError, SpecPolicy, read_document, validate_spec
 
-MAX_BODY_BYTES = 1024 * 1024
+MAX_BODY_BYTES = MAX_DOCUMENT_BYTES
+"""Largest request body: the spec document's own limit."""
 RETRY_AFTER_SECONDS = 10
+FUNCTION_KEY_HEADER = "x-functions-key"
 
 
 class Progress(BaseModel):
@@ -117,8 +133,38 @@ def _error(status: int, detail: str, errors: list[dict[str, str]] | None = None)
     return JSONResponse(status_code=status, content={"detail": detail, "errors": errors or []})
 
 
-def _context() -> Context:
-    return get_context()
+Ctx = Annotated[Context, Depends(get_context)]
+"""The context, through ``Depends``; ``create_api(context=...)`` overrides ``get_context`` app-wide."""
+ExperimentId = Annotated[
+    str,
+    Path(
+        pattern=EXPERIMENT_ID_PATTERN,
+        max_length=64,
+        description="an experiment id as the API returned it, e.g. exp-20261201082600-a1b2c3",
+    ),
+]
+
+
+class BodyTooLarge(HTTPException):
+    """413, naming the ``body``."""
+
+    loc = "body"
+
+    def __init__(self, size: str) -> None:
+        super().__init__(413, f"the body is {size} bytes; the limit is {MAX_BODY_BYTES}")
+
+
+async def spec_body(request: Request) -> bytes:
+    """The request body, read on the event loop and refused (413) past :data:`MAX_BODY_BYTES`."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise BodyTooLarge(declared)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise BodyTooLarge(f"over {MAX_BODY_BYTES}")
+    return bytes(body)
 
 
 def _get(ctx: Context, experiment_id: str) -> ExperimentRecord:
@@ -140,31 +186,33 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     response_model=ExperimentView,
     responses={
         413: {"model": ErrorBody, "description": "body too large"},
-        415: {"model": ErrorBody, "description": "not JSON or YAML"},
-        422: {"model": ErrorBody, "description": "invalid spec; `errors` names each field"},
+        422: {"model": ErrorBody, "description": "unreadable document or invalid spec; `errors` names each field"},
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "description": "an experiment spec document (never a file name)",
+            "content": {
+                "application/json": {"schema": {"type": "object"}},
+                "application/yaml": {"schema": {"type": "string"}},
+            },
+        }
     },
     summary="Submit an experiment spec (JSON or YAML)",
 )
-async def create_experiment(
-    request: Request,
+def create_experiment(
+    ctx: Ctx,
+    body: Annotated[bytes, Depends(spec_body)],
     response: Response,
     idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
 ) -> Any:
-    body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
-        return _error(413, f"the body is {len(body)} bytes; the limit is {MAX_BODY_BYTES}")
-    if not body.strip():
-        return _error(
-            422, "the body is empty: send an experiment spec as JSON or YAML", [{"loc": "body", "msg": "empty"}]
-        )
     try:
-        document = parse_document(body)
-        spec = load_spec(document)
-    except InvalidRequest as exc:
-        return _error(422, str(exc), [{"loc": "body", "msg": str(exc)}])
+        spec = validate_spec(read_document(body), SpecPolicy.from_settings(ctx.settings))
+    except DocumentError as exc:
+        msg = exc.errors[0]["msg"]
+        return _error(exc.status, msg, [{"loc": "body", "msg": msg}])
     except SpecError as exc:
         return _error(422, "invalid experiment spec", exc.errors)
-    ctx = _context()
     record, created = submit_experiment(ctx, spec, idempotency_key=idempotency_key)
     response.headers["Location"] = f"/api/experiments/{record.id}"
     response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
@@ -175,11 +223,11 @@ async def create_experiment(
 
 @router.get("/experiments", response_model=ExperimentPage, summary="List experiments, newest first")
 def list_experiments(
+    ctx: Ctx,
     status: ExperimentStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    page_token: str | None = None,
+    page_token: Annotated[str | None, Query(max_length=4096)] = None,
 ) -> Any:
-    ctx = _context()
     try:
         records, token = ctx.store.list_experiments(status=status, limit=limit, page_token=page_token)
     except ValueError as exc:
@@ -193,8 +241,8 @@ def list_experiments(
     responses=ERRORS,
     summary="An experiment's status, progress, best trial so far, timings and error",
 )
-def get_experiment(experiment_id: str, response: Response) -> Any:
-    record = _get(_context(), experiment_id)
+def get_experiment(ctx: Ctx, experiment_id: ExperimentId, response: Response) -> Any:
+    record = _get(ctx, experiment_id)
     if record.status not in TERMINAL_STATUSES:
         response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
     return ExperimentView.of(record)
@@ -206,8 +254,7 @@ def get_experiment(experiment_id: str, response: Response) -> Any:
     responses=ERRORS,
     summary="Every trial: parameters, state, per-fold values, metrics, duration, engine",
 )
-def list_trials(experiment_id: str) -> Any:
-    ctx = _context()
+def list_trials(ctx: Ctx, experiment_id: ExperimentId) -> Any:
     _get(ctx, experiment_id)
     return ctx.store.list_trials(experiment_id)
 
@@ -217,8 +264,7 @@ def list_trials(experiment_id: str) -> Any:
     responses={**ERRORS, 200: {"content": {"application/zip": {}}, "description": "the model's files"}},
     summary="The best model's files as a zip archive",
 )
-def download_model(experiment_id: str) -> Response:
-    ctx = _context()
+def download_model(ctx: Ctx, experiment_id: ExperimentId) -> Response:
     record = _get(ctx, experiment_id)
     names = ctx.store.list_artifacts(experiment_id, MODEL_PREFIX)
     if not names:
@@ -241,8 +287,7 @@ def download_model(experiment_id: str) -> Response:
     responses={**ERRORS, 409: {"model": ErrorBody, "description": "already finished"}},
     summary="Cancel: running trials stop, compute is torn down",
 )
-def cancel_experiment(experiment_id: str, response: Response) -> Any:
-    ctx = _context()
+def cancel_experiment(ctx: Ctx, experiment_id: ExperimentId, response: Response) -> Any:
     record = _get(ctx, experiment_id)
     if record.status in {ExperimentStatus.COMPLETED, ExperimentStatus.FAILED}:
         return _error(409, f"experiment {experiment_id!r} already ended {record.status.value}")
@@ -253,8 +298,7 @@ def cancel_experiment(experiment_id: str, response: Response) -> Any:
 
 
 @router.get("/health", summary="Liveness plus a round trip to the store")
-def health() -> Any:
-    ctx = _context()
+def health(ctx: Ctx) -> Any:
     try:
         ctx.store.list_experiments(limit=1)
     except Exception as exc:
@@ -266,8 +310,11 @@ def health() -> Any:
     }
 
 
-def create_api() -> FastAPI:
-    """The FastAPI app. OpenAPI at ``/api/openapi.json``, interactive docs at ``/api/docs``."""
+def create_api(*, context: Context | None = None, function_key: str | None = None) -> FastAPI:
+    """The FastAPI app. OpenAPI at ``/api/openapi.json``, interactive docs at ``/api/docs``.
+
+    ``context`` replaces the process-wide one; ``function_key`` makes every request need that key.
+    """
     app = FastAPI(
         title="rapids-hpo-control",
         version=__version__,
@@ -279,4 +326,53 @@ def create_api() -> FastAPI:
     )
     app.include_router(router)
     app.include_router(dashboard_router)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    if context is not None:
+        app.dependency_overrides[get_context] = lambda: context
+    if function_key:
+        app.add_middleware(FunctionKeyMiddleware, key=function_key)
     return app
+
+
+async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's validation errors (path, query, headers) in the API's error shape: ``loc`` names the field."""
+    errors = [
+        {"loc": ".".join(str(part) for part in error.get("loc", ())), "msg": str(error.get("msg", ""))}
+        for error in getattr(exc, "errors", list)()
+    ]
+    fields = ", ".join(e["loc"] for e in errors)
+    return _error(422, f"invalid request: {fields}", errors)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    status, detail, loc = getattr(exc, "status_code", 500), str(getattr(exc, "detail", "")), getattr(exc, "loc", "")
+    response = _error(status, detail, [{"loc": loc, "msg": detail}] if loc else None)
+    for name, value in (getattr(exc, "headers", None) or {}).items():
+        response.headers[name] = value
+    return response
+
+
+Scope = MutableMapping[str, Any]
+ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
+
+
+class FunctionKeyMiddleware:
+    """Refuse (401) every HTTP request without the key in ``x-functions-key`` or ``?code=`` (pure ASGI)."""
+
+    def __init__(self, app: ASGIApp, key: str) -> None:
+        self.app = app
+        self.key = key.encode()
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and not self._authorized(scope):
+            response = _error(401, f"missing or wrong function key: send it in {FUNCTION_KEY_HEADER}")
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def _authorized(self, scope: Scope) -> bool:
+        given = [value for name, value in scope.get("headers", []) if name == FUNCTION_KEY_HEADER.encode()]
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        given += [code.encode() for code in query.get("code", [])]
+        return any(hmac.compare_digest(value, self.key) for value in given)

@@ -38,15 +38,12 @@ class _Strict(BaseModel):
 
 
 class LocalCompute(_Strict):
-    """Trials as tasks on a Dask cluster beside the control plane (LocalCluster unless an address is set)."""
+    """Trials as tasks on a Dask LocalCluster beside the control plane (never in a hosted deployment)."""
 
     backend: Literal["local"] = "local"
     n_workers: int = Field(default=2, ge=1, le=256, description="LocalCluster worker processes")
     threads_per_worker: int = Field(default=1, ge=1, le=64)
     memory_limit: str = Field(default="auto", description="per worker, Dask syntax ('4GiB', 'auto')")
-    scheduler_address: str | None = Field(
-        default=None, description="an existing Dask scheduler (tcp://host:8786) instead of a LocalCluster"
-    )
     equivalent_vm_size: VmSize | None = Field(
         default=None,
         description="the Azure size each worker stands for: the cost ledger prices the run as that (an estimate)",

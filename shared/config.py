@@ -32,6 +32,10 @@ DRIVER_OUTCOME_ARTIFACT = "driver/outcome.json"
 MODEL_PREFIX = "model/"
 """Artifact prefix of the best trial's refitted model."""
 
+EXPERIMENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+"""What an experiment id may be at every edge (API path, queue envelope): ASCII, one path segment, a table
+key, a blob prefix and an Azure resource-name part. Generated ids look like ``exp-20261201082600-a1b2c3``."""
+
 # Queue semantics mirrored from host.json (tests check they agree).
 MAX_DEQUEUE_COUNT = 5
 
@@ -56,12 +60,19 @@ ENV_DEFAULTS: dict[str, str] = {
     "EVENTGRID_TOPIC_KEY": "",
     "RAPIDS_HPO_EVENTS_SOURCE": "/rapids-hpo-control",
     "RAPIDS_HPO_PRICES_FILE": "",
+    "RAPIDS_HPO_HOSTED": "",
+    "RAPIDS_HPO_DATA_HOSTS": "",
 }
+HOSTED_MARKER = "WEBSITE_SITE_NAME"
+"""Set by Azure on every Function App: its presence turns hosted mode on."""
 
 
 def env(name: str) -> str:
     """Read a setting declared in ``ENV_DEFAULTS`` (a typo is a ``KeyError``, not a silent default)."""
     return os.environ.get(name, ENV_DEFAULTS[name])
+
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
 
 
 @dataclass(frozen=True)
@@ -73,6 +84,10 @@ class Settings:
     home: Path
     poll_seconds: int
     stall_seconds: int
+    hosted: bool = False
+    """Hosted mode (:mod:`shared.spec.policy`): in a Function App or with ``RAPIDS_HPO_HOSTED=1``."""
+    data_hosts: tuple[str, ...] = ()
+    """``RAPIDS_HPO_DATA_HOSTS``: data hosts allowed in hosted mode beside Azure storage."""
 
     @property
     def uses_azure_storage(self) -> bool:
@@ -86,6 +101,8 @@ class Settings:
             home=Path(env("RAPIDS_HPO_HOME")).expanduser().resolve(),
             poll_seconds=int(env("RAPIDS_HPO_POLL_SECONDS")),
             stall_seconds=int(env("RAPIDS_HPO_STALL_SECONDS")),
+            hosted=bool(os.environ.get(HOSTED_MARKER)) or env("RAPIDS_HPO_HOSTED").strip().lower() in _TRUE,
+            data_hosts=tuple(h.lower() for h in env("RAPIDS_HPO_DATA_HOSTS").replace(",", " ").split()),
         )
 
 

@@ -114,6 +114,7 @@ THIRD_PARTY_ENV = {
     "MLFLOW_TRACKING_URI": "set by AzureML inside a job to the workspace's MLflow endpoint",
     "MLFLOW_RUN_ID": "set by AzureML inside a job: the run MLflow logs to",
     "AZURE_STORAGE_ACCOUNT_NAME": "adlfs/fsspec's variable for the data account",
+    "WEBSITE_SITE_NAME": "set by Azure on every Function App: turns hosted mode on (shared.config)",
 }
 
 # Directories whose Python files are not the deployed app (or not ours).

@@ -277,7 +277,7 @@ def test_malformed_request_goes_to_the_poison_queue_after_the_retries(tmp_path):
     poison = ctx.queues.queue(poison_queue_name(QUEUE_REQUESTS))
     (message,) = poison.receive(1)
     assert message.body.startswith('{"id": "exp-broken"')  # kept, not dropped
-    assert any("neither JSON nor YAML" in reason for _, reason in host.failures)
+    assert any("invalid JSON at line 1" in reason for _, reason in host.failures)
 
 
 def test_unknown_experiment_event_is_dropped_with_a_log(ctx):

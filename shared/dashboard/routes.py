@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel
 
-from shared.config import MODEL_PREFIX
+from shared.config import EXPERIMENT_ID_PATTERN, MODEL_PREFIX
 from shared.context import Context, get_context
 from shared.dashboard.artifacts import MEDIA_TYPES, PLOTS_PREFIX
 from shared.dashboard.charts import CHART_NAMES, build_charts
@@ -25,7 +25,7 @@ from shared.errors import NotFound
 from shared.records import ExperimentRecord, ExperimentStatus, TrialRecord
 
 PLOT_NAME = r"^[a-z][a-z0-9_-]{0,40}\.(png|svg|html|json)$"
-EXPERIMENT_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+EXPERIMENT_ID = EXPERIMENT_ID_PATTERN  # one id rule at every edge (shared.config)
 
 PAGE_HEADERS = {
     "Cache-Control": "no-store",  # the page's links carry the key
@@ -44,7 +44,7 @@ PLOT_HEADERS = {
 router = APIRouter(prefix="/api")
 ContextDep = Annotated[Context, Depends(get_context)]
 Code = Annotated[str | None, Query(max_length=512, description="the Functions key, passed on in links")]
-ExperimentId = Annotated[str, Path(pattern=EXPERIMENT_ID, max_length=100)]
+ExperimentId = Annotated[str, Path(pattern=EXPERIMENT_ID, max_length=64)]
 
 
 def _record(ctx: Context, experiment_id: str) -> ExperimentRecord:

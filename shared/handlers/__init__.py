@@ -9,7 +9,6 @@ from shared.handlers.intake import (
     InvalidRequest,
     handle_request_message,
     new_experiment_id,
-    parse_document,
     request_cancel,
     submit_experiment,
 )
@@ -33,7 +32,6 @@ __all__ = [
     "handle_event",
     "handle_request_message",
     "new_experiment_id",
-    "parse_document",
     "progress_updates",
     "request_cancel",
     "status_message",

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import secrets
-from typing import Any
+from typing import Any, NoReturn
 
-import yaml
-
+from shared.config import EXPERIMENT_ID_PATTERN
 from shared.context import Context
 from shared.errors import AlreadyExists, NotFound
 from shared.handlers.machine import S, send_event, status_message, transition
 from shared.records import TERMINAL_STATUSES, EventType, ExperimentRecord, utcnow
-from shared.spec import ExperimentSpec, SpecError, load_spec
+from shared.spec import ExperimentSpec, SpecError, SpecPolicy, read_document, validate_spec
 
 
 class InvalidRequest(ValueError):
@@ -40,13 +40,17 @@ def submit_experiment(
 ) -> tuple[ExperimentRecord, bool]:
     """Store a new experiment and send its first event. Returns ``(record, created)``; a retried
     request (same idempotency key or id) returns the existing experiment with ``created=False``."""
+    fresh = experiment_id is None
     experiment_id = experiment_id or new_experiment_id()
     if idempotency_key:
-        experiment_id = ctx.store.claim_idempotency_key(idempotency_key, experiment_id)
-    try:
-        return ctx.store.get_experiment(experiment_id), False
-    except NotFound:
-        pass
+        claimed = ctx.store.claim_idempotency_key(idempotency_key, experiment_id)
+        fresh = fresh and claimed == experiment_id
+        experiment_id = claimed
+    if not fresh:  # a new random id cannot exist yet: skip the round trip
+        try:
+            return ctx.store.get_experiment(experiment_id), False
+        except NotFound:
+            pass
     record = ExperimentRecord(
         id=experiment_id,
         name=spec.name,
@@ -65,41 +69,34 @@ def submit_experiment(
     return record, True
 
 
-def parse_document(text: str | bytes) -> Any:
-    """Parse a JSON or YAML document; raise ``InvalidRequest`` with the parser's message."""
-    if isinstance(text, bytes):
-        try:
-            text = text.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise InvalidRequest(f"the body is not UTF-8 text: {exc}") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        pass
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise InvalidRequest(f"the body is neither JSON nor YAML: {exc}") from None
-
-
-def handle_request_message(ctx: Context, body: str, *, message_id: str | None = None) -> ExperimentRecord:
+def handle_request_message(ctx: Context, body: str | bytes, *, message_id: str | None = None) -> ExperimentRecord:
     """Handle one ``experiment-requests`` message: a spec, or ``{"spec": ..., "id"?, "idempotency_key"?}``.
 
-    An invalid request raises ``InvalidRequest`` (the host retries, then moves it to the poison queue);
-    when the message named an experiment id, that experiment is also recorded as FAILED with the reason.
+    The message is read by the same strict reader as HTTP bodies and CLI files, and hosted mode's rules
+    apply. An invalid request raises ``InvalidRequest`` (the host retries, then moves it to the poison
+    queue); when the message named an experiment id, that experiment is also recorded as FAILED with the
+    reason (for a JSON envelope the strict reader refused, its ``id`` is still recovered).
     """
-    document = parse_document(body)
+    try:
+        document = read_document(body)
+    except SpecError as exc:
+        _fail_request(ctx, _envelope_id(body), f"unreadable request: {exc}", exc.errors)
     experiment_id: str | None = None
     key: str | None = None
-    if isinstance(document, dict) and "spec" in document:
-        experiment_id = _optional_str(document.get("id"))
-        key = _optional_str(document.get("idempotency_key"))
+    if "spec" in document:
+        key = _optional_str(document.get("idempotency_key"), "idempotency_key")
+        experiment_id = _optional_str(document.get("id"), "id")
+        if experiment_id is not None and not re.match(EXPERIMENT_ID_PATTERN, experiment_id):
+            raise InvalidRequest(
+                f"invalid experiment id {experiment_id!r}: expected {EXPERIMENT_ID_PATTERN}",
+                [{"loc": "id", "msg": f"does not match {EXPERIMENT_ID_PATTERN}"}],
+            )
         extra = set(document) - {"spec", "id", "idempotency_key"}
         if extra:
             _fail_request(ctx, experiment_id, f"unknown envelope field(s): {', '.join(sorted(extra))}", [])
         document = document["spec"]
     try:
-        spec = load_spec(document)
+        spec = validate_spec(read_document(document), SpecPolicy.from_settings(ctx.settings))
     except SpecError as exc:
         _fail_request(ctx, experiment_id, str(exc), exc.errors)
     if key is None and experiment_id is None and message_id:
@@ -108,15 +105,30 @@ def handle_request_message(ctx: Context, body: str, *, message_id: str | None = 
     return record
 
 
-def _optional_str(value: Any) -> str | None:
+def _envelope_id(body: str | bytes) -> str | None:
+    """The valid ``id`` of a JSON envelope the strict reader refused (duplicate keys, say), if any."""
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        return None  # not JSON: YAML is never parsed leniently (aliases)
+    candidate = document.get("id") if isinstance(document, dict) else None
+    if isinstance(candidate, str) and re.match(EXPERIMENT_ID_PATTERN, candidate):
+        return candidate
+    return None
+
+
+def _optional_str(value: Any, loc: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not value or len(value) > 128:
-        raise InvalidRequest(f"expected a non-empty string of at most 128 characters, got {value!r}")
+        raise InvalidRequest(
+            f"{loc}: expected a non-empty string of at most 128 characters, got {value!r}",
+            [{"loc": loc, "msg": "expected a non-empty string of at most 128 characters"}],
+        )
     return value
 
 
-def _fail_request(ctx: Context, experiment_id: str | None, reason: str, errors: list) -> None:
+def _fail_request(ctx: Context, experiment_id: str | None, reason: str, errors: list) -> NoReturn:
     if experiment_id is not None:
         record = ExperimentRecord(
             id=experiment_id,

@@ -34,12 +34,8 @@ log = logging.getLogger("rapids_hpo.driver")
 
 @contextlib.contextmanager
 def dask_client(spec: ExperimentSpec) -> Iterator[Client]:
-    """A client for the spec's cluster: its scheduler address, or a LocalCluster sized by the spec."""
+    """A client of a LocalCluster sized by the spec (a spec never names a scheduler to connect to)."""
     compute = spec.compute if isinstance(spec.compute, LocalCompute) else LocalCompute()
-    if compute.scheduler_address:
-        with Client(compute.scheduler_address) as client:
-            yield client
-        return
     with (
         LocalCluster(
             n_workers=compute.n_workers,

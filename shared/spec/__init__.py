@@ -33,12 +33,23 @@ by every algorithm here; on AzureML only random sampling takes a seed.
 
 Modules: :mod:`~shared.spec.errors` (``SpecError``, the base model), :mod:`~shared.spec.search_space`
 (distributions), :mod:`~shared.spec.sections` (dataset, trial, sampling, policies, limits, objective),
-:mod:`~shared.spec.experiment` (``ExperimentSpec``) and :mod:`~shared.spec.loading` (reading documents).
+:mod:`~shared.spec.experiment` (``ExperimentSpec``), :mod:`~shared.spec.loading` (the one strict reader of
+documents) and :mod:`~shared.spec.policy` (hosted mode's rules).
 """
 
 from shared.spec.errors import Loc, SpecError, format_loc
 from shared.spec.experiment import ExperimentSpec
-from shared.spec.loading import load_spec, read_document
+from shared.spec.loading import (
+    MAX_DEPTH,
+    MAX_DOCUMENT_BYTES,
+    DocumentError,
+    load_spec,
+    parse_document,
+    read_document,
+    read_spec_file,
+    validate_spec,
+)
+from shared.spec.policy import SpecPolicy
 from shared.spec.search_space import (
     BAYESIAN_TYPES,
     GRID_TYPES,
@@ -77,12 +88,15 @@ __all__ = [
     "BAYESIAN_TYPES",
     "BUILTIN_DATASETS",
     "GRID_TYPES",
+    "MAX_DEPTH",
+    "MAX_DOCUMENT_BYTES",
     "MAX_EXPONENT",
     "URI_SCHEMES",
     "BanditPolicy",
     "Choice",
     "DatasetSpec",
     "Distribution",
+    "DocumentError",
     "EarlyTermination",
     "ExperimentSpec",
     "Limits",
@@ -99,6 +113,7 @@ __all__ = [
     "RandInt",
     "SamplingAlgorithm",
     "SpecError",
+    "SpecPolicy",
     "Support",
     "TrialSpec",
     "TruncationSelectionPolicy",
@@ -106,7 +121,10 @@ __all__ = [
     "finish_value",
     "format_loc",
     "load_spec",
+    "parse_document",
     "quantize",
     "read_document",
+    "read_spec_file",
     "safe_exp",
+    "validate_spec",
 ]

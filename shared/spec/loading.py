@@ -1,4 +1,12 @@
-"""Reading a spec document (YAML or JSON) strictly, and :func:`load_spec`."""
+"""The one strict reader of spec documents (HTTP bodies, queue messages, CLI files) and :func:`load_spec`.
+
+A document is YAML or JSON text (bytes are UTF-8, a BOM allowed); it is never a path: only
+:func:`read_spec_file` reads a file, for the CLI, which names it explicitly. Refused, each with a
+:class:`DocumentError` naming the problem: more than :data:`MAX_DOCUMENT_BYTES`, text that is not UTF-8,
+duplicate keys, non-string keys, YAML tags beyond the safe ones, several YAML documents, aliases
+expanding past :data:`MAX_NODES` nodes or forming a cycle (alias bombs), nesting deeper than
+:data:`MAX_DEPTH`, and a top level that is not a mapping.
+"""
 
 from __future__ import annotations
 
@@ -13,10 +21,72 @@ from pydantic import ValidationError
 
 from shared.spec.errors import SpecError
 from shared.spec.experiment import ExperimentSpec
+from shared.spec.policy import SpecPolicy
+
+MAX_DOCUMENT_BYTES = 256 * 1024
+"""Largest spec document (a real one is a few KiB; a queue message is at most 64 KiB)."""
+MAX_DEPTH = 32
+"""Deepest nesting of mappings and lists (a spec needs 4)."""
+MAX_NODES = 20_000
+"""Most values a document may expand to, aliases counted at every use."""
+
+DOCUMENT_LOC = ""
+"""The location of a problem with the document as a whole (the API reports it as ``body``)."""
+
+
+class DocumentError(SpecError):
+    """A document that cannot be read. ``status`` is the HTTP status it maps to (413 or 422)."""
+
+    def __init__(self, msg: str, status: int = 422) -> None:
+        super().__init__([{"loc": DOCUMENT_LOC, "msg": msg}])
+        self.status = status
 
 
 class _YamlLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate keys and reads ``1e-3`` as a float (YAML 1.2, like JSON)."""
+    """SafeLoader that rejects duplicate and non-string keys, bounds aliases and depth, and reads ``1e-3``
+    as a float (YAML 1.2, like JSON)."""
+
+    def get_single_data(self) -> Any:
+        node = self.get_single_node()  # type: ignore[no-untyped-call]
+        if node is None:
+            return None
+        _check_graph(node)
+        return self.construct_document(node)  # type: ignore[no-untyped-call]
+
+
+def _check_graph(root: yaml.Node) -> None:
+    """Count the values ``root`` expands to (an alias counts its whole target again) and its depth."""
+    sizes: dict[int, tuple[int, int]] = {}  # id(node) -> (expanded nodes, depth)
+    visiting: set[int] = set()
+
+    def measure(node: yaml.Node) -> tuple[int, int]:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in visiting:
+            raise _problem("a YAML alias refers to a mapping or list that contains it", node)
+        if not isinstance(node, yaml.CollectionNode):
+            return 1, 0
+        visiting.add(key)
+        total, depth = 1, 0
+        children = node.value if isinstance(node, yaml.SequenceNode) else [n for kv in node.value for n in kv]
+        for child in children:
+            child_total, child_depth = measure(child)
+            total, depth = total + child_total, max(depth, child_depth)
+            if total > MAX_NODES:
+                raise _problem(f"the document expands to more than {MAX_NODES} values (YAML aliases?)", node)
+        depth += 1
+        if depth > MAX_DEPTH:
+            raise _problem(f"the document nests deeper than {MAX_DEPTH} levels", node)
+        visiting.discard(key)
+        sizes[key] = (total, depth)
+        return total, depth
+
+    measure(root)
+
+
+def _problem(msg: str, node: yaml.Node) -> yaml.constructor.ConstructorError:
+    return yaml.constructor.ConstructorError(None, None, msg, node.start_mark)
 
 
 def _construct_mapping(loader: _YamlLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
@@ -25,9 +95,11 @@ def _construct_mapping(loader: _YamlLoader, node: yaml.MappingNode, deep: bool =
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
         if not isinstance(key, Hashable):
-            raise yaml.constructor.ConstructorError(None, None, "found an unhashable key", key_node.start_mark)
+            raise _problem("found an unhashable key", key_node)
+        if not isinstance(key, str):
+            raise _problem(f"keys must be strings, found {key!r} ({type(key).__name__}); quote it", key_node)
         if key in mapping:
-            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            raise _problem(f"duplicate key {key!r}", key_node)
         mapping[key] = loader.construct_object(value_node, deep=deep)  # type: ignore[no-untyped-call]
     return mapping
 
@@ -47,9 +119,11 @@ def _parse_yaml(text: str) -> Any:
         mark = exc.problem_mark or exc.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = exc.problem or exc.context or "syntax error"
-        raise SpecError.single(f"invalid YAML{where}: {problem}") from None
+        raise DocumentError(f"invalid YAML{where}: {problem}") from None
     except yaml.YAMLError as exc:
-        raise SpecError.single(f"invalid YAML: {exc}") from None
+        raise DocumentError(f"invalid YAML: {exc}") from None
+    except RecursionError:
+        raise DocumentError(f"the document nests deeper than {MAX_DEPTH} levels") from None
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -61,61 +135,89 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _json_depth(value: Any, depth: int = 0) -> int:
+    if depth > MAX_DEPTH:
+        return depth
+    children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    return max((_json_depth(child, depth + 1) for child in children), default=depth)
+
+
 def _parse_json(text: str) -> Any:
     try:
-        return json.loads(text, object_pairs_hook=_no_duplicates)
+        document = json.loads(text, object_pairs_hook=_no_duplicates)
     except json.JSONDecodeError as exc:
-        raise SpecError.single(f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+        raise DocumentError(f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
     except ValueError as exc:
-        raise SpecError.single(f"invalid JSON: {exc}") from None
-
-
-def _read_path(path: Path) -> Any:
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError.single(f"cannot read spec file {str(path)!r}: {exc}") from None
-    return _parse_json(text) if path.suffix.lower() == ".json" else _parse_yaml(text)
-
-
-def _parse_text(text: str) -> Any:
-    return _parse_json(text) if text.lstrip().startswith("{") else _parse_yaml(text)
-
-
-def read_document(source: str | Path | bytes | dict[str, Any]) -> dict[str, Any]:
-    """Parse ``source`` into a dict without validating it (see :func:`load_spec` for the forms)."""
-    if isinstance(source, dict):
-        document: Any = source
-    elif isinstance(source, Path):
-        document = _read_path(source)
-    elif isinstance(source, bytes):
-        try:
-            document = _parse_text(source.decode("utf-8-sig"))
-        except UnicodeDecodeError as exc:
-            raise SpecError.single(f"the spec is not UTF-8 text: {exc}") from None
-    elif isinstance(source, str):
-        stripped = source.strip()
-        one_line = "\n" not in stripped
-        looks_like_file = stripped.lower().endswith((".yaml", ".yml", ".json"))
-        if one_line and (looks_like_file or (stripped and ":" not in stripped and Path(stripped).is_file())):
-            document = _read_path(Path(stripped))
-        else:
-            document = _parse_text(source)
-    else:
-        raise TypeError(f"load_spec takes a path, YAML/JSON text, bytes or a dict, not {type(source).__name__}")
-    if not isinstance(document, dict):
-        kind = "empty" if document is None else type(document).__name__
-        raise SpecError.single(f"the spec must be a mapping (a YAML/JSON object), got {kind}")
+        raise DocumentError(f"invalid JSON: {exc}") from None
+    except RecursionError:
+        raise DocumentError(f"the document nests deeper than {MAX_DEPTH} levels") from None
+    if _json_depth(document) > MAX_DEPTH:
+        raise DocumentError(f"the document nests deeper than {MAX_DEPTH} levels")
     return document
 
 
-def load_spec(source: str | Path | bytes | dict[str, Any]) -> ExperimentSpec:
-    """Load and validate a spec from a ``.yaml``/``.yml``/``.json`` path, YAML or JSON text, or a dict.
+def parse_document(source: str | bytes) -> Any:
+    """Parse YAML or JSON text (JSON when it starts with ``{`` or ``[``) into Python values, strictly."""
+    if isinstance(source, bytes):
+        if len(source) > MAX_DOCUMENT_BYTES:
+            raise DocumentError(f"the document is {len(source)} bytes; the limit is {MAX_DOCUMENT_BYTES}", 413)
+        try:
+            text = source.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise DocumentError(f"the document is not UTF-8 text: {exc}") from None
+    elif isinstance(source, str):
+        size = len(source.encode("utf-8", "surrogatepass"))
+        if size > MAX_DOCUMENT_BYTES:
+            raise DocumentError(f"the document is {size} bytes; the limit is {MAX_DOCUMENT_BYTES}", 413)
+        text = source.removeprefix("\ufeff")
+    else:
+        raise TypeError(f"a document is YAML/JSON text or bytes, not {type(source).__name__}")
+    if not text.strip():
+        raise DocumentError("the document is empty: the spec must be a mapping (a YAML/JSON object)")
+    return _parse_json(text) if text.lstrip().startswith(("{", "[")) else _parse_yaml(text)
 
-    Raises :class:`SpecError` listing every problem found with its location.
-    """
-    document = read_document(source)
+
+def _mapping(document: Any) -> dict[str, Any]:
+    if not isinstance(document, dict):
+        kind = "empty" if document is None else type(document).__name__
+        hint = " (a document, never a file name)" if isinstance(document, str) else ""
+        raise DocumentError(f"the spec must be a mapping (a YAML/JSON object){hint}, got {kind}")
+    return document
+
+
+def read_document(source: str | bytes | dict[str, Any] | Path | Any) -> dict[str, Any]:
+    """Parse ``source`` (text, bytes, an already parsed value, or an explicit :class:`~pathlib.Path`)
+    into a mapping without validating it. A ``str`` is always a document, never a file name."""
+    if isinstance(source, Path):
+        return read_spec_file(source)
+    return _mapping(parse_document(source) if isinstance(source, str | bytes) else source)
+
+
+def read_spec_file(path: Path) -> dict[str, Any]:
+    """Read a spec file the user named (the CLI only), with the same rules as any document."""
     try:
-        return ExperimentSpec.model_validate(document)
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DocumentError(f"cannot read spec file {str(path)!r}: {exc}") from None
+    return read_document(data)
+
+
+def validate_spec(document: dict[str, Any], policy: SpecPolicy | None = None) -> ExperimentSpec:
+    """Validate a parsed document, then apply ``policy`` (hosted mode's rules)."""
+    try:
+        spec = ExperimentSpec.model_validate(document)
     except ValidationError as exc:
         raise SpecError.from_validation_error(exc, document) from None
+    if policy is not None:
+        policy.check(spec)
+    return spec
+
+
+def load_spec(source: str | bytes | dict[str, Any] | Path, policy: SpecPolicy | None = None) -> ExperimentSpec:
+    """Load and validate a spec from YAML/JSON text or bytes, a parsed dict, or a :class:`~pathlib.Path`
+    (an explicit file; a ``str`` is always a document, never a file name).
+
+    Raises :class:`SpecError` listing every problem found with its location (:class:`DocumentError` when
+    the document itself cannot be read).
+    """
+    return validate_spec(read_document(source), policy)

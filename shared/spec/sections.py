@@ -13,8 +13,9 @@ from shared.spec.errors import Loc, SpecModel, did_you_mean, fail
 
 BUILTIN_DATASETS: tuple[str, ...] = ("nycflights13",)
 """Datasets bundled with the project, addressed as ``builtin://<name>``."""
-URI_SCHEMES: tuple[str, ...] = ("builtin", "file", "abfs", "abfss", "az", "https", "http")
-"""Schemes a dataset URI may use; a URI without a scheme is a local path."""
+URI_SCHEMES: tuple[str, ...] = ("builtin", "file", "abfs", "abfss", "az", "https", "http", "azureml")
+"""Schemes a dataset URI may use; a URI without a scheme is a local path (or ``azureml:<name>:<version>``).
+A hosted deployment narrows them (:mod:`shared.spec.policy`)."""
 
 
 class DatasetSpec(SpecModel):
@@ -22,7 +23,9 @@ class DatasetSpec(SpecModel):
 
     uri: str = Field(
         min_length=1,
-        description="builtin://nycflights13, a local path, file://, abfs(s)://, az:// or http(s):// URL",
+        max_length=2048,
+        description="builtin://nycflights13, abfs(s)://, az://, https:// or azureml:// (azureml:<name>:<version>);"
+        " outside a hosted deployment also a local path, file:// or http://",
     )
     target: str = Field(min_length=1, description="the 0/1 (two-class) target column")
     format: Literal["csv", "parquet"] | None = Field(default=None, description="None: from the extension")
@@ -33,6 +36,8 @@ class DatasetSpec(SpecModel):
     @field_validator("uri")
     @classmethod
     def _uri(cls, uri: str) -> str:
+        if re.search(r"[\x00-\x1f\x7f]", uri):
+            raise ValueError("the URI contains control characters (a newline?): percent-encode them")
         match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$", uri)
         if match is None:
             return uri  # a local path

@@ -1,0 +1,121 @@
+"""What a deployment accepts beyond the spec's own rules: hosted mode.
+
+Hosted mode is on in a Function App (Azure sets ``WEBSITE_SITE_NAME`` on every one) or with
+``RAPIDS_HPO_HOSTED=1`` (``rapids-hpo serve`` behind a proxy). There a request must not make the control
+plane run work on its own host or read what the request names, so:
+
+* ``compute.backend: local`` is refused (it would start the HPO driver inside the Function host);
+* ``dataset.uri`` must be Azure storage (``abfs(s)://``, ``az://``, ``https://`` on
+  ``*.blob.core.windows.net`` / ``*.dfs.core.windows.net``), AzureML data (``azureml://...``,
+  ``azureml:<name>:<version>``), a bundled ``builtin://`` table, or on a host of ``RAPIDS_HPO_DATA_HOSTS``
+  (comma-separated; an entry starting with ``.`` matches its subdomains). Local paths, ``file://``,
+  ``http://``, IP-literal, loopback and link-local hosts are refused.
+
+Outside hosted mode (a user's own machine) local paths and every scheme of :data:`URI_SCHEMES` stay allowed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from shared.config import Settings
+from shared.spec.errors import SpecError
+
+AZURE_STORAGE_SUFFIXES: tuple[str, ...] = (".blob.core.windows.net", ".dfs.core.windows.net")
+"""Hosts of Azure Storage (public cloud); other clouds' suffixes go on the allowlist."""
+AZUREML_ASSET = re.compile(r"^azureml:[A-Za-z0-9][A-Za-z0-9_.-]{0,254}:[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+"""A registered AzureML data asset, ``azureml:<name>:<version>``."""
+_HOSTED_SCHEMES = frozenset({"abfs", "abfss", "az", "https", "azureml", "builtin"})
+
+
+@dataclass(frozen=True)
+class SpecPolicy:
+    """The deployment's rules for specs; ``SpecPolicy()`` (not hosted) adds none."""
+
+    hosted: bool = False
+    data_hosts: tuple[str, ...] = ()
+    """Extra data hosts allowed in hosted mode (``RAPIDS_HPO_DATA_HOSTS``), lower-case."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SpecPolicy:
+        return cls(hosted=settings.hosted, data_hosts=settings.data_hosts)
+
+    def check(self, spec: object) -> None:
+        """Raise :class:`SpecError` naming ``compute.backend`` / ``dataset.uri`` when hosted mode refuses."""
+        if not self.hosted:
+            return
+        errors: list[dict[str, str]] = []
+        backend = spec.compute.backend  # type: ignore[attr-defined]
+        if backend == "local":
+            errors.append(
+                {
+                    "loc": "compute.backend",
+                    "msg": "the local backend runs trials on the control plane's own host, which a hosted "
+                    "deployment never does: use vmcluster or azureml",
+                }
+            )
+        problem = self.uri_problem(spec.dataset.uri)  # type: ignore[attr-defined]
+        if problem:
+            errors.append({"loc": "dataset.uri", "msg": problem})
+        if errors:
+            raise SpecError(errors)
+
+    def uri_problem(self, uri: str) -> str | None:
+        """Why hosted mode refuses ``uri``, or ``None``."""
+        if AZUREML_ASSET.match(uri):
+            return None
+        if "://" not in uri:
+            return (
+                f"{uri!r} is a local path: a hosted control plane never reads its own disk; use Azure storage "
+                "(abfss://, az://, https://<account>.blob.core.windows.net/...) or AzureML data "
+                "(azureml://..., azureml:<name>:<version>)"
+            )
+        parts = urlsplit(uri)
+        scheme = parts.scheme.lower()
+        if scheme not in _HOSTED_SCHEMES:
+            return (
+                f"{scheme}:// is not allowed in a hosted deployment: use abfs(s)://, az://, https:// on Azure "
+                "storage or azureml://"
+            )
+        if scheme in {"azureml", "builtin"}:
+            return None
+        adls = scheme in {"abfs", "abfss", "az"}  # `container@account.dfs.core.windows.net/path`
+        if parts.password is not None or (parts.username is not None and not adls):
+            return "credentials in the URI are not allowed: the compute's own identity reads the data"
+        if adls and "@" not in parts.netloc:
+            return None  # `container/path`: the deployment's own storage account
+        return self.host_problem((parts.hostname or "").lower())
+
+    def host_problem(self, host: str) -> str | None:
+        if not host:
+            return "the URI names no host"
+        literal = _ip_literal(host)
+        if literal is not None:
+            kind = "link-local (the instance metadata service)" if literal.is_link_local else "an IP literal"
+            if literal.is_loopback:
+                kind = "loopback"
+            return f"host {host} is {kind}: name an Azure storage account or an allowed host"
+        if host == "localhost" or host.endswith((".localhost", ".local", ".internal")):
+            return f"host {host} is local to the control plane"
+        if host.endswith(AZURE_STORAGE_SUFFIXES) or self._allowed(host):
+            return None
+        allowed = ", ".join(f"*{s}" for s in AZURE_STORAGE_SUFFIXES) + "".join(f", {h}" for h in self.data_hosts)
+        return f"host {host} is not Azure storage nor an allowed data host (allowed: {allowed}; RAPIDS_HPO_DATA_HOSTS)"
+
+    def _allowed(self, host: str) -> bool:
+        return any(host == h or (h.startswith(".") and host.endswith(h)) for h in self.data_hosts)
+
+
+def _ip_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address ``host`` spells; the numeric forms resolvers also accept (``2852039166``,
+    ``0xa9.0xfe.0xa9.0xfe``) count as IP literals too (returned as ``0.0.0.0``)."""
+    try:
+        return ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        pass
+    if re.fullmatch(r"(0x[0-9a-f]*|[0-9]+)(\.(0x[0-9a-f]*|[0-9]+)){0,3}\.?", host):
+        return ipaddress.IPv4Address(0)
+    return None
