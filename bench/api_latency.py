@@ -1,16 +1,22 @@
-"""API latency under load: p50/p99 of POST and GET against ``rapids-hpo serve``.
+"""API throughput and latency under load: POST and GET against ``rapids-hpo serve``.
 
-Starts ``rapids-hpo serve --no-workers`` (the API alone, local adapters in a temporary folder, so the
-submitted experiments are stored and queued but not run) on a free loopback port, then 50 concurrent
-clients alternate POST /api/experiments and GET /api/experiments/{id} for 20 s.
+Starts ``rapids-hpo serve --no-workers`` (the API alone: submitted experiments are stored and queued, not
+run) on a free loopback port, over local adapters in a temporary folder (``--storage local``) or over
+Azure Storage on a fresh Azurite (``--storage azurite``, the Function App's adapters), then ``--clients``
+concurrent clients send ``--posts`` POST /api/experiments in all, each followed by a GET of the
+experiment it created. Prints POST req/s, p50/p99 of each route, errors.
 
-    python bench/api_latency.py [--clients 50] [--seconds 20]
+    python bench/api_latency.py [--storage azurite] [--clients 50] [--posts 1000] [--root CHECKOUT]
+
+``--root`` serves another checkout of the project (e.g. an older commit, for before/after figures) with
+this Python. The clients run on the same machine as the server, so they share its cores.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -19,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -26,6 +33,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from shared.config import AZURITE_ACCOUNT, AZURITE_KEY  # noqa: E402
 from tests.control_plane import tiny_spec  # noqa: E402
 
 
@@ -35,71 +43,124 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def percentile(values: list[float], q: float) -> float:
+def wait_for_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on port {port} after {timeout} s")
+
+
+def percentile(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
 
-async def client_loop(base: str, deadline: float, posts: list[float], gets: list[float], errors: list[str]):
+@contextlib.contextmanager
+def azurite(folder: str) -> Iterator[str]:
+    """A fresh Azurite (the tests' install under .azurite/, or one on PATH); yields a connection string."""
+    import shutil
+
+    binary = ROOT / ".azurite" / "node_modules" / ".bin" / "azurite"
+    found = str(binary) if binary.exists() else shutil.which("azurite")
+    if found is None:
+        raise SystemExit("Azurite not found: run the Azure Storage tests once (they install it) or npm i -g azurite")
+    ports = {"blob": free_port(), "queue": free_port(), "table": free_port()}
+    args = [found, "--silent", "--skipApiVersionCheck", "--loose", "--disableTelemetry", "--location", folder]
+    for service, port in ports.items():
+        args += [f"--{service}Host", "127.0.0.1", f"--{service}Port", str(port)]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        for port in ports.values():
+            wait_for_port(port)
+        base = "http://127.0.0.1"
+        yield (
+            f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+            f"BlobEndpoint={base}:{ports['blob']}/{AZURITE_ACCOUNT};"
+            f"QueueEndpoint={base}:{ports['queue']}/{AZURITE_ACCOUNT};"
+            f"TableEndpoint={base}:{ports['table']}/{AZURITE_ACCOUNT};"
+        )
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+async def client_loop(client: httpx.AsyncClient, budget: list[int], results: dict[str, list]) -> None:
     body = json.dumps(tiny_spec())
-    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
-        while time.perf_counter() < deadline:
-            tick = time.perf_counter()
-            response = await client.post("/api/experiments", content=body, headers={"content-type": "application/json"})
-            posts.append(time.perf_counter() - tick)
-            if response.status_code != 202:
-                errors.append(f"POST {response.status_code}")
-                continue
-            tick = time.perf_counter()
-            status = await client.get(response.headers["location"])
-            gets.append(time.perf_counter() - tick)
-            if status.status_code != 200:
-                errors.append(f"GET {status.status_code}")
+    while budget[0] > 0:
+        budget[0] -= 1
+        tick = time.perf_counter()
+        response = await client.post("/api/experiments", content=body, headers={"content-type": "application/json"})
+        results["post"].append(time.perf_counter() - tick)
+        if response.status_code != 202:
+            results["errors"].append(f"POST {response.status_code}: {response.text[:200]}")
+            continue
+        tick = time.perf_counter()
+        status = await client.get(response.headers["location"])
+        results["get"].append(time.perf_counter() - tick)
+        if status.status_code != 200:
+            results["errors"].append(f"GET {status.status_code}")
 
 
-async def load(base: str, clients: int, seconds: float):
-    posts: list[float] = []
-    gets: list[float] = []
-    errors: list[str] = []
-    deadline = time.perf_counter() + seconds
-    await asyncio.gather(*(client_loop(base, deadline, posts, gets, errors) for _ in range(clients)))
-    return posts, gets, errors
+async def load(base: str, clients: int, posts: int) -> tuple[dict[str, list], float]:
+    results: dict[str, list] = {"post": [], "get": [], "errors": []}
+    budget = [posts]
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
+        await client.get("/api/health")  # tables and queues exist before the clock starts
+        start = time.perf_counter()
+        await asyncio.gather(*(client_loop(client, budget, results) for _ in range(clients)))
+        return results, time.perf_counter() - start
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--storage", choices=["local", "azurite"], default="local")
     parser.add_argument("--clients", type=int, default=50)
-    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--posts", type=int, default=1000)
+    parser.add_argument("--root", type=Path, default=ROOT, help="the checkout to serve")
     args = parser.parse_args()
     port = free_port()
-    with tempfile.TemporaryDirectory() as home:
-        env = {**os.environ, "RAPIDS_HPO_HOME": home, "PYTHONPATH": str(ROOT)}
+    with tempfile.TemporaryDirectory() as home, contextlib.ExitStack() as stack:
+        env = {**os.environ, "RAPIDS_HPO_HOME": home, "PYTHONPATH": str(args.root)}
         env.pop("AzureWebJobsStorage", None)
+        env.pop("RAPIDS_HPO_FUNCTION_KEY", None)
+        if args.storage == "azurite":
+            env["AzureWebJobsStorage"] = stack.enter_context(azurite(os.path.join(home, "azurite")))
         server = subprocess.Popen(
             [sys.executable, "-m", "shared.cli", "serve", "--port", str(port), "--no-workers"],
             env=env,
-            cwd=ROOT,
+            cwd=args.root,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         base = f"http://127.0.0.1:{port}"
         try:
-            for _ in range(100):
-                try:
-                    if httpx.get(f"{base}/api/health", timeout=1).status_code == 200:
+            for _ in range(300):
+                with contextlib.suppress(httpx.TransportError):
+                    if httpx.get(f"{base}/api/health", timeout=2).status_code == 200:
                         break
-                except httpx.TransportError:
-                    time.sleep(0.1)
-            posts, gets, errors = asyncio.run(load(base, args.clients, args.seconds))
+                time.sleep(0.1)
+            results, elapsed = asyncio.run(load(base, args.clients, args.posts))
         finally:
             server.terminate()
             server.wait(timeout=10)
-    print(f"clients={args.clients} seconds={args.seconds:g} requests={len(posts) + len(gets)} errors={len(errors)}")
+    posts, gets, errors = results["post"], results["get"], results["errors"]
+    print(
+        f"storage={args.storage} clients={args.clients} posts={len(posts)} gets={len(gets)} "
+        f"errors={len(errors)} elapsed={elapsed:.1f}s root={args.root}"
+    )
     for name, values in (("POST /api/experiments", posts), ("GET /api/experiments/{id}", gets)):
-        print(
-            f"{name:<28} n={len(values):6d}  p50={percentile(values, 50) * 1000:7.1f} ms"
-            f"  p99={percentile(values, 99) * 1000:7.1f} ms"
-        )
-    print(f"throughput={(len(posts) + len(gets)) / args.seconds:.1f} req/s")
+        if values:
+            print(
+                f"{name:<28} n={len(values):6d}  p50={percentile(values, 50) * 1000:7.1f} ms"
+                f"  p99={percentile(values, 99) * 1000:7.1f} ms"
+            )
+    total = (len(posts) + len(gets)) / elapsed
+    print(f"post_throughput={len(posts) / elapsed:.1f} req/s  total_throughput={total:.1f} req/s")
+    for error in sorted(set(errors))[:5]:
+        print("error:", error)
 
 
 if __name__ == "__main__":

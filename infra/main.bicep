@@ -153,16 +153,14 @@ module network 'modules/network.bicep' = {
   }
 }
 
-// The Dask VMs' user-assigned identity (vmcluster backend), with table and artifacts-container roles on
-// the storage account. In this (control-plane) resource group: the VMs in the experiment group can use
-// it all the same, and experiment clean-ups never delete it.
+// The Dask VMs' user-assigned identity (vmcluster backend), with no role on the control-plane storage:
+// the compute holds a per-experiment SAS instead (shared/store/compute.py). In this (control-plane)
+// resource group: the VMs in the experiment group can use it all the same, and clean-ups never delete it.
 module vmIdentity 'modules/vm-identity.bicep' = {
   name: 'vm-identity'
   params: {
     location: location
     name: vmIdentityName
-    storageAccountName: storage.outputs.name
-    artifactsContainerName: blobContainerNames[0]
     tags: tags
   }
 }

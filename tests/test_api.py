@@ -166,3 +166,43 @@ def test_health_and_openapi(client):
         "/api/health",
     } <= set(paths)
     assert "delete" in paths["/api/experiments/{experiment_id}"]
+
+
+def test_a_blocked_store_call_does_not_block_other_requests(ctx):
+    """Handlers run in the thread pool (issue 9): while one request waits on the store, others are served."""
+    import threading
+    import time
+
+    import httpx
+    import uvicorn
+
+    from shared.api import create_api as make_api
+
+    release, entered = threading.Event(), threading.Event()
+    original = ctx.store.get_experiment
+
+    def slow_get(experiment_id):
+        if experiment_id == "exp-slow":
+            entered.set()
+            release.wait(30)
+        return original(experiment_id)
+
+    ctx.store.get_experiment = slow_get
+    server = uvicorn.Server(uvicorn.Config(make_api(context=ctx), host="127.0.0.1", port=0, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    base = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    try:
+        blocked = threading.Thread(target=httpx.get, args=(f"{base}/api/experiments/exp-slow",), kwargs={"timeout": 30})
+        blocked.start()
+        assert entered.wait(10)
+        for _ in range(3):  # served while the first request still holds its thread
+            assert httpx.post(f"{base}/api/experiments", json=tiny_spec(), timeout=5).status_code == 202
+            assert httpx.get(f"{base}/api/health", timeout=5).status_code == 200
+        assert blocked.is_alive()
+    finally:
+        release.set()
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -77,9 +77,7 @@ EXPECTED_ASSIGNMENTS = Counter(
         (APP, "azureMLComputeOperator", "Microsoft.MachineLearningServices/workspaces"),
         (APP, "storageBlobDataContributor", STORAGE_ACCOUNT),  # the AzureML workspace's storage
         (APP, "eventGridDataSender", "Microsoft.EventGrid/topics"),  # publish to the control plane's topic
-        # The HPO driver on the VMs reads the experiment and writes trials and artifacts; no queues.
-        (VM, "storageTableDataContributor", STORAGE_ACCOUNT),
-        (VM, "storageBlobDataContributor", BLOB_CONTAINER),
+        # The Dask VM identity: none. Compute holds a per-experiment SAS (shared/store/compute.py).
     ]
 )
 
@@ -973,9 +971,10 @@ def _output_values(bicep: Bicep) -> dict[str, str]:
     }
 
 
-def test_vm_identity_reaches_the_app_settings_and_only_the_storage_it_needs() -> None:
+def test_vm_identity_reaches_the_app_settings_and_no_control_plane_data() -> None:
     """The vmcluster backend attaches RAPIDS_HPO_VM_IDENTITY_ID to its VMs and hands them the client id;
-    the identity exists, the app may attach it (and only it), and it reaches tables and artifacts only."""
+    the identity exists, the app may attach it (and only it), and it holds no role on tables or blobs
+    (issue 10, finding 7: compute can no longer rewrite every experiment)."""
     main = _bicep(MAIN_BICEP)
     module = next(d for d in main.decls if d.kind == "module" and d.target == "modules/vm-identity.bicep")
     settings = _main_app_settings()
@@ -991,13 +990,11 @@ def test_vm_identity_reaches_the_app_settings_and_only_the_storage_it_needs() ->
     assert outputs["clientId"] == f"{symbol}.properties.clientId"
     assert outputs["name"] == f"{symbol}.name"
 
-    # The blob role is on the artifacts container, the one shared/config.py names.
+    # No data-plane role, nor anything to scope one to: the compute's only credential is its SAS.
     passed = main.body_object(module, "params")
-    assert passed["storageAccountName"] == "storage.outputs.name"
-    assert passed["artifactsContainerName"] == "blobContainerNames[0]"
-    assert _literal(main.var_array("blobContainerNames")[0]) == config.CONTAINER_ARTIFACTS
-    containers = [d for d in identity_file.decls if d.target == BLOB_CONTAINER]
-    assert [identity_file.body(d)["name"] for d in containers] == ["artifactsContainerName"]
+    assert set(passed) == {"location", "name", "tags"}
+    assert not [d for d in identity_file.decls if d.target == "Microsoft.Authorization/roleAssignments"]
+    assert not [d for d in identity_file.decls if d.target.startswith("Microsoft.Storage/")]
 
     # Managed Identity Operator: scoped to this identity, deployed where the identity is.
     roles = next(d for d in main.decls if d.symbol == "controlPlaneRoles")
@@ -1015,8 +1012,7 @@ def test_vm_identity_reaches_the_app_settings_and_only_the_storage_it_needs() ->
     assert scope_decl.target == USER_ASSIGNED_IDENTITY and scope_decl.existing
     assert control_plane.body(scope_decl)["name"] == "vmIdentityName"
 
-    vm_keys = {key for who, key, _ in EXPECTED_ASSIGNMENTS if who == VM}
-    assert not any("Queue" in key or "Owner" in key for key in vm_keys), "the driver never uses queues"
+    assert not [key for who, key, _ in EXPECTED_ASSIGNMENTS if who == VM], "compute holds no role"
 
 
 def test_storage_accounts_refuse_keys_and_anonymous_access() -> None:

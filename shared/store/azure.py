@@ -31,6 +31,7 @@ import re
 import threading
 import uuid
 from collections.abc import Mapping
+from datetime import datetime, timedelta
 from typing import Any
 
 from azure.core import MatchConditions
@@ -50,6 +51,7 @@ from shared.config import (
 )
 from shared.errors import AlreadyExists, ConcurrencyConflict, NotFound
 from shared.records import ExperimentRecord, ExperimentStatus, TrialRecord
+from shared.store import compute
 from shared.store._common import (
     MAX_PAGE_SIZE,
     check_artifact_name,
@@ -352,6 +354,32 @@ class AzureStore:
         self._ensure()
         names = self._container.list_blob_names(name_starts_with=folder + prefix)
         return sorted(name.removeprefix(folder) for name in names)
+
+    # Compute areas (shared.store.compute): one container per experiment, reached with a SAS
+
+    def _area(self, experiment_id: str) -> Any:
+        return self.blob_service.get_container_client(compute.area_name(f"{self.container_name}-run", experiment_id))
+
+    def issue_compute_credential(self, experiment_id: str, ttl: timedelta) -> compute.ComputeCredential:
+        """A SAS reaching only this experiment's compute area, expiring after ``ttl`` (at most 7 days)."""
+        record = self.get_experiment(experiment_id)
+        container = self._area(experiment_id)
+        with contextlib.suppress(ResourceExistsError):
+            container.create_container()
+        compute.publish_record(compute.ContainerArea(container), record)
+        return compute.container_credential(self.blob_service, container, experiment_id, ttl)
+
+    def ingest_compute_output(self, experiment_id: str, since: datetime | None = None) -> compute.IngestReport:
+        """Take the compute's trials and artifacts into the tables and artifacts container."""
+        container = self._area(experiment_id)
+        if not container.exists():
+            return compute.IngestReport(watermark=since)
+        return compute.ingest(self, compute.ContainerArea(container), experiment_id, since)
+
+    def revoke_compute_credential(self, experiment_id: str) -> None:
+        """Delete the compute area: its SAS reaches nothing from now on."""
+        with contextlib.suppress(ResourceNotFoundError):
+            self._area(experiment_id).delete_container()
 
     # Bodies
 

@@ -9,12 +9,15 @@ Records are stored as JSON with the columns that queries need (id, status, creat
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import uuid
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from shared.errors import AlreadyExists, ConcurrencyConflict, NotFound
 from shared.records import ExperimentRecord, ExperimentStatus, TrialRecord
+from shared.store import compute
 from shared.store._common import (
     check_artifact_name,
     check_experiment_id,
@@ -205,6 +208,26 @@ class LocalStore:
 
     def _artifact_path(self, experiment_id: str, name: str) -> Path:
         return self.artifacts_root / check_experiment_id(experiment_id) / check_artifact_name(name)
+
+    # Compute areas (shared.store.compute): a folder per experiment; on one machine the "credential" is
+    # the folder itself (the user's own machine: no isolation between processes of one user is claimed)
+
+    def _area(self, experiment_id: str) -> compute.FolderArea:
+        return compute.FolderArea(self.root / "compute" / check_experiment_id(experiment_id))
+
+    def issue_compute_credential(self, experiment_id: str, ttl: timedelta) -> compute.ComputeCredential:
+        area = self._area(experiment_id)
+        compute.publish_record(area, self.get_experiment(experiment_id))
+        return compute.ComputeCredential(experiment_id, "folder", str(area.root), "", compute.expiry(ttl))
+
+    def ingest_compute_output(self, experiment_id: str, since: datetime | None = None) -> compute.IngestReport:
+        area = self._area(experiment_id)
+        if not area.root.is_dir():
+            return compute.IngestReport(watermark=since)
+        return compute.ingest(self, area, experiment_id, since)
+
+    def revoke_compute_credential(self, experiment_id: str) -> None:
+        shutil.rmtree(self._area(experiment_id).root, ignore_errors=True)
 
 
 def _experiment_json(record: ExperimentRecord) -> str:

@@ -1,0 +1,335 @@
+"""Least privilege for compute: a credential that reaches ONE experiment's data, and the store the compute
+runs with when that credential is all it holds.
+
+The control plane keeps every table, queue and secret to itself. For each experiment it makes a compute
+area (on Azure a container of its own, ``<prefix>-<id>-<hash>``; locally a folder) and mints a
+:class:`ComputeCredential` for it: a container SAS (account key, or a user-delegation key under managed
+identity) with read/add/create/write/list permissions, expiring after ``ttl``. A blob SAS reaches neither
+another container (other experiments, ``artifacts``, ``secrets``) nor the table or queue service. The compute
+writes its trials and artifacts there; each poll the control plane **ingests** them into its own tables and
+artifacts container (validated: the compute cannot write anywhere else through it) and refreshes the
+record the compute reads (so a cancel is seen). At teardown the area is deleted, which ends the credential
+even before it expires.
+
+Control plane::
+
+    credential = store.issue_compute_credential(record.id, ttl=timedelta(hours=12))
+    payload = credential.to_json()        # give it to the compute (a Dask task argument, a job setting)
+    report = store.ingest_compute_output(record.id, since=report.watermark)  # each poll step
+    store.revoke_compute_credential(record.id)                                # teardown
+
+Compute (the HPO driver on the head node; it needs ``azure-storage-blob`` and nothing else of Azure)::
+
+    store = ComputeStore.from_json(payload)
+    run_experiment(store, store.experiment_id, client, CancelWatch(store, store.experiment_id))
+
+Area layout: ``experiment.json`` (the record, written by the control plane), ``trials/<number>.json``,
+``artifacts/<name>`` (``driver/outcome.json``, ``model/...``, ``plots/...``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from pydantic import ValidationError
+
+from shared.errors import NotFound
+from shared.records import ExperimentRecord, TrialRecord
+from shared.store._common import check_artifact_name, check_experiment_id
+
+RECORD_BLOB = "experiment.json"
+TRIALS_PREFIX = "trials/"
+ARTIFACTS_PREFIX = "artifacts/"
+MAX_TRIAL_BYTES = 4 * 1024 * 1024
+"""Largest trial record ingested (a real one is a few KiB)."""
+MAX_ARTIFACT_BYTES = 1024 * 1024 * 1024
+"""Largest artifact ingested (a model); larger ones are refused and reported."""
+MAX_TTL = timedelta(days=7)
+"""User-delegation keys live at most seven days (Azure's limit); account-key SAS are capped alike."""
+
+
+@dataclass(frozen=True)
+class ComputeCredential:
+    """What an experiment's compute holds: one area, one experiment, an expiry. ``token`` is a SAS
+    (a secret: pass it only to that compute); a ``folder`` credential (local store) has none."""
+
+    experiment_id: str
+    kind: Literal["blob-sas", "folder"]
+    url: str
+    """The area: a container URL without query, or a folder path."""
+    token: str
+    expires_at: datetime
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "expires_at": self.expires_at.isoformat()})
+
+    @classmethod
+    def from_json(cls, text: str) -> ComputeCredential:
+        data = json.loads(text)
+        return cls(**{**data, "expires_at": datetime.fromisoformat(data["expires_at"])})
+
+    def __repr__(self) -> str:  # never print the token
+        return f"ComputeCredential({self.experiment_id!r}, {self.kind}, {self.url!r}, expires {self.expires_at:%c})"
+
+
+@dataclass
+class IngestReport:
+    """What one ingestion took in: trial numbers, artifact names, refused blobs (with why), and the
+    watermark to pass as ``since`` next time (blobs modified at or after it are read again)."""
+
+    trials: list[int] = field(default_factory=list)
+    artifacts: list[str] = field(default_factory=list)
+    refused: dict[str, str] = field(default_factory=dict)
+    watermark: datetime | None = None
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    name: str
+    size: int
+    modified: datetime
+
+
+class Area(Protocol):
+    """A flat namespace of blobs: an Azure container (through a SAS or the control plane's client) or a folder."""
+
+    def put(self, name: str, data: bytes) -> str: ...
+    def get(self, name: str) -> bytes: ...
+    def list(self, prefix: str = "") -> list[BlobInfo]: ...
+
+
+class ContainerArea:
+    """An :class:`Area` over an ``azure.storage.blob.ContainerClient``."""
+
+    def __init__(self, container: Any) -> None:
+        self.container = container
+
+    def put(self, name: str, data: bytes) -> str:
+        return str(self.container.upload_blob(name, data, overwrite=True).url).split("?")[0]
+
+    def get(self, name: str) -> bytes:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            return bytes(self.container.download_blob(name).readall())
+        except ResourceNotFoundError:
+            raise NotFound(f"blob {name!r} not found") from None
+
+    def list(self, prefix: str = "") -> list[BlobInfo]:
+        return [
+            BlobInfo(b.name, int(b.size or 0), b.last_modified)
+            for b in self.container.list_blobs(name_starts_with=prefix or None)
+        ]
+
+
+class FolderArea:
+    """An :class:`Area` over a folder (the local store's compute area)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def _path(self, name: str) -> Path:
+        return self.root / check_artifact_name(name)
+
+    def put(self, name: str, data: bytes) -> str:
+        path = self._path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+        return path.as_uri()
+
+    def get(self, name: str) -> bytes:
+        try:
+            return self._path(name).read_bytes()
+        except FileNotFoundError:
+            raise NotFound(f"file {name!r} not found") from None
+
+    def list(self, prefix: str = "") -> list[BlobInfo]:
+        if not self.root.is_dir():
+            return []
+        found = []
+        for path in sorted(self.root.rglob("*")):
+            name = path.relative_to(self.root).as_posix()
+            if path.is_file() and not path.name.startswith(".tmp-") and name.startswith(prefix):
+                stat = path.stat()
+                found.append(BlobInfo(name, stat.st_size, datetime.fromtimestamp(stat.st_mtime, UTC)))
+        return found
+
+
+# ------------------------------------------------------------------------------ the compute's side
+class ComputeStore:
+    """The ``Store`` an experiment's compute runs with, holding only a :class:`ComputeCredential`.
+
+    It offers what the HPO driver uses (``get_experiment``, ``put_trial``, ``list_trials``,
+    ``put_artifact``, ``get_artifact``, ``list_artifacts``) for its own experiment; anything else is a
+    ``PermissionError``, and Azure refuses the SAS anywhere else anyway.
+    """
+
+    def __init__(self, credential: ComputeCredential, area: Area) -> None:
+        self.credential = credential
+        self.area = area
+
+    @classmethod
+    def from_credential(cls, credential: ComputeCredential) -> ComputeStore:
+        if credential.kind == "folder":
+            return cls(credential, FolderArea(Path(credential.url)))
+        from azure.storage.blob import ContainerClient
+
+        return cls(
+            credential, ContainerArea(ContainerClient.from_container_url(f"{credential.url}?{credential.token}"))
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> ComputeStore:
+        return cls.from_credential(ComputeCredential.from_json(text))
+
+    @property
+    def experiment_id(self) -> str:
+        return self.credential.experiment_id
+
+    def _own(self, experiment_id: str) -> None:
+        if experiment_id != self.credential.experiment_id:
+            raise PermissionError(f"this compute holds experiment {self.experiment_id!r}'s data only")
+
+    def get_experiment(self, experiment_id: str) -> ExperimentRecord:
+        self._own(experiment_id)
+        return ExperimentRecord.model_validate_json(self.area.get(RECORD_BLOB))
+
+    def put_trial(self, trial: TrialRecord) -> None:
+        self._own(trial.experiment_id)
+        self.area.put(f"{TRIALS_PREFIX}{trial.number:010d}.json", trial.model_dump_json().encode())
+
+    def list_trials(self, experiment_id: str) -> list[TrialRecord]:
+        self._own(experiment_id)
+        blobs = self.area.list(TRIALS_PREFIX)
+        return [TrialRecord.model_validate_json(self.area.get(b.name)) for b in blobs if b.name.endswith(".json")]
+
+    def put_artifact(self, experiment_id: str, name: str, data: bytes) -> str:
+        self._own(experiment_id)
+        return self.area.put(ARTIFACTS_PREFIX + check_artifact_name(name), data)
+
+    def get_artifact(self, experiment_id: str, name: str) -> bytes:
+        self._own(experiment_id)
+        return self.area.get(ARTIFACTS_PREFIX + check_artifact_name(name))
+
+    def list_artifacts(self, experiment_id: str, prefix: str = "") -> list[str]:
+        self._own(experiment_id)
+        return sorted(b.name.removeprefix(ARTIFACTS_PREFIX) for b in self.area.list(ARTIFACTS_PREFIX + prefix))
+
+    def __getattr__(self, name: str) -> Any:
+        if name in {"create_experiment", "update_experiment", "list_experiments", "claim_idempotency_key"} | {
+            "put_secret",
+            "get_secret",
+        }:
+            raise PermissionError(f"the compute's credential gives no {name}: only the control plane has it")
+        raise AttributeError(name)
+
+
+# ----------------------------------------------------------------------- the control plane's side
+def publish_record(area: Area, record: ExperimentRecord) -> None:
+    """Write the record the compute reads (its spec, and its status for cancellation)."""
+    area.put(RECORD_BLOB, record.model_dump_json(exclude={"version"}).encode())
+
+
+def ingest(store: Any, area: Area, experiment_id: str, since: datetime | None = None) -> IngestReport:
+    """Copy the compute's trials and artifacts into ``store`` (its tables and artifacts), checking each:
+    a trial must parse, name this experiment and match its blob's number; an artifact's name must be a
+    safe relative path and its size bounded. Then refresh the record the compute reads."""
+    report = IngestReport(watermark=since)
+    for blob in area.list():
+        if since is not None and blob.modified < since:
+            continue
+        report.watermark = max(report.watermark or blob.modified, blob.modified)
+        if blob.name.startswith(TRIALS_PREFIX):
+            _ingest_trial(store, area, experiment_id, blob, report)
+        elif blob.name.startswith(ARTIFACTS_PREFIX):
+            _ingest_artifact(store, area, experiment_id, blob, report)
+        elif blob.name != RECORD_BLOB:
+            report.refused[blob.name] = "not under trials/ or artifacts/"
+    publish_record(area, store.get_experiment(experiment_id))
+    return report
+
+
+def _ingest_trial(store: Any, area: Area, experiment_id: str, blob: BlobInfo, report: IngestReport) -> None:
+    stem = blob.name.removeprefix(TRIALS_PREFIX).removesuffix(".json")
+    if blob.size > MAX_TRIAL_BYTES:
+        report.refused[blob.name] = f"{blob.size} bytes; a trial record is at most {MAX_TRIAL_BYTES}"
+        return
+    try:
+        trial = TrialRecord.model_validate_json(area.get(blob.name))
+    except (ValidationError, NotFound) as exc:
+        report.refused[blob.name] = f"not a trial record: {str(exc).splitlines()[0]}"
+        return
+    if trial.experiment_id != experiment_id or not stem.isdigit() or int(stem) != trial.number:
+        report.refused[blob.name] = f"names experiment {trial.experiment_id!r} trial {trial.number}"
+        return
+    store.put_trial(trial)
+    report.trials.append(trial.number)
+
+
+def _ingest_artifact(store: Any, area: Area, experiment_id: str, blob: BlobInfo, report: IngestReport) -> None:
+    name = blob.name.removeprefix(ARTIFACTS_PREFIX)
+    try:
+        check_artifact_name(name)
+    except ValueError as exc:
+        report.refused[blob.name] = str(exc)
+        return
+    if blob.size > MAX_ARTIFACT_BYTES:
+        report.refused[blob.name] = f"{blob.size} bytes; an artifact is at most {MAX_ARTIFACT_BYTES}"
+        return
+    store.put_artifact(experiment_id, name, area.get(blob.name))
+    report.artifacts.append(name)
+
+
+def expiry(ttl: timedelta) -> datetime:
+    if ttl <= timedelta(0):
+        raise ValueError(f"a compute credential needs a positive lifetime, not {ttl}")
+    return datetime.now(UTC) + min(ttl, MAX_TTL)
+
+
+def area_name(prefix: str, experiment_id: str) -> str:
+    """A container name for an experiment's compute area: at most 63 lower-case letters, digits and
+    single hyphens, unique per ``(prefix, id)`` (a hash keeps ids differing only in case or ``_`` apart)."""
+    import hashlib
+    import re
+
+    check_experiment_id(experiment_id)
+    digest = hashlib.sha256(f"{prefix}/{experiment_id}".encode()).hexdigest()[:10]
+    readable = re.sub(r"[^a-z0-9]+", "-", experiment_id.lower()).strip("-")[: max(0, 50 - len(prefix))]
+    return re.sub(r"-{2,}", "-", f"{prefix}-{readable}-{digest}")[:63]
+
+
+def container_credential(blob_service: Any, container: Any, experiment_id: str, ttl: timedelta) -> ComputeCredential:
+    """A SAS for ``container`` only: read, add, create, write, list (no delete, no other container, no
+    table or queue). Signed with the account key when the client has one (Azurite, connection strings),
+    else with a user-delegation key (managed identity: the Function App's blob data role grants it)."""
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+    expires = expiry(ttl)
+    start = datetime.now(UTC) - timedelta(minutes=5)  # clock skew
+    permission = ContainerSasPermissions(read=True, add=True, create=True, write=True, list=True)
+    url = str(container.url).split("?")[0]
+    signing: dict[str, Any] = {}
+    account_key = getattr(blob_service.credential, "account_key", None)
+    if account_key:
+        signing["account_key"] = account_key
+    else:
+        signing["user_delegation_key"] = blob_service.get_user_delegation_key(start, expires)
+    token = generate_container_sas(
+        blob_service.account_name,
+        container.container_name,
+        permission=permission,
+        expiry=expires,
+        start=start,
+        protocol="https" if url.startswith("https://") else None,
+        **signing,
+    )
+    return ComputeCredential(experiment_id, "blob-sas", url, token, expires)
