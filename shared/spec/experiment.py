@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
@@ -135,9 +134,13 @@ class ExperimentSpec(SpecModel):
 
     def grid_size(self) -> int | None:
         """The number of distinct configurations when every entry is a ``choice``, else ``None``."""
-        if not all(isinstance(dist, Choice) for dist in self.search_space.values()):
+        choices = [dist for dist in self.search_space.values() if isinstance(dist, Choice)]
+        if len(choices) != len(self.search_space):
             return None
-        return math.prod(len(dist.values) for dist in self.search_space.values())  # type: ignore[union-attr]
+        size = 1
+        for dist in choices:
+            size *= len(dist.values)
+        return size
 
     def effective_total_trials(self) -> int:
         """``limits.max_total_trials``, capped at the grid size for grid sampling."""
