@@ -67,6 +67,21 @@ class EventsView(BaseModel):
     last_error: str | None
 
 
+class CostView(BaseModel):
+    """The cost ledger's summary: USD spent so far, the budget (``limits.max_cost``), and the price basis
+    (``estimate: ...`` when a local run is priced as its equivalent Azure size)."""
+
+    spent_usd: float
+    budget_usd: float | None
+    basis: str
+
+    @classmethod
+    def of(cls, cost: dict[str, Any] | None) -> CostView | None:
+        if not cost:
+            return None
+        return cls(spent_usd=round(float(cost["spent_usd"]), 4), budget_usd=cost.get("budget_usd"), basis=cost["basis"])
+
+
 class ExperimentView(BaseModel):
     """What the API shows of an experiment."""
 
@@ -81,6 +96,7 @@ class ExperimentView(BaseModel):
     links: dict[str, str]
     history: list[dict[str, Any]] = Field(default_factory=list)
     events: EventsView | None = None
+    cost: CostView | None = Field(default=None, description="spend so far in USD; absent when the run is unpriced")
 
     @classmethod
     def of(cls, record: ExperimentRecord) -> ExperimentView:
@@ -111,6 +127,7 @@ class ExperimentView(BaseModel):
                 dropped=record.event_log.dropped,
                 last_error=record.event_log.last_error,
             ),
+            cost=CostView.of(record.cost),
         )
 
 

@@ -349,10 +349,14 @@ def status(experiment_id: str, as_json: Annotated[bool, typer.Option("--json")] 
     if as_json:
         console.print_json(json.dumps(data))
         return
+    from shared.cost.report import format_cost
+
     best = data.get("best")
+    cost = format_cost(data.get("cost"))
     console.print(
         f"{data['id']}  {data['status']}  {data['progress']['done']}/{data['progress']['total']} trials"
         + (f"  best={best['value']:.4f} (trial {best['number']})" if best else "")
+        + (f"  {cost}" if cost else "")
         + (f"  error: {data['error']}" if data.get("error") else "")
     )
 

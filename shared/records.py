@@ -118,6 +118,9 @@ class ExperimentRecord(BaseModel):
     status_emitted: bool = Field(default=False, description="the experiment-status message was sent")
     history: list[dict[str, Any]] = Field(default_factory=list, description="transitions, oldest first")
     event_log: EventLog = Field(default_factory=EventLog, description="Event Grid announcements and outbox")
+    cost: dict[str, Any] | None = Field(
+        default=None, description="the cost ledger (shared.cost.ledger.CostLedger), None when unpriced"
+    )
     version: str = ""
 
 

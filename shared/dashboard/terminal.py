@@ -16,6 +16,8 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from shared.cost.report import format_cost
+
 STATE_STYLES = {"RUNNING": "cyan", "COMPLETED": "green", "PRUNED": "yellow", "FAILED": "red", "TIMED_OUT": "red"}
 
 
@@ -69,6 +71,7 @@ def watch_view(experiment: dict[str, Any], trials: list[dict[str, Any]], searche
         f"  {done}/{total} trials  ",
         (f"best {best['value']:.4f} (trial {best['number']})" if best else "no completed trial yet", "green"),
         "  " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())),
+        (f"  {format_cost(experiment.get('cost'))}" if experiment.get("cost") else "", "yellow"),
     )
     bar = ProgressBar(total=max(total, 1), completed=done, width=60)
     return Group(header, bar, trials_table(trials, searched))

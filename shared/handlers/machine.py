@@ -17,6 +17,8 @@ from typing import Any
 
 from shared.config import MODEL_PREFIX
 from shared.context import Context
+from shared.cost.catalogue import load_catalogue
+from shared.cost.ledger import BUDGET_REACHED, CostLedger, compute_ledger, rates_for
 from shared.dashboard.artifacts import ensure_plots
 from shared.errors import BackendError, NotFound
 from shared.ports import Planner, RunState, merge_handle
@@ -179,6 +181,18 @@ def _poll(ctx: Context, record: ExperimentRecord) -> str:
     updates = progress_updates(ctx, record)
     if status.updates:
         updates["backend_state"] = merge_handle(backend, record.backend_state, status.updates)
+    ledger = cost_ledger(ctx, record)
+    if ledger is not None:
+        outcome = status.details.get("outcome") or {}
+        if outcome.get("reason") == BUDGET_REACHED:
+            ledger.stopped = BUDGET_REACHED  # the driver stopped launching trials at the budget
+        updates["cost"] = ledger.model_dump(mode="json")
+        if ledger.exhausted and status.state in {RunState.PENDING, RunState.RUNNING}:
+            # The hard stop: what runs is cancelled; the trials so far are kept and the best one finalized.
+            backend.cancel(record)
+            updates["cost"] = ledger.model_copy(update={"stopped": BUDGET_REACHED}).model_dump(mode="json")
+            transition(ctx, record, S.FINALIZING, BUDGET_REACHED, next_event=EventType.FINALIZE, **updates)
+            return "budget reached"
     guard = cost_guard_reason(record, backend.planner)
     if guard and status.state in {RunState.PENDING, RunState.RUNNING}:
         backend.cancel(record)
@@ -196,6 +210,20 @@ def _poll(ctx: Context, record: ExperimentRecord) -> str:
         return "cancelled"
     transition(ctx, record, S.RUNNING, "poll", next_event=EventType.POLL, delay=ctx.settings.poll_seconds, **updates)
     return "running"
+
+
+def cost_ledger(ctx: Context, record: ExperimentRecord) -> CostLedger | None:
+    """The experiment's cost so far (node-seconds x the catalogue's prices), or None when unpriced."""
+    if record.started_at is None:
+        return None
+    spec = ExperimentSpec.model_validate(record.spec)
+    rates = rates_for(spec, load_catalogue())
+    if rates is None:
+        return None
+    ledger = compute_ledger(rates, ctx.store.list_trials(record.id), record.started_at, utcnow(), spec.limits.max_cost)
+    if record.cost and record.cost.get("stopped"):
+        ledger.stopped = record.cost["stopped"]
+    return ledger
 
 
 def cost_guard_reason(record: ExperimentRecord, planner: Planner) -> str | None:
@@ -223,22 +251,20 @@ def _finalize(ctx: Context, record: ExperimentRecord) -> str:
     updates = progress_updates(ctx, record)
     if handle_update:
         updates["backend_state"] = merge_handle(backend, record.backend_state, handle_update)
+    ledger = cost_ledger(ctx, record)
+    budget_reached = ledger is not None and ledger.stopped == BUDGET_REACHED
+    if ledger is not None:
+        updates["cost"] = ledger.model_dump(mode="json")
     best = updates.get("best")
     if best is None:
-        transition(
-            ctx,
-            record,
-            S.FAILED,
-            "no trial completed",
-            next_event=EventType.TEARDOWN,
-            error=record.error or "no trial completed",
-            **updates,
-        )
+        why = f"{BUDGET_REACHED} before any trial completed" if budget_reached else "no trial completed"
+        transition(ctx, record, S.FAILED, why, next_event=EventType.TEARDOWN, error=record.error or why, **updates)
         return "failed"
     model_files = ctx.store.list_artifacts(record.id, MODEL_PREFIX)
     if model_files and best.model_uri is None:
         updates["best"] = best.model_copy(update={"model_uri": f"/api/experiments/{record.id}/model"})
-    transition(ctx, record, S.COMPLETED, "completed", next_event=EventType.TEARDOWN, **updates)
+    reason = BUDGET_REACHED if budget_reached else "completed"
+    transition(ctx, record, S.COMPLETED, reason, next_event=EventType.TEARDOWN, **updates)
     return "completed"
 
 

@@ -24,11 +24,13 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal
 
 import optuna
 from distributed import Client, Event, Future, Queue, Variable, wait
 
+from shared.cost.ledger import BUDGET_REACHED, BudgetGuard
 from shared.hpo.search_space import make_pruner, make_sampler, suggest_params
 from shared.hpo.trial_task import TrialFunction, TrialResult, TrialTask, decision_variable, run_trial_task
 from shared.ports import TrialStore
@@ -82,6 +84,8 @@ class HpoDriver:
         on_trial_end: Callable[[TrialRecord], None] | None = None,
         poll_interval: float = 0.5,
         hard_stop_grace: float = HARD_STOP_GRACE_S,
+        budget: BudgetGuard | None = None,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         self.spec = spec
         self.experiment_id = experiment_id
@@ -92,6 +96,8 @@ class HpoDriver:
         self.on_trial_end = on_trial_end
         self.poll_interval = poll_interval
         self.hard_stop_grace = hard_stop_grace
+        self.budget = budget
+        self.clock = clock or utcnow
         self.primary_metric = spec.objective.primary_metric
         self.direction = spec.objective.goal
         self.seed = spec.sampling_algorithm.seed or 0
@@ -153,16 +159,24 @@ class HpoDriver:
                         stop_reason = "cancelled"
                     elif deadline is not None and time.monotonic() >= deadline:
                         stop_reason = "timeout"
+                    elif self.budget is not None and self.budget.exhausted(self._records.values(), self.clock()):
+                        stop_reason = "budget"  # the hard stop: what runs is stopped
                     if stop_reason:
                         self._stop_all(stop_reason)
+                held_back = False
                 if stop_reason is None:
                     while len(self._running) < concurrency and (self._retry or next_number < total):
+                        if self.budget is not None and not self.budget.can_launch(self._records.values(), self.clock()):
+                            held_back = True  # the next trial's worst case would pass limits.max_cost
+                            break
                         if self._retry:
                             self._launch(self._retry.pop(0))
                         else:
                             self._launch_new(next_number)
                             next_number += 1
                 if not self._running:
+                    if held_back and stop_reason is None:
+                        stop_reason = "budget"
                     break
                 self._collect_finished()
                 self._enforce_trial_timeouts()
@@ -345,6 +359,8 @@ class HpoDriver:
             self._hard_stop(running.future)
             if reason == "timeout":
                 result = self._stopped(running, TrialState.TIMED_OUT, "the experiment's timeout was reached")
+            elif reason == "budget":
+                result = self._stopped(running, TrialState.FAILED, "stopped: the budget (limits.max_cost) was reached")
             else:
                 result = self._stopped(running, TrialState.FAILED, "cancelled")
             self._finish(running, result)
@@ -376,9 +392,12 @@ class HpoDriver:
         if best is None:
             failed = [r for r in records if r.error]
             first = failed[0].error if failed else "no trial completed"
-            why = "timeout before any trial completed" if stop_reason == "timeout" else "every trial failed"
+            why = {
+                "timeout": "timeout before any trial completed",
+                "budget": f"{BUDGET_REACHED} before any trial completed",
+            }.get(stop_reason or "", "every trial failed")
             return ExperimentOutcome("FAILED", why, done, None, f"{why}; first error: {first}", counts)
-        reason = "timeout reached" if stop_reason == "timeout" else "trial budget used"
+        reason = {"timeout": "timeout reached", "budget": BUDGET_REACHED}.get(stop_reason or "", "trial budget used")
         return ExperimentOutcome("COMPLETED", reason, done, best, None, counts)
 
 

@@ -16,17 +16,20 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict
+from datetime import UTC, datetime
 
 from distributed import Client, LocalCluster
 
 from shared.compute_spec import LocalCompute
 from shared.config import DRIVER_OUTCOME_ARTIFACT, Settings
+from shared.cost.catalogue import load_catalogue
+from shared.cost.ledger import BudgetGuard, rates_for
 from shared.dashboard.artifacts import save_plots_safely
 from shared.dashboard.importance import ImportanceRefresher
 from shared.hpo.driver import ExperimentOutcome, HpoDriver
 from shared.hpo.refit import refit_best_model
 from shared.ports import Store
-from shared.records import ExperimentStatus
+from shared.records import ExperimentRecord, ExperimentStatus
 from shared.spec import ExperimentSpec, load_spec
 
 log = logging.getLogger("rapids_hpo.driver")
@@ -70,12 +73,26 @@ class CancelWatch:
         return self._cancelled
 
 
+def budget_guard(record: ExperimentRecord) -> BudgetGuard | None:
+    """The guard of ``limits.max_cost``, pricing the run from its start (None without a budget)."""
+    spec = load_spec(record.spec)
+    if spec.limits.max_cost is None:
+        return None
+    rates = rates_for(spec, load_catalogue())
+    if rates is None:  # the spec check makes this unreachable; the control plane's hard stop still holds
+        log.warning("limits.max_cost is set but the run has no price; the driver does not guard it")
+        return None
+    return BudgetGuard(rates, spec.limits.max_cost, record.started_at or datetime.now(UTC))
+
+
 def run_experiment(store: Store, experiment_id: str, client: Client, cancel: CancelWatch) -> ExperimentOutcome:
     """Run the driver and store the best model; the outcome is also written as an artifact."""
     record = store.get_experiment(experiment_id)
     spec = load_spec(record.spec)
     refresh = ImportanceRefresher(store, record)
-    driver = HpoDriver(spec, experiment_id, store, client, should_cancel=cancel, on_trial_end=refresh)
+    driver = HpoDriver(
+        spec, experiment_id, store, client, should_cancel=cancel, on_trial_end=refresh, budget=budget_guard(record)
+    )
     try:
         outcome = driver.run()
         if outcome.status == "COMPLETED" and outcome.best is not None:
