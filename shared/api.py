@@ -32,6 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from shared import __version__
 from shared.config import EXPERIMENT_ID_PATTERN, MODEL_PREFIX
 from shared.context import Context, get_context
+from shared.cost.ledger import public_cost
 from shared.dashboard.routes import router as dashboard_router
 from shared.errors import NotFound
 from shared.handlers import request_cancel, submit_experiment
@@ -77,9 +78,8 @@ class CostView(BaseModel):
 
     @classmethod
     def of(cls, cost: dict[str, Any] | None) -> CostView | None:
-        if not cost:
-            return None
-        return cls(spent_usd=round(float(cost["spent_usd"]), 4), budget_usd=cost.get("budget_usd"), basis=cost["basis"])
+        shown = public_cost(cost)
+        return None if shown is None else cls(**shown)
 
 
 class ExperimentView(BaseModel):

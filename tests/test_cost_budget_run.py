@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -109,6 +110,11 @@ def test_the_control_plane_stops_a_run_at_the_budget_and_completes_it_with_its_b
         set_context(None)
     assert body["cost"]["budget_usd"] == 1.0 and body["cost"]["spent_usd"] > 1.0
     assert body["cost"]["basis"].startswith("estimate")
+    status = json.loads(machine.status_message(final))
+    assert status["cost"]["budget_usd"] == 1.0 and status["cost"]["spent_usd"] > 1.0
+    from shared.events.catalog import status_changed
+
+    assert status_changed(final, "/test").data["cost"] == status["cost"]  # the experiment's status event
 
 
 def test_an_unpriced_run_has_no_ledger(tmp_path):

@@ -88,3 +88,13 @@ def test_a_priced_budget_is_accepted():
     document = tiny_spec(compute={"backend": "local", "equivalent_vm_size": "Standard_NC4as_T4_v3"})
     document.setdefault("limits", {})["max_cost"] = 2.5
     assert load_spec(document).limits.max_cost == 2.5
+
+
+def test_an_unknown_size_is_submitted_with_a_warning_in_its_history(tmp_path):
+    from shared.handlers import submit_experiment
+
+    ctx = local_context(tmp_path)
+    spec = load_spec(tiny_spec(compute={**VMCLUSTER, "vm_size": "Standard_ND128isr_NEW_v9"}))
+    record, _ = submit_experiment(ctx, spec)
+    reason = record.history[0]["reason"]
+    assert reason.startswith("submitted; warning: Standard_ND128isr_NEW_v9 is not in the GPU size catalogue")

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
@@ -48,6 +48,17 @@ class CostLedger(BaseModel):
     def public(self) -> dict[str, float | str | None]:
         """The API's ``cost`` object."""
         return {"spent_usd": round(self.spent_usd, 4), "budget_usd": self.budget_usd, "basis": self.basis}
+
+
+def public_cost(cost: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``ExperimentRecord.cost`` as the API and the events show it: ``{spent_usd, budget_usd, basis}``."""
+    if not cost:
+        return None
+    return {
+        "spent_usd": round(float(cost["spent_usd"]), 4),
+        "budget_usd": cost.get("budget_usd"),
+        "basis": cost["basis"],
+    }
 
 
 @dataclass(frozen=True)

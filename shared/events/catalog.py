@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from shared.cost.ledger import public_cost
 from shared.events.port import Event
 from shared.records import ExperimentRecord, TrialRecord, TrialState
 
@@ -57,6 +58,7 @@ def status_changed(record: ExperimentRecord, source: str) -> Event:
             "backend": record.backend,
             "progress": {"done": record.trials_done, "total": record.trials_total},
             "best": record.best.model_dump(mode="json") if record.best else None,
+            "cost": public_cost(record.cost),
         },
     )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import re
 import secrets
 from typing import Any, NoReturn
@@ -15,6 +16,8 @@ from shared.errors import AlreadyExists, NotFound
 from shared.handlers.machine import S, send_event, status_message, transition
 from shared.records import TERMINAL_STATUSES, EventType, ExperimentRecord, utcnow
 from shared.spec import ExperimentSpec, SpecError, SpecPolicy, read_document, validate_spec
+
+log = logging.getLogger(__name__)
 
 
 class InvalidRequest(ValueError):
@@ -31,6 +34,17 @@ def new_experiment_id() -> str:
 
 
 # --------------------------------------------------------------------------------------------- submit
+def _submitted_reason(spec: ExperimentSpec) -> str:
+    """ "submitted", with a warning for each VM size the price catalogue does not know (allowed, unpriced)."""
+    from shared.cost.catalogue import load_catalogue
+    from shared.cost.estimate import size_warnings
+
+    warnings = size_warnings(spec, load_catalogue())
+    for warning in warnings:
+        log.warning("%s: %s", spec.name, warning)
+    return "; warning: ".join(["submitted", *warnings])
+
+
 def submit_experiment(
     ctx: Context,
     spec: ExperimentSpec,
@@ -59,7 +73,7 @@ def submit_experiment(
         trials_total=spec.effective_total_trials(),
         idempotency_key=idempotency_key,
         event_seq=1,
-        history=[{"at": utcnow().isoformat(), "status": S.SUBMITTED.value, "reason": "submitted"}],
+        history=[{"at": utcnow().isoformat(), "status": S.SUBMITTED.value, "reason": _submitted_reason(spec)}],
     )
     try:  # SUBMITTED is announced with the first step's events (no publish on the HTTP path)
         record = ctx.store.create_experiment(ctx.announcer.stage_status(record))

@@ -18,7 +18,7 @@ from typing import Any
 from shared.config import MODEL_PREFIX
 from shared.context import Context
 from shared.cost.catalogue import load_catalogue
-from shared.cost.ledger import BUDGET_REACHED, CostLedger, compute_ledger, rates_for
+from shared.cost.ledger import BUDGET_REACHED, CostLedger, compute_ledger, public_cost, rates_for
 from shared.dashboard.artifacts import ensure_plots
 from shared.errors import BackendError, NotFound
 from shared.ports import Planner, RunState, merge_handle
@@ -315,5 +315,6 @@ def status_message(record: ExperimentRecord) -> str:
             "error": record.error,
             "trials_done": record.trials_done,
             "ended_at": record.ended_at.isoformat() if record.ended_at else None,
+            "cost": public_cost(record.cost),
         }
     )
