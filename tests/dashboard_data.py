@@ -86,6 +86,13 @@ def make_experiment(
         store.put_trial(record)
         records.append(record)
     done = [r for r in records if r.state.finished]
+    per_trial = {r.number: round((r.duration_s or 0.0) * 0.75 / 3600, 5) for r in done}  # made-up $0.75/h
+    cost = {
+        "spent_usd": round(sum(per_trial.values()) * 1.2, 4),
+        "budget_usd": 1.0,
+        "basis": "test figures (not a price)",
+        "per_trial_usd": per_trial,
+    }
     record = ExperimentRecord(
         id=experiment_id,
         name=document["name"],
@@ -98,5 +105,6 @@ def make_experiment(
         trials_total=trials + running,
         trials_done=len(done),
         best=best_of(records, "maximize"),
+        cost=cost,
     )
     return store.create_experiment(record)

@@ -57,6 +57,7 @@ def test_index_lists_every_experiment_with_links_that_carry_the_key(client):
         assert f'href="/api/ui/experiments/{experiment_id}?code=k3y"' in html
     assert html.count("<tr>") == 3  # header + two experiments
     assert "12/12" in html and "7/7" not in html and "5/7" in html
+    assert "<th>cost</th>" in html and "of $1.00</span>" in html  # from each record's cost ledger
     assert "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")  # nothing loaded from elsewhere
 
 
@@ -70,6 +71,7 @@ def test_finished_experiment_page_has_every_trial_chart_and_action(client, ctx):
     assert all(int(c.get("data-marks")) > 0 for c in charts.values())
     assert f'href="/api/experiments/{FINISHED}/model?code=k3y"' not in html  # no model in this store
     assert f'href="/api/experiments/{FINISHED}/plots/report.html?code=k3y"' in html
+    assert html.count("<td class=num>$0.007</td>") == 12  # each trial's share of the cost ledger
 
 
 def test_running_experiment_page_refreshes_and_offers_cancel(client):

@@ -105,7 +105,7 @@ def test_index_lists_the_experiments_and_links_keep_the_key(site, page, tmp_path
     rows = page.locator("#experiments tbody tr")
     assert rows.count() == 2
     assert "RUNNING" in rows.nth(0).inner_text() and "COMPLETED" in rows.nth(1).inner_text()
-    page.set_viewport_size({"width": 1100, "height": 200})  # the page's own height, not an empty screen
+    page.set_viewport_size({"width": 1400, "height": 200})  # the page's own height, not an empty screen
     screenshot(page, "dashboard-index.png", tmp_path)
     page.locator(f'a[href*="{FINISHED}"]').click()
     page.wait_for_load_state()

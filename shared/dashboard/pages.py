@@ -32,7 +32,7 @@ text-align:left;vertical-align:top}th{background:#f3f4f6}td.num{text-align:right
 background:#e5e7eb;margin-right:6px}.bar span{display:block;height:8px;background:#2563eb}
 .charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(640px,1fr));gap:12px}
 .charts figure{margin:0;background:#fff;border:1px solid #e5e7eb}.actions a,.actions button{margin-right:8px}
-.meta{color:#4b5563;font-size:13px}.error{color:#b91c1c}
+.meta{color:#4b5563;font-size:13px}.error{color:#b91c1c}#experiments td{white-space:nowrap}
 """
 SCRIPT = """
 (function(){
@@ -104,24 +104,25 @@ def _number(value: Any) -> str:
     return escape(str(value))
 
 
-def cost_of(record: ExperimentRecord) -> float | None:
-    """The experiment's cost in USD when a cost field is recorded (``cost_usd`` or ``cost.total_usd``)."""
-    data = record.model_dump()
-    for key in ("cost_usd", "estimated_cost_usd"):
-        if isinstance(data.get(key), (int, float)):
-            return float(data[key])
-    cost = data.get("cost")
-    if isinstance(cost, dict):
-        for key in ("total_usd", "usd", "spent_usd", "estimated_usd"):
-            if isinstance(cost.get(key), (int, float)):
-                return float(cost[key])
-    return float(cost) if isinstance(cost, (int, float)) else None
+def cost_text(record: ExperimentRecord) -> str:
+    """``$1.23 of $5.00`` from the experiment's cost ledger (``ExperimentRecord.cost``), "" when unpriced."""
+    cost = record.cost or {}
+    spent, budget = cost.get("spent_usd"), cost.get("budget_usd")
+    if not isinstance(spent, (int, float)):
+        return ""
+    text = f"${spent:,.2f}" + (f" of ${budget:,.2f}" if isinstance(budget, (int, float)) and budget else "")
+    return f'<span title="{escape(str(cost.get("basis") or ""))}">{text}</span>'
+
+
+def _trial_costs(record: ExperimentRecord) -> dict[int, float]:
+    per_trial = (record.cost or {}).get("per_trial_usd") or {}
+    return {int(k): float(v) for k, v in per_trial.items() if isinstance(v, (int, float))}
 
 
 def index_page(records: Sequence[ExperimentRecord], code: str | None, next_token: str | None = None) -> str:
     """The list of experiments, newest first."""
-    show_cost = any(cost_of(r) is not None for r in records)
-    head = ["name", "id", "status", "progress", "best", "cost (USD)" if show_cost else None, "started"]
+    show_cost = any(cost_text(r) for r in records)
+    head = ["name", "id", "status", "progress", "best", "cost" if show_cost else None, "started"]
     head += ["duration", "backend"]
     rows = []
     for r in records:
@@ -139,8 +140,7 @@ def index_page(records: Sequence[ExperimentRecord], code: str | None, next_token
             best,
         ]
         if show_cost:
-            cost = cost_of(r)
-            cells.append("" if cost is None else f"{cost:.2f}")
+            cells.append(cost_text(r))
         cells += [_when(r.started_at or r.created_at), _seconds(_duration(r)), escape(r.backend)]
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     table = (
@@ -165,7 +165,8 @@ def trial_table(record: ExperimentRecord, trials: Sequence[TrialRecord], limit: 
     """The trials, newest last; past ``limit`` trials only the latest ``limit`` (the charts keep all)."""
     metric, _ = objective(record)
     names = list((record.spec.get("search_space") or {}).keys())
-    head = ["#", "state", *names, "folds", metric, "duration", "engine", "attempt"]
+    costs = _trial_costs(record)
+    head = ["#", "state", *names, "folds", metric, "duration", "engine", "attempt", *(["cost"] if costs else [])]
     rows = []
     ordered = sorted(trials, key=lambda t: t.number)
     shown = ordered[-limit:] if limit else ordered
@@ -189,6 +190,7 @@ def trial_table(record: ExperimentRecord, trials: Sequence[TrialRecord], limit: 
             f"<td class=num>{_seconds(t.duration_s)}</td>",
             f"<td>{escape(t.engine or '')}</td>",
             f"<td class=num>{t.attempt}</td>",
+            *([f"<td class=num>{f'${costs[t.number]:,.3f}' if t.number in costs else ''}</td>"] if costs else []),
         ]
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return note + (
@@ -227,12 +229,12 @@ def experiment_page(
         if record.best
         else "no completed trial yet"
     )
-    cost = cost_of(record)
+    cost = cost_text(record)
     meta = (
         f'<span class="status {record.status.value}" id="status">{record.status.value}</span> '
         f"{record.trials_done}/{record.trials_total} trials · {best} · backend {escape(record.backend)} · "
         f"started {_when(record.started_at) or 'not yet'} · duration {_seconds(_duration(record)) or '-'}"
-        + (f" · cost {cost:.2f} USD" if cost is not None else "")
+        + (f" · cost {cost}" if cost else "")
     )
     error = f'<p class="error">{escape(record.error)}</p>' if record.error else ""
     plot_links = " ".join(f'<a href="{escape(url(f"{base}/plots/{name}", code))}">{escape(name)}</a>' for name in plots)
