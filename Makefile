@@ -1,10 +1,11 @@
-# The README's two commands: `make run` (install everything, run the main HPO experiment) and `make test`.
+# The README's commands: `make run` (install everything, run the main HPO experiment), `make test` (the quick
+# default set) and `make test-all` (every test but the GPU ones: what CI runs).
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 SPEC ?= examples/flights-rf.yaml
 
-.PHONY: install run test lint bench
+.PHONY: install run test test-all lint browser bench
 
 $(BIN)/rapids-hpo: requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,10 +22,16 @@ run: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
-test: install lint
+browser:
 	@command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || echo "chromium not installed: the browser tests will skip"
+
+test: install lint browser
 	$(BIN)/python -m pytest
+
+test-all: install lint browser
+	$(BIN)/python -m pytest -m "not gpu"
 
 bench: install
 	$(BIN)/python bench/train_speed.py

@@ -88,7 +88,7 @@ class _PartitionConverter:
         if self.fill_columns:
             part = part.copy()
             part[self.fill_columns] = part[self.fill_columns].fillna(np.float32(FOREST_MISSING_VALUE))
-        return get_engine(self.engine).from_pandas(part) if self.engine == "gpu" else part  # type: ignore[arg-type]
+        return get_engine(self.engine).from_pandas(part) if self.engine == "gpu" else part
 
 
 def run_fold(job: DistributedJob, fold: int) -> FoldResult:
@@ -127,7 +127,7 @@ def refit(job: DistributedJob) -> tuple[Any, float]:
         seconds = time.perf_counter() - tick
     if job.model == "xgboost":
         return portable_booster(fitted), seconds
-    return get_engine(job.engine).portable_forest(fitted), seconds  # type: ignore[arg-type]
+    return get_engine(job.engine).portable_forest(fitted), seconds
 
 
 def fit_on_cluster(client: Any, job: DistributedJob, features: Placed, labels: Placed) -> Any:
@@ -136,7 +136,7 @@ def fit_on_cluster(client: Any, job: DistributedJob, features: Placed, labels: P
     if job.model == "xgboost":
         import xgboost.dask as dxgb
 
-        engine = get_engine(job.engine)  # type: ignore[arg-type]
+        engine = get_engine(job.engine)
         booster_params = xgboost_params(job.params, device=engine.xgboost_device, seed=job.seed, n_jobs=job.n_jobs)
         with xgboost_config(engine):  # xgboost.dask hands the global config to its worker tasks
             matrix = dxgb.DaskQuantileDMatrix(
@@ -260,7 +260,7 @@ def score_on_cluster(client: Any, job: DistributedJob, scorer: Any, valid: Place
 
 def score_partition(part: Any, scorer: Any, job: DistributedJob) -> tuple[np.ndarray, np.ndarray]:
     """Labels and positive-class probabilities of one partition (runs on the worker holding it)."""
-    engine = get_engine(job.engine)  # type: ignore[arg-type]
+    engine = get_engine(job.engine)
     labels = engine.to_host(engine.to_array(part[LABEL_COLUMN], np.int32))
     if len(labels) == 0:
         return labels.astype(np.int32), np.empty(0, dtype=np.float64)

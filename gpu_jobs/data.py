@@ -142,7 +142,7 @@ def _load_cached(
     del fingerprint  # part of the cache key only: a changed local file is read again
     frame = read_table(uri, target, data_format)
     features, labels, info = prepare_frame(frame, target, source=uri, max_rows=max_rows, seed=seed)
-    engine = get_engine(engine_name)  # type: ignore[arg-type]
+    engine = get_engine(engine_name)
     return Dataset(engine.from_pandas(features), engine.from_pandas(labels), info)
 
 

@@ -33,6 +33,10 @@ VmSize = Annotated[str, AfterValidator(_usable_vm_size)]
 """An Azure VM size name, checked against the GPU size catalogue's retirements."""
 
 
+def _rmm_managed_memory() -> dict[str, str | int | float | bool]:
+    return {"rmm-managed-memory": True}
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -109,7 +113,7 @@ class VMClusterCompute(_Strict):
     docker_image: str = RAPIDS_IMAGE
     docker_args: str = "--shm-size=256m"
     worker_class: str = "dask_cuda.CUDAWorker"
-    worker_options: dict[str, str | int | float | bool] = Field(default_factory=lambda: {"rmm-managed-memory": True})
+    worker_options: dict[str, str | int | float | bool] = Field(default_factory=_rmm_managed_memory)
     disk_size: int = Field(
         default=100, ge=30, le=1023, description="GB per VM (dask-cloudprovider and the VM image accept at most 1023)"
     )

@@ -144,14 +144,14 @@ class ExperimentEvent(BaseModel):
 
 def best_of(records: Iterable[TrialRecord], goal: str) -> BestTrial | None:
     """The best COMPLETED trial among ``records`` for ``goal`` (ties: the lower number)."""
-    completed = [r for r in records if r.state is TrialState.COMPLETED and r.value is not None]
+    completed = [(r.value, r) for r in records if r.state is TrialState.COMPLETED and r.value is not None]
     if not completed:
         return None
     sign = -1.0 if goal == "maximize" else 1.0
-    best = min(completed, key=lambda r: (sign * r.value, r.number))
+    value, best = min(completed, key=lambda pair: (sign * pair[0], pair[1].number))
     return BestTrial(
         number=best.number,
-        value=best.value,
+        value=value,
         params=best.params,
         metrics=best.metrics,
         model_uri=best.model_uri,

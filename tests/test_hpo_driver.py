@@ -93,6 +93,8 @@ def test_runs_exactly_the_trial_budget_and_finds_the_best(store, client):
 
 
 def test_concurrency_is_observed_on_the_cluster_and_never_exceeded(store, client):
+    """Overlap from the worker-side start and end times each trial task reports (TrialResult), not from
+    when the driver submitted and collected them."""
     experiment_id, _ = run(
         store,
         client,
@@ -106,6 +108,23 @@ def test_concurrency_is_observed_on_the_cluster_and_never_exceeded(store, client
     assert max_overlap(store.list_trials(experiment_id)) == 2
     sequential_id, _ = run(store, client, make_spec(limits={"max_total_trials": 3, "max_concurrent_trials": 1}))
     assert max_overlap(store.list_trials(sequential_id)) == 1
+
+
+def test_a_one_thread_cluster_runs_one_trial_at_a_time_whatever_the_spec_allows(store):
+    spec = make_spec(
+        search_space={
+            "max_features": {"type": "uniform", "min_value": 0.2, "max_value": 1.0},
+            "n_estimators": {"type": "choice", "values": [100]},
+        },
+        limits={"max_total_trials": 3, "max_concurrent_trials": 3},
+    )
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster,
+        Client(cluster) as one_thread,
+    ):
+        experiment_id, outcome = run(store, one_thread, spec)
+    assert outcome.status == "COMPLETED"
+    assert max_overlap(store.list_trials(experiment_id)) == 1
 
 
 def test_same_seed_same_parameter_sequence(store, client):
@@ -212,11 +231,12 @@ def test_experiment_timeout_stops_everything(store, client):
 
 
 def test_cancel_stops_running_trials(store, client):
-    calls = {"n": 0}
+    """Cancel once the store shows trials running (the state a cancel meets), not after N checks."""
+    experiment_id = None
 
-    def cancel_after_a_while() -> bool:
-        calls["n"] += 1
-        return calls["n"] > 20
+    def cancel_once_trials_run() -> bool:
+        trials = store.list_trials(experiment_id) if experiment_id else []
+        return any(t.state is TrialState.RUNNING for t in trials)
 
     spec = make_spec(
         search_space={
@@ -224,11 +244,12 @@ def test_cancel_stops_running_trials(store, client):
             "n_estimators": {"type": "choice", "values": [500]},
         }
     )
-    experiment_id, outcome = run(store, client, spec, should_cancel=cancel_after_a_while)
+    experiment_id = new_experiment(store, spec)
+    _, outcome = run(store, client, spec, experiment_id, should_cancel=cancel_once_trials_run)
     assert outcome.status == "CANCELLED"
     trials = store.list_trials(experiment_id)
-    assert any(t.error == "cancelled" for t in trials)
-    assert not any(t.state is TrialState.RUNNING for t in trials)
+    assert trials and all(t.error == "cancelled" and t.state is TrialState.FAILED for t in trials)
+    assert len(trials) <= spec.limits.max_concurrent_trials  # nothing launched after the cancel
 
 
 def test_resume_keeps_finished_trials_and_retries_interrupted_ones_once(store, client):

@@ -106,15 +106,31 @@ def test_max_messages_is_respected(queues: QueueService, name: str) -> None:
         queue.receive(max_messages=33)
 
 
+def _first_visible(queue: EventQueue, *, within: float, visibility_timeout: int = 30) -> tuple[Message, float]:
+    """Poll until a message is visible (at most ``within`` seconds); return it and when it came
+    (``time.monotonic()``). Polling, not a fixed sleep: a loaded machine stays correct, only slower."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        messages = queue.receive(visibility_timeout=visibility_timeout)
+        if messages:
+            return messages[0], time.monotonic()
+        time.sleep(0.1)
+    raise AssertionError(f"no message became visible within {within} s")
+
+
 def test_visibility_timeout_hides_then_redelivers(queues: QueueService, name: str) -> None:
     queue = queues.queue(name)
     queue.send("retry me")
-    [first] = queue.receive(visibility_timeout=1)
-    assert queue.receive(visibility_timeout=1) == []
+    hide = 2
+    [first] = queue.receive(visibility_timeout=hide)
+    received = time.monotonic()
+    hidden = queue.receive(visibility_timeout=hide)
+    if time.monotonic() - received < hide:  # checked in time: the message must still be hidden
+        assert hidden == []
 
-    time.sleep(1.3)
-    [second] = queue.receive(visibility_timeout=30)
+    second, seen = _first_visible(queue, within=hide + 15)
 
+    assert seen - received >= hide - 0.5  # not before its visibility timeout (server clock granularity)
     assert second.id == first.id and second.body == "retry me"
     assert second.dequeue_count == 2
     assert second.receipt != first.receipt
@@ -126,13 +142,17 @@ def test_visibility_timeout_hides_then_redelivers(queues: QueueService, name: st
 
 def test_delayed_send_is_invisible_until_due(queues: QueueService, name: str) -> None:
     queue = queues.queue(name)
-    queue.send("later", delay_seconds=1)
+    delay = 2
+    queue.send("later", delay_seconds=delay)
+    sent = time.monotonic()
     queue.send("now")
 
-    assert [m.body for m in queue.receive()] == ["now"]
+    now = queue.receive()
+    if time.monotonic() - sent < delay:
+        assert [m.body for m in now] == ["now"]
     assert queue.count() == 2
-    time.sleep(1.3)
-    assert [m.body for m in queue.receive()] == ["later"]
+    later, seen = _first_visible(queue, within=delay + 15)
+    assert later.body == "later" and seen - sent >= delay - 0.5
 
 
 def test_two_consumers_never_share_a_message(queues: QueueService, name: str) -> None:

@@ -4,6 +4,7 @@ request queue's bad input, the sweep, and the cost guard (local adapters, script
 from __future__ import annotations
 
 import json
+import logging
 from datetime import timedelta
 
 import pytest
@@ -280,9 +281,13 @@ def test_malformed_request_goes_to_the_poison_queue_after_the_retries(tmp_path):
     assert any("invalid JSON at line 1" in reason for _, reason in host.failures)
 
 
-def test_unknown_experiment_event_is_dropped_with_a_log(ctx):
+def test_unknown_experiment_event_is_dropped_with_a_log(ctx, caplog):
     body = ExperimentEvent(type=EventType.POLL, experiment_id="exp-nope", seq=1).model_dump_json()
-    assert handle_event(ctx, body) == "unknown experiment"
+    with caplog.at_level(logging.WARNING, logger="shared.handlers.machine"):
+        assert handle_event(ctx, body) == "unknown experiment"
+    [entry] = [r for r in caplog.records if r.name == "shared.handlers.machine"]
+    assert entry.levelno == logging.WARNING and "exp-nope" in entry.getMessage() and "dropped" in entry.getMessage()
+    assert ctx.events.count() == 0  # nothing sent on: the event is gone
 
 
 def test_idempotency_key_returns_the_same_experiment(ctx):

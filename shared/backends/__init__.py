@@ -29,7 +29,8 @@ def _local_planner() -> Planner:
 
 
 def _vmcluster(store: Store, settings: Settings) -> ComputeBackend:
-    from shared.backends.vmcluster import VMClusterBackend, VMIdentity
+    from shared.backends.vmcluster.backend import VMClusterBackend
+    from shared.backends.vmcluster.settings import VMIdentity
     from shared.config import env
 
     resource_id, client_id = env("RAPIDS_HPO_VM_IDENTITY_ID"), env("RAPIDS_HPO_VM_IDENTITY_CLIENT_ID")
@@ -38,7 +39,7 @@ def _vmcluster(store: Store, settings: Settings) -> ComputeBackend:
 
 
 def _vmcluster_planner() -> Planner:
-    from shared.backends.vmcluster import VMClusterPlanner
+    from shared.backends.vmcluster.dryrun import VMClusterPlanner
 
     return VMClusterPlanner()
 

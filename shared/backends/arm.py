@@ -216,7 +216,7 @@ def client_kwargs(credential: Any, base_url: str | None, polling_interval: float
 
 
 def make_arm_client(
-    client_class: type[T],
+    client_class: Callable[..., T],
     subscription_id: str,
     credential: Any = None,
     base_url: str | None = None,

@@ -55,7 +55,7 @@ def is_alive(handle: LocalHandle | dict[str, Any]) -> bool:
     """Whether the handle's driver process still runs (and is the same process, not a reused pid)."""
     if isinstance(handle, dict):
         handle = LocalHandle.model_validate(handle)
-    return bool(handle.pid) and process_start_time(handle.pid) == handle.pid_start
+    return handle.pid is not None and process_start_time(handle.pid) == handle.pid_start
 
 
 class LocalPlanner:

@@ -20,7 +20,7 @@ import hashlib
 import ipaddress
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -114,14 +114,14 @@ def ensure_network(
         nsg = ctx.get_existing("network security group", spec.existing_security_group)
     else:
         nsg = _ensure_nsg(ctx, names.nsg, dask_rules(spec.allowed_source_prefixes))
-        created.append(nsg.id)
+        created.append(str(nsg.id))
 
     if spec.existing_vnet:
         vnet = ctx.get_existing("virtual network", spec.existing_vnet)
         subnet_name, subnet_id = _pick_subnet(vnet, spec.existing_subnet, resource_group)
     else:
         vnet = _ensure_vnet(ctx, names, spec, nsg.id)
-        created.append(vnet.id)
+        created.append(str(vnet.id))
         subnet_name = names.subnet
         subnet_id = _subnet_id(vnet, names.subnet)
 
@@ -165,7 +165,7 @@ def delete_network_resources(
 
     ordered: list[tuple[int, str, str, str]] = []
     for rid in dict.fromkeys(resource_ids):
-        parts = parse_resource_id(rid)
+        parts: Mapping[str, Any] = parse_resource_id(rid)
         kind = (parts.get("namespace", "") + "/" + parts.get("type", "")).lower()
         if kind not in _DELETE_ORDER or parts.get("children"):
             raise BackendError(f"refusing to delete {rid!r}: not a virtual network or network security group")
@@ -175,6 +175,7 @@ def delete_network_resources(
 
     deleted: list[str] = []
     for _, rid, kind, name in sorted(ordered, key=lambda item: item[0]):
+        ops: Any
         if kind.endswith("virtualnetworks"):
             label, ops = "virtual network", client.virtual_networks
         else:
@@ -214,7 +215,7 @@ def find_orphaned_networks(
     ):
         resources = arm_call(
             f"listing {label} in resource group {resource_group}",
-            lambda ops=ops: list(ops.list(resource_group)),
+            lambda ops=ops: list(ops.list(resource_group)),  # type: ignore[misc]
             retry,
         )
         for resource in resources:

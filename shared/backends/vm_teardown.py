@@ -16,7 +16,7 @@ parallel, because deleting a GPU VM takes minutes.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -165,7 +165,7 @@ def delete_cluster_resources(
     for kind, ids in stages:
         names: list[tuple[str, str]] = []
         for rid in dict.fromkeys(ids):
-            parts = parse_resource_id(rid)
+            parts: Mapping[str, Any] = parse_resource_id(rid)
             if (parts.get("type") or "").lower() != kind or parts.get("children"):
                 raise BackendError(f"refusing to delete {rid!r}: not a {_LABELS[kind]}")
             if (parts.get("resource_group") or "").lower() != resource_group.lower():
@@ -224,7 +224,7 @@ def find_orphaned_clusters(
     }
     owners: dict[str, str | None] = {}
     for label, fn in listing.items():
-        resources = arm_call(f"listing {label} in resource group {resource_group}", lambda fn=fn: list(fn()), retry)
+        resources = arm_call(f"listing {label} in resource group {resource_group}", lambda fn=fn: list(fn()), retry)  # type: ignore[misc]
         for resource in resources:
             tags = resource.tags or {}
             cluster_id = tags.get(CLUSTER_ID_TAG)

@@ -46,8 +46,8 @@ def _xy(ax, chart: XYChart) -> None:
         if not s.points:
             continue
         xs, ys = zip(*s.points, strict=True)
-        label = s.style if by_style else s.label
-        label = None if label in labelled else label
+        name: str | None = s.style if by_style else s.label
+        label = None if name in labelled else name
         labelled.add(label or "")
         colour = COLOURS[s.style]
         if s.kind == "scatter":

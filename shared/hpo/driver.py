@@ -248,7 +248,7 @@ class HpoDriver:
         )
         started = time.monotonic()
         limit = self.spec.limits.trial_timeout
-        self._running[future.key] = _Running(
+        self._running[str(future.key)] = _Running(
             record=record,
             trial=trial,
             future=future,
@@ -367,7 +367,7 @@ class HpoDriver:
 
     def _hard_stop(self, future: Future) -> None:
         """Cancel a task and, if it is already executing, restart the worker running it."""
-        worker = _worker_running(self.client, future.key)
+        worker = _worker_running(self.client, str(future.key))
         self.client.cancel([future], force=True)
         if worker is not None and worker != _own_worker():  # a driver running as a task keeps its worker
             with contextlib.suppress(Exception):

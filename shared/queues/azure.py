@@ -75,7 +75,7 @@ class AzureQueue:
         received = self.client.receive_messages(
             messages_per_page=max_messages, max_messages=max_messages, visibility_timeout=visibility_timeout
         )
-        return [Message(m.id, m.pop_receipt, m.content, m.dequeue_count) for m in received]
+        return [Message(m.id, str(m.pop_receipt), m.content, m.dequeue_count or 0) for m in received]
 
     def delete(self, message: Message) -> None:
         try:
@@ -87,4 +87,4 @@ class AzureQueue:
             raise
 
     def count(self) -> int:
-        return self.client.get_queue_properties().approximate_message_count
+        return self.client.get_queue_properties().approximate_message_count or 0

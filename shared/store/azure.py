@@ -183,7 +183,7 @@ class AzureStore:
             raise ConcurrencyConflict(f"experiment {record.id!r} changed since version {record.version!r}")
         row_key = _time_row_key(record)
         entity = self._experiment_entity(record, row_key)
-        condition = {"etag": record.version, "match_condition": MatchConditions.IfNotModified}
+        condition: dict[str, Any] = {"etag": record.version, "match_condition": MatchConditions.IfNotModified}
         try:
             if row_key == current["RowKey"]:
                 meta = self._experiments.update_entity(entity, mode=UpdateMode.REPLACE, **condition)
@@ -239,7 +239,7 @@ class AzureStore:
         for entity in page:
             body = self._read_body(entity)
             records.append(
-                self.get_experiment(entity["Id"]) if body is None else _experiment(body, entity.metadata["etag"])
+                self.get_experiment(entity["Id"]) if body is None else _experiment(body, str(entity.metadata["etag"]))
             )
         token = encode_page_token({"after": page[-1]["RowKey"]}) if len(rows) > limit else None
         return records, token

@@ -87,7 +87,10 @@ def experiment_name_for(spec: ExperimentSpec) -> str:
 
 
 def sweep_distribution(dist: Any) -> Any:
-    """The azure.ai.ml.sweep object for one search-space entry (same type, same parameters)."""
+    """The azure.ai.ml.sweep object for one search-space entry (same type, same parameters).
+
+    azure-ai-ml annotates the q-forms' ``q`` as ``int``; AzureML takes any positive number (``q: 0.05``),
+    hence the ignores below."""
     if isinstance(dist, specs.Choice):
         return Choice(values=list(dist.values))
     if isinstance(dist, specs.RandInt):
@@ -95,19 +98,19 @@ def sweep_distribution(dist: Any) -> Any:
     if isinstance(dist, specs.Uniform):
         return Uniform(min_value=dist.min_value, max_value=dist.max_value)
     if isinstance(dist, specs.QUniform):
-        return QUniform(min_value=dist.min_value, max_value=dist.max_value, q=dist.q)
+        return QUniform(min_value=dist.min_value, max_value=dist.max_value, q=dist.q)  # type: ignore[arg-type]
     if isinstance(dist, specs.LogUniform):
         return LogUniform(min_value=dist.min_value, max_value=dist.max_value)
     if isinstance(dist, specs.QLogUniform):
-        return QLogUniform(min_value=dist.min_value, max_value=dist.max_value, q=dist.q)
+        return QLogUniform(min_value=dist.min_value, max_value=dist.max_value, q=dist.q)  # type: ignore[arg-type]
     if isinstance(dist, specs.Normal):
         return Normal(mu=dist.mu, sigma=dist.sigma)
     if isinstance(dist, specs.QNormal):
-        return QNormal(mu=dist.mu, sigma=dist.sigma, q=dist.q)
+        return QNormal(mu=dist.mu, sigma=dist.sigma, q=dist.q)  # type: ignore[arg-type]
     if isinstance(dist, specs.LogNormal):
         return LogNormal(mu=dist.mu, sigma=dist.sigma)
     if isinstance(dist, specs.QLogNormal):
-        return QLogNormal(mu=dist.mu, sigma=dist.sigma, q=dist.q)
+        return QLogNormal(mu=dist.mu, sigma=dist.sigma, q=dist.q)  # type: ignore[arg-type]
     raise TypeError(f"no AzureML form for search-space entry {dist!r}")
 
 

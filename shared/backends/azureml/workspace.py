@@ -180,13 +180,14 @@ class AzureMLClient:
 
     def submit(self, job: SweepJob) -> str:
         """Create ``job`` unless a job of its name exists (a retried submit); return the name."""
-        if self.find(job.name) is not None:
-            return job.name
+        name = str(job.name)  # build_sweep_job always names it
+        if self.find(name) is not None:
+            return name
         try:
-            created = self._call(f"creating sweep job {job.name}", lambda: self.ml_client.jobs.create_or_update(job))
+            created = self._call(f"creating sweep job {name}", lambda: self.ml_client.jobs.create_or_update(job))
         except BackendError:
-            if self.find(job.name) is not None:  # a concurrent submit created it first
-                return job.name
+            if self.find(name) is not None:  # a concurrent submit created it first
+                return name
             raise
         return str(created.name)
 

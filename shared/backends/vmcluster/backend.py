@@ -381,7 +381,7 @@ class VMClusterBackend:
             vm.name
             for vm in vms
             if (vm.tags or {}).get(CLUSTER_ID_TAG) == cluster_id
-            and vm.name.startswith(worker_vm_prefix(cluster_id))
+            and (vm.name or "").startswith(worker_vm_prefix(cluster_id))
             and not failed(vm)  # a failed VM is replaced; teardown deletes it with the rest
         ]
         missing = compute.n_workers - len(existing)
