@@ -6,7 +6,8 @@ stand-in (``tests/azureml_server.py``, ``tests/test_azureml_workspace.py``). Wha
 give is a trial actually running on AmlCompute (HyperDrive scheduling children, a policy cancelling
 them, a trial logging metrics and writing its outputs): the stand-in scripts those outcomes, and the many
 edge cases of mapping them (timeouts, cancellations, numbering, params from tags or MLflow) are driven
-here, fast, through ``FakeWorkspace``, a fake of ``AzureMLClient`` at that boundary. Everything on our side of it is real: the sweep jobs are azure-ai-ml entities, the store is a
+here, fast, through ``FakeWorkspace``, a fake of ``AzureMLClient`` at that boundary. Everything on our
+side of it is real: the sweep jobs are azure-ai-ml entities, the store is a
 ``LocalStore``, the state machine is ``shared.handlers``, the trial command is run by bash with the real
 ``gpu_jobs.train`` and logs to a real (local) MLflow store that ``AzureMLClient.child_metrics`` reads back.
 ``AzureMLClient``'s own look-up-before-create and not-found handling is checked with a minimal stand-in

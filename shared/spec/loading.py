@@ -47,11 +47,11 @@ class _YamlLoader(yaml.SafeLoader):
     as a float (YAML 1.2, like JSON)."""
 
     def get_single_data(self) -> Any:
-        node = self.get_single_node()  # type: ignore[no-untyped-call]
+        node = self.get_single_node()
         if node is None:
             return None
         _check_graph(node)
-        return self.construct_document(node)  # type: ignore[no-untyped-call]
+        return self.construct_document(node)
 
 
 def _check_graph(root: yaml.Node) -> None:
@@ -93,14 +93,14 @@ def _construct_mapping(loader: _YamlLoader, node: yaml.MappingNode, deep: bool =
     loader.flatten_mapping(node)
     mapping: dict[Any, Any] = {}
     for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+        key = loader.construct_object(key_node, deep=deep)
         if not isinstance(key, Hashable):
             raise _problem("found an unhashable key", key_node)
         if not isinstance(key, str):
             raise _problem(f"keys must be strings, found {key!r} ({type(key).__name__}); quote it", key_node)
         if key in mapping:
             raise _problem(f"duplicate key {key!r}", key_node)
-        mapping[key] = loader.construct_object(value_node, deep=deep)  # type: ignore[no-untyped-call]
+        mapping[key] = loader.construct_object(value_node, deep=deep)
     return mapping
 
 
