@@ -129,7 +129,7 @@ class Catalogue(_Doc):
         if asked and where != asked:
             text += f" (no price for {asked})"
         elif not asked:
-            text += " (the reference region: the spec names none)"
+            text += " (reference region: the spec names none)"
         return text
 
     @property

@@ -73,17 +73,16 @@ def summary(spec: ExperimentSpec, estimate: CostEstimate, catalogue: Catalogue) 
     times = run_time_range(spec)
     lines = [Text(f"Plan for {spec.name} (backend {spec.compute.backend})", style="bold")]
     lines += [Text(f"  {'creates' if i == 0 else '':<9} {line}") for i, line in enumerate(creates(spec))]
-    lines.append(
-        Text(
-            f"  runs      {times.low_s / 3600:.2f}-{times.high_s / 3600:.2f} h: at most every trial to "
-            f"{times.per_trial_basis}; at best {times.low_basis}"
-        )
-    )
+    lines.append(Text(f"  runs      {times.low_s / 3600:.2f}-{times.high_s / 3600:.2f} h of wall time"))
+    lines.append(Text(f"            at most: every trial to {times.per_trial_basis}"))
+    lines.append(Text(f"            at best: {times.low_basis}"))
     lines.append(Text(f"  uses      {_hours(estimate.node_hours_low)}-{_hours(estimate.node_hours_high)} node-hours"))
     if estimate.priced:
         rate = f"{usd(estimate.usd_per_hour)}/node-hour, {TIER_LABEL[estimate.tier]}"
         lines.append(Text(f"  costs     {usd_range(estimate)}  ({rate})", style="bold"))
         lines.append(Text(f"  prices    {estimate.basis}", style="dim"))
+    elif spec.compute.backend == "local":
+        lines.append(Text("  costs     nothing billed here; compute.equivalent_vm_size prices it as an Azure size"))
     else:
         lines.append(Text(f"  costs     unpriced: {'; '.join(estimate.unpriced)}", style="yellow"))
     budget = spec.limits.max_cost
@@ -96,7 +95,7 @@ def summary(spec: ExperimentSpec, estimate: CostEstimate, catalogue: Catalogue) 
                 "trials that would pass it are not started and the run stops at it"
             )
         else:
-            text = f"  budget    {usd(budget)} (limits.max_cost): within the estimate"
+            text = f"  budget    {usd(budget)} (limits.max_cost): the whole estimate stays within it"
         lines.append(Text(text, style="red" if over else "green"))
     for warning in size_warnings(spec, catalogue):
         lines.append(Text(f"  warning   {warning}", style="yellow"))
@@ -108,9 +107,10 @@ def comparison(spec: ExperimentSpec, catalogue: Catalogue, rows: list[CostEstima
     own = estimate_cost(spec, catalogue)
     where = "on Azure " if spec.compute.backend == "local" else ""
     table = Table(
-        title=f"The same experiment {where}on other sizes (equal trial times assumed; * = this spec)",
+        title=f"The same experiment {where}on other sizes (equal trial times assumed)",
         title_justify="left",
         box=box.SIMPLE_HEAD,
+        caption_justify="left",
     )
     table.add_column("VM size", no_wrap=True)
     table.add_column("GPUs", no_wrap=True)
@@ -129,8 +129,10 @@ def comparison(spec: ExperimentSpec, catalogue: Catalogue, rows: list[CostEstima
             gpus = f"{size.gpus}x {size.gpu}{memory}"
         chosen = row.vm_size == own.vm_size and row.tier is own.tier
         name = (row.vm_size or "?").removeprefix("Standard_")
+        if "Spot price used" in row.basis:
+            table.caption = "low-pri: priced at the Spot figure (no low-priority meter in the catalogue)"
         table.add_row(
-            f"{name} *" if chosen else name,
+            f"{name} (spec)" if chosen else name,
             gpus,
             TIER_SHORT[row.tier],
             usd(row.usd_per_hour),
