@@ -6,6 +6,8 @@ Kept apart from ``shared.spec`` so the backends import only what they configure.
 from __future__ import annotations
 
 import ipaddress
+import re
+import shlex
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -54,6 +56,19 @@ class LocalCompute(_Strict):
     )
 
 
+# Values that reach a VM's boot script (run as root): each is checked against a strict pattern here, and
+# the boot script quotes every token again (shared.backends.vmcluster.bootscript).
+IMAGE_PATTERN = r"^[a-z0-9][a-z0-9._/:@-]{0,254}$"
+"""A container image reference: registry/name[:tag][@digest], lower case (no spaces, quotes or ``$``)."""
+DOCKER_ARG_PATTERN = re.compile(r"^--[a-z][a-z0-9-]*(=[A-Za-z0-9_.:/,=@+-]*)?$")
+"""One ``docker run`` option in ``--name=value`` form."""
+PYTHON_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$"
+"""A dotted Python name (``dask_cuda.CUDAWorker``)."""
+OPTION_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
+SAFE_VALUE_PATTERN = re.compile(r"^[A-Za-z0-9_.:/,=@+%-]{0,256}$")
+AZURE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.()-]{0,89}$"
+
+
 class NetworkSpec(_Strict):
     """The VNet, subnet and NSG a ``vmcluster`` run lives in."""
 
@@ -61,11 +76,15 @@ class NetworkSpec(_Strict):
     subnet_prefix: str = "10.0.0.0/24"
     allowed_source_prefixes: list[str] = Field(
         default_factory=list,
-        description="who may reach Dask's ports 8786/8787; empty = only the VNet itself (VirtualNetwork tag)",
+        description="who else may reach Dask's ports 8786/8787; the experiment's subnet always may, no one else",
     )
-    existing_vnet: str | None = Field(default=None, description="reuse this VNet instead of creating one")
-    existing_subnet: str | None = None
-    existing_security_group: str | None = None
+    existing_vnet: str | None = Field(
+        default=None, description="an existing VNet (ARM resource id, any resource group; or a name in resource_group)"
+    )
+    existing_subnet: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$", description="the existing VNet's subnet, by name"
+    )
+    existing_security_group: str | None = Field(default=None, description="an existing NSG (ARM id or name)")
 
     @field_validator("vnet_address_space", "subnet_prefix")
     @classmethod
@@ -92,6 +111,14 @@ class NetworkSpec(_Strict):
         return values
 
     @model_validator(mode="after")
+    def _subnet_by_name(self) -> NetworkSpec:
+        if self.existing_vnet and not self.existing_subnet:
+            raise ValueError("existing_vnet needs existing_subnet: the subnet is chosen by name, never the first")
+        if self.existing_subnet and not self.existing_vnet:
+            raise ValueError("existing_subnet needs existing_vnet (the VNet it belongs to)")
+        return self
+
+    @model_validator(mode="after")
     def _subnet_inside_vnet(self) -> NetworkSpec:
         vnet = ipaddress.ip_network(self.vnet_address_space)
         subnet = ipaddress.ip_network(self.subnet_prefix)
@@ -107,13 +134,18 @@ class VMClusterCompute(_Strict):
     location: str
     resource_group: str
     subscription_id: str | None = Field(default=None, description="defaults to AZURE_SUBSCRIPTION_ID")
-    vm_size: VmSize = VMCLUSTER_DEFAULT_VM_SIZE
-    scheduler_vm_size: VmSize | None = None
+    vm_size: VmSize = Field(default=VMCLUSTER_DEFAULT_VM_SIZE, pattern=r"^[A-Za-z0-9_]{1,64}$")
+    scheduler_vm_size: VmSize | None = Field(default=None, pattern=r"^[A-Za-z0-9_]{1,64}$")
     n_workers: int = Field(default=2, ge=1, le=100)
-    docker_image: str = RAPIDS_IMAGE
-    docker_args: str = "--shm-size=256m"
-    worker_class: str = "dask_cuda.CUDAWorker"
+    docker_image: str = Field(default=RAPIDS_IMAGE, pattern=IMAGE_PATTERN)
+    docker_args: str = Field(default="--shm-size=256m", description="docker run options, each as --name=value")
+    worker_class: str = Field(default="dask_cuda.CUDAWorker", pattern=PYTHON_NAME_PATTERN)
     worker_options: dict[str, str | int | float | bool] = Field(default_factory=_rmm_managed_memory)
+    spot: bool = Field(
+        default=False,
+        description="workers as Azure Spot VMs (eviction policy Delete); the head node stays on-demand",
+    )
+    max_evictions: int = Field(default=10, ge=0, le=1000, description="Spot evictions tolerated, apart from errors")
     disk_size: int = Field(
         default=100, ge=30, le=1023, description="GB per VM (dask-cloudprovider and the VM image accept at most 1023)"
     )
@@ -121,6 +153,40 @@ class VMClusterCompute(_Strict):
     use_marketplace_image: bool = Field(default=True, description="NVIDIA's NGC VM image (marketplace plan)")
     network: NetworkSpec = Field(default_factory=NetworkSpec)
     max_node_hours: float | None = Field(default=None, gt=0, description="cost guard: cancel past this")
+
+    @field_validator("location", "resource_group")
+    @classmethod
+    def _azure_name(cls, value: str) -> str:
+        if not re.fullmatch(AZURE_NAME_PATTERN, value):
+            raise ValueError(f"not an Azure name: {value!r}")
+        return value
+
+    @field_validator("docker_args")
+    @classmethod
+    def _docker_args(cls, value: str) -> str:
+        if "\n" in value or "\r" in value:
+            raise ValueError("docker_args must be one line")
+        try:
+            tokens = shlex.split(value)
+        except ValueError as exc:
+            raise ValueError(f"docker_args does not parse: {exc}") from None
+        for token in tokens:
+            if not DOCKER_ARG_PATTERN.fullmatch(token):
+                raise ValueError(
+                    f"docker_args: {token!r} is not a docker option in --name=value form "
+                    "(letters, digits and _.:/,=@+- only)"
+                )
+        return value
+
+    @field_validator("worker_options")
+    @classmethod
+    def _worker_options(cls, value: dict[str, str | int | float | bool]) -> dict[str, str | int | float | bool]:
+        for key, option in value.items():
+            if not OPTION_NAME_PATTERN.fullmatch(key):
+                raise ValueError(f"worker_options: {key!r} is not an option name")
+            if isinstance(option, str) and not SAFE_VALUE_PATTERN.fullmatch(option):
+                raise ValueError(f"worker_options.{key}: {option!r} holds characters a worker option never needs")
+        return value
 
 
 class AzureMLCompute(_Strict):

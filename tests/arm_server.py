@@ -39,6 +39,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -137,6 +138,11 @@ class FakeArm:
     """The private IP every new NIC gets (e.g. 127.0.0.1 to reach a local scheduler); None: 10.0.0.x."""
     requests: list[RecordedRequest] = field(default_factory=list)
     resources: dict[str, dict[str, Any]] = field(default_factory=dict)
+    on_vm_created: Callable[[dict[str, Any]], None] | None = None
+    """Called with the stored VM (its request body's customData included) after each VM PUT: a VM
+    stand-in boots it (tests/vm_standin.py)."""
+    on_vm_deleted: Callable[[dict[str, Any]], None] | None = None
+    """Called with the stored VM after it is deleted (or evicted): the stand-in stops its processes."""
 
     def __post_init__(self) -> None:
         self._lock = threading.RLock()
@@ -203,6 +209,17 @@ class FakeArm:
         """The next PUT's async operation ends ``Failed`` with this error."""
         with self._lock:
             self._operation_faults.append({"code": code, "message": message})
+
+    def evict(self, vm_name: str) -> dict[str, Any]:
+        """What Azure does to a Spot VM with eviction policy Delete: the VM (and what it deletes with
+        it) is gone, no request involved."""
+        with self._lock:
+            [vm] = [r for r in self.of_type("virtualMachines") if r["name"] == vm_name]
+            del self.resources[vm["id"].lower()]
+            self._delete_with_vm(vm)
+        if self.on_vm_deleted is not None:
+            self.on_vm_deleted(copy.deepcopy(vm))
+        return vm
 
     def seed(self, resource_id: str, body: dict[str, Any]) -> dict[str, Any]:
         """Store a resource as if someone had created it earlier (no request recorded); a VM gets
@@ -427,6 +444,8 @@ class FakeArm:
         status = 200 if rid in self.resources else 201
         stored = self._materialize(match, body)
         self.resources[rid] = stored
+        if _TYPES[match["type"].lower()] == "virtualMachines" and self.on_vm_created is not None:
+            self.on_vm_created(copy.deepcopy(stored))
         answer = copy.deepcopy(stored)
         answer["properties"]["provisioningState"] = "Updating"
         provider = _provider(_TYPES[match["type"].lower()])
@@ -490,6 +509,8 @@ class FakeArm:
         del self.resources[rid]
         if match["type"].lower() == "virtualmachines":
             self._delete_with_vm(stored)
+            if self.on_vm_deleted is not None:
+                self.on_vm_deleted(copy.deepcopy(stored))
         provider = _provider(_TYPES[match["type"].lower()])
         operation = self._new_operation("location", stored.get("location", ""), match["sub"], provider)
         return 202, {"Location": operation, "Retry-After": "0"}, None

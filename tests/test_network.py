@@ -127,14 +127,16 @@ def test_creates_nsg_then_vnet_through_polled_long_running_operations(
     expected_tags = {"team": "ml", EXPERIMENT_TAG: "exp-1", CREATED_BY_TAG: CREATED_BY}
     assert nsg_put.body["location"] == LOC
     assert nsg_put.body["tags"] == expected_tags
-    [rule] = nsg_put.body["properties"]["securityRules"]
+    rule, deny = nsg_put.body["properties"]["securityRules"]
     props = rule["properties"]
     assert props["protocol"] == "Tcp"
     assert props["direction"] == "Inbound"
     assert props["access"] == "Allow"
     assert props["priority"] == 1000
     assert props["destinationPortRanges"] == ["8786", "8787"]
-    assert _sources(rule) == ["VirtualNetwork"]
+    assert _sources(rule) == ["10.0.0.0/24"]  # the experiment's own subnet, nothing else of the VNet
+    assert deny["properties"]["access"] == "Deny" and _sources(deny) == ["*"]
+    assert deny["properties"]["priority"] == 1100 and deny["properties"]["destinationPortRanges"] == ["8786", "8787"]
 
     [vnet_put] = arm.calls("PUT", "virtualNetworks")
     assert vnet_put.body["tags"] == expected_tags
@@ -165,10 +167,14 @@ def test_custom_address_space_and_named_sources_never_internet(arm: FakeArm, cli
     _ensure(client, retry, spec)
 
     [nsg_put] = arm.calls("PUT", "networkSecurityGroups")
-    rules = nsg_put.body["properties"]["securityRules"]
-    # The address prefixes share one rule; a service tag needs a rule of its own.
-    assert [_sources(r) for r in rules] == [["203.0.113.0/24", "198.51.100.7/32"], ["AzureCloud.westeurope"]]
+    *rules, deny = nsg_put.body["properties"]["securityRules"]
+    # The address prefixes share one rule (the subnet's first); a service tag needs a rule of its own.
+    assert [_sources(r) for r in rules] == [
+        ["172.16.4.0/24", "203.0.113.0/24", "198.51.100.7/32"],
+        ["AzureCloud.westeurope"],
+    ]
     assert [r["properties"]["priority"] for r in rules] == [1000, 1001]
+    assert deny["properties"]["access"] == "Deny"
     for r in rules:
         assert r["properties"]["destinationPortRanges"] == ["8786", "8787"]
         assert not OPEN_TO_ALL & set(_sources(r))
@@ -205,8 +211,8 @@ def test_rerun_reconciles_a_changed_rule_and_subnet_keeping_foreign_rules(
 
     [nsg_put] = arm.calls("PUT", "networkSecurityGroups")
     rules = {r["name"]: r for r in nsg_put.body["properties"]["securityRules"]}
-    assert set(rules) == {"ssh-from-office", "rapids-hpo-dask-0"}
-    assert _sources(rules["rapids-hpo-dask-0"]) == ["203.0.113.0/24"]
+    assert set(rules) == {"ssh-from-office", "rapids-hpo-dask-0", "rapids-hpo-dask-deny"}
+    assert _sources(rules["rapids-hpo-dask-0"]) == ["10.0.8.0/24", "203.0.113.0/24"]
     [vnet_put] = arm.calls("PUT", "virtualNetworks")
     assert vnet_put.body["properties"]["subnets"][0]["properties"]["addressPrefix"] == "10.0.8.0/24"
     assert handle.created == [NSG_PATH, VNET_PATH]
@@ -262,30 +268,47 @@ def test_existing_resources_are_used_and_never_created_or_deleted(
 
 
 def test_existing_vnet_with_our_own_nsg_deletes_only_the_nsg(arm: FakeArm, client: Any, retry: RetrySettings) -> None:
-    vnet_id = f"{NET}/virtualNetworks/shared-vnet"
-    arm.seed(vnet_id, {"location": LOC, "properties": {"subnets": [{"name": "first", "properties": {}}]}})
+    """The documented deployment: infra's VNet in the control plane's resource group, named by resource
+    id; the subnet chosen by name (never the first, which is the Function App's delegated one)."""
+    other_rg = f"/subscriptions/{SUB}/resourceGroups/rg-control-plane/providers/Microsoft.Network"
+    vnet_id = f"{other_rg}/virtualNetworks/vnet-hpo"
+    delegated = {
+        "name": "functions",
+        "properties": {
+            "addressPrefix": "10.40.0.0/24",
+            "delegations": [{"name": "d", "properties": {"serviceName": "Microsoft.App/environments"}}],
+        },
+    }
+    dask = {"name": "dask", "properties": {"addressPrefix": "10.40.1.0/24"}}
+    arm.seed(vnet_id, {"location": LOC, "properties": {"subnets": [delegated, dask]}})
 
-    handle = _ensure(client, retry, NetworkSpec(existing_vnet="shared-vnet"))
+    handle = _ensure(client, retry, NetworkSpec(existing_vnet=vnet_id, existing_subnet="dask"))
 
-    assert handle.subnet_id == f"{vnet_id}/subnets/first"  # dask-cloudprovider's default: the first subnet
+    assert handle.subnet_id == f"{vnet_id}/subnets/dask"
     assert handle.created == [NSG_PATH]
-    assert [r.path for r in arm.calls("PUT")] == [NSG_PATH]
+    [nsg_put] = arm.calls("PUT")
+    assert nsg_put.path == NSG_PATH
+    assert _sources(nsg_put.body["properties"]["securityRules"][0]) == ["10.40.1.0/24"]
     assert teardown_network(client, resource_group=RG, handle=handle, retry=retry) == [NSG_PATH]
     assert [r.path for r in arm.calls("DELETE")] == [NSG_PATH]
     assert arm.resource(vnet_id) is not None
+
+    with pytest.raises(BackendError, match=r"delegated to Microsoft\.App/environments"):
+        _ensure(client, retry, NetworkSpec(existing_vnet=vnet_id, existing_subnet="functions"))
+    with pytest.raises(ValueError, match="chosen by name"):
+        NetworkSpec(existing_vnet=vnet_id)
 
 
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
         (
-            NetworkSpec(existing_vnet="nope"),
+            NetworkSpec(existing_vnet="nope", existing_subnet="a"),
             r"virtual network 'nope' .*does not exist in resource group 'rg-hpo'",
         ),
         (NetworkSpec(existing_security_group="nope"), r"network security group 'nope' .*does not exist"),
         (NetworkSpec(existing_vnet="shared-vnet", existing_subnet="z"), r"subnet 'z' .*does not exist"),
-        (NetworkSpec(existing_subnet="z"), r"existing_subnet needs network.existing_vnet"),
-        (NetworkSpec(existing_vnet="far-vnet"), r"'far-vnet' is in 'East US'.*own region"),
+        (NetworkSpec(existing_vnet="far-vnet", existing_subnet="a"), r"'far-vnet' is in 'East US'.*own region"),
     ],
 )
 def test_existing_resources_must_exist_in_our_region(

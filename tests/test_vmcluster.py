@@ -1,25 +1,22 @@
-"""shared.backends.vmcluster: kwargs and plan (pure), VM creation and teardown through the real Azure SDKs
-against tests/arm_server.py, and the driver and poll decisions on a real Dask cluster on this machine
-standing in for the Azure VMs (same client code, same TLS credentials, same task keys)."""
+"""shared.backends.vmcluster: kwargs and plan (pure); provision, submit, poll, cancel and teardown through
+the real Azure SDKs against tests/arm_server.py and the experiment's container on Azurite. No Dask here:
+the control plane never talks to the cluster (the cluster itself: tests/test_vmcluster_standin.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
-import inspect
+import io
 import json
+import shlex
 import socket
-import subprocess
-import sys
-import time
+import zipfile
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from distributed import Client, LocalCluster
+import yaml
 
 from shared.backends.arm import RetrySettings
 from shared.backends.network import (
@@ -33,9 +30,15 @@ from shared.backends.network import (
     network_names,
 )
 from shared.backends.vm_teardown import CLUSTER_ID_TAG, make_compute_client
-from shared.backends.vmcluster import VMClusterBackend, VMIdentity, bootscript, head, plan
-from shared.backends.vmcluster.bootscript import detach_cluster, plan_vms
-from shared.backends.vmcluster.head import probe_task, security_from
+from shared.backends.vmcluster import VMClusterBackend, VMClusterHandle, VMIdentity, plan
+from shared.backends.vmcluster.exchange import (
+    CANCEL_BLOB,
+    CODE_BLOB,
+    HEARTBEAT_BLOB,
+    OUTCOME_BLOB,
+    SPEC_BLOB,
+    Exchange,
+)
 from shared.backends.vmcluster.settings import (
     NGC_MARKETPLACE_PLAN,
     NGC_VM_IMAGE,
@@ -46,15 +49,15 @@ from shared.backends.vmcluster.settings import (
     estimated_node_hours,
 )
 from shared.compute_spec import NetworkSpec, VMClusterCompute
-from shared.config import DRIVER_OUTCOME_ARTIFACT, Settings
 from shared.context import Context
 from shared.errors import BackendError
-from shared.ports import ComputeBackend, RunState, RunStatus
-from shared.records import ExperimentRecord, TrialState
+from shared.ports import RunState, RunStatus
+from shared.records import ExperimentRecord, TrialRecord, TrialState
 from shared.spec import load_spec, read_document
 from tests.arm_server import FakeArm, StaticTokenCredential
 from tests.control_plane import local_context
 
+pytestmark = pytest.mark.azurite
 ROOT = Path(__file__).resolve().parents[1]
 SUB = "00000000-0000-0000-0000-000000000001"
 RG = "rg-hpo"
@@ -121,35 +124,6 @@ def _apply(record: ExperimentRecord, status: RunStatus) -> ExperimentRecord:
     return record
 
 
-@contextlib.contextmanager
-def _env(**values: str) -> Iterator[None]:
-    """Environment for Dask worker processes started inside (they open the store from it)."""
-    with pytest.MonkeyPatch.context() as mp:
-        for key in ("AzureWebJobsStorage", "AzureWebJobsStorage__accountName"):
-            mp.delenv(key, raising=False)
-        for key, value in values.items():
-            mp.setenv(key, value)
-        yield
-
-
-def _docker_command(custom_data: str) -> str:
-    cloud_init = base64.b64decode(custom_data).decode()
-    [line] = [ln for ln in cloud_init.splitlines() if "docker run" in ln]
-    return line
-
-
-# Driver stand-ins for the poll-decision tests (module level: the workers import them by reference).
-def sleepy_driver(experiment_id: str) -> str:
-    deadline = time.monotonic() + 3  # Dask cannot stop a running thread: keep it short
-    while time.monotonic() < deadline:
-        time.sleep(0.1)
-    return experiment_id
-
-
-def failing_driver(experiment_id: str) -> str:
-    raise RuntimeError(f"driver for {experiment_id} crashed")
-
-
 # ----------------------------------------------------------------------------------------- fixtures
 @pytest.fixture
 def arm() -> Iterator[FakeArm]:
@@ -162,14 +136,38 @@ def retry() -> RetrySettings:
     return RetrySettings(attempts=4, initial_wait_s=0, max_wait_s=0, jitter_s=0, sleep=lambda _: None)
 
 
+_AZURITE: list[str] = []
+
+
 @pytest.fixture
-def ctx(tmp_path: Path) -> Context:
+def ctx(tmp_path: Path, azurite: str) -> Context:
+    _AZURITE[:] = [azurite]
     return local_context(tmp_path, poll_seconds=1)
 
 
+@pytest.fixture
+def blobs(azurite: str) -> Any:
+    from azure.storage.blob import BlobServiceClient
+
+    return BlobServiceClient.from_connection_string(azurite)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_containers(blobs: Any) -> Iterator[None]:
+    """Every test starts without the experiments' containers (Azurite lives for the session)."""
+    for experiment_id in (EXP, "exp-vm-2", "exp-live"):
+        Exchange.of(blobs, experiment_id).delete()
+    yield
+
+
 def _backend(ctx: Context, arm: FakeArm, retry: RetrySettings, **kwargs: Any) -> VMClusterBackend:
+    from azure.storage.blob import BlobServiceClient
+
+    from tests.azurite import connection_string  # noqa: F401  (the azurite fixture started it)
+
     credential = StaticTokenCredential(arm.token)
-    kwargs.setdefault("allow_local_store", True)
+    if "blob_service" not in kwargs:
+        kwargs["blob_service"] = BlobServiceClient.from_connection_string(_AZURITE[0])
     return VMClusterBackend(
         ctx.store,
         ctx.settings,
@@ -193,7 +191,7 @@ def _record(ctx: Context, experiment_id: str = EXP, *, tiny: bool = True, **stat
 
 # --------------------------------------------------------------------------------- kwargs (pure)
 def test_cluster_kwargs_default_to_the_seeds_mnmg_settings() -> None:
-    env_vars = cluster_env(experiment_id=EXP, storage_account_name="sthpo", identity=None)
+    env_vars = cluster_env(experiment_id=EXP)
     kwargs = cluster_kwargs(_compute(), _handle(), experiment_id=EXP, env_vars=env_vars)
 
     assert kwargs["location"] == LOC and kwargs["resource_group"] == RG and kwargs["subscription_id"] == SUB
@@ -212,8 +210,8 @@ def test_cluster_kwargs_default_to_the_seeds_mnmg_settings() -> None:
     assert kwargs["scheduler_options"] == {"port": 8786}
     assert "extra_vm_options" not in kwargs
     assert kwargs["env_vars"]["RAPIDS_HPO_EXPERIMENT_ID"] == EXP
-    assert kwargs["env_vars"]["AzureWebJobsStorage__accountName"] == "sthpo"
-    assert "optuna" in kwargs["env_vars"]["EXTRA_PIP_PACKAGES"]
+    assert not any("Storage" in k or "CLIENT" in k for k in kwargs["env_vars"])  # the VMs hold a SAS only
+    assert "optuna" in kwargs["env_vars"]["EXTRA_PIP_PACKAGES"] and kwargs["spot"] is False
     json.dumps(kwargs)
 
 
@@ -229,7 +227,7 @@ def test_cluster_kwargs_overrides_marketplace_off_and_identity() -> None:
         security=False,
     )
     identity = VMIdentity(f"{RGP}/Microsoft.ManagedIdentity/userAssignedIdentities/id-dask", "client-123")
-    env_vars = cluster_env(experiment_id=EXP, storage_account_name="sthpo", identity=identity)
+    env_vars = cluster_env(experiment_id=EXP)
     kwargs = cluster_kwargs(compute, _handle(), experiment_id=EXP, env_vars=env_vars, identity=identity)
 
     assert kwargs["vm_size"] == "Standard_NC24ads_A100_v4" and kwargs["scheduler_vm_size"] == "Standard_NC4as_T4_v3"
@@ -245,10 +243,8 @@ def test_cluster_kwargs_overrides_marketplace_off_and_identity() -> None:
     assert kwargs["extra_vm_options"] == {
         "identity": {"type": "UserAssigned", "userAssignedIdentities": {identity.resource_id: {}}}
     }
-    assert kwargs["env_vars"]["AZURE_CLIENT_ID"] == "client-123"
-    assert kwargs["env_vars"]["AzureWebJobsStorage__clientId"] == "client-123"
 
-    with pytest.raises(ValueError, match="--gpus=all"):
+    with pytest.raises(ValueError, match="has no GPU"):
         cluster_kwargs(_compute(scheduler_vm_size="Standard_D4s_v5"), _handle(), experiment_id=EXP, env_vars={})
     with pytest.raises(ValueError, match="westeurope"):
         cluster_kwargs(_compute(location="eastus"), _handle(), experiment_id=EXP, env_vars={})
@@ -271,123 +267,10 @@ def test_secrets_never_reach_the_vms(env_vars: dict[str, str]) -> None:
         cluster_kwargs(_compute(), _handle(), experiment_id=EXP, env_vars=env_vars)
 
 
-def test_azurevmcluster_accepts_the_kwargs_and_boots_the_vms_we_mean() -> None:
-    """Every name is an AzureVMCluster/VMCluster/SpecCluster parameter, and dask-cloudprovider, given
-    them (without touching Azure), names the VMs and renders the docker commands we intend."""
-    import dask
-    from dask_cloudprovider.azure import AzureVMCluster
-    from dask_cloudprovider.generic.vmcluster import VMCluster
-    from distributed.deploy.spec import SpecCluster
-
-    env_vars = cluster_env(experiment_id=EXP, storage_account_name="sthpo", identity=None)
-    kwargs = cluster_kwargs(_compute(), _handle(), experiment_id=EXP, env_vars=env_vars)
-    accepted = {
-        name for cls in (AzureVMCluster, VMCluster, SpecCluster) for name in inspect.signature(cls.__init__).parameters
-    }
-    assert set(kwargs) <= accepted, set(kwargs) - accepted
-
-    before = {key: dask.config.get(key, None) for key in bootscript._TLS_CONFIG_KEYS}
-    image_before = dict(dask.config.get("cloudprovider.azure.azurevm.vm_image"))
-    assert image_before != NGC_VM_IMAGE
-    security = security_from(head.new_credentials("c0ffee00", True))
-    [scheduler] = plan_vms(kwargs, cluster_id="c0ffee00", security=security, scheduler_address=None)
-    workers = plan_vms(
-        kwargs, cluster_id="c0ffee00", security=security, scheduler_address="tls://10.0.0.4:8786", count=2
-    )
-
-    assert scheduler.name == "dask-c0ffee00-scheduler" and scheduler.size == "Standard_NC8as_T4_v3"
-    assert len({w.name for w in workers}) == 2 and all(w.name.startswith("dask-c0ffee00-worker-") for w in workers)
-    assert scheduler.plan == NGC_MARKETPLACE_PLAN and scheduler.image == NGC_VM_IMAGE and scheduler.disk_size == 100
-    worker_run = _docker_command(workers[0].custom_data)
-    assert "--gpus=all" in worker_run and "--shm-size=256m" in worker_run
-    assert f'-e RAPIDS_HPO_EXPERIMENT_ID="{EXP}"' in worker_run
-    assert '-e AzureWebJobsStorage__accountName="sthpo"' in worker_run
-    assert kwargs["docker_image"] in worker_run
-    assert '"cls": "dask_cuda.CUDAWorker", "opts": {"rmm_managed_memory": true' in worker_run
-    assert "tls://10.0.0.4:8786" in worker_run
-    assert "distributed.cli.dask_scheduler --port 8786" in _docker_command(scheduler.custom_data)
-    cloud_init = base64.b64decode(workers[0].custom_data).decode()
-    assert "shutdown -h now" in cloud_init  # auto_shutdown stops (not deletes) a VM: teardown deletes
-    assert "apt-get install -y docker-ce" not in cloud_init  # bootstrap=False: the NGC image has Docker
-    # The TLS config reaches the VMs (inside the Dask config env var), but this process's config is as
-    # it was, and no cluster object is left for distributed's atexit hook to close.
-    assert "DASK_INTERNAL_INHERIT_CONFIG" in worker_run
-    assert {key: dask.config.get(key, None) for key in bootscript._TLS_CONFIG_KEYS} == before
-    assert dask.config.get("cloudprovider.azure.azurevm.vm_image") == image_before
-    assert not [c for c in SpecCluster._instances if isinstance(c, AzureVMCluster)]
-
-
-def test_detach_makes_a_never_started_cluster_object_inert() -> None:
-    from dask_cloudprovider.azure import AzureVMCluster
-    from distributed.core import Status
-    from distributed.deploy.spec import SpecCluster
-
-    kwargs = cluster_kwargs(_compute(), _handle(), experiment_id=EXP, env_vars={})
-
-    async def build() -> Any:
-        with bootscript._isolated_dask_config():
-            return AzureVMCluster(**kwargs, asynchronous=True)
-
-    cluster = asyncio.run(build())
-    assert cluster.status == Status.created and cluster in SpecCluster._instances
-    detach_cluster(cluster)
-    assert cluster.status == Status.closed and cluster not in SpecCluster._instances
-    assert cluster.shutdown_on_close is False
-    cluster.close()  # returns at once: no scale-down, no destroy_vm
-    with (
-        LocalCluster(n_workers=1, processes=False, dashboard_address=":0") as running,
-        pytest.raises(ValueError, match="never started"),
-    ):
-        detach_cluster(running)
-
-
-def test_dask_cloudprovider_create_vm_bodies_are_rejected_by_arm_with_these_sdks(
-    arm: FakeArm, retry: RetrySettings
-) -> None:
-    """Why create_vm is ours: AzureVM.create_vm passes snake_case dicts, which azure-mgmt-network 33 /
-    azure-mgmt-compute 39 send verbatim, so ARM gets no properties.ipConfigurations."""
-    from azure.core.exceptions import HttpResponseError
-
-    credential = StaticTokenCredential(arm.token)
-    compute_client = make_compute_client(SUB, credential, arm.base_url, polling_interval=0)
-    network_client = make_network_client(SUB, credential, arm.base_url, polling_interval=0)
-    handle = _handle()
-    arm.seed(handle.nsg_id, {"location": LOC})
-    arm.seed(handle.vnet_id, {"location": LOC, "properties": {"subnets": [{"name": handle.subnet_name}]}})
-    kwargs = cluster_kwargs(_compute(), handle, experiment_id=EXP, env_vars={})
-
-    async def dask_cloudprovider_create() -> None:
-        from dask_cloudprovider.azure import AzureVMCluster
-
-        with bootscript._isolated_dask_config():
-            cluster = AzureVMCluster(**{**kwargs, "security": False}, asynchronous=True)
-        try:
-            cluster.quiet = True
-            cluster.compute_client, cluster.network_client = compute_client, network_client
-            await cluster.scheduler_class(**cluster.scheduler_options).create_vm()
-        finally:
-            detach_cluster(cluster)
-
-    with pytest.raises(HttpResponseError, match="ipConfigurations"):
-        asyncio.run(dask_cloudprovider_create())
-    [nic_put] = arm.calls("PUT", "networkInterfaces")
-    assert "ip_configurations" in nic_put.body and "properties" not in nic_put.body
-
-
-def test_module_imports_stay_light_for_dask_workers() -> None:
-    code = (
-        "import sys, shared.backends.vmcluster\n"
-        "heavy = ('azure', 'dask_cloudprovider', 'tenacity', 'distributed', 'optuna', 'pandas')\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
-
-
 # ------------------------------------------------------------------------------------ plan and cost
 def test_plan_for_the_default_vmcluster_spec() -> None:
     spec = load_spec(_spec_document())
-    result = plan(spec, "exp-PLAN", storage_account_name="sthpo")
+    result = plan(spec, "exp-PLAN")
 
     json.dumps(result)
     network = result["network"]
@@ -396,19 +279,21 @@ def test_plan_for_the_default_vmcluster_spec() -> None:
     assert (network["subnet"]["name"], network["network_security_group"]["name"]) == (names.subnet, names.nsg)
     assert network["subnet"]["prefix"] == "10.0.0.0/24" and network["subnet"]["create"] is True
     nsg = network["network_security_group"]
-    [rule] = nsg["rules"]  # the body ARM receives
-    props = rule["properties"]
+    allow, deny = nsg["rules"]  # the bodies ARM receives: the subnet may, no one else may
+    props = allow["properties"]
     assert props["destinationPortRanges"] == ["8786", "8787"] and props["access"] == "Allow"
-    assert props["direction"] == "Inbound" and props["sourceAddressPrefix"] == "VirtualNetwork"
-    assert not OPEN & {props.get("sourceAddressPrefix"), *(props.get("sourceAddressPrefixes") or [])}
+    assert props["direction"] == "Inbound" and props["sourceAddressPrefix"] == "10.0.0.0/24"
+    assert deny["properties"]["access"] == "Deny" and deny["properties"]["sourceAddressPrefix"] == "*"
+    assert deny["properties"]["priority"] > props["priority"]
     assert network["tags"] == {EXPERIMENT_TAG: "exp-PLAN", CREATED_BY_TAG: CREATED_BY}
 
     kwargs = result["cluster"]["kwargs"]
     assert kwargs["public_ingress"] is False and kwargs["vnet"] == network["virtual_network"]["name"]
     assert kwargs["subnet"].endswith(f"/virtualNetworks/{kwargs['vnet']}/subnets/{network['subnet']['name']}")
     assert kwargs["security_group"] == nsg["name"]
-    assert kwargs["env_vars"]["AzureWebJobsStorage__accountName"] == "sthpo"
     assert result["cluster"]["vms"]["workers"]["count"] == 2
+    assert result["cluster"]["vms"]["workers"]["priority"] == "Regular"
+    assert any("never connects to the cluster" in note for note in result["notes"])
     # (2 workers + 1 scheduler) x flights-rf's timeout of 1800 s
     assert result["cost"] == {
         "nodes": 3,
@@ -447,296 +332,164 @@ def test_estimated_node_hours_counts_the_scheduler() -> None:
     assert estimated_node_hours(_compute(), -5) == 0.0
 
 
-# ------------------------------------------------------------------------- the whole run, end to end
-def test_submit_poll_run_and_teardown_with_vms_on_fake_arm_and_dask_on_this_machine(
+# ------------------------------------------------------------------------ poll, from storage only
+def _submitted(
+    ctx: Context, arm: FakeArm, retry: RetrySettings, backend: VMClusterBackend, experiment_id: str = EXP
+) -> ExperimentRecord:
+    record = _record(ctx, experiment_id)
+    record = record.model_copy(update={"backend_state": backend.provision(record)})
+    return record.model_copy(update={"backend_state": backend.submit(record)})
+
+
+def _exchange(backend: VMClusterBackend, experiment_id: str = EXP) -> Exchange:
+    return Exchange.of(backend.blob_service, experiment_id)
+
+
+def test_provision_puts_the_spec_and_our_code_in_the_experiments_container(
     ctx: Context, arm: FakeArm, retry: RetrySettings
 ) -> None:
-    """Provision and VM creation go through the real SDKs to the fake ARM; the scheduler address the
-    fake NIC reports is a real TLS Dask cluster here, started with the credentials submit stored."""
-    port = _free_port()
-    arm.private_ip = "127.0.0.1"
-    foreign_nic = arm.seed(
-        f"{RGP}/Microsoft.Network/networkInterfaces/someone-else-nic",
-        {
-            "location": LOC,
-            "tags": {"creator": "dask-cloudprovider", CLUSTER_ID_TAG: "ffffffff"},
-            "properties": {"ipConfigurations": [{"name": "ip", "properties": {}}]},
-        },
-    )
-    backend = _backend(ctx, arm, retry, scheduler_port=port, connect_timeout_s=3)
-    assert isinstance(backend, ComputeBackend)
+    backend = _backend(ctx, arm, retry)
     record = _record(ctx)
+    handle = VMClusterHandle.of(backend.provision(record))
+    assert handle.network is not None and handle.network.created
+    exchange = _exchange(backend)
+    assert handle.container == exchange.container.container_name
+    assert json.loads(exchange.get(SPEC_BLOB) or b"") == record.spec
+    with zipfile.ZipFile(io.BytesIO(exchange.get(CODE_BLOB) or b"")) as archive:
+        names = set(archive.namelist())
+    assert {"shared/backends/vmcluster/head.py", "gpu_jobs/train.py"} <= names
+    assert not any("__pycache__" in n or n.startswith("tests/") for n in names)
+    assert backend.provision(record) == handle.dump()  # idempotent
 
-    record = record.model_copy(update={"backend_state": backend.provision(record)})
-    handle = NetworkHandle.model_validate(record.backend_state["network"])
-    assert handle.created and backend.provision(record)["network"] == record.backend_state["network"]
 
-    arm.clear_requests()
-    submitted = backend.submit(record)
-    cluster_id = submitted["cluster_id"]
-    assert submitted["scheduler_address"] == f"tls://127.0.0.1:{port}"
+def test_submit_creates_the_head_on_demand_with_its_boot_script_and_keeps_secrets_apart(
+    ctx: Context, arm: FakeArm, retry: RetrySettings
+) -> None:
+    backend = _backend(ctx, arm, retry, scheduler_port=18786)
+    record = _submitted(ctx, arm, retry, backend)
+    handle = VMClusterHandle.of(record.backend_state)
+    assert handle.scheduler_address == "tls://10.0.0.4:18786" and handle.cluster_id
     document = json.loads(ctx.store.get_secret(EXP, SECURITY_ARTIFACT))
-    assert document["cluster_id"] == cluster_id and document["tls_key"].startswith("-----BEGIN")
-    assert "BEGIN" not in json.dumps(submitted)  # the TLS key lives in the artifact, not the record
+    assert document["cluster_id"] == handle.cluster_id and document["tls"]["key"].startswith("-----BEGIN")
+    assert "BEGIN" not in json.dumps(record.backend_state)  # the TLS key is a secret, not in the record
     [vm_put] = arm.calls("PUT", "virtualMachines/")
-    assert vm_put.path.endswith(f"/virtualMachines/dask-{cluster_id}-scheduler")
-    tags = {
-        "creator": "dask-cloudprovider",
-        CLUSTER_ID_TAG: cluster_id,
-        EXPERIMENT_TAG: EXP,
-        CREATED_BY_TAG: CREATED_BY,
-    }
-    assert vm_put.body["tags"] == tags
-    assert vm_put.body["plan"] == NGC_MARKETPLACE_PLAN
-    assert vm_put.body["properties"]["storageProfile"]["imageReference"]["offer"] == "ngc_azure_17_11"
-    assert vm_put.body["properties"]["hardwareProfile"]["vmSize"] == "Standard_NC8as_T4_v3"
-    docker = _docker_command(vm_put.body["properties"]["osProfile"]["customData"])
-    assert f"--port {port}" in docker and f'RAPIDS_HPO_EXPERIMENT_ID="{EXP}"' in docker
+    assert vm_put.path.endswith(f"/virtualMachines/dask-{handle.cluster_id}-scheduler")
+    props = vm_put.body["properties"]
+    assert "priority" not in props  # the head stays on-demand, Spot or not
+    assert vm_put.body["plan"] == NGC_MARKETPLACE_PLAN and props["hardwareProfile"]["vmSize"] == "Standard_NC8as_T4_v3"
+    assert vm_put.body["tags"][CLUSTER_ID_TAG] == handle.cluster_id and vm_put.body["tags"][EXPERIMENT_TAG] == EXP
+    cloud_init = yaml.safe_load(base64.b64decode(props["osProfile"]["customData"]))
+    files = {f["path"]: f for f in cloud_init["write_files"]}
+    node = json.loads(files["/opt/rapids-hpo/node.json"]["content"])
+    assert node["role"] == "head" and node["scheduler_port"] == 18786 and node["experiment_id"] == EXP
+    assert node["exchange_url"].startswith(_exchange(backend).container.url + "?") and "sig=" in node["exchange_url"]
+    assert files["/opt/rapids-hpo/tls/key.pem"]["permissions"] == "0600"
+    [line] = cloud_init["runcmd"]
+    argv = shlex.split(line)
+    assert argv[:2] == ["docker", "run"] and "--gpus=all" in argv and argv[-2:] == ["python", "/opt/rapids-hpo/boot.py"]
+    assert not [a for a in argv if "sig=" in a or "AccountKey" in a]  # the SAS is in a 0600 file, not the command
     [nic_put] = arm.calls("PUT", "networkInterfaces/")
-    assert nic_put.body["tags"] == tags
-    [ip_config] = nic_put.body["properties"]["ipConfigurations"]
-    assert ip_config["properties"]["subnet"]["id"] == handle.subnet_id
-    assert "publicIPAddress" not in ip_config["properties"] and not arm.calls("PUT", "publicIPAddresses")
+    assert "publicIPAddress" not in nic_put.body["properties"]["ipConfigurations"][0]["properties"]
 
-    # Idempotent: the recorded state is returned; a lost state reuses the credentials and the VM.
     arm.clear_requests()
-    assert backend.submit(record.model_copy(update={"backend_state": submitted})) == submitted
-    again = backend.submit(record)
-    assert (again["cluster_id"], again["scheduler_address"]) == (cluster_id, submitted["scheduler_address"])
+    assert backend.submit(record) == record.backend_state  # idempotent
     assert not arm.calls("PUT")
-    record = record.model_copy(update={"backend_state": submitted})
 
-    # The scheduler VM is still booting: PENDING.
+
+def test_poll_replaces_lost_workers_counts_evictions_and_stops_at_their_budget(
+    ctx: Context, arm: FakeArm, retry: RetrySettings
+) -> None:
+    backend = _backend(ctx, arm, retry)
+    record = _submitted(ctx, arm, retry, backend)
+    spec = {**record.spec, "compute": {**record.spec["compute"], "spot": True, "max_evictions": 1}}
+    record = record.model_copy(update={"spec": spec})
+
     status = backend.poll(record)
-    assert status.state is RunState.PENDING and "not reachable yet" in status.details["waiting_for"]
+    assert status.state is RunState.PENDING and status.details["waiting_for"] == "the head node's first heartbeat"
+    record = _apply(record, status)
+    workers = [r for r in arm.calls("PUT", "virtualMachines/") if "-worker-" in r.path]
+    assert len(workers) == 2
+    assert all(w.body["properties"]["priority"] == "Spot" for w in workers)
+    assert all(w.body["properties"]["evictionPolicy"] == "Delete" for w in workers)
+    assert all(w.body["properties"]["billingProfile"]["maxPrice"] == -1 for w in workers)
+    node = json.loads(
+        yaml.safe_load(base64.b64decode(workers[0].body["properties"]["osProfile"]["customData"]))["write_files"][0][
+            "content"
+        ]
+    )
+    assert (
+        node["role"] == "worker"
+        and node["scheduler_address"] == VMClusterHandle.of(record.backend_state).scheduler_address
+    )
+    assert node["worker_class"] == "dask_cuda.CUDAWorker" and node["worker_options"] == {"rmm_managed_memory": True}
 
-    # "The VMs booted": a TLS cluster on the recorded port with the stored credentials.
-    with (
-        _env(RAPIDS_HPO_HOME=str(ctx.settings.home)),
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            scheduler_port=port,
-            security=security_from(document),
-            dashboard_address=None,
-        ) as cluster,
-    ):
-        assert cluster.scheduler_address == submitted["scheduler_address"]
-        arm.clear_requests()
-        status = backend.poll(record)
-        assert status.state is RunState.RUNNING and status.details["driver"] == "submitted", status
-        record = _apply(record, status)
-        assert record.backend_state["driver_key"] == f"driver-{EXP}" and record.backend_state["workers_created"]
-        worker_puts = arm.calls("PUT", "virtualMachines/")
-        assert len(worker_puts) == 2
-        assert all(
-            f"/virtualMachines/dask-{cluster_id}-worker-" in r.path and r.body["tags"] == tags for r in worker_puts
-        )
-        worker_docker = _docker_command(worker_puts[0].body["properties"]["osProfile"]["customData"])
-        assert f"tls://127.0.0.1:{port}" in worker_docker and "dask_cuda.CUDAWorker" in worker_docker
-
-        deadline = time.monotonic() + 120
-        seen: list[str] = []
-        while status.state in {RunState.PENDING, RunState.RUNNING}:
-            assert time.monotonic() < deadline, f"driver still running: {status}"
-            time.sleep(0.5)
-            status = backend.poll(record)
-            record = _apply(record, status)
-            seen.append(repr(status.details.get("driver")))
-        assert status.state is RunState.SUCCEEDED, (status, seen)
-        assert len(arm.calls("PUT", "virtualMachines/")) == 2  # workers were created once
-
-    outcome = json.loads(ctx.store.get_artifact(EXP, DRIVER_OUTCOME_ARTIFACT))
-    assert outcome["status"] == "COMPLETED" and outcome["best"] is not None
-    trials = ctx.store.list_trials(EXP)
-    assert [t.number for t in trials] == [0, 1, 2]
-    assert all(t.state is not TrialState.RUNNING for t in trials)
-    assert ctx.store.list_artifacts(EXP, "model/")
-    assert backend.finalize(record) == {}
-
-    # Teardown: everything the cluster-id/experiment tags (and the VM names, for disks) say, then the
-    # network; the foreign NIC stays. VMs go before NICs and disks.
-    assert len(arm.of_type("virtualMachines")) == 3 and len(arm.of_type("disks")) == 3
     arm.clear_requests()
-    backend.teardown(record)
-    assert arm.of_type("virtualMachines") == [] and arm.of_type("disks") == []
-    assert [n["id"] for n in arm.of_type("networkInterfaces")] == [foreign_nic["id"]]
-    assert arm.of_type("virtualNetworks") == [] and arm.of_type("networkSecurityGroups") == []
-    kinds = [r.path.split("/")[-2] for r in arm.calls("DELETE")]
-    assert kinds.index("networkInterfaces") > max(i for i, k in enumerate(kinds) if k == "virtualMachines")
-    assert kinds.index("disks") > max(i for i, k in enumerate(kinds) if k == "virtualMachines")
+    record = _apply(record, backend.poll(record))
+    assert not arm.calls("PUT")  # nothing lost: nothing created
+    arm.evict(workers[0].path.rsplit("/", 1)[-1])
+    status = backend.poll(record)
+    record = _apply(record, status)
+    assert VMClusterHandle.of(record.backend_state).evictions == 1 and len(arm.calls("PUT", "virtualMachines/")) == 1
+    for vm in [v for v in arm.of_type("virtualMachines") if "-worker-" in v["name"]]:
+        arm.evict(vm["name"])
+    status = backend.poll(record)
+    assert status.state is RunState.FAILED and "max_evictions=1" in (status.error or "")
 
 
-# ------------------------------------------------------------------------------ poll decisions
-@pytest.fixture(scope="module")
-def dask_cluster() -> Iterator[LocalCluster]:
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        yield cluster
-
-
-def _started(ctx: Context, address: str, experiment_id: str, **state: Any) -> ExperimentRecord:
-    """A record as submit leaves it, for a plain-TCP scheduler at ``address``."""
-    ctx.store.put_secret(experiment_id, SECURITY_ARTIFACT, json.dumps(head.new_credentials("c1", False)).encode())
-    base = {
-        "cluster_id": "c1",
-        "scheduler_address": address,
-        "submitted_at": _ago(0),
-        "workers_created": True,
-        "driver_restarts": 0,
-    }
-    return _record(ctx, experiment_id, **{**base, **state})
-
-
-@pytest.mark.parametrize(
-    ("status", "expected"),
-    [("COMPLETED", RunState.SUCCEEDED), ("FAILED", RunState.FAILED), ("CANCELLED", RunState.CANCELLED)],
-)
-def test_poll_reports_the_outcome_artifact_without_asking_the_cluster(
-    ctx: Context, arm: FakeArm, retry: RetrySettings, status: str, expected: RunState
+def test_poll_ingests_trials_reads_the_heartbeat_and_the_outcome(
+    ctx: Context, arm: FakeArm, retry: RetrySettings
 ) -> None:
-    record = _record(ctx, cluster_id="c1", scheduler_address="tls://127.0.0.1:1", driver_key=f"driver-{EXP}")
-    outcome = {
-        "status": status,
-        "reason": "r",
-        "trials_done": 3,
-        "best": None,
-        "error": "boom" if status == "FAILED" else None,
-    }
-    ctx.store.put_artifact(EXP, DRIVER_OUTCOME_ARTIFACT, json.dumps(outcome).encode())
-    result = _backend(ctx, arm, retry).poll(record)
-    assert result.state is expected and result.details["outcome"] == outcome
-    assert result.error == outcome["error"]
-    assert arm.requests == []
+    backend = _backend(ctx, arm, retry, silence_limit_s=60)
+    record = _submitted(ctx, arm, retry, backend)
+    exchange = _exchange(backend)
+    trial = TrialRecord(experiment_id=EXP, number=0, params={"max_depth": 3}, state=TrialState.RUNNING)
+    exchange.put("trials/00000000.json", trial.model_dump_json().encode())
+    forged = trial.model_copy(update={"experiment_id": "exp-someone-else", "number": 1})
+    exchange.put("trials/00000001.json", forged.model_dump_json().encode())
+    exchange.put(HEARTBEAT_BLOB, json.dumps({"at": datetime.now(UTC).isoformat()}).encode())
 
+    status = backend.poll(record)
+    assert status.state is RunState.RUNNING, status
+    record = _apply(record, status)
+    assert [t.number for t in ctx.store.list_trials(EXP)] == [0]  # the forged record is never ingested
+    assert ctx.store.list_trials("exp-someone-else") == []
 
-def test_poll_reports_a_processing_driver_and_cancel_cancels_its_task(
-    ctx: Context, arm: FakeArm, retry: RetrySettings, dask_cluster: LocalCluster
-) -> None:
-    backend = _backend(ctx, arm, retry, driver_function=sleepy_driver)
-    record = _started(ctx, dask_cluster.scheduler_address, "exp-sleepy")
+    exchange.put(HEARTBEAT_BLOB, json.dumps({"at": _ago(120)}).encode())
+    silent = backend.poll(record)
+    assert silent.state is RunState.FAILED and "heartbeat" in (silent.error or "")
 
-    first = backend.poll(record)
-    assert first.state is RunState.RUNNING and first.details["driver"] == "submitted"
-    record = _apply(record, first)
-    key = record.backend_state["driver_key"]
-    assert key == "driver-exp-sleepy"
-    second = backend.poll(record)
-    while second.details["driver"]["state"] != "processing":  # queued for a moment at most
-        time.sleep(0.05)
-        second = backend.poll(record)
-    assert second.state is RunState.RUNNING and second.details["driver"]["worker"]
-    assert arm.requests == []  # workers_created: no ARM call while running
+    done = trial.model_copy(update={"state": TrialState.COMPLETED, "value": 0.8})
+    exchange.put("trials/00000000.json", done.model_dump_json().encode())
+    outcome = {"status": "COMPLETED", "reason": "max_total_trials", "trials_done": 1, "best": None, "error": None}
+    exchange.put(OUTCOME_BLOB, json.dumps(outcome).encode())
+    exchange.put("model/model.pkl", b"model bytes")
+    final = backend.poll(record)
+    assert final.state is RunState.SUCCEEDED and final.details["outcome"] == outcome
+    assert ctx.store.list_trials(EXP)[0].state is TrialState.COMPLETED
+    backend.finalize(_apply(record, final))
+    assert ctx.store.get_artifact(EXP, "model/model.pkl") == b"model bytes"
 
     backend.cancel(record)
-    with Client(dask_cluster.scheduler_address, set_as_default=False) as client:
-        deadline = time.monotonic() + 10
-        while probe_task(client, key)["state"] is not None:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+    assert exchange.get(CANCEL_BLOB) is not None  # the flag the driver watches
 
 
-def test_poll_resubmits_a_lost_or_failed_driver_then_gives_up(
-    ctx: Context, arm: FakeArm, retry: RetrySettings, dask_cluster: LocalCluster
-) -> None:
-    backend = _backend(ctx, arm, retry, driver_function=failing_driver)
-    record = _started(
-        ctx, dask_cluster.scheduler_address, "exp-lost", driver_key="driver-exp-lost"
-    )  # unknown to the scheduler
-
-    status = backend.poll(record)
-    assert status.state is RunState.RUNNING and status.details["restarted"] is True
-    assert "gone from the scheduler" in status.details["reason"]
-    record = _apply(record, status)
-    assert record.backend_state["driver_key"] == "driver-exp-lost-r1"
-    assert record.backend_state["driver_restarts"] == 1
-
-    # The resubmitted driver crashes; the next polls see it and resubmit once more, then give up.
-    deadline = time.monotonic() + 30
-    while record.backend_state["driver_restarts"] < 2:
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
-        record = _apply(record, status := backend.poll(record))
-    assert record.backend_state["driver_key"] == "driver-exp-lost-r2"
-    assert "crashed" in record.backend_state["last_error"] or "gone" in record.backend_state["last_error"]
-    while status.state is RunState.RUNNING:
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
-        record = _apply(record, status := backend.poll(record))
-    assert status.state is RunState.FAILED
-    assert status.error is not None and "stopped without an outcome 3 times" in status.error
+def test_poll_fails_when_the_head_never_reports(ctx: Context, arm: FakeArm, retry: RetrySettings) -> None:
+    backend = _backend(ctx, arm, retry, ready_timeout_s=60)
+    record = _submitted(ctx, arm, retry, backend)
+    late = record.model_copy(
+        update={"backend_state": {**record.backend_state, "submitted_at": _ago(61), "last_error": "quota"}}
+    )
+    status = backend.poll(late)
+    assert (
+        status.state is RunState.FAILED and "did not start" in (status.error or "") and "quota" in (status.error or "")
+    )
 
 
-def test_poll_creates_only_the_worker_vms_the_cluster_lacks(
-    ctx: Context, arm: FakeArm, retry: RetrySettings, dask_cluster: LocalCluster
-) -> None:
-    backend = _backend(ctx, arm, retry, driver_function=sleepy_driver)
-    record = _started(ctx, dask_cluster.scheduler_address, "exp-reconcile", workers_created=False)
-    record = record.model_copy(update={"backend_state": {**record.backend_state, **backend.provision(record)}})
-    tags = {"creator": "dask-cloudprovider", CLUSTER_ID_TAG: "c1", EXPERIMENT_TAG: "exp-reconcile"}
-    _seed_vm(arm, "dask-c1-worker-aaaaaaaa", tags)  # created by an earlier, interrupted poll
-    failed = _seed_vm(arm, "dask-c1-worker-bbbbbbbb", tags)
-    arm.resources[failed["id"].lower()]["properties"]["provisioningState"] = "Failed"
-    arm.clear_requests()
-
-    status = backend.poll(record)
-
-    assert status.state is RunState.RUNNING and status.updates["workers_created"] is True
-    [put] = arm.calls("PUT", "/virtualMachines/")  # 2 wanted, 1 healthy: one more, the failed one replaced
-    assert put.path.rsplit("/", 1)[-1].startswith("dask-c1-worker-") and "aaaaaaaa" not in put.path
-    assert "bbbbbbbb" not in put.path
-
-
-def test_poll_waits_for_workers_to_join_before_starting_the_driver(
-    ctx: Context, arm: FakeArm, retry: RetrySettings
-) -> None:
-    from distributed import Scheduler
-
-    async def scenario() -> RunStatus:
-        async with Scheduler(host="127.0.0.1", port=0, dashboard_address=":0") as scheduler:
-            record = _started(ctx, scheduler.address, "exp-empty")
-            return await asyncio.to_thread(_backend(ctx, arm, retry, connect_timeout_s=3).poll, record)
-
-    status = asyncio.run(scenario())
-    assert status.state is RunState.PENDING and status.details["waiting_for"] == "waiting for Dask workers to join"
-
-
-def test_unreachable_scheduler_is_running_until_a_bound_then_failed(
-    ctx: Context, arm: FakeArm, retry: RetrySettings
-) -> None:
-    backend = _backend(ctx, arm, retry, connect_timeout_s=1, unreachable_limit_s=600, ready_timeout_s=900)
-    closed = f"tcp://127.0.0.1:{_free_port()}"
-    ctx.store.put_secret(EXP, SECURITY_ARTIFACT, json.dumps(head.new_credentials("c1", False)).encode())
-    base = {"cluster_id": "c1", "scheduler_address": closed, "workers_created": True}
-    record = _record(ctx, **base, submitted_at=_ago(0), driver_key=f"driver-{EXP}")
-
-    status = backend.poll(record)
-    assert status.state is RunState.RUNNING and status.details["scheduler"] == "unreachable"
-    since = status.updates["unreachable_since"]
-    record = _apply(record, status)
-    assert backend.poll(record).updates["unreachable_since"] == since  # kept, not reset
-
-    late = record.model_copy(update={"backend_state": {**record.backend_state, "unreachable_since": _ago(601)}})
-    failed = backend.poll(late)
-    assert failed.state is RunState.FAILED and "unreachable for 60" in (failed.error or "")
-
-    starting = record.model_copy(update={"backend_state": {**base, "submitted_at": _ago(0)}})
-    assert backend.poll(starting).state is RunState.PENDING
-    stuck = record.model_copy(update={"backend_state": {**base, "submitted_at": _ago(901), "last_error": "quota"}})
-    result = backend.poll(stuck)
-    assert result.state is RunState.FAILED and "not ready" in (result.error or "") and "quota" in (result.error or "")
-    backend.cancel(record)  # unreachable: nothing to cancel, no error
-
-
-def test_submit_refuses_storage_the_vms_cannot_use(ctx: Context, arm: FakeArm, retry: RetrySettings) -> None:
-    record = _record(ctx, network=_handle().model_dump(mode="json"))
-    with pytest.raises(BackendError, match="identity-based Azure Storage"):
-        _backend(ctx, arm, retry, allow_local_store=False).submit(record)
-    account = Context(settings=Settings("", "sthpo", ctx.settings.home, 1, 900), store=ctx.store, queues=ctx.queues)
-    with pytest.raises(BackendError, match="managed identity"):
-        _backend(account, arm, retry, allow_local_store=False).submit(record)
-    assert arm.requests == [] and not ctx.store.list_artifacts(EXP, "cluster/")
+def test_the_backend_needs_azure_storage(ctx: Context, arm: FakeArm, retry: RetrySettings) -> None:
+    backend = _backend(ctx, arm, retry, blob_service=None)
+    with pytest.raises(BackendError, match="needs Azure Storage"):
+        backend.provision(_record(ctx))
+    assert not ctx.store.list_artifacts(EXP, "cluster/")
 
 
 def test_arm_failures_creating_the_scheduler_are_retried_and_a_rerun_reuses_what_exists(

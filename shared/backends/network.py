@@ -6,10 +6,10 @@ and reconciles what this experiment created before, refuses to touch a same-name
 not own, and never creates or deletes ``existing_*`` resources the spec names. Teardown deletes only
 what :class:`NetworkHandle` lists as created, VNet before NSG; "already gone" counts as success.
 
-The seed opened Dask's ports 8786/8787 to ``Internet``. Here the inbound rule admits only
-``NetworkSpec.allowed_source_prefixes`` or, by default, the ``VirtualNetwork`` service tag (the
-Function App reaches the scheduler through VNet integration). VM-to-VM traffic inside the VNet
-needs no rule: Azure's default ``AllowVnetInBound`` covers it.
+The seed opened Dask's ports 8786/8787 to ``Internet``. Here they are admitted from the experiment's
+own subnet only (plus ``NetworkSpec.allowed_source_prefixes``) and denied to the rest, VNet included:
+nothing outside the cluster talks to Dask (the control plane meets the cluster in storage). Other
+VM-to-VM traffic inside the subnet (workers' ports) rides on Azure's default ``AllowVnetInBound``.
 
 Retries are :func:`shared.backends.arm.arm_call`'s (409/429/5xx, with ``Retry-After``); see there.
 """
@@ -45,7 +45,7 @@ INSTANCE_TAG = "rapids-hpo-instance"
 DASK_PORTS = ("8786", "8787")
 DASK_RULE_PREFIX = "rapids-hpo-dask"
 DASK_RULE_PRIORITY = 1000
-DEFAULT_DASK_SOURCE = "VirtualNetwork"
+DASK_DENY_PRIORITY = 1100
 
 _MAX_NAME = 64
 _INVALID = re.compile(r"[^a-z0-9_.-]+")
@@ -102,24 +102,35 @@ def ensure_network(
     tags: dict[str, str] | None = None,
     retry: RetrySettings = DEFAULT_RETRY,
 ) -> NetworkHandle:
-    """Create or reuse the NSG, then the VNet and subnet, for one experiment; idempotent."""
+    """Create or reuse the NSG, then the VNet and subnet, for one experiment; idempotent.
+
+    ``existing_*`` name resources by ARM id (any resource group) or by name (in ``resource_group``);
+    an existing VNet's subnet is chosen by name (``existing_subnet``), never a delegated one. Our NSG
+    admits Dask's ports from the experiment's subnet (and ``allowed_source_prefixes``) and denies
+    them to the rest of the VNet.
+    """
     if spec.existing_subnet and not spec.existing_vnet:
         raise BackendError("network.existing_subnet needs network.existing_vnet (the VNet it belongs to)")
+    if spec.existing_vnet and not spec.existing_subnet:
+        raise BackendError("network.existing_vnet needs network.existing_subnet: the subnet is chosen by name")
     names = network_names(experiment_id)
     all_tags = {**(tags or {}), EXPERIMENT_TAG: experiment_id, CREATED_BY_TAG: CREATED_BY}
     ctx = _Context(client, resource_group, location, experiment_id, all_tags, retry)
     created: list[str] = []
 
+    vnet = None
+    subnet_prefixes = [spec.subnet_prefix]
+    if spec.existing_vnet:
+        vnet = ctx.get_existing("virtual network", spec.existing_vnet)
+        subnet_name, subnet_id, subnet_prefixes = _pick_subnet(vnet, spec.existing_subnet or "")
+
     if spec.existing_security_group:
         nsg = ctx.get_existing("network security group", spec.existing_security_group)
     else:
-        nsg = _ensure_nsg(ctx, names.nsg, dask_rules(spec.allowed_source_prefixes))
+        nsg = _ensure_nsg(ctx, names.nsg, dask_rules(spec.allowed_source_prefixes, subnet_prefixes))
         created.append(str(nsg.id))
 
-    if spec.existing_vnet:
-        vnet = ctx.get_existing("virtual network", spec.existing_vnet)
-        subnet_name, subnet_id = _pick_subnet(vnet, spec.existing_subnet, resource_group)
-    else:
+    if vnet is None:
         vnet = _ensure_vnet(ctx, names, spec, nsg.id)
         created.append(str(vnet.id))
         subnet_name = names.subnet
@@ -246,13 +257,14 @@ class _Context:
             return self.client.virtual_networks
         return self.client.network_security_groups
 
-    def get(self, label: str, name: str) -> Any | None:
+    def get(self, label: str, name: str, resource_group: str | None = None) -> Any | None:
         """GET a resource; None when it does not exist."""
         ops = self.ops(label)
+        group = resource_group or self.resource_group
 
         def _get() -> Any | None:
             try:
-                return ops.get(self.resource_group, name)
+                return ops.get(group, name)
             except Exception as exc:
                 if is_not_found(exc):
                     return None
@@ -260,13 +272,21 @@ class _Context:
 
         return arm_call(f"reading {label} {name}", _get, self.retry)
 
-    def get_existing(self, label: str, name: str) -> Any:
-        """GET a resource the spec names; it must exist, in our region."""
-        resource = self.get(label, name)
+    def get_existing(self, label: str, reference: str) -> Any:
+        """GET a resource the spec names (an ARM id, or a name in our resource group); it must exist,
+        in our region."""
+        group, name = self.resource_group, reference
+        if reference.lower().startswith("/subscriptions/"):
+            from azure.mgmt.core.tools import parse_resource_id
+
+            parts = parse_resource_id(reference)
+            group, name = parts.get("resource_group") or "", parts.get("name") or ""
+            if not group or not name or parts.get("children"):
+                raise BackendError(f"{label} {reference!r} is not the resource id of a {label}")
+        resource = self.get(label, name, group)
         if resource is None:
             raise BackendError(
-                f"{label} {name!r} (named in the spec's network section) does not exist "
-                f"in resource group {self.resource_group!r}"
+                f"{label} {name!r} (named in the spec's network section) does not exist in resource group {group!r}"
             )
         self.check_location(label, resource)
         return resource
@@ -302,14 +322,15 @@ def _norm_location(location: str) -> str:
     return location.replace(" ", "").lower()
 
 
-def dask_rules(allowed: list[str]) -> list[SecurityRule]:
-    """Inbound TCP 8786-8787 from the named prefixes, else from the VNet; never from the Internet.
+def dask_rules(allowed: list[str], subnet_prefixes: list[str]) -> list[SecurityRule]:
+    """Inbound TCP 8786-8787 from the experiment's subnet (and the named prefixes), then a deny of
+    those ports to everyone else: Azure's default ``AllowVnetInBound`` would admit the whole VNet.
 
     Address prefixes share one rule; each service tag gets its own (ARM accepts one tag per rule).
     """
     from azure.mgmt.network.models import SecurityRule
 
-    sources = list(dict.fromkeys(allowed)) or [DEFAULT_DASK_SOURCE]
+    sources = list(dict.fromkeys([*subnet_prefixes, *allowed]))
     cidrs = [s for s in sources if _is_prefix(s)]
     groups: list[list[str]] = ([cidrs] if cidrs else []) + [[s] for s in sources if not _is_prefix(s)]
     rules = []
@@ -320,17 +341,31 @@ def dask_rules(allowed: list[str]) -> list[SecurityRule]:
         rules.append(
             SecurityRule(
                 name=f"{DASK_RULE_PREFIX}-{i}",
-                description="Dask scheduler and dashboard (8786, 8787), rapids-hpo-control",
+                description="Dask scheduler and dashboard (8786, 8787) from the cluster's subnet, rapids-hpo-control",
                 direction="Inbound",
                 access="Allow",
                 protocol="Tcp",
                 priority=DASK_RULE_PRIORITY + i,
                 source_port_range="*",
-                destination_address_prefix="VirtualNetwork",
+                destination_address_prefix="*",
                 destination_port_ranges=list(DASK_PORTS),
                 **source,
             )
         )
+    rules.append(
+        SecurityRule(
+            name=f"{DASK_RULE_PREFIX}-deny",
+            description="Dask's ports from anywhere else (the rest of the VNet included), rapids-hpo-control",
+            direction="Inbound",
+            access="Deny",
+            protocol="Tcp",
+            priority=DASK_DENY_PRIORITY,
+            source_port_range="*",
+            source_address_prefix="*",
+            destination_address_prefix="*",
+            destination_port_ranges=list(DASK_PORTS),
+        )
+    )
     return rules
 
 
@@ -449,17 +484,17 @@ def _subnet_id(vnet: Any, subnet_name: str) -> str:
     return f"{vnet.id}/subnets/{subnet_name}"
 
 
-def _pick_subnet(vnet: Any, wanted: str | None, resource_group: str) -> tuple[str, str]:
-    """The named subnet of an existing VNet, or its first (as dask-cloudprovider would pick)."""
-    subnets = vnet.subnets or []
-    if wanted is None:
-        if not subnets:
-            raise BackendError(f"virtual network {vnet.name!r} in {resource_group!r} has no subnets")
-        return subnets[0].name, _subnet_id(vnet, subnets[0].name)
-    for subnet in subnets:
-        if (subnet.name or "").lower() == wanted.lower():
-            return subnet.name, _subnet_id(vnet, subnet.name)
-    raise BackendError(
-        f"subnet {wanted!r} (network.existing_subnet) does not exist in virtual network "
-        f"{vnet.name!r} in resource group {resource_group!r}"
-    )
+def _pick_subnet(vnet: Any, wanted: str) -> tuple[str, str, list[str]]:
+    """The subnet called ``wanted`` of an existing VNet: (name, id, address prefixes). Never a
+    subnet delegated to a service (a Function App's ``Microsoft.App/environments`` subnet takes no NICs)."""
+    for subnet in vnet.subnets or []:
+        if (subnet.name or "").lower() != wanted.lower():
+            continue
+        delegations = [d.service_name for d in (subnet.delegations or []) if d.service_name]
+        if delegations:
+            raise BackendError(
+                f"subnet {subnet.name!r} of virtual network {vnet.name!r} is delegated to "
+                f"{', '.join(delegations)}: VMs cannot join it; name another network.existing_subnet"
+            )
+        return subnet.name, _subnet_id(vnet, subnet.name), sorted(_subnet_prefixes(subnet))
+    raise BackendError(f"subnet {wanted!r} (network.existing_subnet) does not exist in virtual network {vnet.name!r}")

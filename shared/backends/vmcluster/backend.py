@@ -1,58 +1,60 @@
-"""``VMClusterBackend``: the ``ComputeBackend`` protocol for Dask on Azure VMs, one bounded step per call
-(the package docstring tells the whole story)."""
+"""``VMClusterBackend``: the ``ComputeBackend`` protocol for Dask on Azure VMs, one bounded step per call.
+
+The control plane creates the VMs and reads storage; it never talks to the cluster (see the package
+docstring). Each call is idempotent: it reconciles against what exists, found by tag and name.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-import socket
-import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from shared.backends.outcome import outcome_status, read_outcome
-from shared.backends.vmcluster.bootscript import VMPlan, plan_vms
+from shared.backends.vmcluster import exchange as ex
+from shared.backends.vmcluster.bootscript import (
+    VMPlan,
+    docker_command,
+    encode_custom_data,
+    new_tls_identity,
+    render_cloud_init,
+)
 from shared.backends.vmcluster.dryrun import VMClusterPlanner
 from shared.backends.vmcluster.handle import VMClusterHandle
-from shared.backends.vmcluster.head import (
-    ACTIVE_TASK_STATES,
-    new_credentials,
-    probe_task,
-    run_driver_on_cluster,
-    security_from,
-    ship_code,
-)
+from shared.backends.vmcluster.settings import CLUSTER_PIP_PACKAGES as PIP
 from shared.backends.vmcluster.settings import (
     DEFAULT_READY_TIMEOUT_S,
-    DEFAULT_UNREACHABLE_LIMIT_S,
-    MAX_DRIVER_RESTARTS,
+    DEFAULT_SILENCE_LIMIT_S,
+    NGC_MARKETPLACE_PLAN,
+    NGC_VM_IMAGE,
     SCHEDULER_PORT,
     SECURITY_ARTIFACT,
+    UBUNTU_VM_IMAGE,
     VMIdentity,
+    check_no_secrets,
     cluster_env,
-    cluster_kwargs,
     cluster_tags,
-    driver_key,
+    is_gpu_size,
+    python_options,
+    sas_lifetime_s,
     scheduler_vm_name,
     subscription_of,
     worker_vm_prefix,
 )
-from shared.backends.vmcluster.vms import create_vm, failed
+from shared.backends.vmcluster.vms import create_vm, failed, get_vm, healthy_workers, private_ip
 from shared.compute_spec import VMClusterCompute
 from shared.errors import BackendError, NotFound
 from shared.ports import Capabilities, HandleUpdate, RunState, RunStatus
-from shared.records import ExperimentRecord
+from shared.records import ExperimentRecord, TrialRecord
 
 if TYPE_CHECKING:
-    from azure.mgmt.compute import ComputeManagementClient
-    from azure.mgmt.network import NetworkManagementClient
-    from distributed import Client
+    from azure.storage.blob import BlobServiceClient
 
     from shared.backends.arm import RetrySettings
-    from shared.backends.network import NetworkHandle
     from shared.backends.vm_teardown import OrphanedCluster
     from shared.config import Settings
     from shared.ports import Store
@@ -63,16 +65,18 @@ ClientFactory = Callable[[str], Any]
 
 
 class VMClusterBackend:
-    """Dask on Azure GPU VMs; implements ``shared.ports.ComputeBackend`` (see the module docstring).
+    """Dask on Azure VMs; implements ``shared.ports.ComputeBackend``.
 
     ``compute_client_factory``/``network_client_factory`` build the ARM clients from a subscription id
-    (tests point them at a fake ARM server); ``driver_function`` is the task submitted to the cluster.
-    ``allow_local_store`` lets a cluster on this machine share a ``LocalStore`` (development, tests).
+    (tests point them at a local ARM server); ``blob_service`` is the control plane's own client of the
+    storage account the experiment containers live in (default: from ``settings``).
     """
 
     name = "vmcluster"
     handle_type = VMClusterHandle
-    capabilities = Capabilities(model_from="driver", cloud_resources=True, finds_orphans=True, restarts_driver=True)
+    capabilities = Capabilities(model_from="finalize", cloud_resources=True, finds_orphans=True, restarts_driver=False)
+    """The driver writes the model to the experiment's container and ``finalize`` copies it into the store;
+    a broken driver is restarted on the head node by the container's restart policy, not by ``poll``."""
     planner = VMClusterPlanner()
 
     def __init__(
@@ -82,27 +86,23 @@ class VMClusterBackend:
         *,
         compute_client_factory: ClientFactory | None = None,
         network_client_factory: ClientFactory | None = None,
+        blob_service: BlobServiceClient | None = None,
         identity: VMIdentity | None = None,
         retry: RetrySettings | None = None,
         scheduler_port: int = SCHEDULER_PORT,
-        connect_timeout_s: float = 10.0,
         ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S,
-        unreachable_limit_s: float = DEFAULT_UNREACHABLE_LIMIT_S,
-        allow_local_store: bool = False,
-        driver_function: Callable[[str], Any] = run_driver_on_cluster,
+        silence_limit_s: float = DEFAULT_SILENCE_LIMIT_S,
     ) -> None:
         self.store = store
         self.settings = settings
         self._compute_factory = compute_client_factory
         self._network_factory = network_client_factory
+        self._blob_service = blob_service
         self.identity = identity
         self._retry = retry
         self.scheduler_port = scheduler_port
-        self.connect_timeout_s = connect_timeout_s
         self.ready_timeout_s = ready_timeout_s
-        self.unreachable_limit_s = unreachable_limit_s
-        self.allow_local_store = allow_local_store
-        self.driver_function = driver_function
+        self.silence_limit_s = silence_limit_s
 
     # ----------------------------------------------------------------------------------- plumbing
     @property
@@ -110,6 +110,31 @@ class VMClusterBackend:
         from shared.backends.arm import DEFAULT_RETRY
 
         return self._retry or DEFAULT_RETRY
+
+    @property
+    def blob_service(self) -> BlobServiceClient:
+        if self._blob_service is None:
+            from azure.storage.blob import BlobServiceClient
+
+            from shared.config import expand_connection_string
+
+            if self.settings.storage_connection_string:
+                conn = expand_connection_string(self.settings.storage_connection_string)
+                self._blob_service = BlobServiceClient.from_connection_string(conn)
+            elif self.settings.storage_account_name:
+                from azure.identity import DefaultAzureCredential
+
+                url = f"https://{self.settings.storage_account_name}.blob.core.windows.net"
+                self._blob_service = BlobServiceClient(url, credential=DefaultAzureCredential())
+            else:
+                raise BackendError(
+                    "the vmcluster backend needs Azure Storage (AzureWebJobsStorage or its __accountName): "
+                    "the cluster and the control plane meet in the experiment's blob container"
+                )
+        return self._blob_service
+
+    def _exchange(self, experiment_id: str) -> ex.Exchange:
+        return ex.Exchange.of(self.blob_service, experiment_id)
 
     def _compute(self, record: ExperimentRecord) -> VMClusterCompute:
         compute = record.spec.get("compute") or {}
@@ -120,13 +145,7 @@ class VMClusterBackend:
         except ValueError as exc:  # a record stored before a rule tightened: fail the run, don't retry
             raise BackendError(f"experiment {record.id}: invalid compute section: {exc}") from None
 
-    def _subscription(self, compute: VMClusterCompute) -> str:
-        sub = subscription_of(compute)
-        if not sub:
-            raise BackendError("no subscription: set compute.subscription_id or AZURE_SUBSCRIPTION_ID")
-        return sub
-
-    def _clients(self, subscription_id: str) -> tuple[ComputeManagementClient, NetworkManagementClient]:
+    def _clients(self, subscription_id: str) -> tuple[Any, Any]:
         from shared.backends.network import make_network_client
         from shared.backends.vm_teardown import make_compute_client
 
@@ -134,45 +153,11 @@ class VMClusterBackend:
         network = (self._network_factory or make_network_client)(subscription_id)
         return compute, network
 
-    def _network(self, record: ExperimentRecord, handle: VMClusterHandle) -> NetworkHandle:
-        if handle.network is None:
-            raise BackendError(f"experiment {record.id} has no provisioned network (provision did not run)")
-        return handle.network
-
-    def _cluster_env(self, experiment_id: str) -> dict[str, str]:
-        settings = self.settings
-        if settings.storage_account_name:
-            if self.identity is None:
-                raise BackendError(
-                    "the vmcluster backend needs a user-assigned managed identity for the cluster VMs "
-                    "(VMClusterBackend(identity=VMIdentity(resource_id, client_id))) with blob and table "
-                    "data roles on the storage account: the driver runs on the VMs and writes trials there"
-                )
-            return cluster_env(
-                experiment_id=experiment_id,
-                storage_account_name=settings.storage_account_name,
-                identity=self.identity,
-            )
-        if self.allow_local_store:
-            return {
-                **cluster_env(experiment_id=experiment_id, storage_account_name=None, identity=None),
-                "RAPIDS_HPO_HOME": str(settings.home),
-            }
-        raise BackendError(
-            "the vmcluster backend needs identity-based Azure Storage (AzureWebJobsStorage__accountName): "
-            "the HPO driver runs on the cluster VMs and writes trials there, and a connection string "
-            "(it holds the account key) is never sent to VMs"
-        )
-
-    def _kwargs(self, record: ExperimentRecord, handle: VMClusterHandle) -> dict[str, Any]:
-        return cluster_kwargs(
-            self._compute(record),
-            self._network(record, handle),
-            experiment_id=record.id,
-            env_vars=self._cluster_env(record.id),
-            identity=self.identity,
-            scheduler_port=self.scheduler_port,
-        )
+    def _clients_for(self, compute: VMClusterCompute) -> tuple[Any, Any]:
+        sub = subscription_of(compute)
+        if not sub:
+            raise BackendError("no subscription: set compute.subscription_id or AZURE_SUBSCRIPTION_ID")
+        return self._clients(sub)
 
     def _credentials(self, experiment_id: str) -> dict[str, Any] | None:
         try:
@@ -180,58 +165,68 @@ class VMClusterBackend:
         except NotFound:
             return None
 
-    def _outcome(self, experiment_id: str) -> dict[str, Any] | None:
-        return read_outcome(self.store, experiment_id)
-
-    def connect(self, record: ExperimentRecord) -> Client:
-        """A client of the experiment's scheduler with its stored TLS credentials (raises OSError)."""
-        from distributed import Client
-
-        handle = VMClusterHandle.of(record.backend_state)
-        document = self._credentials(record.id)
-        if document is None or document.get("cluster_id") != handle.cluster_id or not handle.scheduler_address:
-            raise BackendError(f"{SECURITY_ARTIFACT} of {record.id} does not belong to cluster {handle.cluster_id}")
-        address = handle.scheduler_address
-        # A plain TCP probe first: while the VM boots (minutes) each poll then fails in milliseconds
-        # (refused) or seconds (dropped), instead of the client's full connect timeout.
-        host, _, port = address.split("://", 1)[-1].rpartition(":")
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=min(3.0, self.connect_timeout_s)):
-            pass
-        return Client(address, security=security_from(document), timeout=self.connect_timeout_s, set_as_default=False)
-
-    def _vm(self, compute_client: Any, resource_group: str, name: str) -> Any | None:
-        from shared.backends.arm import arm_call, is_not_found
-
-        def get() -> Any | None:
-            try:
-                return compute_client.virtual_machines.get(resource_group, name)
-            except Exception as exc:
-                if is_not_found(exc):
-                    return None
-                raise
-
-        return arm_call(f"reading virtual machine {name}", get, self.retry)
-
-    def _private_ip(self, network_client: Any, resource_group: str, vm: Any) -> str:
-        from azure.mgmt.core.tools import parse_resource_id
-
-        from shared.backends.arm import arm_call
-
-        nic_name = parse_resource_id(vm.network_profile.network_interfaces[0].id)["name"]
-        nic = arm_call(
-            f"reading network interface {nic_name}",
-            lambda: network_client.network_interfaces.get(resource_group, nic_name),
-            self.retry,
+    # ------------------------------------------------------------------------------ the VMs' boot
+    def _plan(
+        self, record: ExperimentRecord, compute: VMClusterCompute, name: str, node: dict[str, Any], *, head: bool
+    ) -> VMPlan:
+        """A head or worker VM with its boot script; the node gets a fresh SAS of the experiment's container."""
+        document = self._credentials(record.id) or {}
+        size = (compute.scheduler_vm_size or compute.vm_size) if head else compute.vm_size
+        sas_url = self._exchange(record.id).sas_url(
+            self.blob_service, valid_for=timedelta(seconds=sas_lifetime_s(record.spec))
         )
-        return nic.ip_configurations[0].private_ip_address
+        env = {**cluster_env(experiment_id=record.id), "EXTRA_PIP_PACKAGES": " ".join(PIP)}
+        check_no_secrets(env)
+        node = {"experiment_id": record.id, "exchange_url": sas_url, "tls": bool(document.get("tls")), **node}
+        argv = docker_command(
+            docker_image=compute.docker_image, docker_args=compute.docker_args, gpus=is_gpu_size(size), env=env
+        )
+        cloud_init = render_cloud_init(
+            node=node, docker_argv=argv, tls=document.get("tls"), install_docker=not compute.use_marketplace_image
+        )
+        market = compute.use_marketplace_image
+        return VMPlan(
+            name=name,
+            size=size,
+            custom_data=encode_custom_data(cloud_init, name),
+            image=dict(NGC_VM_IMAGE if market else UBUNTU_VM_IMAGE),
+            plan=dict(NGC_MARKETPLACE_PLAN) if market else None,
+            disk_size=compute.disk_size,
+            spot=compute.spot and not head,  # the head (scheduler + driver) stays on-demand
+        )
+
+    def _create(self, record: ExperimentRecord, handle: VMClusterHandle, clients: tuple[Any, Any], vm: VMPlan) -> str:
+        from shared.backends.vm_teardown import CLUSTER_ID_TAG, CREATOR, CREATOR_TAG
+
+        compute = self._compute(record)
+        network = handle.network
+        if network is None:
+            raise BackendError(f"experiment {record.id} has no provisioned network (provision did not run)")
+        extra = None
+        if self.identity is not None:
+            extra = {"identity": {"type": "UserAssigned", "userAssignedIdentities": {self.identity.resource_id: {}}}}
+        return create_vm(
+            *clients,
+            vm,
+            resource_group=compute.resource_group,
+            location=compute.location,
+            subnet_id=network.subnet_id,
+            nsg_id=network.nsg_id,
+            tags={**cluster_tags(record.id), CREATOR_TAG: CREATOR, CLUSTER_ID_TAG: handle.cluster_id or ""},
+            extra_vm_options=extra,
+            retry=self.retry,
+        )
 
     # -------------------------------------------------------------------------------- the protocol
-    def provision(self, record: ExperimentRecord) -> dict[str, Any]:
-        """Create (or reconcile) the experiment's VNet/subnet/NSG; the handle records it."""
+    def provision(self, record: ExperimentRecord) -> HandleUpdate:
+        """The network (new or existing), and the experiment's container with the spec and our code."""
+        import tempfile
+        from pathlib import Path
+
         from shared.backends.network import ensure_network
 
         compute = self._compute(record)
-        _, network_client = self._clients(self._subscription(compute))
+        _, network_client = self._clients_for(compute)
         network = ensure_network(
             network_client,
             resource_group=compute.resource_group,
@@ -241,231 +236,151 @@ class VMClusterBackend:
             tags=cluster_tags(record.id),
             retry=self.retry,
         )
-        return VMClusterHandle.of(record.backend_state).model_copy(update={"network": network}).dump()
+        exchange = self._exchange(record.id)
+        exchange.ensure()
+        exchange.put(ex.SPEC_BLOB, json.dumps(record.spec).encode())
+        with tempfile.TemporaryDirectory(prefix="rapids-hpo-code-") as folder:
+            exchange.put(ex.CODE_BLOB, ex.build_code_archive(Path(folder) / "code.zip").read_bytes())
+        handle = VMClusterHandle.of(record.backend_state)
+        return handle.model_copy(update={"network": network, "container": exchange.container.container_name}).dump()
 
-    def submit(self, record: ExperimentRecord) -> dict[str, Any]:
-        """Write the cluster's credentials, create (or find) the scheduler VM, record its address.
+    def submit(self, record: ExperimentRecord) -> HandleUpdate:
+        """The cluster's TLS identity (a secret), then the head VM (NIC + VM, ~1-3 minutes).
 
-        Bounded: one NIC and one VM (~1-3 minutes); the workers and the driver follow in ``poll``.
-        ARM failures are retried (409/429/5xx) and then end the run; a redelivered or re-driven event
-        reuses the stored credentials and the scheduler VM if it exists.
+        A redelivered or re-driven event reuses the stored identity and the head VM if it exists.
         """
         handle = VMClusterHandle.of(record.backend_state)
         if handle.submitted:
-            return handle.dump()  # submitted before: poll drives the rest
+            return handle.dump()
         compute = self._compute(record)
-        kwargs = self._kwargs(record, handle)
-        compute_client, network_client = self._clients(self._subscription(compute))
-
+        clients = self._clients_for(compute)
         document = self._credentials(record.id)
         if document is None:
-            document = new_credentials(uuid.uuid4().hex[:8], compute.security)
+            document = {"cluster_id": uuid.uuid4().hex[:8], "tls": new_tls_identity() if compute.security else None}
             self.store.put_secret(record.id, SECURITY_ARTIFACT, json.dumps(document).encode())
-        cluster_id = document["cluster_id"]
-        security = security_from(document)
-
-        name = scheduler_vm_name(cluster_id)
-        vm = self._vm(compute_client, compute.resource_group, name)
+        handle = handle.model_copy(update={"cluster_id": document["cluster_id"]})
+        name = scheduler_vm_name(document["cluster_id"])
+        vm = get_vm(clients[0], compute.resource_group, name, self.retry)
         if vm is not None and not failed(vm):
-            ip = self._private_ip(network_client, compute.resource_group, vm)
-            log.info("reusing scheduler VM %s (%s)", name, ip)
+            ip = private_ip(clients[1], compute.resource_group, vm, self.retry)
         else:  # absent, or its creation failed: PUT it (again; the names make that idempotent)
-            [vm_plan] = plan_vms(kwargs, cluster_id=cluster_id, security=security, scheduler_address=None)
-            ip = self._create(record, handle, compute_client, network_client, vm_plan, kwargs, cluster_id)
-        protocol = "tls" if security is not None else "tcp"
+            node = {"role": "head", "scheduler_port": self.scheduler_port, "dashboard_address": ":0"}
+            ip = self._create(record, handle, clients, self._plan(record, compute, name, node, head=True))
+        protocol = "tls" if document.get("tls") else "tcp"
         return handle.model_copy(
             update={
-                "cluster_id": cluster_id,
                 "scheduler_vm": name,
                 "scheduler_address": f"{protocol}://{ip}:{self.scheduler_port}",
                 "submitted_at": datetime.now(UTC),
                 "n_workers": compute.n_workers,
-                "workers_created": False,
-                "driver_restarts": 0,
             }
         ).dump()
 
     def poll(self, record: ExperimentRecord) -> RunStatus:
-        """The outcome artifact if written; else move the cluster along (workers, driver) or report
-        the driver task's state. The updated handle travels in ``RunStatus.updates``."""
-        outcome = self._outcome(record.id)
-        if outcome is not None:
-            return outcome_status(outcome)
+        """Ingest new trials; the outcome if written; else replace lost workers and judge the heartbeat."""
         handle = VMClusterHandle.of(record.backend_state)
         if not handle.submitted:
-            return RunStatus(RunState.FAILED, error="no Dask scheduler was recorded for this experiment")
-        try:
-            client = self.connect(record)
-        except (OSError, TimeoutError) as exc:
-            return self._unreachable(handle, exc)
-        with client:
-            return self._poll_cluster(record, handle.model_copy(update={"unreachable_since": None}), client)
-
-    def _poll_cluster(self, record: ExperimentRecord, handle: VMClusterHandle, client: Client) -> RunStatus:
-        if not handle.workers_created:
-            try:
-                self._ensure_worker_vms(record, handle)
-            except BackendError as exc:
-                if not exc.retryable:
-                    return _status(RunState.FAILED, handle, error=str(exc))
-                return self._starting(handle.model_copy(update={"last_error": str(exc)}), "creating the worker VMs")
-            handle = handle.model_copy(update={"workers_created": True})
-
-        if not handle.driver_key:
-            workers = len(client.nthreads())
-            if workers == 0:
-                return self._starting(handle, "waiting for Dask workers to join")
-            key = driver_key(record.id, 0)
-            self._start_driver(client, record.id, key)
-            handle = handle.model_copy(update={"driver_key": key, "driver_started_at": datetime.now(UTC)})
-            return _status(RunState.RUNNING, handle, driver="submitted", workers=workers)
-
-        probe = probe_task(client, handle.driver_key)
-        if probe["state"] in ACTIVE_TASK_STATES:
-            return _status(RunState.RUNNING, handle, driver=probe)
-        outcome = self._outcome(record.id)  # the driver may have finished since the first look
+            return RunStatus(RunState.FAILED, error="no head node was recorded for this experiment")
+        exchange = self._exchange(record.id)
+        handle = self._ingest(record, exchange, handle)
+        outcome = exchange.get_json(ex.OUTCOME_BLOB) or read_outcome(self.store, record.id)  # (torn down: copied)
         if outcome is not None:
             return outcome_status(outcome, handle.dump())
-        if probe["exception"]:
-            why = f"the driver task failed: {probe['exception']}"
-        elif probe["state"] == "memory":
-            why = "the driver task returned without writing an outcome"
-        else:
-            why = "the driver task is gone from the scheduler (its worker died or the scheduler restarted)"
-        restarts = handle.driver_restarts
-        if restarts >= MAX_DRIVER_RESTARTS:
-            error = f"the HPO driver stopped without an outcome {restarts + 1} times; last: {why}"
-            return _status(RunState.FAILED, handle, error=error, driver=probe)
-        key = driver_key(record.id, restarts + 1)
-        self._start_driver(client, record.id, key)
-        handle = handle.model_copy(update={"driver_key": key, "driver_restarts": restarts + 1, "last_error": why})
-        return _status(RunState.RUNNING, handle, restarted=True, reason=why)
-
-    def _starting(self, handle: VMClusterHandle, waiting_for: str) -> RunStatus:
-        """PENDING while the cluster starts; FAILED once ``ready_timeout_s`` has passed since submit."""
-        waited = handle.seconds_since_submit()
-        if waited > self.ready_timeout_s:
-            error = f"the cluster was not ready {waited:.0f} s after submit ({waiting_for})"
-            if handle.last_error:
-                error = f"{error}; last error: {handle.last_error}"
-            return _status(RunState.FAILED, handle, error=error)
-        return _status(RunState.PENDING, handle, waiting_for=waiting_for)
-
-    def _unreachable(self, handle: VMClusterHandle, exc: BaseException) -> RunStatus:
-        address = handle.scheduler_address
-        reason = f"{type(exc).__name__}: {exc}"
-        if not handle.driver_key:
-            return self._starting(handle, f"the scheduler at {address} is not reachable yet ({reason})")
-        if handle.unreachable_since is None:
-            handle = handle.model_copy(update={"unreachable_since": datetime.now(UTC)})
-        elapsed = handle.seconds_unreachable()
-        if elapsed >= self.unreachable_limit_s:
-            error = f"the Dask scheduler at {address} has been unreachable for {elapsed:.0f} s: {reason}"
-            return _status(RunState.FAILED, handle, error=error)
-        return _status(RunState.RUNNING, handle, scheduler="unreachable", error=reason)
-
-    def _ensure_worker_vms(self, record: ExperimentRecord, handle: VMClusterHandle) -> int:
-        """Create the worker VMs the cluster lacks (counted by tag and name); returns how many."""
-        from shared.backends.arm import arm_call
-        from shared.backends.vm_teardown import CLUSTER_ID_TAG
-
         compute = self._compute(record)
+        try:
+            handle = self._reconcile_workers(record, compute, handle)
+        except BackendError as exc:
+            if not exc.retryable:
+                return _status(RunState.FAILED, handle, error=str(exc))
+            handle = handle.model_copy(update={"last_error": str(exc)})
+        if handle.evictions > compute.max_evictions:
+            error = f"{handle.evictions} worker VMs evicted or lost, over compute.max_evictions={compute.max_evictions}"
+            return _status(RunState.FAILED, handle, error=error)
+        beat = exchange.get_json(ex.HEARTBEAT_BLOB)
+        if beat is None:
+            waited = handle.seconds_since_submit()
+            if waited > self.ready_timeout_s:
+                error = f"the head node's driver did not start within {waited:.0f} s of submit"
+                if handle.last_error:
+                    error = f"{error}; last error: {handle.last_error}"
+                return _status(RunState.FAILED, handle, error=error)
+            return _status(RunState.PENDING, handle, waiting_for="the head node's first heartbeat")
+        handle = handle.model_copy(update={"heartbeat_at": datetime.fromisoformat(beat["at"])})
+        if handle.seconds_silent() > self.silence_limit_s:
+            error = f"the driver's last heartbeat was {handle.seconds_silent():.0f} s ago (head node lost)"
+            return _status(RunState.FAILED, handle, error=error)
+        return _status(RunState.RUNNING, handle, heartbeat=beat, evictions=handle.evictions)
+
+    def _ingest(self, record: ExperimentRecord, exchange: ex.Exchange, handle: VMClusterHandle) -> VMClusterHandle:
+        """Copy trial records written since the last poll into the store (the API reads them there)."""
+        newest = handle.trials_synced_at
+        for blob in exchange.blobs(ex.TRIALS_PREFIX):
+            if handle.trials_synced_at is not None and blob.last_modified < handle.trials_synced_at:
+                continue
+            data = exchange.get(blob.name)
+            if data is None:
+                continue
+            trial = TrialRecord.model_validate_json(data)
+            if trial.experiment_id != record.id:  # a record naming another experiment: never ingested
+                log.warning("experiment %s: ignoring %s, which names %s", record.id, blob.name, trial.experiment_id)
+                continue
+            self.store.put_trial(trial)
+            newest = blob.last_modified if newest is None else max(newest, blob.last_modified)
+        return handle.model_copy(update={"trials_synced_at": newest})
+
+    def _reconcile_workers(
+        self, record: ExperimentRecord, compute: VMClusterCompute, handle: VMClusterHandle
+    ) -> VMClusterHandle:
+        """Create the worker VMs the cluster lacks; after the first round, each one lacking was lost
+        (a Spot eviction deletes the VM) and counts as an eviction."""
+        clients = self._clients_for(compute)
         cluster_id = handle.cluster_id or ""
-        compute_client, network_client = self._clients(self._subscription(compute))
-        vms = arm_call(
-            f"listing virtual machines in resource group {compute.resource_group}",
-            lambda: list(compute_client.virtual_machines.list(compute.resource_group)),
-            self.retry,
-        )
-        existing = [
-            vm.name
-            for vm in vms
-            if (vm.tags or {}).get(CLUSTER_ID_TAG) == cluster_id
-            and (vm.name or "").startswith(worker_vm_prefix(cluster_id))
-            and not failed(vm)  # a failed VM is replaced; teardown deletes it with the rest
-        ]
-        missing = compute.n_workers - len(existing)
+        missing = compute.n_workers - len(healthy_workers(clients[0], compute.resource_group, cluster_id, self.retry))
         if missing <= 0:
-            return 0
-        kwargs = self._kwargs(record, handle)
-        plans = plan_vms(
-            kwargs,
-            cluster_id=cluster_id,
-            security=security_from(self._credentials(record.id) or {}),
-            scheduler_address=handle.scheduler_address,
-            count=missing,
-        )
+            return handle.model_copy(update={"workers_created": True})
+        evictions = handle.evictions + (missing if handle.workers_created else 0)
+        handle = handle.model_copy(update={"evictions": evictions})
+        if evictions > compute.max_evictions:
+            return handle
+        ip = (handle.scheduler_address or "").split("://", 1)[-1]
+        node = {
+            "role": "worker",
+            "scheduler_address": handle.scheduler_address,
+            "scheduler_host": ip.rpartition(":")[0],
+            "worker_class": compute.worker_class,
+            "worker_options": python_options(dict(compute.worker_options)),
+        }
+        names = [f"{worker_vm_prefix(cluster_id)}{uuid.uuid4().hex[:8]}" for _ in range(missing)]
+        plans = [self._plan(record, compute, name, node, head=False) for name in names]
         with ThreadPoolExecutor(max_workers=min(8, missing), thread_name_prefix="vmcluster-create") as pool:
-            futures = [
-                pool.submit(self._create, record, handle, compute_client, network_client, vm, kwargs, cluster_id)
-                for vm in plans
-            ]
+            futures = [pool.submit(self._create, record, handle, clients, plan) for plan in plans]
         for future in futures:
             future.result()  # the first BackendError, after every creation has ended
-        return missing
-
-    def _create(
-        self,
-        record: ExperimentRecord,
-        handle: VMClusterHandle,
-        compute_client: Any,
-        network_client: Any,
-        vm: VMPlan,
-        kwargs: dict[str, Any],
-        cluster_id: str,
-    ) -> str:
-        from shared.backends.vm_teardown import CLUSTER_ID_TAG, CREATOR, CREATOR_TAG
-
-        network = self._network(record, handle)
-        return create_vm(
-            compute_client,
-            network_client,
-            vm,
-            resource_group=kwargs["resource_group"],
-            location=kwargs["location"],
-            subnet_id=network.subnet_id,
-            nsg_id=network.nsg_id,
-            tags={**cluster_tags(record.id), CREATOR_TAG: CREATOR, CLUSTER_ID_TAG: cluster_id},
-            extra_vm_options=kwargs.get("extra_vm_options"),
-            retry=self.retry,
-        )
-
-    def _start_driver(self, client: Client, experiment_id: str, key: str) -> None:
-        """Ship our code, submit the driver as a fire-and-forget task, wait until the scheduler has it."""
-        from distributed import fire_and_forget
-
-        ship_code(client)
-        future = client.submit(self.driver_function, experiment_id, key=key, pure=False)
-        fire_and_forget(future)
-        deadline = time.monotonic() + 10.0
-        while probe_task(client, key)["state"] is None:
-            if time.monotonic() > deadline:
-                raise BackendError(f"the scheduler did not register the driver task {key}", retryable=True)
-            time.sleep(0.05)
-        log.info("submitted driver task %s to %s", key, client.scheduler.address)
+        return handle.model_copy(update={"workers_created": True})
 
     def finalize(self, record: ExperimentRecord) -> HandleUpdate:
-        return {}  # the driver stored the best model itself
+        """Ingest the last trials and copy the model, the charts and the outcome into the store."""
+        exchange = self._exchange(record.id)
+        handle = self._ingest(record, exchange, VMClusterHandle.of(record.backend_state))
+        self._copy_results(record.id, exchange)
+        return handle.dump()
+
+    def _copy_results(self, experiment_id: str, exchange: ex.Exchange) -> None:
+        for prefix in ex.COPIED_PREFIXES:
+            for name in exchange.names(prefix):
+                data = exchange.get(name)
+                if data is not None:
+                    self.store.put_artifact(experiment_id, name, data)
 
     def cancel(self, record: ExperimentRecord) -> HandleUpdate:
-        """The handler set CANCELLING (the driver's CancelWatch stops the trials); also cancel the
-        driver task if the scheduler is reachable. Dask cannot interrupt the running thread itself."""
-        from distributed import Future
-
-        handle = VMClusterHandle.of(record.backend_state)
-        if not handle.driver_key or not handle.submitted:
-            return {}
-        try:
-            client = self.connect(record)
-        except (OSError, TimeoutError) as exc:
-            log.warning("cancel %s: scheduler unreachable (%s); teardown removes the VMs", record.id, exc)
-            return {}
-        with client:
-            client.cancel([Future(handle.driver_key, client)], force=True)
+        """Set the cancel flag the driver watches; teardown is the backstop."""
+        if VMClusterHandle.of(record.backend_state).container:
+            self._exchange(record.id).cancel()
         return {}
 
     def teardown(self, record: ExperimentRecord) -> HandleUpdate:
-        """Delete the cluster's VMs, NICs, public IPs and disks (found by tag), then the network."""
+        """Delete the cluster's VMs, NICs, public IPs and disks (found by tag), the network, and the
+        experiment's container (after copying what it holds into the store)."""
         from shared.backends.network import teardown_network
         from shared.backends.vm_teardown import delete_cluster_resources, find_cluster_resources
 
@@ -473,7 +388,7 @@ class VMClusterBackend:
             return {}
         handle = VMClusterHandle.of(record.backend_state)
         compute = self._compute(record)
-        compute_client, network_client = self._clients(self._subscription(compute))
+        compute_client, network_client = self._clients_for(compute)
         document = self._credentials(record.id) or {}
         cluster_ids = {c for c in (handle.cluster_id, document.get("cluster_id")) if c}
         found = find_cluster_resources(
@@ -492,17 +407,18 @@ class VMClusterBackend:
             teardown_network(
                 network_client, resource_group=handle.network.resource_group, handle=handle.network, retry=self.retry
             )
+        if handle.container:
+            exchange = self._exchange(record.id)
+            self._ingest(record, exchange, handle)
+            self._copy_results(record.id, exchange)
+            exchange.delete()
         return {}
 
     # ------------------------------------------------------------------------------------- the sweep
     def find_orphans(
-        self,
-        live_experiment_ids: set[str],
-        *,
-        resource_group: str | None = None,
-        subscription_id: str | None = None,
+        self, live_experiment_ids: set[str], *, resource_group: str | None = None, subscription_id: str | None = None
     ) -> list[OrphanedCluster]:
-        """Our clusters in a resource group whose experiment is not live (see :mod:`.orphans`)."""
+        """This deployment's clusters in a resource group whose experiment is not live (see :mod:`.orphans`)."""
         from shared.backends.vmcluster.orphans import find_orphans
 
         return find_orphans(self._clients, live_experiment_ids, resource_group, subscription_id, self.retry)
@@ -515,8 +431,8 @@ class VMClusterBackend:
     def sweep_orphans(
         self, live_experiment_ids: set[str], *, resource_group: str | None = None, subscription_id: str | None = None
     ) -> list[str]:
-        """Delete our clusters and networks in ``resource_group`` whose experiment is not live. Defaults:
-        ``AZURE_RESOURCE_GROUP``, ``AZURE_SUBSCRIPTION_ID``; with either unset it touches nothing."""
+        """Delete this deployment's clusters and networks in ``resource_group`` whose experiment is not live.
+        Defaults: ``AZURE_RESOURCE_GROUP``, ``AZURE_SUBSCRIPTION_ID``; with either unset it touches nothing."""
         from shared.backends.vmcluster.orphans import sweep_orphans
         from shared.config import env
 

@@ -1,146 +1,119 @@
-"""The VMs' boot script (cloud-init): dask-cloudprovider renders it from the cluster's options.
+"""The VMs' boot script (cloud-init), rendered here rather than by dask-cloudprovider, and why.
 
-Its ``AzureVMCluster`` object resolves the options, names the VMs, builds the Dask commands with the
-TLS config and renders the cloud-init; the object is never started (its ``asynchronous=True``
-constructor touches no network), and is detached at once so nothing can ever destroy VMs from it.
+dask-cloudprovider renders one single-quoted shell line with the spec's ``docker_args``,
+``docker_image``, ``worker_class`` and ``worker_options`` pasted in unquoted, run as root: a ``'``
+breaks it, ``;`` or ``$()`` runs commands. Here the boot script is a YAML document built with
+``yaml.safe_dump``; spec values reach it only as
+
+* ``node.json``, a file whose content is JSON (the worker class and options, the experiment id, the
+  storage SAS): data, never parsed by a shell, and turned into argument lists by ``boot.py``;
+* the one ``runcmd`` line, ``docker run ...``, in which every token is ``shlex.quote``-d (and the
+  values were checked against strict patterns by :class:`~shared.compute_spec.VMClusterCompute`).
+
+The container runs ``boot.py`` (stdlib only), which fetches our code from the experiment's container
+and starts the scheduler with the driver (head) or a worker. ``--restart=on-failure:5`` lets Docker
+start a broken node again; the driver resumes from the trials in storage.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
-from collections.abc import Callable, Coroutine, Iterator
-from concurrent.futures import ThreadPoolExecutor
+import json
+import shlex
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 from shared.errors import BackendError
 
-if TYPE_CHECKING:
-    from distributed.security import Security
-
-_TLS_CONFIG_KEYS = (
-    "distributed.comm.default-scheme",
-    "distributed.comm.require-encryption",
-    "distributed.comm.tls.ca-file",
-    "distributed.comm.tls.scheduler.key",
-    "distributed.comm.tls.scheduler.cert",
-    "distributed.comm.tls.worker.key",
-    "distributed.comm.tls.worker.cert",
-    "distributed.comm.tls.client.key",
-    "distributed.comm.tls.client.cert",
-)
-_VM_IMAGE_CONFIG_KEY = "cloudprovider.azure.azurevm.vm_image"
-
+NODE_DIR = "/opt/rapids-hpo"
+"""Where the boot script puts the node's files on the VM; mounted into the container at the same path."""
+BOOT_SOURCE = (Path(__file__).parent / "boot.py").read_text(encoding="utf-8")
 MAX_CUSTOM_DATA = 87380
-"""Azure's limit on a VM's base64 custom data (dask-cloudprovider checks the same)."""
-
-
-@contextlib.contextmanager
-def _isolated_dask_config() -> Iterator[None]:
-    """Undo what building an ``AzureVMCluster`` does to this process's Dask config.
-
-    ``VMCluster.__init__`` writes the cluster's TLS settings with ``dask.config.set`` (every later
-    Dask client of this Function process would require this cluster's certificates), and
-    ``AzureVMCluster.__init__`` updates the configured ``vm_image`` dict in place.
-    """
-    import copy
-
-    import dask
-
-    saved = {key: dask.config.get(key, None) for key in _TLS_CONFIG_KEYS}
-    saved[_VM_IMAGE_CONFIG_KEY] = copy.deepcopy(dask.config.get(_VM_IMAGE_CONFIG_KEY, None))
-    with dask.config.set(saved):
-        yield
-
-
-def detach_cluster(cluster: Any) -> None:
-    """Forget a never-started dask-cloudprovider cluster object without ever destroying its VMs.
-
-    The backend uses ``AzureVMCluster`` objects only as factories of VM specs and never starts them,
-    but a ``SpecCluster`` still registers itself for distributed's ``atexit`` hook (``close_clusters``),
-    which calls ``close()`` on every registered cluster still alive whose ``shutdown_on_close`` is set
-    when the Functions worker process exits; for a started ``VMCluster`` closing means scaling to zero
-    and ``destroy_vm`` for every VM, and ``with``/``close()`` do the same (``Cluster.__del__`` only
-    warns in this distributed release). So: clear ``shutdown_on_close``, drop the object from the
-    hook's registry, and mark it closed, which makes any later ``close()`` return at once.
-    """
-    from distributed.core import Status
-    from distributed.deploy.spec import SpecCluster
-
-    if cluster.status not in {Status.created, Status.closed}:
-        raise ValueError(f"detach_cluster is for cluster objects that never started, not one {cluster.status}")
-    cluster.shutdown_on_close = False
-    SpecCluster._instances.discard(cluster)
-    cluster.status = Status.closed
-
-
-def _run_async(make: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
-    """Run a coroutine to completion from sync code, even if this thread already runs an event loop."""
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vmcluster") as pool:
-        return pool.submit(lambda: asyncio.run(make())).result()
+"""Azure's limit on a VM's base64 custom data."""
+RESTART_POLICY = "on-failure:5"
 
 
 @dataclass(frozen=True)
 class VMPlan:
-    """One scheduler or worker VM as dask-cloudprovider would boot it (name, size, image, cloud-init)."""
+    """One head or worker VM as it will boot."""
 
     name: str
     size: str
     custom_data: str
-    """base64 cloud-init: the docker command with the Dask process, its TLS config and env vars."""
+    """base64 cloud-init (:func:`render_cloud_init`)."""
     image: dict[str, str]
     plan: dict[str, str] | None
     disk_size: int
+    spot: bool = False
 
 
-def plan_vms(
-    kwargs: dict[str, Any],
-    *,
-    cluster_id: str,
-    security: Security | None,
-    scheduler_address: str | None,
-    count: int = 1,
-) -> list[VMPlan]:
-    """The scheduler VM (``scheduler_address`` None) or ``count`` worker VMs of cluster ``cluster_id``.
+def docker_command(
+    *, docker_image: str, docker_args: str, gpus: bool, env: dict[str, str], container: str = "rapids-hpo"
+) -> list[str]:
+    """The ``docker run`` argument list that starts ``boot.py`` in the image (host network, our files
+    mounted, GPUs when the VM has them). Options are single tokens, so the list is unambiguous."""
+    argv = ["docker", "run", "--detach", f"--name={container}", f"--restart={RESTART_POLICY}", "--network=host"]
+    if gpus:
+        argv.append("--gpus=all")
+    argv += shlex.split(docker_args)
+    argv.append(f"--volume={NODE_DIR}:{NODE_DIR}")
+    argv += [f"--env={name}={value}" for name, value in env.items()]
+    argv += [docker_image, "python", f"{NODE_DIR}/boot.py"]
+    return argv
 
-    dask-cloudprovider resolves the options, names the VMs, builds the Dask commands (with the TLS
-    config) and renders the cloud-init; its ``AzureVMCluster`` object is never started (its
-    ``asynchronous=True`` constructor touches no network) and is detached at once.
-    """
-    from dask_cloudprovider.azure import AzureVMCluster
 
-    async def build() -> list[VMPlan]:
-        with _isolated_dask_config():
-            cluster = AzureVMCluster(**{**kwargs, "security": security or False}, asynchronous=True)
-            try:
-                cluster.quiet = True
-                cluster.uuid = cluster_id  # VM names and the cluster-id tag use it
-                if scheduler_address is None:
-                    processes = [cluster.scheduler_class(**cluster.scheduler_options)]
-                else:
-                    processes = [
-                        cluster.worker_class(scheduler_address, **cluster.worker_options) for _ in range(count)
-                    ]
-                plans = []
-                for process in processes:
-                    cloud_init = cluster.render_process_cloud_init(process)
-                    custom_data = base64.b64encode(cloud_init.encode()).decode()
-                    if len(custom_data) > MAX_CUSTOM_DATA:
-                        raise BackendError(f"the cloud-init of {process.name} exceeds Azure's custom data limit")
-                    plans.append(
-                        VMPlan(
-                            name=process.name,
-                            size=process.vm_size,
-                            custom_data=custom_data,
-                            image=dict(process.vm_image),
-                            plan=dict(process.marketplace_plan) or None,
-                            disk_size=process.disk_size,
-                        )
-                    )
-                return plans
-            finally:
-                detach_cluster(cluster)
+def render_cloud_init(
+    *, node: dict[str, Any], docker_argv: list[str], tls: dict[str, str] | None, install_docker: bool
+) -> str:
+    """The ``#cloud-config`` document: the node's files, then the one quoted ``docker run`` line."""
+    import yaml
 
-    return _run_async(build)
+    files: list[dict[str, str]] = [
+        {"path": f"{NODE_DIR}/node.json", "permissions": "0600", "content": json.dumps(node, indent=1)},
+        {"path": f"{NODE_DIR}/boot.py", "permissions": "0644", "content": BOOT_SOURCE},
+    ]
+    if tls is not None:
+        for name in ("ca", "cert", "key"):
+            files.append({"path": f"{NODE_DIR}/tls/{name}.pem", "permissions": "0600", "content": tls[name]})
+    document: dict[str, Any] = {"write_files": files, "runcmd": [shlex.join(docker_argv)]}
+    if install_docker:  # plain Ubuntu: Docker from the distribution (GPU drivers need the NGC image)
+        document["packages"] = ["docker.io"]
+    return "#cloud-config\n" + yaml.safe_dump(document, sort_keys=False, width=10**6)
+
+
+def encode_custom_data(cloud_init: str, vm_name: str) -> str:
+    custom_data = base64.b64encode(cloud_init.encode()).decode()
+    if len(custom_data) > MAX_CUSTOM_DATA:
+        raise BackendError(f"the boot script of {vm_name} exceeds Azure's custom data limit ({MAX_CUSTOM_DATA})")
+    return custom_data
+
+
+def new_tls_identity(common_name: str = "rapids-hpo-dask", days: int = 30) -> dict[str, str]:
+    """One self-signed key and certificate for every Dask role of a cluster (as ``Security.temporary``
+    does), PEM text: ``{"ca", "cert", "key"}``. Made by the control plane, kept as a secret."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    return {"ca": cert_pem, "cert": cert_pem, "key": key_pem}

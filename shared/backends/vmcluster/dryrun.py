@@ -26,7 +26,6 @@ def plan(
     spec: ExperimentSpec,
     experiment_id: str = "exp-PLAN",
     *,
-    storage_account_name: str | None = None,
     identity: VMIdentity | None = None,
 ) -> dict[str, Any]:
     """What ``provision``/``submit`` would create for ``spec``, without touching Azure (JSON-able)."""
@@ -39,26 +38,22 @@ def plan(
     names = network_names(experiment_id)
     sub = subscription_of(compute) or "<subscription>"
     base = f"/subscriptions/{sub}/resourceGroups/{compute.resource_group}/providers/Microsoft.Network"
-    vnet = net.existing_vnet or names.vnet
-    subnet = (net.existing_subnet or "<the VNet's first subnet>") if net.existing_vnet else names.subnet
-    nsg = net.existing_security_group or names.nsg
+    vnet = (net.existing_vnet or names.vnet).rsplit("/", 1)[-1]
+    subnet = net.existing_subnet if net.existing_vnet else names.subnet
+    nsg = (net.existing_security_group or names.nsg).rsplit("/", 1)[-1]
     handle = NetworkHandle(
         resource_group=compute.resource_group,
         location=compute.location,
         experiment_id=experiment_id,
         vnet_name=vnet,
         vnet_id=f"{base}/virtualNetworks/{vnet}",
-        subnet_name=subnet,
+        subnet_name=subnet or "",
         subnet_id=f"{base}/virtualNetworks/{vnet}/subnets/{subnet}",
         nsg_name=nsg,
         nsg_id=f"{base}/networkSecurityGroups/{nsg}",
         created=[],
     )
-    env_vars = cluster_env(
-        experiment_id=experiment_id,
-        storage_account_name=storage_account_name or "<AzureWebJobsStorage__accountName>",
-        identity=identity,
-    )
+    env_vars = cluster_env(experiment_id=experiment_id)
     kwargs = cluster_kwargs(compute, handle, experiment_id=experiment_id, env_vars=env_vars, identity=identity)
     tags = {
         **cluster_tags(experiment_id),
@@ -69,12 +64,16 @@ def plan(
     nodes = compute.n_workers + 1
     node_hours = estimated_node_hours(compute, seconds)
     notes = [
-        "Dask's ports 8786/8787 are reachable from the VNet (or the named prefixes) only; no public IPs.",
-        "The Function App must reach the scheduler's private IP: put the cluster in its VNet "
-        "(network.existing_vnet/existing_subnet) or peer the VNets.",
-        "The VMs need a user-assigned managed identity with blob and table data roles on the storage "
-        "account (VMClusterBackend(identity=...)); the Function App needs Managed Identity Operator on it.",
+        "The control plane never connects to the cluster: it creates the VMs and reads the experiment's "
+        "blob container, where the head node's driver writes trials, a heartbeat and the outcome.",
+        "The VMs hold only a SAS of that container (expiring with the experiment): no key, no table access.",
+        "Dask's ports 8786/8787 are admitted from the experiment's subnet only; no public IPs.",
     ]
+    if compute.spot:
+        notes.append(
+            f"Workers are Spot VMs (eviction policy Delete), the head on-demand; an evicted worker is replaced "
+            f"and its trial retried, up to compute.max_evictions={compute.max_evictions} evictions."
+        )
     if compute.use_marketplace_image:
         urn = ":".join(NGC_VM_IMAGE[k] for k in ("publisher", "offer", "sku", "version"))
         notes.append(f"Accept the NGC image terms once per subscription: az vm image terms accept --urn {urn}")
@@ -105,7 +104,13 @@ def plan(
                 "create": not net.existing_security_group,
                 "rules": []
                 if net.existing_security_group
-                else [rule.as_dict() for rule in dask_rules(net.allowed_source_prefixes)],
+                else [
+                    rule.as_dict()
+                    for rule in dask_rules(
+                        net.allowed_source_prefixes,
+                        ["<the subnet's prefix>"] if net.existing_vnet else [net.subnet_prefix],
+                    )
+                ],
             },
         },
         "cluster": {
@@ -115,10 +120,13 @@ def plan(
                 "scheduler": {
                     "name": scheduler_vm_name("<cluster-id>"),
                     "size": kwargs["scheduler_vm_size"] or compute.vm_size,
+                    "priority": "Regular",
+                    "runs": "the Dask scheduler and the HPO driver",
                 },
                 "workers": {
                     "count": compute.n_workers,
                     "size": compute.vm_size,
+                    "priority": "Spot" if compute.spot else "Regular",
                     "names": f"{worker_vm_prefix('<cluster-id>')}<8 hex digits>",
                 },
             },

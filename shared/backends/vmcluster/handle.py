@@ -36,22 +36,22 @@ class NetworkHandle(BaseModel):
 
 
 class VMClusterHandle(BackendHandle):
-    """One cluster's state: network, VMs, where the driver is, and what went wrong last."""
+    """One cluster's state: network, container, VMs, the driver's last sign of life, what went wrong."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     kind: Literal["vmcluster"] = "vmcluster"
     network: NetworkHandle | None = Field(default=None, description="set by provision")
+    container: str | None = Field(default=None, description="the experiment's exchange container")
     cluster_id: str | None = Field(default=None, description="8 hex digits, in VM names and tags")
     scheduler_vm: str | None = None
-    scheduler_address: str | None = Field(default=None, description="tls://<private ip>:<port>")
+    scheduler_address: str | None = Field(default=None, description="tls://<head private ip>:<port>")
     submitted_at: datetime | None = None
     n_workers: int = 0
     workers_created: bool = False
-    driver_key: str | None = Field(default=None, description="the Dask key of the running driver task")
-    driver_started_at: datetime | None = None
-    driver_restarts: int = Field(default=0, ge=0)
-    unreachable_since: datetime | None = None
+    evictions: int = Field(default=0, ge=0, description="worker VMs lost (Spot evictions), each replaced")
+    trials_synced_at: datetime | None = Field(default=None, description="newest trial blob ingested")
+    heartbeat_at: datetime | None = Field(default=None, description="the driver's last heartbeat")
     last_error: str | None = None
 
     @classmethod
@@ -66,8 +66,9 @@ class VMClusterHandle(BackendHandle):
     def seconds_since_submit(self) -> float:
         return (utcnow() - self.submitted_at).total_seconds() if self.submitted_at else 0.0
 
-    def seconds_unreachable(self) -> float:
-        return (utcnow() - self.unreachable_since).total_seconds() if self.unreachable_since else 0.0
+    def seconds_silent(self) -> float:
+        """Seconds since the driver's last heartbeat (0 before the first)."""
+        return (utcnow() - self.heartbeat_at).total_seconds() if self.heartbeat_at else 0.0
 
     def dump(self) -> dict[str, Any]:
         """The JSON the store keeps (every field, so a merge into ``backend_state`` is a replace)."""

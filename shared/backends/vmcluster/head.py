@@ -1,110 +1,124 @@
-"""What runs on the cluster, and the Dask plumbing the control plane uses to start it there.
+"""The head node's HPO driver: ``python -m shared.backends.vmcluster.head`` beside the Dask scheduler.
 
-:func:`run_driver_on_cluster` is the HPO driver as a long-running Dask task; :func:`ship_code` sends
-``shared``/``gpu_jobs`` to the workers; the cluster's TLS credentials are made and read here.
-Imports stay light (stdlib, pydantic, shared.config): Dask workers import this module.
+Started by ``boot.py`` on the head VM (Python of the image, our code from the archive). It holds only
+the experiment container's SAS (``node.json``): it reads the spec there, runs (or resumes) the
+driver against the local scheduler and the workers, records trials, the refitted model, the charts
+and ``driver/outcome.json`` there, writes a heartbeat, and stops when ``control/cancel`` appears.
+
+Exit status 0 once an outcome is written (also for a failed or cancelled run); 1 when the driver
+itself broke, so the container's restart policy starts it again and it resumes from the trials.
 """
 
 from __future__ import annotations
 
-import tempfile
-import zipfile
+import json
+import logging
+import threading
+import time
+from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from shared.backends.vmcluster.settings import CODE_ARCHIVE, CODE_PACKAGES, CODE_PLUGIN, ROOT
-from shared.config import Settings
+from shared.backends.vmcluster.exchange import CANCEL_BLOB, OUTCOME_BLOB, SPEC_BLOB, ExperimentFiles
+from shared.records import ExperimentRecord
 
-if TYPE_CHECKING:
+log = logging.getLogger("rapids_hpo.head")
+
+HEARTBEAT_S = 10.0
+WORKERS_TIMEOUT_S = 1800.0
+"""How long the driver waits for the first worker to join (image pulls on fresh VMs take minutes)."""
+
+
+class CancelFlag:
+    """True once ``control/cancel`` exists in the experiment's container (looked up at most once a second)."""
+
+    def __init__(self, files: ExperimentFiles, every_s: float = 1.0) -> None:
+        self.files = files
+        self.every_s = every_s
+        self._checked = float("-inf")
+        self._set = False
+
+    def __call__(self) -> bool:
+        if not self._set and time.monotonic() - self._checked >= self.every_s:
+            self._checked = time.monotonic()
+            try:
+                self._set = self.files.exists(CANCEL_BLOB)
+            except Exception:  # storage briefly unreachable: ask again next time
+                log.warning("could not read the cancel flag", exc_info=True)
+        return self._set
+
+
+def _heartbeat(files: ExperimentFiles, stop: threading.Event, every_s: float) -> None:
+    while not stop.is_set():
+        try:
+            files.heartbeat(trials=len(files.list_trials(files.experiment_id)))
+        except Exception:
+            log.warning("heartbeat not written", exc_info=True)
+        stop.wait(every_s)
+
+
+def run(config: dict[str, Any]) -> int:
+    """Run the experiment ``config`` names; returns the process exit status."""
     from distributed import Client
-    from distributed.security import Security
 
-ACTIVE_TASK_STATES = frozenset({"released", "waiting", "queued", "no-worker", "processing"})
-"""Scheduler task states of a driver that is still alive."""
+    from shared.dashboard.artifacts import save_plots_safely
+    from shared.dashboard.importance import ImportanceRefresher
+    from shared.hpo.driver import ExperimentOutcome, HpoDriver
+    from shared.hpo.refit import refit_best_model
+    from shared.spec import load_spec
 
-
-def new_credentials(cluster_id: str, secure: bool) -> dict[str, Any]:
-    """A fresh credentials document: the cluster id and, if ``secure``, a temporary TLS identity."""
-    document: dict[str, Any] = {"cluster_id": cluster_id, "require_encryption": secure}
-    if secure:
-        from distributed.security import Security
-
-        temporary = Security.temporary()  # one self-signed key/cert for every role, as dask-cloudprovider uses
-        document |= {
-            "tls_ca": temporary.tls_ca_file,
-            "tls_cert": temporary.tls_client_cert,
-            "tls_key": temporary.tls_client_key,
-        }
-    return document
-
-
-def security_from(document: dict[str, Any]) -> Security | None:
-    """The ``distributed.Security`` for every role (scheduler, worker, client) of a credentials document."""
-    if not document.get("require_encryption"):
-        return None
-    from distributed.security import Security
-
-    cert, key = document["tls_cert"], document["tls_key"]
-    return Security(
-        require_encryption=True,
-        tls_ca_file=document["tls_ca"],
-        tls_client_cert=cert,
-        tls_client_key=key,
-        tls_scheduler_cert=cert,
-        tls_scheduler_key=key,
-        tls_worker_cert=cert,
-        tls_worker_key=key,
+    experiment_id = config["experiment_id"]
+    files = ExperimentFiles(config["exchange_url"], experiment_id)
+    if files.exists(OUTCOME_BLOB):
+        log.info("experiment %s has an outcome already", experiment_id)
+        return 0
+    document = json.loads(files.get(SPEC_BLOB) or b"null")
+    spec = load_spec(document)
+    record = ExperimentRecord(id=experiment_id, name=spec.name, spec=document, backend="vmcluster")
+    stop = threading.Event()
+    beat = threading.Thread(
+        target=_heartbeat, args=(files, stop, float(config.get("heartbeat_s", HEARTBEAT_S))), daemon=True
     )
+    beat.start()
+    protocol = "tls" if config.get("tls") else "tcp"
+    address = f"{protocol}://127.0.0.1:{int(config['scheduler_port'])}"
+    try:
+        with Client(address, timeout=120) as client:  # the default client: the driver's Queue/Event use it
+            client.wait_for_workers(1, timeout=float(config.get("workers_timeout_s", WORKERS_TIMEOUT_S)))
+            driver = HpoDriver(
+                spec,
+                experiment_id,
+                files,
+                client,
+                should_cancel=CancelFlag(files),
+                on_trial_end=ImportanceRefresher(files, record),
+            )
+            outcome: ExperimentOutcome = driver.run()
+            if outcome.status == "COMPLETED" and outcome.best is not None:
+                outcome.best = refit_best_model(spec, experiment_id, outcome.best, files, client)
+    except Exception:
+        log.exception("the driver broke; the container restarts it and it resumes from the trials")
+        return 1
+    finally:
+        stop.set()
+    save_plots_safely(files, record)
+    result = asdict(outcome)
+    result["best"] = outcome.best.model_dump(mode="json") if outcome.best else None
+    files.put(OUTCOME_BLOB, json.dumps(result, indent=2).encode())
+    log.info("experiment %s ended %s: %s", experiment_id, outcome.status, outcome.reason)
+    return 0
 
 
-def build_code_archive(path: Path, root: Path = ROOT) -> Path:
-    """Zip ``shared`` and ``gpu_jobs`` (sources only) so Dask workers can import them."""
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
-        for package in CODE_PACKAGES:
-            for file in sorted((root / package).rglob("*")):
-                if file.is_file() and "__pycache__" not in file.parts and file.suffix != ".pyc":
-                    archive.write(file, file.relative_to(root).as_posix())
-    return path
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", required=True, type=Path, help="the node's node.json")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("azure").setLevel(logging.WARNING)
+    return run(json.loads(args.config.read_text()))
 
 
-def ship_code(client: Client) -> None:
-    """Send our packages to every worker, present and future, as a worker plugin (idempotent: the
-    plugin's fixed name replaces an earlier one). The scheduler needs none of our code."""
-    from distributed.diagnostics.plugin import UploadFile
-
-    with tempfile.TemporaryDirectory(prefix="rapids-hpo-code-") as folder:
-        path = build_code_archive(Path(folder) / CODE_ARCHIVE)
-        client.register_plugin(UploadFile(str(path), load=True), name=CODE_PLUGIN)
-
-
-def probe_task(client: Client, key: str) -> dict[str, Any]:
-    """The scheduler's view of task ``key``: ``{"state", "exception", "worker"}`` (state None = unknown)."""
-
-    # Defined inside so cloudpickle ships it by value: the scheduler VM has none of our packages.
-    def lookup(dask_scheduler: Any, key: str = key) -> dict[str, Any]:
-        task = dask_scheduler.tasks.get(key)
-        if task is None:
-            return {"state": None, "exception": None, "worker": None}
-        worker = task.processing_on.address if task.processing_on is not None else None
-        return {"state": str(task.state), "exception": task.exception_text or None, "worker": worker}
-
-    return client.run_on_scheduler(lookup)
-
-
-def run_driver_on_cluster(experiment_id: str) -> dict[str, Any]:
-    """Run (or resume) an experiment's HPO driver inside a Dask task on the cluster.
-
-    Opens the store the environment names (the VMs' ``AzureWebJobsStorage__accountName`` and managed
-    identity), takes a client with :func:`distributed.worker_client`, which secedes this task from
-    the worker's thread pool so it does not hold a GPU's thread while trials run, and writes
-    ``driver/outcome.json`` at the end like the local driver process.
-    """
-    from distributed import worker_client
-
-    from shared.hpo.run_driver import CancelWatch, run_experiment
-    from shared.store import open_store
-
-    store = open_store(Settings.from_env())
-    with worker_client(separate_thread=True) as client:
-        outcome = run_experiment(store, experiment_id, client, CancelWatch(store, experiment_id))
-    return {"status": outcome.status, "reason": outcome.reason, "trials_done": outcome.trials_done}
+if __name__ == "__main__":
+    raise SystemExit(main())

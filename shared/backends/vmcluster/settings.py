@@ -24,9 +24,6 @@ ROOT = Path(__file__).resolve().parents[3]
 SCHEDULER_PORT = 8786
 SECURITY_ARTIFACT = "cluster/security.json"
 """Cluster id and TLS credentials, written before any VM exists (never in the record or the API)."""
-CODE_ARCHIVE = "rapids_hpo_code.zip"
-CODE_PLUGIN = "rapids-hpo-code"
-CODE_PACKAGES = ("shared", "gpu_jobs")
 ENV_EXPERIMENT_ID = "RAPIDS_HPO_EXPERIMENT_ID"
 """Set on the VMs (diagnostics: which experiment a VM serves)."""
 
@@ -57,8 +54,6 @@ CLUSTER_PIP_PACKAGES = (
     "optuna>=4.2,<6",
     "pydantic>=2.10,<3",
     "PyYAML>=6.0,<7",
-    "azure-identity>=1.20,<2",
-    "azure-data-tables>=12.6,<13",
     "azure-storage-blob>=12.24,<13",
     "adlfs>=2024.7",
     "scikit-learn>=1.5,<2",
@@ -66,12 +61,14 @@ CLUSTER_PIP_PACKAGES = (
 )
 """What the driver and trials import beyond the RAPIDS image (pinned like requirements*.txt)."""
 
-MAX_DRIVER_RESTARTS = 2
-"""How often a driver task that ended without an outcome is submitted again (it resumes from the store)."""
 DEFAULT_READY_TIMEOUT_S = 2400
-"""From submit until the driver runs: VM creation, image pulls, pip installs, workers joining."""
-DEFAULT_UNREACHABLE_LIMIT_S = 1800
-"""How long a running cluster's scheduler may be unreachable before the run counts as failed."""
+"""From submit until the driver's first heartbeat: VM creation, image pulls, pip installs."""
+DEFAULT_SILENCE_LIMIT_S = 1800
+"""How long a started driver may go without a heartbeat before the run counts as failed."""
+SAS_MARGIN = 6 * 3600
+"""The experiment container's SAS outlives the experiment's timeout by this much (seconds)."""
+DEFAULT_SAS_LIFETIME_S = 7 * 24 * 3600
+"""The SAS lifetime when the spec sets no timeout."""
 DEFAULT_TRIAL_ESTIMATE_S = 900
 CLUSTER_STARTUP_ESTIMATE_S = 900
 _SECRET_NAMES = ("KEY", "SECRET", "PASSWORD", "TOKEN", "CONNECTION", "SAS")
@@ -122,17 +119,10 @@ def check_no_secrets(env_vars: dict[str, str]) -> None:
             raise ValueError(f"refusing to pass {name!r} to the cluster VMs: its value holds a credential")
 
 
-def cluster_env(*, experiment_id: str, storage_account_name: str | None, identity: VMIdentity | None) -> dict[str, str]:
-    """What the driver on the cluster needs to open the store: the account name and which managed
-    identity to use (``DefaultAzureCredential`` reads ``AZURE_CLIENT_ID``)."""
-    env_vars = {ENV_EXPERIMENT_ID: experiment_id}
-    if storage_account_name:
-        env_vars["AzureWebJobsStorage__accountName"] = storage_account_name
-    if identity is not None:
-        env_vars["AZURE_CLIENT_ID"] = identity.client_id
-        env_vars["AzureWebJobsStorage__clientId"] = identity.client_id
-        env_vars["AzureWebJobsStorage__credential"] = "managedidentity"
-    return env_vars
+def cluster_env(*, experiment_id: str) -> dict[str, str]:
+    """The container's environment: which experiment it serves (diagnostics). Storage is reached with
+    the SAS in ``node.json``, never with a key, connection string or identity in the environment."""
+    return {ENV_EXPERIMENT_ID: experiment_id}
 
 
 def python_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -165,9 +155,9 @@ def cluster_kwargs(
     scheduler_size = compute.scheduler_vm_size or compute.vm_size
     if is_gpu_size(compute.vm_size) and not is_gpu_size(scheduler_size):
         raise ValueError(
-            f"scheduler_vm_size {scheduler_size!r} has no GPU, but dask-cloudprovider starts the scheduler's "
-            f"container with --gpus=all like the workers' ({compute.vm_size!r}), which fails on a CPU VM; "
-            "use an N-series size or leave scheduler_vm_size unset"
+            f"scheduler_vm_size {scheduler_size!r} has no GPU, but the head runs the refit and the "
+            f"image's GPU code like the workers ({compute.vm_size!r}); use an N-series size or leave "
+            "scheduler_vm_size unset"
         )
     merged_env = {ENV_EXPERIMENT_ID: experiment_id, "EXTRA_PIP_PACKAGES": " ".join(CLUSTER_PIP_PACKAGES)}
     merged_env.update(env_vars)
@@ -189,6 +179,7 @@ def cluster_kwargs(
         "worker_options": python_options(dict(compute.worker_options)),
         "scheduler_options": {"port": scheduler_port},
         "n_workers": compute.n_workers,
+        "spot": compute.spot,
         "security": compute.security,
         "bootstrap": not compute.use_marketplace_image,
         "vm_image": dict(NGC_VM_IMAGE if compute.use_marketplace_image else UBUNTU_VM_IMAGE),
@@ -217,9 +208,9 @@ def worker_vm_prefix(cluster_id: str) -> str:
     return f"dask-{cluster_id}-worker-"
 
 
-def driver_key(experiment_id: str, attempt: int) -> str:
-    """The Dask key of the driver task: ``driver-<id>``, then ``driver-<id>-r<n>`` for restarts."""
-    return f"driver-{experiment_id}" if attempt == 0 else f"driver-{experiment_id}-r{attempt}"
+def sas_lifetime_s(spec_document: dict[str, Any]) -> float:
+    timeout = (spec_document.get("limits") or {}).get("timeout")
+    return float(timeout) + SAS_MARGIN if timeout else float(DEFAULT_SAS_LIFETIME_S)
 
 
 def run_seconds(spec: ExperimentSpec) -> tuple[float, str]:

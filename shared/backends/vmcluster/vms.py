@@ -1,4 +1,5 @@
-"""Creating one VM and its NIC with typed SDK models (why not dask-cloudprovider's: see :func:`create_vm`)."""
+"""Creating one VM and its NIC with typed SDK models (why not dask-cloudprovider's: see :func:`create_vm`),
+and reading back what exists."""
 
 from __future__ import annotations
 
@@ -69,9 +70,13 @@ def create_vm(
     identity = extra.pop("identity", None)
     if extra:
         raise BackendError(f"unsupported extra_vm_options: {', '.join(sorted(extra))}")
+    spot: dict[str, Any] = {}
+    if vm.spot:  # Spot: evicted VMs are deleted (no stopped, billed disks); pay at most the on-demand price
+        spot = {"priority": "Spot", "eviction_policy": "Delete", "billing_profile": cm.BillingProfile(max_price=-1)}
     body = cm.VirtualMachine(
         location=location,
         tags=tags,
+        **spot,
         plan=cm.Plan(**vm.plan) if vm.plan else None,
         identity=cm.VirtualMachineIdentity(identity) if identity else None,
         hardware_profile=cm.HardwareProfile(vm_size=vm.size),
@@ -96,6 +101,54 @@ def create_vm(
     )
     log.info("created VM %s (%s) in %s", vm.name, vm.size, resource_group)
     return nic.ip_configurations[0].private_ip_address
+
+
+def get_vm(compute_client: Any, resource_group: str, name: str, retry: RetrySettings) -> Any | None:
+    """The VM called ``name``, or None."""
+    from shared.backends.arm import arm_call, is_not_found
+
+    def get() -> Any | None:
+        try:
+            return compute_client.virtual_machines.get(resource_group, name)
+        except Exception as exc:
+            if is_not_found(exc):
+                return None
+            raise
+
+    return arm_call(f"reading virtual machine {name}", get, retry)
+
+
+def private_ip(network_client: Any, resource_group: str, vm: Any, retry: RetrySettings) -> str:
+    """The private IP of a VM's primary NIC."""
+    from azure.mgmt.core.tools import parse_resource_id
+
+    from shared.backends.arm import arm_call
+
+    nic_name = parse_resource_id(vm.network_profile.network_interfaces[0].id)["name"]
+    nic = arm_call(
+        f"reading network interface {nic_name}",
+        lambda: network_client.network_interfaces.get(resource_group, nic_name),
+        retry,
+    )
+    return nic.ip_configurations[0].private_ip_address
+
+
+def healthy_workers(compute_client: Any, resource_group: str, cluster_id: str, retry: RetrySettings) -> list[str]:
+    """Names of the cluster's worker VMs that exist and did not fail (found by tag and name)."""
+    from shared.backends.arm import arm_call
+    from shared.backends.vm_teardown import CLUSTER_ID_TAG
+
+    vms = arm_call(
+        f"listing virtual machines in resource group {resource_group}",
+        lambda: list(compute_client.virtual_machines.list(resource_group)),
+        retry,
+    )
+    prefix = f"dask-{cluster_id}-worker-"
+    return sorted(
+        vm.name
+        for vm in vms
+        if (vm.tags or {}).get(CLUSTER_ID_TAG) == cluster_id and vm.name.startswith(prefix) and not failed(vm)
+    )
 
 
 def failed(vm: Any) -> bool:

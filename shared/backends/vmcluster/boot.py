@@ -1,0 +1,141 @@
+"""The first program a cluster VM runs, inside its container: stdlib only (our packages are not there yet).
+
+The boot script writes this file beside ``node.json`` (the node's role and settings, including the
+experiment container's SAS URL) and runs ``python boot.py``. It fetches the code archive from the
+experiment's container, puts it on the Python path, and starts the node:
+
+* head: the Dask scheduler, and beside it the HPO driver (``shared.backends.vmcluster.head``), which
+  talks to the workers over the VNet and writes trials and the outcome to the experiment's container.
+  The scheduler has our code, so it can deserialize the driver's task graphs.
+* worker: a Dask worker of the spec's ``worker_class`` joined to the head's scheduler.
+
+Arguments reach the processes as argument lists, never through a shell. TLS comes from the files
+beside this one, through Dask's config variables. The exit status tells the container's restart
+policy whether to start the node again (non-zero: yes).
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def blob_url(container_url: str, name: str) -> str:
+    base, _, sas = container_url.partition("?")
+    return f"{base.rstrip('/')}/{name}" + (f"?{sas}" if sas else "")
+
+
+def fetch_code(config: dict, target: Path) -> None:
+    url = blob_url(config["exchange_url"], "compute/code.zip")
+    archive = HERE / "code.zip"
+    for attempt in range(30):
+        try:
+            with urllib.request.urlopen(url, timeout=30) as response:
+                archive.write_bytes(response.read())
+            break
+        except OSError as exc:
+            print(f"boot: fetching the code archive failed ({exc}); retrying", file=sys.stderr, flush=True)
+            time.sleep(min(2 * (attempt + 1), 20))
+    else:
+        raise SystemExit("boot: could not fetch the code archive")
+    with zipfile.ZipFile(archive) as zipped:
+        zipped.extractall(target)
+
+
+def environment(config: dict, code: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(code), env.get("PYTHONPATH", "")]))
+    if config.get("tls"):
+        tls = HERE / "tls"
+        env["DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION"] = "True"
+        env["DASK_DISTRIBUTED__COMM__DEFAULT_SCHEME"] = "tls"
+        env["DASK_DISTRIBUTED__COMM__TLS__CA_FILE"] = str(tls / "ca.pem")
+        for role in ("SCHEDULER", "WORKER", "CLIENT"):
+            env[f"DASK_DISTRIBUTED__COMM__TLS__{role}__CERT"] = str(tls / "cert.pem")
+            env[f"DASK_DISTRIBUTED__COMM__TLS__{role}__KEY"] = str(tls / "key.pem")
+    return env
+
+
+def run_head(config: dict, env: dict[str, str]) -> int:
+    protocol = "tls" if config.get("tls") else "tcp"
+    scheduler = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "distributed.cli.dask_scheduler",
+            "--protocol",
+            protocol,
+            "--port",
+            str(int(config["scheduler_port"])),
+            "--dashboard-address",
+            str(config.get("dashboard_address", ":8787")),
+        ],
+        env=env,
+    )
+    head = [sys.executable, "-m", "shared.backends.vmcluster.head", "--config", str(HERE / "node.json")]
+    driver = subprocess.Popen(head, env=env)
+    while True:
+        if driver.poll() is not None:
+            scheduler.terminate()
+            scheduler.wait(30)
+            return driver.returncode
+        if scheduler.poll() is not None:
+            driver.terminate()
+            driver.wait(30)
+            return 1
+        time.sleep(1)
+
+
+def reachable(address: str) -> bool:
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=3):
+            return True
+    except OSError:
+        return False
+
+
+def run_worker(config: dict, env: dict[str, str]) -> int:
+    """A worker for as long as the VM lives. One whose scheduler went away (a restarting head) is
+    replaced by a fresh one once the scheduler is back: it joins the new scheduler."""
+    spec = {"cls": config["worker_class"], "opts": dict(config.get("worker_options") or {})}
+    address = config["scheduler_address"]
+    command = [sys.executable, "-m", "distributed.cli.dask_spec", address, "--spec", json.dumps(spec)]
+    while True:
+        worker = subprocess.Popen(command, env=env, start_new_session=True)
+        misses = 0
+        while worker.poll() is None:
+            time.sleep(2)
+            if not reachable(address):
+                misses += 1
+            elif misses >= 2:
+                break
+            else:
+                misses = 0
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait()
+        print(f"boot: the worker ended ({worker.returncode}); joining {address} again", file=sys.stderr, flush=True)
+        time.sleep(1)
+
+
+def main() -> int:
+    config = json.loads((HERE / "node.json").read_text())
+    code = HERE / "code"
+    fetch_code(config, code)
+    env = environment(config, code)
+    if config["role"] == "head":
+        return run_head(config, env)
+    return run_worker(config, env)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,107 @@
+"""The VMs' boot script with hostile spec values: refused by the spec (4xx naming the field), and even
+when forced past it, quoted so that nothing extra runs (proved by parsing the YAML, splitting the shell
+line with shlex, and running the line under sh with a recording ``docker``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from shared.backends.vmcluster.bootscript import NODE_DIR, docker_command, render_cloud_init
+from shared.spec import SpecError, load_spec
+from tests.control_plane import tiny_spec
+
+HOSTILE = [
+    "x'; touch {canary}; echo '",
+    "x; touch {canary}",
+    "$(touch {canary})",
+    "`touch {canary}`",
+    "x\ntouch {canary}",
+    'x" && touch {canary} && "',
+    "x | touch {canary}",
+]
+FIELDS = ("docker_image", "docker_args", "worker_class")
+
+
+def _spec(**compute: Any) -> dict[str, Any]:
+    document = tiny_spec()
+    document["compute"] = {"backend": "vmcluster", "location": "westeurope", "resource_group": "rg", **compute}
+    return document
+
+
+@pytest.mark.parametrize("field", FIELDS)
+@pytest.mark.parametrize("value", HOSTILE)
+def test_the_spec_refuses_hostile_values_naming_the_field(field: str, value: str) -> None:
+    with pytest.raises(SpecError) as info:
+        load_spec(_spec(**{field: value.format(canary="/tmp/x")}))
+    assert [e["loc"] for e in info.value.errors] == [f"compute.{field}"]
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+def test_the_spec_refuses_hostile_worker_options(value: str) -> None:
+    with pytest.raises(SpecError) as info:
+        load_spec(_spec(worker_options={"memory_limit": value.format(canary="/tmp/x")}))
+    assert info.value.errors[0]["loc"].startswith("compute.worker_options")
+    with pytest.raises(SpecError):
+        load_spec(_spec(worker_options={value.format(canary="/tmp/x"): 1}))
+
+
+def test_ordinary_values_pass() -> None:
+    spec = load_spec(
+        _spec(
+            docker_image="nvcr.io/nvidia/rapidsai/base:26.10-cuda12.9-py3.12",
+            docker_args="--shm-size=1g --ulimit=memlock=-1 --ipc=host",
+            worker_class="dask_cuda.CUDAWorker",
+            worker_options={"rmm-pool-size": "20GB", "device_memory_limit": 0.8, "enable_nvlink": True},
+        )
+    )
+    assert spec.compute.docker_args == "--shm-size=1g --ulimit=memlock=-1 --ipc=host"  # type: ignore[union-attr]
+
+
+def _render(image: str, args: str, worker_class: str, option: str) -> tuple[str, list[str]]:
+    """The cloud-init for hostile values forced past validation, and the docker argv meant."""
+    env = {"RAPIDS_HPO_EXPERIMENT_ID": "exp-1", "EXTRA_PIP_PACKAGES": "optuna>=4.2,<6 pydantic>=2.10,<3"}
+    argv = docker_command(docker_image=image, docker_args=args, gpus=True, env=env)
+    node = {"role": "worker", "worker_class": worker_class, "worker_options": {"memory_limit": option}}
+    return render_cloud_init(node=node, docker_argv=argv, tls=None, install_docker=False), argv
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+def test_forced_hostile_values_stay_data_and_one_quoted_command(value: str, tmp_path: Path) -> None:
+    canary = tmp_path / "pwned"
+    hostile = value.format(canary=canary)
+    cloud_init, argv = _render(hostile, f"--shm-size=1g {shlex.quote(hostile)}", hostile, hostile)
+
+    document = yaml.safe_load(cloud_init)
+    assert cloud_init.startswith("#cloud-config\n") and set(document) == {"write_files", "runcmd"}
+    node = json.loads(next(f["content"] for f in document["write_files"] if f["path"].endswith("node.json")))
+    assert node["worker_class"] == hostile and node["worker_options"]["memory_limit"] == hostile  # data, verbatim
+    [line] = document["runcmd"]
+    assert isinstance(line, str)
+    assert shlex.split(line) == argv  # exactly the tokens meant: the image is one token, and so on
+    assert argv[-3:] == [hostile, "python", f"{NODE_DIR}/boot.py"]  # the image: one token, then our command
+    lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    assert not {";", "&&", "||", "|", "&", ">", "<", "(", ")"} & set(lexer), "an unquoted shell operator"
+
+    # Run the line as cloud-init would (sh -c), with a docker that records its arguments.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    record = tmp_path / "argv.json"
+    (bin_dir / "docker").write_text(
+        f"#!{os.environ.get('PYTHON', '/usr/bin/env python3')}\n"
+        "import json, sys\n"
+        f"open({str(record)!r}, 'w').write(json.dumps(sys.argv[1:]))\n"
+    )
+    (bin_dir / "docker").chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+    subprocess.run(["sh", "-c", line], env=env, check=True, timeout=30)
+    assert json.loads(record.read_text()) == argv[1:]
+    assert not canary.exists(), "the hostile value ran a command"
