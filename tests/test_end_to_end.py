@@ -145,6 +145,7 @@ def test_http_post_to_model_on_the_local_adapters(tmp_path):
     assert [json.loads(m.body)["id"] for m in status] == [experiment_id]
 
 
+@pytest.mark.slow
 @pytest.mark.azurite
 def test_http_post_to_model_on_azurite(tmp_path, azurite):
     with served(tmp_path, {"AzureWebJobsStorage": azurite}) as client:
@@ -172,6 +173,7 @@ def store_for(home: Path):
     return LocalStore(home / "store")
 
 
+@pytest.mark.slow
 def test_killing_the_driver_mid_experiment_resumes_without_losing_trials(tmp_path):
     store = store_for(tmp_path)
     with served(tmp_path) as client:
@@ -195,6 +197,7 @@ def test_killing_the_driver_mid_experiment_resumes_without_losing_trials(tmp_pat
     assert store.get_experiment(experiment_id).backend_state["restarts"] == 1
 
 
+@pytest.mark.slow
 def test_killing_the_host_mid_experiment_then_restarting_it_completes(tmp_path):
     store = store_for(tmp_path)
     with served(tmp_path) as client:
@@ -210,6 +213,7 @@ def test_killing_the_host_mid_experiment_then_restarting_it_completes(tmp_path):
     assert all(after[n].value == v for n, v in done_before.items())
 
 
+@pytest.mark.slow
 def test_rapids_hpo_run_runs_an_experiment_end_to_end(tmp_path):
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(tiny_spec()))
@@ -245,6 +249,7 @@ def test_rapids_hpo_run_rejects_a_bad_spec_with_the_field(tmp_path):
     assert "limits.max_total_trials" in result.stderr
 
 
+@pytest.mark.slow
 def test_delete_cancels_a_running_experiment_and_stops_its_driver(tmp_path):
     from shared.backends.local import is_alive
 
@@ -267,6 +272,7 @@ def test_delete_cancels_a_running_experiment_and_stops_its_driver(tmp_path):
     assert len(trials) < 6 and not any(t.state is TrialState.RUNNING for t in trials)
 
 
+@pytest.mark.slow
 def test_ctrl_c_on_rapids_hpo_run_cancels_the_experiment(tmp_path):
     from shared.backends.local import is_alive
 

@@ -188,6 +188,7 @@ def test_an_experiment_whose_trials_all_fail_ends_failed_with_the_first_error(st
     assert len(store.list_trials(experiment_id)) == 3
 
 
+@pytest.mark.slow
 def test_trial_timeout_stops_a_hung_trial_by_restarting_its_worker(store, client):
     spec = make_spec(
         trial={"model": "random_forest", "cv_folds": 3, "params": {"min_samples_leaf": 7}},
@@ -215,6 +216,7 @@ def test_trial_timeout_is_checked_at_each_fold(store, client):
     assert len(trial.intermediate) < 3
 
 
+@pytest.mark.slow
 def test_experiment_timeout_stops_everything(store, client):
     spec = make_spec(
         search_space={
