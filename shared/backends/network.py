@@ -280,7 +280,7 @@ class _Context:
             from azure.mgmt.core.tools import parse_resource_id
 
             parts = parse_resource_id(reference)
-            group, name = parts.get("resource_group") or "", parts.get("name") or ""
+            group, name = str(parts.get("resource_group") or ""), str(parts.get("name") or "")
             if not group or not name or parts.get("children"):
                 raise BackendError(f"{label} {reference!r} is not the resource id of a {label}")
         resource = self.get(label, name, group)

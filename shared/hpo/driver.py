@@ -25,12 +25,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Literal
 
 import optuna
 from distributed import Client, Event, Future, Queue, Variable, wait
 
 from shared.cost.ledger import BUDGET_REACHED, BudgetGuard
+from shared.hpo.cluster import optuna_state, own_worker, worker_running
 from shared.hpo.search_space import make_pruner, make_sampler, suggest_params
 from shared.hpo.trial_task import TrialFunction, TrialResult, TrialTask, decision_variable, run_trial_task
 from shared.ports import TrialStore
@@ -367,9 +368,9 @@ class HpoDriver:
 
     def _hard_stop(self, future: Future) -> None:
         """Cancel a task and, if it is already executing, restart the worker running it."""
-        worker = _worker_running(self.client, str(future.key))
+        worker = worker_running(self.client, str(future.key))
         self.client.cancel([future], force=True)
-        if worker is not None and worker != _own_worker():  # a driver running as a task keeps its worker
+        if worker is not None and worker != own_worker():  # a driver running as a task keeps its worker
             with contextlib.suppress(Exception):
                 self.client.restart_workers([worker], timeout=60)
 
@@ -401,35 +402,5 @@ class HpoDriver:
         return ExperimentOutcome("COMPLETED", reason, done, best, None, counts)
 
 
-def _worker_running(client: Client, key: str) -> str | None:
-    def lookup(dask_scheduler: Any, key: str = key) -> str | None:
-        task = dask_scheduler.tasks.get(key)
-        return task.processing_on.address if task is not None and task.processing_on else None
-
-    try:
-        return client.run_on_scheduler(lookup)
-    except Exception:
-        return None
-
-
-def _own_worker() -> str | None:
-    """The address of the Dask worker this driver runs on (vmcluster backend), else None."""
-    try:
-        from distributed import get_worker
-
-        return get_worker().address
-    except ValueError:
-        return None
-
-
 def _deadline(timeout: float | None) -> float | None:
     return None if timeout is None else time.monotonic() + timeout
-
-
-def optuna_state(state: TrialState) -> optuna.trial.TrialState:
-    """The Optuna state a trial's state means to the sampler: COMPLETE, PRUNED, or FAIL for the rest."""
-    if state is TrialState.COMPLETED:
-        return optuna.trial.TrialState.COMPLETE
-    if state is TrialState.PRUNED:
-        return optuna.trial.TrialState.PRUNED
-    return optuna.trial.TrialState.FAIL

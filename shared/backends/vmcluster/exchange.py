@@ -193,7 +193,7 @@ def issue_sas(blob_service: BlobServiceClient, container: str, valid_for: timede
     account_key = getattr(credential, "account_key", None)
     if account_key:
         return generate_container_sas(
-            blob_service.account_name,
+            str(blob_service.account_name),
             container,
             account_key=account_key,
             permission=permission,
@@ -202,7 +202,7 @@ def issue_sas(blob_service: BlobServiceClient, container: str, valid_for: timede
         )
     delegation = blob_service.get_user_delegation_key(start, expiry)
     return generate_container_sas(
-        blob_service.account_name,
+        str(blob_service.account_name),
         container,
         user_delegation_key=delegation,
         permission=permission,
