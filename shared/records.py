@@ -66,6 +66,14 @@ class TrialRecord(BaseModel):
     model_uri: str | None = Field(default=None, description="where this trial's saved model lives")
 
 
+class RegisteredModel(BaseModel):
+    """The best model as registered in the AzureML workspace (``output.register_model``)."""
+
+    name: str
+    version: str
+    id: str | None = None
+
+
 class BestTrial(BaseModel):
     number: int
     value: float
@@ -121,6 +129,7 @@ class ExperimentRecord(BaseModel):
     cost: dict[str, Any] | None = Field(
         default=None, description="the cost ledger (shared.cost.ledger.CostLedger), None when unpriced"
     )
+    registered_model: RegisteredModel | None = Field(default=None, description="output.register_model's result")
     version: str = ""
 
 

@@ -85,19 +85,36 @@ def mint_certificate(folder: Path, *names: str) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-class StaticToken:
-    """A ``TokenCredential`` handing out one fixed bearer token."""
+def entra_token(audience: str = "https://management.azure.com") -> str:
+    """A JWT shaped like a Microsoft Entra access token of a managed identity, for ``audience`` (unsigned:
+    the stand-in compares it whole; azure-ai-ml reads its claims when a job runs with the submitter's
+    identity, and checks that the AzureML-scoped one is for ``https://ml.azure.com/``)."""
+    import base64
 
-    def __init__(self, token: str) -> None:
-        self.token = token
+    def part(document: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(document).encode()).rstrip(b"=").decode()
+
+    claims = {
+        "aud": audience,
+        "oid": "00000000-0000-0000-0000-0000000000aa",
+        "tid": "00000000-0000-0000-0000-0000000000bb",
+        "appid": "00000000-0000-0000-0000-0000000000cc",
+        "idtyp": "app",
+    }
+    return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(claims)}.c2lnbmF0dXJl"
+
+
+class StaticToken:
+    """A ``TokenCredential``: one fixed token per audience (the scope less ``/.default``)."""
 
     def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
-        return AccessToken(self.token, int(time.time()) + 3600)
+        audience = scopes[0].removesuffix("/.default") if scopes else "https://management.azure.com"
+        return AccessToken(entra_token(audience), int(time.time()) + 3600)
 
     def get_token_info(self, *scopes: str, **kwargs: Any) -> Any:
         from azure.core.credentials import AccessTokenInfo
 
-        return AccessTokenInfo(self.token, int(time.time()) + 3600)
+        return AccessTokenInfo(self.get_token(*scopes).token, int(time.time()) + 3600)
 
 
 @dataclass
@@ -171,7 +188,6 @@ class AzureMLStandIn:
         azurite_blob_url: str,
         azurite_account: str,
         azurite_key: str,
-        token: str = "stand-in-token",
         subscription: str = "sub",
         resource_group: str = "rg",
         workspace: str = "ws",
@@ -180,7 +196,8 @@ class AzureMLStandIn:
     ) -> None:
         self.blob_url = azurite_blob_url.rstrip("/")
         self.account, self.key = azurite_account, azurite_key
-        self.token, self.sub, self.rg, self.ws = token, subscription, resource_group, workspace
+        self.token = entra_token()  # what ARM-scoped requests must carry
+        self.sub, self.rg, self.ws = subscription, resource_group, workspace
         self.container = container
         self.job_validator = job_validator
         self.requests: list[Recorded] = []
@@ -257,7 +274,7 @@ class AzureMLStandIn:
         }
 
     def credential(self) -> StaticToken:
-        return StaticToken(self.token)
+        return StaticToken()
 
     # -- scripting
     def script(
@@ -298,6 +315,12 @@ class AzureMLStandIn:
             "properties": {"jobType": "Command", "status": child.statuses[0], "properties": child.properties},
         }
 
+    def seed_data(self, name: str, version: str, data_type: str, uri: str) -> None:
+        """A data asset registered earlier (by someone else)."""
+        body = {"properties": {"dataType": data_type, "dataUri": uri, "provisioningState": "Succeeded"}}
+        with self._lock:
+            self.assets[f"data/{name}/{version}"] = _resource(self, f"data/{name}/versions", version, body)
+
     def calls(self, method: str, contains: str = "") -> list[Recorded]:
         with self._lock:
             return [r for r in self.requests if r.method == method and contains in r.path]
@@ -334,6 +357,24 @@ class AzureMLStandIn:
         )
         blob_uri = f"{self.blob_url}/{self.container}/{path}"
         return blob_uri, f"{self.blob_url}/{self.container}?{sas}"
+
+    def mlflow_flavors(self, uri: str) -> dict[str, Any] | None:
+        """The flavors of the MLflow model at ``azureml://jobs/<job>/outputs/<output>/paths/<path>`` (its
+        ``MLmodel`` in the job's output folder), as AzureML reads them on registration; None without one."""
+        import yaml
+
+        found = re.fullmatch(r"azureml://jobs/([^/]+)/outputs/([^/]+)/paths/(.*?)/?", uri)
+        if found is None:
+            return None
+        blob = f"azureml/{found[1]}/{found[2]}/{found[3]}/MLmodel".replace("//", "/")
+        try:
+            document = yaml.safe_load(self._container_client().download_blob(blob).readall())
+        except Exception:
+            return None
+        flavors = (document or {}).get("flavors") if isinstance(document, dict) else None
+        if not isinstance(flavors, dict) or not flavors:
+            return None
+        return {name: {"data": {k: str(v) for k, v in (data or {}).items()}} for name, data in flavors.items()}
 
     def put_blob(self, path: str, data: bytes) -> None:
         self._container_client().upload_blob(path, data, overwrite=True)
@@ -544,6 +585,15 @@ def _list_versions(ws: AzureMLStandIn, m: re.Match[str], q: dict[str, str], body
     return 200, {}, {"value": found}
 
 
+@route("GET", WS + r"/(?P<kind>codes|environments|models|data)/(?P<name>[^/]+)")
+def _get_container(ws: AzureMLStandIn, m: re.Match[str], q: dict[str, str], body: Any) -> Any:
+    versions = [key for key in ws.assets if key.startswith(f"{m['kind']}/{m['name']}/")]
+    if not versions:
+        return _error(404, "ResourceNotFound", f"{m['kind']} {m['name']} not found")
+    latest = max(versions, key=lambda key: int(key.rsplit("/", 1)[1]) if key.rsplit("/", 1)[1].isdigit() else 0)
+    return 200, {}, _resource(ws, m["kind"], m["name"], {"properties": {"latestVersion": latest.rsplit("/", 1)[1]}})
+
+
 @route("GET", ASSET + r"/(?P<version>[^/]+)")
 def _get_version(ws: AzureMLStandIn, m: re.Match[str], q: dict[str, str], body: Any) -> Any:
     found = ws.assets.get(f"{m['kind']}/{m['name']}/{m['version']}")
@@ -556,6 +606,12 @@ def _get_version(ws: AzureMLStandIn, m: re.Match[str], q: dict[str, str], body: 
 def _put_version(ws: AzureMLStandIn, m: re.Match[str], q: dict[str, str], body: Any) -> Any:
     key = f"{m['kind']}/{m['name']}/{m['version']}"
     status = 200 if key in ws.assets else 201
+    if m["kind"] == "models" and ((body or {}).get("properties") or {}).get("modelType") == "mlflow_model":
+        flavors = ws.mlflow_flavors(body["properties"].get("modelUri", ""))
+        if flavors is None:
+            return _error(400, "UserError", "no MLmodel file at the model's path: not an MLflow model")
+        body = copy.deepcopy(body)
+        body["properties"]["flavors"] = flavors
     stored = _resource(ws, f"{m['kind']}/{m['name']}/versions", m["version"], body or {})
     stored["properties"]["provisioningState"] = "Succeeded"
     ws.assets[key] = stored

@@ -42,6 +42,7 @@ pytestmark = [
 
 EXP = "exp-aml-1"
 JOB = job_name_for(EXP)
+MLMODEL = b"flavors:\n  python_function:\n    loader_module: mlflow.sklearn\n  sklearn:\n    sklearn_version: 1.5.2\n"
 DRAWS = [
     {"n_estimators": 20, "max_depth": 3.2, "max_features": 0.31},
     {"n_estimators": 50, "max_depth": 7.9, "max_features": 0.62},
@@ -154,7 +155,8 @@ def test_lifecycle_through_the_state_machine(workspace: AzureMLStandIn, tmp_path
     into our store) -> teardown; then a second experiment is cancelled while it runs."""
     ctx = local_context(tmp_path / "home", poll_seconds=0)
     ctx.backends["azureml"] = AzureMLBackend(ctx.store, ctx.settings, client_factory=lambda _: client_for(workspace))
-    best = trial(0, ["Running", "Completed"], {1: 0.8, 2: 0.82, 3: 0.83}, files={"model.joblib": b"best"})
+    files = {"model.joblib": b"best", "mlflow/MLmodel": MLMODEL, "mlflow/model.pkl": b"pickled"}
+    best = trial(0, ["Running", "Completed"], {1: 0.8, 2: 0.82, 3: 0.83}, files=files)
     pruned = trial(1, ["Running", "Canceled"], {1: 0.6})
     failed = trial(2, ["Failed"], {})
     workspace.script(
@@ -163,7 +165,8 @@ def test_lifecycle_through_the_state_machine(workspace: AzureMLStandIn, tmp_path
         [(1, best), (2, pruned), (3, failed)],
         properties={"best_child_run_id": f"{JOB}_1"},
     )
-    handlers.submit_experiment(ctx, make_spec(), experiment_id=EXP)
+    register = {"register_model": {"name": "flights-rf", "tags": {"stage": "candidate"}}}
+    handlers.submit_experiment(ctx, make_spec(output=register), experiment_id=EXP)
     assert step(ctx) == "provisioned"
     assert step(ctx) == "submitted"
     outcomes = []
@@ -184,6 +187,18 @@ def test_lifecycle_through_the_state_machine(workspace: AzureMLStandIn, tmp_path
     assert record.backend_state["best_child"] == f"{JOB}_0"
     assert record.backend_state["azureml_best_child"] == f"{JOB}_1"  # reported beside, not used
     assert ctx.store.get_artifact(EXP, f"{MODEL_OUTPUT}/model.joblib") == b"best"
+    assert ctx.store.get_artifact(EXP, f"{MODEL_OUTPUT}/mlflow/MLmodel") == MLMODEL
+
+    # Registered on COMPLETED: an mlflow_model from the best trial's job output, its version on the record.
+    assert record.registered_model is not None
+    assert (record.registered_model.name, record.registered_model.version) == ("flights-rf", "1")
+    registered = workspace.assets["models/flights-rf/1"]["properties"]
+    assert registered["modelType"] == "mlflow_model"
+    assert registered["modelUri"] == f"azureml://jobs/{JOB}_0/outputs/model/paths/mlflow/"
+    assert set(registered["flavors"]) == {"sklearn", "python_function"}  # read from the output's MLmodel
+    assert registered["tags"]["stage"] == "candidate" and registered["tags"]["rapids-hpo.experiment-id"] == EXP
+    again = ctx.backends["azureml"].finalize(ctx.store.get_experiment(EXP))  # a retried finalize
+    assert again["registered_model"]["version"] == "1" and len(workspace.calls("PUT", "/models/")) == 1
     assert workspace.unrouted == []
 
     second = "exp-aml-2"
@@ -202,3 +217,31 @@ def test_lifecycle_through_the_state_machine(workspace: AzureMLStandIn, tmp_path
     assert len(workspace.calls("POST", f"/jobs/{job_name_for(second)}/cancel")) == 1
     assert workspace.sweeps[job_name_for(second)].statuses[-1] == "Canceled"
     assert [t.state for t in ctx.store.list_trials(second)] == [TrialState.FAILED]
+
+
+def test_a_data_asset_is_looked_up_and_bound_with_its_type(workspace: AzureMLStandIn, tmp_path: Path) -> None:
+    """``azureml:<asset>:<version>``: the workspace says it is a uri_file; the sweep mounts it read-only."""
+    workspace.seed_data("flights", "3", "uri_file", "azureml://datastores/workspaceblobstore/paths/f.parquet")
+    ctx = local_context(tmp_path / "home", poll_seconds=0)
+    ctx.backends["azureml"] = AzureMLBackend(ctx.store, ctx.settings, client_factory=lambda _: client_for(workspace))
+    spec = make_spec(dataset={"uri": "azureml:flights:3", "target": "ArrDelayBinary"})
+    handlers.submit_experiment(ctx, spec, experiment_id=EXP)
+    assert step(ctx) == "provisioned"
+    assert step(ctx) == "submitted"
+    (put,) = workspace.calls("PUT", "/jobs/")
+    assert put.body["properties"]["inputs"]["data"] == {  # the SDK resolves the asset to its ARM id
+        "uri": f"{workspace.prefix}/data/flights/versions/3",
+        "mode": "ReadOnlyMount",
+        "jobInputType": "uri_file",
+    }
+    assert put.body["properties"]["identity"] == {"identityType": "UserIdentity"}
+
+    missing = make_spec(dataset={"uri": "azureml:flights:9", "target": "ArrDelayBinary"})
+    ctx = local_context(tmp_path / "other", poll_seconds=0)
+    ctx.backends["azureml"] = AzureMLBackend(ctx.store, ctx.settings, client_factory=lambda _: client_for(workspace))
+    handlers.submit_experiment(ctx, missing, experiment_id="exp-aml-missing")
+    assert step(ctx) == "provisioned"
+    step(ctx)
+    record = ctx.store.get_experiment("exp-aml-missing")
+    assert record.status is ExperimentStatus.FAILED
+    assert "dataset.uri" in (record.error or "") and "flights:9 does not exist" in (record.error or "")

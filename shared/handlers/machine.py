@@ -28,6 +28,7 @@ from shared.records import (
     ExperimentEvent,
     ExperimentRecord,
     ExperimentStatus,
+    RegisteredModel,
     TrialState,
     best_of,
     utcnow,
@@ -251,6 +252,8 @@ def _finalize(ctx: Context, record: ExperimentRecord) -> str:
     updates = progress_updates(ctx, record)
     if handle_update:
         updates["backend_state"] = merge_handle(backend, record.backend_state, handle_update)
+        if handle_update.get("registered_model"):
+            updates["registered_model"] = RegisteredModel.model_validate(handle_update["registered_model"])
     ledger = cost_ledger(ctx, record)
     budget_reached = ledger is not None and ledger.stopped == BUDGET_REACHED
     if ledger is not None:

@@ -15,8 +15,10 @@ from shared.spec.sections import (
     EarlyTermination,
     Limits,
     Objective,
+    OutputSpec,
     SamplingAlgorithm,
     TrialSpec,
+    azureml_uri_form,
     default_objective,
 )
 
@@ -35,6 +37,7 @@ class ExperimentSpec(SpecModel):
     limits: Limits = Field(default_factory=Limits)
     objective: Objective = Field(default_factory=default_objective)
     compute: ComputeSpec = Field(default_factory=LocalCompute)
+    output: OutputSpec = Field(default_factory=OutputSpec)
 
     @field_validator("sampling_algorithm", mode="before")
     @classmethod
@@ -95,6 +98,26 @@ class ExperimentSpec(SpecModel):
 
     @model_validator(mode="after")
     def _cross_sections(self) -> ExperimentSpec:
+        if azureml_uri_form(self.dataset.uri) is not None and self.compute.backend != "azureml":
+            fail(
+                [
+                    (
+                        ("dataset", "uri"),
+                        "AzureML data (azureml:...) is read by AzureML itself: it needs compute.backend "
+                        f"'azureml' (this spec runs on {self.compute.backend!r}); give a storage URL instead",
+                    )
+                ]
+            )
+        if self.output.register_model is not None and self.compute.backend != "azureml":
+            fail(
+                [
+                    (
+                        ("output", "register_model"),
+                        "registering the model needs the AzureML workspace of compute.backend 'azureml' "
+                        f"(this spec runs on {self.compute.backend!r})",
+                    )
+                ]
+            )
         if (
             self.compute.backend == "azureml"
             and self.sampling_algorithm.type == "bayesian"

