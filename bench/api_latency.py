@@ -53,8 +53,20 @@ def wait_for_port(port: int, timeout: float = 30.0) -> None:
     raise TimeoutError(f"nothing listens on port {port} after {timeout} s")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used (Linux ``/proc``); 0 elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
+
+
+AZURITE_PIDS: list[int] = []
 
 
 @contextlib.contextmanager
@@ -71,6 +83,7 @@ def azurite(folder: str) -> Iterator[str]:
     for service, port in ports.items():
         args += [f"--{service}Host", "127.0.0.1", f"--{service}Port", str(port)]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    AZURITE_PIDS.append(process.pid)
     try:
         for port in ports.values():
             wait_for_port(port)
@@ -91,13 +104,21 @@ async def client_loop(client: httpx.AsyncClient, budget: list[int], results: dic
     while budget[0] > 0:
         budget[0] -= 1
         tick = time.perf_counter()
-        response = await client.post("/api/experiments", content=body, headers={"content-type": "application/json"})
+        try:
+            response = await client.post("/api/experiments", content=body, headers={"content-type": "application/json"})
+        except httpx.TransportError as exc:
+            results["errors"].append(f"POST {type(exc).__name__}")
+            continue
         results["post"].append(time.perf_counter() - tick)
         if response.status_code != 202:
             results["errors"].append(f"POST {response.status_code}: {response.text[:200]}")
             continue
         tick = time.perf_counter()
-        status = await client.get(response.headers["location"])
+        try:
+            status = await client.get(response.headers["location"])
+        except httpx.TransportError as exc:
+            results["errors"].append(f"GET {type(exc).__name__}")
+            continue
         results["get"].append(time.perf_counter() - tick)
         if status.status_code != 200:
             results["errors"].append(f"GET {status.status_code}")
@@ -128,12 +149,13 @@ def main() -> None:
         env.pop("RAPIDS_HPO_FUNCTION_KEY", None)
         if args.storage == "azurite":
             env["AzureWebJobsStorage"] = stack.enter_context(azurite(os.path.join(home, "azurite")))
+        log = stack.enter_context(open(os.path.join(home, "server.log"), "wb"))
         server = subprocess.Popen(
             [sys.executable, "-m", "shared.cli", "serve", "--port", str(port), "--no-workers"],
             env=env,
             cwd=args.root,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         base = f"http://127.0.0.1:{port}"
         try:
@@ -142,10 +164,16 @@ def main() -> None:
                     if httpx.get(f"{base}/api/health", timeout=2).status_code == 200:
                         break
                 time.sleep(0.1)
+            pids = [server.pid, *AZURITE_PIDS]
+            before = [cpu_seconds(pid) for pid in pids] + [time.process_time()]
             results, elapsed = asyncio.run(load(base, args.clients, args.posts))
+            after = [cpu_seconds(pid) for pid in pids] + [time.process_time()]
+            used = [b - a for a, b in zip(before, after, strict=True)]
         finally:
             server.terminate()
             server.wait(timeout=10)
+            log.close()
+            server_log = Path(home, "server.log").read_text(errors="replace")
     posts, gets, errors = results["post"], results["get"], results["errors"]
     print(
         f"storage={args.storage} clients={args.clients} posts={len(posts)} gets={len(gets)} "
@@ -157,10 +185,17 @@ def main() -> None:
                 f"{name:<28} n={len(values):6d}  p50={percentile(values, 50) * 1000:7.1f} ms"
                 f"  p99={percentile(values, 99) * 1000:7.1f} ms"
             )
+    cycles = max(len(gets), 1)
+    names = ["server", *(["azurite"] if args.storage == "azurite" else []), "clients"]
+    shares = "  ".join(f"{n}={u / cycles * 1000:.1f}" for n, u in zip(names, used, strict=True))
+    print(f"cpu_ms_per_post_and_get: {shares}")
+    print(f"load_average={os.getloadavg()[0]:.1f} (on {os.cpu_count()} cores; other work shares them)")
     total = (len(posts) + len(gets)) / elapsed
     print(f"post_throughput={len(posts) / elapsed:.1f} req/s  total_throughput={total:.1f} req/s")
     for error in sorted(set(errors))[:5]:
         print("error:", error)
+    if errors:
+        print("server log (tail):", server_log[-1500:])
 
 
 if __name__ == "__main__":

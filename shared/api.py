@@ -15,6 +15,7 @@ carry it in ``x-functions-key`` (or ``?code=``), as the Functions host requires 
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import io
 import zipfile
@@ -345,6 +346,12 @@ def create_api(*, context: Context | None = None, function_key: str | None = Non
     app.include_router(dashboard_router)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(ConnectionError, _store_unavailable)
+    with contextlib.suppress(ImportError):  # the Azure adapters' transport errors (azure-core)
+        from azure.core.exceptions import ServiceRequestError, ServiceResponseError
+
+        app.add_exception_handler(ServiceRequestError, _store_unavailable)
+        app.add_exception_handler(ServiceResponseError, _store_unavailable)
     if context is not None:
         app.dependency_overrides[get_context] = lambda: context
     if function_key:
@@ -360,6 +367,13 @@ async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
     ]
     fields = ", ".join(e["loc"] for e in errors)
     return _error(422, f"invalid request: {fields}", errors)
+
+
+async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """The store could not be reached (after the SDK's retries): 503 with Retry-After, not a 500."""
+    response = _error(503, f"storage unavailable, try again: {type(exc).__name__}")
+    response.headers["Retry-After"] = "1"
+    return response
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

@@ -206,3 +206,15 @@ def test_a_blocked_store_call_does_not_block_other_requests(ctx):
         release.set()
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def test_an_unreachable_store_is_503_with_retry_after(ctx):
+    from azure.core.exceptions import ServiceResponseError
+
+    def unreachable(experiment_id):
+        raise ServiceResponseError("Connection aborted: reset by peer")
+
+    ctx.store.get_experiment = unreachable
+    response = TestClient(create_api(context=ctx), raise_server_exceptions=False).get("/api/experiments/exp-1")
+    assert response.status_code == 503 and response.headers["retry-after"] == "1"
+    assert "storage unavailable" in response.json()["detail"]

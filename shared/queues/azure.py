@@ -20,6 +20,7 @@ from azure.storage.queue import (
 
 from shared.config import expand_connection_string
 from shared.errors import NotFound
+from shared.http_pool import pooled_transport
 from shared.ports import Message
 from shared.queues._limits import check_queue_name, check_receive, check_send
 
@@ -36,27 +37,30 @@ class AzureQueueService:
     ) -> None:
         if connection_string:
             expanded = expand_connection_string(connection_string)
-            self.service = QueueServiceClient.from_connection_string(expanded)
+            self.service = QueueServiceClient.from_connection_string(expanded, transport=pooled_transport())
         elif account_url:
-            self.service = QueueServiceClient(account_url, credential=credential)
+            self.service = QueueServiceClient(account_url, credential=credential, transport=pooled_transport())
         else:
             raise ValueError("AzureQueueService needs a connection string or an account URL")
-        self._created: set[str] = set()
+        self._queues: dict[str, AzureQueue] = {}
         self._lock = threading.Lock()
 
     def queue(self, name: str) -> AzureQueue:
-        client = self.service.get_queue_client(
-            check_queue_name(name),
-            message_encode_policy=TextBase64EncodePolicy(),
-            message_decode_policy=TextBase64DecodePolicy(),
-        )
-        if name not in self._created:
-            with self._lock:
-                if name not in self._created:
-                    with contextlib.suppress(ResourceExistsError):
-                        client.create_queue()
-                    self._created.add(name)
-        return AzureQueue(name, client)
+        """The queue ``name``, created on first use; one client per queue for the process."""
+        queue = self._queues.get(name)
+        if queue is not None:
+            return queue
+        with self._lock:
+            if name not in self._queues:
+                client = self.service.get_queue_client(
+                    check_queue_name(name),
+                    message_encode_policy=TextBase64EncodePolicy(),
+                    message_decode_policy=TextBase64DecodePolicy(),
+                )
+                with contextlib.suppress(ResourceExistsError):
+                    client.create_queue()
+                self._queues[name] = AzureQueue(name, client)
+            return self._queues[name]
 
 
 class AzureQueue:

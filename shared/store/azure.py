@@ -50,6 +50,7 @@ from shared.config import (
     expand_connection_string,
 )
 from shared.errors import AlreadyExists, ConcurrencyConflict, NotFound
+from shared.http_pool import pooled_transport
 from shared.records import ExperimentRecord, ExperimentStatus, TrialRecord
 from shared.store import compute
 from shared.store._common import (
@@ -112,9 +113,10 @@ class AzureStore:
     @classmethod
     def from_connection_string(cls, connection_string: str, **kwargs: Any) -> AzureStore:
         """From a storage connection string (``UseDevelopmentStorage=true`` means Azurite)."""
+        expanded = expand_connection_string(connection_string)
         return cls(
-            TableServiceClient.from_connection_string(expand_connection_string(connection_string)),
-            BlobServiceClient.from_connection_string(expand_connection_string(connection_string)),
+            TableServiceClient.from_connection_string(expanded, transport=pooled_transport()),
+            BlobServiceClient.from_connection_string(expanded, transport=pooled_transport()),
             **kwargs,
         )
 
@@ -124,8 +126,8 @@ class AzureStore:
         tables = f"https://{account_name}.table.core.windows.net"
         blobs = f"https://{account_name}.blob.core.windows.net"
         return cls(
-            TableServiceClient(endpoint=tables, credential=credential),
-            BlobServiceClient(blobs, credential=credential),
+            TableServiceClient(endpoint=tables, credential=credential, transport=pooled_transport()),
+            BlobServiceClient(blobs, credential=credential, transport=pooled_transport()),
             **kwargs,
         )
 
