@@ -130,3 +130,10 @@ def test_the_registered_model_is_the_best_trials_mlflow_model() -> None:
     assert model.name == "flights-rf" and model.version is None  # AzureML numbers the version
     with pytest.raises(ValueError, match="register_model"):
         model_entity(make_spec(), "exp-1", "child")
+
+
+def test_the_mlflow_folder_is_where_the_trial_saves_it() -> None:
+    from gpu_jobs.model_files import MLFLOW_DIR
+    from shared.backends.azureml.assets import MLFLOW_FOLDER
+
+    assert MLFLOW_FOLDER == MLFLOW_DIR

@@ -16,7 +16,8 @@ from shared.backends.azureml.sweep_job import CREATED_BY, MODEL_OUTPUT, TAG_CREA
 from shared.spec import ExperimentSpec
 
 MLFLOW_FOLDER = "mlflow"
-"""Where the trial's MLflow model lives inside its ``model`` output (and under ``model/`` in our store)."""
+"""Where the trial's MLflow model lives inside its ``model`` output (and under ``model/`` in our store):
+``gpu_jobs.model_files.MLFLOW_DIR`` (not imported: it pulls numpy into the control plane)."""
 TAG_BEST_TRIAL = "rapids-hpo.best-trial"
 
 
