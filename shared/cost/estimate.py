@@ -73,16 +73,22 @@ def billed_nodes(spec: ExperimentSpec, vm_size: str | None = None, tier: Tier | 
 
 
 def node_hours_rule(spec: ExperimentSpec, planner: Planner) -> NodeHours:
-    """The backend planner's node-hours, plus AzureML's idle tail (each node waits before scaling down).
+    """The backend planner's node-hours, plus AzureML's idle tail (each node waits before scaling down)
+    and the vmcluster's start-up (its VMs bill while they boot).
 
     A local run bills nothing; with ``compute.equivalent_vm_size`` its workers are priced as that size for
     the whole run (:func:`default_node_hours`), an estimate."""
     if spec.compute.backend == "local":
         return default_node_hours
     tail = float(getattr(spec.compute, "idle_time_before_scale_down", 0)) if spec.compute.backend == "azureml" else 0
+    startup = 0.0
+    if spec.compute.backend == "vmcluster":  # the VMs bill while they boot and pull the image
+        from shared.backends.vmcluster.settings import CLUSTER_STARTUP_ESTIMATE_S
+
+        startup = float(CLUSTER_STARTUP_ESTIMATE_S)
 
     def rule(s: ExperimentSpec, elapsed_s: float) -> float:
-        return planner.node_hours(s, elapsed_s) + (planner.node_hours(s, tail) if tail else 0.0)
+        return planner.node_hours(s, elapsed_s + startup) + (planner.node_hours(s, tail) if tail else 0.0)
 
     return rule
 

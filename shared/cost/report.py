@@ -76,7 +76,10 @@ def summary(spec: ExperimentSpec, estimate: CostEstimate, catalogue: Catalogue) 
     lines.append(Text(f"  runs      {times.low_s / 3600:.2f}-{times.high_s / 3600:.2f} h of wall time"))
     lines.append(Text(f"            at most: every trial to {times.per_trial_basis}"))
     lines.append(Text(f"            at best: {times.low_basis}"))
-    lines.append(Text(f"  uses      {_hours(estimate.node_hours_low)}-{_hours(estimate.node_hours_high)} node-hours"))
+    startup = " (VM start-up included)" if spec.compute.backend == "vmcluster" else ""
+    idle = " (idle scale-down included)" if spec.compute.backend == "azureml" else ""
+    hours = f"{_hours(estimate.node_hours_low)}-{_hours(estimate.node_hours_high)}"
+    lines.append(Text(f"  uses      {hours} node-hours{startup}{idle}"))
     if estimate.priced:
         rate = f"{usd(estimate.usd_per_hour)}/node-hour, {TIER_LABEL[estimate.tier]}"
         lines.append(Text(f"  costs     {usd_range(estimate)}  ({rate})", style="bold"))
@@ -157,7 +160,7 @@ def plan_document(spec: ExperimentSpec, catalogue: Catalogue, node_hours: NodeHo
         return {
             "vm_size": item.vm_size,
             "tier": item.tier.value,
-            "usd_per_node_hour": item.usd_per_hour,
+            "usd_per_node_hour": None if item.usd_per_hour is None else round(item.usd_per_hour, 4),
             "usd_low": None if item.usd_low is None else round(item.usd_low, 4),
             "usd_high": None if item.usd_high is None else round(item.usd_high, 4),
         }

@@ -1,0 +1,27 @@
+"""A budget end to end on ``rapids-hpo serve`` (real queue workers, driver process, Dask LocalCluster):
+a local run priced as its equivalent Azure size stops at ``limits.max_cost`` and completes with its best."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.control_plane import tiny_spec
+from tests.test_end_to_end import finished, served, submit, wait_for
+
+
+@pytest.mark.slow
+def test_a_local_run_stops_at_its_budget_and_completes_with_its_best(tmp_path):
+    document = tiny_spec(
+        compute={"backend": "local", "n_workers": 2, "threads_per_worker": 1,
+                 "equivalent_vm_size": "Standard_NC4as_T4_v3"},  # 2 x $0.526/h: ~$0.0003 a second
+        limits={"max_total_trials": 500, "max_concurrent_trials": 2, "trial_timeout": 10, "max_cost": 0.012},
+    )  # fmt: skip
+    with served(tmp_path) as client:
+        experiment_id = submit(client, document)
+        body = wait_for(client, experiment_id, finished, timeout=240)
+        trials = client.get(f"/api/experiments/{experiment_id}/trials").json()
+    assert body["status"] == "COMPLETED", body
+    assert any(h["status"] == "COMPLETED" and h["reason"] == "budget reached" for h in body["history"])
+    assert 0 < len(trials) < 500 and body["best"] is not None
+    cost = body["cost"]
+    assert cost["budget_usd"] == 0.012 and cost["basis"].startswith("estimate") and cost["spent_usd"] > 0.006
