@@ -4,9 +4,9 @@ Each adapter has a harness (``HARNESSES``) that builds it over real parts where 
 how its compute ends a run. The tests read the backend's ``capabilities`` instead of skipping per adapter:
 
 * local: the real driver process (``python -m shared.hpo.run_driver``) on a Dask LocalCluster;
-* vmcluster: the real Azure SDK clients against ``tests/arm_server.py`` (network, NICs, VMs, teardown)
-  and the experiment's blob container on Azurite; the run's end is the outcome the head node's driver
-  writes there (the head node and workers themselves: ``tests/test_vmcluster_standin.py``);
+* vmcluster: the real Azure SDK clients against ``tests/arm_server.py`` (network, NICs, VMs, teardown);
+  the run's end is what the head node's driver writes to the experiment's compute area with its
+  credential (the head node and workers themselves: ``tests/test_vmcluster_standin.py``);
 * azureml: the FAKE workspace of ``tests/test_azureml.py`` (a live AzureML workspace cannot be reached
   here), with the real sweep-job mapping and trial sync.
 
@@ -110,17 +110,10 @@ class VMClusterHarness(Harness):
     id = "vmcluster"
     SUB = "00000000-0000-0000-0000-000000000001"
     RG = "rg-conformance"
-    fixtures = ("azurite",)
 
-    def __init__(self, ctx: Context, tmp_path: Path, azurite: str) -> None:
-        from azure.storage.blob import BlobServiceClient
-
-        from shared.backends.vmcluster.exchange import Exchange
-
+    def __init__(self, ctx: Context, tmp_path: Path) -> None:
         super().__init__(ctx, tmp_path)
         self.arm = FakeArm().start()
-        self.blobs = BlobServiceClient.from_connection_string(azurite)
-        Exchange.of(self.blobs, "exp-conf-1").delete()  # Azurite outlives a test: start without its container
 
     def backend(self) -> ComputeBackend:
         from shared.backends.network import make_network_client
@@ -134,7 +127,6 @@ class VMClusterHarness(Harness):
                 self.ctx.settings,
                 compute_client_factory=lambda sub: make_compute_client(sub, credential, url, polling_interval=0),
                 network_client_factory=lambda sub: make_network_client(sub, credential, url, polling_interval=0),
-                blob_service=self.blobs,
                 retry=RetrySettings(attempts=2, initial_wait_s=0, max_wait_s=0, jitter_s=0, sleep=lambda _: None),
             )
         return self.ctx.backends["vmcluster"]
@@ -149,16 +141,17 @@ class VMClusterHarness(Harness):
         return tiny_spec(compute=compute)
 
     def finish(self, record: ExperimentRecord, state: RunState) -> None:
-        """What the head node's driver leaves in the experiment's container: the model (on success) and
-        the outcome."""
-        from shared.backends.vmcluster.exchange import Exchange
+        """What the head node's driver leaves in the experiment's compute area, through its credential:
+        the model (on success) and the outcome."""
+        from shared.store.compute import ComputeStore
 
-        exchange = Exchange.of(self.blobs, record.id)
+        credential = self.ctx.store.issue_compute_credential(record.id, timedelta(hours=1))  # type: ignore[attr-defined]
+        compute = ComputeStore.from_credential(credential)
         status = {RunState.SUCCEEDED: "COMPLETED", RunState.FAILED: "FAILED", RunState.CANCELLED: "CANCELLED"}[state]
         if state is RunState.SUCCEEDED:
-            exchange.put(f"{MODEL_PREFIX}model.json", b"{}")
+            compute.put_artifact(record.id, f"{MODEL_PREFIX}model.json", b"{}")
         outcome = {"status": status, "reason": "harness", "error": None if status != "FAILED" else "trials failed"}
-        exchange.put(DRIVER_OUTCOME_ARTIFACT, json.dumps(outcome).encode())
+        compute.put_artifact(record.id, DRIVER_OUTCOME_ARTIFACT, json.dumps(outcome).encode())
 
     def live(self, record: ExperimentRecord) -> int:
         return sum(1 for r in self.arm.resources.values() if (r.get("tags") or {}).get(EXPERIMENT_TAG) == record.id)
@@ -210,9 +203,7 @@ def test_every_registered_backend_has_a_harness() -> None:
 
 @pytest.fixture(params=sorted(HARNESSES))
 def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
-    cls = HARNESSES[request.param]
-    needed = {name: request.getfixturevalue(name) for name in getattr(cls, "fixtures", ())}
-    made = cls(local_context(tmp_path / "home", poll_seconds=0), tmp_path, **needed)
+    made = HARNESSES[request.param](local_context(tmp_path / "home", poll_seconds=0), tmp_path)
     try:
         yield made
     finally:

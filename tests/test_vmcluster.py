@@ -1,5 +1,5 @@
 """shared.backends.vmcluster: kwargs and plan (pure); provision, submit, poll, cancel and teardown through
-the real Azure SDKs against tests/arm_server.py and the experiment's container on Azurite. No Dask here:
+the real Azure SDKs against tests/arm_server.py, the compute area of a local store. No Dask here:
 the control plane never talks to the cluster (the cluster itself: tests/test_vmcluster_standin.py)."""
 
 from __future__ import annotations
@@ -31,14 +31,7 @@ from shared.backends.network import (
 )
 from shared.backends.vm_teardown import CLUSTER_ID_TAG, make_compute_client
 from shared.backends.vmcluster import VMClusterBackend, VMClusterHandle, VMIdentity, plan
-from shared.backends.vmcluster.exchange import (
-    CANCEL_BLOB,
-    CODE_BLOB,
-    HEARTBEAT_BLOB,
-    OUTCOME_BLOB,
-    SPEC_BLOB,
-    Exchange,
-)
+from shared.backends.vmcluster.exchange import CODE_BLOB, HEARTBEAT_ARTIFACT
 from shared.backends.vmcluster.settings import (
     NGC_MARKETPLACE_PLAN,
     NGC_VM_IMAGE,
@@ -49,15 +42,16 @@ from shared.backends.vmcluster.settings import (
     estimated_node_hours,
 )
 from shared.compute_spec import NetworkSpec, VMClusterCompute
+from shared.config import DRIVER_OUTCOME_ARTIFACT
 from shared.context import Context
 from shared.errors import BackendError
 from shared.ports import RunState, RunStatus
-from shared.records import ExperimentRecord, TrialRecord, TrialState
+from shared.records import ExperimentRecord, ExperimentStatus, TrialRecord, TrialState
 from shared.spec import load_spec, read_document
+from shared.store.compute import FolderArea
 from tests.arm_server import FakeArm, StaticTokenCredential
 from tests.control_plane import local_context
 
-pytestmark = pytest.mark.azurite
 ROOT = Path(__file__).resolve().parents[1]
 SUB = "00000000-0000-0000-0000-000000000001"
 RG = "rg-hpo"
@@ -136,38 +130,13 @@ def retry() -> RetrySettings:
     return RetrySettings(attempts=4, initial_wait_s=0, max_wait_s=0, jitter_s=0, sleep=lambda _: None)
 
 
-_AZURITE: list[str] = []
-
-
 @pytest.fixture
-def ctx(tmp_path: Path, azurite: str) -> Context:
-    _AZURITE[:] = [azurite]
+def ctx(tmp_path: Path) -> Context:
     return local_context(tmp_path, poll_seconds=1)
 
 
-@pytest.fixture
-def blobs(azurite: str) -> Any:
-    from azure.storage.blob import BlobServiceClient
-
-    return BlobServiceClient.from_connection_string(azurite)
-
-
-@pytest.fixture(autouse=True)
-def _fresh_containers(blobs: Any) -> Iterator[None]:
-    """Every test starts without the experiments' containers (Azurite lives for the session)."""
-    for experiment_id in (EXP, "exp-vm-2", "exp-live"):
-        Exchange.of(blobs, experiment_id).delete()
-    yield
-
-
 def _backend(ctx: Context, arm: FakeArm, retry: RetrySettings, **kwargs: Any) -> VMClusterBackend:
-    from azure.storage.blob import BlobServiceClient
-
-    from tests.azurite import connection_string  # noqa: F401  (the azurite fixture started it)
-
     credential = StaticTokenCredential(arm.token)
-    if "blob_service" not in kwargs:
-        kwargs["blob_service"] = BlobServiceClient.from_connection_string(_AZURITE[0])
     return VMClusterBackend(
         ctx.store,
         ctx.settings,
@@ -341,8 +310,9 @@ def _submitted(
     return record.model_copy(update={"backend_state": backend.submit(record)})
 
 
-def _exchange(backend: VMClusterBackend, experiment_id: str = EXP) -> Exchange:
-    return Exchange.of(backend.blob_service, experiment_id)
+def _area(ctx: Context, experiment_id: str = EXP) -> FolderArea:
+    """The experiment's compute area, as the compute sees it (a local store's: a folder)."""
+    return FolderArea(ctx.store.root / "compute" / experiment_id)  # type: ignore[attr-defined]
 
 
 def test_provision_puts_the_spec_and_our_code_in_the_experiments_container(
@@ -351,11 +321,10 @@ def test_provision_puts_the_spec_and_our_code_in_the_experiments_container(
     backend = _backend(ctx, arm, retry)
     record = _record(ctx)
     handle = VMClusterHandle.of(backend.provision(record))
-    assert handle.network is not None and handle.network.created
-    exchange = _exchange(backend)
-    assert handle.container == exchange.container.container_name
-    assert json.loads(exchange.get(SPEC_BLOB) or b"") == record.spec
-    with zipfile.ZipFile(io.BytesIO(exchange.get(CODE_BLOB) or b"")) as archive:
+    assert handle.network is not None and handle.network.created and handle.area
+    area = _area(ctx)
+    assert json.loads(area.get("experiment.json"))["spec"] == record.spec  # the record the compute reads
+    with zipfile.ZipFile(io.BytesIO(area.get(CODE_BLOB))) as archive:
         names = set(archive.namelist())
     assert {"shared/backends/vmcluster/head.py", "gpu_jobs/train.py"} <= names
     assert not any("__pycache__" in n or n.startswith("tests/") for n in names)
@@ -382,12 +351,12 @@ def test_submit_creates_the_head_on_demand_with_its_boot_script_and_keeps_secret
     files = {f["path"]: f for f in cloud_init["write_files"]}
     node = json.loads(files["/opt/rapids-hpo/node.json"]["content"])
     assert node["role"] == "head" and node["scheduler_port"] == 18786 and node["experiment_id"] == EXP
-    assert node["exchange_url"].startswith(_exchange(backend).container.url + "?") and "sig=" in node["exchange_url"]
+    assert node["credential"]["experiment_id"] == EXP and node["credential"]["url"] == str(_area(ctx).root)
     assert files["/opt/rapids-hpo/tls/key.pem"]["permissions"] == "0600"
     [line] = cloud_init["runcmd"]
     argv = shlex.split(line)
     assert argv[:2] == ["docker", "run"] and "--gpus=all" in argv and argv[-2:] == ["python", "/opt/rapids-hpo/boot.py"]
-    assert not [a for a in argv if "sig=" in a or "AccountKey" in a]  # the SAS is in a 0600 file, not the command
+    assert not [a for a in argv if "credential" in a or "AccountKey" in a]  # the credential: a 0600 file
     [nic_put] = arm.calls("PUT", "networkInterfaces/")
     assert "publicIPAddress" not in nic_put.body["properties"]["ipConfigurations"][0]["properties"]
 
@@ -441,12 +410,16 @@ def test_poll_ingests_trials_reads_the_heartbeat_and_the_outcome(
 ) -> None:
     backend = _backend(ctx, arm, retry, silence_limit_s=60)
     record = _submitted(ctx, arm, retry, backend)
-    exchange = _exchange(backend)
+    area = _area(ctx)
+
+    def beat(at: str) -> None:
+        area.put(f"artifacts/{HEARTBEAT_ARTIFACT}", json.dumps({"at": at}).encode())
+
     trial = TrialRecord(experiment_id=EXP, number=0, params={"max_depth": 3}, state=TrialState.RUNNING)
-    exchange.put("trials/00000000.json", trial.model_dump_json().encode())
+    area.put("trials/0000000000.json", trial.model_dump_json().encode())
     forged = trial.model_copy(update={"experiment_id": "exp-someone-else", "number": 1})
-    exchange.put("trials/00000001.json", forged.model_dump_json().encode())
-    exchange.put(HEARTBEAT_BLOB, json.dumps({"at": datetime.now(UTC).isoformat()}).encode())
+    area.put("trials/0000000001.json", forged.model_dump_json().encode())
+    beat(datetime.now(UTC).isoformat())
 
     status = backend.poll(record)
     assert status.state is RunState.RUNNING, status
@@ -454,23 +427,27 @@ def test_poll_ingests_trials_reads_the_heartbeat_and_the_outcome(
     assert [t.number for t in ctx.store.list_trials(EXP)] == [0]  # the forged record is never ingested
     assert ctx.store.list_trials("exp-someone-else") == []
 
-    exchange.put(HEARTBEAT_BLOB, json.dumps({"at": _ago(120)}).encode())
+    beat(_ago(120))
     silent = backend.poll(record)
     assert silent.state is RunState.FAILED and "heartbeat" in (silent.error or "")
 
     done = trial.model_copy(update={"state": TrialState.COMPLETED, "value": 0.8})
-    exchange.put("trials/00000000.json", done.model_dump_json().encode())
+    area.put("trials/0000000000.json", done.model_dump_json().encode())
+    area.put("artifacts/model/model.pkl", b"model bytes")
     outcome = {"status": "COMPLETED", "reason": "max_total_trials", "trials_done": 1, "best": None, "error": None}
-    exchange.put(OUTCOME_BLOB, json.dumps(outcome).encode())
-    exchange.put("model/model.pkl", b"model bytes")
+    area.put(f"artifacts/{DRIVER_OUTCOME_ARTIFACT}", json.dumps(outcome).encode())
     final = backend.poll(record)
     assert final.state is RunState.SUCCEEDED and final.details["outcome"] == outcome
     assert ctx.store.list_trials(EXP)[0].state is TrialState.COMPLETED
-    backend.finalize(_apply(record, final))
-    assert ctx.store.get_artifact(EXP, "model/model.pkl") == b"model bytes"
+    assert ctx.store.get_artifact(EXP, "model/model.pkl") == b"model bytes"  # with the outcome, the model
 
+    stored = ctx.store.get_experiment(EXP)
+    ctx.store.update_experiment(stored.model_copy(update={"status": ExperimentStatus.CANCELLING}))
     backend.cancel(record)
-    assert exchange.get(CANCEL_BLOB) is not None  # the flag the driver watches
+    assert json.loads(area.get("experiment.json"))["status"] == "CANCELLING"  # what the driver watches
+    backend.teardown(_apply(record, final))
+    assert not area.root.exists()  # the credential reaches nothing now
+    assert backend.poll(_apply(record, final)).state is RunState.SUCCEEDED  # still known, from the store
 
 
 def test_poll_fails_when_the_head_never_reports(ctx: Context, arm: FakeArm, retry: RetrySettings) -> None:
@@ -483,13 +460,6 @@ def test_poll_fails_when_the_head_never_reports(ctx: Context, arm: FakeArm, retr
     assert (
         status.state is RunState.FAILED and "did not start" in (status.error or "") and "quota" in (status.error or "")
     )
-
-
-def test_the_backend_needs_azure_storage(ctx: Context, arm: FakeArm, retry: RetrySettings) -> None:
-    backend = _backend(ctx, arm, retry, blob_service=None)
-    with pytest.raises(BackendError, match="needs Azure Storage"):
-        backend.provision(_record(ctx))
-    assert not ctx.store.list_artifacts(EXP, "cluster/")
 
 
 def test_arm_failures_creating_the_scheduler_are_retried_and_a_rerun_reuses_what_exists(

@@ -2,13 +2,14 @@
 
 The VMs are "created" through the real Azure SDK against the local ARM server; each boots from the
 boot script in its custom data, under Python 3.12 in a virtual environment of its own that lacks this
-project (the code arrives as the archive in the experiment's container), in a folder of its own, with
-Dask over TLS, reaching storage (Azurite) only with the container's SAS. The control plane here only
-creates VMs and reads that container: it never opens a Dask client.
+project (the code arrives as the archive in the experiment's compute area), in a folder of its own,
+with Dask over TLS, reaching storage (Azurite) only with the area's SAS. The control plane here (an
+``AzureStore`` on Azurite) only creates VMs and reads that area: it never opens a Dask client.
 """
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 import uuid
@@ -22,10 +23,11 @@ from shared.backends.arm import RetrySettings
 from shared.backends.network import make_network_client
 from shared.backends.vm_teardown import make_compute_client
 from shared.backends.vmcluster import VMClusterBackend, VMClusterHandle
-from shared.backends.vmcluster.exchange import Exchange
+from shared.config import AZURITE_KEY
 from shared.ports import RunState, RunStatus
 from shared.records import ExperimentRecord, TrialRecord, TrialState
 from shared.spec import load_spec
+from shared.store.azure import AzureStore
 from tests.arm_server import FakeArm, StaticTokenCredential
 from tests.control_plane import local_context, tiny_spec
 from tests.vm_standin import VMStandIn, compute_python
@@ -66,25 +68,35 @@ def arm(standin: VMStandIn) -> Iterator[FakeArm]:
 
 
 @pytest.fixture
-def backend(tmp_path: Path, arm: FakeArm, azurite: str) -> VMClusterBackend:
-    from azure.storage.blob import BlobServiceClient
+def store(azurite: str) -> Iterator[AzureStore]:
+    """The control plane's store on Azurite (its own tables and containers); the VMs never hold its key."""
+    token = uuid.uuid4().hex[:8]
+    made = AzureStore.from_connection_string(
+        azurite, table_prefix=f"v{token}", container=f"art-{token}", secrets_container=f"sec-{token}"
+    )
+    yield made
+    for table in made.table_names:
+        made.table_service.delete_table(table)
+    for container in made.blob_service.list_containers(name_starts_with=f"art-{token}"):
+        made.blob_service.delete_container(container.name)
+    made.blob_service.delete_container(f"sec-{token}")
 
+
+@pytest.fixture
+def backend(tmp_path: Path, arm: FakeArm, store: AzureStore) -> VMClusterBackend:
     ctx = local_context(tmp_path / "control-plane")
     credential = StaticTokenCredential(arm.token)
     retry = RetrySettings(attempts=3, initial_wait_s=0, max_wait_s=0, jitter_s=0, sleep=lambda _: None)
-    backend = VMClusterBackend(
-        ctx.store,
+    return VMClusterBackend(
+        store,
         ctx.settings,
         compute_client_factory=lambda sub: make_compute_client(sub, credential, arm.base_url, polling_interval=0),
         network_client_factory=lambda sub: make_network_client(sub, credential, arm.base_url, polling_interval=0),
-        blob_service=BlobServiceClient.from_connection_string(azurite),
         retry=retry,
         scheduler_port=_free_port(),
         ready_timeout_s=240,
         silence_limit_s=120,
     )
-    backend.ctx = ctx  # type: ignore[attr-defined]  (the tests read the store through it)
-    return backend
 
 
 def _spec(total: int = 4, **compute: Any) -> dict[str, Any]:
@@ -141,10 +153,8 @@ def _new_record(backend: VMClusterBackend, spec: dict[str, Any]) -> ExperimentRe
 
 
 def test_provision_boot_trials_outcome_model_teardown(
-    backend: VMClusterBackend, standin: VMStandIn, arm: FakeArm, azurite: str
+    backend: VMClusterBackend, standin: VMStandIn, arm: FakeArm, store: AzureStore
 ) -> None:
-    from azure.storage.blob import BlobServiceClient
-
     record = _new_record(backend, _spec(total=3))
     record, status = _run(backend, standin, record)
 
@@ -162,20 +172,22 @@ def test_provision_boot_trials_outcome_model_teardown(
     # their own, on Python 3.12 (which wrote the trials), never with the control plane's packages.
     assert len(standin.containers) == 3 and all(c.starts == 1 for c in standin.containers.values())
     head = standin.containers[handle.scheduler_vm or ""]
-    assert "exchange_url" in (head.cwd / "opt/rapids-hpo/node.json").read_text()
-    assert not any("AzureWebJobsStorage" in k or "ACCOUNT" in k.upper() for k in head.env)
+    node = json.loads((head.cwd / "opt/rapids-hpo/node.json").read_text())
+    assert node["credential"]["kind"] == "blob-sas" and "sig=" in node["credential"]["token"]
+    assert AZURITE_KEY not in json.dumps(node) and not any("AzureWebJobsStorage" in k for k in head.env)
     assert (head.cwd / "opt/rapids-hpo/code/shared/backends/vmcluster/head.py").exists()
 
     backend.finalize(record)
-    assert backend.store.list_artifacts(record.id, "model/")
-    assert backend.store.get_artifact(record.id, "driver/outcome.json")
+    assert store.list_artifacts(record.id, "model/")  # written by the head's refit, ingested with the outcome
+    assert store.get_artifact(record.id, "driver/outcome.json")
 
+    areas = [c.name for c in store.blob_service.list_containers(name_starts_with=f"{store.container_name}-run")]
+    assert len(areas) == 1
     backend.teardown(record)
     assert arm.of_type("virtualMachines") == [] and arm.of_type("virtualNetworks") == []
     assert not any(standin.alive(name) for name in standin.containers)
-    blobs = BlobServiceClient.from_connection_string(azurite)
-    assert not Exchange.of(blobs, record.id).container.exists()
-    assert backend.store.list_artifacts(record.id, "model/")  # copied before the container went
+    assert not store.blob_service.get_container_client(areas[0]).exists()  # the VMs' SAS reaches nothing now
+    assert store.list_artifacts(record.id, "model/")
 
 
 @pytest.mark.slow
@@ -229,34 +241,3 @@ def test_an_evicted_spot_worker_is_replaced_and_its_trial_retried(
     assert head["properties"].get("priority") in {None, "Regular"}
     trials = _trials(backend, record.id)
     assert len(trials) == 4 and all(t.state is TrialState.COMPLETED for t in trials)
-
-
-def test_the_compute_credential_reaches_only_its_own_experiments_container(
-    backend: VMClusterBackend, azurite: str
-) -> None:
-    """The SAS the VMs of experiment A get opens A's container and nothing else: not B's, not the
-    account's other containers, not a new container."""
-    from datetime import timedelta
-
-    from azure.core.exceptions import HttpResponseError
-    from azure.storage.blob import BlobServiceClient, ContainerClient
-
-    blobs = BlobServiceClient.from_connection_string(azurite)
-    mine, theirs = (
-        Exchange.of(blobs, "exp-a-" + uuid.uuid4().hex[:6]),
-        Exchange.of(blobs, "exp-b-" + uuid.uuid4().hex[:6]),
-    )
-    for exchange in (mine, theirs):
-        exchange.ensure()
-        exchange.put("trials/00000000.json", b"{}")
-    url = mine.sas_url(blobs, valid_for=timedelta(minutes=10))
-    base, _, sas = url.partition("?")
-    ContainerClient.from_container_url(url).upload_blob("driver/heartbeat.json", b"{}", overwrite=True)
-    assert mine.get("driver/heartbeat.json") == b"{}"
-    other = ContainerClient.from_container_url(f"{theirs.container.url}?{sas}")
-    with pytest.raises(HttpResponseError):
-        other.download_blob("trials/00000000.json").readall()
-    with pytest.raises(HttpResponseError):
-        other.upload_blob("trials/00000001.json", b"{}")
-    with pytest.raises(HttpResponseError):
-        ContainerClient.from_container_url(f"{base}-new?{sas}").create_container()

@@ -2,10 +2,11 @@
 //
 // - `functions`: the Function App's VNet integration subnet. Flex Consumption requires the delegation to
 //   Microsoft.App/environments; nothing else may live in it.
-// - `dask`: a subnet for Dask scheduler/worker VMs (AzureVMCluster with `subnet=<daskSubnetId>`), so the
-//   Function App reaches the scheduler on its private IP. Its NSG admits Dask's ports (8786 scheduler,
-//   8787 dashboard) from the functions subnet only, and any port between the cluster's own VMs; every
-//   other source inside the VNet is denied, and the Internet is denied by the platform's default rule.
+// - `dask`: an optional subnet for Dask head/worker VMs (a spec's network.existing_vnet = this VNet's id,
+//   existing_subnet = dask; by default each experiment gets a VNet of its own in the experiment group).
+//   The Function App never connects to the cluster (they meet in storage). Its NSG admits Dask's ports
+//   (8786 scheduler, 8787 dashboard) and any port between the cluster's own VMs, from the dask subnet
+//   only; every other source inside the VNet is denied, the Internet by the platform's default rule.
 // - An optional NAT gateway gives both subnets outbound access (ARM/AzureML calls, image pulls) without
 //   public IPs on the VMs.
 
@@ -85,14 +86,14 @@ resource daskNsg 'Microsoft.Network/networkSecurityGroups@2026-03-01' = {
   properties: {
     securityRules: [
       {
-        name: 'allow-dask-from-functions'
+        name: 'allow-dask-from-cluster'
         properties: {
-          description: 'Dask scheduler (8786) and dashboard (8787), from the Function App subnet only.'
+          description: 'Dask scheduler (8786) and dashboard (8787), from the cluster subnet only (the Function App never connects: it meets the cluster in storage).'
           priority: 100
           direction: 'Inbound'
           access: 'Allow'
           protocol: 'Tcp'
-          sourceAddressPrefix: functionsSubnetPrefix
+          sourceAddressPrefix: daskSubnetPrefix
           sourcePortRange: '*'
           destinationAddressPrefix: daskSubnetPrefix
           destinationPortRanges: [

@@ -15,7 +15,6 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from shared.backends.outcome import outcome_status, read_outcome
-from shared.backends.vmcluster import exchange as ex
 from shared.backends.vmcluster.bootscript import (
     VMPlan,
     docker_command,
@@ -24,6 +23,7 @@ from shared.backends.vmcluster.bootscript import (
     render_cloud_init,
 )
 from shared.backends.vmcluster.dryrun import VMClusterPlanner
+from shared.backends.vmcluster.exchange import CODE_BLOB, HEARTBEAT_ARTIFACT, build_code_archive, heartbeat_time
 from shared.backends.vmcluster.handle import VMClusterHandle
 from shared.backends.vmcluster.settings import CLUSTER_PIP_PACKAGES as PIP
 from shared.backends.vmcluster.settings import (
@@ -49,11 +49,10 @@ from shared.backends.vmcluster.vms import create_vm, failed, get_vm, healthy_wor
 from shared.compute_spec import VMClusterCompute
 from shared.errors import BackendError, NotFound
 from shared.ports import Capabilities, HandleUpdate, RunState, RunStatus
-from shared.records import ExperimentRecord, TrialRecord
+from shared.records import ExperimentRecord
+from shared.store.compute import ComputeCredential, ComputeStore
 
 if TYPE_CHECKING:
-    from azure.storage.blob import BlobServiceClient
-
     from shared.backends.arm import RetrySettings
     from shared.backends.vm_teardown import OrphanedCluster
     from shared.config import Settings
@@ -68,15 +67,15 @@ class VMClusterBackend:
     """Dask on Azure VMs; implements ``shared.ports.ComputeBackend``.
 
     ``compute_client_factory``/``network_client_factory`` build the ARM clients from a subscription id
-    (tests point them at a local ARM server); ``blob_service`` is the control plane's own client of the
-    storage account the experiment containers live in (default: from ``settings``).
+    (tests point them at a local ARM server). The cluster meets the control plane in the experiment's
+    compute area (``Store.issue_compute_credential``): the VMs hold its SAS and nothing else.
     """
 
     name = "vmcluster"
     handle_type = VMClusterHandle
-    capabilities = Capabilities(model_from="finalize", cloud_resources=True, finds_orphans=True, restarts_driver=False)
-    """The driver writes the model to the experiment's container and ``finalize`` copies it into the store;
-    a broken driver is restarted on the head node by the container's restart policy, not by ``poll``."""
+    capabilities = Capabilities(model_from="driver", cloud_resources=True, finds_orphans=True, restarts_driver=False)
+    """The driver stores the model (in the compute area, ingested with the outcome); a broken driver is
+    restarted on the head node by the container's restart policy, not by ``poll``."""
     planner = VMClusterPlanner()
 
     def __init__(
@@ -86,7 +85,6 @@ class VMClusterBackend:
         *,
         compute_client_factory: ClientFactory | None = None,
         network_client_factory: ClientFactory | None = None,
-        blob_service: BlobServiceClient | None = None,
         identity: VMIdentity | None = None,
         retry: RetrySettings | None = None,
         scheduler_port: int = SCHEDULER_PORT,
@@ -97,7 +95,6 @@ class VMClusterBackend:
         self.settings = settings
         self._compute_factory = compute_client_factory
         self._network_factory = network_client_factory
-        self._blob_service = blob_service
         self.identity = identity
         self._retry = retry
         self.scheduler_port = scheduler_port
@@ -111,30 +108,10 @@ class VMClusterBackend:
 
         return self._retry or DEFAULT_RETRY
 
-    @property
-    def blob_service(self) -> BlobServiceClient:
-        if self._blob_service is None:
-            from azure.storage.blob import BlobServiceClient
-
-            from shared.config import expand_connection_string
-
-            if self.settings.storage_connection_string:
-                conn = expand_connection_string(self.settings.storage_connection_string)
-                self._blob_service = BlobServiceClient.from_connection_string(conn)
-            elif self.settings.storage_account_name:
-                from azure.identity import DefaultAzureCredential
-
-                url = f"https://{self.settings.storage_account_name}.blob.core.windows.net"
-                self._blob_service = BlobServiceClient(url, credential=DefaultAzureCredential())
-            else:
-                raise BackendError(
-                    "the vmcluster backend needs Azure Storage (AzureWebJobsStorage or its __accountName): "
-                    "the cluster and the control plane meet in the experiment's blob container"
-                )
-        return self._blob_service
-
-    def _exchange(self, experiment_id: str) -> ex.Exchange:
-        return ex.Exchange.of(self.blob_service, experiment_id)
+    def _credential(self, record: ExperimentRecord) -> ComputeCredential:
+        """A fresh credential of the experiment's compute area (it lasts the experiment's timeout + 6 h)."""
+        ttl = timedelta(seconds=sas_lifetime_s(record.spec))
+        return self.store.issue_compute_credential(record.id, ttl)  # type: ignore[attr-defined]
 
     def _compute(self, record: ExperimentRecord) -> VMClusterCompute:
         compute = record.spec.get("compute") or {}
@@ -172,12 +149,10 @@ class VMClusterBackend:
         """A head or worker VM with its boot script; the node gets a fresh SAS of the experiment's container."""
         document = self._credentials(record.id) or {}
         size = (compute.scheduler_vm_size or compute.vm_size) if head else compute.vm_size
-        sas_url = self._exchange(record.id).sas_url(
-            self.blob_service, valid_for=timedelta(seconds=sas_lifetime_s(record.spec))
-        )
+        credential = json.loads(self._credential(record).to_json())
         env = {**cluster_env(experiment_id=record.id), "EXTRA_PIP_PACKAGES": " ".join(PIP)}
         check_no_secrets(env)
-        node = {"experiment_id": record.id, "exchange_url": sas_url, "tls": bool(document.get("tls")), **node}
+        node = {"experiment_id": record.id, "credential": credential, "tls": bool(document.get("tls")), **node}
         argv = docker_command(
             docker_image=compute.docker_image, docker_args=compute.docker_args, gpus=is_gpu_size(size), env=env
         )
@@ -219,7 +194,7 @@ class VMClusterBackend:
 
     # -------------------------------------------------------------------------------- the protocol
     def provision(self, record: ExperimentRecord) -> HandleUpdate:
-        """The network (new or existing), and the experiment's container with the spec and our code."""
+        """The network (new or existing), and the experiment's compute area with its record and our code."""
         import tempfile
         from pathlib import Path
 
@@ -236,13 +211,11 @@ class VMClusterBackend:
             tags=cluster_tags(record.id),
             retry=self.retry,
         )
-        exchange = self._exchange(record.id)
-        exchange.ensure()
-        exchange.put(ex.SPEC_BLOB, json.dumps(record.spec).encode())
+        area = ComputeStore.from_credential(self._credential(record)).area  # the record is published there
         with tempfile.TemporaryDirectory(prefix="rapids-hpo-code-") as folder:
-            exchange.put(ex.CODE_BLOB, ex.build_code_archive(Path(folder) / "code.zip").read_bytes())
+            area.put(CODE_BLOB, build_code_archive(Path(folder) / "code.zip").read_bytes())
         handle = VMClusterHandle.of(record.backend_state)
-        return handle.model_copy(update={"network": network, "container": exchange.container.container_name}).dump()
+        return handle.model_copy(update={"network": network, "area": True}).dump()
 
     def submit(self, record: ExperimentRecord) -> HandleUpdate:
         """The cluster's TLS identity (a secret), then the head VM (NIC + VM, ~1-3 minutes).
@@ -281,9 +254,8 @@ class VMClusterBackend:
         handle = VMClusterHandle.of(record.backend_state)
         if not handle.submitted:
             return RunStatus(RunState.FAILED, error="no head node was recorded for this experiment")
-        exchange = self._exchange(record.id)
-        handle = self._ingest(record, exchange, handle)
-        outcome = exchange.get_json(ex.OUTCOME_BLOB) or read_outcome(self.store, record.id)  # (torn down: copied)
+        handle = self._ingest(record, handle)
+        outcome = read_outcome(self.store, record.id)
         if outcome is not None:
             return outcome_status(outcome, handle.dump())
         compute = self._compute(record)
@@ -296,7 +268,7 @@ class VMClusterBackend:
         if handle.evictions > compute.max_evictions:
             error = f"{handle.evictions} worker VMs evicted or lost, over compute.max_evictions={compute.max_evictions}"
             return _status(RunState.FAILED, handle, error=error)
-        beat = exchange.get_json(ex.HEARTBEAT_BLOB)
+        beat = self._heartbeat(record.id)
         if beat is None:
             waited = handle.seconds_since_submit()
             if waited > self.ready_timeout_s:
@@ -305,28 +277,28 @@ class VMClusterBackend:
                     error = f"{error}; last error: {handle.last_error}"
                 return _status(RunState.FAILED, handle, error=error)
             return _status(RunState.PENDING, handle, waiting_for="the head node's first heartbeat")
-        handle = handle.model_copy(update={"heartbeat_at": datetime.fromisoformat(beat["at"])})
+        handle = handle.model_copy(update={"heartbeat_at": heartbeat_time(beat)})
         if handle.seconds_silent() > self.silence_limit_s:
             error = f"the driver's last heartbeat was {handle.seconds_silent():.0f} s ago (head node lost)"
             return _status(RunState.FAILED, handle, error=error)
         return _status(RunState.RUNNING, handle, heartbeat=beat, evictions=handle.evictions)
 
-    def _ingest(self, record: ExperimentRecord, exchange: ex.Exchange, handle: VMClusterHandle) -> VMClusterHandle:
-        """Copy trial records written since the last poll into the store (the API reads them there)."""
-        newest = handle.trials_synced_at
-        for blob in exchange.blobs(ex.TRIALS_PREFIX):
-            if handle.trials_synced_at is not None and blob.last_modified < handle.trials_synced_at:
-                continue
-            data = exchange.get(blob.name)
-            if data is None:
-                continue
-            trial = TrialRecord.model_validate_json(data)
-            if trial.experiment_id != record.id:  # a record naming another experiment: never ingested
-                log.warning("experiment %s: ignoring %s, which names %s", record.id, blob.name, trial.experiment_id)
-                continue
-            self.store.put_trial(trial)
-            newest = blob.last_modified if newest is None else max(newest, blob.last_modified)
-        return handle.model_copy(update={"trials_synced_at": newest})
+    def _ingest(self, record: ExperimentRecord, handle: VMClusterHandle) -> VMClusterHandle:
+        """Take what the compute wrote since the last poll into the store (validated there)."""
+        if not handle.area:
+            return handle
+        report = self.store.ingest_compute_output(record.id, since=handle.ingested_until)  # type: ignore[attr-defined]
+        refused = {k: v for k, v in report.refused.items() if k != CODE_BLOB}
+        if refused:
+            log.warning("experiment %s: the compute wrote what was refused: %s", record.id, refused)
+        return handle.model_copy(update={"ingested_until": report.watermark})
+
+    def _heartbeat(self, experiment_id: str) -> dict[str, Any] | None:
+        try:
+            document = json.loads(self.store.get_artifact(experiment_id, HEARTBEAT_ARTIFACT))
+        except (NotFound, ValueError):
+            return None
+        return document if isinstance(document, dict) and heartbeat_time(document) else None
 
     def _reconcile_workers(
         self, record: ExperimentRecord, compute: VMClusterCompute, handle: VMClusterHandle
@@ -359,28 +331,16 @@ class VMClusterBackend:
         return handle.model_copy(update={"workers_created": True})
 
     def finalize(self, record: ExperimentRecord) -> HandleUpdate:
-        """Ingest the last trials and copy the model, the charts and the outcome into the store."""
-        exchange = self._exchange(record.id)
-        handle = self._ingest(record, exchange, VMClusterHandle.of(record.backend_state))
-        self._copy_results(record.id, exchange)
-        return handle.dump()
-
-    def _copy_results(self, experiment_id: str, exchange: ex.Exchange) -> None:
-        for prefix in ex.COPIED_PREFIXES:
-            for name in exchange.names(prefix):
-                data = exchange.get(name)
-                if data is not None:
-                    self.store.put_artifact(experiment_id, name, data)
+        """The last trials and artifacts (the model among them) into the store."""
+        return self._ingest(record, VMClusterHandle.of(record.backend_state)).dump()
 
     def cancel(self, record: ExperimentRecord) -> HandleUpdate:
-        """Set the cancel flag the driver watches; teardown is the backstop."""
-        if VMClusterHandle.of(record.backend_state).container:
-            self._exchange(record.id).cancel()
-        return {}
+        """Publish the CANCELLING record to the compute area (the driver watches it); teardown is the backstop."""
+        return self._ingest(record, VMClusterHandle.of(record.backend_state)).dump()
 
     def teardown(self, record: ExperimentRecord) -> HandleUpdate:
         """Delete the cluster's VMs, NICs, public IPs and disks (found by tag), the network, and the
-        experiment's container (after copying what it holds into the store)."""
+        experiment's compute area (after taking in what it holds), which ends the VMs' credential."""
         from shared.backends.network import teardown_network
         from shared.backends.vm_teardown import delete_cluster_resources, find_cluster_resources
 
@@ -407,12 +367,10 @@ class VMClusterBackend:
             teardown_network(
                 network_client, resource_group=handle.network.resource_group, handle=handle.network, retry=self.retry
             )
-        if handle.container:
-            exchange = self._exchange(record.id)
-            self._ingest(record, exchange, handle)
-            self._copy_results(record.id, exchange)
-            exchange.delete()
-        return {}
+        if handle.area:
+            handle = self._ingest(record, handle)
+            self.store.revoke_compute_credential(record.id)  # type: ignore[attr-defined]
+        return handle.dump()
 
     # ------------------------------------------------------------------------------------- the sweep
     def find_orphans(

@@ -1,8 +1,8 @@
 """The first program a cluster VM runs, inside its container: stdlib only (our packages are not there yet).
 
 The boot script writes this file beside ``node.json`` (the node's role and settings, including the
-experiment container's SAS URL) and runs ``python boot.py``. It fetches the code archive from the
-experiment's container, puts it on the Python path, and starts the node:
+experiment's compute credential: its area's URL and SAS) and runs ``python boot.py``. It fetches the
+code archive from the experiment's area, puts it on the Python path, and starts the node:
 
 * head: the Dask scheduler, and beside it the HPO driver (``shared.backends.vmcluster.head``), which
   talks to the workers over the VNet and writes trials and the outcome to the experiment's container.
@@ -28,14 +28,17 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def blob_url(container_url: str, name: str) -> str:
-    base, _, sas = container_url.partition("?")
-    return f"{base.rstrip('/')}/{name}" + (f"?{sas}" if sas else "")
-
-
 def fetch_code(config: dict, target: Path) -> None:
-    url = blob_url(config["exchange_url"], "compute/code.zip")
+    """The code archive from the experiment's area: a blob read with the SAS, or (a local store's
+    area, development) a file."""
+    credential = config["credential"]
     archive = HERE / "code.zip"
+    if credential["kind"] == "folder":
+        archive.write_bytes((Path(credential["url"]) / "compute" / "code.zip").read_bytes())
+        with zipfile.ZipFile(archive) as zipped:
+            zipped.extractall(target)
+        return
+    url = f"{credential['url'].rstrip('/')}/compute/code.zip?{credential['token']}"
     for attempt in range(30):
         try:
             with urllib.request.urlopen(url, timeout=30) as response:

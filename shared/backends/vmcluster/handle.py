@@ -42,7 +42,7 @@ class VMClusterHandle(BackendHandle):
 
     kind: Literal["vmcluster"] = "vmcluster"
     network: NetworkHandle | None = Field(default=None, description="set by provision")
-    container: str | None = Field(default=None, description="the experiment's exchange container")
+    area: bool = Field(default=False, description="the experiment's compute area exists (provision made it)")
     cluster_id: str | None = Field(default=None, description="8 hex digits, in VM names and tags")
     scheduler_vm: str | None = None
     scheduler_address: str | None = Field(default=None, description="tls://<head private ip>:<port>")
@@ -50,7 +50,7 @@ class VMClusterHandle(BackendHandle):
     n_workers: int = 0
     workers_created: bool = False
     evictions: int = Field(default=0, ge=0, description="worker VMs lost (Spot evictions), each replaced")
-    trials_synced_at: datetime | None = Field(default=None, description="newest trial blob ingested")
+    ingested_until: datetime | None = Field(default=None, description="the compute area's ingestion watermark")
     heartbeat_at: datetime | None = Field(default=None, description="the driver's last heartbeat")
     last_error: str | None = None
 

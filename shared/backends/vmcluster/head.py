@@ -1,9 +1,10 @@
 """The head node's HPO driver: ``python -m shared.backends.vmcluster.head`` beside the Dask scheduler.
 
 Started by ``boot.py`` on the head VM (Python of the image, our code from the archive). It holds only
-the experiment container's SAS (``node.json``): it reads the spec there, runs (or resumes) the
-driver against the local scheduler and the workers, records trials, the refitted model, the charts
-and ``driver/outcome.json`` there, writes a heartbeat, and stops when ``control/cancel`` appears.
+the experiment's compute credential (in ``node.json``): it reads the record there, runs (or resumes)
+the driver against the local scheduler and the workers, records trials, the refitted model, the charts
+and the outcome there (:class:`shared.store.compute.ComputeStore`), writes a heartbeat, and stops
+when the record it reads says CANCELLING.
 
 Exit status 0 once an outcome is written (also for a failed or cancelled run); 1 when the driver
 itself broke, so the container's restart policy starts it again and it resumes from the trials.
@@ -14,13 +15,15 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from shared.backends.vmcluster.exchange import CANCEL_BLOB, OUTCOME_BLOB, SPEC_BLOB, ExperimentFiles
-from shared.records import ExperimentRecord
+from shared.backends.vmcluster.exchange import HEARTBEAT_ARTIFACT
+from shared.config import DRIVER_OUTCOME_ARTIFACT
+from shared.errors import NotFound
+from shared.store.compute import ComputeStore
 
 log = logging.getLogger("rapids_hpo.head")
 
@@ -29,29 +32,11 @@ WORKERS_TIMEOUT_S = 1800.0
 """How long the driver waits for the first worker to join (image pulls on fresh VMs take minutes)."""
 
 
-class CancelFlag:
-    """True once ``control/cancel`` exists in the experiment's container (looked up at most once a second)."""
-
-    def __init__(self, files: ExperimentFiles, every_s: float = 1.0) -> None:
-        self.files = files
-        self.every_s = every_s
-        self._checked = float("-inf")
-        self._set = False
-
-    def __call__(self) -> bool:
-        if not self._set and time.monotonic() - self._checked >= self.every_s:
-            self._checked = time.monotonic()
-            try:
-                self._set = self.files.exists(CANCEL_BLOB)
-            except Exception:  # storage briefly unreachable: ask again next time
-                log.warning("could not read the cancel flag", exc_info=True)
-        return self._set
-
-
-def _heartbeat(files: ExperimentFiles, stop: threading.Event, every_s: float) -> None:
+def _heartbeat(store: ComputeStore, stop: threading.Event, every_s: float) -> None:
     while not stop.is_set():
         try:
-            files.heartbeat(trials=len(files.list_trials(files.experiment_id)))
+            beat = {"at": datetime.now(UTC).isoformat()}
+            store.put_artifact(store.experiment_id, HEARTBEAT_ARTIFACT, json.dumps(beat).encode())
         except Exception:
             log.warning("heartbeat not written", exc_info=True)
         stop.wait(every_s)
@@ -65,21 +50,22 @@ def run(config: dict[str, Any]) -> int:
     from shared.dashboard.importance import ImportanceRefresher
     from shared.hpo.driver import ExperimentOutcome, HpoDriver
     from shared.hpo.refit import refit_best_model
+    from shared.hpo.run_driver import CancelWatch
     from shared.spec import load_spec
 
-    experiment_id = config["experiment_id"]
-    files = ExperimentFiles(config["exchange_url"], experiment_id)
-    if files.exists(OUTCOME_BLOB):
+    store = ComputeStore.from_json(json.dumps(config["credential"]))
+    experiment_id = store.experiment_id
+    try:
+        store.get_artifact(experiment_id, DRIVER_OUTCOME_ARTIFACT)
         log.info("experiment %s has an outcome already", experiment_id)
         return 0
-    document = json.loads(files.get(SPEC_BLOB) or b"null")
-    spec = load_spec(document)
-    record = ExperimentRecord(id=experiment_id, name=spec.name, spec=document, backend="vmcluster")
+    except NotFound:
+        pass
+    record = store.get_experiment(experiment_id)
+    spec = load_spec(record.spec)
     stop = threading.Event()
-    beat = threading.Thread(
-        target=_heartbeat, args=(files, stop, float(config.get("heartbeat_s", HEARTBEAT_S))), daemon=True
-    )
-    beat.start()
+    every = float(config.get("heartbeat_s", HEARTBEAT_S))
+    threading.Thread(target=_heartbeat, args=(store, stop, every), daemon=True).start()
     protocol = "tls" if config.get("tls") else "tcp"
     address = f"{protocol}://127.0.0.1:{int(config['scheduler_port'])}"
     try:
@@ -88,23 +74,23 @@ def run(config: dict[str, Any]) -> int:
             driver = HpoDriver(
                 spec,
                 experiment_id,
-                files,
+                store,
                 client,
-                should_cancel=CancelFlag(files),
-                on_trial_end=ImportanceRefresher(files, record),
+                should_cancel=CancelWatch(store, experiment_id),  # type: ignore[arg-type]
+                on_trial_end=ImportanceRefresher(store, record),
             )
             outcome: ExperimentOutcome = driver.run()
             if outcome.status == "COMPLETED" and outcome.best is not None:
-                outcome.best = refit_best_model(spec, experiment_id, outcome.best, files, client)
+                outcome.best = refit_best_model(spec, experiment_id, outcome.best, store, client)
     except Exception:
         log.exception("the driver broke; the container restarts it and it resumes from the trials")
         return 1
     finally:
         stop.set()
-    save_plots_safely(files, record)
+    save_plots_safely(store, record)
     result = asdict(outcome)
     result["best"] = outcome.best.model_dump(mode="json") if outcome.best else None
-    files.put(OUTCOME_BLOB, json.dumps(result, indent=2).encode())
+    store.put_artifact(experiment_id, DRIVER_OUTCOME_ARTIFACT, json.dumps(result, indent=2).encode())
     log.info("experiment %s ended %s: %s", experiment_id, outcome.status, outcome.reason)
     return 0
 
