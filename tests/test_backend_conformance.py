@@ -201,13 +201,27 @@ def test_every_registered_backend_has_a_harness() -> None:
     assert set(HARNESSES) == set(REGISTRY)
 
 
-@pytest.fixture(params=sorted(HARNESSES))
-def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
+def _harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
     made = HARNESSES[request.param](local_context(tmp_path / "home", poll_seconds=0), tmp_path)
     try:
         yield made
     finally:
         made.close()
+
+
+@pytest.fixture(params=sorted(HARNESSES))
+def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
+    yield from _harness(request, tmp_path)
+
+
+SLOW_RUNS = {"local"}
+"""Adapters whose run to SUCCEEDED is a real run (tens of seconds): those cases are ``slow``."""
+
+
+@pytest.fixture(params=[pytest.param(n, marks=[pytest.mark.slow] if n in SLOW_RUNS else []) for n in sorted(HARNESSES)])
+def full_run_harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
+    """A harness for the tests that run to SUCCEEDED."""
+    yield from _harness(request, tmp_path)
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -284,8 +298,8 @@ def test_declares_the_contract(harness: Harness) -> None:
         assert hours[1] > 0, "a backend that creates billed resources counts their node-hours"
 
 
-@pytest.mark.slow
-def test_lifecycle_in_order_and_every_call_repeatable(harness: Harness) -> None:
+def test_lifecycle_in_order_and_every_call_repeatable(full_run_harness: Harness) -> None:
+    harness = full_run_harness
     backend = harness.backend()
     record = _new_record(harness)
     record = _apply(harness, record, backend.provision(record))
@@ -300,6 +314,8 @@ def test_lifecycle_in_order_and_every_call_repeatable(harness: Harness) -> None:
     harness.finish(record, RunState.SUCCEEDED)
     record, status = _poll(harness, harness.ctx.store.get_experiment(record.id))
     assert status.state is RunState.SUCCEEDED, status
+    stored_by_run = bool(harness.ctx.store.list_artifacts(record.id, MODEL_PREFIX))
+    assert stored_by_run == (backend.capabilities.model_from == "driver"), "model_from says who stores the model"
     for _ in range(2):
         record = _apply(harness, record, backend.finalize(record))
     assert harness.ctx.store.list_artifacts(record.id, MODEL_PREFIX), "finalize leaves the best model stored"
@@ -331,12 +347,16 @@ def _run_to_cancelled_or_failed(h: Harness, record: ExperimentRecord) -> Experim
     return record
 
 
-@pytest.mark.parametrize(
-    "state",
-    [pytest.param(RunState.SUCCEEDED, marks=pytest.mark.slow), RunState.FAILED, RunState.CANCELLED],
-    ids=lambda s: s.value,
-)
+@pytest.mark.parametrize("state", [RunState.FAILED, RunState.CANCELLED], ids=lambda s: s.value)
 def test_teardown_after_each_terminal_state(harness: Harness, state: RunState) -> None:
+    _teardown_after(harness, state)
+
+
+def test_teardown_after_success(full_run_harness: Harness) -> None:
+    _teardown_after(full_run_harness, RunState.SUCCEEDED)
+
+
+def _teardown_after(harness: Harness, state: RunState) -> None:
     record = _run_to(harness, state)
     if state is RunState.SUCCEEDED:
         record = _apply(harness, record, harness.backend().finalize(record))
