@@ -76,7 +76,7 @@ def run(config: dict[str, Any]) -> int:
                 experiment_id,
                 store,
                 client,
-                should_cancel=CancelWatch(store, experiment_id),  # type: ignore[arg-type]
+                should_cancel=CancelWatch(store, experiment_id),
                 on_trial_end=ImportanceRefresher(store, record),
             )
             outcome: ExperimentOutcome = driver.run()
