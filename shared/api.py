@@ -37,7 +37,14 @@ from shared.cost.ledger import public_cost
 from shared.dashboard.routes import router as dashboard_router
 from shared.errors import NotFound
 from shared.handlers import request_cancel, submit_experiment
-from shared.records import TERMINAL_STATUSES, BestTrial, ExperimentRecord, ExperimentStatus, TrialRecord
+from shared.records import (
+    TERMINAL_STATUSES,
+    BestTrial,
+    ExperimentRecord,
+    ExperimentStatus,
+    RegisteredModel,
+    TrialRecord,
+)
 from shared.spec import MAX_DOCUMENT_BYTES, DocumentError, SpecError, SpecPolicy, read_document, validate_spec
 
 MAX_BODY_BYTES = MAX_DOCUMENT_BYTES
@@ -98,6 +105,9 @@ class ExperimentView(BaseModel):
     history: list[dict[str, Any]] = Field(default_factory=list)
     events: EventsView | None = None
     cost: CostView | None = Field(default=None, description="spend so far in USD; absent when the run is unpriced")
+    registered_model: RegisteredModel | None = Field(
+        default=None, description="the best model in the AzureML registry (output.register_model)"
+    )
 
     @classmethod
     def of(cls, record: ExperimentRecord) -> ExperimentView:
@@ -129,6 +139,7 @@ class ExperimentView(BaseModel):
                 last_error=record.event_log.last_error,
             ),
             cost=CostView.of(record.cost),
+            registered_model=record.registered_model,
         )
 
 

@@ -137,3 +137,18 @@ def test_the_mlflow_folder_is_where_the_trial_saves_it() -> None:
     from shared.backends.azureml.assets import MLFLOW_FOLDER
 
     assert MLFLOW_FOLDER == MLFLOW_DIR
+
+
+def test_the_registered_model_is_shown_on_the_experiment() -> None:
+    from shared.api import ExperimentView
+    from shared.records import ExperimentRecord, RegisteredModel
+
+    record = ExperimentRecord(
+        id="exp-1",
+        name="flights",
+        spec={},
+        backend="azureml",
+        registered_model=RegisteredModel(name="flights-rf", version="3", id="/subscriptions/s/.../versions/3"),
+    )
+    shown = ExperimentView.of(record).model_dump(mode="json")
+    assert shown["registered_model"] == {"name": "flights-rf", "version": "3", "id": "/subscriptions/s/.../versions/3"}
