@@ -419,7 +419,9 @@ def list_(
         params["status"] = status_filter.upper()
     with _client() as client:
         data = _check(client.get("/api/experiments", params=params)).json()
-    table = Table("id", "name", "status", "trials", "best")
+    from shared.cost.report import cost_cells
+
+    table = Table("id", "name", "status", "trials", "best", "spent", "budget")
     for item in data["items"]:
         best = item.get("best")
         table.add_row(
@@ -428,6 +430,7 @@ def list_(
             item["status"],
             f"{item['progress']['done']}/{item['progress']['total']}",
             f"{best['value']:.4f}" if best else "",
+            *cost_cells(item.get("cost")),
         )
     console.print(table)
 

@@ -3,6 +3,10 @@ a local run priced as its equivalent Azure size stops at ``limits.max_cost`` and
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from tests.control_plane import tiny_spec
@@ -20,8 +24,18 @@ def test_a_local_run_stops_at_its_budget_and_completes_with_its_best(tmp_path):
         experiment_id = submit(client, document)
         body = wait_for(client, experiment_id, finished, timeout=240)
         trials = client.get(f"/api/experiments/{experiment_id}/trials").json()
+        env = {**os.environ, "RAPIDS_HPO_API_URL": str(client.base_url), "COLUMNS": "200"}
+        shown = {
+            name: subprocess.run(
+                [sys.executable, "-m", "shared.cli", *args], env=env, capture_output=True, text=True, timeout=60,
+                check=True,
+            ).stdout
+            for name, args in (("status", ["status", experiment_id]), ("list", ["list"]))
+        }  # fmt: skip
     assert body["status"] == "COMPLETED", body
     assert any(h["status"] == "COMPLETED" and h["reason"] == "budget reached" for h in body["history"])
     assert 0 < len(trials) < 500 and body["best"] is not None
     cost = body["cost"]
     assert cost["budget_usd"] == 0.012 and cost["basis"].startswith("estimate") and cost["spent_usd"] > 0.006
+    assert "cost ~$" in shown["status"] and "of $0.012" in shown["status"]  # "~": an estimate
+    assert "~$" in shown["list"] and "$0.012" in shown["list"]
