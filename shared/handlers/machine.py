@@ -21,7 +21,7 @@ from shared.cost.catalogue import load_catalogue
 from shared.cost.ledger import BUDGET_REACHED, CostLedger, compute_ledger, public_cost, rates_for
 from shared.dashboard.artifacts import ensure_plots
 from shared.errors import BackendError, NotFound
-from shared.ports import Planner, RunState, merge_handle
+from shared.ports import ComputeBackend, Planner, RunState, RunStatus, merge_handle
 from shared.records import (
     TERMINAL_STATUSES,
     EventType,
@@ -182,18 +182,8 @@ def _poll(ctx: Context, record: ExperimentRecord) -> str:
     updates = progress_updates(ctx, record)
     if status.updates:
         updates["backend_state"] = merge_handle(backend, record.backend_state, status.updates)
-    ledger = cost_ledger(ctx, record)
-    if ledger is not None:
-        outcome = status.details.get("outcome") or {}
-        if outcome.get("reason") == BUDGET_REACHED:
-            ledger.stopped = BUDGET_REACHED  # the driver stopped launching trials at the budget
-        updates["cost"] = ledger.model_dump(mode="json")
-        if ledger.exhausted and status.state in {RunState.PENDING, RunState.RUNNING}:
-            # The hard stop: what runs is cancelled; the trials so far are kept and the best one finalized.
-            backend.cancel(record)
-            updates["cost"] = ledger.model_copy(update={"stopped": BUDGET_REACHED}).model_dump(mode="json")
-            transition(ctx, record, S.FINALIZING, BUDGET_REACHED, next_event=EventType.FINALIZE, **updates)
-            return "budget reached"
+    if _budget_stop(ctx, record, backend, status, updates):
+        return BUDGET_REACHED
     guard = cost_guard_reason(record, backend.planner)
     if guard and status.state in {RunState.PENDING, RunState.RUNNING}:
         backend.cancel(record)
@@ -211,6 +201,27 @@ def _poll(ctx: Context, record: ExperimentRecord) -> str:
         return "cancelled"
     transition(ctx, record, S.RUNNING, "poll", next_event=EventType.POLL, delay=ctx.settings.poll_seconds, **updates)
     return "running"
+
+
+def _budget_stop(
+    ctx: Context, record: ExperimentRecord, backend: ComputeBackend, status: RunStatus, updates: dict[str, Any]
+) -> bool:
+    """Put the cost ledger in ``updates``; at ``limits.max_cost`` cancel what runs and finalize (True)."""
+    ledger = cost_ledger(ctx, record)
+    if ledger is None:
+        return False
+    if (status.details.get("outcome") or {}).get("reason") == BUDGET_REACHED:
+        ledger.stopped = BUDGET_REACHED  # the driver stopped launching trials at the budget
+    updates["cost"] = ledger.model_dump(mode="json")
+    if not (ledger.exhausted and status.state in {RunState.PENDING, RunState.RUNNING}):
+        return False
+    # The hard stop: what runs is cancelled; the trials so far are kept and the best one finalized.
+    stopped = backend.cancel(record)
+    if stopped:
+        updates["backend_state"] = merge_handle(backend, updates.get("backend_state", record.backend_state), stopped)
+    updates["cost"] = ledger.model_copy(update={"stopped": BUDGET_REACHED}).model_dump(mode="json")
+    transition(ctx, record, S.FINALIZING, BUDGET_REACHED, next_event=EventType.FINALIZE, **updates)
+    return True
 
 
 def cost_ledger(ctx: Context, record: ExperimentRecord) -> CostLedger | None:
