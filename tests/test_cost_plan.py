@@ -200,3 +200,11 @@ def test_the_backends_planner_gives_the_node_hours():
     )
     startup_h = 900 / 3600  # the VMs bill while they boot
     assert node_hours_rule(vmc, get_planner("vmcluster"))(vmc, 3600) == pytest.approx(4 * (1 + startup_h))
+
+
+def test_spot_workers_with_an_on_demand_head():
+    compute = {"backend": "vmcluster", "location": "eastus", "resource_group": "rg", "n_workers": 3, "spot": True}
+    spec = load_spec(example("flights-rf.yaml", **compute))
+    estimate = estimate_cost(spec, load_catalogue(""))
+    assert estimate.tier is Tier.SPOT
+    assert estimate.usd_per_hour == pytest.approx((3 * 0.0896 + 0.752) / 4)  # NC8as_T4_v3 Spot x3 + on-demand head

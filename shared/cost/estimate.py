@@ -65,7 +65,8 @@ def billed_nodes(spec: ExperimentSpec, vm_size: str | None = None, tier: Tier | 
     if compute.backend == "vmcluster":
         workers = vm_size or compute.vm_size
         scheduler = compute.scheduler_vm_size or workers
-        return [NodeGroup("workers", workers, compute.n_workers, tier), NodeGroup("scheduler", scheduler, 1, tier)]
+        # compute.spot makes the workers Spot VMs; the scheduler (head) stays on demand
+        return [NodeGroup("workers", workers, compute.n_workers, tier), NodeGroup("scheduler", scheduler, 1)]
     if compute.backend == "azureml":
         nodes = min(spec.limits.max_concurrent_trials, spec.effective_total_trials(), compute.max_instances)
         return [NodeGroup("trial nodes", vm_size or compute.vm_size, nodes, tier)]
