@@ -208,3 +208,21 @@ def test_spot_workers_with_an_on_demand_head():
     estimate = estimate_cost(spec, load_catalogue(""))
     assert estimate.tier is Tier.SPOT
     assert estimate.usd_per_hour == pytest.approx((3 * 0.0896 + 0.752) / 4)  # NC8as_T4_v3 Spot x3 + on-demand head
+
+
+def test_watch_shows_the_cost_line():
+    from rich.console import Console
+
+    from shared.dashboard.terminal import watch_view
+
+    experiment = {
+        "id": "exp-1",
+        "name": "x",
+        "status": "RUNNING",
+        "progress": {"done": 1, "total": 4},
+        "best": None,
+        "cost": {"spent_usd": 0.42, "budget_usd": 2.0, "basis": "Spot list price"},
+    }
+    console = Console(record=True, width=200)
+    console.print(watch_view(experiment, [], []))
+    assert "cost $0.420 of $2.00 (21%)" in console.export_text()
