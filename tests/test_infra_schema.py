@@ -5,7 +5,8 @@ each resource type (``tests/arm_schema.py``). Each template is parsed with pycep
 body (less the deployment-level keys ``name``, ``parent``, ``scope``, ``dependsOn``) is walked against the
 model of the API version it declares: property names and nesting, enum values and their casing, required
 and read-only properties, literal types. Values computed at deployment (parameters, functions,
-references, interpolations) are not known here; a variable holding a literal is substituted. A resource
+references, interpolations) are not known here; a variable holding a literal is substituted, and each
+``cond ? a : b`` is checked both ways. A resource
 type or API version that no installed SDK models is listed (a warning in the test output, and
 :data:`NOT_MODELLED` must name it with the reason), never passed in silence.
 """
@@ -131,15 +132,32 @@ def modelled(resource: Resource) -> bool:
     )
 
 
+def _branch(node: Any, side: str) -> Any:
+    """``node`` with each ``cond ? a : b`` replaced by one side (``true_value`` or ``false_value``)."""
+    if isinstance(node, dict):
+        operator = node.get("operator") if len(node) == 1 else None
+        if isinstance(operator, dict) and operator.get("type") == "conditional":
+            return _branch(operator["operands"][side], side)
+        return {key: _branch(value, side) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_branch(value, side) for value in node]
+    return node
+
+
 def problems_of(resource: Resource) -> list[str]:
+    """Problems of the resource's body, once with every condition true and once with every one false."""
     body = {key: value for key, value in resource.body.items() if key not in DEPLOYMENT_KEYS}
-    found = arm_schema.check(
-        body,
-        arm_schema.model_for(resource.type),
-        computed=computed_in(resource),
-        skip_required=frozenset({"name"}),
-    )
-    return [f"{resource.where}: {problem}" for problem in found]
+    found: list[str] = []
+    for side in ("true_value", "false_value"):
+        for problem in arm_schema.check(
+            _branch(body, side),
+            arm_schema.model_for(resource.type),
+            computed=computed_in(resource),
+            skip_required=frozenset({"name"}),
+        ):
+            if f"{resource.where}: {problem}" not in found:
+                found.append(f"{resource.where}: {problem}")
+    return found
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -319,3 +337,18 @@ def test_the_local_arm_server_checks_bodies_against_the_same_models() -> None:
             polling_interval=0,
         ).result()
         assert created.security_rules[0].access == "Allow"
+
+
+def test_both_sides_of_a_condition_are_checked() -> None:
+    (workspace,) = [r for r in resources() if r.symbol == "workspace" and not r.existing]
+    mode = workspace.body["properties"]["systemDatastoresAuthMode"]
+    assert mode["operator"]["type"] == "conditional"  # keylessStorage ? 'Identity' : 'AccessKey'
+    broken = {**mode, "operator": {**mode["operator"], "operands": {**mode["operator"]["operands"]}}}
+    broken["operator"]["operands"]["false_value"] = "accessKey"
+    body = {**workspace.body, "properties": {**workspace.body["properties"], "systemDatastoresAuthMode": broken}}
+    mutated = Resource(
+        workspace.file, workspace.symbol, workspace.type, workspace.api_version, False, body, workspace.symbols
+    )
+    assert [p.split(": ", 2)[2] for p in problems_of(mutated)] == [
+        "properties.systemDatastoresAuthMode: wrong casing: 'accessKey' is 'AccessKey' in SystemDatastoresAuthMode"
+    ]
