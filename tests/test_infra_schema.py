@@ -352,3 +352,12 @@ def test_both_sides_of_a_condition_are_checked() -> None:
     assert [p.split(": ", 2)[2] for p in problems_of(mutated)] == [
         "properties.systemDatastoresAuthMode: wrong casing: 'accessKey' is 'AccessKey' in SystemDatastoresAuthMode"
     ]
+
+
+def test_an_unmodelled_type_or_api_version_is_not_passed() -> None:
+    """What NOT_MODELLED must list: a type no SDK models, or a modelled type at another API version."""
+    (site,) = [r for r in resources() if r.symbol == "site"]
+    assert modelled(site)
+    older = Resource(site.file, site.symbol, site.type, "2024-04-01", False, site.body, site.symbols)
+    unknown = Resource(site.file, "x", "Microsoft.Contoso/widgets", "2025-01-01", False, {}, site.symbols)
+    assert not modelled(older) and not modelled(unknown)
