@@ -15,22 +15,16 @@ carry it in ``x-functions-key`` (or ``?code=``), as the Functions host requires 
 
 from __future__ import annotations
 
-import contextlib
-import hmac
 import io
 import zipfile
-from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import datetime
 from typing import Annotated, Any
-from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Path, Query, Request, Response
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared import __version__
+from shared.api_edge import ErrorBody, FunctionKeyMiddleware, error_response, install_error_handlers
 from shared.config import EXPERIMENT_ID_PATTERN, MODEL_PREFIX
 from shared.context import Context, get_context
 from shared.cost.ledger import public_cost
@@ -50,7 +44,6 @@ from shared.spec import MAX_DOCUMENT_BYTES, DocumentError, SpecError, SpecPolicy
 MAX_BODY_BYTES = MAX_DOCUMENT_BYTES
 """Largest request body: the spec document's own limit."""
 RETRY_AFTER_SECONDS = 10
-FUNCTION_KEY_HEADER = "x-functions-key"
 
 
 class Progress(BaseModel):
@@ -148,20 +141,6 @@ class ExperimentPage(BaseModel):
     next_page_token: str | None
 
 
-class ErrorItem(BaseModel):
-    loc: str
-    msg: str
-
-
-class ErrorBody(BaseModel):
-    detail: str
-    errors: list[ErrorItem] = Field(default_factory=list)
-
-
-def _error(status: int, detail: str, errors: list[dict[str, str]] | None = None) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"detail": detail, "errors": errors or []})
-
-
 Ctx = Annotated[Context, Depends(get_context)]
 """The context, through ``Depends``; ``create_api(context=...)`` overrides ``get_context`` app-wide."""
 ExperimentId = Annotated[
@@ -239,9 +218,9 @@ def create_experiment(
         spec = validate_spec(read_document(body), SpecPolicy.from_settings(ctx.settings))
     except DocumentError as exc:
         msg = exc.errors[0]["msg"]
-        return _error(exc.status, msg, [{"loc": "body", "msg": msg}])
+        return error_response(exc.status, msg, [{"loc": "body", "msg": msg}])
     except SpecError as exc:
-        return _error(422, "invalid experiment spec", exc.errors)
+        return error_response(422, "invalid experiment spec", exc.errors)
     record, created = submit_experiment(ctx, spec, idempotency_key=idempotency_key)
     response.headers["Location"] = f"/api/experiments/{record.id}"
     response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
@@ -260,7 +239,7 @@ def list_experiments(
     try:
         records, token = ctx.store.list_experiments(status=status, limit=limit, page_token=page_token)
     except ValueError as exc:
-        return _error(422, f"invalid page_token: {exc}", [{"loc": "query.page_token", "msg": str(exc)}])
+        return error_response(422, f"invalid page_token: {exc}", [{"loc": "query.page_token", "msg": str(exc)}])
     return ExperimentPage(items=[ExperimentView.of(r) for r in records], next_page_token=token)
 
 
@@ -319,7 +298,7 @@ def download_model(ctx: Ctx, experiment_id: ExperimentId) -> Response:
 def cancel_experiment(ctx: Ctx, experiment_id: ExperimentId, response: Response) -> Any:
     record = _get(ctx, experiment_id)
     if record.status in {ExperimentStatus.COMPLETED, ExperimentStatus.FAILED}:
-        return _error(409, f"experiment {experiment_id!r} already ended {record.status.value}")
+        return error_response(409, f"experiment {experiment_id!r} already ended {record.status.value}")
     record = request_cancel(ctx, experiment_id)
     response.headers["Location"] = f"/api/experiments/{record.id}"
     response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
@@ -331,7 +310,7 @@ def health(ctx: Ctx) -> Any:
     try:
         ctx.store.list_experiments(limit=1)
     except Exception as exc:
-        return _error(503, f"store unreachable: {type(exc).__name__}: {exc}")
+        return error_response(503, f"store unreachable: {type(exc).__name__}: {exc}")
     return {
         "status": "ok",
         "version": __version__,
@@ -355,66 +334,9 @@ def create_api(*, context: Context | None = None, function_key: str | None = Non
     )
     app.include_router(router)
     app.include_router(dashboard_router)
-    app.add_exception_handler(RequestValidationError, _invalid_request)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(ConnectionError, _store_unavailable)
-    with contextlib.suppress(ImportError):  # the Azure adapters' transport errors (azure-core)
-        from azure.core.exceptions import ServiceRequestError, ServiceResponseError
-
-        app.add_exception_handler(ServiceRequestError, _store_unavailable)
-        app.add_exception_handler(ServiceResponseError, _store_unavailable)
+    install_error_handlers(app)
     if context is not None:
         app.dependency_overrides[get_context] = lambda: context
     if function_key:
         app.add_middleware(FunctionKeyMiddleware, key=function_key)
     return app
-
-
-async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
-    """FastAPI's validation errors (path, query, headers) in the API's error shape: ``loc`` names the field."""
-    errors = [
-        {"loc": ".".join(str(part) for part in error.get("loc", ())), "msg": str(error.get("msg", ""))}
-        for error in getattr(exc, "errors", list)()
-    ]
-    fields = ", ".join(e["loc"] for e in errors)
-    return _error(422, f"invalid request: {fields}", errors)
-
-
-async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    """The store could not be reached (after the SDK's retries): 503 with Retry-After, not a 500."""
-    response = _error(503, f"storage unavailable, try again: {type(exc).__name__}")
-    response.headers["Retry-After"] = "1"
-    return response
-
-
-async def _http_error(request: Request, exc: Exception) -> JSONResponse:
-    status, detail, loc = getattr(exc, "status_code", 500), str(getattr(exc, "detail", "")), getattr(exc, "loc", "")
-    response = _error(status, detail, [{"loc": loc, "msg": detail}] if loc else None)
-    for name, value in (getattr(exc, "headers", None) or {}).items():
-        response.headers[name] = value
-    return response
-
-
-Scope = MutableMapping[str, Any]
-ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
-
-
-class FunctionKeyMiddleware:
-    """Refuse (401) every HTTP request without the key in ``x-functions-key`` or ``?code=`` (pure ASGI)."""
-
-    def __init__(self, app: ASGIApp, key: str) -> None:
-        self.app = app
-        self.key = key.encode()
-
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and not self._authorized(scope):
-            response = _error(401, f"missing or wrong function key: send it in {FUNCTION_KEY_HEADER}")
-            await response(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
-
-    def _authorized(self, scope: Scope) -> bool:
-        given = [value for name, value in scope.get("headers", []) if name == FUNCTION_KEY_HEADER.encode()]
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        given += [code.encode() for code in query.get("code", [])]
-        return any(hmac.compare_digest(value, self.key) for value in given)
