@@ -241,3 +241,29 @@ def test_an_evicted_spot_worker_is_replaced_and_its_trial_retried(
     assert head["properties"].get("priority") in {None, "Regular"}
     trials = _trials(backend, record.id)
     assert len(trials) == 4 and all(t.state is TrialState.COMPLETED for t in trials)
+
+
+@pytest.mark.slow
+def test_a_crashed_worker_comes_back_and_its_trial_is_retried(
+    backend: VMClusterBackend, standin: VMStandIn, arm: FakeArm
+) -> None:
+    """A worker's container dies mid-trial (OOM kill, segfault): the VM stays, Docker's restart policy
+    starts the worker again, Dask re-runs the trial; no VM is replaced and no eviction is counted."""
+    record = _new_record(backend, _spec(total=4))
+    crashed: list[str] = []
+
+    def crash_once(current: ExperimentRecord, status: RunStatus) -> None:
+        running = [t for t in _trials(backend, current.id) if t.state is TrialState.RUNNING]
+        if running and not crashed:
+            workers = sorted(name for name in standin.containers if "-worker-" in name)
+            crashed.append(workers[0])
+            standin.crash(workers[0])
+
+    record, status = _run(backend, standin, record, during=crash_once, timeout_s=300)
+
+    assert status.state is RunState.SUCCEEDED, (status, standin.logs())
+    assert crashed and standin.containers[crashed[0]].starts == 2
+    assert VMClusterHandle.of(record.backend_state).evictions == 0
+    assert len([vm for vm in arm.of_type("virtualMachines") if "-worker-" in vm["name"]]) == 2
+    trials = _trials(backend, record.id)
+    assert len(trials) == 4 and all(t.state is TrialState.COMPLETED for t in trials)
