@@ -4,7 +4,7 @@ Starts ``rapids-hpo serve --no-workers`` (the API alone: submitted experiments a
 run) on a free loopback port, over local adapters in a temporary folder (``--storage local``) or over
 Azure Storage on a fresh Azurite (``--storage azurite``, the Function App's adapters), then ``--clients``
 concurrent clients send ``--posts`` POST /api/experiments in all, each followed by a GET of the
-experiment it created. Prints POST req/s, p50/p99 of each route, errors.
+experiment it created (unless ``--no-get``). Prints POST req/s, p50/p99 of each route, errors.
 
     python bench/api_latency.py [--storage azurite] [--clients 50] [--posts 1000] [--root CHECKOUT]
 
@@ -99,7 +99,7 @@ def azurite(folder: str) -> Iterator[str]:
         process.wait(timeout=10)
 
 
-async def client_loop(client: httpx.AsyncClient, budget: list[int], results: dict[str, list]) -> None:
+async def client_loop(client: httpx.AsyncClient, budget: list[int], results: dict[str, list], get: bool) -> None:
     body = json.dumps(tiny_spec())
     while budget[0] > 0:
         budget[0] -= 1
@@ -113,6 +113,8 @@ async def client_loop(client: httpx.AsyncClient, budget: list[int], results: dic
         if response.status_code != 202:
             results["errors"].append(f"POST {response.status_code}: {response.text[:200]}")
             continue
+        if not get:
+            continue
         tick = time.perf_counter()
         try:
             status = await client.get(response.headers["location"])
@@ -124,14 +126,14 @@ async def client_loop(client: httpx.AsyncClient, budget: list[int], results: dic
             results["errors"].append(f"GET {status.status_code}")
 
 
-async def load(base: str, clients: int, posts: int) -> tuple[dict[str, list], float]:
+async def load(base: str, clients: int, posts: int, get: bool = True) -> tuple[dict[str, list], float]:
     results: dict[str, list] = {"post": [], "get": [], "errors": []}
     budget = [posts]
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
         await client.get("/api/health")  # tables and queues exist before the clock starts
         start = time.perf_counter()
-        await asyncio.gather(*(client_loop(client, budget, results) for _ in range(clients)))
+        await asyncio.gather(*(client_loop(client, budget, results, get) for _ in range(clients)))
         return results, time.perf_counter() - start
 
 
@@ -140,6 +142,7 @@ def main() -> None:
     parser.add_argument("--storage", choices=["local", "azurite"], default="local")
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--posts", type=int, default=1000)
+    parser.add_argument("--no-get", action="store_true", help="POSTs only (no GET after each)")
     parser.add_argument("--root", type=Path, default=ROOT, help="the checkout to serve")
     args = parser.parse_args()
     port = free_port()
@@ -166,7 +169,7 @@ def main() -> None:
                 time.sleep(0.1)
             pids = [server.pid, *AZURITE_PIDS]
             before = [cpu_seconds(pid) for pid in pids] + [time.process_time()]
-            results, elapsed = asyncio.run(load(base, args.clients, args.posts))
+            results, elapsed = asyncio.run(load(base, args.clients, args.posts, not args.no_get))
             after = [cpu_seconds(pid) for pid in pids] + [time.process_time()]
             used = [b - a for a, b in zip(before, after, strict=True)]
         finally:
@@ -185,10 +188,10 @@ def main() -> None:
                 f"{name:<28} n={len(values):6d}  p50={percentile(values, 50) * 1000:7.1f} ms"
                 f"  p99={percentile(values, 99) * 1000:7.1f} ms"
             )
-    cycles = max(len(gets), 1)
+    cycles = max(len(posts), 1)
     names = ["server", *(["azurite"] if args.storage == "azurite" else []), "clients"]
     shares = "  ".join(f"{n}={u / cycles * 1000:.1f}" for n, u in zip(names, used, strict=True))
-    print(f"cpu_ms_per_post_and_get: {shares}")
+    print(f"cpu_ms_per_post{'' if args.no_get else '_and_get'}: {shares}")
     print(f"load_average={os.getloadavg()[0]:.1f} (on {os.cpu_count()} cores; other work shares them)")
     total = (len(posts) + len(gets)) / elapsed
     print(f"post_throughput={len(posts) / elapsed:.1f} req/s  total_throughput={total:.1f} req/s")
