@@ -24,7 +24,10 @@ from pydantic import BaseModel, ConfigDict
 from shared.records import ExperimentRecord, ExperimentStatus, TrialRecord
 
 if TYPE_CHECKING:
+    from datetime import datetime, timedelta
+
     from shared.spec import ExperimentSpec
+    from shared.store.compute import ComputeCredential, IngestReport
 
 
 @runtime_checkable
@@ -76,6 +79,17 @@ class Store(TrialStore, Protocol):
 
     def get_secret(self, experiment_id: str, name: str) -> bytes:
         """Raise ``NotFound`` if absent."""
+
+    def issue_compute_credential(self, experiment_id: str, ttl: timedelta) -> ComputeCredential:
+        """Mint what one experiment's compute may hold: access to that experiment's own area only,
+        expiring after ``ttl`` (on Azure a SAS on the experiment's container; never the tables or secrets)."""
+
+    def ingest_compute_output(self, experiment_id: str, since: datetime | None = None) -> IngestReport:
+        """Take the trials and artifacts the compute wrote into its area (newer than ``since``) into the
+        store, refusing any that name another experiment or are malformed; report what was taken and refused."""
+
+    def revoke_compute_credential(self, experiment_id: str) -> None:
+        """Invalidate every credential issued for the experiment (no-op if none was issued)."""
 
 
 @dataclass(frozen=True)

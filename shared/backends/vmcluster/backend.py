@@ -111,7 +111,7 @@ class VMClusterBackend:
     def _credential(self, record: ExperimentRecord) -> ComputeCredential:
         """A fresh credential of the experiment's compute area (it lasts the experiment's timeout + 6 h)."""
         ttl = timedelta(seconds=sas_lifetime_s(record.spec))
-        return self.store.issue_compute_credential(record.id, ttl)  # type: ignore[attr-defined]
+        return self.store.issue_compute_credential(record.id, ttl)
 
     def _compute(self, record: ExperimentRecord) -> VMClusterCompute:
         compute = record.spec.get("compute") or {}
@@ -287,7 +287,7 @@ class VMClusterBackend:
         """Take what the compute wrote since the last poll into the store (validated there)."""
         if not handle.area:
             return handle
-        report = self.store.ingest_compute_output(record.id, since=handle.ingested_until)  # type: ignore[attr-defined]
+        report = self.store.ingest_compute_output(record.id, since=handle.ingested_until)
         refused = {k: v for k, v in report.refused.items() if k != CODE_BLOB}
         if refused:
             log.warning("experiment %s: the compute wrote what was refused: %s", record.id, refused)
@@ -369,7 +369,7 @@ class VMClusterBackend:
             )
         if handle.area:
             handle = self._ingest(record, handle)
-            self.store.revoke_compute_credential(record.id)  # type: ignore[attr-defined]
+            self.store.revoke_compute_credential(record.id)
         return handle.dump()
 
     # ------------------------------------------------------------------------------------- the sweep
