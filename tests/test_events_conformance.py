@@ -18,6 +18,7 @@ import pytest
 
 from shared.events import DisabledPublisher, Event, EventPublisher, PublishError
 from shared.events.eventgrid import EventGridPublisher
+from tests.tls import mint_certificate
 from tests.topic_receiver import TopicReceiver
 
 
@@ -179,40 +180,8 @@ class RecordingCredential:
         return AccessToken(self.token, int(time.time()) + 3600)
 
 
-def _self_signed(folder) -> tuple[str, str]:
-    import datetime as dt
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = folder / "topic.pem", folder / "topic.key"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return str(cert_file), str(key_file)
-
-
 def test_eventgrid_with_the_managed_identity_sends_a_bearer_token_for_event_grid(tmp_path, monkeypatch):
-    cert, key = _self_signed(tmp_path)
+    cert, key = (str(path) for path in mint_certificate(tmp_path))
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", cert)  # trust the stand-in topic's certificate
     credential = RecordingCredential()
     receiver = TopicReceiver(token=credential.token, tls=(cert, key)).start()
