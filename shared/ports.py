@@ -138,8 +138,9 @@ class RunState(StrEnum):
 
 
 HandleUpdate = dict[str, Any]
-"""Fields of a backend's handle to change (``{}``: none). Every ``ComputeBackend`` method returns one;
-the state machine merges it into ``ExperimentRecord.backend_state`` (:func:`merge_handle`)."""
+"""Fields of a backend's handle that a call changed, and only those (``{}``: none, as a repeated call
+returns). Every ``ComputeBackend`` method returns one; the state machine merges it into
+``ExperimentRecord.backend_state`` (:func:`merge_handle`); :func:`handle_changes` computes one."""
 
 
 class BackendHandle(BaseModel):
@@ -235,6 +236,13 @@ class ComputeBackend(Protocol):
 
     def teardown(self, record: ExperimentRecord) -> HandleUpdate:
         """Remove compute this experiment created ("not found" counts as success)."""
+
+
+def handle_changes(before: BackendHandle, after: BackendHandle) -> HandleUpdate:
+    """The fields of ``after`` whose value differs from ``before`` (JSON form): what a step returns
+    when it computed a whole new handle; ``{}`` when nothing changed."""
+    old, new = before.model_dump(mode="json"), after.model_dump(mode="json")
+    return {key: value for key, value in new.items() if old.get(key) != value}
 
 
 def merge_handle(backend: ComputeBackend, current: dict[str, Any], update: HandleUpdate | None) -> dict[str, Any]:

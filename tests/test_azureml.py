@@ -682,11 +682,12 @@ def test_backend_is_a_compute_backend(ctx: Context, fake: FakeWorkspace) -> None
 
 def test_provision_ensures_the_cluster(ctx: Context, fake: FakeWorkspace) -> None:
     backend = backend_for(ctx, fake)
-    handle = backend.provision(make_record(ctx, make_spec()))
+    record = make_record(ctx, make_spec())
+    handle = backend.provision(record)
     assert fake.calls == [("ensure_compute", "rapids-gpu")]
     assert fake.computes["rapids-gpu"].size == "Standard_NC4as_T4_v3"
+    assert backend.provision(record.model_copy(update={"backend_state": handle})) == {}  # nothing changed
     assert handle == {
-        "kind": "azureml",
         "compute_name": "rapids-gpu",
         "subscription_id": "sub-1",
         "resource_group": "rg-1",
@@ -705,9 +706,9 @@ def test_submit_is_idempotent(ctx: Context, fake: FakeWorkspace) -> None:
     backend = backend_for(ctx, fake)
     record = make_record(ctx, make_spec(), kind="azureml")
     first = backend.submit(record)
-    second = backend.submit(record.model_copy(update={"backend_state": first}))
+    second = backend.submit(record.model_copy(update={"backend_state": {**record.backend_state, **first}}))
     third = backend.submit(record)  # a redelivered event that never saw the first handle
-    assert first["job_name"] == second["job_name"] == third["job_name"] == JOB
+    assert second == {} and first == third and first["job_name"] == JOB
     assert first["studio_url"] == f"https://ml.azure.com/runs/{JOB}"
     assert [c for c in fake.calls if c[0] == "create"] == [("create", JOB)]
     assert isinstance(fake.submitted[0], SweepJob) and fake.submitted[0].name == JOB

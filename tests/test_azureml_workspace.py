@@ -197,7 +197,11 @@ def test_lifecycle_through_the_state_machine(workspace: AzureMLStandIn, tmp_path
     assert registered["modelUri"] == f"azureml://jobs/{JOB}_0/outputs/model/paths/mlflow/"
     assert set(registered["flavors"]) == {"sklearn", "python_function"}  # read from the output's MLmodel
     assert registered["tags"]["stage"] == "candidate" and registered["tags"]["rapids-hpo.experiment-id"] == EXP
-    again = ctx.backends["azureml"].finalize(ctx.store.get_experiment(EXP))  # a retried finalize
+    stored = ctx.store.get_experiment(EXP)
+    assert ctx.backends["azureml"].finalize(stored) == {}  # finalize again: nothing changes
+    unseen = {k: v for k, v in stored.backend_state.items() if k != "registered_model"}
+    again = ctx.backends["azureml"].finalize(stored.model_copy(update={"backend_state": unseen}))
+    assert again == {"registered_model": stored.backend_state["registered_model"]}  # a retry that lost its write
     assert again["registered_model"]["version"] == "1" and len(workspace.calls("PUT", "/models/")) == 1
     assert workspace.unrouted == []
 

@@ -246,12 +246,22 @@ def _new_record(h: Harness, experiment_id: str = "exp-conf-1") -> ExperimentReco
     return h.ctx.store.create_experiment(record)
 
 
-def _apply(h: Harness, record: ExperimentRecord, update: Any) -> ExperimentRecord:
+def _apply(h: Harness, record: ExperimentRecord, update: Any, *, repeat: bool = False) -> ExperimentRecord:
     """Merge a step's handle update as the state machine does, store it and read it back: the handle
-    survives the round trip through the store, typed."""
+    survives the round trip through the store, typed.
+
+    The update holds handle fields only, and only those whose value the call changed; a ``repeat``
+    (the same call again on the merged handle, nothing having moved on the compute) returns ``{}``."""
     backend = h.backend()
     assert isinstance(update, dict), f"a step returned {type(update).__name__}, not a handle update"
+    unknown = sorted(set(update) - set(backend.handle_type.model_fields))
+    assert not unknown, f"the update names fields the handle lacks: {unknown}"
+    before = merge_handle(backend, record.backend_state, {})
     merged = merge_handle(backend, record.backend_state, update)
+    unchanged = sorted(key for key in update if merged[key] == before[key])
+    assert not unchanged, f"the update repeats fields the call did not change: {unchanged}"
+    if repeat:
+        assert update == {}, f"a repeated call changed {sorted(update)}"
     current = h.ctx.store.get_experiment(record.id)
     stored = h.ctx.store.update_experiment(current.model_copy(update={"backend_state": merged}))
     reread = h.ctx.store.get_experiment(record.id)
@@ -259,10 +269,10 @@ def _apply(h: Harness, record: ExperimentRecord, update: Any) -> ExperimentRecor
     return stored
 
 
-def _poll(h: Harness, record: ExperimentRecord) -> tuple[ExperimentRecord, RunStatus]:
+def _poll(h: Harness, record: ExperimentRecord, *, repeat: bool = False) -> tuple[ExperimentRecord, RunStatus]:
     status = h.backend().poll(record)
     assert isinstance(status.state, RunState)
-    return _apply(h, record, status.updates), status
+    return _apply(h, record, status.updates, repeat=repeat), status
 
 
 def _submitted(h: Harness) -> ExperimentRecord:
@@ -277,6 +287,8 @@ def _run_to(h: Harness, state: RunState) -> ExperimentRecord:
     record = h.ctx.store.get_experiment(record.id)
     record, status = _poll(h, record)
     assert status.state is state, status
+    record, again = _poll(h, record, repeat=True)  # a poll of an ended run changes nothing
+    assert again.state is state, again
     return record
 
 
@@ -303,11 +315,11 @@ def test_lifecycle_in_order_and_every_call_repeatable(full_run_harness: Harness)
     backend = harness.backend()
     record = _new_record(harness)
     record = _apply(harness, record, backend.provision(record))
-    again = _apply(harness, record, backend.provision(record))
+    again = _apply(harness, record, backend.provision(record), repeat=True)
     assert again.backend_state == record.backend_state, "provision twice is provision once"
     record = _apply(harness, again, backend.submit(again))
     started = harness.live(record)
-    record = _apply(harness, record, backend.submit(record))
+    record = _apply(harness, record, backend.submit(record), repeat=True)
     assert harness.live(record) == started, "a repeated submit starts nothing more"
     record, status = _poll(harness, record)
     assert status.state in {RunState.PENDING, RunState.RUNNING, RunState.SUCCEEDED}
@@ -316,11 +328,11 @@ def test_lifecycle_in_order_and_every_call_repeatable(full_run_harness: Harness)
     assert status.state is RunState.SUCCEEDED, status
     stored_by_run = bool(harness.ctx.store.list_artifacts(record.id, MODEL_PREFIX))
     assert stored_by_run == (backend.capabilities.model_from == "driver"), "model_from says who stores the model"
-    for _ in range(2):
-        record = _apply(harness, record, backend.finalize(record))
+    for repeat in (False, True):
+        record = _apply(harness, record, backend.finalize(record), repeat=repeat)
     assert harness.ctx.store.list_artifacts(record.id, MODEL_PREFIX), "finalize leaves the best model stored"
-    for _ in range(2):
-        record = _apply(harness, record, backend.teardown(record))
+    for repeat in (False, True):
+        record = _apply(harness, record, backend.teardown(record), repeat=repeat)
     assert harness.live(record) == 0
 
 
@@ -333,10 +345,10 @@ def test_cancel_at_each_state_then_teardown_leaves_nothing(harness: Harness, sta
         record = _apply(harness, record, backend.submit(record))
     if stage == "terminal":
         record = _run_to_cancelled_or_failed(harness, record)
-    for _ in range(2):  # cancel is idempotent, in every state
-        record = _apply(harness, record, backend.cancel(record))
-    for _ in range(2):
-        record = _apply(harness, record, backend.teardown(record))
+    for repeat in (False, True):  # cancel is idempotent, in every state
+        record = _apply(harness, record, backend.cancel(record), repeat=repeat)
+    for repeat in (False, True):
+        record = _apply(harness, record, backend.teardown(record), repeat=repeat)
     assert harness.live(record) == 0
 
 
@@ -360,8 +372,8 @@ def _teardown_after(harness: Harness, state: RunState) -> None:
     record = _run_to(harness, state)
     if state is RunState.SUCCEEDED:
         record = _apply(harness, record, harness.backend().finalize(record))
-    for _ in range(2):
-        record = _apply(harness, record, harness.backend().teardown(record))
+    for repeat in (False, True):
+        record = _apply(harness, record, harness.backend().teardown(record), repeat=repeat)
     assert harness.live(record) == 0
     record, status = _poll(harness, record)  # a late poll still reports how the run ended
     assert status.state is state

@@ -111,11 +111,14 @@ def _ago(seconds: float) -> str:
     return (datetime.now(UTC) - timedelta(seconds=seconds)).isoformat()
 
 
+def _merge(record: ExperimentRecord, update: dict[str, Any]) -> ExperimentRecord:
+    """Merge a step's handle update (the fields it changed), as the state machine does."""
+    return record.model_copy(update={"backend_state": {**record.backend_state, **update}})
+
+
 def _apply(record: ExperimentRecord, status: RunStatus) -> ExperimentRecord:
     """Merge the handle updates a poll reports, as the state machine's poll step does."""
-    if status.updates:
-        return record.model_copy(update={"backend_state": {**record.backend_state, **status.updates}})
-    return record
+    return _merge(record, status.updates)
 
 
 # ----------------------------------------------------------------------------------------- fixtures
@@ -306,8 +309,8 @@ def _submitted(
     ctx: Context, arm: FakeArm, retry: RetrySettings, backend: VMClusterBackend, experiment_id: str = EXP
 ) -> ExperimentRecord:
     record = _record(ctx, experiment_id)
-    record = record.model_copy(update={"backend_state": backend.provision(record)})
-    return record.model_copy(update={"backend_state": backend.submit(record)})
+    record = _merge(record, backend.provision(record))
+    return _merge(record, backend.submit(record))
 
 
 def _area(ctx: Context, experiment_id: str = EXP) -> FolderArea:
@@ -320,7 +323,8 @@ def test_provision_puts_the_spec_and_our_code_in_the_experiments_container(
 ) -> None:
     backend = _backend(ctx, arm, retry)
     record = _record(ctx)
-    handle = VMClusterHandle.of(backend.provision(record))
+    update = backend.provision(record)
+    handle = VMClusterHandle.of(update)
     assert handle.network is not None and handle.network.created and handle.area
     area = _area(ctx)
     assert json.loads(area.get("experiment.json"))["spec"] == record.spec  # the record the compute reads
@@ -328,7 +332,7 @@ def test_provision_puts_the_spec_and_our_code_in_the_experiments_container(
         names = set(archive.namelist())
     assert {"shared/backends/vmcluster/head.py", "gpu_jobs/train.py"} <= names
     assert not any("__pycache__" in n or n.startswith("tests/") for n in names)
-    assert backend.provision(record) == handle.dump()  # idempotent
+    assert backend.provision(_merge(record, update)) == {}  # idempotent: nothing changed
 
 
 def test_submit_creates_the_head_on_demand_with_its_boot_script_and_keeps_secrets_apart(
@@ -361,7 +365,7 @@ def test_submit_creates_the_head_on_demand_with_its_boot_script_and_keeps_secret
     assert "publicIPAddress" not in nic_put.body["properties"]["ipConfigurations"][0]["properties"]
 
     arm.clear_requests()
-    assert backend.submit(record) == record.backend_state  # idempotent
+    assert backend.submit(record) == {}  # idempotent: nothing changed
     assert not arm.calls("PUT")
 
 
@@ -467,14 +471,14 @@ def test_arm_failures_creating_the_scheduler_are_retried_and_a_rerun_reuses_what
 ) -> None:
     backend = _backend(ctx, arm, retry)
     record = _record(ctx)
-    record = record.model_copy(update={"backend_state": backend.provision(record)})
+    record = _merge(record, backend.provision(record))
 
     arm.fail("PUT", "/virtualMachines/", 429, "TooManyRequests", headers={"Retry-After": "0"})
     first = backend.submit(record)  # one 429, retried by arm_call
     assert len(arm.calls("PUT", "/virtualMachines/")) == 2
 
     lost = _record(ctx, "exp-vm-2")
-    lost = lost.model_copy(update={"backend_state": backend.provision(lost)})
+    lost = _merge(lost, backend.provision(lost))
     arm.fail("PUT", "/virtualMachines/", 500, "InternalServerError", times=4)
     with pytest.raises(BackendError, match="failed after 4 attempts: 500"):
         backend.submit(lost)  # the run fails here; a sweep re-drive would call submit again
@@ -551,7 +555,7 @@ def test_teardown_deletes_by_tag_in_dependency_order_and_treats_404_as_done(
 
     backend = _backend(ctx, arm, retry)
     record = _record(ctx, cluster_id="c0ffee00")
-    record = record.model_copy(update={"backend_state": {**record.backend_state, **backend.provision(record)}})
+    record = _merge(record, backend.provision(record))
     arm.fail("DELETE", "dask-c0ffee00-worker-aaaaaaaa-nic", 404, "NotFound")  # someone deleted it already
     arm.fail(
         "DELETE",

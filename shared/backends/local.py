@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from shared.backends.outcome import outcome_status, read_outcome
 from shared.config import Settings
-from shared.ports import BackendHandle, Capabilities, HandleUpdate, RunState, RunStatus, Store
+from shared.ports import BackendHandle, Capabilities, HandleUpdate, RunState, RunStatus, Store, handle_changes
 from shared.records import ExperimentRecord
 
 if TYPE_CHECKING:
@@ -103,7 +103,9 @@ class LocalBackend:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
         return env
 
-    def _spawn(self, record: ExperimentRecord) -> HandleUpdate:
+    def _spawn(self, record: ExperimentRecord, restarts: int = 0) -> HandleUpdate:
+        """Start the driver process; the handle fields that changed (pid, its start time, ...)."""
+        before = LocalHandle.model_validate(record.backend_state)
         log = self._log_path(record.id).open("ab")
         process = subprocess.Popen(
             [sys.executable, "-m", "shared.hpo.run_driver", "--experiment-id", record.id],
@@ -115,10 +117,11 @@ class LocalBackend:
             start_new_session=True,  # the driver survives the host; cancel signals its whole group
         )
         log.close()
-        return {"pid": process.pid, "pid_start": process_start_time(process.pid), "log": str(log.name)}
+        started = {"pid": process.pid, "pid_start": process_start_time(process.pid), "log": str(log.name)}
+        return handle_changes(before, before.model_copy(update={**started, "restarts": restarts}))
 
     def provision(self, record: ExperimentRecord) -> HandleUpdate:
-        return {"kind": "local"}
+        return {}  # nothing to create: the driver runs on this machine
 
     def submit(self, record: ExperimentRecord) -> HandleUpdate:
         if is_alive(record.backend_state) or self._outcome(record.id) is not None:
@@ -140,7 +143,7 @@ class LocalBackend:
                 RunState.FAILED,
                 error=f"the HPO driver died {handle.restarts + 1} times; see {handle.log}",
             )
-        updates = {**self._spawn(record), "restarts": handle.restarts + 1}
+        updates = self._spawn(record, restarts=handle.restarts + 1)
         return RunStatus(RunState.RUNNING, details={"restarted": True}, updates=updates)
 
     def finalize(self, record: ExperimentRecord) -> HandleUpdate:

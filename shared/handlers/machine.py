@@ -262,9 +262,10 @@ def _finalize(ctx: Context, record: ExperimentRecord) -> str:
     ensure_plots(ctx.store, record)  # SVG/HTML charts when the compute saved none (pure Python, never raises)
     updates = progress_updates(ctx, record)
     if handle_update:
-        updates["backend_state"] = merge_handle(backend, record.backend_state, handle_update)
-        if handle_update.get("registered_model"):
-            updates["registered_model"] = RegisteredModel.model_validate(handle_update["registered_model"])
+        handle = merge_handle(backend, record.backend_state, handle_update)
+        updates["backend_state"] = handle
+        if handle.get("registered_model"):
+            updates["registered_model"] = RegisteredModel.model_validate(handle["registered_model"])
     ledger = cost_ledger(ctx, record)
     budget_reached = ledger is not None and ledger.stopped == BUDGET_REACHED
     if ledger is not None:

@@ -245,14 +245,14 @@ def ingest(store: Any, area: Area, experiment_id: str, since: datetime | None = 
     safe relative path and its size bounded. Then refresh the record the compute reads."""
     report = IngestReport(watermark=since)
     for blob in area.list():
-        if since is not None and blob.modified < since:
-            continue
+        if blob.name == RECORD_BLOB or (since is not None and blob.modified < since):
+            continue  # the record is ours (rewritten below): it never moves the watermark
         report.watermark = max(report.watermark or blob.modified, blob.modified)
         if blob.name.startswith(TRIALS_PREFIX):
             _ingest_trial(store, area, experiment_id, blob, report)
         elif blob.name.startswith(ARTIFACTS_PREFIX):
             _ingest_artifact(store, area, experiment_id, blob, report)
-        elif blob.name != RECORD_BLOB:
+        else:
             report.refused[blob.name] = "not under trials/ or artifacts/"
     publish_record(area, store.get_experiment(experiment_id))
     return report

@@ -28,7 +28,7 @@ from shared.backends.azureml.workspace import AzureMLClient, JobInfo, WorkspaceC
 from shared.compute_spec import AzureMLCompute
 from shared.config import MODEL_PREFIX, Settings
 from shared.errors import BackendError
-from shared.ports import BackendHandle, Capabilities, HandleUpdate, RunState, RunStatus, Store
+from shared.ports import BackendHandle, Capabilities, HandleUpdate, RunState, RunStatus, Store, handle_changes
 from shared.records import ExperimentRecord, TrialRecord, best_of, utcnow
 from shared.spec import ExperimentSpec
 from shared.spec.sections import azureml_uri_form
@@ -127,13 +127,13 @@ class AzureMLBackend:
                 retryable=False,
             )
         subscription, resource_group, workspace = workspace_settings(compute)
-        return {
-            "kind": "azureml",
+        update = {
             "compute_name": compute.compute_name,
             "subscription_id": subscription,
             "resource_group": resource_group,
             "workspace": workspace,
         }
+        return _changes(record, update)
 
     def submit(self, record: ExperimentRecord) -> HandleUpdate:
         """Create the sweep job unless it exists (its name derives from the experiment id)."""
@@ -149,10 +149,7 @@ class AzureMLBackend:
                 job.name = job_name
                 job_name = client.submit(job)
             existing = client.find(job_name)
-        return {
-            "job_name": job_name,
-            "studio_url": existing.studio_url if existing is not None else None,
-        }
+        return _changes(record, {"job_name": job_name, "studio_url": existing.studio_url if existing else None})
 
     def poll(self, record: ExperimentRecord) -> RunStatus:
         """The sweep's state; every trial seen so far is written to the store on the way."""
@@ -200,7 +197,7 @@ class AzureMLBackend:
         }
         if spec.output.register_model is not None:
             handle["registered_model"] = client.register_model(model_entity(spec, record.id, child)).model_dump()
-        return handle
+        return _changes(record, handle)
 
     def cancel(self, record: ExperimentRecord) -> HandleUpdate:
         """Cancel the sweep (AzureML cancels its trials); trials still RUNNING in the store end FAILED."""
@@ -257,3 +254,9 @@ class AzureMLBackend:
                 self.store.put_trial(trial)
                 stored[number] = trial
         return [stored[n] for n in sorted(stored)], {number: child.name for number, child in numbered}
+
+
+def _changes(record: ExperimentRecord, update: dict[str, Any]) -> HandleUpdate:
+    """The fields of ``update`` that differ from the record's handle (a repeated call returns ``{}``)."""
+    before = AzureMLHandle.model_validate(record.backend_state)
+    return handle_changes(before, before.model_copy(update=update))

@@ -48,7 +48,7 @@ from shared.backends.vmcluster.settings import (
 from shared.backends.vmcluster.vms import create_vm, failed, get_vm, healthy_workers, private_ip
 from shared.compute_spec import VMClusterCompute
 from shared.errors import BackendError, NotFound
-from shared.ports import Capabilities, HandleUpdate, RunState, RunStatus
+from shared.ports import Capabilities, HandleUpdate, RunState, RunStatus, handle_changes
 from shared.records import ExperimentRecord
 from shared.store.compute import ComputeCredential, ComputeStore
 
@@ -215,16 +215,16 @@ class VMClusterBackend:
         with tempfile.TemporaryDirectory(prefix="rapids-hpo-code-") as folder:
             area.put(CODE_BLOB, build_code_archive(Path(folder) / "code.zip").read_bytes())
         handle = VMClusterHandle.of(record.backend_state)
-        return handle.model_copy(update={"network": network, "area": True}).dump()
+        return handle_changes(handle, handle.model_copy(update={"network": network, "area": True}))
 
     def submit(self, record: ExperimentRecord) -> HandleUpdate:
         """The cluster's TLS identity (a secret), then the head VM (NIC + VM, ~1-3 minutes).
 
         A redelivered or re-driven event reuses the stored identity and the head VM if it exists.
         """
-        handle = VMClusterHandle.of(record.backend_state)
+        before = handle = VMClusterHandle.of(record.backend_state)
         if handle.submitted:
-            return handle.dump()
+            return {}
         compute = self._compute(record)
         clients = self._clients_for(compute)
         document = self._credentials(record.id)
@@ -240,34 +240,33 @@ class VMClusterBackend:
             node = {"role": "head", "scheduler_port": self.scheduler_port, "dashboard_address": ":0"}
             ip = self._create(record, handle, clients, self._plan(record, compute, name, node, head=True))
         protocol = "tls" if document.get("tls") else "tcp"
-        return handle.model_copy(
-            update={
-                "scheduler_vm": name,
-                "scheduler_address": f"{protocol}://{ip}:{self.scheduler_port}",
-                "submitted_at": datetime.now(UTC),
-                "n_workers": compute.n_workers,
-            }
-        ).dump()
+        update = {
+            "scheduler_vm": name,
+            "scheduler_address": f"{protocol}://{ip}:{self.scheduler_port}",
+            "submitted_at": datetime.now(UTC),
+            "n_workers": compute.n_workers,
+        }
+        return handle_changes(before, handle.model_copy(update=update))
 
     def poll(self, record: ExperimentRecord) -> RunStatus:
         """Ingest new trials; the outcome if written; else replace lost workers and judge the heartbeat."""
-        handle = VMClusterHandle.of(record.backend_state)
+        before = handle = VMClusterHandle.of(record.backend_state)
         if not handle.submitted:
             return RunStatus(RunState.FAILED, error="no head node was recorded for this experiment")
         handle = self._ingest(record, handle)
         outcome = read_outcome(self.store, record.id)
         if outcome is not None:
-            return outcome_status(outcome, handle.dump())
+            return outcome_status(outcome, handle_changes(before, handle))
         compute = self._compute(record)
         try:
             handle = self._reconcile_workers(record, compute, handle)
         except BackendError as exc:
             if not exc.retryable:
-                return _status(RunState.FAILED, handle, error=str(exc))
+                return _status(before, RunState.FAILED, handle, error=str(exc))
             handle = handle.model_copy(update={"last_error": str(exc)})
         if handle.evictions > compute.max_evictions:
             error = f"{handle.evictions} worker VMs evicted or lost, over compute.max_evictions={compute.max_evictions}"
-            return _status(RunState.FAILED, handle, error=error)
+            return _status(before, RunState.FAILED, handle, error=error)
         beat = self._heartbeat(record.id)
         if beat is None:
             waited = handle.seconds_since_submit()
@@ -275,13 +274,13 @@ class VMClusterBackend:
                 error = f"the head node's driver did not start within {waited:.0f} s of submit"
                 if handle.last_error:
                     error = f"{error}; last error: {handle.last_error}"
-                return _status(RunState.FAILED, handle, error=error)
-            return _status(RunState.PENDING, handle, waiting_for="the head node's first heartbeat")
+                return _status(before, RunState.FAILED, handle, error=error)
+            return _status(before, RunState.PENDING, handle, waiting_for="the head node's first heartbeat")
         handle = handle.model_copy(update={"heartbeat_at": heartbeat_time(beat)})
         if handle.seconds_silent() > self.silence_limit_s:
             error = f"the driver's last heartbeat was {handle.seconds_silent():.0f} s ago (head node lost)"
-            return _status(RunState.FAILED, handle, error=error)
-        return _status(RunState.RUNNING, handle, heartbeat=beat, evictions=handle.evictions)
+            return _status(before, RunState.FAILED, handle, error=error)
+        return _status(before, RunState.RUNNING, handle, heartbeat=beat, evictions=handle.evictions)
 
     def _ingest(self, record: ExperimentRecord, handle: VMClusterHandle) -> VMClusterHandle:
         """Take what the compute wrote since the last poll into the store (validated there)."""
@@ -332,11 +331,13 @@ class VMClusterBackend:
 
     def finalize(self, record: ExperimentRecord) -> HandleUpdate:
         """The last trials and artifacts (the model among them) into the store."""
-        return self._ingest(record, VMClusterHandle.of(record.backend_state)).dump()
+        handle = VMClusterHandle.of(record.backend_state)
+        return handle_changes(handle, self._ingest(record, handle))
 
     def cancel(self, record: ExperimentRecord) -> HandleUpdate:
         """Publish the CANCELLING record to the compute area (the driver watches it); teardown is the backstop."""
-        return self._ingest(record, VMClusterHandle.of(record.backend_state)).dump()
+        handle = VMClusterHandle.of(record.backend_state)
+        return handle_changes(handle, self._ingest(record, handle))
 
     def teardown(self, record: ExperimentRecord) -> HandleUpdate:
         """Delete the cluster's VMs, NICs, public IPs and disks (found by tag), the network, and the
@@ -346,7 +347,7 @@ class VMClusterBackend:
 
         if (record.spec.get("compute") or {}).get("backend") != "vmcluster":
             return {}
-        handle = VMClusterHandle.of(record.backend_state)
+        before = handle = VMClusterHandle.of(record.backend_state)
         compute = self._compute(record)
         compute_client, network_client = self._clients_for(compute)
         document = self._credentials(record.id) or {}
@@ -370,7 +371,7 @@ class VMClusterBackend:
         if handle.area:
             handle = self._ingest(record, handle)
             self.store.revoke_compute_credential(record.id)
-        return handle.dump()
+        return handle_changes(before, handle)
 
     # ------------------------------------------------------------------------------------- the sweep
     def find_orphans(
@@ -401,5 +402,8 @@ class VMClusterBackend:
         return sweep_orphans(self._clients, live_experiment_ids, resource_group, subscription_id, self.retry)
 
 
-def _status(state: RunState, handle: VMClusterHandle, error: str | None = None, **details: Any) -> RunStatus:
-    return RunStatus(state, error=error, details=details, updates=handle.dump())
+def _status(
+    before: VMClusterHandle, state: RunState, handle: VMClusterHandle, error: str | None = None, **details: Any
+) -> RunStatus:
+    """What a poll saw, with the fields of the handle it changed since ``before``."""
+    return RunStatus(state, error=error, details=details, updates=handle_changes(before, handle))

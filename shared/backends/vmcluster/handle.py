@@ -1,8 +1,9 @@
 """The vmcluster backend's typed handle: what it knows of one experiment's cluster, kept in the store.
 
 It lives in ``ExperimentRecord.backend_state`` as JSON. Keys it does not know (a record written by an
-older version) are ignored on reading and never written back by the backend, which reports
-only its own fields (:meth:`VMClusterHandle.dump`).
+older version) are ignored on reading and dropped when the state machine merges an update
+(``shared.ports.merge_handle``); each backend call reports only the fields it changed
+(``shared.ports.handle_changes``).
 """
 
 from __future__ import annotations
@@ -69,7 +70,3 @@ class VMClusterHandle(BackendHandle):
     def seconds_silent(self) -> float:
         """Seconds since the driver's last heartbeat (0 before the first)."""
         return (utcnow() - self.heartbeat_at).total_seconds() if self.heartbeat_at else 0.0
-
-    def dump(self) -> dict[str, Any]:
-        """The JSON the store keeps (every field, so a merge into ``backend_state`` is a replace)."""
-        return self.model_dump(mode="json")
