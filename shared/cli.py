@@ -217,6 +217,7 @@ def plan(
     """Print, without touching Azure, what the spec would create, its node-hours and its cost in USD."""
     import yaml
 
+    from shared.backends import get_planner
     from shared.cost.catalogue import load_catalogue
     from shared.cost.report import plan_document, plan_renderables
 
@@ -225,26 +226,17 @@ def plan(
         raise typer.Exit(2)
     spec = _load_spec_or_exit(spec_path)
     catalogue = load_catalogue()
-    node_hours = _node_hours_rule(spec)
     if output == "yaml":
-        document = {"plan": plan_document(spec, catalogue, node_hours), "dry_run": _dry_run(spec, as_text=False)}
+        document = {"plan": plan_document(spec, catalogue), "dry_run": _dry_run(spec, as_text=False)}
         document = json.loads(json.dumps(document, default=str))  # plain types for YAML
         typer.echo(yaml.safe_dump(document, sort_keys=False, width=110))
         return
-    for renderable in plan_renderables(spec, catalogue, node_hours):
+    for renderable in plan_renderables(spec, catalogue):
         console.print(renderable)
     if full:
         console.print(_dry_run(spec, as_text=True), markup=False, highlight=False)
-    elif spec.compute.backend != "local":
-        what = "sweep job YAML" if spec.compute.backend == "azureml" else "VM arguments"
-        console.print(f"[dim]The {what}: rapids-hpo plan {spec_path} --full[/dim]")
-
-
-def _node_hours_rule(spec: Any) -> Any:  # -> shared.cost.estimate.NodeHours
-    from shared.backends import get_planner
-    from shared.cost.estimate import node_hours_rule
-
-    return node_hours_rule(spec, get_planner(spec.compute.backend))
+    elif shows := get_planner(spec.compute.backend).full_plan_shows:
+        console.print(f"[dim]{shows[0].upper()}{shows[1:]}: rapids-hpo plan {spec_path} --full[/dim]")
 
 
 def _dry_run(spec: Any, *, as_text: bool) -> Any:

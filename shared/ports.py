@@ -8,7 +8,7 @@
 - ``ComputeBackend``: where the HPO driver runs (local process + Dask LocalCluster, AzureVMCluster,
   AzureML sweep). Every method is idempotent and short; long work happens on the compute. Each backend
   has a typed handle (``BackendHandle``), declares its ``Capabilities``, offers an offline ``Planner``
-  (dry run, node-hours) and, where it creates cloud resources, an ``OrphanFinder``. The registry of
+  (dry run, billing profile) and, where it creates cloud resources, an ``OrphanFinder``. The registry of
   backends is ``shared.backends`` (the one place that names them); ``tests/test_backend_conformance.py``
   runs the same suite over each.
 """
@@ -26,6 +26,8 @@ from shared.records import ExperimentRecord, ExperimentStatus, TrialRecord
 if TYPE_CHECKING:
     from datetime import datetime, timedelta
 
+    from shared.cost.billing import BillingProfile
+    from shared.cost.catalogue import Tier
     from shared.spec import ExperimentSpec
     from shared.store.compute import ComputeCredential, IngestReport
 
@@ -183,14 +185,22 @@ class Capabilities(BaseModel):
 
 @runtime_checkable
 class Planner(Protocol):
-    """What a backend would do for a spec, offline (no store, no Azure): ``rapids-hpo plan`` and the
-    cost guard use it. One node-hours rule per backend."""
+    """What a backend would do for a spec, offline (no store, no Azure): ``rapids-hpo plan``, the cost
+    estimate, the ledger and the cost guard use it, and never ask which backend a spec names."""
+
+    @property
+    def full_plan_shows(self) -> str | None:
+        """What ``rapids-hpo plan --full`` adds to the summary (``"the VM arguments"``), None if nothing."""
 
     def dry_run(self, spec: ExperimentSpec) -> dict[str, Any]:
         """What ``provision``/``submit`` would create and its estimated node-hours (JSON-able)."""
 
-    def node_hours(self, spec: ExperimentSpec, elapsed_s: float) -> float:
-        """Node-hours a run of ``spec`` uses in ``elapsed_s`` seconds (every billed node counted)."""
+    def describe(self, spec: ExperimentSpec) -> list[str]:
+        """What a run of ``spec`` creates, in words (the plan's first lines)."""
+
+    def billing(self, spec: ExperimentSpec, vm_size: str | None = None, tier: Tier | None = None) -> BillingProfile:
+        """How a run of ``spec`` bills (its one node-hours rule); ``vm_size``/``tier`` replace the trial
+        nodes' (the plan's comparison of sizes)."""
 
 
 @runtime_checkable

@@ -10,6 +10,7 @@ from typing import Any
 
 from shared.config import Settings
 from shared.context import Context
+from shared.cost.billing import BillingProfile, NodeGroup
 from shared.errors import BackendError
 from shared.ports import BackendHandle, Capabilities, HandleUpdate, RunState, RunStatus
 from shared.queues.local import LocalQueueService
@@ -68,12 +69,16 @@ class ScriptedPlanner:
     """Counts ``nodes`` nodes for as long as a run lasts."""
 
     nodes: int = 2
+    full_plan_shows = None
 
     def dry_run(self, spec: Any) -> dict[str, Any]:
         return {"backend": "scripted", "nodes": self.nodes}
 
-    def node_hours(self, spec: Any, elapsed_s: float) -> float:
-        return self.nodes * elapsed_s / 3600
+    def describe(self, spec: Any) -> list[str]:
+        return [f"{self.nodes} scripted nodes"]
+
+    def billing(self, spec: Any, vm_size: str | None = None, tier: Any = None) -> BillingProfile:
+        return BillingProfile((NodeGroup("scripted nodes", vm_size, self.nodes),), billed=False)
 
 
 @dataclass

@@ -304,10 +304,16 @@ def test_declares_the_contract(harness: Harness) -> None:
     assert isinstance(planner, Planner) and type(planner) is type(backend.planner)
     spec = ExperimentSpec.model_validate(load_spec(harness.spec()).to_document())
     json.dumps(planner.dry_run(spec), default=str)  # JSON-able: rapids-hpo plan prints it
-    hours = [planner.node_hours(spec, s) for s in (0, 3600, 7200)]
+    assert planner.describe(spec) and all(isinstance(line, str) for line in planner.describe(spec))
+    profile = planner.billing(spec)
+    hours = [profile.node_hours(s, overheads=False) for s in (0, 3600, 7200)]
     assert hours[0] == 0 and 0 <= hours[1] <= hours[2]
+    assert profile.node_hours(3600) >= hours[1], "estimates add start-up and idle tails, never less"
+    assert profile.billed == backend.capabilities.cloud_resources, "what creates Azure resources bills them"
     if backend.capabilities.cloud_resources:
         assert hours[1] > 0, "a backend that creates billed resources counts their node-hours"
+    resized = planner.billing(spec, "Standard_NC24ads_A100_v4", profile.cheap_tier).trial_nodes
+    assert (resized.vm_size, resized.tier) == ("Standard_NC24ads_A100_v4", profile.cheap_tier)
 
 
 def test_lifecycle_in_order_and_every_call_repeatable(full_run_harness: Harness) -> None:

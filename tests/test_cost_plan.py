@@ -10,11 +10,10 @@ import yaml
 from typer.testing import CliRunner
 
 from shared.cli import app
+from shared.cost.billing import billing_profile
 from shared.cost.catalogue import Tier, load_catalogue
 from shared.cost.estimate import (
-    billed_nodes,
     candidate_estimates,
-    default_node_hours,
     estimate_cost,
     first_stop_fraction,
     run_time_range,
@@ -73,7 +72,7 @@ def test_vmcluster_prices_a_different_scheduler_size_apart():
         "scheduler_vm_size": T4,
     }
     spec = load_spec(example("flights-rf.yaml", **compute))
-    groups = billed_nodes(spec)
+    groups = billing_profile(spec).groups
     assert [(g.role, g.vm_size, g.count) for g in groups] == [
         ("workers", "Standard_NC24ads_A100_v4", 3),
         ("scheduler", T4, 1),
@@ -87,7 +86,7 @@ def test_local_runs_are_priced_as_the_named_azure_size_and_labelled_an_estimate(
     spec = load_spec(example("flights-rf.yaml", backend="local", n_workers=2, equivalent_vm_size=T4))
     estimate = estimate_cost(spec, load_catalogue(""))
     assert estimate.priced and estimate.basis.startswith("estimate")
-    assert estimate.usd_high == pytest.approx(default_node_hours(spec, run_time_range(spec).high_s) * 0.526)
+    assert estimate.usd_high == pytest.approx(billing_profile(spec).node_hours(run_time_range(spec).high_s) * 0.526)
     unnamed = estimate_cost(load_spec(example("flights-rf.yaml")), load_catalogue(""))
     assert not unnamed.priced and unnamed.unpriced
 
@@ -189,17 +188,14 @@ def test_cost_formatting_for_status_and_watch():
     assert cost_cells(None) == ("", "") and format_cost(None) == ""
 
 
-def test_the_backends_planner_gives_the_node_hours():
-    from shared.backends import get_planner
-    from shared.cost.estimate import node_hours_rule
-
+def test_the_backends_billing_profile_gives_the_node_hours():
     aml = load_spec(example("flights-xgb.yaml", backend="azureml", max_instances=2))
-    assert node_hours_rule(aml, get_planner("azureml"))(aml, 3600) == pytest.approx(2 * (3600 + 300) / 3600)
+    assert billing_profile(aml).node_hours(3600) == pytest.approx(2 * (3600 + 300) / 3600)  # + idle tail
     vmc = load_spec(
         example("flights-rf.yaml", backend="vmcluster", location="eastus", resource_group="rg", n_workers=3)
     )
     startup_h = 900 / 3600  # the VMs bill while they boot
-    assert node_hours_rule(vmc, get_planner("vmcluster"))(vmc, 3600) == pytest.approx(4 * (1 + startup_h))
+    assert billing_profile(vmc).node_hours(3600) == pytest.approx(4 * (1 + startup_h))
 
 
 def test_spot_workers_with_an_on_demand_head():

@@ -39,7 +39,6 @@ from shared.backends.vmcluster.settings import (
     check_no_secrets,
     cluster_env,
     cluster_kwargs,
-    estimated_node_hours,
 )
 from shared.compute_spec import NetworkSpec, VMClusterCompute
 from shared.config import DRIVER_OUTCOME_ARTIFACT
@@ -298,10 +297,19 @@ def test_plan_for_the_default_vmcluster_spec() -> None:
         plan(load_spec(ROOT / "examples" / "flights-rf.yaml"))
 
 
-def test_estimated_node_hours_counts_the_scheduler() -> None:
-    assert estimated_node_hours(_compute(n_workers=2), 3600) == 3.0
-    assert estimated_node_hours(_compute(n_workers=5), 1800) == 3.0
-    assert estimated_node_hours(_compute(), -5) == 0.0
+def test_billing_counts_the_scheduler_and_the_start_up() -> None:
+    from shared.backends.vmcluster import VMClusterPlanner
+
+    def profile(**compute: Any) -> Any:
+        return VMClusterPlanner().billing(load_spec(_spec_document(**compute)))
+
+    assert profile(n_workers=2).node_hours(3600, overheads=False) == 3.0
+    assert profile(n_workers=5).node_hours(1800, overheads=False) == 3.0
+    assert profile().node_hours(-5, overheads=False) == 0.0
+    assert profile(n_workers=2).node_hours(0) == 3 * 900 / 3600  # the VMs bill while they boot
+    spot = profile(n_workers=3, spot=True, scheduler_vm_size="Standard_NC4as_T4_v3")
+    assert [(g.role, g.count, g.tier.value) for g in spot.groups] == [("workers", 3, "spot"), ("scheduler", 1, "payg")]
+    assert spot.groups[1].vm_size == "Standard_NC4as_T4_v3" and spot.trial_per_gpu
 
 
 # ------------------------------------------------------------------------ poll, from storage only

@@ -17,7 +17,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from shared.backends.outcome import outcome_status, read_outcome
+from shared.compute_spec import LocalCompute
 from shared.config import Settings
+from shared.cost.billing import BillingModel, BillingProfile, NodeGroup
+from shared.cost.catalogue import Tier
 from shared.ports import BackendHandle, Capabilities, HandleUpdate, RunState, RunStatus, Store, handle_changes
 from shared.records import ExperimentRecord
 
@@ -59,7 +62,18 @@ def is_alive(handle: LocalHandle | dict[str, Any]) -> bool:
 
 
 class LocalPlanner:
-    """Nothing in Azure: a driver process and a Dask LocalCluster on this machine (no node is billed)."""
+    """Nothing in Azure: a driver process and a Dask LocalCluster on this machine. Nothing is billed; with
+    ``compute.equivalent_vm_size`` the workers are priced as that Azure size (an estimate)."""
+
+    full_plan_shows = None
+
+    def describe(self, spec: ExperimentSpec) -> list[str]:
+        trials = f"{spec.effective_total_trials()} trials, {spec.limits.max_concurrent_trials} at a time"
+        return [
+            f"nothing in Azure: a driver process and a Dask LocalCluster of {local_compute(spec).n_workers} "
+            "workers here",
+            trials,
+        ]
 
     def dry_run(self, spec: ExperimentSpec) -> dict[str, Any]:
         return {
@@ -68,11 +82,26 @@ class LocalPlanner:
             "cluster": spec.compute.model_dump(),
             "trials": spec.effective_total_trials(),
             "max_concurrent_trials": spec.limits.max_concurrent_trials,
-            "node_hours": self.node_hours(spec, 0.0),
+            "node_hours": 0.0,
         }
 
-    def node_hours(self, spec: ExperimentSpec, elapsed_s: float) -> float:
-        return 0.0
+    def billing(self, spec: ExperimentSpec, vm_size: str | None = None, tier: Tier | None = None) -> BillingProfile:
+        compute = local_compute(spec)
+        size = vm_size or compute.equivalent_vm_size
+        workers = NodeGroup("local workers", size, compute.n_workers, tier or Tier.PAYG)
+        return BillingProfile(
+            (workers,),
+            BillingModel.FLEET,
+            billed=False,
+            unpriced_hint="set compute.equivalent_vm_size to the Azure size the local workers stand for",
+        )
+
+
+def local_compute(spec: ExperimentSpec) -> LocalCompute:
+    """The spec's ``compute`` section, which must be ``backend: local``."""
+    if not isinstance(spec.compute, LocalCompute):
+        raise ValueError(f"the spec's compute.backend is {spec.compute.backend!r}, not 'local'")
+    return spec.compute
 
 
 class LocalBackend:

@@ -1,22 +1,22 @@
-"""Price a spec before it runs: node-hours (from the backend's rule) x the catalogue's hourly prices.
+"""Price a spec before it runs: the node-hours its backend's billing profile gives x the catalogue's prices.
 
 The run's wall time is a range: at best every trial after the first wave is stopped by the early-termination
 policy at the first fold it evaluates; at worst every trial runs to ``trial_timeout`` (both capped by
-``limits.timeout``). The backend turns a wall time into node-hours (``Planner.node_hours``); the price per
-node-hour weighs the sizes of the nodes the backend bills (workers and a scheduler VM may differ).
+``limits.timeout``). The backend's :class:`~shared.cost.billing.BillingProfile` turns a wall time into
+node-hours (start-up and idle tail included); the price per node-hour weighs the sizes of the nodes it bills
+(workers and a scheduler VM may differ).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from shared.cost.billing import BillingProfile, billing_profile
 from shared.cost.catalogue import Catalogue, Tier
 
 if TYPE_CHECKING:
-    from shared.ports import Planner
     from shared.spec import ExperimentSpec
 
 DEFAULT_TRIAL_SECONDS = 1800
@@ -29,76 +29,6 @@ CANDIDATE_SIZES = (
     "Standard_NC40ads_H100_v5",
 )
 """One-GPU sizes of each current family, the plan's comparison table (the spec's own size is added)."""
-
-NodeHours = Callable[["ExperimentSpec", float], float]
-"""A backend's rule: node-hours a run of the spec bills in a wall time of so many seconds."""
-
-
-@dataclass(frozen=True)
-class NodeGroup:
-    """Nodes a backend bills for a run: ``count`` VMs of ``vm_size`` (None: no Azure size named)."""
-
-    role: str
-    vm_size: str | None
-    count: int
-    tier: Tier = Tier.PAYG
-
-
-def spec_tier(spec: ExperimentSpec) -> Tier:
-    compute = spec.compute
-    if getattr(compute, "low_priority", False):
-        return Tier.LOW_PRIORITY
-    if getattr(compute, "spot", False):
-        return Tier.SPOT
-    return Tier.PAYG
-
-
-def spec_region(spec: ExperimentSpec) -> str | None:
-    """The region prices are looked up in (vmcluster's ``location``; AzureML's is its workspace's)."""
-    return getattr(spec.compute, "location", None)
-
-
-def billed_nodes(spec: ExperimentSpec, vm_size: str | None = None, tier: Tier | None = None) -> list[NodeGroup]:
-    """What a run bills, by role; ``vm_size``/``tier`` replace the GPU nodes' (the comparison table)."""
-    compute = spec.compute
-    tier = tier or spec_tier(spec)
-    if compute.backend == "vmcluster":
-        workers = vm_size or compute.vm_size
-        scheduler = compute.scheduler_vm_size or workers
-        # compute.spot makes the workers Spot VMs; the scheduler (head) stays on demand
-        return [NodeGroup("workers", workers, compute.n_workers, tier), NodeGroup("scheduler", scheduler, 1)]
-    if compute.backend == "azureml":
-        nodes = min(spec.limits.max_concurrent_trials, spec.effective_total_trials(), compute.max_instances)
-        return [NodeGroup("trial nodes", vm_size or compute.vm_size, nodes, tier)]
-    return [NodeGroup("workers", vm_size or getattr(compute, "equivalent_vm_size", None), compute.n_workers, tier)]
-
-
-def node_hours_rule(spec: ExperimentSpec, planner: Planner) -> NodeHours:
-    """The backend planner's node-hours, plus AzureML's idle tail (each node waits before scaling down)
-    and the vmcluster's start-up (its VMs bill while they boot).
-
-    A local run bills nothing; with ``compute.equivalent_vm_size`` its workers are priced as that size for
-    the whole run (:func:`default_node_hours`), an estimate."""
-    if spec.compute.backend == "local":
-        return default_node_hours
-    tail = float(getattr(spec.compute, "idle_time_before_scale_down", 0)) if spec.compute.backend == "azureml" else 0
-    startup = 0.0
-    if spec.compute.backend == "vmcluster":  # the VMs bill while they boot and pull the image
-        from shared.backends.vmcluster.settings import CLUSTER_STARTUP_ESTIMATE_S
-
-        startup = float(CLUSTER_STARTUP_ESTIMATE_S)
-
-    def rule(s: ExperimentSpec, elapsed_s: float) -> float:
-        return planner.node_hours(s, elapsed_s + startup) + (planner.node_hours(s, tail) if tail else 0.0)
-
-    return rule
-
-
-def default_node_hours(spec: ExperimentSpec, elapsed_s: float) -> float:
-    """Every billed node for the whole wall time, plus AzureML's idle tail (nodes wait before scaling down)."""
-    nodes = sum(group.count for group in billed_nodes(spec))
-    tail = getattr(spec.compute, "idle_time_before_scale_down", 0) if spec.compute.backend == "azureml" else 0
-    return nodes * (max(elapsed_s, 0.0) + tail) / 3600.0
 
 
 @dataclass(frozen=True)
@@ -163,59 +93,52 @@ class CostEstimate:
 
 
 def estimate_cost(
-    spec: ExperimentSpec,
-    catalogue: Catalogue,
-    node_hours: NodeHours = default_node_hours,
-    *,
-    vm_size: str | None = None,
-    tier: Tier | None = None,
+    spec: ExperimentSpec, catalogue: Catalogue, *, vm_size: str | None = None, tier: Tier | None = None
 ) -> CostEstimate:
     """The spec's cost range, or that of the same run on ``vm_size``/``tier``."""
-    groups = billed_nodes(spec, vm_size, tier)
+    return price_profile(spec, billing_profile(spec, vm_size, tier), catalogue)
+
+
+def price_profile(spec: ExperimentSpec, profile: BillingProfile, catalogue: Catalogue) -> CostEstimate:
+    """The cost range of a run of ``spec`` that bills as ``profile``."""
     times = run_time_range(spec)
-    low_hours, high_hours = node_hours(spec, times.low_s), node_hours(spec, times.high_s)
-    region = spec_region(spec)
+    low_hours, high_hours = profile.node_hours(times.low_s), profile.node_hours(times.high_s)
     unpriced, weighted, bases = [], 0.0, []
-    for group in groups:
-        price = catalogue.price(group.vm_size, region, group.tier) if group.vm_size else None
+    for group in profile.groups:
+        price = catalogue.price(group.vm_size, profile.region, group.tier) if group.vm_size else None
         if price is None:
             unpriced.append(f"{group.role}: {group.vm_size or 'no Azure size named'} ({group.tier.value})")
             continue
         weighted += price.usd_per_hour * group.count
         bases.append(price.basis)
-    count = sum(group.count for group in groups)
-    main = groups[0]
-    if unpriced or not count:
+    main = profile.trial_nodes
+    if unpriced or not profile.nodes:
         return CostEstimate(main.vm_size, main.tier, low_hours, high_hours, None, None, None, "unpriced", unpriced)
-    per_node = weighted / count
-    basis = "; ".join(dict.fromkeys(bases))
-    if spec.compute.backend == "local":
-        basis = f"estimate: local workers priced as {main.vm_size}, {basis}"
+    per_node = weighted / profile.nodes
+    basis = profile.basis("; ".join(dict.fromkeys(bases)))
     return CostEstimate(
         main.vm_size, main.tier, low_hours, high_hours, per_node, low_hours * per_node, high_hours * per_node, basis
     )
 
 
-def candidate_estimates(
-    spec: ExperimentSpec, catalogue: Catalogue, node_hours: NodeHours = default_node_hours
-) -> list[CostEstimate]:
-    """The same run on the spec's size and the candidate sizes, pay-as-you-go and Spot/low priority.
+def candidate_estimates(spec: ExperimentSpec, catalogue: Catalogue) -> list[CostEstimate]:
+    """The same run on the spec's size and the candidate sizes, pay-as-you-go and the backend's cheap tier.
 
     Trial times are assumed equal on every size (a faster GPU finishes sooner: the figures are an upper
     bound for the faster sizes)."""
-    own = billed_nodes(spec)[0].vm_size
+    profile = billing_profile(spec)
+    own = profile.trial_nodes.vm_size
     sizes = list(dict.fromkeys([*([own] if own else []), *CANDIDATE_SIZES]))
-    cheap = Tier.LOW_PRIORITY if spec.compute.backend == "azureml" else Tier.SPOT
     rows = []
     for size in sizes:
-        for tier in (Tier.PAYG, cheap):
-            rows.append(estimate_cost(spec, catalogue, node_hours, vm_size=size, tier=tier))
+        for tier in (Tier.PAYG, profile.cheap_tier):
+            rows.append(estimate_cost(spec, catalogue, vm_size=size, tier=tier))
     return rows
 
 
 def size_warnings(spec: ExperimentSpec, catalogue: Catalogue) -> list[str]:
     """Warnings for sizes the catalogue does not know (allowed, unpriced)."""
-    names = {group.vm_size for group in billed_nodes(spec) if group.vm_size}
+    names = {group.vm_size for group in billing_profile(spec).groups if group.vm_size}
     return [w for name in sorted(names) if (w := catalogue.check(name).warning)]
 
 
@@ -223,12 +146,9 @@ def budget_error(spec: ExperimentSpec, catalogue: Catalogue) -> str | None:
     """Why ``limits.max_cost`` cannot be enforced for this spec (no price for a billed node), or None."""
     if getattr(spec.limits, "max_cost", None) is None:
         return None
-    estimate = estimate_cost(spec, catalogue)
+    profile = billing_profile(spec)
+    estimate = price_profile(spec, profile, catalogue)
     if estimate.priced:
         return None
-    hint = (
-        " (name the Azure size the local workers stand for in compute.equivalent_vm_size)"
-        if spec.compute.backend == "local"
-        else ""
-    )
+    hint = f" ({profile.unpriced_hint})" if profile.unpriced_hint else ""
     return f"a budget needs a price for every billed node; none for {'; '.join(estimate.unpriced)}{hint}"

@@ -4,9 +4,10 @@ Pure functions of the trial records, the run's start and a clock (tests inject b
 the control plane writes the ledger on the experiment at every poll and stops the run when it reaches
 ``limits.max_cost``; the HPO driver asks :class:`BudgetGuard` before it launches a trial.
 
-Billing models: a fleet billed for the whole run (vmcluster worker VMs, local workers priced as their
-equivalent Azure size), whose time no trial uses is *idle*; or nodes that exist while trials hold them
-(AzureML, autoscaling), whose idle cost is the scale-down wait after the run's last trial.
+Billing models (the backend's :class:`~shared.cost.billing.BillingProfile` says which): a fleet billed for
+the whole run (created VMs, or local workers priced as their equivalent Azure size), whose time no trial
+uses is *idle*; or autoscaled nodes that exist while trials hold them, whose idle cost is the scale-down
+wait after the run's last trial.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class CostLedger(BaseModel):
     budget_usd: float | None = None
     basis: str = ""
     trials_usd: float = 0.0
-    head_usd: float = Field(default=0.0, description="the scheduler VM (vmcluster)")
+    head_usd: float = Field(default=0.0, description="nodes billed beside the trial nodes (a scheduler VM)")
     idle_usd: float = Field(default=0.0, description="billed node time no trial used")
     per_trial_usd: dict[int, float] = Field(default_factory=dict)
     node_seconds: float = 0.0
@@ -80,28 +81,25 @@ class Rates:
 
 
 def rates_for(spec: ExperimentSpec, catalogue: Catalogue) -> Rates | None:
-    """The run's rates, or None when some billed node has no price (then no ledger is kept)."""
-    from shared.cost.estimate import billed_nodes, spec_region
+    """The run's rates from its billing profile, or None when some billed node has no price (then no
+    ledger is kept)."""
+    from shared.cost.billing import BillingModel, billing_profile
 
-    region = spec_region(spec)
-    groups = billed_nodes(spec)
-    prices = [catalogue.price(g.vm_size, region, g.tier) if g.vm_size else None for g in groups]
+    profile = billing_profile(spec)
+    groups = profile.groups
+    prices = [catalogue.price(g.vm_size, profile.region, g.tier) if g.vm_size else None for g in groups]
     if any(price is None for price in prices):
         return None
     workers, worker_price = groups[0], prices[0]
     assert worker_price is not None
     per_s = worker_price.usd_per_hour / 3600
     size = catalogue.size(workers.vm_size or "")
-    per_node_trials = size.gpus if size and spec.compute.backend == "vmcluster" else 1
-    basis = "; ".join(dict.fromkeys(p.basis for p in prices if p))
+    per_node_trials = size.gpus if size and profile.trial_per_gpu else 1
+    basis = profile.basis("; ".join(dict.fromkeys(p.basis for p in prices if p)))
     head = sum(p.usd_per_hour / 3600 * g.count for g, p in zip(groups[1:], prices[1:], strict=True) if p)
-    compute = spec.compute
-    if compute.backend == "azureml":
-        tail = float(compute.idle_time_before_scale_down)
-        return Rates(per_s, compute.min_instances * per_s, 0.0, per_s, tail, workers.count, 0,
-                     _max_trial_s(spec), basis)  # fmt: skip
-    if compute.backend == "local":
-        basis = f"estimate: local workers priced as {workers.vm_size}, {basis}"
+    if profile.model is BillingModel.AUTOSCALE:
+        return Rates(per_s / per_node_trials, profile.always_on * per_s, head, per_s, profile.idle_tail_s,
+                     workers.count, 0, _max_trial_s(spec), basis)  # fmt: skip
     return Rates(per_s / per_node_trials, workers.count * per_s, head, per_s, 0.0, 0, workers.count,
                  _max_trial_s(spec), basis)  # fmt: skip
 

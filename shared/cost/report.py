@@ -13,11 +13,11 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from shared.cost.billing import billing_profile
 from shared.cost.catalogue import Catalogue, Tier
 from shared.cost.estimate import CostEstimate, candidate_estimates, estimate_cost, run_time_range, size_warnings
 
 if TYPE_CHECKING:
-    from shared.cost.estimate import NodeHours
     from shared.spec import ExperimentSpec
 
 TIER_LABEL = {Tier.PAYG: "pay-as-you-go", Tier.SPOT: "Spot", Tier.LOW_PRIORITY: "low priority"}
@@ -43,29 +43,10 @@ def _hours(value: float) -> str:
 
 
 def creates(spec: ExperimentSpec) -> list[str]:
-    """What a run of ``spec`` creates, in words."""
-    compute = spec.compute
-    trials = f"{spec.effective_total_trials()} trials, {spec.limits.max_concurrent_trials} at a time"
-    if compute.backend == "azureml":
-        tier = "low-priority" if compute.low_priority else "dedicated"
-        return [
-            f"AmlCompute cluster {compute.compute_name!r}: {compute.vm_size}, {compute.min_instances}-"
-            f"{compute.max_instances} {tier} nodes, idle scale-down after {compute.idle_time_before_scale_down} s",
-            f"one AzureML sweep job: {trials}",
-        ]
-    if compute.backend == "vmcluster":
-        net = compute.network
-        network = "reuses VNet " + net.existing_vnet if net.existing_vnet else "a VNet, subnet and NSG"
-        scheduler = compute.scheduler_vm_size or compute.vm_size
-        return [
-            f"in {compute.resource_group} ({compute.location}): {network}, tagged for teardown",
-            f"1 scheduler VM ({scheduler}) and {compute.n_workers} worker VMs ({compute.vm_size}), no public IPs",
-            f"the HPO driver as a task on the cluster: {trials}",
-        ]
-    return [
-        f"nothing in Azure: a driver process and a Dask LocalCluster of {compute.n_workers} workers here",
-        f"{trials}",
-    ]
+    """What a run of ``spec`` creates, in words (its backend's planner says)."""
+    from shared.backends import get_planner
+
+    return get_planner(spec.compute.backend).describe(spec)
 
 
 def summary(spec: ExperimentSpec, estimate: CostEstimate, catalogue: Catalogue) -> Group:
@@ -76,16 +57,17 @@ def summary(spec: ExperimentSpec, estimate: CostEstimate, catalogue: Catalogue) 
     lines.append(Text(f"  runs      {times.low_s / 3600:.2f}-{times.high_s / 3600:.2f} h of wall time"))
     lines.append(Text(f"            at most: every trial to {times.per_trial_basis}"))
     lines.append(Text(f"            at best: {times.low_basis}"))
-    startup = " (VM start-up included)" if spec.compute.backend == "vmcluster" else ""
-    idle = " (idle scale-down included)" if spec.compute.backend == "azureml" else ""
+    profile = billing_profile(spec)
+    overheads = profile.overheads()
+    included = f" ({' and '.join(overheads)} included)" if overheads else ""
     hours = f"{_hours(estimate.node_hours_low)}-{_hours(estimate.node_hours_high)}"
-    lines.append(Text(f"  uses      {hours} node-hours{startup}{idle}"))
+    lines.append(Text(f"  uses      {hours} node-hours{included}"))
     if estimate.priced:
         rate = f"{usd(estimate.usd_per_hour)}/node-hour, {TIER_LABEL[estimate.tier]}"
         lines.append(Text(f"  costs     {usd_range(estimate)}  ({rate})", style="bold"))
         lines.append(Text(f"  prices    {estimate.basis}", style="dim"))
-    elif spec.compute.backend == "local":
-        lines.append(Text("  costs     nothing billed here; compute.equivalent_vm_size prices it as an Azure size"))
+    elif not profile.billed:
+        lines.append(Text(f"  costs     nothing billed here; {profile.unpriced_hint}"))
     else:
         lines.append(Text(f"  costs     unpriced: {'; '.join(estimate.unpriced)}", style="yellow"))
     budget = spec.limits.max_cost
@@ -108,7 +90,7 @@ def summary(spec: ExperimentSpec, estimate: CostEstimate, catalogue: Catalogue) 
 def comparison(spec: ExperimentSpec, catalogue: Catalogue, rows: list[CostEstimate]) -> Table:
     """SkyPilot-style: the same experiment on other sizes and tiers, cheapest first, the spec's marked."""
     own = estimate_cost(spec, catalogue)
-    where = "on Azure " if spec.compute.backend == "local" else ""
+    where = "" if billing_profile(spec).billed else "on Azure "
     table = Table(
         title=f"The same experiment {where}on other sizes (equal trial times assumed)",
         title_justify="left",
@@ -145,15 +127,15 @@ def comparison(spec: ExperimentSpec, catalogue: Catalogue, rows: list[CostEstima
     return table
 
 
-def plan_renderables(spec: ExperimentSpec, catalogue: Catalogue, node_hours: NodeHours) -> list[Any]:
-    estimate = estimate_cost(spec, catalogue, node_hours)
-    rows = candidate_estimates(spec, catalogue, node_hours)
+def plan_renderables(spec: ExperimentSpec, catalogue: Catalogue) -> list[Any]:
+    estimate = estimate_cost(spec, catalogue)
+    rows = candidate_estimates(spec, catalogue)
     return [summary(spec, estimate, catalogue), comparison(spec, catalogue, rows)]
 
 
-def plan_document(spec: ExperimentSpec, catalogue: Catalogue, node_hours: NodeHours) -> dict[str, Any]:
+def plan_document(spec: ExperimentSpec, catalogue: Catalogue) -> dict[str, Any]:
     """The summary and the table as plain data (``rapids-hpo plan -o yaml``)."""
-    estimate = estimate_cost(spec, catalogue, node_hours)
+    estimate = estimate_cost(spec, catalogue)
     times = run_time_range(spec)
 
     def row(item: CostEstimate) -> dict[str, Any]:
@@ -175,7 +157,7 @@ def plan_document(spec: ExperimentSpec, catalogue: Catalogue, node_hours: NodeHo
             spec.limits.max_cost is not None and estimate.priced and (estimate.usd_high or 0) > spec.limits.max_cost
         ),
         "warnings": size_warnings(spec, catalogue),
-        "candidates": [row(item) for item in candidate_estimates(spec, catalogue, node_hours)],
+        "candidates": [row(item) for item in candidate_estimates(spec, catalogue)],
         "prices": {"catalogue": catalogue.retrieved_label, "sources": {k: v.url for k, v in catalogue.sources.items()}},
     }
 

@@ -250,7 +250,7 @@ def cost_guard_reason(record: ExperimentRecord, planner: Planner) -> str | None:
         return f"cost guard: running {elapsed:.0f} s, past the experiment timeout of {timeout} s"
     max_node_hours = getattr(spec.compute, "max_node_hours", None)
     if max_node_hours:
-        spent = planner.node_hours(spec, elapsed)
+        spent = planner.billing(spec).node_hours(elapsed, overheads=False)
         if spent > float(max_node_hours):
             return f"cost guard: {spent:.2f} node-hours used, over max_node_hours={max_node_hours}"
     return None

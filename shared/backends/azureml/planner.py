@@ -1,5 +1,5 @@
-"""The ``azureml`` backend offline: what a run would create, and its node-hours (one rule, used by the
-dry run and the cost guard)."""
+"""The ``azureml`` backend offline: what a run would create, and how it bills (one profile, used by the
+dry run, the cost estimate, the ledger and the cost guard)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from typing import Any
 import yaml
 
 from shared.backends.azureml.sweep_job import ROOT, azureml_compute, build_compute, build_sweep_job
+from shared.cost.billing import BillingModel, BillingProfile, NodeGroup, spec_tier
+from shared.cost.catalogue import Tier
 from shared.spec import ExperimentSpec
 
 ESTIMATED_TRIAL_SECONDS = 1800
@@ -26,9 +28,30 @@ def sweep_nodes(spec: ExperimentSpec) -> int:
 class AzureMLPlanner:
     """Implements ``shared.ports.Planner`` for AzureML sweeps."""
 
-    def node_hours(self, spec: ExperimentSpec, elapsed_s: float) -> float:
-        """Every node the sweep may hold, for ``elapsed_s``."""
-        return sweep_nodes(spec) * max(elapsed_s, 0.0) / 3600
+    full_plan_shows = "the AmlCompute and sweep job YAML"
+
+    def describe(self, spec: ExperimentSpec) -> list[str]:
+        compute = azureml_compute(spec)
+        tier = "low-priority" if compute.low_priority else "dedicated"
+        trials = f"{spec.effective_total_trials()} trials, {spec.limits.max_concurrent_trials} at a time"
+        return [
+            f"AmlCompute cluster {compute.compute_name!r}: {compute.vm_size}, {compute.min_instances}-"
+            f"{compute.max_instances} {tier} nodes, idle scale-down after {compute.idle_time_before_scale_down} s",
+            f"one AzureML sweep job: {trials}",
+        ]
+
+    def billing(self, spec: ExperimentSpec, vm_size: str | None = None, tier: Tier | None = None) -> BillingProfile:
+        """Each trial holds one node of the autoscaling cluster (at most :func:`sweep_nodes` at once); a
+        node waits ``idle_time_before_scale_down`` after its last trial; ``min_instances`` never leave."""
+        compute = azureml_compute(spec)
+        nodes = NodeGroup("trial nodes", vm_size or compute.vm_size, sweep_nodes(spec), tier or spec_tier(spec))
+        return BillingProfile(
+            (nodes,),
+            BillingModel.AUTOSCALE,
+            idle_tail_s=float(compute.idle_time_before_scale_down),
+            always_on=compute.min_instances,
+            cheap_tier=Tier.LOW_PRIORITY,
+        )
 
     def estimate(self, spec: ExperimentSpec) -> dict[str, Any]:
         """Node-hours the sweep may use: ``node_hours(nodes x per_trial x waves)``, capped by ``limits.timeout``.
@@ -51,8 +74,9 @@ class AzureMLPlanner:
         seconds = per_trial * waves
         if limits.timeout is not None:
             seconds = min(seconds, float(limits.timeout))
-        trial_hours = self.node_hours(spec, seconds)
-        idle_hours = self.node_hours(spec, compute.idle_time_before_scale_down)
+        profile = self.billing(spec)
+        trial_hours = profile.node_hours(seconds, overheads=False)
+        idle_hours = profile.node_hours(compute.idle_time_before_scale_down, overheads=False)
         return {
             "node_hours": round(trial_hours + idle_hours, 3),
             "trial_node_hours": round(trial_hours, 3),

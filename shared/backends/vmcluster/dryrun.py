@@ -5,18 +5,20 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from shared.backends.vmcluster.settings import (
+    CLUSTER_STARTUP_ESTIMATE_S,
     NGC_VM_IMAGE,
     VMIdentity,
     cluster_env,
     cluster_kwargs,
     cluster_tags,
-    estimated_node_hours,
     run_seconds,
     scheduler_vm_name,
     subscription_of,
     worker_vm_prefix,
 )
 from shared.compute_spec import VMClusterCompute
+from shared.cost.billing import BillingModel, BillingProfile, NodeGroup, spec_tier
+from shared.cost.catalogue import Tier
 
 if TYPE_CHECKING:
     from shared.spec import ExperimentSpec
@@ -31,9 +33,7 @@ def plan(
     """What ``provision``/``submit`` would create for ``spec``, without touching Azure (JSON-able)."""
     from shared.backends.network import NetworkHandle, dask_rules, network_names
 
-    compute = spec.compute
-    if not isinstance(compute, VMClusterCompute):
-        raise ValueError(f"plan() is for compute.backend vmcluster, not {compute.backend!r}")
+    compute = vmcluster_compute(spec)
     net = compute.network
     names = network_names(experiment_id)
     sub = subscription_of(compute) or "<subscription>"
@@ -61,8 +61,9 @@ def plan(
         "cluster-id": "<assigned at submit>",
     }
     seconds, basis = run_seconds(spec)
-    nodes = compute.n_workers + 1
-    node_hours = estimated_node_hours(compute, seconds)
+    profile = VMClusterPlanner().billing(spec)
+    nodes = profile.nodes
+    node_hours = profile.node_hours(seconds, overheads=False)  # run_seconds counts the start-up
     notes = [
         "The control plane never connects to the cluster: it creates the VMs and reads the experiment's "
         "blob container, where the head node's driver writes trials, a heartbeat and the outcome.",
@@ -142,14 +143,45 @@ def plan(
     }
 
 
+def vmcluster_compute(spec: ExperimentSpec) -> VMClusterCompute:
+    """The spec's ``compute`` section, which must be ``backend: vmcluster``."""
+    if not isinstance(spec.compute, VMClusterCompute):
+        raise ValueError(f"the spec's compute.backend is {spec.compute.backend!r}, not 'vmcluster'")
+    return spec.compute
+
+
 class VMClusterPlanner:
-    """Implements ``shared.ports.Planner``: the dry run is :func:`plan`, node-hours
-    :func:`~shared.backends.vmcluster.settings.estimated_node_hours` (workers plus the scheduler)."""
+    """Implements ``shared.ports.Planner``: the dry run is :func:`plan`."""
+
+    full_plan_shows = "the VM arguments"
 
     def dry_run(self, spec: ExperimentSpec) -> dict[str, Any]:
         return plan(spec)
 
-    def node_hours(self, spec: ExperimentSpec, elapsed_s: float) -> float:
-        if not isinstance(spec.compute, VMClusterCompute):
-            raise ValueError(f"not a vmcluster spec: compute.backend is {spec.compute.backend!r}")
-        return estimated_node_hours(spec.compute, elapsed_s)
+    def describe(self, spec: ExperimentSpec) -> list[str]:
+        compute = vmcluster_compute(spec)
+        net = compute.network
+        network = "reuses VNet " + net.existing_vnet if net.existing_vnet else "a VNet, subnet and NSG"
+        scheduler = compute.scheduler_vm_size or compute.vm_size
+        trials = f"{spec.effective_total_trials()} trials, {spec.limits.max_concurrent_trials} at a time"
+        return [
+            f"in {compute.resource_group} ({compute.location}): {network}, tagged for teardown",
+            f"1 scheduler VM ({scheduler}) and {compute.n_workers} worker VMs ({compute.vm_size}), no public IPs",
+            f"the HPO driver beside the scheduler: {trials}",
+        ]
+
+    def billing(self, spec: ExperimentSpec, vm_size: str | None = None, tier: Tier | None = None) -> BillingProfile:
+        """Every VM bills from creation to teardown, start-up included; a worker runs a trial per GPU;
+        ``compute.spot`` buys the workers as Spot VMs while the scheduler (head) stays on demand."""
+        compute = vmcluster_compute(spec)
+        workers = vm_size or compute.vm_size
+        return BillingProfile(
+            (
+                NodeGroup("workers", workers, compute.n_workers, tier or spec_tier(spec)),
+                NodeGroup("scheduler", compute.scheduler_vm_size or workers, 1),
+            ),
+            BillingModel.FLEET,
+            region=compute.location,
+            startup_s=float(CLUSTER_STARTUP_ESTIMATE_S),
+            trial_per_gpu=True,
+        )

@@ -196,11 +196,6 @@ def cluster_kwargs(
     return kwargs
 
 
-def estimated_node_hours(compute: VMClusterCompute, elapsed_s: float) -> float:
-    """Node-hours a cluster uses in ``elapsed_s``: every worker VM plus the scheduler VM."""
-    return (compute.n_workers + 1) * max(elapsed_s, 0.0) / 3600.0
-
-
 def scheduler_vm_name(cluster_id: str) -> str:
     return f"dask-{cluster_id}-scheduler"
 
