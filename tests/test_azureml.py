@@ -600,6 +600,8 @@ class FakeWorkspace:
         return job.name
 
     def get(self, name: str) -> JobInfo:
+        if name not in self.jobs:  # as AzureMLClient.get answers a job the workspace lacks
+            raise BackendError(f"AzureML job {name} does not exist", retryable=False)
         return self.jobs[name]
 
     def list_children(self, parent_name: str) -> list[JobInfo]:

@@ -35,7 +35,7 @@ from shared.backends.network import EXPERIMENT_TAG
 from shared.config import DRIVER_OUTCOME_ARTIFACT, MODEL_PREFIX
 from shared.context import Context
 from shared.ports import BackendHandle, ComputeBackend, OrphanFinder, Planner, RunState, RunStatus, merge_handle
-from shared.records import ExperimentRecord
+from shared.records import ExperimentRecord, TrialRecord, TrialState, utcnow
 from shared.spec import ExperimentSpec, load_spec
 from tests.arm_server import FakeArm, StaticTokenCredential
 from tests.control_plane import local_context, tiny_spec
@@ -69,6 +69,11 @@ class Harness(ABC):
     def live(self, record: ExperimentRecord) -> int:
         """How much of what the backend started for ``record`` still runs or exists (0 after teardown)."""
 
+    @abstractmethod
+    def lose_driver(self, record: ExperimentRecord) -> dict[int, TrialRecord]:
+        """Once the submitted run has finished a trial, lose what drives it mid-run, without an outcome,
+        the way its compute would; return the trials finished before the loss, by number."""
+
     def close(self) -> None:  # noqa: B027 (most harnesses start nothing of their own)
         """Release what the harness started."""
 
@@ -101,6 +106,16 @@ class LocalHarness(Harness):
 
     def _has_outcome(self, record: ExperimentRecord) -> bool:
         return DRIVER_OUTCOME_ARTIFACT in self.ctx.store.list_artifacts(record.id, "driver/")
+
+    def lose_driver(self, record: ExperimentRecord) -> dict[int, TrialRecord]:
+        """SIGKILL the driver process's group (the driver and its Dask cluster) after its first trial."""
+        handle = LocalHandle.model_validate(record.backend_state)
+        _wait_until(lambda: bool(_finished(self.ctx, record)))
+        assert handle.pid
+        os.killpg(handle.pid, signal.SIGKILL)
+        _wait_until(lambda: not is_alive(handle))
+        assert not self._has_outcome(record), "the run ended before its driver was lost: give it more trials"
+        return _finished(self.ctx, record)
 
     def live(self, record: ExperimentRecord) -> int:
         return int(is_alive(record.backend_state))
@@ -156,6 +171,22 @@ class VMClusterHarness(Harness):
     def live(self, record: ExperimentRecord) -> int:
         return sum(1 for r in self.arm.resources.values() if (r.get("tags") or {}).get(EXPERIMENT_TAG) == record.id)
 
+    def lose_driver(self, record: ExperimentRecord) -> dict[int, TrialRecord]:
+        """The head's driver writes a finished trial and a heartbeat to the compute area; then the head
+        VM is gone (deleted outside the control plane: no request of ours), its driver with it."""
+        from shared.backends.vmcluster import VMClusterHandle
+        from shared.backends.vmcluster.exchange import HEARTBEAT_ARTIFACT
+        from shared.store.compute import ComputeStore
+
+        credential = self.ctx.store.issue_compute_credential(record.id, timedelta(hours=1))
+        compute = ComputeStore.from_credential(credential)
+        compute.put_trial(_completed_trial(record.id))
+        compute.put_artifact(record.id, HEARTBEAT_ARTIFACT, json.dumps({"at": utcnow().isoformat()}).encode())
+        _, status = _poll(self, self.ctx.store.get_experiment(record.id))
+        assert status.state is RunState.RUNNING, status
+        self.arm.evict(VMClusterHandle.of(record.backend_state).scheduler_vm or "")
+        return _finished(self.ctx, record)
+
     def close(self) -> None:
         self.arm.close()
 
@@ -192,6 +223,19 @@ class AzureMLHarness(Harness):
     def live(self, record: ExperimentRecord) -> int:
         job = self.fake.jobs.get(str(record.backend_state.get("job_name")))
         return int(job is not None and job.status not in {"Completed", "Failed", "Canceled", "CancelRequested"})
+
+    def lose_driver(self, record: ExperimentRecord) -> dict[int, TrialRecord]:
+        """No driver of ours runs (AzureML runs the sweep): the sweep finishes a trial, then is gone from
+        the workspace, the one way a sweep ends without an outcome that the harness can play."""
+        job = str(record.backend_state["job_name"])
+        trial = replace(child(0, "Completed"), name=f"{job}_0")
+        self.fake.children[job] = [trial]
+        self.fake.runs[trial.name] = run({1: 0.7, 2: 0.8})
+        self.fake.set_status(job, "Running", created_at=T0)
+        _, status = _poll(self, self.ctx.store.get_experiment(record.id))
+        assert status.state is RunState.RUNNING, status
+        del self.fake.jobs[job]
+        return _finished(self.ctx, record)
 
 
 HARNESSES: dict[str, type[Harness]] = {h.id: h for h in (LocalHarness, VMClusterHarness, AzureMLHarness)}
@@ -240,8 +284,20 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
-def _new_record(h: Harness, experiment_id: str = "exp-conf-1") -> ExperimentRecord:
-    spec = load_spec(h.spec())
+def _finished(ctx: Context, record: ExperimentRecord) -> dict[int, TrialRecord]:
+    return {t.number: t for t in ctx.store.list_trials(record.id) if t.state.finished}
+
+
+def _completed_trial(experiment_id: str) -> TrialRecord:
+    params = {"n_estimators": 5, "max_depth": 4, "max_features": 0.5}
+    now = utcnow()
+    return TrialRecord(
+        experiment_id=experiment_id, number=0, params=params, state=TrialState.COMPLETED, value=0.8, ended_at=now
+    )
+
+
+def _new_record(h: Harness, experiment_id: str = "exp-conf-1", **changes: Any) -> ExperimentRecord:
+    spec = load_spec({**h.spec(), **changes})
     record = ExperimentRecord(id=experiment_id, name=spec.name, spec=spec.to_document(), backend=spec.compute.backend)
     return h.ctx.store.create_experiment(record)
 
@@ -275,8 +331,8 @@ def _poll(h: Harness, record: ExperimentRecord, *, repeat: bool = False) -> tupl
     return _apply(h, record, status.updates, repeat=repeat), status
 
 
-def _submitted(h: Harness) -> ExperimentRecord:
-    record = _new_record(h)
+def _submitted(h: Harness, **changes: Any) -> ExperimentRecord:
+    record = _new_record(h, **changes)
     record = _apply(h, record, h.backend().provision(record))
     return _apply(h, record, h.backend().submit(record))
 
@@ -383,3 +439,36 @@ def _teardown_after(harness: Harness, state: RunState) -> None:
     assert harness.live(record) == 0
     record, status = _poll(harness, record)  # a late poll still reports how the run ended
     assert status.state is state
+
+
+LOSS_LIMITS = {"max_total_trials": 6, "max_concurrent_trials": 1}
+"""Trials one at a time, several of them: the driver is lost with trials still to run."""
+
+
+def test_a_lost_driver_is_started_again_or_reported(full_run_harness: Harness) -> None:
+    """``capabilities.restarts_driver``: a driver lost mid-run without an outcome is started again by
+    ``poll`` and the run resumes from the store, losing no finished trial; without it, ``poll`` reports
+    the loss as FAILED with a reason instead of RUNNING for ever."""
+    harness = full_run_harness
+    backend = harness.backend()
+    record = _submitted(harness, limits=LOSS_LIMITS)
+    finished = harness.lose_driver(harness.ctx.store.get_experiment(record.id))
+    assert finished, "the harness lost the driver before any trial finished"
+    record, status = _poll(harness, harness.ctx.store.get_experiment(record.id))
+    if backend.capabilities.restarts_driver:
+        assert status.state is RunState.RUNNING and status.updates, f"poll did not start the driver again: {status}"
+        assert harness.live(record) > 0
+        harness.finish(record, RunState.SUCCEEDED)
+        record, status = _poll(harness, harness.ctx.store.get_experiment(record.id))
+        assert status.state is RunState.SUCCEEDED, status
+        trials = harness.ctx.store.list_trials(record.id)
+        assert [t.number for t in trials] == list(range(LOSS_LIMITS["max_total_trials"])), "numbers resumed"
+    else:
+        assert status.state is RunState.FAILED and status.error, f"the loss was not reported: {status}"
+        record, again = _poll(harness, record)
+        assert again.state is RunState.FAILED, "a lost run stays failed"
+    after = {t.number: t for t in harness.ctx.store.list_trials(record.id)}
+    assert all(after[n] == trial for n, trial in finished.items()), "a trial finished before the loss changed"
+    for repeat in (False, True):
+        record = _apply(harness, record, backend.teardown(record), repeat=repeat)
+    assert harness.live(record) == 0

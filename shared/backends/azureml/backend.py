@@ -152,9 +152,13 @@ class AzureMLBackend:
         return _changes(record, {"job_name": job_name, "studio_url": existing.studio_url if existing else None})
 
     def poll(self, record: ExperimentRecord) -> RunStatus:
-        """The sweep's state; every trial seen so far is written to the store on the way."""
+        """The sweep's state; every trial seen so far is written to the store on the way. A sweep gone from
+        the workspace (no driver of ours to restart: AzureML runs it) fails the run."""
         spec, client, job_name = self._setup(record)
-        sweep = client.get(job_name)
+        found = client.find(job_name)
+        if found is None:
+            return RunStatus(RunState.FAILED, error=f"AzureML sweep job {job_name} is gone from the workspace")
+        sweep = found
         timed_out = sweep_timed_out(spec, sweep, utcnow())
         trials, _ = self._sync_trials(record, spec, client, sweep, timed_out=timed_out)
         details: dict[str, Any] = {

@@ -45,7 +45,7 @@ from shared.backends.vmcluster.settings import (
     subscription_of,
     worker_vm_prefix,
 )
-from shared.backends.vmcluster.vms import create_vm, failed, get_vm, healthy_workers, private_ip
+from shared.backends.vmcluster.vms import cluster_vms, create_vm, failed, get_vm, healthy_workers, private_ip, vm_exists
 from shared.compute_spec import VMClusterCompute
 from shared.errors import BackendError, NotFound
 from shared.ports import Capabilities, HandleUpdate, RunState, RunStatus, handle_changes
@@ -259,7 +259,16 @@ class VMClusterBackend:
             return outcome_status(outcome, handle_changes(before, handle))
         compute = self._compute(record)
         try:
-            handle = self._reconcile_workers(record, compute, handle)
+            compute_client, head = self._clients_for(compute)[0], handle.scheduler_vm or ""
+            vms = cluster_vms(compute_client, compute.resource_group, handle.cluster_id or "", self.retry)
+            if not vm_exists(compute_client, compute.resource_group, head, vms, self.retry):
+                # Docker restarts a dead driver on its VM; nothing restarts a deleted VM (and a new head
+                # would have a new address): the run cannot go on.
+                error = (
+                    f"the head node VM {head} is gone (deleted outside the control plane?): its driver cannot restart"
+                )
+                return _status(before, RunState.FAILED, handle, error=error)
+            handle = self._reconcile_workers(record, compute, handle, vms)
         except BackendError as exc:
             if not exc.retryable:
                 return _status(before, RunState.FAILED, handle, error=str(exc))
@@ -300,13 +309,13 @@ class VMClusterBackend:
         return document if isinstance(document, dict) and heartbeat_time(document) else None
 
     def _reconcile_workers(
-        self, record: ExperimentRecord, compute: VMClusterCompute, handle: VMClusterHandle
+        self, record: ExperimentRecord, compute: VMClusterCompute, handle: VMClusterHandle, vms: list[Any]
     ) -> VMClusterHandle:
-        """Create the worker VMs the cluster lacks; after the first round, each one lacking was lost
-        (a Spot eviction deletes the VM) and counts as an eviction."""
+        """Create the worker VMs the cluster lacks (``vms``: the cluster's, listed); after the first round,
+        each one lacking was lost (a Spot eviction deletes the VM) and counts as an eviction."""
         clients = self._clients_for(compute)
         cluster_id = handle.cluster_id or ""
-        missing = compute.n_workers - len(healthy_workers(clients[0], compute.resource_group, cluster_id, self.retry))
+        missing = compute.n_workers - len(healthy_workers(vms, cluster_id))
         if missing <= 0:
             return handle.model_copy(update={"workers_created": True})
         evictions = handle.evictions + (missing if handle.workers_created else 0)

@@ -133,8 +133,8 @@ def private_ip(network_client: Any, resource_group: str, vm: Any, retry: RetrySe
     return nic.ip_configurations[0].private_ip_address
 
 
-def healthy_workers(compute_client: Any, resource_group: str, cluster_id: str, retry: RetrySettings) -> list[str]:
-    """Names of the cluster's worker VMs that exist and did not fail (found by tag and name)."""
+def cluster_vms(compute_client: Any, resource_group: str, cluster_id: str, retry: RetrySettings) -> list[Any]:
+    """The cluster's VMs, head and workers (found by tag)."""
     from shared.backends.arm import arm_call
     from shared.backends.vm_teardown import CLUSTER_ID_TAG
 
@@ -143,12 +143,18 @@ def healthy_workers(compute_client: Any, resource_group: str, cluster_id: str, r
         lambda: list(compute_client.virtual_machines.list(resource_group)),
         retry,
     )
+    return [vm for vm in vms if (vm.tags or {}).get(CLUSTER_ID_TAG) == cluster_id]
+
+
+def vm_exists(compute_client: Any, resource_group: str, name: str, vms: list[Any], retry: RetrySettings) -> bool:
+    """Whether VM ``name`` exists: in ``vms`` (a listing), else when looked up by name (a listing may lag)."""
+    return any(vm.name == name for vm in vms) or get_vm(compute_client, resource_group, name, retry) is not None
+
+
+def healthy_workers(vms: list[Any], cluster_id: str) -> list[str]:
+    """Names of the worker VMs among ``vms`` (:func:`cluster_vms`) that did not fail."""
     prefix = f"dask-{cluster_id}-worker-"
-    return sorted(
-        vm.name
-        for vm in vms
-        if (vm.tags or {}).get(CLUSTER_ID_TAG) == cluster_id and vm.name.startswith(prefix) and not failed(vm)
-    )
+    return sorted(vm.name for vm in vms if vm.name.startswith(prefix) and not failed(vm))
 
 
 def failed(vm: Any) -> bool:
