@@ -8,7 +8,8 @@ from __future__ import annotations
 import ipaddress
 import re
 import shlex
-from typing import Annotated, Literal
+from collections.abc import Callable
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -43,8 +44,31 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class LocalCompute(_Strict):
+Problem = tuple[tuple[str, ...], str]
+"""A rule a spec breaks: the field's path and why."""
+
+
+class ComputeSection(_Strict):
+    """What every backend's section declares beside its settings: the spec features its backend serves.
+
+    The spec's cross-section rules read these, never a backend's name."""
+
+    reads_azureml_data: ClassVar[bool] = False
+    """``dataset.uri: azureml:...`` (an AzureML data asset) is read by the compute itself."""
+    registers_models: ClassVar[bool] = False
+    """``output.register_model``: the best model is registered in a model registry the backend reaches."""
+    runs_on_control_plane: ClassVar[bool] = False
+    """Trials run on the control plane's own host: a hosted deployment refuses the backend."""
+
+    def spec_problems(self, spec: Any) -> list[Problem]:
+        """This backend's rules on the rest of the spec (``[]``: none)."""
+        return []
+
+
+class LocalCompute(ComputeSection):
     """Trials as tasks on a Dask LocalCluster beside the control plane (never in a hosted deployment)."""
+
+    runs_on_control_plane: ClassVar[bool] = True
 
     backend: Literal["local"] = "local"
     n_workers: int = Field(default=2, ge=1, le=256, description="LocalCluster worker processes")
@@ -127,7 +151,7 @@ class NetworkSpec(_Strict):
         return self
 
 
-class VMClusterCompute(_Strict):
+class VMClusterCompute(ComputeSection):
     """Dask workers on Azure VMs (dask-cloudprovider ``AzureVMCluster``), the seed's MNMG example."""
 
     backend: Literal["vmcluster"] = "vmcluster"
@@ -189,8 +213,11 @@ class VMClusterCompute(_Strict):
         return value
 
 
-class AzureMLCompute(_Strict):
+class AzureMLCompute(ComputeSection):
     """One AzureML sweep job on an AmlCompute GPU cluster, the seed's HPO-RAPIDS example."""
+
+    reads_azureml_data: ClassVar[bool] = True
+    registers_models: ClassVar[bool] = True
 
     backend: Literal["azureml"] = "azureml"
     subscription_id: str | None = Field(default=None, description="defaults to AZURE_SUBSCRIPTION_ID")
@@ -212,5 +239,23 @@ class AzureMLCompute(_Strict):
             raise ValueError(f"min_instances ({self.min_instances}) exceeds max_instances ({self.max_instances})")
         return self
 
+    def spec_problems(self, spec: Any) -> list[Problem]:
+        if spec.sampling_algorithm.type == "bayesian" and spec.early_termination is not None:
+            others = " and ".join(backends_where(lambda section: section is not AzureMLCompute))
+            return [
+                (
+                    ("early_termination",),
+                    "AzureML's bayesian sampling does not support early termination: remove early_termination "
+                    f"or use random sampling (the {others} backends allow it)",
+                )
+            ]
+        return []
 
+
+COMPUTE_SECTIONS: tuple[type[ComputeSection], ...] = (LocalCompute, VMClusterCompute, AzureMLCompute)
 ComputeSpec = Annotated[LocalCompute | VMClusterCompute | AzureMLCompute, Field(discriminator="backend")]
+
+
+def backends_where(declares: Callable[[type[ComputeSection]], bool]) -> list[str]:
+    """The names of the backends whose section ``declares`` holds for (for error messages)."""
+    return [section.model_fields["backend"].default for section in COMPUTE_SECTIONS if declares(section)]

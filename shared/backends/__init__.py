@@ -89,5 +89,5 @@ def create_backend(name: str, store: Store, settings: Settings) -> ComputeBacken
 
 
 def get_planner(name: str) -> Planner:
-    """The offline planner (dry run, node-hours) of the backend called ``name``."""
+    """The offline planner (dry run, description, billing profile) of the backend called ``name``."""
     return _registration(name).planner()

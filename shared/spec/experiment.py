@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from gpu_jobs.params import HYPERPARAMETERS
-from shared.compute_spec import ComputeSpec, LocalCompute
+from shared.compute_spec import ComputeSpec, LocalCompute, Problem, backends_where
 from shared.spec.errors import Loc, SpecModel, did_you_mean, fail
 from shared.spec.search_space import SAMPLING_TYPES, Choice, Distribution, check_distribution
 from shared.spec.sections import (
@@ -98,41 +98,28 @@ class ExperimentSpec(SpecModel):
 
     @model_validator(mode="after")
     def _cross_sections(self) -> ExperimentSpec:
-        if azureml_uri_form(self.dataset.uri) is not None and self.compute.backend != "azureml":
-            fail(
-                [
-                    (
-                        ("dataset", "uri"),
-                        "AzureML data (azureml:...) is read by AzureML itself: it needs compute.backend "
-                        f"'azureml' (this spec runs on {self.compute.backend!r}); give a storage URL instead",
-                    )
-                ]
+        compute = self.compute
+        errors: list[Problem] = []
+        runs_on = f"this spec runs on {compute.backend!r}"
+        if azureml_uri_form(self.dataset.uri) is not None and not compute.reads_azureml_data:
+            readers = _names(backends_where(lambda section: section.reads_azureml_data))
+            errors.append(
+                (
+                    ("dataset", "uri"),
+                    f"AzureML data (azureml:...) is read by AzureML itself: it needs compute.backend {readers} "
+                    f"({runs_on}); give a storage URL instead",
+                )
             )
-        if self.output.register_model is not None and self.compute.backend != "azureml":
-            fail(
-                [
-                    (
-                        ("output", "register_model"),
-                        "registering the model needs the AzureML workspace of compute.backend 'azureml' "
-                        f"(this spec runs on {self.compute.backend!r})",
-                    )
-                ]
+        if self.output.register_model is not None and not compute.registers_models:
+            registrars = _names(backends_where(lambda section: section.registers_models))
+            errors.append(
+                (
+                    ("output", "register_model"),
+                    f"registering the model needs the model registry of compute.backend {registrars} ({runs_on})",
+                )
             )
-        if (
-            self.compute.backend == "azureml"
-            and self.sampling_algorithm.type == "bayesian"
-            and self.early_termination is not None
-        ):
-            fail(
-                [
-                    (
-                        ("early_termination",),
-                        "AzureML's bayesian sampling does not support early termination: remove "
-                        "early_termination or use random sampling (the local and vmcluster backends "
-                        "allow it)",
-                    )
-                ]
-            )
+        errors += compute.spec_problems(self)
+        fail(errors)
         self._budget_is_priced()
         return self
 
@@ -175,3 +162,7 @@ class ExperimentSpec(SpecModel):
 
 def _type_first(entry: dict[str, Any]) -> dict[str, Any]:
     return {"type": entry["type"], **{k: v for k, v in entry.items() if k != "type"}}
+
+
+def _names(backends: list[str]) -> str:
+    return " or ".join(repr(name) for name in backends)

@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from shared.compute_spec import backends_where
 from shared.config import Settings
 from shared.spec.errors import SpecError
 
@@ -48,13 +49,14 @@ class SpecPolicy:
         if not self.hosted:
             return
         errors: list[dict[str, str]] = []
-        backend = spec.compute.backend  # type: ignore[attr-defined]
-        if backend == "local":
+        compute = spec.compute  # type: ignore[attr-defined]
+        if compute.runs_on_control_plane:
+            others = " or ".join(backends_where(lambda section: not section.runs_on_control_plane))
             errors.append(
                 {
                     "loc": "compute.backend",
-                    "msg": "the local backend runs trials on the control plane's own host, which a hosted "
-                    "deployment never does: use vmcluster or azureml",
+                    "msg": f"the {compute.backend} backend runs trials on the control plane's own host, which a "
+                    f"hosted deployment never does: use {others}",
                 }
             )
         problem = self.uri_problem(spec.dataset.uri)  # type: ignore[attr-defined]
