@@ -31,7 +31,7 @@ import pytest
 from shared.backends import REGISTRY, get_planner
 from shared.backends.arm import RetrySettings
 from shared.backends.local import MAX_DRIVER_RESTARTS, LocalHandle, is_alive
-from shared.backends.network import EXPERIMENT_TAG
+from shared.backends.network_layout import EXPERIMENT_TAG
 from shared.config import DRIVER_OUTCOME_ARTIFACT, MODEL_PREFIX
 from shared.context import Context
 from shared.ports import BackendHandle, ComputeBackend, OrphanFinder, Planner, RunState, RunStatus, merge_handle

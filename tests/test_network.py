@@ -11,18 +11,14 @@ import pytest
 
 from shared.backends.arm import RetrySettings
 from shared.backends.network import (
-    CREATED_BY,
-    CREATED_BY_TAG,
-    EXPERIMENT_TAG,
-    INSTANCE_TAG,
     NetworkHandle,
     delete_network_resources,
     ensure_network,
     find_orphaned_networks,
     make_network_client,
-    network_names,
     teardown_network,
 )
+from shared.backends.network_layout import CREATED_BY, CREATED_BY_TAG, EXPERIMENT_TAG, INSTANCE_TAG, network_names
 from shared.compute_spec import NetworkSpec
 from shared.errors import BackendError
 from tests.arm_server import FakeArm, StaticTokenCredential

@@ -19,16 +19,8 @@ import pytest
 import yaml
 
 from shared.backends.arm import RetrySettings
-from shared.backends.network import (
-    CREATED_BY,
-    CREATED_BY_TAG,
-    EXPERIMENT_TAG,
-    INSTANCE_TAG,
-    NetworkHandle,
-    ensure_network,
-    make_network_client,
-    network_names,
-)
+from shared.backends.network import NetworkHandle, ensure_network, make_network_client
+from shared.backends.network_layout import CREATED_BY, CREATED_BY_TAG, EXPERIMENT_TAG, INSTANCE_TAG, network_names
 from shared.backends.vm_teardown import CLUSTER_ID_TAG, make_compute_client
 from shared.backends.vmcluster import VMClusterBackend, VMClusterHandle, VMIdentity, plan
 from shared.backends.vmcluster.exchange import CODE_BLOB, HEARTBEAT_ARTIFACT

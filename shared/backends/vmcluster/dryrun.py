@@ -31,7 +31,8 @@ def plan(
     identity: VMIdentity | None = None,
 ) -> dict[str, Any]:
     """What ``provision``/``submit`` would create for ``spec``, without touching Azure (JSON-able)."""
-    from shared.backends.network import NetworkHandle, dask_rules, network_names
+    from shared.backends.network import NetworkHandle
+    from shared.backends.network_layout import dask_rules, network_names
 
     compute = vmcluster_compute(spec)
     net = compute.network

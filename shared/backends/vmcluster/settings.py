@@ -101,7 +101,7 @@ def is_gpu_size(vm_size: str) -> bool:
 
 def cluster_tags(experiment_id: str) -> dict[str, str]:
     """Our tags on every cluster resource, beside dask-cloudprovider's ``creator``/``cluster-id``."""
-    from shared.backends.network import CREATED_BY, CREATED_BY_TAG, EXPERIMENT_TAG, INSTANCE_TAG
+    from shared.backends.network_layout import CREATED_BY, CREATED_BY_TAG, EXPERIMENT_TAG, INSTANCE_TAG
 
     tags = {EXPERIMENT_TAG: experiment_id, CREATED_BY_TAG: CREATED_BY}
     instance = env("RAPIDS_HPO_INSTANCE_ID").strip()
