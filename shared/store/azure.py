@@ -3,7 +3,8 @@
 Table design (table names from ``shared.config``, optionally prefixed):
 
 - ``experiments``: one partition, ``"experiment"``, two rows per experiment, always written together in
-  one entity-group transaction (same partition, so atomic):
+  one entity-group transaction (same partition, so atomic; the create through
+  :func:`shared.store._table_batch.insert_together`, the SDK's own transaction being slow on this hot path):
 
   - ``t:<inverted creation time>:<id>``: the record. Table Storage returns rows in RowKey order only,
     so the zero-padded inverted microsecond timestamp makes a plain range query list newest first
@@ -63,6 +64,7 @@ from shared.store._common import (
     encode_page_token,
     epoch_micros,
 )
+from shared.store._table_batch import insert_together
 
 PARTITION = "experiment"
 ID_ROW = "id:"
@@ -156,16 +158,14 @@ class AzureStore:
         row_key = _time_row_key(record)
         entity = self._experiment_entity(record, row_key)
         try:
-            result = self._experiments.submit_transaction(
-                [("create", _pointer(record.id, row_key)), ("create", entity)]
-            )
+            etags = insert_together(self._experiments, [_pointer(record.id, row_key), entity])
         except BaseException as exc:
             self._drop_body_blob(entity)
-            if isinstance(exc, TableTransactionError) and exc.status_code == 409:
+            if isinstance(exc, ResourceExistsError):
                 raise AlreadyExists(f"experiment {record.id!r} exists already") from None
             raise
         self._row_keys[record.id] = row_key
-        return record.model_copy(update={"version": result[1]["etag"]})
+        return record.model_copy(update={"version": etags[1]})
 
     def get_experiment(self, experiment_id: str) -> ExperimentRecord:
         check_experiment_id(experiment_id)
