@@ -226,16 +226,18 @@ def plan(
         raise typer.Exit(2)
     spec = _load_spec_or_exit(spec_path)
     catalogue = load_catalogue()
+    planner = get_planner(spec.compute.backend)
+    creates = planner.describe(spec)
     if output == "yaml":
-        document = {"plan": plan_document(spec, catalogue), "dry_run": _dry_run(spec, as_text=False)}
+        document = {"plan": plan_document(spec, catalogue, creates), "dry_run": _dry_run(spec, as_text=False)}
         document = json.loads(json.dumps(document, default=str))  # plain types for YAML
         typer.echo(yaml.safe_dump(document, sort_keys=False, width=110))
         return
-    for renderable in plan_renderables(spec, catalogue):
+    for renderable in plan_renderables(spec, catalogue, creates):
         console.print(renderable)
     if full:
         console.print(_dry_run(spec, as_text=True), markup=False, highlight=False)
-    elif shows := get_planner(spec.compute.backend).full_plan_shows:
+    elif shows := planner.full_plan_shows:
         console.print(f"[dim]{shows[0].upper()}{shows[1:]}: rapids-hpo plan {spec_path} --full[/dim]")
 
 

@@ -13,6 +13,8 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from shared.cost.billing import BillingModel, BillingProfile, NodeGroup, Tier, spec_tier
+
 RAPIDS_IMAGE = "rapidsai/base:26.10-cuda12.9-py3.12"
 """The default RAPIDS container image for GPU workers and AzureML trials."""
 
@@ -20,6 +22,8 @@ AZUREML_DEFAULT_VM_SIZE = "Standard_NC4as_T4_v3"
 """One T4 (16 GB) per node: the cheapest current size RAPIDS runs on, one sweep trial per node."""
 VMCLUSTER_DEFAULT_VM_SIZE = "Standard_NC8as_T4_v3"
 """One T4 per Dask worker VM with 56 GB of host memory for loading and shuffling the data."""
+CLUSTER_STARTUP_ESTIMATE_S = 900
+"""Seconds a VM cluster bills before its first trial: the VMs boot and pull the RAPIDS image."""
 
 
 def _usable_vm_size(value: str) -> str:
@@ -64,6 +68,11 @@ class ComputeSection(_Strict):
         """This backend's rules on the rest of the spec (``[]``: none)."""
         return []
 
+    def billing(self, spec: Any, vm_size: str | None = None, tier: Tier | None = None) -> BillingProfile:
+        """How a run of ``spec`` bills (the one node-hours rule the plan, the ledger, the budget and the cost
+        guard read); ``vm_size``/``tier`` replace the trial nodes' (the plan's comparison of sizes)."""
+        raise NotImplementedError(f"the {type(self).__name__} section declares no billing")
+
 
 class LocalCompute(ComputeSection):
     """Trials as tasks on a Dask LocalCluster beside the control plane (never in a hosted deployment)."""
@@ -78,6 +87,16 @@ class LocalCompute(ComputeSection):
         default=None,
         description="the Azure size each worker stands for: the cost ledger prices the run as that (an estimate)",
     )
+
+    def billing(self, spec: Any, vm_size: str | None = None, tier: Tier | None = None) -> BillingProfile:
+        """Nothing is billed; the workers are priced as ``equivalent_vm_size`` for the whole run (an estimate)."""
+        workers = NodeGroup("local workers", vm_size or self.equivalent_vm_size, self.n_workers, tier or Tier.PAYG)
+        return BillingProfile(
+            (workers,),
+            BillingModel.FLEET,
+            billed=False,
+            unpriced_hint="set compute.equivalent_vm_size to the Azure size the local workers stand for",
+        )
 
 
 # Values that reach a VM's boot script (run as root): each is checked against a strict pattern here, and
@@ -212,6 +231,21 @@ class VMClusterCompute(ComputeSection):
                 raise ValueError(f"worker_options.{key}: {option!r} holds characters a worker option never needs")
         return value
 
+    def billing(self, spec: Any, vm_size: str | None = None, tier: Tier | None = None) -> BillingProfile:
+        """Every VM bills from creation to teardown, start-up included; a worker runs a trial per GPU;
+        ``spot`` buys the workers as Spot VMs while the scheduler (head) stays on demand."""
+        workers = vm_size or self.vm_size
+        return BillingProfile(
+            (
+                NodeGroup("workers", workers, self.n_workers, tier or spec_tier(spec)),
+                NodeGroup("scheduler", self.scheduler_vm_size or workers, 1),
+            ),
+            BillingModel.FLEET,
+            region=self.location,
+            startup_s=float(CLUSTER_STARTUP_ESTIMATE_S),
+            trial_per_gpu=True,
+        )
+
 
 class AzureMLCompute(ComputeSection):
     """One AzureML sweep job on an AmlCompute GPU cluster, the seed's HPO-RAPIDS example."""
@@ -238,6 +272,23 @@ class AzureMLCompute(ComputeSection):
         if self.min_instances > self.max_instances:
             raise ValueError(f"min_instances ({self.min_instances}) exceeds max_instances ({self.max_instances})")
         return self
+
+    def nodes_held(self, spec: Any) -> int:
+        """Nodes a sweep holds at once: each trial holds one, at most ``max_concurrent_trials`` and
+        ``max_instances`` of them."""
+        return min(spec.limits.max_concurrent_trials, spec.effective_total_trials(), self.max_instances)
+
+    def billing(self, spec: Any, vm_size: str | None = None, tier: Tier | None = None) -> BillingProfile:
+        """Each trial holds one node of the autoscaling cluster (:meth:`nodes_held` at most); a node waits
+        ``idle_time_before_scale_down`` after its last trial; ``min_instances`` never leave."""
+        nodes = NodeGroup("trial nodes", vm_size or self.vm_size, self.nodes_held(spec), tier or spec_tier(spec))
+        return BillingProfile(
+            (nodes,),
+            BillingModel.AUTOSCALE,
+            idle_tail_s=float(self.idle_time_before_scale_down),
+            always_on=self.min_instances,
+            cheap_tier=Tier.LOW_PRIORITY,
+        )
 
     def spec_problems(self, spec: Any) -> list[Problem]:
         if spec.sampling_algorithm.type == "bayesian" and spec.early_termination is not None:

@@ -8,7 +8,7 @@
 - ``ComputeBackend``: where the HPO driver runs (local process + Dask LocalCluster, AzureVMCluster,
   AzureML sweep). Every method is idempotent and short; long work happens on the compute. Each backend
   has a typed handle (``BackendHandle``), declares its ``Capabilities``, offers an offline ``Planner``
-  (dry run, billing profile) and, where it creates cloud resources, an ``OrphanFinder``. The registry of
+  (dry run, description) and, where it creates cloud resources, an ``OrphanFinder``. The registry of
   backends is ``shared.backends`` (the one place that names them); ``tests/test_backend_conformance.py``
   runs the same suite over each.
 """
@@ -26,8 +26,6 @@ from shared.records import ExperimentRecord, ExperimentStatus, TrialRecord
 if TYPE_CHECKING:
     from datetime import datetime, timedelta
 
-    from shared.cost.billing import BillingProfile
-    from shared.cost.catalogue import Tier
     from shared.spec import ExperimentSpec
     from shared.store.compute import ComputeCredential, IngestReport
 
@@ -185,8 +183,8 @@ class Capabilities(BaseModel):
 
 @runtime_checkable
 class Planner(Protocol):
-    """What a backend would do for a spec, offline (no store, no Azure): ``rapids-hpo plan``, the cost
-    estimate, the ledger and the cost guard use it, and never ask which backend a spec names."""
+    """What a backend would do for a spec, offline (no store, no Azure): ``rapids-hpo plan`` shows it.
+    How a run bills is its compute section's ``billing`` (``shared.compute_spec``)."""
 
     @property
     def full_plan_shows(self) -> str | None:
@@ -197,10 +195,6 @@ class Planner(Protocol):
 
     def describe(self, spec: ExperimentSpec) -> list[str]:
         """What a run of ``spec`` creates, in words (the plan's first lines)."""
-
-    def billing(self, spec: ExperimentSpec, vm_size: str | None = None, tier: Tier | None = None) -> BillingProfile:
-        """How a run of ``spec`` bills (its one node-hours rule); ``vm_size``/``tier`` replace the trial
-        nodes' (the plan's comparison of sizes)."""
 
 
 @runtime_checkable

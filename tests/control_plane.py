@@ -10,7 +10,6 @@ from typing import Any
 
 from shared.config import Settings
 from shared.context import Context
-from shared.cost.billing import BillingProfile, NodeGroup
 from shared.errors import BackendError
 from shared.ports import BackendHandle, Capabilities, HandleUpdate, RunState, RunStatus
 from shared.queues.local import LocalQueueService
@@ -66,7 +65,7 @@ class ScriptedHandle(BackendHandle):
 
 @dataclass
 class ScriptedPlanner:
-    """Counts ``nodes`` nodes for as long as a run lasts."""
+    """Describes ``nodes`` scripted nodes (how a run bills is its spec's compute section's)."""
 
     nodes: int = 2
     full_plan_shows = None
@@ -76,9 +75,6 @@ class ScriptedPlanner:
 
     def describe(self, spec: Any) -> list[str]:
         return [f"{self.nodes} scripted nodes"]
-
-    def billing(self, spec: Any, vm_size: str | None = None, tier: Any = None) -> BillingProfile:
-        return BillingProfile((NodeGroup("scripted nodes", vm_size, self.nodes),), billed=False)
 
 
 @dataclass

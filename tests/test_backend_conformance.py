@@ -361,14 +361,14 @@ def test_declares_the_contract(harness: Harness) -> None:
     spec = ExperimentSpec.model_validate(load_spec(harness.spec()).to_document())
     json.dumps(planner.dry_run(spec), default=str)  # JSON-able: rapids-hpo plan prints it
     assert planner.describe(spec) and all(isinstance(line, str) for line in planner.describe(spec))
-    profile = planner.billing(spec)
+    profile = spec.compute.billing(spec)  # the backend's compute section declares how it bills
     hours = [profile.node_hours(s, overheads=False) for s in (0, 3600, 7200)]
     assert hours[0] == 0 and 0 <= hours[1] <= hours[2]
     assert profile.node_hours(3600) >= hours[1], "estimates add start-up and idle tails, never less"
     assert profile.billed == backend.capabilities.cloud_resources, "what creates Azure resources bills them"
     if backend.capabilities.cloud_resources:
         assert hours[1] > 0, "a backend that creates billed resources counts their node-hours"
-    resized = planner.billing(spec, "Standard_NC24ads_A100_v4", profile.cheap_tier).trial_nodes
+    resized = spec.compute.billing(spec, "Standard_NC24ads_A100_v4", profile.cheap_tier).trial_nodes
     assert (resized.vm_size, resized.tier) == ("Standard_NC24ads_A100_v4", profile.cheap_tier)
 
 

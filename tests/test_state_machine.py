@@ -221,9 +221,11 @@ def test_sweep_tears_down_finished_experiments_that_missed_teardown(ctx):
 
 
 def test_cost_guard_cancels_an_experiment_over_its_node_hours(ctx):
-    """The guard counts node-hours by the backend's own planner (here 2 nodes) against max_node_hours."""
+    """The guard counts node-hours by the backend's own billing rule (1 worker + the scheduler: 2 nodes)
+    against max_node_hours."""
     ctx.backends["vmcluster"] = ScriptedBackend(name="vmcluster", polls=[RunState.RUNNING])
-    compute = {"backend": "vmcluster", "resource_group": "rg", "location": "eastus", "max_node_hours": 1.5}
+    compute = {"backend": "vmcluster", "resource_group": "rg", "location": "eastus", "n_workers": 1,
+               "max_node_hours": 1.5}  # fmt: skip
     record, _ = submit_experiment(ctx, load_spec(tiny_spec(compute=compute)))
     scripted = ctx.backends["vmcluster"]
     for _ in range(3):

@@ -290,10 +290,9 @@ def test_plan_for_the_default_vmcluster_spec() -> None:
 
 
 def test_billing_counts_the_scheduler_and_the_start_up() -> None:
-    from shared.backends.vmcluster import VMClusterPlanner
-
     def profile(**compute: Any) -> Any:
-        return VMClusterPlanner().billing(load_spec(_spec_document(**compute)))
+        spec = load_spec(_spec_document(**compute))
+        return spec.compute.billing(spec)
 
     assert profile(n_workers=2).node_hours(3600, overheads=False) == 3.0
     assert profile(n_workers=5).node_hours(1800, overheads=False) == 3.0

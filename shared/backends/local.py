@@ -19,8 +19,6 @@ from typing import TYPE_CHECKING, Any, Literal
 from shared.backends.outcome import outcome_status, read_outcome
 from shared.compute_spec import LocalCompute
 from shared.config import Settings
-from shared.cost.billing import BillingModel, BillingProfile, NodeGroup
-from shared.cost.catalogue import Tier
 from shared.ports import BackendHandle, Capabilities, HandleUpdate, RunState, RunStatus, Store, handle_changes
 from shared.records import ExperimentRecord
 
@@ -62,8 +60,7 @@ def is_alive(handle: LocalHandle | dict[str, Any]) -> bool:
 
 
 class LocalPlanner:
-    """Nothing in Azure: a driver process and a Dask LocalCluster on this machine. Nothing is billed; with
-    ``compute.equivalent_vm_size`` the workers are priced as that Azure size (an estimate)."""
+    """Nothing in Azure: a driver process and a Dask LocalCluster on this machine (nothing is billed)."""
 
     full_plan_shows = None
 
@@ -84,17 +81,6 @@ class LocalPlanner:
             "max_concurrent_trials": spec.limits.max_concurrent_trials,
             "node_hours": 0.0,
         }
-
-    def billing(self, spec: ExperimentSpec, vm_size: str | None = None, tier: Tier | None = None) -> BillingProfile:
-        compute = local_compute(spec)
-        size = vm_size or compute.equivalent_vm_size
-        workers = NodeGroup("local workers", size, compute.n_workers, tier or Tier.PAYG)
-        return BillingProfile(
-            (workers,),
-            BillingModel.FLEET,
-            billed=False,
-            unpriced_hint="set compute.equivalent_vm_size to the Azure size the local workers stand for",
-        )
 
 
 def local_compute(spec: ExperimentSpec) -> LocalCompute:

@@ -1,10 +1,10 @@
 """What a run bills, as its backend declares it: the one input of the estimate, the ledger and the plan.
 
-Each backend's ``Planner.billing`` returns a :class:`BillingProfile` for a spec: the node groups it bills
-(the first one runs the trials), whether they bill for the whole run or come and go with the trials, what
-is billed beyond the trials (start-up, the idle tail before scale-down), the cheap tier it can buy, and
-whether anything is billed at all (a local run is priced as the Azure size it stands for). Nothing in
-``shared.cost`` asks which backend a spec names.
+Each backend's compute section (``shared.compute_spec``) returns from ``billing(spec)`` a
+:class:`BillingProfile`: the node groups the run bills (the first one runs the trials), whether they bill
+for the whole run or come and go with the trials, what is billed beyond the trials (start-up, the idle tail
+before scale-down), the cheap tier it can buy, and whether anything is billed at all (a local run is
+priced as the Azure size it stands for). Nothing in ``shared.cost`` asks which backend a spec names.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from shared.cost.catalogue import Tier
+
+__all__ = ["BillingModel", "BillingProfile", "NodeGroup", "Tier", "billing_profile", "spec_tier"]
 
 if TYPE_CHECKING:
     from shared.spec import ExperimentSpec
@@ -108,8 +110,6 @@ def spec_tier(spec: ExperimentSpec) -> Tier:
 
 
 def billing_profile(spec: ExperimentSpec, vm_size: str | None = None, tier: Tier | None = None) -> BillingProfile:
-    """The spec's billing profile from its backend's planner; ``vm_size``/``tier`` replace the trial
-    nodes' (the plan's comparison table)."""
-    from shared.backends import get_planner
-
-    return get_planner(spec.compute.backend).billing(spec, vm_size, tier)
+    """The spec's billing profile, as its compute section declares it; ``vm_size``/``tier`` replace the
+    trial nodes' (the plan's comparison table)."""
+    return spec.compute.billing(spec, vm_size, tier)

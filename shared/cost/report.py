@@ -42,18 +42,12 @@ def _hours(value: float) -> str:
     return f"{value:.2f}" if value < 100 else f"{value:,.0f}"
 
 
-def creates(spec: ExperimentSpec) -> list[str]:
-    """What a run of ``spec`` creates, in words (its backend's planner says)."""
-    from shared.backends import get_planner
-
-    return get_planner(spec.compute.backend).describe(spec)
-
-
-def summary(spec: ExperimentSpec, estimate: CostEstimate, catalogue: Catalogue) -> Group:
-    """The plan's first screen: what is created, node-hours, the cost range, the budget, the warnings."""
+def summary(spec: ExperimentSpec, estimate: CostEstimate, catalogue: Catalogue, creates: list[str]) -> Group:
+    """The plan's first screen: what is created (``creates``: the backend's planner says), node-hours, the
+    cost range, the budget, the warnings."""
     times = run_time_range(spec)
     lines = [Text(f"Plan for {spec.name} (backend {spec.compute.backend})", style="bold")]
-    lines += [Text(f"  {'creates' if i == 0 else '':<9} {line}") for i, line in enumerate(creates(spec))]
+    lines += [Text(f"  {'creates' if i == 0 else '':<9} {line}") for i, line in enumerate(creates)]
     lines.append(Text(f"  runs      {times.low_s / 3600:.2f}-{times.high_s / 3600:.2f} h of wall time"))
     lines.append(Text(f"            at most: every trial to {times.per_trial_basis}"))
     lines.append(Text(f"            at best: {times.low_basis}"))
@@ -127,13 +121,13 @@ def comparison(spec: ExperimentSpec, catalogue: Catalogue, rows: list[CostEstima
     return table
 
 
-def plan_renderables(spec: ExperimentSpec, catalogue: Catalogue) -> list[Any]:
+def plan_renderables(spec: ExperimentSpec, catalogue: Catalogue, creates: list[str]) -> list[Any]:
     estimate = estimate_cost(spec, catalogue)
     rows = candidate_estimates(spec, catalogue)
-    return [summary(spec, estimate, catalogue), comparison(spec, catalogue, rows)]
+    return [summary(spec, estimate, catalogue, creates), comparison(spec, catalogue, rows)]
 
 
-def plan_document(spec: ExperimentSpec, catalogue: Catalogue) -> dict[str, Any]:
+def plan_document(spec: ExperimentSpec, catalogue: Catalogue, creates: list[str]) -> dict[str, Any]:
     """The summary and the table as plain data (``rapids-hpo plan -o yaml``)."""
     estimate = estimate_cost(spec, catalogue)
     times = run_time_range(spec)
@@ -148,7 +142,7 @@ def plan_document(spec: ExperimentSpec, catalogue: Catalogue) -> dict[str, Any]:
         }
 
     return {
-        "creates": creates(spec),
+        "creates": creates,
         "wall_time_hours": {"low": round(times.low_s / 3600, 4), "high": round(times.high_s / 3600, 4)},
         "node_hours": {"low": round(estimate.node_hours_low, 4), "high": round(estimate.node_hours_high, 4)},
         "cost": {**row(estimate), "basis": estimate.basis, "unpriced": estimate.unpriced},

@@ -21,7 +21,7 @@ from shared.cost.catalogue import load_catalogue
 from shared.cost.ledger import BUDGET_REACHED, CostLedger, compute_ledger, public_cost, rates_for
 from shared.dashboard.artifacts import ensure_plots
 from shared.errors import BackendError, NotFound
-from shared.ports import ComputeBackend, Planner, RunState, RunStatus, merge_handle
+from shared.ports import ComputeBackend, RunState, RunStatus, merge_handle
 from shared.records import (
     TERMINAL_STATUSES,
     EventType,
@@ -184,7 +184,7 @@ def _poll(ctx: Context, record: ExperimentRecord) -> str:
         updates["backend_state"] = merge_handle(backend, record.backend_state, status.updates)
     if _budget_stop(ctx, record, backend, status, updates):
         return BUDGET_REACHED
-    guard = cost_guard_reason(record, backend.planner)
+    guard = cost_guard_reason(record)
     if guard and status.state in {RunState.PENDING, RunState.RUNNING}:
         backend.cancel(record)
         transition(ctx, record, S.FAILED, guard, next_event=EventType.TEARDOWN, error=guard, **updates)
@@ -238,9 +238,10 @@ def cost_ledger(ctx: Context, record: ExperimentRecord) -> CostLedger | None:
     return ledger
 
 
-def cost_guard_reason(record: ExperimentRecord, planner: Planner) -> str | None:
+def cost_guard_reason(record: ExperimentRecord) -> str | None:
     """Why the cost guard stops this run (None: it does not): past the experiment's timeout (with a
-    grace period), or more node-hours spent than ``compute.max_node_hours`` by the backend's own rule."""
+    grace period), or more node-hours spent than ``compute.max_node_hours`` by the backend's own rule
+    (its compute section's billing profile)."""
     if record.started_at is None:
         return None
     elapsed = (utcnow() - record.started_at).total_seconds()
@@ -250,7 +251,7 @@ def cost_guard_reason(record: ExperimentRecord, planner: Planner) -> str | None:
         return f"cost guard: running {elapsed:.0f} s, past the experiment timeout of {timeout} s"
     max_node_hours = getattr(spec.compute, "max_node_hours", None)
     if max_node_hours:
-        spent = planner.billing(spec).node_hours(elapsed, overheads=False)
+        spent = spec.compute.billing(spec).node_hours(elapsed, overheads=False)
         if spent > float(max_node_hours):
             return f"cost guard: {spent:.2f} node-hours used, over max_node_hours={max_node_hours}"
     return None

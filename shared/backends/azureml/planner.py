@@ -9,8 +9,6 @@ from typing import Any
 import yaml
 
 from shared.backends.azureml.sweep_job import ROOT, azureml_compute, build_compute, build_sweep_job
-from shared.cost.billing import BillingModel, BillingProfile, NodeGroup, spec_tier
-from shared.cost.catalogue import Tier
 from shared.spec import ExperimentSpec
 
 ESTIMATED_TRIAL_SECONDS = 1800
@@ -19,10 +17,8 @@ Standard_NC6s_v3 took about 35 minutes, node start and image pull included)."""
 
 
 def sweep_nodes(spec: ExperimentSpec) -> int:
-    """Nodes a sweep holds at once: each trial holds one, at most ``max_concurrent_trials`` and
-    ``compute.max_instances`` of them."""
-    compute = azureml_compute(spec)
-    return min(spec.limits.max_concurrent_trials, spec.effective_total_trials(), compute.max_instances)
+    """Nodes a sweep holds at once (``AzureMLCompute.nodes_held``)."""
+    return azureml_compute(spec).nodes_held(spec)
 
 
 class AzureMLPlanner:
@@ -39,19 +35,6 @@ class AzureMLPlanner:
             f"{compute.max_instances} {tier} nodes, idle scale-down after {compute.idle_time_before_scale_down} s",
             f"one AzureML sweep job: {trials}",
         ]
-
-    def billing(self, spec: ExperimentSpec, vm_size: str | None = None, tier: Tier | None = None) -> BillingProfile:
-        """Each trial holds one node of the autoscaling cluster (at most :func:`sweep_nodes` at once); a
-        node waits ``idle_time_before_scale_down`` after its last trial; ``min_instances`` never leave."""
-        compute = azureml_compute(spec)
-        nodes = NodeGroup("trial nodes", vm_size or compute.vm_size, sweep_nodes(spec), tier or spec_tier(spec))
-        return BillingProfile(
-            (nodes,),
-            BillingModel.AUTOSCALE,
-            idle_tail_s=float(compute.idle_time_before_scale_down),
-            always_on=compute.min_instances,
-            cheap_tier=Tier.LOW_PRIORITY,
-        )
 
     def estimate(self, spec: ExperimentSpec) -> dict[str, Any]:
         """Node-hours the sweep may use: ``node_hours(nodes x per_trial x waves)``, capped by ``limits.timeout``.
@@ -74,7 +57,7 @@ class AzureMLPlanner:
         seconds = per_trial * waves
         if limits.timeout is not None:
             seconds = min(seconds, float(limits.timeout))
-        profile = self.billing(spec)
+        profile = compute.billing(spec)
         trial_hours = profile.node_hours(seconds, overheads=False)
         idle_hours = profile.node_hours(compute.idle_time_before_scale_down, overheads=False)
         return {

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from shared.backends.vmcluster.settings import (
-    CLUSTER_STARTUP_ESTIMATE_S,
     NGC_VM_IMAGE,
     VMIdentity,
     cluster_env,
@@ -17,8 +16,6 @@ from shared.backends.vmcluster.settings import (
     worker_vm_prefix,
 )
 from shared.compute_spec import VMClusterCompute
-from shared.cost.billing import BillingModel, BillingProfile, NodeGroup, spec_tier
-from shared.cost.catalogue import Tier
 
 if TYPE_CHECKING:
     from shared.spec import ExperimentSpec
@@ -62,7 +59,7 @@ def plan(
         "cluster-id": "<assigned at submit>",
     }
     seconds, basis = run_seconds(spec)
-    profile = VMClusterPlanner().billing(spec)
+    profile = compute.billing(spec)
     nodes = profile.nodes
     node_hours = profile.node_hours(seconds, overheads=False)  # run_seconds counts the start-up
     notes = [
@@ -170,19 +167,3 @@ class VMClusterPlanner:
             f"1 scheduler VM ({scheduler}) and {compute.n_workers} worker VMs ({compute.vm_size}), no public IPs",
             f"the HPO driver beside the scheduler: {trials}",
         ]
-
-    def billing(self, spec: ExperimentSpec, vm_size: str | None = None, tier: Tier | None = None) -> BillingProfile:
-        """Every VM bills from creation to teardown, start-up included; a worker runs a trial per GPU;
-        ``compute.spot`` buys the workers as Spot VMs while the scheduler (head) stays on demand."""
-        compute = vmcluster_compute(spec)
-        workers = vm_size or compute.vm_size
-        return BillingProfile(
-            (
-                NodeGroup("workers", workers, compute.n_workers, tier or spec_tier(spec)),
-                NodeGroup("scheduler", compute.scheduler_vm_size or workers, 1),
-            ),
-            BillingModel.FLEET,
-            region=compute.location,
-            startup_s=float(CLUSTER_STARTUP_ESTIMATE_S),
-            trial_per_gpu=True,
-        )

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shared.compute_spec import VMClusterCompute
+from shared.compute_spec import CLUSTER_STARTUP_ESTIMATE_S, VMClusterCompute
 from shared.config import env
 
 if TYPE_CHECKING:
@@ -71,7 +71,6 @@ SAS_MARGIN = 6 * 3600
 DEFAULT_SAS_LIFETIME_S = 7 * 24 * 3600
 """The SAS lifetime when the spec sets no timeout."""
 DEFAULT_TRIAL_ESTIMATE_S = 900
-CLUSTER_STARTUP_ESTIMATE_S = 900
 _SECRET_NAMES = ("KEY", "SECRET", "PASSWORD", "TOKEN", "CONNECTION", "SAS")
 _SECRET_VALUES = ("accountkey=", "sharedaccesssignature=", "sig=", "-----begin")
 
