@@ -113,6 +113,7 @@ THIRD_PARTY_ENV = {
     "MLFLOW_RUN_ID": "set by AzureML inside a job: the run MLflow logs to",
     "AZURE_STORAGE_ACCOUNT_NAME": "adlfs/fsspec's variable for the data account",
     "WEBSITE_SITE_NAME": "set by Azure on every Function App: turns hosted mode on (shared.config)",
+    "NETRC": "requests' netrc file: shared.http_pool lets requests read its environment only if one is there",
 }
 
 # Directories whose Python files are not the deployed app (or not ours).
