@@ -7,8 +7,10 @@ up to :data:`POOL_SIZE` connections alive instead.
 
 ``requests`` also reads the environment on every call (proxy variables, the whole of ``os.environ``
 twice, a CA bundle, ``~/.netrc``): a quarter of the CPU of a storage call here, more in a Function App
-with many app settings. When the process starts with none of those set, the session stops looking
-(:func:`_environment_matters`); with any of them set it keeps ``requests``' own per-call handling.
+with many app settings. The CA bundle ``requests`` would use (``REQUESTS_CA_BUNDLE``, else
+``CURL_CA_BUNDLE``) is read once, when the transport is built; with no proxy and no netrc file either,
+the session stops looking (:func:`_environment_matters`). With a proxy or a netrc file it keeps
+``requests``' own per-call handling (``NO_PROXY`` included).
 """
 
 from __future__ import annotations
@@ -24,10 +26,14 @@ _transport: Any = None
 _CA_BUNDLE_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
 
 
+def _ca_bundle() -> str | None:
+    """The CA bundle ``requests`` would take from the environment, if any."""
+    return next((os.environ[name] for name in _CA_BUNDLE_VARIABLES if os.environ.get(name)), None)
+
+
 def _environment_matters() -> bool:
-    """Whether ``requests`` would find anything in this process's environment: a proxy, a CA bundle or
-    a netrc file."""
-    if urllib.request.getproxies() or any(os.environ.get(name) for name in _CA_BUNDLE_VARIABLES):
+    """Whether ``requests`` must keep reading the environment per call: a proxy or a netrc file is set."""
+    if urllib.request.getproxies():
         return True
     netrc = os.environ.get("NETRC")
     places = [netrc] if netrc is not None else ["~/.netrc", "~/_netrc"]
@@ -49,5 +55,7 @@ def pooled_transport() -> Any:
             adapter = HTTPAdapter(pool_connections=16, pool_maxsize=POOL_SIZE)
             session.mount("http://", adapter)
             session.mount("https://", adapter)
-            _transport = RequestsTransport(session=session, session_owner=False)
+            bundle = _ca_bundle()
+            verify = {"connection_verify": bundle} if bundle else {}
+            _transport = RequestsTransport(session=session, session_owner=False, **verify)
         return _transport
