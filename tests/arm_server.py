@@ -33,7 +33,6 @@ Every request is recorded (:class:`RecordedRequest`) before faults or routing ap
 from __future__ import annotations
 
 import copy
-import json
 import re
 import sys
 import threading
@@ -48,6 +47,7 @@ from urllib.parse import parse_qsl, urlsplit
 from azure.core.credentials import AccessToken
 
 from tests import arm_schema
+from tests.json_http import read_json_body, send_json
 
 _PROVIDER = "Microsoft.Network"
 _COMPUTE = "Microsoft.Compute"
@@ -593,29 +593,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self) -> None:
         parts = urlsplit(self.path)
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
-        try:
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            body = raw.decode(errors="replace")
         request = RecordedRequest(
             method=self.command,
             path=parts.path,
             query=dict(parse_qsl(parts.query, keep_blank_values=True)),
-            body=body,
+            body=read_json_body(self),
             headers={k.lower(): v for k, v in self.headers.items()},
         )
         status, headers, payload = self.arm.handle(request)
-        data = json.dumps(payload).encode() if payload is not None else b""
-        self.send_response(status)
-        for name, value in headers.items():
-            self.send_header(name, value)
-        if data:
-            self.send_header("Content-Type", "application/json; charset=utf-8")
-        self.send_header("x-ms-request-id", str(uuid.uuid4()))
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_json(self, status, headers, payload)
 
     do_GET = do_PUT = do_DELETE = do_POST = do_PATCH = _serve  # noqa: N815 - http.server's names

@@ -49,6 +49,7 @@ from urllib.parse import parse_qsl, urlsplit
 from azure.core.credentials import AccessToken
 
 from tests.azureml_routes import ROUTES, Child, Sweep, error, now, output_path, resource, validate_job
+from tests.json_http import read_json_body, send_json
 from tests.tls import mint_certificate
 
 __all__ = ["AzureMLStandIn", "Child", "StaticToken", "Sweep", "entra_token", "mint_certificate", "validate_job"]
@@ -324,24 +325,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self) -> None:
         parts = urlsplit(self.path)
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
-        try:
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            body = raw.decode(errors="replace")
         status, headers, answer = self.ws.handle(
-            self.command, parts.path, dict(parse_qsl(parts.query)), body, self.headers.get("Authorization")
+            self.command,
+            parts.path,
+            dict(parse_qsl(parts.query)),
+            read_json_body(self),
+            self.headers.get("Authorization"),
         )
-        data = b"" if answer is None else json.dumps(answer).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("x-ms-request-id", str(uuid.uuid4()))
-        for key, value in headers.items():
-            self.send_header(key, value)
-        self.end_headers()
-        self.wfile.write(data)
+        send_json(self, status, headers, answer)
 
     do_GET = do_PUT = do_POST = do_DELETE = do_PATCH = _serve  # noqa: N815 - http.server's names
 
