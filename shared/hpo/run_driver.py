@@ -33,6 +33,7 @@ from shared.records import ExperimentRecord, ExperimentStatus
 from shared.spec import ExperimentSpec, load_spec
 
 log = logging.getLogger("rapids_hpo.driver")
+WORKER_PRELOAD = "gpu_jobs.preload"
 
 
 @contextlib.contextmanager
@@ -46,6 +47,7 @@ def dask_client(spec: ExperimentSpec) -> Iterator[Client]:
             memory_limit=compute.memory_limit,
             processes=True,
             dashboard_address=None,
+            preload=[WORKER_PRELOAD],  # the training stack imported at each worker's start
         ) as cluster,
         Client(cluster) as client,
     ):

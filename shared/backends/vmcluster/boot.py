@@ -56,6 +56,8 @@ def fetch_code(config: dict, target: Path) -> None:
 def environment(config: dict, code: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(code), env.get("PYTHONPATH", "")]))
+    if config.get("role") == "worker":  # the training stack imported at the worker's start (gpu_jobs/preload.py)
+        env["DASK_DISTRIBUTED__WORKER__PRELOAD"] = '["gpu_jobs.preload"]'
     if config.get("tls"):
         tls = HERE / "tls"
         env["DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION"] = "True"
