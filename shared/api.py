@@ -5,7 +5,8 @@ Long work answers ``202 Accepted`` with ``Location`` and ``Retry-After``; the st
 
 Handlers are plain ``def`` functions, so FastAPI runs their blocking store calls in its thread pool and
 the event loop never waits on storage; only the body is read on the loop (:func:`spec_body`, bounded).
-They reach the :class:`~shared.context.Context` through ``Depends`` (:data:`Ctx`). Experiment ids are
+They reach the :class:`~shared.context.Context` through ``Depends`` (:data:`Ctx`, an async dependency:
+no thread hop of its own). Experiment ids are
 checked against :data:`~shared.config.EXPERIMENT_ID_PATTERN` on the path parameter: a malformed id is a
 422 before any handler runs, and the OpenAPI document states the pattern. A body is a spec document
 (:func:`shared.spec.read_document`), never a file name; hosted mode's rules apply
@@ -22,11 +23,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Path, Query, Request, Response
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 
 from shared import __version__
 from shared.api_edge import ErrorBody, FunctionKeyMiddleware, error_response, install_error_handlers
 from shared.config import EXPERIMENT_ID_PATTERN, MODEL_PREFIX
-from shared.context import Context, get_context
+from shared.context import Context, built_context, get_context
 from shared.cost.ledger import public_cost
 from shared.dashboard.routes import router as dashboard_router
 from shared.errors import NotFound
@@ -141,8 +143,14 @@ class ExperimentPage(BaseModel):
     next_page_token: str | None
 
 
-Ctx = Annotated[Context, Depends(get_context)]
-"""The context, through ``Depends``; ``create_api(context=...)`` overrides ``get_context`` app-wide."""
+async def api_context() -> Context:
+    """The process-wide context, returned on the event loop once built (a plain ``def`` dependency costs
+    every request a hop to the thread pool); the first request builds it there (imports, SDK clients)."""
+    return built_context() or await run_in_threadpool(get_context)
+
+
+Ctx = Annotated[Context, Depends(api_context)]
+"""The context, through ``Depends``; ``create_api(context=...)`` overrides it app-wide."""
 ExperimentId = Annotated[
     str,
     Path(
@@ -336,7 +344,12 @@ def create_api(*, context: Context | None = None, function_key: str | None = Non
     app.include_router(dashboard_router)
     install_error_handlers(app)
     if context is not None:
-        app.dependency_overrides[get_context] = lambda: context
+
+        async def given() -> Context:
+            return context
+
+        app.dependency_overrides[api_context] = given
+        app.dependency_overrides[get_context] = lambda: context  # the dashboard's routes
     if function_key:
         app.add_middleware(FunctionKeyMiddleware, key=function_key)
     return app

@@ -68,6 +68,11 @@ def get_context() -> Context:
         return _context
 
 
+def built_context() -> Context | None:
+    """The process-wide context if it is built already; never builds it (no imports, no blocking)."""
+    return _context
+
+
 def set_context(context: Context | None) -> None:
     """Install (or clear) the process-wide context; used by ``rapids-hpo serve/run`` and tests."""
     global _context

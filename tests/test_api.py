@@ -218,3 +218,33 @@ def test_an_unreachable_store_is_503_with_retry_after(ctx):
     response = TestClient(create_api(context=ctx), raise_server_exceptions=False).get("/api/experiments/exp-1")
     assert response.status_code == 503 and response.headers["retry-after"] == "1"
     assert "storage unavailable" in response.json()["detail"]
+
+
+def test_the_context_dependency_builds_the_context_off_the_loop_once_then_returns_it_on_the_loop(
+    tmp_path, monkeypatch
+):
+    import asyncio
+    import threading
+
+    from shared import context as context_module
+    from shared.api import api_context
+
+    monkeypatch.setenv("RAPIDS_HPO_HOME", str(tmp_path))
+    monkeypatch.delenv("AzureWebJobsStorage", raising=False)
+    set_context(None)
+    built_in: list[str] = []
+    real = context_module.Context.from_settings
+
+    def from_settings(settings):
+        built_in.append(threading.current_thread().name)
+        return real(settings)
+
+    monkeypatch.setattr(context_module.Context, "from_settings", from_settings)
+    try:
+        first = asyncio.run(api_context())
+        again = asyncio.run(api_context())
+    finally:
+        set_context(None)
+
+    assert first is again and first.settings.home == tmp_path
+    assert len(built_in) == 1 and built_in[0] != threading.main_thread().name
