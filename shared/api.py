@@ -146,7 +146,8 @@ class ExperimentPage(BaseModel):
 async def api_context() -> Context:
     """The process-wide context, returned on the event loop once built (a plain ``def`` dependency costs
     every request a hop to the thread pool); the first request builds it there (imports, SDK clients)."""
-    return built_context() or await run_in_threadpool(get_context)
+    context = built_context()
+    return context if context is not None else await run_in_threadpool(get_context)
 
 
 Ctx = Annotated[Context, Depends(api_context)]

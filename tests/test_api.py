@@ -220,9 +220,7 @@ def test_an_unreachable_store_is_503_with_retry_after(ctx):
     assert "storage unavailable" in response.json()["detail"]
 
 
-def test_the_context_dependency_builds_the_context_off_the_loop_once_then_returns_it_on_the_loop(
-    tmp_path, monkeypatch
-):
+def test_the_context_dependency_builds_the_context_off_the_loop_once_then_returns_it_on_the_loop(tmp_path, monkeypatch):
     import asyncio
     import threading
 
