@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 import pytest
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
+from azure.core.pipeline.transport import RequestsTransport
 from azure.data.tables import TableClient, TableServiceClient
 
 from shared.store._table_batch import insert_together
@@ -27,6 +28,18 @@ def table(azurite: str) -> Iterator[TableClient]:
         service.delete_table(name)
 
 
+class Recording(RequestsTransport):
+    """The SDK's own transport, remembering the requests it sends."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[object] = []
+
+    def send(self, request, **kwargs):  # type: ignore[no-untyped-def]
+        self.sent.append(request)
+        return super().send(request, **kwargs)
+
+
 def entity(row: str, **properties: object) -> dict[str, object]:
     return {"PartitionKey": "p", "RowKey": row, **properties}
 
@@ -42,6 +55,23 @@ def test_rows_are_stored_as_the_sdk_stores_them_with_their_etags(table: TableCli
     assert {k: v for k, v in ours.items() if k != "RowKey"} == {k: v for k, v in sdks.items() if k != "RowKey"}
     assert ours["Name"] == "naïve ✓ 𝄞" and ours["CreatedAt"] == when and ours["Chunks"] == -3 and "Gone" not in ours
     assert etags == [ours.metadata["etag"], table.get_entity("p", "b").metadata["etag"]]
+
+
+def test_the_request_carries_the_headers_the_sdk_batch_carries(azurite: str, table: TableClient) -> None:
+    transport = Recording()
+    client = TableServiceClient.from_connection_string(azurite, transport=transport).get_table_client(table.table_name)
+
+    insert_together(client, [entity("a"), entity("b")])
+    client.submit_transaction([("create", entity("c")), ("create", entity("d"))])
+
+    ours, sdks = (request for request in transport.sent if request.url.endswith("/$batch"))  # type: ignore[attr-defined]
+    wanted = {"x-ms-version", "DataServiceVersion", "MaxDataServiceVersion", "Accept", "Authorization", "x-ms-date"}
+    assert {name: ours.headers[name] for name in wanted - {"Authorization", "x-ms-date"}} == {
+        name: sdks.headers[name] for name in wanted - {"Authorization", "x-ms-date"}
+    }
+    assert wanted <= set(ours.headers) and ours.headers["x-ms-version"] == client.api_version
+    body = ours.content.decode() if isinstance(ours.content, bytes) else str(ours.content)
+    assert body.count(f"x-ms-version: {client.api_version}") == 2  # each operation names the version too
 
 
 def test_a_taken_row_key_writes_nothing_and_raises_resource_exists(table: TableClient) -> None:

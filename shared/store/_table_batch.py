@@ -53,6 +53,7 @@ def insert_together(table: TableClient, entities: Sequence[Mapping[str, Any]]) -
             f"POST {account}/{table.table_name} HTTP/1.1",
             "Content-Type: application/json",
             f"Content-Length: {len(body)}",
+            f"x-ms-version: {table.api_version}",
             "DataServiceVersion: 3.0",
             "Accept: application/json;odata=minimalmetadata",
             "",
@@ -63,6 +64,7 @@ def insert_together(table: TableClient, entities: Sequence[Mapping[str, Any]]) -
         "POST",
         f"{account}/$batch" + (f"?{query}" if query else ""),
         headers={
+            "x-ms-version": table.api_version,
             "DataServiceVersion": "3.0",
             "MaxDataServiceVersion": "3.0;NetFx",
             "Content-Type": f"multipart/mixed; boundary={batch}",
