@@ -36,6 +36,7 @@ from shared.handlers import request_cancel, submit_experiment
 from shared.records import (
     TERMINAL_STATUSES,
     BestTrial,
+    ComputeReport,
     ExperimentRecord,
     ExperimentStatus,
     RegisteredModel,
@@ -103,6 +104,9 @@ class ExperimentView(BaseModel):
     registered_model: RegisteredModel | None = Field(
         default=None, description="the best model in the AzureML registry (output.register_model)"
     )
+    compute: ComputeReport = Field(
+        default_factory=ComputeReport, description="what the compute went through: restarts, evictions, heartbeat"
+    )
 
     @classmethod
     def of(cls, record: ExperimentRecord) -> ExperimentView:
@@ -135,6 +139,7 @@ class ExperimentView(BaseModel):
             ),
             cost=CostView.of(record.cost),
             registered_model=record.registered_model,
+            compute=record.compute,
         )
 
 

@@ -344,6 +344,7 @@ def status(experiment_id: str, as_json: Annotated[bool, typer.Option("--json")] 
         console.print_json(json.dumps(data))
         return
     from shared.cost.report import format_cost
+    from shared.dashboard.terminal import format_compute
 
     best = data.get("best")
     cost = format_cost(data.get("cost"))
@@ -353,6 +354,8 @@ def status(experiment_id: str, as_json: Annotated[bool, typer.Option("--json")] 
         + (f"  {cost}" if cost else "")
         + (f"  error: {data['error']}" if data.get("error") else "")
     )
+    if compute := format_compute(data.get("compute")):
+        console.print(f"  compute: {compute}", markup=False, highlight=False)
 
 
 @app.command()

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
-from shared.records import ExperimentRecord, ExperimentStatus, TrialRecord
+from shared.records import ComputeReport, ExperimentRecord, ExperimentStatus, TrialRecord
 
 if TYPE_CHECKING:
     from datetime import datetime, timedelta
@@ -153,6 +153,11 @@ class BackendHandle(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: str
+
+    def compute_report(self) -> ComputeReport:
+        """What users see of the compute (restarts, evictions, heartbeat, a link); the state machine copies
+        it onto the record whenever the handle changes. Override to report what the backend tracks."""
+        return ComputeReport()
 
 
 @dataclass

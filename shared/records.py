@@ -101,6 +101,15 @@ class EventLog(BaseModel):
     behind: bool = Field(default=False, description="finished trials wait for room in the outbox")
 
 
+class ComputeReport(BaseModel):
+    """What the compute went through, as its backend's handle tells it (the API's ``compute``, ``status``)."""
+
+    driver_restarts: int = Field(default=0, ge=0, description="times the HPO driver was started again after dying")
+    evictions: int = Field(default=0, ge=0, description="worker VMs lost (Spot evictions) and replaced")
+    heartbeat_at: datetime | None = Field(default=None, description="the driver's last sign of life on the compute")
+    link: str | None = Field(default=None, description="the run in Azure's own UI (the AzureML studio job page)")
+
+
 class ExperimentRecord(BaseModel):
     """An experiment's status document. ``version`` is the optimistic-concurrency token."""
 
@@ -130,6 +139,7 @@ class ExperimentRecord(BaseModel):
         default=None, description="the cost ledger (shared.cost.ledger.CostLedger), None when unpriced"
     )
     registered_model: RegisteredModel | None = Field(default=None, description="output.register_model's result")
+    compute: ComputeReport = Field(default_factory=ComputeReport, description="from the backend's handle")
     version: str = ""
 
 

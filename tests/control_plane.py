@@ -13,7 +13,7 @@ from shared.context import Context
 from shared.errors import BackendError
 from shared.ports import BackendHandle, Capabilities, HandleUpdate, RunState, RunStatus
 from shared.queues.local import LocalQueueService
-from shared.records import ExperimentRecord
+from shared.records import ComputeReport, ExperimentRecord
 from shared.store.local import LocalStore
 
 TINY_SPEC: dict[str, Any] = {
@@ -61,6 +61,10 @@ class ScriptedHandle(BackendHandle):
     kind: str = "scripted"
     provisioned: bool = False
     submitted: bool = False
+    restarts: int = 0
+
+    def compute_report(self) -> ComputeReport:
+        return ComputeReport(driver_restarts=self.restarts)
 
 
 @dataclass
@@ -88,6 +92,8 @@ class ScriptedBackend:
     fail_on: dict[str, BackendError] = field(default_factory=dict)
     calls: list[tuple[str, str]] = field(default_factory=list)
     planner: ScriptedPlanner = field(default_factory=ScriptedPlanner)
+    poll_updates: list[HandleUpdate] = field(default_factory=list)
+    """Handle updates the polls return, one per poll (then none)."""
     handle_type = ScriptedHandle
     capabilities = Capabilities(model_from="driver", cloud_resources=False, finds_orphans=False, restarts_driver=False)
 
@@ -110,7 +116,8 @@ class ScriptedBackend:
     def poll(self, record: ExperimentRecord) -> RunStatus:
         self._call("poll", record)
         state = self.polls.pop(0) if len(self.polls) > 1 else self.polls[0]
-        return RunStatus(state, error=self.error if state is RunState.FAILED else None)
+        updates = self.poll_updates.pop(0) if self.poll_updates else {}
+        return RunStatus(state, error=self.error if state is RunState.FAILED else None, updates=updates)
 
     def finalize(self, record: ExperimentRecord) -> HandleUpdate:
         self._call("finalize", record)

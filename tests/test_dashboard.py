@@ -291,3 +291,15 @@ def test_the_state_machine_finalize_step_saves_plots(tmp_path):
         context.events.delete(message)
     names = context.store.list_artifacts(record.id, "plots/")
     assert "plots/report.html" in names and "plots/parallel.svg" in names
+
+
+def test_the_compute_line_says_only_what_happened():
+    from datetime import UTC, datetime
+
+    from shared.dashboard.terminal import format_compute
+
+    now = datetime(2026, 12, 1, 12, 0, 30, tzinfo=UTC)
+    assert format_compute(None) == "" and format_compute({"driver_restarts": 0, "evictions": 0}) == ""
+    report = {"evictions": 2, "driver_restarts": 1, "heartbeat_at": "2026-12-01T12:00:18+00:00", "link": None}
+    assert format_compute(report, now) == "2 workers evicted (replaced), driver restarted 1x, heartbeat 12 s ago"
+    assert format_compute({"link": "https://ml.azure.com/runs/x"}) == "https://ml.azure.com/runs/x"

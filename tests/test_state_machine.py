@@ -298,3 +298,25 @@ def test_idempotency_key_returns_the_same_experiment(ctx):
     second, created_again = submit_experiment(ctx, spec, idempotency_key="k-1")
     assert created and not created_again and first.id == second.id
     assert ctx.events.count() == 1
+
+
+def test_what_the_compute_went_through_follows_its_handle_onto_the_record_and_the_api(ctx):
+    """A handle change a poll returns (here: the driver restarted twice) reaches ``record.compute`` in the
+    same write, and the API and ``rapids-hpo status`` show it."""
+    from fastapi.testclient import TestClient
+
+    from shared.api import create_api
+    from shared.dashboard.terminal import format_compute
+
+    backend(ctx).polls = [RunState.RUNNING]
+    backend(ctx).poll_updates = [{"restarts": 1}, {"restarts": 2}]
+    record = submit(ctx)
+    for _ in range(2):
+        deliver(ctx, next_event(ctx))
+    assert ctx.store.get_experiment(record.id).compute.driver_restarts == 0
+    deliver(ctx, next_event(ctx))
+    assert ctx.store.get_experiment(record.id).compute.driver_restarts == 1
+    deliver(ctx, next_event(ctx))
+    shown = TestClient(create_api(context=ctx)).get(f"/api/experiments/{record.id}").json()["compute"]
+    assert shown == {"driver_restarts": 2, "evictions": 0, "heartbeat_at": None, "link": None}
+    assert format_compute(shown) == "driver restarted 2x"

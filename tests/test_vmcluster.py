@@ -402,6 +402,7 @@ def test_poll_replaces_lost_workers_counts_evictions_and_stops_at_their_budget(
     status = backend.poll(record)
     record = _apply(record, status)
     assert VMClusterHandle.of(record.backend_state).evictions == 1 and len(arm.calls("PUT", "virtualMachines/")) == 1
+    assert VMClusterHandle.of(record.backend_state).compute_report().evictions == 1  # what the API shows
     for vm in [v for v in arm.of_type("virtualMachines") if "-worker-" in v["name"]]:
         arm.evict(vm["name"])
     status = backend.poll(record)

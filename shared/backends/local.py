@@ -20,7 +20,7 @@ from shared.backends.outcome import outcome_status, read_outcome
 from shared.compute_spec import LocalCompute
 from shared.config import Settings
 from shared.ports import BackendHandle, Capabilities, HandleUpdate, RunState, RunStatus, Store, handle_changes
-from shared.records import ExperimentRecord
+from shared.records import ComputeReport, ExperimentRecord
 
 if TYPE_CHECKING:
     from shared.spec import ExperimentSpec
@@ -50,6 +50,9 @@ class LocalHandle(BackendHandle):
     pid_start: str | None = None
     log: str | None = None
     restarts: int = 0
+
+    def compute_report(self) -> ComputeReport:
+        return ComputeReport(driver_restarts=self.restarts)
 
 
 def is_alive(handle: LocalHandle | dict[str, Any]) -> bool:

@@ -92,6 +92,9 @@ def transition(
         "history": history,
         **updates,
     }
+    if "backend_state" in updates:  # what users see of the compute follows its handle
+        backend = ctx.backend(record.backend)
+        fields["compute"] = backend.handle_type.model_validate(updates["backend_state"]).compute_report()
     if status in TERMINAL_STATUSES and record.ended_at is None:
         fields.setdefault("ended_at", utcnow())
     candidate = record.model_copy(update=fields)

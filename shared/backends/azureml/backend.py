@@ -29,7 +29,7 @@ from shared.compute_spec import AzureMLCompute
 from shared.config import MODEL_PREFIX, Settings
 from shared.errors import BackendError
 from shared.ports import BackendHandle, Capabilities, HandleUpdate, RunState, RunStatus, Store, handle_changes
-from shared.records import ExperimentRecord, TrialRecord, best_of, utcnow
+from shared.records import ComputeReport, ExperimentRecord, TrialRecord, best_of, utcnow
 from shared.spec import ExperimentSpec
 from shared.spec.sections import azureml_uri_form
 from shared.trials import counts_by_state, fail_running_trials
@@ -73,6 +73,10 @@ class AzureMLHandle(BackendHandle):
     azureml_best_child: str | None = None
     """AzureML's own pick (best value ever logged), reported beside ``best_child``."""
     registered_model: dict[str, Any] | None = None
+
+    def compute_report(self) -> ComputeReport:
+        return ComputeReport(link=self.studio_url)
+
     """``output.register_model``: the registered name, version and id (also on the record)."""
 
 

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.ports import BackendHandle
-from shared.records import utcnow
+from shared.records import ComputeReport, utcnow
 
 
 class NetworkHandle(BaseModel):
@@ -54,6 +54,9 @@ class VMClusterHandle(BackendHandle):
     ingested_until: datetime | None = Field(default=None, description="the compute area's ingestion watermark")
     heartbeat_at: datetime | None = Field(default=None, description="the driver's last heartbeat")
     last_error: str | None = None
+
+    def compute_report(self) -> ComputeReport:
+        return ComputeReport(evictions=self.evictions, heartbeat_at=self.heartbeat_at)
 
     @classmethod
     def of(cls, backend_state: dict[str, Any]) -> VMClusterHandle:
