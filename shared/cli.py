@@ -344,7 +344,7 @@ def status(experiment_id: str, as_json: Annotated[bool, typer.Option("--json")] 
         console.print_json(json.dumps(data))
         return
     from shared.cost.report import format_cost
-    from shared.dashboard.terminal import format_compute
+    from shared.records import ComputeReport
 
     best = data.get("best")
     cost = format_cost(data.get("cost"))
@@ -354,7 +354,7 @@ def status(experiment_id: str, as_json: Annotated[bool, typer.Option("--json")] 
         + (f"  {cost}" if cost else "")
         + (f"  error: {data['error']}" if data.get("error") else "")
     )
-    if compute := format_compute(data.get("compute")):
+    if compute := ComputeReport.model_validate(data.get("compute") or {}).summary():
         console.print(f"  compute: {compute}", markup=False, highlight=False)
 
 

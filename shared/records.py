@@ -109,6 +109,21 @@ class ComputeReport(BaseModel):
     heartbeat_at: datetime | None = Field(default=None, description="the driver's last sign of life on the compute")
     link: str | None = Field(default=None, description="the run in Azure's own UI (the AzureML studio job page)")
 
+    def summary(self, now: datetime | None = None, *, link: bool = True) -> str:
+        """``2 workers evicted (replaced), driver restarted 1x, heartbeat 12 s ago, https://...``; "" when
+        there is nothing to say (``status``, ``watch``, the dashboard)."""
+        parts = []
+        if self.evictions:
+            parts.append(f"{self.evictions} workers evicted (replaced)")
+        if self.driver_restarts:
+            parts.append(f"driver restarted {self.driver_restarts}x")
+        if self.heartbeat_at:
+            seconds = max(((now or utcnow()) - self.heartbeat_at).total_seconds(), 0.0)
+            parts.append(f"heartbeat {seconds:.0f} s ago")
+        if link and self.link:
+            parts.append(self.link)
+        return ", ".join(parts)
+
 
 class ExperimentRecord(BaseModel):
     """An experiment's status document. ``version`` is the optimistic-concurrency token."""

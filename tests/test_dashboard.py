@@ -84,6 +84,21 @@ def test_running_experiment_page_refreshes_and_offers_cancel(client):
     assert int(charts["importances"].get("data-marks")) == 0  # none computed yet: the chart says so
 
 
+def test_the_page_says_what_the_compute_went_through(client, ctx):
+    from shared.records import ComputeReport
+
+    record = ctx.store.get_experiment(RUNNING)
+    report = ComputeReport(evictions=1, link="https://ml.azure.com/runs/x?a=1&b=<2>")
+    ctx.store.update_experiment(record.model_copy(update={"compute": report}))
+    html = client.get(f"/api/ui/experiments/{RUNNING}").text
+    assert "compute: 1 workers evicted (replaced), " in html
+    assert '<a id="compute-link" href="https://ml.azure.com/runs/x?a=1&amp;b=&lt;2&gt;">open in Azure</a>' in html
+    hostile = report.model_copy(update={"link": "javascript:alert(1)"})
+    ctx.store.update_experiment(ctx.store.get_experiment(RUNNING).model_copy(update={"compute": hostile}))
+    html = client.get(f"/api/ui/experiments/{RUNNING}").text
+    assert "javascript:" not in html and 'id="compute-link"' not in html
+
+
 def test_unknown_or_malformed_ids_are_404_or_422_never_500(client):
     assert client.get("/api/ui/experiments/exp-nope").status_code == 404
     assert client.get("/api/ui/experiments/%E2%98%83").status_code == 422
@@ -296,10 +311,11 @@ def test_the_state_machine_finalize_step_saves_plots(tmp_path):
 def test_the_compute_line_says_only_what_happened():
     from datetime import UTC, datetime
 
-    from shared.dashboard.terminal import format_compute
+    from shared.records import ComputeReport
 
     now = datetime(2026, 12, 1, 12, 0, 30, tzinfo=UTC)
-    assert format_compute(None) == "" and format_compute({"driver_restarts": 0, "evictions": 0}) == ""
-    report = {"evictions": 2, "driver_restarts": 1, "heartbeat_at": "2026-12-01T12:00:18+00:00", "link": None}
-    assert format_compute(report, now) == "2 workers evicted (replaced), driver restarted 1x, heartbeat 12 s ago"
-    assert format_compute({"link": "https://ml.azure.com/runs/x"}) == "https://ml.azure.com/runs/x"
+    assert ComputeReport().summary() == "" and ComputeReport(driver_restarts=0, evictions=0).summary() == ""
+    report = ComputeReport(evictions=2, driver_restarts=1, heartbeat_at=datetime(2026, 12, 1, 12, 0, 18, tzinfo=UTC))
+    assert report.summary(now) == "2 workers evicted (replaced), driver restarted 1x, heartbeat 12 s ago"
+    studio = ComputeReport(link="https://ml.azure.com/runs/x")
+    assert studio.summary() == "https://ml.azure.com/runs/x" and studio.summary(link=False) == ""

@@ -306,7 +306,7 @@ def test_what_the_compute_went_through_follows_its_handle_onto_the_record_and_th
     from fastapi.testclient import TestClient
 
     from shared.api import create_api
-    from shared.dashboard.terminal import format_compute
+    from shared.records import ComputeReport
 
     backend(ctx).polls = [RunState.RUNNING]
     backend(ctx).poll_updates = [{"restarts": 1}, {"restarts": 2}]
@@ -319,4 +319,4 @@ def test_what_the_compute_went_through_follows_its_handle_onto_the_record_and_th
     deliver(ctx, next_event(ctx))
     shown = TestClient(create_api(context=ctx)).get(f"/api/experiments/{record.id}").json()["compute"]
     assert shown == {"driver_restarts": 2, "evictions": 0, "heartbeat_at": None, "link": None}
-    assert format_compute(shown) == "driver restarted 2x"
+    assert ComputeReport.model_validate(shown).summary() == "driver restarted 2x"

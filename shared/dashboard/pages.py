@@ -114,6 +114,16 @@ def cost_text(record: ExperimentRecord) -> str:
     return f'<span title="{escape(str(cost.get("basis") or ""))}">{text}</span>'
 
 
+def compute_html(record: ExperimentRecord) -> str:
+    """What the compute went through (restarts, evictions, heartbeat) and its Azure page, "" when nothing."""
+    text = escape(record.compute.summary(link=False))
+    link = record.compute.link
+    anchor = (
+        f'<a id="compute-link" href="{escape(link)}">open in Azure</a>' if link and link.startswith("https://") else ""
+    )
+    return ", ".join(part for part in (text, anchor) if part)
+
+
 def _trial_costs(record: ExperimentRecord) -> dict[int, float]:
     per_trial = (record.cost or {}).get("per_trial_usd") or {}
     return {int(k): float(v) for k, v in per_trial.items() if isinstance(v, (int, float))}
@@ -230,11 +240,13 @@ def experiment_page(
         else "no completed trial yet"
     )
     cost = cost_text(record)
+    compute = compute_html(record)
     meta = (
         f'<span class="status {record.status.value}" id="status">{record.status.value}</span> '
         f"{record.trials_done}/{record.trials_total} trials · {best} · backend {escape(record.backend)} · "
         f"started {_when(record.started_at) or 'not yet'} · duration {_seconds(_duration(record)) or '-'}"
         + (f" · cost {cost}" if cost else "")
+        + (f" · compute: {compute}" if compute else "")
     )
     error = f'<p class="error">{escape(record.error)}</p>' if record.error else ""
     plot_links = " ".join(f'<a href="{escape(url(f"{base}/plots/{name}", code))}">{escape(name)}</a>' for name in plots)

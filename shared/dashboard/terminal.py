@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from shared.cost.report import format_cost
+from shared.records import ComputeReport
 
 STATE_STYLES = {"RUNNING": "cyan", "COMPLETED": "green", "PRUNED": "yellow", "FAILED": "red", "TIMED_OUT": "red"}
 
@@ -57,25 +58,6 @@ def trials_table(trials: list[dict[str, Any]], searched: list[str], recent: int 
     return table
 
 
-def format_compute(compute: dict[str, Any] | None, now: datetime | None = None) -> str:
-    """What the compute went through, when anything: ``2 workers evicted (replaced), driver restarted 1x,
-    heartbeat 12 s ago, https://ml.azure.com/...``; ``""`` otherwise."""
-    if not compute:
-        return ""
-    parts = []
-    if compute.get("evictions"):
-        parts.append(f"{compute['evictions']} workers evicted (replaced)")
-    if compute.get("driver_restarts"):
-        parts.append(f"driver restarted {compute['driver_restarts']}x")
-    if compute.get("heartbeat_at"):
-        beat = datetime.fromisoformat(str(compute["heartbeat_at"]))
-        seconds = max(((now or datetime.now(UTC)) - beat).total_seconds(), 0.0)
-        parts.append(f"heartbeat {seconds:.0f} s ago")
-    if compute.get("link"):
-        parts.append(str(compute["link"]))
-    return ", ".join(parts)
-
-
 def watch_view(experiment: dict[str, Any], trials: list[dict[str, Any]], searched: list[str]) -> RenderableType:
     """The progress bar, a summary line, the running trials and the last few finished ones."""
     done, total = experiment["progress"]["done"], experiment["progress"]["total"]
@@ -93,7 +75,7 @@ def watch_view(experiment: dict[str, Any], trials: list[dict[str, Any]], searche
         (f"  {format_cost(experiment.get('cost'))}" if experiment.get("cost") else "", "yellow"),
     )
     bar = ProgressBar(total=max(total, 1), completed=done, width=60)
-    compute = format_compute(experiment.get("compute"))
+    compute = ComputeReport.model_validate(experiment.get("compute") or {}).summary()
     lines: list[RenderableType] = [header, Text(f"compute: {compute}", style="dim")] if compute else [header]
     return Group(*lines, bar, trials_table(trials, searched))
 
