@@ -1,0 +1,28 @@
+"""The ``rapids-hpo`` app and what its commands share: the consoles and reading a spec or exiting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+HELP = "``rapids-hpo``: run an experiment here, serve the API, or talk to a running API (local or Azure)."
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=HELP)
+console = Console()
+err = Console(stderr=True)
+
+
+def load_spec_or_exit(path: Path):  # -> ExperimentSpec
+    from shared.spec import SpecError, load_spec
+
+    try:
+        return load_spec(path)
+    except SpecError as exc:
+        err.print(f"[red]error:[/red] {path} is not a valid experiment spec")
+        for item in exc.errors or [{"loc": "", "msg": str(exc)}]:
+            err.print(f"  {item['loc'] or '<document>'}: {item['msg']}")
+        raise typer.Exit(2) from None
+    except OSError as exc:
+        err.print(f"[red]error:[/red] cannot read {path}: {exc.strerror or exc}")
+        raise typer.Exit(2) from None

@@ -1,0 +1,183 @@
+"""Commands that talk to a running API (``RAPIDS_HPO_API_URL``: a local ``serve`` or the Function App):
+``submit``, ``status``, ``watch``, ``list``, ``cancel``, ``download``, ``export``."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+import zipfile
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from shared.cli._app import app, console, err
+from shared.config import env
+from shared.records import TERMINAL_STATUSES, ExperimentRecord, TrialRecord
+
+
+# --------------------------------------------------------------------------------------- API client
+def _client():  # -> httpx.Client
+    import httpx
+
+    headers = {}
+    key = env("RAPIDS_HPO_FUNCTION_KEY")
+    if key:
+        headers["x-functions-key"] = key
+    return httpx.Client(base_url=env("RAPIDS_HPO_API_URL").rstrip("/"), headers=headers, timeout=60)
+
+
+def _check(response: Any) -> Any:
+    if response.status_code >= 400:
+        try:
+            body = response.json()
+            err.print(f"[red]error {response.status_code}:[/red] {body.get('detail')}")
+            for item in body.get("errors") or []:
+                err.print(f"  {item.get('loc')}: {item.get('msg')}")
+        except ValueError:
+            err.print(f"[red]error {response.status_code}:[/red] {response.text[:500]}")
+        raise typer.Exit(1)
+    return response
+
+
+@app.command()
+def submit(
+    spec_path: Annotated[Path, typer.Argument(metavar="SPEC")],
+    idempotency_key: Annotated[
+        str | None, typer.Option(help="retries with the same key return the same experiment")
+    ] = None,
+) -> None:
+    """Submit a spec to a running API; prints the experiment id."""
+    try:
+        body = spec_path.read_bytes()
+    except OSError as exc:
+        err.print(f"[red]error:[/red] cannot read {spec_path}: {exc.strerror or exc}")
+        raise typer.Exit(2) from None
+    headers = {"content-type": "application/yaml" if spec_path.suffix in {".yaml", ".yml"} else "application/json"}
+    if idempotency_key:
+        headers["Idempotency-Key"] = idempotency_key
+    with _client() as client:
+        data = _check(client.post("/api/experiments", content=body, headers=headers)).json()
+    console.print(data["id"])
+
+
+@app.command()
+def status(experiment_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Show an experiment's status, progress and best trial."""
+    with _client() as client:
+        data = _check(client.get(f"/api/experiments/{experiment_id}")).json()
+    if as_json:
+        console.print_json(json.dumps(data))
+        return
+    from shared.cost.report import format_cost
+    from shared.records import ComputeReport
+
+    best = data.get("best")
+    cost = format_cost(data.get("cost"))
+    console.print(
+        f"{data['id']}  {data['status']}  {data['progress']['done']}/{data['progress']['total']} trials"
+        + (f"  best={best['value']:.4f} (trial {best['number']})" if best else "")
+        + (f"  {cost}" if cost else "")
+        + (f"  error: {data['error']}" if data.get("error") else "")
+    )
+    if compute := ComputeReport.model_validate(data.get("compute") or {}).summary():
+        console.print(f"  compute: {compute}", markup=False, highlight=False)
+
+
+@app.command()
+def watch(
+    experiment_id: str,
+    interval: Annotated[float, typer.Option(help="seconds between refreshes")] = 5.0,
+) -> None:
+    """Follow an experiment until it ends: progress bar and a live table of its running trials."""
+    from rich.live import Live
+
+    from shared.dashboard.terminal import watch_view
+
+    base = f"/api/experiments/{experiment_id}"
+    with _client() as client:
+        searched = list(_check(client.get(f"{base}/study")).json()["spec"].get("search_space", {}))
+        with Live(console=console, auto_refresh=False) as live:
+            while True:
+                data = _check(client.get(base)).json()
+                trials = _check(client.get(f"{base}/trials")).json()
+                live.update(watch_view(data, trials, searched), refresh=True)
+                if data["status"] in {s.value for s in TERMINAL_STATUSES}:
+                    raise typer.Exit(0 if data["status"] == "COMPLETED" else 1)
+                time.sleep(interval)
+
+
+@app.command()
+def export(
+    experiment_id: str,
+    optuna_journal: Annotated[
+        Path, typer.Option("--optuna-journal", help="write an Optuna JournalStorage file (a new file)")
+    ],
+) -> None:
+    """Export an experiment for Optuna's tools: `optuna.load_study` and `optuna-dashboard FILE` open it."""
+    from shared.dashboard.study import write_journal
+
+    if optuna_journal.exists():
+        err.print(f"[red]error:[/red] {optuna_journal} exists; the journal must be a new file")
+        raise typer.Exit(2)
+    with _client() as client:
+        data = _check(client.get(f"/api/experiments/{experiment_id}/study")).json()
+    record = ExperimentRecord(id=data["id"], name=data["name"], status=data["status"], spec=data["spec"])
+    trials = [TrialRecord.model_validate(t) for t in data["trials"]]
+    study = write_journal(str(optuna_journal), record, trials)
+    console.print(
+        f"{len(study.trials)} trial(s) of {record.id} written to {optuna_journal} (study {study.study_name!r}); "
+        f"open it with: optuna-dashboard {optuna_journal}"
+    )
+
+
+@app.command("list")
+def list_(
+    status_filter: Annotated[str | None, typer.Option("--status", help="only this status")] = None,
+    limit: int = 20,
+) -> None:
+    """List experiments, newest first."""
+    params: dict[str, Any] = {"limit": limit}
+    if status_filter:
+        params["status"] = status_filter.upper()
+    with _client() as client:
+        data = _check(client.get("/api/experiments", params=params)).json()
+    from shared.cost.report import cost_cells
+
+    table = Table("id", "name", "status", "trials", "best", "spent", "budget")
+    for item in data["items"]:
+        best = item.get("best")
+        table.add_row(
+            item["id"],
+            item["name"],
+            item["status"],
+            f"{item['progress']['done']}/{item['progress']['total']}",
+            f"{best['value']:.4f}" if best else "",
+            *cost_cells(item.get("cost")),
+        )
+    console.print(table)
+
+
+@app.command()
+def cancel(experiment_id: str) -> None:
+    """Cancel an experiment: running trials stop, compute is torn down."""
+    with _client() as client:
+        data = _check(client.delete(f"/api/experiments/{experiment_id}")).json()
+    console.print(f"{data['id']} {data['status']}")
+
+
+@app.command()
+def download(
+    experiment_id: str,
+    output: Annotated[Path, typer.Option(help="folder to extract the model into")] = Path("model"),
+) -> None:
+    """Download the best model's files."""
+    with _client() as client:
+        response = _check(client.get(f"/api/experiments/{experiment_id}/model"))
+    output.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(io.BytesIO(response.content)) as archive:
+        archive.extractall(output)
+        names = archive.namelist()
+    console.print(f"{len(names)} file(s) in {output}: {', '.join(names)}")
