@@ -297,7 +297,26 @@ def test_idempotency_key_returns_the_same_experiment(ctx):
     first, created = submit_experiment(ctx, spec, idempotency_key="k-1")
     second, created_again = submit_experiment(ctx, spec, idempotency_key="k-1")
     assert created and not created_again and first.id == second.id
-    assert ctx.events.count() == 1
+    assert len(ctx.store.list_experiments()[0]) == 1
+
+
+def test_a_retried_submit_resends_a_lost_first_event_and_the_duplicate_is_harmless(ctx):
+    """The attempt that stored the experiment died before its event was sent (or its reply was lost):
+    the client's retry sends it, so the experiment does not wait for the sweep; once it has moved on a
+    retry sends nothing, and a duplicate first event changes nothing."""
+    spec = load_spec(tiny_spec())
+    record, _ = submit_experiment(ctx, spec, idempotency_key="k-2")
+    ctx.events.delete(next_event(ctx))  # the first event is lost
+    assert ctx.events.count() == 0
+    again, created = submit_experiment(ctx, spec, idempotency_key="k-2")
+    assert not created and again.id == record.id and ctx.events.count() == 1
+    submit_experiment(ctx, spec, idempotency_key="k-2")  # a second retry while still SUBMITTED: two events
+    assert deliver(ctx, next_event(ctx)) == "provisioned"
+    assert deliver(ctx, next_event(ctx)) == "stale"  # the duplicate
+    assert deliver(ctx, next_event(ctx)) == "submitted"
+    assert backend(ctx).count("provision") == 1 and backend(ctx).count("submit") == 1
+    submit_experiment(ctx, spec, idempotency_key="k-2")  # past SUBMITTED: nothing is re-sent
+    assert ctx.events.count() == 1  # only the poll the submit step scheduled
 
 
 def test_what_the_compute_went_through_follows_its_handle_onto_the_record_and_the_api(ctx):

@@ -62,7 +62,7 @@ def submit_experiment(
         experiment_id = claimed
     if not fresh:  # a new random id cannot exist yet: skip the round trip
         try:
-            return ctx.store.get_experiment(experiment_id), False
+            return _replayed(ctx, ctx.store.get_experiment(experiment_id)), False
         except NotFound:
             pass
     record = ExperimentRecord(
@@ -77,10 +77,19 @@ def submit_experiment(
     )
     try:  # SUBMITTED is announced with the first step's events (no publish on the HTTP path)
         record = ctx.store.create_experiment(ctx.announcer.stage_status(record))
-    except AlreadyExists:
-        return ctx.store.get_experiment(experiment_id), False
+    except AlreadyExists:  # a retry, or the store's own retry after a lost reply: the first write won
+        return _replayed(ctx, ctx.store.get_experiment(experiment_id)), False
     send_event(ctx, EventType.PROVISION, record)
     return record, True
+
+
+def _replayed(ctx: Context, record: ExperimentRecord) -> ExperimentRecord:
+    """A repeated submit of ``record``: its first event is sent again while it is still SUBMITTED (the
+    attempt that stored it may have died before sending it; a duplicate is stale or a no-op, the fencing
+    token sees to that), so a retried request never leaves an experiment waiting for the sweep."""
+    if record.status is S.SUBMITTED:
+        send_event(ctx, EventType.PROVISION, record)
+    return record
 
 
 def handle_request_message(ctx: Context, body: str | bytes, *, message_id: str | None = None) -> ExperimentRecord:
