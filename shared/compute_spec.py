@@ -9,11 +9,14 @@ import ipaddress
 import re
 import shlex
 from collections.abc import Callable
-from typing import Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared.cost.billing import BillingModel, BillingProfile, NodeGroup, Tier, spec_tier
+
+if TYPE_CHECKING:
+    from shared.spec import ExperimentSpec
 
 RAPIDS_IMAGE = "rapidsai/base:26.10-cuda12.9-py3.12"
 """The default RAPIDS container image for GPU workers and AzureML trials."""
@@ -64,11 +67,11 @@ class ComputeSection(_Strict):
     runs_on_control_plane: ClassVar[bool] = False
     """Trials run on the control plane's own host: a hosted deployment refuses the backend."""
 
-    def spec_problems(self, spec: Any) -> list[Problem]:
+    def spec_problems(self, spec: ExperimentSpec) -> list[Problem]:
         """This backend's rules on the rest of the spec (``[]``: none)."""
         return []
 
-    def billing(self, spec: Any, vm_size: str | None = None, tier: Tier | None = None) -> BillingProfile:
+    def billing(self, spec: ExperimentSpec, vm_size: str | None = None, tier: Tier | None = None) -> BillingProfile:
         """How a run of ``spec`` bills (the one node-hours rule the plan, the ledger, the budget and the cost
         guard read); ``vm_size``/``tier`` replace the trial nodes' (the plan's comparison of sizes)."""
         raise NotImplementedError(f"the {type(self).__name__} section declares no billing")
@@ -88,7 +91,7 @@ class LocalCompute(ComputeSection):
         description="the Azure size each worker stands for: the cost ledger prices the run as that (an estimate)",
     )
 
-    def billing(self, spec: Any, vm_size: str | None = None, tier: Tier | None = None) -> BillingProfile:
+    def billing(self, spec: ExperimentSpec, vm_size: str | None = None, tier: Tier | None = None) -> BillingProfile:
         """Nothing is billed; the workers are priced as ``equivalent_vm_size`` for the whole run (an estimate)."""
         workers = NodeGroup("local workers", vm_size or self.equivalent_vm_size, self.n_workers, tier or Tier.PAYG)
         return BillingProfile(
@@ -231,7 +234,7 @@ class VMClusterCompute(ComputeSection):
                 raise ValueError(f"worker_options.{key}: {option!r} holds characters a worker option never needs")
         return value
 
-    def billing(self, spec: Any, vm_size: str | None = None, tier: Tier | None = None) -> BillingProfile:
+    def billing(self, spec: ExperimentSpec, vm_size: str | None = None, tier: Tier | None = None) -> BillingProfile:
         """Every VM bills from creation to teardown, start-up included; a worker runs a trial per GPU;
         ``spot`` buys the workers as Spot VMs while the scheduler (head) stays on demand."""
         workers = vm_size or self.vm_size
@@ -273,12 +276,12 @@ class AzureMLCompute(ComputeSection):
             raise ValueError(f"min_instances ({self.min_instances}) exceeds max_instances ({self.max_instances})")
         return self
 
-    def nodes_held(self, spec: Any) -> int:
+    def nodes_held(self, spec: ExperimentSpec) -> int:
         """Nodes a sweep holds at once: each trial holds one, at most ``max_concurrent_trials`` and
         ``max_instances`` of them."""
         return min(spec.limits.max_concurrent_trials, spec.effective_total_trials(), self.max_instances)
 
-    def billing(self, spec: Any, vm_size: str | None = None, tier: Tier | None = None) -> BillingProfile:
+    def billing(self, spec: ExperimentSpec, vm_size: str | None = None, tier: Tier | None = None) -> BillingProfile:
         """Each trial holds one node of the autoscaling cluster (:meth:`nodes_held` at most); a node waits
         ``idle_time_before_scale_down`` after its last trial; ``min_instances`` never leave."""
         nodes = NodeGroup("trial nodes", vm_size or self.vm_size, self.nodes_held(spec), tier or spec_tier(spec))
@@ -290,7 +293,7 @@ class AzureMLCompute(ComputeSection):
             cheap_tier=Tier.LOW_PRIORITY,
         )
 
-    def spec_problems(self, spec: Any) -> list[Problem]:
+    def spec_problems(self, spec: ExperimentSpec) -> list[Problem]:
         if spec.sampling_algorithm.type == "bayesian" and spec.early_termination is not None:
             others = " and ".join(backends_where(lambda section: section is not AzureMLCompute))
             return [
