@@ -9,15 +9,24 @@ How folds are drawn (so numbers from different paths can be compared knowingly):
   labels (on the host, also for the GPU engine), so the CPU and GPU engines validate on the *same* rows;
 * a Dask cluster: a stratified, seeded fold column drawn per partition
   (:func:`gpu_jobs.dask_table.stratified_fold_column`): the same class shares per fold, other rows.
+
+Resuming: each fold reported to ``on_fold`` comes with a :class:`FoldRecord` (its scores, timings and a
+fingerprint of its validation rows). A retried trial given the records of the folds an earlier attempt
+finished (``completed_folds``) takes each one whose fingerprint matches the fold drawn now instead of
+training it again, in order, and stops taking them at the first that does not match. Only the
+single-process path fingerprints its folds; the Dask path's depend on the partitioning (the worker
+count), so it always trains every fold.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import math
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -25,7 +34,19 @@ from gpu_jobs.engine import ENGINE_REQUESTS, get_engine
 from gpu_jobs.errors import UserError
 from gpu_jobs.params import HYPERPARAMETERS, METRICS, MODELS, validate_params
 
-FoldCallback = Callable[[int, dict[str, float]], None]
+
+class FoldRecord(TypedDict):
+    """One fold as it was scored (JSON-able): what ``on_fold`` gets and what ``completed_folds`` takes back."""
+
+    scores: dict[str, float]
+    fit_seconds: float
+    predict_seconds: float
+    split: str
+    """Fingerprint of the fold's validation rows (:func:`split_fingerprint`); "" where none is drawn."""
+
+
+FoldCallback = Callable[[int, dict[str, float], FoldRecord], None]
+"""``on_fold(step, running_means, fold)``: 1-based step, running means of every metric, the fold itself."""
 METRIC_NAMES: tuple[str, ...] = tuple(METRICS)
 SINGLE_PROCESS_FOLDS = "stratified k-fold (scikit-learn StratifiedKFold, shuffled with the seed)"
 DISTRIBUTED_FOLDS = "k-fold over a stratified, seeded random fold column (drawn per partition)"
@@ -93,6 +114,16 @@ def rerun_arguments(
     }
 
 
+def split_fingerprint(valid_rows: np.ndarray, labels: np.ndarray) -> str:
+    """A digest of one fold's validation rows (positions and labels) among ``len(labels)`` rows: the same
+    seed, data and fold count give the same digest on every engine and every retry."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(np.int64(len(labels)).tobytes())
+    digest.update(np.ascontiguousarray(valid_rows, dtype=np.int64).tobytes())
+    digest.update(np.ascontiguousarray(labels[valid_rows], dtype=np.int64).tobytes())
+    return digest.hexdigest()
+
+
 def running_means(fold_scores: Mapping[str, Sequence[float]]) -> dict[str, float]:
     """Mean of each metric over the folds scored so far."""
     return {name: float(np.mean(scores)) for name, scores in fold_scores.items()}
@@ -125,22 +156,62 @@ class CrossValidation:
         self.fold_scores: dict[str, list[float]] = {name: [] for name in METRIC_NAMES}
         self.fit_seconds = 0.0
         self.predict_seconds = 0.0
+        self.resumed = 0
+        """Folds taken from ``completed_folds`` instead of trained (always the first ones)."""
         self.stopped_by_caller = False
         self.mlflow: _MlflowTracking | None = None
 
-    def record(self, scores: Mapping[str, float], *, fit_seconds: float, predict_seconds: float) -> None:
+    @property
+    def step(self) -> int:
+        """Folds scored so far (resumed ones included)."""
+        return len(self.fold_scores[METRIC_NAMES[0]])
+
+    def resumable(self, completed: Sequence[Mapping[str, Any]], split: str) -> Mapping[str, Any] | None:
+        """The earlier attempt's record of the next fold, if it may stand for training it: every fold
+        before it was resumed too, and it was scored on the same validation rows (``split``)."""
+        index = self.step
+        if not split or self.resumed != index or index >= len(completed):
+            return None
+        fold = completed[index]
+        scores = fold.get("scores")
+        if fold.get("split") != split or not isinstance(scores, Mapping):
+            return None
+        values = [scores.get(name) for name in METRIC_NAMES]
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+            return None
+        return fold
+
+    def resume(self, fold: Mapping[str, Any]) -> None:
+        """Add a fold an earlier attempt scored (from :meth:`resumable`): its scores count as if trained
+        now and its step is logged to MLflow; ``on_fold`` is not called (the caller already saw it) and
+        its timings are not this run's (``fit_seconds`` counts only folds trained here)."""
+        for name in METRIC_NAMES:
+            self.fold_scores[name].append(float(fold["scores"][name]))
+        self.resumed += 1
+        if self.mlflow is not None:
+            self.mlflow.log_step(self.step, running_means(self.fold_scores))
+
+    def record(
+        self, scores: Mapping[str, float], *, fit_seconds: float, predict_seconds: float, split: str = ""
+    ) -> None:
         """Add one fold's scores; log the running primary metric; call ``on_fold`` (its errors propagate)."""
         for name in METRIC_NAMES:
             self.fold_scores[name].append(float(scores[name]))
         self.fit_seconds += fit_seconds
         self.predict_seconds += predict_seconds
-        step = len(self.fold_scores[METRIC_NAMES[0]])
+        step = self.step
         running = running_means(self.fold_scores)
         if self.mlflow is not None:
             self.mlflow.log_step(step, running)
         if self.on_fold is not None:
+            fold = FoldRecord(
+                scores={name: float(scores[name]) for name in METRIC_NAMES},
+                fit_seconds=float(fit_seconds),
+                predict_seconds=float(predict_seconds),
+                split=split,
+            )
             try:
-                self.on_fold(step, dict(running))
+                self.on_fold(step, dict(running), fold)
             except BaseException:
                 self.stopped_by_caller = True
                 raise
@@ -152,6 +223,7 @@ class CrossValidation:
             "fold_scores": self.fold_scores,
             "fit_seconds": self.fit_seconds,
             "predict_seconds": self.predict_seconds,
+            "resumed_folds": self.resumed,
             "rows": rows,
             "rows_dropped_missing_target": rows_dropped,
             "n_features": n_features,

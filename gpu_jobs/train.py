@@ -22,7 +22,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from gpu_jobs.cross_validation import FoldCallback
+from gpu_jobs.cross_validation import FoldCallback, FoldRecord
 from gpu_jobs.engine import ENGINE_REQUESTS
 from gpu_jobs.errors import UserError
 from gpu_jobs.model_files import SavedModel, load_model
@@ -116,7 +116,7 @@ def _params_from_args(args: argparse.Namespace) -> dict[str, float]:
 
 
 def _print_progress(total: int, primary_metric: str) -> FoldCallback:
-    def report(step: int, running: dict[str, float]) -> None:
+    def report(step: int, running: dict[str, float], fold: FoldRecord) -> None:
         scores = " ".join(f"{name}={value:.4f}" for name, value in running.items())
         print(f"fold {step}/{total}: running mean {scores} (primary: {primary_metric})", file=sys.stderr)
 

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from gpu_jobs.cross_validation import (
     ignored_params,
     require_enough_rows,
     rerun_arguments,
+    split_fingerprint,
 )
 from gpu_jobs.data import load_dataset
 from gpu_jobs.engine import get_engine, resolve_engine
@@ -44,12 +45,17 @@ def run_trial(
     primary_metric: str = "accuracy",
     n_jobs: int | None = None,
     on_fold: FoldCallback | None = None,
+    completed_folds: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """Cross-validate ``model`` with ``params`` on ``data`` and return its metrics.
 
     Stratified K-fold (shuffled with ``seed``, the same folds on both engines); after each fold
-    ``on_fold(step, running_means)`` is called (1-based step; running means of accuracy, roc_auc, log_loss)
-    and anything it raises propagates at once: that is how a caller prunes or times out a trial. With
+    ``on_fold(step, running_means, fold)`` is called (1-based step; running means of accuracy, roc_auc,
+    log_loss; the fold's :class:`~gpu_jobs.cross_validation.FoldRecord`) and anything it raises propagates
+    at once: that is how a caller prunes or times out a trial. ``completed_folds``: the records an
+    interrupted attempt of this trial reported, in order; each whose validation rows match the fold drawn
+    now is taken instead of trained (no ``on_fold`` call for it; ``metrics["resumed_folds"]`` counts
+    them), so the running means and the result equal an uninterrupted run's. With
     ``output``, the model is refit on all rows and saved there (see :mod:`gpu_jobs.model_files`).
     ``n_jobs`` is passed to the libraries. ``None`` inside a Dask worker means that worker's thread count
     (so concurrent trials do not oversubscribe the cores: XGBoost's OpenMP threads then spin against each
@@ -71,6 +77,11 @@ def run_trial(
     splitter = toolkit.stratified_kfold(n_splits=cv_folds, shuffle=True, random_state=seed)
     with cross_validation(request, engine_name=engine_name, seed=seed, on_fold=on_fold) as folds:
         for host_train, host_valid in splitter.split(np.zeros((len(host_labels), 1), np.int8), host_labels):
+            split = split_fingerprint(host_valid, host_labels)
+            earlier = folds.resumable(completed_folds, split)
+            if earlier is not None:
+                folds.resume(earlier)
+                continue
             train_index, valid_index = toolkit.array.asarray(host_train), toolkit.array.asarray(host_valid)
             trainer = make_trainer(model, toolkit, request.params, seed=seed, n_jobs=n_jobs)
             toolkit.synchronize()
@@ -85,6 +96,7 @@ def run_trial(
                 toolkit.score(labels[valid_index], proba),
                 fit_seconds=fitted - tick,
                 predict_seconds=predicted - fitted,
+                split=split,
             )
         metrics = folds.metrics(
             engine_name=engine_name,

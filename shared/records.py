@@ -44,6 +44,17 @@ class TrialState(StrEnum):
         return self is not TrialState.RUNNING
 
 
+class FoldResult(BaseModel):
+    """One cross-validation fold a trial finished: a retry of the trial takes it instead of training it."""
+
+    step: int = Field(ge=1, description="the 1-based fold")
+    scores: dict[str, float] = Field(description="the fold's own score of each metric (not running means)")
+    fit_seconds: float = Field(default=0.0, ge=0.0, description="by the worker's clock")
+    predict_seconds: float = Field(default=0.0, ge=0.0)
+    split: str = Field(default="", description="fingerprint of the fold's validation rows")
+    attempt: int = Field(default=1, ge=1, description="the attempt that trained it")
+
+
 class TrialRecord(BaseModel):
     """One trial as it ran: what was tried, what came out, and how it ended."""
 
@@ -56,6 +67,12 @@ class TrialRecord(BaseModel):
     state: TrialState
     attempt: int = Field(default=1, ge=1, description="2 when a trial interrupted by a crash is retried")
     intermediate: dict[int, float] = Field(default_factory=dict, description="step -> primary metric")
+    folds: list[FoldResult] = Field(
+        default_factory=list, description="the folds finished so far, in order (written as they are reported)"
+    )
+    resumed_folds: int = Field(
+        default=0, ge=0, description="leading folds this attempt took from an earlier one instead of training"
+    )
     metrics: dict[str, Any] = Field(default_factory=dict)
     value: float | None = Field(default=None, description="final primary metric")
     error: str | None = None

@@ -96,7 +96,7 @@ def test_distributed_trial_on_flights(
         params=params,
         cv_folds=cv_folds,
         output=tmp_path,
-        on_fold=lambda step, running: steps.append(step),
+        on_fold=lambda step, running, fold: steps.append(step),
         **FLIGHTS,
     )
     assert steps == list(range(1, cv_folds + 1))

@@ -148,7 +148,7 @@ def test_gpu_fold_scores_are_means_and_on_fold_runs_per_fold() -> None:
         params={"num_boost_round": 20},
         cv_folds=4,
         engine="gpu",
-        on_fold=lambda step, running: steps.append(step),
+        on_fold=lambda step, running, fold: steps.append(step),
         **FLIGHTS,
     )
     assert steps == [1, 2, 3, 4]

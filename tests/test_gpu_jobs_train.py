@@ -15,6 +15,7 @@ from sklearn.metrics import accuracy_score, roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 
 from gpu_jobs import trial as trial_module
+from gpu_jobs.cross_validation import FoldRecord
 from gpu_jobs.data import FLIGHTS_TARGET, FLIGHTS_URI, flights_table, load_dataset
 from gpu_jobs.engine import get_engine
 from gpu_jobs.errors import UserError
@@ -77,7 +78,7 @@ def test_on_fold_gets_running_means_after_each_fold() -> None:
         model="xgboost",
         params=SMALL_BOOSTER,
         cv_folds=3,
-        on_fold=lambda step, running: calls.append((step, running)),
+        on_fold=lambda step, running, fold: calls.append((step, running)),
         **FLIGHTS_SAMPLE,
     )
     assert [step for step, _ in calls] == [1, 2, 3]
@@ -103,7 +104,7 @@ def test_an_exception_from_on_fold_stops_the_trial(monkeypatch: pytest.MonkeyPat
     class Pruned(Exception):
         pass
 
-    def prune_at_second_fold(step: int, running: dict[str, float]) -> None:
+    def prune_at_second_fold(step: int, running: dict[str, float], fold: FoldRecord) -> None:
         if step == 2:
             raise Pruned(f"pruned at {step}")
 
@@ -150,7 +151,7 @@ def test_mlflow_gets_the_primary_metric_per_fold_and_the_final_metrics(mlflow_ur
 
 
 def test_mlflow_run_of_a_stopped_trial_ends_killed(mlflow_uri: str) -> None:
-    def stop(step: int, running: dict[str, float]) -> None:
+    def stop(step: int, running: dict[str, float], fold: FoldRecord) -> None:
         raise TimeoutError("trial budget spent")
 
     with pytest.raises(TimeoutError):

@@ -9,7 +9,14 @@ cluster (a ``LocalCluster`` here, an ``AzureVMCluster`` of ``dask_cuda.CUDAWorke
 Limits: at most ``max_concurrent_trials`` tasks in flight, ``max_total_trials`` in all, the
 experiment ``timeout`` stops everything, ``trial_timeout`` stops one trial: cooperatively at the next
 fold boundary, and by restarting its worker if the fold itself overruns (Dask cannot interrupt a
-running thread). Every trial is written to the ``TrialStore`` when it starts and when it ends.
+running thread). Every trial is written to the ``TrialStore`` when it starts, when it ends, and as its
+folds finish (``TrialRecord.folds``, at most once per report batch).
+
+Resume: a restarted driver fails the trials the store shows RUNNING and retries each once under the
+same number, from the folds it finished (:mod:`shared.hpo.resume`): it trains only the others and
+reports the running means, pruning decisions and value of an uninterrupted run. The kept folds' values
+go to the retry's Optuna trial up front, so the pruner sees each once; a fold reported again (Dask reran
+a task whose worker was lost) gets the decision it got the first time.
 
 Reproducibility: the sampler is seeded and asked in trial-number order, so a sequential run
 (``max_concurrent_trials: 1``) repeats exactly. With concurrency, random and grid sampling still
@@ -25,19 +32,27 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
 
 import optuna
 from distributed import Client, Event, Future, Queue, Variable, wait
 
-from shared.cost.ledger import BUDGET_REACHED, BudgetGuard
+from shared.cost.ledger import BudgetGuard
 from shared.hpo.cluster import optuna_state, own_worker, worker_running
+from shared.hpo.outcome import ExperimentOutcome, experiment_outcome
+from shared.hpo.resume import resumed_seconds, retry_record, task_folds, with_fold
 from shared.hpo.search_space import make_pruner, make_sampler, suggest_params
-from shared.hpo.trial_task import TrialFunction, TrialResult, TrialTask, decision_variable, run_trial_task
+from shared.hpo.trial_task import (
+    FOLDS_METADATA,
+    TrialFunction,
+    TrialResult,
+    TrialTask,
+    decision_variable,
+    run_trial_task,
+)
 from shared.ports import TrialStore
 from shared.records import BestTrial, TrialRecord, TrialState, best_of, utcnow
 from shared.spec import ExperimentSpec
-from shared.trials import counts_by_state, fail_running_trials
+from shared.trials import fail_running_trials
 
 log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -56,18 +71,10 @@ class _Running:
     future: Future
     started: float
     deadline: float | None
-
-
-@dataclass
-class ExperimentOutcome:
-    """How a driver run ended."""
-
-    status: Literal["COMPLETED", "FAILED", "CANCELLED"]
-    reason: str
-    trials_done: int
-    best: BestTrial | None = None
-    error: str | None = None
-    counts: dict[str, int] = field(default_factory=dict)
+    decisions: dict[int, bool] = field(default_factory=dict)
+    """step -> the pruning decision sent (a step reported again gets the same answer)."""
+    first_step: int | None = None
+    """The first step the task reported: the folds before it were resumed."""
 
 
 class HpoDriver:
@@ -186,7 +193,9 @@ class HpoDriver:
         finally:
             with contextlib.suppress(Exception):
                 reports.close()
-        return self._outcome(stop_reason)
+            with contextlib.suppress(Exception):  # the folds the trials published for a rerun of their task
+                self.client.set_metadata([FOLDS_METADATA, self.channel], {})
+        return experiment_outcome(self._records.values(), self.direction, stop_reason)
 
     def _launch_new(self, number: int) -> None:
         trial = self.study.ask()
@@ -201,21 +210,14 @@ class HpoDriver:
         self._submit(record, trial)
 
     def _launch(self, interrupted: TrialRecord) -> None:
-        """Retry an interrupted trial once, with the same parameters and number."""
+        """Retry an interrupted trial once, with the same parameters and number, from the folds it finished."""
         self.study.enqueue_trial(interrupted.sampler_params, skip_if_exists=False)
         trial = self.study.ask()
         suggest_params(trial, self.spec)
-        record = interrupted.model_copy(
-            update={
-                "attempt": interrupted.attempt + 1,
-                "state": TrialState.RUNNING,
-                "error": None,
-                "intermediate": {},
-                "started_at": utcnow(),
-                "ended_at": None,
-                "duration_s": None,
-            }
-        )
+        record = retry_record(interrupted)
+        for step, value in sorted(record.intermediate.items()):
+            if math.isfinite(value):
+                trial.report(value, step)  # what an uninterrupted run had reported by now; no decision asked
         self._submit(record, trial)
 
     def _submit(self, record: TrialRecord, trial: optuna.Trial) -> None:
@@ -239,6 +241,7 @@ class HpoDriver:
             n_jobs=self._threads,
             channel=self.channel,
             awaits_decisions=self.awaits_decisions,
+            completed_folds=task_folds(record),
         )
         future = self.client.submit(
             run_trial_task,
@@ -248,7 +251,9 @@ class HpoDriver:
             pure=False,
         )
         started = time.monotonic()
-        limit = self.spec.limits.trial_timeout
+        limit: float | None = self.spec.limits.trial_timeout
+        if limit is not None:  # the resumed folds' time counts, as it does on the worker
+            limit = max(limit - resumed_seconds(record), 0.0)
         self._running[str(future.key)] = _Running(
             record=record,
             trial=trial,
@@ -269,6 +274,7 @@ class HpoDriver:
         """Record each fold report sent so far and answer it with the pruner's decision. A trial's
         final message means its future is about to resolve."""
         ending: list[Future] = []
+        progressed: dict[int, TrialRecord] = {}
         for report in self._reports.get(batch=True):
             running = self._find(report["number"], report["attempt"])
             if report.get("final"):
@@ -277,18 +283,40 @@ class HpoDriver:
                 continue
             prune = False
             if running is not None:
-                step, value = int(report["step"]), float(report["value"])
-                running.record.intermediate[step] = value
-                if math.isfinite(value):
-                    running.trial.report(value, step)
-                    # After the last fold the work is done: keep the result rather than prune it.
-                    prune = step < self.spec.trial.cv_folds and running.trial.should_prune()
+                prune = self._decide(running, report)
+                if not prune and self._add_fold(running, report):
+                    progressed[running.record.number] = running.record
             if self.awaits_decisions:
                 decision = decision_variable(self.channel, report["number"], report["attempt"], report["step"])
                 Variable(decision).set(prune)
+        for record in progressed.values():  # so that a driver restarted after a crash resumes from them
+            self.store.put_trial(record)
         if ending:
             with contextlib.suppress(TimeoutError):
                 wait(ending, timeout=5.0)
+
+    def _decide(self, running: _Running, report: dict) -> bool:
+        """Record one fold report and return the pruner's decision (the first one, for a step seen before)."""
+        step, value = int(report["step"]), float(report["value"])
+        if step in running.decisions:  # Dask ran the task again after its worker was lost
+            return running.decisions[step]
+        if running.first_step is None:
+            running.first_step = step
+        running.record.intermediate[step] = value
+        prune = False
+        if math.isfinite(value):
+            running.trial.report(value, step)  # ignored by Optuna (with a warning) for a resumed step
+            # After the last fold the work is done: keep the result rather than prune it.
+            prune = step < self.spec.trial.cv_folds and running.trial.should_prune()
+        running.decisions[step] = prune
+        return prune
+
+    def _add_fold(self, running: _Running, report: dict) -> bool:
+        """Keep the fold of a report the trial goes on from; whether the record gained one."""
+        folds = with_fold(running.record, int(report["step"]), report.get("fold"))
+        if folds is not None:
+            running.record.folds = folds
+        return folds is not None
 
     def _find(self, number: int, attempt: int) -> _Running | None:
         for running in self._running.values():
@@ -319,6 +347,7 @@ class HpoDriver:
             error=error,
             step=len(running.record.intermediate),
             duration_s=time.monotonic() - running.started,
+            resumed_folds=0 if running.first_step is None else running.first_step - 1,
         )
 
     def _finish(self, running: _Running, result: TrialResult) -> None:
@@ -336,6 +365,7 @@ class HpoDriver:
                 "started_at": result.started_at or running.record.started_at,  # on the worker, if it began
                 "ended_at": result.ended_at or utcnow(),
                 "duration_s": result.duration_s,
+                "resumed_folds": result.resumed_folds,
             }
         )
         self.study.tell(running.trial, values=record.value, state=optuna_state(state))
@@ -378,28 +408,9 @@ class HpoDriver:
         threads = self.client.nthreads()
         return min(threads.values()) if threads else None
 
-    # ---------------------------------------------------------------------------------------- outcome
     def best_trial(self) -> BestTrial | None:
         """The best completed trial so far, by the objective."""
         return best_of(self._records.values(), self.direction)
-
-    def _outcome(self, stop_reason: str | None) -> ExperimentOutcome:
-        records = sorted(self._records.values(), key=lambda r: r.number)
-        counts = counts_by_state(records)
-        best = self.best_trial()
-        done = len(records)
-        if stop_reason == "cancelled":
-            return ExperimentOutcome("CANCELLED", "cancelled", done, best, None, counts)
-        if best is None:
-            failed = [r for r in records if r.error]
-            first = failed[0].error if failed else "no trial completed"
-            why = {
-                "timeout": "timeout before any trial completed",
-                "budget": f"{BUDGET_REACHED} before any trial completed",
-            }.get(stop_reason or "", "every trial failed")
-            return ExperimentOutcome("FAILED", why, done, None, f"{why}; first error: {first}", counts)
-        reason = {"timeout": "timeout reached", "budget": BUDGET_REACHED}.get(stop_reason or "", "trial budget used")
-        return ExperimentOutcome("COMPLETED", reason, done, best, None, counts)
 
 
 def _deadline(timeout: float | None) -> float | None:

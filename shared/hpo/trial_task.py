@@ -1,17 +1,24 @@
 """One trial as a Dask task: run ``gpu_jobs.train.run_trial`` on a worker, report each fold to the driver
-and wait for its pruning decision, and classify how the trial ended (never raising for trial failures)."""
+and wait for its pruning decision, and classify how the trial ended (never raising for trial failures).
+
+Resume: a task starts from the folds it is given (``TrialTask.completed_folds``: what the store holds of
+an interrupted attempt) or, when Dask runs the same task again after its worker was lost (a Spot
+eviction, a restarted container), from the folds that run published to the scheduler's task metadata
+(:func:`folds_metadata_key`), whichever is longer. A fold is published only once the driver let the
+trial go on after it, so a resumed trial is never spared a pruning decision a full run would get.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from distributed import Event, Queue, Variable
+from distributed import Event, Queue, Variable, get_client
 
 from shared.records import TrialState, utcnow
 
@@ -52,6 +59,16 @@ class TrialTask:
     channel: str
     awaits_decisions: bool = True
     """False when no early-termination policy is set: fold reports are then recorded, not answered."""
+    completed_folds: tuple[dict[str, Any], ...] = ()
+    """The folds an interrupted attempt finished, in order (``FoldRecord`` dicts): not trained again."""
+
+
+FOLDS_METADATA = "rapids-hpo-folds"
+
+
+def folds_metadata_key(channel: str, number: int, attempt: int) -> list[str]:
+    """Where on the scheduler (``Client.set_metadata``) a running trial keeps the folds it finished."""
+    return [FOLDS_METADATA, channel, f"{number}-{attempt}"]
 
 
 def decision_variable(channel: str, number: int, attempt: int, step: int) -> str:
@@ -72,6 +89,27 @@ class TrialResult:
     duration_s: float = 0.0
     started_at: datetime | None = None
     ended_at: datetime | None = None
+    resumed_folds: int = 0
+    """Leading folds taken from an earlier run of the trial instead of trained."""
+
+
+def fold_seconds(folds: Iterable[Mapping[str, Any]]) -> float:
+    """The worker time ``folds`` took (fit and predict): what a resumed fold counts against ``trial_timeout``."""
+    return sum(float(f.get("fit_seconds", 0.0)) + float(f.get("predict_seconds", 0.0)) for f in folds)
+
+
+def _published_folds(key: list[str]) -> list[dict[str, Any]]:
+    """The folds an earlier run of this very task published (empty outside a worker or when none)."""
+    try:
+        published = get_client().get_metadata(key, default=None)
+    except Exception:
+        return []
+    return list(published) if isinstance(published, list | tuple) else []
+
+
+def _publish_folds(key: list[str], folds: list[dict[str, Any]]) -> None:
+    with contextlib.suppress(Exception):
+        get_client().set_metadata(key, folds)
 
 
 def _default_trial_function() -> TrialFunction:
@@ -88,40 +126,54 @@ def run_trial_task(task: TrialTask, trial_fn: TrialFunction | None = None) -> Tr
     last_step = 0
     reports = Queue(task.channel)
     wake = Event(f"{task.channel}-wake")
+    metadata_key = folds_metadata_key(task.channel, task.number, task.attempt)
+    given = max(list(task.completed_folds), _published_folds(metadata_key), key=len)
+    done: list[dict[str, Any]] = []  # the folds finished, resumed ones first: what a rerun resumes from
+    resumed = 0
+    earlier_s = 0.0  # the resumed folds' own time, counted against trial_timeout
 
-    def on_fold(step: int, running: dict[str, float]) -> None:
-        nonlocal last_step
+    def on_fold(step: int, running: dict[str, float], fold: Any = None) -> None:
+        nonlocal last_step, resumed, done, earlier_s
+        if last_step == 0:  # the trial resumed the folds before its first trained one
+            resumed = step - 1
+            done = given[:resumed]
+            earlier_s = fold_seconds(done)
         last_step = step
         value = float(running[task.primary_metric])
-        if task.trial_timeout is not None and time.monotonic() - started > task.trial_timeout:
+        if task.trial_timeout is not None and time.monotonic() - started + earlier_s > task.trial_timeout:
             raise TrialTimeoutSignal(f"trial_timeout of {task.trial_timeout:g} s exceeded after step {step}")
-        reports.put({"number": task.number, "attempt": task.attempt, "step": step, "value": value})
+        report = {"number": task.number, "attempt": task.attempt, "step": step, "value": value}
+        reports.put({**report, "fold": dict(fold)} if fold is not None else report)
         wake.set()
-        if not task.awaits_decisions:
-            return
-        decision = Variable(decision_variable(task.channel, task.number, task.attempt, step))
-        try:
-            prune = decision.get(timeout=REPORT_TIMEOUT_S)
-        except TimeoutError:
-            prune = False
-        with contextlib.suppress(Exception):
-            decision.delete()
-        if prune:
-            raise TrialPrunedSignal(f"pruned at step {step}")
+        if task.awaits_decisions:
+            decision = Variable(decision_variable(task.channel, task.number, task.attempt, step))
+            try:
+                prune = decision.get(timeout=REPORT_TIMEOUT_S)
+            except TimeoutError:
+                prune = False
+            with contextlib.suppress(Exception):
+                decision.delete()
+            if prune:
+                raise TrialPrunedSignal(f"pruned at step {step}")
+        if fold is not None:
+            done.append(dict(fold))
+            _publish_folds(metadata_key, done)
 
     def outcome(state: TrialState, metrics: dict[str, Any] | None = None, error: str | None = None) -> TrialResult:
+        metrics = metrics or {}
         return TrialResult(
             state=state,
-            metrics=metrics or {},
+            metrics=metrics,
             error=error,
             step=last_step,
             duration_s=time.monotonic() - started,
             started_at=started_at,
             ended_at=utcnow(),
+            resumed_folds=int(metrics.get("resumed_folds", resumed)),
         )
 
     try:
-        return _run_and_classify(task, trial_fn, on_fold, outcome)
+        return _run_and_classify(task, trial_fn, on_fold, outcome, given)
     finally:  # wakes the driver at once, instead of at its next poll
         with contextlib.suppress(Exception):
             reports.put({"number": task.number, "attempt": task.attempt, "final": True})
@@ -131,9 +183,11 @@ def run_trial_task(task: TrialTask, trial_fn: TrialFunction | None = None) -> Tr
 def _run_and_classify(
     task: TrialTask,
     trial_fn: TrialFunction,
-    on_fold: Callable[[int, dict[str, float]], None],
+    on_fold: Callable[..., None],
     outcome: Callable[..., TrialResult],
+    completed_folds: list[dict[str, Any]],
 ) -> TrialResult:
+    resume = {"completed_folds": completed_folds} if completed_folds else {}  # trial functions that predate it
     try:
         metrics = trial_fn(
             data=task.data,
@@ -148,6 +202,7 @@ def _run_and_classify(
             primary_metric=task.primary_metric,
             n_jobs=task.n_jobs,
             on_fold=on_fold,
+            **resume,
         )
     except TrialPrunedSignal as exc:
         return outcome(TrialState.PRUNED, error=str(exc))
