@@ -8,6 +8,12 @@ the records (``TrialRecord.folds[*].attempt``, ``resumed_folds``) and the worker
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +21,8 @@ import pytest
 from distributed import Client, LocalCluster
 
 from gpu_jobs.data import FLIGHTS_TARGET, FLIGHTS_URI
+from gpu_jobs.train import run_trial
+from shared.hpo.cluster import worker_running
 from shared.hpo.driver import HpoDriver
 from shared.hpo.pruners import _PARTICIPANT_STATES
 from shared.records import FoldResult, TrialRecord, TrialState
@@ -147,3 +155,98 @@ def test_a_resumed_trial_gets_the_pruning_decision_of_a_full_run(store, client, 
     assert [f.attempt for f in resumed.folds] == [1] + [2] * (len(full.folds) - 1)
     if expected is TrialState.PRUNED:
         assert max(full.intermediate) == 2 and [f.step for f in full.folds] == [1]  # the pruned fold is not kept
+
+
+# ------------------------------------------------------------------ real interruptions (slow: ~1 s folds)
+SLOW_TRIAL = {"max_rows": 40000, "n_estimators": 30, "max_depth": 10}
+DRIVER_SCRIPT = """
+import sys
+from pathlib import Path
+from distributed import Client, LocalCluster
+from shared.hpo.cluster import worker_running
+from shared.hpo.driver import HpoDriver
+from shared.spec import load_spec
+from shared.store.local import LocalStore
+
+store = LocalStore(Path(sys.argv[1]))
+record = store.get_experiment(sys.argv[2])
+with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+    with Client(cluster) as client:
+        HpoDriver(load_spec(record.spec), record.id, store, client, poll_interval=0.05).run()
+"""
+
+
+def wait_for_folds(store: LocalStore, experiment_id: str, timeout_s: float = 90.0) -> list[FoldResult]:
+    """The folds of trial 0 once the store shows it RUNNING with at least one (written mid-trial)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        trials = store.list_trials(experiment_id)
+        if trials and trials[0].state is TrialState.RUNNING and trials[0].folds:
+            return trials[0].folds
+        time.sleep(0.05)
+    raise AssertionError("trial 0 never showed a finished fold while running")
+
+
+def uninterrupted(trial: TrialRecord, seed: int) -> dict:
+    return run_trial(
+        data=FLIGHTS_URI, target=FLIGHTS_TARGET, model="random_forest", params=trial.params, cv_folds=4,
+        seed=seed, max_rows=SLOW_TRIAL["max_rows"], n_jobs=1,
+    )  # fmt: skip
+
+
+def assert_resumed_as_a_full_run(trial: TrialRecord, resumed: int, seed: int) -> None:
+    assert trial.state is TrialState.COMPLETED and trial.resumed_folds == resumed
+    assert [f.step for f in trial.folds] == [1, 2, 3, 4]
+    # The run that finished the trial fitted only the folds after the resumed ones: its own fit time is
+    # the sum of theirs, by the worker's clock.
+    assert trial.metrics["fit_seconds"] == pytest.approx(sum(f.fit_seconds for f in trial.folds[resumed:]))
+    reference = uninterrupted(trial, seed)
+    assert trial.value == reference["accuracy"] and trial.metrics["fold_scores"] == reference["fold_scores"]
+
+
+@pytest.mark.slow
+def test_a_driver_killed_mid_trial_is_restarted_and_its_retry_trains_only_the_missing_folds(store, client, tmp_path):
+    spec = real_spec(**SLOW_TRIAL)
+    experiment_id = new_experiment(store, spec)
+    driver = subprocess.Popen(
+        [sys.executable, "-c", DRIVER_SCRIPT, str(tmp_path / "store"), experiment_id],
+        cwd=Path(__file__).resolve().parents[1],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_folds(store, experiment_id)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and its in-process cluster die mid-trial
+        driver.wait(timeout=30)
+    (left,) = store.list_trials(experiment_id)
+    kept = len(left.folds)
+    assert left.state is TrialState.RUNNING and 1 <= kept < 4
+    HpoDriver(spec, experiment_id, store, client, poll_interval=0.05).run()
+    (trial,) = store.list_trials(experiment_id)
+    assert trial.attempt == 2 and [f.attempt for f in trial.folds] == [1] * kept + [2] * (4 - kept)
+    assert trial.folds[:kept] == left.folds
+    assert_resumed_as_a_full_run(trial, kept, seed=7)
+
+
+@pytest.mark.slow
+def test_a_trial_whose_worker_is_lost_resumes_on_another_from_the_folds_it_published(store, client):
+    spec = real_spec(**SLOW_TRIAL)
+    experiment_id = new_experiment(store, spec)
+    driver = HpoDriver(spec, experiment_id, store, client, poll_interval=0.05)
+    runner = threading.Thread(target=driver.run)
+    runner.start()
+    try:
+        seen = wait_for_folds(store, experiment_id)
+        worker = worker_running(client, f"trial-{experiment_id}-0-1")
+        assert worker is not None
+        pid = client.run(os.getpid, workers=[worker])[worker]
+        os.kill(pid, signal.SIGKILL)  # as a Spot eviction: Dask runs the same task again elsewhere
+    finally:
+        runner.join(timeout=120)
+    (trial,) = store.list_trials(experiment_id)
+    assert trial.attempt == 1 and {f.attempt for f in trial.folds} == {1}
+    assert len(seen) <= trial.resumed_folds < 4  # at least what the store had seen was not trained again
+    assert trial.folds[: len(seen)] == seen
+    assert_resumed_as_a_full_run(trial, trial.resumed_folds, seed=7)
