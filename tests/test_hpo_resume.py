@@ -157,6 +157,35 @@ def test_a_resumed_trial_gets_the_pruning_decision_of_a_full_run(store, client, 
         assert max(full.intermediate) == 2 and [f.step for f in full.folds] == [1]  # the pruned fold is not kept
 
 
+@pytest.mark.parametrize(("first_fold_s", "expected"), [(0.1, TrialState.COMPLETED), (0.9, TrialState.TIMED_OUT)])
+def test_the_resumed_folds_time_counts_against_trial_timeout(store, client, first_fold_s, expected):
+    """trial_timeout 1 s, folds of 0.2 s: a retry whose kept fold took 0.9 s is stopped after its next
+    fold, as the uninterrupted trial would have been; one whose kept fold took 0.1 s finishes."""
+    spec = make_spec(
+        search_space={
+            "max_features": {"type": "uniform", "min_value": 0.2, "max_value": 1.0},
+            "n_estimators": {"type": "choice", "values": [200]},
+        },
+        limits={"max_total_trials": 1, "max_concurrent_trials": 1, "trial_timeout": 1},
+    )
+    experiment_id = new_experiment(store, spec)
+    params = {"max_features": 0.6, "n_estimators": 200}
+    fold = FoldResult(step=1, scores={"accuracy": 0.58}, fit_seconds=first_fold_s, split="scripted-1")
+    store.put_trial(
+        TrialRecord(
+            experiment_id=experiment_id, number=0, params=params, sampler_params=params,
+            state=TrialState.RUNNING, intermediate={1: 0.58}, folds=[fold],
+        )
+    )  # fmt: skip
+    HpoDriver(spec, experiment_id, store, client, trial_fn=scripted_trial, poll_interval=0.05).run()
+    (trial,) = store.list_trials(experiment_id)
+    assert trial.state is expected and trial.resumed_folds == 1 and trial.attempt == 2
+    if expected is TrialState.TIMED_OUT:
+        assert (trial.error or "").endswith("exceeded after step 2") and max(trial.intermediate) == 1
+    else:
+        assert trial.duration_s is not None and trial.duration_s + first_fold_s < 1.0
+
+
 # ------------------------------------------------------------------ real interruptions (slow: ~1 s folds)
 SLOW_TRIAL = {"max_rows": 40000, "n_estimators": 30, "max_depth": 10}
 DRIVER_SCRIPT = """

@@ -58,6 +58,9 @@ log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 HARD_STOP_GRACE_S = 10.0
+FOLD_WRITE_INTERVAL_S = 1.0
+"""A running trial's finished folds are written at most this often: a crash loses at most about this much
+fold work per trial, and trials of quick folds do not pay a store write per fold."""
 """How far past ``trial_timeout`` a trial may run before its worker is restarted."""
 INTERRUPTED = "interrupted: the driver stopped while this trial was running"
 
@@ -75,6 +78,8 @@ class _Running:
     """step -> the pruning decision sent (a step reported again gets the same answer)."""
     first_step: int | None = None
     """The first step the task reported: the folds before it were resumed."""
+    written: float = 0.0
+    """When the record was last written (``time.monotonic``)."""
 
 
 class HpoDriver:
@@ -92,6 +97,7 @@ class HpoDriver:
         on_trial_end: Callable[[TrialRecord], None] | None = None,
         poll_interval: float = 0.5,
         hard_stop_grace: float = HARD_STOP_GRACE_S,
+        fold_write_interval: float = FOLD_WRITE_INTERVAL_S,
         budget: BudgetGuard | None = None,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
@@ -104,6 +110,7 @@ class HpoDriver:
         self.on_trial_end = on_trial_end
         self.poll_interval = poll_interval
         self.hard_stop_grace = hard_stop_grace
+        self.fold_write_interval = fold_write_interval
         self.budget = budget
         self.clock = clock or utcnow
         self.primary_metric = spec.objective.primary_metric
@@ -260,6 +267,7 @@ class HpoDriver:
             future=future,
             started=started,
             deadline=None if limit is None else started + limit + self.hard_stop_grace,
+            written=started,
         )
 
     def _answer_reports(self, wait_s: float) -> None:
@@ -274,7 +282,7 @@ class HpoDriver:
         """Record each fold report sent so far and answer it with the pruner's decision. A trial's
         final message means its future is about to resolve."""
         ending: list[Future] = []
-        progressed: dict[int, TrialRecord] = {}
+        progressed: dict[int, _Running] = {}
         for report in self._reports.get(batch=True):
             running = self._find(report["number"], report["attempt"])
             if report.get("final"):
@@ -285,12 +293,15 @@ class HpoDriver:
             if running is not None:
                 prune = self._decide(running, report)
                 if not prune and self._add_fold(running, report):
-                    progressed[running.record.number] = running.record
+                    progressed[running.record.number] = running
             if self.awaits_decisions:
                 decision = decision_variable(self.channel, report["number"], report["attempt"], report["step"])
                 Variable(decision).set(prune)
-        for record in progressed.values():  # so that a driver restarted after a crash resumes from them
-            self.store.put_trial(record)
+        now = time.monotonic()
+        for running in progressed.values():  # so that a driver restarted after a crash resumes from them
+            if now - running.written >= self.fold_write_interval:
+                self.store.put_trial(running.record)
+                running.written = now
         if ending:
             with contextlib.suppress(TimeoutError):
                 wait(ending, timeout=5.0)
