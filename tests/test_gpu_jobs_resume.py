@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -96,3 +97,18 @@ def test_a_trial_whose_folds_are_all_given_trains_none(fits: list[int]) -> None:
     )
     assert fits == [] and resumed_calls == [] and resumed["resumed_folds"] == 3
     assert resumed["accuracy"] == full["accuracy"] and resumed["fit_seconds"] == 0.0
+
+
+def test_a_resumed_trial_logs_the_full_curve_to_mlflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow.tracking import MlflowClient
+
+    _, calls = run("xgboost", SMALL_BOOSTER, cv_folds=3, seed=3)
+    uri = (tmp_path / "mlruns").as_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    run("xgboost", SMALL_BOOSTER, cv_folds=3, seed=3, completed_folds=[fold for _, _, fold in calls[:2]])
+    client = MlflowClient(uri)
+    (logged,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    history = client.get_metric_history(logged.info.run_id, "accuracy")
+    assert [(p.step, p.value) for p in history] == [(step, running["accuracy"]) for step, running, _ in calls]
