@@ -19,14 +19,18 @@ from pathlib import Path
 
 import pytest
 from distributed import Client, LocalCluster
+from fastapi.testclient import TestClient
 
 from gpu_jobs.data import FLIGHTS_TARGET, FLIGHTS_URI
 from gpu_jobs.train import run_trial
+from shared.api import create_api
+from shared.context import set_context
 from shared.hpo.cluster import worker_running
 from shared.hpo.driver import HpoDriver
 from shared.hpo.pruners import _PARTICIPANT_STATES
 from shared.records import FoldResult, TrialRecord, TrialState
 from shared.store.local import LocalStore
+from tests.control_plane import local_context
 from tests.test_hpo_driver import make_spec, new_experiment
 from tests.trial_functions import scripted_trial
 
@@ -77,7 +81,7 @@ def interrupted_after(record: TrialRecord, experiment_id: str, folds: int) -> Tr
     )
 
 
-def test_a_retried_trial_trains_only_the_folds_its_first_attempt_did_not_finish(store, client):
+def test_a_retried_trial_trains_only_the_folds_its_first_attempt_did_not_finish(store, client, tmp_path):
     spec = real_spec(max_rows=3000, n_estimators=12, max_depth=6)
     full_id = new_experiment(store, spec)
     HpoDriver(spec, full_id, store, client).run()
@@ -99,6 +103,12 @@ def test_a_retried_trial_trains_only_the_folds_its_first_attempt_did_not_finish(
     for name in MEANS:
         assert retried.metrics[name] == full.metrics[name]
     assert retried.metrics["fit_seconds"] == pytest.approx(sum(f.fit_seconds for f in retried.folds[2:]))
+    set_context(local_context(tmp_path))  # the API serves the same store: what was resumed is on the record
+    try:
+        (served,) = TestClient(create_api()).get(f"/api/experiments/{retried_id}/trials").json()
+    finally:
+        set_context(None)
+    assert served["resumed_folds"] == 2 and [f["attempt"] for f in served["folds"]] == [1, 1, 2, 2]
 
 
 @pytest.mark.parametrize(("gap", "expected"), [(0.012, TrialState.COMPLETED), (0.02, TrialState.PRUNED)])
@@ -192,6 +202,9 @@ DRIVER_SCRIPT = """
 import sys
 from pathlib import Path
 from distributed import Client, LocalCluster
+from fastapi.testclient import TestClient
+from shared.api import create_api
+from shared.context import set_context
 from shared.hpo.cluster import worker_running
 from shared.hpo.driver import HpoDriver
 from shared.spec import load_spec
