@@ -9,7 +9,7 @@ import ipaddress
 import re
 import shlex
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, ClassVar, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -308,6 +308,17 @@ class AzureMLCompute(ComputeSection):
 
 COMPUTE_SECTIONS: tuple[type[ComputeSection], ...] = (LocalCompute, VMClusterCompute, AzureMLCompute)
 ComputeSpec = Annotated[LocalCompute | VMClusterCompute | AzureMLCompute, Field(discriminator="backend")]
+
+
+SectionT = TypeVar("SectionT", bound=ComputeSection)
+
+
+def compute_section(spec: ExperimentSpec, kind: type[SectionT]) -> SectionT:
+    """The spec's ``compute`` section, which must be a ``kind`` (ValueError naming both backends otherwise)."""
+    if not isinstance(spec.compute, kind):
+        wanted = kind.model_fields["backend"].default
+        raise ValueError(f"the spec's compute.backend is {spec.compute.backend!r}, not {wanted!r}")
+    return spec.compute
 
 
 def backends_where(declares: Callable[[type[ComputeSection]], bool]) -> list[str]:

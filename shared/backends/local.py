@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from shared.backends.outcome import outcome_status, read_outcome
-from shared.compute_spec import LocalCompute
+from shared.compute_spec import LocalCompute, compute_section
 from shared.config import Settings
 from shared.ports import BackendHandle, Capabilities, HandleUpdate, RunState, RunStatus, Store, handle_changes
 from shared.records import ComputeReport, ExperimentRecord
@@ -69,11 +69,8 @@ class LocalPlanner:
 
     def describe(self, spec: ExperimentSpec) -> list[str]:
         trials = f"{spec.effective_total_trials()} trials, {spec.limits.max_concurrent_trials} at a time"
-        return [
-            f"nothing in Azure: a driver process and a Dask LocalCluster of {local_compute(spec).n_workers} "
-            "workers here",
-            trials,
-        ]
+        workers = compute_section(spec, LocalCompute).n_workers
+        return [f"nothing in Azure: a driver process and a Dask LocalCluster of {workers} workers here", trials]
 
     def dry_run(self, spec: ExperimentSpec) -> dict[str, Any]:
         return {
@@ -84,13 +81,6 @@ class LocalPlanner:
             "max_concurrent_trials": spec.limits.max_concurrent_trials,
             "node_hours": 0.0,
         }
-
-
-def local_compute(spec: ExperimentSpec) -> LocalCompute:
-    """The spec's ``compute`` section, which must be ``backend: local``."""
-    if not isinstance(spec.compute, LocalCompute):
-        raise ValueError(f"the spec's compute.backend is {spec.compute.backend!r}, not 'local'")
-    return spec.compute
 
 
 class LocalBackend:

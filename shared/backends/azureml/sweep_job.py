@@ -38,7 +38,7 @@ from azure.ai.ml.sweep import (
 
 from gpu_jobs.params import HYPERPARAMETERS, HyperParameter
 from shared import spec as specs
-from shared.compute_spec import AzureMLCompute
+from shared.compute_spec import AzureMLCompute, compute_section
 from shared.spec import ExperimentSpec, finish_value, quantize
 from shared.spec.sections import azureml_uri_form
 
@@ -64,9 +64,7 @@ _AZURE_STORAGE_HOST = re.compile(r"^[a-z0-9]+\.(blob|dfs)\.core\.windows\.net$",
 
 def azureml_compute(spec: ExperimentSpec) -> AzureMLCompute:
     """The spec's ``compute`` section, which must be ``backend: azureml``."""
-    if not isinstance(spec.compute, AzureMLCompute):
-        raise ValueError(f"the spec's compute.backend is {spec.compute.backend!r}, not 'azureml'")
-    return spec.compute
+    return compute_section(spec, AzureMLCompute)
 
 
 def job_name_for(experiment_id: str) -> str:

@@ -15,7 +15,7 @@ from shared.backends.vmcluster.settings import (
     subscription_of,
     worker_vm_prefix,
 )
-from shared.compute_spec import VMClusterCompute
+from shared.compute_spec import VMClusterCompute, compute_section
 
 if TYPE_CHECKING:
     from shared.spec import ExperimentSpec
@@ -31,7 +31,7 @@ def plan(
     from shared.backends.network import NetworkHandle
     from shared.backends.network_layout import dask_rules, network_names
 
-    compute = vmcluster_compute(spec)
+    compute = compute_section(spec, VMClusterCompute)
     net = compute.network
     names = network_names(experiment_id)
     sub = subscription_of(compute) or "<subscription>"
@@ -141,13 +141,6 @@ def plan(
     }
 
 
-def vmcluster_compute(spec: ExperimentSpec) -> VMClusterCompute:
-    """The spec's ``compute`` section, which must be ``backend: vmcluster``."""
-    if not isinstance(spec.compute, VMClusterCompute):
-        raise ValueError(f"the spec's compute.backend is {spec.compute.backend!r}, not 'vmcluster'")
-    return spec.compute
-
-
 class VMClusterPlanner:
     """Implements ``shared.ports.Planner``: the dry run is :func:`plan`."""
 
@@ -157,7 +150,7 @@ class VMClusterPlanner:
         return plan(spec)
 
     def describe(self, spec: ExperimentSpec) -> list[str]:
-        compute = vmcluster_compute(spec)
+        compute = compute_section(spec, VMClusterCompute)
         net = compute.network
         network = "reuses VNet " + net.existing_vnet if net.existing_vnet else "a VNet, subnet and NSG"
         scheduler = compute.scheduler_vm_size or compute.vm_size
