@@ -16,11 +16,6 @@ ESTIMATED_TRIAL_SECONDS = 1800
 Standard_NC6s_v3 took about 35 minutes, node start and image pull included)."""
 
 
-def sweep_nodes(spec: ExperimentSpec) -> int:
-    """Nodes a sweep holds at once (``AzureMLCompute.nodes_held``)."""
-    return azureml_compute(spec).nodes_held(spec)
-
-
 class AzureMLPlanner:
     """Implements ``shared.ports.Planner`` for AzureML sweeps."""
 
@@ -39,14 +34,14 @@ class AzureMLPlanner:
     def estimate(self, spec: ExperimentSpec) -> dict[str, Any]:
         """Node-hours the sweep may use: ``node_hours(nodes x per_trial x waves)``, capped by ``limits.timeout``.
 
-        ``nodes`` = :func:`sweep_nodes`, ``waves`` = ceil(total trials / nodes), ``per_trial`` =
+        ``nodes`` = ``AzureMLCompute.nodes_held``, ``waves`` = ceil(total trials / nodes), ``per_trial`` =
         ``trial_timeout``, else ``timeout``, else :data:`ESTIMATED_TRIAL_SECONDS`. With a time limit the
         figure is an upper bound on trial time; add the idle tail (each node stays
         ``idle_time_before_scale_down`` after its last trial), reported apart.
         """
         compute = azureml_compute(spec)
         limits = spec.limits
-        nodes = sweep_nodes(spec)
+        nodes = compute.nodes_held(spec)
         if limits.trial_timeout is not None:
             per_trial, basis = float(limits.trial_timeout), "trial_timeout"
         elif limits.timeout is not None:
