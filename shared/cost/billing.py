@@ -18,6 +18,9 @@ from shared.cost.catalogue import Tier
 __all__ = ["BillingModel", "BillingProfile", "NodeGroup", "Tier", "billing_profile", "spec_tier"]
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from shared.cost.catalogue import Catalogue, Price
     from shared.spec import ExperimentSpec
 
 
@@ -83,11 +86,16 @@ class BillingProfile:
             hours += self.trial_nodes.count * self.idle_tail_s / 3600.0
         return hours
 
-    def basis(self, prices_basis: str) -> str:
-        """The price basis as people read it: labelled an estimate when nothing is billed."""
+    def prices(self, catalogue: Catalogue) -> list[Price | None]:
+        """Each group's price in the catalogue, in order (None: no size named, or the catalogue has none)."""
+        return [catalogue.price(g.vm_size, self.region, g.tier) if g.vm_size else None for g in self.groups]
+
+    def basis(self, prices: Iterable[Price | None]) -> str:
+        """The bases of ``prices`` as people read them, once each; labelled an estimate when nothing is billed."""
+        joined = "; ".join(dict.fromkeys(price.basis for price in prices if price))
         if self.billed:
-            return prices_basis
-        return f"estimate: {self.trial_nodes.role} priced as {self.trial_nodes.vm_size}, {prices_basis}"
+            return joined
+        return f"estimate: {self.trial_nodes.role} priced as {self.trial_nodes.vm_size}, {joined}"
 
     def overheads(self) -> list[str]:
         """What node-hour estimates include beyond the trials, in words (for the plan)."""

@@ -103,19 +103,18 @@ def price_profile(spec: ExperimentSpec, profile: BillingProfile, catalogue: Cata
     """The cost range of a run of ``spec`` that bills as ``profile``."""
     times = run_time_range(spec)
     low_hours, high_hours = profile.node_hours(times.low_s), profile.node_hours(times.high_s)
-    unpriced, weighted, bases = [], 0.0, []
-    for group in profile.groups:
-        price = catalogue.price(group.vm_size, profile.region, group.tier) if group.vm_size else None
+    prices = profile.prices(catalogue)
+    unpriced, weighted = [], 0.0
+    for group, price in zip(profile.groups, prices, strict=True):
         if price is None:
             unpriced.append(f"{group.role}: {group.vm_size or 'no Azure size named'} ({group.tier.value})")
             continue
         weighted += price.usd_per_hour * group.count
-        bases.append(price.basis)
     main = profile.trial_nodes
     if unpriced or not profile.nodes:
         return CostEstimate(main.vm_size, main.tier, low_hours, high_hours, None, None, None, "unpriced", unpriced)
     per_node = weighted / profile.nodes
-    basis = profile.basis("; ".join(dict.fromkeys(bases)))
+    basis = profile.basis(prices)
     return CostEstimate(
         main.vm_size, main.tier, low_hours, high_hours, per_node, low_hours * per_node, high_hours * per_node, basis
     )

@@ -87,7 +87,7 @@ def rates_for(spec: ExperimentSpec, catalogue: Catalogue) -> Rates | None:
 
     profile = billing_profile(spec)
     groups = profile.groups
-    prices = [catalogue.price(g.vm_size, profile.region, g.tier) if g.vm_size else None for g in groups]
+    prices = profile.prices(catalogue)
     if any(price is None for price in prices):
         return None
     workers, worker_price = groups[0], prices[0]
@@ -95,7 +95,7 @@ def rates_for(spec: ExperimentSpec, catalogue: Catalogue) -> Rates | None:
     per_s = worker_price.usd_per_hour / 3600
     size = catalogue.size(workers.vm_size or "")
     per_node_trials = size.gpus if size and profile.trial_per_gpu else 1
-    basis = profile.basis("; ".join(dict.fromkeys(p.basis for p in prices if p)))
+    basis = profile.basis(prices)
     head = sum(p.usd_per_hour / 3600 * g.count for g, p in zip(groups[1:], prices[1:], strict=True) if p)
     if profile.model is BillingModel.AUTOSCALE:
         return Rates(per_s / per_node_trials, profile.always_on * per_s, head, per_s, profile.idle_tail_s,
