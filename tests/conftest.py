@@ -8,12 +8,14 @@ needs one of them sets it itself with ``monkeypatch``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,3 +54,42 @@ def _no_real_azure(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         monkeypatch.delenv(name)
     monkeypatch.setenv("AZURE_CONFIG_DIR", _EMPTY_AZURE_CONFIG)
     yield
+
+
+LEFTOVER_GRACE_S = 10.0
+"""How long processes the suite started may take to exit after the last fixture's teardown."""
+
+
+def leftover_processes(grace_s: float) -> list[psutil.Process]:
+    """Descendants of this test process still alive ``grace_s`` after the session's teardown.
+
+    Each fixture that starts a process (Azurite, Dask clusters, a driver, a stand-in VM) must stop it; one
+    that leaks leaves a Dask Nanny and its worker running for as long as the machine stays up. The
+    teardown of session fixtures has run when ``pytest_sessionfinish`` is called, so anything still here
+    was left behind (processes that are exiting get the grace period).
+    """
+    children = psutil.Process().children(recursive=True)
+    _gone, alive = psutil.wait_procs(children, timeout=grace_s)
+    return alive
+
+
+def _describe(process: psutil.Process) -> str:
+    try:
+        return f"pid {process.pid}: {' '.join(process.cmdline())[:200]}"
+    except psutil.Error:
+        return f"pid {process.pid}: (exited)"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run, and kill what is left, when a test leaves a process behind."""
+    alive = leftover_processes(LEFTOVER_GRACE_S)
+    if not alive:
+        return
+    report = "\n".join(_describe(process) for process in alive)
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    session.config.pluginmanager.get_plugin("terminalreporter").write_line(  # type: ignore[union-attr]
+        f"\nFAILED: {len(alive)} process(es) started by the tests outlived them (killed now):\n{report}", red=True
+    )
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
