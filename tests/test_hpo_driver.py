@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -288,3 +289,27 @@ def test_resume_keeps_finished_trials_and_retries_interrupted_ones_once(store, c
     assert trials[2].params == interrupted.params  # retried with the same parameters
     assert trials[3].state is TrialState.FAILED and trials[3].error == INTERRUPTED  # no third attempt
     assert trials[4].attempt == 1 and outcome.status == "COMPLETED"
+
+
+def test_a_queued_trial_is_timed_from_its_start_and_its_wait_restarts_no_worker(store):
+    """distributed hands both trials to the one busy thread at once (``Scheduler.is_rootish``): the second
+    waits ~3 s in *processing*. Counted from submit, ``trial_timeout: 4`` cut it after ~1.5 s of running
+    and restarted the worker; counted from its start, both complete and the worker keeps its process."""
+    spec = make_spec(
+        search_space={
+            "max_features": {"type": "uniform", "min_value": 0.2, "max_value": 1.0},
+            "n_estimators": {"type": "choice", "values": [1000]},  # 3 folds x 1 s
+        },
+        limits={"max_total_trials": 2, "max_concurrent_trials": 2, "trial_timeout": 4},
+    )
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        Client(cluster) as one_thread,
+    ):
+        pid_before = one_thread.run(os.getpid)
+        experiment_id, outcome = run(store, one_thread, spec, hard_stop_grace=0.5)
+        pid_after = one_thread.run(os.getpid)
+    trials = store.list_trials(experiment_id)
+    assert [t.state for t in trials] == [TrialState.COMPLETED, TrialState.COMPLETED], [t.error for t in trials]
+    assert outcome.status == "COMPLETED" and max_overlap(trials) == 1
+    assert pid_after == pid_before  # no restart

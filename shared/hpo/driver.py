@@ -9,8 +9,12 @@ cluster (a ``LocalCluster`` here, an ``AzureVMCluster`` of ``dask_cuda.CUDAWorke
 Limits: at most ``max_concurrent_trials`` tasks in flight, ``max_total_trials`` in all, the
 experiment ``timeout`` stops everything, ``trial_timeout`` stops one trial: cooperatively at the next
 fold boundary, and by restarting its worker if the fold itself overruns (Dask cannot interrupt a
-running thread). Every trial is written to the ``TrialStore`` when it starts, when it ends, and as its
-folds finish (``TrialRecord.folds``, at most once per report batch).
+running thread). Both clocks start when the trial starts on a worker (its ``started`` report), not at
+submit: distributed hands a small group of tasks to busy workers at once, where they wait in
+*processing*. A hard stop restarts only the worker a trial reported it runs on; a trial still waiting
+is cancelled and, should it start regardless, ends at once (its stop event). Every trial is written
+to the ``TrialStore`` when it starts, when it ends, and as its folds finish (``TrialRecord.folds``, at
+most once per report batch).
 
 Resume: a restarted driver fails the trials the store shows RUNNING and retries each once under the
 same number, from the folds it finished (:mod:`shared.hpo.resume`): it trains only the others and
@@ -37,7 +41,7 @@ import optuna
 from distributed import Client, Event, Future, Queue, Variable, wait
 
 from shared.cost.ledger import BudgetGuard
-from shared.hpo.cluster import optuna_state, own_worker, worker_running
+from shared.hpo.cluster import optuna_state, own_worker
 from shared.hpo.outcome import ExperimentOutcome, experiment_outcome
 from shared.hpo.resume import resumed_seconds, retry_record, task_folds, with_fold
 from shared.hpo.search_space import make_pruner, make_sampler, suggest_params
@@ -48,6 +52,7 @@ from shared.hpo.trial_task import (
     TrialTask,
     decision_variable,
     run_trial_task,
+    stop_event,
 )
 from shared.ports import TrialStore
 from shared.records import BestTrial, TrialRecord, TrialState, best_of, utcnow
@@ -72,8 +77,13 @@ class _Running:
     record: TrialRecord
     trial: optuna.Trial
     future: Future
-    started: float
-    deadline: float | None
+    submitted: float
+    started: float | None = None
+    """When the task reported it started on a worker (``time.monotonic``); None while it waits."""
+    worker: str | None = None
+    """The worker it reported it runs on (the one a hard stop restarts)."""
+    deadline: float | None = None
+    """``trial_timeout`` (less the resumed folds' time) plus the grace, from ``started``."""
     decisions: dict[int, bool] = field(default_factory=dict)
     """step -> the pruning decision sent (a step reported again gets the same answer)."""
     first_step: int | None = None
@@ -121,6 +131,7 @@ class HpoDriver:
         self._records: dict[int, TrialRecord] = {}
         self._retry: list[TrialRecord] = []
         self._running: dict[str, _Running] = {}
+        self._stop_events: list[str] = []
         self._threads = self._threads_per_worker()
         self.awaits_decisions = not isinstance(self.study.pruner, optuna.pruners.NopPruner)
 
@@ -202,6 +213,9 @@ class HpoDriver:
                 reports.close()
             with contextlib.suppress(Exception):  # the folds the trials published for a rerun of their task
                 self.client.set_metadata([FOLDS_METADATA, self.channel], {})
+            for name in self._stop_events:  # an event cleared with no waiter is deleted on the scheduler
+                with contextlib.suppress(Exception):
+                    Event(name).clear()
         return experiment_outcome(self._records.values(), self.direction, stop_reason)
 
     def _launch_new(self, number: int) -> None:
@@ -257,18 +271,16 @@ class HpoDriver:
             key=f"trial-{self.experiment_id}-{record.number}-{record.attempt}",
             pure=False,
         )
-        started = time.monotonic()
-        limit: float | None = self.spec.limits.trial_timeout
+        now = time.monotonic()
+        self._running[str(future.key)] = _Running(record=record, trial=trial, future=future, submitted=now, written=now)
+
+    def _start(self, running: _Running, worker: str | None) -> None:
+        """The trial's task started on ``worker``: its clock runs from now (again, if Dask reran the task)."""
+        now = time.monotonic()
+        running.started, running.worker = now, worker
+        limit = self.spec.limits.trial_timeout
         if limit is not None:  # the resumed folds' time counts, as it does on the worker
-            limit = max(limit - resumed_seconds(record), 0.0)
-        self._running[str(future.key)] = _Running(
-            record=record,
-            trial=trial,
-            future=future,
-            started=started,
-            deadline=None if limit is None else started + limit + self.hard_stop_grace,
-            written=started,
-        )
+            running.deadline = now + max(limit - resumed_seconds(running.record), 0.0) + self.hard_stop_grace
 
     def _answer_reports(self, wait_s: float) -> None:
         """Wait up to ``wait_s`` for trial messages, then handle them (:meth:`_drain_reports`)."""
@@ -285,6 +297,10 @@ class HpoDriver:
         progressed: dict[int, _Running] = {}
         for report in self._reports.get(batch=True):
             running = self._find(report["number"], report["attempt"])
+            if report.get("started"):
+                if running is not None:
+                    self._start(running, report.get("worker"))
+                continue
             if report.get("final"):
                 if running is not None:
                     ending.append(running.future)
@@ -357,7 +373,7 @@ class HpoDriver:
             state=state,
             error=error,
             step=len(running.record.intermediate),
-            duration_s=time.monotonic() - running.started,
+            duration_s=0.0 if running.started is None else time.monotonic() - running.started,
             resumed_folds=0 if running.first_step is None else running.first_step - 1,
         )
 
@@ -390,15 +406,18 @@ class HpoDriver:
         for key, running in list(self._running.items()):
             if running.deadline is not None and now >= running.deadline and not running.future.done():
                 del self._running[key]
-                self._hard_stop(running.future)
+                self._hard_stop(running)
                 why = f"trial_timeout of {self.spec.limits.trial_timeout:g} s exceeded; its worker was restarted"
                 self._finish(running, self._stopped(running, TrialState.TIMED_OUT, why))
 
     def _stop_all(self, reason: str) -> None:
         """Stop every running trial (cancel or experiment timeout)."""
+        for running in self._running.values():  # a task that starts from now on ends at once
+            self._stop_event(running)
+        self._drain_reports()  # the starts reported before that: those trials' workers are restarted
         for key, running in list(self._running.items()):
             del self._running[key]
-            self._hard_stop(running.future)
+            self._hard_stop(running)
             if reason == "timeout":
                 result = self._stopped(running, TrialState.TIMED_OUT, "the experiment's timeout was reached")
             elif reason == "budget":
@@ -407,10 +426,18 @@ class HpoDriver:
                 result = self._stopped(running, TrialState.FAILED, "cancelled")
             self._finish(running, result)
 
-    def _hard_stop(self, future: Future) -> None:
-        """Cancel a task and, if it is already executing, restart the worker running it."""
-        worker = worker_running(self.client, str(future.key))
-        self.client.cancel([future], force=True)
+    def _stop_event(self, running: _Running) -> None:
+        name = stop_event(self.channel, running.record.number, running.record.attempt)
+        if name not in self._stop_events:
+            Event(name).set()
+            self._stop_events.append(name)
+
+    def _hard_stop(self, running: _Running) -> None:
+        """Cancel a trial's task and, if it reported its start, restart the worker it runs on. A task still
+        waiting restarts nothing: its stop event ends it should it start after all."""
+        self._stop_event(running)
+        self.client.cancel([running.future], force=True)
+        worker = running.worker if running.started is not None else None
         if worker is not None and worker != own_worker():  # a driver running as a task keeps its worker
             with contextlib.suppress(Exception):
                 self.client.restart_workers([worker], timeout=60)

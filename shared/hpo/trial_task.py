@@ -71,6 +71,20 @@ def folds_metadata_key(channel: str, number: int, attempt: int) -> list[str]:
     return [FOLDS_METADATA, channel, f"{number}-{attempt}"]
 
 
+def stop_event(channel: str, number: int, attempt: int) -> str:
+    """The Dask ``Event`` the driver sets when it stops trial ``number`` (a task that starts later ends at once)."""
+    return f"{channel}-{number}-{attempt}-stop"
+
+
+def _worker_address() -> str | None:
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().address)
+    except ValueError:  # not on a worker (a test calling the task directly)
+        return None
+
+
 def decision_variable(channel: str, number: int, attempt: int, step: int) -> str:
     """The Dask ``Variable`` on which the driver answers trial ``number``'s report of fold ``step``."""
     return f"{channel}-{number}-{attempt}-{step}"
@@ -173,6 +187,10 @@ def run_trial_task(task: TrialTask, trial_fn: TrialFunction | None = None) -> Tr
         )
 
     try:
+        reports.put({"number": task.number, "attempt": task.attempt, "started": True, "worker": _worker_address()})
+        wake.set()
+        if Event(stop_event(task.channel, task.number, task.attempt)).is_set():
+            return outcome(TrialState.FAILED, error="stopped by the driver before it started")
         return _run_and_classify(task, trial_fn, on_fold, outcome, given)
     finally:  # wakes the driver at once, instead of at its next poll
         with contextlib.suppress(Exception):
