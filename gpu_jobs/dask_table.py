@@ -2,7 +2,8 @@
 
 The parts of ``data`` (or slices of the built-in table) are read on the workers with the same readers and
 encoding as :mod:`gpu_jobs.data`; category levels and the target's classes are computed over the whole
-table first, so every partition encodes alike. The client lists the parts, so a local path must be
+table's rows with a target first (as the single-process path learns them, so codes agree), so every
+partition encodes alike. The client lists the parts, so a local path must be
 visible to the client and to every worker (use ``abfs://`` or a shared mount across machines).
 
 Folds: each row gets a fold in ``0..K-1`` drawn per partition and per class (seeded with ``seed`` and the
@@ -92,8 +93,9 @@ def load_distributed_table(
         raise UserError(f"{uri} has no feature columns besides the target {target!r}")
     kinds = {name: column_kind(meta[name]) for name in feature_names}
     categorical = [name for name in feature_names if kinds[name] == "categorical"]
+    labelled = raw[~raw[target].isna()]  # levels from the rows trained on, as gpu_jobs.data learns them
     level_parts, target_values, missing_target, total_rows = dask.compute(
-        [raw[name].map_partitions(_partition_levels, meta=(name, object)) for name in categorical],
+        [labelled[name].map_partitions(_partition_levels, meta=(name, object)) for name in categorical],
         raw[target].map_partitions(_partition_target_values, meta=(target, object)),
         raw[target].isna().sum(),
         raw.shape[0],

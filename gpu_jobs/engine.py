@@ -209,8 +209,20 @@ def _cuml_forest_as_sklearn(forest: Any) -> Any:
 def with_tree_count(forest: Any) -> Any:
     """``forest`` with ``n_estimators`` equal to the trees it holds (a forest combined from several
     workers' forests otherwise reports one worker's share in ``get_params()``)."""
-    forest.n_estimators = len(forest.estimators_)
+    forest.n_estimators = tree_count(forest)
     return forest
+
+
+def tree_count(forest: Any) -> int:
+    """The trees a fitted forest holds: a scikit-learn forest's ``estimators_``; a Treelite model's
+    ``num_tree``; else (a cuML forest, which keeps its trees only in Treelite form: ``cuml.dask``'s
+    combined model is one worker's forest carrying every worker's trees) its ``as_treelite()``'s."""
+    estimators = getattr(forest, "estimators_", None)
+    if estimators is not None:
+        return len(estimators)
+    if hasattr(forest, "num_tree"):
+        return int(forest.num_tree)
+    return tree_count(forest.as_treelite())
 
 
 def _rmm_in_use(cupy: Any) -> bool:

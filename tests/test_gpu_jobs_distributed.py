@@ -11,9 +11,11 @@ import pandas as pd
 import pytest
 from sklearn.ensemble import RandomForestClassifier
 
-from gpu_jobs.dask_table import stratified_fold_column
+from gpu_jobs.dask_table import load_distributed_table, stratified_fold_column
+from gpu_jobs.data import prepare_frame
 from gpu_jobs.dask_trainers import combine_forests
 from gpu_jobs.dask_training import run_distributed
+from gpu_jobs.engine import tree_count
 from gpu_jobs.errors import UserError
 from gpu_jobs.train import load_model, main, run_trial
 
@@ -77,6 +79,24 @@ def test_combine_forests_concatenates_trees() -> None:
     np.testing.assert_allclose(combined.predict_proba(features), expected)
     with pytest.raises(UserError, match="both target classes"):
         combine_forests([None, None])
+
+
+def test_tree_count_of_a_forest_kept_in_treelite_form_counts_every_workers_trees() -> None:
+    """cuml.dask's combined model is the last worker's cuML forest with the Treelite concatenation of all
+    workers' forests as its trees (no ``estimators_``; its own ``n_estimators`` is that worker's share).
+    The count goes through its Treelite form: here a real concatenation, serialized and read back as
+    ``as_treelite()`` does. Only that one call is cuML's (no cuML here)."""
+    import treelite
+    import treelite.sklearn
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(200, 3))
+    labels = (features[:, 0] > 0).astype(int)
+    shares = [RandomForestClassifier(n_estimators=n, random_state=n).fit(features, labels) for n in (4, 3, 3)]
+    combined = treelite.Model.concatenate([treelite.sklearn.import_model(forest) for forest in shares])
+    read_back = treelite.Model.deserialize_bytes(combined.serialize_bytes())
+    assert tree_count(read_back) == 10
+    assert tree_count(shares[0]) == 4  # a scikit-learn forest: its estimators_
 
 
 @pytest.mark.parametrize(
@@ -150,6 +170,31 @@ def test_distributed_reads_a_folder_of_csv_parts_with_levels_from_every_part(sch
     features = json.loads((tmp_path / "out" / "features.json").read_text())
     assert features["categorical_levels"] == {"city": ["Lima", "Oslo", "Pune"]}
     assert features["target_classes"] == ["no", "yes"]
+
+
+def test_both_paths_learn_category_levels_after_dropping_rows_without_a_target(scheduler: str, tmp_path: Path) -> None:
+    """"Bergen" appears only in rows whose target is missing: neither path may give it a level, so every
+    kept row gets the same code on the distributed path as on the single-process one."""
+    from distributed import Client
+
+    rng = np.random.default_rng(3)
+    for index in range(2):
+        score = rng.normal(size=200)
+        city = rng.choice(["Oslo", "Lima", "Pune"], 200).astype(object)
+        label = np.where(score > 0, "yes", "no").astype(object)
+        city[:5], label[:5] = "Bergen", None
+        frame = pd.DataFrame({"city": city, "score": score, "label": label})
+        frame.to_csv(tmp_path / f"part-{index}.csv", index=False)
+    with Client(scheduler) as client:
+        table = load_distributed_table(
+            client, str(tmp_path), "label", data_format=None, max_rows=None, seed=0, cv_folds=2, n_workers=2
+        )
+        distributed_codes = table.frame.compute().sort_values("f1")["f0"].to_numpy()
+    raw = pd.concat([pd.read_csv(tmp_path / f"part-{i}.csv") for i in range(2)], ignore_index=True)
+    features, _, info = prepare_frame(raw, "label", source=str(tmp_path))
+    assert info.encoding.categorical_levels == {"city": ("Lima", "Oslo", "Pune")}
+    assert table.encoding.categorical_levels == info.encoding.categorical_levels
+    np.testing.assert_array_equal(distributed_codes, features.sort_values("score")["city"].to_numpy())
 
 
 def test_run_trial_inside_a_dask_worker_uses_the_worker_threads(scheduler: str) -> None:
