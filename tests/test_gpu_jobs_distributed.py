@@ -12,9 +12,9 @@ import pytest
 from sklearn.ensemble import RandomForestClassifier
 
 from gpu_jobs.dask_table import load_distributed_table, stratified_fold_column
-from gpu_jobs.data import prepare_frame
 from gpu_jobs.dask_trainers import combine_forests
 from gpu_jobs.dask_training import run_distributed
+from gpu_jobs.data import prepare_frame
 from gpu_jobs.engine import tree_count
 from gpu_jobs.errors import UserError
 from gpu_jobs.train import load_model, main, run_trial
