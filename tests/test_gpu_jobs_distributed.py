@@ -173,7 +173,7 @@ def test_distributed_reads_a_folder_of_csv_parts_with_levels_from_every_part(sch
 
 
 def test_both_paths_learn_category_levels_after_dropping_rows_without_a_target(scheduler: str, tmp_path: Path) -> None:
-    """"Bergen" appears only in rows whose target is missing: neither path may give it a level, so every
+    """The city "Bergen" appears only in rows whose target is missing: neither path may give it a level, so every
     kept row gets the same code on the distributed path as on the single-process one."""
     from distributed import Client
 
