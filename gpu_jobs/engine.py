@@ -104,23 +104,36 @@ def probe_rapids(import_modules: bool = True) -> tuple[str, ...]:
 
 
 def resolve_engine(requested: str = "auto") -> EngineName:
-    """Pick the engine: ``gpu`` needs a visible NVIDIA GPU and importable cuDF + cuML; ``auto`` falls back to
-    ``cpu`` when either is missing; ``gpu`` without them raises :class:`UserError` saying what is missing."""
+    """Pick the engine for this host (probing its GPUs and RAPIDS): see :func:`decide_engine`."""
     if requested not in ENGINE_REQUESTS:
         raise UserError(f"unknown engine {requested!r}: expected one of {', '.join(ENGINE_REQUESTS)}")
     if requested == "cpu":
         return "cpu"
     gpus = probe_gpus()
-    if gpus.count > 0 and not probe_rapids():
-        return "gpu"
-    if requested == "auto":
+    rapids = probe_rapids(import_modules=gpus.count > 0)
+    return decide_engine(requested, gpus, rapids)
+
+
+def decide_engine(requested: str, gpus: GpuProbe, rapids_problems: tuple[str, ...]) -> EngineName:
+    """``cpu`` is CPUs. ``gpu`` needs a visible NVIDIA GPU and usable cuDF + cuML. ``auto`` is ``cpu`` on a
+    host without a GPU and ``gpu`` on one with: a GPU that was paid for trains or the trial fails saying
+    what is missing (RAPIDS absent or broken), never runs silently on CPUs. Raises :class:`UserError`."""
+    if requested not in ENGINE_REQUESTS:
+        raise UserError(f"unknown engine {requested!r}: expected one of {', '.join(ENGINE_REQUESTS)}")
+    if requested == "cpu" or (requested == "auto" and gpus.count == 0):
         return "cpu"
+    if gpus.count > 0 and not rapids_problems:
+        return "gpu"
     missing: list[str] = []
     if gpus.count == 0:
         missing.append(f"an NVIDIA GPU (none visible: {gpus.detail})")
-    rapids_problems = probe_rapids(import_modules=gpus.count > 0)
     if rapids_problems:
         missing.append(f"RAPIDS cuDF and cuML ({'; '.join(rapids_problems)})")
+    if requested == "auto":
+        raise UserError(
+            f"engine auto found {gpus.detail} and so means gpu, which needs {' and '.join(missing)}; "
+            "use an image with RAPIDS, or --engine cpu to train on this GPU host's CPUs on purpose"
+        )
     raise UserError(f"--engine gpu needs {' and '.join(missing)}; use --engine auto or cpu to run on CPUs")
 
 

@@ -191,11 +191,30 @@ def test_fixed_and_searched_hyperparameters_on_the_command_line() -> None:
         "--model random_forest",
         "--cv_folds 3",
         "--seed 7",
-        "--engine auto",
+        "--engine gpu",  # engine auto on the default T4 size: the GPU or a clear failure
         "--primary_metric accuracy",
         "--output ${{outputs.model}}",
     ):
         assert flag in cmd
+
+
+@pytest.mark.parametrize(
+    ("engine", "vm_size", "expected"),
+    [
+        ("auto", "Standard_NC4as_T4_v3", "gpu"),
+        ("auto", "Standard_NV36ads_A10_v5", "gpu"),
+        ("auto", "Standard_D4s_v5", "auto"),  # no GPU: the trial picks its CPUs
+        ("cpu", "Standard_NC4as_T4_v3", "cpu"),  # asked for on purpose
+        ("gpu", "Standard_D4s_v5", "gpu"),
+    ],
+)
+def test_engine_auto_on_a_gpu_size_asks_the_trial_for_the_gpu(engine: str, vm_size: str, expected: str) -> None:
+    spec = make_spec(
+        trial={"model": "random_forest", "cv_folds": 3, "params": {"n_bins": 32}, "engine": engine},
+        compute={**COMPUTE, "vm_size": vm_size},
+    )
+    job, _, _ = built(spec)
+    assert f"--engine {expected} " in job.trial.command
 
 
 def test_the_command_runs_through_bash_into_the_trial_cli(tmp_path: Path) -> None:

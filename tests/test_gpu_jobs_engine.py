@@ -40,7 +40,7 @@ def test_unknown_engine_is_a_user_error() -> None:
         ("auto", 1, (), "gpu"),
         ("gpu", 2, (), "gpu"),
         ("auto", 0, (), "cpu"),
-        ("auto", 1, ("cuml (not installed)",), "cpu"),
+        ("auto", 1, ("cuml (not installed)",), UserError),  # a GPU host: GPU or a clear failure, never CPUs
         ("cpu", 1, (), "cpu"),
         ("gpu", 0, (), UserError),
         ("gpu", 1, ("cudf (import failed: RuntimeError: CUDA driver too old)",), UserError),
@@ -63,6 +63,8 @@ def test_decision_table(
         message = str(error.value)
         if gpus == 0:
             assert "an NVIDIA GPU (none visible: patched probe)" in message
+        if requested == "auto":
+            assert "engine auto found patched probe and so means gpu" in message and "--engine cpu" in message
         for problem in rapids_problems:
             assert problem in message
 

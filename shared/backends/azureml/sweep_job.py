@@ -39,6 +39,7 @@ from azure.ai.ml.sweep import (
 from gpu_jobs.params import HYPERPARAMETERS, HyperParameter
 from shared import spec as specs
 from shared.compute_spec import AzureMLCompute, compute_section
+from shared.cost.catalogue import load_catalogue
 from shared.spec import ExperimentSpec, finish_value, quantize
 from shared.spec.sections import azureml_uri_form
 
@@ -60,6 +61,8 @@ ADLFS_PACKAGES: tuple[str, ...] = ("adlfs",)
 """Added when the trial reads Azure storage itself (URIs AzureML cannot bind as an input)."""
 _DATA_EXTENSIONS = (".parquet", ".pq", ".parq", ".csv", ".csv.gz", ".csv.bz2", ".csv.zst", ".csv.xz")
 _AZURE_STORAGE_HOST = re.compile(r"^[a-z0-9]+\.(blob|dfs)\.core\.windows\.net$", re.IGNORECASE)
+GPU_SIZE = re.compile(r"^Standard_N", re.IGNORECASE)
+"""Azure's N-series, its GPU sizes (NC, ND, NV, ...): ``engine: auto`` there means the GPU."""
 
 
 def azureml_compute(spec: ExperimentSpec) -> AzureMLCompute:
@@ -265,7 +268,7 @@ def trial_command(spec: ExperimentSpec, data: DataBinding, *, install: Sequence[
         f"--cv_folds {spec.trial.cv_folds}",
         f"--output ${{{{outputs.{MODEL_OUTPUT}}}}}",
         f"--seed {spec.sampling_algorithm.seed or 0}",
-        f"--engine {spec.trial.engine}",
+        f"--engine {trial_engine(spec)}",
         f"--primary_metric {spec.objective.primary_metric}",
     ]
     if spec.dataset.format is not None:
@@ -278,6 +281,15 @@ def trial_command(spec: ExperimentSpec, data: DataBinding, *, install: Sequence[
     if install:
         line = f"python -m pip install --quiet --no-cache-dir {' '.join(install)} && {line}"
     return line
+
+
+def trial_engine(spec: ExperimentSpec) -> str:
+    """The ``--engine`` a trial gets: ``auto`` on a GPU size (an N-series or a catalogued GPU size) is ``gpu``,
+    so a paid-for GPU node trains on its GPU or fails saying why, never silently on its CPUs."""
+    vm_size = compute_section(spec, AzureMLCompute).vm_size
+    if spec.trial.engine == "auto" and (load_catalogue().size(vm_size) is not None or GPU_SIZE.match(vm_size)):
+        return "gpu"
+    return spec.trial.engine
 
 
 def trial_environment(compute: AzureMLCompute, code_dir: Path) -> tuple[Environment, bool]:
