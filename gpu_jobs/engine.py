@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from gpu_jobs.device_memory import setup_device_memory
 from gpu_jobs.errors import UserError
 
 EngineName = Literal["gpu", "cpu"]
@@ -238,21 +239,6 @@ def tree_count(forest: Any) -> int:
     return tree_count(forest.as_treelite())
 
 
-def _rmm_in_use(cupy: Any) -> bool:
-    """Route CuPy's allocations through RMM when RMM was set up with a pool or managed memory (as
-    dask-cuda's workers are): one allocator for cuDF, cuML, CuPy and XGBoost instead of rival pools.
-    Returns whether XGBoost should use RMM too. With RMM's plain default resource nothing changes."""
-    try:
-        import rmm
-        from rmm.allocators.cupy import rmm_cupy_allocator
-    except ImportError:
-        return False
-    if type(rmm.mr.get_current_device_resource()) is rmm.mr.CudaMemoryResource:
-        return False
-    cupy.cuda.set_allocator(rmm_cupy_allocator)
-    return True
-
-
 def _cpu_engine() -> Engine:
     import pandas as pd
     from sklearn.ensemble import RandomForestClassifier
@@ -285,7 +271,7 @@ def _gpu_engine() -> Engine:
     from cuml.metrics import accuracy_score, log_loss, roc_auc_score
     from sklearn.model_selection import StratifiedKFold
 
-    use_rmm = _rmm_in_use(cupy)
+    use_rmm = setup_device_memory().shared  # one memory resource for cuDF/cuML, CuPy and XGBoost
 
     return Engine(
         name="gpu",
