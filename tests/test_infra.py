@@ -19,13 +19,13 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass
 from datetime import timedelta
-from fnmatch import fnmatch
 from functools import cache
 from pathlib import Path
 
 import pytest
 
 from shared import config
+from tests.functions_host import funcignore_patterns, funcignored
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
@@ -776,22 +776,8 @@ def test_no_real_local_settings_is_committed() -> None:
     assert "local.settings.json" in ignored
 
 
-def _funcignored(rel: str, patterns: list[str]) -> bool:
-    parts = rel.split("/")
-    for raw in patterns:
-        dir_only = raw.endswith("/")
-        pattern = raw.strip("/")
-        for i, part in enumerate(parts):
-            if dir_only and i == len(parts) - 1:
-                continue
-            if fnmatch(part, pattern):
-                return True
-    return False
-
-
 def test_funcignore_excludes_tools_and_keeps_the_app() -> None:
-    lines = FUNCIGNORE.read_text(encoding="utf-8").splitlines()
-    patterns = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    patterns = funcignore_patterns(FUNCIGNORE.parent)
     for path in (
         "tests/test_infra.py",
         ".venv/bin/python",
@@ -804,7 +790,7 @@ def test_funcignore_excludes_tools_and_keeps_the_app() -> None:
         "infra/main.bicep",
         "local.settings.json",
     ):
-        assert _funcignored(path, patterns), f"{path} would be deployed"
+        assert funcignored(path, patterns), f"{path} would be deployed"
     for path in (
         "function_app.py",
         "host.json",
@@ -812,7 +798,7 @@ def test_funcignore_excludes_tools_and_keeps_the_app() -> None:
         "shared/config.py",
         "gpu_jobs/__init__.py",
     ):
-        assert not _funcignored(path, patterns), f"{path} would not be deployed"
+        assert not funcignored(path, patterns), f"{path} would not be deployed"
 
 
 # ---------------------------------------------------------------------------------------------------

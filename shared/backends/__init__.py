@@ -63,17 +63,22 @@ class Registration:
     name: str
     create: Callable[[Store, Settings], ComputeBackend]
     planner: Callable[[], Planner]
+    finds_orphans: bool = False
+    """The backend's ``capabilities.finds_orphans``, declared here so the timer builds (and imports) only the
+    backends that can find orphans (tests/test_backend_conformance.py checks the two agree)."""
 
 
 REGISTRY: dict[str, Registration] = {
     r.name: r
     for r in (
         Registration("local", _local, _local_planner),
-        Registration("vmcluster", _vmcluster, _vmcluster_planner),
+        Registration("vmcluster", _vmcluster, _vmcluster_planner, finds_orphans=True),
         Registration("azureml", _azureml, _azureml_planner),
     )
 }
 BACKENDS = tuple(REGISTRY)
+ORPHAN_FINDERS = tuple(r.name for r in REGISTRY.values() if r.finds_orphans)
+"""The backends the timer's orphan sweep builds; the others are never imported by it."""
 
 
 def _registration(name: str) -> Registration:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from shared.backends import BACKENDS
+from shared.backends import ORPHAN_FINDERS
 from shared.context import Context
 from shared.handlers.machine import EVENT_FOR_STATUS, MAX_REDRIVES, S, transition
 from shared.ports import OrphanFinder
@@ -50,10 +50,11 @@ def sweep(ctx: Context, *, stall_seconds: int | None = None) -> dict[str, list[s
 
 def sweep_orphans(ctx: Context) -> list[str]:
     """Timer step: every backend that finds orphans deletes the compute of experiments that are gone or
-    torn down (each returns nothing where it is not configured for Azure)."""
+    torn down (each returns nothing where it is not configured for Azure). Only those backends are built:
+    a fresh instance's first timer run imports no other backend's SDK (azure-ai-ml takes seconds)."""
     live = {record.id for record in all_experiments(ctx) if not record.torn_down}
     deleted: list[str] = []
-    for name in BACKENDS:
+    for name in ORPHAN_FINDERS:
         backend = ctx.backend(name)
         if backend.capabilities.finds_orphans and isinstance(backend, OrphanFinder):
             deleted += backend.sweep_orphans(live)
