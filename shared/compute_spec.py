@@ -9,6 +9,7 @@ import ipaddress
 import re
 import shlex
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, ClassVar, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -55,6 +56,37 @@ Problem = tuple[tuple[str, ...], str]
 """A rule a spec breaks: the field's path and why."""
 
 
+@dataclass(frozen=True)
+class GpuCapacity:
+    """The GPUs a run's compute holds at once and how many trials keep all of them busy."""
+
+    gpus: int
+    trials_at_once: int
+    """The concurrency default (``limits.max_concurrent_trials`` when the spec leaves it out)."""
+    detail: str
+    """How the figure comes about, in words (for the warning)."""
+
+
+def _gpus_per_node(vm_size: str) -> int:
+    """GPUs of a catalogued size (0 for a size the catalogue does not know: no capacity is claimed)."""
+    from shared.cost.catalogue import load_catalogue
+
+    size = load_catalogue().size(vm_size)
+    return size.gpus if size is not None else 0
+
+
+def idle_gpu_warnings(spec: ExperimentSpec) -> list[str]:
+    """A warning when ``limits.max_concurrent_trials`` leaves GPUs the run pays for idle."""
+    capacity = spec.compute.gpu_capacity()
+    concurrency = spec.limits.max_concurrent_trials
+    if capacity is None or concurrency >= min(capacity.trials_at_once, spec.effective_total_trials()):
+        return []
+    return [
+        f"max_concurrent_trials {concurrency} leaves GPUs idle: the compute runs {capacity.trials_at_once} "
+        f"trials at once ({capacity.detail}); leave it out for that default or raise it"
+    ]
+
+
 class ComputeSection(_Strict):
     """What every backend's section declares beside its settings: the spec features its backend serves.
 
@@ -70,6 +102,10 @@ class ComputeSection(_Strict):
     def spec_problems(self, spec: ExperimentSpec) -> list[Problem]:
         """This backend's rules on the rest of the spec (``[]``: none)."""
         return []
+
+    def gpu_capacity(self) -> GpuCapacity | None:
+        """The GPUs the compute holds and the trials that keep them busy; None without GPUs (or unknown)."""
+        return None
 
     def billing(self, spec: ExperimentSpec, vm_size: str | None = None, tier: Tier | None = None) -> BillingProfile:
         """How a run of ``spec`` bills (the one node-hours rule the plan, the ledger, the budget and the cost
@@ -234,6 +270,17 @@ class VMClusterCompute(ComputeSection):
                 raise ValueError(f"worker_options.{key}: {option!r} holds characters a worker option never needs")
         return value
 
+    def gpu_capacity(self) -> GpuCapacity | None:
+        """A ``CUDAWorker`` per GPU, each running ``worker_options.nthreads`` trials at once (default 1)."""
+        per_node = _gpus_per_node(self.vm_size)
+        if not per_node:
+            return None
+        per_gpu = int(self.worker_options.get("nthreads", 1))
+        gpus = self.n_workers * per_node
+        return GpuCapacity(
+            gpus, gpus * per_gpu, f"{gpus} GPU(s) x {per_gpu} trial(s) per GPU (worker_options.nthreads)"
+        )
+
     def billing(self, spec: ExperimentSpec, vm_size: str | None = None, tier: Tier | None = None) -> BillingProfile:
         """Every VM bills from creation to teardown, start-up included; a worker runs a trial per GPU;
         ``spot`` buys the workers as Spot VMs while the scheduler (head) stays on demand."""
@@ -275,6 +322,14 @@ class AzureMLCompute(ComputeSection):
         if self.min_instances > self.max_instances:
             raise ValueError(f"min_instances ({self.min_instances}) exceeds max_instances ({self.max_instances})")
         return self
+
+    def gpu_capacity(self) -> GpuCapacity | None:
+        """A sweep trial holds one node: ``max_instances`` trials at once (a node's other GPUs stay idle)."""
+        per_node = _gpus_per_node(self.vm_size)
+        if not per_node:
+            return None
+        detail = f"max_instances {self.max_instances}, one trial per node of {per_node} GPU(s)"
+        return GpuCapacity(self.max_instances * per_node, self.max_instances, detail)
 
     def nodes_held(self, spec: ExperimentSpec) -> int:
         """Nodes a sweep holds at once: each trial holds one, at most ``max_concurrent_trials`` and

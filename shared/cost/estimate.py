@@ -141,6 +141,13 @@ def size_warnings(spec: ExperimentSpec, catalogue: Catalogue) -> list[str]:
     return [w for name in sorted(names) if (w := catalogue.check(name).warning)]
 
 
+def spec_warnings(spec: ExperimentSpec, catalogue: Catalogue) -> list[str]:
+    """What the plan and the submit warn about: unknown sizes, and GPUs the concurrency leaves idle."""
+    from shared.compute_spec import idle_gpu_warnings
+
+    return size_warnings(spec, catalogue) + idle_gpu_warnings(spec)
+
+
 def budget_error(spec: ExperimentSpec, catalogue: Catalogue) -> str | None:
     """Why ``limits.max_cost`` cannot be enforced for this spec (no price for a billed node), or None."""
     if getattr(spec.limits, "max_cost", None) is None:

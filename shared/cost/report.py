@@ -15,7 +15,7 @@ from rich.text import Text
 
 from shared.cost.billing import billing_profile
 from shared.cost.catalogue import Catalogue, Tier
-from shared.cost.estimate import CostEstimate, candidate_estimates, estimate_cost, run_time_range, size_warnings
+from shared.cost.estimate import CostEstimate, candidate_estimates, estimate_cost, run_time_range, spec_warnings
 
 if TYPE_CHECKING:
     from shared.spec import ExperimentSpec
@@ -76,7 +76,7 @@ def summary(spec: ExperimentSpec, estimate: CostEstimate, catalogue: Catalogue, 
         else:
             text = f"  budget    {usd(budget)} (limits.max_cost): the whole estimate stays within it"
         lines.append(Text(text, style="red" if over else "green"))
-    for warning in size_warnings(spec, catalogue):
+    for warning in spec_warnings(spec, catalogue):
         lines.append(Text(f"  warning   {warning}", style="yellow"))
     return Group(*lines)
 
@@ -150,7 +150,7 @@ def plan_document(spec: ExperimentSpec, catalogue: Catalogue, creates: list[str]
         "exceeds_budget": bool(
             spec.limits.max_cost is not None and estimate.priced and (estimate.usd_high or 0) > spec.limits.max_cost
         ),
-        "warnings": size_warnings(spec, catalogue),
+        "warnings": spec_warnings(spec, catalogue),
         "candidates": [row(item) for item in candidate_estimates(spec, catalogue)],
         "prices": {"catalogue": catalogue.retrieved_label, "sources": {k: v.url for k, v in catalogue.sources.items()}},
     }

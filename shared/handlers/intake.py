@@ -35,11 +35,12 @@ def new_experiment_id() -> str:
 
 # --------------------------------------------------------------------------------------------- submit
 def _submitted_reason(spec: ExperimentSpec) -> str:
-    """ "submitted", with a warning for each VM size the price catalogue does not know (allowed, unpriced)."""
+    """ "submitted", with a warning for each VM size the price catalogue does not know (allowed, unpriced)
+    and for GPUs the concurrency leaves idle."""
     from shared.cost.catalogue import load_catalogue
-    from shared.cost.estimate import size_warnings
+    from shared.cost.estimate import spec_warnings
 
-    warnings = size_warnings(spec, load_catalogue())
+    warnings = spec_warnings(spec, load_catalogue())
     for warning in warnings:
         log.warning("%s: %s", spec.name, warning)
     return "; warning: ".join(["submitted", *warnings])

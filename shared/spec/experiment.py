@@ -120,8 +120,18 @@ class ExperimentSpec(SpecModel):
             )
         errors += compute.spec_problems(self)
         fail(errors)
+        self._default_concurrency()
         self._budget_is_priced()
         return self
+
+    def _default_concurrency(self) -> None:
+        """Left out, ``limits.max_concurrent_trials`` is what keeps every GPU busy (GPUs x trials per GPU,
+        at most the trial budget); ``idle_gpu_warnings`` warns when a given value leaves GPUs idle."""
+        capacity = self.compute.gpu_capacity()
+        if capacity is None or "max_concurrent_trials" in self.limits.model_fields_set:
+            return
+        concurrency = min(capacity.trials_at_once, self.limits.max_total_trials)
+        self.limits = self.limits.model_copy(update={"max_concurrent_trials": concurrency})
 
     def _budget_is_priced(self) -> None:
         """``limits.max_cost`` needs a price for every node the run bills (see :mod:`shared.cost`)."""
