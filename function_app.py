@@ -17,7 +17,7 @@ import azure.functions as func
 from shared.api import create_api
 from shared.config import QUEUE_EVENTS, QUEUE_REQUESTS
 from shared.context import get_context
-from shared.handlers import handle_event, handle_request_message, sweep, sweep_orphans
+from shared.handlers import handle_event, sweep, sweep_orphans, take_request_message
 
 SWEEP_SCHEDULE = "0 */5 * * * *"
 """Every five minutes (NCRONTAB, with seconds)."""
@@ -28,9 +28,11 @@ app = func.AsgiFunctionApp(app=create_api(), http_auth_level=func.AuthLevel.FUNC
 @app.function_name("experiment_requests")
 @app.queue_trigger(arg_name="message", queue_name=QUEUE_REQUESTS, connection="AzureWebJobsStorage")
 def experiment_requests(message: func.QueueMessage) -> None:
-    """A spec sent by another service; invalid ones raise, so the host retries then poisons them."""
-    record = handle_request_message(get_context(), message.get_body(), message_id=message.id)
-    logging.info("request %s -> experiment %s (%s)", message.id, record.id, record.status)
+    """A spec sent by another service. An invalid one is final: recorded FAILED when it names an id, moved
+    to the poison queue once, not retried; a transient failure (storage) raises, and the host retries it."""
+    record = take_request_message(get_context(), message.get_body(), message_id=message.id)
+    if record is not None:
+        logging.info("request %s -> experiment %s (%s)", message.id, record.id, record.status)
 
 
 @app.function_name("experiment_events")

@@ -31,8 +31,8 @@ from shared.config import EXPERIMENT_ID_PATTERN, MODEL_PREFIX
 from shared.context import Context, built_context, get_context
 from shared.cost.ledger import public_cost
 from shared.dashboard.routes import router as dashboard_router
-from shared.errors import NotFound
-from shared.handlers import request_cancel, submit_experiment
+from shared.errors import InvalidPageToken, NotFound
+from shared.handlers import IdempotencyConflict, request_cancel, reserved_key_problem, submit_experiment
 from shared.records import (
     TERMINAL_STATUSES,
     BestTrial,
@@ -43,10 +43,13 @@ from shared.records import (
     TrialRecord,
 )
 from shared.spec import MAX_DOCUMENT_BYTES, DocumentError, SpecError, SpecPolicy, read_document, validate_spec
+from shared.store import MAX_PAGE_TOKEN_CHARS
 
 MAX_BODY_BYTES = MAX_DOCUMENT_BYTES
 """Largest request body: the spec document's own limit."""
 RETRY_AFTER_SECONDS = 10
+KEY_LOC = "header.idempotency-key"
+"""Where errors about the ``Idempotency-Key`` header point (FastAPI's own name for the header field)."""
 
 
 class Progress(BaseModel):
@@ -228,14 +231,21 @@ def create_experiment(
     response: Response,
     idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
 ) -> Any:
+    reserved = reserved_key_problem(idempotency_key)
+    if reserved:
+        return error_response(422, f"invalid Idempotency-Key: {reserved}", [{"loc": KEY_LOC, "msg": reserved}])
     try:
         spec = validate_spec(read_document(body), SpecPolicy.from_settings(ctx.settings))
     except DocumentError as exc:
         msg = exc.errors[0]["msg"]
         return error_response(exc.status, msg, [{"loc": "body", "msg": msg}])
     except SpecError as exc:
-        return error_response(422, "invalid experiment spec", exc.errors)
-    record, created = submit_experiment(ctx, spec, idempotency_key=idempotency_key)
+        more = f" ({len(exc.errors)} shown, {exc.more} more)" if exc.more else ""
+        return error_response(422, f"invalid experiment spec{more}", exc.errors)
+    try:
+        record, created = submit_experiment(ctx, spec, idempotency_key=idempotency_key)
+    except IdempotencyConflict as exc:
+        return error_response(422, f"Idempotency-Key reused: {exc}", [{"loc": KEY_LOC, "msg": str(exc)}])
     response.headers["Location"] = f"/api/experiments/{record.id}"
     response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
     if not created:
@@ -248,11 +258,11 @@ def list_experiments(
     ctx: Ctx,
     status: ExperimentStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    page_token: Annotated[str | None, Query(max_length=4096)] = None,
+    page_token: Annotated[str | None, Query(max_length=MAX_PAGE_TOKEN_CHARS)] = None,
 ) -> Any:
     try:
         records, token = ctx.store.list_experiments(status=status, limit=limit, page_token=page_token)
-    except ValueError as exc:
+    except InvalidPageToken as exc:  # the caller's token; a stored record that fails is not the caller's fault
         return error_response(422, f"invalid page_token: {exc}", [{"loc": "query.page_token", "msg": str(exc)}])
     return ExperimentPage(items=[ExperimentView.of(r) for r in records], next_page_token=token)
 

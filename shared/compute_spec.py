@@ -107,6 +107,10 @@ class ComputeSection(_Strict):
         """The GPUs the compute holds and the trials that keep them busy; None without GPUs (or unknown)."""
         return None
 
+    def hosted_problems(self) -> list[Problem]:
+        """What a hosted deployment refuses in this section (paths from the spec's root; ``[]``: none)."""
+        return []
+
     def billing(self, spec: ExperimentSpec, vm_size: str | None = None, tier: Tier | None = None) -> BillingProfile:
         """How a run of ``spec`` bills (the one node-hours rule the plan, the ledger, the budget and the cost
         guard read); ``vm_size``/``tier`` replace the trial nodes' (the plan's comparison of sizes)."""
@@ -151,14 +155,52 @@ SAFE_VALUE_PATTERN = re.compile(r"^[A-Za-z0-9_.:/,=@+%-]{0,256}$")
 AZURE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.()-]{0,89}$"
 
 
+MAX_SOURCE_PREFIX_V4 = 16
+"""The broadest IPv4 block an admin source may be: 65,536 addresses, a site's network, not a provider's."""
+MAX_SOURCE_PREFIX_V6 = 48
+"""The broadest IPv6 block: a /48 is one site's allocation (RIPE-690), as a /16 is in IPv4."""
+
+
+def _admin_source(value: str) -> str:
+    """An admin source for Dask's ports: an address or CIDR block no broader than a /16 (IPv4) or /48 (IPv6).
+
+    Service tags are refused, every one of them: ``Internet``/``Any``/``*`` are everyone; ``AzureCloud``
+    (and ``AzureCloud.<region>``) is every Azure datacenter address, so every other Azure tenant's VMs;
+    ``VirtualNetwork`` is the whole VNet plus every peered and VPN-connected network and any prefix a
+    user-defined route names (``0.0.0.0/0`` with a default route), which is what the subnet-only rule
+    exists to exclude; the others (``AzureLoadBalancer``, ``GatewayManager``, ``Storage``, ...) name
+    Azure services, never an administrator. An admin's network is a block you can name; name it.
+    """
+    if value.strip() in {"*", "Internet", "Any"}:
+        raise ValueError(f"{value!r} would open Dask's unauthenticated ports to the Internet; name your networks")
+    try:
+        network = ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError(
+            f"{value[:80]!r} is not an address or CIDR block: service tags are refused (AzureCloud is every Azure "
+            "tenant, VirtualNetwork every peered network); name your admin network's block"
+        ) from None
+    broadest = MAX_SOURCE_PREFIX_V4 if network.version == 4 else MAX_SOURCE_PREFIX_V6
+    if network.prefixlen < broadest:
+        raise ValueError(
+            f"{value} holds {network.num_addresses:.3g} addresses: an admin source is at most a /{broadest} "
+            f"(IPv{network.version}); name the networks you administer from"
+        )
+    if isinstance(network, ipaddress.IPv6Network) and network.network_address.ipv4_mapped is not None:
+        raise ValueError(f"{value} is an IPv4-mapped block: give the IPv4 block itself")
+    return value
+
+
 class NetworkSpec(_Strict):
     """The VNet, subnet and NSG a ``vmcluster`` run lives in."""
 
     vnet_address_space: str = "10.0.0.0/16"
     subnet_prefix: str = "10.0.0.0/24"
-    allowed_source_prefixes: list[str] = Field(
+    allowed_source_prefixes: list[Annotated[str, AfterValidator(_admin_source)]] = Field(
         default_factory=list,
-        description="who else may reach Dask's ports 8786/8787; the experiment's subnet always may, no one else",
+        max_length=32,
+        description="who else may reach Dask's ports 8786/8787 (addresses or blocks of at most a /16, IPv6 /48; "
+        "no service tags); the experiment's subnet always may, no one else",
     )
     existing_vnet: str | None = Field(
         default=None, description="an existing VNet (ARM resource id, any resource group; or a name in resource_group)"
@@ -176,21 +218,6 @@ class NetworkSpec(_Strict):
         except ValueError as exc:
             raise ValueError(f"not a CIDR block: {value!r} ({exc})") from None
         return value
-
-    @field_validator("allowed_source_prefixes")
-    @classmethod
-    def _prefixes(cls, values: list[str]) -> list[str]:
-        for value in values:
-            if value in {"*", "0.0.0.0/0", "Internet", "Any"}:
-                raise ValueError(
-                    f"{value!r} would open Dask's unauthenticated ports to the Internet; name your networks"
-                )
-            if value[:1].isdigit():
-                try:
-                    ipaddress.ip_network(value, strict=False)
-                except ValueError as exc:
-                    raise ValueError(f"not an address prefix: {value!r} ({exc})") from None
-        return values
 
     @model_validator(mode="after")
     def _subnet_by_name(self) -> NetworkSpec:
@@ -280,6 +307,12 @@ class VMClusterCompute(ComputeSection):
         return GpuCapacity(
             gpus, gpus * per_gpu, f"{gpus} GPU(s) x {per_gpu} trial(s) per GPU (worker_options.nthreads)"
         )
+
+    def hosted_problems(self) -> list[Problem]:
+        """A hosted deployment runs Dask only with TLS: without it, anyone who reaches the scheduler runs code."""
+        if self.security:
+            return []
+        return [(("compute", "security"), "a hosted deployment requires security: true (TLS between Dask's nodes)")]
 
     def billing(self, spec: ExperimentSpec, vm_size: str | None = None, tier: Tier | None = None) -> BillingProfile:
         """Every VM bills from creation to teardown, start-up included; a worker runs a trial per GPU;

@@ -36,6 +36,15 @@ EXPERIMENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 """What an experiment id may be at every edge (API path, queue envelope): ASCII, one path segment, a table
 key, a blob prefix and an Azure resource-name part. Generated ids look like ``exp-20261201082600-a1b2c3``."""
 
+# How long an experiment's compute credential (its SAS) may live, and how long it outlives the run.
+CREDENTIAL_MAX_SECONDS = 7 * 24 * 3600
+"""User-delegation keys live at most seven days (Azure's limit); account-key SAS are capped alike."""
+CREDENTIAL_MARGIN_SECONDS = 6 * 3600
+"""The compute's credential outlives the experiment's ``limits.timeout`` by this much."""
+MAX_RUN_SECONDS = CREDENTIAL_MAX_SECONDS - CREDENTIAL_MARGIN_SECONDS
+"""The longest ``limits.timeout`` (and ``trial_timeout``) a spec may ask for: a run must end while the
+credential its compute writes with is still valid."""
+
 # Queue semantics mirrored from host.json (tests check they agree).
 MAX_DEQUEUE_COUNT = 5
 

@@ -20,6 +20,10 @@ class ConcurrencyConflict(ControlPlaneError):
     """Someone else updated the record since it was read (stale version / ETag)."""
 
 
+class InvalidPageToken(ControlPlaneError, ValueError):
+    """A page token the store did not make: the caller's input (an API 422), never stored data."""
+
+
 class BackendError(ControlPlaneError):
     """A compute backend failed; ``retryable`` says whether trying again may help."""
 

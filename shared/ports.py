@@ -63,7 +63,9 @@ class Store(TrialStore, Protocol):
     def list_experiments(
         self, status: ExperimentStatus | None = None, limit: int = 50, page_token: str | None = None
     ) -> tuple[list[ExperimentRecord], str | None]:
-        """Newest first; returns a page and the token of the next page (None at the end)."""
+        """Newest first; returns a page and the token of the next page (None at the end).
+
+        Raise ``InvalidPageToken`` for a token this store did not make (any shape, size or nesting)."""
 
     def claim_idempotency_key(self, key: str, experiment_id: str) -> str:
         """Bind ``key`` to ``experiment_id`` unless already bound; return the id it is bound to."""

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from shared.config import MAX_DEQUEUE_COUNT
 from shared.context import Context
-from shared.handlers import handle_event, handle_request_message, sweep
+from shared.handlers import handle_event, sweep, take_request_message
 from shared.ports import EventQueue, Message
 from shared.queues import move_to_poison
 
@@ -61,7 +61,7 @@ class LocalHost:
     def step(self) -> int:
         """Handle what is visible now on both queues (and sweep when due); returns messages handled."""
         ctx = self.ctx
-        handled = self._drain(ctx.requests, lambda m: handle_request_message(ctx, m.body, message_id=m.id))
+        handled = self._drain(ctx.requests, lambda m: take_request_message(ctx, m.body, message_id=m.id))
         handled += self._drain(ctx.events, lambda m: handle_event(ctx, m.body))
         if time.monotonic() - self._last_sweep >= self.sweep_interval:
             self._last_sweep = time.monotonic()

@@ -13,7 +13,7 @@ import pytest
 import function_app
 from shared.config import QUEUE_EVENTS, QUEUE_REQUESTS
 from shared.context import set_context
-from shared.handlers import InvalidRequest
+from shared.queues import poison_queue_name
 from shared.records import ExperimentStatus
 from tests.control_plane import ScriptedBackend, local_context, tiny_spec
 
@@ -99,11 +99,15 @@ def test_queue_triggers_drive_an_experiment_to_completion(ctx):
     assert final.status is ExperimentStatus.COMPLETED and final.torn_down
 
 
-def test_request_trigger_raises_on_bad_input_so_the_host_retries_then_poisons(ctx):
+def test_request_trigger_dead_letters_bad_input_once_instead_of_five_retries(ctx):
+    """Issue 20: an invalid request can never succeed, so the trigger records it FAILED, moves it to the
+    poison queue itself and returns (the host deletes it): no four more deliveries failing alike."""
     request = FUNCTIONS["experiment_requests"].get_user_function()
-    with pytest.raises(InvalidRequest):
-        request(func.QueueMessage(id="msg-2", body=json.dumps({"id": "exp-x", "spec": {"name": "x"}}).encode()))
+    body = json.dumps({"id": "exp-x", "spec": {"name": "x"}})
+    assert request(func.QueueMessage(id="msg-2", body=body.encode())) is None  # not raised: not retried
     assert ctx.store.get_experiment("exp-x").status is ExperimentStatus.FAILED
+    [poisoned] = ctx.queues.queue(poison_queue_name(QUEUE_REQUESTS)).receive(5, 30)
+    assert poisoned.body == body
 
 
 def test_timer_trigger_runs_the_sweep(ctx):

@@ -158,18 +158,15 @@ def test_custom_address_space_and_named_sources_never_internet(arm: FakeArm, cli
     spec = NetworkSpec(
         vnet_address_space="172.16.0.0/20",
         subnet_prefix="172.16.4.0/24",
-        allowed_source_prefixes=["203.0.113.0/24", "198.51.100.7/32", "AzureCloud.westeurope"],
+        allowed_source_prefixes=["203.0.113.0/24", "198.51.100.7/32"],  # service tags: refused by the spec
     )
     _ensure(client, retry, spec)
 
     [nsg_put] = arm.calls("PUT", "networkSecurityGroups")
     *rules, deny = nsg_put.body["properties"]["securityRules"]
-    # The address prefixes share one rule (the subnet's first); a service tag needs a rule of its own.
-    assert [_sources(r) for r in rules] == [
-        ["172.16.4.0/24", "203.0.113.0/24", "198.51.100.7/32"],
-        ["AzureCloud.westeurope"],
-    ]
-    assert [r["properties"]["priority"] for r in rules] == [1000, 1001]
+    # The address prefixes share one rule (the subnet's first).
+    assert [_sources(r) for r in rules] == [["172.16.4.0/24", "203.0.113.0/24", "198.51.100.7/32"]]
+    assert [r["properties"]["priority"] for r in rules] == [1000]
     assert deny["properties"]["access"] == "Deny"
     for r in rules:
         assert r["properties"]["destinationPortRanges"] == ["8786", "8787"]

@@ -239,7 +239,7 @@ ALLOWED_WHEN_HOSTED = [
     "abfs://data/flights.parquet",
     "az://data/flights.parquet",
     "https://acct.blob.core.windows.net/data/flights.parquet",
-    "https://acct.dfs.core.windows.net/data/flights.parquet?sv=2024-01-01&sig=x",
+    "https://acct.dfs.core.windows.net/data/flights.parquet?sv=2024-01-01",
     "https://lake.data.example.org/flights.parquet",  # on RAPIDS_HPO_DATA_HOSTS (".data.example.org")
     "azureml://datastores/workspaceblobstore/paths/flights/",
     "azureml:flights:3",

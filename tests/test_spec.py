@@ -536,7 +536,7 @@ def test_vmcluster_internet_prefix_is_rejected() -> None:
         "resource_group": "rg",
         "network": {"allowed_source_prefixes": ["Internet"]},
     }
-    assert_error(doc(compute=compute), "compute.network.allowed_source_prefixes", "to the Internet")
+    assert_error(doc(compute=compute), "compute.network.allowed_source_prefixes[0]", "to the Internet")
 
 
 def test_unknown_compute_field_has_the_backend_tag_stripped() -> None:

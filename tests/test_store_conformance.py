@@ -7,6 +7,7 @@ see only their own records). A multi-process test of the local adapter closes th
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import multiprocessing
 import threading
@@ -21,7 +22,7 @@ from urllib.parse import urlparse
 import pytest
 from azure.core.exceptions import ResourceNotFoundError
 
-from shared.errors import AlreadyExists, ConcurrencyConflict, NotFound
+from shared.errors import AlreadyExists, ConcurrencyConflict, InvalidPageToken, NotFound
 from shared.ports import Store, TrialStore
 from shared.records import BestTrial, ExperimentRecord, ExperimentStatus, TrialRecord, TrialState
 from shared.store import AzureStore, LocalStore
@@ -216,6 +217,24 @@ def test_list_is_newest_first_filtered_and_paged_without_gaps(store: Store) -> N
     assert store.list_experiments(status=ExperimentStatus.CANCELLED) == ([], None)
     with pytest.raises(ValueError):
         store.list_experiments(page_token="not a token")
+
+
+FORGED_TOKENS = [
+    b"[" * 3000,  # issue 20: RecursionError
+    b'{"created_us": [1], "id": {}}',  # issue 20: an SQLite binding error
+    b'{"created_us": 99999999999999999999999, "id": "x"}',
+    b'{"after": 5}',
+    b'{"after": "u:after the time rows"}',
+    b'{"after": "t:0000000000000000001:x", "created_us": 1}',
+    b"null",
+]
+
+
+@pytest.mark.parametrize("raw", FORGED_TOKENS, ids=range(len(FORGED_TOKENS)))
+def test_a_forged_page_token_is_refused_as_the_callers_error(store: Store, raw: bytes) -> None:
+    store.create_experiment(experiment("exp-1"))
+    with pytest.raises(InvalidPageToken):
+        store.list_experiments(page_token=base64.urlsafe_b64encode(raw).decode())
 
 
 def test_update_that_moves_created_at_moves_the_record_in_the_listing(store: Store) -> None:

@@ -6,11 +6,14 @@
 """
 
 from shared.handlers.intake import (
+    IdempotencyConflict,
     InvalidRequest,
     handle_request_message,
     new_experiment_id,
     request_cancel,
+    reserved_key_problem,
     submit_experiment,
+    take_request_message,
 )
 from shared.handlers.machine import (
     EVENT_FOR_STATUS,
@@ -27,6 +30,7 @@ __all__ = [
     "EVENT_FOR_STATUS",
     "MAX_REDRIVES",
     "STATUS_FOR_EVENT",
+    "IdempotencyConflict",
     "InvalidRequest",
     "cost_guard_reason",
     "handle_event",
@@ -34,8 +38,10 @@ __all__ = [
     "new_experiment_id",
     "progress_updates",
     "request_cancel",
+    "reserved_key_problem",
     "status_message",
     "submit_experiment",
     "sweep",
     "sweep_orphans",
+    "take_request_message",
 ]

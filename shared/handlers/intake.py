@@ -4,20 +4,27 @@ a cancel request becomes a CANCELLING transition."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import re
 import secrets
 from typing import Any, NoReturn
 
-from shared.config import EXPERIMENT_ID_PATTERN
+from pydantic import ValidationError
+
+from shared.config import EXPERIMENT_ID_PATTERN, QUEUE_REQUESTS
 from shared.context import Context
 from shared.errors import AlreadyExists, NotFound
 from shared.handlers.machine import S, send_event, status_message, transition
+from shared.queues import poison_queue_name
 from shared.records import TERMINAL_STATUSES, EventType, ExperimentRecord, utcnow
 from shared.spec import ExperimentSpec, SpecError, SpecPolicy, read_document, validate_spec
 
 log = logging.getLogger(__name__)
+
+RESERVED_KEY_PREFIXES: tuple[str, ...] = ("queue:",)
+"""Idempotency keys the control plane makes itself (``queue:<message id>``): a caller never sends one."""
 
 
 class InvalidRequest(ValueError):
@@ -26,6 +33,27 @@ class InvalidRequest(ValueError):
     def __init__(self, message: str, errors: list[dict[str, str]] | None = None) -> None:
         super().__init__(message)
         self.errors = errors or []
+
+
+class IdempotencyConflict(ValueError):
+    """The idempotency key was first used with another spec: a replay must send the same spec."""
+
+
+def reserved_key_problem(key: str | None) -> str | None:
+    """Why a caller may not send ``key`` (a prefix the control plane reserves), or None."""
+    if key is not None and key.startswith(RESERVED_KEY_PREFIXES):
+        return f"keys starting with {' or '.join(RESERVED_KEY_PREFIXES)} are reserved for the control plane's own use"
+    return None
+
+
+def spec_fingerprint(document: dict[str, Any]) -> str:
+    """SHA-256 of a normalized spec document (keys sorted): equal for the same spec however it was written
+    (YAML or JSON, key order, defaults spelled out or not). A stored spec is normalized again first, so
+    a default added since it was stored does not make a replay look like another spec."""
+    with contextlib.suppress(ValidationError):  # else stored under older rules: compared as it is
+        document = ExperimentSpec.model_validate(document).to_document()
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def new_experiment_id() -> str:
@@ -57,19 +85,20 @@ def submit_experiment(
     request (same idempotency key or id) returns the existing experiment with ``created=False``."""
     fresh = experiment_id is None
     experiment_id = experiment_id or new_experiment_id()
+    document = spec.to_document()
     if idempotency_key:
         claimed = ctx.store.claim_idempotency_key(idempotency_key, experiment_id)
         fresh = fresh and claimed == experiment_id
         experiment_id = claimed
     if not fresh:  # a new random id cannot exist yet: skip the round trip
         try:
-            return _replayed(ctx, ctx.store.get_experiment(experiment_id)), False
+            return _replayed(ctx, ctx.store.get_experiment(experiment_id), document, idempotency_key), False
         except NotFound:
             pass
     record = ExperimentRecord(
         id=experiment_id,
         name=spec.name,
-        spec=spec.to_document(),
+        spec=document,
         backend=spec.compute.backend,
         trials_total=spec.effective_total_trials(),
         idempotency_key=idempotency_key,
@@ -79,15 +108,26 @@ def submit_experiment(
     try:  # SUBMITTED is announced with the first step's events (no publish on the HTTP path)
         record = ctx.store.create_experiment(ctx.announcer.stage_status(record))
     except AlreadyExists:  # a retry, or the store's own retry after a lost reply: the first write won
-        return _replayed(ctx, ctx.store.get_experiment(experiment_id)), False
+        return _replayed(ctx, ctx.store.get_experiment(experiment_id), document, idempotency_key), False
     send_event(ctx, EventType.PROVISION, record)
     return record, True
 
 
-def _replayed(ctx: Context, record: ExperimentRecord) -> ExperimentRecord:
+def _replayed(
+    ctx: Context, record: ExperimentRecord, document: dict[str, Any], idempotency_key: str | None
+) -> ExperimentRecord:
     """A repeated submit of ``record``: its first event is sent again while it is still SUBMITTED (the
     attempt that stored it may have died before sending it; a duplicate is stale or a no-op, the fencing
-    token sees to that), so a retried request never leaves an experiment waiting for the sweep."""
+    token sees to that), so a retried request never leaves an experiment waiting for the sweep.
+
+    Under an idempotency key the spec must be the one stored (:func:`spec_fingerprint`): the same key
+    with another spec is :class:`IdempotencyConflict`, never the first experiment passed off as the second.
+    """
+    if idempotency_key and spec_fingerprint(record.spec) != spec_fingerprint(document):
+        raise IdempotencyConflict(
+            f"this idempotency key was first used for experiment {record.id} with another spec: "
+            "send the same spec to replay it, or a new key for a new experiment"
+        )
     if record.status is S.SUBMITTED:
         send_event(ctx, EventType.PROVISION, record)
     return record
@@ -110,6 +150,9 @@ def handle_request_message(ctx: Context, body: str | bytes, *, message_id: str |
     if "spec" in document:
         key = _optional_str(document.get("idempotency_key"), "idempotency_key")
         experiment_id = _optional_str(document.get("id"), "id")
+        reserved = reserved_key_problem(key)
+        if reserved:
+            raise InvalidRequest(f"idempotency_key: {reserved}", [{"loc": "idempotency_key", "msg": reserved}])
         if experiment_id is not None and not re.match(EXPERIMENT_ID_PATTERN, experiment_id):
             raise InvalidRequest(
                 f"invalid experiment id {experiment_id!r}: expected {EXPERIMENT_ID_PATTERN}",
@@ -125,8 +168,25 @@ def handle_request_message(ctx: Context, body: str | bytes, *, message_id: str |
         _fail_request(ctx, experiment_id, str(exc), exc.errors)
     if key is None and experiment_id is None and message_id:
         key = f"queue:{message_id}"  # a redelivered message must not start a second experiment
-    record, _ = submit_experiment(ctx, spec, idempotency_key=key, experiment_id=experiment_id)
+    try:
+        record, _ = submit_experiment(ctx, spec, idempotency_key=key, experiment_id=experiment_id)
+    except IdempotencyConflict as exc:
+        _fail_request(ctx, experiment_id, str(exc), [{"loc": "idempotency_key", "msg": str(exc)}])
     return record
+
+
+def take_request_message(ctx: Context, body: str | bytes, *, message_id: str | None = None) -> ExperimentRecord | None:
+    """The queue trigger's entry: :func:`handle_request_message`, where a request that can never succeed
+    (``InvalidRequest``) is final: its FAILED record (if it named an id) is written, its body goes to
+    ``<queue>-poison`` once, and it is not raised, so the host does not redeliver it four more times to
+    fail alike. Anything else (the store unreachable) still raises: the host retries what may succeed."""
+    try:
+        return handle_request_message(ctx, body, message_id=message_id)
+    except InvalidRequest as exc:
+        log.warning("request %s refused, dead-lettered without retries: %s", message_id, str(exc)[:500])
+        text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+        ctx.queues.queue(poison_queue_name(QUEUE_REQUESTS)).send(text)
+        return None
 
 
 def _envelope_id(body: str | bytes) -> str | None:

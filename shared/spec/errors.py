@@ -1,4 +1,9 @@
-"""Spec errors: :class:`SpecError` with dotted locations, and the base model that names unknown keys."""
+"""Spec errors: :class:`SpecError` with dotted locations, and the base model that names unknown keys.
+
+Error collection is linear and capped: at most :data:`MAX_ERRORS` problems are kept (their messages
+built), later ones are only counted (:attr:`SpecError.more`), duplicates are dropped through a set. A
+hostile document therefore costs time in proportion to its size, never its square.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +15,24 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 Loc = tuple[str | int, ...]
+MAX_ERRORS = 100
+"""Most problems one refusal lists; the rest are counted (``and N more``)."""
+MAX_ECHO = 80
+"""Most characters of a caller's key or value an error message repeats."""
+_MORE = "spec_more"
+"""The pydantic error type that carries a count of problems left out (see :func:`fail`)."""
 
 
 class SpecError(ValueError):
-    """An invalid spec. ``errors`` lists ``{"loc": "search_space.max_depth.values[2]", "msg": "..."}``."""
+    """An invalid spec. ``errors`` lists ``{"loc": "search_space.max_depth.values[2]", "msg": "..."}``
+    (at most :data:`MAX_ERRORS`); ``more`` counts the problems found beyond them."""
 
-    def __init__(self, errors: list[dict[str, str]]) -> None:
-        self.errors = errors
-        lines = [f"{e['loc']}: {e['msg']}" if e["loc"] else e["msg"] for e in errors]
+    def __init__(self, errors: list[dict[str, str]], more: int = 0) -> None:
+        self.errors = errors[:MAX_ERRORS]
+        self.more = more + len(errors[MAX_ERRORS:])
+        lines = [f"{e['loc']}: {e['msg']}" if e["loc"] else e["msg"] for e in self.errors]
+        if self.more:
+            lines.append(f"and {self.more} more")
         super().__init__("invalid experiment spec:\n  " + "\n  ".join(lines))
 
     @classmethod
@@ -28,15 +43,23 @@ class SpecError(ValueError):
     def from_validation_error(cls, exc: ValidationError, document: Any) -> SpecError:
         """Translate pydantic's errors: dotted locations without union tags, messages without prefixes."""
         errors: list[dict[str, str]] = []
-        for error in exc.errors(include_url=False):
+        seen: set[tuple[str, str]] = set()
+        more = 0
+        for error in exc.errors(include_url=False, include_context=True, include_input=False):
+            if error["type"] == _MORE:
+                more += int(error["ctx"]["count"])
+                continue
+            if len(errors) >= MAX_ERRORS:
+                more += 1
+                continue
             loc = format_loc(_strip_tags(tuple(error["loc"]), document))
             msg = str(error["msg"])
             for prefix in ("Value error, ", "Assertion failed, "):
                 msg = msg.removeprefix(prefix)
-            item = {"loc": loc, "msg": msg}
-            if item not in errors:
-                errors.append(item)
-        return cls(errors)
+            if (loc, msg) not in seen:
+                seen.add((loc, msg))
+                errors.append({"loc": loc, "msg": msg})
+        return cls(errors, more)
 
 
 def format_loc(loc: Iterable[str | int]) -> str:
@@ -46,7 +69,8 @@ def format_loc(loc: Iterable[str | int]) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += f".{part}" if out else str(part)
+            name = str(part) if len(str(part)) <= MAX_ECHO else str(part)[: MAX_ECHO - 1] + "…"
+            out += f".{name}" if out else name
     return out
 
 
@@ -92,16 +116,57 @@ def _strip_tags(loc: Loc, document: Any) -> Loc:
     return tuple(out)
 
 
-def fail(errors: Sequence[tuple[Loc, str]], title: str = "ExperimentSpec") -> None:
-    """Raise the errors as one ``ValidationError`` with precise locations (relative to the caller)."""
-    if errors:
-        raise ValidationError.from_exception_data(
-            title,
-            [
-                InitErrorDetails(type=PydanticCustomError("spec", "{msg}", {"msg": msg}), loc=loc, input=None)
-                for loc, msg in errors
-            ],
+class Problems:
+    """Problems as a validator finds them: kept up to :data:`MAX_ERRORS`, only counted beyond, so a
+    validator looping over a hostile list stops building messages once the cap is reached (check
+    :attr:`full` before building an expensive one)."""
+
+    def __init__(self) -> None:
+        self.found: list[tuple[Loc, str]] = []
+        self.more = 0
+
+    @property
+    def full(self) -> bool:
+        return len(self.found) >= MAX_ERRORS
+
+    def add(self, loc: Loc, msg: str) -> None:
+        if self.full:
+            self.more += 1
+        else:
+            self.found.append((loc, msg))
+
+    def count(self, n: int = 1) -> None:
+        """Count ``n`` problems without building their messages (the cap is reached)."""
+        self.more += n
+
+    def __bool__(self) -> bool:
+        return bool(self.found or self.more)
+
+    def fail(self, title: str = "ExperimentSpec") -> None:
+        fail(self.found, title, more=self.more)
+
+
+def fail(errors: Sequence[tuple[Loc, str]], title: str = "ExperimentSpec", *, more: int = 0) -> None:
+    """Raise the errors as one ``ValidationError`` with precise locations (relative to the caller); past
+    :data:`MAX_ERRORS` they are counted, carried as one ``spec_more`` item that :class:`SpecError` adds up."""
+    more += max(0, len(errors) - MAX_ERRORS)
+    details = [
+        InitErrorDetails(type=PydanticCustomError("spec", "{msg}", {"msg": msg}), loc=loc, input=None)
+        for loc, msg in errors[:MAX_ERRORS]
+    ]
+    if more:
+        details.append(
+            InitErrorDetails(type=PydanticCustomError(_MORE, "{count} more", {"count": more}), loc=(), input=None)
         )
+    if details:
+        raise ValidationError.from_exception_data(title, details)
+
+
+def echo(value: Any) -> str:
+    """``repr(value)`` clipped to :data:`MAX_ECHO` characters: errors name what they refuse without
+    sending a caller's megabyte back (or repeating it a hundred times)."""
+    text = repr(value) if not isinstance(value, (dict, list)) else f"a {type(value).__name__} of {len(value)}"
+    return text if len(text) <= MAX_ECHO else text[: MAX_ECHO - 1] + "…"
 
 
 def did_you_mean(name: str, candidates: Iterable[str]) -> str:
@@ -119,15 +184,14 @@ class SpecModel(BaseModel):
     def _unknown_fields(cls, data: Any) -> Any:
         if isinstance(data, dict):
             fields = list(cls.model_fields)
-            fail(
-                [
-                    (
-                        (key,),
-                        f"unknown field {key!r}{did_you_mean(str(key), fields)}; expected one of: {', '.join(fields)}",
-                    )
-                    for key in data
-                    if key not in cls.model_fields
-                ],
-                cls.__name__,
-            )
+            problems = Problems()
+            for key in data:
+                if key in cls.model_fields:
+                    continue
+                if problems.full:
+                    problems.count()
+                    continue
+                hint = did_you_mean(str(key), fields) if len(str(key)) <= MAX_ECHO else ""
+                problems.add((key,), f"unknown field {echo(key)}{hint}; expected one of: {', '.join(fields)}")
+            problems.fail(cls.__name__)
         return data

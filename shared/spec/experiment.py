@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Annotated, Any
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from gpu_jobs.params import HYPERPARAMETERS
 from shared.compute_spec import ComputeSpec, LocalCompute, Problem, backends_where
-from shared.spec.errors import Loc, SpecModel, did_you_mean, fail
+from shared.spec.bounds import MAX_GRID_POINTS, MAX_SEARCH_SPACE, MAX_TAGS, numbers_problems
+from shared.spec.errors import Problems, SpecModel, did_you_mean, echo, fail
 from shared.spec.search_space import SAMPLING_TYPES, Choice, Distribution, check_distribution
 from shared.spec.sections import (
     DatasetSpec,
@@ -27,17 +29,28 @@ class ExperimentSpec(SpecModel):
     """A whole experiment. Build it with :func:`load_spec` to get :class:`SpecError` on bad input."""
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    description: str | None = None
-    tags: dict[str, str] = Field(default_factory=dict)
+    description: str | None = Field(default=None, max_length=4096)
+    tags: dict[Annotated[str, Field(min_length=1, max_length=512)], Annotated[str, Field(max_length=256)]] = Field(
+        default_factory=dict, max_length=MAX_TAGS, description="at most 50; names up to 512, values 256 characters"
+    )
     dataset: DatasetSpec
     trial: TrialSpec
     sampling_algorithm: SamplingAlgorithm = Field(default_factory=SamplingAlgorithm)
-    search_space: dict[str, Distribution] = Field(min_length=1)
+    search_space: dict[str, Distribution] = Field(min_length=1, max_length=MAX_SEARCH_SPACE)
     early_termination: EarlyTermination | None = None
     limits: Limits = Field(default_factory=Limits)
     objective: Objective = Field(default_factory=default_objective)
     compute: ComputeSpec = Field(default_factory=LocalCompute)
     output: OutputSpec = Field(default_factory=OutputSpec)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bounded_numbers(cls, data: Any) -> Any:
+        """Before anything reads a number: refuse huge integers and non-finite floats, wherever they are."""
+        problems = Problems()
+        numbers_problems(data, problems)
+        problems.fail()
+        return data
 
     @field_validator("sampling_algorithm", mode="before")
     @classmethod
@@ -56,44 +69,41 @@ class ExperimentSpec(SpecModel):
     def _search_space(cls, space: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         trial: TrialSpec | None = info.data.get("trial")
         sampling: SamplingAlgorithm | None = info.data.get("sampling_algorithm")
-        errors: list[tuple[Loc, str]] = []
+        problems = Problems()
         checked = dict(space)
         if trial is not None:
             table = HYPERPARAMETERS[trial.model]
             for name, dist in space.items():
                 hp = table.get(name)
                 if hp is None:
-                    errors.append(
-                        (
-                            (name,),
-                            f"{trial.model} has no hyperparameter {name!r}{did_you_mean(name, table)}; "
-                            f"expected one of: {', '.join(table)}",
-                        )
+                    problems.add(
+                        (name,),
+                        f"{trial.model} has no hyperparameter {echo(name)}{did_you_mean(name, table)}; "
+                        f"expected one of: {', '.join(table)}",
                     )
                 elif name in trial.params:
-                    errors.append(
-                        (
-                            (name,),
-                            f"{name} is both fixed in trial.params ({trial.params[name]!r}) and searched "
-                            "here: remove one of them",
-                        )
+                    problems.add(
+                        (name,),
+                        f"{name} is both fixed in trial.params ({trial.params[name]!r}) and searched here: "
+                        "remove one of them",
                     )
                 else:
-                    checked[name], dist_errors = check_distribution(name, dist, hp)
-                    errors.extend(dist_errors)
+                    checked[name] = check_distribution(name, dist, hp, problems)
         if sampling is not None and sampling.type in SAMPLING_TYPES:
             allowed = SAMPLING_TYPES[sampling.type]
             for name, dist in space.items():
                 if dist.type not in allowed:
-                    errors.append(
-                        (
-                            (name, "type"),
-                            f"{sampling.type} sampling supports only {', '.join(sorted(allowed))} "
-                            f"distributions (AzureML's rule), and {name} is {dist.type}"
-                            + ("; use random sampling" if sampling.type == "bayesian" else ""),
-                        )
+                    problems.add(
+                        (name, "type"),
+                        f"{sampling.type} sampling supports only {', '.join(sorted(allowed))} "
+                        f"distributions (AzureML's rule), and {name} is {dist.type}"
+                        + ("; use random sampling" if sampling.type == "bayesian" else ""),
                     )
-        fail(errors)
+        if sampling is not None and sampling.type == "grid" and not problems:
+            points = _grid_size(checked)
+            if points is not None and points > MAX_GRID_POINTS:
+                problems.add((), f"the grid has {points:.3g} points; grid sampling allows at most {MAX_GRID_POINTS}")
+        problems.fail()
         return checked
 
     @model_validator(mode="after")
@@ -154,13 +164,7 @@ class ExperimentSpec(SpecModel):
 
     def grid_size(self) -> int | None:
         """The number of distinct configurations when every entry is a ``choice``, else ``None``."""
-        choices = [dist for dist in self.search_space.values() if isinstance(dist, Choice)]
-        if len(choices) != len(self.search_space):
-            return None
-        size = 1
-        for dist in choices:
-            size *= len(dist.values)
-        return size
+        return _grid_size(self.search_space)
 
     def effective_total_trials(self) -> int:
         """``limits.max_total_trials``, capped at the grid size for grid sampling."""
@@ -168,6 +172,13 @@ class ExperimentSpec(SpecModel):
         if self.sampling_algorithm.type == "grid" and size is not None:
             return min(self.limits.max_total_trials, size)
         return self.limits.max_total_trials
+
+
+def _grid_size(space: dict[str, Any]) -> int | None:
+    choices = [dist for dist in space.values() if isinstance(dist, Choice)]
+    if len(choices) != len(space):
+        return None
+    return math.prod(len(dist.values) for dist in choices)
 
 
 def _type_first(entry: dict[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,9 @@ plane run work on its own host or read what the request names, so:
   ``*.blob.core.windows.net`` / ``*.dfs.core.windows.net``), AzureML data (``azureml://...``,
   ``azureml:<name>:<version>``), a bundled ``builtin://`` table, or on a host of ``RAPIDS_HPO_DATA_HOSTS``
   (comma-separated; an entry starting with ``.`` matches its subdomains). Local paths, ``file://``,
-  ``http://``, IP-literal, loopback and link-local hosts are refused.
+  ``http://``, IP-literal, loopback and link-local hosts are refused;
+* each compute section's own hosted rules apply (``ComputeSection.hosted_problems``: a VM cluster needs
+  ``security: true``).
 
 Outside hosted mode (a user's own machine) local paths and every scheme of :data:`URI_SCHEMES` stay allowed.
 """
@@ -23,7 +25,7 @@ from urllib.parse import urlsplit
 
 from shared.compute_spec import backends_where
 from shared.config import Settings
-from shared.spec.errors import SpecError
+from shared.spec.errors import SpecError, format_loc
 
 AZURE_STORAGE_SUFFIXES: tuple[str, ...] = (".blob.core.windows.net", ".dfs.core.windows.net")
 """Hosts of Azure Storage (public cloud); other clouds' suffixes go on the allowlist."""
@@ -59,6 +61,7 @@ class SpecPolicy:
                     f"hosted deployment never does: use {others}",
                 }
             )
+        errors += [{"loc": format_loc(loc), "msg": msg} for loc, msg in compute.hosted_problems()]
         problem = self.uri_problem(spec.dataset.uri)  # type: ignore[attr-defined]
         if problem:
             errors.append({"loc": "dataset.uri", "msg": problem})
@@ -85,7 +88,7 @@ class SpecPolicy:
         if scheme in {"azureml", "builtin"}:
             return None
         adls = scheme in {"abfs", "abfss", "az"}  # `container@account.dfs.core.windows.net/path`
-        if parts.password is not None or (parts.username is not None and not adls):
+        if parts.username is not None and not adls:  # a password or SAS never passes the spec itself
             return "credentials in the URI are not allowed: the compute's own identity reads the data"
         if adls and "@" not in parts.netloc:
             return None  # `container/path`: the deployment's own storage account

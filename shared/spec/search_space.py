@@ -9,7 +9,8 @@ from typing import Annotated, Any, Literal, NamedTuple
 from pydantic import Field, field_validator, model_validator
 
 from gpu_jobs.params import HyperParameter
-from shared.spec.errors import Loc, SpecModel
+from shared.spec.bounds import MAX_CHOICE_VALUES, number_problem, q_problem
+from shared.spec.errors import Loc, Problems, SpecModel, echo, fail
 
 GRID_TYPES: frozenset[str] = frozenset({"choice"})
 BAYESIAN_TYPES: frozenset[str] = frozenset({"choice", "uniform", "quniform"})
@@ -43,7 +44,7 @@ class Choice(SpecModel):
     """One of ``values`` (numbers: every hyperparameter here is numeric)."""
 
     type: Literal["choice"] = "choice"
-    values: list[Any] = Field(min_length=1)
+    values: list[Any] = Field(min_length=1, max_length=MAX_CHOICE_VALUES)
 
 
 class RandInt(SpecModel):
@@ -82,8 +83,23 @@ class QUniform(_Bounded):
     type: Literal["quniform"] = "quniform"
     q: float = Field(gt=0)
 
+    @model_validator(mode="after")
+    def _q_steps(self) -> QUniform:
+        _check_q(self.max_value - self.min_value, self.q, "max_value - min_value", "QUniform")
+        return self
+
     def support(self) -> Support:
         return Support(quantize(self.min_value, self.q), quantize(self.max_value, self.q), bounded=True)
+
+
+def _check_q(span: float, q: float, what: str, title: str, reach: float | None = None) -> None:
+    """Refuse (at ``q``) a ``q`` that splits ``span`` into more than ``MAX_Q_STEPS`` points, or for which
+    the farthest value (``reach``) divided by ``q`` is not a finite number (the sampler rounds it)."""
+    problem = q_problem(span, q, what)
+    if problem is None and reach is not None and not math.isfinite(reach / q):
+        problem = f"q={q:g} is too fine for values as far as {reach:g} from 0"
+    if problem is not None:
+        fail([(("q",), problem)], title)
 
 
 class _LogBounded(_Bounded):
@@ -113,6 +129,12 @@ class QLogUniform(_LogBounded):
     type: Literal["qloguniform"] = "qloguniform"
     q: float = Field(gt=0)
 
+    @model_validator(mode="after")
+    def _q_steps(self) -> QLogUniform:
+        span = safe_exp(self.max_value) - safe_exp(self.min_value)
+        _check_q(span, self.q, "exp(max_value) - exp(min_value)", "QLogUniform")
+        return self
+
     def support(self) -> Support:
         low, high = math.exp(self.min_value), math.exp(self.max_value)
         return Support(quantize(low, self.q), quantize(high, self.q), bounded=True)
@@ -137,6 +159,11 @@ class QNormal(_Gaussian):
 
     type: Literal["qnormal"] = "qnormal"
     q: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _q_steps(self) -> QNormal:
+        _check_q(16 * self.sigma, self.q, "mu ± 8 sigma", "QNormal", reach=abs(self.mu) + 8 * self.sigma)
+        return self
 
     def support(self) -> Support:
         return Support(-math.inf, math.inf, bounded=False)
@@ -168,6 +195,11 @@ class QLogNormal(_LogGaussian):
     type: Literal["qlognormal"] = "qlognormal"
     q: float = Field(gt=0)
 
+    @model_validator(mode="after")
+    def _q_steps(self) -> QLogNormal:
+        _check_q(safe_exp(self.mu + 8 * self.sigma), self.q, "0 to exp(mu + 8 sigma)", "QLogNormal")
+        return self
+
     def support(self) -> Support:
         return Support(0.0, math.inf, bounded=False, low_attained=True)
 
@@ -196,24 +228,37 @@ def _in_range(value: float, hp: HyperParameter) -> bool:
     return above and value <= hp.high
 
 
-def check_distribution(name: str, dist: Any, hp: HyperParameter) -> tuple[Any, list[tuple[Loc, str]]]:
-    """Check one entry against its hyperparameter; return it (choice values coerced) and the errors."""
-    errors: list[tuple[Loc, str]] = []
+def check_value(value: Any, hp: HyperParameter) -> float | int:
+    """``value`` coerced to ``hp``'s type; ``ValueError`` naming the problem (never ``OverflowError``:
+    the number is checked to be finite and within ``MAX_INTEGER`` before the range is)."""
+    problem = number_problem(value)
+    if problem is not None:
+        raise ValueError(f"{hp.name} {problem}")
+    return hp.check(value)
+
+
+def check_distribution(name: str, dist: Any, hp: HyperParameter, problems: Problems) -> Any:
+    """Check one entry against its hyperparameter, adding to ``problems``; return it (choice values
+    coerced). Linear in the number of values: duplicates are found through a set."""
     where = f"{hp.name}'s range ({hp.describe_range()})"
     if isinstance(dist, Choice):
         coerced: list[float | int] = []
+        seen: set[float | int] = set()
+        before = len(problems.found) + problems.more
         for i, value in enumerate(dist.values):
             try:
-                if isinstance(value, float) and not math.isfinite(value):
-                    raise ValueError(f"{hp.name} must be a finite number, got {value!r}")
-                checked = hp.check(value)
+                checked = check_value(value, hp)
             except ValueError as exc:
-                errors.append(((name, "values", i), str(exc)))
+                problems.add((name, "values", i), str(exc))
                 continue
-            if checked in coerced:
-                errors.append(((name, "values", i), f"duplicate value {value!r}: choice values must differ"))
+            if checked in seen:
+                problems.add((name, "values", i), f"duplicate value {echo(value)}: choice values must differ")
+            seen.add(checked)
             coerced.append(checked)
-        return (dist.model_copy(update={"values": coerced}) if not errors else dist), errors
+        clean = len(problems.found) + problems.more == before
+        return dist.model_copy(update={"values": coerced}) if clean else dist
+
+    errors: list[tuple[Loc, str]] = []
 
     support = dist.support()
     low, high = support.low, support.high
@@ -250,4 +295,6 @@ def check_distribution(name: str, dist: Any, hp: HyperParameter) -> tuple[Any, l
                 "use a bounded distribution" + (" or lognormal" if isinstance(dist, (Normal, QNormal)) else ""),
             )
         )
-    return dist, errors
+    for loc, msg in errors:
+        problems.add(loc, msg)
+    return dist

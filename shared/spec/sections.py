@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Annotated, Any, Literal
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
 from gpu_jobs.params import HYPERPARAMETERS, METRICS, ModelName
-from shared.spec.errors import Loc, SpecModel, did_you_mean, fail
+from shared.spec.bounds import MAX_RUN_SECONDS, MAX_SEARCH_SPACE
+from shared.spec.errors import Loc, Problems, SpecModel, did_you_mean, echo, fail
+from shared.spec.search_space import check_value
 
 BUILTIN_DATASETS: tuple[str, ...] = ("nycflights13",)
 """Datasets bundled with the project, addressed as ``builtin://<name>``."""
@@ -78,10 +80,30 @@ class DatasetSpec(SpecModel):
             )
         if scheme == "builtin" and rest not in BUILTIN_DATASETS:
             raise ValueError(
-                f"unknown builtin dataset {rest!r}: expected one of "
+                f"unknown builtin dataset {echo(rest)}: expected one of "
                 + ", ".join(f"builtin://{name}" for name in BUILTIN_DATASETS)
             )
+        credential = _credential_in(uri)
+        if credential:
+            raise ValueError(
+                f"the URI carries a credential ({credential}): a spec is stored and shown (/study, the API), so "
+                "it never holds one; the compute reads the data with its own identity"
+            )
         return uri
+
+
+def _credential_in(uri: str) -> str | None:
+    """What credential a URL holds: a password, or a SAS (its ``sig`` parameter), or None."""
+    try:
+        parts = urlsplit(uri)
+        password = parts.password
+    except ValueError:  # a malformed port or netloc: not ours to judge here, the reader refuses it
+        return None
+    if password is not None:
+        return "a password"
+    if any(key.lower() == "sig" for key, _ in parse_qsl(parts.query, keep_blank_values=True)):
+        return "a SAS token: sig=..."
+    return None
 
 
 class TrialSpec(SpecModel):
@@ -90,33 +112,31 @@ class TrialSpec(SpecModel):
     model: ModelName
     cv_folds: int = Field(default=5, ge=2, le=20)
     params: dict[str, Any] = Field(
-        default_factory=dict, description="fixed hyperparameters (gpu_jobs.params names and ranges)"
+        default_factory=dict,
+        max_length=MAX_SEARCH_SPACE,
+        description="fixed hyperparameters (gpu_jobs.params names and ranges)",
     )
     engine: Literal["auto", "gpu", "cpu"] = "auto"
 
     @model_validator(mode="after")
     def _params(self) -> TrialSpec:
         table = HYPERPARAMETERS[self.model]
-        errors: list[tuple[Loc, str]] = []
+        problems = Problems()
         checked: dict[str, float | int] = {}
         for name, value in self.params.items():
             hp = table.get(name)
             if hp is None:
-                errors.append(
-                    (
-                        ("params", name),
-                        f"{self.model} has no hyperparameter {name!r}{did_you_mean(name, table)}; "
-                        f"expected one of: {', '.join(table)}",
-                    )
+                problems.add(
+                    ("params", name),
+                    f"{self.model} has no hyperparameter {echo(name)}{did_you_mean(name, table)}; "
+                    f"expected one of: {', '.join(table)}",
                 )
                 continue
             try:
-                if isinstance(value, float) and not math.isfinite(value):
-                    raise ValueError(f"{name} must be a finite number, got {value!r}")
-                checked[name] = hp.check(value)
+                checked[name] = check_value(value, hp)
             except ValueError as exc:
-                errors.append((("params", name), str(exc)))
-        fail(errors, "TrialSpec")
+                problems.add(("params", name), str(exc))
+        problems.fail("TrialSpec")
         self.params = checked
         return self
 
@@ -177,8 +197,13 @@ class Limits(SpecModel):
 
     max_total_trials: int = Field(default=20, ge=1, le=1000)
     max_concurrent_trials: int = Field(default=2, ge=1, le=1000)
-    timeout: int | None = Field(default=None, gt=0, description="seconds for the whole experiment")
-    trial_timeout: int | None = Field(default=None, gt=0, description="seconds for one trial")
+    timeout: int | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_RUN_SECONDS,
+        description="seconds for the whole experiment; at most the compute credential's lifetime less its margin",
+    )
+    trial_timeout: int | None = Field(default=None, gt=0, le=MAX_RUN_SECONDS, description="seconds for one trial")
     max_cost: float | None = Field(
         default=None,
         gt=0,

@@ -10,12 +10,13 @@ from typing import TYPE_CHECKING, Any
 
 from shared.config import Settings
 from shared.ports import Store
+from shared.store._common import MAX_PAGE_TOKEN_CHARS
 from shared.store.local import LocalStore
 
 if TYPE_CHECKING:
     from shared.store.azure import AzureStore
 
-__all__ = ["AzureStore", "LocalStore", "open_store"]
+__all__ = ["MAX_PAGE_TOKEN_CHARS", "AzureStore", "LocalStore", "open_store"]
 
 
 def __getattr__(name: str) -> Any:

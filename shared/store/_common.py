@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import base64
-import binascii
-import json
 import re
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from shared.errors import InvalidPageToken
 
 MAX_ID_LENGTH = 200
 MAX_PAGE_SIZE = 1000
+MAX_PAGE_TOKEN_CHARS = 1024
+"""Longest page token a caller may send back (ours are under 200 characters)."""
 
 # Table Storage forbids / \ # ? and control characters in keys; ids are also one path segment
 # (artifact folders, blob prefixes). A leading letter or digit keeps "_"/"." names for the store's own use.
@@ -56,16 +60,27 @@ def epoch_micros(moment: datetime) -> int:
     return (moment - _EPOCH) // timedelta(microseconds=1)
 
 
-def encode_page_token(state: dict[str, Any]) -> str:
-    return base64.urlsafe_b64encode(json.dumps(state, separators=(",", ":")).encode()).decode()
+class PageState(BaseModel):
+    """Where a listing resumes: each adapter's token is a strict model of this (no coercion, no extra keys),
+    so a forged token is refused here, never handed to a query as the wrong type."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
-def decode_page_token(token: str, *keys: str) -> dict[str, Any]:
-    """Decode a token made by ``encode_page_token``; ``ValueError`` if it is not one with ``keys``."""
+PageT = TypeVar("PageT", bound=PageState)
+
+
+def encode_page_token(state: PageState) -> str:
+    return base64.urlsafe_b64encode(state.model_dump_json().encode()).decode()
+
+
+def decode_page_token(token: str, model: type[PageT]) -> PageT:
+    """The ``model`` a token made by :func:`encode_page_token` holds; :class:`InvalidPageToken` for
+    anything else: too long, not base64, not JSON, nested (pydantic's parser bounds depth), wrong types."""
+    problem = "not a page token of this listing (send back the next_page_token a listing returned)"
+    if not isinstance(token, str) or len(token) > MAX_PAGE_TOKEN_CHARS:
+        raise InvalidPageToken(f"{problem}; at most {MAX_PAGE_TOKEN_CHARS} characters")
     try:
-        state = json.loads(base64.urlsafe_b64decode(token.encode()))
-    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
-        raise ValueError(f"invalid page token {token!r}") from exc
-    if not isinstance(state, dict) or any(key not in state for key in keys):
-        raise ValueError(f"invalid page token {token!r}")
-    return state
+        return model.model_validate_json(base64.urlsafe_b64decode(token.encode("ascii")))
+    except (ValueError, ValidationError):  # binascii.Error, UnicodeEncodeError and ValidationError included
+        raise InvalidPageToken(problem) from None

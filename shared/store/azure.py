@@ -40,7 +40,7 @@ from azure.core.credentials import TokenCredential
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableServiceClient, TableTransactionError, UpdateMode
 from azure.storage.blob import BlobServiceClient
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from shared.config import (
     CONTAINER_ARTIFACTS,
@@ -55,7 +55,9 @@ from shared.http_pool import pooled_transport
 from shared.records import ExperimentRecord, ExperimentStatus, TrialRecord
 from shared.store import compute
 from shared.store._common import (
+    MAX_ID_LENGTH,
     MAX_PAGE_SIZE,
+    PageState,
     check_artifact_name,
     check_experiment_id,
     check_idempotency_key,
@@ -70,6 +72,14 @@ PARTITION = "experiment"
 ID_ROW = "id:"
 TIME_ROW = "t:"
 _TIME_ROW_END = "t;"  # the character after ":": the end of the t: range
+
+
+class _ExperimentPage(PageState):
+    """Where a listing resumes: after this time row key (``t:<descending time>:<id>``)."""
+
+    after: str = Field(pattern=r"^t:[0-9]{19}:", max_length=MAX_ID_LENGTH + 32)
+
+
 _TIME_CEILING = 10**18  # microseconds (year ~33,600); inverted times are padded to 19 digits
 CHUNK_CHARS = 32_000
 MAX_INLINE_CHUNKS = 12  # 12 x 64,000 bytes stays under the 1 MiB entity limit with room for the rest
@@ -220,9 +230,7 @@ class AzureStore:
         self._ensure()
         after = TIME_ROW
         if page_token is not None:
-            after = decode_page_token(page_token, "after")["after"]
-            if not isinstance(after, str) or not after.startswith(TIME_ROW):
-                raise ValueError(f"invalid page token {page_token!r}")
+            after = decode_page_token(page_token, _ExperimentPage).after
         query = "PartitionKey eq @pk and RowKey gt @after and RowKey lt @end"
         parameters = {"pk": PARTITION, "after": after, "end": _TIME_ROW_END}
         if status is not None:
@@ -243,7 +251,7 @@ class AzureStore:
             records.append(
                 self.get_experiment(entity["Id"]) if body is None else _experiment(body, str(entity.metadata["etag"]))
             )
-        token = encode_page_token({"after": page[-1]["RowKey"]}) if len(rows) > limit else None
+        token = encode_page_token(_ExperimentPage(after=page[-1]["RowKey"])) if len(rows) > limit else None
         return records, token
 
     def claim_idempotency_key(self, key: str, experiment_id: str) -> str:

@@ -39,6 +39,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import ValidationError
 
+from shared.config import CREDENTIAL_MAX_SECONDS
 from shared.errors import NotFound
 from shared.records import ExperimentRecord, TrialRecord
 from shared.store._common import check_artifact_name, check_experiment_id
@@ -50,7 +51,7 @@ MAX_TRIAL_BYTES = 4 * 1024 * 1024
 """Largest trial record ingested (a real one is a few KiB)."""
 MAX_ARTIFACT_BYTES = 1024 * 1024 * 1024
 """Largest artifact ingested (a model); larger ones are refused and reported."""
-MAX_TTL = timedelta(days=7)
+MAX_TTL = timedelta(seconds=CREDENTIAL_MAX_SECONDS)
 """User-delegation keys live at most seven days (Azure's limit); account-key SAS are capped alike."""
 
 

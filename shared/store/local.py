@@ -15,10 +15,14 @@ import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from pydantic import Field
+
 from shared.errors import AlreadyExists, ConcurrencyConflict, NotFound
 from shared.records import ExperimentRecord, ExperimentStatus, TrialRecord
 from shared.store import compute
 from shared.store._common import (
+    MAX_ID_LENGTH,
+    PageState,
     check_artifact_name,
     check_experiment_id,
     check_idempotency_key,
@@ -50,6 +54,13 @@ CREATE TABLE IF NOT EXISTS idempotency (
     experiment_id TEXT NOT NULL
 ) WITHOUT ROWID
 """
+
+
+class _ExperimentPage(PageState):
+    """Where a listing resumes: after ``(created_us, id)`` in the listing's order."""
+
+    created_us: int = Field(ge=-(2**63), lt=2**63)  # an SQLite INTEGER
+    id: str = Field(max_length=MAX_ID_LENGTH)
 
 
 class LocalStore:
@@ -114,14 +125,15 @@ class LocalStore:
         self, status: ExperimentStatus | None = None, limit: int = 50, page_token: str | None = None
     ) -> tuple[list[ExperimentRecord], str | None]:
         check_limit(limit)
-        where, params = [], []
+        where: list[str] = []
+        params: list[str | int] = []
         if status is not None:
             where.append("status = ?")
             params.append(ExperimentStatus(status).value)
         if page_token is not None:
-            after = decode_page_token(page_token, "created_us", "id")
+            after = decode_page_token(page_token, _ExperimentPage)
             where.append("(created_us < ? OR (created_us = ? AND id > ?))")
-            params += [after["created_us"], after["created_us"], after["id"]]
+            params += [after.created_us, after.created_us, after.id]
         sql = "SELECT body, version, created_us, id FROM experiments"
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -130,7 +142,7 @@ class LocalStore:
         page = rows[:limit]
         token = None
         if len(rows) > limit:
-            token = encode_page_token({"created_us": page[-1][2], "id": page[-1][3]})
+            token = encode_page_token(_ExperimentPage(created_us=page[-1][2], id=page[-1][3]))
         return [_experiment_from_row(body, version) for body, version, _, _ in page], token
 
     def claim_idempotency_key(self, key: str, experiment_id: str) -> str:

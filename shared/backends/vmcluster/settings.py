@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shared.compute_spec import CLUSTER_STARTUP_ESTIMATE_S, VMClusterCompute
-from shared.config import env
+from shared.config import CREDENTIAL_MARGIN_SECONDS, env
 
 if TYPE_CHECKING:
     from shared.backends.network import NetworkHandle
@@ -66,7 +66,7 @@ DEFAULT_READY_TIMEOUT_S = 2400
 """From submit until the driver's first heartbeat: VM creation, image pulls, pip installs."""
 DEFAULT_SILENCE_LIMIT_S = 1800
 """How long a started driver may go without a heartbeat before the run counts as failed."""
-SAS_MARGIN = 6 * 3600
+SAS_MARGIN = CREDENTIAL_MARGIN_SECONDS
 """The experiment container's SAS outlives the experiment's timeout by this much (seconds)."""
 DEFAULT_SAS_LIFETIME_S = 7 * 24 * 3600
 """The SAS lifetime when the spec sets no timeout."""
