@@ -122,9 +122,10 @@ def test_queue_messages_as_the_host_delivers_them(host: FunctionsHost) -> None:
     names = [item["name"] for item in listed["items"]]
     assert names.count("by-envelope") == 1 and names.count("bare-spec") == 1, names
 
-    with pytest.raises(WorkerError, match="InvalidRequest"):  # raised: the host retries, then poisons it
-        host.queue("experiment_requests", b64({"id": "exp-worker-bad", "spec": {"name": "x"}}))
+    refused = host.queue("experiment_requests", b64({"id": "exp-worker-bad", "spec": {"name": "x"}}))
+    assert refused.result.status == host.protos.StatusResult.Success  # final: dead-lettered, not retried
     assert host.http("GET", "/api/experiments/exp-worker-bad").json()["status"] == "FAILED"
+    assert "dead-lettered without retries" in host.log_tail(20_000)
     with pytest.raises(WorkerError, match="not base64"):
         host.queue("experiment_requests", json.dumps(bare))  # sent without base64: the host never runs it
 
