@@ -45,6 +45,10 @@ _SDKS = {  # package -> (models module, operations module holding the request bu
         "azure.mgmt.authorization.v2022_04_01.models",
         "azure.mgmt.authorization.v2022_04_01.operations._role_assignments_operations",
     ),
+    "authorization-definitions": (
+        "azure.mgmt.authorization.v2022_04_01.models",
+        "azure.mgmt.authorization.v2022_04_01.operations._role_definitions_operations",
+    ),
     "msi": (
         "azure.mgmt.msi.v2024_11_30.models",
         "azure.mgmt.msi.v2024_11_30.operations._user_assigned_identities_operations",
@@ -125,6 +129,11 @@ RESOURCE_MODELS: dict[str, tuple[str, str, str]] = {
         "authorization",
         "RoleAssignmentCreateParameters",
         "build_create_request",
+    ),
+    "Microsoft.Authorization/roleDefinitions": (
+        "authorization-definitions",
+        "RoleDefinition",
+        "build_create_or_update_request",
     ),
     "Microsoft.ManagedIdentity/userAssignedIdentities": ("msi", "Identity", "build_create_or_update_request"),
     "Microsoft.Insights/components": (

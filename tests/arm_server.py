@@ -1,7 +1,8 @@
 """A local fake of the Azure Resource Manager routes ``azure-mgmt-network``/``-compute`` use.
 
-Resource types: VNets and NSGs, and, for AzureVMCluster VMs, network interfaces, public IPs,
-virtual machines and managed disks.
+Resource types: VNets (and a subnet's GET), NSGs, NAT gateways and, for the cluster VMs, network
+interfaces, public IPs, virtual machines and managed disks; storage accounts (``listKeys``) to show what a
+role reaches.
 
 Tests point the real SDK at it (``base_url="http://127.0.0.1:PORT"``) and read back what the SDK
 really sent. It speaks ARM's protocol where the SDK depends on it:
@@ -25,7 +26,15 @@ really sent. It speaks ARM's protocol where the SDK depends on it:
   public IP to a NIC) cannot be deleted (400 ``NicInUse``, 400 ``PublicIPAddressCannotBeDeleted``,
   409 ``OperationNotAllowed``);
 * a fault script: :meth:`FakeArm.fail` makes the next N requests matching a method and path answer a
-  given status, ARM error code and headers (429 + ``Retry-After``, 500, 409, 403, 404, ...).
+  given status, ARM error code and headers (429 + ``Retry-After``, 500, 409, 403, 404, ...);
+* RBAC, when given an :class:`~tests.rbac.Rbac` (the Bicep's role assignments): every request needs its
+  action (``<provider>/<type>/read|write|delete``, ``.../listKeys/action``) allowed at the resource's scope,
+  and a PUT the ``join``/``assign`` actions on what its body links (subnets, NSGs, NAT gateways, public
+  IPs, NICs, user-assigned identities), else 403 ``AuthorizationFailed``/``LinkedAuthorizationFailed`` in
+  ARM's words; inheritance flows down only (a subnet's role gives nothing on its VNet);
+* outbound access as Azure decides it (:meth:`FakeArm.outbound`): a VM reaches the Internet only through a
+  NAT gateway on its subnet, a public IP on its NIC, or a subnet with ``defaultOutboundAccess`` on (the
+  default only for subnets written with an API version before 2025-07-01: private subnets by default).
 
 Every request is recorded (:class:`RecordedRequest`) before faults or routing apply.
 """
@@ -48,6 +57,7 @@ from azure.core.credentials import AccessToken
 
 from tests import arm_schema
 from tests.json_http import read_json_body, send_json
+from tests.rbac import Rbac
 
 _PROVIDER = "Microsoft.Network"
 _COMPUTE = "Microsoft.Compute"
@@ -58,15 +68,21 @@ _TYPES = {
     "publicipaddresses": "publicIPAddresses",
     "virtualmachines": "virtualMachines",
     "disks": "disks",
+    "natgateways": "natGateways",
+    "storageaccounts": "storageAccounts",
 }
-_PROVIDERS = {"virtualMachines": _COMPUTE, "disks": _COMPUTE}  # the rest are Microsoft.Network
+_PROVIDERS = {"virtualMachines": _COMPUTE, "disks": _COMPUTE, "storageAccounts": "Microsoft.Storage"}
+"""Provider of each type; the rest are Microsoft.Network."""
 _RESOURCE = re.compile(
     r"^/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/"
-    r"(?P<provider>Microsoft\.Network|Microsoft\.Compute)/"
-    r"(?P<type>virtualNetworks|networkSecurityGroups|networkInterfaces|publicIPAddresses|virtualMachines|disks)"
-    r"(?:/(?P<name>[^/]+))?$",
+    r"(?P<provider>Microsoft\.Network|Microsoft\.Compute|Microsoft\.Storage)/"
+    r"(?P<type>virtualNetworks|networkSecurityGroups|networkInterfaces|publicIPAddresses|virtualMachines|disks"
+    r"|natGateways|storageAccounts)"
+    r"(?:/(?P<name>[^/]+)(?:/(?P<child>subnets)/(?P<child_name>[^/]+)|/(?P<action>listKeys))?)?$",
     re.IGNORECASE,
 )
+PRIVATE_SUBNETS_FROM = "2025-07-01"
+"""Subnets written with this Microsoft.Network API version or later default to ``defaultOutboundAccess: false``."""
 _OPERATION = re.compile(
     r"^/subscriptions/(?P<sub>[^/]+)/providers/(?:Microsoft\.Network|Microsoft\.Compute)/locations/"
     r"(?P<loc>[^/]+)/(?P<kind>operations|operationResults)/(?P<op>[^/]+)$",
@@ -143,6 +159,12 @@ class FakeArm:
     stand-in boots it (tests/vm_standin.py)."""
     on_vm_deleted: Callable[[dict[str, Any]], None] | None = None
     """Called with the stored VM after it is deleted (or evicted): the stand-in stops its processes."""
+    rbac: Rbac | None = None
+    """The caller's role assignments (tests/rbac.py); None: every request is allowed."""
+    principal_id: str = "11111111-2222-3333-4444-555555555555"
+    """The caller's object id, as ARM names it in a 403."""
+    api_versions: dict[str, str] = field(default_factory=dict)
+    """The API version of the last PUT of each resource (lower-cased id)."""
 
     def __post_init__(self) -> None:
         self._lock = threading.RLock()
@@ -221,14 +243,15 @@ class FakeArm:
             self.on_vm_deleted(copy.deepcopy(vm))
         return vm
 
-    def seed(self, resource_id: str, body: dict[str, Any]) -> dict[str, Any]:
-        """Store a resource as if someone had created it earlier (no request recorded); a VM gets
-        its OS disk as in :meth:`handle`."""
+    def seed(self, resource_id: str, body: dict[str, Any], api_version: str = "2026-03-01") -> dict[str, Any]:
+        """Store a resource as if someone had created it earlier with ``api_version`` (no request recorded,
+        no access check); a VM gets its OS disk as in :meth:`handle`."""
         match = _RESOURCE.match(resource_id)
         assert match and match["name"], resource_id
         with self._lock:
             stored = self._materialize(match, body)
             self.resources[stored["id"].lower()] = stored
+            self.api_versions[stored["id"].lower()] = api_version
             return stored
 
     def of_type(self, kind: str) -> list[dict[str, Any]]:
@@ -274,15 +297,24 @@ class FakeArm:
                 return 400, {}, _error("MissingApiVersionParameter", "api-version is required")
             path = request.path
             if match := _OPERATION.match(path):
-                return self._operation(match)
+                return self._operation(match)  # an operation's status is its caller's to read
             if match := _RESOURCE.match(path):
-                if match["name"] is None:
+                denied = self._authorize(request, match)
+                if denied is not None:
+                    return denied
+                if match["child"]:
+                    if request.method == "GET":
+                        return self._get_subnet(match)
+                elif match["action"]:
+                    if request.method == "POST":
+                        return self._list_keys(match)
+                elif match["name"] is None:
                     if request.method == "GET":
                         return self._list(match, path, request.query)
                 elif request.method == "GET":
                     return self._get(match)
                 elif request.method == "PUT":
-                    return self._put(match, request.body)
+                    return self._put(match, request.body, request.query["api-version"])
                 elif request.method == "DELETE":
                     return self._delete(match)
             return 404, {}, _error("NoRoute", f"the fake ARM has no route {request.method} {path}")
@@ -412,7 +444,7 @@ class FakeArm:
             body["nextLink"] = f"{self.base_url}{path}?api-version={query['api-version']}&$skiptoken={token}"
         return 200, {}, body
 
-    def _put(self, match: re.Match[str], body: Any) -> tuple[int, dict[str, str], Any]:
+    def _put(self, match: re.Match[str], body: Any, api_version: str = "") -> tuple[int, dict[str, str], Any]:
         if not isinstance(body, dict) or not body.get("location"):
             return (
                 400,
@@ -444,6 +476,7 @@ class FakeArm:
         status = 200 if rid in self.resources else 201
         stored = self._materialize(match, body)
         self.resources[rid] = stored
+        self.api_versions[rid] = api_version
         if _TYPES[match["type"].lower()] == "virtualMachines" and self.on_vm_created is not None:
             self.on_vm_created(copy.deepcopy(stored))
         answer = copy.deepcopy(stored)
@@ -464,6 +497,12 @@ class FakeArm:
         elif kind == "virtualMachines":
             profile = ((body.get("properties") or {}).get("networkProfile") or {}).get("networkInterfaces") or []
             refs += [(nic.get("id") or "").lower() for nic in profile]
+        elif kind == "virtualNetworks":
+            refs += [_ref(subnet, "properties", "natGateway") for subnet in _subnets(body)]
+        elif kind == "natGateways":
+            refs += [
+                (ip.get("id") or "").lower() for ip in (body.get("properties") or {}).get("publicIpAddresses") or []
+            ]
         for ref in filter(None, refs):
             vnet, _, subnet = ref.partition("/subnets/")
             if subnet:
@@ -486,6 +525,7 @@ class FakeArm:
                 "networkinterfaces": (400, "NicInUse"),
                 "publicipaddresses": (400, "PublicIPAddressCannotBeDeleted"),
                 "disks": (409, "OperationNotAllowed"),
+                "natgateways": (400, "InUseNatGatewayCannotBeDeleted"),
             }[match["type"].lower()]
             return (
                 code[0],
@@ -539,7 +579,127 @@ class FakeArm:
                 for conf in props.get("ipConfigurations") or []:
                     if _ref(conf, "properties", "publicIPAddress") == rid:
                         return other["id"]
+            elif kind == "natgateways":
+                if rid in {(ip.get("id") or "").lower() for ip in props.get("publicIpAddresses") or []}:
+                    return other["id"]
+            elif kind == "virtualnetworks":
+                for subnet in props.get("subnets") or []:
+                    if _ref(subnet, "properties", "natGateway") == rid:
+                        return str(subnet.get("id") or other["id"])
         return None
+
+    # -- what Azure decides beyond storing resources ---------------------------------------------------
+
+    def outbound(self, vm: dict[str, Any]) -> str | None:
+        """How a VM reaches the Internet (and Storage's public endpoints), or None when it cannot: a
+        public IP on its NIC, a NAT gateway on its subnet, or the subnet's default outbound access (on
+        only when set, or by default for a subnet written with an API version before 2025-07-01)."""
+        with self._lock:
+            nics = ((vm.get("properties") or {}).get("networkProfile") or {}).get("networkInterfaces") or []
+            for ref in nics:
+                nic = self.resources.get((ref.get("id") or "").lower()) or {}
+                for conf in (nic.get("properties") or {}).get("ipConfigurations") or []:
+                    if _ref(conf, "properties", "publicIPAddress"):
+                        return "a public IP on its network interface"
+                    vnet_id, _, name = _ref(conf, "properties", "subnet").partition("/subnets/")
+                    vnet = self.resources.get(vnet_id) or {}
+                    subnet = next((s for s in _subnets(vnet) if s["name"].lower() == name), None)
+                    if subnet is None:
+                        continue
+                    props = subnet.get("properties") or {}
+                    if _ref(subnet, "properties", "natGateway") in self.resources:
+                        return "the NAT gateway of its subnet"
+                    default = self.api_versions.get(vnet_id, "") < PRIVATE_SUBNETS_FROM
+                    if props.get("defaultOutboundAccess", default):
+                        return "its subnet's default outbound access"
+            return None
+
+    def _authorize(self, request: RecordedRequest, match: re.Match[str]) -> tuple[int, dict[str, str], Any] | None:
+        """ARM's access check (403 in ARM's words), when this server was given the caller's roles."""
+        if self.rbac is None:
+            return None
+        kind = _TYPES[match["type"].lower()]
+        resource_type = f"{_provider(kind)}/{kind}"
+        if match["name"] is None:
+            scope = f"/subscriptions/{match['sub']}/resourceGroups/{match['rg']}"
+        else:
+            scope = self._rid(match)
+        if match["child"]:
+            resource_type += "/subnets"
+            scope += f"/subnets/{match['child_name']}"
+        verb = {"GET": "read", "PUT": "write", "DELETE": "delete"}.get(request.method, "action")
+        action = f"{resource_type}/listKeys/action" if match["action"] else f"{resource_type}/{verb}"
+        if not self.rbac.allowed(action, scope):
+            return (
+                403,
+                {},
+                _error(
+                    "AuthorizationFailed",
+                    f"The client '{self.principal_id}' with object id '{self.principal_id}' does not have "
+                    f"authorization to perform action '{action}' over scope '{scope}' or the scope is invalid. "
+                    "If access was recently granted, please refresh your credentials.",
+                ),
+            )
+        if request.method != "PUT" or not isinstance(request.body, dict):
+            return None
+        for linked_action, linked in _linked(kind, request.body):
+            if not self.rbac.allowed(linked_action, linked):
+                return (
+                    403,
+                    {},
+                    _error(
+                        "LinkedAuthorizationFailed",
+                        f"The client '{self.principal_id}' with object id '{self.principal_id}' has permission to "
+                        f"perform action '{action}' on scope '{scope}'; however, it does not have permission to "
+                        f"perform action(s) '{linked_action}' on the linked scope(s) '{linked}' (respectively) or "
+                        "the linked scope(s) are invalid.",
+                    ),
+                )
+        return None
+
+    def _get_subnet(self, match: re.Match[str]) -> tuple[int, dict[str, str], Any]:
+        vnet = self.resources.get(self._rid(match).lower())
+        subnet = next((s for s in _subnets(vnet or {}) if s["name"].lower() == match["child_name"].lower()), None)
+        if subnet is None:
+            return 404, {}, _error("NotFound", f"Resource {self._rid(match)}/subnets/{match['child_name']} not found.")
+        return 200, {}, subnet
+
+    def _list_keys(self, match: re.Match[str]) -> tuple[int, dict[str, str], Any]:
+        if self._rid(match).lower() not in self.resources:
+            return self._get(match)
+        keys = [{"keyName": f"key{i}", "value": uuid.uuid4().hex, "permissions": "FULL"} for i in (1, 2)]
+        return 200, {}, {"keys": keys}
+
+
+def _subnets(vnet: dict[str, Any]) -> list[dict[str, Any]]:
+    return list((vnet.get("properties") or {}).get("subnets") or [])
+
+
+def _linked(kind: str, body: dict[str, Any]) -> list[tuple[str, str]]:
+    """The (action, resource id) pairs a PUT body links, which ARM checks besides the write itself."""
+    props = body.get("properties") or {}
+    net = "Microsoft.Network"
+    linked: list[tuple[str, str]] = []
+    if kind == "networkInterfaces":
+        linked.append((f"{net}/networkSecurityGroups/join/action", _ref(body, "properties", "networkSecurityGroup")))
+        for conf in props.get("ipConfigurations") or []:
+            linked.append((f"{net}/virtualNetworks/subnets/join/action", _ref(conf, "properties", "subnet")))
+            linked.append((f"{net}/publicIPAddresses/join/action", _ref(conf, "properties", "publicIPAddress")))
+    elif kind == "virtualNetworks":
+        for subnet in _subnets(body):
+            linked.append(
+                (f"{net}/networkSecurityGroups/join/action", _ref(subnet, "properties", "networkSecurityGroup"))
+            )
+            linked.append((f"{net}/natGateways/join/action", _ref(subnet, "properties", "natGateway")))
+    elif kind == "natGateways":
+        for ip in props.get("publicIpAddresses") or []:
+            linked.append((f"{net}/publicIPAddresses/join/action", (ip.get("id") or "").lower()))
+    elif kind == "virtualMachines":
+        for nic in (props.get("networkProfile") or {}).get("networkInterfaces") or []:
+            linked.append((f"{net}/networkInterfaces/join/action", (nic.get("id") or "").lower()))
+        for identity in (body.get("identity") or {}).get("userAssignedIdentities") or {}:
+            linked.append(("Microsoft.ManagedIdentity/userAssignedIdentities/assign/action", identity))
+    return [(action, rid) for action, rid in linked if rid]
 
 
 def _invalid_body(kind: str, body: dict[str, Any]) -> str | None:

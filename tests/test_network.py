@@ -29,6 +29,10 @@ LOC = "westeurope"
 NET = f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Network"
 NSG_PATH = f"{NET}/networkSecurityGroups/nsg-exp-1"
 VNET_PATH = f"{NET}/virtualNetworks/vnet-exp-1"
+NAT_PATH = f"{NET}/natGateways/ng-exp-1"
+NAT_IP_PATH = f"{NET}/publicIPAddresses/pip-ng-exp-1"
+CREATED = [NSG_PATH, NAT_IP_PATH, NAT_PATH, VNET_PATH]
+"""What a new experiment network creates, in creation order."""
 OPEN_TO_ALL = {"*", "Internet", "0.0.0.0/0", "Any"}
 
 
@@ -107,6 +111,16 @@ def test_creates_nsg_then_vnet_through_polled_long_running_operations(
         ("GET", "poll"),  # Azure-AsyncOperation: InProgress
         ("GET", "poll"),  # Succeeded
         ("GET", "nsg-exp-1"),  # the LRO's final GET
+        ("GET", "pip-ng-exp-1"),  # the way out: a NAT gateway with a public IP (subnets are private)
+        ("PUT", "pip-ng-exp-1"),
+        ("GET", "poll"),
+        ("GET", "poll"),
+        ("GET", "pip-ng-exp-1"),
+        ("GET", "ng-exp-1"),
+        ("PUT", "ng-exp-1"),
+        ("GET", "poll"),
+        ("GET", "poll"),
+        ("GET", "ng-exp-1"),
         ("GET", "vnet-exp-1"),
         ("PUT", "vnet-exp-1"),
         ("GET", "poll"),
@@ -114,7 +128,7 @@ def test_creates_nsg_then_vnet_through_polled_long_running_operations(
         ("GET", "vnet-exp-1"),
     ]
     polls = arm.calls("GET", "/operations/")
-    assert len(polls) == 4 and all("/locations/westeurope/operations/" in r.path for r in polls)
+    assert len(polls) == 8 and all("/locations/westeurope/operations/" in r.path for r in polls)
     for r in arm.requests:
         assert r.query["api-version"] == "2026-03-01"
         assert r.headers["authorization"] == f"Bearer {arm.token}"
@@ -141,6 +155,15 @@ def test_creates_nsg_then_vnet_through_polled_long_running_operations(
     assert subnet["name"] == "snet-exp-1"
     assert subnet["properties"]["addressPrefix"] == "10.0.0.0/24"
     assert subnet["properties"]["networkSecurityGroup"] == {"id": handle.nsg_id}
+    assert subnet["properties"]["natGateway"] == {"id": NAT_PATH}
+    assert subnet["properties"]["defaultOutboundAccess"] is False  # explicit: the NAT gateway is the way out
+    [nat_put] = arm.calls("PUT", "natGateways")
+    assert nat_put.body["sku"] == {"name": "Standard"} and nat_put.body["tags"] == expected_tags
+    assert nat_put.body["properties"]["publicIpAddresses"] == [{"id": NAT_IP_PATH}]
+    [ip_put] = arm.calls("PUT", "publicIPAddresses")
+    assert (
+        ip_put.body["sku"] == {"name": "Standard"} and ip_put.body["properties"]["publicIPAllocationMethod"] == "Static"
+    )
 
     assert handle.nsg_id == NSG_PATH and handle.vnet_id == VNET_PATH
     assert handle.subnet_id == f"{VNET_PATH}/subnets/snet-exp-1"
@@ -149,7 +172,7 @@ def test_creates_nsg_then_vnet_through_polled_long_running_operations(
         "snet-exp-1",
         "nsg-exp-1",
     )
-    assert handle.created == [NSG_PATH, VNET_PATH]
+    assert handle.created == CREATED
     assert NetworkHandle.model_validate_json(handle.model_dump_json()) == handle
     assert arm.resource(NSG_PATH)["tags"] == expected_tags  # type: ignore[index]
 
@@ -183,7 +206,7 @@ def test_rerun_creates_nothing_and_returns_the_same_handle(arm: FakeArm, client:
     second = _ensure(client, retry)
 
     assert second == first
-    assert _flow(arm) == [("GET", "nsg-exp-1"), ("GET", "vnet-exp-1")]
+    assert _flow(arm) == [("GET", "nsg-exp-1"), ("GET", "pip-ng-exp-1"), ("GET", "ng-exp-1"), ("GET", "vnet-exp-1")]
 
 
 def test_rerun_reconciles_a_changed_rule_and_subnet_keeping_foreign_rules(
@@ -208,7 +231,7 @@ def test_rerun_reconciles_a_changed_rule_and_subnet_keeping_foreign_rules(
     assert _sources(rules["rapids-hpo-dask-0"]) == ["10.0.8.0/24", "203.0.113.0/24"]
     [vnet_put] = arm.calls("PUT", "virtualNetworks")
     assert vnet_put.body["properties"]["subnets"][0]["properties"]["addressPrefix"] == "10.0.8.0/24"
-    assert handle.created == [NSG_PATH, VNET_PATH]
+    assert handle.created == CREATED
 
 
 # --- ownership -----------------------------------------------------------------------------------------
@@ -230,7 +253,7 @@ def test_refuses_a_vnet_of_another_experiment(arm: FakeArm, client: Any, retry: 
     with pytest.raises(BackendError, match=r"virtual network 'vnet-exp-1'.*experiment 'exp-other'"):
         _ensure(client, retry)
 
-    assert [r.path for r in arm.calls("PUT")] == [NSG_PATH]  # our NSG (tagged: the sweep finds it)
+    assert [r.path for r in arm.calls("PUT")] == CREATED[:3]  # ours (tagged: the sweep finds them)
 
 
 def test_existing_resources_are_used_and_never_created_or_deleted(
@@ -273,7 +296,8 @@ def test_existing_vnet_with_our_own_nsg_deletes_only_the_nsg(arm: FakeArm, clien
         },
     }
     dask = {"name": "dask", "properties": {"addressPrefix": "10.40.1.0/24"}}
-    arm.seed(vnet_id, {"location": LOC, "properties": {"subnets": [delegated, dask]}})
+    private = {"name": "private", "properties": {"addressPrefix": "10.40.2.0/24", "defaultOutboundAccess": False}}
+    arm.seed(vnet_id, {"location": LOC, "properties": {"subnets": [delegated, dask, private]}})
 
     handle = _ensure(client, retry, NetworkSpec(existing_vnet=vnet_id, existing_subnet="dask"))
 
@@ -285,9 +309,12 @@ def test_existing_vnet_with_our_own_nsg_deletes_only_the_nsg(arm: FakeArm, clien
     assert teardown_network(client, resource_group=RG, handle=handle, retry=retry) == [NSG_PATH]
     assert [r.path for r in arm.calls("DELETE")] == [NSG_PATH]
     assert arm.resource(vnet_id) is not None
+    assert not [r for r in arm.calls("GET") if r.path.endswith("/vnet-hpo")], "the subnet is read, never its VNet"
 
     with pytest.raises(BackendError, match=r"delegated to Microsoft\.App/environments"):
         _ensure(client, retry, NetworkSpec(existing_vnet=vnet_id, existing_subnet="functions"))
+    with pytest.raises(BackendError, match=r"subnet 'private' .*has no way out .*NAT gateway"):
+        _ensure(client, retry, NetworkSpec(existing_vnet=vnet_id, existing_subnet="private"))
     with pytest.raises(ValueError, match="chosen by name"):
         NetworkSpec(existing_vnet=vnet_id)
 
@@ -297,11 +324,10 @@ def test_existing_vnet_with_our_own_nsg_deletes_only_the_nsg(arm: FakeArm, clien
     [
         (
             NetworkSpec(existing_vnet="nope", existing_subnet="a"),
-            r"virtual network 'nope' .*does not exist in resource group 'rg-hpo'",
+            r"subnet 'a' .*does not exist in virtual network 'nope' of resource group 'rg-hpo'",
         ),
         (NetworkSpec(existing_security_group="nope"), r"network security group 'nope' .*does not exist"),
         (NetworkSpec(existing_vnet="shared-vnet", existing_subnet="z"), r"subnet 'z' .*does not exist"),
-        (NetworkSpec(existing_vnet="far-vnet", existing_subnet="a"), r"'far-vnet' is in 'East US'.*own region"),
     ],
 )
 def test_existing_resources_must_exist_in_our_region(
@@ -319,19 +345,22 @@ def test_existing_resources_must_exist_in_our_region(
 
 def test_teardown_deletes_created_resources_vnet_first(arm: FakeArm, client: Any, retry: RetrySettings) -> None:
     handle = _ensure(client, retry)
-    assert handle.created == [NSG_PATH, VNET_PATH]  # creation order; deletion must reverse it
+    assert handle.created == CREATED  # creation order; deletion must reverse it (the fake refuses otherwise)
     arm.clear_requests()
 
     deleted = teardown_network(client, resource_group=RG, handle=handle, retry=retry)
 
-    assert deleted == [VNET_PATH, NSG_PATH]
+    assert deleted == [VNET_PATH, NAT_PATH, NAT_IP_PATH, NSG_PATH]
+    polls = [("GET", "poll"), ("GET", "poll")]  # Location: 202, then 204
     assert _flow(arm) == [
         ("DELETE", "vnet-exp-1"),
-        ("GET", "poll"),  # Location: 202
-        ("GET", "poll"),  # 204
+        *polls,
+        ("DELETE", "ng-exp-1"),
+        *polls,
+        ("DELETE", "pip-ng-exp-1"),
+        *polls,
         ("DELETE", "nsg-exp-1"),
-        ("GET", "poll"),
-        ("GET", "poll"),
+        *polls,
     ]
     assert all("/operationResults/" in r.path for r in arm.calls("GET"))  # Location polling
     assert arm.resources == {}
@@ -344,7 +373,7 @@ def test_teardown_treats_404_as_already_gone(
     arm.fail("DELETE", "virtualNetworks/vnet-exp-1", 404, "ResourceNotFound", "gone")
     arm.resources.pop(VNET_PATH.lower())
 
-    assert teardown_network(client, resource_group=RG, handle=handle, retry=retry) == [NSG_PATH]
+    assert teardown_network(client, resource_group=RG, handle=handle, retry=retry) == [NAT_PATH, NAT_IP_PATH, NSG_PATH]
     assert len(arm.calls("DELETE", "vnet-exp-1")) == 1 and sleeps == []
 
 
@@ -355,13 +384,14 @@ def test_teardown_retries_an_nsg_still_in_use(
     handle = _ensure(client, retry)
     arm.fail("DELETE", "nsg-exp-1", 409, "InUseNetworkSecurityGroupCannotBeDeleted", "in use", times=2)
 
-    assert teardown_network(client, resource_group=RG, handle=handle, retry=retry) == [VNET_PATH, NSG_PATH]
+    deleted = teardown_network(client, resource_group=RG, handle=handle, retry=retry)
+    assert deleted == [VNET_PATH, NAT_PATH, NAT_IP_PATH, NSG_PATH]
     assert len(arm.calls("DELETE", "nsg-exp-1")) == 3 and sleeps == [0.5, 1.0]
 
 
 def test_delete_refuses_foreign_ids(client: Any, retry: RetrySettings) -> None:
-    with pytest.raises(BackendError, match="not a virtual network or network security group"):
-        delete_network_resources(client, resource_group=RG, resource_ids=[f"{NET}/publicIPAddresses/ip"], retry=retry)
+    with pytest.raises(BackendError, match="not a network resource an experiment creates"):
+        delete_network_resources(client, resource_group=RG, resource_ids=[f"{NET}/loadBalancers/lb"], retry=retry)
     other_rg = VNET_PATH.replace(RG, "rg-other")
     with pytest.raises(BackendError, match="not in resource group"):
         delete_network_resources(client, resource_group=RG, resource_ids=[other_rg], retry=retry)
@@ -394,7 +424,7 @@ def test_find_orphaned_networks_by_tag_across_pages(arm: FakeArm, client: Any, r
         )
 
     found = orphans()
-    assert found == [dead.vnet_id, dead.nsg_id]
+    assert sorted(found) == sorted(dead.created)
     assert arm.calls("GET", "/virtualNetworks")[-1].query.get("$skiptoken")  # followed nextLink
     assert delete_network_resources(client, resource_group=RG, resource_ids=found, retry=retry) == found
     assert orphans() == []
@@ -413,7 +443,7 @@ def test_429_honours_retry_after_and_the_sdk_does_not_retry_too(
 
     assert len(arm.calls("PUT", "nsg-exp-1")) == 3  # 2 throttled + 1 accepted: one HTTP request per try
     assert sleeps == [7.0, 7.0]
-    assert handle.created == [NSG_PATH, VNET_PATH]
+    assert handle.created == CREATED
 
 
 def test_5xx_backs_off_exponentially_then_succeeds(

@@ -356,7 +356,8 @@ def test_submit_creates_the_head_on_demand_with_its_boot_script_and_keeps_secret
     assert node["role"] == "head" and node["scheduler_port"] == 18786 and node["experiment_id"] == EXP
     assert node["credential"]["experiment_id"] == EXP and node["credential"]["url"] == str(_area(ctx).root)
     assert files["/opt/rapids-hpo/tls/key.pem"]["permissions"] == "0600"
-    [line] = cloud_init["runcmd"]
+    owner, line = cloud_init["runcmd"]
+    assert shlex.split(owner) == ["chown", "-R", "1001", "/opt/rapids-hpo"]  # before the container starts
     argv = shlex.split(line)
     assert argv[:2] == ["docker", "run"] and "--gpus=all" in argv and argv[-2:] == ["python", "/opt/rapids-hpo/boot.py"]
     assert not [a for a in argv if "credential" in a or "AccountKey" in a]  # the credential: a 0600 file
@@ -585,9 +586,11 @@ def test_teardown_deletes_by_tag_in_dependency_order_and_treats_404_as_done(
         "publicIPAddresses": 2,
         "disks": 3,
         "virtualNetworks": 4,
-        "networkSecurityGroups": 5,
+        "natGateways": 5,
+        "networkSecurityGroups": 6,
     }
-    stages = [order[p.split("/")[-2]] for p in deletes]
+    cluster = [p for p in deletes if not ("/ng-" in p or "/pip-ng-" in p)]  # the NAT's IP goes with the network
+    stages = [order[p.split("/")[-2]] for p in cluster]
     assert stages == sorted(stages)
     assert sum(p.endswith("/dask-c0ffee00-scheduler") for p in deletes) == 2  # 429, then again
     assert arm.of_type("virtualNetworks") == [] and arm.of_type("networkSecurityGroups") == []
@@ -597,6 +600,8 @@ def test_teardown_deletes_by_tag_in_dependency_order_and_treats_404_as_done(
     assert {p.split("/")[-2] for p in (r.path for r in arm.calls("DELETE"))} <= {
         "networkInterfaces",
         "virtualNetworks",
+        "natGateways",
+        "publicIPAddresses",
         "networkSecurityGroups",
     }
 
@@ -653,7 +658,7 @@ def test_timer_sweep_deletes_orphaned_networks_and_clusters_by_tag(
     monkeypatch.setenv("AZURE_SUBSCRIPTION_ID", SUB)
     deleted = sweep_orphans(ctx)
     gone = network_names("exp-gone")
-    assert {d.rsplit("/", 1)[1] for d in deleted} == {gone.vnet, gone.nsg}
+    assert {d.rsplit("/", 1)[1] for d in deleted} == {gone.vnet, gone.nat, gone.nat_ip, gone.nsg}
     kept = {network_names(live.id).vnet, network_names("exp-of-dev").vnet}
     assert {r["name"] for r in arm.of_type("virtualNetworks")} == kept
     assert sweep_orphans(ctx) == []  # idempotent

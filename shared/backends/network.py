@@ -4,7 +4,20 @@ Everything goes through the real ``azure-mgmt-network`` SDK. Resources are found
 owned by tag (``rapids-hpo-experiment=<id>``, ``created-by=rapids-hpo-control``): a re-run reuses
 and reconciles what this experiment created before, refuses to touch a same-named resource it does
 not own, and never creates or deletes ``existing_*`` resources the spec names. Teardown deletes only
-what :class:`NetworkHandle` lists as created, VNet before NSG; "already gone" counts as success.
+what :class:`NetworkHandle` lists as created, in dependency order (VNet, NAT gateway, its public IP, NSG);
+"already gone" counts as success.
+
+**A way out.** Subnets written with Microsoft.Network API 2025-07-01 or later (the SDK sends 2026-03-01)
+are private by default (``defaultOutboundAccess: false``), and the VMs' NICs have no public IP: without an
+explicit path a VM pulls no image, installs nothing and reaches no Storage. So a created subnet gets a NAT
+gateway (Standard, one static public IP; about the price of a small VM per hour plus data processed),
+created and deleted with the experiment's network. An existing subnet must bring its own path (the
+infra's ``dask`` subnet has the control plane's NAT gateway): one that says ``defaultOutboundAccess: false``
+and has no NAT gateway is refused before any VM is created.
+
+**Least privilege on an existing VNet.** Only the subnet is read (``subnets/read`` on the subnet), never
+its VNet: RBAC is inherited downwards only, and the Bicep grants the Function App roles at the ``dask``
+subnet's scope, not the VNet's (infra/modules/roles-controlplane.bicep).
 
 The seed opened Dask's ports 8786/8787 to ``Internet``. Here they are admitted from the experiment's
 own subnet only (plus ``NetworkSpec.allowed_source_prefixes``) and denied to the rest, VNet included:
@@ -87,11 +100,11 @@ def ensure_network(
     ctx = _Context(client, resource_group, location, experiment_id, all_tags, retry)
     created: list[str] = []
 
-    vnet = None
+    existing = None
     subnet_prefixes = [spec.subnet_prefix]
     if spec.existing_vnet:
-        vnet = ctx.get_existing("virtual network", spec.existing_vnet)
-        subnet_name, subnet_id, subnet_prefixes = _pick_subnet(vnet, spec.existing_subnet or "")
+        existing = _existing_subnet(ctx, spec.existing_vnet, spec.existing_subnet or "")
+        subnet_prefixes = existing.prefixes
 
     if spec.existing_security_group:
         nsg = ctx.get_existing("network security group", spec.existing_security_group)
@@ -99,20 +112,23 @@ def ensure_network(
         nsg = _ensure_nsg(ctx, names.nsg, dask_rules(spec.allowed_source_prefixes, subnet_prefixes))
         created.append(str(nsg.id))
 
-    if vnet is None:
-        vnet = _ensure_vnet(ctx, names, spec, nsg.id)
+    if existing is None:
+        nat_ip, nat = _ensure_nat_gateway(ctx, names)
+        created += [str(nat_ip.id), str(nat.id)]
+        vnet = _ensure_vnet(ctx, names, spec, nsg.id, nat.id)
         created.append(str(vnet.id))
-        subnet_name = names.subnet
-        subnet_id = _subnet_id(vnet, names.subnet)
+        existing = _Subnet(
+            str(vnet.name), str(vnet.id), names.subnet, _subnet_id(vnet, names.subnet), [spec.subnet_prefix]
+        )
 
     return NetworkHandle(
         resource_group=resource_group,
         location=location,
         experiment_id=experiment_id,
-        vnet_name=vnet.name,
-        vnet_id=vnet.id,
-        subnet_name=subnet_name,
-        subnet_id=subnet_id,
+        vnet_name=existing.vnet_name,
+        vnet_id=existing.vnet_id,
+        subnet_name=existing.name,
+        subnet_id=existing.id,
         nsg_name=nsg.name,
         nsg_id=nsg.id,
         created=created,
@@ -126,7 +142,7 @@ def teardown_network(
     handle: NetworkHandle,
     retry: RetrySettings = DEFAULT_RETRY,
 ) -> list[str]:
-    """Delete what ``handle.created`` lists (VNets before NSGs); returns the ids deleted now.
+    """Delete what ``handle.created`` lists (VNet, NAT gateway, public IP, NSG); returns the ids deleted now.
 
     A resource already gone (404) counts as success and is not in the result.
     """
@@ -140,7 +156,8 @@ def delete_network_resources(
     resource_ids: Iterable[str],
     retry: RetrySettings = DEFAULT_RETRY,
 ) -> list[str]:
-    """Delete VNets and NSGs by ARM id in dependency order (the timer sweep feeds it orphans)."""
+    """Delete VNets, NAT gateways, their public IPs and NSGs by ARM id in dependency order (the timer
+    sweep feeds it orphans)."""
     from azure.mgmt.core.tools import parse_resource_id
 
     ordered: list[tuple[int, str, str, str]] = []
@@ -148,18 +165,15 @@ def delete_network_resources(
         parts: Mapping[str, Any] = parse_resource_id(rid)
         kind = (parts.get("namespace", "") + "/" + parts.get("type", "")).lower()
         if kind not in _DELETE_ORDER or parts.get("children"):
-            raise BackendError(f"refusing to delete {rid!r}: not a virtual network or network security group")
+            raise BackendError(f"refusing to delete {rid!r}: not a network resource an experiment creates")
         if parts.get("resource_group", "").lower() != resource_group.lower():
             raise BackendError(f"refusing to delete {rid!r}: not in resource group {resource_group!r}")
         ordered.append((_DELETE_ORDER[kind], rid, kind, parts["name"]))
 
     deleted: list[str] = []
     for _, rid, kind, name in sorted(ordered, key=lambda item: item[0]):
-        ops: Any
-        if kind.endswith("virtualnetworks"):
-            label, ops = "virtual network", client.virtual_networks
-        else:
-            label, ops = "network security group", client.network_security_groups
+        label = _LABELS[kind]
+        ops = _operations(client, label)
 
         def _delete(ops: Any = ops, name: str = name) -> bool:
             try:
@@ -186,11 +200,13 @@ def find_orphaned_networks(
     instance_id: str,
     retry: RetrySettings = DEFAULT_RETRY,
 ) -> list[str]:
-    """ARM ids of this control plane's VNets and NSGs (tagged ``rapids-hpo-instance=<instance_id>``) in
-    ``resource_group`` whose experiment is not live (VNets first)."""
+    """ARM ids of this control plane's VNets, NAT gateways, public IPs and NSGs (tagged
+    ``rapids-hpo-instance=<instance_id>``) in ``resource_group`` whose experiment is not live (VNets first)."""
     found: list[str] = []
     for label, ops in (
         ("virtual networks", client.virtual_networks),
+        ("NAT gateways", client.nat_gateways),
+        ("public IP addresses", client.public_ip_addresses),
         ("network security groups", client.network_security_groups),
     ):
         resources = arm_call(
@@ -209,7 +225,36 @@ def find_orphaned_networks(
 
 # --- internals ----------------------------------------------------------------------------------
 
-_DELETE_ORDER = {"microsoft.network/virtualnetworks": 0, "microsoft.network/networksecuritygroups": 1}
+_DELETE_ORDER = {
+    "microsoft.network/virtualnetworks": 0,
+    "microsoft.network/natgateways": 1,
+    "microsoft.network/publicipaddresses": 2,
+    "microsoft.network/networksecuritygroups": 3,
+}
+_LABELS = {
+    "microsoft.network/virtualnetworks": "virtual network",
+    "microsoft.network/natgateways": "NAT gateway",
+    "microsoft.network/publicipaddresses": "public IP address",
+    "microsoft.network/networksecuritygroups": "network security group",
+}
+
+
+def _operations(client: NetworkManagementClient, label: str) -> Any:
+    return {
+        "virtual network": client.virtual_networks,
+        "NAT gateway": client.nat_gateways,
+        "public IP address": client.public_ip_addresses,
+        "network security group": client.network_security_groups,
+    }[label]
+
+
+@dataclass(frozen=True)
+class _Subnet:
+    vnet_name: str
+    vnet_id: str
+    name: str
+    id: str
+    prefixes: list[str]
 
 
 @dataclass(frozen=True)
@@ -222,24 +267,13 @@ class _Context:
     retry: RetrySettings
 
     def ops(self, label: str) -> Any:
-        if label == "virtual network":
-            return self.client.virtual_networks
-        return self.client.network_security_groups
+        return _operations(self.client, label)
 
     def get(self, label: str, name: str, resource_group: str | None = None) -> Any | None:
         """GET a resource; None when it does not exist."""
         ops = self.ops(label)
         group = resource_group or self.resource_group
-
-        def _get() -> Any | None:
-            try:
-                return ops.get(group, name)
-            except Exception as exc:
-                if is_not_found(exc):
-                    return None
-                raise
-
-        return arm_call(f"reading {label} {name}", _get, self.retry)
+        return _get_or_none(f"reading {label} {name}", lambda: ops.get(group, name), self.retry)
 
     def get_existing(self, label: str, reference: str) -> Any:
         """GET a resource the spec names (an ARM id, or a name in our resource group); it must exist,
@@ -287,6 +321,20 @@ class _Context:
         )
 
 
+def _get_or_none(action: str, get: Any, retry: RetrySettings) -> Any | None:
+    """One ARM GET through :func:`arm_call`; None when the resource does not exist (404)."""
+
+    def _get() -> Any | None:
+        try:
+            return get()
+        except Exception as exc:
+            if is_not_found(exc):
+                return None
+            raise
+
+    return arm_call(action, _get, retry)
+
+
 def _norm_location(location: str) -> str:
     return location.replace(" ", "").lower()
 
@@ -326,14 +374,58 @@ def _subnet_prefixes(subnet: Any) -> set[str]:
     return {*(subnet.address_prefixes or []), *([subnet.address_prefix] if subnet.address_prefix else [])}
 
 
-def _ensure_vnet(ctx: _Context, names: NetworkNames, spec: NetworkSpec, nsg_id: str) -> VirtualNetwork:
-    from azure.mgmt.network.models import AddressSpace, NetworkSecurityGroup, Subnet, VirtualNetwork
+def _ensure_owned(ctx: _Context, label: str, name: str, body: Any) -> Any:
+    """Create a resource, or reuse the one this experiment created before (refusing anyone else's)."""
+    existing = ctx.get(label, name)
+    if existing is not None:
+        ctx.check_owned(label, existing, "existing_vnet")
+        log.info("reusing %s %s", label, name)
+        return existing
+    log.info("creating %s %s", label, name)
+    return ctx.put(label, name, body, "creating")
+
+
+def _ensure_nat_gateway(ctx: _Context, names: NetworkNames) -> tuple[Any, Any]:
+    """The experiment's way out: a Standard static public IP and a NAT gateway using it."""
+    from azure.mgmt.network.models import NatGateway, NatGatewaySku, PublicIPAddress, PublicIPAddressSku, SubResource
+
+    nat_ip = _ensure_owned(
+        ctx,
+        "public IP address",
+        names.nat_ip,
+        PublicIPAddress(
+            location=ctx.location,
+            tags=ctx.tags,
+            sku=PublicIPAddressSku(name="Standard"),
+            public_ip_allocation_method="Static",
+            public_ip_address_version="IPv4",
+        ),
+    )
+    nat = _ensure_owned(
+        ctx,
+        "NAT gateway",
+        names.nat,
+        NatGateway(
+            location=ctx.location,
+            tags=ctx.tags,
+            sku=NatGatewaySku(name="Standard"),
+            idle_timeout_in_minutes=10,
+            public_ip_addresses=[SubResource(id=nat_ip.id)],
+        ),
+    )
+    return nat_ip, nat
+
+
+def _ensure_vnet(ctx: _Context, names: NetworkNames, spec: NetworkSpec, nsg_id: str, nat_id: str) -> VirtualNetwork:
+    from azure.mgmt.network.models import AddressSpace, NetworkSecurityGroup, Subnet, SubResource, VirtualNetwork
 
     label = "virtual network"
     desired_subnet = Subnet(
         name=names.subnet,
         address_prefix=spec.subnet_prefix,
         network_security_group=NetworkSecurityGroup(id=nsg_id),
+        nat_gateway=SubResource(id=nat_id),
+        default_outbound_access=False,
     )
     existing = ctx.get(label, names.vnet)
     if existing is None:
@@ -356,6 +448,8 @@ def _ensure_vnet(ctx: _Context, names: NetworkNames, spec: NetworkSpec, nsg_id: 
         and _subnet_prefixes(ours) == {spec.subnet_prefix}
         and ours.network_security_group is not None
         and (ours.network_security_group.id or "").lower() == nsg_id.lower()
+        and ours.nat_gateway is not None
+        and (ours.nat_gateway.id or "").lower() == nat_id.lower()
         and _has_tags(existing, ctx.tags)
     )
     if same:
@@ -379,17 +473,40 @@ def _subnet_id(vnet: Any, subnet_name: str) -> str:
     return f"{vnet.id}/subnets/{subnet_name}"
 
 
-def _pick_subnet(vnet: Any, wanted: str) -> tuple[str, str, list[str]]:
-    """The subnet called ``wanted`` of an existing VNet: (name, id, address prefixes). Never a
-    subnet delegated to a service (a Function App's ``Microsoft.App/environments`` subnet takes no NICs)."""
-    for subnet in vnet.subnets or []:
-        if (subnet.name or "").lower() != wanted.lower():
-            continue
-        delegations = [d.service_name for d in (subnet.delegations or []) if d.service_name]
-        if delegations:
-            raise BackendError(
-                f"subnet {subnet.name!r} of virtual network {vnet.name!r} is delegated to "
-                f"{', '.join(delegations)}: VMs cannot join it; name another network.existing_subnet"
-            )
-        return subnet.name, _subnet_id(vnet, subnet.name), sorted(_subnet_prefixes(subnet))
-    raise BackendError(f"subnet {wanted!r} (network.existing_subnet) does not exist in virtual network {vnet.name!r}")
+def _existing_subnet(ctx: _Context, vnet_reference: str, wanted: str) -> _Subnet:
+    """The subnet ``wanted`` of the VNet the spec names, read by itself (``subnets/read`` on the subnet is
+    all it takes: its VNet is never read). Refused: a subnet delegated to a service (a Function App's
+    ``Microsoft.App/environments`` subnet takes no NICs), and one with no way out (no NAT gateway and
+    default outbound access off: the VMs could pull no image and reach no Storage)."""
+    from azure.mgmt.core.tools import parse_resource_id
+
+    group, vnet_name = ctx.resource_group, vnet_reference
+    if vnet_reference.lower().startswith("/subscriptions/"):
+        parts = parse_resource_id(vnet_reference)
+        group, vnet_name = str(parts.get("resource_group") or ""), str(parts.get("name") or "")
+        if not group or not vnet_name or parts.get("children"):
+            raise BackendError(f"virtual network {vnet_reference!r} is not the resource id of a virtual network")
+
+    action = f"reading subnet {wanted} of virtual network {vnet_name}"
+    subnet = _get_or_none(action, lambda: ctx.client.subnets.get(group, vnet_name, wanted), ctx.retry)
+    if subnet is None:
+        raise BackendError(
+            f"subnet {wanted!r} (network.existing_subnet) does not exist in virtual network {vnet_name!r} "
+            f"of resource group {group!r}"
+        )
+    delegations = [d.service_name for d in (subnet.delegations or []) if d.service_name]
+    if delegations:
+        raise BackendError(
+            f"subnet {subnet.name!r} of virtual network {vnet_name!r} is delegated to "
+            f"{', '.join(delegations)}: VMs cannot join it; name another network.existing_subnet"
+        )
+    if subnet.nat_gateway is None and subnet.default_outbound_access is False:
+        raise BackendError(
+            f"subnet {subnet.name!r} of virtual network {vnet_name!r} has no way out (no NAT gateway, default "
+            "outbound access off): its VMs could pull no image and reach no Storage; attach a NAT gateway "
+            "(infra: enableNatGateway) or leave network.existing_vnet unset (the experiment gets its own)"
+        )
+    subnet_id = str(subnet.id)
+    return _Subnet(
+        vnet_name, subnet_id.rsplit("/subnets/", 1)[0], str(subnet.name), subnet_id, sorted(_subnet_prefixes(subnet))
+    )

@@ -37,6 +37,10 @@ class NetworkNames:
     vnet: str
     subnet: str
     nsg: str
+    nat: str
+    """The NAT gateway of the experiment's subnet: its way out (subnets are private by default)."""
+    nat_ip: str
+    """The NAT gateway's public IP (Standard, static)."""
 
 
 def network_names(experiment_id: str) -> NetworkNames:
@@ -49,11 +53,13 @@ def network_names(experiment_id: str) -> NetworkNames:
         raise ValueError("experiment_id must not be empty")
     slug = _INVALID.sub("-", experiment_id.strip().lower())
     slug = re.sub(r"-{2,}", "-", slug).strip("-._")
-    budget = _MAX_NAME - len("vnet-")
+    budget = _MAX_NAME - len("pip-ng-")
     if slug != experiment_id or len(slug) > budget or not slug:
         digest = hashlib.sha256(experiment_id.encode()).hexdigest()[:8]
         slug = f"{slug[: budget - len(digest) - 1].rstrip('-._')}-{digest}".lstrip("-")
-    return NetworkNames(vnet=f"vnet-{slug}", subnet=f"snet-{slug}", nsg=f"nsg-{slug}")
+    return NetworkNames(
+        vnet=f"vnet-{slug}", subnet=f"snet-{slug}", nsg=f"nsg-{slug}", nat=f"ng-{slug}", nat_ip=f"pip-ng-{slug}"
+    )
 
 
 def dask_rules(allowed: list[str], subnet_prefixes: list[str]) -> list[SecurityRule]:

@@ -7,8 +7,15 @@ breaks it, ``;`` or ``$()`` runs commands. Here the boot script is a YAML docume
 
 * ``node.json``, a file whose content is JSON (the worker class and options, the experiment id, the
   storage SAS): data, never parsed by a shell, and turned into argument lists by ``boot.py``;
-* the one ``runcmd`` line, ``docker run ...``, in which every token is ``shlex.quote``-d (and the
-  values were checked against strict patterns by :class:`~shared.compute_spec.VMClusterCompute`).
+* the ``runcmd`` lines, ``chown`` of the node's folder and ``docker run ...``, in which every token is
+  ``shlex.quote``-d (and the values were checked against strict patterns by
+  :class:`~shared.compute_spec.VMClusterCompute`).
+
+**Who reads the files.** cloud-init writes them ``root:root`` (``node.json`` and the TLS key 0600, in a
+root-owned folder), but the RAPIDS image runs as its user ``rapids`` (uid 1001, ``USER rapids``): the
+container could neither read its config nor write the code archive. So the boot script hands the folder
+to that uid (``chown -R 1001``) before ``docker run``: the secrets stay 0600, readable by the container's
+user only. Another image must run as that uid too (``--user=1001`` in ``docker_args``).
 
 The container runs ``boot.py`` (stdlib only), which fetches our code from the experiment's container
 and starts the scheduler with the driver (head) or a worker. ``--restart=on-failure:5`` lets Docker
@@ -33,6 +40,8 @@ BOOT_SOURCE = (Path(__file__).parent / "boot.py").read_text(encoding="utf-8")
 MAX_CUSTOM_DATA = 87380
 """Azure's limit on a VM's base64 custom data."""
 RESTART_POLICY = "on-failure:5"
+IMAGE_UID = 1001
+"""The RAPIDS image's user (``rapids``): the node's files are handed to it before the container starts."""
 
 
 @dataclass(frozen=True)
@@ -77,7 +86,8 @@ def render_cloud_init(
     if tls is not None:
         for name in ("ca", "cert", "key"):
             files.append({"path": f"{NODE_DIR}/tls/{name}.pem", "permissions": "0600", "content": tls[name]})
-    document: dict[str, Any] = {"write_files": files, "runcmd": [shlex.join(docker_argv)]}
+    owner = shlex.join(["chown", "-R", str(IMAGE_UID), NODE_DIR])
+    document: dict[str, Any] = {"write_files": files, "runcmd": [owner, shlex.join(docker_argv)]}
     if install_docker:  # plain Ubuntu: Docker from the distribution (GPU drivers need the NGC image)
         document["packages"] = ["docker.io"]
     return "#cloud-config\n" + yaml.safe_dump(document, sort_keys=False, width=10**6)

@@ -1,0 +1,231 @@
+"""Azure RBAC as the local ARM server enforces it: the role assignments ``infra/*.bicep`` declares for the
+Function App, the role definitions they name, and the access check ARM makes.
+
+What is read, and how:
+
+* the deployment's modules (``infra/main.bicep``, parsed with pycep): which module file, at which scope
+  (the control-plane resource group, or ``resourceGroup(experimentRgName)``), deployed or not (a module's
+  ``if`` condition names a parameter: :class:`Deployment.flags`);
+* in each module, every ``Microsoft.Authorization/roleAssignments`` resource: its ``scope`` (absent: the
+  module's resource group; a symbol: the ``existing`` resource it names, parents included, its name a
+  module parameter given by :class:`Deployment.names`) and its role: ``roleIds.<key>`` (the GUIDs of
+  ``role-definitions.bicep``) or a ``Microsoft.Authorization/roleDefinitions`` resource of the same
+  module (a custom role: its ``permissions`` as written);
+* built-in roles' permissions from ``tests/data/builtin_roles.json`` (copied from Microsoft's built-in
+  roles reference, with its source and date). A role named there but missing from that file grants
+  nothing here (stricter than Azure, never kinder), and is listed in :attr:`Rbac.unknown_roles`.
+
+The check: an action is allowed at a scope when some assignment at that scope *or above it* (inheritance
+flows down only) has a role whose ``actions`` match it and whose ``notActions`` do not (``*`` matches any
+run of characters, case-insensitively, as in Azure).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+INFRA = ROOT / "infra"
+BUILTIN_ROLES = Path(__file__).parent / "data" / "builtin_roles.json"
+
+
+@dataclass(frozen=True)
+class RoleDefinition:
+    """A role's name and permissions (one permissions block, as every built-in role has)."""
+
+    name: str
+    actions: tuple[str, ...]
+    not_actions: tuple[str, ...] = ()
+    data_actions: tuple[str, ...] = ()
+    not_data_actions: tuple[str, ...] = ()
+
+    def allows(self, action: str) -> bool:
+        """Whether this role grants the control-plane ``action``."""
+        return any(_matches(p, action) for p in self.actions) and not any(_matches(p, action) for p in self.not_actions)
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """One role assignment: a role at a scope (an ARM id), and the Bicep resource that declares it."""
+
+    scope: str
+    role: RoleDefinition
+    declared_in: str
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """The concrete names the Bicep's parameters and outputs take in one deployment.
+
+    ``names`` maps a module parameter that names a resource (``vnetName``, ``daskSubnetName``, ...) to its
+    value; ``flags`` the ``main.bicep`` parameters that switch modules on (``deployAzureML``, ...).
+    """
+
+    subscription_id: str
+    control_resource_group: str
+    experiment_resource_group: str
+    names: dict[str, str] = field(default_factory=dict)
+    flags: dict[str, bool] = field(default_factory=dict)
+
+    def group_id(self, group: str) -> str:
+        return f"/subscriptions/{self.subscription_id}/resourceGroups/{group}"
+
+
+@dataclass(frozen=True)
+class Rbac:
+    """The assignments one principal holds, and ARM's access check over them."""
+
+    assignments: tuple[Assignment, ...]
+    unknown_roles: tuple[str, ...] = ()
+
+    def allowed(self, action: str, scope: str) -> bool:
+        """Whether ``action`` is allowed at ``scope`` (an ARM id) by an assignment at or above it."""
+        return any(_covers(a.scope, scope) and a.role.allows(action) for a in self.assignments)
+
+    def roles_at(self, scope: str) -> list[str]:
+        """Names of the roles that apply at ``scope`` (for messages and tests)."""
+        return [a.role.name for a in self.assignments if _covers(a.scope, scope)]
+
+    def only(self, *role_names: str) -> Rbac:
+        """The same principal holding only the named roles' assignments (a test's "this role alone")."""
+        kept = tuple(a for a in self.assignments if a.role.name in role_names)
+        return Rbac(kept, self.unknown_roles)
+
+
+def _matches(pattern: str, action: str) -> bool:
+    """Azure's wildcard: ``*`` is any run of characters, and a ``/*/`` segment may also be empty
+    (Managed Identity Operator's ``userAssignedIdentities/*/assign/action`` grants ``.../assign/action``)."""
+    regex = re.escape(pattern).replace("/\\*/", "/(?:.*/)?").replace("\\*", ".*")
+    return re.fullmatch(regex, action, re.IGNORECASE) is not None
+
+
+def _covers(assigned: str, scope: str) -> bool:
+    """Whether a role assigned at ``assigned`` applies at ``scope``: the same scope or one below it."""
+    above = [s for s in assigned.lower().strip("/").split("/") if s]
+    below = [s for s in scope.lower().strip("/").split("/") if s]
+    return below[: len(above)] == above
+
+
+@cache
+def builtin_roles() -> dict[str, RoleDefinition]:
+    """The bundled built-in roles by GUID."""
+    document = json.loads(BUILTIN_ROLES.read_text(encoding="utf-8"))
+    return {guid: _definition(role["roleName"], role) for guid, role in document["roles"].items()}
+
+
+def _definition(name: str, permissions: dict[str, Any]) -> RoleDefinition:
+    return RoleDefinition(
+        name=name,
+        actions=tuple(permissions.get("actions") or ()),
+        not_actions=tuple(permissions.get("notActions") or ()),
+        data_actions=tuple(permissions.get("dataActions") or ()),
+        not_data_actions=tuple(permissions.get("notDataActions") or ()),
+    )
+
+
+@cache
+def _parse(path: Path) -> dict[str, Any]:
+    import pycep
+
+    return dict(pycep.BicepParser().parse(text=path.read_text(encoding="utf-8")))
+
+
+@cache
+def role_ids() -> dict[str, str]:
+    """``roleIds`` of ``role-definitions.bicep``: key -> GUID."""
+    text = (INFRA / "modules" / "role-definitions.bicep").read_text(encoding="utf-8")
+    return dict(re.findall(r"^\s*(\w+):\s*'([0-9a-f-]{36})'", text, re.MULTILINE))
+
+
+def _accessor(node: Any) -> tuple[str, str] | None:
+    """``a.b`` as ("a", "b"), else None."""
+    operator = node.get("operator") if isinstance(node, dict) else None
+    if not operator or operator.get("type") != "property_accessor":
+        return None
+    operands = operator["operands"]
+    inner = operands["operand_2"]
+    return str(operands["operand_1"]), str(inner if isinstance(inner, str) else _accessor(inner))
+
+
+def deployed_rbac(deployment: Deployment) -> Rbac:
+    """The Function App's assignments in ``deployment``, read from the Bicep."""
+    main = _parse(INFRA / "main.bicep")
+    assignments: list[Assignment] = []
+    unknown: list[str] = []
+    for symbol, module in main["modules"].items():
+        config = module["config"]
+        condition = config.get("condition")
+        if condition is not None:
+            if not deployment.flags.get(str(condition), False):
+                continue
+            config = config["config"]
+        scope = config.get("scope")
+        group = deployment.control_resource_group
+        if scope is not None:
+            function = scope["function"]
+            assert function["type"] == "resource_group", f"{symbol}: unsupported module scope {scope}"
+            assert function["parameters"]["resource_group_name"] == "experimentRgName", scope
+            group = deployment.experiment_resource_group
+        path = INFRA / module["detail"]["path"]
+        found, missing = _module_assignments(path, deployment, group)
+        assignments += found
+        unknown += missing
+    return Rbac(tuple(assignments), tuple(dict.fromkeys(unknown)))
+
+
+def _module_assignments(path: Path, deployment: Deployment, group: str) -> tuple[list[Assignment], list[str]]:
+    resources: dict[str, Any] = _parse(path).get("resources") or {}
+    group_id = deployment.group_id(group)
+    found: list[Assignment] = []
+    unknown: list[str] = []
+    for symbol, resource in resources.items():
+        if resource["type"] != "Microsoft.Authorization/roleAssignments":
+            continue
+        config = resource["config"]
+        scope_symbol = config.get("scope")
+        scope = group_id if scope_symbol is None else _existing_id(resources, str(scope_symbol), deployment, group_id)
+        definition = config["properties"]["roleDefinitionId"]
+        role: RoleDefinition | None
+        label: str
+        if "function" in definition:
+            key = _accessor(definition["function"]["parameters"]["resource_name_1"])
+            assert key is not None and key[0] == "roleIds", f"{path.name}:{symbol}: role {definition}"
+            guid = role_ids()[key[1]]
+            role, label = builtin_roles().get(guid), f"{key[1]} ({guid})"
+        else:
+            reference = _accessor(definition)
+            assert reference is not None and reference[1] == "id", f"{path.name}:{symbol}: role {definition}"
+            role, label = _custom_role(resources[reference[0]]), reference[0]
+        if role is None:
+            unknown.append(label)
+            continue
+        found.append(Assignment(scope=scope, role=role, declared_in=f"{path.name}:{symbol}"))
+    return found, unknown
+
+
+def _existing_id(resources: dict[str, Any], symbol: str, deployment: Deployment, group_id: str) -> str:
+    """The ARM id of an ``existing`` resource of a module (parents first)."""
+    resource = resources[symbol]
+    assert resource.get("existing"), f"{symbol} is not an existing resource"
+    config = resource["config"]
+    name_param = str(config["name"])
+    if name_param not in deployment.names:
+        raise KeyError(f"Deployment.names needs {name_param!r} (the name of {resource['type']} {symbol})")
+    name = deployment.names[name_param]
+    kind = resource["type"].split("/")
+    parent = config.get("parent")
+    if parent is not None:
+        return f"{_existing_id(resources, str(parent), deployment, group_id)}/{kind[-1]}/{name}"
+    return f"{group_id}/providers/{'/'.join(kind)}/{name}"
+
+
+def _custom_role(resource: dict[str, Any]) -> RoleDefinition:
+    assert resource["type"] == "Microsoft.Authorization/roleDefinitions", resource["type"]
+    properties = resource["config"]["properties"]
+    [permissions] = properties["permissions"]
+    return _definition(str(properties["roleName"]), permissions)
