@@ -334,7 +334,8 @@ def _read_file(filesystem: Any, path: str, fmt: str, uri: str) -> pd.DataFrame:
         with filesystem.open(path, "rb", compression="infer") as handle:
             return pd.read_csv(handle, low_memory=False)
     except (pa.ArrowException, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read {path} as {fmt}: {exc}") from None
+        # the parser's message may quote the file's bytes: its kind only
+        raise UserError(f"cannot read {path} as {fmt} ({type(exc).__name__}): is it a {fmt} file?") from None
 
 
 def _is_azure_storage_host(host: str) -> bool:

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import pandas as pd
@@ -50,22 +51,32 @@ class FeatureEncoding:
 
 
 def require_target_column(columns: Sequence[str] | pd.Index, target: str, source: str) -> None:
-    """Raise :class:`UserError` naming ``target`` and a few available columns when it is absent."""
+    """Raise :class:`UserError` naming ``target`` when it is absent, and a few available columns when
+    whoever reads the error could list them anyway (:func:`columns_listable`)."""
     if target in columns:
         return
     names = [str(c) for c in columns]
-    shown = ", ".join(names[:10]) + (f", ... ({len(names)} columns)" if len(names) > 10 else "")
-    raise UserError(f"target column {target!r} not found in {source}; available columns: {shown}")
+    if not columns_listable(source):
+        raise UserError(f"target column {target!r} not found among the {len(names)} columns of {source}")
+    shown = ", ".join(names[:10])
+    raise UserError(f"target column {target!r} not found in {source}; {len(names)} columns: {shown}")
+
+
+def columns_listable(source: str) -> bool:
+    """Whether an error may name ``source``'s columns: a built-in table, or a file on this machine (read
+    only outside hosted mode, where the caller is this machine's user). Remote data is read with the
+    compute's identity, which may reach what the caller cannot: its columns are not named."""
+    scheme = urlsplit(source).scheme.lower()
+    return scheme in {"", "file", "builtin"} or len(scheme) == 1  # a Windows drive letter
 
 
 def target_classes(values: Sequence[Any], target: str, rows_dropped: int = 0) -> tuple[Any, Any]:
     """Order the two distinct target values as (negative, positive): False<True, else sorted order."""
     distinct = [v for v in values if not _is_missing(v)]
-    if len(distinct) != 2:
-        shown = ", ".join(repr(v) for v in sorted(distinct, key=str)[:5])
+    if len(distinct) != 2:  # the values are data: counted, never shown
         dropped = f" after dropping {rows_dropped} rows with a missing target" if rows_dropped else ""
         raise UserError(
-            f"target column {target!r} has {len(distinct)} distinct value(s){dropped} ({shown}): "
+            f"target column {target!r} has {len(distinct)} distinct value(s){dropped}: "
             "binary classification needs exactly 2"
         )
     try:
@@ -179,5 +190,7 @@ def _seconds(column: pd.Series) -> np.ndarray:
 def _numeric(column: pd.Series) -> np.ndarray:
     try:
         return column.to_numpy(dtype=np.float32, na_value=np.nan)
-    except (TypeError, ValueError) as exc:
-        raise UserError(f"feature column {column.name!r} is not numeric: {exc}") from None
+    except (TypeError, ValueError):  # numpy's message quotes the value: data, never shown
+        raise UserError(
+            f"feature column {column.name!r} is not numeric: a value of type {column.dtype} is not a number"
+        ) from None

@@ -65,6 +65,9 @@ param stallSeconds int = 900
 @description('RAPIDS_HPO_DATA_HOSTS: data hosts (comma-separated; a leading dot allows subdomains) that specs may read from besides Azure storage and AzureML data.')
 param dataHosts string = ''
 
+@description('RAPIDS_HPO_ALLOWED_HOSTS: host names the API answers to besides the Function App\'s own (WEBSITE_HOSTNAME), e.g. a custom domain (comma-separated); any other Host header is refused (421).')
+param allowedHosts string = ''
+
 @description('Log Analytics retention (days).')
 @minValue(30)
 @maxValue(730)
@@ -189,6 +192,7 @@ var appSettings = {
   RAPIDS_HPO_EVENTS_SOURCE: '/rapids-hpo-control/${functionAppName}'
   RAPIDS_HPO_HOSTED: '1' // hosted mode (also implied by WEBSITE_SITE_NAME): no local backend, no local data
   RAPIDS_HPO_DATA_HOSTS: dataHosts
+  RAPIDS_HPO_ALLOWED_HOSTS: allowedHosts
 }
 
 module eventGrid 'modules/eventgrid.bicep' = if (deployEventGrid) {

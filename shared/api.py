@@ -10,8 +10,9 @@ no thread hop of its own). Experiment ids are
 checked against :data:`~shared.config.EXPERIMENT_ID_PATTERN` on the path parameter: a malformed id is a
 422 before any handler runs, and the OpenAPI document states the pattern. A body is a spec document
 (:func:`shared.spec.read_document`), never a file name; hosted mode's rules apply
-(:class:`shared.spec.SpecPolicy`). With a ``function_key`` (``rapids-hpo serve``), every request must
-carry it in ``x-functions-key`` (or ``?code=``), as the Functions host requires in Azure.
+(:class:`shared.spec.SpecPolicy`). Before any route, the web edge (:mod:`shared.api_guard`) refuses a
+foreign ``Host``, a cross-origin state change, a body that is no JSON or YAML document and, with a
+``function_key`` (``rapids-hpo serve``), a request without that key.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from shared import __version__
-from shared.api_edge import ErrorBody, FunctionKeyMiddleware, error_response, install_error_handlers
-from shared.config import EXPERIMENT_ID_PATTERN, MODEL_PREFIX
+from shared.api_edge import ErrorBody, error_response, install_error_handlers
+from shared.api_guard import EdgeGuard, EdgePolicy
+from shared.config import EXPERIMENT_ID_PATTERN, MODEL_PREFIX, Settings
 from shared.context import Context, built_context, get_context
 from shared.cost.ledger import public_cost
 from shared.dashboard.routes import router as dashboard_router
@@ -329,7 +331,12 @@ def cancel_experiment(ctx: Ctx, experiment_id: ExperimentId, response: Response)
     return ExperimentView.of(record)
 
 
-@router.get("/health", summary="Liveness plus a round trip to the store")
+@router.api_route(
+    "/health",
+    methods=["GET", "HEAD"],
+    responses={503: {"model": ErrorBody, "description": "the store is unreachable"}},
+    summary="Liveness plus a round trip to the store (HEAD: the same status, no body)",
+)
 def health(ctx: Ctx) -> Any:
     try:
         ctx.store.list_experiments(limit=1)
@@ -342,10 +349,13 @@ def health(ctx: Ctx) -> Any:
     }
 
 
-def create_api(*, context: Context | None = None, function_key: str | None = None) -> FastAPI:
+def create_api(
+    *, context: Context | None = None, function_key: str | None = None, bound_host: str | None = None
+) -> FastAPI:
     """The FastAPI app. OpenAPI at ``/api/openapi.json``, interactive docs at ``/api/docs``.
 
-    ``context`` replaces the process-wide one; ``function_key`` makes every request need that key.
+    ``context`` replaces the process-wide one; ``function_key`` makes every request need that key;
+    ``bound_host`` (``serve --host``) is trusted as a ``Host`` beside loopback and the settings' hosts.
     """
     app = FastAPI(
         title="rapids-hpo-control",
@@ -366,6 +376,6 @@ def create_api(*, context: Context | None = None, function_key: str | None = Non
 
         app.dependency_overrides[api_context] = given
         app.dependency_overrides[get_context] = lambda: context  # the dashboard's routes
-    if function_key:
-        app.add_middleware(FunctionKeyMiddleware, key=function_key)
+    settings = context.settings if context is not None else Settings.from_env()
+    app.add_middleware(EdgeGuard, policy=EdgePolicy.of(settings, bound_host=bound_host, key=function_key))
     return app

@@ -1,21 +1,15 @@
-"""The API's edge: its error shape, the exception handlers that keep every refusal a 4xx naming the field
-(and a storage outage a 503, never a 500), and the function-key check of ``rapids-hpo serve``."""
+"""The API's error shape and the exception handlers that keep every refusal a 4xx naming the field (and a
+storage outage a 503, never a 500). Which requests reach a route at all: :mod:`shared.api_guard`."""
 
 from __future__ import annotations
 
 import contextlib
-import hmac
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
-from urllib.parse import parse_qs
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
-
-FUNCTION_KEY_HEADER = "x-functions-key"
 
 
 class ErrorItem(BaseModel):
@@ -67,28 +61,3 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     for name, value in (getattr(exc, "headers", None) or {}).items():
         response.headers[name] = value
     return response
-
-
-Scope = MutableMapping[str, Any]
-ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
-
-
-class FunctionKeyMiddleware:
-    """Refuse (401) every HTTP request without the key in ``x-functions-key`` or ``?code=`` (pure ASGI)."""
-
-    def __init__(self, app: ASGIApp, key: str) -> None:
-        self.app = app
-        self.key = key.encode()
-
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and not self._authorized(scope):
-            response = error_response(401, f"missing or wrong function key: send it in {FUNCTION_KEY_HEADER}")
-            await response(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
-
-    def _authorized(self, scope: Scope) -> bool:
-        given = [value for name, value in scope.get("headers", []) if name == FUNCTION_KEY_HEADER.encode()]
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        given += [code.encode() for code in query.get("code", [])]
-        return any(hmac.compare_digest(value, self.key) for value in given)

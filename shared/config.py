@@ -71,9 +71,16 @@ ENV_DEFAULTS: dict[str, str] = {
     "RAPIDS_HPO_PRICES_FILE": "",
     "RAPIDS_HPO_HOSTED": "",
     "RAPIDS_HPO_DATA_HOSTS": "",
+    # The web edge (shared.api_guard): host names the API answers to beside loopback and the Function App's
+    "RAPIDS_HPO_ALLOWED_HOSTS": "",
+    # Where `serve` leaves its key for the CLI (default: the user's state folder, platformdirs)
+    "RAPIDS_HPO_STATE_DIR": "",
 }
 HOSTED_MARKER = "WEBSITE_SITE_NAME"
 """Set by Azure on every Function App: its presence turns hosted mode on."""
+SITE_HOSTNAME = "WEBSITE_HOSTNAME"
+"""Set by Azure on every Function App: its default host name (``<app>.azurewebsites.net``), which the web
+edge trusts; custom domains go in ``RAPIDS_HPO_ALLOWED_HOSTS``."""
 
 
 def env(name: str) -> str:
@@ -97,6 +104,9 @@ class Settings:
     """Hosted mode (:mod:`shared.spec.policy`): in a Function App or with ``RAPIDS_HPO_HOSTED=1``."""
     data_hosts: tuple[str, ...] = ()
     """``RAPIDS_HPO_DATA_HOSTS``: data hosts allowed in hosted mode beside Azure storage."""
+    trusted_hosts: tuple[str, ...] = ()
+    """Host names the API answers to beside loopback (:mod:`shared.api_guard`): ``RAPIDS_HPO_ALLOWED_HOSTS``
+    and, in Azure, the Function App's own (``WEBSITE_HOSTNAME``)."""
 
     @property
     def uses_azure_storage(self) -> bool:
@@ -112,6 +122,12 @@ class Settings:
             stall_seconds=int(env("RAPIDS_HPO_STALL_SECONDS")),
             hosted=bool(os.environ.get(HOSTED_MARKER)) or env("RAPIDS_HPO_HOSTED").strip().lower() in _TRUE,
             data_hosts=tuple(h.lower() for h in env("RAPIDS_HPO_DATA_HOSTS").replace(",", " ").split()),
+            trusted_hosts=tuple(
+                h.lower()
+                for h in f"{env('RAPIDS_HPO_ALLOWED_HOSTS')} {os.environ.get(SITE_HOSTNAME, '')}".replace(
+                    ",", " "
+                ).split()
+            ),
         )
 
 

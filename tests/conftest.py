@@ -27,8 +27,16 @@ pytest_plugins = ["tests.azurite"]
 SCRUBBED_PREFIXES = ("AZURE_", "AZUREML_", "AZUREWEBJOBS", "ARM_", "MSI_", "IDENTITY_")
 """Credentials, subscriptions, storage and endpoints of the Azure SDKs, azure-identity, the Functions host
 and the Azure CLI (compared upper-cased)."""
-SCRUBBED_NAMES = ("WEBSITE_SITE_NAME", "RAPIDS_HPO_HOSTED", "RAPIDS_HPO_FUNCTION_KEY")
+SCRUBBED_NAMES = (
+    "WEBSITE_SITE_NAME",
+    "WEBSITE_HOSTNAME",
+    "RAPIDS_HPO_HOSTED",
+    "RAPIDS_HPO_FUNCTION_KEY",
+    "RAPIDS_HPO_ALLOWED_HOSTS",
+)
 _EMPTY_AZURE_CONFIG = tempfile.mkdtemp(prefix="no-azure-login-")
+_STATE_DIR = tempfile.mkdtemp(prefix="rapids-hpo-state-")
+"""Where the suite's `serve` processes leave their keys: never the user's own state folder."""
 
 
 def scrubbed_names(environ: dict[str, str] | os._Environ[str]) -> list[str]:
@@ -40,6 +48,7 @@ def _scrub() -> None:
     for name in scrubbed_names(os.environ):
         del os.environ[name]
     os.environ["AZURE_CONFIG_DIR"] = _EMPTY_AZURE_CONFIG  # `az login` elsewhere stays invisible
+    os.environ["RAPIDS_HPO_STATE_DIR"] = _STATE_DIR
 
 
 def pytest_configure(config: pytest.Config) -> None:

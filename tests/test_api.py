@@ -16,6 +16,9 @@ from shared.handlers import request_cancel
 from shared.records import ExperimentStatus, TrialRecord, TrialState
 from tests.control_plane import local_context, tiny_spec
 
+YAML = {"content-type": "application/yaml"}
+"""A document's type (tests/test_web_edge.py: any other is 415)."""
+
 
 @pytest.fixture
 def ctx(tmp_path):
@@ -27,7 +30,7 @@ def ctx(tmp_path):
 
 @pytest.fixture
 def client(ctx):
-    return TestClient(create_api())
+    return TestClient(create_api(), base_url="http://localhost")
 
 
 def post(client, document, **headers):
@@ -74,17 +77,17 @@ def test_invalid_spec_is_422_naming_each_field(client, ctx):
 
 @pytest.mark.parametrize("body", [b"{not json", b"name: [unclosed", b"\xff\xfe"])
 def test_unparseable_body_is_422(client, body):
-    response = client.post("/api/experiments", content=body)
+    response = client.post("/api/experiments", headers=YAML, content=body)
     assert response.status_code == 422
     assert response.json()["detail"]
 
 
 def test_empty_body_is_422(client):
-    assert client.post("/api/experiments", content=b"  ").status_code == 422
+    assert client.post("/api/experiments", headers=YAML, content=b"  ").status_code == 422
 
 
 def test_too_large_body_is_413(client):
-    response = client.post("/api/experiments", content=b"x" * (MAX_BODY_BYTES + 1))
+    response = client.post("/api/experiments", headers=YAML, content=b"x" * (MAX_BODY_BYTES + 1))
     assert response.status_code == 413 and "limit" in response.json()["detail"]
 
 
@@ -215,7 +218,9 @@ def test_an_unreachable_store_is_503_with_retry_after(ctx):
         raise ServiceResponseError("Connection aborted: reset by peer")
 
     ctx.store.get_experiment = unreachable
-    response = TestClient(create_api(context=ctx), raise_server_exceptions=False).get("/api/experiments/exp-1")
+    response = TestClient(create_api(context=ctx), base_url="http://localhost", raise_server_exceptions=False).get(
+        "/api/experiments/exp-1"
+    )
     assert response.status_code == 503 and response.headers["retry-after"] == "1"
     assert "storage unavailable" in response.json()["detail"]
 

@@ -90,7 +90,7 @@ def test_the_api_answers_422_naming_dataset_uri(tmp_path: Any) -> None:
     ctx = local_context(tmp_path)
     set_context(ctx)
     try:
-        answer = TestClient(create_api()).post("/api/experiments", json=local_document())
+        answer = TestClient(create_api(), base_url="http://localhost").post("/api/experiments", json=local_document())
     finally:
         set_context(None)
     assert answer.status_code == 422

@@ -54,7 +54,7 @@ def test_the_api_answers_a_retired_size_with_422_naming_compute_vm_size(tmp_path
     set_context(local_context(tmp_path))
     try:
         document = tiny_spec(compute={"backend": "azureml", "vm_size": "Standard_NC6s_v3"})
-        response = TestClient(create_api()).post("/api/experiments", json=document)
+        response = TestClient(create_api(), base_url="http://localhost").post("/api/experiments", json=document)
     finally:
         set_context(None)
     assert response.status_code == 422

@@ -37,7 +37,7 @@ def ctx(tmp_path):
 
 @pytest.fixture
 def client(ctx):
-    return TestClient(create_api())
+    return TestClient(create_api(), base_url="http://localhost")
 
 
 def svgs(html: str) -> dict[str, ElementTree.Element]:

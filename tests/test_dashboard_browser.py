@@ -33,7 +33,6 @@ ARGS = [
     "--disable-sync",
 ]
 FINISHED, RUNNING = "exp-20261130090000-aaaaaa", "exp-20261130100000-bbbbbb"
-KEY = "k3y-from-the-functions-host"
 
 pytestmark = [
     pytest.mark.slow,
@@ -52,8 +51,12 @@ def site(tmp_path_factory) -> Iterator[tuple[str, object, object]]:
     ctx.store.put_artifact(FINISHED, "model/model.json", b'{"trees": []}')
     running = make_experiment(ctx.store, RUNNING, trials=5, running=2, status=ExperimentStatus.RUNNING)
     ImportanceRefresher(ctx.store, running)(next(t for t in ctx.store.list_trials(RUNNING) if t.value))
-    with served(home) as client:
+    with served(home) as client:  # with the key this start of serve made (the client sends it)
         yield str(client.base_url), ctx, client
+
+
+def key_of(client) -> str:
+    return client.headers["x-functions-key"]
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +103,9 @@ def check_charts(page) -> None:
 
 
 def test_index_lists_the_experiments_and_links_keep_the_key(site, page, tmp_path):
-    base, _, _ = site
-    page.goto(f"{base}/api/ui?code={KEY}")
+    base, _, client = site
+    key = key_of(client)
+    page.goto(f"{base}/api/ui?code={key}")
     rows = page.locator("#experiments tbody tr")
     assert rows.count() == 2
     assert "RUNNING" in rows.nth(0).inner_text() and "COMPLETED" in rows.nth(1).inner_text()
@@ -109,35 +113,37 @@ def test_index_lists_the_experiments_and_links_keep_the_key(site, page, tmp_path
     screenshot(page, "dashboard-index.png", tmp_path)
     page.locator(f'a[href*="{FINISHED}"]').click()
     page.wait_for_load_state()
-    assert page.url.endswith(f"/api/ui/experiments/{FINISHED}?code={KEY}")
+    assert page.url.endswith(f"/api/ui/experiments/{FINISHED}?code={key}")
 
 
 def test_finished_experiment_page(site, page, tmp_path):
-    base, _, _ = site
-    page.goto(f"{base}/api/ui/experiments/{FINISHED}?code={KEY}")
+    base, _, client = site
+    key = key_of(client)
+    page.goto(f"{base}/api/ui/experiments/{FINISHED}?code={key}")
     assert page.locator("#trials tbody tr").count() == 12
     assert page.locator("#trials tbody tr .PRUNED").count() == 3
     check_charts(page)
     assert page.locator("#cancel").count() == 0
-    assert page.locator("#download").get_attribute("href").endswith(f"/model?code={KEY}")
+    assert page.locator("#download").get_attribute("href").endswith(f"/model?code={key}")
     with page.expect_download() as download:
         page.locator("#download").click()
     assert download.value.suggested_filename == f"{FINISHED}-model.zip"
     screenshot(page, "dashboard-experiment.png", tmp_path)
-    png = f"/api/experiments/{FINISHED}/plots/history.png"
+    png = f"/api/experiments/{FINISHED}/plots/history.png?code={key}"
     loaded = (
         "src => new Promise((ok, no) => "
         "{ const i = new Image(); i.onload = () => ok(i.naturalWidth); i.onerror = no; i.src = src; })"
     )
     assert page.evaluate(loaded, png) == 640
-    page.goto(f"{base}/api/experiments/{FINISHED}/plots/report.html")
+    page.goto(f"{base}/api/experiments/{FINISHED}/plots/report.html?code={key}")
     assert page.locator("svg.chart").count() == len(CHART_NAMES)
     # (a saved plot is served sandboxed: no script, Playwright's included, runs in it)
 
 
 def test_running_experiment_page_refreshes_itself_then_cancels(site, page, tmp_path):
     base, ctx, client = site
-    page.goto(f"{base}/api/ui/experiments/{RUNNING}?code={KEY}")
+    key = key_of(client)
+    page.goto(f"{base}/api/ui/experiments/{RUNNING}?code={key}")
     assert page.locator("#trials tbody tr").count() == 7
     assert page.locator("#trials tbody tr .RUNNING").count() == 2
     check_charts(page)

@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from gpu_jobs.train import load_model
+from shared.cli.server_keys import read_key
 from shared.config import QUEUE_STATUS
 from shared.records import TrialState
 from tests.control_plane import tiny_spec
@@ -63,11 +64,14 @@ def served(home: Path, extra_env: dict[str, str] | None = None) -> Iterator[http
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
     try:
         for _ in range(200):
+            key = read_key(str(client.base_url))  # left by serve for the CLI, as the CLI finds it
             try:
-                if client.get("/api/health").status_code == 200:
+                if key and client.get("/api/health", headers={"x-functions-key": key}).status_code == 200:
+                    client.headers["x-functions-key"] = key
                     break
             except httpx.TransportError:
-                time.sleep(0.1)
+                pass
+            time.sleep(0.1)
         else:
             raise AssertionError(f"serve did not start: {(home / f'serve-{port}.log').read_text()[-2000:]}")
         client.process = process  # type: ignore[attr-defined]

@@ -20,7 +20,7 @@ from gpu_jobs.data import (
     load_dataset,
     open_filesystem,
 )
-from gpu_jobs.encoding import MISSING_CATEGORY_CODE
+from gpu_jobs.encoding import MISSING_CATEGORY_CODE, encode_features, plan_encoding, require_target_column
 from gpu_jobs.errors import UserError
 
 FLIGHTS_ROWS = 336_776
@@ -154,7 +154,7 @@ def test_bad_targets_are_user_errors_naming_the_problem(tmp_path: Path) -> None:
     table = small_table(rows=30)
     path = tmp_path / "t.csv"
     table.assign(constant="same", three=np.arange(30) % 3).to_csv(path, index=False)
-    with pytest.raises(UserError, match=r"target column 'lable' not found .*available columns: signal, colour"):
+    with pytest.raises(UserError, match=r"target column 'lable' not found .*7 columns: signal, colour"):
         load_dataset(str(path), "lable", engine="cpu")
     with pytest.raises(UserError, match=r"'constant' has 1 distinct value.*exactly 2"):
         load_dataset(str(path), "constant", engine="cpu")
@@ -276,3 +276,41 @@ def test_storage_failures_become_user_errors() -> None:
     # anything else is not the user's fault: it propagates unchanged
     with pytest.raises(KeyError), storage_errors("abfs://c/x"):
         raise KeyError("bug")
+
+
+# ---------------------------------------------- no data values in error messages (issue 20)
+SECRET = "hunter2"
+
+
+def test_a_bad_target_error_names_no_value(tmp_path: Path) -> None:
+    path = tmp_path / "users.csv"
+    pd.DataFrame({"user": ["a", "b", "c"], "password": [SECRET, "pa55", "letmein"]}).to_csv(path, index=False)
+    with pytest.raises(UserError, match=r"'password' has 3 distinct value\(s\): binary") as raised:
+        load_dataset(str(path), "password", engine="cpu")
+    assert SECRET not in str(raised.value) and "pa55" not in str(raised.value)
+
+
+def test_a_value_that_is_not_a_number_is_not_echoed() -> None:
+    encoding = plan_encoding(pd.DataFrame({"amount": [1.0, 2.0]}))
+    with pytest.raises(UserError, match=r"feature column 'amount' is not numeric") as raised:
+        encode_features(pd.DataFrame({"amount": [1.0, SECRET]}, dtype=object), encoding)
+    assert SECRET not in str(raised.value)
+
+
+def test_an_unreadable_file_is_not_quoted(tmp_path: Path) -> None:
+    path = tmp_path / "t.parquet"
+    path.write_bytes(f"PAR1 {SECRET} not parquet".encode())
+    with pytest.raises(UserError, match=r"cannot read .*t.parquet as parquet") as raised:
+        load_dataset(str(path), "y", engine="cpu")
+    assert SECRET not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("source", "listed"),
+    [("/data/t.csv", True), ("file:///data/t.csv", True), ("builtin://nycflights13", True)]
+    + [(uri, False) for uri in ("abfss://c@acct.dfs.core.windows.net/t.csv", "https://x.example/t.csv", "azureml:d:1")],
+)
+def test_column_names_are_listed_only_for_sources_the_caller_can_list(source: str, listed: bool) -> None:
+    with pytest.raises(UserError, match=r"target column 'lable' not found") as raised:
+        require_target_column(["ssn", "salary"], "lable", source)
+    assert ("ssn" in str(raised.value)) is listed and "2 columns" in str(raised.value), raised.value

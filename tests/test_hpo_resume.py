@@ -105,7 +105,9 @@ def test_a_retried_trial_trains_only_the_folds_its_first_attempt_did_not_finish(
     assert retried.metrics["fit_seconds"] == pytest.approx(sum(f.fit_seconds for f in retried.folds[2:]))
     set_context(local_context(tmp_path))  # the API serves the same store: what was resumed is on the record
     try:
-        (served,) = TestClient(create_api()).get(f"/api/experiments/{retried_id}/trials").json()
+        (served,) = (
+            TestClient(create_api(), base_url="http://localhost").get(f"/api/experiments/{retried_id}/trials").json()
+        )
     finally:
         set_context(None)
     assert served["resumed_folds"] == 2 and [f["attempt"] for f in served["folds"]] == [1, 1, 2, 2]

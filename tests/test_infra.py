@@ -92,6 +92,7 @@ NOT_SET_IN_AZURE = {
     "RAPIDS_HPO_FUNCTION_KEY": "read by the CLI client; a secret that never belongs in app settings",
     "EVENTGRID_TOPIC_KEY": "a local or development topic's key; in Azure the app publishes with its identity",
     "RAPIDS_HPO_PRICES_FILE": "a user's price file on their machine; the Function App uses the bundled catalogue",
+    "RAPIDS_HPO_STATE_DIR": "where `rapids-hpo serve` leaves its key for the CLI on the user's machine",
 }
 # App settings the Functions host itself reads (not the project's code).
 HOST_APP_SETTINGS = {"APPLICATIONINSIGHTS_CONNECTION_STRING", "APPLICATIONINSIGHTS_AUTHENTICATION_STRING"}
@@ -116,6 +117,7 @@ THIRD_PARTY_ENV = {
     "MLFLOW_RUN_ID": "set by AzureML inside a job: the run MLflow logs to",
     "AZURE_STORAGE_ACCOUNT_NAME": "adlfs/fsspec's variable for the data account",
     "WEBSITE_SITE_NAME": "set by Azure on every Function App: turns hosted mode on (shared.config)",
+    "WEBSITE_HOSTNAME": "set by Azure on every Function App: its host name, trusted by the web edge (shared.config)",
     "NETRC": "requests' netrc file: shared.http_pool lets requests read its environment only if one is there",
 }
 

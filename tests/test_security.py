@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from shared.api import MAX_BODY_BYTES, create_api
-from shared.cli import serve_refusal
+from shared.cli.serve import serve_settings
 from shared.config import EXPERIMENT_ID_PATTERN
 from shared.handlers import InvalidRequest, handle_request_message
 from shared.records import ExperimentStatus
@@ -24,6 +22,8 @@ from shared.spec import MAX_DEPTH, SpecError, SpecPolicy, load_spec
 from tests.control_plane import local_context, tiny_spec
 
 ROOT = Path(__file__).resolve().parents[1]
+YAML = {"content-type": "application/yaml"}
+"""A document's type (tests/test_web_edge.py: any other is 415)."""
 
 
 @pytest.fixture
@@ -33,7 +33,7 @@ def ctx(tmp_path):
 
 @pytest.fixture
 def client(ctx):
-    return TestClient(create_api(context=ctx))
+    return TestClient(create_api(context=ctx), base_url="http://localhost")
 
 
 @pytest.fixture
@@ -70,7 +70,7 @@ def refused(response, status: int, loc: str, fragment: str = "") -> dict:
     ],
 )
 def test_a_body_naming_a_server_path_is_never_read(client, ctx, body):
-    response = client.post("/api/experiments", content=body)
+    response = client.post("/api/experiments", headers=YAML, content=body)
     answer = refused(response, 422, "body", "never a file name")
     assert "IsEncrypted" not in response.text and "Values" not in response.text  # nothing read, nothing echoed
     assert answer["detail"].startswith("the spec must be a mapping")
@@ -101,7 +101,7 @@ HOSTILE_DOCUMENTS = {
 @pytest.mark.parametrize("name", HOSTILE_DOCUMENTS)
 def test_hostile_documents_are_refused_by_the_api(client, ctx, name):
     body, status, fragment = HOSTILE_DOCUMENTS[name]
-    refused(client.post("/api/experiments", content=body), status, "body", fragment)
+    refused(client.post("/api/experiments", headers=YAML, content=body), status, "body", fragment)
     assert stored(ctx) == 0
 
 
@@ -115,8 +115,8 @@ def test_hostile_documents_are_refused_by_the_cli_loader(tmp_path, name):
 
 
 def test_an_oversize_body_is_413_before_it_is_parsed(client, ctx):
-    refused(client.post("/api/experiments", content=b"#" * (MAX_BODY_BYTES + 1)), 413, "body", "limit")
-    streamed = client.post("/api/experiments", content=iter([b"#" * 65536] * 8))  # no content-length
+    refused(client.post("/api/experiments", headers=YAML, content=b"#" * (MAX_BODY_BYTES + 1)), 413, "body", "limit")
+    streamed = client.post("/api/experiments", headers=YAML, content=iter([b"#" * 65536] * 8))  # no content-length
     assert streamed.status_code == 413 and "limit" in streamed.json()["detail"]
     assert stored(ctx) == 0
 
@@ -283,33 +283,19 @@ def test_policy_outside_hosted_mode_adds_nothing():
     SpecPolicy().check(spec)
 
 
-# ------------------------------------------------- serve beyond loopback needs the function key
-@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.1.2.3", "my-host.example"])
-def test_serve_beyond_loopback_refuses_to_start_without_a_key(host):
-    assert "RAPIDS_HPO_FUNCTION_KEY" in (serve_refusal(host, "") or "")
-    assert serve_refusal(host, "s3cret") is None
+# ------------------------------------------------- serve beyond loopback: hosted rules (tests/test_web_edge.py)
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.1.2.3", "my-host.example", "127.0.0.1.nip.io"])
+def test_serve_beyond_loopback_is_hosted(ctx, host):
+    assert serve_settings(ctx.settings, host).hosted
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])
-def test_serve_on_loopback_needs_no_key(host):
-    assert serve_refusal(host, "") is None
-
-
-def test_the_serve_command_exits_before_binding(tmp_path):
-    env = {**os.environ, "RAPIDS_HPO_HOME": str(tmp_path), "PYTHONPATH": str(ROOT)}
-    result = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "serve", "--host", "0.0.0.0", "--port", "1"],
-        check=False,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
-    assert result.returncode == 2 and "RAPIDS_HPO_FUNCTION_KEY" in result.stderr
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"])
+def test_serve_on_loopback_is_not_hosted(ctx, host):
+    assert not serve_settings(ctx.settings, host).hosted
 
 
 def test_with_a_key_every_request_must_send_it(ctx):
-    client = TestClient(create_api(context=ctx, function_key="k-123"))
+    client = TestClient(create_api(context=ctx, function_key="k-123"), base_url="http://localhost")
     assert client.get("/api/health").status_code == 401
     assert client.get("/api/openapi.json").status_code == 401
     assert client.get("/api/health", headers={"x-functions-key": "wrong"}).status_code == 401

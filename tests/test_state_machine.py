@@ -335,6 +335,10 @@ def test_what_the_compute_went_through_follows_its_handle_onto_the_record_and_th
     deliver(ctx, next_event(ctx))
     assert ctx.store.get_experiment(record.id).compute.driver_restarts == 1
     deliver(ctx, next_event(ctx))
-    shown = TestClient(create_api(context=ctx)).get(f"/api/experiments/{record.id}").json()["compute"]
+    shown = (
+        TestClient(create_api(context=ctx), base_url="http://localhost")
+        .get(f"/api/experiments/{record.id}")
+        .json()["compute"]
+    )
     assert shown == {"driver_restarts": 2, "evictions": 0, "heartbeat_at": None, "link": None}
     assert ComputeReport.model_validate(shown).summary() == "driver restarted 2x"

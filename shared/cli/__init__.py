@@ -5,11 +5,10 @@ from __future__ import annotations
 import os
 import sys
 
-from shared.cli import local, remote
+from shared.cli import local, remote, serve
 from shared.cli._app import app
-from shared.cli.local import serve_refusal
 
-__all__ = ["app", "local", "main", "remote", "serve_refusal"]
+__all__ = ["app", "local", "main", "remote", "serve"]
 
 
 def main() -> None:

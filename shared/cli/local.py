@@ -1,5 +1,5 @@
-"""Commands that work on this machine: ``run`` an experiment end to end, ``serve`` the API, ``plan`` a
-spec offline, ``prices refresh``."""
+"""Commands that work on this machine: ``run`` an experiment end to end, ``plan`` a spec offline,
+``prices refresh`` (``serve``: :mod:`shared.cli.serve`)."""
 
 from __future__ import annotations
 
@@ -127,62 +127,6 @@ def _print_result(ctx: Any, record: ExperimentRecord) -> None:
     if model_files:
         names = ", ".join(f.removeprefix(MODEL_PREFIX) for f in model_files)
         console.print(f"model: {record.best.model_uri or ''} ({names})")
-
-
-@app.command()
-def serve(
-    host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="port")] = 7071,
-    workers: Annotated[bool, typer.Option(help="also run the queue workers and the sweep")] = True,
-) -> None:
-    """Serve the API (uvicorn) and run the queue workers here: local adapters unless AzureWebJobsStorage is set.
-
-    Bound beyond loopback it needs RAPIDS_HPO_FUNCTION_KEY; whenever that is set, every request must send it
-    in x-functions-key (as the Functions host requires in Azure; the CLI sends it).
-    """
-    key = env("RAPIDS_HPO_FUNCTION_KEY")
-    refusal = serve_refusal(host, key)
-    if refusal:
-        err.print(f"[red]error:[/red] {refusal}")
-        raise typer.Exit(2)
-    import uvicorn
-
-    from shared.api import create_api
-    from shared.context import get_context
-    from shared.runner import LocalHost
-
-    ctx = get_context()
-    local_host = LocalHost(ctx, sweep_interval=60)
-    thread = threading.Thread(target=local_host.run, name="queue-workers", daemon=True)
-    if workers:
-        thread.start()
-    storage = "azure" if ctx.settings.uses_azure_storage else ctx.settings.home
-    err.print(f"serving http://{host}:{port}/api (storage: {storage})")
-    try:
-        uvicorn.run(create_api(function_key=key or None), host=host, port=port, log_level="warning")
-    finally:
-        local_host.stop()
-
-
-def serve_refusal(host: str, key: str) -> str | None:
-    """Why ``serve`` must not start on ``host`` with ``key`` (``""`` = none), or ``None``."""
-    if key or _is_loopback(host):
-        return None
-    return (
-        f"serving on {host} reaches beyond this machine: set RAPIDS_HPO_FUNCTION_KEY (clients send it in "
-        "x-functions-key), or bind to 127.0.0.1"
-    )
-
-
-def _is_loopback(host: str) -> bool:
-    import ipaddress
-
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a name, "0.0.0.0" or "::" (every interface) is not loopback
 
 
 @app.command()

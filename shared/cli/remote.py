@@ -20,13 +20,16 @@ from shared.records import TERMINAL_STATUSES, ExperimentRecord, TrialRecord
 
 # --------------------------------------------------------------------------------------- API client
 def _client():  # -> httpx.Client
+    """A client of ``RAPIDS_HPO_API_URL`` with the key: ``RAPIDS_HPO_FUNCTION_KEY``, else the one a
+    ``serve`` on this machine left for that URL (:mod:`shared.cli.server_keys`)."""
     import httpx
 
-    headers = {}
-    key = env("RAPIDS_HPO_FUNCTION_KEY")
-    if key:
-        headers["x-functions-key"] = key
-    return httpx.Client(base_url=env("RAPIDS_HPO_API_URL").rstrip("/"), headers=headers, timeout=60)
+    from shared.cli.server_keys import read_key
+
+    url = env("RAPIDS_HPO_API_URL").rstrip("/")
+    key = env("RAPIDS_HPO_FUNCTION_KEY") or read_key(url)
+    headers = {"x-functions-key": key} if key else {}
+    return httpx.Client(base_url=url, headers=headers, timeout=60)
 
 
 def _check(response: Any) -> Any:

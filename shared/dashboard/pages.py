@@ -1,7 +1,8 @@
 """The dashboard's HTML: the experiment index, an experiment's page, and one chart's standalone file.
 
 Plain server-rendered HTML with inline CSS and SVG; the only script re-fetches a running experiment's
-page every few seconds and swaps its content, and sends the cancel request. Nothing is loaded from
+page every few seconds and swaps its content, and sends the cancel request; it runs by the response's
+nonce (``script-src 'nonce-...'``), so no script injected into a page could. Nothing is loaded from
 anywhere else. Every link carries the Functions key (``code``) when the page was opened with one.
 """
 
@@ -70,12 +71,14 @@ def url(path: str, code: str | None, **query: Any) -> str:
     return path + ("?" + urlencode(params) if params else "")
 
 
-def _document(title: str, body: str, script: str = "") -> str:
+def _document(title: str, body: str, script: str = "", nonce: str = "") -> str:
+    """A page; its ``script`` runs only under ``nonce``, the one the response's CSP names."""
+    tag = f'<script nonce="{escape(nonce)}">{script}</script>' if script and nonce else ""
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
         f'<link rel="icon" href="data:,"><title>{escape(title)}</title><style>{CSS}</style></head>'
-        f"<body>{body}{f'<script>{script}</script>' if script else ''}</body></html>"
+        f"<body>{body}{tag}</body></html>"
     )
 
 
@@ -224,8 +227,10 @@ def experiment_page(
     *,
     has_model: bool = False,
     plots: Sequence[str] = (),
+    nonce: str = "",
 ) -> str:
-    """An experiment's page; while it runs, its script refreshes the content every few seconds."""
+    """An experiment's page; while it runs, its script (allowed by ``nonce``; none without one) refreshes
+    the content every few seconds."""
     metric, goal = objective(record)
     live = not record.status.terminal
     base = f"/api/experiments/{record.id}"
@@ -259,7 +264,7 @@ def experiment_page(
         + (f"<h2>Saved plots</h2><p>{plot_links}</p>" if plots else "")
         + "</div>"
     )
-    return _document(f"{record.name} · rapids-hpo", f"{_header(code)}<main>{content}</main>", SCRIPT)
+    return _document(f"{record.name} · rapids-hpo", f"{_header(code)}<main>{content}</main>", SCRIPT, nonce)
 
 
 def report_page(record: ExperimentRecord, trials: Sequence[TrialRecord], importance_doc: dict[str, Any] | None) -> str:

@@ -8,6 +8,7 @@ parameter from a browser); the pages pass it on in every link they make.
 from __future__ import annotations
 
 import re
+import secrets
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query
@@ -27,14 +28,20 @@ from shared.records import ExperimentRecord, ExperimentStatus, TrialRecord
 PLOT_NAME = r"^[a-z][a-z0-9_-]{0,40}\.(png|svg|html|json)$"
 EXPERIMENT_ID = EXPERIMENT_ID_PATTERN  # one id rule at every edge (shared.config)
 
-PAGE_HEADERS = {
-    "Cache-Control": "no-store",  # the page's links carry the key
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
-    "img-src 'self' data:; connect-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'",
-    "Referrer-Policy": "same-origin",
-    "X-Content-Type-Options": "nosniff",
-}
-"""Nothing on a page may come from, or go to, anywhere but this app (a violation is a console error)."""
+
+def page_headers(nonce: str | None = None) -> dict[str, str]:
+    """Nothing on a page may come from, or go to, anywhere but this app (a violation is a console error);
+    scripts run only by this response's ``nonce`` (none at all without one)."""
+    scripts = f"'nonce-{nonce}'" if nonce else "'none'"
+    return {
+        "Cache-Control": "no-store",  # the page's links carry the key
+        "Content-Security-Policy": f"default-src 'none'; style-src 'unsafe-inline'; script-src {scripts}; "
+        "img-src 'self' data:; connect-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'",
+        "Referrer-Policy": "same-origin",
+        "X-Content-Type-Options": "nosniff",
+    }
+
+
 PLOT_HEADERS = {
     "Content-Security-Policy": "sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:",
     "X-Content-Type-Options": "nosniff",
@@ -78,7 +85,7 @@ def ui_index(
         records, token = ctx.store.list_experiments(status=status, limit=50, page_token=page_token)
     except ValueError as exc:
         raise HTTPException(422, f"invalid page_token: {exc}") from None
-    return HTMLResponse(index_page(records, code, token), headers=PAGE_HEADERS)
+    return HTMLResponse(index_page(records, code, token), headers=page_headers())
 
 
 @router.get(
@@ -91,8 +98,10 @@ def ui_experiment(ctx: ContextDep, experiment_id: ExperimentId, code: Code = Non
     trials = ctx.store.list_trials(experiment_id)
     plots = _plot_names(ctx, experiment_id)
     has_model = bool(ctx.store.list_artifacts(experiment_id, MODEL_PREFIX))
-    page = experiment_page(record, trials, _importances(ctx, experiment_id), code, has_model=has_model, plots=plots)
-    return HTMLResponse(page, headers=PAGE_HEADERS)
+    nonce = secrets.token_urlsafe(18)
+    importances = _importances(ctx, experiment_id)
+    page = experiment_page(record, trials, importances, code, has_model=has_model, plots=plots, nonce=nonce)
+    return HTMLResponse(page, headers=page_headers(nonce))
 
 
 class StudyExport(BaseModel):
