@@ -35,7 +35,7 @@ def ctx(tmp_path):
 
 @pytest.fixture
 def client(ctx):
-    return TestClient(create_api(context=ctx), raise_server_exceptions=False)
+    return TestClient(create_api(context=ctx), base_url="http://localhost", raise_server_exceptions=False)
 
 
 def stored(ctx) -> int:
