@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import socket
 import ssl
 import statistics
@@ -102,6 +103,10 @@ def azurite(folder: str) -> Iterator[str]:
         process.wait(timeout=10)
 
 
+KEY = secrets.token_urlsafe(16)
+AUTH = {"x-functions-key": KEY}
+
+
 async def client_loop(client: httpx.AsyncClient, budget: list[int], results: dict[str, list], get: bool) -> None:
     body = json.dumps(tiny_spec())
     while budget[0] > 0:
@@ -138,7 +143,9 @@ async def load(base: str, clients: int, posts: int, get: bool = True) -> tuple[d
     tls = ssl.create_default_context()  # one for all (each client would load the CA bundle again)
     async with contextlib.AsyncExitStack() as stack:
         pool = [
-            await stack.enter_async_context(httpx.AsyncClient(base_url=base, timeout=60, limits=limits, verify=tls))
+            await stack.enter_async_context(
+                httpx.AsyncClient(base_url=base, headers=AUTH, timeout=60, limits=limits, verify=tls)
+            )
             for _ in range(clients)
         ]
         await pool[0].get("/api/health")  # tables and queues exist before the clock starts
@@ -159,7 +166,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as home, contextlib.ExitStack() as stack:
         env = {**os.environ, "RAPIDS_HPO_HOME": home, "PYTHONPATH": str(args.root)}
         env.pop("AzureWebJobsStorage", None)
-        env.pop("RAPIDS_HPO_FUNCTION_KEY", None)
+        env["RAPIDS_HPO_FUNCTION_KEY"] = KEY  # serve's key (older checkouts take it too)
         if args.storage == "azurite":
             env["AzureWebJobsStorage"] = stack.enter_context(azurite(os.path.join(home, "azurite")))
         log = stack.enter_context(open(os.path.join(home, "server.log"), "wb"))
@@ -174,7 +181,7 @@ def main() -> None:
         try:
             for _ in range(300):
                 with contextlib.suppress(httpx.TransportError):
-                    if httpx.get(f"{base}/api/health", timeout=2).status_code == 200:
+                    if httpx.get(f"{base}/api/health", headers=AUTH, timeout=2).status_code == 200:
                         break
                 time.sleep(0.1)
             pids = [server.pid, *AZURITE_PIDS]

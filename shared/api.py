@@ -362,7 +362,7 @@ def create_api(
         version=__version__,
         description="Run RAPIDS hyperparameter-optimization experiments on Azure GPUs.",
         openapi_url="/api/openapi.json",
-        docs_url="/api/docs",
+        docs_url=None,  # served by the dashboard's routes, under a nonce CSP and with the key passed on
         redoc_url=None,
         swagger_ui_oauth2_redirect_url=None,
     )

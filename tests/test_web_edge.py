@@ -27,6 +27,7 @@ from shared.api import create_api
 from shared.api_guard import DOCUMENT_TYPES, EdgePolicy
 from shared.cli.server_keys import key_file, read_key
 from shared.config import Settings
+from shared.dashboard.routes import api_docs
 from shared.records import ExperimentStatus
 from tests.control_plane import local_context, tiny_spec
 from tests.dashboard_data import make_experiment
@@ -337,3 +338,17 @@ def test_serve_beyond_loopback_switches_hosted_rules_on(tmp_path):
         process.wait(timeout=30)
     output = process.stdout.read() if process.stdout else ""
     assert "hosted rules" in output
+
+
+def test_the_api_docs_run_by_nonce_and_fetch_the_document_with_the_key(client):
+    docs = client.get("/api/docs", params={"code": KEY})
+    script_src = _script_policy(docs)
+    assert "'unsafe-inline'" not in script_src and script_src.startswith("'nonce-")
+    nonce = script_src.split()[0].removeprefix("'nonce-").removesuffix("'")
+    inline = docs.text.count("<script>") + docs.text.count(f'<script nonce="{nonce}">')
+    assert docs.text.count("<script") == inline + docs.text.count("<script src=") and docs.text.count("<script>") == 0
+    assert f"url: '/api/openapi.json?code={KEY}'" in docs.text
+    assert client.get("/api/openapi.json", params={"code": KEY}).status_code == 200
+    hostile = "x'});alert(1);//</script>"
+    page = bytes(api_docs(code=hostile).body).decode()
+    assert "url: '/api/openapi.json?code=x%27%7D%29%3Balert%281%29%3B%2F%2F%3C%2Fscript%3E'" in page
