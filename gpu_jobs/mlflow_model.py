@@ -111,10 +111,17 @@ def save_mlflow_model(
             str(path),
             model_format="json",
             signature=signature,
-            pip_requirements=[f"xgboost=={xgboost.__version__}", "pandas", "numpy"],
+            pip_requirements=[xgboost_requirement(xgboost.__version__), "pandas", "numpy"],
             metadata=metadata,
         )
     return path
+
+
+def xgboost_requirement(version: str) -> str:
+    """What a loader of an XGBoost JSON model needs: any release of the writer's major. Not the writer's
+    exact version: the GPU image's 3.4 needs Python 3.12, and a Python 3.11 loader gets at most 3.2."""
+    major = int(version.split(".", maxsplit=1)[0])
+    return f"xgboost>={major}.0,<{major + 1}"
 
 
 def forest_pipeline(forest: Any, feature_names: Sequence[str]) -> Any:

