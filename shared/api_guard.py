@@ -85,7 +85,7 @@ class EdgePolicy:
         """Loopback, the configured hosts, and ``bound_host`` unless it is every interface (0.0.0.0, ::)."""
         hosts = {_host_name(h) for h in settings.trusted_hosts}
         if bound_host is not None and bound_host.strip("[]") not in WILDCARD_HOSTS:
-            hosts.add(_host_name(bound_host if ":" not in bound_host.strip("[]") else f"[{bound_host.strip('[]')}]"))
+            hosts.add(_host_name(bound_host))
         return cls(hosts=frozenset(hosts), key=key or None)
 
     def trusts_host(self, host: str) -> bool:

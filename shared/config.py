@@ -106,7 +106,7 @@ class Settings:
     """``RAPIDS_HPO_DATA_HOSTS``: data hosts allowed in hosted mode beside Azure storage."""
     trusted_hosts: tuple[str, ...] = ()
     """Host names the API answers to beside loopback (:mod:`shared.api_guard`): ``RAPIDS_HPO_ALLOWED_HOSTS``
-    and, in Azure, the Function App's own (``WEBSITE_HOSTNAME``)."""
+    and, in Azure, the Function App's own (``WEBSITE_HOSTNAME``, ``WEBSITE_SITE_NAME``)."""
 
     @property
     def uses_azure_storage(self) -> bool:
@@ -122,13 +122,17 @@ class Settings:
             stall_seconds=int(env("RAPIDS_HPO_STALL_SECONDS")),
             hosted=bool(os.environ.get(HOSTED_MARKER)) or env("RAPIDS_HPO_HOSTED").strip().lower() in _TRUE,
             data_hosts=tuple(h.lower() for h in env("RAPIDS_HPO_DATA_HOSTS").replace(",", " ").split()),
-            trusted_hosts=tuple(
-                h.lower()
-                for h in f"{env('RAPIDS_HPO_ALLOWED_HOSTS')} {os.environ.get(SITE_HOSTNAME, '')}".replace(
-                    ",", " "
-                ).split()
-            ),
+            trusted_hosts=_trusted_hosts(),
         )
+
+
+def _trusted_hosts() -> tuple[str, ...]:
+    """``RAPIDS_HPO_ALLOWED_HOSTS``, and in Azure the app's host name and its site name: App Service's front
+    end forwards ``Host: <site>`` beside ``DISGUISED-HOST: <site>.azurewebsites.net``, and the Functions host
+    puts the latter back (azure-functions-host PR 2833); either may reach the app."""
+    configured = env("RAPIDS_HPO_ALLOWED_HOSTS").replace(",", " ").split()
+    platform = [os.environ.get(SITE_HOSTNAME, ""), os.environ.get(HOSTED_MARKER, "")]
+    return tuple(h.strip().lower() for h in [*configured, *platform] if h.strip())
 
 
 AZURITE_ACCOUNT = "devstoreaccount1"

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from shared.api import create_api
 from shared.api_guard import DOCUMENT_TYPES, EdgePolicy
-from shared.cli.server_keys import key_file, read_key
+from shared.cli.server_keys import key_file, read_key, remove_keys, write_key
 from shared.config import Settings
 from shared.dashboard.routes import api_docs
 from shared.records import ExperimentStatus
@@ -174,7 +174,13 @@ def test_in_azure_the_function_app_host_name_is_trusted(monkeypatch, tmp_path):
     settings_ = Settings.from_env()
     assert settings_.hosted
     policy = EdgePolicy.of(settings_)
-    for host in ("hpo-func.azurewebsites.net", "HPO.contoso.example", "api.contoso.example:443", "localhost"):
+    for host in (
+        "hpo-func.azurewebsites.net",
+        "hpo-func",
+        "HPO.contoso.example",
+        "api.contoso.example:443",
+        "localhost",
+    ):
         assert policy.trusts_host(host), host
     for host in ("hpo-func.azurewebsites.net.attacker.example", "other.azurewebsites.net", "contoso.example"):
         assert not policy.trusts_host(host), host
@@ -352,3 +358,34 @@ def test_the_api_docs_run_by_nonce_and_fetch_the_document_with_the_key(client):
     hostile = "x'});alert(1);//</script>"
     page = bytes(api_docs(code=hostile).body).decode()
     assert "url: '/api/openapi.json?code=x%27%7D%29%3Balert%281%29%3B%2F%2F%3C%2Fscript%3E'" in page
+
+
+@pytest.mark.parametrize(
+    ("bound", "host", "trusted"),
+    [
+        ("fd00::5", "[fd00::5]:7071", True),
+        ("[fd00::5]", "[FD00::5]", True),
+        ("fd00::5", "[fd00::6]:7071", False),
+        ("hpo-box", "HPO-BOX:7071", True),
+        ("0.0.0.0", "0.0.0.0:7071", False),  # every interface is no host name
+        ("::", "[::]:7071", False),
+    ],
+)
+def test_the_bound_host_in_each_spelling(ctx, bound, host, trusted):
+    assert EdgePolicy.of(ctx.settings, bound_host=bound).trusts_host(host) is trusted
+
+
+def test_the_key_file_is_the_users_alone_and_follows_no_link(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAPIDS_HPO_STATE_DIR", str(tmp_path / "state"))
+    url = "http://127.0.0.1:7071"
+    assert key_file("http://127.0.0.1:7071/api") == key_file(url) != key_file("http://127.0.0.1:7072")
+    assert key_file("HTTP://LOCALHOST/") == key_file("http://localhost:80")
+    victim = tmp_path / "victim"
+    victim.write_text("untouched")
+    key_file(url).parent.mkdir(parents=True)
+    key_file(url).symlink_to(victim)  # planted before serve starts
+    (written,) = write_key([url, url], "s3cret")
+    assert victim.read_text() == "untouched" and not written.is_symlink()
+    assert read_key(url + "/") == "s3cret" and stat.S_IMODE(written.stat().st_mode) == 0o600
+    remove_keys([written])
+    assert read_key(url) is None
