@@ -19,8 +19,11 @@ from shared.cost.billing import BillingModel, BillingProfile, NodeGroup, Tier, s
 if TYPE_CHECKING:
     from shared.spec import ExperimentSpec
 
-RAPIDS_IMAGE = "rapidsai/base:26.10-cuda12.9-py3.12"
-"""The default RAPIDS container image for GPU workers and AzureML trials."""
+RAPIDS_IMAGE = "rapidsai/base:26.10-cuda12-py3.12"
+"""The default RAPIDS container image for GPU workers and AzureML trials. Since RAPIDS 25.12 a tag names
+the CUDA major only (``cuda12``, not ``cuda12.9``: rapidsai/docker's "Note on CUDA versioning")."""
+RAPIDS_DOCKER_ARGS = "--shm-size=1g --ulimit=memlock=-1 --ulimit=stack=67108864"
+"""RAPIDS' recommended ``docker run`` options: Dask and UCX need more shared memory than Docker's 64 MB."""
 
 AZUREML_DEFAULT_VM_SIZE = "Standard_NC4as_T4_v3"
 """One T4 (16 GB) per node: the cheapest current size RAPIDS runs on, one sweep trial per node."""
@@ -247,7 +250,7 @@ class VMClusterCompute(ComputeSection):
     scheduler_vm_size: VmSize | None = Field(default=None, pattern=r"^[A-Za-z0-9_]{1,64}$")
     n_workers: int = Field(default=2, ge=1, le=100)
     docker_image: str = Field(default=RAPIDS_IMAGE, pattern=IMAGE_PATTERN)
-    docker_args: str = Field(default="--shm-size=256m", description="docker run options, each as --name=value")
+    docker_args: str = Field(default=RAPIDS_DOCKER_ARGS, description="docker run options, each as --name=value")
     worker_class: str = Field(default="dask_cuda.CUDAWorker", pattern=PYTHON_NAME_PATTERN)
     worker_options: dict[str, str | int | float | bool] = Field(default_factory=_rmm_managed_memory)
     spot: bool = Field(
@@ -296,6 +299,22 @@ class VMClusterCompute(ComputeSection):
             if isinstance(option, str) and not SAFE_VALUE_PATTERN.fullmatch(option):
                 raise ValueError(f"worker_options.{key}: {option!r} holds characters a worker option never needs")
         return value
+
+    @model_validator(mode="after")
+    def _drivers(self) -> VMClusterCompute:
+        """Sizes whose GPU the VM image cannot drive are refused before anything is billed."""
+        for field_name, size in (("vm_size", self.vm_size), ("scheduler_vm_size", self.scheduler_vm_size)):
+            if size and re.match(r"^Standard_NV", size, re.IGNORECASE):
+                raise ValueError(
+                    f"{field_name}: {size} is an NV-series (visualization) size: its GPU needs NVIDIA's GRID "
+                    "driver, which NVIDIA's NGC VM image does not promise; use an NC- or ND-series size"
+                )
+        if not self.use_marketplace_image and re.match(r"^Standard_N[CD]", self.vm_size, re.IGNORECASE):
+            raise ValueError(
+                f"use_marketplace_image: false boots plain Ubuntu with Docker only: no NVIDIA driver or container "
+                f"toolkit for the GPUs of {self.vm_size}; keep the NGC image for GPU sizes"
+            )
+        return self
 
     def gpu_capacity(self) -> GpuCapacity | None:
         """A ``CUDAWorker`` per GPU, each running ``worker_options.nthreads`` trials at once (default 1)."""

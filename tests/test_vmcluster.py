@@ -31,6 +31,7 @@ from shared.backends.vmcluster.settings import (
     check_no_secrets,
     cluster_env,
     cluster_kwargs,
+    is_gpu_size,
 )
 from shared.compute_spec import NetworkSpec, VMClusterCompute
 from shared.config import DRIVER_OUTCOME_ARTIFACT
@@ -162,7 +163,8 @@ def test_cluster_kwargs_default_to_the_seeds_mnmg_settings() -> None:
     assert kwargs["subnet"] == _handle().subnet_id  # an ARM id: dask-cloudprovider puts it into each NIC
     assert kwargs["security_group"] == f"nsg-{EXP}"
     assert kwargs["vm_size"] == "Standard_NC8as_T4_v3" and kwargs["scheduler_vm_size"] is None
-    assert kwargs["docker_image"].startswith("rapidsai/") and kwargs["docker_args"] == "--shm-size=256m"
+    assert kwargs["docker_image"] == "rapidsai/base:26.10-cuda12-py3.12"  # CUDA major only since RAPIDS 25.12
+    assert kwargs["docker_args"] == "--shm-size=1g --ulimit=memlock=-1 --ulimit=stack=67108864"  # RAPIDS' advice
     assert kwargs["worker_class"] == "dask_cuda.CUDAWorker"
     assert kwargs["worker_options"] == {"rmm_managed_memory": True}  # the keyword CUDAWorker(**opts) takes
     assert kwargs["n_workers"] == 2 and kwargs["disk_size"] == 100
@@ -178,10 +180,23 @@ def test_cluster_kwargs_default_to_the_seeds_mnmg_settings() -> None:
     json.dumps(kwargs)
 
 
+def test_gpu_sizes_the_image_cannot_drive_are_refused() -> None:
+    """NV-series GPUs need NVIDIA's GRID driver (not promised by the NGC image); plain Ubuntu has no NVIDIA
+    driver at all. Both would boot, bill, and fail at ``--gpus=all``."""
+    with pytest.raises(ValueError, match=r"vm_size: Standard_NV36ads_A10_v5 is an NV-series .*GRID"):
+        _compute(vm_size="Standard_NV36ads_A10_v5")
+    with pytest.raises(ValueError, match=r"scheduler_vm_size: .*NV-series"):
+        _compute(scheduler_vm_size="Standard_NV36ads_A10_v5")
+    with pytest.raises(ValueError, match="no NVIDIA driver"):
+        _compute(vm_size="Standard_NC24ads_A100_v4", use_marketplace_image=False)
+    assert is_gpu_size("Standard_NV36ads_A10_v5") and is_gpu_size("standard_nd96asr_v4")
+    assert not is_gpu_size("Standard_D4s_v5") and not is_gpu_size("Standard_DC4s_v3")
+
+
 def test_cluster_kwargs_overrides_marketplace_off_and_identity() -> None:
     compute = _compute(
-        vm_size="Standard_NC24ads_A100_v4",
-        scheduler_vm_size="Standard_NC4as_T4_v3",
+        vm_size="Standard_D16s_v5",
+        scheduler_vm_size="Standard_D4s_v5",
         n_workers=4,
         disk_size=200,
         docker_image="myregistry/rapids:1",
@@ -193,7 +208,7 @@ def test_cluster_kwargs_overrides_marketplace_off_and_identity() -> None:
     env_vars = cluster_env(experiment_id=EXP)
     kwargs = cluster_kwargs(compute, _handle(), experiment_id=EXP, env_vars=env_vars, identity=identity)
 
-    assert kwargs["vm_size"] == "Standard_NC24ads_A100_v4" and kwargs["scheduler_vm_size"] == "Standard_NC4as_T4_v3"
+    assert kwargs["vm_size"] == "Standard_D16s_v5" and kwargs["scheduler_vm_size"] == "Standard_D4s_v5"
     assert (kwargs["n_workers"], kwargs["disk_size"], kwargs["docker_image"]) == (
         4,
         200,
@@ -257,6 +272,13 @@ def test_plan_for_the_default_vmcluster_spec() -> None:
     assert result["cluster"]["vms"]["workers"]["count"] == 2
     assert result["cluster"]["vms"]["workers"]["priority"] == "Regular"
     assert any("never connects to the cluster" in note for note in result["notes"])
+    # The way out of a private-by-default subnet, the image and its user, what the head runs.
+    assert network["subnet"]["outbound"] == f"NAT gateway {names.nat}"
+    assert network["nat_gateway"] == {"name": names.nat, "create": True, "sku": "Standard", "public_ip": names.nat_ip}
+    assert any(f"NAT gateway {names.nat}" in note and "private by default" in note for note in result["notes"])
+    assert any("rapidsai/base:26.10-cuda12-py3.12" in n and "uid 1001" in n for n in result["notes"])
+    assert any("--shm-size=1g --ulimit=memlock=-1 --ulimit=stack=67108864" in n for n in result["notes"])
+    assert any("refit of the best trial runs on a worker" in note for note in result["notes"])
     # (2 workers + 1 scheduler) x flights-rf's timeout of 1800 s
     assert result["cost"] == {
         "nodes": 3,

@@ -56,7 +56,7 @@ def test_the_spec_refuses_hostile_worker_options(value: str) -> None:
 def test_ordinary_values_pass() -> None:
     spec = load_spec(
         _spec(
-            docker_image="nvcr.io/nvidia/rapidsai/base:26.10-cuda12.9-py3.12",
+            docker_image="nvcr.io/nvidia/rapidsai/base:26.10-cuda12-py3.12",
             docker_args="--shm-size=1g --ulimit=memlock=-1 --ipc=host",
             worker_class="dask_cuda.CUDAWorker",
             worker_options={"rmm-pool-size": "20GB", "device_memory_limit": 0.8, "enable_nvlink": True},
@@ -106,3 +106,30 @@ def test_forced_hostile_values_stay_data_and_one_quoted_command(value: str, tmp_
     subprocess.run(["sh", "-c", line], env=env, check=True, timeout=30)
     assert json.loads(record.read_text()) == argv[1:]
     assert not canary.exists(), "the hostile value ran a command"
+
+
+def test_workers_preload_the_training_stack_through_their_own_option() -> None:
+    """dask-cuda's CUDAWorker hands its own ``preload`` list to each Nanny, so distributed never reads the
+    ``distributed.worker.preload`` config there: the preload must be a worker option (issue 22)."""
+    import inspect
+
+    from distributed import Nanny
+
+    from shared.backends.vmcluster import boot
+
+    for given, expected in (({}, ["gpu_jobs.preload"]), ({"preload": "mine"}, ["mine", "gpu_jobs.preload"])):
+        config = {"worker_class": "dask_cuda.CUDAWorker", "worker_options": given, "scheduler_address": "tls://h:1"}
+        command = boot.worker_command(config)
+        spec = json.loads(command[command.index("--spec") + 1])
+        assert spec == {"cls": "dask_cuda.CUDAWorker", "opts": {**given, "preload": expected}}
+    assert "preload" in inspect.signature(Nanny).parameters  # the option both worker classes pass on
+    assert "DASK_DISTRIBUTED__WORKER__PRELOAD" not in boot.environment({"role": "worker"}, Path("/code"))
+
+
+def test_the_dashboard_listens_on_loopback_only() -> None:
+    """Issue 20: the dashboard had a random port outside the NSG's Dask rules; now no network reaches it."""
+    from shared.backends.vmcluster import boot
+
+    assert boot.DASHBOARD_ADDRESS == "127.0.0.1:8787"
+    source = Path(boot.__file__).read_text()
+    assert '"--dashboard-address", DASHBOARD_ADDRESS' in source and "dashboard_address" not in source

@@ -237,7 +237,7 @@ class VMClusterBackend:
         if vm is not None and not failed(vm):
             ip = private_ip(clients[1], compute.resource_group, vm, self.retry)
         else:  # absent, or its creation failed: PUT it (again; the names make that idempotent)
-            node = {"role": "head", "scheduler_port": self.scheduler_port, "dashboard_address": ":0"}
+            node = {"role": "head", "scheduler_port": self.scheduler_port}
             ip = self._create(record, handle, clients, self._plan(record, compute, name, node, head=True))
         protocol = "tls" if document.get("tls") else "tcp"
         update = {

@@ -7,7 +7,13 @@ code archive from the experiment's area, puts it on the Python path, and starts 
 * head: the Dask scheduler, and beside it the HPO driver (``shared.backends.vmcluster.head``), which
   talks to the workers over the VNet and writes trials and the outcome to the experiment's container.
   The scheduler has our code, so it can deserialize the driver's task graphs.
-* worker: a Dask worker of the spec's ``worker_class`` joined to the head's scheduler.
+* worker: a Dask worker of the spec's ``worker_class`` joined to the head's scheduler, preloading the
+  training stack (``gpu_jobs.preload``) through the worker's own ``preload`` option: dask-cuda's
+  ``CUDAWorker`` passes its own preload list to each Nanny, and distributed reads the
+  ``distributed.worker.preload`` config only when none is given, so the config variable would be ignored.
+
+The scheduler's dashboard listens on the VM's loopback only (``127.0.0.1:8787``): nothing on the network
+reaches it, whatever the NSG says (and 8787 is the port the NSG's Dask rules cover).
 
 Arguments reach the processes as argument lists, never through a shell. TLS comes from the files
 beside this one, through Dask's config variables. The exit status tells the container's restart
@@ -56,8 +62,6 @@ def fetch_code(config: dict, target: Path) -> None:
 def environment(config: dict, code: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(code), env.get("PYTHONPATH", "")]))
-    if config.get("role") == "worker":  # the training stack imported at the worker's start (gpu_jobs/preload.py)
-        env["DASK_DISTRIBUTED__WORKER__PRELOAD"] = '["gpu_jobs.preload"]'
     if config.get("tls"):
         tls = HERE / "tls"
         env["DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION"] = "True"
@@ -69,22 +73,18 @@ def environment(config: dict, code: Path) -> dict[str, str]:
     return env
 
 
-def run_head(config: dict, env: dict[str, str]) -> int:
+DASHBOARD_ADDRESS = "127.0.0.1:8787"
+PRELOAD = "gpu_jobs.preload"
+
+
+def scheduler_command(config: dict) -> list:
     protocol = "tls" if config.get("tls") else "tcp"
-    scheduler = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "distributed.cli.dask_scheduler",
-            "--protocol",
-            protocol,
-            "--port",
-            str(int(config["scheduler_port"])),
-            "--dashboard-address",
-            str(config.get("dashboard_address", ":8787")),
-        ],
-        env=env,
-    )
+    port = str(int(config["scheduler_port"]))
+    return [sys.executable, "-m", "distributed.cli.dask_scheduler", "--protocol", protocol, "--port", port]
+
+
+def run_head(config: dict, env: dict[str, str]) -> int:
+    scheduler = subprocess.Popen([*scheduler_command(config), "--dashboard-address", DASHBOARD_ADDRESS], env=env)
     head = [sys.executable, "-m", "shared.backends.vmcluster.head", "--config", str(HERE / "node.json")]
     driver = subprocess.Popen(head, env=env)
     while True:
@@ -108,12 +108,20 @@ def reachable(address: str) -> bool:
         return False
 
 
+def worker_command(config: dict) -> list:
+    """``dask spec`` for the node's worker class and options, the training stack preloaded."""
+    options = dict(config.get("worker_options") or {})
+    given = options.get("preload") or []
+    options["preload"] = [*([given] if isinstance(given, str) else given), PRELOAD]
+    spec = {"cls": config["worker_class"], "opts": options}
+    return [sys.executable, "-m", "distributed.cli.dask_spec", config["scheduler_address"], "--spec", json.dumps(spec)]
+
+
 def run_worker(config: dict, env: dict[str, str]) -> int:
     """A worker for as long as the VM lives. One whose scheduler went away (a restarting head) is
     replaced by a fresh one once the scheduler is back: it joins the new scheduler."""
-    spec = {"cls": config["worker_class"], "opts": dict(config.get("worker_options") or {})}
     address = config["scheduler_address"]
-    command = [sys.executable, "-m", "distributed.cli.dask_spec", address, "--spec", json.dumps(spec)]
+    command = worker_command(config)
     while True:
         worker = subprocess.Popen(command, env=env, start_new_session=True)
         misses = 0

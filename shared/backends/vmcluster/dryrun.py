@@ -66,8 +66,14 @@ def plan(
         "The control plane never connects to the cluster: it creates the VMs and reads the experiment's "
         "blob container, where the head node's driver writes trials, a heartbeat and the outcome.",
         "The VMs hold only a SAS of that container (expiring with the experiment): no key, no table access.",
-        "Dask's ports 8786/8787 are admitted from the experiment's subnet only; no public IPs.",
+        "Dask's ports 8786/8787 are admitted from the experiment's subnet only; no public IPs on the VMs; "
+        "the dashboard listens on each head's loopback only.",
+        f"Every VM pulls {compute.docker_image} (docker run {compute.docker_args}) and runs it as the image's "
+        "user (uid 1001), which owns the node's files.",
+        "The head runs the Dask scheduler and the HPO driver only (the refit of the best trial runs on a "
+        "worker); it is sized like a worker unless compute.scheduler_vm_size says otherwise.",
     ]
+    notes.append(_outbound_note(net.existing_vnet is not None, names.nat, names.nat_ip))
     if compute.spot:
         notes.append(
             f"Workers are Spot VMs (eviction policy Delete), the head on-demand; an evicted worker is replaced "
@@ -97,7 +103,13 @@ def plan(
                 "name": subnet,
                 "create": not net.existing_vnet,
                 "prefix": None if net.existing_vnet else net.subnet_prefix,
+                "outbound": "the existing subnet's own NAT gateway (checked before any VM is created)"
+                if net.existing_vnet
+                else f"NAT gateway {names.nat}",
             },
+            "nat_gateway": None
+            if net.existing_vnet
+            else {"name": names.nat, "create": True, "sku": "Standard", "public_ip": names.nat_ip},
             "network_security_group": {
                 "name": nsg,
                 "create": not net.existing_security_group,
@@ -120,7 +132,7 @@ def plan(
                     "name": scheduler_vm_name("<cluster-id>"),
                     "size": kwargs["scheduler_vm_size"] or compute.vm_size,
                     "priority": "Regular",
-                    "runs": "the Dask scheduler and the HPO driver",
+                    "runs": "the Dask scheduler and the HPO driver (the refit runs on a worker)",
                 },
                 "workers": {
                     "count": compute.n_workers,
@@ -141,6 +153,18 @@ def plan(
     }
 
 
+def _outbound_note(existing: bool, nat: str, nat_ip: str) -> str:
+    if existing:
+        return (
+            "Outbound (image pulls, pip, Storage): the existing subnet must have a NAT gateway (the infra's dask "
+            "subnet does) or default outbound access; a private subnet without one is refused before any VM."
+        )
+    return (
+        f"Outbound (image pulls, pip, Storage): subnets are private by default, so the experiment's subnet gets "
+        f"NAT gateway {nat} with public IP {nat_ip} (Standard, static), created and deleted with its network."
+    )
+
+
 class VMClusterPlanner:
     """Implements ``shared.ports.Planner``: the dry run is :func:`plan`."""
 
@@ -152,11 +176,12 @@ class VMClusterPlanner:
     def describe(self, spec: ExperimentSpec) -> list[str]:
         compute = compute_section(spec, VMClusterCompute)
         net = compute.network
-        network = "reuses VNet " + net.existing_vnet if net.existing_vnet else "a VNet, subnet and NSG"
+        network = "reuses VNet " + net.existing_vnet if net.existing_vnet else "a VNet, subnet, NSG and NAT gateway"
         scheduler = compute.scheduler_vm_size or compute.vm_size
         trials = f"{spec.effective_total_trials()} trials, {spec.limits.max_concurrent_trials} at a time"
         return [
             f"in {compute.resource_group} ({compute.location}): {network}, tagged for teardown",
             f"1 scheduler VM ({scheduler}) and {compute.n_workers} worker VMs ({compute.vm_size}), no public IPs",
+            f"image {compute.docker_image}, run as its user (uid 1001)",
             f"the HPO driver beside the scheduler: {trials}",
         ]

@@ -8,6 +8,7 @@ provisioned network onto them. Nothing here touches Azure or imports a heavy SDK
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -94,8 +95,9 @@ def seconds_since(iso: str | None) -> float | None:
 
 
 def is_gpu_size(vm_size: str) -> bool:
-    """dask-cloudprovider's test for a GPU VM (``--gpus=all`` in the docker command): N-series."""
-    return "_NC" in vm_size.upper() or "_ND" in vm_size.upper()
+    """Whether a size has GPUs (``--gpus=all`` in the docker command): the N-series, NC, ND and NV (the
+    spec refuses NV: its GPUs need the GRID driver, :class:`~shared.compute_spec.VMClusterCompute`)."""
+    return re.match(r"^Standard_N[CDV]", vm_size, re.IGNORECASE) is not None
 
 
 def cluster_tags(experiment_id: str) -> dict[str, str]:
