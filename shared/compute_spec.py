@@ -153,6 +153,8 @@ DOCKER_ARG_PATTERN = re.compile(r"^--[a-z][a-z0-9-]*(=[A-Za-z0-9_.:/,=@+-]*)?$")
 """One ``docker run`` option in ``--name=value`` form."""
 PYTHON_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$"
 """A dotted Python name (``dask_cuda.CUDAWorker``)."""
+MAX_THREADS_PER_GPU = 64
+"""Most trials a ``CUDAWorker`` may run at once on one GPU (``worker_options.nthreads``)."""
 OPTION_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
 SAFE_VALUE_PATTERN = re.compile(r"^[A-Za-z0-9_.:/,=@+%-]{0,256}$")
 AZURE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.()-]{0,89}$"
@@ -298,6 +300,9 @@ class VMClusterCompute(ComputeSection):
                 raise ValueError(f"worker_options: {key!r} is not an option name")
             if isinstance(option, str) and not SAFE_VALUE_PATTERN.fullmatch(option):
                 raise ValueError(f"worker_options.{key}: {option!r} holds characters a worker option never needs")
+        threads = value.get("nthreads", 1)
+        if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS_PER_GPU:
+            raise ValueError(f"worker_options.nthreads: trials per GPU, an integer from 1 to {MAX_THREADS_PER_GPU}")
         return value
 
     @model_validator(mode="after")

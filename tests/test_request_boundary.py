@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from shared.api import create_api
 from shared.config import MAX_RUN_SECONDS, QUEUE_REQUESTS
 from shared.errors import InvalidPageToken
-from shared.handlers import InvalidRequest, handle_request_message, take_request_message
+from shared.handlers import InvalidRequest, handle_request_message, submit_experiment, take_request_message
 from shared.queues import poison_queue_name
 from shared.records import ExperimentStatus
 from shared.spec import SpecError, load_spec
@@ -326,3 +326,46 @@ def test_a_credential_in_the_dataset_uri_is_never_stored(client, ctx, uri):
     with pytest.raises(InvalidRequest):
         handle_request_message(ctx, json.dumps({"id": "exp-sas", "spec": document}), message_id="m-1")
     assert "c2VjcmV0" not in ctx.store.get_experiment("exp-sas").model_dump_json()
+
+
+# ------------------------------------------------------------------ CloudEvents stay bounded
+def test_events_clip_what_the_caller_and_the_compute_wrote(ctx):
+    from shared.events import catalog
+    from shared.records import BestTrial, TrialRecord, TrialState
+
+    record, _ = submit_experiment(ctx, load_spec(tiny_spec()))
+    long_text = "x" * 100_000
+    hostile = {f"p{i}": long_text for i in range(10_000)} | {"nan": float("nan"), "huge": HUGE}
+    trial = TrialRecord(
+        experiment_id=record.id, number=0, params=hostile, state=TrialState.COMPLETED, value=0.5, engine="e" * 10**5
+    )
+    record = record.model_copy(
+        update={
+            "best": BestTrial(number=0, value=0.5, params=hostile, metrics=hostile),
+            "history": [*record.history, {"at": "2026-12-04T00:00:00", "status": "FAILED", "reason": "r" * 10**5}],
+        }
+    )
+    events = [
+        catalog.trial_finished(record, trial, "/test"),
+        catalog.best_trial_improved(record, trial, None, "/test"),
+        catalog.status_changed(record, "/test"),
+    ]
+    for event in events:
+        text = json.dumps(event.data, allow_nan=False)  # valid JSON: no NaN, no 10**400
+        assert len(text) < 32_000, (event.type, len(text))
+    finished = events[0].data
+    assert len(finished["params"]) == catalog.MAX_PARAMS and finished["params_clipped"] is True
+    assert finished["params"]["p0"].endswith("…") and len(finished["params"]["p0"]) == catalog.MAX_TEXT_CHARS
+
+
+@pytest.mark.parametrize("threads", ["x", 1e300, -5, 0, True, 10**6])
+def test_worker_threads_are_a_small_integer(client, threads):
+    """Found by the generated specs: ``nthreads: "x"`` was a 422 without a field, ``1e300`` accepted."""
+    document = vmcluster(worker_options={"nthreads": threads})
+    answer = post_json_text(client, json.dumps(document))
+    assert answer.status_code == 422 and any("nthreads" in e["loc"] + e["msg"] for e in answer.json()["errors"])
+
+
+def test_a_huge_float_cannot_become_a_huge_integer(client):
+    document = tiny_spec(dataset={**tiny_spec()["dataset"], "max_rows": 1e300})
+    refused(post_json_text(client, json.dumps(document)), 422, "dataset.max_rows", "2**53")

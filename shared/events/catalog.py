@@ -6,6 +6,11 @@
 | ``RapidsHpo.TrialFinished`` | ``/experiments/{id}/trials/{number}`` | ``{id}/trials/{number}/{attempt}`` |
 | ``RapidsHpo.BestTrialImproved`` | ``/experiments/{id}/trials/{number}`` | ``{id}/best/{number}`` |
 
+Payloads are bounded whatever the compute or the caller wrote: strings are clipped (``error`` to
+:data:`MAX_ERROR_CHARS`, names and other text to :data:`MAX_TEXT_CHARS`), ``params`` and ``metrics`` keep
+at most :data:`MAX_PARAMS` entries (``params_clipped`` says when some were left out) whose values are finite
+numbers, booleans, ``None`` or clipped text, so an event stays a few KiB of valid JSON.
+
 Every id names a fact that happens once (a history entry is appended once; a trial number and attempt
 ends once; a trial becomes the best at most once, as the best only improves), so an event sent twice
 carries one id and subscribers dedupe on it. ``time`` is when the fact happened, not when it was sent.
@@ -13,7 +18,8 @@ carries one id and subscribers dedupe on it. ``time`` is when the fact happened,
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from shared.cost.ledger import public_cost
@@ -26,6 +32,11 @@ TRIAL_FINISHED = f"{PREFIX}TrialFinished"
 BEST_TRIAL_IMPROVED = f"{PREFIX}BestTrialImproved"
 EVENT_TYPES = (STATUS_CHANGED, TRIAL_FINISHED, BEST_TRIAL_IMPROVED)
 MAX_ERROR_CHARS = 500
+MAX_TEXT_CHARS = 200
+"""Longest name, reason or parameter value an event repeats."""
+MAX_PARAMS = 64
+"""Most ``params`` (or ``metrics``) entries an event carries; a model here has at most ten."""
+MAX_EXACT_INT = 2**53
 
 
 def experiment_subject(experiment_id: str) -> str:
@@ -53,11 +64,11 @@ def status_changed(record: ExperimentRecord, source: str) -> Event:
             "sequence": sequence,
             "status": entry["status"],
             "previous_status": previous,
-            "reason": entry.get("reason"),
+            "reason": _clip(entry.get("reason"), MAX_TEXT_CHARS),
             "error": _clip(record.error),
             "backend": record.backend,
             "progress": {"done": record.trials_done, "total": record.trials_total},
-            "best": record.best.model_dump(mode="json") if record.best else None,
+            "best": _best(record),
             "cost": public_cost(record.cost),
         },
     )
@@ -75,10 +86,10 @@ def trial_finished(record: ExperimentRecord, trial: TrialRecord, source: str) ->
             "number": trial.number,
             "attempt": trial.attempt,
             "state": trial.state.value,
-            "value": trial.value,
-            "params": trial.params,
-            "duration_s": trial.duration_s,
-            "engine": trial.engine,
+            "value": _scalar(trial.value),
+            **_params(trial.params),
+            "duration_s": _scalar(trial.duration_s),
+            "engine": _clip(trial.engine, MAX_TEXT_CHARS),
             "error": _clip(trial.error),
         },
     )
@@ -97,8 +108,8 @@ def best_trial_improved(
         data={
             "experiment_id": record.id,
             "number": trial.number,
-            "value": trial.value,
-            "params": trial.params,
+            "value": _scalar(trial.value),
+            **_params(trial.params),
             "primary_metric": objective.get("primary_metric"),
             "goal": objective.get("goal", "maximize"),
             "previous_number": previous[0] if previous else None,
@@ -185,5 +196,48 @@ def _trial_time(trial: TrialRecord) -> str:
     return (trial.ended_at or trial.started_at).isoformat()
 
 
-def _clip(text: str | None) -> str | None:
-    return text if text is None or len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"
+def _clip(text: Any, limit: int = MAX_ERROR_CHARS) -> str | None:
+    if text is None:
+        return None
+    shown = str(text)
+    return shown if len(shown) <= limit else shown[: limit - 1] + "…"
+
+
+def _scalar(value: Any) -> Any:
+    """``value`` as an event may carry it: a finite number, a bool, None, or clipped text."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int) and abs(value) <= MAX_EXACT_INT:
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    return _clip(value, MAX_TEXT_CHARS)
+
+
+def _bounded(entries: Mapping[str, Any] | None) -> tuple[dict[str, Any], bool]:
+    """At most ``MAX_PARAMS`` entries with clipped names and scalar values; whether some were left out."""
+    entries = entries if isinstance(entries, Mapping) else {}
+    kept = {
+        str(_clip(name, MAX_TEXT_CHARS)): _scalar(value)
+        for _, (name, value) in zip(range(MAX_PARAMS), entries.items(), strict=False)
+    }
+    return kept, len(entries) > len(kept)
+
+
+def _params(params: Mapping[str, Any] | None) -> dict[str, Any]:
+    kept, clipped = _bounded(params)
+    return {"params": kept, **({"params_clipped": True} if clipped else {})}
+
+
+def _best(record: ExperimentRecord) -> dict[str, Any] | None:
+    best = record.best
+    if best is None:
+        return None
+    metrics, _ = _bounded(best.metrics)
+    return {
+        "number": best.number,
+        "value": _scalar(best.value),
+        **_params(best.params),
+        "metrics": metrics,
+        "model_uri": _clip(best.model_uri, MAX_ERROR_CHARS),
+    }

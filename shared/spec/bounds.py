@@ -4,8 +4,9 @@ A spec is read in time proportional to its size: the caps below keep both the re
 built from it does (Optuna's grid is the product of the choices, a q-distribution's support is
 ``span / q`` points, a credential is minted for the timeout) far from any overflow or blow-up:
 
-- every integer anywhere in the document lies within ``±MAX_INTEGER`` (``2**53``: exact as a float, so
-  no conversion downstream raises ``OverflowError``), every float is finite;
+- every number anywhere in the document lies within ``±MAX_INTEGER`` (``2**53``: an integer that size is
+  exact as a float, so no conversion downstream raises ``OverflowError``, and a float like ``1e300`` cannot
+  reach an integer field as a 300-digit integer); every float is finite;
 - a ``choice`` has at most :data:`MAX_CHOICE_VALUES` values, a search space at most
   :data:`MAX_SEARCH_SPACE` entries, a grid at most :data:`MAX_GRID_POINTS` points;
 - a q-distribution spans at most :data:`MAX_Q_STEPS` multiples of ``q`` (``q: 5e-324`` is refused);
@@ -52,15 +53,16 @@ def number_problem(value: Any) -> str | None:
     """Why ``value`` is not a usable number here (a bool, a non-number, too large, not finite), or None."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return f"must be a number, got {echo(value)}"
-    if isinstance(value, int) and abs(value) > MAX_INTEGER:
-        return f"must be at most {MAX_INTEGER} (2**53) in magnitude, got an integer of {value.bit_length()} bits"
     if isinstance(value, float) and not math.isfinite(value):
         return f"must be a finite number, got {value!r}"
+    if abs(value) > MAX_INTEGER:
+        size = f"an integer of {value.bit_length()} bits" if isinstance(value, int) else f"{value:g}"
+        return f"must be at most {MAX_INTEGER} (2**53) in magnitude, got {size}"
     return None
 
 
 def numbers_problems(document: Any, problems: Problems) -> None:
-    """Add a problem for every integer beyond ``±MAX_INTEGER`` and every non-finite float in ``document``,
+    """Add a problem for every number beyond ``±MAX_INTEGER`` and every non-finite float in ``document``,
     located by its path. Iterative (a deep document cannot raise ``RecursionError``) and linear."""
     stack: list[tuple[Loc, Any]] = [((), document)]
     while stack:

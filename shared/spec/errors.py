@@ -19,6 +19,8 @@ MAX_ERRORS = 100
 """Most problems one refusal lists; the rest are counted (``and N more``)."""
 MAX_ECHO = 80
 """Most characters of a caller's key or value an error message repeats."""
+MAX_MESSAGE = 1000
+"""Longest message one error carries (pydantic's own may quote the input: a union tag, a literal)."""
 _MORE = "spec_more"
 """The pydantic error type that carries a count of problems left out (see :func:`fail`)."""
 
@@ -56,6 +58,7 @@ class SpecError(ValueError):
             msg = str(error["msg"])
             for prefix in ("Value error, ", "Assertion failed, "):
                 msg = msg.removeprefix(prefix)
+            msg = msg if len(msg) <= MAX_MESSAGE else msg[: MAX_MESSAGE - 1] + "…"
             if (loc, msg) not in seen:
                 seen.add((loc, msg))
                 errors.append({"loc": loc, "msg": msg})
@@ -70,6 +73,7 @@ def format_loc(loc: Iterable[str | int]) -> str:
             out += f"[{part}]"
         else:
             name = str(part) if len(str(part)) <= MAX_ECHO else str(part)[: MAX_ECHO - 1] + "…"
+            name = name or '""'  # an empty key is still a place
             out += f".{name}" if out else name
     return out
 
