@@ -144,7 +144,7 @@ def test_the_reader_refuses_with_field_paths_or_accepts_valid_json(document: dic
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> tuple[TestClient, Any]:
     ctx = local_context(Path(tmp_path_factory.mktemp("generated")))
-    return TestClient(create_api(context=ctx), raise_server_exceptions=False), ctx
+    return TestClient(create_api(context=ctx), base_url="http://localhost", raise_server_exceptions=False), ctx
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
@@ -154,7 +154,7 @@ def test_the_api_answers_generated_specs_without_a_5xx_and_stores_no_refusal(cli
     before = len(ctx.store.list_experiments(limit=1000)[0])
     body = json.dumps(document)  # Infinity/NaN as Python writes them: the reader takes them, the spec refuses
     response = api.post("/api/experiments", content=body, headers={"content-type": "application/json"})
-    assert response.status_code < 500, response.text[:500]
+    assert response.status_code in {202, 413, 422}, response.text[:500]  # read and judged: no 5xx, no edge refusal
     after = len(ctx.store.list_experiments(limit=1000)[0])
     if response.status_code >= 400:
         assert after == before
