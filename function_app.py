@@ -1,6 +1,8 @@
 """Azure Functions entry point (Python v2 model): bindings only; the logic lives in ``shared``.
 
-- HTTP: the FastAPI app (``shared.api``) behind ``AsgiFunctionApp`` at auth level FUNCTION.
+- HTTP: the FastAPI app (``shared.api``) behind ``AsgiFunctionApp``: at auth level FUNCTION (the key) in
+  ``RAPIDS_HPO_AUTH=key`` mode, ANONYMOUS for the host in ``entra`` mode, where every route checks the
+  caller's Entra ID principal and app role itself (``shared.auth``).
 - Queue ``experiment-requests``: specs from other services (Event Grid, Logic Apps, scripts).
 - Queue ``experiment-events``: the state machine's internal events.
 - Timer: the sweep that re-drives stalled experiments and tears down finished ones' compute.
@@ -15,6 +17,7 @@ import logging
 import azure.functions as func
 
 from shared.api import create_api
+from shared.auth import AuthSettings
 from shared.config import QUEUE_EVENTS, QUEUE_REQUESTS
 from shared.context import get_context
 from shared.handlers import handle_event, sweep, sweep_orphans, take_request_message
@@ -22,7 +25,11 @@ from shared.handlers import handle_event, sweep, sweep_orphans, take_request_mes
 SWEEP_SCHEDULE = "0 */5 * * * *"
 """Every five minutes (NCRONTAB, with seconds)."""
 
-app = func.AsgiFunctionApp(app=create_api(), http_auth_level=func.AuthLevel.FUNCTION)
+AUTH = AuthSettings.from_env()
+app = func.AsgiFunctionApp(
+    app=create_api(auth=AUTH),
+    http_auth_level=func.AuthLevel.ANONYMOUS if AUTH.mode == "entra" else func.AuthLevel.FUNCTION,
+)
 
 
 @app.function_name("experiment_requests")

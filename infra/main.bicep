@@ -68,6 +68,26 @@ param dataHosts string = ''
 @description('RAPIDS_HPO_ALLOWED_HOSTS: host names the API answers to besides the Function App\'s own (WEBSITE_HOSTNAME), e.g. a custom domain (comma-separated); any other Host header is refused (421).')
 param allowedHosts string = ''
 
+@description('How API callers authenticate: functionKey (the Functions key; its holder may do everything) or entraId (App Service authentication validates Entra ID tokens for the API registration; app roles Experiments.Submit/Read/Admin and ownership apply).')
+@allowed([
+  'functionKey'
+  'entraId'
+])
+param authMode string = 'functionKey'
+
+@description('entraId: the API app registration\'s application (client) id (README: Callers with an identity).')
+param apiClientId string = ''
+
+@description('entraId: the registration\'s Application ID URI (empty: api://<apiClientId>).')
+param apiAudience string = ''
+
+@description('entraId: what a caller holding only Experiments.Read sees: own (their experiments) or all.')
+@allowed([
+  'own'
+  'all'
+])
+param readersSee string = 'own'
+
 @description('Log Analytics retention (days).')
 @minValue(30)
 @maxValue(730)
@@ -92,6 +112,8 @@ var appInsightsName = 'appi-${prefix}-${resourceToken}'
 var vnetName = 'vnet-${prefix}-${resourceToken}'
 var vmIdentityName = 'id-dask-${prefix}-${resourceToken}'
 var deploymentContainerName = 'app-package-${take(functionAppName, 32)}-${take(resourceToken, 7)}'
+
+var apiAudienceUri = empty(apiAudience) ? 'api://${apiClientId}' : apiAudience
 
 var eventGridTopicName = 'evgt-${prefix}-${resourceToken}'
 var azureMLWorkspaceName = 'mlw-${prefix}-${resourceToken}'
@@ -193,6 +215,13 @@ var appSettings = {
   RAPIDS_HPO_HOSTED: '1' // hosted mode (also implied by WEBSITE_SITE_NAME): no local backend, no local data
   RAPIDS_HPO_DATA_HOSTS: dataHosts
   RAPIDS_HPO_ALLOWED_HOSTS: allowedHosts
+  // Callers' identities (shared/auth): the Functions key, or Entra ID behind App Service authentication.
+  RAPIDS_HPO_AUTH: authMode == 'entraId' ? 'entra' : 'key'
+  RAPIDS_HPO_AUTH_TENANT_ID: tenant().tenantId
+  RAPIDS_HPO_AUTH_CLIENT_ID: apiClientId
+  RAPIDS_HPO_AUTH_AUDIENCE: apiAudienceUri
+  RAPIDS_HPO_AUTH_AUTHORITY: environment().authentication.loginEndpoint
+  RAPIDS_HPO_READERS_SEE: readersSee
 }
 
 module eventGrid 'modules/eventgrid.bicep' = if (deployEventGrid) {
@@ -217,6 +246,17 @@ module functionApp 'modules/functionapp.bicep' = {
     maximumInstanceCount: maximumInstanceCount
     instanceMemoryMB: instanceMemoryMB
     tags: tags
+  }
+}
+
+module functionAppAuth 'modules/functionapp-auth.bicep' = if (authMode == 'entraId') {
+  name: 'functionapp-auth'
+  params: {
+    functionAppName: functionApp.outputs.name
+    tenantId: tenant().tenantId
+    clientId: apiClientId
+    audience: apiAudienceUri
+    loginEndpoint: environment().authentication.loginEndpoint
   }
 }
 
@@ -287,6 +327,8 @@ output functionAppName string = functionApp.outputs.name
 @description('Value for RAPIDS_HPO_API_URL (the CLI adds /api/...).')
 output functionAppUrl string = 'https://${functionApp.outputs.defaultHostName}'
 output functionAppPrincipalId string = functionApp.outputs.principalId
+@description('entraId: the scope callers request a token for (RAPIDS_HPO_API_SCOPE for the CLI).')
+output apiScope string = authMode == 'entraId' ? '${apiAudienceUri}/.default' : ''
 output storageAccountName string = storage.outputs.name
 output experimentResourceGroup string = experimentRgName
 output azureMLWorkspaceName string = deployAzureML ? azureMLWorkspaceName : ''

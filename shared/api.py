@@ -29,6 +29,17 @@ from starlette.concurrency import run_in_threadpool
 from shared import __version__
 from shared.api_edge import ErrorBody, error_response, install_error_handlers
 from shared.api_guard import EdgeGuard, EdgePolicy
+from shared.auth import (
+    AuthSettings,
+    Principal,
+    Role,
+    check_owner,
+    check_visible,
+    install_auth,
+    require,
+    settings_of,
+    visible_page,
+)
 from shared.config import EXPERIMENT_ID_PATTERN, MODEL_PREFIX, Settings
 from shared.context import Context, built_context, get_context
 from shared.cost.ledger import public_cost
@@ -42,6 +53,7 @@ from shared.records import (
     ExperimentRecord,
     ExperimentStatus,
     RegisteredModel,
+    SubmittedBy,
     TrialRecord,
 )
 from shared.spec import MAX_DOCUMENT_BYTES, DocumentError, SpecError, SpecPolicy, read_document, validate_spec
@@ -112,6 +124,7 @@ class ExperimentView(BaseModel):
     compute: ComputeReport = Field(
         default_factory=ComputeReport, description="what the compute went through: restarts, evictions, heartbeat"
     )
+    submitted_by: SubmittedBy | None = Field(default=None, description="who submitted it, as authenticated")
 
     @classmethod
     def of(cls, record: ExperimentRecord) -> ExperimentView:
@@ -145,6 +158,7 @@ class ExperimentView(BaseModel):
             cost=CostView.of(record.cost),
             registered_model=record.registered_model,
             compute=record.compute,
+            submitted_by=record.submitted_by,
         )
 
 
@@ -194,16 +208,25 @@ async def spec_body(request: Request) -> bytes:
     return bytes(body)
 
 
-def _get(ctx: Context, experiment_id: str) -> ExperimentRecord:
+def _get(ctx: Context, experiment_id: str, caller: Principal, request: Request) -> ExperimentRecord:
+    """The experiment, if it exists and the caller may see it (else 404, the same answer)."""
     try:
-        return ctx.store.get_experiment(experiment_id)
+        record = ctx.store.get_experiment(experiment_id)
     except NotFound:
         raise HTTPException(404, f"experiment {experiment_id!r} not found") from None
+    return check_visible(caller, settings_of(request), record)
+
+
+Submitter = Annotated[Principal, require(Role.SUBMIT, "submitting an experiment")]
+Canceller = Annotated[Principal, require(Role.SUBMIT, "cancelling an experiment")]
+Reader = Annotated[Principal, require(Role.READ, "reading experiments")]
 
 
 router = APIRouter(prefix="/api")
 ERRORS: dict[int | str, dict[str, Any]] = {
-    404: {"model": ErrorBody, "description": "unknown experiment"},
+    401: {"model": ErrorBody, "description": "no valid credential (WWW-Authenticate says why)"},
+    403: {"model": ErrorBody, "description": "the caller lacks the app role (named) or ownership"},
+    404: {"model": ErrorBody, "description": "unknown experiment, or one the caller may not see"},
 }
 
 
@@ -229,6 +252,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 )
 def create_experiment(
     ctx: Ctx,
+    caller: Submitter,
     body: Annotated[bytes, Depends(spec_body)],
     response: Response,
     idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
@@ -245,7 +269,7 @@ def create_experiment(
         more = f" ({len(exc.errors)} shown, {exc.more} more)" if exc.more else ""
         return error_response(422, f"invalid experiment spec{more}", exc.errors)
     try:
-        record, created = submit_experiment(ctx, spec, idempotency_key=idempotency_key)
+        record, created = submit_experiment(ctx, spec, idempotency_key=idempotency_key, submitted_by=caller.identity)
     except IdempotencyConflict as exc:
         return error_response(422, f"Idempotency-Key reused: {exc}", [{"loc": KEY_LOC, "msg": str(exc)}])
     response.headers["Location"] = f"/api/experiments/{record.id}"
@@ -258,12 +282,16 @@ def create_experiment(
 @router.get("/experiments", response_model=ExperimentPage, summary="List experiments, newest first")
 def list_experiments(
     ctx: Ctx,
+    caller: Reader,
+    request: Request,
     status: ExperimentStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     page_token: Annotated[str | None, Query(max_length=MAX_PAGE_TOKEN_CHARS)] = None,
 ) -> Any:
     try:
-        records, token = ctx.store.list_experiments(status=status, limit=limit, page_token=page_token)
+        records, token = visible_page(
+            ctx.store, caller, settings_of(request), status=status, limit=limit, page_token=page_token
+        )
     except InvalidPageToken as exc:  # the caller's token; a stored record that fails is not the caller's fault
         return error_response(422, f"invalid page_token: {exc}", [{"loc": "query.page_token", "msg": str(exc)}])
     return ExperimentPage(items=[ExperimentView.of(r) for r in records], next_page_token=token)
@@ -275,8 +303,8 @@ def list_experiments(
     responses=ERRORS,
     summary="An experiment's status, progress, best trial so far, timings and error",
 )
-def get_experiment(ctx: Ctx, experiment_id: ExperimentId, response: Response) -> Any:
-    record = _get(ctx, experiment_id)
+def get_experiment(ctx: Ctx, caller: Reader, request: Request, experiment_id: ExperimentId, response: Response) -> Any:
+    record = _get(ctx, experiment_id, caller, request)
     if record.status not in TERMINAL_STATUSES:
         response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
     return ExperimentView.of(record)
@@ -288,8 +316,8 @@ def get_experiment(ctx: Ctx, experiment_id: ExperimentId, response: Response) ->
     responses=ERRORS,
     summary="Every trial: parameters, state, per-fold values, metrics, duration, engine",
 )
-def list_trials(ctx: Ctx, experiment_id: ExperimentId) -> Any:
-    _get(ctx, experiment_id)
+def list_trials(ctx: Ctx, caller: Reader, request: Request, experiment_id: ExperimentId) -> Any:
+    _get(ctx, experiment_id, caller, request)
     return ctx.store.list_trials(experiment_id)
 
 
@@ -298,8 +326,9 @@ def list_trials(ctx: Ctx, experiment_id: ExperimentId) -> Any:
     responses={**ERRORS, 200: {"content": {"application/zip": {}}, "description": "the model's files"}},
     summary="The best model's files as a zip archive",
 )
-def download_model(ctx: Ctx, experiment_id: ExperimentId) -> Response:
-    record = _get(ctx, experiment_id)
+def download_model(ctx: Ctx, caller: Reader, request: Request, experiment_id: ExperimentId) -> Response:
+    record = _get(ctx, experiment_id, caller, request)
+    check_owner(caller, record, "downloading the model")
     names = ctx.store.list_artifacts(experiment_id, MODEL_PREFIX)
     if not names:
         raise HTTPException(404, f"experiment {experiment_id!r} has no model yet (status {record.status})")
@@ -321,8 +350,11 @@ def download_model(ctx: Ctx, experiment_id: ExperimentId) -> Response:
     responses={**ERRORS, 409: {"model": ErrorBody, "description": "already finished"}},
     summary="Cancel: running trials stop, compute is torn down",
 )
-def cancel_experiment(ctx: Ctx, experiment_id: ExperimentId, response: Response) -> Any:
-    record = _get(ctx, experiment_id)
+def cancel_experiment(
+    ctx: Ctx, caller: Canceller, request: Request, experiment_id: ExperimentId, response: Response
+) -> Any:
+    record = _get(ctx, experiment_id, caller, request)
+    check_owner(caller, record, "cancelling")
     if record.status in {ExperimentStatus.COMPLETED, ExperimentStatus.FAILED}:
         return error_response(409, f"experiment {experiment_id!r} already ended {record.status.value}")
     record = request_cancel(ctx, experiment_id)
@@ -337,7 +369,7 @@ def cancel_experiment(ctx: Ctx, experiment_id: ExperimentId, response: Response)
     responses={503: {"model": ErrorBody, "description": "the store is unreachable"}},
     summary="Liveness plus a round trip to the store (HEAD: the same status, no body)",
 )
-def health(ctx: Ctx) -> Any:
+def health(ctx: Ctx, caller: Reader) -> Any:
     try:
         ctx.store.list_experiments(limit=1)
     except Exception as exc:
@@ -350,12 +382,17 @@ def health(ctx: Ctx) -> Any:
 
 
 def create_api(
-    *, context: Context | None = None, function_key: str | None = None, bound_host: str | None = None
+    *,
+    context: Context | None = None,
+    function_key: str | None = None,
+    bound_host: str | None = None,
+    auth: AuthSettings | None = None,
 ) -> FastAPI:
     """The FastAPI app. OpenAPI at ``/api/openapi.json``, interactive docs at ``/api/docs``.
 
     ``context`` replaces the process-wide one; ``function_key`` makes every request need that key;
-    ``bound_host`` (``serve --host``) is trusted as a ``Host`` beside loopback and the settings' hosts.
+    ``bound_host`` (``serve --host``) is trusted as a ``Host`` beside loopback and the settings' hosts; ``auth``
+    (default: from the environment) says how callers are identified (:mod:`shared.auth`).
     """
     app = FastAPI(
         title="rapids-hpo-control",
@@ -369,6 +406,7 @@ def create_api(
     app.include_router(router)
     app.include_router(dashboard_router)
     install_error_handlers(app)
+    install_auth(app, auth if auth is not None else AuthSettings.from_env())
     if context is not None:
 
         async def given() -> Context:

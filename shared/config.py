@@ -75,12 +75,25 @@ ENV_DEFAULTS: dict[str, str] = {
     "RAPIDS_HPO_ALLOWED_HOSTS": "",
     # Where `serve` leaves its key for the CLI (default: the user's state folder, platformdirs)
     "RAPIDS_HPO_STATE_DIR": "",
+    # Callers' identities (shared.auth): "key" (the Functions key; its holder may do everything) or "entra".
+    "RAPIDS_HPO_AUTH": "key",
+    "RAPIDS_HPO_AUTH_TENANT_ID": "",
+    "RAPIDS_HPO_AUTH_CLIENT_ID": "",
+    "RAPIDS_HPO_AUTH_AUDIENCE": "",
+    "RAPIDS_HPO_AUTH_AUTHORITY": "https://login.microsoftonline.com",
+    "RAPIDS_HPO_READERS_SEE": "own",
+    # The CLI's sign-in for an API in "entra" mode: the API's scope (api://<client-id>/.default) and how.
+    "RAPIDS_HPO_API_SCOPE": "",
+    "RAPIDS_HPO_CLI_CREDENTIAL": "cli",
 }
 HOSTED_MARKER = "WEBSITE_SITE_NAME"
 """Set by Azure on every Function App: its presence turns hosted mode on."""
 SITE_HOSTNAME = "WEBSITE_HOSTNAME"
 """Set by Azure on every Function App: its default host name (``<app>.azurewebsites.net``), which the web
 edge trusts; custom domains go in ``RAPIDS_HPO_ALLOWED_HOSTS``."""
+EASY_AUTH_MARKER = "WEBSITE_AUTH_ENABLED"
+"""Set by App Service (``True``) when its built-in authentication runs in front of the app: the only case in
+which the ``X-MS-CLIENT-PRINCIPAL`` header comes from the platform (which strips a client's own copy)."""
 
 
 def env(name: str) -> str:

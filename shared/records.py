@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 def utcnow() -> datetime:
@@ -142,6 +142,43 @@ class ComputeReport(BaseModel):
         return ", ".join(parts)
 
 
+class SubmittedBy(BaseModel):
+    """Who submitted an experiment, as the API authenticated them (``shared.auth``).
+
+    ``user`` and ``service`` (a managed identity or another app) are Entra ID principals: ``object_id`` and
+    ``tenant_id`` identify them, and ownership compares exactly those two. ``function_key`` (a holder of the
+    shared key) and ``queue`` (a spec from the request queue, whose sender storage does not authenticate)
+    name no one: such experiments belong to no caller, and only an admin may cancel them or download their
+    model.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["user", "service", "function_key", "queue"]
+    object_id: str | None = Field(default=None, max_length=64, description="Entra object id (oid)")
+    tenant_id: str | None = Field(default=None, max_length=64, description="Entra tenant id (tid)")
+    name: str | None = Field(default=None, max_length=256, description="display name or sign-in name, if known")
+    app_id: str | None = Field(default=None, max_length=64, description="a service's application (client) id")
+
+    @property
+    def label(self) -> str:
+        """In words, for the dashboard and the CLI: ``Ada Lovelace``, ``service <app id>``, ``queue ...``."""
+        if self.kind == "user":
+            return self.name or f"user {self.object_id}"
+        if self.kind == "service":
+            return f"service {self.app_id or self.object_id}"
+        return self.name or self.kind
+
+    def same_principal(self, other: SubmittedBy) -> bool:
+        """Both name one Entra principal (object and tenant ids; names can change and repeat)."""
+        return (
+            self.kind in {"user", "service"}
+            and self.object_id is not None
+            and self.tenant_id is not None
+            and (self.object_id, self.tenant_id) == (other.object_id, other.tenant_id)
+        )
+
+
 class ExperimentRecord(BaseModel):
     """An experiment's status document. ``version`` is the optimistic-concurrency token."""
 
@@ -160,6 +197,7 @@ class ExperimentRecord(BaseModel):
     best: BestTrial | None = None
     error: str | None = None
     idempotency_key: str | None = None
+    submitted_by: SubmittedBy | None = Field(default=None, description="the caller who submitted it (shared.auth)")
     backend_state: dict[str, Any] = Field(default_factory=dict, description="the backend's handles")
     event_seq: int = Field(default=0, description="fencing token: only the event carrying it may act")
     redrives: int = Field(default=0, description="times the sweep re-drove this experiment")

@@ -70,6 +70,12 @@ _SDKS = {  # package -> (models module, operations module holding the request bu
 RESOURCE_MODELS: dict[str, tuple[str, str, str]] = {
     "Microsoft.Web/serverfarms": ("web", "AppServicePlan", "build_app_service_plans_create_or_update_request"),
     "Microsoft.Web/sites": ("web", "Site", "build_web_apps_create_or_update_request"),
+    # A site's config resources are singletons whose body depends on their name: keyed "type/name".
+    "Microsoft.Web/sites/config/authsettingsV2": (
+        "web",
+        "SiteAuthSettingsV2",
+        "build_web_apps_update_auth_settings_v2_request",
+    ),
     "Microsoft.Storage/storageAccounts": (
         "storage",
         "StorageAccountCreateParameters",

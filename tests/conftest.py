@@ -33,6 +33,14 @@ SCRUBBED_NAMES = (
     "RAPIDS_HPO_HOSTED",
     "RAPIDS_HPO_FUNCTION_KEY",
     "RAPIDS_HPO_ALLOWED_HOSTS",
+    "WEBSITE_AUTH_ENABLED",
+    "RAPIDS_HPO_AUTH",
+    "RAPIDS_HPO_AUTH_TENANT_ID",
+    "RAPIDS_HPO_AUTH_CLIENT_ID",
+    "RAPIDS_HPO_AUTH_AUDIENCE",
+    "RAPIDS_HPO_AUTH_AUTHORITY",
+    "RAPIDS_HPO_READERS_SEE",
+    "RAPIDS_HPO_API_SCOPE",
 )
 _EMPTY_AZURE_CONFIG = tempfile.mkdtemp(prefix="no-azure-login-")
 _STATE_DIR = tempfile.mkdtemp(prefix="rapids-hpo-state-")

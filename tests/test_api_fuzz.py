@@ -8,14 +8,11 @@ answer must be below 500.
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import schemathesis
-import uvicorn
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
@@ -25,6 +22,7 @@ from shared.handlers import submit_experiment
 from shared.records import TrialRecord, TrialState
 from shared.spec import load_spec
 from tests.control_plane import local_context, tiny_spec
+from tests.served import serving
 
 pytestmark = pytest.mark.slow
 EXAMPLES_PER_OPERATION = 60
@@ -38,17 +36,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         TrialRecord(experiment_id=record.id, number=0, params={"max_depth": 4}, state=TrialState.COMPLETED, value=0.8)
     )
     ctx.store.put_artifact(record.id, "model/model.json", b"{}")
-    server = uvicorn.Server(uvicorn.Config(create_api(context=ctx), host="127.0.0.1", port=0, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(create_api(context=ctx)) as url:
+        yield url
 
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=lambda m: m.value)

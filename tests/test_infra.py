@@ -93,6 +93,8 @@ NOT_SET_IN_AZURE = {
     "EVENTGRID_TOPIC_KEY": "a local or development topic's key; in Azure the app publishes with its identity",
     "RAPIDS_HPO_PRICES_FILE": "a user's price file on their machine; the Function App uses the bundled catalogue",
     "RAPIDS_HPO_STATE_DIR": "where `rapids-hpo serve` leaves its key for the CLI on the user's machine",
+    "RAPIDS_HPO_API_SCOPE": "read by the CLI client (the API's scope its user signs in for)",
+    "RAPIDS_HPO_CLI_CREDENTIAL": "read by the CLI client (az login or a device code)",
 }
 # App settings the Functions host itself reads (not the project's code).
 HOST_APP_SETTINGS = {"APPLICATIONINSIGHTS_CONNECTION_STRING", "APPLICATIONINSIGHTS_AUTHENTICATION_STRING"}

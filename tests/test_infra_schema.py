@@ -29,6 +29,9 @@ pycep = pytest.importorskip("pycep", reason="pycep-parser is not installed (requ
 INFRA = Path(__file__).resolve().parents[1] / "infra"
 DEPLOYMENT_KEYS = frozenset({"name", "parent", "scope", "dependsOn"})
 
+NAMED_BY_NAME = frozenset({"Microsoft.Web/sites/config"})
+"""Types whose body model depends on the resource's name (``authsettingsV2``, ``appsettings``, ...): checked
+as ``type/name`` (:data:`tests.arm_schema.RESOURCE_MODELS`); one without a literal name is not modelled."""
 NOT_MODELLED: dict[str, str] = {}
 """``type@api-version`` -> why no SDK model covers it. Empty: every resource in infra/ is checked."""
 
@@ -98,11 +101,14 @@ def resources() -> tuple[Resource, ...]:
         }
         for symbol, decl in (tree.get("resources") or {}).items():
             body = _substitute(_unwrap(decl["config"]), variables)
+            resource_type = decl["type"]
+            if resource_type in NAMED_BY_NAME and isinstance(body.get("name"), str):
+                resource_type = f"{resource_type}/{body['name']}"
             found.append(
                 Resource(
                     file=path.relative_to(INFRA).as_posix(),
                     symbol=symbol,
-                    type=decl["type"],
+                    type=resource_type,
                     api_version=decl["api_version"],
                     existing=bool(decl["existing"]),
                     body=body,

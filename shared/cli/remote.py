@@ -21,7 +21,8 @@ from shared.records import TERMINAL_STATUSES, ExperimentRecord, TrialRecord
 # --------------------------------------------------------------------------------------- API client
 def _client():  # -> httpx.Client
     """A client of ``RAPIDS_HPO_API_URL`` with the key: ``RAPIDS_HPO_FUNCTION_KEY``, else the one a
-    ``serve`` on this machine left for that URL (:mod:`shared.cli.server_keys`)."""
+    ``serve`` on this machine left for that URL (:mod:`shared.cli.server_keys`); with ``RAPIDS_HPO_API_SCOPE``
+    (the API's ``api://<client id>/.default``), the caller's own Entra ID token for it on every request."""
     import httpx
 
     from shared.cli.server_keys import read_key
@@ -29,7 +30,40 @@ def _client():  # -> httpx.Client
     url = env("RAPIDS_HPO_API_URL").rstrip("/")
     key = env("RAPIDS_HPO_FUNCTION_KEY") or read_key(url)
     headers = {"x-functions-key": key} if key else {}
-    return httpx.Client(base_url=url, headers=headers, timeout=60)
+    scope = env("RAPIDS_HPO_API_SCOPE").strip()
+    auth = _bearer(_credential(), scope) if scope else None
+    return httpx.Client(base_url=url, headers=headers, auth=auth, timeout=60)
+
+
+def _credential():  # -> azure.core.credentials.TokenCredential
+    """The signed-in person: ``az login`` (``RAPIDS_HPO_CLI_CREDENTIAL=cli``, the default) or a device code
+    (``device_code``: prints a code to enter at https://microsoft.com/devicelogin, for machines without az)."""
+    from azure.identity import AzureCliCredential, DeviceCodeCredential
+
+    choice = env("RAPIDS_HPO_CLI_CREDENTIAL").strip().lower()
+    if choice == "cli":
+        return AzureCliCredential()
+    if choice == "device_code":
+        return DeviceCodeCredential()
+    err.print(f"[red]error:[/red] RAPIDS_HPO_CLI_CREDENTIAL must be cli or device_code, not {choice!r}")
+    raise typer.Exit(2)
+
+
+def _bearer(credential: Any, scope: str) -> Any:
+    """httpx auth (a function of the request): ``Authorization: Bearer`` from the credential, asked on each
+    request (azure-identity caches the token and renews it before it expires)."""
+    from azure.core.exceptions import ClientAuthenticationError
+
+    def sign(request: Any) -> Any:
+        try:
+            token = credential.get_token(scope).token
+        except ClientAuthenticationError as exc:
+            err.print(f"[red]error:[/red] no token for {scope}: {str(exc.message).splitlines()[0]}")
+            raise typer.Exit(1) from None
+        request.headers["Authorization"] = f"Bearer {token}"
+        return request
+
+    return sign
 
 
 def _check(response: Any) -> Any:
@@ -75,7 +109,7 @@ def status(experiment_id: str, as_json: Annotated[bool, typer.Option("--json")] 
         console.print_json(json.dumps(data))
         return
     from shared.cost.report import format_cost
-    from shared.records import ComputeReport
+    from shared.records import ComputeReport, SubmittedBy
 
     best = data.get("best")
     cost = format_cost(data.get("cost"))
@@ -87,6 +121,9 @@ def status(experiment_id: str, as_json: Annotated[bool, typer.Option("--json")] 
     )
     if compute := ComputeReport.model_validate(data.get("compute") or {}).summary():
         console.print(f"  compute: {compute}", markup=False, highlight=False)
+    if data.get("submitted_by"):
+        who = SubmittedBy.model_validate(data["submitted_by"]).label
+        console.print(f"  submitted by: {who}", markup=False, highlight=False)
 
 
 @app.command()

@@ -252,6 +252,7 @@ def experiment_page(
         f"started {_when(record.started_at) or 'not yet'} · duration {_seconds(_duration(record)) or '-'}"
         + (f" · cost {cost}" if cost else "")
         + (f" · compute: {compute}" if compute else "")
+        + (f" · submitted by {escape(record.submitted_by.label)}" if record.submitted_by else "")
     )
     error = f'<p class="error">{escape(record.error)}</p>' if record.error else ""
     plot_links = " ".join(f'<a href="{escape(url(f"{base}/plots/{name}", code))}">{escape(name)}</a>' for name in plots)

@@ -11,10 +11,11 @@ import re
 import secrets
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel
 
+from shared.auth import Principal, Role, check_visible, require, settings_of, visible_page
 from shared.config import EXPERIMENT_ID_PATTERN, MODEL_PREFIX
 from shared.context import Context, get_context
 from shared.dashboard.artifacts import MEDIA_TYPES, PLOTS_PREFIX
@@ -52,13 +53,16 @@ router = APIRouter(prefix="/api")
 ContextDep = Annotated[Context, Depends(get_context)]
 Code = Annotated[str | None, Query(max_length=512, description="the Functions key, passed on in links")]
 ExperimentId = Annotated[str, Path(pattern=EXPERIMENT_ID, max_length=64)]
+Reader = Annotated[Principal, require(Role.READ, "reading experiments")]
 
 
-def _record(ctx: Context, experiment_id: str) -> ExperimentRecord:
+def _record(ctx: Context, experiment_id: str, caller: Principal, request: Request) -> ExperimentRecord:
+    """The experiment, if it exists and the caller may see it (else 404, the same answer)."""
     try:
-        return ctx.store.get_experiment(experiment_id)
+        record = ctx.store.get_experiment(experiment_id)
     except (NotFound, ValueError):
         raise HTTPException(404, f"experiment {experiment_id!r} not found") from None
+    return check_visible(caller, settings_of(request), record)
 
 
 def _plot_names(ctx: Context, experiment_id: str) -> list[str]:
@@ -77,12 +81,16 @@ def _importances(ctx: Context, experiment_id: str) -> dict[str, Any] | None:
 @router.get("/ui", response_class=HTMLResponse, summary="Dashboard: the experiments, newest first")
 def ui_index(
     ctx: ContextDep,
+    caller: Reader,
+    request: Request,
     code: Code = None,
     status: ExperimentStatus | None = None,
     page_token: Annotated[str | None, Query(max_length=512)] = None,
 ) -> HTMLResponse:
     try:
-        records, token = ctx.store.list_experiments(status=status, limit=50, page_token=page_token)
+        records, token = visible_page(
+            ctx.store, caller, settings_of(request), status=status, limit=50, page_token=page_token
+        )
     except ValueError as exc:
         raise HTTPException(422, f"invalid page_token: {exc}") from None
     return HTMLResponse(index_page(records, code, token), headers=page_headers())
@@ -93,8 +101,10 @@ def ui_index(
     response_class=HTMLResponse,
     summary="Dashboard: one experiment's trials and charts (refreshes while it runs)",
 )
-def ui_experiment(ctx: ContextDep, experiment_id: ExperimentId, code: Code = None) -> HTMLResponse:
-    record = _record(ctx, experiment_id)
+def ui_experiment(
+    ctx: ContextDep, caller: Reader, request: Request, experiment_id: ExperimentId, code: Code = None
+) -> HTMLResponse:
+    record = _record(ctx, experiment_id, caller, request)
     trials = ctx.store.list_trials(experiment_id)
     plots = _plot_names(ctx, experiment_id)
     has_model = bool(ctx.store.list_artifacts(experiment_id, MODEL_PREFIX))
@@ -139,8 +149,8 @@ class StudyExport(BaseModel):
     response_model=StudyExport,
     summary="The spec and every trial, for `rapids-hpo export --optuna-journal` and other tools",
 )
-def get_study(ctx: ContextDep, experiment_id: ExperimentId) -> StudyExport:
-    record = _record(ctx, experiment_id)
+def get_study(ctx: ContextDep, caller: Reader, request: Request, experiment_id: ExperimentId) -> StudyExport:
+    record = _record(ctx, experiment_id, caller, request)
     trials = ctx.store.list_trials(experiment_id)
     return StudyExport(id=record.id, name=record.name, status=record.status, spec=record.spec, trials=trials)
 
@@ -150,8 +160,8 @@ def get_study(ctx: ContextDep, experiment_id: ExperimentId) -> StudyExport:
     response_model=list[str],
     summary="Names of the plots saved when the experiment ended (PNG, SVG, self-contained HTML)",
 )
-def list_plots(ctx: ContextDep, experiment_id: ExperimentId) -> list[str]:
-    _record(ctx, experiment_id)
+def list_plots(ctx: ContextDep, caller: Reader, request: Request, experiment_id: ExperimentId) -> list[str]:
+    _record(ctx, experiment_id, caller, request)
     return _plot_names(ctx, experiment_id)
 
 
@@ -165,10 +175,12 @@ def list_plots(ctx: ContextDep, experiment_id: ExperimentId) -> list[str]:
 )
 def get_plot(
     ctx: ContextDep,
+    caller: Reader,
+    request: Request,
     experiment_id: ExperimentId,
     name: Annotated[str, Path(pattern=PLOT_NAME, max_length=48)],
 ) -> Response:
-    record = _record(ctx, experiment_id)
+    record = _record(ctx, experiment_id, caller, request)
     media_type = MEDIA_TYPES["." + name.rsplit(".", 1)[1]]
     try:
         data = ctx.store.get_artifact(experiment_id, PLOTS_PREFIX + name)

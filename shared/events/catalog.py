@@ -70,6 +70,7 @@ def status_changed(record: ExperimentRecord, source: str) -> Event:
             "progress": {"done": record.trials_done, "total": record.trials_total},
             "best": _best(record),
             "cost": public_cost(record.cost),
+            "submitted_by": record.submitted_by.model_dump(mode="json") if record.submitted_by else None,
         },
     )
 

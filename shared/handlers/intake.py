@@ -18,7 +18,7 @@ from shared.context import Context
 from shared.errors import AlreadyExists, NotFound
 from shared.handlers.machine import S, send_event, status_message, transition
 from shared.queues import poison_queue_name
-from shared.records import TERMINAL_STATUSES, EventType, ExperimentRecord, utcnow
+from shared.records import TERMINAL_STATUSES, EventType, ExperimentRecord, SubmittedBy, utcnow
 from shared.spec import ExperimentSpec, SpecError, SpecPolicy, read_document, validate_spec
 
 log = logging.getLogger(__name__)
@@ -80,11 +80,16 @@ def submit_experiment(
     *,
     idempotency_key: str | None = None,
     experiment_id: str | None = None,
+    submitted_by: SubmittedBy | None = None,
 ) -> tuple[ExperimentRecord, bool]:
-    """Store a new experiment and send its first event. Returns ``(record, created)``; a retried
-    request (same idempotency key or id) returns the existing experiment with ``created=False``."""
+    """Store a new experiment, recording who submitted it, and send its first event. Returns ``(record,
+    created)``; a retried request (same idempotency key or id) returns the existing experiment with
+    ``created=False``. An Entra principal's idempotency keys are their own: another caller's equal key
+    claims a different experiment (a key is no way to read someone else's)."""
     fresh = experiment_id is None
     experiment_id = experiment_id or new_experiment_id()
+    if idempotency_key and submitted_by is not None and submitted_by.object_id:
+        idempotency_key = f"{submitted_by.tenant_id}/{submitted_by.object_id}/{idempotency_key}"
     document = spec.to_document()
     if idempotency_key:
         claimed = ctx.store.claim_idempotency_key(idempotency_key, experiment_id)
@@ -102,6 +107,7 @@ def submit_experiment(
         backend=spec.compute.backend,
         trials_total=spec.effective_total_trials(),
         idempotency_key=idempotency_key,
+        submitted_by=submitted_by,
         event_seq=1,
         history=[{"at": utcnow().isoformat(), "status": S.SUBMITTED.value, "reason": _submitted_reason(spec)}],
     )
@@ -133,8 +139,22 @@ def _replayed(
     return record
 
 
-def handle_request_message(ctx: Context, body: str | bytes, *, message_id: str | None = None) -> ExperimentRecord:
-    """Handle one ``experiment-requests`` message: a spec, or ``{"spec": ..., "id"?, "idempotency_key"?}``.
+QUEUE_SENDER = SubmittedBy(kind="queue", name=QUEUE_REQUESTS)
+"""Who submitted a spec from the shared request queue: storage does not say which identity sent a message,
+so the queue itself is recorded; such experiments are cancelled and downloaded by admins."""
+
+
+def handle_request_message(
+    ctx: Context, body: str | bytes, *, message_id: str | None = None, trusted_sender: bool = False
+) -> ExperimentRecord:
+    """Handle one ``experiment-requests`` message: a spec, or ``{"spec": ..., "id"?, "idempotency_key"?,
+    "submitted_by"?}``.
+
+    ``submitted_by`` (a :class:`SubmittedBy` of kind ``user`` or ``service``) is recorded only from a
+    ``trusted_sender`` queue: one whose send right (Storage Queue Data Message Sender scoped to that queue)
+    only one service holds, so the queue vouches for the sender and the sender for whom it names. On the
+    shared queue anyone with the send right could name anyone: the field is refused there, and the
+    experiment belongs to :data:`QUEUE_SENDER`.
 
     The message is read by the same strict reader as HTTP bodies and CLI files, and hosted mode's rules
     apply. An invalid request raises ``InvalidRequest`` (the host retries, then moves it to the poison
@@ -147,6 +167,7 @@ def handle_request_message(ctx: Context, body: str | bytes, *, message_id: str |
         _fail_request(ctx, _envelope_id(body), f"unreadable request: {exc}", exc.errors)
     experiment_id: str | None = None
     key: str | None = None
+    submitted_by = QUEUE_SENDER
     if "spec" in document:
         key = _optional_str(document.get("idempotency_key"), "idempotency_key")
         experiment_id = _optional_str(document.get("id"), "id")
@@ -158,9 +179,11 @@ def handle_request_message(ctx: Context, body: str | bytes, *, message_id: str |
                 f"invalid experiment id {experiment_id!r}: expected {EXPERIMENT_ID_PATTERN}",
                 [{"loc": "id", "msg": f"does not match {EXPERIMENT_ID_PATTERN}"}],
             )
-        extra = set(document) - {"spec", "id", "idempotency_key"}
+        extra = set(document) - {"spec", "id", "idempotency_key", "submitted_by"}
         if extra:
             _fail_request(ctx, experiment_id, f"unknown envelope field(s): {', '.join(sorted(extra))}", [])
+        if "submitted_by" in document:
+            submitted_by = _named_sender(ctx, experiment_id, document["submitted_by"], trusted_sender)
         document = document["spec"]
     try:
         spec = validate_spec(read_document(document), SpecPolicy.from_settings(ctx.settings))
@@ -169,7 +192,9 @@ def handle_request_message(ctx: Context, body: str | bytes, *, message_id: str |
     if key is None and experiment_id is None and message_id:
         key = f"queue:{message_id}"  # a redelivered message must not start a second experiment
     try:
-        record, _ = submit_experiment(ctx, spec, idempotency_key=key, experiment_id=experiment_id)
+        record, _ = submit_experiment(
+            ctx, spec, idempotency_key=key, experiment_id=experiment_id, submitted_by=submitted_by
+        )
     except IdempotencyConflict as exc:
         _fail_request(ctx, experiment_id, str(exc), [{"loc": "idempotency_key", "msg": str(exc)}])
     return record
@@ -187,6 +212,30 @@ def take_request_message(ctx: Context, body: str | bytes, *, message_id: str | N
         text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
         ctx.queues.queue(poison_queue_name(QUEUE_REQUESTS)).send(text)
         return None
+
+
+def _named_sender(ctx: Context, experiment_id: str | None, value: Any, trusted: bool) -> SubmittedBy:
+    """The envelope's ``submitted_by``, from a trusted sender's queue only (see :func:`handle_request_message`)."""
+    if not trusted:
+        _fail_request(
+            ctx,
+            experiment_id,
+            "submitted_by is accepted only on a trusted sender's queue: the shared request queue cannot tell "
+            "who sent a message",
+            [{"loc": "submitted_by", "msg": "not accepted on this queue"}],
+        )
+    try:
+        named = SubmittedBy.model_validate(value)
+    except ValueError as exc:
+        _fail_request(ctx, experiment_id, f"invalid submitted_by: {exc}", [{"loc": "submitted_by", "msg": str(exc)}])
+    if named.kind not in {"user", "service"} or not (named.object_id and named.tenant_id):
+        _fail_request(
+            ctx,
+            experiment_id,
+            "submitted_by must name an Entra principal (kind user or service, object_id, tenant_id)",
+            [{"loc": "submitted_by", "msg": "must name an Entra principal"}],
+        )
+    return named
 
 
 def _envelope_id(body: str | bytes) -> str | None:

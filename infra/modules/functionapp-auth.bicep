@@ -1,0 +1,64 @@
+// App Service authentication (Easy Auth) in front of the Function App, for authMode 'entraId'.
+//
+// Every request must carry an Entra ID access token of this tenant for the API's app registration
+// (audience: its client id, as in v2.0 tokens, or its Application ID URI); anything else is answered
+// 401 by the platform before the app runs. The platform then strips any X-MS-CLIENT-PRINCIPAL a client
+// sent, sets its own, and sets WEBSITE_AUTH_ENABLED, which tells the app (shared/auth) to read it.
+// The registration sets `requestedAccessTokenVersion: 2` (README: Callers with an identity), so the
+// issuer is the tenant's v2.0 one. No client secret: the API only validates tokens, it signs no one in.
+
+@description('Name of the existing Function App.')
+param functionAppName string
+
+@description('Directory (tenant) id whose tokens are accepted.')
+param tenantId string
+
+@description('The API app registration\'s application (client) id.')
+param clientId string
+
+@description('The registration\'s Application ID URI (api://<clientId> by default).')
+param audience string
+
+@description('The cloud\'s Entra ID endpoint (environment().authentication.loginEndpoint, with its trailing slash).')
+param loginEndpoint string
+
+resource functionApp 'Microsoft.Web/sites@2025-05-01' existing = {
+  name: functionAppName
+}
+
+resource auth 'Microsoft.Web/sites/config@2025-05-01' = {
+  parent: functionApp
+  name: 'authsettingsV2'
+  properties: {
+    platform: {
+      enabled: true
+    }
+    globalValidation: {
+      requireAuthentication: true
+      unauthenticatedClientAction: 'Return401'
+    }
+    identityProviders: {
+      azureActiveDirectory: {
+        enabled: true
+        registration: {
+          clientId: clientId
+          openIdIssuer: '${loginEndpoint}${tenantId}/v2.0'
+        }
+        validation: {
+          allowedAudiences: [
+            clientId
+            audience
+          ]
+        }
+      }
+    }
+    login: {
+      tokenStore: {
+        enabled: false
+      }
+    }
+    httpSettings: {
+      requireHttps: true
+    }
+  }
+}
