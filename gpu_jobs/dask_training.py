@@ -60,6 +60,8 @@ def run_distributed(
 
     started = time.perf_counter()
     request = check_request(model=model, params=params, cv_folds=cv_folds, primary_metric=primary_metric, engine=engine)
+    if request.params.get("early_stopping_rounds"):
+        raise UserError("early_stopping_rounds is not supported by a --distributed trial yet: leave it 0 there")
     try:
         client = Client(scheduler, timeout=dask.config.get("distributed.comm.timeouts.connect"))
     except (OSError, TimeoutError) as exc:

@@ -99,6 +99,15 @@ HYPERPARAMETERS: dict[str, dict[str, HyperParameter]] = {
             _p("alpha", "float", 0.0, 0.0, help="L1 regularisation"),
             _p("min_child_weight", "float", 1.0, 0.0, help="minimum hessian per child"),
             _p("max_bin", "int", 256, 2, 1024, help="histogram bins per feature"),
+            _p(
+                "early_stopping_rounds",
+                "int",
+                0,
+                0,
+                10_000,
+                help="stop once log loss on a held-out tenth of the training rows has not improved for this "
+                "many rounds, keeping the best round (0 = off)",
+            ),
         )
     },
 }

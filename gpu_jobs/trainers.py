@@ -100,20 +100,39 @@ class XGBoostTrainer:
     def __init__(self, engine: Engine, params: Mapping[str, float], *, seed: int, n_jobs: int | None) -> None:
         self.engine = engine
         self.params = params
+        self.seed = seed
         self.n_jobs = n_jobs
         self.booster_params = xgboost_params(params, device=engine.xgboost_device, seed=seed, n_jobs=n_jobs)
         self.booster: Any = None
 
     def fit(self, features: Any, labels: Any) -> None:
+        """Train; with ``early_stopping_rounds`` a seeded tenth of the rows is held out to stop on, and the
+        booster keeps the rounds up to the best one (so every later prediction and the saved model use it)."""
         import xgboost
 
+        rounds = int(self.params.get("early_stopping_rounds", 0))
         with xgboost_config(self.engine):
+            evals: list[tuple[Any, str]] = []
+            if rounds:
+                fit_rows, held_out = early_stopping_rows(self.engine, len(labels), self.seed)
+                features, labels, held_features, held_labels = (
+                    features[fit_rows], labels[fit_rows], features[held_out], labels[held_out]
+                )  # fmt: skip
             matrix = xgboost.QuantileDMatrix(
                 features, label=labels, max_bin=int(self.params["max_bin"]), nthread=self.n_jobs
             )
+            if rounds:
+                evals = [(xgboost.QuantileDMatrix(held_features, label=held_labels, ref=matrix), "held_out")]
             self.booster = xgboost.train(
-                self.booster_params, matrix, num_boost_round=int(self.params["num_boost_round"])
+                self.booster_params,
+                matrix,
+                num_boost_round=int(self.params["num_boost_round"]),
+                evals=evals,
+                early_stopping_rounds=rounds or None,
+                verbose_eval=False,
             )
+            if rounds and self.booster.best_iteration + 1 < self.booster.num_boosted_rounds():
+                self.booster = self.booster[: self.booster.best_iteration + 1]
 
     def predict_positive(self, features: Any) -> Any:
         with xgboost_config(self.engine):
@@ -121,6 +140,19 @@ class XGBoostTrainer:
 
     def portable(self) -> Any:
         return portable_booster(self.booster)
+
+
+EARLY_STOPPING_FRACTION = 0.1
+
+
+def early_stopping_rows(engine: Engine, rows: int, seed: int) -> tuple[Any, Any]:
+    """Engine index arrays of the rows to fit on and the held-out tenth to stop on: drawn on the host with
+    ``seed``, so both engines hold out the same rows."""
+    import numpy as np
+
+    order = np.random.default_rng(seed).permutation(rows)
+    held = max(1, int(rows * EARLY_STOPPING_FRACTION))
+    return engine.array.asarray(np.sort(order[held:])), engine.array.asarray(np.sort(order[:held]))
 
 
 def portable_booster(booster: Any) -> Any:
