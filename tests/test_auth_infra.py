@@ -73,3 +73,17 @@ def test_the_deploy_chooses_the_mode_and_the_app_follows() -> None:
     passed = main.body_object(auth, "params")
     assert passed["clientId"] == "apiClientId" and passed["audience"] == "apiAudienceUri"
     assert passed["tenantId"] == "tenant().tenantId"
+
+
+def test_the_app_roles_file_declares_the_roles_the_code_checks() -> None:
+    """``az ad app create --app-roles @infra/api-app-roles.json`` (README) makes the roles routes require:
+    each assignable to people and to services (managed identities)."""
+    import json
+    from pathlib import Path
+
+    from shared.auth import Role
+
+    roles = json.loads((Path(__file__).resolve().parents[1] / "infra" / "api-app-roles.json").read_text())
+    assert sorted(r["value"] for r in roles) == sorted(role.value for role in Role)
+    for role in roles:
+        assert role["allowedMemberTypes"] == ["User", "Application"] and role["isEnabled"] is True
