@@ -73,6 +73,9 @@ def _no_real_azure(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
 
 
+INTERPRETER_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
+"""Helpers multiprocessing starts once per interpreter; they exit with it (after this hook), so they are no leak."""
+
 LEFTOVER_GRACE_S = 10.0
 """How long processes the suite started may take to exit after the last fixture's teardown."""
 
@@ -85,9 +88,17 @@ def leftover_processes(grace_s: float) -> list[psutil.Process]:
     teardown of session fixtures has run when ``pytest_sessionfinish`` is called, so anything still here
     was left behind (processes that are exiting get the grace period).
     """
-    children = psutil.Process().children(recursive=True)
+    children = [child for child in psutil.Process().children(recursive=True) if not _interpreter_helper(child)]
     _gone, alive = psutil.wait_procs(children, timeout=grace_s)
     return alive
+
+
+def _interpreter_helper(process: psutil.Process) -> bool:
+    try:
+        command = " ".join(process.cmdline())
+    except psutil.Error:
+        return False
+    return any(helper in command for helper in INTERPRETER_HELPERS)
 
 
 def _describe(process: psutil.Process) -> str:

@@ -104,7 +104,12 @@ def test_http_as_the_host_forwards_it(host: FunctionsHost) -> None:
     assert posted.headers["location"] == f"/api/experiments/{experiment}"
     status = host.http("GET", f"/api/experiments/{experiment}")
     assert status.status == 200 and status.json()["status"] == "SUBMITTED"
-    local = host.http("POST", "/api/experiments", json.dumps(azureml_spec(compute={"backend": "local"})))
+    local = host.http(
+        "POST",
+        "/api/experiments",
+        json.dumps(azureml_spec(compute={"backend": "local"})),
+        {"Content-Type": "application/json"},
+    )
     assert local.status == 422 and "compute.backend" in local.body.decode()  # hosted mode: WEBSITE_SITE_NAME
 
 

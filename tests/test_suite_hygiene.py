@@ -35,6 +35,13 @@ def test_starts_a_process_and_waits_for_it():
     subprocess.run([sys.executable, "-c", "pass"], check=True)
 """
 
+RESOURCE_TRACKER_TEST = """
+from multiprocessing import resource_tracker
+
+def test_starts_the_resource_tracker():
+    resource_tracker.ensure_running()
+"""
+
 PARENT_OF_A_SLEEPER = (
     "import subprocess, sys, time\n"
     "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
@@ -80,3 +87,11 @@ def test_the_check_sees_grandchildren() -> None:
             process.kill()
         parent.kill()
         parent.wait()
+
+
+def test_the_interpreters_own_multiprocessing_helper_is_no_leak(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """multiprocessing's resource tracker lives until the interpreter exits, which is after the check."""
+    result = _run(pytester, monkeypatch, RESOURCE_TRACKER_TEST)
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()
