@@ -2,7 +2,9 @@
 
 Uses the same trainers as the HPO trials (``gpu_jobs.trainers.make_trainer``): one fit on all rows, then one
 prediction of all rows, per model and engine. Runs the CPU engine always and the GPU engine when this
-machine has one (then prints the GPU/CPU speed-up).
+machine has one (then prints the GPU/CPU speed-up). Then whole trials (``gpu_jobs.train.run_trial``,
+``--cv_folds`` folds, one at a time): trials per hour per engine and model, beside the seed's recorded
+HPO-RAPIDS run and the CPU trial measured for docs (both in the reference figures below).
 
     python bench/train_speed.py                 # the full 327,346 labelled flights
     python bench/train_speed.py --max_rows 50000
@@ -26,7 +28,14 @@ from gpu_jobs.data import FLIGHTS_TARGET, FLIGHTS_URI, load_dataset
 from gpu_jobs.engine import get_engine, probe_gpus, resolve_engine
 from gpu_jobs.errors import UserError
 from gpu_jobs.params import MODELS, validate_params
+from gpu_jobs.train import run_trial
 from gpu_jobs.trainers import make_trainer, model_features
+
+REFERENCE_TRIALS_PER_HOUR = {
+    "seed HPO-RAPIDS (V100, 20M airline rows, RF, 5 trials in ~35 min)": 5 / (35 / 60),
+    "RF 100 trees depth 12, 3-fold, 327k flights rows, 2 CPU cores (63 s a trial)": 3600 / 63,
+}
+"""Trials per hour others (and an earlier measurement here) recorded: /work/shared/reference.md."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +74,22 @@ def measure(engine_name: str, model: str, params: dict[str, float], args: argpar
     return Measurement(engine_name, model, dataset.info.rows, fit_seconds, predict_seconds)
 
 
+def trials_per_hour(engine_name: str, model: str, params: dict[str, float], args: argparse.Namespace) -> float:
+    """One whole trial (data cached by the fit measurement before), timed end to end."""
+    tick = time.perf_counter()
+    run_trial(
+        data=FLIGHTS_URI,
+        target=FLIGHTS_TARGET,
+        model=model,
+        params=params,
+        cv_folds=args.cv_folds,
+        engine=engine_name,
+        max_rows=args.max_rows,
+        n_jobs=args.n_jobs,
+    )
+    return 3600 / (time.perf_counter() - tick)
+
+
 def engines_to_run() -> list[str]:
     try:
         return ["cpu", resolve_engine("gpu")]
@@ -82,6 +107,7 @@ def main() -> None:
     parser.add_argument("--rf_max_depth", type=int, default=12)
     parser.add_argument("--num_boost_round", type=int, default=100)
     parser.add_argument("--xgb_max_depth", type=int, default=8)
+    parser.add_argument("--cv_folds", type=int, default=3, help="folds of the trials-per-hour measurement")
     args = parser.parse_args()
     configurations = {
         "random_forest": {
@@ -113,6 +139,13 @@ def main() -> None:
             f"{m.engine:<7} {m.model:<14} {m.rows:>8} {m.fit_seconds:>8.2f} {m.fit_rows_per_second:>12,.0f} "
             f"{m.predict_seconds:>8.3f} {m.predict_rows_per_second:>12,.0f}"
         )
+    print(f"\ntrials per hour, one at a time ({args.cv_folds}-fold cross-validation, the configurations above):")
+    for engine_name in dict.fromkeys(m.engine for m in results):
+        for model, params in configurations.items():
+            rate = trials_per_hour(engine_name, model, params, args)
+            print(f"  ours      {engine_name:<4} {model:<14} {rate:>10,.0f}")
+    for label, rate in REFERENCE_TRIALS_PER_HOUR.items():
+        print(f"  reference {label}: {rate:,.0f}")
     by_key = {(m.engine, m.model): m for m in results}
     for model in configurations:
         if ("gpu", model) in by_key:
