@@ -284,6 +284,30 @@ def test_readers_see_their_own_experiments_unless_the_deployment_shows_all(ctx, 
     assert everyone.get(f"/api/experiments/{ada_id}", headers=as_bob).status_code == 200
 
 
+def test_a_readers_pages_hold_only_their_own_and_reach_all_of_them(ctx, issuer):
+    """Own-only listing filters store pages: pages may come back short (or empty, with a token), but
+    following the tokens yields each of the caller's experiments once and nobody else's."""
+    from shared.auth import deps
+
+    client = api(ctx, issuer.settings())
+    ada, bob = issuer.user_claims(SUBMIT, READ), issuer.user_claims(SUBMIT, READ)
+    bobs = [submit(client, bearer(issuer.token(bob))).json()["id"]]
+    for _ in range(deps.MAX_SCANNED_PAGES * 2 + 3):  # more of Ada's than one request scans at limit 1
+        submit(client, bearer(issuer.token(ada)))
+    bobs.append(submit(client, bearer(issuer.token(bob))).json()["id"])
+    as_bob, seen, token, requests = bearer(issuer.token(bob)), [], None, 0
+    while True:
+        params = {"limit": 1, **({"page_token": token} if token else {})}
+        page = client.get("/api/experiments", params=params, headers=as_bob).json()
+        requests += 1
+        assert len(page["items"]) <= 1
+        seen += [item["id"] for item in page["items"]]
+        token = page["next_page_token"]
+        if token is None:
+            break
+    assert sorted(seen) == sorted(bobs) and requests >= 3  # an empty page with a token came in between
+
+
 def test_cancel_and_download_need_ownership_or_admin(ctx, issuer):
     client = api(ctx, issuer.settings(readers_see="all"))
     ada, bob = issuer.user_claims(SUBMIT, READ), issuer.user_claims(SUBMIT, READ, name="Bob")

@@ -16,6 +16,7 @@ Messages name the check that failed, never a value from the token.
 
 from __future__ import annotations
 
+import binascii
 import json
 import threading
 import urllib.request
@@ -24,6 +25,7 @@ from urllib.error import URLError
 from urllib.parse import urlsplit
 
 import jwt
+from jwt.utils import base64url_decode
 
 from shared.auth.principal import AuthError, Principal, roles_in
 from shared.auth.settings import GUID, AuthSettings
@@ -58,10 +60,7 @@ class TokenValidator:
 
     def claims(self, token: str) -> dict[str, Any]:
         """The token's claims once every check passed; :class:`AuthError` naming the first that failed."""
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError:  # not only DecodeError: a non-string kid is an InvalidTokenError
-            raise _invalid("the bearer token is not a well-formed JWT") from None
+        header = _header(token)
         if header.get("alg") not in ALGORITHMS:
             raise _invalid("the token is not signed with RS256, the only algorithm accepted")
         kid = header.get("kid")
@@ -102,6 +101,20 @@ class TokenValidator:
                     raise AuthError(503, "the tenant's JWKS is not served by its authority", error="server_error")
                 self._jwks = jwt.PyJWKClient(jwks_uri, lifespan=JWKS_LIFESPAN_S, timeout=FETCH_TIMEOUT_S)
             return self._jwks
+
+
+def _header(token: str) -> dict[str, Any]:
+    """The JOSE header, to pick the key: only the first segment is read here (PyJWT's own parse of the
+    whole token, header included, is what :func:`jwt.decode` then verifies, so nothing read here is
+    trusted beyond choosing ``kid``)."""
+    head, dot, _ = token.partition(".")
+    try:
+        header = json.loads(base64url_decode(head)) if dot else None
+    except (ValueError, binascii.Error):  # UnicodeError and JSONDecodeError are ValueErrors
+        header = None
+    if not isinstance(header, dict):
+        raise _invalid("the bearer token is not a well-formed JWT")
+    return header
 
 
 def _fetch_json(url: str) -> dict[str, Any]:
