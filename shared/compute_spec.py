@@ -110,8 +110,9 @@ class ComputeSection(_Strict):
         """The GPUs the compute holds and the trials that keep them busy; None without GPUs (or unknown)."""
         return None
 
-    def hosted_problems(self) -> list[Problem]:
-        """What a hosted deployment refuses in this section (paths from the spec's root; ``[]``: none)."""
+    def hosted_problems(self, spec: ExperimentSpec) -> list[Problem]:
+        """What a hosted deployment refuses in this section, given the rest of ``spec`` (paths from the spec's
+        root; ``[]``: none)."""
         return []
 
     def billing(self, spec: ExperimentSpec, vm_size: str | None = None, tier: Tier | None = None) -> BillingProfile:
@@ -332,7 +333,7 @@ class VMClusterCompute(ComputeSection):
             gpus, gpus * per_gpu, f"{gpus} GPU(s) x {per_gpu} trial(s) per GPU (worker_options.nthreads)"
         )
 
-    def hosted_problems(self) -> list[Problem]:
+    def hosted_problems(self, spec: ExperimentSpec) -> list[Problem]:
         """A hosted deployment runs Dask only with TLS: without it, anyone who reaches the scheduler runs code."""
         if self.security:
             return []
@@ -404,6 +405,12 @@ class AzureMLCompute(ComputeSection):
             always_on=self.min_instances,
             cheap_tier=Tier.LOW_PRIORITY,
         )
+
+    def hosted_problems(self, spec: ExperimentSpec) -> list[Problem]:
+        """The deployment's own workspace, model namespace and image pattern (:mod:`shared.azureml_scope`)."""
+        from shared.azureml_scope import AzureMLScope, hosted_problems
+
+        return hosted_problems(self, spec, AzureMLScope.from_env())
 
     def spec_problems(self, spec: ExperimentSpec) -> list[Problem]:
         if spec.sampling_algorithm.type == "bayesian" and spec.early_termination is not None:

@@ -59,6 +59,13 @@ ENV_DEFAULTS: dict[str, str] = {
     "AZURE_RESOURCE_GROUP": "",
     "AZURE_LOCATION": "",
     "AZUREML_WORKSPACE": "",
+    # The AzureML backend (shared.azureml_scope, shared.backends.azureml): the clusters' managed identity
+    # (jobs run as it) and what a hosted deployment lets a spec touch in the workspace.
+    "AZUREML_COMPUTE_IDENTITY_ID": "",
+    "AZUREML_COMPUTE_IDENTITY_CLIENT_ID": "",
+    "AZUREML_COMPUTE_ALLOWLIST": "",
+    "AZUREML_MODEL_PREFIX": "",
+    "AZUREML_IMAGE_PATTERN": "",
     "RAPIDS_HPO_VM_IDENTITY_ID": "",
     "RAPIDS_HPO_VM_IDENTITY_CLIENT_ID": "",
     "RAPIDS_HPO_INSTANCE_ID": "",

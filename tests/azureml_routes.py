@@ -9,8 +9,10 @@ stand-in's model of a sweep and its trials (:class:`Sweep`, :class:`Child`) and 
 
 from __future__ import annotations
 
+import base64
 import copy
 import datetime as dt
+import json
 import re
 import uuid
 from collections.abc import Callable
@@ -290,11 +292,43 @@ def _job_view(ws: AzureMLStandIn, name: str) -> dict[str, Any]:
     return job
 
 
+def _caller_claims(ws: AzureMLStandIn) -> dict[str, Any]:
+    """The claims of the bearer token the stand-in accepts (the only caller it lets in)."""
+    payload = ws.token.split(".")[1]
+    return dict(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))))
+
+
+def identity_problem(ws: AzureMLStandIn, properties: dict[str, Any]) -> str | None:
+    """What AzureML refuses in the identity a job declares (``properties.identity``), or None.
+
+    ``UserIdentity`` reaches data on behalf of the submitting user, a flow Entra allows for user principals
+    only: a service principal or managed identity caller (token ``idtyp: app``) cannot use it. ``Managed``
+    runs as the compute's managed identity: the compute must exist and have one (the stand-in refuses
+    upfront what Azure would fail when the job starts). No identity (AML token) is AzureML's default."""
+    identity = (properties.get("identity") or {}).get("identityType")
+    if identity == "UserIdentity" and _caller_claims(ws).get("idtyp") == "app":
+        return (
+            "UserIdentity needs a user principal to act on behalf of; the caller is a service principal or managed "
+            "identity: use the compute's managed identity (identityType Managed)"
+        )
+    if identity == "Managed":
+        compute = str(properties.get("computeId") or "").rsplit("/", 1)[-1]
+        found = ws.computes.get(compute)
+        if found is None:
+            return f"compute {compute!r} does not exist"
+        if not (found.get("identity") or {}).get("type"):
+            return f"compute {compute} has no managed identity for a job with identityType Managed"
+    return None
+
+
 @route("PUT", WS + r"/jobs/(?P<name>[^/]+)")
 def _put_job(ws: AzureMLStandIn, m: re.Match[str], q: dict[str, str], body: Any) -> Any:
     problems = validate_job(body)
     if problems:
         return error(400, "UserError", "the job body does not match the REST models: " + "; ".join(problems))
+    refused = identity_problem(ws, body["properties"])
+    if refused is not None:
+        return error(400, "UserError", refused)
     if m["name"] in ws.jobs:
         return error(409, "Conflict", f"job {m['name']} exists and cannot be changed")
     stored = resource(ws, "jobs", m["name"], body)

@@ -237,6 +237,12 @@ class AzureMLStandIn:
         with self._lock:
             self.assets[f"data/{name}/{version}"] = resource(self, f"data/{name}/versions", version, body)
 
+    def seed_model(self, name: str, version: str, tags: dict[str, str]) -> None:
+        """A model version registered earlier (by someone else)."""
+        body = {"properties": {"modelType": "custom_model", "modelUri": "azureml://x", "flavors": {}, "tags": tags}}
+        with self._lock:
+            self.assets[f"models/{name}/{version}"] = resource(self, f"models/{name}/versions", version, body)
+
     def calls(self, method: str, contains: str = "") -> list[Recorded]:
         with self._lock:
             return [r for r in self.requests if r.method == method and contains in r.path]

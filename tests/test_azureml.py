@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 import yaml
-from azure.ai.ml.entities import AmlCompute
+from azure.ai.ml.entities import AmlCompute, IdentityConfiguration
 from azure.ai.ml.sweep import SweepJob
 from azure.core.exceptions import ResourceNotFoundError
 
@@ -49,6 +49,7 @@ from shared.backends.azureml import (
     AzureMLBackend,
     AzureMLClient,
     AzureMLPlanner,
+    ComputeIdentity,
     JobInfo,
     RunMetrics,
     build_compute,
@@ -544,6 +545,7 @@ def test_aml_compute_serialization(low_priority: bool, tier: str, priority: str)
         "idle_time_before_scale_down": 600,
         "ssh_public_access_enabled": False,
         "enable_node_public_ip": True,
+        "identity": {"type": "system_assigned"},  # trials run as the compute's identity: it always has one
     }
     props = cluster._to_rest_object().as_dict()["properties"]["properties"]
     assert props["vmSize"] == "Standard_NC24ads_A100_v4" and props["vmPriority"] == priority
@@ -553,6 +555,14 @@ def test_aml_compute_serialization(low_priority: bool, tier: str, priority: str)
         "nodeIdleTimeBeforeScaleDown": "PT10M",
     }
     assert props["remoteLoginPortPublicAccess"] == "Disabled"
+
+
+def test_the_cluster_gets_the_deployments_identity_and_tags() -> None:
+    uai = "/subscriptions/s/resourceGroups/r/providers/Microsoft.ManagedIdentity/userAssignedIdentities/aml-compute"
+    cluster = build_compute(AzureMLCompute(), ComputeIdentity(uai, "client-1"), {"rapids-hpo.instance": "st1"})
+    rest = cluster._to_rest_object().as_dict()
+    assert rest["identity"] == {"type": "UserAssigned", "userAssignedIdentities": {uai: {}}}
+    assert cluster.tags == {"created-by": "rapids-hpo-control", "rapids-hpo.instance": "st1"}
 
 
 def test_plan_is_offline_yaml_and_an_estimate() -> None:
@@ -645,6 +655,9 @@ class FakeWorkspace:
     def set_status(self, name: str, status: str, **changes: Any) -> None:
         self.jobs[name] = replace(self.jobs[name], status=status, **changes)
 
+    def model_tags(self, name: str) -> list[dict[str, str]]:
+        return []
+
 
 def child(n: int, status: str, *, minutes: float = 2, created: datetime = T0) -> JobInfo:
     return JobInfo(f"{JOB}_{n}", status, created_at=created, modified_at=created + timedelta(minutes=minutes))
@@ -717,8 +730,17 @@ def test_provision_ensures_the_cluster(ctx: Context, fake: FakeWorkspace) -> Non
 
 
 def test_provision_refuses_a_cluster_of_another_size(ctx: Context, fake: FakeWorkspace) -> None:
-    fake.computes["rapids-gpu"] = AmlCompute(name="rapids-gpu", size="Standard_D4s_v3")
+    identity = IdentityConfiguration(type="system_assigned")
+    fake.computes["rapids-gpu"] = AmlCompute(name="rapids-gpu", size="Standard_D4s_v3", identity=identity)
     with pytest.raises(BackendError, match="Standard_D4s_v3") as caught:
+        backend_for(ctx, fake).provision(make_record(ctx, make_spec()))
+    assert caught.value.retryable is False
+
+
+def test_provision_refuses_a_cluster_without_a_managed_identity(ctx: Context, fake: FakeWorkspace) -> None:
+    """Trials run as the compute's identity: an existing cluster without one could run none of them."""
+    fake.computes["rapids-gpu"] = AmlCompute(name="rapids-gpu", size="Standard_NC4as_T4_v3")
+    with pytest.raises(BackendError, match=r"compute\.compute_name: .* has no managed identity") as caught:
         backend_for(ctx, fake).provision(make_record(ctx, make_spec()))
     assert caught.value.retryable is False
 

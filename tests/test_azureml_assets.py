@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from shared.backends.azureml import ROOT, build_sweep_job, data_binding
+from shared.backends.azureml import ROOT, ComputeIdentity, build_sweep_job, data_binding
 from shared.backends.azureml.assets import model_entity
 from shared.spec import SpecError, load_spec
 from tests.test_azureml import make_spec
@@ -47,11 +47,17 @@ def test_a_data_asset_takes_the_type_the_workspace_gives_it() -> None:
     assert job._to_rest_object().as_dict()["properties"]["inputs"]["data"]["jobInputType"] == "uri_file"
 
 
-def test_trials_read_data_with_the_submitters_identity() -> None:
-    """Storage URLs and credential-less datastores are read with the identity that submitted the job (the
-    control plane's managed identity): it is set explicitly, so the job says which identity reads."""
+def test_trials_run_as_the_computes_managed_identity() -> None:
+    """A user identity reaches data on behalf of a user principal only; the control plane submits as a managed
+    identity, so the trials run (and read data) as the cluster's managed identity, named when it is the
+    deployment's user-assigned one."""
     job = build_sweep_job(make_spec(), "exp-1", code_dir=ROOT)
-    assert job._to_rest_object().as_dict()["properties"]["identity"] == {"identityType": "UserIdentity"}
+    assert job._to_rest_object().as_dict()["properties"]["identity"] == {"identityType": "Managed"}
+    named = build_sweep_job(make_spec(), "exp-1", code_dir=ROOT, identity=ComputeIdentity("/uai/id", "client-1"))
+    assert named._to_rest_object().as_dict()["properties"]["identity"] == {
+        "identityType": "Managed",
+        "clientId": "client-1",
+    }
 
 
 @pytest.mark.parametrize("uri", ["azureml://datastores/x", "azureml:flights", "azureml://data/x/versions/1"])

@@ -15,12 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from azure.ai.ml.entities import UserIdentityConfiguration
 
 from shared import handlers
+from shared.azureml_scope import AzureMLScope
 from shared.backends.azureml import (
     MODEL_OUTPUT,
     AzureMLBackend,
     AzureMLClient,
+    ComputeIdentity,
     build_compute,
     build_sweep_job,
     job_name_for,
@@ -28,6 +31,7 @@ from shared.backends.azureml import (
 )
 from shared.backends.azureml.sweep_job import azureml_compute
 from shared.context import Context
+from shared.errors import BackendError
 from shared.records import ExperimentStatus, TrialState
 from tests.azureml_server import AzureMLStandIn, Child, validate_job
 from tests.azurite import ACCOUNT, KEY
@@ -120,7 +124,9 @@ def test_the_sweep_body_is_checked_against_the_sdks_rest_models(workspace: Azure
     """What the SDK sends passes; an unknown, misplaced or missing key is a 400 naming its path."""
     import requests
 
-    client_for(workspace).submit(build_sweep_job(make_spec(), EXP, code_dir=stage_code(tmp_path)))
+    client = client_for(workspace)
+    client.ensure_compute(build_compute(azureml_compute(make_spec())))  # AzureML refuses a job on no compute
+    client.submit(build_sweep_job(make_spec(), EXP, code_dir=stage_code(tmp_path)))
     (put,) = workspace.calls("PUT", "/jobs/")
     assert put.body["properties"]["jobType"] == "Sweep" and validate_job(put.body) == []
     body = put.body
@@ -238,7 +244,7 @@ def test_a_data_asset_is_looked_up_and_bound_with_its_type(workspace: AzureMLSta
         "mode": "ReadOnlyMount",
         "jobInputType": "uri_file",
     }
-    assert put.body["properties"]["identity"] == {"identityType": "UserIdentity"}
+    assert put.body["properties"]["identity"] == {"identityType": "Managed"}
 
     missing = make_spec(dataset={"uri": "azureml:flights:9", "target": "ArrDelayBinary"})
     ctx = local_context(tmp_path / "other", poll_seconds=0)
@@ -249,3 +255,93 @@ def test_a_data_asset_is_looked_up_and_bound_with_its_type(workspace: AzureMLSta
     record = ctx.store.get_experiment("exp-aml-missing")
     assert record.status is ExperimentStatus.FAILED
     assert "dataset.uri" in (record.error or "") and "flights:9 does not exist" in (record.error or "")
+
+
+# ------------------------------------------------------------------------------------------ identity and scope
+UAI = "/subscriptions/sub-1/resourceGroups/rg-1/providers/Microsoft.ManagedIdentity/userAssignedIdentities/aml-compute"
+
+
+@pytest.fixture
+def deployment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The workspace comes from the deployment's settings (a hosted spec cannot name one)."""
+    for name, value in {
+        "AZURE_SUBSCRIPTION_ID": "sub-1",
+        "AZURE_RESOURCE_GROUP": "rg-1",
+        "AZUREML_WORKSPACE": "ws-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+
+
+def hosted_backend(ctx: Context, workspace: AzureMLStandIn, **scope: Any) -> AzureMLBackend:
+    ctx.settings = ctx.settings.__class__(**{**ctx.settings.__dict__, "hosted": True})
+    return AzureMLBackend(
+        ctx.store,
+        ctx.settings,
+        client_factory=lambda _: client_for(workspace),
+        scope=AzureMLScope(instance_id="st1", **scope),
+        identity=ComputeIdentity(UAI, "client-1"),
+    )
+
+
+def test_the_stand_in_refuses_the_identities_azure_refuses(workspace: AzureMLStandIn, tmp_path: Path) -> None:
+    """A user identity from a managed-identity caller (no user to act for), and a managed identity on a compute
+    that has none: both 400, and nothing is created."""
+    client = client_for(workspace)
+    bare = build_compute(azureml_compute(make_spec()))
+    bare.identity = None
+    client.ensure_compute(bare)
+    job = build_sweep_job(make_spec(), EXP, code_dir=stage_code(tmp_path))
+    with pytest.raises(BackendError, match="no managed identity"):
+        client.submit(job)
+    user = build_sweep_job(make_spec(), EXP, code_dir=stage_code(tmp_path))
+    user.identity = UserIdentityConfiguration()
+    with pytest.raises(BackendError, match="UserIdentity needs a user principal"):
+        client.submit(user)
+    assert workspace.jobs == {}
+
+
+def test_the_sweep_runs_as_the_deployments_compute_identity(
+    workspace: AzureMLStandIn, tmp_path: Path, deployment: None
+) -> None:
+    ctx = local_context(tmp_path / "home", poll_seconds=0)
+    ctx.backends["azureml"] = hosted_backend(ctx, workspace)
+    workspace.script(JOB, ["Running"], [])
+    handlers.submit_experiment(ctx, make_spec(compute={"backend": "azureml"}), experiment_id=EXP)
+    assert step(ctx) == "provisioned", ctx.store.get_experiment(EXP).error
+    assert step(ctx) == "submitted"
+    cluster = workspace.computes["rapids-gpu"]
+    assert cluster["identity"]["type"] == "UserAssigned" and UAI in cluster["identity"]["userAssignedIdentities"]
+    assert cluster["tags"]["rapids-hpo.instance"] == "st1"
+    (put,) = workspace.calls("PUT", "/jobs/")
+    assert put.body["properties"]["identity"] == {"identityType": "Managed", "clientId": "client-1"}
+
+
+def test_a_hosted_deployment_uses_only_its_own_clusters_and_models(
+    workspace: AzureMLStandIn, tmp_path: Path, deployment: None
+) -> None:
+    """Another team's cluster (untagged) and another team's model: the experiment fails naming the field, before
+    any job is submitted; an allowlisted cluster and a model of our own are used."""
+    client = client_for(workspace)
+    theirs = build_compute(azureml_compute(make_spec(compute={"backend": "azureml", "compute_name": "team-b"})))
+    client.ensure_compute(theirs)  # created by someone else: no rapids-hpo.instance tag
+    spec = make_spec(compute={"backend": "azureml", "compute_name": "team-b"})
+    ctx = local_context(tmp_path / "home", poll_seconds=0)
+    ctx.backends["azureml"] = hosted_backend(ctx, workspace)
+    handlers.submit_experiment(ctx, spec, experiment_id=EXP)
+    assert step(ctx) == "failed"
+    record = ctx.store.get_experiment(EXP)
+    assert record.status is ExperimentStatus.FAILED and "compute.compute_name" in (record.error or "")
+
+    ctx = local_context(tmp_path / "allowed", poll_seconds=0)
+    ctx.backends["azureml"] = hosted_backend(ctx, workspace, compute_allowlist=("team-b",))
+    handlers.submit_experiment(ctx, spec, experiment_id=EXP)
+    assert step(ctx) == "provisioned"
+
+    workspace.seed_model("rapids-hpo-flights", "1", {"owner": "team-b"})
+    register = {"register_model": {"name": "rapids-hpo-flights"}}
+    ctx = local_context(tmp_path / "model", poll_seconds=0)
+    ctx.backends["azureml"] = hosted_backend(ctx, workspace)
+    handlers.submit_experiment(ctx, make_spec(compute={"backend": "azureml"}, output=register), experiment_id=EXP)
+    assert step(ctx) == "failed"
+    assert "output.register_model.name" in (ctx.store.get_experiment(EXP).error or "")
+    assert workspace.calls("PUT", "/jobs/") == []

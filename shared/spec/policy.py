@@ -11,7 +11,8 @@ plane run work on its own host or read what the request names, so:
   (comma-separated; an entry starting with ``.`` matches its subdomains). Local paths, ``file://``,
   ``http://``, IP-literal, loopback and link-local hosts are refused;
 * each compute section's own hosted rules apply (``ComputeSection.hosted_problems``: a VM cluster needs
-  ``security: true``).
+  ``security: true``; AzureML stays in the deployment's workspace, model namespace and images,
+  :mod:`shared.azureml_scope`).
 
 Outside hosted mode (a user's own machine) local paths and every scheme of :data:`URI_SCHEMES` stay allowed.
 """
@@ -61,7 +62,7 @@ class SpecPolicy:
                     f"hosted deployment never does: use {others}",
                 }
             )
-        errors += [{"loc": format_loc(loc), "msg": msg} for loc, msg in compute.hosted_problems()]
+        errors += [{"loc": format_loc(loc), "msg": msg} for loc, msg in compute.hosted_problems(spec)]
         problem = self.uri_problem(spec.dataset.uri)  # type: ignore[attr-defined]
         if problem:
             errors.append({"loc": "dataset.uri", "msg": problem})

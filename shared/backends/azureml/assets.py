@@ -21,8 +21,9 @@ MLFLOW_FOLDER = "mlflow"
 TAG_BEST_TRIAL = "rapids-hpo.best-trial"
 
 
-def model_entity(spec: ExperimentSpec, experiment_id: str, child: str) -> Model:
-    """The ``mlflow_model`` to register for the best trial's job ``child`` (offline, pure)."""
+def model_entity(spec: ExperimentSpec, experiment_id: str, child: str, tags: dict[str, str] | None = None) -> Model:
+    """The ``mlflow_model`` to register for the best trial's job ``child`` (offline, pure); ``tags`` (the
+    deployment's own, :meth:`shared.azureml_scope.AzureMLScope.tags`) are added to the version's."""
     register = spec.output.register_model
     if register is None:
         raise ValueError("the spec sets no output.register_model")
@@ -31,5 +32,11 @@ def model_entity(spec: ExperimentSpec, experiment_id: str, child: str) -> Model:
         type=AssetTypes.MLFLOW_MODEL,
         path=f"azureml://jobs/{child}/outputs/{MODEL_OUTPUT}/paths/{MLFLOW_FOLDER}/",
         description=f"best trial of experiment {experiment_id} ({spec.name}): {spec.objective.primary_metric}",
-        tags={**register.tags, TAG_EXPERIMENT: experiment_id, TAG_CREATED_BY: CREATED_BY, TAG_BEST_TRIAL: child},
+        tags={
+            **register.tags,
+            **(tags or {}),
+            TAG_EXPERIMENT: experiment_id,
+            TAG_CREATED_BY: CREATED_BY,
+            TAG_BEST_TRIAL: child,
+        },
     )

@@ -7,10 +7,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
+from shared.azureml_scope import AzureMLScope, cluster_problem, model_problem
 from shared.backends.azureml.assets import model_entity
 from shared.backends.azureml.planner import AzureMLPlanner
 from shared.backends.azureml.sweep_job import (
     MODEL_OUTPUT,
+    ComputeIdentity,
     azureml_compute,
     build_compute,
     build_sweep_job,
@@ -88,9 +90,21 @@ class AzureMLBackend:
     capabilities = Capabilities(model_from="finalize", cloud_resources=True, finds_orphans=False, restarts_driver=False)
     planner = AzureMLPlanner()
 
-    def __init__(self, store: Store, settings: Settings, client_factory: ClientFactory | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        client_factory: ClientFactory | None = None,
+        *,
+        scope: AzureMLScope | None = None,
+        identity: ComputeIdentity | None = None,
+    ) -> None:
+        """``scope`` and ``identity`` default to the deployment's app settings (:mod:`shared.azureml_scope`,
+        :class:`ComputeIdentity`); the scope's workspace checks apply in hosted mode only."""
         self.store = store
         self.settings = settings
+        self.scope = scope or AzureMLScope.from_env()
+        self.identity = identity if identity is not None else ComputeIdentity.from_env()
         self._factory: ClientFactory = client_factory or AzureMLClient.from_compute
         self._clients: dict[tuple[str | None, ...], WorkspaceClient] = {}
 
@@ -119,10 +133,25 @@ class AzureMLBackend:
 
     # -- ComputeBackend
     def provision(self, record: ExperimentRecord) -> HandleUpdate:
-        """Find or create the AmlCompute cluster; a cluster of another VM size is an error."""
+        """Find or create the AmlCompute cluster; a cluster of another VM size or without a managed identity is
+        an error, and so (hosted) is a cluster or a registered model name this deployment does not own."""
         spec, client, _ = self._setup(record)
         compute = azureml_compute(spec)
-        cluster = client.ensure_compute(build_compute(compute))
+        cluster = client.ensure_compute(build_compute(compute, self.identity, self.scope.tags()))
+        problem = (
+            cluster_problem(compute.compute_name, dict(cluster.tags or {}), self.scope)
+            if self.settings.hosted
+            else None
+        )
+        if problem is None and getattr(cluster, "identity", None) is None:
+            problem = (
+                f"compute.compute_name: AmlCompute {compute.compute_name} has no managed identity, and trials run "
+                "as the compute's identity: choose another compute_name"
+            )
+        if problem is None:
+            problem = self._model_problem(spec, client)
+        if problem is not None:
+            raise BackendError(problem, retryable=False)
         size = str(getattr(cluster, "size", "") or "")
         if size and size.lower() != compute.vm_size.lower():
             raise BackendError(
@@ -149,7 +178,9 @@ class AzureMLBackend:
             if azureml is not None and "asset" in azureml[0]:
                 asset_type = client.data_asset_type(azureml[1]["name"], azureml[1].get("version"))
             with tempfile.TemporaryDirectory(prefix="rapids-hpo-code-") as tmp:
-                job = build_sweep_job(spec, record.id, code_dir=stage_code(Path(tmp)), data_asset_type=asset_type)
+                job = build_sweep_job(
+                    spec, record.id, code_dir=stage_code(Path(tmp)), data_asset_type=asset_type, identity=self.identity
+                )
                 job.name = job_name
                 job_name = client.submit(job)
             existing = client.find(job_name)
@@ -204,7 +235,11 @@ class AzureMLBackend:
             "azureml_best_child": sweep.properties.get("best_child_run_id"),
         }
         if spec.output.register_model is not None:
-            handle["registered_model"] = client.register_model(model_entity(spec, record.id, child)).model_dump()
+            problem = self._model_problem(spec, client)
+            if problem is not None:
+                raise BackendError(problem, retryable=False)
+            model = model_entity(spec, record.id, child, tags=self.scope.tags())
+            handle["registered_model"] = client.register_model(model).model_dump()
         return _changes(record, handle)
 
     def cancel(self, record: ExperimentRecord) -> HandleUpdate:
@@ -219,6 +254,14 @@ class AzureMLBackend:
         return {}
 
     # -- internals
+    def _model_problem(self, spec: ExperimentSpec, client: WorkspaceClient) -> str | None:
+        """Hosted: why ``output.register_model.name`` may not get a new version here (checked before the sweep
+        runs and again before registering), or None."""
+        register = spec.output.register_model
+        if register is None or not self.settings.hosted:
+            return None
+        return model_problem(register.name, client.model_tags(register.name), self.scope)
+
     def _stop(self, record: ExperimentRecord, reason: str) -> None:
         if not AzureMLHandle.model_validate(record.backend_state).job_name:
             return

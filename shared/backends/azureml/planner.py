@@ -3,6 +3,7 @@ dry run, the cost estimate, the ledger and the cost guard)."""
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -74,7 +75,7 @@ class AzureMLPlanner:
         """
         compute = build_compute(azureml_compute(spec))
         job = build_sweep_job(spec, experiment_id, code_dir=ROOT)
-        compute_doc = dict(compute._to_dict())
+        compute_doc = json.loads(json.dumps(compute._to_dict()))  # plain dicts (the SDK nests OrderedDicts)
         return {
             "backend": "azureml",
             "job_name": job.name,

@@ -15,7 +15,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from azure.ai.ml import Input, Output, command
-from azure.ai.ml.entities import AmlCompute, BuildContext, Environment, UserIdentityConfiguration
+from azure.ai.ml.entities import (
+    AmlCompute,
+    BuildContext,
+    Environment,
+    IdentityConfiguration,
+    ManagedIdentityConfiguration,
+)
 from azure.ai.ml.sweep import (
     BanditPolicy,
     BayesianSamplingAlgorithm,
@@ -63,6 +69,23 @@ _DATA_EXTENSIONS = (".parquet", ".pq", ".parq", ".csv", ".csv.gz", ".csv.bz2", "
 _AZURE_STORAGE_HOST = re.compile(r"^[a-z0-9]+\.(blob|dfs)\.core\.windows\.net$", re.IGNORECASE)
 GPU_SIZE = re.compile(r"^Standard_N", re.IGNORECASE)
 """Azure's N-series, its GPU sizes (NC, ND, NV, ...): ``engine: auto`` there means the GPU."""
+
+
+@dataclass(frozen=True)
+class ComputeIdentity:
+    """The user-assigned managed identity the deployment gives its clusters (``AZUREML_COMPUTE_IDENTITY_ID`` and
+    ``..._CLIENT_ID``, made by infra/ with its data and registry roles); without one a cluster gets a
+    system-assigned identity, whose roles an operator grants after the first cluster exists."""
+
+    resource_id: str
+    client_id: str
+
+    @classmethod
+    def from_env(cls) -> ComputeIdentity | None:
+        from shared.config import env
+
+        resource_id, client_id = env("AZUREML_COMPUTE_IDENTITY_ID"), env("AZUREML_COMPUTE_IDENTITY_CLIENT_ID")
+        return cls(resource_id, client_id) if resource_id and client_id else None
 
 
 def azureml_compute(spec: ExperimentSpec) -> AzureMLCompute:
@@ -313,9 +336,15 @@ def build_sweep_job(
     code_dir: Path,
     compute_name: str | None = None,
     data_asset_type: str | None = None,
+    identity: ComputeIdentity | None = None,
 ) -> SweepJob:
     """The AzureML sweep job for ``spec`` (offline, pure). ``code_dir`` holds the ``gpu_jobs`` package;
-    ``data_asset_type`` is the type of an AzureML data asset named by ``dataset.uri``."""
+    ``data_asset_type`` is the type of an AzureML data asset named by ``dataset.uri``; ``identity`` is the
+    clusters' user-assigned identity, if the deployment has one.
+
+    The trials run as the compute's managed identity (``ManagedIdentityConfiguration``): AzureML's user
+    identity reaches data through an on-behalf-of flow that Entra allows for user principals only, and the
+    control plane submits as a managed identity."""
     code_dir = Path(code_dir)
     if not (code_dir / GPU_JOBS_PACKAGE / "train.py").is_file():
         raise ValueError(f"{code_dir} has no {GPU_JOBS_PACKAGE}/train.py: pass the folder that holds gpu_jobs")
@@ -337,9 +366,11 @@ def build_sweep_job(
         outputs={MODEL_OUTPUT: Output(type="uri_folder")},
         compute=compute_name or compute.compute_name,
         environment_variables={"PYTHONUNBUFFERED": "1", "RAPIDS_HPO_EXPERIMENT_ID": experiment_id},
-        # Data is read with the submitter's identity (the control plane's managed identity): storage URLs
-        # and credential-less datastores need its "Storage Blob Data Reader" role on the data (README).
-        identity=UserIdentityConfiguration(),
+        # Data is read as the cluster's managed identity: it needs "Storage Blob Data Reader" on the data
+        # (infra/modules/azureml.bicep grants it on the workspace storage; README for other accounts).
+        identity=ManagedIdentityConfiguration(client_id=identity.client_id)
+        if identity
+        else ManagedIdentityConfiguration(),
     )
     sweep = trial.sweep(
         search_space={name: sweep_distribution(dist) for name, dist in spec.search_space.items()},
@@ -365,8 +396,19 @@ def build_sweep_job(
     return job
 
 
-def build_compute(compute: AzureMLCompute) -> AmlCompute:
-    """The AmlCompute cluster for ``compute`` (scales to ``min_instances`` when idle; no public SSH)."""
+def build_compute(
+    compute: AzureMLCompute, identity: ComputeIdentity | None = None, tags: dict[str, str] | None = None
+) -> AmlCompute:
+    """The AmlCompute cluster for ``compute`` (scales to ``min_instances`` when idle; no public SSH), with
+    ``identity`` (else a system-assigned one: jobs run as the compute's identity) and ``tags`` added."""
+    managed = (
+        IdentityConfiguration(
+            type="user_assigned",
+            user_assigned_identities=[ManagedIdentityConfiguration(resource_id=identity.resource_id)],
+        )
+        if identity
+        else IdentityConfiguration(type="system_assigned")
+    )
     return AmlCompute(
         name=compute.compute_name,
         size=compute.vm_size,
@@ -375,7 +417,8 @@ def build_compute(compute: AzureMLCompute) -> AmlCompute:
         idle_time_before_scale_down=compute.idle_time_before_scale_down,
         tier="low_priority" if compute.low_priority else "dedicated",
         ssh_public_access_enabled=False,
-        tags={TAG_CREATED_BY: CREATED_BY},
+        identity=managed,
+        tags={TAG_CREATED_BY: CREATED_BY, **(tags or {})},
     )
 
 

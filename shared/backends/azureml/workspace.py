@@ -82,6 +82,8 @@ class WorkspaceClient(Protocol):
 
     def register_model(self, model: Model) -> RegisteredModel: ...
 
+    def model_tags(self, name: str) -> list[dict[str, str]]: ...
+
     def data_asset_type(self, name: str, version: str | None) -> str: ...
 
 
@@ -279,6 +281,19 @@ class AzureMLClient:
 
         registered = self._call(f"registering model {model.name}", register)
         return RegisteredModel(name=str(registered.name), version=str(registered.version), id=registered.id)
+
+    def model_tags(self, name: str) -> list[dict[str, str]]:
+        """The tags of every version of model ``name`` (``[]`` when there is none)."""
+
+        def versions() -> list[dict[str, str]]:
+            try:
+                return [dict(m.tags or {}) for m in self.ml_client.models.list(name=name)]
+            except Exception as exc:
+                if _not_found(exc):
+                    return []
+                raise
+
+        return self._call(f"listing the versions of model {name}", versions)
 
     def data_asset_type(self, name: str, version: str | None) -> str:
         """The type (``uri_file`` or ``uri_folder``) of data asset ``name`` (``version``, else the latest);
