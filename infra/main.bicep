@@ -62,6 +62,15 @@ param pollSeconds int = 10
 @minValue(60)
 param stallSeconds int = 900
 
+@description('AZUREML_COMPUTE_ALLOWLIST: existing AmlCompute clusters (comma-separated names) that specs may run on besides those this deployment creates.')
+param azureMLComputeAllowlist string = ''
+
+@description('AZUREML_MODEL_PREFIX: registered model names must start with it (the deployment\'s namespace in the workspace registry).')
+param azureMLModelPrefix string = 'rapids-hpo-'
+
+@description('AZUREML_IMAGE_PATTERN: a regular expression environment_image must match in full. Empty: the RAPIDS images on Docker Hub and NGC.')
+param azureMLImagePattern string = ''
+
 @description('RAPIDS_HPO_DATA_HOSTS: data hosts (comma-separated; a leading dot allows subdomains) that specs may read from besides Azure storage and AzureML data.')
 param dataHosts string = ''
 
@@ -121,6 +130,7 @@ var azureMLStorageName = take('stml${compactPrefix}${resourceToken}', 24)
 var azureMLKeyVaultName = take('kv-${prefix}-${resourceToken}', 24)
 var azureMLAppInsightsName = 'appi-ml-${prefix}-${resourceToken}'
 var azureMLRegistryName = 'cr${compactPrefix}${resourceToken}'
+var azureMLComputeIdentityName = 'id-aml-${prefix}-${resourceToken}'
 
 // ---- Names shared with the code (shared/config.py: QUEUES + POISON_SUFFIX, TABLES, CONTAINERS) -----
 var queueNames = [
@@ -204,6 +214,11 @@ var appSettings = {
   AZURE_RESOURCE_GROUP: experimentRgName
   AZURE_LOCATION: location
   AZUREML_WORKSPACE: deployAzureML ? azureMLWorkspaceName : ''
+  AZUREML_COMPUTE_IDENTITY_ID: deployAzureML ? azureML.outputs.computeIdentityId : ''
+  AZUREML_COMPUTE_IDENTITY_CLIENT_ID: deployAzureML ? azureML.outputs.computeIdentityClientId : ''
+  AZUREML_COMPUTE_ALLOWLIST: azureMLComputeAllowlist
+  AZUREML_MODEL_PREFIX: azureMLModelPrefix
+  AZUREML_IMAGE_PATTERN: azureMLImagePattern
   RAPIDS_HPO_VM_IDENTITY_ID: vmIdentity.outputs.id
   RAPIDS_HPO_VM_IDENTITY_CLIENT_ID: vmIdentity.outputs.clientId
   // This deployment's id, tagged on every experiment resource: the orphan sweep deletes only its own.
@@ -304,6 +319,7 @@ module azureML 'modules/azureml.bicep' = if (deployAzureML) {
     deployContainerRegistry: deployContainerRegistry
     containerRegistryName: azureMLRegistryName
     keylessStorage: azureMLKeylessStorage
+    computeIdentityName: azureMLComputeIdentityName
     tags: tags
   }
 }
@@ -316,6 +332,7 @@ module azureMLRoles 'modules/roles-azureml.bicep' = if (deployAzureML) {
     workspaceName: azureMLWorkspaceName
     storageAccountName: azureMLStorageName
     keylessStorage: azureMLKeylessStorage
+    computeIdentityName: azureMLComputeIdentityName
   }
   dependsOn: [
     azureML

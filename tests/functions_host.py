@@ -352,14 +352,16 @@ class FunctionsHost:
         *,
         key: bool = True,
     ) -> HttpResponse:
-        """A request to ``http://localhost:7071<path>`` as the host forwards it to the HTTP-triggered function."""
+        """A request for ``<path>`` as the host forwards it to the HTTP-triggered function: the URL and ``Host`` of
+        the site (``WEBSITE_HOSTNAME``, else ``localhost:7071`` as Core Tools serves), the caller's headers."""
         protos = self.protos
         (function,) = [
             f for f in self.functions.values() if any(b["type"] == "httpTrigger" for b in f.bindings.values())
         ]
         arg, binding = function.binding("httpTrigger")
-        sent = {k.lower(): v for k, v in (headers or {}).items()}
-        url = f"http://localhost:7071{path}"
+        site = self.environ.get("WEBSITE_HOSTNAME")  # Azure sets it; requests arrive under that name over https
+        url = f"https://{site}{path}" if site else f"http://localhost:7071{path}"
+        sent = {"host": urlsplit(url).netloc, **{k.lower(): v for k, v in (headers or {}).items()}}
         query = dict(parse_qsl(urlsplit(url).query))
         needs_key = str(binding.get("authLevel", "function")).lower() != "anonymous"
         if needs_key and key:

@@ -91,7 +91,7 @@ def test_the_api_answers_422_naming_each_field(tmp_path: Path, monkeypatch: pyte
             compute={"backend": "azureml", "workspace": "other", "environment_image": "evil/img:1"},
             output={"register_model": {"name": "rapids-hpo-x"}},
         )
-        answer = TestClient(create_api()).post("/api/experiments", json=document)
+        answer = TestClient(create_api(), base_url="http://localhost").post("/api/experiments", json=document)
     finally:
         set_context(None)
     assert answer.status_code == 422, answer.text

@@ -55,6 +55,7 @@ def app_settings(azurite: str, home: Path) -> dict[str, str]:
         "AzureWebJobsStorage": azurite,
         "FUNCTIONS_WORKER_RUNTIME": "python",
         "WEBSITE_SITE_NAME": "rapids-hpo-test",
+        "WEBSITE_HOSTNAME": "rapids-hpo-test.azurewebsites.net",
         "RAPIDS_HPO_HOME": str(home),
         "AZURE_SUBSCRIPTION_ID": "sub-1",
         "AZURE_RESOURCE_GROUP": "rg-1",

@@ -56,12 +56,18 @@ EXPECTED_ROLES = {
     "Reader": "acdd72a7-3385-48ef-bd42-f606fba81ae7",
     # learn.microsoft.com/azure/role-based-access-control/built-in-roles/integration#eventgrid-data-sender
     "EventGrid Data Sender": "d5a91429-5739-47e2-a06b-3470a27159e7",
+    # learn.microsoft.com/azure/role-based-access-control/built-in-roles/storage#storage-blob-data-reader
+    "Storage Blob Data Reader": "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1",
+    # learn.microsoft.com/azure/role-based-access-control/built-in-roles/containers#acrpull
+    "AcrPull": "7f951dda-4ed3-4680-a7ca-43fe172d538d",
 }
 
 # Who gets which role where: the narrowest scope that works. None = the module's resource group.
 # APP is the Function App's system-assigned identity (the ``principalId`` parameter of the role modules);
-# VM is the Dask VMs' user-assigned identity, created in vm-identity.bicep.
-APP, VM = "function app", "dask vm identity"
+# VM is the Dask VMs' user-assigned identity, created in vm-identity.bicep; AML the AmlCompute clusters'
+# (the identity AzureML trials run as), created in azureml.bicep.
+APP, VM, AML = "function app", "dask vm identity", "azureml compute identity"
+IDENTITIES = {"vmIdentity": VM, "computeIdentity": AML}
 STORAGE_ACCOUNT = "Microsoft.Storage/storageAccounts"
 BLOB_CONTAINER = "Microsoft.Storage/storageAccounts/blobServices/containers"
 USER_ASSIGNED_IDENTITY = "Microsoft.ManagedIdentity/userAssignedIdentities"
@@ -80,7 +86,14 @@ EXPECTED_ASSIGNMENTS = Counter(
         (APP, "azureMLComputeOperator", "Microsoft.MachineLearningServices/workspaces"),
         (APP, "storageBlobDataContributor", STORAGE_ACCOUNT),  # the AzureML workspace's storage
         (APP, "eventGridDataSender", "Microsoft.EventGrid/topics"),  # publish to the control plane's topic
+        (APP, "reader", "Microsoft.MachineLearningServices/workspaces"),  # workspaces.get, jobs.download
+        (APP, "managedIdentityOperator", USER_ASSIGNED_IDENTITY),  # attach the compute identity to clusters
         # The Dask VM identity: none. Compute holds a per-experiment SAS (shared/store/compute.py).
+        # The AzureML compute identity: the trials' data (Contributor only on keyless workspace storage, where
+        # they also write outputs) and the workspace registry's images.
+        (AML, "storageBlobDataReader", STORAGE_ACCOUNT),
+        (AML, "storageBlobDataContributor", STORAGE_ACCOUNT),
+        (AML, "acrPull", "Microsoft.ContainerRegistry/registries"),
     ]
 )
 
@@ -912,7 +925,8 @@ def _principal_of(bicep: Bicep, principal_expr: str) -> tuple[str, str]:
         f"{bicep.path.name}: {match.group(1)} is not a user-assigned identity this file creates"
     )
     # The name needs a value known when the deployment starts: the identity's id, not its principal id.
-    return VM, f"{match.group(1)}.id"
+    assert match.group(1) in IDENTITIES, f"{bicep.path.name}: {match.group(1)} is not a known identity"
+    return IDENTITIES[match.group(1)], f"{match.group(1)}.id"
 
 
 def test_role_assignments_are_deterministic_narrow_and_for_known_identities() -> None:
@@ -1007,11 +1021,14 @@ def test_vm_identity_reaches_the_app_settings_and_no_control_plane_data() -> Non
         for bicep, d in _role_assignments()
         if "roleIds.managedIdentityOperator" in bicep.body_object(d, "properties")["roleDefinitionId"]
     ]
-    assert [bicep.path for bicep, _ in operators] == [ROLES_CONTROLPLANE]
-    operator_scope = control_plane.body(operators[0][1])["scope"]
-    scope_decl = next(d for d in control_plane.decls if d.symbol == operator_scope)
-    assert scope_decl.target == USER_ASSIGNED_IDENTITY and scope_decl.existing
-    assert control_plane.body(scope_decl)["name"] == "vmIdentityName"
+    # Each operator role is scoped to exactly one identity the app attaches: the Dask VMs' and AzureML's clusters'.
+    scoped = {}
+    for bicep, decl in operators:
+        scope_decl = next(d for d in bicep.decls if d.symbol == bicep.body(decl)["scope"])
+        assert scope_decl.target == USER_ASSIGNED_IDENTITY and scope_decl.existing
+        scoped[bicep.path.name] = bicep.body(scope_decl)["name"]
+    assert scoped == {ROLES_CONTROLPLANE.name: "vmIdentityName", "roles-azureml.bicep": "computeIdentityName"}
+    assert control_plane.path == ROLES_CONTROLPLANE
 
     assert not [key for who, key, _ in EXPECTED_ASSIGNMENTS if who == VM], "compute holds no role"
 
@@ -1046,7 +1063,9 @@ def test_function_app_is_flex_consumption_with_identity_and_vnet() -> None:
     properties = bicep.body_object(site, "properties")
     assert properties["httpsOnly"] == "true"
     assert properties["virtualNetworkSubnetId"] == "subnetId"
-    assert bicep.params["pythonVersion"] == "'3.11'"
+    # The Python the lock (requirements.txt) was resolved on and the worker tests run (tests/functions_host.py).
+    locked = re.search(r"on Python (3\.\d+)", (ROOT / "requirements.txt").read_text(encoding="utf-8"))
+    assert locked and bicep.params["pythonVersion"] == f"'{locked.group(1)}'"
     site_text = bicep.text[site.start : site.end]
     assert re.search(r"runtime:\s*\{\s*name:\s*'python'\s*version:\s*pythonVersion\s*\}", site_text)
     assert re.search(r"authentication:\s*\{\s*type:\s*'SystemAssignedIdentity'\s*\}", site_text)

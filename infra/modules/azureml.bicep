@@ -2,6 +2,15 @@
 // Application Insights (into the shared Log Analytics workspace) and, optionally, a container registry.
 // Deployed into the experiment resource group, where the AzureML backend finds it
 // (AZURE_RESOURCE_GROUP + AZUREML_WORKSPACE).
+//
+// Also the identity the sweeps run as: AzureML's user identity reaches data on behalf of a user principal
+// only, and the control plane submits as a managed identity, so each trial runs as its AmlCompute cluster's
+// managed identity (the job's identity is ManagedIdentityConfiguration). That is this user-assigned identity
+// (AZUREML_COMPUTE_IDENTITY_ID/_CLIENT_ID; the backend attaches it to every cluster it creates), holding:
+// Storage Blob Data Reader on the workspace storage (data assets; Contributor instead with keyless storage,
+// where the job also writes its outputs with it) and AcrPull on the workspace registry (its admin user is
+// off, so nodes pull the built image with this identity). Grant it Storage Blob Data Reader on any other
+// account specs read data from.
 
 @description('Azure region.')
 param location string
@@ -34,8 +43,13 @@ param containerRegistryName string
 @description('Disable shared-key access on the workspace storage and use identity-based system datastores. AzureML documents this as preview; compute clusters then need an identity with data roles on the storage.')
 param keylessStorage bool = false
 
+@description('Name of the user-assigned managed identity the AmlCompute clusters (and so the trials) run as.')
+param computeIdentityName string
+
 @description('Tags applied to every resource.')
 param tags object = {}
+
+import { roleIds } from 'role-definitions.bicep'
 
 resource storage 'Microsoft.Storage/storageAccounts@2026-09-01' = {
   name: storageAccountName
@@ -99,6 +113,45 @@ resource containerRegistry 'Microsoft.ContainerRegistry/registries@2025-11-01' =
   }
 }
 
+resource computeIdentity 'Microsoft.ManagedIdentity/userAssignedIdentities@2024-11-30' = {
+  name: computeIdentityName
+  location: location
+  tags: tags
+}
+
+resource computeDataReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!keylessStorage) {
+  name: guid(storage.id, computeIdentity.id, roleIds.storageBlobDataReader)
+  scope: storage
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleIds.storageBlobDataReader)
+    principalId: computeIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+    description: 'Trials read data assets on the workspace storage as the compute identity.'
+  }
+}
+
+resource computeDataContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (keylessStorage) {
+  name: guid(storage.id, computeIdentity.id, roleIds.storageBlobDataContributor)
+  scope: storage
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleIds.storageBlobDataContributor)
+    principalId: computeIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+    description: 'Keyless workspace storage: trials read data and write outputs as the compute identity.'
+  }
+}
+
+resource computeAcrPull 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (deployContainerRegistry) {
+  name: guid(containerRegistry.id, computeIdentity.id, roleIds.acrPull)
+  scope: containerRegistry
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleIds.acrPull)
+    principalId: computeIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+    description: 'Nodes pull the built trial image (the registry admin user is off).'
+  }
+}
+
 resource workspace 'Microsoft.MachineLearningServices/workspaces@2025-12-01' = {
   name: workspaceName
   location: location
@@ -129,3 +182,8 @@ resource workspace 'Microsoft.MachineLearningServices/workspaces@2025-12-01' = {
 output workspaceName string = workspace.name
 output workspaceId string = workspace.id
 output storageAccountName string = storage.name
+@description('AZUREML_COMPUTE_IDENTITY_ID: attached to every cluster the backend creates.')
+output computeIdentityId string = computeIdentity.id
+@description('AZUREML_COMPUTE_IDENTITY_CLIENT_ID: the identity each sweep job names.')
+output computeIdentityClientId string = computeIdentity.properties.clientId
+output computeIdentityName string = computeIdentity.name

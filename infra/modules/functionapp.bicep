@@ -26,12 +26,11 @@ param subnetId string
 @description('App settings (name -> string value). No secrets: every connection is identity-based.')
 param appSettings object
 
-@description('Python version of the Flex runtime.')
+@description('Python version of the Flex runtime: 3.13, the one requirements.txt is locked on and the tests run the worker on.')
 @allowed([
-  '3.11'
-  '3.12'
+  '3.13'
 ])
-param pythonVersion string = '3.11'
+param pythonVersion string = '3.13'
 
 @description('Upper bound on instances the app scales out to.')
 @minValue(40)

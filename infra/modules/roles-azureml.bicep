@@ -15,12 +15,44 @@ param storageAccountName string
 @description('True when the workspace storage has shared keys disabled (identity-based datastores).')
 param keylessStorage bool = false
 
+@description('Name of the AmlCompute clusters\' user-assigned identity (azureml.bicep).')
+param computeIdentityName string
+
 resource workspace 'Microsoft.MachineLearningServices/workspaces@2025-12-01' existing = {
   name: workspaceName
 }
 
 resource storage 'Microsoft.Storage/storageAccounts@2026-09-01' existing = {
   name: storageAccountName
+}
+
+resource computeIdentity 'Microsoft.ManagedIdentity/userAssignedIdentities@2024-11-30' existing = {
+  name: computeIdentityName
+}
+
+// workspaces.get (the MLflow tracking URI) and reading job outputs (jobs.download).
+resource workspaceReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(workspace.id, principalId, roleIds.reader)
+  scope: workspace
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleIds.reader)
+    principalId: principalId
+    principalType: 'ServicePrincipal'
+    description: 'Read the workspace (MLflow tracking URI) and job outputs.'
+  }
+}
+
+// Creating an AmlCompute with a user-assigned identity needs userAssignedIdentities/assign/action on it:
+// this role, on this identity only.
+resource computeIdentityOperator 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(computeIdentity.id, principalId, roleIds.managedIdentityOperator)
+  scope: computeIdentity
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleIds.managedIdentityOperator)
+    principalId: principalId
+    principalType: 'ServicePrincipal'
+    description: 'Attach the compute identity to the AmlCompute clusters the backend creates.'
+  }
 }
 
 // Jobs, sweeps, environments, models, datastores: everything in the workspace except creating or
