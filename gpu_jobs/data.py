@@ -17,7 +17,8 @@ Rows whose target is missing are dropped and counted, never filled; features are
 :mod:`gpu_jobs.encoding` says (category codes, seconds, NaN kept).
 
 The data is read and encoded with pandas, then moved once to the engine (cuDF for ``gpu``); loaded
-datasets are cached per process because the HPO driver runs many trials in one worker.
+datasets are cached per process because the HPO driver runs many trials in one worker (loaded once
+even when its threads ask at once: :mod:`gpu_jobs.worker_cache`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from gpu_jobs.encoding import (
 )
 from gpu_jobs.engine import get_engine, resolve_engine
 from gpu_jobs.errors import UserError
+from gpu_jobs.worker_cache import TRIAL_CACHE, KeyedCache
 
 BUILTIN_SCHEME = "builtin://"
 FLIGHTS_URI = "builtin://nycflights13"
@@ -121,16 +123,21 @@ def load_dataset(
         raise UserError(f"max_rows must be at least 1, got {max_rows}")
     resolved = resolve_engine(engine)
     sample_seed = seed if max_rows is not None else 0  # the seed only matters when sampling
-    return _load_cached(uri, target, data_format, max_rows, sample_seed, resolved, _fingerprint(uri))
+    key = (uri, target, data_format, max_rows, sample_seed, resolved, _fingerprint(uri))
+    return _DATASETS.get(key, lambda: _load(*key))
+
+
+_DATASETS = KeyedCache(maxsize=4)
+"""Loaded datasets: the trials a worker runs at once on its threads load each only once."""
 
 
 def clear_dataset_cache() -> None:
-    """Forget every dataset loaded by this process."""
-    _load_cached.cache_clear()
+    """Forget every dataset loaded by this process (and the arrays and folds made from them)."""
+    _DATASETS.clear()
+    TRIAL_CACHE.clear()
 
 
-@functools.lru_cache(maxsize=4)
-def _load_cached(
+def _load(
     uri: str,
     target: str,
     data_format: str | None,

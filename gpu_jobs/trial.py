@@ -23,11 +23,12 @@ from gpu_jobs.cross_validation import (
     rerun_arguments,
     split_fingerprint,
 )
-from gpu_jobs.data import load_dataset
-from gpu_jobs.engine import get_engine, resolve_engine
+from gpu_jobs.data import Dataset, load_dataset
+from gpu_jobs.engine import Engine, get_engine, resolve_engine
 from gpu_jobs.errors import UserError
 from gpu_jobs.model_files import save_outputs
 from gpu_jobs.trainers import Trainer, make_trainer, model_features
+from gpu_jobs.worker_cache import TRIAL_CACHE
 
 
 def run_trial(
@@ -70,19 +71,18 @@ def run_trial(
     dataset = load_dataset(data, target, data_format=data_format, max_rows=max_rows, seed=seed, engine=engine_name)
     info = dataset.info
     require_enough_rows(info.minority_class_rows, cv_folds)
-    features = toolkit.to_array(dataset.X, np.float32)
-    features = model_features(model, toolkit, features, has_missing=info.missing_feature_values > 0)
-    labels = toolkit.to_array(dataset.y, np.int32)
-    host_labels = toolkit.to_host(labels)  # folds are drawn on the host, alike on both engines
-    splitter = toolkit.stratified_kfold(n_splits=cv_folds, shuffle=True, random_state=seed)
+    fill = model == "random_forest" and info.missing_feature_values > 0
+    features = TRIAL_CACHE.for_object(dataset, ("features", fill), lambda: model_arrays(model, toolkit, dataset, fill))
+    labels, host_labels = TRIAL_CACHE.for_object(dataset, "labels", lambda: label_arrays(toolkit, dataset))
+    splits = TRIAL_CACHE.for_object(
+        dataset, ("folds", cv_folds, seed), lambda: fold_indices(toolkit, host_labels, cv_folds, seed)
+    )
     with cross_validation(request, engine_name=engine_name, seed=seed, on_fold=on_fold) as folds:
-        for host_train, host_valid in splitter.split(np.zeros((len(host_labels), 1), np.int8), host_labels):
-            split = split_fingerprint(host_valid, host_labels)
+        for split, train_index, valid_index in splits:
             earlier = folds.resumable(completed_folds, split)
             if earlier is not None:
                 folds.resume(earlier)
                 continue
-            train_index, valid_index = toolkit.array.asarray(host_train), toolkit.array.asarray(host_valid)
             trainer = make_trainer(model, toolkit, request.params, seed=seed, n_jobs=n_jobs)
             toolkit.synchronize()
             tick = time.perf_counter()
@@ -124,6 +124,26 @@ def run_trial(
             metrics["total_seconds"] = time.perf_counter() - started
         folds.finish(metrics)
     return metrics
+
+
+def model_arrays(model: str, toolkit: Engine, dataset: Dataset, fill: bool) -> Any:
+    """The dense float32 features on the engine, NaN replaced where ``fill`` (forests; see ``model_features``)."""
+    return model_features(model, toolkit, toolkit.to_array(dataset.X, np.float32), has_missing=fill)
+
+
+def label_arrays(toolkit: Engine, dataset: Dataset) -> tuple[Any, np.ndarray]:
+    """The labels on the engine and on the host (folds are drawn on the host, alike on both engines)."""
+    labels = toolkit.to_array(dataset.y, np.int32)
+    return labels, toolkit.to_host(labels)
+
+
+def fold_indices(toolkit: Engine, host_labels: np.ndarray, cv_folds: int, seed: int) -> list[tuple[str, Any, Any]]:
+    """Each fold's split fingerprint and its training and validation row indices on the engine."""
+    splitter = toolkit.stratified_kfold(n_splits=cv_folds, shuffle=True, random_state=seed)
+    return [
+        (split_fingerprint(valid, host_labels), toolkit.array.asarray(train), toolkit.array.asarray(valid))
+        for train, valid in splitter.split(np.zeros((len(host_labels), 1), np.int8), host_labels)
+    ]
 
 
 def fit_final_model(
