@@ -138,7 +138,7 @@ def test_nesting_at_the_limit_is_read(tmp_path):
 )
 def test_a_hostile_queue_message_naming_an_id_leaves_a_failed_record(ctx, message):
     body = message if isinstance(message, str) else json.dumps(message)
-    with pytest.raises(InvalidRequest):  # raised: the host retries, then moves it to the poison queue
+    with pytest.raises(InvalidRequest):  # raised to the trigger, which dead-letters it (take_request_message)
         handle_request_message(ctx, body.encode(), message_id="m-1")
     record = ctx.store.get_experiment("exp-dup")
     assert record.status is ExperimentStatus.FAILED and "invalid request" in record.error

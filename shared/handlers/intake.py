@@ -157,9 +157,9 @@ def handle_request_message(
     experiment belongs to :data:`QUEUE_SENDER`.
 
     The message is read by the same strict reader as HTTP bodies and CLI files, and hosted mode's rules
-    apply. An invalid request raises ``InvalidRequest`` (the host retries, then moves it to the poison
-    queue); when the message named an experiment id, that experiment is also recorded as FAILED with the
-    reason (for a JSON envelope the strict reader refused, its ``id`` is still recovered).
+    apply. An invalid request raises ``InvalidRequest`` (the trigger, :func:`take_request_message`, moves it
+    to the poison queue); when the message named an experiment id, that experiment is also recorded as
+    FAILED with the reason (for a JSON envelope the strict reader refused, its ``id`` is still recovered).
     """
     try:
         document = read_document(body)
