@@ -25,8 +25,10 @@ class InvalidPageToken(ControlPlaneError, ValueError):
 
 
 class BackendError(ControlPlaneError):
-    """A compute backend failed; ``retryable`` says whether trying again may help."""
+    """A compute backend failed; ``retryable`` says whether trying again may help; ``code`` is the cloud's
+    error code when it gave one (ARM's ``SkuNotAvailable``, ``AllocationFailed``, ...)."""
 
-    def __init__(self, message: str, *, retryable: bool = False) -> None:
+    def __init__(self, message: str, *, retryable: bool = False, code: str | None = None) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.code = code

@@ -142,6 +142,7 @@ class _Operation:
     kind: str  # "async" (PUT, Azure-AsyncOperation) or "location" (DELETE, Location)
     polls: int = 0
     error: dict[str, str] | None = None
+    resource_id: str = ""
 
 
 @dataclass
@@ -227,10 +228,11 @@ class FakeArm:
                 _Fault(method.upper(), path_contains, status, code, message, dict(headers or {}), times)
             )
 
-    def fail_next_operation(self, code: str, message: str) -> None:
-        """The next PUT's async operation ends ``Failed`` with this error."""
+    def fail_next_operation(self, code: str, message: str, path_contains: str = "") -> None:
+        """The next PUT (whose path contains ``path_contains``) has its async operation end ``Failed`` with
+        this error; the resource stays, ``provisioningState: Failed`` (a VM that failed to allocate never runs)."""
         with self._lock:
-            self._operation_faults.append({"code": code, "message": message})
+            self._operation_faults.append({"code": code, "message": message, "path": path_contains.lower()})
 
     def evict(self, vm_name: str) -> dict[str, Any]:
         """What Azure does to a Spot VM with eviction policy Delete: the VM (and what it deletes with
@@ -392,10 +394,17 @@ class FakeArm:
         }
         return next(f"10.0.0.{i}" for i in range(4, 255) if f"10.0.0.{i}" not in used)
 
-    def _new_operation(self, kind: str, location: str, sub: str, provider: str = _PROVIDER) -> str:
+    def _new_operation(
+        self, kind: str, location: str, sub: str, provider: str = _PROVIDER, resource_id: str = ""
+    ) -> str:
         op_id = str(uuid.uuid4())
-        error = self._operation_faults.pop(0) if kind == "async" and self._operation_faults else None
-        self._operations[op_id] = _Operation(kind=kind, error=error)
+        error = None
+        if kind == "async":
+            fault = next((f for f in self._operation_faults if f["path"] in resource_id.lower()), None)
+            if fault is not None:
+                self._operation_faults.remove(fault)
+                error = {"code": fault["code"], "message": fault["message"]}
+        self._operations[op_id] = _Operation(kind=kind, error=error, resource_id=resource_id.lower())
         segment = "operations" if kind == "async" else "operationResults"
         loc = re.sub(r"\s+", "", location or "westeurope").lower()
         return (
@@ -412,6 +421,11 @@ class FakeArm:
             if op.polls == 1:
                 return 200, {}, {"status": "InProgress"}
             if op.error is not None:
+                stored = self.resources.get(op.resource_id)
+                if stored is not None and stored["properties"].get("provisioningState") != "Failed":
+                    stored["properties"]["provisioningState"] = "Failed"
+                    if stored["type"].endswith("/virtualMachines") and self.on_vm_deleted is not None:
+                        self.on_vm_deleted(copy.deepcopy(stored))  # never allocated: nothing runs
                 return 200, {}, {"status": "Failed", "error": op.error}
             return 200, {}, {"status": "Succeeded"}
         if op.polls == 1:
@@ -482,7 +496,7 @@ class FakeArm:
         answer = copy.deepcopy(stored)
         answer["properties"]["provisioningState"] = "Updating"
         provider = _provider(_TYPES[match["type"].lower()])
-        operation = self._new_operation("async", body["location"], match["sub"], provider)
+        operation = self._new_operation("async", body["location"], match["sub"], provider, rid)
         return status, {"Azure-AsyncOperation": operation, "Retry-After": "0"}, answer
 
     def _missing_reference(self, match: re.Match[str], body: dict[str, Any]) -> str | None:

@@ -6,14 +6,19 @@ Who retries: **we do, not azure-core.** Clients built here pass ``retry_total=0`
 
 * 409 (another operation in progress, resource in use), 429 (throttled) and 5xx, plus connection
   errors, are retried with exponential backoff and jitter; a ``Retry-After`` header (seconds or an
-  HTTP date, or ``retry-after-ms``) replaces the computed wait, capped at ``max_wait_s``;
+  HTTP date, or ``retry-after-ms``) replaces the computed wait, capped at ``max_wait_s``; a 409 whose
+  code says it will not change by waiting (``SkuNotAvailable``, a quota) is not;
 * at most ``attempts`` tries and ``max_total_s`` seconds (no sleep starts that would pass it);
 * any other 4xx (400, 401, 403, 404, ...) and a long-running operation that ends ``Failed`` are
-  not retried.
+  not retried here.
 
 Either way the caller gets :class:`~shared.errors.BackendError` whose message names the action,
-the HTTP status, and Azure's error code and message. A client made elsewhere with the SDK's own
-retries left on would multiply the two budgets (10 SDK retries per try); don't.
+the HTTP status, and Azure's error code and message, with ``code`` set and a classification the
+caller can act on (:func:`classify`): ``retryable`` when waiting may help (throttling or 5xx that
+outlasted this call's budget, a capacity shortage), not when it cannot (a size the region does not
+offer, a quota, a bad request); a 403 says that role assignments take minutes to propagate. A client
+made elsewhere with the SDK's own retries left on would multiply the two budgets (10 SDK retries per
+try); don't.
 """
 
 from __future__ import annotations
@@ -39,6 +44,20 @@ T = TypeVar("T")
 
 ARM_SCOPE = "https://management.azure.com/.default"
 RETRYABLE_STATUS = frozenset({409, 429})
+CAPACITY_CODES = frozenset(
+    {
+        "AllocationFailed",
+        "ZonalAllocationFailed",
+        "OverconstrainedAllocationRequest",
+        "OverconstrainedZonalAllocationRequest",
+    }
+)
+"""Azure had no capacity for the VM at that moment ("Troubleshoot allocation failures"): worth trying later.
+For a Spot VM, ``SkuNotAvailable`` means the same ("Error messages for Azure Spot Virtual Machines")."""
+QUOTA_CODES = frozenset({"QuotaExceeded"})
+PERMANENT_CONFLICTS = frozenset({"SkuNotAvailable", "OperationNotAllowed", *QUOTA_CODES})
+"""409s that waiting within one call does not fix."""
+AUTHORIZATION_CODES = frozenset({"AuthorizationFailed", "LinkedAuthorizationFailed"})
 
 
 @dataclass(frozen=True)
@@ -66,12 +85,52 @@ def is_not_found(exc: BaseException) -> bool:
     return status_of(exc) == 404
 
 
+def error_code(exc: BaseException) -> str | None:
+    """Azure's error code of an ARM error (``SkuNotAvailable``, ...), or None."""
+    error = getattr(exc, "error", None)
+    return getattr(error, "code", None) if isinstance(exc, HttpResponseError) else None
+
+
+def is_quota(exc: BaseException) -> bool:
+    """Whether ``exc`` is Azure's "exceeding approved ... quota" (``OperationNotAllowed`` or ``QuotaExceeded``)."""
+    code = error_code(exc)
+    return code in QUOTA_CODES or (code == "OperationNotAllowed" and "quota" in str(exc).lower())
+
+
 def is_transient(exc: BaseException) -> bool:
-    """409, 429, 5xx and connection failures are worth another try; everything else is not."""
+    """409, 429, 5xx and connection failures are worth another try; everything else is not, nor a 409
+    whose code waiting does not change (:data:`PERMANENT_CONFLICTS`)."""
     if isinstance(exc, ServiceRequestError | ServiceResponseError):
         return True
     status = status_of(exc)
+    if status == 409 and error_code(exc) in PERMANENT_CONFLICTS:
+        return False
     return status is not None and (status in RETRYABLE_STATUS or status >= 500)
+
+
+def classify(exc: BaseException, *, exhausted: bool) -> tuple[bool, str]:
+    """(retryable, hint) for an ARM failure: whether another step later may succeed, and what a user can
+    do about it. ``exhausted``: a transient failure that outlasted one call's retries."""
+    code = error_code(exc)
+    if exhausted or code in CAPACITY_CODES:
+        return True, ""
+    if code == "SkuNotAvailable":
+        return False, (
+            " (the size is not offered to this subscription in this region, or, for Spot, there is no Spot "
+            "capacity now: `az vm list-skus --location <region> --size <size>` shows the restrictions; "
+            "choose another size or region)"
+        )
+    if is_quota(exc):
+        return False, (
+            " (request a quota increase for the size's family in this region, Spot quota apart: "
+            "`az vm list-usage --location <region>`)"
+        )
+    if code in AUTHORIZATION_CODES:
+        return False, (
+            " (the Function App's identity lacks this role: deploy infra/ (an Owner or User Access "
+            "Administrator must), and allow up to 10 minutes for new role assignments to take effect)"
+        )
+    return False, ""
 
 
 def describe_error(exc: BaseException) -> str:
@@ -164,10 +223,14 @@ def arm_call(action: str, fn: Callable[[], T], retry: RetrySettings = DEFAULT_RE
         exc = last.exception()
         raise BackendError(
             f"{action} failed after {last.attempt_number} attempts: {describe_error(exc) if exc else '?'}",
-            retryable=False,
+            retryable=True,
+            code=error_code(exc) if exc else None,
         ) from exc
     except (HttpResponseError, ServiceRequestError, ServiceResponseError) as exc:
-        raise BackendError(f"{action} failed: {describe_error(exc)}", retryable=False) from exc
+        retryable, hint = classify(exc, exhausted=False)
+        raise BackendError(
+            f"{action} failed: {describe_error(exc)}{hint}", retryable=retryable, code=error_code(exc)
+        ) from exc
 
 
 def _is_loopback(host: str | None) -> bool:

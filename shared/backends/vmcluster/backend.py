@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -45,7 +46,16 @@ from shared.backends.vmcluster.settings import (
     subscription_of,
     worker_vm_prefix,
 )
-from shared.backends.vmcluster.vms import cluster_vms, create_vm, failed, get_vm, healthy_workers, private_ip, vm_exists
+from shared.backends.vmcluster.vms import (
+    cluster_vms,
+    create_vm,
+    delete_failed_workers,
+    failed,
+    get_vm,
+    healthy_workers,
+    private_ip,
+    vm_exists,
+)
 from shared.compute_spec import VMClusterCompute
 from shared.errors import BackendError, NotFound
 from shared.ports import Capabilities, HandleUpdate, RunState, RunStatus, handle_changes
@@ -152,7 +162,13 @@ class VMClusterBackend:
         credential = json.loads(self._credential(record).to_json())
         env = {**cluster_env(experiment_id=record.id), "EXTRA_PIP_PACKAGES": " ".join(PIP)}
         check_no_secrets(env)
-        node = {"experiment_id": record.id, "credential": credential, "tls": bool(document.get("tls")), **node}
+        node = {
+            "experiment_id": record.id,
+            "credential": credential,
+            "tls": bool(document.get("tls")),
+            "vm": name,
+            **node,
+        }
         argv = docker_command(
             docker_image=compute.docker_image, docker_args=compute.docker_args, gpus=is_gpu_size(size), env=env
         )
@@ -276,6 +292,11 @@ class VMClusterBackend:
         if handle.evictions > compute.max_evictions:
             error = f"{handle.evictions} worker VMs evicted or lost, over compute.max_evictions={compute.max_evictions}"
             return _status(before, RunState.FAILED, handle, error=error)
+        notes = self._boot_notes(record.id)
+        head_note = next((n for n in notes if n.get("vm") == handle.scheduler_vm and n.get("final")), None)
+        if head_note is not None:  # the restart policy is spent: nothing will start the head again
+            error = f"the head node could not start: {_describe_note(head_note)}{_boot_log_hint(compute, head_note)}"
+            return _status(before, RunState.FAILED, handle, error=error)
         beat = self._heartbeat(record.id)
         if beat is None:
             waited = handle.seconds_since_submit()
@@ -283,7 +304,9 @@ class VMClusterBackend:
                 error = f"the head node's driver did not start within {waited:.0f} s of submit"
                 if handle.last_error:
                     error = f"{error}; last error: {handle.last_error}"
-                return _status(before, RunState.FAILED, handle, error=error)
+                if notes:
+                    error = f"{error}; boot notes: " + "; ".join(_describe_note(n) for n in notes[:3])
+                return _status(before, RunState.FAILED, handle, error=error + _boot_log_hint(compute, None))
             return _status(before, RunState.PENDING, handle, waiting_for="the head node's first heartbeat")
         handle = handle.model_copy(update={"heartbeat_at": heartbeat_time(beat)})
         if handle.seconds_silent() > self.silence_limit_s:
@@ -300,6 +323,18 @@ class VMClusterBackend:
         if refused:
             log.warning("experiment %s: the compute wrote what was refused: %s", record.id, refused)
         return handle.model_copy(update={"ingested_until": report.watermark})
+
+    def _boot_notes(self, experiment_id: str) -> list[dict[str, Any]]:
+        """What the VMs' ``boot.py`` reported of failed starts (``artifacts/boot/<vm>.json``), newest first."""
+        notes = []
+        for name in self.store.list_artifacts(experiment_id, f"{BOOT_NOTES}/"):
+            try:
+                note = json.loads(self.store.get_artifact(experiment_id, name))
+            except (NotFound, ValueError):
+                continue
+            if isinstance(note, dict):
+                notes.append(note)
+        return sorted(notes, key=lambda n: n["at"] if isinstance(n.get("at"), int | float) else 0, reverse=True)
 
     def _heartbeat(self, experiment_id: str) -> dict[str, Any] | None:
         try:
@@ -330,13 +365,19 @@ class VMClusterBackend:
             "worker_class": compute.worker_class,
             "worker_options": python_options(dict(compute.worker_options)),
         }
+        delete_failed_workers(clients[0], compute.resource_group, vms, cluster_id)
         names = [f"{worker_vm_prefix(cluster_id)}{uuid.uuid4().hex[:8]}" for _ in range(missing)]
         plans = [self._plan(record, compute, name, node, head=False) for name in names]
         with ThreadPoolExecutor(max_workers=min(8, missing), thread_name_prefix="vmcluster-create") as pool:
             futures = [pool.submit(self._create, record, handle, clients, plan) for plan in plans]
-        for future in futures:
-            future.result()  # the first BackendError, after every creation has ended
-        return handle.model_copy(update={"workers_created": True})
+        errors = [exc for exc in (f.exception() for f in futures) if exc is not None]
+        for exc in errors:  # after every creation has ended
+            if not isinstance(exc, BackendError) or not worker_loss(exc, spot=compute.spot):
+                raise exc
+        update: dict[str, Any] = {"workers_created": True}
+        if errors:  # each missing worker counts as lost at the next poll, which tries again
+            update["last_error"] = str(errors[0])
+        return handle.model_copy(update=update)
 
     def finalize(self, record: ExperimentRecord) -> HandleUpdate:
         """The last trials and artifacts (the model among them) into the store."""
@@ -409,6 +450,34 @@ class VMClusterBackend:
         if not resource_group or not subscription_id:
             return []
         return sweep_orphans(self._clients, live_experiment_ids, resource_group, subscription_id, self.retry)
+
+
+BOOT_NOTES = "boot"
+"""Where ``boot.py`` notes a failed start (``artifacts/boot/<vm>.json`` in the area)."""
+
+
+def _describe_note(note: dict[str, Any]) -> str:
+    """One line of a boot note, clipped (the compute wrote it)."""
+    text = f"{note.get('vm')}: {note.get('stage')}: {note.get('error')} (container start {note.get('starts')})"
+    return text[:500]
+
+
+def _boot_log_hint(compute: VMClusterCompute, note: dict[str, Any] | None) -> str:
+    vm = str(note.get("vm")) if note else "<vm>"
+    vm = vm if re.fullmatch(r"[A-Za-z0-9-]{1,64}", vm) else "<vm>"  # the compute wrote it
+    return f" (the VM's boot log: az vm boot-diagnostics get-boot-log -g {compute.resource_group} -n {vm})"
+
+
+def worker_loss(exc: BackendError, *, spot: bool) -> bool:
+    """Whether a worker VM that could not be created counts as a lost worker, to be tried again at the next
+    poll within ``compute.max_evictions``, rather than failing the run now: throttling or 5xx that outlasted
+    the call, no capacity (for Spot, ``SkuNotAvailable`` means that too), and a 403 while new role
+    assignments propagate. A quota, a size the region does not offer or a bad request fail the run."""
+    if exc.retryable or (spot and exc.code == "SkuNotAvailable"):
+        return True
+    from shared.backends.arm import AUTHORIZATION_CODES
+
+    return exc.code in AUTHORIZATION_CODES
 
 
 def _status(

@@ -18,6 +18,12 @@ reaches it, whatever the NSG says (and 8787 is the port the NSG's Dask rules cov
 Arguments reach the processes as argument lists, never through a shell. TLS comes from the files
 beside this one, through Dask's config variables. The exit status tells the container's restart
 policy whether to start the node again (non-zero: yes).
+
+**A failed boot is visible.** Once the credential is read, any failure to start (the code archive out of
+reach, a crashing scheduler or driver) is written to the area as ``artifacts/boot/<vm>.json`` (stage,
+error, container start count; ``final`` on the last start the restart policy allows): the control plane
+fails the run on a final note of the head at once, with that reason, instead of waiting out the ready
+timeout with the VMs billed.
 """
 
 import json
@@ -32,6 +38,8 @@ import zipfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+STARTS_ALLOWED = 6
+"""The first start and the five of ``--restart=on-failure:5`` (bootscript.RESTART_POLICY)."""
 
 
 def fetch_code(config: dict, target: Path) -> None:
@@ -54,7 +62,7 @@ def fetch_code(config: dict, target: Path) -> None:
             print(f"boot: fetching the code archive failed ({exc}); retrying", file=sys.stderr, flush=True)
             time.sleep(min(2 * (attempt + 1), 20))
     else:
-        raise SystemExit("boot: could not fetch the code archive")
+        raise BootFailure("fetching the code archive", "unreachable after 30 attempts (no way out of the subnet?)")
     with zipfile.ZipFile(archive) as zipped:
         zipped.extractall(target)
 
@@ -140,14 +148,60 @@ def run_worker(config: dict, env: dict[str, str]) -> int:
         time.sleep(1)
 
 
+class BootFailure(Exception):
+    def __init__(self, stage: str, error: str) -> None:
+        super().__init__(f"{stage}: {error}")
+        self.stage, self.error = stage, error
+
+
+def count_start() -> int:
+    """This container start's number (1, 2, ...), kept beside node.json across restarts."""
+    counter = HERE / "starts"
+    starts = int(counter.read_text()) + 1 if counter.exists() else 1
+    counter.write_text(str(starts))
+    return starts
+
+
+def write_note(config: dict, note: dict) -> None:
+    """``artifacts/boot/<vm>.json`` in the area (best effort: a note that cannot be written is printed)."""
+    name = f"artifacts/boot/{config.get('vm') or socket.gethostname()}.json"
+    body = json.dumps({**note, "vm": config.get("vm"), "role": config.get("role")}).encode()
+    print(f"boot: {note}", file=sys.stderr, flush=True)
+    credential = config["credential"]
+    try:
+        if credential["kind"] == "folder":
+            target = Path(credential["url"]) / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(body)
+            return
+        url = f"{credential['url'].rstrip('/')}/{name}?{credential['token']}"
+        headers = {"x-ms-blob-type": "BlockBlob", "Content-Type": "application/json"}
+        with urllib.request.urlopen(urllib.request.Request(url, body, headers, method="PUT"), timeout=30):
+            pass
+    except OSError as exc:
+        print(f"boot: could not write the boot note ({exc})", file=sys.stderr, flush=True)
+
+
 def main() -> int:
     config = json.loads((HERE / "node.json").read_text())
-    code = HERE / "code"
-    fetch_code(config, code)
-    env = environment(config, code)
-    if config["role"] == "head":
-        return run_head(config, env)
-    return run_worker(config, env)
+    starts = count_start()
+    note = {"starts": starts, "final": starts >= STARTS_ALLOWED}
+    try:
+        code = HERE / "code"
+        fetch_code(config, code)
+        env = environment(config, code)
+        if config["role"] == "head":
+            status = run_head(config, env)
+            if status != 0:
+                raise BootFailure("running the scheduler and the driver", f"exit status {status}")
+            return 0
+        return run_worker(config, env)
+    except BootFailure as exc:
+        write_note(config, {**note, "stage": exc.stage, "error": exc.error, "at": time.time()})
+        return 1
+    except Exception as exc:
+        write_note(config, {**note, "stage": "starting", "error": f"{type(exc).__name__}: {exc}", "at": time.time()})
+        return 1
 
 
 if __name__ == "__main__":

@@ -39,7 +39,9 @@ def create_vm(
     send verbatim, so ARM would get ``ip_configurations``/``hardware_profile`` where it expects
     ``properties.ipConfigurations``/``properties.hardwareProfile``. Deterministic names
     (``<vm>-nic``) make every PUT idempotent, so :func:`~shared.backends.arm.arm_call` may retry it;
-    the NIC and OS disk are deleted with the VM (``deleteOption: Delete``); no public IP, ever.
+    the NIC and OS disk are deleted with the VM (``deleteOption: Delete``); no public IP, ever. Boot
+    diagnostics are on (managed storage): the serial console log of a VM that never boots is in the
+    portal (``az vm boot-diagnostics get-boot-log``).
     """
     from azure.mgmt.compute import models as cm
     from azure.mgmt.network import models as nm
@@ -93,6 +95,7 @@ def create_vm(
         network_profile=cm.NetworkProfile(
             network_interfaces=[cm.NetworkInterfaceReference(id=nic.id, primary=True, delete_option="Delete")]
         ),
+        diagnostics_profile=cm.DiagnosticsProfile(boot_diagnostics=cm.BootDiagnostics(enabled=True)),
     )
     arm_call(
         f"creating virtual machine {vm.name}",
@@ -155,6 +158,22 @@ def healthy_workers(vms: list[Any], cluster_id: str) -> list[str]:
     """Names of the worker VMs among ``vms`` (:func:`cluster_vms`) that did not fail."""
     prefix = f"dask-{cluster_id}-worker-"
     return sorted(vm.name for vm in vms if vm.name.startswith(prefix) and not failed(vm))
+
+
+def delete_failed_workers(compute_client: Any, resource_group: str, vms: list[Any], cluster_id: str) -> list[str]:
+    """Start deleting the cluster's worker VMs whose provisioning failed (a capacity shortage leaves the VM
+    ``Failed``, holding its NIC and disk); returns their names. Not awaited: the next poll sees the rest."""
+    from shared.backends.arm import is_not_found
+
+    prefix = f"dask-{cluster_id}-worker-"
+    names = sorted(vm.name for vm in vms if vm.name.startswith(prefix) and failed(vm))
+    for name in names:
+        try:
+            compute_client.virtual_machines.begin_delete(resource_group, name)
+        except Exception as exc:  # gone already, or ARM busy: the next poll tries again
+            if not is_not_found(exc):
+                log.warning("deleting failed worker VM %s: %s", name, exc)
+    return names
 
 
 def failed(vm: Any) -> bool:

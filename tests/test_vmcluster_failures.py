@@ -1,0 +1,196 @@
+"""Azure's failures, scripted, and what each ends in (the table in docs/architecture.md, "Scripted Azure
+failures"): retried, counted against ``compute.max_evictions``, replaced, or FAILED at once with a reason a
+user can act on. The real SDKs against the local ARM server; the VMs themselves do not run here (their
+boot notes are written into the compute area as ``boot.py`` writes them)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared.backends.arm import RetrySettings
+from shared.backends.vmcluster import VMClusterBackend, VMClusterHandle
+from shared.context import Context
+from shared.ports import RunState, RunStatus
+from shared.records import ExperimentRecord
+from shared.store.compute import FolderArea
+from tests.arm_server import FakeArm
+from tests.control_plane import local_context
+from tests.test_vmcluster import EXP, _spec_document
+from tests.test_vmcluster import _backend as vmcluster_backend
+
+QUOTA = (
+    "Operation could not be completed as it results in exceeding approved standardNCASv3_T4Family Cores quota. "
+    "Additional details - Deployment Model: Resource Manager, Location: westeurope, Current Limit: 0"
+)
+NO_SPOT = "The requested tier for resource 'x' is currently not available in location 'westeurope'."
+NO_CAPACITY = "Allocation failed. We do not have sufficient capacity for the requested VM size in this region."
+NOT_YET = "The client 'app' does not have authorization to perform action 'Microsoft.Compute/virtualMachines/write'."
+
+
+@pytest.fixture
+def arm() -> Iterator[FakeArm]:
+    with FakeArm() as server:
+        yield server
+
+
+@pytest.fixture
+def ctx(tmp_path: Path) -> Context:
+    return local_context(tmp_path, poll_seconds=1)
+
+
+def _backend(ctx: Context, arm: FakeArm, **kwargs: Any) -> VMClusterBackend:
+    retry = RetrySettings(attempts=3, initial_wait_s=0, max_wait_s=0, jitter_s=0, sleep=lambda _: None)
+    return vmcluster_backend(ctx, arm, retry, **kwargs)
+
+
+def _submitted(ctx: Context, backend: VMClusterBackend, **compute: Any) -> ExperimentRecord:
+    document = _spec_document(tiny=True, **compute)
+    record = ctx.store.create_experiment(ExperimentRecord(id=EXP, name="x", spec=document, backend="vmcluster"))
+    record = record.model_copy(update={"backend_state": backend.provision(record)})
+    return record.model_copy(update={"backend_state": {**record.backend_state, **backend.submit(record)}})
+
+
+def _poll(backend: VMClusterBackend, record: ExperimentRecord) -> tuple[ExperimentRecord, RunStatus]:
+    status = backend.poll(record)
+    return record.model_copy(update={"backend_state": {**record.backend_state, **status.updates}}), status
+
+
+def _worker_path(record: ExperimentRecord) -> str:
+    return f"virtualMachines/dask-{VMClusterHandle.of(record.backend_state).cluster_id}-worker-"
+
+
+def _workers(arm: FakeArm) -> list[dict[str, Any]]:
+    return [vm for vm in arm.of_type("virtualMachines") if "-worker-" in vm["name"]]
+
+
+def test_no_spot_capacity_is_counted_and_retried(ctx: Context, arm: FakeArm) -> None:
+    """Spot: ``SkuNotAvailable`` means no Spot capacity now. The poll keeps the run, notes why, and the next
+    poll counts the missing workers as lost (``max_evictions``) and tries again."""
+    backend = _backend(ctx, arm)
+    record = _submitted(ctx, backend, spot=True, max_evictions=3)
+    arm.fail("PUT", _worker_path(record), 409, "SkuNotAvailable", NO_SPOT, times=2)
+
+    record, first = _poll(backend, record)
+    assert first.state is RunState.PENDING and not _workers(arm)
+    handle = VMClusterHandle.of(record.backend_state)
+    assert "SkuNotAvailable" in (handle.last_error or "") and handle.evictions == 0
+    assert len(arm.calls("PUT", _worker_path(record))) == 2  # one try each: a 409 of this code is not waited on
+
+    record, second = _poll(backend, record)
+    assert second.state is RunState.PENDING and len(_workers(arm)) == 2
+    assert VMClusterHandle.of(record.backend_state).evictions == 2  # counted: the budget bounds the retries
+
+
+def test_no_spot_capacity_beyond_the_budget_fails_the_run_with_the_reason(ctx: Context, arm: FakeArm) -> None:
+    backend = _backend(ctx, arm)
+    record = _submitted(ctx, backend, spot=True, max_evictions=1)
+    arm.fail("PUT", _worker_path(record), 409, "SkuNotAvailable", NO_SPOT, times=99)
+    record, _ = _poll(backend, record)
+    record, status = _poll(backend, record)
+    assert status.state is RunState.FAILED and "max_evictions=1" in (status.error or "")
+
+
+def test_an_allocation_failure_leaves_a_failed_vm_which_is_deleted_and_replaced(ctx: Context, arm: FakeArm) -> None:
+    """The PUT is accepted and its operation ends ``Failed`` (``AllocationFailed``): the VM stays, Failed,
+    holding its NIC and disk. The next poll deletes it and creates a replacement."""
+    backend = _backend(ctx, arm)
+    record = _submitted(ctx, backend, max_evictions=2)
+    arm.fail_next_operation("AllocationFailed", NO_CAPACITY, path_contains=_worker_path(record))
+
+    record, first = _poll(backend, record)
+    assert first.state is RunState.PENDING
+    [failed] = [vm for vm in _workers(arm) if vm["properties"]["provisioningState"] == "Failed"]
+    assert "AllocationFailed" in (VMClusterHandle.of(record.backend_state).last_error or "")
+
+    record, second = _poll(backend, record)
+    assert second.state is RunState.PENDING
+    assert any(r.path.endswith(failed["name"]) for r in arm.calls("DELETE"))
+    workers = _workers(arm)
+    assert failed["name"] not in {vm["name"] for vm in workers} and len(workers) == 2
+    assert all(vm["properties"]["provisioningState"] == "Succeeded" for vm in workers)
+    assert VMClusterHandle.of(record.backend_state).evictions == 1
+
+
+@pytest.mark.parametrize(
+    ("code", "message", "hint"),
+    [
+        ("SkuNotAvailable", NO_SPOT, "az vm list-skus"),  # on-demand: the size is not offered here
+        ("OperationNotAllowed", QUOTA, "request a quota increase"),
+        ("QuotaExceeded", "Quota exceeded for standardNCASv3_T4Family.", "request a quota increase"),
+    ],
+)
+def test_what_waiting_cannot_fix_fails_the_run_at_the_first_poll(
+    ctx: Context, arm: FakeArm, code: str, message: str, hint: str
+) -> None:
+    backend = _backend(ctx, arm)
+    record = _submitted(ctx, backend)
+    arm.fail("PUT", _worker_path(record), 409, code, message, times=99)
+
+    record, status = _poll(backend, record)
+
+    assert status.state is RunState.FAILED and code in (status.error or "") and hint in (status.error or "")
+    assert len(arm.calls("PUT", _worker_path(record))) == 2  # one each, no waiting on a quota
+
+
+def test_a_403_while_roles_propagate_is_retried_at_the_next_poll(ctx: Context, arm: FakeArm) -> None:
+    """Role assignments take minutes to reach ARM after a deployment: a worker's 403 is noted and tried
+    again; the head's (at submit) fails the run with the same hint (tests/test_network.py)."""
+    backend = _backend(ctx, arm)
+    record = _submitted(ctx, backend)
+    arm.fail("PUT", _worker_path(record), 403, "AuthorizationFailed", NOT_YET, times=2)
+
+    record, first = _poll(backend, record)
+    assert first.state is RunState.PENDING
+    assert "10 minutes for new role assignments" in (VMClusterHandle.of(record.backend_state).last_error or "")
+    record, second = _poll(backend, record)
+    assert second.state is RunState.PENDING and len(_workers(arm)) == 2
+
+
+def _note(ctx: Context, record: ExperimentRecord, *, final: bool, vm: str | None = None) -> None:
+    handle = VMClusterHandle.of(record.backend_state)
+    note = {
+        "vm": vm or handle.scheduler_vm,
+        "role": "head",
+        "stage": "fetching the code archive",
+        "error": "unreachable after 30 attempts (no way out of the subnet?)",
+        "starts": 6 if final else 2,
+        "final": final,
+        "at": time.time(),
+    }
+    area = FolderArea(ctx.store.root / "compute" / EXP)  # type: ignore[attr-defined]
+    area.put(f"artifacts/boot/{note['vm']}.json", json.dumps(note).encode())
+
+
+def test_a_head_that_cannot_boot_fails_the_run_at_once_with_its_note(ctx: Context, arm: FakeArm) -> None:
+    """``boot.py`` notes each failed start; the last one the restart policy allows is final: the run ends
+    at the next poll, not after the 40-minute ready timeout, and says why and where the boot log is."""
+    backend = _backend(ctx, arm)
+    record = _submitted(ctx, backend)
+    _note(ctx, record, final=False)
+    record, waiting = _poll(backend, record)
+    assert waiting.state is RunState.PENDING  # Docker starts it again
+
+    _note(ctx, record, final=True)
+    record, status = _poll(backend, record)
+    assert status.state is RunState.FAILED
+    assert "the head node could not start" in (status.error or "") and "fetching the code archive" in (
+        status.error or ""
+    )
+    assert "az vm boot-diagnostics get-boot-log" in (status.error or "")
+    [head] = [r for r in arm.calls("PUT", "virtualMachines/") if r.path.endswith("-scheduler")]
+    assert head.body["properties"]["diagnosticsProfile"] == {"bootDiagnostics": {"enabled": True}}
+
+
+def test_a_vm_that_never_boots_fails_at_the_ready_timeout_with_what_the_vms_noted(ctx: Context, arm: FakeArm) -> None:
+    backend = _backend(ctx, arm, ready_timeout_s=0)
+    record = _submitted(ctx, backend)
+    _note(ctx, record, final=False, vm="dask-x-worker-1")
+    record, status = _poll(backend, record)
+    assert status.state is RunState.FAILED and "did not start within" in (status.error or "")
+    assert "boot notes: dask-x-worker-1: fetching the code archive" in (status.error or "")
