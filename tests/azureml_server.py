@@ -113,6 +113,7 @@ class AzureMLStandIn:
         self.blob_url = azurite_blob_url.rstrip("/")
         self.account, self.key = azurite_account, azurite_key
         self.token = entra_token()  # what ARM-scoped requests must carry
+        self.identity_header = uuid.uuid4().hex
         self.sub, self.rg, self.ws = subscription, resource_group, workspace
         self.container = container
         self.job_validator = job_validator
@@ -191,6 +192,20 @@ class AzureMLStandIn:
 
     def credential(self) -> StaticToken:
         return StaticToken()
+
+    def managed_identity_environ(self) -> dict[str, str]:
+        """What Azure gives a Function App for its managed identity (App Service's token endpoint), pointing at
+        the stand-in's own endpoint: ``DefaultAzureCredential`` in another process then gets this workspace's
+        token, as the real control plane gets its identity's."""
+        return {"IDENTITY_ENDPOINT": f"{self.url}/msi/token", "IDENTITY_HEADER": self.identity_header}
+
+    def _managed_identity_token(self, query: dict[str, str], header: str | None) -> Any:
+        if header != self.identity_header:
+            return error(401, "Unauthorized", "missing or wrong X-IDENTITY-HEADER")
+        resource = query.get("resource", "").removesuffix("/")
+        expires = str(int(time.time()) + 3600)
+        token = {"access_token": entra_token(resource), "expires_on": expires, "token_type": "Bearer"}
+        return 200, {}, {**token, "resource": resource}
 
     # -- scripting
     def script(
@@ -308,10 +323,14 @@ class AzureMLStandIn:
         return {"Azure-AsyncOperation": f"{self.url}/operations/{op}?api-version={api_version}", "Retry-After": "1"}
 
     # -- request handling
-    def handle(self, method: str, path: str, query: dict[str, str], body: Any, auth: str | None) -> Any:
+    def handle(
+        self, method: str, path: str, query: dict[str, str], body: Any, auth: str | None, identity: str | None = None
+    ) -> Any:
         with self._lock:
             record = Recorded(method, path, query, body)
             self.requests.append(record)
+            if method == "GET" and path == "/msi/token":
+                return self._managed_identity_token(query, identity)
             if auth != f"Bearer {self.token}" and path != "/discovery":  # discovery is anonymous, as in Azure
                 return error(401, "AuthenticationFailed", "missing or wrong bearer token")
             for verb, pattern, handler in ROUTES:
@@ -337,6 +356,7 @@ class _Handler(BaseHTTPRequestHandler):
             dict(parse_qsl(parts.query)),
             read_json_body(self),
             self.headers.get("Authorization"),
+            self.headers.get("X-IDENTITY-HEADER"),
         )
         send_json(self, status, headers, answer)
 

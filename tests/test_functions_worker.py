@@ -12,6 +12,7 @@ import base64
 import json
 import os
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -203,3 +204,108 @@ def test_the_timers_first_run_imports_no_sdk_it_does_not_use(package: Path, tmp_
     everything = {**indexed, **first_run}
     for heavy in ("azure.ai.ml", "shared.backends.azureml", "mlflow", "dask"):
         assert not [m for m in everything if m == heavy or m.startswith(heavy + ".")], heavy
+
+
+# ------------------------------------------------------------------------------------------ end to end
+@pytest.mark.slow
+def test_an_experiment_completes_through_the_worker(azurite: str, package: Path, tmp_path: Path) -> None:
+    """Submit over HTTP; the host delivers each ``experiment-events`` message from Azurite (as stored: base64) to
+    the worker until the experiment completes. The azureml backend runs in the worker with the real azure-ai-ml
+    and MLflow against the AzureML stand-in, authenticated as the Function App is (its managed identity's
+    token endpoint); its sweep runs as the deployment's compute identity."""
+    from azure.core.exceptions import ResourceExistsError
+    from azure.storage.queue import QueueClient
+
+    from shared.backends.azureml import job_name_for
+    from tests.azureml_server import AzureMLStandIn, Child
+    from tests.azurite import ACCOUNT, KEY
+
+    require_worker()
+    blob = re.search(r"BlobEndpoint=([^;]+)", azurite)
+    assert blob
+    uai = "/subscriptions/sub-1/resourceGroups/rg-1/providers/Microsoft.ManagedIdentity/userAssignedIdentities/aml"
+    with AzureMLStandIn(
+        azurite_blob_url=blob.group(1),
+        azurite_account=ACCOUNT,
+        azurite_key=KEY,
+        subscription="sub-1",
+        resource_group="rg-1",
+        workspace="ws-1",
+    ) as workspace:
+        settings = {
+            **app_settings(azurite, tmp_path / "home"),
+            **workspace.environ(),
+            **workspace.managed_identity_environ(),
+            "RAPIDS_HPO_POLL_SECONDS": "0",
+            "RAPIDS_HPO_INSTANCE_ID": "st-e2e",
+            "AZUREML_COMPUTE_IDENTITY_ID": uai,
+            "AZUREML_COMPUTE_IDENTITY_CLIENT_ID": "client-e2e",
+        }
+        events = QueueClient.from_connection_string(azurite, "experiment-events")  # no decode policy: as stored
+        try:
+            events.create_queue()
+        except ResourceExistsError:
+            events.clear_messages()  # what the module's other tests left
+        with FunctionsHost(package, settings) as host:
+            register = {"register_model": {"name": "rapids-hpo-e2e"}}
+            posted = host.http(
+                "POST",
+                "/api/experiments",
+                json.dumps(azureml_spec(output=register)),
+                {"Content-Type": "application/json"},
+            )
+            assert posted.status == 202, posted.body
+            experiment = posted.json()["id"]
+            job = job_name_for(experiment)
+            mlmodel = b"flavors:\n  python_function:\n    loader_module: mlflow.sklearn\n"
+            files = {"model.joblib": b"best", "mlflow/MLmodel": mlmodel, "mlflow/model.pkl": b"pickled"}
+            best = Child(
+                f"{job}_0",
+                ["Running", "Completed"],
+                history={1: 0.8, 2: 0.84},
+                files=files,
+                draw={"n_estimators": 10},
+                params={"engine": "cuml"},
+            )
+            other = Child(f"{job}_1", ["Completed"], history={1: 0.7, 2: 0.71}, draw={"n_estimators": 20})
+            workspace.script(job, ["Preparing", "Running", "Completed"], [(1, best), (2, other)])
+
+            delivered = 0
+            for _ in range(60):  # until the queue is drained (teardown included) and the experiment COMPLETED
+                message = next(iter(events.receive_messages(max_messages=1, visibility_timeout=30)), None)
+                if message is None:
+                    status = host.http("GET", f"/api/experiments/{experiment}").json()
+                    if status["status"] == "COMPLETED":
+                        break
+                    time.sleep(0.2)
+                    continue
+                host.queue(
+                    "experiment_events", message.content, message_id=message.id, dequeue_count=message.dequeue_count
+                )
+                events.delete_message(message)
+                delivered += 1
+            else:
+                raise AssertionError(f"not completed after {delivered} events: {status}; log:\n{host.log_tail()}")
+            assert [h["status"] for h in status["history"]] == [
+                "SUBMITTED",
+                "PROVISIONING",
+                "RUNNING",
+                "FINALIZING",
+                "COMPLETED",
+            ]
+            trials = host.http("GET", f"/api/experiments/{experiment}/trials").json()
+            model = host.http("GET", f"/api/experiments/{experiment}/model")
+
+        assert status["best"]["number"] == 0 and status["best"]["value"] == pytest.approx(0.84)
+        assert len(trials["items"] if isinstance(trials, dict) else trials) == 2
+        assert model.status == 200
+        (put,) = workspace.calls("PUT", "/jobs/")
+        assert put.body["properties"]["identity"] == {"identityType": "Managed", "clientId": "client-e2e"}
+        cluster = workspace.computes["rapids-gpu"]
+        assert (
+            uai in cluster["identity"]["userAssignedIdentities"] and cluster["tags"]["rapids-hpo.instance"] == "st-e2e"
+        )
+        registered = workspace.assets["models/rapids-hpo-e2e/1"]["properties"]
+        assert registered["tags"]["rapids-hpo.instance"] == "st-e2e"
+        assert workspace.calls("GET", "/msi/token"), "the worker authenticated as a managed identity"
+        assert workspace.unrouted == []
