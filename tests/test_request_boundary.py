@@ -369,3 +369,14 @@ def test_worker_threads_are_a_small_integer(client, threads):
 def test_a_huge_float_cannot_become_a_huge_integer(client):
     document = tiny_spec(dataset={**tiny_spec()["dataset"], "max_rows": 1e300})
     refused(post_json_text(client, json.dumps(document)), 422, "dataset.max_rows", "2**53")
+
+
+@pytest.mark.parametrize(
+    "uri", ["https://[::1", "https://[]/x.csv", "abfss://c@[]/x", "https://a.blob.core.windows.net:99999/x"]
+)
+def test_a_malformed_url_is_a_422_even_where_hosted_mode_parses_it(client, ctx, uri):
+    """Found by the generated specs: hosted mode's URI check raised ValueError (a 500) on an unclosed '['."""
+    ctx.settings = replace(ctx.settings, hosted=True)
+    document = tiny_spec(dataset={**tiny_spec()["dataset"], "uri": uri}, compute={"backend": "azureml"})
+    refused(post_json_text(client, json.dumps(document)), 422, "dataset.uri", "malformed URL")
+    assert stored(ctx) == 0

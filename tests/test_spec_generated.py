@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shared.api import create_api
-from shared.spec import SpecError, load_spec
+from shared.spec import SpecError, SpecPolicy, load_spec
 from shared.spec.errors import MAX_ERRORS
 from tests.control_plane import local_context, tiny_spec
 
@@ -84,6 +85,7 @@ REAL_PATHS = [
     ["description"],
     ["tags"],
     ["dataset", "uri"],
+    ["compute", "backend"],
     ["dataset", "max_rows"],
     ["trial", "params"],
     ["trial", "params", "n_bins"],
@@ -115,14 +117,32 @@ plausible = st.builds(  # near the valid ranges: most are accepted, the rest ref
     st.sampled_from(NUMERIC_PATHS),
     st.integers(min_value=-3, max_value=6000) | st.floats(min_value=-2, max_value=2) | st.lists(st.integers(1, 64)),
 )
+uris = st.builds(  # the dataset URI, which hosted mode parses further: odd netlocs, ports, credentials
+    put,
+    st.just(BASE),
+    st.just(["dataset", "uri"]),
+    st.builds(
+        "".join,
+        st.lists(
+            st.sampled_from(["https://", "abfss://", "az://", "c@", "[", "]", "::1", "acct.blob.core.windows.net"])
+            | st.sampled_from([":", ":99999", ":abc", "/x.csv", "?sig=s", "user:pw@", "%00", "#"])
+            | st.text(max_size=5),
+            min_size=1,
+            max_size=8,
+        ),
+    ),
+)
 arbitrary = st.dictionaries(st.sampled_from(FIELD_NAMES) | st.text(max_size=20), values, max_size=8)
-documents = st.one_of(mutated, mutated, plausible, arbitrary)
+documents = st.one_of(mutated, mutated, plausible, uris, arbitrary)
 
 
-def check(document: dict[str, Any]) -> SpecError | None:
-    """Load ``document``; assert the reader's contract; return the refusal, if any."""
+HOSTED = SpecPolicy(hosted=True, data_hosts=(".data.example.org",))
+
+
+def check(document: dict[str, Any], policy: SpecPolicy | None = None) -> SpecError | None:
+    """Load ``document`` (under ``policy``); assert the reader's contract; return the refusal, if any."""
     try:
-        spec = load_spec(document)
+        spec = load_spec(document, policy)
     except SpecError as exc:
         assert exc.errors or exc.more
         assert len(exc.errors) <= MAX_ERRORS
@@ -131,19 +151,22 @@ def check(document: dict[str, Any]) -> SpecError | None:
             assert len(error["msg"]) < 2_000
         return exc
     text = json.dumps(spec.to_document(), allow_nan=False)
-    assert load_spec(text) == spec
+    assert load_spec(text, policy) == spec
     return None
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
-@given(documents)
-def test_the_reader_refuses_with_field_paths_or_accepts_valid_json(document: dict[str, Any]) -> None:
-    check(document)
+@given(documents, st.sampled_from([None, HOSTED]))
+def test_the_reader_refuses_with_field_paths_or_accepts_valid_json(
+    document: dict[str, Any], policy: SpecPolicy | None
+) -> None:
+    check(document, policy)
 
 
-@pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory) -> tuple[TestClient, Any]:
+@pytest.fixture(scope="module", params=["local", "hosted"])
+def client(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[TestClient, Any]:
     ctx = local_context(Path(tmp_path_factory.mktemp("generated")))
+    ctx.settings = replace(ctx.settings, hosted=request.param == "hosted")
     return TestClient(create_api(context=ctx), base_url="http://localhost", raise_server_exceptions=False), ctx
 
 

@@ -83,6 +83,10 @@ class DatasetSpec(SpecModel):
                 f"unknown builtin dataset {echo(rest)}: expected one of "
                 + ", ".join(f"builtin://{name}" for name in BUILTIN_DATASETS)
             )
+        try:
+            urlsplit(uri).port  # noqa: B018 (parses the netloc: an unclosed "[" or a bad port raises)
+        except ValueError as exc:
+            raise ValueError(f"malformed URL: {exc}") from None
         credential = _credential_in(uri)
         if credential:
             raise ValueError(
@@ -93,13 +97,9 @@ class DatasetSpec(SpecModel):
 
 
 def _credential_in(uri: str) -> str | None:
-    """What credential a URL holds: a password, or a SAS (its ``sig`` parameter), or None."""
-    try:
-        parts = urlsplit(uri)
-        password = parts.password
-    except ValueError:  # a malformed port or netloc: not ours to judge here, the reader refuses it
-        return None
-    if password is not None:
+    """What credential a URL (one that parses) holds: a password, or a SAS (its ``sig`` parameter), or None."""
+    parts = urlsplit(uri)
+    if parts.password is not None:
         return "a password"
     if any(key.lower() == "sig" for key, _ in parse_qsl(parts.query, keep_blank_values=True)):
         return "a SAS token: sig=..."
