@@ -309,3 +309,34 @@ def test_an_experiment_completes_through_the_worker(azurite: str, package: Path,
         assert registered["tags"]["rapids-hpo.instance"] == "st-e2e"
         assert workspace.calls("GET", "/msi/token"), "the worker authenticated as a managed identity"
         assert workspace.unrouted == []
+
+
+# ------------------------------------------------------------------------------------------ the lock
+def test_requirements_txt_is_a_full_lock_of_requirements_in() -> None:
+    """Every line of requirements.txt pins one exact version, and every requirement of requirements.in that
+    applies on the Function App's Python is met by those pins: an edit of requirements.in without `make lock`
+    (or an unpinned line) fails here, before Azure's remote build would resolve something else."""
+    from packaging.requirements import Requirement
+
+    lock_text = (ROOT / "requirements.txt").read_text(encoding="utf-8")
+    python = re.search(r"on Python (3\.\d+)\.\d+", lock_text)
+    assert python, "requirements.txt names the Python it was locked on (make lock)"
+    pins: dict[str, str] = {}
+    for line in lock_text.splitlines():
+        if line.strip() and not line.startswith("#"):
+            requirement = Requirement(line)
+            (spec,) = requirement.specifier
+            assert spec.operator == "==" and not requirement.marker, line
+            pins[requirement.name.lower().replace("_", "-")] = spec.version
+    environment = {"python_version": python.group(1), "python_full_version": f"{python.group(1)}.0"}
+    for raw in (ROOT / "requirements.in").read_text(encoding="utf-8").splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        requirement = Requirement(line)
+        if requirement.marker and not requirement.marker.evaluate(environment):
+            continue
+        name = requirement.name.lower().replace("_", "-")
+        assert name in pins, f"{name} is not in requirements.txt: run make lock"
+        assert requirement.specifier.contains(pins[name], prereleases=True), f"{name}=={pins[name]} breaks {line}"
+    assert pins["azure-functions-runtime"] and pins["azure-functions"].startswith("2.")
