@@ -110,6 +110,11 @@ class ComputeSection(_Strict):
         """The GPUs the compute holds and the trials that keep them busy; None without GPUs (or unknown)."""
         return None
 
+    def size_problem(self, vm_size: str) -> str | None:
+        """Why this backend cannot run its trials on ``vm_size`` (None: it can); the plan compares only
+        sizes it can."""
+        return None
+
     def hosted_problems(self, spec: ExperimentSpec) -> list[Problem]:
         """What a hosted deployment refuses in this section, given the rest of ``spec`` (paths from the spec's
         root; ``[]``: none)."""
@@ -310,17 +315,25 @@ class VMClusterCompute(ComputeSection):
     def _drivers(self) -> VMClusterCompute:
         """Sizes whose GPU the VM image cannot drive are refused before anything is billed."""
         for field_name, size in (("vm_size", self.vm_size), ("scheduler_vm_size", self.scheduler_vm_size)):
-            if size and re.match(r"^Standard_NV", size, re.IGNORECASE):
-                raise ValueError(
-                    f"{field_name}: {size} is an NV-series (visualization) size: its GPU needs NVIDIA's GRID "
-                    "driver, which NVIDIA's NGC VM image does not promise; use an NC- or ND-series size"
-                )
-        if not self.use_marketplace_image and re.match(r"^Standard_N[CD]", self.vm_size, re.IGNORECASE):
-            raise ValueError(
-                f"use_marketplace_image: false boots plain Ubuntu with Docker only: no NVIDIA driver or container "
-                f"toolkit for the GPUs of {self.vm_size}; keep the NGC image for GPU sizes"
-            )
+            problem = self.size_problem(size) if size else None
+            if problem:
+                raise ValueError(f"{field_name}: {problem}")
         return self
+
+    def size_problem(self, vm_size: str) -> str | None:
+        """NV-series GPUs need NVIDIA's GRID driver, which the NGC VM image does not promise; plain Ubuntu
+        (``use_marketplace_image: false``) has no NVIDIA driver or container toolkit at all."""
+        if re.match(r"^Standard_NV", vm_size, re.IGNORECASE):
+            return (
+                f"{vm_size} is an NV-series (visualization) size: its GPU needs NVIDIA's GRID driver, which "
+                "NVIDIA's NGC VM image does not promise; use an NC- or ND-series size"
+            )
+        if not self.use_marketplace_image and re.match(r"^Standard_N[CD]", vm_size, re.IGNORECASE):
+            return (
+                "use_marketplace_image: false boots plain Ubuntu with Docker only: no NVIDIA driver or container "
+                f"toolkit for the GPUs of {vm_size}; keep the NGC image for GPU sizes"
+            )
+        return None
 
     def gpu_capacity(self) -> GpuCapacity | None:
         """A ``CUDAWorker`` per GPU, each running ``worker_options.nthreads`` trials at once (default 1)."""

@@ -223,3 +223,37 @@ def test_revoking_ends_the_credential_before_it_expires(azure_store: AzureStore)
         area.download_blob("experiment.json").readall()
     denied(area.create_container)  # a container SAS cannot bring its area back
     assert not azure_store.blob_service.get_container_client(area.container_name).exists()
+
+
+@pytest.mark.parametrize("days", [1, 7, 30])
+def test_a_user_delegation_key_expires_strictly_within_seven_days(days: int) -> None:
+    """Azure answers 400 to a user-delegation key expiring more than 7 days after its own clock's now: the
+    key (and the SAS it signs) stop short of that by a margin for a clock of ours that runs fast."""
+    import base64
+    from types import SimpleNamespace
+
+    from azure.storage.blob import UserDelegationKey
+
+    from shared.store.compute import KEY_CLOCK_MARGIN, container_credential
+
+    asked: list[tuple[datetime, datetime]] = []
+
+    def get_user_delegation_key(start: datetime, expiry: datetime) -> UserDelegationKey:
+        asked.append((start, expiry))
+        key = UserDelegationKey()
+        key.signed_oid, key.signed_tid, key.signed_service, key.signed_version = "oid", "tid", "b", "2025-11-05"
+        key.signed_start, key.signed_expiry = start.isoformat(), expiry.isoformat()
+        key.value = base64.b64encode(b"k" * 32).decode()
+        return key
+
+    service = SimpleNamespace(credential=object(), account_name="acct", get_user_delegation_key=get_user_delegation_key)
+    container = SimpleNamespace(url="https://acct.blob.core.windows.net/area", container_name="area")
+    before = datetime.now(UTC)
+    credential = container_credential(service, container, "exp-1", timedelta(days=days))
+
+    [(_, key_expiry)] = asked
+    limit = before + timedelta(days=7)
+    assert key_expiry <= limit - KEY_CLOCK_MARGIN + timedelta(seconds=5)
+    assert credential.expires_at <= key_expiry  # the SAS never outlives its key
+    if days == 1:
+        assert key_expiry >= before + timedelta(days=1) - timedelta(seconds=5)  # a short one is not cut

@@ -190,6 +190,13 @@ def test_gpu_sizes_the_image_cannot_drive_are_refused() -> None:
     with pytest.raises(ValueError, match="no NVIDIA driver"):
         _compute(vm_size="Standard_NC24ads_A100_v4", use_marketplace_image=False)
     assert is_gpu_size("Standard_NV36ads_A10_v5") and is_gpu_size("standard_nd96asr_v4")
+    # Nor does the plan offer them as alternatives.
+    from shared.cost.catalogue import load_catalogue
+    from shared.cost.estimate import CANDIDATE_SIZES, candidate_estimates
+
+    assert "Standard_NV36ads_A10_v5" in CANDIDATE_SIZES
+    compared = {row.vm_size for row in candidate_estimates(load_spec(_spec_document()), load_catalogue())}
+    assert compared and not {size for size in compared if "_NV" in size}
     assert not is_gpu_size("Standard_D4s_v5") and not is_gpu_size("Standard_DC4s_v3")
 
 
@@ -378,7 +385,8 @@ def test_submit_creates_the_head_on_demand_with_its_boot_script_and_keeps_secret
     assert node["role"] == "head" and node["scheduler_port"] == 18786 and node["experiment_id"] == EXP
     assert node["credential"]["experiment_id"] == EXP and node["credential"]["url"] == str(_area(ctx).root)
     assert files["/opt/rapids-hpo/tls/key.pem"]["permissions"] == "0600"
-    owner, line = cloud_init["runcmd"]
+    owner, pull, line = cloud_init["runcmd"]
+    assert "docker pull rapidsai/base:26.10-cuda12-py3.12 && break" in pull  # retried (test_vmcluster_standin)
     assert shlex.split(owner) == ["chown", "-R", "1001", "/opt/rapids-hpo"]  # before the container starts
     argv = shlex.split(line)
     assert argv[:2] == ["docker", "run"] and "--gpus=all" in argv and argv[-2:] == ["python", "/opt/rapids-hpo/boot.py"]

@@ -70,7 +70,7 @@ def _render(image: str, args: str, worker_class: str, option: str) -> tuple[str,
     env = {"RAPIDS_HPO_EXPERIMENT_ID": "exp-1", "EXTRA_PIP_PACKAGES": "optuna>=4.2,<6 pydantic>=2.10,<3"}
     argv = docker_command(docker_image=image, docker_args=args, gpus=True, env=env)
     node = {"role": "worker", "worker_class": worker_class, "worker_options": {"memory_limit": option}}
-    return render_cloud_init(node=node, docker_argv=argv, tls=None, install_docker=False), argv
+    return render_cloud_init(node=node, image=image, docker_argv=argv, tls=None, install_docker=False), argv
 
 
 @pytest.mark.parametrize("value", HOSTILE)
@@ -83,8 +83,9 @@ def test_forced_hostile_values_stay_data_and_one_quoted_command(value: str, tmp_
     assert cloud_init.startswith("#cloud-config\n") and set(document) == {"write_files", "runcmd"}
     node = json.loads(next(f["content"] for f in document["write_files"] if f["path"].endswith("node.json")))
     assert node["worker_class"] == hostile and node["worker_options"]["memory_limit"] == hostile  # data, verbatim
-    owner, line = document["runcmd"]
+    owner, pull, line = document["runcmd"]
     assert shlex.split(owner) == ["chown", "-R", "1001", NODE_DIR]  # the image's user reads its files
+    assert shlex.quote(hostile) in pull  # the pull loop names the image as one quoted word
     assert isinstance(line, str)
     assert shlex.split(line) == argv  # exactly the tokens meant: the image is one token, and so on
     assert argv[-3:] == [hostile, "python", f"{NODE_DIR}/boot.py"]  # the image: one token, then our command
@@ -92,19 +93,19 @@ def test_forced_hostile_values_stay_data_and_one_quoted_command(value: str, tmp_
     lexer.whitespace_split = True
     assert not {";", "&&", "||", "|", "&", ">", "<", "(", ")"} & set(lexer), "an unquoted shell operator"
 
-    # Run the line as cloud-init would (sh -c), with a docker that records its arguments.
+    # Run the pull and the run as cloud-init would (sh), with a docker that records its arguments.
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     record = tmp_path / "argv.json"
     (bin_dir / "docker").write_text(
         f"#!{os.environ.get('PYTHON', '/usr/bin/env python3')}\n"
         "import json, sys\n"
-        f"open({str(record)!r}, 'w').write(json.dumps(sys.argv[1:]))\n"
+        f"open({str(record)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
     )
     (bin_dir / "docker").chmod(0o755)
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
-    subprocess.run(["sh", "-c", line], env=env, check=True, timeout=30)
-    assert json.loads(record.read_text()) == argv[1:]
+    subprocess.run(["sh", "-c", f"{pull}\n{line}"], env=env, check=True, timeout=30)
+    assert [json.loads(call) for call in record.read_text().splitlines()] == [["pull", hostile], argv[1:]]
     assert not canary.exists(), "the hostile value ran a command"
 
 

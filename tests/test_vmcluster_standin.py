@@ -242,18 +242,21 @@ def seed_control_plane_network(arm: FakeArm) -> str:
     return str(vnet["id"])
 
 
-def test_boot_files_are_the_image_users_and_the_vms_have_a_way_out(
+def test_boot_files_are_the_image_users_the_vms_have_a_way_out_and_pulls_are_retried(
     backend: VMClusterBackend, standin: VMStandIn, arm: FakeArm, store: AzureStore
 ) -> None:
     """Blockers 2 and 3 of issue 22, played as Azure and the image would: the container runs as uid 1001
     over files cloud-init wrote as root, and the experiment's new (private by default) subnet needs an
-    outbound path before the VMs reach Storage at all."""
+    outbound path before the VMs reach Storage at all. And the registry refuses each VM's first two pulls
+    (a rate limit): the boot script pulls again after a pause."""
+    standin.fail_pulls(2)
     record = _new_record(backend, _spec(total=2))
     record, status = _run(backend, standin, record)
 
     assert status.state is RunState.SUCCEEDED, (status, standin.logs())
     assert not standin.refused and len(standin.containers) == 3
-    for container in standin.containers.values():
+    for name, container in standin.containers.items():
+        assert standin.pulls(name) == 3 and standin.sleeps(name) == [15.0, 60.0]  # two pauses, then pulled
         assert container.user == (1001, 1001) and container.network == "the NAT gateway of its subnet"
         node = container.cwd / "opt/rapids-hpo/node.json"
         assert node.stat().st_uid == 1001 and oct(node.stat().st_mode & 0o777) == "0o600"

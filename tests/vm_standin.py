@@ -6,8 +6,10 @@ What plays what:
 * cloud-init: the ``#cloud-config`` document is parsed with ``yaml.safe_load``; ``write_files`` land under
   the VM's own folder (``<root>/<vm>/opt/rapids-hpo/...``) as cloud-init leaves them: owned by root (or the
   entry's numeric ``owner``), with the entry's mode (default 0644), parent folders created root-owned 0755.
-  ``runcmd`` entries run in order; only ``chown [-R] UID:GID PATH`` and ``docker run`` are understood, any
-  other command is refused.
+  ``runcmd`` runs as cloud-init runs it, one ``sh`` script, line after line, a failing line not stopping
+  the next, but with only the host commands of tests/vm_standin_host.py on its PATH (``docker pull``,
+  ``docker run``, ``chown``, ``sleep``; a sleep returns at once and is recorded): a script that calls
+  anything else is refused. :meth:`VMStandIn.fail_pulls` scripts image pulls that fail.
 * Docker and the image: ``docker run`` options are read (``--env``, ``--volume``, ``--restart``, ``--user``,
   ``--network=host``, ``--shm-size``, ``--ulimit``, ...; an unknown option is refused) and the command runs
   with another Python (3.12, its own virtual environment without this project: :func:`compute_python`), in
@@ -28,11 +30,13 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -161,6 +165,8 @@ class VMStandIn:
         self.containers: dict[str, Container] = {}
         self.refused: dict[str, str] = {}
         """VMs whose boot script was refused, and why (a real VM would sit there, billed, doing nothing)."""
+        self.pull_failures = 0
+        """How many image pulls fail on each new VM before one succeeds (:meth:`fail_pulls`)."""
         self._threads: list[threading.Thread] = []
 
     # -- the ARM server's hooks ----------------------------------------------------------------------
@@ -197,18 +203,46 @@ class VMStandIn:
         vm_root.mkdir(mode=0o755)
         for file in document["write_files"]:
             self._write_file(vm_root, file)
-        container: Container | None = None
-        for entry in document["runcmd"]:
-            argv = list(entry) if isinstance(entry, list) else shlex.split(entry)
-            if argv[:1] == ["chown"]:
-                self._chown(vm_root, argv[1:])
-            elif argv[:2] == ["docker", "run"] and container is None:
-                container = self._docker_run(name, vm_root, argv[2:], network)
-            else:
-                raise Refused(f"runcmd: the stand-in does not play {argv[:2]}")
-        if container is None:
-            raise Refused("runcmd starts no container")
-        return container
+        self._run_script(vm_root, document["runcmd"], network)
+        recorded = vm_root / "docker-run.json"
+        if not recorded.exists():
+            raise Refused(f"runcmd started no container:\n{(vm_root / 'runcmd.log').read_text()[-2000:]}")
+        return self._docker_run(name, vm_root, json.loads(recorded.read_text()), network)
+
+    def fail_pulls(self, times: int) -> None:
+        """Each VM created from now on fails its first ``times`` image pulls (a registry's rate limit)."""
+        self.pull_failures = times
+
+    def _run_script(self, vm_root: Path, runcmd: list[Any], network: str | None) -> None:
+        """cloud-init's runcmd: one shell script, each entry a line (a list entry: its words quoted)."""
+        bin_dir = vm_root.parent / f".{vm_root.name}-bin"
+        bin_dir.mkdir()
+        host = Path(__file__).with_name("vm_standin_host.py")
+        for command in ("docker", "chown", "sleep"):
+            wrapper = bin_dir / command
+            wrapper.write_text(
+                f'#!/bin/sh\nexec {shlex.quote(sys.executable)} {shlex.quote(str(host))} {command} "$@"\n'
+            )
+            wrapper.chmod(0o755)
+        (vm_root / "pull-failures").write_text(str(self.pull_failures))
+        lines = [entry if isinstance(entry, str) else shlex.join(map(str, entry)) for entry in runcmd]
+        env = {"PATH": str(bin_dir), "STANDIN_VM_ROOT": str(vm_root), "STANDIN_NETWORK": network or ""}
+        result = subprocess.run(
+            ["/bin/sh", "-c", "\n".join(lines)], env=env, capture_output=True, text=True, timeout=60, check=False
+        )
+        (vm_root / "runcmd.log").write_text(result.stdout + result.stderr)
+        if "not found" in result.stderr or "does not play" in result.stderr:
+            raise Refused(f"runcmd needs a command the stand-in does not play:\n{result.stderr[-2000:]}")
+
+    def sleeps(self, name: str) -> list[float]:
+        """The seconds VM ``name``'s boot script slept (returned at once), in order."""
+        log = self.root / name / "sleeps"
+        return [float(line) for line in log.read_text().split()] if log.exists() else []
+
+    def pulls(self, name: str) -> int:
+        """How many times VM ``name`` tried to pull its image."""
+        log = self.root / name / "pulls"
+        return len(log.read_text().split()) if log.exists() else 0
 
     @staticmethod
     def _inside(vm_root: Path, path: str) -> Path:
@@ -224,17 +258,6 @@ class VMStandIn:
         uid, gid = _ids(file.get("owner", "0:0"), "write_files owner")
         os.chown(path, uid, gid)
         path.chmod(int(str(file.get("permissions", "0644")), 8))
-
-    def _chown(self, vm_root: Path, args: list[str]) -> None:
-        recursive = args[:1] == ["-R"]
-        rest = args[1:] if recursive else args
-        if len(rest) != 2:
-            raise Refused(f"chown {args}: expected [-R] UID:GID PATH")
-        uid, gid = _ids(rest[0], "chown")
-        top = self._inside(vm_root, rest[1])
-        paths = [top, *(top.rglob("*") if recursive else [])]
-        for path in paths:
-            os.chown(path, uid, gid)
 
     def _docker_run(self, name: str, vm_root: Path, args: list[str], network: str | None) -> Container:
         home = vm_root / "home" / "rapids"  # the image's home of its user

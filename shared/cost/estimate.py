@@ -127,7 +127,8 @@ def candidate_estimates(spec: ExperimentSpec, catalogue: Catalogue) -> list[Cost
     bound for the faster sizes)."""
     profile = billing_profile(spec)
     own = profile.trial_nodes.vm_size
-    sizes = list(dict.fromkeys([*([own] if own else []), *CANDIDATE_SIZES]))
+    candidates = [size for size in CANDIDATE_SIZES if spec.compute.size_problem(size) is None]
+    sizes = list(dict.fromkeys([*([own] if own else []), *candidates]))
     rows = []
     for size in sizes:
         for tier in (Tier.PAYG, profile.cheap_tier):

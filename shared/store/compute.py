@@ -290,6 +290,10 @@ def _ingest_artifact(store: Any, area: Area, experiment_id: str, blob: BlobInfo,
     report.artifacts.append(name)
 
 
+KEY_CLOCK_MARGIN = timedelta(minutes=15)
+"""How far ahead of Azure's clock ours may run when a user-delegation key asks for the 7-day maximum."""
+
+
 def expiry(ttl: timedelta) -> datetime:
     if ttl <= timedelta(0):
         raise ValueError(f"a compute credential needs a positive lifetime, not {ttl}")
@@ -323,6 +327,9 @@ def container_credential(blob_service: Any, container: Any, experiment_id: str, 
     if account_key:
         signing["account_key"] = account_key
     else:
+        # Azure refuses (400) a key that expires more than 7 days after *its* clock's now: a margin keeps a
+        # local clock that runs ahead inside the limit, and a SAS signed with the key dies with it.
+        expires = min(expires, datetime.now(UTC) + MAX_TTL - KEY_CLOCK_MARGIN)
         signing["user_delegation_key"] = blob_service.get_user_delegation_key(start, expires)
     token = generate_container_sas(
         blob_service.account_name,

@@ -173,7 +173,11 @@ class VMClusterBackend:
             docker_image=compute.docker_image, docker_args=compute.docker_args, gpus=is_gpu_size(size), env=env
         )
         cloud_init = render_cloud_init(
-            node=node, docker_argv=argv, tls=document.get("tls"), install_docker=not compute.use_marketplace_image
+            node=node,
+            image=compute.docker_image,
+            docker_argv=argv,
+            tls=document.get("tls"),
+            install_docker=not compute.use_marketplace_image,
         )
         market = compute.use_marketplace_image
         return VMPlan(

@@ -7,9 +7,14 @@ breaks it, ``;`` or ``$()`` runs commands. Here the boot script is a YAML docume
 
 * ``node.json``, a file whose content is JSON (the worker class and options, the experiment id, the
   storage SAS): data, never parsed by a shell, and turned into argument lists by ``boot.py``;
-* the ``runcmd`` lines, ``chown`` of the node's folder and ``docker run ...``, in which every token is
-  ``shlex.quote``-d (and the values were checked against strict patterns by
+* the ``runcmd`` lines, ``chown`` of the node's folder, the image pull, and ``docker run ...``, in which
+  every value is ``shlex.quote``-d (and was checked against strict patterns by
   :class:`~shared.compute_spec.VMClusterCompute`).
+
+**Pulls fail.** Docker Hub allows anonymous pulls per IP per hour, and every VM of a deployment shares the
+NAT gateway's one IP; registries have bad minutes. ``docker run`` pulls once and gives up, so the image is
+pulled first, up to four times with growing pauses (:data:`PULL_BACKOFF_S`), and ``docker run`` tries once
+more. A VM whose pulls all fail runs nothing: the run ends at the ready timeout with the VMs' last error.
 
 **Who reads the files.** cloud-init writes them ``root:root`` (``node.json`` and the TLS key 0600, in a
 root-owned folder), but the RAPIDS image runs as its user ``rapids`` (uid 1001, ``USER rapids``): the
@@ -40,6 +45,8 @@ BOOT_SOURCE = (Path(__file__).parent / "boot.py").read_text(encoding="utf-8")
 MAX_CUSTOM_DATA = 87380
 """Azure's limit on a VM's base64 custom data."""
 RESTART_POLICY = "on-failure:5"
+PULL_BACKOFF_S = (15, 60, 180, 300)
+"""Seconds between the image pull's tries on a VM (about nine minutes in all)."""
 IMAGE_UID = 1001
 """The RAPIDS image's user (``rapids``): the node's files are handed to it before the container starts."""
 
@@ -73,10 +80,16 @@ def docker_command(
     return argv
 
 
+def pull_command(image: str) -> str:
+    """One shell line: ``docker pull`` until it succeeds, pausing :data:`PULL_BACKOFF_S` between tries."""
+    waits = " ".join(str(wait) for wait in PULL_BACKOFF_S)
+    return f'for wait in {waits}; do docker pull {shlex.quote(image)} && break; sleep "$wait"; done'
+
+
 def render_cloud_init(
-    *, node: dict[str, Any], docker_argv: list[str], tls: dict[str, str] | None, install_docker: bool
+    *, node: dict[str, Any], image: str, docker_argv: list[str], tls: dict[str, str] | None, install_docker: bool
 ) -> str:
-    """The ``#cloud-config`` document: the node's files, then the one quoted ``docker run`` line."""
+    """The ``#cloud-config`` document: the node's files, then the quoted ``chown``, pull and ``docker run``."""
     import yaml
 
     files: list[dict[str, str]] = [
@@ -87,7 +100,8 @@ def render_cloud_init(
         for name in ("ca", "cert", "key"):
             files.append({"path": f"{NODE_DIR}/tls/{name}.pem", "permissions": "0600", "content": tls[name]})
     owner = shlex.join(["chown", "-R", str(IMAGE_UID), NODE_DIR])
-    document: dict[str, Any] = {"write_files": files, "runcmd": [owner, shlex.join(docker_argv)]}
+    runcmd = [owner, pull_command(image), shlex.join(docker_argv)]
+    document: dict[str, Any] = {"write_files": files, "runcmd": runcmd}
     if install_docker:  # plain Ubuntu: Docker from the distribution (GPU drivers need the NGC image)
         document["packages"] = ["docker.io"]
     return "#cloud-config\n" + yaml.safe_dump(document, sort_keys=False, width=10**6)

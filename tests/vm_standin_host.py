@@ -1,0 +1,91 @@
+"""The commands a stand-in VM's boot script may run, played (tests/vm_standin.py puts them first and alone
+on the script's PATH): ``docker pull``, ``docker run``, ``chown`` and ``sleep``. Any other command is "not
+found", as on a host without it; the stand-in refuses a boot script that needed one.
+
+* ``docker pull IMAGE``: fails while the VM has no way out (``STANDIN_NETWORK`` empty) or while scripted
+  failures remain (``pull-failures`` in the VM's folder, one fewer per failed pull), else marks the image
+  pulled;
+* ``docker run ... IMAGE ...``: pulls first when the image is missing (as Docker does), then records its
+  arguments (``docker-run.json``) for the stand-in to start; exit 125 when the pull fails;
+* ``chown [-R] UID[:GID] PATH``: on the VM's folder (``PATH`` is the VM's absolute path);
+* ``sleep SECONDS``: returns at once and records the seconds asked (``sleeps``): a test reads the backoff.
+
+Run as ``python vm_standin_host.py <command> <args...>``; ``STANDIN_VM_ROOT`` is the VM's folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def _vm() -> Path:
+    return Path(os.environ["STANDIN_VM_ROOT"])
+
+
+def _pull(image: str) -> bool:
+    vm = _vm()
+    failures = vm / "pull-failures"
+    remaining = int(failures.read_text()) if failures.exists() else 0
+    with (vm / "pulls").open("a") as log:
+        log.write(f"{image}\n")
+    if not os.environ.get("STANDIN_NETWORK"):
+        print(f"Error response from daemon: Get https://registry-1.docker.io/v2/: dial tcp: i/o timeout ({image})")
+        return False
+    if remaining > 0:
+        failures.write_text(str(remaining - 1))
+        print(f"Error response from daemon: toomanyrequests: You have reached your pull rate limit ({image})")
+        return False
+    (vm / "pulled").write_text(image)
+    return True
+
+
+def _image_of(args: list[str]) -> str:
+    rest = list(args)
+    while rest and rest[0].startswith("--"):
+        rest.pop(0)
+    return rest[0] if rest else ""
+
+
+def _chown(args: list[str]) -> int:
+    recursive = args[:1] == ["-R"]
+    rest = args[1:] if recursive else args
+    if len(rest) != 2:
+        print(f"chown: expected [-R] UID[:GID] PATH, got {args}", file=sys.stderr)
+        return 1
+    owner, path = rest
+    uid, _, gid = owner.partition(":")
+    if not uid.isdigit() or (gid and not gid.isdigit()):
+        print(f"chown: invalid user: {owner!r} (the stand-in knows numeric ids only)", file=sys.stderr)
+        return 1
+    top = _vm() / path.lstrip("/")
+    for target in [top, *(top.rglob("*") if recursive else [])]:
+        os.chown(target, int(uid), int(gid) if gid else -1)
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    command, *args = argv
+    if command == "sleep":
+        with (_vm() / "sleeps").open("a") as log:
+            log.write(f"{float(args[0])}\n")
+        return 0
+    if command == "chown":
+        return _chown(args)
+    if command == "docker" and args[:1] == ["pull"]:
+        return 0 if _pull(args[1]) else 1
+    if command == "docker" and args[:1] == ["run"]:
+        image = _image_of(args[1:])
+        if not (_vm() / "pulled").exists() and not _pull(image):
+            print(f"docker: Unable to find image '{image}' locally", file=sys.stderr)
+            return 125
+        (_vm() / "docker-run.json").write_text(json.dumps(args[1:]))
+        return 0
+    print(f"{command}: the stand-in does not play {command} {' '.join(args[:1])}", file=sys.stderr)
+    return 127
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
