@@ -7,7 +7,6 @@ cluster's tags and the orphan sweep read the same names, tags and rules from her
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -66,13 +65,12 @@ def dask_rules(allowed: list[str], subnet_prefixes: list[str]) -> list[SecurityR
     """Inbound TCP 8786-8787 from the experiment's subnet (and the named prefixes), then a deny of
     those ports to everyone else: Azure's default ``AllowVnetInBound`` would admit the whole VNet.
 
-    Address prefixes share one rule; each service tag gets its own (ARM accepts one tag per rule).
+    Every source is an address block (the spec refuses service tags: ``NetworkSpec``), so one rule holds them.
     """
     from azure.mgmt.network.models import SecurityRule
 
     sources = list(dict.fromkeys([*subnet_prefixes, *allowed]))
-    cidrs = [s for s in sources if is_prefix(s)]
-    groups: list[list[str]] = ([cidrs] if cidrs else []) + [[s] for s in sources if not is_prefix(s)]
+    groups: list[list[str]] = [sources] if sources else []
     rules = []
     for i, group in enumerate(groups):
         source: dict[str, Any] = (
@@ -107,14 +105,6 @@ def dask_rules(allowed: list[str], subnet_prefixes: list[str]) -> list[SecurityR
         )
     )
     return rules
-
-
-def is_prefix(value: str) -> bool:
-    try:
-        ipaddress.ip_network(value, strict=False)
-    except ValueError:
-        return False
-    return True
 
 
 def rule_shape(rule: SecurityRule) -> tuple[Any, ...]:
