@@ -229,3 +229,22 @@ def _custom_role(resource: dict[str, Any]) -> RoleDefinition:
     properties = resource["config"]["properties"]
     [permissions] = properties["permissions"]
     return _definition(str(properties["roleName"]), permissions)
+
+
+def function_app_rbac(
+    subscription_id: str,
+    experiment_resource_group: str,
+    control_resource_group: str = "rg-control",
+    control_vnet: str = "vnet-rhpo-standin",
+) -> Rbac:
+    """The Function App's role assignments as the Bicep declares them, in a deployment of these groups
+    (the control plane's resources named as a test names them)."""
+    names = {
+        "storageAccountName": "strhpostandin",
+        "appInsightsName": "appi-rhpo-standin",
+        "vnetName": control_vnet,
+        "daskSubnetName": "dask",
+        "vmIdentityName": "id-dask-rhpo-standin",
+    }
+    deployment = Deployment(subscription_id, control_resource_group, experiment_resource_group, names=names)
+    return deployed_rbac(deployment)

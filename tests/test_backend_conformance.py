@@ -4,7 +4,8 @@ Each adapter has a harness (``HARNESSES``) that builds it over real parts where 
 how its compute ends a run. The tests read the backend's ``capabilities`` instead of skipping per adapter:
 
 * local: the real driver process (``python -m shared.hpo.run_driver``) on a Dask LocalCluster;
-* vmcluster: the real Azure SDK clients against ``tests/arm_server.py`` (network, NICs, VMs, teardown);
+* vmcluster: the real Azure SDK clients against ``tests/arm_server.py`` (network, NICs, VMs, teardown),
+  holding the Function App to the role assignments the Bicep declares (``tests/rbac.py``);
   the run's end is what the head node's driver writes to the experiment's compute area with its
   credential (the head node and workers themselves: ``tests/test_vmcluster_standin.py``);
 * azureml: the FAKE workspace of ``tests/test_azureml.py`` (a live AzureML workspace cannot be reached
@@ -127,8 +128,10 @@ class VMClusterHarness(Harness):
     RG = "rg-conformance"
 
     def __init__(self, ctx: Context, tmp_path: Path) -> None:
+        from tests.rbac import function_app_rbac
+
         super().__init__(ctx, tmp_path)
-        self.arm = FakeArm().start()
+        self.arm = FakeArm(rbac=function_app_rbac(self.SUB, self.RG)).start()  # the Bicep's roles, enforced
 
     def backend(self) -> ComputeBackend:
         from shared.backends.network import make_network_client

@@ -43,6 +43,7 @@ from shared.spec import load_spec, read_document
 from shared.store.compute import FolderArea
 from tests.arm_server import FakeArm, StaticTokenCredential
 from tests.control_plane import local_context
+from tests.rbac import function_app_rbac
 
 ROOT = Path(__file__).resolve().parents[1]
 SUB = "00000000-0000-0000-0000-000000000001"
@@ -116,7 +117,8 @@ def _apply(record: ExperimentRecord, status: RunStatus) -> ExperimentRecord:
 # ----------------------------------------------------------------------------------------- fixtures
 @pytest.fixture
 def arm() -> Iterator[FakeArm]:
-    with FakeArm() as server:
+    """The ARM stand-in, holding the Function App to the Bicep's role assignments in this group."""
+    with FakeArm(rbac=function_app_rbac(SUB, RG)) as server:
         yield server
 
 

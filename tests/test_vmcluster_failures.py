@@ -21,7 +21,8 @@ from shared.records import ExperimentRecord
 from shared.store.compute import FolderArea
 from tests.arm_server import FakeArm
 from tests.control_plane import local_context
-from tests.test_vmcluster import EXP, _spec_document
+from tests.rbac import function_app_rbac
+from tests.test_vmcluster import EXP, RG, SUB, _spec_document
 from tests.test_vmcluster import _backend as vmcluster_backend
 
 QUOTA = (
@@ -35,7 +36,8 @@ NOT_YET = "The client 'app' does not have authorization to perform action 'Micro
 
 @pytest.fixture
 def arm() -> Iterator[FakeArm]:
-    with FakeArm() as server:
+    """The ARM stand-in, holding the Function App to the Bicep's role assignments in this group."""
+    with FakeArm(rbac=function_app_rbac(SUB, RG)) as server:
         yield server
 
 

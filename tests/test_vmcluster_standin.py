@@ -32,7 +32,7 @@ from shared.spec import load_spec
 from shared.store.azure import AzureStore
 from tests.arm_server import FakeArm, StaticTokenCredential
 from tests.control_plane import local_context, tiny_spec
-from tests.rbac import Deployment, Rbac, deployed_rbac
+from tests.rbac import Rbac, function_app_rbac
 from tests.vm_standin import VMStandIn, compute_python
 
 pytestmark = pytest.mark.azurite
@@ -49,14 +49,7 @@ DASK_SUBNET_ID = (
 
 def function_app_roles() -> Rbac:
     """The Function App's role assignments as the Bicep declares them, for this test's resource groups."""
-    names = {
-        "storageAccountName": "strhpostandin",
-        "appInsightsName": "appi-rhpo-standin",
-        "vnetName": CONTROL_VNET,
-        "daskSubnetName": "dask",
-        "vmIdentityName": "id-dask-rhpo-standin",
-    }
-    return deployed_rbac(Deployment(SUB, CONTROL_RG, RG, names=names))
+    return function_app_rbac(SUB, RG, CONTROL_RG, CONTROL_VNET)
 
 
 def _free_port() -> int:
