@@ -380,3 +380,12 @@ def test_a_malformed_url_is_a_422_even_where_hosted_mode_parses_it(client, ctx, 
     document = tiny_spec(dataset={**tiny_spec()["dataset"], "uri": uri}, compute={"backend": "azureml"})
     refused(post_json_text(client, json.dumps(document)), 422, "dataset.uri", "malformed URL")
     assert stored(ctx) == 0
+
+
+def test_an_unreadable_message_of_any_bytes_is_dead_lettered_within_the_queue_limit(ctx):
+    from shared.queues import MAX_MESSAGE_BYTES
+
+    body = b"\xff" * MAX_MESSAGE_BYTES  # each byte becomes U+FFFD (3 bytes) once decoded
+    assert take_request_message(ctx, body, message_id="m-1") is None
+    [poisoned] = ctx.queues.queue(poison_queue_name(QUEUE_REQUESTS)).receive(1, 30)
+    assert 0 < len(poisoned.body.encode()) <= MAX_MESSAGE_BYTES

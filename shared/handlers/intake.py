@@ -17,7 +17,7 @@ from shared.config import EXPERIMENT_ID_PATTERN, QUEUE_REQUESTS
 from shared.context import Context
 from shared.errors import AlreadyExists, NotFound
 from shared.handlers.machine import S, send_event, status_message, transition
-from shared.queues import poison_queue_name
+from shared.queues import MAX_MESSAGE_BYTES, poison_queue_name
 from shared.records import TERMINAL_STATUSES, EventType, ExperimentRecord, SubmittedBy, utcnow
 from shared.spec import ExperimentSpec, SpecError, SpecPolicy, read_document, validate_spec
 
@@ -210,7 +210,8 @@ def take_request_message(ctx: Context, body: str | bytes, *, message_id: str | N
     except InvalidRequest as exc:
         log.warning("request %s refused, dead-lettered without retries: %s", message_id, str(exc)[:500])
         text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
-        ctx.queues.queue(poison_queue_name(QUEUE_REQUESTS)).send(text)
+        kept = text.encode("utf-8")[:MAX_MESSAGE_BYTES].decode("utf-8", "ignore")  # U+FFFD can triple a byte
+        ctx.queues.queue(poison_queue_name(QUEUE_REQUESTS)).send(kept)
         return None
 
 
