@@ -80,8 +80,8 @@ def serve(
     if given:
         err.print("key: RAPIDS_HPO_FUNCTION_KEY", highlight=False)
     else:
-        err.print(f"key (shown once): {key}", highlight=False, markup=False)
-        err.print(f"  dashboard: {urls[0]}/api/ui?code={key}", highlight=False, markup=False)
+        err.print(f"key (shown once): {key}", highlight=False, markup=False, soft_wrap=True)
+        err.print(f"  dashboard: {urls[0]}/api/ui?code={key}", highlight=False, markup=False, soft_wrap=True)
     err.print(f"  the CLI on this machine reads it from {files[0].parent} (removed when the server stops)")
     if ctx.settings.hosted:
         err.print(
