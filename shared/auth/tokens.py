@@ -9,7 +9,7 @@ A token is accepted only if all of these hold, each checked by PyJWT or here, in
    rotated in is picked up and a flood of made-up ``kid`` values cannot hammer the endpoint);
 3. the RS256 signature verifies with that key;
 4. ``iss`` is the tenant's v2.0 issuer, ``aud`` the API's client id or Application ID URI, ``exp`` and
-   ``nbf`` hold within :data:`LEEWAY_S` of clock skew, and ``tid``/``oid`` are present, ``tid`` this tenant.
+   ``nbf`` hold within :data:`LEEWAY_S` of clock skew, ``tid``/``oid`` are GUIDs, ``tid`` this tenant.
 
 Messages name the check that failed, never a value from the token.
 """
