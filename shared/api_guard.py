@@ -34,7 +34,7 @@ FUNCTION_KEY_HEADER = "x-functions-key"
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 DOCUMENT_TYPES = frozenset({"application/json", "application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml"})
 """Media types of a spec document; none is one a cross-site page may send without a CORS preflight."""
-LOOPBACK_NAMES = frozenset({"localhost"})
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})  # the usual spellings, without parsing
 WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -124,9 +124,13 @@ class EdgePolicy:
         return True
 
     def _has_key(self, headers: dict[str, list[str]], query: str) -> bool:
-        given = headers.get(FUNCTION_KEY_HEADER, []) + parse_qs(query).get("code", [])
         expected = (self.key or "").encode()
-        return any(hmac.compare_digest(value.encode(), expected) for value in given)
+        sent = headers.get(FUNCTION_KEY_HEADER, [])
+        if any(hmac.compare_digest(value.encode(), expected) for value in sent):
+            return True
+        return "code=" in query and any(
+            hmac.compare_digest(value.encode(), expected) for value in parse_qs(query).get("code", [])
+        )
 
 
 def _has_body(headers: dict[str, list[str]]) -> bool:
