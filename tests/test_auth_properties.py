@@ -205,3 +205,53 @@ def test_an_attackers_header_and_key_are_refused(issuer, validator, claims, algo
     )
     header = {**extra, **({"kid": genuine if kid == "genuine" else kid} if kid is not None else {})}
     assert not accepted(validator, _sign(claims, header, algorithm, public_pem))
+
+
+# ----------------------------------------------------------------------------------- the platform's header
+claim_names = st.sampled_from(
+    [
+        "oid",
+        "tid",
+        "roles",
+        "scp",
+        "idtyp",
+        "name",
+        "azp",
+        "http://schemas.microsoft.com/identity/claims/objectidentifier",
+        "http://schemas.microsoft.com/identity/claims/tenantid",
+    ]
+)
+
+
+@PROFILE
+@given(
+    auth_typ=st.sampled_from(["aad", "AAD", "google", ""]),
+    entries=st.lists(st.tuples(claim_names, st.text(max_size=40)), max_size=8),
+    with_tenant=st.booleans(),
+    with_oid=st.booleans(),
+    noise=st.sampled_from(["", "!", "=", " ", "\x00"]),
+)
+def test_a_principal_header_names_a_caller_only_if_it_is_entras_and_this_tenants(
+    issuer, auth_typ, entries, with_tenant, with_oid, noise
+):
+    """Whatever the header holds, reading it is a principal or a 401 (never another error); a principal
+    comes only from ``auth_typ: aad`` naming this tenant and a GUID object id."""
+    import base64
+
+    from shared.auth.easyauth import principal_from_header
+
+    claims = [{"typ": name, "val": value} for name, value in entries]
+    if with_tenant:
+        claims.append({"typ": "tid", "val": issuer.tenant_id})
+    if with_oid:
+        claims.append({"typ": "oid", "val": "00000000-0000-0000-0000-000000000001"})
+    document = json.dumps({"auth_typ": auth_typ, "claims": claims, "role_typ": "roles"})
+    value = base64.b64encode(document.encode()).decode() + noise
+    try:
+        principal = principal_from_header(value, issuer.settings(easy_auth=True))
+    except AuthError as exc:
+        assert exc.status == 401
+        return
+    assert auth_typ == "aad" and not noise
+    assert principal.identity.tenant_id == issuer.tenant_id
+    assert principal.identity.object_id is not None and len(principal.identity.object_id) == 36
