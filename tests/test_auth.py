@@ -324,6 +324,24 @@ def test_cancel_and_download_need_ownership_or_admin(ctx, issuer):
     assert client.delete(f"/api/experiments/{experiment}", headers=admin).status_code == 202
 
 
+def test_the_dashboard_shows_the_submitter_and_offers_actions_only_to_owners_and_admins(ctx, issuer):
+    client = api(ctx, issuer.settings(readers_see="all"))
+    ada = issuer.user_claims(SUBMIT, READ)
+    experiment = submit(client, bearer(issuer.token(ada))).json()["id"]
+    ctx.store.put_artifact(experiment, "model/model.json", b"{}")
+    page = f"/api/ui/experiments/{experiment}"
+    viewers = {
+        "owner": issuer.user_claims(READ, oid=ada["oid"]),
+        "admin": issuer.user_claims(ADMIN),
+        "reader": issuer.user_claims(READ),
+    }
+    for who, claims in viewers.items():
+        html = client.get(page, headers=bearer(issuer.token(claims))).text
+        assert "submitted by Ada Lovelace" in html
+        acts = who != "reader"
+        assert ('id="cancel"' in html) is acts and ('id="download"' in html) is acts, who
+
+
 def test_an_object_id_from_another_tenant_owns_nothing():
     mine = SubmittedBy(kind="user", object_id="o", tenant_id="t1")
     assert mine.same_principal(SubmittedBy(kind="user", object_id="o", tenant_id="t1"))

@@ -228,16 +228,18 @@ def experiment_page(
     has_model: bool = False,
     plots: Sequence[str] = (),
     nonce: str = "",
+    may_act: bool = True,
 ) -> str:
     """An experiment's page; while it runs, its script (allowed by ``nonce``; none without one) refreshes
-    the content every few seconds."""
+    the content every few seconds. Without ``may_act`` (the viewer neither owns the experiment nor is an
+    admin) it offers no model download and no cancel, which the API would refuse."""
     metric, goal = objective(record)
     live = not record.status.terminal
     base = f"/api/experiments/{record.id}"
     actions = []
-    if has_model:
+    if has_model and may_act:
         actions.append(f'<a id="download" href="{escape(url(base + "/model", code))}">Download the best model</a>')
-    if live:
+    if live and may_act:
         actions.append(f'<button id="cancel" data-url="{escape(url(base, code))}">Cancel</button>')
     best = (
         f"best {escape(metric)} <b>{_number(record.best.value)}</b> (trial {record.best.number}, {goal})"

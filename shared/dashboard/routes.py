@@ -110,7 +110,10 @@ def ui_experiment(
     has_model = bool(ctx.store.list_artifacts(experiment_id, MODEL_PREFIX))
     nonce = secrets.token_urlsafe(18)
     importances = _importances(ctx, experiment_id)
-    page = experiment_page(record, trials, importances, code, has_model=has_model, plots=plots, nonce=nonce)
+    may_act = caller.has(Role.ADMIN) or caller.owns(record.submitted_by)  # what the API would allow
+    page = experiment_page(
+        record, trials, importances, code, has_model=has_model, plots=plots, nonce=nonce, may_act=may_act
+    )
     return HTMLResponse(page, headers=page_headers(nonce))
 
 
