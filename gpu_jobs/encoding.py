@@ -1,9 +1,14 @@
-"""How raw columns become float32 features, and the target 0/1: one encoding for training and prediction.
+"""How raw columns become float32 features: one encoding for training and prediction (the target's is
+:mod:`gpu_jobs.target`).
 
 Object/string/categorical features become integer codes (sorted levels, ``-1`` for missing or unseen),
-booleans 0/1, datetimes and durations seconds; anything else (lists, structs, ...) is a
-:class:`UserError` naming the column. Numeric NaNs stay NaN. The :class:`FeatureEncoding` is saved with
-a model so that predictions encode the same way.
+booleans 0/1, durations seconds; a datetime column becomes its epoch seconds (under its own name) and
+its parts (``<name>.year``, ``.month``, ``.day``, ``.hour``, ``.day_of_week``, Monday = 0; time-zone-aware
+values in UTC), as the seed's taxi notebook derives them from the pickup time. Anything else (lists,
+structs, ...) is a :class:`UserError` naming the column. Numeric NaNs stay NaN (a missing datetime: NaN
+in each of its columns). Encoding happens in pandas on every engine (cuDF gets the encoded frame), so both
+engines see identical features. The :class:`FeatureEncoding` is saved with a model so that predictions
+encode the same way.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from gpu_jobs.errors import UserError
 _SCALAR_TYPES = (str, bytes, bool, int, float, Decimal, np.number, np.bool_, np.str_, dt.date)
 MISSING_CATEGORY_CODE = -1
 """Code of a missing (or, at prediction time, unseen) categorical value."""
+DATETIME_PARTS: tuple[str, ...] = ("year", "month", "day", "hour", "day_of_week")
+"""The parts a datetime feature adds beside its epoch seconds (pandas ``.dt`` attribute names)."""
 
 
 @dataclass(frozen=True)
@@ -31,14 +38,30 @@ class FeatureEncoding:
     """How raw columns become float32 features; saved with a model so predictions encode the same way."""
 
     feature_names: tuple[str, ...]
+    """The raw input columns, in order."""
     categorical_levels: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     temporal_columns: tuple[str, ...] = ()
+    """Datetime and duration columns (each becomes seconds)."""
+    datetime_columns: tuple[str, ...] = ()
+    """The temporal columns that are datetimes: each also gains :data:`DATETIME_PARTS`."""
+
+    @property
+    def encoded_names(self) -> tuple[str, ...]:
+        """The columns of the encoded frame (what a model is trained on), in order."""
+        names: list[str] = []
+        for name in self.feature_names:
+            names.append(name)
+            if name in self.datetime_columns:
+                names.extend(f"{name}.{part}" for part in DATETIME_PARTS)
+        return tuple(names)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "feature_names": list(self.feature_names),
             "categorical_levels": {name: list(levels) for name, levels in self.categorical_levels.items()},
             "temporal_columns": list(self.temporal_columns),
+            "datetime_columns": list(self.datetime_columns),
+            "encoded_names": list(self.encoded_names),
         }
 
     @classmethod
@@ -47,6 +70,7 @@ class FeatureEncoding:
             feature_names=tuple(data["feature_names"]),
             categorical_levels={k: tuple(v) for k, v in data.get("categorical_levels", {}).items()},
             temporal_columns=tuple(data.get("temporal_columns", ())),
+            datetime_columns=tuple(data.get("datetime_columns", ())),
         )
 
 
@@ -70,28 +94,6 @@ def columns_listable(source: str) -> bool:
     return scheme in {"", "file", "builtin"} or len(scheme) == 1  # a Windows drive letter
 
 
-def target_classes(values: Sequence[Any], target: str, rows_dropped: int = 0) -> tuple[Any, Any]:
-    """Order the two distinct target values as (negative, positive): False<True, else sorted order."""
-    distinct = [v for v in values if not _is_missing(v)]
-    if len(distinct) != 2:  # the values are data: counted, never shown
-        dropped = f" after dropping {rows_dropped} rows with a missing target" if rows_dropped else ""
-        raise UserError(
-            f"target column {target!r} has {len(distinct)} distinct value(s){dropped}: "
-            "binary classification needs exactly 2"
-        )
-    try:
-        negative, positive = sorted(distinct)
-    except TypeError:
-        negative, positive = sorted(distinct, key=str)
-    return negative, positive
-
-
-def encode_target(series: pd.Series, classes: tuple[Any, Any]) -> pd.Series:
-    """1 where the value equals the positive class, else 0, as int32."""
-    positive = (series == classes[1]).to_numpy(dtype=bool)
-    return pd.Series(positive.astype(np.int32), index=series.index, name=series.name)
-
-
 def plan_encoding(features: pd.DataFrame) -> FeatureEncoding:
     """Decide how each column becomes a number; :class:`UserError` for a column that cannot."""
     levels: dict[str, tuple[str, ...]] = {}
@@ -103,7 +105,13 @@ def plan_encoding(features: pd.DataFrame) -> FeatureEncoding:
             levels[str(name)] = category_levels(column)
         elif kind == "temporal":
             temporal.append(str(name))
-    return FeatureEncoding(tuple(str(c) for c in features.columns), levels, tuple(temporal))
+    names = tuple(str(c) for c in features.columns)
+    return FeatureEncoding(names, levels, tuple(temporal), datetime_columns(features, temporal))
+
+
+def datetime_columns(features: pd.DataFrame, temporal: Sequence[str]) -> tuple[str, ...]:
+    """The ``temporal`` columns of ``features`` that are datetimes (not durations): they gain parts."""
+    return tuple(name for name in temporal if ptypes.is_datetime64_any_dtype(features[name].dtype))
 
 
 def category_levels(column: pd.Series) -> tuple[str, ...]:
@@ -122,7 +130,8 @@ def category_levels(column: pd.Series) -> tuple[str, ...]:
 def encode_features(features: pd.DataFrame, encoding: FeatureEncoding) -> pd.DataFrame:
     """Encode ``features`` with ``encoding`` into a float32 frame with exactly its feature columns.
 
-    Categorical columns that are already numeric are taken as codes (as in a frame this module produced).
+    Categorical columns that are already numeric are taken as codes, and a datetime column that is already
+    numeric as epoch seconds (its parts are then derived from them, in UTC).
     """
     absent = [name for name in encoding.feature_names if name not in features.columns]
     if absent:
@@ -137,7 +146,21 @@ def encode_features(features: pd.DataFrame, encoding: FeatureEncoding) -> pd.Dat
             encoded[name] = _seconds(column).astype(np.float32)
         else:
             encoded[name] = _numeric(column)
+        if name in encoding.datetime_columns:
+            encoded.update(_datetime_parts(name, column))
     return pd.DataFrame(encoded, index=features.index)
+
+
+def _datetime_parts(name: str, column: pd.Series) -> dict[str, np.ndarray]:
+    """``<name>.<part>`` for each of :data:`DATETIME_PARTS` (NaN where the value is missing)."""
+    if _is_plain_numeric(column):  # epoch seconds given
+        column = pd.to_datetime(column.astype(np.float64) * 1e9, unit="ns")
+    elif getattr(column.dt, "tz", None) is not None:
+        column = column.dt.tz_convert("UTC").dt.tz_localize(None)
+    return {
+        f"{name}.{part}": getattr(column.dt, part).to_numpy(dtype=np.float32, na_value=np.nan)
+        for part in DATETIME_PARTS
+    }
 
 
 def _is_missing(value: Any) -> bool:

@@ -1,8 +1,9 @@
 """Which engine runs a trial (cuDF/cuML on an NVIDIA GPU, or pandas/scikit-learn on CPUs) and its toolkit.
 
 ``resolve_engine`` decides; ``get_engine`` returns an :class:`Engine`, one small namespace per engine with
-the same shape (dataframe library, array library, random-forest factory, XGBoost device, stratified
-K-fold splitter, metric functions), so the training code is written once and never asks "am I on a GPU?".
+the same shape (dataframe library, array library, random-forest factories, XGBoost device, K-fold
+splitters), so the training code is written once and never asks "am I on a GPU?". Metrics are not the
+engine's: both score on the host with :mod:`gpu_jobs.metrics`.
 """
 
 from __future__ import annotations
@@ -22,12 +23,11 @@ import numpy as np
 
 from gpu_jobs.device_memory import setup_device_memory
 from gpu_jobs.errors import UserError
+from gpu_jobs.metrics import Task, score
 
 EngineName = Literal["gpu", "cpu"]
 ENGINE_REQUESTS: tuple[str, ...] = ("auto", "gpu", "cpu")
 RAPIDS_MODULES: tuple[str, ...] = ("cudf", "cuml")
-LOG_LOSS_EPSILON = 1e-15
-"""Probabilities are clipped to ``[eps, 1 - eps]`` before log loss, identically on both engines."""
 
 
 @dataclass(frozen=True)
@@ -151,10 +151,11 @@ class Engine:
     """XGBoost's ``device`` parameter: ``cuda`` or ``cpu``."""
     stratified_kfold: type
     """scikit-learn's ``StratifiedKFold`` on both engines, run on host labels, so both validate on the same
-    rows for a seed (cuML's own splitter assigns folds differently): ``(n_splits, shuffle, random_state)``."""
-    metric_functions: Mapping[str, Callable[..., Any]]
-    """``accuracy``, ``roc_auc``, ``log_loss`` from ``cuml.metrics`` or ``sklearn.metrics``."""
+    rows for a seed (cuML's own splitter assigns folds differently): ``(n_splits, shuffle, random_state)``.
+    Classes only; a regression's folds are scikit-learn's shuffled ``KFold`` (:func:`fold_splitter`)."""
     random_forest_class: type
+    """The forest classifier (cuML's or scikit-learn's)."""
+    random_forest_regressor_class: type
     random_forest_ignored_params: frozenset[str]
     """Random-forest hyperparameters this engine's forest has no use for (``n_bins`` on scikit-learn)."""
     from_pandas: Callable[[Any], Any]
@@ -171,20 +172,24 @@ class Engine:
     portable_forest: Callable[[Any], Any]
     """Fitted forest -> a scikit-learn forest that loads and predicts without a GPU."""
 
-    def random_forest(self, params: Mapping[str, float], *, seed: int, n_jobs: int | None) -> Any:
-        """A new, unfitted random forest configured from validated ``params``."""
-        return self.random_forest_class(**self.random_forest_kwargs(params, seed, n_jobs))
+    def random_forest(self, params: Mapping[str, float], *, seed: int, n_jobs: int | None, task: Task) -> Any:
+        """A new, unfitted random forest of ``task`` (a regressor or a classifier) from validated ``params``."""
+        forest = self.random_forest_regressor_class if task == "regression" else self.random_forest_class
+        return forest(**self.random_forest_kwargs(params, seed, n_jobs))
 
-    def score(self, y_true: Any, positive_proba: Any) -> dict[str, float]:
-        """Accuracy (threshold 0.5), ROC AUC and log loss of positive-class probabilities."""
-        proba = positive_proba.astype(np.float64)
-        predicted = (proba >= 0.5).astype(y_true.dtype)
-        clipped = self.array.clip(proba, LOG_LOSS_EPSILON, 1.0 - LOG_LOSS_EPSILON)
-        return {
-            "accuracy": float(self.metric_functions["accuracy"](y_true, predicted)),
-            "roc_auc": float(self.metric_functions["roc_auc"](y_true, proba)),
-            "log_loss": float(self.metric_functions["log_loss"](y_true, clipped)),
-        }
+    def score(self, task: Task, labels: Any, prediction: Any) -> dict[str, float]:
+        """Every metric of ``task`` for one fold: engine arrays copied to the host, scored by
+        :func:`gpu_jobs.metrics.score` (the same code on both engines)."""
+        return score(task, self.to_host(labels), self.to_host(prediction))
+
+
+def fold_splitter(engine: Engine, task: Task, cv_folds: int, seed: int) -> Any:
+    """The seeded, shuffled K-fold splitter of ``task``: stratified by class, plain ``KFold`` for regression."""
+    if task == "regression":
+        from sklearn.model_selection import KFold
+
+        return KFold(n_splits=cv_folds, shuffle=True, random_state=seed)
+    return engine.stratified_kfold(n_splits=cv_folds, shuffle=True, random_state=seed)
 
 
 def _sklearn_forest_kwargs(params: Mapping[str, float], seed: int, n_jobs: int | None) -> dict[str, Any]:
@@ -214,8 +219,7 @@ def _cuml_forest_kwargs(params: Mapping[str, float], seed: int, n_jobs: int | No
 def _cuml_forest_as_sklearn(forest: Any) -> Any:
     if not hasattr(forest, "as_sklearn"):
         raise RuntimeError(
-            "this cuML has no RandomForestClassifier.as_sklearn(); cuML >= 25.02 is needed to save a "
-            "forest that loads without a GPU"
+            "this cuML forest has no as_sklearn(); cuML >= 25.02 is needed to save a forest that loads without a GPU"
         )
     return with_tree_count(forest.as_sklearn())
 
@@ -241,8 +245,7 @@ def tree_count(forest: Any) -> int:
 
 def _cpu_engine() -> Engine:
     import pandas as pd
-    from sklearn.ensemble import RandomForestClassifier
-    from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
+    from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
     from sklearn.model_selection import StratifiedKFold
 
     return Engine(
@@ -251,8 +254,8 @@ def _cpu_engine() -> Engine:
         array=np,
         xgboost_device="cpu",
         stratified_kfold=StratifiedKFold,
-        metric_functions={"accuracy": accuracy_score, "roc_auc": roc_auc_score, "log_loss": log_loss},
         random_forest_class=RandomForestClassifier,
+        random_forest_regressor_class=RandomForestRegressor,
         random_forest_ignored_params=frozenset({"n_bins"}),
         from_pandas=lambda data: data,
         to_array=lambda data, dtype: data.to_numpy(dtype=dtype),
@@ -267,8 +270,7 @@ def _cpu_engine() -> Engine:
 def _gpu_engine() -> Engine:
     import cudf
     import cupy
-    from cuml.ensemble import RandomForestClassifier
-    from cuml.metrics import accuracy_score, log_loss, roc_auc_score
+    from cuml.ensemble import RandomForestClassifier, RandomForestRegressor
     from sklearn.model_selection import StratifiedKFold
 
     use_rmm = setup_device_memory().shared  # one memory resource for cuDF/cuML, CuPy and XGBoost
@@ -279,8 +281,8 @@ def _gpu_engine() -> Engine:
         array=cupy,
         xgboost_device="cuda",
         stratified_kfold=StratifiedKFold,
-        metric_functions={"accuracy": accuracy_score, "roc_auc": roc_auc_score, "log_loss": log_loss},
         random_forest_class=RandomForestClassifier,
+        random_forest_regressor_class=RandomForestRegressor,
         random_forest_ignored_params=frozenset(),
         # nan_as_null=False keeps NaN as NaN (not a null mask), so to_cupy() works on every column.
         from_pandas=lambda data: cudf.from_pandas(data, nan_as_null=False),

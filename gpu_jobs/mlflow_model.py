@@ -2,13 +2,17 @@
 
 * random forest: the **sklearn** flavour, a pipeline of the NaN handling used in training (NaN becomes
   ``FOREST_MISSING_VALUE``) and the scikit-learn forest (cuML forests arrive here already converted);
-  ``pyfunc`` ``predict`` returns ``predict_proba``: an ``(n, 2)`` array, columns ``target_classes``.
+  ``pyfunc`` ``predict`` returns ``predict_proba`` for classes (an ``(n, K)`` array, one column per
+  ``target_classes`` entry; two for a binary task) and the predicted values ``(n,)`` for a regression.
 * XGBoost: the **xgboost** flavour (the booster as JSON, set to predict on the CPU); ``pyfunc`` ``predict``
-  returns the positive class's probability, shape ``(n,)``.
+  returns the positive class's probability ``(n,)`` (binary), ``(n, K)`` probabilities (multiclass) or
+  the predicted values ``(n,)`` (regression).
 
 Input, for both: a pandas frame of the *encoded* features (float32 columns named as in training; the codes
 of categorical columns are in ``features.json`` beside the model), described by the model's signature.
-The MLmodel's ``metadata`` holds the hyperparameters, the metrics, the target classes and the encoding.
+The MLmodel's ``metadata`` holds the hyperparameters, the metrics, the task, the target classes (the labels
+the probability columns stand for, in order) and the encoding; the signature's output is inferred from the
+model's own prediction, so it states the shape above.
 MLflow's own ``mlflow-skinny`` has both flavours (plus scikit-learn / XGBoost and pandas to use them).
 """
 
@@ -25,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from gpu_jobs.encoding import FeatureEncoding
+from gpu_jobs.target import TargetEncoding
 from gpu_jobs.trainers import FOREST_MISSING_VALUE
 
 XGBOOST_NAME_FORBIDDEN = re.compile(r"[\[\]<]")
@@ -33,7 +38,7 @@ XGBOOST_NAME_FORBIDDEN = re.compile(r"[\[\]<]")
 
 def mlflow_feature_names(model: str, encoding: FeatureEncoding) -> list[str]:
     """Column names of the model's input: the training names (XGBoost's forbidden characters become ``_``)."""
-    names = list(encoding.feature_names)
+    names = list(encoding.encoded_names)
     if model == "xgboost":
         names = [XGBOOST_NAME_FORBIDDEN.sub("_", name) for name in names]
         seen: set[str] = set()
@@ -61,7 +66,7 @@ def save_mlflow_model(
     model: str,
     estimator: Any,
     encoding: FeatureEncoding,
-    target_classes: Sequence[str],
+    target: TargetEncoding,
     params: Mapping[str, Any],
     metrics: Mapping[str, Any],
 ) -> Path:
@@ -77,7 +82,7 @@ def save_mlflow_model(
     metadata = {
         "params": dict(params),
         "metrics": logged_metrics(metrics),
-        "target_classes": list(target_classes),
+        **target.to_json(),
         "features": encoding.to_json(),
         "written_by": "gpu_jobs (rapids-hpo-control)",
     }
@@ -86,14 +91,15 @@ def save_mlflow_model(
         import sklearn
 
         pipeline = forest_pipeline(estimator, names)
-        signature = mlflow.models.infer_signature(example, pipeline.predict_proba(example))
+        predict_fn = "predict" if target.task == "regression" else "predict_proba"
+        signature = mlflow.models.infer_signature(example, getattr(pipeline, predict_fn)(example))
         mlflow.sklearn.save_model(
             pipeline,
             str(path),
             serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_PICKLE,
             signature=signature,
             pip_requirements=[f"scikit-learn=={sklearn.__version__}", "pandas", "numpy"],
-            pyfunc_predict_fn="predict_proba",
+            pyfunc_predict_fn=predict_fn,
             metadata=metadata,
         )
     else:

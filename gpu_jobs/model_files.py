@@ -4,7 +4,7 @@ Layout (what the HPO driver stores under ``model/`` and the API's model zip hold
 
     model.joblib | model.json   the scikit-learn forest (joblib) or the XGBoost booster (JSON)
     mlflow/                     the same model as an MLflow model (sklearn or xgboost flavour)
-    metrics.json params.json features.json
+    metrics.json params.json features.json   (features.json: feature encoding, task, target classes)
 
 Everything here loads without a GPU. A forest is a pickle: it loads only under the scikit-learn minor
 release that wrote it, so the image and the loaders pin one minor (:data:`SKLEARN_MINOR`) and
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,9 @@ import numpy as np
 
 from gpu_jobs.encoding import FeatureEncoding, encode_features
 from gpu_jobs.errors import UserError
-from gpu_jobs.trainers import FOREST_MISSING_VALUE
+from gpu_jobs.metrics import Task
+from gpu_jobs.target import TargetEncoding
+from gpu_jobs.trainers import FOREST_MISSING_VALUE, forest_prediction
 
 MODEL_FILES: dict[str, str] = {"random_forest": "model.joblib", "xgboost": "model.json"}
 FEATURES_FILE = "features.json"
@@ -74,7 +76,7 @@ def save_outputs(
     metrics: dict[str, Any],
     trial: Mapping[str, Any],
     encoding: FeatureEncoding,
-    target_classes: Sequence[str],
+    target: TargetEncoding,
 ) -> None:
     """Write the whole output folder; ``metrics`` gains ``model_path`` and ``mlflow_model`` (the MLflow
     model's folder, or ``None`` with ``mlflow_model_error`` saying why it could not be written)."""
@@ -89,7 +91,7 @@ def save_outputs(
                 model=model,
                 estimator=estimator,
                 encoding=encoding,
-                target_classes=target_classes,
+                target=target,
                 params=trial["params"],
                 metrics=metrics,
             )
@@ -97,7 +99,7 @@ def save_outputs(
     except ImportError as exc:  # a compute environment without MLflow still yields the model files
         log.warning("MLflow model not written: %s", exc)
         metrics.update(mlflow_model=None, mlflow_model_error=f"mlflow is not installed here ({exc})")
-    write_trial_files(directory, metrics=metrics, trial=trial, encoding=encoding, target_classes=target_classes)
+    write_trial_files(directory, metrics=metrics, trial=trial, encoding=encoding, target=target)
 
 
 def write_trial_files(
@@ -106,16 +108,17 @@ def write_trial_files(
     metrics: Mapping[str, Any],
     trial: Mapping[str, Any],
     encoding: FeatureEncoding,
-    target_classes: Sequence[str],
+    target: TargetEncoding,
 ) -> None:
-    """Write ``metrics.json``, ``params.json`` and ``features.json`` (read by :func:`load_model`)."""
+    """Write ``metrics.json``, ``params.json`` and ``features.json`` (read by :func:`load_model`); the
+    latter holds the feature encoding and the target's (task, classes in code order)."""
     (directory / METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     (directory / PARAMS_FILE).write_text(json.dumps(trial, indent=2, sort_keys=True) + "\n")
     features: dict[str, Any] = {
         **encoding.to_json(),
         "model": trial["model"],
         "target": trial["target"],
-        "target_classes": list(target_classes),
+        **target.to_json(),
         "forest_missing_value": FOREST_MISSING_VALUE,
     }
     if trial["model"] == "random_forest":
@@ -133,21 +136,41 @@ class SavedModel:
     estimator: Any
     """A scikit-learn forest or an ``xgboost.Booster``."""
     encoding: FeatureEncoding
-    target_classes: tuple[str, str]
+    target: TargetEncoding
     forest_missing_value: float = FOREST_MISSING_VALUE
 
-    def predict_proba(self, frame: Any) -> np.ndarray:
-        """``(n, 2)`` probabilities of the classes ``target_classes`` for a pandas frame.
+    @property
+    def task(self) -> Task:
+        return self.target.task
+
+    @property
+    def target_classes(self) -> tuple[Any, ...]:
+        """The original class labels, in code order (empty for regression)."""
+        return self.target.classes
+
+    def _raw(self, frame: Any) -> np.ndarray:
+        """What the model predicts for a pandas frame (see ``gpu_jobs.trainers.Trainer.predict``).
 
         Raw columns (strings, datetimes) are encoded as in training; numeric columns are used as given.
         """
         features = encode_features(frame, self.encoding).to_numpy(dtype=np.float32)
         if self.model == "random_forest":
             features = np.where(np.isnan(features), np.float32(self.forest_missing_value), features)
-            positive = self.estimator.predict_proba(features)[:, 1]
-        else:
-            positive = np.asarray(self.estimator.inplace_predict(features))
-        return np.column_stack([1.0 - positive, positive])
+            return np.asarray(forest_prediction(np, self.estimator, features, self.task, self.target.n_classes))
+        return np.asarray(self.estimator.inplace_predict(features), dtype=np.float64)
+
+    def predict_proba(self, frame: Any) -> np.ndarray:
+        """``(n, K)`` probabilities, one column per class of ``target_classes`` (classification only)."""
+        if self.task == "regression":
+            raise UserError("a regression model predicts values, not class probabilities: use predict")
+        raw = self._raw(frame)
+        return np.column_stack([1.0 - raw, raw]) if self.task == "binary" else raw
+
+    def predict(self, frame: Any) -> np.ndarray:
+        """Predicted values (float64) for a regression, the most probable original class label otherwise."""
+        if self.task == "regression":
+            return self._raw(frame).reshape(-1)
+        return self.target.decode(self.predict_proba(frame).argmax(axis=1))
 
 
 def load_model(path: str | Path) -> SavedModel:
@@ -173,11 +196,10 @@ def load_model(path: str | Path) -> SavedModel:
 
         estimator = xgboost.Booster()
         estimator.load_model(model_file)
-    classes = described["target_classes"]
     return SavedModel(
         model=model,
         estimator=estimator,
         encoding=FeatureEncoding.from_json(described),
-        target_classes=(str(classes[0]), str(classes[1])),
+        target=TargetEncoding.from_json(described),
         forest_missing_value=float(described.get("forest_missing_value", FOREST_MISSING_VALUE)),
     )

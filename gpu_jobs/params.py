@@ -112,13 +112,6 @@ HYPERPARAMETERS: dict[str, dict[str, HyperParameter]] = {
     },
 }
 
-METRICS: dict[str, Literal["maximize", "minimize"]] = {
-    "accuracy": "maximize",
-    "roc_auc": "maximize",
-    "log_loss": "minimize",
-}
-"""Metrics every trial reports, with their natural direction."""
-
 
 def validate_params(model: str, params: dict[str, float]) -> dict[str, float | int]:
     """Check hyperparameters against ``model``'s table; return them coerced, defaults filled in.

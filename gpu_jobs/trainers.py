@@ -1,7 +1,9 @@
-"""The two models on either engine: a random forest (scikit-learn or cuML) and XGBoost (CPU or CUDA).
+"""The two models on either engine, for each task: a random forest (scikit-learn or cuML, a classifier or
+a regressor) and XGBoost (CPU or CUDA; ``binary:logistic``, ``multi:softprob`` or ``reg:squarederror``).
 
-A trainer fits on engine arrays, predicts positive-class probabilities, and hands out a *portable* model
-(a scikit-learn forest or an ``xgboost.Booster``) that loads and predicts on a machine without a GPU.
+A trainer fits on engine arrays, predicts what :func:`gpu_jobs.metrics.score` takes (the positive class's
+probability, one probability column per class, or values), and hands out a *portable* model (a
+scikit-learn forest or an ``xgboost.Booster``) that loads and predicts on a machine without a GPU.
 Random forests take no NaN: callers pass features through :func:`model_features` once per data set
 (outside any timed region); XGBoost keeps NaN as "missing".
 """
@@ -13,17 +15,21 @@ from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
 from gpu_jobs.engine import Engine
+from gpu_jobs.metrics import Task
 
 FOREST_MISSING_VALUE = -1.0e30
 """Random forests see NaN features as this value on both engines (cuML's forest takes no NaN)."""
 
 
 class Trainer(Protocol):
-    """Fits one model on engine arrays and predicts positive-class probabilities."""
+    """Fits one model on engine arrays and predicts what the task's metrics take."""
 
     def fit(self, features: Any, labels: Any) -> None: ...
 
-    def predict_positive(self, features: Any) -> Any: ...
+    def predict(self, features: Any) -> Any:
+        """Binary: the positive class's probability ``(n,)``; multiclass: ``(n, K)`` probabilities;
+        regression: the predicted values ``(n,)``. An engine array."""
+        ...
 
     def portable(self) -> Any:
         """The fitted model as a scikit-learn forest or an ``xgboost.Booster`` (loads without a GPU)."""
@@ -39,32 +45,80 @@ def model_features(model: str, engine: Engine, features: Any, *, has_missing: bo
     return xp.where(xp.isnan(features), xp.float32(FOREST_MISSING_VALUE), features)
 
 
-class RandomForestTrainer:
-    """scikit-learn's forest on CPU, cuML's on GPU (built by the engine). Features must hold no NaN."""
+class _Configured:
+    """What every trainer is built from: the engine, validated hyperparameters, the seed, the thread count
+    and the task (with its number of classes)."""
 
-    def __init__(self, engine: Engine, params: Mapping[str, float], *, seed: int, n_jobs: int | None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        params: Mapping[str, float],
+        *,
+        seed: int,
+        n_jobs: int | None,
+        task: Task = "binary",
+        n_classes: int = 2,
+    ) -> None:
         self.engine = engine
         self.params = params
         self.seed = seed
         self.n_jobs = n_jobs
-        self.forest: Any = None
+        self.task = task
+        self.n_classes = n_classes
+
+
+class RandomForestTrainer(_Configured):
+    """scikit-learn's forest on CPU, cuML's on GPU (built by the engine). Features must hold no NaN."""
+
+    forest: Any = None
 
     def fit(self, features: Any, labels: Any) -> None:
-        self.forest = self.engine.random_forest(self.params, seed=self.seed, n_jobs=self.n_jobs)
+        self.forest = self.engine.random_forest(self.params, seed=self.seed, n_jobs=self.n_jobs, task=self.task)
         self.forest.fit(features, labels)
 
-    def predict_positive(self, features: Any) -> Any:
-        return self.engine.array.asarray(self.forest.predict_proba(features))[:, 1]
+    def predict(self, features: Any) -> Any:
+        return forest_prediction(self.engine.array, self.forest, features, self.task, self.n_classes)
 
     def portable(self) -> Any:
         return self.engine.portable_forest(self.forest)
 
 
-def xgboost_params(params: Mapping[str, float], *, device: str, seed: int, n_jobs: int | None) -> dict[str, Any]:
+def forest_prediction(xp: Any, forest: Any, features: Any, task: Task, n_classes: int) -> Any:
+    """What a fitted forest predicts for ``task`` (see :meth:`Trainer.predict`), as an array of ``xp``.
+    A class the forest never saw in training gets probability 0 in its column."""
+    if task == "regression":
+        return xp.asarray(forest.predict(features), dtype=xp.float64).reshape(-1)
+    proba = xp.asarray(forest.predict_proba(features), dtype=xp.float64)
+    seen = getattr(forest, "classes_", None)
+    if proba.shape[1] != n_classes and seen is not None:  # trained on a subset of the classes
+        full = xp.zeros((proba.shape[0], n_classes), dtype=xp.float64)
+        full[:, xp.asarray(seen, dtype=xp.int64)] = proba
+        proba = full
+    return proba[:, 1] if task == "binary" else proba
+
+
+XGBOOST_OBJECTIVES: dict[Task, tuple[str, str]] = {
+    "binary": ("binary:logistic", "logloss"),
+    "multiclass": ("multi:softprob", "mlogloss"),
+    "regression": ("reg:squarederror", "rmse"),
+}
+"""XGBoost's objective and evaluation metric per task."""
+
+
+def xgboost_params(
+    params: Mapping[str, float],
+    *,
+    device: str,
+    seed: int,
+    n_jobs: int | None,
+    task: Task = "binary",
+    n_classes: int = 2,
+) -> dict[str, Any]:
     """XGBoost booster parameters from validated hyperparameters (``num_boost_round`` is separate)."""
+    objective, eval_metric = XGBOOST_OBJECTIVES[task]
     booster: dict[str, Any] = {
-        "objective": "binary:logistic",
-        "eval_metric": "logloss",
+        "objective": objective,
+        "eval_metric": eval_metric,
         "tree_method": "hist",
         "device": device,
         "eta": float(params["learning_rate"]),
@@ -81,6 +135,8 @@ def xgboost_params(params: Mapping[str, float], *, device: str, seed: int, n_job
     }
     if n_jobs is not None:
         booster["nthread"] = n_jobs
+    if task == "multiclass":
+        booster["num_class"] = n_classes
     return booster
 
 
@@ -94,16 +150,21 @@ def xgboost_config(engine: Engine) -> Iterator[None]:
         yield
 
 
-class XGBoostTrainer:
+class XGBoostTrainer(_Configured):
     """``xgboost.train`` with the hist method, on ``cuda`` or ``cpu`` as the engine says."""
 
-    def __init__(self, engine: Engine, params: Mapping[str, float], *, seed: int, n_jobs: int | None) -> None:
-        self.engine = engine
-        self.params = params
-        self.seed = seed
-        self.n_jobs = n_jobs
-        self.booster_params = xgboost_params(params, device=engine.xgboost_device, seed=seed, n_jobs=n_jobs)
-        self.booster: Any = None
+    booster: Any = None
+
+    @property
+    def booster_params(self) -> dict[str, Any]:
+        return xgboost_params(
+            self.params,
+            device=self.engine.xgboost_device,
+            seed=self.seed,
+            n_jobs=self.n_jobs,
+            task=self.task,
+            n_classes=self.n_classes,
+        )
 
     def fit(self, features: Any, labels: Any) -> None:
         """Train; with ``early_stopping_rounds`` a seeded tenth of the rows is held out to stop on, and the
@@ -134,7 +195,7 @@ class XGBoostTrainer:
             if rounds and self.booster.best_iteration + 1 < self.booster.num_boosted_rounds():
                 self.booster = self.booster[: self.booster.best_iteration + 1]
 
-    def predict_positive(self, features: Any) -> Any:
+    def predict(self, features: Any) -> Any:
         with xgboost_config(self.engine):
             return self.engine.array.asarray(self.booster.inplace_predict(features))
 
@@ -163,10 +224,19 @@ def portable_booster(booster: Any) -> Any:
     return copy
 
 
-def make_trainer(model: str, engine: Engine, params: Mapping[str, float], *, seed: int, n_jobs: int | None) -> Trainer:
-    """A fresh, unfitted trainer for ``model`` on ``engine``."""
+def make_trainer(
+    model: str,
+    engine: Engine,
+    params: Mapping[str, float],
+    *,
+    seed: int,
+    n_jobs: int | None,
+    task: Task = "binary",
+    n_classes: int = 2,
+) -> Trainer:
+    """A fresh, unfitted trainer for ``model`` on ``engine`` for ``task`` (``n_classes`` classes)."""
     trainers: dict[str, type[RandomForestTrainer] | type[XGBoostTrainer]] = {
         "random_forest": RandomForestTrainer,
         "xgboost": XGBoostTrainer,
     }
-    return trainers[model](engine, params, seed=seed, n_jobs=n_jobs)
+    return trainers[model](engine, params, seed=seed, n_jobs=n_jobs, task=task, n_classes=n_classes)

@@ -1,4 +1,4 @@
-"""One HPO trial in one process: stratified K-fold cross-validation of a random forest or XGBoost.
+"""One HPO trial in one process: K-fold cross-validation of a random forest or XGBoost, for any task.
 
 :func:`run_trial` is what the HPO driver runs per trial (also inside a Dask worker, on a GPU or not);
 :func:`fit_final_model` is the driver's refit of the best parameters on all rows.
@@ -14,18 +14,19 @@ from typing import Any
 import numpy as np
 
 from gpu_jobs.cross_validation import (
-    SINGLE_PROCESS_FOLDS,
     FoldCallback,
     check_request,
     cross_validation,
     ignored_params,
-    require_enough_rows,
+    require_fit,
     rerun_arguments,
+    single_process_folds,
     split_fingerprint,
 )
 from gpu_jobs.data import Dataset, load_dataset
-from gpu_jobs.engine import Engine, get_engine, resolve_engine
+from gpu_jobs.engine import Engine, fold_splitter, get_engine, resolve_engine
 from gpu_jobs.errors import UserError
+from gpu_jobs.metrics import Task
 from gpu_jobs.model_files import save_outputs
 from gpu_jobs.trainers import Trainer, make_trainer, model_features
 from gpu_jobs.worker_cache import TRIAL_CACHE
@@ -47,12 +48,16 @@ def run_trial(
     n_jobs: int | None = None,
     on_fold: FoldCallback | None = None,
     completed_folds: Sequence[Mapping[str, Any]] = (),
+    task: str = "auto",
+    features: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Cross-validate ``model`` with ``params`` on ``data`` and return its metrics.
 
-    Stratified K-fold (shuffled with ``seed``, the same folds on both engines); after each fold
-    ``on_fold(step, running_means, fold)`` is called (1-based step; running means of accuracy, roc_auc,
-    log_loss; the fold's :class:`~gpu_jobs.cross_validation.FoldRecord`) and anything it raises propagates
+    ``task`` (``auto``: inferred from the target, :mod:`gpu_jobs.target`) picks the model's kind, the
+    folds (stratified for classes, plain for regression; shuffled with ``seed``, the same folds on both
+    engines) and the metrics (:mod:`gpu_jobs.metrics`); ``primary_metric`` must be one of the task's. After
+    each fold ``on_fold(step, running_means, fold)`` is called (1-based step; running means of every
+    metric; the fold's :class:`~gpu_jobs.cross_validation.FoldRecord`) and anything it raises propagates
     at once: that is how a caller prunes or times out a trial. ``completed_folds``: the records an
     interrupted attempt of this trial reported, in order; each whose validation rows match the fold drawn
     now is taken instead of trained (no ``on_fold`` call for it; ``metrics["resumed_folds"]`` counts
@@ -68,32 +73,48 @@ def run_trial(
     request = check_request(model=model, params=params, cv_folds=cv_folds, primary_metric=primary_metric, engine=engine)
     engine_name = resolve_engine(engine)
     toolkit = get_engine(engine_name)
-    dataset = load_dataset(data, target, data_format=data_format, max_rows=max_rows, seed=seed, engine=engine_name)
+    dataset = load_dataset(
+        data,
+        target,
+        data_format=data_format,
+        max_rows=max_rows,
+        seed=seed,
+        engine=engine_name,
+        task=task,
+        features=features,
+    )
     info = dataset.info
-    require_enough_rows(info.minority_class_rows, cv_folds)
+    kind = info.target_encoding
+    require_fit(request, kind, info.minority_class_rows)
     fill = model == "random_forest" and info.missing_feature_values > 0
-    features = TRIAL_CACHE.for_object(dataset, ("features", fill), lambda: model_arrays(model, toolkit, dataset, fill))
+    matrix = TRIAL_CACHE.for_object(dataset, ("features", fill), lambda: model_arrays(model, toolkit, dataset, fill))
     labels, host_labels = TRIAL_CACHE.for_object(dataset, "labels", lambda: label_arrays(toolkit, dataset))
     splits = TRIAL_CACHE.for_object(
-        dataset, ("folds", cv_folds, seed), lambda: fold_indices(toolkit, host_labels, cv_folds, seed)
+        dataset, ("folds", cv_folds, seed), lambda: fold_indices(toolkit, kind.task, host_labels, cv_folds, seed)
     )
-    with cross_validation(request, engine_name=engine_name, seed=seed, on_fold=on_fold) as folds:
+
+    def new_trainer() -> Trainer:
+        return make_trainer(
+            model, toolkit, request.params, seed=seed, n_jobs=n_jobs, task=kind.task, n_classes=kind.n_classes
+        )
+
+    with cross_validation(request, engine_name=engine_name, seed=seed, on_fold=on_fold, task=kind.task) as folds:
         for split, train_index, valid_index in splits:
             earlier = folds.resumable(completed_folds, split)
             if earlier is not None:
                 folds.resume(earlier)
                 continue
-            trainer = make_trainer(model, toolkit, request.params, seed=seed, n_jobs=n_jobs)
+            trainer = new_trainer()
             toolkit.synchronize()
             tick = time.perf_counter()
-            trainer.fit(features[train_index], labels[train_index])
+            trainer.fit(matrix[train_index], labels[train_index])
             toolkit.synchronize()
             fitted = time.perf_counter()
-            proba = trainer.predict_positive(features[valid_index])
+            prediction = trainer.predict(matrix[valid_index])
             toolkit.synchronize()
             predicted = time.perf_counter()
             folds.record(
-                toolkit.score(labels[valid_index], proba),
+                toolkit.score(kind.task, labels[valid_index], prediction),
                 fit_seconds=fitted - tick,
                 predict_seconds=predicted - fitted,
                 split=split,
@@ -103,14 +124,16 @@ def run_trial(
             rows=info.rows,
             rows_dropped=info.rows_dropped_missing_target,
             n_features=len(info.feature_names),
-            folds=SINGLE_PROCESS_FOLDS,
+            folds=single_process_folds(kind.task),
         )
-        metrics["n_jobs"] = n_jobs
+        metrics.update(n_jobs=n_jobs, task_reason=kind.reason)
         if output is not None:
-            final = make_trainer(model, toolkit, request.params, seed=seed, n_jobs=n_jobs)
-            metrics["refit_seconds"] = timed_fit(final, features, labels, toolkit.synchronize)
+            final = new_trainer()
+            metrics["refit_seconds"] = timed_fit(final, matrix, labels, toolkit.synchronize)
             metrics["total_seconds"] = time.perf_counter() - started
-            trial = rerun_arguments(request, data=data, target=target, seed=seed, max_rows=max_rows)
+            trial = rerun_arguments(
+                request, data=data, target=target, seed=seed, max_rows=max_rows, task=kind.task, features=features
+            )
             save_outputs(
                 Path(output),
                 model=model,
@@ -118,7 +141,7 @@ def run_trial(
                 metrics=metrics,
                 trial={**trial, "engine": engine_name},
                 encoding=info.encoding,
-                target_classes=info.target_classes,
+                target=kind,
             )
         else:
             metrics["total_seconds"] = time.perf_counter() - started
@@ -132,14 +155,18 @@ def model_arrays(model: str, toolkit: Engine, dataset: Dataset, fill: bool) -> A
 
 
 def label_arrays(toolkit: Engine, dataset: Dataset) -> tuple[Any, np.ndarray]:
-    """The labels on the engine and on the host (folds are drawn on the host, alike on both engines)."""
-    labels = toolkit.to_array(dataset.y, np.int32)
+    """The labels on the engine and on the host (folds are drawn on the host, alike on both engines):
+    class codes, or a regression's values."""
+    labels = toolkit.to_array(dataset.y, dataset.info.target_encoding.label_dtype)
     return labels, toolkit.to_host(labels)
 
 
-def fold_indices(toolkit: Engine, host_labels: np.ndarray, cv_folds: int, seed: int) -> list[tuple[str, Any, Any]]:
-    """Each fold's split fingerprint and its training and validation row indices on the engine."""
-    splitter = toolkit.stratified_kfold(n_splits=cv_folds, shuffle=True, random_state=seed)
+def fold_indices(
+    toolkit: Engine, task: Task, host_labels: np.ndarray, cv_folds: int, seed: int
+) -> list[tuple[str, Any, Any]]:
+    """Each fold's split fingerprint and its training and validation row indices on the engine (stratified
+    for classes, plain shuffled folds for a regression)."""
+    splitter = fold_splitter(toolkit, task, cv_folds, seed)
     return [
         (split_fingerprint(valid, host_labels), toolkit.array.asarray(train), toolkit.array.asarray(valid))
         for train, valid in splitter.split(np.zeros((len(host_labels), 1), np.int8), host_labels)
@@ -158,6 +185,8 @@ def fit_final_model(
     data_format: str | None = None,
     max_rows: int | None = None,
     n_jobs: int | None = None,
+    task: str = "auto",
+    features: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Fit ``model`` with ``params`` on all rows, no cross-validation (the HPO driver's refit of the best
     trial), and save it in ``output`` as :func:`run_trial` does; returns what it wrote to metrics.json."""
@@ -167,33 +196,49 @@ def fit_final_model(
     request = check_request(model=model, params=params, cv_folds=2, primary_metric="accuracy", engine=engine)
     engine_name = resolve_engine(engine)
     toolkit = get_engine(engine_name)
-    dataset = load_dataset(data, target, data_format=data_format, max_rows=max_rows, seed=seed, engine=engine_name)
+    dataset = load_dataset(
+        data,
+        target,
+        data_format=data_format,
+        max_rows=max_rows,
+        seed=seed,
+        engine=engine_name,
+        task=task,
+        features=features,
+    )
     info = dataset.info
+    kind = info.target_encoding
     if info.minority_class_rows == 0:
-        raise UserError(f"target column {target!r} holds one class only in the rows used: nothing to learn")
-    trainer = make_trainer(model, toolkit, request.params, seed=seed, n_jobs=n_jobs)
-    features = toolkit.to_array(dataset.X, np.float32)
-    features = model_features(model, toolkit, features, has_missing=info.missing_feature_values > 0)
-    labels = toolkit.to_array(dataset.y, np.int32)
+        raise UserError(f"target column {target!r} lacks a class in the rows used: a model would never predict it")
+    trainer = make_trainer(
+        model, toolkit, request.params, seed=seed, n_jobs=n_jobs, task=kind.task, n_classes=kind.n_classes
+    )
+    matrix = toolkit.to_array(dataset.X, np.float32)
+    matrix = model_features(model, toolkit, matrix, has_missing=info.missing_feature_values > 0)
+    labels = toolkit.to_array(dataset.y, kind.label_dtype)
     metrics: dict[str, Any] = {
         "rows": info.rows,
         "rows_dropped_missing_target": info.rows_dropped_missing_target,
         "n_features": len(info.feature_names),
         "engine": engine_name,
         "model": model,
+        "task": kind.task,
+        "task_reason": kind.reason,
         "params": request.params,
         "ignored_params": sorted(ignored_params(model, engine_name)),
         "n_jobs": n_jobs,
-        "refit_seconds": timed_fit(trainer, features, labels, toolkit.synchronize),
+        "refit_seconds": timed_fit(trainer, matrix, labels, toolkit.synchronize),
     }
     metrics["total_seconds"] = time.perf_counter() - started
     trial = {
         "data": data,
         "target": target,
+        "task": kind.task,
         "model": model,
         "params": request.params,
         "seed": seed,
         "max_rows": max_rows,
+        "features": None if features is None else list(features),
         "engine": engine_name,
     }
     save_outputs(
@@ -203,7 +248,7 @@ def fit_final_model(
         metrics=metrics,
         trial=trial,
         encoding=info.encoding,
-        target_classes=info.target_classes,
+        target=kind,
     )
     return metrics
 

@@ -28,6 +28,8 @@ reach of the compute's identity, which may write only to ``artifacts``."""
 CONTAINERS = (CONTAINER_ARTIFACTS, CONTAINER_SECRETS)
 
 DRIVER_OUTCOME_ARTIFACT = "driver/outcome.json"
+DATA_CHECK_ARTIFACT = "driver/data_check.json"
+"""What the driver's data check learned before any trial (task, its reason, rows): ``gpu_jobs.data_check``."""
 """Written by the HPO driver when it ends; the poll step reads it."""
 MODEL_PREFIX = "model/"
 """Artifact prefix of the best trial's refitted model."""

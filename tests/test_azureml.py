@@ -36,7 +36,8 @@ from azure.ai.ml.entities import AmlCompute, IdentityConfiguration
 from azure.ai.ml.sweep import SweepJob
 from azure.core.exceptions import ResourceNotFoundError
 
-from gpu_jobs.params import HYPERPARAMETERS, METRICS, validate_params
+from gpu_jobs.metrics import METRICS
+from gpu_jobs.params import HYPERPARAMETERS, validate_params
 from shared import handlers
 from shared.backends.arm import RetrySettings
 from shared.backends.azureml import (

@@ -103,8 +103,9 @@ CSV = ["--data", "DIR/t.csv", "--target", "churned"]
     [
         (["--data", "DIR/absent.csv", "--target", "churned"], "data not found"),
         (["--data", "DIR/t.csv", "--target", "churn"], "target column 'churn' not found"),
-        (["--data", "DIR/t.csv", "--target", "city"], "'city' has 3 distinct value"),
-        (["--data", "DIR/one.csv", "--target", "churned"], "'churned' has 1 distinct value"),
+        (["--data", "DIR/t.csv", "--target", "city", "--task", "binary"], "task binary needs exactly 2 classes"),
+        (["--data", "DIR/t.csv", "--target", "city", "--primary_metric", "rmse"], "rmse is not a multiclass metric"),
+        (["--data", "DIR/one.csv", "--target", "churned"], "1 distinct value): a target needs at least 2"),
         (["--data", "DIR/nested.parquet", "--target", "churned"], "feature column 'tags'"),
         ([*CSV, "--n_estimators", "-3"], "n_estimators=-3 is out of range"),
         ([*CSV, "--max_features", "1.5"], "max_features=1.5 is out of range"),

@@ -77,7 +77,7 @@ def test_combine_forests_concatenates_trees() -> None:
     assert combined.get_params()["n_estimators"] == 7  # not the first (or last) forest's share
     expected = np.mean([tree.predict_proba(features) for f in forests for tree in f.estimators_], axis=0)
     np.testing.assert_allclose(combined.predict_proba(features), expected)
-    with pytest.raises(UserError, match="both target classes"):
+    with pytest.raises(UserError, match="every target class"):
         combine_forests([None, None])
 
 

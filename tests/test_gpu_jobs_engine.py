@@ -116,11 +116,10 @@ def test_cpu_engine_namespace_has_the_shared_shape() -> None:
     assert cpu.name == "cpu" and cpu.xgboost_device == "cpu"
     assert cpu.frame.__name__ == "pandas" and cpu.array is np
     assert cpu.random_forest_ignored_params == frozenset({"n_bins"})
-    forest = cpu.random_forest(
-        {"n_estimators": 7, "max_depth": 3, "max_features": 0.5, "min_samples_leaf": 2, "n_bins": 32},
-        seed=11,
-        n_jobs=1,
-    )
+    params = {"n_estimators": 7, "max_depth": 3, "max_features": 0.5, "min_samples_leaf": 2, "n_bins": 32}
+    forest = cpu.random_forest(params, seed=11, n_jobs=1, task="binary")
+    assert type(forest).__name__ == "RandomForestClassifier"
+    assert type(cpu.random_forest(params, seed=11, n_jobs=1, task="regression")).__name__ == "RandomForestRegressor"
     assert forest.get_params()["n_estimators"] == 7
     assert forest.get_params()["random_state"] == 11
     assert forest.get_params()["max_features"] == 0.5
@@ -130,7 +129,7 @@ def test_score_matches_hand_computed_metrics() -> None:
     cpu = get_engine("cpu")
     y = np.array([0, 0, 1, 1], dtype=np.int32)
     proba = np.array([0.1, 0.6, 0.4, 0.9], dtype=np.float32)
-    scores = cpu.score(y, proba)
+    scores = cpu.score("binary", y, proba)
     assert scores["accuracy"] == pytest.approx(0.5)
     assert scores["roc_auc"] == pytest.approx(0.75)
     expected_log_loss = -np.mean(np.log([0.9, 0.4, 0.4, 0.9]))
@@ -138,6 +137,6 @@ def test_score_matches_hand_computed_metrics() -> None:
 
 
 def test_score_clips_certain_wrong_predictions_instead_of_infinite_log_loss() -> None:
-    scores = get_engine("cpu").score(np.array([0, 1], dtype=np.int32), np.array([1.0, 0.0], dtype=np.float32))
+    scores = get_engine("cpu").score("binary", np.array([0, 1], dtype=np.int32), np.array([1.0, 0.0], dtype=np.float32))
     assert np.isfinite(scores["log_loss"])
     assert scores["log_loss"] == pytest.approx(-np.log(1e-15), rel=1e-4)

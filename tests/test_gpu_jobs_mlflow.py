@@ -64,7 +64,7 @@ def test_mlflow_round_trip_of_the_refit_model(tmp_path: Path, model: str, params
     assert [column["name"] for column in inputs] == list(saved.encoding.feature_names)
     assert described["metadata"]["params"] == metrics["params"]
     assert described["metadata"]["metrics"]["rows"] == 2000
-    assert described["metadata"]["target_classes"] == ["False", "True"]
+    assert described["metadata"]["target_classes"] == [False, True]
 
     encoded = load_dataset(FLIGHTS_URI, FLIGHTS_TARGET, engine="cpu").X.head(300)
     answer = pyfunc_in_a_cpu_process(output / MLFLOW_DIR, encoded, tmp_path)

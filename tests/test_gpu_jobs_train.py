@@ -19,6 +19,7 @@ from gpu_jobs.cross_validation import FoldRecord
 from gpu_jobs.data import FLIGHTS_TARGET, FLIGHTS_URI, flights_table, load_dataset
 from gpu_jobs.engine import get_engine
 from gpu_jobs.errors import UserError
+from gpu_jobs.metrics import TASK_METRICS
 from gpu_jobs.train import fit_final_model, load_model, run_trial
 
 SMALL_FOREST = {"n_estimators": 15, "max_depth": 6, "max_features": 0.6}
@@ -83,7 +84,7 @@ def test_on_fold_gets_running_means_after_each_fold() -> None:
     )
     assert [step for step, _ in calls] == [1, 2, 3]
     for step, running in calls:
-        assert set(running) == {"accuracy", "roc_auc", "log_loss"}
+        assert set(running) == set(TASK_METRICS["binary"])
         for name, value in running.items():
             assert value == pytest.approx(np.mean(metrics["fold_scores"][name][:step]))
     assert calls[-1][1]["accuracy"] == pytest.approx(metrics["accuracy"])
@@ -182,7 +183,7 @@ def test_saved_model_loads_and_predicts_on_raw_pandas(
     saved_trial = json.loads((output / "params.json").read_text())
     assert saved_trial["model"] == model and saved_trial["params"] == metrics["params"]
     loaded = load_model(output)
-    assert loaded.model == model and loaded.target_classes == ("False", "True")
+    assert loaded.model == model and loaded.target_classes == (False, True)
     # raw rows as the flights table has them (strings for carrier/origin/dest) ...
     raw = flights_table().dropna(subset=[FLIGHTS_TARGET]).head(2000)
     proba_raw = loaded.predict_proba(raw.drop(columns=[FLIGHTS_TARGET]))
@@ -234,7 +235,9 @@ def test_random_forest_on_a_table_with_missing_feature_values(tmp_path: Path) ->
         ({"params": {"n_estimators": 0}}, "n_estimators=0 is out of range"),
         ({"params": {"learning_rate": 0.1}}, "random_forest has no hyperparameter 'learning_rate'"),
         ({"cv_folds": 1}, "cv_folds must be an integer >= 2"),
-        ({"primary_metric": "f1"}, "unknown primary metric 'f1'"),
+        ({"primary_metric": "f2"}, "unknown primary metric 'f2'"),
+        ({"primary_metric": "r2"}, "objective.primary_metric: r2 is not a binary metric"),
+        ({"task": "regression"}, "task regression needs a numeric target"),
         ({"engine": "tpu"}, "unknown engine 'tpu'"),
         ({"max_rows": 8, "cv_folds": 5}, "too few for 5-fold cross-validation"),
     ],

@@ -71,9 +71,10 @@ def run(
             while not stop.wait(1.0):
                 current = ctx.store.get_experiment(record.id)
                 trials = ctx.store.list_trials(record.id)
-                done = sum(1 for t in trials if t.state is not TrialState.RUNNING)
+                done = sum(1 for t in trials if t.state not in {TrialState.RUNNING, TrialState.FAILED})
                 rows = [t.model_dump(mode="json") for t in trials]
-                progress.trials = trials_table(rows, searched, recent=0) if done < len(trials) else None
+                running = any(t.state is TrialState.RUNNING for t in trials)
+                progress.trials = trials_table(rows, searched, recent=0) if running else None
                 progress.update(task, completed=done, description=_describe(current))
 
         watcher = threading.Thread(target=refresh, daemon=True)
@@ -109,6 +110,9 @@ def _print_result(ctx: Any, record: ExperimentRecord) -> None:
     for t in trials:
         counts[t.state.value] = counts.get(t.state.value, 0) + 1
     console.print(f"[bold]{record.status.value}[/bold]: {', '.join(f'{v} {k.lower()}' for k, v in counts.items())}")
+    check = _data_check(ctx, record.id)
+    if check:
+        console.print(f"data: {check}")
     if record.error:
         console.print(f"[red]error:[/red] {record.error}")
     if record.best is None:
@@ -118,7 +122,9 @@ def _print_result(ctx: Any, record: ExperimentRecord) -> None:
     table.add_column("value", justify="right")
     for name, value in record.best.params.items():
         table.add_row(name, f"{value:g}" if isinstance(value, float) else str(value))
-    for name in ("accuracy", "roc_auc", "log_loss", "fit_seconds", "engine", "rows"):
+    from gpu_jobs.metrics import METRICS
+
+    for name in (*METRICS, "fit_seconds", "task", "engine", "rows"):
         if name in record.best.metrics:
             value = record.best.metrics[name]
             table.add_row(f"[cyan]{name}", f"{value:.4f}" if isinstance(value, float) else str(value))
@@ -127,6 +133,18 @@ def _print_result(ctx: Any, record: ExperimentRecord) -> None:
     if model_files:
         names = ", ".join(f.removeprefix(MODEL_PREFIX) for f in model_files)
         console.print(f"model: {record.best.model_uri or ''} ({names})")
+
+
+def _data_check(ctx: Any, experiment_id: str) -> str | None:
+    """What the driver's data check learned (task, its reason, rows), as one line; None if it did not run."""
+    from gpu_jobs.data_check import describe
+    from shared.config import DATA_CHECK_ARTIFACT
+    from shared.errors import NotFound
+
+    try:
+        return describe(json.loads(ctx.store.get_artifact(experiment_id, DATA_CHECK_ARTIFACT)))
+    except (NotFound, ValueError, KeyError):
+        return None
 
 
 @app.command()
@@ -150,16 +168,51 @@ def plan(
     planner = get_planner(spec.compute.backend)
     creates = planner.describe(spec)
     if output == "yaml":
-        document = {"plan": plan_document(spec, catalogue, creates), "dry_run": _dry_run(spec, as_text=False)}
+        document = {
+            "task": task_plan(spec),
+            "plan": plan_document(spec, catalogue, creates),
+            "dry_run": _dry_run(spec, as_text=False),
+        }
         document = json.loads(json.dumps(document, default=str))  # plain types for YAML
         typer.echo(yaml.safe_dump(document, sort_keys=False, width=110))
         return
+    console.print(f"task: {task_plan(spec)}")
     for renderable in plan_renderables(spec, catalogue, creates):
         console.print(renderable)
     if full:
         console.print(_dry_run(spec, as_text=True), markup=False, highlight=False)
     elif shows := planner.full_plan_shows:
         console.print(f"[dim]{shows[0].upper()}{shows[1:]}: rapids-hpo plan {spec_path} --full[/dim]")
+
+
+def task_plan(spec: Any) -> str:
+    """The task the trials will learn and why, for ``plan``: as stated, a built-in table's, inferred here
+    from a file on this machine, or (remote data) inferred by the data check on the compute."""
+    from gpu_jobs.errors import UserError
+
+    dataset = spec.dataset
+    metric = spec.objective.primary_metric
+    if dataset.task != "auto":
+        return f"{dataset.task} (dataset.task says so); primary metric {metric}"
+    known = dataset.known_task()
+    if known is not None:
+        return f"{known} ({dataset.uri}'s {dataset.target} is a {known} target); primary metric {metric}"
+    if "://" in dataset.uri and not dataset.uri.startswith("file://"):
+        return f"auto: inferred from {dataset.target} by the data check on the compute, before any trial"
+    from gpu_jobs.cross_validation import check_request, require_fit
+    from gpu_jobs.data import prepare_frame, read_table, select_columns
+
+    try:
+        frame = read_table(dataset.uri, dataset.target, dataset.format)
+        frame = select_columns(frame, dataset.target, dataset.features, dataset.uri)
+        _, _, info = prepare_frame(frame, dataset.target, source=dataset.uri, task="auto")
+        request = check_request(
+            model=spec.trial.model, params={}, cv_folds=spec.trial.cv_folds, primary_metric=metric, engine="cpu"
+        )
+        require_fit(request, info.target_encoding, info.minority_class_rows)
+    except UserError as exc:
+        return f"auto, but the data check will fail: {exc}"
+    return f"{info.target_encoding.task} ({info.target_encoding.reason}); primary metric {metric}"
 
 
 def _dry_run(spec: Any, *, as_text: bool) -> Any:

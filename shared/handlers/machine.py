@@ -166,14 +166,20 @@ def _submit_run(ctx: Context, record: ExperimentRecord) -> str:
 
 def progress_updates(ctx: Context, record: ExperimentRecord) -> dict[str, Any]:
     """Progress fields from the trial records: done/total, best so far, last progress time, and the
-    events of trials finished since the last step (the compute writes trials; we learn of them here)."""
+    events of trials finished since the last step (the compute writes trials; we learn of them here).
+
+    ``trials_done`` counts the trials that ended with a result (completed, pruned, timed out): a failed
+    attempt is no progress towards the budget's answer, so a run whose trials all fail shows 0/N, not N/N.
+    Any trial ending, failed or not, still shows the run is alive (``last_progress_at``)."""
     spec = record.spec
     trials = ctx.store.list_trials(record.id)
-    done = sum(n for state, n in counts_by_state(trials).items() if state != TrialState.RUNNING.value)
+    unfinished = {TrialState.RUNNING.value, TrialState.FAILED.value}
+    done = sum(n for state, n in counts_by_state(trials).items() if state not in unfinished)
     goal = spec.get("objective", {}).get("goal", "maximize")
     updates: dict[str, Any] = {"trials_done": done, "best": best_of(trials, goal) or record.best}
     updates["event_log"] = ctx.announcer.stage_trials(record, trials)
-    if done != record.trials_done:
+    ended = any(t.ended_at is not None and t.ended_at > record.last_progress_at for t in trials)
+    if done != record.trials_done or ended:
         updates["last_progress_at"] = utcnow()
         updates["redrives"] = 0  # progress: earlier stalls no longer count against the experiment
     return updates

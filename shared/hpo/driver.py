@@ -251,6 +251,8 @@ class HpoDriver:
             params=record.params,
             data=self.spec.dataset.uri,
             target=self.spec.dataset.target,
+            task=self.spec.dataset.task,
+            features=self.spec.dataset.feature_columns(),
             data_format=self.spec.dataset.format,
             max_rows=self.spec.dataset.max_rows,
             model=self.spec.trial.model,

@@ -34,6 +34,8 @@ def refit_best_model(
     kwargs = {
         "data": spec.dataset.uri,
         "target": spec.dataset.target,
+        "task": spec.dataset.task,
+        "features": spec.dataset.feature_columns(),
         "model": spec.trial.model,
         "params": best.params,
         "seed": spec.sampling_algorithm.seed or 0,

@@ -1,7 +1,8 @@
 """Entry point of the HPO driver process: ``python -m shared.hpo.run_driver --experiment-id ID``.
 
-Opens the store the environment names, runs (or resumes) the experiment on a Dask cluster, refits the
-best trial's model, and writes ``driver/outcome.json``, which the control plane's poll step reads.
+Opens the store the environment names, checks the data once on the cluster (:func:`check_data_first`),
+runs (or resumes) the experiment on a Dask cluster, refits the best trial's model, and writes
+``driver/outcome.json``, which the control plane's poll step reads.
 SIGTERM (cancel) stops the running trials and ends with a CANCELLED outcome.
 """
 
@@ -21,7 +22,7 @@ from datetime import UTC, datetime
 from distributed import Client, LocalCluster
 
 from shared.compute_spec import LocalCompute
-from shared.config import DRIVER_OUTCOME_ARTIFACT, Settings
+from shared.config import DATA_CHECK_ARTIFACT, DRIVER_OUTCOME_ARTIFACT, Settings
 from shared.cost.catalogue import load_catalogue
 from shared.cost.ledger import BudgetGuard, rates_for
 from shared.dashboard.artifacts import save_plots_safely
@@ -87,8 +88,43 @@ def budget_guard(record: ExperimentRecord) -> BudgetGuard | None:
     return BudgetGuard(rates, spec.limits.max_cost, record.started_at or datetime.now(UTC))
 
 
+DATA_CHECK_FAILED = "data check failed"
+
+
+def check_data_first(spec: ExperimentSpec, experiment_id: str, store: Store, client: Client) -> str | None:
+    """Check the data once, as a task on a worker (where the trials will read it), before any trial; store
+    what it learned as ``driver/data_check.json``. Returns why the experiment cannot run, or None.
+
+    Only a :class:`gpu_jobs.errors.UserError` (bad data or spec) is such a reason; anything else (a lost
+    worker) propagates as a driver error."""
+    from gpu_jobs.data_check import check_data, describe
+    from gpu_jobs.errors import UserError
+
+    arguments = {
+        "data": spec.dataset.uri,
+        "target": spec.dataset.target,
+        "task": spec.dataset.task,
+        "features": spec.dataset.feature_columns(),
+        "model": spec.trial.model,
+        "primary_metric": spec.objective.primary_metric,
+        "cv_folds": spec.trial.cv_folds,
+        "engine": spec.trial.engine,
+        "data_format": spec.dataset.format,
+        "max_rows": spec.dataset.max_rows,
+        "seed": spec.sampling_algorithm.seed or 0,
+    }
+    try:
+        check = client.submit(check_data, **arguments, pure=False).result()
+    except UserError as exc:
+        return " ".join(str(exc).split())
+    log.info("data check: %s", describe(check))
+    store.put_artifact(experiment_id, DATA_CHECK_ARTIFACT, json.dumps(check, indent=2).encode())
+    return None
+
+
 def run_experiment(store: Store, experiment_id: str, client: Client, cancel: CancelWatch) -> ExperimentOutcome:
-    """Run the driver and store the best model; the outcome is also written as an artifact."""
+    """Check the data, run the driver and store the best model; the outcome is also written as an artifact.
+    Data the trials cannot use fails the experiment here, once, with no trial run."""
     record = store.get_experiment(experiment_id)
     spec = load_spec(record.spec)
     refresh = ImportanceRefresher(store, record)
@@ -96,7 +132,11 @@ def run_experiment(store: Store, experiment_id: str, client: Client, cancel: Can
         spec, experiment_id, store, client, should_cancel=cancel, on_trial_end=refresh, budget=budget_guard(record)
     )
     try:
-        outcome = driver.run()
+        problem = check_data_first(spec, experiment_id, store, client)
+        if problem is not None:
+            outcome = ExperimentOutcome("FAILED", DATA_CHECK_FAILED, 0, None, f"{DATA_CHECK_FAILED}: {problem}")
+        else:
+            outcome = driver.run()
         if outcome.status == "COMPLETED" and outcome.best is not None:
             outcome.best = refit_best_model(spec, experiment_id, outcome.best, store, client)
     except Exception as exc:  # the driver itself failed: say why in the outcome, then exit non-zero

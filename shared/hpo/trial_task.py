@@ -61,6 +61,10 @@ class TrialTask:
     """False when no early-termination policy is set: fold reports are then recorded, not answered."""
     completed_folds: tuple[dict[str, Any], ...] = ()
     """The folds an interrupted attempt finished, in order (``FoldRecord`` dicts): not trained again."""
+    task: str = "auto"
+    """``dataset.task``: binary, multiclass, regression, or auto (inferred from the target)."""
+    features: tuple[str, ...] | None = None
+    """``dataset.features``: the feature columns, or None for every column but the target."""
 
 
 FOLDS_METADATA = "rapids-hpo-folds"
@@ -220,6 +224,8 @@ def _run_and_classify(
             primary_metric=task.primary_metric,
             n_jobs=task.n_jobs,
             on_fold=on_fold,
+            task=task.task,
+            features=task.features,
             **resume,
         )
     except TrialPrunedSignal as exc:

@@ -7,12 +7,14 @@ from typing import Annotated, Any
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from gpu_jobs.metrics import POSITIVE_METRICS, metric_mismatch
 from gpu_jobs.params import HYPERPARAMETERS
 from shared.compute_spec import ComputeSpec, LocalCompute, Problem, backends_where
 from shared.spec.bounds import MAX_GRID_POINTS, MAX_SEARCH_SPACE, MAX_TAGS, numbers_problems
 from shared.spec.errors import Problems, SpecModel, did_you_mean, echo, fail
 from shared.spec.search_space import SAMPLING_TYPES, Choice, Distribution, check_distribution
 from shared.spec.sections import (
+    BanditPolicy,
     DatasetSpec,
     EarlyTermination,
     Limits,
@@ -128,6 +130,7 @@ class ExperimentSpec(SpecModel):
                     f"registering the model needs the model registry of compute.backend {registrars} ({runs_on})",
                 )
             )
+        errors += self._objective_problems()
         errors += compute.spec_problems(self)
         fail(errors)
         self._default_concurrency()
@@ -142,6 +145,28 @@ class ExperimentSpec(SpecModel):
             return
         concurrency = min(capacity.trials_at_once, self.limits.max_total_trials)
         self.limits = self.limits.model_copy(update={"max_concurrent_trials": concurrency})
+
+    def _objective_problems(self) -> list[Problem]:
+        """The metric must be one the task reports (when the task is known before reading the data: stated,
+        or a built-in table's); a spec that names no objective gets the task's default metric. Bandit's
+        ``slack_factor`` is a ratio: a metric that can be negative (r2) needs ``slack_amount``."""
+        task = self.dataset.known_task()
+        if task is not None and "objective" not in self.model_fields_set:
+            self.objective = default_objective(task)
+        errors: list[Problem] = []
+        mismatch = None if task is None else metric_mismatch(self.objective.primary_metric, task)
+        if mismatch is not None:
+            errors.append((("objective", "primary_metric"), mismatch))
+        policy = self.early_termination
+        ratio = isinstance(policy, BanditPolicy) and policy.slack_factor is not None
+        if ratio and self.objective.primary_metric not in POSITIVE_METRICS:
+            errors.append(
+                (
+                    ("early_termination", "slack_factor"),
+                    f"slack_factor is a ratio and {self.objective.primary_metric} can be negative: use slack_amount",
+                )
+            )
+        return errors
 
     def _budget_is_priced(self) -> None:
         """``limits.max_cost`` needs a price for every node the run bills (see :mod:`shared.cost`)."""

@@ -8,12 +8,16 @@ from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
-from gpu_jobs.params import HYPERPARAMETERS, METRICS, ModelName
+from gpu_jobs.builtin import BUILTIN_TARGETS
+from gpu_jobs.metrics import METRIC_ALIASES, METRICS, TASK_METRICS, Task
+from gpu_jobs.params import HYPERPARAMETERS, ModelName
 from shared.spec.bounds import MAX_RUN_SECONDS, MAX_SEARCH_SPACE
 from shared.spec.errors import Loc, Problems, SpecModel, did_you_mean, echo, fail
 from shared.spec.search_space import check_value
 
-BUILTIN_DATASETS: tuple[str, ...] = ("nycflights13",)
+BUILTIN_DATASETS: tuple[str, ...] = tuple(BUILTIN_TARGETS)
+MAX_FEATURES = 10_000
+"""At most this many columns named in ``dataset.features``."""
 """Datasets bundled with the project, addressed as ``builtin://<name>``."""
 URI_SCHEMES: tuple[str, ...] = ("builtin", "file", "abfs", "abfss", "az", "https", "http", "azureml")
 """Schemes a dataset URI may use; a URI without a scheme is a local path (or ``azureml:<name>:<version>``).
@@ -47,7 +51,7 @@ def azureml_uri_form(uri: str) -> tuple[str, dict[str, str]] | None:
 
 
 class DatasetSpec(SpecModel):
-    """Where the table is and which column is the binary target."""
+    """Where the table is, which column is the target, and the task it poses."""
 
     uri: str = Field(
         min_length=1,
@@ -56,7 +60,19 @@ class DatasetSpec(SpecModel):
         "azureml:<name>:<version>; azureml backend only); outside a hosted deployment also a local path, file:// "
         "or http://",
     )
-    target: str = Field(min_length=1, description="the 0/1 (two-class) target column")
+    target: str = Field(min_length=1, description="the target column (classes of any type, or a number)")
+    task: Literal["auto", "binary", "multiclass", "regression"] = Field(
+        default="auto",
+        description="auto: inferred from the target before any trial (a numeric column of non-whole numbers or of "
+        "more than 20 whole numbers is a regression; other columns pose classes: 2 binary, more multiclass)",
+    )
+    features: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_FEATURES,
+        description="the feature columns, in order (None: every column but the target); leave out what leaks the "
+        "target (a total that includes it, anything known only afterwards)",
+    )
     format: Literal["csv", "parquet"] | None = Field(default=None, description="None: from the extension")
     max_rows: int | None = Field(
         default=None, gt=0, description="keep a seeded random sample of this many rows (quick runs)"
@@ -94,6 +110,56 @@ class DatasetSpec(SpecModel):
                 "it never holds one; the compute reads the data with its own identity"
             )
         return uri
+
+    @model_validator(mode="after")
+    def _builtin_target(self) -> DatasetSpec:
+        """A built-in table's targets are known: check the target and the task here, not on the compute."""
+        known = self.builtin_targets()
+        if known is None:
+            return self
+        if self.target not in known:
+            expected = ", ".join(f"{name} ({task})" for name, task in known.items())
+            fail([(("target",), f"{self.uri} has the targets {expected}, not {echo(self.target)}")], "DatasetSpec")
+        if self.task not in ("auto", known[self.target]):
+            fail(
+                [(("task",), f"{self.target} of {self.uri} is a {known[self.target]} target, not {self.task}")],
+                "DatasetSpec",
+            )
+        return self
+
+    @field_validator("features")
+    @classmethod
+    def _features(cls, names: list[str] | None) -> list[str] | None:
+        if names is None:
+            return None
+        for name in names:
+            if not name or "," in name or len(name) > 256:
+                raise ValueError(f"not a column name: {echo(name)} (1-256 characters, no comma)")
+        if len(set(names)) != len(names):
+            raise ValueError("a column is named twice")
+        return names
+
+    @model_validator(mode="after")
+    def _target_not_a_feature(self) -> DatasetSpec:
+        if self.features is not None and self.target in self.features:
+            fail([(("features",), f"the target {echo(self.target)} cannot also be a feature")], "DatasetSpec")
+        return self
+
+    def feature_columns(self) -> tuple[str, ...] | None:
+        """``features`` as a tuple (what trials take), or None for every column but the target."""
+        return None if self.features is None else tuple(self.features)
+
+    def builtin_targets(self) -> dict[str, Task] | None:
+        """The targets of a ``builtin://`` table and their tasks; None for any other URI."""
+        match = re.match(r"^builtin://(.*)$", self.uri, re.IGNORECASE)
+        return BUILTIN_TARGETS.get(match.group(1).rstrip("/")) if match else None
+
+    def known_task(self) -> Task | None:
+        """The task when it is known before reading the data: stated, or a built-in table's; None for auto."""
+        if self.task != "auto":
+            return self.task
+        known = self.builtin_targets()
+        return known.get(self.target) if known else None
 
 
 def _credential_in(uri: str) -> str | None:
@@ -241,12 +307,14 @@ class Objective(SpecModel):
     @model_validator(mode="before")
     @classmethod
     def _normalize(cls, data: Any) -> Any:
-        """Accept AzureML's capitalized spellings (``Accuracy``, ``Maximize``); default the goal."""
+        """Accept AzureML's capitalized spellings (``Accuracy``, ``Maximize``) and longer metric names
+        (``r2_score``); default the goal."""
         if isinstance(data, dict):
             data = dict(data)
             metric = data.get("primary_metric", "accuracy")
             if isinstance(metric, str):
-                data["primary_metric"] = metric = metric.lower()
+                metric = metric.lower()
+                data["primary_metric"] = metric = METRIC_ALIASES.get(metric, metric)
             if isinstance(data.get("goal"), str):
                 data["goal"] = data["goal"].lower()
             elif data.get("goal") is None:
@@ -257,7 +325,8 @@ class Objective(SpecModel):
     @classmethod
     def _known_metric(cls, metric: str) -> str:
         if metric not in METRICS:
-            raise ValueError(f"unknown metric {metric!r}: expected one of: {', '.join(METRICS)}")
+            by_task = "; ".join(f"{task}: {', '.join(names)}" for task, names in TASK_METRICS.items())
+            raise ValueError(f"unknown metric {echo(metric)}: expected one of ({by_task})")
         return metric
 
     @model_validator(mode="after")
@@ -278,8 +347,10 @@ class Objective(SpecModel):
         return self
 
 
-def default_objective() -> Objective:
-    return Objective(primary_metric="accuracy", goal="maximize")
+def default_objective(task: Task = "binary") -> Objective:
+    """The objective of a spec that names none: the task's first metric (accuracy; rmse for a regression)."""
+    metric = next(iter(TASK_METRICS[task]))
+    return Objective(primary_metric=metric, goal=METRICS[metric])
 
 
 class RegisterModel(SpecModel):

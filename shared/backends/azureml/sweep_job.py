@@ -287,6 +287,7 @@ def trial_command(spec: ExperimentSpec, data: DataBinding, *, install: Sequence[
         "python -m gpu_jobs.train",
         f"--data {data.argument}",
         f"--target {shlex.quote(spec.dataset.target)}",
+        f"--task {spec.dataset.task}",
         f"--model {spec.trial.model}",
         f"--cv_folds {spec.trial.cv_folds}",
         f"--output ${{{{outputs.{MODEL_OUTPUT}}}}}",
@@ -298,6 +299,8 @@ def trial_command(spec: ExperimentSpec, data: DataBinding, *, install: Sequence[
         args.append(f"--data_format {spec.dataset.format}")
     if spec.dataset.max_rows is not None:
         args.append(f"--max_rows {spec.dataset.max_rows}")
+    if spec.dataset.features is not None:
+        args.append(f"--features {shlex.quote(','.join(spec.dataset.features))}")
     args += [f"--{name} {_literal(value)}" for name, value in spec.trial.params.items()]
     args += [f"--{name} {value_token(name, dist, table[name])}" for name, dist in spec.search_space.items()]
     line = " ".join(args)

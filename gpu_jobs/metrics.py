@@ -1,0 +1,148 @@
+"""The learning tasks, their metrics with their natural directions, and the one scoring function.
+
+A trial scores each validation fold here, on host NumPy arrays, whichever engine trained the model
+(cuML/XGBoost-on-CUDA predictions are copied to the host first: one fold's predictions are small). So a
+metric is computed by exactly one piece of code on both engines, single process or Dask, and a GPU
+trial's number means what a CPU trial's means.
+
+What :func:`score` takes as ``prediction``, per task (what :mod:`gpu_jobs.trainers` predict):
+
+* ``binary``: the positive class's probability, shape ``(n,)``; labels 0/1;
+* ``multiclass``: one probability column per class, shape ``(n, K)``; labels ``0..K-1``;
+* ``regression``: the predicted values, shape ``(n,)``; labels the true values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+import numpy as np
+
+Task = Literal["binary", "multiclass", "regression"]
+TASKS: tuple[Task, ...] = ("binary", "multiclass", "regression")
+TASK_REQUESTS: tuple[str, ...] = ("auto", *TASKS)
+Direction = Literal["maximize", "minimize"]
+
+PROBABILITY_EPSILON = 1e-15
+"""Probabilities are clipped to ``[eps, 1 - eps]`` before log loss."""
+
+TASK_METRICS: dict[Task, dict[str, Direction]] = {
+    "binary": {
+        "accuracy": "maximize",
+        "roc_auc": "maximize",
+        "log_loss": "minimize",
+        "f1": "maximize",
+        "precision": "maximize",
+        "recall": "maximize",
+        "average_precision": "maximize",
+    },
+    "multiclass": {
+        "accuracy": "maximize",
+        "log_loss": "minimize",
+        "f1_macro": "maximize",
+        "roc_auc_ovr": "maximize",
+    },
+    "regression": {"rmse": "minimize", "mae": "minimize", "r2": "maximize", "mape": "minimize"},
+}
+"""Every metric a trial of each task reports, with its natural direction (the first is the default)."""
+
+METRICS: dict[str, Direction] = {name: d for metrics in TASK_METRICS.values() for name, d in metrics.items()}
+"""Every metric name of any task, with its direction (a name shared by two tasks has one direction)."""
+
+METRIC_ALIASES: dict[str, str] = {
+    "auc": "roc_auc",
+    "root_mean_squared_error": "rmse",
+    "mean_absolute_error": "mae",
+    "r2_score": "r2",
+    "mean_absolute_percentage_error": "mape",
+    "f1_score": "f1",
+    "f1_score_macro": "f1_macro",
+    "average_precision_score": "average_precision",
+}
+"""Longer spellings (AzureML AutoML's and scikit-learn's) of the metrics above, lower-cased."""
+
+POSITIVE_METRICS: frozenset[str] = frozenset(METRICS) - {"r2"}
+"""Metrics that are never negative (Bandit's ``slack_factor`` is a ratio and needs one of these)."""
+
+
+def default_metric(task: Task) -> str:
+    """The metric a spec of ``task`` ranks by when it names none."""
+    return next(iter(TASK_METRICS[task]))
+
+
+def tasks_of(metric: str) -> list[Task]:
+    """The tasks that report ``metric``."""
+    return [task for task, metrics in TASK_METRICS.items() if metric in metrics]
+
+
+def metric_mismatch(metric: str, task: Task) -> str | None:
+    """Why ``metric`` cannot rank trials of ``task`` (naming the metrics that can), or None when it fits."""
+    if metric in TASK_METRICS[task]:
+        return None
+    return f"{metric} is not a {task} metric; a {task} task reports: {', '.join(TASK_METRICS[task])}"
+
+
+def _clipped(proba: np.ndarray) -> np.ndarray:
+    return np.clip(proba, PROBABILITY_EPSILON, 1.0 - PROBABILITY_EPSILON)
+
+
+def _binary(labels: np.ndarray, positive: np.ndarray) -> dict[str, float]:
+    from sklearn import metrics as m
+
+    predicted = (positive >= 0.5).astype(np.int32)
+    return {
+        "accuracy": m.accuracy_score(labels, predicted),
+        "roc_auc": m.roc_auc_score(labels, positive),
+        "log_loss": m.log_loss(labels, _clipped(positive), labels=[0, 1]),
+        "f1": m.f1_score(labels, predicted, zero_division=0.0),
+        "precision": m.precision_score(labels, predicted, zero_division=0.0),
+        "recall": m.recall_score(labels, predicted, zero_division=0.0),
+        "average_precision": m.average_precision_score(labels, positive),
+    }
+
+
+def _multiclass(labels: np.ndarray, proba: np.ndarray) -> dict[str, float]:
+    from sklearn import metrics as m
+
+    classes = list(range(proba.shape[1]))
+    predicted = proba.argmax(axis=1)
+    # Rows renormalised after clipping: sklearn's log loss refuses rows that do not sum to one.
+    clipped = _clipped(proba)
+    clipped = clipped / clipped.sum(axis=1, keepdims=True)
+    return {
+        "accuracy": m.accuracy_score(labels, predicted),
+        "log_loss": m.log_loss(labels, clipped, labels=classes),
+        "f1_macro": m.f1_score(labels, predicted, average="macro", labels=classes, zero_division=0.0),
+        "roc_auc_ovr": m.roc_auc_score(labels, clipped, multi_class="ovr", average="macro", labels=classes),
+    }
+
+
+def _regression(values: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    from sklearn import metrics as m
+
+    return {
+        "rmse": float(np.sqrt(m.mean_squared_error(values, predicted))),
+        "mae": m.mean_absolute_error(values, predicted),
+        "r2": m.r2_score(values, predicted),
+        "mape": m.mean_absolute_percentage_error(values, predicted),
+    }
+
+
+_SCORERS: Mapping[Task, Callable[[np.ndarray, np.ndarray], Mapping[str, Any]]] = {
+    "binary": _binary,
+    "multiclass": _multiclass,
+    "regression": _regression,
+}
+
+
+def score(task: Task, labels: Any, prediction: Any) -> dict[str, float]:
+    """Every metric of ``task`` for one validation fold (host arrays; see the module docstring)."""
+    dtype = np.float64
+    truth = np.asarray(labels, dtype=dtype if task == "regression" else np.int64).reshape(-1)
+    predicted = np.asarray(prediction, dtype=dtype)
+    if task != "multiclass":
+        predicted = predicted.reshape(-1)
+    if len(truth) != len(predicted):
+        raise ValueError(f"{len(truth)} labels but {len(predicted)} predictions")
+    return {name: float(value) for name, value in _SCORERS[task](truth, predicted).items()}
