@@ -73,15 +73,23 @@ def test_auto_picks_gpu_and_data_lands_in_cudf() -> None:
     assert str(dataset.X.dtypes.iloc[0]) == "float32"
 
 
-def test_cuml_metrics_equal_scikit_learn_metrics_on_the_same_arrays() -> None:
+def test_both_engines_score_device_and_host_arrays_with_the_same_metric_code() -> None:
     rng = np.random.default_rng(0)
     labels = (rng.random(5000) < 0.3).astype(np.int32)
     proba = np.clip(labels * 0.4 + rng.random(5000) * 0.6, 0.0, 1.0).astype(np.float32)
     proba[:3] = [0.0, 1.0, 0.5]  # clipped for log loss, and exactly on the threshold
-    on_gpu = get_engine("gpu").score(cupy.asarray(labels), cupy.asarray(proba))
-    on_cpu = get_engine("cpu").score(labels, proba)
-    for name in ("accuracy", "roc_auc", "log_loss"):
-        assert on_gpu[name] == pytest.approx(on_cpu[name], rel=1e-5), name
+    classes = rng.integers(0, 4, 5000).astype(np.int32)
+    per_class = rng.dirichlet(np.ones(4), size=5000)
+    values = rng.normal(size=5000).astype(np.float32)
+    cases = {
+        "binary": (labels, proba),
+        "multiclass": (classes, per_class),
+        "regression": (values, values + rng.normal(size=5000)),
+    }
+    for task, (truth, prediction) in cases.items():
+        on_gpu = get_engine("gpu").score(task, cupy.asarray(truth), cupy.asarray(prediction))
+        on_cpu = get_engine("cpu").score(task, truth, prediction)
+        assert on_gpu == on_cpu, task  # one module on host copies: equal, not merely close
 
 
 def test_exported_forest_predicts_what_the_cuml_forest_predicts() -> None:
@@ -123,6 +131,46 @@ def test_gpu_trial_scores_like_the_cpu_trial_on_the_same_folds_and_saves_a_cpu_l
     assert answer["shape"] == [100, 2]
     assert answer["estimator"] == ("RandomForestClassifier" if model == "random_forest" else "Booster")
     assert answer["pyfunc_shape"] == ([100, 2] if model == "random_forest" else [100])
+
+
+@pytest.mark.parametrize("model", ["random_forest", "xgboost"])
+def test_gpu_regression_and_multiclass_trials_score_like_the_cpu_and_save_cpu_loadable_models(
+    tmp_path: Path, model: str
+) -> None:
+    params = FOREST if model == "random_forest" else BOOSTER
+    cases = (
+        ({"data": FLIGHTS_URI, "target": "arr_delay", "max_rows": 20_000}, "rmse", "regression"),
+        ({"data": "builtin://digits", "target": "digit"}, "f1_macro", "multiclass"),
+    )
+    for data, metric, task in cases:
+        gpu = run_trial(model=model, params=params, cv_folds=3, engine="gpu", output=tmp_path / task, **data)
+        cpu = run_trial(model=model, params=params, cv_folds=3, engine="cpu", primary_metric=metric, **data)
+        assert gpu["engine"] == "gpu" and gpu["task"] == cpu["task"] == task
+        assert gpu["evaluation"] == cpu["evaluation"]  # the same folds on both engines
+        assert abs(gpu[metric] - cpu[metric]) < 0.05 * abs(cpu[metric]), (task, gpu[metric], cpu[metric])
+        saved = load_model(tmp_path / task)
+        rows = load_dataset(data["data"], data["target"], engine="cpu").X.head(50)
+        predicted = saved.predict(rows)
+        if task == "regression":
+            assert predicted.dtype == np.float64 and predicted.shape == (50,)
+            estimator = "RandomForestRegressor" if model == "random_forest" else "Booster"
+        else:
+            assert saved.predict_proba(rows).shape == (50, 10)
+            estimator = "RandomForestClassifier" if model == "random_forest" else "Booster"
+        assert type(saved.estimator).__name__ == estimator
+
+
+def test_distributed_regression_on_a_local_cuda_cluster(cuda_cluster: Any) -> None:
+    from gpu_jobs.dask_training import run_distributed
+
+    n_workers = len(cuda_cluster.workers)
+    for model, params in (("xgboost", {"num_boost_round": 20}), ("random_forest", {"n_estimators": 20})):
+        metrics = run_distributed(
+            scheduler=cuda_cluster.scheduler_address, model=model, params=params, cv_folds=2,
+            data=FLIGHTS_URI, target="arr_delay", max_rows=20_000, primary_metric="rmse",
+        )  # fmt: skip
+        assert metrics["engine"] == "gpu" and metrics["task"] == "regression" and metrics["n_workers"] == n_workers
+        assert 5 < metrics["rmse"] < 40
 
 
 def test_missing_feature_values_on_the_gpu(tmp_path: Path) -> None:

@@ -83,6 +83,7 @@ def test_the_examples_exist() -> None:
         "flights-delay-regression.yaml",
         "flights-rf.yaml",
         "flights-xgb.yaml",
+        "nyc-taxi-vmcluster.yaml",
     ]
 
 

@@ -342,3 +342,26 @@ def test_what_the_compute_went_through_follows_its_handle_onto_the_record_and_th
     )
     assert shown == {"driver_restarts": 2, "evictions": 0, "heartbeat_at": None, "link": None}
     assert ComputeReport.model_validate(shown).summary() == "driver restarted 2x"
+
+
+def test_a_failed_trial_is_no_progress_but_shows_the_run_is_alive(ctx):
+    from shared.handlers.machine import progress_updates
+
+    record = submit(ctx)
+    add_completed_trial(ctx, record.id, number=0)
+    ctx.store.put_trial(
+        TrialRecord(
+            experiment_id=record.id,
+            number=1,
+            params={"max_depth": 4},
+            state=TrialState.FAILED,
+            error="boom",
+            ended_at=record.last_progress_at + timedelta(seconds=1),
+        )
+    )
+    seen_one = ctx.store.get_experiment(record.id).model_copy(update={"trials_done": 1})
+    updates = progress_updates(ctx, seen_one)
+    assert updates["trials_done"] == 1  # 1 of 3 done: the failed attempt is not counted
+    assert updates["last_progress_at"] > record.last_progress_at  # yet its ending shows the run is alive
+    ended_before = seen_one.model_copy(update={"last_progress_at": record.last_progress_at + timedelta(seconds=5)})
+    assert "last_progress_at" not in progress_updates(ctx, ended_before)  # nothing new since

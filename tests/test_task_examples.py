@@ -98,6 +98,9 @@ def test_plan_shows_the_task_and_why(tmp_path: Path) -> None:
     assert "task: regression (inferred: a numeric target with 40 distinct values (not all whole numbers))" in (
         " ".join(result.stdout.split())
     )
+    taxi = rapids_hpo("plan", str(EXAMPLES / "nyc-taxi-vmcluster.yaml"), home=tmp_path, timeout=120)
+    assert taxi.returncode == 0, taxi.stderr
+    assert "task: regression (dataset.task says so); primary metric rmse" in " ".join(taxi.stdout.split())
     digits = rapids_hpo("plan", str(EXAMPLES / "digits-multiclass.yaml"), home=tmp_path, timeout=120)
     assert "task: multiclass (builtin://digits's digit is a multiclass target); primary metric f1_macro" in (
         " ".join(digits.stdout.split())

@@ -18,8 +18,8 @@ spec                           sweep job
 ``limits``                     ``set_limits(max_total_trials, max_concurrent_trials, timeout,
                                trial_timeout)``; a grid's total is capped at its size
 ``objective``                  ``primary_metric`` = the name ``gpu_jobs.train`` logs with
-                               ``mlflow.log_metric`` (``accuracy``, ``roc_auc``, ``log_loss``); ``goal``
-``trial``, ``dataset``         the trial's command line (``python -m gpu_jobs.train ...``); fixed
+                               ``mlflow.log_metric`` (any metric of the task: ``accuracy``, ``rmse``, ...); ``goal``
+``trial``, ``dataset``         the trial's command line (``python -m gpu_jobs.train ...``, with ``--task``); fixed
                                hyperparameters are literal flags; the data is an ``Input`` (see
                                :func:`data_binding`), or a literal for ``builtin://`` data
 ``name``, ``description``,     ``display_name``, ``description``, ``tags`` (+ experiment id,
