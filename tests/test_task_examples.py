@@ -74,6 +74,7 @@ def test_data_the_trials_cannot_use_fails_the_experiment_once_before_any_trial(t
     pd.DataFrame({"x": rng.normal(size=60), "city": rng.choice(["Oslo", "Lima", "Pune"], 60)}).to_csv(path)
     document = yaml.safe_load((EXAMPLES / "flights-delay-regression.yaml").read_text())
     document["dataset"] = {"uri": str(path), "target": "city"}  # auto: three cities are classes, not a quantity
+    (tmp_path / "home").mkdir()
     with served(tmp_path / "home") as client:
         experiment_id = submit(client, document)  # rmse fits some task: only the data can tell it does not
         body = wait_for(client, experiment_id, finished)
