@@ -10,7 +10,7 @@ A problem is one :class:`UserError`, in words that name columns, types and count
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, TypedDict
+from typing import TypedDict
 
 from gpu_jobs.cross_validation import check_request, require_fit
 from gpu_jobs.data import load_dataset
@@ -19,7 +19,7 @@ from gpu_jobs.params import HYPERPARAMETERS
 
 
 class DataCheck(TypedDict):
-    """What the check learned (JSON-able): shown on the experiment and by ``plan``."""
+    """What the check learned (JSON-able; the control plane reads it as ``shared.records.DataCheckReport``)."""
 
     task: str
     task_reason: str
@@ -70,9 +70,3 @@ def check_data(
         rows_dropped_missing_target=info.rows_dropped_missing_target,
         features=len(info.feature_names),
     )
-
-
-def describe(check: DataCheck | dict[str, Any]) -> str:
-    """One line: ``regression (inferred: ...), 40000 rows, 13 features``."""
-    classes = f", {check['classes']} classes" if check.get("classes") else ""
-    return f"{check['task']} ({check['task_reason']}){classes}, {check['rows']} rows, {check['features']} features"

@@ -118,6 +118,23 @@ class EventLog(BaseModel):
     behind: bool = Field(default=False, description="finished trials wait for room in the outbox")
 
 
+class DataCheckReport(BaseModel):
+    """What the driver's data check learned before any trial (``driver/data_check.json``, written on the
+    compute by ``gpu_jobs.data_check``): the task and why, and the table's size."""
+
+    task: str
+    task_reason: str
+    classes: int = Field(default=0, description="target classes (0 for a regression)")
+    rows: int
+    rows_dropped_missing_target: int = 0
+    features: int
+
+    def describe(self) -> str:
+        """One line: ``regression (inferred: ...), 40000 rows, 13 features``."""
+        classes = f", {self.classes} classes" if self.classes else ""
+        return f"{self.task} ({self.task_reason}){classes}, {self.rows} rows, {self.features} features"
+
+
 class ComputeReport(BaseModel):
     """What the compute went through, as its backend's handle tells it (the API's ``compute``, ``status``)."""
 

@@ -84,6 +84,18 @@ def test_running_experiment_page_refreshes_and_offers_cancel(client):
     assert int(charts["importances"].get("data-marks")) == 0  # none computed yet: the chart says so
 
 
+def test_the_page_says_what_the_data_check_learned_escaped_and_nothing_before_it_ran(client, ctx):
+    from shared.config import DATA_CHECK_ARTIFACT
+
+    assert 'id="data-check"' not in client.get(f"/api/ui/experiments/{RUNNING}").text
+    check = {"task": "multiclass", "task_reason": "inferred: <b>", "classes": 3, "rows": 60, "features": 2}
+    ctx.store.put_artifact(RUNNING, DATA_CHECK_ARTIFACT, json.dumps(check).encode())
+    html = client.get(f"/api/ui/experiments/{RUNNING}").text
+    assert "data: multiclass (inferred: &lt;b&gt;), 3 classes, 60 rows, 2 features" in html
+    ctx.store.put_artifact(RUNNING, DATA_CHECK_ARTIFACT, b"{not json")  # unreadable: no line, no error
+    assert 'id="data-check"' not in client.get(f"/api/ui/experiments/{RUNNING}").text
+
+
 def test_the_page_says_what_the_compute_went_through(client, ctx):
     from shared.records import ComputeReport
 

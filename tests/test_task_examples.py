@@ -57,6 +57,8 @@ def test_the_multiclass_example_through_the_api_gives_a_model_with_a_column_per_
         assert completed and all(t["metrics"]["task"] == "multiclass" for t in completed)
         best = max(completed, key=lambda t: t["value"])  # f1_macro: higher is better
         assert body["best"]["number"] == best["number"] and best["value"] == best["metrics"]["f1_macro"] > 0.8
+        page = client.get(f"/api/ui/experiments/{experiment_id}").text
+        assert "data: multiclass (inferred: a whole-number target with 10 distinct values), 10 classes" in page
         archive = zipfile.ZipFile(io.BytesIO(client.get(f"/api/experiments/{experiment_id}/model").content))
         archive.extractall(tmp_path / "model")
     model = load_model(tmp_path / "model")

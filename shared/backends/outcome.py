@@ -1,13 +1,17 @@
-"""The HPO driver's outcome artifact, as the backends whose driver writes one (local, vmcluster) read it."""
+"""The HPO driver's artifacts as the control plane reads them: its outcome (the backends whose driver writes
+one, local and vmcluster) and its data check."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from shared.config import DRIVER_OUTCOME_ARTIFACT
+from pydantic import ValidationError
+
+from shared.config import DATA_CHECK_ARTIFACT, DRIVER_OUTCOME_ARTIFACT
 from shared.errors import NotFound
 from shared.ports import HandleUpdate, RunState, RunStatus, Store
+from shared.records import DataCheckReport
 
 
 def read_outcome(store: Store, experiment_id: str) -> dict[str, Any] | None:
@@ -24,3 +28,11 @@ def outcome_status(outcome: dict[str, Any], updates: HandleUpdate | None = None)
         outcome.get("status", ""), RunState.FAILED
     )
     return RunStatus(state, error=outcome.get("error"), details={"outcome": outcome}, updates=dict(updates or {}))
+
+
+def read_data_check(store: Store, experiment_id: str) -> DataCheckReport | None:
+    """What the driver's data check learned (task and why, rows), or None before it ran (or unreadable)."""
+    try:
+        return DataCheckReport.model_validate_json(store.get_artifact(experiment_id, DATA_CHECK_ARTIFACT))
+    except (NotFound, ValidationError):
+        return None

@@ -137,14 +137,10 @@ def _print_result(ctx: Any, record: ExperimentRecord) -> None:
 
 def _data_check(ctx: Any, experiment_id: str) -> str | None:
     """What the driver's data check learned (task, its reason, rows), as one line; None if it did not run."""
-    from gpu_jobs.data_check import describe
-    from shared.config import DATA_CHECK_ARTIFACT
-    from shared.errors import NotFound
+    from shared.backends.outcome import read_data_check
 
-    try:
-        return describe(json.loads(ctx.store.get_artifact(experiment_id, DATA_CHECK_ARTIFACT)))
-    except (NotFound, ValueError, KeyError):
-        return None
+    check = read_data_check(ctx.store, experiment_id)
+    return None if check is None else check.describe()
 
 
 @app.command()

@@ -229,10 +229,12 @@ def experiment_page(
     plots: Sequence[str] = (),
     nonce: str = "",
     may_act: bool = True,
+    data: str | None = None,
 ) -> str:
     """An experiment's page; while it runs, its script (allowed by ``nonce``; none without one) refreshes
     the content every few seconds. Without ``may_act`` (the viewer neither owns the experiment nor is an
-    admin) it offers no model download and no cancel, which the API would refuse."""
+    admin) it offers no model download and no cancel, which the API would refuse. ``data``: what the data
+    check learned (the task and why), shown under the status line."""
     metric, goal = objective(record)
     live = not record.status.terminal
     base = f"/api/experiments/{record.id}"
@@ -256,6 +258,8 @@ def experiment_page(
         + (f" · compute: {compute}" if compute else "")
         + (f" · submitted by {escape(record.submitted_by.label)}" if record.submitted_by else "")
     )
+    if data:
+        meta += f'<br><span id="data-check">data: {escape(data)}</span>'
     error = f'<p class="error">{escape(record.error)}</p>' if record.error else ""
     plot_links = " ".join(f'<a href="{escape(url(f"{base}/plots/{name}", code))}">{escape(name)}</a>' for name in plots)
     content = (

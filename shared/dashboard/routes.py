@@ -16,6 +16,7 @@ from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel
 
 from shared.auth import Principal, Role, check_visible, require, settings_of, visible_page
+from shared.backends.outcome import read_data_check
 from shared.config import EXPERIMENT_ID_PATTERN, MODEL_PREFIX
 from shared.context import Context, get_context
 from shared.dashboard.artifacts import MEDIA_TYPES, PLOTS_PREFIX
@@ -111,8 +112,17 @@ def ui_experiment(
     nonce = secrets.token_urlsafe(18)
     importances = _importances(ctx, experiment_id)
     may_act = caller.has(Role.ADMIN) or caller.owns(record.submitted_by)  # what the API would allow
+    check = read_data_check(ctx.store, experiment_id)
     page = experiment_page(
-        record, trials, importances, code, has_model=has_model, plots=plots, nonce=nonce, may_act=may_act
+        record,
+        trials,
+        importances,
+        code,
+        has_model=has_model,
+        plots=plots,
+        nonce=nonce,
+        may_act=may_act,
+        data=None if check is None else check.describe(),
     )
     return HTMLResponse(page, headers=page_headers(nonce))
 

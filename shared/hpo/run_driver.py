@@ -30,7 +30,7 @@ from shared.dashboard.importance import ImportanceRefresher
 from shared.hpo.driver import ExperimentOutcome, HpoDriver
 from shared.hpo.refit import refit_best_model
 from shared.ports import Store
-from shared.records import ExperimentRecord, ExperimentStatus
+from shared.records import DataCheckReport, ExperimentRecord, ExperimentStatus
 from shared.spec import ExperimentSpec, load_spec
 
 log = logging.getLogger("rapids_hpo.driver")
@@ -97,7 +97,7 @@ def check_data_first(spec: ExperimentSpec, experiment_id: str, store: Store, cli
 
     Only a :class:`gpu_jobs.errors.UserError` (bad data or spec) is such a reason; anything else (a lost
     worker) propagates as a driver error."""
-    from gpu_jobs.data_check import check_data, describe
+    from gpu_jobs.data_check import check_data
     from gpu_jobs.errors import UserError
 
     arguments = {
@@ -117,7 +117,7 @@ def check_data_first(spec: ExperimentSpec, experiment_id: str, store: Store, cli
         check = client.submit(check_data, **arguments, pure=False).result()
     except UserError as exc:
         return " ".join(str(exc).split())
-    log.info("data check: %s", describe(check))
+    log.info("data check: %s", DataCheckReport.model_validate(check).describe())
     store.put_artifact(experiment_id, DATA_CHECK_ARTIFACT, json.dumps(check, indent=2).encode())
     return None
 
