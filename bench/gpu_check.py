@@ -55,7 +55,7 @@ import rmm, cupy
 if sys.argv[1] == "preset-async":
     rmm.mr.set_current_device_resource(rmm.mr.CudaAsyncMemoryResource())
 from gpu_jobs.device_memory import setup_device_memory
-plan = setup_device_memory(None if sys.argv[1] == "preset-async" else sys.argv[1])
+plan = setup_device_memory("async" if sys.argv[1] == "preset-async" else sys.argv[1])
 x = cupy.ones((256, 1024, 1024), dtype=cupy.float32)  # 1 GiB
 total = float(x.sum())
 print(json.dumps({

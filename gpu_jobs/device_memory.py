@@ -8,9 +8,10 @@ single-process path and on Dask workers alike:
 * a resource someone set up before (``dask cuda worker --rmm-async`` / ``--rmm-pool-size``) is kept;
   a bare managed-memory resource (``rmm-managed-memory`` without a pool: a ``cudaMallocManaged`` per
   allocation) gets a pool over it, as dask-cuda builds with a pool size;
-* else RMM's plain default is replaced by ``RAPIDS_HPO_DEVICE_MEMORY`` (``async``, the default: CUDA's
+* else RMM's plain default is replaced by the mode asked for (``async``, the default: CUDA's
   stream-ordered pool, which gives memory back to other processes on the card; ``pool``: an RMM pool;
-  ``off``: nothing changes, nothing is shared);
+  ``off``: nothing changes, nothing is shared). A cluster picks another resource with dask-cuda's own
+  worker options (``rmm_pool_size``, ``rmm_async``), which this keeps;
 * CuPy allocates through RMM (``rmm_cupy_allocator``) and XGBoost is told to (``use_rmm``) whenever the
   resource is not the plain default.
 
@@ -19,14 +20,12 @@ single-process path and on Dask workers alike:
 
 from __future__ import annotations
 
-import os
 import threading
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from gpu_jobs.errors import UserError
 
-MEMORY_ENV = "RAPIDS_HPO_DEVICE_MEMORY"
 MEMORY_MODES: tuple[str, ...] = ("async", "pool", "off")
 PLAIN_RESOURCE = "CudaMemoryResource"
 """RMM's default: one ``cudaMalloc`` per allocation."""
@@ -47,11 +46,11 @@ class MemoryPlan:
 def plan_device_memory(mode: str, *, rmm_installed: bool, current: str | None) -> MemoryPlan:
     """The plan for ``mode`` given whether RMM imports and the class name of its current device resource."""
     if mode not in MEMORY_MODES:
-        raise UserError(f"{MEMORY_ENV}={mode!r}: expected one of {', '.join(MEMORY_MODES)}")
+        raise UserError(f"device memory mode {mode!r}: expected one of {', '.join(MEMORY_MODES)}")
     if not rmm_installed:
         return MemoryPlan(None, False, "RMM is not installed: each library keeps its own allocator")
     if mode == "off":
-        return MemoryPlan(None, False, f"{MEMORY_ENV}=off: each library keeps its own allocator")
+        return MemoryPlan(None, False, "mode off: each library keeps its own allocator")
     if current == BARE_MANAGED_RESOURCE:
         return MemoryPlan("pool", True, "a pool over the managed-memory resource (not a cudaMallocManaged each)")
     if current is not None and current != PLAIN_RESOURCE:
@@ -64,20 +63,19 @@ _lock = threading.Lock()
 _applied: MemoryPlan | None = None
 
 
-def setup_device_memory(mode: str | None = None) -> MemoryPlan:
+def setup_device_memory(mode: str = "async") -> MemoryPlan:
     """Apply :func:`plan_device_memory` once per process (threads of a worker may ask at once); returns
-    the plan in force. ``mode`` defaults to ``RAPIDS_HPO_DEVICE_MEMORY``, else ``async``."""
+    the plan in force (a later call's ``mode`` changes nothing)."""
     global _applied
     with _lock:
         if _applied is not None:
             return _applied
-        wanted = mode or os.environ.get(MEMORY_ENV, "async")
         try:
             import rmm
         except ImportError:
             rmm = None
         current = type(rmm.mr.get_current_device_resource()).__name__ if rmm is not None else None
-        plan = plan_device_memory(wanted, rmm_installed=rmm is not None, current=current)
+        plan = plan_device_memory(mode, rmm_installed=rmm is not None, current=current)
         if rmm is not None:
             _apply(rmm, plan)
         _applied = plan

@@ -32,7 +32,7 @@ def test_plan(mode: str, rmm_installed: bool, current: str | None, install: str 
 
 
 def test_an_unknown_mode_is_a_user_error() -> None:
-    with pytest.raises(UserError, match=r"RAPIDS_HPO_DEVICE_MEMORY='managed': expected one of async, pool, off"):
+    with pytest.raises(UserError, match=r"device memory mode 'managed': expected one of async, pool, off"):
         plan_device_memory("managed", rmm_installed=True, current=None)
     assert MEMORY_MODES == ("async", "pool", "off")
 
