@@ -142,6 +142,13 @@ def test_a_token_not_valid_yet_is_401(client, issuer):
     refused(submit(client, bearer(token)), 401, "not valid yet", token=token, issuer=issuer)
 
 
+def test_times_that_are_not_numbers_are_401(client, issuer):
+    """PyJWT would read ``"0"`` as 0 (found by the claim property): a NumericDate must be a number."""
+    for claim, value in (("nbf", "0"), ("exp", "99999999999"), ("nbf", True)):
+        token = issuer.token({**issuer.user_claims(SUBMIT), claim: value})
+        refused(submit(client, bearer(token)), 401, f"{claim} is not a number", token=token, issuer=issuer)
+
+
 def test_a_token_for_another_audience_is_401(client, issuer):
     for audience in ("https://management.azure.com", str(uuid.uuid4()), f"api://{uuid.uuid4()}"):
         token = issuer.token({**issuer.user_claims(SUBMIT), "aud": audience})

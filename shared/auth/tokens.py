@@ -84,6 +84,9 @@ class TokenValidator:
             )
         except jwt.PyJWTError as exc:
             raise _invalid(_reason(exc, self.settings)) from None
+        for claim in ("exp", "nbf"):  # PyJWT reads "0" as 0: RFC 7519 says a NumericDate is a number
+            if isinstance(claims[claim], bool) or not isinstance(claims[claim], int | float):
+                raise _invalid(f"the token's {claim} is not a number (NumericDate)")
         if str(claims.get("tid", "")).lower() != self.settings.tenant_id:
             raise _invalid("the token is from another tenant")
         return claims
