@@ -15,9 +15,13 @@ What :func:`score` takes as ``prediction``, per task (what :mod:`gpu_jobs.traine
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
+
+# NumPy is imported where a fold is scored, not here: the control plane imports this module's tables (the
+# spec validates metrics against them) and the Function App has no NumPy (tests/test_functions_worker.py).
 
 Task = Literal["binary", "multiclass", "regression"]
 TASKS: tuple[Task, ...] = ("binary", "multiclass", "regression")
@@ -84,10 +88,13 @@ def metric_mismatch(metric: str, task: Task) -> str | None:
 
 
 def _clipped(proba: np.ndarray) -> np.ndarray:
+    import numpy as np
+
     return np.clip(proba, PROBABILITY_EPSILON, 1.0 - PROBABILITY_EPSILON)
 
 
 def _binary(labels: np.ndarray, positive: np.ndarray) -> dict[str, float]:
+    import numpy as np
     from sklearn import metrics as m
 
     predicted = (positive >= 0.5).astype(np.int32)
@@ -119,6 +126,7 @@ def _multiclass(labels: np.ndarray, proba: np.ndarray) -> dict[str, float]:
 
 
 def _regression(values: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    import numpy as np
     from sklearn import metrics as m
 
     return {
@@ -138,6 +146,8 @@ _SCORERS: Mapping[Task, Callable[[np.ndarray, np.ndarray], Mapping[str, Any]]] =
 
 def score(task: Task, labels: Any, prediction: Any) -> dict[str, float]:
     """Every metric of ``task`` for one validation fold (host arrays; see the module docstring)."""
+    import numpy as np
+
     dtype = np.float64
     truth = np.asarray(labels, dtype=dtype if task == "regression" else np.int64).reshape(-1)
     predicted = np.asarray(prediction, dtype=dtype)

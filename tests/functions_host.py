@@ -279,6 +279,7 @@ class FunctionsHost:
             worker_env = {**worker_env, "PYTHONPROFILEIMPORTTIME": "1"}
         command = [
             str(PYTHON),
+            "-P",  # the proxy's own folder (tests/) is not on the app's path: only the deployed package is
             str(PROXY),
             "--host=127.0.0.1",
             f"--port={port}",
