@@ -18,6 +18,7 @@ Each check prints one line and lands in ``OUT/gpu_check.json``; a failing check 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -88,12 +89,22 @@ def check_device_memory() -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------- Dask workers
+def boot_script() -> Any:
+    """The VM boot script (``shared/backends/vmcluster/boot.py``), loaded alone as on a VM (standard library only)."""
+    path = Path(__file__).resolve().parents[1] / "shared" / "backends" / "vmcluster" / "boot.py"
+    spec = importlib.util.spec_from_file_location("vm_boot", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @contextmanager
 def cluster(opts: dict[str, Any], n_workers: int) -> Iterator[Any]:
     """A scheduler here and ``n_workers`` worker processes started as the vmcluster boot script does."""
     from distributed import Client
 
-    env = {**os.environ, "DASK_DISTRIBUTED__WORKER__PRELOAD": '["gpu_jobs.preload"]'}
+    env = dict(os.environ)
     cls = "distributed.Nanny" if CPU else "dask_cuda.CUDAWorker"
     if CPU:
         opts = {"nthreads": opts.get("nthreads", 1)}
@@ -109,9 +120,11 @@ def cluster(opts: dict[str, Any], n_workers: int) -> Iterator[Any]:
         while not scheduler_file.exists() and time.monotonic() < deadline:
             time.sleep(0.2)
         address = json.loads(scheduler_file.read_text())["address"]
-        spec = json.dumps({"cls": cls, "opts": opts})
+        # The worker command is the boot script's own (the preload as a worker option, as on a VM).
+        command = boot_script().worker_command(
+            {"scheduler_address": address, "worker_class": cls, "worker_options": opts}
+        )
         for _ in range(n_workers):
-            command = [sys.executable, "-m", "distributed.cli.dask_spec", address, "--spec", spec]
             log = open(Path(OUT) / f"worker-{len(workers)}-{int(time.time())}.log", "wb")  # noqa: SIM115
             workers.append(subprocess.Popen(command, env=env, stdout=log, stderr=log, start_new_session=True))
         with Client(address) as client:
@@ -156,7 +169,9 @@ def check_cuda_worker() -> dict[str, Any]:
     with cluster(CLUSTER_OPTIONS, 1) as client:
         views = client.run(worker_view)
     view = next(iter(views.values()))
-    view["ok"] = view["nthreads"] == 2 and (CPU or view["resource_after"] == "PoolMemoryResource")
+    view["ok"] = (
+        view["nthreads"] == 2 and view["preloaded_gpu_jobs"] and (CPU or view["resource_after"] == "PoolMemoryResource")
+    )
     return view
 
 
