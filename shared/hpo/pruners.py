@@ -101,8 +101,8 @@ class BanditPruner(_AzureMLPolicy):
     ``best_own < reference / (1 + slack_factor)`` or ``best_own < reference - slack_amount``. Minimize
     (AzureML documents only maximize; this mirrors it): prune if ``best_own > reference * (1 + slack_factor)``
     or ``best_own > reference + slack_amount``. Values exactly on the boundary are kept. With no other
-    trial at step ``N`` nothing is pruned. ``slack_factor`` is a ratio and assumes a positive metric (all
-    of ``gpu_jobs.params.METRICS`` are); use ``slack_amount`` for metrics that can be negative.
+    trial at step ``N`` nothing is pruned. ``slack_factor`` is a ratio and assumes a positive metric
+    (``gpu_jobs.metrics.POSITIVE_METRICS``; the spec refuses it for ``r2``); use ``slack_amount`` otherwise.
     """
 
     def __init__(
