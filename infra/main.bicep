@@ -237,6 +237,7 @@ var appSettings = {
   RAPIDS_HPO_AUTH_AUDIENCE: apiAudienceUri
   RAPIDS_HPO_AUTH_AUTHORITY: environment().authentication.loginEndpoint
   RAPIDS_HPO_READERS_SEE: readersSee
+  RAPIDS_HPO_MAX_ARTIFACT_BYTES: '2147483648' // the quota on what one experiment's compute may write
 }
 
 module eventGrid 'modules/eventgrid.bicep' = if (deployEventGrid) {

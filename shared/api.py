@@ -17,12 +17,12 @@ foreign ``Host``, a cross-origin state change, a body that is no JSON or YAML do
 
 from __future__ import annotations
 
-import io
-import zipfile
 from datetime import datetime
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Path, Query, Request, Response
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -44,7 +44,7 @@ from shared.config import EXPERIMENT_ID_PATTERN, MODEL_PREFIX, Settings
 from shared.context import Context, built_context, get_context
 from shared.cost.ledger import public_cost
 from shared.dashboard.routes import router as dashboard_router
-from shared.errors import InvalidPageToken, NotFound
+from shared.errors import CorruptRecord, InvalidPageToken, NotFound
 from shared.handlers import IdempotencyConflict, request_cancel, reserved_key_problem, submit_experiment
 from shared.records import (
     TERMINAL_STATUSES,
@@ -55,9 +55,12 @@ from shared.records import (
     RegisteredModel,
     SubmittedBy,
     TrialRecord,
+    UnreadableRecord,
+    updated,
 )
 from shared.spec import MAX_DOCUMENT_BYTES, DocumentError, SpecError, SpecPolicy, read_document, validate_spec
 from shared.store import MAX_PAGE_TOKEN_CHARS
+from shared.zipstream import zip_stream
 
 MAX_BODY_BYTES = MAX_DOCUMENT_BYTES
 """Largest request body: the spec document's own limit."""
@@ -162,9 +165,25 @@ class ExperimentView(BaseModel):
         )
 
 
+class UnreadableView(BaseModel):
+    """A stored record that does not validate: listed by id and why, so the rest of the page still serves."""
+
+    id: str
+    reason: str
+
+
 class ExperimentPage(BaseModel):
     items: list[ExperimentView]
     next_page_token: str | None
+    unreadable: list[UnreadableView] = Field(
+        default_factory=list, description="records on this page that could not be read (skipped, not fatal)"
+    )
+
+    @classmethod
+    def of(cls, page: list[ExperimentRecord | UnreadableRecord], token: str | None) -> ExperimentPage:
+        items = [ExperimentView.of(r) for r in page if isinstance(r, ExperimentRecord)]
+        bad = [UnreadableView(id=r.id, reason=r.reason) for r in page if isinstance(r, UnreadableRecord)]
+        return cls(items=items, next_page_token=token, unreadable=bad)
 
 
 async def api_context() -> Context:
@@ -214,6 +233,8 @@ def _get(ctx: Context, experiment_id: str, caller: Principal, request: Request) 
         record = ctx.store.get_experiment(experiment_id)
     except NotFound:
         raise HTTPException(404, f"experiment {experiment_id!r} not found") from None
+    except CorruptRecord as exc:  # the store's fault, not the caller's: a 500 naming it, never a 4xx
+        raise HTTPException(500, str(exc)) from None
     return check_visible(caller, settings_of(request), record)
 
 
@@ -294,7 +315,7 @@ def list_experiments(
         )
     except InvalidPageToken as exc:  # the caller's token; a stored record that fails is not the caller's fault
         return error_response(422, f"invalid page_token: {exc}", [{"loc": "query.page_token", "msg": str(exc)}])
-    return ExperimentPage(items=[ExperimentView.of(r) for r in records], next_page_token=token)
+    return ExperimentPage.of(records, token)
 
 
 @router.get(
@@ -310,21 +331,46 @@ def get_experiment(ctx: Ctx, caller: Reader, request: Request, experiment_id: Ex
     return ExperimentView.of(record)
 
 
+TRIALS_PAGE = 100
+"""Trials per ``GET /trials`` page unless the caller asks for another size (at most 1000)."""
+
+
 @router.get(
     "/experiments/{experiment_id}/trials",
     response_model=list[TrialRecord],
     responses=ERRORS,
-    summary="Every trial: parameters, state, per-fold values, metrics, duration, engine",
+    summary="Trials by number, a page at a time: parameters, state, values, metrics, duration, engine",
+    description=(
+        "Trials numbered above `after`, at most `limit`. When more follow, the `Link` header names the next "
+        'page (`rel="next"`) and `X-Next-After` its `after`. Each trial\'s per-fold detail (`folds`) comes '
+        "with `folds=true`."
+    ),
 )
-def list_trials(ctx: Ctx, caller: Reader, request: Request, experiment_id: ExperimentId) -> Any:
+def list_trials(
+    ctx: Ctx,
+    caller: Reader,
+    request: Request,
+    experiment_id: ExperimentId,
+    response: Response,
+    after: Annotated[int, Query(ge=-1, le=10**10)] = -1,
+    limit: Annotated[int, Query(ge=1, le=1000)] = TRIALS_PAGE,
+    folds: bool = False,
+) -> Any:
     _get(ctx, experiment_id, caller, request)
-    return ctx.store.list_trials(experiment_id)
+    page = ctx.store.list_trials(experiment_id, after=after, limit=limit + 1)
+    if len(page) > limit:
+        page = page[:limit]
+        following = page[-1].number
+        response.headers["X-Next-After"] = str(following)
+        next_url = f"/api/experiments/{experiment_id}/trials?after={following}&limit={limit}"
+        response.headers["Link"] = f'<{next_url}{"&folds=true" if folds else ""}>; rel="next"'
+    return page if folds else [updated(trial, folds=[]) for trial in page]
 
 
 @router.get(
     "/experiments/{experiment_id}/model",
     responses={**ERRORS, 200: {"content": {"application/zip": {}}, "description": "the model's files"}},
-    summary="The best model's files as a zip archive",
+    summary="The best model's files as a zip archive (streamed: no size limit held in memory)",
 )
 def download_model(ctx: Ctx, caller: Reader, request: Request, experiment_id: ExperimentId) -> Response:
     record = _get(ctx, experiment_id, caller, request)
@@ -332,12 +378,11 @@ def download_model(ctx: Ctx, caller: Reader, request: Request, experiment_id: Ex
     names = ctx.store.list_artifacts(experiment_id, MODEL_PREFIX)
     if not names:
         raise HTTPException(404, f"experiment {experiment_id!r} has no model yet (status {record.status})")
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name in names:
-            archive.writestr(name.removeprefix(MODEL_PREFIX), ctx.store.get_artifact(experiment_id, name))
-    return Response(
-        buffer.getvalue(),
+    files = [
+        (name.removeprefix(MODEL_PREFIX), partial(ctx.store.artifact_chunks, experiment_id, name)) for name in names
+    ]
+    return StreamingResponse(
+        zip_stream(files),
         media_type="application/zip",
         headers={"Content-Disposition": f'attachment; filename="{experiment_id}-model.zip"'},
     )

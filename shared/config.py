@@ -94,6 +94,8 @@ ENV_DEFAULTS: dict[str, str] = {
     # The CLI's sign-in for an API in "entra" mode: the API's scope (api://<client-id>/.default) and how.
     "RAPIDS_HPO_API_SCOPE": "",
     "RAPIDS_HPO_CLI_CREDENTIAL": "cli",
+    # What one experiment's compute may write into its area, in bytes (shared.store.ingest).
+    "RAPIDS_HPO_MAX_ARTIFACT_BYTES": "2147483648",
 }
 HOSTED_MARKER = "WEBSITE_SITE_NAME"
 """Set by Azure on every Function App: its presence turns hosted mode on."""
@@ -129,6 +131,8 @@ class Settings:
     trusted_hosts: tuple[str, ...] = ()
     """Host names the API answers to beside loopback (:mod:`shared.api_guard`): ``RAPIDS_HPO_ALLOWED_HOSTS``
     and, in Azure, the Function App's own (``WEBSITE_HOSTNAME``, ``WEBSITE_SITE_NAME``)."""
+    max_artifact_bytes: int = 2 * 1024**3
+    """``RAPIDS_HPO_MAX_ARTIFACT_BYTES``: the quota on what one experiment's compute writes (all blobs)."""
 
     @property
     def uses_azure_storage(self) -> bool:
@@ -145,6 +149,7 @@ class Settings:
             hosted=bool(os.environ.get(HOSTED_MARKER)) or env("RAPIDS_HPO_HOSTED").strip().lower() in _TRUE,
             data_hosts=tuple(h.lower() for h in env("RAPIDS_HPO_DATA_HOSTS").replace(",", " ").split()),
             trusted_hosts=_trusted_hosts(),
+            max_artifact_bytes=int(env("RAPIDS_HPO_MAX_ARTIFACT_BYTES")),
         )
 
 

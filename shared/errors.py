@@ -32,3 +32,13 @@ class BackendError(ControlPlaneError):
         super().__init__(message)
         self.retryable = retryable
         self.code = code
+
+
+class CorruptRecord(ControlPlaneError):
+    """A stored record does not validate: the store cannot hand it out (``reason`` says why, without the
+    stored values). Listings carry a ``shared.records.UnreadableRecord`` in its place instead."""
+
+    def __init__(self, experiment_id: str, reason: str) -> None:
+        super().__init__(f"experiment {experiment_id!r}: {reason}")
+        self.experiment_id = experiment_id
+        self.reason = reason

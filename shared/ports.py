@@ -21,13 +21,15 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
-from shared.records import ComputeReport, ExperimentRecord, ExperimentStatus, TrialRecord
+from shared.records import ComputeReport, ExperimentRecord, ExperimentStatus, TrialRecord, UnreadableRecord
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
     from datetime import datetime, timedelta
 
     from shared.spec import ExperimentSpec
-    from shared.store.compute import ComputeCredential, IngestReport
+    from shared.store.compute import ComputeCredential
+    from shared.store.ingest import IngestReport
 
 
 @runtime_checkable
@@ -37,8 +39,9 @@ class TrialStore(Protocol):
     def put_trial(self, trial: TrialRecord) -> None:
         """Insert or replace trial ``(experiment_id, number)``."""
 
-    def list_trials(self, experiment_id: str) -> list[TrialRecord]:
-        """All trials of an experiment, ordered by number."""
+    def list_trials(self, experiment_id: str, *, after: int = -1, limit: int | None = None) -> list[TrialRecord]:
+        """The trials of an experiment numbered above ``after``, ordered by number, at most ``limit`` (all
+        when None); a stored trial that does not validate is left out (and logged), never raised."""
 
     def put_artifact(self, experiment_id: str, name: str, data: bytes) -> str:
         """Store bytes under ``name`` (a relative path like ``model/model.json``); return its URI."""
@@ -62,8 +65,10 @@ class Store(TrialStore, Protocol):
 
     def list_experiments(
         self, status: ExperimentStatus | None = None, limit: int = 50, page_token: str | None = None
-    ) -> tuple[list[ExperimentRecord], str | None]:
-        """Newest first; returns a page and the token of the next page (None at the end).
+    ) -> tuple[list[ExperimentRecord | UnreadableRecord], str | None]:
+        """Newest first; returns a page and the token of the next page (None at the end). A stored record
+        that does not validate is an ``UnreadableRecord`` in its place (never raised: one bad record harms
+        only itself); ``get_experiment`` of it raises ``CorruptRecord``.
 
         Raise ``InvalidPageToken`` for a token this store did not make (any shape, size or nesting)."""
 
@@ -72,6 +77,13 @@ class Store(TrialStore, Protocol):
 
     def get_artifact(self, experiment_id: str, name: str) -> bytes:
         """Raise ``NotFound`` if absent."""
+
+    def put_artifact_stream(self, experiment_id: str, name: str, chunks: Iterable[bytes]) -> str:
+        """Store what ``chunks`` yields under ``name`` without holding it whole; if the iterator raises,
+        the artifact stays as it was."""
+
+    def artifact_chunks(self, experiment_id: str, name: str) -> Iterator[bytes]:
+        """The artifact in pieces (a few MiB at most each); raise ``NotFound`` if absent."""
 
     def list_artifacts(self, experiment_id: str, prefix: str = "") -> list[str]:
         """Names of an experiment's artifacts under ``prefix``, sorted."""
@@ -86,9 +98,13 @@ class Store(TrialStore, Protocol):
         """Mint what one experiment's compute may hold: access to that experiment's own area only,
         expiring after ``ttl`` (on Azure a SAS on the experiment's container; never the tables or secrets)."""
 
-    def ingest_compute_output(self, experiment_id: str, since: datetime | None = None) -> IngestReport:
-        """Take the trials and artifacts the compute wrote into its area (newer than ``since``) into the
-        store, refusing any that name another experiment or are malformed; report what was taken and refused."""
+    def ingest_compute_output(
+        self, experiment_id: str, since: datetime | None = None, *, seen: str = "", quota_bytes: int | None = None
+    ) -> IngestReport:
+        """Take the trials and artifacts the compute wrote into its area (past the watermark ``since`` and
+        ``seen``) into the store, each validated and bounded (``shared.store.ingest``): refuse what names
+        another experiment, is malformed, oversized or over the area's quota; report what was taken and
+        refused. Never raises for what the compute wrote."""
 
     def revoke_compute_credential(self, experiment_id: str) -> None:
         """Invalidate every credential issued for the experiment (no-op if none was issued)."""

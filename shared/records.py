@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from shared.bounded import FiniteFloat, Metrics, Name, Params, ShortStr, Text
 
 
 def utcnow() -> datetime:
@@ -44,43 +47,72 @@ class TrialState(StrEnum):
         return self is not TrialState.RUNNING
 
 
-class FoldResult(BaseModel):
+class Record(BaseModel):
+    """Base of what the store keeps: no NaN or infinity in any float field (JSON has none, the SVG axes and
+    the cost ledger cannot use one). Write paths validate whole records (:func:`validated`)."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+
+MAX_FOLDS = 100
+"""Folds a trial may report (the spec allows far fewer)."""
+MAX_STEPS = 10_000
+"""Intermediate values a trial may report."""
+
+
+class FoldResult(Record):
     """One cross-validation fold a trial finished: a retry of the trial takes it instead of training it."""
 
-    step: int = Field(ge=1, description="the 1-based fold")
-    scores: dict[str, float] = Field(description="the fold's own score of each metric (not running means)")
-    fit_seconds: float = Field(default=0.0, ge=0.0, description="by the worker's clock")
-    predict_seconds: float = Field(default=0.0, ge=0.0)
-    split: str = Field(default="", description="fingerprint of the fold's validation rows")
-    attempt: int = Field(default=1, ge=1, description="the attempt that trained it")
+    step: int = Field(ge=1, le=MAX_FOLDS, description="the 1-based fold")
+    scores: dict[Name, FiniteFloat] = Field(
+        max_length=64, description="the fold's own score of each metric (not running means)"
+    )
+    fit_seconds: float = Field(default=0.0, ge=0.0, le=1e9, description="by the worker's clock")
+    predict_seconds: float = Field(default=0.0, ge=0.0, le=1e9)
+    split: ShortStr = Field(default="", description="fingerprint of the fold's validation rows")
+    attempt: int = Field(default=1, ge=1, le=1000, description="the attempt that trained it")
 
 
-class TrialRecord(BaseModel):
-    """One trial as it ran: what was tried, what came out, and how it ended."""
+class TrialRecord(Record):
+    """One trial as it ran: what was tried, what came out, and how it ended. Every field is bounded (the
+    compute writes these): finite numbers, short names, clipped text, at most :data:`shared.bounded.MAX_ENTRIES`
+    params and metrics."""
 
-    experiment_id: str
-    number: int = Field(ge=0, description="0-based trial number within the experiment")
-    params: dict[str, Any] = Field(description="the hyperparameters the trial trained with")
-    sampler_params: dict[str, Any] = Field(
+    experiment_id: str = Field(max_length=200)
+    number: int = Field(ge=0, le=10**10 - 1, description="0-based trial number within the experiment")
+    params: Params = Field(description="the hyperparameters the trial trained with")
+    sampler_params: Params = Field(
         default_factory=dict, description="the values Optuna's sampler chose (to rebuild the study on resume)"
     )
     state: TrialState
-    attempt: int = Field(default=1, ge=1, description="2 when a trial interrupted by a crash is retried")
-    intermediate: dict[int, float] = Field(default_factory=dict, description="step -> primary metric")
+    attempt: int = Field(default=1, ge=1, le=1000, description="2 when a trial interrupted by a crash is retried")
+    intermediate: dict[Annotated[int, Field(ge=0, le=MAX_STEPS)], FiniteFloat] = Field(
+        default_factory=dict, max_length=MAX_STEPS, description="step -> primary metric"
+    )
     folds: list[FoldResult] = Field(
-        default_factory=list, description="the folds finished so far, in order (written as they are reported)"
+        default_factory=list,
+        max_length=MAX_FOLDS,
+        description="the folds finished so far, in order (written as they are reported)",
     )
     resumed_folds: int = Field(
-        default=0, ge=0, description="leading folds this attempt took from an earlier one instead of training"
+        default=0, ge=0, le=MAX_FOLDS, description="leading folds this attempt took from an earlier one"
     )
-    metrics: dict[str, Any] = Field(default_factory=dict)
+    metrics: Metrics = Field(default_factory=dict)
     value: float | None = Field(default=None, description="final primary metric")
-    error: str | None = None
-    engine: str | None = None
+    error: Text | None = None
+    engine: ShortStr | None = None
     started_at: datetime = Field(default_factory=utcnow)
     ended_at: datetime | None = None
-    duration_s: float | None = None
-    model_uri: str | None = Field(default=None, description="where this trial's saved model lives")
+    duration_s: float | None = Field(default=None, ge=0.0, le=1e9)
+    model_uri: ShortStr | None = Field(default=None, description="where this trial's saved model lives")
+
+    @field_validator("metrics")
+    @classmethod
+    def _fold_scores(cls, metrics: dict[str, Any]) -> dict[str, Any]:
+        """``fold_scores`` (what the charts draw) is number lists by metric, never anything else."""
+        if not isinstance(metrics.get("fold_scores", {}), dict):
+            raise ValueError("fold_scores must map each metric to its per-fold scores")
+        return metrics
 
 
 class RegisteredModel(BaseModel):
@@ -91,12 +123,12 @@ class RegisteredModel(BaseModel):
     id: str | None = None
 
 
-class BestTrial(BaseModel):
-    number: int
+class BestTrial(Record):
+    number: int = Field(ge=0)
     value: float
-    params: dict[str, Any]
-    metrics: dict[str, Any] = Field(default_factory=dict)
-    model_uri: str | None = None
+    params: Params
+    metrics: Metrics = Field(default_factory=dict)
+    model_uri: ShortStr | None = None
 
 
 class EventLog(BaseModel):
@@ -120,14 +152,14 @@ class EventLog(BaseModel):
 
 class DataCheckReport(BaseModel):
     """What the driver's data check learned before any trial (``driver/data_check.json``, written on the
-    compute by ``gpu_jobs.data_check``): the task and why, and the table's size."""
+    compute by ``gpu_jobs.data_check``): the task and why, and the table's size (bounded: the compute wrote it)."""
 
-    task: str
-    task_reason: str
-    classes: int = Field(default=0, description="target classes (0 for a regression)")
-    rows: int
-    rows_dropped_missing_target: int = 0
-    features: int
+    task: ShortStr
+    task_reason: Text
+    classes: int = Field(default=0, ge=0, le=10**9, description="target classes (0 for a regression)")
+    rows: int = Field(ge=0, le=10**15)
+    rows_dropped_missing_target: int = Field(default=0, ge=0, le=10**15)
+    features: int = Field(ge=0, le=10**9)
 
     def describe(self) -> str:
         """One line: ``regression (inferred: ...), 40000 rows, 13 features``."""
@@ -196,7 +228,7 @@ class SubmittedBy(BaseModel):
         )
 
 
-class ExperimentRecord(BaseModel):
+class ExperimentRecord(Record):
     """An experiment's status document. ``version`` is the optimistic-concurrency token."""
 
     id: str
@@ -212,7 +244,7 @@ class ExperimentRecord(BaseModel):
     trials_total: int = 0
     trials_done: int = 0
     best: BestTrial | None = None
-    error: str | None = None
+    error: Text | None = Field(default=None, description="why it failed, clipped to shared.bounded.MAX_TEXT")
     idempotency_key: str | None = None
     submitted_by: SubmittedBy | None = Field(default=None, description="the caller who submitted it (shared.auth)")
     backend_state: dict[str, Any] = Field(default_factory=dict, description="the backend's handles")
@@ -228,6 +260,39 @@ class ExperimentRecord(BaseModel):
     registered_model: RegisteredModel | None = Field(default=None, description="output.register_model's result")
     compute: ComputeReport = Field(default_factory=ComputeReport, description="from the backend's handle")
     version: str = ""
+
+
+@dataclass(frozen=True)
+class UnreadableRecord:
+    """A stored experiment record that no longer validates (written before a bound existed, or edited in
+    the store): listings carry it in its place, so one bad record harms only itself."""
+
+    id: str
+    reason: str
+
+    @classmethod
+    def of(cls, experiment_id: str, exc: Exception) -> UnreadableRecord:
+        """Why ``exc`` (a validation error) made the record unreadable, without echoing stored values."""
+        if isinstance(exc, ValidationError):
+            first = exc.errors(include_input=False, include_url=False)[0]
+            where = ".".join(str(part) for part in first["loc"]) or "record"
+            return cls(experiment_id, f"stored record does not validate ({where}: {first['msg']})"[:300])
+        return cls(experiment_id, f"stored record is unreadable ({type(exc).__name__})")
+
+
+R = TypeVar("R", bound=BaseModel)
+
+
+def validated(record: R) -> R:
+    """``record`` validated whole as its type (nested models included), so a write path that built it with
+    ``model_copy(update=...)`` (which validates nothing) stores only what reads back. Raises
+    ``pydantic.ValidationError``."""
+    return type(record).model_validate(record.model_dump(warnings=False))
+
+
+def updated(record: R, **changes: Any) -> R:
+    """``record`` with ``changes``, validated: the checked spelling of ``model_copy(update=...)``."""
+    return validated(record.model_copy(update=changes))
 
 
 class EventType(StrEnum):

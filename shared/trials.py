@@ -6,7 +6,7 @@ from collections import Counter
 from collections.abc import Iterable
 
 from shared.ports import TrialStore
-from shared.records import TrialRecord, TrialState, utcnow
+from shared.records import TrialRecord, TrialState, updated, utcnow
 
 
 def fail_running_trials(store: TrialStore, experiment_id: str, error: str) -> list[TrialRecord]:
@@ -16,13 +16,12 @@ def fail_running_trials(store: TrialStore, experiment_id: str, error: str) -> li
     written: list[TrialRecord] = []
     for trial in store.list_trials(experiment_id):
         if trial.state is TrialState.RUNNING:
-            failed = trial.model_copy(
-                update={
-                    "state": TrialState.FAILED,
-                    "error": error,
-                    "ended_at": now,
-                    "duration_s": max((now - trial.started_at).total_seconds(), 0.0),
-                }
+            failed = updated(
+                trial,
+                state=TrialState.FAILED,
+                error=error,
+                ended_at=now,
+                duration_s=max((now - trial.started_at).total_seconds(), 0.0),
             )
             store.put_trial(failed)
             written.append(failed)

@@ -1,23 +1,28 @@
 """Pytest plugin: install (npm) and start the Azurite storage emulator on free ports for the session.
 
 Tests that need Azure Storage take the ``azurite`` fixture (a connection string) and are marked
-``azurite``. Azurite is installed into ``.azurite/`` with npm if no ``azurite`` is on PATH.
+``azurite``; ``azure_store`` is an ``AzureStore`` there with tables and containers of its own, removed
+after the test. Azurite is installed into ``.azurite/`` with npm if no ``azurite`` is on PATH.
 """
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from azure.core.exceptions import ResourceNotFoundError
 
 from shared.config import AZURITE_ACCOUNT as ACCOUNT
 from shared.config import AZURITE_KEY as KEY
+from shared.store import AzureStore
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL_PREFIX = ROOT / ".azurite"
@@ -128,3 +133,20 @@ def azurite() -> Iterator[str]:
                 process.kill()
                 process.wait()
             log.close()
+
+
+@pytest.fixture
+def azure_store(azurite: str) -> Iterator[AzureStore]:
+    """An ``AzureStore`` on the session's Azurite with its own tables and containers (removed after the test,
+    the experiments' compute areas included)."""
+    token = uuid.uuid4().hex[:8]
+    store = AzureStore.from_connection_string(
+        azurite, table_prefix=f"c{token}", container=f"art-{token}", secrets_container=f"sec-{token}"
+    )
+    yield store
+    for table in store.table_names:
+        store.table_service.delete_table(table)
+    for container in store.blob_service.list_containers(name_starts_with=f"art-{token}"):
+        store.blob_service.delete_container(container.name)
+    with contextlib.suppress(ResourceNotFoundError):
+        store.blob_service.delete_container(store.secrets_container_name)

@@ -7,9 +7,7 @@ clients built from nothing but the SAS the control plane minted, so Azure Storag
 
 from __future__ import annotations
 
-import contextlib
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -23,8 +21,10 @@ from azure.storage.queue import QueueServiceClient
 from shared.config import DRIVER_OUTCOME_ARTIFACT
 from shared.errors import NotFound
 from shared.records import ExperimentRecord, ExperimentStatus, TrialRecord, TrialState
+from shared.spec import load_spec
 from shared.store import AzureStore, LocalStore
 from shared.store.compute import ComputeCredential, ComputeStore, area_name
+from tests.control_plane import tiny_spec
 
 DENIED = (ClientAuthenticationError, HttpResponseError)
 
@@ -40,21 +40,6 @@ def denied(call, *args, **kwargs) -> int:
     return status
 
 
-@pytest.fixture
-def azure_store(azurite: str) -> Iterator[AzureStore]:
-    token = uuid.uuid4().hex[:8]
-    store = AzureStore.from_connection_string(
-        azurite, table_prefix=f"c{token}", container=f"art-{token}", secrets_container=f"sec-{token}"
-    )
-    yield store
-    for table in store.table_names:
-        store.table_service.delete_table(table)
-    for container in store.blob_service.list_containers(name_starts_with=f"art-{token}"):
-        store.blob_service.delete_container(container.name)
-    with contextlib.suppress(ResourceNotFoundError):
-        store.blob_service.delete_container(store.secrets_container_name)
-
-
 @pytest.fixture(params=["local", pytest.param("azure", marks=pytest.mark.azurite)])
 def store(request: pytest.FixtureRequest, tmp_path: Path):
     if request.param == "local":
@@ -64,7 +49,9 @@ def store(request: pytest.FixtureRequest, tmp_path: Path):
 
 
 def experiment(store, experiment_id: str) -> ExperimentRecord:
-    return store.create_experiment(ExperimentRecord(id=experiment_id, name=experiment_id, spec={"name": "x"}))
+    """A stored experiment whose spec allows 6 trials (ingestion takes trial numbers 0-5 only)."""
+    spec = load_spec(tiny_spec(limits={"max_total_trials": 6, "max_concurrent_trials": 2})).to_document()
+    return store.create_experiment(ExperimentRecord(id=experiment_id, name=experiment_id, spec=spec))
 
 
 def trial(experiment_id: str, number: int, value: float = 0.5) -> TrialRecord:
@@ -81,7 +68,7 @@ def test_compute_writes_with_its_credential_and_the_control_plane_ingests(store)
     assert credential.token not in repr(credential) or not credential.token
 
     compute = ComputeStore.from_json(credential.to_json())  # all the compute receives
-    assert compute.get_experiment("exp-a").spec == {"name": "x"}
+    assert compute.get_experiment("exp-a").spec == store.get_experiment("exp-a").spec
     compute.put_trial(trial("exp-a", 0, 0.7))
     compute.put_trial(trial("exp-a", 1, 0.8))
     compute.put_artifact("exp-a", "model/model.json", b"{}")
@@ -105,6 +92,30 @@ def test_compute_writes_with_its_credential_and_the_control_plane_ingests(store)
     with pytest.raises((HttpResponseError, NotFound)):  # the area is gone
         compute.get_experiment("exp-a")
     assert store.ingest_compute_output("exp-a").trials == []
+
+
+def test_the_watermark_takes_each_blob_once(store) -> None:
+    """Issue 20: the inclusive watermark copied the newest blob again on every poll. Now a blob is taken in
+    once, a rewritten one again, and one written in the watermark's own second still is."""
+    experiment(store, "exp-a")
+    compute = ComputeStore.from_credential(store.issue_compute_credential("exp-a", timedelta(hours=1)))
+    compute.put_trial(trial("exp-a", 0))
+    compute.put_artifact("exp-a", "model/model.json", b"{}")
+    first = store.ingest_compute_output("exp-a")
+    assert first.trials == [0] and first.artifacts == ["model/model.json"] and first.seen
+
+    def again():
+        return store.ingest_compute_output("exp-a", since=first.watermark, seen=first.seen)
+
+    for _ in range(3):  # nothing new: nothing copied, however often it polls
+        repeat = again()
+        assert (repeat.trials, repeat.artifacts, repeat.refused) == ([], [], {})
+        assert (repeat.watermark, repeat.seen) == (first.watermark, first.seen)
+    compute.put_trial(trial("exp-a", 1))  # often within the same second as the watermark
+    compute.put_trial(trial("exp-a", 0, value=0.9))  # rewritten
+    later = again()
+    assert sorted(later.trials) == [0, 1] and not later.artifacts
+    assert store.list_trials("exp-a")[0].value == 0.9
 
 
 def test_ingestion_refuses_what_names_another_experiment(store) -> None:

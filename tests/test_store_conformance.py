@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import multiprocessing
 import threading
 import uuid
@@ -22,9 +23,9 @@ from urllib.parse import urlparse
 import pytest
 from azure.core.exceptions import ResourceNotFoundError
 
-from shared.errors import AlreadyExists, ConcurrencyConflict, InvalidPageToken, NotFound
+from shared.errors import AlreadyExists, ConcurrencyConflict, CorruptRecord, InvalidPageToken, NotFound
 from shared.ports import Store, TrialStore
-from shared.records import BestTrial, ExperimentRecord, ExperimentStatus, TrialRecord, TrialState
+from shared.records import MAX_STEPS, BestTrial, ExperimentRecord, ExperimentStatus, TrialRecord, TrialState
 from shared.store import AzureStore, LocalStore
 
 STORE_IDS = [pytest.param("local", id="local"), pytest.param("azure", id="azure", marks=pytest.mark.azurite)]
@@ -319,7 +320,8 @@ def test_large_records_round_trip(store: Store, size: int) -> None:
     again = store.update_experiment(got.model_copy(update={"history": [], "spec": spec}))
     assert store.list_experiments()[0] == [again]
 
-    big_trial = trial("exp-big", 0, intermediate={step: step / size for step in range(size // 20)})
+    steps = min(size // 20, MAX_STEPS)  # a trial record is bounded (shared.records): at most MAX_STEPS values
+    big_trial = trial("exp-big", 0, intermediate={step: step / size for step in range(steps)})
     store.put_trial(big_trial)
     assert store.list_trials("exp-big") == [big_trial]
 
@@ -397,3 +399,41 @@ def test_secrets_round_trip_apart_from_the_artifacts(store: Store) -> None:
         store.get_secret("exp-2", "cluster/security.json")
     with pytest.raises(ValueError):
         store.put_secret("exp-1", "../escape", b"x")
+
+
+def write_raw_record(store: Store, experiment_id: str, changes: dict[str, object]) -> None:
+    """Overwrite a stored record's body with ``changes`` applied, past every validation: stands for a record
+    written before a bound existed (or edited in the store by hand)."""
+    if isinstance(store, LocalStore):
+        conn = store._db.connection()
+        (body,) = conn.execute("SELECT body FROM experiments WHERE id = ?", (experiment_id,)).fetchone()
+        raw = json.dumps({**json.loads(body), **changes})
+        conn.execute("UPDATE experiments SET body = ? WHERE id = ?", (raw, experiment_id))
+        return
+    assert isinstance(store, AzureStore)
+    entity = store._record_row(experiment_id)
+    body = json.loads("".join(entity[f"Body{i}"] for i in range(entity["BodyChunks"])))
+    raw = json.dumps({**body, **changes}, ensure_ascii=True)
+    entity.update({"BodyChunks": 1, "Body0": raw})
+    store._experiments.update_entity(entity)
+
+
+def test_an_unreadable_record_harms_only_itself(store: Store) -> None:
+    """Issue 20: a record that does not validate (an ``error`` that is a dict) is listed as unreadable in its
+    place; reading it alone raises ``CorruptRecord`` (never a ``ValueError`` a caller would blame on its input)."""
+    for number, experiment_id in enumerate(["exp-a", "exp-bad", "exp-c"]):
+        store.create_experiment(experiment(experiment_id, created_at=T0 + timedelta(seconds=number)))
+    write_raw_record(store, "exp-bad", {"error": {"x": True}})
+    listed, token = store.list_experiments()
+    assert token is None and [type(item).__name__ for item in listed] == [
+        "ExperimentRecord",
+        "UnreadableRecord",
+        "ExperimentRecord",
+    ]
+    assert listed[1].id == "exp-bad" and "error" in listed[1].reason and "{" not in listed[1].reason
+    first, token = store.list_experiments(limit=1)
+    assert [r.id for r in first] == ["exp-c"] and token is not None
+    assert [r.id for r in store.list_experiments(limit=1, page_token=token)[0]] == ["exp-bad"]
+    with pytest.raises(CorruptRecord, match="exp-bad"):
+        store.get_experiment("exp-bad")
+    assert store.get_experiment("exp-a").id == "exp-a"

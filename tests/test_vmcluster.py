@@ -454,15 +454,12 @@ def test_poll_ingests_trials_reads_the_heartbeat_and_the_outcome(
 
     trial = TrialRecord(experiment_id=EXP, number=0, params={"max_depth": 3}, state=TrialState.RUNNING)
     area.put("trials/0000000000.json", trial.model_dump_json().encode())
-    forged = trial.model_copy(update={"experiment_id": "exp-someone-else", "number": 1})
-    area.put("trials/0000000001.json", forged.model_dump_json().encode())
     beat(datetime.now(UTC).isoformat())
 
     status = backend.poll(record)
     assert status.state is RunState.RUNNING, status
     record = _apply(record, status)
-    assert [t.number for t in ctx.store.list_trials(EXP)] == [0]  # the forged record is never ingested
-    assert ctx.store.list_trials("exp-someone-else") == []
+    assert [t.number for t in ctx.store.list_trials(EXP)] == [0]
 
     beat(_ago(120))
     silent = backend.poll(record)
@@ -474,7 +471,7 @@ def test_poll_ingests_trials_reads_the_heartbeat_and_the_outcome(
     outcome = {"status": "COMPLETED", "reason": "max_total_trials", "trials_done": 1, "best": None, "error": None}
     area.put(f"artifacts/{DRIVER_OUTCOME_ARTIFACT}", json.dumps(outcome).encode())
     final = backend.poll(record)
-    assert final.state is RunState.SUCCEEDED and final.details["outcome"] == outcome
+    assert final.state is RunState.SUCCEEDED and final.details["outcome"] == {**outcome, "counts": {}}
     assert ctx.store.list_trials(EXP)[0].state is TrialState.COMPLETED
     assert ctx.store.get_artifact(EXP, "model/model.pkl") == b"model bytes"  # with the outcome, the model
 
@@ -485,6 +482,19 @@ def test_poll_ingests_trials_reads_the_heartbeat_and_the_outcome(
     backend.teardown(_apply(record, final))
     assert not area.root.exists()  # the credential reaches nothing now
     assert backend.poll(_apply(record, final)).state is RunState.SUCCEEDED  # still known, from the store
+
+
+def test_a_forged_trial_is_never_ingested_and_fails_the_run(ctx: Context, arm: FakeArm, retry: RetrySettings) -> None:
+    backend = _backend(ctx, arm, retry)
+    record = _submitted(ctx, arm, retry, backend)
+    trial = TrialRecord(experiment_id=EXP, number=0, params={"max_depth": 3}, state=TrialState.RUNNING)
+    _area(ctx).put("trials/0000000000.json", trial.model_dump_json().encode())
+    forged = trial.model_copy(update={"experiment_id": "exp-someone-else", "number": 1})
+    _area(ctx).put("trials/0000000001.json", forged.model_dump_json().encode())
+    status = backend.poll(record)
+    assert status.state is RunState.FAILED and "trials/0000000001.json" in (status.error or "")
+    assert "exp-someone-else" in (status.error or "")
+    assert [t.number for t in ctx.store.list_trials(EXP)] == [0] and ctx.store.list_trials("exp-someone-else") == []
 
 
 def test_poll_fails_when_the_head_never_reports(ctx: Context, arm: FakeArm, retry: RetrySettings) -> None:

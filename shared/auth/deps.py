@@ -21,7 +21,7 @@ from shared.auth.principal import KEY_HOLDER, AuthError, Principal, Role
 from shared.auth.settings import AuthSettings
 from shared.auth.tokens import TokenValidator
 from shared.ports import Store
-from shared.records import ExperimentRecord, ExperimentStatus
+from shared.records import ExperimentRecord, ExperimentStatus, UnreadableRecord
 
 MAX_SCANNED_PAGES = 10
 """Store pages one listing may read to find a caller's own experiments (a page may come back short)."""
@@ -129,15 +129,18 @@ def visible_page(
     status: ExperimentStatus | None,
     limit: int,
     page_token: str | None,
-) -> tuple[list[ExperimentRecord], str | None]:
+) -> tuple[list[ExperimentRecord | UnreadableRecord], str | None]:
     """One page of the experiments the caller may see, newest first. A caller who sees only their own gets
     the first store page holding any of theirs (scanning at most :data:`MAX_SCANNED_PAGES`): a page may
-    hold fewer than ``limit`` items, or none, with a ``next_page_token`` to go on from."""
+    hold fewer than ``limit`` items, or none, with a ``next_page_token`` to go on from. A record the store
+    cannot read (``UnreadableRecord``) names no owner: only a caller who sees all sees it."""
     records, token = store.list_experiments(status=status, limit=limit, page_token=page_token)
     if sees_all(principal, settings):
         return records, token
     for scanned in range(1, MAX_SCANNED_PAGES + 1):
-        mine = [record for record in records if principal.owns(record.submitted_by)]
+        mine: list[ExperimentRecord | UnreadableRecord] = [
+            record for record in records if isinstance(record, ExperimentRecord) and principal.owns(record.submitted_by)
+        ]
         if mine or token is None or scanned == MAX_SCANNED_PAGES:
             return mine, token
         records, token = store.list_experiments(status=status, limit=limit, page_token=token)

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from shared.backends.outcome import outcome_status, read_outcome
+from shared.backends.outcome import DriverOutcome, outcome_status, read_outcome
 from shared.compute_spec import LocalCompute, compute_section
 from shared.config import Settings
 from shared.ports import BackendHandle, Capabilities, HandleUpdate, RunState, RunStatus, Store, handle_changes
@@ -136,7 +136,7 @@ class LocalBackend:
             return {}
         return self._spawn(record)
 
-    def _outcome(self, experiment_id: str) -> dict[str, Any] | None:
+    def _outcome(self, experiment_id: str) -> DriverOutcome | None:
         return read_outcome(self.store, experiment_id)
 
     def poll(self, record: ExperimentRecord) -> RunStatus:

@@ -1,33 +1,69 @@
 """The HPO driver's artifacts as the control plane reads them: its outcome (the backends whose driver writes
-one, local and vmcluster) and its data check."""
+one, local and vmcluster) and its data check.
+
+The compute writes them, so each is parsed into a bounded model before anything reads a field of it: the
+outcome into :class:`DriverOutcome` (finite, the ``error`` clipped; one that is not an outcome fails the run
+with a reason that says so), the data check into ``DataCheckReport``.
+"""
 
 from __future__ import annotations
 
-import json
-from typing import Any
+from typing import Literal
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from shared.bounded import Name, Text
 from shared.config import DATA_CHECK_ARTIFACT, DRIVER_OUTCOME_ARTIFACT
 from shared.errors import NotFound
 from shared.ports import HandleUpdate, RunState, RunStatus, Store
-from shared.records import DataCheckReport
+from shared.records import BestTrial, DataCheckReport
+from shared.store.ingest import MAX_OUTCOME_BYTES
 
 
-def read_outcome(store: Store, experiment_id: str) -> dict[str, Any] | None:
+class DriverOutcome(BaseModel):
+    """``driver/outcome.json``: how the driver's run ended (``shared.hpo.outcome.ExperimentOutcome``)."""
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+    status: Literal["COMPLETED", "FAILED", "CANCELLED"]
+    reason: Text = ""
+    trials_done: int = Field(default=0, ge=0, le=10**6)
+    best: BestTrial | None = None
+    error: Text | None = None
+    counts: dict[Name, int] = Field(default_factory=dict, max_length=16)
+
+
+def parse_outcome(data: bytes) -> DriverOutcome:
+    """The outcome ``data`` holds; one that is oversized or malformed is a FAILED outcome saying why."""
+    if len(data) > MAX_OUTCOME_BYTES:
+        return DriverOutcome(status="FAILED", error=f"the driver's outcome is {len(data)} bytes, over the limit")
+    try:
+        return DriverOutcome.model_validate_json(data)
+    except ValidationError as exc:
+        first = exc.errors(include_input=False, include_url=False)[0]
+        where = ".".join(str(part) for part in first["loc"]) or "document"
+        why = f"the driver's outcome is not valid ({exc.error_count()} errors; {where}: {first['msg']})"
+        return DriverOutcome(status="FAILED", reason="invalid outcome", error=why)
+
+
+def read_outcome(store: Store, experiment_id: str) -> DriverOutcome | None:
     """The driver's ``driver/outcome.json`` for the experiment, or None while it has not ended."""
     try:
-        return json.loads(store.get_artifact(experiment_id, DRIVER_OUTCOME_ARTIFACT))
+        return parse_outcome(store.get_artifact(experiment_id, DRIVER_OUTCOME_ARTIFACT))
     except NotFound:
         return None
 
 
-def outcome_status(outcome: dict[str, Any], updates: HandleUpdate | None = None) -> RunStatus:
-    """The run state an outcome means: COMPLETED succeeded, CANCELLED was cancelled, anything else failed."""
-    state = {"COMPLETED": RunState.SUCCEEDED, "CANCELLED": RunState.CANCELLED}.get(
-        outcome.get("status", ""), RunState.FAILED
+def outcome_status(outcome: DriverOutcome, updates: HandleUpdate | None = None) -> RunStatus:
+    """The run state an outcome means: COMPLETED succeeded, CANCELLED was cancelled, FAILED failed."""
+    state = {"COMPLETED": RunState.SUCCEEDED, "CANCELLED": RunState.CANCELLED, "FAILED": RunState.FAILED}
+    error = outcome.error or (outcome.reason if outcome.status == "FAILED" else None)
+    return RunStatus(
+        state[outcome.status],
+        error=error,
+        details={"outcome": outcome.model_dump(mode="json")},
+        updates=dict(updates or {}),
     )
-    return RunStatus(state, error=outcome.get("error"), details={"outcome": outcome}, updates=dict(updates or {}))
 
 
 def read_data_check(store: Store, experiment_id: str) -> DataCheckReport | None:

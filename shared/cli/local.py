@@ -126,8 +126,8 @@ def _print_result(ctx: Any, record: ExperimentRecord) -> None:
 
     for name in (*METRICS, "fit_seconds", "task", "engine", "rows"):
         if name in record.best.metrics:
-            value = record.best.metrics[name]
-            table.add_row(f"[cyan]{name}", f"{value:.4f}" if isinstance(value, float) else str(value))
+            metric = record.best.metrics[name]
+            table.add_row(f"[cyan]{name}", f"{metric:.4f}" if isinstance(metric, float) else str(metric))
     console.print(table)
     model_files = ctx.store.list_artifacts(record.id, MODEL_PREFIX)
     if model_files:

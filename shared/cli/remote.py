@@ -126,6 +126,19 @@ def status(experiment_id: str, as_json: Annotated[bool, typer.Option("--json")] 
         console.print(f"  submitted by: {who}", markup=False, highlight=False)
 
 
+def all_trials(client: Any, base: str) -> list[dict[str, Any]]:
+    """Every trial of the experiment at ``base``, following ``GET /trials``' pages (``X-Next-After``)."""
+    trials: list[dict[str, Any]] = []
+    after = -1
+    while True:
+        response = _check(client.get(f"{base}/trials", params={"after": after, "limit": 1000}))
+        trials += response.json()
+        following = response.headers.get("X-Next-After")
+        if following is None or not trials:
+            return trials
+        after = int(following)
+
+
 @app.command()
 def watch(
     experiment_id: str,
@@ -142,7 +155,7 @@ def watch(
         with Live(console=console, auto_refresh=False) as live:
             while True:
                 data = _check(client.get(base)).json()
-                trials = _check(client.get(f"{base}/trials")).json()
+                trials = all_trials(client, base)
                 live.update(watch_view(data, trials, searched), refresh=True)
                 if data["status"] in {s.value for s in TERMINAL_STATUSES}:
                     raise typer.Exit(0 if data["status"] == "COMPLETED" else 1)

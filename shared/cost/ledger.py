@@ -12,6 +12,7 @@ wait after the run's last trial.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -109,9 +110,11 @@ def _max_trial_s(spec: ExperimentSpec) -> float | None:
 
 
 def _seconds(trial: TrialRecord, now: datetime) -> float:
+    """A trial's billed seconds; a duration that is not a finite number (records are bounded since issue
+    20; one stored before may not be) counts by its times instead."""
     if trial.state is TrialState.RUNNING:
         return max((now - trial.started_at).total_seconds(), 0.0)
-    if trial.duration_s is not None:
+    if trial.duration_s is not None and math.isfinite(trial.duration_s):
         return max(trial.duration_s, 0.0)
     if trial.ended_at is not None:
         return max((trial.ended_at - trial.started_at).total_seconds(), 0.0)

@@ -36,6 +36,15 @@ class Series:
     """Draw (and label) each point of a line; off past :data:`MARKER_LIMIT` lines, to keep pages small."""
 
 
+DRAWABLE = 1e300
+"""Largest magnitude drawn: past it, spans between values overflow to infinity (the axes' arithmetic)."""
+
+
+def drawable(value: Any) -> bool:
+    """Whether ``value`` is a number a chart can place (finite and within :data:`DRAWABLE`)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and abs(float(value)) <= DRAWABLE
+
+
 @dataclass(frozen=True)
 class XYChart:
     name: str
@@ -44,6 +53,8 @@ class XYChart:
     y_label: str
     series: list[Series]
     empty: str = "no values yet"
+    left_out: int = 0
+    """Values not drawn (not finite, or beyond :data:`DRAWABLE`): the chart says how many."""
 
     @property
     def has_data(self) -> bool:
@@ -85,6 +96,8 @@ class ParallelChart:
     """Per completed trial: its value on each axis (the objective first) and its objective value."""
     goal: str
     empty: str = "no completed trial yet"
+    left_out: int = 0
+    """Completed trials not drawn (a value or parameter a chart cannot place)."""
 
     @property
     def has_data(self) -> bool:
@@ -120,7 +133,7 @@ def objective(record: ExperimentRecord) -> tuple[str, str]:
 def history(trials: list[TrialRecord], metric: str, goal: str) -> XYChart:
     """Every completed trial's value and the best so far (Optuna's optimization history)."""
     done = sorted((t for t in trials if _scored(t)), key=_number)
-    points = [(float(t.number), float(t.value)) for t in done if t.value is not None]
+    points = [(float(t.number), float(t.value)) for t in done if t.value is not None and drawable(t.value)]
     best: list[tuple[float, float]] = []
     for x, y in points:
         if not best or (y > best[-1][1] if goal == "maximize" else y < best[-1][1]):
@@ -134,15 +147,18 @@ def history(trials: list[TrialRecord], metric: str, goal: str) -> XYChart:
         metric,
         [Series(metric, points, "scatter", "completed"), Series("best so far", best, "step", "best")],
         empty="no completed trial yet",
+        left_out=len(done) - len(points),
     )
 
 
 def intermediate(trials: list[TrialRecord], metric: str) -> XYChart:
     """Each trial's running cross-validated mean per fold; pruned trials end where they stopped."""
     series = []
+    left_out = 0
     markers = len(trials) <= MARKER_LIMIT
     for trial in sorted(trials, key=_number):
-        points = sorted((float(step), float(v)) for step, v in trial.intermediate.items() if math.isfinite(v))
+        points = sorted((float(step), float(v)) for step, v in trial.intermediate.items() if drawable(v))
+        left_out += len(trial.intermediate) - len(points)
         if points:
             style: Style = trial.state.value.lower() if trial.state.value != "TIMED_OUT" else "failed"  # type: ignore[assignment]
             series.append(
@@ -155,17 +171,25 @@ def intermediate(trials: list[TrialRecord], metric: str) -> XYChart:
                     markers=markers,
                 )
             )
-    return XYChart("intermediate", "Intermediate values per fold", "fold", f"{metric} (running mean)", series)
+    return XYChart(
+        "intermediate", "Intermediate values per fold", "fold", f"{metric} (running mean)", series, left_out=left_out
+    )
 
 
 def parallel(trials: list[TrialRecord], names: list[str], metric: str, goal: str) -> ParallelChart:
     """Completed trials across the objective and each searched hyperparameter."""
-    done = [t for t in sorted(trials, key=_number) if _scored(t)]
+    scored = [t for t in sorted(trials, key=_number) if _scored(t)]
+    done = [t for t in scored if drawable(t.value) and not any(_too_big(v) for v in t.params.values())]
     names = [n for n in names if any(n in t.params for t in done)]
     done = [t for t in done if all(n in t.params for n in names)]
     axes = [_axis(metric, [t.value for t in done])] + [_axis(n, [t.params[n] for t in done]) for n in names]
-    lines = [([t.value] + [t.params[n] for n in names], float(t.value or 0.0)) for t in done]
-    return ParallelChart("parallel", "Parallel coordinates", axes, lines, goal)
+    lines = [([t.value, *(t.params[n] for n in names)], float(t.value or 0.0)) for t in done]
+    return ParallelChart("parallel", "Parallel coordinates", axes, lines, goal, left_out=len(scored) - len(done))
+
+
+def _too_big(value: Any) -> bool:
+    """A number no axis can place (a string or bool is a category and always can)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and not drawable(value)
 
 
 def _scored(trial: TrialRecord) -> bool:
@@ -173,7 +197,7 @@ def _scored(trial: TrialRecord) -> bool:
 
 
 def _axis(name: str, values: list[Any]) -> Axis:
-    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+    numeric = all(drawable(v) for v in values)
     if values and numeric:
         numbers = [float(v) for v in values]
         lo, hi = min(numbers), max(numbers)
@@ -188,7 +212,7 @@ def importances(document: dict[str, Any] | None) -> BarChart:
     if not document:
         return BarChart("importances", "Hyperparameter importances", [], empty="computed on the compute as trials end")
     values = document.get("importances") or {}
-    bars = sorted(((str(k), float(v)) for k, v in values.items()), key=lambda kv: -kv[1])
+    bars = sorted(((str(k), float(v)) for k, v in values.items() if drawable(v)), key=lambda kv: -kv[1])
     note = f"{document.get('evaluator', '')} over {document.get('trials', '?')} completed trials"
     return BarChart("importances", "Hyperparameter importances", bars, note, empty=document.get("error") or "n/a")
 
@@ -210,7 +234,8 @@ def build_charts(
 def fold_values(trial: TrialRecord, metric: str) -> list[float]:
     """The primary metric of each fold: recorded scores when the trial finished, else recovered from
     the running means it reported (fold k = k * mean_k - (k - 1) * mean_(k-1))."""
-    scores = (trial.metrics.get("fold_scores") or {}).get(metric)
+    by_metric = trial.metrics.get("fold_scores")
+    scores = by_metric.get(metric) if isinstance(by_metric, dict) else None
     if isinstance(scores, list) and scores:
         return [float(s) for s in scores]
     values, previous = [], 0.0

@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 
 from shared.dashboard.charts import Chart, build_charts, fold_values, objective
 from shared.dashboard.svg import render
-from shared.records import ExperimentRecord, TrialRecord
+from shared.records import ExperimentRecord, TrialRecord, UnreadableRecord
 
 REFRESH_MS = 5000
 TABLE_LIMIT = 500
@@ -132,8 +132,14 @@ def _trial_costs(record: ExperimentRecord) -> dict[int, float]:
     return {int(k): float(v) for k, v in per_trial.items() if isinstance(v, (int, float))}
 
 
-def index_page(records: Sequence[ExperimentRecord], code: str | None, next_token: str | None = None) -> str:
-    """The list of experiments, newest first."""
+def index_page(
+    records: Sequence[ExperimentRecord],
+    code: str | None,
+    next_token: str | None = None,
+    *,
+    unreadable: Sequence[UnreadableRecord] = (),
+) -> str:
+    """The list of experiments, newest first; records that could not be read are named below the table."""
     show_cost = any(cost_text(r) for r in records)
     head = ["name", "id", "status", "progress", "best", "cost" if show_cost else None, "started"]
     head += ["duration", "backend"]
@@ -163,8 +169,11 @@ def index_page(records: Sequence[ExperimentRecord], code: str | None, next_token
         + "".join(rows)
         + "</tbody></table>"
     )
-    if not records:
+    if not records and not unreadable:
         table += "<p class=meta>No experiments yet: submit one with <code>rapids-hpo submit SPEC</code>.</p>"
+    if unreadable:
+        named = "".join(f"<li><code>{escape(u.id)}</code>: {escape(u.reason)}</li>" for u in unreadable)
+        table += f"<p class=meta>Records that could not be read (left out):</p><ul id=unreadable>{named}</ul>"
     more = f'<p><a href="{escape(url("/api/ui", code, page_token=next_token))}">older experiments</a></p>'
     body = f"{_header(code)}<main><h1>Experiments</h1>{table}{more if next_token else ''}</main>"
     return _document("rapids-hpo experiments", body)

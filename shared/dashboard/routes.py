@@ -25,7 +25,7 @@ from shared.dashboard.importance import IMPORTANCES_ARTIFACT, ImportanceDocument
 from shared.dashboard.pages import chart_page, experiment_page, index_page, report_page, url
 from shared.dashboard.svg import render
 from shared.errors import NotFound
-from shared.records import ExperimentRecord, ExperimentStatus, TrialRecord
+from shared.records import ExperimentRecord, ExperimentStatus, TrialRecord, UnreadableRecord
 
 PLOT_NAME = r"^[a-z][a-z0-9_-]{0,40}\.(png|svg|html|json)$"
 EXPERIMENT_ID = EXPERIMENT_ID_PATTERN  # one id rule at every edge (shared.config)
@@ -94,7 +94,9 @@ def ui_index(
         )
     except ValueError as exc:
         raise HTTPException(422, f"invalid page_token: {exc}") from None
-    return HTMLResponse(index_page(records, code, token), headers=page_headers())
+    readable = [r for r in records if isinstance(r, ExperimentRecord)]
+    unreadable = [r for r in records if isinstance(r, UnreadableRecord)]
+    return HTMLResponse(index_page(readable, code, token, unreadable=unreadable), headers=page_headers())
 
 
 @router.get(

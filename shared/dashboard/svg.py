@@ -34,6 +34,10 @@ def render(chart: Chart) -> str:
         body, marks = _parallel(chart)
     else:
         body, marks = _bars(chart)
+    left_out = getattr(chart, "left_out", 0)
+    if left_out:
+        note = f"{left_out} value(s) left out: not finite or beyond ±1e300"
+        body += _text(WIDTH - RIGHT, 16, note, anchor="end", fill="#b45309")
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" data-chart="{chart.name}" data-marks="{marks}" '
         f'viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" height="{HEIGHT}" role="img" '
@@ -52,6 +56,8 @@ def nice_ticks(lo: float, hi: float, count: int = 5, *, integer: bool = False) -
         pad = abs(lo) * 0.05 or 0.5
         lo, hi = lo - pad, hi + pad
     raw = (hi - lo) / max(count - 1, 1)
+    if not math.isfinite(raw) or raw <= 0:  # a span past the float range, or below its resolution
+        return [lo, hi] if lo < hi else [lo]
     power = 10 ** math.floor(math.log10(raw))
     step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
     if integer:

@@ -20,7 +20,7 @@ from shared.context import Context
 from shared.cost.catalogue import load_catalogue
 from shared.cost.ledger import BUDGET_REACHED, CostLedger, compute_ledger, public_cost, rates_for
 from shared.dashboard.artifacts import ensure_plots
-from shared.errors import BackendError, NotFound
+from shared.errors import BackendError, CorruptRecord, NotFound
 from shared.ports import ComputeBackend, RunState, RunStatus, merge_handle
 from shared.records import (
     TERMINAL_STATUSES,
@@ -31,6 +31,7 @@ from shared.records import (
     RegisteredModel,
     TrialState,
     best_of,
+    updated,
     utcnow,
 )
 from shared.spec import ExperimentSpec
@@ -97,7 +98,7 @@ def transition(
         fields["compute"] = backend.handle_type.model_validate(updates["backend_state"]).compute_report()
     if status in TERMINAL_STATUSES and record.ended_at is None:
         fields.setdefault("ended_at", utcnow())
-    candidate = record.model_copy(update=fields)
+    candidate = updated(record, **fields)
     if changed:
         candidate = ctx.announcer.stage_status(candidate)
     record = ctx.store.update_experiment(candidate)
@@ -116,6 +117,11 @@ def handle_event(ctx: Context, body: str) -> str:
     except NotFound:
         log.warning("event %s for unknown experiment %s dropped", event.type, event.experiment_id)
         return "unknown experiment"
+    except CorruptRecord as exc:
+        # Nothing can drive a record nobody can read: contain it (its compute's credential ends) and drop.
+        ctx.store.revoke_compute_credential(event.experiment_id)
+        log.error("event %s dropped, credential revoked: %s", event.type, exc)
+        return "unreadable record"
     if event.seq != record.event_seq or record.status not in STATUS_FOR_EVENT[event.type]:
         return "stale"
     step = {
@@ -287,7 +293,7 @@ def _finalize(ctx: Context, record: ExperimentRecord) -> str:
         return "failed"
     model_files = ctx.store.list_artifacts(record.id, MODEL_PREFIX)
     if model_files and best.model_uri is None:
-        updates["best"] = best.model_copy(update={"model_uri": f"/api/experiments/{record.id}/model"})
+        updates["best"] = updated(best, model_uri=f"/api/experiments/{record.id}/model")
     reason = BUDGET_REACHED if budget_reached else "completed"
     transition(ctx, record, S.COMPLETED, reason, next_event=EventType.TEARDOWN, **updates)
     return "completed"
@@ -304,6 +310,9 @@ def _cancel(ctx: Context, record: ExperimentRecord) -> str:
 
 
 def _teardown(ctx: Context, record: ExperimentRecord) -> str:
+    """Revoke the compute's credential first (from then on it writes nothing we read), then delete the
+    compute; nothing the compute wrote is read on the way, so nothing it wrote can block this step."""
+    ctx.store.revoke_compute_credential(record.id)
     handle = record.backend_state
     if record.backend_state and not record.torn_down:
         backend = ctx.backend(record.backend)
@@ -314,15 +323,14 @@ def _teardown(ctx: Context, record: ExperimentRecord) -> str:
     if not record.status_emitted:
         ctx.status_queue.send(status_message(record))
     record = ctx.store.update_experiment(
-        record.model_copy(
-            update={
-                "torn_down": True,
-                "status_emitted": True,
-                "event_seq": record.event_seq + 1,
-                "updated_at": utcnow(),
-                "backend_state": handle,
-                "event_log": ctx.announcer.stage_trials(record, trials),
-            }
+        updated(
+            record,
+            torn_down=True,
+            status_emitted=True,
+            event_seq=record.event_seq + 1,
+            updated_at=utcnow(),
+            backend_state=handle,
+            event_log=ctx.announcer.stage_trials(record, trials),
         )
     )
     ctx.announcer.flush(ctx.store, record)
@@ -330,13 +338,18 @@ def _teardown(ctx: Context, record: ExperimentRecord) -> str:
 
 
 def status_message(record: ExperimentRecord) -> str:
-    """The one message per terminal experiment on ``experiment-status`` (consumers dedupe by id)."""
+    """The one message per terminal experiment on ``experiment-status`` (consumers dedupe by id). Bounded
+    by construction (the error is clipped text, the best trial's metrics stay out, its params are bounded),
+    so it always fits a queue message."""
+    best = (
+        record.best.model_dump(mode="json", include={"number", "value", "params", "model_uri"}) if record.best else None
+    )
     return json.dumps(
         {
             "id": record.id,
             "name": record.name,
             "status": record.status.value,
-            "best": record.best.model_dump(mode="json") if record.best else None,
+            "best": best,
             "error": record.error,
             "trials_done": record.trials_done,
             "ended_at": record.ended_at.isoformat() if record.ended_at else None,

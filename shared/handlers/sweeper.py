@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 from shared.backends import ORPHAN_FINDERS
 from shared.context import Context
 from shared.handlers.machine import EVENT_FOR_STATUS, MAX_REDRIVES, S, transition
 from shared.ports import OrphanFinder
-from shared.records import TERMINAL_STATUSES, EventType, ExperimentRecord, utcnow
+from shared.records import TERMINAL_STATUSES, EventType, ExperimentRecord, UnreadableRecord, utcnow
+
+log = logging.getLogger(__name__)
 
 
 def sweep(ctx: Context, *, stall_seconds: int | None = None) -> dict[str, list[str]]:
     """Timer step: re-drive experiments whose events were lost, tear down finished ones' compute, and
-    re-send CloudEvents a step could not deliver (``announced``: experiments whose outbox is now empty)."""
+    re-send CloudEvents a step could not deliver (``announced``: experiments whose outbox is now empty).
+    Records that do not validate are skipped and reported (``unreadable``)."""
     stall = timedelta(seconds=stall_seconds if stall_seconds is not None else ctx.settings.stall_seconds)
     cutoff = utcnow() - stall
-    report: dict[str, list[str]] = {"redriven": [], "failed": [], "teardown": [], "announced": []}
-    for stored in all_experiments(ctx):
+    report: dict[str, list[str]] = {"redriven": [], "failed": [], "teardown": [], "announced": [], "unreadable": []}
+    records, unreadable = all_experiments(ctx)
+    report["unreadable"] = [u.id for u in unreadable]
+    for stored in records:
         record = ctx.announcer.flush(ctx.store, stored, force=True)  # no-op unless events are staged
         if not record.event_log.pending:
             record = ctx.announcer.catch_up(ctx.store, record)  # no-op unless trials wait for room
@@ -51,8 +57,10 @@ def sweep(ctx: Context, *, stall_seconds: int | None = None) -> dict[str, list[s
 def sweep_orphans(ctx: Context) -> list[str]:
     """Timer step: every backend that finds orphans deletes the compute of experiments that are gone or
     torn down (each returns nothing where it is not configured for Azure). Only those backends are built:
-    a fresh instance's first timer run imports no other backend's SDK (azure-ai-ml takes seconds)."""
-    live = {record.id for record in all_experiments(ctx) if not record.torn_down}
+    a fresh instance's first timer run imports no other backend's SDK (azure-ai-ml takes seconds). An
+    unreadable record counts as live: what cannot be judged is not deleted (its events revoke its credential)."""
+    records, unreadable = all_experiments(ctx)
+    live = {record.id for record in records if not record.torn_down} | {u.id for u in unreadable}
     deleted: list[str] = []
     for name in ORPHAN_FINDERS:
         backend = ctx.backend(name)
@@ -61,11 +69,18 @@ def sweep_orphans(ctx: Context) -> list[str]:
     return deleted
 
 
-def all_experiments(ctx: Context) -> list[ExperimentRecord]:
+def all_experiments(ctx: Context) -> tuple[list[ExperimentRecord], list[UnreadableRecord]]:
+    """Every stored experiment, and apart those whose record does not validate (each logged, none raised)."""
     records: list[ExperimentRecord] = []
+    unreadable: list[UnreadableRecord] = []
     token: str | None = None
     while True:
         page, token = ctx.store.list_experiments(limit=200, page_token=token)
-        records.extend(page)
+        for item in page:
+            if isinstance(item, UnreadableRecord):
+                log.warning("experiment %s skipped: %s", item.id, item.reason)
+                unreadable.append(item)
+            else:
+                records.append(item)
         if token is None:
-            return records
+            return records, unreadable

@@ -31,7 +31,7 @@ import json
 import re
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -50,10 +50,10 @@ from shared.config import (
     TABLE_TRIALS,
     expand_connection_string,
 )
-from shared.errors import AlreadyExists, ConcurrencyConflict, NotFound
+from shared.errors import AlreadyExists, ConcurrencyConflict, CorruptRecord, NotFound
 from shared.http_pool import pooled_transport
-from shared.records import ExperimentRecord, ExperimentStatus, TrialRecord
-from shared.store import compute
+from shared.records import ExperimentRecord, ExperimentStatus, TrialRecord, UnreadableRecord, validated
+from shared.store import compute, ingest
 from shared.store._common import (
     MAX_ID_LENGTH,
     MAX_PAGE_SIZE,
@@ -67,6 +67,7 @@ from shared.store._common import (
     epoch_micros,
 )
 from shared.store._table_batch import insert_together
+from shared.store.ingest import readable_trials
 
 PARTITION = "experiment"
 ID_ROW = "id:"
@@ -87,6 +88,13 @@ RECORDS_PREFIX = "_records"
 MAX_TRIAL_NUMBER = 10**10 - 1
 _RETRIES = 3
 _TABLE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9]{2,62}")
+_BOUNDED_READS: dict[str, Any] = {
+    "max_single_get_size": compute.CHUNK_BYTES,
+    "max_chunk_get_size": compute.CHUNK_BYTES,
+    "max_block_size": compute.CHUNK_BYTES,
+}
+"""Blob reads and streamed uploads of at most a chunk per request, so a copied or served artifact (a model
+of gigabytes) stays out of memory; a blob of 50,000 such blocks is still 50 GiB."""
 
 
 class AzureStore:
@@ -128,7 +136,7 @@ class AzureStore:
         expanded = expand_connection_string(connection_string)
         return cls(
             TableServiceClient.from_connection_string(expanded, transport=pooled_transport()),
-            BlobServiceClient.from_connection_string(expanded, transport=pooled_transport()),
+            BlobServiceClient.from_connection_string(expanded, transport=pooled_transport(), **_BOUNDED_READS),
             **kwargs,
         )
 
@@ -139,7 +147,7 @@ class AzureStore:
         blobs = f"https://{account_name}.blob.core.windows.net"
         return cls(
             TableServiceClient(endpoint=tables, credential=credential, transport=pooled_transport()),
-            BlobServiceClient(blobs, credential=credential, transport=pooled_transport()),
+            BlobServiceClient(blobs, credential=credential, transport=pooled_transport(), **_BOUNDED_READS),
             **kwargs,
         )
 
@@ -163,6 +171,7 @@ class AzureStore:
     # Experiments
 
     def create_experiment(self, record: ExperimentRecord) -> ExperimentRecord:
+        record = validated(record)  # what is stored reads back (a model_copy validated nothing)
         check_experiment_id(record.id)
         self._ensure()
         row_key = _time_row_key(record)
@@ -184,10 +193,14 @@ class AzureStore:
             entity = self._record_row(experiment_id)
             body = self._read_body(entity)
             if body is not None:  # else an update replaced the body blob between our two reads
-                return _experiment(body, entity.metadata["etag"])
+                try:
+                    return _experiment(body, entity.metadata["etag"])
+                except ValueError as exc:  # pydantic's ValidationError is one
+                    raise CorruptRecord(experiment_id, UnreadableRecord.of(experiment_id, exc).reason) from None
         raise ConcurrencyConflict(f"experiment {experiment_id!r} kept changing while being read")
 
     def update_experiment(self, record: ExperimentRecord) -> ExperimentRecord:
+        record = validated(record)
         check_experiment_id(record.id)
         self._ensure()
         current = self._record_row(record.id)
@@ -225,7 +238,7 @@ class AzureStore:
 
     def list_experiments(
         self, status: ExperimentStatus | None = None, limit: int = 50, page_token: str | None = None
-    ) -> tuple[list[ExperimentRecord], str | None]:
+    ) -> tuple[list[ExperimentRecord | UnreadableRecord], str | None]:
         check_limit(limit)
         self._ensure()
         after = TIME_ROW
@@ -245,12 +258,19 @@ class AzureStore:
             if len(rows) > limit:
                 break
         page = rows[:limit]
-        records = []
+        records: list[ExperimentRecord | UnreadableRecord] = []
         for entity in page:
             body = self._read_body(entity)
-            records.append(
-                self.get_experiment(entity["Id"]) if body is None else _experiment(body, str(entity.metadata["etag"]))
-            )
+            try:
+                records.append(
+                    self.get_experiment(entity["Id"])
+                    if body is None
+                    else _experiment(body, str(entity.metadata["etag"]))
+                )
+            except ValueError as exc:  # pydantic's ValidationError is one
+                records.append(UnreadableRecord.of(entity["Id"], exc))
+            except CorruptRecord as exc:
+                records.append(UnreadableRecord(exc.experiment_id, exc.reason))
         token = encode_page_token(_ExperimentPage(after=page[-1]["RowKey"])) if len(rows) > limit else None
         return records, token
 
@@ -302,6 +322,7 @@ class AzureStore:
     # Trials
 
     def put_trial(self, trial: TrialRecord) -> None:
+        trial = validated(trial)
         check_experiment_id(trial.experiment_id)
         if trial.number > MAX_TRIAL_NUMBER:
             raise ValueError(f"trial number {trial.number} exceeds {MAX_TRIAL_NUMBER}")
@@ -318,17 +339,25 @@ class AzureStore:
         }
         self._trials.upsert_entity(entity, mode=UpdateMode.REPLACE)
 
-    def list_trials(self, experiment_id: str) -> list[TrialRecord]:
+    def list_trials(self, experiment_id: str, *, after: int = -1, limit: int | None = None) -> list[TrialRecord]:
         check_experiment_id(experiment_id)
         self._ensure()
-        entities = self._trials.query_entities("PartitionKey eq @pk", parameters={"pk": experiment_id})
-        trials = []
+        if limit is not None:
+            check_limit(limit)
+        entities = self._trials.query_entities(
+            "PartitionKey eq @pk and RowKey gt @after",
+            parameters={"pk": experiment_id, "after": f"{after:010d}" if after >= 0 else ""},
+            results_per_page=min(limit or MAX_PAGE_SIZE, MAX_PAGE_SIZE),
+        )
+        bodies = []
         for entity in entities:
             body = self._read_body(entity)
             if body is None:
                 raise NotFound(f"body blob {entity['BodyBlob']!r} of a trial is missing")
-            trials.append(TrialRecord.model_validate_json(body))
-        return trials
+            bodies.append(body)
+            if limit is not None and len(bodies) >= limit:
+                break
+        return readable_trials(experiment_id, bodies)
 
     # Artifacts
 
@@ -336,6 +365,17 @@ class AzureStore:
         self._ensure()
         blob = self._container.upload_blob(_blob_name(experiment_id, name), data, overwrite=True)
         return blob.url
+
+    def put_artifact_stream(self, experiment_id: str, name: str, chunks: Iterable[bytes]) -> str:
+        """Store what ``chunks`` yields under ``name`` without holding it whole (blocks are committed only
+        when the iterator ends: one that raises leaves the artifact as it was)."""
+        self._ensure()
+        return str(self._container.upload_blob(_blob_name(experiment_id, name), chunks, overwrite=True).url)
+
+    def artifact_chunks(self, experiment_id: str, name: str) -> Iterator[bytes]:
+        """The artifact in pieces of at most 4 MiB (``NotFound`` before the first if absent)."""
+        self._ensure()
+        return compute.ContainerArea(self._container).chunks(_blob_name(experiment_id, name))
 
     def get_artifact(self, experiment_id: str, name: str) -> bytes:
         self._ensure()
@@ -379,12 +419,15 @@ class AzureStore:
         compute.publish_record(compute.ContainerArea(container), record)
         return compute.container_credential(self.blob_service, container, experiment_id, ttl)
 
-    def ingest_compute_output(self, experiment_id: str, since: datetime | None = None) -> compute.IngestReport:
-        """Take the compute's trials and artifacts into the tables and artifacts container."""
+    def ingest_compute_output(
+        self, experiment_id: str, since: datetime | None = None, *, seen: str = "", quota_bytes: int | None = None
+    ) -> ingest.IngestReport:
+        """Take the compute's trials and artifacts into the tables and artifacts container (validated)."""
         container = self._area(experiment_id)
         if not container.exists():
-            return compute.IngestReport(watermark=since)
-        return compute.ingest(self, compute.ContainerArea(container), experiment_id, since)
+            return ingest.IngestReport(watermark=since, seen=seen)
+        quota = quota_bytes or ingest.DEFAULT_QUOTA_BYTES
+        return ingest.ingest(self, compute.ContainerArea(container), experiment_id, since, seen=seen, quota_bytes=quota)
 
     def revoke_compute_credential(self, experiment_id: str) -> None:
         """Delete the compute area: its SAS reaches nothing from now on."""

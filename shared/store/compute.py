@@ -32,12 +32,11 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, Protocol
-
-from pydantic import ValidationError
 
 from shared.config import CREDENTIAL_MAX_SECONDS
 from shared.errors import NotFound
@@ -47,10 +46,6 @@ from shared.store._common import check_artifact_name, check_experiment_id
 RECORD_BLOB = "experiment.json"
 TRIALS_PREFIX = "trials/"
 ARTIFACTS_PREFIX = "artifacts/"
-MAX_TRIAL_BYTES = 4 * 1024 * 1024
-"""Largest trial record ingested (a real one is a few KiB)."""
-MAX_ARTIFACT_BYTES = 1024 * 1024 * 1024
-"""Largest artifact ingested (a model); larger ones are refused and reported."""
 MAX_TTL = timedelta(seconds=CREDENTIAL_MAX_SECONDS)
 """User-delegation keys live at most seven days (Azure's limit); account-key SAS are capped alike."""
 
@@ -79,30 +74,41 @@ class ComputeCredential:
         return f"ComputeCredential({self.experiment_id!r}, {self.kind}, {self.url!r}, expires {self.expires_at:%c})"
 
 
-@dataclass
-class IngestReport:
-    """What one ingestion took in: trial numbers, artifact names, refused blobs (with why), and the
-    watermark to pass as ``since`` next time (blobs modified at or after it are read again)."""
-
-    trials: list[int] = field(default_factory=list)
-    artifacts: list[str] = field(default_factory=list)
-    refused: dict[str, str] = field(default_factory=dict)
-    watermark: datetime | None = None
-
-
 @dataclass(frozen=True)
 class BlobInfo:
     name: str
     size: int
     modified: datetime
+    etag: str = ""
+    """Changes whenever the blob is written (a folder's file: its size and modification time in ns)."""
+
+
+class TooLarge(ValueError):
+    """A blob read with a limit held more bytes than the limit."""
+
+
+CHUNK_BYTES = 1024 * 1024
+"""Bytes per chunk when a blob is streamed (the control plane's blob clients read at most this per request:
+azure-storage-blob's reader holds several times its request size while it reads)."""
 
 
 class Area(Protocol):
-    """A flat namespace of blobs: an Azure container (through a SAS or the control plane's client) or a folder."""
+    """A flat namespace of blobs: an Azure container (through a SAS or the control plane's client) or a folder.
+
+    ``get`` with a ``limit`` reads at most ``limit + 1`` bytes and raises :class:`TooLarge` past it (the size
+    a listing showed may have grown since); ``chunks`` streams a blob in pieces of at most
+    :data:`CHUNK_BYTES`."""
 
     def put(self, name: str, data: bytes) -> str: ...
-    def get(self, name: str) -> bytes: ...
+    def get(self, name: str, limit: int | None = None) -> bytes: ...
+    def chunks(self, name: str) -> Iterator[bytes]: ...
     def list(self, prefix: str = "") -> list[BlobInfo]: ...
+
+
+def _within(data: bytes, name: str, limit: int | None) -> bytes:
+    if limit is not None and len(data) > limit:
+        raise TooLarge(f"{name} holds more than {limit} bytes")
+    return data
 
 
 class ContainerArea:
@@ -114,17 +120,30 @@ class ContainerArea:
     def put(self, name: str, data: bytes) -> str:
         return str(self.container.upload_blob(name, data, overwrite=True).url).split("?")[0]
 
-    def get(self, name: str) -> bytes:
+    def get(self, name: str, limit: int | None = None) -> bytes:
         from azure.core.exceptions import ResourceNotFoundError
 
         try:
-            return bytes(self.container.download_blob(name).readall())
+            if limit is None:
+                return bytes(self.container.download_blob(name).readall())
+            return _within(bytes(self.container.download_blob(name, offset=0, length=limit + 1).readall()), name, limit)
         except ResourceNotFoundError:
             raise NotFound(f"blob {name!r} not found") from None
 
+    def chunks(self, name: str) -> Iterator[bytes]:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:  # ranged reads of CHUNK_BYTES (the SDK's own first read would ask for 32 MiB at once)
+            size = int(self.container.get_blob_client(name).get_blob_properties().size)
+        except ResourceNotFoundError:
+            raise NotFound(f"blob {name!r} not found") from None
+        for offset in range(0, size, CHUNK_BYTES):
+            length = min(CHUNK_BYTES, size - offset)
+            yield bytes(self.container.download_blob(name, offset=offset, length=length).readall())
+
     def list(self, prefix: str = "") -> list[BlobInfo]:
         return [
-            BlobInfo(b.name, int(b.size or 0), b.last_modified)
+            BlobInfo(b.name, int(b.size or 0), b.last_modified, str(b.etag or ""))
             for b in self.container.list_blobs(name_starts_with=prefix or None)
         ]
 
@@ -147,11 +166,21 @@ class FolderArea:
         os.replace(tmp, path)
         return path.as_uri()
 
-    def get(self, name: str) -> bytes:
+    def get(self, name: str, limit: int | None = None) -> bytes:
         try:
-            return self._path(name).read_bytes()
+            with self._path(name).open("rb") as handle:
+                return _within(handle.read() if limit is None else handle.read(limit + 1), name, limit)
         except FileNotFoundError:
             raise NotFound(f"file {name!r} not found") from None
+
+    def chunks(self, name: str) -> Iterator[bytes]:
+        try:
+            handle = self._path(name).open("rb")
+        except FileNotFoundError:
+            raise NotFound(f"file {name!r} not found") from None
+        with handle:
+            while chunk := handle.read(CHUNK_BYTES):
+                yield chunk
 
     def list(self, prefix: str = "") -> list[BlobInfo]:
         if not self.root.is_dir():
@@ -161,7 +190,8 @@ class FolderArea:
             name = path.relative_to(self.root).as_posix()
             if path.is_file() and not path.name.startswith(".tmp-") and name.startswith(prefix):
                 stat = path.stat()
-                found.append(BlobInfo(name, stat.st_size, datetime.fromtimestamp(stat.st_mtime, UTC)))
+                modified = datetime.fromtimestamp(stat.st_mtime, UTC)
+                found.append(BlobInfo(name, stat.st_size, modified, f"{stat.st_size}-{stat.st_mtime_ns}"))
         return found
 
 
@@ -208,10 +238,12 @@ class ComputeStore:
         self._own(trial.experiment_id)
         self.area.put(f"{TRIALS_PREFIX}{trial.number:010d}.json", trial.model_dump_json().encode())
 
-    def list_trials(self, experiment_id: str) -> list[TrialRecord]:
+    def list_trials(self, experiment_id: str, *, after: int = -1, limit: int | None = None) -> list[TrialRecord]:
         self._own(experiment_id)
         blobs = self.area.list(TRIALS_PREFIX)
-        return [TrialRecord.model_validate_json(self.area.get(b.name)) for b in blobs if b.name.endswith(".json")]
+        trials = [TrialRecord.model_validate_json(self.area.get(b.name)) for b in blobs if b.name.endswith(".json")]
+        trials = [t for t in trials if t.number > after]
+        return trials if limit is None else trials[:limit]
 
     def put_artifact(self, experiment_id: str, name: str, data: bytes) -> str:
         self._own(experiment_id)
@@ -238,56 +270,6 @@ class ComputeStore:
 def publish_record(area: Area, record: ExperimentRecord) -> None:
     """Write the record the compute reads (its spec, and its status for cancellation)."""
     area.put(RECORD_BLOB, record.model_dump_json(exclude={"version"}).encode())
-
-
-def ingest(store: Any, area: Area, experiment_id: str, since: datetime | None = None) -> IngestReport:
-    """Copy the compute's trials and artifacts into ``store`` (its tables and artifacts), checking each:
-    a trial must parse, name this experiment and match its blob's number; an artifact's name must be a
-    safe relative path and its size bounded. Then refresh the record the compute reads."""
-    report = IngestReport(watermark=since)
-    for blob in area.list():
-        if blob.name == RECORD_BLOB or (since is not None and blob.modified < since):
-            continue  # the record is ours (rewritten below): it never moves the watermark
-        report.watermark = max(report.watermark or blob.modified, blob.modified)
-        if blob.name.startswith(TRIALS_PREFIX):
-            _ingest_trial(store, area, experiment_id, blob, report)
-        elif blob.name.startswith(ARTIFACTS_PREFIX):
-            _ingest_artifact(store, area, experiment_id, blob, report)
-        else:
-            report.refused[blob.name] = "not under trials/ or artifacts/"
-    publish_record(area, store.get_experiment(experiment_id))
-    return report
-
-
-def _ingest_trial(store: Any, area: Area, experiment_id: str, blob: BlobInfo, report: IngestReport) -> None:
-    stem = blob.name.removeprefix(TRIALS_PREFIX).removesuffix(".json")
-    if blob.size > MAX_TRIAL_BYTES:
-        report.refused[blob.name] = f"{blob.size} bytes; a trial record is at most {MAX_TRIAL_BYTES}"
-        return
-    try:
-        trial = TrialRecord.model_validate_json(area.get(blob.name))
-    except (ValidationError, NotFound) as exc:
-        report.refused[blob.name] = f"not a trial record: {str(exc).splitlines()[0]}"
-        return
-    if trial.experiment_id != experiment_id or not stem.isdigit() or int(stem) != trial.number:
-        report.refused[blob.name] = f"names experiment {trial.experiment_id!r} trial {trial.number}"
-        return
-    store.put_trial(trial)
-    report.trials.append(trial.number)
-
-
-def _ingest_artifact(store: Any, area: Area, experiment_id: str, blob: BlobInfo, report: IngestReport) -> None:
-    name = blob.name.removeprefix(ARTIFACTS_PREFIX)
-    try:
-        check_artifact_name(name)
-    except ValueError as exc:
-        report.refused[blob.name] = str(exc)
-        return
-    if blob.size > MAX_ARTIFACT_BYTES:
-        report.refused[blob.name] = f"{blob.size} bytes; an artifact is at most {MAX_ARTIFACT_BYTES}"
-        return
-    store.put_artifact(experiment_id, name, area.get(blob.name))
-    report.artifacts.append(name)
 
 
 KEY_CLOCK_MARGIN = timedelta(minutes=15)

@@ -12,14 +12,15 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from pydantic import Field
 
-from shared.errors import AlreadyExists, ConcurrencyConflict, NotFound
-from shared.records import ExperimentRecord, ExperimentStatus, TrialRecord
-from shared.store import compute
+from shared.errors import AlreadyExists, ConcurrencyConflict, CorruptRecord, NotFound
+from shared.records import ExperimentRecord, ExperimentStatus, TrialRecord, UnreadableRecord, validated
+from shared.store import compute, ingest
 from shared.store._common import (
     MAX_ID_LENGTH,
     PageState,
@@ -32,6 +33,7 @@ from shared.store._common import (
     epoch_micros,
 )
 from shared.store._sqlite import SQLiteConnections
+from shared.store.ingest import readable_trials
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS experiments (
@@ -79,6 +81,7 @@ class LocalStore:
     # Experiments
 
     def create_experiment(self, record: ExperimentRecord) -> ExperimentRecord:
+        record = validated(record)  # what is stored reads back (a model_copy validated nothing)
         check_experiment_id(record.id)
         cursor = self._db.connection().execute(
             "INSERT OR IGNORE INTO experiments (id, status, created_us, version, body) VALUES (?, ?, ?, 1, ?)",
@@ -97,9 +100,13 @@ class LocalStore:
         )
         if row is None:
             raise NotFound(f"experiment {experiment_id!r} not found")
-        return _experiment_from_row(*row)
+        found = _experiment_or_unreadable(experiment_id, *row)
+        if isinstance(found, UnreadableRecord):
+            raise CorruptRecord(experiment_id, found.reason)
+        return found
 
     def update_experiment(self, record: ExperimentRecord) -> ExperimentRecord:
+        record = validated(record)
         check_experiment_id(record.id)
         conn = self._db.connection()
         if record.version.isdigit():
@@ -123,7 +130,7 @@ class LocalStore:
 
     def list_experiments(
         self, status: ExperimentStatus | None = None, limit: int = 50, page_token: str | None = None
-    ) -> tuple[list[ExperimentRecord], str | None]:
+    ) -> tuple[list[ExperimentRecord | UnreadableRecord], str | None]:
         check_limit(limit)
         where: list[str] = []
         params: list[str | int] = []
@@ -143,7 +150,7 @@ class LocalStore:
         token = None
         if len(rows) > limit:
             token = encode_page_token(_ExperimentPage(created_us=page[-1][2], id=page[-1][3]))
-        return [_experiment_from_row(body, version) for body, version, _, _ in page], token
+        return [_experiment_or_unreadable(id_, body, version) for body, version, _, id_ in page], token
 
     def claim_idempotency_key(self, key: str, experiment_id: str) -> str:
         check_idempotency_key(key)
@@ -156,6 +163,7 @@ class LocalStore:
     # Trials
 
     def put_trial(self, trial: TrialRecord) -> None:
+        trial = validated(trial)
         check_experiment_id(trial.experiment_id)
         self._db.connection().execute(
             "INSERT INTO trials (experiment_id, number, body) VALUES (?, ?, ?) "
@@ -163,22 +171,34 @@ class LocalStore:
             (trial.experiment_id, trial.number, trial.model_dump_json()),
         )
 
-    def list_trials(self, experiment_id: str) -> list[TrialRecord]:
+    def list_trials(self, experiment_id: str, *, after: int = -1, limit: int | None = None) -> list[TrialRecord]:
         check_experiment_id(experiment_id)
         rows = self._db.connection().execute(
-            "SELECT body FROM trials WHERE experiment_id = ? ORDER BY number", (experiment_id,)
+            "SELECT body FROM trials WHERE experiment_id = ? AND number > ? ORDER BY number LIMIT ?",
+            (experiment_id, max(after, -1), -1 if limit is None else check_limit(limit)),
         )
-        return [TrialRecord.model_validate_json(body) for (body,) in rows]
+        return readable_trials(experiment_id, (body for (body,) in rows))
 
     # Artifacts
 
     def put_artifact(self, experiment_id: str, name: str, data: bytes) -> str:
+        return self.put_artifact_stream(experiment_id, name, [data])
+
+    def put_artifact_stream(self, experiment_id: str, name: str, chunks: Iterable[bytes]) -> str:
+        """Store what ``chunks`` yields under ``name``, written aside and renamed when complete."""
         path = self._artifact_path(experiment_id, name)
-        self._write(path, data)
+        self._write(path, chunks)
         return path.resolve().as_uri()
 
+    def artifact_chunks(self, experiment_id: str, name: str) -> Iterator[bytes]:
+        """The artifact in pieces of at most 4 MiB (``NotFound`` before the first if absent)."""
+        path = self._artifact_path(experiment_id, name)
+        if not path.is_file():
+            raise NotFound(f"artifact {name!r} of experiment {experiment_id!r} not found")
+        return compute.FolderArea(path.parent).chunks(path.name)
+
     def put_secret(self, experiment_id: str, name: str, data: bytes) -> None:
-        self._write(self._secret_path(experiment_id, name), data, mode=0o600)
+        self._write(self._secret_path(experiment_id, name), [data], mode=0o600)
 
     def get_secret(self, experiment_id: str, name: str) -> bytes:
         try:
@@ -189,7 +209,7 @@ class LocalStore:
     def _secret_path(self, experiment_id: str, name: str) -> Path:
         return self.root / "secrets" / check_experiment_id(experiment_id) / check_artifact_name(name)
 
-    def _write(self, path: Path, data: bytes, mode: int | None = None) -> None:
+    def _write(self, path: Path, chunks: Iterable[bytes], mode: int | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp.mkdir(parents=True, exist_ok=True)
         # Write aside, then rename: a reader never sees half a file, concurrent writers: last one wins.
@@ -198,7 +218,8 @@ class LocalStore:
             if mode is not None:
                 os.fchmod(fd, mode)
             with os.fdopen(fd, "wb") as f:
-                f.write(data)
+                for chunk in chunks:
+                    f.write(chunk)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -232,11 +253,14 @@ class LocalStore:
         compute.publish_record(area, self.get_experiment(experiment_id))
         return compute.ComputeCredential(experiment_id, "folder", str(area.root), "", compute.expiry(ttl))
 
-    def ingest_compute_output(self, experiment_id: str, since: datetime | None = None) -> compute.IngestReport:
+    def ingest_compute_output(
+        self, experiment_id: str, since: datetime | None = None, *, seen: str = "", quota_bytes: int | None = None
+    ) -> ingest.IngestReport:
         area = self._area(experiment_id)
         if not area.root.is_dir():
-            return compute.IngestReport(watermark=since)
-        return compute.ingest(self, area, experiment_id, since)
+            return ingest.IngestReport(watermark=since, seen=seen)
+        quota = quota_bytes or ingest.DEFAULT_QUOTA_BYTES
+        return ingest.ingest(self, area, experiment_id, since, seen=seen, quota_bytes=quota)
 
     def revoke_compute_credential(self, experiment_id: str) -> None:
         shutil.rmtree(self._area(experiment_id).root, ignore_errors=True)
@@ -246,5 +270,8 @@ def _experiment_json(record: ExperimentRecord) -> str:
     return record.model_dump_json(exclude={"version"})
 
 
-def _experiment_from_row(body: str, version: int) -> ExperimentRecord:
-    return ExperimentRecord.model_validate_json(body).model_copy(update={"version": str(version)})
+def _experiment_or_unreadable(experiment_id: str, body: str, version: int) -> ExperimentRecord | UnreadableRecord:
+    try:
+        return ExperimentRecord.model_validate_json(body).model_copy(update={"version": str(version)})
+    except ValueError as exc:  # pydantic's ValidationError is one
+        return UnreadableRecord.of(experiment_id, exc)

@@ -15,6 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
+
 from shared.backends.outcome import outcome_status, read_outcome
 from shared.backends.vmcluster.bootscript import (
     VMPlan,
@@ -24,7 +26,7 @@ from shared.backends.vmcluster.bootscript import (
     render_cloud_init,
 )
 from shared.backends.vmcluster.dryrun import VMClusterPlanner
-from shared.backends.vmcluster.exchange import CODE_BLOB, HEARTBEAT_ARTIFACT, build_code_archive, heartbeat_time
+from shared.backends.vmcluster.exchange import CODE_BLOB, HEARTBEAT_ARTIFACT, Heartbeat, build_code_archive
 from shared.backends.vmcluster.handle import VMClusterHandle
 from shared.backends.vmcluster.settings import CLUSTER_PIP_PACKAGES as PIP
 from shared.backends.vmcluster.settings import (
@@ -273,7 +275,9 @@ class VMClusterBackend:
         before = handle = VMClusterHandle.of(record.backend_state)
         if not handle.submitted:
             return RunStatus(RunState.FAILED, error="no head node was recorded for this experiment")
-        handle = self._ingest(record, handle)
+        handle, problem = self._ingest(record, handle)
+        if problem:
+            return _status(before, RunState.FAILED, handle, error=problem)
         outcome = read_outcome(self.store, record.id)
         if outcome is not None:
             return outcome_status(outcome, handle_changes(before, handle))
@@ -312,21 +316,27 @@ class VMClusterBackend:
                     error = f"{error}; boot notes: " + "; ".join(_describe_note(n) for n in notes[:3])
                 return _status(before, RunState.FAILED, handle, error=error + _boot_log_hint(compute, None))
             return _status(before, RunState.PENDING, handle, waiting_for="the head node's first heartbeat")
-        handle = handle.model_copy(update={"heartbeat_at": heartbeat_time(beat)})
+        handle = handle.model_copy(update={"heartbeat_at": beat})
         if handle.seconds_silent() > self.silence_limit_s:
             error = f"the driver's last heartbeat was {handle.seconds_silent():.0f} s ago (head node lost)"
             return _status(before, RunState.FAILED, handle, error=error)
-        return _status(before, RunState.RUNNING, handle, heartbeat=beat, evictions=handle.evictions)
+        return _status(before, RunState.RUNNING, handle, heartbeat=beat.isoformat(), evictions=handle.evictions)
 
-    def _ingest(self, record: ExperimentRecord, handle: VMClusterHandle) -> VMClusterHandle:
-        """Take what the compute wrote since the last poll into the store (validated there)."""
+    def _ingest(self, record: ExperimentRecord, handle: VMClusterHandle) -> tuple[VMClusterHandle, str | None]:
+        """Take what the compute wrote since the last poll into the store (validated and bounded there);
+        the handle with the new watermark, and what was refused, in one line (None when nothing was)."""
         if not handle.area:
-            return handle
-        report = self.store.ingest_compute_output(record.id, since=handle.ingested_until)
-        refused = {k: v for k, v in report.refused.items() if k != CODE_BLOB}
-        if refused:
-            log.warning("experiment %s: the compute wrote what was refused: %s", record.id, refused)
-        return handle.model_copy(update={"ingested_until": report.watermark})
+            return handle, None
+        report = self.store.ingest_compute_output(
+            record.id,
+            since=handle.ingested_until,
+            seen=handle.ingested_seen,
+            quota_bytes=self.settings.max_artifact_bytes,
+        )
+        problem = report.problem()
+        if problem:
+            log.warning("experiment %s: %s", record.id, problem)
+        return handle.model_copy(update={"ingested_until": report.watermark, "ingested_seen": report.seen}), problem
 
     def _boot_notes(self, experiment_id: str) -> list[dict[str, Any]]:
         """What the VMs' ``boot.py`` reported of failed starts (``artifacts/boot/<vm>.json``), newest first."""
@@ -340,12 +350,14 @@ class VMClusterBackend:
                 notes.append(note)
         return sorted(notes, key=lambda n: n["at"] if isinstance(n.get("at"), int | float) else 0, reverse=True)
 
-    def _heartbeat(self, experiment_id: str) -> dict[str, Any] | None:
+    def _heartbeat(self, experiment_id: str) -> datetime | None:
+        """When the driver last said it lives (never later than now: a clock ahead cannot keep a dead
+        driver alive), or None before its first heartbeat or when the document is not one."""
         try:
-            document = json.loads(self.store.get_artifact(experiment_id, HEARTBEAT_ARTIFACT))
-        except (NotFound, ValueError):
+            beat = Heartbeat.model_validate_json(self.store.get_artifact(experiment_id, HEARTBEAT_ARTIFACT))
+        except (NotFound, ValidationError):
             return None
-        return document if isinstance(document, dict) and heartbeat_time(document) else None
+        return min(beat.at, datetime.now(UTC))
 
     def _reconcile_workers(
         self, record: ExperimentRecord, compute: VMClusterCompute, handle: VMClusterHandle, vms: list[Any]
@@ -384,18 +396,23 @@ class VMClusterBackend:
         return handle.model_copy(update=update)
 
     def finalize(self, record: ExperimentRecord) -> HandleUpdate:
-        """The last trials and artifacts (the model among them) into the store."""
+        """The last trials and artifacts (the model among them) into the store; what the compute wrote
+        that was refused fails the run (a ``BackendError`` the state machine turns into FAILED)."""
         handle = VMClusterHandle.of(record.backend_state)
-        return handle_changes(handle, self._ingest(record, handle))
+        after, problem = self._ingest(record, handle)
+        if problem:
+            raise BackendError(problem, retryable=False)
+        return handle_changes(handle, after)
 
     def cancel(self, record: ExperimentRecord) -> HandleUpdate:
         """Publish the CANCELLING record to the compute area (the driver watches it); teardown is the backstop."""
         handle = VMClusterHandle.of(record.backend_state)
-        return handle_changes(handle, self._ingest(record, handle))
+        return handle_changes(handle, self._ingest(record, handle)[0])
 
     def teardown(self, record: ExperimentRecord) -> HandleUpdate:
         """Delete the cluster's VMs, NICs, public IPs and disks (found by tag), the network, and the
-        experiment's compute area (after taking in what it holds), which ends the VMs' credential."""
+        experiment's compute area, which ends the VMs' credential (the state machine revoked it already,
+        before this step read anything: nothing the compute wrote is taken in after the run ended)."""
         from shared.backends.network import teardown_network
         from shared.backends.vm_teardown import delete_cluster_resources, find_cluster_resources
 
@@ -423,7 +440,6 @@ class VMClusterBackend:
                 network_client, resource_group=handle.network.resource_group, handle=handle.network, retry=self.retry
             )
         if handle.area:
-            handle = self._ingest(record, handle)
             self.store.revoke_compute_credential(record.id)
         return handle_changes(before, handle)
 

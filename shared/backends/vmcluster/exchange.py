@@ -16,8 +16,9 @@ published by the store on every ingestion.
 from __future__ import annotations
 
 import zipfile
-from datetime import datetime
 from pathlib import Path
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 CODE_BLOB = "compute/code.zip"
 HEARTBEAT_ARTIFACT = "driver/heartbeat.json"
@@ -35,9 +36,9 @@ def build_code_archive(path: Path, root: Path = ROOT) -> Path:
     return path
 
 
-def heartbeat_time(document: dict[str, object]) -> datetime | None:
-    """The time a heartbeat document names, or None if it names none it can parse."""
-    try:
-        return datetime.fromisoformat(str(document["at"]))
-    except (KeyError, ValueError):
-        return None
+class Heartbeat(BaseModel):
+    """``driver/heartbeat.json`` as the control plane reads it (the compute writes it: parsed, not trusted)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    at: AwareDatetime = Field(description="the driver's clock when it wrote this (UTC)")

@@ -52,6 +52,7 @@ class VMClusterHandle(BackendHandle):
     workers_created: bool = False
     evictions: int = Field(default=0, ge=0, description="worker VMs lost (Spot evictions), each replaced")
     ingested_until: datetime | None = Field(default=None, description="the compute area's ingestion watermark")
+    ingested_seen: str = Field(default="", description="tags of the blobs taken in at the watermark's second")
     heartbeat_at: datetime | None = Field(default=None, description="the driver's last heartbeat")
     last_error: str | None = None
 
