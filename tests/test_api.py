@@ -145,6 +145,32 @@ def test_trials_and_model_routes(client, ctx):
         assert archive.read("model.json") == b'{"trees": []}'
 
 
+def test_trials_come_in_pages_with_folds_on_request(client, ctx):
+    """Issue 20: one GET /trials answered 149 MiB. Pages are small by default (TRIALS_PAGE), the next one
+    is named (Link, X-Next-After), fold detail comes with folds=true, and the CLI's reader follows pages."""
+    from shared.api import TRIALS_PAGE
+    from shared.cli.remote import all_trials
+    from shared.records import FoldResult
+
+    experiment_id = post(client, tiny_spec(limits={"max_total_trials": 250, "max_concurrent_trials": 2})).json()["id"]
+    fold = FoldResult(step=1, scores={"accuracy": 0.8})
+    for number in range(TRIALS_PAGE + 30):
+        trial = TrialRecord(experiment_id=experiment_id, number=number, params={}, state="COMPLETED", folds=[fold])
+        ctx.store.put_trial(trial)
+    base = f"/api/experiments/{experiment_id}/trials"
+    first = client.get(base)
+    assert [t["number"] for t in first.json()] == list(range(TRIALS_PAGE))
+    assert all(t["folds"] == [] for t in first.json())
+    after = first.headers["X-Next-After"]
+    assert after == str(TRIALS_PAGE - 1) and f"after={after}" in first.headers["Link"]
+    rest = client.get(base, params={"after": after, "folds": "true"})
+    assert [t["number"] for t in rest.json()] == list(range(TRIALS_PAGE, TRIALS_PAGE + 30))
+    assert rest.json()[0]["folds"][0]["scores"] == {"accuracy": 0.8} and "X-Next-After" not in rest.headers
+    assert client.get(base, params={"limit": 1001}).status_code == 422
+    numbers = [t["number"] for t in all_trials(client, f"/api/experiments/{experiment_id}", page=50)]
+    assert numbers == list(range(TRIALS_PAGE + 30))
+
+
 def test_delete_cancels_and_finished_experiments_conflict(client, ctx):
     experiment_id = post(client, tiny_spec()).json()["id"]
     response = client.delete(f"/api/experiments/{experiment_id}")

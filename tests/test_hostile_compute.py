@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared.api import create_api, download_model
+from shared.api import create_api
 from shared.backends.arm import RetrySettings
 from shared.backends.network import make_network_client
 from shared.backends.vm_teardown import make_compute_client
@@ -117,7 +117,7 @@ def assert_contained(ctx: Context, hostile: ExperimentRecord, compute: ComputeSt
     assert hostile.torn_down
     with pytest.raises(HttpResponseError):  # the area is gone: the SAS reaches nothing
         compute.area.put("trials/0000000000.json", b"{}")
-    client = TestClient(create_api(context=ctx))
+    client = TestClient(create_api(context=ctx), base_url="http://localhost")
     listed = client.get("/api/experiments")
     assert listed.status_code == 200, listed.text
     assert {item["id"] for item in listed.json()["items"]} >= {hostile.id, bystander}
@@ -177,7 +177,9 @@ def test_infinite_durations_are_refused_and_the_cost_ledger_lists_everyone(ctx: 
     assert "Infinity" in compute.area.get("trials/0000000000.json").decode()
     hostile = poll_and_teardown(ctx, record.id)
     assert "finite" in (hostile.error or "")
-    listed = TestClient(create_api(context=ctx)).get("/api/experiments", params={"status": "RUNNING"})
+    listed = TestClient(create_api(context=ctx), base_url="http://localhost").get(
+        "/api/experiments", params={"status": "RUNNING"}
+    )
     assert listed.status_code == 200 and [i["id"] for i in listed.json()["items"]] == ["exp-bystander"]
     assert_contained(ctx, hostile, compute, "exp-bystander")
 
@@ -190,7 +192,7 @@ def test_extreme_finite_values_are_kept_and_the_charts_draw_what_they_can(ctx: C
     compute.put_artifact(record.id, DRIVER_OUTCOME_ARTIFACT, json.dumps({"status": "FAILED", "error": "x"}).encode())
     hostile = poll_and_teardown(ctx, record.id)
     assert sorted(t.number for t in ctx.store.list_trials(record.id)) == [0, 1, 2]
-    client = TestClient(create_api(context=ctx))
+    client = TestClient(create_api(context=ctx), base_url="http://localhost")
     for chart in ("history", "intermediate", "parallel"):
         svg = client.get(f"/api/experiments/{record.id}/plots/{chart}.svg")
         assert svg.status_code == 200, (chart, svg.text)
@@ -232,12 +234,14 @@ def _traced_peak(ctx: Context, call: Any) -> tuple[Any, int]:
         record, compute = running(ctx, f"exp-warm-{uuid.uuid4().hex[:6]}")
         compute.put_artifact(record.id, DRIVER_OUTCOME_ARTIFACT, b'{"status": "FAILED", "error": "warm-up"}')
         poll_and_teardown(ctx, record.id)
-        TestClient(create_api(context=ctx)).get("/api/experiments")
+        TestClient(create_api(context=ctx), base_url="http://localhost").get("/api/experiments")
         _WARM.append(True)
     tracemalloc.start()
     try:
         result = call()
-        return result, tracemalloc.get_traced_memory()[1]
+        peak = tracemalloc.get_traced_memory()[1]
+        print(f"{getattr(call, '__name__', 'call')}: tracemalloc peak {peak / MIB:.1f} MiB")  # the figure, with -s
+        return result, peak
     finally:
         tracemalloc.stop()
 
@@ -265,11 +269,49 @@ def test_forty_trials_of_megabytes_are_refused_unread(ctx: Context) -> None:
     _many_trials(ctx, count=40, size=int(3.9 * MIB), budget=2)
 
 
+async def _asgi_get(app: Any, path: str, sink: Any) -> int:
+    """Send ``GET path`` to an ASGI ``app`` as a server would; the body goes to ``sink`` as it streams."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"localhost")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("localhost", 80),
+    }
+    status: list[int] = []
+    requested, done = [False], asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        if not requested[0]:
+            requested[0] = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await done.wait()  # the client stays connected until the whole body came
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            status.append(message["status"])
+        elif message["type"] == "http.response.body":
+            sink.write(message.get("body", b""))
+            if not message.get("more_body", False):
+                done.set()
+
+    await app(scope, receive, send)
+    return status[0]
+
+
 def _model_round_trip(ctx: Context, files: int, size: int) -> None:
     """Model blobs of ``size`` bytes are ingested as streams and served as a streamed zip, each in a
     small fraction of their size."""
     record, compute = running(ctx, "exp-model")
-    block = os.urandom(MIB)
+    block = os.urandom(64 * 1024) * 16  # a MiB that deflates (a model's bytes do, somewhat)
     for index in range(files):
         blob = compute.area.container.get_blob_client(f"artifacts/model/part-{index}.bin")
         blob.upload_blob(iter([block] * (size // MIB)), overwrite=True)
@@ -280,17 +322,11 @@ def _model_round_trip(ctx: Context, files: int, size: int) -> None:
     assert len(names) == files
 
     def download() -> int:
-        response = download_model(ctx, record.id)
-        total = 0
+        """GET /model through the ASGI app itself (TestClient would buffer the whole body), into a file."""
         with tempfile.TemporaryFile() as sink:
-
-            async def consume() -> None:
-                nonlocal total
-                async for chunk in response.body_iterator:
-                    total += len(chunk)
-                    sink.write(chunk)
-
-            asyncio.run(consume())
+            status = asyncio.run(_asgi_get(create_api(context=ctx), f"/api/experiments/{record.id}/model", sink))
+            assert status == 200
+            total = sink.tell()
             sink.seek(0)
             with zipfile.ZipFile(sink) as archive:
                 assert archive.testzip() is None
@@ -302,7 +338,7 @@ def _model_round_trip(ctx: Context, files: int, size: int) -> None:
 
 
 def test_model_files_are_copied_and_served_as_streams(ctx: Context) -> None:
-    _model_round_trip(ctx, files=2, size=16 * MIB)
+    _model_round_trip(ctx, files=2, size=24 * MIB)
 
 
 @pytest.mark.slow
@@ -376,7 +412,7 @@ def test_a_stored_record_that_does_not_validate_harms_only_itself(ctx: Context) 
     running(ctx, "exp-bystander")
     record, compute = running(ctx, "exp-bad")
     write_raw_record(ctx.store, record.id, {"error": {"x": True}})
-    client = TestClient(create_api(context=ctx))
+    client = TestClient(create_api(context=ctx), base_url="http://localhost")
     listed = client.get("/api/experiments")
     assert listed.status_code == 200, listed.text
     assert [i["id"] for i in listed.json()["items"]] == ["exp-bystander"]

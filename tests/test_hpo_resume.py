@@ -106,7 +106,9 @@ def test_a_retried_trial_trains_only_the_folds_its_first_attempt_did_not_finish(
     set_context(local_context(tmp_path))  # the API serves the same store: what was resumed is on the record
     try:
         (served,) = (
-            TestClient(create_api(), base_url="http://localhost").get(f"/api/experiments/{retried_id}/trials").json()
+            TestClient(create_api(), base_url="http://localhost")
+            .get(f"/api/experiments/{retried_id}/trials?folds=true")
+            .json()
         )
     finally:
         set_context(None)

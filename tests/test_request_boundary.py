@@ -336,12 +336,14 @@ def test_events_clip_what_the_caller_and_the_compute_wrote(ctx):
     record, _ = submit_experiment(ctx, load_spec(tiny_spec()))
     long_text = "x" * 100_000
     hostile = {f"p{i}": long_text for i in range(10_000)} | {"nan": float("nan"), "huge": HUGE}
-    trial = TrialRecord(
+    # Records refuse all of this since issue 20 (shared/bounded.py); model_construct stands for one stored
+    # before the bounds, so the catalogue's own clipping is still what is tested.
+    trial = TrialRecord.model_construct(
         experiment_id=record.id, number=0, params=hostile, state=TrialState.COMPLETED, value=0.5, engine="e" * 10**5
     )
     record = record.model_copy(
         update={
-            "best": BestTrial(number=0, value=0.5, params=hostile, metrics=hostile),
+            "best": BestTrial.model_construct(number=0, value=0.5, params=hostile, metrics=hostile),
             "history": [*record.history, {"at": "2026-12-04T00:00:00", "status": "FAILED", "reason": "r" * 10**5}],
         }
     )

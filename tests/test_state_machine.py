@@ -217,7 +217,13 @@ def test_sweep_tears_down_finished_experiments_that_missed_teardown(ctx):
     assert sweep(ctx, stall_seconds=0)["teardown"] == [record.id]
     assert deliver(ctx, next_event(ctx)) == "torn down"
     assert ctx.store.get_experiment(record.id).torn_down
-    assert sweep(ctx, stall_seconds=0) == {"redriven": [], "failed": [], "teardown": [], "announced": []}
+    assert sweep(ctx, stall_seconds=0) == {
+        "redriven": [],
+        "failed": [],
+        "teardown": [],
+        "announced": [],
+        "unreadable": [],
+    }
 
 
 def test_cost_guard_cancels_an_experiment_over_its_node_hours(ctx):

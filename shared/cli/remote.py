@@ -126,12 +126,12 @@ def status(experiment_id: str, as_json: Annotated[bool, typer.Option("--json")] 
         console.print(f"  submitted by: {who}", markup=False, highlight=False)
 
 
-def all_trials(client: Any, base: str) -> list[dict[str, Any]]:
+def all_trials(client: Any, base: str, page: int = 1000) -> list[dict[str, Any]]:
     """Every trial of the experiment at ``base``, following ``GET /trials``' pages (``X-Next-After``)."""
     trials: list[dict[str, Any]] = []
     after = -1
     while True:
-        response = _check(client.get(f"{base}/trials", params={"after": after, "limit": 1000}))
+        response = _check(client.get(f"{base}/trials", params={"after": after, "limit": page}))
         trials += response.json()
         following = response.headers.get("X-Next-After")
         if following is None or not trials:

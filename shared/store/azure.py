@@ -342,8 +342,6 @@ class AzureStore:
     def list_trials(self, experiment_id: str, *, after: int = -1, limit: int | None = None) -> list[TrialRecord]:
         check_experiment_id(experiment_id)
         self._ensure()
-        if limit is not None:
-            check_limit(limit)
         entities = self._trials.query_entities(
             "PartitionKey eq @pk and RowKey gt @after",
             parameters={"pk": experiment_id, "after": f"{after:010d}" if after >= 0 else ""},
@@ -355,7 +353,7 @@ class AzureStore:
             if body is None:
                 raise NotFound(f"body blob {entity['BodyBlob']!r} of a trial is missing")
             bodies.append(body)
-            if limit is not None and len(bodies) >= limit:
+            if limit is not None and len(bodies) >= max(limit, 1):
                 break
         return readable_trials(experiment_id, bodies)
 

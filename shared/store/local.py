@@ -175,7 +175,7 @@ class LocalStore:
         check_experiment_id(experiment_id)
         rows = self._db.connection().execute(
             "SELECT body FROM trials WHERE experiment_id = ? AND number > ? ORDER BY number LIMIT ?",
-            (experiment_id, max(after, -1), -1 if limit is None else check_limit(limit)),
+            (experiment_id, max(after, -1), -1 if limit is None else max(limit, 1)),
         )
         return readable_trials(experiment_id, (body for (body,) in rows))
 

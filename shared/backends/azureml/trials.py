@@ -12,6 +12,7 @@ from typing import Any
 from gpu_jobs.params import HYPERPARAMETERS, validate_params
 from shared.backends.azureml.sweep_job import finish_draw
 from shared.backends.azureml.workspace import JobInfo, RunMetrics
+from shared.bounded import MAX_ENTRIES, MAX_NAME
 from shared.records import TrialRecord, TrialState
 from shared.spec import ExperimentSpec
 
@@ -148,7 +149,10 @@ def trial_record(
         duration_s=duration,
         steps=max(history, default=0),
     )
-    metrics = dict(run.metrics) if run is not None else {}
+    # What the trial logged is the compute's word: finite numbers under short names, as many as a record holds.
+    logged = run.metrics.items() if run is not None else ()
+    kept = [(k, v) for k, v in logged if len(k) <= MAX_NAME and isinstance(v, int | float) and math.isfinite(v)]
+    metrics = dict(kept[:MAX_ENTRIES])
     value: float | None = None
     if state is TrialState.COMPLETED:
         final = metrics.get(primary)
