@@ -50,7 +50,9 @@ def ours(spec, workers: int) -> tuple[float, float, list[float]]:
         store.create_experiment(ExperimentRecord(id="exp-bench", name=spec.name, spec=spec.to_document()))
         start = time.perf_counter()
         with (
-            LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+            LocalCluster(
+                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0"
+            ) as cluster,
             Client(cluster) as client,
         ):
             ready = time.perf_counter()

@@ -45,7 +45,7 @@ def make_spec(**sections: Any) -> ExperimentSpec:
 @pytest.fixture(scope="module")
 def client() -> Iterator[Client]:
     with (
-        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0") as cluster,
         Client(cluster) as dask_client,
     ):
         yield dask_client
@@ -120,7 +120,7 @@ def test_a_one_thread_cluster_runs_one_trial_at_a_time_whatever_the_spec_allows(
         limits={"max_total_trials": 3, "max_concurrent_trials": 3},
     )
     with (
-        LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster,
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0") as cluster,
         Client(cluster) as one_thread,
     ):
         experiment_id, outcome = run(store, one_thread, spec)
@@ -303,7 +303,7 @@ def test_a_queued_trial_is_timed_from_its_start_and_its_wait_restarts_no_worker(
         limits={"max_total_trials": 2, "max_concurrent_trials": 2, "trial_timeout": 4},
     )
     with (
-        LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0") as cluster,
         Client(cluster) as one_thread,
     ):
         pid_before = one_thread.run(os.getpid)

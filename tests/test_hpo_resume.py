@@ -40,7 +40,7 @@ MEANS = ("accuracy", "roc_auc", "log_loss")
 @pytest.fixture(scope="module")
 def client() -> Iterator[Client]:
     with (
-        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0") as cluster,
         Client(cluster) as dask_client,
     ):
         yield dask_client
@@ -216,7 +216,7 @@ from shared.store.local import LocalStore
 
 store = LocalStore(Path(sys.argv[1]))
 record = store.get_experiment(sys.argv[2])
-with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0") as cluster:
     with Client(cluster) as client:
         HpoDriver(load_spec(record.spec), record.id, store, client, poll_interval=0.05).run()
 """

@@ -47,7 +47,9 @@ def dask_client(spec: ExperimentSpec) -> Iterator[Client]:
             threads_per_worker=compute.threads_per_worker,
             memory_limit=compute.memory_limit,
             processes=True,
-            dashboard_address=None,
+            # Dask's HTTP endpoints on loopback and a free port: with None they still bind 0.0.0.0:8787, and a
+            # second local experiment warns that the port is taken.
+            dashboard_address="127.0.0.1:0",
             preload=[WORKER_PRELOAD],  # the training stack imported at each worker's start
         ) as cluster,
         Client(cluster) as client,

@@ -1,0 +1,22 @@
+"""The local driver's Dask cluster listens on loopback only, on a free port (two local runs do not collide)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+from shared.hpo.run_driver import dask_client
+from shared.spec import load_spec
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "digits-multiclass.yaml"
+
+
+def test_two_local_clusters_bind_loopback_on_their_own_ports() -> None:
+    spec = load_spec(EXAMPLE.read_text())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # "Port 8787 is already in use" would raise here
+        with dask_client(spec) as first, dask_client(spec) as second:
+            bound = [client.cluster.scheduler.http_server._sockets for client in (first, second)]  # type: ignore[union-attr]
+            addresses = [sock.getsockname() for sockets in bound for sock in sockets.values()]
+    assert {host for host, _port in addresses} == {"127.0.0.1"}
+    assert len({port for _host, port in addresses}) == len(addresses) == 2
