@@ -115,6 +115,7 @@ class ExperimentView(BaseModel):
     backend: str
     progress: Progress
     best: BestTrial | None
+    metric: str = Field(description="the objective's primary metric: what `best.value` measures")
     error: str | None
     timings: Timings
     links: dict[str, str]
@@ -141,6 +142,7 @@ class ExperimentView(BaseModel):
             backend=record.backend,
             progress=Progress(done=record.trials_done, total=record.trials_total),
             best=record.best,
+            metric=record.objective[0],
             error=record.error,
             timings=Timings(
                 created_at=record.created_at,

@@ -261,6 +261,12 @@ class ExperimentRecord(Record):
     compute: ComputeReport = Field(default_factory=ComputeReport, description="from the backend's handle")
     version: str = ""
 
+    @property
+    def objective(self) -> tuple[str, str]:
+        """``(primary_metric, goal)``: what ``best.value`` measures and which way is better."""
+        section = self.spec.get("objective") or {}
+        return str(section.get("primary_metric", "accuracy")), str(section.get("goal", "maximize"))
+
 
 @dataclass(frozen=True)
 class UnreadableRecord:

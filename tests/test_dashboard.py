@@ -222,7 +222,7 @@ def test_watch_view_shows_the_running_trials_beside_the_progress_bar(client):
     console.print(watch_view(data, trials, ["n_estimators", "max_depth"]))
     text = console.export_text()
     assert "RUNNING" in text and "5/7 trials" in text and "━" in text  # the bar
-    running = re.findall(r"│ (\d+) │ RUNNING ", text)
+    running = re.findall(r"│ +(\d+) │ RUNNING ", text)  # right-justified beside the marked best
     assert running == ["5", "6"]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -9,8 +10,22 @@ from rich.console import Console
 
 HELP = "``rapids-hpo``: run an experiment here, serve the API, or talk to a running API (local or Azure)."
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=HELP)
-console = Console()
-err = Console(stderr=True)
+
+PIPE_WIDTH = 250
+"""Columns when the output is a pipe, a file or a CI log: rich would take 80 and cut or wrap tables there."""
+
+
+def make_console(*, stderr: bool = False) -> Console:
+    """A console as wide as the terminal it writes to; into anything else (no terminal to measure) as wide
+    as ``COLUMNS`` says, else :data:`PIPE_WIDTH`, so that no table is cut or wrapped for want of room."""
+    made = Console(stderr=stderr)
+    if not made.is_terminal and not os.environ.get("COLUMNS"):
+        made.width = PIPE_WIDTH
+    return made
+
+
+console = make_console()
+err = make_console(stderr=True)
 
 
 def load_spec_or_exit(path: Path):  # -> ExperimentSpec

@@ -25,9 +25,10 @@ from shared.records import TERMINAL_STATUSES, ExperimentRecord, ExperimentStatus
 
 
 def _describe(record: ExperimentRecord) -> str:
-    metric = record.spec.get("objective", {}).get("primary_metric", "metric")
-    best = f"best {metric}={record.best.value:.4f} (trial {record.best.number})" if record.best else "no result yet"
-    return f"{record.status.value:<12} {best}"
+    from shared.dashboard.terminal import best_text
+
+    best = record.best.model_dump() if record.best else None
+    return f"{record.status.value:<12} {best_text(record.objective[0], best, ended=record.status.terminal)}"
 
 
 @app.command()

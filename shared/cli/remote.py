@@ -109,15 +109,16 @@ def status(experiment_id: str, as_json: Annotated[bool, typer.Option("--json")] 
         console.print_json(json.dumps(data))
         return
     from shared.cost.report import format_cost
+    from shared.dashboard.terminal import experiment_best
     from shared.records import ComputeReport, SubmittedBy
 
-    best = data.get("best")
     cost = format_cost(data.get("cost"))
     console.print(
         f"{data['id']}  {data['status']}  {data['progress']['done']}/{data['progress']['total']} trials"
-        + (f"  best={best['value']:.4f} (trial {best['number']})" if best else "")
+        + f"  {experiment_best(data)}"
         + (f"  {cost}" if cost else "")
-        + (f"  error: {data['error']}" if data.get("error") else "")
+        + (f"  error: {data['error']}" if data.get("error") else ""),
+        markup=False,
     )
     if compute := ComputeReport.model_validate(data.get("compute") or {}).summary():
         console.print(f"  compute: {compute}", markup=False, highlight=False)
@@ -144,7 +145,10 @@ def watch(
     experiment_id: str,
     interval: Annotated[float, typer.Option(help="seconds between refreshes")] = 5.0,
 ) -> None:
-    """Follow an experiment until it ends: progress bar and a live table of its running trials."""
+    """Follow an experiment until it ends: progress bar and a live table of its running trials.
+
+    Exits 0 when it completed; otherwise says why on stderr (the experiment's error, as ``status`` does)
+    and exits 1."""
     from rich.live import Live
 
     from shared.dashboard.terminal import watch_view
@@ -158,8 +162,14 @@ def watch(
                 trials = all_trials(client, base)
                 live.update(watch_view(data, trials, searched), refresh=True)
                 if data["status"] in {s.value for s in TERMINAL_STATUSES}:
-                    raise typer.Exit(0 if data["status"] == "COMPLETED" else 1)
+                    break
                 time.sleep(interval)
+    if data["status"] != "COMPLETED":
+        from rich.markup import escape
+
+        why = escape(data.get("error") or "no error was recorded")
+        err.print(f"[red]{data['status']}:[/red] {why}", highlight=False)
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -124,13 +124,17 @@ def _short(value: float) -> str:
     return f"{value:.4g}"
 
 
+def no_best(ended: bool) -> str:
+    """What stands in for the best trial when none completed: "yet" only while the experiment runs."""
+    return "no completed trial" if ended else "no completed trial yet"
+
+
 def objective(record: ExperimentRecord) -> tuple[str, str]:
     """``(primary_metric, goal)`` of an experiment."""
-    section = record.spec.get("objective") or {}
-    return str(section.get("primary_metric", "accuracy")), str(section.get("goal", "maximize"))
+    return record.objective
 
 
-def history(trials: list[TrialRecord], metric: str, goal: str) -> XYChart:
+def history(trials: list[TrialRecord], metric: str, goal: str, *, ended: bool = False) -> XYChart:
     """Every completed trial's value and the best so far (Optuna's optimization history)."""
     done = sorted((t for t in trials if _scored(t)), key=_number)
     points = [(float(t.number), float(t.value)) for t in done if t.value is not None and drawable(t.value)]
@@ -146,7 +150,7 @@ def history(trials: list[TrialRecord], metric: str, goal: str) -> XYChart:
         "trial",
         metric,
         [Series(metric, points, "scatter", "completed"), Series("best so far", best, "step", "best")],
-        empty="no completed trial yet",
+        empty=no_best(ended),
         left_out=len(done) - len(points),
     )
 
@@ -176,7 +180,9 @@ def intermediate(trials: list[TrialRecord], metric: str) -> XYChart:
     )
 
 
-def parallel(trials: list[TrialRecord], names: list[str], metric: str, goal: str) -> ParallelChart:
+def parallel(
+    trials: list[TrialRecord], names: list[str], metric: str, goal: str, *, ended: bool = False
+) -> ParallelChart:
     """Completed trials across the objective and each searched hyperparameter."""
     scored = [t for t in sorted(trials, key=_number) if _scored(t)]
     done = [t for t in scored if drawable(t.value) and not any(_too_big(v) for v in t.params.values())]
@@ -184,7 +190,8 @@ def parallel(trials: list[TrialRecord], names: list[str], metric: str, goal: str
     done = [t for t in done if all(n in t.params for n in names)]
     axes = [_axis(metric, [t.value for t in done])] + [_axis(n, [t.params[n] for t in done]) for n in names]
     lines = [([t.value, *(t.params[n] for n in names)], float(t.value or 0.0)) for t in done]
-    return ParallelChart("parallel", "Parallel coordinates", axes, lines, goal, left_out=len(scored) - len(done))
+    left_out = len(scored) - len(done)
+    return ParallelChart("parallel", "Parallel coordinates", axes, lines, goal, no_best(ended), left_out)
 
 
 def _too_big(value: Any) -> bool:
@@ -224,9 +231,9 @@ def build_charts(
     metric, goal = objective(record)
     names = list((record.spec.get("search_space") or {}).keys())
     return [
-        history(trials, metric, goal),
+        history(trials, metric, goal, ended=record.status.terminal),
         intermediate(trials, metric),
-        parallel(trials, names, metric, goal),
+        parallel(trials, names, metric, goal, ended=record.status.terminal),
         importances(importance_doc),
     ]
 

@@ -14,7 +14,7 @@ from html import escape
 from typing import Any
 from urllib.parse import urlencode
 
-from shared.dashboard.charts import Chart, build_charts, fold_values, objective
+from shared.dashboard.charts import Chart, build_charts, fold_values, no_best, objective
 from shared.dashboard.svg import render
 from shared.records import ExperimentRecord, TrialRecord, UnreadableRecord
 
@@ -255,7 +255,7 @@ def experiment_page(
     best = (
         f"best {escape(metric)} <b>{_number(record.best.value)}</b> (trial {record.best.number}, {goal})"
         if record.best
-        else "no completed trial yet"
+        else no_best(not live)
     )
     cost = cost_text(record)
     compute = compute_html(record)

@@ -17,7 +17,8 @@ from rich.table import Table
 from rich.text import Text
 
 from shared.cost.report import format_cost
-from shared.records import ComputeReport
+from shared.dashboard.charts import no_best
+from shared.records import ComputeReport, ExperimentStatus
 
 STATE_STYLES = {"RUNNING": "cyan", "COMPLETED": "green", "PRUNED": "yellow", "FAILED": "red", "TIMED_OUT": "red"}
 
@@ -35,18 +36,25 @@ def _value(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else ("" if value is None else str(value))
 
 
-def trials_table(trials: list[dict[str, Any]], searched: list[str], recent: int = 5) -> Table:
-    """The running trials and the last ``recent`` finished ones: params, folds, running mean, value."""
+BEST_MARK = "★"
+
+
+def trials_table(trials: list[dict[str, Any]], searched: list[str], recent: int = 5, best: int | None = None) -> Table:
+    """The running trials, the last ``recent`` finished ones and trial ``best`` (always shown, marked
+    :data:`BEST_MARK` and bold, however long ago it ended): params, folds, running mean, value."""
     names = searched or sorted({k for t in trials for k in t.get("params", {})})
-    table = Table(title="trials", title_justify="left", expand=False)
+    caption = f"{BEST_MARK} best trial" if best is not None else None
+    table = Table(title="trials", title_justify="left", caption=caption, caption_justify="left", expand=False)
     for column in ("#", "state", *names, "folds", "running mean", "value", "elapsed", "attempt"):
-        table.add_column(column, justify="left" if column == "state" else "right")
+        table.add_column(column, justify="left" if column == "state" else "right", no_wrap=True)
     running = [t for t in trials if t["state"] == "RUNNING"]
     ended = [t for t in trials if t["state"] != "RUNNING"][-recent:] if recent else []
-    for t in sorted(running + ended, key=lambda t: t["number"]):
+    shown = {t["number"]: t for t in running + ended + [t for t in trials if t["number"] == best]}
+    for t in sorted(shown.values(), key=lambda t: t["number"]):
         steps = sorted(t.get("intermediate", {}).items(), key=lambda kv: int(kv[0]))
+        marked = t["number"] == best
         table.add_row(
-            str(t["number"]),
+            f"{BEST_MARK} {t['number']}" if marked else str(t["number"]),
             Text(t["state"], style=STATE_STYLES.get(t["state"], "")),
             *(_value(t.get("params", {}).get(n)) for n in names),
             str(len(steps)),
@@ -54,6 +62,7 @@ def trials_table(trials: list[dict[str, Any]], searched: list[str], recent: int 
             _value(t.get("value")),
             _elapsed(t.get("started_at")) if t["state"] == "RUNNING" else f"{t.get('duration_s') or 0:.1f}s",
             str(t.get("attempt", 1)),
+            style="bold" if marked else None,
         )
     return table
 
@@ -70,14 +79,27 @@ def watch_view(experiment: dict[str, Any], trials: list[dict[str, Any]], searche
         (f"{experiment['id']}  ", "dim"),
         (experiment["status"], "bold cyan"),
         f"  {done}/{total} trials  ",
-        (f"best {best['value']:.4f} (trial {best['number']})" if best else "no completed trial yet", "green"),
+        (experiment_best(experiment), "green"),
         "  " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())),
         (f"  {format_cost(experiment.get('cost'))}" if experiment.get("cost") else "", "yellow"),
     )
     bar = ProgressBar(total=max(total, 1), completed=done, width=60)
     compute = ComputeReport.model_validate(experiment.get("compute") or {}).summary()
     lines: list[RenderableType] = [header, Text(f"compute: {compute}", style="dim")] if compute else [header]
-    return Group(*lines, bar, trials_table(trials, searched))
+    return Group(*lines, bar, trials_table(trials, searched, best=best["number"] if best else None))
+
+
+def best_text(metric: str, best: dict[str, Any] | None, *, ended: bool) -> str:
+    """``best accuracy=0.8763 (trial 7)``, or why there is no best trial (no "yet" once ended)."""
+    if best is None:
+        return no_best(ended)
+    return f"best {metric}={best['value']:.4f} (trial {best['number']})"
+
+
+def experiment_best(experiment: dict[str, Any]) -> str:
+    """:func:`best_text` of the API's experiment JSON (``GET /api/experiments/{id}``)."""
+    ended = ExperimentStatus(experiment["status"]).terminal
+    return best_text(experiment.get("metric", "value"), experiment.get("best"), ended=ended)
 
 
 class TrialsProgress(Progress):
