@@ -8,8 +8,12 @@
   returns the positive class's probability ``(n,)`` (binary), ``(n, K)`` probabilities (multiclass) or
   the predicted values ``(n,)`` (regression).
 
-Input, for both: a pandas frame of the *encoded* features (float32 columns named as in training; the codes
-of categorical columns are in ``features.json`` beside the model), described by the model's signature.
+Input, for both: a pandas frame of the *encoded* features (columns named as in training; the codes of
+categorical columns are in ``features.json`` beside the model), described by the model's signature as
+doubles, so that the frame pandas reads from a training CSV of decimals (float64) is taken as it is; float32
+frames are taken too (MLflow upcasts them). MLflow refuses int64 columns against doubles ("cannot safely
+convert"): cast them with ``frame.astype("float64")``. Both models see float32 inside, as in
+training (scikit-learn's trees and XGBoost's matrices convert), so the width of the input changes nothing.
 The MLmodel's ``metadata`` holds the hyperparameters, the metrics, the task, the target classes (the labels
 the probability columns stand for, in order) and the encoding; the signature's output is inferred from the
 model's own prediction, so it states the shape above.
@@ -78,7 +82,7 @@ def save_mlflow_model(
         shutil.rmtree(path)
 
     names = mlflow_feature_names(model, encoding)
-    example = pd.DataFrame(np.zeros((2, len(names)), dtype=np.float32), columns=names)
+    example = pd.DataFrame(np.zeros((2, len(names)), dtype=np.float64), columns=names)  # a signature of doubles
     metadata = {
         "params": dict(params),
         "metrics": logged_metrics(metrics),

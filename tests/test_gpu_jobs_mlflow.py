@@ -197,3 +197,26 @@ def test_the_driver_refit_stores_the_mlflow_model_under_model(tmp_path: Path) ->
     answer = pyfunc_in_a_cpu_process(folder / "model" / MLFLOW_DIR, encoded, tmp_path)
     expected = load_model(folder / "model").predict_proba(encoded)[:, 1]
     np.testing.assert_allclose(answer["predictions"], expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("model", "params", "flavor"), MODELS)
+def test_mlflow_model_takes_the_frame_read_from_its_own_training_csv(
+    tmp_path: Path, model: str, params: dict, flavor: str
+) -> None:
+    """pandas reads a CSV of decimals as float64: the model trained on that CSV takes that frame as read,
+    and predicts what it predicts for the same values as float32 (how training saw them)."""
+    import mlflow.pyfunc
+    from sklearn.datasets import load_breast_cancer
+
+    table = load_breast_cancer(as_frame=True).frame
+    csv = tmp_path / "breast_cancer.csv"
+    table.to_csv(csv, index=False)
+    run_trial(data=str(csv), target="target", model=model, params=params, cv_folds=2, n_jobs=1, output=tmp_path / "o")
+    read = pd.read_csv(csv).drop(columns=["target"])
+    assert set(read.dtypes.astype(str)) == {"float64"}
+    pyfunc = mlflow.pyfunc.load_model(str(tmp_path / "o" / MLFLOW_DIR))
+    as_read = np.asarray(pyfunc.predict(read))
+    as_float32 = np.asarray(pyfunc.predict(read.astype(np.float32)))
+    np.testing.assert_allclose(as_read, as_float32, rtol=1e-6)
+    expected = load_model(tmp_path / "o").predict_proba(read)
+    np.testing.assert_allclose(as_read, expected if flavor == "sklearn" else expected[:, 1], rtol=1e-5)
