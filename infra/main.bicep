@@ -144,7 +144,6 @@ var queueNames = [
 var tableNames = [
   'experiments'
   'trials'
-  'idempotency'
 ]
 var blobContainerNames = [
   'artifacts'

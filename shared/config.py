@@ -19,8 +19,7 @@ POISON_SUFFIX = "-poison"
 # Tables and blob containers.
 TABLE_EXPERIMENTS = "experiments"
 TABLE_TRIALS = "trials"
-TABLE_IDEMPOTENCY = "idempotency"
-TABLES = (TABLE_EXPERIMENTS, TABLE_TRIALS, TABLE_IDEMPOTENCY)
+TABLES = (TABLE_EXPERIMENTS, TABLE_TRIALS)  # idempotency claims are rows of experiments
 CONTAINER_ARTIFACTS = "artifacts"
 CONTAINER_SECRETS = "secrets"
 """Credentials the control plane keeps (a Dask cluster's TLS keys): never listed or served, and out of

@@ -72,8 +72,11 @@ class Store(TrialStore, Protocol):
 
         Raise ``InvalidPageToken`` for a token this store did not make (any shape, size or nesting)."""
 
-    def claim_idempotency_key(self, key: str, experiment_id: str) -> str:
-        """Bind ``key`` to ``experiment_id`` unless already bound; return the id it is bound to."""
+    def create_keyed_experiment(self, record: ExperimentRecord) -> tuple[ExperimentRecord, bool]:
+        """Insert ``record`` and bind its ``idempotency_key`` to it, both or neither (one transaction):
+        ``(record with a version, True)``. If the key is bound already, insert nothing and return
+        ``(the experiment it is bound to, False)``: concurrent calls with one key store one experiment and
+        all return it. Raise ``AlreadyExists`` if the id is taken and the key is not bound."""
 
     def get_artifact(self, experiment_id: str, name: str) -> bytes:
         """Raise ``NotFound`` if absent."""

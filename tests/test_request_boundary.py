@@ -226,6 +226,7 @@ def test_a_transient_failure_is_still_retried(ctx, monkeypatch):
         raise ConnectionError("store down")
 
     monkeypatch.setattr(ctx.store, "create_experiment", unreachable)
+    monkeypatch.setattr(ctx.store, "create_keyed_experiment", unreachable)  # the message id is its key
     with pytest.raises(ConnectionError):  # raised: the host redelivers what may succeed
         take_request_message(ctx, json.dumps(tiny_spec()), message_id="m-1")
     assert ctx.queues.queue(poison_queue_name(QUEUE_REQUESTS)).count() == 0

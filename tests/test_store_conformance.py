@@ -251,10 +251,53 @@ def test_update_that_moves_created_at_moves_the_record_in_the_listing(store: Sto
     assert store.update_experiment(moved.model_copy(update={"trials_done": 2})).trials_done == 2
 
 
-def test_idempotency_key_first_claim_wins(store: Store) -> None:
-    assert store.claim_idempotency_key("client-key/1?#", "exp-1") == "exp-1"
-    assert store.claim_idempotency_key("client-key/1?#", "exp-2") == "exp-1"
-    assert store.claim_idempotency_key("client-key/2", "exp-2") == "exp-2"
+def test_a_keyed_create_binds_its_key_to_one_experiment(store: Store) -> None:
+    first, created = store.create_keyed_experiment(experiment("exp-1", idempotency_key="client-key/1?#"))
+    assert created and same_record(first, experiment("exp-1", idempotency_key="client-key/1?#"))
+    again, created = store.create_keyed_experiment(experiment("exp-2", idempotency_key="client-key/1?#"))
+    assert not created and again.id == "exp-1" and again.version == first.version
+    with pytest.raises(NotFound):  # the replay stored nothing
+        store.get_experiment("exp-2")
+    with pytest.raises(AlreadyExists):  # a taken id with a new key: neither is stored
+        store.create_keyed_experiment(experiment("exp-1", idempotency_key="client-key/2"))
+    bound, created = store.create_keyed_experiment(experiment("exp-3", idempotency_key="client-key/2"))
+    assert created and bound.id == "exp-3"
+    with pytest.raises(ValueError):
+        store.create_keyed_experiment(experiment("exp-4"))  # no key
+
+
+def _race(store: Store, key: str, ids: list[str]) -> tuple[list[tuple[str, bool]], list[BaseException]]:
+    """One thread per id, all released at once, each creating its experiment under ``key``."""
+    barrier = threading.Barrier(len(ids))
+    answers: list[tuple[str, bool]] = []
+    failures: list[BaseException] = []
+
+    def submit(experiment_id: str) -> None:
+        barrier.wait()
+        try:
+            record, created = store.create_keyed_experiment(experiment(experiment_id, idempotency_key=key))
+            answers.append((record.id, created))
+        except BaseException as exc:  # a request lost is the guarantee broken
+            failures.append(exc)
+
+    threads = [threading.Thread(target=submit, args=(experiment_id,)) for experiment_id in ids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return answers, failures
+
+
+def test_one_key_sent_at_once_from_many_threads_stores_one_experiment(store: Store) -> None:
+    writers, rounds = 12, 3
+    for round_number in range(rounds):
+        ids = [f"exp-{round_number}-{writer}" for writer in range(writers)]
+        answers, failures = _race(store, f"raced-{round_number}", ids)
+        assert failures == []
+        assert len({experiment_id for experiment_id, _ in answers}) == 1, answers
+        assert sorted(created for _, created in answers) == [False] * (writers - 1) + [True]
+    stored, _ = store.list_experiments(limit=100)
+    assert len(stored) == rounds
 
 
 def test_trials_are_inserted_replaced_and_listed_by_number(store: Store) -> None:

@@ -67,7 +67,7 @@ resource queueDataContributor 'Microsoft.Authorization/roleAssignments@2022-04-0
   }
 }
 
-// Experiment, trial and idempotency tables (and the host's diagnostic events table).
+// Experiment and trial tables (and the host's diagnostic events table).
 resource tableDataContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(storage.id, principalId, roleIds.storageTableDataContributor)
   scope: storage
@@ -75,7 +75,7 @@ resource tableDataContributor 'Microsoft.Authorization/roleAssignments@2022-04-0
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleIds.storageTableDataContributor)
     principalId: principalId
     principalType: 'ServicePrincipal'
-    description: 'Experiment, trial and idempotency tables.'
+    description: 'Experiment and trial tables.'
   }
 }
 

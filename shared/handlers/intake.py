@@ -85,17 +85,17 @@ def submit_experiment(
     """Store a new experiment, recording who submitted it, and send its first event. Returns ``(record,
     created)``; a retried request (same idempotency key or id) returns the existing experiment with
     ``created=False``. An Entra principal's idempotency keys are their own: another caller's equal key
-    claims a different experiment (a key is no way to read someone else's)."""
+    claims a different experiment (a key is no way to read someone else's).
+
+    Under a key, the key's claim and the experiment are stored in one transaction
+    (:meth:`~shared.ports.Store.create_keyed_experiment`): the first writer makes no other storage round
+    trip than an unkeyed submit, a replay reads the claim and the experiment it names."""
     fresh = experiment_id is None
     experiment_id = experiment_id or new_experiment_id()
     if idempotency_key and submitted_by is not None and submitted_by.object_id:
         idempotency_key = f"{submitted_by.tenant_id}/{submitted_by.object_id}/{idempotency_key}"
     document = spec.to_document()
-    if idempotency_key:
-        claimed = ctx.store.claim_idempotency_key(idempotency_key, experiment_id)
-        fresh = fresh and claimed == experiment_id
-        experiment_id = claimed
-    if not fresh:  # a new random id cannot exist yet: skip the round trip
+    if not fresh and not idempotency_key:  # a new random id cannot exist yet: skip the round trip
         try:
             return _replayed(ctx, ctx.store.get_experiment(experiment_id), document, idempotency_key), False
         except NotFound:
@@ -112,7 +112,13 @@ def submit_experiment(
         history=[{"at": utcnow().isoformat(), "status": S.SUBMITTED.value, "reason": _submitted_reason(spec)}],
     )
     try:  # SUBMITTED is announced with the first step's events (no publish on the HTTP path)
-        record = ctx.store.create_experiment(ctx.announcer.stage_status(record))
+        staged = ctx.announcer.stage_status(record)
+        if idempotency_key:
+            record, created = ctx.store.create_keyed_experiment(staged)
+            if not created:  # the key was bound first, perhaps by a concurrent request
+                return _replayed(ctx, record, document, idempotency_key), False
+        else:
+            record = ctx.store.create_experiment(staged)
     except AlreadyExists:  # a retry, or the store's own retry after a lost reply: the first write won
         return _replayed(ctx, ctx.store.get_experiment(experiment_id), document, idempotency_key), False
     send_event(ctx, EventType.PROVISION, record)

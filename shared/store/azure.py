@@ -13,9 +13,12 @@ Table design (table names from ``shared.config``, optionally prefixed):
   - ``id:<id>``: a pointer (``Key``) to the record's row, for reads by id; creating it is what makes a
     duplicate id fail. The pointer is cached per process; a changed ``created_at`` moves the record row
     and its pointer in one transaction.
+  - ``key:<SHA-256 of an idempotency key>``: the key's claim (``ExperimentId``, and ``Key``, the record
+    row it was created with), inserted in the same transaction as the experiment's two rows, so a key
+    is bound exactly when its experiment exists: the first writer makes one request, a replay reads the
+    claim and the record (the record row through ``Key`` when it has not moved since).
 
 - ``trials``: PartitionKey = experiment id, RowKey = zero-padded trial number (listing is ordered).
-- ``idempotency``: PartitionKey = SHA-256 of the key (any characters allowed), column ``ExperimentId``.
 
 Bodies are ASCII JSON (one character = one UTF-16 unit) split over ``Body0..BodyN`` properties of
 32,000 characters (a property holds 64 KiB); bodies too big for one entity (1 MiB) go to a blob under
@@ -46,7 +49,6 @@ from shared.config import (
     CONTAINER_ARTIFACTS,
     CONTAINER_SECRETS,
     TABLE_EXPERIMENTS,
-    TABLE_IDEMPOTENCY,
     TABLE_TRIALS,
     expand_connection_string,
 )
@@ -71,6 +73,7 @@ from shared.store.ingest import readable_trials
 
 PARTITION = "experiment"
 ID_ROW = "id:"
+KEY_ROW = "key:"
 TIME_ROW = "t:"
 _TIME_ROW_END = "t;"  # the character after ":": the end of the t: range
 
@@ -98,7 +101,7 @@ of gigabytes) stays out of memory; a blob of 50,000 such blocks is still 50 GiB.
 
 
 class AzureStore:
-    """``Store`` on a storage account: tables ``<prefix>experiments|trials|idempotency`` and a container.
+    """``Store`` on a storage account: tables ``<prefix>experiments|trials`` and a container.
 
     ``table_prefix`` and ``container`` let several stores (tests, environments) share one account.
     Tables and the container are created on first use.
@@ -115,15 +118,11 @@ class AzureStore:
     ) -> None:
         self.table_service = table_service
         self.blob_service = blob_service
-        self.table_names = tuple(
-            f"{table_prefix}{name}" for name in (TABLE_EXPERIMENTS, TABLE_TRIALS, TABLE_IDEMPOTENCY)
-        )
+        self.table_names = tuple(f"{table_prefix}{name}" for name in (TABLE_EXPERIMENTS, TABLE_TRIALS))
         for name in self.table_names:
             if not _TABLE_NAME.fullmatch(name):
                 raise ValueError(f"invalid table name {name!r} (prefix {table_prefix!r})")
-        self._experiments, self._trials, self._idempotency = (
-            table_service.get_table_client(name) for name in self.table_names
-        )
+        self._experiments, self._trials = (table_service.get_table_client(name) for name in self.table_names)
         self._container = blob_service.get_container_client(container)
         self._secrets = blob_service.get_container_client(secrets_container)
         self._ready = False
@@ -274,16 +273,30 @@ class AzureStore:
         token = encode_page_token(_ExperimentPage(after=page[-1]["RowKey"])) if len(rows) > limit else None
         return records, token
 
-    def claim_idempotency_key(self, key: str, experiment_id: str) -> str:
-        check_idempotency_key(key)
-        check_experiment_id(experiment_id)
+    def create_keyed_experiment(self, record: ExperimentRecord) -> tuple[ExperimentRecord, bool]:
+        """The claim and the experiment's two rows in one transaction; if it fails on a taken row, the
+        claim (if any) names the experiment to return."""
+        record = validated(record)
+        check_experiment_id(record.id)
+        claim_row = KEY_ROW + hashlib.sha256(check_idempotency_key(record.idempotency_key or "").encode()).hexdigest()
         self._ensure()
-        partition = hashlib.sha256(key.encode()).hexdigest()
+        row_key = _time_row_key(record)
+        entity = self._experiment_entity(record, row_key)
+        claim = {"PartitionKey": PARTITION, "RowKey": claim_row, "ExperimentId": record.id, "Key": row_key}
         try:
-            self._idempotency.create_entity({"PartitionKey": partition, "RowKey": "key", "ExperimentId": experiment_id})
-        except ResourceExistsError:
-            return self._idempotency.get_entity(partition, "key")["ExperimentId"]
-        return experiment_id
+            etags = insert_together(self._experiments, [claim, _pointer(record.id, row_key), entity])
+        except BaseException as exc:
+            self._drop_body_blob(entity)
+            if not isinstance(exc, ResourceExistsError):
+                raise
+            try:
+                bound = self._experiments.get_entity(PARTITION, claim_row)
+            except ResourceNotFoundError:
+                raise AlreadyExists(f"experiment {record.id!r} exists already") from None
+            self._row_keys.setdefault(bound["ExperimentId"], bound["Key"])  # a hint: a moved row is looked up
+            return self.get_experiment(bound["ExperimentId"]), False
+        self._row_keys[record.id] = row_key
+        return record.model_copy(update={"version": etags[2]}), True
 
     def _record_row(self, experiment_id: str) -> Any:
         """The experiment's record row (a ``TableEntity``), through the cached or stored pointer."""

@@ -258,7 +258,7 @@ class ComputeStore:
         return sorted(b.name.removeprefix(ARTIFACTS_PREFIX) for b in self.area.list(ARTIFACTS_PREFIX + prefix))
 
     def __getattr__(self, name: str) -> Any:
-        if name in {"create_experiment", "update_experiment", "list_experiments", "claim_idempotency_key"} | {
+        if name in {"create_experiment", "update_experiment", "list_experiments", "create_keyed_experiment"} | {
             "put_secret",
             "get_secret",
         }:

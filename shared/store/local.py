@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import tempfile
 import uuid
 from collections.abc import Iterable, Iterator
@@ -83,11 +84,14 @@ class LocalStore:
     def create_experiment(self, record: ExperimentRecord) -> ExperimentRecord:
         record = validated(record)  # what is stored reads back (a model_copy validated nothing)
         check_experiment_id(record.id)
-        cursor = self._db.connection().execute(
+        return self._insert(self._db.connection(), record)
+
+    def _insert(self, conn: sqlite3.Connection, record: ExperimentRecord) -> ExperimentRecord:
+        cursor = conn.execute(
             "INSERT OR IGNORE INTO experiments (id, status, created_us, version, body) VALUES (?, ?, ?, 1, ?)",
             (record.id, record.status.value, epoch_micros(record.created_at), _experiment_json(record)),
         )
-        if cursor.rowcount == 0:
+        if cursor.rowcount == 0:  # raised inside a transaction, it rolls the claim back too
             raise AlreadyExists(f"experiment {record.id!r} exists already")
         return record.model_copy(update={"version": "1"})
 
@@ -152,13 +156,21 @@ class LocalStore:
             token = encode_page_token(_ExperimentPage(created_us=page[-1][2], id=page[-1][3]))
         return [_experiment_or_unreadable(id_, body, version) for body, version, _, id_ in page], token
 
-    def claim_idempotency_key(self, key: str, experiment_id: str) -> str:
-        check_idempotency_key(key)
-        check_experiment_id(experiment_id)
-        conn = self._db.connection()
-        conn.execute("INSERT OR IGNORE INTO idempotency (key, experiment_id) VALUES (?, ?)", (key, experiment_id))
-        (bound,) = conn.execute("SELECT experiment_id FROM idempotency WHERE key = ?", (key,)).fetchone()
-        return bound
+    def create_keyed_experiment(self, record: ExperimentRecord) -> tuple[ExperimentRecord, bool]:
+        """One ``BEGIN IMMEDIATE`` transaction: the claim and the insert, or the bound experiment's id."""
+        record = validated(record)
+        check_experiment_id(record.id)
+        key = check_idempotency_key(record.idempotency_key or "")
+        with self._db.transaction() as conn:
+            row = conn.execute("SELECT experiment_id FROM idempotency WHERE key = ?", (key,)).fetchone()
+            if row is None:
+                conn.execute("INSERT INTO idempotency (key, experiment_id) VALUES (?, ?)", (key, record.id))
+                return self._insert(conn, record), True
+            bound: str = row[0]
+            if conn.execute("SELECT 1 FROM experiments WHERE id = ?", (bound,)).fetchone() is None:
+                # bound by an earlier version's writer that stopped between its claim and its insert
+                return self._insert(conn, record.model_copy(update={"id": bound})), True
+        return self.get_experiment(bound), False
 
     # Trials
 
