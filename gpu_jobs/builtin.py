@@ -14,6 +14,8 @@ imports nothing heavy (the control plane reads it).
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from gpu_jobs.errors import UserError
@@ -41,6 +43,33 @@ BUILTIN_TARGETS: dict[str, dict[str, Task]] = {
     "digits": {DIGITS_TARGET: "multiclass"},
 }
 """Each built-in table's target columns and the task each poses."""
+
+
+@dataclass(frozen=True)
+class Derivation:
+    """A feature column a built-in loader computes from other columns of the raw table."""
+
+    sources: tuple[str, ...]
+    compute: Callable[[pd.DataFrame], pd.Series]
+
+
+def _day_of_week(frame: pd.DataFrame) -> pd.Series:
+    """Monday = 0, from the ``year``, ``month`` and ``day`` columns."""
+    import pandas as pd
+
+    return pd.to_datetime(frame[["year", "month", "day"]]).dt.day_of_week
+
+
+DERIVATIONS: dict[str, Derivation] = {
+    "nycflights13.day_of_week": Derivation(("year", "month", "day"), _day_of_week),
+}
+"""Every derivation a built-in loader applies, by the name a model's encoding records it under
+(:attr:`gpu_jobs.encoding.FeatureEncoding.derived`): a prediction on raw rows derives the column again."""
+
+
+def builtin_derived(uri: str) -> dict[str, str]:
+    """The feature columns the loader of ``uri`` derives, each with its :data:`DERIVATIONS` name."""
+    return {"day_of_week": "nycflights13.day_of_week"} if uri.rstrip("/") == FLIGHTS_URI else {}
 
 
 def builtin_task(uri: str, target: str) -> Task:
@@ -78,7 +107,7 @@ def flights_table() -> pd.DataFrame:
     arrival_delay = flights["arr_delay"]
     delayed = pd.Series(arrival_delay > ARR_DELAY_THRESHOLD_MINUTES, dtype="boolean")
     delayed[arrival_delay.isna()] = pd.NA
-    day_of_week = pd.to_datetime(flights[["year", "month", "day"]]).dt.day_of_week
+    day_of_week = DERIVATIONS["nycflights13.day_of_week"].compute(flights)
     table = flights.drop(columns=[*FLIGHTS_LEAKAGE_COLUMNS, *FLIGHTS_IDENTIFIER_COLUMNS, FLIGHTS_DELAY_TARGET])
     table.insert(table.columns.get_loc("day") + 1, "day_of_week", day_of_week)
     table[FLIGHTS_TARGET] = delayed

