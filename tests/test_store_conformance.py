@@ -266,6 +266,28 @@ def test_a_keyed_create_binds_its_key_to_one_experiment(store: Store) -> None:
         store.create_keyed_experiment(experiment("exp-4"))  # no key
 
 
+def _another_instance(store: Store) -> Store:
+    """A second adapter on the same storage, as another process or Function App instance has."""
+    if isinstance(store, LocalStore):
+        return LocalStore(store.root)
+    assert isinstance(store, AzureStore)
+    return AzureStore(
+        store.table_service,
+        store.blob_service,
+        table_prefix=store.table_names[0].removesuffix("experiments"),
+        container=store.container_name,
+        secrets_container=store.secrets_container_name,
+    )
+
+
+def test_a_key_claimed_by_another_instance_replays_its_experiment(store: Store) -> None:
+    first, _ = store.create_keyed_experiment(experiment("exp-1", idempotency_key="k"))
+    again, created = _another_instance(store).create_keyed_experiment(experiment("exp-2", idempotency_key="k"))
+    assert not created and again.id == "exp-1" and again.version == first.version
+    with pytest.raises(NotFound):
+        store.get_experiment("exp-2")
+
+
 def _race(store: Store, key: str, ids: list[str]) -> tuple[list[tuple[str, bool]], list[BaseException]]:
     """One thread per id, all released at once, each creating its experiment under ``key``."""
     barrier = threading.Barrier(len(ids))

@@ -74,6 +74,8 @@ from shared.store.ingest import readable_trials
 PARTITION = "experiment"
 ID_ROW = "id:"
 KEY_ROW = "key:"
+CLAIMS_REMEMBERED = 20_000
+"""Idempotency claims an ``AzureStore`` keeps in memory (a few MB at most)."""
 TIME_ROW = "t:"
 _TIME_ROW_END = "t;"  # the character after ":": the end of the t: range
 
@@ -128,6 +130,8 @@ class AzureStore:
         self._ready = False
         self._lock = threading.Lock()
         self._row_keys: dict[str, str] = {}
+        self._claims: dict[str, str] = {}  # claim row -> experiment id: claims never change or go
+        self._claims_lock = threading.Lock()
 
     @classmethod
     def from_connection_string(cls, connection_string: str, **kwargs: Any) -> AzureStore:
@@ -275,11 +279,15 @@ class AzureStore:
 
     def create_keyed_experiment(self, record: ExperimentRecord) -> tuple[ExperimentRecord, bool]:
         """The claim and the experiment's two rows in one transaction; if it fails on a taken row, the
-        claim (if any) names the experiment to return."""
+        claim (if any) names the experiment to return. A claim this process has written or read is
+        remembered (claims are never changed or deleted), so its replays read only the record."""
         record = validated(record)
         check_experiment_id(record.id)
         claim_row = KEY_ROW + hashlib.sha256(check_idempotency_key(record.idempotency_key or "").encode()).hexdigest()
         self._ensure()
+        known = self._claims.get(claim_row)
+        if known is not None:
+            return self.get_experiment(known), False
         row_key = _time_row_key(record)
         entity = self._experiment_entity(record, row_key)
         claim = {"PartitionKey": PARTITION, "RowKey": claim_row, "ExperimentId": record.id, "Key": row_key}
@@ -294,9 +302,18 @@ class AzureStore:
             except ResourceNotFoundError:
                 raise AlreadyExists(f"experiment {record.id!r} exists already") from None
             self._row_keys.setdefault(bound["ExperimentId"], bound["Key"])  # a hint: a moved row is looked up
+            self._remember_claim(claim_row, bound["ExperimentId"])
             return self.get_experiment(bound["ExperimentId"]), False
         self._row_keys[record.id] = row_key
+        self._remember_claim(claim_row, record.id)
         return record.model_copy(update={"version": etags[2]}), True
+
+    def _remember_claim(self, claim_row: str, experiment_id: str) -> None:
+        """Keep the newest :data:`CLAIMS_REMEMBERED` claims (a retry comes soon after its first send)."""
+        with self._claims_lock:
+            self._claims[claim_row] = experiment_id
+            if len(self._claims) > CLAIMS_REMEMBERED:
+                del self._claims[next(iter(self._claims))]
 
     def _record_row(self, experiment_id: str) -> Any:
         """The experiment's record row (a ``TableEntity``), through the cached or stored pointer."""
