@@ -41,6 +41,8 @@ class TrialState(StrEnum):
     PRUNED = "PRUNED"
     FAILED = "FAILED"
     TIMED_OUT = "TIMED_OUT"
+    CANCELLED = "CANCELLED"
+    """Stopped because its experiment was cancelled: no fault of the trial, and no result."""
 
     @property
     def finished(self) -> bool:

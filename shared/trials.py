@@ -9,16 +9,18 @@ from shared.ports import TrialStore
 from shared.records import TrialRecord, TrialState, updated, utcnow
 
 
-def fail_running_trials(store: TrialStore, experiment_id: str, error: str) -> list[TrialRecord]:
-    """Mark every trial still RUNNING in the store FAILED with ``error`` (nothing can still run it);
-    return the records written."""
+def end_running_trials(
+    store: TrialStore, experiment_id: str, error: str, state: TrialState = TrialState.FAILED
+) -> list[TrialRecord]:
+    """Mark every trial still RUNNING in the store ``state`` (FAILED, or CANCELLED when the experiment was)
+    with ``error`` (nothing can still run it); return the records written."""
     now = utcnow()
     written: list[TrialRecord] = []
     for trial in store.list_trials(experiment_id):
         if trial.state is TrialState.RUNNING:
             failed = updated(
                 trial,
-                state=TrialState.FAILED,
+                state=state,
                 error=error,
                 ended_at=now,
                 duration_s=max((now - trial.started_at).total_seconds(), 0.0),

@@ -870,7 +870,8 @@ def test_a_queued_trial_without_any_params_claims_no_defaults(ctx: Context, fake
     [
         (None, "Running", TrialState.FAILED),  # nothing could prune it: cancelled by a person
         ({"type": "median_stopping"}, "Completed", TrialState.PRUNED),
-        ({"type": "median_stopping"}, "Canceled", TrialState.FAILED),  # cancelled with the sweep
+        ({"type": "median_stopping"}, "Canceled", TrialState.CANCELLED),  # cancelled with the sweep
+        ({"type": "median_stopping"}, "Failed", TrialState.FAILED),  # the sweep failed: not a cancel
     ],
 )
 def test_why_a_trial_was_cancelled(
@@ -974,7 +975,7 @@ def test_cancel_stops_the_sweep_and_ends_running_trials(ctx: Context, fake: Fake
     backend.cancel(record)
     assert ("cancel", JOB) in fake.calls
     states = [(t.state, t.error) for t in ctx.store.list_trials(EXP)]
-    assert states == [(TrialState.COMPLETED, None), (TrialState.FAILED, "cancelled with the experiment")]
+    assert states == [(TrialState.COMPLETED, None), (TrialState.CANCELLED, "cancelled with the experiment")]
     backend.cancel(record)  # CancelRequested already: not asked twice
     assert fake.calls.count(("cancel", JOB)) == 1
 

@@ -226,7 +226,7 @@ def test_lifecycle_through_the_state_machine(workspace: AzureMLStandIn, tmp_path
     assert ctx.store.get_experiment(second).status is ExperimentStatus.CANCELLED
     assert len(workspace.calls("POST", f"/jobs/{job_name_for(second)}/cancel")) == 1
     assert workspace.sweeps[job_name_for(second)].statuses[-1] == "Canceled"
-    assert [t.state for t in ctx.store.list_trials(second)] == [TrialState.FAILED]
+    assert [t.state for t in ctx.store.list_trials(second)] == [TrialState.CANCELLED]
 
 
 def test_a_data_asset_is_looked_up_and_bound_with_its_type(workspace: AzureMLStandIn, tmp_path: Path) -> None:

@@ -251,7 +251,7 @@ def test_cancel_stops_running_trials(store, client):
     _, outcome = run(store, client, spec, experiment_id, should_cancel=cancel_once_trials_run)
     assert outcome.status == "CANCELLED"
     trials = store.list_trials(experiment_id)
-    assert trials and all(t.error == "cancelled" and t.state is TrialState.FAILED for t in trials)
+    assert trials and all(t.error == "cancelled" and t.state is TrialState.CANCELLED for t in trials)
     assert len(trials) <= spec.limits.max_concurrent_trials  # nothing launched after the cancel
 
 

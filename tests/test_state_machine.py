@@ -144,6 +144,22 @@ def test_cancel_while_running_stops_the_run_and_tears_down(ctx):
     assert request_cancel(ctx, record.id).status is S.CANCELLED  # idempotent on terminal
 
 
+def test_trials_a_cancel_stops_end_cancelled_and_count_as_no_progress(ctx):
+    record = submit(ctx)
+    backend(ctx).polls = [RunState.RUNNING]
+    for _ in range(3):
+        deliver(ctx, next_event(ctx))
+    running = TrialRecord(experiment_id=record.id, number=0, params={"max_depth": 4}, state=TrialState.RUNNING)
+    ctx.store.put_trial(running)
+    request_cancel(ctx, record.id)
+    next_event(ctx)  # the poll the cancel overtook
+    assert deliver(ctx, next_event(ctx)) == "cancelled"
+    assert deliver(ctx, next_event(ctx)) == "torn down"
+    (trial,) = ctx.store.list_trials(record.id)
+    assert trial.state is TrialState.CANCELLED and trial.error == "stopped: experiment CANCELLED" and trial.ended_at
+    assert ctx.store.get_experiment(record.id).trials_done == 0
+
+
 def test_run_failure_ends_failed_with_the_reason(ctx):
     record = submit(ctx)
     backend(ctx).polls = [RunState.FAILED]

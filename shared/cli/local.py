@@ -72,7 +72,8 @@ def run(
             while not stop.wait(1.0):
                 current = ctx.store.get_experiment(record.id)
                 trials = ctx.store.list_trials(record.id)
-                done = sum(1 for t in trials if t.state not in {TrialState.RUNNING, TrialState.FAILED})
+                no_result = {TrialState.RUNNING, TrialState.FAILED, TrialState.CANCELLED}
+                done = sum(1 for t in trials if t.state not in no_result)
                 rows = [t.model_dump(mode="json") for t in trials]
                 running = any(t.state is TrialState.RUNNING for t in trials)
                 progress.trials = trials_table(rows, searched, recent=0) if running else None

@@ -164,7 +164,8 @@ def intermediate(trials: list[TrialRecord], metric: str) -> XYChart:
         points = sorted((float(step), float(v)) for step, v in trial.intermediate.items() if drawable(v))
         left_out += len(trial.intermediate) - len(points)
         if points:
-            style: Style = trial.state.value.lower() if trial.state.value != "TIMED_OUT" else "failed"  # type: ignore[assignment]
+            ended_badly = trial.state in {TrialState.TIMED_OUT, TrialState.CANCELLED}
+            style: Style = "failed" if ended_badly else trial.state.value.lower()  # type: ignore[assignment]
             series.append(
                 Series(
                     f"trial {trial.number}",

@@ -30,8 +30,10 @@ STATES = {
     TrialState.PRUNED: OptunaState.PRUNED,
     TrialState.FAILED: OptunaState.FAIL,
     TrialState.TIMED_OUT: OptunaState.FAIL,
+    TrialState.CANCELLED: OptunaState.FAIL,
 }
-"""Our trial states as Optuna's (Optuna has no TIMED_OUT: a timed-out trial FAILed, its reason kept)."""
+"""Our trial states as Optuna's (Optuna has no TIMED_OUT or CANCELLED: such a trial FAILed, its reason and
+our state kept in its user attributes)."""
 
 
 def frozen_trial(record: TrialRecord, spec: ExperimentSpec) -> FrozenTrial:

@@ -20,7 +20,14 @@ from shared.cost.report import format_cost
 from shared.dashboard.charts import no_best
 from shared.records import ComputeReport, ExperimentStatus
 
-STATE_STYLES = {"RUNNING": "cyan", "COMPLETED": "green", "PRUNED": "yellow", "FAILED": "red", "TIMED_OUT": "red"}
+STATE_STYLES = {
+    "RUNNING": "cyan",
+    "COMPLETED": "green",
+    "PRUNED": "yellow",
+    "FAILED": "red",
+    "TIMED_OUT": "red",
+    "CANCELLED": "dim",
+}
 
 
 def _elapsed(started: str | None) -> str:

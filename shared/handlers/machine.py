@@ -35,7 +35,7 @@ from shared.records import (
     utcnow,
 )
 from shared.spec import ExperimentSpec
-from shared.trials import counts_by_state, fail_running_trials
+from shared.trials import counts_by_state, end_running_trials
 
 log = logging.getLogger(__name__)
 
@@ -174,12 +174,12 @@ def progress_updates(ctx: Context, record: ExperimentRecord) -> dict[str, Any]:
     """Progress fields from the trial records: done/total, best so far, last progress time, and the
     events of trials finished since the last step (the compute writes trials; we learn of them here).
 
-    ``trials_done`` counts the trials that ended with a result (completed, pruned, timed out): a failed
-    attempt is no progress towards the budget's answer, so a run whose trials all fail shows 0/N, not N/N.
+    ``trials_done`` counts the trials that ended with a result (completed, pruned, timed out): a failed or
+    cancelled attempt is no progress towards the budget's answer, so a run whose trials all fail shows 0/N, not N/N.
     Any trial ending, failed or not, still shows the run is alive (``last_progress_at``)."""
     spec = record.spec
     trials = ctx.store.list_trials(record.id)
-    unfinished = {TrialState.RUNNING.value, TrialState.FAILED.value}
+    unfinished = {TrialState.RUNNING.value, TrialState.FAILED.value, TrialState.CANCELLED.value}
     done = sum(n for state, n in counts_by_state(trials).items() if state not in unfinished)
     goal = spec.get("objective", {}).get("goal", "maximize")
     updates: dict[str, Any] = {"trials_done": done, "best": best_of(trials, goal) or record.best}
@@ -318,7 +318,8 @@ def _teardown(ctx: Context, record: ExperimentRecord) -> str:
         backend = ctx.backend(record.backend)
         handle = merge_handle(backend, record.backend_state, backend.teardown(record))
     # The compute is gone: nothing can still be running.
-    fail_running_trials(ctx.store, record.id, f"stopped: experiment {record.status.value}")
+    stopped = TrialState.CANCELLED if record.status is S.CANCELLED else TrialState.FAILED
+    end_running_trials(ctx.store, record.id, f"stopped: experiment {record.status.value}", stopped)
     trials = ctx.store.list_trials(record.id)
     if not record.status_emitted:
         ctx.status_queue.send(status_message(record))

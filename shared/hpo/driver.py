@@ -57,7 +57,7 @@ from shared.hpo.trial_task import (
 from shared.ports import TrialStore
 from shared.records import BestTrial, TrialRecord, TrialState, best_of, utcnow
 from shared.spec import ExperimentSpec
-from shared.trials import fail_running_trials
+from shared.trials import end_running_trials
 
 log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -138,7 +138,7 @@ class HpoDriver:
     # ----------------------------------------------------------------------------------------- resume
     def _resume(self) -> None:
         """Rebuild the study from the store: keep finished trials, retry interrupted ones once."""
-        interrupted = {t.number for t in fail_running_trials(self.store, self.experiment_id, INTERRUPTED)}
+        interrupted = {t.number for t in end_running_trials(self.store, self.experiment_id, INTERRUPTED)}
         for record in self.store.list_trials(self.experiment_id):
             if record.number in interrupted and record.attempt == 1:
                 self._retry.append(record)
@@ -425,7 +425,7 @@ class HpoDriver:
             elif reason == "budget":
                 result = self._stopped(running, TrialState.FAILED, "stopped: the budget (limits.max_cost) was reached")
             else:
-                result = self._stopped(running, TrialState.FAILED, "cancelled")
+                result = self._stopped(running, TrialState.CANCELLED, "cancelled")
             self._finish(running, result)
 
     def _stop_event(self, running: _Running) -> None:

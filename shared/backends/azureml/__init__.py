@@ -42,8 +42,8 @@ Decisions AzureML leaves to us, each documented where it is made:
   ``mlflow-skinny`` and ``azureml-mlflow`` beside the control plane (:meth:`AzureMLClient.child_metrics`).
 * **Why a trial was cancelled** (AzureML reports ``Canceled`` for all of these), in this order: its run
   lasted ``trial_timeout`` -> TIMED_OUT; the sweep itself hit ``limits.timeout`` -> TIMED_OUT; the sweep was
-  cancelled or failed -> FAILED; an early-termination policy is configured -> PRUNED (nothing else cancels
-  single trials of a running sweep, bar a person in the studio); no policy -> FAILED. A child in
+  cancelled -> CANCELLED, or failed -> FAILED; an early-termination policy is configured -> PRUNED (nothing
+  else cancels single trials of a running sweep, bar a person in the studio); no policy -> FAILED. A child in
   ``CancelRequested`` stays RUNNING until it is ``Canceled``.
 * **The best trial** is ranked on the final CV mean (each trial's last logged value) over the synced trial
   records, as ``shared.records.best_of`` ranks them for the other backends. The sweep's
@@ -52,7 +52,7 @@ Decisions AzureML leaves to us, each documented where it is made:
   "best of the splits" defect. With no completed trial nothing is downloaded.
 * **Teardown** deletes nothing: an AmlCompute cluster scales to ``min_instances`` (0 by default, which costs
   nothing) after ``idle_time_before_scale_down`` and may serve other experiments. It cancels the sweep if it
-  is still running, and marks trials still RUNNING in the store as FAILED.
+  is still running, and marks trials still RUNNING in the store as FAILED (CANCELLED after a cancel).
 """
 
 from shared.backends.azureml.backend import SWEEP_STATES, AzureMLBackend, AzureMLHandle, ClientFactory

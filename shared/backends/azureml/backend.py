@@ -31,10 +31,10 @@ from shared.compute_spec import AzureMLCompute
 from shared.config import MODEL_PREFIX, Settings
 from shared.errors import BackendError
 from shared.ports import BackendHandle, Capabilities, HandleUpdate, RunState, RunStatus, Store, handle_changes
-from shared.records import ComputeReport, ExperimentRecord, TrialRecord, best_of, utcnow
+from shared.records import ComputeReport, ExperimentRecord, TrialRecord, TrialState, best_of, utcnow
 from shared.spec import ExperimentSpec
 from shared.spec.sections import azureml_uri_form
-from shared.trials import counts_by_state, fail_running_trials
+from shared.trials import counts_by_state, end_running_trials
 
 # AzureML job statuses (azure.ai.ml's JobStatus values) -> the sweep's run state.
 SWEEP_STATES: dict[str, RunState] = {
@@ -243,8 +243,8 @@ class AzureMLBackend:
         return _changes(record, handle)
 
     def cancel(self, record: ExperimentRecord) -> HandleUpdate:
-        """Cancel the sweep (AzureML cancels its trials); trials still RUNNING in the store end FAILED."""
-        self._stop(record, "cancelled with the experiment")
+        """Cancel the sweep (AzureML cancels its trials); trials still RUNNING in the store end CANCELLED."""
+        self._stop(record, "cancelled with the experiment", TrialState.CANCELLED)
         return {}
 
     def teardown(self, record: ExperimentRecord) -> HandleUpdate:
@@ -262,14 +262,14 @@ class AzureMLBackend:
             return None
         return model_problem(register.name, client.model_tags(register.name), self.scope)
 
-    def _stop(self, record: ExperimentRecord, reason: str) -> None:
+    def _stop(self, record: ExperimentRecord, reason: str, state: TrialState = TrialState.FAILED) -> None:
         if not AzureMLHandle.model_validate(record.backend_state).job_name:
             return
         _, client, job_name = self._setup(record)
         sweep = client.find(job_name)
         if sweep is not None and sweep.status not in TERMINAL_JOB_STATUSES and sweep.status != "CancelRequested":
             client.cancel(job_name)
-        fail_running_trials(self.store, record.id, reason)
+        end_running_trials(self.store, record.id, reason, state)
 
     def _sync_trials(
         self,

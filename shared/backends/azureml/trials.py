@@ -100,7 +100,8 @@ def child_state(
     if sweep_timed_out:
         return TrialState.TIMED_OUT, f"stopped at the experiment timeout ({spec.limits.timeout} s)"
     if sweep_status in _STOPPED_SWEEP:
-        return TrialState.FAILED, f"cancelled with the sweep job (sweep status {sweep_status})"
+        state = TrialState.FAILED if sweep_status == "Failed" else TrialState.CANCELLED
+        return state, f"cancelled with the sweep job (sweep status {sweep_status})"
     if spec.early_termination is not None:
         return TrialState.PRUNED, f"stopped by the {spec.early_termination.type} policy after step {steps}"
     return TrialState.FAILED, "cancelled outside the control plane (no early-termination policy is set)"
