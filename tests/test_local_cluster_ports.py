@@ -5,6 +5,8 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import yaml
+
 from shared.hpo.run_driver import dask_client
 from shared.spec import load_spec
 
@@ -12,7 +14,9 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "digits-multiclass.
 
 
 def test_two_local_clusters_bind_loopback_on_their_own_ports() -> None:
-    spec = load_spec(EXAMPLE.read_text())
+    document = yaml.safe_load(EXAMPLE.read_text())
+    document["compute"] = {"backend": "local", "n_workers": 1, "threads_per_worker": 1}
+    spec = load_spec(document)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # "Port 8787 is already in use" would raise here
         with dask_client(spec) as first, dask_client(spec) as second:

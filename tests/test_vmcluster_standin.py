@@ -235,6 +235,7 @@ def seed_control_plane_network(arm: FakeArm) -> str:
     return str(vnet["id"])
 
 
+@pytest.mark.slow  # ~15 s each; the lifecycle test above keeps the strict stand-ins in the default run
 def test_boot_files_are_the_image_users_the_vms_have_a_way_out_and_pulls_are_retried(
     backend: VMClusterBackend, standin: VMStandIn, arm: FakeArm, store: AzureStore
 ) -> None:
@@ -259,6 +260,7 @@ def test_boot_files_are_the_image_users_the_vms_have_a_way_out_and_pulls_are_ret
     assert not arm.of_type("natGateways") and not arm.of_type("publicIPAddresses")
 
 
+@pytest.mark.slow  # ~15 s each; the lifecycle test above keeps the strict stand-ins in the default run
 def test_a_run_on_the_control_planes_dask_subnet_needs_no_role_above_the_subnet(
     backend: VMClusterBackend, standin: VMStandIn, arm: FakeArm
 ) -> None:
