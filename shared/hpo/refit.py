@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -14,16 +15,31 @@ from shared.records import BestTrial
 from shared.spec import ExperimentSpec
 
 
-def refit_task(kwargs: dict[str, Any]) -> dict[str, Any]:
+def refit_task(kwargs: dict[str, Any], cross_validation: dict[str, Any] | None = None) -> dict[str, Any]:
     """Refit on all rows in a temporary folder; return the metrics and the model's files as bytes, so
-    the model reaches the store from any worker, local or remote."""
+    the model reaches the store from any worker, local or remote.
+
+    The files' ``metrics.json`` names the model's files relative to itself (the folder is gone once this
+    returns) and, under ``cross_validation``, carries the scores that chose these parameters (the refit
+    itself is scored on nothing: every row trained it)."""
+    from gpu_jobs.model_files import METRICS_FILE
     from gpu_jobs.train import fit_final_model
 
     with tempfile.TemporaryDirectory(prefix="rapids-hpo-refit-") as folder:
-        metrics = fit_final_model(**kwargs, output=folder)
         root = Path(folder)
+        metrics = {name: _inside(value, root) for name, value in fit_final_model(**kwargs, output=folder).items()}
+        if cross_validation is not None:
+            metrics["cross_validation"] = cross_validation
+        (root / METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         files = {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
     return {"metrics": metrics, "files": files}
+
+
+def _inside(value: Any, root: Path) -> Any:
+    """A path under ``root`` as relative to it (``model.json``); anything else as it is."""
+    if isinstance(value, str) and Path(value).is_relative_to(root):
+        return Path(value).relative_to(root).as_posix() or "."
+    return value
 
 
 def refit_best_model(
@@ -43,7 +59,13 @@ def refit_best_model(
         "data_format": spec.dataset.format,
         "max_rows": spec.dataset.max_rows,
     }
-    result = client.submit(refit_task, kwargs, pure=False).result()
+    cross_validation = {
+        "trial": best.number,
+        "primary_metric": spec.objective.primary_metric,
+        "value": best.value,
+        "metrics": best.metrics,
+    }
+    result = client.submit(refit_task, kwargs, cross_validation, pure=False).result()
     uri = None
     for name, data in sorted(result["files"].items()):
         uri = store.put_artifact(experiment_id, f"{MODEL_PREFIX}{name}", data)
