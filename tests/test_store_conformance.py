@@ -288,6 +288,17 @@ def test_a_key_claimed_by_another_instance_replays_its_experiment(store: Store) 
         store.get_experiment("exp-2")
 
 
+def test_a_local_claim_left_without_its_experiment_gets_it(tmp_path: Path) -> None:
+    """An earlier version claimed, then inserted: a writer that stopped between the two left a bare claim,
+    and the next request with the key creates the experiment under the claimed id."""
+    store = LocalStore(tmp_path / "store")
+    store._db.connection().execute("INSERT INTO idempotency (key, experiment_id) VALUES ('k', 'exp-claimed')")
+    record, created = store.create_keyed_experiment(experiment("exp-new", idempotency_key="k"))
+    assert created and record.id == "exp-claimed"
+    assert store.get_experiment("exp-claimed").idempotency_key == "k"
+    assert store.create_keyed_experiment(experiment("exp-newer", idempotency_key="k"))[0].id == "exp-claimed"
+
+
 def _race(store: Store, key: str, ids: list[str]) -> tuple[list[tuple[str, bool]], list[BaseException]]:
     """One thread per id, all released at once, each creating its experiment under ``key``."""
     barrier = threading.Barrier(len(ids))

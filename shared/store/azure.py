@@ -16,7 +16,7 @@ Table design (table names from ``shared.config``, optionally prefixed):
   - ``key:<SHA-256 of an idempotency key>``: the key's claim (``ExperimentId``, and ``Key``, the record
     row it was created with), inserted in the same transaction as the experiment's two rows, so a key
     is bound exactly when its experiment exists: the first writer makes one request, a replay reads the
-    claim and the record (the record row through ``Key`` when it has not moved since).
+    claim (unless this process remembers it) and the record (through ``Key`` when it has not moved since).
 
 - ``trials``: PartitionKey = experiment id, RowKey = zero-padded trial number (listing is ordered).
 
