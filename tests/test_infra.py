@@ -134,6 +134,7 @@ THIRD_PARTY_ENV = {
     "WEBSITE_SITE_NAME": "set by Azure on every Function App: turns hosted mode on (shared.config)",
     "WEBSITE_HOSTNAME": "set by Azure on every Function App: its host name, trusted by the web edge (shared.config)",
     "NETRC": "requests' netrc file: shared.http_pool lets requests read its environment only if one is there",
+    "COLUMNS": "the terminal width convention rich reads: the CLI keeps a width it gives (shared.cli._app)",
 }
 
 # Directories whose Python files are not the deployed app (or not ours).
