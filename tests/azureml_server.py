@@ -134,6 +134,16 @@ class AzureMLStandIn:
         self._proxy: ThreadingHTTPServer | None = None
 
     # -- lifecycle
+
+    @classmethod
+    def on_azurite(cls, connection_string: str, **options: Any) -> AzureMLStandIn:
+        """A workspace whose datastore is the session's Azurite (``connection_string``, its well-known account)."""
+        from tests.azurite import ACCOUNT, KEY
+
+        blob = re.search(r"BlobEndpoint=([^;]+)", connection_string)
+        assert blob, "the connection string names no blob endpoint"
+        return cls(azurite_blob_url=blob.group(1), azurite_account=ACCOUNT, azurite_key=KEY, **options)
+
     def __enter__(self) -> AzureMLStandIn:
         stand_in = self
 

@@ -9,7 +9,6 @@ job body it receives is checked against the REST models azure-ai-ml ships. Nothi
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,6 @@ from shared.context import Context
 from shared.errors import BackendError
 from shared.records import ExperimentStatus, TrialState
 from tests.azureml_server import AzureMLStandIn, Child, validate_job
-from tests.azurite import ACCOUNT, KEY
 from tests.control_plane import local_context
 from tests.test_azureml import FAST, make_spec
 
@@ -56,16 +54,7 @@ DRAWS = [
 
 @pytest.fixture
 def workspace(azurite: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[AzureMLStandIn]:
-    blob = re.search(r"BlobEndpoint=([^;]+)", azurite)
-    assert blob
-    with AzureMLStandIn(
-        azurite_blob_url=blob.group(1),
-        azurite_account=ACCOUNT,
-        azurite_key=KEY,
-        subscription="sub-1",
-        resource_group="rg-1",
-        workspace="ws-1",
-    ) as stand_in:
+    with AzureMLStandIn.on_azurite(azurite, subscription="sub-1", resource_group="rg-1", workspace="ws-1") as stand_in:
         for name, value in stand_in.environ().items():
             monkeypatch.setenv(name, value)
         yield stand_in

@@ -218,20 +218,10 @@ def test_an_experiment_completes_through_the_worker(azurite: str, package: Path,
 
     from shared.backends.azureml import job_name_for
     from tests.azureml_server import AzureMLStandIn, Child
-    from tests.azurite import ACCOUNT, KEY
 
     require_worker()
-    blob = re.search(r"BlobEndpoint=([^;]+)", azurite)
-    assert blob
     uai = "/subscriptions/sub-1/resourceGroups/rg-1/providers/Microsoft.ManagedIdentity/userAssignedIdentities/aml"
-    with AzureMLStandIn(
-        azurite_blob_url=blob.group(1),
-        azurite_account=ACCOUNT,
-        azurite_key=KEY,
-        subscription="sub-1",
-        resource_group="rg-1",
-        workspace="ws-1",
-    ) as workspace:
+    with AzureMLStandIn.on_azurite(azurite, subscription="sub-1", resource_group="rg-1", workspace="ws-1") as workspace:
         settings = {
             **app_settings(azurite, tmp_path / "home"),
             **workspace.environ(),
