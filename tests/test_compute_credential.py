@@ -7,9 +7,11 @@ clients built from nothing but the SAS the control plane minted, so Azure Storag
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from azure.core.credentials import AzureSasCredential
@@ -23,7 +25,8 @@ from shared.errors import NotFound
 from shared.records import ExperimentRecord, ExperimentStatus, TrialRecord, TrialState
 from shared.spec import load_spec
 from shared.store import AzureStore, LocalStore
-from shared.store.compute import ComputeCredential, ComputeStore, area_name
+from shared.store.compute import ComputeCredential, ComputeStore, ContainerArea, FolderArea, area_name
+from shared.store.ingest import CONTROL_BLOBS, MAX_OTHER_BLOBS, trial_budget
 from tests.control_plane import tiny_spec
 
 DENIED = (ClientAuthenticationError, HttpResponseError)
@@ -268,3 +271,59 @@ def test_a_user_delegation_key_expires_strictly_within_seven_days(days: int) -> 
     assert credential.expires_at <= key_expiry  # the SAS never outlives its key
     if days == 1:
         assert key_expiry >= before + timedelta(days=1) - timedelta(seconds=5)  # a short one is not cut
+
+
+def test_a_listing_stops_at_its_limit(store) -> None:
+    """Both adapters (a folder, and a container through the compute's SAS on Azurite) return at most
+    ``limit`` blobs, and without a limit every blob, in name order."""
+    experiment(store, "exp-a")
+    compute = ComputeStore.from_credential(store.issue_compute_credential("exp-a", timedelta(hours=1)))
+    names = [f"artifacts/plots/p{n:02d}.svg" for n in range(12)]
+    for name in names:
+        compute.area.put(name, b"")
+    assert len(compute.area.list("artifacts/", limit=5)) == 5
+    assert [blob.name for blob in compute.area.list("artifacts/")] == names
+
+
+def test_a_container_listing_reads_no_further_than_its_limit() -> None:
+    """The SDK's pager fetches pages as they are read, so a limit must stop the reading, not trim a full list.
+    A Python stand-in for ``ContainerClient.list_blobs`` counts what was read (the real pager runs on Azurite
+    in the test above and in every ingestion test)."""
+    read: list[int] = []
+
+    class EndlessContainer:
+        def list_blobs(self, name_starts_with=None):
+            for number in itertools.count():
+                read.append(number)
+                yield SimpleNamespace(name=f"b{number}", size=0, last_modified=datetime.now(UTC), etag="e")
+
+    assert len(ContainerArea(EndlessContainer()).list(limit=7)) == 7
+    assert len(read) == 7
+
+
+def test_more_blobs_than_any_quota_allows_are_refused_without_listing_them_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 20, bounded work: a compute may write millions of empty blobs with its SAS. Ingestion lists no
+    more than the most any quota allows (the trial budget, the other blobs, the control plane's own) plus
+    one, and refuses the area; before, every POLL listed them all first."""
+    store = LocalStore(tmp_path / "store")
+    experiment(store, "exp-a")
+    compute = ComputeStore.from_credential(store.issue_compute_credential("exp-a", timedelta(hours=1)))
+    most = trial_budget(store.get_experiment("exp-a").spec) + MAX_OTHER_BLOBS + len(CONTROL_BLOBS)
+    for number in range(most + 40):
+        compute.area.put(f"artifacts/plots/p{number}.svg", b"")
+    listed: list[int] = []
+    list_folder = FolderArea.list
+
+    def counted(self, prefix="", limit=None):
+        blobs = list_folder(self, prefix, limit)
+        listed.append(len(blobs))
+        return blobs
+
+    monkeypatch.setattr(FolderArea, "list", counted)
+    report = store.ingest_compute_output("exp-a")
+    assert report.over_quota is not None and report.over_quota.startswith(f"more than {most} blobs")
+    assert (report.trials, report.artifacts) == ([], [])
+    assert listed == [most + 1]
+    assert store.list_artifacts("exp-a") == []

@@ -29,6 +29,7 @@ Area layout: ``experiment.json`` (the record, written by the control plane), ``t
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import tempfile
@@ -97,12 +98,13 @@ class Area(Protocol):
 
     ``get`` with a ``limit`` reads at most ``limit + 1`` bytes and raises :class:`TooLarge` past it (the size
     a listing showed may have grown since); ``chunks`` streams a blob in pieces of at most
-    :data:`CHUNK_BYTES`."""
+    :data:`CHUNK_BYTES`; ``list`` with a ``limit`` stops after ``limit`` blobs (a compute may write millions
+    of them: whoever enforces a count must not have to list them all first)."""
 
     def put(self, name: str, data: bytes) -> str: ...
     def get(self, name: str, limit: int | None = None) -> bytes: ...
     def chunks(self, name: str) -> Iterator[bytes]: ...
-    def list(self, prefix: str = "") -> list[BlobInfo]: ...
+    def list(self, prefix: str = "", limit: int | None = None) -> list[BlobInfo]: ...
 
 
 def _within(data: bytes, name: str, limit: int | None) -> bytes:
@@ -141,10 +143,11 @@ class ContainerArea:
             length = min(CHUNK_BYTES, size - offset)
             yield bytes(self.container.download_blob(name, offset=offset, length=length).readall())
 
-    def list(self, prefix: str = "") -> list[BlobInfo]:
+    def list(self, prefix: str = "", limit: int | None = None) -> list[BlobInfo]:
+        listed = self.container.list_blobs(name_starts_with=prefix or None)  # a pager: pages are fetched as read
         return [
             BlobInfo(b.name, int(b.size or 0), b.last_modified, str(b.etag or ""))
-            for b in self.container.list_blobs(name_starts_with=prefix or None)
+            for b in itertools.islice(listed, limit)
         ]
 
 
@@ -182,17 +185,23 @@ class FolderArea:
             while chunk := handle.read(CHUNK_BYTES):
                 yield chunk
 
-    def list(self, prefix: str = "") -> list[BlobInfo]:
+    def list(self, prefix: str = "", limit: int | None = None) -> list[BlobInfo]:
         if not self.root.is_dir():
             return []
+        files = (
+            path
+            for path in self.root.rglob("*")
+            if path.is_file()
+            and not path.name.startswith(".tmp-")
+            and path.relative_to(self.root).as_posix().startswith(prefix)
+        )
         found = []
-        for path in sorted(self.root.rglob("*")):
+        for path in itertools.islice(files, limit):
+            stat = path.stat()
+            modified = datetime.fromtimestamp(stat.st_mtime, UTC)
             name = path.relative_to(self.root).as_posix()
-            if path.is_file() and not path.name.startswith(".tmp-") and name.startswith(prefix):
-                stat = path.stat()
-                modified = datetime.fromtimestamp(stat.st_mtime, UTC)
-                found.append(BlobInfo(name, stat.st_size, modified, f"{stat.st_size}-{stat.st_mtime_ns}"))
-        return found
+            found.append(BlobInfo(name, stat.st_size, modified, f"{stat.st_size}-{stat.st_mtime_ns}"))
+        return sorted(found, key=lambda blob: Path(blob.name))  # the order of the whole folder's sorted paths
 
 
 # ------------------------------------------------------------------------------ the compute's side

@@ -126,9 +126,15 @@ def ingest(
     failures (the message is retried), never for what the compute wrote."""
     record = store.get_experiment(experiment_id)
     budget = trial_budget(record.spec)
-    blobs = [b for b in area.list() if b.name not in CONTROL_BLOBS]
+    most = budget + MAX_OTHER_BLOBS + len(CONTROL_BLOBS)  # more than this is over a count quota, whatever they are
+    listed = area.list(limit=most + 1)
+    blobs = [b for b in listed if b.name not in CONTROL_BLOBS]
     report = IngestReport(watermark=since, seen=seen)
-    report.over_quota = _quota(blobs, budget, quota_bytes)
+    report.over_quota = (
+        f"more than {most} blobs; the spec allows {budget} trials and {MAX_OTHER_BLOBS} others"
+        if len(listed) > most
+        else _quota(blobs, budget, quota_bytes)
+    )
     if report.over_quota is None:
         fresh = _fresh(blobs, since, seen)
         for blob in fresh:
