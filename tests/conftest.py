@@ -12,6 +12,7 @@ import contextlib
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -59,6 +60,10 @@ def _scrub() -> None:
     os.environ["RAPIDS_HPO_STATE_DIR"] = _STATE_DIR
 
 
+SESSION_STARTED = time.time()
+"""When this test process began (processes created since, that name this checkout, are the run's own)."""
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Before session fixtures and subprocesses inherit the environment."""
     _scrub()
@@ -86,11 +91,27 @@ def leftover_processes(grace_s: float) -> list[psutil.Process]:
     Each fixture that starts a process (Azurite, Dask clusters, a driver, a stand-in VM) must stop it; one
     that leaks leaves a Dask Nanny and its worker running for as long as the machine stays up. The
     teardown of session fixtures has run when ``pytest_sessionfinish`` is called, so anything still here
-    was left behind (processes that are exiting get the grace period).
+    was left behind (processes that are exiting get the grace period). A process whose parent died first is
+    no descendant any more (it belongs to init), so the run's orphans are found too: started since this run
+    began, with this checkout in their command line (its virtual environments, its stand-in VMs' Python).
     """
-    children = [child for child in psutil.Process().children(recursive=True) if not _interpreter_helper(child)]
-    _gone, alive = psutil.wait_procs(children, timeout=grace_s)
+    mine = {child.pid: child for child in psutil.Process().children(recursive=True)}
+    mine.update((orphan.pid, orphan) for orphan in _orphans_of_this_run())
+    candidates = [process for process in mine.values() if not _interpreter_helper(process)]
+    _gone, alive = psutil.wait_procs(candidates, timeout=grace_s)
     return alive
+
+
+def _orphans_of_this_run() -> list[psutil.Process]:
+    me = psutil.Process()
+    ours = {me.pid, *(ancestor.pid for ancestor in me.parents())}
+    return [
+        process
+        for process in psutil.process_iter(["create_time", "cmdline"])
+        if process.pid not in ours
+        and (process.info["create_time"] or 0) >= SESSION_STARTED
+        and any(str(ROOT) in part for part in process.info["cmdline"] or ())
+    ]
 
 
 def _interpreter_helper(process: psutil.Process) -> bool:

@@ -95,3 +95,22 @@ def test_the_interpreters_own_multiprocessing_helper_is_no_leak(
     """multiprocessing's resource tracker lives until the interpreter exits, which is after the check."""
     result = _run(pytester, monkeypatch, RESOURCE_TRACKER_TEST)
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+
+
+def test_the_check_sees_an_orphan_of_this_run() -> None:
+    """A process whose parent exited first belongs to init, no descendant any more: the stand-in VM's
+    worker (started in a session of its own by the boot script) leaked like that and the first check missed it."""
+    script = (
+        "import subprocess, sys\n"
+        "sleeper = [sys.executable, '-c', 'import time; time.sleep(60)', sys.argv[1]]\n"
+        "subprocess.Popen(sleeper, start_new_session=True)\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(ROOT)], check=True)  # the parent exits; its child lives on
+    orphans = [p for p in psutil.process_iter(["cmdline"]) if str(ROOT) in (p.info["cmdline"] or [""])[-1]]
+    try:
+        assert orphans and all(process.ppid() != os.getpid() for process in orphans)
+        found = {process.pid for process in leftover_processes(grace_s=0.1)}
+        assert {process.pid for process in orphans} <= found
+    finally:
+        for process in orphans:
+            process.kill()
