@@ -40,11 +40,13 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,6 +141,9 @@ class Container:
     starts: int = 0
     stopped: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
+    marker: str = field(default_factory=lambda: uuid.uuid4().hex)
+    """Set in the environment of every process the container starts, so all of them can be found (a
+    process in a session of its own, or orphaned, is not in the container's process group)."""
 
     def argv(self, command: list[str]) -> list[str]:
         """``command`` as the container runs it: as its user, in its network namespace when it has no way out."""
@@ -320,7 +325,7 @@ class VMStandIn:
     def _start(self, container: Container, command: list[str], log: Any) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             container.argv(command),
-            env=container.env,
+            env={**container.env, CONTAINER_MARKER: container.marker},
             cwd=container.cwd,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -346,6 +351,7 @@ class VMStandIn:
                 with container.lock:
                     container.process = self._start(container, container.command, log)
                 code = container.process.wait()
+                _reap(container)  # Docker stops every process of a container whose main process ended
             log.close()
             if container.stopped or code == 0 or container.starts > container.max_restarts:
                 return
@@ -358,6 +364,7 @@ class VMStandIn:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+        _reap(container)  # what left the process group (a session of its own) goes too, as in a container
 
     # -- what the tests do to the "VMs" ----------------------------------------------------------------
     def crash(self, name: str) -> None:
@@ -381,6 +388,19 @@ class VMStandIn:
             container.stopped = True
             self._kill(container)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+CONTAINER_MARKER = "STANDIN_CONTAINER"
+
+
+def _reap(container: Container) -> None:
+    """Kill every process still carrying the container's marker: Docker kills all of a container's
+    processes (its PID namespace) when it stops, whatever sessions or groups they made, e.g. the boot
+    script's worker, started in a session of its own."""
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if process.environ().get(CONTAINER_MARKER) == container.marker:
+                process.kill()
 
 
 def _ids(value: str, where: str) -> tuple[int, int]:
