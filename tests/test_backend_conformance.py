@@ -32,7 +32,7 @@ import pytest
 from shared.backends import REGISTRY, get_planner
 from shared.backends.arm import RetrySettings
 from shared.backends.local import MAX_DRIVER_RESTARTS, LocalHandle, is_alive
-from shared.backends.network_layout import EXPERIMENT_TAG
+from shared.backends.vmcluster.network_layout import EXPERIMENT_TAG
 from shared.config import DRIVER_OUTCOME_ARTIFACT, MODEL_PREFIX
 from shared.context import Context
 from shared.ports import BackendHandle, ComputeBackend, OrphanFinder, Planner, RunState, RunStatus, merge_handle
@@ -134,9 +134,9 @@ class VMClusterHarness(Harness):
         self.arm = FakeArm(rbac=function_app_rbac(self.SUB, self.RG)).start()  # the Bicep's roles, enforced
 
     def backend(self) -> ComputeBackend:
-        from shared.backends.network import make_network_client
-        from shared.backends.vm_teardown import make_compute_client
         from shared.backends.vmcluster import VMClusterBackend
+        from shared.backends.vmcluster.network import make_network_client
+        from shared.backends.vmcluster.vm_teardown import make_compute_client
 
         if "vmcluster" not in self.ctx.backends:
             credential, url = StaticTokenCredential(self.arm.token), self.arm.base_url

@@ -24,9 +24,9 @@ from hypothesis import strategies as st
 
 from shared.api import create_api
 from shared.backends.arm import RetrySettings
-from shared.backends.network import make_network_client
-from shared.backends.vm_teardown import make_compute_client
 from shared.backends.vmcluster import VMClusterBackend
+from shared.backends.vmcluster.network import make_network_client
+from shared.backends.vmcluster.vm_teardown import make_compute_client
 from shared.bounded import MAX_TEXT
 from shared.config import DRIVER_OUTCOME_ARTIFACT, Settings
 from shared.context import Context

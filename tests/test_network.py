@@ -1,4 +1,4 @@
-"""shared.backends.network: the real azure-mgmt-network SDK against a local fake ARM endpoint."""
+"""shared.backends.vmcluster.network: the real azure-mgmt-network SDK against a local fake ARM endpoint."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from shared.backends.arm import RetrySettings
-from shared.backends.network import (
+from shared.backends.vmcluster.network import (
     NetworkHandle,
     delete_network_resources,
     ensure_network,
@@ -18,7 +18,13 @@ from shared.backends.network import (
     make_network_client,
     teardown_network,
 )
-from shared.backends.network_layout import CREATED_BY, CREATED_BY_TAG, EXPERIMENT_TAG, INSTANCE_TAG, network_names
+from shared.backends.vmcluster.network_layout import (
+    CREATED_BY,
+    CREATED_BY_TAG,
+    EXPERIMENT_TAG,
+    INSTANCE_TAG,
+    network_names,
+)
 from shared.compute_spec import NetworkSpec
 from shared.errors import BackendError
 from tests.arm_server import FakeArm, StaticTokenCredential

@@ -19,11 +19,16 @@ import pytest
 import yaml
 
 from shared.backends.arm import RetrySettings
-from shared.backends.network import NetworkHandle, ensure_network, make_network_client
-from shared.backends.network_layout import CREATED_BY, CREATED_BY_TAG, EXPERIMENT_TAG, INSTANCE_TAG, network_names
-from shared.backends.vm_teardown import CLUSTER_ID_TAG, make_compute_client
 from shared.backends.vmcluster import VMClusterBackend, VMClusterHandle, VMIdentity, plan
 from shared.backends.vmcluster.exchange import CODE_BLOB, HEARTBEAT_ARTIFACT
+from shared.backends.vmcluster.network import NetworkHandle, ensure_network, make_network_client
+from shared.backends.vmcluster.network_layout import (
+    CREATED_BY,
+    CREATED_BY_TAG,
+    EXPERIMENT_TAG,
+    INSTANCE_TAG,
+    network_names,
+)
 from shared.backends.vmcluster.settings import (
     NGC_MARKETPLACE_PLAN,
     NGC_VM_IMAGE,
@@ -33,6 +38,7 @@ from shared.backends.vmcluster.settings import (
     cluster_kwargs,
     is_gpu_size,
 )
+from shared.backends.vmcluster.vm_teardown import CLUSTER_ID_TAG, make_compute_client
 from shared.compute_spec import NetworkSpec, VMClusterCompute
 from shared.config import DRIVER_OUTCOME_ARTIFACT
 from shared.context import Context

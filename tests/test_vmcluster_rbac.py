@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shared.backends.arm import RetrySettings, make_arm_client
-from shared.backends.network import make_network_client
+from shared.backends.vmcluster.network import make_network_client
 from shared.errors import BackendError
 from tests.arm_server import FakeArm, StaticTokenCredential
 from tests.rbac import Assignment, Rbac, _covers, builtin_roles

@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 
 from shared.backends.arm import RetrySettings
-from shared.backends.network import make_network_client
-from shared.backends.vm_teardown import make_compute_client
 from shared.backends.vmcluster import VMClusterBackend, VMClusterHandle
+from shared.backends.vmcluster.network import make_network_client
+from shared.backends.vmcluster.vm_teardown import make_compute_client
 from shared.config import AZURITE_KEY
 from shared.ports import RunState, RunStatus
 from shared.records import ExperimentRecord, TrialRecord, TrialState

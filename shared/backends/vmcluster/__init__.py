@@ -1,7 +1,7 @@
 """The ``vmcluster`` backend: the seed's MNMG example as a service, one bounded step at a time.
 
 Dask runs on Azure VMs (the spec's vocabulary and defaults are dask-cloudprovider ``AzureVMCluster``'s)
-in the VNet/NSG :func:`shared.backends.network.ensure_network` provides. The cluster is autonomous: the
+in the VNet/NSG :func:`shared.backends.vmcluster.network.ensure_network` provides. The cluster is autonomous: the
 head VM runs the Dask scheduler and the HPO driver beside it; the Function App creates the VMs and
 meets the cluster only in the experiment's compute area in storage (:mod:`shared.store.compute`). It
 never opens a Dask client, never sends pickled code, and needs no network path to the cluster.

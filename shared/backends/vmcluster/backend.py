@@ -66,7 +66,7 @@ from shared.store.compute import ComputeCredential, ComputeStore
 
 if TYPE_CHECKING:
     from shared.backends.arm import RetrySettings
-    from shared.backends.vm_teardown import OrphanedCluster
+    from shared.backends.vmcluster.vm_teardown import OrphanedCluster
     from shared.config import Settings
     from shared.ports import Store
 
@@ -135,8 +135,8 @@ class VMClusterBackend:
             raise BackendError(f"experiment {record.id}: invalid compute section: {exc}") from None
 
     def _clients(self, subscription_id: str) -> tuple[Any, Any]:
-        from shared.backends.network import make_network_client
-        from shared.backends.vm_teardown import make_compute_client
+        from shared.backends.vmcluster.network import make_network_client
+        from shared.backends.vmcluster.vm_teardown import make_compute_client
 
         compute = (self._compute_factory or make_compute_client)(subscription_id)
         network = (self._network_factory or make_network_client)(subscription_id)
@@ -193,7 +193,7 @@ class VMClusterBackend:
         )
 
     def _create(self, record: ExperimentRecord, handle: VMClusterHandle, clients: tuple[Any, Any], vm: VMPlan) -> str:
-        from shared.backends.vm_teardown import CLUSTER_ID_TAG, CREATOR, CREATOR_TAG
+        from shared.backends.vmcluster.vm_teardown import CLUSTER_ID_TAG, CREATOR, CREATOR_TAG
 
         compute = self._compute(record)
         network = handle.network
@@ -220,7 +220,7 @@ class VMClusterBackend:
         import tempfile
         from pathlib import Path
 
-        from shared.backends.network import ensure_network
+        from shared.backends.vmcluster.network import ensure_network
 
         compute = self._compute(record)
         _, network_client = self._clients_for(compute)
@@ -413,8 +413,8 @@ class VMClusterBackend:
         """Delete the cluster's VMs, NICs, public IPs and disks (found by tag), the network, and the
         experiment's compute area, which ends the VMs' credential (the state machine revoked it already,
         before this step read anything: nothing the compute wrote is taken in after the run ended)."""
-        from shared.backends.network import teardown_network
-        from shared.backends.vm_teardown import delete_cluster_resources, find_cluster_resources
+        from shared.backends.vmcluster.network import teardown_network
+        from shared.backends.vmcluster.vm_teardown import delete_cluster_resources, find_cluster_resources
 
         if (record.spec.get("compute") or {}).get("backend") != "vmcluster":
             return {}

@@ -28,8 +28,8 @@ def plan(
     identity: VMIdentity | None = None,
 ) -> dict[str, Any]:
     """What ``provision``/``submit`` would create for ``spec``, without touching Azure (JSON-able)."""
-    from shared.backends.network import NetworkHandle
-    from shared.backends.network_layout import dask_rules, network_names
+    from shared.backends.vmcluster.network import NetworkHandle
+    from shared.backends.vmcluster.network_layout import dask_rules, network_names
 
     compute = compute_section(spec, VMClusterCompute)
     net = compute.network

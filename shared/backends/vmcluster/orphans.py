@@ -16,7 +16,7 @@ from shared.errors import BackendError
 
 if TYPE_CHECKING:
     from shared.backends.arm import RetrySettings
-    from shared.backends.vm_teardown import OrphanedCluster
+    from shared.backends.vmcluster.vm_teardown import OrphanedCluster
 
 ClientsFor = Callable[[str], tuple[Any, Any]]
 """Builds ``(compute client, network client)`` for a subscription id."""
@@ -38,7 +38,7 @@ def find_orphans(
 ) -> list[OrphanedCluster]:
     """Our clusters in a resource group (default ``AZURE_RESOURCE_GROUP``) whose experiment is not
     live: VMs of a crashed or lost teardown that would otherwise stay billed."""
-    from shared.backends.vm_teardown import find_orphaned_clusters
+    from shared.backends.vmcluster.vm_teardown import find_orphaned_clusters
 
     resource_group = resource_group or env("AZURE_RESOURCE_GROUP")
     subscription_id = subscription_id or env("AZURE_SUBSCRIPTION_ID")
@@ -60,7 +60,7 @@ def delete_orphans(
     clients: ClientsFor, orphans: list[OrphanedCluster], subscription_id: str | None, retry: RetrySettings
 ) -> list[str]:
     """Delete what :func:`find_orphans` found; returns the ids deleted."""
-    from shared.backends.vm_teardown import delete_cluster_resources
+    from shared.backends.vmcluster.vm_teardown import delete_cluster_resources
 
     subscription_id = subscription_id or env("AZURE_SUBSCRIPTION_ID")
     if not subscription_id:
@@ -89,7 +89,7 @@ def sweep_orphans(
 ) -> list[str]:
     """Delete this instance's clusters and networks in ``resource_group`` whose experiment is not live;
     returns the ARM ids deleted (nothing at all without an instance id)."""
-    from shared.backends.network import delete_network_resources, find_orphaned_networks
+    from shared.backends.vmcluster.network import delete_network_resources, find_orphaned_networks
 
     instance = instance or instance_id()
     if not instance:

@@ -18,7 +18,7 @@ from shared.compute_spec import CLUSTER_STARTUP_ESTIMATE_S, VMClusterCompute
 from shared.config import CREDENTIAL_MARGIN_SECONDS, env
 
 if TYPE_CHECKING:
-    from shared.backends.network import NetworkHandle
+    from shared.backends.vmcluster.network import NetworkHandle
     from shared.spec import ExperimentSpec
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -102,7 +102,7 @@ def is_gpu_size(vm_size: str) -> bool:
 
 def cluster_tags(experiment_id: str) -> dict[str, str]:
     """Our tags on every cluster resource, beside dask-cloudprovider's ``creator``/``cluster-id``."""
-    from shared.backends.network_layout import CREATED_BY, CREATED_BY_TAG, EXPERIMENT_TAG, INSTANCE_TAG
+    from shared.backends.vmcluster.network_layout import CREATED_BY, CREATED_BY_TAG, EXPERIMENT_TAG, INSTANCE_TAG
 
     tags = {EXPERIMENT_TAG: experiment_id, CREATED_BY_TAG: CREATED_BY}
     instance = env("RAPIDS_HPO_INSTANCE_ID").strip()

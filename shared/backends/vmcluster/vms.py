@@ -139,7 +139,7 @@ def private_ip(network_client: Any, resource_group: str, vm: Any, retry: RetrySe
 def cluster_vms(compute_client: Any, resource_group: str, cluster_id: str, retry: RetrySettings) -> list[Any]:
     """The cluster's VMs, head and workers (found by tag)."""
     from shared.backends.arm import arm_call
-    from shared.backends.vm_teardown import CLUSTER_ID_TAG
+    from shared.backends.vmcluster.vm_teardown import CLUSTER_ID_TAG
 
     vms = arm_call(
         f"listing virtual machines in resource group {resource_group}",

@@ -1,6 +1,6 @@
 """What an experiment's network is called, how it is tagged and what its NSG admits (no Azure call).
 
-:mod:`shared.backends.network` creates and deletes the resources; the dry run (``rapids-hpo plan``), the
+:mod:`shared.backends.vmcluster.network` creates and deletes the resources; the dry run (``rapids-hpo plan``), the
 cluster's tags and the orphan sweep read the same names, tags and rules from here.
 """
 

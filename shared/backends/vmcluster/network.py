@@ -24,7 +24,7 @@ own subnet only (plus ``NetworkSpec.allowed_source_prefixes``) and denied to the
 nothing outside the cluster talks to Dask (the control plane meets the cluster in storage). Other
 VM-to-VM traffic inside the subnet (workers' ports) rides on Azure's default ``AllowVnetInBound``.
 
-The names, tags and rules are :mod:`shared.backends.network_layout`'s (pure; the dry run reads them too).
+The names, tags and rules are :mod:`shared.backends.vmcluster.network_layout`'s (pure; the dry run reads them too).
 Retries are :func:`shared.backends.arm.arm_call`'s (409/429/5xx, with ``Retry-After``); see there.
 """
 
@@ -36,7 +36,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from shared.backends.arm import DEFAULT_RETRY, RetrySettings, arm_call, is_not_found, make_arm_client
-from shared.backends.network_layout import (
+from shared.backends.vmcluster.handle import NetworkHandle
+from shared.backends.vmcluster.network_layout import (
     CREATED_BY,
     CREATED_BY_TAG,
     DASK_RULE_PREFIX,
@@ -47,7 +48,6 @@ from shared.backends.network_layout import (
     network_names,
     rule_shape,
 )
-from shared.backends.vmcluster.handle import NetworkHandle
 from shared.compute_spec import NetworkSpec
 from shared.errors import BackendError
 
