@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+from typing import Annotated, Literal
 
 import pytest
+from pydantic import BaseModel, Field, ValidationError
 
 from shared.backends import REGISTRY
-from shared.compute_spec import COMPUTE_SECTIONS, backends_where
+from shared.compute_spec import COMPUTE_SECTIONS, ComputeSection, LocalCompute, backends_where
+from shared.spec import SpecError, load_spec
+from shared.spec.errors import union_tags
+from tests.control_plane import tiny_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKEND_NAMES = set(REGISTRY)
@@ -69,3 +74,34 @@ def test_no_branch_on_a_backend_name_outside_the_backends(path: Path) -> None:
 def test_every_registered_backend_has_a_compute_section() -> None:
     assert backends_where(lambda section: True) == list(REGISTRY)
     assert all(section.model_fields["backend"].default for section in COMPUTE_SECTIONS)
+
+
+@pytest.mark.parametrize("section", COMPUTE_SECTIONS, ids=lambda s: s.model_fields["backend"].default)
+def test_an_error_in_every_compute_section_names_its_own_path(section: type[ComputeSection]) -> None:
+    """pydantic puts the union's tag (``compute.<backend>.<field>``) into the location; the spec error takes
+    it out for every registered section, a new one included, with nothing to list by hand."""
+    backend = section.model_fields["backend"].default
+    with pytest.raises(SpecError) as caught:
+        load_spec(tiny_spec(compute={"backend": backend, "no_such_setting": 1}))
+    places = [e["loc"] for e in caught.value.errors]
+    assert "compute.no_such_setting" in places
+    assert not [place for place in places if place.startswith(f"compute.{backend}")]
+
+
+def test_union_tags_are_read_from_the_model() -> None:
+    """A union member added to a model is a tag at once (the old hand-kept list let a new compute section's
+    every error report ``compute.<backend>.<field>``)."""
+
+    class Ours(ComputeSection):
+        backend: Literal["ours"] = "ours"
+        size: int = 1
+
+    class Spec(BaseModel):
+        compute: Annotated[LocalCompute | Ours, Field(discriminator="backend")]
+
+    assert {"local", "ours"} <= union_tags(Spec)
+    document = {"compute": {"backend": "ours", "size": "big"}}
+    with pytest.raises(ValidationError) as caught:
+        Spec.model_validate(document)
+    error = SpecError.from_validation_error(caught.value, document, Spec)
+    assert [e["loc"] for e in error.errors] == ["compute.size"]

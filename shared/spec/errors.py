@@ -8,6 +8,7 @@ hostile document therefore costs time in proportion to its size, never its squar
 from __future__ import annotations
 
 import difflib
+import functools
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -42,8 +43,10 @@ class SpecError(ValueError):
         return cls([{"loc": loc, "msg": msg}])
 
     @classmethod
-    def from_validation_error(cls, exc: ValidationError, document: Any) -> SpecError:
-        """Translate pydantic's errors: dotted locations without union tags, messages without prefixes."""
+    def from_validation_error(cls, exc: ValidationError, document: Any, model: type[BaseModel]) -> SpecError:
+        """Translate pydantic's errors of validating ``document`` as ``model``: dotted locations without
+        ``model``'s union tags, messages without prefixes."""
+        tags = union_tags(model)
         errors: list[dict[str, str]] = []
         seen: set[tuple[str, str]] = set()
         more = 0
@@ -54,7 +57,7 @@ class SpecError(ValueError):
             if len(errors) >= MAX_ERRORS:
                 more += 1
                 continue
-            loc = format_loc(_strip_tags(tuple(error["loc"]), document))
+            loc = format_loc(_strip_tags(tuple(error["loc"]), document, tags))
             msg = str(error["msg"])
             for prefix in ("Value error, ", "Assertion failed, "):
                 msg = msg.removeprefix(prefix)
@@ -78,29 +81,30 @@ def format_loc(loc: Iterable[str | int]) -> str:
     return out
 
 
-_UNION_TAGS: frozenset[str] = frozenset(
-    {
-        "choice",
-        "randint",
-        "uniform",
-        "quniform",
-        "loguniform",
-        "qloguniform",
-        "normal",
-        "qnormal",
-        "lognormal",
-        "qlognormal",
-        "bandit",
-        "median_stopping",
-        "truncation_selection",
-        "local",
-        "vmcluster",
-        "azureml",
-    }
-)
+def union_tags(model: type[BaseModel]) -> frozenset[str]:
+    """The tags of every discriminated union in ``model`` (a parameter's ``type``, a policy's, the compute
+    section's ``backend``), read from its pydantic core schema: pydantic puts the chosen tag into an error's
+    location, and :func:`_strip_tags` takes it out again. Derived, never listed: a new compute section or
+    parameter type is a tag the moment it is a member of its union."""
+    return _union_tags(model)
 
 
-def _strip_tags(loc: Loc, document: Any) -> Loc:
+@functools.cache
+def _union_tags(model: type[BaseModel]) -> frozenset[str]:
+    found: set[str] = set()
+    stack: list[Any] = [model.__pydantic_core_schema__]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if node.get("type") == "tagged-union":
+                found.update(tag for tag in node["choices"] if isinstance(tag, str))
+            stack.extend(node.values())
+        elif isinstance(node, list | tuple):
+            stack.extend(node)
+    return frozenset(found)
+
+
+def _strip_tags(loc: Loc, document: Any, tags: frozenset[str]) -> Loc:
     """Drop the union tags pydantic inserts (``search_space.x.choice.values``), guided by the input."""
     out: list[str | int] = []
     node = document
@@ -108,7 +112,7 @@ def _strip_tags(loc: Loc, document: Any) -> Loc:
         if isinstance(node, dict):
             if part in node:
                 node = node[part]
-            elif isinstance(part, str) and part in _UNION_TAGS:
+            elif isinstance(part, str) and part in tags:
                 continue
             else:
                 node = None

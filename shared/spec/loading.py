@@ -233,7 +233,7 @@ def validate_spec(document: dict[str, Any], policy: SpecPolicy | None = None) ->
     try:
         spec = ExperimentSpec.model_validate(document)
     except ValidationError as exc:
-        raise SpecError.from_validation_error(exc, document) from None
+        raise SpecError.from_validation_error(exc, document, ExperimentSpec) from None
     if policy is not None:
         policy.check(spec)
     return spec
