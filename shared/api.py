@@ -43,6 +43,7 @@ from shared.auth import (
 from shared.config import EXPERIMENT_ID_PATTERN, MODEL_PREFIX, Settings
 from shared.context import Context, built_context, get_context
 from shared.cost.ledger import public_cost
+from shared.dashboard.docs import router as docs_router
 from shared.dashboard.routes import router as dashboard_router
 from shared.errors import CorruptRecord, InvalidPageToken, NotFound
 from shared.handlers import IdempotencyConflict, request_cancel, reserved_key_problem, submit_experiment
@@ -445,13 +446,14 @@ def create_api(
         title="rapids-hpo-control",
         version=__version__,
         description="Run RAPIDS hyperparameter-optimization experiments on Azure GPUs.",
-        openapi_url="/api/openapi.json",
-        docs_url=None,  # served by the dashboard's routes, under a nonce CSP and with the key passed on
+        openapi_url=None,  # the document and the docs: shared.dashboard.docs, behind the reader role
+        docs_url=None,
         redoc_url=None,
         swagger_ui_oauth2_redirect_url=None,
     )
     app.include_router(router)
     app.include_router(dashboard_router)
+    app.include_router(docs_router)
     install_error_handlers(app)
     install_auth(app, auth if auth is not None else AuthSettings.from_env())
     if context is not None:

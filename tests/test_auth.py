@@ -255,6 +255,8 @@ def test_a_forged_principal_header_without_the_platform_is_401(ctx, issuer):
         ("get", "/api/ui", (SUBMIT,), READ),
         ("delete", "/api/experiments/exp-1", (READ,), SUBMIT),
         ("get", "/api/health", (), READ),
+        ("get", "/api/docs", (SUBMIT,), READ),
+        ("get", "/api/openapi.json", (SUBMIT,), READ),
     ],
 )
 def test_each_route_names_the_role_it_needs(client, issuer, method, path, held, missing):
@@ -263,6 +265,15 @@ def test_each_route_names_the_role_it_needs(client, issuer, method, path, held, 
     kwargs: dict[str, Any] = {"content": json.dumps(tiny_spec())} if method == "post" else {}
     response = getattr(client, method)(path, headers=headers, **kwargs)
     refused(response, 403, missing.value, "does not hold", token=token, issuer=issuer)
+
+
+def test_the_api_documentation_needs_a_reader(client, issuer):
+    """The OpenAPI document and Swagger UI name every route and field: readers only, like the data."""
+    for path in ("/api/docs", "/api/openapi.json"):
+        refused(client.get(path), 401, "Bearer")
+    reader = bearer(issuer.token(issuer.user_claims(READ)))
+    assert client.get("/api/openapi.json", headers=reader).json()["paths"]["/api/experiments"]
+    assert "SwaggerUIBundle" in client.get("/api/docs", headers=reader).text
 
 
 def test_unknown_roles_grant_nothing(client, issuer):

@@ -15,6 +15,7 @@ import re
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -25,9 +26,10 @@ from hypothesis import strategies as st
 
 from shared.api import create_api
 from shared.api_guard import DOCUMENT_TYPES, EdgePolicy
+from shared.auth.principal import KEY_HOLDER
 from shared.cli.server_keys import key_file, read_key, remove_keys, write_key
 from shared.config import Settings
-from shared.dashboard.routes import api_docs
+from shared.dashboard.docs import api_docs
 from shared.records import ExperimentStatus
 from tests.control_plane import local_context, tiny_spec
 from tests.dashboard_data import make_experiment
@@ -304,9 +306,48 @@ def test_serve_makes_a_key_per_start_and_the_cli_finds_it(tmp_path):
                 timeout=60,
             )
             assert listed.returncode == 0, listed.stderr
+            logs = list((tmp_path / str(start)).glob("serve-*.log"))
+            printed = sum(p.read_text().count(key) for p in logs)
+            ui = httpx.get(f"{url}/api/ui", params={"code": key}, headers={"Authorization": "Bearer not-for-logs"})
+            assert ui.status_code == 200
+            for _ in range(100):  # the line is written as the response ends, just after the client has it
+                text = "".join(p.read_text() for p in logs)
+                if "GET /api/ui 200" in text:
+                    break
+                time.sleep(0.05)
+            assert re.search(r"GET /api/health 401 \d+\.\dms", text), text
+            assert re.search(r"GET /api/experiments 200 \d+\.\dms", text) and "GET /api/ui 200" in text
+            assert text.count(key) == printed and "not-for-logs" not in text
             keys.append(key)
         assert not path.exists()  # removed on shutdown
     assert keys[0] != keys[1]
+
+
+def test_the_access_log_cannot_be_flooded_or_forged_and_times_streams_to_the_end(caplog):
+    from fastapi import FastAPI
+    from fastapi.responses import StreamingResponse
+
+    from shared.access_log import MAX_PATH_CHARS, AccessLog
+
+    inner = FastAPI()
+
+    @inner.get("/stream")
+    def stream() -> StreamingResponse:
+        return StreamingResponse(iter([b"a", b"b"]))
+
+    @inner.get("/boom")
+    def boom() -> None:
+        raise RuntimeError("no")
+
+    client = TestClient(AccessLog(inner), raise_server_exceptions=False)  # type: ignore[arg-type]
+    with caplog.at_level("INFO", logger="rapids_hpo.access"):
+        assert client.get("/stream?code=secret").text == "ab"
+        client.get("/boom")
+        client.get("/x%0a2026-01-01 GET /forged 200 1.0ms" + "y" * 1000)
+    lines = [r.getMessage() for r in caplog.records]
+    assert re.fullmatch(r"GET /stream 200 \d+\.\dms", lines[0]) and "secret" not in "".join(lines)
+    assert lines[1].startswith("GET /boom 500 ")
+    assert "\n" not in lines[2] and "\\n" in lines[2] and len(lines[2]) < MAX_PATH_CHARS + 30
 
 
 def test_serve_beyond_loopback_switches_hosted_rules_on(tmp_path):
@@ -332,8 +373,6 @@ def test_serve_beyond_loopback_switches_hosted_rules_on(tmp_path):
                     pass
             if process.poll() is not None:
                 raise AssertionError(process.stdout.read() if process.stdout else "serve exited")
-            import time
-
             time.sleep(0.1)
         assert key is not None
         answer = httpx.post(f"{url}/api/experiments", json=tiny_spec(), headers={"x-functions-key": key})
@@ -354,10 +393,28 @@ def test_the_api_docs_run_by_nonce_and_fetch_the_document_with_the_key(client):
     inline = docs.text.count("<script>") + docs.text.count(f'<script nonce="{nonce}">')
     assert docs.text.count("<script") == inline + docs.text.count("<script src=") and docs.text.count("<script>") == 0
     assert f"url: '/api/openapi.json?code={KEY}'" in docs.text
-    assert client.get("/api/openapi.json", params={"code": KEY}).status_code == 200
+    assert client.get("/api/openapi.json", params={"code": KEY}).json()["openapi"].startswith("3.")
     hostile = "x'});alert(1);//</script>"
-    page = bytes(api_docs(code=hostile).body).decode()
+    page = bytes(api_docs(KEY_HOLDER, code=hostile).body).decode()
     assert "url: '/api/openapi.json?code=x%27%7D%29%3Balert%281%29%3B%2F%2F%3C%2Fscript%3E'" in page
+
+
+def test_the_api_docs_load_swagger_ui_from_this_app_not_a_cdn(client):
+    """Offline and under a CSP naming only this origin: every script, style and icon is served here, from
+    the fastapi-offline package, with the key passed on (the Functions host requires it on each request)."""
+    docs = client.get("/api/docs", params={"code": KEY})
+    policy = docs.headers["content-security-policy"]
+    assert "http" not in policy and "cdn" not in docs.text
+    sources = re.findall(r'(?:src|href)="([^"]+)"', docs.text)
+    assert len(sources) == 3 and all(s.startswith("/api/docs/assets/") and s.endswith(f"code={KEY}") for s in sources)
+    for source in sources:
+        asset = client.get(source)
+        assert asset.status_code == 200 and len(asset.content) > 1000, source
+    bundle = client.get("/api/docs/assets/swagger-ui-bundle.js", params={"code": KEY})
+    assert bundle.headers["content-type"].startswith("text/javascript") and b"SwaggerUIBundle" in bundle.content
+    for name in ("redoc.standalone.js", "..%2Fcore.py", "__init__.py"):
+        assert client.get(f"/api/docs/assets/{name}", params={"code": KEY}).status_code == 404
+    refused(client.get("/api/docs/assets/swagger-ui.css"), 401, "header.x-functions-key")
 
 
 @pytest.mark.parametrize(

@@ -52,6 +52,7 @@ def serve(
     ),
     port: Annotated[int, typer.Option(help="port")] = 7071,
     workers: Annotated[bool, typer.Option(help="also run the queue workers and the sweep")] = True,
+    access_log: Annotated[bool, typer.Option(help="log each request: method, path, status, ms (never the key)")] = True,
 ) -> None:
     """Serve the API and run the queue workers here: local adapters unless AzureWebJobsStorage is set.
 
@@ -60,6 +61,7 @@ def serve(
     """
     import uvicorn
 
+    from shared.access_log import AccessLog, log_to_stderr
     from shared.api import create_api
     from shared.cli.server_keys import remove_keys, write_key
     from shared.context import Context, set_context
@@ -93,7 +95,12 @@ def serve(
     # that runs the cleanup below (the default action would end the process and leave the key file)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
-        uvicorn.run(create_api(function_key=key, bound_host=host), host=host, port=port, log_level="warning")
+        api = create_api(function_key=key, bound_host=host)
+        if access_log:
+            log_to_stderr()
+        # uvicorn's own access log would print the query string, where the dashboard's links carry the key
+        served = AccessLog(api) if access_log else api
+        uvicorn.run(served, host=host, port=port, log_level="warning", access_log=False)
     finally:
         local_host.stop()
         remove_keys(files)

@@ -22,7 +22,7 @@ from shared.context import Context, get_context
 from shared.dashboard.artifacts import MEDIA_TYPES, PLOTS_PREFIX
 from shared.dashboard.charts import CHART_NAMES, build_charts
 from shared.dashboard.importance import IMPORTANCES_ARTIFACT, ImportanceDocument
-from shared.dashboard.pages import chart_page, experiment_page, index_page, report_page, url
+from shared.dashboard.pages import chart_page, experiment_page, index_page, report_page
 from shared.dashboard.svg import render
 from shared.errors import NotFound
 from shared.records import ExperimentRecord, ExperimentStatus, TrialRecord, UnreadableRecord
@@ -127,26 +127,6 @@ def ui_experiment(
         data=None if check is None else check.describe(),
     )
     return HTMLResponse(page, headers=page_headers(nonce))
-
-
-@router.get("/docs", include_in_schema=False)
-def api_docs(code: Code = None) -> HTMLResponse:
-    """The interactive API docs (Swagger UI from its CDN, as FastAPI serves it), under a nonce CSP: its
-    one inline script runs by this response's nonce, and the OpenAPI document is fetched with the key."""
-    from fastapi.openapi.docs import get_swagger_ui_html
-
-    nonce = secrets.token_urlsafe(18)
-    spec_url = url("/api/openapi.json", code)  # urlencoded: nothing of `code` can end the script's string
-    page = bytes(get_swagger_ui_html(openapi_url=spec_url, title="rapids-hpo-control API").body).decode()
-    page = page.replace("<script>", f'<script nonce="{nonce}">')
-    headers = page_headers(nonce)
-    cdn = "https://cdn.jsdelivr.net"
-    headers["Content-Security-Policy"] = (
-        f"default-src 'none'; script-src 'nonce-{nonce}' {cdn}; style-src {cdn} 'unsafe-inline'; "
-        "img-src 'self' data: https://fastapi.tiangolo.com; connect-src 'self'; form-action 'none'; "
-        "frame-ancestors 'none'; base-uri 'none'"
-    )
-    return HTMLResponse(page, headers=headers)
 
 
 class StudyExport(BaseModel):
