@@ -8,6 +8,7 @@ on failure, and moves it to ``<queue>-poison`` after ``MAX_DEQUEUE_COUNT`` faile
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -15,6 +16,7 @@ from collections.abc import Callable
 
 from shared.config import MAX_DEQUEUE_COUNT
 from shared.context import Context
+from shared.errors import NotFound
 from shared.handlers import handle_event, sweep, take_request_message
 from shared.ports import EventQueue, Message
 from shared.queues import move_to_poison
@@ -53,9 +55,13 @@ class LocalHost:
                     "%s message %s failed (delivery %d): %s", queue.name, message.id, message.dequeue_count, exc
                 )
                 if message.dequeue_count >= MAX_DEQUEUE_COUNT:
-                    move_to_poison(self.ctx.queues, queue, message)
+                    with contextlib.suppress(NotFound):  # received again meanwhile: the copy stays
+                        move_to_poison(self.ctx.queues, queue, message)
                 continue
-            queue.delete(message)
+            try:
+                queue.delete(message)
+            except NotFound:  # handled past its visibility timeout and received again: that one is stale
+                log.info("%s message %s was received again before its delete", queue.name, message.id)
         return handled
 
     def step(self) -> int:
@@ -71,14 +77,27 @@ class LocalHost:
     def run(
         self, until: Callable[[], bool] | None = None, idle_sleep: float = 0.25, timeout: float | None = None
     ) -> bool:
-        """Loop until ``until()`` is true, ``stop()`` is called or ``timeout`` passes; True if ``until``."""
+        """Loop until ``until()`` is true, ``stop()`` is called or ``timeout`` passes; True if ``until``.
+
+        A step that raises (the storage account unreachable: a receive, a delete or the sweep failed) is
+        logged and tried again after a backoff: the queue workers outlive an outage, as the Functions
+        host's do, instead of ending their thread while the API goes on answering."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        failures = 0
         while not self._stop.is_set():
             if until is not None and until():
                 return True
             if deadline is not None and time.monotonic() > deadline:
                 return False
-            if self.step() == 0:
+            try:
+                handled = self.step()
+                failures = 0
+            except Exception as exc:  # storage unreachable (an outage, a restart): the host keeps polling
+                failures = min(failures + 1, 6)
+                log.warning("queue host step failed (%s: %s); retrying", type(exc).__name__, exc)
+                self._stop.wait(idle_sleep * 2**failures)
+                continue
+            if handled == 0:
                 self._stop.wait(idle_sleep)
         return False
 

@@ -20,6 +20,12 @@ Table design (table names from ``shared.config``, optionally prefixed):
 
 - ``trials``: PartitionKey = experiment id, RowKey = zero-padded trial number (listing is ordered).
 
+- ``idempotency`` (legacy, read only): where versions before the claim rows kept them (PartitionKey =
+  SHA-256 of the key, RowKey ``key``, ``ExperimentId``). Where that table exists (looked up once per
+  process), a key with no claim row is looked up there before a new experiment is created, so a retry
+  spanning the upgrade gets the experiment its first send created; a bare legacy claim (its writer
+  stopped before creating the experiment) gets its experiment under the claimed id.
+
 Bodies are ASCII JSON (one character = one UTF-16 unit) split over ``Body0..BodyN`` properties of
 32,000 characters (a property holds 64 KiB); bodies too big for one entity (1 MiB) go to a blob under
 ``_records/`` in the artifacts container, named by ``BodyBlob`` (experiment ids cannot start with ``_``).
@@ -76,6 +82,8 @@ ID_ROW = "id:"
 KEY_ROW = "key:"
 CLAIMS_REMEMBERED = 20_000
 """Idempotency claims an ``AzureStore`` keeps in memory (a few MB at most)."""
+LEGACY_CLAIMS_TABLE = "idempotency"
+"""The table earlier versions kept idempotency claims in (read, never written)."""
 TIME_ROW = "t:"
 _TIME_ROW_END = "t;"  # the character after ":": the end of the t: range
 
@@ -125,6 +133,8 @@ class AzureStore:
             if not _TABLE_NAME.fullmatch(name):
                 raise ValueError(f"invalid table name {name!r} (prefix {table_prefix!r})")
         self._experiments, self._trials = (table_service.get_table_client(name) for name in self.table_names)
+        self._legacy_claims_name = f"{table_prefix}{LEGACY_CLAIMS_TABLE}"
+        self._legacy_claims: Any = None  # its client, where the table exists (decided in _ensure)
         self._container = blob_service.get_container_client(container)
         self._secrets = blob_service.get_container_client(secrets_container)
         self._ready = False
@@ -166,6 +176,9 @@ class AzureStore:
                 return
             for name in self.table_names:
                 self.table_service.create_table_if_not_exists(name)
+            legacy = self._legacy_claims_name
+            if any(self.table_service.query_tables("TableName eq @name", parameters={"name": legacy})):
+                self._legacy_claims = self.table_service.get_table_client(legacy)
             for container in (self._container, self._secrets):
                 with contextlib.suppress(ResourceExistsError):
                     container.create_container()
@@ -288,6 +301,13 @@ class AzureStore:
         known = self._claims.get(claim_row)
         if known is not None:
             return self.get_experiment(known), False
+        legacy = self._legacy_claim(record.idempotency_key or "")
+        if legacy is not None:
+            with contextlib.suppress(NotFound):
+                existing = self.get_experiment(legacy)
+                self._remember_claim(claim_row, legacy)
+                return existing, False
+            record = record.model_copy(update={"id": check_experiment_id(legacy)})  # a bare legacy claim
         row_key = _time_row_key(record)
         entity = self._experiment_entity(record, row_key)
         claim = {"PartitionKey": PARTITION, "RowKey": claim_row, "ExperimentId": record.id, "Key": row_key}
@@ -307,6 +327,16 @@ class AzureStore:
         self._row_keys[record.id] = row_key
         self._remember_claim(claim_row, record.id)
         return record.model_copy(update={"version": etags[2]}), True
+
+    def _legacy_claim(self, key: str) -> str | None:
+        """The experiment a key names in the legacy ``idempotency`` table (None: no such table or claim)."""
+        if self._legacy_claims is None:
+            return None
+        try:
+            entity = self._legacy_claims.get_entity(hashlib.sha256(key.encode()).hexdigest(), "key")
+        except ResourceNotFoundError:
+            return None
+        return str(entity["ExperimentId"])
 
     def _remember_claim(self, claim_row: str, experiment_id: str) -> None:
         """Keep the newest :data:`CLAIMS_REMEMBERED` claims (a retry comes soon after its first send)."""
