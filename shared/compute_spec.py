@@ -101,6 +101,9 @@ class ComputeSection(_Strict):
     """``output.register_model``: the best model is registered in a model registry the backend reaches."""
     runs_on_control_plane: ClassVar[bool] = False
     """Trials run on the control plane's own host: a hosted deployment refuses the backend."""
+    runs_our_search: ClassVar[bool] = True
+    """Our HPO driver (Optuna) runs the search, so every sampler and policy of ``shared.spec.search_table``
+    is served; False: the backend's own service searches, with the table's AzureML forms only."""
 
     def spec_problems(self, spec: ExperimentSpec) -> list[Problem]:
         """This backend's rules on the rest of the spec (``[]``: none)."""
@@ -373,6 +376,7 @@ class AzureMLCompute(ComputeSection):
 
     reads_azureml_data: ClassVar[bool] = True
     registers_models: ClassVar[bool] = True
+    runs_our_search: ClassVar[bool] = False
 
     backend: Literal["azureml"] = "azureml"
     subscription_id: str | None = Field(default=None, description="defaults to AZURE_SUBSCRIPTION_ID")
@@ -426,16 +430,20 @@ class AzureMLCompute(ComputeSection):
         return hosted_problems(self, spec, AzureMLScope.from_env())
 
     def spec_problems(self, spec: ExperimentSpec) -> list[Problem]:
-        if spec.sampling_algorithm.type == "bayesian" and spec.early_termination is not None:
-            others = " and ".join(backends_where(lambda section: section is not AzureMLCompute))
-            return [
+        from shared.spec.search_table import azureml_problems
+
+        ours = backends_where(lambda section: section.runs_our_search)
+        problems = azureml_problems(spec, ours)
+        if not problems and spec.sampling_algorithm.type == "bayesian" and spec.early_termination is not None:
+            others = " and ".join(ours)
+            problems.append(
                 (
                     ("early_termination",),
                     "AzureML's bayesian sampling does not support early termination: remove early_termination "
                     f"or use random sampling (the {others} backends allow it)",
                 )
-            ]
-        return []
+            )
+        return problems
 
 
 COMPUTE_SECTIONS: tuple[type[ComputeSection], ...] = (LocalCompute, VMClusterCompute, AzureMLCompute)

@@ -274,3 +274,65 @@ def test_should_prune_goes_through_the_pruner() -> None:
     bad.report(0.5, 1)
     assert not good.should_prune()
     assert bad.should_prune()
+
+
+# ------------------------------------------------------------------------- Optuna's pruners, adapted
+def test_fold_scores_invert_the_running_means_a_trial_reports() -> None:
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from shared.hpo.pruners import fold_scores
+
+    @given(st.lists(st.floats(min_value=0.0, max_value=1.0), min_size=1, max_size=20))
+    def check(scores: list[float]) -> None:
+        means = {k: sum(scores[:k]) / k for k in range(1, len(scores) + 1)}
+        assert list(fold_scores(means).values()) == pytest.approx(scores, abs=1e-9)
+
+    check()
+    assert fold_scores({1: 0.5, 3: 0.7}) == {1: 0.5}  # a gap ends the folds it can recover
+
+
+def _means(scores: list[float]) -> dict[int, float]:
+    return {k: sum(scores[:k]) / k for k in range(1, len(scores) + 1)}
+
+
+def test_wilcoxon_pairs_each_fold_with_the_best_trials_same_fold() -> None:
+    """The best trial's folds vary a lot (hard and easy folds); a trial worse by 0.01 on every fold is
+    stopped, though its running means stay above the best's on the early steps; one better on some folds
+    is not. Running means (not fold scores) would pair the wrong quantities."""
+    from shared.hpo.pruners import FoldWilcoxonPruner
+
+    best = [0.95, 0.70, 0.90, 0.60, 0.85, 0.80]
+    study = make_study()
+    finished(study, _means(best))
+    pruner = FoldWilcoxonPruner(p_threshold=0.1, n_startup_steps=2)
+    worse = [v - 0.01 for v in best]
+    decisions = [pruner.prune(study, running(study, _means(worse[:k]))) for k in range(1, 6)]
+    assert decisions[-1] and not decisions[0]
+    mixed = [v + (0.02 if i % 2 else -0.01) for i, v in enumerate(best)]
+    assert not any(pruner.prune(study, running(study, _means(mixed[:k]))) for k in range(1, 6))
+
+
+def test_successive_halving_keeps_the_best_third_at_each_rung() -> None:
+    from optuna.pruners import SuccessiveHalvingPruner
+
+    study = make_study()
+    pruner = SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+    for value in (0.9, 0.8, 0.7):  # three trials reach rung 0 (step 1) in turn
+        trial = running(study, {1: value})
+        pruned = pruner.prune(study, trial)
+        assert pruned is (value != 0.9)
+        assert study._storage.get_trial(trial._trial_id).system_attrs["completed_rung_0"] == value
+
+
+def test_threshold_beside_another_policy_stops_what_either_stops() -> None:
+    from optuna.pruners import ThresholdPruner
+
+    from shared.hpo.pruners import AnyOfPruner
+
+    study = make_study()
+    finished(study, {1: 0.9, 2: 0.9})
+    both = AnyOfPruner(ThresholdPruner(lower=0.5), BanditPruner(slack_amount=0.1))
+    assert both.prune(study, running(study, {1: 0.4}))  # under the threshold
+    assert both.prune(study, running(study, {1: 0.7}))  # outside Bandit's slack
+    assert not both.prune(study, running(study, {1: 0.85}))

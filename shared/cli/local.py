@@ -165,9 +165,13 @@ def plan(
     catalogue = load_catalogue()
     planner = get_planner(spec.compute.backend)
     creates = planner.describe(spec)
+    from shared.spec.search_table import runs_where
+
+    search = runs_where(spec)
     if output == "yaml":
         document = {
             "task": task_plan(spec),
+            "search": search,
             "plan": plan_document(spec, catalogue, creates),
             "dry_run": _dry_run(spec, as_text=False),
         }
@@ -175,6 +179,8 @@ def plan(
         typer.echo(yaml.safe_dump(document, sort_keys=False, width=110))
         return
     console.print(f"task: {task_plan(spec)}")
+    for line in search:
+        console.print(f"search: {line}", markup=False, highlight=False)
     for renderable in plan_renderables(spec, catalogue, creates):
         console.print(renderable)
     if full:

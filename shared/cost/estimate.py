@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from shared.cost.billing import BillingProfile, billing_profile
 from shared.cost.catalogue import Catalogue, Tier
+from shared.spec.search_table import first_stop_fraction
 
 if TYPE_CHECKING:
     from shared.spec import ExperimentSpec
@@ -38,17 +39,6 @@ class RunTimes:
     per_trial_s: float
     per_trial_basis: str
     low_basis: str
-
-
-def first_stop_fraction(spec: ExperimentSpec) -> float:
-    """The share of a trial's folds run before the policy can first stop it (1.0 without a policy)."""
-    policy = spec.early_termination
-    folds = spec.trial.cv_folds
-    if policy is None:
-        return 1.0
-    step = max(policy.delay_evaluation, policy.evaluation_interval)
-    step = math.ceil(step / policy.evaluation_interval) * policy.evaluation_interval
-    return 1.0 if step >= folds else step / folds
 
 
 def run_time_range(spec: ExperimentSpec) -> RunTimes:

@@ -19,12 +19,17 @@ AzureML's median stopping. These classes implement AzureML's rules as documented
   (a NaN metric is never within any slack); other trials' NaN values are ignored.
 
 Rules in detail are on each class. Details AzureML leaves open are decided here and documented there.
+Optuna's own pruners (successive halving, Hyperband, patient, threshold) are used as they are
+(:mod:`shared.spec.search_table`); this module adds only the adapters they need here: Wilcoxon over the
+folds' own scores (:class:`FoldWilcoxonPruner`) and a threshold beside another policy (:class:`AnyOfPruner`).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import statistics
+import warnings
 from collections.abc import Iterable
 
 import optuna
@@ -194,3 +199,65 @@ class TruncationSelectionPruner(_AzureMLPolicy):
             return False
         better = sum(1 for value in population if _worse(own, value, direction))
         return better >= n - cut
+
+
+def fold_scores(running_means: dict[int, float]) -> dict[int, float]:
+    """Each fold's own score from the running means a trial reports after folds 1, 2, ... (fold ``k`` is
+    ``k * mean_k - (k - 1) * mean_(k-1)``); only the leading folds without a gap."""
+    scores: dict[int, float] = {}
+    previous = 0.0
+    for step in range(1, len(running_means) + 1):
+        if step not in running_means:
+            break
+        mean = running_means[step]
+        scores[step] = step * mean - (step - 1) * previous
+        previous = mean
+    return scores
+
+
+class _FoldView:
+    """A study seen by Optuna's ``WilcoxonPruner``: its best trial with per-fold scores, not running means."""
+
+    def __init__(self, study: optuna.study.Study) -> None:
+        self._study = study
+        self.direction = study.direction
+
+    @property
+    def best_trial(self) -> FrozenTrial:
+        best = self._study.best_trial
+        return _with_values(best, fold_scores(best.intermediate_values))
+
+
+def _with_values(trial: FrozenTrial, values: dict[int, float]) -> FrozenTrial:
+    view = copy.copy(trial)
+    view.intermediate_values = values  # a shallow copy: the stored trial is untouched
+    return view
+
+
+class FoldWilcoxonPruner(BasePruner):
+    """Optuna's ``WilcoxonPruner`` over CV folds: our trials report the running mean after each fold, and the
+    signed-rank test pairs each fold's own score with the best trial's score on the same fold (the folds are
+    the same split for every trial: one seed), so both are turned back into per-fold scores first."""
+
+    def __init__(self, p_threshold: float = 0.1, n_startup_steps: int = 2) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self._wilcoxon = optuna.pruners.WilcoxonPruner(p_threshold=p_threshold, n_startup_steps=n_startup_steps)
+
+    def prune(self, study: optuna.study.Study, trial: FrozenTrial) -> bool:
+        own = fold_scores(trial.intermediate_values)
+        if not own:
+            return False
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "the best trial has no intermediate values" and the like
+            return bool(self._wilcoxon.prune(_FoldView(study), _with_values(trial, own)))  # type: ignore[arg-type]
+
+
+class AnyOfPruner(BasePruner):
+    """Prunes when any of its pruners does (a threshold beside another policy); asks each in order."""
+
+    def __init__(self, *pruners: BasePruner) -> None:
+        self.pruners = pruners
+
+    def prune(self, study: optuna.study.Study, trial: FrozenTrial) -> bool:
+        return any(pruner.prune(study, trial) for pruner in self.pruners)

@@ -24,36 +24,32 @@ see :func:`shared.spec.finish_value`.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from statistics import NormalDist
 from typing import Any
 
 import optuna
 from optuna.pruners import BasePruner, NopPruner
-from optuna.samplers import BaseSampler, GridSampler, QMCSampler, RandomSampler, TPESampler
+from optuna.samplers import BaseSampler, GridSampler
 
 from gpu_jobs.params import HYPERPARAMETERS, HyperParameter, validate_params
-from shared.hpo.pruners import BanditPruner, MedianStoppingPruner, TruncationSelectionPruner
 from shared.spec import (
-    BanditPolicy,
     Choice,
     ExperimentSpec,
     LogNormal,
     LogUniform,
-    MedianStoppingPolicy,
     Normal,
     QLogNormal,
     QLogUniform,
     QNormal,
     QUniform,
     RandInt,
-    TruncationSelectionPolicy,
     Uniform,
     finish_value,
     quantize,
     safe_exp,
 )
+from shared.spec.search_table import build_pruner, build_sampler
 
 NORMAL_SUFFIX = "__u"
 """Optuna parameter ``<name>__u`` holds the uniform draw behind a (log)normal hyperparameter ``<name>``."""
@@ -84,47 +80,17 @@ class AskTellGridSampler(GridSampler):
 
 
 def make_sampler(spec: ExperimentSpec) -> BaseSampler:
-    """The Optuna sampler for ``spec.sampling_algorithm`` (seeded with its ``seed``)."""
-    algorithm = spec.sampling_algorithm
-    seed = algorithm.seed
-    if algorithm.type == "grid":
-        grid = {name: list(dist.values) for name, dist in spec.search_space.items() if isinstance(dist, Choice)}
-        return AskTellGridSampler(grid, seed=seed)
-    if algorithm.type == "bayesian":
-        # With max_concurrent_trials > 1 several trials are asked before the running ones report. The
-        # constant liar gives running trials a pessimistic value, so concurrent asks spread over the space
-        # instead of all proposing the same promising point.
-        return TPESampler(seed=seed, constant_liar=True)
-    if algorithm.rule == "sobol":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return QMCSampler(
-                qmc_type="sobol",
-                scramble=True,
-                seed=seed,
-                independent_sampler=RandomSampler(seed=seed),
-                warn_asynchronous_seeding=False,
-                warn_independent_sampling=False,
-            )
-    return RandomSampler(seed=seed)
+    """The Optuna sampler for ``spec.sampling_algorithm`` (seeded with its ``seed``): the table's entry."""
+    sampler: BaseSampler = build_sampler(spec)
+    return sampler
 
 
 def make_pruner(spec: ExperimentSpec) -> BasePruner:
-    """The pruner for ``spec.early_termination`` (``NopPruner`` when there is none)."""
-    policy = spec.early_termination
-    if policy is None:
+    """The pruner for ``spec.early_termination`` (``NopPruner`` when there is none): the table's entry."""
+    if spec.early_termination is None:
         return NopPruner()
-    schedule = {
-        "evaluation_interval": policy.evaluation_interval,
-        "delay_evaluation": policy.delay_evaluation,
-    }
-    if isinstance(policy, BanditPolicy):
-        return BanditPruner(slack_factor=policy.slack_factor, slack_amount=policy.slack_amount, **schedule)
-    if isinstance(policy, MedianStoppingPolicy):
-        return MedianStoppingPruner(**schedule)
-    if isinstance(policy, TruncationSelectionPolicy):
-        return TruncationSelectionPruner(policy.truncation_percentage, **schedule)
-    raise TypeError(f"unknown early-termination policy {type(policy).__name__}")
+    pruner: BasePruner = build_pruner(spec.early_termination, spec)
+    return pruner
 
 
 def suggest_params(trial: optuna.trial.BaseTrial, spec: ExperimentSpec) -> dict[str, Any]:

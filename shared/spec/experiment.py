@@ -13,6 +13,7 @@ from shared.compute_spec import ComputeSpec, LocalCompute, Problem, backends_whe
 from shared.spec.bounds import MAX_GRID_POINTS, MAX_SEARCH_SPACE, MAX_TAGS, numbers_problems
 from shared.spec.errors import Problems, SpecModel, did_you_mean, echo, fail
 from shared.spec.search_space import SAMPLING_TYPES, Choice, Distribution, check_distribution
+from shared.spec.search_table import policy_problems
 from shared.spec.sections import (
     BanditPolicy,
     DatasetSpec,
@@ -131,6 +132,7 @@ class ExperimentSpec(SpecModel):
                 )
             )
         errors += self._objective_problems()
+        errors += policy_problems(self)
         errors += compute.spec_problems(self)
         fail(errors)
         self._default_concurrency()

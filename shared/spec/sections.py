@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import Field, field_validator, model_validator
@@ -13,7 +13,18 @@ from gpu_jobs.metrics import METRIC_ALIASES, METRICS, TASK_METRICS, Task
 from gpu_jobs.params import HYPERPARAMETERS, ModelName
 from shared.spec.bounds import MAX_RUN_SECONDS, MAX_SEARCH_SPACE
 from shared.spec.errors import Loc, Problems, SpecModel, did_you_mean, echo, fail
+from shared.spec.pruning import (  # noqa: F401 (re-exported: the section's models)
+    BanditPolicy,
+    HyperbandPolicy,
+    MedianStoppingPolicy,
+    PatientPolicy,
+    SuccessiveHalvingPolicy,
+    ThresholdPolicy,
+    TruncationSelectionPolicy,
+    WilcoxonPolicy,
+)
 from shared.spec.search_space import check_value
+from shared.spec.search_table import SAMPLERS, EarlyTermination  # noqa: F401 (re-exported)
 
 BUILTIN_DATASETS: tuple[str, ...] = tuple(BUILTIN_TARGETS)
 MAX_FEATURES = 10_000
@@ -210,52 +221,26 @@ class TrialSpec(SpecModel):
 class SamplingAlgorithm(SpecModel):
     """How trials are picked. ``rule: sobol`` (random only) draws a scrambled Sobol sequence."""
 
-    type: Literal["random", "grid", "bayesian"] = "random"
+    type: str = Field(
+        default="random",
+        json_schema_extra={"enum": list(SAMPLERS)},
+        description="one of shared.spec.search_table.SAMPLERS",
+    )
     seed: int | None = Field(default=None, ge=0, lt=2**32, description="None: not reproducible")
     rule: Literal["random", "sobol"] | None = None
+
+    @field_validator("type")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in SAMPLERS:
+            raise ValueError(f"unknown sampling algorithm {echo(value)}: expected one of {', '.join(SAMPLERS)}")
+        return value
 
     @model_validator(mode="after")
     def _rule(self) -> SamplingAlgorithm:
         if self.rule is not None and self.type != "random":
             fail([(("rule",), f"rule applies to random sampling only, not {self.type}")])
         return self
-
-
-class _Policy(SpecModel):
-    evaluation_interval: int = Field(default=1, ge=1, description="apply at every multiple of this step")
-    delay_evaluation: int = Field(default=0, ge=0, description="first step the policy may apply at")
-
-
-class BanditPolicy(_Policy):
-    """Stop a trial whose best value is not within the slack of the best trial at that step."""
-
-    type: Literal["bandit"] = "bandit"
-    slack_factor: float | None = Field(default=None, gt=0)
-    slack_amount: float | None = Field(default=None, gt=0)
-
-    @model_validator(mode="after")
-    def _one_slack(self) -> BanditPolicy:
-        if (self.slack_factor is None) == (self.slack_amount is None):
-            raise ValueError("bandit needs exactly one of slack_factor or slack_amount")
-        return self
-
-
-class MedianStoppingPolicy(_Policy):
-    """Stop a trial whose best value is worse than the median of the others' running averages."""
-
-    type: Literal["median_stopping"] = "median_stopping"
-
-
-class TruncationSelectionPolicy(_Policy):
-    """At each evaluation step, stop the trials in the lowest ``truncation_percentage`` percent."""
-
-    type: Literal["truncation_selection"] = "truncation_selection"
-    truncation_percentage: int = Field(ge=1, le=99)
-
-
-EarlyTermination = Annotated[
-    BanditPolicy | MedianStoppingPolicy | TruncationSelectionPolicy, Field(discriminator="type")
-]
 
 
 class Limits(SpecModel):

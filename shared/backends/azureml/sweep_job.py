@@ -23,22 +23,16 @@ from azure.ai.ml.entities import (
     ManagedIdentityConfiguration,
 )
 from azure.ai.ml.sweep import (
-    BanditPolicy,
-    BayesianSamplingAlgorithm,
     Choice,
-    GridSamplingAlgorithm,
     LogNormal,
     LogUniform,
-    MedianStoppingPolicy,
     Normal,
     QLogNormal,
     QLogUniform,
     QNormal,
     QUniform,
     Randint,
-    RandomSamplingAlgorithm,
     SweepJob,
-    TruncationSelectionPolicy,
     Uniform,
 )
 
@@ -47,6 +41,7 @@ from shared import spec as specs
 from shared.compute_spec import AzureMLCompute, compute_section
 from shared.cost.catalogue import load_catalogue
 from shared.spec import ExperimentSpec, finish_value, quantize
+from shared.spec.search_table import azureml_policy, azureml_sampler
 from shared.spec.sections import azureml_uri_form
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -140,32 +135,13 @@ def sweep_distribution(dist: Any) -> Any:
 
 
 def sampling_algorithm(spec: ExperimentSpec) -> Any:
-    """AzureML's sampling algorithm for ``spec.sampling_algorithm`` (only random takes seed and rule)."""
-    algorithm = spec.sampling_algorithm
-    if algorithm.type == "random":
-        return RandomSamplingAlgorithm(seed=algorithm.seed, rule=algorithm.rule)
-    if algorithm.type == "grid":
-        return GridSamplingAlgorithm()
-    if algorithm.type == "bayesian":
-        return BayesianSamplingAlgorithm()
-    raise ValueError(f"no AzureML form for sampling algorithm {algorithm.type!r}")
+    """AzureML's sampling algorithm for ``spec.sampling_algorithm`` (the table's AzureML form)."""
+    return azureml_sampler(spec)
 
 
 def early_termination_policy(spec: ExperimentSpec) -> Any | None:
-    """AzureML's policy for ``spec.early_termination`` (None: no policy)."""
-    policy = spec.early_termination
-    if policy is None:
-        return None
-    timing = {"evaluation_interval": policy.evaluation_interval, "delay_evaluation": policy.delay_evaluation}
-    if isinstance(policy, specs.BanditPolicy):
-        if policy.slack_factor is not None:
-            return BanditPolicy(slack_factor=policy.slack_factor, **timing)
-        return BanditPolicy(slack_amount=policy.slack_amount or 0.0, **timing)
-    if isinstance(policy, specs.MedianStoppingPolicy):
-        return MedianStoppingPolicy(**timing)
-    if isinstance(policy, specs.TruncationSelectionPolicy):
-        return TruncationSelectionPolicy(truncation_percentage=policy.truncation_percentage, **timing)
-    raise TypeError(f"no AzureML form for early-termination policy {policy!r}")
+    """AzureML's policy for ``spec.early_termination`` (None: no policy; the table's AzureML form)."""
+    return azureml_policy(spec)
 
 
 def _literal(value: float | int) -> str:

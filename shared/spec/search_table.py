@@ -1,0 +1,429 @@
+"""The one table of search policies: every sampler and early-termination policy, one entry each.
+
+An entry says everything the rest of the code asks of a policy, so adding one is adding an entry:
+
+* ``type``: the spec's ``type`` (a pruner's spec model is ``model``, validated like the others);
+* ``optuna(section, spec)``: the Optuna object our driver runs (local and vmcluster backends);
+* ``azureml(section)``: AzureML's sweep object, or ``None``: the azureml backend refuses the spec with a 422
+  naming the field and the backends that run it (:func:`azureml_problems`);
+* ``first_stop(section, spec)``: the cost estimate's input, the first step at which the policy may stop a
+  trial (``None``: never; a sampler stops none); :func:`first_stop_fraction` turns it into a share;
+* ``problems(section, spec)``: the entry's rules on the rest of the spec (422s), if any;
+* ``example``: a valid section (the README's reference and the completeness test build it).
+
+The factories import Optuna and azure-ai-ml when called, so the spec (and the Function App) load neither.
+``tests/test_search_table.py`` checks every entry is complete and that each builds what it says.
+"""
+
+from __future__ import annotations
+
+import builtins
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
+
+from pydantic import Field
+
+from shared.spec.errors import SpecModel
+from shared.spec.pruning import (
+    BanditPolicy,
+    HyperbandPolicy,
+    MedianStoppingPolicy,
+    PatientPolicy,
+    SuccessiveHalvingPolicy,
+    ThresholdPolicy,
+    TruncationSelectionPolicy,
+    WilcoxonPolicy,
+    trial_steps,
+    wrapped_of,
+)
+
+if TYPE_CHECKING:
+    from shared.spec import ExperimentSpec
+
+Problem = tuple[tuple[str, ...], str]
+
+
+def _no_problems(section: Any, spec: ExperimentSpec) -> list[Problem]:
+    return []
+
+
+@dataclass(frozen=True)
+class SearchEntry:
+    """One sampler or early-termination policy (see the module's docstring)."""
+
+    kind: Literal["sampler", "pruner"]
+    type: str
+    summary: str
+    optuna: Callable[[Any, ExperimentSpec], Any]
+    azureml: Callable[[Any], Any] | None
+    first_stop: Callable[[Any, ExperimentSpec], int | None]
+    example: dict[str, Any]
+    model: builtins.type[SpecModel] | None = None
+    """A pruner's spec model (samplers share ``SamplingAlgorithm``)."""
+    problems: Callable[[Any, ExperimentSpec], list[Problem]] = _no_problems
+
+    @property
+    def wraps(self) -> bool:
+        """Whether the policy takes another as ``wrapped`` (wrappers never wrap wrappers)."""
+        return self.model is not None and "wrapped" in self.model.model_fields
+
+
+# --------------------------------------------------------------------------------------- pruners
+def _schedule(p: Any) -> dict[str, int]:
+    return {"evaluation_interval": p.evaluation_interval, "delay_evaluation": p.delay_evaluation}
+
+
+def _azureml_first_step(p: Any, spec: ExperimentSpec) -> int:
+    step = max(p.delay_evaluation, p.evaluation_interval)
+    return -(-step // p.evaluation_interval) * p.evaluation_interval
+
+
+def _bandit(p: BanditPolicy, spec: ExperimentSpec) -> Any:
+    from shared.hpo.pruners import BanditPruner
+
+    return BanditPruner(slack_factor=p.slack_factor, slack_amount=p.slack_amount, **_schedule(p))
+
+
+def _bandit_azureml(p: BanditPolicy) -> Any:
+    from azure.ai.ml.sweep import BanditPolicy as AzureBandit
+
+    if p.slack_factor is not None:
+        return AzureBandit(slack_factor=p.slack_factor, **_schedule(p))
+    return AzureBandit(slack_amount=p.slack_amount or 0.0, **_schedule(p))
+
+
+def _median(p: MedianStoppingPolicy, spec: ExperimentSpec) -> Any:
+    from shared.hpo.pruners import MedianStoppingPruner
+
+    return MedianStoppingPruner(**_schedule(p))
+
+
+def _median_azureml(p: MedianStoppingPolicy) -> Any:
+    from azure.ai.ml.sweep import MedianStoppingPolicy as AzureMedian
+
+    return AzureMedian(**_schedule(p))
+
+
+def _truncation(p: TruncationSelectionPolicy, spec: ExperimentSpec) -> Any:
+    from shared.hpo.pruners import TruncationSelectionPruner
+
+    return TruncationSelectionPruner(p.truncation_percentage, **_schedule(p))
+
+
+def _truncation_azureml(p: TruncationSelectionPolicy) -> Any:
+    from azure.ai.ml.sweep import TruncationSelectionPolicy as AzureTruncation
+
+    return AzureTruncation(truncation_percentage=p.truncation_percentage, **_schedule(p))
+
+
+def _halving(p: SuccessiveHalvingPolicy, spec: ExperimentSpec) -> Any:
+    from optuna.pruners import SuccessiveHalvingPruner
+
+    return SuccessiveHalvingPruner(
+        min_resource=p.min_resource,
+        reduction_factor=p.reduction_factor,
+        min_early_stopping_rate=p.min_early_stopping_rate,
+        bootstrap_count=p.bootstrap_count,
+    )
+
+
+def _halving_first(p: SuccessiveHalvingPolicy, spec: ExperimentSpec) -> int:
+    return int(p.min_resource * p.reduction_factor**p.min_early_stopping_rate)
+
+
+def _hyperband(p: HyperbandPolicy, spec: ExperimentSpec) -> Any:
+    from optuna.pruners import HyperbandPruner
+
+    return HyperbandPruner(
+        min_resource=p.min_resource,
+        max_resource=p.max_resource or trial_steps(spec),
+        reduction_factor=p.reduction_factor,
+        bootstrap_count=p.bootstrap_count,
+    )
+
+
+def _wilcoxon(p: WilcoxonPolicy, spec: ExperimentSpec) -> Any:
+    from shared.hpo.pruners import FoldWilcoxonPruner
+
+    return FoldWilcoxonPruner(p_threshold=p.p_threshold, n_startup_steps=p.n_startup_steps)
+
+
+def _wilcoxon_problems(p: WilcoxonPolicy, spec: ExperimentSpec) -> list[Problem]:
+    folds = spec.trial.cv_folds
+    if max(2, p.n_startup_steps) >= folds:
+        why = f"compares at least max(2, n_startup_steps) = {max(2, p.n_startup_steps)} folds and a trial has {folds}"
+        return [(("early_termination", "n_startup_steps"), f"wilcoxon would never stop a trial: it {why}")]
+    return []
+
+
+def _patient(p: PatientPolicy, spec: ExperimentSpec) -> Any:
+    from optuna.pruners import PatientPruner
+
+    inner = None if p.wrapped is None else build_pruner(p.wrapped, spec)
+    return PatientPruner(inner, patience=p.patience, min_delta=p.min_delta)
+
+
+def _patient_first(p: PatientPolicy, spec: ExperimentSpec) -> int | None:
+    own = p.patience + 2  # Optuna compares the best before the last patience + 1 steps with those
+    inner = None if p.wrapped is None else pruner_entry(p.wrapped).first_stop(p.wrapped, spec)
+    return None if p.wrapped is not None and inner is None else max(own, inner or 0)
+
+
+def _threshold(p: ThresholdPolicy, spec: ExperimentSpec) -> Any:
+    from optuna.pruners import ThresholdPruner
+
+    from shared.hpo.pruners import AnyOfPruner
+
+    own = ThresholdPruner(
+        lower=p.lower, upper=p.upper, n_warmup_steps=p.n_warmup_steps, interval_steps=p.interval_steps
+    )
+    return own if p.wrapped is None else AnyOfPruner(own, build_pruner(p.wrapped, spec))
+
+
+def _threshold_first(p: ThresholdPolicy, spec: ExperimentSpec) -> int | None:
+    own = max(1, p.n_warmup_steps)
+    inner = None if p.wrapped is None else pruner_entry(p.wrapped).first_stop(p.wrapped, spec)
+    return own if inner is None else min(own, inner)
+
+
+def _rung_problems(first: Callable[[Any, ExperimentSpec], int | None], fields: str) -> Callable[..., list[Problem]]:
+    """A policy whose first stop is not before a trial's last step would never stop a trial: a 422."""
+
+    def problems(p: Any, spec: ExperimentSpec) -> list[Problem]:
+        step, steps = first(p, spec), trial_steps(spec)
+        if step is not None and step < steps:
+            return []
+        return [
+            (
+                ("early_termination", fields.split(maxsplit=1)[0]),
+                f"{p.type} would never stop a trial: its first decision ({fields}) is at step {step} and a trial "
+                f"reports {steps} steps (the last is never stopped)",
+            )
+        ]
+
+    return problems
+
+
+PRUNERS: dict[str, SearchEntry] = {
+    entry.type: entry
+    for entry in (
+        SearchEntry("pruner", "bandit", "AzureML's Bandit: within a slack of the best trial at the step",
+                    _bandit, _bandit_azureml, _azureml_first_step,
+                    {"type": "bandit", "slack_factor": 0.1, "delay_evaluation": 1}, BanditPolicy),
+        SearchEntry("pruner", "median_stopping", "AzureML's median stopping: best value vs median running average",
+                    _median, _median_azureml, _azureml_first_step,
+                    {"type": "median_stopping", "delay_evaluation": 1}, MedianStoppingPolicy),
+        SearchEntry("pruner", "truncation_selection", "AzureML's truncation selection: the lowest percent stop",
+                    _truncation, _truncation_azureml, _azureml_first_step,
+                    {"type": "truncation_selection", "truncation_percentage": 20}, TruncationSelectionPolicy),
+        SearchEntry("pruner", "successive_halving", "asynchronous successive halving (ASHA), Optuna",
+                    _halving, None, _halving_first,
+                    {"type": "successive_halving", "min_resource": 1, "reduction_factor": 3}, SuccessiveHalvingPolicy,
+                    _rung_problems(_halving_first, "min_resource * reduction_factor**min_early_stopping_rate")),
+        SearchEntry("pruner", "hyperband", "Hyperband: successive-halving brackets, Optuna",
+                    _hyperband, None, lambda p, spec: p.min_resource,
+                    {"type": "hyperband", "min_resource": 1, "reduction_factor": 2}, HyperbandPolicy,
+                    _rung_problems(lambda p, spec: p.min_resource, "min_resource")),
+        SearchEntry("pruner", "wilcoxon", "Wilcoxon signed-rank test over the folds against the best trial, Optuna",
+                    _wilcoxon, None, lambda p, spec: max(2, p.n_startup_steps),
+                    {"type": "wilcoxon", "p_threshold": 0.1}, WilcoxonPolicy, _wilcoxon_problems),
+        SearchEntry("pruner", "patient", "waits patience steps without improvement, then asks wrapped, Optuna",
+                    _patient, None, _patient_first,
+                    {"type": "patient", "patience": 1, "wrapped": {"type": "median_stopping"}}, PatientPolicy),
+        SearchEntry("pruner", "threshold", "stops a trial outside [lower, upper], or that wrapped stops, Optuna",
+                    _threshold, None, _threshold_first,
+                    {"type": "threshold", "lower": 0.6, "wrapped": {"type": "successive_halving"}}, ThresholdPolicy),
+    )
+}  # fmt: skip
+"""``early_termination.type`` -> its entry."""
+
+
+def _union(entries: list[SearchEntry]) -> Any:
+    models = tuple(entry.model for entry in entries)
+    return Annotated[Union[models], Field(discriminator="type")]  # noqa: UP007 (a runtime tuple of models)
+
+
+WrappedPolicy = _union([e for e in PRUNERS.values() if not e.wraps])
+"""What a wrapper may wrap: any policy but a wrapper (so nesting stays one level deep)."""
+if TYPE_CHECKING:
+    EarlyTermination = Any  # the table's models, built at run time
+else:
+    EarlyTermination = _union(list(PRUNERS.values()))
+    """The ``early_termination`` section: one of the table's models, by ``type``."""
+for _entry in PRUNERS.values():
+    if _entry.wraps:
+        assert _entry.model is not None
+        _entry.model.model_rebuild(_types_namespace={"WrappedPolicy": WrappedPolicy})
+
+
+def pruner_entry(policy: Any) -> SearchEntry:
+    return PRUNERS[policy.type]
+
+
+def build_pruner(policy: Any, spec: ExperimentSpec) -> Any:
+    """The Optuna pruner for one ``early_termination`` section (Optuna's experimental warnings silenced)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=Warning)
+        return pruner_entry(policy).optuna(policy, spec)
+
+
+def first_stop_fraction(spec: ExperimentSpec) -> float:
+    """The share of a trial's steps run before the policy can first stop it (1.0 without a policy, or one
+    that cannot stop it before its last step, which the driver never stops)."""
+    policy, steps = spec.early_termination, trial_steps(spec)
+    if policy is None:
+        return 1.0
+    step = pruner_entry(policy).first_stop(policy, spec)
+    return 1.0 if step is None or step >= steps else step / steps
+
+
+def policy_problems(spec: ExperimentSpec) -> list[Problem]:
+    """The table's rules on ``spec`` (every backend): the entries' own, the wrapped one's included."""
+    policy = spec.early_termination
+    if policy is None:
+        return []
+    problems = pruner_entry(policy).problems(policy, spec)
+    inner = wrapped_of(policy)
+    if inner is not None:
+        problems += [(("early_termination", "wrapped", *loc[1:]), msg) for loc, msg in
+                     pruner_entry(inner).problems(inner, spec)]  # fmt: skip
+    return problems
+
+
+def azureml_problems(spec: ExperimentSpec, accepting: list[str]) -> list[Problem]:
+    """What the azureml backend refuses: a sampler or policy without an AzureML form (``accepting``: the
+    backends that run every entry)."""
+    others = " or ".join(repr(name) for name in accepting)
+    problems: list[Problem] = []
+    sampler = spec.sampling_algorithm.type
+    if SAMPLERS[sampler].azureml is None:
+        offered = ", ".join(t for t, e in SAMPLERS.items() if e.azureml is not None)
+        problems.append(
+            (
+                ("sampling_algorithm", "type"),
+                f"AzureML has no {sampler} sampling (it offers {offered}): compute.backend {others} runs it",
+            )
+        )
+    policy = spec.early_termination
+    if policy is not None and pruner_entry(policy).azureml is None:
+        offered = ", ".join(t for t, e in PRUNERS.items() if e.azureml is not None)
+        problems.append(
+            (
+                ("early_termination", "type"),
+                f"AzureML has no {policy.type} policy (it offers {offered}): compute.backend {others} runs it",
+            )
+        )
+    return problems
+
+
+def azureml_policy(spec: ExperimentSpec) -> Any | None:
+    """AzureML's early-termination policy for the spec (None: none); ValueError for one AzureML lacks."""
+    policy = spec.early_termination
+    if policy is None:
+        return None
+    form = pruner_entry(policy).azureml
+    if form is None:
+        raise ValueError(f"no AzureML form for early-termination policy {policy.type!r}")
+    return form(policy)
+
+
+# -------------------------------------------------------------------------------------- samplers
+def _random(s: Any, spec: ExperimentSpec) -> Any:
+    from optuna.samplers import QMCSampler, RandomSampler
+
+    if s.rule == "sobol":
+        return QMCSampler(
+            qmc_type="sobol",
+            scramble=True,
+            seed=s.seed,
+            independent_sampler=RandomSampler(seed=s.seed),
+            warn_asynchronous_seeding=False,
+            warn_independent_sampling=False,
+        )
+    return RandomSampler(seed=s.seed)
+
+
+def _random_azureml(s: Any) -> Any:
+    from azure.ai.ml.sweep import RandomSamplingAlgorithm
+
+    return RandomSamplingAlgorithm(seed=s.seed, rule=s.rule)
+
+
+def _grid(s: Any, spec: ExperimentSpec) -> Any:
+    from shared.hpo.search_space import AskTellGridSampler
+    from shared.spec.search_space import Choice
+
+    grid = {name: list(dist.values) for name, dist in spec.search_space.items() if isinstance(dist, Choice)}
+    return AskTellGridSampler(grid, seed=s.seed)
+
+
+def _grid_azureml(s: Any) -> Any:
+    from azure.ai.ml.sweep import GridSamplingAlgorithm
+
+    return GridSamplingAlgorithm()
+
+
+def _bayesian(s: Any, spec: ExperimentSpec) -> Any:
+    from optuna.samplers import TPESampler
+
+    # With max_concurrent_trials > 1 several trials are asked before the running ones report. The constant
+    # liar gives running trials a pessimistic value, so concurrent asks spread over the space instead of all
+    # proposing the same promising point.
+    return TPESampler(seed=s.seed, constant_liar=True)
+
+
+def _bayesian_azureml(s: Any) -> Any:
+    from azure.ai.ml.sweep import BayesianSamplingAlgorithm
+
+    return BayesianSamplingAlgorithm()
+
+
+def _never_stops(section: Any, spec: ExperimentSpec) -> int | None:
+    return None
+
+
+SAMPLERS: dict[str, SearchEntry] = {
+    entry.type: entry
+    for entry in (
+        SearchEntry("sampler", "random", "uniform random draws (rule: sobol for a scrambled Sobol sequence)",
+                    _random, _random_azureml, _never_stops, {"type": "random", "seed": 1, "rule": "sobol"}),
+        SearchEntry("sampler", "grid", "every combination of choice values, in a seeded order",
+                    _grid, _grid_azureml, _never_stops, {"type": "grid", "seed": 1}),
+        SearchEntry("sampler", "bayesian", "TPE (Optuna) here; AzureML's own Bayesian optimization on azureml",
+                    _bayesian, _bayesian_azureml, _never_stops, {"type": "bayesian", "seed": 1}),
+    )
+}  # fmt: skip
+"""``sampling_algorithm.type`` -> its entry."""
+
+
+def build_sampler(spec: ExperimentSpec) -> Any:
+    """The Optuna sampler for ``spec.sampling_algorithm`` (Optuna's experimental warnings silenced)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=Warning)
+        return SAMPLERS[spec.sampling_algorithm.type].optuna(spec.sampling_algorithm, spec)
+
+
+def azureml_sampler(spec: ExperimentSpec) -> Any:
+    """AzureML's sampling algorithm for the spec; ValueError for one AzureML lacks."""
+    form = SAMPLERS[spec.sampling_algorithm.type].azureml
+    if form is None:
+        raise ValueError(f"no AzureML form for sampling algorithm {spec.sampling_algorithm.type!r}")
+    return form(spec.sampling_algorithm)
+
+
+def runs_where(spec: ExperimentSpec) -> list[str]:
+    """For ``plan``: which backends run the spec's sampler and policy (AzureML only those it has a form of)."""
+    from shared.compute_spec import backends_where
+
+    ours = backends_where(lambda section: section.runs_our_search)
+    theirs = backends_where(lambda section: not section.runs_our_search)
+    lines = []
+    sections = [("sampling_algorithm", SAMPLERS[spec.sampling_algorithm.type])]
+    if spec.early_termination is not None:
+        sections.append(("early_termination", pruner_entry(spec.early_termination)))
+    for field, entry in sections:
+        where = ours + (theirs if entry.azureml is not None else [])
+        lines.append(f"{field} {entry.type} ({entry.summary}): runs on {', '.join(where)}")
+    return lines
