@@ -27,7 +27,8 @@ from shared.handlers import handle_event, submit_experiment  # noqa: E402
 from shared.ports import RunState  # noqa: E402
 from shared.records import TrialRecord, TrialState, utcnow  # noqa: E402
 from shared.spec import load_spec  # noqa: E402
-from tests.control_plane import ScriptedBackend, local_context, tiny_spec  # noqa: E402
+from tests.control_plane import local_context, tiny_spec  # noqa: E402
+from tests.fakes.scripted import ScriptedBackend  # noqa: E402
 from tests.topic_receiver import TopicReceiver  # noqa: E402
 
 

@@ -9,7 +9,7 @@
   AzureML sweep). Every method is idempotent and short; long work happens on the compute. Each backend
   has a typed handle (``BackendHandle``), declares its ``Capabilities``, offers an offline ``Planner``
   (dry run, description) and, where it creates cloud resources, an ``OrphanFinder``. The registry of
-  backends is ``shared.backends`` (the one place that names them); ``tests/test_backend_conformance.py``
+  backends is ``shared.backends`` (the one place that names them); ``tests/conformance/test_backend.py``
   runs the same suite over each.
 """
 

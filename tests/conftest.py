@@ -1,4 +1,8 @@
-"""Shared fixtures. Azurite fixtures live in tests/azurite.py (a pytest plugin).
+"""Shared fixtures: the ones several test files take (Azurite's live in tests/azurite.py, a pytest plugin).
+
+A fixture defined here is the one meaning of its name across the suite; a file that needs another kind
+of ``ctx`` or ``store`` defines its own, which overrides this one for that file. Fakes are in
+``tests/fakes/``, the conformance suites and their harnesses in ``tests/conformance/``.
 
 The suite can never reach a real Azure subscription: every ``AZURE_*``/``AZUREML_*`` variable and the
 managed-identity and hosting variables are removed from the process before any test or fixture runs, and
@@ -15,9 +19,18 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 import pytest
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+    from shared.context import Context
+    from shared.store.local import LocalStore
+    from tests.arm_server import FakeArm
+    from tests.token_issuer import TokenIssuer
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -76,6 +89,57 @@ def _no_real_azure(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         monkeypatch.delenv(name)
     monkeypatch.setenv("AZURE_CONFIG_DIR", _EMPTY_AZURE_CONFIG)
     yield
+
+
+# ------------------------------------------------------------------------------ shared fixtures
+# Imported inside each fixture: a run that takes none of them does not pay for Dask's or an SDK's import.
+
+
+@pytest.fixture(scope="module")
+def dask_client() -> Iterator[Client]:
+    """A real Dask LocalCluster, two single-threaded worker processes, shared by a module's tests (a test
+    that restarts or kills a worker waits for two again before it ends)."""
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0") as cluster,
+        Client(cluster) as client,
+    ):
+        yield client
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> LocalStore:
+    """A ``LocalStore`` in the test's own folder."""
+    from shared.store.local import LocalStore
+
+    return LocalStore(tmp_path / "store")
+
+
+@pytest.fixture
+def ctx(tmp_path: Path) -> Context:
+    """The control plane over local adapters in the test's own folder (store, queues; polls not delayed)."""
+    from tests.control_plane import local_context
+
+    return local_context(tmp_path)
+
+
+@pytest.fixture
+def arm() -> Iterator[FakeArm]:
+    """The ARM stand-in (``tests/arm_server.py``) with no role assignments enforced."""
+    from tests.arm_server import FakeArm
+
+    with FakeArm() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def issuer() -> Iterator[TokenIssuer]:
+    """The Entra ID stand-in (``tests/token_issuer.py``), serving its OpenID metadata and keys over HTTP."""
+    from tests.token_issuer import TokenIssuer
+
+    with TokenIssuer().serving() as served:
+        yield served
 
 
 INTERPRETER_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")

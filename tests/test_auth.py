@@ -11,7 +11,6 @@ import base64
 import json
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import jwt
@@ -25,22 +24,11 @@ from shared.context import Context
 from shared.events.catalog import status_changed
 from shared.handlers.intake import InvalidRequest, handle_request_message
 from shared.records import SubmittedBy
-from tests.control_plane import local_context, tiny_spec
+from tests.control_plane import tiny_spec
 from tests.served import serving
 from tests.token_issuer import IssuerCredential, TokenIssuer, new_key
 
 SUBMIT, READ, ADMIN = Role.SUBMIT, Role.READ, Role.ADMIN
-
-
-@pytest.fixture(scope="module")
-def issuer() -> Iterator[TokenIssuer]:
-    with TokenIssuer().serving() as served:
-        yield served
-
-
-@pytest.fixture
-def ctx(tmp_path) -> Context:
-    return local_context(tmp_path)
 
 
 def api(ctx: Context, settings: AuthSettings) -> TestClient:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -36,12 +35,6 @@ PROFILE = settings(max_examples=150, deadline=None, suppress_health_check=[Healt
 ATTACKER_RSA = new_key()
 ATTACKER_EC = ec.generate_private_key(ec.SECP256R1())
 B64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-
-
-@pytest.fixture(scope="module")
-def issuer() -> Iterator[TokenIssuer]:
-    with TokenIssuer().serving() as served:
-        yield served
 
 
 @pytest.fixture(scope="module")

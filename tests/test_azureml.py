@@ -24,7 +24,7 @@ import shlex
 import subprocess
 import sys
 import typing
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -67,20 +67,14 @@ from shared.errors import BackendError
 from shared.ports import ComputeBackend, RunState
 from shared.records import ExperimentRecord, ExperimentStatus, TrialRecord, TrialState
 from shared.spec import Distribution, ExperimentSpec, load_spec
-from tests.control_plane import local_context
+from tests.fakes.azureml import COMPUTE, EXP, JOB, T0, FakeWorkspace, child, run
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:The `ordered` `class Meta` option is deprecated"),
     pytest.mark.filterwarnings("ignore:The `context` parameter is deprecated"),
 ]
 
-EXP = "exp-aml-1"
-JOB = job_name_for(EXP)
-T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
-"""A sweep's creation time: relative to now, because a stopped sweep with no end time is measured
-against the clock (a fixed date made the status-mapping test fail once it was an hour old)."""
 FAST = RetrySettings(attempts=2, initial_wait_s=0, max_wait_s=0, jitter_s=0, sleep=lambda _: None)
-COMPUTE = {"backend": "azureml", "subscription_id": "sub-1", "resource_group": "rg-1", "workspace": "ws-1"}
 
 ALL_TYPES: dict[str, dict[str, Any]] = {
     "num_boost_round": {"type": "choice", "values": [50, 100, 200]},
@@ -597,92 +591,6 @@ def test_node_hour_estimates() -> None:
     )
     assert guess["basis"] == "estimate" and guess["per_trial_seconds"] == ESTIMATED_TRIAL_SECONDS
     assert guess["node_hours"] == pytest.approx(2 * ESTIMATED_TRIAL_SECONDS * 2 / 3600)
-
-
-# ------------------------------------------------------------------------------- the workspace fake
-@dataclass
-class FakeWorkspace:
-    """Fake of ``AzureMLClient``: a workspace in memory, with a log of the calls made to it."""
-
-    jobs: dict[str, JobInfo] = field(default_factory=dict)
-    children: dict[str, list[JobInfo]] = field(default_factory=dict)
-    runs: dict[str, RunMetrics] = field(default_factory=dict)
-    outputs: dict[tuple[str, str], dict[str, bytes]] = field(default_factory=dict)
-    computes: dict[str, AmlCompute] = field(default_factory=dict)
-    submitted: list[SweepJob] = field(default_factory=list)
-    calls: list[tuple[str, str]] = field(default_factory=list)
-
-    def ensure_compute(self, compute: AmlCompute) -> AmlCompute:
-        self.calls.append(("ensure_compute", compute.name))
-        return self.computes.setdefault(compute.name, compute)
-
-    def find(self, name: str) -> JobInfo | None:
-        return self.jobs.get(name)
-
-    def submit(self, job: SweepJob) -> str:
-        if job.name in self.jobs:
-            return job.name
-        code = Path(job.trial.code)
-        assert (code / "gpu_jobs" / "train.py").is_file(), "the code is staged while the job is created"
-        self.calls.append(("create", job.name))
-        self.submitted.append(job)
-        self.jobs[job.name] = JobInfo(job.name, "NotStarted", studio_url=f"https://ml.azure.com/runs/{job.name}")
-        return job.name
-
-    def get(self, name: str) -> JobInfo:
-        if name not in self.jobs:  # as AzureMLClient.get answers a job the workspace lacks
-            raise BackendError(f"AzureML job {name} does not exist", retryable=False)
-        return self.jobs[name]
-
-    def list_children(self, parent_name: str) -> list[JobInfo]:
-        return list(self.children.get(parent_name, []))
-
-    def child_metrics(self, name: str, primary_metric: str) -> RunMetrics | None:
-        self.calls.append(("child_metrics", name))
-        return self.runs.get(name)
-
-    def download_output(self, job_name: str, output_name: str, path: Path) -> Path:
-        self.calls.append(("download", job_name))
-        folder = path / "named-outputs" / output_name
-        for name, data in self.outputs.get((job_name, output_name), {}).items():
-            (folder / name).parent.mkdir(parents=True, exist_ok=True)
-            (folder / name).write_bytes(data)
-        return folder
-
-    def cancel(self, name: str) -> None:
-        self.calls.append(("cancel", name))
-        self.jobs[name] = replace(self.jobs[name], status="CancelRequested")
-
-    def set_status(self, name: str, status: str, **changes: Any) -> None:
-        self.jobs[name] = replace(self.jobs[name], status=status, **changes)
-
-    def model_tags(self, name: str) -> list[dict[str, str]]:
-        return []
-
-
-def child(n: int, status: str, *, minutes: float = 2, created: datetime = T0) -> JobInfo:
-    return JobInfo(f"{JOB}_{n}", status, created_at=created, modified_at=created + timedelta(minutes=minutes))
-
-
-def run(
-    history: dict[int, float], *, params: dict[str, str] | None = None, seconds: float = 120, **final: float
-) -> RunMetrics:
-    last = history[max(history)] if history else None
-    metrics = {"accuracy": last} if last is not None and "accuracy" not in final else {}
-    metrics.update(final)
-    return RunMetrics(
-        params=params or {"engine": "gpu"},
-        metrics={k: v for k, v in metrics.items() if v is not None},
-        history=history,
-        status="FINISHED",
-        start_time=T0,
-        end_time=T0 + timedelta(seconds=seconds),
-    )
-
-
-@pytest.fixture
-def ctx(tmp_path: Path) -> Context:
-    return local_context(tmp_path, poll_seconds=0)
 
 
 @pytest.fixture

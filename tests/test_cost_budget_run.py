@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-
-import pytest
-from distributed import Client, LocalCluster
 
 from shared.cost.ledger import BUDGET_REACHED, BudgetGuard, Rates
 from shared.hpo.driver import HpoDriver
@@ -19,29 +15,20 @@ from tests.test_hpo_driver import make_spec, new_experiment
 from tests.trial_functions import scripted_trial
 
 
-@pytest.fixture(scope="module")
-def client() -> Iterator[Client]:
-    with (
-        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0") as cluster,
-        Client(cluster) as dask_client,
-    ):
-        yield dask_client
-
-
 def rates(slot_per_s: float, max_trial_s: float | None) -> Rates:
     """A price table of our own: autoscaled nodes at ``slot_per_s`` USD per second, no head, no tail."""
     return Rates(slot=slot_per_s, fleet=0.0, head=0.0, node=slot_per_s, tail_s=0.0, tail_nodes=0, fleet_nodes=0,
                  max_trial_s=max_trial_s, basis="test prices")  # fmt: skip
 
 
-def test_the_driver_launches_no_trial_that_could_pass_the_budget_and_keeps_its_best(tmp_path, client):
+def test_the_driver_launches_no_trial_that_could_pass_the_budget_and_keeps_its_best(tmp_path, dask_client):
     store = LocalStore(tmp_path / "store")
     spec = make_spec(limits={"max_total_trials": 40, "max_concurrent_trials": 2, "trial_timeout": 2})
     experiment_id = new_experiment(store, spec)
     # $0.50/s: a trial's worst case (2 s) is $1; a $1.30 budget allows one at a time and stops once $0.30
     # is spent (each trial takes 60 ms or more: well before 40 trials).
     guard = BudgetGuard(rates(0.5, 2.0), budget_usd=1.3, started_at=datetime.now(UTC))
-    outcome = HpoDriver(spec, experiment_id, store, client, trial_fn=scripted_trial, budget=guard).run()
+    outcome = HpoDriver(spec, experiment_id, store, dask_client, trial_fn=scripted_trial, budget=guard).run()
     trials = store.list_trials(experiment_id)
     assert outcome.status == "COMPLETED" and outcome.reason == BUDGET_REACHED and outcome.best is not None
     assert 1 <= len(trials) < 40 and all(t.state is TrialState.COMPLETED for t in trials)
@@ -50,7 +37,7 @@ def test_the_driver_launches_no_trial_that_could_pass_the_budget_and_keeps_its_b
     assert all(later[0] >= earlier[1] for earlier, later in itertools.pairwise(ends))  # one at a time
 
 
-def test_the_hard_stop_at_the_budget_stops_what_runs(tmp_path, client):
+def test_the_hard_stop_at_the_budget_stops_what_runs(tmp_path, dask_client):
     store = LocalStore(tmp_path / "store")
     spec = make_spec(
         trial={"model": "random_forest", "cv_folds": 3, "params": {"min_samples_leaf": 7}},  # hangs a minute
@@ -58,12 +45,12 @@ def test_the_hard_stop_at_the_budget_stops_what_runs(tmp_path, client):
     )
     experiment_id = new_experiment(store, spec)
     guard = BudgetGuard(rates(1.0, None), budget_usd=1.5, started_at=datetime.now(UTC))
-    outcome = HpoDriver(spec, experiment_id, store, client, trial_fn=scripted_trial, budget=guard,
+    outcome = HpoDriver(spec, experiment_id, store, dask_client, trial_fn=scripted_trial, budget=guard,
                         hard_stop_grace=1.0).run()  # fmt: skip
     (trial,) = store.list_trials(experiment_id)
     assert "budget" in trial.error and trial.duration_s < 30
     assert outcome.status == "FAILED" and outcome.reason == f"{BUDGET_REACHED} before any trial completed"
-    client.wait_for_workers(2, timeout=60)
+    dask_client.wait_for_workers(2, timeout=60)
 
 
 # ------------------------------------------------------------------------------- the control plane
@@ -75,7 +62,8 @@ def test_the_control_plane_stops_a_run_at_the_budget_and_completes_it_with_its_b
     from shared.handlers import handle_event, machine, submit_experiment
     from shared.records import TrialRecord
     from shared.spec import load_spec
-    from tests.control_plane import ScriptedBackend, local_context, tiny_spec
+    from tests.control_plane import local_context, tiny_spec
+    from tests.fakes.scripted import ScriptedBackend
 
     ctx = local_context(tmp_path)
     backend = ctx.backends["local"] = ScriptedBackend(polls=[RunState.RUNNING])

@@ -296,7 +296,8 @@ def test_finalize_saves_svg_and_html_plots_when_the_compute_saved_none(tmp_path)
 def test_the_state_machine_finalize_step_saves_plots(tmp_path):
     from shared.handlers import handle_event, submit_experiment
     from shared.spec import load_spec
-    from tests.control_plane import ScriptedBackend, tiny_spec
+    from tests.control_plane import tiny_spec
+    from tests.fakes.scripted import ScriptedBackend
 
     context = local_context(tmp_path)
     context.backends["local"] = ScriptedBackend()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from datetime import timedelta
 
 import pytest
@@ -32,8 +31,8 @@ from shared.handlers import InvalidRequest, handle_event, handle_request_message
 from shared.ports import RunState
 from shared.records import EventLog, ExperimentStatus, TrialRecord, TrialState, utcnow
 from shared.spec import load_spec
-from shared.store.azure import AzureStore
-from tests.control_plane import ScriptedBackend, local_context, tiny_spec
+from tests.control_plane import local_context, tiny_spec
+from tests.fakes.scripted import ScriptedBackend
 from tests.topic_receiver import TopicReceiver
 
 SOURCE = "/rapids-hpo-control/test"
@@ -63,13 +62,7 @@ def store_kind(request) -> str:
 def ctx(tmp_path, receiver, store_kind, request):
     context = local_context(tmp_path)
     if store_kind == "azure":  # tables and containers of its own on Azurite (the queues stay local)
-        token = uuid.uuid4().hex[:10]
-        context.store = AzureStore.from_connection_string(
-            request.getfixturevalue("azurite"),
-            table_prefix=f"t{token}",
-            container=f"artifacts-{token}",
-            secrets_container=f"secrets-{token}",
-        )
+        context.store = request.getfixturevalue("azure_store")
     context.backends["local"] = ScriptedBackend(polls=[RunState.RUNNING, RunState.RUNNING, RunState.SUCCEEDED])
     publisher = EventGridPublisher.from_settings(receiver.endpoint, receiver.key, connection_timeout=0.5)
     context.announcer = Announcer(publisher=publisher, source=SOURCE, backoff_s=0.05, budget_s=1.0)

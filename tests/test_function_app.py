@@ -15,7 +15,8 @@ from shared.config import QUEUE_EVENTS, QUEUE_REQUESTS
 from shared.context import set_context
 from shared.queues import poison_queue_name
 from shared.records import ExperimentStatus
-from tests.control_plane import ScriptedBackend, local_context, tiny_spec
+from tests.control_plane import local_context, tiny_spec
+from tests.fakes.scripted import ScriptedBackend
 
 FUNCTIONS = {f.get_function_name(): f for f in function_app.app.get_functions()}  # once per app object
 

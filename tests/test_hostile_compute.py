@@ -11,7 +11,6 @@ import tempfile
 import tracemalloc
 import uuid
 import zipfile
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -40,12 +39,6 @@ from tests.test_vmcluster import _spec_document
 
 pytestmark = pytest.mark.azurite
 MIB = 1024 * 1024
-
-
-@pytest.fixture
-def arm() -> Iterator[FakeArm]:
-    with FakeArm() as server:
-        yield server
 
 
 @pytest.fixture
@@ -413,7 +406,7 @@ def bystander(ctx: Context) -> None:
 def test_a_stored_record_that_does_not_validate_harms_only_itself(ctx: Context) -> None:
     """The state a dict ``error`` left before this fix (written past validation here): everyone else still
     lists, the dashboard and health answer, both sweeps run, and its own events revoke its credential."""
-    from tests.test_store_conformance import write_raw_record
+    from tests.conformance.test_store import write_raw_record
 
     running(ctx, "exp-bystander")
     record, compute = running(ctx, "exp-bad")

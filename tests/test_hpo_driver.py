@@ -5,8 +5,6 @@ from __future__ import annotations
 import copy
 import itertools
 import os
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -42,20 +40,6 @@ def make_spec(**sections: Any) -> ExperimentSpec:
     return load_spec(document)
 
 
-@pytest.fixture(scope="module")
-def client() -> Iterator[Client]:
-    with (
-        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0") as cluster,
-        Client(cluster) as dask_client,
-    ):
-        yield dask_client
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> LocalStore:
-    return LocalStore(tmp_path / "store")
-
-
 _ids = itertools.count()
 
 
@@ -65,9 +49,9 @@ def new_experiment(store: LocalStore, spec: ExperimentSpec) -> str:
     return experiment_id
 
 
-def run(store: LocalStore, client: Client, spec: ExperimentSpec, experiment_id: str | None = None, **kw):
+def run(store: LocalStore, dask_client: Client, spec: ExperimentSpec, experiment_id: str | None = None, **kw):
     experiment_id = experiment_id or new_experiment(store, spec)
-    driver = HpoDriver(spec, experiment_id, store, client, trial_fn=scripted_trial, **kw)
+    driver = HpoDriver(spec, experiment_id, store, dask_client, trial_fn=scripted_trial, **kw)
     return experiment_id, driver.run()
 
 
@@ -82,8 +66,8 @@ def max_overlap(trials: list[TrialRecord]) -> int:
     return peak
 
 
-def test_runs_exactly_the_trial_budget_and_finds_the_best(store, client):
-    experiment_id, outcome = run(store, client, make_spec())
+def test_runs_exactly_the_trial_budget_and_finds_the_best(store, dask_client):
+    experiment_id, outcome = run(store, dask_client, make_spec())
     trials = store.list_trials(experiment_id)
     assert [t.number for t in trials] == list(range(6))
     assert all(t.state is TrialState.COMPLETED for t in trials)
@@ -93,12 +77,12 @@ def test_runs_exactly_the_trial_budget_and_finds_the_best(store, client):
     assert all(len(t.intermediate) == 3 and t.engine == "scripted" for t in trials)
 
 
-def test_concurrency_is_observed_on_the_cluster_and_never_exceeded(store, client):
+def test_concurrency_is_observed_on_the_cluster_and_never_exceeded(store, dask_client):
     """Overlap from the worker-side start and end times each trial task reports (TrialResult), not from
     when the driver submitted and collected them."""
     experiment_id, _ = run(
         store,
-        client,
+        dask_client,
         make_spec(
             search_space={
                 "max_features": {"type": "uniform", "min_value": 0.2, "max_value": 1.0},
@@ -107,7 +91,7 @@ def test_concurrency_is_observed_on_the_cluster_and_never_exceeded(store, client
         ),
     )
     assert max_overlap(store.list_trials(experiment_id)) == 2
-    sequential_id, _ = run(store, client, make_spec(limits={"max_total_trials": 3, "max_concurrent_trials": 1}))
+    sequential_id, _ = run(store, dask_client, make_spec(limits={"max_total_trials": 3, "max_concurrent_trials": 1}))
     assert max_overlap(store.list_trials(sequential_id)) == 1
 
 
@@ -128,13 +112,13 @@ def test_a_one_thread_cluster_runs_one_trial_at_a_time_whatever_the_spec_allows(
     assert max_overlap(store.list_trials(experiment_id)) == 1
 
 
-def test_same_seed_same_parameter_sequence(store, client):
+def test_same_seed_same_parameter_sequence(store, dask_client):
     spec = make_spec(limits={"max_total_trials": 4, "max_concurrent_trials": 1})
-    first, _ = run(store, client, spec)
-    second, _ = run(store, client, spec)
+    first, _ = run(store, dask_client, spec)
+    second, _ = run(store, dask_client, spec)
     other, _ = run(
         store,
-        client,
+        dask_client,
         make_spec(
             limits={"max_total_trials": 4, "max_concurrent_trials": 1}, sampling_algorithm={"type": "random", "seed": 8}
         ),
@@ -144,12 +128,12 @@ def test_same_seed_same_parameter_sequence(store, client):
     assert params[0] != params[2]
 
 
-def test_bandit_prunes_weak_trials_and_frees_their_workers(store, client):
+def test_bandit_prunes_weak_trials_and_frees_their_workers(store, dask_client):
     spec = make_spec(
         early_termination={"type": "bandit", "slack_factor": 0.05, "evaluation_interval": 1},
         limits={"max_total_trials": 10, "max_concurrent_trials": 2},
     )
-    experiment_id, outcome = run(store, client, spec)
+    experiment_id, outcome = run(store, dask_client, spec)
     trials = store.list_trials(experiment_id)
     pruned = [t for t in trials if t.state is TrialState.PRUNED]
     completed = [t for t in trials if t.state is TrialState.COMPLETED]
@@ -163,14 +147,14 @@ def test_bandit_prunes_weak_trials_and_frees_their_workers(store, client):
     assert outcome.best.value == max(t.value for t in completed)
 
 
-def test_failing_trials_are_recorded_and_do_not_stop_the_experiment(store, client):
+def test_failing_trials_are_recorded_and_do_not_stop_the_experiment(store, dask_client):
     spec = make_spec(
         search_space={
             "max_features": {"type": "uniform", "min_value": 0.2, "max_value": 1.0},
             "max_depth": {"type": "choice", "values": [12, 13]},
         }
     )
-    experiment_id, outcome = run(store, client, spec)
+    experiment_id, outcome = run(store, dask_client, spec)
     trials = store.list_trials(experiment_id)
     failed = [t for t in trials if t.state is TrialState.FAILED]
     assert failed and all("cursed" in t.error for t in failed)
@@ -178,32 +162,32 @@ def test_failing_trials_are_recorded_and_do_not_stop_the_experiment(store, clien
     assert outcome.status == "COMPLETED" and len(trials) == 6
 
 
-def test_an_experiment_whose_trials_all_fail_ends_failed_with_the_first_error(store, client):
+def test_an_experiment_whose_trials_all_fail_ends_failed_with_the_first_error(store, dask_client):
     spec = make_spec(
         trial={"model": "random_forest", "cv_folds": 3, "params": {"max_depth": 13}},
         limits={"max_total_trials": 3, "max_concurrent_trials": 2},
     )
-    experiment_id, outcome = run(store, client, spec)
+    experiment_id, outcome = run(store, dask_client, spec)
     assert outcome.status == "FAILED" and outcome.best is None
     assert "every trial failed" in outcome.error and "cursed" in outcome.error
     assert len(store.list_trials(experiment_id)) == 3
 
 
 @pytest.mark.slow
-def test_trial_timeout_stops_a_hung_trial_by_restarting_its_worker(store, client):
+def test_trial_timeout_stops_a_hung_trial_by_restarting_its_worker(store, dask_client):
     spec = make_spec(
         trial={"model": "random_forest", "cv_folds": 3, "params": {"min_samples_leaf": 7}},
         limits={"max_total_trials": 1, "max_concurrent_trials": 1, "trial_timeout": 1},
     )
-    experiment_id, outcome = run(store, client, spec, hard_stop_grace=1.0)
+    experiment_id, outcome = run(store, dask_client, spec, hard_stop_grace=1.0)
     (trial,) = store.list_trials(experiment_id)
     assert trial.state is TrialState.TIMED_OUT and "worker was restarted" in trial.error
     assert trial.duration_s < 30  # not the 60 s the trial would have hung
     assert outcome.status == "FAILED"
-    client.wait_for_workers(2, timeout=60)
+    dask_client.wait_for_workers(2, timeout=60)
 
 
-def test_trial_timeout_is_checked_at_each_fold(store, client):
+def test_trial_timeout_is_checked_at_each_fold(store, dask_client):
     spec = make_spec(
         search_space={
             "max_features": {"type": "uniform", "min_value": 0.2, "max_value": 1.0},
@@ -211,14 +195,14 @@ def test_trial_timeout_is_checked_at_each_fold(store, client):
         },
         limits={"max_total_trials": 1, "max_concurrent_trials": 1, "trial_timeout": 1},
     )
-    experiment_id, _ = run(store, client, spec)
+    experiment_id, _ = run(store, dask_client, spec)
     (trial,) = store.list_trials(experiment_id)
     assert trial.state is TrialState.TIMED_OUT and "trial_timeout" in trial.error
     assert len(trial.intermediate) < 3
 
 
 @pytest.mark.slow
-def test_experiment_timeout_stops_everything(store, client):
+def test_experiment_timeout_stops_everything(store, dask_client):
     spec = make_spec(
         search_space={
             "max_features": {"type": "uniform", "min_value": 0.2, "max_value": 1.0},
@@ -226,14 +210,14 @@ def test_experiment_timeout_stops_everything(store, client):
         },
         limits={"max_total_trials": 20, "max_concurrent_trials": 2, "timeout": 2},
     )
-    experiment_id, outcome = run(store, client, spec)
+    experiment_id, outcome = run(store, dask_client, spec)
     trials = store.list_trials(experiment_id)
     assert len(trials) < 20
     assert not any(t.state is TrialState.RUNNING for t in trials)
     assert outcome.reason in {"timeout reached", "timeout before any trial completed"}
 
 
-def test_cancel_stops_running_trials(store, client):
+def test_cancel_stops_running_trials(store, dask_client):
     """Cancel once the store shows trials running (the state a cancel meets), not after N checks."""
     experiment_id = None
 
@@ -248,18 +232,18 @@ def test_cancel_stops_running_trials(store, client):
         }
     )
     experiment_id = new_experiment(store, spec)
-    _, outcome = run(store, client, spec, experiment_id, should_cancel=cancel_once_trials_run)
+    _, outcome = run(store, dask_client, spec, experiment_id, should_cancel=cancel_once_trials_run)
     assert outcome.status == "CANCELLED"
     trials = store.list_trials(experiment_id)
     assert trials and all(t.error == "cancelled" and t.state is TrialState.CANCELLED for t in trials)
     assert len(trials) <= spec.limits.max_concurrent_trials  # nothing launched after the cancel
 
 
-def test_resume_keeps_finished_trials_and_retries_interrupted_ones_once(store, client):
+def test_resume_keeps_finished_trials_and_retries_interrupted_ones_once(store, dask_client):
     spec = make_spec(limits={"max_total_trials": 5, "max_concurrent_trials": 2})
     experiment_id = new_experiment(store, spec)
     # A driver that died: two trials finished, one was running, one running on its second attempt.
-    finished_id, _ = run(store, client, make_spec(limits={"max_total_trials": 2, "max_concurrent_trials": 1}))
+    finished_id, _ = run(store, dask_client, make_spec(limits={"max_total_trials": 2, "max_concurrent_trials": 1}))
     finished = store.list_trials(finished_id)
     for trial in finished:
         store.put_trial(trial.model_copy(update={"experiment_id": experiment_id}))
@@ -279,7 +263,7 @@ def test_resume_keeps_finished_trials_and_retries_interrupted_ones_once(store, c
     store.put_trial(interrupted)
     store.put_trial(hopeless)
 
-    _, outcome = run(store, client, spec, experiment_id=experiment_id)
+    _, outcome = run(store, dask_client, spec, experiment_id=experiment_id)
     trials = {t.number: t for t in store.list_trials(experiment_id)}
     assert sorted(trials) == [0, 1, 2, 3, 4]  # nothing counted twice, the budget of 5 respected
     for before in finished:  # finished trials kept untouched

@@ -14,11 +14,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from distributed import Client, LocalCluster
 from fastapi.testclient import TestClient
 
 from gpu_jobs.data import FLIGHTS_TARGET, FLIGHTS_URI
@@ -35,20 +33,6 @@ from tests.test_hpo_driver import make_spec, new_experiment
 from tests.trial_functions import scripted_trial
 
 MEANS = ("accuracy", "roc_auc", "log_loss")
-
-
-@pytest.fixture(scope="module")
-def client() -> Iterator[Client]:
-    with (
-        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0") as cluster,
-        Client(cluster) as dask_client,
-    ):
-        yield dask_client
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> LocalStore:
-    return LocalStore(tmp_path / "store")
 
 
 def real_spec(max_rows: int, n_estimators: int, max_depth: int, cv_folds: int = 4):
@@ -81,10 +65,10 @@ def interrupted_after(record: TrialRecord, experiment_id: str, folds: int) -> Tr
     )
 
 
-def test_a_retried_trial_trains_only_the_folds_its_first_attempt_did_not_finish(store, client, tmp_path):
+def test_a_retried_trial_trains_only_the_folds_its_first_attempt_did_not_finish(store, dask_client, tmp_path):
     spec = real_spec(max_rows=3000, n_estimators=12, max_depth=6)
     full_id = new_experiment(store, spec)
-    HpoDriver(spec, full_id, store, client).run()
+    HpoDriver(spec, full_id, store, dask_client).run()
     (full,) = store.list_trials(full_id)
     assert full.state is TrialState.COMPLETED and [f.step for f in full.folds] == [1, 2, 3, 4]
     assert {f.attempt for f in full.folds} == {1} and full.resumed_folds == 0
@@ -92,7 +76,7 @@ def test_a_retried_trial_trains_only_the_folds_its_first_attempt_did_not_finish(
 
     retried_id = new_experiment(store, spec)
     store.put_trial(interrupted_after(full, retried_id, folds=2))
-    outcome = HpoDriver(spec, retried_id, store, client).run()
+    outcome = HpoDriver(spec, retried_id, store, dask_client).run()
     (retried,) = store.list_trials(retried_id)
     assert outcome.status == "COMPLETED" and retried.state is TrialState.COMPLETED
     assert retried.attempt == 2 and retried.resumed_folds == 2
@@ -116,7 +100,7 @@ def test_a_retried_trial_trains_only_the_folds_its_first_attempt_did_not_finish(
 
 
 @pytest.mark.parametrize(("gap", "expected"), [(0.012, TrialState.COMPLETED), (0.02, TrialState.PRUNED)])
-def test_a_resumed_trial_gets_the_pruning_decision_of_a_full_run(store, client, gap, expected):
+def test_a_resumed_trial_gets_the_pruning_decision_of_a_full_run(store, dask_client, gap, expected):
     """Minimize with Bandit (slack 0.01 from step 2): the trial's best value up to step 2 is its step-1
     value, which only the first attempt reported. Without it the gap of 0.012 would be pruned."""
     spec = make_spec(
@@ -156,7 +140,7 @@ def test_a_resumed_trial_gets_the_pruning_decision_of_a_full_run(store, client, 
         store.put_trial(
             running.model_copy(update={"experiment_id": experiment_id, "folds": folds, "intermediate": intermediate})
         )
-        driver = HpoDriver(spec, experiment_id, store, client, trial_fn=scripted_trial, poll_interval=0.05)
+        driver = HpoDriver(spec, experiment_id, store, dask_client, trial_fn=scripted_trial, poll_interval=0.05)
         driver.run()
         results[kept] = {t.number: t for t in store.list_trials(experiment_id)}[1]
         # The pruner saw each of the trial's values once: one taking part (the failed attempt never does).
@@ -172,7 +156,7 @@ def test_a_resumed_trial_gets_the_pruning_decision_of_a_full_run(store, client, 
 
 
 @pytest.mark.parametrize(("first_fold_s", "expected"), [(0.1, TrialState.COMPLETED), (0.9, TrialState.TIMED_OUT)])
-def test_the_resumed_folds_time_counts_against_trial_timeout(store, client, first_fold_s, expected):
+def test_the_resumed_folds_time_counts_against_trial_timeout(store, dask_client, first_fold_s, expected):
     """trial_timeout 1 s, folds of 0.2 s: a retry whose kept fold took 0.9 s is stopped after its next
     fold, as the uninterrupted trial would have been; one whose kept fold took 0.1 s finishes."""
     spec = make_spec(
@@ -191,7 +175,7 @@ def test_the_resumed_folds_time_counts_against_trial_timeout(store, client, firs
             state=TrialState.RUNNING, intermediate={1: 0.58}, folds=[fold],
         )
     )  # fmt: skip
-    HpoDriver(spec, experiment_id, store, client, trial_fn=scripted_trial, poll_interval=0.05).run()
+    HpoDriver(spec, experiment_id, store, dask_client, trial_fn=scripted_trial, poll_interval=0.05).run()
     (trial,) = store.list_trials(experiment_id)
     assert trial.state is expected and trial.resumed_folds == 1 and trial.attempt == 2
     if expected is TrialState.TIMED_OUT:
@@ -251,7 +235,9 @@ def assert_resumed_as_a_full_run(trial: TrialRecord, resumed: int, seed: int) ->
 
 
 @pytest.mark.slow
-def test_a_driver_killed_mid_trial_is_restarted_and_its_retry_trains_only_the_missing_folds(store, client, tmp_path):
+def test_a_driver_killed_mid_trial_is_restarted_and_its_retry_trains_only_the_missing_folds(
+    store, dask_client, tmp_path
+):
     spec = real_spec(**SLOW_TRIAL)
     experiment_id = new_experiment(store, spec)
     driver = subprocess.Popen(
@@ -269,7 +255,7 @@ def test_a_driver_killed_mid_trial_is_restarted_and_its_retry_trains_only_the_mi
     (left,) = store.list_trials(experiment_id)
     kept = len(left.folds)
     assert left.state is TrialState.RUNNING and 1 <= kept < 4
-    HpoDriver(spec, experiment_id, store, client, poll_interval=0.05).run()
+    HpoDriver(spec, experiment_id, store, dask_client, poll_interval=0.05).run()
     (trial,) = store.list_trials(experiment_id)
     assert trial.attempt == 2 and [f.attempt for f in trial.folds] == [1] * kept + [2] * (4 - kept)
     assert trial.folds[:kept] == left.folds
@@ -277,17 +263,17 @@ def test_a_driver_killed_mid_trial_is_restarted_and_its_retry_trains_only_the_mi
 
 
 @pytest.mark.slow
-def test_a_trial_whose_worker_is_lost_resumes_on_another_from_the_folds_it_published(store, client):
+def test_a_trial_whose_worker_is_lost_resumes_on_another_from_the_folds_it_published(store, dask_client):
     spec = real_spec(**SLOW_TRIAL)
     experiment_id = new_experiment(store, spec)
-    driver = HpoDriver(spec, experiment_id, store, client, poll_interval=0.05)
+    driver = HpoDriver(spec, experiment_id, store, dask_client, poll_interval=0.05)
     runner = threading.Thread(target=driver.run)
     runner.start()
     try:
         seen = wait_for_folds(store, experiment_id)
-        worker = worker_running(client, f"trial-{experiment_id}-0-1")
+        worker = worker_running(dask_client, f"trial-{experiment_id}-0-1")
         assert worker is not None
-        pid = client.run(os.getpid, workers=[worker])[worker]
+        pid = dask_client.run(os.getpid, workers=[worker])[worker]
         os.kill(pid, signal.SIGKILL)  # as a Spot eviction: Dask runs the same task again elsewhere
     finally:
         runner.join(timeout=120)

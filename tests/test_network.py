@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import socket
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -40,12 +39,6 @@ NAT_IP_PATH = f"{NET}/publicIPAddresses/pip-ng-exp-1"
 CREATED = [NSG_PATH, NAT_IP_PATH, NAT_PATH, VNET_PATH]
 """What a new experiment network creates, in creation order."""
 OPEN_TO_ALL = {"*", "Internet", "0.0.0.0/0", "Any"}
-
-
-@pytest.fixture
-def arm() -> Iterator[FakeArm]:
-    with FakeArm() as server:
-        yield server
 
 
 @pytest.fixture

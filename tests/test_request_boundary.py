@@ -23,14 +23,9 @@ from shared.records import ExperimentStatus
 from shared.spec import SpecError, load_spec
 from shared.spec.bounds import MAX_CHOICE_VALUES, MAX_GRID_POINTS, MAX_INTEGER
 from shared.spec.errors import MAX_ERRORS
-from tests.control_plane import local_context, tiny_spec
+from tests.control_plane import tiny_spec
 
 HUGE = 10**400
-
-
-@pytest.fixture
-def ctx(tmp_path):
-    return local_context(tmp_path)
 
 
 @pytest.fixture

@@ -19,16 +19,11 @@ from shared.config import EXPERIMENT_ID_PATTERN
 from shared.handlers import InvalidRequest, handle_request_message
 from shared.records import ExperimentStatus
 from shared.spec import MAX_DEPTH, SpecError, SpecPolicy, load_spec
-from tests.control_plane import local_context, tiny_spec
+from tests.control_plane import tiny_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 YAML = {"content-type": "application/yaml"}
 """A document's type (tests/test_web_edge.py: any other is 415)."""
-
-
-@pytest.fixture
-def ctx(tmp_path):
-    return local_context(tmp_path)
 
 
 @pytest.fixture

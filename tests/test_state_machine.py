@@ -25,7 +25,8 @@ from shared.queues import poison_queue_name
 from shared.records import EventType, ExperimentEvent, ExperimentStatus, TrialRecord, TrialState
 from shared.runner import LocalHost
 from shared.spec import load_spec
-from tests.control_plane import ScriptedBackend, local_context, tiny_spec
+from tests.control_plane import local_context, tiny_spec
+from tests.fakes.scripted import ScriptedBackend
 
 S = ExperimentStatus
 

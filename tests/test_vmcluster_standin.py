@@ -85,18 +85,9 @@ def arm(standin: VMStandIn) -> Iterator[FakeArm]:
 
 
 @pytest.fixture
-def store(azurite: str) -> Iterator[AzureStore]:
+def store(azure_store: AzureStore) -> AzureStore:
     """The control plane's store on Azurite (its own tables and containers); the VMs never hold its key."""
-    token = uuid.uuid4().hex[:8]
-    made = AzureStore.from_connection_string(
-        azurite, table_prefix=f"v{token}", container=f"art-{token}", secrets_container=f"sec-{token}"
-    )
-    yield made
-    for table in made.table_names:
-        made.table_service.delete_table(table)
-    for container in made.blob_service.list_containers(name_starts_with=f"art-{token}"):
-        made.blob_service.delete_container(container.name)
-    made.blob_service.delete_container(f"sec-{token}")
+    return azure_store
 
 
 @pytest.fixture

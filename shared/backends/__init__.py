@@ -65,7 +65,7 @@ class Registration:
     planner: Callable[[], Planner]
     finds_orphans: bool = False
     """The backend's ``capabilities.finds_orphans``, declared here so the timer builds (and imports) only the
-    backends that can find orphans (tests/test_backend_conformance.py checks the two agree)."""
+    backends that can find orphans (tests/conformance/test_backend.py checks the two agree)."""
 
 
 REGISTRY: dict[str, Registration] = {

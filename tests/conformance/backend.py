@@ -1,17 +1,18 @@
-"""One conformance suite for every ``ComputeBackend`` (in the spirit of Optuna's ``StorageTestCase``).
+"""The backend conformance harnesses: one per ``ComputeBackend`` (the suite is ``test_backend.py`` here).
 
 Each adapter has a harness (``HARNESSES``) that builds it over real parts where they exist here and says
-how its compute ends a run. The tests read the backend's ``capabilities`` instead of skipping per adapter:
+how its compute ends a run; the helpers below drive a step and check its handle update the way the
+state machine merges it:
 
 * local: the real driver process (``python -m shared.hpo.run_driver``) on a Dask LocalCluster;
 * vmcluster: the real Azure SDK clients against ``tests/arm_server.py`` (network, NICs, VMs, teardown),
   holding the Function App to the role assignments the Bicep declares (``tests/rbac.py``);
   the run's end is what the head node's driver writes to the experiment's compute area with its
   credential (the head node and workers themselves: ``tests/test_vmcluster_standin.py``);
-* azureml: the FAKE workspace of ``tests/test_azureml.py`` (a live AzureML workspace cannot be reached
+* azureml: the FAKE workspace of ``tests/fakes/azureml.py`` (a live AzureML workspace cannot be reached
   here), with the real sweep-job mapping and trial sync.
 
-A new backend adds a harness here and passes every test (see CONTRIBUTING.md).
+A new backend adds a harness here and passes every test of the suite (see CONTRIBUTING.md).
 """
 
 from __future__ import annotations
@@ -21,29 +22,24 @@ import os
 import signal
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
-import pytest
-
-from shared.backends import REGISTRY, get_planner
 from shared.backends.arm import RetrySettings
 from shared.backends.local import MAX_DRIVER_RESTARTS, LocalHandle, is_alive
 from shared.backends.vmcluster.network_layout import EXPERIMENT_TAG
 from shared.config import DRIVER_OUTCOME_ARTIFACT, MODEL_PREFIX
 from shared.context import Context
-from shared.ports import BackendHandle, ComputeBackend, OrphanFinder, Planner, RunState, RunStatus, merge_handle
+from shared.ports import ComputeBackend, RunState, RunStatus, merge_handle
 from shared.records import ExperimentRecord, TrialRecord, TrialState, utcnow
-from shared.spec import ExperimentSpec, load_spec
+from shared.spec import load_spec
 from tests.arm_server import FakeArm, StaticTokenCredential
-from tests.control_plane import local_context, tiny_spec
-from tests.test_azureml import COMPUTE as AML_COMPUTE
-from tests.test_azureml import T0, FakeWorkspace, child, run
+from tests.control_plane import tiny_spec
+from tests.fakes.azureml import COMPUTE as AML_COMPUTE
+from tests.fakes.azureml import T0, FakeWorkspace, child, run
 
-TERMINAL = (RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED)
 FINISH_TIMEOUT_S = 240.0
 
 
@@ -93,7 +89,7 @@ class LocalHarness(Harness):
         if state is RunState.CANCELLED:
             # Once the driver runs trials its SIGTERM handler is set: it then stops them and writes a
             # CANCELLED outcome (a signal during its imports would just kill it, and poll restart it).
-            _wait_until(lambda: bool(self.ctx.store.list_trials(record.id)))
+            wait_until(lambda: bool(self.ctx.store.list_trials(record.id)))
             self.backend().cancel(record)
         elif state is RunState.FAILED:  # a driver that died every time it was restarted
             assert handle.pid
@@ -103,7 +99,7 @@ class LocalHarness(Harness):
                     update={"backend_state": {**record.backend_state, "restarts": MAX_DRIVER_RESTARTS}}
                 )
             )
-        _wait_until(lambda: not is_alive(handle) or self._has_outcome(record))  # SUCCEEDED: the real run
+        wait_until(lambda: not is_alive(handle) or self._has_outcome(record))  # SUCCEEDED: the real run
 
     def _has_outcome(self, record: ExperimentRecord) -> bool:
         return DRIVER_OUTCOME_ARTIFACT in self.ctx.store.list_artifacts(record.id, "driver/")
@@ -111,12 +107,12 @@ class LocalHarness(Harness):
     def lose_driver(self, record: ExperimentRecord) -> dict[int, TrialRecord]:
         """SIGKILL the driver process's group (the driver and its Dask cluster) after its first trial."""
         handle = LocalHandle.model_validate(record.backend_state)
-        _wait_until(lambda: bool(_finished(self.ctx, record)))
+        wait_until(lambda: bool(finished_trials(self.ctx, record)))
         assert handle.pid
         os.killpg(handle.pid, signal.SIGKILL)
-        _wait_until(lambda: not is_alive(handle))
+        wait_until(lambda: not is_alive(handle))
         assert not self._has_outcome(record), "the run ended before its driver was lost: give it more trials"
-        return _finished(self.ctx, record)
+        return finished_trials(self.ctx, record)
 
     def live(self, record: ExperimentRecord) -> int:
         return int(is_alive(record.backend_state))
@@ -183,12 +179,12 @@ class VMClusterHarness(Harness):
 
         credential = self.ctx.store.issue_compute_credential(record.id, timedelta(hours=1))
         compute = ComputeStore.from_credential(credential)
-        compute.put_trial(_completed_trial(record.id))
+        compute.put_trial(completed_trial(record.id))
         compute.put_artifact(record.id, HEARTBEAT_ARTIFACT, json.dumps({"at": utcnow().isoformat()}).encode())
-        _, status = _poll(self, self.ctx.store.get_experiment(record.id))
+        _, status = poll(self, self.ctx.store.get_experiment(record.id))
         assert status.state is RunState.RUNNING, status
         self.arm.evict(VMClusterHandle.of(record.backend_state).scheduler_vm or "")
-        return _finished(self.ctx, record)
+        return finished_trials(self.ctx, record)
 
     def close(self) -> None:
         self.arm.close()
@@ -235,63 +231,28 @@ class AzureMLHarness(Harness):
         self.fake.children[job] = [trial]
         self.fake.runs[trial.name] = run({1: 0.7, 2: 0.8})
         self.fake.set_status(job, "Running", created_at=T0)
-        _, status = _poll(self, self.ctx.store.get_experiment(record.id))
+        _, status = poll(self, self.ctx.store.get_experiment(record.id))
         assert status.state is RunState.RUNNING, status
         del self.fake.jobs[job]
-        return _finished(self.ctx, record)
+        return finished_trials(self.ctx, record)
 
 
 HARNESSES: dict[str, type[Harness]] = {h.id: h for h in (LocalHarness, VMClusterHarness, AzureMLHarness)}
 
 
-def test_every_registered_backend_has_a_harness() -> None:
-    assert set(HARNESSES) == set(REGISTRY)
-
-
-def _harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
-    made = HARNESSES[request.param](local_context(tmp_path / "home", poll_seconds=0), tmp_path)
-    try:
-        yield made
-    finally:
-        made.close()
-
-
-@pytest.fixture(params=sorted(HARNESSES))
-def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
-    yield from _harness(request, tmp_path)
-
-
-SLOW_RUNS = {"local"}
-"""Adapters whose run to SUCCEEDED is a real run (tens of seconds): those cases are ``slow``."""
-
-
-@pytest.fixture(params=[pytest.param(n, marks=[pytest.mark.slow] if n in SLOW_RUNS else []) for n in sorted(HARNESSES)])
-def full_run_harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
-    """A harness for the tests that run to SUCCEEDED."""
-    yield from _harness(request, tmp_path)
-
-
 # ---------------------------------------------------------------------------------------- helpers
-def _wait_until(condition: Any, timeout: float = FINISH_TIMEOUT_S) -> None:
+def wait_until(condition: Any, timeout: float = FINISH_TIMEOUT_S) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "the compute did not get there in time"
         time.sleep(0.2)
 
 
-def _closed_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _finished(ctx: Context, record: ExperimentRecord) -> dict[int, TrialRecord]:
+def finished_trials(ctx: Context, record: ExperimentRecord) -> dict[int, TrialRecord]:
     return {t.number: t for t in ctx.store.list_trials(record.id) if t.state.finished}
 
 
-def _completed_trial(experiment_id: str) -> TrialRecord:
+def completed_trial(experiment_id: str) -> TrialRecord:
     params = {"n_estimators": 5, "max_depth": 4, "max_features": 0.5}
     now = utcnow()
     return TrialRecord(
@@ -299,13 +260,13 @@ def _completed_trial(experiment_id: str) -> TrialRecord:
     )
 
 
-def _new_record(h: Harness, experiment_id: str = "exp-conf-1", **changes: Any) -> ExperimentRecord:
+def new_record(h: Harness, experiment_id: str = "exp-conf-1", **changes: Any) -> ExperimentRecord:
     spec = load_spec({**h.spec(), **changes})
     record = ExperimentRecord(id=experiment_id, name=spec.name, spec=spec.to_document(), backend=spec.compute.backend)
     return h.ctx.store.create_experiment(record)
 
 
-def _apply(h: Harness, record: ExperimentRecord, update: Any, *, repeat: bool = False) -> ExperimentRecord:
+def apply_update(h: Harness, record: ExperimentRecord, update: Any, *, repeat: bool = False) -> ExperimentRecord:
     """Merge a step's handle update as the state machine does, store it and read it back: the handle
     survives the round trip through the store, typed.
 
@@ -328,151 +289,24 @@ def _apply(h: Harness, record: ExperimentRecord, update: Any, *, repeat: bool = 
     return stored
 
 
-def _poll(h: Harness, record: ExperimentRecord, *, repeat: bool = False) -> tuple[ExperimentRecord, RunStatus]:
+def poll(h: Harness, record: ExperimentRecord, *, repeat: bool = False) -> tuple[ExperimentRecord, RunStatus]:
     status = h.backend().poll(record)
     assert isinstance(status.state, RunState)
-    return _apply(h, record, status.updates, repeat=repeat), status
+    return apply_update(h, record, status.updates, repeat=repeat), status
 
 
-def _submitted(h: Harness, **changes: Any) -> ExperimentRecord:
-    record = _new_record(h, **changes)
-    record = _apply(h, record, h.backend().provision(record))
-    return _apply(h, record, h.backend().submit(record))
+def submitted(h: Harness, **changes: Any) -> ExperimentRecord:
+    record = new_record(h, **changes)
+    record = apply_update(h, record, h.backend().provision(record))
+    return apply_update(h, record, h.backend().submit(record))
 
 
-def _run_to(h: Harness, state: RunState) -> ExperimentRecord:
-    record = _submitted(h)
+def run_to(h: Harness, state: RunState) -> ExperimentRecord:
+    record = submitted(h)
     h.finish(h.ctx.store.get_experiment(record.id), state)
     record = h.ctx.store.get_experiment(record.id)
-    record, status = _poll(h, record)
+    record, status = poll(h, record)
     assert status.state is state, status
-    record, again = _poll(h, record, repeat=True)  # a poll of an ended run changes nothing
+    record, again = poll(h, record, repeat=True)  # a poll of an ended run changes nothing
     assert again.state is state, again
     return record
-
-
-# ------------------------------------------------------------------------------------------ tests
-def test_declares_the_contract(harness: Harness) -> None:
-    backend = harness.backend()
-    assert isinstance(backend, ComputeBackend) and backend.name == harness.id
-    assert issubclass(backend.handle_type, BackendHandle)
-    assert backend.handle_type().kind == backend.name  # an empty handle is valid: it grows step by step
-    assert backend.capabilities.finds_orphans == isinstance(backend, OrphanFinder)
-    assert backend.capabilities.finds_orphans == REGISTRY[backend.name].finds_orphans  # what the timer builds
-    assert backend.capabilities.model_from in {"driver", "finalize"}
-    planner = get_planner(backend.name)
-    assert isinstance(planner, Planner) and type(planner) is type(backend.planner)
-    spec = ExperimentSpec.model_validate(load_spec(harness.spec()).to_document())
-    json.dumps(planner.dry_run(spec), default=str)  # JSON-able: rapids-hpo plan prints it
-    assert planner.describe(spec) and all(isinstance(line, str) for line in planner.describe(spec))
-    profile = spec.compute.billing(spec)  # the backend's compute section declares how it bills
-    hours = [profile.node_hours(s, overheads=False) for s in (0, 3600, 7200)]
-    assert hours[0] == 0 and 0 <= hours[1] <= hours[2]
-    assert profile.node_hours(3600) >= hours[1], "estimates add start-up and idle tails, never less"
-    assert profile.billed == backend.capabilities.cloud_resources, "what creates Azure resources bills them"
-    if backend.capabilities.cloud_resources:
-        assert hours[1] > 0, "a backend that creates billed resources counts their node-hours"
-    resized = spec.compute.billing(spec, "Standard_NC24ads_A100_v4", profile.cheap_tier).trial_nodes
-    assert (resized.vm_size, resized.tier) == ("Standard_NC24ads_A100_v4", profile.cheap_tier)
-
-
-def test_lifecycle_in_order_and_every_call_repeatable(full_run_harness: Harness) -> None:
-    harness = full_run_harness
-    backend = harness.backend()
-    record = _new_record(harness)
-    record = _apply(harness, record, backend.provision(record))
-    again = _apply(harness, record, backend.provision(record), repeat=True)
-    assert again.backend_state == record.backend_state, "provision twice is provision once"
-    record = _apply(harness, again, backend.submit(again))
-    started = harness.live(record)
-    record = _apply(harness, record, backend.submit(record), repeat=True)
-    assert harness.live(record) == started, "a repeated submit starts nothing more"
-    record, status = _poll(harness, record)
-    assert status.state in {RunState.PENDING, RunState.RUNNING, RunState.SUCCEEDED}
-    harness.finish(record, RunState.SUCCEEDED)
-    record, status = _poll(harness, harness.ctx.store.get_experiment(record.id))
-    assert status.state is RunState.SUCCEEDED, status
-    stored_by_run = bool(harness.ctx.store.list_artifacts(record.id, MODEL_PREFIX))
-    assert stored_by_run == (backend.capabilities.model_from == "driver"), "model_from says who stores the model"
-    for repeat in (False, True):
-        record = _apply(harness, record, backend.finalize(record), repeat=repeat)
-    assert harness.ctx.store.list_artifacts(record.id, MODEL_PREFIX), "finalize leaves the best model stored"
-    for repeat in (False, True):
-        record = _apply(harness, record, backend.teardown(record), repeat=repeat)
-    assert harness.live(record) == 0
-
-
-@pytest.mark.parametrize("stage", ["provisioned", "submitted", "terminal"])
-def test_cancel_at_each_state_then_teardown_leaves_nothing(harness: Harness, stage: str) -> None:
-    backend = harness.backend()
-    record = _new_record(harness)
-    record = _apply(harness, record, backend.provision(record))
-    if stage != "provisioned":
-        record = _apply(harness, record, backend.submit(record))
-    if stage == "terminal":
-        record = _run_to_cancelled_or_failed(harness, record)
-    for repeat in (False, True):  # cancel is idempotent, in every state
-        record = _apply(harness, record, backend.cancel(record), repeat=repeat)
-    for repeat in (False, True):
-        record = _apply(harness, record, backend.teardown(record), repeat=repeat)
-    assert harness.live(record) == 0
-
-
-def _run_to_cancelled_or_failed(h: Harness, record: ExperimentRecord) -> ExperimentRecord:
-    h.finish(record, RunState.FAILED)
-    record, status = _poll(h, h.ctx.store.get_experiment(record.id))
-    assert status.state is RunState.FAILED
-    return record
-
-
-@pytest.mark.parametrize("state", [RunState.FAILED, RunState.CANCELLED], ids=lambda s: s.value)
-def test_teardown_after_each_terminal_state(harness: Harness, state: RunState) -> None:
-    _teardown_after(harness, state)
-
-
-def test_teardown_after_success(full_run_harness: Harness) -> None:
-    _teardown_after(full_run_harness, RunState.SUCCEEDED)
-
-
-def _teardown_after(harness: Harness, state: RunState) -> None:
-    record = _run_to(harness, state)
-    if state is RunState.SUCCEEDED:
-        record = _apply(harness, record, harness.backend().finalize(record))
-    for repeat in (False, True):
-        record = _apply(harness, record, harness.backend().teardown(record), repeat=repeat)
-    assert harness.live(record) == 0
-    record, status = _poll(harness, record)  # a late poll still reports how the run ended
-    assert status.state is state
-
-
-LOSS_LIMITS = {"max_total_trials": 6, "max_concurrent_trials": 1}
-"""Trials one at a time, several of them: the driver is lost with trials still to run."""
-
-
-def test_a_lost_driver_is_started_again_or_reported(full_run_harness: Harness) -> None:
-    """``capabilities.restarts_driver``: a driver lost mid-run without an outcome is started again by
-    ``poll`` and the run resumes from the store, losing no finished trial; without it, ``poll`` reports
-    the loss as FAILED with a reason instead of RUNNING for ever."""
-    harness = full_run_harness
-    backend = harness.backend()
-    record = _submitted(harness, limits=LOSS_LIMITS)
-    finished = harness.lose_driver(harness.ctx.store.get_experiment(record.id))
-    assert finished, "the harness lost the driver before any trial finished"
-    record, status = _poll(harness, harness.ctx.store.get_experiment(record.id))
-    if backend.capabilities.restarts_driver:
-        assert status.state is RunState.RUNNING and status.updates, f"poll did not start the driver again: {status}"
-        assert harness.live(record) > 0
-        harness.finish(record, RunState.SUCCEEDED)
-        record, status = _poll(harness, harness.ctx.store.get_experiment(record.id))
-        assert status.state is RunState.SUCCEEDED, status
-        trials = harness.ctx.store.list_trials(record.id)
-        assert [t.number for t in trials] == list(range(LOSS_LIMITS["max_total_trials"])), "numbers resumed"
-    else:
-        assert status.state is RunState.FAILED and status.error, f"the loss was not reported: {status}"
-        record, again = _poll(harness, record)
-        assert again.state is RunState.FAILED, "a lost run stays failed"
-    after = {t.number: t for t in harness.ctx.store.list_trials(record.id)}
-    assert all(after[n] == trial for n, trial in finished.items()), "a trial finished before the loss changed"
-    for repeat in (False, True):
-        record = _apply(harness, record, backend.teardown(record), repeat=repeat)
-    assert harness.live(record) == 0

@@ -8,11 +8,9 @@ see only their own records). A multi-process test of the local adapter closes th
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import multiprocessing
 import threading
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -21,7 +19,6 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-from azure.core.exceptions import ResourceNotFoundError
 
 from shared.errors import AlreadyExists, ConcurrencyConflict, CorruptRecord, InvalidPageToken, NotFound
 from shared.ports import Store, TrialStore
@@ -39,21 +36,8 @@ def build_store(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> It
         store = LocalStore(tmp_path / "store")
         yield store
         store.close()
-    elif kind == "azure":
-        connection_string = request.getfixturevalue("azurite")
-        token = uuid.uuid4().hex[:10]
-        store = AzureStore.from_connection_string(
-            connection_string,
-            table_prefix=f"t{token}",
-            container=f"artifacts-{token}",
-            secrets_container=f"secrets-{token}",
-        )
-        yield store
-        for table in store.table_names:
-            store.table_service.delete_table(table)
-        for container in (store.container_name, store.secrets_container_name):
-            with contextlib.suppress(ResourceNotFoundError):  # tables and containers exist after first use
-                store.blob_service.delete_container(container)
+    elif kind == "azure":  # tables and containers of its own on Azurite, removed afterwards
+        yield request.getfixturevalue("azure_store")
     else:
         raise ValueError(kind)
 

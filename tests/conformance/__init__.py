@@ -1,0 +1,1 @@
+"""Conformance suites, one per port (backend, store, queue, events), and the harnesses that build each adapter."""
