@@ -13,7 +13,8 @@ from shared.queues.local import LocalQueue, LocalQueueService
 from shared.records import ExperimentStatus
 from shared.runner import LocalHost
 from shared.spec import load_spec
-from tests.control_plane import ScriptedBackend, local_context, tiny_spec
+from tests.control_plane import local_context, tiny_spec
+from tests.fakes.scripted import ScriptedBackend
 
 
 class UnreachableFor(LocalQueueService):

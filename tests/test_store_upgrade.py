@@ -13,7 +13,7 @@ from azure.core.exceptions import ResourceNotFoundError
 
 from shared.errors import NotFound
 from shared.store import AzureStore
-from tests.test_store_conformance import experiment
+from tests.conformance.test_store import experiment
 
 pytestmark = pytest.mark.azurite
 
