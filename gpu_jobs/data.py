@@ -247,7 +247,10 @@ def list_parts(uri: str, data_format: str | None = None) -> tuple[list[str], str
         is_folder = filesystem.isdir(path)
         exists = is_folder or filesystem.exists(path)
     if not exists:
-        raise UserError(f"data not found: {uri}")
+        local = urlsplit(uri).scheme.lower() in {"", "file"}
+        raise UserError(
+            f"data not found: {uri}" + (f" (looked for {path} on the compute)" if local and path != uri else "")
+        )
     if not is_folder:
         fmt = data_format or format_of(path)
         if fmt is None:

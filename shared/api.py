@@ -40,6 +40,7 @@ from shared.auth import (
     settings_of,
     visible_page,
 )
+from shared.backends.outcome import read_data_check
 from shared.config import EXPERIMENT_ID_PATTERN, MODEL_PREFIX, Settings
 from shared.context import Context, built_context, get_context
 from shared.cost.ledger import public_cost
@@ -51,6 +52,7 @@ from shared.records import (
     TERMINAL_STATUSES,
     BestTrial,
     ComputeReport,
+    DataCheckReport,
     ExperimentRecord,
     ExperimentStatus,
     RegisteredModel,
@@ -130,9 +132,15 @@ class ExperimentView(BaseModel):
         default_factory=ComputeReport, description="what the compute went through: restarts, evictions, heartbeat"
     )
     submitted_by: SubmittedBy | None = Field(default=None, description="who submitted it, as authenticated")
+    data_check: DataCheckReport | None = Field(
+        default=None,
+        description="what the data check learned before any trial (the task and why, classes, rows, features); "
+        "in GET /experiments/{id} only, once it passed. One that failed ended the experiment FAILED: `error` "
+        "says why, beginning 'data check failed'",
+    )
 
     @classmethod
-    def of(cls, record: ExperimentRecord) -> ExperimentView:
+    def of(cls, record: ExperimentRecord, data_check: DataCheckReport | None = None) -> ExperimentView:
         end = record.ended_at
         duration = (end - record.started_at).total_seconds() if end and record.started_at else None
         base = f"/api/experiments/{record.id}"
@@ -165,6 +173,7 @@ class ExperimentView(BaseModel):
             registered_model=record.registered_model,
             compute=record.compute,
             submitted_by=record.submitted_by,
+            data_check=data_check,
         )
 
 
@@ -331,7 +340,7 @@ def get_experiment(ctx: Ctx, caller: Reader, request: Request, experiment_id: Ex
     record = _get(ctx, experiment_id, caller, request)
     if record.status not in TERMINAL_STATUSES:
         response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
-    return ExperimentView.of(record)
+    return ExperimentView.of(record, read_data_check(ctx.store, experiment_id))
 
 
 TRIALS_PAGE = 100

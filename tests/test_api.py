@@ -277,3 +277,22 @@ def test_the_context_dependency_builds_the_context_off_the_loop_once_then_return
 
     assert first is again and first.settings.home == tmp_path
     assert len(built_in) == 1 and built_in[0] != threading.main_thread().name
+
+
+def test_the_experiment_says_what_the_data_check_learned_once_it_passed(client, ctx):
+    """``data_check`` in GET /experiments/{id}: absent before the check ran, the report after, and absent
+    again for a file the compute wrote that is no report (it is read as untrusted, never a 500)."""
+    from shared.config import DATA_CHECK_ARTIFACT
+
+    experiment_id = post(client, tiny_spec()).json()["id"]
+    assert client.get(f"/api/experiments/{experiment_id}").json()["data_check"] is None
+    check = {"task": "binary", "task_reason": "inferred: 2 distinct values", "classes": 2, "rows": 500, "features": 9}
+    ctx.store.put_artifact(experiment_id, DATA_CHECK_ARTIFACT, json.dumps(check).encode())
+    shown = client.get(f"/api/experiments/{experiment_id}").json()["data_check"]
+    assert shown == {**check, "rows_dropped_missing_target": 0}
+    listed = client.get("/api/experiments").json()["items"][0]
+    assert listed["id"] == experiment_id and listed["data_check"] is None  # one read per page item: not listed
+    for bad in (b"{not json", json.dumps({**check, "rows": -1}).encode(), json.dumps({"task": "x" * 10**5}).encode()):
+        ctx.store.put_artifact(experiment_id, DATA_CHECK_ARTIFACT, bad)
+        answer = client.get(f"/api/experiments/{experiment_id}")
+        assert answer.status_code == 200 and answer.json()["data_check"] is None

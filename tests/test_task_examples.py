@@ -52,6 +52,7 @@ def test_the_multiclass_example_through_the_api_gives_a_model_with_a_column_per_
         body = wait_for(client, experiment_id, finished)
         assert body["status"] == "COMPLETED", body
         assert body["progress"] == {"done": 6, "total": 6}
+        assert body["data_check"]["task"] == "multiclass" and body["data_check"]["classes"] == 10
         trials = client.get(f"/api/experiments/{experiment_id}/trials").json()
         completed = [t for t in trials if t["state"] == "COMPLETED"]
         assert completed and all(t["metrics"]["task"] == "multiclass" for t in completed)
@@ -81,7 +82,7 @@ def test_data_the_trials_cannot_use_fails_the_experiment_once_before_any_trial(t
         experiment_id = submit(client, document)  # rmse fits some task: only the data can tell it does not
         body = wait_for(client, experiment_id, finished)
         trials = client.get(f"/api/experiments/{experiment_id}/trials").json()
-    assert body["status"] == "FAILED" and trials == [] and body["progress"]["done"] == 0
+    assert body["status"] == "FAILED" and trials == [] and body["progress"]["done"] == 0 and body["data_check"] is None
     assert body["error"] == (
         "data check failed: objective.primary_metric: rmse is not a multiclass metric; a multiclass task reports: "
         "accuracy, log_loss, f1_macro, roc_auc_ovr (the task was inferred: a categorical target with 3 distinct values)"

@@ -87,12 +87,20 @@ def submit(
     ] = None,
 ) -> None:
     """Submit a spec to a running API; prints the experiment id."""
+    from shared.spec import DocumentError, read_document
+    from shared.spec.loading import read_spec_file
+
     try:
         body = spec_path.read_bytes()
+        document = read_spec_file(spec_path)  # a relative dataset.uri made absolute against the file's folder
     except OSError as exc:
         err.print(f"[red]error:[/red] cannot read {spec_path}: {exc.strerror or exc}")
         raise typer.Exit(2) from None
+    except DocumentError:
+        document = None  # sent as written: the API names what is wrong with it
     headers = {"content-type": "application/yaml" if spec_path.suffix in {".yaml", ".yml"} else "application/json"}
+    if document is not None and document != read_document(body):
+        body, headers["content-type"] = json.dumps(document).encode(), "application/json"
     if idempotency_key:
         headers["Idempotency-Key"] = idempotency_key
     with _client() as client:

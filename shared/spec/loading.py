@@ -11,6 +11,7 @@ expanding past :data:`MAX_NODES` nodes or forming a cycle (alias bombs), nesting
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Hashable
 from pathlib import Path
@@ -21,7 +22,7 @@ from pydantic import ValidationError
 
 from shared.spec.errors import SpecError
 from shared.spec.experiment import ExperimentSpec
-from shared.spec.policy import SpecPolicy
+from shared.spec.policy import SpecPolicy, is_relative_path
 
 MAX_DOCUMENT_BYTES = 256 * 1024
 """Largest spec document (a real one is a few KiB; a queue message is at most 64 KiB)."""
@@ -220,12 +221,19 @@ def read_document(source: str | bytes | dict[str, Any] | Path | Any) -> dict[str
 
 
 def read_spec_file(path: Path) -> dict[str, Any]:
-    """Read a spec file the user named (the CLI only), with the same rules as any document."""
+    """Read a spec file the user named (the CLI only), with the same rules as any document. A relative
+    local ``dataset.uri`` means relative to the file's folder, as a user writing ``../data/x.csv`` beside
+    the spec expects: it is made absolute here, so the spec means the same wherever it is run or sent."""
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise DocumentError(f"cannot read spec file {str(path)!r}: {exc}") from None
-    return read_document(data)
+    document = read_document(data)
+    dataset = document.get("dataset")
+    if isinstance(dataset, dict) and isinstance(dataset.get("uri"), str) and is_relative_path(dataset["uri"]):
+        absolute = os.path.normpath(path.absolute().parent / dataset["uri"])
+        document = {**document, "dataset": {**dataset, "uri": absolute}}
+    return document
 
 
 def validate_spec(document: dict[str, Any], policy: SpecPolicy | None = None) -> ExperimentSpec:

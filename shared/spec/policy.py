@@ -14,7 +14,9 @@ plane run work on its own host or read what the request names, so:
   ``security: true``; AzureML stays in the deployment's workspace, model namespace and images,
   :mod:`shared.azureml_scope`).
 
-Outside hosted mode (a user's own machine) local paths and every scheme of :data:`URI_SCHEMES` stay allowed.
+Outside hosted mode (a user's own machine) local paths and every scheme of :data:`URI_SCHEMES` stay allowed,
+but never a *relative* path from a request or a queue message: it would resolve against the server's working
+folder, which the sender cannot know (the CLI resolves one against its spec file's folder before sending).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
+from pathlib import PurePosixPath, PureWindowsPath
 from urllib.parse import urlsplit
 
 from shared.compute_spec import backends_where
@@ -35,9 +38,24 @@ AZUREML_ASSET = re.compile(r"^azureml:[A-Za-z0-9][A-Za-z0-9_.-]{0,254}:[A-Za-z0-
 _HOSTED_SCHEMES = frozenset({"abfs", "abfss", "az", "https", "azureml", "builtin"})
 
 
+def is_relative_path(uri: str) -> bool:
+    """``uri`` is a local path (no ``scheme://``, no AzureML asset) that is not absolute."""
+    if AZUREML_ASSET.match(uri) or re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", uri):
+        return False
+    return not PurePosixPath(uri).is_absolute() and not PureWindowsPath(uri).is_absolute()
+
+
+def relative_path_problem(uri: str) -> str:
+    return (
+        f"{uri!r} is a relative path, which has no meaning in a request (relative to what?): send an absolute "
+        "path or a URL; `rapids-hpo submit` and `run` resolve a relative path against the spec file's folder"
+    )
+
+
 @dataclass(frozen=True)
 class SpecPolicy:
-    """The deployment's rules for specs; ``SpecPolicy()`` (not hosted) adds none."""
+    """The deployment's rules for specs that arrive over the API or a queue; ``SpecPolicy()`` (not hosted)
+    adds one: a relative local ``dataset.uri`` has no meaning there."""
 
     hosted: bool = False
     data_hosts: tuple[str, ...] = ()
@@ -48,8 +66,12 @@ class SpecPolicy:
         return cls(hosted=settings.hosted, data_hosts=settings.data_hosts)
 
     def check(self, spec: object) -> None:
-        """Raise :class:`SpecError` naming ``compute.backend`` / ``dataset.uri`` when hosted mode refuses."""
+        """Raise :class:`SpecError` naming ``compute.backend`` / ``dataset.uri`` when hosted mode refuses, or
+        ``dataset.uri`` when it is a relative path."""
+        uri: str = spec.dataset.uri  # type: ignore[attr-defined]
         if not self.hosted:
+            if is_relative_path(uri):
+                raise SpecError([{"loc": "dataset.uri", "msg": relative_path_problem(uri)}])
             return
         errors: list[dict[str, str]] = []
         compute = spec.compute  # type: ignore[attr-defined]
@@ -63,7 +85,7 @@ class SpecPolicy:
                 }
             )
         errors += [{"loc": format_loc(loc), "msg": msg} for loc, msg in compute.hosted_problems(spec)]
-        problem = self.uri_problem(spec.dataset.uri)  # type: ignore[attr-defined]
+        problem = self.uri_problem(uri)
         if problem:
             errors.append({"loc": "dataset.uri", "msg": problem})
         if errors:
