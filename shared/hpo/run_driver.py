@@ -28,6 +28,7 @@ from shared.cost.ledger import BudgetGuard, rates_for
 from shared.dashboard.artifacts import save_plots_safely
 from shared.dashboard.importance import ImportanceRefresher
 from shared.hpo.driver import ExperimentOutcome, HpoDriver
+from shared.hpo.patient_store import patient
 from shared.hpo.refit import refit_best_model
 from shared.ports import Store
 from shared.records import DataCheckReport, ExperimentRecord, ExperimentStatus
@@ -127,6 +128,7 @@ def check_data_first(spec: ExperimentSpec, experiment_id: str, store: Store, cli
 def run_experiment(store: Store, experiment_id: str, client: Client, cancel: CancelWatch) -> ExperimentOutcome:
     """Check the data, run the driver and store the best model; the outcome is also written as an artifact.
     Data the trials cannot use fails the experiment here, once, with no trial run."""
+    store = patient(store)  # a storage outage is waited out, not a driver error
     record = store.get_experiment(experiment_id)
     spec = load_spec(record.spec)
     refresh = ImportanceRefresher(store, record)
@@ -159,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from shared.store import open_store
 
-    store = open_store(Settings.from_env())
+    store = patient(open_store(Settings.from_env()))
     cancel = CancelWatch(store, args.experiment_id)
     signal.signal(signal.SIGTERM, lambda *_: cancel.signalled.set())
     spec = load_spec(store.get_experiment(args.experiment_id).spec)
