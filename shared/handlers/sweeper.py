@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from datetime import timedelta
 
 from shared.backends import ORPHAN_FINDERS
 from shared.context import Context
 from shared.handlers.machine import EVENT_FOR_STATUS, MAX_REDRIVES, S, transition
 from shared.ports import OrphanFinder
-from shared.records import TERMINAL_STATUSES, EventType, ExperimentRecord, UnreadableRecord, utcnow
+from shared.records import TERMINAL_STATUSES, EventType, ExperimentRecord, ExperimentStatus, UnreadableRecord, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -21,9 +22,11 @@ def sweep(ctx: Context, *, stall_seconds: int | None = None) -> dict[str, list[s
     stall = timedelta(seconds=stall_seconds if stall_seconds is not None else ctx.settings.stall_seconds)
     cutoff = utcnow() - stall
     report: dict[str, list[str]] = {"redriven": [], "failed": [], "teardown": [], "announced": [], "unreadable": []}
-    records, unreadable = all_experiments(ctx)
-    report["unreadable"] = [u.id for u in unreadable]
-    for stored in records:
+    for stored in swept_experiments(ctx):
+        if isinstance(stored, UnreadableRecord):
+            log.warning("experiment %s skipped: %s", stored.id, stored.reason)
+            report["unreadable"].append(stored.id)
+            continue
         record = ctx.announcer.flush(ctx.store, stored, force=True)  # no-op unless events are staged
         if not record.event_log.pending:
             record = ctx.announcer.catch_up(ctx.store, record)  # no-op unless trials wait for room
@@ -69,18 +72,54 @@ def sweep_orphans(ctx: Context) -> list[str]:
     return deleted
 
 
+SWEEP_HORIZON = timedelta(days=8)
+"""How far back the sweeps page through ended experiments: past the longest run a spec may ask for
+(``MAX_RUN_SECONDS``, under 7 days) plus the cost guard's grace. Older records ended long ago and were
+settled by earlier sweeps; an active record of any age is still found, by its status."""
+ACTIVE = tuple(s for s in ExperimentStatus if s not in TERMINAL_STATUSES)
+
+
+def swept_experiments(
+    ctx: Context, horizon: timedelta = SWEEP_HORIZON
+) -> Iterator[ExperimentRecord | UnreadableRecord]:
+    """The records a sweep must look at, one page in memory at a time: every active one (a status-filtered
+    listing: the store returns only those) and every one created within ``horizon`` (newest first, the
+    listing's order, stopping at the first older one). The cost of a sweep grows with the recent and the
+    active experiments, not with the whole history the table keeps."""
+    seen: set[str] = set()
+    for status in ACTIVE:
+        for record in _pages(ctx, status):
+            seen.add(record.id)
+            yield record
+    oldest = utcnow() - horizon
+    for record in _pages(ctx, None):
+        if isinstance(record, ExperimentRecord) and record.created_at < oldest:
+            return
+        if record.id not in seen:
+            yield record
+
+
+def _pages(ctx: Context, status: ExperimentStatus | None) -> Iterator[ExperimentRecord | UnreadableRecord]:
+    """Pages of 25, 50, 100, then 200 records: a listing stopped early (at the horizon) read little past it."""
+    token: str | None = None
+    limit = 25
+    while True:
+        page, token = ctx.store.list_experiments(status=status, limit=limit, page_token=token)
+        limit = min(limit * 2, 200)
+        yield from page
+        if token is None:
+            return
+
+
 def all_experiments(ctx: Context) -> tuple[list[ExperimentRecord], list[UnreadableRecord]]:
-    """Every stored experiment, and apart those whose record does not validate (each logged, none raised)."""
+    """The records the sweeps look at (:func:`swept_experiments`), and apart those whose record does not
+    validate (each logged, none raised)."""
     records: list[ExperimentRecord] = []
     unreadable: list[UnreadableRecord] = []
-    token: str | None = None
-    while True:
-        page, token = ctx.store.list_experiments(limit=200, page_token=token)
-        for item in page:
-            if isinstance(item, UnreadableRecord):
-                log.warning("experiment %s skipped: %s", item.id, item.reason)
-                unreadable.append(item)
-            else:
-                records.append(item)
-        if token is None:
-            return records, unreadable
+    for item in swept_experiments(ctx):
+        if isinstance(item, UnreadableRecord):
+            log.warning("experiment %s skipped: %s", item.id, item.reason)
+            unreadable.append(item)
+        else:
+            records.append(item)
+    return records, unreadable
