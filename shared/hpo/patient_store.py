@@ -59,4 +59,3 @@ def patient(store: T, patience: float = PATIENCE_S) -> T:
     if isinstance(store, PatientStore):
         return cast(T, store)
     return cast(T, PatientStore(store, patience))
-
