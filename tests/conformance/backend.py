@@ -39,6 +39,7 @@ from tests.arm_server import FakeArm, StaticTokenCredential
 from tests.control_plane import tiny_spec
 from tests.fakes.azureml import COMPUTE as AML_COMPUTE
 from tests.fakes.azureml import T0, FakeWorkspace, child, run
+from tests.fakes.scripted import ScriptedBackend
 
 FINISH_TIMEOUT_S = 240.0
 
@@ -237,7 +238,44 @@ class AzureMLHarness(Harness):
         return finished_trials(self.ctx, record)
 
 
+class ScriptedHarness(Harness):
+    """The FAKE backend of the state-machine tests (``tests/fakes/scripted.py``), held to the same step
+    rules as the real ones so that it cannot teach the machine a contract they do not keep."""
+
+    id = "scripted"
+
+    def __init__(self, ctx: Context, tmp_path: Path) -> None:
+        super().__init__(ctx, tmp_path)
+        self.fake = ScriptedBackend(polls=[RunState.RUNNING])
+
+    def backend(self) -> ComputeBackend:
+        return self.fake
+
+    def spec(self) -> dict[str, Any]:
+        return tiny_spec()
+
+    def finish(self, record: ExperimentRecord, state: RunState) -> None:
+        """Its compute is the script: the next polls report ``state``; a success leaves the model, as the
+        driver does (``model_from="driver"``)."""
+        if state is RunState.SUCCEEDED:
+            self.ctx.store.put_artifact(record.id, f"{MODEL_PREFIX}model.json", b"{}")
+        self.fake.polls, self.fake.error = [state], "trials failed" if state is RunState.FAILED else None
+
+    def live(self, record: ExperimentRecord) -> int:
+        return 0  # it starts nothing
+
+    def lose_driver(self, record: ExperimentRecord) -> dict[int, TrialRecord]:
+        """A trial finished, then the script reports the loss the way a backend without
+        ``restarts_driver`` must: FAILED with a reason."""
+        self.ctx.store.put_trial(completed_trial(record.id))
+        self.fake.polls, self.fake.error = [RunState.FAILED], "the driver was lost"
+        return finished_trials(self.ctx, record)
+
+
 HARNESSES: dict[str, type[Harness]] = {h.id: h for h in (LocalHarness, VMClusterHarness, AzureMLHarness)}
+"""The registered backends' harnesses."""
+FAKE_HARNESSES: dict[str, type[Harness]] = {ScriptedHarness.id: ScriptedHarness}
+"""Fakes other tests use in a backend's place: they pass every case but the registry's."""
 
 
 # ---------------------------------------------------------------------------------------- helpers

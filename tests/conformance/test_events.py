@@ -1,8 +1,10 @@
 """One conformance suite for every ``EventPublisher`` adapter (Optuna-storages style).
 
-Each adapter declares ``delivers``; the suite checks a delivering adapter against what its topic
-received (Event Grid: the real SDK client posting to ``tests.topic_receiver``), and a non-delivering
-one for never failing. No adapter-specific skips inside the tests.
+Each adapter declares ``delivers``, and the declaration decides which cases are collected for it: a
+delivering adapter is checked against what its topic received (Event Grid: the real SDK client posting
+to ``tests.topic_receiver``), one that delivers nothing by design (no topic configured) for accepting
+every batch and for the announcer staging nothing for it; both for the protocol and for what the
+announcer stages. No case is collected for an adapter it cannot fail for, and none returns early.
 """
 
 from __future__ import annotations
@@ -16,8 +18,11 @@ from datetime import datetime
 
 import pytest
 
-from shared.events import DisabledPublisher, Event, EventPublisher, PublishError
+from shared.events import Announcer, DisabledPublisher, Event, EventPublisher, PublishError
 from shared.events.eventgrid import EventGridPublisher
+from shared.records import ExperimentRecord, TrialRecord, TrialState, utcnow
+from shared.spec import load_spec
+from tests.control_plane import tiny_spec
 from tests.tls import mint_certificate
 from tests.topic_receiver import TopicReceiver
 
@@ -60,12 +65,30 @@ def _disabled(receiver: TopicReceiver) -> Harness:
     return Harness(DisabledPublisher(), lambda: [], lambda status: DisabledPublisher())
 
 
-ADAPTERS = {"eventgrid": _eventgrid, "disabled": _disabled}
+ADAPTERS: dict[str, tuple[type[EventPublisher], Callable[[TopicReceiver], Harness]]] = {
+    "eventgrid": (EventGridPublisher, _eventgrid),
+    "disabled": (DisabledPublisher, _disabled),
+}
+"""Each adapter's class (its ``delivers`` is a class attribute, read at collection) and harness."""
+DELIVERING = sorted(name for name, (adapter, _) in ADAPTERS.items() if adapter.delivers)
+SILENT = sorted(name for name, (adapter, _) in ADAPTERS.items() if not adapter.delivers)
 
 
 @pytest.fixture(params=sorted(ADAPTERS))
 def harness(request, topic_receiver) -> Harness:
-    return ADAPTERS[request.param](topic_receiver)
+    return ADAPTERS[request.param][1](topic_receiver)
+
+
+@pytest.fixture(params=DELIVERING)
+def delivering(request, topic_receiver) -> Harness:
+    """An adapter that sends to a topic: what the topic received is checked."""
+    return ADAPTERS[request.param][1](topic_receiver)
+
+
+@pytest.fixture(params=SILENT)
+def silent(request, topic_receiver) -> Harness:
+    """An adapter that delivers nothing by design."""
+    return ADAPTERS[request.param][1](topic_receiver)
 
 
 def events(n: int, prefix: str = "exp-1") -> list[Event]:
@@ -85,15 +108,28 @@ def events(n: int, prefix: str = "exp-1") -> list[Event]:
 def test_adapter_satisfies_the_protocol(harness):
     assert isinstance(harness.publisher, EventPublisher)
     assert harness.publisher.max_batch >= 1 and isinstance(harness.publisher.delivers, bool)
+    declared = {name for name, (adapter, _) in ADAPTERS.items() if isinstance(harness.publisher, adapter)}
+    assert len(declared) == 1 and harness.publisher.delivers == ADAPTERS[declared.pop()][0].delivers
 
 
-def test_a_batch_arrives_in_order_with_every_attribute(harness):
+def test_the_announcer_stages_events_exactly_for_an_adapter_that_delivers(harness):
+    """``delivers`` is what the state machine reads: events are staged in the outbox (one more write per
+    step) only for an adapter that sends them; the announcement markers advance either way, so turning
+    a topic on later does not replay old trials."""
+    spec = load_spec(tiny_spec())
+    record = ExperimentRecord(id="exp-1", name=spec.name, spec=spec.to_document(), backend="local")
+    finished = TrialRecord(
+        experiment_id=record.id, number=0, params={}, state=TrialState.COMPLETED, value=0.8, ended_at=utcnow()
+    )
+    staged = Announcer(publisher=harness.publisher).stage_trials(record, [finished])
+    assert bool(staged.pending) == harness.publisher.delivers
+    assert staged != record.event_log, "the markers did not advance"
+
+
+def test_a_batch_arrives_in_order_with_every_attribute(delivering):
     batch = events(3)
-    harness.publisher.publish(batch)
-    received = harness.delivered()
-    if not harness.publisher.delivers:
-        assert received == []
-        return
+    delivering.publisher.publish(batch)
+    received = delivering.delivered()
     assert [e["id"] for e in received] == [e.id for e in batch]
     for sent, got in zip(batch, received, strict=True):
         assert got["specversion"] == "1.0"
@@ -106,19 +142,17 @@ def test_a_batch_arrives_in_order_with_every_attribute(harness):
         assert datetime.fromisoformat(got["time"].replace("Z", "+00:00")) == datetime.fromisoformat(sent.time)
 
 
-def test_an_empty_batch_sends_nothing(harness):
-    harness.publisher.publish([])
-    assert harness.delivered() == []
-    if harness.receiver is not None:
-        assert harness.receiver.requests == []
+def test_an_empty_batch_sends_nothing(delivering):
+    delivering.publisher.publish([])
+    assert delivering.delivered() == []
+    assert delivering.receiver is not None and delivering.receiver.requests == []
 
 
-def test_a_full_batch_is_one_request(harness):
-    batch = events(harness.publisher.max_batch if harness.publisher.delivers else 5)
-    harness.publisher.publish(batch)
-    if harness.publisher.delivers:
-        assert [e["id"] for e in harness.delivered()] == [e.id for e in batch]
-        assert harness.receiver is None or len(harness.receiver.requests) == 1
+def test_a_full_batch_is_one_request(delivering):
+    batch = events(delivering.publisher.max_batch)
+    delivering.publisher.publish(batch)
+    assert [e["id"] for e in delivering.delivered()] == [e.id for e in batch]
+    assert delivering.receiver is not None and len(delivering.receiver.requests) == 1
 
 
 @pytest.mark.parametrize(
@@ -132,17 +166,21 @@ def test_a_full_batch_is_one_request(harness):
         (401, False, False),
     ],
 )
-def test_a_failing_topic_raises_a_classified_publish_error_at_once(harness, status, retryable, permanent):
-    publisher = harness.broken(status)
+def test_a_failing_topic_raises_a_classified_publish_error_at_once(delivering, status, retryable, permanent):
+    publisher = delivering.broken(status)
     started = time.monotonic()
-    if not publisher.delivers:
-        publisher.publish(events(2))  # nothing to fail: never raises
-        return
     with pytest.raises(PublishError) as caught:
         publisher.publish(events(2))
     assert (caught.value.retryable, caught.value.permanent) == (retryable, permanent)
     assert time.monotonic() - started < 5, "the adapter must not retry by itself"
-    assert harness.delivered() == []
+    assert delivering.delivered() == []
+
+
+def test_an_adapter_that_delivers_nothing_accepts_every_batch(silent):
+    """With no topic there is nothing to fail: any batch up to ``max_batch`` is accepted, none raises
+    (a raise here would fail every state-machine step of an unconfigured deployment)."""
+    for size in (0, 1, silent.publisher.max_batch):
+        assert silent.publisher.publish(events(size)) is None
 
 
 def test_eventgrid_speaks_the_topic_protocol(topic_receiver, caplog):

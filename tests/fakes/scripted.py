@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.errors import BackendError
-from shared.ports import BackendHandle, Capabilities, HandleUpdate, RunState, RunStatus
+from shared.ports import BackendHandle, Capabilities, HandleUpdate, RunState, RunStatus, handle_changes
 from shared.records import ComputeReport, ExperimentRecord
 
 
@@ -65,16 +65,16 @@ class ScriptedBackend:
 
     def provision(self, record: ExperimentRecord) -> HandleUpdate:
         self._call("provision", record)
-        return {"provisioned": True}
+        return _changes(record, {"provisioned": True})
 
     def submit(self, record: ExperimentRecord) -> HandleUpdate:
         self._call("submit", record)
-        return {"submitted": True}
+        return _changes(record, {"submitted": True})
 
     def poll(self, record: ExperimentRecord) -> RunStatus:
         self._call("poll", record)
         state = self.polls.pop(0) if len(self.polls) > 1 else self.polls[0]
-        updates = self.poll_updates.pop(0) if self.poll_updates else {}
+        updates = _changes(record, self.poll_updates.pop(0)) if self.poll_updates else {}
         return RunStatus(state, error=self.error if state is RunState.FAILED else None, updates=updates)
 
     def finalize(self, record: ExperimentRecord) -> HandleUpdate:
@@ -88,3 +88,10 @@ class ScriptedBackend:
     def teardown(self, record: ExperimentRecord) -> HandleUpdate:
         self._call("teardown", record)
         return {}
+
+
+def _changes(record: ExperimentRecord, fields: HandleUpdate) -> HandleUpdate:
+    """The contract's rule for a step's update: only the fields whose value the call changes, so a
+    repeated call returns ``{}`` (``tests/conformance/test_backend.py`` holds this fake to it)."""
+    before = ScriptedHandle.model_validate(record.backend_state)
+    return handle_changes(before, before.model_copy(update=fields))
