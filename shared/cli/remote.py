@@ -135,13 +135,15 @@ def status(experiment_id: str, as_json: Annotated[bool, typer.Option("--json")] 
         console.print(f"  submitted by: {who}", markup=False, highlight=False)
 
 
-def all_trials(client: Any, base: str, page: int = 1000) -> list[dict[str, Any]]:
-    """Every trial of the experiment at ``base``, following ``GET /trials``' pages (``X-Next-After``)."""
+def all_trials(client: Any, base: str, page: int = 1000, route: str = "trials") -> list[dict[str, Any]]:
+    """Every trial of the experiment at ``base``, following the pages of ``GET /trials`` (or ``/study``:
+    ``route``) by ``X-Next-After``."""
     trials: list[dict[str, Any]] = []
     after = -1
     while True:
-        response = _check(client.get(f"{base}/trials", params={"after": after, "limit": page}))
-        trials += response.json()
+        response = _check(client.get(f"{base}/{route}", params={"after": after, "limit": page}))
+        body = response.json()
+        trials += body["trials"] if route == "study" else body
         following = response.headers.get("X-Next-After")
         if following is None or not trials:
             return trials
@@ -163,7 +165,8 @@ def watch(
 
     base = f"/api/experiments/{experiment_id}"
     with _client() as client:
-        searched = list(_check(client.get(f"{base}/study")).json()["spec"].get("search_space", {}))
+        spec = _check(client.get(f"{base}/study", params={"limit": 1})).json()["spec"]  # the spec, not the trials
+        searched = list(spec.get("search_space", {}))
         with Live(console=console, auto_refresh=False) as live:
             while True:
                 data = _check(client.get(base)).json()
@@ -193,10 +196,12 @@ def export(
     if optuna_journal.exists():
         err.print(f"[red]error:[/red] {optuna_journal} exists; the journal must be a new file")
         raise typer.Exit(2)
+    base = f"/api/experiments/{experiment_id}"
     with _client() as client:
-        data = _check(client.get(f"/api/experiments/{experiment_id}/study")).json()
+        data = _check(client.get(f"{base}/study", params={"limit": 1})).json()
+        pages = all_trials(client, base, route="study")
     record = ExperimentRecord(id=data["id"], name=data["name"], status=data["status"], spec=data["spec"])
-    trials = [TrialRecord.model_validate(t) for t in data["trials"]]
+    trials = [TrialRecord.model_validate(t) for t in pages]
     study = write_journal(str(optuna_journal), record, trials)
     console.print(
         f"{len(study.trials)} trial(s) of {record.id} written to {optuna_journal} (study {study.study_name!r}); "

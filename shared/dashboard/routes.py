@@ -130,7 +130,7 @@ def ui_experiment(
 
 
 class StudyExport(BaseModel):
-    """What Optuna's tools need of an experiment: its normalized spec and every trial."""
+    """What Optuna's tools need of an experiment: its normalized spec and its trials (a page of them)."""
 
     id: str
     name: str
@@ -139,14 +139,37 @@ class StudyExport(BaseModel):
     trials: list[TrialRecord]
 
 
+STUDY_PAGE = 100
+"""Trials per ``/study`` page unless the caller asks for another size (at most 1000)."""
+
+
 @router.get(
     "/experiments/{experiment_id}/study",
     response_model=StudyExport,
-    summary="The spec and every trial, for `rapids-hpo export --optuna-journal` and other tools",
+    summary="The spec and the trials, a page at a time, for `rapids-hpo export --optuna-journal` and other tools",
+    description=(
+        "Trials numbered above `after`, at most `limit`, as `GET /trials` pages them: when more follow, the "
+        '`Link` header names the next page (`rel="next"`) and `X-Next-After` its `after`.'
+    ),
 )
-def get_study(ctx: ContextDep, caller: Reader, request: Request, experiment_id: ExperimentId) -> StudyExport:
+def get_study(
+    ctx: ContextDep,
+    caller: Reader,
+    request: Request,
+    response: Response,
+    experiment_id: ExperimentId,
+    after: Annotated[int, Query(ge=-1, le=10**10)] = -1,
+    limit: Annotated[int, Query(ge=1, le=1000)] = STUDY_PAGE,
+) -> StudyExport:
     record = _record(ctx, experiment_id, caller, request)
-    trials = ctx.store.list_trials(experiment_id)
+    trials = ctx.store.list_trials(experiment_id, after=after, limit=limit + 1)
+    if len(trials) > limit:
+        trials = trials[:limit]
+        following = trials[-1].number
+        response.headers["X-Next-After"] = str(following)
+        response.headers["Link"] = (
+            f'</api/experiments/{experiment_id}/study?after={following}&limit={limit}>; rel="next"'
+        )
     return StudyExport(id=record.id, name=record.name, status=record.status, spec=record.spec, trials=trials)
 
 
