@@ -52,3 +52,41 @@ def test_the_cli_follows_the_pages_to_every_trial(client):
     for route in ("study", "trials"):
         trials = all_trials(client, BASE, page=5, route=route)
         assert [t["number"] for t in trials] == list(range(12))
+
+
+class Counting:
+    """A client that counts the trials its ``/trials`` pages carried."""
+
+    def __init__(self, client: TestClient) -> None:
+        self.client = client
+        self.read = 0
+
+    def get(self, url: str, **kwargs):
+        response = self.client.get(url, **kwargs)
+        if url.endswith("/trials"):
+            self.read += len(response.json())
+        return response
+
+
+def test_watch_rereads_only_what_may_still_change(tmp_path):
+    from shared.cli.remote import refresh_trials
+    from shared.records import TrialState, updated
+
+    context = local_context(tmp_path)
+    make_experiment(context.store, EXPERIMENT, trials=40, running=2, status=ExperimentStatus.RUNNING)
+    set_context(context)
+    try:
+        client = Counting(TestClient(create_api(), base_url="http://localhost"))
+        known: dict[int, dict] = {}
+        assert [t["number"] for t in refresh_trials(client, BASE, known, page=7)] == list(range(42))
+        assert client.read == 42
+        client.read = 0
+        first_running = context.store.list_trials(EXPERIMENT)[40]
+        context.store.put_trial(updated(first_running, state=TrialState.COMPLETED, value=0.9))
+        trials = refresh_trials(client, BASE, known, page=7)
+        assert client.read == 2 and trials[40]["state"] == "COMPLETED" and len(trials) == 42
+        client.read = 0
+        refresh_trials(client, BASE, known, page=7)
+        assert client.read == 1  # only the one still running
+    finally:
+        set_context(None)

@@ -150,6 +150,32 @@ def all_trials(client: Any, base: str, page: int = 1000, route: str = "trials") 
         after = int(following)
 
 
+INTERRUPTED_PREFIX = "interrupted:"
+"""How the driver marks a trial its restart will retry under the same number (``shared.hpo.driver``)."""
+
+
+def may_change(trial: dict[str, Any]) -> bool:
+    """Whether a trial can still change: running, or interrupted (a resumed driver retries it)."""
+    return trial["state"] == "RUNNING" or (
+        trial["state"] == "FAILED" and str(trial.get("error") or "").startswith(INTERRUPTED_PREFIX)
+    )
+
+
+def refresh_trials(client: Any, base: str, known: dict[int, dict[str, Any]], page: int = 1000) -> list[dict[str, Any]]:
+    """``known`` brought up to date, reading only the trials from the lowest one that may still change (or the
+    newest known) on: a watch of an experiment of 10,000 trials re-read them all at every refresh."""
+    changing = [number for number, trial in known.items() if may_change(trial)]
+    after = min(changing) - 1 if changing else max(known, default=-1)
+    while True:
+        response = _check(client.get(f"{base}/trials", params={"after": after, "limit": page}))
+        for trial in response.json():
+            known[trial["number"]] = trial
+        following = response.headers.get("X-Next-After")
+        if following is None:
+            return [known[number] for number in sorted(known)]
+        after = int(following)
+
+
 @app.command()
 def watch(
     experiment_id: str,
@@ -167,10 +193,11 @@ def watch(
     with _client() as client:
         spec = _check(client.get(f"{base}/study", params={"limit": 1})).json()["spec"]  # the spec, not the trials
         searched = list(spec.get("search_space", {}))
+        known: dict[int, dict[str, Any]] = {}
         with Live(console=console, auto_refresh=False) as live:
             while True:
                 data = _check(client.get(base)).json()
-                trials = all_trials(client, base)
+                trials = refresh_trials(client, base, known)
                 live.update(watch_view(data, trials, searched), refresh=True)
                 if data["status"] in {s.value for s in TERMINAL_STATUSES}:
                     break
