@@ -261,8 +261,9 @@ def test_long_experiments_keep_pages_small(ctx):
 
     record, trials = ctx.store.get_experiment(FINISHED), ctx.store.list_trials(FINISHED)
     html = trial_table(record, trials, limit=3)
-    assert html.count("<tr>") == 1 + 3 and "the latest 3 of 12 trials" in html
-    assert re.findall(r'<td class=num title="[^"]*">(\d+)</td>', html) == ["9", "10", "11"]  # the newest
+    assert html.count("<tr") == 1 + 3 and "the latest 3 of 12 trials" in html
+    numbers = re.findall(r'<td class=num title="[^"]*">(\d+)(?: <span title="the best trial">★</span>)?</td>', html)
+    assert numbers == ["9", "10", "11"]  # the newest
     assert "trials-note" not in trial_table(record, trials, limit=None)
     lines = intermediate(trials * 10, "accuracy").series  # past MARKER_LIMIT trials: lines only
     assert not any(s.markers for s in lines)
@@ -332,3 +333,85 @@ def test_the_compute_line_says_only_what_happened():
     assert report.summary(now) == "2 workers evicted (replaced), driver restarted 1x, heartbeat 12 s ago"
     studio = ComputeReport(link="https://ml.azure.com/runs/x")
     assert studio.summary() == "https://ml.azure.com/runs/x" and studio.summary(link=False) == ""
+
+
+FAILED_ID = "exp-20261130110000-cccccc"
+REASON = "data check failed: target column 'churn' not found in /data/t.csv; 3 columns: a, b, c <script>"
+
+
+def failed_experiment(ctx):
+    finished = ctx.store.get_experiment(FINISHED)
+    record = finished.model_copy(
+        update={"id": FAILED_ID, "status": ExperimentStatus.FAILED, "error": REASON, "best": None, "trials_done": 0}
+    )
+    ctx.store.create_experiment(record)
+    write_plots(ctx.store, record)  # what a compute saves when it ends: plots of nothing
+    return record
+
+
+def test_a_failed_experiments_page_says_why_and_draws_no_empty_charts(client, ctx):
+    failed_experiment(ctx)
+    assert ctx.store.list_artifacts(FAILED_ID, "plots/")  # saved, yet empty: not offered
+    html = client.get(f"/api/ui/experiments/{FAILED_ID}", params={"code": "k3y"}).text
+    failure = re.search(r'<div id="failure">(.*?)</div>', html, flags=re.S)
+    assert failure and "Why it failed:" in failure.group(1)
+    assert "target column &#x27;churn&#x27; not found" in failure.group(1) and "<script>" not in failure.group(1)
+    assert 'id="no-charts"' in html and "<svg" not in html and "Saved plots" not in html and "/plots/" not in html
+    index = client.get("/api/ui").text
+    row = next(r for r in index.split("<tr>") if FAILED_ID in r)
+    assert '<span class="FAILED" style="width:0%">' in row  # red, and empty: no trial was progress
+
+
+def test_the_best_trial_is_highlighted_in_the_table(client, ctx):
+    best = ctx.store.get_experiment(FINISHED).best
+    assert best is not None
+    html = client.get(f"/api/ui/experiments/{FINISHED}").text
+    assert html.count('id="best-trial"') == 1 and html.count("★") == 1
+    row = re.search(r'<tr class="best" id="best-trial"><td class=num title="[^"]*">(\d+) ', html)
+    assert row and int(row.group(1)) == best.number
+
+
+def test_the_page_shows_the_spec_escaped(client, ctx):
+    record = ctx.store.get_experiment(FINISHED)
+    spec = {**record.spec, "description": "</pre><script>alert(1)</script>"}
+    ctx.store.create_experiment(record.model_copy(update={"id": FAILED_ID, "spec": spec}))
+    html = client.get(f"/api/ui/experiments/{FAILED_ID}").text
+    summary = re.search(r'<span id="spec-summary">(.*?)</span>', html).group(1)
+    assert summary.startswith("builtin://nycflights13 → ArrDelayBinary")
+    for part in ("random_forest, 3 folds", "4 parameters (n_estimators, max_depth, max_features, min_samples_leaf)"):
+        assert part in summary
+    assert "median_stopping" in summary and "12 trials, 2 at a time" in summary
+    spec = re.search(r'<details id="spec">.*?</details>', html, flags=re.S).group(0)
+    assert "search_space:" in spec and "&lt;/pre&gt;&lt;script&gt;" in spec and "<script>" not in spec
+
+
+def test_parallel_axis_labels_never_overlap_and_cut_ones_keep_their_name():
+    from shared.dashboard.svg import BOLD_CHAR_PX, LEFT, WIDTH, axis_labels
+
+    for count in range(2, 12):
+        names = [f"a_rather_long_parameter_name_{i}" for i in range(count - 1)] + ["accuracy"]
+        gap = (WIDTH - 2 * LEFT) / (count - 1)
+        labels = axis_labels(names, gap)
+        spans = [
+            (y, LEFT + i * gap - len(t) * BOLD_CHAR_PX / 2, LEFT + i * gap + len(t) * BOLD_CHAR_PX / 2)
+            for i, (y, t) in enumerate(labels)
+        ]
+        assert all(left >= 0 and right <= WIDTH for _, left, right in spans), (count, spans)
+        for (y1, _, right), (y2, left, _) in itertools.combinations(spans, 2):
+            assert y1 != y2 or right < left, (count, labels)
+        assert all(
+            t == n or (t.endswith("…") and n.startswith(t[:-1])) for (_, t), n in zip(labels, names, strict=True)
+        )
+    assert [t for _, t in axis_labels(["a", "b", "c"], 256)] == ["a", "b", "c"]  # short: one row, whole
+
+
+def test_the_parallel_chart_draws_every_axis_name_in_full_somewhere(client, ctx):
+    record = ctx.store.get_experiment(FINISHED)
+    html = client.get(f"/api/experiments/{FINISHED}/plots/parallel.svg").text
+    chart = ElementTree.fromstring(html)
+    ns = "{http://www.w3.org/2000/svg}"
+    shown = " ".join(
+        (t.text or "") + "".join(x.text or "" for x in t.findall(f"{ns}title")) for t in chart.iter(f"{ns}text")
+    )
+    for name in record.spec["search_space"]:
+        assert name in shown

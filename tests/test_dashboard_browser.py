@@ -8,6 +8,7 @@ cancels, and fails on any console error. ``RAPIDS_HPO_SCREENSHOTS=DIR`` also sav
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 from collections.abc import Iterator
@@ -33,6 +34,7 @@ ARGS = [
     "--disable-sync",
 ]
 FINISHED, RUNNING = "exp-20261130090000-aaaaaa", "exp-20261130100000-bbbbbb"
+FAILED = "exp-20261130080000-cccccc"  # made by the last test: the index test sees two experiments
 
 pytestmark = [
     pytest.mark.slow,
@@ -158,3 +160,36 @@ def test_running_experiment_page_refreshes_itself_then_cancels(site, page, tmp_p
     wait_for(client, RUNNING, lambda body: body["status"] == "CANCELLED", timeout=60)
     page.wait_for_selector('#content[data-live="false"]', timeout=20_000)
     assert page.locator("#status").inner_text() == "CANCELLED"
+
+
+def test_parallel_axis_labels_do_not_overlap_as_drawn(site, page):
+    """Measured in the browser (the font it really uses): no two axis names of the parallel chart overlap."""
+    base, _, client = site
+    page.goto(f"{base}/api/ui/experiments/{FINISHED}?code={key_of(client)}")
+    labels = page.locator('svg.chart[data-chart="parallel"] text[font-weight="600"]')
+    boxes = [labels.nth(i).bounding_box() for i in range(labels.count())]
+    boxes = [b for b in boxes[1:] if b]  # the first bold text is the chart's title
+    assert len(boxes) == 5  # four parameters and the metric
+    for a, b in itertools.combinations(boxes, 2):
+        apart = a["x"] + a["width"] <= b["x"] or b["x"] + b["width"] <= a["x"]
+        assert apart or a["y"] + a["height"] <= b["y"] or b["y"] + b["height"] <= a["y"], (a, b)
+
+
+def test_a_failed_experiments_page_says_why_without_empty_charts(site, page, tmp_path):
+    base, ctx, client = site
+    failed = ctx.store.get_experiment(FINISHED).model_copy(
+        update={
+            "id": FAILED,
+            "status": ExperimentStatus.FAILED,
+            "best": None,
+            "trials_done": 0,
+            "error": "data check failed: target column 'churn' not found in /data/t.csv; 3 columns: a, b, c",
+        }
+    )
+    ctx.store.create_experiment(failed)
+    page.goto(f"{base}/api/ui/experiments/{FAILED}?code={key_of(client)}")
+    assert "target column 'churn' not found" in page.locator("#failure").inner_text()
+    assert page.locator("svg.chart").count() == 0 and page.locator("#no-charts").is_visible()
+    page.locator("#spec summary").click()
+    assert "search_space:" in page.locator("#spec pre").inner_text()
+    screenshot(page, "dashboard-failed.png", tmp_path)

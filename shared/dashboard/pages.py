@@ -15,8 +15,9 @@ from typing import Any
 from urllib.parse import urlencode
 
 from shared.dashboard.charts import Chart, build_charts, fold_values, no_best, objective
+from shared.dashboard.spec_view import spec_html
 from shared.dashboard.svg import render
-from shared.records import ExperimentRecord, TrialRecord, UnreadableRecord
+from shared.records import ExperimentRecord, ExperimentStatus, TrialRecord, UnreadableRecord
 
 REFRESH_MS = 5000
 TABLE_LIMIT = 500
@@ -34,6 +35,11 @@ background:#e5e7eb;margin-right:6px}.bar span{display:block;height:8px;backgroun
 .charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(640px,1fr));gap:12px}
 .charts figure{margin:0;background:#fff;border:1px solid #e5e7eb}.actions a,.actions button{margin-right:8px}
 .meta{color:#4b5563;font-size:13px}.error{color:#b91c1c}#experiments td{white-space:nowrap}
+.bar span.COMPLETED{background:#16a34a}.bar span.FAILED{background:#dc2626}
+.bar span.CANCELLED,.bar span.CANCELLING,.bar span.TIMED_OUT{background:#9ca3af}
+tr.best td{background:#fef9c3;font-weight:600}#failure{border:1px solid #fca5a5;background:#fef2f2;color:#991b1b;
+padding:8px 12px;margin:8px 0;white-space:pre-wrap}#spec{font-size:13px;margin:4px 0 8px}
+#spec pre{background:#fff;border:1px solid #e5e7eb;padding:8px;overflow-x:auto}
 """
 SCRIPT = """
 (function(){
@@ -155,7 +161,8 @@ def index_page(
             f'<a href="{escape(url(f"/api/ui/experiments/{r.id}", code))}">{escape(r.name)}</a>',
             f"<code>{escape(r.id)}</code>",
             f'<span class="status {r.status.value}">{r.status.value}</span>',
-            f'<span class=bar><span style="width:{share:.0f}%"></span></span>{done}/{r.trials_total}',
+            f'<span class=bar><span class="{r.status.value}" style="width:{share:.0f}%"></span></span>'
+            f"{done}/{r.trials_total}",
             best,
         ]
         if show_cost:
@@ -198,11 +205,13 @@ def trial_table(record: ExperimentRecord, trials: Sequence[TrialRecord], limit: 
             f'<p class=meta id="trials-note">the latest {len(shown)} of {len(ordered)} trials; all of them: '
             f"<code>/api/experiments/{escape(record.id)}/trials</code> or the saved <code>report.html</code></p>"
         )
+    best = record.best.number if record.best else None
     for t in shown:
         folds = ", ".join(f"{v:.4f}" for v in fold_values(t, metric))
         all_params = ", ".join(f"{k}={v}" for k, v in t.params.items())
+        star = ' <span title="the best trial">★</span>' if t.number == best else ""
         cells = [
-            f'<td class=num title="{escape(all_params)}">{t.number}</td>',
+            f'<td class=num title="{escape(all_params)}">{t.number}{star}</td>',
             f'<td><span class="status {t.state.value}">{t.state.value}</span>'
             + (f' <span class=error title="{escape(t.error)}">!</span>' if t.error else "")
             + "</td>",
@@ -214,7 +223,7 @@ def trial_table(record: ExperimentRecord, trials: Sequence[TrialRecord], limit: 
             f"<td class=num>{t.attempt}</td>",
             *([f"<td class=num>{f'${costs[t.number]:,.3f}' if t.number in costs else ''}</td>"] if costs else []),
         ]
-        rows.append("<tr>" + "".join(cells) + "</tr>")
+        rows.append(('<tr class="best" id="best-trial">' if t.number == best else "<tr>") + "".join(cells) + "</tr>")
     return note + (
         '<table id="trials"><thead><tr>'
         + "".join(f"<th>{escape(h)}</th>" for h in head)
@@ -269,13 +278,25 @@ def experiment_page(
     )
     if data:
         meta += f'<br><span id="data-check">data: {escape(data)}</span>'
-    error = f'<p class="error">{escape(record.error)}</p>' if record.error else ""
+    failed = record.status is ExperimentStatus.FAILED
+    error = f'<p class="error">{escape(record.error)}</p>' if record.error and not failed else ""
+    if failed:
+        error = f'<div id="failure"><b>Why it failed:</b> {escape(record.error or "no reason was recorded")}</div>'
+    scored = any(t.value is not None for t in trials)
+    if scored or live:
+        charts = charts_html(build_charts(record, list(trials), importance_doc))
+    else:  # four empty boxes and links to empty plots say nothing: say why there is nothing to draw
+        charts, plots = (
+            f'<p class=meta id="no-charts">No trial finished with a score ({escape(metric)}): nothing to chart.</p>',
+            (),
+        )
     plot_links = " ".join(f'<a href="{escape(url(f"{base}/plots/{name}", code))}">{escape(name)}</a>' for name in plots)
     content = (
         f'<div id="content" data-live="{str(live).lower()}" data-status="{record.status.value}">'
         f"<h1>{escape(record.name)} <code class=meta>{escape(record.id)}</code></h1><p class=meta>{meta}</p>{error}"
+        f"{spec_html(record.spec)}"
         f'<p class="actions">{"".join(actions)}<span id="action-result" class=meta></span></p>'
-        f"<h2>Charts</h2>{charts_html(build_charts(record, list(trials), importance_doc))}"
+        f"<h2>Charts</h2>{charts}"
         f"<h2>Trials</h2>{trial_table(record, trials)}"
         + (f"<h2>Saved plots</h2><p>{plot_links}</p>" if plots else "")
         + "</div>"

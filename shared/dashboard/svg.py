@@ -201,13 +201,36 @@ def _parallel(chart: ParallelChart) -> tuple[str, int]:
             f'<polyline points="{points}" fill="none" stroke="{colour}" stroke-width="1.5" stroke-opacity="0.7">'
             f"<title>{escape(tip)}</title></polyline>"
         )
-    for x, axis in zip(xs, axes, strict=True):
+    names = [axis.name + (" (log)" if axis.log else "") for axis in axes]
+    for x, axis, name, (y, label) in zip(xs, axes, names, axis_labels(names, gap), strict=True):
         parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{sy(0):.1f}" y2="{sy(1):.1f}" stroke="#374151"/>')
-        parts.append(_text(x, HEIGHT - 10, axis.name + (" (log)" if axis.log else ""), anchor="middle", weight="600"))
-        for position, label in axis.ticks():
-            tick = _text(x + 4, sy(position) + 4, label, fill="#374151")
+        text = _text(x, y, label, anchor="middle", weight="600")
+        parts.append(text if label == name else text.replace("</text>", f"<title>{escape(name)}</title></text>"))
+        for position, tick_label in axis.ticks():
+            tick = _text(x + 4, sy(position) + 4, tick_label, fill="#374151")
             parts.append(tick.replace("<text ", '<text paint-order="stroke" stroke="#fff" stroke-width="3" ', 1))
     return "".join(parts), len(chart.lines)
+
+
+BOLD_CHAR_PX = 7.0
+"""A generous width of one character of an 11 px bold label (system-ui), to keep labels apart."""
+
+
+def axis_labels(names: list[str], gap: float) -> list[tuple[float, str]]:
+    """Each parallel axis's label and baseline: on one row while every label fits between its axes; else
+    on two staggered rows (a label then has two gaps to its same-row neighbours), each cut with "…" to
+    what fits there and at the chart's edges (the full name goes in the label's ``<title>``)."""
+    one_row = all(len(name) * BOLD_CHAR_PX <= gap - 8 for name in names)
+    labels: list[tuple[float, str]] = []
+    for i, name in enumerate(names):
+        room = gap - 8 if one_row else 2 * gap - 8
+        if i in {0, len(names) - 1}:
+            room = min(room, 2 * LEFT - 8)  # centred on an end axis, LEFT from the chart's edge
+        fits = max(int(room // BOLD_CHAR_PX), 2)
+        label = name if len(name) <= fits else name[: fits - 1] + "…"
+        y = HEIGHT - 10 if one_row or i % 2 else HEIGHT - 24
+        labels.append((y, label))
+    return labels
 
 
 def _bars(chart: BarChart) -> tuple[str, int]:
