@@ -37,6 +37,7 @@ from gpu_jobs.engine import ENGINE_REQUESTS, get_engine
 from gpu_jobs.errors import UserError
 from gpu_jobs.metrics import METRICS, TASK_METRICS, Task, metric_mismatch
 from gpu_jobs.params import HYPERPARAMETERS, MODELS, validate_params
+from gpu_jobs.steps import check_report_every
 from gpu_jobs.target import TargetEncoding
 
 
@@ -50,8 +51,18 @@ class FoldRecord(TypedDict):
     """Fingerprint of the fold's validation rows (:func:`split_fingerprint`); "" where none is drawn."""
 
 
-FoldCallback = Callable[[int, dict[str, float], FoldRecord], None]
-"""``on_fold(step, running_means, fold)``: 1-based step, running means of every metric, the fold itself."""
+class StepMark(TypedDict):
+    """What ``on_fold`` gets in place of a fold for a step inside the folds (``report_every``)."""
+
+    unit: str
+    """``round``, ``tree`` or ``percent`` (:mod:`gpu_jobs.steps`)."""
+    last: bool
+    """The trial's last step: its work is done."""
+
+
+FoldCallback = Callable[[int, dict[str, float], FoldRecord | StepMark], None]
+"""``on_fold(step, running_means, fold)``: the step (1-based fold, or rounds, trees or percent so far with
+``report_every``), running means of every metric, the fold itself (or a :class:`StepMark`)."""
 SINGLE_PROCESS_FOLDS = "stratified k-fold (scikit-learn StratifiedKFold, shuffled with the seed)"
 SINGLE_PROCESS_REGRESSION_FOLDS = "k-fold (scikit-learn KFold, shuffled with the seed)"
 DISTRIBUTED_FOLDS = "k-fold over a stratified, seeded random fold column (drawn per partition)"
@@ -71,10 +82,18 @@ class TrialRequest:
     cv_folds: int
     primary_metric: str
     engine_request: str
+    report_every: int | None = None
+    """Report every this many rounds or trees, all folds in lockstep (:mod:`gpu_jobs.steps`); None: per fold."""
 
 
 def check_request(
-    *, model: str, params: Mapping[str, float], cv_folds: int, primary_metric: str, engine: str
+    *,
+    model: str,
+    params: Mapping[str, float],
+    cv_folds: int,
+    primary_metric: str,
+    engine: str,
+    report_every: int | None = None,
 ) -> TrialRequest:
     """Validate everything that needs no data; :class:`UserError` naming the first problem."""
     if model not in MODELS:
@@ -89,7 +108,7 @@ def check_request(
         raise UserError(f"unknown primary metric {primary_metric!r}: expected one of {', '.join(METRICS)}")
     if engine not in ENGINE_REQUESTS:
         raise UserError(f"unknown engine {engine!r}: expected one of {', '.join(ENGINE_REQUESTS)}")
-    return TrialRequest(model, checked, cv_folds, primary_metric, engine)
+    return TrialRequest(model, checked, cv_folds, primary_metric, engine, check_report_every(report_every))
 
 
 def require_fit(request: TrialRequest, target: TargetEncoding, minority_class_rows: int) -> None:
@@ -221,24 +240,35 @@ class CrossValidation:
             self.mlflow.log_step(self.step, running_means(self.fold_scores))
 
     def record(
-        self, scores: Mapping[str, float], *, fit_seconds: float, predict_seconds: float, split: str = ""
+        self,
+        scores: Mapping[str, float],
+        *,
+        fit_seconds: float,
+        predict_seconds: float,
+        split: str = "",
+        report: bool = True,
     ) -> None:
-        """Add one fold's scores; log the running primary metric; call ``on_fold`` (its errors propagate)."""
+        """Add one fold's scores; with ``report`` (a fold is the step) log the running primary metric and call
+        ``on_fold`` (its errors propagate)."""
         for name in self.metric_names:
             self.fold_scores[name].append(float(scores[name]))
         self.fit_seconds += fit_seconds
         self.predict_seconds += predict_seconds
-        step = self.step
-        running = running_means(self.fold_scores)
+        if not report:
+            return
+        fold = FoldRecord(
+            scores={name: float(scores[name]) for name in self.metric_names},
+            fit_seconds=float(fit_seconds),
+            predict_seconds=float(predict_seconds),
+            split=split,
+        )
+        self.report_step(self.step, running_means(self.fold_scores), fold)
+
+    def report_step(self, step: int, running: Mapping[str, float], fold: FoldRecord | StepMark) -> None:
+        """Log the running primary metric at ``step`` and call ``on_fold`` (its errors propagate)."""
         if self.mlflow is not None:
             self.mlflow.log_step(step, running)
         if self.on_fold is not None:
-            fold = FoldRecord(
-                scores={name: float(scores[name]) for name in self.metric_names},
-                fit_seconds=float(fit_seconds),
-                predict_seconds=float(predict_seconds),
-                split=split,
-            )
             try:
                 self.on_fold(step, dict(running), fold)
             except BaseException:
@@ -273,7 +303,13 @@ class CrossValidation:
 
 @contextlib.contextmanager
 def cross_validation(
-    request: TrialRequest, *, engine_name: str, seed: int, on_fold: FoldCallback | None, task: Task = "binary"
+    request: TrialRequest,
+    *,
+    engine_name: str,
+    seed: int,
+    on_fold: FoldCallback | None,
+    task: Task = "binary",
+    final_step: int | None = None,
 ) -> Iterator[CrossValidation]:
     """A :class:`CrossValidation`, with MLflow logging when ``MLFLOW_TRACKING_URI`` is set.
 
@@ -282,6 +318,7 @@ def cross_validation(
     when the caller stopped the trial through ``on_fold``, FAILED on any other error.
     """
     folds = CrossValidation(request, on_fold, task)
+    final_step = request.cv_folds if final_step is None else final_step
     if not os.environ.get("MLFLOW_TRACKING_URI"):
         yield folds
         return
@@ -299,9 +336,10 @@ def cross_validation(
             "cv_folds": request.cv_folds,
             "seed": seed,
             "task": task,
+            **({"report_every": request.report_every} if request.report_every else {}),
         }
         mlflow.log_params({**request.params, **logged})
-        folds.mlflow = _MlflowTracking(mlflow, request.primary_metric, request.cv_folds, folds.metric_names)
+        folds.mlflow = _MlflowTracking(mlflow, request.primary_metric, final_step, folds.metric_names)
         yield folds
     except BaseException:
         status = "KILLED" if folds.stopped_by_caller else "FAILED"

@@ -171,6 +171,9 @@ class Engine:
     """``(params, seed, n_jobs) -> constructor kwargs`` for :attr:`random_forest_class`."""
     portable_forest: Callable[[Any], Any]
     """Fitted forest -> a scikit-learn forest that loads and predicts without a GPU."""
+    forest_grows: bool
+    """Whether a fitted forest can take more trees (scikit-learn's ``warm_start``; cuML's cannot): how a
+    forest trial reports finer than a fold (:mod:`gpu_jobs.steps`: by trees, else by data fraction)."""
 
     def random_forest(self, params: Mapping[str, float], *, seed: int, n_jobs: int | None, task: Task) -> Any:
         """A new, unfitted random forest of ``task`` (a regressor or a classifier) from validated ``params``."""
@@ -264,6 +267,7 @@ def _cpu_engine() -> Engine:
         xgboost_config={},
         random_forest_kwargs=_sklearn_forest_kwargs,
         portable_forest=lambda forest: forest,
+        forest_grows=True,
     )
 
 
@@ -293,6 +297,7 @@ def _gpu_engine() -> Engine:
         xgboost_config={"use_rmm": True} if use_rmm else {},
         random_forest_kwargs=_cuml_forest_kwargs,
         portable_forest=_cuml_forest_as_sklearn,
+        forest_grows=False,
     )
 
 

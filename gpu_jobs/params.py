@@ -12,6 +12,8 @@ from typing import Literal
 
 ModelName = Literal["random_forest", "xgboost"]
 MODELS: tuple[str, ...] = ("random_forest", "xgboost")
+MAX_REPORT_EVERY = 10_000
+"""``report_every`` (rounds or trees a step, :mod:`gpu_jobs.steps`) at most this: the largest ``num_boost_round``."""
 
 
 @dataclass(frozen=True)

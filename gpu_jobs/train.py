@@ -22,7 +22,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from gpu_jobs.cross_validation import FoldCallback, FoldRecord
+from gpu_jobs.cross_validation import FoldCallback, FoldRecord, StepMark
 from gpu_jobs.engine import ENGINE_REQUESTS
 from gpu_jobs.errors import UserError
 from gpu_jobs.metrics import METRICS, TASK_REQUESTS
@@ -94,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--primary_metric", default="accuracy", choices=tuple(METRICS))
     parser.add_argument("--n_jobs", type=int, default=None, help="CPU threads for the model library")
+    parser.add_argument(
+        "--report_every",
+        type=int,
+        default=None,
+        help="train the folds in lockstep and report every this many boosting rounds or trees (default: per fold)",
+    )
     parser.add_argument("--distributed", action="store_true", help="train on a Dask cluster")
     parser.add_argument("--scheduler", default=None, help="Dask scheduler address (with --distributed)")
     group = parser.add_argument_group("hyperparameters (each belongs to the model(s) named)")
@@ -123,9 +129,10 @@ def _params_from_args(args: argparse.Namespace) -> dict[str, float]:
 
 
 def _print_progress(total: int, primary_metric: str) -> FoldCallback:
-    def report(step: int, running: dict[str, float], fold: FoldRecord) -> None:
+    def report(step: int, running: dict[str, float], fold: FoldRecord | StepMark) -> None:
         scores = " ".join(f"{name}={value:.4f}" for name, value in running.items())
-        print(f"fold {step}/{total}: running mean {scores} (primary: {primary_metric})", file=sys.stderr)
+        where = f"fold {step}/{total}" if "scores" in fold else f"{fold.get('unit')} {step}, all folds"
+        print(f"{where}: running mean {scores} (primary: {primary_metric})", file=sys.stderr)
 
     return report
 
@@ -156,6 +163,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "n_jobs": args.n_jobs,
             "on_fold": _print_progress(args.cv_folds, args.primary_metric),
         }
+        if args.report_every is not None:
+            if args.distributed:
+                raise UserError("--report_every is for single-process trials (a --distributed trial reports per fold)")
+            arguments["report_every"] = args.report_every
         # Libraries that print go to stderr: stdout carries only the final JSON line.
         with contextlib.redirect_stdout(sys.stderr):
             if args.distributed:

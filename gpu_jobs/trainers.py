@@ -68,13 +68,42 @@ class _Configured:
 
 
 class RandomForestTrainer(_Configured):
-    """scikit-learn's forest on CPU, cuML's on GPU (built by the engine). Features must hold no NaN."""
+    """scikit-learn's forest on CPU, cuML's on GPU (built by the engine). Features must hold no NaN.
+
+    Grown in steps (:mod:`gpu_jobs.steps`): by trees where the engine's forest takes more
+    (``warm_start``: the trees a one-shot fit grows), else refit on a growing, nested share of the rows."""
 
     forest: Any = None
+    _rows: tuple[Any, Any] | None = None
+    _unit: str = "tree"
 
     def fit(self, features: Any, labels: Any) -> None:
         self.forest = self.engine.random_forest(self.params, seed=self.seed, n_jobs=self.n_jobs, task=self.task)
         self.forest.fit(features, labels)
+
+    def start(self, features: Any, labels: Any, unit: str) -> None:
+        self._rows, self._unit = (features, labels), unit
+        if unit == "tree":
+            self.forest = self.engine.random_forest(self.params, seed=self.seed, n_jobs=self.n_jobs, task=self.task)
+            self.forest.set_params(warm_start=True)
+
+    def grow(self, step: int) -> bool:
+        from gpu_jobs.steps import fraction_rows
+
+        assert self._rows is not None, "start() first"
+        features, labels = self._rows
+        if self._unit == "tree":
+            self.forest.set_params(n_estimators=step)
+            self.forest.fit(features, labels)
+            return True
+        rows = fraction_rows(self.engine, self.engine.array.arange(len(labels)), step, self.seed)
+        self.fit(features[rows], labels[rows])
+        return True
+
+    def finish(self) -> None:
+        if self._unit == "tree":
+            self.forest.set_params(warm_start=False)
+        self._rows = None
 
     def predict(self, features: Any) -> Any:
         return forest_prediction(self.engine.array, self.forest, features, self.task, self.n_classes)
@@ -131,6 +160,10 @@ def xgboost_params(
         "min_child_weight": float(params["min_child_weight"]),
         "max_bin": int(params["max_bin"]),
         "seed": seed,
+        # Reseed XGBoost's random engine (one per thread, shared by every booster) from (seed, round) at
+        # each round: a fold's subsampling then does not depend on other boosters trained meanwhile in the
+        # thread (the folds of a trial in lockstep, gpu_jobs/steps.py; trials sharing a worker thread).
+        "seed_per_iteration": True,
         "verbosity": 1,
     }
     if n_jobs is not None:
@@ -154,6 +187,7 @@ class XGBoostTrainer(_Configured):
     """``xgboost.train`` with the hist method, on ``cuda`` or ``cpu`` as the engine says."""
 
     booster: Any = None
+    run: BoostingRun
 
     @property
     def booster_params(self) -> dict[str, Any]:
@@ -169,6 +203,12 @@ class XGBoostTrainer(_Configured):
     def fit(self, features: Any, labels: Any) -> None:
         """Train; with ``early_stopping_rounds`` a seeded tenth of the rows is held out to stop on, and the
         booster keeps the rounds up to the best one (so every later prediction and the saved model use it)."""
+        self.start(features, labels, "round")
+        self.grow(int(self.params["num_boost_round"]))
+        self.finish()
+
+    def start(self, features: Any, labels: Any, unit: str = "round") -> None:
+        """Build the matrices and an untrained booster (:class:`BoostingRun`); ``grow`` trains."""
         import xgboost
 
         rounds = int(self.params.get("early_stopping_rounds", 0))
@@ -184,16 +224,23 @@ class XGBoostTrainer(_Configured):
             )
             if rounds:
                 evals = [(xgboost.QuantileDMatrix(held_features, label=held_labels, ref=matrix), "held_out")]
-            self.booster = xgboost.train(
-                self.booster_params,
-                matrix,
-                num_boost_round=int(self.params["num_boost_round"]),
-                evals=evals,
-                early_stopping_rounds=rounds or None,
-                verbose_eval=False,
+            self.run = BoostingRun(
+                self.booster_params, matrix, evals, int(self.params["num_boost_round"]), early_stopping_rounds=rounds
             )
-            if rounds and self.booster.best_iteration + 1 < self.booster.num_boosted_rounds():
-                self.booster = self.booster[: self.booster.best_iteration + 1]
+            self.booster = self.run.booster
+
+    def grow(self, step: int) -> bool:
+        """Boost up to ``step`` rounds in all; False when early stopping had already ended training."""
+        with xgboost_config(self.engine):
+            return self.run.advance(step) > 0
+
+    def finish(self) -> None:
+        """End training as ``xgboost.train`` does, keeping the rounds up to the best (early stopping)."""
+        with xgboost_config(self.engine):
+            booster = self.run.finish()
+        if self.run.early_stopping and booster.best_iteration + 1 < booster.num_boosted_rounds():
+            booster = booster[: booster.best_iteration + 1]
+        self.booster = booster
 
     def predict(self, features: Any) -> Any:
         with xgboost_config(self.engine):
@@ -201,6 +248,52 @@ class XGBoostTrainer(_Configured):
 
     def portable(self) -> Any:
         return portable_booster(self.booster)
+
+
+class BoostingRun:
+    """``xgboost.train``'s own loop (a ``Booster`` over the training and eval matrices, its
+    ``CallbackContainer`` with the ``EarlyStopping`` callback, ``update`` once per round), advanced a few
+    rounds at a time so the folds of a trial can boost in lockstep (:mod:`gpu_jobs.steps`). Run to the end
+    at once it is ``xgboost.train`` (``tests/test_gpu_jobs_steps.py`` compares the boosters)."""
+
+    def __init__(
+        self,
+        params: Mapping[str, Any],
+        matrix: Any,
+        evals: list[tuple[Any, str]],
+        num_boost_round: int,
+        *,
+        early_stopping_rounds: int = 0,
+    ) -> None:
+        import xgboost
+        from xgboost.callback import CallbackContainer, EarlyStopping
+
+        self.matrix, self.evals, self.total = matrix, evals, num_boost_round
+        self.early_stopping = early_stopping_rounds > 0
+        callbacks = [EarlyStopping(rounds=early_stopping_rounds)] if self.early_stopping else []
+        self.callbacks = CallbackContainer(callbacks, metric=None, output_margin=False)
+        self.booster = self.callbacks.before_training(xgboost.Booster(dict(params), [matrix] + [d for d, _ in evals]))
+        self.rounds = 0
+        self.stopped = False
+
+    def advance(self, upto: int) -> int:
+        """Boost up to ``upto`` rounds in all (at most ``num_boost_round``); the rounds added now."""
+        added = 0
+        while not self.stopped and self.rounds < min(upto, self.total):
+            if self.callbacks.before_iteration(self.booster, self.rounds, self.matrix, self.evals):
+                self.stopped = True
+                break
+            self.booster.update(self.matrix, iteration=self.rounds)
+            self.rounds += 1
+            added += 1
+            if self.callbacks.after_iteration(self.booster, self.rounds - 1, self.matrix, self.evals):
+                self.stopped = True
+        return added
+
+    def finish(self) -> Any:
+        """The trained booster, its training caches released (as ``xgboost.train`` returns it)."""
+        self.booster = self.callbacks.after_training(self.booster).reset()
+        return self.booster
 
 
 EARLY_STOPPING_FRACTION = 0.1

@@ -9,12 +9,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from gpu_jobs.cross_validation import (
+    CrossValidation,
     FoldCallback,
+    StepMark,
     check_request,
     cross_validation,
     ignored_params,
@@ -28,6 +30,7 @@ from gpu_jobs.engine import Engine, fold_splitter, get_engine, resolve_engine
 from gpu_jobs.errors import UserError
 from gpu_jobs.metrics import Task
 from gpu_jobs.model_files import save_outputs
+from gpu_jobs.steps import GrowingTrainer, StepPlan, lockstep, step_plan
 from gpu_jobs.trainers import Trainer, make_trainer, model_features
 from gpu_jobs.worker_cache import TRIAL_CACHE
 
@@ -50,6 +53,7 @@ def run_trial(
     completed_folds: Sequence[Mapping[str, Any]] = (),
     task: str = "auto",
     features: Sequence[str] | None = None,
+    report_every: int | None = None,
 ) -> dict[str, Any]:
     """Cross-validate ``model`` with ``params`` on ``data`` and return its metrics.
 
@@ -66,11 +70,20 @@ def run_trial(
     ``n_jobs`` is passed to the libraries. ``None`` inside a Dask worker means that worker's thread count
     (so concurrent trials do not oversubscribe the cores: XGBoost's OpenMP threads then spin against each
     other, measured 14x slower here); elsewhere the library default (scikit-learn 1 thread, XGBoost all).
+    ``report_every``: the folds train in lockstep and ``on_fold(step, running_means, StepMark)`` is called
+    every this many boosting rounds or trees instead (:mod:`gpu_jobs.steps`; ``completed_folds`` unused).
     """
     started = time.perf_counter()
     if n_jobs is None:
         n_jobs = dask_worker_threads()
-    request = check_request(model=model, params=params, cv_folds=cv_folds, primary_metric=primary_metric, engine=engine)
+    request = check_request(
+        model=model,
+        params=params,
+        cv_folds=cv_folds,
+        primary_metric=primary_metric,
+        engine=engine,
+        report_every=report_every,
+    )
     engine_name = resolve_engine(engine)
     toolkit = get_engine(engine_name)
     dataset = load_dataset(
@@ -86,6 +99,7 @@ def run_trial(
     info = dataset.info
     kind = info.target_encoding
     require_fit(request, kind, info.minority_class_rows)
+    plan = None if request.report_every is None else step_plan(model, request.params, toolkit, request.report_every)
     fill = model == "random_forest" and info.missing_feature_values > 0
     matrix = TRIAL_CACHE.for_object(dataset, ("features", fill), lambda: model_arrays(model, toolkit, dataset, fill))
     labels, host_labels = TRIAL_CACHE.for_object(dataset, "labels", lambda: label_arrays(toolkit, dataset))
@@ -98,8 +112,17 @@ def run_trial(
             model, toolkit, request.params, seed=seed, n_jobs=n_jobs, task=kind.task, n_classes=kind.n_classes
         )
 
-    with cross_validation(request, engine_name=engine_name, seed=seed, on_fold=on_fold, task=kind.task) as folds:
-        for split, train_index, valid_index in splits:
+    with cross_validation(
+        request,
+        engine_name=engine_name,
+        seed=seed,
+        on_fold=on_fold,
+        task=kind.task,
+        final_step=None if plan is None else plan.steps[-1],
+    ) as folds:
+        if plan is not None:
+            in_steps(plan, folds, splits, new_trainer, matrix, labels, toolkit, kind.task)
+        for split, train_index, valid_index in splits if plan is None else ():
             earlier = folds.resumable(completed_folds, split)
             if earlier is not None:
                 folds.resume(earlier)
@@ -127,6 +150,8 @@ def run_trial(
             folds=single_process_folds(kind.task),
         )
         metrics.update(n_jobs=n_jobs, task_reason=kind.reason)
+        if plan is not None:
+            metrics.update(step_unit=plan.unit, report_every=request.report_every, last_step=plan.steps[-1])
         if output is not None:
             final = new_trainer()
             metrics["refit_seconds"] = timed_fit(final, matrix, labels, toolkit.synchronize)
@@ -147,6 +172,46 @@ def run_trial(
             metrics["total_seconds"] = time.perf_counter() - started
         folds.finish(metrics)
     return metrics
+
+
+def in_steps(
+    plan: StepPlan,
+    folds: CrossValidation,
+    splits: Sequence[tuple[str, Any, Any]],
+    new_trainer: Callable[[], Trainer],
+    matrix: Any,
+    labels: Any,
+    toolkit: Engine,
+    task: Task,
+) -> None:
+    """Every fold in lockstep through ``plan`` (:func:`gpu_jobs.steps.lockstep`), each step reported
+    through ``folds``; then each fold's final scores recorded as a fold (not reported again)."""
+
+    def start(train_index: Any) -> GrowingTrainer:
+        trainer = cast(GrowingTrainer, new_trainer())
+        trainer.start(matrix[train_index], labels[train_index], plan.unit)
+        return trainer
+
+    def report(step: int, running: dict[str, float], last: bool) -> None:
+        folds.report_step(step, running, StepMark(unit=plan.unit, last=last))
+
+    done = lockstep(
+        plan,
+        splits,
+        start,
+        lambda rows: matrix[rows],
+        lambda rows, prediction: toolkit.score(task, labels[rows], prediction),
+        toolkit.synchronize,
+        report,
+    )
+    for fold in done:
+        folds.record(
+            fold.scores,
+            fit_seconds=fold.fit_seconds,
+            predict_seconds=fold.predict_seconds,
+            split=fold.split,
+            report=False,
+        )
 
 
 def model_arrays(model: str, toolkit: Engine, dataset: Dataset, fill: bool) -> Any:

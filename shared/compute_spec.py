@@ -443,6 +443,14 @@ class AzureMLCompute(ComputeSection):
                     f"or use random sampling (the {others} backends allow it)",
                 )
             )
+        if spec.trial.report_every is not None:
+            problems.append(
+                (
+                    ("trial", "report_every"),
+                    "an AzureML sweep's trials report once per CV fold (the step AzureML's policies evaluate): "
+                    f"remove report_every (the {' and '.join(ours)} backends report every N rounds or trees)",
+                )
+            )
         return problems
 
 

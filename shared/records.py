@@ -59,7 +59,9 @@ class Record(BaseModel):
 MAX_FOLDS = 100
 """Folds a trial may report (the spec allows far fewer)."""
 MAX_STEPS = 10_000
-"""Intermediate values a trial may report."""
+"""Intermediate values a trial may report, and the largest step (``num_boost_round``'s bound)."""
+StepUnit = Literal["fold", "round", "tree", "percent"]
+"""What a trial's step counts (``gpu_jobs.steps.STEP_UNITS``)."""
 
 
 class FoldResult(Record):
@@ -90,6 +92,11 @@ class TrialRecord(Record):
     attempt: int = Field(default=1, ge=1, le=1000, description="2 when a trial interrupted by a crash is retried")
     intermediate: dict[Annotated[int, Field(ge=0, le=MAX_STEPS)], FiniteFloat] = Field(
         default_factory=dict, max_length=MAX_STEPS, description="step -> primary metric"
+    )
+    step_unit: StepUnit = Field(
+        default="fold",
+        description="what a step of `intermediate` counts: folds, or with trial.report_every boosting rounds, "
+        "trees or percent of the rows, all folds in lockstep (gpu_jobs/steps.py)",
     )
     folds: list[FoldResult] = Field(
         default_factory=list,

@@ -168,6 +168,18 @@ def test_a_forged_trial_with_non_numeric_fold_scores_is_refused_and_fails_the_ru
     assert_contained(ctx, hostile, compute, "exp-bystander")
 
 
+def test_forged_step_reports_are_refused_and_fail_only_their_run(ctx: Context) -> None:
+    """A trial record's steps (``trial.report_every``: rounds, trees or percent) are as bounded as its folds."""
+    running(ctx, "exp-bystander")
+    record, compute = running(ctx, "exp-hostile")
+    _put_trial(compute, _trial(record.id, 0, step_unit="epochs", intermediate={"10": 0.5}))
+    _put_trial(compute, _trial(record.id, 1, step_unit="round", intermediate={"10001": 0.5}))
+    _put_trial(compute, _trial(record.id, 2, step_unit="round", intermediate={"ten": 0.5}))
+    hostile = poll_and_teardown(ctx, record.id)
+    assert "trials/0000000000.json" in (hostile.error or "") and ctx.store.list_trials(record.id) == []
+    assert_contained(ctx, hostile, compute, "exp-bystander")
+
+
 def test_infinite_durations_are_refused_and_the_cost_ledger_lists_everyone(ctx: Context) -> None:
     running(ctx, "exp-bystander")
     record, compute = running(ctx, "exp-hostile")

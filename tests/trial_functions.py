@@ -45,3 +45,38 @@ def scripted_trial(
             fold = {"scores": {primary_metric: value}, "fit_seconds": time.perf_counter() - tick}
             on_fold(step, {primary_metric: sum(folds) / len(folds)}, {**fold, "predict_seconds": 0.0, "split": split})
     return {primary_metric: final, "engine": "scripted", "fold_scores": {primary_metric: folds}, "resumed_folds": taken}
+
+
+HOSTILE_STEPS = {
+    1: "a unit no trial has",
+    2: "a step past shared.records.MAX_STEPS",
+    3: "steps that go backwards",
+    4: "a fold report where the spec asks for rounds",
+}
+"""``max_depth`` -> how :func:`stepped_trial` misreports (the others report correctly)."""
+
+
+def stepped_trial(
+    *,
+    params: dict[str, Any],
+    primary_metric: str,
+    on_fold: Callable[..., None] | None = None,
+    report_every: int | None = None,
+    **_: Any,
+) -> dict[str, Any]:
+    """A trial in steps of ``report_every`` rounds up to ``num_boost_round`` (as ``run_trial`` reports
+    them); value ``0.5 + max_depth / 100``; a ``max_depth`` of :data:`HOSTILE_STEPS` misreports."""
+    rounds, every, depth = int(params["num_boost_round"]), int(report_every or 1), int(params["max_depth"])
+    final = 0.5 + depth / 100
+    steps = [*range(every, rounds, every), rounds]
+    if depth == 3:
+        steps = steps[::-1]
+    for position, step in enumerate(steps):
+        time.sleep(0.01)
+        running = {primary_metric: final - 0.001 * (len(steps) - position - 1)}
+        mark: Any = {"unit": "bogus" if depth == 1 else "round", "last": position == len(steps) - 1}
+        if depth == 4:
+            mark = {"scores": running, "fit_seconds": 0.0, "predict_seconds": 0.0, "split": ""}
+        if on_fold is not None:
+            on_fold(10**9 if depth == 2 else step, running, mark)
+    return {primary_metric: final, "engine": "scripted", "step_unit": "round", "last_step": rounds}

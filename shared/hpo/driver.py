@@ -34,7 +34,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 import optuna
@@ -43,6 +43,7 @@ from distributed import Client, Event, Future, Queue, Variable, wait
 from shared.cost.ledger import BudgetGuard
 from shared.hpo.cluster import optuna_state, own_worker
 from shared.hpo.outcome import ExperimentOutcome, experiment_outcome
+from shared.hpo.reports import BadReport, TrialReport, expected_units, parse_report
 from shared.hpo.resume import resumed_seconds, retry_record, task_folds, with_fold
 from shared.hpo.search_space import make_pruner, make_sampler, suggest_params
 from shared.hpo.trial_task import (
@@ -90,6 +91,8 @@ class _Running:
     """The first step the task reported: the folds before it were resumed."""
     written: float = 0.0
     """When the record was last written (``time.monotonic``)."""
+    bad_report: str | None = None
+    """Why a report of this trial did not parse: the trial was stopped and ends FAILED with it."""
 
 
 class HpoDriver:
@@ -265,6 +268,7 @@ class HpoDriver:
             channel=self.channel,
             awaits_decisions=self.awaits_decisions,
             completed_folds=task_folds(record),
+            report_every=self.spec.trial.report_every,
         )
         future = self.client.submit(
             run_trial_task,
@@ -293,28 +297,32 @@ class HpoDriver:
         self._drain_reports()
 
     def _drain_reports(self) -> None:
-        """Record each fold report sent so far and answer it with the pruner's decision. A trial's
-        final message means its future is about to resolve."""
+        """Record each step report sent so far and answer it with the pruner's decision. A trial's final
+        message means its future is about to resolve. Every message is parsed strictly
+        (:mod:`shared.hpo.reports`): a malformed one stops its trial, which ends FAILED saying why."""
         ending: list[Future] = []
         progressed: dict[int, _Running] = {}
-        for report in self._reports.get(batch=True):
-            running = self._find(report["number"], report["attempt"])
-            if report.get("started"):
-                if running is not None:
-                    self._start(running, report.get("worker"))
+        for raw in self._reports.get(batch=True):
+            report = parse_report(raw)
+            if isinstance(report, BadReport):
+                self._bad_report(report)
                 continue
-            if report.get("final"):
+            running = self._find(report.number, report.attempt)
+            if report.started:
+                if running is not None:
+                    self._start(running, report.worker)
+                continue
+            if report.final:
                 if running is not None:
                     ending.append(running.future)
                 continue
+            assert report.step is not None
             prune = False
             if running is not None:
                 prune = self._decide(running, report)
                 if not prune and self._add_fold(running, report):
                     progressed[running.record.number] = running
-            if self.awaits_decisions:
-                decision = decision_variable(self.channel, report["number"], report["attempt"], report["step"])
-                Variable(decision).set(prune)
+            self._answer(report.number, report.attempt, report.step, prune)
         now = time.monotonic()
         for running in progressed.values():  # so that a driver restarted after a crash resumes from them
             if now - running.written >= self.fold_write_interval:
@@ -324,25 +332,51 @@ class HpoDriver:
             with contextlib.suppress(TimeoutError):
                 wait(ending, timeout=5.0)
 
-    def _decide(self, running: _Running, report: dict) -> bool:
-        """Record one fold report and return the pruner's decision (the first one, for a step seen before)."""
-        step, value = int(report["step"]), float(report["value"])
+    def _answer(self, number: int, attempt: int, step: int, prune: bool) -> None:
+        if self.awaits_decisions:
+            Variable(decision_variable(self.channel, number, attempt, step)).set(prune)
+
+    def _bad_report(self, report: BadReport) -> None:
+        """Stop the trial a malformed report names (it fails with the reason); drop one that names none."""
+        running = None if report.number is None else self._find(report.number, report.attempt or 1)
+        if running is None:
+            log.warning("dropped a trial report: %s", report.reason)
+            return
+        running.bad_report = running.bad_report or report.reason
+        if report.step is not None:
+            self._answer(running.record.number, running.record.attempt, report.step, True)
+
+    def _decide(self, running: _Running, report: TrialReport) -> bool:
+        """Record one step report and return the pruner's decision (the first one, for a step seen before)."""
+        step, value = int(report.step or 0), float(report.value if report.value is not None else math.nan)
         if step in running.decisions:  # Dask ran the task again after its worker was lost
             return running.decisions[step]
+        expected = expected_units(self.spec.trial.model, self.spec.trial.report_every)
+        unit_changed = running.first_step is not None and report.unit != running.record.step_unit
+        backwards = report.unit != "fold" and any(earlier > step for earlier in running.decisions)
+        if report.unit not in expected or unit_changed or backwards:
+            running.bad_report = running.bad_report or (
+                f"malformed step report from the trial (a {report.unit} step {step} after steps "
+                f"{sorted(running.decisions)[-3:]}; the spec asks for {' or '.join(expected)} steps)"
+            )
+            running.decisions[step] = True
+            return True
         if running.first_step is None:
             running.first_step = step
+            running.record.step_unit = report.unit
         running.record.intermediate[step] = value
         prune = False
         if math.isfinite(value):
             running.trial.report(value, step)  # ignored by Optuna (with a warning) for a resumed step
-            # After the last fold the work is done: keep the result rather than prune it.
-            prune = step < self.spec.trial.cv_folds and running.trial.should_prune()
+            # After the last step the work is done: keep the result rather than prune it.
+            last = step >= self.spec.trial.cv_folds if report.unit == "fold" else report.last
+            prune = not last and running.trial.should_prune()
         running.decisions[step] = prune
         return prune
 
-    def _add_fold(self, running: _Running, report: dict) -> bool:
+    def _add_fold(self, running: _Running, report: TrialReport) -> bool:
         """Keep the fold of a report the trial goes on from; whether the record gained one."""
-        folds = with_fold(running.record, int(report["step"]), report.get("fold"))
+        folds = with_fold(running.record, int(report.step or 0), report.fold)
         if folds is not None:
             running.record.folds = folds
         return folds is not None
@@ -376,11 +410,13 @@ class HpoDriver:
             error=error,
             step=len(running.record.intermediate),
             duration_s=0.0 if running.started is None else time.monotonic() - running.started,
-            resumed_folds=0 if running.first_step is None else running.first_step - 1,
+            resumed_folds=running.first_step - 1 if running.first_step and running.record.step_unit == "fold" else 0,
         )
 
     def _finish(self, running: _Running, result: TrialResult) -> None:
         state, error = result.state, result.error
+        if running.bad_report is not None:
+            state, error, result = TrialState.FAILED, running.bad_report, replace(result, metrics={})
         value = result.metrics.get(self.primary_metric) if state is TrialState.COMPLETED else None
         if value is not None and not math.isfinite(float(value)):
             state, value, error = TrialState.FAILED, None, f"{self.primary_metric} is not finite"

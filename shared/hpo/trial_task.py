@@ -65,6 +65,8 @@ class TrialTask:
     """``dataset.task``: binary, multiclass, regression, or auto (inferred from the target)."""
     features: tuple[str, ...] | None = None
     """``dataset.features``: the feature columns, or None for every column but the target."""
+    report_every: int | None = None
+    """``trial.report_every``: steps of rounds or trees, folds in lockstep (``gpu_jobs.steps``); None: folds."""
 
 
 FOLDS_METADATA = "rapids-hpo-folds"
@@ -152,7 +154,8 @@ def run_trial_task(task: TrialTask, trial_fn: TrialFunction | None = None) -> Tr
 
     def on_fold(step: int, running: dict[str, float], fold: Any = None) -> None:
         nonlocal last_step, resumed, done, earlier_s
-        if last_step == 0:  # the trial resumed the folds before its first trained one
+        mark = fold if isinstance(fold, Mapping) and "unit" in fold else None  # a step inside the folds
+        if last_step == 0 and mark is None:  # the trial resumed the folds before its first trained one
             resumed = step - 1
             done = given[:resumed]
             earlier_s = fold_seconds(done)
@@ -160,8 +163,12 @@ def run_trial_task(task: TrialTask, trial_fn: TrialFunction | None = None) -> Tr
         value = float(running[task.primary_metric])
         if task.trial_timeout is not None and time.monotonic() - started + earlier_s > task.trial_timeout:
             raise TrialTimeoutSignal(f"trial_timeout of {task.trial_timeout:g} s exceeded after step {step}")
-        report = {"number": task.number, "attempt": task.attempt, "step": step, "value": value}
-        reports.put({**report, "fold": dict(fold)} if fold is not None else report)
+        report: dict[str, Any] = {"number": task.number, "attempt": task.attempt, "step": step, "value": value}
+        if mark is not None:
+            report.update(unit=str(mark["unit"]), last=bool(mark["last"]))
+        elif fold is not None:
+            report["fold"] = dict(fold)
+        reports.put(report)
         wake.set()
         if task.awaits_decisions:
             decision = Variable(decision_variable(task.channel, task.number, task.attempt, step))
@@ -173,7 +180,7 @@ def run_trial_task(task: TrialTask, trial_fn: TrialFunction | None = None) -> Tr
                 decision.delete()
             if prune:
                 raise TrialPrunedSignal(f"pruned at step {step}")
-        if fold is not None:
+        if fold is not None and mark is None:
             done.append(dict(fold))
             _publish_folds(metadata_key, done)
 
@@ -209,7 +216,9 @@ def _run_and_classify(
     outcome: Callable[..., TrialResult],
     completed_folds: list[dict[str, Any]],
 ) -> TrialResult:
-    resume = {"completed_folds": completed_folds} if completed_folds else {}  # trial functions that predate it
+    resume: dict[str, Any] = {"completed_folds": completed_folds} if completed_folds else {}  # older trial functions
+    if task.report_every is not None:
+        resume = {"report_every": task.report_every}  # in lockstep no fold ends early: nothing to resume
     try:
         metrics = trial_fn(
             data=task.data,

@@ -10,7 +10,7 @@ from pydantic import Field, field_validator, model_validator
 
 from gpu_jobs.builtin import BUILTIN_TARGETS
 from gpu_jobs.metrics import METRIC_ALIASES, METRICS, TASK_METRICS, Task
-from gpu_jobs.params import HYPERPARAMETERS, ModelName
+from gpu_jobs.params import HYPERPARAMETERS, MAX_REPORT_EVERY, ModelName
 from shared.spec.bounds import MAX_RUN_SECONDS, MAX_SEARCH_SPACE
 from shared.spec.errors import Loc, Problems, SpecModel, did_you_mean, echo, fail
 from shared.spec.pruning import (  # noqa: F401 (re-exported: the section's models)
@@ -194,6 +194,15 @@ class TrialSpec(SpecModel):
         description="fixed hyperparameters (gpu_jobs.params names and ranges)",
     )
     engine: Literal["auto", "gpu", "cpu"] = "auto"
+    report_every: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_REPORT_EVERY,
+        description="train the folds in lockstep and report the running metric every this many boosting rounds "
+        "(xgboost) or trees (random_forest; where the engine cannot add trees, cuML, the forest is refit on a "
+        "growing share of the rows): steps for pruners finer than a fold (gpu_jobs/steps.py). None: once per "
+        "fold, the step AzureML's policies evaluate (local and vmcluster backends only)",
+    )
 
     @model_validator(mode="after")
     def _params(self) -> TrialSpec:

@@ -1,0 +1,123 @@
+"""Steps finer than a fold through the driver (``trial.report_every``): what a trial reports is parsed
+strictly (shared/hpo/reports.py), a trial that misreports ends FAILED saying why and harms no other trial,
+and a real XGBoost run records rounds as its steps."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from distributed import Client
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shared.hpo.driver import HpoDriver
+from shared.hpo.reports import BadReport, TrialReport, parse_report
+from shared.records import MAX_STEPS, TrialState
+from shared.spec import ExperimentSpec, SpecError, load_spec
+from shared.store.local import LocalStore
+from tests.test_hpo_driver import BASE, client, new_experiment, store  # noqa: F401 (fixtures)
+from tests.trial_functions import HOSTILE_STEPS, stepped_trial
+
+STEPPED: dict[str, Any] = {
+    "trial": {"model": "xgboost", "cv_folds": 3, "report_every": 5, "params": {"num_boost_round": 20}},
+    "search_space": {"max_depth": {"type": "choice", "values": [0, 1, 2, 3, 4, 5, 6]}},
+    "sampling_algorithm": {"type": "grid", "seed": 1},
+    "limits": {"max_total_trials": 7, "max_concurrent_trials": 2},
+    "early_termination": {"type": "bandit", "slack_amount": 0.9},  # never prunes; trials await decisions
+}
+
+
+def make_spec(**sections: Any) -> ExperimentSpec:
+    """BASE with whole sections replaced (None removes one)."""
+    document = {**BASE, **sections}
+    return load_spec({key: value for key, value in document.items() if value is not None})
+
+
+def test_a_trial_that_misreports_its_steps_fails_saying_why_and_the_others_complete(
+    store: LocalStore,  # noqa: F811
+    client: Client,  # noqa: F811
+) -> None:
+    spec = make_spec(**STEPPED)
+    experiment_id = new_experiment(store, spec)
+    HpoDriver(spec, experiment_id, store, client, trial_fn=stepped_trial).run()
+    trials = {t.params["max_depth"]: t for t in store.list_trials(experiment_id)}
+    assert set(trials) == set(range(7))
+    for depth, trial in trials.items():
+        if depth in HOSTILE_STEPS:
+            assert trial.state is TrialState.FAILED, (depth, trial)
+            assert "malformed step report" in (trial.error or ""), (HOSTILE_STEPS[depth], trial.error)
+            assert all(step <= MAX_STEPS for step in trial.intermediate)
+        else:
+            assert trial.state is TrialState.COMPLETED and trial.step_unit == "round"
+            assert sorted(trial.intermediate) == [5, 10, 15, 20] and trial.folds == []
+            assert trial.value == pytest.approx(0.5 + depth / 100)
+
+
+def test_a_real_xgboost_experiment_in_rounds_records_round_steps(store: LocalStore, client: Client) -> None:  # noqa: F811
+    spec = make_spec(
+        dataset={"uri": "builtin://nycflights13", "target": "ArrDelayBinary", "max_rows": 1500},
+        trial={"model": "xgboost", "cv_folds": 2, "report_every": 4, "params": {"max_depth": 3}},
+        search_space={"num_boost_round": {"type": "choice", "values": [6, 12]}},
+        sampling_algorithm={"type": "grid", "seed": 3},
+        limits={"max_total_trials": 2, "max_concurrent_trials": 2},
+        early_termination={"type": "median_stopping"},
+    )
+    experiment_id = new_experiment(store, spec)
+    outcome = HpoDriver(spec, experiment_id, store, client).run()
+    assert outcome.best is not None
+    trials = {t.params["num_boost_round"]: t for t in store.list_trials(experiment_id)}
+    assert {rounds: t.step_unit for rounds, t in trials.items()} == {6: "round", 12: "round"}
+    assert sorted(trials[6].intermediate) == [4, 6]
+    assert set(trials[12].intermediate) <= {4, 8, 12} and 4 in trials[12].intermediate
+    completed = [t for t in trials.values() if t.state is TrialState.COMPLETED]
+    assert all(t.metrics["step_unit"] == "round" for t in completed) and completed
+
+
+def test_azureml_refuses_report_every_naming_the_field() -> None:
+    with pytest.raises(SpecError) as caught:
+        make_spec(**{**STEPPED, "early_termination": None, "compute": {"backend": "azureml"}})
+    assert "trial.report_every" in str(caught.value.errors)
+
+
+REPORT_VALUES = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=20), st.lists(st.integers(), max_size=3)
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    raw=st.one_of(
+        REPORT_VALUES,
+        st.dictionaries(
+            st.sampled_from(["number", "attempt", "step", "value", "unit", "last", "fold", "started", "final", "x"]),
+            REPORT_VALUES,
+        ),
+    )
+)
+def test_any_message_parses_to_a_bounded_report_or_a_bad_one(raw: Any) -> None:
+    report = parse_report(raw)
+    if isinstance(report, TrialReport):
+        assert 0 <= report.number < 10**10 and 1 <= report.attempt <= 1000
+        assert report.step is None or 1 <= report.step <= MAX_STEPS
+        assert sum((report.started is not None, report.final is not None, report.step is not None)) == 1
+    else:
+        assert isinstance(report, BadReport) and report.reason.startswith("malformed step report")
+        assert len(report.reason) <= 512
+
+
+@pytest.mark.parametrize(
+    ("raw", "names"),
+    [
+        ({"number": 3, "attempt": 1, "step": 5, "value": 0.5, "unit": "bogus"}, (3, 1, 5)),
+        ({"number": 3, "attempt": 1, "step": 10**9, "value": 0.5}, (3, 1, 10**9)),
+        ({"number": 3, "attempt": 1, "step": 5, "value": "0.5"}, (3, 1, 5)),
+        ({"number": 3, "attempt": 1, "step": 5, "value": 0.5, "evil": 1}, (3, 1, 5)),
+        ({"number": 3, "attempt": 1, "step": 2, "value": 0.5, "last": True}, (3, 1, 2)),
+        ({"number": "3", "attempt": 1, "step": 5, "value": 0.5}, (None, 1, 5)),
+    ],
+)
+def test_malformed_reports_name_what_they_can(raw: dict[str, Any], names: tuple[Any, ...]) -> None:
+    report = parse_report(raw)
+    assert isinstance(report, BadReport)
+    assert (report.number, report.attempt, report.step) == names
