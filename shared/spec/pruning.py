@@ -23,8 +23,21 @@ if TYPE_CHECKING:
 
 
 def trial_steps(spec: ExperimentSpec) -> int:
-    """How many steps a trial reports: one per CV fold (the running mean of the primary metric)."""
-    return spec.trial.cv_folds
+    """The last step a trial reports (the running mean of the primary metric): ``cv_folds``, one per fold;
+    with ``trial.report_every`` its rounds (XGBoost) or trees (forest; ``gpu_jobs/steps.py``): fixed in
+    ``trial.params``, the largest a searched ``choice`` offers, else the hyperparameter's default. (A cuML
+    forest reports percent of the rows instead, 100 last; the spec cannot know the engine.)"""
+    if spec.trial.report_every is None:
+        return spec.trial.cv_folds
+    from gpu_jobs.params import HYPERPARAMETERS
+
+    name = "num_boost_round" if spec.trial.model == "xgboost" else "n_estimators"
+    searched = getattr(spec.search_space.get(name), "values", None)
+    if name in spec.trial.params:
+        return int(spec.trial.params[name])
+    if searched:
+        return int(max(searched))
+    return int(HYPERPARAMETERS[spec.trial.model][name].default)
 
 
 class _Policy(SpecModel):

@@ -151,6 +151,9 @@ def _wilcoxon(p: WilcoxonPolicy, spec: ExperimentSpec) -> Any:
 
 
 def _wilcoxon_problems(p: WilcoxonPolicy, spec: ExperimentSpec) -> list[Problem]:
+    if spec.trial.report_every is not None:
+        why = "pairs per-fold scores, and with trial.report_every a step is rounds or trees of every fold at once"
+        return [(("early_termination", "type"), f"wilcoxon {why}: remove report_every or use another policy")]
     folds = spec.trial.cv_folds
     if max(2, p.n_startup_steps) >= folds:
         why = f"compares at least max(2, n_startup_steps) = {max(2, p.n_startup_steps)} folds and a trial has {folds}"
