@@ -21,6 +21,11 @@ from shared.auth import AuthSettings
 from shared.config import QUEUE_EVENTS, QUEUE_REQUESTS
 from shared.context import get_context
 from shared.handlers import handle_event, sweep, sweep_orphans, take_request_message
+from shared.telemetry.setup import configure
+
+TELEMETRY = configure("rapids-hpo-control")
+"""Application Insights (Entra ID), OTLP or console as the app settings say, else off: no SDK imported.
+Set before the app is built, so FastAPI's own request spans use the same providers."""
 
 SWEEP_SCHEDULE = "0 */5 * * * *"
 """Every five minutes (NCRONTAB, with seconds)."""

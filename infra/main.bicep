@@ -237,6 +237,10 @@ var appSettings = {
   RAPIDS_HPO_AUTH_AUTHORITY: environment().authentication.loginEndpoint
   RAPIDS_HPO_READERS_SEE: readersSee
   RAPIDS_HPO_MAX_ARTIFACT_BYTES: '2147483648' // the quota on what one experiment's compute may write
+  // OpenTelemetry (shared/telemetry): the worker attaches the host's trace context to each invocation and the
+  // app exports with the distro and its identity; the dashboard links traces to this component.
+  PYTHON_ENABLE_OPENTELEMETRY: 'true'
+  RAPIDS_HPO_APPINSIGHTS_ID: monitoring.outputs.appInsightsId
 }
 
 module eventGrid 'modules/eventgrid.bicep' = if (deployEventGrid) {

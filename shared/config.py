@@ -95,6 +95,8 @@ ENV_DEFAULTS: dict[str, str] = {
     "RAPIDS_HPO_CLI_CREDENTIAL": "cli",
     # What one experiment's compute may write into its area, in bytes (shared.store.ingest).
     "RAPIDS_HPO_MAX_ARTIFACT_BYTES": "2147483648",
+    # The Application Insights component's resource id: the dashboard links an experiment's trace there.
+    "RAPIDS_HPO_APPINSIGHTS_ID": "",
 }
 HOSTED_MARKER = "WEBSITE_SITE_NAME"
 """Set by Azure on every Function App: its presence turns hosted mode on."""

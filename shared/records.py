@@ -8,9 +8,13 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from shared.bounded import FiniteFloat, Metrics, Name, Params, ShortStr, Text
+from shared.telemetry.traceparent import parse_traceparent
+
+TraceParent = Annotated[str | None, BeforeValidator(parse_traceparent)]
+"""A W3C traceparent, or None: a malformed or hostile value is dropped, never an error (shared.telemetry)."""
 
 
 def utcnow() -> datetime:
@@ -268,6 +272,7 @@ class ExperimentRecord(Record):
     )
     registered_model: RegisteredModel | None = Field(default=None, description="output.register_model's result")
     compute: ComputeReport = Field(default_factory=ComputeReport, description="from the backend's handle")
+    traceparent: TraceParent = Field(default=None, description="the experiment's trace (W3C), from its submit")
     version: str = ""
 
     @property
@@ -326,6 +331,8 @@ class ExperimentEvent(BaseModel):
     experiment_id: str
     seq: int = Field(default=0, description="the record's event_seq when this event was sent")
     sent_at: datetime = Field(default_factory=utcnow)
+    delay_s: int = Field(default=0, ge=0, le=7 * 86400, description="the visibility delay it was sent with")
+    traceparent: TraceParent = Field(default=None, description="the sending step's span: the next step's parent")
 
 
 def best_of(records: Iterable[TrialRecord], goal: str) -> BestTrial | None:

@@ -110,7 +110,14 @@ NOT_SET_IN_AZURE = {
     "RAPIDS_HPO_CLI_CREDENTIAL": "read by the CLI client (az login or a device code)",
 }
 # App settings the Functions host itself reads (not the project's code).
-HOST_APP_SETTINGS = {"APPLICATIONINSIGHTS_CONNECTION_STRING", "APPLICATIONINSIGHTS_AUTHENTICATION_STRING"}
+HOST_APP_SETTINGS = {
+    "APPLICATIONINSIGHTS_CONNECTION_STRING",
+    "APPLICATIONINSIGHTS_AUTHENTICATION_STRING",
+    # The Python worker: attach the host's trace context to each invocation (shared.telemetry configures
+    # the exporters itself, with the Entra credential; PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY would
+    # configure the distro without one).
+    "PYTHON_ENABLE_OPENTELEMETRY",
+}
 # Flex Consumption deprecations ("Flex Consumption plan deprecations", Functions app settings reference):
 # the runtime is set in functionAppConfig and the package comes from the deployment container.
 FLEX_DEPRECATED_SETTINGS = {
@@ -135,6 +142,11 @@ THIRD_PARTY_ENV = {
     "WEBSITE_HOSTNAME": "set by Azure on every Function App: its host name, trusted by the web edge (shared.config)",
     "NETRC": "requests' netrc file: shared.http_pool lets requests read its environment only if one is there",
     "COLUMNS": "the terminal width convention rich reads: the CLI keeps a width it gives (shared.cli._app)",
+    "APPLICATIONINSIGHTS_CONNECTION_STRING": "Application Insights' own (the host's and the distro's): telemetry on",
+    "APPLICATIONINSIGHTS_AUTHENTICATION_STRING": "Application Insights' own: Authorization=AAD, an Entra credential",
+    "OTEL_SDK_DISABLED": "OpenTelemetry's standard switch: telemetry off whatever else is set (shared.telemetry)",
+    "OTEL_SERVICE_NAME": "OpenTelemetry's standard service name, over the one shared.telemetry gives",
+    "TRACEPARENT": "the W3C trace context the control plane hands the compute's driver (OpenTelemetry's env carrier)",
 }
 
 # Directories whose Python files are not the deployed app (or not ours).

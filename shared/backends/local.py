@@ -21,6 +21,7 @@ from shared.compute_spec import LocalCompute, compute_section
 from shared.config import Settings
 from shared.ports import BackendHandle, Capabilities, HandleUpdate, RunState, RunStatus, Store, handle_changes
 from shared.records import ComputeReport, ExperimentRecord
+from shared.telemetry import traceparent_for
 
 if TYPE_CHECKING:
     from shared.spec import ExperimentSpec
@@ -100,9 +101,15 @@ class LocalBackend:
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
-    def _environment(self) -> dict[str, str]:
+    def _environment(self, traceparent: str | None = None) -> dict[str, str]:
+        """The host's environment (telemetry settings included) plus where the store is and the
+        experiment's trace (``TRACEPARENT``: the driver's spans join it)."""
         settings = self.settings
         env = dict(os.environ)
+        env.pop("TRACEPARENT", None)
+        carried = traceparent_for(traceparent)
+        if carried is not None:
+            env["TRACEPARENT"] = carried
         env["RAPIDS_HPO_HOME"] = str(settings.home)
         if settings.storage_connection_string:
             env["AzureWebJobsStorage"] = settings.storage_connection_string
@@ -120,7 +127,7 @@ class LocalBackend:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env=self._environment(),
+            env=self._environment(record.traceparent),
             cwd=ROOT,
             start_new_session=True,  # the driver survives the host; cancel signals its whole group
         )

@@ -41,13 +41,18 @@ def run(
     from shared.context import Context, set_context
     from shared.handlers import request_cancel, submit_experiment
     from shared.runner import LocalHost
+    from shared.telemetry import trace_id_of
+    from shared.telemetry.setup import configure
 
+    configure("rapids-hpo-control")  # OTEL_* (OTEL_TRACES_EXPORTER=console) or Application Insights, else nothing
     spec = load_spec_or_exit(spec_path)
     settings = dataclasses.replace(Settings.from_env(), poll_seconds=poll_seconds)
     ctx = Context.from_settings(settings)
     set_context(ctx)
     record, _ = submit_experiment(ctx, spec)
     console.print(f"experiment [bold]{record.id}[/bold] ({spec.name}) submitted; store: {settings.home}")
+    if record.traceparent:
+        console.print(f"trace id: {trace_id_of(record.traceparent)}")
     host = LocalHost(ctx, visibility_timeout=30, sweep_interval=30)
 
     def finished() -> bool:

@@ -66,7 +66,9 @@ def serve(
     from shared.cli.server_keys import remove_keys, write_key
     from shared.context import Context, set_context
     from shared.runner import LocalHost
+    from shared.telemetry.setup import configure
 
+    configure("rapids-hpo-control")  # as the Function App does: OTEL_* or Application Insights, else nothing
     given = env("RAPIDS_HPO_FUNCTION_KEY")
     key = given or secrets.token_urlsafe(32)
     ctx = Context.from_settings(serve_settings(Settings.from_env(), host))

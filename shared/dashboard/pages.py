@@ -133,6 +133,20 @@ def compute_html(record: ExperimentRecord) -> str:
     return ", ".join(part for part in (text, anchor) if part)
 
 
+def trace_html(record: ExperimentRecord) -> str:
+    """The experiment's trace id (OpenTelemetry), linked to Application Insights when the deployment knows
+    its component; "" when it has no trace (telemetry was off at its submit)."""
+    from shared.telemetry import trace_id_of
+    from shared.telemetry.links import transaction_link
+
+    trace_id = trace_id_of(record.traceparent)
+    if trace_id is None:
+        return ""
+    link = transaction_link(record.traceparent)
+    code = f'<code id="trace-id">{trace_id}</code>'
+    return code + (f' <a id="trace-link" href="{escape(link)}">end-to-end transaction</a>' if link else "")
+
+
 def _trial_costs(record: ExperimentRecord) -> dict[int, float]:
     per_trial = (record.cost or {}).get("per_trial_usd") or {}
     return {int(k): float(v) for k, v in per_trial.items() if isinstance(v, (int, float))}
@@ -268,6 +282,7 @@ def experiment_page(
     )
     cost = cost_text(record)
     compute = compute_html(record)
+    trace = trace_html(record)
     meta = (
         f'<span class="status {record.status.value}" id="status">{record.status.value}</span> '
         f"{record.trials_done}/{record.trials_total} trials · {best} · backend {escape(record.backend)} · "
@@ -275,6 +290,7 @@ def experiment_page(
         + (f" · cost {cost}" if cost else "")
         + (f" · compute: {compute}" if compute else "")
         + (f" · submitted by {escape(record.submitted_by.label)}" if record.submitted_by else "")
+        + (f" · trace {trace}" if trace else "")
     )
     if data:
         meta += f'<br><span id="data-check">data: {escape(data)}</span>'

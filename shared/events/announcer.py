@@ -32,6 +32,7 @@ from shared.events.disabled import DisabledPublisher
 from shared.events.port import Event, EventPublisher, PublishError
 from shared.ports import Store
 from shared.records import EventLog, ExperimentRecord, TrialRecord
+from shared.telemetry.steps import events_delivered
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,11 @@ class Announcer:
             log.exception("event delivery for %s failed unexpectedly", record.id)
             updated = outbox.model_copy(update={"failures": outbox.failures + 1, "last_error": repr(exc)[:300]})
         self._closed_at = time.monotonic() + self.cooldown_s if updated.pending else 0.0
+        events_delivered(
+            sent=updated.sent - outbox.sent,
+            failed=updated.failures - outbox.failures,
+            dropped=updated.dropped - outbox.dropped,
+        )
         if updated == outbox:
             return record
         try:
@@ -190,6 +196,7 @@ class Announcer:
 def _staged(outbox: EventLog, events: list[Event]) -> EventLog:
     pending = outbox.pending + [e.to_json() for e in events]
     over = max(0, len(pending) - MAX_PENDING)
+    events_delivered(staged=len(events), dropped=over)
     if over:
         log.error("event outbox over %d events: dropping the %d oldest", MAX_PENDING, over)
     return outbox.model_copy(update={"pending": pending[over:], "dropped": outbox.dropped + over})

@@ -20,6 +20,8 @@ from shared.handlers.machine import S, send_event, status_message, transition
 from shared.queues import MAX_MESSAGE_BYTES, poison_queue_name
 from shared.records import TERMINAL_STATUSES, EventType, ExperimentRecord, SubmittedBy, utcnow
 from shared.spec import ExperimentSpec, SpecError, SpecPolicy, read_document, validate_spec
+from shared.telemetry import current_traceparent, traced
+from shared.telemetry import steps as telemetry_steps
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,7 @@ def _submitted_reason(spec: ExperimentSpec) -> str:
     return "; warning: ".join(["submitted", *warnings])
 
 
+@traced("submit experiment")
 def submit_experiment(
     ctx: Context,
     spec: ExperimentSpec,
@@ -110,6 +113,7 @@ def submit_experiment(
         submitted_by=submitted_by,
         event_seq=1,
         history=[{"at": utcnow().isoformat(), "status": S.SUBMITTED.value, "reason": _submitted_reason(spec)}],
+        traceparent=current_traceparent(),  # this submit's span: the experiment's trace starts here
     )
     try:  # SUBMITTED is announced with the first step's events (no publish on the HTTP path)
         staged = ctx.announcer.stage_status(record)
@@ -121,6 +125,7 @@ def submit_experiment(
             record = ctx.store.create_experiment(staged)
     except AlreadyExists:  # a retry, or the store's own retry after a lost reply: the first write won
         return _replayed(ctx, ctx.store.get_experiment(experiment_id), document, idempotency_key), False
+    telemetry_steps.submitted(record.id, record.backend)
     send_event(ctx, EventType.PROVISION, record)
     return record, True
 
@@ -206,6 +211,7 @@ def handle_request_message(
     return record
 
 
+@traced("experiment request")
 def take_request_message(ctx: Context, body: str | bytes, *, message_id: str | None = None) -> ExperimentRecord | None:
     """The queue trigger's entry: :func:`handle_request_message`, where a request that can never succeed
     (``InvalidRequest``) is final: its FAILED record (if it named an id) is written, its body goes to

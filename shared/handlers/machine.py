@@ -35,6 +35,8 @@ from shared.records import (
     utcnow,
 )
 from shared.spec import ExperimentSpec
+from shared.telemetry import steps as telemetry_steps
+from shared.telemetry import traceparent_for
 from shared.trials import counts_by_state, end_running_trials
 
 log = logging.getLogger(__name__)
@@ -60,7 +62,13 @@ EVENT_FOR_STATUS: dict[ExperimentStatus, EventType] = {
 
 
 def send_event(ctx: Context, event_type: EventType, record: ExperimentRecord, delay: int = 0) -> None:
-    event = ExperimentEvent(type=event_type, experiment_id=record.id, seq=record.event_seq)
+    event = ExperimentEvent(
+        type=event_type,
+        experiment_id=record.id,
+        seq=record.event_seq,
+        delay_s=delay,
+        traceparent=traceparent_for(record.traceparent),  # the next step is a child of this one
+    )
     ctx.events.send(event.model_dump_json(), delay_seconds=delay)
 
 
@@ -82,7 +90,7 @@ def transition(
     A status change stages its CloudEvent in the same write; ``announce`` then sends what is staged
     (bounded retries; never raises) before ``next_event``. HTTP paths pass False: the next step sends it.
     """
-    changed = status != record.status
+    changed, before = status != record.status, record.status
     history = list(record.history)
     if changed:
         history.append({"at": utcnow().isoformat(), "status": status.value, "reason": reason})
@@ -102,6 +110,7 @@ def transition(
     if changed:
         candidate = ctx.announcer.stage_status(candidate)
     record = ctx.store.update_experiment(candidate)
+    telemetry_steps.transition(record.id, record.backend, before.value, status.value, record.cost)
     if announce:
         record = ctx.announcer.flush(ctx.store, record)
     if next_event is not None:
@@ -110,8 +119,14 @@ def transition(
 
 
 def handle_event(ctx: Context, body: str) -> str:
-    """Handle one ``experiment-events`` message; returns what happened (for logs and tests)."""
+    """Handle one ``experiment-events`` message; returns what happened (for logs and tests). The step is
+    a span of the experiment's trace (``shared.telemetry.steps``)."""
     event = ExperimentEvent.model_validate_json(body)
+    with telemetry_steps.step_span(event.type.value, event) as step:
+        return step.done(_handle(ctx, event, step))
+
+
+def _handle(ctx: Context, event: ExperimentEvent, span: telemetry_steps.Step) -> str:
     try:
         record = ctx.store.get_experiment(event.experiment_id)
     except NotFound:
@@ -122,6 +137,7 @@ def handle_event(ctx: Context, body: str) -> str:
         ctx.store.revoke_compute_credential(event.experiment_id)
         log.error("event %s dropped, credential revoked: %s", event.type, exc)
         return "unreadable record"
+    telemetry_steps.step_record(span, record.backend, record.status.value)
     if event.seq != record.event_seq or record.status not in STATUS_FOR_EVENT[event.type]:
         return "stale"
     step = {

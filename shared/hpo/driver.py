@@ -58,6 +58,7 @@ from shared.hpo.trial_task import (
 from shared.ports import TrialStore
 from shared.records import BestTrial, TrialRecord, TrialState, best_of, utcnow
 from shared.spec import ExperimentSpec
+from shared.telemetry.driver import TrialSpans
 from shared.trials import end_running_trials
 
 log = logging.getLogger(__name__)
@@ -137,6 +138,8 @@ class HpoDriver:
         self._stop_events: list[str] = []
         self._threads = self._threads_per_worker()
         self.awaits_decisions = not isinstance(self.study.pruner, optuna.pruners.NopPruner)
+        self.spans = TrialSpans(experiment_id, spec.compute.backend)
+        """A span per trial and fold under the driver's (``shared.telemetry``; nothing when it is off)."""
 
     # ----------------------------------------------------------------------------------------- resume
     def _resume(self) -> None:
@@ -212,6 +215,7 @@ class HpoDriver:
                 if self._running:
                     self._answer_reports(wait_s=self.poll_interval)
         finally:
+            self.spans.close()
             with contextlib.suppress(Exception):
                 reports.close()
             with contextlib.suppress(Exception):  # the folds the trials published for a rerun of their task
@@ -245,6 +249,7 @@ class HpoDriver:
         self._submit(record, trial)
 
     def _submit(self, record: TrialRecord, trial: optuna.Trial) -> None:
+        self.spans.started(record.number, record.attempt)
         self.store.put_trial(record)
         self._records[record.number] = record
         task = TrialTask(
@@ -379,6 +384,7 @@ class HpoDriver:
         folds = with_fold(running.record, int(report.step or 0), report.fold)
         if folds is not None:
             running.record.folds = folds
+            self.spans.fold(running.record.number, running.record.attempt, int(report["step"]), report.get("fold"))
         return folds is not None
 
     def _find(self, number: int, attempt: int) -> _Running | None:
@@ -435,6 +441,7 @@ class HpoDriver:
         )
         self.study.tell(running.trial, values=record.value, state=optuna_state(state))
         self.store.put_trial(record)
+        self.spans.ended(record.number, record.attempt, state.value, record.value, error)
         self._records[record.number] = record
         if self.on_trial_end is not None:
             self.on_trial_end(record)

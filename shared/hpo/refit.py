@@ -13,6 +13,7 @@ from shared.config import MODEL_PREFIX
 from shared.ports import TrialStore
 from shared.records import BestTrial
 from shared.spec import ExperimentSpec
+from shared.telemetry import span
 
 
 def refit_task(kwargs: dict[str, Any], cross_validation: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -67,8 +68,9 @@ def refit_best_model(
     }
     result = client.submit(refit_task, kwargs, cross_validation, pure=False).result()
     uri = None
-    for name, data in sorted(result["files"].items()):
-        uri = store.put_artifact(experiment_id, f"{MODEL_PREFIX}{name}", data)
+    with span("model upload", attributes={"rapids_hpo.files": len(result["files"])}):
+        for name, data in sorted(result["files"].items()):
+            uri = store.put_artifact(experiment_id, f"{MODEL_PREFIX}{name}", data)
     if uri is None:
         raise RuntimeError("the refit produced no model files")
     model_uri = uri.rsplit("/", 1)[0]

@@ -33,6 +33,9 @@ from shared.hpo.refit import refit_best_model
 from shared.ports import Store
 from shared.records import DataCheckReport, ExperimentRecord, ExperimentStatus
 from shared.spec import ExperimentSpec, load_spec
+from shared.telemetry import LOG_FORMAT, set_experiment, span
+from shared.telemetry.driver import compute_traceparent
+from shared.telemetry.setup import configure, flush
 
 log = logging.getLogger("rapids_hpo.driver")
 WORKER_PRELOAD = "gpu_jobs.preload"
@@ -117,7 +120,8 @@ def check_data_first(spec: ExperimentSpec, experiment_id: str, store: Store, cli
         "seed": spec.sampling_algorithm.seed or 0,
     }
     try:
-        check = client.submit(check_data, **arguments, pure=False).result()
+        with span("data check"):
+            check = client.submit(check_data, **arguments, pure=False).result()
     except UserError as exc:
         return " ".join(str(exc).split())
     log.info("data check: %s", DataCheckReport.model_validate(check).describe())
@@ -127,10 +131,27 @@ def check_data_first(spec: ExperimentSpec, experiment_id: str, store: Store, cli
 
 def run_experiment(store: Store, experiment_id: str, client: Client, cancel: CancelWatch) -> ExperimentOutcome:
     """Check the data, run the driver and store the best model; the outcome is also written as an artifact.
-    Data the trials cannot use fails the experiment here, once, with no trial run."""
+    Data the trials cannot use fails the experiment here, once, with no trial run.
+
+    All of it but the outcome is one span in the experiment's trace (``TRACEPARENT``), exported before the
+    outcome is written: the control plane may tear this process down as soon as it reads the outcome."""
     store = patient(store)  # a storage outage is waited out, not a driver error
     record = store.get_experiment(experiment_id)
     spec = load_spec(record.spec)
+    attributes = {"rapids_hpo.experiment.id": experiment_id, "rapids_hpo.backend": spec.compute.backend}
+    with span("hpo driver", parent=compute_traceparent(), attributes=attributes):
+        outcome = _drive(store, record, spec, client, cancel)
+    flush()
+    document = asdict(outcome)
+    document["best"] = outcome.best.model_dump(mode="json") if outcome.best else None
+    store.put_artifact(experiment_id, DRIVER_OUTCOME_ARTIFACT, json.dumps(document, indent=2).encode())
+    return outcome
+
+
+def _drive(
+    store: Store, record: ExperimentRecord, spec: ExperimentSpec, client: Client, cancel: CancelWatch
+) -> ExperimentOutcome:
+    experiment_id = record.id
     refresh = ImportanceRefresher(store, record)
     driver = HpoDriver(
         spec, experiment_id, store, client, should_cancel=cancel, on_trial_end=refresh, budget=budget_guard(record)
@@ -142,14 +163,12 @@ def run_experiment(store: Store, experiment_id: str, client: Client, cancel: Can
         else:
             outcome = driver.run()
         if outcome.status == "COMPLETED" and outcome.best is not None:
-            outcome.best = refit_best_model(spec, experiment_id, outcome.best, store, client)
+            with span("refit", attributes={"rapids_hpo.trial.number": outcome.best.number}):
+                outcome.best = refit_best_model(spec, experiment_id, outcome.best, store, client)
     except Exception as exc:  # the driver itself failed: say why in the outcome, then exit non-zero
         log.exception("driver failed")
         outcome = ExperimentOutcome("FAILED", "driver error", 0, None, f"{type(exc).__name__}: {exc}")
     save_plots_safely(store, record)  # charts, importances: on the compute, where Optuna and matplotlib are
-    document = asdict(outcome)
-    document["best"] = outcome.best.model_dump(mode="json") if outcome.best else None
-    store.put_artifact(experiment_id, DRIVER_OUTCOME_ARTIFACT, json.dumps(document, indent=2).encode())
     return outcome
 
 
@@ -157,7 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--experiment-id", required=True)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    set_experiment(args.experiment_id)  # every log line of this process names it
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    configure("rapids-hpo-driver")
 
     from shared.store import open_store
 
