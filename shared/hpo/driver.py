@@ -384,7 +384,7 @@ class HpoDriver:
         folds = with_fold(running.record, int(report.step or 0), report.fold)
         if folds is not None:
             running.record.folds = folds
-            self.spans.fold(running.record.number, running.record.attempt, int(report["step"]), report.get("fold"))
+            self.spans.fold(running.record.number, running.record.attempt, len(folds), report.fold)
         return folds is not None
 
     def _find(self, number: int, attempt: int) -> _Running | None:
