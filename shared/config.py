@@ -60,7 +60,7 @@ ENV_DEFAULTS: dict[str, str] = {
     "AZURE_RESOURCE_GROUP": "",
     "AZURE_LOCATION": "",
     "AZUREML_WORKSPACE": "",
-    # The AzureML backend (shared.azureml_scope, shared.backends.azureml): the clusters' managed identity
+    # The AzureML backend (shared.backends.azureml.scope, shared.backends.azureml): the clusters' managed identity
     # (jobs run as it) and what a hosted deployment lets a spec touch in the workspace.
     "AZUREML_COMPUTE_IDENTITY_ID": "",
     "AZUREML_COMPUTE_IDENTITY_CLIENT_ID": "",

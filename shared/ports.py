@@ -19,14 +19,16 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from shared.records import ComputeReport, ExperimentRecord, ExperimentStatus, TrialRecord, UnreadableRecord
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
     from datetime import datetime, timedelta
 
+    from shared.compute_spec import ComputeSection
+    from shared.config import Settings
     from shared.spec import ExperimentSpec
     from shared.store.compute import ComputeCredential
     from shared.store.ingest import IngestReport
@@ -205,6 +207,9 @@ class Capabilities(BaseModel):
     """The backend is an ``OrphanFinder``: the timer sweep asks it to delete what no experiment owns."""
     restarts_driver: bool
     """A driver that died without an outcome is started again by ``poll`` (it resumes from the store)."""
+    reasons: dict[str, str] = Field(default_factory=dict)
+    """Why each declaration holds, by field name (``rapids-hpo backends`` and the docs show them; a
+    registered backend gives one for every field: ``tests/test_architecture.py``)."""
 
 
 @runtime_checkable
@@ -279,3 +284,19 @@ def merge_handle(backend: ComputeBackend, current: dict[str, Any], update: Handl
     """``current`` with ``update`` applied, validated as the backend's handle; the stored form."""
     merged = {**current, **(update or {})}
     return backend.handle_type.model_validate(merged).model_dump(mode="json")
+
+
+@dataclass(frozen=True)
+class Registration:
+    """How a backend package describes itself (its ``BACKEND``; :mod:`shared.backends` lists them): its
+    ``compute`` section, what it does and why, and how to build it and its planner, imported only when
+    called (the Azure SDKs are slow to import). Its name is its section's ``backend`` tag."""
+
+    section: type[ComputeSection]
+    capabilities: Capabilities
+    create: Callable[[Store, Settings], ComputeBackend]
+    planner: Callable[[], Planner]
+
+    @property
+    def name(self) -> str:
+        return str(self.section.model_fields["backend"].default)

@@ -9,8 +9,9 @@ from typing import Annotated, Literal
 import pytest
 from pydantic import BaseModel, Field, ValidationError
 
-from shared.backends import REGISTRY
-from shared.compute_spec import COMPUTE_SECTIONS, ComputeSection, LocalCompute, backends_where
+from shared.backends import COMPUTE_SECTIONS, REGISTRY, backends_where
+from shared.backends.local.section import LocalCompute
+from shared.compute_spec import ComputeSection
 from shared.spec import SpecError, load_spec
 from shared.spec.errors import union_tags
 from tests.control_plane import tiny_spec
@@ -105,3 +106,11 @@ def test_union_tags_are_read_from_the_model() -> None:
         Spec.model_validate(document)
     error = SpecError.from_validation_error(caught.value, document, Spec)
     assert [e["loc"] for e in error.errors] == ["compute.size"]
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_every_backend_says_why_it_does_what_it_declares(name: str) -> None:
+    capabilities = REGISTRY[name].capabilities
+    declared = set(type(capabilities).model_fields) - {"reasons"}
+    assert set(capabilities.reasons) == declared
+    assert all(reason.strip() for reason in capabilities.reasons.values())

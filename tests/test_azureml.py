@@ -61,7 +61,7 @@ from shared.backends.azureml import (
     stage_code,
     workspace_settings,
 )
-from shared.compute_spec import AzureMLCompute
+from shared.backends.azureml.section import AzureMLCompute
 from shared.context import Context
 from shared.errors import BackendError
 from shared.ports import ComputeBackend, RunState

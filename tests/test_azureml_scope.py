@@ -1,4 +1,4 @@
-"""A hosted deployment's AzureML scope at intake (:mod:`shared.azureml_scope`): a spec cannot choose the
+"""A hosted deployment's AzureML scope at intake (:mod:`shared.backends.azureml.scope`): a spec cannot choose the
 workspace, a model name outside the deployment's prefix or an image off its pattern. Each is a 422 naming the
 field, over the real API. The checks that need the workspace (whose cluster, whose model) are in
 tests/test_azureml_workspace.py against the AzureML stand-in."""
@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shared.api import create_api
-from shared.azureml_scope import DEFAULT_IMAGE_PATTERN, AzureMLScope, cluster_problem, model_problem
+from shared.backends.azureml.scope import DEFAULT_IMAGE_PATTERN, AzureMLScope, cluster_problem, model_problem
 from shared.context import set_context
 from shared.spec import SpecError, SpecPolicy, validate_spec
 from tests.control_plane import local_context

@@ -17,7 +17,6 @@ import pytest
 from azure.ai.ml.entities import UserIdentityConfiguration
 
 from shared import handlers
-from shared.azureml_scope import AzureMLScope
 from shared.backends.azureml import (
     MODEL_OUTPUT,
     AzureMLBackend,
@@ -28,6 +27,7 @@ from shared.backends.azureml import (
     job_name_for,
     stage_code,
 )
+from shared.backends.azureml.scope import AzureMLScope
 from shared.backends.azureml.sweep_job import azureml_compute
 from shared.context import Context
 from shared.errors import BackendError

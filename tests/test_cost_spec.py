@@ -6,7 +6,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from shared.api import create_api
-from shared.compute_spec import AZUREML_DEFAULT_VM_SIZE, VMCLUSTER_DEFAULT_VM_SIZE
+from shared.backends.azureml.section import AZUREML_DEFAULT_VM_SIZE
+from shared.backends.vmcluster.section import VMCLUSTER_DEFAULT_VM_SIZE
 from shared.context import set_context
 from shared.cost.catalogue import load_catalogue
 from shared.spec import SpecError, load_spec

@@ -24,7 +24,7 @@ from shared.backends.vmcluster.network_layout import (
     INSTANCE_TAG,
     network_names,
 )
-from shared.compute_spec import NetworkSpec
+from shared.backends.vmcluster.section import NetworkSpec
 from shared.errors import BackendError
 from tests.arm_server import FakeArm, StaticTokenCredential
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from shared.compute_spec import LocalCompute
+from shared.backends.local.section import LocalCompute
 from shared.spec import (
     BanditPolicy,
     Choice,

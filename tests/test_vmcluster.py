@@ -29,6 +29,7 @@ from shared.backends.vmcluster.network_layout import (
     INSTANCE_TAG,
     network_names,
 )
+from shared.backends.vmcluster.section import NetworkSpec, VMClusterCompute
 from shared.backends.vmcluster.settings import (
     NGC_MARKETPLACE_PLAN,
     NGC_VM_IMAGE,
@@ -39,7 +40,6 @@ from shared.backends.vmcluster.settings import (
     is_gpu_size,
 )
 from shared.backends.vmcluster.vm_teardown import CLUSTER_ID_TAG, make_compute_client
-from shared.compute_spec import NetworkSpec, VMClusterCompute
 from shared.config import DRIVER_OUTCOME_ARTIFACT
 from shared.context import Context
 from shared.errors import BackendError

@@ -1,84 +1,58 @@
-"""The registry of compute backends: the one place that names them (the composition root).
+"""The registry of compute backends: the one place that lists them (the composition root).
 
-Each backend lives in its own module, imported on first use (the Azure SDKs are slow to import), and is
-built from what it uses (the store and the settings), never from the whole context, so ``shared.context``
-depends on this package and not the other way round. Adding a backend: see CONTRIBUTING.md.
+Each backend is a package that describes itself in its ``BACKEND`` (a :class:`shared.ports.Registration`:
+its ``compute`` section, its capabilities with their reasons, a factory and a planner factory that import
+the backend only when called: the Azure SDKs are slow to import). Everything else that knows the backends
+is derived from :data:`REGISTRY` here: the spec's ``compute`` union (:data:`ComputeSpec`), the sections
+(:data:`COMPUTE_SECTIONS`), the orphan finders, and (from the union) the spec errors' union tags. A backend
+is built from what it uses (the store and the settings), never from the whole context, so
+``shared.context`` depends on this package and not the other way round. Adding a backend: a package, one
+line below, and a conformance harness (CONTRIBUTING.md).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated, Union
+
+from pydantic import Field
+
+from shared.backends import azureml, local, vmcluster
+from shared.compute_spec import ComputeSection
+from shared.ports import Registration
 
 if TYPE_CHECKING:
     from shared.config import Settings
     from shared.ports import ComputeBackend, Planner, Store
 
-
-def _local(store: Store, settings: Settings) -> ComputeBackend:
-    from shared.backends.local import LocalBackend
-
-    return LocalBackend(store, settings)
-
-
-def _local_planner() -> Planner:
-    from shared.backends.local import LocalPlanner
-
-    return LocalPlanner()
-
-
-def _vmcluster(store: Store, settings: Settings) -> ComputeBackend:
-    from shared.backends.vmcluster.backend import VMClusterBackend
-    from shared.backends.vmcluster.settings import VMIdentity
-    from shared.config import env
-
-    resource_id, client_id = env("RAPIDS_HPO_VM_IDENTITY_ID"), env("RAPIDS_HPO_VM_IDENTITY_CLIENT_ID")
-    identity = VMIdentity(resource_id, client_id) if resource_id and client_id else None
-    return VMClusterBackend(store, settings, identity=identity)
-
-
-def _vmcluster_planner() -> Planner:
-    from shared.backends.vmcluster.dryrun import VMClusterPlanner
-
-    return VMClusterPlanner()
-
-
-def _azureml(store: Store, settings: Settings) -> ComputeBackend:
-    from shared.backends.azureml import AzureMLBackend
-
-    return AzureMLBackend(store, settings)
-
-
-def _azureml_planner() -> Planner:
-    from shared.backends.azureml import AzureMLPlanner
-
-    return AzureMLPlanner()
-
-
-@dataclass(frozen=True)
-class Registration:
-    """How to build one backend and its offline planner."""
-
-    name: str
-    create: Callable[[Store, Settings], ComputeBackend]
-    planner: Callable[[], Planner]
-    finds_orphans: bool = False
-    """The backend's ``capabilities.finds_orphans``, declared here so the timer builds (and imports) only the
-    backends that can find orphans (tests/conformance/test_backend.py checks the two agree)."""
-
-
 REGISTRY: dict[str, Registration] = {
     r.name: r
     for r in (
-        Registration("local", _local, _local_planner),
-        Registration("vmcluster", _vmcluster, _vmcluster_planner, finds_orphans=True),
-        Registration("azureml", _azureml, _azureml_planner),
+        local.BACKEND,  # the first is the default: a spec without compute.backend runs here
+        vmcluster.BACKEND,
+        azureml.BACKEND,
     )
 }
 BACKENDS = tuple(REGISTRY)
-ORPHAN_FINDERS = tuple(r.name for r in REGISTRY.values() if r.finds_orphans)
+DEFAULT_BACKEND = BACKENDS[0]
+COMPUTE_SECTIONS: tuple[type[ComputeSection], ...] = tuple(r.section for r in REGISTRY.values())
+if TYPE_CHECKING:
+    ComputeSpec = ComputeSection
+else:
+    ComputeSpec = Annotated[Union[COMPUTE_SECTIONS], Field(discriminator="backend")]  # noqa: UP007
+"""The spec's ``compute`` section: one of the registered sections, chosen by its ``backend`` tag."""
+ORPHAN_FINDERS = tuple(name for name, r in REGISTRY.items() if r.capabilities.finds_orphans)
 """The backends the timer's orphan sweep builds; the others are never imported by it."""
+
+
+def default_section() -> ComputeSection:
+    """The ``compute`` section of a spec that names none: the default backend's, with its defaults."""
+    return REGISTRY[DEFAULT_BACKEND].section.model_validate({})
+
+
+def backends_where(declares: Callable[[type[ComputeSection]], bool]) -> list[str]:
+    """The names of the backends whose section ``declares`` holds for (for error messages)."""
+    return [name for name, r in REGISTRY.items() if declares(r.section)]
 
 
 def _registration(name: str) -> Registration:

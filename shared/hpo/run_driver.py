@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 
 from distributed import Client, LocalCluster
 
-from shared.compute_spec import LocalCompute
+from shared.backends.local.section import LocalCompute
 from shared.config import DATA_CHECK_ARTIFACT, DRIVER_OUTCOME_ARTIFACT, Settings
 from shared.cost.catalogue import load_catalogue
 from shared.cost.ledger import BudgetGuard, rates_for

@@ -9,7 +9,8 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from gpu_jobs.metrics import POSITIVE_METRICS, metric_mismatch
 from gpu_jobs.params import HYPERPARAMETERS
-from shared.compute_spec import ComputeSpec, LocalCompute, Problem, backends_where
+from shared.backends import DEFAULT_BACKEND, ComputeSpec, backends_where, default_section
+from shared.compute_spec import Problem
 from shared.spec.bounds import MAX_GRID_POINTS, MAX_SEARCH_SPACE, MAX_TAGS, numbers_problems
 from shared.spec.errors import Problems, SpecModel, did_you_mean, echo, fail
 from shared.spec.search_space import SAMPLING_TYPES, Choice, Distribution, check_distribution
@@ -43,7 +44,7 @@ class ExperimentSpec(SpecModel):
     early_termination: EarlyTermination | None = None
     limits: Limits = Field(default_factory=Limits)
     objective: Objective = Field(default_factory=default_objective)
-    compute: ComputeSpec = Field(default_factory=LocalCompute)
+    compute: ComputeSpec = Field(default_factory=default_section)
     output: OutputSpec = Field(default_factory=OutputSpec)
 
     @model_validator(mode="before")
@@ -64,7 +65,7 @@ class ExperimentSpec(SpecModel):
     @classmethod
     def _compute_backend(cls, value: Any) -> Any:
         if isinstance(value, dict) and "backend" not in value:
-            return {"backend": "local", **value}
+            return {"backend": DEFAULT_BACKEND, **value}
         return value
 
     @field_validator("search_space")

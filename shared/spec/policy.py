@@ -12,7 +12,7 @@ plane run work on its own host or read what the request names, so:
   ``http://``, IP-literal, loopback and link-local hosts are refused;
 * each compute section's own hosted rules apply (``ComputeSection.hosted_problems``: a VM cluster needs
   ``security: true``; AzureML stays in the deployment's workspace, model namespace and images,
-  :mod:`shared.azureml_scope`).
+  :mod:`shared.backends.azureml.scope`).
 
 Outside hosted mode (a user's own machine) local paths and every scheme of :data:`URI_SCHEMES` stay allowed,
 but never a *relative* path from a request or a queue message: it would resolve against the server's working
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath, PureWindowsPath
 from urllib.parse import urlsplit
 
-from shared.compute_spec import backends_where
+from shared.backends import backends_where
 from shared.config import Settings
 from shared.spec.errors import SpecError, format_loc
 

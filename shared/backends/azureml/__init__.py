@@ -55,29 +55,81 @@ Decisions AzureML leaves to us, each documented where it is made:
   is still running, and marks trials still RUNNING in the store as FAILED (CANCELLED after a cancel).
 """
 
-from shared.backends.azureml.backend import SWEEP_STATES, AzureMLBackend, AzureMLHandle, ClientFactory
-from shared.backends.azureml.planner import ESTIMATED_TRIAL_SECONDS, AzureMLPlanner
-from shared.backends.azureml.sweep_job import (
-    CREATED_BY,
-    MODEL_OUTPUT,
-    ROOT,
-    TAG_CREATED_BY,
-    TAG_EXPERIMENT,
-    TAG_SEED,
-    ComputeIdentity,
-    DataBinding,
-    azureml_compute,
-    build_compute,
-    build_sweep_job,
-    data_binding,
-    finish_draw,
-    job_name_for,
-    stage_code,
-    trial_command,
-    value_token,
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from shared.backends.azureml.section import AzureMLCompute
+from shared.ports import Capabilities, Registration
+
+if TYPE_CHECKING:
+    from shared.config import Settings
+    from shared.ports import ComputeBackend, Planner, Store
+
+
+def _create(store: Store, settings: Settings) -> ComputeBackend:
+    from shared.backends.azureml.backend import AzureMLBackend
+
+    return AzureMLBackend(store, settings)
+
+
+def _planner() -> Planner:
+    from shared.backends.azureml.planner import AzureMLPlanner
+
+    return AzureMLPlanner()
+
+
+CAPABILITIES = Capabilities(
+    model_from="finalize",
+    cloud_resources=True,
+    finds_orphans=False,
+    restarts_driver=False,
+    reasons={
+        "model_from": "finalize downloads the best trial's model from the workspace",
+        "cloud_resources": "a sweep job, and the AmlCompute cluster if it does not exist (it scales to zero)",
+        "finds_orphans": "a cluster may serve other experiments and scales to min_instances by itself",
+        "restarts_driver": "AzureML runs the sweep; there is no driver of ours to restart",
+    },
 )
-from shared.backends.azureml.trials import child_state, number_children, trial_params, trial_record
-from shared.backends.azureml.workspace import AzureMLClient, JobInfo, RunMetrics, WorkspaceClient, workspace_settings
+BACKEND = Registration(section=AzureMLCompute, capabilities=CAPABILITIES, create=_create, planner=_planner)
+
+_WHERE = {
+    **dict.fromkeys(["SWEEP_STATES", "AzureMLBackend", "AzureMLHandle", "ClientFactory"], "backend"),
+    **dict.fromkeys(["ESTIMATED_TRIAL_SECONDS", "AzureMLPlanner"], "planner"),
+    **dict.fromkeys(
+        [
+            "CREATED_BY",
+            "MODEL_OUTPUT",
+            "ROOT",
+            "TAG_CREATED_BY",
+            "TAG_EXPERIMENT",
+            "TAG_SEED",
+            "ComputeIdentity",
+            "DataBinding",
+            "azureml_compute",
+            "build_compute",
+            "build_sweep_job",
+            "data_binding",
+            "finish_draw",
+            "job_name_for",
+            "stage_code",
+            "trial_command",
+            "value_token",
+        ],
+        "sweep_job",
+    ),
+    **dict.fromkeys(["child_state", "number_children", "trial_params", "trial_record"], "trials"),
+    **dict.fromkeys(["AzureMLClient", "JobInfo", "RunMetrics", "WorkspaceClient", "workspace_settings"], "workspace"),
+}
+
+
+def __getattr__(name: str) -> Any:  # lazy: the registry imports this package for its section only
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+
 
 __all__ = [
     "CREATED_BY",

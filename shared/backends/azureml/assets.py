@@ -23,7 +23,7 @@ TAG_BEST_TRIAL = "rapids-hpo.best-trial"
 
 def model_entity(spec: ExperimentSpec, experiment_id: str, child: str, tags: dict[str, str] | None = None) -> Model:
     """The ``mlflow_model`` to register for the best trial's job ``child`` (offline, pure); ``tags`` (the
-    deployment's own, :meth:`shared.azureml_scope.AzureMLScope.tags`) are added to the version's."""
+    deployment's own, :meth:`shared.backends.azureml.scope.AzureMLScope.tags`) are added to the version's."""
     register = spec.output.register_model
     if register is None:
         raise ValueError("the spec sets no output.register_model")

@@ -7,9 +7,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from shared.azureml_scope import AzureMLScope, cluster_problem, model_problem
+from shared.backends.azureml import CAPABILITIES
 from shared.backends.azureml.assets import model_entity
 from shared.backends.azureml.planner import AzureMLPlanner
+from shared.backends.azureml.scope import AzureMLScope, cluster_problem, model_problem
+from shared.backends.azureml.section import AzureMLCompute
 from shared.backends.azureml.sweep_job import (
     MODEL_OUTPUT,
     ComputeIdentity,
@@ -27,10 +29,9 @@ from shared.backends.azureml.trials import (
     trial_record,
 )
 from shared.backends.azureml.workspace import AzureMLClient, JobInfo, WorkspaceClient, workspace_settings
-from shared.compute_spec import AzureMLCompute
 from shared.config import MODEL_PREFIX, Settings
 from shared.errors import BackendError
-from shared.ports import BackendHandle, Capabilities, HandleUpdate, RunState, RunStatus, Store, handle_changes
+from shared.ports import BackendHandle, HandleUpdate, RunState, RunStatus, Store, handle_changes
 from shared.records import ComputeReport, ExperimentRecord, TrialRecord, TrialState, best_of, utcnow
 from shared.spec import ExperimentSpec
 from shared.spec.sections import azureml_uri_form
@@ -87,7 +88,7 @@ class AzureMLBackend:
 
     name = "azureml"
     handle_type = AzureMLHandle
-    capabilities = Capabilities(model_from="finalize", cloud_resources=True, finds_orphans=False, restarts_driver=False)
+    capabilities = CAPABILITIES
     planner = AzureMLPlanner()
 
     def __init__(
@@ -99,7 +100,7 @@ class AzureMLBackend:
         scope: AzureMLScope | None = None,
         identity: ComputeIdentity | None = None,
     ) -> None:
-        """``scope`` and ``identity`` default to the deployment's app settings (:mod:`shared.azureml_scope`,
+        """``scope`` and ``identity`` default to the deployment's app settings (:mod:`shared.backends.azureml.scope`,
         :class:`ComputeIdentity`); the scope's workspace checks apply in hosted mode only."""
         self.store = store
         self.settings = settings

@@ -38,7 +38,8 @@ from azure.ai.ml.sweep import (
 
 from gpu_jobs.params import HYPERPARAMETERS, HyperParameter
 from shared import spec as specs
-from shared.compute_spec import AzureMLCompute, compute_section
+from shared.backends.azureml.section import AzureMLCompute
+from shared.compute_spec import compute_section
 from shared.cost.catalogue import load_catalogue
 from shared.spec import ExperimentSpec, finish_value, quantize
 from shared.spec.search_table import azureml_policy, azureml_sampler

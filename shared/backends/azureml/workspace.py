@@ -15,8 +15,8 @@ from azure.ai.ml.sweep import (
 from azure.core.exceptions import ResourceNotFoundError
 
 from shared.backends.arm import DEFAULT_RETRY, RetrySettings, arm_call, is_not_found
+from shared.backends.azureml.section import AzureMLCompute
 from shared.backends.azureml.sweep_job import TAG_EXPERIMENT
-from shared.compute_spec import AzureMLCompute
 from shared.config import env
 from shared.errors import BackendError
 from shared.records import RegisteredModel

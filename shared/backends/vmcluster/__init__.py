@@ -40,15 +40,54 @@ Security
     storage key, connection string or data role.
 
 Modules
-    :mod:`.settings` (constants, VM arguments), :mod:`.dryrun` (the plan), :mod:`.bootscript` (cloud-init),
-    :mod:`.boot` (the VMs' first program), :mod:`.vms` (creating a VM), :mod:`.head` (the head's driver),
-    :mod:`.exchange` (the area's extra layout), :mod:`.handle` (the typed handle), :mod:`.backend` (the
-    protocol), :mod:`.orphans` (the sweep).
+    :mod:`.section` (the spec's ``compute`` section), :mod:`.network` (+ :mod:`.network_layout`: the VNet
+    and NSG), :mod:`.vm_teardown` (deleting by tag), :mod:`.settings` (constants, VM arguments),
+    :mod:`.dryrun` (the plan), :mod:`.bootscript` (cloud-init), :mod:`.boot` (the VMs' first program),
+    :mod:`.vms` (creating a VM), :mod:`.head` (the head's driver), :mod:`.exchange` (the area's extra
+    layout), :mod:`.handle` (the typed handle), :mod:`.backend` (the protocol), :mod:`.orphans` (the sweep).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from shared.backends.vmcluster.section import VMClusterCompute
+from shared.ports import Capabilities, Registration
+
+if TYPE_CHECKING:
+    from shared.config import Settings
+    from shared.ports import ComputeBackend, Planner, Store
+
+
+def _create(store: Store, settings: Settings) -> ComputeBackend:
+    from shared.backends.vmcluster.backend import VMClusterBackend
+    from shared.backends.vmcluster.settings import VMIdentity
+    from shared.config import env
+
+    resource_id, client_id = env("RAPIDS_HPO_VM_IDENTITY_ID"), env("RAPIDS_HPO_VM_IDENTITY_CLIENT_ID")
+    identity = VMIdentity(resource_id, client_id) if resource_id and client_id else None
+    return VMClusterBackend(store, settings, identity=identity)
+
+
+def _planner() -> Planner:
+    from shared.backends.vmcluster.dryrun import VMClusterPlanner
+
+    return VMClusterPlanner()
+
+
+CAPABILITIES = Capabilities(
+    model_from="driver",
+    cloud_resources=True,
+    finds_orphans=True,
+    restarts_driver=False,
+    reasons={
+        "model_from": "the head's driver refits the best trial and writes the model into the area (ingested)",
+        "cloud_resources": "VMs, NICs, disks and (unless existing ones are named) a VNet and NSG, deleted by tag",
+        "finds_orphans": "VMs and networks are tagged with their experiment: the timer deletes what no live one owns",
+        "restarts_driver": "Docker's restart policy restarts a dead driver on its VM, not poll; a lost head fails",
+    },
+)
+BACKEND = Registration(section=VMClusterCompute, capabilities=CAPABILITIES, create=_create, planner=_planner)
 
 __all__ = ["VMClusterBackend", "VMClusterHandle", "VMClusterPlanner", "VMIdentity", "plan"]
 _WHERE = {

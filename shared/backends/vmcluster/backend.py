@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from shared.backends.outcome import outcome_status, read_outcome
+from shared.backends.vmcluster import CAPABILITIES
 from shared.backends.vmcluster.bootscript import (
     VMPlan,
     docker_command,
@@ -28,6 +29,7 @@ from shared.backends.vmcluster.bootscript import (
 from shared.backends.vmcluster.dryrun import VMClusterPlanner
 from shared.backends.vmcluster.exchange import CODE_BLOB, HEARTBEAT_ARTIFACT, Heartbeat, build_code_archive
 from shared.backends.vmcluster.handle import VMClusterHandle
+from shared.backends.vmcluster.section import VMClusterCompute
 from shared.backends.vmcluster.settings import CLUSTER_PIP_PACKAGES as PIP
 from shared.backends.vmcluster.settings import (
     DEFAULT_READY_TIMEOUT_S,
@@ -58,9 +60,8 @@ from shared.backends.vmcluster.vms import (
     private_ip,
     vm_exists,
 )
-from shared.compute_spec import VMClusterCompute
 from shared.errors import BackendError, NotFound
-from shared.ports import Capabilities, HandleUpdate, RunState, RunStatus, handle_changes
+from shared.ports import HandleUpdate, RunState, RunStatus, handle_changes
 from shared.records import ExperimentRecord
 from shared.store.compute import ComputeCredential, ComputeStore
 
@@ -85,9 +86,7 @@ class VMClusterBackend:
 
     name = "vmcluster"
     handle_type = VMClusterHandle
-    capabilities = Capabilities(model_from="driver", cloud_resources=True, finds_orphans=True, restarts_driver=False)
-    """The driver stores the model (in the compute area, ingested with the outcome); a broken driver is
-    restarted on the head node by the container's restart policy, not by ``poll``."""
+    capabilities = CAPABILITIES
     planner = VMClusterPlanner()
 
     def __init__(

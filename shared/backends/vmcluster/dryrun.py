@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from shared.backends.vmcluster.section import VMClusterCompute
 from shared.backends.vmcluster.settings import (
     NGC_VM_IMAGE,
     VMIdentity,
@@ -15,7 +16,7 @@ from shared.backends.vmcluster.settings import (
     subscription_of,
     worker_vm_prefix,
 )
-from shared.compute_spec import VMClusterCompute, compute_section
+from shared.compute_spec import compute_section
 
 if TYPE_CHECKING:
     from shared.spec import ExperimentSpec

@@ -48,7 +48,7 @@ from shared.backends.vmcluster.network_layout import (
     network_names,
     rule_shape,
 )
-from shared.compute_spec import NetworkSpec
+from shared.backends.vmcluster.section import NetworkSpec
 from shared.errors import BackendError
 
 if TYPE_CHECKING:

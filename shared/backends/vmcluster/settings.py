@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shared.compute_spec import CLUSTER_STARTUP_ESTIMATE_S, VMClusterCompute
+from shared.backends.vmcluster.section import CLUSTER_STARTUP_ESTIMATE_S, VMClusterCompute
 from shared.config import CREDENTIAL_MARGIN_SECONDS, env
 
 if TYPE_CHECKING:

@@ -16,10 +16,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from shared.backends.local import CAPABILITIES
+from shared.backends.local.section import LocalCompute
 from shared.backends.outcome import DriverOutcome, outcome_status, read_outcome
-from shared.compute_spec import LocalCompute, compute_section
+from shared.compute_spec import compute_section
 from shared.config import Settings
-from shared.ports import BackendHandle, Capabilities, HandleUpdate, RunState, RunStatus, Store, handle_changes
+from shared.ports import BackendHandle, HandleUpdate, RunState, RunStatus, Store, handle_changes
 from shared.records import ComputeReport, ExperimentRecord
 from shared.telemetry import traceparent_for
 
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
 MAX_DRIVER_RESTARTS = 2
 KILL_WAIT_S = 5.0
 """How long teardown waits for a killed driver to be gone."""
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def process_start_time(pid: int) -> str | None:
@@ -89,7 +91,7 @@ class LocalBackend:
 
     name = "local"
     handle_type = LocalHandle
-    capabilities = Capabilities(model_from="driver", cloud_resources=False, finds_orphans=False, restarts_driver=True)
+    capabilities = CAPABILITIES
     planner = LocalPlanner()
 
     def __init__(self, store: Store, settings: Settings) -> None:

@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING
 from shared.config import env
 
 if TYPE_CHECKING:
-    from shared.compute_spec import AzureMLCompute, Problem
+    from shared.backends.azureml.section import AzureMLCompute
+    from shared.compute_spec import Problem
     from shared.spec import ExperimentSpec
 
 TAG_INSTANCE = "rapids-hpo.instance"
