@@ -21,7 +21,7 @@ from optuna.pruners import BasePruner
 from optuna.samplers import BaseSampler
 
 from shared.api import create_api
-from shared.compute_spec import COMPUTE_SECTIONS
+from shared.backends import COMPUTE_SECTIONS
 from shared.context import set_context
 from shared.cost.estimate import first_stop_fraction, run_time_range
 from shared.hpo.search_space import make_pruner, make_sampler

@@ -418,7 +418,7 @@ def azureml_sampler(spec: ExperimentSpec) -> Any:
 
 def runs_where(spec: ExperimentSpec) -> list[str]:
     """For ``plan``: which backends run the spec's sampler and policy (AzureML only those it has a form of)."""
-    from shared.compute_spec import backends_where
+    from shared.backends import backends_where
 
     ours = backends_where(lambda section: section.runs_our_search)
     theirs = backends_where(lambda section: not section.runs_our_search)
