@@ -9,14 +9,17 @@
   the predicted values ``(n,)`` (regression).
 
 Input, for both: a pandas frame of the *encoded* features (columns named as in training; the codes of
-categorical columns are in ``features.json`` beside the model), described by the model's signature as
-doubles, so that the frame pandas reads from a training CSV of decimals (float64) is taken as it is; float32
-frames are taken too (MLflow upcasts them). MLflow refuses int64 columns against doubles ("cannot safely
-convert"): cast them with ``frame.astype("float64")``. Both models see float32 inside, as in
-training (scikit-learn's trees and XGBoost's matrices convert), so the width of the input changes nothing.
-The MLmodel's ``metadata`` holds the hyperparameters, the metrics, the task, the target classes (the labels
-the probability columns stand for, in order) and the encoding; the signature's output is inferred from the
-model's own prediction, so it states the shape above.
+categorical columns are in ``features.json`` beside the model), of any numeric type: the frame pandas
+reads from the training CSV as it is (float64 decimals, int64 whole numbers, float32). The signature
+therefore declares the output only: MLflow checks a declared input type column by column and refuses int64
+against doubles ("cannot safely convert") and float64 against longs, so no declaration of types fits a
+CSV whose whole-number columns read as int64 in one file and float64 (a missing value) in another. The
+columns are still checked, by name and order, by the model itself (scikit-learn's fitted feature names,
+XGBoost's booster feature names), and listed in the metadata (``inputs``). Both models see float32 inside,
+as in training, so the width of the input changes nothing. The MLmodel's ``metadata`` holds the
+hyperparameters, the metrics, the task, the target classes (the labels the probability columns stand for,
+in order) and the encoding; the signature's output is inferred from the model's own prediction, so it
+states the shape above.
 MLflow's own ``mlflow-skinny`` has both flavours (plus scikit-learn / XGBoost and pandas to use them).
 """
 
@@ -82,8 +85,9 @@ def save_mlflow_model(
         shutil.rmtree(path)
 
     names = mlflow_feature_names(model, encoding)
-    example = pd.DataFrame(np.zeros((2, len(names)), dtype=np.float64), columns=names)  # a signature of doubles
+    example = pd.DataFrame(np.zeros((2, len(names)), dtype=np.float64), columns=names)
     metadata = {
+        "inputs": names,
         "params": dict(params),
         "metrics": logged_metrics(metrics),
         **target.to_json(),
@@ -96,7 +100,7 @@ def save_mlflow_model(
 
         pipeline = forest_pipeline(estimator, names)
         predict_fn = "predict" if target.task == "regression" else "predict_proba"
-        signature = mlflow.models.infer_signature(example, getattr(pipeline, predict_fn)(example))
+        signature = output_signature(getattr(pipeline, predict_fn)(example))
         mlflow.sklearn.save_model(
             pipeline,
             str(path),
@@ -115,7 +119,7 @@ def save_mlflow_model(
         booster.feature_names = names
         booster.feature_types = None
         predictions = booster.predict(xgboost.DMatrix(example))
-        signature = mlflow.models.infer_signature(example, predictions)
+        signature = output_signature(predictions)
         mlflow.xgboost.save_model(
             booster,
             str(path),
@@ -125,6 +129,13 @@ def save_mlflow_model(
             metadata=metadata,
         )
     return path
+
+
+def output_signature(predictions: Any) -> Any:
+    """A signature of the model's output only (see the module's docstring: inputs of any numeric type)."""
+    import mlflow.models
+
+    return mlflow.models.ModelSignature(inputs=None, outputs=mlflow.models.infer_signature(None, predictions).outputs)
 
 
 def xgboost_requirement(version: str) -> str:
