@@ -58,6 +58,7 @@ from shared.hpo.trial_task import (
 from shared.ports import TrialStore
 from shared.records import BestTrial, TrialRecord, TrialState, best_of, utcnow
 from shared.spec import ExperimentSpec
+from shared.spec.search_table import missing_modules
 from shared.telemetry.driver import TrialSpans
 from shared.trials import end_running_trials
 
@@ -176,6 +177,9 @@ class HpoDriver:
     # -------------------------------------------------------------------------------------- main loop
     def run(self) -> ExperimentOutcome:
         """Run until the trial budget, the timeout or a cancel; return the outcome."""
+        missing = missing_modules(self.spec)
+        if missing is not None:  # before any trial, not at the sampler's first model fit
+            raise RuntimeError(missing)
         self._resume()
         total = self.spec.effective_total_trials()
         concurrency = self.spec.limits.max_concurrent_trials

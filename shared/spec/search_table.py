@@ -63,6 +63,10 @@ class SearchEntry:
     model: builtins.type[SpecModel] | None = None
     """A pruner's spec model (samplers share ``SamplingAlgorithm``)."""
     problems: Callable[[Any, ExperimentSpec], list[Problem]] = _no_problems
+    rules: tuple[str, ...] = ()
+    """A sampler's values of ``sampling_algorithm.rule`` (the first is the default; none: no rule)."""
+    needs: tuple[str, ...] = ()
+    """Python modules the Optuna object needs on the compute beyond Optuna (the driver checks them first)."""
 
     @property
     def wraps(self) -> bool:
@@ -387,15 +391,59 @@ def _never_stops(section: Any, spec: ExperimentSpec) -> int | None:
     return None
 
 
+def _tpe(s: Any, spec: ExperimentSpec) -> Any:
+    from optuna.samplers import TPESampler
+
+    # multivariate: one Parzen estimator over the joint space (interactions between hyperparameters),
+    # grouped by the parameters trials share; the constant liar as for bayesian.
+    return TPESampler(seed=s.seed, multivariate=True, group=True, constant_liar=True, warn_independent_sampling=False)
+
+
+def _cmaes(s: Any, spec: ExperimentSpec) -> Any:
+    from optuna.samplers import CmaEsSampler, RandomSampler
+
+    # CMA-ES models numbers only: a choice is drawn by the seeded random sampler beside it.
+    return CmaEsSampler(seed=s.seed, independent_sampler=RandomSampler(seed=s.seed), warn_independent_sampling=False)
+
+
+def _gp(s: Any, spec: ExperimentSpec) -> Any:
+    from optuna.samplers import GPSampler
+
+    return GPSampler(seed=s.seed, deterministic_objective=False)
+
+
+def _qmc(s: Any, spec: ExperimentSpec) -> Any:
+    from optuna.samplers import QMCSampler, RandomSampler
+
+    return QMCSampler(
+        qmc_type=s.rule or "sobol",
+        scramble=True,
+        seed=s.seed,
+        independent_sampler=RandomSampler(seed=s.seed),
+        warn_asynchronous_seeding=False,
+        warn_independent_sampling=False,
+    )
+
+
 SAMPLERS: dict[str, SearchEntry] = {
     entry.type: entry
     for entry in (
         SearchEntry("sampler", "random", "uniform random draws (rule: sobol for a scrambled Sobol sequence)",
-                    _random, _random_azureml, _never_stops, {"type": "random", "seed": 1, "rule": "sobol"}),
+                    _random, _random_azureml, _never_stops, {"type": "random", "seed": 1, "rule": "sobol"},
+                    rules=("random", "sobol")),
         SearchEntry("sampler", "grid", "every combination of choice values, in a seeded order",
                     _grid, _grid_azureml, _never_stops, {"type": "grid", "seed": 1}),
         SearchEntry("sampler", "bayesian", "TPE (Optuna) here; AzureML's own Bayesian optimization on azureml",
                     _bayesian, _bayesian_azureml, _never_stops, {"type": "bayesian", "seed": 1}),
+        SearchEntry("sampler", "tpe", "multivariate TPE over the joint space (interactions), Optuna",
+                    _tpe, None, _never_stops, {"type": "tpe", "seed": 1}),
+        SearchEntry("sampler", "cmaes", "CMA-ES over the numeric hyperparameters (choices drawn at random), Optuna",
+                    _cmaes, None, _never_stops, {"type": "cmaes", "seed": 1}, needs=("cmaes",)),
+        SearchEntry("sampler", "gp", "Gaussian-process Bayesian optimization (log EI), Optuna; PyTorch on the compute",
+                    _gp, None, _never_stops, {"type": "gp", "seed": 1}, needs=("torch",)),
+        SearchEntry("sampler", "qmc", "quasi-Monte Carlo: a scrambled Sobol (rule: sobol) or Halton sequence, Optuna",
+                    _qmc, None, _never_stops, {"type": "qmc", "seed": 1, "rule": "halton"},
+                    rules=("sobol", "halton")),
     )
 }  # fmt: skip
 """``sampling_algorithm.type`` -> its entry."""
@@ -406,6 +454,20 @@ def build_sampler(spec: ExperimentSpec) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=Warning)
         return SAMPLERS[spec.sampling_algorithm.type].optuna(spec.sampling_algorithm, spec)
+
+
+def missing_modules(spec: ExperimentSpec) -> str | None:
+    """Why the spec's sampler cannot run in this Python (a module it needs is not installed), or None."""
+    import importlib.util
+
+    entry = SAMPLERS[spec.sampling_algorithm.type]
+    missing = [name for name in entry.needs if importlib.util.find_spec(name) is None]
+    if not missing:
+        return None
+    return (
+        f"sampling_algorithm.type {entry.type} needs the Python package(s) {', '.join(missing)} where the driver "
+        "runs (pip install them into the compute's image), or choose another sampler"
+    )
 
 
 def azureml_sampler(spec: ExperimentSpec) -> Any:

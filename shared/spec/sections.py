@@ -236,7 +236,9 @@ class SamplingAlgorithm(SpecModel):
         description="one of shared.spec.search_table.SAMPLERS",
     )
     seed: int | None = Field(default=None, ge=0, lt=2**32, description="None: not reproducible")
-    rule: Literal["random", "sobol"] | None = None
+    rule: Literal["random", "sobol", "halton"] | None = Field(
+        default=None, description="random: random | sobol (AzureML's); qmc: sobol (default) | halton"
+    )
 
     @field_validator("type")
     @classmethod
@@ -247,8 +249,10 @@ class SamplingAlgorithm(SpecModel):
 
     @model_validator(mode="after")
     def _rule(self) -> SamplingAlgorithm:
-        if self.rule is not None and self.type != "random":
-            fail([(("rule",), f"rule applies to random sampling only, not {self.type}")])
+        rules = SAMPLERS[self.type].rules
+        if self.rule is not None and self.rule not in rules:
+            takes = f"takes rule {' or '.join(rules)}" if rules else "takes no rule"
+            fail([(("rule",), f"{self.type} sampling {takes}, not {self.rule}")])
         return self
 
 
