@@ -266,11 +266,11 @@ def test_bayesian_with_early_termination_on_azureml() -> None:
     )
 
 
-def test_sampling_rule_only_for_random() -> None:
+def test_sampling_rule_only_for_the_samplers_that_take_one() -> None:
     assert_error(
         doc(sampling_algorithm={"type": "grid", "rule": "sobol"}, search_space__max_features=None),
         "sampling_algorithm.rule",
-        "random sampling only",
+        "grid sampling takes no rule",
     )
 
 
