@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
-from shared.bounded import FiniteFloat, Metrics, Name, Params, ShortStr, Text
+from shared.bounded import MAX_ENTRIES, FiniteFloat, Metrics, Name, Params, ShortStr, Text
 from shared.telemetry.traceparent import parse_traceparent
 
 TraceParent = Annotated[str | None, BeforeValidator(parse_traceparent)]
@@ -109,6 +109,12 @@ class TrialRecord(Record):
     )
     resumed_folds: int = Field(
         default=0, ge=0, le=MAX_FOLDS, description="leading folds this attempt took from an earlier one"
+    )
+    optuna_attrs: dict[Name, FiniteFloat] = Field(
+        default_factory=dict,
+        max_length=MAX_ENTRIES,
+        description="Optuna's per-trial system attributes that are numbers (successive halving's rungs, the grid "
+        "sampler's grid id), given back to the study a restarted driver rebuilds so that it decides as before",
     )
     metrics: Metrics = Field(default_factory=dict)
     value: float | None = Field(default=None, description="final primary metric")

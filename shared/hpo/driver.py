@@ -44,8 +44,8 @@ from shared.cost.ledger import BudgetGuard
 from shared.hpo.cluster import optuna_state, own_worker
 from shared.hpo.outcome import ExperimentOutcome, experiment_outcome
 from shared.hpo.reports import BadReport, TrialReport, expected_units, parse_report
-from shared.hpo.resume import resumed_seconds, retry_record, task_folds, with_fold
-from shared.hpo.search_space import make_pruner, make_sampler, suggest_params
+from shared.hpo.resume import optuna_attrs, resumed_seconds, retry_record, task_folds, with_fold
+from shared.hpo.search_space import make_pruner, make_sampler, reseed_for_trial, suggest_params
 from shared.hpo.trial_task import (
     FOLDS_METADATA,
     TrialFunction,
@@ -132,9 +132,16 @@ class HpoDriver:
         self.direction = spec.objective.goal
         self.seed = spec.sampling_algorithm.seed or 0
         self.channel = f"rapids-hpo-{experiment_id}"
-        self.study = optuna.create_study(direction=self.direction, sampler=make_sampler(spec), pruner=make_pruner(spec))
+        # Named by the seed: Hyperband puts a trial in a bracket by a hash of the study's name and the trial's
+        # number, so a restarted driver (and a rerun of the same spec and seed) brackets every trial the same.
+        self.study = optuna.create_study(
+            study_name=f"rapids-hpo-seed-{self.seed}",
+            direction=self.direction,
+            sampler=make_sampler(spec),
+            pruner=make_pruner(spec),
+        )
         self._records: dict[int, TrialRecord] = {}
-        self._retry: list[TrialRecord] = []
+        self._retry: list[tuple[TrialRecord, optuna.Trial]] = []
         self._running: dict[str, _Running] = {}
         self._stop_events: list[str] = []
         self._threads = self._threads_per_worker()
@@ -144,22 +151,31 @@ class HpoDriver:
 
     # ----------------------------------------------------------------------------------------- resume
     def _resume(self) -> None:
-        """Rebuild the study from the store: keep finished trials, retry interrupted ones once."""
-        interrupted = {t.number for t in end_running_trials(self.store, self.experiment_id, INTERRUPTED)}
-        for record in self.store.list_trials(self.experiment_id):
-            if record.number in interrupted and record.attempt == 1:
-                self._retry.append(record)
-            self._records[record.number] = record
-            self._add_to_study(record)
+        """Rebuild the study from the store: keep finished trials, retry interrupted ones once.
 
-    def _add_to_study(self, record: TrialRecord) -> None:
+        Each record becomes the Optuna trial of its own number (Hyperband brackets by it): a finished one is
+        added, one to retry is asked now (its kept folds reported, Optuna's attributes given back) and
+        launched later, and a number without a usable record gets a failed placeholder."""
+        interrupted = {t.number for t in end_running_trials(self.store, self.experiment_id, INTERRUPTED)}
+        records = {record.number: record for record in self.store.list_trials(self.experiment_id)}
+        for number in range(max(records, default=-1) + 1):
+            record = records.get(number)
+            if record is not None:
+                self._records[number] = record
+            if record is not None and number in interrupted and record.attempt == 1 and record.sampler_params:
+                self._retry.append(self._ask_retry(record))
+            elif record is None or not self._add_to_study(record):
+                self.study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL))
+
+    def _add_to_study(self, record: TrialRecord) -> bool:
+        """Add a finished trial to the study; False if its draw no longer fits the spec (or it has none)."""
         if not record.sampler_params:
-            return
+            return False
         fixed = optuna.trial.FixedTrial(record.sampler_params)
         try:
             suggest_params(fixed, self.spec)
         except ValueError:  # the spec changed under a finished trial: it no longer informs the sampler
-            return
+            return False
         state = optuna_state(record.state)
         value = record.value if state is optuna.trial.TrialState.COMPLETE else None
         if state is optuna.trial.TrialState.COMPLETE and (value is None or not math.isfinite(value)):
@@ -171,8 +187,10 @@ class HpoDriver:
                 value=value,
                 state=state,
                 intermediate_values={int(k): v for k, v in record.intermediate.items()},
+                system_attrs=dict(record.optuna_attrs),  # successive halving's rungs, as it left them
             )
         )
+        return True
 
     # -------------------------------------------------------------------------------------- main loop
     def run(self) -> ExperimentOutcome:
@@ -230,6 +248,7 @@ class HpoDriver:
         return experiment_outcome(self._records.values(), self.direction, stop_reason)
 
     def _launch_new(self, number: int) -> None:
+        reseed_for_trial(self.study.sampler, self.seed, number)
         trial = self.study.ask()
         params = suggest_params(trial, self.spec)
         record = TrialRecord(
@@ -241,8 +260,8 @@ class HpoDriver:
         )
         self._submit(record, trial)
 
-    def _launch(self, interrupted: TrialRecord) -> None:
-        """Retry an interrupted trial once, with the same parameters and number, from the folds it finished."""
+    def _ask_retry(self, interrupted: TrialRecord) -> tuple[TrialRecord, optuna.Trial]:
+        """The retry of an interrupted trial: the same parameters and number, from the folds it finished."""
         self.study.enqueue_trial(interrupted.sampler_params, skip_if_exists=False)
         trial = self.study.ask()
         suggest_params(trial, self.spec)
@@ -250,7 +269,13 @@ class HpoDriver:
         for step, value in sorted(record.intermediate.items()):
             if math.isfinite(value):
                 trial.report(value, step)  # what an uninterrupted run had reported by now; no decision asked
-        self._submit(record, trial)
+        for key, value in record.optuna_attrs.items():  # and the pruner's state after those decisions
+            self.study._storage.set_trial_system_attr(trial._trial_id, key, value)
+        return record, trial
+
+    def _launch(self, retry: tuple[TrialRecord, optuna.Trial]) -> None:
+        """Launch a retry asked by :meth:`_resume`."""
+        self._submit(*retry)
 
     def _submit(self, record: TrialRecord, trial: optuna.Trial) -> None:
         self.spans.started(record.number, record.attempt)
@@ -380,6 +405,8 @@ class HpoDriver:
             # After the last step the work is done: keep the result rather than prune it.
             last = step >= self.spec.trial.cv_folds if report.unit == "fold" else report.last
             prune = not last and running.trial.should_prune()
+            if not prune:  # kept with the step it goes on from; a pruned trial's is written when it ends
+                running.record.optuna_attrs = optuna_attrs(self.study, running.trial)
         running.decisions[step] = prune
         return prune
 
@@ -441,6 +468,7 @@ class HpoDriver:
                 "ended_at": result.ended_at or utcnow(),
                 "duration_s": result.duration_s,
                 "resumed_folds": result.resumed_folds,
+                "optuna_attrs": optuna_attrs(self.study, running.trial),
             }
         )
         self.study.tell(running.trial, values=record.value, state=optuna_state(state))

@@ -8,9 +8,13 @@ trains any that does not match.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
+import optuna
+
+from shared.bounded import MAX_ENTRIES, MAX_NAME
 from shared.records import FoldResult, TrialRecord, TrialState, utcnow
 
 TASK_FOLD_FIELDS = {"scores", "fit_seconds", "predict_seconds", "split"}
@@ -68,3 +72,19 @@ def with_fold(record: TrialRecord, step: int, fold: Any) -> list[FoldResult] | N
     except (TypeError, ValueError):
         return None
     return folds
+
+
+def optuna_attrs(study: optuna.Study, trial: optuna.Trial) -> dict[str, float]:
+    """The numbers Optuna keeps with ``trial`` as system attributes (successive halving's
+    ``completed_rung_<k>`` values, the grid sampler's ``grid_id``), for its record: a restarted driver gives
+    them back to the rebuilt study (``create_trial(system_attrs=...)``, or to the retry's trial), so its next
+    decisions are the ones an uninterrupted run makes. Attributes that are not numbers (``fixed_params`` of
+    a retried trial) are left out: the record rebuilds those itself."""
+    attrs = study._storage.get_trial_system_attrs(trial._trial_id)
+    numbers = {
+        key: float(value)
+        for key, value in sorted(attrs.items())
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        and len(key) <= MAX_NAME
+    }  # fmt: skip
+    return dict(list(numbers.items())[:MAX_ENTRIES])

@@ -31,6 +31,7 @@ from typing import Any
 import optuna
 from optuna.pruners import BasePruner, NopPruner
 from optuna.samplers import BaseSampler, GridSampler
+from optuna.samplers._lazy_random_state import LazyRandomState
 
 from gpu_jobs.params import HYPERPARAMETERS, HyperParameter, validate_params
 from shared.spec import (
@@ -83,6 +84,27 @@ def make_sampler(spec: ExperimentSpec) -> BaseSampler:
     """The Optuna sampler for ``spec.sampling_algorithm`` (seeded with its ``seed``): the table's entry."""
     sampler: BaseSampler = build_sampler(spec)
     return sampler
+
+
+def reseed_for_trial(sampler: BaseSampler, seed: int, number: int) -> None:
+    """Seed the sampler's random states for trial ``number`` alone: its draw then depends on the seed, the
+    number and the trials before it, not on how many draws this process made before. A driver restarted
+    mid-run (its study rebuilt, its sampler new) therefore draws what an uninterrupted run draws, and
+    random sampling repeats whatever order concurrent trials end in."""
+    for index, state in enumerate(_random_states(sampler)):
+        state.rng.seed((seed * 1_000_003 + number * 7_919 + index) % 2**32)
+
+
+def _random_states(sampler: object, depth: int = 0) -> list[LazyRandomState]:
+    """The sampler's ``LazyRandomState``s and those of the samplers it holds (TPE's random sampler, QMC's
+    independent one), in attribute order."""
+    found: list[LazyRandomState] = []
+    for value in vars(sampler).values():
+        if isinstance(value, LazyRandomState):
+            found.append(value)
+        elif isinstance(value, BaseSampler) and depth < 3:
+            found += _random_states(value, depth + 1)
+    return found
 
 
 def make_pruner(spec: ExperimentSpec) -> BasePruner:
