@@ -87,9 +87,11 @@ def test_forced_hostile_values_stay_data_and_one_quoted_command(value: str, tmp_
     assert shlex.split(owner) == ["chown", "-R", "1001", NODE_DIR]  # the image's user reads its files
     assert shlex.quote(hostile) in pull  # the pull loop names the image as one quoted word
     assert isinstance(line, str)
-    assert shlex.split(line) == argv  # exactly the tokens meant: the image is one token, and so on
+    run, _, on_failure = line.rpartition(" || ")  # the host's note when no container starts: fixed text
+    assert on_failure == f'python3 {NODE_DIR}/boot.py --never-started "$?" "${{pulled:-0}}"'
+    assert shlex.split(run) == argv  # exactly the tokens meant: the image is one token, and so on
     assert argv[-3:] == [hostile, "python", f"{NODE_DIR}/boot.py"]  # the image: one token, then our command
-    lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+    lexer = shlex.shlex(run, posix=True, punctuation_chars=True)
     lexer.whitespace_split = True
     assert not {";", "&&", "||", "|", "&", ">", "<", "(", ")"} & set(lexer), "an unquoted shell operator"
 

@@ -251,6 +251,29 @@ def test_boot_files_are_the_image_users_the_vms_have_a_way_out_and_pulls_are_ret
     assert not arm.of_type("natGateways") and not arm.of_type("publicIPAddresses")
 
 
+@pytest.mark.slow  # ~25 s under load; the lifecycle test keeps the strict stand-ins in the default run
+def test_a_container_that_never_starts_fails_the_run_at_the_first_poll_with_why(
+    backend: VMClusterBackend, standin: VMStandIn, arm: FakeArm
+) -> None:
+    """Every pull of the image fails (Docker Hub's rate limit on the NAT gateway's one IP): no container
+    starts, so nothing inside one can report. The boot script's host-side ``boot.py --never-started``
+    writes a final note with the SAS it already holds, and the run fails at the first poll with the
+    reason, not after the ready timeout with the VMs billed."""
+    standin.fail_pulls(99)
+    record = _new_record(backend, _spec(total=2))
+    record = _apply(record, backend.provision(record))
+    record = _apply(record, backend.submit(record))
+    status = backend.poll(record)
+
+    assert status.state is RunState.FAILED, (status, standin.logs())
+    error = status.error or ""
+    assert error.startswith("the head node could not start: dask-") and ": starting the container:" in error
+    assert "docker run exited 125" in error and "every pull of the image failed" in error, error
+    assert "(the container never started)" in error and "az vm boot-diagnostics get-boot-log" in error
+    assert standin.refused and not standin.containers  # nothing ran on any VM
+    backend.teardown(record)
+
+
 @pytest.mark.slow  # ~15 s each; the lifecycle test above keeps the strict stand-ins in the default run
 def test_a_run_on_the_control_planes_dask_subnet_needs_no_role_above_the_subnet(
     backend: VMClusterBackend, standin: VMStandIn, arm: FakeArm

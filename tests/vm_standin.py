@@ -8,8 +8,9 @@ What plays what:
   entry's numeric ``owner``), with the entry's mode (default 0644), parent folders created root-owned 0755.
   ``runcmd`` runs as cloud-init runs it, one ``sh`` script, line after line, a failing line not stopping
   the next, but with only the host commands of tests/vm_standin_host.py on its PATH (``docker pull``,
-  ``docker run``, ``chown``, ``sleep``; a sleep returns at once and is recorded): a script that calls
-  anything else is refused. :meth:`VMStandIn.fail_pulls` scripts image pulls that fail.
+  ``docker run``, ``chown``, ``sleep``, and ``python3`` for the node's ``boot.py`` only; a sleep returns at
+  once and is recorded): a script that calls anything else is refused. :meth:`VMStandIn.fail_pulls`
+  scripts image pulls that fail.
 * Docker and the image: ``docker run`` options are read (``--env``, ``--volume``, ``--restart``, ``--user``,
   ``--network=host``, ``--shm-size``, ``--ulimit``, ...; an unknown option is refused) and the command runs
   with another Python (3.12, its own virtual environment without this project: :func:`compute_python`), in
@@ -223,7 +224,7 @@ class VMStandIn:
         bin_dir = vm_root.parent / f".{vm_root.name}-bin"
         bin_dir.mkdir()
         host = Path(__file__).with_name("vm_standin_host.py")
-        for command in ("docker", "chown", "sleep"):
+        for command in ("docker", "chown", "sleep", "python3"):
             wrapper = bin_dir / command
             wrapper.write_text(
                 f'#!/bin/sh\nexec {shlex.quote(sys.executable)} {shlex.quote(str(host))} {command} "$@"\n'

@@ -1,6 +1,6 @@
 """The commands a stand-in VM's boot script may run, played (tests/vm_standin.py puts them first and alone
-on the script's PATH): ``docker pull``, ``docker run``, ``chown`` and ``sleep``. Any other command is "not
-found", as on a host without it; the stand-in refuses a boot script that needed one.
+on the script's PATH): ``docker pull``, ``docker run``, ``chown``, ``sleep`` and ``python3 boot.py``. Any
+other command is "not found", as on a host without it; the stand-in refuses a boot script that needed one.
 
 * ``docker pull IMAGE``: fails while the VM has no way out (``STANDIN_NETWORK`` empty) or while scripted
   failures remain (``pull-failures`` in the VM's folder, one fewer per failed pull), else marks the image
@@ -8,7 +8,10 @@ found", as on a host without it; the stand-in refuses a boot script that needed 
 * ``docker run ... IMAGE ...``: pulls first when the image is missing (as Docker does), then records its
   arguments (``docker-run.json``) for the stand-in to start; exit 125 when the pull fails;
 * ``chown [-R] UID[:GID] PATH``: on the VM's folder (``PATH`` is the VM's absolute path);
-* ``sleep SECONDS``: returns at once and records the seconds asked (``sleeps``): a test reads the backoff.
+* ``sleep SECONDS``: returns at once and records the seconds asked (``sleeps``): a test reads the backoff;
+* ``python3 /opt/rapids-hpo/boot.py ARGS``: the host's Python (Ubuntu's) runs the node's ``boot.py`` from
+  the VM's folder, as root, with the VM's network: none at all (a namespace of its own) when it has no
+  way out. Any other Python program is not played.
 
 Run as ``python vm_standin_host.py <command> <args...>``; ``STANDIN_VM_ROOT`` is the VM's folder.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -66,8 +70,20 @@ def _chown(args: list[str]) -> int:
     return 0
 
 
+def _python3(args: list[str]) -> int:
+    if not args or not args[0].startswith("/opt/rapids-hpo/") or not args[0].endswith("/boot.py"):
+        print(f"python3: the stand-in does not play python3 {args[:1]} (only the node's boot.py)", file=sys.stderr)
+        return 127
+    argv = [sys.executable, str(_vm() / args[0].lstrip("/")), *args[1:]]
+    if not os.environ.get("STANDIN_NETWORK"):
+        argv = ["unshare", "--net", "--", *argv]
+    return subprocess.run(argv, check=False, timeout=60).returncode
+
+
 def main(argv: list[str]) -> int:
     command, *args = argv
+    if command == "python3":
+        return _python3(args)
     if command == "sleep":
         with (_vm() / "sleeps").open("a") as log:
             log.write(f"{float(args[0])}\n")

@@ -477,7 +477,9 @@ BOOT_NOTES = "boot"
 
 def _describe_note(note: dict[str, Any]) -> str:
     """One line of a boot note, clipped (the compute wrote it)."""
-    text = f"{note.get('vm')}: {note.get('stage')}: {note.get('error')} (container start {note.get('starts')})"
+    starts = note.get("starts")
+    start = "the container never started" if starts == 0 else f"container start {starts}"
+    text = f"{note.get('vm')}: {note.get('stage')}: {note.get('error')} ({start})"
     return text[:500]
 
 

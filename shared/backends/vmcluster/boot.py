@@ -23,7 +23,8 @@ policy whether to start the node again (non-zero: yes).
 reach, a crashing scheduler or driver) is written to the area as ``artifacts/boot/<vm>.json`` (stage,
 error, container start count; ``final`` on the last start the restart policy allows): the control plane
 fails the run on a final note of the head at once, with that reason, instead of waiting out the ready
-timeout with the VMs billed.
+timeout with the VMs billed. A container that never started cannot say so itself: the boot script then
+runs this file with the host's Python (``--never-started STATUS PULLED``), and it writes a final note.
 """
 
 import json
@@ -182,8 +183,30 @@ def write_note(config: dict, note: dict) -> None:
         print(f"boot: could not write the boot note ({exc})", file=sys.stderr, flush=True)
 
 
-def main() -> int:
+DOCKER_EXIT = {
+    125: "Docker could not create the container",
+    126: "the image's command could not be invoked",
+    127: "the image has no such command",
+}
+
+
+def never_started(config: dict, status: str, pulled: str) -> int:
+    """The note of a container that never started (run on the host by the boot script): final, since no
+    restart policy applies to a container Docker did not create."""
+    code = int(status) if status.isdigit() else -1
+    error = f"docker run exited {code}: {DOCKER_EXIT.get(code, 'the container did not start')}"
+    if pulled != "1":
+        error += " (every pull of the image failed: a registry rate limit, or no route to the registry?)"
+    note = {"starts": 0, "final": True, "stage": "starting the container", "error": error, "at": time.time()}
+    write_note(config, note)
+    return 1
+
+
+def main(argv: list[str]) -> int:
     config = json.loads((HERE / "node.json").read_text())
+    if argv[:1] == ["--never-started"]:
+        exit_status, pulled = [*argv[1:3], "", ""][:2]
+        return never_started(config, exit_status, pulled)
     starts = count_start()
     note = {"starts": starts, "final": starts >= STARTS_ALLOWED}
     try:
@@ -205,4 +228,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(sys.argv[1:]))

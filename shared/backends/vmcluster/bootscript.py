@@ -14,7 +14,9 @@ breaks it, ``;`` or ``$()`` runs commands. Here the boot script is a YAML docume
 **Pulls fail.** Docker Hub allows anonymous pulls per IP per hour, and every VM of a deployment shares the
 NAT gateway's one IP; registries have bad minutes. ``docker run`` pulls once and gives up, so the image is
 pulled first, up to four times with growing pauses (:data:`PULL_BACKOFF_S`), and ``docker run`` tries once
-more. A VM whose pulls all fail runs nothing: the run ends at the ready timeout with the VMs' last error.
+more. A container that never starts (every pull failed, or Docker refused the run) would leave the VM
+billed and silent until the ready timeout, so the line after ``docker run`` has the host's own Python run
+``boot.py --never-started`` on failure: a final boot note, and the run fails at the next poll with why.
 
 **Who reads the files.** cloud-init writes them ``root:root`` (``node.json`` and the TLS key 0600, in a
 root-owned folder), but the RAPIDS image runs as its user ``rapids`` (uid 1001, ``USER rapids``): the
@@ -83,7 +85,15 @@ def docker_command(
 def pull_command(image: str) -> str:
     """One shell line: ``docker pull`` until it succeeds, pausing :data:`PULL_BACKOFF_S` between tries."""
     waits = " ".join(str(wait) for wait in PULL_BACKOFF_S)
-    return f'for wait in {waits}; do docker pull {shlex.quote(image)} && break; sleep "$wait"; done'
+    return f'for wait in {waits}; do docker pull {shlex.quote(image)} && pulled=1 && break; sleep "$wait"; done'
+
+
+def start_command(docker_argv: list[str]) -> str:
+    """One shell line: ``docker run``, and if it fails, ``boot.py`` on the host writes a final boot note
+    with Docker's exit status and whether any pull succeeded (``pulled``, set by :func:`pull_command`;
+    cloud-init runs every ``runcmd`` entry in one shell script, so the variable carries over)."""
+    note = ["python3", f"{NODE_DIR}/boot.py", "--never-started"]
+    return f'{shlex.join(docker_argv)} || {shlex.join(note)} "$?" "${{pulled:-0}}"'
 
 
 def render_cloud_init(
@@ -100,7 +110,7 @@ def render_cloud_init(
         for name in ("ca", "cert", "key"):
             files.append({"path": f"{NODE_DIR}/tls/{name}.pem", "permissions": "0600", "content": tls[name]})
     owner = shlex.join(["chown", "-R", str(IMAGE_UID), NODE_DIR])
-    runcmd = [owner, pull_command(image), shlex.join(docker_argv)]
+    runcmd = [owner, pull_command(image), start_command(docker_argv)]
     document: dict[str, Any] = {"write_files": files, "runcmd": runcmd}
     if install_docker:  # plain Ubuntu: Docker from the distribution (GPU drivers need the NGC image)
         document["packages"] = ["docker.io"]
