@@ -114,3 +114,66 @@ def test_the_check_sees_an_orphan_of_this_run() -> None:
     finally:
         for process in orphans:
             process.kill()
+
+
+# ------------------------------------------------------------ conformance cases that check nothing
+CONFORMANCE_CONFTEST = """
+from tests.conformance.conftest import (  # noqa: F401
+    _count_expected_raises,
+    pytest_assertion_pass,
+    pytest_collection_modifyitems,
+    pytest_runtest_makereport,
+)
+"""
+
+CONFORMANCE_CASES = """
+import pytest
+
+@pytest.fixture(params=["checked", "skipped"])
+def adapter(request):
+    return request.param
+
+def _helper_that_returns_early(adapter):
+    if adapter == "skipped":
+        return
+    assert adapter == "checked"
+
+def test_returns_early_for_one_adapter(adapter):
+    _helper_that_returns_early(adapter)
+
+def test_checks_by_an_expected_raise(adapter):
+    with pytest.raises(ValueError):
+        int(adapter)
+
+def test_checks_by_the_call_form_of_raises(adapter):
+    pytest.raises(ValueError, int, adapter)
+"""
+
+
+def test_a_conformance_case_that_checks_nothing_for_an_adapter_fails_naming_it(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tests/conformance/conftest.py: a case passing for an adapter without one passing assert or caught
+    raise fails (the event suite's cases returned early for the disabled publisher and passed)."""
+    pytester.makeconftest(CONFORMANCE_CONFTEST)
+    pytester.makepyfile(test_cases=CONFORMANCE_CASES)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-o", "addopts=", "-o", "enable_assertion_pass_hook=true"
+    )
+    result.assert_outcomes(passed=5, failed=1)
+    result.stdout.fnmatch_lines(["*test_returns_early_for_one_adapter?skipped? passed without checking anything*"])
+
+
+def test_the_conformance_check_refuses_to_run_without_the_pass_hook(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the hook no assert would be counted and every case would fail as checking nothing."""
+    pytester.makeconftest(CONFORMANCE_CONFTEST)
+    pytester.makepyfile(test_cases=CONFORMANCE_CASES)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-o", "addopts=", "-o", "enable_assertion_pass_hook=false"
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*needs enable_assertion_pass_hook = true*"])
