@@ -97,6 +97,9 @@ param apiAudience string = ''
 ])
 param readersSee string = 'own'
 
+@description('Action group (resource id) the experiments-stuck-or-failing alert notifies; empty: the alert shows in the portal only.')
+param alertActionGroupId string = ''
+
 @description('Log Analytics retention (days).')
 @minValue(30)
 @maxValue(730)
@@ -243,6 +246,19 @@ var appSettings = {
   RAPIDS_HPO_APPINSIGHTS_ID: monitoring.outputs.appInsightsId
 }
 
+// The experiments workbook and the stuck-or-failing alert, over the app's OpenTelemetry (shared/telemetry).
+module observability 'modules/observability.bicep' = {
+  name: 'observability'
+  params: {
+    location: location
+    appInsightsId: monitoring.outputs.appInsightsId
+    namePrefix: '${prefix}-${resourceToken}'
+    stuckMinutes: max(30, (stallSeconds * 2) / 60)
+    actionGroupId: alertActionGroupId
+    tags: tags
+  }
+}
+
 module eventGrid 'modules/eventgrid.bicep' = if (deployEventGrid) {
   name: 'eventgrid'
   params: {
@@ -355,6 +371,7 @@ output experimentResourceGroup string = experimentRgName
 output azureMLWorkspaceName string = deployAzureML ? azureMLWorkspaceName : ''
 @description('The Event Grid topic to subscribe to (empty without deployEventGrid).')
 output eventGridTopicName string = deployEventGrid ? eventGridTopicName : ''
+output experimentsWorkbookId string = observability.outputs.workbookId
 output vnetName string = network.outputs.vnetName
 @description('Pass as AzureVMCluster(subnet=...) so Dask VMs get private IPs the Function App can reach.')
 output daskSubnetId string = network.outputs.daskSubnetId

@@ -65,9 +65,23 @@ _SDKS = {  # package -> (models module, operations module holding the request bu
         "azure.ai.ml._restclient.arm_ml_service.operations._operations",
     ),
     "eventgrid": ("azure.mgmt.eventgrid.models", "azure.mgmt.eventgrid.operations._topics_operations"),
+    "workbooks": (
+        "azure.mgmt.applicationinsights.v2023_06_01.models",
+        "azure.mgmt.applicationinsights.v2023_06_01.operations._workbooks_operations",
+    ),
+    "scheduledqueryrules": (
+        "azure.mgmt.monitor.models",
+        "azure.mgmt.monitor.operations._scheduled_query_rules_operations",
+    ),
 }
 # resource type -> (SDK, model class of its PUT body, request builder of that PUT)
 RESOURCE_MODELS: dict[str, tuple[str, str, str]] = {
+    "Microsoft.Insights/workbooks": ("workbooks", "Workbook", "build_create_or_update_request"),
+    "Microsoft.Insights/scheduledQueryRules": (
+        "scheduledqueryrules",
+        "ScheduledQueryRuleResource",
+        "build_create_or_update_request",
+    ),
     "Microsoft.Web/serverfarms": ("web", "AppServicePlan", "build_app_service_plans_create_or_update_request"),
     "Microsoft.Web/sites": ("web", "Site", "build_web_apps_create_or_update_request"),
     # A site's config resources are singletons whose body depends on their name: keyed "type/name".
@@ -186,6 +200,12 @@ class Prim:
 class Enum:
     name: str
     values: tuple[str, ...]
+    integers: bool = False
+    """An int enum (``AlertSeverity``): its wire values are JSON numbers, never strings."""
+
+
+def _enum_of(kind: type[enum.Enum]) -> Enum:
+    return Enum(kind.__name__, tuple(str(e.value) for e in kind), integers=issubclass(kind, int))
 
 
 @dataclass(frozen=True)
@@ -249,7 +269,7 @@ def _from_hint(tp: Any) -> Any:
         present = [a for a in args if a is not type(None)]
         enums = [a for a in present if isinstance(a, type) and issubclass(a, enum.Enum)]
         if enums:
-            return Enum(enums[0].__name__, tuple(str(e.value) for e in enums[0]))
+            return _enum_of(enums[0])
         return _from_hint(present[0]) if len(present) == 1 else ANY
     if origin is Literal:
         return Enum("literal", tuple(str(a.value if isinstance(a, enum.Enum) else a) for a in args))
@@ -258,7 +278,7 @@ def _from_hint(tp: Any) -> Any:
     if origin in (dict, typing.Dict):  # noqa: UP006
         return DictOf(_from_hint(args[1]) if len(args) == 2 else ANY)
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        return Enum(tp.__name__, tuple(str(e.value) for e in tp))
+        return _enum_of(tp)
     if _is_model(tp):
         return Ref(tp)
     return Prim(_PRIMS.get(tp, "any")) if isinstance(tp, type) else ANY
@@ -415,6 +435,10 @@ class _Walker:
                 self.out.append(Problem(where, f"missing required property of {tp.name}"))
 
     def _enum(self, value: Any, tp: Enum, path: str) -> None:
+        if tp.integers:
+            if not (isinstance(value, int) and not isinstance(value, bool) and str(value) in tp.values):
+                self.out.append(Problem(path, f"{value!r} is not one of {tp.name} {list(tp.values)} (numbers)"))
+            return
         if value in tp.values or (tp.name in OPEN_ENUMS and isinstance(value, str)):
             return
         near = [v for v in tp.values if str(v).lower() == str(value).lower()]

@@ -10,7 +10,7 @@ import os
 from typing import Any
 
 from shared.telemetry import api, metrics
-from shared.telemetry.steps import BACKEND, EXPERIMENT_ID, TRIAL_NUMBER
+from shared.telemetry.steps import BACKEND, EXPERIMENT_ID, TRIAL_NUMBER, TRIAL_STATE
 from shared.telemetry.traceparent import parse_traceparent
 
 
@@ -62,13 +62,13 @@ class TrialSpans:
 
     def ended(self, number: int, attempt: int, state: str, value: float | None, error: str | None) -> None:
         """The trial's record was written: its span ends with the outcome; the trial is counted."""
-        api.count(metrics.TRIALS_FINISHED, 1, {"rapids_hpo.trial.state": state, BACKEND: self.backend})
+        api.count(metrics.TRIALS_FINISHED, 1, {TRIAL_STATE: state, BACKEND: self.backend})
         span = self._open.pop((number, attempt), None)
         if span is None:
             return
         from opentelemetry.trace import Status, StatusCode
 
-        span.set_attribute("rapids_hpo.trial.state", state)
+        span.set_attribute(TRIAL_STATE, state)
         if value is not None:
             span.set_attribute("rapids_hpo.trial.value", value)
         if state == "FAILED":
@@ -78,6 +78,6 @@ class TrialSpans:
     def close(self) -> None:
         """End what is still open (the driver stopped): those trials' spans say so."""
         for (number, attempt), span in list(self._open.items()):
-            span.set_attribute("rapids_hpo.trial.state", "INTERRUPTED")
+            span.set_attribute(TRIAL_STATE, "INTERRUPTED")
             span.end()
             self._open.pop((number, attempt), None)

@@ -19,6 +19,9 @@ STEP = "rapids_hpo.step"
 STATUS_FROM = "rapids_hpo.status.from"
 STATUS_TO = "rapids_hpo.status.to"
 TRIAL_NUMBER = "rapids_hpo.trial.number"
+TRIAL_STATE = "rapids_hpo.trial.state"
+STATUS = "rapids_hpo.status"
+OUTCOME = "rapids_hpo.outcome"
 TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
 
 
@@ -44,7 +47,7 @@ class Step:
 
     def done(self, outcome: str) -> str:
         self.outcome = outcome
-        api.annotate({"rapids_hpo.outcome": outcome})
+        api.annotate({OUTCOME: outcome})
         return outcome
 
 
@@ -68,14 +71,14 @@ def step_span(step: str, event: StepEvent) -> Iterator[Step]:
             api.record(
                 metrics.STEP_DURATION,
                 time.perf_counter() - started,
-                {STEP: step, "rapids_hpo.outcome": current.outcome, BACKEND: current.backend},
+                {STEP: step, OUTCOME: current.outcome, BACKEND: current.backend},
             )
 
 
 def step_record(step: Step, backend: str, status: str) -> None:
     """The step read its experiment: the backend and the status it found go on the span and metrics."""
     step.backend = backend
-    api.annotate({BACKEND: backend, "rapids_hpo.status": status})
+    api.annotate({BACKEND: backend, STATUS: status})
 
 
 def transition(experiment_id: str, backend: str, before: str, after: str, cost: dict[str, Any] | None) -> None:
@@ -87,7 +90,7 @@ def transition(experiment_id: str, backend: str, before: str, after: str, cost: 
         api.annotate({STATUS_FROM: before, STATUS_TO: after})
         api.add_event("status", {STATUS_FROM: before, STATUS_TO: after})
         if after in TERMINAL:
-            api.count(metrics.ENDED, 1, {"rapids_hpo.status": after, BACKEND: backend})
+            api.count(metrics.ENDED, 1, {STATUS: after, BACKEND: backend})
     if cost:
         attributes = {EXPERIMENT_ID: experiment_id, BACKEND: backend}
         if isinstance(cost.get("spent_usd"), int | float):
