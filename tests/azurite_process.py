@@ -31,10 +31,17 @@ class Azurite:
         args += ["--location", str(self.location)]
         for service, port in self.ports.items():
             args += [f"--{service}Host", "127.0.0.1", f"--{service}Port", str(port)]
-        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        for attempt in range(3):  # a port of the last run may still be closing
+            self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            try:
+                for port in self.ports.values():
+                    _wait_for(port, self.process)
+                break
+            except (RuntimeError, TimeoutError):
+                self.kill()
+                if attempt == 2:
+                    raise
         log.close()
-        for port in self.ports.values():
-            _wait_for(port, self.process)
 
     def kill(self) -> None:
         """Stop it at once: SIGTERM (it closes its ports and saves its tables), SIGKILL after 10 s. Not
