@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import signal
 import sys
 import tempfile
@@ -250,6 +251,7 @@ def main() -> int:
     parser.add_argument("--fault-window", type=float, default=150.0, help="seconds of faults per segment at most")
     parser.add_argument("--bound", type=float, default=300.0, help="seconds after the last fault to end")
     parser.add_argument("--kinds", default=",".join(KINDS), help="segments, in order (cycled)")
+    parser.add_argument("--keep", action="store_true", help="keep the run's folder (logs, Azurite) when it passes")
     args = parser.parse_args()
     kinds = args.kinds.split(",")
     home = Path(tempfile.mkdtemp(prefix="chaos-"))
@@ -325,7 +327,10 @@ def main() -> int:
     total.rec = max((r.rec for r in rows), default=0.0)
     print(ROW.format(**{k: v for k, v in dataclasses.asdict(total).items() if k != "notes"}))
     print(f"ran {elapsed:.1f} min, {len(rows)} segments, host restarts {supervisor.restarts}")
-    return 1 if total.lost or total.stuck or total.tl or total.ts or total.el or total.sl else 0
+    failed = bool(total.lost or total.stuck or total.tl or total.ts or total.el or total.sl)
+    if not failed and not args.keep:
+        shutil.rmtree(home, ignore_errors=True)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
