@@ -10,6 +10,15 @@ experiment); each worker's first data load is counted in (a), the bare loop's in
     python bench/hpo_overhead.py [--trials 10] [--max-rows 40000]
 
 Last line: ``overhead_ratio=<ours/bare>``.
+
+``--noop``: the engine alone (issue 29), a trial that does no work (3 folds, 2 trials at a time,
+``bench/noop_trial.py``): (a) ours as above, LocalStore, Dask LocalCluster of 2 workers x 1 thread;
+(c) Optuna's own distributed recipe, two processes on one ``JournalStorage`` file, each
+``study.optimize`` with the same sampler and the same fold reports (``trial.report``, and
+``should_prune`` when a pruner is set). At each ``--sizes`` N, with no pruner and with median stopping:
+ms per trial side by side and their ratio.
+
+    python bench/hpo_overhead.py --noop [--sizes 200,1000,10000]
 """
 
 from __future__ import annotations
@@ -86,12 +95,127 @@ def bare(spec, workers: int) -> tuple[float, list[float]]:
     return time.perf_counter() - start, [t.value for t in study.trials]
 
 
+def noop_spec(trials: int, pruner: bool):
+    document = {
+        "name": "noop",
+        "dataset": {"uri": "builtin://nycflights13", "target": "ArrDelayBinary"},
+        "trial": {"model": "random_forest", "cv_folds": 3},
+        "search_space": {
+            "max_features": {"type": "uniform", "min_value": 0.2, "max_value": 1.0},
+            "n_estimators": {"type": "choice", "values": [20, 40]},
+        },
+        "sampling_algorithm": {"type": "random", "seed": 7},
+        "limits": {"max_total_trials": trials, "max_concurrent_trials": 2},
+        "objective": {"primary_metric": "accuracy", "goal": "maximize"},
+    }
+    if pruner:
+        document["early_termination"] = {"type": "median_stopping", "evaluation_interval": 1, "delay_evaluation": 1}
+    return load_spec(document)
+
+
+def ours_noop(spec, folder: Path) -> float:
+    """Seconds for the whole run of ``spec`` through ``HpoDriver`` (cluster start-up excluded)."""
+    from bench.noop_trial import noop_trial
+
+    store = LocalStore(folder)
+    store.create_experiment(ExperimentRecord(id="exp-noop", name=spec.name, spec=spec.to_document()))
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0") as cluster,
+        Client(cluster) as client,
+    ):
+        client.run(lambda: __import__("bench.noop_trial"))  # imported before the clock starts, as the preload does
+        start = time.perf_counter()
+        HpoDriver(spec, "exp-noop", store, client, trial_fn=noop_trial).run()
+        return time.perf_counter() - start
+
+
+def _journal_worker(path: str, trials: int, seed: int, pruner: bool, document: dict, ready, go) -> None:
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from bench.noop_trial import fold_value
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    spec = load_spec(document)
+    study = optuna.load_study(
+        study_name="noop",
+        storage=JournalStorage(JournalFileBackend(path)),
+        sampler=optuna.samplers.RandomSampler(seed=seed),
+        pruner=optuna.pruners.MedianPruner(n_warmup_steps=0) if pruner else optuna.pruners.NopPruner(),
+    )
+
+    def objective(trial: optuna.Trial) -> float:
+        params = suggest_params(trial, spec)
+        values = []
+        for step in range(1, spec.trial.cv_folds + 1):
+            values.append(fold_value(params, step))
+            trial.report(sum(values) / len(values), step)
+            if pruner and trial.should_prune():
+                raise optuna.TrialPruned()
+        return sum(values) / len(values)
+
+    ready.put(True)  # imported and connected: the clock starts when both processes are
+    go.wait()
+    study.optimize(objective, n_trials=trials)
+
+
+def journal_noop(spec, folder: Path, pruner: bool) -> float:
+    """Seconds for Optuna's distributed recipe: 2 processes sharing one JournalStorage file (from when both
+    have imported and loaded the study, as ours is timed from a started cluster)."""
+    import multiprocessing
+
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    path = str(folder / "journal.log")
+    optuna.create_study(study_name="noop", storage=JournalStorage(JournalFileBackend(path)), direction="maximize")
+    total = spec.limits.max_total_trials
+    context = multiprocessing.get_context("spawn")
+    document = spec.to_document()
+    ready, go = context.Queue(), context.Event()
+    processes = [
+        context.Process(target=_journal_worker, args=(path, share, seed, pruner, document, ready, go))
+        for seed, share in ((7, total // 2), (8, total - total // 2))
+    ]
+    for process in processes:
+        process.start()
+    for _ in processes:
+        ready.get()
+    start = time.perf_counter()
+    go.set()
+    for process in processes:
+        process.join()
+    return time.perf_counter() - start
+
+
+def noop_main(sizes: list[int]) -> None:
+    print("no-work trials (3 folds, 2 at a time): ms per trial")
+    print(f"{'N':>6} {'pruner':>8} {'ours':>9} {'optuna journal':>15} {'ratio':>6}")
+    for trials in sizes:
+        for pruner in (False, True):
+            spec = noop_spec(trials, pruner)
+            with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
+                ours_s = ours_noop(spec, Path(a))
+                journal_s = journal_noop(spec, Path(b), pruner)
+            per_ours, per_journal = 1000 * ours_s / trials, 1000 * journal_s / trials
+            name = "median" if pruner else "none"
+            print(
+                f"{trials:>6} {name:>8} {per_ours:>9.1f} {per_journal:>15.1f} {per_ours / per_journal:>6.2f}",
+                flush=True,
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--max-rows", type=int, default=40000)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--noop", action="store_true", help="no-work trials vs Optuna's JournalStorage recipe")
+    parser.add_argument("--sizes", default="200,1000,10000", help="trial counts for --noop")
     args = parser.parse_args()
+    if args.noop:
+        noop_main([int(n) for n in args.sizes.split(",")])
+        return
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = bench_spec(args.trials, args.max_rows, args.workers)
     bare_s, bare_values = bare(spec, args.workers)
