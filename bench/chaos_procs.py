@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @dataclass
 class Host:
-    """One ``bench/chaos_host.py`` process on its own port."""
+    """One host process (``bench/chaos_host.py`` or ``script``) on its own port."""
 
     index: int
     home: Path
@@ -35,6 +35,7 @@ class Host:
     port: int = field(default_factory=_free_port)
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    script: str = "chaos_host.py"
 
     @property
     def url(self) -> str:
@@ -43,7 +44,7 @@ class Host:
     def start(self) -> None:
         log = (self.home / f"host-{self.index}.log").open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "bench" / "chaos_host.py"), "--port", str(self.port)],
+            [sys.executable, str(ROOT / "bench" / self.script), "--port", str(self.port)],
             env=self.env,
             cwd=ROOT,
             stdout=log,

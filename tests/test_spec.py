@@ -266,6 +266,18 @@ def test_bayesian_with_early_termination_on_azureml() -> None:
     )
 
 
+def test_ten_thousand_trials_run_on_our_search_and_azureml_is_held_to_its_own_limit() -> None:
+    assert (
+        load_spec(doc(limits={"max_total_trials": 10_000, "max_concurrent_trials": 2})).limits.max_total_trials
+        == 10_000
+    )
+    assert_error(
+        doc(limits={"max_total_trials": 1001, "max_concurrent_trials": 2}, compute={"backend": "azureml"}),
+        "limits.max_total_trials",
+        "an AzureML sweep job runs at most 1000 trials",
+    )
+
+
 def test_sampling_rule_only_for_the_samplers_that_take_one() -> None:
     assert_error(
         doc(sampling_algorithm={"type": "grid", "rule": "sobol"}, search_space__max_features=None),
@@ -291,7 +303,7 @@ def test_trial_timeout_exceeds_timeout() -> None:
 
 
 @pytest.mark.parametrize(
-    ("value", "fragment"), [(0, "greater than or equal to 1"), (1001, "less than or equal to 1000")]
+    ("value", "fragment"), [(0, "greater than or equal to 1"), (10_001, "less than or equal to 10000")]
 )
 def test_max_total_trials_bounds(value: int, fragment: str) -> None:
     assert_error(

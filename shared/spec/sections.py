@@ -259,7 +259,7 @@ class SamplingAlgorithm(SpecModel):
 class Limits(SpecModel):
     """Budget: trials, concurrency, time (seconds) and money (USD)."""
 
-    max_total_trials: int = Field(default=20, ge=1, le=1000)
+    max_total_trials: int = Field(default=20, ge=1, le=10_000)
     max_concurrent_trials: int = Field(default=2, ge=1, le=1000)
     timeout: int | None = Field(
         default=None,

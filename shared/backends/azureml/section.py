@@ -14,6 +14,9 @@ if TYPE_CHECKING:
 
 AZUREML_DEFAULT_VM_SIZE = "Standard_NC4as_T4_v3"
 """One T4 (16 GB) per node: the cheapest current size RAPIDS runs on, one sweep trial per node."""
+AZUREML_MAX_TRIALS = 1000
+"""The most trials one AzureML sweep job runs (its limits' max_total_trials); our own search runs up to the
+spec's cap (10,000)."""
 
 
 class AzureMLCompute(ComputeSection):
@@ -80,6 +83,9 @@ class AzureMLCompute(ComputeSection):
 
         ours = backends_where(lambda section: section.runs_our_search)
         problems = azureml_problems(spec, ours)
+        if spec.limits.max_total_trials > AZUREML_MAX_TRIALS:
+            limit = f"an AzureML sweep job runs at most {AZUREML_MAX_TRIALS} trials"
+            problems.append((("limits", "max_total_trials"), f"{limit} (the {' and '.join(ours)} backends run more)"))
         if not problems and spec.sampling_algorithm.type == "bayesian" and spec.early_termination is not None:
             others = " and ".join(ours)
             problems.append(
