@@ -287,6 +287,7 @@ def create_experiment(
     ctx: Ctx,
     caller: Submitter,
     body: Annotated[bytes, Depends(spec_body)],
+    request: Request,
     response: Response,
     idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
 ) -> Any:
@@ -301,10 +302,23 @@ def create_experiment(
     except SpecError as exc:
         more = f" ({len(exc.errors)} shown, {exc.more} more)" if exc.more else ""
         return error_response(422, f"invalid experiment spec{more}", exc.errors)
+    settings = settings_of(request)
+
+    def may_read(record: ExperimentRecord) -> bool:  # warm_start: as GET /experiments/{id} would let them
+        try:
+            check_visible(caller, settings, record)
+        except HTTPException:
+            return False
+        return True
+
     try:
-        record, created = submit_experiment(ctx, spec, idempotency_key=idempotency_key, submitted_by=caller.identity)
+        record, created = submit_experiment(
+            ctx, spec, idempotency_key=idempotency_key, submitted_by=caller.identity, may_read=may_read
+        )
     except IdempotencyConflict as exc:
         return error_response(422, f"Idempotency-Key reused: {exc}", [{"loc": KEY_LOC, "msg": str(exc)}])
+    except SpecError as exc:
+        return error_response(422, "invalid experiment spec", exc.errors)
     response.headers["Location"] = f"/api/experiments/{record.id}"
     response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
     if not created:

@@ -134,6 +134,30 @@ class TrialRecord(Record):
         return metrics
 
 
+MAX_WARM_TRIALS = 100
+"""Trials a warm start carries over (the referenced experiment's best): bounds the record that holds them."""
+
+
+class WarmTrial(Record):
+    """One completed trial of the experiment a warm start reads (``spec.warm_start``)."""
+
+    number: int = Field(ge=0, le=10**10 - 1)
+    params: Params
+    sampler_params: Params = Field(default_factory=dict)
+    value: FiniteFloat
+
+
+class WarmStartSeed(Record):
+    """What a warm start takes from a finished experiment, read at submit by the control plane (the compute
+    may read only its own experiment): its best completed trials, best first, and whether its search
+    space, model and objective equal this spec's (then they seed the sampler; else the best are run first)."""
+
+    experiment: Name
+    same_space: bool
+    goal: Literal["maximize", "minimize"]
+    trials: list[WarmTrial] = Field(default_factory=list, max_length=MAX_WARM_TRIALS)
+
+
 class RegisteredModel(BaseModel):
     """The best model as registered in the AzureML workspace (``output.register_model``)."""
 
@@ -279,6 +303,7 @@ class ExperimentRecord(Record):
     registered_model: RegisteredModel | None = Field(default=None, description="output.register_model's result")
     compute: ComputeReport = Field(default_factory=ComputeReport, description="from the backend's handle")
     traceparent: TraceParent = Field(default=None, description="the experiment's trace (W3C), from its submit")
+    warm_start: WarmStartSeed | None = Field(default=None, description="spec.warm_start's trials, read at submit")
     version: str = ""
 
     @property

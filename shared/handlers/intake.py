@@ -17,6 +17,7 @@ from shared.config import EXPERIMENT_ID_PATTERN, QUEUE_REQUESTS
 from shared.context import Context
 from shared.errors import AlreadyExists, NotFound
 from shared.handlers.machine import S, send_event, status_message, transition
+from shared.handlers.warm_start import ReadRule, read_seed, same_sender
 from shared.queues import MAX_MESSAGE_BYTES, poison_queue_name
 from shared.records import TERMINAL_STATUSES, EventType, ExperimentRecord, SubmittedBy, utcnow
 from shared.spec import ExperimentSpec, SpecError, SpecPolicy, read_document, validate_spec
@@ -84,6 +85,7 @@ def submit_experiment(
     idempotency_key: str | None = None,
     experiment_id: str | None = None,
     submitted_by: SubmittedBy | None = None,
+    may_read: ReadRule | None = None,
 ) -> tuple[ExperimentRecord, bool]:
     """Store a new experiment, recording who submitted it, and send its first event. Returns ``(record,
     created)``; a retried request (same idempotency key or id) returns the existing experiment with
@@ -92,7 +94,11 @@ def submit_experiment(
 
     Under a key, the key's claim and the experiment are stored in one transaction
     (:meth:`~shared.ports.Store.create_keyed_experiment`): the first writer makes no other storage round
-    trip than an unkeyed submit, a replay reads the claim and the experiment it names."""
+    trip than an unkeyed submit, a replay reads the claim and the experiment it names.
+
+    ``spec.warm_start``'s experiment is read here (:mod:`shared.handlers.warm_start`; ``may_read``: whom the
+    caller may read, by default :func:`~shared.handlers.warm_start.same_sender`); ``SpecError`` when it
+    cannot seed this one."""
     fresh = experiment_id is None
     experiment_id = experiment_id or new_experiment_id()
     if idempotency_key and submitted_by is not None and submitted_by.object_id:
@@ -103,9 +109,11 @@ def submit_experiment(
             return _replayed(ctx, ctx.store.get_experiment(experiment_id), document, idempotency_key), False
         except NotFound:
             pass
+    seed = read_seed(ctx.store, spec, may_read or same_sender(submitted_by))
     record = ExperimentRecord(
         id=experiment_id,
         name=spec.name,
+        warm_start=seed,
         spec=document,
         backend=spec.compute.backend,
         trials_total=spec.effective_total_trials(),
@@ -208,6 +216,8 @@ def handle_request_message(
         )
     except IdempotencyConflict as exc:
         _fail_request(ctx, experiment_id, str(exc), [{"loc": "idempotency_key", "msg": str(exc)}])
+    except SpecError as exc:  # warm_start names an experiment this sender cannot start from
+        _fail_request(ctx, experiment_id, str(exc), exc.errors)
     return record
 
 

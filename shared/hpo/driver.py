@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import Any
 
 import optuna
 from distributed import Client, Event, Future, Queue, Variable, wait
@@ -55,8 +56,9 @@ from shared.hpo.trial_task import (
     run_trial_task,
     stop_event,
 )
+from shared.hpo.warm_start import next_config, seed_study
 from shared.ports import TrialStore
-from shared.records import BestTrial, TrialRecord, TrialState, best_of, utcnow
+from shared.records import BestTrial, TrialRecord, TrialState, WarmStartSeed, best_of, utcnow
 from shared.spec import ExperimentSpec
 from shared.spec.search_table import missing_modules
 from shared.telemetry.driver import TrialSpans
@@ -115,6 +117,7 @@ class HpoDriver:
         fold_write_interval: float = FOLD_WRITE_INTERVAL_S,
         budget: BudgetGuard | None = None,
         clock: Callable[[], datetime] | None = None,
+        warm_start: WarmStartSeed | None = None,
     ) -> None:
         self.spec = spec
         self.experiment_id = experiment_id
@@ -127,6 +130,8 @@ class HpoDriver:
         self.hard_stop_grace = hard_stop_grace
         self.fold_write_interval = fold_write_interval
         self.budget = budget
+        self.warm_start = warm_start
+        self._warm_configs: list[dict[str, Any]] = []
         self.clock = clock or utcnow
         self.primary_metric = spec.objective.primary_metric
         self.direction = spec.objective.goal
@@ -155,7 +160,10 @@ class HpoDriver:
 
         Each record becomes the Optuna trial of its own number (Hyperband brackets by it): a finished one is
         added, one to retry is asked now (its kept folds reported, Optuna's attributes given back) and
-        launched later, and a number without a usable record gets a failed placeholder."""
+        launched later, and a number without a usable record gets a failed placeholder. A same-space warm
+        start's trials are added first, so record ``n`` is Optuna's trial ``W + n`` on every (re)start."""
+        if self.warm_start is not None:  # on every (re)start: the study lives in memory
+            self._warm_configs = seed_study(self.study, self.spec, self.warm_start)
         interrupted = {t.number for t in end_running_trials(self.store, self.experiment_id, INTERRUPTED)}
         records = {record.number: record for record in self.store.list_trials(self.experiment_id)}
         for number in range(max(records, default=-1) + 1):
@@ -249,6 +257,9 @@ class HpoDriver:
 
     def _launch_new(self, number: int) -> None:
         reseed_for_trial(self.study.sampler, self.seed, number)
+        config = next_config(self.study, self._warm_configs)
+        if config is not None:  # a warm start's configuration, run before anything the sampler proposes
+            self.study.enqueue_trial(config, skip_if_exists=False)
         trial = self.study.ask()
         params = suggest_params(trial, self.spec)
         record = TrialRecord(

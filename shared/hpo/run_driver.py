@@ -154,7 +154,14 @@ def _drive(
     experiment_id = record.id
     refresh = ImportanceRefresher(store, record)
     driver = HpoDriver(
-        spec, experiment_id, store, client, should_cancel=cancel, on_trial_end=refresh, budget=budget_guard(record)
+        spec,
+        experiment_id,
+        store,
+        client,
+        should_cancel=cancel,
+        on_trial_end=refresh,
+        budget=budget_guard(record),
+        warm_start=record.warm_start,
     )
     try:
         problem = check_data_first(spec, experiment_id, store, client)

@@ -24,6 +24,7 @@ from shared.spec.sections import (
     OutputSpec,
     SamplingAlgorithm,
     TrialSpec,
+    WarmStart,
     azureml_uri_form,
     default_objective,
 )
@@ -46,6 +47,7 @@ class ExperimentSpec(SpecModel):
     objective: Objective = Field(default_factory=default_objective)
     compute: ComputeSpec = Field(default_factory=default_section)
     output: OutputSpec = Field(default_factory=OutputSpec)
+    warm_start: WarmStart | None = Field(default=None, description="seed the search with a finished experiment's")
 
     @model_validator(mode="before")
     @classmethod

@@ -367,3 +367,24 @@ class OutputSpec(SpecModel):
     register_model: RegisterModel | None = Field(
         default=None, description="register the best model (an MLflow model) in the AzureML workspace (azureml)"
     )
+
+
+MAX_WARM_BEST = 100
+"""``warm_start.best`` at most this; also the most trials a warm start carries over (the best ones)."""
+
+
+class WarmStart(SpecModel):
+    """Start from a finished experiment's trials (read through the store, at submit, as the API reads them)."""
+
+    experiment: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$",
+        description="a finished experiment's id, visible to the submitter (a missing, unseen or unfinished one is "
+        "a 422 at warm_start.experiment)",
+    )
+    best: int = Field(
+        default=10,
+        ge=1,
+        le=MAX_WARM_BEST,
+        description="where the search space (or model or metric) changed: this many of its best configurations are "
+        "run first; on the same space its best completed trials (up to 100) seed the sampler instead",
+    )

@@ -95,6 +95,14 @@ class AzureMLCompute(ComputeSection):
                     f"or use random sampling (the {others} backends allow it)",
                 )
             )
+        if spec.warm_start is not None:
+            problems.append(
+                (
+                    ("warm_start",),
+                    "an AzureML sweep cannot be seeded with earlier trials: remove warm_start "
+                    f"(the {' and '.join(ours)} backends run our driver, which can)",
+                )
+            )
         if spec.trial.report_every is not None:
             problems.append(
                 (
