@@ -262,3 +262,21 @@ def RunStateRunning():  # noqa: N802
     from shared.ports import RunState
 
     return RunState.RUNNING
+
+
+# ------------------------------------------------------------------------------- the compute hop
+def test_an_azureml_sweep_carries_the_experiment_trace_in_its_trials_environment():
+    from shared.backends.azureml.sweep_job import build_sweep_job
+
+    spec = load_spec(tiny_spec(compute={"backend": "azureml"}))
+    job = build_sweep_job(spec, "exp-1", code_dir=ROOT, traceparent=VALID)
+    assert job.trial.environment_variables["TRACEPARENT"] == VALID
+    assert "TRACEPARENT" not in build_sweep_job(spec, "exp-1", code_dir=ROOT).trial.environment_variables
+
+
+def test_a_vm_gets_the_otel_settings_but_never_a_connection_string():
+    environ = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "APPLICATIONINSIGHTS_CONNECTION_STRING": "Key=x"}
+    assert compute_environment(VALID, environ, prefixes=("OTEL_",)) == {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318",
+        "TRACEPARENT": VALID,
+    }

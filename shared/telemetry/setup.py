@@ -180,11 +180,14 @@ def flush(timeout_s: float = 5.0) -> None:
                 log.info("telemetry flush: %s", exc)
 
 
-def compute_environment(traceparent: str | None, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+def compute_environment(
+    traceparent: str | None, environ: Mapping[str, str] | None = None, *, prefixes: tuple[str, ...] = FORWARDED_PREFIXES
+) -> dict[str, str]:
     """What a compute's driver needs to join the experiment's trace and export where the app does:
-    ``TRACEPARENT`` (when there is one) and the ``OTEL_*`` / ``APPLICATIONINSIGHTS_*`` settings."""
+    ``TRACEPARENT`` (when there is one) and the settings named by ``prefixes`` (``OTEL_*``,
+    ``APPLICATIONINSIGHTS_*``; a VM's custom data takes ``OTEL_*`` only)."""
     environ = os.environ if environ is None else environ
-    forwarded = {k: v for k, v in environ.items() if k.startswith(FORWARDED_PREFIXES)}
+    forwarded = {k: v for k, v in environ.items() if k.startswith(prefixes)}
     carried = api.traceparent_for(traceparent)
     if carried is not None:
         forwarded["TRACEPARENT"] = carried

@@ -35,6 +35,7 @@ from shared.ports import BackendHandle, HandleUpdate, RunState, RunStatus, Store
 from shared.records import ComputeReport, ExperimentRecord, TrialRecord, TrialState, best_of, utcnow
 from shared.spec import ExperimentSpec
 from shared.spec.sections import azureml_uri_form
+from shared.telemetry import traceparent_for
 from shared.trials import counts_by_state, end_running_trials
 
 # AzureML job statuses (azure.ai.ml's JobStatus values) -> the sweep's run state.
@@ -180,7 +181,12 @@ class AzureMLBackend:
                 asset_type = client.data_asset_type(azureml[1]["name"], azureml[1].get("version"))
             with tempfile.TemporaryDirectory(prefix="rapids-hpo-code-") as tmp:
                 job = build_sweep_job(
-                    spec, record.id, code_dir=stage_code(Path(tmp)), data_asset_type=asset_type, identity=self.identity
+                    spec,
+                    record.id,
+                    code_dir=stage_code(Path(tmp)),
+                    data_asset_type=asset_type,
+                    identity=self.identity,
+                    traceparent=traceparent_for(record.traceparent),
                 )
                 job.name = job_name
                 job_name = client.submit(job)

@@ -317,6 +317,7 @@ def build_sweep_job(
     compute_name: str | None = None,
     data_asset_type: str | None = None,
     identity: ComputeIdentity | None = None,
+    traceparent: str | None = None,
 ) -> SweepJob:
     """The AzureML sweep job for ``spec`` (offline, pure). ``code_dir`` holds the ``gpu_jobs`` package;
     ``data_asset_type`` is the type of an AzureML data asset named by ``dataset.uri``; ``identity`` is the
@@ -345,7 +346,11 @@ def build_sweep_job(
         inputs={DATA_INPUT: data.input} if data.input is not None else {},
         outputs={MODEL_OUTPUT: Output(type="uri_folder")},
         compute=compute_name or compute.compute_name,
-        environment_variables={"PYTHONUNBUFFERED": "1", "RAPIDS_HPO_EXPERIMENT_ID": experiment_id},
+        environment_variables={
+            "PYTHONUNBUFFERED": "1",
+            "RAPIDS_HPO_EXPERIMENT_ID": experiment_id,
+            **({"TRACEPARENT": traceparent} if traceparent else {}),  # the experiment's trace (shared.telemetry)
+        },
         # Data is read as the cluster's managed identity: it needs "Storage Blob Data Reader" on the data
         # (infra/modules/azureml.bicep grants it on the workspace storage; README for other accounts).
         identity=ManagedIdentityConfiguration(client_id=identity.client_id)

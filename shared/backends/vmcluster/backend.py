@@ -64,6 +64,7 @@ from shared.errors import BackendError, NotFound
 from shared.ports import HandleUpdate, RunState, RunStatus, handle_changes
 from shared.records import ExperimentRecord
 from shared.store.compute import ComputeCredential, ComputeStore
+from shared.telemetry.setup import compute_environment
 
 if TYPE_CHECKING:
     from shared.backends.arm import RetrySettings
@@ -162,6 +163,8 @@ class VMClusterBackend:
         size = (compute.scheduler_vm_size or compute.vm_size) if head else compute.vm_size
         credential = json.loads(self._credential(record).to_json())
         env = {**cluster_env(experiment_id=record.id), "EXTRA_PIP_PACKAGES": " ".join(PIP)}
+        if head:  # the driver joins the experiment's trace (TRACEPARENT) and exports where OTEL_* say
+            env |= compute_environment(record.traceparent, prefixes=("OTEL_",))
         check_no_secrets(env)
         node = {
             "experiment_id": record.id,
