@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 # Queues (Azure Storage queues in Azure, SQLite tables locally).
@@ -117,6 +117,48 @@ _TRUE = frozenset({"1", "true", "yes", "on"})
 
 
 @dataclass(frozen=True)
+class ManagedIdentity:
+    """A user-assigned managed identity: its ARM resource id and its client id."""
+
+    resource_id: str
+    client_id: str
+
+    @classmethod
+    def named(cls, resource_id: str, client_id: str) -> ManagedIdentity | None:
+        """The identity when both ids are set, else None (the setting is not used)."""
+        return cls(resource_id, client_id) if resource_id and client_id else None
+
+
+@dataclass(frozen=True)
+class AzureSettings:
+    """Where this deployment's own Azure resources are: the defaults a spec may leave out, and the id that
+    tags what it creates (the orphan sweeps consider only resources carrying it)."""
+
+    subscription_id: str = ""
+    """``AZURE_SUBSCRIPTION_ID``."""
+    resource_group: str = ""
+    """``AZURE_RESOURCE_GROUP``."""
+    location: str = ""
+    """``AZURE_LOCATION``."""
+    instance_id: str = ""
+    """``RAPIDS_HPO_INSTANCE_ID``."""
+    vm_identity: ManagedIdentity | None = None
+    """``RAPIDS_HPO_VM_IDENTITY_ID`` and ``_CLIENT_ID``: the identity the Dask VMs run as."""
+
+    @classmethod
+    def from_env(cls) -> AzureSettings:
+        return cls(
+            subscription_id=env("AZURE_SUBSCRIPTION_ID").strip(),
+            resource_group=env("AZURE_RESOURCE_GROUP").strip(),
+            location=env("AZURE_LOCATION").strip(),
+            instance_id=env("RAPIDS_HPO_INSTANCE_ID").strip(),
+            vm_identity=ManagedIdentity.named(
+                env("RAPIDS_HPO_VM_IDENTITY_ID"), env("RAPIDS_HPO_VM_IDENTITY_CLIENT_ID")
+            ),
+        )
+
+
+@dataclass(frozen=True)
 class Settings:
     """The settings one process runs with, read from the environment once."""
 
@@ -134,6 +176,9 @@ class Settings:
     and, in Azure, the Function App's own (``WEBSITE_HOSTNAME``, ``WEBSITE_SITE_NAME``)."""
     max_artifact_bytes: int = 2 * 1024**3
     """``RAPIDS_HPO_MAX_ARTIFACT_BYTES``: the quota on what one experiment's compute writes (all blobs)."""
+    azure: AzureSettings = field(default_factory=AzureSettings)
+    """The deployment's Azure defaults and identities (the backends read them from here, never the
+    environment)."""
 
     @property
     def uses_azure_storage(self) -> bool:
@@ -151,6 +196,7 @@ class Settings:
             data_hosts=tuple(h.lower() for h in env("RAPIDS_HPO_DATA_HOSTS").replace(",", " ").split()),
             trusted_hosts=_trusted_hosts(),
             max_artifact_bytes=int(env("RAPIDS_HPO_MAX_ARTIFACT_BYTES")),
+            azure=AzureSettings.from_env(),
         )
 
 

@@ -114,3 +114,65 @@ def test_every_backend_says_why_it_does_what_it_declares(name: str) -> None:
     declared = set(type(capabilities).model_fields) - {"reasons"}
     assert set(capabilities.reasons) == declared
     assert all(reason.strip() for reason in capabilities.reasons.values())
+
+
+# --------------------------------------------------------------------- one configuration path
+SETTINGS_EDGES = {
+    "shared/config.py": "builds Settings from the environment (Settings.from_env, env)",
+    "shared/auth/settings.py": "builds AuthSettings from the environment",
+    "shared/context.py": "the process-wide context is built from the environment once (the Functions edge)",
+    "shared/cli/": "the CLI is an edge: it reads its own settings and builds Settings once",
+    "shared/backends/vmcluster/boot.py": "the VMs' first program: its own process's edge (stdlib only)",
+    "shared/http_pool.py": "requests' own semantics: proxy and CA bundle variables, as requests reads them",
+    "shared/telemetry/": "OpenTelemetry's SDK is configured by OTEL_* variables at process start",
+    "shared/backends/local/backend.py": "starts the driver process: hands it this process's environment, less the "
+    "control plane's credentials (the driver's edge)",
+}
+"""Where shared/ may read the environment: where settings are built, at a process's edge."""
+CALL_TIME_READS = {
+    "shared/api.py": "create_api falls back to AuthSettings.from_env() when no settings are passed",
+    "shared/events/__init__.py": "the Event Grid topic is read when the announcer is opened",
+    "shared/cost/catalogue.py": "RAPIDS_HPO_PRICES_FILE is read when the catalogue is first loaded",
+    "shared/backends/azureml/scope.py": "AzureMLScope.from_env: the hosted rules read the scope at validation",
+    "shared/backends/azureml/section.py": "hosted_problems asks AzureMLScope.from_env()",
+    "shared/backends/azureml/backend.py": "the backend's scope and identity default to the environment's",
+    "shared/backends/azureml/sweep_job.py": "ComputeIdentity.from_env",
+    "shared/backends/azureml/workspace.py": "workspace_settings defaults to the environment's",
+}
+"""Call-time reads left (issue 21b): each is to take a typed sub-settings passed in; none may be added."""
+
+
+def _reads_the_environment(tree: ast.AST) -> list[int]:
+    """Lines that read the environment: ``env(...)``, ``os.environ``, ``os.getenv`` or ``X.from_env()``."""
+    found = []
+    for node in ast.walk(tree):
+        if (
+            (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "env")
+            or (isinstance(node, ast.Attribute) and node.attr in {"environ", "getenv"})
+            or (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "from_env")
+        ):
+            found.append(node.lineno)
+    return found
+
+
+def test_the_rule_sees_an_environment_read() -> None:
+    for code in ('x = env("RAPIDS_HPO_HOME")', 'x = os.environ.get("A")', 'x = os.getenv("A")', "s = S.from_env()"):
+        assert _reads_the_environment(ast.parse(code)) == [1], code
+    assert _reads_the_environment(ast.parse("x = settings.azure.subscription_id")) == []
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "shared").rglob("*.py")), ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_settings_are_read_once_at_the_edge(path: Path) -> None:
+    """Settings are built once, at a process's edge (function_app.py, the CLI, a driver's main), and passed
+    in: nothing in shared/ reads the environment at call time, where a test or a second app could not
+    choose them."""
+    name = path.relative_to(ROOT).as_posix()
+    if name.startswith(tuple(SETTINGS_EDGES)) or name in CALL_TIME_READS:
+        return
+    assert _reads_the_environment(ast.parse(path.read_text(), name)) == []
+
+
+def test_the_list_of_call_time_reads_only_shrinks() -> None:
+    """An entry fixed is an entry removed (else the list would hide a new read in the same file)."""
+    for name in CALL_TIME_READS:
+        assert _reads_the_environment(ast.parse((ROOT / name).read_text(), name)), f"{name} no longer reads it"

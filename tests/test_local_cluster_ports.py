@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from shared.hpo.run_driver import dask_client
+from shared.backends.local.driver import dask_client
 from shared.spec import load_spec
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "digits-multiclass.yaml"
@@ -19,7 +19,7 @@ def test_two_local_clusters_bind_loopback_on_their_own_ports() -> None:
     spec = load_spec(document)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # "Port 8787 is already in use" would raise here
-        with dask_client(spec) as first, dask_client(spec) as second:
+        with dask_client(spec.compute) as first, dask_client(spec.compute) as second:  # type: ignore[arg-type]
             bound = [client.cluster.scheduler.http_server._sockets for client in (first, second)]  # type: ignore[union-attr]
             addresses = [sock.getsockname() for sockets in bound for sock in sockets.values()]
     assert {host for host, _port in addresses} == {"127.0.0.1"}

@@ -37,12 +37,13 @@ def test_nothing_set_means_local_adapters_under_home(tmp_path: Path) -> None:
     assert open_queues(settings(tmp_path)).queue("experiment-events").count() == 1
 
 
-def test_settings_default_to_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_settings_from_the_environment_name_the_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The environment is read once, into Settings (at the edge), and the factories take them."""
     monkeypatch.delenv("AzureWebJobsStorage", raising=False)
     monkeypatch.delenv("AzureWebJobsStorage__accountName", raising=False)
     monkeypatch.setenv("RAPIDS_HPO_HOME", str(tmp_path / "home"))
 
-    store, queues = open_store(), open_queues()
+    store, queues = open_store(Settings.from_env()), open_queues(Settings.from_env())
 
     assert isinstance(store, LocalStore) and store.root == tmp_path / "home" / "store"
     assert isinstance(queues, LocalQueueService) and queues.path == tmp_path / "home" / "queues.sqlite3"

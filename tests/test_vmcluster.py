@@ -11,6 +11,7 @@ import shlex
 import socket
 import zipfile
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ from shared.backends.vmcluster.settings import (
     is_gpu_size,
 )
 from shared.backends.vmcluster.vm_teardown import CLUSTER_ID_TAG, make_compute_client
-from shared.config import DRIVER_OUTCOME_ARTIFACT
+from shared.config import DRIVER_OUTCOME_ARTIFACT, AzureSettings
 from shared.context import Context
 from shared.errors import BackendError
 from shared.ports import RunState, RunStatus
@@ -568,7 +569,7 @@ def _seed_vm(arm: FakeArm, name: str, tags: dict[str, str], *, public_ip: bool =
 def test_teardown_deletes_by_tag_in_dependency_order_and_treats_404_as_done(
     ctx: Context, arm: FakeArm, retry: RetrySettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("RAPIDS_HPO_INSTANCE_ID", "sthpoprod")
+    ctx.settings = replace(ctx.settings, azure=AzureSettings(instance_id="sthpoprod"))
     ours = {
         "creator": "dask-cloudprovider",
         CLUSTER_ID_TAG: "c0ffee00",
@@ -665,7 +666,7 @@ def test_teardown_deletes_by_tag_in_dependency_order_and_treats_404_as_done(
         "dask-0000aaaa-scheduler",
     }
     assert backend.find_orphans({EXP}, resource_group=RG, subscription_id=SUB) == []
-    monkeypatch.delenv("RAPIDS_HPO_INSTANCE_ID")
+    backend.settings = replace(backend.settings, azure=AzureSettings())
     with pytest.raises(BackendError, match="RAPIDS_HPO_INSTANCE_ID"):
         backend.find_orphans({EXP}, resource_group=RG, subscription_id=SUB)
 
@@ -695,15 +696,13 @@ def test_timer_sweep_deletes_orphaned_networks_and_clusters_by_tag(
     network("exp-live", "sthpoprod")
     network("exp-gone", "sthpoprod")
     network("exp-of-dev", "sthpodev")  # another control plane's, in the same resource group
-    monkeypatch.setenv("AZURE_SUBSCRIPTION_ID", SUB)
-    monkeypatch.setenv("AZURE_RESOURCE_GROUP", RG)
+    backend.settings = replace(ctx.settings, azure=AzureSettings(subscription_id=SUB, resource_group=RG))
     arm.clear_requests()
     assert sweep_orphans(ctx) == []  # no instance id configured: the sweep is off
     assert arm.requests == []
-    monkeypatch.setenv("RAPIDS_HPO_INSTANCE_ID", "sthpoprod")
-    monkeypatch.delenv("AZURE_SUBSCRIPTION_ID")
+    backend.settings = replace(ctx.settings, azure=AzureSettings(resource_group=RG, instance_id="sthpoprod"))
     assert sweep_orphans(ctx) == []  # not configured for Azure: touches nothing
-    monkeypatch.setenv("AZURE_SUBSCRIPTION_ID", SUB)
+    backend.settings = replace(backend.settings, azure=replace(backend.settings.azure, subscription_id=SUB))
     deleted = sweep_orphans(ctx)
     gone = network_names("exp-gone")
     assert {d.rsplit("/", 1)[1] for d in deleted} == {gone.vnet, gone.nat, gone.nat_ip, gone.nsg}

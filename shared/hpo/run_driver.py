@@ -1,28 +1,25 @@
-"""Entry point of the HPO driver process: ``python -m shared.hpo.run_driver --experiment-id ID``.
+"""One run of the HPO driver on a Dask cluster, whichever backend started it (:func:`run_experiment`).
 
-Opens the store the environment names, checks the data once on the cluster (:func:`check_data_first`),
-runs (or resumes) the experiment on a Dask cluster, refits the best trial's model, and writes
-``driver/outcome.json``, which the control plane's poll step reads.
-SIGTERM (cancel) stops the running trials and ends with a CANCELLED outcome.
+Given the compute's store (its area) and a client, it checks the data once on the cluster
+(:func:`check_data_first`), runs (or resumes) the experiment, refits the best trial's model, and writes
+``driver/outcome.json``, which the control plane's poll step reads once it has ingested the area. Which
+cluster, and how the process gets its credential, is its backend's (``shared.backends.local.driver``);
+nothing here asks which backend a spec names.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
-import signal
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import asdict
 from datetime import UTC, datetime
 
-from distributed import Client, LocalCluster
+from distributed import Client
 
-from shared.backends.local.section import LocalCompute
-from shared.config import DATA_CHECK_ARTIFACT, DRIVER_OUTCOME_ARTIFACT, Settings
+from shared.config import DATA_CHECK_ARTIFACT, DRIVER_OUTCOME_ARTIFACT
 from shared.cost.catalogue import load_catalogue
 from shared.cost.ledger import BudgetGuard, rates_for
 from shared.dashboard.artifacts import save_plots_safely
@@ -33,32 +30,11 @@ from shared.hpo.refit import refit_best_model
 from shared.ports import Store
 from shared.records import DataCheckReport, ExperimentRecord, ExperimentStatus
 from shared.spec import ExperimentSpec, load_spec
-from shared.telemetry import LOG_FORMAT, set_experiment, span
+from shared.telemetry import span
 from shared.telemetry.driver import compute_traceparent
-from shared.telemetry.setup import configure, flush
+from shared.telemetry.setup import flush
 
 log = logging.getLogger("rapids_hpo.driver")
-WORKER_PRELOAD = "gpu_jobs.preload"
-
-
-@contextlib.contextmanager
-def dask_client(spec: ExperimentSpec) -> Iterator[Client]:
-    """A client of a LocalCluster sized by the spec (a spec never names a scheduler to connect to)."""
-    compute = spec.compute if isinstance(spec.compute, LocalCompute) else LocalCompute()
-    with (
-        LocalCluster(
-            n_workers=compute.n_workers,
-            threads_per_worker=compute.threads_per_worker,
-            memory_limit=compute.memory_limit,
-            processes=True,
-            # Dask's HTTP endpoints on loopback and a free port: with None they still bind 0.0.0.0:8787, and a
-            # second local experiment warns that the port is taken.
-            dashboard_address="127.0.0.1:0",
-            preload=[WORKER_PRELOAD],  # the training stack imported at each worker's start
-        ) as cluster,
-        Client(cluster) as client,
-    ):
-        yield client
 
 
 class CancelWatch:
@@ -177,27 +153,3 @@ def _drive(
         outcome = ExperimentOutcome("FAILED", "driver error", 0, None, f"{type(exc).__name__}: {exc}")
     save_plots_safely(store, record)  # charts, importances: on the compute, where Optuna and matplotlib are
     return outcome
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--experiment-id", required=True)
-    args = parser.parse_args(argv)
-    set_experiment(args.experiment_id)  # every log line of this process names it
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
-    configure("rapids-hpo-driver")
-
-    from shared.store import open_store
-
-    store = patient(open_store(Settings.from_env()))
-    cancel = CancelWatch(store, args.experiment_id)
-    signal.signal(signal.SIGTERM, lambda *_: cancel.signalled.set())
-    spec = load_spec(store.get_experiment(args.experiment_id).spec)
-    with dask_client(spec) as client:
-        outcome = run_experiment(store, args.experiment_id, client, cancel)
-    log.info("experiment %s ended %s: %s", args.experiment_id, outcome.status, outcome.reason)
-    return 0 if outcome.status != "FAILED" or outcome.reason != "driver error" else 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -47,10 +47,9 @@ def move_to_poison(service: QueueService, queue: EventQueue, message: Message) -
     queue.delete(message)
 
 
-def open_queues(settings: Settings | None = None) -> QueueService:
+def open_queues(settings: Settings) -> QueueService:
     """The queue service the settings name, by the rules of ``shared.store.open_store``; locally the
     SQLite file ``home/queues.sqlite3``."""
-    settings = settings or Settings.from_env()
     if settings.storage_connection_string:
         from shared.queues.azure import AzureQueueService
 

@@ -27,10 +27,9 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def open_store(settings: Settings | None = None) -> Store:
+def open_store(settings: Settings) -> Store:
     """The store the settings name: a connection string (Azurite's included) beats an account name
     (managed identity via ``DefaultAzureCredential``); with neither, a ``LocalStore`` under ``home``."""
-    settings = settings or Settings.from_env()
     if settings.storage_connection_string:
         from shared.store.azure import AzureStore
 

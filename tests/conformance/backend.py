@@ -35,6 +35,7 @@ from shared.context import Context
 from shared.ports import ComputeBackend, RunState, RunStatus, merge_handle
 from shared.records import ExperimentRecord, TrialRecord, TrialState, utcnow
 from shared.spec import load_spec
+from shared.store.compute import ComputeStore
 from tests.arm_server import FakeArm, StaticTokenCredential
 from tests.control_plane import tiny_spec
 from tests.fakes.azureml import COMPUTE as AML_COMPUTE
@@ -85,12 +86,16 @@ class LocalHarness(Harness):
     def spec(self) -> dict[str, Any]:
         return tiny_spec(limits={"max_total_trials": 2, "max_concurrent_trials": 2})
 
+    def _area(self, record: ExperimentRecord) -> ComputeStore:
+        """What the driver wrote so far, as it wrote it (the store has it only once a poll ingested it)."""
+        return ComputeStore.from_credential(self.ctx.store.issue_compute_credential(record.id, timedelta(hours=1)))
+
     def finish(self, record: ExperimentRecord, state: RunState) -> None:
         handle = LocalHandle.model_validate(record.backend_state)
         if state is RunState.CANCELLED:
             # Once the driver runs trials its SIGTERM handler is set: it then stops them and writes a
             # CANCELLED outcome (a signal during its imports would just kill it, and poll restart it).
-            wait_until(lambda: bool(self.ctx.store.list_trials(record.id)))
+            wait_until(lambda: bool(self._area(record).list_trials(record.id)))
             self.backend().cancel(record)
         elif state is RunState.FAILED:  # a driver that died every time it was restarted
             assert handle.pid
@@ -103,17 +108,18 @@ class LocalHarness(Harness):
         wait_until(lambda: not is_alive(handle) or self._has_outcome(record))  # SUCCEEDED: the real run
 
     def _has_outcome(self, record: ExperimentRecord) -> bool:
-        return DRIVER_OUTCOME_ARTIFACT in self.ctx.store.list_artifacts(record.id, "driver/")
+        return DRIVER_OUTCOME_ARTIFACT in self._area(record).list_artifacts(record.id, "driver/")
 
     def lose_driver(self, record: ExperimentRecord) -> dict[int, TrialRecord]:
         """SIGKILL the driver process's group (the driver and its Dask cluster) after its first trial."""
         handle = LocalHandle.model_validate(record.backend_state)
-        wait_until(lambda: bool(finished_trials(self.ctx, record)))
+        written = lambda: {t.number: t for t in self._area(record).list_trials(record.id) if t.state.finished}  # noqa: E731
+        wait_until(lambda: bool(written()))
         assert handle.pid
         os.killpg(handle.pid, signal.SIGKILL)
         wait_until(lambda: not is_alive(handle))
         assert not self._has_outcome(record), "the run ended before its driver was lost: give it more trials"
-        return finished_trials(self.ctx, record)
+        return written()
 
     def live(self, record: ExperimentRecord) -> int:
         return int(is_alive(record.backend_state))

@@ -1,8 +1,11 @@
 """The ``local`` backend: the HPO driver as a process beside the host, trials on a Dask LocalCluster.
 
-The driver process (``python -m shared.hpo.run_driver``) outlives the handler that started it and even
-the host: a restarted host finds it by pid. A driver that died without writing its outcome is started
-again (it resumes from the store) up to ``MAX_DRIVER_RESTARTS`` times.
+The driver process (``python -m shared.backends.local.driver``) outlives the handler that started it and
+even the host: a restarted host finds it by pid. It is a compute like the others: it gets its experiment's
+compute credential on stdin (a fresh one at each start) and none of the control plane's storage settings,
+and writes its area; each poll ingests the area (:mod:`shared.backends.area`) before it reads the outcome.
+A driver that died without writing its outcome is started again (it resumes from the trials it wrote) up
+to ``MAX_DRIVER_RESTARTS`` times.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from shared.backends.area import AreaHandle, credential_ttl, ingest_area
 from shared.backends.local import CAPABILITIES
 from shared.backends.local.section import LocalCompute
 from shared.backends.outcome import DriverOutcome, outcome_status, read_outcome
@@ -45,8 +49,9 @@ def process_start_time(pid: int) -> str | None:
     return None if state == "Z" else start
 
 
-class LocalHandle(BackendHandle):
-    """The driver process: its pid, the kernel's start time of that pid, its log, restarts so far."""
+class LocalHandle(BackendHandle, AreaHandle):
+    """The driver process: its pid, the kernel's start time of that pid, its log, restarts so far; its
+    compute area and the ingestion watermark."""
 
     kind: Literal["local"] = "local"
     pid: int | None = None
@@ -63,6 +68,23 @@ def is_alive(handle: LocalHandle | dict[str, Any]) -> bool:
     if isinstance(handle, dict):
         handle = LocalHandle.model_validate(handle)
     return handle.pid is not None and process_start_time(handle.pid) == handle.pid_start
+
+
+CONTROL_PLANE_SETTINGS = ("AzureWebJobsStorage", "EVENTGRID_TOPIC_KEY", "RAPIDS_HPO_FUNCTION_KEY", "TRACEPARENT")
+"""Environment variables (and prefixes) the driver never inherits: the control plane's own credentials
+(and the host's own trace, which the experiment's replaces)."""
+
+
+def driver_environment(traceparent: str | None = None) -> dict[str, str]:
+    """The driver's environment: this process's (telemetry settings included) less the control plane's
+    credentials, with our code on ``PYTHONPATH`` and the experiment's trace (``TRACEPARENT``: the driver's
+    spans join it). The driver's one way into storage is the credential it reads on stdin."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith(CONTROL_PLANE_SETTINGS)}
+    carried = traceparent_for(traceparent)
+    if carried is not None:
+        env["TRACEPARENT"] = carried
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
+    return env
 
 
 class LocalPlanner:
@@ -103,42 +125,29 @@ class LocalBackend:
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
-    def _environment(self, traceparent: str | None = None) -> dict[str, str]:
-        """The host's environment (telemetry settings included) plus where the store is and the
-        experiment's trace (``TRACEPARENT``: the driver's spans join it)."""
-        settings = self.settings
-        env = dict(os.environ)
-        env.pop("TRACEPARENT", None)
-        carried = traceparent_for(traceparent)
-        if carried is not None:
-            env["TRACEPARENT"] = carried
-        env["RAPIDS_HPO_HOME"] = str(settings.home)
-        if settings.storage_connection_string:
-            env["AzureWebJobsStorage"] = settings.storage_connection_string
-        if settings.storage_account_name:
-            env["AzureWebJobsStorage__accountName"] = settings.storage_account_name
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
-        return env
-
     def _spawn(self, record: ExperimentRecord, restarts: int = 0) -> HandleUpdate:
-        """Start the driver process; the handle fields that changed (pid, its start time, ...)."""
+        """Start the driver with a fresh credential of its area on stdin; the handle fields that changed."""
         before = LocalHandle.model_validate(record.backend_state)
+        credential = self.store.issue_compute_credential(record.id, credential_ttl(record.spec))
         log = self._log_path(record.id).open("ab")
         process = subprocess.Popen(
-            [sys.executable, "-m", "shared.hpo.run_driver", "--experiment-id", record.id],
+            [sys.executable, "-m", "shared.backends.local.driver"],
             stdout=log,
             stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=self._environment(record.traceparent),
+            stdin=subprocess.PIPE,
+            env=driver_environment(record.traceparent),
             cwd=ROOT,
             start_new_session=True,  # the driver survives the host; cancel signals its whole group
         )
         log.close()
+        assert process.stdin is not None  # stdin=PIPE
+        with process.stdin:
+            process.stdin.write(credential.to_json().encode() + b"\n")
         started = {"pid": process.pid, "pid_start": process_start_time(process.pid), "log": str(log.name)}
-        return handle_changes(before, before.model_copy(update={**started, "restarts": restarts}))
+        return handle_changes(before, before.model_copy(update={**started, "restarts": restarts, "area": True}))
 
     def provision(self, record: ExperimentRecord) -> HandleUpdate:
-        return {}  # nothing to create: the driver runs on this machine
+        return {}  # nothing to create: the driver runs on this machine, its area is made when it starts
 
     def submit(self, record: ExperimentRecord) -> HandleUpdate:
         if is_alive(record.backend_state) or self._outcome(record.id) is not None:
@@ -148,23 +157,33 @@ class LocalBackend:
     def _outcome(self, experiment_id: str) -> DriverOutcome | None:
         return read_outcome(self.store, experiment_id)
 
+    def _ingest(self, record: ExperimentRecord, handle: LocalHandle) -> tuple[LocalHandle, str | None]:
+        return ingest_area(self.store, record.id, handle, self.settings.max_artifact_bytes)
+
     def poll(self, record: ExperimentRecord) -> RunStatus:
+        """Ingest what the driver wrote; its outcome if written; else restart a dead driver."""
+        before = LocalHandle.model_validate(record.backend_state)
+        handle, problem = self._ingest(record, before)
+        if problem:
+            return RunStatus(RunState.FAILED, error=problem, updates=handle_changes(before, handle))
         outcome = self._outcome(record.id)
         if outcome is not None:
-            return outcome_status(outcome)
-        handle = LocalHandle.model_validate(record.backend_state)
+            return outcome_status(outcome, handle_changes(before, handle))
         if is_alive(handle):
-            return RunStatus(RunState.RUNNING)
+            return RunStatus(RunState.RUNNING, updates=handle_changes(before, handle))
         if handle.restarts >= MAX_DRIVER_RESTARTS:
             return RunStatus(
                 RunState.FAILED,
                 error=f"the HPO driver died {handle.restarts + 1} times; see {handle.log}",
             )
-        updates = self._spawn(record, restarts=handle.restarts + 1)
+        record = record.model_copy(update={"backend_state": handle.model_dump(mode="json")})
+        updates = {**handle_changes(before, handle), **self._spawn(record, restarts=handle.restarts + 1)}
         return RunStatus(RunState.RUNNING, details={"restarted": True}, updates=updates)
 
     def finalize(self, record: ExperimentRecord) -> HandleUpdate:
-        return {}  # the driver stored the best model itself
+        """The driver wrote the best model into its area: take in what the last poll did not."""
+        handle = LocalHandle.model_validate(record.backend_state)
+        return handle_changes(handle, self._ingest(record, handle)[0])
 
     def _signal(self, record: ExperimentRecord, sig: signal.Signals) -> None:
         handle = LocalHandle.model_validate(record.backend_state)

@@ -61,12 +61,8 @@ if TYPE_CHECKING:
 
 def _create(store: Store, settings: Settings) -> ComputeBackend:
     from shared.backends.vmcluster.backend import VMClusterBackend
-    from shared.backends.vmcluster.settings import VMIdentity
-    from shared.config import env
 
-    resource_id, client_id = env("RAPIDS_HPO_VM_IDENTITY_ID"), env("RAPIDS_HPO_VM_IDENTITY_CLIENT_ID")
-    identity = VMIdentity(resource_id, client_id) if resource_id and client_id else None
-    return VMClusterBackend(store, settings, identity=identity)
+    return VMClusterBackend(store, settings, identity=settings.azure.vm_identity)
 
 
 def _planner() -> Planner:

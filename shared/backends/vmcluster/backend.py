@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from shared.backends.area import ingest_area
 from shared.backends.outcome import outcome_status, read_outcome
 from shared.backends.vmcluster import CAPABILITIES
 from shared.backends.vmcluster.bootscript import (
@@ -143,7 +144,7 @@ class VMClusterBackend:
         return compute, network
 
     def _clients_for(self, compute: VMClusterCompute) -> tuple[Any, Any]:
-        sub = subscription_of(compute)
+        sub = subscription_of(compute, self.settings.azure)
         if not sub:
             raise BackendError("no subscription: set compute.subscription_id or AZURE_SUBSCRIPTION_ID")
         return self._clients(sub)
@@ -211,7 +212,11 @@ class VMClusterBackend:
             location=compute.location,
             subnet_id=network.subnet_id,
             nsg_id=network.nsg_id,
-            tags={**cluster_tags(record.id), CREATOR_TAG: CREATOR, CLUSTER_ID_TAG: handle.cluster_id or ""},
+            tags={
+                **cluster_tags(record.id, self.settings.azure.instance_id),
+                CREATOR_TAG: CREATOR,
+                CLUSTER_ID_TAG: handle.cluster_id or "",
+            },
             extra_vm_options=extra,
             retry=self.retry,
         )
@@ -232,7 +237,7 @@ class VMClusterBackend:
             location=compute.location,
             experiment_id=record.id,
             spec=compute.network,
-            tags=cluster_tags(record.id),
+            tags=cluster_tags(record.id, self.settings.azure.instance_id),
             retry=self.retry,
         )
         area = ComputeStore.from_credential(self._credential(record)).area  # the record is published there
@@ -325,20 +330,7 @@ class VMClusterBackend:
         return _status(before, RunState.RUNNING, handle, heartbeat=beat.isoformat(), evictions=handle.evictions)
 
     def _ingest(self, record: ExperimentRecord, handle: VMClusterHandle) -> tuple[VMClusterHandle, str | None]:
-        """Take what the compute wrote since the last poll into the store (validated and bounded there);
-        the handle with the new watermark, and what was refused, in one line (None when nothing was)."""
-        if not handle.area:
-            return handle, None
-        report = self.store.ingest_compute_output(
-            record.id,
-            since=handle.ingested_until,
-            seen=handle.ingested_seen,
-            quota_bytes=self.settings.max_artifact_bytes,
-        )
-        problem = report.problem()
-        if problem:
-            log.warning("experiment %s: %s", record.id, problem)
-        return handle.model_copy(update={"ingested_until": report.watermark, "ingested_seen": report.seen}), problem
+        return ingest_area(self.store, record.id, handle, self.settings.max_artifact_bytes)
 
     def _boot_notes(self, experiment_id: str) -> list[dict[str, Any]]:
         """What the VMs' ``boot.py`` reported of failed starts (``artifacts/boot/<vm>.json``), newest first."""
@@ -452,26 +444,39 @@ class VMClusterBackend:
         """This deployment's clusters in a resource group whose experiment is not live (see :mod:`.orphans`)."""
         from shared.backends.vmcluster.orphans import find_orphans
 
-        return find_orphans(self._clients, live_experiment_ids, resource_group, subscription_id, self.retry)
+        azure = self.settings.azure
+        resource_group, subscription_id = (
+            resource_group or azure.resource_group,
+            subscription_id or azure.subscription_id,
+        )
+        return find_orphans(
+            self._clients, live_experiment_ids, resource_group, subscription_id, self.retry, azure.instance_id
+        )
 
     def delete_orphans(self, orphans: list[OrphanedCluster], *, subscription_id: str | None = None) -> list[str]:
         from shared.backends.vmcluster.orphans import delete_orphans
 
-        return delete_orphans(self._clients, orphans, subscription_id, self.retry)
+        return delete_orphans(
+            self._clients, orphans, subscription_id or self.settings.azure.subscription_id, self.retry
+        )
 
     def sweep_orphans(
         self, live_experiment_ids: set[str], *, resource_group: str | None = None, subscription_id: str | None = None
     ) -> list[str]:
         """Delete this deployment's clusters and networks in ``resource_group`` whose experiment is not live.
-        Defaults: ``AZURE_RESOURCE_GROUP``, ``AZURE_SUBSCRIPTION_ID``; with either unset it touches nothing."""
+        Defaults: the deployment's (``Settings.azure``); with either unset, or no instance id, it touches nothing."""
         from shared.backends.vmcluster.orphans import sweep_orphans
-        from shared.config import env
 
-        resource_group = resource_group or env("AZURE_RESOURCE_GROUP")
-        subscription_id = subscription_id or env("AZURE_SUBSCRIPTION_ID")
+        azure = self.settings.azure
+        resource_group, subscription_id = (
+            resource_group or azure.resource_group,
+            subscription_id or azure.subscription_id,
+        )
         if not resource_group or not subscription_id:
             return []
-        return sweep_orphans(self._clients, live_experiment_ids, resource_group, subscription_id, self.retry)
+        return sweep_orphans(
+            self._clients, live_experiment_ids, resource_group, subscription_id, self.retry, azure.instance_id
+        )
 
 
 BOOT_NOTES = "boot"

@@ -17,6 +17,7 @@ from shared.backends.vmcluster.settings import (
     worker_vm_prefix,
 )
 from shared.compute_spec import compute_section
+from shared.config import AzureSettings
 
 if TYPE_CHECKING:
     from shared.spec import ExperimentSpec
@@ -27,15 +28,18 @@ def plan(
     experiment_id: str = "exp-PLAN",
     *,
     identity: VMIdentity | None = None,
+    azure: AzureSettings | None = None,
 ) -> dict[str, Any]:
-    """What ``provision``/``submit`` would create for ``spec``, without touching Azure (JSON-able)."""
+    """What ``provision``/``submit`` would create for ``spec``, without touching Azure (JSON-able); ``azure``:
+    the deployment's defaults (offline, the plan names none it is not given)."""
+    azure = azure or AzureSettings()
     from shared.backends.vmcluster.network import NetworkHandle
     from shared.backends.vmcluster.network_layout import dask_rules, network_names
 
     compute = compute_section(spec, VMClusterCompute)
     net = compute.network
     names = network_names(experiment_id)
-    sub = subscription_of(compute) or "<subscription>"
+    sub = subscription_of(compute, azure) or "<subscription>"
     base = f"/subscriptions/{sub}/resourceGroups/{compute.resource_group}/providers/Microsoft.Network"
     vnet = (net.existing_vnet or names.vnet).rsplit("/", 1)[-1]
     subnet = net.existing_subnet if net.existing_vnet else names.subnet
@@ -53,9 +57,11 @@ def plan(
         created=[],
     )
     env_vars = cluster_env(experiment_id=experiment_id)
-    kwargs = cluster_kwargs(compute, handle, experiment_id=experiment_id, env_vars=env_vars, identity=identity)
+    kwargs = cluster_kwargs(
+        compute, handle, experiment_id=experiment_id, env_vars=env_vars, identity=identity, azure=azure
+    )
     tags = {
-        **cluster_tags(experiment_id),
+        **cluster_tags(experiment_id, azure.instance_id),
         "creator": "dask-cloudprovider",
         "cluster-id": "<assigned at submit>",
     }
@@ -94,7 +100,7 @@ def plan(
         "network": {
             "resource_group": compute.resource_group,
             "location": compute.location,
-            "tags": cluster_tags(experiment_id),
+            "tags": cluster_tags(experiment_id, azure.instance_id),
             "virtual_network": {
                 "name": vnet,
                 "create": not net.existing_vnet,

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.backends.area import AreaHandle
 from shared.ports import BackendHandle
 from shared.records import ComputeReport, utcnow
 
@@ -36,14 +37,13 @@ class NetworkHandle(BaseModel):
     a resource found by name that carries this experiment's tag counts (an earlier attempt made it)."""
 
 
-class VMClusterHandle(BackendHandle):
+class VMClusterHandle(BackendHandle, AreaHandle):
     """One cluster's state: network, container, VMs, the driver's last sign of life, what went wrong."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     kind: Literal["vmcluster"] = "vmcluster"
     network: NetworkHandle | None = Field(default=None, description="set by provision")
-    area: bool = Field(default=False, description="the experiment's compute area exists (provision made it)")
     cluster_id: str | None = Field(default=None, description="8 hex digits, in VM names and tags")
     scheduler_vm: str | None = None
     scheduler_address: str | None = Field(default=None, description="tls://<head private ip>:<port>")
@@ -51,8 +51,6 @@ class VMClusterHandle(BackendHandle):
     n_workers: int = 0
     workers_created: bool = False
     evictions: int = Field(default=0, ge=0, description="worker VMs lost (Spot evictions), each replaced")
-    ingested_until: datetime | None = Field(default=None, description="the compute area's ingestion watermark")
-    ingested_seen: str = Field(default="", description="tags of the blobs taken in at the watermark's second")
     heartbeat_at: datetime | None = Field(default=None, description="the driver's last heartbeat")
     last_error: str | None = None
 

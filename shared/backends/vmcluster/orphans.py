@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from shared.config import env
 from shared.errors import BackendError
 
 if TYPE_CHECKING:
@@ -22,27 +21,18 @@ ClientsFor = Callable[[str], tuple[Any, Any]]
 """Builds ``(compute client, network client)`` for a subscription id."""
 
 
-def instance_id() -> str | None:
-    """This control plane's instance id (``RAPIDS_HPO_INSTANCE_ID``), or None when not configured."""
-    return env("RAPIDS_HPO_INSTANCE_ID").strip() or None
-
-
 def find_orphans(
     clients: ClientsFor,
     live_experiment_ids: set[str],
     resource_group: str | None,
     subscription_id: str | None,
     retry: RetrySettings,
-    *,
-    instance: str | None = None,
+    instance: str,
 ) -> list[OrphanedCluster]:
-    """Our clusters in a resource group (default ``AZURE_RESOURCE_GROUP``) whose experiment is not
-    live: VMs of a crashed or lost teardown that would otherwise stay billed."""
+    """Our clusters (tagged with this deployment's ``instance`` id) in a resource group whose experiment is
+    not live: VMs of a crashed or lost teardown that would otherwise stay billed."""
     from shared.backends.vmcluster.vm_teardown import find_orphaned_clusters
 
-    resource_group = resource_group or env("AZURE_RESOURCE_GROUP")
-    subscription_id = subscription_id or env("AZURE_SUBSCRIPTION_ID")
-    instance = instance or instance_id()
     if not resource_group or not subscription_id or not instance:
         raise BackendError("finding orphans needs a resource group, a subscription and RAPIDS_HPO_INSTANCE_ID")
     compute_client, network_client = clients(subscription_id)
@@ -62,7 +52,6 @@ def delete_orphans(
     """Delete what :func:`find_orphans` found; returns the ids deleted."""
     from shared.backends.vmcluster.vm_teardown import delete_cluster_resources
 
-    subscription_id = subscription_id or env("AZURE_SUBSCRIPTION_ID")
     if not subscription_id:
         raise BackendError("deleting orphans needs a subscription")
     compute_client, network_client = clients(subscription_id)
@@ -84,17 +73,15 @@ def sweep_orphans(
     resource_group: str,
     subscription_id: str,
     retry: RetrySettings,
-    *,
-    instance: str | None = None,
+    instance: str,
 ) -> list[str]:
     """Delete this instance's clusters and networks in ``resource_group`` whose experiment is not live;
     returns the ARM ids deleted (nothing at all without an instance id)."""
     from shared.backends.vmcluster.network import delete_network_resources, find_orphaned_networks
 
-    instance = instance or instance_id()
     if not instance:
         return []
-    clusters = find_orphans(clients, live_experiment_ids, resource_group, subscription_id, retry, instance=instance)
+    clusters = find_orphans(clients, live_experiment_ids, resource_group, subscription_id, retry, instance)
     deleted = delete_orphans(clients, clusters, subscription_id, retry)
     _, network_client = clients(subscription_id)
     networks = find_orphaned_networks(

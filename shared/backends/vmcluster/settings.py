@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shared.backends.vmcluster.section import CLUSTER_STARTUP_ESTIMATE_S, VMClusterCompute
-from shared.config import CREDENTIAL_MARGIN_SECONDS, env
+from shared.config import CREDENTIAL_MARGIN_SECONDS, AzureSettings, ManagedIdentity
 
 if TYPE_CHECKING:
     from shared.backends.vmcluster.network import NetworkHandle
@@ -77,12 +76,8 @@ _SECRET_NAMES = ("KEY", "SECRET", "PASSWORD", "TOKEN", "CONNECTION", "SAS")
 _SECRET_VALUES = ("accountkey=", "sharedaccesssignature=", "sig=", "-----begin")
 
 
-@dataclass(frozen=True)
-class VMIdentity:
-    """The user-assigned managed identity the cluster VMs use for Azure Storage."""
-
-    resource_id: str
-    client_id: str
+VMIdentity = ManagedIdentity
+"""The user-assigned managed identity the cluster VMs use for Azure Storage (``Settings.azure.vm_identity``)."""
 
 
 def now_iso() -> str:
@@ -101,12 +96,12 @@ def is_gpu_size(vm_size: str) -> bool:
     return re.match(r"^Standard_N[CDV]", vm_size, re.IGNORECASE) is not None
 
 
-def cluster_tags(experiment_id: str) -> dict[str, str]:
-    """Our tags on every cluster resource, beside dask-cloudprovider's ``creator``/``cluster-id``."""
+def cluster_tags(experiment_id: str, instance: str = "") -> dict[str, str]:
+    """Our tags on every cluster resource, beside dask-cloudprovider's ``creator``/``cluster-id``; ``instance``
+    is the deployment's id (``Settings.azure.instance_id``)."""
     from shared.backends.vmcluster.network_layout import CREATED_BY, CREATED_BY_TAG, EXPERIMENT_TAG, INSTANCE_TAG
 
     tags = {EXPERIMENT_TAG: experiment_id, CREATED_BY_TAG: CREATED_BY}
-    instance = env("RAPIDS_HPO_INSTANCE_ID").strip()
     if instance:  # the deployment's own id: the orphan sweep considers only resources carrying it
         tags[INSTANCE_TAG] = instance
     return tags
@@ -135,8 +130,9 @@ def python_options(options: dict[str, Any]) -> dict[str, Any]:
     return {key.replace("-", "_"): value for key, value in options.items()}
 
 
-def subscription_of(compute: VMClusterCompute) -> str | None:
-    return compute.subscription_id or env("AZURE_SUBSCRIPTION_ID") or None
+def subscription_of(compute: VMClusterCompute, azure: AzureSettings) -> str | None:
+    """The spec's subscription, else the deployment's (``Settings.azure``)."""
+    return compute.subscription_id or azure.subscription_id or None
 
 
 def cluster_kwargs(
@@ -147,6 +143,7 @@ def cluster_kwargs(
     env_vars: dict[str, str],
     identity: VMIdentity | None = None,
     scheduler_port: int = SCHEDULER_PORT,
+    azure: AzureSettings | None = None,
 ) -> dict[str, Any]:
     """The ``AzureVMCluster`` arguments for a spec and a provisioned network (pure, JSON-able).
 
@@ -168,7 +165,7 @@ def cluster_kwargs(
     kwargs: dict[str, Any] = {
         "location": compute.location,
         "resource_group": network.resource_group,
-        "subscription_id": subscription_of(compute),
+        "subscription_id": subscription_of(compute, azure or AzureSettings()),
         "vnet": network.vnet_name,
         "subnet": network.subnet_id,
         "security_group": network.nsg_name,
