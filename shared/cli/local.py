@@ -53,7 +53,7 @@ def run(
     console.print(f"experiment [bold]{record.id}[/bold] ({spec.name}) submitted; store: {settings.home}")
     if record.traceparent:
         console.print(f"trace id: {trace_id_of(record.traceparent)}")
-    host = LocalHost(ctx, visibility_timeout=30, sweep_interval=30)
+    host = LocalHost(ctx, sweep_interval=30)
 
     def finished() -> bool:
         return ctx.store.get_experiment(record.id).status in TERMINAL_STATUSES
@@ -101,7 +101,7 @@ def run(
         progress.trials = None  # the run is over: no trial table in the last frame
         progress.update(task, completed=final.trials_done, description=_describe(final))
     if interrupted:
-        host.run(until=lambda: ctx.store.get_experiment(record.id).torn_down, timeout=30)
+        host.run(until=lambda: ctx.store.get_experiment(record.id).torn_down, timeout=90)  # the refit's grace
         err.print(f"experiment {record.id} {ctx.store.get_experiment(record.id).status.value}")
         raise typer.Exit(130)
     if not reached:
@@ -161,6 +161,7 @@ def plan(
 
     from shared.backends import get_planner
     from shared.cost.catalogue import load_catalogue
+    from shared.cost.measured import expected_line
     from shared.cost.report import plan_document, plan_renderables
 
     if output not in {"text", "yaml"}:
@@ -173,11 +174,12 @@ def plan(
     from shared.spec.search_table import runs_where
 
     search = runs_where(spec)
+    expected = expected_line(spec, _measured(spec))
     if output == "yaml":
         document = {
             "task": task_plan(spec),
             "search": search,
-            "plan": plan_document(spec, catalogue, creates),
+            "plan": {**plan_document(spec, catalogue, creates), "expected_wall_time": expected},
             "dry_run": _dry_run(spec, as_text=False),
         }
         document = json.loads(json.dumps(document, default=str))  # plain types for YAML
@@ -186,12 +188,26 @@ def plan(
     console.print(f"task: {task_plan(spec)}")
     for line in search:
         console.print(f"search: {line}", markup=False, highlight=False)
-    for renderable in plan_renderables(spec, catalogue, creates):
+    for index, renderable in enumerate(plan_renderables(spec, catalogue, creates)):
         console.print(renderable)
+        if index == 0:
+            console.print(f"  expects   {expected}", markup=False, highlight=False)
     if full:
         console.print(_dry_run(spec, as_text=True), markup=False, highlight=False)
     elif shows := planner.full_plan_shows:
         console.print(f"[dim]{shows[0].upper()}{shows[1:]}: rapids-hpo plan {spec_path} --full[/dim]")
+
+
+def _measured(spec: Any) -> Any:
+    """The last finished run of this workload in the local store (``plan`` reads nothing in Azure)."""
+    from shared.cost.measured import last_run
+    from shared.store.local import LocalStore
+
+    settings = Settings.from_env()
+    folder = settings.home / "store"
+    if settings.uses_azure_storage or not folder.exists():
+        return None
+    return last_run(LocalStore(folder), spec)
 
 
 def task_plan(spec: Any) -> str:

@@ -1,0 +1,76 @@
+"""``rapids-hpo plan`` expects a run time from trials measured here (issue 30): the newest finished run of
+the same workload, or it says it has none; the limits' range stays beside it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import yaml
+
+from shared.cost.measured import expected_line, last_run
+from shared.records import ExperimentRecord, ExperimentStatus, TrialRecord, TrialState
+from shared.spec import load_spec
+from shared.store.local import LocalStore
+from tests.test_task_examples import EXAMPLES, rapids_hpo
+
+SPEC = EXAMPLES / "flights-rf.yaml"
+ENDED = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+
+
+def finished_run(store: LocalStore, experiment_id: str, document: dict, durations: list[float], **more) -> None:
+    store.create_experiment(
+        ExperimentRecord(
+            id=experiment_id,
+            name="flights-rf",
+            status=more.get("status", ExperimentStatus.COMPLETED),
+            spec=load_spec(document).to_document(),
+            ended_at=ENDED,
+        )
+    )
+    for number, seconds in enumerate(durations):
+        state = TrialState.PRUNED if number == 0 else TrialState.COMPLETED  # a pruned trial's time is not a trial's
+        store.put_trial(
+            TrialRecord(
+                experiment_id=experiment_id, number=number, params={}, state=state, value=0.8, duration_s=seconds
+            )
+        )
+
+
+def test_the_newest_finished_run_of_the_same_workload_gives_the_figure(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    document = yaml.safe_load(SPEC.read_text())
+    spec = load_spec(document)
+    assert last_run(store, spec) is None
+    assert "no run of this data and model has finished here" in expected_line(spec, None)
+    finished_run(store, "exp-20261204100000-aaaaaa", document, [1.0, 40.0, 60.0])
+    other_model = {**document, "trial": {**document["trial"], "model": "xgboost", "params": {}}, "search_space": {
+        "max_depth": {"type": "choice", "values": [3, 4]}}}  # fmt: skip
+    finished_run(store, "exp-20261204110000-bbbbbb", other_model, [1.0, 500.0])
+    other_rows = {**document, "dataset": {**document["dataset"], "max_rows": 1000}}
+    finished_run(store, "exp-20261204110500-cccccc", other_rows, [1.0, 5.0])
+    failed = "exp-20261204111000-dddddd"
+    finished_run(store, failed, document, [1.0, 900.0], status=ExperimentStatus.FAILED)
+    measured = last_run(store, spec)
+    assert measured is not None and measured.experiment_id == "exp-20261204100000-aaaaaa"
+    assert measured.trials == 2 and measured.mean_s == 50.0  # the pruned trial left out
+    line = expected_line(spec, measured)
+    assert line.startswith("~4.2 min: 5 waves of 2 trials x 50 s, the mean of the 2 completed trials")
+    assert "exp-20261204100000-aaaaaa, ended 2026-12-04 12:00 UTC" in line
+    other_space = {**document, "search_space": {"max_depth": {"type": "choice", "values": [5, 6]}}}
+    assert last_run(store, load_spec(other_space)) == measured  # the search may differ: the line says so
+
+
+def test_plan_prints_what_it_expects_beside_the_range(tmp_path: Path):
+    home = tmp_path / "home"
+    finished_run(LocalStore(home / "store"), "exp-20261204100000-aaaaaa", yaml.safe_load(SPEC.read_text()), [1, 12, 12])
+    result = rapids_hpo("plan", str(SPEC), home=home, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "runs      0.19-0.42 h of wall time" in result.stdout
+    assert "expects   ~1.0 min: 5 waves of 2 trials x 12 s" in result.stdout
+    as_yaml = yaml.safe_load(rapids_hpo("plan", str(SPEC), "-o", "yaml", home=home, timeout=120).stdout)
+    assert as_yaml["plan"]["expected_wall_time"].startswith("~1.0 min")
+    assert "node_hours" not in as_yaml["dry_run"] and as_yaml["dry_run"]["billed_node_hours"] == 0.0
+    fresh = rapids_hpo("plan", str(SPEC), home=tmp_path / "elsewhere", timeout=120)
+    assert "expects   no run of this data and model has finished here" in fresh.stdout
+    assert not (tmp_path / "elsewhere").exists()  # plan creates no store
