@@ -23,10 +23,6 @@ from shared.queues import move_to_poison
 
 log = logging.getLogger(__name__)
 
-VISIBILITY_TIMEOUT_S = 90
-"""How long a received message stays hidden: longer than the longest handler step here (a cancelled local
-run's teardown waits up to ``shared.backends.local.backend.CANCEL_REFIT_S`` for the best model so far)."""
-
 
 class LocalHost:
     """A single-threaded queue-trigger loop over a ``Context``."""
@@ -35,7 +31,7 @@ class LocalHost:
         self,
         ctx: Context,
         *,
-        visibility_timeout: int = VISIBILITY_TIMEOUT_S,
+        visibility_timeout: int = 30,
         sweep_interval: float = 60.0,
         batch_size: int = 16,
     ) -> None:

@@ -277,30 +277,6 @@ def test_delete_cancels_a_running_experiment_and_stops_its_driver(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_cancelled_experiment_keeps_the_best_model_so_far(tmp_path):
-    """Cancel after a trial completed: the driver refits the best trial so far before the teardown ends it,
-    and GET /model gives that model (it used to be 404 "has no model yet")."""
-    store = store_for(tmp_path)
-    document = tiny_spec(limits={"max_total_trials": 40, "max_concurrent_trials": 1})  # quick trials and refit
-    with served(tmp_path) as client:
-        experiment_id = submit(client, document)
-        body = wait_for(client, experiment_id, lambda b: b["best"] is not None or finished(b))
-        assert body["status"] == "RUNNING", body
-        assert client.delete(f"/api/experiments/{experiment_id}").status_code == 202
-        body = wait_for(client, experiment_id, finished)
-        assert body["status"] == "CANCELLED"
-        wait_for(client, experiment_id, lambda b: store.get_experiment(experiment_id).torn_down)
-        answer = client.get(f"/api/experiments/{experiment_id}/model")
-        assert answer.status_code == 200, answer.text
-        archive = zipfile.ZipFile(io.BytesIO(answer.content))
-        best = client.get(f"/api/experiments/{experiment_id}").json()["best"]
-        shown = json.loads(archive.read("metrics.json"))
-        assert shown["cross_validation"]["trial"] == best["number"] and "mlflow/MLmodel" in archive.namelist()
-    trials = store.list_trials(experiment_id)
-    assert len(trials) < 40 and not any(t.state is TrialState.RUNNING for t in trials)
-
-
-@pytest.mark.slow
 def test_ctrl_c_on_rapids_hpo_run_cancels_the_experiment(tmp_path):
     from shared.backends.local import is_alive
 

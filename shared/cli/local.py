@@ -53,7 +53,7 @@ def run(
     console.print(f"experiment [bold]{record.id}[/bold] ({spec.name}) submitted; store: {settings.home}")
     if record.traceparent:
         console.print(f"trace id: {trace_id_of(record.traceparent)}")
-    host = LocalHost(ctx, sweep_interval=30)
+    host = LocalHost(ctx, visibility_timeout=30, sweep_interval=30)
 
     def finished() -> bool:
         return ctx.store.get_experiment(record.id).status in TERMINAL_STATUSES
@@ -101,7 +101,7 @@ def run(
         progress.trials = None  # the run is over: no trial table in the last frame
         progress.update(task, completed=final.trials_done, description=_describe(final))
     if interrupted:
-        host.run(until=lambda: ctx.store.get_experiment(record.id).torn_down, timeout=90)  # the refit's grace
+        host.run(until=lambda: ctx.store.get_experiment(record.id).torn_down, timeout=30)
         err.print(f"experiment {record.id} {ctx.store.get_experiment(record.id).status.value}")
         raise typer.Exit(130)
     if not reached:

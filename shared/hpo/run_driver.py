@@ -28,7 +28,7 @@ from shared.hpo.driver import ExperimentOutcome, HpoDriver
 from shared.hpo.patient_store import patient
 from shared.hpo.refit import refit_best_model
 from shared.ports import Store
-from shared.records import BestTrial, DataCheckReport, ExperimentRecord, ExperimentStatus
+from shared.records import DataCheckReport, ExperimentRecord, ExperimentStatus
 from shared.spec import ExperimentSpec, load_spec
 from shared.telemetry import span
 from shared.telemetry.driver import compute_traceparent
@@ -145,24 +145,11 @@ def _drive(
             outcome = ExperimentOutcome("FAILED", DATA_CHECK_FAILED, 0, None, f"{DATA_CHECK_FAILED}: {problem}")
         else:
             outcome = driver.run()
-        if outcome.status in {"COMPLETED", "CANCELLED"} and outcome.best is not None:
+        if outcome.status == "COMPLETED" and outcome.best is not None:
             with span("refit", attributes={"rapids_hpo.trial.number": outcome.best.number}):
-                outcome.best = _refit(spec, experiment_id, outcome, store, client)
+                outcome.best = refit_best_model(spec, experiment_id, outcome.best, store, client)
     except Exception as exc:  # the driver itself failed: say why in the outcome, then exit non-zero
         log.exception("driver failed")
         outcome = ExperimentOutcome("FAILED", "driver error", 0, None, f"{type(exc).__name__}: {exc}")
     save_plots_safely(store, record)  # charts, importances: on the compute, where Optuna and matplotlib are
     return outcome
-def _refit(
-    spec: ExperimentSpec, experiment_id: str, outcome: ExperimentOutcome, store: Store, client: Client
-) -> BestTrial:
-    """The best trial's model, refit on all rows. A cancelled run is refit too (a user who cancels after good
-    trials wants the best so far): its refit failing (or the teardown's grace running out) loses only the model."""
-    assert outcome.best is not None
-    try:
-        return refit_best_model(spec, experiment_id, outcome.best, store, client)
-    except Exception:
-        if outcome.status == "COMPLETED":
-            raise
-        log.exception("the best model so far could not be refit after the cancel; the run stays CANCELLED")
-        return outcome.best

@@ -26,7 +26,7 @@ from shared.backends.outcome import DriverOutcome, outcome_status, read_outcome
 from shared.compute_spec import compute_section
 from shared.config import Settings
 from shared.ports import BackendHandle, HandleUpdate, RunState, RunStatus, Store, handle_changes
-from shared.records import ComputeReport, ExperimentRecord, ExperimentStatus
+from shared.records import ComputeReport, ExperimentRecord
 from shared.telemetry import traceparent_for
 
 if TYPE_CHECKING:
@@ -34,10 +34,6 @@ if TYPE_CHECKING:
 
 MAX_DRIVER_RESTARTS = 2
 KILL_WAIT_S = 5.0
-CANCEL_REFIT_S = 60.0
-"""How long a cancelled run's teardown waits for the driver to refit the best trial so far and exit (a few
-seconds for the examples here; 60 s under a load average of 25). The local host's queue hides a message
-for :data:`shared.runner.VISIBILITY_TIMEOUT_S`, longer than this wait."""
 """How long teardown waits for a killed driver to be gone."""
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -189,28 +185,20 @@ class LocalBackend:
         handle = LocalHandle.model_validate(record.backend_state)
         return handle_changes(handle, self._ingest(record, handle)[0])
 
-    def _signal(self, record: ExperimentRecord, sig: signal.Signals, *, group: bool = True) -> None:
+    def _signal(self, record: ExperimentRecord, sig: signal.Signals) -> None:
         handle = LocalHandle.model_validate(record.backend_state)
         if handle.pid and is_alive(handle):
             with contextlib.suppress(ProcessLookupError):  # it ended between the check and the signal
-                (os.killpg if group else os.kill)(handle.pid, sig)
-
-    def _wait_gone(self, record: ExperimentRecord, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while is_alive(record.backend_state) and time.monotonic() < deadline:
-            time.sleep(0.05)
+                os.killpg(handle.pid, sig)
 
     def cancel(self, record: ExperimentRecord) -> HandleUpdate:
-        """SIGTERM to the driver only, not its Dask cluster: the driver stops the running trials (restarting
-        their workers) and refits the best trial so far on the cluster before it writes its outcome."""
-        self._signal(record, signal.SIGTERM, group=False)
+        self._signal(record, signal.SIGTERM)
         return {}
 
     def teardown(self, record: ExperimentRecord) -> HandleUpdate:
-        """After a cancel, give the driver up to :data:`CANCEL_REFIT_S` to save the best model so far and
-        exit; then SIGKILL its process group and wait (briefly) until the driver is gone."""
-        if record.status is ExperimentStatus.CANCELLED:
-            self._wait_gone(record, CANCEL_REFIT_S)
+        """SIGKILL the driver's process group and wait (briefly) until the driver is gone."""
         self._signal(record, signal.SIGKILL)
-        self._wait_gone(record, KILL_WAIT_S)
+        deadline = time.monotonic() + KILL_WAIT_S
+        while is_alive(record.backend_state) and time.monotonic() < deadline:
+            time.sleep(0.05)
         return {}
