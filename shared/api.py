@@ -43,7 +43,6 @@ from shared.auth import (
 from shared.backends.outcome import read_data_check
 from shared.config import EXPERIMENT_ID_PATTERN, MODEL_PREFIX, Settings
 from shared.context import Context, built_context, get_context
-from shared.cost.ledger import public_cost
 from shared.dashboard.docs import router as docs_router
 from shared.dashboard.routes import router as dashboard_router
 from shared.errors import CorruptRecord, InvalidPageToken, NotFound
@@ -52,11 +51,13 @@ from shared.records import (
     TERMINAL_STATUSES,
     BestTrial,
     ComputeReport,
+    CostLedger,
     DataCheckReport,
     ExperimentRecord,
     ExperimentStatus,
     RegisteredModel,
     SubmittedBy,
+    Transition,
     TrialRecord,
     UnreadableRecord,
     updated,
@@ -104,9 +105,12 @@ class CostView(BaseModel):
     basis: str
 
     @classmethod
-    def of(cls, cost: dict[str, Any] | None) -> CostView | None:
-        shown = public_cost(cost)
-        return None if shown is None else cls(**shown)
+    def of(cls, cost: CostLedger | None) -> CostView | None:
+        return (
+            None
+            if cost is None
+            else cls(spent_usd=round(cost.spent_usd, 4), budget_usd=cost.budget_usd, basis=cost.basis)
+        )
 
 
 class ExperimentView(BaseModel):
@@ -122,7 +126,7 @@ class ExperimentView(BaseModel):
     error: str | None
     timings: Timings
     links: dict[str, str]
-    history: list[dict[str, Any]] = Field(default_factory=list)
+    history: list[Transition] = Field(default_factory=list)
     events: EventsView | None = None
     cost: CostView | None = Field(default=None, description="spend so far in USD; absent when the run is unpriced")
     registered_model: RegisteredModel | None = Field(

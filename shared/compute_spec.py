@@ -7,9 +7,10 @@ registry (:mod:`shared.backends`) makes the spec's ``compute`` union of them. Th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Annotated, ClassVar, TypeVar, get_args
 
-from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict
+from pydantic.fields import FieldInfo
 
 from shared.cost.billing import BillingProfile, Tier
 
@@ -23,18 +24,23 @@ RAPIDS_DOCKER_ARGS = "--shm-size=1g --ulimit=memlock=-1 --ulimit=stack=67108864"
 """RAPIDS' recommended ``docker run`` options: Dask and UCX need more shared memory than Docker's 64 MB."""
 
 
-def _usable_vm_size(value: str) -> str:
-    """Reject a size Azure retired (naming its replacement); unknown sizes pass (see ``size_warnings``)."""
-    from shared.cost.catalogue import load_catalogue
-
-    error = load_catalogue().check(value).error
-    if error:
-        raise ValueError(error)
-    return value
+class _CatalogueSize:
+    """Marks a field that names an Azure VM size (:data:`VmSize`)."""
 
 
-VmSize = Annotated[str, AfterValidator(_usable_vm_size)]
-"""An Azure VM size name, checked against the GPU size catalogue's retirements."""
+CATALOGUE_SIZE = _CatalogueSize()
+
+
+def _names_a_size(info: FieldInfo) -> bool:
+    """The field is a :data:`VmSize` (optional or not)."""
+    if CATALOGUE_SIZE in info.metadata:
+        return True
+    return any(CATALOGUE_SIZE in getattr(arg, "__metadata__", ()) for arg in get_args(info.annotation))
+
+
+VmSize = Annotated[str, CATALOGUE_SIZE]
+"""An Azure VM size name. Admission (:func:`shared.spec.admit`, at the edge only) refuses a size the size
+catalogue retired; a stored spec is never checked again, so a retirement mid-run stops no run."""
 
 
 class Strict(BaseModel):
@@ -99,6 +105,12 @@ class ComputeSection(Strict):
     def spec_problems(self, spec: ExperimentSpec) -> list[Problem]:
         """This backend's rules on the rest of the spec (``[]``: none)."""
         return []
+
+    def vm_sizes(self) -> dict[str, str]:
+        """The sizes this section names, by field (the fields typed :data:`VmSize`; admission checks each)."""
+        fields = type(self).model_fields
+        named = {name: getattr(self, name) for name, info in fields.items() if _names_a_size(info)}
+        return {name: size for name, size in named.items() if size}
 
     def gpu_capacity(self) -> GpuCapacity | None:
         """The GPUs the compute holds and the trials that keep them busy; None without GPUs (or unknown)."""

@@ -16,16 +16,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.records import ComputeReport, ExperimentRecord, ExperimentStatus, TrialRecord, UnreadableRecord
+from shared.records import ComputeReport, ExperimentRecord, ExperimentStatus, RunOutcome, TrialRecord, UnreadableRecord
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
-    from datetime import datetime, timedelta
+    from datetime import timedelta
 
     from shared.compute_spec import ComputeSection
     from shared.config import Settings
@@ -183,14 +184,35 @@ class BackendHandle(BaseModel):
         return ComputeReport()
 
 
+class RunDetails(BaseModel):
+    """What a poll saw beside the run's state, for logs, the CLI and tests (the state machine reads none of it)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    waiting_for: str | None = Field(default=None, description="what a pending run waits for, in words")
+    reason: str | None = Field(
+        default=None, description="why the run ended as it did, when the state alone does not say"
+    )
+    compute_status: str | None = Field(
+        default=None, description="the compute's own word for the run (AzureML's status)"
+    )
+    job_name: str | None = None
+    trials: dict[str, int] = Field(default_factory=dict, description="trials by state, as the compute reports them")
+    restarted: bool = Field(default=False, description="this poll started a dead driver again")
+    heartbeat_at: datetime | None = None
+    evictions: int = Field(default=0, ge=0)
+
+
 @dataclass
 class RunStatus:
-    """What ``ComputeBackend.poll`` saw of a run, and the handle updates it made on the way."""
+    """What ``ComputeBackend.poll`` saw of a run, and the handle updates it made on the way; ``outcome`` is
+    the driver's own account of how the run ended, where the backend's driver writes one."""
 
     state: RunState
     error: str | None = None
-    details: dict[str, Any] = field(default_factory=dict)
+    details: RunDetails = field(default_factory=RunDetails)
     updates: HandleUpdate = field(default_factory=dict)
+    outcome: RunOutcome | None = None
 
 
 class Capabilities(BaseModel):

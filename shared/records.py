@@ -1,4 +1,11 @@
-"""The records the store keeps and the events the queues carry (plain pydantic models)."""
+"""The records the store keeps and the events the queues carry (plain pydantic models), typed all the way
+down: an experiment's spec is an :class:`~shared.spec.ExperimentSpec`, its transitions :class:`Transition`,
+its cost a :class:`CostLedger`, a driver's outcome a :class:`RunOutcome`.
+
+A stored record is read with the spec's *shape* rules only (``ExperimentSpec.model_validate``): the rules
+that depend on the world now (the size catalogue's retirements and prices, hosted mode) are admission rules,
+checked once at the edge (:func:`shared.spec.admit`), never again on what is stored, so a size the catalogue
+retires mid-run leaves a running experiment readable."""
 
 from __future__ import annotations
 
@@ -11,6 +18,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from shared.bounded import MAX_ENTRIES, FiniteFloat, Metrics, Name, Params, ShortStr, Text
+from shared.spec.experiment import ExperimentSpec
 from shared.telemetry.traceparent import parse_traceparent
 
 TraceParent = Annotated[str | None, BeforeValidator(parse_traceparent)]
@@ -271,13 +279,60 @@ class SubmittedBy(BaseModel):
         )
 
 
+class Transition(Record):
+    """One status change of an experiment (``ExperimentRecord.history``; the n-th is event ``{id}/status/{n}``)."""
+
+    at: datetime
+    status: ExperimentStatus
+    reason: Text = ""
+
+
+class CostLedger(Record):
+    """What an experiment has cost so far (``ExperimentRecord.cost``; :mod:`shared.cost.ledger` computes it); USD."""
+
+    spent_usd: float = Field(default=0.0, ge=0.0)
+    budget_usd: float | None = None
+    basis: Text = ""
+    trials_usd: float = 0.0
+    head_usd: float = Field(default=0.0, description="nodes billed beside the trial nodes (a scheduler VM)")
+    idle_usd: float = Field(default=0.0, description="billed node time no trial used")
+    per_trial_usd: dict[int, float] = Field(default_factory=dict)
+    node_seconds: float = 0.0
+    as_of: datetime | None = None
+    stopped: ShortStr | None = Field(default=None, description='"budget reached" when the budget ended the run')
+
+    @property
+    def exhausted(self) -> bool:
+        return self.budget_usd is not None and self.spent_usd >= self.budget_usd
+
+    def public(self) -> dict[str, float | str | None]:
+        """The API's and the events' ``cost`` object: ``{spent_usd, budget_usd, basis}``."""
+        return {"spent_usd": round(self.spent_usd, 4), "budget_usd": self.budget_usd, "basis": self.basis}
+
+
+class RunOutcome(BaseModel):
+    """``driver/outcome.json``: how the HPO driver's run ended (``shared.hpo.outcome.ExperimentOutcome``
+    writes it on the compute). The compute wrote it, so every field is bounded; ``RunStatus.outcome``."""
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+    status: Literal["COMPLETED", "FAILED", "CANCELLED"]
+    reason: Text = ""
+    trials_done: int = Field(default=0, ge=0, le=10**6)
+    best: BestTrial | None = None
+    error: Text | None = None
+    counts: dict[Name, int] = Field(default_factory=dict, max_length=16)
+
+
 class ExperimentRecord(Record):
     """An experiment's status document. ``version`` is the optimistic-concurrency token."""
 
     id: str
     name: str
     status: ExperimentStatus = ExperimentStatus.SUBMITTED
-    spec: dict[str, Any]
+    spec: ExperimentSpec | None = Field(
+        description="the admitted spec (shape-checked when read back); None only for a request refused at intake"
+    )
     backend: str = "local"
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
@@ -295,22 +350,44 @@ class ExperimentRecord(Record):
     redrives: int = Field(default=0, description="times the sweep re-drove this experiment")
     torn_down: bool = False
     status_emitted: bool = Field(default=False, description="the experiment-status message was sent")
-    history: list[dict[str, Any]] = Field(default_factory=list, description="transitions, oldest first")
+    history: list[Transition] = Field(default_factory=list, description="transitions, oldest first")
     event_log: EventLog = Field(default_factory=EventLog, description="Event Grid announcements and outbox")
-    cost: dict[str, Any] | None = Field(
-        default=None, description="the cost ledger (shared.cost.ledger.CostLedger), None when unpriced"
-    )
+    cost: CostLedger | None = Field(default=None, description="the cost ledger, None when unpriced")
     registered_model: RegisteredModel | None = Field(default=None, description="output.register_model's result")
     compute: ComputeReport = Field(default_factory=ComputeReport, description="from the backend's handle")
     traceparent: TraceParent = Field(default=None, description="the experiment's trace (W3C), from its submit")
     warm_start: WarmStartSeed | None = Field(default=None, description="spec.warm_start's trials, read at submit")
     version: str = ""
 
+    @field_validator("spec", mode="before")
+    @classmethod
+    def _refused_spec(cls, value: Any) -> Any:
+        """``{}`` is how earlier versions stored the spec of a request refused at intake: no spec."""
+        return None if value == {} else value
+
     @property
     def objective(self) -> tuple[str, str]:
         """``(primary_metric, goal)``: what ``best.value`` measures and which way is better."""
-        section = self.spec.get("objective") or {}
-        return str(section.get("primary_metric", "accuracy")), str(section.get("goal", "maximize"))
+        if self.spec is None:
+            return "accuracy", "maximize"
+        return self.spec.objective.primary_metric, self.spec.objective.goal
+
+    @property
+    def goal(self) -> str:
+        """``maximize`` or ``minimize``: which way ``best.value`` is better."""
+        return self.objective[1]
+
+    @property
+    def searched(self) -> list[str]:
+        """The hyperparameters the spec searches, in its order (none without a spec)."""
+        return list(self.spec.search_space) if self.spec is not None else []
+
+    @property
+    def run_spec(self) -> ExperimentSpec:
+        """The spec of an experiment past intake (every one that runs has one); ``ValueError`` otherwise."""
+        if self.spec is None:
+            raise ValueError(f"experiment {self.id} was refused at intake: it has no spec to run")
+        return self.spec
 
 
 @dataclass(frozen=True)

@@ -692,7 +692,7 @@ def test_sweep_status_mapping(ctx: Context, fake: FakeWorkspace, status: str, st
     running_sweep(fake, status)
     result = backend_for(ctx, fake).poll(make_record(ctx, make_spec(), job_name=JOB))
     assert result.state is state
-    assert result.details["azureml_status"] == status
+    assert result.details.compute_status == status
     if state is RunState.FAILED:
         assert JOB in (result.error or "") and "ml.azure.com" in (result.error or "")
 
@@ -744,7 +744,7 @@ def test_children_become_trial_records(ctx: Context, fake: FakeWorkspace) -> Non
     assert trials[3].state is TrialState.FAILED
     assert trials[4].state is TrialState.TIMED_OUT and "trial_timeout" in (trials[4].error or "")
     assert trials[5].state is TrialState.FAILED and "accuracy" in (trials[5].error or "")
-    assert status.details["trials"] == {
+    assert status.details.trials == {
         "COMPLETED": 1,
         "RUNNING": 1,
         "PRUNED": 1,
@@ -799,7 +799,7 @@ def test_a_sweep_stopped_by_its_timeout_succeeds(ctx: Context, fake: FakeWorkspa
     fake.children[JOB] = [child(0, "Completed"), child(1, "Canceled")]
     fake.runs = {f"{JOB}_0": run({1: 0.8}), f"{JOB}_1": run({1: 0.6}, seconds=300)}
     status = backend_for(ctx, fake).poll(make_record(ctx, make_spec(), job_name=JOB))
-    assert status.state is RunState.SUCCEEDED and "timeout" in status.details["reason"]
+    assert status.state is RunState.SUCCEEDED and "timeout" in (status.details.reason or "")
     trials = ctx.store.list_trials(EXP)
     assert [t.state for t in trials] == [TrialState.COMPLETED, TrialState.TIMED_OUT]
 

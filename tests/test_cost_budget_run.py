@@ -83,7 +83,7 @@ def test_the_control_plane_stops_a_run_at_the_budget_and_completes_it_with_its_b
                                     duration_s=60.0, ended_at=datetime.now(UTC)))  # fmt: skip
     assert step() == "running"  # a minute in: cents
     cost = ctx.store.get_experiment(record.id).cost
-    assert cost["spent_usd"] < 1.0 and cost["basis"].startswith("estimate") and cost["budget_usd"] == 1.0
+    assert cost is not None and cost.spent_usd < 1.0 and cost.basis.startswith("estimate") and cost.budget_usd == 1.0
     later = datetime.now(UTC) + timedelta(hours=2)  # 2 workers x $0.526 x 2 h > $1
     monkeypatch.setattr(machine, "utcnow", lambda: later)
     assert step() == BUDGET_REACHED
@@ -91,7 +91,7 @@ def test_the_control_plane_stops_a_run_at_the_budget_and_completes_it_with_its_b
     assert step() == "completed"
     final = ctx.store.get_experiment(record.id)
     assert final.status is ExperimentStatus.COMPLETED and final.best is not None and final.best.value == 0.8
-    assert final.history[-1]["reason"] == BUDGET_REACHED and final.cost["stopped"] == BUDGET_REACHED
+    assert final.history[-1].reason == BUDGET_REACHED and final.cost.stopped == BUDGET_REACHED
     set_context(ctx)
     try:
         body = TestClient(create_api(), base_url="http://localhost").get(f"/api/experiments/{record.id}").json()

@@ -97,5 +97,5 @@ def test_an_unknown_size_is_submitted_with_a_warning_in_its_history(tmp_path):
     ctx = local_context(tmp_path)
     spec = load_spec(tiny_spec(compute={**VMCLUSTER, "vm_size": "Standard_ND128isr_NEW_v9"}))
     record, _ = submit_experiment(ctx, spec)
-    reason = record.history[0]["reason"]
+    reason = record.history[0].reason
     assert reason.startswith("submitted; warning: Standard_ND128isr_NEW_v9 is not in the GPU size catalogue")

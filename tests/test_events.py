@@ -304,7 +304,7 @@ def test_minimize_announces_decreasing_values_only():
     from shared.events.catalog import trial_events
     from shared.records import ExperimentRecord
 
-    record = ExperimentRecord(id="e", name="e", spec={"objective": {"primary_metric": "loss", "goal": "minimize"}})
+    record = ExperimentRecord(id="e", name="e", spec=tiny_spec(objective={"primary_metric": "log_loss"}))
     trials = [trial("e", n, TrialState.COMPLETED, v) for n, v in enumerate([0.5, 0.7, 0.4, 0.4, 0.6])]
     events, markers = trial_events(record, trials, SOURCE)
     assert [e.id for e in events if e.type == BEST_TRIAL_IMPROVED] == ["e/best/0", "e/best/2"]

@@ -202,7 +202,7 @@ store = LocalStore(Path(sys.argv[1]))
 record = store.get_experiment(sys.argv[2])
 with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0") as cluster:
     with Client(cluster) as client:
-        HpoDriver(load_spec(record.spec), record.id, store, client, poll_interval=0.05).run()
+        HpoDriver(record.run_spec, record.id, store, client, poll_interval=0.05).run()
 """
 
 

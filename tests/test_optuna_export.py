@@ -15,7 +15,6 @@ import pytest
 from shared.dashboard.study import STATES, write_journal
 from shared.hpo.search_space import suggest_params
 from shared.records import ExperimentStatus, TrialState
-from shared.spec import load_spec
 from tests.control_plane import local_context
 from tests.dashboard_data import make_experiment
 from tests.test_end_to_end import ROOT, served
@@ -61,7 +60,7 @@ def test_journal_file_loads_with_optuna_and_matches_every_trial(tmp_path):
     study = optuna.load_study(study_name=EXPERIMENT, storage=journal(path))
     assert study.direction is optuna.study.StudyDirection.MAXIMIZE
     assert study.user_attrs["rapids_hpo_primary_metric"] == "accuracy"
-    assert_same_trials(study, records, load_spec(record.spec))
+    assert_same_trials(study, records, record.run_spec)
     assert {t.state for t in study.trials} == {
         optuna.trial.TrialState.COMPLETE,
         optuna.trial.TrialState.PRUNED,
@@ -154,4 +153,4 @@ def test_rapids_hpo_export_and_watch_against_a_served_api(tmp_path):
         assert watched.returncode == 0, watched.stderr  # COMPLETED: one frame, then exit 0
         assert "COMPLETED" in watched.stdout and "6/6 trials" in watched.stdout and "max_features" in watched.stdout
     study = optuna.load_study(study_name=EXPERIMENT, storage=journal(path))
-    assert_same_trials(study, ctx.store.list_trials(EXPERIMENT), load_spec(record.spec))
+    assert_same_trials(study, ctx.store.list_trials(EXPERIMENT), record.run_spec)

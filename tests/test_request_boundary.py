@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -160,7 +161,7 @@ def test_the_longest_timeout_fits_the_credential() -> None:
     from shared.store.compute import MAX_TTL
 
     spec = load_spec(tiny_spec(limits={**tiny_spec()["limits"], "timeout": MAX_RUN_SECONDS}))
-    assert sas_lifetime_s(spec.to_document()) <= MAX_TTL.total_seconds()
+    assert sas_lifetime_s(spec) <= MAX_TTL.total_seconds()
 
 
 # ------------------------------------------------------------------ page tokens
@@ -327,7 +328,8 @@ def test_a_credential_in_the_dataset_uri_is_never_stored(client, ctx, uri):
 # ------------------------------------------------------------------ CloudEvents stay bounded
 def test_events_clip_what_the_caller_and_the_compute_wrote(ctx):
     from shared.events import catalog
-    from shared.records import BestTrial, TrialRecord, TrialState
+    from shared.records import BestTrial, Transition, TrialRecord, TrialState
+    from shared.records import ExperimentStatus as S
 
     record, _ = submit_experiment(ctx, load_spec(tiny_spec()))
     long_text = "x" * 100_000
@@ -340,7 +342,10 @@ def test_events_clip_what_the_caller_and_the_compute_wrote(ctx):
     record = record.model_copy(
         update={
             "best": BestTrial.model_construct(number=0, value=0.5, params=hostile, metrics=hostile),
-            "history": [*record.history, {"at": "2026-12-04T00:00:00", "status": "FAILED", "reason": "r" * 10**5}],
+            "history": [
+                *record.history,
+                Transition.model_construct(at=datetime(2026, 12, 4, tzinfo=UTC), status=S.FAILED, reason="r" * 10**5),
+            ],
         }
     )
     events = [

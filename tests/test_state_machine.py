@@ -73,7 +73,7 @@ def add_completed_trial(ctx, experiment_id: str, number: int = 0, value: float =
 
 
 def statuses(record) -> list[str]:
-    return [h["status"] for h in record.history if h["reason"] not in {"poll", "provisioned"}]
+    return [h.status.value for h in record.history if h.reason not in {"poll", "provisioned"}]
 
 
 def test_happy_path_visits_every_status_and_emits_one_status_event(ctx):

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from shared.backends.arm import RetrySettings
 from shared.backends.vmcluster import VMClusterBackend, VMClusterHandle, VMIdentity, plan
@@ -364,7 +365,7 @@ def test_provision_puts_the_spec_and_our_code_in_the_experiments_container(
     handle = VMClusterHandle.of(update)
     assert handle.network is not None and handle.network.created and handle.area
     area = _area(ctx)
-    assert json.loads(area.get("experiment.json"))["spec"] == record.spec  # the record the compute reads
+    assert json.loads(area.get("experiment.json"))["spec"] == record.run_spec.model_dump(mode="json")  # what it reads
     with zipfile.ZipFile(io.BytesIO(area.get(CODE_BLOB))) as archive:
         names = set(archive.namelist())
     assert {"shared/backends/vmcluster/head.py", "gpu_jobs/train.py"} <= names
@@ -413,11 +414,11 @@ def test_poll_replaces_lost_workers_counts_evictions_and_stops_at_their_budget(
 ) -> None:
     backend = _backend(ctx, arm, retry)
     record = _submitted(ctx, arm, retry, backend)
-    spec = {**record.spec, "compute": {**record.spec["compute"], "spot": True, "max_evictions": 1}}
-    record = record.model_copy(update={"spec": spec})
+    compute = record.run_spec.compute.model_copy(update={"spot": True, "max_evictions": 1})
+    record = record.model_copy(update={"spec": record.run_spec.model_copy(update={"compute": compute})})
 
     status = backend.poll(record)
-    assert status.state is RunState.PENDING and status.details["waiting_for"] == "the head node's first heartbeat"
+    assert status.state is RunState.PENDING and status.details.waiting_for == "the head node's first heartbeat"
     record = _apply(record, status)
     workers = [r for r in arm.calls("PUT", "virtualMachines/") if "-worker-" in r.path]
     assert len(workers) == 2
@@ -478,7 +479,11 @@ def test_poll_ingests_trials_reads_the_heartbeat_and_the_outcome(
     outcome = {"status": "COMPLETED", "reason": "max_total_trials", "trials_done": 1, "best": None, "error": None}
     area.put(f"artifacts/{DRIVER_OUTCOME_ARTIFACT}", json.dumps(outcome).encode())
     final = backend.poll(record)
-    assert final.state is RunState.SUCCEEDED and final.details["outcome"] == {**outcome, "counts": {}}
+    assert (
+        final.state is RunState.SUCCEEDED
+        and final.outcome is not None
+        and final.outcome.model_dump(mode="json") == {**outcome, "counts": {}}
+    )
     assert ctx.store.list_trials(EXP)[0].state is TrialState.COMPLETED
     assert ctx.store.get_artifact(EXP, "model/model.pkl") == b"model bytes"  # with the outcome, the model
 
@@ -715,7 +720,8 @@ def test_disk_size_beyond_what_the_vms_accept_is_a_spec_error_naming_the_field(
     ctx: Context, arm: FakeArm, retry: RetrySettings
 ) -> None:
     """dask-cloudprovider raised ValueError above 1023 GB (an event retried until poisoned); now the
-    spec refuses it (422 over HTTP), and a record stored before the rule fails with a BackendError."""
+    spec refuses it (422 over HTTP), and a record stored before the rule no longer reads (the store lists it
+    as unreadable: it harms only itself, and no step of the backend ever sees it)."""
     from shared.spec import SpecError
 
     with pytest.raises(SpecError) as info:
@@ -723,7 +729,7 @@ def test_disk_size_beyond_what_the_vms_accept_is_a_spec_error_naming_the_field(
     assert [e["loc"] for e in info.value.errors] == ["compute.disk_size"]
     assert _compute(disk_size=1023).disk_size == 1023
     record = _record(ctx)
-    old = record.model_copy(update={"spec": {**record.spec, "compute": {**record.spec["compute"], "disk_size": 4095}}})
-    with pytest.raises(BackendError, match="disk_size") as raised:
-        _backend(ctx, arm, retry).provision(old)
-    assert raised.value.retryable is False
+    stored = record.model_dump(mode="json")
+    stored["spec"]["compute"]["disk_size"] = 4095
+    with pytest.raises(ValidationError, match="disk_size"):
+        ExperimentRecord.model_validate(stored)

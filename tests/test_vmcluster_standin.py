@@ -167,7 +167,7 @@ def test_provision_boot_trials_outcome_model_teardown(
     record, status = _run(backend, standin, record)
 
     assert status.state is RunState.SUCCEEDED, (status, standin.logs())
-    outcome = status.details["outcome"]
+    outcome = status.outcome.model_dump(mode="json")
     assert outcome["status"] == "COMPLETED" and outcome["best"] is not None
     trials = _trials(backend, record.id)
     assert [t.number for t in trials] == [0, 1, 2]

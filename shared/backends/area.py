@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from pydantic import BaseModel, Field
 
 from shared.config import CREDENTIAL_MARGIN_SECONDS, CREDENTIAL_MAX_SECONDS
 from shared.ports import Store
+
+if TYPE_CHECKING:
+    from shared.spec import ExperimentSpec
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +51,9 @@ def ingest_area(store: Store, experiment_id: str, handle: HandleT, quota_bytes: 
     return handle.model_copy(update={"ingested_until": report.watermark, "ingested_seen": report.seen}), problem
 
 
-def credential_ttl(spec_document: dict[str, Any]) -> timedelta:
+def credential_ttl(spec: ExperimentSpec) -> timedelta:
     """How long a compute credential lives: the run's ``limits.timeout`` and a margin, or the longest a
     credential may (a run without a timeout)."""
-    timeout = (spec_document.get("limits") or {}).get("timeout")
+    timeout = spec.limits.timeout
     seconds = float(timeout) + CREDENTIAL_MARGIN_SECONDS if timeout else float(CREDENTIAL_MAX_SECONDS)
     return timedelta(seconds=min(seconds, CREDENTIAL_MAX_SECONDS))

@@ -8,29 +8,16 @@ with a reason that says so), the data check into ``DataCheckReport``.
 
 from __future__ import annotations
 
-from typing import Literal
+from pydantic import ValidationError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
-from shared.bounded import Name, Text
 from shared.config import DATA_CHECK_ARTIFACT, DRIVER_OUTCOME_ARTIFACT
 from shared.errors import NotFound
 from shared.ports import HandleUpdate, RunState, RunStatus, Store
-from shared.records import BestTrial, DataCheckReport
+from shared.records import DataCheckReport, RunOutcome
 from shared.store.ingest import MAX_OUTCOME_BYTES
 
-
-class DriverOutcome(BaseModel):
-    """``driver/outcome.json``: how the driver's run ended (``shared.hpo.outcome.ExperimentOutcome``)."""
-
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
-
-    status: Literal["COMPLETED", "FAILED", "CANCELLED"]
-    reason: Text = ""
-    trials_done: int = Field(default=0, ge=0, le=10**6)
-    best: BestTrial | None = None
-    error: Text | None = None
-    counts: dict[Name, int] = Field(default_factory=dict, max_length=16)
+DriverOutcome = RunOutcome
+"""``driver/outcome.json`` as the control plane reads it (:class:`shared.records.RunOutcome`)."""
 
 
 def parse_outcome(data: bytes) -> DriverOutcome:
@@ -58,12 +45,7 @@ def outcome_status(outcome: DriverOutcome, updates: HandleUpdate | None = None) 
     """The run state an outcome means: COMPLETED succeeded, CANCELLED was cancelled, FAILED failed."""
     state = {"COMPLETED": RunState.SUCCEEDED, "CANCELLED": RunState.CANCELLED, "FAILED": RunState.FAILED}
     error = outcome.error or (outcome.reason if outcome.status == "FAILED" else None)
-    return RunStatus(
-        state[outcome.status],
-        error=error,
-        details={"outcome": outcome.model_dump(mode="json")},
-        updates=dict(updates or {}),
-    )
+    return RunStatus(state[outcome.status], error=error, updates=dict(updates or {}), outcome=outcome)
 
 
 def read_data_check(store: Store, experiment_id: str) -> DataCheckReport | None:

@@ -191,7 +191,7 @@ def watch(
 
     base = f"/api/experiments/{experiment_id}"
     with _client() as client:
-        spec = _check(client.get(f"{base}/study", params={"limit": 1})).json()["spec"]  # the spec, not the trials
+        spec = _check(client.get(f"{base}/study", params={"limit": 1})).json()["spec"] or {}  # the spec, not the trials
         searched = list(spec.get("search_space", {}))
         known: dict[int, dict[str, Any]] = {}
         with Live(console=console, auto_refresh=False) as live:

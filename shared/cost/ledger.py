@@ -16,51 +16,21 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, Field
-
-from shared.records import TrialRecord, TrialState
+from shared.records import CostLedger, TrialRecord, TrialState
 
 if TYPE_CHECKING:
     from shared.cost.catalogue import Catalogue
     from shared.spec import ExperimentSpec
 
 BUDGET_REACHED = "budget reached"
+__all__ = ["BUDGET_REACHED", "BudgetGuard", "CostLedger", "Rates", "compute_ledger", "public_cost", "rates_for"]
 
 
-class CostLedger(BaseModel):
-    """What an experiment has cost so far (``ExperimentRecord.cost``); USD."""
-
-    spent_usd: float = 0.0
-    budget_usd: float | None = None
-    basis: str = ""
-    trials_usd: float = 0.0
-    head_usd: float = Field(default=0.0, description="nodes billed beside the trial nodes (a scheduler VM)")
-    idle_usd: float = Field(default=0.0, description="billed node time no trial used")
-    per_trial_usd: dict[int, float] = Field(default_factory=dict)
-    node_seconds: float = 0.0
-    as_of: datetime | None = None
-    stopped: str | None = Field(default=None, description='"budget reached" when the budget ended the run')
-
-    @property
-    def exhausted(self) -> bool:
-        return self.budget_usd is not None and self.spent_usd >= self.budget_usd
-
-    def public(self) -> dict[str, float | str | None]:
-        """The API's ``cost`` object."""
-        return {"spent_usd": round(self.spent_usd, 4), "budget_usd": self.budget_usd, "basis": self.basis}
-
-
-def public_cost(cost: dict[str, Any] | None) -> dict[str, Any] | None:
+def public_cost(cost: CostLedger | None) -> dict[str, float | str | None] | None:
     """``ExperimentRecord.cost`` as the API and the events show it: ``{spent_usd, budget_usd, basis}``."""
-    if not cost:
-        return None
-    return {
-        "spent_usd": round(float(cost["spent_usd"]), 4),
-        "budget_usd": cost.get("budget_usd"),
-        "basis": cost["basis"],
-    }
+    return cost.public() if cost is not None else None
 
 
 @dataclass(frozen=True)

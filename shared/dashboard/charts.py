@@ -230,7 +230,7 @@ def build_charts(
 ) -> list[Chart]:
     """The four charts of an experiment, in :data:`CHART_NAMES` order."""
     metric, goal = objective(record)
-    names = list((record.spec.get("search_space") or {}).keys())
+    names = record.searched
     return [
         history(trials, metric, goal, ended=record.status.terminal),
         intermediate(trials, metric),

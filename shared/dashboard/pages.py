@@ -115,12 +115,11 @@ def _number(value: Any) -> str:
 
 def cost_text(record: ExperimentRecord) -> str:
     """``$1.23 of $5.00`` from the experiment's cost ledger (``ExperimentRecord.cost``), "" when unpriced."""
-    cost = record.cost or {}
-    spent, budget = cost.get("spent_usd"), cost.get("budget_usd")
-    if not isinstance(spent, (int, float)):
+    cost = record.cost
+    if cost is None:
         return ""
-    text = f"${spent:,.2f}" + (f" of ${budget:,.2f}" if isinstance(budget, (int, float)) and budget else "")
-    return f'<span title="{escape(str(cost.get("basis") or ""))}">{text}</span>'
+    text = f"${cost.spent_usd:,.2f}" + (f" of ${cost.budget_usd:,.2f}" if cost.budget_usd else "")
+    return f'<span title="{escape(cost.basis)}">{text}</span>'
 
 
 def compute_html(record: ExperimentRecord) -> str:
@@ -148,8 +147,7 @@ def trace_html(record: ExperimentRecord) -> str:
 
 
 def _trial_costs(record: ExperimentRecord) -> dict[int, float]:
-    per_trial = (record.cost or {}).get("per_trial_usd") or {}
-    return {int(k): float(v) for k, v in per_trial.items() if isinstance(v, (int, float))}
+    return dict(record.cost.per_trial_usd) if record.cost is not None else {}
 
 
 def index_page(
@@ -207,7 +205,7 @@ def _header(code: str | None) -> str:
 def trial_table(record: ExperimentRecord, trials: Sequence[TrialRecord], limit: int | None = TABLE_LIMIT) -> str:
     """The trials, newest last; past ``limit`` trials only the latest ``limit`` (the charts keep all)."""
     metric, _ = objective(record)
-    names = list((record.spec.get("search_space") or {}).keys())
+    names = record.searched
     costs = _trial_costs(record)
     head = ["#", "state", *names, "folds", metric, "duration", "engine", "attempt", *(["cost"] if costs else [])]
     rows = []

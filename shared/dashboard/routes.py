@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import HTMLResponse, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from shared.auth import Principal, Role, check_visible, require, settings_of, visible_page
 from shared.backends.outcome import read_data_check
@@ -26,6 +26,7 @@ from shared.dashboard.pages import chart_page, experiment_page, index_page, repo
 from shared.dashboard.svg import render
 from shared.errors import NotFound
 from shared.records import ExperimentRecord, ExperimentStatus, TrialRecord, UnreadableRecord
+from shared.spec import ExperimentSpec
 
 PLOT_NAME = r"^[a-z][a-z0-9_-]{0,40}\.(png|svg|html|json)$"
 EXPERIMENT_ID = EXPERIMENT_ID_PATTERN  # one id rule at every edge (shared.config)
@@ -135,7 +136,7 @@ class StudyExport(BaseModel):
     id: str
     name: str
     status: ExperimentStatus
-    spec: dict[str, Any]
+    spec: ExperimentSpec | None = Field(description="the admitted spec (none for a request refused at intake)")
     trials: list[TrialRecord]
 
 

@@ -22,7 +22,7 @@ from optuna.trial import TrialState as OptunaState
 
 from shared.hpo.search_space import suggest_params
 from shared.records import ExperimentRecord, TrialRecord, TrialState
-from shared.spec import ExperimentSpec, load_spec
+from shared.spec import ExperimentSpec
 
 STATES = {
     TrialState.RUNNING: OptunaState.RUNNING,
@@ -89,7 +89,7 @@ def build_study(
     storage: optuna.storages.BaseStorage | str | None = None,
 ) -> optuna.Study:
     """A study named after the experiment holding every trial in number order (in memory by default)."""
-    spec = load_spec(record.spec)
+    spec = record.run_spec
     study = optuna.create_study(
         storage=storage,
         study_name=record.id,

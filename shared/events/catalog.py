@@ -51,20 +51,20 @@ def status_changed(record: ExperimentRecord, source: str) -> Event:
     """The event for the record's latest history entry (the transition just written)."""
     sequence = len(record.history)
     entry = record.history[-1]
-    previous = record.history[-2]["status"] if sequence > 1 else None
+    previous = record.history[-2].status.value if sequence > 1 else None
     return Event(
         id=f"{record.id}/status/{sequence}",
         type=STATUS_CHANGED,
         source=source,
         subject=experiment_subject(record.id),
-        time=str(entry["at"]),
+        time=entry.at.isoformat(),
         data={
             "experiment_id": record.id,
             "name": record.name,
             "sequence": sequence,
-            "status": entry["status"],
+            "status": entry.status.value,
             "previous_status": previous,
-            "reason": _clip(entry.get("reason"), MAX_TEXT_CHARS),
+            "reason": _clip(entry.reason, MAX_TEXT_CHARS),
             "error": _clip(record.error),
             "backend": record.backend,
             "progress": {"done": record.trials_done, "total": record.trials_total},
@@ -99,7 +99,7 @@ def trial_finished(record: ExperimentRecord, trial: TrialRecord, source: str) ->
 def best_trial_improved(
     record: ExperimentRecord, trial: TrialRecord, previous: tuple[int, float] | None, source: str
 ) -> Event:
-    objective = record.spec.get("objective", {})
+    metric, goal = record.objective
     return Event(
         id=f"{record.id}/best/{trial.number}",
         type=BEST_TRIAL_IMPROVED,
@@ -111,8 +111,8 @@ def best_trial_improved(
             "number": trial.number,
             "value": _scalar(trial.value),
             **_params(trial.params),
-            "primary_metric": objective.get("primary_metric"),
-            "goal": objective.get("goal", "maximize"),
+            "primary_metric": metric,
+            "goal": goal,
             "previous_number": previous[0] if previous else None,
             "previous_value": previous[1] if previous else None,
         },
@@ -155,7 +155,7 @@ def trial_events(
     fresh = fresh[:limit] if behind else fresh
     announced, retried = decode_ranges(log.trials), dict(log.retried)
     best = (log.best_number, log.best_value) if log.best_number is not None and log.best_value is not None else None
-    goal = record.spec.get("objective", {}).get("goal", "maximize")
+    goal = record.goal
     events: list[Event] = []
     for trial in fresh:
         events.append(trial_finished(record, trial, source))

@@ -11,15 +11,13 @@ import re
 import secrets
 from typing import Any, NoReturn
 
-from pydantic import ValidationError
-
 from shared.config import EXPERIMENT_ID_PATTERN, QUEUE_REQUESTS
 from shared.context import Context
 from shared.errors import AlreadyExists, NotFound
 from shared.handlers.machine import S, send_event, status_message, transition
 from shared.handlers.warm_start import ReadRule, read_seed, same_sender
 from shared.queues import MAX_MESSAGE_BYTES, poison_queue_name
-from shared.records import TERMINAL_STATUSES, EventType, ExperimentRecord, SubmittedBy, utcnow
+from shared.records import TERMINAL_STATUSES, EventType, ExperimentRecord, SubmittedBy, Transition, utcnow
 from shared.spec import ExperimentSpec, SpecError, SpecPolicy, read_document, validate_spec
 from shared.telemetry import current_traceparent, traced
 from shared.telemetry import steps as telemetry_steps
@@ -49,12 +47,10 @@ def reserved_key_problem(key: str | None) -> str | None:
     return None
 
 
-def spec_fingerprint(document: dict[str, Any]) -> str:
-    """SHA-256 of a normalized spec document (keys sorted): equal for the same spec however it was written
-    (YAML or JSON, key order, defaults spelled out or not). A stored spec is normalized again first, so
-    a default added since it was stored does not make a replay look like another spec."""
-    with contextlib.suppress(ValidationError):  # else stored under older rules: compared as it is
-        document = ExperimentSpec.model_validate(document).to_document()
+def spec_fingerprint(spec: ExperimentSpec | None) -> str:
+    """SHA-256 of a spec's normalized document (keys sorted): equal for the same spec however it was written
+    (YAML or JSON, key order, defaults spelled out or not, stored or just admitted)."""
+    document = spec.to_document() if spec is not None else {}
     canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -103,10 +99,9 @@ def submit_experiment(
     experiment_id = experiment_id or new_experiment_id()
     if idempotency_key and submitted_by is not None and submitted_by.object_id:
         idempotency_key = f"{submitted_by.tenant_id}/{submitted_by.object_id}/{idempotency_key}"
-    document = spec.to_document()
     if not fresh and not idempotency_key:  # a new random id cannot exist yet: skip the round trip
         try:
-            return _replayed(ctx, ctx.store.get_experiment(experiment_id), document, idempotency_key), False
+            return _replayed(ctx, ctx.store.get_experiment(experiment_id), spec, idempotency_key), False
         except NotFound:
             pass
     seed = read_seed(ctx.store, spec, may_read or same_sender(submitted_by))
@@ -114,13 +109,13 @@ def submit_experiment(
         id=experiment_id,
         name=spec.name,
         warm_start=seed,
-        spec=document,
+        spec=spec,
         backend=spec.compute.backend,
         trials_total=spec.effective_total_trials(),
         idempotency_key=idempotency_key,
         submitted_by=submitted_by,
         event_seq=1,
-        history=[{"at": utcnow().isoformat(), "status": S.SUBMITTED.value, "reason": _submitted_reason(spec)}],
+        history=[Transition(at=utcnow(), status=S.SUBMITTED, reason=_submitted_reason(spec))],
         traceparent=current_traceparent(),  # this submit's span: the experiment's trace starts here
     )
     try:  # SUBMITTED is announced with the first step's events (no publish on the HTTP path)
@@ -128,18 +123,18 @@ def submit_experiment(
         if idempotency_key:
             record, created = ctx.store.create_keyed_experiment(staged)
             if not created:  # the key was bound first, perhaps by a concurrent request
-                return _replayed(ctx, record, document, idempotency_key), False
+                return _replayed(ctx, record, spec, idempotency_key), False
         else:
             record = ctx.store.create_experiment(staged)
     except AlreadyExists:  # a retry, or the store's own retry after a lost reply: the first write won
-        return _replayed(ctx, ctx.store.get_experiment(experiment_id), document, idempotency_key), False
+        return _replayed(ctx, ctx.store.get_experiment(experiment_id), spec, idempotency_key), False
     telemetry_steps.submitted(record.id, record.backend)
     send_event(ctx, EventType.PROVISION, record)
     return record, True
 
 
 def _replayed(
-    ctx: Context, record: ExperimentRecord, document: dict[str, Any], idempotency_key: str | None
+    ctx: Context, record: ExperimentRecord, spec: ExperimentSpec, idempotency_key: str | None
 ) -> ExperimentRecord:
     """A repeated submit of ``record``: its first event is sent again while it is still SUBMITTED (the
     attempt that stored it may have died before sending it; a duplicate is stale or a no-op, the fencing
@@ -148,7 +143,7 @@ def _replayed(
     Under an idempotency key the spec must be the one stored (:func:`spec_fingerprint`): the same key
     with another spec is :class:`IdempotencyConflict`, never the first experiment passed off as the second.
     """
-    if idempotency_key and spec_fingerprint(record.spec) != spec_fingerprint(document):
+    if idempotency_key and spec_fingerprint(record.spec) != spec_fingerprint(spec):
         raise IdempotencyConflict(
             f"this idempotency key was first used for experiment {record.id} with another spec: "
             "send the same spec to replay it, or a new key for a new experiment"
@@ -289,13 +284,13 @@ def _fail_request(ctx: Context, experiment_id: str | None, reason: str, errors: 
         record = ExperimentRecord(
             id=experiment_id,
             name=experiment_id,
-            spec={},
+            spec=None,
             status=S.FAILED,
             error=f"invalid request: {reason}",
             ended_at=utcnow(),
             torn_down=True,
             status_emitted=True,
-            history=[{"at": utcnow().isoformat(), "status": S.FAILED.value, "reason": "invalid request"}],
+            history=[Transition(at=utcnow(), status=S.FAILED, reason="invalid request")],
         )
         # AlreadyExists: a valid experiment with this id exists already, or the failure was recorded before.
         with contextlib.suppress(AlreadyExists):

@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 from typing import Any
+
+from azure.core.exceptions import AzureError
 
 from shared.config import MODEL_PREFIX
 from shared.context import Context
 from shared.cost.catalogue import load_catalogue
 from shared.cost.ledger import BUDGET_REACHED, CostLedger, compute_ledger, public_cost, rates_for
 from shared.dashboard.artifacts import ensure_plots
-from shared.errors import BackendError, CorruptRecord, NotFound
+from shared.errors import BackendError, ConcurrencyConflict, CorruptRecord, NotFound
 from shared.ports import ComputeBackend, RunState, RunStatus, merge_handle
 from shared.records import (
     TERMINAL_STATUSES,
@@ -29,12 +32,12 @@ from shared.records import (
     ExperimentRecord,
     ExperimentStatus,
     RegisteredModel,
+    Transition,
     TrialState,
     best_of,
     updated,
     utcnow,
 )
-from shared.spec import ExperimentSpec
 from shared.telemetry import steps as telemetry_steps
 from shared.telemetry import traceparent_for
 from shared.trials import counts_by_state, end_running_trials
@@ -52,6 +55,9 @@ STATUS_FOR_EVENT: dict[EventType, frozenset[ExperimentStatus]] = {
     EventType.CANCEL: frozenset({S.CANCELLING}),
     EventType.TEARDOWN: TERMINAL_STATUSES,
 }
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (ConcurrencyConflict, OSError, AzureError, sqlite3.OperationalError)
+"""Errors a step leaves to the message's redelivery: a lost optimistic write, the network, the store being
+busy. Any other error (but a ``BackendError``, which says itself) fails the experiment at once."""
 EVENT_FOR_STATUS: dict[ExperimentStatus, EventType] = {
     S.SUBMITTED: EventType.PROVISION,
     S.PROVISIONING: EventType.PROVISION,
@@ -93,7 +99,7 @@ def transition(
     changed, before = status != record.status, record.status
     history = list(record.history)
     if changed:
-        history.append({"at": utcnow().isoformat(), "status": status.value, "reason": reason})
+        history.append(Transition(at=utcnow(), status=status, reason=reason))
     fields: dict[str, Any] = {
         "status": status,
         "event_seq": record.event_seq + (1 if fence else 0),
@@ -153,11 +159,23 @@ def _handle(ctx: Context, event: ExperimentEvent, span: telemetry_steps.Step) ->
     except BackendError as exc:
         if exc.retryable:
             raise  # the message is redelivered after the visibility timeout
-        current = ctx.store.get_experiment(record.id)
-        if current.status in TERMINAL_STATUSES:
-            raise
-        transition(ctx, current, S.FAILED, "backend error", next_event=EventType.TEARDOWN, error=str(exc))
-        return "failed"
+        return _fail_step(ctx, record, "backend error", str(exc), exc)
+    except TRANSIENT_ERRORS:
+        raise  # the store, the network: the redelivery may find them back (a lost race finds itself stale)
+    except Exception as exc:  # a defect, or data no redelivery changes: it would fail alike until poisoned
+        log.exception("the %s step of %s failed", event.type.value, record.id)
+        error = f"the {event.type.value} step failed: {type(exc).__name__}: {exc}"
+        return _fail_step(ctx, record, "step error", error, exc)
+
+
+def _fail_step(ctx: Context, record: ExperimentRecord, reason: str, error: str, exc: Exception) -> str:
+    """FAILED now with ``error``, then teardown; an experiment that ended meanwhile keeps its end (the error
+    is raised again: its message is redelivered, then stale)."""
+    current = ctx.store.get_experiment(record.id)
+    if current.status in TERMINAL_STATUSES:
+        raise exc
+    transition(ctx, current, S.FAILED, reason, next_event=EventType.TEARDOWN, error=error)
+    return "failed"
 
 
 def _provision(ctx: Context, record: ExperimentRecord) -> str:
@@ -193,12 +211,10 @@ def progress_updates(ctx: Context, record: ExperimentRecord) -> dict[str, Any]:
     ``trials_done`` counts the trials that ended with a result (completed, pruned, timed out): a failed or
     cancelled attempt is no progress towards the budget's answer, so a run whose trials all fail shows 0/N, not N/N.
     Any trial ending, failed or not, still shows the run is alive (``last_progress_at``)."""
-    spec = record.spec
     trials = ctx.store.list_trials(record.id)
     unfinished = {TrialState.RUNNING.value, TrialState.FAILED.value, TrialState.CANCELLED.value}
     done = sum(n for state, n in counts_by_state(trials).items() if state not in unfinished)
-    goal = spec.get("objective", {}).get("goal", "maximize")
-    updates: dict[str, Any] = {"trials_done": done, "best": best_of(trials, goal) or record.best}
+    updates: dict[str, Any] = {"trials_done": done, "best": best_of(trials, record.goal) or record.best}
     updates["event_log"] = ctx.announcer.stage_trials(record, trials)
     ended = any(t.ended_at is not None and t.ended_at > record.last_progress_at for t in trials)
     if done != record.trials_done or ended:
@@ -241,16 +257,16 @@ def _budget_stop(
     ledger = cost_ledger(ctx, record)
     if ledger is None:
         return False
-    if (status.details.get("outcome") or {}).get("reason") == BUDGET_REACHED:
+    if status.outcome is not None and status.outcome.reason == BUDGET_REACHED:
         ledger.stopped = BUDGET_REACHED  # the driver stopped launching trials at the budget
-    updates["cost"] = ledger.model_dump(mode="json")
+    updates["cost"] = ledger
     if not (ledger.exhausted and status.state in {RunState.PENDING, RunState.RUNNING}):
         return False
     # The hard stop: what runs is cancelled; the trials so far are kept and the best one finalized.
     stopped = backend.cancel(record)
     if stopped:
         updates["backend_state"] = merge_handle(backend, updates.get("backend_state", record.backend_state), stopped)
-    updates["cost"] = ledger.model_copy(update={"stopped": BUDGET_REACHED}).model_dump(mode="json")
+    updates["cost"] = ledger.model_copy(update={"stopped": BUDGET_REACHED})
     transition(ctx, record, S.FINALIZING, BUDGET_REACHED, next_event=EventType.FINALIZE, **updates)
     return True
 
@@ -259,13 +275,13 @@ def cost_ledger(ctx: Context, record: ExperimentRecord) -> CostLedger | None:
     """The experiment's cost so far (node-seconds x the catalogue's prices), or None when unpriced."""
     if record.started_at is None:
         return None
-    spec = ExperimentSpec.model_validate(record.spec)
+    spec = record.run_spec
     rates = rates_for(spec, load_catalogue())
     if rates is None:
         return None
     ledger = compute_ledger(rates, ctx.store.list_trials(record.id), record.started_at, utcnow(), spec.limits.max_cost)
-    if record.cost and record.cost.get("stopped"):
-        ledger.stopped = record.cost["stopped"]
+    if record.cost is not None and record.cost.stopped:
+        ledger.stopped = record.cost.stopped
     return ledger
 
 
@@ -276,7 +292,7 @@ def cost_guard_reason(record: ExperimentRecord) -> str | None:
     if record.started_at is None:
         return None
     elapsed = (utcnow() - record.started_at).total_seconds()
-    spec = ExperimentSpec.model_validate(record.spec)
+    spec = record.run_spec
     timeout = spec.limits.timeout
     if timeout is not None and elapsed > float(timeout) * 1.1 + 300:
         return f"cost guard: running {elapsed:.0f} s, past the experiment timeout of {timeout} s"
@@ -301,7 +317,7 @@ def _finalize(ctx: Context, record: ExperimentRecord) -> str:
     ledger = cost_ledger(ctx, record)
     budget_reached = ledger is not None and ledger.stopped == BUDGET_REACHED
     if ledger is not None:
-        updates["cost"] = ledger.model_dump(mode="json")
+        updates["cost"] = ledger
     best = updates.get("best")
     if best is None:
         why = f"{BUDGET_REACHED} before any trial completed" if budget_reached else "no trial completed"

@@ -29,7 +29,7 @@ from shared.hpo.patient_store import patient
 from shared.hpo.refit import refit_best_model
 from shared.ports import Store
 from shared.records import DataCheckReport, ExperimentRecord, ExperimentStatus
-from shared.spec import ExperimentSpec, load_spec
+from shared.spec import ExperimentSpec
 from shared.telemetry import span
 from shared.telemetry.driver import compute_traceparent
 from shared.telemetry.setup import flush
@@ -60,7 +60,7 @@ class CancelWatch:
 
 def budget_guard(record: ExperimentRecord) -> BudgetGuard | None:
     """The guard of ``limits.max_cost``, pricing the run from its start (None without a budget)."""
-    spec = load_spec(record.spec)
+    spec = record.run_spec
     if spec.limits.max_cost is None:
         return None
     rates = rates_for(spec, load_catalogue())
@@ -113,7 +113,7 @@ def run_experiment(store: Store, experiment_id: str, client: Client, cancel: Can
     outcome is written: the control plane may tear this process down as soon as it reads the outcome."""
     store = patient(store)  # a storage outage is waited out, not a driver error
     record = store.get_experiment(experiment_id)
-    spec = load_spec(record.spec)
+    spec = record.run_spec
     attributes = {"rapids_hpo.experiment.id": experiment_id, "rapids_hpo.backend": spec.compute.backend}
     with span("hpo driver", parent=compute_traceparent(), attributes=attributes):
         outcome = _drive(store, record, spec, client, cancel)

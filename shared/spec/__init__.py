@@ -33,10 +33,13 @@ by every algorithm here; on AzureML only random sampling takes a seed.
 
 Modules: :mod:`~shared.spec.errors` (``SpecError``, the base model), :mod:`~shared.spec.search_space`
 (distributions), :mod:`~shared.spec.sections` (dataset, trial, sampling, policies, limits, objective),
-:mod:`~shared.spec.experiment` (``ExperimentSpec``), :mod:`~shared.spec.loading` (the one strict reader of
-documents) and :mod:`~shared.spec.policy` (hosted mode's rules).
+:mod:`~shared.spec.experiment` (``ExperimentSpec``: the shape, checked on every read, stored specs
+included), :mod:`~shared.spec.admission` (the rules of the world now: the size catalogue, the concurrency
+default, hosted mode; only at the edge), :mod:`~shared.spec.loading` (the one strict reader of documents)
+and :mod:`~shared.spec.policy` (hosted mode's rules).
 """
 
+from shared.spec.admission import admit
 from shared.spec.errors import Loc, SpecError, format_loc
 from shared.spec.experiment import ExperimentSpec
 from shared.spec.loading import (
@@ -122,6 +125,7 @@ __all__ = [
     "TrialSpec",
     "TruncationSelectionPolicy",
     "Uniform",
+    "admit",
     "finish_value",
     "format_loc",
     "load_spec",

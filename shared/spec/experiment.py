@@ -31,7 +31,10 @@ from shared.spec.sections import (
 
 
 class ExperimentSpec(SpecModel):
-    """A whole experiment. Build it with :func:`load_spec` to get :class:`SpecError` on bad input."""
+    """A whole experiment. Build it with :func:`load_spec` to get :class:`SpecError` on bad input.
+
+    Its validators check the spec's shape only, and depend on nothing that changes under a stored spec; the
+    rules of the world now (the size catalogue, hosted mode) are :func:`shared.spec.admit`'s, at the edge."""
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     description: str | None = Field(default=None, max_length=4096)
@@ -138,18 +141,7 @@ class ExperimentSpec(SpecModel):
         errors += policy_problems(self)
         errors += compute.spec_problems(self)
         fail(errors)
-        self._default_concurrency()
-        self._budget_is_priced()
         return self
-
-    def _default_concurrency(self) -> None:
-        """Left out, ``limits.max_concurrent_trials`` is what keeps every GPU busy (GPUs x trials per GPU,
-        at most the trial budget); ``idle_gpu_warnings`` warns when a given value leaves GPUs idle."""
-        capacity = self.compute.gpu_capacity()
-        if capacity is None or "max_concurrent_trials" in self.limits.model_fields_set:
-            return
-        concurrency = min(capacity.trials_at_once, self.limits.max_total_trials)
-        self.limits = self.limits.model_copy(update={"max_concurrent_trials": concurrency})
 
     def _objective_problems(self) -> list[Problem]:
         """The metric must be one the task reports (when the task is known before reading the data: stated,
@@ -172,17 +164,6 @@ class ExperimentSpec(SpecModel):
                 )
             )
         return errors
-
-    def _budget_is_priced(self) -> None:
-        """``limits.max_cost`` needs a price for every node the run bills (see :mod:`shared.cost`)."""
-        if self.limits.max_cost is None:
-            return
-        from shared.cost.catalogue import load_catalogue
-        from shared.cost.estimate import budget_error
-
-        error = budget_error(self, load_catalogue())
-        if error:
-            fail([(("limits", "max_cost"), error)])
 
     def to_document(self) -> dict[str, Any]:
         """The full normalized spec as a JSON-able dict; ``load_spec`` of it gives an equal spec."""

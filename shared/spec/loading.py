@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from shared.spec.admission import admit
 from shared.spec.errors import SpecError
 from shared.spec.experiment import ExperimentSpec
 from shared.spec.policy import SpecPolicy, is_relative_path
@@ -237,14 +238,13 @@ def read_spec_file(path: Path) -> dict[str, Any]:
 
 
 def validate_spec(document: dict[str, Any], policy: SpecPolicy | None = None) -> ExperimentSpec:
-    """Validate a parsed document, then apply ``policy`` (hosted mode's rules)."""
+    """Admit a parsed document (the edge): its shape, then the rules of the world now (the size
+    catalogue, ``policy``: hosted mode's rules; :func:`~shared.spec.admission.admit`)."""
     try:
         spec = ExperimentSpec.model_validate(document)
     except ValidationError as exc:
         raise SpecError.from_validation_error(exc, document, ExperimentSpec) from None
-    if policy is not None:
-        policy.check(spec)
-    return spec
+    return admit(spec, policy)
 
 
 def load_spec(source: str | bytes | dict[str, Any] | Path, policy: SpecPolicy | None = None) -> ExperimentSpec:

@@ -25,7 +25,7 @@ import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -42,6 +42,9 @@ from shared.store.compute import (
     TooLarge,
     publish_record,
 )
+
+if TYPE_CHECKING:
+    from shared.spec import ExperimentSpec
 
 log = logging.getLogger(__name__)
 
@@ -102,14 +105,9 @@ def _tag(blob: BlobInfo) -> str:
     return hashlib.sha256(f"{blob.name}\x00{blob.etag}".encode()).hexdigest()[:8]
 
 
-def trial_budget(spec: dict[str, Any]) -> int:
-    """How many trial numbers the spec allows (0..budget-1); a retried trial keeps its number."""
-    from shared.spec import ExperimentSpec
-
-    try:
-        return ExperimentSpec.model_validate(spec).effective_total_trials()
-    except ValidationError:
-        return 0
+def trial_budget(spec: ExperimentSpec | None) -> int:
+    """How many trial numbers the spec allows (0..budget-1; none without a spec); a retried trial keeps its number."""
+    return spec.effective_total_trials() if spec is not None else 0
 
 
 def ingest(

@@ -22,8 +22,9 @@ import pytest
 
 from shared.errors import AlreadyExists, ConcurrencyConflict, CorruptRecord, InvalidPageToken, NotFound
 from shared.ports import Store, TrialStore
-from shared.records import MAX_STEPS, BestTrial, ExperimentRecord, ExperimentStatus, TrialRecord, TrialState
+from shared.records import MAX_STEPS, BestTrial, ExperimentRecord, ExperimentStatus, Transition, TrialRecord, TrialState
 from shared.store import AzureStore, LocalStore
+from tests.control_plane import tiny_spec
 
 STORE_IDS = [pytest.param("local", id="local"), pytest.param("azure", id="azure", marks=pytest.mark.azurite)]
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
@@ -58,7 +59,7 @@ def experiment(
     return ExperimentRecord(
         id=experiment_id,
         name=f"name of {experiment_id}",
-        spec={"search_space": {"max_depth": {"type": "choice", "values": [5, 10]}}},
+        spec=tiny_spec(),
         status=status,
         created_at=created_at,
         updated_at=created_at,
@@ -96,7 +97,7 @@ def test_create_then_get_round_trips_every_field(store: Store) -> None:
         best=BestTrial(number=2, value=0.86, params={"n_estimators": 120, "max_features": 0.5}),
         idempotency_key="key-1",
         backend_state={"cluster": {"vms": ["vm-0", "vm-1"], "tags": {"owner": "exp-1"}}, "pid": 42},
-        history=[{"at": T0.isoformat(), "status": "SUBMITTED", "note": "héllo ✓ 🚀"}],
+        history=[Transition(at=T0, status=ExperimentStatus.SUBMITTED, reason="héllo ✓ 🚀")],
     )
 
     created = store.create_experiment(record)
@@ -369,15 +370,15 @@ def test_artifact_names_that_could_escape_are_refused(store: Store, bad_name: st
 
 @pytest.mark.parametrize("size", [100_000, 900_000], ids=["over-64KiB", "over-entity-limit"])
 def test_large_records_round_trip(store: Store, size: int) -> None:
-    spec = {"note": "é" * 10 + "x" * size, "values": list(range(100))}
-    created = store.create_experiment(experiment("exp-big").model_copy(update={"spec": spec}))
-    assert store.get_experiment("exp-big").spec == spec
+    reason = "é" * 10 + "x" * 3980  # each entry near the clip (shared.bounded.MAX_TEXT); é is 6 ASCII characters
+    history = [Transition(at=T0, status=ExperimentStatus.RUNNING, reason=f"{reason}{i}") for i in range(size // 4000)]
+    created = store.create_experiment(experiment("exp-big", history=history))
+    assert store.get_experiment("exp-big").history == history
 
-    history = [{"status": "RUNNING", "detail": "y" * 1000, "n": i} for i in range(size // 1000)]
-    updated = store.update_experiment(created.model_copy(update={"history": history, "spec": {"small": 1}}))
+    updated = store.update_experiment(created.model_copy(update={"history": history[:1]}))
     got = store.get_experiment("exp-big")
-    assert got == updated and got.history == history
-    again = store.update_experiment(got.model_copy(update={"history": [], "spec": spec}))
+    assert got == updated and got.history == history[:1]
+    again = store.update_experiment(got.model_copy(update={"history": history}))
     assert store.list_experiments()[0] == [again]
 
     steps = min(size // 20, MAX_STEPS)  # a trial record is bounded (shared.records): at most MAX_STEPS values

@@ -31,7 +31,7 @@ from shared.backends.azureml.trials import (
 from shared.backends.azureml.workspace import AzureMLClient, JobInfo, WorkspaceClient, workspace_settings
 from shared.config import MODEL_PREFIX, Settings
 from shared.errors import BackendError
-from shared.ports import BackendHandle, HandleUpdate, RunState, RunStatus, Store, handle_changes
+from shared.ports import BackendHandle, HandleUpdate, RunDetails, RunState, RunStatus, Store, handle_changes
 from shared.records import ComputeReport, ExperimentRecord, TrialRecord, TrialState, best_of, utcnow
 from shared.spec import ExperimentSpec
 from shared.spec.sections import azureml_uri_form
@@ -113,10 +113,9 @@ class AzureMLBackend:
     # -- helpers
     @staticmethod
     def _spec(record: ExperimentRecord) -> ExperimentSpec:
-        try:
-            return ExperimentSpec.model_validate(record.spec)
-        except ValueError as exc:
-            raise BackendError(f"experiment {record.id} has an invalid spec: {exc}", retryable=False) from exc
+        if record.spec is None:
+            raise BackendError(f"experiment {record.id} has no spec (refused at intake)", retryable=False)
+        return record.spec
 
     def _client(self, compute: AzureMLCompute) -> WorkspaceClient:
         key = (compute.subscription_id, compute.resource_group, compute.workspace)
@@ -203,15 +202,11 @@ class AzureMLBackend:
         sweep = found
         timed_out = sweep_timed_out(spec, sweep, utcnow())
         trials, _ = self._sync_trials(record, spec, client, sweep, timed_out=timed_out)
-        details: dict[str, Any] = {
-            "azureml_status": sweep.status,
-            "job_name": job_name,
-            "trials": counts_by_state(trials),
-        }
+        details = RunDetails(compute_status=sweep.status, job_name=job_name, trials=counts_by_state(trials))
         state = SWEEP_STATES.get(sweep.status, RunState.PENDING)
         if state is RunState.CANCELLED and timed_out:
-            details["reason"] = f"the sweep reached limits.timeout ({spec.limits.timeout} s)"
-            return RunStatus(RunState.SUCCEEDED, details=details)
+            reason = f"the sweep reached limits.timeout ({spec.limits.timeout} s)"
+            return RunStatus(RunState.SUCCEEDED, details=details.model_copy(update={"reason": reason}))
         if state is RunState.FAILED:
             where = f"; see {sweep.studio_url}" if sweep.studio_url else ""
             return RunStatus(state, error=f"AzureML sweep job {job_name} failed{where}", details=details)

@@ -25,7 +25,7 @@ from shared.backends.local.section import LocalCompute
 from shared.backends.outcome import DriverOutcome, outcome_status, read_outcome
 from shared.compute_spec import compute_section
 from shared.config import Settings
-from shared.ports import BackendHandle, HandleUpdate, RunState, RunStatus, Store, handle_changes
+from shared.ports import BackendHandle, HandleUpdate, RunDetails, RunState, RunStatus, Store, handle_changes
 from shared.records import ComputeReport, ExperimentRecord
 from shared.telemetry import traceparent_for
 
@@ -128,7 +128,7 @@ class LocalBackend:
     def _spawn(self, record: ExperimentRecord, restarts: int = 0) -> HandleUpdate:
         """Start the driver with a fresh credential of its area on stdin; the handle fields that changed."""
         before = LocalHandle.model_validate(record.backend_state)
-        credential = self.store.issue_compute_credential(record.id, credential_ttl(record.spec))
+        credential = self.store.issue_compute_credential(record.id, credential_ttl(record.run_spec))
         log = self._log_path(record.id).open("ab")
         process = subprocess.Popen(
             [sys.executable, "-m", "shared.backends.local.driver"],
@@ -178,7 +178,7 @@ class LocalBackend:
             )
         record = record.model_copy(update={"backend_state": handle.model_dump(mode="json")})
         updates = {**handle_changes(before, handle), **self._spawn(record, restarts=handle.restarts + 1)}
-        return RunStatus(RunState.RUNNING, details={"restarted": True}, updates=updates)
+        return RunStatus(RunState.RUNNING, details=RunDetails(restarted=True), updates=updates)
 
     def finalize(self, record: ExperimentRecord) -> HandleUpdate:
         """The driver wrote the best model into its area: take in what the last poll did not."""

@@ -22,7 +22,6 @@ from shared.backends.local.section import LocalCompute
 from shared.hpo.patient_store import patient
 from shared.hpo.run_driver import CancelWatch, run_experiment
 from shared.ports import Store
-from shared.spec import load_spec
 from shared.store.compute import ComputeStore
 from shared.telemetry import LOG_FORMAT, set_experiment
 from shared.telemetry.setup import configure
@@ -63,7 +62,7 @@ def main() -> int:
     store = patient(cast(Store, area))
     cancel = CancelWatch(store, experiment_id)
     signal.signal(signal.SIGTERM, lambda *_: cancel.signalled.set())
-    compute = load_spec(store.get_experiment(experiment_id).spec).compute
+    compute = store.get_experiment(experiment_id).run_spec.compute
     if not isinstance(compute, LocalCompute):
         log.error("experiment %s is not a local experiment", experiment_id)
         return 2

@@ -62,7 +62,7 @@ from shared.backends.vmcluster.vms import (
     vm_exists,
 )
 from shared.errors import BackendError, NotFound
-from shared.ports import HandleUpdate, RunState, RunStatus, handle_changes
+from shared.ports import HandleUpdate, RunDetails, RunState, RunStatus, handle_changes
 from shared.records import ExperimentRecord
 from shared.store.compute import ComputeCredential, ComputeStore
 from shared.telemetry.setup import compute_environment
@@ -123,17 +123,14 @@ class VMClusterBackend:
 
     def _credential(self, record: ExperimentRecord) -> ComputeCredential:
         """A fresh credential of the experiment's compute area (it lasts the experiment's timeout + 6 h)."""
-        ttl = timedelta(seconds=sas_lifetime_s(record.spec))
+        ttl = timedelta(seconds=sas_lifetime_s(record.run_spec))
         return self.store.issue_compute_credential(record.id, ttl)
 
     def _compute(self, record: ExperimentRecord) -> VMClusterCompute:
-        compute = record.spec.get("compute") or {}
-        if compute.get("backend") != "vmcluster":
+        compute = record.spec.compute if record.spec is not None else None
+        if not isinstance(compute, VMClusterCompute):
             raise BackendError(f"experiment {record.id} is not a vmcluster experiment")
-        try:
-            return VMClusterCompute.model_validate(compute)
-        except ValueError as exc:  # a record stored before a rule tightened: fail the run, don't retry
-            raise BackendError(f"experiment {record.id}: invalid compute section: {exc}") from None
+        return compute
 
     def _clients(self, subscription_id: str) -> tuple[Any, Any]:
         from shared.backends.vmcluster.network import make_network_client
@@ -322,12 +319,14 @@ class VMClusterBackend:
                 if notes:
                     error = f"{error}; boot notes: " + "; ".join(_describe_note(n) for n in notes[:3])
                 return _status(before, RunState.FAILED, handle, error=error + _boot_log_hint(compute, None))
-            return _status(before, RunState.PENDING, handle, waiting_for="the head node's first heartbeat")
+            waiting = RunDetails(waiting_for="the head node's first heartbeat")
+            return _status(before, RunState.PENDING, handle, details=waiting)
         handle = handle.model_copy(update={"heartbeat_at": beat})
         if handle.seconds_silent() > self.silence_limit_s:
             error = f"the driver's last heartbeat was {handle.seconds_silent():.0f} s ago (head node lost)"
             return _status(before, RunState.FAILED, handle, error=error)
-        return _status(before, RunState.RUNNING, handle, heartbeat=beat.isoformat(), evictions=handle.evictions)
+        seen = RunDetails(heartbeat_at=beat, evictions=handle.evictions)
+        return _status(before, RunState.RUNNING, handle, details=seen)
 
     def _ingest(self, record: ExperimentRecord, handle: VMClusterHandle) -> tuple[VMClusterHandle, str | None]:
         return ingest_area(self.store, record.id, handle, self.settings.max_artifact_bytes)
@@ -410,7 +409,7 @@ class VMClusterBackend:
         from shared.backends.vmcluster.network import teardown_network
         from shared.backends.vmcluster.vm_teardown import delete_cluster_resources, find_cluster_resources
 
-        if (record.spec.get("compute") or {}).get("backend") != "vmcluster":
+        if record.spec is None or not isinstance(record.spec.compute, VMClusterCompute):
             return {}
         before = handle = VMClusterHandle.of(record.backend_state)
         compute = self._compute(record)
@@ -510,7 +509,11 @@ def worker_loss(exc: BackendError, *, spot: bool) -> bool:
 
 
 def _status(
-    before: VMClusterHandle, state: RunState, handle: VMClusterHandle, error: str | None = None, **details: Any
+    before: VMClusterHandle,
+    state: RunState,
+    handle: VMClusterHandle,
+    error: str | None = None,
+    details: RunDetails | None = None,
 ) -> RunStatus:
     """What a poll saw, with the fields of the handle it changed since ``before``."""
-    return RunStatus(state, error=error, details=details, updates=handle_changes(before, handle))
+    return RunStatus(state, error=error, details=details or RunDetails(), updates=handle_changes(before, handle))

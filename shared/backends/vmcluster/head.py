@@ -51,7 +51,6 @@ def run(config: dict[str, Any]) -> int:
     from shared.hpo.driver import ExperimentOutcome, HpoDriver
     from shared.hpo.refit import refit_best_model
     from shared.hpo.run_driver import CancelWatch
-    from shared.spec import load_spec
 
     store = ComputeStore.from_json(json.dumps(config["credential"]))
     experiment_id = store.experiment_id
@@ -62,7 +61,7 @@ def run(config: dict[str, Any]) -> int:
     except NotFound:
         pass
     record = store.get_experiment(experiment_id)
-    spec = load_spec(record.spec)
+    spec = record.run_spec
     stop = threading.Event()
     every = float(config.get("heartbeat_s", HEARTBEAT_S))
     threading.Thread(target=_heartbeat, args=(store, stop, every), daemon=True).start()

@@ -203,8 +203,8 @@ def worker_vm_prefix(cluster_id: str) -> str:
     return f"dask-{cluster_id}-worker-"
 
 
-def sas_lifetime_s(spec_document: dict[str, Any]) -> float:
-    timeout = (spec_document.get("limits") or {}).get("timeout")
+def sas_lifetime_s(spec: ExperimentSpec) -> float:
+    timeout = spec.limits.timeout
     return float(timeout) + SAS_MARGIN if timeout else float(DEFAULT_SAS_LIFETIME_S)
 
 
