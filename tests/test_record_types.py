@@ -24,7 +24,8 @@ from shared.handlers import handle_event, submit_experiment
 from shared.ports import RunState
 from shared.records import CostLedger, EventType, ExperimentEvent, ExperimentRecord, ExperimentStatus, Transition
 from shared.spec import ExperimentSpec, SpecError, load_spec
-from tests.control_plane import ScriptedBackend, local_context, tiny_spec
+from tests.control_plane import tiny_spec
+from tests.fakes.scripted import ScriptedBackend
 from tests.test_spec_generated import documents
 
 S = ExperimentStatus
@@ -50,10 +51,9 @@ def step(ctx) -> str:
 
 
 @pytest.fixture
-def ctx(tmp_path):
-    context = local_context(tmp_path)
-    context.backends["local"] = ScriptedBackend(polls=[RunState.RUNNING])
-    return context
+def ctx(ctx):
+    ctx.backends["local"] = ScriptedBackend(polls=[RunState.RUNNING])
+    return ctx
 
 
 def priced_spec(**limits: float) -> dict:
