@@ -373,7 +373,7 @@ def test_the_best_trial_is_highlighted_in_the_table(client, ctx):
 
 def test_the_page_shows_the_spec_escaped(client, ctx):
     record = ctx.store.get_experiment(FINISHED)
-    spec = {**record.spec, "description": "</pre><script>alert(1)</script>"}
+    spec = record.run_spec.model_copy(update={"description": "</pre><script>alert(1)</script>"})
     ctx.store.create_experiment(record.model_copy(update={"id": FAILED_ID, "spec": spec}))
     html = client.get(f"/api/ui/experiments/{FAILED_ID}").text
     summary = re.search(r'<span id="spec-summary">(.*?)</span>', html).group(1)
@@ -413,5 +413,5 @@ def test_the_parallel_chart_draws_every_axis_name_in_full_somewhere(client, ctx)
     shown = " ".join(
         (t.text or "") + "".join(x.text or "" for x in t.findall(f"{ns}title")) for t in chart.iter(f"{ns}text")
     )
-    for name in record.spec["search_space"]:
+    for name in record.searched:
         assert name in shown

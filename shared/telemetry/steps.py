@@ -8,8 +8,9 @@ import contextlib
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Protocol
 
+from shared.records import CostLedger
 from shared.telemetry import api, metrics
 from shared.telemetry.logs import experiment_scope
 
@@ -81,7 +82,7 @@ def step_record(step: Step, backend: str, status: str) -> None:
     api.annotate({BACKEND: backend, STATUS: status})
 
 
-def transition(experiment_id: str, backend: str, before: str, after: str, cost: dict[str, Any] | None) -> None:
+def transition(experiment_id: str, backend: str, before: str, after: str, cost: CostLedger | None) -> None:
     """A status write: on the current span (attributes and an event), an ended experiment counted, and
     the cost ledger's spend and budget as gauges."""
     if not api.enabled():
@@ -91,12 +92,11 @@ def transition(experiment_id: str, backend: str, before: str, after: str, cost: 
         api.add_event("status", {STATUS_FROM: before, STATUS_TO: after})
         if after in TERMINAL:
             api.count(metrics.ENDED, 1, {STATUS: after, BACKEND: backend})
-    if cost:
+    if cost is not None:
         attributes = {EXPERIMENT_ID: experiment_id, BACKEND: backend}
-        if isinstance(cost.get("spent_usd"), int | float):
-            api.record(metrics.SPEND, float(cost["spent_usd"]), attributes)
-        if isinstance(cost.get("budget_usd"), int | float):
-            api.record(metrics.BUDGET, float(cost["budget_usd"]), attributes)
+        api.record(metrics.SPEND, cost.spent_usd, attributes)
+        if cost.budget_usd is not None:
+            api.record(metrics.BUDGET, cost.budget_usd, attributes)
 
 
 def submitted(experiment_id: str, backend: str) -> None:
