@@ -22,14 +22,20 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.records import ComputeReport, ExperimentRecord, ExperimentStatus, RunOutcome, TrialRecord, UnreadableRecord
-
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
     from datetime import timedelta
 
     from shared.compute_spec import ComputeSection
     from shared.config import Settings
+    from shared.records import (
+        ComputeReport,
+        ExperimentRecord,
+        ExperimentStatus,
+        RunOutcome,
+        TrialRecord,
+        UnreadableRecord,
+    )
     from shared.spec import ExperimentSpec
     from shared.store.compute import ComputeCredential
     from shared.store.ingest import IngestReport
@@ -181,6 +187,8 @@ class BackendHandle(BaseModel):
     def compute_report(self) -> ComputeReport:
         """What users see of the compute (restarts, evictions, heartbeat, a link); the state machine copies
         it onto the record whenever the handle changes. Override to report what the backend tracks."""
+        from shared.records import ComputeReport  # ports import no record at import: records import the spec
+
         return ComputeReport()
 
 
