@@ -212,3 +212,20 @@ def test_a_step_reads_the_typed_spec_and_never_re_admits_it(ctx, monkeypatch):
     assert step(ctx) == "failed" and ctx.store.get_experiment(record.id).error == "no trial completed"
     event = ExperimentEvent(type=EventType.TEARDOWN, experiment_id=record.id, seq=0)
     assert handle_event(ctx, event.model_dump_json()) == "stale"
+
+
+def test_a_warm_start_from_an_experiment_whose_size_was_retired_since(ctx, tmp_path, monkeypatch):
+    """The earlier experiment's spec is read as it was admitted (before: ``load_spec`` of it, which refused
+    the warm start once the catalogue retired a size it names)."""
+    from shared.handlers.warm_start import read_seed
+    from shared.records import TrialRecord, TrialState
+
+    earlier = ExperimentRecord(id="exp-earlier", name="earlier", spec=priced_spec(), status=S.COMPLETED)
+    ctx.store.create_experiment(earlier)
+    params = {"n_estimators": 5, "max_depth": 4, "max_features": 0.5}
+    ctx.store.put_trial(TrialRecord(experiment_id="exp-earlier", number=0, params=params, sampler_params=params,
+                                    state=TrialState.COMPLETED, value=0.9))  # fmt: skip
+    retire(tmp_path, monkeypatch, SIZE)
+    spec = load_spec(tiny_spec(warm_start={"experiment": "exp-earlier"}))
+    seed = read_seed(ctx.store, spec, lambda record: True)
+    assert seed is not None and seed.same_space and [t.number for t in seed.trials] == [0]
