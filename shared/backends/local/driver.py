@@ -21,6 +21,7 @@ from distributed import Client, LocalCluster
 from shared.backends.local.section import LocalCompute
 from shared.hpo.patient_store import patient
 from shared.hpo.run_driver import CancelWatch, run_experiment
+from shared.hpo.worker_watch import WorkerWatch
 from shared.ports import Store
 from shared.store.compute import ComputeStore
 from shared.telemetry import LOG_FORMAT, set_experiment
@@ -30,21 +31,42 @@ log = logging.getLogger("rapids_hpo.driver")
 WORKER_PRELOAD = "gpu_jobs.preload"
 
 
+CLUSTER_STARTS = 3
+"""Tries to start the LocalCluster: a worker that dies while it starts fails the whole start (``Nanny failed to
+start``), which is no reason to spend one of the driver's restarts (found by ``bench/chaos.py``)."""
+
+
+def local_cluster(compute: LocalCompute) -> LocalCluster:
+    """A LocalCluster sized by the section, started again (up to :data:`CLUSTER_STARTS` times) if a worker
+    died while it started."""
+    for attempt in range(1, CLUSTER_STARTS + 1):
+        try:
+            return LocalCluster(  # type: ignore[no-untyped-call]
+                n_workers=compute.n_workers,
+                threads_per_worker=compute.threads_per_worker,
+                memory_limit=compute.memory_limit,
+                processes=True,
+                # Dask's HTTP endpoints on loopback and a free port: with None they still bind 0.0.0.0:8787, and
+                # a second local experiment warns that the port is taken.
+                dashboard_address="127.0.0.1:0",
+                preload=[WORKER_PRELOAD],  # the training stack imported at each worker's start
+            )
+        except RuntimeError as exc:
+            if attempt == CLUSTER_STARTS:
+                raise
+            log.warning("the cluster did not start (%s); starting it again", exc)
+    raise AssertionError("unreachable")
+
+
 @contextlib.contextmanager
 def dask_client(compute: LocalCompute) -> Iterator[Client]:
-    """A client of a LocalCluster sized by the section (a spec never names a scheduler to connect to)."""
+    """A client of a LocalCluster sized by the section (a spec never names a scheduler to connect to), under
+    the driver's lease on it (:class:`shared.hpo.worker_watch.WorkerWatch`: no worker for long, the driver
+    ends, is restarted by poll and resumes)."""
     with (
-        LocalCluster(  # type: ignore[no-untyped-call]
-            n_workers=compute.n_workers,
-            threads_per_worker=compute.threads_per_worker,
-            memory_limit=compute.memory_limit,
-            processes=True,
-            # Dask's HTTP endpoints on loopback and a free port: with None they still bind 0.0.0.0:8787, and a
-            # second local experiment warns that the port is taken.
-            dashboard_address="127.0.0.1:0",
-            preload=[WORKER_PRELOAD],  # the training stack imported at each worker's start
-        ) as cluster,
+        local_cluster(compute) as cluster,
         Client(cluster) as client,  # type: ignore[no-untyped-call]
+        WorkerWatch(client),
     ):
         yield client
 
