@@ -34,20 +34,22 @@ class MeasuredTrials:
     mean_s: float
 
 
-def workload(spec: dict[str, Any]) -> tuple[Any, ...]:
-    """What makes a trial take as long as another: the data, the model, the folds, the compute."""
-    dataset, trial = spec.get("dataset") or {}, spec.get("trial") or {}
-    keys = ("uri", "target", "max_rows", "features", "format")
+def workload(spec: ExperimentSpec | None) -> tuple[Any, ...] | None:
+    """What makes a trial take as long as another: the data, the model, the folds, the compute (None
+    without a spec: a request refused at intake)."""
+    if spec is None:
+        return None
+    dataset, trial = spec.dataset, spec.trial
     return (
-        tuple(str(dataset.get(k)) for k in keys),
-        (trial.get("model"), trial.get("cv_folds"), trial.get("engine")),
-        repr(sorted((spec.get("compute") or {}).items())),
+        (dataset.uri, dataset.target, dataset.max_rows, dataset.features, dataset.format),
+        (trial.model, trial.cv_folds, trial.engine),
+        spec.compute,
     )
 
 
 def last_run(store: Store, spec: ExperimentSpec) -> MeasuredTrials | None:
     """The completed trials' mean duration in the newest finished run of ``spec``'s workload, or None."""
-    wanted = workload(spec.to_document())
+    wanted = workload(spec)
     records, _ = store.list_experiments(limit=EXPERIMENTS_SEARCHED)
     for record in records:
         if not isinstance(record, ExperimentRecord) or record.status is not ExperimentStatus.COMPLETED:
