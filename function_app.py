@@ -21,6 +21,7 @@ from shared.auth import AuthSettings
 from shared.config import QUEUE_EVENTS, QUEUE_REQUESTS
 from shared.context import get_context
 from shared.handlers import handle_event, sweep, sweep_orphans, take_request_message
+from shared.telemetry import host_trace
 from shared.telemetry.setup import configure
 
 TELEMETRY = configure("rapids-hpo-control")
@@ -39,29 +40,32 @@ app = func.AsgiFunctionApp(
 
 @app.function_name("experiment_requests")
 @app.queue_trigger(arg_name="message", queue_name=QUEUE_REQUESTS, connection="AzureWebJobsStorage")
-def experiment_requests(message: func.QueueMessage) -> None:
+def experiment_requests(message: func.QueueMessage, context: func.Context = None) -> None:
     """A spec sent by another service. An invalid one is final: recorded FAILED when it names an id, moved
-    to the poison queue once, not retried; a transient failure (storage) raises, and the host retries it."""
-    record = take_request_message(get_context(), message.get_body(), message_id=message.id)
-    if record is not None:
-        logging.info("request %s -> experiment %s (%s)", message.id, record.id, record.status)
+    to the poison queue once, not retried; a transient failure (storage) raises, and the host retries it.
+    (``context``: the host's invocation, for its trace context; the worker always passes it.)"""
+    with host_trace(context):
+        record = take_request_message(get_context(), message.get_body(), message_id=message.id)
+        if record is not None:
+            logging.info("request %s -> experiment %s (%s)", message.id, record.id, record.status)
 
 
 @app.function_name("experiment_events")
 @app.queue_trigger(arg_name="message", queue_name=QUEUE_EVENTS, connection="AzureWebJobsStorage")
-def experiment_events(message: func.QueueMessage) -> None:
-    """One state-machine step."""
-    outcome = handle_event(get_context(), message.get_body().decode("utf-8"))
-    logging.info("event %s: %s", message.id, outcome)
+def experiment_events(message: func.QueueMessage, context: func.Context = None) -> None:
+    """One state-machine step: a span of its experiment's trace, linked to the host's invocation."""
+    with host_trace(context):
+        outcome = handle_event(get_context(), message.get_body().decode("utf-8"))
+        logging.info("event %s: %s", message.id, outcome)
 
 
 @app.function_name("sweep")
 @app.timer_trigger(arg_name="timer", schedule=SWEEP_SCHEDULE, run_on_startup=False, use_monitor=True)
-def sweep_timer(timer: func.TimerRequest) -> None:
+def sweep_timer(timer: func.TimerRequest, context: func.Context = None) -> None:
     """Re-drive experiments whose events were lost; tear down compute of finished ones."""
-    context = get_context()
-    report = sweep(context)
-    logging.info("sweep: %s", report)
-    deleted = sweep_orphans(context)
-    if deleted:
-        logging.warning("sweep deleted orphaned Azure resources: %s", deleted)
+    with host_trace(context):
+        report = sweep(get_context())
+        logging.info("sweep: %s", report)
+        deleted = sweep_orphans(get_context())
+        if deleted:
+            logging.warning("sweep deleted orphaned Azure resources: %s", deleted)

@@ -330,10 +330,21 @@ class FunctionsHost:
             )
 
     # -- invocations
-    def invoke(self, name: str, input_data: dict[str, Any], trigger_metadata: dict[str, Any] | None = None) -> Any:
-        """One ``InvocationRequest``; returns the ``InvocationResponse`` (raises :class:`WorkerError` on failure)."""
+    def invoke(
+        self,
+        name: str,
+        input_data: dict[str, Any],
+        trigger_metadata: dict[str, Any] | None = None,
+        *,
+        traceparent: str | None = None,
+    ) -> Any:
+        """One ``InvocationRequest``; returns the ``InvocationResponse`` (raises :class:`WorkerError` on failure).
+
+        Like the host, it sends the invocation's trace context (W3C ``traceparent`` of the host's span for
+        this execution; a fresh one unless ``traceparent`` is given)."""
         protos = self.protos
         function = self.functions[name]
+        traceparent = traceparent or f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
         return self._request(
             f"InvocationRequest {name}",
             invocation_request=protos.InvocationRequest(
@@ -341,6 +352,7 @@ class FunctionsHost:
                 function_id=function.function_id,
                 input_data=[protos.ParameterBinding(name=k, data=v) for k, v in input_data.items()],
                 trigger_metadata=trigger_metadata or {},
+                trace_context=type(protos.InvocationRequest().trace_context)(trace_parent=traceparent, trace_state=""),
             ),
         )
 
@@ -352,6 +364,7 @@ class FunctionsHost:
         headers: dict[str, str] | None = None,
         *,
         key: bool = True,
+        traceparent: str | None = None,
     ) -> HttpResponse:
         """A request for ``<path>`` as the host forwards it to the HTTP-triggered function: the URL and ``Host`` of
         the site (``WEBSITE_HOSTNAME``, else ``localhost:7071`` as Core Tools serves), the caller's headers."""
@@ -375,7 +388,7 @@ class FunctionsHost:
                 method=method.upper(), url=url, headers=sent, query=query, body=protos.TypedData(bytes=data)
             )
         )
-        response = self.invoke(function.name, {arg: request})
+        response = self.invoke(function.name, {arg: request}, traceparent=traceparent)
         http = response.return_value.http
         which = http.body.WhichOneof("data")
         raw = getattr(http.body, which) if which else b""
@@ -383,7 +396,15 @@ class FunctionsHost:
             int(http.status_code or 200), dict(http.headers), raw.encode() if isinstance(raw, str) else raw
         )
 
-    def queue(self, name: str, stored: str, *, message_id: str | None = None, dequeue_count: int = 1) -> Any:
+    def queue(
+        self,
+        name: str,
+        stored: str,
+        *,
+        message_id: str | None = None,
+        dequeue_count: int = 1,
+        traceparent: str | None = None,
+    ) -> Any:
         """Deliver a queue message as stored in the queue (base64 text) to the function ``name``."""
         try:
             text = base64.b64decode(stored, validate=True).decode("utf-8")
@@ -407,7 +428,7 @@ class FunctionsHost:
             for key, value in document.items():
                 existing = next((k for k in metadata if k.lower() == key.lower()), key)
                 metadata[existing] = _typed_json(value)
-        return self.invoke(name, {arg: self.protos.TypedData(string=text)}, metadata)
+        return self.invoke(name, {arg: self.protos.TypedData(string=text)}, metadata, traceparent=traceparent)
 
     def timer(self, name: str, *, past_due: bool = False) -> Any:
         arg, _ = self.functions[name].binding("timerTrigger")

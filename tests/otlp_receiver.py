@@ -39,6 +39,8 @@ class Span:
     parent_id: str
     attributes: dict[str, Any]
     service: str
+    links: list[tuple[str, str]] = field(default_factory=list)
+    """(trace id, span id) of each linked span."""
 
 
 @dataclass
@@ -114,6 +116,7 @@ class OtlpReceiver:
                                 span.parent_span_id.hex(),
                                 {a.key: _value(a.value) for a in span.attributes},
                                 str(resource.get("service.name")),
+                                [(link.trace_id.hex(), link.span_id.hex()) for link in span.links],
                             )
                         )
         elif path == "/v1/metrics":

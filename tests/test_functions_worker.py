@@ -159,7 +159,7 @@ def local_settings(tmp_path: Path) -> dict[str, str]:
 
 def test_a_queue_parameter_of_the_wrong_type_fails_indexing(package: Path, tmp_path: Path) -> None:
     require_worker()
-    old = "def experiment_events(message: func.QueueMessage)"
+    old = "def experiment_events(message: func.QueueMessage,"
     variant = broken_variant(package, tmp_path, old, old.replace("QueueMessage", "HttpRequest"))
     with pytest.raises(WorkerError) as failed, FunctionsHost(variant, local_settings(tmp_path)):
         pass

@@ -97,6 +97,26 @@ def span(
         yield current
 
 
+@contextlib.contextmanager
+def host_trace(invocation: Any) -> Iterator[None]:
+    """The Functions host's trace context of this invocation (``azure.functions.Context.trace_context``)
+    current for the block, so what the app records is a child of the host's execution span. The Functions
+    docs' way for a Python function; the worker attaches it too (``PYTHON_ENABLE_OPENTELEMETRY``), but not on
+    the thread a synchronous function runs on. Nothing when off, or without a valid context."""
+    trace_context = getattr(invocation, "trace_context", None) if _state is not None else None
+    context = _remote(getattr(trace_context, "trace_parent", None))
+    if context is None:
+        yield
+        return
+    from opentelemetry import context as otel_context
+
+    token = otel_context.attach(context)
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
+
+
 def traced(name: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Decorator: the call runs in a span called ``name`` (a plain call when off)."""
 
