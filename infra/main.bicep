@@ -84,6 +84,9 @@ param allowedHosts string = ''
 ])
 param authMode string = 'functionKey'
 
+@description('entraId: let people sign in to the dashboard in a browser (App Service authentication passes unauthenticated requests to the app, which refuses them itself and redirects dashboard pages to the sign-in).')
+param dashboardSignIn bool = false
+
 @description('entraId: the API app registration\'s application (client) id (README: Callers with an identity).')
 param apiClientId string = ''
 
@@ -292,6 +295,7 @@ module functionAppAuth 'modules/functionapp-auth.bicep' = if (authMode == 'entra
     clientId: apiClientId
     audience: apiAudienceUri
     loginEndpoint: environment().authentication.loginEndpoint
+    browserSignIn: dashboardSignIn
   }
 }
 

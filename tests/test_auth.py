@@ -587,3 +587,35 @@ def test_the_function_app_passes_entra_callers_to_the_app_which_checks_them(issu
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1]) == {"authLevel": "ANONYMOUS", "answers": [401, 200]}
+
+
+# ----------------------------------------------------------------------------------- the dashboard in a browser
+HTML = {"accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
+
+
+def test_a_browser_without_easy_auth_gets_a_401_page_saying_how_to_get_in(client):
+    for path in ("/api/ui", "/api/ui/experiments/exp-1", "/api/docs"):
+        page = client.get(path, headers=HTML)
+        assert page.status_code == 401 and page.headers["content-type"].startswith("text/html")
+        assert page.headers["www-authenticate"].startswith("Bearer error=")
+        assert "send an Entra ID access token" in page.text and "rapids-hpo list" in page.text
+        assert page.headers["content-security-policy"] == "default-src 'none'"
+    for path, headers in (("/api/experiments", HTML), ("/api/ui", {"accept": "application/json"})):
+        refused(client.get(path, headers=headers), 401, "Bearer")  # a client, not a page: JSON as ever
+
+
+def test_a_browser_behind_easy_auth_is_sent_to_sign_in_and_back_to_the_same_page(ctx, issuer):
+    client = api(ctx, issuer.settings(easy_auth=True))
+    client.follow_redirects = False
+    page = client.get("/api/ui/experiments/exp-1", params={"next": "https://evil.example/"}, headers=HTML)
+    assert page.status_code == 302
+    assert page.headers["location"] == (
+        "/.auth/login/aad?post_login_redirect_uri=%2Fapi%2Fui%2Fexperiments%2Fexp-1%3Fnext%3Dhttps%253A%252F%252F"
+        "evil.example%252F"
+    )  # back to a path of this app only: whatever the query says stays inside it
+    assert client.get("/api/docs", headers=HTML).headers["location"].endswith("=%2Fapi%2Fdocs")
+    refused(client.get("/api/experiments", headers=HTML), 401, "without a principal")  # the API never redirects
+    signed_in = {**HTML, "X-MS-CLIENT-PRINCIPAL": principal_header(issuer, issuer.user_claims(READ))}
+    assert client.get("/api/ui", headers=signed_in).status_code == 200
+    forbidden = {**HTML, "X-MS-CLIENT-PRINCIPAL": principal_header(issuer, issuer.user_claims(SUBMIT))}
+    refused(client.get("/api/ui", headers=forbidden), 403, READ.value)  # signed in, no role: no loop to sign-in

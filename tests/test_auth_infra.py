@@ -24,12 +24,25 @@ def test_easy_auth_is_checked_against_the_sdk_model() -> None:
     assert problems_of(auth) == []
 
 
+def _both_ways(value: Any) -> tuple[Any, Any]:
+    """``(with browserSignIn, without)`` of a ``browserSignIn ? a : b`` property."""
+    operands = value["operator"]["operands"]
+    assert value["operator"]["type"] == "conditional" and operands["condition"] == "browserSignIn"
+    return operands["true_value"], operands["false_value"]
+
+
 def test_easy_auth_refuses_what_the_app_does_not_accept() -> None:
     """Every request needs a token (401 otherwise, never a login redirect for an API), issued by this
-    tenant's v2.0 issuer, for the API registration's client id or Application ID URI, over https."""
+    tenant's v2.0 issuer, for the API registration's client id or Application ID URI, over https. With the
+    dashboard's browser sign-in chosen, the platform passes requests without a token on to the app, which
+    refuses each itself (tests/test_auth.py: every route 401 or a sign-in redirect for a browser's page)."""
     properties = _auth().body["properties"]
     assert properties["platform"]["enabled"] is True
-    assert properties["globalValidation"] == {"requireAuthentication": True, "unauthenticatedClientAction": "Return401"}
+    validation = properties["globalValidation"]
+    assert _both_ways(validation["requireAuthentication"]) == (False, True)
+    assert _both_ways(validation["unauthenticatedClientAction"]) == ("AllowAnonymous", "Return401")
+    main = MAIN_BICEP.read_text()
+    assert "param dashboardSignIn bool = false" in main and "browserSignIn: dashboardSignIn" in main
     aad = properties["identityProviders"]["azureActiveDirectory"]
     assert aad["enabled"] is True
     assert aad["registration"] == {"clientId": "clientId", "openIdIssuer": "${loginEndpoint}${tenantId}/v2.0"}

@@ -2,7 +2,9 @@
 //
 // Every request must carry an Entra ID access token of this tenant for the API's app registration
 // (audience: its client id, as in v2.0 tokens, or its Application ID URI); anything else is answered
-// 401 by the platform before the app runs. The platform then strips any X-MS-CLIENT-PRINCIPAL a client
+// 401 by the platform before the app runs. With browserSignIn, the platform passes unauthenticated
+// requests on (AllowAnonymous) and the app refuses them itself (401; a browser on a dashboard page is
+// redirected to the platform's sign-in), so people can open the dashboard. The platform then strips any X-MS-CLIENT-PRINCIPAL a client
 // sent, sets its own, and sets WEBSITE_AUTH_ENABLED, which tells the app (shared/auth) to read it.
 // The registration sets `requestedAccessTokenVersion: 2` (README: Callers with an identity), so the
 // issuer is the tenant's v2.0 one. No client secret: the API only validates tokens, it signs no one in.
@@ -22,6 +24,9 @@ param audience string
 @description('The cloud\'s Entra ID endpoint (environment().authentication.loginEndpoint, with its trailing slash).')
 param loginEndpoint string
 
+@description('Let browsers sign in to the dashboard: the platform passes requests without a token on to the app (AllowAnonymous), which answers 401 on every API route and redirects a browser on a dashboard page to /.auth/login/aad. Needs the registration\'s web redirect URI https://<app>/.auth/login/aad/callback and ID token issuance (README).')
+param browserSignIn bool = false
+
 resource functionApp 'Microsoft.Web/sites@2025-05-01' existing = {
   name: functionAppName
 }
@@ -34,8 +39,8 @@ resource auth 'Microsoft.Web/sites/config@2025-05-01' = {
       enabled: true
     }
     globalValidation: {
-      requireAuthentication: true
-      unauthenticatedClientAction: 'Return401'
+      requireAuthentication: browserSignIn ? false : true
+      unauthenticatedClientAction: browserSignIn ? 'AllowAnonymous' : 'Return401'
     }
     identityProviders: {
       azureActiveDirectory: {

@@ -10,10 +10,12 @@ so ids cannot be probed.
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine, Mapping
+from html import escape
 from typing import Any
+from urllib.parse import urlencode
 
 from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from shared.auth.easyauth import HEADER, principal_from_header
@@ -48,7 +50,7 @@ class Authenticator:
         if reads_header:
             value = headers.get(HEADER)
             if value is None:
-                raise AuthError(401, "App Service authentication passed the request on without a principal")
+                raise AuthError(401, "no Entra ID sign-in: App Service authentication passed the request on without a principal")
             return principal_from_header(value, self.settings)
         scheme, _, token = headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
@@ -66,15 +68,55 @@ def install_auth(app: FastAPI, settings: AuthSettings) -> None:
     app.add_exception_handler(AuthError, _refused)
 
 
-async def _refused(request: Request, exc: Exception) -> JSONResponse:
+BROWSER_PAGES = ("/api/ui", "/api/docs")
+"""Paths a person opens in a browser: a 401 there is a sign-in path, not a JSON body."""
+LOGIN_PATH = "/.auth/login/aad"
+"""App Service authentication's sign-in for Entra ID; ``post_login_redirect_uri`` brings the browser back."""
+
+
+def wants_page(request: Request) -> bool:
+    """A browser navigating to a dashboard or docs page (not a script or a client asking for JSON)."""
+    path = request.url.path
+    on_page = any(path == prefix or path.startswith(prefix + "/") for prefix in BROWSER_PAGES)
+    return on_page and "text/html" in request.headers.get("accept", "") and request.method in {"GET", "HEAD"}
+
+
+def sign_in_answer(request: Request, exc: AuthError) -> Response:
+    """A browser's 401 on a page: with Easy Auth in front, a redirect to its Entra sign-in that comes back to
+    this page (a path of this app only: no open redirect); without it, a page saying how to get in."""
+    settings = settings_of(request)
+    if settings.mode == "entra" and settings.easy_auth:
+        back = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse(f"{LOGIN_PATH}?{urlencode({'post_login_redirect_uri': back})}", status_code=302)
+    body = (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Sign-in needed · rapids-hpo</title>'
+        "</head><body><h1>Sign-in needed (401)</h1>"
+        f"<p id=reason>{escape(exc.message)}</p><p>The dashboard needs your Entra ID sign-in, which a browser "
+        "can make only through App Service authentication in front of this app (deploy with "
+        "<code>authMode=entraId</code> and <code>dashboardSignIn=true</code>). Here the app validates bearer "
+        "tokens itself, which a browser does not send: use the CLI (<code>az login</code>, then "
+        "<code>rapids-hpo list</code>, <code>status</code>, <code>watch</code> with "
+        "<code>RAPIDS_HPO_API_SCOPE</code> set) or call the API with a token.</p></body></html>"
+    )
+    headers = {"Cache-Control": "no-store", "Content-Security-Policy": "default-src 'none'", **_challenge(exc)}
+    return HTMLResponse(body, status_code=401, headers=headers)
+
+
+def _challenge(exc: AuthError) -> dict[str, str]:
+    description = exc.message.replace('"', "'")
+    return {"WWW-Authenticate": f'Bearer error="{exc.error}", error_description="{description}"'}
+
+
+async def _refused(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, AuthError)
+    if exc.status == 401 and wants_page(request):
+        return sign_in_answer(request, exc)
     response = JSONResponse(
         status_code=exc.status,
         content={"detail": exc.message, "errors": [{"loc": "header.authorization", "msg": exc.message}]},
     )
     if exc.status == 401:
-        description = exc.message.replace('"', "'")
-        response.headers["WWW-Authenticate"] = f'Bearer error="{exc.error}", error_description="{description}"'
+        response.headers.update(_challenge(exc))
     elif exc.status == 503:
         response.headers["Retry-After"] = "5"
     return response
