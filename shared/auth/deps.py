@@ -50,7 +50,9 @@ class Authenticator:
         if reads_header:
             value = headers.get(HEADER)
             if value is None:
-                raise AuthError(401, "no Entra ID sign-in: App Service authentication passed the request on without a principal")
+                raise AuthError(
+                    401, "no Entra ID sign-in: App Service authentication passed the request on without a principal"
+                )
             return principal_from_header(value, self.settings)
         scheme, _, token = headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
