@@ -15,6 +15,7 @@ rows (approximately ``max_rows``).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -22,7 +23,15 @@ import numpy as np
 import pandas as pd
 
 from gpu_jobs.builtin import builtin_derived, builtin_task
-from gpu_jobs.data import BUILTIN_SCHEME, builtin_table, list_parts, read_part, select_columns
+from gpu_jobs.data import (
+    BUILTIN_SCHEME,
+    ColumnsAbsent,
+    list_parts,
+    read_builtin,
+    read_part,
+    select_columns,
+    wanted_columns,
+)
 from gpu_jobs.encoding import (
     FeatureEncoding,
     category_levels,
@@ -85,9 +94,14 @@ def load_distributed_table(
     if max_rows is not None and max_rows < 1:
         raise UserError(f"max_rows must be at least 1, got {max_rows}")
     sources = partition_sources(uri, target, data_format, n_workers=n_workers)
-    meta = select_columns(client.submit(_empty_like_source, sources[0], pure=False).result(), target, features, uri)
+    columns = wanted_columns(target, features)  # each partition reads only these (Parquet/CSV projection)
+    try:
+        empty = client.submit(_empty_like_source, sources[0], columns, pure=False).result()
+    except ColumnsAbsent:  # read it whole once, so select_columns names what is absent
+        empty = client.submit(_empty_like_source, sources[0], None, pure=False).result()
+    meta = select_columns(empty, target, features, uri)
     require_target_column(meta.columns, target, uri)
-    raw = dd.from_map(_read_source, sources, meta=meta, enforce_metadata=False)
+    raw = dd.from_map(functools.partial(_read_source, columns=columns), sources, meta=meta, enforce_metadata=False)
     if features is not None:
         raw = raw[list(meta.columns)]
     feature_names = [str(c) for c in meta.columns if c != target]
@@ -160,18 +174,18 @@ def partition_sources(uri: str, target: str, data_format: str | None, *, n_worke
     return [("part", uri, part, fmt) for part in parts]
 
 
-def _read_source(source: tuple[str, ...]) -> pd.DataFrame:
-    """Read one partition (runs on a worker)."""
+def _read_source(source: tuple[str, ...], columns: list[str] | None = None) -> pd.DataFrame:
+    """Read one partition (runs on a worker): every column, or only ``columns``."""
     if source[0] == "builtin":
         _, uri, target, index, count = source
-        return builtin_table(uri, target).iloc[int(index) :: int(count)].reset_index(drop=True)
+        return read_builtin(uri, target, columns).iloc[int(index) :: int(count)].reset_index(drop=True)
     _, uri, part, fmt = source
-    return read_part(uri, part, fmt)
+    return read_part(uri, part, fmt, columns)
 
 
-def _empty_like_source(source: tuple[str, ...]) -> pd.DataFrame:
+def _empty_like_source(source: tuple[str, ...], columns: list[str] | None) -> pd.DataFrame:
     """The columns and dtypes of one partition, without its rows (runs on a worker)."""
-    return _read_source(source).iloc[:0]
+    return _read_source(source, columns).iloc[:0]
 
 
 def _partition_levels(column: pd.Series) -> pd.Series:

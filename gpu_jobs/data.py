@@ -167,10 +167,31 @@ def _load(
     fingerprint: tuple[Any, ...],
 ) -> Dataset:
     del fingerprint  # part of the cache key only: a changed local file is read again
-    frame = select_columns(read_table(uri, target, data_format), target, features, uri)
+    frame = read_selected(uri, target, data_format, features)
     features, labels, info = prepare_frame(frame, target, source=uri, max_rows=max_rows, seed=seed, task=task)
     engine = get_engine(engine_name)
     return Dataset(engine.from_pandas(features), engine.from_pandas(labels), info)
+
+
+def read_selected(uri: str, target: str, data_format: str | None, features: Sequence[str] | None) -> pd.DataFrame:
+    """The table behind ``uri`` reduced to the ``features`` and the target, reading only those columns
+    (Parquet reads only their column chunks, CSV converts only their fields): a wide table costs what
+    its used columns cost. :class:`UserError` naming the features the table lacks (found by reading it
+    whole once: only the failing path pays for that)."""
+    try:
+        frame = read_table(uri, target, data_format, columns=wanted_columns(target, features))
+    except ColumnsAbsent:
+        frame = read_table(uri, target, data_format)
+    return select_columns(frame, target, features, uri)
+
+
+def wanted_columns(target: str, features: Sequence[str] | None) -> list[str] | None:
+    """The columns to read: the features and the target (each once), or None for every column."""
+    return None if features is None else list(dict.fromkeys([*features, target]))
+
+
+class ColumnsAbsent(Exception):
+    """A projected read named a column the file lacks (:func:`read_selected` then reports which)."""
 
 
 def select_columns(frame: pd.DataFrame, target: str, features: Sequence[str] | None, source: str) -> pd.DataFrame:
@@ -230,13 +251,26 @@ def prepare_frame(
     return features, labels, info
 
 
-def read_table(uri: str, target: str, data_format: str | None = None) -> pd.DataFrame:
-    """Read the raw table behind ``uri`` (every column, target included) into pandas."""
+def read_table(
+    uri: str, target: str, data_format: str | None = None, *, columns: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """Read the raw table behind ``uri`` into pandas: every column, or only ``columns`` (in the file's
+    order; :class:`ColumnsAbsent` when a file lacks one)."""
     if uri.startswith(BUILTIN_SCHEME):
-        return builtin_table(uri, target)
+        return read_builtin(uri, target, columns)
     parts, fmt = list_parts(uri, data_format)
-    frames = [read_part(uri, part, fmt) for part in parts]
+    frames = [read_part(uri, part, fmt, columns) for part in parts]
     return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+
+
+def read_builtin(uri: str, target: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """A built-in table (already in memory), every column or only ``columns`` in its order."""
+    frame = builtin_table(uri, target)
+    if columns is None:
+        return frame
+    if not set(columns) <= set(frame.columns):
+        raise ColumnsAbsent(uri)
+    return frame[[name for name in frame.columns if name in set(columns)]]
 
 
 def list_parts(uri: str, data_format: str | None = None) -> tuple[list[str], str]:
@@ -276,12 +310,13 @@ def list_parts(uri: str, data_format: str | None = None) -> tuple[list[str], str
     return parts, fmt
 
 
-def read_part(uri: str, relative_path: str, fmt: str) -> pd.DataFrame:
-    """Read one part listed by :func:`list_parts` (also what each Dask partition does)."""
+def read_part(uri: str, relative_path: str, fmt: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """Read one part listed by :func:`list_parts` (also what each Dask partition does), only ``columns``
+    when given."""
     filesystem, path = open_filesystem(uri)
     full_path = f"{path.rstrip('/')}/{relative_path}" if relative_path else path
     with storage_errors(uri):
-        return _read_file(filesystem, full_path, fmt, uri)
+        return _read_file(filesystem, full_path, fmt, columns)
 
 
 @contextlib.contextmanager
@@ -347,16 +382,25 @@ def _fingerprint(uri: str) -> tuple[Any, ...]:
     return (stat.st_size, stat.st_mtime_ns)
 
 
-def _read_file(filesystem: Any, path: str, fmt: str, uri: str) -> pd.DataFrame:
+_ABSENT_COLUMN_ERRORS = ("No match for FieldRef", "Usecols do not match columns")
+"""How pyarrow (Parquet) and pandas (CSV) say a projected column is not in the file."""
+
+
+def _read_file(filesystem: Any, path: str, fmt: str, columns: Sequence[str] | None) -> pd.DataFrame:
     import pyarrow as pa
 
+    wanted = None if columns is None else list(columns)
     try:
         if fmt == "parquet":
             with filesystem.open(path, "rb") as handle:
-                return pd.read_parquet(handle)
+                return pd.read_parquet(handle, columns=wanted)
         with filesystem.open(path, "rb", compression="infer") as handle:
-            return pd.read_csv(handle, low_memory=False)
-    except (pa.ArrowException, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+            return pd.read_csv(handle, low_memory=False, usecols=wanted)
+    except (ValueError, pa.ArrowException) as exc:  # the parsers' errors (and pyarrow's) are ValueErrors
+        if wanted is not None and str(exc).startswith(_ABSENT_COLUMN_ERRORS):
+            raise ColumnsAbsent(path) from None
+        if not isinstance(exc, pa.ArrowException | pd.errors.ParserError | pd.errors.EmptyDataError | UnicodeError):
+            raise
         # the parser's message may quote the file's bytes: its kind only
         raise UserError(f"cannot read {path} as {fmt} ({type(exc).__name__}): is it a {fmt} file?") from None
 

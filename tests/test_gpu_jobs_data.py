@@ -314,3 +314,103 @@ def test_column_names_are_listed_only_for_sources_the_caller_can_list(source: st
     with pytest.raises(UserError, match=r"target column 'lable' not found") as raised:
         require_target_column(["ssn", "salary"], "lable", source)
     assert ("ssn" in str(raised.value)) is listed and "2 columns" in str(raised.value), raised.value
+
+
+# ------------------------------------------------------------------------------------ column projection
+class _CountingFiles:
+    """The local filesystem, counting the bytes read through each file it opens (a spy at fsspec's
+    boundary: what reaches the parsers is the real file)."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner, self.bytes_read = inner, 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def open(self, path: str, mode: str = "rb", **kwargs: object) -> object:
+        handle = self.inner.open(path, mode, **kwargs)  # type: ignore[attr-defined]
+        spy = self
+
+        class Counted:
+            def __getattr__(self, name: str) -> object:
+                return getattr(handle, name)
+
+            def __enter__(self) -> Counted:
+                return self
+
+            def __exit__(self, *exc: object) -> None:
+                handle.close()
+
+            def read(self, size: int = -1) -> bytes:
+                data = handle.read(size)
+                spy.bytes_read += len(data)
+                return data
+
+            def readinto(self, buffer: bytearray) -> int:
+                count = handle.readinto(buffer)
+                spy.bytes_read += count or 0
+                return count
+
+        return Counted()
+
+
+def _wide_table(rows: int = 20_000) -> pd.DataFrame:
+    rng = np.random.default_rng(7)
+    table = small_table(rows)
+    for index in range(30):  # columns a spec's dataset.features leaves out (a taxi table's totalAmount...)
+        table[f"unused_{index}"] = rng.normal(size=rows)
+    return table
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_only_the_features_and_the_target_are_read(tmp_path: Path, fmt: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 26: a wide table costs what its used columns cost. Parquet reads only their column chunks
+    (bytes off the file); CSV converts only their fields (every byte is still scanned, so the check there
+    is the frame); either way the trial sees the same features as a full read would give it."""
+    import gpu_jobs.data as data
+
+    table = _wide_table()
+    path = tmp_path / f"wide.{fmt}"
+    table.to_parquet(path) if fmt == "parquet" else table.to_csv(path, index=False)
+    counting: list[_CountingFiles] = []
+
+    def open_counting(uri: str) -> tuple[object, str]:
+        filesystem, inner_path = open_filesystem(uri)
+        counting.append(_CountingFiles(filesystem))
+        return counting[-1], inner_path
+
+    monkeypatch.setattr(data, "open_filesystem", open_counting)
+    chosen = ["colour", "signal"]
+    projected = data.read_selected(str(path), "label", fmt, chosen)
+    projected_bytes = sum(c.bytes_read for c in counting)
+    counting.clear()
+    whole = data.select_columns(data.read_table(str(path), "label", fmt), "label", chosen, str(path))
+    whole_bytes = sum(c.bytes_read for c in counting)
+
+    assert list(projected.columns) == ["colour", "signal", "label"]  # the spec's order, then the target
+    pd.testing.assert_frame_equal(projected, whole)
+    if fmt == "parquet":
+        assert projected_bytes < whole_bytes / 5, (projected_bytes, whole_bytes)
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_a_feature_the_table_lacks_is_still_named(tmp_path: Path, fmt: str) -> None:
+    table = small_table(50)
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    for index, part in enumerate(split_rows(table, 2)):  # a folder of parts, as an AzureML mount gives
+        target = folder / f"part-{index}.{fmt}"
+        part.to_parquet(target) if fmt == "parquet" else part.to_csv(target, index=False)
+    with pytest.raises(UserError, match=r"dataset.features names column\(s\) 'colours' not in .*its 5 columns"):
+        load_dataset(str(folder), "label", engine="cpu", features=["signal", "colours"])
+    loaded = load_dataset(str(folder), "label", engine="cpu", features=["signal", "flag"])
+    assert loaded.info.feature_names == ("signal", "flag") and loaded.info.rows == 50
+
+
+def test_builtin_tables_project_too() -> None:
+    from gpu_jobs.data import ColumnsAbsent, read_builtin
+
+    frame = read_builtin(FLIGHTS_URI, FLIGHTS_TARGET, ["distance", FLIGHTS_TARGET])
+    assert set(frame.columns) == {"distance", FLIGHTS_TARGET} and len(frame) == FLIGHTS_ROWS
+    with pytest.raises(ColumnsAbsent):
+        read_builtin(FLIGHTS_URI, FLIGHTS_TARGET, ["no_such_column", FLIGHTS_TARGET])

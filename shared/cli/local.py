@@ -225,11 +225,10 @@ def task_plan(spec: Any) -> str:
     if "://" in dataset.uri and not dataset.uri.startswith("file://"):
         return f"auto: inferred from {dataset.target} by the data check on the compute, before any trial"
     from gpu_jobs.cross_validation import check_request, require_fit
-    from gpu_jobs.data import prepare_frame, read_table, select_columns
+    from gpu_jobs.data import prepare_frame, read_selected
 
     try:
-        frame = read_table(dataset.uri, dataset.target, dataset.format)
-        frame = select_columns(frame, dataset.target, dataset.features, dataset.uri)
+        frame = read_selected(dataset.uri, dataset.target, dataset.format, dataset.features)
         _, _, info = prepare_frame(frame, dataset.target, source=dataset.uri, task="auto")
         request = check_request(
             model=spec.trial.model, params={}, cv_folds=spec.trial.cv_folds, primary_metric=metric, engine="cpu"

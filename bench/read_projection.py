@@ -1,0 +1,97 @@
+"""What column projection saves when a spec's ``dataset.features`` names a few columns of a wide table.
+
+Writes a table (the flights columns trials use, plus ``--extra`` numeric columns a spec leaves out, as
+a taxi table's fare components are) as Parquet and CSV, then reads it the way a trial does
+(``gpu_jobs.data.read_selected``: the features and the target only) and whole (every column, then the
+selection), in the same process, alternating, ``--repeats`` times each. Prints the median seconds and
+the peak traced memory of each, and the ratio projected / whole: the figure that does not depend on
+this machine's pace.
+
+    python bench/read_projection.py                # 200,000 rows, 40 unused columns
+    python bench/read_projection.py --rows 50000 --extra 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from gpu_jobs.data import read_selected, read_table, select_columns  # noqa: E402
+
+FEATURES = ["month", "day_of_week", "distance", "carrier", "origin", "dep_delay"]
+TARGET = "arr_delay"
+
+
+def table(rows: int, extra: int) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {
+            "month": rng.integers(1, 13, rows),
+            "day_of_week": rng.integers(0, 7, rows),
+            "distance": rng.integers(80, 5000, rows).astype(float),
+            "carrier": rng.choice(["AA", "B6", "DL", "UA", "WN"], rows),
+            "origin": rng.choice(["EWR", "JFK", "LGA"], rows),
+            "dep_delay": rng.normal(10, 30, rows),
+            TARGET: rng.normal(5, 40, rows),
+        }
+    )
+    unused = pd.DataFrame(rng.normal(size=(rows, extra)), columns=[f"unused_{i}" for i in range(extra)])
+    return pd.concat([frame, unused], axis=1)
+
+
+def measure(read: Callable[[], pd.DataFrame]) -> tuple[float, float]:
+    tracemalloc.start()
+    started = time.perf_counter()
+    frame = read()
+    seconds = time.perf_counter() - started
+    peak = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+    assert list(frame.columns) == [*FEATURES, TARGET]
+    return seconds, peak
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--extra", type=int, default=40)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    data = table(args.rows, args.extra)
+    print(f"{args.rows:,} rows, {len(FEATURES)} features + target read of {data.shape[1]} columns")
+    with tempfile.TemporaryDirectory() as folder:
+        for fmt in ("parquet", "csv"):
+            path = Path(folder) / f"wide.{fmt}"
+            data.to_parquet(path) if fmt == "parquet" else data.to_csv(path, index=False)
+            uri = str(path)
+            runs: dict[str, list[tuple[float, float]]] = {"projected": [], "whole": []}
+            for _ in range(args.repeats):
+                runs["projected"].append(measure(lambda: read_selected(uri, TARGET, fmt, FEATURES)))
+                runs["whole"].append(
+                    measure(lambda: select_columns(read_table(uri, TARGET, fmt), TARGET, FEATURES, uri))
+                )
+            medians = {
+                name: (statistics.median(s for s, _ in found), statistics.median(m for _, m in found))
+                for name, found in runs.items()
+            }
+            (p_s, p_mb), (w_s, w_mb) = medians["projected"], medians["whole"]
+            size = path.stat().st_size / 2**20
+            print(
+                f"{fmt:8} ({size:6.1f} MiB file): projected {p_s:6.2f} s, peak {p_mb:7.1f} MiB | "
+                f"whole {w_s:6.2f} s, peak {w_mb:7.1f} MiB | projected/whole: time {p_s / w_s:.2f}, "
+                f"memory {p_mb / w_mb:.2f}"
+            )
+
+
+if __name__ == "__main__":
+    main()
