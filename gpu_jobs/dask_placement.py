@@ -48,8 +48,8 @@ def place_partitions(
     """Compute ``collection`` (a Dask DataFrame or Series) so that every one of ``workers`` holds at least
     one partition; ``transform`` (a function of one partition, with the result's ``meta``) runs on the
     worker that will hold it, e.g. to move a pandas partition to the GPU. Blocks until all are in memory."""
-    import dask
     import dask.dataframe as dd
+    from dask.delayed import delayed
     from distributed import wait
 
     if not workers:
@@ -58,7 +58,7 @@ def place_partitions(
         collection = collection.repartition(npartitions=len(workers))
     parts = collection.to_delayed()
     if transform is not None:
-        parts = [dask.delayed(transform)(part) for part in parts]
+        parts = [delayed(transform)(part) for part in parts]
     futures = [
         client.compute(part, workers=[workers[index % len(workers)]], allow_other_workers=False)
         for index, part in enumerate(parts)

@@ -88,8 +88,8 @@ def load_distributed_table(
 ) -> DistributedTable:
     """Read ``uri`` on the workers, learn the task, levels and classes over all of it, encode and assign
     folds (the built-in table is read as ``n_workers`` slices)."""
-    import dask
     import dask.dataframe as dd
+    from dask.base import compute
 
     if max_rows is not None and max_rows < 1:
         raise UserError(f"max_rows must be at least 1, got {max_rows}")
@@ -110,7 +110,7 @@ def load_distributed_table(
     kinds = {name: column_kind(meta[name]) for name in feature_names}
     categorical = [name for name in feature_names if kinds[name] == "categorical"]
     labelled = raw[~raw[target].isna()]  # levels from the rows trained on, as gpu_jobs.data learns them
-    level_parts, target_values, missing_target, total_rows = dask.compute(
+    level_parts, target_values, missing_target, total_rows = compute(
         [labelled[name].map_partitions(_partition_levels, meta=(name, object)) for name in categorical],
         raw[target].map_partitions(_partition_target_values, meta=(target, object)),
         raw[target].isna().sum(),
@@ -146,7 +146,7 @@ def load_distributed_table(
         encoded = encoded.sample(frac=max_rows / kept_rows, random_state=seed)
     encoded = encoded.persist()
     feature_columns = list(encoded_meta.columns[: len(encoding.encoded_names)])
-    rows, class_rows, missing_features = dask.compute(
+    rows, class_rows, missing_features = compute(
         encoded.shape[0],
         encoded[LABEL_COLUMN].value_counts() if target_encoding.task != "regression" else encoded.shape[0],
         encoded[feature_columns].isna().sum().sum(),

@@ -231,16 +231,20 @@ def _as_text(column: pd.Series) -> pd.Series:
 
 
 def _seconds(column: pd.Series) -> np.ndarray:
+    seconds: np.ndarray  # pandas is untyped here
     if ptypes.is_timedelta64_dtype(column.dtype):
-        return (column / pd.Timedelta(seconds=1)).to_numpy(dtype=np.float64, na_value=np.nan)
+        seconds = (column / pd.Timedelta(seconds=1)).to_numpy(dtype=np.float64, na_value=np.nan)
+        return seconds
     if getattr(column.dt, "tz", None) is not None:
         column = column.dt.tz_convert("UTC").dt.tz_localize(None)
-    return ((column - pd.Timestamp(0)) / pd.Timedelta(seconds=1)).to_numpy(dtype=np.float64, na_value=np.nan)
+    seconds = ((column - pd.Timestamp(0)) / pd.Timedelta(seconds=1)).to_numpy(dtype=np.float64, na_value=np.nan)
+    return seconds
 
 
 def _numeric(column: pd.Series) -> np.ndarray:
     try:
-        return column.to_numpy(dtype=np.float32, na_value=np.nan)
+        values: np.ndarray = column.to_numpy(dtype=np.float32, na_value=np.nan)  # pandas is untyped here
+        return values
     except (TypeError, ValueError):  # numpy's message quotes the value: data, never shown
         raise UserError(
             f"feature column {column.name!r} is not numeric: a value of type {column.dtype} is not a number"

@@ -90,7 +90,8 @@ def metric_mismatch(metric: str, task: Task) -> str | None:
 def _clipped(proba: np.ndarray) -> np.ndarray:
     import numpy as np
 
-    return np.clip(proba, PROBABILITY_EPSILON, 1.0 - PROBABILITY_EPSILON)
+    clipped: np.ndarray = np.clip(proba, PROBABILITY_EPSILON, 1.0 - PROBABILITY_EPSILON)
+    return clipped
 
 
 def _binary(labels: np.ndarray, positive: np.ndarray) -> dict[str, float]:

@@ -54,11 +54,13 @@ class TargetEncoding:
     def encode(self, column: pd.Series) -> np.ndarray:
         """Labels of a column without missing values: class codes, or the values as float32."""
         if self.task == "regression":
-            return column.to_numpy(dtype=np.float32)
+            values: np.ndarray = column.to_numpy(dtype=np.float32)  # pandas is untyped here
+            return values
         codes = pd.Index(list(self.classes), dtype=object).get_indexer(column.astype(object))
         if (codes < 0).any():
             raise UserError(f"target column {column.name!r} holds a value outside the classes learned from the data")
-        return codes.astype(np.int32)
+        labels: np.ndarray = codes.astype(np.int32)
+        return labels
 
     def decode(self, codes: Any) -> np.ndarray:
         """The original labels of class codes (an object array)."""

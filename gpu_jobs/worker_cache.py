@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 T = TypeVar("T")
 
@@ -37,13 +37,13 @@ class KeyedCache:
         with self._lock:
             if key in self._entries:
                 self._entries.move_to_end(key)
-                return self._entries[key]
+                return cast(T, self._entries[key])  # a key is built by one kind of build: its value is a T
             building = self._building.setdefault(key, threading.Lock())
         with building:
             with self._lock:
                 if key in self._entries:  # built by the thread this one waited for
                     self._entries.move_to_end(key)
-                    return self._entries[key]
+                    return cast(T, self._entries[key])
             try:
                 value = build()
             except BaseException:

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from shared.spec import ExperimentSpec
 
 HELP = "``rapids-hpo``: run an experiment here, serve the API, or talk to a running API (local or Azure)."
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=HELP)
@@ -28,7 +32,7 @@ console = make_console()
 err = make_console(stderr=True)
 
 
-def load_spec_or_exit(path: Path):  # -> ExperimentSpec
+def load_spec_or_exit(path: Path) -> ExperimentSpec:
     from shared.spec import SpecError, load_spec
 
     try:

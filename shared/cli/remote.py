@@ -8,7 +8,7 @@ import json
 import time
 import zipfile
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -17,9 +17,13 @@ from shared.cli._app import app, console, err
 from shared.config import env
 from shared.records import TERMINAL_STATUSES, ExperimentRecord, TrialRecord
 
+if TYPE_CHECKING:
+    import httpx
+    from azure.core.credentials import TokenCredential
+
 
 # --------------------------------------------------------------------------------------- API client
-def _client():  # -> httpx.Client
+def _client() -> httpx.Client:
     """A client of ``RAPIDS_HPO_API_URL`` with the key: ``RAPIDS_HPO_FUNCTION_KEY``, else the one a
     ``serve`` on this machine left for that URL (:mod:`shared.cli.server_keys`); with ``RAPIDS_HPO_API_SCOPE``
     (the API's ``api://<client id>/.default``), the caller's own Entra ID token for it on every request."""
@@ -35,7 +39,7 @@ def _client():  # -> httpx.Client
     return httpx.Client(base_url=url, headers=headers, auth=auth, timeout=60)
 
 
-def _credential():  # -> azure.core.credentials.TokenCredential
+def _credential() -> TokenCredential:
     """The signed-in person: ``az login`` (``RAPIDS_HPO_CLI_CREDENTIAL=cli``, the default) or a device code
     (``device_code``: prints a code to enter at https://microsoft.com/devicelogin, for machines without az)."""
     from azure.identity import AzureCliCredential, DeviceCodeCredential

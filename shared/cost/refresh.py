@@ -37,7 +37,8 @@ Fetch = Callable[[str], dict[str, Any]]
 def _http_get_json(url: str) -> dict[str, Any]:
     request = urllib.request.Request(url, headers={"Accept": "application/json"})
     with urllib.request.urlopen(request, timeout=60) as response:
-        return json.loads(response.read().decode("utf-8"))
+        document: dict[str, Any] = json.loads(response.read().decode("utf-8"))
+        return document
 
 
 def price_filter(sizes: Iterable[str], region: str) -> str:

@@ -12,6 +12,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
 
 from shared.dashboard.charts import BarChart, Chart, ParallelChart, XYChart
 from shared.dashboard.svg import COLOURS
@@ -39,7 +40,7 @@ def render_png(chart: Chart, dpi: int = 100) -> bytes:
         plt.close(figure)
 
 
-def _xy(ax, chart: XYChart) -> None:
+def _xy(ax: Axes, chart: XYChart) -> None:
     labelled: set[str] = set()
     by_style = all(s.kind == "line" for s in chart.series)
     for s in chart.series:
@@ -64,7 +65,7 @@ def _xy(ax, chart: XYChart) -> None:
     ax.legend(fontsize=8, loc="best")
 
 
-def _parallel(ax, chart: ParallelChart) -> None:
+def _parallel(ax: Axes, chart: ParallelChart) -> None:
     cmap = plt.get_cmap("coolwarm")
     values = [v for _, v in chart.lines]
     lo, hi = min(values), max(values)
@@ -84,7 +85,7 @@ def _parallel(ax, chart: ParallelChart) -> None:
         ax.spines[side].set_visible(False)
 
 
-def _bars(ax, chart: BarChart) -> None:
+def _bars(ax: Axes, chart: BarChart) -> None:
     names = [n for n, _ in chart.bars][::-1]
     values = [v for _, v in chart.bars][::-1]
     ax.barh(names, values, color=COLOURS["completed"])

@@ -8,9 +8,13 @@ the dashboard's pages and the HTML files saved under an experiment's ``plots/``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from html import escape
 
 from shared.dashboard.charts import BarChart, Chart, ParallelChart, Series, XYChart
+
+Scale = Callable[[float], float]
+"""A chart axis: data value to pixel."""
 
 WIDTH, HEIGHT = 640, 320
 LEFT, RIGHT, TOP, BOTTOM = 64, 16, 28, 44
@@ -114,7 +118,7 @@ def _xy(chart: XYChart) -> tuple[str, int]:
     return "".join(parts), marks
 
 
-def _grid(y_ticks: list[float], sy, x_ticks: list[float], sx) -> str:
+def _grid(y_ticks: list[float], sy: Scale, x_ticks: list[float], sx: Scale) -> str:
     parts = []
     for y in y_ticks:
         parts.append(f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{sy(y):.1f}" y2="{sy(y):.1f}" stroke="#e5e7eb"/>')
@@ -127,7 +131,7 @@ def _grid(y_ticks: list[float], sy, x_ticks: list[float], sx) -> str:
     return "".join(parts)
 
 
-def _series(series: Series, sx, sy) -> tuple[str, int]:
+def _series(series: Series, sx: Scale, sy: Scale) -> tuple[str, int]:
     colour = COLOURS[series.style]
     points = [(sx(x), sy(y)) for x, y in series.points]
     tips = [f"{series.label}: x={_label(x)}, y={_label(y)}" for x, y in series.points]

@@ -279,7 +279,7 @@ def _optional_str(value: Any, loc: str) -> str | None:
     return value
 
 
-def _fail_request(ctx: Context, experiment_id: str | None, reason: str, errors: list) -> NoReturn:
+def _fail_request(ctx: Context, experiment_id: str | None, reason: str, errors: list[Any]) -> NoReturn:
     if experiment_id is not None:
         record = ExperimentRecord(
             id=experiment_id,

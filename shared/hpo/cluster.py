@@ -16,7 +16,8 @@ def worker_running(client: Client, key: str) -> str | None:
         return task.processing_on.address if task is not None and task.processing_on else None
 
     try:
-        return client.run_on_scheduler(lookup)
+        address: str | None = client.run_on_scheduler(lookup)
+        return address
     except Exception:
         return None
 

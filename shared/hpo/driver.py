@@ -81,7 +81,7 @@ class _Running:
 
     record: TrialRecord
     trial: optuna.Trial
-    future: Future
+    future: Future[Any]
     submitted: float
     started: float | None = None
     """When the task reported it started on a worker (``time.monotonic``); None while it waits."""
@@ -345,7 +345,7 @@ class HpoDriver:
         """Record each step report sent so far and answer it with the pruner's decision. A trial's final
         message means its future is about to resolve. Every message is parsed strictly
         (:mod:`shared.hpo.reports`): a malformed one stops its trial, which ends FAILED saying why."""
-        ending: list[Future] = []
+        ending: list[Future[Any]] = []
         progressed: dict[int, _Running] = {}
         for raw in self._reports.get(batch=True):
             report = parse_report(raw)

@@ -24,7 +24,8 @@ from shared.cost.catalogue import load_catalogue
 from shared.cost.ledger import BudgetGuard, rates_for
 from shared.dashboard.artifacts import save_plots_safely
 from shared.dashboard.importance import ImportanceRefresher
-from shared.hpo.driver import ExperimentOutcome, HpoDriver
+from shared.hpo.driver import HpoDriver
+from shared.hpo.outcome import ExperimentOutcome
 from shared.hpo.patient_store import patient
 from shared.hpo.refit import refit_best_model
 from shared.ports import Store

@@ -90,4 +90,4 @@ class LocalQueue:
         (count,) = (
             self._db.connection().execute("SELECT COUNT(*) FROM messages WHERE queue = ?", (self.name,)).fetchone()
         )
-        return count
+        return int(count)

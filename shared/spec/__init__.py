@@ -53,6 +53,7 @@ from shared.spec.loading import (
     validate_spec,
 )
 from shared.spec.policy import SpecPolicy
+from shared.spec.pruning import BanditPolicy, MedianStoppingPolicy, TruncationSelectionPolicy
 from shared.spec.search_space import (
     BAYESIAN_TYPES,
     GRID_TYPES,
@@ -73,20 +74,17 @@ from shared.spec.search_space import (
     quantize,
     safe_exp,
 )
+from shared.spec.search_table import EarlyTermination
 from shared.spec.sections import (
     BUILTIN_DATASETS,
     URI_SCHEMES,
-    BanditPolicy,
     DatasetSpec,
-    EarlyTermination,
     Limits,
-    MedianStoppingPolicy,
     Objective,
     OutputSpec,
     RegisterModel,
     SamplingAlgorithm,
     TrialSpec,
-    TruncationSelectionPolicy,
 )
 
 __all__ = [

@@ -13,12 +13,11 @@ from shared.backends import DEFAULT_BACKEND, ComputeSpec, backends_where, defaul
 from shared.compute_spec import Problem
 from shared.spec.bounds import MAX_GRID_POINTS, MAX_SEARCH_SPACE, MAX_TAGS, numbers_problems
 from shared.spec.errors import Problems, SpecModel, did_you_mean, echo, fail
+from shared.spec.pruning import BanditPolicy
 from shared.spec.search_space import SAMPLING_TYPES, Choice, Distribution, check_distribution
-from shared.spec.search_table import policy_problems
+from shared.spec.search_table import EarlyTermination, policy_problems
 from shared.spec.sections import (
-    BanditPolicy,
     DatasetSpec,
-    EarlyTermination,
     Limits,
     Objective,
     OutputSpec,

@@ -81,7 +81,7 @@ def _schedule(p: Any) -> dict[str, int]:
 
 def _azureml_first_step(p: Any, spec: ExperimentSpec) -> int:
     step = max(p.delay_evaluation, p.evaluation_interval)
-    return -(-step // p.evaluation_interval) * p.evaluation_interval
+    return int(-(-step // p.evaluation_interval) * p.evaluation_interval)
 
 
 def _bandit(p: BanditPolicy, spec: ExperimentSpec) -> Any:

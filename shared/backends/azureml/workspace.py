@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from azure.ai.ml.entities import AmlCompute, Model
 from azure.ai.ml.sweep import (
@@ -20,6 +20,8 @@ from shared.backends.azureml.sweep_job import TAG_EXPERIMENT
 from shared.config import env
 from shared.errors import BackendError
 from shared.records import RegisteredModel
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -140,7 +142,7 @@ class AzureMLClient:
     def from_compute(cls, compute: AzureMLCompute) -> AzureMLClient:
         return cls(*workspace_settings(compute))
 
-    def _call(self, action: str, fn: Callable[[], Any]) -> Any:
+    def _call(self, action: str, fn: Callable[[], T]) -> T:
         return arm_call(action, fn, self.retry)
 
     @property
@@ -164,12 +166,15 @@ class AzureMLClient:
         left as it is."""
 
         def get_or_create() -> AmlCompute:
+            found: AmlCompute  # ml_client is untyped here
             try:
-                return self.ml_client.compute.get(compute.name)
+                found = self.ml_client.compute.get(compute.name)
+                return found
             except Exception as exc:
                 if not _not_found(exc):
                     raise
-            return self.ml_client.compute.begin_create_or_update(compute).result()
+            found = self.ml_client.compute.begin_create_or_update(compute).result()
+            return found
 
         return self._call(f"ensuring AmlCompute {compute.name}", get_or_create)
 

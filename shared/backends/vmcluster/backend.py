@@ -148,7 +148,8 @@ class VMClusterBackend:
 
     def _credentials(self, experiment_id: str) -> dict[str, Any] | None:
         try:
-            return json.loads(self.store.get_secret(experiment_id, SECURITY_ARTIFACT))
+            credentials: dict[str, Any] = json.loads(self.store.get_secret(experiment_id, SECURITY_ARTIFACT))
+            return credentials
         except NotFound:
             return None
 

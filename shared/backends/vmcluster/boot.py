@@ -37,13 +37,14 @@ import time
 import urllib.request
 import zipfile
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 STARTS_ALLOWED = 6
 """The first start and the five of ``--restart=on-failure:5`` (bootscript.RESTART_POLICY)."""
 
 
-def fetch_code(config: dict, target: Path) -> None:
+def fetch_code(config: dict[str, Any], target: Path) -> None:
     """The code archive from the experiment's area: a blob read with the SAS, or (a local store's
     area, development) a file."""
     credential = config["credential"]
@@ -68,7 +69,7 @@ def fetch_code(config: dict, target: Path) -> None:
         zipped.extractall(target)
 
 
-def environment(config: dict, code: Path) -> dict[str, str]:
+def environment(config: dict[str, Any], code: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(code), env.get("PYTHONPATH", "")]))
     if config.get("tls"):
@@ -86,13 +87,13 @@ DASHBOARD_ADDRESS = "127.0.0.1:8787"
 PRELOAD = "gpu_jobs.preload"
 
 
-def scheduler_command(config: dict) -> list:
+def scheduler_command(config: dict[str, Any]) -> list[str]:
     protocol = "tls" if config.get("tls") else "tcp"
     port = str(int(config["scheduler_port"]))
     return [sys.executable, "-m", "distributed.cli.dask_scheduler", "--protocol", protocol, "--port", port]
 
 
-def run_head(config: dict, env: dict[str, str]) -> int:
+def run_head(config: dict[str, Any], env: dict[str, str]) -> int:
     scheduler = subprocess.Popen([*scheduler_command(config), "--dashboard-address", DASHBOARD_ADDRESS], env=env)
     head = [sys.executable, "-m", "shared.backends.vmcluster.head", "--config", str(HERE / "node.json")]
     driver = subprocess.Popen(head, env=env)
@@ -117,7 +118,7 @@ def reachable(address: str) -> bool:
         return False
 
 
-def worker_command(config: dict) -> list:
+def worker_command(config: dict[str, Any]) -> list[str]:
     """``dask spec`` for the node's worker class and options, the training stack preloaded."""
     options = dict(config.get("worker_options") or {})
     given = options.get("preload") or []
@@ -126,7 +127,7 @@ def worker_command(config: dict) -> list:
     return [sys.executable, "-m", "distributed.cli.dask_spec", config["scheduler_address"], "--spec", json.dumps(spec)]
 
 
-def run_worker(config: dict, env: dict[str, str]) -> int:
+def run_worker(config: dict[str, Any], env: dict[str, str]) -> int:
     """A worker for as long as the VM lives. One whose scheduler went away (a restarting head) is
     replaced by a fresh one once the scheduler is back: it joins the new scheduler."""
     address = config["scheduler_address"]
@@ -163,7 +164,7 @@ def count_start() -> int:
     return starts
 
 
-def write_note(config: dict, note: dict) -> None:
+def write_note(config: dict[str, Any], note: dict[str, Any]) -> None:
     """``artifacts/boot/<vm>.json`` in the area (best effort: a note that cannot be written is printed)."""
     name = f"artifacts/boot/{config.get('vm') or socket.gethostname()}.json"
     body = json.dumps({**note, "vm": config.get("vm"), "role": config.get("role")}).encode()
@@ -190,7 +191,7 @@ DOCKER_EXIT = {
 }
 
 
-def never_started(config: dict, status: str, pulled: str) -> int:
+def never_started(config: dict[str, Any], status: str, pulled: str) -> int:
     """The note of a container that never started (run on the host by the boot script): final, since no
     restart policy applies to a container Docker did not create."""
     code = int(status) if status.isdigit() else -1

@@ -33,7 +33,7 @@ def plan(
     """What ``provision``/``submit`` would create for ``spec``, without touching Azure (JSON-able); ``azure``:
     the deployment's defaults (offline, the plan names none it is not given)."""
     azure = azure or AzureSettings()
-    from shared.backends.vmcluster.network import NetworkHandle
+    from shared.backends.vmcluster.handle import NetworkHandle
     from shared.backends.vmcluster.network_layout import dask_rules, network_names
 
     compute = compute_section(spec, VMClusterCompute)

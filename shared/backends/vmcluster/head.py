@@ -48,7 +48,8 @@ def run(config: dict[str, Any]) -> int:
 
     from shared.dashboard.artifacts import save_plots_safely
     from shared.dashboard.importance import ImportanceRefresher
-    from shared.hpo.driver import ExperimentOutcome, HpoDriver
+    from shared.hpo.driver import HpoDriver
+    from shared.hpo.outcome import ExperimentOutcome
     from shared.hpo.refit import refit_best_model
     from shared.hpo.run_driver import CancelWatch
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from shared.backends.arm import DEFAULT_RETRY, RetrySettings, arm_call, is_not_found, make_arm_client
 from shared.backends.vmcluster.handle import NetworkHandle
@@ -57,6 +57,8 @@ if TYPE_CHECKING:
     from azure.mgmt.network.models import NetworkSecurityGroup, SecurityRule, VirtualNetwork
 
 log = logging.getLogger(__name__)
+R = TypeVar("R")
+"""An ARM resource model (the body of a PUT and its answer)."""
 
 
 def make_network_client(
@@ -312,11 +314,12 @@ class _Context:
             )
         self.check_location(label, resource)
 
-    def put(self, label: str, name: str, body: Any, verb: str) -> Any:
+    def put(self, label: str, name: str, body: R, verb: str) -> R:
+        """PUT ``body`` and wait; ARM answers the resource as stored, a model of the body's type."""
         ops = self.ops(label)
         return arm_call(
             f"{verb} {label} {name}",
-            lambda: ops.begin_create_or_update(self.resource_group, name, body).result(),
+            lambda: cast(R, ops.begin_create_or_update(self.resource_group, name, body).result()),
             self.retry,
         )
 
@@ -348,9 +351,9 @@ def _ensure_nsg(ctx: _Context, name: str, rules: list[SecurityRule]) -> NetworkS
     from azure.mgmt.network.models import NetworkSecurityGroup
 
     label = "network security group"
-    existing = ctx.get(label, name)
+    existing: NetworkSecurityGroup | None = ctx.get(label, name)
     if existing is None:
-        body = NetworkSecurityGroup(location=ctx.location, tags=ctx.tags, security_rules=rules)
+        body: NetworkSecurityGroup = NetworkSecurityGroup(location=ctx.location, tags=ctx.tags, security_rules=rules)
         log.info("creating %s %s", label, name)
         return ctx.put(label, name, body, "creating")
 
@@ -427,9 +430,9 @@ def _ensure_vnet(ctx: _Context, names: NetworkNames, spec: NetworkSpec, nsg_id: 
         nat_gateway=SubResource(id=nat_id),
         default_outbound_access=False,
     )
-    existing = ctx.get(label, names.vnet)
+    existing: VirtualNetwork | None = ctx.get(label, names.vnet)
     if existing is None:
-        body = VirtualNetwork(
+        body: VirtualNetwork = VirtualNetwork(
             location=ctx.location,
             tags=ctx.tags,
             address_space=AddressSpace(address_prefixes=[spec.vnet_address_space]),
@@ -469,7 +472,7 @@ def _ensure_vnet(ctx: _Context, names: NetworkNames, spec: NetworkSpec, nsg_id: 
 def _subnet_id(vnet: Any, subnet_name: str) -> str:
     for subnet in vnet.subnets or []:
         if (subnet.name or "").lower() == subnet_name.lower() and subnet.id:
-            return subnet.id
+            return str(subnet.id)
     return f"{vnet.id}/subnets/{subnet_name}"
 
 

@@ -17,7 +17,7 @@ from shared.backends.vmcluster.section import CLUSTER_STARTUP_ESTIMATE_S, VMClus
 from shared.config import CREDENTIAL_MARGIN_SECONDS, AzureSettings, ManagedIdentity
 
 if TYPE_CHECKING:
-    from shared.backends.vmcluster.network import NetworkHandle
+    from shared.backends.vmcluster.handle import NetworkHandle
     from shared.spec import ExperimentSpec
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -103,7 +103,8 @@ def create_vm(
         retry,
     )
     log.info("created VM %s (%s) in %s", vm.name, vm.size, resource_group)
-    return nic.ip_configurations[0].private_ip_address
+    address: str = nic.ip_configurations[0].private_ip_address
+    return address
 
 
 def get_vm(compute_client: Any, resource_group: str, name: str, retry: RetrySettings) -> Any | None:
@@ -133,7 +134,8 @@ def private_ip(network_client: Any, resource_group: str, vm: Any, retry: RetrySe
         lambda: network_client.network_interfaces.get(resource_group, nic_name),
         retry,
     )
-    return nic.ip_configurations[0].private_ip_address
+    address: str = nic.ip_configurations[0].private_ip_address
+    return address
 
 
 def cluster_vms(compute_client: Any, resource_group: str, cluster_id: str, retry: RetrySettings) -> list[Any]:
