@@ -95,10 +95,11 @@ def _no_real_azure(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 # Imported inside each fixture: a run that takes none of them does not pay for Dask's or an SDK's import.
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def dask_client() -> Iterator[Client]:
-    """A real Dask LocalCluster, two single-threaded worker processes, shared by a module's tests (a test
-    that restarts or kills a worker waits for two again before it ends)."""
+    """A real Dask LocalCluster, two single-threaded worker processes, shared by every test that takes it
+    (one start-up per run, not one per module): a test that restarts or kills a worker waits for two
+    again before it ends, and each experiment has an id of its own (``tests.test_hpo_driver.new_experiment``)."""
     from distributed import Client, LocalCluster
 
     with (

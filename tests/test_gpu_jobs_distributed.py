@@ -323,6 +323,7 @@ def test_all_workers_are_listed_beyond_five() -> None:
         assert len(cluster_workers(client)) == 7
 
 
+@pytest.mark.slow  # two tasks x two trainings per model; the default run keeps test_distributed_trial_on_flights
 @pytest.mark.parametrize("model", ["random_forest", "xgboost"])
 def test_distributed_regression_and_multiclass_trials(scheduler: str, tmp_path: Path, model: str) -> None:
     params = {"n_estimators": 20} if model == "random_forest" else {"num_boost_round": 15}

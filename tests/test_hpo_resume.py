@@ -65,6 +65,7 @@ def interrupted_after(record: TrialRecord, experiment_id: str, folds: int) -> Tr
     )
 
 
+@pytest.mark.slow  # two real trainings; the default run keeps the scripted resume cases and test_gpu_jobs_resume.py
 def test_a_retried_trial_trains_only_the_folds_its_first_attempt_did_not_finish(store, dask_client, tmp_path):
     spec = real_spec(max_rows=3000, n_estimators=12, max_depth=6)
     full_id = new_experiment(store, spec)

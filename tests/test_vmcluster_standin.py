@@ -160,6 +160,7 @@ def _new_record(backend: VMClusterBackend, spec: dict[str, Any]) -> ExperimentRe
     return backend.store.create_experiment(record)
 
 
+@pytest.mark.slow  # boots stand-in VMs (~30 s, minutes under load); the vmcluster conformance cases keep its steps
 def test_provision_boot_trials_outcome_model_teardown(
     backend: VMClusterBackend, standin: VMStandIn, arm: FakeArm, store: AzureStore
 ) -> None:
