@@ -41,7 +41,7 @@ def local_cluster(compute: LocalCompute) -> LocalCluster:
     died while it started."""
     for attempt in range(1, CLUSTER_STARTS + 1):
         try:
-            return LocalCluster(  # type: ignore[no-untyped-call]
+            return LocalCluster(
                 n_workers=compute.n_workers,
                 threads_per_worker=compute.threads_per_worker,
                 memory_limit=compute.memory_limit,
@@ -65,7 +65,7 @@ def dask_client(compute: LocalCompute) -> Iterator[Client]:
     ends, is restarted by poll and resumes)."""
     with (
         local_cluster(compute) as cluster,
-        Client(cluster) as client,  # type: ignore[no-untyped-call]
+        Client(cluster) as client,
         WorkerWatch(client),
     ):
         yield client
