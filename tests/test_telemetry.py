@@ -280,3 +280,21 @@ def test_a_vm_gets_the_otel_settings_but_never_a_connection_string():
         "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318",
         "TRACEPARENT": VALID,
     }
+
+
+def test_a_sweep_re_drive_keeps_the_experiment_in_its_own_trace(tmp_path, otel):  # noqa: F811
+    """The timer's sweep runs in a trace of its own (its host invocation); the event it re-sends for a
+    stalled experiment carries the experiment's trace, not the sweep's."""
+    from shared.handlers import sweep
+
+    ctx = local_context(tmp_path, stall_seconds=0)
+    ctx.backends["local"] = ScriptedBackend()
+    record, _ = submit_experiment(ctx, load_spec(tiny_spec()))
+    ctx.events.delete(ctx.events.receive(1, 30)[0])  # the first event is lost
+    with api.span("sweep"):
+        report = sweep(ctx)
+    assert report["redriven"] == [record.id]
+    resent = json.loads(ctx.events.receive(1, 30)[0].body)
+    assert trace_id_of(resent["traceparent"]) == trace_id_of(record.traceparent)
+    sweep_span = next(s for s in otel.spans.get_finished_spans() if s.name == "sweep")
+    assert f"{sweep_span.context.trace_id:032x}" != trace_id_of(record.traceparent)
