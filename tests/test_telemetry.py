@@ -298,3 +298,55 @@ def test_a_sweep_re_drive_keeps_the_experiment_in_its_own_trace(tmp_path, otel):
     assert trace_id_of(resent["traceparent"]) == trace_id_of(record.traceparent)
     sweep_span = next(s for s in otel.spans.get_finished_spans() if s.name == "sweep")
     assert f"{sweep_span.context.trace_id:032x}" != trace_id_of(record.traceparent)
+
+
+# ------------------------------------------------------------------------------- the Azure way
+def test_the_distro_exports_with_the_managed_identity_to_an_ingestion_that_refuses_keys(tmp_path):
+    """APPLICATIONINSIGHTS_CONNECTION_STRING + Authorization=AAD, as infra/ sets them: Microsoft's distro sends
+    the steps' spans with a bearer token from the managed identity (App Service's token endpoint, stood in
+    locally), to an ingestion that refuses the key alone; the step's operation id is the experiment's trace."""
+    from tests.appinsights_ingestion import Ingestion
+
+    ingestion = Ingestion(tmp_path).start()
+    script = f"""
+import json, pathlib
+from shared.telemetry.setup import configure, flush
+mode = configure("rapids-hpo-control")
+from shared.handlers import handle_event, submit_experiment
+from shared.spec import load_spec
+from tests.control_plane import local_context, tiny_spec
+from tests.fakes.scripted import ScriptedBackend
+ctx = local_context(pathlib.Path({str(tmp_path / "home")!r}))
+ctx.backends["local"] = ScriptedBackend()
+record, _ = submit_experiment(ctx, load_spec(tiny_spec()))
+handle_event(ctx, ctx.events.receive(1, 30)[0].body)
+flush(20)
+print(json.dumps({{"mode": mode, "traceparent": record.traceparent}}))
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "APPLICATIONINSIGHTS_"))}
+    env.update(
+        PYTHONPATH=str(ROOT),
+        APPLICATIONINSIGHTS_CONNECTION_STRING=(
+            f"InstrumentationKey=00000000-0000-0000-0000-000000000000;IngestionEndpoint={ingestion.ingestion_endpoint}"
+        ),
+        APPLICATIONINSIGHTS_AUTHENTICATION_STRING="Authorization=AAD",
+        APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL="true",
+        IDENTITY_ENDPOINT=ingestion.identity_endpoint,
+        IDENTITY_HEADER=ingestion.identity_header,
+        REQUESTS_CA_BUNDLE=str(ingestion.ca_file),
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", script], check=False, env=env, cwd=ROOT, capture_output=True, text=True, timeout=180
+        )
+    finally:
+        ingestion.stop()
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["mode"] == "azure"
+    assert ingestion.tokens, "the exporter asked the managed identity for a token"
+    names = {e.get("data", {}).get("baseData", {}).get("name") for e in ingestion.envelopes}
+    assert "step provision" in names, (names, ingestion.refused, done.stderr[-2000:])
+    step = next(e for e in ingestion.envelopes if e["data"]["baseData"].get("name") == "step provision")
+    assert step["tags"]["ai.operation.id"] == trace_id_of(report["traceparent"])
+    assert step["data"]["baseData"]["properties"]["rapids_hpo.experiment.id"]
