@@ -66,6 +66,11 @@ METRIC_ALIASES: dict[str, str] = {
 }
 """Longer spellings (AzureML AutoML's and scikit-learn's) of the metrics above, lower-cased."""
 
+MEASURED_METRICS: dict[str, Direction] = {"model_size_mb": "minimize", "predict_ms_per_1000_rows": "minimize"}
+"""What a trial measures of its model when asked (``run_trial(measure=True)``): the last fold's portable model
+serialized (XGBoost's UBJSON, a forest's pickle) in MB, and prediction time per 1,000 validation rows in
+milliseconds (every fold's predictions). Objectives and constraints may name these besides the task's metrics."""
+
 POSITIVE_METRICS: frozenset[str] = frozenset(METRICS) - {"r2"}
 """Metrics that are never negative (Bandit's ``slack_factor`` is a ratio and needs one of these)."""
 

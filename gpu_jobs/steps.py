@@ -103,6 +103,7 @@ class _Fold:
     scores: dict[str, float]
     fit_seconds: float = 0.0
     predict_seconds: float = 0.0
+    predicted_rows: int = 0
 
 
 StepReporter = Callable[[int, dict[str, float], bool], None]
@@ -147,6 +148,7 @@ def lockstep(
                 prediction = fold.trainer.predict(predict_rows(fold.valid))
                 synchronize()
                 fold.predict_seconds += time.perf_counter() - fitted
+                fold.predicted_rows += len(fold.valid)
                 fold.scores = score(fold.valid, prediction)
         running = {name: float(np.mean([fold.scores[name] for fold in folds])) for name in folds[0].scores}
         report(step, running, last)

@@ -317,6 +317,15 @@ def portable_booster(booster: Any) -> Any:
     return copy
 
 
+def model_megabytes(trainer: Trainer) -> float:
+    """The size of ``trainer``'s portable model as it is saved (XGBoost's UBJSON, a forest's pickle), in MB."""
+    import pickle
+
+    model = trainer.portable()
+    data = model.save_raw("ubj") if hasattr(model, "save_raw") else pickle.dumps(model, protocol=5)
+    return len(data) / 1e6
+
+
 def make_trainer(
     model: str,
     engine: Engine,

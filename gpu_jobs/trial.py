@@ -31,7 +31,7 @@ from gpu_jobs.errors import UserError
 from gpu_jobs.metrics import Task
 from gpu_jobs.model_files import save_outputs
 from gpu_jobs.steps import GrowingTrainer, StepPlan, lockstep, step_plan
-from gpu_jobs.trainers import Trainer, make_trainer, model_features
+from gpu_jobs.trainers import Trainer, make_trainer, model_features, model_megabytes
 from gpu_jobs.worker_cache import TRIAL_CACHE
 
 
@@ -54,6 +54,7 @@ def run_trial(
     task: str = "auto",
     features: Sequence[str] | None = None,
     report_every: int | None = None,
+    measure: bool = False,
 ) -> dict[str, Any]:
     """Cross-validate ``model`` with ``params`` on ``data`` and return its metrics.
 
@@ -72,6 +73,7 @@ def run_trial(
     other, measured 14x slower here); elsewhere the library default (scikit-learn 1 thread, XGBoost all).
     ``report_every``: the folds train in lockstep and ``on_fold(step, running_means, StepMark)`` is called
     every this many boosting rounds or trees instead (:mod:`gpu_jobs.steps`; ``completed_folds`` unused).
+    ``measure``: also ``model_size_mb`` and ``predict_ms_per_1000_rows`` (``gpu_jobs.metrics.MEASURED_METRICS``).
     """
     started = time.perf_counter()
     if n_jobs is None:
@@ -120,14 +122,17 @@ def run_trial(
         task=kind.task,
         final_step=None if plan is None else plan.steps[-1],
     ) as folds:
+        last: Trainer | None = None
+        predicted_rows = 0
         if plan is not None:
-            in_steps(plan, folds, splits, new_trainer, matrix, labels, toolkit, kind.task)
+            last, predicted_rows = in_steps(plan, folds, splits, new_trainer, matrix, labels, toolkit, kind.task)
         for split, train_index, valid_index in splits if plan is None else ():
             earlier = folds.resumable(completed_folds, split)
             if earlier is not None:
                 folds.resume(earlier)
                 continue
-            trainer = new_trainer()
+            trainer = last = new_trainer()
+            predicted_rows += len(valid_index)
             toolkit.synchronize()
             tick = time.perf_counter()
             trainer.fit(matrix[train_index], labels[train_index])
@@ -152,6 +157,9 @@ def run_trial(
         metrics.update(n_jobs=n_jobs, task_reason=kind.reason)
         if plan is not None:
             metrics.update(step_unit=plan.unit, report_every=request.report_every, last_step=plan.steps[-1])
+        if measure and last is not None:
+            metrics["model_size_mb"] = model_megabytes(last)
+            metrics["predict_ms_per_1000_rows"] = 1e6 * folds.predict_seconds / max(predicted_rows, 1)
         if output is not None:
             final = new_trainer()
             metrics["refit_seconds"] = timed_fit(final, matrix, labels, toolkit.synchronize)
@@ -183,9 +191,10 @@ def in_steps(
     labels: Any,
     toolkit: Engine,
     task: Task,
-) -> None:
+) -> tuple[Trainer, int]:
     """Every fold in lockstep through ``plan`` (:func:`gpu_jobs.steps.lockstep`), each step reported
-    through ``folds``; then each fold's final scores recorded as a fold (not reported again)."""
+    through ``folds``; then each fold's final scores recorded as a fold (not reported again). Returns the
+    last fold's trainer and the rows predicted in all."""
 
     def start(train_index: Any) -> GrowingTrainer:
         trainer = cast(GrowingTrainer, new_trainer())
@@ -212,6 +221,7 @@ def in_steps(
             split=fold.split,
             report=False,
         )
+    return cast(Trainer, done[-1].trainer), sum(fold.predicted_rows for fold in done)
 
 
 def model_arrays(model: str, toolkit: Engine, dataset: Dataset, fill: bool) -> Any:

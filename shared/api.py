@@ -479,6 +479,9 @@ def create_api(
         swagger_ui_oauth2_redirect_url=None,
     )
     app.include_router(router)
+    from shared.api_pareto import router as pareto_router  # it reads this module's dependencies
+
+    app.include_router(pareto_router)
     app.include_router(dashboard_router)
     app.include_router(docs_router)
     install_error_handlers(app)

@@ -132,6 +132,15 @@ class TrialRecord(Record):
     ended_at: datetime | None = None
     duration_s: float | None = Field(default=None, ge=0.0, le=1e9)
     model_uri: ShortStr | None = Field(default=None, description="where this trial's saved model lives")
+    feasible: bool | None = Field(
+        default=None, description="whether it met objective.constraints (None: none set, or it did not complete)"
+    )
+    objective_key: list[FiniteFloat] = Field(
+        default_factory=list,
+        max_length=3,
+        description="objective.also's values, each signed so lower is better: they break ties on the primary "
+        "metric, in order, so the best model is always on the Pareto front",
+    )
 
     @field_validator("metrics")
     @classmethod
@@ -444,12 +453,18 @@ class ExperimentEvent(BaseModel):
 
 
 def best_of(records: Iterable[TrialRecord], goal: str) -> BestTrial | None:
-    """The best COMPLETED trial among ``records`` for ``goal`` (ties: the lower number)."""
-    completed = [(r.value, r) for r in records if r.state is TrialState.COMPLETED and r.value is not None]
+    """The best COMPLETED trial among ``records`` for ``goal``: "the best model". Ties on the value are broken
+    by ``objective_key`` (the other objectives, in order), then the lower number, so with several objectives
+    the best is always on the Pareto front; an infeasible trial (it broke ``objective.constraints``) never is."""
+    completed = [
+        (r.value, r)
+        for r in records
+        if r.state is TrialState.COMPLETED and r.value is not None and r.feasible is not False
+    ]
     if not completed:
         return None
     sign = -1.0 if goal == "maximize" else 1.0
-    value, best = min(completed, key=lambda pair: (sign * pair[0], pair[1].number))
+    value, best = min(completed, key=lambda pair: (sign * pair[0], *pair[1].objective_key, pair[1].number))
     return BestTrial(
         number=best.number,
         value=value,

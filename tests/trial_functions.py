@@ -80,3 +80,13 @@ def stepped_trial(
         if on_fold is not None:
             on_fold(10**9 if depth == 2 else step, running, mark)
     return {primary_metric: final, "engine": "scripted", "step_unit": "round", "last_step": rounds}
+
+
+def sized_trial(*, params: dict[str, Any], primary_metric: str, measure: bool = False, **_: Any) -> dict[str, Any]:
+    """A trial of two objectives in tension: ``max_features`` is the accuracy and the model grows with it
+    (``model_size_mb = 100 * max_features``, measured only when asked, as ``run_trial`` does)."""
+    quality = float(params["max_features"])
+    metrics: dict[str, Any] = {primary_metric: quality, "engine": "scripted"}
+    if measure:
+        metrics.update(model_size_mb=100.0 * quality, predict_ms_per_1000_rows=1.0 + params["n_estimators"] / 10)
+    return metrics

@@ -74,6 +74,7 @@ def read_seed(store: Store, spec: ExperimentSpec, may_read: ReadRule) -> WarmSta
         earlier.search_space == spec.search_space
         and earlier.trial.model == spec.trial.model
         and earlier.objective == spec.objective
+        and not spec.objective.multi  # a seed carries the primary value only: several objectives enqueue
     )
     keep = MAX_WARM_TRIALS if same else spec.warm_start.best
     trials = [

@@ -43,6 +43,7 @@ from distributed import Client, Event, Future, Queue, Variable, wait
 
 from shared.cost.ledger import BudgetGuard
 from shared.hpo.cluster import optuna_state, own_worker
+from shared.hpo.objectives import constraint_values, objective_values, signed_others
 from shared.hpo.outcome import ExperimentOutcome, experiment_outcome
 from shared.hpo.reports import BadReport, TrialReport, expected_units, parse_report
 from shared.hpo.resume import optuna_attrs, resumed_seconds, retry_record, task_folds, with_fold
@@ -60,7 +61,7 @@ from shared.hpo.warm_start import next_config, seed_study
 from shared.ports import TrialStore
 from shared.records import BestTrial, TrialRecord, TrialState, WarmStartSeed, best_of, utcnow
 from shared.spec import ExperimentSpec
-from shared.spec.search_table import missing_modules
+from shared.spec.search_table import CONSTRAINTS_ATTR, missing_modules
 from shared.telemetry.driver import TrialSpans
 from shared.trials import end_running_trials
 
@@ -139,9 +140,10 @@ class HpoDriver:
         self.channel = f"rapids-hpo-{experiment_id}"
         # Named by the seed: Hyperband puts a trial in a bracket by a hash of the study's name and the trial's
         # number, so a restarted driver (and a rerun of the same spec and seed) brackets every trial the same.
+        self.multi = spec.objective.multi
         self.study = optuna.create_study(
             study_name=f"rapids-hpo-seed-{self.seed}",
-            direction=self.direction,
+            directions=spec.objective.directions,  # one for the primary metric, one more per objective.also
             sampler=make_sampler(spec),
             pruner=make_pruner(spec),
         )
@@ -185,16 +187,20 @@ class HpoDriver:
         except ValueError:  # the spec changed under a finished trial: it no longer informs the sampler
             return False
         state = optuna_state(record.state)
-        value = record.value if state is optuna.trial.TrialState.COMPLETE else None
-        if state is optuna.trial.TrialState.COMPLETE and (value is None or not math.isfinite(value)):
-            state, value = optuna.trial.TrialState.FAIL, None
+        values = objective_values(self.spec, record.metrics) if state is optuna.trial.TrialState.COMPLETE else None
+        if isinstance(values, list) and record.value is not None and math.isfinite(record.value):
+            values[0] = record.value
+        constraints = constraint_values(self.spec, record.metrics) if self.spec.objective.constraints else []
+        if state is optuna.trial.TrialState.COMPLETE and (isinstance(values, str) or isinstance(constraints, str)):
+            state, values = optuna.trial.TrialState.FAIL, None
         self.study.add_trial(
             optuna.trial.create_trial(
                 params=fixed.params,
                 distributions=fixed.distributions,
-                value=value,
+                values=values if isinstance(values, list) else None,
                 state=state,
-                intermediate_values={int(k): v for k, v in record.intermediate.items()},
+                user_attrs={CONSTRAINTS_ATTR: constraints} if isinstance(constraints, list) and constraints else None,
+                intermediate_values={} if self.multi else {int(k): v for k, v in record.intermediate.items()},
                 system_attrs=dict(record.optuna_attrs),  # successive halving's rungs, as it left them
             )
         )
@@ -278,7 +284,7 @@ class HpoDriver:
         suggest_params(trial, self.spec)
         record = retry_record(interrupted)
         for step, value in sorted(record.intermediate.items()):
-            if math.isfinite(value):
+            if math.isfinite(value) and not self.multi:  # Optuna keeps steps of single-objective trials only
                 trial.report(value, step)  # what an uninterrupted run had reported by now; no decision asked
         for key, value in record.optuna_attrs.items():  # and the pruner's state after those decisions
             self.study._storage.set_trial_system_attr(trial._trial_id, key, value)
@@ -312,6 +318,7 @@ class HpoDriver:
             n_jobs=self._threads,
             channel=self.channel,
             awaits_decisions=self.awaits_decisions,
+            measure=self.spec.objective.measured,
             completed_folds=task_folds(record),
             report_every=self.spec.trial.report_every,
         )
@@ -411,7 +418,7 @@ class HpoDriver:
             running.record.step_unit = report.unit
         running.record.intermediate[step] = value
         prune = False
-        if math.isfinite(value):
+        if math.isfinite(value) and not self.multi:  # several objectives: recorded, never pruned
             running.trial.report(value, step)  # ignored by Optuna (with a warning) for a resumed step
             # After the last step the work is done: keep the result rather than prune it.
             last = step >= self.spec.trial.cv_folds if report.unit == "fold" else report.last
@@ -465,13 +472,25 @@ class HpoDriver:
         state, error = result.state, result.error
         if running.bad_report is not None:
             state, error, result = TrialState.FAILED, running.bad_report, replace(result, metrics={})
-        value = result.metrics.get(self.primary_metric) if state is TrialState.COMPLETED else None
-        if value is not None and not math.isfinite(float(value)):
-            state, value, error = TrialState.FAILED, None, f"{self.primary_metric} is not finite"
+        values: list[float] | str | None = None
+        constraints: list[float] | str = []
+        if state is TrialState.COMPLETED:
+            values = objective_values(self.spec, result.metrics)
+            if self.spec.objective.constraints:
+                constraints = constraint_values(self.spec, result.metrics)
+            problem = next((p for p in (values, constraints) if isinstance(p, str)), None)
+            if problem is not None:
+                state, values, error = TrialState.FAILED, None, problem
+        told = values if isinstance(values, list) else None
+        bounds = constraints if isinstance(constraints, list) and told is not None else []
+        if bounds:
+            running.trial.set_user_attr(CONSTRAINTS_ATTR, bounds)  # the samplers' constraints_func reads it
         record = running.record.model_copy(
             update={
                 "state": state,
-                "value": None if value is None else float(value),
+                "value": None if told is None else told[0],
+                "feasible": all(c <= 0 for c in bounds) if bounds else None,
+                "objective_key": signed_others(self.spec, told),
                 "metrics": {k: v for k, v in result.metrics.items() if k != "params"},
                 "error": error,
                 "engine": result.metrics.get("engine"),
@@ -482,7 +501,7 @@ class HpoDriver:
                 "optuna_attrs": optuna_attrs(self.study, running.trial),
             }
         )
-        self.study.tell(running.trial, values=record.value, state=optuna_state(state))
+        self.study.tell(running.trial, values=told, state=optuna_state(state))
         self.store.put_trial(record)
         self.spans.ended(record.number, record.attempt, state.value, record.value, error)
         self._records[record.number] = record

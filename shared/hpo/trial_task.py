@@ -67,6 +67,8 @@ class TrialTask:
     """``dataset.features``: the feature columns, or None for every column but the target."""
     report_every: int | None = None
     """``trial.report_every``: steps of rounds or trees, folds in lockstep (``gpu_jobs.steps``); None: folds."""
+    measure: bool = False
+    """Measure the model's size and prediction time (an objective or constraint names them)."""
 
 
 FOLDS_METADATA = "rapids-hpo-folds"
@@ -219,6 +221,8 @@ def _run_and_classify(
     resume: dict[str, Any] = {"completed_folds": completed_folds} if completed_folds else {}  # older trial functions
     if task.report_every is not None:
         resume = {"report_every": task.report_every}  # in lockstep no fold ends early: nothing to resume
+    if task.measure:
+        resume["measure"] = True
     try:
         metrics = trial_fn(
             data=task.data,

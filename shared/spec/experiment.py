@@ -13,6 +13,7 @@ from shared.backends import DEFAULT_BACKEND, ComputeSpec, backends_where, defaul
 from shared.compute_spec import Problem
 from shared.spec.bounds import MAX_GRID_POINTS, MAX_SEARCH_SPACE, MAX_TAGS, numbers_problems
 from shared.spec.errors import Problems, SpecModel, did_you_mean, echo, fail
+from shared.spec.objectives import objectives_problems
 from shared.spec.pruning import BanditPolicy
 from shared.spec.search_space import SAMPLING_TYPES, Choice, Distribution, check_distribution
 from shared.spec.search_table import EarlyTermination, policy_problems
@@ -153,6 +154,7 @@ class ExperimentSpec(SpecModel):
         mismatch = None if task is None else metric_mismatch(self.objective.primary_metric, task)
         if mismatch is not None:
             errors.append((("objective", "primary_metric"), mismatch))
+        errors += objectives_problems(self, task)
         policy = self.early_termination
         ratio = isinstance(policy, BanditPolicy) and policy.slack_factor is not None
         if ratio and self.objective.primary_metric not in POSITIVE_METRICS:

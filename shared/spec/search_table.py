@@ -67,6 +67,8 @@ class SearchEntry:
     """A sampler's values of ``sampling_algorithm.rule`` (the first is the default; none: no rule)."""
     needs: tuple[str, ...] = ()
     """Python modules the Optuna object needs on the compute beyond Optuna (the driver checks them first)."""
+    multi_objective: bool = True
+    """Whether the sampler optimizes several objectives (``objective.also``); else the spec is refused."""
 
     @property
     def wraps(self) -> bool:
@@ -372,13 +374,26 @@ def _grid_azureml(s: Any) -> Any:
     return GridSamplingAlgorithm()
 
 
+CONSTRAINTS_ATTR = "constraints"
+"""The user attribute the driver sets on a trial before telling it: Optuna's constraint values (<= 0 feasible)."""
+
+
+def _constraints(trial: Any) -> list[float]:
+    return [float(v) for v in trial.user_attrs.get(CONSTRAINTS_ATTR, [0.0])]
+
+
+def constraints_func(spec: ExperimentSpec) -> Any:
+    """Optuna's ``constraints_func`` for the spec's constraints (None without any)."""
+    return _constraints if spec.objective.constraints else None
+
+
 def _bayesian(s: Any, spec: ExperimentSpec) -> Any:
     from optuna.samplers import TPESampler
 
     # With max_concurrent_trials > 1 several trials are asked before the running ones report. The constant
     # liar gives running trials a pessimistic value, so concurrent asks spread over the space instead of all
     # proposing the same promising point.
-    return TPESampler(seed=s.seed, constant_liar=True)
+    return TPESampler(seed=s.seed, constant_liar=True, constraints_func=constraints_func(spec))
 
 
 def _bayesian_azureml(s: Any) -> Any:
@@ -396,7 +411,14 @@ def _tpe(s: Any, spec: ExperimentSpec) -> Any:
 
     # multivariate: one Parzen estimator over the joint space (interactions between hyperparameters),
     # grouped by the parameters trials share; the constant liar as for bayesian.
-    return TPESampler(seed=s.seed, multivariate=True, group=True, constant_liar=True, warn_independent_sampling=False)
+    return TPESampler(
+        seed=s.seed,
+        multivariate=True,
+        group=True,
+        constant_liar=True,
+        warn_independent_sampling=False,
+        constraints_func=constraints_func(spec),
+    )
 
 
 def _cmaes(s: Any, spec: ExperimentSpec) -> Any:
@@ -409,7 +431,19 @@ def _cmaes(s: Any, spec: ExperimentSpec) -> Any:
 def _gp(s: Any, spec: ExperimentSpec) -> Any:
     from optuna.samplers import GPSampler
 
-    return GPSampler(seed=s.seed, deterministic_objective=False)
+    return GPSampler(seed=s.seed, deterministic_objective=False, constraints_func=constraints_func(spec))
+
+
+def _nsga2(s: Any, spec: ExperimentSpec) -> Any:
+    from optuna.samplers import NSGAIISampler
+
+    return NSGAIISampler(seed=s.seed, constraints_func=constraints_func(spec))
+
+
+def _nsga3(s: Any, spec: ExperimentSpec) -> Any:
+    from optuna.samplers import NSGAIIISampler
+
+    return NSGAIIISampler(seed=s.seed, constraints_func=constraints_func(spec))
 
 
 def _qmc(s: Any, spec: ExperimentSpec) -> Any:
@@ -438,12 +472,17 @@ SAMPLERS: dict[str, SearchEntry] = {
         SearchEntry("sampler", "tpe", "multivariate TPE over the joint space (interactions), Optuna",
                     _tpe, None, _never_stops, {"type": "tpe", "seed": 1}),
         SearchEntry("sampler", "cmaes", "CMA-ES over the numeric hyperparameters (choices drawn at random), Optuna",
-                    _cmaes, None, _never_stops, {"type": "cmaes", "seed": 1}, needs=("cmaes",)),
+                    _cmaes, None, _never_stops, {"type": "cmaes", "seed": 1}, needs=("cmaes",),
+                    multi_objective=False),
         SearchEntry("sampler", "gp", "Gaussian-process Bayesian optimization (log EI), Optuna; PyTorch on the compute",
                     _gp, None, _never_stops, {"type": "gp", "seed": 1}, needs=("torch",)),
         SearchEntry("sampler", "qmc", "quasi-Monte Carlo: a scrambled Sobol (rule: sobol) or Halton sequence, Optuna",
                     _qmc, None, _never_stops, {"type": "qmc", "seed": 1, "rule": "halton"},
                     rules=("sobol", "halton")),
+        SearchEntry("sampler", "nsga2", "NSGA-II, a genetic algorithm for several objectives and constraints, Optuna",
+                    _nsga2, None, _never_stops, {"type": "nsga2", "seed": 1}),
+        SearchEntry("sampler", "nsga3", "NSGA-III, reference-point NSGA for three or more objectives, Optuna",
+                    _nsga3, None, _never_stops, {"type": "nsga3", "seed": 1}),
     )
 }  # fmt: skip
 """``sampling_algorithm.type`` -> its entry."""

@@ -9,10 +9,11 @@ from urllib.parse import parse_qsl, urlsplit
 from pydantic import Field, field_validator, model_validator
 
 from gpu_jobs.builtin import BUILTIN_TARGETS
-from gpu_jobs.metrics import METRIC_ALIASES, METRICS, TASK_METRICS, Task
+from gpu_jobs.metrics import MEASURED_METRICS, METRIC_ALIASES, METRICS, TASK_METRICS, Task
 from gpu_jobs.params import HYPERPARAMETERS, MAX_REPORT_EVERY, ModelName
 from shared.spec.bounds import MAX_RUN_SECONDS, MAX_SEARCH_SPACE
 from shared.spec.errors import Loc, Problems, SpecModel, did_you_mean, echo, fail
+from shared.spec.objectives import MAX_CONSTRAINTS, MAX_OBJECTIVES, Constraint, ObjectiveTerm
 from shared.spec.pruning import (  # noqa: F401 (re-exported: the section's models)
     BanditPolicy,
     HyperbandPolicy,
@@ -301,6 +302,17 @@ class Objective(SpecModel):
 
     primary_metric: str = "accuracy"
     goal: Literal["maximize", "minimize"]
+    also: list[ObjectiveTerm] = Field(
+        default_factory=list,
+        max_length=MAX_OBJECTIVES - 1,
+        description="more objectives after primary_metric (a Pareto front; no early termination): the task's "
+        "metrics or model_size_mb, predict_ms_per_1000_rows (measured by the trial)",
+    )
+    constraints: list[Constraint] = Field(
+        default_factory=list,
+        max_length=MAX_CONSTRAINTS,
+        description="bounds on metrics, e.g. {metric: model_size_mb, max: 50}: a trial outside one is infeasible",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -342,7 +354,30 @@ class Objective(SpecModel):
                 ],
                 "Objective",
             )
+        names = [self.primary_metric] + [term.metric for term in self.also]
+        for index, term in enumerate(self.also):
+            if names.count(term.metric) > 1:
+                fail([(("also", index, "metric"), f"{term.metric} is already an objective")], "Objective")
         return self
+
+    @property
+    def metrics(self) -> list[str]:
+        """Every objective's metric, the primary first."""
+        return [self.primary_metric] + [term.metric for term in self.also]
+
+    @property
+    def directions(self) -> list[Literal["maximize", "minimize"]]:
+        return [self.goal] + [term.goal or "minimize" for term in self.also]
+
+    @property
+    def multi(self) -> bool:
+        return bool(self.also)
+
+    @property
+    def measured(self) -> bool:
+        """Whether an objective or constraint names what the trial measures of its model."""
+        named = self.metrics + [c.metric for c in self.constraints]
+        return any(name in MEASURED_METRICS for name in named)
 
 
 def default_objective(task: Task = "binary") -> Objective:

@@ -95,6 +95,15 @@ class AzureMLCompute(ComputeSection):
                     f"or use random sampling (the {others} backends allow it)",
                 )
             )
+        for field, what in (("also", "one primary metric"), ("constraints", "no constraints")):
+            if getattr(spec.objective, field):
+                problems.append(
+                    (
+                        ("objective", field),
+                        f"an AzureML sweep optimizes {what}: remove objective.{field} "
+                        f"(the {' and '.join(ours)} backends run several objectives and constraints)",
+                    )
+                )
         if spec.warm_start is not None:
             problems.append(
                 (

@@ -1,0 +1,98 @@
+"""The Pareto front of an experiment with several objectives (``objective.also``), and the declared rule for
+"the best model".
+
+A trial is on the front when it COMPLETED, met every constraint (``feasible`` is not False) and no other
+such trial is at least as good on every objective and better on one. The best model stays one trial:
+the best primary metric among feasible completed trials, ties broken by the other objectives in order
+(:func:`shared.records.best_of`), which is always a front member; any other front member's model is the
+user's to choose (a refit or download by trial number). Values are read from each trial's metrics (the
+task's scores and what it measured).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from shared.bounded import Params
+from shared.records import TrialRecord, TrialState
+from shared.spec import ExperimentSpec
+
+BEST_RULE = (
+    "the best model is the completed trial with the best objective.primary_metric among those that met every "
+    "constraint (ties: the other objectives in order, then the lower trial number): always on the Pareto front"
+)
+
+
+class FrontMember(BaseModel):
+    number: int
+    values: dict[str, float] = Field(description="each objective's value, by metric")
+    params: Params
+    best: bool = Field(description="this trial's model is the experiment's best model (BEST_RULE)")
+
+
+class ParetoView(BaseModel):
+    """``GET /api/experiments/{id}/pareto``."""
+
+    objectives: list[dict[str, str]] = Field(description="metric and goal, the primary first")
+    constraints: list[dict[str, Any]]
+    best_rule: str = BEST_RULE
+    front: list[FrontMember] = Field(description="the non-dominated feasible trials, by the primary metric")
+    completed: int
+    infeasible: int = Field(description="completed trials that broke a constraint (never on the front)")
+
+
+def objective_point(spec: ExperimentSpec, trial: TrialRecord) -> list[float] | None:
+    """The trial's objective values (the primary first), or None if one is missing or not finite."""
+    values = []
+    for name in spec.objective.metrics:
+        value = trial.value if name == spec.objective.primary_metric else trial.metrics.get(name)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            return None
+        values.append(float(value))
+    return values
+
+
+def _dominates(a: list[float], b: list[float], signs: list[float]) -> bool:
+    """Whether ``a`` is at least as good as ``b`` everywhere and better somewhere (values times ``signs``:
+    lower is better)."""
+    pairs = [(x * s, y * s) for x, y, s in zip(a, b, signs, strict=True)]
+    return all(x <= y for x, y in pairs) and any(x < y for x, y in pairs)
+
+
+def pareto_front(spec: ExperimentSpec, trials: Iterable[TrialRecord]) -> list[tuple[TrialRecord, list[float]]]:
+    """The front members with their values, best primary metric first (ties: the lower number)."""
+    signs = [-1.0 if goal == "maximize" else 1.0 for goal in spec.objective.directions]
+    points = [
+        (trial, point)
+        for trial in trials
+        if trial.state is TrialState.COMPLETED
+        and trial.feasible is not False
+        and (point := objective_point(spec, trial)) is not None
+    ]
+    front = [(t, p) for t, p in points if not any(_dominates(q, p, signs) for _, q in points)]
+    return sorted(front, key=lambda member: ([v * s for v, s in zip(member[1], signs, strict=True)], member[0].number))
+
+
+def pareto_view(spec: ExperimentSpec, trials: list[TrialRecord]) -> ParetoView:
+    completed = [t for t in trials if t.state is TrialState.COMPLETED]
+    front = pareto_front(spec, trials)
+    metrics = spec.objective.metrics
+    return ParetoView(
+        objectives=[{"metric": m, "goal": g} for m, g in zip(metrics, spec.objective.directions, strict=True)],
+        constraints=[c.model_dump(exclude_none=True) for c in spec.objective.constraints],
+        front=[
+            FrontMember(
+                number=trial.number,
+                values=dict(zip(metrics, point, strict=True)),
+                params=trial.params,
+                best=index == 0,
+            )
+            for index, (trial, point) in enumerate(front)
+        ],
+        completed=len(completed),
+        infeasible=sum(1 for t in completed if t.feasible is False),
+    )
