@@ -166,7 +166,7 @@ def test_the_readme_lists_every_entry_in_the_table_of_policies() -> None:
     """The README's reference table has one row per entry (``| `type` |``), and no row for a removed one."""
     readme = (ROOT / "README.md").read_text()
     section = readme.split("<!-- search-table -->")[1].split("<!-- /search-table -->")[0]
-    rows = set(re.findall(r"^\| `([a-z_]+)` \|", section, re.MULTILINE))
+    rows = set(re.findall(r"^\| `([a-z0-9_]+)` \|", section, re.MULTILINE))
     assert rows == {e.type for e in ENTRIES}
 
 

@@ -187,11 +187,12 @@ class HpoDriver:
         except ValueError:  # the spec changed under a finished trial: it no longer informs the sampler
             return False
         state = optuna_state(record.state)
-        values = objective_values(self.spec, record.metrics) if state is optuna.trial.TrialState.COMPLETE else None
-        if isinstance(values, list) and record.value is not None and math.isfinite(record.value):
-            values[0] = record.value
+        complete = state is optuna.trial.TrialState.COMPLETE
+        values = objective_values(self.spec, record.metrics, record.value) if complete else None
+        if complete and record.value is None:
+            values = "no value"
         constraints = constraint_values(self.spec, record.metrics) if self.spec.objective.constraints else []
-        if state is optuna.trial.TrialState.COMPLETE and (isinstance(values, str) or isinstance(constraints, str)):
+        if complete and (isinstance(values, str) or isinstance(constraints, str)):
             state, values = optuna.trial.TrialState.FAIL, None
         self.study.add_trial(
             optuna.trial.create_trial(

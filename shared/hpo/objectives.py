@@ -25,11 +25,15 @@ def metric_value(metrics: Mapping[str, Any], name: str) -> float | str:
     return float(value)
 
 
-def objective_values(spec: ExperimentSpec, metrics: Mapping[str, Any]) -> list[float] | str:
-    """Every objective's value, the primary first, or why one is missing."""
+def objective_values(
+    spec: ExperimentSpec, metrics: Mapping[str, Any], primary: float | None = None
+) -> list[float] | str:
+    """Every objective's value, the primary first (``primary`` if given: a stored trial's value), or why one
+    is missing."""
     values: list[float] = []
     for name in spec.objective.metrics:
-        value = metric_value(metrics, name)
+        given = primary if name == spec.objective.primary_metric and primary is not None else None
+        value = metric_value(metrics, name) if given is None else metric_value({name: given}, name)
         if isinstance(value, str):
             return value
         values.append(value)
