@@ -50,9 +50,10 @@ sys.path.insert(0, str(ROOT))
 
 from bench.chaos_faults import KINDS, Faults, start_loops  # noqa: E402
 from bench.chaos_procs import Azurite, Host, Supervisor, kill_group, wait_ready  # noqa: E402
+from shared.config import QUEUE_EVENTS, QUEUE_REQUESTS  # noqa: E402
 from shared.context import Context  # noqa: E402
 from shared.events import Announcer  # noqa: E402
-from shared.queues import open_queues  # noqa: E402
+from shared.queues import open_queues, poison_queue_name  # noqa: E402
 from shared.records import TERMINAL_STATUSES, ExperimentRecord, TrialState  # noqa: E402
 from shared.store import open_store  # noqa: E402
 from tests.control_plane import local_settings, tiny_spec  # noqa: E402
@@ -230,6 +231,15 @@ def run_segment(env: dict[str, Any], kind: str, index: int, per_segment: int, fa
     return row
 
 
+def poison_counts(ctx: Context) -> dict[str, int]:
+    """Messages on each poison queue (where a message the hosts could not handle five times ends)."""
+    counts = {}
+    for queue in (QUEUE_EVENTS, QUEUE_REQUESTS):
+        with contextlib.suppress(Exception):
+            counts[poison_queue_name(queue)] = ctx.queues.queue(poison_queue_name(queue)).count()
+    return counts
+
+
 def stop_drivers(ctx: Context) -> None:
     """SIGKILL every driver process an experiment of this run still has (a run stopped early leaves some)."""
     from shared.backends.local import is_alive
@@ -263,6 +273,7 @@ def main() -> int:
     supervisor = Supervisor(hosts)
     rows: list[Row] = []
     ctx: Context | None = None
+    poisoned: dict[str, int] = {}
     began = time.monotonic()
     try:
         azurite.start()
@@ -317,6 +328,7 @@ def main() -> int:
         supervisor.stop()
         if ctx is not None:
             stop_drivers(ctx)
+            poisoned = poison_counts(ctx)
         receiver.stop()
         azurite.kill()
     elapsed = (time.monotonic() - began) / 60
@@ -327,6 +339,7 @@ def main() -> int:
     total.rec = max((r.rec for r in rows), default=0.0)
     print(ROW.format(**{k: v for k, v in dataclasses.asdict(total).items() if k != "notes"}))
     print(f"ran {elapsed:.1f} min, {len(rows)} segments, host restarts {supervisor.restarts}")
+    print(f"poison queues at the end: {poisoned}")
     failed = bool(total.lost or total.stuck or total.tl or total.ts or total.el or total.sl)
     if not failed and not args.keep:
         shutil.rmtree(home, ignore_errors=True)

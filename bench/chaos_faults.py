@@ -132,7 +132,7 @@ class Faults:
         """``total`` malformed messages, a few at a time, interleaved with the good ones on both queues."""
         sent = 0
         while sent < total and not self.stop.is_set():
-            for _ in range(min(10, total - sent)):
+            for _ in range(min(25, total - sent)):
                 queue = self.ctx.events if self.rng.random() < 0.7 else self.ctx.requests
                 body = self.rng.choice(POISON_BODIES)(self.rng)
                 try:
@@ -141,7 +141,7 @@ class Faults:
                     continue  # Azurite may be down in the "all" segment
                 sent += 1
                 self.hit("poison_message")
-            self.wait(0.2, 1.0)
+            self.wait(0.1, 0.4)
 
     def concurrent_sweep(self) -> None:
         """The timer's sweep, with a 10 s stall threshold, run again and again beside the handlers."""
