@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.azurite]
 
 
+@pytest.mark.timeout(1200)  # the run's own bounds: 90 s of faults, 300 s to end, a sweep period after
 def test_every_fault_at_once_loses_nothing_and_leaves_nothing_stuck(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp_path)}
     env.pop("AzureWebJobsStorage", None)
