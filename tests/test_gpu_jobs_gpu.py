@@ -41,8 +41,8 @@ from gpu_jobs.trainers import make_trainer  # noqa: E402
 
 FLIGHTS: dict[str, Any] = {"data": FLIGHTS_URI, "target": FLIGHTS_TARGET, "max_rows": 20_000}
 ROOT = Path(__file__).resolve().parents[1]
-FOREST = {"n_estimators": 50, "max_depth": 10, "max_features": 0.6, "n_bins": 64}
-BOOSTER = {"num_boost_round": 50, "max_depth": 6}
+FOREST: dict[str, Any] = {"n_estimators": 50, "max_depth": 10, "max_features": 0.6, "n_bins": 64}
+BOOSTER: dict[str, Any] = {"num_boost_round": 50, "max_depth": 6}
 
 CPU_PROCESS_SCRIPT = """
 import json, sys

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -20,7 +21,7 @@ from gpu_jobs.model_files import FEATURES_FILE, MLFLOW_DIR, load_model
 from gpu_jobs.train import fit_final_model, run_trial
 
 ROOT = Path(__file__).resolve().parents[1]
-FLIGHTS = {"data": FLIGHTS_URI, "target": FLIGHTS_TARGET, "max_rows": 2000, "n_jobs": 1}
+FLIGHTS: dict[str, Any] = {"data": FLIGHTS_URI, "target": FLIGHTS_TARGET, "max_rows": 2000, "n_jobs": 1}
 MODELS = [
     ("random_forest", {"n_estimators": 12, "max_depth": 6}, "sklearn"),
     ("xgboost", {"num_boost_round": 12, "max_depth": 4}, "xgboost"),

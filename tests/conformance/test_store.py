@@ -22,7 +22,16 @@ import pytest
 
 from shared.errors import AlreadyExists, ConcurrencyConflict, CorruptRecord, InvalidPageToken, NotFound
 from shared.ports import Store, TrialStore
-from shared.records import MAX_STEPS, BestTrial, ExperimentRecord, ExperimentStatus, Transition, TrialRecord, TrialState
+from shared.records import (
+    MAX_STEPS,
+    BestTrial,
+    ExperimentRecord,
+    ExperimentStatus,
+    Transition,
+    TrialRecord,
+    TrialState,
+    UnreadableRecord,
+)
 from shared.store import AzureStore, LocalStore
 from tests.control_plane import tiny_spec
 
@@ -199,7 +208,7 @@ def test_list_is_newest_first_filtered_and_paged_without_gaps(store: Store) -> N
     rest, end = store.list_experiments(status=ExperimentStatus.RUNNING, limit=2, page_token=token)
     assert end is None
     assert [r.id for r in running + rest] == [i for i in expected if int(i[-2:]) % 3 == 0]
-    assert all(r.status is ExperimentStatus.RUNNING for r in running + rest)
+    assert all(isinstance(r, ExperimentRecord) and r.status is ExperimentStatus.RUNNING for r in running + rest)
     assert store.list_experiments(status=ExperimentStatus.CANCELLED) == ([], None)
     with pytest.raises(ValueError):
         store.list_experiments(page_token="not a token")
@@ -491,7 +500,9 @@ def test_an_unreadable_record_harms_only_itself(store: Store) -> None:
         "UnreadableRecord",
         "ExperimentRecord",
     ]
-    assert listed[1].id == "exp-bad" and "error" in listed[1].reason and "{" not in listed[1].reason
+    unreadable = listed[1]
+    assert isinstance(unreadable, UnreadableRecord) and unreadable.id == "exp-bad"
+    assert "error" in unreadable.reason and "{" not in unreadable.reason
     first, token = store.list_experiments(limit=1)
     assert [r.id for r in first] == ["exp-c"] and token is not None
     assert [r.id for r in store.list_experiments(limit=1, page_token=token)[0]] == ["exp-bad"]

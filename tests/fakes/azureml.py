@@ -42,21 +42,23 @@ class FakeWorkspace:
     calls: list[tuple[str, str]] = field(default_factory=list)
 
     def ensure_compute(self, compute: AmlCompute) -> AmlCompute:
-        self.calls.append(("ensure_compute", compute.name))
-        return self.computes.setdefault(compute.name, compute)
+        self.calls.append(("ensure_compute", str(compute.name)))
+        return self.computes.setdefault(str(compute.name), compute)
 
     def find(self, name: str) -> JobInfo | None:
         return self.jobs.get(name)
 
     def submit(self, job: SweepJob) -> str:
-        if job.name in self.jobs:
-            return job.name
-        code = Path(job.trial.code)
+        name = str(job.name)
+        if name in self.jobs:
+            return name
+        assert job.trial is not None and job.trial.code, "a sweep job without its trial's code"
+        code = Path(str(job.trial.code))
         assert (code / "gpu_jobs" / "train.py").is_file(), "the code is staged while the job is created"
-        self.calls.append(("create", job.name))
+        self.calls.append(("create", name))
         self.submitted.append(job)
-        self.jobs[job.name] = JobInfo(job.name, "NotStarted", studio_url=f"https://ml.azure.com/runs/{job.name}")
-        return job.name
+        self.jobs[name] = JobInfo(name, "NotStarted", studio_url=f"https://ml.azure.com/runs/{name}")
+        return name
 
     def get(self, name: str) -> JobInfo:
         if name not in self.jobs:  # as AzureMLClient.get answers a job the workspace lacks
