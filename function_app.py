@@ -4,6 +4,8 @@
   ``RAPIDS_HPO_AUTH=key`` mode, ANONYMOUS for the host in ``entra`` mode, where every route checks the
   caller's Entra ID principal and app role itself (``shared.auth``).
 - Queue ``experiment-requests``: specs from other services (Event Grid, Logic Apps, scripts).
+- Queue ``experiment-requests-trusted``: specs from the one service whose send role is assigned on this queue
+  only; its envelope may name the submitter (``submitted_by``), which the shared queue refuses.
 - Queue ``experiment-events``: the state machine's internal events.
 - Timer: the sweep that re-drives stalled experiments and tears down finished ones' compute.
 
@@ -18,7 +20,7 @@ import azure.functions as func
 
 from shared.api import create_api
 from shared.auth import AuthSettings
-from shared.config import QUEUE_EVENTS, QUEUE_REQUESTS
+from shared.config import QUEUE_EVENTS, QUEUE_REQUESTS, QUEUE_TRUSTED_REQUESTS
 from shared.context import get_context
 from shared.handlers import handle_event, sweep, sweep_orphans, take_request_message
 from shared.telemetry import host_trace
@@ -48,6 +50,22 @@ def experiment_requests(message: func.QueueMessage, context: func.Context = None
         record = take_request_message(get_context(), message.get_body(), message_id=message.id)
         if record is not None:
             logging.info("request %s -> experiment %s (%s)", message.id, record.id, record.status)
+
+
+@app.function_name("experiment_requests_trusted")
+@app.queue_trigger(arg_name="message", queue_name=QUEUE_TRUSTED_REQUESTS, connection="AzureWebJobsStorage")
+def experiment_requests_trusted(message: func.QueueMessage) -> None:
+    """A spec from the trusted sender: as ``experiment_requests``, and the envelope's ``submitted_by`` is
+    recorded as the experiment's owner (the queue's send role vouches for the sender)."""
+    record = take_request_message(
+        get_context(),
+        message.get_body(),
+        message_id=message.id,
+        trusted_sender=True,
+        queue_name=QUEUE_TRUSTED_REQUESTS,
+    )
+    if record is not None:
+        logging.info("trusted request %s -> experiment %s (%s)", message.id, record.id, record.status)
 
 
 @app.function_name("experiment_events")

@@ -142,6 +142,8 @@ var azureMLComputeIdentityName = 'id-aml-${prefix}-${resourceToken}'
 var queueNames = [
   'experiment-requests'
   'experiment-requests-poison'
+  'experiment-requests-trusted' // one trusted service's specs: its send role goes on this queue only (README)
+  'experiment-requests-trusted-poison'
   'experiment-events'
   'experiment-events-poison'
   'experiment-status'

@@ -13,7 +13,10 @@ QUEUE_EVENTS = "experiment-events"
 """Internal state-machine events."""
 QUEUE_STATUS = "experiment-status"
 """One message per experiment reaching a terminal state, for other services to react to."""
-QUEUES = (QUEUE_REQUESTS, QUEUE_EVENTS, QUEUE_STATUS)
+QUEUE_TRUSTED_REQUESTS = "experiment-requests-trusted"
+"""Specs from one trusted service, whose envelope may name the submitter (``submitted_by``): its send role
+(Storage Queue Data Message Sender) is assigned on this queue only, to that service (README)."""
+QUEUES = (QUEUE_REQUESTS, QUEUE_TRUSTED_REQUESTS, QUEUE_EVENTS, QUEUE_STATUS)
 POISON_SUFFIX = "-poison"
 
 # Tables and blob containers.

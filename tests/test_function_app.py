@@ -11,7 +11,7 @@ import azure.functions as func
 import pytest
 
 import function_app
-from shared.config import QUEUE_EVENTS, QUEUE_REQUESTS
+from shared.config import QUEUE_EVENTS, QUEUE_REQUESTS, QUEUE_TRUSTED_REQUESTS
 from shared.context import set_context
 from shared.queues import poison_queue_name
 from shared.records import ExperimentStatus
@@ -60,6 +60,8 @@ def test_bindings_are_what_the_host_expects():
         QUEUE_REQUESTS,
         "AzureWebJobsStorage",
     )
+    (trusted,) = bindings("experiment_requests_trusted")
+    assert (trusted["type"], trusted["queueName"]) == ("queueTrigger", QUEUE_TRUSTED_REQUESTS)
     (events,) = bindings("experiment_events")
     assert (events["type"], events["queueName"]) == ("queueTrigger", QUEUE_EVENTS)
     (timer,) = bindings("sweep")
@@ -109,6 +111,26 @@ def test_request_trigger_dead_letters_bad_input_once_instead_of_five_retries(ctx
     assert ctx.store.get_experiment("exp-x").status is ExperimentStatus.FAILED
     [poisoned] = ctx.queues.queue(poison_queue_name(QUEUE_REQUESTS)).receive(5, 30)
     assert poisoned.body == body
+
+
+def test_the_trusted_senders_queue_records_whom_the_envelope_names_and_the_shared_one_refuses_it(ctx):
+    """The trusted queue's trigger records ``submitted_by`` as the owner; the same envelope on the shared
+    queue is refused there (FAILED, dead-lettered to that queue's poison queue), and a bad one on the trusted
+    queue goes to the trusted queue's own poison queue."""
+    named = {"kind": "service", "object_id": "0b6c51a2-4b2d-4b61-9d44-5a1b8c7a6f10", "app_id": None, "name": "adf"}
+    named["tenant_id"] = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+    trusted = FUNCTIONS["experiment_requests_trusted"].get_user_function()
+    envelope = {"id": "exp-trusted-1", "spec": tiny_spec(), "submitted_by": named}
+    trusted(func.QueueMessage(id="msg-t1", body=json.dumps(envelope).encode()))
+    record = ctx.store.get_experiment("exp-trusted-1")
+    assert record.submitted_by is not None and record.submitted_by.object_id == named["object_id"]
+    shared_queue = FUNCTIONS["experiment_requests"].get_user_function()
+    shared_queue(func.QueueMessage(id="msg-t2", body=json.dumps({**envelope, "id": "exp-trusted-2"}).encode()))
+    assert ctx.store.get_experiment("exp-trusted-2").status is ExperimentStatus.FAILED
+    assert len(ctx.queues.queue(poison_queue_name(QUEUE_REQUESTS)).receive(5, 30)) == 1
+    trusted(func.QueueMessage(id="msg-t3", body=b'{"id": "exp-trusted-3", "spec": {"name": "x"}}'))
+    [poisoned] = ctx.queues.queue(poison_queue_name(QUEUE_TRUSTED_REQUESTS)).receive(5, 30)
+    assert "exp-trusted-3" in poisoned.body
 
 
 def test_timer_trigger_runs_the_sweep(ctx):

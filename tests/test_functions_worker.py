@@ -23,7 +23,7 @@ from tests.functions_host import REQUIRED_ENV, ROOT, FunctionsHost, WorkerError,
 
 pytestmark = [pytest.mark.azurite]
 
-EXPECTED = {"http_app_func", "experiment_requests", "experiment_events", "sweep"}
+EXPECTED = {"http_app_func", "experiment_requests", "experiment_requests_trusted", "experiment_events", "sweep"}
 
 
 def require_worker() -> None:

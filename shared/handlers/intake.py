@@ -217,18 +217,25 @@ def handle_request_message(
 
 
 @traced("experiment request")
-def take_request_message(ctx: Context, body: str | bytes, *, message_id: str | None = None) -> ExperimentRecord | None:
+def take_request_message(
+    ctx: Context,
+    body: str | bytes,
+    *,
+    message_id: str | None = None,
+    trusted_sender: bool = False,
+    queue_name: str = QUEUE_REQUESTS,
+) -> ExperimentRecord | None:
     """The queue trigger's entry: :func:`handle_request_message`, where a request that can never succeed
     (``InvalidRequest``) is final: its FAILED record (if it named an id) is written, its body goes to
     ``<queue>-poison`` once, and it is not raised, so the host does not redeliver it four more times to
     fail alike. Anything else (the store unreachable) still raises: the host retries what may succeed."""
     try:
-        return handle_request_message(ctx, body, message_id=message_id)
+        return handle_request_message(ctx, body, message_id=message_id, trusted_sender=trusted_sender)
     except InvalidRequest as exc:
         log.warning("request %s refused, dead-lettered without retries: %s", message_id, str(exc)[:500])
         text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
         kept = text.encode("utf-8")[:MAX_MESSAGE_BYTES].decode("utf-8", "ignore")  # U+FFFD can triple a byte
-        ctx.queues.queue(poison_queue_name(QUEUE_REQUESTS)).send(kept)
+        ctx.queues.queue(poison_queue_name(queue_name)).send(kept)
         return None
 
 
