@@ -17,7 +17,7 @@ trial-seconds, and the best metric within the seed's total trial-seconds (``ours
 the trials so that it can spend the same budget). ``--methods samplers`` compares samplers without a
 policy instead (random, tpe, cmaes, qmc).
 
-    python bench/early_termination.py [--seeds 5] [--trials 12] [--report-every 10] [--methods pruners]
+    python bench/early_termination.py [--seeds 5] [--trials 6] [--rounds 40] [--report-every 10] [--methods pruners]
 
 Last lines: per method, the medians over tables and seeds of ``time_to_seed_best_ratio`` (against the
 seed's own time to its best) and ``total_ratio``, and ``best_gap`` (mean best at equal budget minus the seed's).
@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import re
 import statistics
 import sys
 import tempfile
@@ -117,13 +118,17 @@ def figures(trials: list[TrialRecord], target: float, budget: float) -> dict[str
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--trials", type=int, default=12)
-    parser.add_argument("--rounds", type=int, default=90)
+    parser.add_argument("--trials", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--report-every", type=int, default=10)
-    parser.add_argument("--flights-rows", type=int, default=8000)
+    parser.add_argument("--flights-rows", type=int, default=3000)
     parser.add_argument("--methods", choices=("pruners", "samplers"), default="pruners")
     parser.add_argument("--tables", default="flights,digits,breast_cancer")
+    parser.add_argument("--from-log", type=Path, help="summarize the rows an earlier run printed, run nothing")
     args = parser.parse_args()
+    if args.from_log:
+        summarize(from_log(args.from_log))
+        return
     methods = PRUNER_METHODS if args.methods == "pruners" else SAMPLER_METHODS
     baseline = next(iter(methods))
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in methods}
@@ -155,10 +160,35 @@ def main() -> None:
                         f" pruned={row['pruned']:.0f}/{row['trials']:.0f}",
                         flush=True,
                     )
-    print(
-        f"# {args.seeds} seeds x {len(args.tables.split(','))} tables, {args.trials} trials (x multiplier), xgboost "
-        f"{args.rounds} rounds reported every {args.report_every}; {time.perf_counter() - started:.0f} s"
-    )
+        print(
+            f"# {args.seeds} seeds x {len(args.tables.split(','))} tables, {args.trials} trials (x multiplier), "
+            f"xgboost {args.rounds} rounds reported every {args.report_every}; {time.perf_counter() - started:.0f} s"
+        )
+        summarize(results)  # before the cluster closes (a loaded machine may time its close out)
+
+
+ROW = re.compile(
+    r"^(?P<table>\S+)\s+seed=(?P<seed>\d+) (?P<name>\S+)\s+best=(?P<best>\S+) at_budget=(?P<at>\S+)"
+    r" to_seed_best=\s*(?P<to>\S+)s total=\s*(?P<total>\S+)s pruned=(?P<pruned>\d+)/(?P<trials>\d+)$"
+)
+
+
+def from_log(path: Path) -> dict[str, list[dict[str, Any]]]:
+    """The rows a run printed (``--from-log``: its figures again, without running it)."""
+    rows = [m.groupdict() for line in path.read_text().splitlines() if (m := ROW.match(line))]
+    results: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        base = next(r for r in rows if (r["table"], r["seed"]) == (row["table"], row["seed"]))  # the first method
+        results.setdefault(row["name"], []).append(
+            {"table": row["table"], "best": float(row["best"]), "best_at_budget": float(row["at"]),
+             "to_best": float(row["to"]), "total": float(row["total"]), "base_to_best": float(base["to"]),
+             "base_total": float(base["total"]), "base_best": float(base["best"])}
+        )  # fmt: skip
+    return results
+
+
+def summarize(results: dict[str, list[dict[str, Any]]]) -> None:
+    """The medians of the ratios against the seed's search, and the bests per table."""
     for name, rows in results.items():
         ratio_to_best = statistics.median(r["to_best"] / r["base_to_best"] for r in rows)
         total_ratio = statistics.median(r["total"] / r["base_total"] for r in rows)

@@ -331,6 +331,7 @@ class RunOutcome(BaseModel):
     best: BestTrial | None = None
     error: Text | None = None
     counts: dict[Name, int] = Field(default_factory=dict, max_length=16)
+    stopped_by: Name | None = Field(default=None, description="the limit or stopping rule that ended the run")
 
 
 class ExperimentRecord(Record):

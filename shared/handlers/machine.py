@@ -237,7 +237,9 @@ def _poll(ctx: Context, record: ExperimentRecord) -> str:
         transition(ctx, record, S.FAILED, guard, next_event=EventType.TEARDOWN, error=guard, **updates)
         return "budget exceeded"
     if status.state is RunState.SUCCEEDED:
-        transition(ctx, record, S.FINALIZING, "run finished", next_event=EventType.FINALIZE, **updates)
+        why = status.outcome.reason if status.outcome is not None else None  # which limit or rule ended it
+        finished = f"run finished: {why}" if why else "run finished"
+        transition(ctx, record, S.FINALIZING, finished, next_event=EventType.FINALIZE, **updates)
         return "finished"
     if status.state is RunState.FAILED:
         error = status.error or "the run failed"

@@ -42,6 +42,7 @@ import optuna
 from distributed import Client, Event, Future, Queue, Variable, wait
 
 from shared.cost.ledger import BudgetGuard
+from shared.hpo import stopping
 from shared.hpo.cluster import optuna_state, own_worker
 from shared.hpo.objectives import constraint_values, objective_values, signed_others
 from shared.hpo.outcome import ExperimentOutcome, experiment_outcome
@@ -152,6 +153,9 @@ class HpoDriver:
         self._running: dict[str, _Running] = {}
         self._stop_events: list[str] = []
         self._threads = self._threads_per_worker()
+        self.stopped: stopping.Stop | None = None
+        """The stopping rule that ended the run (no trial starts after it), if one did."""
+        self._ended = 0
         self.awaits_decisions = not isinstance(self.study.pruner, optuna.pruners.NopPruner)
         self.spans = TrialSpans(experiment_id, spec.compute.backend)
         """A span per trial and fold under the driver's (``shared.telemetry``; nothing when it is off)."""
@@ -202,17 +206,27 @@ class HpoDriver:
                 state=state,
                 user_attrs={CONSTRAINTS_ATTR: constraints} if isinstance(constraints, list) and constraints else None,
                 intermediate_values={} if self.multi else {int(k): v for k, v in record.intermediate.items()},
-                system_attrs=dict(record.optuna_attrs),  # successive halving's rungs, as it left them
+                system_attrs=self._system_attrs(record),
             )
         )
         return True
 
+    def _system_attrs(self, record: TrialRecord) -> dict[str, object]:
+        """What Optuna kept with a finished trial: its numbers (successive halving's rungs, as the pruner left
+        them) and, for the terminator, its fold scores (from the record's metrics)."""
+        attrs: dict[str, object] = dict(record.optuna_attrs)
+        scores = stopping.fold_scores(record, self.primary_metric) if record.state is TrialState.COMPLETED else None
+        if scores is not None:
+            attrs[stopping.CV_SCORES_KEY] = scores
+        return attrs
+
     # -------------------------------------------------------------------------------------- main loop
     def run(self) -> ExperimentOutcome:
         """Run until the trial budget, the timeout or a cancel; return the outcome."""
-        missing = missing_modules(self.spec)
+        missing = missing_modules(self.spec) or stopping.missing_modules(self.spec)
         if missing is not None:  # before any trial, not at the sampler's first model fit
             raise RuntimeError(missing)
+        self.stop_rules = stopping.StopRules(self.spec)
         self._resume()
         total = self.spec.effective_total_trials()
         concurrency = self.spec.limits.max_concurrent_trials
@@ -221,6 +235,7 @@ class HpoDriver:
         self._wake = Event(f"{self.channel}-wake")
         next_number = max(self._records, default=-1) + 1
         stop_reason: str | None = None
+        checked = -1
         try:
             while True:
                 if stop_reason is None:
@@ -233,7 +248,9 @@ class HpoDriver:
                     if stop_reason:
                         self._stop_all(stop_reason)
                 held_back = False
-                if stop_reason is None:
+                if stop_reason is None and self.stopped is None and self._ended != checked:
+                    checked, self.stopped = self._ended, self.stop_rules.check(self._records.values(), self.study)
+                if stop_reason is None and self.stopped is None:  # a stopping rule lets running trials finish
                     while len(self._running) < concurrency and (self._retry or next_number < total):
                         if self.budget is not None and not self.budget.can_launch(self._records.values(), self.clock()):
                             held_back = True  # the next trial's worst case would pass limits.max_cost
@@ -260,7 +277,7 @@ class HpoDriver:
             for name in self._stop_events:  # an event cleared with no waiter is deleted on the scheduler
                 with contextlib.suppress(Exception):
                     Event(name).clear()
-        return experiment_outcome(self._records.values(), self.direction, stop_reason)
+        return experiment_outcome(self._records.values(), self.direction, stop_reason, self.stopped)
 
     def _launch_new(self, number: int) -> None:
         reseed_for_trial(self.study.sampler, self.seed, number)
@@ -502,7 +519,11 @@ class HpoDriver:
                 "optuna_attrs": optuna_attrs(self.study, running.trial),
             }
         )
+        scores = stopping.fold_scores(record, self.primary_metric) if state is TrialState.COMPLETED else None
+        if scores is not None:  # the terminator's noise estimate of this trial
+            self.study._storage.set_trial_system_attr(running.trial._trial_id, stopping.CV_SCORES_KEY, scores)
         self.study.tell(running.trial, values=told, state=optuna_state(state))
+        self._ended += 1
         self.store.put_trial(record)
         self.spans.ended(record.number, record.attempt, state.value, record.value, error)
         self._records[record.number] = record

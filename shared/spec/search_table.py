@@ -290,15 +290,25 @@ def first_stop_fraction(spec: ExperimentSpec) -> float:
 
 def policy_problems(spec: ExperimentSpec) -> list[Problem]:
     """The table's rules on ``spec`` (every backend): the entries' own, the wrapped one's included."""
+    problems: list[Problem] = []
+    if spec.objective.multi:
+        for rule in STOP_RULES:
+            if getattr(spec.limits, rule) is not None:
+                why = "follows one metric, and objective.also asks for several (a Pareto front): stop by"
+                problems.append((("limits", rule), f"limits.{rule} {why} max_total_trials, timeout or max_cost"))
     policy = spec.early_termination
     if policy is None:
-        return []
-    problems = pruner_entry(policy).problems(policy, spec)
+        return problems
+    problems += pruner_entry(policy).problems(policy, spec)
     inner = wrapped_of(policy)
     if inner is not None:
         problems += [(("early_termination", "wrapped", *loc[1:]), msg) for loc, msg in
                      pruner_entry(inner).problems(inner, spec)]  # fmt: skip
     return problems
+
+
+STOP_RULES = ("target_value", "no_improvement_trials", "terminator")
+"""``limits`` fields our driver stops a run by (:mod:`shared.hpo.stopping`) and AzureML's sweep has no form of."""
 
 
 def azureml_problems(spec: ExperimentSpec, accepting: list[str]) -> list[Problem]:
@@ -315,6 +325,15 @@ def azureml_problems(spec: ExperimentSpec, accepting: list[str]) -> list[Problem
                 f"AzureML has no {sampler} sampling (it offers {offered}): compute.backend {others} runs it",
             )
         )
+    for rule in STOP_RULES:
+        if getattr(spec.limits, rule) is not None:
+            problems.append(
+                (
+                    ("limits", rule),
+                    f"AzureML's sweep stops only at max_total_trials and timeout: limits.{rule} needs compute.backend "
+                    f"{others}",
+                )
+            )
     policy = spec.early_termination
     if policy is not None and pruner_entry(policy).azureml is None:
         offered = ", ".join(t for t, e in PRUNERS.items() if e.azureml is not None)

@@ -257,6 +257,12 @@ class SamplingAlgorithm(SpecModel):
         return self
 
 
+class Terminator(SpecModel):
+    """Optuna's terminator (``RegretBoundEvaluator`` against ``CrossValidationErrorEvaluator``)."""
+
+    min_trials: int = Field(default=20, ge=2, le=1000, description="completed trials before it may stop the run")
+
+
 class Limits(SpecModel):
     """Budget: trials, concurrency, time (seconds) and money (USD)."""
 
@@ -273,6 +279,23 @@ class Limits(SpecModel):
         default=None,
         gt=0,
         description="USD: no trial starts that would take the estimated spend past it; the run stops at it",
+    )
+    target_value: float | None = Field(
+        default=None,
+        description="stop starting trials once a trial's primary metric reaches this (>= when maximizing, <= "
+        "when minimizing); running trials finish (local and vmcluster backends)",
+    )
+    no_improvement_trials: int | None = Field(
+        default=None,
+        ge=1,
+        le=1000,
+        description="stop starting trials once this many trials in a row ended without a better best (local and "
+        "vmcluster backends)",
+    )
+    terminator: Terminator | None = Field(
+        default=None,
+        description="Optuna's terminator: stop once the estimated regret bound falls below the best trial's "
+        "cross-validation noise (PyTorch where the driver runs; local and vmcluster backends)",
     )
 
     @model_validator(mode="after")
