@@ -41,7 +41,7 @@ record = store.get_experiment(sys.argv[2])
 with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0") as cluster:
     with Client(cluster) as client:
         HpoDriver(
-            load_spec(record.spec), record.id, store, client, trial_fn=scripted_trial, poll_interval=0.02,
+            load_spec(record.spec.to_document()), record.id, store, client, trial_fn=scripted_trial, poll_interval=0.02,
             fold_write_interval=0.0,
         ).run()
 """

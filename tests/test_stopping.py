@@ -101,7 +101,7 @@ def test_the_rule_is_in_the_outcome_the_control_plane_reads_and_in_the_history(s
     while deliver(ctx, next_event(ctx)) != "finished":
         pass
     history = ctx.store.get_experiment(record.id).history
-    assert history[-1]["reason"] == f"run finished: {outcome.reason}"
+    assert history[-1].reason == f"run finished: {outcome.reason}"
 
 
 @pytest.mark.parametrize("rule", ["target_value", "no_improvement_trials", "terminator"])
