@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from shared.config import QUEUE_EVENTS, QUEUE_REQUESTS, QUEUE_STATUS, Settings
 from shared.events import Announcer, open_announcer
-from shared.ports import ComputeBackend, EventQueue, QueueService, Store
+from shared.ports import ComputeAreas, ComputeBackend, EventQueue, QueueService, Store, areas_of
 
 
 @dataclass
@@ -24,6 +24,11 @@ class Context:
     backends: dict[str, ComputeBackend] = field(default_factory=dict)
     announcer: Announcer = field(default_factory=Announcer)
     """CloudEvents on Event Grid; the default sends nothing."""
+
+    @property
+    def areas(self) -> ComputeAreas:
+        """The experiments' compute areas, kept beside the store (the same storage adapter serves both)."""
+        return areas_of(self.store)
 
     @property
     def events(self) -> EventQueue:

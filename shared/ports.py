@@ -15,10 +15,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -37,8 +38,53 @@ if TYPE_CHECKING:
         UnreadableRecord,
     )
     from shared.spec import ExperimentSpec
-    from shared.store.compute import ComputeCredential
-    from shared.store.ingest import IngestReport
+
+
+@dataclass(frozen=True)
+class ComputeCredential:
+    """What an experiment's compute holds: one area, one experiment, an expiry. ``token`` is a SAS
+    (a secret: pass it only to that compute); a ``folder`` credential (local store) has none."""
+
+    experiment_id: str
+    kind: Literal["blob-sas", "folder"]
+    url: str
+    """The area: a container URL without query, or a folder path."""
+    token: str
+    expires_at: datetime
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "expires_at": self.expires_at.isoformat()})
+
+    @classmethod
+    def from_json(cls, text: str) -> ComputeCredential:
+        data = json.loads(text)
+        return cls(**{**data, "expires_at": datetime.fromisoformat(data["expires_at"])})
+
+    def __repr__(self) -> str:  # never print the token
+        return f"ComputeCredential({self.experiment_id!r}, {self.kind}, {self.url!r}, expires {self.expires_at:%c})"
+
+
+@dataclass
+class IngestReport:
+    """What one ingestion took in: trial numbers, artifact names, refused blobs (with why), the quota
+    breach (if any), and the watermark (``watermark`` and ``seen``) to pass back next time."""
+
+    trials: list[int] = field(default_factory=list)
+    artifacts: list[str] = field(default_factory=list)
+    refused: dict[str, str] = field(default_factory=dict)
+    over_quota: str | None = None
+    watermark: datetime | None = None
+    seen: str = ""
+
+    def problem(self, limit: int = 3) -> str | None:
+        """One line saying what was refused (None when nothing was): what a backend fails the run with."""
+        if self.over_quota:
+            return f"the compute wrote more than allowed: {self.over_quota}"
+        if not self.refused:
+            return None
+        shown = "; ".join(f"{name}: {why}" for name, why in list(self.refused.items())[:limit])
+        more = f" (and {len(self.refused) - limit} more)" if len(self.refused) > limit else ""
+        return f"the compute wrote what was refused: {shown}{more}"
 
 
 @runtime_checkable
@@ -106,6 +152,14 @@ class Store(TrialStore, Protocol):
     def get_secret(self, experiment_id: str, name: str) -> bytes:
         """Raise ``NotFound`` if absent."""
 
+
+@runtime_checkable
+class ComputeAreas(Protocol):
+    """Each experiment's compute area (``shared.store.compute``): what its compute may hold (one area, one
+    experiment, an expiry) and the one validated, bounded path back into the store. A port apart from
+    :class:`Store`: the state machine and the backends that run a driver use it, nothing else. Both storage
+    adapters implement it beside ``Store`` (the area lives in their account or folder)."""
+
     def issue_compute_credential(self, experiment_id: str, ttl: timedelta) -> ComputeCredential:
         """Mint what one experiment's compute may hold: access to that experiment's own area only,
         expiring after ``ttl`` (on Azure a SAS on the experiment's container; never the tables or secrets)."""
@@ -120,6 +174,13 @@ class Store(TrialStore, Protocol):
 
     def revoke_compute_credential(self, experiment_id: str) -> None:
         """Invalidate every credential issued for the experiment (no-op if none was issued)."""
+
+
+def areas_of(store: Store) -> ComputeAreas:
+    """The compute areas kept beside ``store`` (its adapter implements both ports)."""
+    if not isinstance(store, ComputeAreas):
+        raise TypeError(f"{type(store).__name__} keeps no compute areas")
+    return store
 
 
 @dataclass(frozen=True)

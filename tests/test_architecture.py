@@ -176,3 +176,148 @@ def test_the_list_of_call_time_reads_only_shrinks() -> None:
     """An entry fixed is an entry removed (else the list would hide a new read in the same file)."""
     for name in CALL_TIME_READS:
         assert _reads_the_environment(ast.parse((ROOT / name).read_text(), name)), f"{name} no longer reads it"
+
+
+# ------------------------------------------------------------------------------- import layering
+LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (
+        "base",
+        (
+            "shared/errors.py",
+            "shared/bounded.py",
+            "shared/config.py",
+            "shared/zipstream.py",
+            "shared/http_pool.py",
+            "shared/api_edge.py",
+            "shared/telemetry/",
+        ),
+    ),
+    ("records", ("shared/records.py", "shared/cost/")),
+    ("ports", ("shared/ports.py", "shared/trials.py", "shared/compute_spec.py")),
+    ("adapters", ("shared/store/", "shared/queues/", "shared/events/", "shared/auth/", "shared/api_guard.py")),
+    (
+        "spec",
+        (
+            "shared/spec/",
+            "shared/backends/__init__.py",
+            *(f"shared/backends/{n}/__init__.py" for n in REGISTRY),
+            *(f"shared/backends/{n}/section.py" for n in REGISTRY),
+            "shared/backends/azureml/scope.py",
+        ),
+    ),
+    ("engine", ("shared/hpo/",)),
+    ("dashboard", ("shared/dashboard/",)),
+    ("backends", ("shared/backends/",)),
+    ("control", ("shared/handlers/", "shared/context.py")),
+    (
+        "edge",
+        (
+            "shared/api.py",
+            "shared/runner.py",
+            "shared/cli/",
+            "shared/dashboard/routes.py",
+            "shared/dashboard/docs.py",
+            "function_app.py",
+        ),
+    ),
+)
+"""The floors, bottom first: a module imports (at run time, lazily included) only from its floor or below.
+The spec sits above the ports and adapters because its ``compute`` union is the registry's: a backend
+package's face (``__init__.py``: its ``BACKEND``) and its section are on the spec's floor, and only the
+face's factories reach up into the package, when called."""
+RUNNING_BACK_UP = {
+    ("shared/cost/estimate.py", "shared/compute_spec.py"): "idle_gpu_warnings: the cost estimate warns of idle GPUs",
+    ("shared/spec/search_table.py", "shared/hpo/pruners.py"): "the policy table builds Optuna's pruners",
+    ("shared/spec/search_table.py", "shared/hpo/search_space.py"): "the grid sampler of the table",
+    (
+        "shared/cost/estimate.py",
+        "shared/spec/search_table.py",
+    ): "the estimate asks the policy table when a run may stop",
+    ("shared/store/ingest.py", "shared/spec/__init__.py"): "ingestion reads the spec's trial budget",
+}
+"""Imports that run back up today, each with why; an entry fixed is an entry removed (none may be added)."""
+
+
+def _floor(path: str) -> int | None:
+    matches = [
+        (len(prefix), floor)
+        for floor, (_, prefixes) in enumerate(LAYERS)
+        for prefix in prefixes
+        if path == prefix or (prefix.endswith("/") and path.startswith(prefix))
+    ]
+    return max(matches)[1] if matches else None
+
+
+def _module_file(module: str) -> str | None:
+    base = Path(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if (ROOT / candidate).is_file():
+            return candidate.as_posix()
+    return None
+
+
+def _runtime_imports(tree: ast.Module) -> list[str]:
+    """The shared modules ``tree`` imports when it runs (``if TYPE_CHECKING:`` blocks left out)."""
+    typing_only = {
+        id(node)
+        for block in ast.walk(tree)
+        if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
+        for statement in block.body
+        for node in ast.walk(statement)
+    }
+    found = []
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("shared"):
+            found += [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+        elif isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names if alias.name.startswith("shared")]
+    return found
+
+
+def _arrows_back_up() -> set[tuple[str, str]]:
+    arrows = set()
+    for path in [*sorted((ROOT / "shared").rglob("*.py")), ROOT / "function_app.py"]:
+        name = path.relative_to(ROOT).as_posix()
+        own = _floor(name)
+        for module in _runtime_imports(ast.parse(path.read_text(), name)):
+            target = _module_file(module)
+            if target is None or own is None or (floor := _floor(target)) is None or floor <= own:
+                continue
+            face = name.endswith("/__init__.py") and target.startswith(name.removesuffix("__init__.py"))
+            if not face:  # a backend package's face builds its backend when called
+                arrows.add((name, target))
+    return arrows
+
+
+def test_imports_run_down_the_floors() -> None:
+    """No import runs back up (ports naming an adapter, the HPO engine and the dashboard importing each
+    other): a new one fails here with its two files."""
+    assert _arrows_back_up() - set(RUNNING_BACK_UP) == set()
+
+
+def test_the_list_of_imports_running_back_up_only_shrinks() -> None:
+    assert set(RUNNING_BACK_UP) - _arrows_back_up() == set()
+
+
+def test_a_port_names_no_adapter_even_for_types() -> None:
+    """``shared/ports.py`` is what adapters implement: it imports none of them, not even under
+    ``TYPE_CHECKING`` (the compute credential and the ingestion report are the port's own types)."""
+    tree = ast.parse((ROOT / "shared/ports.py").read_text())
+    adapters = ("shared.store", "shared.queues", "shared.events", "shared.auth", "shared.backends.")
+    imported = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
+    assert [m for m in imported if m.startswith(adapters)] == []
+
+
+def test_only_the_registry_is_imported_from_outside_the_backends() -> None:
+    """A backend is reached through the registry: code outside ``shared/backends/`` imports no backend's
+    package (its section, handle or driver), so it cannot branch on one (``isinstance(spec.compute,
+    LocalCompute)`` in the HPO engine, as run_driver did)."""
+    packages = tuple(f"shared.backends.{name}" for name in REGISTRY)
+    for path in [*sorted((ROOT / "shared").rglob("*.py")), ROOT / "function_app.py"]:
+        name = path.relative_to(ROOT).as_posix()
+        if name.startswith(OWN_MODULES):
+            continue
+        tree = ast.parse(path.read_text(), name)
+        assert [m for m in _runtime_imports(tree) if m.startswith(packages)] == [], name

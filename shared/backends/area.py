@@ -1,7 +1,7 @@
 """The compute writes its area, the control plane ingests it: the part every backend whose driver we run
 shares (local: a process here; vmcluster: the head VM).
 
-The driver holds one credential, for its experiment's compute area (``Store.issue_compute_credential``):
+The driver holds one credential, for its experiment's compute area (``ComputeAreas.issue_compute_credential``):
 never the control plane's storage connection string, tables or secrets. Each poll the backend takes what
 the driver wrote through the one validated, bounded path (:func:`shared.store.ingest.ingest`, quotas and
 the watermark included) and reads the driver's outcome from the store only after that; a refusal fails
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, TypeVar
 from pydantic import BaseModel, Field
 
 from shared.config import CREDENTIAL_MARGIN_SECONDS, CREDENTIAL_MAX_SECONDS
-from shared.ports import Store
+from shared.ports import ComputeAreas
 
 if TYPE_CHECKING:
     from shared.spec import ExperimentSpec
@@ -37,12 +37,14 @@ class AreaHandle(BaseModel):
 HandleT = TypeVar("HandleT", bound=AreaHandle)
 
 
-def ingest_area(store: Store, experiment_id: str, handle: HandleT, quota_bytes: int) -> tuple[HandleT, str | None]:
+def ingest_area(
+    areas: ComputeAreas, experiment_id: str, handle: HandleT, quota_bytes: int
+) -> tuple[HandleT, str | None]:
     """Take what the compute wrote since the watermark into the store (validated and bounded there); the
     handle with the new watermark, and what was refused in one line (None when nothing was)."""
     if not handle.area:
         return handle, None
-    report = store.ingest_compute_output(
+    report = areas.ingest_compute_output(
         experiment_id, since=handle.ingested_until, seen=handle.ingested_seen, quota_bytes=quota_bytes
     )
     problem = report.problem()

@@ -140,7 +140,7 @@ def _handle(ctx: Context, event: ExperimentEvent, span: telemetry_steps.Step) ->
         return "unknown experiment"
     except CorruptRecord as exc:
         # Nothing can drive a record nobody can read: contain it (its compute's credential ends) and drop.
-        ctx.store.revoke_compute_credential(event.experiment_id)
+        ctx.areas.revoke_compute_credential(event.experiment_id)
         log.error("event %s dropped, credential revoked: %s", event.type, exc)
         return "unreadable record"
     telemetry_steps.step_record(span, record.backend, record.status.value)
@@ -346,7 +346,7 @@ def _cancel(ctx: Context, record: ExperimentRecord) -> str:
 def _teardown(ctx: Context, record: ExperimentRecord) -> str:
     """Revoke the compute's credential first (from then on it writes nothing we read), then delete the
     compute; nothing the compute wrote is read on the way, so nothing it wrote can block this step."""
-    ctx.store.revoke_compute_credential(record.id)
+    ctx.areas.revoke_compute_credential(record.id)
     handle = record.backend_state
     if record.backend_state and not record.torn_down:
         backend = ctx.backend(record.backend)

@@ -14,22 +14,22 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
+from typing import Protocol
 
 from distributed import Client
 
 from shared.config import DATA_CHECK_ARTIFACT, DRIVER_OUTCOME_ARTIFACT
 from shared.cost.catalogue import load_catalogue
 from shared.cost.ledger import BudgetGuard, rates_for
-from shared.dashboard.artifacts import save_plots_safely
-from shared.dashboard.importance import ImportanceRefresher
 from shared.hpo.driver import HpoDriver
 from shared.hpo.outcome import ExperimentOutcome
 from shared.hpo.patient_store import patient
 from shared.hpo.refit import refit_best_model
 from shared.ports import Store
-from shared.records import DataCheckReport, ExperimentRecord, ExperimentStatus
+from shared.records import DataCheckReport, ExperimentRecord, ExperimentStatus, TrialRecord
 from shared.spec import ExperimentSpec
 from shared.telemetry import span
 from shared.telemetry.driver import compute_traceparent
@@ -106,9 +106,25 @@ def check_data_first(spec: ExperimentSpec, experiment_id: str, store: Store, cli
     return None
 
 
-def run_experiment(store: Store, experiment_id: str, client: Client, cancel: CancelWatch) -> ExperimentOutcome:
+class Reports(Protocol):
+    """What the run makes for people beside its trials (the dashboard's importances and plots): given by
+    the caller, so the engine imports no dashboard."""
+
+    def on_trial_end(self, trial: TrialRecord) -> None: ...
+
+    def at_end(self) -> None: ...
+
+
+def run_experiment(
+    store: Store,
+    experiment_id: str,
+    client: Client,
+    cancel: CancelWatch,
+    reports: Callable[[Store, ExperimentRecord], Reports] | None = None,
+) -> ExperimentOutcome:
     """Check the data, run the driver and store the best model; the outcome is also written as an artifact.
-    Data the trials cannot use fails the experiment here, once, with no trial run.
+    Data the trials cannot use fails the experiment here, once, with no trial run. ``reports`` makes what
+    people read beside the trials (refreshed after each trial, drawn at the end).
 
     All of it but the outcome is one span in the experiment's trace (``TRACEPARENT``), exported before the
     outcome is written: the control plane may tear this process down as soon as it reads the outcome."""
@@ -117,7 +133,7 @@ def run_experiment(store: Store, experiment_id: str, client: Client, cancel: Can
     spec = record.run_spec
     attributes = {"rapids_hpo.experiment.id": experiment_id, "rapids_hpo.backend": spec.compute.backend}
     with span("hpo driver", parent=compute_traceparent(), attributes=attributes):
-        outcome = _drive(store, record, spec, client, cancel)
+        outcome = _drive(store, record, spec, client, cancel, reports(store, record) if reports else None)
     flush()
     document = asdict(outcome)
     document["best"] = outcome.best.model_dump(mode="json") if outcome.best else None
@@ -126,17 +142,21 @@ def run_experiment(store: Store, experiment_id: str, client: Client, cancel: Can
 
 
 def _drive(
-    store: Store, record: ExperimentRecord, spec: ExperimentSpec, client: Client, cancel: CancelWatch
+    store: Store,
+    record: ExperimentRecord,
+    spec: ExperimentSpec,
+    client: Client,
+    cancel: CancelWatch,
+    reports: Reports | None,
 ) -> ExperimentOutcome:
     experiment_id = record.id
-    refresh = ImportanceRefresher(store, record)
     driver = HpoDriver(
         spec,
         experiment_id,
         store,
         client,
         should_cancel=cancel,
-        on_trial_end=refresh,
+        on_trial_end=reports.on_trial_end if reports else None,
         budget=budget_guard(record),
         warm_start=record.warm_start,
     )
@@ -152,5 +172,6 @@ def _drive(
     except Exception as exc:  # the driver itself failed: say why in the outcome, then exit non-zero
         log.exception("driver failed")
         outcome = ExperimentOutcome("FAILED", "driver error", 0, None, f"{type(exc).__name__}: {exc}")
-    save_plots_safely(store, record)  # charts, importances: on the compute, where Optuna and matplotlib are
+    if reports is not None:
+        reports.at_end()  # charts, importances: on the compute, where Optuna and matplotlib are
     return outcome

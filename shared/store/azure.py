@@ -60,6 +60,7 @@ from shared.config import (
 )
 from shared.errors import AlreadyExists, ConcurrencyConflict, CorruptRecord, NotFound
 from shared.http_pool import pooled_transport
+from shared.ports import ComputeCredential, IngestReport
 from shared.records import ExperimentRecord, ExperimentStatus, TrialRecord, UnreadableRecord, validated
 from shared.store import compute, ingest
 from shared.store._common import (
@@ -468,7 +469,7 @@ class AzureStore:
     def _area(self, experiment_id: str) -> Any:
         return self.blob_service.get_container_client(compute.area_name(f"{self.container_name}-run", experiment_id))
 
-    def issue_compute_credential(self, experiment_id: str, ttl: timedelta) -> compute.ComputeCredential:
+    def issue_compute_credential(self, experiment_id: str, ttl: timedelta) -> ComputeCredential:
         """A SAS reaching only this experiment's compute area, expiring after ``ttl`` (at most 7 days)."""
         record = self.get_experiment(experiment_id)
         container = self._area(experiment_id)
@@ -479,11 +480,11 @@ class AzureStore:
 
     def ingest_compute_output(
         self, experiment_id: str, since: datetime | None = None, *, seen: str = "", quota_bytes: int | None = None
-    ) -> ingest.IngestReport:
+    ) -> IngestReport:
         """Take the compute's trials and artifacts into the tables and artifacts container (validated)."""
         container = self._area(experiment_id)
         if not container.exists():
-            return ingest.IngestReport(watermark=since, seen=seen)
+            return IngestReport(watermark=since, seen=seen)
         quota = quota_bytes or ingest.DEFAULT_QUOTA_BYTES
         return ingest.ingest(self, compute.ContainerArea(container), experiment_id, since, seen=seen, quota_bytes=quota)
 

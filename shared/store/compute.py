@@ -13,10 +13,10 @@ even before it expires.
 
 Control plane::
 
-    credential = store.issue_compute_credential(record.id, ttl=timedelta(hours=12))
+    credential = areas.issue_compute_credential(record.id, ttl=timedelta(hours=12))
     payload = credential.to_json()        # give it to the compute (a Dask task argument, a job setting)
-    report = store.ingest_compute_output(record.id, since=report.watermark)  # each poll step
-    store.revoke_compute_credential(record.id)                                # teardown
+    report = areas.ingest_compute_output(record.id, since=report.watermark)  # each poll step
+    areas.revoke_compute_credential(record.id)                                # teardown
 
 Compute (the HPO driver on the head node; it needs ``azure-storage-blob`` and nothing else of Azure)::
 
@@ -30,17 +30,17 @@ Area layout: ``experiment.json`` (the record, written by the control plane), ``t
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import tempfile
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from shared.config import CREDENTIAL_MAX_SECONDS
 from shared.errors import NotFound
+from shared.ports import ComputeCredential
 from shared.records import ExperimentRecord, TrialRecord
 from shared.store._common import check_artifact_name, check_experiment_id
 
@@ -49,30 +49,6 @@ TRIALS_PREFIX = "trials/"
 ARTIFACTS_PREFIX = "artifacts/"
 MAX_TTL = timedelta(seconds=CREDENTIAL_MAX_SECONDS)
 """User-delegation keys live at most seven days (Azure's limit); account-key SAS are capped alike."""
-
-
-@dataclass(frozen=True)
-class ComputeCredential:
-    """What an experiment's compute holds: one area, one experiment, an expiry. ``token`` is a SAS
-    (a secret: pass it only to that compute); a ``folder`` credential (local store) has none."""
-
-    experiment_id: str
-    kind: Literal["blob-sas", "folder"]
-    url: str
-    """The area: a container URL without query, or a folder path."""
-    token: str
-    expires_at: datetime
-
-    def to_json(self) -> str:
-        return json.dumps({**asdict(self), "expires_at": self.expires_at.isoformat()})
-
-    @classmethod
-    def from_json(cls, text: str) -> ComputeCredential:
-        data = json.loads(text)
-        return cls(**{**data, "expires_at": datetime.fromisoformat(data["expires_at"])})
-
-    def __repr__(self) -> str:  # never print the token
-        return f"ComputeCredential({self.experiment_id!r}, {self.kind}, {self.url!r}, expires {self.expires_at:%c})"
 
 
 @dataclass(frozen=True)

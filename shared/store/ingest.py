@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +30,7 @@ from pydantic import ValidationError
 
 from shared.config import DATA_CHECK_ARTIFACT, DRIVER_OUTCOME_ARTIFACT
 from shared.errors import NotFound
+from shared.ports import IngestReport
 from shared.records import TrialRecord
 from shared.store._common import check_artifact_name
 from shared.store.compute import (
@@ -67,29 +67,6 @@ MAX_OTHER_BLOBS = 1000
 """Blobs an area may hold beside its trials (model files, plots, the driver's documents)."""
 CONTROL_BLOBS = frozenset({RECORD_BLOB, "compute/code.zip"})
 """What the control plane itself writes into the area: never ingested, never counted."""
-
-
-@dataclass
-class IngestReport:
-    """What one ingestion took in: trial numbers, artifact names, refused blobs (with why), the quota
-    breach (if any), and the watermark (``watermark`` and ``seen``) to pass back next time."""
-
-    trials: list[int] = field(default_factory=list)
-    artifacts: list[str] = field(default_factory=list)
-    refused: dict[str, str] = field(default_factory=dict)
-    over_quota: str | None = None
-    watermark: datetime | None = None
-    seen: str = ""
-
-    def problem(self, limit: int = 3) -> str | None:
-        """One line saying what was refused (None when nothing was): what a backend fails the run with."""
-        if self.over_quota:
-            return f"the compute wrote more than allowed: {self.over_quota}"
-        if not self.refused:
-            return None
-        shown = "; ".join(f"{name}: {why}" for name, why in list(self.refused.items())[:limit])
-        more = f" (and {len(self.refused) - limit} more)" if len(self.refused) > limit else ""
-        return f"the compute wrote what was refused: {shown}{more}"
 
 
 def artifact_limit(name: str) -> int | None:

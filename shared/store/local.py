@@ -20,6 +20,7 @@ from pathlib import Path
 from pydantic import Field
 
 from shared.errors import AlreadyExists, ConcurrencyConflict, CorruptRecord, NotFound
+from shared.ports import ComputeCredential, IngestReport
 from shared.records import ExperimentRecord, ExperimentStatus, TrialRecord, UnreadableRecord, validated
 from shared.store import compute, ingest
 from shared.store._common import (
@@ -260,17 +261,17 @@ class LocalStore:
     def _area(self, experiment_id: str) -> compute.FolderArea:
         return compute.FolderArea(self.root / "compute" / check_experiment_id(experiment_id))
 
-    def issue_compute_credential(self, experiment_id: str, ttl: timedelta) -> compute.ComputeCredential:
+    def issue_compute_credential(self, experiment_id: str, ttl: timedelta) -> ComputeCredential:
         area = self._area(experiment_id)
         compute.publish_record(area, self.get_experiment(experiment_id))
-        return compute.ComputeCredential(experiment_id, "folder", str(area.root), "", compute.expiry(ttl))
+        return ComputeCredential(experiment_id, "folder", str(area.root), "", compute.expiry(ttl))
 
     def ingest_compute_output(
         self, experiment_id: str, since: datetime | None = None, *, seen: str = "", quota_bytes: int | None = None
-    ) -> ingest.IngestReport:
+    ) -> IngestReport:
         area = self._area(experiment_id)
         if not area.root.is_dir():
-            return ingest.IngestReport(watermark=since, seen=seen)
+            return IngestReport(watermark=since, seen=seen)
         quota = quota_bytes or ingest.DEFAULT_QUOTA_BYTES
         return ingest.ingest(self, area, experiment_id, since, seen=seen, quota_bytes=quota)
 

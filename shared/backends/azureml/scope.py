@@ -14,23 +14,16 @@ mode a spec therefore never chooses where or with what those act:
 * **images**: ``compute.environment_image`` must match ``AZUREML_IMAGE_PATTERN`` (default: the RAPIDS images on
   Docker Hub and NGC).
 
-Intake checks (:func:`hosted_problems`) are 422s naming the field; the two that need the workspace fail the
+Intake checks (``AzureMLCompute.hosted_problems``) are 422s naming the field; the two that need the workspace fail the
 experiment with a reason naming the field. This module imports no Azure SDK (the API validates with it).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from shared.config import env
-
-if TYPE_CHECKING:
-    from shared.backends.azureml.section import AzureMLCompute
-    from shared.compute_spec import Problem
-    from shared.spec import ExperimentSpec
 
 TAG_INSTANCE = "rapids-hpo.instance"
 """Tag on every cluster and model version a deployment creates: its ``RAPIDS_HPO_INSTANCE_ID``."""
@@ -61,32 +54,6 @@ class AzureMLScope:
     def tags(self) -> dict[str, str]:
         """What this deployment tags its clusters and model versions with."""
         return {TAG_INSTANCE: self.instance_id} if self.instance_id else {}
-
-
-def hosted_problems(compute: AzureMLCompute, spec: ExperimentSpec, scope: AzureMLScope) -> list[Problem]:
-    """The fields of an azureml spec a hosted deployment refuses at intake."""
-    problems: list[Problem] = []
-    for name in ("subscription_id", "resource_group", "workspace"):
-        if getattr(compute, name) is not None:
-            problems.append(
-                (
-                    ("compute", name),
-                    "a hosted deployment runs AzureML jobs in its own workspace only: leave it unset",
-                )
-            )
-    if not re.fullmatch(scope.image_pattern, compute.environment_image):
-        problems.append(
-            (("compute", "environment_image"), f"images must match this deployment's pattern {scope.image_pattern!r}")
-        )
-    register = spec.output.register_model
-    if register is not None and not register.name.startswith(scope.model_prefix):
-        problems.append(
-            (
-                ("output", "register_model", "name"),
-                f"registered model names must start with this deployment's prefix {scope.model_prefix!r}",
-            )
-        )
-    return problems
 
 
 def cluster_problem(name: str, tags: Mapping[str, str], scope: AzureMLScope) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field, model_validator
@@ -73,9 +74,30 @@ class AzureMLCompute(ComputeSection):
 
     def hosted_problems(self, spec: ExperimentSpec) -> list[Problem]:
         """The deployment's own workspace, model namespace and image pattern (:mod:`.scope`)."""
-        from shared.backends.azureml.scope import AzureMLScope, hosted_problems
+        from shared.backends.azureml.scope import AzureMLScope
 
-        return hosted_problems(self, spec, AzureMLScope.from_env())
+        scope = AzureMLScope.from_env()
+        problems: list[Problem] = [
+            (("compute", name), "a hosted deployment runs AzureML jobs in its own workspace only: leave it unset")
+            for name in ("subscription_id", "resource_group", "workspace")
+            if getattr(self, name) is not None
+        ]
+        if not re.fullmatch(scope.image_pattern, self.environment_image):
+            problems.append(
+                (
+                    ("compute", "environment_image"),
+                    f"images must match this deployment's pattern {scope.image_pattern!r}",
+                )
+            )
+        register = spec.output.register_model
+        if register is not None and not register.name.startswith(scope.model_prefix):
+            problems.append(
+                (
+                    ("output", "register_model", "name"),
+                    f"registered model names must start with this deployment's prefix {scope.model_prefix!r}",
+                )
+            )
+        return problems
 
     def spec_problems(self, spec: ExperimentSpec) -> list[Problem]:
         from shared.backends import backends_where

@@ -25,7 +25,7 @@ from shared.backends.local.section import LocalCompute
 from shared.backends.outcome import DriverOutcome, outcome_status, read_outcome
 from shared.compute_spec import compute_section
 from shared.config import Settings
-from shared.ports import BackendHandle, HandleUpdate, RunDetails, RunState, RunStatus, Store, handle_changes
+from shared.ports import BackendHandle, HandleUpdate, RunDetails, RunState, RunStatus, Store, areas_of, handle_changes
 from shared.records import ComputeReport, ExperimentRecord
 from shared.telemetry import traceparent_for
 
@@ -118,6 +118,7 @@ class LocalBackend:
 
     def __init__(self, store: Store, settings: Settings) -> None:
         self.store = store
+        self.areas = areas_of(store)
         self.settings = settings
 
     def _log_path(self, experiment_id: str) -> Path:
@@ -128,7 +129,7 @@ class LocalBackend:
     def _spawn(self, record: ExperimentRecord, restarts: int = 0) -> HandleUpdate:
         """Start the driver with a fresh credential of its area on stdin; the handle fields that changed."""
         before = LocalHandle.model_validate(record.backend_state)
-        credential = self.store.issue_compute_credential(record.id, credential_ttl(record.run_spec))
+        credential = self.areas.issue_compute_credential(record.id, credential_ttl(record.run_spec))
         log = self._log_path(record.id).open("ab")
         process = subprocess.Popen(
             [sys.executable, "-m", "shared.backends.local.driver"],
@@ -158,7 +159,7 @@ class LocalBackend:
         return read_outcome(self.store, experiment_id)
 
     def _ingest(self, record: ExperimentRecord, handle: LocalHandle) -> tuple[LocalHandle, str | None]:
-        return ingest_area(self.store, record.id, handle, self.settings.max_artifact_bytes)
+        return ingest_area(self.areas, record.id, handle, self.settings.max_artifact_bytes)
 
     def poll(self, record: ExperimentRecord) -> RunStatus:
         """Ingest what the driver wrote; its outcome if written; else restart a dead driver."""

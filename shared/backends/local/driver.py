@@ -23,6 +23,7 @@ from shared.hpo.patient_store import patient
 from shared.hpo.run_driver import CancelWatch, run_experiment
 from shared.hpo.worker_watch import WorkerWatch
 from shared.ports import Store
+from shared.records import ExperimentRecord
 from shared.store.compute import ComputeStore
 from shared.telemetry import LOG_FORMAT, set_experiment
 from shared.telemetry.setup import configure
@@ -71,6 +72,21 @@ def dask_client(compute: LocalCompute) -> Iterator[Client]:
         yield client
 
 
+class DashboardReports:
+    """The dashboard's part of a run on the compute: importances refreshed after trials, plots at the end."""
+
+    def __init__(self, store: Store, record: ExperimentRecord) -> None:
+        from shared.dashboard.importance import ImportanceRefresher
+
+        self.store, self.record = store, record
+        self.on_trial_end = ImportanceRefresher(store, record)
+
+    def at_end(self) -> None:
+        from shared.dashboard.artifacts import save_plots_safely
+
+        save_plots_safely(self.store, self.record)
+
+
 def main() -> int:
     """Read the credential (one JSON line on stdin), run the experiment it reaches; 1 on a driver error."""
     area = ComputeStore.from_json(sys.stdin.readline())
@@ -89,7 +105,7 @@ def main() -> int:
         log.error("experiment %s is not a local experiment", experiment_id)
         return 2
     with dask_client(compute) as client:
-        outcome = run_experiment(store, experiment_id, client, cancel)
+        outcome = run_experiment(store, experiment_id, client, cancel, DashboardReports)
     log.info("experiment %s ended %s: %s", experiment_id, outcome.status, outcome.reason)
     return 0 if outcome.status != "FAILED" or outcome.reason != "driver error" else 1
 

@@ -62,9 +62,9 @@ from shared.backends.vmcluster.vms import (
     vm_exists,
 )
 from shared.errors import BackendError, NotFound
-from shared.ports import HandleUpdate, RunDetails, RunState, RunStatus, handle_changes
+from shared.ports import ComputeCredential, HandleUpdate, RunDetails, RunState, RunStatus, areas_of, handle_changes
 from shared.records import ExperimentRecord
-from shared.store.compute import ComputeCredential, ComputeStore
+from shared.store.compute import ComputeStore
 from shared.telemetry.setup import compute_environment
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ class VMClusterBackend:
 
     ``compute_client_factory``/``network_client_factory`` build the ARM clients from a subscription id
     (tests point them at a local ARM server). The cluster meets the control plane in the experiment's
-    compute area (``Store.issue_compute_credential``): the VMs hold its SAS and nothing else.
+    compute area (``ComputeAreas.issue_compute_credential``): the VMs hold its SAS and nothing else.
     """
 
     name = "vmcluster"
@@ -105,6 +105,7 @@ class VMClusterBackend:
         silence_limit_s: float = DEFAULT_SILENCE_LIMIT_S,
     ) -> None:
         self.store = store
+        self.areas = areas_of(store)
         self.settings = settings
         self._compute_factory = compute_client_factory
         self._network_factory = network_client_factory
@@ -124,7 +125,7 @@ class VMClusterBackend:
     def _credential(self, record: ExperimentRecord) -> ComputeCredential:
         """A fresh credential of the experiment's compute area (it lasts the experiment's timeout + 6 h)."""
         ttl = timedelta(seconds=sas_lifetime_s(record.run_spec))
-        return self.store.issue_compute_credential(record.id, ttl)
+        return self.areas.issue_compute_credential(record.id, ttl)
 
     def _compute(self, record: ExperimentRecord) -> VMClusterCompute:
         compute = record.spec.compute if record.spec is not None else None
@@ -330,7 +331,7 @@ class VMClusterBackend:
         return _status(before, RunState.RUNNING, handle, details=seen)
 
     def _ingest(self, record: ExperimentRecord, handle: VMClusterHandle) -> tuple[VMClusterHandle, str | None]:
-        return ingest_area(self.store, record.id, handle, self.settings.max_artifact_bytes)
+        return ingest_area(self.areas, record.id, handle, self.settings.max_artifact_bytes)
 
     def _boot_notes(self, experiment_id: str) -> list[dict[str, Any]]:
         """What the VMs' ``boot.py`` reported of failed starts (``artifacts/boot/<vm>.json``), newest first."""
@@ -434,7 +435,7 @@ class VMClusterBackend:
                 network_client, resource_group=handle.network.resource_group, handle=handle.network, retry=self.retry
             )
         if handle.area:
-            self.store.revoke_compute_credential(record.id)
+            self.areas.revoke_compute_credential(record.id)
         return handle_changes(before, handle)
 
     # ------------------------------------------------------------------------------------- the sweep
