@@ -22,10 +22,11 @@ from azure.storage.queue import QueueServiceClient
 
 from shared.config import DRIVER_OUTCOME_ARTIFACT
 from shared.errors import NotFound
+from shared.ports import ComputeCredential
 from shared.records import ExperimentRecord, ExperimentStatus, TrialRecord, TrialState
 from shared.spec import load_spec
 from shared.store import AzureStore, LocalStore
-from shared.store.compute import ComputeCredential, ComputeStore, ContainerArea, FolderArea, area_name
+from shared.store.compute import ComputeStore, ContainerArea, FolderArea, area_name
 from shared.store.ingest import CONTROL_BLOBS, MAX_OTHER_BLOBS, trial_budget
 from tests.control_plane import tiny_spec
 

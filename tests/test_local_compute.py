@@ -59,7 +59,7 @@ def test_a_trial_past_the_budget_in_the_local_area_fails_the_run_unread(harness:
     backend = harness.backend()
     record = new_record(harness, limits={"max_total_trials": 2, "max_concurrent_trials": 1})
     record = apply_update(harness, record, {"area": True})
-    area = ComputeStore.from_credential(harness.ctx.store.issue_compute_credential(record.id, timedelta(hours=1)))
+    area = ComputeStore.from_credential(harness.ctx.areas.issue_compute_credential(record.id, timedelta(hours=1)))
     forged = TrialRecord(experiment_id=record.id, number=99, params={}, state=TrialState.COMPLETED, value=1.0)
     area.area.put(f"{TRIALS_PREFIX}{forged.number:010d}.json", forged.model_dump_json().encode())
     status = backend.poll(record)

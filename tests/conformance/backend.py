@@ -88,7 +88,7 @@ class LocalHarness(Harness):
 
     def _area(self, record: ExperimentRecord) -> ComputeStore:
         """What the driver wrote so far, as it wrote it (the store has it only once a poll ingested it)."""
-        return ComputeStore.from_credential(self.ctx.store.issue_compute_credential(record.id, timedelta(hours=1)))
+        return ComputeStore.from_credential(self.ctx.areas.issue_compute_credential(record.id, timedelta(hours=1)))
 
     def finish(self, record: ExperimentRecord, state: RunState) -> None:
         handle = LocalHandle.model_validate(record.backend_state)
@@ -166,7 +166,7 @@ class VMClusterHarness(Harness):
         the model (on success) and the outcome."""
         from shared.store.compute import ComputeStore
 
-        credential = self.ctx.store.issue_compute_credential(record.id, timedelta(hours=1))
+        credential = self.ctx.areas.issue_compute_credential(record.id, timedelta(hours=1))
         compute = ComputeStore.from_credential(credential)
         status = {RunState.SUCCEEDED: "COMPLETED", RunState.FAILED: "FAILED", RunState.CANCELLED: "CANCELLED"}[state]
         if state is RunState.SUCCEEDED:
@@ -184,7 +184,7 @@ class VMClusterHarness(Harness):
         from shared.backends.vmcluster.exchange import HEARTBEAT_ARTIFACT
         from shared.store.compute import ComputeStore
 
-        credential = self.ctx.store.issue_compute_credential(record.id, timedelta(hours=1))
+        credential = self.ctx.areas.issue_compute_credential(record.id, timedelta(hours=1))
         compute = ComputeStore.from_credential(credential)
         compute.put_trial(completed_trial(record.id))
         compute.put_artifact(record.id, HEARTBEAT_ARTIFACT, json.dumps({"at": utcnow().isoformat()}).encode())
