@@ -104,10 +104,11 @@ def figures(trials: list[TrialRecord], target: float, budget: float) -> dict[str
     spent, reached, best_in_budget = 0.0, math.inf, -math.inf
     for trial in trials:
         spent += trial.duration_s or 0.0
-        done = trial.state is TrialState.COMPLETED and trial.value is not None
-        if done and trial.value >= target - 1e-12 and reached == math.inf:
+        if trial.state is not TrialState.COMPLETED or trial.value is None:
+            continue
+        if trial.value >= target - 1e-12 and reached == math.inf:
             reached = spent
-        if done and spent <= budget + 1e-9:
+        if spent <= budget + 1e-9:
             best_in_budget = max(best_in_budget, trial.value)
     best = max((t.value for t in trials if t.state is TrialState.COMPLETED and t.value is not None), default=-math.inf)
     pruned = sum(t.state is TrialState.PRUNED for t in trials)
