@@ -10,6 +10,7 @@ Prints:
   ``rapids-hpo watch`` (one frame of the ended experiment): each with its latency and payload size.
 
     python bench/large_experiment.py [--trials 10000] [--skip-journal]
+    python bench/large_experiment.py --reads-only   # the reads alone, on trial records written directly
 """
 
 from __future__ import annotations
@@ -76,6 +77,39 @@ def slices(store: LocalStore, size: int = 1000) -> list[float]:
     return rates
 
 
+def write_trials(folder: Path, spec: object) -> None:
+    """The experiment and its trials as the driver leaves them (ended, 3 folds each), written directly."""
+    from datetime import timedelta
+
+    from bench.noop_trial import fold_value
+    from shared.records import ExperimentRecord, FoldResult, TrialRecord, TrialState, utcnow
+
+    store = LocalStore(folder)
+    record = ExperimentRecord(id=EXPERIMENT, name="noop", spec=spec.to_document())  # type: ignore[attr-defined]
+    record = store.create_experiment(record)
+    start = utcnow()
+    trials = []
+    for number in range(spec.limits.max_total_trials):  # type: ignore[attr-defined]
+        params = {"max_features": 0.2 + (number % 80) / 100, "n_estimators": 20}
+        values = [fold_value(params, step) for step in (1, 2, 3)]
+        means = {step: sum(values[:step]) / step for step in (1, 2, 3)}
+        folds = [FoldResult(step=step, scores={"accuracy": values[step - 1]}) for step in (1, 2, 3)]
+        at = start + timedelta(milliseconds=20 * number)
+        trials.append(
+            TrialRecord(
+                experiment_id=EXPERIMENT, number=number, params=params, sampler_params=params,
+                state=TrialState.COMPLETED, value=means[3], intermediate=means, folds=folds,
+                metrics={"accuracy": means[3]}, started_at=at, ended_at=at, duration_s=0.01,
+            )
+        )  # fmt: skip
+    for trial in trials:
+        store.put_trial(trial)
+    best = best_of(trials, "maximize")
+    store.update_experiment(
+        updated(record, status=ExperimentStatus.COMPLETED, trials_done=len(trials), trials_total=len(trials), best=best)
+    )
+
+
 def serve_and_measure(home: Path) -> None:
     port = _free_port()
     env = {**os.environ, "RAPIDS_HPO_HOME": str(home), "RAPIDS_HPO_FUNCTION_KEY": KEY, "PYTHONPATH": str(ROOT)}
@@ -127,7 +161,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=10_000)
     parser.add_argument("--skip-journal", action="store_true", help="do not run Optuna's recipe beside it")
+    parser.add_argument("--reads-only", action="store_true", help="write the trial records directly, time the reads")
     args = parser.parse_args()
+    if args.reads_only:
+        with tempfile.TemporaryDirectory(prefix="large-") as folder:
+            write_trials(Path(folder) / "store", noop_spec(args.trials, pruner=False))
+            print(f"trials={args.trials} written directly (3 folds each); store {folder_bytes(Path(folder)):,} bytes")
+            serve_and_measure(Path(folder))
+        return
     spec = noop_spec(args.trials, pruner=False)
     with tempfile.TemporaryDirectory(prefix="large-") as folder:
         home = Path(folder)
