@@ -166,3 +166,31 @@ def test_a_multi_objective_run_keeps_constraints_and_serves_its_front(ctx: Conte
     assert view["infeasible"] == len(trials) - len(feasible) and view["front"][0]["best"]
     assert view["front"][0]["number"] == outcome.best.number and "primary_metric" in view["best_rule"]
     assert client.get("/api/experiments/exp-nowhere/pareto").status_code == 404
+
+
+def test_the_dashboard_draws_the_front_the_dominated_and_the_infeasible(ctx: Context) -> None:
+    from shared.dashboard.charts import pareto
+
+    spec = load_spec(spec_document())
+    experiment = ExperimentRecord(id="exp-front", name=spec.name, spec=spec.to_document())
+    ctx.store.create_experiment(experiment)
+    points = {0: ((0.9, 60.0), False), 1: ((0.8, 40.0), True), 2: ((0.7, 45.0), True), 3: ((0.6, 10.0), True)}
+    for number, (values, feasible) in points.items():
+        ctx.store.put_trial(record(number, values, feasible).model_copy(update={"experiment_id": "exp-front"}))
+    chart = pareto(ctx.store.get_experiment("exp-front"), ctx.store.list_trials("exp-front"))
+    drawn = {series.label: sorted(series.points) for series in chart.series}
+    assert drawn == {
+        "Pareto front": [(0.6, 10.0), (0.8, 40.0)],
+        "dominated": [(0.7, 45.0)],
+        "infeasible (a constraint broken)": [(0.9, 60.0)],
+    }
+    assert (chart.x_label, chart.y_label) == ("accuracy", "model_size_mb")
+    client = TestClient(create_api(context=ctx), base_url="http://localhost")
+    page = client.get("/api/ui/experiments/exp-front").text
+    assert 'data-chart="pareto"' in page and "infeasible (a constraint broken)" in page
+    svg = client.get("/api/experiments/exp-front/plots/pareto.svg")
+    assert svg.status_code == 200 and "Pareto front" in svg.text
+    one = load_spec(tiny_spec())
+    ctx.store.create_experiment(ExperimentRecord(id="exp-one", name=one.name, spec=one.to_document()))
+    assert client.get("/api/experiments/exp-one/plots/pareto.svg").status_code == 404
+    assert 'data-chart="pareto"' not in client.get("/api/ui/experiments/exp-one").text

@@ -18,7 +18,7 @@ import json
 import logging
 from typing import Any
 
-from shared.dashboard.charts import CHART_NAMES, build_charts
+from shared.dashboard.charts import build_charts
 from shared.dashboard.importance import IMPORTANCES_ARTIFACT, ImportanceDocument, compute_importances
 from shared.dashboard.pages import chart_page, report_page
 from shared.dashboard.svg import render
@@ -80,7 +80,8 @@ def _save_charts(
 ) -> list[str]:
     written = []
     charts = build_charts(record, trials, importance_doc)
-    for name, chart in zip(CHART_NAMES, charts, strict=True):
+    for chart in charts:  # CHART_NAMES, and the Pareto front's with several objectives
+        name = chart.name
         files = {f"{name}.svg": render(chart).encode(), f"{name}.html": chart_page(record, chart).encode()}
         if to_png is not None:
             files[f"{name}.png"] = to_png(chart)

@@ -14,7 +14,9 @@ from typing import Any, Literal
 from shared.records import ExperimentRecord, TrialRecord, TrialState
 
 CHART_NAMES = ("history", "intermediate", "parallel", "importances")
-"""The charts of an experiment, in page order; also the stems of the files under ``plots/``."""
+"""The charts of an experiment, in page order; also the stems of the files under ``plots/``. An experiment
+with several objectives (``objective.also``) has one more, :data:`PARETO` (:func:`pareto`)."""
+PARETO = "pareto"
 
 MARKER_LIMIT = 100
 """Above this many trials the per-fold chart draws lines without a marker per point."""
@@ -225,10 +227,41 @@ def importances(document: dict[str, Any] | None) -> BarChart:
     return BarChart("importances", "Hyperparameter importances", bars, note, empty=document.get("error") or "n/a")
 
 
+def multi_objective(record: ExperimentRecord) -> bool:
+    return record.spec is not None and record.spec.objective.multi
+
+
+def pareto(record: ExperimentRecord, trials: list[TrialRecord]) -> XYChart:
+    """The first two objectives of every completed trial: the Pareto front (``shared/pareto.py``), the
+    trials it dominates and the infeasible ones (an experiment of several objectives only)."""
+    from shared.pareto import objective_point, pareto_front
+
+    spec = record.spec
+    assert spec is not None and spec.objective.multi, "an experiment of several objectives"
+
+    x_name, y_name = spec.objective.metrics[:2]
+    front = {t.number for t, _ in pareto_front(spec, trials)}
+    groups: dict[str, list[tuple[float, float]]] = {"front": [], "dominated": [], "infeasible": []}
+    left_out = 0
+    for trial in sorted(trials, key=_number):
+        point = objective_point(spec, trial) if trial.state is TrialState.COMPLETED else None
+        if point is None or not (drawable(point[0]) and drawable(point[1])):
+            left_out += trial.state is TrialState.COMPLETED
+            continue
+        kind = "front" if trial.number in front else "infeasible" if trial.feasible is False else "dominated"
+        groups[kind].append((point[0], point[1]))
+    series = [
+        Series("Pareto front", sorted(groups["front"]), "line", "best"),
+        Series("dominated", groups["dominated"], "scatter", "completed"),
+        Series("infeasible (a constraint broken)", groups["infeasible"], "scatter", "failed"),
+    ]
+    return XYChart(PARETO, "Pareto front", x_name, y_name, [s for s in series if s.points], left_out=left_out)
+
+
 def build_charts(
     record: ExperimentRecord, trials: list[TrialRecord], importance_doc: dict[str, Any] | None
 ) -> list[Chart]:
-    """The four charts of an experiment, in :data:`CHART_NAMES` order."""
+    """The charts of an experiment, in :data:`CHART_NAMES` order, then the Pareto front's with several objectives."""
     metric, goal = objective(record)
     names = record.searched
     return [
@@ -236,6 +269,7 @@ def build_charts(
         intermediate(trials, metric),
         parallel(trials, names, metric, goal, ended=record.status.terminal),
         importances(importance_doc),
+        *([pareto(record, trials)] if multi_objective(record) else []),
     ]
 
 

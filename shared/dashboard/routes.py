@@ -20,7 +20,7 @@ from shared.backends.outcome import read_data_check
 from shared.config import EXPERIMENT_ID_PATTERN, MODEL_PREFIX
 from shared.context import Context, get_context
 from shared.dashboard.artifacts import MEDIA_TYPES, PLOTS_PREFIX
-from shared.dashboard.charts import CHART_NAMES, build_charts
+from shared.dashboard.charts import CHART_NAMES, PARETO, build_charts
 from shared.dashboard.importance import IMPORTANCES_ARTIFACT, ImportanceDocument
 from shared.dashboard.pages import chart_page, experiment_page, index_page, report_page
 from shared.dashboard.svg import render
@@ -211,8 +211,9 @@ def get_plot(
     importance_doc = _importances(ctx, experiment_id)
     if stem == "report" and suffix == "html":
         return Response(report_page(record, trials, importance_doc), media_type=media_type, headers=PLOT_HEADERS)
-    if stem in CHART_NAMES and suffix in {"svg", "html"}:
-        chart = build_charts(record, trials, importance_doc)[CHART_NAMES.index(stem)]
-        body = render(chart) if suffix == "svg" else chart_page(record, chart)
-        return Response(body, media_type=media_type, headers=PLOT_HEADERS)
+    if stem in (*CHART_NAMES, PARETO) and suffix in {"svg", "html"}:
+        chart = next((c for c in build_charts(record, trials, importance_doc) if c.name == stem), None)
+        if chart is not None:  # the Pareto front's only with several objectives
+            body = render(chart) if suffix == "svg" else chart_page(record, chart)
+            return Response(body, media_type=media_type, headers=PLOT_HEADERS)
     raise HTTPException(404, f"experiment {experiment_id!r} has no plot {name!r} (status {record.status.value})")
