@@ -222,7 +222,7 @@ def test_cancel_stops_running_trials(store, dask_client):
     experiment_id = None
 
     def cancel_once_trials_run() -> bool:
-        trials = store.list_trials(experiment_id) if experiment_id else []
+        trials: list[TrialRecord] = store.list_trials(experiment_id) if experiment_id else []
         return any(t.state is TrialState.RUNNING for t in trials)
 
     spec = make_spec(

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from shared.backends.arm import RetrySettings
+from shared.backends.vmcluster.handle import NetworkHandle
 from shared.backends.vmcluster.network import (
-    NetworkHandle,
     delete_network_resources,
     ensure_network,
     find_orphaned_networks,

@@ -23,10 +23,17 @@ from optuna.samplers import BaseSampler
 from shared.api import create_api
 from shared.backends import COMPUTE_SECTIONS
 from shared.context import set_context
-from shared.cost.estimate import first_stop_fraction, run_time_range
+from shared.cost.estimate import run_time_range
 from shared.hpo.search_space import make_pruner, make_sampler
 from shared.spec import ExperimentSpec, SpecError, load_spec
-from shared.spec.search_table import PRUNERS, SAMPLERS, SearchEntry, azureml_policy, azureml_sampler
+from shared.spec.search_table import (
+    PRUNERS,
+    SAMPLERS,
+    SearchEntry,
+    azureml_policy,
+    azureml_sampler,
+    first_stop_fraction,
+)
 from tests.control_plane import local_context
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -168,6 +168,7 @@ def test_provision_boot_trials_outcome_model_teardown(
     record, status = _run(backend, standin, record)
 
     assert status.state is RunState.SUCCEEDED, (status, standin.logs())
+    assert status.outcome is not None
     outcome = status.outcome.model_dump(mode="json")
     assert outcome["status"] == "COMPLETED" and outcome["best"] is not None
     trials = _trials(backend, record.id)
