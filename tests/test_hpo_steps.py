@@ -72,6 +72,10 @@ def test_a_real_xgboost_experiment_in_rounds_records_round_steps(store: LocalSto
     assert set(trials[12].intermediate) <= {4, 8, 12} and 4 in trials[12].intermediate
     completed = [t for t in trials.values() if t.state is TrialState.COMPLETED]
     assert all(t.metrics["step_unit"] == "round" for t in completed) and completed
+    from shared.dashboard.charts import intermediate
+
+    chart = intermediate(list(trials.values()), "accuracy")
+    assert chart.x_label == "round" and "per round" in chart.title
 
 
 def test_azureml_refuses_report_every_naming_the_field() -> None:

@@ -178,9 +178,10 @@ def intermediate(trials: list[TrialRecord], metric: str) -> XYChart:
                     markers=markers,
                 )
             )
-    return XYChart(
-        "intermediate", "Intermediate values per fold", "fold", f"{metric} (running mean)", series, left_out=left_out
-    )
+    units = {t.step_unit for t in trials if t.intermediate}
+    unit = units.pop() if len(units) == 1 else "fold"  # trial.report_every: rounds, trees or percent of rows
+    title = "Intermediate values per fold" if unit == "fold" else f"Intermediate values per {unit} (all folds)"
+    return XYChart("intermediate", title, unit, f"{metric} (running mean)", series, left_out=left_out)
 
 
 def parallel(
