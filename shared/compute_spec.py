@@ -7,7 +7,7 @@ registry (:mod:`shared.backends`) makes the spec's ``compute`` union of them. Th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, ClassVar, TypeVar, get_args
+from typing import TYPE_CHECKING, Annotated, ClassVar, Protocol, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict
 from pydantic.fields import FieldInfo
@@ -15,7 +15,19 @@ from pydantic.fields import FieldInfo
 from shared.cost.billing import BillingProfile, Tier
 
 if TYPE_CHECKING:
+    from shared.config import AzureMLSettings, AzureSettings
     from shared.spec import ExperimentSpec
+
+
+class HostedSettings(Protocol):
+    """What a section's hosted rules may read of the deployment (``SpecPolicy`` carries it)."""
+
+    @property
+    def azure(self) -> AzureSettings: ...
+
+    @property
+    def azureml(self) -> AzureMLSettings: ...
+
 
 RAPIDS_IMAGE = "rapidsai/base:26.10-cuda12-py3.12"
 """The default RAPIDS container image for GPU workers and AzureML trials. Since RAPIDS 25.12 a tag names
@@ -121,9 +133,9 @@ class ComputeSection(Strict):
         sizes it can."""
         return None
 
-    def hosted_problems(self, spec: ExperimentSpec) -> list[Problem]:
-        """What a hosted deployment refuses in this section, given the rest of ``spec`` (paths from the spec's
-        root; ``[]``: none)."""
+    def hosted_problems(self, spec: ExperimentSpec, settings: HostedSettings) -> list[Problem]:
+        """What a hosted deployment refuses in this section, given the rest of ``spec`` and the deployment's
+        ``settings`` (paths from the spec's root; ``[]``: none)."""
         return []
 
     def billing(self, spec: ExperimentSpec, vm_size: str | None = None, tier: Tier | None = None) -> BillingProfile:

@@ -162,6 +162,35 @@ class AzureSettings:
 
 
 @dataclass(frozen=True)
+class AzureMLSettings:
+    """What the azureml backend uses of this deployment: its workspace, the identity its clusters run as,
+    and what a hosted deployment lets a spec touch there (``""``: the backend's default)."""
+
+    workspace: str = ""
+    """``AZUREML_WORKSPACE``."""
+    compute_identity: ManagedIdentity | None = None
+    """``AZUREML_COMPUTE_IDENTITY_ID`` and ``_CLIENT_ID``: jobs run as the clusters' managed identity."""
+    compute_allowlist: tuple[str, ...] = ()
+    """``AZUREML_COMPUTE_ALLOWLIST``: clusters this deployment did not create that its jobs may use."""
+    model_prefix: str = ""
+    """``AZUREML_MODEL_PREFIX``: the names this deployment registers models under."""
+    image_pattern: str = ""
+    """``AZUREML_IMAGE_PATTERN``: the trial images a hosted deployment accepts."""
+
+    @classmethod
+    def from_env(cls) -> AzureMLSettings:
+        return cls(
+            workspace=env("AZUREML_WORKSPACE").strip(),
+            compute_identity=ManagedIdentity.named(
+                env("AZUREML_COMPUTE_IDENTITY_ID"), env("AZUREML_COMPUTE_IDENTITY_CLIENT_ID")
+            ),
+            compute_allowlist=tuple(env("AZUREML_COMPUTE_ALLOWLIST").replace(",", " ").split()),
+            model_prefix=env("AZUREML_MODEL_PREFIX").strip(),
+            image_pattern=env("AZUREML_IMAGE_PATTERN").strip(),
+        )
+
+
+@dataclass(frozen=True)
 class Settings:
     """The settings one process runs with, read from the environment once."""
 
@@ -180,6 +209,7 @@ class Settings:
     max_artifact_bytes: int = 2 * 1024**3
     """``RAPIDS_HPO_MAX_ARTIFACT_BYTES``: the quota on what one experiment's compute writes (all blobs)."""
     azure: AzureSettings = field(default_factory=AzureSettings)
+    azureml: AzureMLSettings = field(default_factory=AzureMLSettings)
     """The deployment's Azure defaults and identities (the backends read them from here, never the
     environment)."""
 
@@ -200,6 +230,7 @@ class Settings:
             trusted_hosts=_trusted_hosts(),
             max_artifact_bytes=int(env("RAPIDS_HPO_MAX_ARTIFACT_BYTES")),
             azure=AzureSettings.from_env(),
+            azureml=AzureMLSettings.from_env(),
         )
 
 

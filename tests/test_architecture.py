@@ -133,11 +133,6 @@ CALL_TIME_READS = {
     "shared/api.py": "create_api falls back to AuthSettings.from_env() when no settings are passed",
     "shared/events/__init__.py": "the Event Grid topic is read when the announcer is opened",
     "shared/cost/catalogue.py": "RAPIDS_HPO_PRICES_FILE is read when the catalogue is first loaded",
-    "shared/backends/azureml/scope.py": "AzureMLScope.from_env: the hosted rules read the scope at validation",
-    "shared/backends/azureml/section.py": "hosted_problems asks AzureMLScope.from_env()",
-    "shared/backends/azureml/backend.py": "the backend's scope and identity default to the environment's",
-    "shared/backends/azureml/sweep_job.py": "ComputeIdentity.from_env",
-    "shared/backends/azureml/workspace.py": "workspace_settings defaults to the environment's",
 }
 """Call-time reads left (issue 21b): each is to take a typed sub-settings passed in; none may be added."""
 

@@ -62,6 +62,7 @@ from shared.backends.azureml import (
     workspace_settings,
 )
 from shared.backends.azureml.section import AzureMLCompute
+from shared.config import AzureMLSettings, AzureSettings
 from shared.context import Context
 from shared.errors import BackendError
 from shared.ports import ComputeBackend, RunState
@@ -1037,18 +1038,17 @@ def test_client_submit_looks_up_before_it_creates() -> None:
         client.get("other")
 
 
-def test_workspace_settings_from_spec_or_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AZURE_SUBSCRIPTION_ID", "env-sub")
-    monkeypatch.setenv("AZURE_RESOURCE_GROUP", "env-rg")
-    monkeypatch.delenv("AZUREML_WORKSPACE", raising=False)
-    assert workspace_settings(AzureMLCompute(workspace="ws")) == ("env-sub", "env-rg", "ws")
-    assert workspace_settings(AzureMLCompute(subscription_id="s", resource_group="r", workspace="w")) == (
+def test_workspace_settings_from_spec_or_the_deployment() -> None:
+    azure, azureml = AzureSettings(subscription_id="env-sub", resource_group="env-rg"), AzureMLSettings()
+    assert workspace_settings(AzureMLCompute(workspace="ws"), azure, azureml) == ("env-sub", "env-rg", "ws")
+    compute = AzureMLCompute(subscription_id="s", resource_group="r", workspace="w")
+    assert workspace_settings(compute, azure, azureml) == (
         "s",
         "r",
         "w",
     )
     with pytest.raises(BackendError, match="AZUREML_WORKSPACE") as caught:
-        workspace_settings(AzureMLCompute())
+        workspace_settings(AzureMLCompute(), azure, azureml)
     assert caught.value.retryable is False
 
 

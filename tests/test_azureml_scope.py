@@ -6,6 +6,7 @@ tests/test_azureml_workspace.py against the AzureML stand-in."""
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 
 from shared.api import create_api
 from shared.backends.azureml.scope import DEFAULT_IMAGE_PATTERN, AzureMLScope, cluster_problem, model_problem
+from shared.config import AzureMLSettings
 from shared.context import set_context
 from shared.spec import SpecError, SpecPolicy, validate_spec
 from tests.control_plane import local_context
@@ -82,9 +84,8 @@ def test_no_other_registry_passes_the_default_pattern(host: str, tag: str) -> No
 
 
 def test_the_api_answers_422_naming_each_field(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AZUREML_MODEL_PREFIX", "team-a-")
     context = local_context(tmp_path)
-    context.settings = context.settings.__class__(**{**context.settings.__dict__, "hosted": True})
+    context.settings = replace(context.settings, hosted=True, azureml=AzureMLSettings(model_prefix="team-a-"))
     set_context(context)
     try:
         document = azureml_spec(

@@ -10,6 +10,7 @@ job body it receives is checked against the REST models azure-ai-ml ships. Nothi
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from shared.backends.azureml import (
 )
 from shared.backends.azureml.scope import AzureMLScope
 from shared.backends.azureml.sweep_job import azureml_compute
+from shared.config import AzureMLSettings, AzureSettings
 from shared.context import Context
 from shared.errors import BackendError
 from shared.records import ExperimentStatus, TrialState
@@ -251,18 +253,18 @@ UAI = "/subscriptions/sub-1/resourceGroups/rg-1/providers/Microsoft.ManagedIdent
 
 
 @pytest.fixture
-def deployment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The workspace comes from the deployment's settings (a hosted spec cannot name one)."""
-    for name, value in {
-        "AZURE_SUBSCRIPTION_ID": "sub-1",
-        "AZURE_RESOURCE_GROUP": "rg-1",
-        "AZUREML_WORKSPACE": "ws-1",
-    }.items():
-        monkeypatch.setenv(name, value)
+def deployment() -> None:
+    """The workspace comes from the deployment's settings (a hosted spec cannot name one): see
+    :func:`hosted_backend`."""
 
 
 def hosted_backend(ctx: Context, workspace: AzureMLStandIn, **scope: Any) -> AzureMLBackend:
-    ctx.settings = ctx.settings.__class__(**{**ctx.settings.__dict__, "hosted": True})
+    ctx.settings = replace(
+        ctx.settings,
+        hosted=True,
+        azure=AzureSettings(subscription_id="sub-1", resource_group="rg-1"),
+        azureml=AzureMLSettings(workspace="ws-1"),
+    )
     return AzureMLBackend(
         ctx.store,
         ctx.settings,

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import PurePosixPath, PureWindowsPath
 from urllib.parse import urlsplit
 
 from shared.backends import backends_where
-from shared.config import Settings
+from shared.config import AzureMLSettings, AzureSettings, Settings
 from shared.spec.errors import SpecError, format_loc
 
 AZURE_STORAGE_SUFFIXES: tuple[str, ...] = (".blob.core.windows.net", ".dfs.core.windows.net")
@@ -60,10 +60,15 @@ class SpecPolicy:
     hosted: bool = False
     data_hosts: tuple[str, ...] = ()
     """Extra data hosts allowed in hosted mode (``RAPIDS_HPO_DATA_HOSTS``), lower-case."""
+    azure: AzureSettings = field(default_factory=AzureSettings)
+    azureml: AzureMLSettings = field(default_factory=AzureMLSettings)
+    """What the sections' hosted rules read of the deployment (``ComputeSection.hosted_problems``)."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SpecPolicy:
-        return cls(hosted=settings.hosted, data_hosts=settings.data_hosts)
+        return cls(
+            hosted=settings.hosted, data_hosts=settings.data_hosts, azure=settings.azure, azureml=settings.azureml
+        )
 
     def check(self, spec: object) -> None:
         """Raise :class:`SpecError` naming ``compute.backend`` / ``dataset.uri`` when hosted mode refuses, or
@@ -84,7 +89,7 @@ class SpecPolicy:
                     f"hosted deployment never does: use {others}",
                 }
             )
-        errors += [{"loc": format_loc(loc), "msg": msg} for loc, msg in compute.hosted_problems(spec)]
+        errors += [{"loc": format_loc(loc), "msg": msg} for loc, msg in compute.hosted_problems(spec, self)]
         problem = self.uri_problem(uri)
         if problem:
             errors.append({"loc": "dataset.uri", "msg": problem})

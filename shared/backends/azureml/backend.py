@@ -105,9 +105,11 @@ class AzureMLBackend:
         :class:`ComputeIdentity`); the scope's workspace checks apply in hosted mode only."""
         self.store = store
         self.settings = settings
-        self.scope = scope or AzureMLScope.from_env()
-        self.identity = identity if identity is not None else ComputeIdentity.from_env()
-        self._factory: ClientFactory = client_factory or AzureMLClient.from_compute
+        self.scope = scope or AzureMLScope.of(settings.azure, settings.azureml)
+        self.identity = identity if identity is not None else ComputeIdentity.of(settings.azureml)
+        self._factory: ClientFactory = client_factory or (
+            lambda compute: AzureMLClient.from_compute(compute, settings.azure, settings.azureml)
+        )
         self._clients: dict[tuple[str | None, ...], WorkspaceClient] = {}
 
     # -- helpers
@@ -160,7 +162,9 @@ class AzureMLBackend:
                 f"{compute.vm_size}: set compute.vm_size to {size} or choose another compute_name",
                 retryable=False,
             )
-        subscription, resource_group, workspace = workspace_settings(compute)
+        subscription, resource_group, workspace = workspace_settings(
+            compute, self.settings.azure, self.settings.azureml
+        )
         update = {
             "compute_name": compute.compute_name,
             "subscription_id": subscription,

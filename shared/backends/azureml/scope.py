@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from shared.config import env
+from shared.config import AzureMLSettings, AzureSettings
 
 TAG_INSTANCE = "rapids-hpo.instance"
 """Tag on every cluster and model version a deployment creates: its ``RAPIDS_HPO_INSTANCE_ID``."""
@@ -43,12 +43,13 @@ class AzureMLScope:
     image_pattern: str = DEFAULT_IMAGE_PATTERN
 
     @classmethod
-    def from_env(cls) -> AzureMLScope:
+    def of(cls, azure: AzureSettings, azureml: AzureMLSettings) -> AzureMLScope:
+        """The deployment's scope, from its settings (read once at the edge)."""
         return cls(
-            instance_id=env("RAPIDS_HPO_INSTANCE_ID"),
-            compute_allowlist=tuple(env("AZUREML_COMPUTE_ALLOWLIST").replace(",", " ").split()),
-            model_prefix=env("AZUREML_MODEL_PREFIX") or DEFAULT_MODEL_PREFIX,
-            image_pattern=env("AZUREML_IMAGE_PATTERN") or DEFAULT_IMAGE_PATTERN,
+            instance_id=azure.instance_id,
+            compute_allowlist=azureml.compute_allowlist,
+            model_prefix=azureml.model_prefix or DEFAULT_MODEL_PREFIX,
+            image_pattern=azureml.image_pattern or DEFAULT_IMAGE_PATTERN,
         )
 
     def tags(self) -> dict[str, str]:

@@ -7,7 +7,15 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from shared.compute_spec import RAPIDS_IMAGE, ComputeSection, GpuCapacity, Problem, VmSize, gpus_per_node
+from shared.compute_spec import (
+    RAPIDS_IMAGE,
+    ComputeSection,
+    GpuCapacity,
+    HostedSettings,
+    Problem,
+    VmSize,
+    gpus_per_node,
+)
 from shared.cost.billing import BillingModel, BillingProfile, NodeGroup, Tier, spec_tier
 
 if TYPE_CHECKING:
@@ -72,11 +80,11 @@ class AzureMLCompute(ComputeSection):
             cheap_tier=Tier.LOW_PRIORITY,
         )
 
-    def hosted_problems(self, spec: ExperimentSpec) -> list[Problem]:
+    def hosted_problems(self, spec: ExperimentSpec, settings: HostedSettings) -> list[Problem]:
         """The deployment's own workspace, model namespace and image pattern (:mod:`.scope`)."""
         from shared.backends.azureml.scope import AzureMLScope
 
-        scope = AzureMLScope.from_env()
+        scope = AzureMLScope.of(settings.azure, settings.azureml)
         problems: list[Problem] = [
             (("compute", name), "a hosted deployment runs AzureML jobs in its own workspace only: leave it unset")
             for name in ("subscription_id", "resource_group", "workspace")

@@ -40,6 +40,7 @@ from gpu_jobs.params import HYPERPARAMETERS, HyperParameter
 from shared import spec as specs
 from shared.backends.azureml.section import AzureMLCompute
 from shared.compute_spec import compute_section
+from shared.config import AzureMLSettings
 from shared.cost.catalogue import load_catalogue
 from shared.spec import ExperimentSpec, finish_value, quantize
 from shared.spec.search_table import azureml_policy, azureml_sampler
@@ -77,11 +78,10 @@ class ComputeIdentity:
     client_id: str
 
     @classmethod
-    def from_env(cls) -> ComputeIdentity | None:
-        from shared.config import env
-
-        resource_id, client_id = env("AZUREML_COMPUTE_IDENTITY_ID"), env("AZUREML_COMPUTE_IDENTITY_CLIENT_ID")
-        return cls(resource_id, client_id) if resource_id and client_id else None
+    def of(cls, settings: AzureMLSettings) -> ComputeIdentity | None:
+        """The clusters' identity the deployment names (``Settings.azureml.compute_identity``), or None."""
+        named = settings.compute_identity
+        return cls(named.resource_id, named.client_id) if named else None
 
 
 def azureml_compute(spec: ExperimentSpec) -> AzureMLCompute:

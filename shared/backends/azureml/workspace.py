@@ -17,7 +17,7 @@ from azure.core.exceptions import ResourceNotFoundError
 from shared.backends.arm import DEFAULT_RETRY, RetrySettings, arm_call, is_not_found
 from shared.backends.azureml.section import AzureMLCompute
 from shared.backends.azureml.sweep_job import TAG_EXPERIMENT
-from shared.config import env
+from shared.config import AzureMLSettings, AzureSettings
 from shared.errors import BackendError
 from shared.records import RegisteredModel
 
@@ -89,12 +89,12 @@ class WorkspaceClient(Protocol):
     def data_asset_type(self, name: str, version: str | None) -> str: ...
 
 
-def workspace_settings(compute: AzureMLCompute) -> tuple[str, str, str]:
-    """Subscription, resource group and workspace from the spec, else the environment."""
+def workspace_settings(compute: AzureMLCompute, azure: AzureSettings, azureml: AzureMLSettings) -> tuple[str, str, str]:
+    """Subscription, resource group and workspace from the spec, else the deployment's settings."""
     values = {
-        "AZURE_SUBSCRIPTION_ID": compute.subscription_id or env("AZURE_SUBSCRIPTION_ID"),
-        "AZURE_RESOURCE_GROUP": compute.resource_group or env("AZURE_RESOURCE_GROUP"),
-        "AZUREML_WORKSPACE": compute.workspace or env("AZUREML_WORKSPACE"),
+        "AZURE_SUBSCRIPTION_ID": compute.subscription_id or azure.subscription_id,
+        "AZURE_RESOURCE_GROUP": compute.resource_group or azure.resource_group,
+        "AZUREML_WORKSPACE": compute.workspace or azureml.workspace,
     }
     missing = [name for name, value in values.items() if not value]
     if missing:
@@ -139,8 +139,8 @@ class AzureMLClient:
         self.retry = retry
 
     @classmethod
-    def from_compute(cls, compute: AzureMLCompute) -> AzureMLClient:
-        return cls(*workspace_settings(compute))
+    def from_compute(cls, compute: AzureMLCompute, azure: AzureSettings, azureml: AzureMLSettings) -> AzureMLClient:
+        return cls(*workspace_settings(compute, azure, azureml))
 
     def _call(self, action: str, fn: Callable[[], T]) -> T:
         return arm_call(action, fn, self.retry)

@@ -14,6 +14,7 @@ from shared.compute_spec import (
     RAPIDS_IMAGE,
     ComputeSection,
     GpuCapacity,
+    HostedSettings,
     Problem,
     Strict,
     VmSize,
@@ -229,7 +230,7 @@ class VMClusterCompute(ComputeSection):
             gpus, gpus * per_gpu, f"{gpus} GPU(s) x {per_gpu} trial(s) per GPU (worker_options.nthreads)"
         )
 
-    def hosted_problems(self, spec: ExperimentSpec) -> list[Problem]:
+    def hosted_problems(self, spec: ExperimentSpec, settings: HostedSettings) -> list[Problem]:
         """A hosted deployment runs Dask only with TLS: without it, anyone who reaches the scheduler runs code."""
         if self.security:
             return []
