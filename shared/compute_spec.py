@@ -84,18 +84,6 @@ def gpus_per_node(vm_size: str) -> int:
     return size.gpus if size is not None else 0
 
 
-def idle_gpu_warnings(spec: ExperimentSpec) -> list[str]:
-    """A warning when ``limits.max_concurrent_trials`` leaves GPUs the run pays for idle."""
-    capacity = spec.compute.gpu_capacity()
-    concurrency = spec.limits.max_concurrent_trials
-    if capacity is None or concurrency >= min(capacity.trials_at_once, spec.effective_total_trials()):
-        return []
-    return [
-        f"max_concurrent_trials {concurrency} leaves GPUs idle: the compute runs {capacity.trials_at_once} "
-        f"trials at once ({capacity.detail}); leave it out for that default or raise it"
-    ]
-
-
 class ComputeSection(Strict):
     """What every backend's section declares beside its settings: the spec features its backend serves.
 

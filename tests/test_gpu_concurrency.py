@@ -7,9 +7,8 @@ from typing import Any
 
 import pytest
 
-from shared.compute_spec import idle_gpu_warnings
 from shared.cost.catalogue import load_catalogue
-from shared.cost.estimate import spec_warnings
+from shared.cost.estimate import idle_gpu_warnings, spec_warnings
 from shared.spec import load_spec
 
 BASE: dict[str, Any] = {

@@ -132,10 +132,20 @@ def size_warnings(spec: ExperimentSpec, catalogue: Catalogue) -> list[str]:
     return [w for name in sorted(names) if (w := catalogue.check(name).warning)]
 
 
+def idle_gpu_warnings(spec: ExperimentSpec) -> list[str]:
+    """A warning when ``limits.max_concurrent_trials`` leaves GPUs the run pays for idle."""
+    capacity = spec.compute.gpu_capacity()
+    concurrency = spec.limits.max_concurrent_trials
+    if capacity is None or concurrency >= min(capacity.trials_at_once, spec.effective_total_trials()):
+        return []
+    return [
+        f"max_concurrent_trials {concurrency} leaves GPUs idle: the compute runs {capacity.trials_at_once} "
+        f"trials at once ({capacity.detail}); leave it out for that default or raise it"
+    ]
+
+
 def spec_warnings(spec: ExperimentSpec, catalogue: Catalogue) -> list[str]:
     """What the plan and the submit warn about: unknown sizes, and GPUs the concurrency leaves idle."""
-    from shared.compute_spec import idle_gpu_warnings
-
     return size_warnings(spec, catalogue) + idle_gpu_warnings(spec)
 
 
