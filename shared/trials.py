@@ -10,13 +10,18 @@ from shared.records import TrialRecord, TrialState, updated, utcnow
 
 
 def end_running_trials(
-    store: TrialStore, experiment_id: str, error: str, state: TrialState = TrialState.FAILED
+    store: TrialStore,
+    experiment_id: str,
+    error: str,
+    state: TrialState = TrialState.FAILED,
+    trials: list[TrialRecord] | None = None,
 ) -> list[TrialRecord]:
     """Mark every trial still RUNNING in the store ``state`` (FAILED, or CANCELLED when the experiment was)
-    with ``error`` (nothing can still run it); return the records written."""
+    with ``error`` (nothing can still run it); return the records written. ``trials``: the experiment's
+    trials as the caller read them (else they are read here)."""
     now = utcnow()
     written: list[TrialRecord] = []
-    for trial in store.list_trials(experiment_id):
+    for trial in store.list_trials(experiment_id) if trials is None else trials:
         if trial.state is TrialState.RUNNING:
             failed = updated(
                 trial,

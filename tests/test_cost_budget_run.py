@@ -106,11 +106,10 @@ def test_the_control_plane_stops_a_run_at_the_budget_and_completes_it_with_its_b
     assert status_changed(final, "/test").data["cost"] == status["cost"]  # the experiment's status event
 
 
-def test_an_unpriced_run_has_no_ledger(tmp_path):
-    from shared.handlers import machine
+def test_an_unpriced_run_has_no_ledger():
+    from shared.cost.guard import run_ledger
     from shared.records import ExperimentRecord
-    from tests.control_plane import local_context, tiny_spec
+    from tests.control_plane import tiny_spec
 
-    ctx = local_context(tmp_path)
     record = ExperimentRecord(id="exp-x", name="x", spec=tiny_spec(), started_at=datetime.now(UTC))
-    assert machine.cost_ledger(ctx, record) is None
+    assert run_ledger(record, [], datetime.now(UTC)) is None

@@ -230,7 +230,8 @@ def test_saved_plots_cannot_run_script_in_the_dashboards_origin(client, ctx):
     """The compute writes plots/: a hostile one is served sandboxed, with no script allowed."""
     ctx.store.put_artifact(FINISHED, "plots/evil.html", b"<script>fetch('/api/experiments')</script>")
     ctx.store.put_artifact(FINISHED, "plots/sub/Odd Name.html", b"")
-    assert client.get(f"/api/experiments/{FINISHED}/plots").json() == ["evil.html"]  # only servable names
+    names = client.get(f"/api/experiments/{FINISHED}/plots").json()
+    assert "evil.html" in names and not [n for n in names if "/" in n or " " in n]  # only servable names
     response = client.get(f"/api/experiments/{FINISHED}/plots/evil.html")
     policy = response.headers["content-security-policy"]
     assert policy.startswith("sandbox;") and "default-src 'none'" in policy and "script-src" not in policy
@@ -282,19 +283,18 @@ def test_a_hostile_importances_file_never_breaks_the_page(client, ctx, document)
     assert marks == (1 if b"0.5" in document else 0)
 
 
-def test_finalize_saves_svg_and_html_plots_when_the_compute_saved_none(tmp_path):
-    """An AzureML sweep has no driver of ours: the finalize step draws the charts (no PNG there)."""
-    from shared.dashboard.artifacts import ensure_plots
+def test_an_ended_experiment_without_saved_plots_lists_and_serves_the_drawn_ones(client, ctx):
+    """An AzureML sweep has no driver of ours to save plots: the routes list and draw the SVG and HTML forms
+    (no PNG), and no step of the state machine draws anything."""
+    record = make_experiment(ctx.store, "exp-unsaved", trials=6, status=ExperimentStatus.COMPLETED)
+    names = client.get(f"/api/experiments/{record.id}/plots").json()
+    assert "report.html" in names and "history.svg" in names and not [n for n in names if n.endswith(".png")]
+    for name in names:
+        assert client.get(f"/api/experiments/{record.id}/plots/{name}").status_code == 200, name
+    assert ctx.store.list_artifacts(record.id, "plots/") == []  # drawn on request, nothing saved
 
-    context = local_context(tmp_path)
-    record = make_experiment(context.store, FINISHED, trials=6, status=ExperimentStatus.FINALIZING)
-    written = ensure_plots(context.store, record)
-    assert "plots/report.html" in written and "plots/history.svg" in written
-    assert not [n for n in written if n.endswith(".png")]
-    assert ensure_plots(context.store, record) == []  # idempotent: a redelivered finalize keeps them
 
-
-def test_the_state_machine_finalize_step_saves_plots(tmp_path):
+def test_the_state_machine_draws_no_plot_and_the_ended_experiment_serves_them(tmp_path):
     from shared.handlers import handle_event, submit_experiment
     from shared.spec import load_spec
     from tests.control_plane import tiny_spec
@@ -318,8 +318,11 @@ def test_the_state_machine_finalize_step_saves_plots(tmp_path):
         (message,) = context.events.receive(1, visibility_timeout=60)
         handle_event(context, message.body)
         context.events.delete(message)
-    names = context.store.list_artifacts(record.id, "plots/")
-    assert "plots/report.html" in names and "plots/parallel.svg" in names
+    assert context.store.list_artifacts(record.id, "plots/") == []  # no step drew any (issue 21)
+    api = TestClient(create_api(context=context), base_url="http://localhost")
+    names = api.get(f"/api/experiments/{record.id}/plots").json()
+    assert "report.html" in names and "parallel.svg" in names
+    assert "<svg" in api.get(f"/api/experiments/{record.id}/plots/parallel.svg").text
 
 
 def test_the_compute_line_says_only_what_happened():

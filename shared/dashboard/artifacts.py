@@ -3,8 +3,8 @@
 Made on the compute, at the end of the driver (:mod:`shared.hpo.run_driver`): the compute already has
 every trial, Optuna for the importances and matplotlib for the PNGs, and it writes only its own
 experiment's artifacts. The Function App renders nothing heavy: it serves these files, and draws the
-SVG/HTML forms itself (pure Python): on request for a run still going, and saved by the finalize step
-(:func:`ensure_plots`) for an experiment whose compute saved none (an AzureML sweep).
+SVG/HTML forms itself (pure Python), on request: for a run still going, and for an experiment whose
+compute saved none (an AzureML sweep; :mod:`shared.dashboard.routes` lists them for it).
 
 Files: ``<chart>.svg``, ``<chart>.html`` (self-contained) and ``<chart>.png`` for each of
 :data:`~shared.dashboard.charts.CHART_NAMES`, ``report.html`` (every chart and the trial table) and
@@ -13,17 +13,15 @@ Files: ``<chart>.svg``, ``<chart>.html`` (self-contained) and ``<chart>.png`` fo
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from typing import Any
 
 from shared.dashboard.charts import build_charts
-from shared.dashboard.importance import IMPORTANCES_ARTIFACT, ImportanceDocument, compute_importances
+from shared.dashboard.importance import IMPORTANCES_ARTIFACT, compute_importances
 from shared.dashboard.pages import chart_page, report_page
 from shared.dashboard.svg import render
-from shared.errors import NotFound
-from shared.ports import Store, TrialStore
+from shared.ports import TrialStore
 from shared.records import ExperimentRecord, TrialRecord
 
 PLOTS_PREFIX = "plots/"
@@ -54,21 +52,6 @@ def write_plots(store: TrialStore, record: ExperimentRecord) -> list[str]:
     if to_png is None:
         log.warning("matplotlib is not installed: plots/ gets no PNG files")
     return [IMPORTANCES_ARTIFACT, *_save_charts(store, record, trials, importance_doc, to_png)]
-
-
-def ensure_plots(store: Store, record: ExperimentRecord) -> list[str]:
-    """The finalize step's share: when the compute saved no plots (an AzureML sweep, a driver that died),
-    save the SVG and HTML forms, drawn here in pure Python (no PNG, no new importances). Never raises."""
-    try:
-        if store.list_artifacts(record.id, PLOTS_PREFIX + "report.html"):
-            return []
-        importance_doc = None
-        with contextlib.suppress(NotFound):
-            importance_doc = ImportanceDocument.read(store.get_artifact(record.id, IMPORTANCES_ARTIFACT))
-        return _save_charts(store, record, store.list_trials(record.id), importance_doc, None)
-    except Exception:
-        log.warning("plots of %s not saved", record.id, exc_info=True)
-        return []
 
 
 def _save_charts(

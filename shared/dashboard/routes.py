@@ -67,10 +67,19 @@ def _record(ctx: Context, experiment_id: str, caller: Principal, request: Reques
     return check_visible(caller, settings_of(request), record)
 
 
-def _plot_names(ctx: Context, experiment_id: str) -> list[str]:
-    """The saved plots this route serves (names the compute wrote that fit :data:`PLOT_NAME`)."""
-    names = (n.removeprefix(PLOTS_PREFIX) for n in ctx.store.list_artifacts(experiment_id, PLOTS_PREFIX))
-    return [n for n in names if re.fullmatch(PLOT_NAME, n)]
+DRAWN_PLOTS = ("report.html", *(f"{chart}.{form}" for chart in CHART_NAMES for form in ("svg", "html")))
+"""The plots :func:`get_plot` draws from the records (pure Python) when the compute saved none."""
+
+
+def _plot_names(ctx: Context, record: ExperimentRecord) -> list[str]:
+    """The plots this route serves: the names the compute saved that fit :data:`PLOT_NAME` and, for an
+    experiment that ended without saving its report (an AzureML sweep, a driver that died), the SVG and
+    HTML forms drawn on request (so no step of the state machine draws plots)."""
+    names = (n.removeprefix(PLOTS_PREFIX) for n in ctx.store.list_artifacts(record.id, PLOTS_PREFIX))
+    saved = [n for n in names if re.fullmatch(PLOT_NAME, n)]
+    if record.status.terminal and "report.html" not in saved:
+        saved += [name for name in DRAWN_PLOTS if name not in saved]
+    return saved
 
 
 def _importances(ctx: Context, experiment_id: str) -> dict[str, Any] | None:
@@ -110,7 +119,7 @@ def ui_experiment(
 ) -> HTMLResponse:
     record = _record(ctx, experiment_id, caller, request)
     trials = ctx.store.list_trials(experiment_id)
-    plots = _plot_names(ctx, experiment_id)
+    plots = _plot_names(ctx, record)
     has_model = bool(ctx.store.list_artifacts(experiment_id, MODEL_PREFIX))
     nonce = secrets.token_urlsafe(18)
     importances = _importances(ctx, experiment_id)
@@ -177,11 +186,10 @@ def get_study(
 @router.get(
     "/experiments/{experiment_id}/plots",
     response_model=list[str],
-    summary="Names of the plots saved when the experiment ended (PNG, SVG, self-contained HTML)",
+    summary="Names of the plots of an ended experiment (PNG, SVG, HTML; SVG and HTML drawn when none was saved)",
 )
 def list_plots(ctx: ContextDep, caller: Reader, request: Request, experiment_id: ExperimentId) -> list[str]:
-    _record(ctx, experiment_id, caller, request)
-    return _plot_names(ctx, experiment_id)
+    return _plot_names(ctx, _record(ctx, experiment_id, caller, request))
 
 
 @router.get(

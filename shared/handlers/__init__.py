@@ -5,6 +5,7 @@
 - :mod:`shared.handlers.sweeper`: re-drive stalled experiments, delete orphaned compute.
 """
 
+from shared.cost.guard import cost_guard_reason
 from shared.handlers.intake import (
     IdempotencyConflict,
     InvalidRequest,
@@ -19,7 +20,6 @@ from shared.handlers.machine import (
     EVENT_FOR_STATUS,
     MAX_REDRIVES,
     STATUS_FOR_EVENT,
-    cost_guard_reason,
     handle_event,
     progress_updates,
     status_message,

@@ -14,25 +14,31 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from azure.core.exceptions import AzureError
+from pydantic import BaseModel, ConfigDict
 
 from shared.config import MODEL_PREFIX
 from shared.context import Context
-from shared.cost.catalogue import load_catalogue
-from shared.cost.ledger import BUDGET_REACHED, CostLedger, compute_ledger, public_cost, rates_for
-from shared.dashboard.artifacts import ensure_plots
+from shared.cost.guard import budget_stops, cost_guard_reason, run_ledger
+from shared.cost.ledger import BUDGET_REACHED, public_cost
 from shared.errors import BackendError, ConcurrencyConflict, CorruptRecord, NotFound
-from shared.ports import ComputeBackend, RunState, RunStatus, merge_handle
+from shared.ports import RunState, merge_handle
 from shared.records import (
     TERMINAL_STATUSES,
+    BestTrial,
+    CostLedger,
+    EventLog,
     EventType,
     ExperimentEvent,
     ExperimentRecord,
     ExperimentStatus,
     RegisteredModel,
     Transition,
+    TrialRecord,
     TrialState,
     best_of,
     updated,
@@ -47,24 +53,9 @@ log = logging.getLogger(__name__)
 S = ExperimentStatus
 MAX_REDRIVES = 3
 """How often the sweep re-drives a stalled experiment before failing it."""
-STATUS_FOR_EVENT: dict[EventType, frozenset[ExperimentStatus]] = {
-    EventType.PROVISION: frozenset({S.SUBMITTED, S.PROVISIONING}),
-    EventType.SUBMIT_RUN: frozenset({S.PROVISIONING}),
-    EventType.POLL: frozenset({S.RUNNING}),
-    EventType.FINALIZE: frozenset({S.FINALIZING}),
-    EventType.CANCEL: frozenset({S.CANCELLING}),
-    EventType.TEARDOWN: TERMINAL_STATUSES,
-}
 TRANSIENT_ERRORS: tuple[type[Exception], ...] = (ConcurrencyConflict, OSError, AzureError, sqlite3.OperationalError)
 """Errors a step leaves to the message's redelivery: a lost optimistic write, the network, the store being
 busy. Any other error (but a ``BackendError``, which says itself) fails the experiment at once."""
-EVENT_FOR_STATUS: dict[ExperimentStatus, EventType] = {
-    S.SUBMITTED: EventType.PROVISION,
-    S.PROVISIONING: EventType.PROVISION,
-    S.RUNNING: EventType.POLL,
-    S.FINALIZING: EventType.FINALIZE,
-    S.CANCELLING: EventType.CANCEL,
-}
 
 
 def send_event(ctx: Context, event_type: EventType, record: ExperimentRecord, delay: int = 0) -> None:
@@ -78,6 +69,35 @@ def send_event(ctx: Context, event_type: EventType, record: ExperimentRecord, de
     ctx.events.send(event.model_dump_json(), delay_seconds=delay)
 
 
+class StepUpdate(BaseModel):
+    """What a step changes on the record beside its status: only the fields it sets are written. The
+    writer (:func:`transition`) adds what every write carries (the history entry, the fencing token, the
+    times, what users see of the compute's handle)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    trials_done: int | None = None
+    best: BestTrial | None = None
+    last_progress_at: datetime | None = None
+    redrives: int | None = None
+    event_log: EventLog | None = None
+    backend_state: dict[str, Any] | None = None
+    cost: CostLedger | None = None
+    registered_model: RegisteredModel | None = None
+    error: str | None = None
+    started_at: datetime | None = None
+    torn_down: bool | None = None
+    status_emitted: bool | None = None
+
+    def changes(self) -> dict[str, Any]:
+        """The fields this update sets, by name."""
+        return {name: getattr(self, name) for name in self.model_fields_set}
+
+    def __or__(self, other: StepUpdate) -> StepUpdate:
+        """This update with ``other``'s fields laid over it."""
+        return self.model_copy(update=other.changes())
+
+
 def transition(
     ctx: Context,
     record: ExperimentRecord,
@@ -88,14 +108,16 @@ def transition(
     delay: int = 0,
     fence: bool = True,
     announce: bool = True,
-    **updates: Any,
+    update: StepUpdate | None = None,
 ) -> ExperimentRecord:
-    """Write the new status, then send ``next_event``. ``fence`` bumps the fencing token, which makes
-    every event already sent stale; a step that must stay retryable by its own event passes False.
+    """The one writer of the state machine: write the new status and ``update``, then send ``next_event``.
+    ``fence`` bumps the fencing token, which makes every event already sent stale; a step that must stay
+    retryable by its own event passes False.
 
     A status change stages its CloudEvent in the same write; ``announce`` then sends what is staged
     (bounded retries; never raises) before ``next_event``. HTTP paths pass False: the next step sends it.
     """
+    changes = update.changes() if update is not None else {}
     changed, before = status != record.status, record.status
     history = list(record.history)
     if changed:
@@ -105,11 +127,11 @@ def transition(
         "event_seq": record.event_seq + (1 if fence else 0),
         "updated_at": utcnow(),
         "history": history,
-        **updates,
+        **changes,
     }
-    if "backend_state" in updates:  # what users see of the compute follows its handle
+    if "backend_state" in changes:  # what users see of the compute follows its handle
         backend = ctx.backend(record.backend)
-        fields["compute"] = backend.handle_type.model_validate(updates["backend_state"]).compute_report()
+        fields["compute"] = backend.handle_type.model_validate(changes["backend_state"]).compute_report()
     if status in TERMINAL_STATUSES and record.ended_at is None:
         fields.setdefault("ended_at", utcnow())
     candidate = updated(record, **fields)
@@ -146,14 +168,7 @@ def _handle(ctx: Context, event: ExperimentEvent, span: telemetry_steps.Step) ->
     telemetry_steps.step_record(span, record.backend, record.status.value)
     if event.seq != record.event_seq or record.status not in STATUS_FOR_EVENT[event.type]:
         return "stale"
-    step = {
-        EventType.PROVISION: _provision,
-        EventType.SUBMIT_RUN: _submit_run,
-        EventType.POLL: _poll,
-        EventType.FINALIZE: _finalize,
-        EventType.CANCEL: _cancel,
-        EventType.TEARDOWN: _teardown,
-    }[event.type]
+    step = STEPS[event.type]
     try:
         return step(ctx, record)
     except BackendError as exc:
@@ -174,7 +189,7 @@ def _fail_step(ctx: Context, record: ExperimentRecord, reason: str, error: str, 
     current = ctx.store.get_experiment(record.id)
     if current.status in TERMINAL_STATUSES:
         raise exc
-    transition(ctx, current, S.FAILED, reason, next_event=EventType.TEARDOWN, error=error)
+    transition(ctx, current, S.FAILED, reason, next_event=EventType.TEARDOWN, update=StepUpdate(error=error))
     return "failed"
 
 
@@ -184,168 +199,134 @@ def _provision(ctx: Context, record: ExperimentRecord) -> str:
         record = transition(ctx, record, S.PROVISIONING, "provisioning compute", fence=False)
     backend = ctx.backend(record.backend)
     handle = merge_handle(backend, record.backend_state, backend.provision(record))
-    transition(ctx, record, S.PROVISIONING, "provisioned", next_event=EventType.SUBMIT_RUN, backend_state=handle)
+    next_event = EventType.SUBMIT_RUN
+    transition(
+        ctx, record, S.PROVISIONING, "provisioned", next_event=next_event, update=StepUpdate(backend_state=handle)
+    )
     return "provisioned"
 
 
 def _submit_run(ctx: Context, record: ExperimentRecord) -> str:
     backend = ctx.backend(record.backend)
     handle = merge_handle(backend, record.backend_state, backend.submit(record))
-    transition(
-        ctx,
-        record,
-        S.RUNNING,
-        "run submitted",
-        next_event=EventType.POLL,
-        delay=ctx.settings.poll_seconds,
-        backend_state=handle,
-        started_at=record.started_at or utcnow(),
-    )
+    update = StepUpdate(backend_state=handle, started_at=record.started_at or utcnow())
+    delay = ctx.settings.poll_seconds
+    transition(ctx, record, S.RUNNING, "run submitted", next_event=EventType.POLL, delay=delay, update=update)
     return "submitted"
 
 
-def progress_updates(ctx: Context, record: ExperimentRecord) -> dict[str, Any]:
-    """Progress fields from the trial records: done/total, best so far, last progress time, and the
-    events of trials finished since the last step (the compute writes trials; we learn of them here).
+def progress(ctx: Context, record: ExperimentRecord, trials: list[TrialRecord]) -> StepUpdate:
+    """Progress from the trial records: done/total, best so far, last progress time, and the events of
+    trials finished since the last step (the compute writes trials; we learn of them here).
 
     ``trials_done`` counts the trials that ended with a result (completed, pruned, timed out): a failed or
-    cancelled attempt is no progress towards the budget's answer, so a run whose trials all fail shows 0/N, not N/N.
-    Any trial ending, failed or not, still shows the run is alive (``last_progress_at``)."""
-    trials = ctx.store.list_trials(record.id)
+    cancelled attempt is no progress towards the budget's answer, so a run whose trials all fail shows 0/N,
+    not N/N. Any trial ending, failed or not, still shows the run is alive (``last_progress_at``)."""
     unfinished = {TrialState.RUNNING.value, TrialState.FAILED.value, TrialState.CANCELLED.value}
     done = sum(n for state, n in counts_by_state(trials).items() if state not in unfinished)
-    updates: dict[str, Any] = {"trials_done": done, "best": best_of(trials, record.goal) or record.best}
-    updates["event_log"] = ctx.announcer.stage_trials(record, trials)
+    update = StepUpdate(
+        trials_done=done,
+        best=best_of(trials, record.goal) or record.best,
+        event_log=ctx.announcer.stage_trials(record, trials),
+    )
     ended = any(t.ended_at is not None and t.ended_at > record.last_progress_at for t in trials)
     if done != record.trials_done or ended:
-        updates["last_progress_at"] = utcnow()
-        updates["redrives"] = 0  # progress: earlier stalls no longer count against the experiment
-    return updates
+        # progress: earlier stalls no longer count against the experiment
+        update = update | StepUpdate(last_progress_at=utcnow(), redrives=0)
+    return update
+
+
+def progress_updates(ctx: Context, record: ExperimentRecord) -> dict[str, Any]:
+    """:func:`progress` of the stored trials, as the fields it sets (for tests and tools)."""
+    return progress(ctx, record, ctx.store.list_trials(record.id)).changes()
 
 
 def _poll(ctx: Context, record: ExperimentRecord) -> str:
     backend = ctx.backend(record.backend)
-    status = backend.poll(record)
-    updates = progress_updates(ctx, record)
-    if status.updates:
-        updates["backend_state"] = merge_handle(backend, record.backend_state, status.updates)
-    if _budget_stop(ctx, record, backend, status, updates):
+    status = backend.poll(record)  # the compute's new trials reach the store on the way
+    trials, now = ctx.store.list_trials(record.id), utcnow()
+    running = status.state in {RunState.PENDING, RunState.RUNNING}
+    update = progress(ctx, record, trials)
+    handle = merge_handle(backend, record.backend_state, status.updates) if status.updates else None
+    if handle is not None:
+        update = update | StepUpdate(backend_state=handle)
+    driver_stopped = status.outcome is not None and status.outcome.reason == BUDGET_REACHED
+    ledger = run_ledger(record, trials, now, driver_stopped=driver_stopped)
+    if ledger is not None:
+        update = update | StepUpdate(cost=ledger)
+    if budget_stops(ledger, running):
+        # The hard stop: what runs is cancelled; the trials so far are kept and the best one finalized.
+        assert ledger is not None
+        stopped = backend.cancel(record)
+        if stopped:
+            update = update | StepUpdate(backend_state=merge_handle(backend, handle or record.backend_state, stopped))
+        update = update | StepUpdate(cost=ledger.model_copy(update={"stopped": BUDGET_REACHED}))
+        transition(ctx, record, S.FINALIZING, BUDGET_REACHED, next_event=EventType.FINALIZE, update=update)
         return BUDGET_REACHED
-    guard = cost_guard_reason(record)
-    if guard and status.state in {RunState.PENDING, RunState.RUNNING}:
+    guard = cost_guard_reason(record, now)
+    if guard and running:
         backend.cancel(record)
-        transition(ctx, record, S.FAILED, guard, next_event=EventType.TEARDOWN, error=guard, **updates)
+        update = update | StepUpdate(error=guard)
+        transition(ctx, record, S.FAILED, guard, next_event=EventType.TEARDOWN, update=update)
         return "budget exceeded"
     if status.state is RunState.SUCCEEDED:
         why = status.outcome.reason if status.outcome is not None else None  # which limit or rule ended it
         finished = f"run finished: {why}" if why else "run finished"
-        transition(ctx, record, S.FINALIZING, finished, next_event=EventType.FINALIZE, **updates)
+        transition(ctx, record, S.FINALIZING, finished, next_event=EventType.FINALIZE, update=update)
         return "finished"
     if status.state is RunState.FAILED:
-        error = status.error or "the run failed"
-        transition(ctx, record, S.FAILED, "run failed", next_event=EventType.TEARDOWN, error=error, **updates)
+        update = update | StepUpdate(error=status.error or "the run failed")
+        transition(ctx, record, S.FAILED, "run failed", next_event=EventType.TEARDOWN, update=update)
         return "failed"
     if status.state is RunState.CANCELLED:
-        transition(ctx, record, S.CANCELLED, "run cancelled", next_event=EventType.TEARDOWN, **updates)
+        transition(ctx, record, S.CANCELLED, "run cancelled", next_event=EventType.TEARDOWN, update=update)
         return "cancelled"
-    transition(ctx, record, S.RUNNING, "poll", next_event=EventType.POLL, delay=ctx.settings.poll_seconds, **updates)
+    delay = ctx.settings.poll_seconds
+    transition(ctx, record, S.RUNNING, "poll", next_event=EventType.POLL, delay=delay, update=update)
     return "running"
-
-
-def _budget_stop(
-    ctx: Context, record: ExperimentRecord, backend: ComputeBackend, status: RunStatus, updates: dict[str, Any]
-) -> bool:
-    """Put the cost ledger in ``updates``; at ``limits.max_cost`` cancel what runs and finalize (True)."""
-    ledger = cost_ledger(ctx, record)
-    if ledger is None:
-        return False
-    if status.outcome is not None and status.outcome.reason == BUDGET_REACHED:
-        ledger.stopped = BUDGET_REACHED  # the driver stopped launching trials at the budget
-    updates["cost"] = ledger
-    if not (ledger.exhausted and status.state in {RunState.PENDING, RunState.RUNNING}):
-        return False
-    # The hard stop: what runs is cancelled; the trials so far are kept and the best one finalized.
-    stopped = backend.cancel(record)
-    if stopped:
-        updates["backend_state"] = merge_handle(backend, updates.get("backend_state", record.backend_state), stopped)
-    updates["cost"] = ledger.model_copy(update={"stopped": BUDGET_REACHED})
-    transition(ctx, record, S.FINALIZING, BUDGET_REACHED, next_event=EventType.FINALIZE, **updates)
-    return True
-
-
-def cost_ledger(ctx: Context, record: ExperimentRecord) -> CostLedger | None:
-    """The experiment's cost so far (node-seconds x the catalogue's prices), or None when unpriced."""
-    if record.started_at is None:
-        return None
-    spec = record.run_spec
-    rates = rates_for(spec, load_catalogue())
-    if rates is None:
-        return None
-    ledger = compute_ledger(rates, ctx.store.list_trials(record.id), record.started_at, utcnow(), spec.limits.max_cost)
-    if record.cost is not None and record.cost.stopped:
-        ledger.stopped = record.cost.stopped
-    return ledger
-
-
-def cost_guard_reason(record: ExperimentRecord) -> str | None:
-    """Why the cost guard stops this run (None: it does not): past the experiment's timeout (with a
-    grace period), or more node-hours spent than ``compute.max_node_hours`` by the backend's own rule
-    (its compute section's billing profile)."""
-    if record.started_at is None:
-        return None
-    elapsed = (utcnow() - record.started_at).total_seconds()
-    spec = record.run_spec
-    timeout = spec.limits.timeout
-    if timeout is not None and elapsed > float(timeout) * 1.1 + 300:
-        return f"cost guard: running {elapsed:.0f} s, past the experiment timeout of {timeout} s"
-    max_node_hours = getattr(spec.compute, "max_node_hours", None)
-    if max_node_hours:
-        spent = spec.compute.billing(spec).node_hours(elapsed, overheads=False)
-        if spent > float(max_node_hours):
-            return f"cost guard: {spent:.2f} node-hours used, over max_node_hours={max_node_hours}"
-    return None
 
 
 def _finalize(ctx: Context, record: ExperimentRecord) -> str:
     backend = ctx.backend(record.backend)
     handle_update = backend.finalize(record)
-    ensure_plots(ctx.store, record)  # SVG/HTML charts when the compute saved none (pure Python, never raises)
-    updates = progress_updates(ctx, record)
+    trials = ctx.store.list_trials(record.id)
+    update = progress(ctx, record, trials)
     if handle_update:
         handle = merge_handle(backend, record.backend_state, handle_update)
-        updates["backend_state"] = handle
+        update = update | StepUpdate(backend_state=handle)
         if handle.get("registered_model"):
-            updates["registered_model"] = RegisteredModel.model_validate(handle["registered_model"])
-    ledger = cost_ledger(ctx, record)
+            update = update | StepUpdate(registered_model=RegisteredModel.model_validate(handle["registered_model"]))
+    ledger = run_ledger(record, trials, utcnow())
     budget_reached = ledger is not None and ledger.stopped == BUDGET_REACHED
     if ledger is not None:
-        updates["cost"] = ledger
-    best = updates.get("best")
+        update = update | StepUpdate(cost=ledger)
+    best = update.best
     if best is None:
         why = f"{BUDGET_REACHED} before any trial completed" if budget_reached else "no trial completed"
-        transition(ctx, record, S.FAILED, why, next_event=EventType.TEARDOWN, error=record.error or why, **updates)
+        update = update | StepUpdate(error=record.error or why)
+        transition(ctx, record, S.FAILED, why, next_event=EventType.TEARDOWN, update=update)
         return "failed"
-    model_files = ctx.store.list_artifacts(record.id, MODEL_PREFIX)
-    if model_files and best.model_uri is None:
-        updates["best"] = updated(best, model_uri=f"/api/experiments/{record.id}/model")
+    if best.model_uri is None and ctx.store.list_artifacts(record.id, MODEL_PREFIX):
+        update = update | StepUpdate(best=updated(best, model_uri=f"/api/experiments/{record.id}/model"))
     reason = BUDGET_REACHED if budget_reached else "completed"
-    transition(ctx, record, S.COMPLETED, reason, next_event=EventType.TEARDOWN, **updates)
+    transition(ctx, record, S.COMPLETED, reason, next_event=EventType.TEARDOWN, update=update)
     return "completed"
 
 
 def _cancel(ctx: Context, record: ExperimentRecord) -> str:
-    updates: dict[str, Any] = {}
+    update = StepUpdate()
     if record.backend_state:
         backend = ctx.backend(record.backend)
-        updates["backend_state"] = merge_handle(backend, record.backend_state, backend.cancel(record))
-    updates |= progress_updates(ctx, record)
-    transition(ctx, record, S.CANCELLED, "cancelled", next_event=EventType.TEARDOWN, **updates)
+        update = StepUpdate(backend_state=merge_handle(backend, record.backend_state, backend.cancel(record)))
+    update = update | progress(ctx, record, ctx.store.list_trials(record.id))
+    transition(ctx, record, S.CANCELLED, "cancelled", next_event=EventType.TEARDOWN, update=update)
     return "cancelled"
 
 
 def _teardown(ctx: Context, record: ExperimentRecord) -> str:
     """Revoke the compute's credential first (from then on it writes nothing we read), then delete the
-    compute; nothing the compute wrote is read on the way, so nothing it wrote can block this step."""
+    compute; nothing the compute wrote is read on the way, so nothing it wrote can block this step. The
+    status stays; the write goes through :func:`transition` like every other."""
     ctx.areas.revoke_compute_credential(record.id)
     handle = record.backend_state
     if record.backend_state and not record.torn_down:
@@ -353,23 +334,41 @@ def _teardown(ctx: Context, record: ExperimentRecord) -> str:
         handle = merge_handle(backend, record.backend_state, backend.teardown(record))
     # The compute is gone: nothing can still be running.
     stopped = TrialState.CANCELLED if record.status is S.CANCELLED else TrialState.FAILED
-    end_running_trials(ctx.store, record.id, f"stopped: experiment {record.status.value}", stopped)
     trials = ctx.store.list_trials(record.id)
+    why = f"stopped: experiment {record.status.value}"
+    ended = {t.number: t for t in end_running_trials(ctx.store, record.id, why, stopped, trials=trials)}
+    trials = [ended.get(t.number, t) for t in trials]
     if not record.status_emitted:
         ctx.status_queue.send(status_message(record))
-    record = ctx.store.update_experiment(
-        updated(
-            record,
-            torn_down=True,
-            status_emitted=True,
-            event_seq=record.event_seq + 1,
-            updated_at=utcnow(),
-            backend_state=handle,
-            event_log=ctx.announcer.stage_trials(record, trials),
-        )
+    update = StepUpdate(
+        torn_down=True, status_emitted=True, backend_state=handle, event_log=ctx.announcer.stage_trials(record, trials)
     )
-    ctx.announcer.flush(ctx.store, record)
+    transition(ctx, record, record.status, "torn down", update=update)
     return "torn down"
+
+
+# ------------------------------------------------------------------------------------ the machine
+Step = Callable[[Context, ExperimentRecord], str]
+MACHINE: dict[EventType, tuple[frozenset[ExperimentStatus], Step]] = {
+    EventType.PROVISION: (frozenset({S.SUBMITTED, S.PROVISIONING}), _provision),
+    EventType.SUBMIT_RUN: (frozenset({S.PROVISIONING}), _submit_run),
+    EventType.POLL: (frozenset({S.RUNNING}), _poll),
+    EventType.FINALIZE: (frozenset({S.FINALIZING}), _finalize),
+    EventType.CANCEL: (frozenset({S.CANCELLING}), _cancel),
+    EventType.TEARDOWN: (TERMINAL_STATUSES, _teardown),
+}
+"""Each event: the statuses it acts in (in any other it is stale) and the step it runs. Every step is short
+and idempotent, reads the trials at most once, and writes through :func:`transition` only."""
+STATUS_FOR_EVENT: dict[EventType, frozenset[ExperimentStatus]] = {event: rule[0] for event, rule in MACHINE.items()}
+STEPS: dict[EventType, Step] = {event: rule[1] for event, rule in MACHINE.items()}
+EVENT_FOR_STATUS: dict[ExperimentStatus, EventType] = {
+    S.SUBMITTED: EventType.PROVISION,
+    S.PROVISIONING: EventType.PROVISION,
+    S.RUNNING: EventType.POLL,
+    S.FINALIZING: EventType.FINALIZE,
+    S.CANCELLING: EventType.CANCEL,
+}
+"""The event that moves an experiment on from each live status (the sweep re-drives with it)."""
 
 
 def status_message(record: ExperimentRecord) -> str:

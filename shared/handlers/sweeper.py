@@ -8,7 +8,7 @@ from datetime import timedelta
 
 from shared.backends import ORPHAN_FINDERS
 from shared.context import Context
-from shared.handlers.machine import EVENT_FOR_STATUS, MAX_REDRIVES, S, transition
+from shared.handlers.machine import EVENT_FOR_STATUS, MAX_REDRIVES, S, StepUpdate, transition
 from shared.ports import OrphanFinder
 from shared.records import TERMINAL_STATUSES, EventType, ExperimentRecord, ExperimentStatus, UnreadableRecord, utcnow
 
@@ -42,7 +42,7 @@ def sweep(ctx: Context, *, stall_seconds: int | None = None) -> dict[str, list[s
             continue
         if record.redrives >= MAX_REDRIVES:
             reason = f"stalled: no progress for {stall.total_seconds():.0f} s after {MAX_REDRIVES} re-drives"
-            transition(ctx, record, S.FAILED, reason, next_event=EventType.TEARDOWN, error=reason)
+            transition(ctx, record, S.FAILED, reason, next_event=EventType.TEARDOWN, update=StepUpdate(error=reason))
             report["failed"].append(record.id)
             continue
         transition(
@@ -51,7 +51,7 @@ def sweep(ctx: Context, *, stall_seconds: int | None = None) -> dict[str, list[s
             record.status,
             "re-driven by sweep",
             next_event=EVENT_FOR_STATUS[record.status],
-            redrives=record.redrives + 1,
+            update=StepUpdate(redrives=record.redrives + 1),
         )
         report["redriven"].append(record.id)
     return report
