@@ -78,7 +78,7 @@ class Audit:
 def deliver_all(ctx, audit: Audit, most: int = 100) -> list[tuple[str, int, list[bool]]]:
     """Deliver the queued events (``most`` at most), noting for each what it did, its trial listings and
     its writes."""
-    seen = []
+    seen: list[tuple[str, int, list[bool]]] = []
     while ctx.events.count() and len(seen) < most:
         (message,) = ctx.events.receive(1, visibility_timeout=60)
         audit.reset()
