@@ -482,7 +482,7 @@ def test_poll_ingests_trials_reads_the_heartbeat_and_the_outcome(
     assert (
         final.state is RunState.SUCCEEDED
         and final.outcome is not None
-        and final.outcome.model_dump(mode="json") == {**outcome, "counts": {}}
+        and final.outcome.model_dump(mode="json") == {**outcome, "counts": {}, "stopped_by": None}
     )
     assert ctx.store.list_trials(EXP)[0].state is TrialState.COMPLETED
     assert ctx.store.get_artifact(EXP, "model/model.pkl") == b"model bytes"  # with the outcome, the model

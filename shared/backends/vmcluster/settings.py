@@ -52,6 +52,7 @@ installs Docker and the NVIDIA driver (slower; its nvidia-docker apt source is d
 
 CLUSTER_PIP_PACKAGES = (
     "optuna>=4.2,<6",
+    "tenacity>=9.0,<10",  # the driver waits out storage outages (shared/hpo/patient_store.py)
     "cmaes>=0.11,<1",  # sampling_algorithm.type cmaes (shared/spec/search_table.py)
     "pydantic>=2.10,<3",
     "PyYAML>=6.0,<7",
