@@ -78,7 +78,7 @@ def test_two_hosts_starting_one_experiments_driver_leave_one_driver_which_is_ado
     a restart, and teardown from the stale record still kills it."""
     from shared.backends.local import LocalBackend
 
-    record = new_record(harness, limits={"max_total_trials": 400, "max_concurrent_trials": 1})
+    record = new_record(harness, limits={"max_total_trials": 40, "max_concurrent_trials": 1})
     record = apply_update(harness, record, {"area": True})
     hosts = [LocalBackend(harness.ctx.store, harness.ctx.settings) for _ in range(2)]
     barrier = threading.Barrier(2)
