@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from shared.backends.area import AreaHandle, credential_ttl, ingest_area
 from shared.backends.local import CAPABILITIES
-from shared.backends.local.driver_lock import Holder, holder, process_start_time
 from shared.backends.local.section import LocalCompute
 from shared.backends.outcome import DriverOutcome, outcome_status, read_outcome
 from shared.compute_spec import compute_section
@@ -37,6 +36,17 @@ MAX_DRIVER_RESTARTS = 2
 KILL_WAIT_S = 5.0
 """How long teardown waits for a killed driver to be gone."""
 ROOT = Path(__file__).resolve().parents[3]
+
+
+def process_start_time(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (guards against pid reuse), or None if no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    state, start = fields[0], fields[19]
+    return None if state == "Z" else start
 
 
 class LocalHandle(BackendHandle, AreaHandle):
@@ -116,25 +126,13 @@ class LocalBackend:
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
-    def lock_path(self, experiment_id: str) -> Path:
-        """The experiment's driver lock (:mod:`shared.backends.local.driver_lock`): one driver at a time."""
-        return self.settings.home / "locks" / f"{experiment_id}.driver.lock"
-
-    def _running(self, record: ExperimentRecord) -> Holder | None:
-        """The experiment's driver if one runs: the recorded process, or the one holding the lock (a
-        driver another host started for the same step)."""
-        handle = LocalHandle.model_validate(record.backend_state)
-        if handle.pid is not None and is_alive(handle):
-            return Holder(handle.pid, handle.pid_start)
-        return holder(self.lock_path(record.id))
-
     def _spawn(self, record: ExperimentRecord, restarts: int = 0) -> HandleUpdate:
         """Start the driver with a fresh credential of its area on stdin; the handle fields that changed."""
         before = LocalHandle.model_validate(record.backend_state)
         credential = self.areas.issue_compute_credential(record.id, credential_ttl(record.run_spec))
         log = self._log_path(record.id).open("ab")
         process = subprocess.Popen(
-            [sys.executable, "-m", "shared.backends.local.driver", "--lock", str(self.lock_path(record.id))],
+            [sys.executable, "-m", "shared.backends.local.driver"],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.PIPE,
@@ -153,7 +151,7 @@ class LocalBackend:
         return {}  # nothing to create: the driver runs on this machine, its area is made when it starts
 
     def submit(self, record: ExperimentRecord) -> HandleUpdate:
-        if self._running(record) is not None or self._outcome(record.id) is not None:
+        if is_alive(record.backend_state) or self._outcome(record.id) is not None:
             return {}
         return self._spawn(record)
 
@@ -172,10 +170,7 @@ class LocalBackend:
         outcome = self._outcome(record.id)
         if outcome is not None:
             return outcome_status(outcome, handle_changes(before, handle))
-        running = self._running(record)
-        if running is not None:  # recorded, or started for this step by another host: adopt it
-            if running.pid is not None:
-                handle = handle.model_copy(update={"pid": running.pid, "pid_start": running.pid_start})
+        if is_alive(handle):
             return RunStatus(RunState.RUNNING, updates=handle_changes(before, handle))
         if handle.restarts >= MAX_DRIVER_RESTARTS:
             return RunStatus(
@@ -192,15 +187,10 @@ class LocalBackend:
         return handle_changes(handle, self._ingest(record, handle)[0])
 
     def _signal(self, record: ExperimentRecord, sig: signal.Signals) -> None:
-        """Signal the driver's process group: the recorded one and, if another holds the lock, that one."""
         handle = LocalHandle.model_validate(record.backend_state)
-        targets = {handle.pid} if handle.pid and is_alive(handle) else set()
-        running = holder(self.lock_path(record.id))
-        if running is not None and running.pid is not None:
-            targets.add(running.pid)
-        for pid in targets:
+        if handle.pid and is_alive(handle):
             with contextlib.suppress(ProcessLookupError):  # it ended between the check and the signal
-                os.killpg(pid, sig)
+                os.killpg(handle.pid, sig)
 
     def cancel(self, record: ExperimentRecord) -> HandleUpdate:
         self._signal(record, signal.SIGTERM)
@@ -210,6 +200,6 @@ class LocalBackend:
         """SIGKILL the driver's process group and wait (briefly) until the driver is gone."""
         self._signal(record, signal.SIGKILL)
         deadline = time.monotonic() + KILL_WAIT_S
-        while self._running(record) is not None and time.monotonic() < deadline:
+        while is_alive(record.backend_state) and time.monotonic() < deadline:
             time.sleep(0.05)
         return {}

@@ -14,12 +14,10 @@ import logging
 import signal
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import cast
 
 from distributed import Client, LocalCluster
 
-from shared.backends.local.driver_lock import acquire
 from shared.backends.local.section import LocalCompute
 from shared.hpo.patient_store import patient
 from shared.hpo.run_driver import CancelWatch, run_experiment
@@ -89,19 +87,12 @@ class DashboardReports:
         save_plots_safely(self.store, self.record)
 
 
-def main(argv: list[str]) -> int:
-    """Read the credential (one JSON line on stdin), run the experiment it reaches; 1 on a driver error.
-    ``--lock PATH``: the experiment's driver lock; if another driver holds it, this one exits at once."""
+def main() -> int:
+    """Read the credential (one JSON line on stdin), run the experiment it reaches; 1 on a driver error."""
     area = ComputeStore.from_json(sys.stdin.readline())
     experiment_id = area.experiment_id
     set_experiment(experiment_id)  # every log line of this process names it
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
-    lock = acquire(Path(argv[1])) if argv[:1] == ["--lock"] and len(argv) > 1 else None
-    if argv[:1] == ["--lock"] and lock is None:
-        log.warning(
-            "another driver of experiment %s runs on this machine (its lock is held): this one exits", experiment_id
-        )
-        return 0
     logging.getLogger("azure").setLevel(logging.WARNING)
     configure("rapids-hpo-driver")
     # The area offers the driver's part of a Store (the vmcluster head runs on one alike); a storage outage
@@ -120,4 +111,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    raise SystemExit(main())
