@@ -24,6 +24,7 @@ from shared.config import QUEUE_EVENTS, QUEUE_REQUESTS, QUEUE_TRUSTED_REQUESTS
 from shared.context import get_context
 from shared.handlers import handle_event, sweep, sweep_orphans, take_request_message
 from shared.telemetry import host_trace
+from shared.telemetry.asgi import HostTraceASGI
 from shared.telemetry.setup import configure
 
 TELEMETRY = configure("rapids-hpo-control")
@@ -35,7 +36,7 @@ SWEEP_SCHEDULE = "0 */5 * * * *"
 
 AUTH = AuthSettings.from_env()
 app = func.AsgiFunctionApp(
-    app=create_api(auth=AUTH),
+    app=HostTraceASGI(create_api(auth=AUTH)),  # a request without a traceparent continues the host's invocation
     http_auth_level=func.AuthLevel.ANONYMOUS if AUTH.mode == "entra" else func.AuthLevel.FUNCTION,
 )
 

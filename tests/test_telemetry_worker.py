@@ -24,6 +24,8 @@ REQUEST_INVOCATION = "00-" + "a1" * 16 + "-" + "b2" * 8 + "-01"
 STEP_INVOCATION = "00-" + "c3" * 16 + "-" + "d4" * 8 + "-01"
 CALLER = "00-" + "e5" * 16 + "-" + "f6" * 8 + "-01"
 """A W3C-aware caller's span (a client, API Management): its ``traceparent`` header reaches FastAPI."""
+HTTP_INVOCATION = "00-" + "17" * 16 + "-" + "28" * 8 + "-01"
+"""The host's span for an HTTP request that came without a ``traceparent`` (a browser, curl)."""
 
 
 def wait_for(receiver: OtlpReceiver, name: str, timeout: float = 30.0):
@@ -69,9 +71,19 @@ def test_the_worker_gives_each_invocation_the_hosts_trace_and_steps_join_the_exp
                 {"content-type": "application/json", "traceparent": CALLER},
             )
             assert answer.status == 202, answer.body
+            plain = host.http(
+                "POST",
+                "/api/experiments",
+                json.dumps(azureml_spec(name="traced-host")),
+                {"content-type": "application/json"},
+                traceparent=HTTP_INVOCATION,
+            )
+            assert plain.status == 202, plain.body
             wait_for(receiver, "step provision")
             deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and not any(s.parent_id == "f6" * 8 for s in receiver.spans):
+            while time.monotonic() < deadline and not all(
+                any(s.parent_id == parent for s in receiver.spans) for parent in ("f6" * 8, "28" * 8)
+            ):
                 time.sleep(0.2)
             wait_for(receiver, "submit experiment")
     finally:
@@ -92,3 +104,7 @@ def test_the_worker_gives_each_invocation_the_hosts_trace_and_steps_join_the_exp
     assert http_root.name.startswith("POST")
     http_submit = next(s for s in spans if s.name == "submit experiment" and s.trace_id == "e5" * 16)
     assert http_submit.parent_id in {s.span_id for s in spans if s.trace_id == "e5" * 16}
+    # Without a traceparent header: the request span is a child of the host's invocation, not a new trace.
+    under_host = next(s for s in spans if s.trace_id == "17" * 16 and s.parent_id == "28" * 8)
+    assert under_host.name.startswith("POST")
+    assert any(s.name == "submit experiment" and s.trace_id == "17" * 16 for s in spans)
