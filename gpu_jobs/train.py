@@ -19,9 +19,10 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
 
+from gpu_jobs import telemetry
 from gpu_jobs.cross_validation import FoldCallback, FoldRecord, StepMark
 from gpu_jobs.engine import ENGINE_REQUESTS
 from gpu_jobs.errors import UserError
@@ -137,6 +138,24 @@ def _print_progress(total: int, primary_metric: str) -> FoldCallback:
     return report
 
 
+@contextlib.contextmanager
+def _trial_span(args: argparse.Namespace) -> Iterator[Any]:
+    """The trial as a span of the experiment's trace (``TRACEPARENT`` in the job's environment), exported
+    as the job's environment says (:mod:`gpu_jobs.telemetry`; nothing when it names no exporter), and
+    flushed before the process reports its metrics and ends."""
+    telemetry.start()
+    attributes = {
+        **telemetry.trial_attributes(os.environ),
+        "rapids_hpo.model": args.model,
+        telemetry.METRIC: args.primary_metric,
+    }
+    try:
+        with telemetry.span("trial", attributes, parent=os.environ.get("TRACEPARENT")) as trial:
+            yield trial
+    finally:
+        telemetry.flush()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 ok, 2 bad input)."""
     # Azure SDK credential chains log every failed attempt; the CLI reports the outcome as one line.
@@ -168,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise UserError("--report_every is for single-process trials (a --distributed trial reports per fold)")
             arguments["report_every"] = args.report_every
         # Libraries that print go to stderr: stdout carries only the final JSON line.
-        with contextlib.redirect_stdout(sys.stderr):
+        with contextlib.redirect_stdout(sys.stderr), _trial_span(args) as trial:
             if args.distributed:
                 from gpu_jobs.dask_training import run_distributed
 
@@ -178,6 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 metrics = run_distributed(scheduler=scheduler, **arguments)
             else:
                 metrics = run_trial(**arguments)
+            telemetry.annotate(trial, {telemetry.TRIAL_VALUE: metrics.get(args.primary_metric)})
             for name in sorted(set(metrics["ignored_params"]) & set(params)):
                 print(f"note: --{name} is ignored by the {metrics['engine']} engine's {args.model}")
     except UserError as exc:

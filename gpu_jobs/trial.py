@@ -13,6 +13,7 @@ from typing import Any, cast
 
 import numpy as np
 
+from gpu_jobs import telemetry
 from gpu_jobs.cross_validation import (
     CrossValidation,
     FoldCallback,
@@ -88,16 +89,20 @@ def run_trial(
     )
     engine_name = resolve_engine(engine)
     toolkit = get_engine(engine_name)
-    dataset = load_dataset(
-        data,
-        target,
-        data_format=data_format,
-        max_rows=max_rows,
-        seed=seed,
-        engine=engine_name,
-        task=task,
-        features=features,
-    )
+    with telemetry.span(
+        "data read", {"rapids_hpo.data.scheme": data.partition("://")[0] if "://" in data else "file"}
+    ) as read:
+        dataset = load_dataset(
+            data,
+            target,
+            data_format=data_format,
+            max_rows=max_rows,
+            seed=seed,
+            engine=engine_name,
+            task=task,
+            features=features,
+        )
+        telemetry.annotate(read, {"rapids_hpo.data.rows": dataset.info.rows, "rapids_hpo.engine": engine_name})
     info = dataset.info
     kind = info.target_encoding
     require_fit(request, kind, info.minority_class_rows)
@@ -126,23 +131,30 @@ def run_trial(
         predicted_rows = 0
         if plan is not None:
             last, predicted_rows = in_steps(plan, folds, splits, new_trainer, matrix, labels, toolkit, kind.task)
-        for split, train_index, valid_index in splits if plan is None else ():
+        for number, (split, train_index, valid_index) in enumerate(splits if plan is None else (), start=1):
             earlier = folds.resumable(completed_folds, split)
             if earlier is not None:
                 folds.resume(earlier)
                 continue
             trainer = last = new_trainer()
             predicted_rows += len(valid_index)
-            toolkit.synchronize()
-            tick = time.perf_counter()
-            trainer.fit(matrix[train_index], labels[train_index])
-            toolkit.synchronize()
-            fitted = time.perf_counter()
-            prediction = trainer.predict(matrix[valid_index])
-            toolkit.synchronize()
-            predicted = time.perf_counter()
+            fold = {telemetry.FOLD: number}
+            with telemetry.span(f"fold {number}", fold) as fold_span:  # spans: a trial run as its own job
+                toolkit.synchronize()
+                tick = time.perf_counter()
+                with telemetry.span("fit", fold):
+                    trainer.fit(matrix[train_index], labels[train_index])
+                    toolkit.synchronize()
+                fitted = time.perf_counter()
+                with telemetry.span("score", fold):
+                    prediction = trainer.predict(matrix[valid_index])
+                    toolkit.synchronize()
+                    predicted = time.perf_counter()
+                    scores = toolkit.score(kind.task, labels[valid_index], prediction)
+                primary = {telemetry.METRIC: primary_metric, telemetry.METRIC_VALUE: float(scores[primary_metric])}
+                telemetry.annotate(fold_span, primary)
             folds.record(
-                toolkit.score(kind.task, labels[valid_index], prediction),
+                scores,
                 fit_seconds=fitted - tick,
                 predict_seconds=predicted - fitted,
                 split=split,
@@ -271,16 +283,20 @@ def fit_final_model(
     request = check_request(model=model, params=params, cv_folds=2, primary_metric="accuracy", engine=engine)
     engine_name = resolve_engine(engine)
     toolkit = get_engine(engine_name)
-    dataset = load_dataset(
-        data,
-        target,
-        data_format=data_format,
-        max_rows=max_rows,
-        seed=seed,
-        engine=engine_name,
-        task=task,
-        features=features,
-    )
+    with telemetry.span(
+        "data read", {"rapids_hpo.data.scheme": data.partition("://")[0] if "://" in data else "file"}
+    ) as read:
+        dataset = load_dataset(
+            data,
+            target,
+            data_format=data_format,
+            max_rows=max_rows,
+            seed=seed,
+            engine=engine_name,
+            task=task,
+            features=features,
+        )
+        telemetry.annotate(read, {"rapids_hpo.data.rows": dataset.info.rows, "rapids_hpo.engine": engine_name})
     info = dataset.info
     kind = info.target_encoding
     if info.minority_class_rows == 0:

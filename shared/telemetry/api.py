@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
+from gpu_jobs.telemetry import clean_attributes, remote_context
 from shared.telemetry.metrics import INSTRUMENTS
 from shared.telemetry.traceparent import format_traceparent, parse_traceparent, trace_id_of
 
@@ -56,23 +57,6 @@ def mode() -> str:
     return "off" if _state is None else _state.mode
 
 
-def _clean(attributes: Attributes | None) -> dict[str, Any]:
-    """OpenTelemetry takes str, bool, int and float values (no None): others become strings."""
-    if not attributes:
-        return {}
-    return {k: v if isinstance(v, str | bool | int | float) else str(v) for k, v in attributes.items() if v is not None}
-
-
-def _remote(traceparent: str | None) -> Any:
-    """The context of a (valid) traceparent, or None."""
-    valid = parse_traceparent(traceparent)
-    if valid is None:
-        return None
-    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
-    return TraceContextTextMapPropagator().extract({"traceparent": valid})
-
-
 @contextlib.contextmanager
 def span(
     name: str, *, parent: str | None = None, attributes: Attributes | None = None, kind: str = "internal"
@@ -85,14 +69,18 @@ def span(
         return
     from opentelemetry import trace
 
-    context = _remote(parent)
+    context = remote_context(parent)
     links = []
     if context is not None:
         here = trace.get_current_span().get_span_context()
         if here.is_valid and f"{here.trace_id:032x}" != trace_id_of(parent):
             links.append(trace.Link(here, {"rapids_hpo.link": "invocation"}))
     with state.tracer.start_as_current_span(
-        name, context=context, kind=getattr(trace.SpanKind, kind.upper()), attributes=_clean(attributes), links=links
+        name,
+        context=context,
+        kind=getattr(trace.SpanKind, kind.upper()),
+        attributes=clean_attributes(attributes),
+        links=links,
     ) as current:
         yield current
 
@@ -104,7 +92,7 @@ def host_trace(invocation: Any) -> Iterator[None]:
     docs' way for a Python function; the worker attaches it too (``PYTHON_ENABLE_OPENTELEMETRY``), but not on
     the thread a synchronous function runs on. Nothing when off, or without a valid context."""
     trace_context = getattr(invocation, "trace_context", None) if _state is not None else None
-    context = _remote(getattr(trace_context, "trace_parent", None))
+    context = remote_context(getattr(trace_context, "trace_parent", None))
     if context is None:
         yield
         return
@@ -139,7 +127,7 @@ def annotate(attributes: Attributes) -> None:
         return
     from opentelemetry import trace
 
-    trace.get_current_span().set_attributes(_clean(attributes))
+    trace.get_current_span().set_attributes(clean_attributes(attributes))
 
 
 def add_event(name: str, attributes: Attributes | None = None) -> None:
@@ -147,7 +135,7 @@ def add_event(name: str, attributes: Attributes | None = None) -> None:
         return
     from opentelemetry import trace
 
-    trace.get_current_span().add_event(name, _clean(attributes))
+    trace.get_current_span().add_event(name, clean_attributes(attributes))
 
 
 def current_traceparent() -> str | None:
@@ -203,7 +191,7 @@ def _instrument(name: str) -> Any:
 def count(name: str, value: float = 1, attributes: Attributes | None = None) -> None:
     """Add to a counter of :data:`~shared.telemetry.metrics.INSTRUMENTS` (nothing when off)."""
     if _state is not None and value:
-        _instrument(name).add(value, _clean(attributes))
+        _instrument(name).add(value, clean_attributes(attributes))
 
 
 def record(name: str, value: float, attributes: Attributes | None = None) -> None:
@@ -211,4 +199,4 @@ def record(name: str, value: float, attributes: Attributes | None = None) -> Non
     if _state is None:
         return
     instrument = _instrument(name)
-    (instrument.set if INSTRUMENTS[name][0] == "gauge" else instrument.record)(value, _clean(attributes))
+    (instrument.set if INSTRUMENTS[name][0] == "gauge" else instrument.record)(value, clean_attributes(attributes))
