@@ -70,7 +70,7 @@ def test_a_trial_job_is_a_span_of_the_experiments_trace_with_its_reads_folds_fit
         AZUREML_RUN_ID="rapids-hpo-exp-1-abc_7",
         RAPIDS_HPO_EXPERIMENT_ID="exp-1",
     )
-    finished = spans.spans.get_finished_spans()
+    finished: list[Any] = list(spans.spans.get_finished_spans())  # ReadableSpan's optional fields, read as set
     by_id = {s.context.span_id: s for s in finished}
     (trial,) = [s for s in finished if s.name == "trial"]
     assert hex_id(trial.context.trace_id, 32) == "5e" * 16 and hex_id(trial.parent.span_id, 16) == "6f" * 8
@@ -97,7 +97,8 @@ def test_a_malformed_traceparent_costs_the_trial_its_place_in_the_trace_only(
     spans: InMemory, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], hostile: str
 ) -> None:
     metrics = run_trial_job(monkeypatch, capsys, TRACEPARENT=hostile, AZUREML_RUN_ID="../../etc_passwd")
-    (trial,) = [s for s in spans.spans.get_finished_spans() if s.name == "trial"]
+    trials: list[Any] = [s for s in spans.spans.get_finished_spans() if s.name == "trial"]
+    (trial,) = trials
     assert trial.parent is None and "rapids_hpo.trial.number" not in trial.attributes
     assert metrics["cv_folds"] == 3
 
