@@ -147,6 +147,8 @@ THIRD_PARTY_ENV = {
     "OTEL_SDK_DISABLED": "OpenTelemetry's standard switch: telemetry off whatever else is set (shared.telemetry)",
     "OTEL_SERVICE_NAME": "OpenTelemetry's standard service name, over the one shared.telemetry gives",
     "TRACEPARENT": "the W3C trace context the control plane hands the compute's driver (OpenTelemetry's env carrier)",
+    "AZUREML_RUN_ID": "set by AzureML inside a job: its run id (a sweep trial's <sweep>_<index> gives its number)",
+    "RAPIDS_HPO_EXPERIMENT_ID": "set by the control plane in a compute's environment (VM container, AzureML job)",
 }
 
 # Directories whose Python files are not the deployed app (or not ours).
