@@ -245,6 +245,7 @@ var appSettings = {
   RAPIDS_HPO_AUTH_AUTHORITY: environment().authentication.loginEndpoint
   RAPIDS_HPO_READERS_SEE: readersSee
   RAPIDS_HPO_MAX_ARTIFACT_BYTES: '2147483648' // the quota on what one experiment's compute may write
+  RAPIDS_HPO_CANCEL_WAIT_SECONDS: '600' // how long a cancelled run has to end with its best model
   // OpenTelemetry (shared/telemetry): the worker attaches the host's trace context to each invocation and the
   // app exports with the distro and its identity; the dashboard links traces to this component.
   PYTHON_ENABLE_OPENTELEMETRY: 'true'

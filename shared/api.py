@@ -124,6 +124,9 @@ class ExperimentView(BaseModel):
     best: BestTrial | None
     metric: str = Field(description="the objective's primary metric: what `best.value` measures")
     error: str | None
+    no_model: str | None = Field(
+        default=None, description="why an ended experiment has no model (a cancel before any trial finished...)"
+    )
     timings: Timings
     links: dict[str, str]
     history: list[Transition] = Field(default_factory=list)
@@ -157,6 +160,7 @@ class ExperimentView(BaseModel):
             best=record.best,
             metric=record.objective[0],
             error=record.error,
+            no_model=record.no_model,
             timings=Timings(
                 created_at=record.created_at,
                 started_at=record.started_at,
@@ -407,7 +411,8 @@ def download_model(ctx: Ctx, caller: Reader, request: Request, experiment_id: Ex
     check_owner(caller, record, "downloading the model")
     names = ctx.store.list_artifacts(experiment_id, MODEL_PREFIX)
     if not names:
-        raise HTTPException(404, f"experiment {experiment_id!r} has no model yet (status {record.status})")
+        why = f": {record.no_model}" if record.no_model else " yet"
+        raise HTTPException(404, f"experiment {experiment_id!r} has no model{why} (status {record.status})")
     files = [
         (name.removeprefix(MODEL_PREFIX), partial(ctx.store.artifact_chunks, experiment_id, name)) for name in names
     ]

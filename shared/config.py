@@ -59,6 +59,7 @@ ENV_DEFAULTS: dict[str, str] = {
     "RAPIDS_HPO_HOME": ".rapids-hpo",
     "RAPIDS_HPO_POLL_SECONDS": "10",
     "RAPIDS_HPO_STALL_SECONDS": "900",
+    "RAPIDS_HPO_CANCEL_WAIT_SECONDS": "600",
     "AZURE_SUBSCRIPTION_ID": "",
     "AZURE_RESOURCE_GROUP": "",
     "AZURE_LOCATION": "",
@@ -208,6 +209,9 @@ class Settings:
     and, in Azure, the Function App's own (``WEBSITE_HOSTNAME``, ``WEBSITE_SITE_NAME``)."""
     max_artifact_bytes: int = 2 * 1024**3
     """``RAPIDS_HPO_MAX_ARTIFACT_BYTES``: the quota on what one experiment's compute writes (all blobs)."""
+    cancel_wait_seconds: int = 600
+    """``RAPIDS_HPO_CANCEL_WAIT_SECONDS``: how long a cancelled run has to end with its best model (the
+    driver stops its trials and refits the best finished one) before the teardown goes ahead without it."""
     azure: AzureSettings = field(default_factory=AzureSettings)
     azureml: AzureMLSettings = field(default_factory=AzureMLSettings)
     """The deployment's Azure defaults and identities (the backends read them from here, never the
@@ -229,6 +233,7 @@ class Settings:
             data_hosts=tuple(h.lower() for h in env("RAPIDS_HPO_DATA_HOSTS").replace(",", " ").split()),
             trusted_hosts=_trusted_hosts(),
             max_artifact_bytes=int(env("RAPIDS_HPO_MAX_ARTIFACT_BYTES")),
+            cancel_wait_seconds=int(env("RAPIDS_HPO_CANCEL_WAIT_SECONDS")),
             azure=AzureSettings.from_env(),
             azureml=AzureMLSettings.from_env(),
         )

@@ -298,6 +298,10 @@ class Capabilities(BaseModel):
     """The backend is an ``OrphanFinder``: the timer sweep asks it to delete what no experiment owns."""
     restarts_driver: bool
     """A driver that died without an outcome is started again by ``poll`` (it resumes from the store)."""
+    model_on_cancel: bool = False
+    """After ``cancel`` the run ends its trials, refits the best finished one and writes its outcome; ``poll``
+    reports it while the experiment is CANCELLING and starts nothing new then (no restarted driver). The
+    state machine waits for that outcome (``Settings.cancel_wait_seconds``) before the teardown."""
     reasons: dict[str, str] = Field(default_factory=dict)
     """Why each declaration holds, by field name (``rapids-hpo backends`` and the docs show them; a
     registered backend gives one for every field: ``tests/test_architecture.py``)."""

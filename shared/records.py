@@ -364,6 +364,12 @@ class ExperimentRecord(Record):
     event_log: EventLog = Field(default_factory=EventLog, description="Event Grid announcements and outbox")
     cost: CostLedger | None = Field(default=None, description="the cost ledger, None when unpriced")
     registered_model: RegisteredModel | None = Field(default=None, description="output.register_model's result")
+    no_model: Text | None = Field(
+        default=None, description="why an experiment that ended (a cancelled one) has no model, clipped"
+    )
+    cancel_deadline: datetime | None = Field(
+        default=None, description="set when the run was asked to stop: until then a cancel waits for its model"
+    )
     compute: ComputeReport = Field(default_factory=ComputeReport, description="from the backend's handle")
     traceparent: TraceParent = Field(default=None, description="the experiment's trace (W3C), from its submit")
     warm_start: WarmStartSeed | None = Field(default=None, description="spec.warm_start's trials, read at submit")

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from shared.cost.guard import budget_stops, cost_guard_reason, run_ledger
-from shared.handlers import handle_event, machine, request_cancel, submit_experiment
+from shared.handlers import cancelling, handle_event, machine, request_cancel, submit_experiment, writer
 from shared.ports import RunState
 from shared.records import (
     TERMINAL_STATUSES,
@@ -41,7 +41,7 @@ def test_the_table_names_a_step_for_every_event_and_an_event_for_every_live_stat
 
 class Audit:
     """Counts, per delivered event, the trial listings and the record writes, and whether each write came
-    through :func:`machine.transition`."""
+    through :func:`writer.transition`."""
 
     def __init__(self, ctx, monkeypatch: pytest.MonkeyPatch) -> None:
         self.listings = 0
@@ -58,7 +58,7 @@ class Audit:
             self.writes.append(self._inside > 0)
             return update(record)
 
-        real_transition = machine.transition
+        real_transition = writer.transition
 
         def tracked_transition(*args, **kwargs):
             self._inside += 1
@@ -69,7 +69,8 @@ class Audit:
 
         monkeypatch.setattr(store, "list_trials", counted_list)
         monkeypatch.setattr(store, "update_experiment", audited_update)
-        monkeypatch.setattr(machine, "transition", tracked_transition)
+        for module in (machine, cancelling):  # the modules whose steps write
+            monkeypatch.setattr(module, "transition", tracked_transition)
 
     def reset(self) -> None:
         self.listings, self.writes = 0, []

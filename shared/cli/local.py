@@ -91,9 +91,13 @@ def run(
             reached = host.run(until=finished, timeout=timeout)
         except KeyboardInterrupt:  # Ctrl-C cancels the experiment rather than orphaning its driver
             interrupted = True
-            err.print("[yellow]interrupted: cancelling the experiment (its trials stop, its compute is torn down)")
+            wait = settings.cancel_wait_seconds
+            err.print(
+                "[yellow]interrupted: cancelling the experiment (its trials stop, the best finished one is refit: "
+                f"up to {wait} s, RAPIDS_HPO_CANCEL_WAIT_SECONDS; then its compute is torn down)"
+            )
             request_cancel(ctx, record.id)
-            reached = host.run(until=finished, timeout=120)
+            reached = host.run(until=finished, timeout=wait + 60)
         finally:
             stop.set()
             watcher.join()
@@ -102,7 +106,9 @@ def run(
         progress.update(task, completed=final.trials_done, description=_describe(final))
     if interrupted:
         host.run(until=lambda: ctx.store.get_experiment(record.id).torn_down, timeout=30)
-        err.print(f"experiment {record.id} {ctx.store.get_experiment(record.id).status.value}")
+        ended = ctx.store.get_experiment(record.id)
+        kept = f"no model: {ended.no_model}" if ended.no_model else "its best model so far is kept"
+        err.print(f"experiment {record.id} {ended.status.value}; {kept}")
         raise typer.Exit(130)
     if not reached:
         err.print(f"[yellow]still {final.status.value} after {timeout} s; the run goes on in the background")

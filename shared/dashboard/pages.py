@@ -296,6 +296,8 @@ def experiment_page(
     error = f'<p class="error">{escape(record.error)}</p>' if record.error and not failed else ""
     if failed:
         error = f'<div id="failure"><b>Why it failed:</b> {escape(record.error or "no reason was recorded")}</div>'
+    if record.no_model:  # a cancelled run that ended without its best model says why
+        error += f'<p class=meta id="no-model"><b>No model:</b> {escape(record.no_model)}</p>'
     scored = any(t.value is not None for t in trials)
     if scored or live:
         charts = charts_html(build_charts(record, list(trials), importance_doc))

@@ -14,8 +14,9 @@ from typing import Any, NoReturn
 from shared.config import EXPERIMENT_ID_PATTERN, QUEUE_REQUESTS
 from shared.context import Context
 from shared.errors import AlreadyExists, NotFound
-from shared.handlers.machine import S, send_event, status_message, transition
+from shared.handlers.machine import status_message
 from shared.handlers.warm_start import ReadRule, read_seed, same_sender
+from shared.handlers.writer import S, send_event, transition
 from shared.queues import MAX_MESSAGE_BYTES, poison_queue_name
 from shared.records import TERMINAL_STATUSES, EventType, ExperimentRecord, SubmittedBy, Transition, utcnow
 from shared.spec import ExperimentSpec, SpecError, SpecPolicy, read_document, validate_spec

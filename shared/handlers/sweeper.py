@@ -8,7 +8,8 @@ from datetime import timedelta
 
 from shared.backends import ORPHAN_FINDERS
 from shared.context import Context
-from shared.handlers.machine import EVENT_FOR_STATUS, MAX_REDRIVES, S, StepUpdate, transition
+from shared.handlers.machine import EVENT_FOR_STATUS, MAX_REDRIVES
+from shared.handlers.writer import S, StepUpdate, transition
 from shared.ports import OrphanFinder
 from shared.records import TERMINAL_STATUSES, EventType, ExperimentRecord, ExperimentStatus, UnreadableRecord, utcnow
 

@@ -166,12 +166,29 @@ def _drive(
             outcome = ExperimentOutcome("FAILED", DATA_CHECK_FAILED, 0, None, f"{DATA_CHECK_FAILED}: {problem}")
         else:
             outcome = driver.run()
-        if outcome.status == "COMPLETED" and outcome.best is not None:
-            with span("refit", attributes={"rapids_hpo.trial.number": outcome.best.number}):
-                outcome.best = refit_best_model(spec, experiment_id, outcome.best, store, client)
+        refit_best(spec, experiment_id, outcome, store, client)
     except Exception as exc:  # the driver itself failed: say why in the outcome, then exit non-zero
         log.exception("driver failed")
         outcome = ExperimentOutcome("FAILED", "driver error", 0, None, f"{type(exc).__name__}: {exc}")
     if reports is not None:
         reports.at_end()  # charts, importances: on the compute, where Optuna and matplotlib are
     return outcome
+
+
+def refit_best(
+    spec: ExperimentSpec, experiment_id: str, outcome: ExperimentOutcome, store: Store, client: Client
+) -> None:
+    """Refit the best finished trial on all rows and store its model, for a completed run and for a cancelled
+    one (a user who cancels wants the best model so far: the control plane waits for this outcome before it
+    tears the compute down). A cancelled run's refit that fails loses only the model: the outcome stays
+    CANCELLED and its ``error`` says why there is none."""
+    if outcome.status not in {"COMPLETED", "CANCELLED"} or outcome.best is None:
+        return
+    try:
+        with span("refit", attributes={"rapids_hpo.trial.number": outcome.best.number}):
+            outcome.best = refit_best_model(spec, experiment_id, outcome.best, store, client)
+    except Exception as exc:
+        if outcome.status == "COMPLETED":
+            raise
+        log.exception("the best model so far could not be refit after the cancel")
+        outcome.error = f"the refit of trial {outcome.best.number} failed: {type(exc).__name__}: {exc}"

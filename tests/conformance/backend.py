@@ -73,6 +73,13 @@ class Harness(ABC):
         """Once the submitted run has finished a trial, lose what drives it mid-run, without an outcome,
         the way its compute would; return the trials finished before the loss, by number."""
 
+    def first_trial(self, record: ExperimentRecord) -> None:  # noqa: B027 (a backend keeping no model on cancel)
+        """Let the submitted run finish a trial (``Capabilities.model_on_cancel``'s test cancels it after)."""
+
+    def end_cancelled(self, record: ExperimentRecord) -> None:  # noqa: B027
+        """The run was asked to stop (the experiment is CANCELLING): end it the way its compute then does, the
+        best finished trial's model kept where the backend keeps it."""
+
     def close(self) -> None:  # noqa: B027 (most harnesses start nothing of their own)
         """Release what the harness started."""
 
@@ -106,6 +113,14 @@ class LocalHarness(Harness):
                 )
             )
         wait_until(lambda: not is_alive(handle) or self._has_outcome(record))  # SUCCEEDED: the real run
+
+    def first_trial(self, record: ExperimentRecord) -> None:
+        completed = lambda: any(t.state is TrialState.COMPLETED for t in self._area(record).list_trials(record.id))  # noqa: E731
+        wait_until(completed)
+
+    def end_cancelled(self, record: ExperimentRecord) -> None:
+        """The real driver: SIGTERM (the backend's cancel) made it stop its trials and refit the best one."""
+        wait_until(lambda: self._has_outcome(record) or not is_alive(record.backend_state))
 
     def _has_outcome(self, record: ExperimentRecord) -> bool:
         return DRIVER_OUTCOME_ARTIFACT in self._area(record).list_artifacts(record.id, "driver/")
@@ -174,6 +189,19 @@ class VMClusterHarness(Harness):
         outcome = {"status": status, "reason": "harness", "error": None if status != "FAILED" else "trials failed"}
         compute.put_artifact(record.id, DRIVER_OUTCOME_ARTIFACT, json.dumps(outcome).encode())
 
+    def first_trial(self, record: ExperimentRecord) -> None:
+        self._compute(record).put_trial(completed_trial(record.id))
+
+    def end_cancelled(self, record: ExperimentRecord) -> None:
+        """What the head's driver writes after a cancel (``refit_best``): the model, then the outcome."""
+        compute = self._compute(record)
+        compute.put_artifact(record.id, f"{MODEL_PREFIX}model.json", b"{}")
+        outcome = {"status": "CANCELLED", "reason": "cancelled", "best": None}
+        compute.put_artifact(record.id, DRIVER_OUTCOME_ARTIFACT, json.dumps(outcome).encode())
+
+    def _compute(self, record: ExperimentRecord) -> ComputeStore:
+        return ComputeStore.from_credential(self.ctx.areas.issue_compute_credential(record.id, timedelta(hours=1)))
+
     def live(self, record: ExperimentRecord) -> int:
         return sum(1 for r in self.arm.resources.values() if (r.get("tags") or {}).get(EXPERIMENT_TAG) == record.id)
 
@@ -225,6 +253,22 @@ class AzureMLHarness(Harness):
             self.fake.runs[trial.name] = run({1: 0.7, 2: 0.8})
             self.fake.outputs[(trial.name, "model")] = {"model.json": b"{}"}
         self.fake.set_status(job, status, created_at=T0, modified_at=T0 + timedelta(minutes=1))
+
+    def first_trial(self, record: ExperimentRecord) -> None:
+        """A trial of the sweep completed and saved its model output; the sweep runs on."""
+        job = str(record.backend_state["job_name"])
+        trial = replace(child(0, "Completed"), name=f"{job}_0")
+        self.fake.children[job] = [trial, replace(child(1, "Running"), name=f"{job}_1")]
+        self.fake.runs[trial.name] = run({1: 0.7, 2: 0.8})
+        self.fake.outputs[(trial.name, "model")] = {"model.json": b"{}"}
+        self.fake.set_status(job, "Running", created_at=T0)
+
+    def end_cancelled(self, record: ExperimentRecord) -> None:
+        """AzureML ends the cancelled sweep: CancelRequested (still running), then Canceled."""
+        job = str(record.backend_state["job_name"])
+        assert self.fake.jobs[job].status == "CancelRequested", "cancel did not cancel the sweep"
+        self.fake.children[job][1] = replace(self.fake.children[job][1], status="Canceled")
+        self.fake.set_status(job, "Canceled", created_at=T0, modified_at=T0 + timedelta(minutes=1))
 
     def live(self, record: ExperimentRecord) -> int:
         job = self.fake.jobs.get(str(record.backend_state.get("job_name")))

@@ -16,7 +16,7 @@ import pytest
 from shared.backends import REGISTRY, get_planner
 from shared.config import MODEL_PREFIX
 from shared.ports import BackendHandle, ComputeBackend, OrphanFinder, Planner, RunState
-from shared.records import ExperimentRecord
+from shared.records import ExperimentRecord, ExperimentStatus
 from shared.spec import ExperimentSpec, load_spec
 from tests.conformance.backend import (
     FAKE_HARNESSES,
@@ -192,6 +192,42 @@ def test_a_lost_driver_is_started_again_or_reported(full_run_harness: Harness) -
         assert again.state is RunState.FAILED, "a lost run stays failed"
     after = {t.number: t for t in harness.ctx.store.list_trials(record.id)}
     assert all(after[n] == trial for n, trial in finished.items()), "a trial finished before the loss changed"
+    for repeat in (False, True):
+        record = apply_update(harness, record, backend.teardown(record), repeat=repeat)
+    assert harness.live(record) == 0
+
+
+KEEPS_MODEL = sorted(name for name in HARNESSES if REGISTRY[name].capabilities.model_on_cancel)
+"""The backends that declare ``model_on_cancel`` (the others are cancelled and torn down at once)."""
+
+
+@pytest.fixture(params=[pytest.param(n, marks=[pytest.mark.slow] if n in SLOW_RUNS else []) for n in KEEPS_MODEL])
+def keeps_model_harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
+    yield from _harness(request, tmp_path)
+
+
+def test_a_cancelled_run_ends_with_the_best_finished_trials_model(keeps_model_harness: Harness) -> None:
+    """``capabilities.model_on_cancel``: asked to stop once a trial finished (the experiment CANCELLING), the
+    run ends by itself; ``poll`` reports it (starting nothing new) and ``finalize`` brings the best finished
+    trial's model into the store, as the state machine's wait expects (``shared.handlers.cancelling``)."""
+    harness = keeps_model_harness
+    backend = harness.backend()
+    assert backend.capabilities.model_on_cancel
+    record = submitted(harness, limits=LOSS_LIMITS)
+    harness.first_trial(harness.ctx.store.get_experiment(record.id))
+    current = harness.ctx.store.get_experiment(record.id)
+    record = harness.ctx.store.update_experiment(current.model_copy(update={"status": ExperimentStatus.CANCELLING}))
+    record = apply_update(harness, record, backend.cancel(record))
+    harness.end_cancelled(record)
+    before = harness.live(record)
+    record, status = poll(harness, harness.ctx.store.get_experiment(record.id))
+    assert status.state is RunState.CANCELLED, status
+    assert harness.live(record) <= before, "poll started something new after the cancel"
+    record = apply_update(harness, record, backend.finalize(record))
+    assert harness.ctx.store.list_artifacts(record.id, MODEL_PREFIX), "the best finished trial's model is stored"
+    trials = harness.ctx.store.list_trials(record.id)
+    assert any(t.state.value == "COMPLETED" for t in trials)
+    assert not any(t.state.value == "RUNNING" for t in trials), "the trials the cancel stopped were ended"
     for repeat in (False, True):
         record = apply_update(harness, record, backend.teardown(record), repeat=repeat)
     assert harness.live(record) == 0

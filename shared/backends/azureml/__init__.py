@@ -84,11 +84,14 @@ CAPABILITIES = Capabilities(
     cloud_resources=True,
     finds_orphans=False,
     restarts_driver=False,
+    model_on_cancel=True,
     reasons={
         "model_from": "finalize downloads the best trial's model from the workspace",
         "cloud_resources": "a sweep job, and the AmlCompute cluster if it does not exist (it scales to zero)",
         "finds_orphans": "a cluster may serve other experiments and scales to min_instances by itself",
         "restarts_driver": "AzureML runs the sweep; there is no driver of ours to restart",
+        "model_on_cancel": "cancel cancels the sweep; once AzureML reports it Canceled, finalize downloads the best "
+        "finished trial's model output (each trial saves its model), as for a completed sweep",
     },
 )
 BACKEND = Registration(section=AzureMLCompute, capabilities=CAPABILITIES, create=_create, planner=_planner)

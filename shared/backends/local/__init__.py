@@ -34,11 +34,14 @@ CAPABILITIES = Capabilities(
     cloud_resources=False,
     finds_orphans=False,
     restarts_driver=True,
+    model_on_cancel=True,
     reasons={
         "model_from": "the driver refits the best trial and writes the model into its area",
         "cloud_resources": "a process and a LocalCluster on this machine: nothing in Azure",
         "finds_orphans": "nothing outlives teardown but a process, which teardown kills by pid",
         "restarts_driver": "poll starts a dead driver again (it resumes from the trials it wrote)",
+        "model_on_cancel": "SIGTERM to the driver alone: it ends its trials, refits the best finished one on its "
+        "cluster and writes its outcome; poll starts no driver while the experiment is CANCELLING",
     },
 )
 BACKEND = Registration(section=LocalCompute, capabilities=CAPABILITIES, create=_create, planner=_planner)

@@ -26,7 +26,7 @@ from shared.backends.outcome import DriverOutcome, outcome_status, read_outcome
 from shared.compute_spec import compute_section
 from shared.config import Settings
 from shared.ports import BackendHandle, HandleUpdate, RunDetails, RunState, RunStatus, Store, areas_of, handle_changes
-from shared.records import ComputeReport, ExperimentRecord
+from shared.records import ComputeReport, ExperimentRecord, ExperimentStatus
 from shared.telemetry import traceparent_for
 
 if TYPE_CHECKING:
@@ -172,6 +172,9 @@ class LocalBackend:
             return outcome_status(outcome, handle_changes(before, handle))
         if is_alive(handle):
             return RunStatus(RunState.RUNNING, updates=handle_changes(before, handle))
+        if record.status is ExperimentStatus.CANCELLING:  # nothing new starts once the run was asked to stop
+            error = f"the driver ended without an outcome after the cancel; see {handle.log}"
+            return RunStatus(RunState.FAILED, error=error, updates=handle_changes(before, handle))
         if handle.restarts >= MAX_DRIVER_RESTARTS:
             return RunStatus(
                 RunState.FAILED,
@@ -186,14 +189,17 @@ class LocalBackend:
         handle = LocalHandle.model_validate(record.backend_state)
         return handle_changes(handle, self._ingest(record, handle)[0])
 
-    def _signal(self, record: ExperimentRecord, sig: signal.Signals) -> None:
+    def _signal(self, record: ExperimentRecord, sig: signal.Signals, *, group: bool = True) -> None:
         handle = LocalHandle.model_validate(record.backend_state)
         if handle.pid and is_alive(handle):
             with contextlib.suppress(ProcessLookupError):  # it ended between the check and the signal
-                os.killpg(handle.pid, sig)
+                (os.killpg if group else os.kill)(handle.pid, sig)
 
     def cancel(self, record: ExperimentRecord) -> HandleUpdate:
-        self._signal(record, signal.SIGTERM)
+        """SIGTERM to the driver alone, not its Dask cluster: it stops the running trials, refits the best
+        finished one on the cluster and writes its outcome (the state machine waits for it); teardown
+        SIGKILLs the whole group."""
+        self._signal(record, signal.SIGTERM, group=False)
         return {}
 
     def teardown(self, record: ExperimentRecord) -> HandleUpdate:

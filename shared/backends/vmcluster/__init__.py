@@ -76,11 +76,14 @@ CAPABILITIES = Capabilities(
     cloud_resources=True,
     finds_orphans=True,
     restarts_driver=False,
+    model_on_cancel=True,
     reasons={
         "model_from": "the head's driver refits the best trial and writes the model into the area (ingested)",
         "cloud_resources": "VMs, NICs, disks and (unless existing ones are named) a VNet and NSG, deleted by tag",
         "finds_orphans": "VMs and networks are tagged with their experiment: the timer deletes what no live one owns",
         "restarts_driver": "Docker's restart policy restarts a dead driver on its VM, not poll; a lost head fails",
+        "model_on_cancel": "cancel publishes CANCELLING to the area: the head's driver ends its trials, refits the "
+        "best finished one on the cluster and writes its outcome, which poll ingests; teardown waits for it",
     },
 )
 BACKEND = Registration(section=VMClusterCompute, capabilities=CAPABILITIES, create=_create, planner=_planner)

@@ -50,8 +50,7 @@ def run(config: dict[str, Any]) -> int:
     from shared.dashboard.importance import ImportanceRefresher
     from shared.hpo.driver import HpoDriver
     from shared.hpo.outcome import ExperimentOutcome
-    from shared.hpo.refit import refit_best_model
-    from shared.hpo.run_driver import CancelWatch
+    from shared.hpo.run_driver import CancelWatch, refit_best
 
     store = ComputeStore.from_json(json.dumps(config["credential"]))
     experiment_id = store.experiment_id
@@ -80,8 +79,7 @@ def run(config: dict[str, Any]) -> int:
                 on_trial_end=ImportanceRefresher(store, record),
             )
             outcome: ExperimentOutcome = driver.run()
-            if outcome.status == "COMPLETED" and outcome.best is not None:
-                outcome.best = refit_best_model(spec, experiment_id, outcome.best, store, client)
+            refit_best(spec, experiment_id, outcome, store, client)  # a cancelled run's too: its best so far
     except Exception:
         log.exception("the driver broke; the container restarts it and it resumes from the trials")
         return 1
