@@ -83,3 +83,17 @@ def save_plots_safely(store: TrialStore, record: ExperimentRecord) -> list[str]:
     except Exception:
         log.warning("plots of %s not saved", record.id, exc_info=True)
         return []
+
+
+class DashboardReports:
+    """The dashboard's part of a run on the compute, whichever backend runs the driver
+    (:class:`shared.hpo.run_driver.Reports`): importances refreshed as trials end, every chart at the end."""
+
+    def __init__(self, store: TrialStore, record: ExperimentRecord) -> None:
+        from shared.dashboard.importance import ImportanceRefresher
+
+        self.store, self.record = store, record
+        self.on_trial_end = ImportanceRefresher(store, record)
+
+    def at_end(self) -> None:
+        save_plots_safely(self.store, self.record)

@@ -121,10 +121,20 @@ def run_experiment(
     client: Client,
     cancel: CancelWatch,
     reports: Callable[[Store, ExperimentRecord], Reports] | None = None,
+    *,
+    restarted_on_error: bool = False,
 ) -> ExperimentOutcome:
     """Check the data, run the driver and store the best model; the outcome is also written as an artifact.
-    Data the trials cannot use fails the experiment here, once, with no trial run. ``reports`` makes what
-    people read beside the trials (refreshed after each trial, drawn at the end).
+    Data the trials cannot use fails the experiment here, once, with no trial run; ``limits.max_cost`` is
+    guarded from the run's start (:func:`budget_guard`). ``reports`` makes what people read beside the
+    trials (refreshed after each trial, drawn at the end). Every backend whose compute runs our driver
+    (the local process, the vmcluster head) comes through here, so none can skip the data check or the
+    budget.
+
+    A driver error (not the data, not the budget: a lost scheduler, a bug) ends as a FAILED outcome
+    ("driver error"), unless ``restarted_on_error``: then it propagates and no outcome is written, for a
+    process whose supervisor starts it again (the head's container restart policy), which resumes from
+    the trials it wrote.
 
     All of it but the outcome is one span in the experiment's trace (``TRACEPARENT``), exported before the
     outcome is written: the control plane may tear this process down as soon as it reads the outcome."""
@@ -132,9 +142,12 @@ def run_experiment(
     record = store.get_experiment(experiment_id)
     spec = record.run_spec
     attributes = {"rapids_hpo.experiment.id": experiment_id, "rapids_hpo.backend": spec.compute.backend}
-    with span("hpo driver", parent=compute_traceparent(), attributes=attributes):
-        outcome = _drive(store, record, spec, client, cancel, reports(store, record) if reports else None)
-    flush()
+    try:
+        with span("hpo driver", parent=compute_traceparent(), attributes=attributes):
+            made = reports(store, record) if reports else None
+            outcome = _drive(store, record, spec, client, cancel, made, restarted_on_error)
+    finally:
+        flush()
     document = asdict(outcome)
     document["best"] = outcome.best.model_dump(mode="json") if outcome.best else None
     store.put_artifact(experiment_id, DRIVER_OUTCOME_ARTIFACT, json.dumps(document, indent=2).encode())
@@ -148,6 +161,7 @@ def _drive(
     client: Client,
     cancel: CancelWatch,
     reports: Reports | None,
+    restarted_on_error: bool,
 ) -> ExperimentOutcome:
     experiment_id = record.id
     driver = HpoDriver(
@@ -168,6 +182,8 @@ def _drive(
             outcome = driver.run()
         refit_best(spec, experiment_id, outcome, store, client)
     except Exception as exc:  # the driver itself failed: say why in the outcome, then exit non-zero
+        if restarted_on_error:
+            raise
         log.exception("driver failed")
         outcome = ExperimentOutcome("FAILED", "driver error", 0, None, f"{type(exc).__name__}: {exc}")
     if reports is not None:

@@ -19,11 +19,11 @@ from typing import cast
 from distributed import Client, LocalCluster
 
 from shared.backends.local.section import LocalCompute
+from shared.dashboard.artifacts import DashboardReports
 from shared.hpo.patient_store import patient
 from shared.hpo.run_driver import CancelWatch, run_experiment
 from shared.hpo.worker_watch import WorkerWatch
 from shared.ports import Store
-from shared.records import ExperimentRecord
 from shared.store.compute import ComputeStore
 from shared.telemetry import LOG_FORMAT, set_experiment
 from shared.telemetry.setup import configure
@@ -70,21 +70,6 @@ def dask_client(compute: LocalCompute) -> Iterator[Client]:
         WorkerWatch(client),
     ):
         yield client
-
-
-class DashboardReports:
-    """The dashboard's part of a run on the compute: importances refreshed after trials, plots at the end."""
-
-    def __init__(self, store: Store, record: ExperimentRecord) -> None:
-        from shared.dashboard.importance import ImportanceRefresher
-
-        self.store, self.record = store, record
-        self.on_trial_end = ImportanceRefresher(store, record)
-
-    def at_end(self) -> None:
-        from shared.dashboard.artifacts import save_plots_safely
-
-        save_plots_safely(self.store, self.record)
 
 
 def main() -> int:

@@ -1,10 +1,11 @@
 """The head node's HPO driver: ``python -m shared.backends.vmcluster.head`` beside the Dask scheduler.
 
 Started by ``boot.py`` on the head VM (Python of the image, our code from the archive). It holds only
-the experiment's compute credential (in ``node.json``): it reads the record there, runs (or resumes)
-the driver against the local scheduler and the workers, records trials, the refitted model, the charts
-and the outcome there (:class:`shared.store.compute.ComputeStore`), writes a heartbeat, and stops
-when the record it reads says CANCELLING.
+the experiment's compute credential (in ``node.json``): it runs (or resumes) the one shared driver run
+(:func:`shared.hpo.run_driver.run_experiment`, as the local backend's driver does) against the local
+scheduler and the workers, which records trials, the data check, the refitted model, the charts and the
+outcome in that area (:class:`shared.store.compute.ComputeStore`); the head writes a heartbeat beside
+them, and the run stops when the record it reads says CANCELLING.
 
 Exit status 0 once an outcome is written (also for a failed or cancelled run); 1 when the driver
 itself broke, so the container's restart policy starts it again and it resumes from the trials.
@@ -15,14 +16,14 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from shared.backends.vmcluster.exchange import HEARTBEAT_ARTIFACT
 from shared.config import DRIVER_OUTCOME_ARTIFACT
 from shared.errors import NotFound
+from shared.ports import Store
 from shared.store.compute import ComputeStore
 
 log = logging.getLogger("rapids_hpo.head")
@@ -43,52 +44,41 @@ def _heartbeat(store: ComputeStore, stop: threading.Event, every_s: float) -> No
 
 
 def run(config: dict[str, Any]) -> int:
-    """Run the experiment ``config`` names; returns the process exit status."""
+    """Run the experiment ``config`` names; returns the process exit status.
+
+    The run itself is the one every backend's driver makes (:func:`shared.hpo.run_driver.run_experiment`:
+    the data check, the budget guard, the refit, the outcome); the head adds only what its VM needs: the
+    scheduler's address, the wait for the first worker, the heartbeat, and an exit status for Docker's
+    restart policy (a driver error propagates, so the container restarts and resumes from the trials)."""
     from distributed import Client
 
-    from shared.dashboard.artifacts import save_plots_safely
-    from shared.dashboard.importance import ImportanceRefresher
-    from shared.hpo.driver import HpoDriver
-    from shared.hpo.outcome import ExperimentOutcome
-    from shared.hpo.run_driver import CancelWatch, refit_best
+    from shared.dashboard.artifacts import DashboardReports
+    from shared.hpo.run_driver import CancelWatch, run_experiment
 
-    store = ComputeStore.from_json(json.dumps(config["credential"]))
-    experiment_id = store.experiment_id
+    area = ComputeStore.from_json(json.dumps(config["credential"]))
+    experiment_id = area.experiment_id
     try:
-        store.get_artifact(experiment_id, DRIVER_OUTCOME_ARTIFACT)
+        area.get_artifact(experiment_id, DRIVER_OUTCOME_ARTIFACT)
         log.info("experiment %s has an outcome already", experiment_id)
         return 0
     except NotFound:
         pass
-    record = store.get_experiment(experiment_id)
-    spec = record.run_spec
+    store = cast(Store, area)  # the area offers the driver's part of a Store, as the local driver's does
     stop = threading.Event()
     every = float(config.get("heartbeat_s", HEARTBEAT_S))
-    threading.Thread(target=_heartbeat, args=(store, stop, every), daemon=True).start()
+    threading.Thread(target=_heartbeat, args=(area, stop, every), daemon=True).start()
     protocol = "tls" if config.get("tls") else "tcp"
     address = f"{protocol}://127.0.0.1:{int(config['scheduler_port'])}"
     try:
         with Client(address, timeout=120) as client:  # the default client: the driver's Queue/Event use it
             client.wait_for_workers(1, timeout=float(config.get("workers_timeout_s", WORKERS_TIMEOUT_S)))
-            driver = HpoDriver(
-                spec,
-                experiment_id,
-                store,
-                client,
-                should_cancel=CancelWatch(store, experiment_id),
-                on_trial_end=ImportanceRefresher(store, record),
-            )
-            outcome: ExperimentOutcome = driver.run()
-            refit_best(spec, experiment_id, outcome, store, client)  # a cancelled run's too: its best so far
+            cancel = CancelWatch(store, experiment_id)
+            outcome = run_experiment(store, experiment_id, client, cancel, DashboardReports, restarted_on_error=True)
     except Exception:
         log.exception("the driver broke; the container restarts it and it resumes from the trials")
         return 1
     finally:
         stop.set()
-    save_plots_safely(store, record)
-    result = asdict(outcome)
-    result["best"] = outcome.best.model_dump(mode="json") if outcome.best else None
-    store.put_artifact(experiment_id, DRIVER_OUTCOME_ARTIFACT, json.dumps(result, indent=2).encode())
     log.info("experiment %s ended %s: %s", experiment_id, outcome.status, outcome.reason)
     return 0
 
