@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SPEC ?= examples/flights-rf.yaml
 
-.PHONY: install run test test-all lint browser bench lock functions-venv
+.PHONY: install run test test-all lint browser bench lock functions-venv compute-env
 
 # The Function App's Python (Flex Consumption, Python 3.13): pyenv's newest 3.13, else a working python3.13 on PATH.
 PY313 ?= $(shell v=$$(pyenv versions --bare 2>/dev/null | grep -E '^3\.13(\.[0-9]+)?$$' | sort -V | tail -1); \
@@ -60,7 +60,12 @@ browser:
 test: install lint browser
 	$(BIN)/python -m pytest
 
-test-all: install lint browser
+# The VM stand-in's "image" (tests/vm_standin.py: Python 3.12 with the image's and the cluster's packages), built
+# here, before the tests, so that no test's timeout includes a pip install; it is rebuilt only when its list changes.
+compute-env: install
+	@$(BIN)/python -c "from tests.vm_standin import compute_python; print('compute stand-in:', compute_python())"
+
+test-all: install lint browser compute-env
 	$(BIN)/python -m pytest -m "not gpu"
 
 bench: install
