@@ -2,17 +2,24 @@
 
 The driver owns one Optuna study (in memory, rebuilt from the store on resume). Trials run as Dask
 tasks calling ``gpu_jobs.train.run_trial``; after every fold a task reports the running mean of the
-primary metric to the driver through a Dask ``Queue`` and waits for the pruning decision on a Dask
-``Variable``, so AzureML-style early termination is decided against every trial's history, on any
-cluster (a ``LocalCluster`` here, an ``AzureVMCluster`` of ``dask_cuda.CUDAWorker``s in Azure).
+primary metric to the driver (an event on the experiment's topic, pushed to the driver's subscription)
+and waits for the pruning decision on a Dask ``Variable``, so AzureML-style early termination is decided
+against every trial's history, on any cluster (a ``LocalCluster`` here, an ``AzureVMCluster`` of
+``dask_cuda.CUDAWorker``s in Azure).
+
+Round trips (issue 29): the driver waits on one local inbox that the topic's events and the futures'
+done callbacks fill, in the order the scheduler sent them (a task's reports before its end), so it polls
+nothing; decisions are set without waiting for the scheduler's answer; a trial's record is written when it
+starts, when it ends and with its folds at most once per ``fold_write_interval``. What a trial task itself
+waits for is in :mod:`shared.hpo.trial_task`.
 
 Limits: at most ``max_concurrent_trials`` tasks in flight, ``max_total_trials`` in all, the
 experiment ``timeout`` stops everything, ``trial_timeout`` stops one trial: cooperatively at the next
 fold boundary, and by restarting its worker if the fold itself overruns (Dask cannot interrupt a
 running thread). Both clocks start when the trial starts on a worker (its ``started`` report), not at
 submit: distributed hands a small group of tasks to busy workers at once, where they wait in
-*processing*. A hard stop restarts only the worker a trial reported it runs on; a trial still waiting
-is cancelled and, should it start regardless, ends at once (its stop event). Every trial is written
+*processing*. A hard stop restarts only the worker a trial announced it runs on; a trial still waiting
+is cancelled and, should it start regardless, ends at once (its stop flag). Every trial is written
 to the ``TrialStore`` when it starts, when it ends, and as its folds finish (``TrialRecord.folds``, at
 most once per report batch).
 
@@ -32,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import queue
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -39,7 +47,7 @@ from datetime import datetime
 from typing import Any
 
 import optuna
-from distributed import Client, Event, Future, Queue, Variable, wait
+from distributed import Client, Future
 
 from shared.cost.ledger import BudgetGuard
 from shared.hpo import stopping
@@ -51,12 +59,16 @@ from shared.hpo.resume import optuna_attrs, resumed_seconds, retry_record, task_
 from shared.hpo.search_space import make_pruner, make_sampler, reseed_for_trial, suggest_params
 from shared.hpo.trial_task import (
     FOLDS_METADATA,
+    STARTED,
+    STOP,
     TrialFunction,
     TrialResult,
     TrialTask,
     decision_variable,
+    folds_metadata_key,
+    is_last_step,
     run_trial_task,
-    stop_event,
+    without_waiting,
 )
 from shared.hpo.warm_start import next_config, seed_study
 from shared.ports import TrialStore
@@ -151,7 +163,9 @@ class HpoDriver:
         self._records: dict[int, TrialRecord] = {}
         self._retry: list[tuple[TrialRecord, optuna.Trial]] = []
         self._running: dict[str, _Running] = {}
-        self._stop_events: list[str] = []
+        self._stop_flags: set[str] = set()
+        self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        """("report", message) from the channel's topic and ("done", key) from the futures, in arrival order."""
         self._threads = self._threads_per_worker()
         self.stopped: stopping.Stop | None = None
         """The stopping rule that ended the run (no trial starts after it), if one did."""
@@ -231,8 +245,7 @@ class HpoDriver:
         total = self.spec.effective_total_trials()
         concurrency = self.spec.limits.max_concurrent_trials
         deadline = _deadline(self.spec.limits.timeout)
-        reports = self._reports = Queue(self.channel)
-        self._wake = Event(f"{self.channel}-wake")
+        self.client.subscribe_topic(self.channel, self._on_event)
         next_number = max(self._records, default=-1) + 1
         stop_reason: str | None = None
         checked = -1
@@ -264,19 +277,14 @@ class HpoDriver:
                     if held_back and stop_reason is None:
                         stop_reason = "budget"
                     break
-                self._collect_finished()
+                self._handle(self._take(wait_s=self.poll_interval))
                 self._enforce_trial_timeouts()
-                if self._running:
-                    self._answer_reports(wait_s=self.poll_interval)
         finally:
             self.spans.close()
             with contextlib.suppress(Exception):
-                reports.close()
-            with contextlib.suppress(Exception):  # the folds the trials published for a rerun of their task
+                self.client.unsubscribe_topic(self.channel)
+            with contextlib.suppress(Exception):  # the trials' stop flags, starts and published folds
                 self.client.set_metadata([FOLDS_METADATA, self.channel], {})
-            for name in self._stop_events:  # an event cleared with no waiter is deleted on the scheduler
-                with contextlib.suppress(Exception):
-                    Event(name).clear()
         return experiment_outcome(self._records.values(), self.direction, stop_reason, self.stopped)
 
     def _launch_new(self, number: int) -> None:
@@ -349,6 +357,24 @@ class HpoDriver:
         )
         now = time.monotonic()
         self._running[str(future.key)] = _Running(record=record, trial=trial, future=future, submitted=now, written=now)
+        future.add_done_callback(self._on_done)
+
+    def _on_event(self, event: tuple[float, Any]) -> None:
+        """The topic's handler (on the client's event loop): a trial's message, to the inbox."""
+        self._inbox.put(("report", event[1] if isinstance(event, tuple | list) and len(event) == 2 else event))
+
+    def _on_done(self, future: Future[Any]) -> None:
+        """A future's done callback: after its trial's reports in the inbox (the scheduler sent them first)."""
+        self._inbox.put(("done", str(future.key)))
+
+    def _take(self, wait_s: float) -> list[tuple[str, Any]]:
+        """What the inbox holds, after waiting up to ``wait_s`` for its first item."""
+        items: list[tuple[str, Any]] = []
+        with contextlib.suppress(queue.Empty):
+            items.append(self._inbox.get(timeout=wait_s) if wait_s > 0 else self._inbox.get_nowait())
+            while True:
+                items.append(self._inbox.get_nowait())
+        return items
 
     def _start(self, running: _Running, worker: str | None) -> None:
         """The trial's task started on ``worker``: its clock runs from now (again, if Dask reran the task)."""
@@ -358,53 +384,51 @@ class HpoDriver:
         if limit is not None:  # the resumed folds' time counts, as it does on the worker
             running.deadline = now + max(limit - resumed_seconds(running.record), 0.0) + self.hard_stop_grace
 
-    def _answer_reports(self, wait_s: float) -> None:
-        """Wait up to ``wait_s`` for trial messages, then handle them (:meth:`_drain_reports`)."""
-        # An Event, not a blocking Queue.get: a get that times out is logged as an error by the scheduler.
-        if not self._wake.wait(timeout=wait_s):
-            return
-        self._wake.clear()  # before draining: a report put after the drain sets it again
-        self._drain_reports()
-
-    def _drain_reports(self) -> None:
-        """Record each step report sent so far and answer it with the pruner's decision. A trial's final
-        message means its future is about to resolve. Every message is parsed strictly
-        (:mod:`shared.hpo.reports`): a malformed one stops its trial, which ends FAILED saying why."""
-        ending: list[Future[Any]] = []
+    def _handle(self, items: list[tuple[str, Any]]) -> None:
+        """Handle the inbox's items in order: a trial's end finishes its record (its reports came before it);
+        each step report is recorded and answered with the pruner's decision. Every message is parsed
+        strictly (:mod:`shared.hpo.reports`): a malformed one stops its trial, which ends FAILED saying why."""
         progressed: dict[int, _Running] = {}
-        for raw in self._reports.get(batch=True):
-            report = parse_report(raw)
-            if isinstance(report, BadReport):
-                self._bad_report(report)
-                continue
-            running = self._find(report.number, report.attempt)
-            if report.started:
-                if running is not None:
-                    self._start(running, report.worker)
-                continue
-            if report.final:
-                if running is not None:
-                    ending.append(running.future)
-                continue
-            assert report.step is not None
-            prune = False
-            if running is not None:
-                prune = self._decide(running, report)
-                if not prune and self._add_fold(running, report):
-                    progressed[running.record.number] = running
-            self._answer(report.number, report.attempt, report.step, prune)
+        for kind, payload in items:
+            if kind == "done":
+                running = self._running.pop(payload, None)
+                if running is not None:  # not one the driver stopped already
+                    self._end(running)
+            else:
+                self._report(payload, progressed)
         now = time.monotonic()
         for running in progressed.values():  # so that a driver restarted after a crash resumes from them
-            if now - running.written >= self.fold_write_interval:
+            if str(running.future.key) in self._running and now - running.written >= self.fold_write_interval:
                 self.store.put_trial(running.record)
                 running.written = now
-        if ending:
-            with contextlib.suppress(TimeoutError):
-                wait(ending, timeout=5.0)
+
+    def _report(self, raw: object, progressed: dict[int, _Running]) -> None:
+        report = parse_report(raw)
+        if isinstance(report, BadReport):
+            self._bad_report(report)
+            return
+        running = self._find(report.number, report.attempt)
+        if report.started:
+            if running is not None:
+                self._start(running, report.worker)
+            return
+        if report.final:  # an older task's last word: its end comes as its future's
+            return
+        assert report.step is not None
+        prune = False
+        if running is not None:
+            prune = self._decide(running, report)
+            if not prune and self._add_fold(running, report):
+                progressed[running.record.number] = running
+        if not is_last_step(report.unit, report.step, self.spec.trial.cv_folds, report.last):  # none awaited
+            self._answer(report.number, report.attempt, report.step, prune)
 
     def _answer(self, number: int, attempt: int, step: int, prune: bool) -> None:
+        """Set the decision without waiting for the scheduler's answer (the trial waits for it, not the driver;
+        a decision lost with the scheduler costs the trial ``REPORT_TIMEOUT_S``, then it carries on)."""
         if self.awaits_decisions:
-            Variable(decision_variable(self.channel, number, attempt, step)).set(prune)
+            name = decision_variable(self.channel, number, attempt, step)
+            without_waiting(self.client, "variable_set", name=name, data=prune)
 
     def _bad_report(self, report: BadReport) -> None:
         """Stop the trial a malformed report names (it fails with the reason); drop one that names none."""
@@ -439,7 +463,7 @@ class HpoDriver:
         if math.isfinite(value) and not self.multi:  # several objectives: recorded, never pruned
             running.trial.report(value, step)  # ignored by Optuna (with a warning) for a resumed step
             # After the last step the work is done: keep the result rather than prune it.
-            last = step >= self.spec.trial.cv_folds if report.unit == "fold" else report.last
+            last = is_last_step(report.unit, step, self.spec.trial.cv_folds, report.last)
             prune = not last and running.trial.should_prune()
             if not prune:  # kept with the step it goes on from; a pruned trial's is written when it ends
                 running.record.optuna_attrs = optuna_attrs(self.study, running.trial)
@@ -460,21 +484,15 @@ class HpoDriver:
                 return running
         return None
 
-    def _collect_finished(self) -> None:
-        done = [(key, running) for key, running in self._running.items() if running.future.done()]
-        if done:
-            # A task's reports were all put before it returned: drain them before finishing its record,
-            # or the last folds' values would arrive after the trial was written without them.
-            self._drain_reports()
-        for key, running in done:
-            del self._running[key]
-            try:
-                result = running.future.result()
-            except Exception as exc:  # the worker died (OOM kill, segfault) or the task was lost
-                result = self._stopped(
-                    running, TrialState.FAILED, f"worker lost while running the trial: {type(exc).__name__}: {exc}"
-                )
-            self._finish(running, result)
+    def _end(self, running: _Running) -> None:
+        """Finish the trial whose future is done (fetching its result is the one wait it costs)."""
+        try:
+            result = running.future.result()
+        except Exception as exc:  # the worker died (OOM kill, segfault) or the task was lost
+            result = self._stopped(
+                running, TrialState.FAILED, f"worker lost while running the trial: {type(exc).__name__}: {exc}"
+            )
+        self._finish(running, result)
 
     def _stopped(self, running: _Running, state: TrialState, error: str) -> TrialResult:
         """The result of a trial the driver stopped (or lost), by the driver's clock."""
@@ -542,8 +560,9 @@ class HpoDriver:
     def _stop_all(self, reason: str) -> None:
         """Stop every running trial (cancel or experiment timeout)."""
         for running in self._running.values():  # a task that starts from now on ends at once
-            self._stop_event(running)
-        self._drain_reports()  # the starts reported before that: those trials' workers are restarted
+            self._stop_flag(running)
+        self._handle(self._take(wait_s=0))
+        self._announced()  # the tasks that started before that: their workers are restarted
         for key, running in list(self._running.items()):
             del self._running[key]
             self._hard_stop(running)
@@ -555,16 +574,28 @@ class HpoDriver:
                 result = self._stopped(running, TrialState.CANCELLED, "cancelled")
             self._finish(running, result)
 
-    def _stop_event(self, running: _Running) -> None:
-        name = stop_event(self.channel, running.record.number, running.record.attempt)
-        if name not in self._stop_events:
-            Event(name).set()
-            self._stop_events.append(name)
+    def _stop_flag(self, running: _Running) -> None:
+        key = folds_metadata_key(self.channel, running.record.number, running.record.attempt)
+        if key[-1] not in self._stop_flags:
+            self.client.set_metadata([*key, STOP], True)
+            self._stop_flags.add(key[-1])
+
+    def _announced(self) -> None:
+        """Take the starts the tasks announced on the scheduler (after the stop flags were set: a task that
+        did not see its flag announced its start before, so it is here) where its report is still on its way."""
+        with contextlib.suppress(Exception):
+            found = self.client.get_metadata([FOLDS_METADATA, self.channel], default=None)
+            found = found if isinstance(found, dict) else {}
+            for running in self._running.values():
+                entry = found.get(f"{running.record.number}-{running.record.attempt}")
+                worker = entry.get(STARTED) if isinstance(entry, dict) else None
+                if running.started is None and isinstance(worker, str) and worker:
+                    self._start(running, worker)
 
     def _hard_stop(self, running: _Running) -> None:
         """Cancel a trial's task and, if it reported its start, restart the worker it runs on. A task still
-        waiting restarts nothing: its stop event ends it should it start after all."""
-        self._stop_event(running)
+        waiting restarts nothing: its stop flag ends it should it start after all."""
+        self._stop_flag(running)
         self.client.cancel([running.future], force=True)
         worker = running.worker if running.started is not None else None
         if worker is not None and worker != own_worker():  # a driver running as a task keeps its worker

@@ -1,6 +1,14 @@
 """One trial as a Dask task: run ``gpu_jobs.train.run_trial`` on a worker, report each fold to the driver
 and wait for its pruning decision, and classify how the trial ended (never raising for trial failures).
 
+Round trips (issue 29): reports are events (``Worker.log_event`` on the experiment's channel: sent on the
+worker's batched stream, pushed by the scheduler to the driver's subscription), so reporting waits for
+nothing. A task makes two synchronous scheduler calls when it starts (it announces its start in the
+trial's metadata, then reads that metadata: the driver's stop flag and the folds an earlier run of this
+task published) and one per step the driver may prune at (the decision); the last step is never pruned,
+so it is not waited for. Folds are published without waiting, each under its own index, so publications
+that overtake one another cannot lose a fold.
+
 Resume: a task starts from the folds it is given (``TrialTask.completed_folds``: what the store holds of
 an interrupted attempt) or, when Dask runs the same task again after its worker was lost (a Spot
 eviction, a restarted container), from the folds that run published to the scheduler's task metadata
@@ -11,6 +19,7 @@ trial go on after it, so a resumed trial is never spared a pruning decision a fu
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping
@@ -18,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from distributed import Event, Queue, Variable, get_client
+from distributed import Client, Variable, get_client, get_worker
 
 from shared.records import TrialState, utcnow
 
@@ -74,23 +83,40 @@ class TrialTask:
 FOLDS_METADATA = "rapids-hpo-folds"
 
 
+STOP, STARTED, FOLDS = "stop", "started", "folds"
+"""Keys under a trial's metadata: the driver's stop flag, the worker its task announced, the folds it published."""
+
+
 def folds_metadata_key(channel: str, number: int, attempt: int) -> list[str]:
-    """Where on the scheduler (``Client.set_metadata``) a running trial keeps the folds it finished."""
+    """Where on the scheduler (``Client.set_metadata``) a trial keeps its :data:`STOP`, :data:`STARTED` and
+    :data:`FOLDS` entries; the driver clears the channel's at the end."""
     return [FOLDS_METADATA, channel, f"{number}-{attempt}"]
 
 
-def stop_event(channel: str, number: int, attempt: int) -> str:
-    """The Dask ``Event`` the driver sets when it stops trial ``number`` (a task that starts later ends at once)."""
-    return f"{channel}-{number}-{attempt}-stop"
+def is_last_step(unit: str, step: int, cv_folds: int, last: bool) -> bool:
+    """Whether ``step`` ends the trial's work: no policy prunes it, so the trial does not wait for a decision
+    (a fold step by the spec's ``cv_folds``, a step inside the folds by the trial's word)."""
+    return step >= cv_folds if unit == "fold" else last
 
 
 def _worker_address() -> str | None:
     try:
-        from distributed import get_worker
-
         return str(get_worker().address)
     except ValueError:  # not on a worker (a test calling the task directly)
         return None
+
+
+def send_report(channel: str, message: dict[str, Any]) -> None:
+    """Send ``message`` to the driver without waiting: an event on the worker's batched stream (the scheduler
+    adds the worker's address to it) or, off a worker, through the client. Events carry plain msgpack types
+    only, so the message goes through JSON first (a NumPy number becomes a float, anything odd a string)."""
+    message = json.loads(json.dumps(message, default=_plain))
+    try:
+        worker = get_worker()
+    except ValueError:
+        get_client().log_event(channel, message)
+        return
+    worker.log_event(channel, message)
 
 
 def decision_variable(channel: str, number: int, attempt: int, step: int) -> str:
@@ -120,18 +146,47 @@ def fold_seconds(folds: Iterable[Mapping[str, Any]]) -> float:
     return sum(float(f.get("fit_seconds", 0.0)) + float(f.get("predict_seconds", 0.0)) for f in folds)
 
 
-def _published_folds(key: list[str]) -> list[dict[str, Any]]:
-    """The folds an earlier run of this very task published (empty outside a worker or when none)."""
+def _plain(value: object) -> object:
+    item = getattr(value, "item", None)
+    return item() if callable(item) else str(value)
+
+
+def _announce(key: list[str]) -> dict[str, Any]:
+    """Announce the task's start, then read its trial's metadata (two calls, in this order: a driver that
+    sets the stop flag and then reads the channel either stops this task here or sees it started)."""
     try:
-        published = get_client().get_metadata(key, default=None)
+        client = get_client()
+        client.set_metadata([*key, STARTED], _worker_address() or "")
+        found = client.get_metadata(key, default=None)
     except Exception:
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _published_folds(found: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The folds an earlier run of this very task published, in order, up to the first one missing."""
+    published = found.get(FOLDS)
+    if not isinstance(published, Mapping):
         return []
-    return list(published) if isinstance(published, list | tuple) else []
+    folds: list[dict[str, Any]] = []
+    while isinstance(published.get(str(len(folds))), Mapping):
+        folds.append(dict(published[str(len(folds))]))
+    return folds
 
 
-def _publish_folds(key: list[str], folds: list[dict[str, Any]]) -> None:
+def _publish_fold(key: list[str], index: int, fold: dict[str, Any]) -> None:
+    """Publish fold ``index`` without waiting (a publication lost with its worker costs that fold's rerun)."""
     with contextlib.suppress(Exception):
-        get_client().set_metadata(key, folds)
+        without_waiting(get_client(), "set_metadata", keys=[*key, FOLDS, str(index)], value=fold)
+
+
+def without_waiting(client: Client, handler: str, **kwargs: Any) -> None:
+    """Call the scheduler's ``handler`` from any thread without waiting for its answer (the client's event
+    loop sends it and logs a failure): for a message whose sender has nothing to do with the answer."""
+    loop, scheduler = client.loop, client.scheduler
+    if loop is None or scheduler is None:
+        raise RuntimeError("the Dask client is not running")
+    loop.add_callback(getattr(scheduler, handler), **kwargs)
 
 
 def _default_trial_function() -> TrialFunction:
@@ -146,16 +201,16 @@ def run_trial_task(task: TrialTask, trial_fn: TrialFunction | None = None) -> Tr
     started = time.monotonic()
     started_at = utcnow()
     last_step = 0
-    reports = Queue(task.channel)
-    wake = Event(f"{task.channel}-wake")
     metadata_key = folds_metadata_key(task.channel, task.number, task.attempt)
-    given = max(list(task.completed_folds), _published_folds(metadata_key), key=len)
+    found = _announce(metadata_key)
+    given = max(list(task.completed_folds), _published_folds(found), key=len)
     done: list[dict[str, Any]] = []  # the folds finished, resumed ones first: what a rerun resumes from
+    published = 0  # how many of them this run published
     resumed = 0
     earlier_s = 0.0  # the resumed folds' own time, counted against trial_timeout
 
     def on_fold(step: int, running: dict[str, float], fold: Any = None) -> None:
-        nonlocal last_step, resumed, done, earlier_s
+        nonlocal last_step, resumed, done, earlier_s, published
         mark = fold if isinstance(fold, Mapping) and "unit" in fold else None  # a step inside the folds
         if last_step == 0 and mark is None:  # the trial resumed the folds before its first trained one
             resumed = step - 1
@@ -170,9 +225,9 @@ def run_trial_task(task: TrialTask, trial_fn: TrialFunction | None = None) -> Tr
             report.update(unit=str(mark["unit"]), last=bool(mark["last"]))
         elif fold is not None:
             report["fold"] = dict(fold)
-        reports.put(report)
-        wake.set()
-        if task.awaits_decisions:
+        send_report(task.channel, report)
+        last = is_last_step(report.get("unit", "fold"), step, task.cv_folds, bool(report.get("last")))
+        if task.awaits_decisions and not last:
             decision = Variable(decision_variable(task.channel, task.number, task.attempt, step))
             try:
                 prune = decision.get(timeout=REPORT_TIMEOUT_S)
@@ -184,7 +239,9 @@ def run_trial_task(task: TrialTask, trial_fn: TrialFunction | None = None) -> Tr
                 raise TrialPrunedSignal(f"pruned at step {step}")
         if fold is not None and mark is None:
             done.append(dict(fold))
-            _publish_folds(metadata_key, done)
+            for index in range(published, len(done)):  # the resumed ones too, on this run's first fold
+                _publish_fold(metadata_key, index, done[index])
+            published = len(done)
 
     def outcome(state: TrialState, metrics: dict[str, Any] | None = None, error: str | None = None) -> TrialResult:
         metrics = metrics or {}
@@ -199,16 +256,10 @@ def run_trial_task(task: TrialTask, trial_fn: TrialFunction | None = None) -> Tr
             resumed_folds=int(metrics.get("resumed_folds", resumed)),
         )
 
-    try:
-        reports.put({"number": task.number, "attempt": task.attempt, "started": True, "worker": _worker_address()})
-        wake.set()
-        if Event(stop_event(task.channel, task.number, task.attempt)).is_set():
-            return outcome(TrialState.FAILED, error="stopped by the driver before it started")
-        return _run_and_classify(task, trial_fn, on_fold, outcome, given)
-    finally:  # wakes the driver at once, instead of at its next poll
-        with contextlib.suppress(Exception):
-            reports.put({"number": task.number, "attempt": task.attempt, "final": True})
-            wake.set()
+    send_report(task.channel, {"number": task.number, "attempt": task.attempt, "started": True})
+    if found.get(STOP):
+        return outcome(TrialState.FAILED, error="stopped by the driver before it started")
+    return _run_and_classify(task, trial_fn, on_fold, outcome, given)
 
 
 def _run_and_classify(
