@@ -20,7 +20,7 @@ import azure.functions as func
 
 from shared.api import create_api
 from shared.auth import AuthSettings
-from shared.config import QUEUE_EVENTS, QUEUE_REQUESTS, QUEUE_TRUSTED_REQUESTS
+from shared.config import QUEUE_EVENTS, QUEUE_REQUESTS, QUEUE_TRUSTED_REQUESTS, Settings
 from shared.context import get_context
 from shared.handlers import handle_event, sweep, sweep_orphans, take_request_message
 from shared.telemetry import host_trace
@@ -35,8 +35,12 @@ SWEEP_SCHEDULE = "0 */5 * * * *"
 """Every five minutes (NCRONTAB, with seconds)."""
 
 AUTH = AuthSettings.from_env()
+SETTINGS = Settings.from_env()
+"""Read from the environment once, here, the edge (the queue and timer triggers' context reads them too)."""
 app = func.AsgiFunctionApp(
-    app=HostTraceASGI(create_api(auth=AUTH)),  # a request without a traceparent continues the host's invocation
+    app=HostTraceASGI(
+        create_api(settings=SETTINGS, auth=AUTH)
+    ),  # a request without a traceparent continues the host's invocation
     http_auth_level=func.AuthLevel.ANONYMOUS if AUTH.mode == "entra" else func.AuthLevel.FUNCTION,
 )
 

@@ -464,16 +464,24 @@ def health(ctx: Ctx, caller: Reader) -> Any:
 def create_api(
     *,
     context: Context | None = None,
+    settings: Settings | None = None,
     function_key: str | None = None,
     bound_host: str | None = None,
     auth: AuthSettings | None = None,
 ) -> FastAPI:
     """The FastAPI app. OpenAPI at ``/api/openapi.json``, interactive docs at ``/api/docs``.
 
-    ``context`` replaces the process-wide one; ``function_key`` makes every request need that key;
-    ``bound_host`` (``serve --host``) is trusted as a ``Host`` beside loopback and the settings' hosts; ``auth``
-    (default: from the environment) says how callers are identified (:mod:`shared.auth`).
+    ``context`` replaces the process-wide one; without it, ``settings`` are the process's (the web edge's
+    hosts and hosted mode). Both are read from the environment once, by the edge that builds the app
+    (``function_app.py``, ``rapids-hpo serve``), never here. ``function_key`` makes every request need that
+    key; ``bound_host`` (``serve --host``) is trusted as a ``Host`` beside loopback and the settings' hosts;
+    ``auth`` says how callers are identified (:mod:`shared.auth`; the edges pass ``AuthSettings.from_env()``,
+    and an app built without it is in key mode, where the platform's key is the only check).
     """
+    if context is not None:
+        settings = context.settings
+    elif settings is None:
+        raise TypeError("create_api needs the context or the settings (read once, at the edge)")
     app = FastAPI(
         title="rapids-hpo-control",
         version=__version__,
@@ -490,7 +498,7 @@ def create_api(
     app.include_router(dashboard_router)
     app.include_router(docs_router)
     install_error_handlers(app)
-    install_auth(app, auth if auth is not None else AuthSettings.from_env())
+    install_auth(app, auth if auth is not None else AuthSettings())
     if context is not None:
 
         async def given() -> Context:
@@ -498,6 +506,5 @@ def create_api(
 
         app.dependency_overrides[api_context] = given
         app.dependency_overrides[get_context] = lambda: context  # the dashboard's routes
-    settings = context.settings if context is not None else Settings.from_env()
     app.add_middleware(EdgeGuard, policy=EdgePolicy.of(settings, bound_host=bound_host, key=function_key))
     return app

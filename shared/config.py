@@ -192,6 +192,27 @@ class AzureMLSettings:
 
 
 @dataclass(frozen=True)
+class EventSettings:
+    """Where the control plane announces its CloudEvents (:mod:`shared.events`): off while
+    ``topic_endpoint`` is empty."""
+
+    topic_endpoint: str = ""
+    """``EVENTGRID_TOPIC_ENDPOINT``."""
+    topic_key: str = field(default="", repr=False)
+    """``EVENTGRID_TOPIC_KEY``: a local or development topic's key; empty, the managed identity signs in."""
+    source: str = ENV_DEFAULTS["RAPIDS_HPO_EVENTS_SOURCE"]
+    """``RAPIDS_HPO_EVENTS_SOURCE``: this control plane's name in each event's ``source``."""
+
+    @classmethod
+    def from_env(cls) -> EventSettings:
+        return cls(
+            topic_endpoint=env("EVENTGRID_TOPIC_ENDPOINT").strip(),
+            topic_key=env("EVENTGRID_TOPIC_KEY"),
+            source=env("RAPIDS_HPO_EVENTS_SOURCE"),
+        )
+
+
+@dataclass(frozen=True)
 class Settings:
     """The settings one process runs with, read from the environment once."""
 
@@ -216,6 +237,11 @@ class Settings:
     azureml: AzureMLSettings = field(default_factory=AzureMLSettings)
     """The deployment's Azure defaults and identities (the backends read them from here, never the
     environment)."""
+    events: EventSettings = field(default_factory=EventSettings)
+    """The Event Grid topic the control plane announces to (none by default)."""
+    prices_file: str = ""
+    """``RAPIDS_HPO_PRICES_FILE``: a user's price catalogue laid over the bundled one (empty: none); the
+    edge hands it to ``shared.cost.catalogue.use_prices_file``."""
 
     @property
     def uses_azure_storage(self) -> bool:
@@ -236,6 +262,8 @@ class Settings:
             cancel_wait_seconds=int(env("RAPIDS_HPO_CANCEL_WAIT_SECONDS")),
             azure=AzureSettings.from_env(),
             azureml=AzureMLSettings.from_env(),
+            events=EventSettings.from_env(),
+            prices_file=env("RAPIDS_HPO_PRICES_FILE").strip(),
         )
 
 

@@ -52,11 +52,17 @@ class Context:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Context:
+        from shared.cost.catalogue import use_prices_file
         from shared.queues import open_queues
         from shared.store import open_store
 
+        use_prices_file(settings.prices_file)  # the process prices with the catalogue its settings name
+
         return cls(
-            settings=settings, store=open_store(settings), queues=open_queues(settings), announcer=open_announcer()
+            settings=settings,
+            store=open_store(settings),
+            queues=open_queues(settings),
+            announcer=open_announcer(settings.events),
         )
 
 

@@ -11,6 +11,7 @@ import yaml
 from fastapi.testclient import TestClient
 
 from shared.api import MAX_BODY_BYTES, create_api
+from shared.config import Settings
 from shared.context import set_context
 from shared.handlers import request_cancel
 from shared.records import ExperimentStatus, TrialRecord, TrialState
@@ -30,7 +31,7 @@ def ctx(tmp_path):
 
 @pytest.fixture
 def client(ctx):
-    return TestClient(create_api(), base_url="http://localhost")
+    return TestClient(create_api(settings=Settings.from_env()), base_url="http://localhost")
 
 
 def post(client, document, **headers):

@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 
 from shared.backends.azureml import ROOT, ComputeIdentity, build_sweep_job, data_binding
 from shared.backends.azureml.assets import model_entity
+from shared.config import Settings
 from shared.spec import SpecError, load_spec
 from tests.test_azureml import make_spec
 
@@ -96,7 +97,9 @@ def test_the_api_answers_422_naming_dataset_uri(tmp_path: Any) -> None:
     ctx = local_context(tmp_path)
     set_context(ctx)
     try:
-        answer = TestClient(create_api(), base_url="http://localhost").post("/api/experiments", json=local_document())
+        answer = TestClient(create_api(settings=Settings.from_env()), base_url="http://localhost").post(
+            "/api/experiments", json=local_document()
+        )
     finally:
         set_context(None)
     assert answer.status_code == 422

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from shared.api import create_api
 from shared.backends.azureml.scope import DEFAULT_IMAGE_PATTERN, AzureMLScope, cluster_problem, model_problem
-from shared.config import AzureMLSettings
+from shared.config import AzureMLSettings, Settings
 from shared.context import set_context
 from shared.spec import SpecError, SpecPolicy, validate_spec
 from tests.control_plane import local_context
@@ -92,7 +92,9 @@ def test_the_api_answers_422_naming_each_field(tmp_path: Path, monkeypatch: pyte
             compute={"backend": "azureml", "workspace": "other", "environment_image": "evil/img:1"},
             output={"register_model": {"name": "rapids-hpo-x"}},
         )
-        answer = TestClient(create_api(), base_url="http://localhost").post("/api/experiments", json=document)
+        answer = TestClient(create_api(settings=Settings.from_env()), base_url="http://localhost").post(
+            "/api/experiments", json=document
+        )
     finally:
         set_context(None)
     assert answer.status_code == 422, answer.text

@@ -6,6 +6,7 @@ import itertools
 import json
 from datetime import UTC, datetime, timedelta
 
+from shared.config import Settings
 from shared.cost.ledger import BUDGET_REACHED, BudgetGuard, Rates
 from shared.hpo.driver import HpoDriver
 from shared.ports import RunState
@@ -94,7 +95,11 @@ def test_the_control_plane_stops_a_run_at_the_budget_and_completes_it_with_its_b
     assert final.history[-1].reason == BUDGET_REACHED and final.cost.stopped == BUDGET_REACHED
     set_context(ctx)
     try:
-        body = TestClient(create_api(), base_url="http://localhost").get(f"/api/experiments/{record.id}").json()
+        body = (
+            TestClient(create_api(settings=Settings.from_env()), base_url="http://localhost")
+            .get(f"/api/experiments/{record.id}")
+            .json()
+        )
     finally:
         set_context(None)
     assert body["cost"]["budget_usd"] == 1.0 and body["cost"]["spent_usd"] > 1.0

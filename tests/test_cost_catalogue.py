@@ -96,12 +96,20 @@ def test_a_users_file_overlays_the_bundled_one(tmp_path):
     assert "westeurope" in catalogue.regions and "eastus" in catalogue.regions
 
 
-def test_the_setting_names_the_users_file(tmp_path, monkeypatch):
+def test_the_setting_names_the_users_file_and_the_edge_hands_it_over(tmp_path, monkeypatch):
+    """``RAPIDS_HPO_PRICES_FILE`` is read into ``Settings`` at the edge, which installs it; the catalogue
+    never reads the environment itself (a variable set later changes nothing)."""
+    from shared.config import Settings
+    from shared.cost.catalogue import use_prices_file
+
+    monkeypatch.setattr("shared.cost.catalogue._prices_file", "")  # restored after the test
     user = tmp_path / "p.yaml"
     user.write_text(yaml.safe_dump({"retrieved": "2027-02-01", "sizes": {}}))
     monkeypatch.setenv("RAPIDS_HPO_PRICES_FILE", str(user))
+    assert load_catalogue().origin == "bundled"
+    use_prices_file(Settings.from_env().prices_file)
     assert load_catalogue().retrieved == "2027-02-01"
-    monkeypatch.delenv("RAPIDS_HPO_PRICES_FILE")
+    use_prices_file(None)
     assert load_catalogue().origin == "bundled"
 
 

@@ -8,6 +8,7 @@ from fastapi.testclient import TestClient
 from shared.api import create_api
 from shared.backends.azureml.section import AZUREML_DEFAULT_VM_SIZE
 from shared.backends.vmcluster.section import VMCLUSTER_DEFAULT_VM_SIZE
+from shared.config import Settings
 from shared.context import set_context
 from shared.cost.catalogue import load_catalogue
 from shared.spec import SpecError, load_spec
@@ -55,7 +56,9 @@ def test_the_api_answers_a_retired_size_with_422_naming_compute_vm_size(tmp_path
     set_context(local_context(tmp_path))
     try:
         document = tiny_spec(compute={"backend": "azureml", "vm_size": "Standard_NC6s_v3"})
-        response = TestClient(create_api(), base_url="http://localhost").post("/api/experiments", json=document)
+        response = TestClient(create_api(settings=Settings.from_env()), base_url="http://localhost").post(
+            "/api/experiments", json=document
+        )
     finally:
         set_context(None)
     assert response.status_code == 422

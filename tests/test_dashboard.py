@@ -13,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from shared.api import create_api
+from shared.config import Settings
 from shared.context import set_context
 from shared.dashboard.artifacts import write_plots
 from shared.dashboard.charts import CHART_NAMES, fold_values, history, intermediate
@@ -37,7 +38,7 @@ def ctx(tmp_path):
 
 @pytest.fixture
 def client(ctx):
-    return TestClient(create_api(), base_url="http://localhost")
+    return TestClient(create_api(settings=Settings.from_env()), base_url="http://localhost")
 
 
 def svgs(html: str) -> dict[str, ElementTree.Element]:

@@ -22,6 +22,7 @@ from fastapi.testclient import TestClient
 from gpu_jobs.data import FLIGHTS_TARGET, FLIGHTS_URI
 from gpu_jobs.train import run_trial
 from shared.api import create_api
+from shared.config import Settings
 from shared.context import set_context
 from shared.hpo.cluster import worker_running
 from shared.hpo.driver import HpoDriver
@@ -91,7 +92,7 @@ def test_a_retried_trial_trains_only_the_folds_its_first_attempt_did_not_finish(
     set_context(local_context(tmp_path))  # the API serves the same store: what was resumed is on the record
     try:
         (served,) = (
-            TestClient(create_api(), base_url="http://localhost")
+            TestClient(create_api(settings=Settings.from_env()), base_url="http://localhost")
             .get(f"/api/experiments/{retried_id}/trials?folds=true")
             .json()
         )

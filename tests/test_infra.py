@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from shared import config
+from shared.config import Settings
 from tests.functions_host import funcignore_patterns, funcignored
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -891,7 +892,7 @@ def test_api_routes_live_under_the_route_prefix() -> None:
 
     prefix = "/" + _host()["extensions"]["http"]["routePrefix"] + "/"
     routes = []  # FastAPI keeps an included router whole (its routes hold their full paths)
-    for route in create_api().routes:
+    for route in create_api(settings=Settings.from_env()).routes:
         routes += getattr(getattr(route, "original_router", None), "routes", [route])
     paths = [route.path for route in routes if hasattr(route, "path")]
     assert {"/api/experiments", "/api/ui", "/api/openapi.json", "/api/docs"} <= set(paths)

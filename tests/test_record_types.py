@@ -19,7 +19,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 
-from shared.cost.catalogue import load_catalogue
+from shared.cost.catalogue import load_catalogue, use_prices_file
 from shared.handlers import handle_event, submit_experiment
 from shared.ports import RunState
 from shared.records import CostLedger, EventType, ExperimentEvent, ExperimentRecord, ExperimentStatus, Transition
@@ -38,7 +38,8 @@ def retire(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *sizes: str) -> None
     user = tmp_path / f"retired-{len(sizes)}.yaml"
     retired = {size: {"retired_on": "2027-01-01", "replacement": "Standard_NC8as_T4_v3"} for size in sizes}
     user.write_text(yaml.safe_dump({"retrieved": "2027-01-02", "sizes": {}, "retired": retired}))
-    monkeypatch.setenv("RAPIDS_HPO_PRICES_FILE", str(user))
+    monkeypatch.setattr("shared.cost.catalogue._prices_file", "")  # restored after the test
+    use_prices_file(user)  # as the edge does with Settings.prices_file
     assert load_catalogue().check(sizes[0]).error
 
 

@@ -22,6 +22,7 @@ from optuna.samplers import BaseSampler
 
 from shared.api import create_api
 from shared.backends import COMPUTE_SECTIONS
+from shared.config import Settings
 from shared.context import set_context
 from shared.cost.estimate import run_time_range
 from shared.hpo.search_space import make_pruner, make_sampler
@@ -103,7 +104,7 @@ def test_the_refusal_is_a_422_over_http(tmp_path: Path) -> None:
     entry = PRUNERS["successive_halving"]
     set_context(local_context(tmp_path))
     try:
-        answer = TestClient(create_api(), base_url="http://localhost").post(
+        answer = TestClient(create_api(settings=Settings.from_env()), base_url="http://localhost").post(
             "/api/experiments", json=document(entry, "azureml")
         )
     finally:

@@ -8,6 +8,7 @@ from fastapi.testclient import TestClient
 
 from shared.api import create_api
 from shared.cli.remote import all_trials
+from shared.config import Settings
 from shared.context import set_context
 from shared.dashboard.routes import STUDY_PAGE
 from shared.records import ExperimentStatus
@@ -23,7 +24,7 @@ def client(tmp_path):
     context = local_context(tmp_path)
     make_experiment(context.store, EXPERIMENT, trials=12, status=ExperimentStatus.COMPLETED)
     set_context(context)
-    yield TestClient(create_api(), base_url="http://localhost")
+    yield TestClient(create_api(settings=Settings.from_env()), base_url="http://localhost")
     set_context(None)
 
 
@@ -76,7 +77,7 @@ def test_watch_rereads_only_what_may_still_change(tmp_path):
     make_experiment(context.store, EXPERIMENT, trials=40, running=2, status=ExperimentStatus.RUNNING)
     set_context(context)
     try:
-        client = Counting(TestClient(create_api(), base_url="http://localhost"))
+        client = Counting(TestClient(create_api(settings=Settings.from_env()), base_url="http://localhost"))
         known: dict[int, dict] = {}
         assert [t["number"] for t in refresh_trials(client, BASE, known, page=7)] == list(range(42))
         assert client.read == 42

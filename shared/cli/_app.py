@@ -15,6 +15,16 @@ if TYPE_CHECKING:
 HELP = "``rapids-hpo``: run an experiment here, serve the API, or talk to a running API (local or Azure)."
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=HELP)
 
+
+@app.callback(help=HELP)
+def _at_the_edge() -> None:
+    # Every command prices with the catalogue the environment names, read once here (the CLI is an edge).
+    from shared.config import env
+    from shared.cost.catalogue import PRICES_FILE_SETTING, use_prices_file
+
+    use_prices_file(env(PRICES_FILE_SETTING))
+
+
 PIPE_WIDTH = 250
 """Columns when the output is a pipe, a file or a CI log: rich would take 80 and cut or wrap tables there."""
 

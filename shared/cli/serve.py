@@ -63,6 +63,7 @@ def serve(
 
     from shared.access_log import AccessLog, log_to_stderr
     from shared.api import create_api
+    from shared.auth import AuthSettings
     from shared.cli.server_keys import remove_keys, write_key
     from shared.context import Context, set_context
     from shared.runner import LocalHost
@@ -97,7 +98,7 @@ def serve(
     # that runs the cleanup below (the default action would end the process and leave the key file)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
-        api = create_api(function_key=key, bound_host=host)
+        api = create_api(settings=ctx.settings, function_key=key, bound_host=host, auth=AuthSettings.from_env())
         if access_log:
             log_to_stderr()
         # uvicorn's own access log would print the query string, where the dashboard's links carry the key

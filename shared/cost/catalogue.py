@@ -1,8 +1,11 @@
 """The GPU size catalogue: what each Azure GPU VM size has, what it costs per hour, and which sizes are retired.
 
 The bundled file (``data/azure-gpu-sizes.yaml``) is dated and names its sources. A user's file of the same
-schema (the ``RAPIDS_HPO_PRICES_FILE`` setting, or what ``rapids-hpo prices refresh`` writes) is laid over
-it: its sizes replace the bundled ones of the same name, its retirements add to them.
+schema (``Settings.prices_file``, the ``RAPIDS_HPO_PRICES_FILE`` setting, or what ``rapids-hpo prices
+refresh`` writes) is laid over it: its sizes replace the bundled ones of the same name, its retirements add
+to them. The file is chosen once per process, by its edge (:func:`use_prices_file`: the control plane's
+context, the CLI, the local driver), never read from the environment here: every rule that prices or
+checks a size (admission, plan, ledger, budget, the driver's guard) then reads one catalogue.
 """
 
 from __future__ import annotations
@@ -16,8 +19,6 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
-
-from shared.config import env
 
 BUNDLED_CATALOGUE = "data/azure-gpu-sizes.yaml"
 """Inside this package; read through ``importlib.resources`` (the package may be imported from a zip)."""
@@ -215,7 +216,20 @@ def _load(user_file: str) -> Catalogue:
     return overlay(bundled, read_catalogue(Path(user_file)))
 
 
+_prices_file = ""
+"""The user's file this process prices with (empty: the bundled catalogue alone); :func:`use_prices_file`."""
+
+
+def use_prices_file(path: str | Path | None) -> None:
+    """Price this process with ``path`` laid over the bundled catalogue (``None`` or empty: the bundled one):
+    called by the process's edge with ``Settings.prices_file``, before any step asks for a price."""
+    global _prices_file
+    _prices_file = str(Path(path).expanduser().resolve()) if path else ""
+
+
 def load_catalogue(user_file: str | Path | None = None) -> Catalogue:
-    """The bundled catalogue with the user's file (argument, else ``RAPIDS_HPO_PRICES_FILE``) laid over it."""
-    chosen = str(user_file) if user_file is not None else env(PRICES_FILE_SETTING)
-    return _load(str(Path(chosen).expanduser().resolve()) if chosen else "")
+    """The bundled catalogue with the user's file (argument, else the process's, :func:`use_prices_file`)
+    laid over it."""
+    if user_file is not None:  # "": the bundled catalogue alone
+        return _load(str(Path(user_file).expanduser().resolve()) if str(user_file) else "")
+    return _load(_prices_file)

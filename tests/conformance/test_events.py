@@ -233,23 +233,27 @@ def test_eventgrid_with_the_managed_identity_sends_a_bearer_token_for_event_grid
     assert "aeg-sas-key" not in headers
 
 
-def test_the_factory_picks_the_adapter_and_credential_from_the_environment(monkeypatch):
+def test_the_factory_picks_the_adapter_and_credential_from_the_settings(monkeypatch):
+    """The topic is read once, at the edge (``Settings.from_env``): the announcer takes what it is given."""
     from azure.core.credentials import AzureKeyCredential
     from azure.identity import DefaultAzureCredential
 
+    from shared.config import EventSettings, Settings
     from shared.events import open_announcer
 
     monkeypatch.delenv("EVENTGRID_TOPIC_ENDPOINT", raising=False)
     monkeypatch.delenv("RAPIDS_HPO_EVENTS_SOURCE", raising=False)
-    announcer = open_announcer()
+    announcer = open_announcer(Settings.from_env().events)
     assert not announcer.enabled and announcer.source == "/rapids-hpo-control"
     monkeypatch.setenv("EVENTGRID_TOPIC_ENDPOINT", "https://topic.example.invalid/api/events")
     monkeypatch.setenv("EVENTGRID_TOPIC_KEY", "k")
     monkeypatch.setenv("RAPIDS_HPO_EVENTS_SOURCE", "/rapids-hpo-control/func-x")
-    announcer = open_announcer()
+    settings = Settings.from_env().events
+    assert "'k'" not in repr(settings)  # the key stays out of logs
+    monkeypatch.delenv("EVENTGRID_TOPIC_ENDPOINT")  # read at the edge: the announcer no longer looks
+    announcer = open_announcer(settings)
     assert announcer.enabled and announcer.source == "/rapids-hpo-control/func-x"
     assert isinstance(announcer.publisher, EventGridPublisher)
     assert isinstance(announcer.publisher.credential, AzureKeyCredential)
-    monkeypatch.delenv("EVENTGRID_TOPIC_KEY")
-    managed = open_announcer().publisher
+    managed = open_announcer(EventSettings(topic_endpoint=settings.topic_endpoint)).publisher
     assert isinstance(managed, EventGridPublisher) and isinstance(managed.credential, DefaultAzureCredential)

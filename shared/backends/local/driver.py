@@ -19,6 +19,8 @@ from typing import cast
 from distributed import Client, LocalCluster
 
 from shared.backends.local.section import LocalCompute
+from shared.config import env
+from shared.cost.catalogue import PRICES_FILE_SETTING, use_prices_file
 from shared.dashboard.artifacts import DashboardReports
 from shared.hpo.patient_store import patient
 from shared.hpo.run_driver import CancelWatch, run_experiment
@@ -80,6 +82,7 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     logging.getLogger("azure").setLevel(logging.WARNING)
     configure("rapids-hpo-driver")
+    use_prices_file(env(PRICES_FILE_SETTING))  # the budget guard prices as the control plane that started it
     # The area offers the driver's part of a Store (the vmcluster head runs on one alike); a storage outage
     # is waited out, not a driver error.
     store = patient(cast(Store, area))
