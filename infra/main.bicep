@@ -228,6 +228,8 @@ var appSettings = {
   AZUREML_IMAGE_PATTERN: azureMLImagePattern
   RAPIDS_HPO_VM_IDENTITY_ID: vmIdentity.outputs.id
   RAPIDS_HPO_VM_IDENTITY_CLIENT_ID: vmIdentity.outputs.clientId
+  // The scope of each experiment's container, where its VMs' own identity gets its one role (vmcluster).
+  RAPIDS_HPO_STORAGE_ACCOUNT_ID: storage.outputs.id
   // This deployment's id, tagged on every experiment resource: the orphan sweep deletes only its own.
   RAPIDS_HPO_INSTANCE_ID: storage.outputs.name
   RAPIDS_HPO_POLL_SECONDS: string(pollSeconds)

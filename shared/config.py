@@ -73,6 +73,9 @@ ENV_DEFAULTS: dict[str, str] = {
     "AZUREML_IMAGE_PATTERN": "",
     "RAPIDS_HPO_VM_IDENTITY_ID": "",
     "RAPIDS_HPO_VM_IDENTITY_CLIENT_ID": "",
+    # The control plane's storage account (ARM id): each vmcluster experiment's VM identity gets a role on its
+    # container there, so no secret goes into the VMs' customData.
+    "RAPIDS_HPO_STORAGE_ACCOUNT_ID": "",
     "RAPIDS_HPO_INSTANCE_ID": "",
     "RAPIDS_HPO_API_URL": "http://127.0.0.1:7071",
     "RAPIDS_HPO_FUNCTION_KEY": "",
@@ -148,6 +151,8 @@ class AzureSettings:
     """``RAPIDS_HPO_INSTANCE_ID``."""
     vm_identity: ManagedIdentity | None = None
     """``RAPIDS_HPO_VM_IDENTITY_ID`` and ``_CLIENT_ID``: the identity the Dask VMs run as."""
+    storage_account_id: str = ""
+    """``RAPIDS_HPO_STORAGE_ACCOUNT_ID``: the control plane's storage account (the scope of experiment areas)."""
 
     @classmethod
     def from_env(cls) -> AzureSettings:
@@ -159,6 +164,7 @@ class AzureSettings:
             vm_identity=ManagedIdentity.named(
                 env("RAPIDS_HPO_VM_IDENTITY_ID"), env("RAPIDS_HPO_VM_IDENTITY_CLIENT_ID")
             ),
+            storage_account_id=env("RAPIDS_HPO_STORAGE_ACCOUNT_ID").strip(),
         )
 
 

@@ -43,10 +43,12 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class ComputeCredential:
     """What an experiment's compute holds: one area, one experiment, an expiry. ``token`` is a SAS
-    (a secret: pass it only to that compute); a ``folder`` credential (local store) has none."""
+    (a secret: pass it only to that compute); a ``folder`` credential (local store) has none; a
+    ``blob-identity`` one holds the client id of the managed identity the compute runs as (no secret: the
+    identity's role on that one container is the access)."""
 
     experiment_id: str
-    kind: Literal["blob-sas", "folder"]
+    kind: Literal["blob-sas", "blob-identity", "folder"]
     url: str
     """The area: a container URL without query, or a folder path."""
     token: str

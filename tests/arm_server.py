@@ -2,7 +2,7 @@
 
 Resource types: VNets (and a subnet's GET), NSGs, NAT gateways and, for the cluster VMs, network
 interfaces, public IPs, virtual machines and managed disks; storage accounts (``listKeys``) to show what a
-role reaches.
+role reaches; user-assigned identities and role assignments (tests/arm_identity.py).
 
 Tests point the real SDK at it (``base_url="http://127.0.0.1:PORT"``) and read back what the SDK
 really sent. It speaks ARM's protocol where the SDK depends on it:
@@ -55,7 +55,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 from azure.core.credentials import AccessToken
 
-from tests import arm_schema
+from tests import arm_identity, arm_schema
+from tests.entra_standin import Directory
 from tests.json_http import read_json_body, send_json
 from tests.rbac import Rbac
 
@@ -166,6 +167,10 @@ class FakeArm:
     """The caller's object id, as ARM names it in a 403."""
     api_versions: dict[str, str] = field(default_factory=dict)
     """The API version of the last PUT of each resource (lower-cased id)."""
+    directory: Directory = field(default_factory=Directory)
+    """Entra's view: the identities created here and their role assignments (tests/arm_identity.py)."""
+    identity_created: dict[str, float] = field(default_factory=dict)
+    """When each identity's principal was created (``time.monotonic``), for Entra's replication delay."""
 
     def __post_init__(self) -> None:
         self._lock = threading.RLock()
@@ -265,6 +270,13 @@ class FakeArm:
                 if r["type"].lower().endswith("/" + kind.lower())
             ]
 
+    def vm_identities(self, vm_name: str) -> list[str]:
+        """The resource ids of the user-assigned identities attached to VM ``vm_name`` (none when it is gone).
+        Without the server's lock: the instance metadata asks while a VM's PUT (which boots it) holds it."""
+        resources = list(self.resources.values())  # one atomic copy
+        vms = [r for r in resources if r["type"].endswith("/virtualMachines") and r["name"] == vm_name]
+        return [i for vm in vms for i in ((vm.get("identity") or {}).get("userAssignedIdentities") or {})]
+
     def resource(self, resource_id: str) -> dict[str, Any] | None:
         """The stored resource, or None."""
         with self._lock:
@@ -298,6 +310,9 @@ class FakeArm:
             if "api-version" not in request.query:
                 return 400, {}, _error("MissingApiVersionParameter", "api-version is required")
             path = request.path
+            reply = arm_identity.route(self, request)
+            if reply is not None:
+                return reply
             if match := _OPERATION.match(path):
                 return self._operation(match)  # an operation's status is its caller's to read
             if match := _RESOURCE.match(path):

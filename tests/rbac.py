@@ -56,6 +56,10 @@ class Assignment:
     scope: str
     role: RoleDefinition
     declared_in: str
+    assignable: tuple[str, ...] | None = None
+    """With a condition (a constrained delegation): the role GUIDs it lets the holder assign, else None."""
+    principal_types: tuple[str, ...] | None = None
+    """With a condition naming them: the principal types it lets the holder assign roles to."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,18 @@ class Rbac:
     def allowed(self, action: str, scope: str) -> bool:
         """Whether ``action`` is allowed at ``scope`` (an ARM id) by an assignment at or above it."""
         return any(_covers(a.scope, scope) and a.role.allows(action) for a in self.assignments)
+
+    def may_assign(self, action: str, scope: str, role_id: str, principal_type: str) -> bool:
+        """Whether ``action`` (``roleAssignments/write`` or ``delete``) of role ``role_id`` is allowed at ``scope``:
+        an assignment there or above whose role allows the action and whose condition, if any, names the role
+        (and the principal type, when it names types)."""
+        return any(
+            _covers(a.scope, scope)
+            and a.role.allows(action)
+            and (a.assignable is None or role_id.lower() in a.assignable)
+            and (a.principal_types is None or principal_type.lower() in a.principal_types)
+            for a in self.assignments
+        )
 
     def roles_at(self, scope: str) -> list[str]:
         """Names of the roles that apply at ``scope`` (for messages and tests)."""
@@ -204,8 +220,26 @@ def _module_assignments(path: Path, deployment: Deployment, group: str) -> tuple
         if role is None:
             unknown.append(label)
             continue
-        found.append(Assignment(scope=scope, role=role, declared_in=f"{path.name}:{symbol}"))
+        assignable, types = _condition(path, config["properties"].get("condition"))
+        found.append(Assignment(scope, role, f"{path.name}:{symbol}", assignable, types))
     return found, unknown
+
+
+def _condition(path: Path, condition: Any) -> tuple[tuple[str, ...] | None, tuple[str, ...] | None]:
+    """The role GUIDs (``GuidEquals {...}``) and principal types (``StringEqualsIgnoreCase {'...'}``) a
+    role assignment's condition allows (its text, or a module variable holding it), else (None, None)."""
+    if condition is None:
+        return None, None
+    text = str(condition)
+    variables = _parse(path).get("variables") or {}
+    if text in variables:
+        text = str(variables[text]["value"])
+    text = re.sub(r"\$\{roleIds\.(\w+)\}", lambda m: role_ids()[m.group(1)], text)
+    guids = tuple(g.lower() for g in re.findall(r"GuidEquals\s*\{([0-9a-fA-F-]{36})\}", text))
+    types = tuple(
+        t.lower() for t in re.findall(r"PrincipalType\]\s*ForAnyOfAnyValues:StringEqualsIgnoreCase\s*\{\\?'(\w+)", text)
+    )
+    return guids, (types or None)
 
 
 def _existing_id(resources: dict[str, Any], symbol: str, deployment: Deployment, group_id: str) -> str:

@@ -53,6 +53,8 @@ EXPECTED_ROLES = {
     "Virtual Machine Contributor": "9980e02c-c2be-4d73-94e8-173b1dc7cf3c",
     # learn.microsoft.com/azure/role-based-access-control/built-in-roles/identity#managed-identity-operator
     "Managed Identity Operator": "f1a07417-d97a-45cb-824c-7a7467783830",
+    # built-in-roles/privileged#role-based-access-control-administrator (the same reference)
+    "Role Based Access Control Administrator": "f58310d9-a9f6-439a-9e8d-f62e7b41a168",
     # learn.microsoft.com/azure/role-based-access-control/built-in-roles/general#reader
     "Reader": "acdd72a7-3385-48ef-bd42-f606fba81ae7",
     # learn.microsoft.com/azure/role-based-access-control/built-in-roles/integration#eventgrid-data-sender
@@ -80,6 +82,9 @@ EXPECTED_ASSIGNMENTS = Counter(
         (APP, "monitoringMetricsPublisher", "Microsoft.Insights/components"),
         (APP, "virtualMachineContributor", "Microsoft.Network/virtualNetworks/subnets"),
         (APP, "managedIdentityOperator", USER_ASSIGNED_IDENTITY),
+        # Each experiment's VM identity gets Storage Blob Data Contributor on that experiment's container, and
+        # nothing else: a condition limits this delegation to that one role (tests/test_vmcluster_identity.py).
+        (APP, "roleBasedAccessControlAdministrator", STORAGE_ACCOUNT),
         (APP, "reader", "Microsoft.Network/virtualNetworks/subnets"),  # the dask subnet, never its VNet
         (APP, "networkContributor", None),
         (APP, "clusterVmOperatorRole", None),  # a custom role: Virtual Machine Contributor lists storage keys
@@ -89,7 +94,8 @@ EXPECTED_ASSIGNMENTS = Counter(
         (APP, "eventGridDataSender", "Microsoft.EventGrid/topics"),  # publish to the control plane's topic
         (APP, "reader", "Microsoft.MachineLearningServices/workspaces"),  # workspaces.get, jobs.download
         (APP, "managedIdentityOperator", USER_ASSIGNED_IDENTITY),  # attach the compute identity to clusters
-        # The Dask VM identity: none. Compute holds a per-experiment SAS (shared/store/compute.py).
+        # The Dask VM identity: none. Each experiment's VMs run as an identity of their own, which the app creates
+        # and gives Storage Blob Data Contributor on that experiment's container only (shared/backends/vmcluster).
         # The AzureML compute identity: the trials' data (Contributor only on keyless workspace storage, where
         # they also write outputs) and the workspace registry's images.
         (AML, "storageBlobDataReader", STORAGE_ACCOUNT),
@@ -139,6 +145,7 @@ THIRD_PARTY_ENV = {
     "MLFLOW_TRACKING_URI": "set by AzureML inside a job to the workspace's MLflow endpoint",
     "MLFLOW_RUN_ID": "set by AzureML inside a job: the run MLflow logs to",
     "AZURE_STORAGE_ACCOUNT_NAME": "adlfs/fsspec's variable for the data account",
+    "AZURE_POD_IDENTITY_AUTHORITY_HOST": "azure-identity's override of the instance metadata host; boot.py honours it",
     "WEBSITE_SITE_NAME": "set by Azure on every Function App: turns hosted mode on (shared.config)",
     "WEBSITE_HOSTNAME": "set by Azure on every Function App: its host name, trusted by the web edge (shared.config)",
     "NETRC": "requests' netrc file: shared.http_pool lets requests read its environment only if one is there",

@@ -394,7 +394,9 @@ def test_submit_creates_the_head_on_demand_with_its_boot_script_and_keeps_secret
     node = json.loads(files["/opt/rapids-hpo/node.json"]["content"])
     assert node["role"] == "head" and node["scheduler_port"] == 18786 and node["experiment_id"] == EXP
     assert node["credential"]["experiment_id"] == EXP and node["credential"]["url"] == str(_area(ctx).root)
-    assert files["/opt/rapids-hpo/tls/key.pem"]["permissions"] == "0600"
+    assert not any("/tls/" in path for path in files)  # the TLS key is in the area, never in customData
+    tls = json.loads((_area(ctx).root / "compute" / "tls.json").read_text())
+    assert tls == document["tls"] and "BEGIN" not in base64.b64decode(props["osProfile"]["customData"]).decode()
     owner, pull, line = cloud_init["runcmd"]
     assert "docker pull rapidsai/base:26.10-cuda12-py3.12 && pulled=1 && break" in pull  # retried (test_..._standin)
     assert shlex.split(owner) == ["chown", "-R", "1001", "/opt/rapids-hpo"]  # before the container starts

@@ -70,7 +70,7 @@ def _render(image: str, args: str, worker_class: str, option: str) -> tuple[str,
     env = {"RAPIDS_HPO_EXPERIMENT_ID": "exp-1", "EXTRA_PIP_PACKAGES": "optuna>=4.2,<6 pydantic>=2.10,<3"}
     argv = docker_command(docker_image=image, docker_args=args, gpus=True, env=env)
     node = {"role": "worker", "worker_class": worker_class, "worker_options": {"memory_limit": option}}
-    return render_cloud_init(node=node, image=image, docker_argv=argv, tls=None, install_docker=False), argv
+    return render_cloud_init(node=node, image=image, docker_argv=argv, install_docker=False), argv
 
 
 @pytest.mark.parametrize("value", HOSTILE)

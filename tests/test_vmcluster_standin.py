@@ -4,13 +4,17 @@ The VMs are "created" through the real Azure SDK against the local ARM server, w
 App to the role assignments the Bicep declares (tests/rbac.py); each boots from the boot script in its
 custom data, under Python 3.12 in a virtual environment of its own that lacks this project (the code
 arrives as the archive in the experiment's compute area), in a folder of its own, as the image's user
-(uid 1001) over files owned as cloud-init leaves them, with Dask over TLS, reaching storage (Azurite)
-only with the area's SAS and only when its subnet has an outbound path. The control plane here (an
+(uid 1001) over files owned as cloud-init leaves them, with Dask over TLS, reaching storage only as the
+experiment's own managed identity (tokens from a stand-in instance metadata service, checked against the
+role assignments ARM recorded by a Storage stand-in in front of Azurite: tests/entra_standin.py) and only
+when its subnet has an outbound path. The control plane here (an
 ``AzureStore`` on Azurite) only creates VMs and reads that area: it never opens a Dask client.
 """
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import json
 import socket
 import time
@@ -23,6 +27,7 @@ import pytest
 
 from shared.backends.arm import RetrySettings
 from shared.backends.vmcluster import VMClusterBackend, VMClusterHandle
+from shared.backends.vmcluster.identity import make_authorization_client, make_msi_client
 from shared.backends.vmcluster.network import make_network_client
 from shared.backends.vmcluster.vm_teardown import make_compute_client
 from shared.config import AZURITE_KEY
@@ -32,6 +37,7 @@ from shared.spec import load_spec
 from shared.store.azure import AzureStore
 from tests.arm_server import FakeArm, StaticTokenCredential
 from tests.control_plane import local_context, tiny_spec
+from tests.entra_standin import ImdsServer, StorageProxy
 from tests.rbac import Rbac, function_app_rbac
 from tests.vm_standin import VMStandIn, compute_python
 
@@ -41,6 +47,9 @@ RG = "rg-standin"
 CONTROL_RG = "rg-control"
 LOC = "westeurope"
 CONTROL_VNET = "vnet-rhpo-standin"
+STORAGE_ACCOUNT_ID = (  # the control plane's account as tests/rbac.py names it (Azurite plays it)
+    f"/subscriptions/{SUB}/resourceGroups/{CONTROL_RG}/providers/Microsoft.Storage/storageAccounts/strhpostandin"
+)
 DASK_SUBNET_ID = (
     f"/subscriptions/{SUB}/resourceGroups/{CONTROL_RG}/providers/Microsoft.Network/virtualNetworks/"
     f"{CONTROL_VNET}/subnets/dask"
@@ -85,21 +94,46 @@ def arm(standin: VMStandIn) -> Iterator[FakeArm]:
 
 
 @pytest.fixture
+def storage(arm: FakeArm, azure_store: AzureStore, standin: VMStandIn) -> Iterator[StorageProxy]:
+    """Storage's data plane as the VMs meet it (Entra tokens, data roles) and each VM's instance metadata."""
+    azurite = str(azure_store.blob_service.url).rstrip("/")
+    proxy = StorageProxy(arm.directory, account_id=STORAGE_ACCOUNT_ID, azurite=azurite, account_key=AZURITE_KEY)
+    imds = ImdsServer(arm.directory, arm.vm_identities)
+    cert = str(proxy.cert)
+    standin.platform = lambda vm: {
+        "AZURE_POD_IDENTITY_AUTHORITY_HOST": imds.authority(vm),
+        "SSL_CERT_FILE": cert,
+        "REQUESTS_CA_BUNDLE": cert,
+    }
+    try:
+        yield proxy
+    finally:
+        imds.close()
+        proxy.close()
+
+
+@pytest.fixture
 def store(azure_store: AzureStore) -> AzureStore:
     """The control plane's store on Azurite (its own tables and containers); the VMs never hold its key."""
     return azure_store
 
 
 @pytest.fixture
-def backend(tmp_path: Path, arm: FakeArm, store: AzureStore) -> VMClusterBackend:
+def backend(tmp_path: Path, arm: FakeArm, store: AzureStore, storage: StorageProxy) -> VMClusterBackend:
     ctx = local_context(tmp_path / "control-plane")
+    settings = dataclasses.replace(
+        ctx.settings, azure=dataclasses.replace(ctx.settings.azure, storage_account_id=STORAGE_ACCOUNT_ID)
+    )
     credential = StaticTokenCredential(arm.token)
     retry = RetrySettings(attempts=3, initial_wait_s=0, max_wait_s=0, jitter_s=0, sleep=lambda _: None)
     return VMClusterBackend(
         store,
-        ctx.settings,
+        settings,
         compute_client_factory=lambda sub: make_compute_client(sub, credential, arm.base_url, polling_interval=0),
         network_client_factory=lambda sub: make_network_client(sub, credential, arm.base_url, polling_interval=0),
+        msi_client_factory=lambda sub: make_msi_client(sub, credential, arm.base_url),
+        authorization_client_factory=lambda sub: make_authorization_client(sub, credential, arm.base_url),
+        vm_blob_endpoint=storage.url,
         retry=retry,
         scheduler_port=_free_port(),
         ready_timeout_s=240,
@@ -162,12 +196,20 @@ def _new_record(backend: VMClusterBackend, spec: dict[str, Any]) -> ExperimentRe
 
 @pytest.mark.slow  # boots stand-in VMs (~30 s, minutes under load); the vmcluster conformance cases keep its steps
 def test_provision_boot_trials_outcome_model_teardown(
-    backend: VMClusterBackend, standin: VMStandIn, arm: FakeArm, store: AzureStore
+    backend: VMClusterBackend, standin: VMStandIn, arm: FakeArm, store: AzureStore, storage: StorageProxy
 ) -> None:
+    # Azure applies a new role to Storage's data only after a while: here, not before a VM was refused (403).
+    arm.directory.propagation_s = 3600
+
+    def propagate_once_refused(current: ExperimentRecord, status: RunStatus) -> None:
+        if arm.directory.denied:
+            arm.directory.propagation_s = 0
+
     record = _new_record(backend, _spec(total=3))
-    record, status = _run(backend, standin, record)
+    record, status = _run(backend, standin, record, during=propagate_once_refused)
 
     assert status.state is RunState.SUCCEEDED, (status, standin.logs())
+    assert any("/containers/" in refused for refused in arm.directory.denied)  # refused at first, then retried
     assert status.outcome is not None
     outcome = status.outcome.model_dump(mode="json")
     assert outcome["status"] == "COMPLETED" and outcome["best"] is not None
@@ -183,8 +225,13 @@ def test_provision_boot_trials_outcome_model_teardown(
     assert len(standin.containers) == 3 and all(c.starts == 1 for c in standin.containers.values())
     head = standin.containers[handle.scheduler_vm or ""]
     node = json.loads((head.cwd / "opt/rapids-hpo/node.json").read_text())
-    assert node["credential"]["kind"] == "blob-sas" and "sig=" in node["credential"]["token"]
+    assert node["credential"]["kind"] == "blob-identity" and node["credential"]["url"].startswith(storage.url)
     assert AZURITE_KEY not in json.dumps(node) and not any("AzureWebJobsStorage" in k for k in head.env)
+    for vm in arm.of_type("virtualMachines"):  # customData holds no secret: no SAS, key or PEM of any kind
+        boot = base64.b64decode(vm["properties"]["osProfile"]["customData"]).decode()
+        assert not any(s in boot.lower() for s in ("sig=", "accountkey", "-----begin", "private key")), vm["name"]
+        assert handle.identity and handle.identity.resource_id in vm["identity"]["userAssignedIdentities"]
+    assert oct((head.cwd / "opt/rapids-hpo/tls/key.pem").stat().st_mode & 0o777) == "0o600"  # read from the area
     assert (head.cwd / "opt/rapids-hpo/code/shared/backends/vmcluster/head.py").exists()
 
     backend.finalize(record)
@@ -196,7 +243,8 @@ def test_provision_boot_trials_outcome_model_teardown(
     backend.teardown(record)
     assert arm.of_type("virtualMachines") == [] and arm.of_type("virtualNetworks") == []
     assert not any(standin.alive(name) for name in standin.containers)
-    assert not store.blob_service.get_container_client(areas[0]).exists()  # the VMs' SAS reaches nothing now
+    assert not store.blob_service.get_container_client(areas[0]).exists()  # nothing left for the VMs to reach
+    assert not arm.of_type("userAssignedIdentities") and not arm.directory.assignments  # their identity is gone
     assert store.list_artifacts(record.id, "model/")
 
 

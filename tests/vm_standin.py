@@ -19,12 +19,17 @@ What plays what:
   entrypoint installs ``EXTRA_PIP_PACKAGES`` (``pip install --no-index``: only what the image's local index
   holds; anything else fails the container start, as an offline pip would). ``--restart=on-failure:N`` is
   honoured; a killed "container" with that policy is started again, as Docker would.
+* The VM's platform (:attr:`VMStandIn.platform`): what Azure gives every VM without a request, e.g. the
+  instance metadata service at its link-local address (here each VM's own prefix of
+  :class:`tests.entra_standin.ImdsServer`, through ``AZURE_POD_IDENTITY_AUTHORITY_HOST``, which boot.py and
+  azure-identity both honour) and a CA store that trusts Storage's endpoint (here the stand-in's certificate,
+  ``SSL_CERT_FILE``/``REQUESTS_CA_BUNDLE``); set for the boot script's commands and in the container.
 * The VM's network: the local ARM server gives every NIC ``127.0.0.1``. A VM whose NIC and subnet have no
   outbound path (:meth:`tests.arm_server.FakeArm.outbound`) runs in a network namespace of its own
   (``unshare -n``, loopback only): it reaches neither Storage (Azurite) nor the other VMs.
 
 The code (``shared``, ``gpu_jobs``) reaches the VMs only as the archive in the experiment's container,
-fetched with the SAS in ``node.json``.
+fetched as the VM's identity (``node.json`` holds no secret).
 """
 
 from __future__ import annotations
@@ -174,6 +179,8 @@ class VMStandIn:
         self.pull_failures = 0
         """How many image pulls fail on each new VM before one succeeds (:meth:`fail_pulls`)."""
         self._threads: list[threading.Thread] = []
+        self.platform: Callable[[str], dict[str, str]] | None = None
+        """The environment Azure's platform gives VM ``name`` (its instance metadata, the CAs it trusts)."""
 
     # -- the ARM server's hooks ----------------------------------------------------------------------
     def boot(self, vm: dict[str, Any]) -> None:
@@ -233,6 +240,7 @@ class VMStandIn:
         (vm_root / "pull-failures").write_text(str(self.pull_failures))
         lines = [entry if isinstance(entry, str) else shlex.join(map(str, entry)) for entry in runcmd]
         env = {"PATH": str(bin_dir), "STANDIN_VM_ROOT": str(vm_root), "STANDIN_NETWORK": network or ""}
+        env |= self.platform(vm_root.name) if self.platform is not None else {}
         result = subprocess.run(
             ["/bin/sh", "-c", "\n".join(lines)], env=env, capture_output=True, text=True, timeout=60, check=False
         )
@@ -276,6 +284,7 @@ class VMStandIn:
             "TMPDIR": str(tmp),
             "LANG": "C.UTF-8",
             "LD_LIBRARY_PATH": str(BASE / "lib"),
+            **(self.platform(name) if self.platform is not None else {}),
         }
         options: dict[str, list[str]] = {}
         rest = list(args)

@@ -19,6 +19,7 @@ var roleIds = {
   networkContributor: '4d97b98b-1d4f-4787-a291-c67834d212e7' // Network Contributor
   virtualMachineContributor: '9980e02c-c2be-4d73-94e8-173b1dc7cf3c' // Virtual Machine Contributor
   managedIdentityOperator: 'f1a07417-d97a-45cb-824c-7a7467783830' // Managed Identity Operator
+  roleBasedAccessControlAdministrator: 'f58310d9-a9f6-439a-9e8d-f62e7b41a168' // Role Based Access Control Administrator
   reader: 'acdd72a7-3385-48ef-bd42-f606fba81ae7' // Reader
   acrPull: '7f951dda-4ed3-4680-a7ca-43fe172d538d' // AcrPull
   eventGridDataSender: 'd5a91429-5739-47e2-a06b-3470a27159e7' // EventGrid Data Sender

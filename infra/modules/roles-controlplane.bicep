@@ -132,3 +132,23 @@ resource vmIdentityOperator 'Microsoft.Authorization/roleAssignments@2022-04-01'
     description: 'Attach the Dask VM identity to the VMs the app creates.'
   }
 }
+
+// Each experiment's Dask VMs run as a user-assigned identity of their own (created by the app in the experiment
+// resource group) that reaches only that experiment's container: the app assigns Storage Blob Data Contributor
+// at the container's scope when the experiment is provisioned and deletes it at teardown. No secret then goes
+// into the VMs' customData. The condition is a constrained delegation: this assignment lets the app assign (and
+// delete) that one role, to service principals only, and nothing else (no Owner, no User Access Administrator).
+var blobContributorOnly = '((!(ActionMatches{\'Microsoft.Authorization/roleAssignments/write\'})) OR (@Request[Microsoft.Authorization/roleAssignments:RoleDefinitionId] ForAnyOfAnyValues:GuidEquals {${roleIds.storageBlobDataContributor}} AND @Request[Microsoft.Authorization/roleAssignments:PrincipalType] ForAnyOfAnyValues:StringEqualsIgnoreCase {\'ServicePrincipal\'})) AND ((!(ActionMatches{\'Microsoft.Authorization/roleAssignments/delete\'})) OR (@Resource[Microsoft.Authorization/roleAssignments:RoleDefinitionId] ForAnyOfAnyValues:GuidEquals {${roleIds.storageBlobDataContributor}}))'
+
+resource experimentAreaRoles 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(storage.id, principalId, roleIds.roleBasedAccessControlAdministrator)
+  scope: storage
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleIds.roleBasedAccessControlAdministrator)
+    principalId: principalId
+    principalType: 'ServicePrincipal'
+    description: 'Give each experiment\'s Dask VM identity Storage Blob Data Contributor on its own container only.'
+    condition: blobContributorOnly
+    conditionVersion: '2.0'
+  }
+}

@@ -26,7 +26,7 @@ resource clusterVmOperatorRole 'Microsoft.Authorization/roleDefinitions@2022-04-
   name: guid(resourceGroup().id, 'rapids-hpo-cluster-vm-operator')
   properties: {
     roleName: 'rapids-hpo cluster VM operator (${resourceGroup().name})'
-    description: 'Create, read and delete the Dask cluster VMs and their disks; no storage keys.'
+    description: 'Create, read and delete the Dask cluster VMs, their disks and identities; no storage keys.'
     type: 'CustomRole'
     permissions: [
       {
@@ -36,6 +36,11 @@ resource clusterVmOperatorRole 'Microsoft.Authorization/roleDefinitions@2022-04-
           'Microsoft.Compute/disks/write'
           'Microsoft.Compute/disks/delete'
           'Microsoft.Compute/locations/*'
+          // Each experiment's VMs run as an identity of their own, created, attached and deleted with them.
+          'Microsoft.ManagedIdentity/userAssignedIdentities/read'
+          'Microsoft.ManagedIdentity/userAssignedIdentities/write'
+          'Microsoft.ManagedIdentity/userAssignedIdentities/delete'
+          'Microsoft.ManagedIdentity/userAssignedIdentities/assign/action'
           'Microsoft.Resources/subscriptions/resourceGroups/read'
         ]
         notActions: []

@@ -199,6 +199,12 @@ class ComputeStore:
             return cls(credential, FolderArea(Path(credential.url)))
         from azure.storage.blob import ContainerClient
 
+        if credential.kind == "blob-identity":  # a VM's own identity, its token from the instance metadata
+            from azure.identity import ManagedIdentityCredential
+
+            identity = ManagedIdentityCredential(client_id=credential.token)
+            return cls(credential, ContainerArea(ContainerClient.from_container_url(credential.url, identity)))
+
         return cls(
             credential, ContainerArea(ContainerClient.from_container_url(f"{credential.url}?{credential.token}"))
         )

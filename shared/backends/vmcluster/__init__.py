@@ -7,13 +7,14 @@ meets the cluster only in the experiment's compute area in storage (:mod:`shared
 never opens a Dask client, never sends pickled code, and needs no network path to the cluster.
 
 Step by step (each bounded and idempotent, reconciled against what exists by tag and name)
-    * ``provision``: the network, and the compute area with the record and our code (``compute/code.zip``);
-    * ``submit``: the cluster's TLS identity (a secret), then the head VM (NIC + VM, ~1-3 min);
+    * ``provision``: the network, the compute area with the record and our code (``compute/code.zip``), and
+      the VMs' own managed identity with its one role, on that area (:mod:`.identity`);
+    * ``submit``: the cluster's TLS identity (a secret, into the area), then the head VM (NIC + VM, ~1-3 min);
     * ``poll``: ingest what the driver wrote (trials, model, heartbeat, outcome); create the worker VMs
       the cluster lacks (a lost Spot worker is replaced and counted as an eviction, with its own
       budget); FAILED when the head never reports or goes silent;
     * ``cancel``: republish the CANCELLING record the driver watches; ``teardown`` (the backstop)
-      deletes the VMs, NICs and disks by tag, the network, and the compute area (ending its SAS).
+      deletes the VMs, NICs and disks by tag, the network, the VMs' identity, and the compute area.
 
     Nothing waits for a docker pull inside a function. Names are deterministic (``dask-<cluster-id>-
     scheduler``, ``dask-<cluster-id>-worker-*``, ``<vm>-nic``), so a redelivered event creates only the
@@ -21,9 +22,9 @@ Step by step (each bounded and idempotent, reconciled against what exists by tag
 
 On the VMs
     Our own cloud-init (:mod:`.bootscript`: every spec value validated by the spec and quoted again)
-    writes ``node.json`` (role, settings, the compute credential) and ``boot.py`` (stdlib only), and runs
+    writes ``node.json`` (role, settings, where the area is; no secret) and ``boot.py`` (stdlib only), and runs
     one ``docker run`` of ``boot.py`` in the image with ``--restart=on-failure:5``. ``boot.py`` fetches the
-    code with the area's SAS and starts scheduler + :mod:`.head` (head) or a worker of the spec's
+    code (and the TLS key) as the VM's identity and starts scheduler + :mod:`.head` (head) or a worker of the spec's
     ``worker_class`` (workers). The scheduler has our code, so it can deserialize the driver's tasks, and
     runs the image's Python: nothing crosses Python versions.
 
@@ -35,9 +36,10 @@ Why not dask-cloudprovider's own pieces
     :mod:`.bootscript` renders the boot script.
 
 Security
-    No public IPs; the NSG admits Dask's ports from the experiment's subnet only. The VMs hold the
-    area's SAS (their experiment's data only, expiring with it) and the cluster's TLS identity; no
-    storage key, connection string or data role.
+    No public IPs; the NSG admits Dask's ports from the experiment's subnet only. The VMs run as an
+    identity of their own whose one role is Storage Blob Data Contributor on their experiment's container
+    (deleted at teardown), and read the cluster's TLS identity there; their customData holds no secret (a
+    SAS or key there is refused); no storage key or connection string anywhere.
 
 Modules
     :mod:`.section` (the spec's ``compute`` section), :mod:`.network` (+ :mod:`.network_layout`: the VNet

@@ -28,8 +28,8 @@ from shared.backends.vmcluster.bootscript import (
     render_cloud_init,
 )
 from shared.backends.vmcluster.dryrun import VMClusterPlanner
-from shared.backends.vmcluster.exchange import CODE_BLOB, HEARTBEAT_ARTIFACT, Heartbeat, build_code_archive
-from shared.backends.vmcluster.handle import VMClusterHandle
+from shared.backends.vmcluster.exchange import CODE_BLOB, HEARTBEAT_ARTIFACT, TLS_BLOB, Heartbeat, build_code_archive
+from shared.backends.vmcluster.handle import IdentityHandle, VMClusterHandle
 from shared.backends.vmcluster.section import VMClusterCompute
 from shared.backends.vmcluster.settings import CLUSTER_PIP_PACKAGES as PIP
 from shared.backends.vmcluster.settings import (
@@ -81,9 +81,10 @@ ClientFactory = Callable[[str], Any]
 class VMClusterBackend:
     """Dask on Azure VMs; implements ``shared.ports.ComputeBackend``.
 
-    ``compute_client_factory``/``network_client_factory`` build the ARM clients from a subscription id
-    (tests point them at a local ARM server). The cluster meets the control plane in the experiment's
-    compute area (``ComputeAreas.issue_compute_credential``): the VMs hold its SAS and nothing else.
+    ``compute_client_factory``/``network_client_factory`` (and ``msi_``/``authorization_client_factory``)
+    build the ARM clients from a subscription id (tests point them at a local ARM server). The cluster meets
+    the control plane in the experiment's compute area: the VMs reach it as an identity of their own whose
+    one role is on that area (:mod:`.identity`); their boot script holds no secret.
     """
 
     name = "vmcluster"
@@ -98,6 +99,9 @@ class VMClusterBackend:
         *,
         compute_client_factory: ClientFactory | None = None,
         network_client_factory: ClientFactory | None = None,
+        msi_client_factory: ClientFactory | None = None,
+        authorization_client_factory: ClientFactory | None = None,
+        vm_blob_endpoint: str | None = None,
         identity: VMIdentity | None = None,
         retry: RetrySettings | None = None,
         scheduler_port: int = SCHEDULER_PORT,
@@ -109,6 +113,10 @@ class VMClusterBackend:
         self.settings = settings
         self._compute_factory = compute_client_factory
         self._network_factory = network_client_factory
+        self._msi_factory = msi_client_factory
+        self._authorization_factory = authorization_client_factory
+        self.vm_blob_endpoint = vm_blob_endpoint
+        """The storage account's blob endpoint as the VMs reach it (tests: a local stand-in); None: the area's."""
         self.identity = identity
         self._retry = retry
         self.scheduler_port = scheduler_port
@@ -147,6 +155,28 @@ class VMClusterBackend:
             raise BackendError("no subscription: set compute.subscription_id or AZURE_SUBSCRIPTION_ID")
         return self._clients(sub)
 
+    def _identity_clients(self, compute: VMClusterCompute) -> tuple[Any, Any]:
+        from shared.backends.vmcluster.identity import make_authorization_client, make_msi_client
+
+        sub = subscription_of(compute, self.settings.azure) or ""
+        return (self._msi_factory or make_msi_client)(sub), (self._authorization_factory or make_authorization_client)(
+            sub
+        )
+
+    def _node_credential(self, record: ExperimentRecord, handle: VMClusterHandle) -> dict[str, Any]:
+        """What the VMs' ``node.json`` holds to reach the area: never a secret. A blob area: its URL and the
+        client id of the experiment's VM identity; a folder (local development): its path."""
+        credential = self._credential(record)
+        if credential.kind == "folder":
+            return dict(json.loads(credential.to_json()))
+        if handle.identity is None:
+            raise BackendError(f"experiment {record.id} has no VM identity (provision did not run)", retryable=False)
+        url = credential.url
+        if self.vm_blob_endpoint:
+            url = f"{self.vm_blob_endpoint.rstrip('/')}/{url.rstrip('/').rsplit('/', 1)[-1]}"
+        identity = ComputeCredential(record.id, "blob-identity", url, handle.identity.client_id, credential.expires_at)
+        return dict(json.loads(identity.to_json()))
+
     def _credentials(self, experiment_id: str) -> dict[str, Any] | None:
         try:
             credentials: dict[str, Any] = json.loads(self.store.get_secret(experiment_id, SECURITY_ARTIFACT))
@@ -156,12 +186,20 @@ class VMClusterBackend:
 
     # ------------------------------------------------------------------------------ the VMs' boot
     def _plan(
-        self, record: ExperimentRecord, compute: VMClusterCompute, name: str, node: dict[str, Any], *, head: bool
+        self,
+        record: ExperimentRecord,
+        compute: VMClusterCompute,
+        handle: VMClusterHandle,
+        name: str,
+        node: dict[str, Any],
+        *,
+        head: bool,
     ) -> VMPlan:
-        """A head or worker VM with its boot script; the node gets a fresh SAS of the experiment's container."""
+        """A head or worker VM with its boot script, which holds no secret: the node reaches the area as the
+        experiment's VM identity and reads its TLS key there (:data:`TLS_BLOB`)."""
         document = self._credentials(record.id) or {}
         size = (compute.scheduler_vm_size or compute.vm_size) if head else compute.vm_size
-        credential = json.loads(self._credential(record).to_json())
+        credential = self._node_credential(record, handle)
         env = {**cluster_env(experiment_id=record.id), "EXTRA_PIP_PACKAGES": " ".join(PIP)}
         if head:  # the driver joins the experiment's trace (TRACEPARENT) and exports where OTEL_* say
             env |= compute_environment(record.traceparent, prefixes=("OTEL_",))
@@ -180,7 +218,6 @@ class VMClusterBackend:
             node=node,
             image=compute.docker_image,
             docker_argv=argv,
-            tls=document.get("tls"),
             install_docker=not compute.use_marketplace_image,
         )
         market = compute.use_marketplace_image
@@ -201,9 +238,11 @@ class VMClusterBackend:
         network = handle.network
         if network is None:
             raise BackendError(f"experiment {record.id} has no provisioned network (provision did not run)")
+        attached = [i.resource_id for i in (handle.identity, self.identity) if i is not None]
+        identities: dict[str, dict[str, Any]] = {resource_id: {} for resource_id in attached}
         extra = None
-        if self.identity is not None:
-            extra = {"identity": {"type": "UserAssigned", "userAssignedIdentities": {self.identity.resource_id: {}}}}
+        if identities:
+            extra = {"identity": {"type": "UserAssigned", "userAssignedIdentities": identities}}
         return create_vm(
             *clients,
             vm,
@@ -239,11 +278,36 @@ class VMClusterBackend:
             tags=cluster_tags(record.id, self.settings.azure.instance_id),
             retry=self.retry,
         )
-        area = ComputeStore.from_credential(self._credential(record)).area  # the record is published there
+        credential = self._credential(record)
+        area = ComputeStore.from_credential(credential).area  # the record is published there
         with tempfile.TemporaryDirectory(prefix="rapids-hpo-code-") as folder:
             area.put(CODE_BLOB, build_code_archive(Path(folder) / "code.zip").read_bytes())
-        handle = VMClusterHandle.of(record.backend_state)
-        return handle_changes(handle, handle.model_copy(update={"network": network, "area": True}))
+        before = VMClusterHandle.of(record.backend_state)
+        handle = before.model_copy(update={"network": network, "area": True})
+        if credential.kind != "folder":
+            handle = handle.model_copy(update={"identity": self._ensure_identity(record, compute, credential.url)})
+        return handle_changes(before, handle)
+
+    def _ensure_identity(self, record: ExperimentRecord, compute: VMClusterCompute, area_url: str) -> IdentityHandle:
+        """The experiment's VM identity with its one role, on the area's container (see :mod:`.identity`)."""
+        from shared.backends.vmcluster.identity import container_scope, ensure_identity
+
+        account = self.settings.azure.storage_account_id
+        if not account:
+            raise BackendError(
+                "RAPIDS_HPO_STORAGE_ACCOUNT_ID is not set: the VMs reach their experiment's container with an "
+                "identity of their own, whose role is scoped there (infra/main.bicep sets it)",
+                retryable=False,
+            )
+        return ensure_identity(
+            *self._identity_clients(compute),
+            resource_group=compute.resource_group,
+            location=compute.location,
+            experiment_id=record.id,
+            tags=cluster_tags(record.id, self.settings.azure.instance_id),
+            scope=container_scope(account, area_url.rstrip("/").rsplit("/", 1)[-1]),
+            retry=self.retry,
+        )
 
     def submit(self, record: ExperimentRecord) -> HandleUpdate:
         """The cluster's TLS identity (a secret), then the head VM (NIC + VM, ~1-3 minutes).
@@ -259,6 +323,9 @@ class VMClusterBackend:
         if document is None:
             document = {"cluster_id": uuid.uuid4().hex[:8], "tls": new_tls_identity() if compute.security else None}
             self.store.put_secret(record.id, SECURITY_ARTIFACT, json.dumps(document).encode())
+        if document.get("tls"):  # for the VMs, in their area (their identity reads it), never in their customData
+            area = ComputeStore.from_credential(self._credential(record)).area
+            area.put(TLS_BLOB, json.dumps(document["tls"]).encode())
         handle = handle.model_copy(update={"cluster_id": document["cluster_id"]})
         name = scheduler_vm_name(document["cluster_id"])
         vm = get_vm(clients[0], compute.resource_group, name, self.retry)
@@ -266,7 +333,7 @@ class VMClusterBackend:
             ip = private_ip(clients[1], compute.resource_group, vm, self.retry)
         else:  # absent, or its creation failed: PUT it (again; the names make that idempotent)
             node = {"role": "head", "scheduler_port": self.scheduler_port}
-            ip = self._create(record, handle, clients, self._plan(record, compute, name, node, head=True))
+            ip = self._create(record, handle, clients, self._plan(record, compute, handle, name, node, head=True))
         protocol = "tls" if document.get("tls") else "tcp"
         update = {
             "scheduler_vm": name,
@@ -378,7 +445,7 @@ class VMClusterBackend:
         }
         delete_failed_workers(clients[0], compute.resource_group, vms, cluster_id)
         names = [f"{worker_vm_prefix(cluster_id)}{uuid.uuid4().hex[:8]}" for _ in range(missing)]
-        plans = [self._plan(record, compute, name, node, head=False) for name in names]
+        plans = [self._plan(record, compute, handle, name, node, head=False) for name in names]
         with ThreadPoolExecutor(max_workers=min(8, missing), thread_name_prefix="vmcluster-create") as pool:
             futures = [pool.submit(self._create, record, handle, clients, plan) for plan in plans]
         errors = [exc for exc in (f.exception() for f in futures) if exc is not None]
@@ -433,6 +500,15 @@ class VMClusterBackend:
         if handle.network is not None:
             teardown_network(
                 network_client, resource_group=handle.network.resource_group, handle=handle.network, retry=self.retry
+            )
+        if handle.identity is not None:  # after its VMs: nothing runs as it any more
+            from shared.backends.vmcluster.identity import delete_identity
+
+            delete_identity(
+                *self._identity_clients(compute),
+                handle.identity,
+                resource_group=compute.resource_group,
+                retry=self.retry,
             )
         if handle.area:
             self.areas.revoke_compute_credential(record.id)

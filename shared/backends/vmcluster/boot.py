@@ -1,8 +1,9 @@
 """The first program a cluster VM runs, inside its container: stdlib only (our packages are not there yet).
 
-The boot script writes this file beside ``node.json`` (the node's role and settings, including the
-experiment's compute credential: its area's URL and SAS) and runs ``python boot.py``. It fetches the
-code archive from the experiment's area, puts it on the Python path, and starts the node:
+The boot script writes this file beside ``node.json`` (the node's role and settings, and where the
+experiment's area is: its URL and the client id of the VM's identity, no secret) and runs ``python boot.py``.
+It fetches the code archive (and the cluster's TLS key) from the experiment's area with a token of the
+VM's identity from the instance metadata service, puts the code on the Python path, and starts the node:
 
 * head: the Dask scheduler, and beside it the HPO driver (``shared.backends.vmcluster.head``), which
   talks to the workers over the VNet and writes trials and the outcome to the experiment's container.
@@ -15,8 +16,12 @@ code archive from the experiment's area, puts it on the Python path, and starts 
 The scheduler's dashboard listens on the VM's loopback only (``127.0.0.1:8787``): nothing on the network
 reaches it, whatever the NSG says (and 8787 is the port the NSG's Dask rules cover).
 
-Arguments reach the processes as argument lists, never through a shell. TLS comes from the files
-beside this one, through Dask's config variables. The exit status tells the container's restart
+Arguments reach the processes as argument lists, never through a shell. TLS comes from the area
+(``compute/tls.json``, written to files beside this one, 0600), through Dask's config variables.
+
+**Roles take minutes to apply.** The identity's role on the area is assigned just before the VMs are
+created, and Azure applies a new assignment to Storage's data plane only after a while: a 403 (and any
+network error) is retried for up to :data:`ROLE_WAIT_S`. The exit status tells the container's restart
 policy whether to start the node again (non-zero: yes).
 
 **A failed boot is visible.** Once the credential is read, any failure to start (the code archive out of
@@ -34,6 +39,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -44,29 +50,97 @@ STARTS_ALLOWED = 6
 """The first start and the five of ``--restart=on-failure:5`` (bootscript.RESTART_POLICY)."""
 
 
-def fetch_code(config: dict[str, Any], target: Path) -> None:
-    """The code archive from the experiment's area: a blob read with the SAS, or (a local store's
-    area, development) a file."""
-    credential = config["credential"]
+ROLE_WAIT_S = 900.0
+"""How long a read or write of the area is retried (a new role assignment, a network not there yet)."""
+IMDS = "http://169.254.169.254"
+STORAGE_VERSION = "2021-08-06"
+"""``x-ms-version`` of our blob requests (OAuth needs 2017-11-09 or later)."""
+
+
+class Area:
+    """The experiment's area as this node reaches it: a folder (local development), or a blob container
+    with a token of the VM's managed identity (``blob-identity``) or a SAS (``blob-sas``, older nodes)."""
+
+    def __init__(self, credential: dict[str, Any]) -> None:
+        self.credential = credential
+        self._token: tuple[str, float] | None = None
+
+    def _bearer(self) -> str:
+        """A token of the VM's identity for Storage, from the instance metadata service (cached)."""
+        if self._token is None or self._token[1] < time.time() + 300:
+            host = os.environ.get("AZURE_POD_IDENTITY_AUTHORITY_HOST", IMDS).rstrip("/")
+            query = urllib.parse.urlencode(
+                {
+                    "api-version": "2018-02-01",
+                    "resource": "https://storage.azure.com/",
+                    "client_id": self.credential["token"],
+                }
+            )
+            request = urllib.request.Request(
+                f"{host}/metadata/identity/oauth2/token?{query}", headers={"Metadata": "true"}
+            )
+            with urllib.request.urlopen(request, timeout=30) as response:
+                answer = json.loads(response.read())
+            self._token = (str(answer["access_token"]), float(answer.get("expires_on") or time.time() + 600))
+        return self._token[0]
+
+    def _request(self, name: str, body: bytes | None, headers: dict[str, str]) -> urllib.request.Request:
+        url = f"{self.credential['url'].rstrip('/')}/{name}"
+        if self.credential["kind"] == "blob-sas":
+            url = f"{url}?{self.credential['token']}"
+        else:
+            headers = {**headers, "Authorization": f"Bearer {self._bearer()}", "x-ms-version": STORAGE_VERSION}
+        return urllib.request.Request(url, body, headers, method="PUT" if body is not None else "GET")
+
+    def get(self, name: str, wait_s: float = ROLE_WAIT_S) -> bytes:
+        if self.credential["kind"] == "folder":
+            return (Path(self.credential["url"]) / name).read_bytes()
+        return self._retried(name, lambda: self._request(name, None, {}), wait_s)
+
+    def put(self, name: str, body: bytes, wait_s: float = ROLE_WAIT_S) -> None:
+        if self.credential["kind"] == "folder":
+            target = Path(self.credential["url"]) / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(body)
+            return
+        headers = {"x-ms-blob-type": "BlockBlob", "Content-Type": "application/octet-stream"}
+        self._retried(name, lambda: self._request(name, body, headers), wait_s)
+
+    @staticmethod
+    def _retried(name: str, request: Any, wait_s: float) -> bytes:
+        deadline, attempt = time.monotonic() + wait_s, 0
+        while True:
+            try:
+                with urllib.request.urlopen(request(), timeout=30) as response:
+                    return bytes(response.read())
+            except OSError as exc:  # HTTPError (a 403 while the role propagates) and URLError are OSErrors
+                attempt += 1
+                if time.monotonic() > deadline:
+                    raise BootFailure(f"reaching {name} in the area", f"{exc} (still, after {wait_s:.0f} s)") from exc
+                print(f"boot: {name}: {exc}; retrying", file=sys.stderr, flush=True)
+                time.sleep(min(2.0 * attempt, 20.0))
+
+
+def fetch_code(area: Area, target: Path) -> None:
+    """The code archive from the experiment's area, unpacked into ``target``."""
     archive = HERE / "code.zip"
-    if credential["kind"] == "folder":
-        archive.write_bytes((Path(credential["url"]) / "compute" / "code.zip").read_bytes())
-        with zipfile.ZipFile(archive) as zipped:
-            zipped.extractall(target)
-        return
-    url = f"{credential['url'].rstrip('/')}/compute/code.zip?{credential['token']}"
-    for attempt in range(30):
-        try:
-            with urllib.request.urlopen(url, timeout=30) as response:
-                archive.write_bytes(response.read())
-            break
-        except OSError as exc:
-            print(f"boot: fetching the code archive failed ({exc}); retrying", file=sys.stderr, flush=True)
-            time.sleep(min(2 * (attempt + 1), 20))
-    else:
-        raise BootFailure("fetching the code archive", "unreachable after 30 attempts (no way out of the subnet?)")
+    archive.write_bytes(area.get("compute/code.zip"))
     with zipfile.ZipFile(archive) as zipped:
         zipped.extractall(target)
+
+
+def fetch_tls(area: Area, config: dict[str, Any]) -> None:
+    """The cluster's TLS key and certificate from the area into ``tls/`` beside this file (0600)."""
+    if not config.get("tls"):
+        return
+    identity = json.loads(area.get("compute/tls.json"))
+    folder = HERE / "tls"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    for name in ("ca", "cert", "key"):
+        path = folder / f"{name}.pem"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(str(identity[name]))
 
 
 def environment(config: dict[str, Any], code: Path) -> dict[str, str]:
@@ -169,18 +243,9 @@ def write_note(config: dict[str, Any], note: dict[str, Any]) -> None:
     name = f"artifacts/boot/{config.get('vm') or socket.gethostname()}.json"
     body = json.dumps({**note, "vm": config.get("vm"), "role": config.get("role")}).encode()
     print(f"boot: {note}", file=sys.stderr, flush=True)
-    credential = config["credential"]
     try:
-        if credential["kind"] == "folder":
-            target = Path(credential["url"]) / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(body)
-            return
-        url = f"{credential['url'].rstrip('/')}/{name}?{credential['token']}"
-        headers = {"x-ms-blob-type": "BlockBlob", "Content-Type": "application/json"}
-        with urllib.request.urlopen(urllib.request.Request(url, body, headers, method="PUT"), timeout=30):
-            pass
-    except OSError as exc:
+        Area(config["credential"]).put(name, body, wait_s=120)
+    except (OSError, BootFailure) as exc:
         print(f"boot: could not write the boot note ({exc})", file=sys.stderr, flush=True)
 
 
@@ -211,8 +276,9 @@ def main(argv: list[str]) -> int:
     starts = count_start()
     note = {"starts": starts, "final": starts >= STARTS_ALLOWED}
     try:
-        code = HERE / "code"
-        fetch_code(config, code)
+        code, area = HERE / "code", Area(config["credential"])
+        fetch_code(area, code)
+        fetch_tls(area, config)
         env = environment(config, code)
         if config["role"] == "head":
             status = run_head(config, env)

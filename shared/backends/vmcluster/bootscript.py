@@ -6,7 +6,8 @@ breaks it, ``;`` or ``$()`` runs commands. Here the boot script is a YAML docume
 ``yaml.safe_dump``; spec values reach it only as
 
 * ``node.json``, a file whose content is JSON (the worker class and options, the experiment id, the
-  storage SAS): data, never parsed by a shell, and turned into argument lists by ``boot.py``;
+  area's URL and the client id of the VM's identity, no secret): data, never parsed by a shell, and
+  turned into argument lists by ``boot.py``;
 * the ``runcmd`` lines, ``chown`` of the node's folder, the image pull, and ``docker run ...``, in which
   every value is ``shlex.quote``-d (and was checked against strict patterns by
   :class:`~shared.compute_spec.VMClusterCompute`).
@@ -18,11 +19,11 @@ more. A container that never starts (every pull failed, or Docker refused the ru
 billed and silent until the ready timeout, so the line after ``docker run`` has the host's own Python run
 ``boot.py --never-started`` on failure: a final boot note, and the run fails at the next poll with why.
 
-**Who reads the files.** cloud-init writes them ``root:root`` (``node.json`` and the TLS key 0600, in a
-root-owned folder), but the RAPIDS image runs as its user ``rapids`` (uid 1001, ``USER rapids``): the
+**Who reads the files.** cloud-init writes them ``root:root`` (``node.json`` 0600, in a root-owned
+folder), but the RAPIDS image runs as its user ``rapids`` (uid 1001, ``USER rapids``): the
 container could neither read its config nor write the code archive. So the boot script hands the folder
-to that uid (``chown -R 1001``) before ``docker run``: the secrets stay 0600, readable by the container's
-user only. Another image must run as that uid too (``--user=1001`` in ``docker_args``).
+to that uid (``chown -R 1001``) before ``docker run``; the TLS key ``boot.py`` fetches lands there 0600,
+readable by the container's user only. Another image must run as that uid too (``--user=1001`` in ``docker_args``).
 
 The container runs ``boot.py`` (stdlib only), which fetches our code from the experiment's container
 and starts the scheduler with the driver (head) or a worker. ``--restart=on-failure:5`` lets Docker
@@ -96,25 +97,38 @@ def start_command(docker_argv: list[str]) -> str:
     return f'{shlex.join(docker_argv)} || {shlex.join(note)} "$?" "${{pulled:-0}}"'
 
 
-def render_cloud_init(
-    *, node: dict[str, Any], image: str, docker_argv: list[str], tls: dict[str, str] | None, install_docker: bool
-) -> str:
-    """The ``#cloud-config`` document: the node's files, then the quoted ``chown``, pull and ``docker run``."""
+def render_cloud_init(*, node: dict[str, Any], image: str, docker_argv: list[str], install_docker: bool) -> str:
+    """The ``#cloud-config`` document: the node's files, then the quoted ``chown``, pull and ``docker run``.
+
+    It holds no secret (Azure: customData is readable with VM read access and from the instance metadata):
+    ``node.json`` names the area and the client id of the VM's identity; the TLS key is read from the area
+    at boot. A value that looks like a credential is refused (:func:`check_no_secret_in`)."""
     import yaml
 
     files: list[dict[str, str]] = [
         {"path": f"{NODE_DIR}/node.json", "permissions": "0600", "content": json.dumps(node, indent=1)},
         {"path": f"{NODE_DIR}/boot.py", "permissions": "0644", "content": BOOT_SOURCE},
     ]
-    if tls is not None:
-        for name in ("ca", "cert", "key"):
-            files.append({"path": f"{NODE_DIR}/tls/{name}.pem", "permissions": "0600", "content": tls[name]})
     owner = shlex.join(["chown", "-R", str(IMAGE_UID), NODE_DIR])
     runcmd = [owner, pull_command(image), start_command(docker_argv)]
     document: dict[str, Any] = {"write_files": files, "runcmd": runcmd}
     if install_docker:  # plain Ubuntu: Docker from the distribution (GPU drivers need the NGC image)
         document["packages"] = ["docker.io"]
-    return "#cloud-config\n" + yaml.safe_dump(document, sort_keys=False, width=10**6)
+    text = "#cloud-config\n" + yaml.safe_dump(document, sort_keys=False, width=10**6)
+    check_no_secret_in(text)
+    return text
+
+
+SECRET_MARKERS = ("sig=", "accountkey=", "sharedaccesssignature=", "-----begin", "private key")
+"""What a SAS, a connection string or a PEM key carries: none may appear in a boot script."""
+
+
+def check_no_secret_in(cloud_init: str) -> None:
+    """Raise ``BackendError`` if the boot script carries something that looks like a credential."""
+    lower = cloud_init.lower()
+    found = [marker for marker in SECRET_MARKERS if marker in lower]
+    if found:
+        raise BackendError(f"refusing a VM boot script that carries a secret ({found[0]!r})", retryable=False)
 
 
 def encode_custom_data(cloud_init: str, vm_name: str) -> str:

@@ -1,11 +1,14 @@
 """Where the control plane and an experiment's cluster meet: the experiment's compute area.
 
-The area, its credential and its ingestion are :mod:`shared.store.compute`'s (one container per
-experiment reached with a SAS scoped to it, ingested into the tables each poll, deleted at teardown).
-This module adds what the cluster needs there beyond trials and artifacts:
+The area and its ingestion are :mod:`shared.store.compute`'s (one container per experiment, ingested into
+the tables each poll, deleted at teardown); the VMs reach it as the experiment's own identity
+(:mod:`.identity`). This module adds what the cluster needs there beyond trials and artifacts:
 
     compute/code.zip                 ``shared`` and ``gpu_jobs`` (the VMs' image lacks them), written by
-                                     the control plane through the same SAS, fetched by ``boot.py``
+                                     the control plane, fetched by ``boot.py``
+    compute/tls.json                 the cluster's TLS key and certificate (``{"ca", "cert", "key"}``),
+                                     written by the control plane at submit, read by ``boot.py``: a secret
+                                     the VMs' customData never holds
     artifacts/driver/heartbeat.json  the driver's last sign of life (UTC time), every few seconds
     artifacts/driver/outcome.json    how the run ended (``shared.config.DRIVER_OUTCOME_ARTIFACT``)
 
@@ -21,6 +24,7 @@ from pathlib import Path
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 CODE_BLOB = "compute/code.zip"
+TLS_BLOB = "compute/tls.json"
 HEARTBEAT_ARTIFACT = "driver/heartbeat.json"
 CODE_PACKAGES = ("shared", "gpu_jobs")
 ROOT = Path(__file__).resolve().parents[3]

@@ -37,6 +37,18 @@ class NetworkHandle(BaseModel):
     a resource found by name that carries this experiment's tag counts (an earlier attempt made it)."""
 
 
+class IdentityHandle(BaseModel):
+    """The experiment's VM identity and its one role assignment (ARM ids; the client id is no secret):
+    :mod:`shared.backends.vmcluster.identity`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    resource_id: str
+    client_id: str
+    principal_id: str
+    role_assignment_id: str
+
+
 class VMClusterHandle(BackendHandle, AreaHandle):
     """One cluster's state: network, container, VMs, the driver's last sign of life, what went wrong."""
 
@@ -44,6 +56,7 @@ class VMClusterHandle(BackendHandle, AreaHandle):
 
     kind: Literal["vmcluster"] = "vmcluster"
     network: NetworkHandle | None = Field(default=None, description="set by provision")
+    identity: IdentityHandle | None = Field(default=None, description="the VMs' own identity, set by provision")
     cluster_id: str | None = Field(default=None, description="8 hex digits, in VM names and tags")
     scheduler_vm: str | None = None
     scheduler_address: str | None = Field(default=None, description="tls://<head private ip>:<port>")

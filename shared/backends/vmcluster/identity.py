@@ -1,0 +1,128 @@
+"""Each experiment's VMs run as a managed identity of their own, which reaches that experiment's container only.
+
+Why: a VM's ``customData`` is readable by anyone with read access to the VM resource and from inside the VM
+(instance metadata), and Azure says it must carry no secret; until now it carried the area's SAS and the
+cluster's TLS key. Now the boot script holds no secret at all: the VMs ask the instance metadata service for
+a token of their identity and read their code, their TLS key (``compute/tls.json``, written there by the
+control plane) and the record with it; the HPO driver writes trials and artifacts with it.
+
+Per experiment, not per deployment: one identity shared by every experiment's VMs, holding a role on each
+live experiment's container, would let one experiment's VMs read another's data. So :func:`ensure_identity`
+creates a user-assigned identity in the experiment's resource group (tagged like the cluster) and assigns it
+Storage Blob Data Contributor at the scope of the experiment's container only; :func:`delete_identity` undoes
+both at teardown. The Function App may create identities there (its custom cluster role) and assign that
+one role on its storage account (a Role Based Access Control Administrator assignment whose condition allows
+that role only, to service principals only: infra/modules/roles-controlplane.bicep).
+
+Azure's delays: a new identity's principal replicates through Entra for a while, so the role assignment
+names its ``principalType`` (ARM then skips the lookup that would fail with ``PrincipalNotFound``); a new
+role assignment takes up to minutes to apply to Storage's data plane, so ``boot.py`` retries a 403.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from shared.backends.arm import arm_call, is_not_found, make_arm_client
+from shared.backends.vmcluster.handle import IdentityHandle
+
+if TYPE_CHECKING:
+    from shared.backends.arm import RetrySettings
+
+STORAGE_BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
+"""The built-in role's GUID (infra/modules/role-definitions.bicep: ``storageBlobDataContributor``)."""
+
+
+def identity_name(experiment_id: str) -> str:
+    """A deterministic name (a redelivered provision finds the same identity): ``id-rhpo-<12 hex>``."""
+    return f"id-rhpo-{hashlib.sha256(experiment_id.encode()).hexdigest()[:12]}"
+
+
+def container_scope(storage_account_id: str, container: str) -> str:
+    """The ARM scope of one blob container of a storage account."""
+    return f"{storage_account_id.rstrip('/')}/blobServices/default/containers/{container}"
+
+
+def make_msi_client(subscription_id: str, credential: Any = None, base_url: str | None = None) -> Any:
+    from azure.mgmt.msi import ManagedServiceIdentityClient
+
+    return make_arm_client(ManagedServiceIdentityClient, subscription_id, credential, base_url)
+
+
+def make_authorization_client(subscription_id: str, credential: Any = None, base_url: str | None = None) -> Any:
+    from azure.mgmt.authorization import AuthorizationManagementClient
+
+    return make_arm_client(AuthorizationManagementClient, subscription_id, credential, base_url)
+
+
+def ensure_identity(
+    msi_client: Any,
+    authorization_client: Any,
+    *,
+    resource_group: str,
+    location: str,
+    experiment_id: str,
+    tags: dict[str, str],
+    scope: str,
+    retry: RetrySettings,
+) -> IdentityHandle:
+    """Create (or find) the experiment's identity and give it Storage Blob Data Contributor at ``scope``
+    (one container). Both PUTs are idempotent: the identity's name and the assignment's GUID are derived
+    from the experiment, the principal, the role and the scope."""
+    from azure.mgmt.authorization.v2022_04_01.models import RoleAssignmentCreateParameters
+    from azure.mgmt.msi.models import Identity
+
+    name = identity_name(experiment_id)
+    identity = arm_call(
+        f"creating managed identity {name}",
+        lambda: msi_client.user_assigned_identities.create_or_update(
+            resource_group, name, Identity(location=location, tags=tags)
+        ),
+        retry,
+    )
+    subscription = scope.split("/")[2]
+    definitions = f"/subscriptions/{subscription}/providers/Microsoft.Authorization/roleDefinitions"
+    role = f"{definitions}/{STORAGE_BLOB_DATA_CONTRIBUTOR}"
+    assignment_name = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{scope.lower()}|{identity.principal_id}|{role.lower()}"))
+    parameters = RoleAssignmentCreateParameters(
+        role_definition_id=role,
+        principal_id=identity.principal_id,
+        principal_type="ServicePrincipal",  # skips the directory lookup a just-created principal would fail
+        description=f"rapids-hpo experiment {experiment_id}: its VMs' access to its own container",
+    )
+    assignment = arm_call(
+        f"assigning Storage Blob Data Contributor to {name} on the experiment's container",
+        lambda: authorization_client.role_assignments.create(scope, assignment_name, parameters),
+        retry,
+    )
+    return IdentityHandle(
+        resource_id=identity.id,
+        client_id=identity.client_id,
+        principal_id=identity.principal_id,
+        role_assignment_id=assignment.id,
+    )
+
+
+def delete_identity(
+    msi_client: Any, authorization_client: Any, handle: IdentityHandle, *, resource_group: str, retry: RetrySettings
+) -> None:
+    """Delete the role assignment, then the identity (either gone already counts as deleted)."""
+
+    def delete_assignment() -> None:
+        try:
+            authorization_client.role_assignments.delete_by_id(handle.role_assignment_id)
+        except Exception as exc:
+            if not is_not_found(exc):
+                raise
+
+    def delete_identity_resource() -> None:
+        try:
+            msi_client.user_assigned_identities.delete(resource_group, handle.resource_id.rsplit("/", 1)[-1])
+        except Exception as exc:
+            if not is_not_found(exc):
+                raise
+
+    arm_call("deleting the VM identity's role assignment", delete_assignment, retry)
+    arm_call("deleting the VM identity", delete_identity_resource, retry)
