@@ -401,16 +401,22 @@ def output_path(run: str, output: str) -> str:
 def _run_data(ws: AzureMLStandIn, m: re.Match[str], q: dict[str, str], body: Any) -> Any:
     name = (body or {}).get("runId", "")
     child = ws.children.get(name)
-    if child is None:
+    if child is not None:  # a trial of a sweep: its one output is the model
+        parent = next(p for p, s in ws.sweeps.items() if any(c.name == name for _, c in s.children))
+        run, outputs = _run(ws, child, parent), ["model"]
+    elif name in ws.jobs and name in ws.sweeps:  # a job of its own (a command job): the outputs it declared
+        job = _job_view(ws, name)["properties"]
+        run = _run(ws, Child(name, [job["status"]], created=now()), "")
+        run.update(parentRunId=None, rootRunId=name)
+        outputs = list(job.get("outputs") or {})
+    else:
         return error(404, "UserError", f"run {name} not found")
-    parent = next(p for p, s in ws.sweeps.items() if any(c.name == name for _, c in s.children))
-    run = _run(ws, child, parent)
     run["outputs"] = {
         output: {
             "assetId": f"azureml://locations/westeurope/workspaces/{ws.ws}/data/{name}-{output}/versions/1",
             "type": "uri_folder",
         }
-        for output in ("model",)
+        for output in outputs
     }
     return 200, {}, {"runMetadata": run}
 

@@ -12,9 +12,10 @@ AzureML does:
 * AmlCompute: ``PUT`` is a long-running operation (``Azure-AsyncOperation``), ``provisioningState``
   ``Creating`` then ``Succeeded``; ``GET`` of a missing cluster is 404;
 * environment and code versions (``PUT``/``GET``, code looked up by content hash);
-* jobs: ``PUT`` a sweep job (its body is checked against the REST models azure-ai-ml ships, strictly:
+* jobs: ``PUT`` a sweep or command job (its body is checked against the REST models azure-ai-ml ships, strictly:
   :func:`tests.arm_schema.check`; a refused body is 400 naming the paths), ``GET``, ``POST .../cancel``;
-  a sweep's status moves on with each ``GET`` along a script (:meth:`AzureMLStandIn.script`);
+  a sweep's status moves on with each ``GET`` along a script (:meth:`AzureMLStandIn.script`); a command
+  job runs when the test says its node does (:meth:`AzureMLStandIn.run_command_job`), for real;
 * children of a sweep through the run-history API (``children``, ``rundata``), their outputs resolved by
   the dataset data plane to datastore paths whose files are in Azurite (``jobs.download``);
 * each trial's MLflow run and metric history (the workspace's MLflow tracking URI points here);
@@ -245,6 +246,22 @@ class AzureMLStandIn:
                 child.statuses.pop(0)
         if self._gets[name] > 1 and len(sweep.statuses) > 1:
             sweep.statuses.pop(0)
+
+    def script_command_job(self, name: str, statuses: list[str], outputs: dict[str, dict[str, bytes]]) -> None:
+        """A command job's node scripted instead of run: the statuses it reports and the files its outputs
+        hold (what the command wrote, uploaded by AzureML to ``azureml/<job>/<output>/``)."""
+        self.script(name, statuses)
+        for output, files in outputs.items():
+            for file, data in files.items():
+                self.put_blob(output_path(name, output) + file, data)
+
+    def run_command_job(self, name: str) -> Any:
+        """Run command job ``name`` as an AmlCompute node would (:mod:`tests.azureml_compute`): its code and
+        inputs from the datastore, its outputs uploaded back, its status the command's outcome."""
+        from tests.azureml_compute import run_command_job
+
+        with self._lock:
+            return run_command_job(self, name)
 
     def child_job(self, name: str) -> dict[str, Any]:
         child = self.children[name]

@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 import yaml
-from azure.ai.ml.entities import AmlCompute, IdentityConfiguration
+from azure.ai.ml.entities import AmlCompute, Command, IdentityConfiguration
 from azure.ai.ml.sweep import SweepJob
 from azure.core.exceptions import ResourceNotFoundError
 
@@ -62,13 +62,14 @@ from shared.backends.azureml import (
     workspace_settings,
 )
 from shared.backends.azureml.section import AzureMLCompute
+from shared.backends.outcome import read_data_check
 from shared.config import AzureMLSettings, AzureSettings
 from shared.context import Context
 from shared.errors import BackendError
 from shared.ports import ComputeBackend, RunState
-from shared.records import ExperimentRecord, ExperimentStatus, TrialRecord, TrialState
+from shared.records import DataCheckReport, ExperimentRecord, ExperimentStatus, TrialRecord, TrialState
 from shared.spec import Distribution, ExperimentSpec, load_spec
-from tests.fakes.azureml import COMPUTE, EXP, JOB, T0, FakeWorkspace, child, run
+from tests.fakes.azureml import CHECK_JOB, COMPUTE, EXP, JOB, PASSED, T0, FakeWorkspace, child, run
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:The `ordered` `class Meta` option is deprecated"),
@@ -656,16 +657,31 @@ def test_provision_refuses_a_cluster_without_a_managed_identity(ctx: Context, fa
 
 
 def test_submit_is_idempotent(ctx: Context, fake: FakeWorkspace) -> None:
+    """Submit creates the data check's command job, once, and no sweep (that waits for the verdict)."""
     backend = backend_for(ctx, fake)
     record = make_record(ctx, make_spec(), kind="azureml")
     first = backend.submit(record)
     second = backend.submit(record.model_copy(update={"backend_state": {**record.backend_state, **first}}))
     third = backend.submit(record)  # a redelivered event that never saw the first handle
-    assert second == {} and first == third and first["job_name"] == JOB
-    assert first["studio_url"] == f"https://ml.azure.com/runs/{JOB}"
-    assert [c for c in fake.calls if c[0] == "create"] == [("create", JOB)]
-    assert isinstance(fake.submitted[0], SweepJob) and fake.submitted[0].name == JOB
-    assert not Path(fake.submitted[0].trial.code).exists(), "the staged code is removed after the upload"
+    assert second == {} and first == third and first["check_job"] == CHECK_JOB
+    assert first["studio_url"] == f"https://ml.azure.com/runs/{CHECK_JOB}"
+    assert [c for c in fake.calls if c[0] == "create"] == [("create", CHECK_JOB)]
+    assert isinstance(fake.submitted[0], Command) and fake.submitted[0].name == CHECK_JOB
+    assert not Path(str(fake.submitted[0].code)).exists(), "the staged code is removed after the upload"
+
+
+def test_the_poll_that_reads_a_passing_verdict_submits_the_sweep_once(ctx: Context, fake: FakeWorkspace) -> None:
+    backend = backend_for(ctx, fake)
+    record = make_record(ctx, make_spec(), kind="azureml")
+    record = record.model_copy(update={"backend_state": {**record.backend_state, **backend.submit(record)}})
+    status = backend.poll(record)
+    assert status.state is RunState.PENDING and status.updates["job_name"] == JOB
+    assert read_data_check(ctx.store, EXP) == DataCheckReport.model_validate(json.loads(PASSED)["check"])
+    again = backend.poll(record)  # redelivered: the poll's write was lost, the sweep exists
+    assert again.updates == status.updates
+    assert [c for c in fake.calls if c[0] == "create"] == [("create", CHECK_JOB), ("create", JOB)]
+    assert isinstance(fake.submitted[1], SweepJob) and fake.submitted[1].name == JOB
+    assert not Path(str(fake.submitted[1].trial.code)).exists()
 
 
 # ------------------------------------------------------------------------------- poll
@@ -924,6 +940,7 @@ def test_an_experiment_runs_through_the_state_machine(ctx: Context, fake: FakeWo
 
     assert step() == "provisioned"
     assert step() == "submitted"
+    assert step() == "running"  # the data check passed: the sweep is submitted
     fake.set_status(JOB, "Running", created_at=datetime.now(UTC))
     fake.jobs[JOB] = replace(
         fake.jobs[JOB],
@@ -945,7 +962,7 @@ def test_an_experiment_runs_through_the_state_machine(ctx: Context, fake: FakeWo
     assert final.best is not None and final.best.value == 0.83 and final.best.params["max_depth"] == 3
     assert final.best.model_uri == f"/api/experiments/{EXP}/model"
     assert final.backend_state["best_child"] == f"{JOB}_0"
-    assert [c for c in fake.calls if c[0] == "create"] == [("create", JOB)]
+    assert [c for c in fake.calls if c[0] == "create"] == [("create", CHECK_JOB), ("create", JOB)]
 
 
 # ------------------------------------------------------------------------------- AzureMLClient

@@ -19,12 +19,14 @@ from azure.ai.ml.entities import UserIdentityConfiguration
 
 from shared import handlers
 from shared.backends.azureml import (
+    CHECK_OUTPUT,
     MODEL_OUTPUT,
     AzureMLBackend,
     AzureMLClient,
     ComputeIdentity,
     build_compute,
     build_sweep_job,
+    check_job_name_for,
     job_name_for,
     stage_code,
 )
@@ -36,6 +38,7 @@ from shared.errors import BackendError
 from shared.records import ExperimentStatus, TrialState
 from tests.azureml_server import AzureMLStandIn, Child, validate_job
 from tests.control_plane import local_context
+from tests.fakes.azureml import PASSED
 from tests.test_azureml import FAST, make_spec
 
 pytestmark = [
@@ -46,6 +49,7 @@ pytestmark = [
 
 EXP = "exp-aml-1"
 JOB = job_name_for(EXP)
+CHECK = check_job_name_for(EXP)
 MLMODEL = b"flavors:\n  python_function:\n    loader_module: mlflow.sklearn\n  sklearn:\n    sklearn_version: 1.5.2\n"
 DRAWS = [
     {"n_estimators": 20, "max_depth": 3.2, "max_features": 0.31},
@@ -64,6 +68,11 @@ def workspace(azurite: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[AzureML
 
 def client_for(workspace: AzureMLStandIn) -> AzureMLClient:
     return AzureMLClient("sub-1", "rg-1", "ws-1", credential=workspace.credential(), retry=FAST)
+
+
+def passed_check(workspace: AzureMLStandIn, name: str, verdict: bytes = PASSED) -> None:
+    """The data check job's node, scripted: it completed and wrote ``verdict`` to its ``check`` output."""
+    workspace.script_command_job(name, ["Completed"], {CHECK_OUTPUT: {"data_check.json": verdict}})
 
 
 def trial(index: int, statuses: list[str], history: dict[int, float], **extra: Any) -> Child:
@@ -166,6 +175,8 @@ def test_lifecycle_through_the_state_machine(workspace: AzureMLStandIn, tmp_path
     handlers.submit_experiment(ctx, make_spec(output=register), experiment_id=EXP)
     assert step(ctx) == "provisioned"
     assert step(ctx) == "submitted"
+    assert list(workspace.jobs) == [CHECK], "the data check runs first"
+    passed_check(workspace, CHECK)
     outcomes = []
     while (outcome := step(ctx)) not in {"completed", "failed"}:
         outcomes.append(outcome)
@@ -207,6 +218,8 @@ def test_lifecycle_through_the_state_machine(workspace: AzureMLStandIn, tmp_path
     workspace.script(job_name_for(second), ["Running"], [(1, Child(f"{job_name_for(second)}_0", ["Running"]))])
     assert step(ctx) == "provisioned"
     assert step(ctx) == "submitted"
+    passed_check(workspace, check_job_name_for(second))
+    assert step(ctx) == "running"  # the check's verdict read, the sweep submitted
     assert step(ctx) == "running"
     handlers.request_cancel(ctx, second)
     outcomes = [step(ctx)]
@@ -229,7 +242,8 @@ def test_a_data_asset_is_looked_up_and_bound_with_its_type(workspace: AzureMLSta
     handlers.submit_experiment(ctx, spec, experiment_id=EXP)
     assert step(ctx) == "provisioned"
     assert step(ctx) == "submitted"
-    (put,) = workspace.calls("PUT", "/jobs/")
+    (put,) = workspace.calls("PUT", "/jobs/")  # the data check reads the data as the trials will
+    assert put.path.endswith(f"/jobs/{CHECK}") and put.body["properties"]["jobType"] == "Command"
     assert put.body["properties"]["inputs"]["data"] == {  # the SDK resolves the asset to its ARM id
         "uri": f"{workspace.prefix}/data/flights/versions/3",
         "mode": "ReadOnlyMount",
@@ -300,11 +314,15 @@ def test_the_sweep_runs_as_the_deployments_compute_identity(
     handlers.submit_experiment(ctx, make_spec(compute={"backend": "azureml"}), experiment_id=EXP)
     assert step(ctx) == "provisioned", ctx.store.get_experiment(EXP).error
     assert step(ctx) == "submitted"
+    passed_check(workspace, CHECK)
+    assert step(ctx) == "running"
     cluster = workspace.computes["rapids-gpu"]
     assert cluster["identity"]["type"] == "UserAssigned" and UAI in cluster["identity"]["userAssignedIdentities"]
     assert cluster["tags"]["rapids-hpo.instance"] == "st1"
-    (put,) = workspace.calls("PUT", "/jobs/")
-    assert put.body["properties"]["identity"] == {"identityType": "Managed", "clientId": "client-1"}
+    check, sweep = workspace.calls("PUT", "/jobs/")  # both run as the compute's identity
+    assert check.path.endswith(CHECK) and sweep.path.endswith(JOB)
+    for put in (check, sweep):
+        assert put.body["properties"]["identity"] == {"identityType": "Managed", "clientId": "client-1"}
 
 
 def test_a_hosted_deployment_uses_only_its_own_clusters_and_models(

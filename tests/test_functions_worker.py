@@ -220,8 +220,9 @@ def test_an_experiment_completes_through_the_worker(azurite: str, package: Path,
     from azure.core.exceptions import ResourceExistsError
     from azure.storage.queue import QueueClient
 
-    from shared.backends.azureml import job_name_for
+    from shared.backends.azureml import CHECK_OUTPUT, check_job_name_for, job_name_for
     from tests.azureml_server import AzureMLStandIn, Child
+    from tests.fakes.azureml import PASSED
 
     require_worker()
     uai = "/subscriptions/sub-1/resourceGroups/rg-1/providers/Microsoft.ManagedIdentity/userAssignedIdentities/aml"
@@ -263,6 +264,8 @@ def test_an_experiment_completes_through_the_worker(azurite: str, package: Path,
             )
             other = Child(f"{job}_1", ["Completed"], history={1: 0.7, 2: 0.71}, draw={"n_estimators": 20})
             workspace.script(job, ["Preparing", "Running", "Completed"], [(1, best), (2, other)])
+            verdict = {CHECK_OUTPUT: {"data_check.json": PASSED}}  # the data check's node, scripted
+            workspace.script_command_job(check_job_name_for(experiment), ["Completed"], verdict)
 
             delivered = 0
             for _ in range(60):  # until the queue is drained (teardown included) and the experiment COMPLETED
@@ -293,8 +296,10 @@ def test_an_experiment_completes_through_the_worker(azurite: str, package: Path,
         assert status["best"]["number"] == 0 and status["best"]["value"] == pytest.approx(0.84)
         assert len(trials["items"] if isinstance(trials, dict) else trials) == 2
         assert model.status == 200
-        (put,) = workspace.calls("PUT", "/jobs/")
-        assert put.body["properties"]["identity"] == {"identityType": "Managed", "clientId": "client-e2e"}
+        check, sweep = workspace.calls("PUT", "/jobs/")
+        assert check.body["properties"]["jobType"] == "Command" and sweep.body["properties"]["jobType"] == "Sweep"
+        for put in (check, sweep):
+            assert put.body["properties"]["identity"] == {"identityType": "Managed", "clientId": "client-e2e"}
         cluster = workspace.computes["rapids-gpu"]
         assert (
             uai in cluster["identity"]["userAssignedIdentities"] and cluster["tags"]["rapids-hpo.instance"] == "st-e2e"

@@ -245,6 +245,7 @@ class AzureMLHarness(Harness):
         return tiny_spec(compute=AML_COMPUTE)
 
     def finish(self, record: ExperimentRecord, state: RunState) -> None:
+        record = self._checked(record)
         job = str(record.backend_state["job_name"])
         status = {RunState.SUCCEEDED: "Completed", RunState.FAILED: "Failed", RunState.CANCELLED: "Canceled"}[state]
         if state is RunState.SUCCEEDED:
@@ -256,7 +257,7 @@ class AzureMLHarness(Harness):
 
     def first_trial(self, record: ExperimentRecord) -> None:
         """A trial of the sweep completed and saved its model output; the sweep runs on."""
-        job = str(record.backend_state["job_name"])
+        job = str(self._checked(record).backend_state["job_name"])
         trial = replace(child(0, "Completed"), name=f"{job}_0")
         self.fake.children[job] = [trial, replace(child(1, "Running"), name=f"{job}_1")]
         self.fake.runs[trial.name] = run({1: 0.7, 2: 0.8})
@@ -270,14 +271,24 @@ class AzureMLHarness(Harness):
         self.fake.children[job][1] = replace(self.fake.children[job][1], status="Canceled")
         self.fake.set_status(job, "Canceled", created_at=T0, modified_at=T0 + timedelta(minutes=1))
 
+    def _checked(self, record: ExperimentRecord) -> ExperimentRecord:
+        """The record once its data check passed and the sweep exists (the fake's check passes at once: the
+        poll that reads its verdict submits the sweep)."""
+        if not record.backend_state.get("job_name"):
+            record, status = poll(self, self.ctx.store.get_experiment(record.id))
+            assert record.backend_state.get("job_name"), status
+        return record
+
     def live(self, record: ExperimentRecord) -> int:
-        job = self.fake.jobs.get(str(record.backend_state.get("job_name")))
-        return int(job is not None and job.status not in {"Completed", "Failed", "Canceled", "CancelRequested"})
+        ended = {"Completed", "Failed", "Canceled", "CancelRequested"}
+        names = (record.backend_state.get("check_job"), record.backend_state.get("job_name"))
+        jobs = [self.fake.jobs.get(str(name)) for name in names if name]
+        return sum(job is not None and job.status not in ended for job in jobs)
 
     def lose_driver(self, record: ExperimentRecord) -> dict[int, TrialRecord]:
         """No driver of ours runs (AzureML runs the sweep): the sweep finishes a trial, then is gone from
         the workspace, the one way a sweep ends without an outcome that the harness can play."""
-        job = str(record.backend_state["job_name"])
+        job = str(self._checked(record).backend_state["job_name"])
         trial = replace(child(0, "Completed"), name=f"{job}_0")
         self.fake.children[job] = [trial]
         self.fake.runs[trial.name] = run({1: 0.7, 2: 0.8})

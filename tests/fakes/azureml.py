@@ -9,19 +9,35 @@ tests (``tests/test_azureml.py``) and the backend conformance harness (``tests/c
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from azure.ai.ml.entities import AmlCompute
+from azure.ai.ml.entities import AmlCompute, Command, Job
 from azure.ai.ml.sweep import SweepJob
 
-from shared.backends.azureml import JobInfo, RunMetrics, job_name_for
+from shared.backends.azureml import CHECK_OUTPUT, JobInfo, RunMetrics, check_job_name_for, job_name_for
 from shared.errors import BackendError
 
 EXP = "exp-aml-1"
 JOB = job_name_for(EXP)
+CHECK_JOB = check_job_name_for(EXP)
+PASSED = json.dumps(
+    {
+        "status": "passed",
+        "check": {
+            "task": "binary",
+            "task_reason": "inferred: a boolean target with 2 distinct values",
+            "classes": 2,
+            "rows": 1000,
+            "rows_dropped_missing_target": 0,
+            "features": 13,
+        },
+    }
+).encode()
+"""A passing verdict, as ``gpu_jobs.check_job`` writes it."""
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
 """A sweep's creation time: relative to now, because a stopped sweep with no end time is measured
 against the clock (a fixed date made the status-mapping test fail once it was an hour old)."""
@@ -38,8 +54,11 @@ class FakeWorkspace:
     runs: dict[str, RunMetrics] = field(default_factory=dict)
     outputs: dict[tuple[str, str], dict[str, bytes]] = field(default_factory=dict)
     computes: dict[str, AmlCompute] = field(default_factory=dict)
-    submitted: list[SweepJob] = field(default_factory=list)
+    submitted: list[Job | Command] = field(default_factory=list)
     calls: list[tuple[str, str]] = field(default_factory=list)
+    check_verdict: bytes | None = PASSED
+    """What a submitted data check job writes, done at once (``Completed``); None: it stays ``Queued`` for
+    the test to play."""
 
     def ensure_compute(self, compute: AmlCompute) -> AmlCompute:
         self.calls.append(("ensure_compute", str(compute.name)))
@@ -48,16 +67,26 @@ class FakeWorkspace:
     def find(self, name: str) -> JobInfo | None:
         return self.jobs.get(name)
 
-    def submit(self, job: SweepJob) -> str:
+    def submit(self, job: Job | Command) -> str:
         name = str(job.name)
         if name in self.jobs:
             return name
-        assert job.trial is not None and job.trial.code, "a sweep job without its trial's code"
-        code = Path(str(job.trial.code))
+        assert isinstance(job, SweepJob | Command), f"a job the backend does not submit: {type(job)}"
+        if isinstance(job, SweepJob):
+            assert job.trial is not None, "a sweep job without its trial"
+            code_path = job.trial.code
+        else:
+            code_path = job.code
+        assert code_path, "a job without its code"
+        code = Path(str(code_path))
         assert (code / "gpu_jobs" / "train.py").is_file(), "the code is staged while the job is created"
         self.calls.append(("create", name))
         self.submitted.append(job)
-        self.jobs[name] = JobInfo(name, "NotStarted", studio_url=f"https://ml.azure.com/runs/{name}")
+        status = "NotStarted"
+        if isinstance(job, Command) and self.check_verdict is not None:
+            status = "Completed"
+            self.outputs[(name, CHECK_OUTPUT)] = {"data_check.json": self.check_verdict}
+        self.jobs[name] = JobInfo(name, status, studio_url=f"https://ml.azure.com/runs/{name}")
         return name
 
     def get(self, name: str) -> JobInfo:

