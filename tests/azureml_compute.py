@@ -15,6 +15,7 @@ The command sees only its code snapshot on ``PYTHONPATH``: not this checkout, so
 from __future__ import annotations
 
 import os
+import shlex
 import re
 import subprocess
 import sys
@@ -55,9 +56,11 @@ def _code(ws: AzureMLStandIn, job: dict[str, object], dest: Path) -> Path:
     code_id = str(job["codeId"])
     found = re.search(r"/codes/(?P<name>[^/]+)/versions/(?P<version>[^/]+)$", code_id)
     assert found, f"the job's codeId is not a code version: {code_id}"
-    uri = ws.assets[f"codes/{found['name']}/{found['version']}"]["properties"]["codeUri"]
-    prefix = str(uri).split(f"/{ws.container}/", 1)[1]
-    assert _download(ws, prefix, dest), f"the code snapshot {prefix} is empty"
+    asset = ws.assets[f"codes/{found['name']}/{found['version']}"]["properties"]
+    # azure-ai-ml uploads the snapshot through the pending upload's container SAS, to <folder name>/ at that
+    # container's root (the stand-in hands out the datastore's container), and registers a codeUri ending in it.
+    folder = str(asset["codeUri"]).rstrip("/").rsplit("/", 1)[1]
+    assert _download(ws, f"{folder}/", dest), f"the code snapshot {folder}/ is empty"
     return dest
 
 
@@ -85,7 +88,8 @@ def run_command_job(ws: AzureMLStandIn, name: str, *, timeout_s: float = 300) ->
             line = line.replace(f"${{{{outputs.{out}}}}}", str(folder))
         shims = root / "bin"
         shims.mkdir()
-        (shims / "python").symlink_to(sys.executable)
+        (shims / "python").write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
+        (shims / "python").chmod(0o755)
         env = {
             "PATH": f"{shims}{os.pathsep}{os.environ.get('PATH', '')}",
             "HOME": str(root),

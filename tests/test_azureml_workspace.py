@@ -32,6 +32,7 @@ from shared.backends.azureml import (
 )
 from shared.backends.azureml.scope import AzureMLScope
 from shared.backends.azureml.sweep_job import azureml_compute
+from shared.backends.outcome import read_data_check
 from shared.config import AzureMLSettings, AzureSettings
 from shared.context import Context
 from shared.errors import BackendError
@@ -354,3 +355,49 @@ def test_a_hosted_deployment_uses_only_its_own_clusters_and_models(
     assert step(ctx) == "failed"
     assert "output.register_model.name" in (ctx.store.get_experiment(EXP).error or "")
     assert workspace.calls("PUT", "/jobs/") == []
+
+
+# ------------------------------------------------------------------------------------------ the data check, run
+def test_the_check_runs_the_uploaded_code_on_the_node_and_the_sweep_follows(
+    workspace: AzureMLStandIn, tmp_path: Path
+) -> None:
+    """The check job's node runs the code the SDK uploaded (not this checkout) on the bundled table; its verdict
+    passes, so the next poll submits the sweep, whose trial binds the data as the check did."""
+    ctx = local_context(tmp_path / "home", poll_seconds=0)
+    ctx.backends["azureml"] = AzureMLBackend(ctx.store, ctx.settings, client_factory=lambda _: client_for(workspace))
+    trial_section = {"model": "random_forest", "cv_folds": 3, "params": {"n_bins": 16}, "engine": "cpu"}
+    dataset = {"uri": "builtin://nycflights13", "target": "ArrDelayBinary", "max_rows": 3000}
+    handlers.submit_experiment(ctx, make_spec(dataset=dataset, trial=trial_section), experiment_id=EXP)
+    assert [step(ctx), step(ctx)] == ["provisioned", "submitted"]
+    ran = workspace.run_command_job(CHECK)
+    assert ran.returncode == 0, ran.log[-2000:]
+    assert step(ctx) == "running"
+    _, sweep = workspace.calls("PUT", "/jobs/")
+    assert sweep.path.endswith(f"/jobs/{JOB}") and sweep.body["properties"]["jobType"] == "Sweep"
+    stored = read_data_check(ctx.store, EXP)
+    assert stored is not None and (stored.task, stored.classes, stored.rows) == ("binary", 2, 3000)
+    assert workspace.unrouted == []
+
+
+def test_three_classes_under_binary_fail_on_the_node_before_any_sweep(
+    workspace: AzureMLStandIn, tmp_path: Path
+) -> None:
+    """A datastore table whose target has three classes, under ``task: binary``: the node mounts it, the check
+    says why, the experiment fails once with that reason, and no sweep job is ever submitted."""
+    table = "\n".join(["a,b,y", *(f"{i},{i % 7},{['low', 'mid', 'high'][i % 3]}" for i in range(60))])
+    workspace.put_blob("data/three.csv", table.encode())
+    ctx = local_context(tmp_path / "home", poll_seconds=0)
+    ctx.backends["azureml"] = AzureMLBackend(ctx.store, ctx.settings, client_factory=lambda _: client_for(workspace))
+    dataset = {"uri": "azureml://datastores/workspaceblobstore/paths/data/three.csv", "target": "y", "task": "binary"}
+    trial_section = {"model": "random_forest", "cv_folds": 3, "engine": "cpu"}
+    handlers.submit_experiment(ctx, make_spec(dataset=dataset, trial=trial_section), experiment_id=EXP)
+    assert [step(ctx), step(ctx)] == ["provisioned", "submitted"]
+    ran = workspace.run_command_job(CHECK)
+    assert ran.returncode == 0, ran.log[-2000:]
+    assert [step(ctx), step(ctx)] == ["failed", "torn down"]
+    record = ctx.store.get_experiment(EXP)
+    assert record.status is ExperimentStatus.FAILED
+    assert (record.error or "").startswith("data check failed: ") and "3 distinct values" in (record.error or "")
+    assert not any(label in (record.error or "") for label in ("low", "mid", "high")), record.error
+    assert [put.path.rsplit("/", 1)[1] for put in workspace.calls("PUT", "/jobs/")] == [CHECK]
+    assert ctx.store.list_trials(EXP) == []
