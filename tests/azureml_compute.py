@@ -15,8 +15,8 @@ The command sees only its code snapshot on ``PYTHONPATH``: not this checkout, so
 from __future__ import annotations
 
 import os
-import shlex
 import re
+import shlex
 import subprocess
 import sys
 import tempfile

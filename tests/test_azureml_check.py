@@ -20,7 +20,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from azure.ai.ml.entities import Command
+from azure.ai.ml import Input
+from azure.ai.ml.entities import Command, Job
+from azure.ai.ml.sweep import SweepJob
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -50,9 +52,10 @@ def three_class_table(folder: Path) -> Path:
     return path
 
 
-def run_node(job: Command, workdir: Path) -> dict[str, bytes]:
+def run_node(job: Job | Command, workdir: Path) -> dict[str, bytes]:
     """Run the check command as the node would (outputs substituted, the data input mounted at its path,
     ``python`` this interpreter); the files its ``check`` output holds afterwards."""
+    assert isinstance(job, Command)
     output = workdir / "check-output"
     output.mkdir(parents=True)
     line = str(job.command).replace(f"${{{{outputs.{CHECK_OUTPUT}}}}}", str(output))
@@ -138,8 +141,11 @@ def test_good_data_proceeds_to_the_sweep_and_records_what_the_check_learned(ctx:
     assert record.status is ExperimentStatus.RUNNING and record.backend_state["job_name"] == JOB
     check = read_data_check(ctx.store, EXP)
     assert check is not None and (check.task, check.classes, check.rows) == ("multiclass", 3, 90)
-    sweep, check_job = fake.submitted[1], fake.submitted[0]
-    assert sweep.trial is not None and check_job.inputs["data"].path == sweep.trial.inputs["data"].path
+    check_job, sweep = fake.submitted
+    assert isinstance(sweep, SweepJob) and isinstance(check_job, Command) and sweep.trial is not None
+    checked, trained = check_job.inputs["data"], sweep.trial.inputs["data"]
+    assert isinstance(checked, Input) and isinstance(trained, Input)
+    assert checked.path == trained.path, "the check reads what the trials will"
 
 
 # ------------------------------------------------------------------------------------------ hostile verdicts
