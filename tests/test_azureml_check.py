@@ -205,16 +205,24 @@ def test_a_check_job_gone_from_the_workspace_fails_the_run(ctx: Context) -> None
     assert "gone from the workspace" in failed_once(ctx, fake)
 
 
-def test_cancel_during_the_check_cancels_its_job_and_submits_no_sweep(ctx: Context) -> None:
+@pytest.mark.parametrize("check_ends", ["Canceled", "Completed"])
+def test_cancel_during_the_check_cancels_its_job_and_submits_no_sweep(ctx: Context, check_ends: str) -> None:
+    """Cancelled while the check runs: its job is cancelled; whether it then ends Canceled or (too late to stop)
+    Completed with a passing verdict, the experiment ends CANCELLED and no sweep is ever submitted."""
     fake = FakeWorkspace()
     started(ctx, fake, make_spec())
     handlers.request_cancel(ctx, EXP)
+    assert [step(ctx), step(ctx)] == ["stale", "waiting for the model"]  # the poll's next message, then CANCEL
+    assert ("cancel", CHECK_JOB) in fake.calls and fake.jobs[CHECK_JOB].status == "CancelRequested"
+    assert step(ctx) == "waiting for the model"
+    node_writes(fake, {"data_check.json": PASSED} if check_ends == "Completed" else {}, check_ends)
     outcomes = [step(ctx)]
     while outcomes[-1] != "torn down":
         outcomes.append(step(ctx))
         assert len(outcomes) < 5, outcomes
-    assert ctx.store.get_experiment(EXP).status is ExperimentStatus.CANCELLED
-    assert ("cancel", CHECK_JOB) in fake.calls and JOB not in fake.jobs
+    record = ctx.store.get_experiment(EXP)
+    assert record.status is ExperimentStatus.CANCELLED and record.no_model
+    assert JOB not in fake.jobs and [c for c in fake.calls if c[0] == "create"] == [("create", CHECK_JOB)]
 
 
 def test_a_redelivered_poll_submits_one_sweep(ctx: Context) -> None:

@@ -33,7 +33,7 @@ from shared.backends.azureml.workspace import AzureMLClient, JobInfo, WorkspaceC
 from shared.config import DATA_CHECK_ARTIFACT, MODEL_PREFIX, Settings
 from shared.errors import BackendError
 from shared.ports import BackendHandle, HandleUpdate, RunDetails, RunState, RunStatus, Store, handle_changes
-from shared.records import ComputeReport, ExperimentRecord, TrialRecord, TrialState, best_of, utcnow
+from shared.records import ComputeReport, ExperimentRecord, ExperimentStatus, TrialRecord, TrialState, best_of, utcnow
 from shared.spec import ExperimentSpec
 from shared.spec.sections import azureml_uri_form
 from shared.telemetry import traceparent_for
@@ -220,7 +220,8 @@ class AzureMLBackend:
     def _after_check(self, record: ExperimentRecord, client: WorkspaceClient) -> RunStatus:
         """The poll before the sweep exists: wait for the data check job; on a passing verdict store what it
         learned and submit the sweep, on a failing one (or a check that could not run) fail the run once,
-        with the reason, before any trial."""
+        with the reason, before any trial. A run cancelled meanwhile ends CANCELLED once its check job ended,
+        and no sweep is submitted."""
         name = AzureMLHandle.model_validate(record.backend_state).check_job or check_job_name_for(record.id)
         check = client.find(name)
         details = RunDetails(
@@ -228,6 +229,8 @@ class AzureMLBackend:
         )
         if check is None:
             return RunStatus(RunState.FAILED, error=f"AzureML data check job {name} is gone from the workspace")
+        if record.status is ExperimentStatus.CANCELLING and check.status in TERMINAL_JOB_STATUSES:
+            return RunStatus(RunState.CANCELLED, details=details)  # cancelled before the sweep: none is started
         if check.status in {"Failed", "Canceled"}:
             where = f"; see {check.studio_url}" if check.studio_url else ""
             error = f"the data check job {name} ended {check.status} before a verdict{where}"
