@@ -13,13 +13,20 @@ from pathlib import Path
 import pytest
 
 from shared import handlers
-from shared.backends.azureml import MODEL_OUTPUT, AzureMLBackend, job_name_for
+from shared.backends.azureml import MODEL_OUTPUT, AzureMLBackend, check_job_name_for, job_name_for
 from shared.handlers.cancelling import NO_TRIAL_FINISHED
 from shared.records import ExperimentStatus, TrialState
 from tests.azureml_server import AzureMLStandIn, Child
 from tests.control_plane import local_context
 from tests.test_azureml import make_spec
-from tests.test_azureml_workspace import MLMODEL, client_for, step, trial, workspace  # noqa: F401 (fixture)
+from tests.test_azureml_workspace import (  # noqa: F401 (fixture)
+    MLMODEL,
+    client_for,
+    passed_check,
+    step,
+    trial,
+    workspace,
+)
 
 pytestmark = [
     pytest.mark.azurite,
@@ -48,8 +55,9 @@ def test_a_cancelled_sweep_ends_cancelled_with_its_best_finished_trials_model(
     worse = trial(1, ["Completed"], {1: 0.7}, files={"model.joblib": b"worse"})
     running = trial(2, ["Running"], {1: 0.6})
     workspace.script(job_name_for(experiment_id), ["Running"], [(1, done), (1, worse), (1, running)])
+    passed_check(workspace, check_job_name_for(experiment_id))  # the data check's node: the data fits
     handlers.submit_experiment(ctx, make_spec(), experiment_id=experiment_id)
-    assert [step(ctx), step(ctx), step(ctx)] == ["provisioned", "submitted", "running"]
+    assert [step(ctx) for _ in range(4)] == ["provisioned", "submitted", "running", "running"]
     handlers.request_cancel(ctx, experiment_id)
     outcomes = run_to_the_end(ctx)
     assert outcomes[:2] == ["stale", "waiting for the model"], outcomes  # the overtaken poll; the sweep cancelled
@@ -73,8 +81,9 @@ def test_a_sweep_cancelled_before_any_trial_finished_says_there_is_no_model(
     experiment_id = "exp-aml-2"
     job = job_name_for(experiment_id)
     workspace.script(job, ["Running"], [(1, Child(f"{job}_0", ["Running"]))])
+    passed_check(workspace, check_job_name_for(experiment_id))  # the data check's node: the data fits
     handlers.submit_experiment(ctx, make_spec(), experiment_id=experiment_id)
-    assert [step(ctx), step(ctx), step(ctx)] == ["provisioned", "submitted", "running"]
+    assert [step(ctx) for _ in range(4)] == ["provisioned", "submitted", "running", "running"]
     handlers.request_cancel(ctx, experiment_id)
     run_to_the_end(ctx)
     record = ctx.store.get_experiment(experiment_id)
