@@ -299,6 +299,7 @@ class HpoDriver:
             number=number,
             params=params,
             sampler_params=dict(trial.params),
+            optuna_attrs=optuna_attrs(self.study, trial),  # the sampler's, from its ask (QMC's index, CMA's generation)
             state=TrialState.RUNNING,
         )
         self._submit(record, trial)

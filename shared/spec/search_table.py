@@ -359,10 +359,12 @@ def azureml_policy(spec: ExperimentSpec) -> Any | None:
 
 # -------------------------------------------------------------------------------------- samplers
 def _random(s: Any, spec: ExperimentSpec) -> Any:
-    from optuna.samplers import QMCSampler, RandomSampler
+    from optuna.samplers import RandomSampler
+
+    from shared.hpo.samplers import ResumableQMCSampler
 
     if s.rule == "sobol":
-        return QMCSampler(
+        return ResumableQMCSampler(
             qmc_type="sobol",
             scramble=True,
             seed=s.seed,
@@ -441,10 +443,15 @@ def _tpe(s: Any, spec: ExperimentSpec) -> Any:
 
 
 def _cmaes(s: Any, spec: ExperimentSpec) -> Any:
-    from optuna.samplers import CmaEsSampler, RandomSampler
+    from optuna.samplers import RandomSampler
 
-    # CMA-ES models numbers only: a choice is drawn by the seeded random sampler beside it.
-    return CmaEsSampler(seed=s.seed, independent_sampler=RandomSampler(seed=s.seed), warn_independent_sampling=False)
+    from shared.hpo.samplers import ResumableCmaEsSampler
+
+    # CMA-ES models numbers only: a choice is drawn by the seeded random sampler beside it. Resumable: a
+    # restarted driver rebuilds its optimizer from the trials (shared.hpo.samplers).
+    return ResumableCmaEsSampler(
+        seed=s.seed, independent_sampler=RandomSampler(seed=s.seed), warn_independent_sampling=False
+    )
 
 
 def _gp(s: Any, spec: ExperimentSpec) -> Any:
@@ -466,9 +473,12 @@ def _nsga3(s: Any, spec: ExperimentSpec) -> Any:
 
 
 def _qmc(s: Any, spec: ExperimentSpec) -> Any:
-    from optuna.samplers import QMCSampler, RandomSampler
+    from optuna.samplers import RandomSampler
 
-    return QMCSampler(
+    from shared.hpo.samplers import ResumableQMCSampler
+
+    # Resumable: a restarted driver goes on from the last point drawn (shared.hpo.samplers).
+    return ResumableQMCSampler(
         qmc_type=s.rule or "sobol",
         scramble=True,
         seed=s.seed,
