@@ -70,6 +70,27 @@ def test_what_several_objectives_cannot_do_is_refused_at_its_field(changes: dict
     assert loc in [e["loc"] for e in caught.value.errors], caught.value.errors
 
 
+@pytest.mark.parametrize("bad", ["bogus", 5, None, "", "x" * 10_000])
+def test_one_metric_type_refuses_a_bad_name_at_the_field_that_holds_it_over_the_api(tmp_path, bad: Any) -> None:
+    """``objective.also`` and ``objective.constraints`` share one ``MetricName``: a bad one is a 422 whose
+    errors name exactly the fields holding it, each once, and an alias in either is folded to its metric."""
+    from tests.control_plane import local_context
+
+    client = TestClient(create_api(context=local_context(tmp_path)), base_url="http://localhost")
+    objective = {
+        "primary_metric": "accuracy",
+        "also": [{"metric": "model_size_mb"}, {"metric": bad}],
+        "constraints": [{"metric": "F1_SCORE", "min": 0.1}, {"metric": bad, "max": 1}],
+    }
+    answer = client.post("/api/experiments", json=spec_document(objective=objective))
+    assert answer.status_code == 422, answer.text
+    locs = [e["loc"] for e in answer.json()["errors"]]
+    assert sorted(locs) == ["objective.also[1].metric", "objective.constraints[1].metric"], answer.json()
+    spec = load_spec(spec_document(objective={**objective, "also": [{"metric": "Model_Size_MB"}], "constraints": [
+        {"metric": "F1_SCORE", "min": 0.1}]}))  # fmt: skip
+    assert (spec.objective.also[0].metric, spec.objective.constraints[0].metric) == ("model_size_mb", "f1")
+
+
 def test_azureml_refuses_several_objectives_naming_the_sampler() -> None:
     with pytest.raises(SpecError) as caught:
         load_spec(spec_document(compute={"backend": "azureml"}))

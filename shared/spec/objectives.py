@@ -11,9 +11,9 @@ min - value, feasible when <= 0), which TPE, NSGA-II/III and GP use to steer.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import field_validator, model_validator
+from pydantic import AfterValidator, BeforeValidator, model_validator
 
 from gpu_jobs.metrics import MEASURED_METRICS, METRIC_ALIASES, METRICS
 from shared.spec.errors import SpecModel, echo, fail
@@ -43,21 +43,16 @@ def check_metric(metric: str) -> str:
     return metric
 
 
+MetricName = Annotated[str, BeforeValidator(_metric_name), AfterValidator(check_metric)]
+"""A metric an objective or constraint names: case and aliases folded (``RMSE``, ``auc``), then one of
+:data:`OBJECTIVE_METRICS`; an error sits at the field that names it (``objective.also[0].metric``)."""
+
+
 class ObjectiveTerm(SpecModel):
     """One more objective: a metric and its goal (its natural direction when left out)."""
 
-    metric: str
+    metric: MetricName
     goal: Literal["maximize", "minimize"] | None = None
-
-    @field_validator("metric", mode="before")
-    @classmethod
-    def _name(cls, value: Any) -> Any:
-        return _metric_name(value)
-
-    @field_validator("metric")
-    @classmethod
-    def _known(cls, metric: str) -> str:
-        return check_metric(metric)
 
     @model_validator(mode="after")
     def _goal(self) -> ObjectiveTerm:
@@ -72,19 +67,9 @@ class ObjectiveTerm(SpecModel):
 class Constraint(SpecModel):
     """A bound on a metric: a trial with ``value > max`` or ``value < min`` is infeasible."""
 
-    metric: str
+    metric: MetricName
     max: float | None = None
     min: float | None = None
-
-    @field_validator("metric", mode="before")
-    @classmethod
-    def _name(cls, value: Any) -> Any:
-        return _metric_name(value)
-
-    @field_validator("metric")
-    @classmethod
-    def _known(cls, metric: str) -> str:
-        return check_metric(metric)
 
     @model_validator(mode="after")
     def _bounds(self) -> Constraint:
