@@ -41,6 +41,7 @@ from shared.auth import (
     visible_page,
 )
 from shared.backends.outcome import read_data_check
+from shared.compute_report import ComputeReport
 from shared.config import EXPERIMENT_ID_PATTERN, MODEL_PREFIX, Settings
 from shared.context import Context, built_context, get_context
 from shared.dashboard.docs import router as docs_router
@@ -50,7 +51,6 @@ from shared.handlers import IdempotencyConflict, request_cancel, reserved_key_pr
 from shared.records import (
     TERMINAL_STATUSES,
     BestTrial,
-    ComputeReport,
     CostLedger,
     DataCheckReport,
     ExperimentRecord,

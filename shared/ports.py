@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.compute_report import ComputeReport
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
     from datetime import timedelta
@@ -30,7 +32,6 @@ if TYPE_CHECKING:
     from shared.compute_spec import ComputeSection
     from shared.config import Settings
     from shared.records import (
-        ComputeReport,
         ExperimentRecord,
         ExperimentStatus,
         RunOutcome,
@@ -250,8 +251,6 @@ class BackendHandle(BaseModel):
     def compute_report(self) -> ComputeReport:
         """What users see of the compute (restarts, evictions, heartbeat, a link); the state machine copies
         it onto the record whenever the handle changes. Override to report what the backend tracks."""
-        from shared.records import ComputeReport  # ports import no record at import: records import the spec
-
         return ComputeReport()
 
 

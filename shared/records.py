@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from shared.bounded import MAX_ENTRIES, FiniteFloat, Metrics, Name, Params, ShortStr, Text
+from shared.compute_report import ComputeReport
 from shared.spec.experiment import ExperimentSpec
 from shared.telemetry.traceparent import parse_traceparent
 
@@ -225,30 +226,6 @@ class DataCheckReport(BaseModel):
         """One line: ``regression (inferred: ...), 40000 rows, 13 features``."""
         classes = f", {self.classes} classes" if self.classes else ""
         return f"{self.task} ({self.task_reason}){classes}, {self.rows} rows, {self.features} features"
-
-
-class ComputeReport(BaseModel):
-    """What the compute went through, as its backend's handle tells it (the API's ``compute``, ``status``)."""
-
-    driver_restarts: int = Field(default=0, ge=0, description="times the HPO driver was started again after dying")
-    evictions: int = Field(default=0, ge=0, description="worker VMs lost (Spot evictions) and replaced")
-    heartbeat_at: datetime | None = Field(default=None, description="the driver's last sign of life on the compute")
-    link: str | None = Field(default=None, description="the run in Azure's own UI (the AzureML studio job page)")
-
-    def summary(self, now: datetime | None = None, *, link: bool = True) -> str:
-        """``2 workers evicted (replaced), driver restarted 1x, heartbeat 12 s ago, https://...``; "" when
-        there is nothing to say (``status``, ``watch``, the dashboard)."""
-        parts = []
-        if self.evictions:
-            parts.append(f"{self.evictions} workers evicted (replaced)")
-        if self.driver_restarts:
-            parts.append(f"driver restarted {self.driver_restarts}x")
-        if self.heartbeat_at:
-            seconds = max(((now or utcnow()) - self.heartbeat_at).total_seconds(), 0.0)
-            parts.append(f"heartbeat {seconds:.0f} s ago")
-        if link and self.link:
-            parts.append(self.link)
-        return ", ".join(parts)
 
 
 class SubmittedBy(BaseModel):

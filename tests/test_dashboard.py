@@ -98,7 +98,7 @@ def test_the_page_says_what_the_data_check_learned_escaped_and_nothing_before_it
 
 
 def test_the_page_says_what_the_compute_went_through(client, ctx):
-    from shared.records import ComputeReport
+    from shared.compute_report import ComputeReport
 
     record = ctx.store.get_experiment(RUNNING)
     report = ComputeReport(evictions=1, link="https://ml.azure.com/runs/x?a=1&b=<2>")
@@ -329,7 +329,7 @@ def test_the_state_machine_draws_no_plot_and_the_ended_experiment_serves_them(tm
 def test_the_compute_line_says_only_what_happened():
     from datetime import UTC, datetime
 
-    from shared.records import ComputeReport
+    from shared.compute_report import ComputeReport
 
     now = datetime(2026, 12, 1, 12, 0, 30, tzinfo=UTC)
     assert ComputeReport().summary() == "" and ComputeReport(driver_restarts=0, evictions=0).summary() == ""

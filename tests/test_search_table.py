@@ -192,3 +192,12 @@ def test_plan_says_which_backends_run_the_sampler_and_the_policy(tmp_path: Path)
     search = yaml.safe_load(result.output)["search"]
     assert search[0].startswith("sampling_algorithm random") and search[0].endswith("local, vmcluster, azureml")
     assert search[1].startswith("early_termination hyperband") and search[1].endswith("runs on local, vmcluster")
+
+
+def test_every_entry_has_an_optuna_builder_and_every_builder_an_entry() -> None:
+    """The spec's table describes; the engine builds (``shared.hpo.search_builders``): neither side may lack
+    the other's type."""
+    from shared.hpo.search_builders import PRUNER_BUILDERS, SAMPLER_BUILDERS
+
+    assert set(PRUNER_BUILDERS) == set(PRUNERS)
+    assert set(SAMPLER_BUILDERS) == set(SAMPLERS)

@@ -347,7 +347,7 @@ def test_what_the_compute_went_through_follows_its_handle_onto_the_record_and_th
     from fastapi.testclient import TestClient
 
     from shared.api import create_api
-    from shared.records import ComputeReport
+    from shared.compute_report import ComputeReport
 
     backend(ctx).polls = [RunState.RUNNING]
     backend(ctx).poll_updates = [{"restarts": 1}, {"restarts": 2}]

@@ -120,9 +120,10 @@ def status(experiment_id: str, as_json: Annotated[bool, typer.Option("--json")] 
     if as_json:
         console.print_json(json.dumps(data))
         return
+    from shared.compute_report import ComputeReport
     from shared.cost.report import format_cost
     from shared.dashboard.terminal import experiment_best
-    from shared.records import ComputeReport, SubmittedBy
+    from shared.records import SubmittedBy
 
     cost = format_cost(data.get("cost"))
     console.print(

@@ -16,9 +16,10 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from shared.compute_report import ComputeReport
 from shared.cost.report import format_cost
 from shared.dashboard.charts import no_best
-from shared.records import ComputeReport, ExperimentStatus
+from shared.records import ExperimentStatus
 
 STATE_STYLES = {
     "RUNNING": "cyan",

@@ -56,6 +56,7 @@ from shared.hpo.objectives import constraint_values, objective_values, signed_ot
 from shared.hpo.outcome import ExperimentOutcome, experiment_outcome
 from shared.hpo.reports import BadReport, TrialReport, expected_units, parse_report
 from shared.hpo.resume import optuna_attrs, resumed_seconds, retry_record, task_folds, with_fold
+from shared.hpo.search_builders import CONSTRAINTS_ATTR
 from shared.hpo.search_space import make_pruner, make_sampler, reseed_for_trial, suggest_params
 from shared.hpo.trial_task import (
     FOLDS_METADATA,
@@ -74,7 +75,7 @@ from shared.hpo.warm_start import next_config, seed_study
 from shared.ports import TrialStore
 from shared.records import BestTrial, TrialRecord, TrialState, WarmStartSeed, best_of, utcnow
 from shared.spec import ExperimentSpec
-from shared.spec.search_table import CONSTRAINTS_ATTR, missing_modules
+from shared.spec.search_table import missing_modules
 from shared.telemetry.driver import TrialSpans
 from shared.trials import end_running_trials
 

@@ -34,6 +34,7 @@ from optuna.samplers import BaseSampler, GridSampler
 from optuna.samplers._lazy_random_state import LazyRandomState
 
 from gpu_jobs.params import HYPERPARAMETERS, HyperParameter, validate_params
+from shared.hpo.search_builders import build_pruner, build_sampler
 from shared.spec import (
     Choice,
     ExperimentSpec,
@@ -50,7 +51,6 @@ from shared.spec import (
     quantize,
     safe_exp,
 )
-from shared.spec.search_table import build_pruner, build_sampler
 
 NORMAL_SUFFIX = "__u"
 """Optuna parameter ``<name>__u`` holds the uniform draw behind a (log)normal hyperparameter ``<name>``."""

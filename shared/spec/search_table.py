@@ -3,7 +3,6 @@
 An entry says everything the rest of the code asks of a policy, so adding one is adding an entry:
 
 * ``type``: the spec's ``type`` (a pruner's spec model is ``model``, validated like the others);
-* ``optuna(section, spec)``: the Optuna object our driver runs (local and vmcluster backends);
 * ``azureml(section)``: AzureML's sweep object, or ``None``: the azureml backend refuses the spec with a 422
   naming the field and the backends that run it (:func:`azureml_problems`);
 * ``first_stop(section, spec)``: the cost estimate's input, the first step at which the policy may stop a
@@ -11,14 +10,16 @@ An entry says everything the rest of the code asks of a policy, so adding one is
 * ``problems(section, spec)``: the entry's rules on the rest of the spec (422s), if any;
 * ``example``: a valid section (the README's reference and the completeness test build it).
 
-The factories import Optuna and azure-ai-ml when called, so the spec (and the Function App) load neither.
-``tests/test_search_table.py`` checks every entry is complete and that each builds what it says.
+The Optuna object our driver runs for each entry (local and vmcluster backends) is the engine's, built by
+:mod:`shared.hpo.search_builders` (one builder per ``type``): the spec describes the policies and imports
+nothing of the engine. AzureML's forms import azure-ai-ml when called, so the spec (and the Function App)
+load neither. ``tests/test_search_table.py`` checks every entry is complete, has its builder, and that each
+builds what it says.
 """
 
 from __future__ import annotations
 
 import builtins
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
@@ -56,7 +57,6 @@ class SearchEntry:
     kind: Literal["sampler", "pruner"]
     type: str
     summary: str
-    optuna: Callable[[Any, ExperimentSpec], Any]
     azureml: Callable[[Any], Any] | None
     first_stop: Callable[[Any, ExperimentSpec], int | None]
     example: dict[str, Any]
@@ -77,7 +77,7 @@ class SearchEntry:
 
 
 # --------------------------------------------------------------------------------------- pruners
-def _schedule(p: Any) -> dict[str, int]:
+def schedule_of(p: Any) -> dict[str, int]:
     return {"evaluation_interval": p.evaluation_interval, "delay_evaluation": p.delay_evaluation}
 
 
@@ -86,74 +86,28 @@ def _azureml_first_step(p: Any, spec: ExperimentSpec) -> int:
     return int(-(-step // p.evaluation_interval) * p.evaluation_interval)
 
 
-def _bandit(p: BanditPolicy, spec: ExperimentSpec) -> Any:
-    from shared.hpo.pruners import BanditPruner
-
-    return BanditPruner(slack_factor=p.slack_factor, slack_amount=p.slack_amount, **_schedule(p))
-
-
 def _bandit_azureml(p: BanditPolicy) -> Any:
     from azure.ai.ml.sweep import BanditPolicy as AzureBandit
 
     if p.slack_factor is not None:
-        return AzureBandit(slack_factor=p.slack_factor, **_schedule(p))
-    return AzureBandit(slack_amount=p.slack_amount or 0.0, **_schedule(p))
-
-
-def _median(p: MedianStoppingPolicy, spec: ExperimentSpec) -> Any:
-    from shared.hpo.pruners import MedianStoppingPruner
-
-    return MedianStoppingPruner(**_schedule(p))
+        return AzureBandit(slack_factor=p.slack_factor, **schedule_of(p))
+    return AzureBandit(slack_amount=p.slack_amount or 0.0, **schedule_of(p))
 
 
 def _median_azureml(p: MedianStoppingPolicy) -> Any:
     from azure.ai.ml.sweep import MedianStoppingPolicy as AzureMedian
 
-    return AzureMedian(**_schedule(p))
-
-
-def _truncation(p: TruncationSelectionPolicy, spec: ExperimentSpec) -> Any:
-    from shared.hpo.pruners import TruncationSelectionPruner
-
-    return TruncationSelectionPruner(p.truncation_percentage, **_schedule(p))
+    return AzureMedian(**schedule_of(p))
 
 
 def _truncation_azureml(p: TruncationSelectionPolicy) -> Any:
     from azure.ai.ml.sweep import TruncationSelectionPolicy as AzureTruncation
 
-    return AzureTruncation(truncation_percentage=p.truncation_percentage, **_schedule(p))
-
-
-def _halving(p: SuccessiveHalvingPolicy, spec: ExperimentSpec) -> Any:
-    from optuna.pruners import SuccessiveHalvingPruner
-
-    return SuccessiveHalvingPruner(
-        min_resource=p.min_resource,
-        reduction_factor=p.reduction_factor,
-        min_early_stopping_rate=p.min_early_stopping_rate,
-        bootstrap_count=p.bootstrap_count,
-    )
+    return AzureTruncation(truncation_percentage=p.truncation_percentage, **schedule_of(p))
 
 
 def _halving_first(p: SuccessiveHalvingPolicy, spec: ExperimentSpec) -> int:
     return int(p.min_resource * p.reduction_factor**p.min_early_stopping_rate)
-
-
-def _hyperband(p: HyperbandPolicy, spec: ExperimentSpec) -> Any:
-    from optuna.pruners import HyperbandPruner
-
-    return HyperbandPruner(
-        min_resource=p.min_resource,
-        max_resource=p.max_resource or trial_steps(spec),
-        reduction_factor=p.reduction_factor,
-        bootstrap_count=p.bootstrap_count,
-    )
-
-
-def _wilcoxon(p: WilcoxonPolicy, spec: ExperimentSpec) -> Any:
-    from shared.hpo.pruners import FoldWilcoxonPruner
-
-    return FoldWilcoxonPruner(p_threshold=p.p_threshold, n_startup_steps=p.n_startup_steps)
 
 
 def _wilcoxon_problems(p: WilcoxonPolicy, spec: ExperimentSpec) -> list[Problem]:
@@ -167,28 +121,10 @@ def _wilcoxon_problems(p: WilcoxonPolicy, spec: ExperimentSpec) -> list[Problem]
     return []
 
 
-def _patient(p: PatientPolicy, spec: ExperimentSpec) -> Any:
-    from optuna.pruners import PatientPruner
-
-    inner = None if p.wrapped is None else build_pruner(p.wrapped, spec)
-    return PatientPruner(inner, patience=p.patience, min_delta=p.min_delta)
-
-
 def _patient_first(p: PatientPolicy, spec: ExperimentSpec) -> int | None:
     own = p.patience + 2  # Optuna compares the best before the last patience + 1 steps with those
     inner = None if p.wrapped is None else pruner_entry(p.wrapped).first_stop(p.wrapped, spec)
     return None if p.wrapped is not None and inner is None else max(own, inner or 0)
-
-
-def _threshold(p: ThresholdPolicy, spec: ExperimentSpec) -> Any:
-    from optuna.pruners import ThresholdPruner
-
-    from shared.hpo.pruners import AnyOfPruner
-
-    own = ThresholdPruner(
-        lower=p.lower, upper=p.upper, n_warmup_steps=p.n_warmup_steps, interval_steps=p.interval_steps
-    )
-    return own if p.wrapped is None else AnyOfPruner(own, build_pruner(p.wrapped, spec))
 
 
 def _threshold_first(p: ThresholdPolicy, spec: ExperimentSpec) -> int | None:
@@ -219,30 +155,30 @@ PRUNERS: dict[str, SearchEntry] = {
     entry.type: entry
     for entry in (
         SearchEntry("pruner", "bandit", "AzureML's Bandit: within a slack of the best trial at the step",
-                    _bandit, _bandit_azureml, _azureml_first_step,
+                    _bandit_azureml, _azureml_first_step,
                     {"type": "bandit", "slack_factor": 0.1, "delay_evaluation": 1}, BanditPolicy),
         SearchEntry("pruner", "median_stopping", "AzureML's median stopping: best value vs median running average",
-                    _median, _median_azureml, _azureml_first_step,
+                    _median_azureml, _azureml_first_step,
                     {"type": "median_stopping", "delay_evaluation": 1}, MedianStoppingPolicy),
         SearchEntry("pruner", "truncation_selection", "AzureML's truncation selection: the lowest percent stop",
-                    _truncation, _truncation_azureml, _azureml_first_step,
+                    _truncation_azureml, _azureml_first_step,
                     {"type": "truncation_selection", "truncation_percentage": 20}, TruncationSelectionPolicy),
         SearchEntry("pruner", "successive_halving", "asynchronous successive halving (ASHA), Optuna",
-                    _halving, None, _halving_first,
+                    None, _halving_first,
                     {"type": "successive_halving", "min_resource": 1, "reduction_factor": 3}, SuccessiveHalvingPolicy,
                     _rung_problems(_halving_first, "min_resource * reduction_factor**min_early_stopping_rate")),
         SearchEntry("pruner", "hyperband", "Hyperband: successive-halving brackets, Optuna",
-                    _hyperband, None, lambda p, spec: p.min_resource,
+                    None, lambda p, spec: p.min_resource,
                     {"type": "hyperband", "min_resource": 1, "reduction_factor": 2}, HyperbandPolicy,
                     _rung_problems(lambda p, spec: p.min_resource, "min_resource")),
         SearchEntry("pruner", "wilcoxon", "Wilcoxon signed-rank test over the folds against the best trial, Optuna",
-                    _wilcoxon, None, lambda p, spec: max(2, p.n_startup_steps),
+                    None, lambda p, spec: max(2, p.n_startup_steps),
                     {"type": "wilcoxon", "p_threshold": 0.1}, WilcoxonPolicy, _wilcoxon_problems),
         SearchEntry("pruner", "patient", "waits patience steps without improvement, then asks wrapped, Optuna",
-                    _patient, None, _patient_first,
+                    None, _patient_first,
                     {"type": "patient", "patience": 1, "wrapped": {"type": "median_stopping"}}, PatientPolicy),
         SearchEntry("pruner", "threshold", "stops a trial outside [lower, upper], or that wrapped stops, Optuna",
-                    _threshold, None, _threshold_first,
+                    None, _threshold_first,
                     {"type": "threshold", "lower": 0.6, "wrapped": {"type": "successive_halving"}}, ThresholdPolicy),
     )
 }  # fmt: skip
@@ -269,13 +205,6 @@ for _entry in PRUNERS.values():
 
 def pruner_entry(policy: Any) -> SearchEntry:
     return PRUNERS[policy.type]
-
-
-def build_pruner(policy: Any, spec: ExperimentSpec) -> Any:
-    """The Optuna pruner for one ``early_termination`` section (Optuna's experimental warnings silenced)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=Warning)
-        return pruner_entry(policy).optuna(policy, spec)
 
 
 def first_stop_fraction(spec: ExperimentSpec) -> float:
@@ -358,63 +287,16 @@ def azureml_policy(spec: ExperimentSpec) -> Any | None:
 
 
 # -------------------------------------------------------------------------------------- samplers
-def _random(s: Any, spec: ExperimentSpec) -> Any:
-    from optuna.samplers import RandomSampler
-
-    from shared.hpo.samplers import ResumableQMCSampler
-
-    if s.rule == "sobol":
-        return ResumableQMCSampler(
-            qmc_type="sobol",
-            scramble=True,
-            seed=s.seed,
-            independent_sampler=RandomSampler(seed=s.seed),
-            warn_asynchronous_seeding=False,
-            warn_independent_sampling=False,
-        )
-    return RandomSampler(seed=s.seed)
-
-
 def _random_azureml(s: Any) -> Any:
     from azure.ai.ml.sweep import RandomSamplingAlgorithm
 
     return RandomSamplingAlgorithm(seed=s.seed, rule=s.rule)
 
 
-def _grid(s: Any, spec: ExperimentSpec) -> Any:
-    from shared.hpo.search_space import AskTellGridSampler
-    from shared.spec.search_space import Choice
-
-    grid = {name: list(dist.values) for name, dist in spec.search_space.items() if isinstance(dist, Choice)}
-    return AskTellGridSampler(grid, seed=s.seed)
-
-
 def _grid_azureml(s: Any) -> Any:
     from azure.ai.ml.sweep import GridSamplingAlgorithm
 
     return GridSamplingAlgorithm()
-
-
-CONSTRAINTS_ATTR = "constraints"
-"""The user attribute the driver sets on a trial before telling it: Optuna's constraint values (<= 0 feasible)."""
-
-
-def _constraints(trial: Any) -> list[float]:
-    return [float(v) for v in trial.user_attrs.get(CONSTRAINTS_ATTR, [0.0])]
-
-
-def constraints_func(spec: ExperimentSpec) -> Any:
-    """Optuna's ``constraints_func`` for the spec's constraints (None without any)."""
-    return _constraints if spec.objective.constraints else None
-
-
-def _bayesian(s: Any, spec: ExperimentSpec) -> Any:
-    from optuna.samplers import TPESampler
-
-    # With max_concurrent_trials > 1 several trials are asked before the running ones report. The constant
-    # liar gives running trials a pessimistic value, so concurrent asks spread over the space instead of all
-    # proposing the same promising point.
-    return TPESampler(seed=s.seed, constant_liar=True, constraints_func=constraints_func(spec))
 
 
 def _bayesian_azureml(s: Any) -> Any:
@@ -427,101 +309,33 @@ def _never_stops(section: Any, spec: ExperimentSpec) -> int | None:
     return None
 
 
-def _tpe(s: Any, spec: ExperimentSpec) -> Any:
-    from optuna.samplers import TPESampler
-
-    # multivariate: one Parzen estimator over the joint space (interactions between hyperparameters),
-    # grouped by the parameters trials share; the constant liar as for bayesian.
-    return TPESampler(
-        seed=s.seed,
-        multivariate=True,
-        group=True,
-        constant_liar=True,
-        warn_independent_sampling=False,
-        constraints_func=constraints_func(spec),
-    )
-
-
-def _cmaes(s: Any, spec: ExperimentSpec) -> Any:
-    from optuna.samplers import RandomSampler
-
-    from shared.hpo.samplers import ResumableCmaEsSampler
-
-    # CMA-ES models numbers only: a choice is drawn by the seeded random sampler beside it. Resumable: a
-    # restarted driver rebuilds its optimizer from the trials (shared.hpo.samplers).
-    return ResumableCmaEsSampler(
-        seed=s.seed, independent_sampler=RandomSampler(seed=s.seed), warn_independent_sampling=False
-    )
-
-
-def _gp(s: Any, spec: ExperimentSpec) -> Any:
-    from optuna.samplers import GPSampler
-
-    return GPSampler(seed=s.seed, deterministic_objective=False, constraints_func=constraints_func(spec))
-
-
-def _nsga2(s: Any, spec: ExperimentSpec) -> Any:
-    from optuna.samplers import NSGAIISampler
-
-    return NSGAIISampler(seed=s.seed, constraints_func=constraints_func(spec))
-
-
-def _nsga3(s: Any, spec: ExperimentSpec) -> Any:
-    from optuna.samplers import NSGAIIISampler
-
-    return NSGAIIISampler(seed=s.seed, constraints_func=constraints_func(spec))
-
-
-def _qmc(s: Any, spec: ExperimentSpec) -> Any:
-    from optuna.samplers import RandomSampler
-
-    from shared.hpo.samplers import ResumableQMCSampler
-
-    # Resumable: a restarted driver goes on from the last point drawn (shared.hpo.samplers).
-    return ResumableQMCSampler(
-        qmc_type=s.rule or "sobol",
-        scramble=True,
-        seed=s.seed,
-        independent_sampler=RandomSampler(seed=s.seed),
-        warn_asynchronous_seeding=False,
-        warn_independent_sampling=False,
-    )
-
-
 SAMPLERS: dict[str, SearchEntry] = {
     entry.type: entry
     for entry in (
         SearchEntry("sampler", "random", "uniform random draws (rule: sobol for a scrambled Sobol sequence)",
-                    _random, _random_azureml, _never_stops, {"type": "random", "seed": 1, "rule": "sobol"},
+                    _random_azureml, _never_stops, {"type": "random", "seed": 1, "rule": "sobol"},
                     rules=("random", "sobol")),
         SearchEntry("sampler", "grid", "every combination of choice values, in a seeded order",
-                    _grid, _grid_azureml, _never_stops, {"type": "grid", "seed": 1}),
+                    _grid_azureml, _never_stops, {"type": "grid", "seed": 1}),
         SearchEntry("sampler", "bayesian", "TPE (Optuna) here; AzureML's own Bayesian optimization on azureml",
-                    _bayesian, _bayesian_azureml, _never_stops, {"type": "bayesian", "seed": 1}),
+                    _bayesian_azureml, _never_stops, {"type": "bayesian", "seed": 1}),
         SearchEntry("sampler", "tpe", "multivariate TPE over the joint space (interactions), Optuna",
-                    _tpe, None, _never_stops, {"type": "tpe", "seed": 1}),
+                    None, _never_stops, {"type": "tpe", "seed": 1}),
         SearchEntry("sampler", "cmaes", "CMA-ES over the numeric hyperparameters (choices drawn at random), Optuna",
-                    _cmaes, None, _never_stops, {"type": "cmaes", "seed": 1}, needs=("cmaes",),
+                    None, _never_stops, {"type": "cmaes", "seed": 1}, needs=("cmaes",),
                     multi_objective=False),
         SearchEntry("sampler", "gp", "Gaussian-process Bayesian optimization (log EI), Optuna; PyTorch on the compute",
-                    _gp, None, _never_stops, {"type": "gp", "seed": 1}, needs=("torch",)),
+                    None, _never_stops, {"type": "gp", "seed": 1}, needs=("torch",)),
         SearchEntry("sampler", "qmc", "quasi-Monte Carlo: a scrambled Sobol (rule: sobol) or Halton sequence, Optuna",
-                    _qmc, None, _never_stops, {"type": "qmc", "seed": 1, "rule": "halton"},
+                    None, _never_stops, {"type": "qmc", "seed": 1, "rule": "halton"},
                     rules=("sobol", "halton")),
         SearchEntry("sampler", "nsga2", "NSGA-II, a genetic algorithm for several objectives and constraints, Optuna",
-                    _nsga2, None, _never_stops, {"type": "nsga2", "seed": 1}),
+                    None, _never_stops, {"type": "nsga2", "seed": 1}),
         SearchEntry("sampler", "nsga3", "NSGA-III, reference-point NSGA for three or more objectives, Optuna",
-                    _nsga3, None, _never_stops, {"type": "nsga3", "seed": 1}),
+                    None, _never_stops, {"type": "nsga3", "seed": 1}),
     )
 }  # fmt: skip
 """``sampling_algorithm.type`` -> its entry."""
-
-
-def build_sampler(spec: ExperimentSpec) -> Any:
-    """The Optuna sampler for ``spec.sampling_algorithm`` (Optuna's experimental warnings silenced)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=Warning)
-        return SAMPLERS[spec.sampling_algorithm.type].optuna(spec.sampling_algorithm, spec)
 
 
 def missing_modules(spec: ExperimentSpec) -> str | None:

@@ -10,9 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared.compute_report import ComputeReport
 from shared.errors import BackendError
 from shared.ports import BackendHandle, Capabilities, HandleUpdate, RunState, RunStatus, handle_changes
-from shared.records import ComputeReport, ExperimentRecord
+from shared.records import ExperimentRecord
 
 
 class ScriptedHandle(BackendHandle):

@@ -30,10 +30,11 @@ from shared.backends.azureml.trials import (
     trial_record,
 )
 from shared.backends.azureml.workspace import AzureMLClient, JobInfo, WorkspaceClient, workspace_settings
+from shared.compute_report import ComputeReport
 from shared.config import DATA_CHECK_ARTIFACT, MODEL_PREFIX, Settings
 from shared.errors import BackendError
 from shared.ports import BackendHandle, HandleUpdate, RunDetails, RunState, RunStatus, Store, handle_changes
-from shared.records import ComputeReport, ExperimentRecord, ExperimentStatus, TrialRecord, TrialState, best_of, utcnow
+from shared.records import ExperimentRecord, ExperimentStatus, TrialRecord, TrialState, best_of, utcnow
 from shared.spec import ExperimentSpec
 from shared.spec.sections import azureml_uri_form
 from shared.telemetry import traceparent_for

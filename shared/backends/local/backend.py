@@ -25,10 +25,11 @@ from shared.backends.local import CAPABILITIES
 from shared.backends.local.claims import Claim, DriverClaims, process_start_time
 from shared.backends.local.section import LocalCompute
 from shared.backends.outcome import DriverOutcome, outcome_status, read_outcome
+from shared.compute_report import ComputeReport
 from shared.compute_spec import compute_section
 from shared.config import Settings
 from shared.ports import BackendHandle, HandleUpdate, RunDetails, RunState, RunStatus, Store, areas_of, handle_changes
-from shared.records import ComputeReport, ExperimentRecord, ExperimentStatus
+from shared.records import ExperimentRecord, ExperimentStatus
 from shared.telemetry import traceparent_for
 
 if TYPE_CHECKING:

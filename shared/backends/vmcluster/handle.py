@@ -14,8 +14,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.backends.area import AreaHandle
+from shared.compute_report import ComputeReport
 from shared.ports import BackendHandle
-from shared.records import ComputeReport, utcnow
+from shared.records import utcnow
 
 
 class NetworkHandle(BaseModel):
