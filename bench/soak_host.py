@@ -21,8 +21,9 @@ from typing import Any, Literal
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from shared.compute_report import ComputeReport  # noqa: E402
 from shared.ports import BackendHandle, Capabilities, HandleUpdate, RunState, RunStatus, handle_changes  # noqa: E402
-from shared.records import ComputeReport, ExperimentRecord, TrialRecord, TrialState, utcnow  # noqa: E402
+from shared.records import ExperimentRecord, TrialRecord, TrialState, utcnow  # noqa: E402
 
 TRIALS = 5
 POLLS_TO_SUCCEED = 3
