@@ -196,3 +196,64 @@ def test_a_vm_that_never_boots_fails_at_the_ready_timeout_with_what_the_vms_note
     record, status = _poll(backend, record)
     assert status.state is RunState.FAILED and "did not start within" in (status.error or "")
     assert "boot notes: dask-x-worker-1: fetching the code archive" in (status.error or "")
+
+
+def test_a_worker_that_cannot_start_is_deleted_and_replaced_without_counting_an_eviction(
+    ctx: Context, arm: FakeArm
+) -> None:
+    """A worker's final note (its restart policy spent, or its container never started) means the VM would
+    idle, billed: the next poll deletes it and creates another; a note that is not final waits for Docker."""
+    backend = _backend(ctx, arm)
+    record = _submitted(ctx, backend, n_workers=2)
+    record, _ = _poll(backend, record)
+    first = sorted(vm["name"] for vm in _workers(arm))
+    _note(ctx, record, final=False, vm=first[0])
+    record, _ = _poll(backend, record)
+    assert sorted(vm["name"] for vm in _workers(arm)) == first  # Docker starts it again: nothing to do
+
+    _note(ctx, record, final=True, vm=first[0])
+    record, status = _poll(backend, record)
+    assert status.state is RunState.PENDING, status.error
+    names = sorted(vm["name"] for vm in _workers(arm))
+    assert first[0] not in names and first[1] in names and len(names) == 2  # deleted, and one more created
+    assert arm.calls("DELETE", f"virtualMachines/{first[0]}")
+    handle = VMClusterHandle.of(record.backend_state)
+    assert handle.boot_replaced == [first[0]] and handle.evictions == 0
+
+    record, again = _poll(backend, record)  # its note stays in the area: it is not replaced twice
+    assert again.state is RunState.PENDING and len(_workers(arm)) == 2
+    assert VMClusterHandle.of(record.backend_state).evictions == 0
+
+
+def test_workers_that_keep_failing_to_start_fail_the_run_with_the_reason(ctx: Context, arm: FakeArm) -> None:
+    """One replacement per worker slot; the next worker that cannot start fails the run with its note and
+    where its boot log is (a cause that every new VM shares: a bad image, worker options its class refuses)."""
+    backend = _backend(ctx, arm)
+    record = _submitted(ctx, backend, n_workers=1)
+    status = None
+    for _ in range(3):
+        record, status = _poll(backend, record)
+        if status.state is RunState.FAILED:
+            break
+        [worker] = _workers(arm)
+        _note(ctx, record, final=True, vm=worker["name"])
+    assert status is not None and status.state is RunState.FAILED
+    error = status.error or ""
+    assert error.startswith("2 worker VMs could not start, more than the 1 replacements a run allows"), error
+    assert "fetching the code archive" in error and "az vm boot-diagnostics get-boot-log" in error
+
+
+def test_a_forged_note_names_no_vm_of_the_cluster_and_replaces_nothing(ctx: Context, arm: FakeArm) -> None:
+    """Notes are the compute's writing: one naming the head, another cluster's VM or no valid name at all
+    deletes nothing (only the cluster's own workers are replaced)."""
+    backend = _backend(ctx, arm)
+    record = _submitted(ctx, backend, n_workers=1)
+    record, _ = _poll(backend, record)
+    before = _workers(arm)
+    area = FolderArea(ctx.store.root / "compute" / EXP)  # type: ignore[attr-defined]
+    prefix = f"dask-{VMClusterHandle.of(record.backend_state).cluster_id}-worker-"
+    for i, forged in enumerate(["dask-0badc0de-worker-1", f"{prefix}../x", f"{prefix}{'x' * 80}", ["list"]]):
+        note = {"vm": forged, "role": "worker", "stage": "s", "error": "e", "starts": 6, "final": True, "at": 1}
+        area.put(f"artifacts/boot/forged-{i}.json", json.dumps(note).encode())
+    record, status = _poll(backend, record)
+    assert status.state is RunState.PENDING and _workers(arm) == before and not arm.calls("DELETE")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +19,13 @@ from pydantic import ValidationError
 from shared.backends.area import ingest_area
 from shared.backends.outcome import outcome_status, read_outcome
 from shared.backends.vmcluster import CAPABILITIES
+from shared.backends.vmcluster.boot_notes import (
+    BOOT_NOTES,
+    boot_log_hint,
+    describe_note,
+    replacement_budget,
+    unbootable_workers,
+)
 from shared.backends.vmcluster.bootscript import (
     VMPlan,
     docker_command,
@@ -55,6 +61,7 @@ from shared.backends.vmcluster.vms import (
     cluster_vms,
     create_vm,
     delete_failed_workers,
+    delete_workers,
     failed,
     get_vm,
     healthy_workers,
@@ -365,7 +372,11 @@ class VMClusterBackend:
                     f"the head node VM {head} is gone (deleted outside the control plane?): its driver cannot restart"
                 )
                 return _status(before, RunState.FAILED, handle, error=error)
-            handle = self._reconcile_workers(record, compute, handle, vms)
+            notes = self._boot_notes(record.id)
+            handle, replaced, cannot = self._replace_unbootable_workers(compute, handle, vms, notes)
+            if cannot:
+                return _status(before, RunState.FAILED, handle, error=cannot)
+            handle = self._reconcile_workers(record, compute, handle, vms, replaced)
         except BackendError as exc:
             if not exc.retryable:
                 return _status(before, RunState.FAILED, handle, error=str(exc))
@@ -373,10 +384,10 @@ class VMClusterBackend:
         if handle.evictions > compute.max_evictions:
             error = f"{handle.evictions} worker VMs evicted or lost, over compute.max_evictions={compute.max_evictions}"
             return _status(before, RunState.FAILED, handle, error=error)
-        notes = self._boot_notes(record.id)
+        notes = self._boot_notes(record.id)  # again: ingested meanwhile, or not read when ARM failed above
         head_note = next((n for n in notes if n.get("vm") == handle.scheduler_vm and n.get("final")), None)
         if head_note is not None:  # the restart policy is spent: nothing will start the head again
-            error = f"the head node could not start: {_describe_note(head_note)}{_boot_log_hint(compute, head_note)}"
+            error = f"the head node could not start: {describe_note(head_note)}{boot_log_hint(compute, head_note)}"
             return _status(before, RunState.FAILED, handle, error=error)
         beat = self._heartbeat(record.id)
         if beat is None:
@@ -386,8 +397,8 @@ class VMClusterBackend:
                 if handle.last_error:
                     error = f"{error}; last error: {handle.last_error}"
                 if notes:
-                    error = f"{error}; boot notes: " + "; ".join(_describe_note(n) for n in notes[:3])
-                return _status(before, RunState.FAILED, handle, error=error + _boot_log_hint(compute, None))
+                    error = f"{error}; boot notes: " + "; ".join(describe_note(n) for n in notes[:3])
+                return _status(before, RunState.FAILED, handle, error=error + boot_log_hint(compute, None))
             waiting = RunDetails(waiting_for="the head node's first heartbeat")
             return _status(before, RunState.PENDING, handle, details=waiting)
         handle = handle.model_copy(update={"heartbeat_at": beat})
@@ -421,17 +432,52 @@ class VMClusterBackend:
             return None
         return min(beat.at, datetime.now(UTC))
 
+    def _replace_unbootable_workers(
+        self, compute: VMClusterCompute, handle: VMClusterHandle, vms: list[Any], notes: list[dict[str, Any]]
+    ) -> tuple[VMClusterHandle, int, str | None]:
+        """Delete the worker VMs whose final boot note says they will not start (they would idle, billed),
+        so that :meth:`_reconcile_workers` replaces them (not counted as evictions); past
+        :func:`~.boot_notes.replacement_budget`, the reason the run fails. Returns (handle, how many were
+        deleted now, the failure or None)."""
+        live = {vm.name for vm in vms}
+        client = self._clients_for(compute)[0]
+        delete_workers(client, compute.resource_group, [n for n in handle.boot_replaced if n in live])  # again
+        fresh = [
+            n for n in unbootable_workers(notes, handle.cluster_id or "") if n in live and n not in handle.boot_replaced
+        ]
+        if not fresh:
+            return handle, 0, None
+        handle = handle.model_copy(update={"boot_replaced": [*handle.boot_replaced, *fresh]})
+        budget = replacement_budget(compute)
+        if len(handle.boot_replaced) > budget:
+            note = next(n for n in notes if n.get("vm") == fresh[0])
+            error = (
+                f"{len(handle.boot_replaced)} worker VMs could not start, more than the {budget} replacements a run "
+                f"allows (one per worker): {describe_note(note)}{boot_log_hint(compute, note)}"
+            )
+            return handle, 0, error
+        delete_workers(client, compute.resource_group, fresh)
+        log.warning("replacing worker VMs that could not start: %s", ", ".join(fresh))
+        return handle, len(fresh), None
+
     def _reconcile_workers(
-        self, record: ExperimentRecord, compute: VMClusterCompute, handle: VMClusterHandle, vms: list[Any]
+        self,
+        record: ExperimentRecord,
+        compute: VMClusterCompute,
+        handle: VMClusterHandle,
+        vms: list[Any],
+        replaced: int = 0,
     ) -> VMClusterHandle:
         """Create the worker VMs the cluster lacks (``vms``: the cluster's, listed); after the first round,
-        each one lacking was lost (a Spot eviction deletes the VM) and counts as an eviction."""
+        each one lacking was lost (a Spot eviction deletes the VM) and counts as an eviction, except the
+        ``replaced`` ones this poll deleted because they could not start."""
         clients = self._clients_for(compute)
         cluster_id = handle.cluster_id or ""
-        missing = compute.n_workers - len(healthy_workers(vms, cluster_id))
+        healthy = [name for name in healthy_workers(vms, cluster_id) if name not in handle.boot_replaced]
+        missing = compute.n_workers - len(healthy)
         if missing <= 0:
             return handle.model_copy(update={"workers_created": True})
-        evictions = handle.evictions + (missing if handle.workers_created else 0)
+        evictions = handle.evictions + (max(0, missing - replaced) if handle.workers_created else 0)
         handle = handle.model_copy(update={"evictions": evictions})
         if evictions > compute.max_evictions:
             return handle
@@ -554,24 +600,6 @@ class VMClusterBackend:
         return sweep_orphans(
             self._clients, live_experiment_ids, resource_group, subscription_id, self.retry, azure.instance_id
         )
-
-
-BOOT_NOTES = "boot"
-"""Where ``boot.py`` notes a failed start (``artifacts/boot/<vm>.json`` in the area)."""
-
-
-def _describe_note(note: dict[str, Any]) -> str:
-    """One line of a boot note, clipped (the compute wrote it)."""
-    starts = note.get("starts")
-    start = "the container never started" if starts == 0 else f"container start {starts}"
-    text = f"{note.get('vm')}: {note.get('stage')}: {note.get('error')} ({start})"
-    return text[:500]
-
-
-def _boot_log_hint(compute: VMClusterCompute, note: dict[str, Any] | None) -> str:
-    vm = str(note.get("vm")) if note else "<vm>"
-    vm = vm if re.fullmatch(r"[A-Za-z0-9-]{1,64}", vm) else "<vm>"  # the compute wrote it
-    return f" (the VM's boot log: az vm boot-diagnostics get-boot-log -g {compute.resource_group} -n {vm})"
 
 
 def worker_loss(exc: BackendError, *, spot: bool) -> bool:

@@ -65,6 +65,9 @@ class VMClusterHandle(BackendHandle, AreaHandle):
     n_workers: int = 0
     workers_created: bool = False
     evictions: int = Field(default=0, ge=0, description="worker VMs lost (Spot evictions), each replaced")
+    boot_replaced: list[str] = Field(
+        default_factory=list, description="worker VMs deleted and replaced because their boot note was final"
+    )
     heartbeat_at: datetime | None = Field(default=None, description="the driver's last heartbeat")
     last_error: str | None = None
 

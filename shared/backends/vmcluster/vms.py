@@ -165,16 +165,22 @@ def healthy_workers(vms: list[Any], cluster_id: str) -> list[str]:
 def delete_failed_workers(compute_client: Any, resource_group: str, vms: list[Any], cluster_id: str) -> list[str]:
     """Start deleting the cluster's worker VMs whose provisioning failed (a capacity shortage leaves the VM
     ``Failed``, holding its NIC and disk); returns their names. Not awaited: the next poll sees the rest."""
-    from shared.backends.arm import is_not_found
-
     prefix = f"dask-{cluster_id}-worker-"
     names = sorted(vm.name for vm in vms if vm.name.startswith(prefix) and failed(vm))
+    return delete_workers(compute_client, resource_group, names)
+
+
+def delete_workers(compute_client: Any, resource_group: str, names: list[str]) -> list[str]:
+    """Start deleting worker VMs ``names`` (not awaited: a VM's delete takes minutes; its NIC and disk go
+    with it); one that is gone already counts, one ARM refuses now is tried again by the next poll."""
+    from shared.backends.arm import is_not_found
+
     for name in names:
         try:
             compute_client.virtual_machines.begin_delete(resource_group, name)
-        except Exception as exc:  # gone already, or ARM busy: the next poll tries again
+        except Exception as exc:
             if not is_not_found(exc):
-                log.warning("deleting failed worker VM %s: %s", name, exc)
+                log.warning("deleting worker VM %s: %s", name, exc)
     return names
 
 
