@@ -16,6 +16,7 @@ from tests.test_end_to_end import ROOT, served
 
 FAILED_ID = "exp-20261204090000-aaaaaa"
 EMPTY_ID = "exp-20261204090000-bbbbbb"
+NO_MODEL = "no trial had finished when the experiment was cancelled"
 ERROR = "driver lost: the compute [was] evicted 3 times"  # with brackets rich would read as markup
 
 
@@ -32,7 +33,7 @@ def test_watch_says_why_it_failed_and_shows_the_best_trial_unwrapped_in_a_pipe(t
     first = next(t for t in trials if t.state is TrialState.COMPLETED)  # long before the last five
     best = record.best.model_copy(update={"number": first.number, "value": first.value})
     ctx.store.update_experiment(record.model_copy(update={"best": best, "error": ERROR}))
-    nothing = {"id": EMPTY_ID, "best": None, "status": ExperimentStatus.CANCELLED, "version": ""}
+    nothing = {"id": EMPTY_ID, "best": None, "status": ExperimentStatus.CANCELLED, "version": "", "no_model": NO_MODEL}
     ctx.store.create_experiment(record.model_copy(update=nothing))
     with served(tmp_path) as client:
         env = {k: v for k, v in os.environ.items() if k not in {"COLUMNS", "LINES", "FORCE_COLOR"}}
@@ -40,6 +41,7 @@ def test_watch_says_why_it_failed_and_shows_the_best_trial_unwrapped_in_a_pipe(t
         watched = cli(env, "watch", FAILED_ID, "--interval", "0.1")
         status = cli(env, "status", FAILED_ID)
         empty = cli(env, "status", EMPTY_ID)
+        cancelled = cli(env, "watch", EMPTY_ID, "--interval", "0.1")
     assert watched.returncode == 1
     assert f"FAILED: {ERROR}" in watched.stderr
     lines = watched.stdout.splitlines()
@@ -54,6 +56,8 @@ def test_watch_says_why_it_failed_and_shows_the_best_trial_unwrapped_in_a_pipe(t
     assert f"best accuracy={first.value:.4f} (trial {first.number})" in watched.stdout
     assert status.returncode == 0 and f"best accuracy={first.value:.4f}" in status.stdout and ERROR in status.stdout
     assert "no completed trial" in empty.stdout and "yet" not in empty.stdout  # it has ended
+    assert f"no model: {NO_MODEL}" in empty.stdout  # a cancel that kept no model says why
+    assert cancelled.returncode == 1 and f"CANCELLED: no model: {NO_MODEL}" in cancelled.stderr
 
 
 def test_an_ended_experiment_without_a_completed_trial_is_not_told_yet(tmp_path):

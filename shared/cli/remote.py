@@ -130,7 +130,8 @@ def status(experiment_id: str, as_json: Annotated[bool, typer.Option("--json")] 
         f"{data['id']}  {data['status']}  {data['progress']['done']}/{data['progress']['total']} trials"
         + f"  {experiment_best(data)}"
         + (f"  {cost}" if cost else "")
-        + (f"  error: {data['error']}" if data.get("error") else ""),
+        + (f"  error: {data['error']}" if data.get("error") else "")
+        + (f"  no model: {data['no_model']}" if data.get("no_model") else ""),
         markup=False,
     )
     if compute := ComputeReport.model_validate(data.get("compute") or {}).summary():
@@ -211,6 +212,9 @@ def watch(
         from rich.markup import escape
 
         why = escape(data.get("error") or "no error was recorded")
+        if data["status"] == "CANCELLED":  # what the cancel kept, or why it kept no model
+            kept = f"the best model so far is kept (rapids-hpo download {data['id']})"
+            why = escape(f"no model: {data['no_model']}" if data.get("no_model") else kept)
         err.print(f"[red]{data['status']}:[/red] {why}", highlight=False)
         raise typer.Exit(1)
 
