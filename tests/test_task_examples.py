@@ -90,6 +90,7 @@ def test_data_the_trials_cannot_use_fails_the_experiment_once_before_any_trial(t
     assert not any(city in body["error"] for city in ("Oslo", "Lima", "Pune"))
 
 
+@pytest.mark.slow  # `rapids-hpo plan` as processes (~30 s under load)
 def test_plan_shows_the_task_and_why(tmp_path: Path) -> None:
     path = tmp_path / "fares.csv"
     pd.DataFrame({"km": np.arange(40.0), "fare": np.arange(40.0) * 2.5 + 0.3}).to_csv(path, index=False)

@@ -282,6 +282,8 @@ def test_dashboard_scripts_run_by_nonce_only(client):
 
 
 # ------------------------------------------------------- serve: a key per start, hosted beyond loopback
+# Starts `rapids-hpo serve` twice as processes (~35 s under load); the edge's rules are the in-process tests above.
+@pytest.mark.slow
 def test_serve_makes_a_key_per_start_and_the_cli_finds_it(tmp_path):
     keys = []
     for start in range(2):
