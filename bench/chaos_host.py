@@ -41,7 +41,7 @@ def kill_probability(control: Path | None) -> float:
 
 def install_faults(duplicate_delay: float, control: Path | None, seed: int) -> None:
     """Patch the queue adapter's send and the state machine's event send (this process only)."""
-    from shared.handlers import intake, machine
+    from shared.handlers import intake, writer
     from shared.queues.azure import AzureQueue
 
     rng = random.Random(seed)
@@ -55,14 +55,14 @@ def install_faults(duplicate_delay: float, control: Path | None, seed: int) -> N
 
         AzureQueue.send = send_twice  # type: ignore[method-assign]
     if control is not None:
-        original_event = machine.send_event
+        original_event = writer.send_event
 
         def send_or_die(*args: object, **kwargs: object) -> None:
             if rng.random() < kill_probability(control):
                 os.kill(os.getpid(), signal.SIGKILL)  # the write is committed, its event never sent
             original_event(*args, **kwargs)  # type: ignore[arg-type]
 
-        machine.send_event = send_or_die  # type: ignore[assignment]
+        writer.send_event = send_or_die  # type: ignore[assignment]
         intake.send_event = send_or_die  # type: ignore[assignment]
 
 

@@ -112,7 +112,7 @@ def install(recorder: Recorder) -> None:
 
     import shared.backends
     from shared import runner
-    from shared.handlers import intake, machine
+    from shared.handlers import intake, writer
     from shared.records import ExperimentEvent
 
     original_create = shared.backends.create_backend
@@ -130,7 +130,7 @@ def install(recorder: Recorder) -> None:
 
     RequestsTransport.send = counted  # type: ignore[method-assign]
 
-    original_event = machine.send_event
+    original_event = writer.send_event
 
     def send_event(ctx: Any, event_type: Any, record: Any, delay: int = 0) -> None:
         original_event(ctx, event_type, record, delay)
@@ -138,7 +138,7 @@ def install(recorder: Recorder) -> None:
             {"t": "sent", "key": f"{record.id}:{record.event_seq}:{event_type.value}", "due": time.time() + delay}
         )
 
-    machine.send_event = send_event  # type: ignore[assignment]
+    writer.send_event = send_event  # type: ignore[assignment]
     intake.send_event = send_event  # type: ignore[assignment]
 
     original_handle = runner.handle_event

@@ -34,6 +34,7 @@ def test_every_fault_at_once_loses_nothing_and_leaves_nothing_stuck(tmp_path):
         check=False,
     )
     table = "\n".join(line for line in result.stdout.splitlines() if "events not sent" not in line)
+    print(table)  # the run's table: ``pytest -rP`` shows it for a passing run
     assert result.returncode == 0, table + result.stderr[-3000:]
     total = next(line for line in table.splitlines() if line.startswith("TOTAL")).split()
     faults, experiments, lost, duplicated, stuck = (int(v) for v in total[1:6])
