@@ -18,7 +18,7 @@ experiment ``timeout`` stops everything, ``trial_timeout`` stops one trial: coop
 fold boundary, and by restarting its worker if the fold itself overruns (Dask cannot interrupt a
 running thread). Both clocks start when the trial starts on a worker (its ``started`` report), not at
 submit: distributed hands a small group of tasks to busy workers at once, where they wait in
-*processing*. A hard stop restarts only the worker a trial announced it runs on; a trial still waiting
+*processing*. A hard stop restarts only the worker a trial runs on (reported, or found running); a trial still waiting
 is cancelled and, should it start regardless, ends at once (its stop flag). Every trial is written
 to the ``TrialStore`` when it starts, when it ends, and as its folds finish (``TrialRecord.folds``, at
 most once per report batch).
@@ -54,13 +54,12 @@ from shared.hpo import stopping
 from shared.hpo.cluster import optuna_state, own_worker
 from shared.hpo.objectives import constraint_values, objective_values, signed_others
 from shared.hpo.outcome import ExperimentOutcome, experiment_outcome
-from shared.hpo.reports import BadReport, TrialReport, expected_units, parse_report
+from shared.hpo.reports import BadReport, ReportedResult, TrialReport, expected_units, parse_report
 from shared.hpo.resume import optuna_attrs, resumed_seconds, retry_record, task_folds, with_fold
 from shared.hpo.search_builders import CONSTRAINTS_ATTR
 from shared.hpo.search_space import make_pruner, make_sampler, reseed_for_trial, suggest_params
 from shared.hpo.trial_task import (
     FOLDS_METADATA,
-    STARTED,
     STOP,
     TrialFunction,
     TrialResult,
@@ -406,6 +405,8 @@ class HpoDriver:
 
     def _report(self, raw: object, progressed: dict[int, _Running]) -> None:
         report = parse_report(raw)
+        if isinstance(report, BadReport) and isinstance(raw, dict) and raw.get("final") is True and "result" in raw:
+            report = parse_report({k: v for k, v in raw.items() if k != "result"})  # its future's result, then
         if isinstance(report, BadReport):
             self._bad_report(report)
             return
@@ -414,7 +415,11 @@ class HpoDriver:
             if running is not None:
                 self._start(running, report.worker)
             return
-        if report.final:  # an older task's last word: its end comes as its future's
+        if report.final:  # the trial's work is over: finished now, not when its future's end comes round
+            # (from the worker it started on, as the scheduler stamps it; else its future's result decides)
+            if running is not None and report.result is not None and report.worker == running.worker is not None:
+                self._running.pop(str(running.future.key), None)
+                self._finish(running, _result(report.result))
             return
         assert report.step is not None
         prune = False
@@ -564,7 +569,7 @@ class HpoDriver:
         for running in self._running.values():  # a task that starts from now on ends at once
             self._stop_flag(running)
         self._handle(self._take(wait_s=0))
-        self._announced()  # the tasks that started before that: their workers are restarted
+        self._find_running()  # the tasks that started before that: their workers are restarted
         for key, running in list(self._running.items()):
             del self._running[key]
             self._hard_stop(running)
@@ -582,17 +587,16 @@ class HpoDriver:
             self.client.set_metadata([*key, STOP], True)
             self._stop_flags.add(key[-1])
 
-    def _announced(self) -> None:
-        """Take the starts the tasks announced on the scheduler (after the stop flags were set: a task that
-        did not see its flag announced its start before, so it is here) where its report is still on its way."""
-        with contextlib.suppress(Exception):
-            found = self.client.get_metadata([FOLDS_METADATA, self.channel], default=None)
-            found = found if isinstance(found, dict) else {}
-            for running in self._running.values():
-                entry = found.get(f"{running.record.number}-{running.record.attempt}")
-                worker = entry.get(STARTED) if isinstance(entry, dict) else None
-                if running.started is None and isinstance(worker, str) and worker:
-                    self._start(running, worker)
+    def _find_running(self) -> None:
+        """Ask the workers which trials they run (once the stop flags are set: a task that did not see its flag
+        runs now or has ended) and take those starts whose reports are still on their way."""
+        waiting = {key: running for key, running in self._running.items() if running.started is None}
+        with contextlib.suppress(Exception):  # a key the scheduler has forgotten: nothing runs it
+            stacks = self.client.call_stack(keys=list(waiting)) if waiting else {}
+            for worker, keys in stacks.items():
+                for key in keys:
+                    if str(key) in waiting:
+                        self._start(waiting[str(key)], str(worker))
 
     def _hard_stop(self, running: _Running) -> None:
         """Cancel a trial's task and, if it reported its start, restart the worker it runs on. A task still
@@ -611,6 +615,19 @@ class HpoDriver:
     def best_trial(self) -> BestTrial | None:
         """The best completed trial so far, by the objective."""
         return best_of(self._records.values(), self.direction)
+
+
+def _result(told: ReportedResult) -> TrialResult:
+    return TrialResult(
+        state=TrialState(told.state),
+        metrics=dict(told.metrics),
+        error=told.error,
+        step=told.step,
+        duration_s=told.duration_s,
+        started_at=told.started_at,
+        ended_at=told.ended_at,
+        resumed_folds=told.resumed_folds,
+    )
 
 
 def _deadline(timeout: float | None) -> float | None:

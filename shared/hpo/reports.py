@@ -1,4 +1,4 @@
-"""The messages a trial task sends its driver (a Dask ``Queue``), parsed strictly and bounded.
+"""The messages a trial task sends its driver (events on the experiment's Dask topic), parsed strictly and bounded.
 
 A trial runs user code and libraries on a worker; what it sends is read as data, never trusted: one
 pydantic model per message, unknown keys refused, numbers bounded (a step up to
@@ -10,16 +10,34 @@ records the trial FAILED with the reason; otherwise it is dropped and logged
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from shared.bounded import MAX_NAME, clip
+from shared.bounded import MAX_NAME, Metrics, Text, clip
 from shared.records import MAX_STEPS, StepUnit
 
 
+class ReportedResult(BaseModel):
+    """How the trial ended, in its ``final`` message (``trial_task.TrialResult`` through JSON), bounded as the
+    record it becomes: the driver takes it instead of fetching the task's result (one round trip less)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    state: Literal["COMPLETED", "PRUNED", "TIMED_OUT", "FAILED"]
+    metrics: Metrics = Field(default_factory=dict)
+    error: Text | None = None
+    step: int = Field(default=0, ge=0, le=MAX_STEPS)
+    duration_s: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    resumed_folds: int = Field(default=0, ge=0, le=MAX_STEPS)
+
+
 class TrialReport(BaseModel):
-    """One message: ``started`` (with its worker), ``final``, or a step report (``step`` and ``value``)."""
+    """One message: ``started`` (with its worker), ``final`` (with how it ended), or a step report (``step``
+    and ``value``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
@@ -35,6 +53,8 @@ class TrialReport(BaseModel):
     """Its last step: the work is done (a step report only)."""
     fold: dict[str, Any] | None = Field(default=None, max_length=16)
     """The fold just finished (``gpu_jobs.cross_validation.FoldRecord``), checked as a ``FoldResult`` later."""
+    result: ReportedResult | None = None
+    """A final message's: how the trial ended (absent: the driver fetches the task's result)."""
 
     @model_validator(mode="after")
     def _one_kind(self) -> TrialReport:
@@ -45,6 +65,8 @@ class TrialReport(BaseModel):
             raise ValueError("a step report carries its value")
         if self.step is None and (self.value is not None or self.fold is not None or self.last):
             raise ValueError("value, fold and last belong to a step report")
+        if self.result is not None and self.final is None:
+            raise ValueError("a result belongs to a final report")
         if self.unit == "fold" and self.step is not None and self.last:
             raise ValueError("a fold report's last step is the spec's cv_folds, not the trial's word")
         return self

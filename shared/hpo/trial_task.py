@@ -3,11 +3,10 @@ and wait for its pruning decision, and classify how the trial ended (never raisi
 
 Round trips (issue 29): reports are events (``Worker.log_event`` on the experiment's channel: sent on the
 worker's batched stream, pushed by the scheduler to the driver's subscription), so reporting waits for
-nothing. A task makes two synchronous scheduler calls when it starts (it announces its start in the
-trial's metadata, then reads that metadata: the driver's stop flag and the folds an earlier run of this
-task published) and one per step the driver may prune at (the decision); the last step is never pruned,
-so it is not waited for. Folds are published without waiting, each under its own index, so publications
-that overtake one another cannot lose a fold.
+nothing. A task makes one synchronous scheduler call when it starts (it reads its trial's metadata: the
+driver's stop flag and the folds an earlier run of this task published) and one per step the driver may
+prune at (the decision); the last step is never pruned, so it is not waited for. Folds are published
+without waiting, each under its own index, so publications that overtake one another cannot lose a fold.
 
 Resume: a task starts from the folds it is given (``TrialTask.completed_folds``: what the store holds of
 an interrupted attempt) or, when Dask runs the same task again after its worker was lost (a Spot
@@ -23,7 +22,7 @@ import json
 import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -83,13 +82,13 @@ class TrialTask:
 FOLDS_METADATA = "rapids-hpo-folds"
 
 
-STOP, STARTED, FOLDS = "stop", "started", "folds"
-"""Keys under a trial's metadata: the driver's stop flag, the worker its task announced, the folds it published."""
+STOP, FOLDS = "stop", "folds"
+"""Keys under a trial's metadata: the driver's stop flag and the folds its task published."""
 
 
 def folds_metadata_key(channel: str, number: int, attempt: int) -> list[str]:
-    """Where on the scheduler (``Client.set_metadata``) a trial keeps its :data:`STOP`, :data:`STARTED` and
-    :data:`FOLDS` entries; the driver clears the channel's at the end."""
+    """Where on the scheduler (``Client.set_metadata``) a trial keeps its :data:`STOP` and :data:`FOLDS`
+    entries; the driver clears the channel's at the end."""
     return [FOLDS_METADATA, channel, f"{number}-{attempt}"]
 
 
@@ -151,13 +150,11 @@ def _plain(value: object) -> object:
     return item() if callable(item) else str(value)
 
 
-def _announce(key: list[str]) -> dict[str, Any]:
-    """Announce the task's start, then read its trial's metadata (two calls, in this order: a driver that
-    sets the stop flag and then reads the channel either stops this task here or sees it started)."""
+def _trial_metadata(key: list[str]) -> dict[str, Any]:
+    """The trial's metadata, read once the task runs (a driver that sets the stop flag and then asks which
+    tasks run either stops this task here or finds it running)."""
     try:
-        client = get_client()
-        client.set_metadata([*key, STARTED], _worker_address() or "")
-        found = client.get_metadata(key, default=None)
+        found = get_client().get_metadata(key, default=None)
     except Exception:
         return {}
     return found if isinstance(found, dict) else {}
@@ -202,7 +199,7 @@ def run_trial_task(task: TrialTask, trial_fn: TrialFunction | None = None) -> Tr
     started_at = utcnow()
     last_step = 0
     metadata_key = folds_metadata_key(task.channel, task.number, task.attempt)
-    found = _announce(metadata_key)
+    found = _trial_metadata(metadata_key)
     given = max(list(task.completed_folds), _published_folds(found), key=len)
     done: list[dict[str, Any]] = []  # the folds finished, resumed ones first: what a rerun resumes from
     published = 0  # how many of them this run published
@@ -258,8 +255,21 @@ def run_trial_task(task: TrialTask, trial_fn: TrialFunction | None = None) -> Tr
 
     send_report(task.channel, {"number": task.number, "attempt": task.attempt, "started": True})
     if found.get(STOP):
-        return outcome(TrialState.FAILED, error="stopped by the driver before it started")
-    return _run_and_classify(task, trial_fn, on_fold, outcome, given)
+        result = outcome(TrialState.FAILED, error="stopped by the driver before it started")
+    else:
+        result = _run_and_classify(task, trial_fn, on_fold, outcome, given)
+    send_report(task.channel, {"number": task.number, "attempt": task.attempt, "final": True, "result": _told(result)})
+    return result
+
+
+def _told(result: TrialResult) -> dict[str, Any]:
+    """``result`` as the final message carries it (``shared.hpo.reports.ReportedResult``)."""
+    told = asdict(result)
+    told["state"] = result.state.value
+    told["metrics"] = {k: v for k, v in result.metrics.items() if k != "params"}  # the record keeps no params
+    for key in ("started_at", "ended_at"):
+        told[key] = None if told[key] is None else told[key].isoformat()
+    return told
 
 
 def _run_and_classify(
