@@ -512,6 +512,11 @@ class FakeArm:
         answer["properties"]["provisioningState"] = "Updating"
         provider = _provider(_TYPES[match["type"].lower()])
         operation = self._new_operation("async", body["location"], match["sub"], provider, rid)
+        if self._operations[operation.split("/")[-1].split("?")[0]].error is not None:
+            # Azure's operation fails on its own, whether or not anyone polls it: the resource ends Failed.
+            stored["properties"]["provisioningState"] = "Failed"
+            if stored["type"].endswith("/virtualMachines") and self.on_vm_deleted is not None:
+                self.on_vm_deleted(copy.deepcopy(stored))  # never allocated: nothing runs
         return status, {"Azure-AsyncOperation": operation, "Retry-After": "0"}, answer
 
     def _missing_reference(self, match: re.Match[str], body: dict[str, Any]) -> str | None:

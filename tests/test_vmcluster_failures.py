@@ -99,8 +99,9 @@ def test_no_spot_capacity_beyond_the_budget_fails_the_run_with_the_reason(ctx: C
 
 
 def test_an_allocation_failure_leaves_a_failed_vm_which_is_deleted_and_replaced(ctx: Context, arm: FakeArm) -> None:
-    """The PUT is accepted and its operation ends ``Failed`` (``AllocationFailed``): the VM stays, Failed,
-    holding its NIC and disk. The next poll deletes it and creates a replacement."""
+    """The PUT is accepted and its operation ends ``Failed`` (``AllocationFailed``), whether or not anyone
+    waits on it: the VM stays, Failed, holding its NIC and disk. The next poll deletes it, says so and
+    creates a replacement."""
     backend = _backend(ctx, arm)
     record = _submitted(ctx, backend, max_evictions=2)
     arm.fail_next_operation("AllocationFailed", NO_CAPACITY, path_contains=_worker_path(record))
@@ -108,10 +109,10 @@ def test_an_allocation_failure_leaves_a_failed_vm_which_is_deleted_and_replaced(
     record, first = _poll(backend, record)
     assert first.state is RunState.PENDING
     [failed] = [vm for vm in _workers(arm) if vm["properties"]["provisioningState"] == "Failed"]
-    assert "AllocationFailed" in (VMClusterHandle.of(record.backend_state).last_error or "")
 
-    record, second = _poll(backend, record)
+    record, second = _poll(backend, record)  # the creation was not awaited: the next poll finds it Failed
     assert second.state is RunState.PENDING
+    assert f"worker VM {failed['name']} ended Failed" in (VMClusterHandle.of(record.backend_state).last_error or "")
     assert any(r.path.endswith(failed["name"]) for r in arm.calls("DELETE"))
     workers = _workers(arm)
     assert failed["name"] not in {vm["name"] for vm in workers} and len(workers) == 2
@@ -257,3 +258,26 @@ def test_a_forged_note_names_no_vm_of_the_cluster_and_replaces_nothing(ctx: Cont
         area.put(f"artifacts/boot/forged-{i}.json", json.dumps(note).encode())
     record, status = _poll(backend, record)
     assert status.state is RunState.PENDING and _workers(arm) == before and not arm.calls("DELETE")
+
+
+def test_a_large_cluster_is_created_a_bounded_batch_per_poll_without_waiting_on_azure(
+    ctx: Context, arm: FakeArm
+) -> None:
+    """Each poll is one short step (a function has 10 minutes, a VM's creation takes minutes): at most
+    ``WORKERS_PER_STEP`` worker VMs per poll, their PUTs accepted and not awaited; the rest at the next poll,
+    and none of them counted as lost."""
+    from shared.backends.vmcluster.settings import WORKERS_PER_STEP
+
+    backend = _backend(ctx, arm)
+    record = _submitted(ctx, backend, n_workers=WORKERS_PER_STEP + 2)
+    arm.clear_requests()
+    record, first = _poll(backend, record)
+    assert first.state is RunState.PENDING and len(_workers(arm)) == WORKERS_PER_STEP
+    assert not arm.calls("GET", "/providers/Microsoft.Compute/locations/")  # no VM creation awaited
+    assert not VMClusterHandle.of(record.backend_state).workers_created
+
+    record, _ = _poll(backend, record)
+    handle = VMClusterHandle.of(record.backend_state)
+    assert len(_workers(arm)) == WORKERS_PER_STEP + 2 and handle.workers_created and handle.evictions == 0
+    record, _ = _poll(backend, record)
+    assert len(_workers(arm)) == WORKERS_PER_STEP + 2 and VMClusterHandle.of(record.backend_state).evictions == 0

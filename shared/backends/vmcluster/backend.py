@@ -46,6 +46,7 @@ from shared.backends.vmcluster.settings import (
     SCHEDULER_PORT,
     SECURITY_ARTIFACT,
     UBUNTU_VM_IMAGE,
+    WORKERS_PER_STEP,
     VMIdentity,
     check_no_secrets,
     cluster_env,
@@ -238,7 +239,15 @@ class VMClusterBackend:
             spot=compute.spot and not head,  # the head (scheduler + driver) stays on-demand
         )
 
-    def _create(self, record: ExperimentRecord, handle: VMClusterHandle, clients: tuple[Any, Any], vm: VMPlan) -> str:
+    def _create(
+        self,
+        record: ExperimentRecord,
+        handle: VMClusterHandle,
+        clients: tuple[Any, Any],
+        vm: VMPlan,
+        *,
+        wait: bool = True,
+    ) -> str:
         from shared.backends.vmcluster.vm_teardown import CLUSTER_ID_TAG, CREATOR, CREATOR_TAG
 
         compute = self._compute(record)
@@ -264,6 +273,7 @@ class VMClusterBackend:
             },
             extra_vm_options=extra,
             retry=self.retry,
+            wait=wait,
         )
 
     # -------------------------------------------------------------------------------- the protocol
@@ -468,7 +478,9 @@ class VMClusterBackend:
         vms: list[Any],
         replaced: int = 0,
     ) -> VMClusterHandle:
-        """Create the worker VMs the cluster lacks (``vms``: the cluster's, listed); after the first round,
+        """Create the worker VMs the cluster lacks (``vms``: the cluster's, listed), at most
+        :data:`~.settings.WORKERS_PER_STEP` per poll and without waiting for their creation to end (a VM's
+        takes minutes; the next poll lists it, or deletes it if it ended ``Failed``); after the first round,
         each one lacking was lost (a Spot eviction deletes the VM) and counts as an eviction, except the
         ``replaced`` ones this poll deleted because they could not start."""
         clients = self._clients_for(compute)
@@ -489,16 +501,20 @@ class VMClusterBackend:
             "worker_class": compute.worker_class,
             "worker_options": python_options(dict(compute.worker_options)),
         }
-        delete_failed_workers(clients[0], compute.resource_group, vms, cluster_id)
-        names = [f"{worker_vm_prefix(cluster_id)}{uuid.uuid4().hex[:8]}" for _ in range(missing)]
+        failed_now = delete_failed_workers(clients[0], compute.resource_group, vms, cluster_id)
+        if failed_now:  # their creation was not awaited: this is where its failure shows
+            error = f"worker VM {', '.join(failed_now)} ended Failed (Azure could not allocate it: no capacity"
+            handle = handle.model_copy(update={"last_error": f"{error} for the size now); deleted and replaced"})
+        batch = min(missing, WORKERS_PER_STEP)  # the rest at the next polls: each step's ARM calls are bounded
+        names = [f"{worker_vm_prefix(cluster_id)}{uuid.uuid4().hex[:8]}" for _ in range(batch)]
         plans = [self._plan(record, compute, handle, name, node, head=False) for name in names]
-        with ThreadPoolExecutor(max_workers=min(8, missing), thread_name_prefix="vmcluster-create") as pool:
-            futures = [pool.submit(self._create, record, handle, clients, plan) for plan in plans]
+        with ThreadPoolExecutor(max_workers=min(8, batch), thread_name_prefix="vmcluster-create") as pool:
+            futures = [pool.submit(self._create, record, handle, clients, plan, wait=False) for plan in plans]
         errors = [exc for exc in (f.exception() for f in futures) if exc is not None]
         for exc in errors:  # after every creation has ended
             if not isinstance(exc, BackendError) or not worker_loss(exc, spot=compute.spot):
                 raise exc
-        update: dict[str, Any] = {"workers_created": True}
+        update: dict[str, Any] = {"workers_created": handle.workers_created or missing <= batch}
         if errors:  # each missing worker counts as lost at the next poll, which tries again
             update["last_error"] = str(errors[0])
         return handle.model_copy(update=update)

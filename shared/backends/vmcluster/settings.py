@@ -66,6 +66,9 @@ CLUSTER_PIP_PACKAGES = (
 
 DEFAULT_READY_TIMEOUT_S = 2400
 """From submit until the driver's first heartbeat: VM creation, image pulls, pip installs."""
+WORKERS_PER_STEP = 10
+"""Worker VMs one poll creates at most (a NIC and a VM PUT each, the VM's creation not awaited): with ARM's
+retries each poll stays well inside a function's 10 minutes; a larger cluster fills up over several polls."""
 DEFAULT_SILENCE_LIMIT_S = 1800
 """How long a started driver may go without a heartbeat before the run counts as failed."""
 SAS_MARGIN = CREDENTIAL_MARGIN_SECONDS

@@ -31,6 +31,7 @@ def create_vm(
     tags: dict[str, str],
     extra_vm_options: dict[str, Any] | None = None,
     retry: RetrySettings,
+    wait: bool = True,
 ) -> str:
     """Create (or update) one VM and its NIC with typed SDK models; returns its private IP.
 
@@ -41,7 +42,9 @@ def create_vm(
     (``<vm>-nic``) make every PUT idempotent, so :func:`~shared.backends.arm.arm_call` may retry it;
     the NIC and OS disk are deleted with the VM (``deleteOption: Delete``); no public IP, ever. Boot
     diagnostics are on (managed storage): the serial console log of a VM that never boots is in the
-    portal (``az vm boot-diagnostics get-boot-log``).
+    portal (``az vm boot-diagnostics get-boot-log``). ``wait=False`` returns once ARM accepted the VM's PUT
+    (its creation goes on for minutes; an allocation failure then leaves it ``Failed``, which the caller's
+    next look finds).
     """
     from azure.mgmt.compute import models as cm
     from azure.mgmt.network import models as nm
@@ -97,11 +100,13 @@ def create_vm(
         ),
         diagnostics_profile=cm.DiagnosticsProfile(boot_diagnostics=cm.BootDiagnostics(enabled=True)),
     )
-    arm_call(
-        f"creating virtual machine {vm.name}",
-        lambda: compute_client.virtual_machines.begin_create_or_update(resource_group, vm.name, body).result(),
-        retry,
-    )
+
+    def put_vm() -> Any:
+        if not wait:  # ARM accepted the PUT: no poller (its thread would poll on after this step returned)
+            return compute_client.virtual_machines.begin_create_or_update(resource_group, vm.name, body, polling=False)
+        return compute_client.virtual_machines.begin_create_or_update(resource_group, vm.name, body).result()
+
+    arm_call(f"creating virtual machine {vm.name}", put_vm, retry)
     log.info("created VM %s (%s) in %s", vm.name, vm.size, resource_group)
     address: str = nic.ip_configurations[0].private_ip_address
     return address
@@ -177,7 +182,7 @@ def delete_workers(compute_client: Any, resource_group: str, names: list[str]) -
 
     for name in names:
         try:
-            compute_client.virtual_machines.begin_delete(resource_group, name)
+            compute_client.virtual_machines.begin_delete(resource_group, name, polling=False)
         except Exception as exc:
             if not is_not_found(exc):
                 log.warning("deleting worker VM %s: %s", name, exc)
