@@ -439,3 +439,42 @@ def test_a_stored_record_that_does_not_validate_harms_only_itself(ctx: Context) 
     assert handle_event(ctx, event.model_dump_json()) == "unreadable record"
     with pytest.raises(HttpResponseError):  # its compute's SAS reaches nothing now
         compute.area.put("trials/0000000000.json", b"{}")
+
+
+def test_a_model_location_the_compute_wrote_is_never_passed_on(ctx: Context) -> None:
+    """The compute names where its model lives (a trial's ``model_uri``, the outcome's best): a path in its
+    area, which teardown deletes, or a link of an attacker's. The record, the trials and the API link only
+    the model the control plane ingested."""
+    record, compute = running(ctx, "exp-model-link")
+    lure = "https://attacker.example/model.zip"
+    _put_trial(compute, _trial(record.id, 0, value=0.9, model_uri=lure))
+    compute.area.put("artifacts/model/model.pkl", b"a model")
+    best = {"number": 0, "value": 0.9, "params": {"n_estimators": 5, "max_depth": 3}, "model_uri": lure}
+    outcome = {"status": "COMPLETED", "reason": "max_total_trials", "trials_done": 1, "best": best}
+    compute.put_artifact(record.id, DRIVER_OUTCOME_ARTIFACT, json.dumps(outcome).encode())
+    finished = _finished(ctx, record.id)
+    assert finished.status is ExperimentStatus.COMPLETED, (finished.status, finished.error)
+    assert finished.best is not None and finished.best.model_uri == f"/api/experiments/{record.id}/model"
+    assert [t.model_uri for t in ctx.store.list_trials(record.id)] == [None]
+    client = TestClient(create_api(context=ctx), base_url="http://localhost")
+    assert lure not in client.get(f"/api/experiments/{record.id}").text
+    assert lure not in client.get(f"/api/experiments/{record.id}/trials").text
+
+
+def test_without_an_ingested_model_there_is_no_model_link(ctx: Context) -> None:
+    record, compute = running(ctx, "exp-no-model")
+    lure = "file:///tmp/rapids-hpo-refit-1/model"
+    _put_trial(compute, _trial(record.id, 0, value=0.9, model_uri=lure))
+    best = {"number": 0, "value": 0.9, "params": {"n_estimators": 5, "max_depth": 3}, "model_uri": lure}
+    outcome = {"status": "COMPLETED", "reason": "max_total_trials", "trials_done": 1, "best": best}
+    compute.put_artifact(record.id, DRIVER_OUTCOME_ARTIFACT, json.dumps(outcome).encode())
+    finished = _finished(ctx, record.id)
+    assert finished.status is ExperimentStatus.COMPLETED, (finished.status, finished.error)
+    assert finished.best is not None and finished.best.model_uri is None, finished.best
+
+
+def _finished(ctx: Context, experiment_id: str) -> ExperimentRecord:
+    """POLL (which reads the outcome), then FINALIZE, as the host runs them."""
+    step(ctx, EventType.POLL, experiment_id)
+    step(ctx, EventType.FINALIZE, experiment_id)
+    return ctx.store.get_experiment(experiment_id)

@@ -145,7 +145,9 @@ def _print_result(ctx: Any, record: ExperimentRecord) -> None:
     model_files = ctx.store.list_artifacts(record.id, MODEL_PREFIX)
     if model_files:
         names = ", ".join(f.removeprefix(MODEL_PREFIX) for f in model_files)
-        console.print(f"model: {record.best.model_uri or ''} ({names})")
+        folder = getattr(ctx.store, "artifacts_root", None)  # a local store: the files on this machine
+        where = folder / record.id / MODEL_PREFIX if folder is not None else record.best.model_uri or ""
+        console.print(f"model: {where} ({names})")
 
 
 def _data_check(ctx: Any, experiment_id: str) -> str | None:

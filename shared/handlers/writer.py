@@ -148,10 +148,11 @@ def progress(ctx: Context, record: ExperimentRecord, trials: list[TrialRecord]) 
 
 
 def with_model_uri(ctx: Context, record: ExperimentRecord, best: BestTrial) -> BestTrial:
-    """``best`` with the API's model link once the model's files are in the store (as they are not before)."""
-    if best.model_uri is None and ctx.store.list_artifacts(record.id, MODEL_PREFIX):
-        return updated(best, model_uri=f"/api/experiments/{record.id}/model")
-    return best
+    """``best`` with the one model link the control plane gives: the API's, once the model's files are in its
+    store, else none. A location the compute wrote is never kept: it is a path in the compute's area, which
+    teardown deletes (users were shown a dead ``file://`` path), or whatever a hostile compute chose."""
+    link = f"/api/experiments/{record.id}/model" if ctx.store.list_artifacts(record.id, MODEL_PREFIX) else None
+    return best if best.model_uri == link else updated(best, model_uri=link)
 
 
 def finalized(backend: ComputeBackend, record: ExperimentRecord, changes: HandleUpdate) -> StepUpdate:

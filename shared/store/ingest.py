@@ -31,7 +31,7 @@ from pydantic import ValidationError
 from shared.config import DATA_CHECK_ARTIFACT, DRIVER_OUTCOME_ARTIFACT
 from shared.errors import NotFound
 from shared.ports import IngestReport
-from shared.records import TrialRecord
+from shared.records import TrialRecord, updated
 from shared.store._common import check_artifact_name
 from shared.store.compute import (
     ARTIFACTS_PREFIX,
@@ -168,7 +168,9 @@ def _ingest_trial(
     if trial.experiment_id != experiment_id or int(stem) != trial.number:
         report.refused[blob.name] = f"names experiment {trial.experiment_id[:64]!r} trial {trial.number}"
         return
-    store.put_trial(trial)
+    # Where the compute says a model lives is a path in its area (which teardown deletes) or whatever a hostile
+    # compute chose: never passed on. The control plane links the model it ingested (``with_model_uri``).
+    store.put_trial(updated(trial, model_uri=None))
     report.trials.append(trial.number)
 
 
