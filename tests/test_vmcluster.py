@@ -239,8 +239,8 @@ def test_cluster_kwargs_overrides_marketplace_off_and_identity() -> None:
         "identity": {"type": "UserAssigned", "userAssignedIdentities": {identity.resource_id: {}}}
     }
 
-    with pytest.raises(ValueError, match="has no GPU"):
-        cluster_kwargs(_compute(scheduler_vm_size="Standard_D4s_v5"), _handle(), experiment_id=EXP, env_vars={})
+    cpu_head = cluster_kwargs(_compute(scheduler_vm_size="Standard_D4s_v5"), _handle(), experiment_id=EXP, env_vars={})
+    assert cpu_head["scheduler_vm_size"] == "Standard_D4s_v5"  # the head runs no GPU code (test_a_cpu_head_...)
     with pytest.raises(ValueError, match="westeurope"):
         cluster_kwargs(_compute(location="eastus"), _handle(), experiment_id=EXP, env_vars={})
 
@@ -735,3 +735,43 @@ def test_disk_size_beyond_what_the_vms_accept_is_a_spec_error_naming_the_field(
     stored["spec"]["compute"]["disk_size"] = 4095
     with pytest.raises(ValidationError, match="disk_size"):
         ExperimentRecord.model_validate(stored)
+
+
+def test_a_cpu_head_gets_no_gpus_and_the_refit_runs_on_a_worker(
+    ctx: Context, arm: FakeArm, retry: RetrySettings
+) -> None:
+    """The head runs the scheduler and the driver only, so ``scheduler_vm_size`` may be a CPU size (a third of
+    the default spend was an idle GPU): its container gets no ``--gpus``, the workers' do. Why that is
+    enough: the refit is a task the driver submits to the cluster (``client.submit(refit_task, ...)`` in
+    shared/hpo/refit.py), like every trial, and the modules the scheduler unpickles import no GPU library."""
+    import subprocess
+    import sys
+
+    backend = _backend(ctx, arm, retry)
+    spec = _spec_document(tiny=True, scheduler_vm_size="Standard_D4s_v5")
+    record = ctx.store.create_experiment(ExperimentRecord(id=EXP, name="cpu-head", spec=spec, backend="vmcluster"))
+    record = _merge(record, backend.provision(record))
+    record = _merge(record, backend.submit(record))
+    backend.poll(record)
+    argv_of = {}
+    for put in arm.calls("PUT", "virtualMachines/"):
+        cloud_init = yaml.safe_load(base64.b64decode(put.body["properties"]["osProfile"]["customData"]))
+        argv_of[put.path.rsplit("/", 1)[-1]] = (
+            put.body["properties"]["hardwareProfile"]["vmSize"],
+            cloud_init["runcmd"][-1],
+        )
+    head = [name for name in argv_of if name.endswith("-scheduler")]
+    assert head and argv_of[head[0]][0] == "Standard_D4s_v5" and "--gpus=all" not in argv_of[head[0]][1]
+    workers = [v for name, v in argv_of.items() if "-worker-" in name]
+    assert workers and all("--gpus=all" in line and size.startswith("Standard_NC") for size, line in workers)
+
+    modules = ["shared.hpo.refit", "shared.hpo.trial_task", "shared.hpo.driver", "gpu_jobs.train", "gpu_jobs.trial"]
+    probe = (
+        f"import sys; [__import__(m) for m in {modules!r}]; "
+        "gpu = [m for m in sys.modules if m.split('.')[0] in {'cudf', 'cuml', 'cupy', 'rmm', 'dask_cuda', 'numba'}]; "
+        "print(','.join(gpu)); raise SystemExit(1 if gpu else 0)"
+    )
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=False)
+    assert loaded.returncode == 0, (
+        f"imported on the scheduler, these load GPU libraries: {loaded.stdout}{loaded.stderr}"
+    )

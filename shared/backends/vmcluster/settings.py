@@ -156,13 +156,9 @@ def cluster_kwargs(
     """
     if compute.location.replace(" ", "").lower() != network.location.replace(" ", "").lower():
         raise ValueError(f"the network is in {network.location!r}, the cluster in {compute.location!r}")
-    scheduler_size = compute.scheduler_vm_size or compute.vm_size
-    if is_gpu_size(compute.vm_size) and not is_gpu_size(scheduler_size):
-        raise ValueError(
-            f"scheduler_vm_size {scheduler_size!r} has no GPU, but the head runs the refit and the "
-            f"image's GPU code like the workers ({compute.vm_size!r}); use an N-series size or leave "
-            "scheduler_vm_size unset"
-        )
+    # A CPU head is fine: it runs the Dask scheduler and the HPO driver only; the refit of the best trial, like
+    # every trial and the data check, is a task the driver submits to a worker (shared/hpo/refit.py), and the
+    # modules the scheduler unpickles import no GPU library at import time (tests/test_vmcluster.py).
     merged_env = {ENV_EXPERIMENT_ID: experiment_id, "EXTRA_PIP_PACKAGES": " ".join(CLUSTER_PIP_PACKAGES)}
     merged_env.update(env_vars)
     check_no_secrets(merged_env)
