@@ -41,6 +41,18 @@ def telemetry_mode(environ: Mapping[str, str]) -> str:
     return "off"
 
 
+COMPUTE_PACKAGES: dict[str, tuple[str, ...]] = {
+    "azure": ("azure-monitor-opentelemetry",),
+    "otel": ("opentelemetry-sdk", "opentelemetry-exporter-otlp-proto-http"),
+}
+"""What a compute whose image lacks them (RAPIDS') installs to export in each mode (the VMs' extra pip
+packages, an AzureML trial's install line; gpu_jobs/Dockerfile has them): bare names, shell-safe."""
+
+
+def compute_packages(environ: Mapping[str, str]) -> tuple[str, ...]:
+    return COMPUTE_PACKAGES.get(telemetry_mode(environ), ())
+
+
 def start(service_name: str, environ: Mapping[str, str]) -> str:
     """Install the global providers this environment asks for; the mode (``azure``, ``otel`` or ``off``).
     Raises what the exporters raise (the caller decides whether to run without telemetry)."""
@@ -76,8 +88,15 @@ def _configure_azure(service_name: str, environ: Mapping[str, str]) -> None:
         resource=Resource.create({"service.name": environ.get("OTEL_SERVICE_NAME", service_name)}),
         instrumentation_options={"fastapi": {"enabled": False}},  # FastAPI's own telemetry traces requests
         enable_live_metrics=False,
+        # Every span, unless OTEL_TRACES_SAMPLER says otherwise: the distro's default (1.8) is a rate-limited
+        # sampler (5 spans a second) deciding span by span, which cut a trial's folds out of its trace.
+        **({} if environ.get("OTEL_TRACES_SAMPLER", "").strip() else {"sampling_ratio": 1.0}),
     )
     logging.getLogger("azure").setLevel(max(logging.getLogger("azure").getEffectiveLevel(), logging.WARNING))
+    # The exporter's own complaints stay local (stderr): exported through the root logger's OpenTelemetry
+    # handler, a refused export logged a warning, whose export was refused, which logged... and a flush never
+    # ended (an identity without the role on the component hung the process at its end).
+    logging.getLogger("azure.monitor.opentelemetry").propagate = False
 
 
 def _exporters(signal: str, environ: Mapping[str, str]) -> list[str]:

@@ -204,6 +204,7 @@ module vmIdentity 'modules/vm-identity.bicep' = {
     location: location
     name: vmIdentityName
     tags: tags
+    appInsightsName: monitoring.outputs.appInsightsName // the driver's telemetry (Monitoring Metrics Publisher)
   }
 }
 
@@ -351,6 +352,19 @@ module azureML 'modules/azureml.bicep' = if (deployAzureML) {
     computeIdentityName: azureMLComputeIdentityName
     tags: tags
   }
+}
+
+// The trials export their telemetry with the clusters' identity (roles-telemetry.bicep).
+module azureMLTelemetryRole 'modules/roles-telemetry.bicep' = if (deployAzureML) {
+  name: 'roles-telemetry-azureml'
+  params: {
+    appInsightsName: monitoring.outputs.appInsightsName
+    computeIdentityName: azureMLComputeIdentityName
+    computeIdentityResourceGroup: experimentRgName
+  }
+  dependsOn: [
+    azureML
+  ]
 }
 
 module azureMLRoles 'modules/roles-azureml.bicep' = if (deployAzureML) {

@@ -96,6 +96,10 @@ EXPECTED_ASSIGNMENTS = Counter(
         (APP, "managedIdentityOperator", USER_ASSIGNED_IDENTITY),  # attach the compute identity to clusters
         # The Dask VM identity: none. Each experiment's VMs run as an identity of their own, which the app creates
         # and gives Storage Blob Data Contributor on that experiment's container only (shared/backends/vmcluster).
+        # Both compute identities publish telemetry to the component (shared/telemetry/compute.py): the deployment's
+        # Dask VM identity the driver's, the AzureML clusters' the trials'.
+        (VM, "monitoringMetricsPublisher", "Microsoft.Insights/components"),
+        (AML, "monitoringMetricsPublisher", "Microsoft.Insights/components"),
         # The AzureML compute identity: the trials' data (Contributor only on keyless workspace storage, where
         # they also write outputs) and the workspace registry's images.
         (AML, "storageBlobDataReader", STORAGE_ACCOUNT),
@@ -153,6 +157,7 @@ THIRD_PARTY_ENV = {
     "APPLICATIONINSIGHTS_CONNECTION_STRING": "Application Insights' own (the host's and the distro's): telemetry on",
     "APPLICATIONINSIGHTS_AUTHENTICATION_STRING": "Application Insights' own: Authorization=AAD, an Entra credential",
     "OTEL_SDK_DISABLED": "OpenTelemetry's standard switch: telemetry off whatever else is set (shared.telemetry)",
+    "OTEL_TRACES_SAMPLER": "OpenTelemetry's standard sampler choice, else every span is kept (gpu_jobs.exporters)",
     "OTEL_SERVICE_NAME": "OpenTelemetry's standard service name, over the one shared.telemetry gives",
     "TRACEPARENT": "the W3C trace context the control plane hands the compute's driver (OpenTelemetry's env carrier)",
     "AZUREML_RUN_ID": "set by AzureML inside a job: its run id (a sweep trial's <sweep>_<index> gives its number)",
@@ -947,9 +952,9 @@ def _principal_of(bicep: Bicep, principal_expr: str) -> tuple[str, str]:
     match = re.fullmatch(r"(\w+)\.properties\.principalId", principal_expr)
     assert match, f"{bicep.path.name}: principalId {principal_expr!r} is neither the app nor an identity here"
     identity = next((d for d in bicep.decls if d.symbol == match.group(1)), None)
-    assert identity and identity.target == USER_ASSIGNED_IDENTITY and not identity.existing, (
-        f"{bicep.path.name}: {match.group(1)} is not a user-assigned identity this file creates"
-    )
+    assert identity and identity.target == USER_ASSIGNED_IDENTITY, (
+        f"{bicep.path.name}: {match.group(1)} is not a user-assigned identity"
+    )  # created here, or (roles-telemetry.bicep: a role in another group than its identity) an existing one
     # The name needs a value known when the deployment starts: the identity's id, not its principal id.
     assert match.group(1) in IDENTITIES, f"{bicep.path.name}: {match.group(1)} is not a known identity"
     return IDENTITIES[match.group(1)], f"{match.group(1)}.id"
@@ -1031,10 +1036,16 @@ def test_vm_identity_reaches_the_app_settings_and_no_control_plane_data() -> Non
     assert outputs["clientId"] == f"{symbol}.properties.clientId"
     assert outputs["name"] == f"{symbol}.name"
 
-    # No data-plane role, nor anything to scope one to: the compute's only credential is its SAS.
+    # No data-plane role, nor anything to scope one to: the compute's only credential is its SAS. Its one
+    # role is Monitoring Metrics Publisher on the Application Insights component (the driver's telemetry).
     passed = main.body_object(module, "params")
-    assert set(passed) == {"location", "name", "tags"}
-    assert not [d for d in identity_file.decls if d.target == "Microsoft.Authorization/roleAssignments"]
+    assert set(passed) == {"location", "name", "tags", "appInsightsName"}
+    assert passed["appInsightsName"] == "monitoring.outputs.appInsightsName"
+    (publisher,) = [d for d in identity_file.decls if d.target == "Microsoft.Authorization/roleAssignments"]
+    assert (
+        "roleIds.monitoringMetricsPublisher" in identity_file.body_object(publisher, "properties")["roleDefinitionId"]
+    )
+    assert identity_file.resource_types()[identity_file.body(publisher)["scope"]] == "Microsoft.Insights/components"
     assert not [d for d in identity_file.decls if d.target.startswith("Microsoft.Storage/")]
 
     # Managed Identity Operator: scoped to this identity, deployed where the identity is.
@@ -1056,7 +1067,8 @@ def test_vm_identity_reaches_the_app_settings_and_no_control_plane_data() -> Non
     assert scoped == {ROLES_CONTROLPLANE.name: "vmIdentityName", "roles-azureml.bicep": "computeIdentityName"}
     assert control_plane.path == ROLES_CONTROLPLANE
 
-    assert not [key for who, key, _ in EXPECTED_ASSIGNMENTS if who == VM], "compute holds no role"
+    vm_roles = [(key, scope) for who, key, scope in EXPECTED_ASSIGNMENTS if who == VM]
+    assert vm_roles == [("monitoringMetricsPublisher", "Microsoft.Insights/components")], "no role but telemetry"
 
 
 def test_storage_accounts_refuse_keys_and_anonymous_access() -> None:

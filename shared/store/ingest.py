@@ -65,7 +65,7 @@ DEFAULT_QUOTA_BYTES = 2 * 1024 * 1024 * 1024
 """Default for ``RAPIDS_HPO_MAX_ARTIFACT_BYTES``: everything one experiment's compute may write, in bytes."""
 MAX_OTHER_BLOBS = 1000
 """Blobs an area may hold beside its trials (model files, plots, the driver's documents)."""
-CONTROL_BLOBS = frozenset({RECORD_BLOB, "compute/code.zip", "compute/tls.json"})
+CONTROL_BLOBS = frozenset({RECORD_BLOB, "compute/code.zip", "compute/tls.json", "compute/telemetry.json"})
 """What the control plane itself writes into the area: never ingested, never counted."""
 
 

@@ -38,6 +38,7 @@ from shared.records import ExperimentRecord, ExperimentStatus, TrialRecord, Tria
 from shared.spec import ExperimentSpec
 from shared.spec.sections import azureml_uri_form
 from shared.telemetry import traceparent_for
+from shared.telemetry.compute import for_compute, job_environment
 from shared.trials import counts_by_state, end_running_trials
 
 # AzureML job statuses (azure.ai.ml's JobStatus values) -> the sweep's run state.
@@ -193,6 +194,12 @@ class AzureMLBackend:
             existing = client.find(name)
         return _changes(record, {"check_job": name, "studio_url": existing.studio_url if existing else None})
 
+    def _telemetry(self, record: ExperimentRecord) -> dict[str, str]:
+        """The trials' trace and exporter settings (``shared.telemetry.compute``): they export with the
+        cluster's identity, ours or its system-assigned one."""
+        client_id = self.identity.client_id if self.identity else None
+        return job_environment(for_compute(record.traceparent, client_id, system_identity=True))
+
     def _job_options(self, record: ExperimentRecord, client: WorkspaceClient) -> dict[str, Any]:
         """What the check job and the sweep share beyond the spec: the data asset's type, the identity, the trace."""
         spec = self._spec(record)
@@ -212,7 +219,11 @@ class AzureMLBackend:
         if client.find(job_name) is None:
             with tempfile.TemporaryDirectory(prefix="rapids-hpo-code-") as tmp:
                 job = build_sweep_job(
-                    spec, record.id, code_dir=stage_code(Path(tmp)), **self._job_options(record, client)
+                    spec,
+                    record.id,
+                    code_dir=stage_code(Path(tmp)),
+                    telemetry=self._telemetry(record),
+                    **self._job_options(record, client),
                 )
                 job.name = job_name
                 client.submit(job)

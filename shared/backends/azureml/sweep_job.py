@@ -7,7 +7,7 @@ import math
 import re
 import shlex
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -36,6 +36,7 @@ from azure.ai.ml.sweep import (
     Uniform,
 )
 
+from gpu_jobs.exporters import compute_packages
 from gpu_jobs.params import HYPERPARAMETERS, HyperParameter
 from shared import spec as specs
 from shared.backends.azureml.data_input import DATA_INPUT, DataBinding, data_binding
@@ -258,6 +259,7 @@ def build_sweep_job(
     data_asset_type: str | None = None,
     identity: ComputeIdentity | None = None,
     traceparent: str | None = None,
+    telemetry: Mapping[str, str] | None = None,
 ) -> SweepJob:
     """The AzureML sweep job for ``spec`` (offline, pure). ``code_dir`` holds the ``gpu_jobs`` package;
     ``data_asset_type`` is the type of an AzureML data asset named by ``dataset.uri``; ``identity`` is the
@@ -265,20 +267,23 @@ def build_sweep_job(
 
     The trials run as the compute's managed identity (``ManagedIdentityConfiguration``): AzureML's user
     identity reaches data through an on-behalf-of flow that Entra allows for user principals only, and the
-    control plane submits as a managed identity."""
+    control plane submits as a managed identity. ``telemetry``: the trials' exporter settings and trace
+    (``shared.telemetry.compute``), in their environment, never their command."""
     compute = azureml_compute(spec)
+    exporting = compute_packages(telemetry or {})
     trial = command_job(
         spec,
         experiment_id,
         code_dir=code_dir,
         line=lambda data, install: trial_command(
-            spec, data, install=[*TRIAL_PACKAGES, *data.packages] if install else []
+            spec, data, install=[*TRIAL_PACKAGES, *data.packages, *exporting] if install else []
         ),
         output=MODEL_OUTPUT,
         compute_name=compute_name,
         data_asset_type=data_asset_type,
         identity=identity,
         traceparent=traceparent,
+        telemetry=telemetry,
     )
     sweep = trial.sweep(
         search_space={name: sweep_distribution(dist) for name, dist in spec.search_space.items()},
@@ -326,6 +331,7 @@ def command_job(
     data_asset_type: str | None = None,
     identity: ComputeIdentity | None = None,
     traceparent: str | None = None,
+    telemetry: Mapping[str, str] | None = None,
 ) -> Command:
     """A command on the experiment's cluster, as its trials run: the ``gpu_jobs`` code, the trial environment,
     the data bound as input ``data``, one folder output ``output``, the compute's managed identity. ``line``
@@ -346,6 +352,7 @@ def command_job(
         environment_variables={
             "PYTHONUNBUFFERED": "1",
             "RAPIDS_HPO_EXPERIMENT_ID": experiment_id,
+            **(telemetry or {}),  # exporter settings + trace (shared.telemetry.compute): env, never the command
             **({"TRACEPARENT": traceparent} if traceparent else {}),  # the experiment's trace (shared.telemetry)
         },
         # Data is read as the cluster's managed identity: it needs "Storage Blob Data Reader" on the data

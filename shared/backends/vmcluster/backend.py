@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from gpu_jobs.exporters import compute_packages
 from shared.backends.area import ingest_area
 from shared.backends.outcome import outcome_status, read_outcome
 from shared.backends.vmcluster import CAPABILITIES
@@ -73,7 +74,7 @@ from shared.errors import BackendError, NotFound
 from shared.ports import ComputeCredential, HandleUpdate, RunDetails, RunState, RunStatus, areas_of, handle_changes
 from shared.records import ExperimentRecord
 from shared.store.compute import ComputeStore
-from shared.telemetry.setup import compute_environment
+from shared.telemetry.compute import TELEMETRY_BLOB, ComputeTelemetry, for_compute
 
 if TYPE_CHECKING:
     from shared.backends.arm import RetrySettings
@@ -193,6 +194,10 @@ class VMClusterBackend:
             return None
 
     # ------------------------------------------------------------------------------ the VMs' boot
+    def _telemetry(self, record: ExperimentRecord) -> ComputeTelemetry:
+        """The driver's trace and exporter settings, with the VMs' identity (``shared.telemetry.compute``)."""
+        return for_compute(record.traceparent, self.identity.client_id if self.identity else None)
+
     def _plan(
         self,
         record: ExperimentRecord,
@@ -208,9 +213,8 @@ class VMClusterBackend:
         document = self._credentials(record.id) or {}
         size = (compute.scheduler_vm_size or compute.vm_size) if head else compute.vm_size
         credential = self._node_credential(record, handle)
-        env = {**cluster_env(experiment_id=record.id), "EXTRA_PIP_PACKAGES": " ".join(PIP)}
-        if head:  # the driver joins the experiment's trace (TRACEPARENT) and exports where OTEL_* say
-            env |= compute_environment(record.traceparent, prefixes=("OTEL_",))
+        exporting = compute_packages(self._telemetry(record).environment()) if head else ()  # the driver exports
+        env = {**cluster_env(experiment_id=record.id), "EXTRA_PIP_PACKAGES": " ".join([*PIP, *exporting])}
         check_no_secrets(env)
         node = {
             "experiment_id": record.id,
@@ -299,6 +303,8 @@ class VMClusterBackend:
         area = ComputeStore.from_credential(credential).area  # the record is published there
         with tempfile.TemporaryDirectory(prefix="rapids-hpo-code-") as folder:
             area.put(CODE_BLOB, build_code_archive(Path(folder) / "code.zip").read_bytes())
+        # The driver's trace and exporter settings: read by the head through the area, never custom data.
+        area.put(TELEMETRY_BLOB, self._telemetry(record).model_dump_json().encode())
         before = VMClusterHandle.of(record.backend_state)
         handle = before.model_copy(update={"network": network, "area": True})
         if credential.kind != "folder":

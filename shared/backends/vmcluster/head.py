@@ -25,6 +25,8 @@ from shared.config import DRIVER_OUTCOME_ARTIFACT
 from shared.errors import NotFound
 from shared.ports import Store
 from shared.store.compute import ComputeStore
+from shared.telemetry.compute import start_compute_telemetry
+from shared.telemetry.setup import flush
 
 log = logging.getLogger("rapids_hpo.head")
 
@@ -91,7 +93,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("azure").setLevel(logging.WARNING)
-    return run(json.loads(args.config.read_text()))
+    config = json.loads(args.config.read_text())
+    # The trace and exporter settings the control plane left in the area (shared.telemetry.compute); the run
+    # is a span of the experiment's trace (run_experiment), flushed before its outcome and again at the end.
+    start_compute_telemetry(ComputeStore.from_json(json.dumps(config["credential"])).area, "rapids-hpo-driver")
+    try:
+        return run(config)
+    finally:
+        flush()
 
 
 if __name__ == "__main__":
