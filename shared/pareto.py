@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from shared.bounded import Params
-from shared.records import TrialRecord, TrialState
+from shared.records import BestTrial, TrialRecord, TrialState
 from shared.spec import ExperimentSpec
 
 BEST_RULE = (
@@ -96,3 +96,28 @@ def pareto_view(spec: ExperimentSpec, trials: list[TrialRecord]) -> ParetoView:
         completed=len(completed),
         infeasible=sum(1 for t in completed if t.feasible is False),
     )
+
+
+def front_member(spec: ExperimentSpec, trials: list[TrialRecord], number: int) -> BestTrial:
+    """Trial ``number`` as a model to refit, if it is on the front; else LookupError saying why it is not
+    (unknown, not completed, infeasible, a value missing, or which member dominates it)."""
+    by_number = {trial.number: trial for trial in trials}
+    trial = by_number.get(number)
+    if trial is None:
+        raise LookupError(f"the experiment has no trial {number}")
+    front = pareto_front(spec, trials)
+    for member, _ in front:
+        if member.number == number:
+            return BestTrial(number=number, value=float(trial.value or 0.0), params=trial.params, metrics=trial.metrics)
+    point = objective_point(spec, trial)
+    if trial.state is not TrialState.COMPLETED:
+        why = f"it ended {trial.state.value}"
+    elif trial.feasible is False:
+        why = "it broke a constraint"
+    elif point is None:
+        why = f"it has no finite value for every objective ({', '.join(spec.objective.metrics)})"
+    else:
+        signs = [-1.0 if goal == "maximize" else 1.0 for goal in spec.objective.directions]
+        better = next(m.number for m, p in front if _dominates(p, point, signs))
+        why = f"trial {better} is at least as good on every objective and better on one"
+    raise LookupError(f"trial {number} is not on the Pareto front: {why}")

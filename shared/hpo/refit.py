@@ -43,37 +43,54 @@ def _inside(value: Any, root: Path) -> Any:
     return value
 
 
-def refit_best_model(
-    spec: ExperimentSpec, experiment_id: str, best: BestTrial, store: TrialStore, client: Client
-) -> BestTrial:
-    """Refit the best parameters on all rows (as a task on the cluster) and store the model under
-    ``model/``; returns ``best`` with its ``model_uri``."""
+FRONT_MODEL_PREFIX = "front-models/"
+"""Artifact prefix of a Pareto front member's model refit by trial number, ``front-models/<number>/``: apart
+from ``model/`` (the best model's), so the best model's zip never holds another trial's files."""
+
+
+def front_model_prefix(number: int) -> str:
+    return f"{FRONT_MODEL_PREFIX}{number}/"
+
+
+def refit_trial_model(
+    spec: ExperimentSpec, experiment_id: str, trial: BestTrial, store: TrialStore, client: Client, prefix: str
+) -> str:
+    """Refit ``trial``'s parameters on all rows (as a task on the cluster) and store its files under
+    ``prefix``, ``metrics.json`` carrying the trial's cross-validated scores; returns the model's URI."""
     kwargs = {
         "data": spec.dataset.uri,
         "target": spec.dataset.target,
         "task": spec.dataset.task,
         "features": spec.dataset.feature_columns(),
         "model": spec.trial.model,
-        "params": best.params,
+        "params": trial.params,
         "seed": spec.sampling_algorithm.seed or 0,
         "engine": spec.trial.engine,
         "data_format": spec.dataset.format,
         "max_rows": spec.dataset.max_rows,
     }
     cross_validation = {
-        "trial": best.number,
+        "trial": trial.number,
         "primary_metric": spec.objective.primary_metric,
-        "value": best.value,
-        "metrics": best.metrics,
+        "value": trial.value,
+        "metrics": trial.metrics,
     }
     result = client.submit(refit_task, kwargs, cross_validation, pure=False).result()
     uri = None
     with span("model upload", attributes={"rapids_hpo.files": len(result["files"])}):
         for name, data in sorted(result["files"].items()):
-            uri = store.put_artifact(experiment_id, f"{MODEL_PREFIX}{name}", data)
+            uri = store.put_artifact(experiment_id, f"{prefix}{name}", data)
     if uri is None:
         raise RuntimeError("the refit produced no model files")
-    model_uri = uri.rsplit("/", 1)[0]
+    return uri.rsplit("/", 1)[0]
+
+
+def refit_best_model(
+    spec: ExperimentSpec, experiment_id: str, best: BestTrial, store: TrialStore, client: Client
+) -> BestTrial:
+    """Refit the best parameters on all rows (as a task on the cluster) and store the model under
+    ``model/``; returns ``best`` with its ``model_uri``."""
+    model_uri = refit_trial_model(spec, experiment_id, best, store, client, MODEL_PREFIX)
     for trial in store.list_trials(experiment_id):
         if trial.number == best.number:  # the best trial's record says where its model is
             store.put_trial(trial.model_copy(update={"model_uri": model_uri}))
