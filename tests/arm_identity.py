@@ -32,6 +32,12 @@ IDENTITY = re.compile(
     r"userAssignedIdentities/(?P<name>[^/]+))$",
     re.IGNORECASE,
 )
+IDENTITIES = re.compile(
+    r"^(?P<group>/subscriptions/[^/]+/resourceGroups/[^/]+)/providers/Microsoft\.ManagedIdentity/"
+    r"userAssignedIdentities/?$",
+    re.IGNORECASE,
+)
+ASSIGNMENTS = re.compile(r"^(?P<scope>/.+?)/providers/Microsoft\.Authorization/roleAssignments/?$", re.IGNORECASE)
 ASSIGNMENT = re.compile(r"^(?P<scope>/.+?)/providers/Microsoft\.Authorization/roleAssignments/(?P<name>[^/]+)$", re.I)
 REPLICATION_S = 30.0
 """How long a new principal is unknown to a role assignment that does not give its ``principalType``."""
@@ -44,6 +50,10 @@ def route(arm: FakeArm, request: RecordedRequest) -> Reply | None:
     """The reply to an identity or role-assignment request, or None when the path is neither."""
     if match := IDENTITY.match(request.path):
         return _identity(arm, request, match["id"], match["name"])
+    if request.method == "GET" and (match := IDENTITIES.match(request.path)):
+        return _listed(arm, "Microsoft.ManagedIdentity/userAssignedIdentities/read", match["group"], request)
+    if request.method == "GET" and (match := ASSIGNMENTS.match(request.path)):
+        return _listed(arm, "Microsoft.Authorization/roleAssignments/read", match["scope"], request)
     if match := ASSIGNMENT.match(request.path):
         return _assignment(arm, request, match["scope"], match["name"])
     return None
@@ -58,6 +68,30 @@ def _denied(arm: FakeArm, action: str, scope: str) -> Reply:
         "granted, please refresh your credentials."
     )
     return 403, {}, _error("AuthorizationFailed", message)
+
+
+def _listed(arm: FakeArm, action: str, scope: str, request: RecordedRequest) -> Reply:
+    """A listing (one page): a group's identities, or the role assignments at, above or below a scope,
+    filtered by ``principalId eq '<id>'`` when the request asks (ARM's ``$filter``)."""
+    if arm.rbac is not None and not arm.rbac.allowed(action, scope):
+        return _denied(arm, action, scope)
+    kind = action.rsplit("/", 1)[0]
+    wanted = re.fullmatch(r"\s*principalId\s+eq\s+'([^']+)'\s*", request.query.get("$filter", ""))
+    found = []
+    for resource in list(arm.resources.values()):
+        if resource.get("type", "").lower() != kind.lower():
+            continue
+        if kind.endswith("roleAssignments"):
+            theirs = resource["properties"]
+            there = theirs["scope"].lower()
+            if not (there.startswith(scope.lower()) or scope.lower().startswith(there)):
+                continue
+            if wanted and theirs["principalId"] != wanted.group(1):
+                continue
+        elif not resource["id"].lower().startswith(scope.lower() + "/"):
+            continue
+        found.append(resource)
+    return 200, {}, {"value": found}
 
 
 def _identity(arm: FakeArm, request: RecordedRequest, rid: str, name: str) -> Reply:

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from shared.backends.arm import RetrySettings
 from shared.backends.vmcluster import VMClusterBackend, VMClusterHandle, VMIdentity, plan
 from shared.backends.vmcluster.exchange import CODE_BLOB, HEARTBEAT_ARTIFACT
+from shared.backends.vmcluster.identity import make_authorization_client, make_msi_client
 from shared.backends.vmcluster.network import NetworkHandle, ensure_network, make_network_client
 from shared.backends.vmcluster.network_layout import (
     CREATED_BY,
@@ -147,6 +148,8 @@ def _backend(ctx: Context, arm: FakeArm, retry: RetrySettings, **kwargs: Any) ->
         ctx.settings,
         compute_client_factory=lambda sub: make_compute_client(sub, credential, arm.base_url, polling_interval=0),
         network_client_factory=lambda sub: make_network_client(sub, credential, arm.base_url, polling_interval=0),
+        msi_client_factory=lambda sub: make_msi_client(sub, credential, arm.base_url),
+        authorization_client_factory=lambda sub: make_authorization_client(sub, credential, arm.base_url),
         retry=retry,
         **kwargs,
     )

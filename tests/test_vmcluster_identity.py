@@ -204,3 +204,51 @@ def test_a_just_created_identity_is_not_found_unless_the_assignment_names_its_ty
         assert (
             authorization.role_assignments.create(scope, str(uuid.uuid4()), bare).principal_id == created.principal_id
         )
+
+
+def test_the_sweep_deletes_the_identities_and_roles_of_experiments_that_are_gone(
+    arm: FakeArm, azure_store: AzureStore
+) -> None:
+    """A teardown that never ran leaves an experiment's identity and its role: the timer's sweep deletes them
+    (role first), and only this deployment's, and only for experiments no longer live."""
+    from shared.backends.vmcluster.identity import sweep_identities
+    from shared.backends.vmcluster.settings import cluster_tags
+
+    made = {}
+    for experiment, instance in (("exp-gone", "inst"), ("exp-live", "inst"), ("exp-other", "another")):
+        made[experiment] = ensure_identity(
+            *_clients(arm),
+            resource_group=RG,
+            location="westeurope",
+            experiment_id=experiment,
+            tags=cluster_tags(experiment, instance),
+            scope=container_scope(ACCOUNT, _area(azure_store, experiment)),
+            retry=RETRY,
+        )
+    deleted = sweep_identities(
+        *_clients(arm),
+        resource_group=RG,
+        storage_account_id=ACCOUNT,
+        live_experiment_ids={"exp-live"},
+        instance_id="inst",
+        retry=RETRY,
+    )
+    gone = made["exp-gone"]
+    assert deleted == [gone.role_assignment_id, gone.resource_id]
+    left = {i["id"] for i in arm.of_type("userAssignedIdentities")}
+    assert left == {made["exp-live"].resource_id, made["exp-other"].resource_id}
+    assert {a.principal_id for a in arm.directory.assignments.values()} == {
+        made["exp-live"].principal_id,
+        made["exp-other"].principal_id,
+    }
+    assert (
+        sweep_identities(
+            *_clients(arm),
+            resource_group=RG,
+            storage_account_id=ACCOUNT,
+            live_experiment_ids=set(),
+            instance_id="",
+            retry=RETRY,
+        )
+        == []
+    )  # no instance id: touches nothing

@@ -619,8 +619,21 @@ class VMClusterBackend:
         )
         if not resource_group or not subscription_id:
             return []
-        return sweep_orphans(
+        deleted = sweep_orphans(
             self._clients, live_experiment_ids, resource_group, subscription_id, self.retry, azure.instance_id
+        )
+        from shared.backends.vmcluster.identity import make_authorization_client, make_msi_client, sweep_identities
+
+        msi = (self._msi_factory or make_msi_client)(subscription_id)
+        authorization = (self._authorization_factory or make_authorization_client)(subscription_id)
+        return deleted + sweep_identities(  # after the VMs that ran as them
+            msi,
+            authorization,
+            resource_group=resource_group,
+            storage_account_id=azure.storage_account_id,
+            live_experiment_ids=live_experiment_ids,
+            instance_id=azure.instance_id,
+            retry=self.retry,
         )
 
 

@@ -109,20 +109,77 @@ def delete_identity(
     msi_client: Any, authorization_client: Any, handle: IdentityHandle, *, resource_group: str, retry: RetrySettings
 ) -> None:
     """Delete the role assignment, then the identity (either gone already counts as deleted)."""
+    _delete_assignment(authorization_client, handle.role_assignment_id, retry)
+    _delete_identity_only(msi_client, handle.resource_id, resource_group, retry)
 
-    def delete_assignment() -> None:
+
+def _delete_assignment(authorization_client: Any, assignment_id: str, retry: RetrySettings) -> None:
+    def delete() -> None:
         try:
-            authorization_client.role_assignments.delete_by_id(handle.role_assignment_id)
+            authorization_client.role_assignments.delete_by_id(assignment_id)
         except Exception as exc:
             if not is_not_found(exc):
                 raise
 
-    def delete_identity_resource() -> None:
+    arm_call("deleting the VM identity's role assignment", delete, retry)
+
+
+def _delete_identity_only(msi_client: Any, resource_id: str, resource_group: str, retry: RetrySettings) -> None:
+    def delete() -> None:
         try:
-            msi_client.user_assigned_identities.delete(resource_group, handle.resource_id.rsplit("/", 1)[-1])
+            msi_client.user_assigned_identities.delete(resource_group, resource_id.rsplit("/", 1)[-1])
         except Exception as exc:
             if not is_not_found(exc):
                 raise
 
-    arm_call("deleting the VM identity's role assignment", delete_assignment, retry)
-    arm_call("deleting the VM identity", delete_identity_resource, retry)
+    arm_call("deleting the VM identity", delete, retry)
+
+
+def sweep_identities(
+    msi_client: Any,
+    authorization_client: Any,
+    *,
+    resource_group: str,
+    storage_account_id: str,
+    live_experiment_ids: set[str],
+    instance_id: str,
+    retry: RetrySettings,
+) -> list[str]:
+    """Delete this deployment's experiment identities (tagged with ``instance_id``) in ``resource_group``
+    whose experiment is not live, their role assignments on the storage account first (a teardown that
+    never ran leaves both); returns the ids deleted. Nothing without an instance id."""
+    from shared.backends.vmcluster.network_layout import CREATED_BY, CREATED_BY_TAG, EXPERIMENT_TAG, INSTANCE_TAG
+
+    if not instance_id:
+        return []
+    listed = arm_call(
+        f"listing managed identities in {resource_group}",
+        lambda: list(msi_client.user_assigned_identities.list_by_resource_group(resource_group)),
+        retry,
+    )
+    deleted: list[str] = []
+    for identity in listed:
+        tags = identity.tags or {}
+        ours = tags.get(INSTANCE_TAG) == instance_id and tags.get(CREATED_BY_TAG) == CREATED_BY
+        if not ours or not tags.get(EXPERIMENT_TAG) or tags[EXPERIMENT_TAG] in live_experiment_ids:
+            continue
+        assignments = _assignments_of(authorization_client, storage_account_id, identity, retry)
+        for assignment in assignments:
+            _delete_assignment(authorization_client, assignment.id, retry)
+            deleted.append(assignment.id)
+        _delete_identity_only(msi_client, identity.id, resource_group, retry)
+        deleted.append(identity.id)
+    return deleted
+
+
+def _assignments_of(authorization_client: Any, scope: str, identity: Any, retry: RetrySettings) -> list[Any]:
+    """The role assignments of ``identity``'s principal at, above or below ``scope`` (none without a scope)."""
+    if not scope:
+        return []
+    query = f"principalId eq '{identity.principal_id}'"
+
+    def listed() -> list[Any]:
+        return list(authorization_client.role_assignments.list_for_scope(scope, filter=query))
+
+    result: list[Any] = arm_call(f"listing the role assignments of {identity.name}", listed, retry)
+    return result
