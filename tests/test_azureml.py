@@ -69,7 +69,19 @@ from shared.errors import BackendError
 from shared.ports import ComputeBackend, RunState
 from shared.records import DataCheckReport, ExperimentRecord, ExperimentStatus, TrialRecord, TrialState
 from shared.spec import Distribution, ExperimentSpec, load_spec
-from tests.fakes.azureml import CHECK_JOB, COMPUTE, EXP, JOB, PASSED, T0, FakeWorkspace, child, run
+from tests.fakes.azureml import (
+    CHECK_JOB,
+    COMPUTE,
+    EXP,
+    JOB,
+    PASSED,
+    REFIT_JOB,
+    REFIT_MODEL,
+    T0,
+    FakeWorkspace,
+    child,
+    run,
+)
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:The `ordered` `class Meta` option is deprecated"),
@@ -191,9 +203,9 @@ def test_fixed_and_searched_hyperparameters_on_the_command_line() -> None:
         "--seed 7",
         "--engine gpu",  # engine auto on the default T4 size: the GPU or a clear failure
         "--primary_metric accuracy",
-        "--output ${{outputs.model}}",
     ):
         assert flag in cmd
+    assert "--output" not in cmd, "a trial only scores: the best one alone is refit (issue 26)"
 
 
 @pytest.mark.parametrize(
@@ -243,7 +255,7 @@ def test_the_command_runs_through_bash_into_the_trial_cli(tmp_path: Path) -> Non
     assert parsed == expected
     assert parsed["gamma"] == 0.0 and parsed["max_bin"] == 37 and parsed["colsample_bytree"] == 0.7
     assert validate_params("xgboost", parsed)  # the CLI's own check passes
-    assert args.model == "xgboost" and args.primary_metric == "accuracy" and args.output == str(tmp_path)
+    assert args.model == "xgboost" and args.primary_metric == "accuracy" and args.output is None
 
 
 def expand(command_line: str, draws: dict[str, Any], output: Path) -> list[str]:
@@ -491,7 +503,7 @@ def test_job_metadata_compute_and_output() -> None:
         "rapids-hpo.seed": "7",
     }
     assert rest["computeId"] == "rapids-gpu" and as_dict["compute"] == "azureml:rapids-gpu"
-    assert rest["outputs"] == {"model": {"jobOutputType": "uri_folder"}}
+    assert rest["outputs"] == {}, "a trial saves no model: the best one is refit after the sweep"
     assert as_dict["trial"]["environment_variables"]["RAPIDS_HPO_EXPERIMENT_ID"] == EXP
 
 
@@ -962,7 +974,10 @@ def test_an_experiment_runs_through_the_state_machine(ctx: Context, fake: FakeWo
     assert final.best is not None and final.best.value == 0.83 and final.best.params["max_depth"] == 3
     assert final.best.model_uri == f"/api/experiments/{EXP}/model"
     assert final.backend_state["best_child"] == f"{JOB}_0"
-    assert [c for c in fake.calls if c[0] == "create"] == [("create", CHECK_JOB), ("create", JOB)]
+    assert (final.backend_state["refit_job"], final.backend_state["refit_trial"]) == (REFIT_JOB, 0)
+    creates = [("create", CHECK_JOB), ("create", JOB), ("create", REFIT_JOB)]
+    assert [c for c in fake.calls if c[0] == "create"] == creates
+    assert ctx.store.get_artifact(EXP, f"{MODEL_OUTPUT}/model.joblib") == REFIT_MODEL["model.joblib"]
 
 
 # ------------------------------------------------------------------------------- AzureMLClient
@@ -987,7 +1002,7 @@ def test_a_real_trial_command_logs_what_child_metrics_reads(tmp_path: Path, monk
     done = subprocess.run(argv, check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.strip().splitlines()[-1])["params"]["max_depth"] == 4
-    assert (output / "model.joblib").is_file()
+    assert not output.exists() or not any(output.iterdir()), "a trial writes no model (best-only refit)"
 
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     from mlflow.tracking import MlflowClient

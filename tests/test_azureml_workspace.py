@@ -30,6 +30,7 @@ from shared.backends.azureml import (
     job_name_for,
     stage_code,
 )
+from shared.backends.azureml.refit_job import refit_job_name_for
 from shared.backends.azureml.scope import AzureMLScope
 from shared.backends.azureml.sweep_job import azureml_compute
 from shared.backends.outcome import read_data_check
@@ -51,6 +52,7 @@ pytestmark = [
 EXP = "exp-aml-1"
 JOB = job_name_for(EXP)
 CHECK = check_job_name_for(EXP)
+REFIT = refit_job_name_for(EXP)
 MLMODEL = b"flavors:\n  python_function:\n    loader_module: mlflow.sklearn\n  sklearn:\n    sklearn_version: 1.5.2\n"
 DRAWS = [
     {"n_estimators": 20, "max_depth": 3.2, "max_features": 0.31},
@@ -163,7 +165,8 @@ def test_lifecycle_through_the_state_machine(workspace: AzureMLStandIn, tmp_path
     ctx = local_context(tmp_path / "home", poll_seconds=0)
     ctx.backends["azureml"] = AzureMLBackend(ctx.store, ctx.settings, client_factory=lambda _: client_for(workspace))
     files = {"model.joblib": b"best", "mlflow/MLmodel": MLMODEL, "mlflow/model.pkl": b"pickled"}
-    best = trial(0, ["Running", "Completed"], {1: 0.8, 2: 0.82, 3: 0.83}, files=files)
+    best = trial(0, ["Running", "Completed"], {1: 0.8, 2: 0.82, 3: 0.83})  # trials only score (issue 26)
+    workspace.script_command_job(REFIT, ["Running", "Completed"], {MODEL_OUTPUT: files})  # the best one's refit
     pruned = trial(1, ["Running", "Canceled"], {1: 0.6})
     failed = trial(2, ["Failed"], {})
     workspace.script(
@@ -203,7 +206,11 @@ def test_lifecycle_through_the_state_machine(workspace: AzureMLStandIn, tmp_path
     assert (record.registered_model.name, record.registered_model.version) == ("flights-rf", "1")
     registered = workspace.assets["models/flights-rf/1"]["properties"]
     assert registered["modelType"] == "mlflow_model"
-    assert registered["modelUri"] == f"azureml://jobs/{JOB}_0/outputs/model/paths/mlflow/"
+    assert registered["modelUri"] == f"azureml://jobs/{REFIT}/outputs/model/paths/mlflow/"
+    (refit_put,) = workspace.calls("PUT", f"/jobs/{REFIT}")
+    command = refit_put.body["properties"]["command"]
+    assert command.startswith("python -m gpu_jobs.refit_job") and "--max_depth 3 " in command
+    assert '"trial": 0' in command and "--output ${{outputs.model}}" in command
     assert set(registered["flavors"]) == {"sklearn", "python_function"}  # read from the output's MLmodel
     assert registered["tags"]["stage"] == "candidate" and registered["tags"]["rapids-hpo.experiment-id"] == EXP
     stored = ctx.store.get_experiment(EXP)

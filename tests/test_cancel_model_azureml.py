@@ -3,8 +3,8 @@ against the local AzureML stand-in (``tests/azureml_server.py``: the sweep's sta
 outputs in the Azurite-backed datastore, ``POST .../cancel`` moving it to CancelRequested then Canceled).
 
 The state machine cancels the sweep, waits (CancelRequested is still running), and once AzureML reports it
-Canceled, ``finalize`` downloads the best finished trial's model output: no refit job, each trial saved its
-model."""
+Canceled, the best finished trial is refit once (a command job: trials only score, issue 26) and ``finalize``
+downloads that refit's model output."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pytest
 
 from shared import handlers
 from shared.backends.azureml import MODEL_OUTPUT, AzureMLBackend, check_job_name_for, job_name_for
+from shared.backends.azureml.refit_job import refit_job_name_for
 from shared.handlers.cancelling import NO_TRIAL_FINISHED
 from shared.records import ExperimentStatus, TrialState
 from tests.azureml_server import AzureMLStandIn, Child
@@ -51,8 +52,10 @@ def test_a_cancelled_sweep_ends_cancelled_with_its_best_finished_trials_model(
     ctx.backends["azureml"] = AzureMLBackend(ctx.store, ctx.settings, client_factory=lambda _: client_for(workspace))
     experiment_id = "exp-aml-1"  # the workspace helpers' trials are named after its job
     files = {"model.joblib": b"best so far", "mlflow/MLmodel": MLMODEL}
-    done = trial(0, ["Completed"], {1: 0.8, 2: 0.83}, files=files)
-    worse = trial(1, ["Completed"], {1: 0.7}, files={"model.joblib": b"worse"})
+    done = trial(0, ["Completed"], {1: 0.8, 2: 0.83})
+    worse = trial(1, ["Completed"], {1: 0.7})
+    # Trials only score; once the cancelled sweep ended, the best finished one is refit (issue 26): its node.
+    workspace.script_command_job(refit_job_name_for(experiment_id), ["Running", "Completed"], {MODEL_OUTPUT: files})
     running = trial(2, ["Running"], {1: 0.6})
     workspace.script(job_name_for(experiment_id), ["Running"], [(1, done), (1, worse), (1, running)])
     passed_check(workspace, check_job_name_for(experiment_id))  # the data check's node: the data fits

@@ -221,6 +221,7 @@ def test_an_experiment_completes_through_the_worker(azurite: str, package: Path,
     from azure.storage.queue import QueueClient
 
     from shared.backends.azureml import CHECK_OUTPUT, check_job_name_for, job_name_for
+    from shared.backends.azureml.refit_job import refit_job_name_for
     from tests.azureml_server import AzureMLStandIn, Child
     from tests.fakes.azureml import PASSED
 
@@ -258,7 +259,6 @@ def test_an_experiment_completes_through_the_worker(azurite: str, package: Path,
                 f"{job}_0",
                 ["Running", "Completed"],
                 history={1: 0.8, 2: 0.84},
-                files=files,
                 draw={"n_estimators": 10},
                 params={"engine": "cuml"},
             )
@@ -266,6 +266,8 @@ def test_an_experiment_completes_through_the_worker(azurite: str, package: Path,
             workspace.script(job, ["Preparing", "Running", "Completed"], [(1, best), (2, other)])
             verdict = {CHECK_OUTPUT: {"data_check.json": PASSED}}  # the data check's node, scripted
             workspace.script_command_job(check_job_name_for(experiment), ["Completed"], verdict)
+            refit = refit_job_name_for(experiment)  # the best trial's refit, scripted: it saves the model
+            workspace.script_command_job(refit, ["Running", "Completed"], {"model": files})
 
             delivered = 0
             for _ in range(60):  # until the queue is drained (teardown included) and the experiment COMPLETED
@@ -296,9 +298,10 @@ def test_an_experiment_completes_through_the_worker(azurite: str, package: Path,
         assert status["best"]["number"] == 0 and status["best"]["value"] == pytest.approx(0.84)
         assert len(trials["items"] if isinstance(trials, dict) else trials) == 2
         assert model.status == 200
-        check, sweep = workspace.calls("PUT", "/jobs/")
+        check, sweep, refit_put = workspace.calls("PUT", "/jobs/")
         assert check.body["properties"]["jobType"] == "Command" and sweep.body["properties"]["jobType"] == "Sweep"
-        for put in (check, sweep):
+        assert refit_put.path.endswith(refit) and "gpu_jobs.refit_job" in refit_put.body["properties"]["command"]
+        for put in (check, sweep, refit_put):
             assert put.body["properties"]["identity"] == {"identityType": "Managed", "clientId": "client-e2e"}
         cluster = workspace.computes["rapids-gpu"]
         assert (

@@ -19,6 +19,7 @@ from azure.ai.ml.entities import AmlCompute, Command, Job
 from azure.ai.ml.sweep import SweepJob
 
 from shared.backends.azureml import CHECK_OUTPUT, JobInfo, RunMetrics, check_job_name_for, job_name_for
+from shared.backends.azureml.refit_job import refit_job_name_for
 from shared.errors import BackendError
 
 EXP = "exp-aml-1"
@@ -38,6 +39,9 @@ PASSED = json.dumps(
     }
 ).encode()
 """A passing verdict, as ``gpu_jobs.check_job`` writes it."""
+REFIT_JOB = refit_job_name_for(EXP)
+REFIT_MODEL = {"model.joblib": b"refit on all rows", "metrics.json": b"{}"}
+"""What the refit job of the best trial writes to its ``model`` output (``gpu_jobs.refit_job``)."""
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
 """A sweep's creation time: relative to now, because a stopped sweep with no end time is measured
 against the clock (a fixed date made the status-mapping test fail once it was an hour old)."""
@@ -57,8 +61,10 @@ class FakeWorkspace:
     submitted: list[Job | Command] = field(default_factory=list)
     calls: list[tuple[str, str]] = field(default_factory=list)
     check_verdict: bytes | None = PASSED
-    """What a submitted data check job writes, done at once (``Completed``); None: it stays ``Queued`` for
+    """What a submitted data check job writes, done at once (``Completed``); None: it stays ``NotStarted`` for
     the test to play."""
+    refit_model: dict[str, bytes] | None = field(default_factory=lambda: dict(REFIT_MODEL))
+    """What a submitted refit job writes to its ``model`` output, done at once; None: it stays ``NotStarted``."""
 
     def ensure_compute(self, compute: AmlCompute) -> AmlCompute:
         self.calls.append(("ensure_compute", str(compute.name)))
@@ -83,9 +89,12 @@ class FakeWorkspace:
         self.calls.append(("create", name))
         self.submitted.append(job)
         status = "NotStarted"
-        if isinstance(job, Command) and self.check_verdict is not None:
+        if isinstance(job, Command) and name.endswith("-check") and self.check_verdict is not None:
             status = "Completed"
             self.outputs[(name, CHECK_OUTPUT)] = {"data_check.json": self.check_verdict}
+        if isinstance(job, Command) and name.endswith("-refit") and self.refit_model is not None:
+            status = "Completed"
+            self.outputs[(name, "model")] = dict(self.refit_model)
         self.jobs[name] = JobInfo(name, status, studio_url=f"https://ml.azure.com/runs/{name}")
         return name
 

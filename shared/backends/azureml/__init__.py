@@ -50,9 +50,14 @@ Decisions AzureML leaves to us, each documented where it is made:
   ``best_child_run_id`` property is only reported beside it (``azureml_best_child``): AzureML ranks on the
   best value *ever* logged, and a trial logs running means per fold, so using it would repeat the seed's
   "best of the splits" defect. With no completed trial nothing is downloaded.
+* **The data check** runs first, a command job on the cluster (:mod:`~shared.backends.azureml.check_job`);
+  the sweep is submitted only by the poll that reads its passing verdict.
+* **Best-only refit**: trials only score (no ``--output``, no model files); once the sweep ended, the best
+  trial is refit on all rows once, a command job (:mod:`~shared.backends.azureml.refit_job`), and
+  ``finalize`` stores that job's ``model`` output (a sweep from before this rule: the best child's).
 * **Teardown** deletes nothing: an AmlCompute cluster scales to ``min_instances`` (0 by default, which costs
-  nothing) after ``idle_time_before_scale_down`` and may serve other experiments. It cancels the sweep if it
-  is still running, and marks trials still RUNNING in the store as FAILED (CANCELLED after a cancel).
+  nothing) after ``idle_time_before_scale_down`` and may serve other experiments. It cancels the sweep (and a check or refit
+  job) if it is still running, and marks trials still RUNNING in the store as FAILED (CANCELLED after a cancel).
 """
 
 from __future__ import annotations

@@ -21,16 +21,24 @@ MLFLOW_FOLDER = "mlflow"
 TAG_BEST_TRIAL = "rapids-hpo.best-trial"
 
 
-def model_entity(spec: ExperimentSpec, experiment_id: str, child: str, tags: dict[str, str] | None = None) -> Model:
-    """The ``mlflow_model`` to register for the best trial's job ``child`` (offline, pure); ``tags`` (the
-    deployment's own, :meth:`shared.backends.azureml.scope.AzureMLScope.tags`) are added to the version's."""
+def model_entity(
+    spec: ExperimentSpec,
+    experiment_id: str,
+    child: str,
+    tags: dict[str, str] | None = None,
+    *,
+    source: str | None = None,
+) -> Model:
+    """The ``mlflow_model`` to register for the best trial's job ``child`` (offline, pure), from the ``model``
+    output of job ``source`` (the refit of that trial; ``child`` itself for a sweep whose trials saved models);
+    ``tags`` (the deployment's own, :meth:`shared.backends.azureml.scope.AzureMLScope.tags`) are added."""
     register = spec.output.register_model
     if register is None:
         raise ValueError("the spec sets no output.register_model")
     return Model(
         name=register.name,
         type=AssetTypes.MLFLOW_MODEL,
-        path=f"azureml://jobs/{child}/outputs/{MODEL_OUTPUT}/paths/{MLFLOW_FOLDER}/",
+        path=f"azureml://jobs/{source or child}/outputs/{MODEL_OUTPUT}/paths/{MLFLOW_FOLDER}/",
         description=f"best trial of experiment {experiment_id} ({spec.name}): {spec.objective.primary_metric}",
         tags={
             **register.tags,

@@ -5,11 +5,13 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from shared.backends.azureml import CAPABILITIES
+from shared.backends.azureml.around_sweep import AroundSweep
 from shared.backends.azureml.assets import model_entity
-from shared.backends.azureml.check_job import CHECK_OUTPUT, build_check_job, check_job_name_for, read_verdict
+from shared.backends.azureml.check_job import build_check_job, check_job_name_for
+from shared.backends.azureml.handle import AzureMLHandle, handle_update
 from shared.backends.azureml.planner import AzureMLPlanner
 from shared.backends.azureml.scope import AzureMLScope, cluster_problem, model_problem
 from shared.backends.azureml.section import AzureMLCompute
@@ -18,7 +20,6 @@ from shared.backends.azureml.sweep_job import (
     ComputeIdentity,
     azureml_compute,
     build_compute,
-    build_sweep_job,
     job_name_for,
     stage_code,
 )
@@ -30,15 +31,17 @@ from shared.backends.azureml.trials import (
     trial_record,
 )
 from shared.backends.azureml.workspace import AzureMLClient, JobInfo, WorkspaceClient, workspace_settings
-from shared.compute_report import ComputeReport
-from shared.config import DATA_CHECK_ARTIFACT, MODEL_PREFIX, Settings
+from shared.config import MODEL_PREFIX, Settings
 from shared.errors import BackendError
-from shared.ports import BackendHandle, HandleUpdate, RunDetails, RunState, RunStatus, Store, handle_changes
-from shared.records import ExperimentRecord, ExperimentStatus, TrialRecord, TrialState, best_of, utcnow
+from shared.ports import HandleUpdate, RunDetails, RunState, RunStatus, Store
+from shared.records import (
+    ExperimentRecord,
+    TrialRecord,
+    TrialState,
+    best_of,
+    utcnow,
+)
 from shared.spec import ExperimentSpec
-from shared.spec.sections import azureml_uri_form
-from shared.telemetry import traceparent_for
-from shared.telemetry.compute import for_compute, job_environment
 from shared.trials import counts_by_state, end_running_trials
 
 # AzureML job statuses (azure.ai.ml's JobStatus values) -> the sweep's run state.
@@ -64,33 +67,7 @@ next poll sees the outcome. An unknown status is PENDING (and reported in ``deta
 ClientFactory = Callable[[AzureMLCompute], WorkspaceClient]
 
 
-class AzureMLHandle(BackendHandle):
-    """The workspace, the AmlCompute cluster and the sweep job of one experiment."""
-
-    kind: Literal["azureml"] = "azureml"
-    compute_name: str | None = None
-    subscription_id: str | None = None
-    resource_group: str | None = None
-    workspace: str | None = None
-    check_job: str | None = None
-    """The data check's command job, submitted first; the sweep waits for its verdict."""
-    job_name: str | None = None
-    """The sweep job, submitted once the data check passed (None before)."""
-    studio_url: str | None = None
-    best_child: str | None = None
-    """The child job whose model ``finalize`` stored (ranked on the final CV mean)."""
-    model_files: int | None = None
-    azureml_best_child: str | None = None
-    """AzureML's own pick (best value ever logged), reported beside ``best_child``."""
-    registered_model: dict[str, Any] | None = None
-
-    def compute_report(self) -> ComputeReport:
-        return ComputeReport(link=self.studio_url)
-
-    """``output.register_model``: the registered name, version and id (also on the record)."""
-
-
-class AzureMLBackend:
+class AzureMLBackend(AroundSweep):
     """Runs an experiment as one AzureML sweep job; implements ``shared.ports.ComputeBackend``."""
 
     name = "azureml"
@@ -177,7 +154,7 @@ class AzureMLBackend:
             "resource_group": resource_group,
             "workspace": workspace,
         }
-        return _changes(record, update)
+        return handle_update(record, update)
 
     def submit(self, record: ExperimentRecord) -> HandleUpdate:
         """Submit the data check's command job unless it exists (its name derives from the experiment id);
@@ -192,75 +169,7 @@ class AzureMLBackend:
                 )
                 client.submit(job)
             existing = client.find(name)
-        return _changes(record, {"check_job": name, "studio_url": existing.studio_url if existing else None})
-
-    def _telemetry(self, record: ExperimentRecord) -> dict[str, str]:
-        """The trials' trace and exporter settings (``shared.telemetry.compute``): they export with the
-        cluster's identity, ours or its system-assigned one."""
-        client_id = self.identity.client_id if self.identity else None
-        return job_environment(for_compute(record.traceparent, client_id, system_identity=True))
-
-    def _job_options(self, record: ExperimentRecord, client: WorkspaceClient) -> dict[str, Any]:
-        """What the check job and the sweep share beyond the spec: the data asset's type, the identity, the trace."""
-        spec = self._spec(record)
-        asset_type = None
-        azureml = azureml_uri_form(spec.dataset.uri)
-        if azureml is not None and "asset" in azureml[0]:
-            asset_type = client.data_asset_type(azureml[1]["name"], azureml[1].get("version"))
-        return {
-            "data_asset_type": asset_type,
-            "identity": self.identity,
-            "traceparent": traceparent_for(record.traceparent),
-        }
-
-    def _submit_sweep(self, record: ExperimentRecord, client: WorkspaceClient) -> JobInfo | None:
-        """Create the sweep job unless it exists (a redelivered poll finds the one it submitted)."""
-        spec, _, job_name = self._setup(record)
-        if client.find(job_name) is None:
-            with tempfile.TemporaryDirectory(prefix="rapids-hpo-code-") as tmp:
-                job = build_sweep_job(
-                    spec,
-                    record.id,
-                    code_dir=stage_code(Path(tmp)),
-                    telemetry=self._telemetry(record),
-                    **self._job_options(record, client),
-                )
-                job.name = job_name
-                client.submit(job)
-        return client.find(job_name)
-
-    def _after_check(self, record: ExperimentRecord, client: WorkspaceClient) -> RunStatus:
-        """The poll before the sweep exists: wait for the data check job; on a passing verdict store what it
-        learned and submit the sweep, on a failing one (or a check that could not run) fail the run once,
-        with the reason, before any trial. A run cancelled meanwhile ends CANCELLED once its check job ended,
-        and no sweep is submitted."""
-        name = AzureMLHandle.model_validate(record.backend_state).check_job or check_job_name_for(record.id)
-        check = client.find(name)
-        details = RunDetails(
-            compute_status=check.status if check else None, job_name=name, waiting_for="the data check"
-        )
-        if check is None:
-            return RunStatus(RunState.FAILED, error=f"AzureML data check job {name} is gone from the workspace")
-        if record.status is ExperimentStatus.CANCELLING and check.status in TERMINAL_JOB_STATUSES:
-            return RunStatus(RunState.CANCELLED, details=details)  # cancelled before the sweep: none is started
-        if check.status in {"Failed", "Canceled"}:
-            where = f"; see {check.studio_url}" if check.studio_url else ""
-            error = f"the data check job {name} ended {check.status} before a verdict{where}"
-            return RunStatus(RunState.FAILED, error=error, details=details)
-        if check.status != "Completed":
-            return RunStatus(RunState.PENDING, details=details)
-        with tempfile.TemporaryDirectory(prefix="rapids-hpo-check-") as tmp:
-            verdict = read_verdict(client.download_output(name, CHECK_OUTPUT, Path(tmp)))
-        if verdict.report is None:
-            return RunStatus(RunState.FAILED, error=verdict.error, details=details)
-        self.store.put_artifact(record.id, DATA_CHECK_ARTIFACT, verdict.report.model_dump_json(indent=2).encode())
-        sweep = self._submit_sweep(record, client)
-        _, _, job_name = self._setup(record)
-        updates = _changes(record, {"job_name": job_name, "studio_url": sweep.studio_url if sweep else None})
-        status = sweep.status if sweep else None
-        return RunStatus(
-            RunState.PENDING, details=RunDetails(compute_status=status, job_name=job_name), updates=updates
-        )
+        return handle_update(record, {"check_job": name, "studio_url": existing.studio_url if existing else None})
 
     def poll(self, record: ExperimentRecord) -> RunStatus:
         """The sweep's state; every trial seen so far is written to the store on the way. A sweep gone from
@@ -278,10 +187,15 @@ class AzureMLBackend:
         state = SWEEP_STATES.get(sweep.status, RunState.PENDING)
         if state is RunState.CANCELLED and timed_out:
             reason = f"the sweep reached limits.timeout ({spec.limits.timeout} s)"
-            return RunStatus(RunState.SUCCEEDED, details=details.model_copy(update={"reason": reason}))
+            ended = RunStatus(RunState.SUCCEEDED, details=details.model_copy(update={"reason": reason}))
+            return self._refit(record, spec, client, best_of(trials, spec.objective.goal), ended)
         if state is RunState.FAILED:
             where = f"; see {sweep.studio_url}" if sweep.studio_url else ""
             return RunStatus(state, error=f"AzureML sweep job {job_name} failed{where}", details=details)
+        if state in {RunState.SUCCEEDED, RunState.CANCELLED}:
+            return self._refit(
+                record, spec, client, best_of(trials, spec.objective.goal), RunStatus(state, details=details)
+            )
         return RunStatus(state, details=details)
 
     def finalize(self, record: ExperimentRecord) -> HandleUpdate:
@@ -293,13 +207,17 @@ class AzureMLBackend:
         trials, names = self._sync_trials(record, spec, client, sweep, timed_out=timed_out)
         best = best_of(trials, spec.objective.goal)
         child = names.get(best.number) if best is not None else None
-        if child is None:
+        if best is None or child is None:
             return {}  # no trial completed with a value: the state machine fails the experiment
+        handle_now = AzureMLHandle.model_validate(record.backend_state)
+        refit = handle_now.refit_job if handle_now.refit_trial == best.number else None
+        source = refit or child  # a sweep from before best-only refits: its trials saved their models
         with tempfile.TemporaryDirectory(prefix="rapids-hpo-model-") as tmp:
-            folder = client.download_output(child, MODEL_OUTPUT, Path(tmp))
+            folder = client.download_output(source, MODEL_OUTPUT, Path(tmp))
             files = sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
             if not files:
-                raise BackendError(f"the best trial {child} saved no model in its '{MODEL_OUTPUT}' output")
+                what = f"the refit of the best trial ({source})" if refit else f"the best trial {child}"
+                raise BackendError(f"{what} saved no model in its '{MODEL_OUTPUT}' output")
             for path in files:
                 name = MODEL_PREFIX + path.relative_to(folder).as_posix()
                 self.store.put_artifact(record.id, name, path.read_bytes())
@@ -312,9 +230,9 @@ class AzureMLBackend:
             problem = self._model_problem(spec, client)
             if problem is not None:
                 raise BackendError(problem, retryable=False)
-            model = model_entity(spec, record.id, child, tags=self.scope.tags())
+            model = model_entity(spec, record.id, child, tags=self.scope.tags(), source=source)
             handle["registered_model"] = client.register_model(model).model_dump()
-        return _changes(record, handle)
+        return handle_update(record, handle)
 
     def cancel(self, record: ExperimentRecord) -> HandleUpdate:
         """Cancel the sweep (AzureML cancels its trials); trials still RUNNING in the store end CANCELLED."""
@@ -338,7 +256,7 @@ class AzureMLBackend:
 
     def _stop(self, record: ExperimentRecord, reason: str, state: TrialState = TrialState.FAILED) -> None:
         handle = AzureMLHandle.model_validate(record.backend_state)
-        jobs = [name for name in (handle.check_job, handle.job_name) if name]
+        jobs = [name for name in (handle.check_job, handle.job_name, handle.refit_job) if name]
         if not jobs:
             return
         _, client, job_name = self._setup(record)
@@ -384,9 +302,3 @@ class AzureMLBackend:
                 self.store.put_trial(trial)
                 stored[number] = trial
         return [stored[n] for n in sorted(stored)], {number: child.name for number, child in numbered}
-
-
-def _changes(record: ExperimentRecord, update: dict[str, Any]) -> HandleUpdate:
-    """The fields of ``update`` that differ from the record's handle (a repeated call returns ``{}``)."""
-    before = AzureMLHandle.model_validate(record.backend_state)
-    return handle_changes(before, before.model_copy(update=update))

@@ -29,7 +29,9 @@ class AzureMLPlanner:
         return [
             f"AmlCompute cluster {compute.compute_name!r}: {compute.vm_size}, {compute.min_instances}-"
             f"{compute.max_instances} {tier} nodes, idle scale-down after {compute.idle_time_before_scale_down} s",
-            f"one AzureML sweep job: {trials}",
+            "a data check command job first (the sweep starts only if the data fits)",
+            f"one AzureML sweep job: {trials}, each scoring only",
+            "a refit command job for the best trial once the sweep ended (its model is the experiment's)",
         ]
 
     def estimate(self, spec: ExperimentSpec) -> dict[str, Any]:

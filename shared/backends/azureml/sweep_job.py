@@ -191,15 +191,16 @@ def finish_draw(value: Any, dist: Any, hp: HyperParameter) -> float | int:
     return finish_value(number, hp)
 
 
-def data_flags(spec: ExperimentSpec, data: DataBinding, output: str) -> list[str]:
-    """The flags a trial and the data check share: the data, the task, the model, the folds, the engine."""
+def data_flags(spec: ExperimentSpec, data: DataBinding, output: str | None) -> list[str]:
+    """The flags a trial, the data check and the refit share: the data, the task, the model, the folds, the
+    engine, and ``--output`` to the job's output ``output`` (a trial has none: it only scores)."""
     args = [
         f"--data {data.argument}",
         f"--target {shlex.quote(spec.dataset.target)}",
         f"--task {spec.dataset.task}",
         f"--model {spec.trial.model}",
         f"--cv_folds {spec.trial.cv_folds}",
-        f"--output ${{{{outputs.{output}}}}}",
+        *([f"--output ${{{{outputs.{output}}}}}"] if output else []),
         f"--seed {spec.sampling_algorithm.seed or 0}",
         f"--engine {trial_engine(spec)}",
         f"--primary_metric {spec.objective.primary_metric}",
@@ -219,9 +220,10 @@ def with_install(line: str, install: Sequence[str]) -> str:
 
 
 def trial_command(spec: ExperimentSpec, data: DataBinding, *, install: Sequence[str] = ()) -> str:
-    """The command each trial runs: ``python -m gpu_jobs.train`` with every spec setting as a flag."""
+    """The command each trial runs: ``python -m gpu_jobs.train`` with every spec setting as a flag, and no
+    ``--output``: a trial only scores; the best one alone is refit (:mod:`shared.backends.azureml.refit_job`)."""
     table = HYPERPARAMETERS[spec.trial.model]
-    args = ["python -m gpu_jobs.train", *data_flags(spec, data, MODEL_OUTPUT)]
+    args = ["python -m gpu_jobs.train", *data_flags(spec, data, None)]
     args += [f"--{name} {_literal(value)}" for name, value in spec.trial.params.items()]
     args += [f"--{name} {value_token(name, dist, table[name])}" for name, dist in spec.search_space.items()]
     return with_install(" ".join(args), install)
@@ -278,7 +280,7 @@ def build_sweep_job(
         line=lambda data, install: trial_command(
             spec, data, install=[*TRIAL_PACKAGES, *data.packages, *exporting] if install else []
         ),
-        output=MODEL_OUTPUT,
+        output=None,
         compute_name=compute_name,
         data_asset_type=data_asset_type,
         identity=identity,
@@ -326,7 +328,7 @@ def command_job(
     *,
     code_dir: Path,
     line: Callable[[DataBinding, bool], str],
-    output: str,
+    output: str | None,
     compute_name: str | None = None,
     data_asset_type: str | None = None,
     identity: ComputeIdentity | None = None,
@@ -334,7 +336,7 @@ def command_job(
     telemetry: Mapping[str, str] | None = None,
 ) -> Command:
     """A command on the experiment's cluster, as its trials run: the ``gpu_jobs`` code, the trial environment,
-    the data bound as input ``data``, one folder output ``output``, the compute's managed identity. ``line``
+    the data bound as input ``data``, one folder output ``output`` (if any), the compute's managed identity. ``line``
     makes the command from the data binding and whether it must install what the image lacks."""
     code_dir = Path(code_dir)
     if not (code_dir / GPU_JOBS_PACKAGE / "train.py").is_file():
@@ -347,7 +349,7 @@ def command_job(
         command=line(data, install),
         environment=environment,
         inputs={DATA_INPUT: data.input} if data.input is not None else {},
-        outputs={output: Output(type="uri_folder")},
+        outputs={output: Output(type="uri_folder")} if output else {},
         compute=compute_name or compute.compute_name,
         environment_variables={
             "PYTHONUNBUFFERED": "1",
