@@ -56,8 +56,9 @@ Decisions AzureML leaves to us, each documented where it is made:
   trial is refit on all rows once, a command job (:mod:`~shared.backends.azureml.refit_job`), and
   ``finalize`` stores that job's ``model`` output (a sweep from before this rule: the best child's).
 * **Teardown** deletes nothing: an AmlCompute cluster scales to ``min_instances`` (0 by default, which costs
-  nothing) after ``idle_time_before_scale_down`` and may serve other experiments. It cancels the sweep (and a check or refit
-  job) if it is still running, and marks trials still RUNNING in the store as FAILED (CANCELLED after a cancel).
+  nothing) after ``idle_time_before_scale_down`` and may serve other experiments. It cancels the sweep (and a
+  check or refit job) if still running, and marks trials still RUNNING in the store as FAILED (CANCELLED after
+  a cancel).
 """
 
 from __future__ import annotations
