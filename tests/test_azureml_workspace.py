@@ -271,6 +271,8 @@ def test_a_data_asset_is_looked_up_and_bound_with_its_type(workspace: AzureMLSta
 
 
 # ------------------------------------------------------------------------------------------ identity and scope
+CLIENT_ID = "00000000-0000-0000-0000-0000000000c1"
+"""The clusters' identity's client id (a GUID, as Entra's are: the telemetry settings refuse anything else)."""
 UAI = "/subscriptions/sub-1/resourceGroups/rg-1/providers/Microsoft.ManagedIdentity/userAssignedIdentities/aml-compute"
 
 
@@ -292,7 +294,7 @@ def hosted_backend(ctx: Context, workspace: AzureMLStandIn, **scope: Any) -> Azu
         ctx.settings,
         client_factory=lambda _: client_for(workspace),
         scope=AzureMLScope(instance_id="st1", **scope),
-        identity=ComputeIdentity(UAI, "client-1"),
+        identity=ComputeIdentity(UAI, CLIENT_ID),
     )
 
 
@@ -330,7 +332,7 @@ def test_the_sweep_runs_as_the_deployments_compute_identity(
     check, sweep = workspace.calls("PUT", "/jobs/")  # both run as the compute's identity
     assert check.path.endswith(CHECK) and sweep.path.endswith(JOB)
     for put in (check, sweep):
-        assert put.body["properties"]["identity"] == {"identityType": "Managed", "clientId": "client-1"}
+        assert put.body["properties"]["identity"] == {"identityType": "Managed", "clientId": CLIENT_ID}
 
 
 def test_a_hosted_deployment_uses_only_its_own_clusters_and_models(

@@ -227,6 +227,7 @@ def test_an_experiment_completes_through_the_worker(azurite: str, package: Path,
 
     require_worker()
     uai = "/subscriptions/sub-1/resourceGroups/rg-1/providers/Microsoft.ManagedIdentity/userAssignedIdentities/aml"
+    client_id = "00000000-0000-0000-0000-0000000000e2"  # a GUID, as Entra's are
     with AzureMLStandIn.on_azurite(azurite, subscription="sub-1", resource_group="rg-1", workspace="ws-1") as workspace:
         settings = {
             **app_settings(azurite, tmp_path / "home"),
@@ -235,7 +236,7 @@ def test_an_experiment_completes_through_the_worker(azurite: str, package: Path,
             "RAPIDS_HPO_POLL_SECONDS": "0",
             "RAPIDS_HPO_INSTANCE_ID": "st-e2e",
             "AZUREML_COMPUTE_IDENTITY_ID": uai,
-            "AZUREML_COMPUTE_IDENTITY_CLIENT_ID": "client-e2e",
+            "AZUREML_COMPUTE_IDENTITY_CLIENT_ID": client_id,
         }
         events = QueueClient.from_connection_string(azurite, "experiment-events")  # no decode policy: as stored
         try:
@@ -302,7 +303,7 @@ def test_an_experiment_completes_through_the_worker(azurite: str, package: Path,
         assert check.body["properties"]["jobType"] == "Command" and sweep.body["properties"]["jobType"] == "Sweep"
         assert refit_put.path.endswith(refit) and "gpu_jobs.refit_job" in refit_put.body["properties"]["command"]
         for put in (check, sweep, refit_put):
-            assert put.body["properties"]["identity"] == {"identityType": "Managed", "clientId": "client-e2e"}
+            assert put.body["properties"]["identity"] == {"identityType": "Managed", "clientId": client_id}
         cluster = workspace.computes["rapids-gpu"]
         assert (
             uai in cluster["identity"]["userAssignedIdentities"] and cluster["tags"]["rapids-hpo.instance"] == "st-e2e"
