@@ -45,7 +45,8 @@ Modules
     :mod:`.section` (the spec's ``compute`` section), :mod:`.network` (+ :mod:`.network_layout`: the VNet
     and NSG), :mod:`.vm_teardown` (deleting by tag), :mod:`.settings` (constants, VM arguments),
     :mod:`.dryrun` (the plan), :mod:`.bootscript` (cloud-init), :mod:`.boot` (the VMs' first program),
-    :mod:`.vms` (creating a VM), :mod:`.head` (the head's driver), :mod:`.exchange` (the area's extra
+    :mod:`.vms` (creating a VM), :mod:`.workers` (the workers' poll steps), :mod:`.boot_notes` (failed starts),
+    :mod:`.identity` (the VMs' own identity), :mod:`.head` (the head's driver), :mod:`.exchange` (the area's extra
     layout), :mod:`.handle` (the typed handle), :mod:`.backend` (the protocol), :mod:`.orphans` (the sweep).
 """
 

@@ -10,7 +10,6 @@ import json
 import logging
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -24,8 +23,6 @@ from shared.backends.vmcluster.boot_notes import (
     BOOT_NOTES,
     boot_log_hint,
     describe_note,
-    replacement_budget,
-    unbootable_workers,
 )
 from shared.backends.vmcluster.bootscript import (
     VMPlan,
@@ -47,29 +44,24 @@ from shared.backends.vmcluster.settings import (
     SCHEDULER_PORT,
     SECURITY_ARTIFACT,
     UBUNTU_VM_IMAGE,
-    WORKERS_PER_STEP,
     VMIdentity,
     check_no_secrets,
     cluster_env,
     cluster_tags,
     is_gpu_size,
-    python_options,
     sas_lifetime_s,
     scheduler_vm_name,
     subscription_of,
-    worker_vm_prefix,
 )
 from shared.backends.vmcluster.vms import (
     cluster_vms,
     create_vm,
-    delete_failed_workers,
-    delete_workers,
     failed,
     get_vm,
-    healthy_workers,
     private_ip,
     vm_exists,
 )
+from shared.backends.vmcluster.workers import reconcile_workers, replace_unbootable_workers
 from shared.errors import BackendError, NotFound
 from shared.ports import ComputeCredential, HandleUpdate, RunDetails, RunState, RunStatus, areas_of, handle_changes
 from shared.records import ExperimentRecord
@@ -389,10 +381,10 @@ class VMClusterBackend:
                 )
                 return _status(before, RunState.FAILED, handle, error=error)
             notes = self._boot_notes(record.id)
-            handle, replaced, cannot = self._replace_unbootable_workers(compute, handle, vms, notes)
+            handle, replaced, cannot = replace_unbootable_workers(self, compute, handle, vms, notes)
             if cannot:
                 return _status(before, RunState.FAILED, handle, error=cannot)
-            handle = self._reconcile_workers(record, compute, handle, vms, replaced)
+            handle = reconcile_workers(self, record, compute, handle, vms, replaced)
         except BackendError as exc:
             if not exc.retryable:
                 return _status(before, RunState.FAILED, handle, error=str(exc))
@@ -447,83 +439,6 @@ class VMClusterBackend:
         except (NotFound, ValidationError):
             return None
         return min(beat.at, datetime.now(UTC))
-
-    def _replace_unbootable_workers(
-        self, compute: VMClusterCompute, handle: VMClusterHandle, vms: list[Any], notes: list[dict[str, Any]]
-    ) -> tuple[VMClusterHandle, int, str | None]:
-        """Delete the worker VMs whose final boot note says they will not start (they would idle, billed),
-        so that :meth:`_reconcile_workers` replaces them (not counted as evictions); past
-        :func:`~.boot_notes.replacement_budget`, the reason the run fails. Returns (handle, how many were
-        deleted now, the failure or None)."""
-        live = {vm.name for vm in vms}
-        client = self._clients_for(compute)[0]
-        delete_workers(client, compute.resource_group, [n for n in handle.boot_replaced if n in live])  # again
-        fresh = [
-            n for n in unbootable_workers(notes, handle.cluster_id or "") if n in live and n not in handle.boot_replaced
-        ]
-        if not fresh:
-            return handle, 0, None
-        handle = handle.model_copy(update={"boot_replaced": [*handle.boot_replaced, *fresh]})
-        budget = replacement_budget(compute)
-        if len(handle.boot_replaced) > budget:
-            note = next(n for n in notes if n.get("vm") == fresh[0])
-            error = (
-                f"{len(handle.boot_replaced)} worker VMs could not start, more than the {budget} replacements a run "
-                f"allows (one per worker): {describe_note(note)}{boot_log_hint(compute, note)}"
-            )
-            return handle, 0, error
-        delete_workers(client, compute.resource_group, fresh)
-        log.warning("replacing worker VMs that could not start: %s", ", ".join(fresh))
-        return handle, len(fresh), None
-
-    def _reconcile_workers(
-        self,
-        record: ExperimentRecord,
-        compute: VMClusterCompute,
-        handle: VMClusterHandle,
-        vms: list[Any],
-        replaced: int = 0,
-    ) -> VMClusterHandle:
-        """Create the worker VMs the cluster lacks (``vms``: the cluster's, listed), at most
-        :data:`~.settings.WORKERS_PER_STEP` per poll and without waiting for their creation to end (a VM's
-        takes minutes; the next poll lists it, or deletes it if it ended ``Failed``); after the first round,
-        each one lacking was lost (a Spot eviction deletes the VM) and counts as an eviction, except the
-        ``replaced`` ones this poll deleted because they could not start."""
-        clients = self._clients_for(compute)
-        cluster_id = handle.cluster_id or ""
-        healthy = [name for name in healthy_workers(vms, cluster_id) if name not in handle.boot_replaced]
-        missing = compute.n_workers - len(healthy)
-        if missing <= 0:
-            return handle.model_copy(update={"workers_created": True})
-        evictions = handle.evictions + (max(0, missing - replaced) if handle.workers_created else 0)
-        handle = handle.model_copy(update={"evictions": evictions})
-        if evictions > compute.max_evictions:
-            return handle
-        ip = (handle.scheduler_address or "").split("://", 1)[-1]
-        node = {
-            "role": "worker",
-            "scheduler_address": handle.scheduler_address,
-            "scheduler_host": ip.rpartition(":")[0],
-            "worker_class": compute.worker_class,
-            "worker_options": python_options(dict(compute.worker_options)),
-        }
-        failed_now = delete_failed_workers(clients[0], compute.resource_group, vms, cluster_id)
-        if failed_now:  # their creation was not awaited: this is where its failure shows
-            error = f"worker VM {', '.join(failed_now)} ended Failed (Azure could not allocate it: no capacity"
-            handle = handle.model_copy(update={"last_error": f"{error} for the size now); deleted and replaced"})
-        batch = min(missing, WORKERS_PER_STEP)  # the rest at the next polls: each step's ARM calls are bounded
-        names = [f"{worker_vm_prefix(cluster_id)}{uuid.uuid4().hex[:8]}" for _ in range(batch)]
-        plans = [self._plan(record, compute, handle, name, node, head=False) for name in names]
-        with ThreadPoolExecutor(max_workers=min(8, batch), thread_name_prefix="vmcluster-create") as pool:
-            futures = [pool.submit(self._create, record, handle, clients, plan, wait=False) for plan in plans]
-        errors = [exc for exc in (f.exception() for f in futures) if exc is not None]
-        for exc in errors:  # after every creation has ended
-            if not isinstance(exc, BackendError) or not worker_loss(exc, spot=compute.spot):
-                raise exc
-        update: dict[str, Any] = {"workers_created": handle.workers_created or missing <= batch}
-        if errors:  # each missing worker counts as lost at the next poll, which tries again
-            update["last_error"] = str(errors[0])
-        return handle.model_copy(update=update)
 
     def finalize(self, record: ExperimentRecord) -> HandleUpdate:
         """The last trials and artifacts (the model among them) into the store; what the compute wrote
@@ -635,18 +550,6 @@ class VMClusterBackend:
             instance_id=azure.instance_id,
             retry=self.retry,
         )
-
-
-def worker_loss(exc: BackendError, *, spot: bool) -> bool:
-    """Whether a worker VM that could not be created counts as a lost worker, to be tried again at the next
-    poll within ``compute.max_evictions``, rather than failing the run now: throttling or 5xx that outlasted
-    the call, no capacity (for Spot, ``SkuNotAvailable`` means that too), and a 403 while new role
-    assignments propagate. A quota, a size the region does not offer or a bad request fail the run."""
-    if exc.retryable or (spot and exc.code == "SkuNotAvailable"):
-        return True
-    from shared.backends.arm import AUTHORIZATION_CODES
-
-    return exc.code in AUTHORIZATION_CODES
 
 
 def _status(
