@@ -89,20 +89,16 @@ def run_trial(
     )
     engine_name = resolve_engine(engine)
     toolkit = get_engine(engine_name)
-    with telemetry.span(
-        "data read", {"rapids_hpo.data.scheme": data.partition("://")[0] if "://" in data else "file"}
-    ) as read:
-        dataset = load_dataset(
-            data,
-            target,
-            data_format=data_format,
-            max_rows=max_rows,
-            seed=seed,
-            engine=engine_name,
-            task=task,
-            features=features,
-        )
-        telemetry.annotate(read, {"rapids_hpo.data.rows": dataset.info.rows, "rapids_hpo.engine": engine_name})
+    dataset = read_traced(
+        data,
+        target,
+        data_format=data_format,
+        max_rows=max_rows,
+        seed=seed,
+        engine=engine_name,
+        task=task,
+        features=features,
+    )
     info = dataset.info
     kind = info.target_encoding
     require_fit(request, kind, info.minority_class_rows)
@@ -236,6 +232,35 @@ def in_steps(
     return cast(Trainer, done[-1].trainer), sum(fold.predicted_rows for fold in done)
 
 
+def read_traced(
+    data: str,
+    target: str,
+    *,
+    data_format: str | None,
+    max_rows: int | None,
+    seed: int,
+    engine: str,
+    task: str,
+    features: Sequence[str] | None,
+) -> Dataset:
+    """``load_dataset`` in a "data read" span (the trial's and the refit's), which says where it read from
+    (the URI's scheme only: a path or a query may name things a trace should not carry) and how many rows."""
+    scheme = data.partition("://")[0] if "://" in data else "file"
+    with telemetry.span("data read", {"rapids_hpo.data.scheme": scheme}) as read:
+        dataset = load_dataset(
+            data,
+            target,
+            data_format=data_format,
+            max_rows=max_rows,
+            seed=seed,
+            engine=engine,
+            task=task,
+            features=features,
+        )
+        telemetry.annotate(read, {"rapids_hpo.data.rows": dataset.info.rows, "rapids_hpo.engine": engine})
+    return dataset
+
+
 def model_arrays(model: str, toolkit: Engine, dataset: Dataset, fill: bool) -> Any:
     """The dense float32 features on the engine, NaN replaced where ``fill`` (forests; see ``model_features``)."""
     return model_features(model, toolkit, toolkit.to_array(dataset.X, np.float32), has_missing=fill)
@@ -283,20 +308,16 @@ def fit_final_model(
     request = check_request(model=model, params=params, cv_folds=2, primary_metric="accuracy", engine=engine)
     engine_name = resolve_engine(engine)
     toolkit = get_engine(engine_name)
-    with telemetry.span(
-        "data read", {"rapids_hpo.data.scheme": data.partition("://")[0] if "://" in data else "file"}
-    ) as read:
-        dataset = load_dataset(
-            data,
-            target,
-            data_format=data_format,
-            max_rows=max_rows,
-            seed=seed,
-            engine=engine_name,
-            task=task,
-            features=features,
-        )
-        telemetry.annotate(read, {"rapids_hpo.data.rows": dataset.info.rows, "rapids_hpo.engine": engine_name})
+    dataset = read_traced(
+        data,
+        target,
+        data_format=data_format,
+        max_rows=max_rows,
+        seed=seed,
+        engine=engine_name,
+        task=task,
+        features=features,
+    )
     info = dataset.info
     kind = info.target_encoding
     if info.minority_class_rows == 0:
