@@ -285,8 +285,14 @@ def test_ctrl_c_on_rapids_hpo_run_cancels_the_experiment(tmp_path):
     home = tmp_path / "home"
     env = {**os.environ, "RAPIDS_HPO_HOME": str(home), "PYTHONPATH": str(ROOT)}
     env.pop("AzureWebJobsStorage", None)
+    # As from a terminal: a suite started in the background (`make test-all &`, nohup) ignores SIGINT, a child
+    # inherits that, and Python then installs no KeyboardInterrupt: the run would go on and exit 0.
+    as_from_a_terminal = (
+        "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "sys.argv[0] = 'rapids-hpo'; runpy.run_module('shared.cli', run_name='__main__')"
+    )
     process = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "run", str(spec_path), "--poll-seconds", "1"],
+        [sys.executable, "-c", as_from_a_terminal, "run", str(spec_path), "--poll-seconds", "1"],
         env=env,
         cwd=ROOT,
         stdout=subprocess.PIPE,
