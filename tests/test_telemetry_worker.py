@@ -7,12 +7,13 @@ spans leave the worker process over OTLP (the real exporter) for a local receive
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import time
 from pathlib import Path
 
 import pytest
-from azure.storage.queue import QueueClient
+from azure.storage.queue import QueueClient, QueueMessage
 
 from shared.config import QUEUE_EVENTS
 from tests.functions_host import ROOT, FunctionsHost, deploy_package
@@ -20,6 +21,21 @@ from tests.otlp_receiver import OtlpReceiver
 from tests.test_functions_worker import app_settings, azureml_spec, b64, require_worker
 
 pytestmark = [pytest.mark.azurite]
+
+
+def _message_of(queue: QueueClient, experiment_id: str, timeout_s: float = 30.0) -> QueueMessage:
+    """The first message on ``queue`` for ``experiment_id``, past any that earlier tests left on the session's
+    Azurite (over 32 of them hid it when only the first batch was read)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for message in queue.receive_messages(messages_per_page=32, visibility_timeout=60):
+            with contextlib.suppress(ValueError, AttributeError):  # another test's message, in another shape
+                if json.loads(base64.b64decode(message.content)).get("experiment_id") == experiment_id:
+                    return message
+        time.sleep(0.2)
+    raise AssertionError(f"no message for {experiment_id} on {queue.queue_name} within {timeout_s} s")
+
+
 REQUEST_INVOCATION = "00-" + "a1" * 16 + "-" + "b2" * 8 + "-01"
 STEP_INVOCATION = "00-" + "c3" * 16 + "-" + "d4" * 8 + "-01"
 CALLER = "00-" + "e5" * 16 + "-" + "f6" * 8 + "-01"
@@ -56,11 +72,7 @@ def test_the_worker_gives_each_invocation_the_hosts_trace_and_steps_join_the_exp
             host.queue("experiment_requests", b64(envelope), traceparent=REQUEST_INVOCATION)
             # The PROVISION message the submit sent, as stored; delivered again as stale (seq 999) so the step
             # runs without AzureML, under a host invocation of another trace.
-            provision = next(
-                m
-                for m in events.receive_messages(max_messages=32, visibility_timeout=60)
-                if json.loads(base64.b64decode(m.content))["experiment_id"] == "exp-otel-worker"
-            )
+            provision = _message_of(events, "exp-otel-worker")
             body = json.loads(base64.b64decode(provision.content))
             body["seq"] = 999
             host.queue("experiment_events", b64(body), traceparent=STEP_INVOCATION)
