@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-pytest_plugins = ["tests.azurite"]
+pytest_plugins = ["tests.azurite", "tests.pytest_tracebacks"]
 
 SCRUBBED_PREFIXES = ("AZURE_", "AZUREML_", "AZUREWEBJOBS", "ARM_", "MSI_", "IDENTITY_")
 """Credentials, subscriptions, storage and endpoints of the Azure SDKs, azure-identity, the Functions host
@@ -155,10 +155,11 @@ def leftover_processes(grace_s: float) -> list[psutil.Process]:
 
     Each fixture that starts a process (Azurite, Dask clusters, a driver, a stand-in VM) must stop it; one
     that leaks leaves a Dask Nanny and its worker running for as long as the machine stays up. The
-    teardown of session fixtures has run when ``pytest_sessionfinish`` is called, so anything still here
-    was left behind (processes that are exiting get the grace period). A process whose parent died first is
-    no descendant any more (it belongs to init), so the run's orphans are found too: started since this run
-    began, with this checkout in their command line (its virtual environments, its stand-in VMs' Python).
+    teardown of session fixtures has run when the check runs (after pytest's own ``pytest_sessionfinish``,
+    which tears them down in an interrupted run), so anything still here was left behind (processes that
+    are exiting get the grace period). A process whose parent died first is no descendant any more (it
+    belongs to init), so the run's orphans are found too: started since this run began, with this checkout
+    in their command line (its virtual environments, its stand-in VMs' Python).
     """
     mine = {child.pid: child for child in psutil.Process().children(recursive=True)}
     mine.update((orphan.pid, orphan) for orphan in _orphans_of_this_run())
@@ -194,8 +195,12 @@ def _describe(process: psutil.Process) -> str:
         return f"pid {process.pid}: (exited)"
 
 
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Fail the run, and kill what is left, when a test leaves a process behind."""
+@pytest.hookimpl(wrapper=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> Iterator[None]:
+    """Fail the run, and kill what is left, when a test leaves a process behind. It checks after every other
+    ``pytest_sessionfinish``: an interrupted run (an INTERNALERROR, Ctrl-C) tears its session fixtures down
+    there, and a check before that would kill (and blame) the session's own Azurite."""
+    yield
     alive = leftover_processes(LEFTOVER_GRACE_S)
     if not alive:
         return

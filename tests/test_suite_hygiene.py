@@ -182,3 +182,31 @@ def test_the_conformance_check_refuses_to_run_without_the_pass_hook(
     )
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*needs enable_assertion_pass_hook = true*"])
+
+
+# ------------------------------------------------------------ a failure pytest cannot place on a line
+ENTRY_WITHOUT_A_LINE = """
+import os, sys, types
+
+def test_fails_with_an_entry_without_a_line():
+    with open(os.devnull):  # a `with` gives this function instructions that carry no line
+        pass
+    frame = sys._getframe()
+    offsets = [2 * i for i, position in enumerate(frame.f_code.co_positions()) if position[0] is None]
+    entry = types.TracebackType(None, frame, offsets[0], -1)
+    assert entry.tb_lineno is None
+    raise ValueError("the failure to report").with_traceback(entry)
+
+def test_after_it():
+    pass
+"""
+
+
+def test_a_traceback_entry_without_a_line_is_a_failure_not_an_internal_error(pytester: pytest.Pytester) -> None:
+    """CPython 3.11 leaves ``tb_lineno`` None on some instructions; pytest then crashed rendering the failure
+    (INTERNALERROR), which ended a CI run at that test with its report lost (tests/pytest_tracebacks.py)."""
+    pytester.makepyfile(test_inner=ENTRY_WITHOUT_A_LINE)
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-p", "tests.pytest_tracebacks", "-o", "addopts=")
+    assert "INTERNALERROR" not in result.stdout.str()
+    result.assert_outcomes(failed=1, passed=1)
+    result.stdout.fnmatch_lines(["*ValueError: the failure to report*"])
