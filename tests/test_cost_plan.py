@@ -203,7 +203,10 @@ def test_spot_workers_with_an_on_demand_head():
     spec = load_spec(example("flights-rf.yaml", **compute))
     estimate = estimate_cost(spec, load_catalogue(""))
     assert estimate.tier is Tier.SPOT
-    assert estimate.usd_per_hour == pytest.approx((3 * 0.0896 + 0.752) / 4)  # NC8as_T4_v3 Spot x3 + on-demand head
+    # NC8as_T4_v3 Spot x3 + the on-demand head priced as its own (CPU) size, D8s_v5 pay-as-you-go in eastus
+    assert estimate.usd_per_hour == pytest.approx((3 * 0.0896 + 0.384) / 4)
+    gpu_head = load_spec(example("flights-rf.yaml", **compute, scheduler_vm_size="Standard_NC8as_T4_v3"))
+    assert estimate_cost(gpu_head, load_catalogue("")).usd_per_hour == pytest.approx((3 * 0.0896 + 0.752) / 4)
 
 
 def test_watch_shows_the_cost_line():

@@ -175,7 +175,8 @@ def test_cluster_kwargs_default_to_the_seeds_mnmg_settings() -> None:
     assert kwargs["vnet"] == f"vnet-{EXP}"
     assert kwargs["subnet"] == _handle().subnet_id  # an ARM id: dask-cloudprovider puts it into each NIC
     assert kwargs["security_group"] == f"nsg-{EXP}"
-    assert kwargs["vm_size"] == "Standard_NC8as_T4_v3" and kwargs["scheduler_vm_size"] is None
+    # The head runs the scheduler and the driver only: a CPU size unless the spec says otherwise.
+    assert kwargs["vm_size"] == "Standard_NC8as_T4_v3" and kwargs["scheduler_vm_size"] == "Standard_D8s_v5"
     assert kwargs["docker_image"] == "rapidsai/base:26.10-cuda12-py3.12"  # CUDA major only since RAPIDS 25.12
     assert kwargs["docker_args"] == "--shm-size=1g --ulimit=memlock=-1 --ulimit=stack=67108864"  # RAPIDS' advice
     assert kwargs["worker_class"] == "dask_cuda.CUDAWorker"
@@ -298,7 +299,9 @@ def test_plan_for_the_default_vmcluster_spec() -> None:
     assert any(f"NAT gateway {names.nat}" in note and "private by default" in note for note in result["notes"])
     assert any("rapidsai/base:26.10-cuda12-py3.12" in n and "uid 1001" in n for n in result["notes"])
     assert any("--shm-size=1g --ulimit=memlock=-1 --ulimit=stack=67108864" in n for n in result["notes"])
-    assert any("refit of the best trial runs on a worker" in note for note in result["notes"])
+    head_note = next(note for note in result["notes"] if note.startswith("The head is"))
+    assert "Standard_D8s_v5 (no GPU, none needed)" in head_note and "the refit run on workers" in head_note
+    assert result["cluster"]["vms"]["scheduler"]["size"] == "Standard_D8s_v5"
     # (2 workers + 1 scheduler) x flights-rf's timeout of 1800 s
     assert result["cost"] == {
         "nodes": 3,
@@ -390,7 +393,7 @@ def test_submit_creates_the_head_on_demand_with_its_boot_script_and_keeps_secret
     assert vm_put.path.endswith(f"/virtualMachines/dask-{handle.cluster_id}-scheduler")
     props = vm_put.body["properties"]
     assert "priority" not in props  # the head stays on-demand, Spot or not
-    assert vm_put.body["plan"] == NGC_MARKETPLACE_PLAN and props["hardwareProfile"]["vmSize"] == "Standard_NC8as_T4_v3"
+    assert vm_put.body["plan"] == NGC_MARKETPLACE_PLAN and props["hardwareProfile"]["vmSize"] == "Standard_D8s_v5"
     assert vm_put.body["tags"][CLUSTER_ID_TAG] == handle.cluster_id and vm_put.body["tags"][EXPERIMENT_TAG] == EXP
     cloud_init = yaml.safe_load(base64.b64decode(props["osProfile"]["customData"]))
     files = {f["path"]: f for f in cloud_init["write_files"]}
@@ -404,7 +407,12 @@ def test_submit_creates_the_head_on_demand_with_its_boot_script_and_keeps_secret
     assert "docker pull rapidsai/base:26.10-cuda12-py3.12 && pulled=1 && break" in pull  # retried (test_..._standin)
     assert shlex.split(owner) == ["chown", "-R", "1001", "/opt/rapids-hpo"]  # before the container starts
     argv = shlex.split(line.rpartition(" || ")[0])  # then the host's note if it fails (test_vmcluster_bootscript)
-    assert argv[:2] == ["docker", "run"] and "--gpus=all" in argv and argv[-2:] == ["python", "/opt/rapids-hpo/boot.py"]
+    # the head is a CPU size by default: its container gets no GPUs (the workers' do)
+    assert (
+        argv[:2] == ["docker", "run"]
+        and "--gpus=all" not in argv
+        and argv[-2:] == ["python", "/opt/rapids-hpo/boot.py"]
+    )
     assert not [a for a in argv if "credential" in a or "AccountKey" in a]  # the credential: a 0600 file
     [nic_put] = arm.calls("PUT", "networkInterfaces/")
     assert "publicIPAddress" not in nic_put.body["properties"]["ipConfigurations"][0]["properties"]

@@ -58,6 +58,16 @@ class GpuSize(_Doc):
     prices: dict[str, RegionPrice] = Field(default_factory=dict)
 
 
+class HostSize(_Doc):
+    """A size without a GPU that a run bills beside its GPU nodes (the vmcluster head: scheduler and driver
+    only): priced like a GPU size, never offered for trials (it is not in :attr:`Catalogue.sizes`)."""
+
+    family: str
+    vcpus: int = Field(ge=1)
+    memory_gb: float = Field(gt=0)
+    prices: dict[str, RegionPrice] = Field(default_factory=dict)
+
+
 class Retirement(_Doc):
     retired_on: str
     replacement: str
@@ -82,6 +92,7 @@ class Catalogue(_Doc):
     sources: dict[str, Source] = Field(default_factory=dict)
     regions: list[str] = Field(default_factory=list)
     sizes: dict[str, GpuSize] = Field(default_factory=dict)
+    host_sizes: dict[str, HostSize] = Field(default_factory=dict)
     retired: dict[str, Retirement] = Field(default_factory=dict)
     origin: str = Field(default="bundled", description="where this catalogue was read from")
 
@@ -99,7 +110,7 @@ class Catalogue(_Doc):
         AzureML low priority falls back to the Spot figure when no low-priority meter is recorded; the
         returned ``basis`` says which figure was used and where it came from.
         """
-        size = self.sizes.get(name)
+        size = self.sizes.get(name) or self.host_sizes.get(name)
         if size is None:
             return None
         candidates = [region] if region else []
@@ -145,7 +156,7 @@ class Catalogue(_Doc):
                 error=f"{name} was retired by Azure on {retired.retired_on}; use {retired.replacement} instead"
                 + (f" ({retired.note})" if retired.note else "")
             )
-        if name not in self.sizes:
+        if name not in self.sizes and name not in self.host_sizes:
             return SizeCheck(
                 warning=f"{name} is not in the GPU size catalogue ({self.retrieved_label}): it has no price, "
                 "and it may lack a GPU RAPIDS supports (compute capability 7.0 or later)"
@@ -202,6 +213,7 @@ def overlay(base: Catalogue, user: Catalogue) -> Catalogue:
             "sources": {**base.sources, **user.sources},
             "regions": sorted({*base.regions, *user.regions}),
             "sizes": {**base.sizes, **user.sizes},
+            "host_sizes": {**base.host_sizes, **user.host_sizes},
             "retired": {**base.retired, **user.retired},
             "origin": user.origin,
         }

@@ -16,7 +16,7 @@ from shared.backends.vmcluster.settings import (
     subscription_of,
     worker_vm_prefix,
 )
-from shared.compute_spec import compute_section
+from shared.compute_spec import compute_section, gpus_per_node
 from shared.config import AzureSettings
 
 if TYPE_CHECKING:
@@ -77,8 +77,7 @@ def plan(
         "the dashboard listens on each head's loopback only.",
         f"Every VM pulls {compute.docker_image} (docker run {compute.docker_args}) and runs it as the image's "
         "user (uid 1001), which owns the node's files.",
-        "The head runs the Dask scheduler and the HPO driver only (the refit of the best trial runs on a "
-        "worker); it is sized like a worker unless compute.scheduler_vm_size says otherwise.",
+        _head_note(compute),
     ]
     notes.append(_outbound_note(net.existing_vnet is not None, names.nat, names.nat_ip))
     if compute.spot:
@@ -137,7 +136,7 @@ def plan(
             "vms": {
                 "scheduler": {
                     "name": scheduler_vm_name("<cluster-id>"),
-                    "size": kwargs["scheduler_vm_size"] or compute.vm_size,
+                    "size": compute.head_size(),
                     "priority": "Regular",
                     "runs": "the Dask scheduler and the HPO driver (the refit runs on a worker)",
                 },
@@ -158,6 +157,16 @@ def plan(
         },
         "notes": notes,
     }
+
+
+def _head_note(compute: VMClusterCompute) -> str:
+    """Which size the head gets, and why: it runs the scheduler and the driver, never a trial."""
+    why = "the head runs the Dask scheduler and the HPO driver only (every trial and the refit run on workers)"
+    if compute.scheduler_vm_size is None:
+        return f"The head is sized like a worker ({compute.vm_size}: compute.scheduler_vm_size is null), though {why}."
+    gpus = gpus_per_node(compute.scheduler_vm_size)
+    kind = f"{gpus} GPU(s) it will not use" if gpus else "no GPU, none needed"
+    return f"The head is {compute.scheduler_vm_size} ({kind}), priced as its own size: {why}."
 
 
 def _outbound_note(existing: bool, nat: str, nat_ip: str) -> str:
@@ -184,11 +193,12 @@ class VMClusterPlanner:
         compute = compute_section(spec, VMClusterCompute)
         net = compute.network
         network = "reuses VNet " + net.existing_vnet if net.existing_vnet else "a VNet, subnet, NSG and NAT gateway"
-        scheduler = compute.scheduler_vm_size or compute.vm_size
+        scheduler = compute.head_size()
         trials = f"{spec.effective_total_trials()} trials, {spec.limits.max_concurrent_trials} at a time"
         return [
             f"in {compute.resource_group} ({compute.location}): {network}, tagged for teardown",
-            f"1 scheduler VM ({scheduler}) and {compute.n_workers} worker VMs ({compute.vm_size}), no public IPs",
+            f"1 head VM ({scheduler}: scheduler and driver only, no trials) and {compute.n_workers} worker VMs "
+            f"({compute.vm_size}), no public IPs",
             f"image {compute.docker_image}, run as its user (uid 1001)",
             f"the HPO driver beside the scheduler: {trials}",
         ]

@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 
 VMCLUSTER_DEFAULT_VM_SIZE = "Standard_NC8as_T4_v3"
 """One T4 per Dask worker VM with 56 GB of host memory for loading and shuffling the data."""
+VMCLUSTER_DEFAULT_HEAD_SIZE = "Standard_D8s_v5"
+"""The head runs the Dask scheduler and the HPO driver only (every trial, the data check and the refit are
+tasks on the workers): 8 vCPUs and 32 GB without a GPU, about half a T4 worker's price, idle GPU none."""
 CLUSTER_STARTUP_ESTIMATE_S = 900
 """Seconds a VM cluster bills before its first trial: the VMs boot and pull the RAPIDS image."""
 
@@ -139,7 +142,11 @@ class VMClusterCompute(ComputeSection):
     resource_group: str
     subscription_id: str | None = Field(default=None, description="defaults to AZURE_SUBSCRIPTION_ID")
     vm_size: VmSize = Field(default=VMCLUSTER_DEFAULT_VM_SIZE, pattern=r"^[A-Za-z0-9_]{1,64}$")
-    scheduler_vm_size: VmSize | None = Field(default=None, pattern=r"^[A-Za-z0-9_]{1,64}$")
+    scheduler_vm_size: VmSize | None = Field(
+        default=VMCLUSTER_DEFAULT_HEAD_SIZE,
+        pattern=r"^[A-Za-z0-9_]{1,64}$",
+        description="the head's size (scheduler and driver only: a CPU size); null: the workers' size",
+    )
     n_workers: int = Field(default=2, ge=1, le=100)
     docker_image: str = Field(default=RAPIDS_IMAGE, pattern=IMAGE_PATTERN)
     docker_args: str = Field(default=RAPIDS_DOCKER_ARGS, description="docker run options, each as --name=value")
@@ -219,6 +226,10 @@ class VMClusterCompute(ComputeSection):
             )
         return None
 
+    def head_size(self) -> str:
+        """The head's VM size: ``scheduler_vm_size``, or the workers' when it is null."""
+        return self.scheduler_vm_size or self.vm_size
+
     def gpu_capacity(self) -> GpuCapacity | None:
         """A ``CUDAWorker`` per GPU, each running ``worker_options.nthreads`` trials at once (default 1)."""
         per_node = gpus_per_node(self.vm_size)
@@ -238,7 +249,8 @@ class VMClusterCompute(ComputeSection):
 
     def billing(self, spec: ExperimentSpec, vm_size: str | None = None, tier: Tier | None = None) -> BillingProfile:
         """Every VM bills from creation to teardown, start-up included; a worker runs a trial per GPU;
-        ``spot`` buys the workers as Spot VMs while the scheduler (head) stays on demand."""
+        ``spot`` buys the workers as Spot VMs while the scheduler (head) stays on demand, priced as its own
+        size (a CPU size by default, :data:`VMCLUSTER_DEFAULT_HEAD_SIZE`)."""
         workers = vm_size or self.vm_size
         return BillingProfile(
             (
