@@ -16,20 +16,23 @@ Rows whose target is missing are dropped and counted, never filled; the task and
 :mod:`gpu_jobs.target`, features are encoded as :mod:`gpu_jobs.encoding` says (category codes, datetime
 parts and seconds, NaN kept).
 
-The data is read and encoded with pandas, then moved once to the engine (cuDF for ``gpu``); loaded
-datasets are cached per process because the HPO driver runs many trials in one worker (loaded once
+The data is read and encoded by the engine's frame library: pandas through pyarrow on ``cpu``, cuDF's own
+readers and cuDF on ``gpu`` (:mod:`gpu_jobs.file_readers`), only the columns a trial uses either way; the
+encoding (:mod:`gpu_jobs.encoding`) gives identical levels and codes on both. Loaded datasets are cached per
+process because the HPO driver runs many trials in one worker (loaded once
 even when its threads ask at once: :mod:`gpu_jobs.worker_cache`).
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any, NamedTuple
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
+import numpy as np
 import pandas as pd
 
 from gpu_jobs.builtin import (
@@ -46,11 +49,13 @@ from gpu_jobs.encoding import (
     FeatureEncoding,
     columns_listable,
     encode_features,
+    on_host,
     plan_encoding,
     require_target_column,
 )
 from gpu_jobs.engine import get_engine, resolve_engine
 from gpu_jobs.errors import UserError
+from gpu_jobs.file_readers import ColumnsAbsent, open_filesystem, read_file, storage_errors
 from gpu_jobs.target import TargetEncoding, plan_target_of
 from gpu_jobs.worker_cache import TRIAL_CACHE, KeyedCache
 
@@ -60,6 +65,7 @@ __all__ = [  # the built-in tables' names are re-exported: callers load data fro
     "FLIGHTS_DELAY_TARGET",
     "FLIGHTS_TARGET",
     "FLIGHTS_URI",
+    "ColumnsAbsent",
     "Dataset",
     "DatasetInfo",
     "builtin_table",
@@ -167,22 +173,24 @@ def _load(
     fingerprint: tuple[Any, ...],
 ) -> Dataset:
     del fingerprint  # part of the cache key only: a changed local file is read again
-    frame = read_selected(uri, target, data_format, features)
-    features, labels, info = prepare_frame(frame, target, source=uri, max_rows=max_rows, seed=seed, task=task)
-    engine = get_engine(engine_name)
-    return Dataset(engine.from_pandas(features), engine.from_pandas(labels), info)
+    library = get_engine(engine_name).frame  # pandas, or cuDF: read, encoded and kept on the device
+    frame = read_selected(uri, target, data_format, features, frame=library)
+    encoded = prepare_frame(frame, target, source=uri, max_rows=max_rows, seed=seed, task=task, frame_module=library)
+    return Dataset(*encoded)
 
 
-def read_selected(uri: str, target: str, data_format: str | None, features: Sequence[str] | None) -> pd.DataFrame:
-    """The table behind ``uri`` reduced to the ``features`` and the target, reading only those columns
-    (Parquet reads only their column chunks, CSV converts only their fields): a wide table costs what
-    its used columns cost. :class:`UserError` naming the features the table lacks (found by reading it
-    whole once: only the failing path pays for that)."""
+def read_selected(
+    uri: str, target: str, data_format: str | None, features: Sequence[str] | None, *, frame: ModuleType = pd
+) -> Any:
+    """The table behind ``uri`` as a DataFrame of ``frame`` (pandas or cuDF) reduced to the ``features`` and
+    the target, reading only those columns (Parquet reads only their column chunks, CSV converts only their
+    fields): a wide table costs what its used columns cost. :class:`UserError` naming the features the
+    table lacks (found by reading it whole once: only the failing path pays for that)."""
     try:
-        frame = read_table(uri, target, data_format, columns=wanted_columns(target, features))
+        table = read_table(uri, target, data_format, columns=wanted_columns(target, features), frame=frame)
     except ColumnsAbsent:
-        frame = read_table(uri, target, data_format)
-    return select_columns(frame, target, features, uri)
+        table = read_table(uri, target, data_format, frame=frame)
+    return select_columns(table, target, features, uri)
 
 
 def wanted_columns(target: str, features: Sequence[str] | None) -> list[str] | None:
@@ -190,11 +198,7 @@ def wanted_columns(target: str, features: Sequence[str] | None) -> list[str] | N
     return None if features is None else list(dict.fromkeys([*features, target]))
 
 
-class ColumnsAbsent(Exception):
-    """A projected read named a column the file lacks (:func:`read_selected` then reports which)."""
-
-
-def select_columns(frame: pd.DataFrame, target: str, features: Sequence[str] | None, source: str) -> pd.DataFrame:
+def select_columns(frame: Any, target: str, features: Sequence[str] | None, source: str) -> Any:
     """``frame`` reduced to the ``features`` columns and the target (all of it when ``features`` is None);
     :class:`UserError` naming the features the table lacks."""
     if features is None:
@@ -209,34 +213,39 @@ def select_columns(frame: pd.DataFrame, target: str, features: Sequence[str] | N
 
 
 def prepare_frame(
-    frame: pd.DataFrame,
+    frame: Any,
     target: str,
     *,
     source: str,
     max_rows: int | None = None,
     seed: int = 0,
     task: str = "auto",
-) -> tuple[pd.DataFrame, pd.Series, DatasetInfo]:
+    frame_module: ModuleType = pd,
+) -> tuple[Any, Any, DatasetInfo]:
     """Drop (and count) rows without a target, learn the task, classes and category levels from every
-    remaining row, then sample ``max_rows`` (seeded), encode the target as labels and the features."""
+    remaining row, then sample ``max_rows`` (seeded), encode the target as labels and the features.
+
+    ``frame`` is a DataFrame of ``frame_module`` (pandas, or cuDF on the GPU engine), and so are the
+    features and labels returned: the work is the frame library's, except the target column, which
+    is brought to the host (one column) to learn the task and classes as :mod:`gpu_jobs.target` does."""
     require_target_column(frame.columns, target, source)
     missing_target = frame[target].isna()
     rows_dropped = int(missing_target.sum())
     if rows_dropped:
         frame = frame.loc[~missing_target]
     rows_before_sampling = len(frame)
-    target_encoding = plan_target_of(frame[target], requested=task, rows_dropped=rows_dropped)
+    target_encoding = plan_target_of(on_host(frame[target]), requested=task, rows_dropped=rows_dropped)
     raw_features = frame.drop(columns=[target])
     if raw_features.shape[1] == 0:
         raise UserError(f"{source} has no feature columns besides the target {target!r}")
     # Levels come from every row, so category codes do not depend on which sample a trial draws.
     encoding = plan_encoding(raw_features, builtin_derived(source))
     if max_rows is not None and len(frame) > max_rows:
-        frame = frame.sample(n=max_rows, random_state=seed)
+        frame = frame.take(sample_positions(len(frame), max_rows, seed))
     frame = frame.reset_index(drop=True)
-    label_values = target_encoding.encode(frame[target])
-    labels = pd.Series(label_values, index=frame.index, name=target)
-    features = encode_features(frame.drop(columns=[target]), encoding)
+    label_values = target_encoding.encode(on_host(frame[target]))
+    labels = frame_module.Series(label_values, index=frame.index, name=target)
+    features = encode_features(frame.drop(columns=[target]), encoding, frame_module)
     info = DatasetInfo(
         source=source,
         target=target,
@@ -246,21 +255,35 @@ def prepare_frame(
         minority_class_rows=target_encoding.minority_rows(label_values),
         target_encoding=target_encoding,
         encoding=encoding,
-        missing_feature_values=int(features.isna().to_numpy().sum()),
+        missing_feature_values=int(features.isna().sum().sum()),
     )
     return features, labels, info
 
 
+def sample_positions(rows: int, size: int, seed: int) -> np.ndarray:
+    """``size`` distinct row positions of ``rows``, drawn as pandas' ``DataFrame.sample(n=size,
+    random_state=seed)`` draws them (NumPy's legacy generator), so every engine samples the same rows."""
+    positions: np.ndarray = np.random.RandomState(seed).choice(rows, size=size, replace=False)
+    return positions
+
+
 def read_table(
-    uri: str, target: str, data_format: str | None = None, *, columns: Sequence[str] | None = None
-) -> pd.DataFrame:
-    """Read the raw table behind ``uri`` into pandas: every column, or only ``columns`` (in the file's
-    order; :class:`ColumnsAbsent` when a file lacks one)."""
+    uri: str,
+    target: str,
+    data_format: str | None = None,
+    *,
+    columns: Sequence[str] | None = None,
+    frame: ModuleType = pd,
+) -> Any:
+    """Read the raw table behind ``uri`` into a DataFrame of ``frame`` (pandas or cuDF): every column, or
+    only ``columns`` (in the file's order; :class:`ColumnsAbsent` when a file lacks one). A built-in table
+    lives in pandas: cuDF gets a copy of the columns asked for."""
     if uri.startswith(BUILTIN_SCHEME):
-        return read_builtin(uri, target, columns)
+        builtin = read_builtin(uri, target, columns)
+        return builtin if frame is pd else frame.from_pandas(builtin, nan_as_null=False)
     parts, fmt = list_parts(uri, data_format)
-    frames = [read_part(uri, part, fmt, columns) for part in parts]
-    return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+    frames = [read_part(uri, part, fmt, columns, frame=frame) for part in parts]
+    return frames[0] if len(frames) == 1 else frame.concat(frames, ignore_index=True)
 
 
 def read_builtin(uri: str, target: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
@@ -310,52 +333,15 @@ def list_parts(uri: str, data_format: str | None = None) -> tuple[list[str], str
     return parts, fmt
 
 
-def read_part(uri: str, relative_path: str, fmt: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
-    """Read one part listed by :func:`list_parts` (also what each Dask partition does), only ``columns``
-    when given."""
+def read_part(
+    uri: str, relative_path: str, fmt: str, columns: Sequence[str] | None = None, *, frame: ModuleType = pd
+) -> Any:
+    """Read one part listed by :func:`list_parts` (also what each Dask partition does) into ``frame``
+    (pandas or cuDF), only ``columns`` when given."""
     filesystem, path = open_filesystem(uri)
     full_path = f"{path.rstrip('/')}/{relative_path}" if relative_path else path
     with storage_errors(uri):
-        return _read_file(filesystem, full_path, fmt, columns)
-
-
-@contextlib.contextmanager
-def storage_errors(uri: str) -> Iterator[None]:
-    """Turn "not there", "not allowed" and "cannot sign in" from any filesystem into a :class:`UserError`."""
-    try:
-        from azure.core.exceptions import ClientAuthenticationError
-    except ImportError:  # adlfs (and the Azure SDK) not installed: nothing Azure can fail
-        ClientAuthenticationError = ()  # type: ignore[assignment,misc]  # noqa: N806
-    try:
-        yield
-    except FileNotFoundError:
-        raise UserError(f"data not found: {uri}") from None
-    except PermissionError as exc:
-        raise UserError(f"no permission to read {uri}: {exc}") from None
-    except ClientAuthenticationError as exc:
-        reason = str(exc).strip().splitlines()[0]
-        raise UserError(f"cannot sign in to read {uri} (set AZURE_STORAGE_* credentials): {reason}") from None
-
-
-def open_filesystem(uri: str) -> tuple[Any, str]:
-    """An fsspec filesystem and the path inside it for a local path or URL."""
-    import fsspec
-
-    parts = urlsplit(uri)
-    scheme = parts.scheme.lower()
-    if scheme in {"https", "http"} and _is_azure_storage_host(parts.hostname or ""):
-        account = (parts.hostname or "").split(".", 1)[0]
-        options: dict[str, Any] = {"account_name": account}
-        if parts.query and "sig" in parse_qs(parts.query):
-            options["sas_token"] = parts.query
-        return fsspec.filesystem("abfs", **options), parts.path.lstrip("/")
-    if scheme in {"", "file"}:
-        return fsspec.filesystem("file"), str(Path(parts.path if scheme == "file" else uri).resolve())
-    try:
-        filesystem, path = fsspec.core.url_to_fs(uri)
-    except (ImportError, ValueError) as exc:
-        raise UserError(f"cannot open {uri}: {exc}") from None
-    return filesystem, path
+        return read_file(filesystem, full_path, fmt, columns, frame)
 
 
 def format_of(path: str) -> str | None:
@@ -380,30 +366,3 @@ def _fingerprint(uri: str) -> tuple[Any, ...]:
     except OSError:
         return ()
     return (stat.st_size, stat.st_mtime_ns)
-
-
-_ABSENT_COLUMN_ERRORS = ("No match for FieldRef", "Usecols do not match columns")
-"""How pyarrow (Parquet) and pandas (CSV) say a projected column is not in the file."""
-
-
-def _read_file(filesystem: Any, path: str, fmt: str, columns: Sequence[str] | None) -> pd.DataFrame:
-    import pyarrow as pa
-
-    wanted = None if columns is None else list(columns)
-    try:
-        if fmt == "parquet":
-            with filesystem.open(path, "rb") as handle:
-                return pd.read_parquet(handle, columns=wanted)
-        with filesystem.open(path, "rb", compression="infer") as handle:
-            return pd.read_csv(handle, low_memory=False, usecols=wanted)
-    except (ValueError, pa.ArrowException) as exc:  # the parsers' errors (and pyarrow's) are ValueErrors
-        if wanted is not None and str(exc).startswith(_ABSENT_COLUMN_ERRORS):
-            raise ColumnsAbsent(path) from None
-        if not isinstance(exc, pa.ArrowException | pd.errors.ParserError | pd.errors.EmptyDataError | UnicodeError):
-            raise
-        # the parser's message may quote the file's bytes: its kind only
-        raise UserError(f"cannot read {path} as {fmt} ({type(exc).__name__}): is it a {fmt} file?") from None
-
-
-def _is_azure_storage_host(host: str) -> bool:
-    return host.endswith((".blob.core.windows.net", ".dfs.core.windows.net"))

@@ -1,14 +1,16 @@
 """How raw columns become float32 features: one encoding for training and prediction (the target's is
 :mod:`gpu_jobs.target`).
 
-Object/string/categorical features become integer codes (sorted levels, ``-1`` for missing or unseen),
+Object/string/categorical features become integer codes (levels in :data:`LEVEL_ORDER`, ``-1`` for missing or
+unseen),
 booleans 0/1, durations seconds; a datetime column becomes its epoch seconds (under its own name) and
 its parts (``<name>.year``, ``.month``, ``.day``, ``.hour``, ``.day_of_week``, Monday = 0; time-zone-aware
 values in UTC), as the seed's taxi notebook derives them from the pickup time. Anything else (lists,
 structs, ...) is a :class:`UserError` naming the column. Numeric NaNs stay NaN (a missing datetime: NaN
-in each of its columns). Encoding happens in pandas on every engine (cuDF gets the encoded frame), so both
-engines see identical features. The :class:`FeatureEncoding` is saved with a model so that predictions
-encode the same way.
+in each of its columns). Category levels and codes are computed by the frame library itself (pandas, or cuDF
+on the GPU engine: :func:`category_text`, :func:`learn_levels`, :func:`category_codes` use only calls both
+share), with the levels' text and order declared here, so both engines give identical levels and codes.
+The :class:`FeatureEncoding` is saved with a model so that predictions encode the same way.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -29,6 +32,8 @@ from gpu_jobs.errors import UserError
 _SCALAR_TYPES = (str, bytes, bool, int, float, Decimal, np.number, np.bool_, np.str_, dt.date)
 MISSING_CATEGORY_CODE = -1
 """Code of a missing (or, at prediction time, unseen) categorical value."""
+LEVEL_ORDER = "Unicode code point order of the level text, which is the byte order of its UTF-8 encoding"
+"""How category levels are sorted (Python's ``sorted`` on ``str``): no locale, no engine's collation."""
 DATETIME_PARTS: tuple[str, ...] = ("year", "month", "day", "hour", "day_of_week")
 """The parts a datetime feature adds beside its epoch seconds (pandas ``.dt`` attribute names)."""
 
@@ -121,22 +126,77 @@ def datetime_columns(features: pd.DataFrame, temporal: Sequence[str]) -> tuple[s
     return tuple(name for name in temporal if ptypes.is_datetime64_any_dtype(features[name].dtype))
 
 
-def category_levels(column: pd.Series) -> tuple[str, ...]:
-    """Sorted distinct values of a categorical column, as text; :class:`UserError` for nested values."""
-    present = column.dropna()
-    if ptypes.is_object_dtype(present.dtype):
+def category_levels(column: Any) -> tuple[str, ...]:
+    """The levels of a categorical column (:func:`learn_levels`); :class:`UserError` for nested values."""
+    if isinstance(column, pd.Series) and ptypes.is_object_dtype(column.dtype):  # only pandas holds objects
+        present = column.dropna()
         odd_types = {type(v).__name__ for v in present.to_numpy() if not isinstance(v, _SCALAR_TYPES)}
         if odd_types:
             raise UserError(
                 f"feature column {column.name!r} holds values of type {', '.join(sorted(odd_types))} "
                 "that cannot be encoded as numbers; drop the column or flatten it"
             )
-    return tuple(sorted(set(_as_text(present).unique())))
+    return learn_levels(column)
 
 
-def encode_features(features: pd.DataFrame, encoding: FeatureEncoding) -> pd.DataFrame:
-    """Encode ``features`` with ``encoding`` into a float32 frame with exactly its feature columns.
+def category_text(column: Any) -> Any:
+    """``column`` (a pandas or cuDF Series) as text, missing values kept missing, computed by its own library.
 
+    A string column is itself. A categorical column is its values (their text). Anything else is cast
+    with ``astype(str)``, then masked where the value was missing (``astype`` writes ``"nan"`` there).
+    pandas' object columns of Python objects that are not all ``str`` (numbers mixed with text, bytes,
+    dates: columns cuDF's readers never return) keep each distinct value's Python ``str``, as saved models'
+    levels were made.
+    """
+    if str(column.dtype) == "category":
+        categories = column.cat.categories
+        if isinstance(column, pd.Series) and not _is_text_dtype(categories.dtype):
+            return category_text(column.map(str, na_action="ignore").astype(object))
+        column = column.astype(categories.dtype)
+    if _is_text_dtype(column.dtype):
+        return column
+    pandas_objects = isinstance(column, pd.Series) and ptypes.is_object_dtype(column.dtype)
+    if pandas_objects and ptypes.infer_dtype(column, skipna=True) not in {"string", "empty"}:
+        return column.map(str, na_action="ignore")
+    return column.astype(str).where(column.notna())
+
+
+def learn_levels(column: Any) -> tuple[str, ...]:
+    """The distinct present values of ``column`` (pandas or cuDF) as text, in :data:`LEVEL_ORDER`.
+
+    The text and the distinct values are the frame library's (on the device for cuDF); only the distinct
+    levels come to the host, to be sorted by Python in a declared order that no engine's collation decides.
+    """
+    distinct = category_text(column).dropna().drop_duplicates()
+    levels = [str(level) for level in distinct.to_numpy()]  # already text: str() only types them
+    return tuple(sorted(levels))
+
+
+def category_codes(column: Any, levels: Sequence[str], frame: ModuleType) -> Any:
+    """float32 codes of ``column`` (a Series of the ``frame`` library: pandas or cuDF) against ``levels``:
+    a value's position in ``levels``; :data:`MISSING_CATEGORY_CODE` for a missing value and for a value
+    not among the levels (unseen when the levels were learned).
+
+    Written against the calls pandas and cuDF share: ``astype("category")``, ``.cat.set_categories``
+    (which turns a value outside the new categories into a missing one), ``.cat.codes`` (``-1`` for a
+    missing value in pandas; a null in cuDF, hence the ``fillna``).
+    """
+    text = category_text(column)
+    categories = frame.Index(list(levels), dtype=text.dtype)
+    codes = text.astype("category").cat.set_categories(categories).cat.codes
+    return codes.astype(np.float32).fillna(np.float32(MISSING_CATEGORY_CODE))
+
+
+def _is_text_dtype(dtype: Any) -> bool:
+    return bool(ptypes.is_string_dtype(dtype)) and not ptypes.is_object_dtype(dtype)
+
+
+def encode_features(features: Any, encoding: FeatureEncoding, frame: ModuleType = pd) -> Any:
+    """Encode ``features`` (a DataFrame of the ``frame`` library: pandas, or cuDF on the GPU engine) with
+    ``encoding`` into a float32 frame of that library with exactly its feature columns.
+
+    Category codes and numbers are computed by the frame library (on the device for cuDF); datetimes and
+    durations, rare in training tables, are computed in pandas (a cuDF column makes one trip to the host).
     Categorical columns that are already numeric are taken as codes, and a datetime column that is already
     numeric as epoch seconds (its parts are then derived from them, in UTC). A column the loader derived
     (``encoding.derived``) is derived again when absent, from its source columns (the raw table's rows).
@@ -145,19 +205,23 @@ def encode_features(features: pd.DataFrame, encoding: FeatureEncoding) -> pd.Dat
     absent = [name for name in encoding.feature_names if name not in features.columns]
     if absent:
         raise UserError(f"missing feature column(s): {', '.join(absent)}")
-    encoded: dict[str, np.ndarray] = {}
+    encoded: dict[str, Any] = {}
     for name in encoding.feature_names:
         column = features[name]
         if name in encoding.categorical_levels and not _is_plain_numeric(column):
-            levels = pd.Index(encoding.categorical_levels[name], dtype=object)
-            encoded[name] = levels.get_indexer(_as_text(column).astype(object)).astype(np.float32)
+            encoded[name] = category_codes(column, encoding.categorical_levels[name], frame)
         elif name in encoding.temporal_columns and not _is_plain_numeric(column):
-            encoded[name] = _seconds(column).astype(np.float32)
+            encoded[name] = _seconds(on_host(column)).astype(np.float32)
         else:
             encoded[name] = _numeric(column)
         if name in encoding.datetime_columns:
-            encoded.update(_datetime_parts(name, column))
-    return pd.DataFrame(encoded, index=features.index)
+            encoded.update(_datetime_parts(name, on_host(column)))
+    return frame.DataFrame(encoded, index=features.index)
+
+
+def on_host(column: Any) -> pd.Series:
+    """A pandas Series of ``column`` (a cuDF column is copied to the host)."""
+    return column if isinstance(column, pd.Series) else column.to_pandas()
 
 
 def _with_derived(features: pd.DataFrame, encoding: FeatureEncoding) -> pd.DataFrame:
@@ -198,14 +262,14 @@ def _is_missing(value: Any) -> bool:
         return False
 
 
-def column_kind(column: pd.Series) -> str:
+def column_kind(column: Any) -> str:
     """``numeric``, ``temporal`` or ``categorical``; :class:`UserError` for a type that cannot be encoded."""
     dtype = column.dtype
     if ptypes.is_bool_dtype(dtype) or (ptypes.is_numeric_dtype(dtype) and not ptypes.is_complex_dtype(dtype)):
         return "numeric"
     if ptypes.is_datetime64_any_dtype(dtype) or ptypes.is_timedelta64_dtype(dtype):
         return "temporal"
-    if isinstance(dtype, pd.CategoricalDtype) or ptypes.is_object_dtype(dtype) or ptypes.is_string_dtype(dtype):
+    if str(dtype) == "category" or ptypes.is_object_dtype(dtype) or ptypes.is_string_dtype(dtype):  # cuDF's too
         return "categorical"
     raise UserError(
         f"feature column {column.name!r} has type {dtype} that cannot be encoded as numbers; "
@@ -224,12 +288,6 @@ def _column_kind_or_none(column: pd.Series) -> str | None:
         return None
 
 
-def _as_text(column: pd.Series) -> pd.Series:
-    if ptypes.is_string_dtype(column.dtype) and not ptypes.is_object_dtype(column.dtype):
-        return column
-    return column.map(str, na_action="ignore")
-
-
 def _seconds(column: pd.Series) -> np.ndarray:
     seconds: np.ndarray  # pandas is untyped here
     if ptypes.is_timedelta64_dtype(column.dtype):
@@ -241,7 +299,11 @@ def _seconds(column: pd.Series) -> np.ndarray:
     return seconds
 
 
-def _numeric(column: pd.Series) -> np.ndarray:
+def _numeric(column: Any) -> Any:
+    """float32 values, NaN where missing: a NumPy array from pandas; a cuDF column on the device (its nulls
+    stay nulls until the engine's ``to_array`` turns them into NaN)."""
+    if not isinstance(column, pd.Series):
+        return column.astype(np.float32)
     try:
         values: np.ndarray = column.to_numpy(dtype=np.float32, na_value=np.nan)  # pandas is untyped here
         return values

@@ -290,7 +290,10 @@ def _gpu_engine() -> Engine:
         random_forest_ignored_params=frozenset(),
         # nan_as_null=False keeps NaN as NaN (not a null mask), so to_cupy() works on every column.
         from_pandas=lambda data: cudf.from_pandas(data, nan_as_null=False),
-        to_array=lambda data, dtype: data.to_cupy(dtype=dtype),
+        # cuDF's readers mark missing numbers as nulls: they become NaN in the arrays, as in pandas'.
+        to_array=lambda data, dtype: data.to_cupy(
+            dtype=dtype, na_value=np.nan if np.dtype(dtype).kind == "f" else None
+        ),
         to_host=cupy.asnumpy,
         # The whole device: XGBoost runs on the per-thread default stream, cuML on its own streams.
         synchronize=cupy.cuda.runtime.deviceSynchronize,
