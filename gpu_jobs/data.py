@@ -71,8 +71,10 @@ __all__ = [  # the built-in tables' names are re-exported: callers load data fro
     "builtin_table",
     "flights_table",
     "load_dataset",
+    "open_filesystem",
     "prepare_frame",
     "read_table",
+    "storage_errors",
 ]
 
 DATA_FORMATS: tuple[str, ...] = ("parquet", "csv")

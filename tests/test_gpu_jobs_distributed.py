@@ -173,29 +173,43 @@ def test_distributed_reads_a_folder_of_csv_parts_with_levels_from_every_part(sch
     assert features["target_classes"] == ["no", "yes"]
 
 
-def test_both_paths_learn_category_levels_after_dropping_rows_without_a_target(scheduler: str, tmp_path: Path) -> None:
+CITIES = ["Oslo", "Lima", "Pune", "", "Ålesund", "östra", "Zürich", "e\u0301", "日本", "🚀", None]
+"""Unicode, an empty string (missing in a CSV, a level in Parquet) and a missing value."""
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_both_paths_learn_category_levels_after_dropping_rows_without_a_target(
+    scheduler: str, tmp_path: Path, fmt: str
+) -> None:
     """The city "Bergen" appears only in rows whose target is missing: neither path may give it a level, so every
-    kept row gets the same code on the distributed path as on the single-process one."""
+    kept row gets the same code on the distributed path as on the single-process one, for unicode text, the
+    empty string and missing cities alike (both paths run the shared encoder with pandas here; the cuDF
+    reader and encoder run only on a GPU host: tests/test_gpu_jobs_gpu_reading.py)."""
     from distributed import Client
 
     rng = np.random.default_rng(3)
     for index in range(2):
         score = rng.normal(size=200)
-        city = rng.choice(["Oslo", "Lima", "Pune"], 200).astype(object)
+        city = rng.choice(np.array(CITIES, dtype=object), 200)
         label = np.where(score > 0, "yes", "no").astype(object)
         city[:5], label[:5] = "Bergen", None
         frame = pd.DataFrame({"city": city, "score": score, "label": label})
-        frame.to_csv(tmp_path / f"part-{index}.csv", index=False)
+        path = tmp_path / f"part-{index}.{fmt}"
+        frame.to_csv(path, index=False) if fmt == "csv" else frame.to_parquet(path)
     with Client(scheduler) as client:
         table = load_distributed_table(
             client, str(tmp_path), "label", data_format=None, max_rows=None, seed=0, cv_folds=2, n_workers=2
         )
         distributed_codes = table.frame.compute().sort_values("f1")["f0"].to_numpy()
-    raw = pd.concat([pd.read_csv(tmp_path / f"part-{i}.csv") for i in range(2)], ignore_index=True)
+    read = pd.read_csv if fmt == "csv" else pd.read_parquet
+    raw = pd.concat([read(tmp_path / f"part-{i}.{fmt}") for i in range(2)], ignore_index=True)
     features, _, info = prepare_frame(raw, "label", source=str(tmp_path))
-    assert info.encoding.categorical_levels == {"city": ("Lima", "Oslo", "Pune")}
+    present = {c for c in CITIES if c is not None and (c or fmt == "parquet")}
+    assert info.encoding.categorical_levels == {"city": tuple(sorted(present))}
     assert table.encoding.categorical_levels == info.encoding.categorical_levels
-    np.testing.assert_array_equal(distributed_codes, features.sort_values("score")["city"].to_numpy())
+    single_codes = features.sort_values("score")["city"].to_numpy()
+    np.testing.assert_array_equal(distributed_codes, single_codes)
+    assert (single_codes == -1).sum() == raw.loc[raw["label"].notna(), "city"].isna().sum() > 0
 
 
 def test_run_trial_inside_a_dask_worker_uses_the_worker_threads(scheduler: str) -> None:
