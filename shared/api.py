@@ -413,13 +413,16 @@ def download_model(ctx: Ctx, caller: Reader, request: Request, experiment_id: Ex
     if not names:
         why = f": {record.no_model}" if record.no_model else " yet"
         raise HTTPException(404, f"experiment {experiment_id!r} has no model{why} (status {record.status})")
-    files = [
-        (name.removeprefix(MODEL_PREFIX), partial(ctx.store.artifact_chunks, experiment_id, name)) for name in names
-    ]
+    return model_zip(ctx, experiment_id, MODEL_PREFIX, names, f"{experiment_id}-model.zip")
+
+
+def model_zip(ctx: Context, experiment_id: str, prefix: str, names: list[str], filename: str) -> Response:
+    """The artifacts ``names`` (all under ``prefix``) as a zip streamed from the store, named without it."""
+    files = [(name.removeprefix(prefix), partial(ctx.store.artifact_chunks, experiment_id, name)) for name in names]
     return StreamingResponse(
         zip_stream(files),
         media_type="application/zip",
-        headers={"Content-Disposition": f'attachment; filename="{experiment_id}-model.zip"'},
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )
 
 

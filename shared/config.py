@@ -35,6 +35,14 @@ DATA_CHECK_ARTIFACT = "driver/data_check.json"
 """Written by the HPO driver when it ends; the poll step reads it."""
 MODEL_PREFIX = "model/"
 """Artifact prefix of the best trial's refitted model."""
+FRONT_MODEL_PREFIX = "front-models/"
+"""Artifact prefix of the other kept Pareto front members' models, ``front-models/<number>/``: apart from
+``model/``, so the best model's zip never holds another trial's files."""
+
+
+def front_model_prefix(number: int) -> str:
+    return f"{FRONT_MODEL_PREFIX}{number}/"
+
 
 EXPERIMENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 """What an experiment id may be at every edge (API path, queue envelope): ASCII, one path segment, a table

@@ -5,21 +5,26 @@ A trial is on the front when it COMPLETED, met every constraint (``feasible`` is
 such trial is at least as good on every objective and better on one. The best model stays one trial:
 the best primary metric among feasible completed trials, ties broken by the other objectives in order
 (:func:`shared.records.best_of`), which is always a front member; any other front member's model is the
-user's to choose (a refit or download by trial number). Values are read from each trial's metrics (the
-task's scores and what it measured).
+user's to choose: the run keeps the first ``output.front_models`` members' models (:func:`kept_members`:
+the best's under ``model/``, the others refit under ``front-models/<number>/``), each downloadable by trial
+number. Values are read from each trial's metrics (the task's scores and what it measured).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Collection, Iterable
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
 from shared.bounded import Params
-from shared.records import BestTrial, TrialRecord, TrialState
+from shared.config import FRONT_MODEL_PREFIX, MODEL_PREFIX
+from shared.records import BestTrial, ExperimentRecord, TrialRecord, TrialState
 from shared.spec import ExperimentSpec
+
+if TYPE_CHECKING:
+    from shared.ports import Store
 
 BEST_RULE = (
     "the best model is the completed trial with the best objective.primary_metric among those that met every "
@@ -32,6 +37,11 @@ class FrontMember(BaseModel):
     values: dict[str, float] = Field(description="each objective's value, by metric")
     params: Params
     best: bool = Field(description="this trial's model is the experiment's best model (BEST_RULE)")
+    model_uri: str | None = Field(
+        default=None,
+        description="where to download this member's model (the control plane's route), once the control plane "
+        "stored it; none for a member past output.front_models, or before the run ended",
+    )
 
 
 class ParetoView(BaseModel):
@@ -43,6 +53,7 @@ class ParetoView(BaseModel):
     front: list[FrontMember] = Field(description="the non-dominated feasible trials, by the primary metric")
     completed: int
     infeasible: int = Field(description="completed trials that broke a constraint (never on the front)")
+    models_kept: int = Field(description="output.front_models: the first this many members' models are kept")
 
 
 def objective_point(spec: ExperimentSpec, trial: TrialRecord) -> list[float] | None:
@@ -77,7 +88,17 @@ def pareto_front(spec: ExperimentSpec, trials: Iterable[TrialRecord]) -> list[tu
     return sorted(front, key=lambda member: ([v * s for v, s in zip(member[1], signs, strict=True)], member[0].number))
 
 
-def pareto_view(spec: ExperimentSpec, trials: list[TrialRecord]) -> ParetoView:
+def kept_members(spec: ExperimentSpec, trials: Iterable[TrialRecord]) -> list[int]:
+    """The trial numbers whose models a run keeps: the front's first ``output.front_models`` members, in the
+    front's order (the best model first). The driver refits these, and ingestion takes a
+    ``front-models/<number>/`` for no other."""
+    return [trial.number for trial, _ in pareto_front(spec, trials)[: spec.output.front_models]]
+
+
+def pareto_view(
+    spec: ExperimentSpec, trials: list[TrialRecord], experiment_id: str, stored: Collection[int] = ()
+) -> ParetoView:
+    """The view; ``stored``: the members whose models the control plane holds (each gets its ``model_uri``)."""
     completed = [t for t in trials if t.state is TrialState.COMPLETED]
     front = pareto_front(spec, trials)
     metrics = spec.objective.metrics
@@ -90,12 +111,31 @@ def pareto_view(spec: ExperimentSpec, trials: list[TrialRecord]) -> ParetoView:
                 values=dict(zip(metrics, point, strict=True)),
                 params=trial.params,
                 best=index == 0,
+                model_uri=member_model_link(experiment_id, trial.number) if trial.number in stored else None,
             )
             for index, (trial, point) in enumerate(front)
         ],
         completed=len(completed),
         infeasible=sum(1 for t in completed if t.feasible is False),
+        models_kept=spec.output.front_models,
     )
+
+
+def member_model_link(experiment_id: str, number: int) -> str:
+    return f"/api/experiments/{experiment_id}/trials/{number}/model"
+
+
+def stored_members(store: Store, record: ExperimentRecord) -> set[int]:
+    """The trials whose models the control plane's store holds: the best (``model/``) and each
+    ``front-models/<number>/`` (ingestion took these for kept front members only)."""
+    numbers = {
+        int(number)
+        for name in store.list_artifacts(record.id, FRONT_MODEL_PREFIX)
+        if (number := name.removeprefix(FRONT_MODEL_PREFIX).split("/", 1)[0]).isdigit()
+    }
+    if record.best is not None and store.list_artifacts(record.id, MODEL_PREFIX):
+        numbers.add(record.best.number)
+    return numbers
 
 
 def front_member(spec: ExperimentSpec, trials: list[TrialRecord], number: int) -> BestTrial:

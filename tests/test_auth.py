@@ -239,6 +239,8 @@ def test_a_forged_principal_header_without_the_platform_is_401(ctx, issuer):
         ("get", "/api/experiments/exp-1", (SUBMIT,), READ),
         ("get", "/api/experiments/exp-1/trials", (SUBMIT,), READ),
         ("get", "/api/experiments/exp-1/model", (SUBMIT,), READ),
+        ("get", "/api/experiments/exp-1/trials/0/model", (SUBMIT,), READ),
+        ("get", "/api/experiments/exp-1/pareto", (SUBMIT,), READ),
         ("get", "/api/experiments/exp-1/study", (SUBMIT,), READ),
         ("get", "/api/ui", (SUBMIT,), READ),
         ("delete", "/api/experiments/exp-1", (READ,), SUBMIT),
@@ -322,6 +324,8 @@ def test_cancel_and_download_need_ownership_or_admin(ctx, issuer):
     as_bob = bearer(issuer.token(bob))
     refused(client.delete(f"/api/experiments/{experiment}", headers=as_bob), 403, "ownership", ADMIN.value)
     refused(client.get(f"/api/experiments/{experiment}/model", headers=as_bob), 403, "ownership", ADMIN.value)
+    member = f"/api/experiments/{experiment}/trials/0/model"  # a front member's model by number: the same rule
+    refused(client.get(member, headers=as_bob), 403, "ownership", ADMIN.value)
     assert ctx.store.get_experiment(experiment).status == "SUBMITTED"
     # the same person under a new token (new sub, same oid and tenant) is the owner
     again = bearer(issuer.token(issuer.user_claims(SUBMIT, READ, oid=ada["oid"], name="renamed")))

@@ -60,10 +60,14 @@ def ctx(azure_store: AzureStore, azurite: str, arm: FakeArm, tmp_path: Path) -> 
     return context
 
 
-def running(ctx: Context, experiment_id: str, **spec_changes: Any) -> tuple[ExperimentRecord, ComputeStore]:
-    """A vmcluster experiment RUNNING on a (stand-in) head node, and the store its compute holds: its SAS only."""
+def running(
+    ctx: Context, experiment_id: str, sections: dict[str, Any] | None = None, **spec_changes: Any
+) -> tuple[ExperimentRecord, ComputeStore]:
+    """A vmcluster experiment RUNNING on a (stand-in) head node, and the store its compute holds: its SAS only.
+    ``spec_changes`` go into ``limits``, ``sections`` replace whole sections of the spec."""
     spec = _spec_document(tiny=True)
     spec["limits"].update(spec_changes)
+    spec.update(sections or {})
     handle = {
         "kind": "vmcluster",
         "area": True,

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from distributed import Client
 
-from shared.hpo.refit import front_model_prefix, refit_best_model, refit_trial_model
+from shared.config import front_model_prefix
+from shared.hpo.refit import refit_best_model, refit_trial_model
 from shared.pareto import front_member, pareto_front
 from shared.records import BestTrial, TrialRecord, TrialState
 from shared.spec import load_spec

@@ -17,10 +17,13 @@ from urllib.parse import urlencode
 from shared.dashboard.charts import Chart, build_charts, fold_values, no_best, objective
 from shared.dashboard.spec_view import spec_html
 from shared.dashboard.svg import render
+from shared.pareto import ParetoView
 from shared.records import ExperimentRecord, ExperimentStatus, TrialRecord, UnreadableRecord
 
 REFRESH_MS = 5000
 TABLE_LIMIT = 500
+FRONT_LIMIT = 100
+"""Pareto front rows on an experiment's page (``GET .../pareto`` lists every member)."""
 """Trial rows on an experiment's page (its charts draw every trial; ``report.html`` lists them all)."""
 CSS = """
 body{font-family:system-ui,sans-serif;margin:0;color:#111827;background:#f9fafb}
@@ -245,6 +248,30 @@ def trial_table(record: ExperimentRecord, trials: Sequence[TrialRecord], limit: 
     )
 
 
+def front_table(record: ExperimentRecord, view: ParetoView, code: str | None, may_act: bool) -> str:
+    """The Pareto front's members, best first: their objectives and, for each whose model is stored, its
+    download (offered only to whom the API would serve it)."""
+    names = [o["metric"] for o in view.objectives]
+    head = "".join(f"<th>{escape(h)}</th>" for h in ["#", *names, "model"])
+    rows = []
+    for member in view.front[:FRONT_LIMIT]:
+        params = ", ".join(f"{k}={v}" for k, v in member.params.items())
+        star = ' <span title="the best model">★</span>' if member.best else ""
+        if member.model_uri and may_act:
+            model = f'<a class=front-model href="{escape(url(member.model_uri, code))}">download</a>'
+        else:
+            model = "stored" if member.model_uri else '<span class=meta title="past output.front_models">-</span>'
+        cells = [f'<td class=num title="{escape(params)}">{member.number}{star}</td>']
+        cells += [f"<td class=num>{_number(member.values[n])}</td>" for n in names]
+        rows.append("<tr>" + "".join(cells) + f"<td>{model}</td></tr>")
+    note = f"the best {FRONT_LIMIT} of {len(view.front)} members; all: " if len(view.front) > FRONT_LIMIT else ""
+    return (
+        f"<p class=meta>{note}<code>/api/experiments/{escape(record.id)}/pareto</code> · the first "
+        f"{view.models_kept} members' models are kept ({escape(view.best_rule)})</p>"
+        f'<table id="front"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    )
+
+
 def charts_html(charts: Sequence[Chart]) -> str:
     return '<div class="charts">' + "".join(f"<figure>{render(c)}</figure>" for c in charts) + "</div>"
 
@@ -260,11 +287,13 @@ def experiment_page(
     nonce: str = "",
     may_act: bool = True,
     data: str | None = None,
+    front: ParetoView | None = None,
 ) -> str:
     """An experiment's page; while it runs, its script (allowed by ``nonce``; none without one) refreshes
     the content every few seconds. Without ``may_act`` (the viewer neither owns the experiment nor is an
     admin) it offers no model download and no cancel, which the API would refuse. ``data``: what the data
-    check learned (the task and why), shown under the status line."""
+    check learned (the task and why), shown under the status line; ``front``: the Pareto front, with several
+    objectives."""
     metric, goal = objective(record)
     live = not record.status.terminal
     base = f"/api/experiments/{record.id}"
@@ -313,7 +342,8 @@ def experiment_page(
         f"{spec_html(record.spec)}"
         f'<p class="actions">{"".join(actions)}<span id="action-result" class=meta></span></p>'
         f"<h2>Charts</h2>{charts}"
-        f"<h2>Trials</h2>{trial_table(record, trials)}"
+        + (f"<h2>Pareto front</h2>{front_table(record, front, code, may_act)}" if front and front.front else "")
+        + f"<h2>Trials</h2>{trial_table(record, trials)}"
         + (f"<h2>Saved plots</h2><p>{plot_links}</p>" if plots else "")
         + "</div>"
     )

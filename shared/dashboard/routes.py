@@ -25,6 +25,7 @@ from shared.dashboard.importance import IMPORTANCES_ARTIFACT, ImportanceDocument
 from shared.dashboard.pages import chart_page, experiment_page, index_page, report_page
 from shared.dashboard.svg import render
 from shared.errors import NotFound
+from shared.pareto import pareto_view, stored_members
 from shared.records import ExperimentRecord, ExperimentStatus, TrialRecord, UnreadableRecord
 from shared.spec import ExperimentSpec
 
@@ -125,6 +126,9 @@ def ui_experiment(
     importances = _importances(ctx, experiment_id)
     may_act = caller.has(Role.ADMIN) or caller.owns(record.submitted_by)  # what the API would allow
     check = read_data_check(ctx.store, experiment_id)
+    spec = record.spec
+    multi = spec is not None and spec.objective.multi
+    front = pareto_view(spec, trials, record.id, stored_members(ctx.store, record)) if spec and multi else None
     page = experiment_page(
         record,
         trials,
@@ -135,6 +139,7 @@ def ui_experiment(
         nonce=nonce,
         may_act=may_act,
         data=None if check is None else check.describe(),
+        front=front,
     )
     return HTMLResponse(page, headers=page_headers(nonce))
 

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from distributed import Client
 
-from shared.config import MODEL_PREFIX
+from shared.config import MODEL_PREFIX, front_model_prefix
+from shared.pareto import front_member, kept_members
 from shared.ports import TrialStore
 from shared.records import BestTrial
 from shared.spec import ExperimentSpec
 from shared.telemetry import span
+
+log = logging.getLogger("rapids_hpo.driver")
 
 
 def refit_task(kwargs: dict[str, Any], cross_validation: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -41,15 +46,6 @@ def _inside(value: Any, root: Path) -> Any:
     if isinstance(value, str) and Path(value).is_relative_to(root):
         return Path(value).relative_to(root).as_posix() or "."
     return value
-
-
-FRONT_MODEL_PREFIX = "front-models/"
-"""Artifact prefix of a Pareto front member's model refit by trial number, ``front-models/<number>/``: apart
-from ``model/`` (the best model's), so the best model's zip never holds another trial's files."""
-
-
-def front_model_prefix(number: int) -> str:
-    return f"{FRONT_MODEL_PREFIX}{number}/"
 
 
 def refit_trial_model(
@@ -95,3 +91,37 @@ def refit_best_model(
         if trial.number == best.number:  # the best trial's record says where its model is
             store.put_trial(trial.model_copy(update={"model_uri": model_uri}))
     return best.model_copy(update={"model_uri": model_uri})
+
+
+def refit_front_models(
+    spec: ExperimentSpec,
+    experiment_id: str,
+    best_number: int,
+    store: TrialStore,
+    client: Client,
+    blocked: Callable[[], str | None],
+) -> list[int]:
+    """Refit the kept Pareto front members other than the best (:func:`shared.pareto.kept_members`, in the
+    front's order) under ``front-models/<number>/``, one after another; returns the numbers refit.
+
+    ``blocked`` is asked before each refit and says why none may start now (a cancel, the budget): the
+    remaining members then keep no model. A member whose refit fails loses only its own model (logged): the
+    run's result and the best model stand, and the next member is tried."""
+    trials = store.list_trials(experiment_id)
+    done = []
+    for number in kept_members(spec, trials):
+        if number == best_number:
+            continue
+        why = blocked()
+        if why is not None:
+            log.warning("front models: no refit of trial %d or later members: %s", number, why)
+            break
+        try:
+            with span("front refit", attributes={"rapids_hpo.trial.number": number}):
+                member = front_member(spec, trials, number)
+                refit_trial_model(spec, experiment_id, member, store, client, front_model_prefix(number))
+        except Exception:
+            log.exception("front models: the refit of trial %d failed; it keeps no model", number)
+            continue
+        done.append(number)
+    return done

@@ -27,7 +27,7 @@ from shared.cost.ledger import BudgetGuard, rates_for
 from shared.hpo.driver import HpoDriver
 from shared.hpo.outcome import ExperimentOutcome
 from shared.hpo.patient_store import patient
-from shared.hpo.refit import refit_best_model
+from shared.hpo.refit import refit_best_model, refit_front_models
 from shared.ports import Store
 from shared.records import DataCheckReport, ExperimentRecord, ExperimentStatus, TrialRecord
 from shared.spec import ExperimentSpec
@@ -164,6 +164,7 @@ def _drive(
     restarted_on_error: bool,
 ) -> ExperimentOutcome:
     experiment_id = record.id
+    budget = budget_guard(record)
     driver = HpoDriver(
         spec,
         experiment_id,
@@ -171,7 +172,7 @@ def _drive(
         client,
         should_cancel=cancel,
         on_trial_end=reports.on_trial_end if reports else None,
-        budget=budget_guard(record),
+        budget=budget,
         warm_start=record.warm_start,
     )
     try:
@@ -181,6 +182,7 @@ def _drive(
         else:
             outcome = driver.run()
         refit_best(spec, experiment_id, outcome, store, client)
+        refit_front(spec, experiment_id, outcome, store, client, cancel, budget)
     except Exception as exc:  # the driver itself failed: say why in the outcome, then exit non-zero
         if restarted_on_error:
             raise
@@ -208,3 +210,29 @@ def refit_best(
             raise
         log.exception("the best model so far could not be refit after the cancel")
         outcome.error = f"the refit of trial {outcome.best.number} failed: {type(exc).__name__}: {exc}"
+
+
+def refit_front(
+    spec: ExperimentSpec,
+    experiment_id: str,
+    outcome: ExperimentOutcome,
+    store: Store,
+    client: Client,
+    cancel: Callable[[], bool],
+    budget: BudgetGuard | None,
+) -> None:
+    """With several objectives, after the best model: refit the other kept Pareto front members
+    (``output.front_models``), only for a COMPLETED run (a cancelled one keeps its best model and starts
+    nothing more) and each only while no cancel came and one more trial's worst case fits
+    ``limits.max_cost``; the compute is torn down once the outcome is written, so it is now or never."""
+    if not spec.objective.multi or outcome.status != "COMPLETED" or outcome.best is None:
+        return
+
+    def blocked() -> str | None:
+        if cancel():
+            return "the experiment was cancelled"
+        if budget is not None and not budget.can_launch(store.list_trials(experiment_id), datetime.now(UTC)):
+            return "one more trial's worst case would pass limits.max_cost"
+        return None
+
+    refit_front_models(spec, experiment_id, outcome.best.number, store, client, blocked)

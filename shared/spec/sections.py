@@ -419,11 +419,24 @@ class RegisterModel(SpecModel):
     tags: dict[str, str] = Field(default_factory=dict, description="tags on the registered model version")
 
 
+MAX_FRONT_MODELS = 10
+"""``output.front_models`` at most this: each is a refit on all rows after the run and up to a model's size
+(1 GiB) in the experiment's storage."""
+
+
 class OutputSpec(SpecModel):
     """What the experiment leaves behind besides its artifacts."""
 
     register_model: RegisterModel | None = Field(
         default=None, description="register the best model (an MLflow model) in the AzureML workspace (azureml)"
+    )
+    front_models: int = Field(
+        default=5,
+        ge=1,
+        le=MAX_FRONT_MODELS,
+        description="with several objectives: the Pareto front members whose models the run keeps, the best model "
+        "included (model/); the others, next in the front's order (best primary metric first), are refit on all "
+        "rows under front-models/<number>/ after the run (none after a cancel, none past limits.max_cost)",
     )
 
 

@@ -9,7 +9,10 @@ every blob is judged before a byte of it is trusted:
 - a trial is ``trials/<number>.json`` with a number inside the budget (a retry reuses its number), read
   with a size limit and parsed as a bounded :class:`~shared.records.TrialRecord` naming this experiment;
 - an artifact is ``artifacts/<name>`` under an allowed prefix (:data:`ARTIFACT_LIMITS`) within that
-  prefix's size limit, copied as a stream (a model is never held in memory whole).
+  prefix's size limit, copied as a stream (a model is never held in memory whole);
+- a Pareto front member's model, ``front-models/<number>/<file>``, only for a trial that is among the kept
+  members (:func:`shared.pareto.kept_members`: at most ``output.front_models``) by the trials stored once
+  this pass's trials are in: none with one objective, none for a dominated or unknown trial.
 
 Whatever fails is refused and named in the report (the backend fails the run with it); nothing here
 raises for what the compute wrote. Blobs already taken in are skipped by a watermark: the newest
@@ -28,10 +31,11 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from shared.config import DATA_CHECK_ARTIFACT, DRIVER_OUTCOME_ARTIFACT
+from shared.config import DATA_CHECK_ARTIFACT, DRIVER_OUTCOME_ARTIFACT, FRONT_MODEL_PREFIX
 from shared.errors import NotFound
+from shared.pareto import kept_members
 from shared.ports import IngestReport
-from shared.records import TrialRecord, updated
+from shared.records import ExperimentRecord, TrialRecord, updated
 from shared.store._common import check_artifact_name
 from shared.store.compute import (
     ARTIFACTS_PREFIX,
@@ -59,6 +63,7 @@ ARTIFACT_LIMITS: dict[str, int] = {
     "boot/": 64 * 1024,  # a VM's note of a failed start (shared/backends/vmcluster/boot.py)
     "plots/": 16 * 1024 * 1024,
     "model/": 1024 * 1024 * 1024,
+    FRONT_MODEL_PREFIX: 1024 * 1024 * 1024,  # a model each, for the kept front members only (KeptMembers)
 }
 """What the compute may write under ``artifacts/``: exact names or prefixes, each with its size limit."""
 DEFAULT_QUOTA_BYTES = 2 * 1024 * 1024 * 1024
@@ -112,11 +117,12 @@ def ingest(
     )
     if report.over_quota is None:
         fresh = _fresh(blobs, since, seen)
-        for blob in fresh:
+        kept = KeptMembers(store, record)
+        for blob in sorted(fresh, key=lambda b: not b.name.startswith(TRIALS_PREFIX)):  # trials first: the front
             if blob.name.startswith(TRIALS_PREFIX):
                 _ingest_trial(store, area, experiment_id, budget, blob, report)
             elif blob.name.startswith(ARTIFACTS_PREFIX):
-                _ingest_artifact(store, area, experiment_id, blob, report)
+                _ingest_artifact(store, area, experiment_id, blob, report, kept)
             else:
                 report.refused[blob.name] = "not under trials/ or artifacts/"
         if blobs:
@@ -174,7 +180,36 @@ def _ingest_trial(
     report.trials.append(trial.number)
 
 
-def _ingest_artifact(store: Any, area: Area, experiment_id: str, blob: BlobInfo, report: IngestReport) -> None:
+class KeptMembers:
+    """Which ``front-models/<number>/`` the compute may write: the kept Pareto front members by the trials the
+    store holds (read once, when the first such blob is judged, after this pass's trials)."""
+
+    def __init__(self, store: Any, record: ExperimentRecord) -> None:
+        self.store = store
+        self.record = record
+        self.numbers: list[int] | None = None
+
+    def problem(self, name: str) -> str | None:
+        """Why ``name`` (under ``front-models/``) is refused, or None."""
+        number, _, rest = name.removeprefix(FRONT_MODEL_PREFIX).partition("/")
+        if not (number.isdigit() and len(number) <= 10 and rest):
+            return f"not {FRONT_MODEL_PREFIX}<trial number>/<file>"
+        spec = self.record.spec
+        if spec is None or not spec.objective.multi:
+            return f"{FRONT_MODEL_PREFIX} holds Pareto front members' models: this experiment has one objective"
+        if self.numbers is None:
+            self.numbers = kept_members(spec, self.store.list_trials(self.record.id))
+        if int(number) not in self.numbers:
+            return (
+                f"trial {int(number)} is not among the kept Pareto front members {self.numbers} "
+                f"(the first output.front_models={spec.output.front_models} of the front)"
+            )
+        return None
+
+
+def _ingest_artifact(
+    store: Any, area: Area, experiment_id: str, blob: BlobInfo, report: IngestReport, kept: KeptMembers
+) -> None:
     name = blob.name.removeprefix(ARTIFACTS_PREFIX)
     try:
         check_artifact_name(name)
@@ -187,6 +222,10 @@ def _ingest_artifact(store: Any, area: Area, experiment_id: str, blob: BlobInfo,
         return
     if blob.size > limit:
         report.refused[blob.name] = f"{blob.size} bytes; at most {limit}"
+        return
+    problem = kept.problem(name) if name.startswith(FRONT_MODEL_PREFIX) else None
+    if problem is not None:
+        report.refused[blob.name] = problem
         return
     try:
         store.put_artifact_stream(experiment_id, name, _capped(area.chunks(blob.name), blob.name, limit))
