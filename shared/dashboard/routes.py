@@ -127,8 +127,9 @@ def ui_experiment(
     may_act = caller.has(Role.ADMIN) or caller.owns(record.submitted_by)  # what the API would allow
     check = read_data_check(ctx.store, experiment_id)
     spec = record.spec
-    multi = spec is not None and spec.objective.multi
-    front = pareto_view(spec, trials, record.id, stored_members(ctx.store, record)) if spec and multi else None
+    front = None
+    if spec is not None and spec.objective.multi:
+        front = pareto_view(spec, trials, record.id, stored_members(ctx.store, record))
     page = experiment_page(
         record,
         trials,
