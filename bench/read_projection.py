@@ -7,6 +7,11 @@ selection), in the same process, alternating, ``--repeats`` times each. Prints t
 the peak traced memory of each, and the ratio projected / whole: the figure that does not depend on
 this machine's pace.
 
+Where cuDF imports (a GPU host with RAPIDS), the same reads run with cuDF's own readers too (what the GPU
+engine reads with), alternating with the pandas reads they are compared to: seconds only (traced memory
+is host memory), the ratio projected / whole on cuDF, and cuDF's projected read against pandas' in the
+same process. ``--library pandas`` skips them.
+
     python bench/read_projection.py                # 200,000 rows, 40 unused columns
     python bench/read_projection.py --rows 50000 --extra 10
 """
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib.util
 import statistics
 import sys
 import tempfile
@@ -22,6 +28,8 @@ import time
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -51,7 +59,7 @@ def table(rows: int, extra: int) -> pd.DataFrame:
     return pd.concat([frame, unused], axis=1)
 
 
-def measure(read: Callable[[], pd.DataFrame]) -> tuple[float, float]:
+def measure(read: Callable[[], Any]) -> tuple[float, float]:
     tracemalloc.start()
     started = time.perf_counter()
     frame = read()
@@ -67,7 +75,18 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--extra", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--library",
+        choices=["auto", "pandas", "cudf"],
+        default="auto",
+        help="pandas: its reads only; cudf: cuDF's too (fails without cuDF); auto: cuDF's where it imports",
+    )
     args = parser.parse_args()
+    libraries: list[ModuleType] = [pd]
+    if args.library == "cudf" or (args.library == "auto" and importlib.util.find_spec("cudf") is not None):
+        import cudf
+
+        libraries.append(cudf)
     data = table(args.rows, args.extra)
     print(f"{args.rows:,} rows, {len(FEATURES)} features + target read of {data.shape[1]} columns")
     with tempfile.TemporaryDirectory() as folder:
@@ -75,27 +94,43 @@ def main() -> None:
             path = Path(folder) / f"wide.{fmt}"
             data.to_parquet(path) if fmt == "parquet" else data.to_csv(path, index=False)
             uri = str(path)
-            runs: dict[str, list[tuple[float, float]]] = {"projected": [], "whole": []}
-            projected = functools.partial(read_selected, uri, TARGET, fmt, FEATURES)
-
-            def whole(uri: str = uri, fmt: str = fmt) -> pd.DataFrame:
-                return select_columns(read_table(uri, TARGET, fmt), TARGET, FEATURES, uri)
-
-            projected(), whole()  # warm: the first read imports pyarrow's dataset machinery
+            runs: dict[str, list[tuple[float, float]]] = {}
+            reads = {f"{name}-{how}": read for name, how, read in _reads(uri, fmt, libraries)}
+            for read in reads.values():
+                read()  # warm: the first read imports pyarrow's dataset machinery (and cuDF's readers)
             for _ in range(args.repeats):
-                runs["projected"].append(measure(projected))
-                runs["whole"].append(measure(whole))
+                for name, read in reads.items():
+                    runs.setdefault(name, []).append(measure(read))
             medians = {
                 name: (statistics.median(s for s, _ in found), statistics.median(m for _, m in found))
                 for name, found in runs.items()
             }
-            (p_s, p_mb), (w_s, w_mb) = medians["projected"], medians["whole"]
+            (p_s, p_mb), (w_s, w_mb) = medians["pandas-projected"], medians["pandas-whole"]
             size = path.stat().st_size / 2**20
             print(
                 f"{fmt:8} ({size:6.1f} MiB file): projected {p_s:6.2f} s, peak {p_mb:7.1f} MiB | "
                 f"whole {w_s:6.2f} s, peak {w_mb:7.1f} MiB | projected/whole: time {p_s / w_s:.2f}, "
                 f"memory {p_mb / w_mb:.2f}"
             )
+            if "cudf-projected" in medians:
+                c_s, c_w = medians["cudf-projected"][0], medians["cudf-whole"][0]
+                print(
+                    f"{'':8} cuDF readers: projected {c_s:6.3f} s | whole {c_w:6.3f} s | projected/whole: "
+                    f"time {c_s / c_w:.2f} | cuDF projected / pandas projected: time {c_s / p_s:.2f}"
+                )
+
+
+def _reads(uri: str, fmt: str, libraries: list[ModuleType]) -> list[tuple[str, str, Callable[[], Any]]]:
+    """Each library's projected read (as a trial reads) and whole read (every column, then the selection)."""
+    reads: list[tuple[str, str, Callable[[], Any]]] = []
+    for library in libraries:
+
+        def whole(library: ModuleType = library) -> Any:
+            return select_columns(read_table(uri, TARGET, fmt, frame=library), TARGET, FEATURES, uri)
+
+        projected = functools.partial(read_selected, uri, TARGET, fmt, FEATURES, frame=library)
+        reads += [(library.__name__, "projected", projected), (library.__name__, "whole", whole)]
+    return reads
 
 
 if __name__ == "__main__":

@@ -122,3 +122,14 @@ def test_sample_positions_are_the_rows_pandas_sample_draws(rows: int, fraction: 
     frame = pd.DataFrame({"row": np.arange(rows)})
     expected: Any = frame.sample(n=size, random_state=seed)["row"].to_numpy()
     np.testing.assert_array_equal(sample_positions(rows, size, seed), expected)
+
+
+def test_rows_keep_their_order_and_index_even_when_the_index_repeats() -> None:
+    """Prediction frames come from users: codes go to their own rows whatever the index."""
+    from gpu_jobs.encoding import encode_features, plan_encoding
+
+    frame = pd.DataFrame({"city": ["b", "a", None, "b"], "x": [1.0, 2.0, 3.0, 4.0]}, index=[7, 7, 3, 0])
+    encoded = encode_features(frame, plan_encoding(frame))
+    assert encoded.index.tolist() == [7, 7, 3, 0]
+    assert encoded["city"].tolist() == [1.0, 0.0, MISSING_CATEGORY_CODE, 1.0]
+    assert encoded["x"].tolist() == [1.0, 2.0, 3.0, 4.0]
