@@ -20,6 +20,7 @@ from types import ModuleType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import numpy as np
 import pandas as pd
 
 from gpu_jobs.errors import UserError
@@ -78,7 +79,41 @@ def _read_with_cudf(cudf: ModuleType, filesystem: Any, path: str, fmt: str, want
         raise _unreadable(path, fmt, exc) from None
     if wanted is not None and not set(wanted) <= {str(name) for name in read.columns}:
         raise ColumnsAbsent(path)
-    return read
+    nullable = _pandas_nullable_columns(filesystem, path) if fmt == "parquet" else set()
+    return as_pandas_types(read, keep=nullable)
+
+
+def as_pandas_types(table: Any, keep: set[str]) -> Any:
+    """A cuDF table with the column types pandas gives the same file: cuDF keeps missing whole numbers and
+    booleans as nulls, pandas makes such a column float64 (NaN) and object (``True``/``False``/None),
+    unless the file's pandas metadata asks for its nullable types (the ``keep`` columns: ``Int64``,
+    ``boolean``..., which cuDF's types match). So a target of whole numbers with gaps has the same classes
+    on both engines, and a boolean feature with gaps is categorical on both (levels ``"False"``, ``"True"``)."""
+    gaps = table.isna().any()
+    for name in table.columns:
+        column = table[name]
+        if name in keep or not bool(gaps[name]):
+            continue
+        if column.dtype.kind in "iu":
+            table[name] = column.astype(np.float64)
+        elif column.dtype.kind == "b":
+            text = column.astype(np.int8).astype(str).replace({"0": "False", "1": "True"})
+            table[name] = text.where(column.notna())
+    return table
+
+
+def _pandas_nullable_columns(filesystem: Any, path: str) -> set[str]:
+    """The columns a Parquet file's pandas metadata types as pandas' nullable integers or booleans (read
+    from its footer only)."""
+    import pyarrow.parquet as pq
+
+    with filesystem.open(path, "rb") as handle:
+        metadata = pq.read_schema(handle).pandas_metadata or {}
+    return {
+        str(column["name"])
+        for column in metadata.get("columns", [])
+        if str(column.get("numpy_type", "")).startswith(("Int", "UInt", "boolean"))
+    }
 
 
 def is_local(filesystem: Any) -> bool:

@@ -133,3 +133,27 @@ def test_rows_keep_their_order_and_index_even_when_the_index_repeats() -> None:
     assert encoded.index.tolist() == [7, 7, 3, 0]
     assert encoded["city"].tolist() == [1.0, 0.0, MISSING_CATEGORY_CODE, 1.0]
     assert encoded["x"].tolist() == [1.0, 2.0, 3.0, 4.0]
+
+
+def test_the_parquet_columns_pandas_reads_as_nullable_types_are_found(tmp_path) -> None:
+    """What the cuDF reader keeps nullable (runs here: pyarrow reads the footer; the cuDF side only on a GPU)."""
+    from gpu_jobs.file_readers import _pandas_nullable_columns, open_filesystem
+
+    frame = pd.DataFrame(
+        {
+            "whole": pd.array([1, None], dtype="Int64"),
+            "small": pd.array([1, 2], dtype="UInt8"),
+            "flag": pd.array([True, None], dtype="boolean"),
+            "plain_flag": [True, None],
+            "number": [1.0, None],
+        }
+    )
+    frame.to_parquet(tmp_path / "typed.parquet")
+    filesystem, path = open_filesystem(str(tmp_path / "typed.parquet"))
+    assert _pandas_nullable_columns(filesystem, path) == {"whole", "small", "flag"}
+    bare = tmp_path / "bare.parquet"
+    pd.DataFrame({"whole": [1, 2]}).to_parquet(bare, index=False)
+    import pyarrow.parquet as pq
+
+    pq.write_table(pq.read_table(bare).replace_schema_metadata(None), bare)
+    assert _pandas_nullable_columns(*open_filesystem(str(bare))) == set()

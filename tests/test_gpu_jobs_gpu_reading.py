@@ -42,15 +42,31 @@ def _table(rows: int = 3000) -> pd.DataFrame:
     city = rng.choice(np.array(CITIES, dtype=object), rows)
     city[:7], label[:7] = "Bergen", None  # only in rows without a target: never a level
     unused = rng.normal(size=(rows, 20))
-    frame = pd.DataFrame({"city": city, "score": score, "label": label})
+    late = (score > 0.5).astype(float)
+    late[::13] = np.nan  # whole numbers with gaps: pandas reads float64, cuDF int64 with nulls
+    flag = np.where(score > 1, True, False).astype(object)
+    flag[::11] = None  # booleans with gaps: pandas reads object
+    day = np.array([f"2026-01-{d:02d}" for d in rng.integers(1, 29, rows)], dtype=object)  # text, never parsed
+    frame = pd.DataFrame({"city": city, "score": score, "label": label, "late": late, "flag": flag, "day": day})
+    frame["late"] = frame["late"].astype("Int64")
     return pd.concat([frame, pd.DataFrame(unused, columns=[f"unused_{i}" for i in range(20)])], axis=1)
 
 
-@pytest.fixture(params=["parquet", "csv"])
+@pytest.fixture(params=["parquet", "bare-parquet", "csv"])
 def table_file(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
-    path = tmp_path / f"wide.{request.param}"
+    """The table as pandas writes it (Parquet with pandas metadata: ``late`` is Int64), as other writers do
+    (Parquet without it: pandas reads ``late`` as float64) and as CSV."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     table = _table()
-    table.to_parquet(path) if request.param == "parquet" else table.to_csv(path, index=False)
+    path = tmp_path / f"{request.param}.{'csv' if request.param == 'csv' else 'parquet'}"
+    if request.param == "csv":
+        table.to_csv(path, index=False)
+    elif request.param == "parquet":
+        table.to_parquet(path)
+    else:
+        pq.write_table(pa.Table.from_pandas(table, preserve_index=False).replace_schema_metadata(None), path)
     return path
 
 
@@ -75,19 +91,35 @@ def test_a_feature_the_file_lacks_is_named_on_the_gpu_too(table_file: Path) -> N
 
 def test_gpu_and_cpu_datasets_have_identical_levels_codes_and_features(table_file: Path) -> None:
     clear_dataset_cache()
-    gpu = load_dataset(str(table_file), "label", engine="gpu", features=["city", "score"], max_rows=2000, seed=4)
-    cpu = load_dataset(str(table_file), "label", engine="cpu", features=["city", "score"], max_rows=2000, seed=4)
+    chosen = ["city", "score", "day"]
+    gpu = load_dataset(str(table_file), "label", engine="gpu", features=chosen, max_rows=2000, seed=4)
+    cpu = load_dataset(str(table_file), "label", engine="cpu", features=chosen, max_rows=2000, seed=4)
     assert isinstance(gpu.X, cudf.DataFrame)
     assert gpu.info.encoding.categorical_levels == cpu.info.encoding.categorical_levels
     assert "Bergen" not in gpu.info.encoding.categorical_levels["city"]
     assert gpu.info.missing_feature_values == cpu.info.missing_feature_values > 0
     host = gpu.X.to_pandas()
-    np.testing.assert_array_equal(host["city"].to_numpy(), cpu.X["city"].to_numpy())
+    for name in ("city", "day"):
+        np.testing.assert_array_equal(host[name].to_numpy(), cpu.X[name].to_numpy())
     scores = host["score"].to_numpy(dtype=np.float32, na_value=np.nan)
     np.testing.assert_allclose(scores, cpu.X["score"], equal_nan=True)
     np.testing.assert_array_equal(gpu.y.to_numpy(), cpu.y.to_numpy())
     matrix = get_engine("gpu").to_array(gpu.X, np.float32)  # nulls from the reader become NaN
     np.testing.assert_array_equal(np.isnan(get_engine("gpu").to_host(matrix)), cpu.X.isna().to_numpy())
+
+
+def test_gaps_in_whole_numbers_and_booleans_give_what_pandas_gives(table_file: Path) -> None:
+    """gpu_jobs.file_readers.as_pandas_types: the target's classes are what pandas makes of them on both
+    engines (0 and 1 where the file's pandas metadata says Int64, else 0.0 and 1.0), the boolean feature
+    with gaps is categorical ("False", "True") on both, with the same codes."""
+    clear_dataset_cache()
+    gpu = load_dataset(str(table_file), "late", engine="gpu", features=["flag", "city"])
+    cpu = load_dataset(str(table_file), "late", engine="cpu", features=["flag", "city"])
+    assert gpu.info.target_encoding == cpu.info.target_encoding
+    assert gpu.info.rows_dropped_missing_target == cpu.info.rows_dropped_missing_target > 0
+    assert gpu.info.encoding == cpu.info.encoding
+    pd.testing.assert_frame_equal(gpu.X.to_pandas(), cpu.X, check_dtype=False)
+    np.testing.assert_array_equal(gpu.y.to_numpy(), cpu.y.to_numpy())
 
 
 def test_flights_on_both_engines_encode_alike() -> None:
