@@ -26,6 +26,12 @@ param deployContainerRegistry bool = false
 @description('With deployAzureML: disable shared keys on the workspace storage (AzureML identity-based datastores, preview).')
 param azureMLKeylessStorage bool = false
 
+@description('Create a container registry for the vmcluster backend\'s project image (built from gpu_jobs/Dockerfile with az acr build; the Dask VMs pull it by digest as their experiment\'s identity).')
+param deployImageRegistry bool = true
+
+@description('RAPIDS_HPO_IMAGE: the project image in that registry, by digest (<registry>.azurecr.io/rapids-hpo@sha256:...), once built (infra/README.md). Empty: the stock RAPIDS image, and a hosted run must name an image by digest.')
+param vmImage string = ''
+
 @description('Deploy an Event Grid topic (CloudEvents 1.0) the control plane publishes its events to, with the Function App as its only sender.')
 param deployEventGrid bool = false
 
@@ -137,6 +143,7 @@ var azureMLKeyVaultName = take('kv-${prefix}-${resourceToken}', 24)
 var azureMLAppInsightsName = 'appi-ml-${prefix}-${resourceToken}'
 var azureMLRegistryName = 'cr${compactPrefix}${resourceToken}'
 var azureMLComputeIdentityName = 'id-aml-${prefix}-${resourceToken}'
+var imageRegistryName = 'crimg${compactPrefix}${resourceToken}'
 
 // ---- Names shared with the code (shared/config.py: QUEUES + POISON_SUFFIX, TABLES, CONTAINERS) -----
 var queueNames = [
@@ -208,6 +215,15 @@ module vmIdentity 'modules/vm-identity.bicep' = {
   }
 }
 
+module imageRegistry 'modules/registry.bicep' = if (deployImageRegistry) {
+  name: 'image-registry'
+  params: {
+    location: location
+    name: imageRegistryName
+    tags: tags
+  }
+}
+
 // App settings. Names come from shared/config.py ENV_DEFAULTS, plus the two Application Insights
 // settings the Functions host reads. AzureWebJobsStorage is identity-based (account name only, no
 // connection string; the system-assigned identity is the default credential). Flex Consumption takes
@@ -231,6 +247,10 @@ var appSettings = {
   RAPIDS_HPO_VM_IDENTITY_CLIENT_ID: vmIdentity.outputs.clientId
   // The scope of each experiment's container, where its VMs' own identity gets its one role (vmcluster).
   RAPIDS_HPO_STORAGE_ACCOUNT_ID: storage.outputs.id
+  // The project image's registry (vmcluster): each experiment's VM identity gets AcrPull there; the image by digest.
+  RAPIDS_HPO_REGISTRY: deployImageRegistry ? imageRegistry.outputs.loginServer : ''
+  RAPIDS_HPO_REGISTRY_ID: deployImageRegistry ? imageRegistry.outputs.id : ''
+  RAPIDS_HPO_IMAGE: vmImage
   // This deployment's id, tagged on every experiment resource: the orphan sweep deletes only its own.
   RAPIDS_HPO_INSTANCE_ID: storage.outputs.name
   RAPIDS_HPO_POLL_SECONDS: string(pollSeconds)
@@ -317,6 +337,14 @@ module controlPlaneRoles 'modules/roles-controlplane.bicep' = {
   }
 }
 
+module registryRoles 'modules/roles-registry.bicep' = if (deployImageRegistry) {
+  name: 'roles-registry'
+  params: {
+    principalId: functionApp.outputs.principalId
+    registryName: imageRegistry.outputs.name
+  }
+}
+
 module eventGridRoles 'modules/roles-eventgrid.bicep' = if (deployEventGrid) {
   name: 'roles-eventgrid'
   params: {
@@ -398,6 +426,8 @@ output experimentsWorkbookId string = observability.outputs.workbookId
 output vnetName string = network.outputs.vnetName
 @description('Pass as AzureVMCluster(subnet=...) so Dask VMs get private IPs the Function App can reach.')
 output daskSubnetId string = network.outputs.daskSubnetId
+@description('The registry to build the project image into (az acr build -r <this>; empty without deployImageRegistry).')
+output imageRegistryName string = deployImageRegistry ? imageRegistry.outputs.name : ''
 @description('RAPIDS_HPO_VM_IDENTITY_ID: resource id of the Dask VM identity (already an app setting).')
 output vmIdentityId string = vmIdentity.outputs.id
 @description('RAPIDS_HPO_VM_IDENTITY_CLIENT_ID (already an app setting; a client id is not a secret).')

@@ -84,6 +84,11 @@ ENV_DEFAULTS: dict[str, str] = {
     # The control plane's storage account (ARM id): each vmcluster experiment's VM identity gets a role on its
     # container there, so no secret goes into the VMs' customData.
     "RAPIDS_HPO_STORAGE_ACCOUNT_ID": "",
+    # The deployment's container registry (vmcluster): its login server and ARM id (each experiment's VM identity
+    # gets AcrPull there), and the project image built into it, by digest (README: deploy).
+    "RAPIDS_HPO_REGISTRY": "",
+    "RAPIDS_HPO_REGISTRY_ID": "",
+    "RAPIDS_HPO_IMAGE": "",
     "RAPIDS_HPO_INSTANCE_ID": "",
     "RAPIDS_HPO_API_URL": "http://127.0.0.1:7071",
     "RAPIDS_HPO_FUNCTION_KEY": "",
@@ -161,6 +166,12 @@ class AzureSettings:
     """``RAPIDS_HPO_VM_IDENTITY_ID`` and ``_CLIENT_ID``: the identity the Dask VMs run as."""
     storage_account_id: str = ""
     """``RAPIDS_HPO_STORAGE_ACCOUNT_ID``: the control plane's storage account (the scope of experiment areas)."""
+    registry: str = ""
+    """``RAPIDS_HPO_REGISTRY``: the deployment's registry's login server (``<name>.azurecr.io``), or empty."""
+    registry_id: str = ""
+    """``RAPIDS_HPO_REGISTRY_ID``: that registry's ARM id, the scope of each experiment identity's AcrPull."""
+    image: str = ""
+    """``RAPIDS_HPO_IMAGE``: the project image in that registry, by digest (``<server>/rapids-hpo@sha256:...``)."""
 
     @classmethod
     def from_env(cls) -> AzureSettings:
@@ -173,6 +184,9 @@ class AzureSettings:
                 env("RAPIDS_HPO_VM_IDENTITY_ID"), env("RAPIDS_HPO_VM_IDENTITY_CLIENT_ID")
             ),
             storage_account_id=env("RAPIDS_HPO_STORAGE_ACCOUNT_ID").strip(),
+            registry=env("RAPIDS_HPO_REGISTRY").strip().lower(),
+            registry_id=env("RAPIDS_HPO_REGISTRY_ID").strip(),
+            image=env("RAPIDS_HPO_IMAGE").strip(),
         )
 
 

@@ -75,6 +75,8 @@ class Directory:
     """By lower-cased assignment id."""
     tokens: dict[str, str] = field(default_factory=dict)
     """Access token -> principal id."""
+    audiences: dict[str, str] = field(default_factory=dict)
+    """Access token -> the resource it was issued for (its audience)."""
     denied: list[str] = field(default_factory=list)
     """Every data request refused, as ``principal action scope`` (for tests)."""
 
@@ -109,11 +111,27 @@ class Directory:
         with self.lock:
             return self.assignments.pop(assignment_id.lower(), None)
 
-    def token_for(self, identity: Identity) -> str:
+    def token_for(self, identity: Identity, resource: str = "") -> str:
         with self.lock:
             token = uuid.uuid4().hex
             self.tokens[token] = identity.principal_id
+            self.audiences[token] = resource
             return token
+
+    def action_allowed(self, principal_id: str, action: str, scope: str) -> bool:
+        """Whether an assignment in effect grants control-plane ``action`` at ``scope`` (ACR's pull: AcrPull's
+        ``registries/pull/read``), as :meth:`data_allowed` does for data actions."""
+        roles = builtin_roles()
+        now = time.monotonic()
+        with self.lock:
+            return any(
+                a.principal_id == principal_id
+                and now - a.created >= self.propagation_s
+                and (role := roles.get(a.role_id)) is not None
+                and _covers(a.scope, scope)
+                and role.allows(action)
+                for a in self.assignments.values()
+            )
 
     def data_allowed(self, principal_id: str, action: str, scope: str) -> bool:
         """Whether an assignment in effect (older than the propagation delay) grants data ``action`` at ``scope``."""
@@ -191,7 +209,7 @@ class ImdsServer:
             return 400, {"error": "invalid_request", "error_description": "Identity not found"}
         expires = int(time.time()) + 3600
         return 200, {
-            "access_token": self.directory.token_for(chosen[0]),
+            "access_token": self.directory.token_for(chosen[0], query["resource"]),
             "client_id": chosen[0].client_id,
             "expires_in": "3600",
             "expires_on": str(expires),

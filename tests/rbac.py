@@ -32,6 +32,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
 BUILTIN_ROLES = Path(__file__).parent / "data" / "builtin_roles.json"
+STANDIN_REGISTRY = "crimgrhpostandin"
+"""The deployment's image registry as :func:`function_app_rbac` names it (in the control-plane group)."""
+
+
+def registry_id(subscription_id: str, control_resource_group: str = "rg-control") -> str:
+    """The ARM id of that registry: the scope of the Function App's AcrPull delegation."""
+    group = f"/subscriptions/{subscription_id}/resourceGroups/{control_resource_group}"
+    return f"{group}/providers/Microsoft.ContainerRegistry/registries/{STANDIN_REGISTRY}"
 
 
 @dataclass(frozen=True)
@@ -279,6 +287,8 @@ def function_app_rbac(
         "vnetName": control_vnet,
         "daskSubnetName": "dask",
         "vmIdentityName": "id-dask-rhpo-standin",
+        "registryName": STANDIN_REGISTRY,
     }
-    deployment = Deployment(subscription_id, control_resource_group, experiment_resource_group, names=names)
+    flags = {"deployImageRegistry": True}  # main.bicep's default
+    deployment = Deployment(subscription_id, control_resource_group, experiment_resource_group, names, flags)
     return deployed_rbac(deployment)

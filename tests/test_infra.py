@@ -85,6 +85,8 @@ EXPECTED_ASSIGNMENTS = Counter(
         # Each experiment's VM identity gets Storage Blob Data Contributor on that experiment's container, and
         # nothing else: a condition limits this delegation to that one role (tests/test_vmcluster_identity.py).
         (APP, "roleBasedAccessControlAdministrator", STORAGE_ACCOUNT),
+        # Likewise AcrPull on the deployment's registry for the same identities, nothing else (roles-registry.bicep).
+        (APP, "roleBasedAccessControlAdministrator", "Microsoft.ContainerRegistry/registries"),
         (APP, "reader", "Microsoft.Network/virtualNetworks/subnets"),  # the dask subnet, never its VNet
         (APP, "networkContributor", None),
         (APP, "clusterVmOperatorRole", None),  # a custom role: Virtual Machine Contributor lists storage keys
@@ -1088,6 +1090,29 @@ def test_storage_accounts_refuse_keys_and_anonymous_access() -> None:
     control_plane = next(bicep for bicep, _ in accounts if bicep.path.name == "storage.bicep")
     decl = next(d for d in control_plane.decls if d.target == STORAGE_ACCOUNT)
     assert control_plane.body_object(decl, "properties")["allowSharedKeyAccess"] == "false"
+
+
+def test_registries_take_entra_identities_only_and_the_image_registry_reaches_the_app_settings() -> None:
+    """Every registry: no admin user (its password would be a shared secret). The vmcluster image registry: no
+    anonymous pull either; the app knows its login server and id (the AcrPull scope) and the image's digest
+    comes from a parameter, so a redeployment keeps it (an app setting set by hand would be reset)."""
+    registries = [
+        (_bicep(path), d)
+        for path in _bicep_files()
+        for d in _bicep(path).decls
+        if d.target == "Microsoft.ContainerRegistry/registries" and not d.existing
+    ]
+    assert {bicep.path.name for bicep, _ in registries} == {"azureml.bicep", "registry.bicep"}
+    for bicep, decl in registries:
+        assert bicep.body_object(decl, "properties")["adminUserEnabled"] == "false", bicep.path.name
+    image = next((b, d) for b, d in registries if b.path.name == "registry.bicep")
+    assert image[0].body_object(image[1], "properties")["anonymousPullEnabled"] == "false"
+    settings = _main_app_settings()
+    assert settings["RAPIDS_HPO_REGISTRY"] == "deployImageRegistry ? imageRegistry.outputs.loginServer : ''"
+    assert settings["RAPIDS_HPO_REGISTRY_ID"] == "deployImageRegistry ? imageRegistry.outputs.id : ''"
+    assert settings["RAPIDS_HPO_IMAGE"] == "vmImage"
+    roles = next(d for d in _bicep(MAIN_BICEP).decls if d.symbol == "registryRoles")
+    assert _bicep(MAIN_BICEP).body_object(roles, "params")["registryName"] == "imageRegistry.outputs.name"
 
 
 def test_function_app_is_flex_consumption_with_identity_and_vnet() -> None:

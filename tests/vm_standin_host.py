@@ -7,6 +7,9 @@ other command is "not found", as on a host without it; the stand-in refuses a bo
   pulled;
 * ``docker run ... IMAGE ...``: pulls first when the image is missing (as Docker does), then records its
   arguments (``docker-run.json``) for the stand-in to start; exit 125 when the pull fails;
+* ``docker login SERVER --username USER --password-stdin`` and pulls of ``127.0.0.1:<port>/...`` images: ACR's
+  token protocol against tests/registry_standin.py (a pull without a login, or by an identity without
+  AcrPull, or of a digest never pushed, fails as ACR refuses it);
 * ``chown [-R] UID[:GID] PATH``: on the VM's folder (``PATH`` is the VM's absolute path);
 * ``sleep SECONDS``: returns at once and records the seconds asked (``sleeps``): a test reads the backoff;
 * ``python3 /opt/rapids-hpo/boot.py ARGS``: the host's Python (Ubuntu's) runs the node's ``boot.py`` from
@@ -22,6 +25,9 @@ import json
 import os
 import subprocess
 import sys
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 
@@ -42,8 +48,77 @@ def _pull(image: str) -> bool:
         failures.write_text(str(remaining - 1))
         print(f"Error response from daemon: toomanyrequests: You have reached your pull rate limit ({image})")
         return False
+    if image.startswith("127.0.0.1:") and not _registry_pull(image):
+        return False
     (vm / "pulled").write_text(image)
     return True
+
+
+def _post(server: str, path: str, form: dict[str, str]) -> tuple[int, dict[str, object]]:
+    """A form POST to the registry stand-in over HTTPS (the VM trusts its CA through ``SSL_CERT_FILE``)."""
+    request = urllib.request.Request(
+        f"https://{server}{path}",
+        urllib.parse.urlencode(form).encode(),
+        {"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+def _login(args: list[str]) -> int:
+    """``docker login SERVER --username USER --password-stdin``: checks the password with the registry (its
+    token endpoint, as Docker does) and keeps it in the VM's Docker config."""
+    server, options = args[0], args[1:]
+    if options[:1] != ["--username"] or options[2:] != ["--password-stdin"]:
+        print(
+            f"docker login: the stand-in plays SERVER --username USER --password-stdin, not {options}", file=sys.stderr
+        )
+        return 125
+    password = sys.stdin.read().strip()
+    status, _ = _post(
+        server, "/oauth2/token", {"grant_type": "refresh_token", "service": server, "refresh_token": password}
+    )
+    if status != 200:
+        print(f"Error response from daemon: Get https://{server}/v2/: unauthorized", file=sys.stderr)
+        return 1
+    auths = _vm() / "docker-config.json"
+    known = json.loads(auths.read_text()) if auths.exists() else {}
+    known[server] = {"username": options[1], "password": password}
+    auths.write_text(json.dumps(known))
+    print("Login Succeeded")
+    return 0
+
+
+def _registry_pull(image: str) -> bool:
+    """A pull from the registry stand-in: a pull token with the stored login (none: anonymous, which ACR
+    refuses), then the manifest by tag or digest."""
+    server, _, rest = image.partition("/")
+    repository, reference = (
+        rest.split("@", 1) if "@" in rest else rest.rsplit(":", 1) if ":" in rest else (rest, "latest")
+    )
+    auths = _vm() / "docker-config.json"
+    login = (json.loads(auths.read_text()) if auths.exists() else {}).get(server, {})
+    form = {
+        "grant_type": "refresh_token",
+        "service": server,
+        "refresh_token": login.get("password", ""),
+        "scope": f"repository:{repository}:pull",
+    }
+    _, body = _post(server, "/oauth2/token", form)
+    request = urllib.request.Request(f"https://{server}/v2/{repository}/manifests/{reference}")
+    request.add_header("Authorization", f"Bearer {body.get('access_token', '')}")
+    try:
+        with urllib.request.urlopen(request, timeout=30):
+            return True
+    except urllib.error.HTTPError as error:
+        errors = json.loads(error.read() or b"{}").get("errors") or [{}]
+        print(
+            f"Error response from daemon: {errors[0].get('code', error.code)}: {errors[0].get('message', '')} ({image})"
+        )
+        return False
 
 
 def _image_of(args: list[str]) -> str:
@@ -90,6 +165,8 @@ def main(argv: list[str]) -> int:
         return 0
     if command == "chown":
         return _chown(args)
+    if command == "docker" and args[:1] == ["login"]:
+        return _login(args[1:])
     if command == "docker" and args[:1] == ["pull"]:
         return 0 if _pull(args[1]) else 1
     if command == "docker" and args[:1] == ["run"]:

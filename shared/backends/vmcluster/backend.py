@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from gpu_jobs.exporters import compute_packages
 from shared.backends.area import ingest_area
 from shared.backends.outcome import outcome_status, read_outcome
 from shared.backends.vmcluster import CAPABILITIES
@@ -26,33 +25,24 @@ from shared.backends.vmcluster.boot_notes import (
 )
 from shared.backends.vmcluster.bootscript import (
     VMPlan,
-    docker_command,
-    encode_custom_data,
     new_tls_identity,
-    render_cloud_init,
 )
 from shared.backends.vmcluster.dryrun import VMClusterPlanner
 from shared.backends.vmcluster.exchange import CODE_BLOB, HEARTBEAT_ARTIFACT, TLS_BLOB, Heartbeat, build_code_archive
 from shared.backends.vmcluster.handle import IdentityHandle, VMClusterHandle
 from shared.backends.vmcluster.section import VMClusterCompute
-from shared.backends.vmcluster.settings import CLUSTER_PIP_PACKAGES as PIP
 from shared.backends.vmcluster.settings import (
     DEFAULT_READY_TIMEOUT_S,
     DEFAULT_SILENCE_LIMIT_S,
-    NGC_MARKETPLACE_PLAN,
-    NGC_VM_IMAGE,
     SCHEDULER_PORT,
     SECURITY_ARTIFACT,
-    UBUNTU_VM_IMAGE,
     VMIdentity,
-    check_no_secrets,
-    cluster_env,
     cluster_tags,
-    is_gpu_size,
     sas_lifetime_s,
     scheduler_vm_name,
     subscription_of,
 )
+from shared.backends.vmcluster.vm_plan import plan_vm
 from shared.backends.vmcluster.vms import (
     cluster_vms,
     create_vm,
@@ -190,51 +180,6 @@ class VMClusterBackend:
         """The driver's trace and exporter settings, with the VMs' identity (``shared.telemetry.compute``)."""
         return for_compute(record.traceparent, self.identity.client_id if self.identity else None)
 
-    def _plan(
-        self,
-        record: ExperimentRecord,
-        compute: VMClusterCompute,
-        handle: VMClusterHandle,
-        name: str,
-        node: dict[str, Any],
-        *,
-        head: bool,
-    ) -> VMPlan:
-        """A head or worker VM with its boot script, which holds no secret: the node reaches the area as the
-        experiment's VM identity and reads its TLS key there (:data:`TLS_BLOB`)."""
-        document = self._credentials(record.id) or {}
-        size = (compute.scheduler_vm_size or compute.vm_size) if head else compute.vm_size
-        credential = self._node_credential(record, handle)
-        exporting = compute_packages(self._telemetry(record).environment()) if head else ()  # the driver exports
-        env = {**cluster_env(experiment_id=record.id), "EXTRA_PIP_PACKAGES": " ".join([*PIP, *exporting])}
-        check_no_secrets(env)
-        node = {
-            "experiment_id": record.id,
-            "credential": credential,
-            "tls": bool(document.get("tls")),
-            "vm": name,
-            **node,
-        }
-        argv = docker_command(
-            docker_image=compute.docker_image, docker_args=compute.docker_args, gpus=is_gpu_size(size), env=env
-        )
-        cloud_init = render_cloud_init(
-            node=node,
-            image=compute.docker_image,
-            docker_argv=argv,
-            install_docker=not compute.use_marketplace_image,
-        )
-        market = compute.use_marketplace_image
-        return VMPlan(
-            name=name,
-            size=size,
-            custom_data=encode_custom_data(cloud_init, name),
-            image=dict(NGC_VM_IMAGE if market else UBUNTU_VM_IMAGE),
-            plan=dict(NGC_MARKETPLACE_PLAN) if market else None,
-            disk_size=compute.disk_size,
-            spot=compute.spot and not head,  # the head (scheduler + driver) stays on-demand
-        )
-
     def _create(
         self,
         record: ExperimentRecord,
@@ -298,14 +243,24 @@ class VMClusterBackend:
         # The driver's trace and exporter settings: read by the head through the area, never custom data.
         area.put(TELEMETRY_BLOB, self._telemetry(record).model_dump_json().encode())
         before = VMClusterHandle.of(record.backend_state)
-        handle = before.model_copy(update={"network": network, "area": True})
+        image = before.image_choice(compute, self.settings.azure)  # fixed now: every VM pulls the same image
+        update = {"network": network, "area": True, "image": image.reference, "image_registry": image.registry}
+        handle = before.model_copy(update=update)
         if credential.kind != "folder":
-            handle = handle.model_copy(update={"identity": self._ensure_identity(record, compute, credential.url)})
+            identity = self._ensure_identity(record, compute, credential.url, pull_from_registry=bool(image.registry))
+            handle = handle.model_copy(update={"identity": identity})
         return handle_changes(before, handle)
 
-    def _ensure_identity(self, record: ExperimentRecord, compute: VMClusterCompute, area_url: str) -> IdentityHandle:
-        """The experiment's VM identity with its one role, on the area's container (see :mod:`.identity`)."""
+    def _ensure_identity(
+        self, record: ExperimentRecord, compute: VMClusterCompute, area_url: str, *, pull_from_registry: bool
+    ) -> IdentityHandle:
+        """The experiment's VM identity with its roles: on the area's container, and AcrPull on the deployment's
+        registry when the image comes from there (see :mod:`.identity`)."""
         from shared.backends.vmcluster.identity import container_scope, ensure_identity
+
+        registry_scope = self.settings.azure.registry_id if pull_from_registry else ""
+        if pull_from_registry and not registry_scope:
+            raise BackendError("RAPIDS_HPO_REGISTRY_ID is not set: the AcrPull scope of the VMs", retryable=False)
 
         account = self.settings.azure.storage_account_id
         if not account:
@@ -322,6 +277,7 @@ class VMClusterBackend:
             tags=cluster_tags(record.id, self.settings.azure.instance_id),
             scope=container_scope(account, area_url.rstrip("/").rsplit("/", 1)[-1]),
             retry=self.retry,
+            registry_scope=registry_scope,
         )
 
     def submit(self, record: ExperimentRecord) -> HandleUpdate:
@@ -348,7 +304,8 @@ class VMClusterBackend:
             ip = private_ip(clients[1], compute.resource_group, vm, self.retry)
         else:  # absent, or its creation failed: PUT it (again; the names make that idempotent)
             node = {"role": "head", "scheduler_port": self.scheduler_port}
-            ip = self._create(record, handle, clients, self._plan(record, compute, handle, name, node, head=True))
+            vm = plan_vm(self, record, compute, handle, name, node, head=True)
+            ip = self._create(record, handle, clients, vm)
         protocol = "tls" if document.get("tls") else "tcp"
         update = {
             "scheduler_vm": name,
@@ -549,6 +506,7 @@ class VMClusterBackend:
             live_experiment_ids=live_experiment_ids,
             instance_id=azure.instance_id,
             retry=self.retry,
+            registry_id=azure.registry_id,
         )
 
 

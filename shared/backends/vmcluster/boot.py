@@ -57,6 +57,47 @@ STORAGE_VERSION = "2021-08-06"
 """``x-ms-version`` of our blob requests (OAuth needs 2017-11-09 or later)."""
 
 
+def identity_token(resource: str, client_id: str) -> dict[str, Any]:
+    """A token of the VM's user-assigned identity ``client_id`` for ``resource``, from the instance metadata
+    service (``AZURE_POD_IDENTITY_AUTHORITY_HOST`` points elsewhere, as azure-identity honours it too)."""
+    host = os.environ.get("AZURE_POD_IDENTITY_AUTHORITY_HOST", IMDS).rstrip("/")
+    query = urllib.parse.urlencode({"api-version": "2018-02-01", "resource": resource, "client_id": client_id})
+    request = urllib.request.Request(f"{host}/metadata/identity/oauth2/token?{query}", headers={"Metadata": "true"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        answer: dict[str, Any] = json.loads(response.read())
+    return answer
+
+
+ACR_AUDIENCE = "https://containerregistry.azure.net"
+"""ACR's own token audience: accepted even where a registry refuses ARM-audience tokens (a policy option)."""
+ACR_USERNAME = "00000000-0000-0000-0000-000000000000"
+"""The user name ``docker login`` takes with an ACR refresh token (ACR's documented convention)."""
+
+
+def registry_login(config: dict[str, Any]) -> int:
+    """Sign Docker in to the deployment's registry as the VM's identity, once (the boot script's pull loop
+    retries): an Entra token for ACR from the instance metadata service, exchanged at the registry's
+    ``/oauth2/exchange`` for a refresh token, given to ``docker login`` on stdin (never on a command line).
+    ACR checks the identity's AcrPull when Docker asks for a pull token, not here."""
+    registry = config.get("registry") or {}
+    server = str(registry.get("server") or "")
+    try:
+        aad = identity_token(ACR_AUDIENCE, str(registry["client_id"]))["access_token"]
+        form = {"grant_type": "access_token", "service": server, "access_token": aad}
+        request = urllib.request.Request(
+            f"https://{server}/oauth2/exchange",
+            urllib.parse.urlencode(form).encode(),
+            {"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            refresh = str(json.loads(response.read())["refresh_token"])
+    except (OSError, KeyError, ValueError) as exc:
+        print(f"boot: signing in to {server or 'the registry'}: {exc}", file=sys.stderr, flush=True)
+        return 1
+    login = ["docker", "login", server, "--username", ACR_USERNAME, "--password-stdin"]
+    return subprocess.run(login, input=refresh.encode(), check=False, timeout=120).returncode
+
+
 class Area:
     """The experiment's area as this node reaches it: a folder (local development), or a blob container
     with a token of the VM's managed identity (``blob-identity``) or a SAS (``blob-sas``, older nodes)."""
@@ -68,19 +109,7 @@ class Area:
     def _bearer(self) -> str:
         """A token of the VM's identity for Storage, from the instance metadata service (cached)."""
         if self._token is None or self._token[1] < time.time() + 300:
-            host = os.environ.get("AZURE_POD_IDENTITY_AUTHORITY_HOST", IMDS).rstrip("/")
-            query = urllib.parse.urlencode(
-                {
-                    "api-version": "2018-02-01",
-                    "resource": "https://storage.azure.com/",
-                    "client_id": self.credential["token"],
-                }
-            )
-            request = urllib.request.Request(
-                f"{host}/metadata/identity/oauth2/token?{query}", headers={"Metadata": "true"}
-            )
-            with urllib.request.urlopen(request, timeout=30) as response:
-                answer = json.loads(response.read())
+            answer = identity_token("https://storage.azure.com/", self.credential["token"])
             self._token = (str(answer["access_token"]), float(answer.get("expires_on") or time.time() + 600))
         return self._token[0]
 
@@ -270,6 +299,8 @@ def never_started(config: dict[str, Any], status: str, pulled: str) -> int:
 
 def main(argv: list[str]) -> int:
     config = json.loads((HERE / "node.json").read_text())
+    if argv[:1] == ["--registry-login"]:
+        return registry_login(config)
     if argv[:1] == ["--never-started"]:
         exit_status, pulled = [*argv[1:3], "", ""][:2]
         return never_started(config, exit_status, pulled)

@@ -19,6 +19,12 @@ more. A container that never starts (every pull failed, or Docker refused the ru
 billed and silent until the ready timeout, so the line after ``docker run`` has the host's own Python run
 ``boot.py --never-started`` on failure: a final boot note, and the run fails at the next poll with why.
 
+**Private images.** The deployment's project image lives in its registry (admin user off): each pull is
+preceded by ``boot.py --registry-login`` on the host, which asks the instance metadata service for a token
+of the VM's identity (ACR's audience), exchanges it at ``https://<registry>/oauth2/exchange`` for an ACR
+refresh token and hands that to ``docker login`` (user ``00000000-0000-0000-0000-000000000000``, on stdin):
+the boot script carries no credential, and the identity pulls only while its AcrPull assignment lives.
+
 **Who reads the files.** cloud-init writes them ``root:root`` (``node.json`` 0600, in a root-owned
 folder), but the RAPIDS image runs as its user ``rapids`` (uid 1001, ``USER rapids``): the
 container could neither read its config nor write the code archive. So the boot script hands the folder
@@ -83,10 +89,13 @@ def docker_command(
     return argv
 
 
-def pull_command(image: str) -> str:
-    """One shell line: ``docker pull`` until it succeeds, pausing :data:`PULL_BACKOFF_S` between tries."""
+def pull_command(image: str, *, registry_login: bool = False) -> str:
+    """One shell line: ``docker pull`` until it succeeds, pausing :data:`PULL_BACKOFF_S` between tries; with
+    ``registry_login`` each try first signs Docker in to the deployment's registry as the VM's identity
+    (``boot.py --registry-login``: a new AcrPull assignment takes a while to apply, so it is retried too)."""
     waits = " ".join(str(wait) for wait in PULL_BACKOFF_S)
-    return f'for wait in {waits}; do docker pull {shlex.quote(image)} && pulled=1 && break; sleep "$wait"; done'
+    login = f"{shlex.join(['python3', f'{NODE_DIR}/boot.py', '--registry-login'])} && " if registry_login else ""
+    return f'for wait in {waits}; do {login}docker pull {shlex.quote(image)} && pulled=1 && break; sleep "$wait"; done'
 
 
 def start_command(docker_argv: list[str]) -> str:
@@ -97,7 +106,9 @@ def start_command(docker_argv: list[str]) -> str:
     return f'{shlex.join(docker_argv)} || {shlex.join(note)} "$?" "${{pulled:-0}}"'
 
 
-def render_cloud_init(*, node: dict[str, Any], image: str, docker_argv: list[str], install_docker: bool) -> str:
+def render_cloud_init(
+    *, node: dict[str, Any], image: str, docker_argv: list[str], install_docker: bool, registry_login: bool = False
+) -> str:
     """The ``#cloud-config`` document: the node's files, then the quoted ``chown``, pull and ``docker run``.
 
     It holds no secret (Azure: customData is readable with VM read access and from the instance metadata):
@@ -110,7 +121,7 @@ def render_cloud_init(*, node: dict[str, Any], image: str, docker_argv: list[str
         {"path": f"{NODE_DIR}/boot.py", "permissions": "0644", "content": BOOT_SOURCE},
     ]
     owner = shlex.join(["chown", "-R", str(IMAGE_UID), NODE_DIR])
-    runcmd = [owner, pull_command(image), start_command(docker_argv)]
+    runcmd = [owner, pull_command(image, registry_login=registry_login), start_command(docker_argv)]
     document: dict[str, Any] = {"write_files": files, "runcmd": runcmd}
     if install_docker:  # plain Ubuntu: Docker from the distribution (GPU drivers need the NGC image)
         document["packages"] = ["docker.io"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from shared.backends.vmcluster.image import resolve_image
 from shared.backends.vmcluster.section import VMClusterCompute
 from shared.backends.vmcluster.settings import (
     NGC_VM_IMAGE,
@@ -60,6 +61,7 @@ def plan(
     kwargs = cluster_kwargs(
         compute, handle, experiment_id=experiment_id, env_vars=env_vars, identity=identity, azure=azure
     )
+    image = resolve_image(compute, azure)
     tags = {
         **cluster_tags(experiment_id, azure.instance_id),
         "creator": "dask-cloudprovider",
@@ -75,8 +77,8 @@ def plan(
         "The VMs hold only a SAS of that container (expiring with the experiment): no key, no table access.",
         "Dask's ports 8786/8787 are admitted from the experiment's subnet only; no public IPs on the VMs; "
         "the dashboard listens on each head's loopback only.",
-        f"Every VM pulls {compute.docker_image} (docker run {compute.docker_args}) and runs it as the image's "
-        "user (uid 1001), which owns the node's files.",
+        f"Every VM pulls {image.describe()}; docker run {compute.docker_args}, as the image's user (uid 1001), "
+        "which owns the node's files.",
         _head_note(compute),
     ]
     notes.append(_outbound_note(net.existing_vnet is not None, names.nat, names.nat_ip))
@@ -132,6 +134,13 @@ def plan(
         },
         "cluster": {
             "kwargs": kwargs,
+            "image": {
+                "reference": image.reference,
+                "pinned_by_digest": image.pinned,
+                "registry": image.registry or None,
+                "pulled_as": "the experiment's VM identity (AcrPull)" if image.registry else "anonymous",
+                "why": image.describe(),
+            },
             "tags": tags,
             "vms": {
                 "scheduler": {
@@ -199,6 +208,6 @@ class VMClusterPlanner:
             f"in {compute.resource_group} ({compute.location}): {network}, tagged for teardown",
             f"1 head VM ({scheduler}: scheduler and driver only, no trials) and {compute.n_workers} worker VMs "
             f"({compute.vm_size}), no public IPs",
-            f"image {compute.docker_image}, run as its user (uid 1001)",
+            f"image {resolve_image(compute, AzureSettings()).describe()}; run as its user (uid 1001)",
             f"the HPO driver beside the scheduler: {trials}",
         ]

@@ -9,14 +9,19 @@ older version) are ignored on reading and dropped when the state machine merges 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.backends.area import AreaHandle
+from shared.backends.vmcluster.image import ImageChoice, resolve_image
 from shared.compute_report import ComputeReport
 from shared.ports import BackendHandle
 from shared.records import utcnow
+
+if TYPE_CHECKING:
+    from shared.backends.vmcluster.section import VMClusterCompute
+    from shared.config import AzureSettings
 
 
 class NetworkHandle(BaseModel):
@@ -39,7 +44,7 @@ class NetworkHandle(BaseModel):
 
 
 class IdentityHandle(BaseModel):
-    """The experiment's VM identity and its one role assignment (ARM ids; the client id is no secret):
+    """The experiment's VM identity and its role assignments (ARM ids; the client id is no secret):
     :mod:`shared.backends.vmcluster.identity`."""
 
     model_config = ConfigDict(frozen=True)
@@ -48,6 +53,8 @@ class IdentityHandle(BaseModel):
     client_id: str
     principal_id: str
     role_assignment_id: str
+    registry_assignment_id: str | None = None
+    """AcrPull on the deployment's registry, when the run's image is pulled from there."""
 
 
 class VMClusterHandle(BackendHandle, AreaHandle):
@@ -58,6 +65,8 @@ class VMClusterHandle(BackendHandle, AreaHandle):
     kind: Literal["vmcluster"] = "vmcluster"
     network: NetworkHandle | None = Field(default=None, description="set by provision")
     identity: IdentityHandle | None = Field(default=None, description="the VMs' own identity, set by provision")
+    image: str | None = Field(default=None, description="the image every VM pulls, fixed at provision")
+    image_registry: str | None = Field(default=None, description="the deployment's registry it comes from, if so")
     cluster_id: str | None = Field(default=None, description="8 hex digits, in VM names and tags")
     scheduler_vm: str | None = None
     scheduler_address: str | None = Field(default=None, description="tls://<head private ip>:<port>")
@@ -78,6 +87,12 @@ class VMClusterHandle(BackendHandle, AreaHandle):
     def of(cls, backend_state: dict[str, Any]) -> VMClusterHandle:
         """The handle inside a record's ``backend_state`` (empty for a new experiment)."""
         return cls.model_validate(backend_state or {})
+
+    def image_choice(self, compute: VMClusterCompute, azure: AzureSettings) -> ImageChoice:
+        """The image fixed at provision, or (a redelivered provision, a new run) the one :mod:`.image` chooses."""
+        if self.image:
+            return ImageChoice(self.image, "fixed at provision", self.image_registry or "")
+        return resolve_image(compute, azure)
 
     @property
     def submitted(self) -> bool:

@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 
 STORAGE_BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
 """The built-in role's GUID (infra/modules/role-definitions.bicep: ``storageBlobDataContributor``)."""
+ACR_PULL = "7f951dda-4ed3-4680-a7ca-43fe172d538d"
+"""AcrPull's GUID (role-definitions.bicep: ``acrPull``): the VMs pull the deployment's project image."""
 
 
 def identity_name(experiment_id: str) -> str:
@@ -67,11 +69,12 @@ def ensure_identity(
     tags: dict[str, str],
     scope: str,
     retry: RetrySettings,
+    registry_scope: str = "",
 ) -> IdentityHandle:
     """Create (or find) the experiment's identity and give it Storage Blob Data Contributor at ``scope``
-    (one container). Both PUTs are idempotent: the identity's name and the assignment's GUID are derived
-    from the experiment, the principal, the role and the scope."""
-    from azure.mgmt.authorization.v2022_04_01.models import RoleAssignmentCreateParameters
+    (one container) and, with ``registry_scope`` (the deployment's registry, when the run's image comes from
+    there), AcrPull on that registry. Every PUT is idempotent: the identity's name and the assignments' GUIDs
+    are derived from the experiment, the principal, the role and the scope."""
     from azure.mgmt.msi.models import Identity
 
     name = identity_name(experiment_id)
@@ -82,34 +85,69 @@ def ensure_identity(
         ),
         retry,
     )
-    subscription = scope.split("/")[2]
-    definitions = f"/subscriptions/{subscription}/providers/Microsoft.Authorization/roleDefinitions"
-    role = f"{definitions}/{STORAGE_BLOB_DATA_CONTRIBUTOR}"
-    assignment_name = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{scope.lower()}|{identity.principal_id}|{role.lower()}"))
-    parameters = RoleAssignmentCreateParameters(
-        role_definition_id=role,
-        principal_id=identity.principal_id,
-        principal_type="ServicePrincipal",  # skips the directory lookup a just-created principal would fail
-        description=f"rapids-hpo experiment {experiment_id}: its VMs' access to its own container",
-    )
-    assignment = arm_call(
-        f"assigning Storage Blob Data Contributor to {name} on the experiment's container",
-        lambda: authorization_client.role_assignments.create(scope, assignment_name, parameters),
-        retry,
-    )
+    roles = [(scope, STORAGE_BLOB_DATA_CONTRIBUTOR, "Storage Blob Data Contributor", "its own container")]
+    if registry_scope:
+        roles.append((registry_scope, ACR_PULL, "AcrPull", "the deployment's registry (the project image)"))
+    assignment_id, *registry = [
+        assign_role(
+            authorization_client,
+            scope=where,
+            principal_id=identity.principal_id,
+            role=role,
+            what=f"{label} to {name} on {what}",
+            description=f"rapids-hpo experiment {experiment_id}: its VMs' access to {what}",
+            retry=retry,
+        )
+        for where, role, label, what in roles
+    ]
+    registry_assignment_id = registry[0] if registry else None
     return IdentityHandle(
         resource_id=identity.id,
         client_id=identity.client_id,
         principal_id=identity.principal_id,
-        role_assignment_id=assignment.id,
+        role_assignment_id=assignment_id,
+        registry_assignment_id=registry_assignment_id,
     )
+
+
+def assign_role(
+    authorization_client: Any,
+    *,
+    scope: str,
+    principal_id: str,
+    role: str,
+    what: str,
+    description: str,
+    retry: RetrySettings,
+) -> str:
+    """Assign built-in ``role`` (its GUID) to a service principal at ``scope``; the assignment's name derives from
+    the scope, the principal and the role, so a redelivered provision PUTs the same one. Returns its ARM id."""
+    from azure.mgmt.authorization.v2022_04_01.models import RoleAssignmentCreateParameters
+
+    subscription = scope.split("/")[2]
+    role_id = f"/subscriptions/{subscription}/providers/Microsoft.Authorization/roleDefinitions/{role}"
+    name = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{scope.lower()}|{principal_id}|{role_id.lower()}"))
+    parameters = RoleAssignmentCreateParameters(
+        role_definition_id=role_id,
+        principal_id=principal_id,
+        principal_type="ServicePrincipal",  # skips the directory lookup a just-created principal would fail
+        description=description,
+    )
+    assignment = arm_call(
+        f"assigning {what}",
+        lambda: authorization_client.role_assignments.create(scope, name, parameters),
+        retry,
+    )
+    return str(assignment.id)
 
 
 def delete_identity(
     msi_client: Any, authorization_client: Any, handle: IdentityHandle, *, resource_group: str, retry: RetrySettings
 ) -> None:
-    """Delete the role assignment, then the identity (either gone already counts as deleted)."""
-    _delete_assignment(authorization_client, handle.role_assignment_id, retry)
+    """Delete the role assignments, then the identity (any gone already counts as deleted)."""
+    for assignment_id in (handle.role_assignment_id, handle.registry_assignment_id):
+        if assignment_id:
+            _delete_assignment(authorization_client, assignment_id, retry)
     _delete_identity_only(msi_client, handle.resource_id, resource_group, retry)
 
 
@@ -144,10 +182,11 @@ def sweep_identities(
     live_experiment_ids: set[str],
     instance_id: str,
     retry: RetrySettings,
+    registry_id: str = "",
 ) -> list[str]:
     """Delete this deployment's experiment identities (tagged with ``instance_id``) in ``resource_group``
-    whose experiment is not live, their role assignments on the storage account first (a teardown that
-    never ran leaves both); returns the ids deleted. Nothing without an instance id."""
+    whose experiment is not live, their role assignments on the storage account and the registry first (a
+    teardown that never ran leaves them); returns the ids deleted. Nothing without an instance id."""
     from shared.backends.vmcluster.network_layout import CREATED_BY, CREATED_BY_TAG, EXPERIMENT_TAG, INSTANCE_TAG
 
     if not instance_id:
@@ -163,7 +202,11 @@ def sweep_identities(
         ours = tags.get(INSTANCE_TAG) == instance_id and tags.get(CREATED_BY_TAG) == CREATED_BY
         if not ours or not tags.get(EXPERIMENT_TAG) or tags[EXPERIMENT_TAG] in live_experiment_ids:
             continue
-        assignments = _assignments_of(authorization_client, storage_account_id, identity, retry)
+        assignments = [
+            a
+            for scope in (storage_account_id, registry_id)
+            for a in _assignments_of(authorization_client, scope, identity, retry)
+        ]
         for assignment in assignments:
             _delete_assignment(authorization_client, assignment.id, retry)
             deleted.append(assignment.id)

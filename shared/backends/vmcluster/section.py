@@ -11,7 +11,6 @@ from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from shared.compute_spec import (
     RAPIDS_DOCKER_ARGS,
-    RAPIDS_IMAGE,
     ComputeSection,
     GpuCapacity,
     HostedSettings,
@@ -23,6 +22,7 @@ from shared.compute_spec import (
 from shared.cost.billing import BillingModel, BillingProfile, NodeGroup, Tier, spec_tier
 
 if TYPE_CHECKING:
+    from shared.config import AzureSettings
     from shared.spec import ExperimentSpec
 
 VMCLUSTER_DEFAULT_VM_SIZE = "Standard_NC8as_T4_v3"
@@ -42,6 +42,8 @@ def _rmm_managed_memory() -> dict[str, str | int | float | bool]:
 # the boot script quotes every token again (shared.backends.vmcluster.bootscript).
 IMAGE_PATTERN = r"^[a-z0-9][a-z0-9._/:@-]{0,254}$"
 """A container image reference: registry/name[:tag][@digest], lower case (no spaces, quotes or ``$``)."""
+DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
+"""A reference pinned by content: ``...@sha256:<64 hex>``."""
 DOCKER_ARG_PATTERN = re.compile(r"^--[a-z][a-z0-9-]*(=[A-Za-z0-9_.:/,=@+-]*)?$")
 """One ``docker run`` option in ``--name=value`` form."""
 PYTHON_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$"
@@ -148,7 +150,11 @@ class VMClusterCompute(ComputeSection):
         description="the head's size (scheduler and driver only: a CPU size); null: the workers' size",
     )
     n_workers: int = Field(default=2, ge=1, le=100)
-    docker_image: str = Field(default=RAPIDS_IMAGE, pattern=IMAGE_PATTERN)
+    docker_image: str | None = Field(
+        default=None,
+        pattern=IMAGE_PATTERN,
+        description="null: the deployment's project image (RAPIDS_HPO_IMAGE, by digest), else the stock RAPIDS image",
+    )
     docker_args: str = Field(default=RAPIDS_DOCKER_ARGS, description="docker run options, each as --name=value")
     worker_class: str = Field(default="dask_cuda.CUDAWorker", pattern=PYTHON_NAME_PATTERN)
     worker_options: dict[str, str | int | float | bool] = Field(default_factory=_rmm_managed_memory)
@@ -242,10 +248,34 @@ class VMClusterCompute(ComputeSection):
         )
 
     def hosted_problems(self, spec: ExperimentSpec, settings: HostedSettings) -> list[Problem]:
-        """A hosted deployment runs Dask only with TLS: without it, anyone who reaches the scheduler runs code."""
-        if self.security:
+        """A hosted deployment runs Dask only with TLS (without it, anyone who reaches the scheduler runs code),
+        and, with a registry, images pinned by digest only (:meth:`image_problems`)."""
+        problems = self.image_problems(settings.azure)
+        if not self.security:
+            problems.append(
+                (("compute", "security"), "a hosted deployment requires security: true (TLS between Dask's nodes)")
+            )
+        return problems
+
+    def image_problems(self, azure: AzureSettings) -> list[Problem]:
+        """A deployment with a registry runs images pinned by digest only (``docker_image``, else the
+        deployment's ``RAPIDS_HPO_IMAGE``, else the stock image by tag): a tag can move under a running
+        experiment, a digest is what was built (:mod:`shared.backends.vmcluster.image`)."""
+        reference = self.docker_image or azure.image
+        if not azure.registry or (reference and DIGEST.search(reference)):
             return []
-        return [(("compute", "security"), "a hosted deployment requires security: true (TLS between Dask's nodes)")]
+        if not reference:
+            why = (
+                "this deployment has a registry but names no project image (RAPIDS_HPO_IMAGE: an administrator "
+                "builds it with az acr build, README: deploy); name an image by digest (<image>@sha256:<digest>)"
+            )
+        else:
+            why = (
+                f"{reference[:120]!r} is named by tag: a hosted deployment with a registry runs images pinned by "
+                "digest (<image>@sha256:<digest>; az acr repository show -n <registry> --image <repo>:<tag> "
+                "--query digest prints it)"
+            )
+        return [(("compute", "docker_image"), why)]
 
     def billing(self, spec: ExperimentSpec, vm_size: str | None = None, tier: Tier | None = None) -> BillingProfile:
         """Every VM bills from creation to teardown, start-up included; a worker runs a trial per GPU;

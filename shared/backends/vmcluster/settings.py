@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from shared.backends.vmcluster.image import resolve_image
 from shared.backends.vmcluster.section import CLUSTER_STARTUP_ESTIMATE_S, VMClusterCompute
 from shared.config import CREDENTIAL_MARGIN_SECONDS, AzureSettings, ManagedIdentity
 
@@ -173,7 +174,7 @@ def cluster_kwargs(
         "vm_size": compute.vm_size,
         "scheduler_vm_size": compute.scheduler_vm_size,
         "disk_size": compute.disk_size,
-        "docker_image": compute.docker_image,
+        "docker_image": resolve_image(compute, azure or AzureSettings()).reference,
         "docker_args": compute.docker_args,
         "worker_class": compute.worker_class,
         "worker_options": python_options(dict(compute.worker_options)),

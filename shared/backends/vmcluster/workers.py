@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from shared.backends.vmcluster.boot_notes import boot_log_hint, describe_note, replacement_budget, unbootable_workers
 from shared.backends.vmcluster.settings import WORKERS_PER_STEP, python_options, worker_vm_prefix
+from shared.backends.vmcluster.vm_plan import plan_vm
 from shared.backends.vmcluster.vms import delete_failed_workers, delete_workers, healthy_workers
 from shared.errors import BackendError
 
@@ -94,7 +95,7 @@ def reconcile_workers(
         handle = handle.model_copy(update={"last_error": f"{error} for the size now); deleted and replaced"})
     batch = min(missing, WORKERS_PER_STEP)  # the rest at the next polls: each step's ARM calls are bounded
     names = [f"{worker_vm_prefix(cluster_id)}{uuid.uuid4().hex[:8]}" for _ in range(batch)]
-    plans = [backend._plan(record, compute, handle, name, node, head=False) for name in names]
+    plans = [plan_vm(backend, record, compute, handle, name, node, head=False) for name in names]
     with ThreadPoolExecutor(max_workers=min(8, batch), thread_name_prefix="vmcluster-create") as pool:
         futures = [pool.submit(backend._create, record, handle, clients, plan, wait=False) for plan in plans]
     errors = [exc for exc in (f.exception() for f in futures) if exc is not None]
