@@ -418,3 +418,42 @@ def test_a_crashed_worker_comes_back_and_its_trial_is_retried(
     assert len([vm for vm in arm.of_type("virtualMachines") if "-worker-" in vm["name"]]) == 2
     trials = _trials(backend, record.id)
     assert len(trials) == 4 and all(t.state is TrialState.COMPLETED for t in trials)
+
+
+@pytest.mark.slow  # boots stand-in VMs (~40 s); test_vmcluster_registry.py keeps the pull rules in the default run
+def test_a_run_pulls_the_deployments_pinned_image_as_its_own_identity(
+    backend: VMClusterBackend, standin: VMStandIn, arm: FakeArm, storage: StorageProxy
+) -> None:
+    """The deployment's project image (RAPIDS_HPO_IMAGE, by digest, in its registry): provision gives the
+    experiment's identity AcrPull there, every VM signs Docker in as that identity and pulls the digest the
+    build pushed, the run completes, and teardown takes the AcrPull with the identity."""
+    from tests.rbac import registry_id
+    from tests.registry_standin import RegistryStandIn
+
+    registry = RegistryStandIn(
+        arm.directory,
+        registry_id=registry_id(SUB, CONTROL_RG),
+        cert=storage.cert,  # the CA the VMs trust (their platform's SSL_CERT_FILE)
+        key=storage.folder / "storage-key.pem",
+    )
+    try:
+        digest = registry.push("rapids-hpo", "26.10")
+        image = f"{registry.login_server}/rapids-hpo@{digest}"
+        azure = dataclasses.replace(
+            backend.settings.azure,
+            registry=registry.login_server,
+            registry_id=registry_id(SUB, CONTROL_RG),
+            image=image,
+        )
+        backend.settings = dataclasses.replace(backend.settings, azure=azure)
+        record = _new_record(backend, _spec(total=2))
+        record, status = _run(backend, standin, record)
+
+        assert status.state is RunState.SUCCEEDED, (status, standin.logs(), registry.refused)
+        assert len(standin.containers) == 3 and registry.pulled == [f"rapids-hpo@{digest}"] * 3
+        handle = VMClusterHandle.of(record.backend_state)
+        assert handle.image == image and handle.identity and handle.identity.registry_assignment_id
+        backend.teardown(record)
+        assert not arm.directory.assignments and not arm.of_type("userAssignedIdentities")
+    finally:
+        registry.close()

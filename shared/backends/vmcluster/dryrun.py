@@ -74,7 +74,8 @@ def plan(
     notes = [
         "The control plane never connects to the cluster: it creates the VMs and reads the experiment's "
         "blob container, where the head node's driver writes trials, a heartbeat and the outcome.",
-        "The VMs hold only a SAS of that container (expiring with the experiment): no key, no table access.",
+        "The VMs reach that container (and the deployment's registry, for its image) as the experiment's own "
+        "managed identity, created at provision and deleted at teardown: no key or SAS in their boot script.",
         "Dask's ports 8786/8787 are admitted from the experiment's subnet only; no public IPs on the VMs; "
         "the dashboard listens on each head's loopback only.",
         f"Every VM pulls {image.describe()}; docker run {compute.docker_args}, as the image's user (uid 1001), "
