@@ -120,6 +120,20 @@ def test_plan_prints_a_summary_and_a_table_and_the_sweep_job_once_under_full(tmp
     assert full.output.count("type: sweep") == 1  # the sweep job once, as YAML
 
 
+def test_the_plan_prices_a_vmcluster_head_as_its_own_size_and_says_why(tmp_path):
+    compute = {"backend": "vmcluster", "location": "eastus", "resource_group": "rg", "n_workers": 2}
+    result = runner.invoke(app, ["plan", str(write(tmp_path, example("flights-rf.yaml", **compute)))])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "2 x Standard_NC8as_T4_v3 (workers): $0.752/h" in text
+    assert "1 x Standard_D8s_v5 (scheduler): $0.384/h" in text
+    assert "1 head VM (Standard_D8s_v5: scheduler and driver only, no trials)" in text
+    assert "$0.629/node-hour" in text  # (2 x 0.752 + 0.384) / 3
+    same = {**compute, "scheduler_vm_size": None}  # null: the head sized like a worker, one group's price
+    result = runner.invoke(app, ["plan", str(write(tmp_path, example("flights-rf.yaml", **same)))])
+    assert "(scheduler):" not in result.output and "$0.752/node-hour" in " ".join(result.output.split())
+
+
 def test_plan_yaml_is_one_document_with_the_estimate_and_no_duplicate(tmp_path):
     path = write(tmp_path, example("flights-xgb.yaml", backend="azureml"))
     result = runner.invoke(app, ["plan", str(path), "-o", "yaml"])

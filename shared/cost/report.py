@@ -13,7 +13,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from shared.cost.billing import billing_profile
+from shared.cost.billing import BillingProfile, billing_profile
 from shared.cost.catalogue import Catalogue, Tier
 from shared.cost.estimate import CostEstimate, candidate_estimates, estimate_cost, run_time_range, spec_warnings
 
@@ -42,6 +42,18 @@ def _hours(value: float) -> str:
     return f"{value:.2f}" if value < 100 else f"{value:,.0f}"
 
 
+def node_lines(profile: BillingProfile, catalogue: Catalogue) -> list[str]:
+    """Each billed group at its own size and price, when the groups differ (a vmcluster's CPU head beside its
+    GPU workers): the blended node-hour rate alone would hide what each costs. Nothing for one group."""
+    groups = [(g, p) for g, p in zip(profile.groups, profile.prices(catalogue), strict=True) if g.count]
+    if len({(g.vm_size, g.tier) for g, _ in groups}) < 2:
+        return []
+    return [
+        f"{g.count} x {g.vm_size} ({g.role}): {usd(p.usd_per_hour) if p else 'unpriced'}/h {TIER_LABEL[g.tier]}"
+        for g, p in groups
+    ]
+
+
 def summary(spec: ExperimentSpec, estimate: CostEstimate, catalogue: Catalogue, creates: list[str]) -> Group:
     """The plan's first screen: what is created (``creates``: the backend's planner says), node-hours, the
     cost range, the budget, the warnings."""
@@ -59,6 +71,9 @@ def summary(spec: ExperimentSpec, estimate: CostEstimate, catalogue: Catalogue, 
     if estimate.priced:
         rate = f"{usd(estimate.usd_per_hour)}/node-hour, {TIER_LABEL[estimate.tier]}"
         lines.append(Text(f"  costs     {usd_range(estimate)}  ({rate})", style="bold"))
+        lines += [
+            Text(f"  {'nodes' if i == 0 else '':<9} {line}") for i, line in enumerate(node_lines(profile, catalogue))
+        ]
         lines.append(Text(f"  prices    {estimate.basis}", style="dim"))
     elif not profile.billed:
         lines.append(Text(f"  costs     nothing billed here; {profile.unpriced_hint}"))
