@@ -278,6 +278,8 @@ def function_app_rbac(
     experiment_resource_group: str,
     control_resource_group: str = "rg-control",
     control_vnet: str = "vnet-rhpo-standin",
+    *,
+    deploy_image_registry: bool = True,
 ) -> Rbac:
     """The Function App's role assignments as the Bicep declares them, in a deployment of these groups
     (the control plane's resources named as a test names them)."""
@@ -289,6 +291,6 @@ def function_app_rbac(
         "vmIdentityName": "id-dask-rhpo-standin",
         "registryName": STANDIN_REGISTRY,
     }
-    flags = {"deployImageRegistry": True}  # main.bicep's default
+    flags = {"deployImageRegistry": deploy_image_registry}  # main.bicep's default: true
     deployment = Deployment(subscription_id, control_resource_group, experiment_resource_group, names, flags)
     return deployed_rbac(deployment)

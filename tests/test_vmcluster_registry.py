@@ -37,7 +37,7 @@ from shared.spec import load_spec
 from tests.arm_server import FakeArm, StaticTokenCredential
 from tests.control_plane import tiny_spec
 from tests.entra_standin import ImdsServer, self_signed
-from tests.rbac import Rbac, function_app_rbac, registry_id
+from tests.rbac import function_app_rbac, registry_id
 from tests.registry_standin import RegistryStandIn
 from tests.vm_standin import Refused, VMStandIn
 
@@ -181,12 +181,9 @@ def test_the_function_app_may_assign_acrpull_on_the_registry_and_nothing_else(az
                 retry=NO_RETRY,
             )
 
-    # Without the Bicep's registry delegation, ARM refuses the AcrPull the backend asks for: no image run.
-    roles = function_app_rbac(SUB, RG, CONTROL_RG)
-    azure.arm.rbac = Rbac(
-        tuple(a for a in roles.assignments if not a.declared_in.startswith("roles-registry.bicep")),
-        roles.unknown_roles,
-    )
+    # A deployment whose Bicep grants no registry delegation (deployImageRegistry=false): ARM refuses the AcrPull.
+    azure.arm.rbac = function_app_rbac(SUB, RG, CONTROL_RG, deploy_image_registry=False)
+    assert not [a for a in azure.arm.rbac.assignments if a.declared_in.startswith("roles-registry.bicep")]
     with pytest.raises(BackendError, match=r"AcrPull .* 403 AuthorizationFailed"):
         _identity(azure.arm, acr_pull=True)
 

@@ -7,9 +7,11 @@ What plays what:
   the VM's own folder (``<root>/<vm>/opt/rapids-hpo/...``) as cloud-init leaves them: owned by root (or the
   entry's numeric ``owner``), with the entry's mode (default 0644), parent folders created root-owned 0755.
   ``runcmd`` runs as cloud-init runs it, one ``sh`` script, line after line, a failing line not stopping
-  the next, but with only the host commands of tests/vm_standin_host.py on its PATH (``docker pull``,
-  ``docker run``, ``chown``, ``sleep``, and ``python3`` for the node's ``boot.py`` only; a sleep returns at
-  once and is recorded): a script that calls anything else is refused. :meth:`VMStandIn.fail_pulls`
+  the next, but with only the host commands of tests/vm_standin_host.py on its PATH (``docker login``,
+  ``docker pull``, ``docker run``, ``chown``, ``sleep``, and ``python3`` for the node's ``boot.py`` only; a
+  sleep returns at once and is recorded): a script that calls anything else is refused. An image of a
+  registry at 127.0.0.1 is pulled with ACR's token protocol from tests/registry_standin.py, which refuses a
+  VM whose identity holds no AcrPull there, or a digest never pushed. :meth:`VMStandIn.fail_pulls`
   scripts image pulls that fail.
 * Docker and the image: ``docker run`` options are read (``--env``, ``--volume``, ``--restart``, ``--user``,
   ``--network=host``, ``--shm-size``, ``--ulimit``, ...; an unknown option is refused) and the command runs
