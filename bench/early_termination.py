@@ -18,6 +18,7 @@ the trials so that it can spend the same budget). ``--methods samplers`` compare
 policy instead (random, tpe, cmaes, qmc).
 
     python bench/early_termination.py [--seeds 5] [--trials 6] [--rounds 40] [--report-every 10] [--methods pruners]
+        [--only asha]  # the seed's search and TPE + ASHA only
 
 Last lines: per method, the medians over tables and seeds of ``time_to_seed_best_ratio`` (against the
 seed's own time to its best) and ``total_ratio``, and ``best_gap`` (mean best at equal budget minus the seed's).
@@ -58,7 +59,8 @@ PRUNER_METHODS: dict[str, tuple[str, dict[str, Any] | None, int]] = {
     "bandit": ("random", {"type": "bandit", "slack_factor": 0.1, "delay_evaluation": 2}, 1),
     "asha": ("tpe", {"type": "successive_halving", "min_resource": 1, "reduction_factor": 3}, 2),
 }
-"""method -> (sampler, policy, trials multiplier); min_resource is replaced by --report-every rounds."""
+"""method -> (sampler, policy, trials multiplier: ``--extra`` where above 1); min_resource is replaced by
+--report-every rounds."""
 SAMPLER_METHODS = {name: (name, None, 1) for name in ("random", "tpe", "cmaes", "qmc")}
 
 
@@ -125,6 +127,8 @@ def main() -> None:
     parser.add_argument("--flights-rows", type=int, default=3000)
     parser.add_argument("--methods", choices=("pruners", "samplers"), default="pruners")
     parser.add_argument("--tables", default="flights,digits,breast_cancer")
+    parser.add_argument("--extra", type=int, default=2, help="TPE + ASHA runs this many times the trials")
+    parser.add_argument("--only", help="run only these methods (comma-separated; the baseline always runs)")
     parser.add_argument("--from-log", type=Path, help="summarize the rows an earlier run printed, run nothing")
     args = parser.parse_args()
     if args.from_log:
@@ -132,6 +136,11 @@ def main() -> None:
         return
     methods = PRUNER_METHODS if args.methods == "pruners" else SAMPLER_METHODS
     baseline = next(iter(methods))
+    if args.only:
+        unknown = set(args.only.split(",")) - set(methods)
+        if unknown:
+            parser.error(f"--only: unknown methods {sorted(unknown)}; expected some of {list(methods)}")
+        methods = {name: m for name, m in methods.items() if name == baseline or name in args.only.split(",")}
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in methods}
     started = time.perf_counter()
     with (
@@ -144,8 +153,9 @@ def main() -> None:
                 continue
             for seed in range(1, args.seeds + 1):
                 runs = {}
-                for name, (sampler, policy, times) in methods.items():
-                    spec = spec_for(dataset, sampler, policy, args.trials * times, seed, args.rounds, args.report_every)
+                for name, (sampler, policy, multiplier) in methods.items():
+                    count = args.trials * (args.extra if multiplier > 1 else 1)
+                    spec = spec_for(dataset, sampler, policy, count, seed, args.rounds, args.report_every)
                     runs[name] = run(spec, client, Path(folder), f"{table}-{seed}-{name}")
                 base = figures(runs[baseline], math.inf, math.inf)
                 for name, trials in runs.items():
@@ -162,7 +172,7 @@ def main() -> None:
                         flush=True,
                     )
         print(
-            f"# {args.seeds} seeds x {len(args.tables.split(','))} tables, {args.trials} trials (x multiplier), "
+            f"# {args.seeds} seeds x {len(args.tables.split(','))} tables, {args.trials} trials (x{args.extra} ours), "
             f"xgboost {args.rounds} rounds reported every {args.report_every}; {time.perf_counter() - started:.0f} s"
         )
         summarize(results)  # before the cluster closes (a loaded machine may time its close out)
