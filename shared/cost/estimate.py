@@ -2,8 +2,12 @@
 
 The run's wall time is a range: at best every trial after the first wave is stopped by the early-termination
 policy at the first fold it evaluates; at worst every trial runs to ``trial_timeout`` (both capped by
-``limits.timeout``). The backend's :class:`~shared.cost.billing.BillingProfile` turns a wall time into
-node-hours (start-up and idle tail included); the price per node-hour weighs the sizes of the nodes it bills
+``limits.timeout``). A run with several objectives then refits up to ``output.front_models - 1`` other Pareto
+front members one after another (:func:`front_refits`), after the search and so outside ``limits.timeout``:
+the top of the range counts each as one trial's time (a refit is one fit on all rows, a trial ``cv_folds``
+fits on most of them), the bottom none (the front may be the best alone). The backend's
+:class:`~shared.cost.billing.BillingProfile` turns a wall time into node-hours (start-up and idle tail
+included); the price per node-hour weighs the sizes of the nodes it bills
 (workers and a scheduler VM may differ).
 """
 
@@ -39,6 +43,16 @@ class RunTimes:
     per_trial_s: float
     per_trial_basis: str
     low_basis: str
+    front_refits: int = 0
+    """Refits of other Pareto front members counted in ``high_s`` (0 with one objective)."""
+
+
+def front_refits(spec: ExperimentSpec) -> int:
+    """The most front member refits a run of ``spec`` starts after the best's: ``output.front_models - 1``
+    with several objectives (a front holds at most every trial), none with one."""
+    if not spec.objective.multi:
+        return 0
+    return max(min(spec.output.front_models, spec.effective_total_trials()) - 1, 0)
 
 
 def run_time_range(spec: ExperimentSpec) -> RunTimes:
@@ -60,7 +74,8 @@ def run_time_range(spec: ExperimentSpec) -> RunTimes:
         low_basis = "no early stop possible: every trial runs in full"
     if limits.timeout is not None:
         high, low = min(high, float(limits.timeout)), min(low, float(limits.timeout))
-    return RunTimes(low, high, per_trial, basis, low_basis)
+    refits = front_refits(spec)
+    return RunTimes(low, high + refits * per_trial, per_trial, basis, low_basis, refits)
 
 
 @dataclass(frozen=True)

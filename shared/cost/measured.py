@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from shared.cost.estimate import front_refits
 from shared.records import ExperimentRecord, ExperimentStatus, TrialState
 
 if TYPE_CHECKING:
@@ -76,11 +77,15 @@ def expected_line(spec: ExperimentSpec, measured: MeasuredTrials | None) -> str:
     total = spec.effective_total_trials()
     at_once = max(min(spec.limits.max_concurrent_trials, total), 1)
     waves = math.ceil(total / at_once)
-    seconds = waves * measured.mean_s
+    refits = front_refits(spec)
+    seconds = (waves + refits) * measured.mean_s
+    steps = f"{waves} waves of {at_once} trials"
+    if refits:  # each counted as a trial, as the range counts them
+        steps = f"({steps} + up to {refits} front model refits)"
     when = f", ended {measured.ended_at:%Y-%m-%d %H:%M} UTC" if measured.ended_at else ""
     shown = f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
     return (
-        f"~{shown}: {waves} waves of {at_once} trials x {measured.mean_s:.0f} s, the mean of the "
+        f"~{shown}: {steps} x {measured.mean_s:.0f} s, the mean of the "
         f"{measured.trials} completed trials of {measured.experiment_id}{when} (same data, model, folds and "
         "compute; early stops make it shorter, larger search values longer)"
     )

@@ -15,7 +15,14 @@ from rich.text import Text
 
 from shared.cost.billing import BillingProfile, billing_profile
 from shared.cost.catalogue import Catalogue, Tier
-from shared.cost.estimate import CostEstimate, candidate_estimates, estimate_cost, run_time_range, spec_warnings
+from shared.cost.estimate import (
+    CostEstimate,
+    RunTimes,
+    candidate_estimates,
+    estimate_cost,
+    run_time_range,
+    spec_warnings,
+)
 
 if TYPE_CHECKING:
     from shared.spec import ExperimentSpec
@@ -54,6 +61,16 @@ def node_lines(profile: BillingProfile, catalogue: Catalogue) -> list[str]:
     ]
 
 
+def front_refits_text(spec: ExperimentSpec, times: RunTimes) -> str:
+    """What the top of the range adds for a run with several objectives: its front members' refits."""
+    count = times.front_refits
+    members = f"{count} other Pareto front member{'s' if count > 1 else ''}"
+    return (
+        f"up to {members}' models refit on all rows, one after another (output.front_models "
+        f"{spec.output.front_models}, the best's aside), each counted as one trial's time at most; none at best"
+    )
+
+
 def summary(spec: ExperimentSpec, estimate: CostEstimate, catalogue: Catalogue, creates: list[str]) -> Group:
     """The plan's first screen: what is created (``creates``: the backend's planner says), node-hours, the
     cost range, the budget, the warnings."""
@@ -63,6 +80,8 @@ def summary(spec: ExperimentSpec, estimate: CostEstimate, catalogue: Catalogue, 
     lines.append(Text(f"  runs      {times.low_s / 3600:.2f}-{times.high_s / 3600:.2f} h of wall time"))
     lines.append(Text(f"            at most: every trial to {times.per_trial_basis}"))
     lines.append(Text(f"            at best: {times.low_basis}"))
+    if times.front_refits:
+        lines.append(Text(f"            then:    {front_refits_text(spec, times)}"))
     profile = billing_profile(spec)
     overheads = profile.overheads()
     included = f" ({' and '.join(overheads)} included)" if overheads else ""
@@ -156,9 +175,11 @@ def plan_document(spec: ExperimentSpec, catalogue: Catalogue, creates: list[str]
             "usd_high": None if item.usd_high is None else round(item.usd_high, 4),
         }
 
+    refits = {"front_refits": {"count": times.front_refits, "seconds_each_at_most": times.per_trial_s}}
     return {
         "creates": creates,
         "wall_time_hours": {"low": round(times.low_s / 3600, 4), "high": round(times.high_s / 3600, 4)},
+        **(refits if times.front_refits else {}),
         "node_hours": {"low": round(estimate.node_hours_low, 4), "high": round(estimate.node_hours_high, 4)},
         "cost": {**row(estimate), "basis": estimate.basis, "unpriced": estimate.unpriced},
         "budget_usd": spec.limits.max_cost,
