@@ -12,8 +12,9 @@ from typing import Any
 from distributed import Client
 
 from shared.config import MODEL_PREFIX, front_model_prefix
+from shared.errors import NotFound
 from shared.pareto import front_member, kept_members
-from shared.ports import TrialStore
+from shared.ports import Store, TrialStore
 from shared.records import BestTrial
 from shared.spec import ExperimentSpec
 from shared.telemetry import span
@@ -48,11 +49,30 @@ def _inside(value: Any, root: Path) -> Any:
     return value
 
 
+def cross_validation_of(spec: ExperimentSpec, trial: BestTrial) -> dict[str, Any]:
+    """The scores that chose ``trial``'s parameters, as its refit's ``metrics.json`` carries them."""
+    return {
+        "trial": trial.number,
+        "primary_metric": spec.objective.primary_metric,
+        "value": trial.value,
+        "metrics": trial.metrics,
+    }
+
+
+def written_last(names: dict[str, bytes]) -> list[tuple[str, bytes]]:
+    """A model's files in the order they are stored: ``metrics.json`` last, so its presence says every other
+    file is there (each put is whole or absent; a driver killed in between leaves no metrics.json)."""
+    from gpu_jobs.model_files import METRICS_FILE
+
+    return sorted(names.items(), key=lambda item: (item[0] == METRICS_FILE, item[0]))
+
+
 def refit_trial_model(
     spec: ExperimentSpec, experiment_id: str, trial: BestTrial, store: TrialStore, client: Client, prefix: str
 ) -> str:
     """Refit ``trial``'s parameters on all rows (as a task on the cluster) and store its files under
-    ``prefix``, ``metrics.json`` carrying the trial's cross-validated scores; returns the model's URI."""
+    ``prefix``, ``metrics.json`` carrying the trial's cross-validated scores and written last
+    (:func:`written_last`); returns the model's URI."""
     kwargs = {
         "data": spec.dataset.uri,
         "target": spec.dataset.target,
@@ -65,16 +85,10 @@ def refit_trial_model(
         "data_format": spec.dataset.format,
         "max_rows": spec.dataset.max_rows,
     }
-    cross_validation = {
-        "trial": trial.number,
-        "primary_metric": spec.objective.primary_metric,
-        "value": trial.value,
-        "metrics": trial.metrics,
-    }
-    result = client.submit(refit_task, kwargs, cross_validation, pure=False).result()
+    result = client.submit(refit_task, kwargs, cross_validation_of(spec, trial), pure=False).result()
     uri = None
     with span("model upload", attributes={"rapids_hpo.files": len(result["files"])}):
-        for name, data in sorted(result["files"].items()):
+        for name, data in written_last(result["files"]):
             uri = store.put_artifact(experiment_id, f"{prefix}{name}", data)
     if uri is None:
         raise RuntimeError("the refit produced no model files")
@@ -93,11 +107,25 @@ def refit_best_model(
     return best.model_copy(update={"model_uri": model_uri})
 
 
+def stored_complete(spec: ExperimentSpec, experiment_id: str, member: BestTrial, store: Store) -> bool:
+    """Whether ``front-models/<number>/`` already holds ``member``'s whole model, stored before a restart:
+    its ``metrics.json`` (written last) is there and names this member's cross-validated scores. Anything
+    else (absent, unreadable, another trial's) is refit, its files overwritten."""
+    from gpu_jobs.model_files import METRICS_FILE
+
+    try:
+        stored = json.loads(store.get_artifact(experiment_id, front_model_prefix(member.number) + METRICS_FILE))
+    except (NotFound, ValueError):  # absent; not JSON or not UTF-8, so not a file this code wrote whole
+        return False
+    expected = json.loads(json.dumps(cross_validation_of(spec, member)))  # as JSON gives it back
+    return isinstance(stored, dict) and stored.get("cross_validation") == expected
+
+
 def refit_front_models(
     spec: ExperimentSpec,
     experiment_id: str,
     best_number: int,
-    store: TrialStore,
+    store: Store,
     client: Client,
     blocked: Callable[[], str | None],
 ) -> list[int]:
@@ -106,11 +134,17 @@ def refit_front_models(
 
     ``blocked`` is asked before each refit and says why none may start now (a cancel, the budget): the
     remaining members then keep no model. A member whose refit fails loses only its own model (logged): the
-    run's result and the best model stand, and the next member is tried."""
+    run's result and the best model stand, and the next member is tried. A member whose model a driver
+    before a restart stored whole (:func:`stored_complete`) is not refit, so a restarted driver resumes
+    at the first member it had not finished."""
     trials = store.list_trials(experiment_id)
     done = []
     for number in kept_members(spec, trials):
         if number == best_number:
+            continue
+        member = front_member(spec, trials, number)  # a kept member is on the front: no LookupError
+        if stored_complete(spec, experiment_id, member, store):
+            log.info("front models: trial %d's model is already stored whole; not refit", number)
             continue
         why = blocked()
         if why is not None:
@@ -118,7 +152,6 @@ def refit_front_models(
             break
         try:
             with span("front refit", attributes={"rapids_hpo.trial.number": number}):
-                member = front_member(spec, trials, number)
                 refit_trial_model(spec, experiment_id, member, store, client, front_model_prefix(number))
         except Exception:
             log.exception("front models: the refit of trial %d failed; it keeps no model", number)

@@ -224,7 +224,9 @@ def refit_front(
     """With several objectives, after the best model: refit the other kept Pareto front members
     (``output.front_models``), only for a COMPLETED run (a cancelled one keeps its best model and starts
     nothing more) and each only while no cancel came and one more trial's worst case fits
-    ``limits.max_cost``; the compute is torn down once the outcome is written, so it is now or never."""
+    ``limits.max_cost``; the compute is torn down once the outcome is written, so it is now or never. A
+    driver restarted here (the head's restart policy, a local restart) refits only the members whose models
+    are not yet stored whole (:func:`shared.hpo.refit.stored_complete`)."""
     if not spec.objective.multi or outcome.status != "COMPLETED" or outcome.best is None:
         return
 
