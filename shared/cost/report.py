@@ -64,10 +64,10 @@ def node_lines(profile: BillingProfile, catalogue: Catalogue) -> list[str]:
 def front_refits_text(spec: ExperimentSpec, times: RunTimes) -> str:
     """What the top of the range adds for a run with several objectives: its front members' refits."""
     count = times.front_refits
-    members = f"{count} other Pareto front member{'s' if count > 1 else ''}"
     return (
-        f"up to {members}' models refit on all rows, one after another (output.front_models "
-        f"{spec.output.front_models}, the best's aside), each counted as one trial's time at most; none at best"
+        f"up to {count} refit{'s' if count > 1 else ''} of other Pareto front members on all rows "
+        f"(output.front_models {spec.output.front_models}, the best's aside), one after another, each counted "
+        "as one trial's time; at best none"
     )
 
 
