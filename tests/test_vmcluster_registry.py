@@ -10,6 +10,7 @@ and ``docker login``/``docker pull`` against it (tests/vm_standin_host.py).
 from __future__ import annotations
 
 import dataclasses
+import shlex
 import sys
 import tempfile
 import uuid
@@ -30,7 +31,8 @@ from shared.backends.vmcluster.identity import (
     make_authorization_client,
     make_msi_client,
 )
-from shared.backends.vmcluster.image import registry_of, repository_of, resolve_image
+from shared.backends.vmcluster.image import ImageChoice, registry_of, repository_of, resolve_image
+from shared.backends.vmcluster.settings import CLUSTER_PIP_PACKAGES, pip_env
 from shared.config import AzureSettings
 from shared.errors import BackendError
 from shared.spec import load_spec
@@ -101,17 +103,23 @@ def _identity(arm: FakeArm, *, acr_pull: bool) -> Any:
     )
 
 
-def _boot(azure: Azure, vm: str, image: str, client_id: str) -> Any:
-    """Boot stand-in VM ``vm`` from the boot script the backend renders for an image of the registry."""
+def _boot(azure: Azure, vm: str, image: str, client_id: str = "") -> Any:
+    """Boot stand-in VM ``vm`` from the boot script the backend renders for ``image``: signed in as
+    ``client_id`` to the registry stand-in when given, with the packages the image needs installed at start."""
     notes = Path(tempfile.mkdtemp(prefix="area-"))
-    node = {
+    registry = azure.registry.login_server if client_id else ""
+    node: dict[str, Any] = {
         "role": "head",
         "vm": vm,
         "credential": {"kind": "folder", "url": str(notes)},  # where a never-started note lands
-        "registry": {"server": azure.registry.login_server, "client_id": client_id},
     }
-    argv = docker_command(docker_image=image, docker_args="--shm-size=1g", gpus=False, env={})
-    cloud_init = render_cloud_init(node=node, image=image, docker_argv=argv, install_docker=False, registry_login=True)
+    if registry:
+        node["registry"] = {"server": registry, "client_id": client_id}
+    env = pip_env(ImageChoice(image, "deployment" if registry else "spec", registry))
+    argv = docker_command(docker_image=image, docker_args="--shm-size=1g", gpus=False, env=env)
+    cloud_init = render_cloud_init(
+        node=node, image=image, docker_argv=argv, install_docker=False, registry_login=bool(registry)
+    )
     return azure.vms.container_for(vm, cloud_init)
 
 
@@ -144,6 +152,18 @@ def test_a_vm_whose_identity_holds_acrpull_pulls_the_pushed_digest_and_no_other(
     with pytest.raises(Refused):  # the right identity and role, a digest the build never produced
         _boot(azure, "vm-c", f"{azure.registry.login_server}/rapids-hpo@{DIGEST}", identity.client_id)
     assert any(why.startswith("MANIFEST_UNKNOWN") for why in azure.registry.refused)
+
+
+def test_the_project_image_starts_with_no_install_and_the_stock_image_installs_at_every_start(azure: Azure) -> None:
+    """The VM stand-in plays the RAPIDS entrypoint's ``EXTRA_PIP_PACKAGES`` install at every container start:
+    a project-image container has nothing to install; a stock one installs the cluster's packages."""
+    digest = azure.registry.push("rapids-hpo", "26.10")
+    identity = _identity(azure.arm, acr_pull=True)
+    azure.attached["vm-p"] = [identity.resource_id]
+    project = _boot(azure, "vm-p", f"{azure.registry.login_server}/rapids-hpo@{digest}", identity.client_id)
+    assert project.extra_pip == [] and "EXTRA_PIP_PACKAGES" not in project.env
+    stock = _boot(azure, "vm-s", f"rapidsai/base:26.10-cuda12-py3.12@{DIGEST}")
+    assert stock.extra_pip == list(CLUSTER_PIP_PACKAGES) and azure.vms.pulls("vm-s") == 1
 
 
 def test_a_vm_without_the_identity_attached_gets_no_token_and_pulls_nothing(azure: Azure) -> None:
@@ -333,9 +353,25 @@ def test_provision_fixes_the_image_and_assigns_acrpull_the_head_signs_in_and_tea
     pull_line = cloud_init["runcmd"][1]
     assert "python3 /opt/rapids-hpo/boot.py --registry-login && docker pull" in pull_line and PINNED in pull_line
     assert handle.identity.resource_id in head.body["identity"]["userAssignedIdentities"]
+    assert "EXTRA_PIP_PACKAGES" not in cloud_init["runcmd"][-1]  # the project image carries the packages
 
     backend.teardown(record)
     assert not azure.arm.directory.assignments and not azure.arm.of_type("userAssignedIdentities")
+
+    # The stock image, even by digest, gets the cluster's packages at every container start.
+    document["compute"]["docker_image"] = f"rapidsai/base:26.10-cuda12-py3.12@{DIGEST}"
+    stock = azure_store.create_experiment(
+        ExperimentRecord(
+            id=f"exp-{uuid.uuid4().hex[:8]}", name="stock", spec=load_spec(document).to_document(), backend="vmcluster"
+        )
+    )
+    stock = stock.model_copy(update={"backend_state": backend.provision(stock)})
+    stock = stock.model_copy(update={"backend_state": {**stock.backend_state, **backend.submit(stock)}})
+    [stock_head] = [p for p in azure.arm.calls("PUT", "virtualMachines/") if p.path != head.path]
+    stock_boot = yaml.safe_load(base64.b64decode(stock_head.body["properties"]["osProfile"]["customData"]))
+    argv = shlex.split(stock_boot["runcmd"][-1].rpartition(" || ")[0])
+    assert f"--env=EXTRA_PIP_PACKAGES={' '.join(CLUSTER_PIP_PACKAGES)}" in argv
+    backend.teardown(stock)
 
 
 def test_the_hosted_edge_refuses_a_tag_only_image_naming_the_field() -> None:

@@ -140,6 +140,7 @@ def plan(
                 "pinned_by_digest": image.pinned,
                 "registry": image.registry or None,
                 "pulled_as": "the experiment's VM identity (AcrPull)" if image.registry else "anonymous",
+                "installs_at_start": kwargs["env_vars"].get("EXTRA_PIP_PACKAGES", "").split(),
                 "why": image.describe(),
             },
             "tags": tags,

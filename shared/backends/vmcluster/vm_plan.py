@@ -3,7 +3,8 @@
 The image is the one fixed at provision (``VMClusterHandle.image``, :mod:`.image`): a worker replaced mid-run
 pulls what the head pulled, whatever the deployment's setting says meanwhile. From the deployment's
 registry, the boot script signs Docker in as the experiment's VM identity before each pull
-(``boot.py --registry-login``), and ``node.json`` names the registry and that identity's client id.
+(``boot.py --registry-login``), and ``node.json`` names the registry and that identity's client id. The
+project image starts with no ``pip install``: it carries the packages (:func:`.settings.pip_env`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 from gpu_jobs.exporters import compute_packages
 from shared.backends.vmcluster.bootscript import VMPlan, docker_command, encode_custom_data, render_cloud_init
-from shared.backends.vmcluster.settings import CLUSTER_PIP_PACKAGES as PIP
 from shared.backends.vmcluster.settings import (
     NGC_MARKETPLACE_PLAN,
     NGC_VM_IMAGE,
@@ -20,6 +20,7 @@ from shared.backends.vmcluster.settings import (
     check_no_secrets,
     cluster_env,
     is_gpu_size,
+    pip_env,
 )
 from shared.errors import BackendError
 
@@ -45,10 +46,10 @@ def plan_vm(
     document = backend._credentials(record.id) or {}
     size = compute.head_size() if head else compute.vm_size
     credential = backend._node_credential(record, handle)
-    exporting = compute_packages(backend._telemetry(record).environment()) if head else ()  # the driver exports
-    env = {**cluster_env(experiment_id=record.id), "EXTRA_PIP_PACKAGES": " ".join([*PIP, *exporting])}
-    check_no_secrets(env)
     choice = handle.image_choice(compute, backend.settings.azure)
+    exporting = compute_packages(backend._telemetry(record).environment()) if head else ()  # the driver exports
+    env = {**cluster_env(experiment_id=record.id), **pip_env(choice, exporting)}
+    check_no_secrets(env)
     image, registry = choice.reference, choice.registry
     node = {"experiment_id": record.id, "credential": credential, "tls": bool(document.get("tls")), "vm": name, **node}
     if registry:
