@@ -148,6 +148,24 @@ def test_refresh_pages_through_the_api_and_keeps_linux_consumption_meters():
     assert rebuilt.sources["prices"].title == "Azure Retail Prices API" and rebuilt.sources["prices"].url == api.url
 
 
+def test_refresh_reprices_the_host_sizes_as_the_gpu_sizes():
+    """The vmcluster's CPU head (``host_sizes``) is asked for in the same filter and priced by the same rules:
+    the newer Linux meter, Spot apart, Windows ignored, regions not asked for kept; it never becomes a GPU size."""
+    head = "Standard_D8s_v5"
+    base = load_catalogue("")
+    assert head in base.host_sizes and head not in base.sizes
+    with retail_prices_server(page_size=2) as api:
+        rebuilt = price_refresh.refresh(base, ["eastus", "westus3"], base_url=api.url)
+        asked = [unquote(path) for path in api.requests]
+    assert all(f"armSkuName eq '{head}'" in path for path in asked if "$skip" not in path)
+    prices = rebuilt.host_sizes[head].prices
+    assert (prices["eastus"].payg, prices["eastus"].spot) == (0.396, 0.0451)  # not 2021's 0.37 nor Windows' 0.752
+    assert prices["westus3"].payg == 0.401 and prices["westus3"].spot is None
+    assert prices["southcentralus"] == base.host_sizes[head].prices["southcentralus"]
+    assert rebuilt.price(head, "eastus").usd_per_hour == 0.396 and head not in rebuilt.sizes
+    assert rebuilt.host_sizes[head].vcpus == base.host_sizes[head].vcpus  # the hardware is the catalogue's
+
+
 def test_refresh_fails_loudly_on_an_empty_answer():
     with retail_prices_server(items=[]) as api, pytest.raises(RuntimeError, match="no usable"):
         price_refresh.refresh(load_catalogue(""), ["eastus"], base_url=api.url)
@@ -160,3 +178,4 @@ def test_written_catalogue_reads_back_as_the_users_file(tmp_path):
     again = load_catalogue(path)
     assert again.sizes[T4].prices["eastus"].low_priority == 0.1052
     assert again.sources["prices"].url == api.url
+    assert again.host_sizes["Standard_D8s_v5"].prices["eastus"].payg == 0.396

@@ -178,6 +178,7 @@ def test_prices_refresh_writes_the_users_file_from_the_api(tmp_path):
     written = load_catalogue(target)
     assert written.sizes[T4].prices["eastus"].low_priority == 0.1052
     assert written.sources["prices"].title == "Azure Retail Prices API"
+    assert written.host_sizes["Standard_D8s_v5"].prices["eastus"].payg == 0.396  # the vmcluster's CPU head too
 
 
 def test_prices_refresh_reports_an_unreachable_api(tmp_path):

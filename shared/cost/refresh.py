@@ -9,7 +9,8 @@ Windows meters), ``skuName``/``meterName`` (ending in ``Spot`` or ``Low Priority
 ``effectiveStartDate``, ``currencyCode``.
 
 We keep Linux ``Consumption`` hourly meters in USD, newest ``effectiveStartDate`` per (size, region, tier),
-and lay them over the sizes the catalogue already knows (the API knows prices, not GPUs).
+and lay them over the sizes the catalogue already knows, its GPU sizes and its host sizes (the vmcluster's CPU
+head) alike: the API knows prices, not hardware, so a size the catalogue lacks is never added.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
-from shared.cost.catalogue import Catalogue, RegionPrice, Source, Tier
+from shared.cost.catalogue import Catalogue, GpuSize, HostSize, RegionPrice, Source, Tier
 
 RETAIL_PRICES_URL = "https://prices.azure.com/api/retail/prices"
 API_DOCS = "https://learn.microsoft.com/rest/api/cost-management/retail-prices/azure-retail-prices"
@@ -32,6 +33,9 @@ MAX_PAGES = 200
 """A guard against a server that never ends its paging."""
 
 Fetch = Callable[[str], dict[str, Any]]
+Prices = dict[str, dict[str, dict[Tier, float]]]
+"""``{size: {region: {tier: USD/hour}}}``."""
+Sized = TypeVar("Sized", GpuSize, HostSize)
 
 
 def _http_get_json(url: str) -> dict[str, Any]:
@@ -79,8 +83,8 @@ def tier_of(item: dict[str, Any]) -> Tier | None:
     return Tier.PAYG
 
 
-def collect_prices(items: Iterable[dict[str, Any]]) -> dict[str, dict[str, dict[Tier, float]]]:
-    """``{size: {region: {tier: USD/hour}}}``, the newest meter winning where several overlap."""
+def collect_prices(items: Iterable[dict[str, Any]]) -> Prices:
+    """The prices of ``items``, the newest meter winning where several overlap."""
     chosen: dict[tuple[str, str, Tier], tuple[str, float]] = {}
     for item in items:
         tier = tier_of(item)
@@ -92,27 +96,26 @@ def collect_prices(items: Iterable[dict[str, Any]]) -> dict[str, dict[str, dict[
         started = str(item.get("effectiveStartDate", ""))
         if key not in chosen or started >= chosen[key][0]:
             chosen[key] = (started, float(price))
-    prices: dict[str, dict[str, dict[Tier, float]]] = {}
+    prices: Prices = {}
     for (size, region, tier), (_, price) in chosen.items():
         prices.setdefault(size, {}).setdefault(region, {})[tier] = price
     return prices
 
 
-def rebuild(
-    catalogue: Catalogue,
-    prices: dict[str, dict[str, dict[Tier, float]]],
-    *,
-    source_url: str,
-    retrieved: datetime,
-) -> Catalogue:
-    """``catalogue`` with the fetched regions' prices replaced by ``prices`` (other regions kept)."""
-    day = retrieved.astimezone(UTC).date().isoformat()
-    sizes = {}
-    for name, size in catalogue.sizes.items():
+def _repriced(sizes: dict[str, Sized], prices: Prices) -> dict[str, Sized]:
+    """``sizes`` with the fetched regions' prices replaced by ``prices`` (other regions kept)."""
+    repriced = {}
+    for name, size in sizes.items():
         regional = dict(size.prices)
         for region, tiers in prices.get(name, {}).items():
             regional[region] = RegionPrice(**{tier.value: value for tier, value in tiers.items()})
-        sizes[name] = size.model_copy(update={"prices": regional})
+        repriced[name] = size.model_copy(update={"prices": regional})
+    return repriced
+
+
+def rebuild(catalogue: Catalogue, prices: Prices, *, source_url: str, retrieved: datetime) -> Catalogue:
+    """``catalogue`` with the fetched regions' prices, GPU and host sizes alike, replaced by ``prices``."""
+    day = retrieved.astimezone(UTC).date().isoformat()
     fetched_regions = {region for by_region in prices.values() for region in by_region}
     source = Source(
         title="Azure Retail Prices API",
@@ -123,7 +126,8 @@ def rebuild(
     return catalogue.model_copy(
         update={
             "retrieved": day,
-            "sizes": sizes,
+            "sizes": _repriced(catalogue.sizes, prices),
+            "host_sizes": _repriced(catalogue.host_sizes, prices),
             "regions": sorted({*catalogue.regions, *fetched_regions}),
             "sources": {**catalogue.sources, "prices": source},
         }
@@ -138,10 +142,11 @@ def refresh(
     fetch: Fetch = _http_get_json,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> Catalogue:
-    """Ask the API for every catalogued size in each of ``regions`` and rebuild the catalogue from it."""
+    """Ask the API for every catalogued size, GPU and host, in each of ``regions`` and rebuild the catalogue."""
+    sizes = [*catalogue.sizes, *catalogue.host_sizes]
     items: list[dict[str, Any]] = []
     for region in regions:
-        items.extend(iter_items(query_url(base_url, catalogue.sizes, region), fetch))
+        items.extend(iter_items(query_url(base_url, sizes, region), fetch))
     prices = collect_prices(items)
     if not prices:
         raise RuntimeError(f"the price API returned no usable Linux hourly meters for {list(regions)}")
