@@ -290,8 +290,8 @@ def prices_refresh(
         err.print(f"[red]error:[/red] the price refresh failed: {exc}")
         raise typer.Exit(1) from None
     price_refresh.write_catalogue(rebuilt, target)
-    sizes = [*rebuilt.sizes.values(), *rebuilt.host_sizes.values()]  # the GPU sizes and the CPU heads'
-    priced = sum(1 for size in sizes for r in regions if r in size.prices)
+    held = [size.prices for size in rebuilt.sizes.values()] + [size.prices for size in rebuilt.host_sizes.values()]
+    priced = sum(1 for prices in held for r in regions if r in prices)  # the GPU sizes and the CPU heads
     console.print(f"{priced} size/region prices from {rebuilt.sources['prices'].url} written to {target}")
     if not output and not env(PRICES_FILE_SETTING):
         console.print(f"use it: export {PRICES_FILE_SETTING}={target}")
