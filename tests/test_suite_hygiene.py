@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 
 import psutil
 import pytest
@@ -108,8 +109,11 @@ def test_the_check_sees_an_orphan_of_this_run() -> None:
         "sleeper = [sys.executable, '-c', 'import time; time.sleep(60)', sys.argv[1]]\n"
         "subprocess.Popen(sleeper, start_new_session=True)\n"
     )
-    subprocess.run([sys.executable, "-c", script, str(ROOT)], check=True)  # the parent exits; its child lives on
-    orphans = [p for p in psutil.process_iter(["cmdline"]) if str(ROOT) in (p.info["cmdline"] or [""])[-1]]
+    # The sleeper's last argument is this test's own (under the checkout, as the check requires): another
+    # process of the run may end its command line with the checkout's path too.
+    marker = str(ROOT / f"orphan-{uuid.uuid4().hex}")
+    subprocess.run([sys.executable, "-c", script, marker], check=True)  # the parent exits; its child lives on
+    orphans = [p for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [""])[-1] == marker]
     try:
         assert orphans and all(process.ppid() != os.getpid() for process in orphans)
         found = {process.pid for process in leftover_processes(grace_s=0.1)}
