@@ -125,6 +125,7 @@ def test_teardown_cancels_a_refit_still_running(ctx: Context) -> None:
     assert ("cancel", REFIT_JOB) in fake.calls
 
 
+@pytest.mark.slow  # the refit command trains in a process of its own: 10 s at load 5; CI runs it
 def test_the_refit_command_refits_the_best_parameters_on_all_rows(ctx: Context, tmp_path: Path) -> None:
     """The command the backend built, run by bash as the node would: the model files, the best trial's
     parameters, and the scores that chose them under ``cross_validation``."""

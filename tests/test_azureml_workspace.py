@@ -367,6 +367,7 @@ def test_a_hosted_deployment_uses_only_its_own_clusters_and_models(
 
 
 # ------------------------------------------------------------------------------------------ the data check, run
+@pytest.mark.slow  # the uploaded check code runs as a node process: 13 s at load 5; CI runs it
 def test_the_check_runs_the_uploaded_code_on_the_node_and_the_sweep_follows(
     workspace: AzureMLStandIn, tmp_path: Path
 ) -> None:

@@ -139,6 +139,7 @@ def _tmpdir() -> Iterator[Path]:
         yield Path(folder)
 
 
+@pytest.mark.slow  # a whole run through serve's HTTP API: 24 s at load 5; CI runs it
 def test_http_post_to_model_on_the_local_adapters(tmp_path):
     with served(tmp_path) as client:
         experiment_id = submit(client, tiny_spec())

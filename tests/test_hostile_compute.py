@@ -352,6 +352,7 @@ def _model_round_trip(ctx: Context, files: int, size: int) -> None:
     assert total > 0 and peak < min(size, 32 * MIB), peak / MIB
 
 
+@pytest.mark.slow  # three 256 MiB model blobs through Azurite: 18 s at load 5; CI runs it
 def test_model_files_are_copied_and_served_as_streams(ctx: Context) -> None:
     _model_round_trip(ctx, files=2, size=24 * MIB)
 

@@ -35,6 +35,7 @@ def strings(value: object) -> list[str]:
     return []
 
 
+@pytest.mark.slow  # a whole driver run and its refit: 11 s at load 5; CI runs it
 def test_the_model_zip_metrics_carry_the_cross_validated_scores_and_no_dead_paths(
     tmp_path: Path, dask_client: Client
 ) -> None:

@@ -28,6 +28,7 @@ def _environ(pid: int) -> dict[str, str]:
     return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
 
 
+@pytest.mark.slow  # a real driver process and its cluster: 29 s at load 5; CI runs it
 def test_the_driver_holds_no_control_plane_credential_and_its_trials_come_in_by_ingestion(
     harness: LocalHarness, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -25,6 +25,7 @@ def azurite(tmp_path):
     own.kill()
 
 
+@pytest.mark.slow  # an Azurite of its own killed and restarted: 11 s at load 5; CI runs it
 def test_a_trial_written_during_an_outage_is_stored_once_storage_is_back(azurite):
     store = AzureStore.from_connection_string(azurite.connection_string)
     store.create_experiment(ExperimentRecord(id="exp-1", name="n", spec={}))

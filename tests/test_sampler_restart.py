@@ -51,7 +51,7 @@ def draws(store: LocalStore, experiment_id: str) -> list[tuple[int, str, dict]]:
         ),
         pytest.param({"type": "qmc", "seed": 5, "rule": "halton"}, id="qmc-halton", marks=pytest.mark.slow),
         pytest.param({"type": "random", "seed": 5, "rule": "sobol"}, id="random-sobol", marks=pytest.mark.slow),
-        pytest.param({"type": "cmaes", "seed": 5}, id="cmaes"),
+        pytest.param({"type": "cmaes", "seed": 5}, id="cmaes", marks=pytest.mark.slow),  # 15 s at load 5; CI runs it
     ],
 )
 def test_a_restarted_driver_asks_what_an_uninterrupted_run_asks(client: Client, tmp_path, sampling: dict) -> None:
