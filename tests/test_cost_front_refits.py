@@ -4,7 +4,7 @@ the range (none at its bottom); a run with one objective is priced as before."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import yaml
@@ -13,8 +13,13 @@ from shared.cli import app
 from shared.cost.billing import billing_profile
 from shared.cost.catalogue import load_catalogue
 from shared.cost.estimate import estimate_cost, front_refits, run_time_range
+from shared.cost.guard import TIMEOUT_GRACE, TIMEOUT_SLACK_S, time_allowance
 from shared.cost.measured import MeasuredTrials, expected_line
+from shared.handlers import handle_event, submit_experiment
+from shared.ports import RunState
 from shared.spec import load_spec
+from tests.control_plane import local_context, tiny_spec
+from tests.fakes.scripted import ScriptedBackend
 from tests.test_cost_plan import example, runner, write
 
 T4 = "Standard_NC4as_T4_v3"
@@ -108,3 +113,53 @@ def test_the_expected_time_counts_the_refits_at_a_measured_trials_mean() -> None
     assert single.startswith("~5.0 min: 5 waves of 2 trials x 60 s")
     multi = expected_line(load_spec(flights(2)), measured)
     assert multi.startswith("~9.0 min: (5 waves of 2 trials + up to 4 front model refits) x 60 s")
+
+
+# ------------------------------------------------------------------- the cost guard (shared/cost/guard.py)
+@pytest.mark.parametrize(("objectives", "front_models"), [(1, 5), (2, 1), (2, 3), (2, 5)])
+def test_the_guard_allows_the_plans_front_refits_and_nothing_more(objectives: int, front_models: int) -> None:
+    """The guard's allowance past the timeout's is the plan's refit time (its top minus the search's), with
+    the same grace: the plan and the guard count the refits alike."""
+    document = flights(objectives, front_models=front_models)
+    document["limits"]["max_total_trials"] = 40  # the search alone reaches the 1800 s timeout
+    spec = load_spec(document)
+    times = run_time_range(spec)
+    search_only = 1800.0 * TIMEOUT_GRACE + TIMEOUT_SLACK_S
+    assert time_allowance(spec) == pytest.approx(search_only + (times.high_s - 1800.0) * TIMEOUT_GRACE)
+    assert time_allowance(spec) == pytest.approx(search_only + front_refits(spec) * 300.0 * TIMEOUT_GRACE)
+
+
+def test_the_guard_does_not_fail_a_run_in_its_front_refits_and_still_fails_one_past_them(tmp_path) -> None:
+    """Through the state machine: the search used the whole 600 s timeout and the run goes on, refitting its
+    two other front members (3 trials, front_models 3; 120 s each by trial_timeout): at 1000 s, past the old
+    600 x 1.1 + 300 = 960 s, it still runs; past (600 + 2 x 120) x 1.1 + 300 = 1224 s it fails. The same
+    1000 s fails a run with one objective (no refits)."""
+    limits = {"max_total_trials": 3, "max_concurrent_trials": 2, "timeout": 600, "trial_timeout": 120}
+    multi = {"objective": {"primary_metric": "accuracy", "goal": "maximize", "also": [{"metric": "model_size_mb"}]},
+             "sampling_algorithm": {"type": "nsga2", "seed": 1}, "output": {"front_models": 3}}  # fmt: skip
+    outcomes = {}
+    for name, changes in [("multi", multi), ("single", {})]:
+        ctx = local_context(tmp_path / name)
+        ctx.backends["local"] = ScriptedBackend(polls=[RunState.RUNNING])
+        record, _ = submit_experiment(ctx, load_spec(tiny_spec(limits=limits, **changes)))
+        assert time_allowance(ctx.store.get_experiment(record.id).run_spec) == pytest.approx(
+            1224.0 if name == "multi" else 960.0
+        )
+        steps = []
+        for back in [None, None, None, 1000, 1230]:
+            if back is not None:
+                current = ctx.store.get_experiment(record.id)
+                started = datetime.now(UTC) - timedelta(seconds=back)
+                ctx.store.update_experiment(current.model_copy(update={"started_at": started}))
+            (message,) = ctx.events.receive(1, visibility_timeout=60)
+            steps.append(handle_event(ctx, message.body))
+            ctx.events.delete(message)
+            if steps[-1] == "budget exceeded":
+                break
+        outcomes[name] = (steps[3:], ctx.store.get_experiment(record.id))
+    steps, final = outcomes["multi"]
+    assert steps == ["running", "budget exceeded"], steps
+    assert final.error is not None and "timeout of 600 s and 2 front refits" in final.error
+    steps, final = outcomes["single"]
+    assert steps == ["budget exceeded"], steps
+    assert final.error is not None and "allowance of 960 s for the experiment timeout of 600 s" in final.error
