@@ -18,6 +18,12 @@ Last line: ``overhead_ratio=<ours/bare>``.
 ``should_prune`` when a pruner is set). At each ``--sizes`` N, with no pruner and with median stopping:
 ms per trial side by side and their ratio.
 
+Like for like: both sides draw the same two parameters with Optuna's seeded ``RandomSampler`` through
+``suggest_params``, report the same 3 running means, and prune with the same policy object
+(``make_pruner(spec)``: AzureML's median stopping), asked at the same steps (not at the last fold, which our
+driver never asks about: nothing is left to save there). Each side keeps its trials in a local file: ours
+in the ``LocalStore`` (SQLite) beside its in-memory study, Optuna's in the ``JournalStorage`` log.
+
     python bench/hpo_overhead.py --noop [--sizes 200,1000,10000]
 """
 
@@ -38,7 +44,7 @@ from distributed import Client, LocalCluster  # noqa: E402
 
 from gpu_jobs.train import run_trial  # noqa: E402
 from shared.hpo.driver import HpoDriver  # noqa: E402
-from shared.hpo.search_space import make_sampler, suggest_params  # noqa: E402
+from shared.hpo.search_space import make_pruner, make_sampler, suggest_params  # noqa: E402
 from shared.records import ExperimentRecord  # noqa: E402
 from shared.spec import load_spec  # noqa: E402
 from shared.store.local import LocalStore  # noqa: E402
@@ -141,7 +147,7 @@ def _journal_worker(path: str, trials: int, seed: int, pruner: bool, document: d
         study_name="noop",
         storage=JournalStorage(JournalFileBackend(path)),
         sampler=optuna.samplers.RandomSampler(seed=seed),
-        pruner=optuna.pruners.MedianPruner(n_warmup_steps=0) if pruner else optuna.pruners.NopPruner(),
+        pruner=make_pruner(spec),  # the policy our driver asks: AzureML's median stopping, or none
     )
 
     def objective(trial: optuna.Trial) -> float:
@@ -150,7 +156,7 @@ def _journal_worker(path: str, trials: int, seed: int, pruner: bool, document: d
         for step in range(1, spec.trial.cv_folds + 1):
             values.append(fold_value(params, step))
             trial.report(sum(values) / len(values), step)
-            if pruner and trial.should_prune():
+            if pruner and step < spec.trial.cv_folds and trial.should_prune():
                 raise optuna.TrialPruned()
         return sum(values) / len(values)
 

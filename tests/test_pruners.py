@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import statistics
+from typing import Any
 
 import optuna
 import pytest
@@ -336,3 +338,94 @@ def test_threshold_beside_another_policy_stops_what_either_stops() -> None:
     assert both.prune(study, running(study, {1: 0.4}))  # under the threshold
     assert both.prune(study, running(study, {1: 0.7}))  # outside Bandit's slack
     assert not both.prune(study, running(study, {1: 0.85}))
+
+
+# ------------------------------------------------------------- kept numbers against the plain rules
+def _plain_rule(pruner: optuna.pruners.BasePruner, study: optuna.Study, trial: FrozenTrial) -> bool:
+    """Each policy's rule as its docstring states it, over every trial of the study (no kept numbers)."""
+    step = trial.last_step
+    assert isinstance(pruner, BanditPruner | MedianStoppingPruner | TruncationSelectionPruner)
+    if step is None or not is_evaluation_step(step, pruner.evaluation_interval, pruner.delay_evaluation):
+        return False
+    sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0  # larger is better
+    others = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+        if t.number != trial.number and math.isfinite(t.intermediate_values.get(step, math.nan))
+    ]
+
+    def up_to(t: FrozenTrial) -> list[float]:
+        return [v for s, v in t.intermediate_values.items() if s <= step and math.isfinite(v)]
+
+    own_values = up_to(trial)
+    if isinstance(pruner, TruncationSelectionPruner):
+        own = trial.intermediate_values.get(step, math.nan)
+        if not math.isfinite(own):
+            return True
+        population = [own] + [t.intermediate_values[step] for t in others]
+        cut = len(population) * pruner.truncation_percentage // 100
+        return cut > 0 and sum(sign * v > sign * own for v in population) >= len(population) - cut
+    if not own_values:
+        return True
+    best_own = sign * max(sign * v for v in own_values)
+    if not others:
+        return False
+    if isinstance(pruner, MedianStoppingPruner):
+        return sign * best_own < sign * statistics.median(statistics.fmean(up_to(t)) for t in others)
+    reference = sign * max(sign * t.intermediate_values[step] for t in others)
+    return sign * best_own < sign * pruner.threshold(reference, study.direction)
+
+
+def test_the_policies_decide_as_their_plain_rules_while_trials_come_and_go() -> None:
+    """One policy object through a random history (trials added finished, asked, reporting, ending in any
+    state, NaN values, ties): every decision equals the plain rule's over the whole study at that moment."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    values = st.sampled_from([0.1, 0.2, 0.5, 0.5, 0.7, 0.9, math.nan]) | st.floats(0.0, 1.0)
+    histories = st.dictionaries(st.integers(1, 4), values, min_size=1, max_size=4)
+    policies = st.sampled_from(
+        [
+            lambda i, d: BanditPruner(slack_factor=0.2, evaluation_interval=i, delay_evaluation=d),
+            lambda i, d: BanditPruner(slack_amount=0.1, evaluation_interval=i, delay_evaluation=d),
+            lambda i, d: MedianStoppingPruner(evaluation_interval=i, delay_evaluation=d),
+            lambda i, d: TruncationSelectionPruner(40, evaluation_interval=i, delay_evaluation=d),
+        ]
+    )
+
+    @given(
+        policies,
+        st.integers(1, 2),
+        st.integers(0, 2),
+        st.sampled_from(["maximize", "minimize"]),
+        st.data(),
+    )
+    @settings(max_examples=60, deadline=None)
+    @pytest.mark.filterwarnings("ignore:The reported value is ignored")
+    def check(make: Any, interval: int, delay: int, direction: str, data: st.DataObject) -> None:
+        pruner = make(interval, delay)
+        study = make_study(direction)
+        open_trials: list[optuna.Trial] = []
+        for _ in range(data.draw(st.integers(1, 25))):
+            action = data.draw(st.sampled_from(["add", "ask", "report", "end", "decide"]))
+            if action == "add":
+                state = data.draw(st.sampled_from([TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL]))
+                value = 0.5 if state is TrialState.COMPLETE else None
+                study.add_trial(create_trial(state=state, value=value, intermediate_values=data.draw(histories)))
+            elif action == "ask":
+                open_trials.append(study.ask())
+            elif open_trials:
+                trial = open_trials[data.draw(st.integers(0, len(open_trials) - 1))]
+                if action == "report":  # a step reported twice keeps its first value, as in Optuna
+                    trial.report(data.draw(values), data.draw(st.integers(1, 4)))
+                elif action == "end":
+                    open_trials.remove(trial)
+                    state = data.draw(st.sampled_from([TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL]))
+                    study.tell(trial, 0.5 if state is TrialState.COMPLETE else None, state=state)
+                else:
+                    frozen = study.trials[trial.number]
+                    assert pruner.prune(study, frozen) is _plain_rule(pruner, study, frozen)
+            for last in study.get_trials(deepcopy=False)[-1:]:  # asked about the latest, finished or not
+                assert pruner.prune(study, last) is _plain_rule(pruner, study, last)
+
+    check()

@@ -64,11 +64,11 @@ from shared.hpo.trial_task import (
     TrialFunction,
     TrialResult,
     TrialTask,
+    all_without_waiting,
     decision_variable,
     folds_metadata_key,
     is_last_step,
     run_trial_task,
-    without_waiting,
 )
 from shared.hpo.warm_start import next_config, seed_study
 from shared.ports import TrialStore
@@ -164,6 +164,8 @@ class HpoDriver:
         self._retry: list[tuple[TrialRecord, optuna.Trial]] = []
         self._running: dict[str, _Running] = {}
         self._stop_flags: set[str] = set()
+        self._answers: list[tuple[str, dict[str, Any]]] = []
+        """Pruning decisions to send at the end of the inbox batch being handled."""
         self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         """("report", message) from the channel's topic and ("done", key) from the futures, in arrival order."""
         self._threads = self._threads_per_worker()
@@ -397,6 +399,8 @@ class HpoDriver:
                     self._end(running)
             else:
                 self._report(payload, progressed)
+        answers, self._answers = self._answers, []
+        all_without_waiting(self.client, answers)  # before the store writes: the trials wait for these
         now = time.monotonic()
         for running in progressed.values():  # so that a driver restarted after a crash resumes from them
             if str(running.future.key) in self._running and now - running.written >= self.fold_write_interval:
@@ -431,11 +435,12 @@ class HpoDriver:
             self._answer(report.number, report.attempt, report.step, prune)
 
     def _answer(self, number: int, attempt: int, step: int, prune: bool) -> None:
-        """Set the decision without waiting for the scheduler's answer (the trial waits for it, not the driver;
-        a decision lost with the scheduler costs the trial ``REPORT_TIMEOUT_S``, then it carries on)."""
+        """Queue the decision; :meth:`_handle` sets the batch's decisions at once, without waiting for the
+        scheduler's answer (the trial waits for it, not the driver; a decision lost with the scheduler costs the
+        trial ``REPORT_TIMEOUT_S``, then it carries on)."""
         if self.awaits_decisions:
             name = decision_variable(self.channel, number, attempt, step)
-            without_waiting(self.client, "variable_set", name=name, data=prune)
+            self._answers.append(("variable_set", {"name": name, "data": prune}))
 
     def _bad_report(self, report: BadReport) -> None:
         """Stop the trial a malformed report names (it fails with the reason); drop one that names none."""

@@ -17,8 +17,10 @@ trial go on after it, so a resumed trial is never spared a pruning decision a fu
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import logging
 import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping
@@ -29,6 +31,8 @@ from typing import Any
 from distributed import Client, Variable, get_client, get_worker
 
 from shared.records import TrialState, utcnow
+
+log = logging.getLogger(__name__)
 
 TrialFunction = Callable[..., dict[str, Any]]
 """Signature of ``gpu_jobs.train.run_trial`` (keyword-only arguments, returns the metrics)."""
@@ -180,10 +184,26 @@ def _publish_fold(key: list[str], index: int, fold: dict[str, Any]) -> None:
 def without_waiting(client: Client, handler: str, **kwargs: Any) -> None:
     """Call the scheduler's ``handler`` from any thread without waiting for its answer (the client's event
     loop sends it and logs a failure): for a message whose sender has nothing to do with the answer."""
+    all_without_waiting(client, [(handler, kwargs)])
+
+
+def all_without_waiting(client: Client, calls: list[tuple[str, dict[str, Any]]]) -> None:
+    """:func:`without_waiting` for several calls at one wake-up of the client's event loop (waking it from
+    another thread costs a socket write and a hand-over of the GIL, about as much as the call itself); the
+    calls go out at once, and each failure is logged."""
     loop, scheduler = client.loop, client.scheduler
     if loop is None or scheduler is None:
         raise RuntimeError("the Dask client is not running")
-    loop.add_callback(getattr(scheduler, handler), **kwargs)
+    if calls:
+        loop.add_callback(_call_all, scheduler, list(calls))
+
+
+async def _call_all(scheduler: Any, calls: list[tuple[str, dict[str, Any]]]) -> None:
+    sent = (getattr(scheduler, name)(**kwargs) for name, kwargs in calls)
+    answers = await asyncio.gather(*sent, return_exceptions=True)
+    for (name, _), answer in zip(calls, answers, strict=True):
+        if isinstance(answer, BaseException):
+            log.warning("the scheduler's %s failed: %s: %s", name, type(answer).__name__, answer)
 
 
 def _default_trial_function() -> TrialFunction:
