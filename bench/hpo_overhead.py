@@ -16,7 +16,8 @@ Last line: ``overhead_ratio=<ours/bare>``.
 (c) Optuna's own distributed recipe, two processes on one ``JournalStorage`` file, each
 ``study.optimize`` with the same sampler and the same fold reports (``trial.report``, and
 ``should_prune`` when a pruner is set). At each ``--sizes`` N, with no pruner and with median stopping:
-ms per trial side by side and their ratio.
+ms per trial side by side and their ratio, in wall time and in CPU time (every process of each side: on a
+machine shared with other work the CPU ratio moves far less than the wall one).
 
 Like for like: both sides draw the same two parameters with Optuna's seeded ``RandomSampler`` through
 ``suggest_params``, report the same 3 running means, and prune with the same policy object
@@ -119,8 +120,9 @@ def noop_spec(trials: int, pruner: bool):
     return load_spec(document)
 
 
-def ours_noop(spec, folder: Path) -> float:
-    """Seconds for the whole run of ``spec`` through ``HpoDriver`` (cluster start-up excluded)."""
+def ours_noop(spec, folder: Path) -> tuple[float, float]:
+    """Seconds for the whole run of ``spec`` through ``HpoDriver`` (cluster start-up excluded), and the CPU
+    seconds it took: the driver's process (driver, client, scheduler, nannies) and the workers'."""
     from bench.noop_trial import noop_trial
 
     store = LocalStore(folder)
@@ -130,12 +132,14 @@ def ours_noop(spec, folder: Path) -> float:
         Client(cluster) as client,
     ):
         client.run(lambda: __import__("bench.noop_trial"))  # imported before the clock starts, as the preload does
-        start = time.perf_counter()
+        workers_cpu = sum(client.run(time.process_time).values())
+        start, cpu = time.perf_counter(), time.process_time()
         HpoDriver(spec, "exp-noop", store, client, trial_fn=noop_trial).run()
-        return time.perf_counter() - start
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+        return wall, cpu + sum(client.run(time.process_time).values()) - workers_cpu
 
 
-def _journal_worker(path: str, trials: int, seed: int, pruner: bool, document: dict, ready, go) -> None:
+def _journal_worker(path: str, trials: int, seed: int, pruner: bool, document: dict, ready, go, spent) -> None:
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
@@ -162,12 +166,14 @@ def _journal_worker(path: str, trials: int, seed: int, pruner: bool, document: d
 
     ready.put(True)  # imported and connected: the clock starts when both processes are
     go.wait()
+    cpu = time.process_time()
     study.optimize(objective, n_trials=trials)
+    spent.put(time.process_time() - cpu)
 
 
-def journal_noop(spec, folder: Path, pruner: bool) -> float:
+def journal_noop(spec, folder: Path, pruner: bool) -> tuple[float, float]:
     """Seconds for Optuna's distributed recipe: 2 processes sharing one JournalStorage file (from when both
-    have imported and loaded the study, as ours is timed from a started cluster)."""
+    have imported and loaded the study, as ours is timed from a started cluster), and the CPU seconds of both."""
     import multiprocessing
 
     from optuna.storages import JournalStorage
@@ -178,9 +184,9 @@ def journal_noop(spec, folder: Path, pruner: bool) -> float:
     total = spec.limits.max_total_trials
     context = multiprocessing.get_context("spawn")
     document = spec.to_document()
-    ready, go = context.Queue(), context.Event()
+    ready, go, spent = context.Queue(), context.Event(), context.Queue()
     processes = [
-        context.Process(target=_journal_worker, args=(path, share, seed, pruner, document, ready, go))
+        context.Process(target=_journal_worker, args=(path, share, seed, pruner, document, ready, go, spent))
         for seed, share in ((7, total // 2), (8, total - total // 2))
     ]
     for process in processes:
@@ -189,24 +195,28 @@ def journal_noop(spec, folder: Path, pruner: bool) -> float:
         ready.get()
     start = time.perf_counter()
     go.set()
+    cpu = sum(spent.get() for _ in processes)
     for process in processes:
         process.join()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, cpu
 
 
 def noop_main(sizes: list[int]) -> None:
-    print("no-work trials (3 folds, 2 at a time): ms per trial")
-    print(f"{'N':>6} {'pruner':>8} {'ours':>9} {'optuna journal':>15} {'ratio':>6}")
+    print("no-work trials (3 folds, 2 at a time): wall ms per trial, then CPU ms per trial (all processes)")
+    print(f"{'N':>6} {'pruner':>8} {'ours':>7} {'optuna':>7} {'ratio':>6}", end=" ")
+    print(f"{'ours cpu':>9} {'optuna cpu':>11} {'ratio':>6}")
     for trials in sizes:
         for pruner in (False, True):
             spec = noop_spec(trials, pruner)
             with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
-                ours_s = ours_noop(spec, Path(a))
-                journal_s = journal_noop(spec, Path(b), pruner)
-            per_ours, per_journal = 1000 * ours_s / trials, 1000 * journal_s / trials
+                ours_s, ours_cpu = ours_noop(spec, Path(a))
+                journal_s, journal_cpu = journal_noop(spec, Path(b), pruner)
+            wall = (1000 * ours_s / trials, 1000 * journal_s / trials)
+            cpu = (1000 * ours_cpu / trials, 1000 * journal_cpu / trials)
             name = "median" if pruner else "none"
             print(
-                f"{trials:>6} {name:>8} {per_ours:>9.1f} {per_journal:>15.1f} {per_ours / per_journal:>6.2f}",
+                f"{trials:>6} {name:>8} {wall[0]:>7.1f} {wall[1]:>7.1f} {wall[0] / wall[1]:>6.2f}"
+                f" {cpu[0]:>9.1f} {cpu[1]:>11.1f} {cpu[0] / cpu[1]:>6.2f}",
                 flush=True,
             )
 
