@@ -10,7 +10,7 @@ from fastapi import APIRouter, HTTPException, Path, Request, Response
 from shared.api import ERRORS, Ctx, ExperimentId, Reader, _get, model_zip
 from shared.auth import check_owner
 from shared.config import MODEL_PREFIX, front_model_prefix
-from shared.pareto import ParetoView, front_member, kept_members, pareto_view, stored_members
+from shared.pareto import ParetoView, front_member, kept_members, member_model_problem, pareto_view, stored_members
 from shared.records import ExperimentRecord
 from shared.spec import ExperimentSpec
 
@@ -40,7 +40,7 @@ def _spec(record: ExperimentRecord) -> ExperimentSpec:
 def get_pareto(ctx: Ctx, caller: Reader, request: Request, experiment_id: ExperimentId) -> Any:
     record = _get(ctx, experiment_id, caller, request)
     trials = ctx.store.list_trials(experiment_id)
-    return pareto_view(_spec(record), trials, experiment_id, stored_members(ctx.store, record))
+    return pareto_view(_spec(record), trials, experiment_id, stored_members(ctx.store, record, trials))
 
 
 @router.get(
@@ -63,18 +63,20 @@ def download_member_model(
     record = _get(ctx, experiment_id, caller, request)
     check_owner(caller, record, "downloading the model")
     spec = _spec(record)
+    trials = ctx.store.list_trials(experiment_id)
     if record.best is not None and record.best.number == number:
         prefix = MODEL_PREFIX
     else:
-        trials = ctx.store.list_trials(experiment_id)
         try:
             front_member(spec, trials, number)
         except LookupError as exc:
             raise HTTPException(404, f"{exc}: only a Pareto front member's model is kept") from None
         prefix = front_model_prefix(number)
     names = ctx.store.list_artifacts(experiment_id, prefix)
+    if names and prefix != MODEL_PREFIX and (problem := member_model_problem(ctx.store, record, trials, number)):
+        raise HTTPException(404, f"trial {number} of experiment {experiment_id!r} has no whole model: {problem}")
     if not names:
-        kept = kept_members(spec, ctx.store.list_trials(experiment_id))
+        kept = kept_members(spec, trials)
         raise HTTPException(
             404,
             f"trial {number} of experiment {experiment_id!r} has no stored model (status {record.status}): a run "

@@ -12,6 +12,7 @@ number. Values are read from each trial's metrics (the task's scores and what it
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Collection, Iterable
 from typing import TYPE_CHECKING, Any
@@ -19,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, Field
 
 from shared.bounded import Params
-from shared.config import FRONT_MODEL_PREFIX, MODEL_PREFIX
+from shared.config import FRONT_MODEL_PREFIX, MODEL_PREFIX, front_model_prefix
+from shared.errors import NotFound
 from shared.records import BestTrial, ExperimentRecord, TrialRecord, TrialState
 from shared.spec import ExperimentSpec
 
@@ -125,17 +127,83 @@ def member_model_link(experiment_id: str, number: int) -> str:
     return f"/api/experiments/{experiment_id}/trials/{number}/model"
 
 
-def stored_members(store: Store, record: ExperimentRecord) -> set[int]:
+MEMBER_METRICS_FILE = "metrics.json"
+"""A refit model's ``metrics.json`` (``gpu_jobs.model_files.METRICS_FILE``; the control plane does not import
+gpu_jobs): stored last, so its presence says every other file of the model is there."""
+MAX_MEMBER_METRICS_BYTES = 256 * 1024
+"""Largest member ``metrics.json`` the control plane reads (a real one is a few KiB; ingestion allows a model's
+file up to 1 GiB)."""
+
+
+def cross_validation_of(spec: ExperimentSpec, trial: BestTrial) -> dict[str, Any]:
+    """The scores that chose ``trial``'s parameters, as its refit's ``metrics.json`` carries them."""
+    return {
+        "trial": trial.number,
+        "primary_metric": spec.objective.primary_metric,
+        "value": trial.value,
+        "metrics": trial.metrics,
+    }
+
+
+def metrics_problem(spec: ExperimentSpec, member: BestTrial, body: bytes) -> str | None:
+    """Why ``body``, a stored ``metrics.json``, does not attest ``member``'s whole model (None: it does): it
+    must parse as a JSON object whose ``cross_validation`` is this member's scores. The driver (before it
+    refits) and the control plane (before it serves) judge by this one rule."""
+    try:
+        document = json.loads(body)
+    except ValueError:  # not JSON or not UTF-8: not a file the refit wrote whole
+        return f"its {MEMBER_METRICS_FILE} is not JSON"
+    expected = json.loads(json.dumps(cross_validation_of(spec, member)))  # as JSON gives it back
+    if not isinstance(document, dict) or document.get("cross_validation") != expected:
+        return f"its {MEMBER_METRICS_FILE} does not carry trial {member.number}'s cross-validated scores"
+    return None
+
+
+def member_model_problem(store: Store, record: ExperimentRecord, trials: list[TrialRecord], number: int) -> str:
+    """Why the store holds no whole model of front member ``number`` under ``front-models/<number>/`` ("" when
+    it does): its files must end with a ``metrics.json`` (ingestion takes one only when the compute wrote it
+    after the member's other files) that :func:`metrics_problem` accepts. A refit cut short (the driver died,
+    the compute was torn down) leaves files without one: not a model to serve."""
+    if record.spec is None:
+        return "the experiment has no spec"
+    prefix = front_model_prefix(number)
+    names = store.list_artifacts(record.id, prefix)
+    if not names:
+        return "no model files"
+    if prefix + MEMBER_METRICS_FILE not in names:
+        return f"its refit did not finish: {MEMBER_METRICS_FILE}, stored last, is missing"
+    try:
+        member = front_member(record.spec, trials, number)
+        body = _read_capped(store, record.id, prefix + MEMBER_METRICS_FILE, MAX_MEMBER_METRICS_BYTES)
+    except (LookupError, NotFound) as exc:
+        return str(exc)
+    if body is None:
+        return f"its {MEMBER_METRICS_FILE} is over {MAX_MEMBER_METRICS_BYTES} bytes"
+    return metrics_problem(record.spec, member, body) or ""
+
+
+def _read_capped(store: Store, experiment_id: str, name: str, limit: int) -> bytes | None:
+    """The artifact's bytes, or None once it passes ``limit`` (read no further)."""
+    data = bytearray()
+    for chunk in store.artifact_chunks(experiment_id, name):
+        data += chunk
+        if len(data) > limit:
+            return None
+    return bytes(data)
+
+
+def stored_members(store: Store, record: ExperimentRecord, trials: list[TrialRecord]) -> set[int]:
     """The trials whose models the control plane's store holds: the best (``model/``) and each
-    ``front-models/<number>/`` (ingestion took these for kept front members only)."""
+    ``front-models/<number>/`` that is a whole model (:func:`member_model_problem`)."""
     numbers = {
         int(number)
         for name in store.list_artifacts(record.id, FRONT_MODEL_PREFIX)
         if (number := name.removeprefix(FRONT_MODEL_PREFIX).split("/", 1)[0]).isdigit()
     }
+    whole = {number for number in numbers if not member_model_problem(store, record, trials, number)}
     if record.best is not None and store.list_artifacts(record.id, MODEL_PREFIX):
-        numbers.add(record.best.number)
-    return numbers
+        whole.add(record.best.number)
+    return whole
 
 
 def front_member(spec: ExperimentSpec, trials: list[TrialRecord], number: int) -> BestTrial:

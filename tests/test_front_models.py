@@ -103,14 +103,28 @@ def test_one_objective_takes_no_front_model_and_an_oversized_one_is_refused(
 
 
 # ------------------------------------------------------------------------------------------- the API
-def stored(ctx: Context) -> str:
-    """exp-front in the control plane's store: its trials, the best model and trial 1's."""
+MEMBER_1_SCORES = {
+    "trial": 1,
+    "primary_metric": "roc_auc",
+    "value": 0.80,
+    "metrics": {"roc_auc": 0.80, "model_size_mb": 0.1, "accuracy": 0.80 - 0.05},
+}
+"""Trial 1's cross-validated scores (``tests.test_hpo_refit.front_trials``), as its refit records them."""
+MEMBER_1_METRICS = json.dumps({"cross_validation": MEMBER_1_SCORES, "model_path": "model.json"}).encode()
+"""Trial 1's refit's metrics.json."""
+
+
+def stored(ctx: Context, metrics: bytes | None = MEMBER_1_METRICS) -> str:
+    """exp-front in the control plane's store: its trials, the best model and trial 1's, whole (its
+    metrics.json, naming trial 1's scores, stored last); ``metrics``: that file instead (None: none)."""
     ctx.store.create_experiment(new_record("exp-front"))
     for trial in trials():
         ctx.store.put_trial(trial)
     ctx.store.put_artifact("exp-front", "model/model.json", b'{"best": 0}')
     ctx.store.put_artifact("exp-front", "front-models/1/model.json", b'{"trial": 1}')
     ctx.store.put_artifact("exp-front", "front-models/1/mlflow/MLmodel", b"flavors: {}")
+    if metrics is not None:
+        ctx.store.put_artifact("exp-front", "front-models/1/metrics.json", metrics)
     return "/api/experiments/exp-front"
 
 
@@ -125,7 +139,11 @@ def test_each_kept_member_model_downloads_by_number_and_the_rest_say_why_not(ctx
     member = client.get(f"{base}/trials/1/model")
     assert member.status_code == 200 and member.headers["content-type"] == "application/zip"
     assert "exp-front-trial-1-model.zip" in member.headers["content-disposition"]
-    assert unzip(member.content) == {"model.json": b'{"trial": 1}', "mlflow/MLmodel": b"flavors: {}"}
+    assert unzip(member.content) == {
+        "model.json": b'{"trial": 1}',
+        "mlflow/MLmodel": b"flavors: {}",
+        "metrics.json": MEMBER_1_METRICS,
+    }
     assert unzip(client.get(f"{base}/trials/0/model").content) == unzip(client.get(f"{base}/model").content)
     for number, why in [
         (2, "trial 2 is not on the Pareto front: trial 0 is at least as good on every objective"),

@@ -15,7 +15,7 @@ from shared.hpo.run_driver import refit_front
 from shared.pareto import front_member
 from shared.spec import load_spec
 from shared.store.local import LocalStore
-from tests.test_front_models import SPEC, outcome, trials
+from tests.test_front_models import MEMBER_1_SCORES, SPEC, outcome, trials
 
 THREE_KEPT = {**SPEC, "output": {"front_models": 3}}
 """Kept: 0 (the best, refit_best's), then 1 and 4, refit in that order."""
@@ -81,30 +81,23 @@ def test_a_restarted_driver_refits_only_the_member_it_had_not_stored_whole(tmp_p
     assert again.puts == []
 
 
-MEMBER_1_SCORES = {
-    "trial": 1,
-    "primary_metric": "roc_auc",
-    "value": 0.80,
-    "metrics": {"roc_auc": 0.80, "model_size_mb": 0.1, "accuracy": 0.80 - 0.05},
-}
-"""Trial 1's cross-validated scores (``tests.test_hpo_refit.front_trials``), as its refit records them."""
+METRICS_CASES = [
+    (None, False),  # the kill came before metrics.json
+    (b"", False),
+    (b'{"cross_validation": {"trial": 1', False),  # cut short (a store that wrote in pieces)
+    (b"\xff\xfe{}", False),  # not UTF-8
+    (b"[]", False),
+    (b'{"cross_validation": null}', False),
+    (json.dumps({"model_path": "model.json"}).encode(), False),  # no scores
+    (json.dumps({"cross_validation": {**MEMBER_1_SCORES, "trial": 4}}).encode(), False),  # another trial's
+    (json.dumps({"cross_validation": {**MEMBER_1_SCORES, "value": 0.81}}).encode(), False),  # other scores
+    (json.dumps({"cross_validation": MEMBER_1_SCORES, "rows": 2000}).encode(), True),
+]
+"""A member's stored metrics.json (None: absent) and whether it marks the model whole: the driver's rule before
+it refits and the control plane's before it serves (tests/test_front_models_partial.py)."""
 
 
-@pytest.mark.parametrize(
-    ("content", "whole"),
-    [
-        (None, False),  # the kill came before metrics.json
-        (b"", False),
-        (b'{"cross_validation": {"trial": 1', False),  # cut short (a store that wrote in pieces)
-        (b"\xff\xfe{}", False),  # not UTF-8
-        (b"[]", False),
-        (b'{"cross_validation": null}', False),
-        (json.dumps({"model_path": "model.json"}).encode(), False),  # no scores
-        (json.dumps({"cross_validation": {**MEMBER_1_SCORES, "trial": 4}}).encode(), False),  # another trial's
-        (json.dumps({"cross_validation": {**MEMBER_1_SCORES, "value": 0.81}}).encode(), False),  # other scores
-        (json.dumps({"cross_validation": MEMBER_1_SCORES, "rows": 2000}).encode(), True),
-    ],
-)
+@pytest.mark.parametrize(("content", "whole"), METRICS_CASES)
 def test_only_a_metrics_file_naming_the_members_own_scores_marks_its_model_whole(
     tmp_path: Path, content: bytes | None, whole: bool
 ) -> None:

@@ -129,7 +129,7 @@ def ui_experiment(
     spec = record.spec
     front = None
     if spec is not None and spec.objective.multi:
-        front = pareto_view(spec, trials, record.id, stored_members(ctx.store, record))
+        front = pareto_view(spec, trials, record.id, stored_members(ctx.store, record, trials))
     page = experiment_page(
         record,
         trials,

@@ -13,7 +13,7 @@ from distributed import Client
 
 from shared.config import MODEL_PREFIX, front_model_prefix
 from shared.errors import NotFound
-from shared.pareto import front_member, kept_members
+from shared.pareto import MEMBER_METRICS_FILE, cross_validation_of, front_member, kept_members, metrics_problem
 from shared.ports import Store, TrialStore
 from shared.records import BestTrial
 from shared.spec import ExperimentSpec
@@ -47,16 +47,6 @@ def _inside(value: Any, root: Path) -> Any:
     if isinstance(value, str) and Path(value).is_relative_to(root):
         return Path(value).relative_to(root).as_posix() or "."
     return value
-
-
-def cross_validation_of(spec: ExperimentSpec, trial: BestTrial) -> dict[str, Any]:
-    """The scores that chose ``trial``'s parameters, as its refit's ``metrics.json`` carries them."""
-    return {
-        "trial": trial.number,
-        "primary_metric": spec.objective.primary_metric,
-        "value": trial.value,
-        "metrics": trial.metrics,
-    }
 
 
 def written_last(names: dict[str, bytes]) -> list[tuple[str, bytes]]:
@@ -109,16 +99,14 @@ def refit_best_model(
 
 def stored_complete(spec: ExperimentSpec, experiment_id: str, member: BestTrial, store: Store) -> bool:
     """Whether ``front-models/<number>/`` already holds ``member``'s whole model, stored before a restart:
-    its ``metrics.json`` (written last) is there and names this member's cross-validated scores. Anything
-    else (absent, unreadable, another trial's) is refit, its files overwritten."""
-    from gpu_jobs.model_files import METRICS_FILE
-
+    its ``metrics.json`` (written last) is there and names this member's cross-validated scores
+    (:func:`shared.pareto.metrics_problem`, the control plane's rule too). Anything else (absent,
+    unreadable, another trial's) is refit, its files overwritten."""
     try:
-        stored = json.loads(store.get_artifact(experiment_id, front_model_prefix(member.number) + METRICS_FILE))
-    except (NotFound, ValueError):  # absent; not JSON or not UTF-8, so not a file this code wrote whole
+        body = store.get_artifact(experiment_id, front_model_prefix(member.number) + MEMBER_METRICS_FILE)
+    except NotFound:
         return False
-    expected = json.loads(json.dumps(cross_validation_of(spec, member)))  # as JSON gives it back
-    return isinstance(stored, dict) and stored.get("cross_validation") == expected
+    return metrics_problem(spec, member, body) is None
 
 
 def refit_front_models(

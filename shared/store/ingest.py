@@ -12,7 +12,10 @@ every blob is judged before a byte of it is trusted:
   prefix's size limit, copied as a stream (a model is never held in memory whole);
 - a Pareto front member's model, ``front-models/<number>/<file>``, only for a trial that is among the kept
   members (:func:`shared.pareto.kept_members`: at most ``output.front_models``) by the trials stored once
-  this pass's trials are in: none with one objective, none for a dominated or unknown trial.
+  this pass's trials are in: none with one objective, none for a dominated or unknown trial. Its
+  ``metrics.json`` attests the model whole (:func:`shared.pareto.member_model_problem`), so it must be
+  written last: one modified before another file of its member, or a file modified after it, is refused;
+  and within a pass it is copied after the member's other files.
 
 Whatever fails is refused and named in the report (the backend fails the run with it); nothing here
 raises for what the compute wrote. Blobs already taken in are skipped by a watermark: the newest
@@ -33,7 +36,7 @@ from pydantic import ValidationError
 
 from shared.config import DATA_CHECK_ARTIFACT, DRIVER_OUTCOME_ARTIFACT, FRONT_MODEL_PREFIX
 from shared.errors import NotFound
-from shared.pareto import kept_members
+from shared.pareto import MEMBER_METRICS_FILE, kept_members
 from shared.ports import IngestReport
 from shared.records import ExperimentRecord, TrialRecord, updated
 from shared.store._common import check_artifact_name
@@ -117,8 +120,8 @@ def ingest(
     )
     if report.over_quota is None:
         fresh = _fresh(blobs, since, seen)
-        kept = KeptMembers(store, record)
-        for blob in sorted(fresh, key=lambda b: not b.name.startswith(TRIALS_PREFIX)):  # trials first: the front
+        kept = KeptMembers(store, record, blobs)
+        for blob in sorted(fresh, key=_order):
             if blob.name.startswith(TRIALS_PREFIX):
                 _ingest_trial(store, area, experiment_id, budget, blob, report)
             elif blob.name.startswith(ARTIFACTS_PREFIX):
@@ -132,6 +135,16 @@ def ingest(
                 report.seen = ",".join(sorted(_tag(b) for b in blobs if b.modified == newest))
     publish_record(area, record)
     return report
+
+
+def _order(blob: BlobInfo) -> tuple[bool, bool]:
+    """Trials first (they make the front), a front member's ``metrics.json`` after every other artifact (its
+    presence in the store then says the member's other files are there)."""
+    return not blob.name.startswith(TRIALS_PREFIX), _is_member_metrics(blob.name.removeprefix(ARTIFACTS_PREFIX))
+
+
+def _is_member_metrics(name: str) -> bool:
+    return name.startswith(FRONT_MODEL_PREFIX) and name.endswith("/" + MEMBER_METRICS_FILE) and name.count("/") == 2
 
 
 def _quota(blobs: list[BlobInfo], budget: int, quota_bytes: int) -> str | None:
@@ -184,13 +197,14 @@ class KeptMembers:
     """Which ``front-models/<number>/`` the compute may write: the kept Pareto front members by the trials the
     store holds (read once, when the first such blob is judged, after this pass's trials)."""
 
-    def __init__(self, store: Any, record: ExperimentRecord) -> None:
+    def __init__(self, store: Any, record: ExperimentRecord, listed: list[BlobInfo]) -> None:
         self.store = store
         self.record = record
         self.numbers: list[int] | None = None
+        self.listed = listed
 
-    def problem(self, name: str) -> str | None:
-        """Why ``name`` (under ``front-models/``) is refused, or None."""
+    def problem(self, name: str, blob: BlobInfo) -> str | None:
+        """Why ``name`` (under ``front-models/``, ``blob`` in the area) is refused, or None."""
         number, _, rest = name.removeprefix(FRONT_MODEL_PREFIX).partition("/")
         if not (number.isdigit() and len(number) <= 10 and rest):
             return f"not {FRONT_MODEL_PREFIX}<trial number>/<file>"
@@ -204,6 +218,19 @@ class KeptMembers:
                 f"trial {int(number)} is not among the kept Pareto front members {self.numbers} "
                 f"(the first output.front_models={spec.output.front_models} of the front)"
             )
+        return self._order_problem(f"{ARTIFACTS_PREFIX}{FRONT_MODEL_PREFIX}{number}/", blob)
+
+    def _order_problem(self, folder: str, blob: BlobInfo) -> str | None:
+        """Why ``blob`` breaks "metrics.json is written last" in its member's ``folder`` of the area, or None
+        (storage clocks tick in whole seconds: the same second is not out of order)."""
+        siblings = [b for b in self.listed if b.name.startswith(folder) and b.name != blob.name]
+        if blob.name == folder + MEMBER_METRICS_FILE:
+            later = [b.name for b in siblings if b.modified > blob.modified]
+            written_last = f"a member's {MEMBER_METRICS_FILE} is written last"
+            return f"written before {later[0][:200]}: {written_last}" if later else None
+        metrics = next((b for b in siblings if b.name == folder + MEMBER_METRICS_FILE), None)
+        if metrics is not None and blob.modified > metrics.modified:
+            return f"written after its member's {MEMBER_METRICS_FILE}, which is written last"
         return None
 
 
@@ -223,7 +250,7 @@ def _ingest_artifact(
     if blob.size > limit:
         report.refused[blob.name] = f"{blob.size} bytes; at most {limit}"
         return
-    problem = kept.problem(name) if name.startswith(FRONT_MODEL_PREFIX) else None
+    problem = kept.problem(name, blob) if name.startswith(FRONT_MODEL_PREFIX) else None
     if problem is not None:
         report.refused[blob.name] = problem
         return
