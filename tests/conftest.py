@@ -201,6 +201,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> Iterator[N
     ``pytest_sessionfinish``: an interrupted run (an INTERNALERROR, Ctrl-C) tears its session fixtures down
     there, and a check before that would kill (and blame) the session's own Azurite."""
     yield
+    if hasattr(session.config, "workerinput"):  # a pytest-xdist worker: the controller checks, after every worker
+        return
     alive = leftover_processes(LEFTOVER_GRACE_S)
     if not alive:
         return

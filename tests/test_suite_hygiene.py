@@ -68,6 +68,20 @@ def test_a_leaked_process_fails_the_run_and_is_killed(
     assert not psutil.pid_exists(leaked_pid) or psutil.Process(leaked_pid).status() == psutil.STATUS_ZOMBIE
 
 
+@pytest.mark.slow  # runs a pytest session and two xdist workers in subprocesses; CI runs it (make test-all)
+def test_a_leak_in_an_xdist_worker_fails_the_run_once_every_worker_has_ended(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make test` runs two workers: a worker does not check (it would take the other's processes for
+    leaks), the controller does, and a worker's leaked process is its descendant or an orphan of the run."""
+    pytester.makeconftest(INNER_CONFTEST)
+    pytester.makepyfile(test_leaky=LEAKY_TEST, test_tidy=TIDY_TEST)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-o", "addopts=", "-n", "2")
+    result.stdout.fnmatch_lines(["*FAILED: 1 process(es) started by the tests outlived them*", "*time.sleep(120)*"])
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+
+
 @pytest.mark.slow  # runs a pytest session in a subprocess (~20 s, more under load); CI runs it (make test-all)
 def test_a_tidy_run_passes(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     result = _run(pytester, monkeypatch, TIDY_TEST)
