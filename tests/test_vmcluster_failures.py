@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,11 @@ import pytest
 
 from shared.backends.arm import RetrySettings
 from shared.backends.vmcluster import VMClusterBackend, VMClusterHandle
+from shared.backends.vmcluster.exchange import HEARTBEAT_ARTIFACT
 from shared.context import Context
+from shared.cost.ledger import BUDGET_REACHED, CostLedger
 from shared.ports import RunState, RunStatus
-from shared.records import ExperimentRecord
+from shared.records import ExperimentRecord, ExperimentStatus
 from shared.store.compute import FolderArea
 from tests.arm_server import FakeArm
 from tests.control_plane import local_context
@@ -281,3 +284,49 @@ def test_a_large_cluster_is_created_a_bounded_batch_per_poll_without_waiting_on_
     assert len(_workers(arm)) == WORKERS_PER_STEP + 2 and handle.workers_created and handle.evictions == 0
     record, _ = _poll(backend, record)
     assert len(_workers(arm)) == WORKERS_PER_STEP + 2 and VMClusterHandle.of(record.backend_state).evictions == 0
+
+
+def _lose_the_worker(ctx: Context, arm: FakeArm, record: ExperimentRecord, worker: str, loss: str) -> None:
+    if loss == "evicted":
+        arm.evict(worker)
+    elif loss == "cannot start":
+        _note(ctx, record, final=True, vm=worker)
+
+
+@pytest.mark.parametrize("loss", ["evicted", "cannot start", "ended Failed"])
+@pytest.mark.parametrize("stop", ["cancelling", "budget"])
+def test_a_stopping_run_creates_and_replaces_no_worker_vm(ctx: Context, arm: FakeArm, loss: str, stop: str) -> None:
+    """While the experiment is CANCELLING (the head's driver refits the best model on a worker there is) or
+    the budget stopped it, a lost worker, one that cannot start or one whose creation ended Failed is neither
+    replaced nor deleted: a new GPU VM would bill for a run that starts no trial. With no worker left the
+    handle says the refit cannot run (the cancel's wait ends the run). The same record running replaces it."""
+    backend = _backend(ctx, arm)
+    record = _submitted(ctx, backend, n_workers=1, max_evictions=3)
+    if loss == "ended Failed":
+        arm.fail_next_operation("AllocationFailed", NO_CAPACITY, path_contains=_worker_path(record))
+    record, _ = _poll(backend, record)
+    [worker] = [vm["name"] for vm in _workers(arm)]
+    area = FolderArea(ctx.store.root / "compute" / EXP)  # type: ignore[attr-defined]
+    area.put(f"artifacts/{HEARTBEAT_ARTIFACT}", json.dumps({"at": datetime.now(UTC).isoformat()}).encode())
+    running = record.model_copy(update={"status": ExperimentStatus.RUNNING})
+    stopped = {
+        "cancelling": record.model_copy(update={"status": ExperimentStatus.CANCELLING}),
+        "budget": running.model_copy(update={"cost": CostLedger(stopped=BUDGET_REACHED)}),
+    }[stop]
+    if loss != "ended Failed":  # a worker is left: nothing to say
+        _, status = _poll(backend, stopped)
+        assert status.state is RunState.RUNNING and "last_error" not in status.updates, status
+
+    _lose_the_worker(ctx, arm, record, worker, loss)
+    arm.clear_requests()
+    after, status = _poll(backend, stopped)
+    assert status.state is RunState.RUNNING, status.error
+    assert not arm.calls("PUT") and not arm.calls("DELETE")  # no VM created, none deleted
+    handle = VMClusterHandle.of(after.backend_state)
+    assert "no worker VM is left" in (handle.last_error or "") and handle.evictions == 0
+    assert handle.boot_replaced == []
+
+    running, status = _poll(backend, running)
+    assert status.state is RunState.RUNNING, status.error
+    assert arm.calls("PUT", _worker_path(record))  # the same loss, while the run goes on: replaced
+    assert [vm["name"] for vm in _workers(arm)] != [worker]

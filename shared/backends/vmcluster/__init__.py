@@ -86,7 +86,8 @@ CAPABILITIES = Capabilities(
         "finds_orphans": "VMs and networks are tagged with their experiment: the timer deletes what no live one owns",
         "restarts_driver": "Docker's restart policy restarts a dead driver on its VM, not poll; a lost head fails",
         "model_on_cancel": "cancel publishes CANCELLING to the area: the head's driver ends its trials, refits the "
-        "best finished one on the cluster and writes its outcome, which poll ingests; teardown waits for it",
+        "best finished one on a worker that exists and writes its outcome, which poll ingests (creating and replacing "
+        "no worker VM meanwhile); teardown waits for it",
     },
 )
 BACKEND = Registration(section=VMClusterCompute, capabilities=CAPABILITIES, create=_create, planner=_planner)

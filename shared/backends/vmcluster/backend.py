@@ -51,7 +51,7 @@ from shared.backends.vmcluster.vms import (
     private_ip,
     vm_exists,
 )
-from shared.backends.vmcluster.workers import reconcile_workers, replace_unbootable_workers
+from shared.backends.vmcluster.workers import tend_workers
 from shared.errors import BackendError, NotFound
 from shared.ports import ComputeCredential, HandleUpdate, RunDetails, RunState, RunStatus, areas_of, handle_changes
 from shared.records import ExperimentRecord
@@ -316,7 +316,8 @@ class VMClusterBackend:
         return handle_changes(before, handle.model_copy(update=update))
 
     def poll(self, record: ExperimentRecord) -> RunStatus:
-        """Ingest new trials; the outcome if written; else replace lost workers and judge the heartbeat."""
+        """Ingest new trials; the outcome if written; else replace lost workers (none while the run is
+        stopping: :func:`~.workers.stopping`) and judge the heartbeat."""
         before = handle = VMClusterHandle.of(record.backend_state)
         if not handle.submitted:
             return RunStatus(RunState.FAILED, error="no head node was recorded for this experiment")
@@ -338,10 +339,9 @@ class VMClusterBackend:
                 )
                 return _status(before, RunState.FAILED, handle, error=error)
             notes = self._boot_notes(record.id)
-            handle, replaced, cannot = replace_unbootable_workers(self, compute, handle, vms, notes)
+            handle, cannot = tend_workers(self, record, compute, handle, vms, notes)
             if cannot:
                 return _status(before, RunState.FAILED, handle, error=cannot)
-            handle = reconcile_workers(self, record, compute, handle, vms, replaced)
         except BackendError as exc:
             if not exc.retryable:
                 return _status(before, RunState.FAILED, handle, error=str(exc))

@@ -1,4 +1,5 @@
-"""The worker VMs, one bounded poll step at a time: replace those that cannot start, create those lacking.
+"""The worker VMs, one bounded poll step at a time: replace those that cannot start, create those lacking;
+while the run is stopping (CANCELLING, or the budget stopped it), neither.
 
 Functions of the backend (:class:`~.backend.VMClusterBackend`), kept apart from the protocol's steps.
 """
@@ -15,6 +16,7 @@ from shared.backends.vmcluster.settings import WORKERS_PER_STEP, python_options,
 from shared.backends.vmcluster.vm_plan import plan_vm
 from shared.backends.vmcluster.vms import delete_failed_workers, delete_workers, healthy_workers
 from shared.errors import BackendError
+from shared.records import ExperimentStatus
 
 if TYPE_CHECKING:
     from shared.backends.vmcluster.backend import VMClusterBackend
@@ -23,6 +25,48 @@ if TYPE_CHECKING:
     from shared.records import ExperimentRecord
 
 log = logging.getLogger(__name__)
+
+
+def stopping(record: ExperimentRecord) -> str | None:
+    """Why the run is ending, so that no worker VM is created or replaced for it (a new GPU VM would bill
+    for a run that starts no trial), or None while it runs: the experiment is CANCELLING (the head's
+    driver refits the best model on a worker that exists), or the budget guard stopped it."""
+    if record.status is ExperimentStatus.CANCELLING:
+        return "the experiment is CANCELLING"
+    if record.cost is not None and record.cost.stopped:
+        return f"the run was stopped ({record.cost.stopped})"
+    return None
+
+
+def tend_workers(
+    backend: VMClusterBackend,
+    record: ExperimentRecord,
+    compute: VMClusterCompute,
+    handle: VMClusterHandle,
+    vms: list[Any],
+    notes: list[dict[str, Any]],
+) -> tuple[VMClusterHandle, str | None]:
+    """One poll's care of the worker VMs: :func:`replace_unbootable_workers`, then :func:`reconcile_workers`;
+    while the run is :func:`stopping`, neither (the head and the workers that exist stay until teardown) and,
+    when no worker that can run is left, ``last_error`` says that the refit cannot run: the cancel's wait
+    (``RAPIDS_HPO_CANCEL_WAIT_SECONDS``) then ends the run. Returns (handle, the reason the run fails or None)."""
+    why = stopping(record)
+    if why is None:
+        handle, replaced, cannot = replace_unbootable_workers(backend, compute, handle, vms, notes)
+        if cannot:
+            return handle, cannot
+        return reconcile_workers(backend, record, compute, handle, vms, replaced), None
+    cluster_id = handle.cluster_id or ""
+    dead = {*handle.boot_replaced, *unbootable_workers(notes, cluster_id)}
+    if any(name not in dead for name in healthy_workers(vms, cluster_id)):
+        return handle, None
+    error = (
+        f"no worker VM is left and none is created while {why}: the best model cannot be refit, so the run "
+        "ends at the cancel's deadline (RAPIDS_HPO_CANCEL_WAIT_SECONDS) without it"
+    )
+    if handle.last_error != error:
+        log.warning("experiment %s: %s", record.id, error)
+    return handle.model_copy(update={"last_error": error}), None
 
 
 def replace_unbootable_workers(
