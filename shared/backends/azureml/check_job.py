@@ -26,9 +26,8 @@ from shared.backends.azureml.sweep_job import (
     ComputeIdentity,
     command_job,
     data_flags,
-    experiment_name_for,
     job_name_for,
-    job_tags,
+    submitted_alone,
     with_install,
 )
 from shared.bounded import Text
@@ -77,11 +76,7 @@ def build_check_job(
         identity=identity,
         traceparent=traceparent,
     )
-    job.name = check_job_name_for(experiment_id)
-    job.display_name = f"{spec.name} (data check)"[:256]
-    job.experiment_name = experiment_name_for(spec)
-    job.tags = job_tags(spec, experiment_id)
-    return job
+    return submitted_alone(job, spec, experiment_id, name=check_job_name_for(experiment_id), label="data check")
 
 
 class _Strict(BaseModel):

@@ -25,9 +25,8 @@ from shared.backends.azureml.sweep_job import (
     ComputeIdentity,
     command_job,
     data_flags,
-    experiment_name_for,
     job_name_for,
-    job_tags,
+    submitted_alone,
     with_install,
 )
 from shared.records import BestTrial
@@ -92,8 +91,5 @@ def build_refit_job(
         identity=identity,
         traceparent=traceparent,
     )
-    job.name = refit_job_name_for(experiment_id)
-    job.display_name = f"{spec.name} (refit of trial {best.number})"[:256]
-    job.experiment_name = experiment_name_for(spec)
-    job.tags = job_tags(spec, experiment_id)
-    return job
+    label = f"refit of trial {best.number}"
+    return submitted_alone(job, spec, experiment_id, name=refit_job_name_for(experiment_id), label=label)

@@ -322,6 +322,16 @@ def job_tags(spec: ExperimentSpec, experiment_id: str) -> dict[str, str]:
     }
 
 
+def submitted_alone(job: Command, spec: ExperimentSpec, experiment_id: str, *, name: str, label: str) -> Command:
+    """``job`` as the experiment submits it on its own (the data check, the refit), not as a sweep's trial:
+    its name, its display name (the spec's, then ``label``), the experiment's AzureML experiment and tags."""
+    job.name = name
+    job.display_name = f"{spec.name} ({label})"[:256]
+    job.experiment_name = experiment_name_for(spec)
+    job.tags = job_tags(spec, experiment_id)
+    return job
+
+
 def command_job(
     spec: ExperimentSpec,
     experiment_id: str,
