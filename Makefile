@@ -57,10 +57,8 @@ lint: install
 browser:
 	@command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || echo "chromium not installed: the browser tests will skip"
 
-# The default set in two processes, a test file each at a time (most tests wait on a subprocess, a cluster or
-# Azurite, so two cores run two files): 250 s against 393 s in one process on a quiet 2-core machine.
 test: install lint browser
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	$(BIN)/python -m pytest
 
 # The VM stand-in's "image" (tests/vm_standin.py: Python 3.12 with the image's and the cluster's packages), built
 # here, before the tests, so that no test's timeout includes a pip install; it is rebuilt only when its list changes.

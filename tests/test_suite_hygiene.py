@@ -72,7 +72,7 @@ def test_a_leaked_process_fails_the_run_and_is_killed(
 def test_a_leak_in_an_xdist_worker_fails_the_run_once_every_worker_has_ended(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`make test` runs two workers: a worker does not check (it would take the other's processes for
+    """Under `pytest -n 2` a worker does not check (it would take the other's processes for
     leaks), the controller does, and a worker's leaked process is its descendant or an orphan of the run."""
     pytester.makeconftest(INNER_CONFTEST)
     pytester.makepyfile(test_leaky=LEAKY_TEST, test_tidy=TIDY_TEST)
