@@ -141,6 +141,7 @@ def test_the_check_sees_an_orphan_of_this_run() -> None:
 CONFORMANCE_CONFTEST = """
 from tests.conformance.conftest import (  # noqa: F401
     _count_expected_raises,
+    _explain_only_failures,
     pytest_assertion_pass,
     pytest_collection_modifyitems,
     pytest_runtest_makereport,
@@ -200,6 +201,44 @@ def test_the_conformance_check_refuses_to_run_without_the_pass_hook(
     )
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*needs enable_assertion_pass_hook = true*"])
+
+
+CONFORMANCE_COMPARISONS = """
+class Same:
+    \"\"\"Equal to anything, printed differently: a parsed record's datetime (pydantic's TzInfo(UTC))
+    against the test's own (datetime.timezone.utc).\"\"\"
+    def __init__(self, tag):
+        self.tag = tag
+    def __eq__(self, other):
+        return True
+    def __repr__(self):
+        return f"Same({self.tag!r})"
+
+def test_a_large_comparison_that_holds():
+    assert [Same(f"a{'x' * 4000}{i}") for i in range(300)] == [Same(f"b{'x' * 4000}{i}") for i in range(300)]
+
+def test_a_comparison_that_fails():
+    assert [1, 2, 3] == [1, 2, 4]
+"""
+
+
+@pytest.mark.slow  # runs a pytest session in a subprocess (~20 s, more under load); CI runs it (make test-all)
+def test_a_conformance_assert_that_holds_is_not_diffed_and_one_that_fails_is(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pass hook makes pytest explain every passing assert; with ``CI`` set that was a full diff, and
+    a passing record comparison ran past the 300 s timeout in CI. Here a held comparison of 300 lines
+    that all print differently passes within 60 s (pytest's diff of them takes far longer), and a failing
+    one still shows pytest's full diff."""
+    pytester.makeconftest(CONFORMANCE_CONFTEST)
+    pytester.makepyfile(test_cases=CONFORMANCE_COMPARISONS)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("CI", "1")  # pytest's running_on_ci(): full diffs without -v
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-o", "addopts=", "-o", "enable_assertion_pass_hook=true", "--timeout", "60"
+    )
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*Full diff:*", "*-  [1, 2, 4]*"])
 
 
 # ------------------------------------------------------------ a failure pytest cannot place on a line

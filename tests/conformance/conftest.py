@@ -6,15 +6,22 @@ each case is counted: every ``assert`` that passes while it runs (pytest's ``pyt
 enabled in ``pyproject.toml``; the harness helpers' asserts are rewritten too, so a step checked by
 ``apply_update`` counts) and every ``pytest.raises`` that caught what it expected. A case that passes
 with neither fails, naming the adapter. The hook is this folder's, so only these cases pay for it.
+
+The price: pytest builds a passing ``assert``'s explanation before handing it to the hook, and with ``CI``
+set (or ``-v``) that is a full ``difflib`` diff of both sides, quadratic in their printed lines. A record
+of 225 near-identical 4 KB entries took over 300 s in CI for an assert that passed. So here a comparison is
+explained only when it is false (:func:`_explain_only_failures`); a failing one keeps pytest's diff.
 """
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Generator
 from types import TracebackType
 from typing import Any
 
 import pytest
+from _pytest.assertion import util as assertion_util
 
 pytest.register_assert_rewrite("tests.conformance.backend")
 
@@ -57,6 +64,40 @@ def _count_expected_raises(request: pytest.FixtureRequest, monkeypatch: pytest.M
         return _CountedRaises(made, item)
 
     monkeypatch.setattr(pytest, "raises", raises)
+
+
+_COMPARISONS: dict[str, Callable[[Any, Any], Any]] = {
+    "==": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+    "is": operator.is_,
+    "is not": operator.is_not,
+    "in": lambda left, right: left in right,
+    "not in": lambda left, right: left not in right,
+}
+
+
+@pytest.fixture(autouse=True)
+def _explain_only_failures(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pytest's comparison explainer (``_pytest.assertion.util._reprcompare``, set for each test by the
+    assertion plugin) wrapped to skip a comparison that holds: its explanation feeds only the pass hook,
+    which reads none of it. The comparison is evaluated again to tell; an error there counts as false."""
+    explain = assertion_util._reprcompare
+    if explain is None:
+        return
+
+    def explain_failures(op: str, left: Any, right: Any) -> str | None:
+        compare = _COMPARISONS.get(op)
+        try:
+            holds = compare is not None and bool(compare(left, right))
+        except Exception:
+            holds = False
+        return None if holds else explain(op, left, right)
+
+    monkeypatch.setattr(assertion_util, "_reprcompare", explain_failures)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
