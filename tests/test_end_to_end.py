@@ -64,6 +64,8 @@ def served(home: Path, extra_env: dict[str, str] | None = None) -> Iterator[http
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
     try:
         for _ in range(200):
+            if process.poll() is not None:  # e.g. another process took the port first: never talk to that one
+                raise AssertionError(f"serve exited: {(home / f'serve-{port}.log').read_text()[-2000:]}")
             key = read_key(str(client.base_url))  # left by serve for the CLI, as the CLI finds it
             try:
                 if key and client.get("/api/health", headers={"x-functions-key": key}).status_code == 200:
