@@ -9,7 +9,9 @@ stop a configuration after a few rounds. Each method runs through ``HpoDriver`` 
 * ``seed``: random sampling, no policy (HPO-RAPIDS as published);
 * ``bandit``: random sampling + AzureML's Bandit (slack_factor 0.1, from the second step);
 * ``asha``: multivariate TPE + successive halving (ASHA, reduction factor 3, first rung after
-  ``--report-every`` rounds).
+  ``--report-every`` rounds: the policy's default);
+* ``hyperband``: multivariate TPE + Hyperband (reduction factor 3, brackets whose first rungs are at
+  ``--report-every``, 3 x and 9 x that many rounds, up to a trial's rounds).
 
 Trial-seconds are the trials' own wall time on the workers (what GPUs would bill). Per run: trial-seconds
 until a trial first reaches the seed search's final best (trials in the order they ended), total
@@ -18,10 +20,13 @@ the trials so that it can spend the same budget). ``--methods samplers`` compare
 policy instead (random, tpe, cmaes, qmc).
 
     python bench/early_termination.py [--seeds 5] [--trials 6] [--rounds 40] [--report-every 10] [--methods pruners]
-        [--only asha]  # the seed's search and TPE + ASHA only
+        [--only asha,hyperband]  # the seed's search and these only
 
 Last lines: per method, the medians over tables and seeds of ``time_to_seed_best_ratio`` (against the
-seed's own time to its best) and ``total_ratio``, and ``best_gap`` (mean best at equal budget minus the seed's).
+seed's own time to its best; a run that never reaches it counts as never) and ``total_ratio``, the same two in
+boosting rounds trained (``rounds_*``: free of the machine's load, which moves trial-seconds of runs minutes
+apart), the time ratio to come within the seeds' spread of the seed's best (``within_spread``), and per table
+the final bests and the best at the seed's budget.
 """
 
 from __future__ import annotations
@@ -57,10 +62,12 @@ SPACE = {
 PRUNER_METHODS: dict[str, tuple[str, dict[str, Any] | None, int]] = {
     "seed": ("random", None, 1),
     "bandit": ("random", {"type": "bandit", "slack_factor": 0.1, "delay_evaluation": 2}, 1),
-    "asha": ("tpe", {"type": "successive_halving", "min_resource": 1, "reduction_factor": 3}, 2),
+    "asha": ("tpe", {"type": "successive_halving", "reduction_factor": 3}, 2),
+    "hyperband": ("tpe", {"type": "hyperband", "reduction_factor": 3}, 2),
 }
-"""method -> (sampler, policy, trials multiplier: ``--extra`` where above 1); min_resource is replaced by
---report-every rounds."""
+"""method -> (sampler, policy, trials multiplier: ``--extra`` where above 1). The rung policies keep their
+defaults: the first rung at the first step a trial reports (``--report-every`` rounds), Hyperband's largest
+resource a trial's rounds."""
 SAMPLER_METHODS = {name: (name, None, 1) for name in ("random", "tpe", "cmaes", "qmc")}
 
 
@@ -78,8 +85,6 @@ def tables(folder: Path, flights_rows: int) -> dict[str, dict[str, Any]]:
 
 def spec_for(dataset: dict, sampler: str, policy: dict | None, trials: int, seed: int, rounds: int, every: int):
     policy = copy.deepcopy(policy)
-    if policy is not None and policy["type"] == "successive_halving":
-        policy["min_resource"] = every
     return load_spec(
         {
             "name": "bench",
@@ -101,21 +106,33 @@ def run(spec, client: Client, folder: Path, name: str) -> list[TrialRecord]:
     return sorted(store.list_trials(name), key=lambda t: t.ended_at or t.started_at)
 
 
-def figures(trials: list[TrialRecord], target: float, budget: float) -> dict[str, float]:
-    """Trial-seconds until a trial reaches ``target``, in all, and the best within ``budget`` trial-seconds."""
-    spent, reached, best_in_budget = 0.0, math.inf, -math.inf
+def figures(trials: list[TrialRecord], target: float, budget: float) -> dict[str, Any]:
+    """Trial-seconds (and boosting rounds) until a trial reaches ``target``, in all, and the best within
+    ``budget`` trial-seconds; ``curve``: after each trial, the seconds and rounds spent so far and its value."""
+    spent, rounds, reached, reached_rounds, best_in_budget = 0.0, 0, math.inf, math.inf, -math.inf
+    curve: list[tuple[float, int, float | None]] = []
     for trial in trials:
         spent += trial.duration_s or 0.0
-        if trial.state is not TrialState.COMPLETED or trial.value is None:
+        rounds += max(trial.intermediate, default=0)  # the rounds each fold trained (a stopped trial's last step)
+        done = trial.state is TrialState.COMPLETED and trial.value is not None
+        curve.append((spent, rounds, trial.value if done else None))
+        if not done:
             continue
+        assert trial.value is not None
         if trial.value >= target - 1e-12 and reached == math.inf:
-            reached = spent
+            reached, reached_rounds = spent, rounds
         if spent <= budget + 1e-9:
             best_in_budget = max(best_in_budget, trial.value)
     best = max((t.value for t in trials if t.state is TrialState.COMPLETED and t.value is not None), default=-math.inf)
     pruned = sum(t.state is TrialState.PRUNED for t in trials)
     return {"to_best": reached, "total": spent, "best": best, "best_at_budget": best_in_budget, "pruned": pruned,
-            "trials": len(trials)}  # fmt: skip
+            "trials": len(trials), "rounds_to_best": reached_rounds, "rounds": rounds, "curve": curve}  # fmt: skip
+
+
+def reached_within(curve: list[tuple[float, int, float | None]], target: float) -> tuple[float, float]:
+    """The seconds and rounds spent when a trial of ``curve`` (:func:`figures`) first reached ``target``."""
+    reached = ((s, r) for s, r, value in curve if value is not None and value >= target - 1e-12)
+    return next(reached, (math.inf, math.inf))
 
 
 def main() -> None:
@@ -158,17 +175,20 @@ def main() -> None:
                     spec = spec_for(dataset, sampler, policy, count, seed, args.rounds, args.report_every)
                     runs[name] = run(spec, client, Path(folder), f"{table}-{seed}-{name}")
                 base = figures(runs[baseline], math.inf, math.inf)
+                base_reached = figures(runs[baseline], base["best"], math.inf)
                 for name, trials in runs.items():
                     row = figures(trials, base["best"], base["total"])
-                    row["base_to_best"] = figures(runs[baseline], base["best"], math.inf)["to_best"]
-                    row["base_total"], row["base_best"] = base["total"], base["best"]
-                    row["table"] = table  # type: ignore[assignment]
+                    row |= {"base_to_best": base_reached["to_best"],
+                            "base_rounds_to_best": base_reached["rounds_to_best"],
+                            "base_total": base["total"], "base_best": base["best"], "base_rounds": base["rounds"],
+                            "base_curve": base["curve"], "table": table}  # fmt: skip
                     results[name].append(row)
                     print(
                         f"{table:<13} seed={seed} {name:<7} best={row['best']:.4f}"
                         f" at_budget={row['best_at_budget']:.4f} to_seed_best={row['to_best']:7.1f}s"
                         f" total={row['total']:7.1f}s"
-                        f" pruned={row['pruned']:.0f}/{row['trials']:.0f}",
+                        f" pruned={row['pruned']:.0f}/{row['trials']:.0f}"
+                        f" rounds_to_seed_best={row['rounds_to_best']:.0f} rounds={row['rounds']:.0f}",
                         flush=True,
                     )
         print(
@@ -180,7 +200,8 @@ def main() -> None:
 
 ROW = re.compile(
     r"^(?P<table>\S+)\s+seed=(?P<seed>\d+) (?P<name>\S+)\s+best=(?P<best>\S+) at_budget=(?P<at>\S+)"
-    r" to_seed_best=\s*(?P<to>\S+)s total=\s*(?P<total>\S+)s pruned=(?P<pruned>\d+)/(?P<trials>\d+)$"
+    r" to_seed_best=\s*(?P<to>\S+)s total=\s*(?P<total>\S+)s pruned=(?P<pruned>\d+)/(?P<trials>\d+)"
+    r"(?: rounds_to_seed_best=(?P<rto>\S+) rounds=(?P<rounds>\d+))?$"
 )
 
 
@@ -190,24 +211,50 @@ def from_log(path: Path) -> dict[str, list[dict[str, Any]]]:
     results: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         base = next(r for r in rows if (r["table"], r["seed"]) == (row["table"], row["seed"]))  # the first method
+        rounds = {"rounds_to_best": float(row["rto"] or "nan"), "rounds": float(row["rounds"] or "nan"),
+                  "base_rounds_to_best": float(base["rto"] or "nan"),
+                  "base_rounds": float(base["rounds"] or "nan")}  # fmt: skip
         results.setdefault(row["name"], []).append(
             {"table": row["table"], "best": float(row["best"]), "best_at_budget": float(row["at"]),
              "to_best": float(row["to"]), "total": float(row["total"]), "base_to_best": float(base["to"]),
-             "base_total": float(base["total"]), "base_best": float(base["best"])}
+             "base_total": float(base["total"]), "base_best": float(base["best"]), **rounds}
         )  # fmt: skip
     return results
 
 
 def summarize(results: dict[str, list[dict[str, Any]]]) -> None:
-    """The medians of the ratios against the seed's search, and the bests per table."""
+    """The medians of the ratios against the seed's search, and the bests per table.
+
+    ``rounds``: the same ratios in boosting rounds trained (what a stopped trial saves, whatever the machine's
+    load; trial-seconds of two runs minutes apart on a shared machine differ by the load). ``within spread``:
+    the trial-seconds until a trial comes within the seeds' spread (per table) of the seed's best, against the
+    seed's own time to that value: the seed's best is a maximum over noisy CV scores, and a search whose
+    configurations are as good may miss that maximum by less than the noise (rows read back from a log lack it).
+    """
+    spread = {t: statistics.pstdev(r["base_best"] for r in rows if r["table"] == t)
+              for rows in results.values() for t in {r["table"] for r in rows}}  # fmt: skip
     for name, rows in results.items():
         ratio_to_best = statistics.median(r["to_best"] / r["base_to_best"] for r in rows)
         total_ratio = statistics.median(r["total"] / r["base_total"] for r in rows)
+        rounds_to_best = statistics.median(r["rounds_to_best"] / r["base_rounds_to_best"] for r in rows)
+        rounds_ratio = statistics.median(r["rounds"] / r["base_rounds"] for r in rows)
         reached = sum(math.isfinite(r["to_best"]) for r in rows)
-        print(
+        line = (
             f"{name:<7} time_to_seed_best_ratio={ratio_to_best:.3f} total_ratio={total_ratio:.3f}"
-            f" reached={reached}/{len(rows)}"
+            f" reached={reached}/{len(rows)} rounds_to_seed_best_ratio={rounds_to_best:.3f}"
+            f" rounds_ratio={rounds_ratio:.3f}"
         )
+        if all("curve" in r for r in rows):
+            near = [
+                (reached_within(r["curve"], goal)[0], reached_within(r["base_curve"], goal)[0])
+                for r in rows
+                for goal in [r["base_best"] - spread[r["table"]]]
+            ]
+            line += (
+                f" within_spread: time_ratio={statistics.median(ours / theirs for ours, theirs in near):.3f}"
+                f" reached={sum(math.isfinite(ours) for ours, _ in near)}/{len(rows)}"
+            )
+        print(line)
         for table in dict.fromkeys(r["table"] for r in rows):
             mine = [r for r in rows if r["table"] == table]
             bases = [r["base_best"] for r in mine]

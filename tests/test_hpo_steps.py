@@ -141,3 +141,36 @@ def test_policies_count_in_the_spec_s_steps_rounds_with_report_every() -> None:
     with pytest.raises(SpecError) as caught:
         make_spec(**{**rounds, "early_termination": {"type": "wilcoxon"}})
     assert "report_every" in str(caught.value.errors)
+
+
+@pytest.mark.parametrize("policy", ["successive_halving", "hyperband"])
+def test_a_rung_policy_s_first_rung_is_the_first_reported_step_by_default(policy: str) -> None:
+    """Rungs sit on steps a trial reports. With Optuna's old default (min_resource 1) and rounds reported every
+    10, rungs 1, 3 and 9 were all decided at round 10 on the same value: a trial had to be in the best third
+    three times over (the best 1/27 went on). By default the first rung is round 10, the next round 30."""
+    import optuna
+
+    from shared.hpo.search_space import make_pruner
+
+    rounds = {**STEPPED["trial"], "report_every": 10, "params": {"num_boost_round": 160}}
+
+    def rungs_decided_at_round_10(section: dict[str, Any]) -> set[str]:
+        spec = make_spec(**{**STEPPED, "trial": rounds, "early_termination": section})
+        study = optuna.create_study(direction="maximize", pruner=make_pruner(spec))
+        decided: set[str] = set()
+        for value in (0.5, 0.6, 0.7, 0.8, 0.9):  # each the best so far: promoted wherever a rung is decided
+            trial = study.ask()
+            trial.report(value, 10)
+            assert not trial.should_prune()
+            decided |= {k for k in study.trials[trial.number].system_attrs if k.startswith("completed_rung_")}
+        return decided
+
+    assert rungs_decided_at_round_10({"type": policy}) in ({"completed_rung_0"}, set())
+    assert {"completed_rung_0", "completed_rung_1"} <= rungs_decided_at_round_10({"type": policy, "min_resource": 1})
+
+
+def test_hyperband_s_max_resource_below_its_default_first_rung_is_refused() -> None:
+    rounds = {**STEPPED["trial"], "report_every": 10, "params": {"num_boost_round": 160}}
+    with pytest.raises(SpecError) as caught:
+        make_spec(**{**STEPPED, "trial": rounds, "early_termination": {"type": "hyperband", "max_resource": 5}})
+    assert "early_termination.max_resource" in str(caught.value.errors)

@@ -22,6 +22,7 @@ from shared.spec.pruning import (
     ThresholdPolicy,
     TruncationSelectionPolicy,
     WilcoxonPolicy,
+    first_rung,
     trial_steps,
 )
 from shared.spec.search_table import schedule_of
@@ -54,7 +55,7 @@ def _halving(p: SuccessiveHalvingPolicy, spec: ExperimentSpec) -> Any:
     from optuna.pruners import SuccessiveHalvingPruner
 
     return SuccessiveHalvingPruner(
-        min_resource=p.min_resource,
+        min_resource=first_rung(p, spec),
         reduction_factor=p.reduction_factor,
         min_early_stopping_rate=p.min_early_stopping_rate,
         bootstrap_count=p.bootstrap_count,
@@ -65,7 +66,7 @@ def _hyperband(p: HyperbandPolicy, spec: ExperimentSpec) -> Any:
     from optuna.pruners import HyperbandPruner
 
     return HyperbandPruner(
-        min_resource=p.min_resource,
+        min_resource=first_rung(p, spec),
         max_resource=p.max_resource or trial_steps(spec),
         reduction_factor=p.reduction_factor,
         bootstrap_count=p.bootstrap_count,

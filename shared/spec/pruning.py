@@ -40,6 +40,18 @@ def trial_steps(spec: ExperimentSpec) -> int:
     return int(HYPERPARAMETERS[spec.trial.model][name].default)
 
 
+def first_reported_step(spec: ExperimentSpec) -> int:
+    """The first step a trial reports: ``trial.report_every`` rounds or trees, else fold 1."""
+    return spec.trial.report_every or 1
+
+
+def first_rung(policy: SuccessiveHalvingPolicy | HyperbandPolicy, spec: ExperimentSpec) -> int:
+    """A rung policy's ``min_resource``, by default the first step a trial reports. A rung below that step
+    is decided there anyway, and several such rungs are decided at once on the same value: Optuna's default
+    of 1 with ``report_every: 10`` put rungs 1, 3 and 9 all on round 10, keeping the best 1/27 there, not 1/3."""
+    return policy.min_resource if policy.min_resource is not None else first_reported_step(spec)
+
+
 class _Policy(SpecModel):
     evaluation_interval: int = Field(default=1, ge=1, description="apply at every multiple of this step")
     delay_evaluation: int = Field(default=0, ge=0, description="first step the policy may apply at")
@@ -78,7 +90,9 @@ class SuccessiveHalvingPolicy(SpecModel):
     rung. Optuna's ``SuccessiveHalvingPruner``; its rungs are kept with each trial (they survive a restart)."""
 
     type: Literal["successive_halving"] = "successive_halving"
-    min_resource: int = Field(default=1, ge=1, description="the first rung's step")
+    min_resource: int | None = Field(
+        default=None, ge=1, description="the first rung's step; None: the first step a trial reports (first_rung)"
+    )
     reduction_factor: int = Field(default=3, ge=2, le=100, description="keep the best 1/reduction_factor at a rung")
     min_early_stopping_rate: int = Field(default=0, ge=0, le=20, description="rungs skipped before the first")
     bootstrap_count: int = Field(default=0, ge=0, le=1000, description="trials a rung needs before it promotes any")
@@ -89,14 +103,18 @@ class HyperbandPolicy(SpecModel):
     the trial number, so a restarted driver puts it in the same). Optuna's ``HyperbandPruner``."""
 
     type: Literal["hyperband"] = "hyperband"
-    min_resource: int = Field(default=1, ge=1, description="the first rung's step in the most aggressive bracket")
+    min_resource: int | None = Field(
+        default=None,
+        ge=1,
+        description="the first rung's step in the most aggressive bracket; None: the first step a trial reports",
+    )
     max_resource: int | None = Field(default=None, ge=1, description="None: the steps a trial reports")
     reduction_factor: int = Field(default=3, ge=2, le=100)
     bootstrap_count: int = Field(default=0, ge=0, le=1000)
 
     @model_validator(mode="after")
     def _range(self) -> HyperbandPolicy:
-        if self.max_resource is not None and self.max_resource < self.min_resource:
+        if self.max_resource is not None and self.min_resource is not None and self.max_resource < self.min_resource:
             raise ValueError(f"max_resource ({self.max_resource}) is below min_resource ({self.min_resource})")
         return self
 

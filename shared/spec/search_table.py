@@ -36,6 +36,7 @@ from shared.spec.pruning import (
     ThresholdPolicy,
     TruncationSelectionPolicy,
     WilcoxonPolicy,
+    first_rung,
     trial_steps,
     wrapped_of,
 )
@@ -107,7 +108,7 @@ def _truncation_azureml(p: TruncationSelectionPolicy) -> Any:
 
 
 def _halving_first(p: SuccessiveHalvingPolicy, spec: ExperimentSpec) -> int:
-    return int(p.min_resource * p.reduction_factor**p.min_early_stopping_rate)
+    return int(first_rung(p, spec) * p.reduction_factor**p.min_early_stopping_rate)
 
 
 def _wilcoxon_problems(p: WilcoxonPolicy, spec: ExperimentSpec) -> list[Problem]:
@@ -151,6 +152,14 @@ def _rung_problems(first: Callable[[Any, ExperimentSpec], int | None], fields: s
     return problems
 
 
+def _hyperband_problems(p: HyperbandPolicy, spec: ExperimentSpec) -> list[Problem]:
+    problems = _rung_problems(first_rung, "min_resource")(p, spec)
+    if p.max_resource is not None and p.max_resource < first_rung(p, spec):
+        why = f"is below the first rung, step {first_rung(p, spec)} (min_resource, by default the first step reported)"
+        problems.append((("early_termination", "max_resource"), f"max_resource {p.max_resource} {why}"))
+    return problems
+
+
 PRUNERS: dict[str, SearchEntry] = {
     entry.type: entry
     for entry in (
@@ -168,9 +177,9 @@ PRUNERS: dict[str, SearchEntry] = {
                     {"type": "successive_halving", "min_resource": 1, "reduction_factor": 3}, SuccessiveHalvingPolicy,
                     _rung_problems(_halving_first, "min_resource * reduction_factor**min_early_stopping_rate")),
         SearchEntry("pruner", "hyperband", "Hyperband: successive-halving brackets, Optuna",
-                    None, lambda p, spec: p.min_resource,
+                    None, first_rung,
                     {"type": "hyperband", "min_resource": 1, "reduction_factor": 2}, HyperbandPolicy,
-                    _rung_problems(lambda p, spec: p.min_resource, "min_resource")),
+                    _hyperband_problems),
         SearchEntry("pruner", "wilcoxon", "Wilcoxon signed-rank test over the folds against the best trial, Optuna",
                     None, lambda p, spec: max(2, p.n_startup_steps),
                     {"type": "wilcoxon", "p_threshold": 0.1}, WilcoxonPolicy, _wilcoxon_problems),
