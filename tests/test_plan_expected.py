@@ -76,3 +76,58 @@ def test_plan_prints_what_it_expects_beside_the_range(tmp_path: Path):
     fresh = rapids_hpo("plan", str(SPEC), home=tmp_path / "elsewhere", timeout=120)
     assert "expects   no run of this data and model has finished here" in fresh.stdout
     assert not (tmp_path / "elsewhere").exists()  # plan creates no store
+
+
+# ----------------------------------------------------------------------------- rungs (issue 25)
+ROUNDS = {"report_every": 10, "params": {"num_boost_round": 60}}
+"""Fixed rounds: the flights example searches them, which the test drops."""
+
+
+def stepped_run(store: LocalStore, experiment_id: str, document: dict, curves: list[dict[int, float]]) -> None:
+    """A finished run whose completed trials reported these running values (the last one their value)."""
+    finished_run(store, experiment_id, document, [])
+    for number, curve in enumerate(curves):
+        done = TrialState.COMPLETED
+        store.put_trial(TrialRecord(experiment_id=experiment_id, number=number, params={}, state=done,
+                                    intermediate=curve, step_unit="round", value=curve[max(curve)]))  # fmt: skip
+
+
+def slow_starters(n: int = 8) -> list[dict[int, float]]:
+    """Trial k ends at 0.80 + k/100; until round 20 the ranks are reversed (the slow learners look worst), from
+    round 30 on they are the end's."""
+    return [{10: 0.9 - k / 100, 20: 0.85 - k / 200, 30: 0.7 + k / 100, 40: 0.75 + k / 100, 50: 0.78 + k / 100,
+             60: 0.80 + k / 100} for k in range(n)]  # fmt: skip
+
+
+def test_rank_agreement_finds_the_step_from_which_trials_rank_as_at_their_end() -> None:
+    from shared.hpo.rung_check import agreeing_from, rank_agreement, spearman
+
+    trials = [TrialRecord(experiment_id="x", number=k, params={}, state=TrialState.COMPLETED, intermediate=curve,
+                          step_unit="round", value=curve[60]) for k, curve in enumerate(slow_starters())]  # fmt: skip
+    agreement = rank_agreement(trials)
+    assert sorted(agreement) == [10, 20, 30, 40, 50]  # the last step is the end itself
+    assert agreement[10] == pytest.approx(-1.0) and agreement[30] == pytest.approx(1.0)
+    assert agreeing_from(agreement) == 30
+    assert agreeing_from({10: 0.9, 20: -0.2, 30: 0.6}) == 30  # a later disagreement resets it
+    assert agreeing_from({10: 0.9, 20: 0.4}) is None
+    assert spearman([1, 2, 2, 3], [1, 3, 2, 4]) == pytest.approx(0.9486832980505138)  # ties share their mean rank
+    assert rank_agreement(trials[:5]) == {}  # too few trials to say
+
+
+def test_plan_says_when_a_first_rung_comes_before_the_ranks_agree(tmp_path: Path) -> None:
+    from shared.hpo.rung_check import rung_advice
+
+    store = LocalStore(tmp_path / "store")
+    document = yaml.safe_load((EXAMPLES / "flights-xgb.yaml").read_text())
+    document["trial"] = {**document["trial"], **ROUNDS}
+    document["search_space"].pop("num_boost_round", None)
+    halving = {**document, "early_termination": {"type": "successive_halving"}}
+    assert rung_advice(load_spec(halving), store) is None  # no run of this workload yet
+    stepped_run(store, "exp-20261204100000-aaaaaa", document, slow_starters())
+    advice = rung_advice(load_spec(halving), store)
+    assert advice is not None and "from step 30" in advice and "first rung is step 10: it would stop" in advice
+    later = {**document, "early_termination": {"type": "successive_halving", "min_resource": 30}}
+    assert "first rung is step 30: it comes after that" in (rung_advice(load_spec(later), store) or "")
+    other_metric = {**halving, "objective": {**document["objective"], "primary_metric": "accuracy", "goal": "maximize"}}
+    assert rung_advice(load_spec(other_metric), store) is None  # ranks by another metric say nothing
+    assert rung_advice(load_spec({**document, "early_termination": None}), store) is None

@@ -182,6 +182,8 @@ def plan(
     from shared.spec.search_table import runs_where
 
     search = runs_where(spec)
+    rungs = _rung_advice(spec)
+    search += [rungs] if rungs else []
     expected = expected_line(spec, _measured(spec))
     if output == "yaml":
         document = {
@@ -216,6 +218,19 @@ def _measured(spec: Any) -> Any:
     if settings.uses_azure_storage or not folder.exists():
         return None
     return last_run(LocalStore(folder), spec)
+
+
+def _rung_advice(spec: Any) -> str | None:
+    """Where the last run of this workload ranked its trials as at their end, against the rung policy's first
+    rung (:mod:`shared.hpo.rung_check`), from the local store."""
+    from shared.hpo.rung_check import rung_advice
+    from shared.store.local import LocalStore
+
+    settings = Settings.from_env()
+    folder = settings.home / "store"
+    if settings.uses_azure_storage or not folder.exists():
+        return None
+    return rung_advice(spec, LocalStore(folder))
 
 
 def task_plan(spec: Any) -> str:
