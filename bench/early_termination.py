@@ -26,7 +26,9 @@ Last lines: per method, the medians over tables and seeds of ``time_to_seed_best
 seed's own time to its best; a run that never reaches it counts as never) and ``total_ratio``, the same two in
 boosting rounds trained (``rounds_*``: free of the machine's load, which moves trial-seconds of runs minutes
 apart), the time ratio to come within the seeds' spread of the seed's best (``within_spread``), and per table
-the final bests and the best at the seed's budget.
+the final bests and the best at the seed's budget. Per table and seed, ``rank agreement``: the Spearman
+correlation of the seed's trials' accuracy at each round with their final accuracy (``shared.hpo.rung_check``),
+where a rung there can go by.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ sys.path.insert(0, str(ROOT))
 from distributed import Client, LocalCluster  # noqa: E402
 
 from shared.hpo.driver import HpoDriver  # noqa: E402
+from shared.hpo.rung_check import rank_agreement  # noqa: E402
 from shared.records import ExperimentRecord, TrialRecord, TrialState  # noqa: E402
 from shared.spec import load_spec  # noqa: E402
 from shared.store.local import LocalStore  # noqa: E402
@@ -174,6 +177,9 @@ def main() -> None:
                     count = args.trials * (args.extra if multiplier > 1 else 1)
                     spec = spec_for(dataset, sampler, policy, count, seed, args.rounds, args.report_every)
                     runs[name] = run(spec, client, Path(folder), f"{table}-{seed}-{name}")
+                agreement = rank_agreement(runs[baseline])  # what a rung at each step can go by
+                print(f"{table:<13} seed={seed} rank agreement at rounds " + " ".join(
+                    f"{step}:{rho:+.2f}" for step, rho in agreement.items()), flush=True)  # fmt: skip
                 base = figures(runs[baseline], math.inf, math.inf)
                 base_reached = figures(runs[baseline], base["best"], math.inf)
                 for name, trials in runs.items():
