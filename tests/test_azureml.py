@@ -981,6 +981,7 @@ def test_an_experiment_runs_through_the_state_machine(ctx: Context, fake: FakeWo
 
 
 # ------------------------------------------------------------------------------- AzureMLClient
+@pytest.mark.slow  # a few seconds on its own: the default run stays under 5 minutes (CI runs every test)
 def test_a_real_trial_command_logs_what_child_metrics_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The trial command AzureML would run, run here by bash (gpu_jobs.train on the bundled data, CPU),
     logs to a local MLflow store; AzureMLClient.child_metrics reads it back and the TrialRecord's value is

@@ -159,6 +159,7 @@ def step(ctx: Context) -> str:
     return handlers.handle_event(ctx, message.body)
 
 
+@pytest.mark.slow  # a few seconds on its own: the default run stays under 5 minutes (CI runs every test)
 def test_lifecycle_through_the_state_machine(workspace: AzureMLStandIn, tmp_path: Path) -> None:
     """provision -> submit -> poll (children appear; one pruned, one failed) -> finalize (the best model
     into our store) -> teardown; then a second experiment is cancelled while it runs."""
@@ -315,6 +316,7 @@ def test_the_stand_in_refuses_the_identities_azure_refuses(workspace: AzureMLSta
     assert workspace.jobs == {}
 
 
+@pytest.mark.slow  # a few seconds on its own: the default run stays under 5 minutes (CI runs every test)
 def test_the_sweep_runs_as_the_deployments_compute_identity(
     workspace: AzureMLStandIn, tmp_path: Path, deployment: None
 ) -> None:
@@ -389,6 +391,7 @@ def test_the_check_runs_the_uploaded_code_on_the_node_and_the_sweep_follows(
     assert workspace.unrouted == []
 
 
+@pytest.mark.slow  # a few seconds on its own: the default run stays under 5 minutes (CI runs every test)
 def test_three_classes_under_binary_fail_on_the_node_before_any_sweep(
     workspace: AzureMLStandIn, tmp_path: Path
 ) -> None:

@@ -44,6 +44,7 @@ def run_to_the_end(ctx) -> list[str]:
     return outcomes
 
 
+@pytest.mark.slow  # a few seconds on its own: the default run stays under 5 minutes (CI runs every test)
 def test_a_cancelled_sweep_ends_cancelled_with_its_best_finished_trials_model(
     workspace: AzureMLStandIn,  # noqa: F811
     tmp_path: Path,
@@ -75,6 +76,7 @@ def test_a_cancelled_sweep_ends_cancelled_with_its_best_finished_trials_model(
     assert workspace.unrouted == []
 
 
+@pytest.mark.slow  # a few seconds on its own: the default run stays under 5 minutes (CI runs every test)
 def test_a_sweep_cancelled_before_any_trial_finished_says_there_is_no_model(
     workspace: AzureMLStandIn,  # noqa: F811
     tmp_path: Path,

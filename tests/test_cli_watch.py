@@ -8,6 +8,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from shared.dashboard.terminal import BEST_MARK
 from shared.records import ExperimentStatus, TrialState
 from tests.control_plane import local_context
@@ -26,6 +28,7 @@ def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow  # a few seconds on its own: the default run stays under 5 minutes (CI runs every test)
 def test_watch_says_why_it_failed_and_shows_the_best_trial_unwrapped_in_a_pipe(tmp_path):
     ctx = local_context(tmp_path)
     record = make_experiment(ctx.store, FAILED_ID, trials=14, status=ExperimentStatus.FAILED)

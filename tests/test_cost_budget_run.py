@@ -6,6 +6,8 @@ import itertools
 import json
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from shared.config import Settings
 from shared.cost.ledger import BUDGET_REACHED, BudgetGuard, Rates
 from shared.hpo.driver import HpoDriver
@@ -22,6 +24,7 @@ def rates(slot_per_s: float, max_trial_s: float | None) -> Rates:
                  max_trial_s=max_trial_s, basis="test prices")  # fmt: skip
 
 
+@pytest.mark.slow  # a few seconds on its own: the default run stays under 5 minutes (CI runs every test)
 def test_the_driver_launches_no_trial_that_could_pass_the_budget_and_keeps_its_best(tmp_path, dask_client):
     store = LocalStore(tmp_path / "store")
     spec = make_spec(limits={"max_total_trials": 40, "max_concurrent_trials": 2, "trial_timeout": 2})
@@ -38,6 +41,7 @@ def test_the_driver_launches_no_trial_that_could_pass_the_budget_and_keeps_its_b
     assert all(later[0] >= earlier[1] for earlier, later in itertools.pairwise(ends))  # one at a time
 
 
+@pytest.mark.slow  # a few seconds on its own: the default run stays under 5 minutes (CI runs every test)
 def test_the_hard_stop_at_the_budget_stops_what_runs(tmp_path, dask_client):
     store = LocalStore(tmp_path / "store")
     spec = make_spec(

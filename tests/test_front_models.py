@@ -181,6 +181,7 @@ def outcome(status: str = "COMPLETED") -> ExperimentOutcome:
     return ExperimentOutcome(status, "trial budget used", 5, best)  # type: ignore[arg-type]
 
 
+@pytest.mark.slow  # a few seconds on its own: the default run stays under 5 minutes (CI runs every test)
 def test_the_kept_members_are_refit_in_the_fronts_order_until_blocked(tmp_path: Path, dask_client: Client) -> None:
     """Kept: 0 (the best: refit_best's), 1, then 4; blocked before the second refit (a cancel came), trial 4
     keeps no model. (Every kept member refit: the end-to-end run below.)"""

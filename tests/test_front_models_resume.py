@@ -55,6 +55,7 @@ def files(store: LocalStore, prefix: str) -> dict[str, bytes]:
     return {name: store.get_artifact("exp-front", name) for name in store.list_artifacts("exp-front", prefix)}
 
 
+@pytest.mark.slow  # a few seconds on its own: the default run stays under 5 minutes (CI runs every test)
 def test_a_restarted_driver_refits_only_the_member_it_had_not_stored_whole(tmp_path: Path, dask_client: Client) -> None:
     """The first driver stores member 1's model and every file of member 4's but its metrics.json, then is
     killed; the restarted one refits 4 alone, its metrics.json last, and leaves 1's files as they were."""

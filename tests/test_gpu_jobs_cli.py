@@ -77,6 +77,7 @@ def test_csv_with_xgboost_end_to_end(tmp_path: Path) -> None:
     assert metrics["accuracy"] > 0.7
 
 
+@pytest.mark.slow  # a few seconds on its own: the default run stays under 5 minutes (CI runs every test)
 def test_parquet_end_to_end_with_mlflow(tmp_path: Path) -> None:
     path = tmp_path / "churn.parquet"
     labelled_table().to_parquet(path)
@@ -142,6 +143,7 @@ def test_bad_input_exits_2_with_one_error_line(
     assert lines[0].startswith("error: ") and expected in lines[0]
 
 
+@pytest.mark.slow  # a few seconds on its own: the default run stays under 5 minutes (CI runs every test)
 def test_bad_input_in_a_real_process_has_no_traceback(tmp_path: Path) -> None:
     result = run_cli("--data", str(tmp_path / "absent.parquet"), "--target", "y", "--model", "xgboost")
     assert result.returncode == 2

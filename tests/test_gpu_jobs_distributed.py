@@ -103,7 +103,7 @@ def test_tree_count_of_a_forest_kept_in_treelite_form_counts_every_workers_trees
 @pytest.mark.parametrize(
     ("model", "params", "cv_folds"),
     [
-        ("random_forest", {"n_estimators": 20, "max_depth": 8}, 3),
+        pytest.param("random_forest", {"n_estimators": 20, "max_depth": 8}, 3, marks=pytest.mark.slow),  # ~10 s
         ("xgboost", {"num_boost_round": 15, "max_depth": 4}, 2),
     ],
 )
@@ -364,6 +364,7 @@ def test_distributed_regression_and_multiclass_trials(scheduler: str, tmp_path: 
             assert saved.predict_proba(rows).shape == (5, 10)
 
 
+@pytest.mark.slow  # a few seconds on its own: the default run stays under 5 minutes (CI runs every test)
 def test_a_regression_fold_column_is_one_shuffled_balanced_group() -> None:
     values = np.random.default_rng(1).normal(size=1001).astype(np.float32)  # every value distinct
     folds = stratified_fold_column(values, 4, np.random.default_rng(2))

@@ -54,6 +54,7 @@ def pyfunc_in_a_cpu_process(model_dir: Path, frame: pd.DataFrame, tmp_path: Path
 
 
 @pytest.mark.parametrize(("model", "params", "flavor"), MODELS)
+@pytest.mark.slow  # a few seconds on its own: the default run stays under 5 minutes (CI runs every test)
 def test_mlflow_round_trip_of_the_refit_model(tmp_path: Path, model: str, params: dict, flavor: str) -> None:
     output = tmp_path / "out"
     metrics = fit_final_model(model=model, params=params, output=output, seed=2, **FLIGHTS)

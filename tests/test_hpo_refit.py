@@ -88,6 +88,7 @@ def front_trials() -> list[TrialRecord]:
     return trials
 
 
+@pytest.mark.slow  # a few seconds on its own: the default run stays under 5 minutes (CI runs every test)
 def test_a_front_member_that_is_not_the_best_is_refit_by_number_under_its_own_prefix(
     tmp_path: Path, dask_client: Client
 ) -> None:

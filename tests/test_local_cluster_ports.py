@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import pytest
 import yaml
 
 from shared.backends.local.driver import dask_client
@@ -13,6 +14,7 @@ from shared.spec import load_spec
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "digits-multiclass.yaml"
 
 
+@pytest.mark.slow  # a few seconds on its own: the default run stays under 5 minutes (CI runs every test)
 def test_two_local_clusters_bind_loopback_on_their_own_ports() -> None:
     document = yaml.safe_load(EXAMPLE.read_text())
     document["compute"] = {"backend": "local", "n_workers": 1, "threads_per_worker": 1}

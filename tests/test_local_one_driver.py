@@ -121,6 +121,7 @@ def test_hosts_polling_a_dead_driver_at_once_restart_it_once(harness: LocalHarne
     assert drivers() == []
 
 
+@pytest.mark.slow  # a few seconds on its own: the default run stays under 5 minutes (CI runs every test)
 def test_a_claim_whose_host_is_starting_it_is_waited_for_and_one_whose_host_died_is_restarted(
     harness: LocalHarness,
 ) -> None:

@@ -40,6 +40,7 @@ def test_a_trial_written_during_an_outage_is_stored_once_storage_is_back(azurite
     assert [t.number for t in store.list_trials("exp-1")] == [0]  # the folder kept what was written before
 
 
+@pytest.mark.slow  # a few seconds on its own: the default run stays under 5 minutes (CI runs every test)
 def test_an_outage_longer_than_the_patience_raises(azurite):
     store = AzureStore.from_connection_string(azurite.connection_string)
     store.create_experiment(ExperimentRecord(id="exp-1", name="n", spec={}))

@@ -103,6 +103,7 @@ def test_a_missing_local_file_says_where_it_was_looked_for(tmp_path, monkeypatch
     )
 
 
+@pytest.mark.slow  # a few seconds on its own: the default run stays under 5 minutes (CI runs every test)
 def test_rapids_hpo_submit_sends_the_resolved_path_to_a_server_with_another_working_folder(tmp_path):
     """``submit`` from the spec's own folder's parent, to a server started elsewhere: the stored spec names
     the file beside the spec, as an absolute path (a YAML file goes as JSON once rewritten)."""

@@ -253,6 +253,7 @@ def test_a_multiclass_trial_on_the_digits(model: str, tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------ dataset.features
 
 
+@pytest.mark.slow  # a few seconds on its own: the default run stays under 5 minutes (CI runs every test)
 def test_features_choose_the_columns_a_trial_learns_from(tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
     km = rng.uniform(1, 20, 200)

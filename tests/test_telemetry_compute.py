@@ -197,6 +197,7 @@ def test_the_vmcluster_driver_exports_its_spans_with_the_vms_identity(tmp_path: 
     assert "fold 1" in spans, sorted(str(n) for n in spans)
 
 
+@pytest.mark.slow  # a few seconds on its own: the default run stays under 5 minutes (CI runs every test)
 def test_an_azureml_trial_exports_with_the_clusters_identity_from_its_jobs_environment(tmp_path: Path) -> None:
     from shared.backends.azureml.sweep_job import build_sweep_job
     from shared.spec import load_spec

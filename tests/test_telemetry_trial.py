@@ -114,6 +114,7 @@ def test_a_failing_trial_ends_its_span_as_an_error(
     assert trial.status.status_code.name == "ERROR"
 
 
+@pytest.mark.slow  # a few seconds on its own: the default run stays under 5 minutes (CI runs every test)
 def test_off_a_trial_job_imports_no_opentelemetry_sdk() -> None:
     script = """
 import json, sys

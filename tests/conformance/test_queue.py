@@ -245,6 +245,7 @@ def _consume(path: str, name: str, start: SyncBarrier, results: multiprocessing.
     results.put(received)
 
 
+@pytest.mark.slow  # a few seconds on its own: the default run stays under 5 minutes (CI runs every test)
 def test_local_queue_delivers_each_message_once_across_processes(tmp_path: Path) -> None:
     path = tmp_path / "queues.sqlite3"
     queue = LocalQueueService(path).queue("work")

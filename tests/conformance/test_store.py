@@ -443,6 +443,7 @@ def _increment_with_retries(root: str, times: int, start: SyncBarrier) -> None:
                 continue
 
 
+@pytest.mark.slow  # a few seconds on its own: the default run stays under 5 minutes (CI runs every test)
 def test_local_store_is_safe_across_processes(tmp_path: Path) -> None:
     root = tmp_path / "store"
     LocalStore(root).create_experiment(experiment("exp-1"))
