@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 from azure.core.exceptions import ResourceNotFoundError
@@ -75,63 +76,61 @@ def connection_string(blob: int, queue: int, table: int) -> str:
     )
 
 
-@pytest.fixture(scope="session")
-def azurite() -> Iterator[str]:
-    """A running Azurite for the whole session; yields its connection string."""
-    binary = _azurite_binary()
-    ports = {"blob": _free_port(), "queue": _free_port(), "table": _free_port()}
-    with tempfile.TemporaryDirectory(prefix="azurite-") as location:
+PORT_TAKEN = "EADDRINUSE"
+"""What Azurite logs when a port it was given was taken between ``_free_port`` and its bind (another
+process on the machine, another test session's servers among them): then it starts again on new ports."""
+
+
+def _start(binary: str, location: str) -> tuple[subprocess.Popen[bytes], dict[str, int], Path, IO[bytes]]:
+    """Azurite on free ports, open on all three: (process, ports, log path, log); up to three tries when
+    a port was taken meanwhile, a failure with Azurite's own words otherwise."""
+    for attempt in range(3):
+        ports = {"blob": _free_port(), "queue": _free_port(), "table": _free_port()}
         # Its output goes to a file (an unread pipe fills up and blocks Azurite), kept under .azurite/logs
         # so a failed run can be diagnosed after the data folder is gone.
         log_path = LOCAL_PREFIX / "logs" / f"azurite-{ports['blob']}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log = log_path.open("wb")
-        process = subprocess.Popen(
-            [
-                binary,
-                "--silent",
-                "--skipApiVersionCheck",
-                "--loose",
-                "--disableTelemetry",
-                "--location",
-                location,
-                "--blobHost",
-                "127.0.0.1",
-                "--queueHost",
-                "127.0.0.1",
-                "--tableHost",
-                "127.0.0.1",
-                "--blobPort",
-                str(ports["blob"]),
-                "--queuePort",
-                str(ports["queue"]),
-                "--tablePort",
-                str(ports["table"]),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # signals meant for the test run's process group do not reach it
-        )
+        args = [binary, "--silent", "--skipApiVersionCheck", "--loose", "--disableTelemetry", "--location", location]
+        for service, port in ports.items():
+            args += [f"--{service}Host", "127.0.0.1", f"--{service}Port", str(port)]
+        # start_new_session: signals meant for the test run's process group do not reach it
+        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            try:
-                for port in ports.values():
-                    _wait_for(port, process)
-            except (RuntimeError, TimeoutError) as exc:
-                log.flush()
-                output = log_path.read_text(errors="replace")[-2000:]
+            for port in ports.values():
+                _wait_for(port, process)
+            return process, ports, log_path, log
+        except (RuntimeError, TimeoutError) as exc:
+            _stop(process)
+            log.close()
+            output = log_path.read_text(errors="replace")[-2000:]
+            if attempt == 2 or PORT_TAKEN not in output:
                 pytest.fail(f"{exc}\n{output}")
+    raise AssertionError("unreachable: the last attempt returns or fails")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture(scope="session")
+def azurite() -> Iterator[str]:
+    """A running Azurite for the whole session; yields its connection string."""
+    with tempfile.TemporaryDirectory(prefix="azurite-") as location:
+        process, ports, log_path, log = _start(_azurite_binary(), location)
+        try:
             yield connection_string(**ports)
             if process.poll() is not None:  # it died under the tests: say so, with its own words
                 log.flush()
                 output = log_path.read_text(errors="replace")[-2000:]
                 pytest.fail(f"Azurite exited with status {process.returncode} during the session:\n{output}")
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            _stop(process)
             log.close()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -11,6 +12,7 @@ import uuid
 import psutil
 import pytest
 
+import tests.azurite
 from tests.conftest import ROOT, leftover_processes
 
 pytest_plugins = ["pytester"]
@@ -267,3 +269,25 @@ def test_a_traceback_entry_without_a_line_is_a_failure_not_an_internal_error(pyt
     assert "INTERNALERROR" not in result.stdout.str()
     result.assert_outcomes(failed=1, passed=1)
     result.stdout.fnmatch_lines(["*ValueError: the failure to report*"])
+
+
+# ------------------------------------------------------------ the session's Azurite and a port taken meanwhile
+@pytest.mark.slow  # starts Azurite twice (a few seconds); CI runs it (make test-all)
+def test_azurite_starts_again_on_new_ports_when_a_port_was_taken(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """``_free_port`` closes the port it found: another process may bind it before Azurite does (a run
+    beside other sessions' servers failed its first Azure test that way, EADDRINUSE). The session's
+    Azurite then starts again on new ports instead of failing every Azure test."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        picks = iter([busy, *(tests.azurite._free_port() for _ in range(8))])
+        monkeypatch.setattr(tests.azurite, "_free_port", lambda: next(picks))
+        process, ports, _log_path, log = tests.azurite._start(tests.azurite._azurite_binary(), str(tmp_path))
+        try:
+            assert busy not in ports.values() and process.poll() is None
+            first_log = tests.azurite.LOCAL_PREFIX / "logs" / f"azurite-{busy}.log"
+            assert tests.azurite.PORT_TAKEN in first_log.read_text(errors="replace")
+        finally:
+            tests.azurite._stop(process)
+            log.close()
