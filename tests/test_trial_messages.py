@@ -13,6 +13,7 @@ from distributed import Client, get_client, get_worker
 from shared.bounded import MAX_TEXT
 from shared.hpo.driver import HpoDriver
 from shared.hpo.reports import BadReport, TrialReport, parse_report
+from shared.hpo.trial_task import FOLDS, FOLDS_METADATA, TrialTask, folds_metadata_key, run_trial_task
 from shared.records import TrialState
 from shared.store.local import LocalStore
 from tests.test_hpo_driver import make_spec, new_experiment
@@ -71,3 +72,35 @@ def test_each_trial_ends_with_what_it_returned_whatever_else_claims_its_end(
     assert outcome.trials_done == 4 and [t.state for t in trials] == [TrialState.COMPLETED] * 4
     assert all(t.value == pytest.approx(t.params["max_features"]) for t in trials)  # not 0.999
     assert all(t.engine == "scripted" and len(t.intermediate) == 3 for t in trials)
+
+
+def test_a_trial_publishes_each_fold_it_goes_on_from_and_not_its_last(dask_client: Client) -> None:
+    """What a rerun of the task resumes from (the scheduler's metadata): every fold but the last, under its
+    index. The last is not published: the trial's work is over after it, and its publication was a scheduler
+    call per trial (issue 29); a worker lost in that instant costs that one fold's rerun."""
+    task = TrialTask(
+        experiment_id="exp-publish",
+        number=0,
+        attempt=1,
+        params={"max_features": 0.5, "n_estimators": 1},
+        data="unused",
+        target="unused",
+        data_format=None,
+        max_rows=None,
+        model="random_forest",
+        cv_folds=4,
+        seed=0,
+        engine="scripted",
+        primary_metric="accuracy",
+        trial_timeout=None,
+        n_jobs=1,
+        channel="rapids-hpo-exp-publish",
+        awaits_decisions=False,
+    )
+    result = dask_client.submit(run_trial_task, task, scripted_trial, pure=False).result()
+    assert result.state is TrialState.COMPLETED
+    key = folds_metadata_key(task.channel, task.number, task.attempt)
+    published = dask_client.get_metadata([*key, FOLDS], default={})
+    dask_client.set_metadata([FOLDS_METADATA, task.channel], {})
+    assert sorted(published) == ["0", "1", "2"]  # the folds of steps 1-3, each under its index
+    assert [published[str(i)]["split"] for i in range(3)] == ["scripted-1", "scripted-2", "scripted-3"]

@@ -5,8 +5,10 @@ Round trips (issue 29): reports are events (``Worker.log_event`` on the experime
 worker's batched stream, pushed by the scheduler to the driver's subscription), so reporting waits for
 nothing. A task makes one synchronous scheduler call when it starts (it reads its trial's metadata: the
 driver's stop flag and the folds an earlier run of this task published) and one per step the driver may
-prune at (the decision); the last step is never pruned, so it is not waited for. Folds are published
-without waiting, each under its own index, so publications that overtake one another cannot lose a fold.
+prune at (the decision); the last step is never pruned, so it is not waited for. Folds but the last are
+published without waiting, each under its own index, so publications that overtake one another cannot lose
+a fold; the last is not published at all (the trial's work is then over: a worker lost in that instant
+costs a rerun of that fold, where publishing it cost every trial a scheduler call).
 
 Resume: a task starts from the folds it is given (``TrialTask.completed_folds``: what the store holds of
 an interrupted attempt) or, when Dask runs the same task again after its worker was lost (a Spot
@@ -254,7 +256,7 @@ def run_trial_task(task: TrialTask, trial_fn: TrialFunction | None = None) -> Tr
                 decision.delete()
             if prune:
                 raise TrialPrunedSignal(f"pruned at step {step}")
-        if fold is not None and mark is None:
+        if fold is not None and mark is None and not last:  # after the last fold the trial's work is over
             done.append(dict(fold))
             for index in range(published, len(done)):  # the resumed ones too, on this run's first fold
                 _publish_fold(metadata_key, index, done[index])
