@@ -104,7 +104,7 @@ def test_tree_count_of_a_forest_kept_in_treelite_form_counts_every_workers_trees
     ("model", "params", "cv_folds"),
     [
         pytest.param("random_forest", {"n_estimators": 20, "max_depth": 8}, 3, marks=pytest.mark.slow),  # ~10 s
-        ("xgboost", {"num_boost_round": 15, "max_depth": 4}, 2),
+        pytest.param("xgboost", {"num_boost_round": 15, "max_depth": 4}, 2, marks=pytest.mark.slow),  # ~7 s
     ],
 )
 def test_distributed_trial_on_flights(
@@ -326,6 +326,7 @@ def test_fewer_trees_than_workers_is_a_user_error(three_workers: str) -> None:
         )
 
 
+@pytest.mark.slow  # a few seconds on its own: the default run stays under 5 minutes (CI runs every test)
 def test_all_workers_are_listed_beyond_five() -> None:
     from distributed import Client, LocalCluster
 

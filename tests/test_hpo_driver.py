@@ -275,6 +275,7 @@ def test_resume_keeps_finished_trials_and_retries_interrupted_ones_once(store, d
     assert trials[4].attempt == 1 and outcome.status == "COMPLETED"
 
 
+@pytest.mark.slow  # a few seconds on its own: the default run stays under 5 minutes (CI runs every test)
 def test_a_queued_trial_is_timed_from_its_start_and_its_wait_restarts_no_worker(store):
     """distributed hands both trials to the one busy thread at once (``Scheduler.is_rootish``): the second
     waits ~3 s in *processing*. Counted from submit, ``trial_timeout: 4`` cut it after ~1.5 s of running

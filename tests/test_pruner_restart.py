@@ -109,11 +109,10 @@ def kill_mid_trial(store: LocalStore, experiment_id: str, store_dir: Path, after
     "policy",
     [
         pytest.param({"type": "successive_halving", "min_resource": 1, "reduction_factor": 2}, id="halving"),
-        pytest.param(
-            {"type": "hyperband", "min_resource": 1, "reduction_factor": 2}, id="hyperband", marks=pytest.mark.slow
-        ),
+        pytest.param({"type": "hyperband", "min_resource": 1, "reduction_factor": 2}, id="hyperband"),
     ],
 )
+@pytest.mark.slow  # a driver run, restarted (several seconds each): CI runs it
 def test_a_restarted_driver_stops_the_trials_an_uninterrupted_run_stops(client, tmp_path, policy) -> None:
     spec = spec_for(policy)
     store = LocalStore(tmp_path / "store")

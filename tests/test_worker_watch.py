@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
 from distributed import Client, LocalCluster
 
 from shared.hpo.worker_watch import WorkerWatch
@@ -16,6 +17,7 @@ def cluster() -> LocalCluster:
     return LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0")
 
 
+@pytest.mark.slow  # a few seconds on its own: the default run stays under 5 minutes (CI runs every test)
 def test_a_cluster_left_without_workers_ends_the_driver_after_the_grace():
     lost = threading.Event()
     with cluster() as local, Client(local) as client, WorkerWatch(client, grace=2.0, interval=0.2, on_lost=lost.set):
