@@ -208,29 +208,33 @@ def plan(
         console.print(f"[dim]{shows[0].upper()}{shows[1:]}: rapids-hpo plan {spec_path} --full[/dim]")
 
 
-def _measured(spec: Any) -> Any:
-    """The last finished run of this workload in the local store (``plan`` reads nothing in Azure)."""
-    from shared.cost.measured import last_run
+def _local_store() -> Any:
+    """The local store ``plan`` reads past runs from, or None: ``plan`` reads nothing in Azure and creates
+    no store."""
     from shared.store.local import LocalStore
 
     settings = Settings.from_env()
     folder = settings.home / "store"
     if settings.uses_azure_storage or not folder.exists():
         return None
-    return last_run(LocalStore(folder), spec)
+    return LocalStore(folder)
+
+
+def _measured(spec: Any) -> Any:
+    """The last finished run of this workload in the local store."""
+    from shared.cost.measured import last_run
+
+    store = _local_store()
+    return None if store is None else last_run(store, spec)
 
 
 def _rung_advice(spec: Any) -> str | None:
     """Where the last run of this workload ranked its trials as at their end, against the rung policy's first
     rung (:mod:`shared.hpo.rung_check`), from the local store."""
     from shared.hpo.rung_check import rung_advice
-    from shared.store.local import LocalStore
 
-    settings = Settings.from_env()
-    folder = settings.home / "store"
-    if settings.uses_azure_storage or not folder.exists():
-        return None
-    return rung_advice(spec, LocalStore(folder))
+    store = _local_store()
+    return None if store is None else rung_advice(spec, store)
 
 
 def task_plan(spec: Any) -> str:

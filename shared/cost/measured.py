@@ -12,6 +12,7 @@ With no such run it says so, and that the range is all there is.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -48,15 +49,23 @@ def workload(spec: ExperimentSpec | None) -> tuple[Any, ...] | None:
     )
 
 
-def last_run(store: Store, spec: ExperimentSpec) -> MeasuredTrials | None:
-    """The completed trials' mean duration in the newest finished run of ``spec``'s workload, or None."""
+def finished_runs(
+    store: Store, spec: ExperimentSpec, searched: int = EXPERIMENTS_SEARCHED
+) -> Iterator[ExperimentRecord]:
+    """The finished (COMPLETED) runs of ``spec``'s workload among the newest ``searched`` experiments, newest
+    first."""
     wanted = workload(spec)
-    records, _ = store.list_experiments(limit=EXPERIMENTS_SEARCHED)
+    records, _ = store.list_experiments(limit=searched)
     for record in records:
         if not isinstance(record, ExperimentRecord) or record.status is not ExperimentStatus.COMPLETED:
             continue
-        if workload(record.spec) != wanted:
-            continue
+        if workload(record.spec) == wanted:
+            yield record
+
+
+def last_run(store: Store, spec: ExperimentSpec) -> MeasuredTrials | None:
+    """The completed trials' mean duration in the newest finished run of ``spec``'s workload, or None."""
+    for record in finished_runs(store, spec):
         durations = [
             t.duration_s
             for t in store.list_trials(record.id)

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from shared.records import ExperimentRecord, ExperimentStatus, TrialRecord, TrialState
+from shared.cost.measured import finished_runs
+from shared.records import TrialRecord, TrialState
 
 if TYPE_CHECKING:
     from shared.ports import Store
@@ -29,6 +30,7 @@ AGREEMENT = 0.5
 MIN_TRIALS = 6
 """Fewer completed trials than this say nothing about ranks."""
 RUNS_SEARCHED = 50
+"""The newest experiments looked through for a finished run of the same workload and metric."""
 
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> float:
@@ -80,9 +82,8 @@ def rung_advice(spec: ExperimentSpec, store: Store) -> str | None:
     if policy is None or policy.type not in ("successive_halving", "hyperband"):
         return None
     first = pruner_entry(policy).first_stop(policy, spec)
-    records, _ = store.list_experiments(limit=RUNS_SEARCHED)
-    for record in records:
-        if not _same_workload(record, spec):
+    for record in finished_runs(store, spec, RUNS_SEARCHED):
+        if record.spec is None or record.spec.objective.primary_metric != spec.objective.primary_metric:
             continue
         folds = spec.trial.report_every is None
         trials = [t for t in store.list_trials(record.id) if (t.step_unit == "fold") == folds]
@@ -102,16 +103,3 @@ def rung_advice(spec: ExperimentSpec, store: Store) -> str | None:
             f"as at their end {where} (Spearman {shown}); {policy.type}'s first rung is step {first}: {verdict}"
         )
     return None
-
-
-def _same_workload(record: object, spec: ExperimentSpec) -> bool:
-    from shared.cost.measured import workload
-
-    if not isinstance(record, ExperimentRecord) or record.status is not ExperimentStatus.COMPLETED:
-        return False
-    theirs = record.spec
-    return (
-        theirs is not None
-        and workload(theirs) == workload(spec)
-        and theirs.objective.primary_metric == spec.objective.primary_metric
-    )
