@@ -132,6 +132,17 @@ def figures(trials: list[TrialRecord], target: float, budget: float) -> dict[str
             "trials": len(trials), "rounds_to_best": reached_rounds, "rounds": rounds, "curve": curve}  # fmt: skip
 
 
+def compared(runs: dict[str, list[TrialRecord]], baseline: str, table: str) -> dict[str, dict[str, Any]]:
+    """Each method's :func:`figures` against the ``baseline`` run of the same table and seed: the seed's best
+    as the target, its total trial-seconds as the budget, and the baseline's own figures beside them."""
+    base = figures(runs[baseline], math.inf, math.inf)
+    base_reached = figures(runs[baseline], base["best"], math.inf)
+    beside = {"base_to_best": base_reached["to_best"], "base_rounds_to_best": base_reached["rounds_to_best"],
+              "base_total": base["total"], "base_best": base["best"], "base_rounds": base["rounds"],
+              "base_curve": base["curve"], "table": table}  # fmt: skip
+    return {name: figures(trials, base["best"], base["total"]) | beside for name, trials in runs.items()}
+
+
 def reached_within(curve: list[tuple[float, int, float | None]], target: float) -> tuple[float, float]:
     """The seconds and rounds spent when a trial of ``curve`` (:func:`figures`) first reached ``target``."""
     reached = ((s, r) for s, r, value in curve if value is not None and value >= target - 1e-12)
@@ -180,14 +191,7 @@ def main() -> None:
                 agreement = rank_agreement(runs[baseline])  # what a rung at each step can go by
                 print(f"{table:<13} seed={seed} rank agreement at rounds " + " ".join(
                     f"{step}:{rho:+.2f}" for step, rho in agreement.items()), flush=True)  # fmt: skip
-                base = figures(runs[baseline], math.inf, math.inf)
-                base_reached = figures(runs[baseline], base["best"], math.inf)
-                for name, trials in runs.items():
-                    row = figures(trials, base["best"], base["total"])
-                    row |= {"base_to_best": base_reached["to_best"],
-                            "base_rounds_to_best": base_reached["rounds_to_best"],
-                            "base_total": base["total"], "base_best": base["best"], "base_rounds": base["rounds"],
-                            "base_curve": base["curve"], "table": table}  # fmt: skip
+                for name, row in compared(runs, baseline, table).items():
                     results[name].append(row)
                     print(
                         f"{table:<13} seed={seed} {name:<7} best={row['best']:.4f}"

@@ -46,13 +46,7 @@ def test_within_the_spread_a_value_just_below_the_seed_s_best_counts(bench: Modu
     ours = {1: [trial(0, 0.25, 30, None), trial(1, 1.0, 160, 0.879)], 2: [trial(0, 0.5, 160, 0.90)]}
     results: dict[str, list[dict]] = {"seed": [], "ours": []}
     for s in (1, 2):
-        base = bench.figures(seed[s], math.inf, math.inf)
-        reached = bench.figures(seed[s], base["best"], math.inf)
-        for name, trials in (("seed", seed[s]), ("ours", ours[s])):
-            row = bench.figures(trials, base["best"], base["total"])
-            row |= {"base_to_best": reached["to_best"], "base_rounds_to_best": reached["rounds_to_best"],
-                    "base_total": base["total"], "base_best": base["best"], "base_rounds": base["rounds"],
-                    "base_curve": base["curve"], "table": "t"}  # fmt: skip
+        for name, row in bench.compared({"seed": seed[s], "ours": ours[s]}, "seed", "t").items():
             results[name].append(row)
     bench.summarize(results)
     ours_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("ours"))
