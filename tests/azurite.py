@@ -81,6 +81,14 @@ PORT_TAKEN = "EADDRINUSE"
 process on the machine, another test session's servers among them): then it starts again on new ports."""
 
 
+def azurite_args(binary: str, location: str, ports: dict[str, int]) -> list[str]:
+    """Azurite's command line: data in ``location``, each service on 127.0.0.1 at its port."""
+    args = [binary, "--silent", "--skipApiVersionCheck", "--loose", "--disableTelemetry", "--location", location]
+    for service, port in ports.items():
+        args += [f"--{service}Host", "127.0.0.1", f"--{service}Port", str(port)]
+    return args
+
+
 def _start(binary: str, location: str) -> tuple[subprocess.Popen[bytes], dict[str, int], Path, IO[bytes]]:
     """Azurite on free ports, open on all three: (process, ports, log path, log); up to three tries when
     a port was taken meanwhile, a failure with Azurite's own words otherwise."""
@@ -91,11 +99,10 @@ def _start(binary: str, location: str) -> tuple[subprocess.Popen[bytes], dict[st
         log_path = LOCAL_PREFIX / "logs" / f"azurite-{ports['blob']}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log = log_path.open("wb")
-        args = [binary, "--silent", "--skipApiVersionCheck", "--loose", "--disableTelemetry", "--location", location]
-        for service, port in ports.items():
-            args += [f"--{service}Host", "127.0.0.1", f"--{service}Port", str(port)]
         # start_new_session: signals meant for the test run's process group do not reach it
-        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            azurite_args(binary, location, ports), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
             for port in ports.values():
                 _wait_for(port, process)

@@ -9,7 +9,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.azurite import _azurite_binary, _free_port, _wait_for, connection_string
+from tests.azurite import _azurite_binary, _free_port, _wait_for, azurite_args, connection_string
 
 
 @dataclass
@@ -27,10 +27,7 @@ class Azurite:
     def start(self) -> None:
         self.location.mkdir(parents=True, exist_ok=True)
         log = (self.location.parent / "azurite.log").open("ab")
-        args = [_azurite_binary(), "--silent", "--skipApiVersionCheck", "--loose", "--disableTelemetry"]
-        args += ["--location", str(self.location)]
-        for service, port in self.ports.items():
-            args += [f"--{service}Host", "127.0.0.1", f"--{service}Port", str(port)]
+        args = azurite_args(_azurite_binary(), str(self.location), self.ports)
         for attempt in range(3):  # a port of the last run may still be closing
             self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             try:
