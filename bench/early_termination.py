@@ -11,7 +11,10 @@ stop a configuration after a few rounds. Each method runs through ``HpoDriver`` 
 * ``asha``: multivariate TPE + successive halving (ASHA, reduction factor 3, first rung after
   ``--report-every`` rounds: the policy's default);
 * ``hyperband``: multivariate TPE + Hyperband (reduction factor 3, brackets whose first rungs are at
-  ``--report-every``, 3 x and 9 x that many rounds, up to a trial's rounds).
+  ``--report-every``, 3 x and 9 x that many rounds, up to a trial's rounds);
+* ``asha-rows``, ``hyperband-rows``: the same with ``trial.fidelity: rows``: every step trains all the
+  rounds on 11, 33, then 100 percent of each fold's training rows (the rungs), which ranks trials by where
+  they end where a rung in rounds ranks them by how fast they learn (``gpu_jobs/steps.py``).
 
 Trial-seconds are the trials' own wall time on the workers (what GPUs would bill). Per run: trial-seconds
 until a trial first reaches the seed search's final best (trials in the order they ended), total
@@ -25,8 +28,9 @@ policy instead (random, tpe, cmaes, qmc).
 Last lines: per method, the medians over tables and seeds of ``time_to_seed_best_ratio`` (against the
 seed's own time to its best; a run that never reaches it counts as never) and ``total_ratio``, the same two in
 boosting rounds trained (``rounds_*``: free of the machine's load, which moves trial-seconds of runs minutes
-apart), the time ratio to come within the seeds' spread of the seed's best (``within_spread``), and per table
-the final bests and the best at the seed's budget. Per table and seed, ``rank agreement``: the Spearman
+apart; a round on a share of the rows counts as that share of a round), the time ratio to come within the
+seeds' spread of the seed's best (``within_spread``), and per table the final bests and the best at the seed's
+budget. Per table and seed, ``rank agreement``: the Spearman
 correlation of the seed's trials' accuracy at each round with their final accuracy (``shared.hpo.rung_check``),
 where a rung there can go by.
 """
@@ -50,6 +54,7 @@ sys.path.insert(0, str(ROOT))
 from distributed import Client, LocalCluster  # noqa: E402
 
 from shared.hpo.driver import HpoDriver  # noqa: E402
+from shared.hpo.fidelity import trial_function  # noqa: E402
 from shared.hpo.rung_check import rank_agreement  # noqa: E402
 from shared.records import ExperimentRecord, TrialRecord, TrialState  # noqa: E402
 from shared.spec import load_spec  # noqa: E402
@@ -62,16 +67,22 @@ SPACE = {
     "colsample_bytree": {"type": "uniform", "min_value": 0.4, "max_value": 1.0},
     "min_child_weight": {"type": "uniform", "min_value": 0.0, "max_value": 8.0},
 }
-PRUNER_METHODS: dict[str, tuple[str, dict[str, Any] | None, int]] = {
-    "seed": ("random", None, 1),
-    "bandit": ("random", {"type": "bandit", "slack_factor": 0.1, "delay_evaluation": 2}, 1),
-    "asha": ("tpe", {"type": "successive_halving", "reduction_factor": 3}, 2),
-    "hyperband": ("tpe", {"type": "hyperband", "reduction_factor": 3}, 2),
+ASHA = {"type": "successive_halving", "reduction_factor": 3}
+HYPERBAND = {"type": "hyperband", "reduction_factor": 3}
+PRUNER_METHODS: dict[str, tuple[str, dict[str, Any] | None, int, str]] = {
+    "seed": ("random", None, 1, "rounds"),
+    "bandit": ("random", {"type": "bandit", "slack_factor": 0.1, "delay_evaluation": 2}, 1, "rounds"),
+    "asha": ("tpe", ASHA, 2, "rounds"),
+    "hyperband": ("tpe", HYPERBAND, 2, "rounds"),
+    "asha-rows": ("tpe", ASHA, 2, "rows"),
+    "hyperband-rows": ("tpe", HYPERBAND, 2, "rows"),
 }
-"""method -> (sampler, policy, trials multiplier: ``--extra`` where above 1). The rung policies keep their
-defaults: the first rung at the first step a trial reports (``--report-every`` rounds), Hyperband's largest
-resource a trial's rounds."""
-SAMPLER_METHODS = {name: (name, None, 1) for name in ("random", "tpe", "cmaes", "qmc")}
+"""method -> (sampler, policy, trials multiplier: ``--extra`` where above 1, ``trial.fidelity``). The rung
+policies keep their defaults: the first rung at the first step a trial reports (``--report-every`` rounds, or
+:data:`ROWS_FIRST` percent of the rows), Hyperband's largest resource a trial's rounds (or all the rows)."""
+ROWS_FIRST = 10
+"""``report_every`` under ``fidelity: rows``: with reduction factor 3 the levels are 11, 33 and 100 percent."""
+SAMPLER_METHODS = {name: (name, None, 1, "rounds") for name in ("random", "tpe", "cmaes", "qmc")}
 
 
 def tables(folder: Path, flights_rows: int) -> dict[str, dict[str, Any]]:
@@ -86,13 +97,17 @@ def tables(folder: Path, flights_rows: int) -> dict[str, dict[str, Any]]:
     }
 
 
-def spec_for(dataset: dict, sampler: str, policy: dict | None, trials: int, seed: int, rounds: int, every: int):
+def spec_for(
+    dataset: dict, sampler: str, policy: dict | None, trials: int, seed: int, rounds: int, every: int, fidelity: str
+):
     policy = copy.deepcopy(policy)
+    every = ROWS_FIRST if fidelity == "rows" else every
+    trial = {"model": "xgboost", "cv_folds": 3, "params": {"num_boost_round": rounds}, "report_every": every}
     return load_spec(
         {
             "name": "bench",
             "dataset": dataset,
-            "trial": {"model": "xgboost", "cv_folds": 3, "params": {"num_boost_round": rounds}, "report_every": every},
+            "trial": trial | {"fidelity": fidelity},
             "search_space": SPACE,
             "sampling_algorithm": {"type": sampler, "seed": seed},
             "early_termination": policy,
@@ -105,18 +120,18 @@ def spec_for(dataset: dict, sampler: str, policy: dict | None, trials: int, seed
 def run(spec, client: Client, folder: Path, name: str) -> list[TrialRecord]:
     store = LocalStore(folder / name)
     store.create_experiment(ExperimentRecord(id=name, name="bench", spec=spec.to_document()))
-    HpoDriver(spec, name, store, client).run()
+    HpoDriver(spec, name, store, client, trial_fn=trial_function(spec)).run()
     return sorted(store.list_trials(name), key=lambda t: t.ended_at or t.started_at)
 
 
 def figures(trials: list[TrialRecord], target: float, budget: float) -> dict[str, Any]:
     """Trial-seconds (and boosting rounds) until a trial reaches ``target``, in all, and the best within
     ``budget`` trial-seconds; ``curve``: after each trial, the seconds and rounds spent so far and its value."""
-    spent, rounds, reached, reached_rounds, best_in_budget = 0.0, 0, math.inf, math.inf, -math.inf
-    curve: list[tuple[float, int, float | None]] = []
+    spent, rounds, reached, reached_rounds, best_in_budget = 0.0, 0.0, math.inf, math.inf, -math.inf
+    curve: list[tuple[float, float, float | None]] = []
     for trial in trials:
         spent += trial.duration_s or 0.0
-        rounds += max(trial.intermediate, default=0)  # the rounds each fold trained (a stopped trial's last step)
+        rounds += trained_rounds(trial)
         done = trial.state is TrialState.COMPLETED and trial.value is not None
         curve.append((spent, rounds, trial.value if done else None))
         if not done:
@@ -132,6 +147,14 @@ def figures(trials: list[TrialRecord], target: float, budget: float) -> dict[str
             "trials": len(trials), "rounds_to_best": reached_rounds, "rounds": rounds, "curve": curve}  # fmt: skip
 
 
+def trained_rounds(trial: TrialRecord) -> float:
+    """The rounds each fold of ``trial`` trained: its last step (a stopped trial's too); in percent of the rows
+    (``fidelity: rows``) all its rounds at every step it reached, each counted at its share of the rows."""
+    if trial.step_unit == "percent":
+        return float(trial.params.get("num_boost_round") or 0) * sum(trial.intermediate) / 100
+    return max(trial.intermediate, default=0)
+
+
 def compared(runs: dict[str, list[TrialRecord]], baseline: str, table: str) -> dict[str, dict[str, Any]]:
     """Each method's :func:`figures` against the ``baseline`` run of the same table and seed: the seed's best
     as the target, its total trial-seconds as the budget, and the baseline's own figures beside them."""
@@ -143,7 +166,7 @@ def compared(runs: dict[str, list[TrialRecord]], baseline: str, table: str) -> d
     return {name: figures(trials, base["best"], base["total"]) | beside for name, trials in runs.items()}
 
 
-def reached_within(curve: list[tuple[float, int, float | None]], target: float) -> tuple[float, float]:
+def reached_within(curve: list[tuple[float, float, float | None]], target: float) -> tuple[float, float]:
     """The seconds and rounds spent when a trial of ``curve`` (:func:`figures`) first reached ``target``."""
     reached = ((s, r) for s, r, value in curve if value is not None and value >= target - 1e-12)
     return next(reached, (math.inf, math.inf))
@@ -184,9 +207,9 @@ def main() -> None:
                 continue
             for seed in range(1, args.seeds + 1):
                 runs = {}
-                for name, (sampler, policy, multiplier) in methods.items():
+                for name, (sampler, policy, multiplier, fidelity) in methods.items():
                     count = args.trials * (args.extra if multiplier > 1 else 1)
-                    spec = spec_for(dataset, sampler, policy, count, seed, args.rounds, args.report_every)
+                    spec = spec_for(dataset, sampler, policy, count, seed, args.rounds, args.report_every, fidelity)
                     runs[name] = run(spec, client, Path(folder), f"{table}-{seed}-{name}")
                 agreement = rank_agreement(runs[baseline])  # what a rung at each step can go by
                 print(f"{table:<13} seed={seed} rank agreement at rounds " + " ".join(

@@ -14,6 +14,23 @@ ModelName = Literal["random_forest", "xgboost"]
 MODELS: tuple[str, ...] = ("random_forest", "xgboost")
 MAX_REPORT_EVERY = 10_000
 """``report_every`` (rounds or trees a step, :mod:`gpu_jobs.steps`) at most this: the largest ``num_boost_round``."""
+Fidelity = Literal["rounds", "rows"]
+"""What a step grows (:mod:`gpu_jobs.steps`): rounds or trees so far, or the share of the rows a whole model is
+refit on."""
+FIDELITIES: tuple[str, ...] = ("rounds", "rows")
+MAX_FRACTION_LEVELS = 5
+"""A model refit on data fractions reports at most this many steps (6, 12, 25, 50, 100 percent)."""
+
+
+def percent_levels(first: int, factor: int) -> tuple[int, ...]:
+    """``100 / factor**k`` percent, rounded down, for every ``k`` that keeps it at or above ``first``, at most
+    :data:`MAX_FRACTION_LEVELS` of them, increasing, 100 last: ``(11, 33, 100)`` for 10 and 3. With ``factor``
+    a rung policy's reduction factor and the first level its first rung, the level ``k`` is the first at or
+    past rung ``k``'s step, ``first level * factor**k`` (rounding down keeps that): every level is a rung."""
+    levels = [100]
+    while len(levels) < MAX_FRACTION_LEVELS and 100 / factor ** len(levels) >= first:
+        levels.append(100 // factor ** len(levels))
+    return tuple(reversed(levels))
 
 
 @dataclass(frozen=True)

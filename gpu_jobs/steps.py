@@ -19,7 +19,19 @@ forest (cuML)          ``percent``  cuML cannot add trees to a fitted forest: th
                                   ``s`` percent of each fold's training rows (a seeded, nested sample),
                                   ``s`` halving down from 100: ``ceil(n_estimators / report_every)`` levels,
                                   at most :data:`MAX_FRACTION_LEVELS` (``..., 25, 50, 100``)
+either, ``fidelity:    ``percent``  the whole model, with its full budget of rounds or trees, refit on ``s``
+rows``                            percent of each fold's training rows (the same nested samples): ``s`` is
+                                  ``100 / row_factor**k`` down to ``report_every`` (``percent_levels``),
+                                  ``row_factor`` a rung policy's reduction factor, so each step is a rung
 =====================  =========  ===========================================================================
+
+Why rows (``trial.fidelity: rows``): a rung in boosting rounds ranks trials by how fast they learn, not by
+where they end. On the flights example (accuracy, 160 rounds) the Spearman correlation of 12 random trials'
+accuracy at round 10 with their final accuracy was -0.65, -0.32, -0.87, -0.40, -0.65 over seeds 1-5: a slow
+learning rate still predicts the majority class there. Trained to the end on 11 percent of the rows the same
+trials ranked +0.61, +0.24, +0.91, +0.73, +0.73, on 33 percent +0.93, +0.45, +0.83, +0.82, +0.72. The price:
+each step refits from scratch, and on small tables a round costs more than its share of rows (11 percent
+of flights' 2,000 training rows cost 0.27-0.36 of a full fit on a CPU, not 0.11).
 
 Without ``report_every`` the step is the fold (1, 2, ..., ``cv_folds``): what AzureML's policies evaluate.
 Memory: lockstep keeps every fold's model (and XGBoost's matrices) at once, ``cv_folds`` times a fold's.
@@ -38,12 +50,10 @@ import numpy as np
 
 from gpu_jobs.engine import Engine
 from gpu_jobs.errors import UserError
-from gpu_jobs.params import MAX_REPORT_EVERY
+from gpu_jobs.params import FIDELITIES, MAX_FRACTION_LEVELS, MAX_REPORT_EVERY, Fidelity, percent_levels
 
 StepUnit = Literal["fold", "round", "tree", "percent"]
 STEP_UNITS: tuple[str, ...] = ("fold", "round", "tree", "percent")
-MAX_FRACTION_LEVELS = 5
-"""A forest refit on data fractions reports at most this many steps (6, 12, 25, 50, 100 percent)."""
 
 
 @dataclass(frozen=True)
@@ -54,8 +64,18 @@ class StepPlan:
     steps: tuple[int, ...]
 
 
-def step_plan(model: str, params: dict[str, Any], engine: Engine, report_every: int) -> StepPlan:
-    """The steps of a ``model`` trial with ``params`` on ``engine`` that reports every ``report_every``."""
+def step_plan(
+    model: str,
+    params: dict[str, Any],
+    engine: Engine,
+    report_every: int,
+    fidelity: Fidelity = "rounds",
+    row_factor: int = 2,
+) -> StepPlan:
+    """The steps of a ``model`` trial with ``params`` on ``engine`` that reports every ``report_every``
+    (with ``fidelity: rows``, at :func:`percent_levels` of ``report_every`` and ``row_factor``)."""
+    if fidelity == "rows":
+        return StepPlan("percent", percent_levels(report_every, row_factor))
     if model == "xgboost":
         return StepPlan("round", every_until(int(params["num_boost_round"]), report_every))
     trees = int(params["n_estimators"])
@@ -63,6 +83,20 @@ def step_plan(model: str, params: dict[str, Any], engine: Engine, report_every: 
         return StepPlan("tree", every_until(trees, report_every))
     levels = min(MAX_FRACTION_LEVELS, math.ceil(trees / report_every))
     return StepPlan("percent", tuple(max(1, round(100 / 2**j)) for j in reversed(range(levels))))
+
+
+def check_fidelity(fidelity: str, report_every: int | None, row_factor: int) -> Fidelity:
+    """``fidelity`` checked against the rest of the request; :class:`UserError` where it cannot apply."""
+    if fidelity not in FIDELITIES:
+        raise UserError(f"fidelity must be one of {', '.join(FIDELITIES)}, got {fidelity!r}")
+    if fidelity == "rows":
+        if report_every is None or not 1 <= report_every <= 100:
+            raise UserError(
+                f"fidelity rows steps through percent of the rows: report_every in [1, 100], got {report_every!r}"
+            )
+        if isinstance(row_factor, bool) or not isinstance(row_factor, int) or not 2 <= row_factor <= 100:
+            raise UserError(f"row_factor must be an integer in [2, 100], got {row_factor!r}")
+    return "rows" if fidelity == "rows" else "rounds"
 
 
 def every_until(total: int, every: int) -> tuple[int, ...]:

@@ -67,6 +67,15 @@ class _Configured:
         self.n_classes = n_classes
 
 
+def refit_on_share(trainer: RandomForestTrainer | XGBoostTrainer, features: Any, labels: Any, percent: int) -> None:
+    """Fit ``trainer`` anew, with its whole budget, on ``percent`` percent of the rows (a seeded, nested
+    sample: :func:`gpu_jobs.steps.fraction_rows`): one step of the ``percent`` unit."""
+    from gpu_jobs.steps import fraction_rows
+
+    rows = fraction_rows(trainer.engine, trainer.engine.array.arange(len(labels)), percent, trainer.seed)
+    trainer.fit(features[rows], labels[rows])
+
+
 class RandomForestTrainer(_Configured):
     """scikit-learn's forest on CPU, cuML's on GPU (built by the engine). Features must hold no NaN.
 
@@ -88,16 +97,13 @@ class RandomForestTrainer(_Configured):
             self.forest.set_params(warm_start=True)
 
     def grow(self, step: int) -> bool:
-        from gpu_jobs.steps import fraction_rows
-
         assert self._rows is not None, "start() first"
         features, labels = self._rows
         if self._unit == "tree":
             self.forest.set_params(n_estimators=step)
             self.forest.fit(features, labels)
-            return True
-        rows = fraction_rows(self.engine, self.engine.array.arange(len(labels)), step, self.seed)
-        self.fit(features[rows], labels[rows])
+        else:
+            refit_on_share(self, features, labels, step)
         return True
 
     def finish(self) -> None:
@@ -188,6 +194,8 @@ class XGBoostTrainer(_Configured):
 
     booster: Any = None
     run: BoostingRun
+    _share: tuple[Any, Any] | None = None
+    """The rows a ``percent`` step refits on (``start`` with that unit); None: boosting by rounds."""
 
     @property
     def booster_params(self) -> dict[str, Any]:
@@ -203,12 +211,19 @@ class XGBoostTrainer(_Configured):
     def fit(self, features: Any, labels: Any) -> None:
         """Train; with ``early_stopping_rounds`` a seeded tenth of the rows is held out to stop on, and the
         booster keeps the rounds up to the best one (so every later prediction and the saved model use it)."""
-        self.start(features, labels, "round")
-        self.grow(int(self.params["num_boost_round"]))
-        self.finish()
+        self._begin(features, labels)
+        with xgboost_config(self.engine):
+            self.run.advance(int(self.params["num_boost_round"]))
+        self._end()
 
     def start(self, features: Any, labels: Any, unit: str = "round") -> None:
-        """Build the matrices and an untrained booster (:class:`BoostingRun`); ``grow`` trains."""
+        """By rounds: build the matrices and an untrained booster (:class:`BoostingRun`), ``grow`` boosts.
+        By ``percent``: keep the rows, each ``grow`` refits on a share of them (``trial.fidelity: rows``)."""
+        self._share = (features, labels) if unit == "percent" else None
+        if self._share is None:
+            self._begin(features, labels)
+
+    def _begin(self, features: Any, labels: Any) -> None:
         import xgboost
 
         rounds = int(self.params.get("early_stopping_rounds", 0))
@@ -230,12 +245,21 @@ class XGBoostTrainer(_Configured):
             self.booster = self.run.booster
 
     def grow(self, step: int) -> bool:
-        """Boost up to ``step`` rounds in all; False when early stopping had already ended training."""
+        """Boost up to ``step`` rounds in all (False when early stopping had already ended training); by
+        ``percent``, train every round anew on ``step`` percent of the rows."""
+        if self._share is not None:
+            refit_on_share(self, *self._share, step)
+            return True
         with xgboost_config(self.engine):
             return self.run.advance(step) > 0
 
     def finish(self) -> None:
         """End training as ``xgboost.train`` does, keeping the rounds up to the best (early stopping)."""
+        if self._share is None:
+            self._end()
+        self._share = None  # by percent the last step's fit ended itself
+
+    def _end(self) -> None:
         with xgboost_config(self.engine):
             booster = self.run.finish()
         if self.run.early_stopping and booster.best_iteration + 1 < booster.num_boosted_rounds():

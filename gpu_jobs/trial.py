@@ -31,7 +31,7 @@ from gpu_jobs.engine import Engine, fold_splitter, get_engine, resolve_engine
 from gpu_jobs.errors import UserError
 from gpu_jobs.metrics import Task
 from gpu_jobs.model_files import save_outputs
-from gpu_jobs.steps import GrowingTrainer, StepPlan, lockstep, step_plan
+from gpu_jobs.steps import GrowingTrainer, StepPlan, check_fidelity, lockstep, step_plan
 from gpu_jobs.trainers import Trainer, make_trainer, model_features, model_megabytes
 from gpu_jobs.worker_cache import TRIAL_CACHE
 
@@ -56,6 +56,8 @@ def run_trial(
     features: Sequence[str] | None = None,
     report_every: int | None = None,
     measure: bool = False,
+    fidelity: str = "rounds",
+    row_factor: int = 2,
 ) -> dict[str, Any]:
     """Cross-validate ``model`` with ``params`` on ``data`` and return its metrics.
 
@@ -74,6 +76,8 @@ def run_trial(
     other, measured 14x slower here); elsewhere the library default (scikit-learn 1 thread, XGBoost all).
     ``report_every``: the folds train in lockstep and ``on_fold(step, running_means, StepMark)`` is called
     every this many boosting rounds or trees instead (:mod:`gpu_jobs.steps`; ``completed_folds`` unused).
+    ``fidelity: rows`` (with ``report_every``): each step refits the whole model on a growing, nested percent
+    of each fold's training rows, ``report_every`` percent first, ``row_factor`` times more at each step.
     ``measure``: also ``model_size_mb`` and ``predict_ms_per_1000_rows`` (``gpu_jobs.metrics.MEASURED_METRICS``).
     """
     started = time.perf_counter()
@@ -87,6 +91,7 @@ def run_trial(
         engine=engine,
         report_every=report_every,
     )
+    rows_or_rounds = check_fidelity(fidelity, request.report_every, row_factor)
     engine_name = resolve_engine(engine)
     toolkit = get_engine(engine_name)
     dataset = read_traced(
@@ -102,7 +107,9 @@ def run_trial(
     info = dataset.info
     kind = info.target_encoding
     require_fit(request, kind, info.minority_class_rows)
-    plan = None if request.report_every is None else step_plan(model, request.params, toolkit, request.report_every)
+    plan = None
+    if request.report_every is not None:
+        plan = step_plan(model, request.params, toolkit, request.report_every, rows_or_rounds, row_factor)
     fill = model == "random_forest" and info.missing_feature_values > 0
     matrix = TRIAL_CACHE.for_object(dataset, ("features", fill), lambda: model_arrays(model, toolkit, dataset, fill))
     labels, host_labels = TRIAL_CACHE.for_object(dataset, "labels", lambda: label_arrays(toolkit, dataset))

@@ -54,3 +54,13 @@ def test_within_the_spread_a_value_just_below_the_seed_s_best_counts(bench: Modu
     # spread of the seeds' bests (0.88, 0.90) is 0.01: seed 1 needs 0.87, reached by ours after 1.25 s
     # against the seed's 2 s; seed 2 needs 0.89, 0.5 s against 1 s: the median ratio is 0.5625
     assert "within_spread: time_ratio=0.562 reached=2/2" in ours_line
+
+
+def test_a_trial_by_rows_costs_its_rounds_at_each_share_it_reached(bench: ModuleType) -> None:
+    """``fidelity: rows``: a trial stopped at 33 percent trained its 160 rounds on 11 then 33 percent of the rows."""
+    stopped = TrialRecord(experiment_id="x", number=0, params={"num_boost_round": 160}, state=TrialState.PRUNED,
+                          intermediate={11: 0.8, 33: 0.8}, step_unit="percent", duration_s=1.0)  # fmt: skip
+    assert bench.trained_rounds(stopped) == pytest.approx(160 * 0.44)
+    assert bench.trained_rounds(trial(1, 1.0, 30, None)) == 30
+    spec = bench.spec_for({"uri": "builtin://digits", "target": "digit"}, "tpe", bench.ASHA, 6, 1, 160, 20, "rows")
+    assert (spec.trial.fidelity, spec.trial.report_every) == ("rows", bench.ROWS_FIRST)

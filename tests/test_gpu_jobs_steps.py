@@ -18,8 +18,8 @@ from gpu_jobs import trial as trial_module
 from gpu_jobs.cross_validation import StepMark
 from gpu_jobs.engine import get_engine
 from gpu_jobs.errors import UserError
-from gpu_jobs.params import MAX_REPORT_EVERY, validate_params
-from gpu_jobs.steps import MAX_FRACTION_LEVELS, every_until, fraction_rows, step_plan
+from gpu_jobs.params import MAX_FRACTION_LEVELS, MAX_REPORT_EVERY, validate_params
+from gpu_jobs.steps import every_until, fraction_rows, step_plan
 from gpu_jobs.train import run_trial
 from gpu_jobs.trainers import BoostingRun, XGBoostTrainer, xgboost_params
 

@@ -101,7 +101,9 @@ def parse_report(raw: object) -> TrialReport | BadReport:
 
 def expected_units(model: str, report_every: int | None) -> tuple[StepUnit, ...]:
     """The step units a trial of ``model`` may report (``gpu_jobs.steps``): folds without
-    ``report_every``; else rounds for XGBoost, trees or data percent for a forest (by its engine)."""
+    ``report_every``; else rounds for XGBoost, trees for a forest, or percent of the rows for either
+    (``trial.fidelity: rows``, or a cuML forest). The driver does not pass the fidelity here yet, so either
+    unit is taken from either model; it still holds a trial to the unit of its first step."""
     if report_every is None:
         return ("fold",)
-    return ("round",) if model == "xgboost" else ("tree", "percent")
+    return ("round", "percent") if model == "xgboost" else ("tree", "percent")

@@ -72,6 +72,16 @@ def agreeing_from(agreement: dict[int, float], floor: float = AGREEMENT) -> int 
     return first
 
 
+def same_unit(unit: str | None, spec: ExperimentSpec) -> bool:
+    """Whether a trial's steps in ``unit`` count what the spec's steps count: folds, percent of the rows
+    (``trial.fidelity: rows``), or rounds or trees (a cuML forest's percent among them)."""
+    if spec.trial.report_every is None:
+        return unit == "fold"
+    if spec.trial.fidelity == "rows":
+        return unit == "percent"
+    return unit != "fold"
+
+
 def rung_advice(spec: ExperimentSpec, store: Store) -> str | None:
     """For ``plan``: where the newest finished run of the spec's workload (same data, model, folds, compute,
     primary metric and step unit) ranked its trials as at the end, against the rung policy's first rung.
@@ -85,8 +95,7 @@ def rung_advice(spec: ExperimentSpec, store: Store) -> str | None:
     for record in finished_runs(store, spec, RUNS_SEARCHED):
         if record.spec is None or record.spec.objective.primary_metric != spec.objective.primary_metric:
             continue
-        folds = spec.trial.report_every is None
-        trials = [t for t in store.list_trials(record.id) if (t.step_unit == "fold") == folds]
+        trials = [t for t in store.list_trials(record.id) if same_unit(t.step_unit, spec)]
         agreement = rank_agreement(trials)
         if not agreement:
             continue

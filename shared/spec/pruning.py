@@ -26,9 +26,12 @@ def trial_steps(spec: ExperimentSpec) -> int:
     """The last step a trial reports (the running mean of the primary metric): ``cv_folds``, one per fold;
     with ``trial.report_every`` its rounds (XGBoost) or trees (forest; ``gpu_jobs/steps.py``): fixed in
     ``trial.params``, the largest a searched ``choice`` offers, else the hyperparameter's default. (A cuML
-    forest reports percent of the rows instead, 100 last; the spec cannot know the engine.)"""
+    forest reports percent of the rows instead, 100 last; the spec cannot know the engine.) With
+    ``trial.fidelity: rows``, 100 (percent of the rows)."""
     if spec.trial.report_every is None:
         return spec.trial.cv_folds
+    if spec.trial.fidelity == "rows":
+        return 100
     from gpu_jobs.params import HYPERPARAMETERS
 
     name = "num_boost_round" if spec.trial.model == "xgboost" else "n_estimators"
@@ -41,8 +44,30 @@ def trial_steps(spec: ExperimentSpec) -> int:
 
 
 def first_reported_step(spec: ExperimentSpec) -> int:
-    """The first step a trial reports: ``trial.report_every`` rounds or trees, else fold 1."""
+    """The first step a trial reports: ``trial.report_every`` rounds or trees, else fold 1; with
+    ``trial.fidelity: rows`` the smallest of :func:`row_percents`."""
+    if spec.trial.fidelity == "rows" and spec.trial.report_every is not None:
+        return row_percents(spec)[0]
     return spec.trial.report_every or 1
+
+
+def row_factor(spec: ExperimentSpec) -> int:
+    """How many times the rows each step of ``trial.fidelity: rows`` refits on: a rung policy's reduction
+    factor (a wrapper's wrapped one too), so that every step is a rung; else 2."""
+    policy = spec.early_termination
+    while policy is not None:
+        if isinstance(policy, SuccessiveHalvingPolicy | HyperbandPolicy):
+            return policy.reduction_factor
+        policy = wrapped_of(policy)
+    return 2
+
+
+def row_percents(spec: ExperimentSpec) -> tuple[int, ...]:
+    """The percents of the rows a trial of ``trial.fidelity: rows`` refits on (``gpu_jobs.params.percent_levels``
+    from ``report_every`` and :func:`row_factor`): ``(11, 33, 100)`` for 10 and successive halving's 3."""
+    from gpu_jobs.params import percent_levels
+
+    return percent_levels(spec.trial.report_every or 100, row_factor(spec))
 
 
 def first_rung(policy: SuccessiveHalvingPolicy | HyperbandPolicy, spec: ExperimentSpec) -> int:

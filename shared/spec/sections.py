@@ -10,7 +10,7 @@ from pydantic import Field, field_validator, model_validator
 
 from gpu_jobs.builtin import BUILTIN_TARGETS
 from gpu_jobs.metrics import MEASURED_METRICS, METRIC_ALIASES, METRICS, TASK_METRICS, Task
-from gpu_jobs.params import HYPERPARAMETERS, MAX_REPORT_EVERY, ModelName
+from gpu_jobs.params import HYPERPARAMETERS, MAX_REPORT_EVERY, Fidelity, ModelName
 from shared.spec.bounds import MAX_RUN_SECONDS, MAX_SEARCH_SPACE
 from shared.spec.errors import Loc, Problems, SpecModel, did_you_mean, echo, fail
 from shared.spec.objectives import MAX_CONSTRAINTS, MAX_OBJECTIVES, Constraint, ObjectiveTerm
@@ -204,6 +204,13 @@ class TrialSpec(SpecModel):
         "growing share of the rows): steps for pruners finer than a fold (gpu_jobs/steps.py). None: once per "
         "fold, the step AzureML's policies evaluate (local and vmcluster backends only)",
     )
+    fidelity: Fidelity = Field(
+        default="rounds",
+        description="what a step grows (gpu_jobs/steps.py). rounds: boosting rounds or trees so far. rows: the whole "
+        "model, every round or tree, refit on a growing nested share of each fold's training rows, report_every "
+        "percent first, then the rung policy's reduction_factor (else 2) times more up to 100: ranks trials by "
+        "where they end, not by how fast they learn (needs report_every at most 100)",
+    )
 
     @model_validator(mode="after")
     def _params(self) -> TrialSpec:
@@ -223,6 +230,11 @@ class TrialSpec(SpecModel):
                 checked[name] = check_value(value, hp)
             except ValueError as exc:
                 problems.add(("params", name), str(exc))
+        if self.fidelity == "rows" and self.report_every is None:
+            problems.add(("fidelity",), "rows refits in steps of percent of the rows: set report_every (the first)")
+        elif self.fidelity == "rows" and (self.report_every or 0) > 100:
+            why = "with fidelity rows a step is a percent of the rows"
+            problems.add(("report_every",), f"{why}: at most 100, got {self.report_every}")
         problems.fail("TrialSpec")
         self.params = checked
         return self

@@ -150,4 +150,12 @@ class AzureMLCompute(ComputeSection):
                     f"remove report_every (the {' and '.join(ours)} backends report every N rounds or trees)",
                 )
             )
+        if spec.trial.fidelity != "rounds":
+            problems.append(
+                (
+                    ("trial", "fidelity"),
+                    "an AzureML sweep's trials train each fold once on all its rows: remove fidelity "
+                    f"(the {' and '.join(ours)} backends refit on growing shares of the rows)",
+                )
+            )
         return problems
