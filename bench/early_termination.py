@@ -14,7 +14,9 @@ stop a configuration after a few rounds. Each method runs through ``HpoDriver`` 
   ``--report-every``, 3 x and 9 x that many rounds, up to a trial's rounds);
 * ``asha-rows``, ``hyperband-rows``: the same with ``trial.fidelity: rows``: every step trains all the
   rounds on 11, 33, then 100 percent of each fold's training rows (the rungs), which ranks trials by where
-  they end where a rung in rounds ranks them by how fast they learn (``gpu_jobs/steps.py``).
+  they end where a rung in rounds ranks them by how fast they learn (``gpu_jobs/steps.py``);
+* ``asha-rows-s4``: ``asha-rows`` whose TPE steers after 4 random trials
+  (``sampling_algorithm.startup_trials``), not Optuna's 10, most of the seed's twelve.
 
 Trial-seconds are the trials' own wall time on the workers (what GPUs would bill). Per run: trial-seconds
 until a trial first reaches the seed search's final best (trials in the order they ended), total
@@ -69,20 +71,24 @@ SPACE = {
 }
 ASHA = {"type": "successive_halving", "reduction_factor": 3}
 HYPERBAND = {"type": "hyperband", "reduction_factor": 3}
-PRUNER_METHODS: dict[str, tuple[str, dict[str, Any] | None, int, str]] = {
+PRUNER_METHODS: dict[str, tuple[str | dict[str, Any], dict[str, Any] | None, int, str]] = {
     "seed": ("random", None, 1, "rounds"),
     "bandit": ("random", {"type": "bandit", "slack_factor": 0.1, "delay_evaluation": 2}, 1, "rounds"),
     "asha": ("tpe", ASHA, 2, "rounds"),
     "hyperband": ("tpe", HYPERBAND, 2, "rounds"),
     "asha-rows": ("tpe", ASHA, 2, "rows"),
     "hyperband-rows": ("tpe", HYPERBAND, 2, "rows"),
+    "asha-rows-s4": ({"type": "tpe", "startup_trials": 4}, ASHA, 2, "rows"),
 }
-"""method -> (sampler, policy, trials multiplier: ``--extra`` where above 1, ``trial.fidelity``). The rung
-policies keep their defaults: the first rung at the first step a trial reports (``--report-every`` rounds, or
-:data:`ROWS_FIRST` percent of the rows), Hyperband's largest resource a trial's rounds (or all the rows)."""
+"""method -> (sampler type or section, policy, trials multiplier: ``--extra`` where above 1,
+``trial.fidelity``). The rung policies keep their defaults: the first rung at the first step a trial reports
+(``--report-every`` rounds, or :data:`ROWS_FIRST` percent of the rows), Hyperband's largest resource a trial's
+rounds (or all the rows)."""
 ROWS_FIRST = 10
 """``report_every`` under ``fidelity: rows``: with reduction factor 3 the levels are 11, 33 and 100 percent."""
-SAMPLER_METHODS = {name: (name, None, 1, "rounds") for name in ("random", "tpe", "cmaes", "qmc")}
+SAMPLER_METHODS: dict[str, tuple[str | dict[str, Any], dict[str, Any] | None, int, str]] = {
+    name: (name, None, 1, "rounds") for name in ("random", "tpe", "cmaes", "qmc")
+}
 
 
 def tables(folder: Path, flights_rows: int) -> dict[str, dict[str, Any]]:
@@ -98,7 +104,14 @@ def tables(folder: Path, flights_rows: int) -> dict[str, dict[str, Any]]:
 
 
 def spec_for(
-    dataset: dict, sampler: str, policy: dict | None, trials: int, seed: int, rounds: int, every: int, fidelity: str
+    dataset: dict,
+    sampler: str | dict[str, Any],
+    policy: dict | None,
+    trials: int,
+    seed: int,
+    rounds: int,
+    every: int,
+    fidelity: str,
 ):
     policy = copy.deepcopy(policy)
     every = ROWS_FIRST if fidelity == "rows" else every
@@ -109,7 +122,7 @@ def spec_for(
             "dataset": dataset,
             "trial": trial | {"fidelity": fidelity},
             "search_space": SPACE,
-            "sampling_algorithm": {"type": sampler, "seed": seed},
+            "sampling_algorithm": ({"type": sampler} if isinstance(sampler, str) else sampler) | {"seed": seed},
             "early_termination": policy,
             "limits": {"max_total_trials": trials, "max_concurrent_trials": 2},
             "objective": {"primary_metric": "accuracy", "goal": "maximize"},

@@ -138,3 +138,45 @@ def test_only_samplers_that_need_a_package_say_so() -> None:
     assert missing_modules(spec_for({"type": "cmaes"})) is None  # installed here (requirements-dev.txt)
     gp = missing_modules(spec_for({"type": "gp"}))
     assert (gp is None) == (importlib.util.find_spec("torch") is not None)
+
+
+def azureml_shaped(sampling: dict[str, Any], **sections: Any) -> ExperimentSpec:
+    """:func:`spec_for` with the distributions AzureML's Bayesian sampling takes (uniform, quniform, choice)."""
+    space = {
+        "learning_rate": {"type": "uniform", "min_value": 0.01, "max_value": 0.5},
+        "max_depth": {"type": "quniform", "min_value": 2, "max_value": 10, "q": 1},
+        "subsample": {"type": "uniform", "min_value": 0.5, "max_value": 1.0},
+    }
+    document = spec_for({"type": "random"}).to_document()
+    return load_spec({**document, "sampling_algorithm": sampling, "search_space": space, **sections})
+
+
+@pytest.mark.parametrize("kind", ["tpe", "bayesian"] + (["gp"] if "gp" in NEW else []))
+def test_startup_trials_is_where_the_model_takes_over_from_random_draws(kind: str) -> None:
+    """With ``startup_trials: 3`` the first three trials are the random draws a sampler with 20 startup trials
+    makes too (same seed), and the fourth is the model's, not the next random draw."""
+    early = ask_tell(azureml_shaped({"type": kind, "seed": 5, "startup_trials": 3}), 4)
+    late = ask_tell(azureml_shaped({"type": kind, "seed": 5, "startup_trials": 20}), 4)
+    assert early[:3] == late[:3] and early[3] != late[3]
+    sampler: Any = make_sampler(azureml_shaped({"type": kind, "seed": 5}))
+    assert sampler._n_startup_trials == 10  # Optuna's default
+
+
+@pytest.mark.parametrize(
+    ("sampling", "where"),
+    [
+        ({"type": "random", "startup_trials": 4}, "sampling_algorithm.startup_trials"),
+        ({"type": "qmc", "startup_trials": 4}, "sampling_algorithm.startup_trials"),
+        ({"type": "tpe", "startup_trials": -1}, "sampling_algorithm.startup_trials"),
+    ],
+)
+def test_startup_trials_is_refused_where_a_sampler_has_none(sampling: dict[str, Any], where: str) -> None:
+    with pytest.raises(SpecError) as caught:
+        spec_for(sampling)
+    assert where in str(caught.value.errors)
+
+
+def test_azureml_refuses_startup_trials_naming_the_field() -> None:
+    with pytest.raises(SpecError) as caught:
+        azureml_shaped({"type": "bayesian", "startup_trials": 4}, compute={"backend": "azureml"})
+    assert "sampling_algorithm.startup_trials" in str(caught.value.errors)

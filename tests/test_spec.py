@@ -126,7 +126,12 @@ def test_sampling_algorithm_string_and_object_normalize_alike() -> None:
     as_string = load_spec(doc(sampling_algorithm="random"))
     as_object = load_spec(doc(sampling_algorithm={"type": "random"}))
     assert as_string == as_object
-    assert as_string.to_document()["sampling_algorithm"] == {"type": "random", "seed": None, "rule": None}
+    assert as_string.to_document()["sampling_algorithm"] == {
+        "type": "random",
+        "seed": None,
+        "rule": None,
+        "startup_trials": None,
+    }
     seeded = load_spec(doc(sampling_algorithm={"type": "random", "seed": 42, "rule": "sobol"}))
     assert (seeded.sampling_algorithm.seed, seeded.sampling_algorithm.rule) == (42, "sobol")
 

@@ -25,7 +25,7 @@ from shared.spec.pruning import (
     first_rung,
     trial_steps,
 )
-from shared.spec.search_table import schedule_of
+from shared.spec.search_table import SAMPLERS, schedule_of
 
 if TYPE_CHECKING:
     from shared.spec import ExperimentSpec
@@ -135,13 +135,21 @@ def constraints_func(spec: ExperimentSpec) -> Any:
     return _constraints if spec.objective.constraints else None
 
 
+def startup(s: Any) -> int:
+    """``n_startup_trials``: ``sampling_algorithm.startup_trials``, else the table's (Optuna's default)."""
+    default = SAMPLERS[s.type].startup_trials
+    return int(s.startup_trials if s.startup_trials is not None else default or 0)
+
+
 def _bayesian(s: Any, spec: ExperimentSpec) -> Any:
     from optuna.samplers import TPESampler
 
     # With max_concurrent_trials > 1 several trials are asked before the running ones report. The constant
     # liar gives running trials a pessimistic value, so concurrent asks spread over the space instead of all
     # proposing the same promising point.
-    return TPESampler(seed=s.seed, constant_liar=True, constraints_func=constraints_func(spec))
+    return TPESampler(
+        seed=s.seed, constant_liar=True, constraints_func=constraints_func(spec), n_startup_trials=startup(s)
+    )
 
 
 def _tpe(s: Any, spec: ExperimentSpec) -> Any:
@@ -156,6 +164,7 @@ def _tpe(s: Any, spec: ExperimentSpec) -> Any:
         constant_liar=True,
         warn_independent_sampling=False,
         constraints_func=constraints_func(spec),
+        n_startup_trials=startup(s),
     )
 
 
@@ -174,7 +183,12 @@ def _cmaes(s: Any, spec: ExperimentSpec) -> Any:
 def _gp(s: Any, spec: ExperimentSpec) -> Any:
     from optuna.samplers import GPSampler
 
-    return GPSampler(seed=s.seed, deterministic_objective=False, constraints_func=constraints_func(spec))
+    return GPSampler(
+        seed=s.seed,
+        deterministic_objective=False,
+        constraints_func=constraints_func(spec),
+        n_startup_trials=startup(s),
+    )
 
 
 def _nsga2(s: Any, spec: ExperimentSpec) -> Any:

@@ -70,6 +70,9 @@ class SearchEntry:
     """Python modules the Optuna object needs on the compute beyond Optuna (the driver checks them first)."""
     multi_objective: bool = True
     """Whether the sampler optimizes several objectives (``objective.also``); else the spec is refused."""
+    startup_trials: int | None = None
+    """A model-based sampler's random trials before its model steers (Optuna's default; ``sampling_algorithm.
+    startup_trials`` sets it); None: it has none to set."""
 
     @property
     def wraps(self) -> bool:
@@ -327,14 +330,14 @@ SAMPLERS: dict[str, SearchEntry] = {
         SearchEntry("sampler", "grid", "every combination of choice values, in a seeded order",
                     _grid_azureml, _never_stops, {"type": "grid", "seed": 1}),
         SearchEntry("sampler", "bayesian", "TPE (Optuna) here; AzureML's own Bayesian optimization on azureml",
-                    _bayesian_azureml, _never_stops, {"type": "bayesian", "seed": 1}),
+                    _bayesian_azureml, _never_stops, {"type": "bayesian", "seed": 1}, startup_trials=10),
         SearchEntry("sampler", "tpe", "multivariate TPE over the joint space (interactions), Optuna",
-                    None, _never_stops, {"type": "tpe", "seed": 1}),
+                    None, _never_stops, {"type": "tpe", "seed": 1}, startup_trials=10),
         SearchEntry("sampler", "cmaes", "CMA-ES over the numeric hyperparameters (choices drawn at random), Optuna",
                     None, _never_stops, {"type": "cmaes", "seed": 1}, needs=("cmaes",),
                     multi_objective=False),
         SearchEntry("sampler", "gp", "Gaussian-process Bayesian optimization (log EI), Optuna; PyTorch on the compute",
-                    None, _never_stops, {"type": "gp", "seed": 1}, needs=("torch",)),
+                    None, _never_stops, {"type": "gp", "seed": 1}, needs=("torch",), startup_trials=10),
         SearchEntry("sampler", "qmc", "quasi-Monte Carlo: a scrambled Sobol (rule: sobol) or Halton sequence, Optuna",
                     None, _never_stops, {"type": "qmc", "seed": 1, "rule": "halton"},
                     rules=("sobol", "halton")),

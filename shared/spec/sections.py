@@ -252,6 +252,13 @@ class SamplingAlgorithm(SpecModel):
     rule: Literal["random", "sobol", "halton"] | None = Field(
         default=None, description="random: random | sobol (AzureML's); qmc: sobol (default) | halton"
     )
+    startup_trials: int | None = Field(
+        default=None,
+        ge=0,
+        le=1000,
+        description="tpe, bayesian, gp: random trials before the model steers; None: Optuna's 10 (most of a short "
+        "run's trials)",
+    )
 
     @field_validator("type")
     @classmethod
@@ -266,6 +273,9 @@ class SamplingAlgorithm(SpecModel):
         if self.rule is not None and self.rule not in rules:
             takes = f"takes rule {' or '.join(rules)}" if rules else "takes no rule"
             fail([(("rule",), f"{self.type} sampling {takes}, not {self.rule}")])
+        if self.startup_trials is not None and SAMPLERS[self.type].startup_trials is None:
+            takes = ", ".join(name for name, entry in SAMPLERS.items() if entry.startup_trials is not None)
+            fail([(("startup_trials",), f"{self.type} sampling has no startup trials to set (only {takes} have)")])
         return self
 
 

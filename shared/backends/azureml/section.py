@@ -150,6 +150,14 @@ class AzureMLCompute(ComputeSection):
                     f"remove report_every (the {' and '.join(ours)} backends report every N rounds or trees)",
                 )
             )
+        if spec.sampling_algorithm.startup_trials is not None:
+            problems.append(
+                (
+                    ("sampling_algorithm", "startup_trials"),
+                    "an AzureML sweep's Bayesian sampling sets its own startup: remove startup_trials "
+                    f"(the {' and '.join(ours)} backends run Optuna's samplers, which take it)",
+                )
+            )
         if spec.trial.fidelity != "rounds":
             problems.append(
                 (
