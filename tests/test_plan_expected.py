@@ -126,6 +126,7 @@ def test_plan_says_when_a_first_rung_comes_before_the_ranks_agree(tmp_path: Path
     stepped_run(store, "exp-20261204100000-aaaaaa", document, slow_starters())
     advice = rung_advice(load_spec(halving), store)
     assert advice is not None and "from step 30" in advice and "first rung is step 10: it would stop" in advice
+    assert "or trial.fidelity: rows" in advice  # the other way out, where early rounds rank unlike the end
     later = {**document, "early_termination": {"type": "successive_halving", "min_resource": 30}}
     assert "first rung is step 30: it comes after that" in (rung_advice(load_spec(later), store) or "")
     other_metric = {**halving, "objective": {**document["objective"], "primary_metric": "accuracy", "goal": "maximize"}}

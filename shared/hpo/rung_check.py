@@ -102,8 +102,11 @@ def rung_advice(spec: ExperimentSpec, store: Store) -> str | None:
         start = agreeing_from(agreement)
         shown = ", ".join(f"{step}: {rho:+.2f}" for step, rho in list(agreement.items())[:8])
         where = "at no step before the last" if start is None else f"from step {start}"
+        fix = "set min_resource at or after that step"
+        if spec.trial.fidelity == "rounds" and spec.trial.report_every is not None:
+            fix += ", or trial.fidelity: rows (each step trains to the end on a share of the rows)"
         verdict = (
-            "it would stop trials by a rank that does not hold at the end: set min_resource at or after that step"
+            f"it would stop trials by a rank that does not hold at the end: {fix}"
             if start is None or (first is not None and first < start)
             else "it comes after that"
         )
