@@ -23,6 +23,7 @@ from shared.hpo.search_space import make_pruner
 from shared.records import TrialState
 from shared.spec import SpecError
 from shared.spec.pruning import first_reported_step, row_factor, trial_steps
+from shared.spec.search_table import first_stop_fraction
 from shared.store.local import LocalStore
 from tests.test_gpu_jobs_steps import BOOSTER, FLIGHTS, FOREST
 from tests.test_hpo_driver import new_experiment
@@ -132,6 +133,15 @@ def test_the_rung_policies_count_in_percent_and_their_rungs_are_the_levels() -> 
     assert row_factor(make_spec(**{**STEPPED, "trial": ROWS_TRIAL, "early_termination": wrapped})) == 4
     assert row_factor(make_spec(**{**STEPPED, "trial": ROWS_TRIAL})) == 2  # bandit: halving
     assert trial_function(make_spec(**STEPPED)) is None  # rounds: the driver's default trial function
+
+
+def test_the_cost_estimate_counts_a_stopped_rows_trial_by_the_rows_it_refit_on() -> None:
+    """A trial stopped at the first rung refit on 11 percent of the rows; one run to the end on 11 + 33 + 100."""
+    halving = make_spec(**{**STEPPED, "trial": ROWS_TRIAL, "early_termination": {"type": "successive_halving"}})
+    assert first_stop_fraction(halving) == pytest.approx(11 / 144)
+    by_rounds = {**STEPPED["trial"], "report_every": 10, "params": {"num_boost_round": 100}}
+    rounds = make_spec(**{**STEPPED, "trial": by_rounds, "early_termination": {"type": "successive_halving"}})
+    assert first_stop_fraction(rounds) == pytest.approx(10 / 100)
 
 
 def test_rung_advice_reads_only_runs_whose_steps_count_the_same() -> None:

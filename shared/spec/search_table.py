@@ -37,6 +37,7 @@ from shared.spec.pruning import (
     TruncationSelectionPolicy,
     WilcoxonPolicy,
     first_rung,
+    row_percents,
     trial_steps,
     wrapped_of,
 )
@@ -220,13 +221,19 @@ def pruner_entry(policy: Any) -> SearchEntry:
 
 
 def first_stop_fraction(spec: ExperimentSpec) -> float:
-    """The share of a trial's steps run before the policy can first stop it (1.0 without a policy, or one
-    that cannot stop it before its last step, which the driver never stops)."""
+    """The share of a trial's work done before the policy can first stop it (1.0 without a policy, or one
+    that cannot stop it before its last step, which the driver never stops): its steps, or with
+    ``trial.fidelity: rows`` the rows refit on so far of all its steps' (11 + 33 of 11 + 33 + 100)."""
     policy, steps = spec.early_termination, trial_steps(spec)
     if policy is None:
         return 1.0
     step = pruner_entry(policy).first_stop(policy, spec)
-    return 1.0 if step is None or step >= steps else step / steps
+    if step is None or step >= steps:
+        return 1.0
+    if spec.trial.fidelity == "rows":
+        levels = row_percents(spec)
+        return sum(level for level in levels if level <= step) / sum(levels)
+    return step / steps
 
 
 def policy_problems(spec: ExperimentSpec) -> list[Problem]:
