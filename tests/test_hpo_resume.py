@@ -24,7 +24,6 @@ from gpu_jobs.train import run_trial
 from shared.api import create_api
 from shared.config import Settings
 from shared.context import set_context
-from shared.hpo.cluster import worker_running
 from shared.hpo.driver import HpoDriver
 from shared.hpo.pruners import _PARTICIPANT_STATES
 from shared.records import FoldResult, TrialRecord, TrialState
@@ -195,7 +194,6 @@ from distributed import Client, LocalCluster
 from fastapi.testclient import TestClient
 from shared.api import create_api
 from shared.context import set_context
-from shared.hpo.cluster import worker_running
 from shared.hpo.driver import HpoDriver
 from shared.spec import load_spec
 from shared.store.local import LocalStore
@@ -265,7 +263,7 @@ def test_a_driver_killed_mid_trial_is_restarted_and_its_retry_trains_only_the_mi
 
 
 @pytest.mark.slow
-def test_a_trial_whose_worker_is_lost_resumes_on_another_from_the_folds_it_published(store, dask_client):
+def test_a_trial_whose_worker_is_lost_resumes_in_another_slot_from_the_folds_it_reported(store, dask_client):
     spec = real_spec(**SLOW_TRIAL)
     experiment_id = new_experiment(store, spec)
     driver = HpoDriver(spec, experiment_id, store, dask_client, poll_interval=0.05)
@@ -273,10 +271,10 @@ def test_a_trial_whose_worker_is_lost_resumes_on_another_from_the_folds_it_publi
     runner.start()
     try:
         seen = wait_for_folds(store, experiment_id)
-        worker = worker_running(dask_client, f"trial-{experiment_id}-0-1")
+        (worker,) = [slot.worker for slot in driver.slots.slots.values() if slot.trial == 0]  # the slot it runs in
         assert worker is not None
         pid = dask_client.run(os.getpid, workers=[worker])[worker]
-        os.kill(pid, signal.SIGKILL)  # as a Spot eviction: Dask runs the same task again elsewhere
+        os.kill(pid, signal.SIGKILL)  # as a Spot eviction: the trial goes to the next free slot
     finally:
         runner.join(timeout=120)
     (trial,) = store.list_trials(experiment_id)

@@ -1,6 +1,8 @@
 """A trial's final message carries how it ended, so the driver need not fetch the task's result (issue 29).
 What it says is parsed bounded, and taken only from the worker the trial runs on (the scheduler stamps
-each worker's events with its address): a forged or malformed one leaves the trial to its future's result."""
+each worker's events with its address): a forged one is ignored, a malformed one leaves the trial to its
+own final message, and a trial whose slot goes on without one that parses ends FAILED saying why. Trials
+run in slot tasks, at most one per trial in flight (``shared.hpo.slots``)."""
 
 from __future__ import annotations
 
@@ -8,12 +10,11 @@ import math
 from typing import Any
 
 import pytest
-from distributed import Client, get_client, get_worker
+from distributed import Client, get_client, get_task_stream, get_worker
 
 from shared.bounded import MAX_TEXT
 from shared.hpo.driver import HpoDriver
 from shared.hpo.reports import BadReport, TrialReport, parse_report
-from shared.hpo.trial_task import FOLDS, FOLDS_METADATA, TrialTask, folds_metadata_key, run_trial_task
 from shared.records import TrialState
 from shared.store.local import LocalStore
 from tests.test_hpo_driver import make_spec, new_experiment
@@ -46,19 +47,27 @@ def test_a_final_result_parses_bounded_and_a_bad_one_names_its_trial() -> None:
     )
 
 
-def _trial_channel() -> tuple[str, int, int]:
-    experiment, number, attempt = str(get_worker().get_current_task()).removeprefix("trial-").rsplit("-", 2)
-    return f"rapids-hpo-{experiment}", int(number), int(attempt)
+def _channel() -> str:
+    """The experiment's channel, from the slot task's key (``slot-<experiment>-<driver run>-<n>``)."""
+    experiment = str(get_worker().get_current_task()).removeprefix("slot-").rsplit("-", 2)[0]
+    return f"rapids-hpo-{experiment}"
 
 
 def forging_trial(**kwargs: Any) -> dict[str, Any]:
-    """Before its real end, claims a perfect one: through a client (no worker's stamp) and, malformed,
-    through its own worker's stream."""
-    channel, number, attempt = _trial_channel()
-    claim = {"number": number, "attempt": attempt, "final": True}
-    get_client().log_event(channel, {**claim, "result": {"state": "COMPLETED", "metrics": {"accuracy": 0.999}}})
-    get_worker().log_event(channel, {**claim, "result": {"state": "COMPLETED", "metrics": {"accuracy": "x" * 10**6}}})
+    """Before its real end, claims a perfect one for every trial of the experiment: through a client (no
+    worker's stamp) and, malformed, through its own worker's stream."""
+    channel = _channel()
+    for number in range(4):
+        claim = {"number": number, "attempt": 1, "final": True}
+        get_client().log_event(channel, {**claim, "result": {"state": "COMPLETED", "metrics": {"accuracy": 0.999}}})
+        bad = {"state": "COMPLETED", "metrics": {"accuracy": "x" * 10**6}}
+        get_worker().log_event(channel, {**claim, "result": bad})
     return scripted_trial(**kwargs)
+
+
+def unreadable_trial(**kwargs: Any) -> dict[str, Any]:
+    """Ends with metrics its final message cannot carry (a NaN score): the driver cannot read that end."""
+    return {**scripted_trial(**kwargs), "accuracy": math.nan}
 
 
 @pytest.mark.parametrize("trial_fn", [scripted_trial, forging_trial])
@@ -74,33 +83,31 @@ def test_each_trial_ends_with_what_it_returned_whatever_else_claims_its_end(
     assert all(t.engine == "scripted" and len(t.intermediate) == 3 for t in trials)
 
 
-def test_a_trial_publishes_each_fold_it_goes_on_from_and_not_its_last(dask_client: Client) -> None:
-    """What a rerun of the task resumes from (the scheduler's metadata): every fold but the last, under its
-    index. The last is not published: the trial's work is over after it, and its publication was a scheduler
-    call per trial (issue 29); a worker lost in that instant costs that one fold's rerun."""
-    task = TrialTask(
-        experiment_id="exp-publish",
-        number=0,
-        attempt=1,
-        params={"max_features": 0.5, "n_estimators": 1},
-        data="unused",
-        target="unused",
-        data_format=None,
-        max_rows=None,
-        model="random_forest",
-        cv_folds=4,
-        seed=0,
-        engine="scripted",
-        primary_metric="accuracy",
-        trial_timeout=None,
-        n_jobs=1,
-        channel="rapids-hpo-exp-publish",
-        awaits_decisions=False,
-    )
-    result = dask_client.submit(run_trial_task, task, scripted_trial, pure=False).result()
-    assert result.state is TrialState.COMPLETED
-    key = folds_metadata_key(task.channel, task.number, task.attempt)
-    published = dask_client.get_metadata([*key, FOLDS], default={})
-    dask_client.set_metadata([FOLDS_METADATA, task.channel], {})
-    assert sorted(published) == ["0", "1", "2"]  # the folds of steps 1-3, each under its index
-    assert [published[str(i)]["split"] for i in range(3)] == ["scripted-1", "scripted-2", "scripted-3"]
+def test_a_trial_whose_final_message_does_not_parse_ends_failed_saying_why(
+    store: LocalStore, dask_client: Client
+) -> None:
+    spec = make_spec(limits={"max_total_trials": 3, "max_concurrent_trials": 2})
+    experiment_id = new_experiment(store, spec)
+    HpoDriver(spec, experiment_id, store, dask_client, trial_fn=unreadable_trial).run()
+    trials = store.list_trials(experiment_id)
+    assert [t.state for t in trials] == [TrialState.FAILED] * 3
+    assert all(t.error and "final message did not parse" in t.error and "metrics" in t.error for t in trials)
+
+
+def test_trials_run_in_one_slot_task_per_trial_in_flight_not_a_task_each(
+    store: LocalStore, dask_client: Client
+) -> None:
+    """Issue 29: a Dask task per trial cost the scheduler a task's whole life per trial. Ten trials two at a
+    time run in two slot tasks, which end with the experiment (none is left holding a worker thread)."""
+    spec = make_spec(limits={"max_total_trials": 10, "max_concurrent_trials": 2})
+    experiment_id = new_experiment(store, spec)
+    with get_task_stream(dask_client) as stream:
+        HpoDriver(spec, experiment_id, store, dask_client, trial_fn=scripted_trial).run()
+        for _ in range(50):  # the stream hears of a task when it ends
+            if len({t["key"] for t in stream.data}) >= 2:
+                break
+            dask_client.run(lambda: None)
+    keys = {str(t["key"]) for t in stream.data}
+    assert [t.state for t in store.list_trials(experiment_id)] == [TrialState.COMPLETED] * 10
+    assert len(keys) == 2 and all(k.startswith(f"slot-{experiment_id}-") for k in keys), keys
+    assert not dask_client.processing() or not any(dask_client.processing().values())

@@ -2,24 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import optuna
-from distributed import Client
 
 from shared.records import TrialState
-
-
-def worker_running(client: Client, key: str) -> str | None:
-    def lookup(dask_scheduler: Any, key: str = key) -> str | None:
-        task = dask_scheduler.tasks.get(key)
-        return task.processing_on.address if task is not None and task.processing_on else None
-
-    try:
-        address: str | None = client.run_on_scheduler(lookup)
-        return address
-    except Exception:
-        return None
 
 
 def own_worker() -> str | None:

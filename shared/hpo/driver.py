@@ -1,33 +1,34 @@
-"""The HPO driver: Optuna ask/tell on the driver, each trial a task on a Dask cluster.
+"""The HPO driver: Optuna ask/tell on the driver, each trial run on a Dask cluster.
 
-The driver owns one Optuna study (in memory, rebuilt from the store on resume). Trials run as Dask
-tasks calling ``gpu_jobs.train.run_trial``; after every fold a task reports the running mean of the
+The driver owns one Optuna study (in memory, rebuilt from the store on resume). Trials run in Dask
+slot tasks calling ``gpu_jobs.train.run_trial``; after every fold a trial reports the running mean of the
 primary metric to the driver (an event on the experiment's topic, pushed to the driver's subscription)
 and waits for the pruning decision on a Dask ``Variable``, so AzureML-style early termination is decided
 against every trial's history, on any cluster (a ``LocalCluster`` here, an ``AzureVMCluster`` of
 ``dask_cuda.CUDAWorker``s in Azure).
 
-Round trips (issue 29): the driver waits on one local inbox that the topic's events and the futures'
-done callbacks fill, in the order the scheduler sent them (a task's reports before its end), so it polls
-nothing; decisions are set without waiting for the scheduler's answer; a trial's record is written when it
-starts, when it ends and with its folds at most once per ``fold_write_interval``. What a trial task itself
-waits for is in :mod:`shared.hpo.trial_task`.
+Round trips (issue 29): trials run in long-lived slot tasks, one per trial in flight, that take trial after
+trial (:mod:`shared.hpo.slots`), so a trial costs no Dask task of its own. The driver waits on one local inbox
+that the topic's events (the slots' and trials' messages, in the order the scheduler sent them) and the slot
+futures' done callbacks fill, so it polls nothing; assignments and decisions are set without waiting for the
+scheduler's answer; a trial's record is written when it starts, when it ends and with its folds at most once
+per ``fold_write_interval``. What a trial itself waits for is in :mod:`shared.hpo.trial_task`.
 
 Limits: at most ``max_concurrent_trials`` tasks in flight, ``max_total_trials`` in all, the
 experiment ``timeout`` stops everything, ``trial_timeout`` stops one trial: cooperatively at the next
 fold boundary, and by restarting its worker if the fold itself overruns (Dask cannot interrupt a
-running thread). Both clocks start when the trial starts on a worker (its ``started`` report), not at
-submit: distributed hands a small group of tasks to busy workers at once, where they wait in
-*processing*. A hard stop restarts only the worker a trial runs on (reported, or found running); a trial still waiting
-is cancelled and, should it start regardless, ends at once (its stop flag). Every trial is written
+running thread). Both clocks start when the trial starts on a worker (its ``started`` report), not when
+it is asked: a trial waits in the driver until a slot is free. A hard stop restarts the worker of the slot a
+trial was given to (a trial not given to a slot yet just ends). Every trial is written
 to the ``TrialStore`` when it starts, when it ends, and as its folds finish (``TrialRecord.folds``, at
 most once per report batch).
 
 Resume: a restarted driver fails the trials the store shows RUNNING and retries each once under the
 same number, from the folds it finished (:mod:`shared.hpo.resume`): it trains only the others and
 reports the running means, pruning decisions and value of an uninterrupted run. The kept folds' values
-go to the retry's Optuna trial up front, so the pruner sees each once; a fold reported again (Dask reran
-a task whose worker was lost) gets the decision it got the first time.
+go to the retry's Optuna trial up front, so the pruner sees each once. A trial whose worker was lost goes to
+the next free slot from the folds its reports showed, and a step reported again gets the decision it got the
+first time.
 
 Reproducibility: the sampler is seeded and asked in trial-number order, so a sequential run
 (``max_concurrent_trials: 1``) repeats exactly. With concurrency, random and grid sampling still
@@ -41,6 +42,7 @@ import logging
 import math
 import queue
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -58,17 +60,14 @@ from shared.hpo.reports import BadReport, ReportedResult, TrialReport, expected_
 from shared.hpo.resume import optuna_attrs, resumed_seconds, retry_record, task_folds, with_fold
 from shared.hpo.search_builders import CONSTRAINTS_ATTR
 from shared.hpo.search_space import make_pruner, make_sampler, reseed_for_trial, suggest_params
+from shared.hpo.slots import SlotPool, parse_ready
 from shared.hpo.trial_task import (
-    FOLDS_METADATA,
-    STOP,
     TrialFunction,
     TrialResult,
     TrialTask,
     all_without_waiting,
     decision_variable,
-    folds_metadata_key,
     is_last_step,
-    run_trial_task,
 )
 from shared.hpo.warm_start import next_config, seed_study
 from shared.ports import TrialStore
@@ -95,12 +94,16 @@ class _Running:
 
     record: TrialRecord
     trial: optuna.Trial
-    future: Future[Any]
+    task: TrialTask
     submitted: float
+    slot: str | None = None
+    """The slot it was given to (None: it waits for one)."""
     started: float | None = None
-    """When the task reported it started on a worker (``time.monotonic``); None while it waits."""
+    """When it reported it started on a worker (``time.monotonic``); None while it waits."""
     worker: str | None = None
-    """The worker it reported it runs on (the one a hard stop restarts)."""
+    """The worker it reported it runs on."""
+    losses: int = 0
+    """How many times its worker was lost while it ran (it is given to another slot, up to a limit)."""
     deadline: float | None = None
     """``trial_timeout`` (less the resumed folds' time) plus the grace, from ``started``."""
     decisions: dict[int, bool] = field(default_factory=dict)
@@ -111,6 +114,8 @@ class _Running:
     """When the record was last written (``time.monotonic``)."""
     bad_report: str | None = None
     """Why a report of this trial did not parse: the trial was stopped and ends FAILED with it."""
+    unread_final: str | None = None
+    """Why a final message naming this trial did not parse: its error should its slot go on without one."""
 
 
 class HpoDriver:
@@ -162,12 +167,15 @@ class HpoDriver:
         )
         self._records: dict[int, TrialRecord] = {}
         self._retry: list[tuple[TrialRecord, optuna.Trial]] = []
-        self._running: dict[str, _Running] = {}
-        self._stop_flags: set[str] = set()
+        self._running: dict[int, _Running] = {}
+        """The trials in flight by number: given to a slot, or waiting in ``_waiting`` for one."""
+        self._waiting: deque[int] = deque()
+        self.slots = SlotPool(client, self.channel, experiment_id, trial_fn)
         self._answers: list[tuple[str, dict[str, Any]]] = []
-        """Pruning decisions to send at the end of the inbox batch being handled."""
+        """Assignments and pruning decisions to send at the end of the inbox batch being handled."""
         self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
-        """("report", message) from the channel's topic and ("done", key) from the futures, in arrival order."""
+        """("report", message) from the channel's topic and ("done", slot) from the slots' futures, in arrival
+        order."""
         self._threads = self._threads_per_worker()
         self.stopped: stopping.Stop | None = None
         """The stopping rule that ended the run (no trial starts after it), if one did."""
@@ -279,14 +287,16 @@ class HpoDriver:
                     if held_back and stop_reason is None:
                         stop_reason = "budget"
                     break
+                self._dispatch()
                 self._handle(self._take(wait_s=self.poll_interval))
                 self._enforce_trial_timeouts()
+                for slot, number in self.slots.lost_workers():
+                    self._lost(number, f"its worker {slot.worker} left the cluster")
         finally:
             self.spans.close()
+            self.slots.close()
             with contextlib.suppress(Exception):
                 self.client.unsubscribe_topic(self.channel)
-            with contextlib.suppress(Exception):  # the trials' stop flags, starts and published folds
-                self.client.set_metadata([FOLDS_METADATA, self.channel], {})
         return experiment_outcome(self._records.values(), self.direction, stop_reason, self.stopped)
 
     def _launch_new(self, number: int) -> None:
@@ -351,23 +361,37 @@ class HpoDriver:
             completed_folds=task_folds(record),
             report_every=self.spec.trial.report_every,
         )
-        future = self.client.submit(
-            run_trial_task,
-            task,
-            self.trial_fn,
-            key=f"trial-{self.experiment_id}-{record.number}-{record.attempt}",
-            pure=False,
-        )
         now = time.monotonic()
-        self._running[str(future.key)] = _Running(record=record, trial=trial, future=future, submitted=now, written=now)
-        future.add_done_callback(self._on_done)
+        self._running[record.number] = _Running(record=record, trial=trial, task=task, submitted=now, written=now)
+        self._waiting.append(record.number)
+
+    def _dispatch(self) -> None:
+        """Give waiting trials to idle slots, starting slots (up to the concurrency) while trials wait."""
+        if not self._waiting:
+            return
+        self.slots.grow(min(len(self._running), self.spec.limits.max_concurrent_trials), self._on_done)
+        for slot in list(self.slots.idle()):
+            running = self._next_waiting()
+            if running is None:
+                break
+            self._answers.append(self.slots.assign(slot, running.record.number, running.task))
+            running.slot = slot.name
+        answers, self._answers = self._answers, []
+        all_without_waiting(self.client, answers)
+
+    def _next_waiting(self) -> _Running | None:
+        while self._waiting:
+            running = self._running.get(self._waiting.popleft())
+            if running is not None and running.slot is None:
+                return running
+        return None
 
     def _on_event(self, event: tuple[float, Any]) -> None:
-        """The topic's handler (on the client's event loop): a trial's message, to the inbox."""
+        """The topic's handler (on the client's event loop): a slot's or a trial's message, to the inbox."""
         self._inbox.put(("report", event[1] if isinstance(event, tuple | list) and len(event) == 2 else event))
 
     def _on_done(self, future: Future[Any]) -> None:
-        """A future's done callback: after its trial's reports in the inbox (the scheduler sent them first)."""
+        """A slot future's done callback (it erred, idled out or was cancelled): after its messages."""
         self._inbox.put(("done", str(future.key)))
 
     def _take(self, wait_s: float) -> list[tuple[str, Any]]:
@@ -394,23 +418,30 @@ class HpoDriver:
         progressed: dict[int, _Running] = {}
         for kind, payload in items:
             if kind == "done":
-                running = self._running.pop(payload, None)
-                if running is not None:  # not one the driver stopped already
-                    self._end(running)
+                held = self.slots.ended(payload)
+                if held is not None:
+                    self._lost(held, "its slot task ended")
+            elif isinstance(payload, dict) and "slot" in payload:
+                self._announced(payload)
             else:
                 self._report(payload, progressed)
         answers, self._answers = self._answers, []
         all_without_waiting(self.client, answers)  # before the store writes: the trials wait for these
         now = time.monotonic()
         for running in progressed.values():  # so that a driver restarted after a crash resumes from them
-            if str(running.future.key) in self._running and now - running.written >= self.fold_write_interval:
+            current = self._running.get(running.record.number) is running
+            if current and now - running.written >= self.fold_write_interval:
                 self.store.put_trial(running.record)
                 running.written = now
 
     def _report(self, raw: object, progressed: dict[int, _Running]) -> None:
         report = parse_report(raw)
         if isinstance(report, BadReport) and isinstance(raw, dict) and raw.get("final") is True and "result" in raw:
-            report = parse_report({k: v for k, v in raw.items() if k != "result"})  # its future's result, then
+            unread = report.reason  # a forged end, or the trial's own that did not parse: its slot's next
+            report = parse_report({k: v for k, v in raw.items() if k != "result"})  # announcement tells which
+            running = None if isinstance(report, BadReport) else self._find(report.number, report.attempt)
+            if running is not None:
+                running.unread_final = unread
         if isinstance(report, BadReport):
             self._bad_report(report)
             return
@@ -419,10 +450,9 @@ class HpoDriver:
             if running is not None:
                 self._start(running, report.worker)
             return
-        if report.final:  # the trial's work is over: finished now, not when its future's end comes round
-            # (from the worker it started on, as the scheduler stamps it; else its future's result decides)
+        if report.final:  # the trial's work is over, by the worker it started on (as the scheduler stamps it)
             if running is not None and report.result is not None and report.worker == running.worker is not None:
-                self._running.pop(str(running.future.key), None)
+                self._running.pop(running.record.number, None)
                 self._finish(running, _result(report.result))
             return
         assert report.step is not None
@@ -496,15 +526,45 @@ class HpoDriver:
                 return running
         return None
 
-    def _end(self, running: _Running) -> None:
-        """Finish the trial whose future is done (fetching its result is the one wait it costs)."""
-        try:
-            result = running.future.result()
-        except Exception as exc:  # the worker died (OOM kill, segfault) or the task was lost
-            result = self._stopped(
-                running, TrialState.FAILED, f"worker lost while running the trial: {type(exc).__name__}: {exc}"
+    def _announced(self, raw: dict[str, Any]) -> None:
+        """A slot announced itself ready: the trial it held, if that has not ended, was lost with its worker (a
+        new run) or ended without a final message that parsed (the same run); then give it a waiting trial."""
+        ready = parse_ready(raw)
+        if isinstance(ready, str):
+            log.warning("dropped a slot message: %s", ready)
+            return
+        slot, held, lost = self.slots.announced(ready)
+        running = None if held is None else self._running.get(held)
+        if running is None or slot is None or running.slot != slot.name:
+            return
+        if lost:
+            self._lost(held, f"its slot restarted on {ready.worker}")  # type: ignore[arg-type]
+        else:
+            del self._running[running.record.number]
+            why = running.bad_report or (
+                f"the trial's final message did not parse: {running.unread_final}"
+                if running.unread_final
+                else "the trial ended without a final message"
             )
-        self._finish(running, result)
+            self._finish(running, self._stopped(running, TrialState.FAILED, why))
+
+    def _lost(self, number: int, why: str) -> None:
+        """Trial ``number``'s worker was lost: it waits for the next free slot, from the folds it reported it
+        went on from, unless that happened more than Dask's ``allowed-failures`` times."""
+        running = self._running.get(number)
+        if running is None or running.slot is None:
+            return
+        running.losses += 1
+        if running.losses > self.slots.allowed_failures:
+            del self._running[number]
+            error = f"worker lost while running the trial {running.losses} times (KilledWorker): {why}"
+            self._finish(running, self._stopped(running, TrialState.FAILED, error))
+            return
+        log.warning("trial %d: %s; it runs again from %d folds", number, why, len(running.record.folds))
+        running.slot = running.worker = None
+        running.started = running.deadline = None
+        running.task = replace(running.task, completed_folds=task_folds(running.record))
+        self._waiting.appendleft(number)
 
     def _stopped(self, running: _Running, state: TrialState, error: str) -> TrialResult:
         """The result of a trial the driver stopped (or lost), by the driver's clock."""
@@ -562,22 +622,21 @@ class HpoDriver:
 
     def _enforce_trial_timeouts(self) -> None:
         now = time.monotonic()
-        for key, running in list(self._running.items()):
-            if running.deadline is not None and now >= running.deadline and not running.future.done():
-                del self._running[key]
-                self._hard_stop(running)
+        for number, running in list(self._running.items()):
+            if running.deadline is not None and now >= running.deadline:
+                del self._running[number]
+                self._hard_stop([running])
                 why = f"trial_timeout of {self.spec.limits.trial_timeout:g} s exceeded; its worker was restarted"
                 self._finish(running, self._stopped(running, TrialState.TIMED_OUT, why))
 
     def _stop_all(self, reason: str) -> None:
-        """Stop every running trial (cancel or experiment timeout)."""
-        for running in self._running.values():  # a task that starts from now on ends at once
-            self._stop_flag(running)
-        self._handle(self._take(wait_s=0))
-        self._find_running()  # the tasks that started before that: their workers are restarted
-        for key, running in list(self._running.items()):
-            del self._running[key]
-            self._hard_stop(running)
+        """Stop every trial in flight (cancel, experiment timeout, budget)."""
+        self._handle(self._take(wait_s=0))  # the ends already on their way count as ends
+        stopping = list(self._running.values())
+        self._running.clear()
+        self._waiting.clear()
+        self._hard_stop(stopping)
+        for running in stopping:
             if reason == "timeout":
                 result = self._stopped(running, TrialState.TIMED_OUT, "the experiment's timeout was reached")
             elif reason == "budget":
@@ -586,32 +645,21 @@ class HpoDriver:
                 result = self._stopped(running, TrialState.CANCELLED, "cancelled")
             self._finish(running, result)
 
-    def _stop_flag(self, running: _Running) -> None:
-        key = folds_metadata_key(self.channel, running.record.number, running.record.attempt)
-        if key[-1] not in self._stop_flags:
-            self.client.set_metadata([*key, STOP], True)
-            self._stop_flags.add(key[-1])
-
-    def _find_running(self) -> None:
-        """Ask the workers which trials they run (once the stop flags are set: a task that did not see its flag
-        runs now or has ended) and take those starts whose reports are still on their way."""
-        waiting = {key: running for key, running in self._running.items() if running.started is None}
-        with contextlib.suppress(Exception):  # a key the scheduler has forgotten: nothing runs it
-            stacks = self.client.call_stack(keys=list(waiting)) if waiting else {}
-            for worker, keys in stacks.items():
-                for key in keys:
-                    if str(key) in waiting:
-                        self._start(waiting[str(key)], str(worker))
-
-    def _hard_stop(self, running: _Running) -> None:
-        """Cancel a trial's task and, if it reported its start, restart the worker it runs on. A task still
-        waiting restarts nothing: its stop flag ends it should it start after all."""
-        self._stop_flag(running)
-        self.client.cancel([running.future], force=True)
-        worker = running.worker if running.started is not None else None
-        if worker is not None and worker != own_worker():  # a driver running as a task keeps its worker
+    def _hard_stop(self, stopping: list[_Running]) -> None:
+        """Restart the workers of the slots these trials were given to (the other trials there run again
+        elsewhere); a trial that waits for a slot has nothing to stop. A driver running as a task keeps its
+        own worker: a trial there runs to its end, unheard."""
+        workers: set[str] = set()
+        for running in stopping:
+            slot = self.slots.slots.get(running.slot) if running.slot is not None else None
+            worker = running.worker or (slot.worker if slot is not None else None)
+            if slot is not None and slot.trial == running.record.number:
+                self.slots.forget(slot.name)
+            if worker is not None and worker != own_worker():
+                workers.add(worker)
+        if workers:
             with contextlib.suppress(Exception):
-                self.client.restart_workers([worker], timeout=60)
+                self.client.restart_workers(sorted(workers), timeout=60)
 
     def _threads_per_worker(self) -> int | None:
         threads = self.client.nthreads()

@@ -1,20 +1,19 @@
-"""One trial as a Dask task: run ``gpu_jobs.train.run_trial`` on a worker, report each fold to the driver
-and wait for its pruning decision, and classify how the trial ended (never raising for trial failures).
+"""One trial on a worker: run ``gpu_jobs.train.run_trial``, report each fold to the driver and wait for its
+pruning decision, and classify how the trial ended (never raising for trial failures).
+
+A trial runs inside a long-lived slot task (:mod:`shared.hpo.slots`), which takes trial after trial from the
+driver; this module is what the slot does with one of them.
 
 Round trips (issue 29): reports are events (``Worker.log_event`` on the experiment's channel: sent on the
 worker's batched stream, pushed by the scheduler to the driver's subscription), so reporting waits for
-nothing. A task makes one synchronous scheduler call when it starts (it reads its trial's metadata: the
-driver's stop flag and the folds an earlier run of this task published) and one per step the driver may
-prune at (the decision); the last step is never pruned, so it is not waited for. Folds but the last are
-published without waiting, each under its own index, so publications that overtake one another cannot lose
-a fold; the last is not published at all (the trial's work is then over: a worker lost in that instant
-costs a rerun of that fold, where publishing it cost every trial a scheduler call).
+nothing. A trial makes one synchronous scheduler call per step the driver may prune at (the decision); the
+last step is never pruned, so it is not waited for, and without a policy none is.
 
-Resume: a task starts from the folds it is given (``TrialTask.completed_folds``: what the store holds of
-an interrupted attempt) or, when Dask runs the same task again after its worker was lost (a Spot
-eviction, a restarted container), from the folds that run published to the scheduler's task metadata
-(:func:`folds_metadata_key`), whichever is longer. A fold is published only once the driver let the
-trial go on after it, so a resumed trial is never spared a pruning decision a full run would get.
+Resume: a trial starts from the folds it is given (``TrialTask.completed_folds``). The driver gives a retry
+the folds its reports showed the trial went on from: after a driver restart, what the store holds; after a
+lost worker, what the driver itself received. A fold is reported before the trial waits for its decision and
+kept only once the trial goes on from it, so a resumed trial is never spared a pruning decision a full run
+would get.
 """
 
 from __future__ import annotations
@@ -85,19 +84,6 @@ class TrialTask:
     """Measure the model's size and prediction time (an objective or constraint names them)."""
 
 
-FOLDS_METADATA = "rapids-hpo-folds"
-
-
-STOP, FOLDS = "stop", "folds"
-"""Keys under a trial's metadata: the driver's stop flag and the folds its task published."""
-
-
-def folds_metadata_key(channel: str, number: int, attempt: int) -> list[str]:
-    """Where on the scheduler (``Client.set_metadata``) a trial keeps its :data:`STOP` and :data:`FOLDS`
-    entries; the driver clears the channel's at the end."""
-    return [FOLDS_METADATA, channel, f"{number}-{attempt}"]
-
-
 def is_last_step(unit: str, step: int, cv_folds: int, last: bool) -> bool:
     """Whether ``step`` ends the trial's work: no policy prunes it, so the trial does not wait for a decision
     (a fold step by the spec's ``cv_folds``, a step inside the folds by the trial's word)."""
@@ -156,33 +142,6 @@ def _plain(value: object) -> object:
     return item() if callable(item) else str(value)
 
 
-def _trial_metadata(key: list[str]) -> dict[str, Any]:
-    """The trial's metadata, read once the task runs (a driver that sets the stop flag and then asks which
-    tasks run either stops this task here or finds it running)."""
-    try:
-        found = get_client().get_metadata(key, default=None)
-    except Exception:
-        return {}
-    return found if isinstance(found, dict) else {}
-
-
-def _published_folds(found: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The folds an earlier run of this very task published, in order, up to the first one missing."""
-    published = found.get(FOLDS)
-    if not isinstance(published, Mapping):
-        return []
-    folds: list[dict[str, Any]] = []
-    while isinstance(published.get(str(len(folds))), Mapping):
-        folds.append(dict(published[str(len(folds))]))
-    return folds
-
-
-def _publish_fold(key: list[str], index: int, fold: dict[str, Any]) -> None:
-    """Publish fold ``index`` without waiting (a publication lost with its worker costs that fold's rerun)."""
-    with contextlib.suppress(Exception):
-        without_waiting(get_client(), "set_metadata", keys=[*key, FOLDS, str(index)], value=fold)
-
-
 def without_waiting(client: Client, handler: str, **kwargs: Any) -> None:
     """Call the scheduler's ``handler`` from any thread without waiting for its answer (the client's event
     loop sends it and logs a failure): for a message whose sender has nothing to do with the answer."""
@@ -220,21 +179,16 @@ def run_trial_task(task: TrialTask, trial_fn: TrialFunction | None = None) -> Tr
     started = time.monotonic()
     started_at = utcnow()
     last_step = 0
-    metadata_key = folds_metadata_key(task.channel, task.number, task.attempt)
-    found = _trial_metadata(metadata_key)
-    given = max(list(task.completed_folds), _published_folds(found), key=len)
-    done: list[dict[str, Any]] = []  # the folds finished, resumed ones first: what a rerun resumes from
-    published = 0  # how many of them this run published
+    given = list(task.completed_folds)
     resumed = 0
     earlier_s = 0.0  # the resumed folds' own time, counted against trial_timeout
 
     def on_fold(step: int, running: dict[str, float], fold: Any = None) -> None:
-        nonlocal last_step, resumed, done, earlier_s, published
+        nonlocal last_step, resumed, earlier_s
         mark = fold if isinstance(fold, Mapping) and "unit" in fold else None  # a step inside the folds
         if last_step == 0 and mark is None:  # the trial resumed the folds before its first trained one
             resumed = step - 1
-            done = given[:resumed]
-            earlier_s = fold_seconds(done)
+            earlier_s = fold_seconds(given[:resumed])
         last_step = step
         value = float(running[task.primary_metric])
         if task.trial_timeout is not None and time.monotonic() - started + earlier_s > task.trial_timeout:
@@ -253,14 +207,9 @@ def run_trial_task(task: TrialTask, trial_fn: TrialFunction | None = None) -> Tr
             except TimeoutError:
                 prune = False
             with contextlib.suppress(Exception):
-                decision.delete()
+                decision.delete()  # on the client's batched stream: no wait
             if prune:
                 raise TrialPrunedSignal(f"pruned at step {step}")
-        if fold is not None and mark is None and not last:  # after the last fold the trial's work is over
-            done.append(dict(fold))
-            for index in range(published, len(done)):  # the resumed ones too, on this run's first fold
-                _publish_fold(metadata_key, index, done[index])
-            published = len(done)
 
     def outcome(state: TrialState, metrics: dict[str, Any] | None = None, error: str | None = None) -> TrialResult:
         metrics = metrics or {}
@@ -276,10 +225,7 @@ def run_trial_task(task: TrialTask, trial_fn: TrialFunction | None = None) -> Tr
         )
 
     send_report(task.channel, {"number": task.number, "attempt": task.attempt, "started": True})
-    if found.get(STOP):
-        result = outcome(TrialState.FAILED, error="stopped by the driver before it started")
-    else:
-        result = _run_and_classify(task, trial_fn, on_fold, outcome, given)
+    result = _run_and_classify(task, trial_fn, on_fold, outcome, given)
     send_report(task.channel, {"number": task.number, "attempt": task.attempt, "final": True, "result": _told(result)})
     return result
 
