@@ -7,6 +7,7 @@ run in slot tasks, at most one per trial in flight (``shared.hpo.slots``)."""
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import pytest
@@ -65,6 +66,18 @@ def forging_trial(**kwargs: Any) -> dict[str, Any]:
     return scripted_trial(**kwargs)
 
 
+def slot_forging_trial(**kwargs: Any) -> dict[str, Any]:
+    """Sends the driver slot messages: garbage, an announcement for a slot that does not exist and, when its
+    ``max_depth`` is 5, an announcement that its own slot restarted (a new run token from the same worker)."""
+    channel, slot = _channel(), str(get_worker().get_current_task())
+    worker = get_worker()
+    worker.log_event(channel, {"slot": "x" * 10**5, "run": 1, "ready": -1})
+    worker.log_event(channel, {"slot": f"{slot}-9", "run": "forged", "ready": 0})
+    if kwargs["params"].get("max_depth") == 5:
+        worker.log_event(channel, {"slot": slot, "run": f"forged-{time.monotonic_ns()}", "ready": 0})
+    return scripted_trial(**kwargs)
+
+
 def unreadable_trial(**kwargs: Any) -> dict[str, Any]:
     """Ends with metrics its final message cannot carry (a NaN score): the driver cannot read that end."""
     return {**scripted_trial(**kwargs), "accuracy": math.nan}
@@ -111,3 +124,25 @@ def test_trials_run_in_one_slot_task_per_trial_in_flight_not_a_task_each(
     assert [t.state for t in store.list_trials(experiment_id)] == [TrialState.COMPLETED] * 10
     assert len(keys) == 2 and all(k.startswith(f"slot-{experiment_id}-") for k in keys), keys
     assert not dask_client.processing() or not any(dask_client.processing().values())
+
+
+def test_forged_slot_messages_cost_only_the_forging_trial(store: LocalStore, dask_client: Client) -> None:
+    """A trial that claims its own slot restarted is taken for lost on every run and fails after Dask's
+    allowed-failures (3: its fourth loss); the trial the driver then gave the forged run waits for nothing
+    (it goes to the real run when that announces itself); garbage and unknown slots are dropped. Every other
+    trial completes."""
+    spec = make_spec(
+        search_space={
+            "max_features": {"type": "uniform", "min_value": 0.1, "max_value": 0.9},
+            "max_depth": {"type": "choice", "values": [4, 5, 6, 7]},
+        },
+        limits={"max_total_trials": 12, "max_concurrent_trials": 2},
+    )
+    experiment_id = new_experiment(store, spec)
+    HpoDriver(spec, experiment_id, store, dask_client, trial_fn=slot_forging_trial, poll_interval=0.05).run()
+    trials = store.list_trials(experiment_id)
+    forgers = [t for t in trials if t.params["max_depth"] == 5]
+    assert len(trials) == 12 and forgers, "the seed draws no forger: pick another"
+    assert all(t.state is TrialState.COMPLETED for t in trials if t.params["max_depth"] != 5)
+    for forger in forgers:  # its claim comes before its final message on each run: lost each time
+        assert forger.state is TrialState.FAILED and "worker lost" in (forger.error or "") and "4 times" in forger.error

@@ -550,11 +550,11 @@ class HpoDriver:
 
     def _lost(self, number: int, why: str) -> None:
         """Trial ``number``'s worker was lost: it waits for the next free slot, from the folds it reported it
-        went on from, unless that happened more than Dask's ``allowed-failures`` times."""
+        went on from, unless that happened to it (started) more than Dask's ``allowed-failures`` times."""
         running = self._running.get(number)
         if running is None or running.slot is None:
             return
-        running.losses += 1
+        running.losses += running.started is not None  # one that never started lost no work of its own
         if running.losses > self.slots.allowed_failures:
             del self._running[number]
             error = f"worker lost while running the trial {running.losses} times (KilledWorker): {why}"
