@@ -12,10 +12,13 @@ from typing import Any
 
 import pytest
 from distributed import Client, get_client, get_task_stream, get_worker
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from shared.bounded import MAX_TEXT
+from shared.bounded import MAX_NAME, MAX_TEXT
 from shared.hpo.driver import HpoDriver
 from shared.hpo.reports import BadReport, TrialReport, parse_report
+from shared.hpo.slots import SlotReady, parse_ready
 from shared.records import TrialState
 from shared.store.local import LocalStore
 from tests.test_hpo_driver import make_spec, new_experiment
@@ -46,6 +49,22 @@ def test_a_final_result_parses_bounded_and_a_bad_one_names_its_trial() -> None:
     assert isinstance(
         parse_report({"number": 3, "attempt": 1, "started": True, "result": {"state": "FAILED"}}), BadReport
     )
+
+
+SLOT_VALUES = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=300))
+
+
+SLOT_KEYS = st.sampled_from(["slot", "run", "ready", "worker", "x"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(raw=st.one_of(SLOT_VALUES, st.dictionaries(SLOT_KEYS, SLOT_VALUES)))
+def test_any_slot_message_parses_to_a_bounded_announcement_or_a_reason(raw: Any) -> None:
+    ready = parse_ready(raw)
+    if isinstance(ready, SlotReady):
+        assert 1 <= len(ready.slot) <= MAX_NAME and 1 <= len(ready.run) <= 64 and 0 <= ready.ready <= 10**10
+    else:
+        assert ready.startswith("malformed slot message") and len(ready) < 1000
 
 
 def _channel() -> str:

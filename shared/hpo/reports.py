@@ -5,7 +5,7 @@ pydantic model per message, unknown keys refused, numbers bounded (a step up to
 :data:`shared.records.MAX_STEPS`, a trial number as the store's). A report that does not parse harms only
 its trial: when it still names the trial (number, attempt and step), the driver answers "stop" and
 records the trial FAILED with the reason; otherwise it is dropped and logged
-(``tests/test_hpo_reports.py``).
+(``tests/test_hpo_steps.py``, ``tests/test_trial_messages.py``).
 """
 
 from __future__ import annotations
