@@ -164,4 +164,5 @@ def test_forged_slot_messages_cost_only_the_forging_trial(store: LocalStore, das
     assert len(trials) == 12 and forgers, "the seed draws no forger: pick another"
     assert all(t.state is TrialState.COMPLETED for t in trials if t.params["max_depth"] != 5)
     for forger in forgers:  # its claim comes before its final message on each run: lost each time
-        assert forger.state is TrialState.FAILED and "worker lost" in (forger.error or "") and "4 times" in forger.error
+        error = forger.error or ""
+        assert forger.state is TrialState.FAILED and "worker lost" in error and "4 times" in error
