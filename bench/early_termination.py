@@ -56,7 +56,6 @@ sys.path.insert(0, str(ROOT))
 from distributed import Client, LocalCluster  # noqa: E402
 
 from shared.hpo.driver import HpoDriver  # noqa: E402
-from shared.hpo.fidelity import trial_function  # noqa: E402
 from shared.hpo.rung_check import rank_agreement  # noqa: E402
 from shared.records import ExperimentRecord, TrialRecord, TrialState  # noqa: E402
 from shared.spec import load_spec  # noqa: E402
@@ -133,7 +132,7 @@ def spec_for(
 def run(spec, client: Client, folder: Path, name: str) -> list[TrialRecord]:
     store = LocalStore(folder / name)
     store.create_experiment(ExperimentRecord(id=name, name="bench", spec=spec.to_document()))
-    HpoDriver(spec, name, store, client, trial_fn=trial_function(spec)).run()
+    HpoDriver(spec, name, store, client).run()
     return sorted(store.list_trials(name), key=lambda t: t.ended_at or t.started_at)
 
 

@@ -17,7 +17,7 @@ from gpu_jobs.steps import step_plan
 from gpu_jobs.train import run_trial
 from gpu_jobs.trainers import XGBoostTrainer
 from shared.hpo.driver import HpoDriver
-from shared.hpo.fidelity import trial_function
+from shared.hpo.reports import expected_units
 from shared.hpo.rung_check import same_unit
 from shared.hpo.search_space import make_pruner
 from shared.records import TrialState
@@ -132,7 +132,6 @@ def test_the_rung_policies_count_in_percent_and_their_rungs_are_the_levels() -> 
     wrapped = {"type": "patient", "patience": 1, "wrapped": {"type": "successive_halving", "reduction_factor": 4}}
     assert row_factor(make_spec(**{**STEPPED, "trial": ROWS_TRIAL, "early_termination": wrapped})) == 4
     assert row_factor(make_spec(**{**STEPPED, "trial": ROWS_TRIAL})) == 2  # bandit: halving
-    assert trial_function(make_spec(**STEPPED)) is None  # rounds: the driver's default trial function
 
 
 def test_the_cost_estimate_counts_a_stopped_rows_trial_by_the_rows_it_refit_on() -> None:
@@ -142,6 +141,14 @@ def test_the_cost_estimate_counts_a_stopped_rows_trial_by_the_rows_it_refit_on()
     by_rounds = {**STEPPED["trial"], "report_every": 10, "params": {"num_boost_round": 100}}
     rounds = make_spec(**{**STEPPED, "trial": by_rounds, "early_termination": {"type": "successive_halving"}})
     assert first_stop_fraction(rounds) == pytest.approx(10 / 100)
+
+
+def test_the_driver_expects_percent_steps_exactly_under_rows() -> None:
+    assert expected_units("xgboost", 10, "rows") == ("percent",)
+    assert expected_units("random_forest", 10, "rows") == ("percent",)
+    assert expected_units("xgboost", 10, "rounds") == ("round",)  # a percent step by rounds is malformed
+    assert expected_units("random_forest", 10, "rounds") == ("tree", "percent")  # cuML refits on rows
+    assert expected_units("xgboost", None, "rounds") == ("fold",)
 
 
 def test_rung_advice_reads_only_runs_whose_steps_count_the_same() -> None:
@@ -168,7 +175,7 @@ def test_through_the_driver_a_rows_trial_reports_percent_and_successive_halving_
         }
     )
     experiment_id = new_experiment(store, spec)
-    HpoDriver(spec, experiment_id, store, dask_client, trial_fn=trial_function(spec)).run()
+    HpoDriver(spec, experiment_id, store, dask_client).run()  # the fidelity reaches the trial in its task
     trials = sorted(store.list_trials(experiment_id), key=lambda t: t.number)
     assert all(t.step_unit == "percent" and set(t.intermediate) <= {11, 33, 100} for t in trials)
     best = next(t for t in trials if t.params["learning_rate"] == 0.5)

@@ -73,6 +73,7 @@ from shared.hpo.warm_start import next_config, seed_study
 from shared.ports import TrialStore
 from shared.records import BestTrial, TrialRecord, TrialState, WarmStartSeed, best_of, utcnow
 from shared.spec import ExperimentSpec
+from shared.spec.pruning import row_factor
 from shared.spec.search_table import missing_modules
 from shared.telemetry.driver import TrialSpans
 from shared.trials import end_running_trials
@@ -360,6 +361,8 @@ class HpoDriver:
             measure=self.spec.objective.measured,
             completed_folds=task_folds(record),
             report_every=self.spec.trial.report_every,
+            fidelity=self.spec.trial.fidelity,
+            row_factor=row_factor(self.spec),
         )
         now = time.monotonic()
         self._running[record.number] = _Running(record=record, trial=trial, task=task, submitted=now, written=now)
@@ -487,7 +490,7 @@ class HpoDriver:
         step, value = int(report.step or 0), float(report.value if report.value is not None else math.nan)
         if step in running.decisions:  # Dask ran the task again after its worker was lost
             return running.decisions[step]
-        expected = expected_units(self.spec.trial.model, self.spec.trial.report_every)
+        expected = expected_units(self.spec.trial.model, self.spec.trial.report_every, self.spec.trial.fidelity)
         unit_changed = running.first_step is not None and report.unit != running.record.step_unit
         backwards = report.unit != "fold" and any(earlier > step for earlier in running.decisions)
         if report.unit not in expected or unit_changed or backwards:

@@ -99,11 +99,12 @@ def parse_report(raw: object) -> TrialReport | BadReport:
     return BadReport(reason=reason, **names)
 
 
-def expected_units(model: str, report_every: int | None) -> tuple[StepUnit, ...]:
+def expected_units(model: str, report_every: int | None, fidelity: str = "rounds") -> tuple[StepUnit, ...]:
     """The step units a trial of ``model`` may report (``gpu_jobs.steps``): folds without
-    ``report_every``; else rounds for XGBoost, trees for a forest, or percent of the rows for either
-    (``trial.fidelity: rows``, or a cuML forest). The driver does not pass the fidelity here yet, so either
-    unit is taken from either model; it still holds a trial to the unit of its first step."""
+    ``report_every``; percent of the rows under ``trial.fidelity: rows``; else rounds for XGBoost, and trees
+    or percent (a cuML forest, which cannot grow) for a forest."""
     if report_every is None:
         return ("fold",)
-    return ("round", "percent") if model == "xgboost" else ("tree", "percent")
+    if fidelity == "rows":
+        return ("percent",)
+    return ("round",) if model == "xgboost" else ("tree", "percent")

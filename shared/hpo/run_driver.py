@@ -25,7 +25,6 @@ from shared.config import DATA_CHECK_ARTIFACT, DRIVER_OUTCOME_ARTIFACT
 from shared.cost.catalogue import load_catalogue
 from shared.cost.ledger import BudgetGuard, rates_for
 from shared.hpo.driver import HpoDriver
-from shared.hpo.fidelity import trial_function
 from shared.hpo.outcome import ExperimentOutcome
 from shared.hpo.patient_store import patient
 from shared.hpo.refit import refit_best_model, refit_front_models
@@ -171,7 +170,6 @@ def _drive(
         experiment_id,
         store,
         client,
-        trial_fn=trial_function(spec),
         should_cancel=cancel,
         on_trial_end=reports.on_trial_end if reports else None,
         budget=budget,

@@ -82,6 +82,10 @@ class TrialTask:
     """``trial.report_every``: steps of rounds or trees, folds in lockstep (``gpu_jobs.steps``); None: folds."""
     measure: bool = False
     """Measure the model's size and prediction time (an objective or constraint names them)."""
+    fidelity: str = "rounds"
+    """``trial.fidelity``: what a step grows (``gpu_jobs.steps``): rounds or trees, or rows (a refit each step)."""
+    row_factor: int = 2
+    """Under ``fidelity: rows``, how many times more rows each step refits on (``shared.spec.pruning.row_factor``)."""
 
 
 def is_last_step(unit: str, step: int, cv_folds: int, last: bool) -> bool:
@@ -250,6 +254,8 @@ def _run_and_classify(
     resume: dict[str, Any] = {"completed_folds": completed_folds} if completed_folds else {}  # older trial functions
     if task.report_every is not None:
         resume = {"report_every": task.report_every}  # in lockstep no fold ends early: nothing to resume
+        if task.fidelity != "rounds":  # told only when not the default: trial functions without it still run
+            resume.update(fidelity=task.fidelity, row_factor=task.row_factor)
     if task.measure:
         resume["measure"] = True
     try:
