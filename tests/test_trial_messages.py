@@ -97,6 +97,16 @@ def slot_forging_trial(**kwargs: Any) -> dict[str, Any]:
     return scripted_trial(**kwargs)
 
 
+class SlotKiller(BaseException):
+    """Not an ``Exception``: the trial's classification lets it through, and the slot task itself fails."""
+
+
+def slot_killing_trial(**kwargs: Any) -> dict[str, Any]:
+    if kwargs["params"].get("max_depth") == 5:
+        raise SlotKiller("the slot dies with this trial")
+    return scripted_trial(**kwargs)
+
+
 def unreadable_trial(**kwargs: Any) -> dict[str, Any]:
     """Ends with metrics its final message cannot carry (a NaN score): the driver cannot read that end."""
     return {**scripted_trial(**kwargs), "accuracy": math.nan}
@@ -166,3 +176,27 @@ def test_forged_slot_messages_cost_only_the_forging_trial(store: LocalStore, das
     for forger in forgers:  # its claim comes before its final message on each run: lost each time
         error = forger.error or ""
         assert forger.state is TrialState.FAILED and "worker lost" in error and "4 times" in error
+
+
+def test_a_trial_that_kills_every_slot_it_is_given_fails_and_the_others_complete(
+    store: LocalStore, dask_client: Client
+) -> None:
+    """A slot task that fails (not the trial: the trial's own failures are classified) is replaced and its
+    trial given to the next slot; each such end counts as a loss, so a trial that kills every slot it runs
+    in ends FAILED after Dask's allowed-failures instead of being retried forever."""
+    spec = make_spec(
+        search_space={
+            "max_features": {"type": "uniform", "min_value": 0.1, "max_value": 0.9},
+            "max_depth": {"type": "choice", "values": [4, 5, 6, 7]},
+        },
+        limits={"max_total_trials": 12, "max_concurrent_trials": 2},
+    )
+    experiment_id = new_experiment(store, spec)
+    HpoDriver(spec, experiment_id, store, dask_client, trial_fn=slot_killing_trial, poll_interval=0.05).run()
+    trials = store.list_trials(experiment_id)
+    killers = [t for t in trials if t.params["max_depth"] == 5]
+    assert len(trials) == 12 and killers
+    assert all(t.state is TrialState.COMPLETED for t in trials if t.params["max_depth"] != 5)
+    for killer in killers:
+        error = killer.error or ""
+        assert killer.state is TrialState.FAILED and "4 times" in error and "SlotKiller" in error, error

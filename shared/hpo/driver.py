@@ -421,9 +421,9 @@ class HpoDriver:
         progressed: dict[int, _Running] = {}
         for kind, payload in items:
             if kind == "done":
-                held = self.slots.ended(payload)
+                held, why = self.slots.ended(payload)
                 if held is not None:
-                    self._lost(held, "its slot task ended")
+                    self._lost(held, why, counted=True)
             elif isinstance(payload, dict) and "slot" in payload:
                 self._announced(payload)
             else:
@@ -551,13 +551,15 @@ class HpoDriver:
             )
             self._finish(running, self._stopped(running, TrialState.FAILED, why))
 
-    def _lost(self, number: int, why: str) -> None:
+    def _lost(self, number: int, why: str, counted: bool = False) -> None:
         """Trial ``number``'s worker was lost: it waits for the next free slot, from the folds it reported it
-        went on from, unless that happened to it (started) more than Dask's ``allowed-failures`` times."""
+        went on from, unless that happened more than Dask's ``allowed-failures`` times. A loss counts once the
+        trial started, or when its slot task itself ended (``counted``: a slot that fails every trial it is
+        given must not be replaced forever); a new run announced before the trial started costs it nothing."""
         running = self._running.get(number)
         if running is None or running.slot is None:
             return
-        running.losses += running.started is not None  # one that never started lost no work of its own
+        running.losses += counted or running.started is not None
         if running.losses > self.slots.allowed_failures:
             del self._running[number]
             error = f"worker lost while running the trial {running.losses} times (KilledWorker): {why}"

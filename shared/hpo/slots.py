@@ -212,10 +212,17 @@ class SlotPool:
         if slot is not None:
             slot.run, slot.trial, slot.waiting = None, None, False
 
-    def ended(self, name: str) -> int | None:
-        """Slot task ``name`` ended (erred, idled out, cancelled): the trial it held, if any."""
+    def ended(self, name: str) -> tuple[int | None, str]:
+        """Slot task ``name`` ended (erred, idled out, cancelled): the trial it held, if any, and why it ended."""
         slot = self.slots.pop(name, None)
-        return None if slot is None else slot.trial
+        if slot is None:
+            return None, ""
+        why = "its slot task ended"
+        with contextlib.suppress(Exception):
+            if slot.future.status == "error":
+                error = slot.future.exception(timeout=5)
+                why = f"its slot task failed: {type(error).__name__}: {error}"[:512]
+        return slot.trial, why
 
     def lost_workers(self) -> list[tuple[Slot, int]]:
         """The busy slots whose worker has left the cluster, and their trials (asked at most once per
