@@ -155,11 +155,9 @@ def test_trials_run_in_one_slot_task_per_trial_in_flight_not_a_task_each(
     assert not dask_client.processing() or not any(dask_client.processing().values())
 
 
-def test_forged_slot_messages_cost_only_the_forging_trial(store: LocalStore, dask_client: Client) -> None:
-    """A trial that claims its own slot restarted is taken for lost on every run and fails after Dask's
-    allowed-failures (3: its fourth loss); the trial the driver then gave the forged run waits for nothing
-    (it goes to the real run when that announces itself); garbage and unknown slots are dropped. Every other
-    trial completes."""
+def the_depth_5_trials_after_the_others_complete(store: LocalStore, dask_client: Client, trial_fn: Any) -> list[Any]:
+    """Run 12 trials of ``trial_fn``, two at a time; check every trial but those of ``max_depth`` 5 completed
+    and return those (the seed draws some)."""
     spec = make_spec(
         search_space={
             "max_features": {"type": "uniform", "min_value": 0.1, "max_value": 0.9},
@@ -168,12 +166,21 @@ def test_forged_slot_messages_cost_only_the_forging_trial(store: LocalStore, das
         limits={"max_total_trials": 12, "max_concurrent_trials": 2},
     )
     experiment_id = new_experiment(store, spec)
-    HpoDriver(spec, experiment_id, store, dask_client, trial_fn=slot_forging_trial, poll_interval=0.05).run()
+    HpoDriver(spec, experiment_id, store, dask_client, trial_fn=trial_fn, poll_interval=0.05).run()
     trials = store.list_trials(experiment_id)
-    forgers = [t for t in trials if t.params["max_depth"] == 5]
-    assert len(trials) == 12 and forgers, "the seed draws no forger: pick another"
+    chosen = [t for t in trials if t.params["max_depth"] == 5]
+    assert len(trials) == 12 and chosen, "the seed draws no trial of max_depth 5: pick another"
     assert all(t.state is TrialState.COMPLETED for t in trials if t.params["max_depth"] != 5)
-    for forger in forgers:  # its claim comes before its final message on each run: lost each time
+    return chosen
+
+
+def test_forged_slot_messages_cost_only_the_forging_trial(store: LocalStore, dask_client: Client) -> None:
+    """A trial that claims its own slot restarted is taken for lost on every run and fails after Dask's
+    allowed-failures (3: its fourth loss); the trial the driver then gave the forged run waits for nothing
+    (it goes to the real run when that announces itself); garbage and unknown slots are dropped. Every other
+    trial completes."""
+    # Its claim comes before its final message on each run: lost each time.
+    for forger in the_depth_5_trials_after_the_others_complete(store, dask_client, slot_forging_trial):
         error = forger.error or ""
         assert forger.state is TrialState.FAILED and "worker lost" in error and "4 times" in error
 
@@ -184,19 +191,6 @@ def test_a_trial_that_kills_every_slot_it_is_given_fails_and_the_others_complete
     """A slot task that fails (not the trial: the trial's own failures are classified) is replaced and its
     trial given to the next slot; each such end counts as a loss, so a trial that kills every slot it runs
     in ends FAILED after Dask's allowed-failures instead of being retried forever."""
-    spec = make_spec(
-        search_space={
-            "max_features": {"type": "uniform", "min_value": 0.1, "max_value": 0.9},
-            "max_depth": {"type": "choice", "values": [4, 5, 6, 7]},
-        },
-        limits={"max_total_trials": 12, "max_concurrent_trials": 2},
-    )
-    experiment_id = new_experiment(store, spec)
-    HpoDriver(spec, experiment_id, store, dask_client, trial_fn=slot_killing_trial, poll_interval=0.05).run()
-    trials = store.list_trials(experiment_id)
-    killers = [t for t in trials if t.params["max_depth"] == 5]
-    assert len(trials) == 12 and killers
-    assert all(t.state is TrialState.COMPLETED for t in trials if t.params["max_depth"] != 5)
-    for killer in killers:
+    for killer in the_depth_5_trials_after_the_others_complete(store, dask_client, slot_killing_trial):
         error = killer.error or ""
         assert killer.state is TrialState.FAILED and "4 times" in error and "SlotKiller" in error, error
