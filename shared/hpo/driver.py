@@ -618,6 +618,7 @@ class HpoDriver:
         if scores is not None:  # the terminator's noise estimate of this trial
             self.study._storage.set_trial_system_attr(running.trial._trial_id, stopping.CV_SCORES_KEY, scores)
         self.study.tell(running.trial, values=told, state=optuna_state(state))
+        self.slots.release(running.slot, running.record.number)  # its slot is free once it announces itself
         self._ended += 1
         self.store.put_trial(record)
         self.spans.ended(record.number, record.attempt, state.value, record.value, error)
