@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from distributed import Client, LocalCluster
 
-from shared.hpo.driver import INTERRUPTED, HpoDriver
+from shared.hpo.driver import HpoDriver
+from shared.hpo.rebuild import INTERRUPTED
 from shared.records import ExperimentRecord, TrialRecord, TrialState
 from shared.spec import ExperimentSpec, load_spec
 from shared.store.local import LocalStore

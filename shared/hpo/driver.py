@@ -56,8 +56,9 @@ from shared.hpo import stopping
 from shared.hpo.cluster import optuna_state, own_worker
 from shared.hpo.objectives import constraint_values, objective_values, signed_others
 from shared.hpo.outcome import ExperimentOutcome, experiment_outcome
+from shared.hpo.rebuild import rebuild_study
 from shared.hpo.reports import BadReport, ReportedResult, TrialReport, expected_units, parse_report
-from shared.hpo.resume import optuna_attrs, resumed_seconds, retry_record, task_folds, with_fold
+from shared.hpo.resume import optuna_attrs, resumed_seconds, task_folds, with_fold
 from shared.hpo.search_builders import CONSTRAINTS_ATTR
 from shared.hpo.search_space import make_pruner, make_sampler, reseed_for_trial, suggest_params
 from shared.hpo.slots import SlotPool, parse_ready
@@ -69,14 +70,13 @@ from shared.hpo.trial_task import (
     decision_variable,
     is_last_step,
 )
-from shared.hpo.warm_start import next_config, seed_study
+from shared.hpo.warm_start import next_config
 from shared.ports import TrialStore
 from shared.records import BestTrial, TrialRecord, TrialState, WarmStartSeed, best_of, utcnow
 from shared.spec import ExperimentSpec
 from shared.spec.pruning import row_factor
 from shared.spec.search_table import missing_modules
 from shared.telemetry.driver import TrialSpans
-from shared.trials import end_running_trials
 
 log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -86,7 +86,6 @@ FOLD_WRITE_INTERVAL_S = 1.0
 """A running trial's finished folds are written at most this often: a crash loses at most about this much
 fold work per trial, and trials of quick folds do not pay a store write per fold."""
 """How far past ``trial_timeout`` a trial may run before its worker is restarted."""
-INTERRUPTED = "interrupted: the driver stopped while this trial was running"
 
 
 @dataclass
@@ -187,63 +186,12 @@ class HpoDriver:
 
     # ----------------------------------------------------------------------------------------- resume
     def _resume(self) -> None:
-        """Rebuild the study from the store: keep finished trials, retry interrupted ones once.
-
-        Each record becomes the Optuna trial of its own number (Hyperband brackets by it): a finished one is
-        added, one to retry is asked now (its kept folds reported, Optuna's attributes given back) and
-        launched later, and a number without a usable record gets a failed placeholder. A same-space warm
-        start's trials are added first, so record ``n`` is Optuna's trial ``W + n`` on every (re)start."""
-        if self.warm_start is not None:  # on every (re)start: the study lives in memory
-            self._warm_configs = seed_study(self.study, self.spec, self.warm_start)
-        interrupted = {t.number for t in end_running_trials(self.store, self.experiment_id, INTERRUPTED)}
-        records = {record.number: record for record in self.store.list_trials(self.experiment_id)}
-        for number in range(max(records, default=-1) + 1):
-            record = records.get(number)
-            if record is not None:
-                self._records[number] = record
-            if record is not None and number in interrupted and record.attempt == 1 and record.sampler_params:
-                self._retry.append(self._ask_retry(record))
-            elif record is None or not self._add_to_study(record):
-                self.study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL))
-
-    def _add_to_study(self, record: TrialRecord) -> bool:
-        """Add a finished trial to the study; False if its draw no longer fits the spec (or it has none)."""
-        if not record.sampler_params:
-            return False
-        fixed = optuna.trial.FixedTrial(record.sampler_params)
-        try:
-            suggest_params(fixed, self.spec)
-        except ValueError:  # the spec changed under a finished trial: it no longer informs the sampler
-            return False
-        state = optuna_state(record.state)
-        complete = state is optuna.trial.TrialState.COMPLETE
-        values = objective_values(self.spec, record.metrics, record.value) if complete else None
-        if complete and record.value is None:
-            values = "no value"
-        constraints = constraint_values(self.spec, record.metrics) if self.spec.objective.constraints else []
-        if complete and (isinstance(values, str) or isinstance(constraints, str)):
-            state, values = optuna.trial.TrialState.FAIL, None
-        self.study.add_trial(
-            optuna.trial.create_trial(
-                params=fixed.params,
-                distributions=fixed.distributions,
-                values=values if isinstance(values, list) else None,
-                state=state,
-                user_attrs={CONSTRAINTS_ATTR: constraints} if isinstance(constraints, list) and constraints else None,
-                intermediate_values={} if self.multi else {int(k): v for k, v in record.intermediate.items()},
-                system_attrs=self._system_attrs(record),
-            )
-        )
-        return True
-
-    def _system_attrs(self, record: TrialRecord) -> dict[str, object]:
-        """What Optuna kept with a finished trial: its numbers (successive halving's rungs, as the pruner left
-        them) and, for the terminator, its fold scores (from the record's metrics)."""
-        attrs: dict[str, object] = dict(record.optuna_attrs)
-        scores = stopping.fold_scores(record, self.primary_metric) if record.state is TrialState.COMPLETED else None
-        if scores is not None:
-            attrs[stopping.CV_SCORES_KEY] = scores
-        return attrs
+        """Rebuild the study from the store (:mod:`shared.hpo.rebuild`): keep finished trials, retry
+        interrupted ones once."""
+        rebuilt = rebuild_study(self.study, self.spec, self.store, self.experiment_id, self.warm_start)
+        self._records.update(rebuilt.records)
+        self._retry.extend(rebuilt.retries)
+        self._warm_configs = rebuilt.warm_configs
 
     # -------------------------------------------------------------------------------------- main loop
     def run(self) -> ExperimentOutcome:
@@ -316,19 +264,6 @@ class HpoDriver:
             state=TrialState.RUNNING,
         )
         self._submit(record, trial)
-
-    def _ask_retry(self, interrupted: TrialRecord) -> tuple[TrialRecord, optuna.Trial]:
-        """The retry of an interrupted trial: the same parameters and number, from the folds it finished."""
-        self.study.enqueue_trial(interrupted.sampler_params, skip_if_exists=False)
-        trial = self.study.ask()
-        suggest_params(trial, self.spec)
-        record = retry_record(interrupted)
-        for step, value in sorted(record.intermediate.items()):
-            if math.isfinite(value) and not self.multi:  # Optuna keeps steps of single-objective trials only
-                trial.report(value, step)  # what an uninterrupted run had reported by now; no decision asked
-        for key, value in record.optuna_attrs.items():  # and the pruner's state after those decisions
-            self.study._storage.set_trial_system_attr(trial._trial_id, key, value)
-        return record, trial
 
     def _launch(self, retry: tuple[TrialRecord, optuna.Trial]) -> None:
         """Launch a retry asked by :meth:`_resume`."""
