@@ -156,6 +156,10 @@ class Slot:
     def idle(self) -> bool:
         return self.waiting and self.trial is None
 
+    def drop_run(self) -> None:
+        """Its run is over (its worker was lost or is being restarted): it neither waits nor holds a trial."""
+        self.run, self.trial, self.waiting = None, None, False
+
 
 class SlotPool:
     """The driver's slots of one experiment: start them, give them trials, notice lost ones, stop them."""
@@ -210,7 +214,7 @@ class SlotPool:
         """The driver restarts ``name``'s worker: its run is over, its trial handled by the driver."""
         slot = self.slots.get(name) if name is not None else None
         if slot is not None:
-            slot.run, slot.trial, slot.waiting = None, None, False
+            slot.drop_run()
 
     def ended(self, name: str) -> tuple[int | None, str]:
         """Slot task ``name`` ended (erred, idled out, cancelled): the trial it held, if any, and why it ended."""
@@ -238,17 +242,17 @@ class SlotPool:
             return []
         lost = [(slot, slot.trial) for slot in busy if slot.worker not in workers and slot.trial is not None]
         for slot, _ in lost:
-            slot.run, slot.trial, slot.waiting = None, None, False
+            slot.drop_run()
         return lost
 
     def close(self) -> None:
         """Tell idle slots to stop, give them a moment to end, and cancel the rest (a busy slot's worker was
         restarted already; one that never started is dropped from the scheduler's queue)."""
-        told = [s for s in self.slots.values() if s.idle and s.run is not None]
+        told = [s for s in self.slots.values() if s.idle]
         calls = [
             ("variable_set", {"name": assignment_variable(self.channel, s.name, s.run, s.ready), "data": None})
             for s in told
-            if s.run is not None
+            if s.run is not None  # always, for an idle slot: the check narrows the type
         ]
         with contextlib.suppress(Exception):
             all_without_waiting(self.client, calls)

@@ -94,13 +94,6 @@ def is_last_step(unit: str, step: int, cv_folds: int, last: bool) -> bool:
     return step >= cv_folds if unit == "fold" else last
 
 
-def _worker_address() -> str | None:
-    try:
-        return str(get_worker().address)
-    except ValueError:  # not on a worker (a test calling the task directly)
-        return None
-
-
 def send_report(channel: str, message: dict[str, Any]) -> None:
     """Send ``message`` to the driver without waiting: an event on the worker's batched stream (the scheduler
     adds the worker's address to it) or, off a worker, through the client. Events carry plain msgpack types
@@ -146,16 +139,11 @@ def _plain(value: object) -> object:
     return item() if callable(item) else str(value)
 
 
-def without_waiting(client: Client, handler: str, **kwargs: Any) -> None:
-    """Call the scheduler's ``handler`` from any thread without waiting for its answer (the client's event
-    loop sends it and logs a failure): for a message whose sender has nothing to do with the answer."""
-    all_without_waiting(client, [(handler, kwargs)])
-
-
 def all_without_waiting(client: Client, calls: list[tuple[str, dict[str, Any]]]) -> None:
-    """:func:`without_waiting` for several calls at one wake-up of the client's event loop (waking it from
-    another thread costs a socket write and a hand-over of the GIL, about as much as the call itself); the
-    calls go out at once, and each failure is logged."""
+    """Call the scheduler's handlers ``calls`` (name, keyword arguments) from any thread without waiting for
+    their answers, for messages whose sender has nothing to do with the answer: all at one wake-up of the
+    client's event loop (waking it from another thread costs a socket write and a hand-over of the GIL, about
+    as much as a call itself); each failure is logged."""
     loop, scheduler = client.loop, client.scheduler
     if loop is None or scheduler is None:
         raise RuntimeError("the Dask client is not running")
