@@ -1,8 +1,9 @@
 """A trial's final message carries how it ended, so the driver need not fetch the task's result (issue 29).
-What it says is parsed bounded, and taken only from the worker the trial runs on (the scheduler stamps
-each worker's events with its address): a forged one is ignored, a malformed one leaves the trial to its
-own final message, and a trial whose slot goes on without one that parses ends FAILED saying why. Trials
-run in slot tasks, at most one per trial in flight (``shared.hpo.slots``)."""
+What it says is parsed bounded, and taken only on the line of the slot that holds the trial
+(``shared.hpo.lines``): a claim on the experiment's channel is dropped, a message on a slot's line that
+names another trial or does not parse fails the trial holding that slot, saying why, and costs no other.
+Trials run in slot tasks, at most one per trial in flight (``shared.hpo.slots``); a forged hello never
+replaces a slot's live line."""
 
 from __future__ import annotations
 
@@ -86,14 +87,36 @@ def forging_trial(**kwargs: Any) -> dict[str, Any]:
 
 
 def slot_forging_trial(**kwargs: Any) -> dict[str, Any]:
-    """Sends the driver slot messages: garbage, an announcement for a slot that does not exist and, when its
-    ``max_depth`` is 5, an announcement that its own slot restarted (a new run token from the same worker)."""
+    """Sends the driver slot hellos: garbage, one for a slot that does not exist and, when its ``max_depth``
+    is 5, one saying its own slot restarted and one saying every other slot of the experiment did (new run
+    tokens, from this worker)."""
     channel, slot = _channel(), str(get_worker().get_current_task())
     worker = get_worker()
     worker.log_event(channel, {"slot": "x" * 10**5, "run": 1, "ready": -1})
     worker.log_event(channel, {"slot": f"{slot}-9", "run": "forged", "ready": 0})
     if kwargs["params"].get("max_depth") == 5:
-        worker.log_event(channel, {"slot": slot, "run": f"forged-{time.monotonic_ns()}", "ready": 0})
+        prefix = slot.rsplit("-", 1)[0]
+        for other in [slot] + [f"{prefix}-{n}" for n in range(6)]:
+            worker.log_event(channel, {"slot": other, "run": f"forged-{time.monotonic_ns()}", "ready": 0})
+    return scripted_trial(**kwargs)
+
+
+def _own_line() -> Any:
+    """The line of the slot this trial runs in (a hostile trial can reach anything in its worker process)."""
+    from shared.hpo import lines
+
+    slot = str(get_worker().get_current_task())
+    return next(line for (name, _), line in lines._OPEN.items() if name == slot)
+
+
+def line_forging_trial(**kwargs: Any) -> dict[str, Any]:
+    """When its ``max_depth`` is 5, claims on its own slot's line a perfect end for every trial of the
+    experiment, then runs as usual."""
+    if kwargs["params"].get("max_depth") == 5:
+        line = _own_line()
+        for number in [12, *range(12)]:  # its own number among them: the claims before it already failed it
+            result = {"state": "COMPLETED", "metrics": {"accuracy": 0.999}}
+            line.send({"number": number, "attempt": 1, "final": True, "result": result})
     return scripted_trial(**kwargs)
 
 
@@ -170,19 +193,24 @@ def the_depth_5_trials_after_the_others_complete(store: LocalStore, dask_client:
     trials = store.list_trials(experiment_id)
     chosen = [t for t in trials if t.params["max_depth"] == 5]
     assert len(trials) == 12 and chosen, "the seed draws no trial of max_depth 5: pick another"
-    assert all(t.state is TrialState.COMPLETED for t in trials if t.params["max_depth"] != 5)
+    others = [t for t in trials if t.params["max_depth"] != 5]
+    assert all(t.state is TrialState.COMPLETED and t.value == pytest.approx(t.params["max_features"]) for t in others)
     return chosen
 
 
-def test_forged_slot_messages_cost_only_the_forging_trial(store: LocalStore, dask_client: Client) -> None:
-    """A trial that claims its own slot restarted is taken for lost on every run and fails after Dask's
-    allowed-failures (3: its fourth loss); the trial the driver then gave the forged run waits for nothing
-    (it goes to the real run when that announces itself); garbage and unknown slots are dropped. Every other
-    trial completes."""
-    # Its claim comes before its final message on each run: lost each time.
+def test_forged_hellos_cost_nothing(store: LocalStore, dask_client: Client) -> None:
+    """Hellos that claim the forger's own slot and every other slot restarted wait behind the slots' live
+    lines and are never taken; garbage and unknown slots are dropped. Every trial completes, the forgers too,
+    each with its own result."""
     for forger in the_depth_5_trials_after_the_others_complete(store, dask_client, slot_forging_trial):
-        error = forger.error or ""
-        assert forger.state is TrialState.FAILED and "worker lost" in error and "4 times" in error
+        assert forger.state is TrialState.COMPLETED and forger.value == pytest.approx(forger.params["max_features"])
+
+
+def test_a_trial_claiming_other_trials_ends_on_its_line_fails_alone(store: LocalStore, dask_client: Client) -> None:
+    """On its own slot's line a trial can only speak for itself: its claims that every trial completed
+    perfectly fail it, naming why, and every other trial ends with what it returned."""
+    for forger in the_depth_5_trials_after_the_others_complete(store, dask_client, line_forging_trial):
+        assert forger.state is TrialState.FAILED and "named trial" in (forger.error or ""), forger.error
 
 
 def test_a_trial_that_kills_every_slot_it_is_given_fails_and_the_others_complete(

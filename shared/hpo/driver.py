@@ -61,15 +61,8 @@ from shared.hpo.reports import BadReport, ReportedResult, TrialReport, expected_
 from shared.hpo.resume import optuna_attrs, resumed_seconds, task_folds, with_fold
 from shared.hpo.search_builders import CONSTRAINTS_ATTR
 from shared.hpo.search_space import make_pruner, make_sampler, reseed_for_trial, suggest_params
-from shared.hpo.slots import SlotPool, parse_ready
-from shared.hpo.trial_task import (
-    TrialFunction,
-    TrialResult,
-    TrialTask,
-    all_without_waiting,
-    decision_variable,
-    is_last_step,
-)
+from shared.hpo.slots import Slot, SlotPool, SlotReady, parse_ready
+from shared.hpo.trial_task import TrialFunction, TrialResult, TrialTask, is_last_step
 from shared.hpo.warm_start import next_config
 from shared.ports import TrialStore
 from shared.records import BestTrial, TrialRecord, TrialState, WarmStartSeed, best_of, utcnow
@@ -114,8 +107,6 @@ class _Running:
     """When the record was last written (``time.monotonic``)."""
     bad_report: str | None = None
     """Why a report of this trial did not parse: the trial was stopped and ends FAILED with it."""
-    unread_final: str | None = None
-    """Why a final message naming this trial did not parse: its error should its slot go on without one."""
 
 
 class HpoDriver:
@@ -170,12 +161,11 @@ class HpoDriver:
         self._running: dict[int, _Running] = {}
         """The trials in flight by number: given to a slot, or waiting in ``_waiting`` for one."""
         self._waiting: deque[int] = deque()
-        self.slots = SlotPool(client, self.channel, experiment_id, trial_fn)
-        self._answers: list[tuple[str, dict[str, Any]]] = []
-        """Assignments and pruning decisions to send at the end of the inbox batch being handled."""
-        self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
-        """("report", message) from the channel's topic and ("done", slot) from the slots' futures, in arrival
-        order."""
+        self._inbox: queue.SimpleQueue[tuple[str, Any, Any]] = queue.SimpleQueue()
+        """In arrival order: ("hello", None, message) from the channel's topic, ("done", slot, None) from the
+        slots' futures, ("line", (slot, run, worker), message) and ("line-closed", (slot, run, worker), None)
+        from the slots' lines."""
+        self.slots = SlotPool(client, self.channel, experiment_id, trial_fn, self._inbox.put)
         self._threads = self._threads_per_worker()
         self.stopped: stopping.Stop | None = None
         """The stopping rule that ended the run (no trial starts after it), if one did."""
@@ -312,10 +302,9 @@ class HpoDriver:
             running = self._next_waiting()
             if running is None:
                 break
-            self._answers.append(self.slots.assign(slot, running.record.number, running.task))
+            self.slots.assign(slot, running.record.number, running.task)
             running.slot = slot.name
-        answers, self._answers = self._answers, []
-        all_without_waiting(self.client, answers)
+        self.slots.lines.flush()
 
     def _next_waiting(self) -> _Running | None:
         while self._waiting:
@@ -325,16 +314,16 @@ class HpoDriver:
         return None
 
     def _on_event(self, event: tuple[float, Any]) -> None:
-        """The topic's handler (on the client's event loop): a slot's or a trial's message, to the inbox."""
-        self._inbox.put(("report", event[1] if isinstance(event, tuple | list) and len(event) == 2 else event))
+        """The topic's handler (on the client's event loop): a slot's hello, to the inbox."""
+        self._inbox.put(("hello", None, event[1] if isinstance(event, tuple | list) and len(event) == 2 else event))
 
     def _on_done(self, future: Future[Any]) -> None:
         """A slot future's done callback (it erred, idled out or was cancelled): after its messages."""
-        self._inbox.put(("done", str(future.key)))
+        self._inbox.put(("done", str(future.key), None))
 
-    def _take(self, wait_s: float) -> list[tuple[str, Any]]:
+    def _take(self, wait_s: float) -> list[tuple[str, Any, Any]]:
         """What the inbox holds, after waiting up to ``wait_s`` for its first item."""
-        items: list[tuple[str, Any]] = []
+        items: list[tuple[str, Any, Any]] = []
         with contextlib.suppress(queue.Empty):
             items.append(self._inbox.get(timeout=wait_s) if wait_s > 0 else self._inbox.get_nowait())
             while True:
@@ -349,22 +338,26 @@ class HpoDriver:
         if limit is not None:  # the resumed folds' time counts, as it does on the worker
             running.deadline = now + max(limit - resumed_seconds(running.record), 0.0) + self.hard_stop_grace
 
-    def _handle(self, items: list[tuple[str, Any]]) -> None:
+    def _handle(self, items: list[tuple[str, Any, Any]]) -> None:
         """Handle the inbox's items in order: a trial's end finishes its record (its reports came before it);
         each step report is recorded and answered with the pruner's decision. Every message is parsed
-        strictly (:mod:`shared.hpo.reports`): a malformed one stops its trial, which ends FAILED saying why."""
+        strictly (:mod:`shared.hpo.reports`) and counts only on the line of the slot holding its trial: a
+        malformed one stops that trial, which ends FAILED saying why."""
         progressed: dict[int, _Running] = {}
-        for kind, payload in items:
+        for kind, key, payload in items:
             if kind == "done":
-                held, why = self.slots.ended(payload)
+                held, why = self.slots.ended(key)
                 if held is not None:
                     self._lost(held, why, counted=True)
-            elif isinstance(payload, dict) and "slot" in payload:
-                self._announced(payload)
+            elif kind == "hello":
+                self._hello(payload)
+            elif kind == "line-closed":
+                held = self.slots.line_closed(key[0], key[1])
+                if held is not None:
+                    self._lost(held, f"its line to {key[2]} closed")
             else:
-                self._report(payload, progressed)
-        answers, self._answers = self._answers, []
-        all_without_waiting(self.client, answers)  # before the store writes: the trials wait for these
+                self._on_line(key, payload, progressed)
+        self.slots.lines.flush()  # before the store writes: the trials wait for these
         now = time.monotonic()
         for running in progressed.values():  # so that a driver restarted after a crash resumes from them
             current = self._running.get(running.record.number) is running
@@ -372,53 +365,77 @@ class HpoDriver:
                 self.store.put_trial(running.record)
                 running.written = now
 
-    def _report(self, raw: object, progressed: dict[int, _Running]) -> None:
-        report = parse_report(raw)
-        if isinstance(report, BadReport) and isinstance(raw, dict) and raw.get("final") is True and "result" in raw:
-            unread = report.reason  # a forged end, or the trial's own that did not parse: its slot's next
-            report = parse_report({k: v for k, v in raw.items() if k != "result"})  # announcement tells which
-            running = None if isinstance(report, BadReport) else self._find(report.number, report.attempt)
-            if running is not None:
-                running.unread_final = unread
+    def _hello(self, raw: object) -> None:
+        """A message on the experiment's channel: only a slot's hello belongs there."""
+        ready = parse_ready(raw) if isinstance(raw, dict) and "slot" in raw else "not a slot's hello"
+        if isinstance(ready, str):
+            log.warning("dropped a message on the experiment's channel: %s", ready)
+        else:
+            self.slots.hello(ready)
+
+    def _on_line(self, key: tuple[str, str, str], raw: object, progressed: dict[int, _Running]) -> None:
+        """A message on slot run ``key``'s line (slot, run, worker): its announcement or its trial's report."""
+        slot = self.slots.holder(key[0], key[1])
+        if slot is None or not isinstance(raw, dict):
+            return  # a line the slot no longer holds (its run was dropped), or not a message at all
+        running = self._running.get(slot.trial) if slot.trial is not None else None
+        running = running if running is not None and running.slot == slot.name else None
+        if "ready" in raw or "slot" in raw:
+            ready = parse_ready(raw)
+            if not isinstance(ready, str) and ready.failed is not None:  # its last word: the line closes next
+                self.slots.forget(slot.name)
+                if running is not None:
+                    self._lost(running.record.number, f"its slot task failed: {ready.failed}", counted=True)
+            elif not isinstance(ready, str) and (ready.slot, ready.run) == key[:2]:
+                self._announced(slot, ready)
+            elif running is not None:
+                running.bad_report = running.bad_report or f"its slot sent a bad announcement: {ready}"
+            return
+        if running is None:
+            log.warning("dropped a trial message on slot %s's line, which holds no trial", slot.name)
+            return
+        report = parse_report({**raw, "worker": key[2]})  # the worker is the line's, whatever the trial says
+        if isinstance(report, TrialReport) and (report.number, report.attempt) != (
+            running.record.number,
+            running.record.attempt,
+        ):
+            report = BadReport(reason=f"a message on its slot's line named trial {report.number}", step=report.step)
         if isinstance(report, BadReport):
-            self._bad_report(report)
-            return
-        running = self._find(report.number, report.attempt)
-        if report.started:
-            if running is not None:
-                self._start(running, report.worker)
-            return
-        if report.final:  # the trial's work is over, by the worker it started on (as the scheduler stamps it)
-            if running is not None and report.result is not None and report.worker == running.worker is not None:
-                self._running.pop(running.record.number, None)
+            self._bad_report(running, report, final=raw.get("final") is True)
+        elif report.started:
+            self._start(running, report.worker)
+        elif report.final:  # the trial's work is over
+            self._running.pop(running.record.number, None)
+            if report.result is None:
+                self._finish(running, self._stopped(running, TrialState.FAILED, "its final message had no result"))
+            else:
                 self._finish(running, _result(report.result))
-            return
-        assert report.step is not None
-        prune = False
-        if running is not None:
+        else:
+            assert report.step is not None
             prune = self._decide(running, report)
             if not prune and self._add_fold(running, report):
                 progressed[running.record.number] = running
-        if not is_last_step(report.unit, report.step, self.spec.trial.cv_folds, report.last):  # none awaited
-            self._answer(report.number, report.attempt, report.step, prune)
+            if not is_last_step(report.unit, report.step, self.spec.trial.cv_folds, report.last):  # none awaited
+                self._answer(running, report.step, prune)
 
-    def _answer(self, number: int, attempt: int, step: int, prune: bool) -> None:
-        """Queue the decision; :meth:`_handle` sets the batch's decisions at once, without waiting for the
-        scheduler's answer (the trial waits for it, not the driver; a decision lost with the scheduler costs the
-        trial ``REPORT_TIMEOUT_S``, then it carries on)."""
+    def _answer(self, running: _Running, step: int, prune: bool) -> None:
+        """Queue the decision on the trial's line; :meth:`_handle` flushes the batch's at once (the trial waits
+        for it, not the driver: one lost with the line costs the trial ``REPORT_TIMEOUT_S``, then it goes on)."""
         if self.awaits_decisions:
-            name = decision_variable(self.channel, number, attempt, step)
-            self._answers.append(("variable_set", {"name": name, "data": prune}))
+            number, attempt = running.record.number, running.record.attempt
+            self.slots.answer(running.slot, {"number": number, "attempt": attempt, "step": step, "prune": prune})
 
-    def _bad_report(self, report: BadReport) -> None:
-        """Stop the trial a malformed report names (it fails with the reason); drop one that names none."""
-        running = None if report.number is None else self._find(report.number, report.attempt or 1)
-        if running is None:
-            log.warning("dropped a trial report: %s", report.reason)
+    def _bad_report(self, running: _Running, report: BadReport, final: bool) -> None:
+        """A message on ``running``'s line did not parse: a final one ends the trial FAILED with the reason; any
+        other stops it (answered "stop" at the step it names), and it ends FAILED with the reason."""
+        if final:
+            self._running.pop(running.record.number, None)
+            why = f"the trial's final message did not parse: {report.reason}"
+            self._finish(running, self._stopped(running, TrialState.FAILED, running.bad_report or why))
             return
         running.bad_report = running.bad_report or report.reason
         if report.step is not None:
-            self._answer(running.record.number, running.record.attempt, report.step, True)
+            self._answer(running, report.step, True)
 
     def _decide(self, running: _Running, report: TrialReport) -> bool:
         """Record one step report and return the pruner's decision (the first one, for a step seen before)."""
@@ -464,27 +481,16 @@ class HpoDriver:
                 return running
         return None
 
-    def _announced(self, raw: dict[str, Any]) -> None:
-        """A slot announced itself ready: the trial it held, if that has not ended, was lost with its worker (a
-        new run) or ended without a final message that parsed (the same run); then give it a waiting trial."""
-        ready = parse_ready(raw)
-        if isinstance(ready, str):
-            log.warning("dropped a slot message: %s", ready)
-            return
-        slot, held, lost = self.slots.announced(ready)
+    def _announced(self, slot: Slot, ready: SlotReady) -> None:
+        """``slot`` announced on its line that it is ready for its next trial: the trial it held, if that has
+        not ended, ended without a final message."""
+        held = self.slots.announced(slot, ready)
         running = None if held is None else self._running.get(held)
-        if running is None or slot is None or running.slot != slot.name:
+        if running is None or running.slot != slot.name:
             return
-        if lost:
-            self._lost(held, f"its slot restarted on {ready.worker}")  # type: ignore[arg-type]
-        else:
-            del self._running[running.record.number]
-            why = running.bad_report or (
-                f"the trial's final message did not parse: {running.unread_final}"
-                if running.unread_final
-                else "the trial ended without a final message"
-            )
-            self._finish(running, self._stopped(running, TrialState.FAILED, why))
+        del self._running[running.record.number]
+        why = running.bad_report or "the trial ended without a final message"
+        self._finish(running, self._stopped(running, TrialState.FAILED, why))
 
     def _lost(self, number: int, why: str, counted: bool = False) -> None:
         """Trial ``number``'s worker was lost: it waits for the next free slot, from the folds it reported it

@@ -4,10 +4,9 @@ pruning decision, and classify how the trial ended (never raising for trial fail
 A trial runs inside a long-lived slot task (:mod:`shared.hpo.slots`), which takes trial after trial from the
 driver; this module is what the slot does with one of them.
 
-Round trips (issue 29): reports are events (``Worker.log_event`` on the experiment's channel: sent on the
-worker's batched stream, pushed by the scheduler to the driver's subscription), so reporting waits for
-nothing. A trial makes one synchronous scheduler call per step the driver may prune at (the decision); the
-last step is never pruned, so it is not waited for, and without a policy none is.
+Round trips (issue 29): a trial talks to the driver on its slot's line (:mod:`shared.hpo.lines`), a direct
+connection, so reporting waits for nothing. A trial waits for an answer only at a step the driver may prune
+at (the decision); the last step is never pruned, so it is not waited for, and without a policy none is.
 
 Resume: a trial starts from the folds it is given (``TrialTask.completed_folds``). The driver gives a retry
 the folds its reports showed the trial went on from: after a driver restart, what the store holds; after a
@@ -18,18 +17,13 @@ would get.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
 import logging
 import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Any
-
-from distributed import Client, Variable, get_client, get_worker
+from typing import Any, Protocol
 
 from shared.records import TrialState, utcnow
 
@@ -94,22 +88,14 @@ def is_last_step(unit: str, step: int, cv_folds: int, last: bool) -> bool:
     return step >= cv_folds if unit == "fold" else last
 
 
-def send_report(channel: str, message: dict[str, Any]) -> None:
-    """Send ``message`` to the driver without waiting: an event on the worker's batched stream (the scheduler
-    adds the worker's address to it) or, off a worker, through the client. Events carry plain msgpack types
-    only, so the message goes through JSON first (a NumPy number becomes a float, anything odd a string)."""
-    message = json.loads(json.dumps(message, default=_plain))
-    try:
-        worker = get_worker()
-    except ValueError:
-        get_client().log_event(channel, message)
-        return
-    worker.log_event(channel, message)
+class TrialLine(Protocol):
+    """What a trial talks to the driver through: its slot's line (:class:`shared.hpo.lines.SlotLine`)."""
 
+    def send(self, message: dict[str, Any]) -> None:
+        """Queue ``message`` for the driver; never waits."""
 
-def decision_variable(channel: str, number: int, attempt: int, step: int) -> str:
-    """The Dask ``Variable`` on which the driver answers trial ``number``'s report of fold ``step``."""
-    return f"{channel}-{number}-{attempt}-{step}"
+    def decision(self, number: int, attempt: int, step: int, timeout: float) -> bool:
+        """The driver's answer to the step report just sent: prune or not (not, after ``timeout`` seconds)."""
 
 
 @dataclass(frozen=True)
@@ -134,39 +120,15 @@ def fold_seconds(folds: Iterable[Mapping[str, Any]]) -> float:
     return sum(float(f.get("fit_seconds", 0.0)) + float(f.get("predict_seconds", 0.0)) for f in folds)
 
 
-def _plain(value: object) -> object:
-    item = getattr(value, "item", None)
-    return item() if callable(item) else str(value)
-
-
-def all_without_waiting(client: Client, calls: list[tuple[str, dict[str, Any]]]) -> None:
-    """Call the scheduler's handlers ``calls`` (name, keyword arguments) from any thread without waiting for
-    their answers, for messages whose sender has nothing to do with the answer: all at one wake-up of the
-    client's event loop (waking it from another thread costs a socket write and a hand-over of the GIL, about
-    as much as a call itself); each failure is logged."""
-    loop, scheduler = client.loop, client.scheduler
-    if loop is None or scheduler is None:
-        raise RuntimeError("the Dask client is not running")
-    if calls:
-        loop.add_callback(_call_all, scheduler, list(calls))
-
-
-async def _call_all(scheduler: Any, calls: list[tuple[str, dict[str, Any]]]) -> None:
-    sent = (getattr(scheduler, name)(**kwargs) for name, kwargs in calls)
-    answers = await asyncio.gather(*sent, return_exceptions=True)
-    for (name, _), answer in zip(calls, answers, strict=True):
-        if isinstance(answer, BaseException):
-            log.warning("the scheduler's %s failed: %s: %s", name, type(answer).__name__, answer)
-
-
 def _default_trial_function() -> TrialFunction:
     from gpu_jobs.train import run_trial
 
     return run_trial
 
 
-def run_trial_task(task: TrialTask, trial_fn: TrialFunction | None = None) -> TrialResult:
-    """Run one trial on a Dask worker; never raises for trial-level failures."""
+def run_trial_task(task: TrialTask, line: TrialLine, trial_fn: TrialFunction | None = None) -> TrialResult:
+    """Run one trial on a Dask worker, talking to the driver through ``line``; never raises for trial-level
+    failures."""
     trial_fn = trial_fn or _default_trial_function()
     started = time.monotonic()
     started_at = utcnow()
@@ -190,16 +152,10 @@ def run_trial_task(task: TrialTask, trial_fn: TrialFunction | None = None) -> Tr
             report.update(unit=str(mark["unit"]), last=bool(mark["last"]))
         elif fold is not None:
             report["fold"] = dict(fold)
-        send_report(task.channel, report)
+        line.send(report)
         last = is_last_step(report.get("unit", "fold"), step, task.cv_folds, bool(report.get("last")))
         if task.awaits_decisions and not last:
-            decision = Variable(decision_variable(task.channel, task.number, task.attempt, step))
-            try:
-                prune = decision.get(timeout=REPORT_TIMEOUT_S)
-            except TimeoutError:
-                prune = False
-            with contextlib.suppress(Exception):
-                decision.delete()  # on the client's batched stream: no wait
+            prune = line.decision(task.number, task.attempt, step, REPORT_TIMEOUT_S)
             if prune:
                 raise TrialPrunedSignal(f"pruned at step {step}")
 
@@ -216,9 +172,9 @@ def run_trial_task(task: TrialTask, trial_fn: TrialFunction | None = None) -> Tr
             resumed_folds=int(metrics.get("resumed_folds", resumed)),
         )
 
-    send_report(task.channel, {"number": task.number, "attempt": task.attempt, "started": True})
+    line.send({"number": task.number, "attempt": task.attempt, "started": True})
     result = _run_and_classify(task, trial_fn, on_fold, outcome, given)
-    send_report(task.channel, {"number": task.number, "attempt": task.attempt, "final": True, "result": _told(result)})
+    line.send({"number": task.number, "attempt": task.attempt, "final": True, "result": _told(result)})
     return result
 
 
