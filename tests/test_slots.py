@@ -42,7 +42,7 @@ def _task(number: int) -> TrialTask:
     return TrialTask(
         experiment_id="e", number=number, attempt=1, params={}, data="d", target="t", data_format=None,
         max_rows=None, model="random_forest", cv_folds=3, seed=0, engine="sklearn", primary_metric="accuracy",
-        trial_timeout=None, n_jobs=1, channel="c",
+        trial_timeout=None, n_jobs=1,
     )  # fmt: skip
 
 

@@ -281,7 +281,6 @@ class HpoDriver:
             primary_metric=self.primary_metric,
             trial_timeout=self.spec.limits.trial_timeout,
             n_jobs=self._threads,
-            channel=self.channel,
             awaits_decisions=self.awaits_decisions,
             measure=self.spec.objective.measured,
             completed_folds=task_folds(record),

@@ -1,11 +1,12 @@
-"""The messages a trial task sends its driver (events on the experiment's Dask topic), parsed strictly and bounded.
+"""The messages a trial task sends its driver (on its slot's line, :mod:`shared.hpo.lines`), parsed strictly
+and bounded.
 
 A trial runs user code and libraries on a worker; what it sends is read as data, never trusted: one
 pydantic model per message, unknown keys refused, numbers bounded (a step up to
-:data:`shared.records.MAX_STEPS`, a trial number as the store's). A report that does not parse harms only
-its trial: when it still names the trial (number, attempt and step), the driver answers "stop" and
-records the trial FAILED with the reason; otherwise it is dropped and logged
-(``tests/test_hpo_steps.py``, ``tests/test_trial_messages.py``).
+:data:`shared.records.MAX_STEPS`, a trial number as the store's). A message counts only for the trial its
+slot holds, so one that does not parse, or names another trial, harms only that trial: the driver answers
+"stop" (at the step it names, if any) and records the trial FAILED with the reason; a final message that
+does not parse ends it FAILED at once (``tests/test_hpo_steps.py``, ``tests/test_trial_messages.py``).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ class TrialReport(BaseModel):
     fold: dict[str, Any] | None = Field(default=None, max_length=16)
     """The fold just finished (``gpu_jobs.cross_validation.FoldRecord``), checked as a ``FoldResult`` later."""
     result: ReportedResult | None = None
-    """A final message's: how the trial ended (absent: the driver fetches the task's result)."""
+    """A final message's: how the trial ended (absent: the trial ends FAILED, saying so)."""
 
     @model_validator(mode="after")
     def _one_kind(self) -> TrialReport:
@@ -91,7 +92,7 @@ def parse_report(raw: object) -> TrialReport | BadReport:
         reason = clip(f"malformed step report from the trial ({where}: {first['msg']})", 512)
     names: dict[str, int] = {}
     if isinstance(raw, dict):
-        # the step names the Dask Variable the trial waits on: answered (stop) even past MAX_STEPS
+        # the step names the decision the trial waits for: answered (stop) even past MAX_STEPS
         for key, high in (("number", 10**10 - 1), ("attempt", 1000), ("step", 2**63 - 1)):
             value = raw.get(key)
             if type(value) is int and 0 <= value <= high:

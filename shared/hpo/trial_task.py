@@ -63,7 +63,6 @@ class TrialTask:
     primary_metric: str
     trial_timeout: float | None
     n_jobs: int | None
-    channel: str
     awaits_decisions: bool = True
     """False when no early-termination policy is set: fold reports are then recorded, not answered."""
     completed_folds: tuple[dict[str, Any], ...] = ()
