@@ -42,6 +42,11 @@ HANDLER = "rapids_hpo_slot_line"
 CLOSED = object()
 """What a slot's inbox yields when its line closes."""
 
+OPENED = "opened"
+"""The worker's first word on a line: the slot run is there (else the comm closes)."""
+OPEN_TIMEOUT_S = 30.0
+"""How long the driver waits for :data:`OPENED` (a worker without the handler never answers)."""
+
 LineKey = tuple[str, str]
 """A slot's run: (slot name, run token)."""
 
@@ -128,6 +133,7 @@ async def _serve(comm: Comm, slot: str = "", run: str = "") -> None:
     if line.comm is not None:  # the driver connected again: the newer connection wins
         await line.comm.close()
     line.comm = comm
+    await comm.write(OPENED)
     reader = asyncio.ensure_future(_read_into(comm, line))
     try:
         while True:
@@ -219,6 +225,8 @@ class Lines:
         try:
             comm = await connect(line.worker, deserialize=False, **self.client.connection_args)
             await comm.write({"op": HANDLER, "slot": line.key[0], "run": line.key[1], "reply": False})
+            if await asyncio.wait_for(comm.read(), OPEN_TIMEOUT_S) != OPENED:
+                raise ConnectionError("the worker did not open the line")
             reader = asyncio.ensure_future(self._read(comm, line))
             while not comm.closed() and not line.closing:
                 await line.wake.wait()
@@ -227,7 +235,8 @@ class Lines:
                 if batch:
                     await comm.write(batch)
         except Exception as exc:  # unreachable, refused, or the comm broke
-            log.info("the line to slot %s (%s) closed: %s: %s", line.key[0], line.worker, type(exc).__name__, exc)
+            level = logging.INFO if reader is not None else logging.WARNING  # never opened: say so louder
+            log.log(level, "the line to slot %s at %s closed: %r", line.key[0], line.worker, exc)
         finally:
             if reader is not None:
                 reader.cancel()
