@@ -10,14 +10,14 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import pytest
 from distributed import Client, Event, get_worker
 from distributed.protocol.serialize import to_serialize
 
-from shared.hpo.driver import HpoDriver
 from shared.hpo.lines import Lines, SlotLine
 from shared.records import TrialState
 from shared.store.local import LocalStore
-from tests.test_hpo_driver import make_spec, new_experiment
+from tests.test_trial_messages import the_depth_5_trials_after_the_others_complete
 from tests.trial_functions import scripted_trial
 
 
@@ -53,21 +53,9 @@ def test_a_line_that_breaks_mid_trial_costs_a_retry_from_the_folds_the_driver_re
     """The driver counts the trial lost when its line closes and gives it to a free slot from the fold it
     received; the slot whose line broke goes on under a new run and takes trials again. Every trial ends
     COMPLETED with its own value, the broken ones having resumed their first fold."""
-    spec = make_spec(
-        search_space={
-            "max_features": {"type": "uniform", "min_value": 0.1, "max_value": 0.9},
-            "max_depth": {"type": "choice", "values": [4, 5, 6, 7]},
-        },
-        limits={"max_total_trials": 10, "max_concurrent_trials": 2},
-    )
-    experiment_id = new_experiment(store, spec)
-    HpoDriver(spec, experiment_id, store, dask_client, trial_fn=line_breaking_trial, poll_interval=0.05).run()
-    trials = store.list_trials(experiment_id)
-    broken = [t for t in trials if t.params["max_depth"] == 5]
-    assert len(trials) == 10 and broken, "the seed draws no trial of max_depth 5: pick another"
-    assert all(t.state is TrialState.COMPLETED for t in trials), [(t.number, t.state, t.error) for t in trials]
-    assert all(t.value is not None and abs(t.value - t.params["max_features"]) < 1e-9 for t in trials)
-    assert all(t.resumed_folds >= 1 for t in broken), [t.resumed_folds for t in broken]
+    for broken in the_depth_5_trials_after_the_others_complete(store, dask_client, line_breaking_trial):
+        assert broken.state is TrialState.COMPLETED and broken.value == pytest.approx(broken.params["max_features"])
+        assert broken.resumed_folds >= 1
 
 
 class _Unpickled:
