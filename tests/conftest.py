@@ -176,8 +176,14 @@ def _orphans_of_this_run() -> list[psutil.Process]:
         for process in psutil.process_iter(["create_time", "cmdline"])
         if process.pid not in ours
         and (process.info["create_time"] or 0) >= SESSION_STARTED
-        and any(str(ROOT) in part for part in process.info["cmdline"] or ())
+        and names_checkout(process.info["cmdline"] or (), ROOT)
     ]
+
+
+def names_checkout(cmdline: list[str] | tuple[str, ...], root: Path) -> bool:
+    """Whether a command line names a path inside ``root`` (``/tmp/me`` is not inside ``/tmp/me2``)."""
+    inside = f"{root}{os.sep}"
+    return any(part == str(root) or inside in part for part in cmdline)
 
 
 def _interpreter_helper(process: psutil.Process) -> bool:

@@ -2,17 +2,18 @@
 
 The driver owns one Optuna study (in memory, rebuilt from the store on resume). Trials run in Dask
 slot tasks calling ``gpu_jobs.train.run_trial``; after every fold a trial reports the running mean of the
-primary metric to the driver (an event on the experiment's topic, pushed to the driver's subscription)
-and waits for the pruning decision on a Dask ``Variable``, so AzureML-style early termination is decided
+primary metric to the driver on its slot's line (:mod:`shared.hpo.lines`: a direct comm from the driver to
+the slot's worker) and waits there for the pruning decision, so AzureML-style early termination is decided
 against every trial's history, on any cluster (a ``LocalCluster`` here, an ``AzureVMCluster`` of
 ``dask_cuda.CUDAWorker``s in Azure).
 
 Round trips (issue 29): trials run in long-lived slot tasks, one per trial in flight, that take trial after
-trial (:mod:`shared.hpo.slots`), so a trial costs no Dask task of its own. The driver waits on one local inbox
-that the topic's events (the slots' and trials' messages, in the order the scheduler sent them) and the slot
-futures' done callbacks fill, so it polls nothing; assignments and decisions are set without waiting for the
-scheduler's answer; a trial's record is written when it starts, when it ends and with its folds at most once
-per ``fold_write_interval``. What a trial itself waits for is in :mod:`shared.hpo.trial_task`.
+trial (:mod:`shared.hpo.slots`), so a trial costs no Dask task of its own, and its messages do not pass
+through the scheduler. The driver waits on one local inbox that the slots' hellos (on the experiment's
+topic), their lines' messages and closings, and the slot futures' done callbacks fill, so it polls nothing;
+assignments and decisions go out at one wake-up per inbox batch without waiting for an answer; a trial's
+record is written when it starts, when it ends and with its folds at most once per ``fold_write_interval``.
+What a trial itself waits for is in :mod:`shared.hpo.trial_task`.
 
 Limits: at most ``max_concurrent_trials`` tasks in flight, ``max_total_trials`` in all, the
 experiment ``timeout`` stops everything, ``trial_timeout`` stops one trial: cooperatively at the next
