@@ -475,12 +475,6 @@ class HpoDriver:
             self.spans.fold(running.record.number, running.record.attempt, len(folds), report.fold)
         return folds is not None
 
-    def _find(self, number: int, attempt: int) -> _Running | None:
-        for running in self._running.values():
-            if running.record.number == number and running.record.attempt == attempt:
-                return running
-        return None
-
     def _announced(self, slot: Slot, ready: SlotReady) -> None:
         """``slot`` announced on its line that it is ready for its next trial: the trial it held, if that has
         not ended, ended without a final message."""
