@@ -30,8 +30,8 @@ where they end. On the flights example (accuracy, 160 rounds) the Spearman corre
 accuracy at round 10 with their final accuracy was -0.65, -0.32, -0.87, -0.40, -0.65 over seeds 1-5: a slow
 learning rate still predicts the majority class there. Trained to the end on 11 percent of the rows the same
 trials ranked +0.61, +0.24, +0.91, +0.73, +0.73, on 33 percent +0.93, +0.45, +0.83, +0.82, +0.72. The price:
-each step refits from scratch, and on small tables a round costs more than its share of rows (11 percent
-of flights' 2,000 training rows cost 0.27-0.36 of a full fit on a CPU, not 0.11).
+each step refits from scratch, and on a CPU a round costs more than its share of rows (``bench/fidelity_cost.py``:
+11 percent of the rows cost a median 0.49 of a full fit on flights' 3,000 rows, 0.27 on 30,000, not 0.11).
 
 Without ``report_every`` the step is the fold (1, 2, ..., ``cv_folds``): what AzureML's policies evaluate.
 Memory: lockstep keeps every fold's model (and XGBoost's matrices) at once, ``cv_folds`` times a fold's.

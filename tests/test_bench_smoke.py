@@ -32,3 +32,19 @@ def test_the_large_experiment_bench_runs_and_serves_its_reads_at_a_small_size() 
     out = _bench("bench/large_experiment.py", "--trials", "20", "--skip-journal")
     assert "ours (HpoDriver, LocalCluster 2x1, local store):" in out and "ms/trial (CPU" in out
     assert "GET /trials (first page, default size)" in out and "rapids-hpo watch" in out
+
+
+def test_the_fidelity_cost_bench_prints_each_table_at_a_small_size() -> None:
+    out = _bench("bench/fidelity_cost.py", "--draws", "1", "--rounds", "20", "--tables", "breast_cancer")
+    [row] = [line.split() for line in out.splitlines() if line.startswith("breast_cancer")]
+    shares = [float(value) for value in row[1:4]]  # 11 and 33 percent of the rows, 10 rounds
+    assert min(shares) > 0 and float(row[-5]) > 0  # each a share of the full refit timed beside it
+
+
+def test_successive_halving_by_rounds_pays_each_rung_for_the_share_that_reaches_it() -> None:
+    sys.path.insert(0, str(ROOT))
+    from bench.fidelity_cost import asha_rounds
+
+    # 160 rounds, rungs at 10, 30, 90: all pay 10 rounds, a third 20 more, a ninth 60 more, a 27th the last 70.
+    assert asha_rounds(0.1, 160) == pytest.approx(0.1 * (1 + 2 / 3 + 6 / 9 + 7 / 27))
+    assert asha_rounds(0.1, 10) == pytest.approx(0.1)  # no rung before the end: the whole trial
