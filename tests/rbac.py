@@ -6,7 +6,12 @@ What is read, and how:
 * the deployment's modules (``infra/main.bicep``, parsed with pycep): which module file, at which scope
   (the control-plane resource group, or ``resourceGroup(experimentRgName)``), deployed or not (a module's
   ``if`` condition names a parameter: :class:`Deployment.flags`);
-* in each module, every ``Microsoft.Authorization/roleAssignments`` resource: its ``scope`` (absent: the
+* in each module, every ``Microsoft.Authorization/roleAssignments`` resource whose ``principalId`` is the
+  Function App's (the module parameter ``principalId`` that ``main.bicep`` binds to
+  ``functionApp.outputs.principalId``); an assignment to another identity (the VMs', the AzureML compute's,
+  named as ``<identity>.properties.principalId``) is not the app's and is listed in :attr:`Rbac.others`, and a
+  principal written any other way stops the reading (so no new form is counted for the app unexamined). Then its
+  ``scope`` (absent: the
   module's resource group; a symbol: the ``existing`` resource it names, parents included, its name a
   module parameter given by :class:`Deployment.names`) and its role: ``roleIds.<key>`` (the GUIDs of
   ``role-definitions.bicep``) or a ``Microsoft.Authorization/roleDefinitions`` resource of the same
@@ -94,6 +99,8 @@ class Rbac:
 
     assignments: tuple[Assignment, ...]
     unknown_roles: tuple[str, ...] = ()
+    others: tuple[str, ...] = ()
+    """The Bicep resources (``module.bicep:symbol``) that assign roles to identities other than this one."""
 
     def allowed(self, action: str, scope: str) -> bool:
         """Whether ``action`` is allowed at ``scope`` (an ARM id) by an assignment at or above it."""
@@ -118,7 +125,7 @@ class Rbac:
     def only(self, *role_names: str) -> Rbac:
         """The same principal holding only the named roles' assignments (a test's "this role alone")."""
         kept = tuple(a for a in self.assignments if a.role.name in role_names)
-        return Rbac(kept, self.unknown_roles)
+        return Rbac(kept, self.unknown_roles, self.others)
 
 
 def _matches(pattern: str, action: str) -> bool:
@@ -176,11 +183,28 @@ def _accessor(node: Any) -> tuple[str, str] | None:
     return str(operands["operand_1"]), str(inner if isinstance(inner, str) else _accessor(inner))
 
 
+def _dotted(node: Any) -> str | None:
+    """``a.b.c`` as that text, a bare name as itself, anything else None."""
+    if isinstance(node, str):
+        return node
+    operator = node.get("operator") if isinstance(node, dict) else None
+    if not operator or operator.get("type") != "property_accessor":
+        return None
+    operands = operator["operands"]
+    inner = _dotted(operands["operand_2"])
+    return None if inner is None else f"{operands['operand_1']}.{inner}"
+
+
+FUNCTION_APP_PRINCIPAL = "functionApp.outputs.principalId"
+"""How ``main.bicep`` names the Function App's identity when it passes it to a roles module."""
+
+
 def deployed_rbac(deployment: Deployment) -> Rbac:
     """The Function App's assignments in ``deployment``, read from the Bicep."""
     main = _parse(INFRA / "main.bicep")
     assignments: list[Assignment] = []
     unknown: list[str] = []
+    others: list[str] = []
     for symbol, module in main["modules"].items():
         config = module["config"]
         condition = config.get("condition")
@@ -196,21 +220,58 @@ def deployed_rbac(deployment: Deployment) -> Rbac:
             assert function["parameters"]["resource_group_name"] == "experimentRgName", scope
             group = deployment.experiment_resource_group
         path = INFRA / module["detail"]["path"]
-        found, missing = _module_assignments(path, deployment, group)
+        bound = {name: _dotted(value) for name, value in (config.get("params") or {}).items()}
+        found, missing, elsewhere = _module_assignments(path, deployment, group, bound)
         assignments += found
         unknown += missing
-    return Rbac(tuple(assignments), tuple(dict.fromkeys(unknown)))
+        others += elsewhere
+    return Rbac(tuple(assignments), tuple(dict.fromkeys(unknown)), tuple(others))
 
 
-def _module_assignments(path: Path, deployment: Deployment, group: str) -> tuple[list[Assignment], list[str]]:
+def _is_function_app(path: Path, symbol: str, principal: Any, bound: dict[str, str | None]) -> bool:
+    """Whether an assignment's ``principalId`` is the Function App's: a module parameter bound to
+    :data:`FUNCTION_APP_PRINCIPAL`. Another identity is ``<resource>.properties.principalId`` of the module, or a
+    parameter bound to anything else; any other form is an error (read it before counting it)."""
+    name = _dotted(principal)
+    parameters = _parse(path).get("parameters") or {}
+    if isinstance(principal, str) and principal in parameters:
+        return bound.get(principal) == FUNCTION_APP_PRINCIPAL
+    resources = _parse(path).get("resources") or {}
+    if name is not None and name.endswith(".properties.principalId") and name.split(".")[0] in resources:
+        return False
+    raise AssertionError(f"{path.name}:{symbol}: a principalId this reader does not know: {principal!r}")
+
+
+def _deployed(path: Path, symbol: str, condition: Any, bound: dict[str, str | None], flags: dict[str, bool]) -> bool:
+    """A resource's ``if`` in a module: a module parameter (or its ``!``) that ``main.bicep`` binds to one of
+    its own parameters, whose value :attr:`Deployment.flags` must give (an unknown condition is an error)."""
+    negated = isinstance(condition, dict) and condition.get("operator", {}).get("type") == "not"
+    name = condition["operator"]["operands"]["bool_value"] if negated else condition
+    flag = bound.get(name) if isinstance(name, str) else None
+    if flag is None or flag not in flags:
+        raise AssertionError(f"{path.name}:{symbol}: Deployment.flags needs the value behind {condition!r}")
+    return flags[flag] != negated
+
+
+def _module_assignments(
+    path: Path, deployment: Deployment, group: str, bound: dict[str, str | None]
+) -> tuple[list[Assignment], list[str], list[str]]:
     resources: dict[str, Any] = _parse(path).get("resources") or {}
     group_id = deployment.group_id(group)
     found: list[Assignment] = []
     unknown: list[str] = []
+    others: list[str] = []
     for symbol, resource in resources.items():
         if resource["type"] != "Microsoft.Authorization/roleAssignments":
             continue
         config = resource["config"]
+        if "condition" in config:
+            if not _deployed(path, symbol, config["condition"], bound, deployment.flags):
+                continue
+            config = config["config"]
+        if not _is_function_app(path, symbol, config["properties"]["principalId"], bound):
+            others.append(f"{path.name}:{symbol}")
+            continue
         scope_symbol = config.get("scope")
         scope = group_id if scope_symbol is None else _existing_id(resources, str(scope_symbol), deployment, group_id)
         definition = config["properties"]["roleDefinitionId"]
@@ -230,7 +291,7 @@ def _module_assignments(path: Path, deployment: Deployment, group: str) -> tuple
             continue
         assignable, types = _condition(path, config["properties"].get("condition"))
         found.append(Assignment(scope, role, f"{path.name}:{symbol}", assignable, types))
-    return found, unknown
+    return found, unknown, others
 
 
 def _condition(path: Path, condition: Any) -> tuple[tuple[str, ...] | None, tuple[str, ...] | None]:

@@ -14,7 +14,16 @@ from shared.backends.arm import RetrySettings, make_arm_client
 from shared.backends.vmcluster.network import make_network_client
 from shared.errors import BackendError
 from tests.arm_server import FakeArm, StaticTokenCredential
-from tests.rbac import Assignment, Rbac, _covers, builtin_roles
+from tests.rbac import (
+    FUNCTION_APP_PRINCIPAL,
+    INFRA,
+    Assignment,
+    Rbac,
+    _covers,
+    _deployed,
+    _is_function_app,
+    builtin_roles,
+)
 from tests.test_vmcluster_standin import CONTROL_RG, CONTROL_VNET, LOC, RG, SUB, function_app_roles
 
 VM_CONTRIBUTOR = "9980e02c-c2be-4d73-94e8-173b1dc7cf3c"
@@ -126,6 +135,29 @@ def test_roles_the_bundle_lacks_grant_nothing_and_are_only_data_plane_roles() ->
         "Reader",
         "Managed Identity Operator",
     }
+
+
+def test_roles_given_to_other_identities_are_not_the_function_apps() -> None:
+    """Azure checks the caller's own assignments: the VM identity's role (vm-identity.bicep) grants the app
+    nothing, and so does any other identity's that the Bicep declares."""
+    rbac = function_app_roles()
+    assert rbac.others == ("vm-identity.bicep:metricsPublisher",)
+    assert not {a.declared_in for a in rbac.assignments} & set(rbac.others)
+    assert all(a.declared_in.startswith("roles-") for a in rbac.assignments)
+
+
+def test_a_principal_or_condition_the_reader_does_not_know_stops_it() -> None:
+    """Counting an assignment for the app on a guess would be kinder than Azure: an unknown form is an error."""
+    module = INFRA / "modules" / "roles-experiments.bicep"
+    with pytest.raises(AssertionError, match="a principalId this reader does not know"):
+        _is_function_app(module, "x", "00000000-0000-0000-0000-000000000001", {})
+    assert not _is_function_app(module, "x", "principalId", {"principalId": "vmIdentity.outputs.principalId"})
+    assert _is_function_app(module, "x", "principalId", {"principalId": FUNCTION_APP_PRINCIPAL})
+    negated = {"operator": {"type": "not", "operands": {"bool_value": "keyless"}}}
+    assert _deployed(module, "x", negated, {"keyless": "azureMLKeylessStorage"}, {"azureMLKeylessStorage": False})
+    assert not _deployed(module, "x", "keyless", {"keyless": "azureMLKeylessStorage"}, {"azureMLKeylessStorage": False})
+    with pytest.raises(AssertionError, match=r"Deployment\.flags needs"):
+        _deployed(module, "x", "keyless", {"keyless": "azureMLKeylessStorage"}, {})
 
 
 segment = st.text(alphabet="abcXYZ09-.", min_size=1, max_size=6)
