@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from distributed import Client
 
-from shared.hpo.refit import stored_complete
+from shared.hpo.refit import refit_best_model, stored_complete
 from shared.hpo.run_driver import refit_front
 from shared.pareto import front_member
 from shared.spec import load_spec
@@ -106,3 +106,43 @@ def test_only_a_metrics_file_naming_the_members_own_scores_marks_its_model_whole
     if content is not None:
         store.put_artifact("exp-front", "front-models/1/metrics.json", content)
     assert stored_complete(spec, "exp-front", front_member(spec, trials(), 1), store) is whole
+
+
+class NoCluster:
+    """A client that must not be asked: a refit submitted here is the redone work the test forbids."""
+
+    def submit(self, *args: object, **kwargs: object) -> None:
+        raise AssertionError("the restarted driver refit the best model again")
+
+
+@pytest.mark.slow  # three refits: the default run stays under 5 minutes (CI runs every test)
+def test_a_restarted_driver_keeps_the_best_model_stored_whole_and_refits_one_cut_short(
+    tmp_path: Path, dask_client: Client
+) -> None:
+    """The best model's refit is a trial's worth of GPU time: a driver restarted after it stored the model
+    whole (``model/metrics.json`` names the trial's scores, its URI on the trial) keeps it; a model whose
+    marker is missing or names other scores is refit, its files overwritten."""
+    spec, root = load_spec(SPEC), tmp_path / "store"
+    first = KilledAt(root, "model/metrics.json")
+    for trial in trials():
+        first.put_trial(trial)
+    best = front_member(spec, trials(), 0)
+    with pytest.raises(Killed):  # killed just before the marker: the model's files stored, not the marker
+        refit_best_model(spec, "exp-front", best, first, dask_client)
+    assert files(first, "model/") and "model/metrics.json" not in files(first, "model/")
+
+    second = Recording(root)  # restarted: no marker, so refit (the trial has no URI yet either)
+    kept = refit_best_model(spec, "exp-front", best, second, dask_client)
+    assert second.puts[-1] == "model/metrics.json" and kept.model_uri
+    whole = files(second, "model/")
+
+    third = Recording(root)  # restarted again after the model was stored whole: nothing redone
+    again = refit_best_model(spec, "exp-front", best, third, NoCluster())  # type: ignore[arg-type]
+    assert third.puts == [] and again.model_uri == kept.model_uri and files(third, "model/") == whole
+
+    marker = json.loads(whole["model/metrics.json"])  # a marker naming other scores: not this trial's model
+    marker["cross_validation"]["value"] = 0.5
+    third.put_artifact("exp-front", "model/metrics.json", json.dumps(marker).encode())
+    fourth = Recording(root)
+    refit_best_model(spec, "exp-front", best, fourth, dask_client)
+    assert fourth.puts[-1] == "model/metrics.json" and set(files(fourth, "model/")) == set(whole)

@@ -86,10 +86,16 @@ def refit_trial_model(
 
 
 def refit_best_model(
-    spec: ExperimentSpec, experiment_id: str, best: BestTrial, store: TrialStore, client: Client
+    spec: ExperimentSpec, experiment_id: str, best: BestTrial, store: Store, client: Client
 ) -> BestTrial:
     """Refit the best parameters on all rows (as a task on the cluster) and store the model under
-    ``model/``; returns ``best`` with its ``model_uri``."""
+    ``model/``; returns ``best`` with its ``model_uri``. A driver restarted after it had stored that model
+    whole (:func:`stored_complete`) and recorded its URI on the trial keeps it: a refit is a trial's worth of
+    GPU time."""
+    recorded = next((t.model_uri for t in store.list_trials(experiment_id) if t.number == best.number), None)
+    if recorded and stored_complete(spec, experiment_id, best, store, MODEL_PREFIX):
+        log.info("trial %d's model is already stored whole under %s; not refit", best.number, MODEL_PREFIX)
+        return best.model_copy(update={"model_uri": recorded})
     model_uri = refit_trial_model(spec, experiment_id, best, store, client, MODEL_PREFIX)
     for trial in store.list_trials(experiment_id):
         if trial.number == best.number:  # the best trial's record says where its model is
@@ -97,13 +103,17 @@ def refit_best_model(
     return best.model_copy(update={"model_uri": model_uri})
 
 
-def stored_complete(spec: ExperimentSpec, experiment_id: str, member: BestTrial, store: Store) -> bool:
-    """Whether ``front-models/<number>/`` already holds ``member``'s whole model, stored before a restart:
+def stored_complete(
+    spec: ExperimentSpec, experiment_id: str, member: BestTrial, store: Store, prefix: str | None = None
+) -> bool:
+    """Whether ``prefix`` (``front-models/<number>/`` by default) already holds ``member``'s whole model, stored
+    before a restart:
     its ``metrics.json`` (written last) is there and names this member's cross-validated scores
     (:func:`shared.pareto.metrics_problem`, the control plane's rule too). Anything else (absent,
     unreadable, another trial's) is refit, its files overwritten."""
     try:
-        body = store.get_artifact(experiment_id, front_model_prefix(member.number) + MEMBER_METRICS_FILE)
+        folder = front_model_prefix(member.number) if prefix is None else prefix
+        body = store.get_artifact(experiment_id, folder + MEMBER_METRICS_FILE)
     except NotFound:
         return False
     return metrics_problem(spec, member, body) is None
