@@ -34,6 +34,7 @@ def test_the_large_experiment_bench_runs_and_serves_its_reads_at_a_small_size() 
     assert "GET /trials (first page, default size)" in out and "rapids-hpo watch" in out
 
 
+@pytest.mark.slow
 def test_the_fidelity_cost_bench_prints_each_table_at_a_small_size() -> None:
     out = _bench("bench/fidelity_cost.py", "--draws", "1", "--rounds", "20", "--tables", "breast_cancer")
     [row] = [line.split() for line in out.splitlines() if line.startswith("breast_cancer")]

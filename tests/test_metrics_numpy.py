@@ -28,7 +28,7 @@ TIED = st.sampled_from([0.0, 1e-17, 0.2, 0.5, 0.5000001, 0.8, 1.0 - 1e-17, 1.0])
 ANY = st.floats(0.0, 1.0, allow_nan=False)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 1), st.one_of(TIED, ANY)), min_size=2, max_size=60))
 def test_binary_metrics_equal_sklearns(rows: list[tuple[int, float]]) -> None:
     labels, positive = (np.array(column) for column in zip(*rows, strict=True))
@@ -37,7 +37,7 @@ def test_binary_metrics_equal_sklearns(rows: list[tuple[int, float]]) -> None:
         assert_same("binary", labels, positive)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     st.integers(3, 6).flatmap(
         lambda k: st.tuples(
