@@ -49,8 +49,10 @@ from urllib.parse import parse_qsl, urlsplit
 
 from azure.core.credentials import AccessToken
 
+from tests.azureml_rbac import refusal
 from tests.azureml_routes import ROUTES, Child, Sweep, error, now, output_path, resource, validate_job
 from tests.json_http import read_json_body, send_json
+from tests.rbac import Rbac
 from tests.tls import mint_certificate
 
 __all__ = ["AzureMLStandIn", "Child", "StaticToken", "Sweep", "entra_token", "mint_certificate", "validate_job"]
@@ -110,6 +112,7 @@ class AzureMLStandIn:
         workspace: str = "ws",
         container: str = "azureml-blobstore",
         job_validator: Callable[[dict[str, Any]], list[str]] | None = None,
+        rbac: Rbac | None = None,
     ) -> None:
         self.blob_url = azurite_blob_url.rstrip("/")
         self.account, self.key = azurite_account, azurite_key
@@ -118,6 +121,7 @@ class AzureMLStandIn:
         self.sub, self.rg, self.ws = subscription, resource_group, workspace
         self.container = container
         self.job_validator = job_validator
+        self.rbac = rbac  # the caller's role assignments (tests/rbac.py); None: every call is allowed
         self.requests: list[Recorded] = []
         self.unrouted: list[Recorded] = []
         self.computes: dict[str, dict[str, Any]] = {}
@@ -360,6 +364,9 @@ class AzureMLStandIn:
                 return self._managed_identity_token(query, identity)
             if auth != f"Bearer {self.token}" and path != "/discovery":  # discovery is anonymous, as in Azure
                 return error(401, "AuthenticationFailed", "missing or wrong bearer token")
+            refused = refusal(self.rbac, method, path, body) if self.rbac is not None else None
+            if refused is not None:
+                return refused
             for verb, pattern, handler in ROUTES:
                 match = re.fullmatch(pattern, path)
                 if verb == method and match:

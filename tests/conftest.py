@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import tempfile
 import time
@@ -181,9 +182,10 @@ def _orphans_of_this_run() -> list[psutil.Process]:
 
 
 def names_checkout(cmdline: list[str] | tuple[str, ...], root: Path) -> bool:
-    """Whether a command line names a path inside ``root`` (``/tmp/me`` is not inside ``/tmp/me2``)."""
-    inside = f"{root}{os.sep}"
-    return any(part == str(root) or inside in part for part in cmdline)
+    """Whether a command line names ``root`` or a path inside it: the path whole, not a piece of a longer one
+    (``/tmp/me`` is not inside ``/tmp/me2``, and ``/work/main`` is not in ``/tmp/check/work/main``)."""
+    whole = re.compile(rf"(?<![\w./-]){re.escape(str(root))}(?![\w.-])")
+    return any(whole.search(part) for part in cmdline)
 
 
 def _interpreter_helper(process: psutil.Process) -> bool:

@@ -88,6 +88,12 @@ class Deployment:
     experiment_resource_group: str
     names: dict[str, str] = field(default_factory=dict)
     flags: dict[str, bool] = field(default_factory=dict)
+    module_names: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Per module file, names that differ from ``names`` (two modules call two storage accounts
+    ``storageAccountName``: the control plane's and the AzureML workspace's)."""
+
+    def names_for(self, module: Path) -> dict[str, str]:
+        return {**self.names, **self.module_names.get(module.name, {})}
 
     def group_id(self, group: str) -> str:
         return f"/subscriptions/{self.subscription_id}/resourceGroups/{group}"
@@ -265,15 +271,16 @@ def _module_assignments(
         if resource["type"] != "Microsoft.Authorization/roleAssignments":
             continue
         config = resource["config"]
-        if "condition" in config:
-            if not _deployed(path, symbol, config["condition"], bound, deployment.flags):
-                continue
-            config = config["config"]
+        condition = config.get("condition")
+        config = config["config"] if condition is not None else config
         if not _is_function_app(path, symbol, config["properties"]["principalId"], bound):
-            others.append(f"{path.name}:{symbol}")
+            others.append(f"{path.name}:{symbol}")  # another identity's, deployed or not
+            continue
+        if condition is not None and not _deployed(path, symbol, condition, bound, deployment.flags):
             continue
         scope_symbol = config.get("scope")
-        scope = group_id if scope_symbol is None else _existing_id(resources, str(scope_symbol), deployment, group_id)
+        names = deployment.names_for(path)
+        scope = group_id if scope_symbol is None else _existing_id(resources, str(scope_symbol), names, group_id)
         definition = config["properties"]["roleDefinitionId"]
         role: RoleDefinition | None
         label: str
@@ -311,19 +318,19 @@ def _condition(path: Path, condition: Any) -> tuple[tuple[str, ...] | None, tupl
     return guids, (types or None)
 
 
-def _existing_id(resources: dict[str, Any], symbol: str, deployment: Deployment, group_id: str) -> str:
-    """The ARM id of an ``existing`` resource of a module (parents first)."""
+def _existing_id(resources: dict[str, Any], symbol: str, names: dict[str, str], group_id: str) -> str:
+    """The ARM id of an ``existing`` resource of a module (parents first), its name given by ``names``."""
     resource = resources[symbol]
     assert resource.get("existing"), f"{symbol} is not an existing resource"
     config = resource["config"]
     name_param = str(config["name"])
-    if name_param not in deployment.names:
+    if name_param not in names:
         raise KeyError(f"Deployment.names needs {name_param!r} (the name of {resource['type']} {symbol})")
-    name = deployment.names[name_param]
+    name = names[name_param]
     kind = resource["type"].split("/")
     parent = config.get("parent")
     if parent is not None:
-        return f"{_existing_id(resources, str(parent), deployment, group_id)}/{kind[-1]}/{name}"
+        return f"{_existing_id(resources, str(parent), names, group_id)}/{kind[-1]}/{name}"
     return f"{group_id}/providers/{'/'.join(kind)}/{name}"
 
 
@@ -341,9 +348,11 @@ def function_app_rbac(
     control_vnet: str = "vnet-rhpo-standin",
     *,
     deploy_image_registry: bool = True,
+    azureml: AzureMLNames | None = None,
 ) -> Rbac:
     """The Function App's role assignments as the Bicep declares them, in a deployment of these groups
-    (the control plane's resources named as a test names them)."""
+    (the control plane's resources named as a test names them); with ``azureml``, a deployment with the
+    AzureML workspace (``deployAzureML``) named so."""
     names = {
         "storageAccountName": "strhpostandin",
         "appInsightsName": "appi-rhpo-standin",
@@ -353,5 +362,25 @@ def function_app_rbac(
         "registryName": STANDIN_REGISTRY,
     }
     flags = {"deployImageRegistry": deploy_image_registry}  # main.bicep's default: true
-    deployment = Deployment(subscription_id, control_resource_group, experiment_resource_group, names, flags)
+    module_names: dict[str, dict[str, str]] = {}
+    if azureml is not None:
+        flags |= {"deployAzureML": True, "azureMLKeylessStorage": azureml.keyless_storage}
+        module_names["roles-azureml.bicep"] = {
+            "workspaceName": azureml.workspace,
+            "storageAccountName": azureml.storage_account,
+            "computeIdentityName": azureml.compute_identity,
+        }
+    deployment = Deployment(
+        subscription_id, control_resource_group, experiment_resource_group, names, flags, module_names
+    )
     return deployed_rbac(deployment)
+
+
+@dataclass(frozen=True)
+class AzureMLNames:
+    """The AzureML resources of a deployment with ``deployAzureML`` (in the experiment resource group)."""
+
+    workspace: str
+    compute_identity: str
+    storage_account: str = "stamlstandin"
+    keyless_storage: bool = False

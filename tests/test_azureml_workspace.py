@@ -41,6 +41,7 @@ from shared.records import ExperimentStatus, TrialState
 from tests.azureml_server import AzureMLStandIn, Child, validate_job
 from tests.control_plane import local_context
 from tests.fakes.azureml import PASSED
+from tests.rbac import AzureMLNames, function_app_rbac
 from tests.test_azureml import FAST, make_spec
 
 pytestmark = [
@@ -49,6 +50,8 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:The `context` parameter is deprecated"),
 ]
 
+APP_ROLES = function_app_rbac("sub-1", "rg-1", azureml=AzureMLNames("ws-1", "aml-compute"))
+"""The Function App's roles in a deployment with this workspace: what ARM lets it do there."""
 EXP = "exp-aml-1"
 JOB = job_name_for(EXP)
 CHECK = check_job_name_for(EXP)
@@ -63,7 +66,9 @@ DRAWS = [
 
 @pytest.fixture
 def workspace(azurite: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[AzureMLStandIn]:
-    with AzureMLStandIn.on_azurite(azurite, subscription="sub-1", resource_group="rg-1", workspace="ws-1") as stand_in:
+    with AzureMLStandIn.on_azurite(
+        azurite, subscription="sub-1", resource_group="rg-1", workspace="ws-1", rbac=APP_ROLES
+    ) as stand_in:
         for name, value in stand_in.environ().items():
             monkeypatch.setenv(name, value)
         yield stand_in
@@ -313,6 +318,29 @@ def test_the_stand_in_refuses_the_identities_azure_refuses(workspace: AzureMLSta
     user.identity = UserIdentityConfiguration()
     with pytest.raises(BackendError, match="UserIdentity needs a user principal"):
         client.submit(user)
+    assert workspace.jobs == {}
+
+
+def test_arm_refuses_the_workspace_calls_the_apps_roles_do_not_allow(workspace: AzureMLStandIn, tmp_path: Path) -> None:
+    """ARM checks the caller's roles (the Bicep's, tests/rbac.py) before AzureML sees a call. Without AzureML
+    Compute Operator (Data Scientist excludes compute writes) the GPU cluster is refused; without Managed
+    Identity Operator on the compute identity, attaching it is; with the deployment's roles it is created.
+    Reading is not submitting: Reader alone cannot upload a job's code."""
+    client = client_for(workspace)
+    cluster = build_compute(azureml_compute(make_spec()), ComputeIdentity(UAI, CLIENT_ID))
+    workspace.rbac = APP_ROLES.only("Reader", "AzureML Data Scientist", "Managed Identity Operator")
+    with pytest.raises(BackendError, match=r"AuthorizationFailed.*workspaces/computes/write"):
+        client.ensure_compute(cluster)
+    workspace.rbac = APP_ROLES.only("Reader", "AzureML Data Scientist", "AzureML Compute Operator")
+    with pytest.raises(BackendError, match=r"LinkedAuthorizationFailed.*userAssignedIdentities/assign/action"):
+        client.ensure_compute(cluster)
+    assert workspace.computes == {}
+    workspace.rbac = APP_ROLES
+    client.ensure_compute(cluster)
+    assert UAI in workspace.computes[cluster.name]["identity"]["userAssignedIdentities"]
+    workspace.rbac = APP_ROLES.only("Reader")  # the job's first write, its code's upload, is refused
+    with pytest.raises(BackendError, match=r"AuthorizationFailed.*workspaces/codes/versions/startPendingUpload"):
+        client.submit(build_sweep_job(make_spec(), EXP, code_dir=stage_code(tmp_path)))
     assert workspace.jobs == {}
 
 

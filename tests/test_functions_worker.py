@@ -224,11 +224,15 @@ def test_an_experiment_completes_through_the_worker(azurite: str, package: Path,
     from shared.backends.azureml.refit_job import refit_job_name_for
     from tests.azureml_server import AzureMLStandIn, Child
     from tests.fakes.azureml import PASSED
+    from tests.rbac import AzureMLNames, function_app_rbac
 
     require_worker()
     uai = "/subscriptions/sub-1/resourceGroups/rg-1/providers/Microsoft.ManagedIdentity/userAssignedIdentities/aml"
     client_id = "00000000-0000-0000-0000-0000000000e2"  # a GUID, as Entra's are
-    with AzureMLStandIn.on_azurite(azurite, subscription="sub-1", resource_group="rg-1", workspace="ws-1") as workspace:
+    roles = function_app_rbac("sub-1", "rg-1", azureml=AzureMLNames("ws-1", "aml"))  # ARM's check, as deployed
+    with AzureMLStandIn.on_azurite(
+        azurite, subscription="sub-1", resource_group="rg-1", workspace="ws-1", rbac=roles
+    ) as workspace:
         settings = {
             **app_settings(azurite, tmp_path / "home"),
             **workspace.environ(),

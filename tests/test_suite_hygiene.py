@@ -294,8 +294,11 @@ def test_azurite_starts_again_on_new_ports_when_a_port_was_taken(monkeypatch: py
 
 
 def test_a_process_of_another_checkout_whose_path_extends_this_ones_is_not_this_runs() -> None:
-    """Two checkouts ``/tmp/me`` and ``/tmp/me2`` running their suites at once: neither counts the other's."""
+    """Two checkouts (``/tmp/me`` and ``/tmp/me2``, or ``/work/main`` and a clone at ``/tmp/check/work/main``)
+    running their suites at once: neither counts the other's."""
     assert names_checkout([f"{ROOT}/.venv/bin/python", "-m", "pytest"], ROOT)
     assert names_checkout(["python", "-c", f"import sys; sys.path.insert(0, '{ROOT}/tests')"], ROOT)
     assert not names_checkout([f"{ROOT}2/.venv/bin/python", "-m", "pytest"], ROOT)
     assert not names_checkout([f"{ROOT}-other/.venv/bin/python"], ROOT)
+    assert not names_checkout([f"/tmp/check{ROOT}/.venv/bin/python"], ROOT)  # a clone under another folder
+    assert names_checkout(["driver", f"--claims={ROOT}/home"], ROOT)
