@@ -267,4 +267,6 @@ def score(task: Task, labels: Any, prediction: Any) -> dict[str, float]:
         predicted = predicted.reshape(-1)
     if len(truth) != len(predicted):
         raise ValueError(f"{len(truth)} labels but {len(predicted)} predictions")
-    return {name: float(value) for name, value in _SCORERS[task](truth, predicted).items()}
+    finite = bool(np.isfinite(predicted).all() and (task != "regression" or np.isfinite(truth).all()))
+    scorer = _SCORERS[task] if finite else BY_SKLEARN[task]  # NaN or infinity: scikit-learn refuses it, as before
+    return {name: float(value) for name, value in scorer(truth, predicted).items()}

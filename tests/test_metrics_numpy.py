@@ -74,3 +74,12 @@ def test_a_constant_target_keeps_sklearns_r2() -> None:
     values = np.full(5, 3.0)
     assert score("regression", values, values)["r2"] == 1.0
     assert score("regression", values, values + 1)["r2"] == 0.0
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass", "regression"])
+def test_a_prediction_that_is_not_finite_is_refused_as_scikit_learn_refuses_it(task: str) -> None:
+    labels = np.array([0, 1, 2, 1, 0, 2])
+    prediction = np.full((6, 3), 1 / 3) if task == "multiclass" else np.full(6, 0.5)
+    prediction[2] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        score(task, labels if task != "binary" else labels % 2, prediction)  # type: ignore[arg-type]
