@@ -58,7 +58,7 @@ from azure.core.credentials import AccessToken
 from tests import arm_identity, arm_schema
 from tests.entra_standin import Directory
 from tests.json_http import read_json_body, send_json
-from tests.rbac import Rbac
+from tests.rbac import Rbac, arm_refusal, assigned_identities
 
 _PROVIDER = "Microsoft.Network"
 _COMPUTE = "Microsoft.Compute"
@@ -663,33 +663,8 @@ class FakeArm:
             scope += f"/subnets/{match['child_name']}"
         verb = {"GET": "read", "PUT": "write", "DELETE": "delete"}.get(request.method, "action")
         action = f"{resource_type}/listKeys/action" if match["action"] else f"{resource_type}/{verb}"
-        if not self.rbac.allowed(action, scope):
-            return (
-                403,
-                {},
-                _error(
-                    "AuthorizationFailed",
-                    f"The client '{self.principal_id}' with object id '{self.principal_id}' does not have "
-                    f"authorization to perform action '{action}' over scope '{scope}' or the scope is invalid. "
-                    "If access was recently granted, please refresh your credentials.",
-                ),
-            )
-        if request.method != "PUT" or not isinstance(request.body, dict):
-            return None
-        for linked_action, linked in _linked(kind, request.body):
-            if not self.rbac.allowed(linked_action, linked):
-                return (
-                    403,
-                    {},
-                    _error(
-                        "LinkedAuthorizationFailed",
-                        f"The client '{self.principal_id}' with object id '{self.principal_id}' has permission to "
-                        f"perform action '{action}' on scope '{scope}'; however, it does not have permission to "
-                        f"perform action(s) '{linked_action}' on the linked scope(s) '{linked}' (respectively) or "
-                        "the linked scope(s) are invalid.",
-                    ),
-                )
-        return None
+        linked = _linked(kind, request.body) if request.method == "PUT" and isinstance(request.body, dict) else []
+        return arm_refusal(self.rbac, self.principal_id, action, scope, linked)
 
     def _get_subnet(self, match: re.Match[str]) -> tuple[int, dict[str, str], Any]:
         vnet = self.resources.get(self._rid(match).lower())
@@ -731,8 +706,7 @@ def _linked(kind: str, body: dict[str, Any]) -> list[tuple[str, str]]:
     elif kind == "virtualMachines":
         for nic in (props.get("networkProfile") or {}).get("networkInterfaces") or []:
             linked.append((f"{net}/networkInterfaces/join/action", (nic.get("id") or "").lower()))
-        for identity in (body.get("identity") or {}).get("userAssignedIdentities") or {}:
-            linked.append(("Microsoft.ManagedIdentity/userAssignedIdentities/assign/action", identity))
+        linked += assigned_identities(body)
     return [(action, rid) for action, rid in linked if rid]
 
 

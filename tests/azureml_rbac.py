@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from tests.rbac import Rbac
+from tests.rbac import Rbac, arm_refusal, assigned_identities
 
 PROVIDER = "Microsoft.MachineLearningServices/workspaces"
 _WORKSPACE = (
@@ -24,7 +24,6 @@ _WORKSPACE = (
 )
 _PREFIXES = r"(?:/history/v1\.0|/mlflow/v[12]\.0|/data/v1\.0)?"
 _VERBS = {"GET": "read", "PUT": "write", "DELETE": "delete"}
-ASSIGN_IDENTITY = "Microsoft.ManagedIdentity/userAssignedIdentities/assign/action"
 
 
 def action_of(method: str, path: str) -> tuple[str, str] | None:
@@ -43,22 +42,15 @@ def action_of(method: str, path: str) -> tuple[str, str] | None:
     return "/".join([PROVIDER, *parts[0::2], _VERBS.get(method, "write")]), scope
 
 
+PRINCIPAL_ID = "11111111-2222-3333-4444-555555555555"
+"""The caller's object id in ARM's messages (the Function App's identity)."""
+
+
 def refusal(rbac: Rbac, method: str, path: str, body: Any) -> tuple[int, dict[str, str], Any] | None:
     """ARM's 403 for a request ``rbac`` does not allow, else None."""
     named = action_of(method, path)
     if named is None:
         return None
     action, scope = named
-    if not rbac.allowed(action, scope):
-        message = f"the caller's roles do not allow '{action}' over scope '{scope}'"
-        return 403, {}, {"error": {"code": "AuthorizationFailed", "message": message}}
-    if action.endswith("/computes/write"):
-        identities = ((body or {}).get("identity") or {}).get("userAssignedIdentities") or {}
-        for identity in identities:
-            if not rbac.allowed(ASSIGN_IDENTITY, identity):
-                message = (
-                    f"the caller may perform '{action}' over scope '{scope}', but not '{ASSIGN_IDENTITY}' "
-                    f"on the linked scope '{identity}'"
-                )
-                return 403, {}, {"error": {"code": "LinkedAuthorizationFailed", "message": message}}
-    return None
+    attaches = action.endswith("/computes/write") and isinstance(body, dict)
+    return arm_refusal(rbac, PRINCIPAL_ID, action, scope, assigned_identities(body) if attaches else [])

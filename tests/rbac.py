@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -134,6 +135,39 @@ class Rbac:
         return Rbac(kept, self.unknown_roles, self.others)
 
 
+ASSIGN_IDENTITY = "Microsoft.ManagedIdentity/userAssignedIdentities/assign/action"
+"""What attaching a user-assigned identity to a resource (a VM, an AmlCompute) needs on that identity."""
+
+
+def assigned_identities(body: dict[str, Any]) -> list[tuple[str, str]]:
+    """The (action, identity id) pairs a PUT body's ``identity.userAssignedIdentities`` links."""
+    identities = (body.get("identity") or {}).get("userAssignedIdentities") or {}
+    return [(ASSIGN_IDENTITY, identity) for identity in identities]
+
+
+def arm_refusal(
+    rbac: Rbac, principal_id: str, action: str, scope: str, linked: Sequence[tuple[str, str]] = ()
+) -> tuple[int, dict[str, str], Any] | None:
+    """ARM's 403, in its words, when ``rbac`` does not allow ``action`` at ``scope`` (``AuthorizationFailed``) or
+    one of the ``linked`` (action, scope) pairs the request names (``LinkedAuthorizationFailed``); else None."""
+    client = f"The client '{principal_id}' with object id '{principal_id}'"
+    if not rbac.allowed(action, scope):
+        message = (
+            f"{client} does not have authorization to perform action '{action}' over scope '{scope}' or the scope "
+            "is invalid. If access was recently granted, please refresh your credentials."
+        )
+        return 403, {}, {"error": {"code": "AuthorizationFailed", "message": message}}
+    for linked_action, linked_scope in linked:
+        if not rbac.allowed(linked_action, linked_scope):
+            message = (
+                f"{client} has permission to perform action '{action}' on scope '{scope}'; however, it does not "
+                f"have permission to perform action(s) '{linked_action}' on the linked scope(s) '{linked_scope}' "
+                "(respectively) or the linked scope(s) are invalid."
+            )
+            return 403, {}, {"error": {"code": "LinkedAuthorizationFailed", "message": message}}
+    return None
+
+
 def _matches(pattern: str, action: str) -> bool:
     """Azure's wildcard: ``*`` is any run of characters, and a ``/*/`` segment may also be empty
     (Managed Identity Operator's ``userAssignedIdentities/*/assign/action`` grants ``.../assign/action``)."""
@@ -179,16 +213,6 @@ def role_ids() -> dict[str, str]:
     return dict(re.findall(r"^\s*(\w+):\s*'([0-9a-f-]{36})'", text, re.MULTILINE))
 
 
-def _accessor(node: Any) -> tuple[str, str] | None:
-    """``a.b`` as ("a", "b"), else None."""
-    operator = node.get("operator") if isinstance(node, dict) else None
-    if not operator or operator.get("type") != "property_accessor":
-        return None
-    operands = operator["operands"]
-    inner = operands["operand_2"]
-    return str(operands["operand_1"]), str(inner if isinstance(inner, str) else _accessor(inner))
-
-
 def _dotted(node: Any) -> str | None:
     """``a.b.c`` as that text, a bare name as itself, anything else None."""
     if isinstance(node, str):
@@ -199,6 +223,15 @@ def _dotted(node: Any) -> str | None:
     operands = operator["operands"]
     inner = _dotted(operands["operand_2"])
     return None if inner is None else f"{operands['operand_1']}.{inner}"
+
+
+def _accessor(node: Any) -> tuple[str, str] | None:
+    """``a.b`` as ("a", "b") (``a.b.c`` as ("a", "b.c")), else None."""
+    dotted = _dotted(node)
+    if dotted is None or "." not in dotted:
+        return None
+    head, rest = dotted.split(".", 1)
+    return head, rest
 
 
 FUNCTION_APP_PRINCIPAL = "functionApp.outputs.principalId"
@@ -267,6 +300,7 @@ def _module_assignments(
     found: list[Assignment] = []
     unknown: list[str] = []
     others: list[str] = []
+    names = deployment.names_for(path)
     for symbol, resource in resources.items():
         if resource["type"] != "Microsoft.Authorization/roleAssignments":
             continue
@@ -279,7 +313,6 @@ def _module_assignments(
         if condition is not None and not _deployed(path, symbol, condition, bound, deployment.flags):
             continue
         scope_symbol = config.get("scope")
-        names = deployment.names_for(path)
         scope = group_id if scope_symbol is None else _existing_id(resources, str(scope_symbol), names, group_id)
         definition = config["properties"]["roleDefinitionId"]
         role: RoleDefinition | None
