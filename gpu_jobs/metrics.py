@@ -178,9 +178,9 @@ def _multiclass(labels: np.ndarray, proba: np.ndarray) -> dict[str, float]:
 
     classes = proba.shape[1]
     true_counts = np.bincount(labels, minlength=classes) if labels.min(initial=0) >= 0 else np.zeros(0)
-    clipped = _normalized(proba)  # clipped, then renormalised: log loss needs rows that sum to one
     if len(true_counts) != classes or not true_counts.all():
-        return _multiclass_by_sklearn(labels, proba, clipped)  # a class missing from the fold, or an unknown one
+        return _multiclass_by_sklearn(labels, proba)  # a class missing from the fold, or an unknown one
+    clipped = _normalized(proba)  # clipped, then renormalised: log loss needs rows that sum to one
     predicted = proba.argmax(axis=1)
     hits = predicted == labels
     true_positives = np.bincount(labels[hits], minlength=classes)
@@ -194,11 +194,12 @@ def _multiclass(labels: np.ndarray, proba: np.ndarray) -> dict[str, float]:
     }
 
 
-def _multiclass_by_sklearn(labels: np.ndarray, proba: np.ndarray, clipped: np.ndarray) -> dict[str, float]:
+def _multiclass_by_sklearn(labels: np.ndarray, proba: np.ndarray) -> dict[str, float]:
     from sklearn import metrics as m
 
     classes = list(range(proba.shape[1]))
     predicted = proba.argmax(axis=1)
+    clipped = _normalized(proba)
     return {
         "accuracy": m.accuracy_score(labels, predicted),
         "log_loss": m.log_loss(labels, clipped, labels=classes),
@@ -216,7 +217,7 @@ def _regression(values: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
     squared = float(np.sum(error**2))
     spread = float(np.sum((values - np.mean(values)) ** 2))
     return {
-        "rmse": float(np.sqrt(np.mean(error**2))),
+        "rmse": float(np.sqrt(squared / len(values))),
         "mae": float(np.mean(np.abs(error))),
         "r2": 1.0 - squared / spread if spread else (1.0 if squared == 0 else 0.0),
         "mape": float(np.mean(np.abs(error) / np.maximum(np.abs(values), np.finfo(np.float64).eps))),
@@ -237,7 +238,7 @@ def _regression_by_sklearn(values: np.ndarray, predicted: np.ndarray) -> dict[st
 
 BY_SKLEARN: Mapping[Task, Callable[[np.ndarray, np.ndarray], Mapping[str, Any]]] = {
     "binary": _binary_by_sklearn,
-    "multiclass": lambda labels, proba: _multiclass_by_sklearn(labels, proba, _normalized(proba)),
+    "multiclass": _multiclass_by_sklearn,
     "regression": _regression_by_sklearn,
 }
 """The same metrics by scikit-learn's functions: what a degenerate fold gets, and the tests' oracle."""

@@ -92,14 +92,13 @@ def refit_best_model(
     ``model/``; returns ``best`` with its ``model_uri``. A driver restarted after it had stored that model
     whole (:func:`stored_complete`) and recorded its URI on the trial keeps it: a refit is a trial's worth of
     GPU time."""
-    recorded = next((t.model_uri for t in store.list_trials(experiment_id) if t.number == best.number), None)
-    if recorded and stored_complete(spec, experiment_id, best, store, MODEL_PREFIX):
+    record = next((t for t in store.list_trials(experiment_id) if t.number == best.number), None)
+    if record is not None and record.model_uri and stored_complete(spec, experiment_id, best, store, MODEL_PREFIX):
         log.info("trial %d's model is already stored whole under %s; not refit", best.number, MODEL_PREFIX)
-        return best.model_copy(update={"model_uri": recorded})
+        return best.model_copy(update={"model_uri": record.model_uri})
     model_uri = refit_trial_model(spec, experiment_id, best, store, client, MODEL_PREFIX)
-    for trial in store.list_trials(experiment_id):
-        if trial.number == best.number:  # the best trial's record says where its model is
-            store.put_trial(trial.model_copy(update={"model_uri": model_uri}))
+    if record is not None:  # the best trial's record says where its model is
+        store.put_trial(record.model_copy(update={"model_uri": model_uri}))
     return best.model_copy(update={"model_uri": model_uri})
 
 
